@@ -1,0 +1,66 @@
+"""grpc.health.v1 on the gateway, answering for the services behind it too.
+
+``Check("")`` is the gateway itself. ``Check("virtmesh.compute.v1.ComputeService")``
+asks the compute service's own health service, so a probe through the gateway
+sees a backend that is down or disconnected from libvirt as NOT_SERVING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.proxy import Backends
+from gateway.routes import driver_of
+
+Status = health_pb2.HealthCheckResponse
+GATEWAY_SERVICE = "virtmesh.gateway.v1.GatewayService"
+
+
+class GatewayHealth(health_pb2_grpc.HealthServicer):
+    def __init__(self, backends: Backends, services: set[str], probe_timeout: float = 2.0,
+                 watch_interval: float = 1.0) -> None:
+        self.backends = backends
+        self.services = services
+        self.probe_timeout = probe_timeout
+        self.watch_interval = watch_interval
+        self.serving = True
+
+    async def status_of(self, service: str) -> int | None:
+        """The service's health, or None for a name the gateway does not know."""
+        if service in ("", GATEWAY_SERVICE):
+            return Status.SERVING if self.serving else Status.NOT_SERVING
+        driver = driver_of(service)
+        if service not in self.services or driver is None:
+            return None
+        stub = health_pb2_grpc.HealthStub(self.backends.channel(driver))
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service),
+                                     timeout=self.probe_timeout)
+        except grpc.aio.AioRpcError:
+            return Status.NOT_SERVING
+        return reply.status
+
+    async def Check(self, request: health_pb2.HealthCheckRequest,
+                    context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
+        status = await self.status_of(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"unknown service {request.service!r}")
+        return Status(status=status)
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest,
+                    context: grpc.aio.ServicerContext
+                    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:  # type: ignore[override]
+        last = None
+        while True:
+            status = await self.status_of(request.service)
+            if status is None:
+                status = Status.SERVICE_UNKNOWN
+            if status != last:
+                last = status
+                yield Status(status=status)
+            await asyncio.sleep(self.watch_interval)

@@ -1,0 +1,162 @@
+#!/bin/bash
+# Build a tiny bootable Linux guest for virtmesh's libvirt/QEMU tests.
+#
+#   guest/build-guest.sh OUTDIR
+#
+# Produces OUTDIR/vmlinuz (the newest installed Debian cloud kernel) and
+# OUTDIR/initrd.img (gzip'd newc cpio: busybox-static, the ACPI button and
+# evdev modules, and an /init that reacts to the ACPI power button).
+#
+# Needs (Debian): linux-image-cloud-amd64 busybox-static cpio gzip
+# (xz-utils / zstd only if the kernel's modules are compressed).
+# Idempotent: does nothing when the outputs are newer than every input.
+set -euo pipefail
+
+if [ $# -ne 1 ]; then
+    echo "usage: $0 OUTDIR" >&2
+    exit 2
+fi
+OUTDIR=$1
+SELF=$(readlink -f "$0")
+BUSYBOX=${BUSYBOX:-/bin/busybox}
+MODULES=(button evdev)
+
+die() { echo "build-guest: $*" >&2; exit 1; }
+
+KERNEL=$(ls -1 /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sort -V | tail -n 1) ||
+    true
+[ -n "$KERNEL" ] || die "no /boot/vmlinuz-*-cloud-amd64 (install linux-image-cloud-amd64)"
+KVER=${KERNEL#/boot/vmlinuz-}
+MODDIR=/lib/modules/$KVER
+[ -f "$MODDIR/modules.dep" ] || die "$MODDIR/modules.dep not found"
+[ -x "$BUSYBOX" ] || die "$BUSYBOX not found (install busybox-static)"
+"$BUSYBOX" --list | grep -qx acpid || die "$BUSYBOX has no acpid applet"
+
+# Resolve module paths (relative to $MODDIR), dependencies first.
+declare -A SEEN=()
+ORDERED=()
+modpath() {  # module name -> path from modules.dep
+    local name=${1//-/_} p
+    p=$(awk -F: -v n="$name" '{
+            f = $1; sub(/.*\//, "", f); sub(/\.ko(\.(xz|zst|gz))?$/, "", f);
+            gsub(/-/, "_", f);
+            if (f == n) { print $1; exit }
+        }' "$MODDIR/modules.dep")
+    [ -n "$p" ] || die "module $1 not found in $MODDIR/modules.dep"
+    echo "$p"
+}
+add_module() {  # path from modules.dep
+    local p=$1 dep
+    [ -z "${SEEN[$p]:-}" ] || return 0
+    SEEN[$p]=1
+    # modules.dep lists the deps of $p; modprobe loads them last-to-first.
+    local deps
+    deps=$(awk -F: -v m="$p" '$1 == m { print $2; exit }' "$MODDIR/modules.dep")
+    local rev=()
+    for dep in $deps; do rev=("$dep" "${rev[@]}"); done
+    for dep in "${rev[@]}"; do add_module "$dep"; done
+    ORDERED+=("$p")
+}
+for m in "${MODULES[@]}"; do add_module "$(modpath "$m")"; done
+
+# Up to date?
+VMLINUZ=$OUTDIR/vmlinuz
+INITRD=$OUTDIR/initrd.img
+STAMP=$OUTDIR/.kernel-version
+if [ -f "$VMLINUZ" ] && [ -f "$INITRD" ] && [ -f "$STAMP" ] &&
+   [ "$(cat "$STAMP")" = "$KVER" ]; then
+    stale=
+    for f in "$SELF" "$BUSYBOX" "$KERNEL" "$MODDIR/modules.dep" \
+             "${ORDERED[@]/#/$MODDIR/}"; do
+        if [ "$f" -nt "$INITRD" ] || [ "$f" -nt "$VMLINUZ" ]; then
+            stale=1
+            break
+        fi
+    done
+    if [ -z "$stale" ]; then
+        echo "build-guest: $OUTDIR is up to date ($KVER)"
+        exit 0
+    fi
+fi
+
+mkdir -p "$OUTDIR"
+STAGE=$(mktemp -d "${TMPDIR:-/tmp}/virtmesh-guest.XXXXXX")
+trap 'rm -rf "$STAGE"' EXIT
+ROOT=$STAGE/root
+mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,var/log,etc/acpi,lib/modules}
+ln -s ../run "$ROOT/var/run"
+
+# busybox and its applet links (relative, at busybox's preferred paths).
+install -m 0755 "$BUSYBOX" "$ROOT/bin/busybox"
+while read -r applet; do
+    [ "$applet" != bin/busybox ] || continue
+    [ -e "$ROOT/$applet" ] || [ -L "$ROOT/$applet" ] && continue
+    case $applet in
+        */*/*) ln -s ../../bin/busybox "$ROOT/$applet" ;;
+        */*)   ln -s ../bin/busybox "$ROOT/$applet" ;;
+        *)     ln -s bin/busybox "$ROOT/$applet" ;;
+    esac
+done < <("$BUSYBOX" --list-full)
+
+# Kernel modules, decompressed (busybox insmod wants plain .ko).
+: > "$ROOT/etc/modules"
+for p in "${ORDERED[@]}"; do
+    src=$MODDIR/$p
+    base=$(basename "$p")
+    case $base in
+        *.ko.xz)  dst=${base%.xz};  xz -dc "$src" > "$ROOT/lib/modules/$dst" ;;
+        *.ko.zst) dst=${base%.zst}; zstd -qdc "$src" > "$ROOT/lib/modules/$dst" ;;
+        *.ko.gz)  dst=${base%.gz};  gzip -dc "$src" > "$ROOT/lib/modules/$dst" ;;
+        *.ko)     dst=$base;        cp "$src" "$ROOT/lib/modules/$dst" ;;
+        *) die "unexpected module file $p" ;;
+    esac
+    echo "$dst" >> "$ROOT/etc/modules"
+done
+
+# busybox acpid: it chdirs to /etc/acpi; an event line whose text contains
+# a key of /etc/acpid.conf runs the action (a file is executed, a directory
+# goes through run-parts).  The ACPI power button arrives through evdev as
+# KEY_POWER, which busybox maps to "button/power PWRF 00000080".
+cat > "$ROOT/etc/acpid.conf" <<'EOF'
+PWRF power
+EOF
+cat > "$ROOT/etc/acpi/power" <<'EOF'
+#!/bin/sh
+echo "virtmesh-guest: power button pressed, powering off" > /dev/console
+sync
+exec poweroff -f
+EOF
+chmod 0755 "$ROOT/etc/acpi/power"
+
+cat > "$ROOT/init" <<'EOF'
+#!/bin/sh
+export PATH=/sbin:/usr/sbin:/bin:/usr/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null || true
+exec </dev/console >/dev/console 2>&1
+for m in $(cat /etc/modules); do
+    insmod "/lib/modules/$m" || echo "virtmesh-guest: insmod $m failed"
+done
+hostname virtmesh-guest
+# acpid opens /dev/input/event* only when it starts: modules come first.
+acpid -f -d -c /etc/acpi -a /etc/acpid.conf &
+echo "virtmesh-guest: booted ($(uname -r), uptime $(cut -d' ' -f1 /proc/uptime)s)"
+# PID 1 must never exit (the kernel would panic); the shell reaps orphans.
+while :; do
+    sleep 3600
+done
+EOF
+chmod 0755 "$ROOT/init"
+
+echo "$KVER" > "$ROOT/etc/virtmesh-guest-kernel"
+
+# Write both outputs atomically.
+( cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort |
+    cpio --quiet -o -H newc -R 0:0 --reproducible ) | gzip -9n > "$STAGE/initrd.img"
+cp "$KERNEL" "$STAGE/vmlinuz"
+chmod 0644 "$STAGE/initrd.img" "$STAGE/vmlinuz"
+mv -f "$STAGE/vmlinuz" "$VMLINUZ"
+mv -f "$STAGE/initrd.img" "$INITRD"
+echo "$KVER" > "$STAMP"
+echo "build-guest: built $VMLINUZ and $INITRD ($KVER: ${ORDERED[*]})"

@@ -1,0 +1,1 @@
+"""The daemon skeleton every virtmesh driver service shares (libvirt's remote_daemon.c idea)."""

@@ -1,0 +1,200 @@
+"""The daemon every driver service runs: one skeleton, many drivers.
+
+A driver package hands ``main`` a ``ServiceSpec`` (its name, default libvirt URI,
+proto service and servicer factory) and gets config, logging, the libvirt
+connection, health, reflection, the UNIX socket and signal handling from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common import config as config_module
+from services.common.config import Config, ConfigError
+from services.common.interceptors import ErrorInterceptor
+from services.common.libvirt_connection import LibvirtConnection
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceSpec:
+    """What a driver package says about itself; the skeleton does the rest."""
+
+    name: str
+    default_uri: str
+    descriptor: ServiceDescriptor
+    #: generated ``add_XServicer_to_server``
+    add_to_server: Callable[[Any, grpc.Server], None]
+    #: builds the servicer; it may register connect hooks on the connection
+    servicer_factory: Callable[[LibvirtConnection, Config], Any]
+    #: runs before the first libvirt open (e.g. writes an embedded driver's config)
+    prepare: Callable[[Config], None] | None = None
+    #: runs after the server stopped, before the connection closes
+    on_exit: Callable[[Any, Config], None] | None = None
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record), "level": record.levelname,
+                 "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str, fmt: str, name: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def prepare_socket(path: Path) -> None:
+    """Make room for our socket: remove a stale file, refuse to steal a live one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() and not path.is_symlink():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)
+        log.info("removed stale socket %s", path)
+        return
+    except OSError as error:
+        raise ConfigError(f"socket {path}: {error}") from None
+    finally:
+        probe.close()
+    raise ConfigError(f"socket {path} is in use by another running process")
+
+
+class Daemon:
+    """A running service: start() binds and serves, stop() drains and closes."""
+
+    def __init__(self, spec: ServiceSpec, config: Config) -> None:
+        self.spec = spec
+        self.config = config
+        self.connection = LibvirtConnection(
+            config.libvirt_uri, keepalive_interval=config.keepalive_interval,
+            keepalive_count=config.keepalive_count, min_delay=config.reconnect_min_delay,
+            max_delay=config.reconnect_max_delay)
+        self.health = health.HealthServicer()
+        self.server: grpc.Server | None = None
+        self.servicer: Any = None
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+
+    @property
+    def socket_path(self) -> Path:
+        return self.config.socket_path
+
+    def _set_serving(self, up: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if up
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.health.set("", status)
+        self.health.set(self.spec.descriptor.full_name, status)
+
+    def start(self, connect_wait: float = 30.0) -> None:
+        config = self.config
+        if self.spec.prepare:
+            self.spec.prepare(config)
+        self._set_serving(False)
+        self.connection.on_state_change(self._set_serving)
+        self.servicer = self.spec.servicer_factory(self.connection, config)
+        self.connection.start(wait=connect_wait)
+
+        options = [("grpc.max_receive_message_length", config.max_message_bytes),
+                   ("grpc.max_send_message_length", config.max_message_bytes)]
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers,
+                                                        thread_name_prefix="rpc"),
+                             interceptors=[ErrorInterceptor()], options=options,
+                             maximum_concurrent_rpcs=config.max_workers * 4)
+        self.spec.add_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (self.spec.descriptor.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            server)
+
+        path = self.socket_path
+        prepare_socket(path)
+        old_umask = os.umask(0o177)
+        try:
+            server.add_insecure_port(f"unix:{path}")
+            server.start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, config.socket_mode)
+        self.server = server
+        log.info("%s serving %s on unix:%s", self.spec.name, self.spec.descriptor.full_name,
+                 path)
+
+    def stop(self) -> None:
+        """Refuse new calls, let in-flight ones finish, then let go of libvirt."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            self.server.stop(self.config.grace_period).wait()
+        if self.spec.on_exit and self.connection.connected:
+            try:
+                self.spec.on_exit(self.servicer, self.config)
+            except Exception:  # noqa: BLE001 - exit must go on
+                log.exception("exit handler failed")
+        self.connection.close()
+        self.socket_path.unlink(missing_ok=True)
+        log.info("%s stopped", self.spec.name)
+        self._stopped.set()
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+
+def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
+    """Entry point of a service process: run until SIGTERM or SIGINT."""
+    try:
+        config = config_module.load(spec.name, spec.default_uri, argv)
+    except ConfigError as error:
+        print(f"virtmesh-{spec.name}: {error}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level, config.log_format, spec.name)
+    log.info("starting with %s", config_module.describe(config))
+    daemon = Daemon(spec, config)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        threading.Thread(target=daemon.stop, name="stop").start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        daemon.start()
+    except (ConfigError, OSError, RuntimeError) as error:
+        log.error("cannot start: %s", error)
+        daemon.connection.close()
+        return 1
+    daemon.wait()
+    return 0

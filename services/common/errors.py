@@ -1,0 +1,118 @@
+"""One table from libvirt error codes to gRPC status codes, and the status we send.
+
+Servicers never catch errors: the error interceptor turns a ``libvirt.libvirtError``
+or a ``ServiceError`` into a gRPC status here, with a ``google.rpc.ErrorInfo``
+naming the libvirt error code so that clients can tell ``VIR_ERR_NO_DOMAIN`` from
+``VIR_ERR_NO_DOMAIN_SNAPSHOT`` without parsing messages.
+"""
+
+from __future__ import annotations
+
+import grpc
+import libvirt
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+ERROR_DOMAIN = "libvirt.org"
+SERVICE_ERROR_DOMAIN = "virtmesh.dev"
+
+_C = grpc.StatusCode
+
+_GROUPS: dict[grpc.StatusCode, tuple[str, ...]] = {
+    _C.NOT_FOUND: (
+        "NO_DOMAIN", "NO_NETWORK", "NO_STORAGE_POOL", "NO_STORAGE_VOL", "NO_NODE_DEVICE",
+        "NO_INTERFACE", "NO_NWFILTER", "NO_NWFILTER_BINDING", "NO_SECRET",
+        "NO_DOMAIN_SNAPSHOT", "NO_DOMAIN_CHECKPOINT", "NO_DOMAIN_BACKUP", "NO_NETWORK_PORT",
+        "NO_DOMAIN_METADATA", "NO_SERVER", "NO_CLIENT", "DEVICE_MISSING", "NO_HOSTNAME",
+        "NO_SECURITY_MODEL",
+    ),
+    _C.ALREADY_EXISTS: (
+        "DOM_EXIST", "NETWORK_EXIST", "STORAGE_VOL_EXIST", "NETWORK_PORT_EXIST",
+        "STORAGE_POOL_BUILT",
+    ),
+    _C.FAILED_PRECONDITION: (
+        "OPERATION_INVALID", "SNAPSHOT_REVERT_RISKY", "MIGRATE_UNSAFE", "BLOCK_COPY_ACTIVE",
+        "CPU_INCOMPATIBLE", "AGENT_UNSYNCED", "CHECKPOINT_INCONSISTENT", "MULTIPLE_DOMAINS",
+        "MULTIPLE_INTERFACES",
+    ),
+    _C.INVALID_ARGUMENT: (
+        "XML_ERROR", "XML_DETAIL", "XML_INVALID_SCHEMA", "INVALID_ARG", "INVALID_MAC",
+        "NO_NAME", "NO_OS", "NO_KERNEL", "NO_ROOT", "NO_SOURCE", "NO_TARGET", "NO_DEVICE",
+        "OS_TYPE", "CONF_SYNTAX", "PARSE_FAILED", "INVALID_DOMAIN", "INVALID_NETWORK",
+        "INVALID_STORAGE_POOL", "INVALID_STORAGE_VOL", "INVALID_NODE_DEVICE",
+        "INVALID_INTERFACE", "INVALID_NWFILTER", "INVALID_SECRET", "INVALID_DOMAIN_SNAPSHOT",
+        "INVALID_STREAM", "INVALID_NWFILTER_BINDING", "INVALID_DOMAIN_CHECKPOINT",
+        "INVALID_NETWORK_PORT", "OVERFLOW",
+    ),
+    _C.UNIMPLEMENTED: (
+        "NO_SUPPORT", "CONFIG_UNSUPPORTED", "ARGUMENT_UNSUPPORTED", "OPERATION_UNSUPPORTED",
+    ),
+    _C.PERMISSION_DENIED: (
+        "AUTH_FAILED", "AUTH_CANCELLED", "AUTH_UNAVAILABLE", "ACCESS_DENIED",
+        "OPERATION_DENIED",
+    ),
+    _C.DEADLINE_EXCEEDED: ("OPERATION_TIMEOUT", "AGENT_UNRESPONSIVE"),
+    _C.UNAVAILABLE: (
+        "RPC", "NO_CONNECT", "INVALID_CONN", "UNKNOWN_HOST", "GNUTLS_ERROR", "SSH", "LIBSSH",
+        "DBUS_SERVICE",
+    ),
+    _C.ABORTED: ("OPERATION_ABORTED", "RESOURCE_BUSY"),
+    _C.RESOURCE_EXHAUSTED: ("NO_MEMORY", "DRIVER_FULL"),
+}
+
+#: libvirt error code (int) -> gRPC status code; codes not listed map to INTERNAL.
+LIBVIRT_TO_GRPC: dict[int, grpc.StatusCode] = {
+    getattr(libvirt, f"VIR_ERR_{name}"): code
+    for code, names in _GROUPS.items()
+    for name in names
+    if hasattr(libvirt, f"VIR_ERR_{name}")
+}
+
+_LIBVIRT_CODE_NAMES: dict[int, str] = {
+    value: name
+    for name, value in vars(libvirt).items()
+    if name.startswith("VIR_ERR_") and isinstance(value, int)
+    and name not in ("VIR_ERR_NONE", "VIR_ERR_WARNING", "VIR_ERR_ERROR")
+}
+
+
+class ServiceError(Exception):
+    """An error of ours (not libvirt's) with the gRPC code the caller should see."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason or code.name
+
+
+def grpc_code_for(libvirt_code: int) -> grpc.StatusCode:
+    return LIBVIRT_TO_GRPC.get(libvirt_code, _C.INTERNAL)
+
+
+def libvirt_code_name(libvirt_code: int) -> str:
+    return _LIBVIRT_CODE_NAMES.get(libvirt_code, f"VIR_ERR_{libvirt_code}")
+
+
+def _status(code: grpc.StatusCode, message: str, reason: str, domain: str,
+            metadata: dict[str, str]) -> grpc.Status:
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=domain, metadata=metadata))
+    proto = status_pb2.Status(code=getattr(code_pb2, code.name), message=message,
+                              details=[detail])
+    return rpc_status.to_status(proto)
+
+
+def to_status(error: Exception) -> grpc.Status:
+    """The gRPC status a caller gets for ``error``."""
+    if isinstance(error, ServiceError):
+        return _status(error.code, error.message, error.reason, SERVICE_ERROR_DOMAIN, {})
+    if isinstance(error, libvirt.libvirtError):
+        code = error.get_error_code() or libvirt.VIR_ERR_INTERNAL_ERROR
+        message = str(error) or error.get_error_message() or "libvirt error"
+        metadata = {"libvirt_code": str(code), "libvirt_domain": str(error.get_error_domain())}
+        return _status(grpc_code_for(code), message, libvirt_code_name(code), ERROR_DOMAIN,
+                       metadata)
+    return _status(_C.INTERNAL, f"internal error: {type(error).__name__}: {error}", "INTERNAL",
+                   SERVICE_ERROR_DOMAIN, {})

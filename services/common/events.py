@@ -1,0 +1,107 @@
+"""Fan-out of libvirt events to any number of gRPC watchers.
+
+libvirt calls us on its event-loop thread, which must never block; each watcher
+gets a bounded queue, and a watcher that falls too far behind is dropped with
+RESOURCE_EXHAUSTED rather than slowing the others or growing memory.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+import grpc
+
+from services.common.errors import ServiceError
+
+Event = TypeVar("Event")
+
+_CLOSED = object()
+
+
+class Subscription(Generic[Event]):
+    def __init__(self, hub: EventHub[Event], accept: Callable[[Event], bool], size: int) -> None:
+        self._hub = hub
+        self._accept = accept
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=size)
+        self.overflowed = False
+
+    def offer(self, event: Event) -> None:
+        if not self._accept(event):
+            return
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self.overflowed = True
+            self._hub.unsubscribe(self)
+
+    def close(self) -> None:
+        try:
+            self._queue.put_nowait(_CLOSED)
+        except queue.Full:
+            pass
+
+    def events(self, is_active: Callable[[], bool], poll: float = 0.5) -> Iterator[Event]:
+        """Yield events until the caller goes away or the hub closes the stream."""
+        try:
+            while is_active():
+                try:
+                    item = self._queue.get(timeout=poll)
+                except queue.Empty:
+                    if self.overflowed:
+                        break
+                    continue
+                if item is _CLOSED:
+                    raise ServiceError(grpc.StatusCode.UNAVAILABLE,
+                                       "event stream ended: the libvirt connection was lost",
+                                       "EVENTS_INTERRUPTED")
+                yield item  # type: ignore[misc]
+            if self.overflowed:
+                raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   "event watcher fell too far behind and was dropped",
+                                   "WATCHER_TOO_SLOW")
+        finally:
+            self._hub.unsubscribe(self)
+
+
+class EventHub(Generic[Event]):
+    """Publish once, deliver to every subscriber whose filter accepts the event."""
+
+    def __init__(self, max_subscribers: int, queue_size: int = 1024) -> None:
+        self._max = max_subscribers
+        self._queue_size = queue_size
+        self._subscribers: set[Subscription[Event]] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def subscribe(self, accept: Callable[[Event], bool]) -> Subscription[Event]:
+        with self._lock:
+            if len(self._subscribers) >= self._max:
+                raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"too many event watchers (limit {self._max})",
+                                   "TOO_MANY_WATCHERS")
+            subscription = Subscription(self, accept, self._queue_size)
+            self._subscribers.add(subscription)
+            return subscription
+
+    def unsubscribe(self, subscription: Subscription[Event]) -> None:
+        with self._lock:
+            self._subscribers.discard(subscription)
+
+    def publish(self, event: Event) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for subscription in subscribers:
+            subscription.offer(event)
+
+    def close_all(self) -> None:
+        """End every stream, e.g. when the libvirt connection is lost."""
+        with self._lock:
+            subscribers, self._subscribers = self._subscribers, set()
+        for subscription in subscribers:
+            subscription.close()

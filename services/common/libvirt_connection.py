@@ -1,0 +1,158 @@
+"""The libvirt connection of a service: event loop, keepalive and reconnect.
+
+libvirt delivers events and keepalives only while an event loop runs, and the
+embedded drivers need it before the first open, so the default loop is
+registered once per process and driven by one daemon thread. The connection is
+reopened with exponential backoff when libvirt reports it closed; while it is
+down, ``conn`` raises UNAVAILABLE and listeners hear about it (health goes
+NOT_SERVING).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import grpc
+import libvirt
+
+from services.common.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+_loop_lock = threading.Lock()
+_loop_started = False
+
+
+def _ignore_libvirt_error(_ctx: object, _error: object) -> None:
+    """libvirt prints every error to stderr by default; we report them as gRPC status."""
+
+
+def start_event_loop() -> None:
+    """Register libvirt's default event loop and run it on a daemon thread, once."""
+    global _loop_started
+    with _loop_lock:
+        if _loop_started:
+            return
+        libvirt.registerErrorHandler(_ignore_libvirt_error, None)
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-event-loop", daemon=True).start()
+        _loop_started = True
+
+
+#: Called with the new connection each time one is opened (events, reattach...).
+ConnectHook = Callable[[libvirt.virConnect], None]
+#: Called with True when the connection comes up and False when it goes down.
+StateListener = Callable[[bool], None]
+
+
+class LibvirtConnection:
+    """One libvirt connection that heals itself."""
+
+    def __init__(self, uri: str, *, keepalive_interval: int = 5, keepalive_count: int = 5,
+                 min_delay: float = 0.5, max_delay: float = 30.0) -> None:
+        self.uri = uri
+        self._keepalive = (keepalive_interval, keepalive_count)
+        self._delays = (min_delay, max_delay)
+        self._conn: libvirt.virConnect | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._hooks: list[ConnectHook] = []
+        self._listeners: list[StateListener] = []
+        self._thread: threading.Thread | None = None
+        self.reconnects = 0
+
+    def on_connect(self, hook: ConnectHook) -> None:
+        self._hooks.append(hook)
+
+    def on_state_change(self, listener: StateListener) -> None:
+        self._listeners.append(listener)
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        conn = self._conn
+        if conn is None:
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE,
+                               f"not connected to libvirt at {self.uri}; reconnecting",
+                               "LIBVIRT_DISCONNECTED")
+        return conn
+
+    def start(self, wait: float = 0.0) -> None:
+        """Connect in the background; wait up to ``wait`` seconds for the first open."""
+        start_event_loop()
+        self._thread = threading.Thread(target=self._run, name="libvirt-connect", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + wait
+        while not self.connected and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.unregisterCloseCallback()
+            except libvirt.libvirtError:
+                pass
+            try:
+                conn.close()
+            except libvirt.libvirtError as error:
+                log.warning("closing libvirt connection: %s", error)
+
+    def _run(self) -> None:
+        delay = self._delays[0]
+        while not self._stopping.is_set():
+            if self._conn is None:
+                try:
+                    self._open()
+                    delay = self._delays[0]
+                except libvirt.libvirtError as error:
+                    log.warning("cannot connect to %s: %s; retrying in %.1fs", self.uri,
+                                error.get_error_message(), delay)
+                    self._wake.wait(delay)
+                    delay = min(delay * 2, self._delays[1])
+                    continue
+            self._wake.wait()
+            self._wake.clear()
+
+    def _open(self) -> None:
+        conn = libvirt.open(self.uri)
+        try:
+            conn.setKeepAlive(*self._keepalive)
+        except libvirt.libvirtError:
+            pass  # local and embedded drivers have no keepalive; nothing to probe
+        conn.registerCloseCallback(self._closed, None)
+        for hook in self._hooks:
+            hook(conn)
+        with self._lock:
+            self._conn = conn
+        log.info("connected to %s (%s)", self.uri, conn.getType())
+        for listener in self._listeners:
+            listener(True)
+
+    def _closed(self, conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
+        log.warning("libvirt connection to %s closed (reason %d)", self.uri, reason)
+        with self._lock:
+            if self._conn is not conn:
+                return
+            self._conn = None
+            self.reconnects += 1
+        for listener in self._listeners:
+            listener(False)
+        self._wake.set()

@@ -1,0 +1,23 @@
+"""The compute service: libvirt's QEMU driver (virtqemud) as virtmesh.compute.v1."""
+
+from services.common.config import Config
+from services.common.daemon import ServiceSpec
+from services.compute.backend import prepare_embedded_root
+from services.compute.servicer import ComputeServicer
+from virtmesh.compute.v1 import compute_service_pb2, compute_service_pb2_grpc
+
+
+def _stop_guests(servicer: ComputeServicer, config: Config) -> None:
+    if config.guests_on_exit != "keep":
+        servicer.backend.stop_guests(config.guests_on_exit, config.shutdown_timeout)
+
+
+SPEC = ServiceSpec(
+    name="compute",
+    default_uri="qemu:///embed?root={state_dir}/qemu",
+    descriptor=compute_service_pb2.DESCRIPTOR.services_by_name["ComputeService"],
+    add_to_server=compute_service_pb2_grpc.add_ComputeServiceServicer_to_server,
+    servicer_factory=ComputeServicer,
+    prepare=prepare_embedded_root,
+    on_exit=_stop_guests,
+)

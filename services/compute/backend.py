@@ -1,0 +1,169 @@
+"""The compute service's libvirt calls: lookups, flag assembly, multi-step operations."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import grpc
+import libvirt
+
+from services.common.config import Config
+from services.common.errors import ServiceError
+from services.common.libvirt_connection import LibvirtConnection
+
+log = logging.getLogger(__name__)
+
+_QEMU_CONF_MARKER = "# Managed by virtmesh compute"
+
+
+def require(value: str, field: str) -> str:
+    if not value:
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{field} is required",
+                           "MISSING_FIELD")
+    return value
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def scope_flags(live: bool, config: bool) -> int:
+    """libvirt's AFFECT_* flags; neither set means AFFECT_CURRENT (0)."""
+    return ((libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0)
+            | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if config else 0))
+
+
+def prepare_embedded_root(config: Config) -> None:
+    """Give an embedded QEMU driver the qemu.conf it needs under its root.
+
+    QEMU runs as this process's user (as virt-qemu-run does) and writes guest
+    consoles to files, so no virtlogd is needed. A qemu.conf without our marker
+    line is the operator's and is left alone.
+    """
+    uri = urlparse(config.libvirt_uri)
+    if uri.scheme != "qemu" or uri.path != "/embed":
+        return
+    roots = parse_qs(uri.query).get("root")
+    if not roots:
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "embedded URI needs ?root=DIR", "INVALID_URI")
+    conf = Path(roots[0]) / "etc" / "qemu.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    wanted = (f"{_QEMU_CONF_MARKER}; delete this line to keep your own edits.\n"
+              'stdio_handler = "file"\n'
+              f'user = "+{os.getuid()}"\n'
+              f'group = "+{os.getgid()}"\n')
+    if conf.exists():
+        current = conf.read_text()
+        if current == wanted or not current.startswith(_QEMU_CONF_MARKER):
+            return
+    conf.write_text(wanted)
+    log.info("wrote %s", conf)
+
+
+class ComputeBackend:
+    def __init__(self, connection: LibvirtConnection) -> None:
+        self.connection = connection
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        return self.connection.conn
+
+    def lookup(self, name: str) -> libvirt.virDomain:
+        """A domain by name or by UUID string."""
+        require(name, "name")
+        conn = self.conn
+        if _is_uuid(name):
+            try:
+                return conn.lookupByUUIDString(name)
+            except libvirt.libvirtError as error:
+                if error.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+        return conn.lookupByName(name)
+
+    def list(self, active: bool | None, persistent: bool | None,
+             autostart: bool | None) -> list[libvirt.virDomain]:
+        flags = 0
+        for wanted, yes, no in (
+            (active, libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE,
+             libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE),
+            (persistent, libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT,
+             libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT),
+            (autostart, libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART,
+             libvirt.VIR_CONNECT_LIST_DOMAINS_NO_AUTOSTART),
+        ):
+            if wanted is not None:
+                flags |= yes if wanted else no
+        return self.conn.listAllDomains(flags)
+
+    def define(self, xml: str, validate: bool) -> libvirt.virDomain:
+        flags = libvirt.VIR_DOMAIN_DEFINE_VALIDATE if validate else 0
+        return self.conn.defineXMLFlags(require(xml, "xml"), flags)
+
+    def create(self, xml: str, paused: bool, validate: bool) -> libvirt.virDomain:
+        flags = ((libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
+                 | (libvirt.VIR_DOMAIN_START_VALIDATE if validate else 0))
+        return self.conn.createXML(require(xml, "xml"), flags)
+
+    def undefine(self, dom: libvirt.virDomain, managed_save: bool, snapshots: bool,
+                 nvram: bool, keep_nvram: bool) -> None:
+        if nvram and keep_nvram:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "nvram and keep_nvram exclude each other", "CONFLICTING_FLAGS")
+        flags = ((libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE if managed_save else 0)
+                 | (libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA if snapshots else 0)
+                 | (libvirt.VIR_DOMAIN_UNDEFINE_NVRAM if nvram else 0)
+                 | (libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM if keep_nvram else 0))
+        dom.undefineFlags(flags)
+
+    def start(self, dom: libvirt.virDomain, paused: bool, force_boot: bool) -> None:
+        # Checked here too because not every driver reports this as OPERATION_INVALID.
+        if dom.isActive():
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"domain '{dom.name()}' is already running",
+                               "VIR_ERR_OPERATION_INVALID")
+        dom.createWithFlags((libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
+                            | (libvirt.VIR_DOMAIN_START_FORCE_BOOT if force_boot else 0))
+
+    def stats(self, names: list[str], groups: int, active_only: bool,
+              nowait: bool) -> list[tuple[libvirt.virDomain, dict]]:
+        flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT if nowait else 0
+        if names:
+            domains = [self.lookup(name) for name in names]
+            return self.conn.domainListGetStats(domains, groups, flags)
+        if active_only:
+            flags |= libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
+        return self.conn.getAllDomainStats(groups, flags)
+
+    def stop_guests(self, how: str, timeout: float) -> None:
+        """Shut down or destroy every running guest (the service's exit policy)."""
+        running = self.list(active=True, persistent=None, autostart=None)
+        if how == "shutdown":
+            for dom in running:
+                _quietly(dom.shutdown)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and any(_quietly(dom.isActive) for dom in running):
+                time.sleep(0.2)
+        for dom in running:
+            if _quietly(dom.isActive):
+                log.info("destroying guest %s", dom.name())
+                _quietly(dom.destroy)
+
+
+def _quietly(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except libvirt.libvirtError as error:
+        log.warning("%s", error.get_error_message())
+        return None
