@@ -168,6 +168,8 @@ def load(service: str, default_uri: str, argv: Sequence[str] | None = None,
 def describe(config: Any) -> str:
     """One line with every effective setting, for the start-up log."""
     items = dataclasses.asdict(config)
+    if isinstance(config, Config):
+        items.update(uri=config.libvirt_uri, socket=str(config.socket_path))
     for name, value in items.items():
         if name.endswith("_mode"):
             items[name] = oct(value)

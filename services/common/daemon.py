@@ -128,10 +128,13 @@ class Daemon:
 
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
                    ("grpc.max_send_message_length", config.max_message_bytes)]
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers,
+        # A watch stream holds its thread for its whole life: watchers get threads of
+        # their own on top of max_workers, so they can never starve unary calls.
+        threads = config.max_workers + config.max_event_watchers
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads,
                                                         thread_name_prefix="rpc"),
                              interceptors=[ErrorInterceptor()], options=options,
-                             maximum_concurrent_rpcs=config.max_workers * 4)
+                             maximum_concurrent_rpcs=threads * 4)
         self.spec.add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

@@ -87,7 +87,19 @@ class ServiceError(Exception):
         self.reason = reason or code.name
 
 
-def grpc_code_for(libvirt_code: int) -> grpc.StatusCode:
+#: libvirt reports some conditions only through a generic code; the message
+#: tells them apart. (libvirt code, message fragment) -> gRPC code.
+_REFINEMENTS: tuple[tuple[int, str, grpc.StatusCode], ...] = (
+    # virDomainObjListAdd: "domain 'x' already exists with uuid ..."
+    (libvirt.VIR_ERR_OPERATION_FAILED, "already exists", _C.ALREADY_EXISTS),
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "already exists", _C.ALREADY_EXISTS),
+)
+
+
+def grpc_code_for(libvirt_code: int, message: str = "") -> grpc.StatusCode:
+    for code, fragment, refined in _REFINEMENTS:
+        if libvirt_code == code and fragment in message:
+            return refined
     return LIBVIRT_TO_GRPC.get(libvirt_code, _C.INTERNAL)
 
 
@@ -112,7 +124,7 @@ def to_status(error: Exception) -> grpc.Status:
         code = error.get_error_code() or libvirt.VIR_ERR_INTERNAL_ERROR
         message = str(error) or error.get_error_message() or "libvirt error"
         metadata = {"libvirt_code": str(code), "libvirt_domain": str(error.get_error_domain())}
-        return _status(grpc_code_for(code), message, libvirt_code_name(code), ERROR_DOMAIN,
+        return _status(grpc_code_for(code, message), message, libvirt_code_name(code), ERROR_DOMAIN,
                        metadata)
     return _status(_C.INTERNAL, f"internal error: {type(error).__name__}: {error}", "INTERNAL",
                    SERVICE_ERROR_DOMAIN, {})

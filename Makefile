@@ -1,0 +1,71 @@
+# virtmesh: `make run` and `make test` set up everything they need on Debian 12.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STATE ?= .virtmesh
+GEN := protos/gen/python
+PROTOS := $(shell find protos/virtmesh -name '*.proto')
+SYSTEM_STAMP := $(VENV)/.system-deps
+PY_STAMP := $(VENV)/.python-deps
+GUEST := $(STATE)/guest/vmlinuz $(STATE)/guest/initrd.img
+PYTEST_ARGS ?=
+
+.PHONY: help deps run test lint gen gen-check guest bench clean
+
+help:
+	@echo "make run    install what is missing, build, and run the mesh (Ctrl-C stops it)"
+	@echo "make test   install what is missing and run the whole test suite"
+	@echo "make lint   buf lint + format check, generated-code check, ruff, mypy"
+	@echo "make gen    regenerate Python code from protos/"
+	@echo "make bench  libvirtd vs compute service vs gateway, figures to bench-results.json"
+
+# System packages: re-checked when the script changes (dpkg-query is quick anyway).
+$(SYSTEM_STAMP): tools/install-deps.sh
+	tools/install-deps.sh
+	@mkdir -p $(VENV) && touch $@
+
+$(PY_STAMP): $(SYSTEM_STAMP) requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+deps: $(PY_STAMP)
+
+gen: $(PY_STAMP)
+	tools/gen-protos.sh $(GEN)
+
+gen-check: $(PY_STAMP)
+	@tmp=$$(mktemp -d) && tools/gen-protos.sh $$tmp && \
+	  if diff -r -q $(GEN) $$tmp >/dev/null; then rm -rf $$tmp; echo "generated code is up to date"; \
+	  else diff -r $(GEN) $$tmp | head -20; rm -rf $$tmp; \
+	       echo "generated code is stale: run make gen and commit" >&2; exit 1; fi
+
+lint: $(PY_STAMP) gen-check
+	cd protos && ../$(VENV)/bin/buf lint
+	cd protos && ../$(VENV)/bin/buf format --diff --exit-code
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy services gateway client bench tests
+
+$(GUEST): guest/build-guest.sh $(SYSTEM_STAMP)
+	guest/build-guest.sh $(STATE)/guest
+
+guest: $(GUEST)
+
+run: $(PY_STAMP) $(GUEST)
+	$(PY) -m services.supervisor --state-dir $(STATE)
+
+# pytest exits 5 when it collected no tests: that is a failure, not a pass.
+test: $(PY_STAMP) $(GUEST)
+	@$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	  if [ $$status = 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
+	  exit $$status
+
+bench: $(PY_STAMP)
+	$(PY) -m bench.bench --out bench-results.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Benchmarks: virtmesh's gRPC paths measured against libvirt's own remote protocol."""

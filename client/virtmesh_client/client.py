@@ -1,0 +1,208 @@
+"""A small Python client for virtmesh.
+
+It reaches the services either through the gateway (mTLS on TCP, the normal
+way) or straight through one service's UNIX socket (no TLS; for tests and local
+debugging). Failed calls raise ``ClientError``, which carries the gRPC code name
+and the libvirt error code from the server's ``google.rpc.ErrorInfo``, so callers
+can tell ``VIR_ERR_NO_DOMAIN`` from ``VIR_ERR_NO_DOMAIN_SNAPSHOT`` without
+parsing messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, cast
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from virtmesh.compute.v1 import compute_service_pb2 as pb
+from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
+
+DEFAULT_GATEWAY = "127.0.0.1:16514"
+DEFAULT_STATE_DIR = ".virtmesh"
+DEFAULT_TIMEOUT = 30.0
+#: the services accept messages this large (capabilities XML can be big)
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class ConfigError(Exception):
+    """The client cannot even try to connect, e.g. a certificate file is missing."""
+
+
+class ClientError(Exception):
+    """A failed call: gRPC code name, message and the server's ErrorInfo reason."""
+
+    def __init__(self, code: str, message: str, reason: str = "",
+                 metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+
+    def __str__(self) -> str:
+        """One line: libvirt's XML errors append a multi-line excerpt we leave out."""
+        lines = self.message.strip().splitlines()
+        text = f"{self.code}: {lines[0] if lines else self.code}"
+        return f"{text} ({self.reason})" if self.reason and self.reason != self.code else text
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.RpcError) -> ClientError:
+        call = cast(grpc.Call, error)
+        status = rpc_status.from_call(call)
+        for detail in status.details if status else ():
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                return cls(call.code().name, call.details() or "", info.reason, info.metadata)
+        return cls(call.code().name, call.details() or "")
+
+
+@contextlib.contextmanager
+def rpc_errors() -> Iterator[None]:
+    """The one place where a grpc.RpcError becomes a ClientError."""
+    try:
+        yield
+    except grpc.RpcError as error:
+        raise ClientError.from_rpc_error(error) from None
+
+
+def _read_pem(path: str | os.PathLike[str], what: str, flag: str, env: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigError(f"cannot read {what} {path}: {error.strerror} (run `make run` to "
+                          f"create the development PKI, or pass {flag} / set {env})") from None
+
+
+class EventStream:
+    """An open WatchDomainEvents call.
+
+    Construction waits for the server's headers, which it sends once it has
+    subscribed us: an operation started afterwards cannot slip past unseen.
+    """
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        with rpc_errors():
+            call.initial_metadata()
+
+    def __iter__(self) -> Iterator[Any]:
+        with rpc_errors():
+            yield from self._call
+
+    def close(self) -> None:
+        self._call.cancel()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Client:
+    """A channel to virtmesh and the compute stub on it; use it as a context manager.
+
+    ``target`` is ``host:port`` of the gateway (TLS with a client certificate)
+    or ``unix:/path`` of a service socket (insecure). Unset arguments come from
+    ``VIRTMESH_GATEWAY``, ``VIRTMESH_STATE_DIR``, ``VIRTMESH_CA``,
+    ``VIRTMESH_CERT`` and ``VIRTMESH_KEY``, then from the defaults (the gateway
+    on 127.0.0.1:16514 and the PKI under ``<state_dir>/pki``).
+    """
+
+    def __init__(self, target: str | None = None, *,
+                 state_dir: str | os.PathLike[str] | None = None,
+                 ca: str | os.PathLike[str] | None = None,
+                 cert: str | os.PathLike[str] | None = None,
+                 key: str | os.PathLike[str] | None = None,
+                 timeout: float | None = DEFAULT_TIMEOUT,
+                 environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        self.target = target or env.get("VIRTMESH_GATEWAY") or DEFAULT_GATEWAY
+        #: deadline of each unary call in seconds; None waits forever
+        self.timeout = timeout
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        if self.target.startswith("unix:"):
+            self.channel = grpc.insecure_channel(self.target, options)
+        else:
+            pki = Path(state_dir or env.get("VIRTMESH_STATE_DIR") or DEFAULT_STATE_DIR) / "pki"
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read_pem(ca or env.get("VIRTMESH_CA") or pki / "ca.crt",
+                                            "CA certificate", "--ca", "VIRTMESH_CA"),
+                private_key=_read_pem(key or env.get("VIRTMESH_KEY") or pki / "client.key",
+                                      "client key", "--key", "VIRTMESH_KEY"),
+                certificate_chain=_read_pem(
+                    cert or env.get("VIRTMESH_CERT") or pki / "client.crt",
+                    "client certificate", "--cert", "VIRTMESH_CERT"))
+            self.channel = grpc.secure_channel(self.target, credentials, options)
+        self.compute = pb_grpc.ComputeServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    def call(self, method: str, request: Any) -> Any:
+        """Call a unary compute RPC by name, with the client's deadline."""
+        with rpc_errors():
+            return getattr(self.compute, method)(request, timeout=self.timeout)
+
+    def _all_pages(self, method: str, request: Any, field: str) -> list[Any]:
+        items: list[Any] = []
+        while True:
+            response = self.call(method, request)
+            items.extend(getattr(response, field))
+            if not response.next_page_token:
+                return items
+            request.page_token = response.next_page_token
+
+    def domains(self, *, active: bool | None = None, persistent: bool | None = None,
+                states: Sequence[Any] = (), page_size: int = 0) -> list[Any]:
+        """Every matching domain, following next_page_token to the last page."""
+        request = pb.ListDomainsRequest(active=active, persistent=persistent, states=states,
+                                        page_size=page_size)
+        return self._all_pages("ListDomains", request, "domains")
+
+    def snapshots(self, name: str, page_size: int = 0) -> list[Any]:
+        request = pb.ListSnapshotsRequest(name=name, page_size=page_size)
+        return self._all_pages("ListSnapshots", request, "snapshots")
+
+    def domain(self, name: str) -> Any:
+        return self.call("GetDomain", pb.GetDomainRequest(name=name)).domain
+
+    def watch(self, names: Sequence[str] = (), timeout: float | None = None) -> EventStream:
+        """Subscribe to domain events; returns once the server has subscribed us."""
+        request = pb.WatchDomainEventsRequest(names=names)
+        return EventStream(self.compute.WatchDomainEvents(request, timeout=timeout))
+
+    def shutdown(self, name: str, wait: float | None = None) -> None:
+        """Ask the guest to shut down; with ``wait`` (seconds), return once it is off."""
+        request = pb.ShutdownDomainRequest(name=name)
+        if wait is None:
+            self.call("ShutdownDomain", request)
+            return
+        with self.watch([name], timeout=wait) as events:
+            self.call("ShutdownDomain", request)
+            if self.domain(name).state == pb.DOMAIN_STATE_SHUTOFF:
+                return
+            try:
+                for event in events:
+                    if event.lifecycle.type == pb.LIFECYCLE_EVENT_TYPE_STOPPED:
+                        return
+            except ClientError as error:
+                if error.code != "DEADLINE_EXCEEDED":
+                    raise
+                raise ClientError(error.code, f"domain '{name}' did not shut off within "
+                                  f"{wait:g} s") from None
+        raise ClientError("UNAVAILABLE", "the event stream ended before the domain shut off")

@@ -1,0 +1,169 @@
+"""Fixtures that start real services on temporary sockets.
+
+Hermetic tests use libvirt's test driver with a private node file
+(``test:///<file>``): unlike ``test:///default`` its state belongs to one
+connection, so tests cannot see each other's domains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gateway.pki import ensure_dev_pki
+from services.common.config import Config
+from services.common.daemon import Daemon
+from services.compute import SPEC as COMPUTE
+from services.supervisor import client_credentials, wait_serving
+from virtmesh.compute.v1 import compute_service_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+NODE_XML = """<node>
+  <domain type='test'>
+    <name>alpha</name><memory>65536</memory><vcpu>2</vcpu><os><type>hvm</type></os>
+  </domain>
+</node>
+"""
+
+
+def domain_xml(name: str, memory_kib: int = 65536) -> str:
+    return (f"<domain type='test'><name>{name}</name><memory>{memory_kib}</memory>"
+            "<vcpu>1</vcpu><os><type>hvm</type></os></domain>")
+
+
+@pytest.fixture
+def node_uri(tmp_path: Path) -> str:
+    path = tmp_path / "node.xml"
+    path.write_text(NODE_XML)
+    return f"test://{path}"
+
+
+@contextlib.contextmanager
+def running_service(state_dir: Path, uri: str, **settings: object) -> Iterator[Daemon]:
+    """An in-process compute daemon on ``<state_dir>/run/compute.sock``."""
+    config = dataclasses.replace(Config(service="compute", state_dir=state_dir, uri=uri),
+                                 **settings)
+    daemon = Daemon(COMPUTE, config)
+    daemon.start(connect_wait=10)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def compute(tmp_path: Path, node_uri: str) -> Iterator[Daemon]:
+    with running_service(tmp_path, node_uri, grace_period=0.5) as daemon:
+        yield daemon
+
+
+@pytest.fixture
+def stub(compute: Daemon) -> Iterator[compute_service_pb2_grpc.ComputeServiceStub]:
+    with grpc.insecure_channel(f"unix:{compute.socket_path}") as channel:
+        yield compute_service_pb2_grpc.ComputeServiceStub(channel)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclasses.dataclass
+class Process:
+    """A service started as its own process, the way it runs in production."""
+
+    argv: list[str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, cwd=ROOT,
+                                          start_new_session=True)
+        return self
+
+    def signal(self, signum: int) -> None:
+        assert self.popen is not None
+        self.popen.send_signal(signum)
+
+    def stop(self, timeout: float = 20) -> int:
+        assert self.popen is not None
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        return self.popen.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def service_process(state_dir: Path, name: str, *args: str) -> Process:
+    return Process([sys.executable, "-m", f"services.{name}", "--state-dir", str(state_dir),
+                    *args], state_dir / "log" / f"{name}.log")
+
+
+def gateway_process(state_dir: Path, port: int, *args: str) -> Process:
+    return Process([sys.executable, "-m", "gateway", "--state-dir", str(state_dir),
+                    "--listen", f"127.0.0.1:{port}", *args], state_dir / "log" / "gateway.log")
+
+
+@dataclasses.dataclass
+class Mesh:
+    state_dir: Path
+    port: int
+    compute: Process
+    gateway: Process
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def credentials(self, client: str = "client") -> grpc.ChannelCredentials:
+        pki = self.state_dir / "pki"
+        if client == "client":
+            return client_credentials(pki)
+        return grpc.ssl_channel_credentials((pki / "ca.crt").read_bytes())
+
+    def channel(self) -> grpc.Channel:
+        return grpc.secure_channel(self.target, self.credentials())
+
+
+@contextlib.contextmanager
+def running_mesh(state_dir: Path, uri: str, *compute_args: str) -> Iterator[Mesh]:
+    """compute + gateway as real processes, with a development PKI."""
+    ensure_dev_pki(state_dir / "pki")
+    compute = service_process(state_dir, "compute", "--uri", uri, *compute_args).start()
+    port = free_port()
+    gateway = gateway_process(state_dir, port).start()
+    mesh = Mesh(state_dir, port, compute, gateway)
+    try:
+        wait_serving(f"unix:{state_dir / 'run' / 'compute.sock'}", "", 60)
+        wait_serving(mesh.target, "", 30, mesh.credentials())
+        yield mesh
+    finally:
+        gateway.stop()
+        compute.stop(60)
+
+
+@pytest.fixture
+def mesh(tmp_path: Path, node_uri: str) -> Iterator[Mesh]:
+    with running_mesh(tmp_path, node_uri) as running:
+        yield running
