@@ -118,13 +118,18 @@ class Daemon:
         self.health.set(self.spec.descriptor.full_name, status)
 
     def start(self, connect_wait: float = 30.0) -> None:
+        """Bind and serve at once (NOT_SERVING until libvirt is reached), then wait up
+        to ``connect_wait`` seconds for the first libvirt connection."""
         config = self.config
+        path = self.socket_path
+        # Before touching libvirt: a second instance must not open the first one's
+        # (embedded) driver state or rewrite its files on its way to failing.
+        prepare_socket(path)
         if self.spec.prepare:
             self.spec.prepare(config)
         self._set_serving(False)
         self.connection.on_state_change(self._set_serving)
         self.servicer = self.spec.servicer_factory(self.connection, config)
-        self.connection.start(wait=connect_wait)
 
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
                    ("grpc.max_send_message_length", config.max_message_bytes)]
@@ -141,18 +146,19 @@ class Daemon:
             (self.spec.descriptor.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
             server)
 
-        path = self.socket_path
-        prepare_socket(path)
         old_umask = os.umask(0o177)
         try:
             server.add_insecure_port(f"unix:{path}")
             server.start()
         finally:
             os.umask(old_umask)
-        os.chmod(path, config.socket_mode)
         self.server = server
+        os.chmod(path, config.socket_mode)
         log.info("%s serving %s on unix:%s", self.spec.name, self.spec.descriptor.full_name,
                  path)
+        # While libvirt is unreachable the socket is up: health says NOT_SERVING and
+        # calls get UNAVAILABLE, instead of callers finding no socket at all.
+        self.connection.start(wait=connect_wait)
 
     def stop(self) -> None:
         """Refuse new calls, let in-flight ones finish, then let go of libvirt."""

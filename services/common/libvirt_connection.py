@@ -95,7 +95,8 @@ class LibvirtConnection:
         self._thread = threading.Thread(target=self._run, name="libvirt-connect", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + wait
-        while not self.connected and time.monotonic() < deadline:
+        while (not self.connected and not self._stopping.is_set()
+               and time.monotonic() < deadline):
             time.sleep(0.02)
 
     def close(self) -> None:
