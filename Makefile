@@ -56,7 +56,7 @@ $(GUEST): guest/build-guest.sh $(SYSTEM_STAMP)
 guest: $(GUEST)
 
 run: $(PY_STAMP) $(GUEST)
-	$(PY) -m services.supervisor --state-dir $(STATE)
+	$(PY) -m services.supervisor --state-dir $(STATE) $(if $(filter-out 0,$(KEEP_GUESTS)),--keep-guests)
 
 # pytest exits 5 when it collected no tests: that is a failure, not a pass.
 test: $(PY_STAMP) $(GUEST)

@@ -52,10 +52,10 @@ from typing import IO, Any, Protocol
 import grpc
 import libvirt
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from virtmesh.compute.v1 import compute_service_pb2 as pb
-from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 
 from gateway.pki import ensure_dev_pki
+from virtmesh.compute.v1 import compute_service_pb2 as pb
+from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 LIBVIRTD = "/usr/sbin/libvirtd"

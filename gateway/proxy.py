@@ -130,7 +130,11 @@ class ProxyHandler(grpc.GenericRpcHandler):
                 try:
                     response = await call
                 except grpc.aio.AioRpcError as error:
+                    headers = tuple(error.initial_metadata() or ())
+                    if headers:
+                        await context.send_initial_metadata(headers)
                     await relay_error(context, route, backends, error)
+                await context.send_initial_metadata(tuple(await call.initial_metadata() or ()))
                 context.set_trailing_metadata(tuple(await call.trailing_metadata() or ()))
                 return response
 

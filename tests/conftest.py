@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -50,7 +51,7 @@ def node_uri(tmp_path: Path) -> str:
 
 
 @contextlib.contextmanager
-def running_service(state_dir: Path, uri: str, **settings: object) -> Iterator[Daemon]:
+def running_service(state_dir: Path, uri: str, **settings: Any) -> Iterator[Daemon]:
     """An in-process compute daemon on ``<state_dir>/run/compute.sock``."""
     config = dataclasses.replace(Config(service="compute", state_dir=state_dir, uri=uri),
                                  **settings)

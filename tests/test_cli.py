@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh_client.cli import main
 from virtmesh_client.client import Client, ClientError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import grpc
 import pytest
@@ -33,7 +34,7 @@ def reason_of(error: grpc.RpcError) -> str:
     return info.reason
 
 
-def names(stub: Stub, **filters: object) -> list[str]:
+def names(stub: Stub, **filters: Any) -> list[str]:
     return [d.name for d in stub.ListDomains(pb.ListDomainsRequest(**filters)).domains]
 
 
@@ -102,7 +103,7 @@ def test_bad_input_gets_precise_status_and_leaves_nothing(stub: Stub) -> None:
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert reason_of(error) in ("VIR_ERR_XML_ERROR", "VIR_ERR_XML_DETAIL")
     error = error_of(stub.DefineDomain, pb.DefineDomainRequest(xml=""))
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "xml" in error.details()
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "xml" in str(error.details())
     error = error_of(stub.CreateDomain, pb.CreateDomainRequest(xml="not xml at all"))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert names(stub) == ["alpha"]  # nothing half-defined
@@ -110,14 +111,15 @@ def test_bad_input_gets_precise_status_and_leaves_nothing(stub: Stub) -> None:
     error = error_of(stub.GetDomain, pb.GetDomainRequest(name="nope"))
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert reason_of(error) == "VIR_ERR_NO_DOMAIN"
-    error = error_of(stub.GetDomain, pb.GetDomainRequest(name="00000000-0000-0000-0000-0000000000aa"))
+    unknown_uuid = "00000000-0000-0000-0000-0000000000aa"
+    error = error_of(stub.GetDomain, pb.GetDomainRequest(name=unknown_uuid))
     assert error.code() == grpc.StatusCode.NOT_FOUND
     error = error_of(stub.GetDomain, pb.GetDomainRequest())
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "name" in error.details()
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "name" in str(error.details())
 
     error = error_of(stub.StartDomain, pb.StartDomainRequest(name="alpha"))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "already running" in error.details()
+    assert "already running" in str(error.details())
 
     stub.DefineDomain(pb.DefineDomainRequest(xml=domain_xml("dup")))
     error = error_of(stub.CreateDomain, pb.CreateDomainRequest(xml=domain_xml("alpha")))

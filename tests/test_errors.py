@@ -94,7 +94,7 @@ class _FakeCall:
     def details(self) -> str:
         return self._status.details
 
-    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+    def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         return tuple(self._status.trailing_metadata)
 
 

@@ -14,8 +14,8 @@ from datetime import UTC
 from typing import IO, Any
 
 from google.protobuf import json_format
-from virtmesh.compute.v1 import compute_service_pb2 as pb
 
+from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh_client.client import DEFAULT_TIMEOUT, Client, ClientError, ConfigError
 
 Handler = Callable[[Client, argparse.Namespace, "Output"], None]

@@ -20,6 +20,7 @@ from typing import Any, cast
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 

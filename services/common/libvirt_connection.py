@@ -62,6 +62,7 @@ class LibvirtConnection:
         self._keepalive = (keepalive_interval, keepalive_count)
         self._delays = (min_delay, max_delay)
         self._conn: libvirt.virConnect | None = None
+        self._lost: list[libvirt.virConnect] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -107,18 +108,33 @@ class LibvirtConnection:
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None:
-            try:
-                conn.unregisterCloseCallback()
-            except libvirt.libvirtError:
-                pass
-            try:
-                conn.close()
-            except libvirt.libvirtError as error:
-                log.warning("closing libvirt connection: %s", error)
+            self._release(conn)
+        self._release_lost()
+
+    @staticmethod
+    def _release(conn: libvirt.virConnect, lost: bool = False) -> None:
+        try:
+            conn.unregisterCloseCallback()
+        except libvirt.libvirtError:
+            pass
+        try:
+            conn.close()
+        except libvirt.libvirtError as error:
+            # a lost connection cannot say goodbye to its daemon; that is expected
+            (log.debug if lost else log.warning)("closing libvirt connection: %s", error)
+
+    def _release_lost(self) -> None:
+        """Close connections libvirt reported closed (not from its event-loop thread);
+        otherwise each one, with its close and event callbacks, leaks per reconnect."""
+        with self._lock:
+            lost, self._lost = self._lost, []
+        for conn in lost:
+            self._release(conn, lost=True)
 
     def _run(self) -> None:
         delay = self._delays[0]
         while not self._stopping.is_set():
+            self._release_lost()
             if self._conn is None:
                 try:
                     self._open()
@@ -153,6 +169,7 @@ class LibvirtConnection:
             if self._conn is not conn:
                 return
             self._conn = None
+            self._lost.append(conn)
             self.reconnects += 1
         for listener in self._listeners:
             listener(False)

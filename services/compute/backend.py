@@ -92,7 +92,7 @@ class ComputeBackend:
                     raise
         return conn.lookupByName(name)
 
-    def list(self, active: bool | None, persistent: bool | None,
+    def list_domains(self, active: bool | None, persistent: bool | None,
              autostart: bool | None) -> list[libvirt.virDomain]:
         flags = 0
         for wanted, yes, no in (
@@ -137,7 +137,7 @@ class ComputeBackend:
                             | (libvirt.VIR_DOMAIN_START_FORCE_BOOT if force_boot else 0))
 
     def stats(self, names: list[str], groups: int, active_only: bool,
-              nowait: bool) -> list[tuple[libvirt.virDomain, dict]]:
+              nowait: bool) -> list[tuple[libvirt.virDomain, dict[str, Any]]]:
         flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT if nowait else 0
         if names:
             domains = [self.lookup(name) for name in names]
@@ -148,7 +148,7 @@ class ComputeBackend:
 
     def stop_guests(self, how: str, timeout: float) -> None:
         """Shut down or destroy every running guest (the service's exit policy)."""
-        running = self.list(active=True, persistent=None, autostart=None)
+        running = self.list_domains(active=True, persistent=None, autostart=None)
         if how == "shutdown":
             for dom in running:
                 _quietly(dom.shutdown)

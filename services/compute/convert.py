@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import libvirt
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -50,7 +50,7 @@ STATE_REASONS[libvirt.VIR_DOMAIN_NOSTATE] = {libvirt.VIR_DOMAIN_NOSTATE_UNKNOWN:
 _EVENT_TYPES = ("DEFINED", "UNDEFINED", "STARTED", "SUSPENDED", "RESUMED", "STOPPED",
                 "SHUTDOWN", "PMSUSPENDED", "CRASHED")
 #: libvirt lifecycle event type -> LifecycleEventType
-EVENT_TYPES: dict[int, int] = {
+EVENT_TYPES: dict[int, pb.LifecycleEventType.ValueType] = {
     getattr(libvirt, f"VIR_DOMAIN_EVENT_{name}"): pb.LifecycleEventType.Value(
         f"LIFECYCLE_EVENT_TYPE_{name}")
     for name in _EVENT_TYPES
@@ -61,8 +61,9 @@ EVENT_DETAILS: dict[int, dict[int, str]] = {
 }
 
 
-def domain_state(state: int) -> int:
-    return state if state in pb.DomainState.values() else pb.DOMAIN_STATE_UNSPECIFIED
+def domain_state(state: int) -> pb.DomainState.ValueType:
+    known = state in pb.DomainState.values()
+    return cast("pb.DomainState.ValueType", state if known else pb.DOMAIN_STATE_UNSPECIFIED)
 
 
 def state_reason(state: int, reason: int) -> str:

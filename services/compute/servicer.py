@@ -6,6 +6,7 @@ No try/except here: errors travel to the ErrorInterceptor.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import libvirt
@@ -54,7 +55,7 @@ class ComputeServicer(pb_grpc.ComputeServiceServicer):
     # -- events ---------------------------------------------------------------
 
     def _register_events(self, conn: libvirt.virConnect) -> None:
-        def publish(dom: libvirt.virDomain, **event: object) -> None:
+        def publish(dom: libvirt.virDomain, **event: Any) -> None:
             self.events.publish(pb.WatchDomainEventsResponse(
                 name=dom.name(), uuid=dom.UUIDString(), time=_now(), **event))
 
@@ -88,7 +89,7 @@ class ComputeServicer(pb_grpc.ComputeServiceServicer):
     def ListDomains(self, request: pb.ListDomainsRequest, context: Ctx) -> pb.ListDomainsResponse:
         filters = {name: getattr(request, name) if request.HasField(name) else None
                    for name in ("active", "persistent", "autostart")}
-        domains = self.backend.list(**filters)
+        domains = self.backend.list_domains(**filters)
         if request.states:
             states = set(request.states)
             domains = [dom for dom in domains if convert.domain_state(dom.state()[0]) in states]
