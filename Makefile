@@ -48,7 +48,7 @@ lint: $(PY_STAMP) gen-check
 	cd protos && ../$(VENV)/bin/buf lint
 	cd protos && ../$(VENV)/bin/buf format --diff --exit-code
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy services gateway client bench tests
+	$(VENV)/bin/mypy services gateway client guest bench tests
 
 $(GUEST): guest/build-guest.sh $(SYSTEM_STAMP)
 	guest/build-guest.sh $(STATE)/guest

@@ -159,10 +159,12 @@ class ProxyHandler(grpc.GenericRpcHandler):
 def _unknown_method(method: str) -> grpc.RpcMethodHandler:
     service = method.rsplit("/", 1)[0].lstrip("/")
 
-    async def unimplemented(_request: Any, context: grpc.aio.ServicerContext) -> None:
+    # Streaming on both sides, so the answer never waits for a request message: a
+    # client-streaming or bidi caller that has not sent one yet gets it at once too.
+    async def unimplemented(_requests: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED,
                             f"unknown service or method {method!r} (service {service!r} "
                             "is not behind this gateway)")
 
-    return grpc.unary_unary_rpc_method_handler(unimplemented, request_deserializer=None,
-                                               response_serializer=None)
+    return grpc.stream_stream_rpc_method_handler(unimplemented, request_deserializer=None,
+                                                 response_serializer=None)

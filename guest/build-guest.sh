@@ -30,7 +30,7 @@ KVER=${KERNEL#/boot/vmlinuz-}
 MODDIR=/lib/modules/$KVER
 [ -f "$MODDIR/modules.dep" ] || die "$MODDIR/modules.dep not found"
 [ -x "$BUSYBOX" ] || die "$BUSYBOX not found (install busybox-static)"
-"$BUSYBOX" --list | grep -qx acpid || die "$BUSYBOX has no acpid applet"
+"$BUSYBOX" --list | grep -x acpid >/dev/null || die "$BUSYBOX has no acpid applet"
 
 # Resolve module paths (relative to $MODDIR), dependencies first.
 declare -A SEEN=()

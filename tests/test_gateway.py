@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import grpc
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, descriptor_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -48,21 +48,31 @@ DETAILS_KEY = "grpc-status-details-bin"
 Status = health_pb2.HealthCheckResponse
 
 
-def rpc_error(call: Callable[..., Any], *args: Any, **kwargs: Any) -> grpc.RpcError:
+class Failed(Protocol):
+    """What a failed call raises: an RpcError that is also a grpc.Call."""
+
+    def code(self) -> grpc.StatusCode: ...
+    def details(self) -> str: ...
+    def initial_metadata(self) -> Any: ...
+    def trailing_metadata(self) -> Any: ...
+
+
+def rpc_error(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Failed:
     with pytest.raises(grpc.RpcError) as caught:
         call(*args, **kwargs)
-    return caught.value
+    return cast(Failed, caught.value)
 
 
-def status_details(error: grpc.RpcError) -> bytes | None:
-    for key, value in error.trailing_metadata() or ():  # type: ignore[attr-defined]
-        if key == DETAILS_KEY:
-            return bytes(value)
-    return None
+def as_dict(metadata: Any) -> dict[str, str | bytes]:
+    return {key: value for key, value in metadata or ()}
 
 
-def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+def status_details(error: Failed) -> str | bytes | None:
+    return as_dict(error.trailing_metadata()).get(DETAILS_KEY)
+
+
+def error_info(error: Failed) -> error_details_pb2.ErrorInfo:
+    status = rpc_status.from_call(cast(grpc.Call, error))
     assert status is not None, "no google.rpc.Status in the trailers"
     info = error_details_pb2.ErrorInfo()
     assert status.details and status.details[0].Unpack(info)
@@ -76,6 +86,16 @@ def without_clock(reply: pb.ListDomainsResponse) -> bytes:
     for domain in copy.domains:
         domain.ClearField("cpu_time_ns")
     return copy.SerializeToString()
+
+
+def within_deadline(backend_remaining: float | None, client_timeout: float) -> bool:
+    """Did the backend get a deadline, no later than the client's?
+
+    gRPC rounds a timeout up to its wire encoding's granularity on each hop (1 ms
+    under 1 s, 10 ms under 10 s, 100 ms under 100 s), hence the 1 % + 1 ms slack.
+    """
+    return backend_remaining is not None and \
+        0 < backend_remaining <= client_timeout * 1.01 + 0.001
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
@@ -125,7 +145,10 @@ def direct(shared_mesh: Mesh) -> Iterator[grpc.Channel]:
 class Seen:
     metadata: dict[str, Any]
     time_remaining: float | None
+    #: set when the call ends for the backend (completion, deadline or cancel)
     ended: threading.Event = dataclasses.field(default_factory=threading.Event)
+    #: a slow call: had it ended (deadline, cancel) before the handler was done?
+    ended_while_busy: bool | None = None
 
 
 def _custom_status() -> status_pb2.Status:
@@ -161,9 +184,10 @@ class RecordingCompute(pb_grpc.ComputeServiceServicer):
 
     def GetDomain(self, request: pb.GetDomainRequest,
                   context: grpc.ServicerContext) -> pb.GetDomainResponse:
-        self._record(request.name, context)
+        seen = self._record(request.name, context)
         if request.name.startswith("slow"):
             time.sleep(2)
+            seen.ended_while_busy = seen.ended.is_set()
         elif request.name.startswith("meta"):
             context.send_initial_metadata((("x-backend-initial", "hello"),))
             context.set_trailing_metadata((("x-backend-trailer", "bye"),
@@ -199,7 +223,7 @@ class FakeMesh:
 
 @contextlib.contextmanager
 def recording_backend(socket_dir: Path) -> Iterator[RecordingCompute]:
-    servicer = RecordingCompute()
+    servicer = RecordingCompute()  # type: ignore[abstract]  # only what the tests call
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     pb_grpc.add_ComputeServiceServicer_to_server(servicer, server)
     socket_dir.mkdir(parents=True, exist_ok=True)
@@ -298,10 +322,16 @@ def test_unknown_service_or_method_is_unimplemented(gw: grpc.Channel) -> None:
     for path, name in (("/virtmesh.nope.v1.NopeService/Foo", "virtmesh.nope.v1.NopeService"),
                        (f"/{COMPUTE_SERVICE}/NoSuchMethod", "NoSuchMethod"),
                        ("/grpc.nope.Other/Bar", "grpc.nope.Other")):
-        call = gw.unary_unary(path, request_serializer=None, response_deserializer=None)
+        call: grpc.UnaryUnaryMultiCallable = gw.unary_unary(path)
         error = rpc_error(call, b"\x0a\x03abc", timeout=10)
         assert error.code() == grpc.StatusCode.UNIMPLEMENTED, path
         assert name in error.details(), error.details()
+    # a client-streaming or bidi caller that has sent nothing is answered at once too
+    path = "/virtmesh.nope.v1.NopeService/Stream"
+    error = rpc_error(gw.stream_unary(path), iter(()), timeout=5)
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED and "NopeService" in error.details()
+    error = rpc_error(lambda: list(gw.stream_stream(path)(iter(()), timeout=5)))
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED and "NopeService" in error.details()
 
 
 def test_large_messages_pass_intact(gw: grpc.Channel, direct: grpc.Channel) -> None:
@@ -347,8 +377,6 @@ def test_reflection_through_gateway(gw: grpc.Channel) -> None:
     listing, files = list(stub.ServerReflectionInfo(iter(requests), timeout=10))
     listed = {s.name for s in listing.list_services_response.service}
     assert {COMPUTE_SERVICE, "grpc.health.v1.Health"} <= listed
-    from google.protobuf import descriptor_pb2
-
     protos = files.file_descriptor_response.file_descriptor_proto
     assert protos, files
     parsed = [descriptor_pb2.FileDescriptorProto.FromString(raw) for raw in protos]
@@ -465,7 +493,7 @@ def test_deadline_and_metadata_reach_the_backend(fake: FakeMesh,
     seen = fake.backend.seen["echo"]
     assert seen.metadata.get("x-request-id") == "req-42"
     assert seen.metadata.get("x-blob-bin") == b"\x00\x01\xfe\xff"
-    assert seen.time_remaining is not None and 0 < seen.time_remaining <= 5
+    assert within_deadline(seen.time_remaining, 5)
 
 
 def test_deadline_exceeded_is_propagated(fake: FakeMesh,
@@ -476,7 +504,19 @@ def test_deadline_exceeded_is_propagated(fake: FakeMesh,
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert elapsed < 1.9, elapsed  # well before the backend's 2 s sleep ends
     seen = fake.backend.seen["slow-1"]
-    assert seen.time_remaining is not None and 0 < seen.time_remaining <= 0.3
+    assert within_deadline(seen.time_remaining, 0.3)
+    assert wait_until(lambda: seen.ended_while_busy is not None, 5)
+    assert seen.ended_while_busy, "the deadline did not expire on the backend too"
+
+
+def test_unary_cancel_reaches_the_backend(fake: FakeMesh,
+                                          fake_stub: pb_grpc.ComputeServiceStub) -> None:
+    future = fake_stub.GetDomain.future(pb.GetDomainRequest(name="slow-2"), timeout=20)
+    assert wait_until(lambda: "slow-2" in fake.backend.seen, 5)
+    future.cancel()
+    seen = fake.backend.seen["slow-2"]
+    assert wait_until(lambda: seen.ended_while_busy is not None, 5)
+    assert seen.ended_while_busy, "the backend never heard of the client's cancel"
 
 
 def test_stream_cancel_reaches_the_backend(fake: FakeMesh,
@@ -487,7 +527,7 @@ def test_stream_cancel_reaches_the_backend(fake: FakeMesh,
     assert names == ["tick-1", "tick-2", "tick-3"]
     seen = fake.backend.seen["watch:c1"]
     assert seen.metadata.get("x-request-id") == "stream-1"
-    assert seen.time_remaining is not None and 0 < seen.time_remaining <= 20
+    assert within_deadline(seen.time_remaining, 20)
     assert not seen.ended.is_set()
     stream.cancel()
     assert seen.ended.wait(5), "the backend never heard of the client's cancel"
@@ -497,10 +537,10 @@ def test_backend_metadata_and_custom_details_pass_unchanged(
         fake: FakeMesh, fake_stub: pb_grpc.ComputeServiceStub) -> None:
     reply, call = fake_stub.GetDomain.with_call(pb.GetDomainRequest(name="meta"), timeout=10)
     assert reply.domain.name == "meta"
-    trailers = dict(call.trailing_metadata())
+    trailers = as_dict(call.trailing_metadata())
     assert trailers.get("x-backend-trailer") == "bye"
     assert trailers.get("x-backend-trailer-bin") == b"\x00\xffraw"
-    assert dict(call.initial_metadata()).get("x-backend-initial") == "hello"
+    assert as_dict(call.initial_metadata()).get("x-backend-initial") == "hello"
 
     request = pb.GetDomainRequest(name="fail")
     through = rpc_error(fake_stub.GetDomain, request, timeout=10)
@@ -513,6 +553,6 @@ def test_backend_metadata_and_custom_details_pass_unchanged(
     info = error_info(through)
     assert info.reason == "CUSTOM_REASON" and info.domain == "backend.test"
     assert dict(info.metadata) == {"k": "v", "ünï": "cödé"}
-    assert dict(through.trailing_metadata()).get("x-backend-trailer") == "failed"
-    assert dict(through.trailing_metadata()) == dict(local.trailing_metadata())
-    assert dict(through.initial_metadata()).get("x-backend-initial") == "failing"
+    assert as_dict(through.trailing_metadata()).get("x-backend-trailer") == "failed"
+    assert as_dict(through.trailing_metadata()) == as_dict(local.trailing_metadata())
+    assert as_dict(through.initial_metadata()).get("x-backend-initial") == "failing"

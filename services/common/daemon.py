@@ -166,6 +166,9 @@ class Daemon:
             return
         self._stopping.set()
         self.health.enter_graceful_shutdown()
+        close = getattr(self.servicer, "close", None)
+        if close is not None:  # a servicer may end its long-lived streams first
+            close()
         if self.server is not None:
             self.server.stop(self.config.grace_period).wait()
         if self.spec.on_exit and self.connection.connected:

@@ -7,6 +7,7 @@ RESOURCE_EXHAUSTED rather than slowing the others or growing memory.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -27,6 +28,8 @@ class Subscription(Generic[Event]):
         self._accept = accept
         self._queue: queue.Queue[object] = queue.Queue(maxsize=size)
         self.overflowed = False
+        #: why the hub ended this stream, once it has
+        self.ended: str | None = None
 
     def offer(self, event: Event) -> None:
         if not self._accept(event):
@@ -37,11 +40,10 @@ class Subscription(Generic[Event]):
             self.overflowed = True
             self._hub.unsubscribe(self)
 
-    def close(self) -> None:
-        try:
+    def close(self, reason: str) -> None:
+        self.ended = reason
+        with contextlib.suppress(queue.Full):
             self._queue.put_nowait(_CLOSED)
-        except queue.Full:
-            pass
 
     def events(self, is_active: Callable[[], bool], poll: float = 0.5) -> Iterator[Event]:
         """Yield events until the caller goes away or the hub closes the stream."""
@@ -50,13 +52,15 @@ class Subscription(Generic[Event]):
                 try:
                     item = self._queue.get(timeout=poll)
                 except queue.Empty:
+                    item = None
+                if item is _CLOSED or (item is None and self.ended):
+                    raise ServiceError(grpc.StatusCode.UNAVAILABLE,
+                                       f"event stream ended: {self.ended}",
+                                       "EVENTS_INTERRUPTED")
+                if item is None:
                     if self.overflowed:
                         break
                     continue
-                if item is _CLOSED:
-                    raise ServiceError(grpc.StatusCode.UNAVAILABLE,
-                                       "event stream ended: the libvirt connection was lost",
-                                       "EVENTS_INTERRUPTED")
                 yield item  # type: ignore[misc]
             if self.overflowed:
                 raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -99,9 +103,9 @@ class EventHub(Generic[Event]):
         for subscription in subscribers:
             subscription.offer(event)
 
-    def close_all(self) -> None:
-        """End every stream, e.g. when the libvirt connection is lost."""
+    def close_all(self, reason: str) -> None:
+        """End every stream with UNAVAILABLE, e.g. when the libvirt connection is lost."""
         with self._lock:
             subscribers, self._subscribers = self._subscribers, set()
         for subscription in subscribers:
-            subscription.close()
+            subscription.close(reason)

@@ -21,6 +21,10 @@ Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
 
 def _abort(context: grpc.ServicerContext, method: str, error: Exception) -> None:
+    if context.code() not in (None, grpc.StatusCode.OK):  # type: ignore[attr-defined]
+        # The handler chose its status with gRPC's own API (context.abort, or set_code
+        # and raise): keep it instead of turning it into INTERNAL.
+        raise error
     status = to_status(error)
     if isinstance(error, (libvirt.libvirtError, ServiceError)):
         log.info("%s -> %s: %s", method, status.code.name, status.details)

@@ -10,6 +10,7 @@ NOT_SERVING).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -46,6 +47,15 @@ def start_event_loop() -> None:
         threading.Thread(target=run, name="libvirt-event-loop", daemon=True).start()
         _loop_started = True
 
+
+#: libvirt-python's per-connection event callback registries and how to drop an entry.
+_EVENT_REGISTRIES = (
+    ("domainEventCallbackID", "domainEventDeregisterAny"),
+    ("networkEventCallbackID", "networkEventDeregisterAny"),
+    ("storagePoolEventCallbackID", "storagePoolEventDeregisterAny"),
+    ("nodeDeviceEventCallbackID", "nodeDeviceEventDeregisterAny"),
+    ("secretEventCallbackID", "secretEventDeregisterAny"),
+)
 
 #: Called with the new connection each time one is opened (events, reattach...).
 ConnectHook = Callable[[libvirt.virConnect], None]
@@ -113,10 +123,15 @@ class LibvirtConnection:
 
     @staticmethod
     def _release(conn: libvirt.virConnect, lost: bool = False) -> None:
-        try:
+        # Registered event callbacks hold a reference to the connection: without
+        # dropping them, close() frees nothing (libvirt drops them locally even when
+        # it cannot tell a lost daemon).
+        for registry, deregister in _EVENT_REGISTRIES:
+            for callback_id in list(getattr(conn, registry, {})):
+                with contextlib.suppress(libvirt.libvirtError):
+                    getattr(conn, deregister)(callback_id)
+        with contextlib.suppress(libvirt.libvirtError):
             conn.unregisterCloseCallback()
-        except libvirt.libvirtError:
-            pass
         try:
             conn.close()
         except libvirt.libvirtError as error:
@@ -150,10 +165,9 @@ class LibvirtConnection:
 
     def _open(self) -> None:
         conn = libvirt.open(self.uri)
-        try:
+        # local and embedded drivers have no keepalive; nothing to probe
+        with contextlib.suppress(libvirt.libvirtError):
             conn.setKeepAlive(*self._keepalive)
-        except libvirt.libvirtError:
-            pass  # local and embedded drivers have no keepalive; nothing to probe
         conn.registerCloseCallback(self._closed, None)
         for hook in self._hooks:
             hook(conn)

@@ -50,7 +50,12 @@ class ComputeServicer(pb_grpc.ComputeServiceServicer):
         self.events: EventHub[pb.WatchDomainEventsResponse] = EventHub(
             config.max_event_watchers)
         connection.on_connect(self._register_events)
-        connection.on_state_change(lambda up: None if up else self.events.close_all())
+        connection.on_state_change(
+            lambda up: None if up else self.events.close_all("the libvirt connection was lost"))
+
+    def close(self) -> None:
+        """The service is stopping: end event streams now rather than after the grace."""
+        self.events.close_all("the service is shutting down")
 
     # -- events ---------------------------------------------------------------
 
@@ -78,6 +83,7 @@ class ComputeServicer(pb_grpc.ComputeServiceServicer):
     def WatchDomainEvents(self, request: pb.WatchDomainEventsRequest,
                           context: Ctx) -> Iterator[pb.WatchDomainEventsResponse]:
         wanted = set(request.names)
+        self.backend.conn  # noqa: B018 - UNAVAILABLE now rather than a silent stream
         subscription = self.events.subscribe(
             lambda event: not wanted or event.name in wanted or event.uuid in wanted)
         # Headers go out now, so the caller knows it is subscribed before any event.
