@@ -206,9 +206,18 @@ def test_socket_gets_configured_mode(tmp_path: Path, mode: int) -> None:
 # -- SIGTERM ---------------------------------------------------------------------------
 
 
+def terminate(proc: subprocess.Popen[bytes], log: Path, timeout: float = 20) -> int:
+    """SIGTERM the process and return its exit code; a hang fails the test."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"no exit within {timeout:.0f}s of SIGTERM{_log_tail(log)}")
+
+
 def test_sigterm_exits_cleanly_and_ends_watch_streams(tmp_path: Path) -> None:
     sock, log = sock_of(tmp_path), tmp_path / "compute.log"
-    with spawned(compute_argv(tmp_path), log) as proc:
+    with spawned(compute_argv(tmp_path, "--grace-period", "120"), log) as proc:
         wait_status(sock, SERVING, 20, proc, log)
         with compute_stub(sock) as stub:
             stream = subscribed(stub, timeout=30)
@@ -224,18 +233,12 @@ def test_sigterm_exits_cleanly_and_ends_watch_streams(tmp_path: Path) -> None:
             reader = threading.Thread(target=drain, daemon=True)
             reader.start()
 
-            started = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            try:
-                code = proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"no exit within 10s of SIGTERM{_log_tail(log)}")
-            elapsed = time.monotonic() - started
+            # The grace period is 120 s: exiting within terminate()'s 20 s proves the
+            # watch stream was ended at once rather than left to run out the grace.
+            code = terminate(proc, log)
             reader.join(timeout=5)
 
         assert code == 0, _log_tail(log)
-        # watch streams are ended at once, not left to run out the 5 s grace period
-        assert elapsed < 3, f"took {elapsed:.1f}s"
         assert not sock.exists()
         assert not reader.is_alive(), "WatchDomainEvents stream still open after exit"
         # ended by the server going away (UNAVAILABLE), not by the client's deadline
@@ -249,15 +252,8 @@ def test_sigterm_while_libvirt_unreachable(tmp_path: Path) -> None:
     uri = f"test+unix:///default?socket={tmp_path / 'nobody-here'}"
     with spawned(compute_argv(tmp_path, "--reconnect-min-delay", "0.2", uri=uri), log) as proc:
         wait_status(sock, NOT_SERVING, 15, proc, log)
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"no exit within 10s of SIGTERM{_log_tail(log)}")
-        elapsed = time.monotonic() - started
+        code = terminate(proc, log)
     assert code == 0, _log_tail(log)
-    assert elapsed < 3, f"took {elapsed:.1f}s"
     assert not sock.exists()
 
 

@@ -498,11 +498,8 @@ def test_deadline_and_metadata_reach_the_backend(fake: FakeMesh,
 
 def test_deadline_exceeded_is_propagated(fake: FakeMesh,
                                          fake_stub: pb_grpc.ComputeServiceStub) -> None:
-    started = time.monotonic()
     error = rpc_error(fake_stub.GetDomain, pb.GetDomainRequest(name="slow-1"), timeout=0.3)
-    elapsed = time.monotonic() - started
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert elapsed < 1.9, elapsed  # well before the backend's 2 s sleep ends
     seen = fake.backend.seen["slow-1"]
     assert within_deadline(seen.time_remaining, 0.3)
     assert wait_until(lambda: seen.ended_while_busy is not None, 5)

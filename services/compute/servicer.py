@@ -192,17 +192,19 @@ class ComputeServicer(pb_grpc.ComputeServiceServicer):
 
     def AttachDevice(self, request: pb.AttachDeviceRequest,
                      context: Ctx) -> pb.AttachDeviceResponse:
-        dom = self.backend.lookup(request.name)
-        dom.attachDeviceFlags(require(request.xml, "xml"),
-                              scope_flags(request.scope.live, request.scope.config))
+        self._change_device(request, "attachDeviceFlags")
         return pb.AttachDeviceResponse()
 
     def DetachDevice(self, request: pb.DetachDeviceRequest,
                      context: Ctx) -> pb.DetachDeviceResponse:
-        dom = self.backend.lookup(request.name)
-        dom.detachDeviceFlags(require(request.xml, "xml"),
-                              scope_flags(request.scope.live, request.scope.config))
+        self._change_device(request, "detachDeviceFlags")
         return pb.DetachDeviceResponse()
+
+    def _change_device(self, request: pb.AttachDeviceRequest | pb.DetachDeviceRequest,
+                       method: str) -> None:
+        dom = self.backend.lookup(request.name)
+        getattr(dom, method)(require(request.xml, "xml"),
+                             scope_flags(request.scope.live, request.scope.config))
 
     # -- snapshots ------------------------------------------------------------
 
