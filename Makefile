@@ -56,7 +56,8 @@ $(GUEST): guest/build-guest.sh $(SYSTEM_STAMP)
 guest: $(GUEST)
 
 run: $(PY_STAMP) $(GUEST)
-	$(PY) -m services.supervisor --state-dir $(STATE) $(if $(filter-out 0,$(KEEP_GUESTS)),--keep-guests)
+	$(PY) -m services.supervisor --state-dir $(STATE) \
+	  $(if $(filter-out 0,$(KEEP_GUESTS)),--keep-guests) $(if $(VIRT_TYPE),--virt-type $(VIRT_TYPE))
 
 # pytest exits 5 when it collected no tests: that is a failure, not a pass.
 test: $(PY_STAMP) $(GUEST)

@@ -101,12 +101,16 @@ def main(argv: list[str] | None = None) -> int:
                         default=os.environ.get("KEEP_GUESTS", "") not in ("", "0"),
                         help="leave running guests running on exit (env KEEP_GUESTS=1)")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0)
+    parser.add_argument("--virt-type", choices=("kvm", "qemu"),
+                        default=os.environ.get("VIRT_TYPE") or None,
+                        help="virtualization type of the example guest's demo.xml "
+                             "(env VIRT_TYPE; default kvm when /dev/kvm works, else qemu)")
     args = parser.parse_args(argv)
     state = args.state_dir.absolute()
     pki = state / "pki"
     ensure_dev_pki(pki)
     if (state / "guest" / "vmlinuz").exists():
-        (state / "guest" / "demo.xml").write_text(example.render("demo", state))
+        (state / "guest" / "demo.xml").write_text(example.render("demo", state, args.virt_type))
 
     python = sys.executable
     common = ["--state-dir", str(state)]
@@ -136,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     print(BANNER.format(listen=args.listen, state=state,
-                        keep="kept" if args.keep_guests else "shut down"), flush=True)
+                        keep="kept" if args.keep_guests else "shut down",
+                        virt_type=args.virt_type or example.default_virt_type()), flush=True)
     while not stopping.wait(1):
         for child in services + [gateway]:
             if not child.alive() and not stopping.is_set():
@@ -160,13 +165,15 @@ virtmesh is running.
   logs         {state}/log/*.log
   guests       {keep} when you press Ctrl-C
 
-Try, in another terminal (`source .venv/bin/activate` or use .venv/bin/virtmesh):
+Try, in another terminal (`. .venv/bin/activate` or use .venv/bin/virtmesh):
   virtmesh version
-  virtmesh define {state}/guest/demo.xml
-  virtmesh start demo && virtmesh events demo --count 1
+  virtmesh events &                        # follow domain events
+  virtmesh define {state}/guest/demo.xml   # the example guest ({virt_type})
+  virtmesh start demo
   virtmesh list
+  tail {state}/guest/demo.console.log      # "virtmesh-guest: booted"
   virtmesh stats demo
-  virtmesh shutdown demo --wait
+  virtmesh shutdown demo --wait            # ACPI power button
   virtmesh undefine demo
 Press Ctrl-C to stop."""
 
