@@ -47,6 +47,9 @@ gen-check: $(PY_STAMP)
 lint: $(PY_STAMP) gen-check
 	cd protos && ../$(VENV)/bin/buf lint
 	cd protos && ../$(VENV)/bin/buf format --diff --exit-code
+	@# The API is a public contract: no breaking change against what main has.
+	if git rev-parse --verify -q main >/dev/null; then \
+	  cd protos && ../$(VENV)/bin/buf breaking --against '../.git#branch=main,subdir=protos'; fi
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy services gateway client guest bench tests
 
