@@ -70,6 +70,7 @@ test: $(PY_STAMP) $(GUEST)
 
 bench: $(PY_STAMP)
 	$(PY) -m bench.bench --out bench-results.json
+	$(PY) -m bench.scrape
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -7,7 +7,7 @@ import sys
 from gateway import config as gateway_config
 from gateway.server import Gateway
 from services.common.config import ConfigError, describe
-from services.common.daemon import setup_logging
+from services.common.logs import setup_logging
 
 
 def main() -> int:

@@ -30,6 +30,8 @@ class GatewayConfig:
     log_level: str = "INFO"
     log_format: str = "text"
     grace_period: float = 5.0
+    #: HOST:PORT of the Prometheus /metrics endpoint; empty: none; port 0: any free port
+    metrics_listen: str = ""
 
     def path(self, value: str, default: str) -> Path:
         return Path(value) if value else self.state_dir / default

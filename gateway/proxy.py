@@ -4,6 +4,8 @@ The gateway never decodes a request or a response: it relays bytes, metadata,
 deadline and cancellation, and hands the backend's status, message and details
 (``grpc-status-details-bin``) back unchanged. Only a backend that cannot be
 reached gets a status of the gateway's own: UNAVAILABLE naming the service.
+The call's request id goes to the backend, and back to the client in the response
+headers (initial metadata), so that the backend's trailers stay unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from gateway.routes import Route
+from services.common import logs, metrics
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +56,19 @@ class Backends:
         self._channels.clear()
 
 
-def forwarded_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, Any], ...]:
-    return tuple((key, value) for key, value in context.invocation_metadata() or ()
-                 if key not in _HOP_KEYS and not key.startswith(":"))
+Metadata = tuple[tuple[str, Any], ...]
+
+
+def stamped(metadata: Any) -> Metadata:
+    """``metadata`` with the request id of the call being served as its only one."""
+    request_id = logs.request_id.get()
+    kept = tuple((key, value) for key, value in metadata or () if key != logs.REQUEST_ID_KEY)
+    return (*kept, (logs.REQUEST_ID_KEY, request_id)) if request_id else kept
+
+
+def forwarded_metadata(context: grpc.aio.ServicerContext) -> Metadata:
+    return stamped((key, value) for key, value in context.invocation_metadata() or ()
+                   if key not in _HOP_KEYS and not key.startswith(":"))
 
 
 def _unreachable_status(driver: str, target: str, details: str | None) -> tuple[str, bytes]:
@@ -73,6 +86,7 @@ async def relay_error(context: grpc.aio.ServicerContext, route: Route, backends:
     trailers = tuple(error.trailing_metadata() or ())
     reached = any(key == STATUS_DETAILS_KEY for key, _ in trailers)
     if error.code() == grpc.StatusCode.UNAVAILABLE and not reached:
+        metrics.UPSTREAM_UNAVAILABLE.labels(route.driver).inc()
         message, details = _unreachable_status(route.driver, backends.target(route.driver),
                                                error.details())
         log.warning("%s: %s", route.path, message)
@@ -128,13 +142,12 @@ class ProxyHandler(grpc.GenericRpcHandler):
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> bytes:
                 call = multicallable()(request, **_call_options(context))
                 try:
-                    response = await call
+                    with metrics.UpstreamCall(route.driver):
+                        response = await call
                 except grpc.aio.AioRpcError as error:
-                    headers = tuple(error.initial_metadata() or ())
-                    if headers:
-                        await context.send_initial_metadata(headers)
+                    await context.send_initial_metadata(stamped(error.initial_metadata()))
                     await relay_error(context, route, backends, error)
-                await context.send_initial_metadata(tuple(await call.initial_metadata() or ()))
+                await context.send_initial_metadata(stamped(await call.initial_metadata()))
                 context.set_trailing_metadata(tuple(await call.trailing_metadata() or ()))
                 return response
 
@@ -144,10 +157,11 @@ class ProxyHandler(grpc.GenericRpcHandler):
                                   ) -> AsyncIterator[bytes]:
             call = multicallable()(request, **_call_options(context))
             try:
-                await context.send_initial_metadata(tuple(await call.initial_metadata() or ()))
-                async for response in call:
-                    yield response
-                context.set_trailing_metadata(tuple(await call.trailing_metadata() or ()))
+                with metrics.UpstreamCall(route.driver):
+                    await context.send_initial_metadata(stamped(await call.initial_metadata()))
+                    async for response in call:
+                        yield response
+                    context.set_trailing_metadata(tuple(await call.trailing_metadata() or ()))
             except grpc.aio.AioRpcError as error:
                 await relay_error(context, route, backends, error)
             finally:

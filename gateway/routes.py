@@ -60,6 +60,13 @@ def proxied_services(exclude_drivers: tuple[str, ...] = ("gateway",)) -> list[Se
     return services
 
 
+def method_paths(service_names: list[str]) -> set[str]:
+    """``/service/Method`` of every method of these services (from the descriptor pool)."""
+    pool = descriptor_pool.Default()
+    return {f"/{name}/{method.name}" for name in service_names
+            for method in pool.FindServiceByName(name).methods}
+
+
 def route_table() -> dict[str, Route]:
     return {
         route.path: route

@@ -13,8 +13,10 @@ from grpc_reflection.v1alpha import reflection
 from gateway.config import GatewayConfig
 from gateway.health import GatewayHealth
 from gateway.proxy import Backends, ProxyHandler
-from gateway.routes import proxied_services, route_table
+from gateway.routes import method_paths, proxied_services, route_table
+from services.common import metrics
 from services.common.config import ConfigError
+from services.common.interceptors import AioObserveInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +39,23 @@ class Gateway:
         self.services = {service.full_name for service in proxied_services()}
         self.health = GatewayHealth(self.backends, self.services)
         self.server: grpc.aio.Server | None = None
+        self.metrics: metrics.MetricsEndpoint | None = None
         self.port = 0
 
     async def start(self) -> None:
+        if self.config.metrics_listen:
+            self.metrics = metrics.MetricsEndpoint(self.config.metrics_listen,
+                                                   metrics.GATEWAY_METRICS)
         options = [("grpc.max_receive_message_length", self.config.max_message_bytes),
                    ("grpc.max_send_message_length", self.config.max_message_bytes)]
-        server = grpc.aio.server(options=options)
+        routes = route_table()
+        own = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+        # The proxy answers any path; only the ones served are metric label values.
+        observe = AioObserveInterceptor({*routes, *method_paths(own)})
+        server = grpc.aio.server(options=options, interceptors=[observe])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            sorted(self.services) + [health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-        server.add_generic_rpc_handlers((ProxyHandler(route_table(), self.backends),))
+        reflection.enable_server_reflection(sorted(self.services) + own, server)
+        server.add_generic_rpc_handlers((ProxyHandler(routes, self.backends),))
         self.port = server.add_secure_port(self.config.listen, server_credentials(self.config))
         if not self.port:
             raise ConfigError(f"cannot listen on {self.config.listen}")
@@ -60,6 +69,8 @@ class Gateway:
         if self.server is not None:
             await self.server.stop(self.config.grace_period)
         await self.backends.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
     async def serve_until_signalled(self) -> None:
         await self.start()

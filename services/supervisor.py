@@ -6,14 +6,24 @@ their own sockets, restarts a service that dies, and on Ctrl-C stops the gateway
 first and the services after it. Each process logs to ``<state_dir>/log``.
 Running guests are shut down on exit (ACPI, then destroy after a timeout)
 unless ``--keep-guests`` is given; a restarted compute service picks them up.
+
+Every process serves Prometheus metrics on 127.0.0.1: the gateway on the base
+port (``--metrics-base-port``, default 9650), the services on the ports after
+it in ``SERVICES`` order. ``<state_dir>/targets.json`` lists them in Prometheus'
+file-based service-discovery format, with a ``service`` label, for as long as
+the mesh runs (see deploy/prometheus/).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import dataclasses
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +38,18 @@ from gateway.pki import ensure_dev_pki
 from guest import example
 
 SERVICES = ("compute",)
+METRICS_HOST = "127.0.0.1"
+METRICS_BASE_PORT = 9650
+TARGETS_FILE = "targets.json"
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent() -> None:
+    """In the child: SIGTERM when the supervisor dies, even by SIGKILL, so that no
+    service outlives it (its own session keeps it from seeing our Ctrl-C)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclasses.dataclass
@@ -44,7 +66,8 @@ class Child:
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
         # A session of its own: Ctrl-C reaches only us, and we stop children in order.
         self.process = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                                        stdin=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=_stop_with_parent)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -87,6 +110,54 @@ def wait_serving(target: str, service: str, timeout: float,
             time.sleep(0.2)
 
 
+def metrics_addresses(names: list[str], base_port: int, host: str = METRICS_HOST
+                      ) -> dict[str, str]:
+    """``host:port`` of each process's metrics endpoint: ``base_port`` and the ports after it.
+
+    A base port of 0 picks free ports (for tests). Raises RuntimeError, naming the
+    process and the flag to change, when a port is out of range or already taken.
+    """
+    if base_port == 0:
+        return {name: f"{host}:{port}" for name, port in zip(names, _free_ports(host, len(names)),
+                                                             strict=True)}
+    addresses = {}
+    for offset, name in enumerate(names):
+        port = base_port + offset
+        if not 0 < port < 65536:
+            raise RuntimeError(f"metrics port {port} for {name} is out of range; "
+                               "choose another --metrics-base-port")
+        with socket.socket() as probe:
+            # As the metrics server does: a port with only TIME_WAIT leftovers is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as error:
+                raise RuntimeError(
+                    f"metrics port {host}:{port} for {name} is not available "
+                    f"({error.strerror}); is another mesh running? Choose other ports "
+                    f"with --metrics-base-port (it uses {base_port}..{base_port + len(names) - 1})"
+                ) from None
+        addresses[name] = f"{host}:{port}"
+    return addresses
+
+
+def _free_ports(host: str, count: int) -> list[int]:
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind((host, 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+
+
+def write_targets(path: Path, addresses: dict[str, str]) -> None:
+    """Prometheus file_sd: one target group per process, labelled with its name; atomic."""
+    groups = [{"targets": [address], "labels": {"service": name}}
+              for name, address in addresses.items()]
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(groups, indent=2) + "\n")
+    os.replace(temporary, path)  # Prometheus never reads a half-written file
+
+
 def client_credentials(pki: Path) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials((pki / "ca.crt").read_bytes(),
                                         (pki / "client.key").read_bytes(),
@@ -105,8 +176,22 @@ def main(argv: list[str] | None = None) -> int:
                         default=os.environ.get("VIRT_TYPE") or None,
                         help="virtualization type of the example guest's demo.xml "
                              "(env VIRT_TYPE; default kvm when /dev/kvm works, else qemu)")
+    parser.add_argument("--metrics-base-port", type=int,
+                        default=int(os.environ.get("VIRTMESH_METRICS_BASE_PORT")
+                                    or METRICS_BASE_PORT),
+                        help=f"metrics of the gateway on {METRICS_HOST}:PORT, of the services on "
+                             f"the ports after it; 0 picks free ports (env "
+                             f"VIRTMESH_METRICS_BASE_PORT; default {METRICS_BASE_PORT})")
     args = parser.parse_args(argv)
     state = args.state_dir.absolute()
+    try:
+        metrics = metrics_addresses(["gateway", *SERVICES], args.metrics_base_port)
+        if args.listen.rsplit(":", 1)[-1] in {a.rsplit(":", 1)[1] for a in metrics.values()}:
+            raise RuntimeError(f"--listen {args.listen} collides with a metrics port; "
+                               "choose another --metrics-base-port")
+    except RuntimeError as error:
+        print(f"virtmesh: {error}", file=sys.stderr)
+        return 2
     pki = state / "pki"
     ensure_dev_pki(pki)
     if (state / "guest" / "vmlinuz").exists():
@@ -117,16 +202,28 @@ def main(argv: list[str] | None = None) -> int:
     services = [
         Child(name, [python, "-m", f"services.{name}", *common,
                      "--guests-on-exit", "keep" if args.keep_guests else "shutdown",
-                     "--shutdown-timeout", str(args.shutdown_timeout)],
+                     "--shutdown-timeout", str(args.shutdown_timeout),
+                     "--metrics-listen", metrics[name]],
               state / "log" / f"{name}.log")
         for name in SERVICES
     ]
-    gateway = Child("gateway", [python, "-m", "gateway", *common, "--listen", args.listen],
+    gateway = Child("gateway", [python, "-m", "gateway", *common, "--listen", args.listen,
+                                "--metrics-listen", metrics["gateway"]],
                     state / "log" / "gateway.log")
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
 
+    targets = state / TARGETS_FILE
+    try:
+        return _run(args, state, pki, services, gateway, metrics, targets, stopping)
+    finally:
+        targets.unlink(missing_ok=True)
+
+
+def _run(args: argparse.Namespace, state: Path, pki: Path, services: list[Child],
+         gateway: Child, metrics: dict[str, str], targets: Path,
+         stopping: threading.Event) -> int:
     try:
         for child in services:
             child.start()
@@ -139,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
             child.stop(10)
         return 1
 
-    print(BANNER.format(listen=args.listen, state=state,
+    write_targets(targets, metrics)
+    endpoints = "\n".join(f"  {'metrics' if i == 0 else '':<12} {name:<8} http://{address}/metrics"
+                          for i, (name, address) in enumerate(metrics.items()))
+    print(BANNER.format(listen=args.listen, state=state, endpoints=endpoints, targets=targets,
                         keep="kept" if args.keep_guests else "shut down",
                         virt_type=args.virt_type or example.default_virt_type()), flush=True)
     while not stopping.wait(1):
@@ -163,6 +263,8 @@ virtmesh is running.
   gateway      {listen} (TLS; dev PKI in {state}/pki)
   sockets      {state}/run/*.sock
   logs         {state}/log/*.log
+{endpoints}
+  targets      {targets} (Prometheus file_sd; see deploy/prometheus/README.md)
   guests       {keep} when you press Ctrl-C
 
 Try, in another terminal (`. .venv/bin/activate` or use .venv/bin/virtmesh):

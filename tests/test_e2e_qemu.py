@@ -230,7 +230,8 @@ def test_make_run_ctrl_c(keep: bool) -> None:
     with short_state_dir() as state:
         port = free_port()
         argv = [sys.executable, "-m", "services.supervisor", "--state-dir", str(state),
-                "--listen", f"127.0.0.1:{port}", "--shutdown-timeout", "20"]
+                "--listen", f"127.0.0.1:{port}", "--shutdown-timeout", "20",
+                "--metrics-base-port", "0"]
         if keep:
             argv.append("--keep-guests")
         log = (state / "mesh.log").open("wb")
@@ -264,3 +265,31 @@ def test_make_run_ctrl_c(keep: bool) -> None:
             if mesh.poll() is None:
                 mesh.kill()
             log.close()
+
+
+def test_services_stop_when_the_supervisor_is_killed() -> None:
+    """Even a SIGKILLed `make run` leaves no service behind (PR_SET_PDEATHSIG)."""
+    with short_state_dir() as state:
+        port = free_port()
+        mesh = subprocess.Popen(
+            [sys.executable, "-m", "services.supervisor", "--state-dir", str(state),
+             "--listen", f"127.0.0.1:{port}", "--metrics-base-port", "0"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL)
+        children = f"-m (services|gateway).* --state-dir {state}"
+        try:
+            wait_for(lambda: len(_pids(children)) == 2, 120, "compute and gateway")
+            wait_serving(f"127.0.0.1:{port}", "", 60, client_credentials(state / "pki"))
+            mesh.kill()
+            mesh.wait()
+            wait_for(lambda: not _pids(children), 30, "the services to stop")
+        finally:
+            if mesh.poll() is None:
+                mesh.kill()
+            for pid in _pids(children):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _pids(pattern: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]

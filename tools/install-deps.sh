@@ -9,6 +9,7 @@ packages=(
     qemu-system-x86 qemu-utils
     busybox-static linux-image-cloud-amd64 cpio gzip xz-utils zstd kmod
     openssl ca-certificates procps
+    prometheus
 )
 
 missing=()
@@ -24,8 +25,21 @@ if ((${#missing[@]})); then
     fi
     echo "install-deps: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # Packages with a daemon (prometheus, for its binaries and promtool) must
+    # not start it: invoke-rc.d and deb-systemd-invoke ask policy-rc.d, and 101
+    # means "no". Ours is temporary and only if the host has none of its own.
+    policy=/usr/sbin/policy-rc.d
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\n# temporary, from virtmesh tools/install-deps.sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        trap 'rm -f "$policy"' EXIT
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Nor start at the next boot: we only want /usr/bin/prometheus and promtool.
+    if [[ " ${missing[*]} " == *" prometheus "* && -d /run/systemd/system ]]; then
+        systemctl disable --quiet prometheus.service 2>/dev/null || true
+    fi
 fi
 
 # libvirt's QEMU driver refuses to initialise without its user and group

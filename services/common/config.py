@@ -47,6 +47,10 @@ class Config:
     #: destroy after shutdown_timeout), destroy.
     guests_on_exit: str = "keep"
     shutdown_timeout: float = 30.0
+    #: HOST:PORT of the Prometheus /metrics endpoint; empty: none; port 0: any free port
+    metrics_listen: str = ""
+    #: seconds a /metrics scrape may spend collecting guest statistics
+    scrape_budget: float = 2.0
 
     @property
     def socket_path(self) -> Path:
@@ -67,6 +71,8 @@ _HELP = {
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_format": "text or json",
     "guests_on_exit": "compute: keep, shutdown or destroy running guests on exit",
+    "metrics_listen": "HOST:PORT of the Prometheus /metrics endpoint (empty: none, port 0: any)",
+    "scrape_budget": "seconds a /metrics scrape may spend collecting guest statistics",
 }
 
 
@@ -162,6 +168,8 @@ def load(service: str, default_uri: str, argv: Sequence[str] | None = None,
         raise ConfigError(f"guests_on_exit: must be one of {', '.join(GUESTS_ON_EXIT)}")
     if config.log_format not in ("text", "json"):
         raise ConfigError("log_format: must be text or json")
+    if config.scrape_budget <= 0:
+        raise ConfigError("scrape_budget: must be positive")
     return dataclasses.replace(config, state_dir=config.state_dir.absolute())
 
 

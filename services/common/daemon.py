@@ -2,13 +2,12 @@
 
 A driver package hands ``main`` a ``ServiceSpec`` (its name, default libvirt URI,
 proto service and servicer factory) and gets config, logging, the libvirt
-connection, health, reflection, the UNIX socket and signal handling from here.
+connection, health, reflection, metrics, the UNIX socket and signal handling from here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -25,11 +24,14 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client.registry import Collector
 
 from services.common import config as config_module
+from services.common import metrics
 from services.common.config import Config, ConfigError
-from services.common.interceptors import ErrorInterceptor
+from services.common.interceptors import ErrorInterceptor, ObserveInterceptor
 from services.common.libvirt_connection import LibvirtConnection
+from services.common.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -49,27 +51,9 @@ class ServiceSpec:
     prepare: Callable[[Config], None] | None = None
     #: runs after the server stopped, before the connection closes
     on_exit: Callable[[Any, Config], None] | None = None
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": self.formatTime(record), "level": record.levelname,
-                 "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def setup_logging(level: str, fmt: str, name: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter(
-            f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    #: (servicer, config) -> the driver's own collectors, registered while the service
+    #: serves metrics
+    collectors: Callable[[Any, Config], list[Collector]] | None = None
 
 
 def prepare_socket(path: Path) -> None:
@@ -104,6 +88,7 @@ class Daemon:
         self.health = health.HealthServicer()
         self.server: grpc.Server | None = None
         self.servicer: Any = None
+        self.metrics: metrics.MetricsEndpoint | None = None
         self._stopping = threading.Event()
         self._stopped = threading.Event()
 
@@ -130,6 +115,10 @@ class Daemon:
         self._set_serving(False)
         self.connection.on_state_change(self._set_serving)
         self.servicer = self.spec.servicer_factory(self.connection, config)
+        if config.metrics_listen:
+            own = self.spec.collectors(self.servicer, config) if self.spec.collectors else []
+            self.metrics = metrics.MetricsEndpoint(config.metrics_listen, [
+                *metrics.SERVICE_METRICS, metrics.ConnectionCollector(self.connection), *own])
 
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
                    ("grpc.max_send_message_length", config.max_message_bytes)]
@@ -138,7 +127,9 @@ class Daemon:
         threads = config.max_workers + config.max_event_watchers
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads,
                                                         thread_name_prefix="rpc"),
-                             interceptors=[ErrorInterceptor()], options=options,
+                             # outermost first: observe the status errors are mapped to
+                             interceptors=[ObserveInterceptor(), ErrorInterceptor()],
+                             options=options,
                              maximum_concurrent_rpcs=threads * 4)
         self.spec.add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -177,6 +168,8 @@ class Daemon:
             except Exception:  # noqa: BLE001 - exit must go on
                 log.exception("exit handler failed")
         self.connection.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.socket_path.unlink(missing_ok=True)
         log.info("%s stopped", self.spec.name)
         self._stopped.set()

@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 import grpc
 
 from services.common.errors import ServiceError
+from services.common.metrics import EVENT_SUBSCRIBERS
 
 Event = TypeVar("Event")
 
@@ -71,7 +72,9 @@ class Subscription(Generic[Event]):
 
 
 class EventHub(Generic[Event]):
-    """Publish once, deliver to every subscriber whose filter accepts the event."""
+    """Publish once, deliver to every subscriber whose filter accepts the event.
+
+    Open subscriptions are counted in virtmesh_event_subscribers (all hubs together)."""
 
     def __init__(self, max_subscribers: int, queue_size: int = 1024) -> None:
         self._max = max_subscribers
@@ -91,11 +94,14 @@ class EventHub(Generic[Event]):
                                    "TOO_MANY_WATCHERS")
             subscription = Subscription(self, accept, self._queue_size)
             self._subscribers.add(subscription)
+            EVENT_SUBSCRIBERS.inc()
             return subscription
 
     def unsubscribe(self, subscription: Subscription[Event]) -> None:
         with self._lock:
-            self._subscribers.discard(subscription)
+            if subscription in self._subscribers:
+                self._subscribers.remove(subscription)
+                EVENT_SUBSCRIBERS.dec()
 
     def publish(self, event: Event) -> None:
         with self._lock:
@@ -107,5 +113,6 @@ class EventHub(Generic[Event]):
         """End every stream with UNAVAILABLE, e.g. when the libvirt connection is lost."""
         with self._lock:
             subscribers, self._subscribers = self._subscribers, set()
+            EVENT_SUBSCRIBERS.dec(len(subscribers))
         for subscription in subscribers:
             subscription.close(reason)

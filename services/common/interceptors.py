@@ -1,23 +1,35 @@
-"""Server interceptors shared by every service.
+"""Server interceptors shared by every process.
 
 ``ErrorInterceptor`` is the one place where exceptions become gRPC status: servicers
 raise ``libvirt.libvirtError`` or ``ServiceError`` and never catch them.
+``ObserveInterceptor`` (sync services) and ``AioObserveInterceptor`` (the asyncio
+gateway) record each call once, through one ``_Observed``: RPC metrics, the request
+id for the call's log lines, and one INFO line with method, status and duration
+(DEBUG for health probes).
+They must be outermost, so that they see the status the call really ends with.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Container, Iterator
 from typing import Any
 
 import grpc
 import libvirt
 
+from services.common import logs, metrics
 from services.common.errors import ServiceError, to_status
 
 log = logging.getLogger(__name__)
+#: one line per call: method, status, duration (and the request id, from logs)
+rpc_log = logging.getLogger("virtmesh.rpc")
+_HEALTH = "/grpc.health.v1.Health/"
 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
+AioBehavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 
 def _abort(context: grpc.ServicerContext, method: str, error: Exception) -> None:
@@ -25,12 +37,9 @@ def _abort(context: grpc.ServicerContext, method: str, error: Exception) -> None
         # The handler chose its status with gRPC's own API (context.abort, or set_code
         # and raise): keep it instead of turning it into INTERNAL.
         raise error
-    status = to_status(error)
-    if isinstance(error, (libvirt.libvirtError, ServiceError)):
-        log.info("%s -> %s: %s", method, status.code.name, status.details)
-    else:
+    if not isinstance(error, (libvirt.libvirtError, ServiceError)):
         log.exception("%s failed unexpectedly", method)
-    context.abort_with_status(status)
+    context.abort_with_status(to_status(error))
 
 
 def _wrap_unary(method: str, behavior: Behavior) -> Behavior:
@@ -54,8 +63,11 @@ def _wrap_stream(method: str, behavior: Behavior) -> Behavior:
     return handle
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):
-    """Maps libvirt and service errors to gRPC status with ErrorInfo details."""
+class _WrappingInterceptor(grpc.ServerInterceptor):
+    """Wraps the behaviour of every handler of a sync server; subclasses say how."""
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler, behavior: Any) -> Any:
+        raise NotImplementedError
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           handler_call_details: grpc.HandlerCallDetails) -> Any:
@@ -63,10 +75,171 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        if handler.unary_unary:
-            return handler._replace(unary_unary=_wrap_unary(method, handler.unary_unary))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=_wrap_unary(method, handler.stream_unary))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=_wrap_stream(method, handler.unary_stream))
-        return handler._replace(stream_stream=_wrap_stream(method, handler.stream_stream))
+        return _with_behavior(handler, lambda behavior: self.wrap(method, handler, behavior))
+
+
+class ErrorInterceptor(_WrappingInterceptor):
+    """Maps libvirt and service errors to gRPC status with ErrorInfo details."""
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler, behavior: Any) -> Any:
+        wrap = _wrap_stream if handler.response_streaming else _wrap_unary
+        return wrap(method, behavior)
+
+
+class _Observed:
+    """One call as the observing interceptors record it, from its start to its status."""
+
+    def __init__(self, method: str, handler: grpc.RpcMethodHandler, metadata: Any,
+                 known: bool) -> None:
+        self.method = method
+        self.metrics = metrics.RpcMetrics(method, handler, known)
+        logs.request_id.set(logs.request_id_from(metadata))
+
+    def end(self, code: Any, cancelled: bool, error: BaseException | None,
+            details: str | bytes | None) -> None:
+        if code is None:  # no status set through gRPC's API: what gRPC itself will send
+            code = (grpc.StatusCode.CANCELLED if cancelled or isinstance(error, GeneratorExit)
+                    else grpc.StatusCode.UNKNOWN if error is not None else grpc.StatusCode.OK)
+        milliseconds = self.metrics.handled(code) * 1000
+        if isinstance(details, bytes):
+            details = details.decode(errors="replace")
+        suffix = f": {details}" if details and code != grpc.StatusCode.OK else ""
+        # health probes come every few seconds from supervisors and orchestrators
+        level = logging.DEBUG if self.method.startswith(_HEALTH) else logging.INFO
+        rpc_log.log(level, "%s %s %.1f ms%s", self.method, code.name, milliseconds, suffix,
+                    extra={"method": self.method, "code": code.name,
+                           "duration_ms": round(milliseconds, 3)})
+        logs.request_id.set("")
+
+
+def _observe(method: str, handler: grpc.RpcMethodHandler, behavior: Behavior) -> Behavior:
+    def begin(request: Any, context: grpc.ServicerContext) -> tuple[_Observed, Any]:
+        call = _Observed(method, handler, context.invocation_metadata(), True)
+        if not handler.request_streaming:
+            call.metrics.received()
+            return call, request
+
+        def counted() -> Iterator[Any]:
+            for item in request:
+                call.metrics.received()
+                yield item
+
+        return call, counted()
+
+    def end(call: _Observed, context: grpc.ServicerContext, error: BaseException | None) -> None:
+        call.end(context.code(), not context.is_active(), error,  # type: ignore[attr-defined]
+                 context.details())  # type: ignore[attr-defined]
+
+    if handler.response_streaming:
+        def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            call, request = begin(request, context)
+            try:
+                for response in behavior(request, context):
+                    call.metrics.sent()
+                    yield response
+            except BaseException as error:
+                end(call, context, error)
+                raise
+            end(call, context, None)
+
+        return stream
+
+    def unary(request: Any, context: grpc.ServicerContext) -> Any:
+        call, request = begin(request, context)
+        try:
+            response = behavior(request, context)
+        except BaseException as error:
+            end(call, context, error)
+            raise
+        if context.code() in (None, grpc.StatusCode.OK):  # type: ignore[attr-defined]
+            call.metrics.sent()
+        end(call, context, None)
+        return response
+
+    return unary
+
+
+def _observe_aio(method: str, handler: grpc.RpcMethodHandler, behavior: AioBehavior,
+                 known: bool) -> AioBehavior:
+    def begin(request: Any, context: grpc.aio.ServicerContext) -> tuple[_Observed, Any]:
+        call = _Observed(method, handler, context.invocation_metadata(), known)
+        if not handler.request_streaming:
+            call.metrics.received()
+            return call, request
+
+        async def counted() -> AsyncIterator[Any]:
+            async for item in request:
+                call.metrics.received()
+                yield item
+
+        return call, counted()
+
+    def end(call: _Observed, context: grpc.aio.ServicerContext,
+            error: BaseException | None) -> None:
+        call.end(context.code(), isinstance(error, asyncio.CancelledError) or context.cancelled(),
+                 error, context.details())
+
+    if handler.response_streaming:
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call, request = begin(request, context)
+            try:
+                result = behavior(request, context)
+                if inspect.isawaitable(result):  # a handler that writes with context.write
+                    await result
+                else:
+                    async for response in result:
+                        call.metrics.sent()
+                        yield response
+            except BaseException as error:
+                end(call, context, error)
+                raise
+            end(call, context, None)
+
+        return stream
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        call, request = begin(request, context)
+        try:
+            response = await behavior(request, context)
+        except BaseException as error:
+            end(call, context, error)
+            raise
+        if context.code() in (None, grpc.StatusCode.OK):
+            call.metrics.sent()
+        end(call, context, None)
+        return response
+
+    return unary
+
+
+def _with_behavior(handler: grpc.RpcMethodHandler,
+                   wrap: Callable[[Any], Any]) -> grpc.RpcMethodHandler:
+    kind = {(False, False): "unary_unary", (True, False): "stream_unary",
+            (False, True): "unary_stream", (True, True): "stream_stream"}[
+        (handler.request_streaming, handler.response_streaming)]
+    return handler._replace(**{kind: wrap(getattr(handler, kind))})  # type: ignore[attr-defined]
+
+
+class ObserveInterceptor(_WrappingInterceptor):
+    """Metrics, request id and one log line for every call of a sync server."""
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler, behavior: Any) -> Any:
+        return _observe(method, handler, behavior)
+
+
+class AioObserveInterceptor(grpc.aio.ServerInterceptor):
+    """The same for a grpc.aio server. ``methods``: the paths it serves, when a generic
+    handler answers any path (as the gateway's proxy does); others count as unknown."""
+
+    def __init__(self, methods: Container[str] | None = None) -> None:
+        self.methods = methods
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                                handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        known = self.methods is None or method in self.methods
+        return _with_behavior(handler,
+                              lambda behavior: _observe_aio(method, handler, behavior, known))

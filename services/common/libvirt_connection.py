@@ -20,6 +20,7 @@ import grpc
 import libvirt
 
 from services.common.errors import ServiceError
+from services.common.metrics import libvirt_call
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,8 @@ class LibvirtConnection:
         with contextlib.suppress(libvirt.libvirtError):
             conn.unregisterCloseCallback()
         try:
-            conn.close()
+            with libvirt_call("virConnectClose"):
+                conn.close()
         except libvirt.libvirtError as error:
             # a lost connection cannot say goodbye to its daemon; that is expected
             (log.debug if lost else log.warning)("closing libvirt connection: %s", error)
@@ -164,7 +166,8 @@ class LibvirtConnection:
             self._wake.clear()
 
     def _open(self) -> None:
-        conn = libvirt.open(self.uri)
+        with libvirt_call("virConnectOpen"):
+            conn = libvirt.open(self.uri)
         # local and embedded drivers have no keepalive; nothing to probe
         with contextlib.suppress(libvirt.libvirtError):
             conn.setKeepAlive(*self._keepalive)

@@ -1,8 +1,11 @@
 """The compute service: libvirt's QEMU driver (virtqemud) as virtmesh.compute.v1."""
 
+from prometheus_client.registry import Collector
+
 from services.common.config import Config
 from services.common.daemon import ServiceSpec
 from services.compute.backend import prepare_embedded_root
+from services.compute.metrics import GuestStatsCollector
 from services.compute.servicer import ComputeServicer
 from virtmesh.compute.v1 import compute_service_pb2, compute_service_pb2_grpc
 
@@ -10,6 +13,10 @@ from virtmesh.compute.v1 import compute_service_pb2, compute_service_pb2_grpc
 def _stop_guests(servicer: ComputeServicer, config: Config) -> None:
     if config.guests_on_exit != "keep":
         servicer.backend.stop_guests(config.guests_on_exit, config.shutdown_timeout)
+
+
+def _collectors(servicer: ComputeServicer, config: Config) -> list[Collector]:
+    return [GuestStatsCollector(servicer.backend.connection, config.scrape_budget)]
 
 
 SPEC = ServiceSpec(
@@ -20,4 +27,5 @@ SPEC = ServiceSpec(
     servicer_factory=ComputeServicer,
     prepare=prepare_embedded_root,
     on_exit=_stop_guests,
+    collectors=_collectors,
 )
