@@ -142,7 +142,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> bytes:
                 call = multicallable()(request, **_call_options(context))
                 try:
-                    with metrics.UpstreamCall(route.driver):
+                    with metrics.UpstreamCall(route.driver, context.peer()):
                         response = await call
                 except grpc.aio.AioRpcError as error:
                     await context.send_initial_metadata(stamped(error.initial_metadata()))
@@ -157,7 +157,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
                                   ) -> AsyncIterator[bytes]:
             call = multicallable()(request, **_call_options(context))
             try:
-                with metrics.UpstreamCall(route.driver):
+                with metrics.UpstreamCall(route.driver, context.peer()):
                     await context.send_initial_metadata(stamped(await call.initial_metadata()))
                     async for response in call:
                         yield response

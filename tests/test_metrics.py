@@ -189,6 +189,18 @@ def test_gateway_and_service_metrics(metered_mesh: Mesh) -> None:
         assert not any(name.startswith("virtmesh_libvirt") for name, _ in now)
         assert value(scrape(compute), "virtmesh_libvirt_connected") == 1
 
+        # Two open streams on one channel are one client connection; none once closed.
+        assert value(now, "virtmesh_gateway_client_connections") == 0
+        streams = [stub.WatchDomainEvents(pb.WatchDomainEventsRequest(), timeout=30)
+                   for _ in range(2)]
+        for stream in streams:
+            stream.initial_metadata()
+        assert value(scrape(gateway), "virtmesh_gateway_client_connections") == 1
+        for stream in streams:
+            stream.cancel()
+        wait_for(lambda: value(scrape(gateway), "virtmesh_gateway_client_connections") == 0,
+                 "the streams to end")
+
         metered_mesh.compute.stop()
         with pytest.raises(grpc.RpcError) as caught:
             stub.GetDomain(pb.GetDomainRequest(name="alpha"), timeout=10)

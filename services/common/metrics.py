@@ -74,8 +74,14 @@ AUTH_FAILURES = Counter("virtmesh_gateway_auth_failures",
 ACTIVATIONS = Counter("virtmesh_gateway_activations",
                       "Driver services the gateway started on demand.", ("upstream",),
                       registry=None)
+# gRPC Python exposes no connection events; a TCP connection is known by its peer
+# address while it carries a call, which is what this counts.
+CLIENT_CONNECTIONS = Gauge("virtmesh_gateway_client_connections",
+                           "Client connections (peer addresses) with a forwarded call in flight.",
+                           registry=None)
 GATEWAY_METRICS: tuple[Collector, ...] = (UPSTREAM_REQUESTS, UPSTREAM_SECONDS,
-                                          UPSTREAM_UNAVAILABLE, AUTH_FAILURES, ACTIVATIONS)
+                                          UPSTREAM_UNAVAILABLE, AUTH_FAILURES, ACTIVATIONS,
+                                          CLIENT_CONNECTIONS)
 
 _GRPC_TYPES = {(False, False): "unary", (True, False): "client_stream",
                (False, True): "server_stream", (True, True): "bidi_stream"}
@@ -119,13 +125,19 @@ def libvirt_call(api: str) -> Timer:
 
 class UpstreamCall:
     """The gateway's view of one forwarded call, as a ``with`` block around it:
-    virtmesh_gateway_upstream_{requests_total,seconds}{upstream}."""
+    virtmesh_gateway_upstream_{requests_total,seconds}{upstream}, and the client
+    connections with calls in flight (the peer is counted, never a label)."""
 
-    def __init__(self, service: str) -> None:
+    _calls_by_peer: dict[str, int] = {}
+
+    def __init__(self, service: str, peer: str) -> None:
         self.service = service
+        self.peer = peer
 
     def __enter__(self) -> UpstreamCall:
         self._start = time.perf_counter()
+        self._calls_by_peer[self.peer] = self._calls_by_peer.get(self.peer, 0) + 1
+        CLIENT_CONNECTIONS.set(len(self._calls_by_peer))
         return self
 
     def __exit__(self, _kind: Any, error: BaseException | None, _tb: Any) -> None:
@@ -139,6 +151,10 @@ class UpstreamCall:
             code = grpc.StatusCode.UNKNOWN
         UPSTREAM_REQUESTS.labels(self.service, code.name).inc()
         UPSTREAM_SECONDS.labels(self.service).observe(time.perf_counter() - self._start)
+        left = self._calls_by_peer.pop(self.peer) - 1
+        if left:
+            self._calls_by_peer[self.peer] = left
+        CLIENT_CONNECTIONS.set(len(self._calls_by_peer))
 
 
 class _Connection(Protocol):
