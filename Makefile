@@ -13,7 +13,7 @@ PY_STAMP := $(VENV)/.python-deps
 GUEST := $(STATE)/guest/vmlinuz $(STATE)/guest/initrd.img
 PYTEST_ARGS ?=
 
-.PHONY: help deps run test lint gen gen-check guest bench clean
+.PHONY: help deps run test lint gen gen-check guest bench image clean
 
 help:
 	@echo "make run    install what is missing, build, and run the mesh (Ctrl-C stops it)"
@@ -21,6 +21,7 @@ help:
 	@echo "make lint   buf lint + format check, generated-code check, ruff, mypy"
 	@echo "make gen    regenerate Python code from protos/"
 	@echo "make bench  libvirtd vs compute service vs gateway, figures to bench-results.json"
+	@echo "make image  build the container image from deploy/Containerfile (IMAGE=$(IMAGE))"
 
 # System packages: re-checked when the script changes (dpkg-query is quick anyway).
 $(SYSTEM_STAMP): tools/install-deps.sh
@@ -51,7 +52,8 @@ lint: $(PY_STAMP) gen-check
 	if git rev-parse --verify -q main >/dev/null; then \
 	  cd protos && ../$(VENV)/bin/buf breaking --against '../.git#branch=main,subdir=protos'; fi
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy services gateway client guest bench tests
+	$(VENV)/bin/mypy services gateway client guest bench tests tools
+	$(PY) tools/check-manifests.py
 
 $(GUEST): guest/build-guest.sh $(SYSTEM_STAMP)
 	guest/build-guest.sh $(STATE)/guest
@@ -71,6 +73,18 @@ test: $(PY_STAMP) $(GUEST)
 bench: $(PY_STAMP)
 	$(PY) -m bench.bench --out bench-results.json
 	$(PY) -m bench.scrape
+
+# The container image; needs a working builder (a docker client alone, without an
+# engine, is not one). Fails, rather than pretending, when there is none.
+IMAGE ?= virtmesh:dev
+image:
+	@if docker info >/dev/null 2>&1; then build="docker build"; \
+	elif podman info >/dev/null 2>&1; then build="podman build"; \
+	elif buildah info >/dev/null 2>&1; then build="buildah bud"; \
+	else echo "make image: no container builder available (docker with a running engine," \
+	  "podman or buildah); nothing was built" >&2; exit 1; fi; \
+	echo "$$build -f deploy/Containerfile -t $(IMAGE) ."; \
+	$$build -f deploy/Containerfile -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -9,6 +9,7 @@ packages=(
     qemu-system-x86 qemu-utils
     busybox-static linux-image-cloud-amd64 cpio gzip xz-utils zstd kmod
     openssl ca-certificates procps
+    systemd
     prometheus
 )
 

@@ -2,23 +2,43 @@
 
 Tables for people, ``--json`` (protobuf field names) for scripts. Errors are one
 line on stderr; exit status 1 for a failed call, 2 for a usage or setup error.
+
+With several gateways (``--gateway`` repeated, or ``VIRTMESH_GATEWAYS``) read-only
+commands ask every node in parallel and merge the results with a NODE column;
+commands on one domain run on the node that has it. A node that fails is a
+warning on stderr and exit status 1, never a silently shorter table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
+import os
+import queue
 import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from google.protobuf import json_format
 
 from virtmesh.compute.v1 import compute_service_pb2 as pb
-from virtmesh_client.client import DEFAULT_TIMEOUT, Client, ClientError, ConfigError
+from virtmesh_client.client import (
+    DEFAULT_GATEWAY,
+    DEFAULT_TIMEOUT,
+    Client,
+    ClientError,
+    ConfigError,
+    EventStream,
+)
 
 Handler = Callable[[Client, argparse.Namespace, "Output"], None]
+FanOut = Callable[["Fleet", argparse.Namespace, "Output"], None]
+T = TypeVar("T")
 
 STATES = {name.removeprefix("DOMAIN_STATE_").lower(): value
           for name, value in pb.DomainState.items() if value}
@@ -27,9 +47,11 @@ START_HINT = "; is virtmesh running? start it with `make run`"
 
 # -- formatting ----------------------------------------------------------------
 
-def _to_dict(message: Any) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+def _to_dict(message: Any, node: str | None = None) -> dict[str, Any]:
+    """The message as JSON; with ``node``, labelled with the node it came from."""
+    data = json_format.MessageToDict(message, preserving_proto_field_name=True,
                                      always_print_fields_with_no_presence=True)
+    return data if node is None else {"node": node, **data}
 
 
 def _enum(enum: Any, value: int, prefix: str) -> str:
@@ -85,15 +107,15 @@ class Output:
     def show(self, message: Any, text: str) -> None:
         print(json.dumps(_to_dict(message), indent=2) if self.json else text)
 
-    def line(self, message: Any, text: str) -> None:
+    def line(self, message: Any, text: str, node: str | None = None) -> None:
         """One line per item as it arrives (JSON Lines with ``--json``)."""
-        print(json.dumps(_to_dict(message)) if self.json else text, flush=True)
+        print(json.dumps(_to_dict(message, node)) if self.json else
+              f"{node}  {text}" if node else text, flush=True)
 
 
-def _domain_table(domains: Sequence[Any]) -> str:
-    return table(("NAME", "STATE", "ID", "VCPUS", "MEMORY", "PERSISTENT", "AUTOSTART"), (
-        (d.name, _state(d.state), d.id or "-", d.vcpus, _kib(d.memory_kib),
-         _yes(d.persistent), _yes(d.autostart)) for d in domains))
+def _domain_row(d: Any) -> Sequence[object]:
+    return (d.name, _state(d.state), d.id or "-", d.vcpus, _kib(d.memory_kib),
+            _yes(d.persistent), _yes(d.autostart))
 
 
 def _domain_fields(d: Any) -> str:
@@ -107,16 +129,14 @@ def _domain_fields(d: Any) -> str:
     ))
 
 
-def _stats_table(stats: Sequence[Any]) -> str:
-    return table(
-        ("NAME", "STATE", "CPU_S", "MEMORY", "VCPUS", "BLOCK_RD", "BLOCK_WR", "NET_RX", "NET_TX"),
-        ((s.name, _state(s.state), f"{s.cpu.time_ns / 1e9:.2f}",
-          _kib(s.balloon.current_kib) if s.balloon.current_kib else "-",
-          s.vcpu_current or "-",
-          _bytes(sum(b.read_bytes for b in s.blocks)),
-          _bytes(sum(b.write_bytes for b in s.blocks)),
-          _bytes(sum(i.rx_bytes for i in s.interfaces)),
-          _bytes(sum(i.tx_bytes for i in s.interfaces))) for s in stats))
+def _stats_row(s: Any) -> Sequence[object]:
+    return (s.name, _state(s.state), f"{s.cpu.time_ns / 1e9:.2f}",
+            _kib(s.balloon.current_kib) if s.balloon.current_kib else "-",
+            s.vcpu_current or "-",
+            _bytes(sum(b.read_bytes for b in s.blocks)),
+            _bytes(sum(b.write_bytes for b in s.blocks)),
+            _bytes(sum(i.rx_bytes for i in s.interfaces)),
+            _bytes(sum(i.tx_bytes for i in s.interfaces)))
 
 
 def _event_text(event: Any) -> str:
@@ -143,12 +163,118 @@ def _scope(args: argparse.Namespace) -> Any:
     return pb.Scope(live=args.live, config=args.config)
 
 
+# -- several gateways ----------------------------------------------------------
+
+class UsageError(Exception):
+    """The command line does not say what to do, e.g. which of several nodes."""
+
+
+class Fleet:
+    """Several gateways by node name; calls them in parallel and warns about each failure."""
+
+    def __init__(self, clients: dict[str, Client]) -> None:
+        self.clients = clients
+        self.failed: list[str] = []
+
+    def warn(self, node: str, error: ClientError) -> None:
+        self.failed.append(node)
+        print(f"virtmesh: node {node}: {error}", file=sys.stderr, flush=True)
+
+    def each(self, call: Callable[[Client], T]) -> dict[str, T]:
+        """``call`` on every node at once (each with its own deadline), results in node
+        order; a node whose call fails is left out with a warning."""
+        with ThreadPoolExecutor(len(self.clients)) as pool:
+            futures = {node: pool.submit(call, client) for node, client in self.clients.items()}
+        results: dict[str, T] = {}
+        for node, future in futures.items():
+            try:
+                results[node] = future.result()
+            except ClientError as error:
+                self.warn(node, error)
+        return results
+
+    def locate(self, name: str) -> Client:
+        """The client of the one node that has domain ``name``."""
+        def has(client: Client) -> bool:
+            try:
+                client.domain(name)
+            except ClientError as error:
+                if error.code != "NOT_FOUND":
+                    raise
+                return False
+            return True
+        answers = self.each(has)
+        nodes = [node for node, found in answers.items() if found]
+        if len(nodes) > 1:
+            raise UsageError(f"domain '{name}' is on nodes {', '.join(nodes)}; pick one with "
+                             "--node NAME")
+        if not nodes:
+            raise ClientError("NOT_FOUND", f"Domain not found: no domain '{name}' on nodes "
+                              f"{', '.join(answers) or '(none answered)'}", "VIR_ERR_NO_DOMAIN")
+        return self.clients[nodes[0]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    """A read-only command: the same call on every node.
+
+    Its response is a table of rows (the repeated field ``key``) or, without ``key``,
+    one object shown as labelled fields. From several nodes the results are one
+    table with a NODE column; in JSON ``{key or "nodes": [...]}``, each with "node".
+    """
+
+    fetch: Callable[[Client, argparse.Namespace], Any]
+    headers: tuple[str, ...]
+    row: Callable[[Any], Sequence[object]]
+    key: str = ""
+
+    def __call__(self, client: Client, args: argparse.Namespace, out: Output) -> None:
+        response = self.fetch(client, args)
+        out.show(response, table(self.headers, map(self.row, getattr(response, self.key)))
+                 if self.key else fields(zip(self.headers, self.row(response), strict=True)))
+
+    def merged(self, fleet: Fleet, args: argparse.Namespace, out: Output) -> None:
+        results = fleet.each(lambda client: self.fetch(client, args))
+        rows = [(node, item) for node, response in results.items()
+                for item in (getattr(response, self.key) if self.key else [response])]
+        if out.json:
+            print(json.dumps({self.key or "nodes": [_to_dict(item, node) for node, item in rows]},
+                             indent=2))
+        else:
+            headers = ("NODE", *(header.upper().replace(" ", "_") for header in self.headers))
+            print(table(headers, ((node, *self.row(item)) for node, item in rows)))
+
+
+def _gateways(args: argparse.Namespace) -> dict[str, str]:
+    """Node name → address: ``--socket``, or ``[NAME=]HOST:PORT`` from every ``--gateway``,
+    ``VIRTMESH_GATEWAYS`` (comma-separated) or ``VIRTMESH_GATEWAY``; unnamed, the
+    node is its address."""
+    if args.socket:
+        return {args.socket: args.socket if args.socket.startswith("unix:")
+                else f"unix:{args.socket}"}
+    values = [value.strip() for value in
+              args.gateway or os.environ.get("VIRTMESH_GATEWAYS", "").split(",")
+              if value.strip()] or [os.environ.get("VIRTMESH_GATEWAY") or DEFAULT_GATEWAY]
+    nodes: dict[str, str] = {}
+    for value in values:
+        name, _, address = value.rpartition("=")
+        if not address or (name or address) in nodes:
+            raise UsageError(f"bad or repeated gateway '{value}'; expected [NAME=]HOST:PORT, "
+                             "each name once")
+        nodes[name or address] = address
+    return nodes
+
+
 # -- commands ------------------------------------------------------------------
 
-def cmd_list(client: Client, args: argparse.Namespace, out: Output) -> None:
+def _list(client: Client, args: argparse.Namespace) -> Any:
     active = True if args.active else False if args.inactive else None
-    domains = client.domains(active=active, states=[STATES[s] for s in args.state or ()])
-    out.show(pb.ListDomainsResponse(domains=domains), _domain_table(domains))
+    return pb.ListDomainsResponse(domains=client.domains(
+        active=active, states=[STATES[s] for s in args.state or ()]))
+
+
+cmd_list = Query(_list, ("NAME", "STATE", "ID", "VCPUS", "MEMORY", "PERSISTENT", "AUTOSTART"),
+                 _domain_row, "domains")
 
 
 def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -216,10 +342,46 @@ def cmd_events(client: Client, args: argparse.Namespace, out: Output) -> None:
                 return
 
 
-def cmd_stats(client: Client, args: argparse.Namespace, out: Output) -> None:
-    response = client.call("GetDomainStats", pb.GetDomainStatsRequest(
-        names=args.names, active_only=args.active))
-    out.show(response, _stats_table(response.stats))
+def merge_events(fleet: Fleet, args: argparse.Namespace, out: Output) -> None:
+    """Every node's events as one stream, each line labelled with its node."""
+    streams = fleet.each(lambda client: client.watch(args.names))
+    merged: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def pump(node: str, stream: EventStream) -> None:
+        try:
+            for event in stream:
+                merged.put((node, event))
+            merged.put((node, ClientError("UNAVAILABLE", "the event stream ended")))
+        except ClientError as error:
+            merged.put((node, error))
+
+    for node, stream in streams.items():
+        threading.Thread(target=pump, args=(node, stream), daemon=True).start()
+    if streams:
+        print(f"watching domain events on {', '.join(streams)}; Ctrl-C to stop",
+              file=sys.stderr, flush=True)
+    try:
+        count, running = 0, len(streams)
+        while running:
+            node, item = merged.get()
+            if isinstance(item, ClientError):
+                fleet.warn(node, item)
+                running -= 1
+                continue
+            out.line(item, _event_text(item), node)
+            count += 1
+            if count == args.count:
+                return
+    finally:
+        for stream in streams.values():
+            stream.close()
+
+
+cmd_stats = Query(
+    lambda client, args: client.call("GetDomainStats", pb.GetDomainStatsRequest(
+        names=args.names, active_only=args.active)),
+    ("NAME", "STATE", "CPU_S", "MEMORY", "VCPUS", "BLOCK_RD", "BLOCK_WR", "NET_RX", "NET_TX"),
+    _stats_row, "stats")
 
 
 def cmd_capabilities(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -234,19 +396,18 @@ def cmd_domcapabilities(client: Client, args: argparse.Namespace, out: Output) -
     out.show(response, response.xml.rstrip("\n"))
 
 
-def cmd_nodeinfo(client: Client, args: argparse.Namespace, out: Output) -> None:
-    n = client.call("GetNodeInfo", pb.GetNodeInfoRequest())
-    out.show(n, fields((("CPU model", n.model), ("CPUs", n.cpus), ("CPU frequency",
-                        f"{n.mhz} MHz"), ("NUMA nodes", n.nodes), ("Sockets per node",
-                        n.sockets), ("Cores per socket", n.cores), ("Threads per core",
-                        n.threads), ("Memory", _kib(n.memory_kib)))))
+cmd_nodeinfo = Query(
+    lambda client, args: client.call("GetNodeInfo", pb.GetNodeInfoRequest()),
+    ("CPU model", "CPUs", "CPU frequency", "NUMA nodes", "Sockets per node", "Cores per socket",
+     "Threads per core", "Memory"),
+    lambda n: (n.model, n.cpus, f"{n.mhz} MHz", n.nodes, n.sockets, n.cores, n.threads,
+               _kib(n.memory_kib)))
 
-
-def cmd_version(client: Client, args: argparse.Namespace, out: Output) -> None:
-    v = client.call("GetVersion", pb.GetVersionRequest())
-    out.show(v, fields((("virtmesh", v.virtmesh_version), ("libvirt", v.libvirt_version),
-                        ("Hypervisor", f"{v.hypervisor_type} {v.hypervisor_version}"),
-                        ("URI", v.uri))))
+cmd_version = Query(
+    lambda client, args: client.call("GetVersion", pb.GetVersionRequest()),
+    ("virtmesh", "libvirt", "Hypervisor", "URI"),
+    lambda v: (v.virtmesh_version, v.libvirt_version,
+               f"{v.hypervisor_type} {v.hypervisor_version}", v.uri))
 
 
 def cmd_autostart(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -310,8 +471,13 @@ def _global_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
     ``virtmesh --json list`` and ``virtmesh list --json`` both work."""
     def default(value: object) -> object:
         return value if defaults else argparse.SUPPRESS
-    parser.add_argument("--gateway", default=default(None), metavar="HOST:PORT",
-                        help="gateway address (env VIRTMESH_GATEWAY; default 127.0.0.1:16514)")
+    parser.add_argument("--gateway", action="append", default=default(None),
+                        metavar="[NAME=]HOST:PORT",
+                        help="gateway address, repeatable for several nodes (env "
+                        "VIRTMESH_GATEWAYS, comma-separated, or VIRTMESH_GATEWAY; default "
+                        "127.0.0.1:16514)")
+    parser.add_argument("--node", default=default(None), metavar="NAME",
+                        help="with several gateways: the one to use")
     parser.add_argument("--socket", default=default(None), metavar="PATH",
                         help="talk to the compute service's UNIX socket directly, without TLS")
     parser.add_argument("--state-dir", default=default(None),
@@ -338,10 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
     _global_flags(common, defaults=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, handler: Handler, summary: str,
-                *names: str) -> argparse.ArgumentParser:
+    def command(name: str, handler: Handler, summary: str, *names: str,
+                fan_out: FanOut | None = None) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=summary, description=summary, parents=[common])
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=handler,
+                         fan_out=handler.merged if isinstance(handler, Query) else fan_out)
         for arg in names:
             sub.add_argument(arg, metavar="DOMAIN" if arg == "name" else arg.upper(),
                              help="domain name or UUID" if arg == "name" else f"{arg} name")
@@ -390,7 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--inactive", action="store_true", help="the persistent config")
     sub.add_argument("--secure", action="store_true", help="include secrets")
     sub.add_argument("--migratable", action="store_true", help="XML suitable for migration")
-    sub = command("events", cmd_events, "print domain events as they happen")
+    sub = command("events", cmd_events, "print domain events as they happen",
+                  fan_out=merge_events)
     sub.add_argument("names", nargs="*", metavar="NAME", help="only these domains")
     sub.add_argument("--count", type=int, metavar="N", help="stop after N events")
     sub = command("stats", cmd_stats, "show domain statistics")
@@ -435,12 +603,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _connect(args: argparse.Namespace) -> Client:
-    socket = args.socket
-    target = (socket if socket.startswith("unix:") else f"unix:{socket}") if socket \
-        else args.gateway
-    return Client(target, state_dir=args.state_dir, ca=args.ca, cert=args.cert, key=args.key,
-                  timeout=args.timeout or None)
+def _run(args: argparse.Namespace, out: Output) -> int:
+    """One gateway (or ``--node``): the command as is. Several: fan out, or find the
+    domain's node; anything else needs ``--node``. 1 if a node failed."""
+    with contextlib.ExitStack() as stack:
+        clients = {node: stack.enter_context(Client(
+            address, state_dir=args.state_dir, ca=args.ca, cert=args.cert, key=args.key,
+            timeout=args.timeout or None)) for node, address in _gateways(args).items()}
+        if args.node:
+            if args.node not in clients:
+                raise UsageError(f"no gateway named '{args.node}' (nodes: {', '.join(clients)})")
+            clients = {args.node: clients[args.node]}
+        if len(clients) == 1:
+            args.handler(*clients.values(), args, out)
+            return 0
+        fleet = Fleet(clients)
+        if args.fan_out:
+            args.fan_out(fleet, args, out)
+        elif "name" in args:
+            args.handler(fleet.locate(args.name), args, out)
+        else:
+            raise UsageError(f"with several gateways, {args.command} needs --node NAME "
+                             f"(nodes: {', '.join(clients)})")
+        return 1 if fleet.failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -450,15 +635,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit:  # argparse printed the usage or --help
         return exit.code if isinstance(exit.code, int) else 2
     try:
-        with _connect(args) as client:
-            args.handler(client, args, Output(args.json))
+        return _run(args, Output(args.json))
     except ClientError as error:
         hint = START_HINT if error.code == "UNAVAILABLE" and not error.reason else ""
         print(f"virtmesh: {error}{hint}", file=sys.stderr)
         return 1
-    except ConfigError as error:
+    except (ConfigError, UsageError) as error:
         print(f"virtmesh: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0 if args.command == "events" else 130
-    return 0

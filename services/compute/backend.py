@@ -62,6 +62,8 @@ def prepare_embedded_root(config: Config) -> None:
     conf.parent.mkdir(parents=True, exist_ok=True)
     wanted = (f"{_QEMU_CONF_MARKER}; delete this line to keep your own edits.\n"
               'stdio_handler = "file"\n'
+              # remembering owners needs trusted xattrs, which a container may lack
+              "remember_owner = 0\n"
               f'user = "+{os.getuid()}"\n'
               f'group = "+{os.getgid()}"\n')
     if conf.exists():

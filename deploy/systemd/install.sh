@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Install virtmesh on a systemd host (always-on profile): the repository to
+# /opt/virtmesh with its venv, the units, the virtmesh user, a default config;
+# then daemon-reload and enable virtmesh.target. Run as root from a checkout:
+#
+#   deploy/systemd/install.sh [--now] [--dev-pki] [--no-venv] [--no-enable]
+#
+#   --now        also start virtmesh.target
+#   --dev-pki    make a development PKI in /etc/virtmesh/pki (trials only)
+#   --no-venv    do not create or update /opt/virtmesh/.venv
+#   --no-enable  do not run systemd-sysusers, daemon-reload or enable
+#
+# DESTDIR=/some/dir installs only the files, under that directory (packaging,
+# tests): no venv (a venv is not relocatable), no systemctl, no users.
+# The system packages (python3, libvirt, QEMU) come from tools/install-deps.sh.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+prefix=/opt/virtmesh              # the units' ExecStart= points here
+unitdir=/etc/systemd/system
+sysusersdir=/etc/sysusers.d
+confdir=/etc/virtmesh
+destdir=${DESTDIR:-}
+venv=yes enable=yes now=no dev_pki=no
+
+for arg in "$@"; do
+    case $arg in
+        --now) now=yes ;;
+        --dev-pki) dev_pki=yes ;;
+        --no-venv) venv=no ;;
+        --no-enable) enable=no ;;
+        -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "install.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
+    esac
+done
+if [[ -n $destdir ]]; then
+    venv=no enable=no
+    [[ $dev_pki == no ]] || { echo "install.sh: --dev-pki needs a real install" >&2; exit 2; }
+elif [[ $(id -u) != 0 ]]; then
+    echo "install.sh: run as root (or set DESTDIR to install the files elsewhere)" >&2
+    exit 1
+fi
+
+say() { echo "install.sh: $*"; }
+
+# 1. The code. Replaced wholesale (but not the venv), so removed files go too.
+sources=(pyproject.toml requirements.lock README.md services gateway guest client protos deploy)
+target=$destdir$prefix
+mkdir -p "$target"
+for item in "${sources[@]}"; do rm -rf "${target:?}/$item"; done
+tar -C "$repo" --exclude=__pycache__ --exclude='*.pyc' -cf - "${sources[@]}" | tar -C "$target" -xf -
+say "copied the code to $target"
+
+# 2. The venv: runtime dependencies at the versions of requirements.lock (used
+# as constraints: its linters and test tools are not installed), then virtmesh.
+if [[ $venv == yes ]]; then
+    [[ -x $prefix/.venv/bin/python ]] || python3 -m venv "$prefix/.venv"
+    "$prefix/.venv/bin/pip" install -q --disable-pip-version-check \
+        -c "$prefix/requirements.lock" --upgrade "$prefix"
+    rm -rf "$prefix/build" "$prefix"/*.egg-info
+    say "venv ready: $prefix/.venv"
+fi
+
+# 3. Units, the user, and a config that is never overwritten once there.
+units=$repo/deploy/systemd/units
+install -d "$destdir$unitdir" "$destdir$sysusersdir" "$destdir$confdir"
+for unit in "$units"/*.service "$units"/*.target; do
+    install -m 0644 "$unit" "$destdir$unitdir/"
+done
+for dropin in "$units"/*.d; do
+    install -d "$destdir$unitdir/${dropin##*/}"
+    install -m 0644 "$dropin"/*.conf "$destdir$unitdir/${dropin##*/}/"
+done
+install -m 0644 "$repo/deploy/systemd/sysusers.d/virtmesh.conf" "$destdir$sysusersdir/"
+for file in virtmesh.toml virtmesh.env; do
+    if [[ -e $destdir$confdir/$file ]]; then
+        say "kept the existing $confdir/$file"
+    else
+        install -m 0644 "$repo/deploy/systemd/$file" "$destdir$confdir/$file"
+    fi
+done
+say "installed units in $destdir$unitdir"
+
+if [[ $enable == yes ]]; then
+    systemd-sysusers "$sysusersdir/virtmesh.conf"
+    if [[ $dev_pki == yes ]]; then
+        "$prefix/.venv/bin/python" -m gateway.pki "$confdir/pki"
+        chgrp virtmesh "$confdir/pki/server.key"
+        chmod 0640 "$confdir/pki/server.key"
+    fi
+    if [[ -d /run/systemd/system ]]; then
+        systemctl daemon-reload
+        enable_args=(virtmesh.target)
+        [[ $now == no ]] || enable_args=(--now virtmesh.target)
+        systemctl enable "${enable_args[@]}"
+        say "enabled virtmesh.target$([[ $now == yes ]] && echo ' and started it')"
+    else
+        say "systemd is not running here: run 'systemctl daemon-reload; systemctl enable --now virtmesh.target' on the host"
+    fi
+fi
+[[ -e $destdir$confdir/pki/server.crt ]] ||
+    say "the gateway needs $confdir/pki/{server.crt,server.key,ca.crt} (key 0640 root:virtmesh)"

@@ -1,0 +1,467 @@
+"""The Kubernetes manifests (deploy/k8s) against the schemas, the policy and the code.
+
+1. Every kustomization renders with ``kubectl kustomize`` and validates strictly
+   with kubernetes-validate; CRD kinds (cert-manager, Prometheus operator) have
+   no schema there and are skipped by name, with the reason.
+2. tools/check-manifests.py passes on every kustomization and fails on a
+   privileged container.
+3. A manifest-driven local run of the embedded profile's DaemonSet: each
+   container's command, args and env run here as its own process, with every
+   volume mapped to a temporary directory (Secrets filled from a development
+   PKI, the ConfigMap from the rendered one), the image's /opt/virtmesh mapped to
+   this repository and its venv to ours, in a network namespace of their own
+   (the pod's), under the container's uid/gid/fsGroup with its capabilities
+   dropped and no_new_privs. Then every exec probe must pass, every metrics port
+   must serve, and calls through the gateway over mTLS must work. Nothing here
+   knows a flag, path or port: they all come from the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.pki import ensure_dev_pki
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "deploy" / "k8s"
+KUBECTL = shutil.which("kubectl")
+KUBERNETES_VERSIONS = ("1.30", "1.32")
+#: kinds defined by CRDs: kubernetes-validate has only the built-in schemas
+CRD_KINDS = {
+    "cert-manager.io/v1": "cert-manager CRD; not in the Kubernetes schemas",
+    "monitoring.coreos.com/v1": "Prometheus operator CRD; not in the Kubernetes schemas",
+}
+#: what the image's paths are here
+IMAGE_ROOT, IMAGE_VENV = "/opt/virtmesh", "/opt/virtmesh/.venv"
+#: the Secrets the DaemonSet mounts, filled from the development PKI (key -> PKI file)
+SECRETS = {
+    "virtmesh-gateway-tls": {"tls.crt": "server.crt", "tls.key": "server.key",
+                             "ca.crt": "ca.crt"},
+    "virtmesh-probe-tls": {"tls.crt": "client.crt", "tls.key": "client.key",
+                           "ca.crt": "ca.crt"},
+}
+
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+
+
+def kustomizations() -> list[Path]:
+    return sorted(path.parent for path in K8S.rglob("kustomization.yaml"))
+
+
+def render(directory: Path) -> list[dict[str, Any]]:
+    assert KUBECTL is not None
+    result = subprocess.run([KUBECTL, "kustomize", str(directory)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, f"kubectl kustomize {directory}: {result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [obj for obj in objects if obj["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def load_policy() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("check_manifests",
+                                                  ROOT / "tools" / "check-manifests.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+KUSTOMIZATIONS = [pytest.param(path, id=str(path.relative_to(K8S))) for path in kustomizations()]
+
+
+def test_every_profile_is_there() -> None:
+    names = {str(path.relative_to(K8S)) for path in kustomizations()}
+    assert {"base", "overlays/embedded", "overlays/host", "overlays/cert-manager",
+            "monitoring"} <= names
+
+
+# --- 1. schemas -------------------------------------------------------------------------
+
+@needs_kubectl
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS)
+def test_renders_and_validates_strictly(directory: Path, version: str) -> None:
+    import kubernetes_validate
+    from kubernetes_validate.utils import ValidationError
+
+    objects = render(directory)
+    assert objects, f"{directory} renders nothing"
+    validated = skipped = 0
+    for obj in objects:
+        name = f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj["apiVersion"] in CRD_KINDS:
+            skipped += 1  # reason: CRD_KINDS[apiVersion]
+            continue
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except ValidationError as error:
+            pytest.fail(f"{directory.name}: {name} is invalid for Kubernetes {version}: "
+                        f"{error.message} at {'.'.join(map(str, error.absolute_path))}")
+        validated += 1
+    assert validated + skipped == len(objects)
+
+
+@needs_kubectl
+def test_profiles_wire_what_they_promise() -> None:
+    """Cross-references no schema checks: names, ports and mounts that must agree."""
+    embedded, host = render(K8S / "overlays/embedded"), render(K8S / "overlays/host")
+    for objects in (embedded, host):
+        daemonset = one(objects, "DaemonSet")
+        pod = daemonset["spec"]["template"]
+        containers = {c["name"]: c for c in pod["spec"]["containers"]}
+        ports = {p["name"]: p["containerPort"] for c in containers.values() for p in c["ports"]}
+        assert str(ports["prom-gateway"]) == pod["metadata"]["annotations"]["prometheus.io/port"]
+        config_maps = {obj["metadata"]["name"] for obj in objects if obj["kind"] == "ConfigMap"}
+        for volume in pod["spec"]["volumes"]:
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in config_maps
+            if "secret" in volume:
+                assert volume["secret"]["secretName"] in SECRETS
+        service = one(objects, "Service")
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
+        policy = one(objects, "NetworkPolicy")
+        allowed = [(p["port"], p.get("endPort", p["port"]))
+                   for rule in policy["spec"]["ingress"] for p in rule["ports"]]
+        assert all(any(low <= port <= high for low, high in allowed) for port in ports.values())
+        assert set(ports.values()) == {16514, 9650, 9651}
+    monitor = one(render(K8S / "monitoring"), "PodMonitor")
+    daemonset = one(embedded, "DaemonSet")
+    metric_ports = {p["name"] for c in daemonset["spec"]["template"]["spec"]["containers"]
+                    for p in c["ports"] if p["name"].startswith("prom-")}
+    assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} == metric_ports
+    certificates = render(K8S / "overlays/cert-manager")
+    secrets = {c["spec"]["secretName"] for c in certificates if c["kind"] == "Certificate"}
+    assert set(SECRETS) <= secrets
+    host_compute = next(c for c in one(host, "DaemonSet")["spec"]["template"]["spec"]
+                        ["containers"] if c["name"] == "compute")
+    assert {"name": "VIRTMESH_URI", "value": "qemu:///system"} in host_compute["env"]
+    assert not any(m["mountPath"] == "/dev/kvm" for m in host_compute["volumeMounts"])
+    assert host_compute["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": []}
+
+
+# --- 2. policy --------------------------------------------------------------------------
+
+@needs_kubectl
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS)
+def test_policy_passes(directory: Path) -> None:
+    problems, _ = load_policy().check(render(directory))
+    assert problems == []
+
+
+@needs_kubectl
+def test_policy_fails_on_bad_manifests(tmp_path: Path) -> None:
+    policy = load_policy()
+    objects = render(K8S / "overlays/embedded")
+    daemonset = one(objects, "DaemonSet")
+    spec = daemonset["spec"]["template"]["spec"]
+    gateway = next(c for c in spec["containers"] if c["name"] == "gateway")
+    gateway["securityContext"]["privileged"] = True
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump_all(objects))
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "check-manifests.py"),
+                             str(bad)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert ("DaemonSet virtmesh/virtmesh container gateway: securityContext.privileged is true"
+            in result.stderr)
+
+    gateway["securityContext"]["privileged"] = False
+    spec["hostNetwork"] = True
+    gateway["volumeMounts"].append({"name": "kvm", "mountPath": "/dev/kvm"})
+    del gateway["resources"]["limits"]
+    gateway["securityContext"]["readOnlyRootFilesystem"] = False
+    gateway["securityContext"]["runAsNonRoot"] = False
+    gateway["securityContext"]["capabilities"]["add"] = ["NET_ADMIN"]
+    problems, _ = policy.check([daemonset])
+    text = "\n".join(problems)
+    for expected in ("spec.hostNetwork is true", "gateway: mounts host device /dev/kvm",
+                     "gateway: resources.limits.cpu is not set",
+                     "gateway: resources.limits.memory is not set",
+                     "gateway: securityContext.readOnlyRootFilesystem must be true",
+                     "gateway: securityContext.runAsNonRoot must be true",
+                     "gateway: securityContext.capabilities.add ['NET_ADMIN'] is not allowed"):
+        assert expected in text
+    assert len(problems) == 7
+
+
+# --- 3. the DaemonSet, run here ---------------------------------------------------------
+
+def _mapper(prefixes: dict[str, str]) -> Any:
+    """Replace path prefixes (longest first, in one pass) in a string."""
+    ordered = sorted(prefixes, key=len, reverse=True)
+    pattern = re.compile(r"(?<![\w./-])(" + "|".join(map(re.escape, ordered)) + r")(?=/|$|[^\w.-])")
+
+    def apply(value: str) -> str:
+        mapped = pattern.sub(lambda match: prefixes[match.group(1)], value)
+        if mapped == value and value.startswith("/"):
+            raise AssertionError(f"{value}: neither on a volume nor in the image")
+        return mapped
+    return apply
+
+
+class Pod:
+    """The pod's volumes as temporary directories and its network namespace."""
+
+    def __init__(self, objects: list[dict[str, Any]], base: Path, pki: Path) -> None:
+        self.template = one(objects, "DaemonSet")["spec"]["template"]
+        self.spec = self.template["spec"]
+        self.fs_group = (self.spec.get("securityContext") or {}).get("fsGroup")
+        config_maps = {obj["metadata"]["name"]: obj["data"] for obj in objects
+                       if obj["kind"] == "ConfigMap"}
+        self.volumes: dict[str, Path] = {}
+        for index, volume in enumerate(self.spec["volumes"]):
+            self.volumes[volume["name"]] = self._volume(volume, base / str(index), config_maps,
+                                                        pki)
+        self.netns: subprocess.Popen[bytes] | None = None
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _volume(self, volume: dict[str, Any], path: Path, config_maps: dict[str, dict[str, str]],
+                pki: Path) -> Path:
+        if "hostPath" in volume:
+            if volume["hostPath"].get("type") in ("CharDevice", "BlockDevice", "Socket"):
+                return Path(volume["hostPath"]["path"])  # devices cannot be faked
+            path.mkdir()
+            return path
+        path.mkdir()
+        if "emptyDir" in volume:
+            path.chmod(0o777)
+            if self.fs_group is not None:  # as the kubelet does: group and setgid
+                os.chown(path, -1, self.fs_group)
+                path.chmod(0o777 | stat.S_ISGID)
+            return path
+        if "configMap" in volume:
+            source = volume["configMap"]
+            files = {k: v.encode() for k, v in config_maps[source["name"]].items()}
+        elif "secret" in volume:
+            source = volume["secret"]
+            assert source["secretName"] in SECRETS, f"unknown Secret {source['secretName']}"
+            files = {key: (pki / name).read_bytes()
+                     for key, name in SECRETS[source["secretName"]].items()}
+        else:
+            raise AssertionError(f"volume {volume['name']}: kind not supported here")
+        items = source.get("items") or [{"key": key, "path": key} for key in files]
+        for item in items:
+            target = path / item["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(files[item["key"]])
+            os.chown(target, 0, self.fs_group if self.fs_group is not None else 0)
+            target.chmod(item.get("mode", source.get("defaultMode", 0o644)))
+        path.chmod(0o755)
+        return path
+
+    def mapper(self, container: dict[str, Any]) -> Any:
+        prefixes = {IMAGE_VENV: sys.prefix, IMAGE_ROOT: str(ROOT)}
+        for mount in container.get("volumeMounts") or []:
+            prefixes[mount["mountPath"].rstrip("/")] = str(
+                self.volumes[mount["name"]] / mount.get("subPath", ""))
+        return _mapper(prefixes)
+
+    def start_netns(self) -> None:
+        # `unshare --net` execs the holder in the new namespace: its pid names it.
+        self.netns = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
+        path = f"/proc/{self.netns.pid}/ns/net"
+        deadline = time.monotonic() + 10
+        while os.readlink(path) == os.readlink("/proc/self/ns/net"):
+            assert time.monotonic() < deadline, "network namespace not created"
+            time.sleep(0.05)
+        subprocess.run(["nsenter", f"--net={path}", "ip", "link", "set", "lo", "up"], check=True)
+
+    def enter(self, container: dict[str, Any]) -> list[str]:
+        """argv prefix: the pod's network namespace, the container's user and privileges."""
+        assert self.netns is not None
+        pod_security = self.spec.get("securityContext") or {}
+        security = {**pod_security, **(container.get("securityContext") or {})}
+        uid, gid = security.get("runAsUser", 0), security.get("runAsGroup", 0)
+        groups = [str(g) for g in [gid, self.fs_group, *pod_security.get(
+            "supplementalGroups", [])] if g is not None]
+        assert not (security.get("runAsNonRoot") and uid == 0), "runAsNonRoot with uid 0"
+        argv = ["nsenter", f"--net=/proc/{self.netns.pid}/ns/net", "--",
+                "setpriv", f"--reuid={uid}", f"--regid={gid}", f"--groups={','.join(groups)}"]
+        capabilities = security.get("capabilities") or {}
+        if "ALL" in (capabilities.get("drop") or []):
+            added = "".join(f",+{cap.lower()}" for cap in capabilities.get("add") or [])
+            argv += [f"--bounding-set=-all{added}", "--inh-caps=-all"]
+        else:
+            assert not capabilities, "only 'drop: [ALL]' (plus add) is emulated here"
+        if security.get("allowPrivilegeEscalation") is False:
+            argv.append("--no-new-privs")
+        return [*argv, "--"]
+
+    def environment(self, container: dict[str, Any]) -> dict[str, str]:
+        security = container.get("securityContext") or {}
+        env = {"PATH": f"{sys.prefix}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
+                       "/sbin:/bin",
+               "HOME": "/root" if security.get("runAsUser", 0) == 0 else "/"}
+        mapped = self.mapper(container)
+        for variable in container.get("env") or []:
+            assert "value" in variable, f"{variable['name']}: only literal values are mapped"
+            env[variable["name"]] = mapped(variable["value"])
+        return env
+
+    def start(self, container: dict[str, Any], logs: Path) -> None:
+        assert container.get("command"), f"{container['name']}: no command"
+        mapped = self.mapper(container)
+        argv = [mapped(arg) for arg in [*container["command"], *container.get("args", [])]]
+        with open(logs / f"{container['name']}.log", "wb") as log:
+            self.processes[container["name"]] = subprocess.Popen(
+                [*self.enter(container), *argv], env=self.environment(container),
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd="/",
+                start_new_session=True)
+
+    def run(self, container: dict[str, Any], argv: list[str],
+            timeout: float) -> subprocess.CompletedProcess[str]:
+        """As an exec probe does: in the container, with its paths."""
+        argv = [self.mapper(container)(arg) for arg in argv]
+        return subprocess.run([*self.enter(container), *argv], env=self.environment(container),
+                              capture_output=True, text=True, timeout=timeout, cwd="/")
+
+    def client(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        """A client on the pod network (as a Service or port-forward would reach it)."""
+        assert self.netns is not None
+        return subprocess.run(["nsenter", f"--net=/proc/{self.netns.pid}/ns/net", "--", *argv],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if self.netns is not None:
+            self.netns.kill()
+            self.netns.wait()
+
+
+CLIENT = """
+import json, sys, grpc
+from virtmesh.compute.v1 import compute_service_pb2 as pb, compute_service_pb2_grpc as rpc
+target, ca, cert, key = sys.argv[1:]
+read = lambda path: open(path, "rb").read()
+creds = grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
+with grpc.secure_channel(target, creds) as channel:
+    compute = rpc.ComputeServiceStub(channel)
+    version = compute.GetVersion(pb.GetVersionRequest(), timeout=30)
+    domains = compute.ListDomains(pb.ListDomainsRequest(), timeout=30)
+print(json.dumps({"uri": version.uri, "hypervisor": version.hypervisor_type,
+                  "domains": [d.name for d in domains.domains]}))
+"""
+
+METRICS = """
+import sys, urllib.request
+print(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10).read().decode())
+"""
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    # Short: the embedded QEMU root is a volume and its UNIX sockets live under it.
+    path = Path(tempfile.mkdtemp(prefix="k8s-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _probes(container: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    probes = []
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = container.get(kind)
+        if probe:
+            assert "exec" in probe, f"{container['name']} {kind}: only exec probes run here"
+            probes.append((kind, probe["exec"]["command"]))
+    return probes
+
+
+@needs_kubectl
+@pytest.mark.qemu
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(os.geteuid() != 0, reason="a pod's namespace and users need root")
+@pytest.mark.skipif(not all(shutil.which(tool) for tool in ("unshare", "nsenter", "setpriv", "ip")),
+                    reason="needs util-linux unshare, nsenter, setpriv and iproute2")
+def test_daemonset_runs_here_as_written(short_tmp: Path) -> None:
+    objects = render(K8S / "overlays/embedded")
+    pki, logs = short_tmp / "pki", short_tmp / "log"
+    ensure_dev_pki(pki)
+    logs.mkdir()
+    volumes = short_tmp / "v"
+    volumes.mkdir(mode=0o755)
+    pod = Pod(objects, volumes, pki)
+    containers = {c["name"]: c for c in pod.spec["containers"]}
+    assert set(containers) >= {"compute", "gateway"}
+
+    def log_tail() -> str:
+        return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
+                         for path in sorted(logs.iterdir()))
+
+    try:
+        pod.start_netns()
+        for container in containers.values():
+            pod.start(container, logs)
+        pending = {(name, kind): command for name, container in containers.items()
+                   for kind, command in _probes(container)}
+        assert {kind for _, kind in pending} >= {"readinessProbe", "livenessProbe"}
+        failures: dict[tuple[str, str], str] = {}
+        deadline = time.monotonic() + 150
+        while pending:
+            for name, process in pod.processes.items():
+                assert process.poll() is None, f"{name} exited {process.returncode}\n{log_tail()}"
+            for key, command in list(pending.items()):
+                result = pod.run(containers[key[0]], command, timeout=30)
+                if result.returncode == 0:
+                    del pending[key]
+                else:
+                    failures[key] = result.stdout + result.stderr
+            if pending and time.monotonic() > deadline:
+                pytest.fail(f"probes still failing: {failures}\n{log_tail()}")
+            time.sleep(0.5)
+
+        gateway = containers["gateway"]
+        port = next(p["containerPort"] for p in gateway["ports"] if p["name"] == "grpc-tls")
+        reply = pod.client([sys.executable, "-c", CLIENT, f"127.0.0.1:{port}",
+                            str(pki / "ca.crt"), str(pki / "client.crt"),
+                            str(pki / "client.key")], timeout=60)
+        assert reply.returncode == 0, reply.stderr + log_tail()
+        answer = json.loads(reply.stdout)
+        qemu_root = pod.volumes["qemu-root"]
+        assert answer == {"uri": f"qemu:///embed?root={qemu_root}", "hypervisor": "QEMU",
+                          "domains": []}
+        assert (qemu_root / "etc" / "qemu.conf").exists()  # the hostPath is the QEMU root
+
+        for container in containers.values():
+            for port_spec in container["ports"]:
+                if port_spec["name"].startswith("prom-"):
+                    scrape = pod.client([sys.executable, "-c", METRICS,
+                                         str(port_spec["containerPort"])], timeout=30)
+                    assert scrape.returncode == 0, scrape.stderr
+                    assert "virtmesh_build_info" in scrape.stdout
+    finally:
+        pod.stop()
+    for name, process in pod.processes.items():
+        assert process.returncode == 0, f"{name} exited {process.returncode}\n{log_tail()}"
