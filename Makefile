@@ -41,8 +41,8 @@ gen: $(PY_STAMP)
 
 gen-check: $(PY_STAMP)
 	@tmp=$$(mktemp -d) && tools/gen-protos.sh $$tmp && \
-	  if diff -r -q $(GEN) $$tmp >/dev/null; then rm -rf $$tmp; echo "generated code is up to date"; \
-	  else diff -r $(GEN) $$tmp | head -20; rm -rf $$tmp; \
+	  if diff -r -q -x __pycache__ $(GEN) $$tmp >/dev/null; then rm -rf $$tmp; echo "generated code is up to date"; \
+	  else diff -r -x __pycache__ $(GEN) $$tmp | head -20; rm -rf $$tmp; \
 	       echo "generated code is stale: run make gen and commit" >&2; exit 1; fi
 
 lint: $(PY_STAMP) gen-check
