@@ -560,7 +560,7 @@ def test_entry_points_used_by_units_and_manifests_exist_in_the_image() -> None:
     copied = [Path(source) for kind, args in builder if kind == "COPY"
               for source in args.split()[:-1] if not source.startswith("--")]
     for path in files:  # (units name docs, which install.sh copies with deploy/)
-        for reference in re.findall(re.escape(PREFIX) + r"/(?!\.venv/)([\w./-]+)",
+        for reference in re.findall(re.escape(PREFIX) + r"/(?!\.venv\b)([\w./-]+)",
                                     path.read_text()):
             assert (ROOT / reference).exists(), f"{path}: {reference} is not in the repository"
             assert path.is_relative_to(UNITS) or any(

@@ -51,6 +51,9 @@ class Config:
     metrics_listen: str = ""
     #: seconds a /metrics scrape may spend collecting guest statistics
     scrape_budget: float = 2.0
+    #: exit (cleanly, as on SIGTERM) after this many seconds without calls, unless the
+    #: service is busy (compute: guests running); 0: never. Health probes do not count.
+    idle_timeout: float = 0.0
 
     @property
     def socket_path(self) -> Path:
@@ -73,6 +76,8 @@ _HELP = {
     "guests_on_exit": "compute: keep, shutdown or destroy running guests on exit",
     "metrics_listen": "HOST:PORT of the Prometheus /metrics endpoint (empty: none, port 0: any)",
     "scrape_budget": "seconds a /metrics scrape may spend collecting guest statistics",
+    "idle_timeout": "exit after this many seconds without calls (health probes do not "
+                    "count) unless busy, e.g. compute with running guests; 0: never",
 }
 
 
@@ -170,6 +175,8 @@ def load(service: str, default_uri: str, argv: Sequence[str] | None = None,
         raise ConfigError("log_format: must be text or json")
     if config.scrape_budget <= 0:
         raise ConfigError("scrape_budget: must be positive")
+    if config.idle_timeout < 0:
+        raise ConfigError("idle_timeout: must be 0 (never) or positive")
     return dataclasses.replace(config, state_dir=config.state_dir.absolute())
 
 
