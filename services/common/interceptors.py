@@ -7,6 +7,7 @@ gateway) record each call once, through one ``_Observed``: RPC metrics, the requ
 id for the call's log lines, and one INFO line with method, status and duration
 (DEBUG for health probes).
 They must be outermost, so that they see the status the call really ends with.
+``ActivityInterceptor`` tells the daemon how long a service has been idle.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Container, Iterator
 from typing import Any
 
@@ -243,3 +246,56 @@ class AioObserveInterceptor(grpc.aio.ServerInterceptor):
         known = self.methods is None or method in self.methods
         return _with_behavior(handler,
                               lambda behavior: _observe_aio(method, handler, behavior, known))
+
+
+class ActivityInterceptor(_WrappingInterceptor):
+    """Calls in flight and when the last one ended, for the idle timeout.
+
+    Health probes are not activity: supervisors and orchestrators probe every few
+    seconds, and would otherwise keep an idle service alive forever."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._last = time.monotonic()
+
+    def idle_seconds(self) -> float:
+        """Seconds since the last call ended; 0 while one is in flight."""
+        with self._lock:
+            return 0.0 if self._in_flight else time.monotonic() - self._last
+
+    def touch(self) -> None:
+        """Count as active now (e.g. the service was busy)."""
+        with self._lock:
+            self._last = time.monotonic()
+
+    def _begin(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
+    def _end(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self._last = time.monotonic()
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler, behavior: Any) -> Any:
+        if method.startswith(_HEALTH):
+            return behavior
+        if handler.response_streaming:
+            def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                self._begin()
+                try:
+                    yield from behavior(request, context)
+                finally:
+                    self._end()
+
+            return stream
+
+        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            self._begin()
+            try:
+                return behavior(request, context)
+            finally:
+                self._end()
+
+        return unary
