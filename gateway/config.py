@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -32,6 +33,11 @@ class GatewayConfig:
     grace_period: float = 5.0
     #: HOST:PORT of the Prometheus /metrics endpoint; empty: none; port 0: any free port
     metrics_listen: str = ""
+    #: command that starts a driver service found not running ({service}: its name),
+    #: e.g. "systemctl start virtmesh@{service}.service"; empty: no activation
+    activation: str = ""
+    #: seconds an activation may take until the service reports SERVING
+    activation_timeout: float = 60.0
 
     def path(self, value: str, default: str) -> Path:
         return Path(value) if value else self.state_dir / default
@@ -60,6 +66,9 @@ _HELP = {
     "tls_cert": "server certificate (default <state_dir>/pki/server.crt)",
     "tls_key": "server key (default <state_dir>/pki/server.key)",
     "tls_ca": "CA that signs client certificates (default <state_dir>/pki/ca.crt)",
+    "activation": "command that starts a driver service that is not running, {service} "
+                  "replaced by its name (empty: off)",
+    "activation_timeout": "seconds an activated service has to report SERVING",
 }
 
 
@@ -73,4 +82,12 @@ def load(argv: Sequence[str] | None = None,
     config = GatewayConfig(**values)
     if config.client_auth not in CLIENT_AUTH:
         raise common.ConfigError(f"client_auth: must be one of {', '.join(CLIENT_AUTH)}")
+    if not 0 < config.activation_timeout <= 600:
+        raise common.ConfigError("activation_timeout: must be more than 0 and at most 600")
+    if config.activation and "{service}" not in config.activation:
+        raise common.ConfigError("activation: the command must contain {service}")
+    try:
+        shlex.split(config.activation)
+    except ValueError as error:
+        raise common.ConfigError(f"activation: {error}") from None
     return dataclasses.replace(config, state_dir=config.state_dir.absolute())

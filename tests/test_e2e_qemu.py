@@ -293,3 +293,39 @@ def test_services_stop_when_the_supervisor_is_killed() -> None:
 def _pids(pattern: str) -> list[int]:
     found = subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True)
     return [int(pid) for pid in found.stdout.split()]
+
+
+def test_autostart_guests_come_back_after_a_restart() -> None:
+    """The embedded driver does not autostart guests; the compute service does, so a
+    restart (a pod's, a host's) brings back the guests marked autostart."""
+    with short_state_dir() as state:
+        args = ("--uri", EMBED_URI, "--guests-on-exit", "shutdown")
+        compute = service_process(state, "compute", *args).start()
+        socket = f"unix:{state / 'run' / 'compute.sock'}"
+        try:
+            wait_serving(socket, "", 60)
+            with grpc.insecure_channel(socket) as channel:
+                stub = pb_grpc.ComputeServiceStub(channel)
+                for name in ("keeper", "bystander"):
+                    stub.DefineDomain(pb.DefineDomainRequest(
+                        xml=example.render(name, state, "qemu")))
+                    stub.StartDomain(pb.StartDomainRequest(name=name))
+                stub.SetDomainAutostart(pb.SetDomainAutostartRequest(name="keeper",
+                                                                     autostart=True))
+                wait_for(lambda: all(BOOTED in (state / "guest" / f"{n}.console.log")
+                                     .read_text(errors="replace")
+                                     for n in ("keeper", "bystander")), 90, "both guests")
+            assert compute.stop(60) == 0
+            assert qemu_pids(state) == []  # both shut down with the service
+
+            compute = service_process(state, "compute", *args).start()
+            wait_serving(socket, "", 60)
+            with grpc.insecure_channel(socket) as channel:
+                stub = pb_grpc.ComputeServiceStub(channel)
+                states = {d.name: d.state for d in
+                          stub.ListDomains(pb.ListDomainsRequest()).domains}
+                assert states == {"keeper": pb.DOMAIN_STATE_RUNNING,
+                                  "bystander": pb.DOMAIN_STATE_SHUTOFF}
+                stub.DestroyDomain(pb.DestroyDomainRequest(name="keeper"))
+        finally:
+            compute.stop(60)

@@ -2,11 +2,13 @@
 
 A driver package hands ``main`` a ``ServiceSpec`` (its name, default libvirt URI,
 proto service and servicer factory) and gets config, logging, the libvirt
-connection, health, reflection, metrics, the UNIX socket and signal handling from here.
+connection, health, reflection, metrics, the UNIX socket, signal handling and the
+idle timeout from here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -29,7 +31,11 @@ from prometheus_client.registry import Collector
 from services.common import config as config_module
 from services.common import metrics
 from services.common.config import Config, ConfigError
-from services.common.interceptors import ErrorInterceptor, ObserveInterceptor
+from services.common.interceptors import (
+    ActivityInterceptor,
+    ErrorInterceptor,
+    ObserveInterceptor,
+)
 from services.common.libvirt_connection import LibvirtConnection
 from services.common.logs import setup_logging
 
@@ -54,6 +60,9 @@ class ServiceSpec:
     #: (servicer, config) -> the driver's own collectors, registered while the service
     #: serves metrics
     collectors: Callable[[Any, Config], list[Collector]] | None = None
+    #: servicer -> True while the service must not exit for being idle (compute:
+    #: guests are running); asked once no call has come for idle_timeout seconds
+    busy: Callable[[Any], bool] | None = None
 
 
 def prepare_socket(path: Path) -> None:
@@ -89,6 +98,8 @@ class Daemon:
         self.server: grpc.Server | None = None
         self.servicer: Any = None
         self.metrics: metrics.MetricsEndpoint | None = None
+        self.activity = ActivityInterceptor()
+        self._socket_inode = 0
         self._stopping = threading.Event()
         self._stopped = threading.Event()
 
@@ -128,7 +139,8 @@ class Daemon:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads,
                                                         thread_name_prefix="rpc"),
                              # outermost first: observe the status errors are mapped to
-                             interceptors=[ObserveInterceptor(), ErrorInterceptor()],
+                             interceptors=[ObserveInterceptor(), ErrorInterceptor(),
+                                           self.activity],
                              options=options,
                              maximum_concurrent_rpcs=threads * 4)
         self.spec.add_to_server(self.servicer, server)
@@ -145,11 +157,38 @@ class Daemon:
             os.umask(old_umask)
         self.server = server
         os.chmod(path, config.socket_mode)
+        self._socket_inode = path.stat().st_ino
         log.info("%s serving %s on unix:%s", self.spec.name, self.spec.descriptor.full_name,
                  path)
         # While libvirt is unreachable the socket is up: health says NOT_SERVING and
         # calls get UNAVAILABLE, instead of callers finding no socket at all.
         self.connection.start(wait=connect_wait)
+        if config.idle_timeout > 0:
+            threading.Thread(target=self._exit_when_idle, name="idle", daemon=True).start()
+
+    def _busy(self) -> bool:
+        if self.spec.busy is None:
+            return False
+        try:
+            return self.spec.busy(self.servicer)
+        except Exception as error:  # noqa: BLE001 - cannot tell (e.g. libvirt is away)
+            log.debug("cannot tell whether %s is busy, assuming so: %s", self.spec.name, error)
+            return True
+
+    def _exit_when_idle(self) -> None:
+        """libvirt's --timeout: stop once no call has come for idle_timeout seconds
+        and the service is not busy. Busy counts as activity: the wait starts over."""
+        timeout = self.config.idle_timeout
+        while not self._stopping.wait(min(1.0, timeout / 4)):
+            idle = self.activity.idle_seconds()
+            if idle < timeout:
+                continue
+            if self._busy():
+                self.activity.touch()
+                continue
+            log.info("idle for %.0f s, exiting", idle)
+            self.stop()
+            return
 
     def stop(self) -> None:
         """Refuse new calls, let in-flight ones finish, then let go of libvirt."""
@@ -170,7 +209,10 @@ class Daemon:
         self.connection.close()
         if self.metrics is not None:
             self.metrics.close()
-        self.socket_path.unlink(missing_ok=True)
+        # Unless a successor (say, started on demand while we drained) has bound it anew.
+        with contextlib.suppress(OSError):
+            if self.socket_path.stat().st_ino == self._socket_inode:
+                self.socket_path.unlink()
         log.info("%s stopped", self.spec.name)
         self._stopped.set()
 

@@ -15,6 +15,12 @@ def _stop_guests(servicer: ComputeServicer, config: Config) -> None:
         servicer.backend.stop_guests(config.guests_on_exit, config.shutdown_timeout)
 
 
+def _busy(servicer: ComputeServicer) -> bool:
+    """Never idle out while guests run or anyone watches their events."""
+    return servicer.events.subscriber_count > 0 or bool(
+        servicer.backend.list_domains(active=True, persistent=None, autostart=None))
+
+
 def _collectors(servicer: ComputeServicer, config: Config) -> list[Collector]:
     return [GuestStatsCollector(servicer.backend.connection, config.scrape_budget)]
 
@@ -28,4 +34,5 @@ SPEC = ServiceSpec(
     prepare=prepare_embedded_root,
     on_exit=_stop_guests,
     collectors=_collectors,
+    busy=_busy,
 )

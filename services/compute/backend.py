@@ -44,6 +44,11 @@ def scope_flags(live: bool, config: bool) -> int:
             | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if config else 0))
 
 
+def is_embedded(uri: str) -> bool:
+    parsed = urlparse(uri)
+    return parsed.scheme == "qemu" and parsed.path == "/embed"
+
+
 def prepare_embedded_root(config: Config) -> None:
     """Give an embedded QEMU driver the qemu.conf it needs under its root.
 
@@ -51,10 +56,9 @@ def prepare_embedded_root(config: Config) -> None:
     consoles to files, so no virtlogd is needed. A qemu.conf without our marker
     line is the operator's and is left alone.
     """
-    uri = urlparse(config.libvirt_uri)
-    if uri.scheme != "qemu" or uri.path != "/embed":
+    if not is_embedded(config.libvirt_uri):
         return
-    roots = parse_qs(uri.query).get("root")
+    roots = parse_qs(urlparse(config.libvirt_uri).query).get("root")
     if not roots:
         raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
                            "embedded URI needs ?root=DIR", "INVALID_URI")
@@ -77,6 +81,28 @@ def prepare_embedded_root(config: Config) -> None:
 class ComputeBackend:
     def __init__(self, connection: LibvirtConnection) -> None:
         self.connection = connection
+        self._autostarted = False
+        if is_embedded(connection.uri):
+            connection.on_connect(self._autostart)
+
+    def _autostart(self, conn: libvirt.virConnect) -> None:
+        """Start the guests marked autostart, once per process.
+
+        libvirtd does this when it starts; the embedded driver does not, so after a
+        restart (a pod's, a host's) nothing would come back. Guests still running
+        from before a crash are active and left alone.
+        """
+        if self._autostarted:
+            return
+        self._autostarted = True
+        flags = (libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE
+                 | libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)
+        for dom in conn.listAllDomains(flags):
+            try:
+                dom.create()
+                log.info("autostarted guest %s", dom.name())
+            except libvirt.libvirtError as error:
+                log.warning("cannot autostart guest %s: %s", dom.name(), error)
 
     @property
     def conn(self) -> libvirt.virConnect:
