@@ -84,8 +84,6 @@ def load(argv: Sequence[str] | None = None,
         raise common.ConfigError(f"client_auth: must be one of {', '.join(CLIENT_AUTH)}")
     if not 0 < config.activation_timeout <= 600:
         raise common.ConfigError("activation_timeout: must be more than 0 and at most 600")
-    if config.activation and "{service}" not in config.activation:
-        raise common.ConfigError("activation: the command must contain {service}")
     try:
         shlex.split(config.activation)
     except ValueError as error:

@@ -3,7 +3,11 @@
 The gateway never decodes a request or a response: it relays bytes, metadata,
 deadline and cancellation, and hands the backend's status, message and details
 (``grpc-status-details-bin``) back unchanged. Only a backend that cannot be
-reached gets a status of the gateway's own: UNAVAILABLE naming the service.
+reached gets a status of the gateway's own: UNAVAILABLE naming the service,
+unless activation is configured: then the gateway starts the service and makes
+the call again (gateway/activation.py). Only a call with a single request message
+is made again; a client-streaming call gets UNAVAILABLE "retry" once the service
+has been started, since the failed call consumed its request messages.
 The call's request id goes to the backend, and back to the client in the response
 headers (initial metadata), so that the backend's trailers stay unchanged.
 """
@@ -19,6 +23,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from gateway.activation import ActivationError, Activator
 from gateway.routes import Route
 from services.common import logs, metrics
 
@@ -37,7 +42,11 @@ class Backends:
         self.socket_dir = socket_dir
         self._options = [("grpc.max_receive_message_length", max_message_bytes),
                          ("grpc.max_send_message_length", max_message_bytes),
-                         ("grpc.enable_retries", 0)]
+                         ("grpc.enable_retries", 0),
+                         # Local sockets: after a failed connect, try again within a
+                         # second (not gRPC's up to 2 minutes), e.g. once activated.
+                         ("grpc.initial_reconnect_backoff_ms", 200),
+                         ("grpc.max_reconnect_backoff_ms", 1000)]
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def target(self, driver: str) -> str:
@@ -71,27 +80,34 @@ def forwarded_metadata(context: grpc.aio.ServicerContext) -> Metadata:
                    if key not in _HOP_KEYS and not key.startswith(":"))
 
 
-def _unreachable_status(driver: str, target: str, details: str | None) -> tuple[str, bytes]:
-    message = f"{driver} service is unavailable at {target}: {details}"
+def unreachable(code: grpc.StatusCode, trailers: Any) -> bool:
+    """The call never reached its backend, so making it again is safe: UNAVAILABLE
+    without the status details that every virtmesh service sends with its errors."""
+    return code == grpc.StatusCode.UNAVAILABLE and not any(
+        key == STATUS_DETAILS_KEY for key, _ in trailers or ())
+
+
+async def abort_unavailable(context: grpc.aio.ServicerContext, route: Route, message: str,
+                            reason: str = "SERVICE_UNAVAILABLE") -> NoReturn:
+    """End the client's call with the gateway's own UNAVAILABLE naming the service."""
+    metrics.UPSTREAM_UNAVAILABLE.labels(route.driver).inc()
+    log.warning("%s: %s", route.path, message)
     info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason="SERVICE_UNAVAILABLE", domain="virtmesh.dev",
-                                          metadata={"service": driver}))
+    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="virtmesh.dev",
+                                          metadata={"service": route.driver}))
     status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=message, details=[info])
-    return message, status.SerializeToString()
+    await context.abort(grpc.StatusCode.UNAVAILABLE, message,
+                        ((STATUS_DETAILS_KEY, status.SerializeToString()),))
+    raise AssertionError("abort returned")  # for type checkers: abort always raises
 
 
 async def relay_error(context: grpc.aio.ServicerContext, route: Route, backends: Backends,
                       error: grpc.aio.AioRpcError) -> NoReturn:
     """End the client's call with the backend's status, or UNAVAILABLE if unreachable."""
     trailers = tuple(error.trailing_metadata() or ())
-    reached = any(key == STATUS_DETAILS_KEY for key, _ in trailers)
-    if error.code() == grpc.StatusCode.UNAVAILABLE and not reached:
-        metrics.UPSTREAM_UNAVAILABLE.labels(route.driver).inc()
-        message, details = _unreachable_status(route.driver, backends.target(route.driver),
-                                               error.details())
-        log.warning("%s: %s", route.path, message)
-        await context.abort(grpc.StatusCode.UNAVAILABLE, message,
-                            ((STATUS_DETAILS_KEY, details),))
+    if unreachable(error.code(), trailers):
+        await abort_unavailable(context, route, f"{route.driver} service is unavailable at "
+                                f"{backends.target(route.driver)}: {error.details()}")
     await context.abort(error.code(), error.details() or "", trailers)
     raise AssertionError("abort returned")  # for type checkers: abort always raises
 
@@ -107,9 +123,11 @@ def _identity(data: bytes) -> bytes:
 class ProxyHandler(grpc.GenericRpcHandler):
     """Serves every route by forwarding to the route's backend."""
 
-    def __init__(self, routes: dict[str, Route], backends: Backends) -> None:
+    def __init__(self, routes: dict[str, Route], backends: Backends,
+                 activator: Activator | None = None) -> None:
         self.routes = routes
         self.backends = backends
+        self.activator = activator
 
     def service(self, handler_call_details: grpc.HandlerCallDetails
                 ) -> grpc.RpcMethodHandler | None:
@@ -126,8 +144,17 @@ class ProxyHandler(grpc.GenericRpcHandler):
         return kinds[(route.client_streaming, route.server_streaming)](
             behavior, request_deserializer=None, response_serializer=None)
 
+    async def _activate(self, context: grpc.aio.ServicerContext, route: Route) -> None:
+        assert self.activator is not None
+        try:
+            await self.activator.activate(route.driver)
+        except ActivationError as error:
+            await abort_unavailable(context, route, f"{route.driver} service is not running "
+                                    f"and could not be started: {error}", "ACTIVATION_FAILED")
+
     def _forwarder(self, route: Route) -> Callable[..., Any]:
         backends = self.backends
+        activation = self.activator is not None
 
         def multicallable() -> Any:
             channel = backends.channel(route.driver)
@@ -138,15 +165,37 @@ class ProxyHandler(grpc.GenericRpcHandler):
             return factory(route.path, request_serializer=_identity,
                            response_deserializer=_identity)
 
+        async def open_call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            """The backend call; when it finds the backend not running, the backend is
+            started (activation) and, for a single request message, the call made again."""
+            call = multicallable()(request, **_call_options(context))
+            if not activation or route.client_streaming:
+                return call
+            await call.initial_metadata()  # returns at the headers or at the call's end
+            if call.done() and unreachable(await call.code(), await call.trailing_metadata()):
+                await self._activate(context, route)
+                call = multicallable()(request, **_call_options(context))
+            return call
+
+        async def fail(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError
+                       ) -> NoReturn:
+            if activation and route.client_streaming and unreachable(
+                    error.code(), error.trailing_metadata()):
+                await self._activate(context, route)
+                await abort_unavailable(context, route, f"{route.driver} service was not "
+                                        "running and has been started; retry the call",
+                                        "SERVICE_STARTED")
+            await relay_error(context, route, backends, error)
+
         if not route.server_streaming:
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> bytes:
-                call = multicallable()(request, **_call_options(context))
+                call = await open_call(request, context)
                 try:
                     with metrics.UpstreamCall(route.driver, context.peer()):
                         response = await call
                 except grpc.aio.AioRpcError as error:
                     await context.send_initial_metadata(stamped(error.initial_metadata()))
-                    await relay_error(context, route, backends, error)
+                    await fail(context, error)
                 await context.send_initial_metadata(stamped(await call.initial_metadata()))
                 context.set_trailing_metadata(tuple(await call.trailing_metadata() or ()))
                 return response
@@ -155,7 +204,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
 
         async def stream_response(request: Any, context: grpc.aio.ServicerContext
                                   ) -> AsyncIterator[bytes]:
-            call = multicallable()(request, **_call_options(context))
+            call = await open_call(request, context)
             try:
                 with metrics.UpstreamCall(route.driver, context.peer()):
                     await context.send_initial_metadata(stamped(await call.initial_metadata()))
@@ -163,7 +212,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
                         yield response
                     context.set_trailing_metadata(tuple(await call.trailing_metadata() or ()))
             except grpc.aio.AioRpcError as error:
-                await relay_error(context, route, backends, error)
+                await fail(context, error)
             finally:
                 call.cancel()
 

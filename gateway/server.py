@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway.activation import Activator
 from gateway.config import GatewayConfig
 from gateway.health import GatewayHealth
 from gateway.proxy import Backends, ProxyHandler
@@ -38,6 +39,8 @@ class Gateway:
         self.backends = Backends(config.socket_path_dir, config.max_message_bytes)
         self.services = {service.full_name for service in proxied_services()}
         self.health = GatewayHealth(self.backends, self.services)
+        self.activator = Activator(config.activation, config.activation_timeout, self.backends,
+                                   config.state_dir / "log") if config.activation else None
         self.server: grpc.aio.Server | None = None
         self.metrics: metrics.MetricsEndpoint | None = None
         self.port = 0
@@ -55,14 +58,17 @@ class Gateway:
         server = grpc.aio.server(options=options, interceptors=[observe])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(sorted(self.services) + own, server)
-        server.add_generic_rpc_handlers((ProxyHandler(routes, self.backends),))
+        server.add_generic_rpc_handlers((ProxyHandler(routes, self.backends,
+                                                        self.activator),))
         self.port = server.add_secure_port(self.config.listen, server_credentials(self.config))
         if not self.port:
             raise ConfigError(f"cannot listen on {self.config.listen}")
         await server.start()
         self.server = server
-        log.info("gateway listening on %s (TLS, client certificates %s), forwarding %s",
-                 self.config.listen, self.config.client_auth, ", ".join(sorted(self.services)))
+        log.info("gateway listening on %s (TLS, client certificates %s), forwarding %s%s",
+                 self.config.listen, self.config.client_auth, ", ".join(sorted(self.services)),
+                 f"; starting services on demand with `{self.config.activation}`"
+                 if self.activator else "")
 
     async def stop(self) -> None:
         self.health.serving = False

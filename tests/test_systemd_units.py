@@ -40,6 +40,8 @@ from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 
 SYSTEMD = ROOT / "deploy" / "systemd"
 UNITS = SYSTEMD / "units"
+#: the on-demand profile's drop-ins, on top of UNITS (install.sh --profile on-demand)
+ON_DEMAND = SYSTEMD / "on-demand"
 PREFIX = "/opt/virtmesh"
 STATE, RUN, ETC = "/var/lib/virtmesh", "/run/virtmesh", "/etc/virtmesh"
 DRIVER_UNITS = [f"virtmesh@{name}.service" for name in SERVICES]
@@ -75,13 +77,16 @@ def parse_unit(text: str, into: Unit | None = None) -> Unit:
     return unit
 
 
-def load_unit(name: str) -> Unit:
-    """A unit as systemd sees it: its file (or template) plus drop-ins, %i expanded."""
+def load_unit(name: str, *profiles: Path) -> Unit:
+    """A unit as systemd sees it: its file (or template) plus drop-ins (the template's
+    and the instance's, from UNITS and ``profiles``, in file name order), %i expanded."""
     prefix, at, rest = name.partition("@")
     instance = rest.rsplit(".", 1)[0] if at else ""
-    file = UNITS / (f"{prefix}@.{rest.rsplit('.', 1)[1]}" if at else name)
-    unit = parse_unit(file.read_text().replace("%i", instance))
-    for dropin in sorted((UNITS / f"{name}.d").glob("*.conf")):
+    template = f"{prefix}@.{rest.rsplit('.', 1)[1]}" if at else name
+    unit = parse_unit((UNITS / template).read_text().replace("%i", instance))
+    dropins = [path for directory in (UNITS, *profiles) for path in {
+        *(directory / f"{template}.d").glob("*.conf"), *(directory / f"{name}.d").glob("*.conf")}]
+    for dropin in sorted(dropins, key=lambda path: path.name):
         parse_unit(dropin.read_text().replace("%i", instance), unit)
     return unit
 
@@ -102,8 +107,8 @@ def seconds(value: str) -> float:
     return float(match[1]) * {"ms": 0.001, None: 1, "s": 1, "min": 60}[match[2]]
 
 
-def exec_start(name: str) -> list[str]:
-    return shlex.split(setting(load_unit(name), "Service", "ExecStart"))
+def exec_start(name: str, *profiles: Path) -> list[str]:
+    return shlex.split(setting(load_unit(name, *profiles), "Service", "ExecStart"))
 
 
 def console_scripts() -> dict[str, str]:
@@ -190,7 +195,9 @@ def test_every_driver_service_is_in_the_target_and_before_the_gateway() -> None:
     assert setting(target, "Install", "WantedBy") == "multi-user.target"
     for name in DRIVER_UNITS:
         unit = load_unit(name)
-        assert name in words(gateway, "Unit", "Wants") and name in words(gateway, "Unit", "After")
+        # Ordered after them, but not pulling them in: on demand, they start on a call.
+        assert name not in words(gateway, "Unit", "Wants")
+        assert name in words(gateway, "Unit", "After")
         assert GATEWAY_UNIT in words(unit, "Unit", "Before")
         assert "network-online.target" in words(unit, "Unit", "After")
     for name in SERVICE_UNITS:
@@ -201,10 +208,11 @@ def test_every_driver_service_is_in_the_target_and_before_the_gateway() -> None:
         assert setting(unit, "Service", "EnvironmentFile") == f"-{ETC}/virtmesh.env"
 
 
-def test_exec_start_is_a_console_script_that_accepts_its_flags() -> None:
+@pytest.mark.parametrize("profiles", [(), (ON_DEMAND,)], ids=["always-on", "on-demand"])
+def test_exec_start_is_a_console_script_that_accepts_its_flags(profiles: tuple[Path]) -> None:
     scripts = console_scripts()
     for name in SERVICE_UNITS:
-        argv = exec_start(name)
+        argv = exec_start(name, *profiles)
         program = argv[0].removeprefix(f"{PREFIX}/.venv/bin/")
         assert program in scripts, f"{name}: {argv[0]} is not a console script of pyproject"
         binary = ROOT / ".venv" / "bin" / program
@@ -270,6 +278,31 @@ def test_stopping_keeps_guests_and_waits_long_enough() -> None:
     gateway_unit = load_unit(GATEWAY_UNIT)
     assert seconds(setting(gateway_unit, "Service", "TimeoutStopSec")) >= (
         gateway.grace_period + 10)
+
+
+def test_on_demand_units_pass_systemd_analyze_verify(unit_dir: Path) -> None:
+    for dropin in ON_DEMAND.glob("*.d/*.conf"):
+        target = unit_dir / dropin.parent.name / dropin.name
+        target.parent.mkdir(exist_ok=True)
+        target.write_text(dropin.read_text().replace(PREFIX, str(ROOT)))
+    result = analyze(unit_dir, "verify", "--man=no", *ALL_UNITS)
+    assert (result.returncode, result.stderr + result.stdout) == (0, "")
+
+
+def test_on_demand_profile_activates_and_idles() -> None:
+    """The gateway starts virtmesh@<driver>.service through systemctl; each service is
+    the always-on one plus an idle timeout; the rest of each command line is unchanged."""
+    gateway = exec_start(GATEWAY_UNIT, ON_DEMAND)
+    activation = gateway[gateway.index("--activation") + 1]
+    assert gateway[:gateway.index("--activation")] == exec_start(GATEWAY_UNIT)
+    args = [arg.replace(PREFIX, str(ROOT)).replace(ETC, str(SYSTEMD)) for arg in gateway[1:]]
+    assert gateway_config.load(args, environ={}).activation == activation
+    for name in DRIVER_UNITS:
+        driver = name.removeprefix("virtmesh@").removesuffix(".service")
+        assert shlex.split(activation.replace("{service}", driver))[-2:] == ["start", name]
+        assert exec_start(name, ON_DEMAND) == [*exec_start(name), "--idle-timeout", "600"]
+    rule = (ON_DEMAND / "polkit-1" / "rules.d" / "50-virtmesh.rules").read_text()
+    assert 'subject.user == "virtmesh"' in rule and 'action.lookup("verb") == "start"' in rule
 
 
 def test_environment_file_names_only_real_settings() -> None:
@@ -428,6 +461,17 @@ def test_install_script_copies_the_files(tmp_path: Path, unit_dir: Path) -> None
     subprocess.run([script], env=env, check=True, capture_output=True, timeout=60)
     assert config.read_text() == "# mine\n"
     assert (dest / "etc" / "virtmesh" / "virtmesh.env").exists()
+    # The on-demand profile adds its drop-ins and polkit rule; always-on takes them away.
+    added = [installed / path.relative_to(ON_DEMAND) for path in ON_DEMAND.glob("*.d/*.conf")]
+    rule = dest / "etc" / "polkit-1" / "rules.d" / "50-virtmesh.rules"
+    assert added and not any(path.exists() for path in [*added, rule])
+    subprocess.run([script, "--profile", "on-demand"], env=env, check=True,
+                   capture_output=True, timeout=60)
+    assert all(path.exists() for path in [*added, rule])
+    subprocess.run([script, "--profile=always-on"], env=env, check=True, capture_output=True,
+                   timeout=60)
+    assert not any(path.exists() for path in [*added, rule])
+    assert (installed / "virtmesh@compute.service.d" / "10-compute.conf").exists()
 
 
 # --- the container image -----------------------------------------------------------------

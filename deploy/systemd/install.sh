@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Install virtmesh on a systemd host (always-on profile): the repository to
-# /opt/virtmesh with its venv, the units, the virtmesh user, a default config;
-# then daemon-reload and enable virtmesh.target. Run as root from a checkout:
+# Install virtmesh on a systemd host: the repository to /opt/virtmesh with its
+# venv, the units, the virtmesh user, a default config; then daemon-reload and
+# enable the profile. Run as root from a checkout:
 #
-#   deploy/systemd/install.sh [--now] [--dev-pki] [--no-venv] [--no-enable]
+#   deploy/systemd/install.sh [--profile always-on|on-demand] [--now] [--dev-pki]
+#                             [--no-venv] [--no-enable]
 #
-#   --now        also start virtmesh.target
+#   --profile    always-on (default): virtmesh.target runs every service from boot;
+#                on-demand: only the gateway runs from boot, it starts a service on
+#                its first call, and a service exits after 600 idle seconds
+#   --now        also start it (and restart the virtmesh units already running)
 #   --dev-pki    make a development PKI in /etc/virtmesh/pki (trials only)
 #   --no-venv    do not create or update /opt/virtmesh/.venv
 #   --no-enable  do not run systemd-sysusers, daemon-reload or enable
@@ -21,18 +25,23 @@ unitdir=/etc/systemd/system
 sysusersdir=/etc/sysusers.d
 confdir=/etc/virtmesh
 destdir=${DESTDIR:-}
-venv=yes enable=yes now=no dev_pki=no
+venv=yes enable=yes now=no dev_pki=no profile=always-on
 
-for arg in "$@"; do
-    case $arg in
+while (($#)); do
+    case $1 in
+        --profile=*) profile=${1#*=} ;;
+        --profile) profile=${2:-}; shift ;;
         --now) now=yes ;;
         --dev-pki) dev_pki=yes ;;
         --no-venv) venv=no ;;
         --no-enable) enable=no ;;
-        -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "install.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
+        -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "install.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
+    shift
 done
+[[ $profile == always-on || $profile == on-demand ]] ||
+    { echo "install.sh: --profile must be always-on or on-demand" >&2; exit 2; }
 if [[ -n $destdir ]]; then
     venv=no enable=no
     [[ $dev_pki == no ]] || { echo "install.sh: --dev-pki needs a real install" >&2; exit 2; }
@@ -72,6 +81,24 @@ for dropin in "$units"/*.d; do
     install -m 0644 "$dropin"/*.conf "$destdir$unitdir/${dropin##*/}/"
 done
 install -m 0644 "$repo/deploy/systemd/sysusers.d/virtmesh.conf" "$destdir$sysusersdir/"
+# The on-demand profile's drop-ins and polkit rule: installed, or removed.
+ondemand=$repo/deploy/systemd/on-demand
+rule=/etc/polkit-1/rules.d/50-virtmesh.rules
+for dropin in "$ondemand"/*.d; do
+    dir=$destdir$unitdir/${dropin##*/}
+    if [[ $profile == on-demand ]]; then
+        install -d "$dir"
+        install -m 0644 "$dropin"/*.conf "$dir/"
+    else
+        for conf in "$dropin"/*.conf; do rm -f "$dir/${conf##*/}"; done
+        [[ ! -d $dir ]] || rmdir --ignore-fail-on-non-empty "$dir"
+    fi
+done
+if [[ $profile == on-demand ]]; then
+    install -D -m 0644 "$ondemand/polkit-1/rules.d/50-virtmesh.rules" "$destdir$rule"
+else
+    rm -f "$destdir$rule"
+fi
 for file in virtmesh.toml virtmesh.env; do
     if [[ -e $destdir$confdir/$file ]]; then
         say "kept the existing $confdir/$file"
@@ -79,7 +106,7 @@ for file in virtmesh.toml virtmesh.env; do
         install -m 0644 "$repo/deploy/systemd/$file" "$destdir$confdir/$file"
     fi
 done
-say "installed units in $destdir$unitdir"
+say "installed units in $destdir$unitdir ($profile profile)"
 
 if [[ $enable == yes ]]; then
     systemd-sysusers "$sysusersdir/virtmesh.conf"
@@ -90,12 +117,24 @@ if [[ $enable == yes ]]; then
     fi
     if [[ -d /run/systemd/system ]]; then
         systemctl daemon-reload
-        enable_args=(virtmesh.target)
-        [[ $now == no ]] || enable_args=(--now virtmesh.target)
-        systemctl enable "${enable_args[@]}"
-        say "enabled virtmesh.target$([[ $now == yes ]] && echo ' and started it')"
+        # Running units restart with the new code and the profile's flags (compute
+        # keeps its guests across a restart).
+        [[ $now == no ]] || systemctl try-restart virtmesh-gateway.service 'virtmesh@*.service'
+        start=()
+        [[ $now == no ]] || start=(--now)
+        if [[ $profile == always-on ]]; then
+            rm -f "$unitdir/multi-user.target.wants/virtmesh-gateway.service"
+            systemctl enable "${start[@]}" virtmesh.target
+            say "enabled virtmesh.target$([[ $now == yes ]] && echo ' and started it')"
+        else
+            # Only the gateway from boot: virtmesh.target would want every service.
+            systemctl disable --quiet virtmesh.target
+            systemctl add-wants multi-user.target virtmesh-gateway.service
+            [[ $now == no ]] || systemctl start virtmesh-gateway.service
+            say "the gateway starts at boot$([[ $now == yes ]] && echo ' (started)'), the services on demand"
+        fi
     else
-        say "systemd is not running here: run 'systemctl daemon-reload; systemctl enable --now virtmesh.target' on the host"
+        say "systemd is not running here: run 'systemctl daemon-reload' and enable the profile on the host (see deploy/systemd/README.md)"
     fi
 fi
 [[ -e $destdir$confdir/pki/server.crt ]] ||

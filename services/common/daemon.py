@@ -164,6 +164,7 @@ class Daemon:
         # calls get UNAVAILABLE, instead of callers finding no socket at all.
         self.connection.start(wait=connect_wait)
         if config.idle_timeout > 0:
+            self.activity.touch()  # starting took a while: that was not idleness
             threading.Thread(target=self._exit_when_idle, name="idle", daemon=True).start()
 
     def _busy(self) -> bool:
