@@ -23,7 +23,8 @@ import pytest
 
 from gateway.pki import ensure_dev_pki
 from services.common.config import Config
-from services.common.daemon import Daemon
+from services.common.daemon import Daemon, ServiceSpec
+from services.common.host_daemon import HostDaemon
 from services.compute import SPEC as COMPUTE
 from services.supervisor import client_credentials, wait_serving
 from virtmesh.compute.v1 import compute_service_pb2_grpc
@@ -51,14 +52,29 @@ def node_uri(tmp_path: Path) -> str:
 
 
 @contextlib.contextmanager
-def running_service(state_dir: Path, uri: str, **settings: Any) -> Iterator[Daemon]:
-    """An in-process compute daemon on ``<state_dir>/run/compute.sock``."""
-    config = dataclasses.replace(Config(service="compute", state_dir=state_dir, uri=uri),
+def running_service(state_dir: Path, uri: str, spec: ServiceSpec = COMPUTE,
+                    **settings: Any) -> Iterator[Daemon]:
+    """An in-process daemon of ``spec`` (compute unless given) on
+    ``<state_dir>/run/<name>.sock``."""
+    config = dataclasses.replace(Config(service=spec.name, state_dir=state_dir, uri=uri),
                                  **settings)
-    daemon = Daemon(COMPUTE, config)
+    daemon = Daemon(spec, config)
     daemon.start(connect_wait=10)
     try:
         yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def host_libvirtd() -> Iterator[None]:
+    """The host's libvirt daemon (storage:///system, network:///system, ...): started
+    for the session when none runs, and then stopped again; one already running is
+    used and left alone."""
+    daemon = HostDaemon()
+    daemon.ensure()
+    try:
+        yield
     finally:
         daemon.stop()
 

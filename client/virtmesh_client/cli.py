@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import json
 import os
+import pkgutil
 import queue
 import sys
 import threading
@@ -26,6 +28,7 @@ from typing import IO, Any, TypeVar
 
 from google.protobuf import json_format
 
+import virtmesh_client
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh_client.client import (
     DEFAULT_GATEWAY,
@@ -38,6 +41,9 @@ from virtmesh_client.client import (
 
 Handler = Callable[[Client, argparse.Namespace, "Output"], None]
 FanOut = Callable[["Fleet", argparse.Namespace, "Output"], None]
+#: ``command(name, handler, summary, *positionals, fan_out=None)`` -> its subparser;
+#: what each cli_<driver>.py's ``register`` receives
+CommandFactory = Callable[..., argparse.ArgumentParser]
 T = TypeVar("T")
 
 STATES = {name.removeprefix("DOMAIN_STATE_").lower(): value
@@ -600,6 +606,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "described by XML", "name")
         sub.add_argument("file", type=xml_in, help="device XML file, or - for stdin")
         _add_scope(sub)
+    # The other drivers' commands live in cli_<driver>.py, each with
+    # ``register(command)``; they use this module's helpers, hence the late import.
+    for module in sorted(pkgutil.iter_modules(virtmesh_client.__path__), key=lambda m: m.name):
+        if module.name.startswith("cli_"):
+            importlib.import_module(f"virtmesh_client.{module.name}").register(command)
     return parser
 
 

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any, cast
 
 import grpc
+from google.protobuf import message_factory
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -143,6 +144,7 @@ class Client:
                     "client certificate", "--cert", "VIRTMESH_CERT"))
             self.channel = grpc.secure_channel(self.target, credentials, options)
         self.compute = pb_grpc.ComputeServiceStub(self.channel)
+        self._methods: dict[tuple[str, str], Any] = {}
 
     def close(self) -> None:
         self.channel.close()
@@ -154,10 +156,41 @@ class Client:
                  traceback: TracebackType | None) -> None:
         self.close()
 
+    def method(self, name: str, request_type: Any) -> Any:
+        """The multi-callable for RPC ``name`` of the service whose .proto file
+        defines ``request_type``: any virtmesh service, without a stub per service."""
+        key = (request_type.DESCRIPTOR.full_name, name)
+        callable_ = self._methods.get(key)
+        if callable_ is None:
+            file = request_type.DESCRIPTOR.file
+            service, = file.services_by_name.values()
+            descriptor = service.methods_by_name[name]
+            kind = {(False, False): self.channel.unary_unary,
+                    (False, True): self.channel.unary_stream,
+                    (True, False): self.channel.stream_unary,
+                    (True, True): self.channel.stream_stream}[
+                        (descriptor.client_streaming, descriptor.server_streaming)]
+            callable_ = kind(f"/{service.full_name}/{name}",
+                             request_serializer=request_type.SerializeToString,
+                             response_deserializer=message_factory.GetMessageClass(
+                                 descriptor.output_type).FromString)
+            self._methods[key] = callable_
+        return callable_
+
     def call(self, method: str, request: Any) -> Any:
-        """Call a unary compute RPC by name, with the client's deadline."""
+        """Call a unary RPC of any virtmesh service by name, with the client's deadline."""
         with rpc_errors():
-            return getattr(self.compute, method)(request, timeout=self.timeout)
+            return self.method(method, type(request))(request, timeout=self.timeout)
+
+    def stream(self, method: str, request: Any, timeout: float | None = None) -> Iterator[Any]:
+        """Iterate a server-streaming RPC's responses."""
+        with rpc_errors():
+            yield from self.method(method, type(request))(request, timeout=timeout)
+
+    def upload(self, method: str, requests: Iterator[Any], request_type: Any) -> Any:
+        """Make a client-streaming call from an iterator of requests."""
+        with rpc_errors():
+            return self.method(method, request_type)(requests, timeout=None)
 
     def _all_pages(self, method: str, request: Any, field: str) -> list[Any]:
         items: list[Any] = []
