@@ -4,7 +4,9 @@ It plays systemd's part on a developer's machine: creates the development PKI,
 starts each driver service and then the gateway as separate processes with
 their own sockets, restarts a service that dies, and on Ctrl-C stops the gateway
 first and the services after it. Each process logs to ``<state_dir>/log``.
-Running guests are shut down on exit (ACPI, then destroy after a timeout)
+The drivers libvirt cannot embed (storage, network, nwfilter, nodedev, iface)
+use the host's libvirtd: it is started when none answers, and stopped on exit
+only if we started it. Running guests are shut down on exit (ACPI, then destroy after a timeout)
 unless ``--keep-guests`` is given; a restarted compute service picks them up.
 
 Every process serves Prometheus metrics on 127.0.0.1: the gateway on the base
@@ -20,6 +22,7 @@ import argparse
 import contextlib
 import ctypes
 import dataclasses
+import importlib
 import json
 import os
 import signal
@@ -36,8 +39,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.pki import ensure_dev_pki
 from guest import example
+from services.common.host_daemon import HostDaemon, HostDaemonError
 
-SERVICES = ("compute",)
+SERVICES = ("compute",)  # INTEGRATION: all seven once their packages exist
 METRICS_HOST = "127.0.0.1"
 METRICS_BASE_PORT = 9650
 TARGETS_FILE = "targets.json"
@@ -215,10 +219,23 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stopping.set())
 
     targets = state / TARGETS_FILE
+    host = HostDaemon()
     try:
+        if any(not _embedded(name) for name in SERVICES):
+            host.ensure()
         return _run(args, state, pki, services, gateway, metrics, targets, stopping)
+    except HostDaemonError as error:
+        print(f"virtmesh: {error}", file=sys.stderr)
+        return 1
     finally:
         targets.unlink(missing_ok=True)
+        host.stop()
+
+
+def _embedded(name: str) -> bool:
+    """Whether the service runs its libvirt driver in-process (no host daemon needed)."""
+    spec = importlib.import_module(f"services.{name}").SPEC
+    return "/embed?" in spec.default_uri or spec.default_uri.startswith("test:")
 
 
 def _run(args: argparse.Namespace, state: Path, pki: Path, services: list[Child],
@@ -227,6 +244,7 @@ def _run(args: argparse.Namespace, state: Path, pki: Path, services: list[Child]
     try:
         for child in services:
             child.start()
+        for child in services:
             wait_serving(f"unix:{state / 'run' / f'{child.name}.sock'}", "", 120, alive=child)
         gateway.start()
         wait_serving(args.listen, "", 30, client_credentials(pki), alive=gateway)

@@ -37,11 +37,11 @@ def answering(path: Path = SOCKET) -> bool:
     return True
 
 
-def _daemonize(binary: str) -> None:
+def _daemonize(binary: str, *args: str) -> None:
     path = shutil.which(binary) or f"/usr/sbin/{binary}"
     if not os.access(path, os.X_OK):
         raise HostDaemonError(f"{binary} is not installed (tools/install-deps.sh installs it)")
-    result = subprocess.run([path, "-d"], capture_output=True, text=True, check=False,
+    result = subprocess.run([path, "-d", *args], capture_output=True, text=True, check=False,
                             stdin=subprocess.DEVNULL)
     if result.returncode:
         raise HostDaemonError(f"{binary} -d failed: {result.stderr.strip()}")
@@ -58,27 +58,33 @@ def _running(pid_file: Path) -> bool:
 class HostDaemon:
     """libvirtd (and virtlogd) on the host: started if absent, stopped only if ours."""
 
-    def __init__(self) -> None:
+    def __init__(self, socket: Path = SOCKET, pid_file: Path = PID_FILE,
+                 config: Path | None = None, with_virtlogd: bool = True) -> None:
+        #: the system daemon by default; another socket, pid file and config for tests
+        self.socket, self.pid_file, self.config = socket, pid_file, config
+        self.with_virtlogd = with_virtlogd
         self.started = False
 
     def ensure(self, timeout: float = 30.0) -> None:
-        if answering():
+        if answering(self.socket):
             return
         if os.geteuid() != 0:
-            raise HostDaemonError(f"no libvirt daemon answers on {SOCKET}, and only root "
+            raise HostDaemonError(f"no libvirt daemon answers on {self.socket}, and only root "
                                   "can start one; start libvirtd or run as root")
         LOG_DIR.mkdir(parents=True, exist_ok=True)
-        if not _running(Path("/run/virtlogd.pid")):
+        # QEMU guests of the host daemon log through virtlogd.
+        if self.with_virtlogd and not _running(Path("/run/virtlogd.pid")):
             _daemonize("virtlogd")
-        _daemonize("libvirtd")
+        _daemonize("libvirtd", "--pid-file", str(self.pid_file),
+                   *(("--config", str(self.config)) if self.config else ()))
         self.started = True
         deadline = time.monotonic() + timeout
-        while not answering():
+        while not answering(self.socket):
             if time.monotonic() > deadline:
-                raise HostDaemonError(f"libvirtd started but {SOCKET} does not answer "
+                raise HostDaemonError(f"libvirtd started but {self.socket} does not answer "
                                       f"after {timeout:.0f}s; see {LOG_DIR}")
             time.sleep(0.1)
-        log.info("started the host's libvirtd")
+        log.info("started libvirtd on %s", self.socket)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop libvirtd if we started it; virtlogd stays for QEMU guests' logs."""
@@ -86,7 +92,7 @@ class HostDaemon:
             return
         self.started = False
         try:
-            pid = int(PID_FILE.read_text().strip())
+            pid = int(self.pid_file.read_text().strip())
             os.kill(pid, signal.SIGTERM)
         except (OSError, ValueError):
             return

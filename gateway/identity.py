@@ -1,0 +1,26 @@
+"""Who is calling: what authentication finds and authorisation, limits and audit use."""
+
+from __future__ import annotations
+
+import dataclasses
+
+#: metadata the gateway sets on every forwarded call: the caller's identity name
+IDENTITY_KEY = "x-virtmesh-identity"
+#: ... and its groups/roles, comma-separated
+GROUPS_KEY = "x-virtmesh-groups"
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    #: e.g. "admin", or a certificate's subject DN "CN=alice,O=example"
+    name: str
+    #: roles and groups the policy refers to (e.g. "admin", "readonly", "team-a")
+    groups: frozenset[str] = frozenset()
+    #: how it was established: "certificate" or "token"
+    method: str = ""
+    #: the client's address, as gRPC reports it (context.peer())
+    peer: str = ""
+
+
+class AuthenticationError(Exception):
+    """No valid identity: the call fails with UNAUTHENTICATED and never reaches a backend."""
