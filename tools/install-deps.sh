@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
     python3 python3-venv python3-dev gcc pkg-config
-    libvirt-dev libvirt0 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+    libvirt-dev libvirt0 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base
     qemu-system-x86 qemu-utils
     busybox-static linux-image-cloud-amd64 cpio gzip xz-utils zstd kmod
     openssl ca-certificates procps
