@@ -30,6 +30,19 @@ def private(root: Path) -> HostDaemon:
     return HostDaemon(root / "libvirt-sock", root / "libvirtd.pid", conf, with_virtlogd=False)
 
 
+def test_leaves_existing_modular_sockets_alone(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "no-drivers").mkdir()
+    monkeypatch.setenv("LIBVIRT_DRIVER_DIR", str(tmp_path / "no-drivers"))
+    real = tmp_path / "virtstoraged-sock"
+    real.write_text("stands for a real virtstoraged's socket")
+    daemon = private(tmp_path)
+    daemon.ensure()
+    daemon.stop()
+    assert real.read_text().startswith("stands for")
+    assert real not in daemon.aliases
+
+
 def test_starts_when_absent_and_stops_only_its_own(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "no-drivers").mkdir()
@@ -47,7 +60,14 @@ def test_starts_when_absent_and_stops_only_its_own(tmp_path: Path,
         assert not theirs.started
         theirs.stop()
         assert answering(ours.socket)
+        # The modular daemons' names lead to the same daemon (embedded QEMU needs them).
+        alias = ours.socket.with_name("virtnetworkd-sock")
+        assert alias in ours.aliases and answering(alias)
+        conn = libvirt.open(f"test+unix:///default?socket={alias}")
+        assert conn.lookupByName("test").name() == "test"
+        conn.close()
     finally:
         ours.stop()
     assert not answering(ours.socket)
     assert not ours.started
+    assert not any(path.name.startswith("virt") for path in tmp_path.iterdir())

@@ -3,6 +3,13 @@
 storage, network, nwfilter, nodedev and iface reach it through their driver URIs
 (``storage:///system``, ...). ``make run`` and the tests start it, with virtlogd,
 when nothing answers on its socket, and stop only a daemon they started.
+
+The embedded QEMU driver counts as "inside a daemon", and libvirt then reaches
+the network, storage, ... drivers only through the modular daemons' sockets
+(``/run/libvirt/virtnetworkd-sock``; "Connections from inside daemon must be
+direct"). Debian ships only the monolithic libvirtd, which serves every driver
+on its one socket, so we publish that socket under the modular names that are
+missing, as virtproxyd would, and remove on stop only the names we created.
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ log = logging.getLogger(__name__)
 
 SOCKET = Path("/run/libvirt/libvirt-sock")
 PID_FILE = Path("/run/libvirtd.pid")
+#: modular daemons an embedded QEMU guest needs: <interface type='network'>,
+#: <disk type='volume'>, <filterref>, <hostdev>
+MODULAR_DRIVERS = ("network", "storage", "nwfilter", "nodedev", "interface")
 LOG_DIR = Path("/var/log/libvirt")
 
 
@@ -64,8 +74,21 @@ class HostDaemon:
         self.socket, self.pid_file, self.config = socket, pid_file, config
         self.with_virtlogd = with_virtlogd
         self.started = False
+        self.aliases: list[Path] = []
 
     def ensure(self, timeout: float = 30.0) -> None:
+        self._start(timeout)
+        self._alias_modular_sockets()
+
+    def _alias_modular_sockets(self) -> None:
+        for driver in MODULAR_DRIVERS:
+            alias = self.socket.with_name(f"virt{driver}d-sock")
+            if alias.exists() or alias.is_symlink():
+                continue  # a real modular daemon, or someone else's alias
+            alias.symlink_to(self.socket.name)
+            self.aliases.append(alias)
+
+    def _start(self, timeout: float) -> None:
         if answering(self.socket):
             return
         if os.geteuid() != 0:
@@ -87,7 +110,11 @@ class HostDaemon:
         log.info("started libvirtd on %s", self.socket)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop libvirtd if we started it; virtlogd stays for QEMU guests' logs."""
+        """Stop libvirtd if we started it, and remove our socket aliases; virtlogd
+        stays for QEMU guests' logs."""
+        for alias in self.aliases:
+            alias.unlink(missing_ok=True)
+        self.aliases.clear()
         if not self.started:
             return
         self.started = False
