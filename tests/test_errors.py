@@ -123,3 +123,100 @@ def test_unexpected_exception_is_internal() -> None:
     status = to_status(KeyError("boom"))
     assert status.code is grpc.StatusCode.INTERNAL
     assert "KeyError" in status.details
+
+
+@pytest.mark.parametrize(("code", "message", "expected"), [
+    ("OPERATION_FAILED", "operation failed: Storage source conflict with pool: 'p1'",
+     grpc.StatusCode.ALREADY_EXISTS),
+    ("OPERATION_INVALID", "Requested operation is not valid: volume target path '/p/v' "
+     "already exists", grpc.StatusCode.ALREADY_EXISTS),
+    ("OPERATION_INVALID", "Requested operation is not valid: storage pool 'p' is already "
+     "active", grpc.StatusCode.FAILED_PRECONDITION),
+    ("SYSTEM_ERROR", "failed to remove pool '/p': Directory not empty",
+     grpc.StatusCode.FAILED_PRECONDITION),
+    ("SYSTEM_ERROR", "cannot open directory '/p': No such file or directory",
+     grpc.StatusCode.INTERNAL),
+])
+def test_storage_refinements(code: str, message: str, expected: grpc.StatusCode) -> None:
+    assert grpc_code_for(getattr(libvirt, f"VIR_ERR_{code}"), message) is expected
+
+
+@pytest.mark.parametrize(("code", "message", "expected"), [
+    ("INTERNAL_ERROR", "internal error: bridge name 'vmt-1' already in use.",
+     grpc.StatusCode.ALREADY_EXISTS),
+    ("INTERNAL_ERROR", "internal error: Network is already in use by interface eth0",
+     grpc.StatusCode.FAILED_PRECONDITION),
+    ("OPERATION_INVALID", "Requested operation is not valid: there is an existing dhcp host "
+     "entry in network 'n' that matches \"<host mac='52:54:00:00:00:01'/>\"",
+     grpc.StatusCode.ALREADY_EXISTS),
+    ("OPERATION_INVALID", "Requested operation is not valid: there is already a DNS TXT "
+     "record with name 'x' in network n", grpc.StatusCode.ALREADY_EXISTS),
+    ("OPERATION_INVALID", "Requested operation is not valid: couldn't locate a matching dhcp "
+     "host entry in network 'n'", grpc.StatusCode.NOT_FOUND),
+    ("OPERATION_INVALID", "Requested operation is not valid: couldn't find a portgroup entry "
+     "in network 'n' matching <portgroup name='p'>", grpc.StatusCode.NOT_FOUND),
+    ("OPERATION_INVALID", "Requested operation is not valid: couldn't update dhcp host entry "
+     "- no <ip> element found at index 5 in network 'n'", grpc.StatusCode.INVALID_ARGUMENT),
+    ("OPERATION_INVALID", "Requested operation is not valid: network is not running",
+     grpc.StatusCode.FAILED_PRECONDITION),
+    ("INTERNAL_ERROR", "internal error: network port has no uuid",
+     grpc.StatusCode.INVALID_ARGUMENT),
+])
+def test_network_refinements(code: str, message: str, expected: grpc.StatusCode) -> None:
+    assert grpc_code_for(getattr(libvirt, f"VIR_ERR_{code}"), message) is expected
+
+
+@pytest.mark.parametrize(("code", "message", "expected"), [
+    ("INTERNAL_ERROR", "internal error: a secret with UUID 11111111-2222-3333-4444-555555555555 "
+     "already defined for use with /tmp/a.img", grpc.StatusCode.ALREADY_EXISTS),
+    ("INTERNAL_ERROR", "internal error: a secret with UUID 11111111-2222-3333-4444-555555555555 "
+     "is already defined for use with cephx", grpc.StatusCode.ALREADY_EXISTS),
+    ("INTERNAL_ERROR", "internal error: cannot change private flag on existing secret",
+     grpc.StatusCode.FAILED_PRECONDITION),
+    ("INTERNAL_ERROR", "internal error: volume usage specified, but volume path is missing",
+     grpc.StatusCode.INVALID_ARGUMENT),
+    ("INTERNAL_ERROR", "internal error: malformed uuid element", grpc.StatusCode.INVALID_ARGUMENT),
+    ("CONFIG_UNSUPPORTED", "unsupported configuration: unknown secret usage type bogus",
+     grpc.StatusCode.INVALID_ARGUMENT),
+    ("INVALID_SECRET", "Invalid secret: secret is private", grpc.StatusCode.PERMISSION_DENIED),
+    ("INTERNAL_ERROR", "internal error: filter has no name", grpc.StatusCode.INVALID_ARGUMENT),
+    ("INTERNAL_ERROR", "internal error: dstportstart has illegal value 99999",
+     grpc.StatusCode.INVALID_ARGUMENT),
+    ("CONFIG_UNSUPPORTED", "unsupported configuration: unknown rule direction attribute value",
+     grpc.StatusCode.INVALID_ARGUMENT),
+    ("INTERNAL_ERROR", "internal error: filter binding has no MAC address",
+     grpc.StatusCode.INVALID_ARGUMENT),
+    ("INTERNAL_ERROR", "internal error: Unable to parse MAC 'zz'",
+     grpc.StatusCode.INVALID_ARGUMENT),
+    ("INTERNAL_ERROR", "internal error: referenced filter 'x' is missing",
+     grpc.StatusCode.FAILED_PRECONDITION),
+    ("OPERATION_FAILED", "operation failed: binding 'vnet0' already exists",
+     grpc.StatusCode.ALREADY_EXISTS),
+    ("OPERATION_INVALID", "Requested operation is not valid: nwfilter is in use",
+     grpc.StatusCode.FAILED_PRECONDITION),
+    ("INTERNAL_ERROR", "internal error: No current identity", grpc.StatusCode.INTERNAL),
+])
+def test_secret_and_nwfilter_refinements(code: str, message: str,
+                                         expected: grpc.StatusCode) -> None:
+    assert grpc_code_for(getattr(libvirt, f"VIR_ERR_{code}"), message) is expected
+
+
+@pytest.mark.parametrize(("code", "message", "expected"), [
+    ("INVALID_ARG", "unsupported flags (0x1) in function testInterfaceGetXMLDesc",
+     grpc.StatusCode.UNIMPLEMENTED),
+    ("INVALID_ARG", "invalid argument: device computer is not a PCI device",
+     grpc.StatusCode.INVALID_ARGUMENT),
+    ("CONFIG_UNSUPPORTED", "unsupported configuration: missing parent device",
+     grpc.StatusCode.INVALID_ARGUMENT),
+    ("CONFIG_UNSUPPORTED", "unsupported configuration: invalid parent device 'nope'",
+     grpc.StatusCode.NOT_FOUND),
+    ("CONFIG_UNSUPPORTED", "unsupported configuration: Unsupported device type",
+     grpc.StatusCode.UNIMPLEMENTED),
+    ("INTERNAL_ERROR", "internal error: Could not find parent device for 'new device'",
+     grpc.StatusCode.NOT_FOUND),
+    ("INTERNAL_ERROR", "internal error: Parent device computer is not capable of vport "
+     "operations", grpc.StatusCode.INVALID_ARGUMENT),
+])
+def test_nodedev_and_flag_refinements(code: str, message: str,
+                                      expected: grpc.StatusCode) -> None:
+    assert grpc_code_for(getattr(libvirt, f"VIR_ERR_{code}"), message) is expected

@@ -6,6 +6,9 @@ set -euo pipefail
 packages=(
     python3 python3-venv python3-dev gcc pkg-config
     libvirt-dev libvirt0 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base
+    # libvirt 9.0's network driver starts no network, not even an isolated one, without
+    # iptables/ip6tables; it remembers the failure until libvirtd restarts
+    iptables
     qemu-system-x86 qemu-utils
     busybox-static linux-image-cloud-amd64 cpio gzip xz-utils zstd kmod
     openssl ca-certificates procps

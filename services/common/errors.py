@@ -87,12 +87,67 @@ class ServiceError(Exception):
         self.reason = reason or code.name
 
 
+def require(value: str, field: str) -> str:
+    """``value``, or INVALID_ARGUMENT naming the empty required ``field``."""
+    if not value:
+        raise ServiceError(_C.INVALID_ARGUMENT, f"{field} is required", "MISSING_FIELD")
+    return value
+
+
 #: libvirt reports some conditions only through a generic code; the message
 #: tells them apart. (libvirt code, message fragment) -> gRPC code.
 _REFINEMENTS: tuple[tuple[int, str, grpc.StatusCode], ...] = (
     # virDomainObjListAdd: "domain 'x' already exists with uuid ..."
     (libvirt.VIR_ERR_OPERATION_FAILED, "already exists", _C.ALREADY_EXISTS),
     (libvirt.VIR_ERR_INTERNAL_ERROR, "already exists", _C.ALREADY_EXISTS),
+    # a flag this driver does not know (the test driver): "unsupported flags (0x1) in ..."
+    (libvirt.VIR_ERR_INVALID_ARG, "unsupported flags", _C.UNIMPLEMENTED),
+    # node device XML naming no parent, an unknown one, or one that cannot host it
+    (libvirt.VIR_ERR_CONFIG_UNSUPPORTED, "missing parent device", _C.INVALID_ARGUMENT),
+    (libvirt.VIR_ERR_CONFIG_UNSUPPORTED, "invalid parent device", _C.NOT_FOUND),
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "Could not find parent device", _C.NOT_FOUND),
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "not capable of vport operations", _C.INVALID_ARGUMENT),
+    # storage: a second pool on the same target path or source device
+    (libvirt.VIR_ERR_OPERATION_FAILED, "Storage source conflict", _C.ALREADY_EXISTS),
+    # storage: "volume target path '/p/x' already exists" (a file libvirt has not seen)
+    (libvirt.VIR_ERR_OPERATION_INVALID, "already exists", _C.ALREADY_EXISTS),
+    # storage: deleting a dir pool whose directory still holds files
+    (libvirt.VIR_ERR_SYSTEM_ERROR, "Directory not empty", _C.FAILED_PRECONDITION),
+    # network: "bridge name 'virbr9' already in use."; a subnet a host interface has
+    # (start): "Network is already in use by interface eth0"
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "' already in use", _C.ALREADY_EXISTS),
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "already in use by interface", _C.FAILED_PRECONDITION),
+    # network update: "there is an existing dhcp host entry ...", "there is already a DNS
+    # TXT record ...", "couldn't locate a matching dhcp host entry ...", "couldn't find a
+    # portgroup entry ...", "... no <ip> element found at index 5 ..."
+    (libvirt.VIR_ERR_OPERATION_INVALID, "there is an existing", _C.ALREADY_EXISTS),
+    (libvirt.VIR_ERR_OPERATION_INVALID, "there is already", _C.ALREADY_EXISTS),
+    (libvirt.VIR_ERR_OPERATION_INVALID, "couldn't locate", _C.NOT_FOUND),
+    (libvirt.VIR_ERR_OPERATION_INVALID, "couldn't find a", _C.NOT_FOUND),
+    (libvirt.VIR_ERR_OPERATION_INVALID, "element found at index", _C.INVALID_ARGUMENT),
+    # network port XML without a required element: "network port has no uuid"
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "network port has no", _C.INVALID_ARGUMENT),
+    # secret: "a secret with UUID u [is] already defined for use with x" (usage taken, or
+    # the UUID has another usage); redefining a private secret as public
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "already defined for use with", _C.ALREADY_EXISTS),
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "cannot change private flag", _C.FAILED_PRECONDITION),
+    # secret XML: "volume usage specified, but volume path is missing", "malformed uuid
+    # element", "unknown secret usage type x"
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "usage specified, but", _C.INVALID_ARGUMENT),
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "malformed uuid element", _C.INVALID_ARGUMENT),
+    (libvirt.VIR_ERR_CONFIG_UNSUPPORTED, "unknown secret usage type", _C.INVALID_ARGUMENT),
+    # a libvirt daemon refusing a private secret's value
+    (libvirt.VIR_ERR_INVALID_SECRET, "secret is private", _C.PERMISSION_DENIED),
+    # nwfilter XML: "filter has no name", "dstportstart has illegal value 99999", "unknown
+    # rule direction attribute value"; binding XML: "filter binding has no MAC address",
+    # "Unable to parse MAC 'zz'"; a binding of an undefined filter: "referenced filter
+    # 'x' is missing"
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "filter has no name", _C.INVALID_ARGUMENT),
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "has illegal value", _C.INVALID_ARGUMENT),
+    (libvirt.VIR_ERR_CONFIG_UNSUPPORTED, "unknown rule ", _C.INVALID_ARGUMENT),
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "filter binding has no", _C.INVALID_ARGUMENT),
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "Unable to parse MAC", _C.INVALID_ARGUMENT),
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "referenced filter", _C.FAILED_PRECONDITION),
 )
 
 

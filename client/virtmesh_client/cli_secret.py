@@ -1,0 +1,162 @@
+"""Secret commands (virsh's secret-*) for the secret service.
+
+Values are read from a file or stdin, never from the command line, where other
+users could see them in the process list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import sys
+from datetime import UTC
+from typing import Any
+
+from virtmesh.secret.v1 import secret_service_pb2 as pb
+from virtmesh_client.cli import (
+    CommandFactory,
+    Output,
+    Query,
+    UsageError,
+    _enum,
+    _read,
+    _yes,
+    fields,
+)
+from virtmesh_client.client import Client, EventStream
+
+USAGES = {name.removeprefix("USAGE_TYPE_").lower(): value
+          for name, value in pb.UsageType.items() if value}
+
+
+def _usage(usage: Any) -> str:
+    kind = _enum(pb.UsageType, usage.type, "USAGE_TYPE_")
+    return f"{kind} {usage.id}" if usage.id else kind
+
+
+def _row(s: Any) -> tuple[object, ...]:
+    return (s.name, _usage(s.usage), _yes(s.ephemeral), _yes(s.private), s.description or "-")
+
+
+def _list(client: Client, args: argparse.Namespace) -> Any:
+    flag = {"yes": True, "no": False, None: None}
+    request = pb.ListSecretsRequest(usage_types=[USAGES[u] for u in args.usage or ()],
+                                    ephemeral=flag[args.ephemeral], private=flag[args.private])
+    return pb.ListSecretsResponse(secrets=client._all_pages("ListSecrets", request, "secrets"))
+
+
+cmd_list = Query(_list, ("UUID", "USAGE", "EPHEMERAL", "PRIVATE", "DESCRIPTION"), _row,
+                 "secrets")
+
+
+def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if bool(args.secret) == bool(args.usage):
+        raise UsageError("secret-info needs a UUID or --usage TYPE ID, not both")
+    request = (pb.GetSecretRequest(name=args.secret) if args.secret else pb.GetSecretRequest(
+        usage=pb.Usage(type=USAGES[args.usage[0]], id=args.usage[1])))
+    secret = client.call("GetSecret", request).secret
+    out.show(secret, fields((("UUID", secret.name), ("Usage", _usage(secret.usage)),
+                             ("Ephemeral", _yes(secret.ephemeral)),
+                             ("Private", _yes(secret.private)),
+                             ("Description", secret.description or "-"))))
+
+
+def cmd_define(client: Client, args: argparse.Namespace, out: Output) -> None:
+    response = client.call("DefineSecret", pb.DefineSecretRequest(
+        xml=_read(args.file), validate=args.validate))
+    out.show(response, f"Secret {response.secret.name} defined")
+
+
+def cmd_dumpxml(client: Client, args: argparse.Namespace, out: Output) -> None:
+    response = client.call("GetSecretXML", pb.GetSecretXMLRequest(name=args.secret))
+    out.show(response, response.xml.rstrip("\n"))
+
+
+def _value(args: argparse.Namespace) -> bytes:
+    if args.file:
+        with open(args.file, "rb") as file:
+            raw = file.read()
+    else:
+        raw = sys.stdin.buffer.read()
+    if not args.base64:
+        return raw
+    try:
+        return base64.b64decode(b"".join(raw.split()), validate=True)
+    except binascii.Error:
+        raise UsageError("the value is not valid base64 (leave out --base64 for raw "
+                         "bytes)") from None
+
+
+def cmd_set_value(client: Client, args: argparse.Namespace, out: Output) -> None:
+    response = client.call("SetSecretValue", pb.SetSecretValueRequest(
+        name=args.secret, value=_value(args)))
+    out.show(response, f"Secret {args.secret} value set")
+
+
+def cmd_get_value(client: Client, args: argparse.Namespace, out: Output) -> None:
+    response = client.call("GetSecretValue", pb.GetSecretValueRequest(name=args.secret))
+    if args.plain and not out.json:
+        sys.stdout.buffer.write(response.value)
+        sys.stdout.flush()
+        return
+    out.show(response, base64.b64encode(response.value).decode())
+
+
+def cmd_undefine(client: Client, args: argparse.Namespace, out: Output) -> None:
+    response = client.call("UndefineSecret", pb.UndefineSecretRequest(name=args.secret))
+    out.show(response, f"Secret {args.secret} undefined")
+
+
+def _event_text(event: Any) -> str:
+    kind = event.WhichOneof("event") or "unknown"
+    detail = (_enum(pb.LifecycleEventType, event.lifecycle.type, "LIFECYCLE_EVENT_TYPE_")
+              if kind == "lifecycle" else "")
+    when = event.time.ToDatetime(tzinfo=UTC).isoformat(timespec="milliseconds")
+    return (f"{when}  {event.name}  {_usage(event.usage)}  {kind.replace('_', '-')}  "
+            f"{detail}").rstrip()
+
+
+def cmd_event(client: Client, args: argparse.Namespace, out: Output) -> None:
+    request = pb.WatchSecretEventsRequest(names=args.secrets)
+    with EventStream(client.method("WatchSecretEvents", pb.WatchSecretEventsRequest)(
+            request, timeout=None)) as events:
+        print("watching secret events; Ctrl-C to stop", file=sys.stderr, flush=True)
+        for count, event in enumerate(events, 1):
+            out.line(event, _event_text(event))
+            if count == args.count:
+                return
+
+
+def _uuid(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("secret", metavar="UUID", help="the secret's UUID")
+
+
+def register(command: CommandFactory) -> None:
+    sub = command("secret-list", cmd_list, "list secrets")
+    sub.add_argument("--usage", action="append", choices=sorted(USAGES),
+                     help="only secrets with this usage type (repeatable)")
+    sub.add_argument("--ephemeral", choices=("yes", "no"),
+                     help="only ephemeral (yes) or only persistent (no) secrets")
+    sub.add_argument("--private", choices=("yes", "no"),
+                     help="only private (yes) or only non-private (no) secrets")
+    sub = command("secret-info", cmd_info, "show a secret's summary, by UUID or usage")
+    sub.add_argument("secret", metavar="UUID", nargs="?", help="the secret's UUID")
+    sub.add_argument("--usage", nargs=2, metavar=("TYPE", "ID"),
+                     help=f"find it by usage instead; TYPE: {', '.join(USAGES)}")
+    sub = command("secret-define", cmd_define, "define or change a secret from XML")
+    sub.add_argument("file", type=argparse.FileType("r"), help="secret XML file, or - for stdin")
+    sub.add_argument("--validate", action="store_true", help="check the XML schema first")
+    _uuid(command("secret-dumpxml", cmd_dumpxml, "print a secret's XML"))
+    sub = command("secret-set-value", cmd_set_value,
+                  "set a secret's value from a file or stdin (never the command line)")
+    _uuid(sub)
+    sub.add_argument("--file", metavar="PATH", help="read the value from PATH (default stdin)")
+    sub.add_argument("--base64", action="store_true", help="the input is base64, not raw bytes")
+    sub = command("secret-get-value", cmd_get_value, "print a secret's value, base64-encoded")
+    _uuid(sub)
+    sub.add_argument("--plain", action="store_true", help="write the raw bytes instead")
+    _uuid(command("secret-undefine", cmd_undefine, "delete a secret and its value"))
+    sub = command("secret-event", cmd_event, "print secret events as they happen")
+    sub.add_argument("secrets", nargs="*", metavar="UUID", help="only these secrets")
+    sub.add_argument("--count", type=int, metavar="N", help="stop after N events")

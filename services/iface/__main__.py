@@ -1,0 +1,14 @@
+"""virtmesh-iface: run the iface service."""
+
+import sys
+
+from services.common.daemon import main as run
+from services.iface import SPEC
+
+
+def main() -> int:
+    return run(SPEC)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

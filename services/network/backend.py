@@ -1,0 +1,96 @@
+"""The network service's libvirt calls: lookups by name or UUID, flags, ports."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import libvirt
+
+from services.common.errors import ServiceError, require
+from services.common.libvirt_connection import LibvirtConnection
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _list_flags(active: bool | None, persistent: bool | None, autostart: bool | None) -> int:
+    flags = 0
+    for wanted, yes, no in (
+        (active, libvirt.VIR_CONNECT_LIST_NETWORKS_ACTIVE,
+         libvirt.VIR_CONNECT_LIST_NETWORKS_INACTIVE),
+        (persistent, libvirt.VIR_CONNECT_LIST_NETWORKS_PERSISTENT,
+         libvirt.VIR_CONNECT_LIST_NETWORKS_TRANSIENT),
+        (autostart, libvirt.VIR_CONNECT_LIST_NETWORKS_AUTOSTART,
+         libvirt.VIR_CONNECT_LIST_NETWORKS_NO_AUTOSTART),
+    ):
+        if wanted is not None:
+            flags |= yes if wanted else no
+    return flags
+
+
+class NetworkBackend:
+    def __init__(self, connection: LibvirtConnection) -> None:
+        self.connection = connection
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        return self.connection.conn
+
+    def lookup(self, name: str) -> libvirt.virNetwork:
+        """A network by name or by UUID string."""
+        require(name, "name")
+        conn = self.conn
+        if _is_uuid(name):
+            try:
+                return conn.networkLookupByUUIDString(name)
+            except libvirt.libvirtError as error:
+                if error.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+                    raise
+        return conn.networkLookupByName(name)
+
+    def list_networks(self, active: bool | None, persistent: bool | None,
+                      autostart: bool | None) -> list[libvirt.virNetwork]:
+        return self.conn.listAllNetworks(_list_flags(active, persistent, autostart))
+
+    def define(self, xml: str, validate: bool) -> libvirt.virNetwork:
+        flags = libvirt.VIR_NETWORK_DEFINE_VALIDATE if validate else 0
+        return self.conn.networkDefineXMLFlags(require(xml, "xml"), flags)
+
+    def create(self, xml: str, validate: bool) -> libvirt.virNetwork:
+        flags = libvirt.VIR_NETWORK_CREATE_VALIDATE if validate else 0
+        return self.conn.networkCreateXMLFlags(require(xml, "xml"), flags)
+
+    def update(self, net: libvirt.virNetwork, command: int, section: int,
+               parent_index: int | None, xml: str, live: bool, config: bool) -> None:
+        """virNetworkUpdate with libvirt's command and section numbers; no parent index
+        is libvirt's -1 (the first element that fits)."""
+        if parent_index is not None and parent_index < 0:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"parent_index must not be negative (got {parent_index})",
+                               "INVALID_PARENT_INDEX")
+        flags = ((libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE if live else 0)
+                 | (libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG if config else 0))
+        net.update(command, section, -1 if parent_index is None else parent_index,
+                   require(xml, "xml"), flags)
+
+    def leases(self, net: libvirt.virNetwork, mac: str) -> list[dict[str, object]]:
+        return net.DHCPLeases(mac or None, 0)
+
+    def port(self, net: libvirt.virNetwork, port: str) -> libvirt.virNetworkPort:
+        """A port of ``net`` by its UUID."""
+        if not _is_uuid(require(port, "port")):
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"port must be a UUID (got '{port}')", "INVALID_PORT")
+        return net.portLookupByUUIDString(port)
+
+    def create_port(self, net: libvirt.virNetwork, xml: str, validate: bool,
+                    reclaim: bool) -> libvirt.virNetworkPort:
+        flags = ((libvirt.VIR_NETWORK_PORT_CREATE_VALIDATE if validate else 0)
+                 | (libvirt.VIR_NETWORK_PORT_CREATE_RECLAIM if reclaim else 0))
+        return net.portCreateXML(require(xml, "xml"), flags)

@@ -1,0 +1,59 @@
+"""The nodedev service's libvirt calls: lookups, list filters, flag assembly."""
+
+from __future__ import annotations
+
+import grpc
+import libvirt
+
+from services.common.errors import ServiceError, require
+from services.common.libvirt_connection import LibvirtConnection
+
+
+def _parent(dev: libvirt.virNodeDevice) -> str | None:
+    """The device's parent; None when it has none or went away meanwhile."""
+    try:
+        return dev.parent()
+    except libvirt.libvirtError as error:
+        if error.get_error_code() != libvirt.VIR_ERR_NO_NODE_DEVICE:
+            raise
+        return None
+
+
+class NodeDeviceBackend:
+    def __init__(self, connection: LibvirtConnection) -> None:
+        self.connection = connection
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        return self.connection.conn
+
+    def lookup(self, name: str) -> libvirt.virNodeDevice:
+        return self.conn.nodeDeviceLookupByName(require(name, "name"))
+
+    def list_devices(self, capability_flags: int, active: bool | None,
+                     parent: str) -> list[libvirt.virNodeDevice]:
+        flags = capability_flags
+        if active is not None:
+            flags |= (libvirt.VIR_CONNECT_LIST_NODE_DEVICES_ACTIVE if active
+                      else libvirt.VIR_CONNECT_LIST_NODE_DEVICES_INACTIVE)
+        if parent:
+            self.lookup(parent)  # NOT_FOUND rather than an empty list
+        devices = self.conn.listAllDevices(flags)
+        return [dev for dev in devices if _parent(dev) == parent] if parent else devices
+
+    def create(self, xml: str, validate: bool) -> libvirt.virNodeDevice:
+        flags = libvirt.VIR_NODE_DEVICE_CREATE_XML_VALIDATE if validate else 0
+        return self.conn.nodeDeviceCreateXML(require(xml, "xml"), flags)
+
+    def define(self, xml: str, validate: bool) -> libvirt.virNodeDevice:
+        flags = libvirt.VIR_NODE_DEVICE_DEFINE_XML_VALIDATE if validate else 0
+        return self.conn.nodeDeviceDefineXML(require(xml, "xml"), flags)
+
+    def pci_device(self, name: str) -> libvirt.virNodeDevice:
+        """A PCI device, checked here so that every libvirt URI gives the same answer
+        (the node device driver would say only that it cannot detach at all)."""
+        dev = self.lookup(name)
+        if "pci" not in dev.listCaps():
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"node device '{name}' is not a PCI device", "NOT_A_PCI_DEVICE")
+        return dev

@@ -1,0 +1,82 @@
+"""libvirt node devices <-> nodedev protobuf messages.
+
+NodeDeviceCapability names are libvirt's capability names upper-cased; libvirt's
+list flags spell five of them differently.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable
+
+import grpc
+import libvirt
+
+from services.common.errors import ServiceError
+from virtmesh.nodedev.v1 import nodedev_service_pb2 as pb
+
+_PREFIX = "NODE_DEVICE_CAPABILITY_"
+_FLAG_SPELLINGS = {"PCI": "PCI_DEV", "USB_DEVICE": "USB_DEV", "USB": "USB_INTERFACE",
+                   "CCW": "CCW_DEV", "CSS": "CSS_DEV"}
+#: NodeDeviceCapability -> libvirt's VIR_CONNECT_LIST_NODE_DEVICES_CAP_* flag
+CAPABILITY_FLAGS: dict[int, int] = {
+    value: getattr(libvirt, "VIR_CONNECT_LIST_NODE_DEVICES_CAP_"
+                   + _FLAG_SPELLINGS.get(name[len(_PREFIX):], name[len(_PREFIX):]))
+    for name, value in pb.NodeDeviceCapability.items() if value
+}
+
+#: libvirt's virNodeDeviceEventLifecycleType -> NodeDeviceLifecycleEventType
+LIFECYCLE_EVENTS: dict[int, pb.NodeDeviceLifecycleEventType.ValueType] = {
+    getattr(libvirt, f"VIR_NODE_DEVICE_EVENT_{name}"): pb.NodeDeviceLifecycleEventType.Value(
+        f"NODE_DEVICE_LIFECYCLE_EVENT_TYPE_{name}")
+    for name in ("CREATED", "DELETED", "DEFINED", "UNDEFINED")
+}
+
+
+def capability_flags(capabilities: Iterable[int]) -> int:
+    """libvirt's list flags for devices with any of ``capabilities``."""
+    flags = 0
+    for capability in capabilities:
+        if capability not in CAPABILITY_FLAGS:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"unknown node device capability {capability}",
+                               "INVALID_CAPABILITY")
+        flags |= CAPABILITY_FLAGS[capability]
+    return flags
+
+
+def lifecycle_event(event: int) -> pb.NodeDeviceLifecycleEventType.ValueType:
+    return LIFECYCLE_EVENTS.get(event, pb.NODE_DEVICE_LIFECYCLE_EVENT_TYPE_UNSPECIFIED)
+
+
+def _unless_unsupported(call: Callable[[], int]) -> bool | None:
+    """None where the driver cannot tell (libvirt < 7.3 and the test driver have no
+    notion of active, persistent or autostart devices)."""
+    try:
+        return bool(call())
+    except libvirt.libvirtError as error:
+        if error.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+            raise
+        return None
+
+
+def node_device(dev: libvirt.virNodeDevice) -> pb.NodeDevice:
+    root = ET.fromstring(dev.XMLDesc(0))
+    return pb.NodeDevice(
+        name=dev.name(), parent=root.findtext("parent") or "", capabilities=dev.listCaps(),
+        driver=root.findtext("driver/name") or "", path=root.findtext("path") or "",
+        active=_unless_unsupported(dev.isActive),
+        persistent=_unless_unsupported(dev.isPersistent),
+        autostart=_unless_unsupported(dev.autostart))
+
+
+def node_devices(devices: Iterable[libvirt.virNodeDevice]) -> list[pb.NodeDevice]:
+    """Summaries of ``devices``, leaving out any that went away meanwhile (unplugged)."""
+    summaries = []
+    for dev in devices:
+        try:
+            summaries.append(node_device(dev))
+        except libvirt.libvirtError as error:
+            if error.get_error_code() != libvirt.VIR_ERR_NO_NODE_DEVICE:
+                raise
+    return summaries

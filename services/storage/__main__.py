@@ -1,0 +1,14 @@
+"""virtmesh-storage: run the storage service."""
+
+import sys
+
+from services.common.daemon import main as run
+from services.storage import SPEC
+
+
+def main() -> int:
+    return run(SPEC)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

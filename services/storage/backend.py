@@ -1,0 +1,241 @@
+"""The storage service's libvirt calls: lookups, flag assembly and volume streams."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+
+import grpc
+import libvirt
+
+from services.common.errors import ServiceError, require
+from services.common.libvirt_connection import LibvirtConnection
+from services.storage import convert
+from virtmesh.storage.v1 import storage_service_pb2 as pb
+
+#: Largest data chunk in either direction: what the service holds of a volume at a time.
+CHUNK_BYTES = 1 << 20
+#: What one libvirt download stream covers: at most this much is ever queued in memory.
+DOWNLOAD_WINDOW = 8 * CHUNK_BYTES
+#: Room for a chunk's message envelope (fields, tags) within max_message_bytes.
+_ENVELOPE_BYTES = 1024
+
+_POOL_LIST_FLAGS = (
+    ("active", libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE,
+     libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_INACTIVE),
+    ("persistent", libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_PERSISTENT,
+     libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_TRANSIENT),
+    ("autostart", libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_AUTOSTART,
+     libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_NO_AUTOSTART),
+)
+#: pool type as in the XML ("iscsi-direct") -> libvirt's list flag
+POOL_TYPES = {
+    name.removeprefix("VIR_CONNECT_LIST_STORAGE_POOLS_").lower().replace("_", "-"): value
+    for name, value in vars(libvirt).items()
+    if name.startswith("VIR_CONNECT_LIST_STORAGE_POOLS_") and name not in {
+        f"VIR_CONNECT_LIST_STORAGE_POOLS_{flag}" for flag in (
+            "ACTIVE", "INACTIVE", "PERSISTENT", "TRANSIENT", "AUTOSTART", "NO_AUTOSTART")}
+}
+
+
+def _invalid(message: str, reason: str = "INVALID_REQUEST") -> ServiceError:
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, reason)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _abort(stream: libvirt.virStream) -> None:
+    """Abort a libvirt stream; one that already failed reports its error again."""
+    with contextlib.suppress(libvirt.libvirtError):
+        stream.abort()
+
+
+class StorageBackend:
+    def __init__(self, connection: LibvirtConnection, max_message_bytes: int) -> None:
+        self.connection = connection
+        #: download chunk size: 1 MiB unless the configured message limit is smaller
+        self.chunk_bytes = max(1, min(CHUNK_BYTES, max_message_bytes - _ENVELOPE_BYTES))
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        return self.connection.conn
+
+    # -- pools ------------------------------------------------------------------
+
+    def pool(self, name: str) -> libvirt.virStoragePool:
+        """A pool by name or by UUID string."""
+        require(name, "name")
+        conn = self.conn
+        if _is_uuid(name):
+            try:
+                return conn.storagePoolLookupByUUIDString(name)
+            except libvirt.libvirtError as error:
+                if error.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    raise
+        return conn.storagePoolLookupByName(name)
+
+    def list_pools(self, filters: dict[str, bool | None],
+                   types: list[str]) -> list[libvirt.virStoragePool]:
+        flags = 0
+        for field, yes, no in _POOL_LIST_FLAGS:
+            if filters[field] is not None:
+                flags |= yes if filters[field] else no
+        for pool_type in types:
+            if pool_type not in POOL_TYPES:
+                raise _invalid(f"unknown pool type '{pool_type}' (known: "
+                               f"{', '.join(sorted(POOL_TYPES))})", "UNKNOWN_POOL_TYPE")
+            flags |= POOL_TYPES[pool_type]
+        return self.conn.listAllStoragePools(flags)
+
+    def define_pool(self, xml: str, validate: bool) -> libvirt.virStoragePool:
+        flags = libvirt.VIR_STORAGE_POOL_DEFINE_VALIDATE if validate else 0
+        return self.conn.storagePoolDefineXML(require(xml, "xml"), flags)
+
+    def create_pool(self, xml: str, build: bool) -> libvirt.virStoragePool:
+        """libvirt removes a transient pool that fails to start: nothing is left."""
+        flags = libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD if build else 0
+        return self.conn.storagePoolCreateXML(require(xml, "xml"), flags)
+
+    def build_pool(self, name: str, overwrite: bool, no_overwrite: bool) -> None:
+        if overwrite and no_overwrite:
+            raise _invalid("overwrite and no_overwrite exclude each other", "CONFLICTING_FLAGS")
+        self.pool(name).build((libvirt.VIR_STORAGE_POOL_BUILD_OVERWRITE if overwrite else 0)
+                              | (libvirt.VIR_STORAGE_POOL_BUILD_NO_OVERWRITE
+                                 if no_overwrite else 0))
+
+    # -- volumes ----------------------------------------------------------------
+
+    def volume(self, pool: str, name: str) -> libvirt.virStorageVol:
+        """A volume by pool and name, or with no pool by its path or key."""
+        require(name, "name")
+        if pool:
+            return self.pool(pool).storageVolLookupByName(name)
+        if name.startswith("/"):
+            return self.conn.storageVolLookupByPath(name)
+        return self.conn.storageVolLookupByKey(name)
+
+    def create_volume(self, pool: str, xml: str, prealloc_metadata: bool,
+                      validate: bool) -> libvirt.virStorageVol:
+        target = self.pool(require(pool, "pool"))
+        flags = ((libvirt.VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA if prealloc_metadata else 0)
+                 | (libvirt.VIR_STORAGE_VOL_CREATE_VALIDATE if validate else 0))
+        return target.createXML(require(xml, "xml"), flags)
+
+    def clone_volume(self, request: pb.CloneStorageVolumeRequest) -> libvirt.virStorageVol:
+        if bool(request.new_name) == bool(request.xml):
+            raise _invalid("set exactly one of new_name and xml", "CONFLICTING_FIELDS")
+        source = self.volume(request.pool, request.name)
+        target = (self.pool(request.target_pool) if request.target_pool
+                  else source.storagePoolLookupByVolume())
+        xml = request.xml
+        if request.new_name:
+            # The source's definition under the new name, as virsh vol-clone does, but
+            # without <allocation>: that is the source's disk usage rounded up to whole
+            # blocks, and a raw copy would grow to it, becoming larger than its source.
+            root = ET.fromstring(source.XMLDesc(0))
+            name = root.find("name")
+            assert name is not None, "libvirt's volume XML always has a <name>"
+            name.text = request.new_name
+            for allocation in root.findall("allocation"):
+                root.remove(allocation)
+            xml = ET.tostring(root, encoding="unicode")
+        flags = ((libvirt.VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA
+                  if request.prealloc_metadata else 0)
+                 | (libvirt.VIR_STORAGE_VOL_CREATE_REFLINK if request.reflink else 0))
+        return target.createXMLFrom(xml, source, flags)
+
+    def wipe(self, vol: libvirt.virStorageVol, algorithm: int) -> None:
+        if algorithm not in convert.WIPE_ALGORITHMS:
+            raise _invalid(f"unknown wipe algorithm {algorithm}", "UNKNOWN_WIPE_ALGORITHM")
+        vol.wipePattern(convert.WIPE_ALGORITHMS[algorithm], 0)
+
+    def resize(self, vol: libvirt.virStorageVol, capacity: int, allocate: bool, delta: bool,
+               shrink: bool) -> None:
+        vol.resize(capacity, (libvirt.VIR_STORAGE_VOL_RESIZE_ALLOCATE if allocate else 0)
+                   | (libvirt.VIR_STORAGE_VOL_RESIZE_DELTA if delta else 0)
+                   | (libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK if shrink else 0))
+
+    # -- volume contents --------------------------------------------------------
+
+    def upload(self, requests: Iterator[pb.UploadStorageVolumeRequest]
+               ) -> tuple[libvirt.virStorageVol, int]:
+        """Send each request's data to a libvirt upload stream as it arrives.
+
+        Any failure aborts the stream, so that libvirt does not take a partial upload
+        for a complete one; the bytes written so far stay in the volume."""
+        first = next(requests, None)
+        if first is None:
+            raise _invalid("the upload stream is empty; its first message must name the "
+                           "volume", "EMPTY_UPLOAD")
+        vol = self.volume(first.pool, first.name)
+        stream = self.conn.newStream(0)
+        vol.upload(stream, first.offset, first.length, 0)
+        written = 0
+        try:
+            for data in itertools.chain((first.data,), (request.data for request in requests)):
+                if len(data) > CHUNK_BYTES:
+                    raise _invalid(f"a data chunk holds {len(data)} bytes; at most "
+                                   f"{CHUNK_BYTES} are allowed", "CHUNK_TOO_LARGE")
+                if first.length and written + len(data) > first.length:
+                    raise ServiceError(grpc.StatusCode.OUT_OF_RANGE,
+                                       f"more than the announced length of {first.length} "
+                                       "bytes was sent; the upload was aborted",
+                                       "UPLOAD_TOO_LONG")
+                written += len(data)
+                while data:  # libvirt may take part of a chunk at a time
+                    data = data[stream.send(data):]
+            stream.finish()
+        except grpc.RpcError:  # reading the next request: the client went away
+            _abort(stream)
+            raise ServiceError(grpc.StatusCode.CANCELLED,
+                               f"the upload was cancelled after {written} bytes",
+                               "UPLOAD_CANCELLED") from None
+        except BaseException:
+            _abort(stream)
+            raise
+        return vol, written
+
+    def download(self, vol: libvirt.virStorageVol, offset: int,
+                 length: int) -> Iterator[pb.DownloadStorageVolumeResponse]:
+        """Chunks of the volume from ``offset`` for ``length`` bytes (0: to its end).
+
+        libvirt's client library queues whatever the daemon sends on a stream, as fast
+        as the daemon reads: one stream for a whole volume would pile up in our memory
+        whenever the caller reads slower. So each libvirt stream covers one window of
+        DOWNLOAD_WINDOW bytes, and the next starts once the caller has taken the last."""
+        end = offset + length if length else None
+        while end is None or offset < end:
+            want = DOWNLOAD_WINDOW if end is None else min(DOWNLOAD_WINDOW, end - offset)
+            got = 0
+            for chunk in self._download_window(vol, offset, want):
+                yield chunk
+                got += len(chunk.data)
+            offset += got
+            if got < want:  # the end of the volume
+                return
+
+    def _download_window(self, vol: libvirt.virStorageVol, offset: int,
+                         length: int) -> Iterator[pb.DownloadStorageVolumeResponse]:
+        """One libvirt download stream, aborted when the caller stops early (a cancelled
+        call closes this generator)."""
+        stream = self.conn.newStream(0)
+        vol.download(stream, offset, length, 0)
+        finished = False
+        try:
+            while data := stream.recv(self.chunk_bytes):
+                yield pb.DownloadStorageVolumeResponse(data=data, offset=offset)
+                offset += len(data)
+            stream.finish()
+            finished = True
+        finally:
+            if not finished:
+                _abort(stream)
