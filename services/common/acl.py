@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
+from pathlib import Path
 
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
@@ -17,6 +18,29 @@ from virtmesh.acl.v1 import acl_pb2
 
 #: What libvirt allows on its read-only socket.
 READ_ONLY_PATTERNS = ("*:getattr", "*:read", "*:search_*")
+#: libvirt's own permission names (tools/libvirt-permissions.py writes the file).
+_VOCABULARY_FILE = Path(__file__).with_name("libvirt_permissions.txt")
+
+
+@functools.cache
+def libvirt_permissions() -> frozenset[str]:
+    """Every ``object:permission`` pair libvirt's remote protocol checks."""
+    lines = _VOCABULARY_FILE.read_text().splitlines()
+    return frozenset(line for line in lines if line and not line.startswith("#"))
+
+
+def listed_object(permission: str) -> str | None:
+    """The object type a search permission lists: ``connect:search_domains`` -> ``domain``,
+    ``storage_pool:search_storage_vols`` -> ``storage_vol``, ``network:search_ports`` ->
+    ``network_port`` (libvirt's aclfilter pairs)."""
+    owner, _, name = permission.partition(":")
+    if not name.startswith("search_") or not name.endswith("s"):
+        return None
+    listed = name.removeprefix("search_")[:-1]
+    for kind in (listed, f"{owner}_{listed}"):
+        if f"{kind}:getattr" in libvirt_permissions():
+            return kind
+    return None
 
 
 @dataclasses.dataclass(frozen=True)

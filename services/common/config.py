@@ -30,6 +30,10 @@ class Config:
     #: UNIX socket path; empty means ``<state_dir>/run/<service>.sock``.
     socket: str = ""
     socket_mode: int = 0o660
+    #: read-only UNIX socket, like libvirt's -sock-ro: only calls whose permissions are
+    #: all read-only; empty means ``<name>-ro.sock`` beside the main socket, "none": off
+    socket_ro: str = ""
+    socket_ro_mode: int = 0o666
     log_level: str = "INFO"
     log_format: str = "text"
     max_workers: int = 32
@@ -62,6 +66,15 @@ class Config:
         return self.state_dir / "run" / f"{self.service}.sock"
 
     @property
+    def socket_ro_path(self) -> Path | None:
+        if self.socket_ro == "none":
+            return None
+        if self.socket_ro:
+            return Path(self.socket_ro)
+        main = self.socket_path
+        return main.with_name(f"{main.stem}-ro{main.suffix}")
+
+    @property
     def libvirt_uri(self) -> str:
         return self.uri.replace("{state_dir}", str(self.state_dir))
 
@@ -71,6 +84,8 @@ _HELP = {
     "uri": "libvirt connection URI ({state_dir} is expanded)",
     "socket": "UNIX socket to listen on (default <state_dir>/run/<service>.sock)",
     "socket_mode": "permissions of the socket file, octal",
+    "socket_ro": "read-only UNIX socket (default <name>-ro.sock beside the socket; none: off)",
+    "socket_ro_mode": "permissions of the read-only socket file, octal",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_format": "text or json",
     "guests_on_exit": "compute: keep, shutdown or destroy running guests on exit",
@@ -177,6 +192,8 @@ def load(service: str, default_uri: str, argv: Sequence[str] | None = None,
         raise ConfigError("scrape_budget: must be positive")
     if config.idle_timeout < 0:
         raise ConfigError("idle_timeout: must be 0 (never) or positive")
+    if config.socket_ro_path == config.socket_path:
+        raise ConfigError("socket_ro: must differ from socket")
     return dataclasses.replace(config, state_dir=config.state_dir.absolute())
 
 
@@ -184,7 +201,8 @@ def describe(config: Any) -> str:
     """One line with every effective setting, for the start-up log."""
     items = dataclasses.asdict(config)
     if isinstance(config, Config):
-        items.update(uri=config.libvirt_uri, socket=str(config.socket_path))
+        items.update(uri=config.libvirt_uri, socket=str(config.socket_path),
+                     socket_ro=str(config.socket_ro_path or "none"))
     for name, value in items.items():
         if name.endswith("_mode"):
             items[name] = oct(value)

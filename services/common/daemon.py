@@ -4,12 +4,24 @@ A driver package hands ``main`` a ``ServiceSpec`` (its name, default libvirt URI
 proto service and servicer factory) and gets config, logging, the libvirt
 connection, health, reflection, metrics, the UNIX socket, signal handling and the
 idle timeout from here.
+
+Each service listens on two UNIX sockets, as libvirt's daemons do: the main one
+(``socket_mode``, for the gateway and local administrators, who may name the caller
+they act for in ``x-virtmesh-identity``) and a read-only one (``<name>-ro.sock``,
+mode 0666 by default, like libvirt's -sock-ro) where only calls whose permissions
+are all read-only are served. One process, one servicer, one thread pool: two
+grpc.Server objects, because a grpc.Server cannot tell its listening ports apart.
+
+A health Check answer carries the service's name, version and start time in its
+response headers (``x-virtmesh-service``, ``-version``, ``-started``): that is how
+the gateway lists what runs behind it without knowing any service's own API.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import logging
 import os
 import signal
@@ -35,11 +47,19 @@ from services.common.interceptors import (
     ActivityInterceptor,
     ErrorInterceptor,
     ObserveInterceptor,
+    ReadOnlyInterceptor,
 )
 from services.common.libvirt_connection import LibvirtConnection
 from services.common.logs import setup_logging
+from services.common.version import VERSION
 
 log = logging.getLogger(__name__)
+
+#: response headers of every health Check: which service, its version, when it started
+SERVICE_KEY = "x-virtmesh-service"
+VERSION_KEY = "x-virtmesh-version"
+#: RFC 3339, UTC
+STARTED_KEY = "x-virtmesh-started"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +104,21 @@ def prepare_socket(path: Path) -> None:
     raise ConfigError(f"socket {path} is in use by another running process")
 
 
+class _Health(health.HealthServicer):
+    """grpc.health.v1 whose Check also says who answers: name, version, start time."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        started = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+        self.headers = ((SERVICE_KEY, name), (VERSION_KEY, VERSION),
+                        (STARTED_KEY, started.replace("+00:00", "Z")))
+
+    def Check(self, request: health_pb2.HealthCheckRequest,
+              context: grpc.ServicerContext) -> health_pb2.HealthCheckResponse:
+        context.send_initial_metadata(self.headers)
+        return super().Check(request, context)
+
+
 class Daemon:
     """A running service: start() binds and serves, stop() drains and closes."""
 
@@ -94,18 +129,23 @@ class Daemon:
             config.libvirt_uri, keepalive_interval=config.keepalive_interval,
             keepalive_count=config.keepalive_count, min_delay=config.reconnect_min_delay,
             max_delay=config.reconnect_max_delay)
-        self.health = health.HealthServicer()
+        self.health = _Health(spec.name)
         self.server: grpc.Server | None = None
+        self.read_only_server: grpc.Server | None = None
         self.servicer: Any = None
         self.metrics: metrics.MetricsEndpoint | None = None
         self.activity = ActivityInterceptor()
-        self._socket_inode = 0
+        self._socket_inodes: dict[Path, int] = {}
         self._stopping = threading.Event()
         self._stopped = threading.Event()
 
     @property
     def socket_path(self) -> Path:
         return self.config.socket_path
+
+    @property
+    def read_only_socket_path(self) -> Path | None:
+        return self.config.socket_ro_path
 
     def _set_serving(self, up: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if up
@@ -117,10 +157,11 @@ class Daemon:
         """Bind and serve at once (NOT_SERVING until libvirt is reached), then wait up
         to ``connect_wait`` seconds for the first libvirt connection."""
         config = self.config
-        path = self.socket_path
+        sockets = [path for path in (self.socket_path, self.read_only_socket_path) if path]
         # Before touching libvirt: a second instance must not open the first one's
         # (embedded) driver state or rewrite its files on its way to failing.
-        prepare_socket(path)
+        for path in sockets:
+            prepare_socket(path)
         if self.spec.prepare:
             self.spec.prepare(config)
         self._set_serving(False)
@@ -131,41 +172,55 @@ class Daemon:
             self.metrics = metrics.MetricsEndpoint(config.metrics_listen, [
                 *metrics.SERVICE_METRICS, metrics.ConnectionCollector(self.connection), *own])
 
-        options = [("grpc.max_receive_message_length", config.max_message_bytes),
-                   ("grpc.max_send_message_length", config.max_message_bytes)]
         # A watch stream holds its thread for its whole life: watchers get threads of
-        # their own on top of max_workers, so they can never starve unary calls.
+        # their own on top of max_workers, so they can never starve unary calls. Both
+        # sockets share the threads (and the servicer's limit on watchers).
         threads = config.max_workers + config.max_event_watchers
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads,
-                                                        thread_name_prefix="rpc"),
-                             # outermost first: observe the status errors are mapped to
-                             interceptors=[ObserveInterceptor(), ErrorInterceptor(),
-                                           self.activity],
-                             options=options,
-                             maximum_concurrent_rpcs=threads * 4)
-        self.spec.add_to_server(self.servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (self.spec.descriptor.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
-            server)
-
-        old_umask = os.umask(0o177)
-        try:
-            server.add_insecure_port(f"unix:{path}")
-            server.start()
-        finally:
-            os.umask(old_umask)
-        self.server = server
-        os.chmod(path, config.socket_mode)
-        self._socket_inode = path.stat().st_ino
-        log.info("%s serving %s on unix:%s", self.spec.name, self.spec.descriptor.full_name,
-                 path)
+        executor = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc")
+        # outermost first: observe the status errors are mapped to
+        self.server = self._serve(executor, threads * 4, self.socket_path, config.socket_mode, [
+            ObserveInterceptor(trust_identity=True), ErrorInterceptor(), self.activity])
+        read_only = self.read_only_socket_path
+        if read_only:
+            # Any local user reaches it: its calls may hold at most half of the unary
+            # threads (more get RESOURCE_EXHAUSTED), so the main socket keeps the rest.
+            self.read_only_server = self._serve(
+                executor, config.max_workers // 2 + config.max_event_watchers, read_only,
+                config.socket_ro_mode, [ObserveInterceptor(), ErrorInterceptor(),
+                                        ReadOnlyInterceptor(self.spec.descriptor),
+                                        self.activity])
+        log.info("%s serving %s on unix:%s%s", self.spec.name, self.spec.descriptor.full_name,
+                 self.socket_path, f" and read-only on unix:{read_only}" if read_only else "")
         # While libvirt is unreachable the socket is up: health says NOT_SERVING and
         # calls get UNAVAILABLE, instead of callers finding no socket at all.
         self.connection.start(wait=connect_wait)
         if config.idle_timeout > 0:
             self.activity.touch()  # starting took a while: that was not idleness
             threading.Thread(target=self._exit_when_idle, name="idle", daemon=True).start()
+
+    def _serve(self, executor: futures.ThreadPoolExecutor, concurrency: int, path: Path,
+               mode: int, interceptors: list[grpc.ServerInterceptor]) -> grpc.Server:
+        """A started server of the servicer, health and reflection on socket ``path``,
+        with at most ``concurrency`` calls in flight."""
+        config = self.config
+        options = [("grpc.max_receive_message_length", config.max_message_bytes),
+                   ("grpc.max_send_message_length", config.max_message_bytes)]
+        server = grpc.server(executor, interceptors=interceptors, options=options,
+                             maximum_concurrent_rpcs=max(concurrency, 1))
+        self.spec.add_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (self.spec.descriptor.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            server)
+        old_umask = os.umask(0o177)
+        try:
+            server.add_insecure_port(f"unix:{path}")
+            server.start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, mode)
+        self._socket_inodes[path] = path.stat().st_ino
+        return server
 
     def _busy(self) -> bool:
         if self.spec.busy is None:
@@ -200,8 +255,10 @@ class Daemon:
         close = getattr(self.servicer, "close", None)
         if close is not None:  # a servicer may end its long-lived streams first
             close()
-        if self.server is not None:
-            self.server.stop(self.config.grace_period).wait()
+        stopped = [server.stop(self.config.grace_period)
+                   for server in (self.server, self.read_only_server) if server is not None]
+        for event in stopped:
+            event.wait()
         if self.spec.on_exit and self.connection.connected:
             try:
                 self.spec.on_exit(self.servicer, self.config)
@@ -211,9 +268,10 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.close()
         # Unless a successor (say, started on demand while we drained) has bound it anew.
-        with contextlib.suppress(OSError):
-            if self.socket_path.stat().st_ino == self._socket_inode:
-                self.socket_path.unlink()
+        for path, inode in self._socket_inodes.items():
+            with contextlib.suppress(OSError):
+                if path.stat().st_ino == inode:
+                    path.unlink()
         log.info("%s stopped", self.spec.name)
         self._stopped.set()
 

@@ -5,8 +5,10 @@ raise ``libvirt.libvirtError`` or ``ServiceError`` and never catch them.
 ``ObserveInterceptor`` (sync services) and ``AioObserveInterceptor`` (the asyncio
 gateway) record each call once, through one ``_Observed``: RPC metrics, the request
 id for the call's log lines, and one INFO line with method, status and duration
-(DEBUG for health probes).
+(DEBUG for health probes). On a service's main socket the line also names the caller
+the gateway vouched for (``x-virtmesh-identity``), so a service's log says who did what.
 They must be outermost, so that they see the status the call really ends with.
+``ReadOnlyInterceptor`` guards a service's read-only socket.
 ``ActivityInterceptor`` tells the daemon how long a service has been idle.
 """
 
@@ -22,14 +24,17 @@ from typing import Any
 
 import grpc
 import libvirt
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
-from services.common import logs, metrics
+from gateway.identity import GROUPS_KEY, IDENTITY_KEY
+from services.common import acl, logs, metrics
 from services.common.errors import ServiceError, to_status
 
 log = logging.getLogger(__name__)
 #: one line per call: method, status, duration (and the request id, from logs)
 rpc_log = logging.getLogger("virtmesh.rpc")
 _HEALTH = "/grpc.health.v1.Health/"
+_REFLECTION = "/grpc.reflection."
 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
 AioBehavior = Callable[[Any, grpc.aio.ServicerContext], Any]
@@ -93,9 +98,10 @@ class _Observed:
     """One call as the observing interceptors record it, from its start to its status."""
 
     def __init__(self, method: str, handler: grpc.RpcMethodHandler, metadata: Any,
-                 known: bool) -> None:
+                 known: bool, trust_identity: bool = False) -> None:
         self.method = method
         self.metrics = metrics.RpcMetrics(method, handler, known)
+        self.identity = identity_from(metadata) if trust_identity else ""
         logs.request_id.set(logs.request_id_from(metadata))
 
     def end(self, code: Any, cancelled: bool, error: BaseException | None,
@@ -107,17 +113,20 @@ class _Observed:
         if isinstance(details, bytes):
             details = details.decode(errors="replace")
         suffix = f": {details}" if details and code != grpc.StatusCode.OK else ""
+        by = f" by {self.identity}" if self.identity else ""
         # health probes come every few seconds from supervisors and orchestrators
         level = logging.DEBUG if self.method.startswith(_HEALTH) else logging.INFO
-        rpc_log.log(level, "%s %s %.1f ms%s", self.method, code.name, milliseconds, suffix,
-                    extra={"method": self.method, "code": code.name,
-                           "duration_ms": round(milliseconds, 3)})
+        rpc_log.log(level, "%s %s %.1f ms%s%s", self.method, code.name, milliseconds, by,
+                    suffix, extra={"method": self.method, "code": code.name,
+                                   "duration_ms": round(milliseconds, 3),
+                                   "identity": self.identity})
         logs.request_id.set("")
 
 
-def _observe(method: str, handler: grpc.RpcMethodHandler, behavior: Behavior) -> Behavior:
+def _observe(method: str, handler: grpc.RpcMethodHandler, behavior: Behavior,
+             trust_identity: bool) -> Behavior:
     def begin(request: Any, context: grpc.ServicerContext) -> tuple[_Observed, Any]:
-        call = _Observed(method, handler, context.invocation_metadata(), True)
+        call = _Observed(method, handler, context.invocation_metadata(), True, trust_identity)
         if not handler.request_streaming:
             call.metrics.received()
             return call, request
@@ -224,10 +233,16 @@ def _with_behavior(handler: grpc.RpcMethodHandler,
 
 
 class ObserveInterceptor(_WrappingInterceptor):
-    """Metrics, request id and one log line for every call of a sync server."""
+    """Metrics, request id and one log line for every call of a sync server.
+
+    ``trust_identity``: the callers are trusted to name the identity they act for (a
+    service's main socket, which only the gateway and local administrators reach)."""
+
+    def __init__(self, trust_identity: bool = False) -> None:
+        self.trust_identity = trust_identity
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler, behavior: Any) -> Any:
-        return _observe(method, handler, behavior)
+        return _observe(method, handler, behavior, self.trust_identity)
 
 
 class AioObserveInterceptor(grpc.aio.ServerInterceptor):
@@ -246,6 +261,74 @@ class AioObserveInterceptor(grpc.aio.ServerInterceptor):
         known = self.methods is None or method in self.methods
         return _with_behavior(handler,
                               lambda behavior: _observe_aio(method, handler, behavior, known))
+
+
+def identity_from(metadata: Any) -> str:
+    """The identity the gateway set on the call (printable ASCII, as all gRPC metadata)."""
+    for key, value in metadata or ():
+        if key == IDENTITY_KEY and isinstance(value, str):
+            return value[:256]
+    return ""
+
+
+class ReadOnlyInterceptor(_WrappingInterceptor):
+    """The read-only socket's guard, like libvirt's -sock-ro: a call of ``service`` runs
+    only when every permission it needs with this request is read-only (getattr, read,
+    search_*); an RPC that declares no permissions is refused too (fail closed). Health
+    and reflection are read-only by nature. Identity metadata is refused: any local user
+    reaches this socket, so nobody may claim to act for a gateway caller here.
+
+    Place it inside the ErrorInterceptor, which turns its refusals into PERMISSION_DENIED.
+    """
+
+    def __init__(self, service: ServiceDescriptor) -> None:
+        self.methods: dict[str, MethodDescriptor] = {
+            f"/{service.full_name}/{method.name}": method for method in service.methods}
+
+    @staticmethod
+    def _refuse_identity(context: grpc.ServicerContext) -> None:
+        if any(key in (IDENTITY_KEY, GROUPS_KEY) for key, _ in context.invocation_metadata()):
+            raise ServiceError(grpc.StatusCode.PERMISSION_DENIED,
+                               f"{IDENTITY_KEY} and {GROUPS_KEY} are accepted only on the "
+                               "service's main socket, not on its read-only socket",
+                               "IDENTITY_NOT_ACCEPTED")
+
+    def _check(self, method: str, request: Any) -> None:
+        descriptor = self.methods.get(method)
+        if descriptor is None:
+            if method.startswith((_HEALTH, _REFLECTION)):
+                return
+            raise ServiceError(grpc.StatusCode.PERMISSION_DENIED,
+                               f"{method} is not allowed on the read-only socket",
+                               "READ_ONLY_SOCKET")
+        if not acl.declared(descriptor):
+            why = "it declares no permissions"
+        elif not acl.is_read_only(descriptor, request):
+            why = "it needs " + ", ".join(
+                str(p) for p in acl.required(descriptor, request) if not p.read_only)
+        else:
+            return
+        raise ServiceError(grpc.StatusCode.PERMISSION_DENIED,
+                           f"{descriptor.name} is not allowed on the read-only socket: {why}",
+                           "READ_ONLY_SOCKET")
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler, behavior: Any) -> Any:
+        check, refuse_identity = self._check, self._refuse_identity
+        # A stream of requests is judged before its first message, by the most it can need.
+        if handler.response_streaming:
+            def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                refuse_identity(context)
+                check(method, None if handler.request_streaming else request)
+                yield from behavior(request, context)
+
+            return stream
+
+        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            refuse_identity(context)
+            check(method, None if handler.request_streaming else request)
+            return behavior(request, context)
+
+        return unary
 
 
 class ActivityInterceptor(_WrappingInterceptor):

@@ -22,7 +22,7 @@ request_id: ContextVar[str] = ContextVar("request_id", default="")
 
 _ID_CHARS = frozenset(string.ascii_letters + string.digits + "-_.:")
 #: structured fields a record may carry (``extra=``), copied into JSON logs
-_FIELDS = ("request_id", "method", "code", "duration_ms")
+_FIELDS = ("request_id", "method", "code", "duration_ms", "identity")
 
 
 def request_id_from(metadata: Iterable[tuple[str, Any]] | None) -> str:

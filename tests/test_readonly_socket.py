@@ -1,0 +1,291 @@
+"""A service's read-only socket (libvirt's -sock-ro) and identity metadata on both sockets.
+
+The compute service runs in-process on libvirt's test driver. Every RPC of
+ComputeService is in exactly one of the two tables below, so a new RPC fails the
+completeness test until someone decides which socket may serve it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import grpc
+import pytest
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+
+from gateway.identity import GROUPS_KEY, IDENTITY_KEY
+from services.common import acl
+from services.common.daemon import SERVICE_KEY, STARTED_KEY, VERSION_KEY, Daemon
+from services.common.version import VERSION
+from services.compute import SPEC as COMPUTE
+from tests.conftest import domain_xml, running_service
+from virtmesh.compute.v1 import compute_service_pb2 as pb
+from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.timeout(60)
+
+METHODS = COMPUTE.descriptor.methods_by_name
+LIVE_AND_CONFIG = pb.Scope(live=True, config=True)
+
+#: calls a read-only caller must not make; each one is valid on the main socket
+WRITES: list[tuple[str, Message]] = [
+    ("DefineDomain", pb.DefineDomainRequest(xml=domain_xml("newcomer"))),
+    ("UndefineDomain", pb.UndefineDomainRequest(name="alpha")),
+    ("CreateDomain", pb.CreateDomainRequest(xml=domain_xml("newcomer"))),
+    ("StartDomain", pb.StartDomainRequest(name="alpha")),
+    ("ShutdownDomain", pb.ShutdownDomainRequest(name="alpha")),
+    ("RebootDomain", pb.RebootDomainRequest(name="alpha")),
+    ("ResetDomain", pb.ResetDomainRequest(name="alpha")),
+    ("DestroyDomain", pb.DestroyDomainRequest(name="alpha")),
+    ("SuspendDomain", pb.SuspendDomainRequest(name="alpha")),
+    ("ResumeDomain", pb.ResumeDomainRequest(name="alpha")),
+    ("SetDomainAutostart", pb.SetDomainAutostartRequest(name="alpha", autostart=True)),
+    ("SetDomainVcpus", pb.SetDomainVcpusRequest(name="alpha", count=1, scope=LIVE_AND_CONFIG)),
+    ("SetDomainMemory", pb.SetDomainMemoryRequest(name="alpha", memory_kib=32768,
+                                                  scope=LIVE_AND_CONFIG)),
+    ("AttachDevice", pb.AttachDeviceRequest(
+        name="alpha", xml="<disk type='file' device='disk'><source file='/tmp/x.img'/>"
+                          "<target dev='vdb'/></disk>", scope=pb.Scope(config=True))),
+    ("DetachDevice", pb.DetachDeviceRequest(
+        name="alpha", xml="<disk type='file' device='disk'><source file='/tmp/x.img'/>"
+                          "<target dev='vdb'/></disk>", scope=pb.Scope(config=True))),
+    ("CreateSnapshot", pb.CreateSnapshotRequest(
+        name="alpha", xml="<domainsnapshot><name>two</name></domainsnapshot>")),
+    ("RevertToSnapshot", pb.RevertToSnapshotRequest(name="alpha", snapshot="one")),
+    ("DeleteSnapshot", pb.DeleteSnapshotRequest(name="alpha", snapshot="one")),
+    ("GetDomainCapabilities", pb.GetDomainCapabilitiesRequest()),
+    # read-only RPCs whose request asks for more: libvirt's read_secure
+    ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", secure=True)),
+    ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", migratable=True)),
+]
+
+#: calls a read-only caller may make
+READS: list[tuple[str, Message]] = [
+    ("ListDomains", pb.ListDomainsRequest()),
+    ("GetDomain", pb.GetDomainRequest(name="alpha")),
+    ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", inactive=True)),
+    ("ListSnapshots", pb.ListSnapshotsRequest(name="alpha")),
+    ("GetSnapshot", pb.GetSnapshotRequest(name="alpha", snapshot="one")),
+    ("GetDomainStats", pb.GetDomainStatsRequest()),
+    ("GetCapabilities", pb.GetCapabilitiesRequest()),
+    ("GetNodeInfo", pb.GetNodeInfoRequest()),
+    ("GetVersion", pb.GetVersionRequest()),
+    ("WatchDomainEvents", pb.WatchDomainEventsRequest()),
+]
+
+
+def case_id(case: tuple[str, Message]) -> str:
+    name, request = case
+    flags = [field.name for field, value in request.ListFields() if value is True]
+    return "-".join([name, *flags])
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, node_uri: str) -> Iterator[Daemon]:
+    with running_service(tmp_path, node_uri, grace_period=0.5) as running:
+        with main_stub(running) as stub:
+            stub.CreateSnapshot(pb.CreateSnapshotRequest(
+                name="alpha", xml="<domainsnapshot><name>one</name></domainsnapshot>"),
+                timeout=10)
+        yield running
+
+
+@contextlib.contextmanager
+def stub_on(path: Path | None) -> Iterator[pb_grpc.ComputeServiceStub]:
+    assert path is not None
+    with grpc.insecure_channel(f"unix:{path}") as channel:
+        yield pb_grpc.ComputeServiceStub(channel)
+
+
+def main_stub(daemon: Daemon) -> contextlib.AbstractContextManager[pb_grpc.ComputeServiceStub]:
+    return stub_on(daemon.socket_path)
+
+
+def ro_stub(daemon: Daemon) -> contextlib.AbstractContextManager[pb_grpc.ComputeServiceStub]:
+    return stub_on(daemon.read_only_socket_path)
+
+
+def call(stub: pb_grpc.ComputeServiceStub, name: str, request: Message,
+         metadata: tuple[tuple[str, str], ...] = ()) -> Any:
+    """Make the call; a stream is made until its headers (subscribed), then cancelled."""
+    method = getattr(stub, name)
+    if METHODS[name].server_streaming:
+        stream = method(request, timeout=10, metadata=metadata)
+        stream.initial_metadata()
+        if not stream.is_active() and stream.code() != grpc.StatusCode.OK:
+            raise cast(grpc.RpcError, stream)
+        stream.cancel()
+        return None
+    return method(request, timeout=10, metadata=metadata)
+
+
+def failure(fn: Callable[[], Any]) -> Any:
+    with pytest.raises(grpc.RpcError) as caught:
+        fn()
+    return caught.value
+
+
+def reason_of(error: Any) -> str:
+    status = rpc_status.from_call(error)
+    assert status is not None, error
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    return info.reason
+
+
+def state(daemon: Daemon) -> list[Any]:
+    """Everything the writes could change, read on the main socket."""
+    with main_stub(daemon) as stub:
+        domains = stub.ListDomains(pb.ListDomainsRequest(), timeout=10).domains
+        seen: list[Any] = []
+        for domain in domains:
+            domain.ClearField("cpu_time_ns")
+            xml = stub.GetDomainXML(pb.GetDomainXMLRequest(name=domain.name, secure=True),
+                                    timeout=10).xml
+            snapshots = stub.ListSnapshots(pb.ListSnapshotsRequest(name=domain.name),
+                                           timeout=10).snapshots
+            seen.append((domain, xml, [(s.name, s.current) for s in snapshots]))
+        return seen
+
+
+# -- which RPC goes where ----------------------------------------------------------
+
+
+def test_tables_cover_every_rpc_and_agree_with_the_declared_permissions() -> None:
+    assert {name for name, _ in WRITES} | {name for name, _ in READS} == set(METHODS)
+    for name, request in WRITES:
+        assert not acl.is_read_only(METHODS[name], request), name
+    for name, request in READS:
+        assert acl.is_read_only(METHODS[name], request), name
+
+
+@pytest.mark.parametrize("case", WRITES, ids=case_id)
+def test_writes_are_refused_on_the_read_only_socket(daemon: Daemon,
+                                                    case: tuple[str, Message],
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    name, request = case
+    caplog.set_level(logging.INFO, logger="virtmesh.rpc")
+    before = state(daemon)
+    with ro_stub(daemon) as stub:
+        error = failure(lambda: call(stub, name, request))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED, error
+    assert reason_of(error) == "READ_ONLY_SOCKET"
+    missing = [str(p) for p in acl.required(METHODS[name], request) if not p.read_only]
+    assert error.details() == (f"{name} is not allowed on the read-only socket: "
+                               f"it needs {', '.join(missing)}")
+    assert state(daemon) == before
+    assert any(getattr(r, "method", "").endswith(f"/{name}")
+               and getattr(r, "code", "") == "PERMISSION_DENIED"
+               for r in caplog.records)  # refusals are logged like every call
+    # The control: the same call is not refused on the main socket.
+    with main_stub(daemon) as stub:
+        try:
+            call(stub, name, request)
+        except grpc.RpcError as error:
+            assert error.code() != grpc.StatusCode.PERMISSION_DENIED, error
+
+
+@pytest.mark.parametrize("case", READS, ids=case_id)
+def test_reads_are_served_on_the_read_only_socket(daemon: Daemon,
+                                                  case: tuple[str, Message]) -> None:
+    name, request = case
+    with ro_stub(daemon) as ro, main_stub(daemon) as main:
+        reply = call(ro, name, request)
+        if name not in ("WatchDomainEvents", "GetDomainStats", "ListDomains", "GetDomain"):
+            assert reply == call(main, name, request)  # the same servicer (no clocks)
+    if name == "ListDomains":
+        assert [d.name for d in reply.domains] == ["alpha"]
+
+
+def test_read_only_socket_shares_the_watcher_stream_with_the_main_one(daemon: Daemon) -> None:
+    with ro_stub(daemon) as ro, main_stub(daemon) as main:
+        stream = ro.WatchDomainEvents(pb.WatchDomainEventsRequest(), timeout=20)
+        stream.initial_metadata()  # subscribed
+        main.SuspendDomain(pb.SuspendDomainRequest(name="alpha"), timeout=10)
+        event = next(stream)
+        stream.cancel()
+    assert event.name == "alpha" and event.lifecycle.type == pb.LIFECYCLE_EVENT_TYPE_SUSPENDED
+
+
+def test_health_and_reflection_on_the_read_only_socket(daemon: Daemon) -> None:
+    assert daemon.read_only_socket_path is not None
+    with grpc.insecure_channel(f"unix:{daemon.read_only_socket_path}") as channel:
+        reply, call_ = health_pb2_grpc.HealthStub(channel).Check.with_call(
+            health_pb2.HealthCheckRequest(service=COMPUTE.descriptor.full_name), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        headers = dict(call_.initial_metadata())
+        assert headers[SERVICE_KEY] == "compute" and headers[VERSION_KEY] == VERSION
+        started = datetime.datetime.fromisoformat(headers[STARTED_KEY])
+        assert started <= datetime.datetime.now(datetime.UTC)
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        answers = list(reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
+    names = {s.name for s in answers[0].list_services_response.service}
+    assert COMPUTE.descriptor.full_name in names
+
+
+# -- sockets --------------------------------------------------------------------------
+
+
+def test_socket_files_modes_and_removal(tmp_path: Path, node_uri: str) -> None:
+    with running_service(tmp_path, node_uri, grace_period=0.5) as daemon:
+        main, ro = daemon.socket_path, daemon.read_only_socket_path
+        assert ro == tmp_path / "run" / "compute-ro.sock"
+        assert stat.S_ISSOCK(ro.stat().st_mode)
+        assert stat.S_IMODE(ro.stat().st_mode) == 0o666
+        assert stat.S_IMODE(main.stat().st_mode) == 0o660
+    assert not main.exists() and not ro.exists()
+
+
+def test_read_only_socket_mode_path_and_off(tmp_path: Path, node_uri: str) -> None:
+    custom = tmp_path / "elsewhere" / "ro.sock"
+    with running_service(tmp_path, node_uri, grace_period=0.5, socket_ro=str(custom),
+                         socket_ro_mode=0o640) as daemon:
+        assert daemon.read_only_socket_path == custom
+        assert stat.S_IMODE(custom.stat().st_mode) == 0o640
+    with running_service(tmp_path, node_uri, grace_period=0.5, socket_ro="none") as daemon:
+        assert daemon.read_only_socket_path is None
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["compute.sock"]
+
+
+# -- identity metadata ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metadata", [((IDENTITY_KEY, "alice"),), ((GROUPS_KEY, "admin"),),
+                                      ((IDENTITY_KEY, "alice"), (GROUPS_KEY, "admin"))])
+def test_identity_metadata_is_refused_on_the_read_only_socket(
+        daemon: Daemon, metadata: tuple[tuple[str, str], ...]) -> None:
+    with ro_stub(daemon) as stub:
+        error = failure(lambda: stub.GetVersion(pb.GetVersionRequest(), timeout=10,
+                                                metadata=metadata))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED, error
+    assert reason_of(error) == "IDENTITY_NOT_ACCEPTED"
+    assert IDENTITY_KEY in error.details() and "main socket" in error.details()
+
+
+def test_identity_is_logged_on_the_main_socket_only(daemon: Daemon,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="virtmesh.rpc")
+    with main_stub(daemon) as stub:
+        stub.GetDomain(pb.GetDomainRequest(name="alpha"), timeout=10,
+                       metadata=((IDENTITY_KEY, "CN=alice,O=example"), (GROUPS_KEY, "team")))
+        stub.GetVersion(pb.GetVersionRequest(), timeout=10)
+    with ro_stub(daemon) as stub:
+        stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=10)
+    lines = {str(getattr(record, "method", "")).rsplit("/", 1)[-1]: record
+             for record in caplog.records}
+    identities = {name: getattr(record, "identity", None) for name, record in lines.items()}
+    assert identities["GetDomain"] == "CN=alice,O=example"
+    assert lines["GetDomain"].getMessage().endswith(" by CN=alice,O=example")
+    assert identities["GetVersion"] == "" and " by " not in lines["GetVersion"].getMessage()
+    assert identities["GetNodeInfo"] == ""
