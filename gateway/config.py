@@ -25,9 +25,35 @@ class GatewayConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
-    #: client certificates: require (mTLS) or optional
+    #: client certificates: require (mTLS) or optional (gRPC Python then does not ask
+    #: for one at all, so callers authenticate with bearer tokens)
     client_auth: str = "require"
+    #: who may call (tls_allowed_dn_list, DN groups, token digests); empty means
+    #: <state_dir>/gateway/identities.toml; reloaded on change and on SIGHUP
+    identities_file: str = ""
+    #: roles and grants (TOML, gateway/policy.py); empty means <state_dir>/gateway/policy.toml
+    #: when it exists, else only the built-in roles admin, operator and readonly
+    policy_file: str = ""
+    #: JSON lines of every call that may change something; empty means
+    #: <state_dir>/log/audit.jsonl
+    audit_log: str = ""
+    #: seconds between checks of the identities file and TLS files for changes
+    reload_interval: float = 2.0
+    #: limits (libvirt's names where libvirt has the setting)
+    max_clients: int = 5000
+    handshake_timeout: float = 10.0
+    max_client_requests: int = 64
+    max_streams_per_connection: int = 100
     max_message_bytes: int = 16 * 1024 * 1024
+    max_metadata_bytes: int = 16 * 1024
+    keepalive_time: float = 60.0
+    keepalive_timeout: float = 20.0
+    keepalive_min_ping_interval: float = 30.0
+    keepalive_max_ping_strikes: int = 2
+    keepalive_permit_without_calls: bool = False
+    max_connection_idle: float = 3600.0
+    max_connection_age: float = 86400.0
+    max_connection_age_grace: float = 600.0
     log_level: str = "INFO"
     log_format: str = "text"
     grace_period: float = 5.0
@@ -38,6 +64,9 @@ class GatewayConfig:
     activation: str = ""
     #: seconds an activation may take until the service reports SERVING
     activation_timeout: float = 60.0
+    #: seconds each service has to answer its part of a GatewayService call (host
+    #: summary, search, list of services); a slower one is reported as failed
+    fanout_timeout: float = 5.0
 
     def path(self, value: str, default: str) -> Path:
         return Path(value) if value else self.state_dir / default
@@ -58,18 +87,73 @@ class GatewayConfig:
     def ca_file(self) -> Path:
         return self.path(self.tls_ca, "pki/ca.crt")
 
+    @property
+    def identities_path(self) -> Path:
+        return self.path(self.identities_file, "gateway/identities.toml")
+
+    @property
+    def policy_path(self) -> Path | None:
+        """The policy file; None: the built-in roles only (no file set, none by default)."""
+        path = self.path(self.policy_file, "gateway/policy.toml")
+        return path if self.policy_file or path.exists() else None
+
+    @property
+    def audit_path(self) -> Path:
+        return self.path(self.audit_log, "log/audit.jsonl")
+
 
 _HELP = {
     "listen": "host:port to listen on with TLS",
     "socket_dir": "directory of the driver services' sockets (default <state_dir>/run)",
-    "client_auth": "require or optional client certificates",
+    "client_auth": "require or optional client certificates (optional: not asked for; "
+                   "callers use bearer tokens)",
+    "identities_file": "allowed certificate DNs, their groups and token digests (TOML; "
+                       "default <state_dir>/gateway/identities.toml)",
+    "policy_file": "roles and grants (TOML; default <state_dir>/gateway/policy.toml if it "
+                   "exists, else the built-in roles admin, operator, readonly only)",
+    "audit_log": "audit log of calls that may change something (JSON lines; default "
+                 "<state_dir>/log/audit.jsonl)",
+    "reload_interval": "seconds between checks of the identities and TLS files for changes",
+    "max_clients": "most client connections at once; more are closed as they arrive",
+    "handshake_timeout": "seconds a new connection has to complete its TLS handshake",
+    "max_client_requests": "most calls in flight per identity; more get RESOURCE_EXHAUSTED",
+    "max_streams_per_connection": "most calls at once on one connection (HTTP/2 streams)",
+    "max_message_bytes": "largest request or response message; larger: RESOURCE_EXHAUSTED",
+    "max_metadata_bytes": "largest request metadata (headers) of a call",
+    "keepalive_time": "seconds between the gateway's keepalive pings to a client",
+    "keepalive_timeout": "seconds a client has to answer a keepalive ping",
+    "keepalive_min_ping_interval": "shortest interval (s) between client pings allowed",
+    "keepalive_max_ping_strikes": "pings too early tolerated before closing the connection",
+    "keepalive_permit_without_calls": "allow client pings on connections without calls",
+    "max_connection_idle": "seconds a connection without calls stays open",
+    "max_connection_age": "seconds before a connection is asked to reconnect",
+    "max_connection_age_grace": "seconds calls in flight get after max_connection_age",
     "tls_cert": "server certificate (default <state_dir>/pki/server.crt)",
     "tls_key": "server key (default <state_dir>/pki/server.key)",
     "tls_ca": "CA that signs client certificates (default <state_dir>/pki/ca.crt)",
     "activation": "command that starts a driver service that is not running, {service} "
                   "replaced by its name (empty: off)",
     "activation_timeout": "seconds an activated service has to report SERVING",
+    "fanout_timeout": "seconds each service has to answer its part of a host summary, "
+                      "search or list of services",
 }
+
+
+_POSITIVE = ("reload_interval", "max_clients", "handshake_timeout", "max_client_requests",
+             "max_streams_per_connection", "max_message_bytes", "max_metadata_bytes",
+             "keepalive_time", "keepalive_timeout", "keepalive_min_ping_interval",
+             "max_connection_idle", "max_connection_age", "max_connection_age_grace")
+
+
+def _check_limits(config: GatewayConfig) -> None:
+    """Every limit is a bound: none may be zero, negative or switched off."""
+    for name in _POSITIVE:
+        if not getattr(config, name) > 0:
+            raise common.ConfigError(f"{name}: must be positive")
+    if config.keepalive_max_ping_strikes < 0:
+        raise common.ConfigError("keepalive_max_ping_strikes: must be 0 or more")
+    if config.max_message_bytes >= 2**31 or config.max_metadata_bytes >= 2**31:
+        raise common.ConfigError("max_message_bytes, max_metadata_bytes: must be below 2 GiB")
 
 
 def load(argv: Sequence[str] | None = None,
@@ -82,8 +166,11 @@ def load(argv: Sequence[str] | None = None,
     config = GatewayConfig(**values)
     if config.client_auth not in CLIENT_AUTH:
         raise common.ConfigError(f"client_auth: must be one of {', '.join(CLIENT_AUTH)}")
+    _check_limits(config)
     if not 0 < config.activation_timeout <= 600:
         raise common.ConfigError("activation_timeout: must be more than 0 and at most 600")
+    if not 0 < config.fanout_timeout <= 600:
+        raise common.ConfigError("fanout_timeout: must be more than 0 and at most 600")
     try:
         shlex.split(config.activation)
     except ValueError as error:

@@ -12,7 +12,7 @@ GROUPS_KEY = "x-virtmesh-groups"
 
 @dataclasses.dataclass(frozen=True)
 class Identity:
-    #: e.g. "admin", or a certificate's subject DN "CN=alice,O=example"
+    #: e.g. "admin", or a certificate's subject DN in libvirt's order "O=example,CN=alice"
     name: str
     #: roles and groups the policy refers to (e.g. "admin", "readonly", "team-a")
     groups: frozenset[str] = frozenset()

@@ -1,8 +1,19 @@
-"""Forward gRPC calls to the driver services as raw bytes.
+"""Forward gRPC calls to the driver services, once the caller may make them.
 
-The gateway never decodes a request or a response: it relays bytes, metadata,
-deadline and cancellation, and hands the backend's status, message and details
-(``grpc-status-details-bin``) back unchanged. Only a backend that cannot be
+Every call passes, in this order: authentication (gateway/authn.py: no identity,
+UNAUTHENTICATED), the caller's limit of calls in flight (gateway/limits.py:
+RESOURCE_EXHAUSTED), and authorisation of the decoded request (gateway/authz.py:
+PERMISSION_DENIED naming the permission missing); a call that fails any of them
+never reaches a backend. Every call that is not read-only is written to the
+audit log (gateway/audit.py) when it ends, allowed or not.
+
+The backend gets the request's bytes as the client sent them, with the caller's
+identity in metadata (gateway/identity.py; whatever the client sent under those
+keys is dropped, so no one can speak for someone else). Responses are relayed as
+bytes, except the List responses and Watch events that the caller may only see
+in part: those are decoded, filtered and encoded again. The gateway relays
+metadata, deadline and cancellation, and hands the backend's status, message and
+details (``grpc-status-details-bin``) back unchanged. Only a backend that cannot be
 reached gets a status of the gateway's own: UNAVAILABLE naming the service,
 unless activation is configured: then the gateway starts the service and makes
 the call again (gateway/activation.py). Only a call with a single request message
@@ -14,18 +25,30 @@ headers (initial metadata), so that the backend's trailers stay unchanged.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from gateway.activation import ActivationError, Activator
+from gateway.audit import AuditLog
+from gateway.authn import Authenticator
+from gateway.authz import Authorizer, Decision, Denied, addressed_objects
+from gateway.identity import GROUPS_KEY, IDENTITY_KEY, AuthenticationError, Identity
+from gateway.limits import Limiter, LimitExceeded
 from gateway.routes import Route
 from services.common import logs, metrics
+from services.common.acl import is_read_only
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +56,19 @@ STATUS_DETAILS_KEY = "grpc-status-details-bin"
 #: Metadata the gateway does not relay: set by gRPC itself on each hop.
 _HOP_KEYS = frozenset({"user-agent", "grpc-accept-encoding", "grpc-encoding", "grpc-timeout",
                        "te", "content-type", "authorization"})
+#: Metadata only the gateway sets: dropped from what the client sent.
+_IDENTITY_KEYS = frozenset({IDENTITY_KEY, GROUPS_KEY, f"{IDENTITY_KEY}-bin",
+                            f"{GROUPS_KEY}-bin"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Access:
+    """What every call passes before it is forwarded, and where it is recorded."""
+
+    authenticator: Authenticator
+    limiter: Limiter
+    authorizer: Authorizer
+    audit: AuditLog
 
 
 class Backends:
@@ -75,9 +111,21 @@ def stamped(metadata: Any) -> Metadata:
     return (*kept, (logs.REQUEST_ID_KEY, request_id)) if request_id else kept
 
 
-def forwarded_metadata(context: grpc.aio.ServicerContext) -> Metadata:
-    return stamped((key, value) for key, value in context.invocation_metadata() or ()
-                   if key not in _HOP_KEYS and not key.startswith(":"))
+def _ascii(text: str) -> str:
+    """Metadata values are printable ASCII: anything else is backslash-escaped."""
+    return text.encode("unicode_escape").decode("ascii")
+
+
+def identity_metadata(identity: Identity) -> Metadata:
+    return ((IDENTITY_KEY, _ascii(identity.name)),
+            (GROUPS_KEY, _ascii(",".join(sorted(identity.groups)))))
+
+
+def forwarded_metadata(context: grpc.aio.ServicerContext, identity: Identity) -> Metadata:
+    kept = tuple((key, value) for key, value in context.invocation_metadata() or ()
+                 if key not in _HOP_KEYS and key not in _IDENTITY_KEYS
+                 and not key.startswith(":"))
+    return stamped((*kept, *identity_metadata(identity)))
 
 
 def unreachable(code: grpc.StatusCode, trailers: Any) -> bool:
@@ -112,21 +160,112 @@ async def relay_error(context: grpc.aio.ServicerContext, route: Route, backends:
     raise AssertionError("abort returned")  # for type checkers: abort always raises
 
 
-def _call_options(context: grpc.aio.ServicerContext) -> dict[str, Any]:
-    return {"timeout": context.time_remaining(), "metadata": forwarded_metadata(context)}
+def _call_options(context: grpc.aio.ServicerContext, identity: Identity) -> dict[str, Any]:
+    return {"timeout": context.time_remaining(),
+            "metadata": forwarded_metadata(context, identity)}
 
 
 def _identity(data: bytes) -> bytes:
     return data
 
 
-class ProxyHandler(grpc.GenericRpcHandler):
-    """Serves every route by forwarding to the route's backend."""
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str,
+                 reason: str, **metadata: str) -> NoReturn:
+    """End the call with the gateway's own status and a google.rpc.ErrorInfo."""
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="virtmesh.dev",
+                                          metadata=metadata))
+    status = status_pb2.Status(code=code.value[0], message=message, details=[info])
+    await context.abort(code, message, ((STATUS_DETAILS_KEY, status.SerializeToString()),))
+    raise AssertionError("abort returned")  # for type checkers: abort always raises
 
-    def __init__(self, routes: dict[str, Route], backends: Backends,
+
+async def _peek(requests: AsyncIterator[bytes]) -> tuple[bytes | None, AsyncIterator[bytes]]:
+    """The first message of a request stream, and the whole stream again."""
+    first = await anext(aiter(requests), None)
+
+    async def again() -> AsyncIterator[bytes]:
+        if first is None:
+            return
+        yield first
+        async for message in requests:
+            yield message
+
+    return first, again()
+
+
+class CallGuard:
+    """One call on its way through the gateway: who makes it, whether it may, and
+    its audit record once it has ended."""
+
+    def __init__(self, access: Access, method: MethodDescriptor, path: str,
+                 context: grpc.aio.ServicerContext) -> None:
+        self.access = access
+        self.method = method
+        self.path = path
+        self.context = context
+        self.identity: Identity | None = None
+        self.request: Message | None = None
+        self.denied = ""
+        self.started = time.perf_counter()
+
+    async def authenticate(self) -> Identity:
+        try:
+            self.identity = self.access.authenticator.authenticate(self.context)
+        except AuthenticationError as error:
+            await _abort(self.context, grpc.StatusCode.UNAUTHENTICATED, str(error.args[0]),
+                         "UNAUTHENTICATED")
+        return self.identity
+
+    @contextlib.asynccontextmanager
+    async def limited(self, identity: Identity) -> AsyncIterator[None]:
+        try:
+            async with self.access.limiter.call(identity):
+                yield
+                return
+        except LimitExceeded as error:
+            await _abort(self.context, error.code, str(error), "TOO_MANY_CALLS")
+
+    async def authorize(self, identity: Identity, request: bytes | None) -> Decision:
+        message_class = message_factory.GetMessageClass(self.method.input_type)
+        try:
+            self.request = message_class.FromString(request or b"")
+        except DecodeError as error:
+            await _abort(self.context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"malformed {self.method.input_type.full_name}: {error}",
+                         "MALFORMED_REQUEST")
+        try:
+            return self.access.authorizer.authorize(identity, self.method, self.request)
+        except Denied as error:
+            self.denied = error.permission
+            await _abort(self.context, grpc.StatusCode.PERMISSION_DENIED, str(error),
+                         "PERMISSION_MISSING", permission=error.permission,
+                         object=error.name or "")
+
+    def end(self, error: BaseException | None) -> None:
+        """Write the audit record of a call that may change something."""
+        if is_read_only(self.method, self.request):
+            return
+        code = self.context.code()
+        if code is None:
+            code = (grpc.StatusCode.CANCELLED if self.context.cancelled()
+                    or isinstance(error, (GeneratorExit, asyncio.CancelledError))
+                    else grpc.StatusCode.UNKNOWN if error is not None else grpc.StatusCode.OK)
+        objects = addressed_objects(self.method, self.request) if self.request else ()
+        self.access.audit.record(method=self.path, identity=self.identity,
+                                 peer=self.context.peer(), objects=objects, code=code,
+                                 duration=time.perf_counter() - self.started,
+                                 denied_permission=self.denied)
+
+
+class ProxyHandler(grpc.GenericRpcHandler):
+    """Serves every route by forwarding to the route's backend, once the caller may."""
+
+    def __init__(self, routes: dict[str, Route], backends: Backends, access: Access,
                  activator: Activator | None = None) -> None:
         self.routes = routes
         self.backends = backends
+        self.access = access
         self.activator = activator
 
     def service(self, handler_call_details: grpc.HandlerCallDetails
@@ -140,9 +279,71 @@ class ProxyHandler(grpc.GenericRpcHandler):
             (True, False): grpc.stream_unary_rpc_method_handler,
             (True, True): grpc.stream_stream_rpc_method_handler,
         }
-        behavior = self._forwarder(route)
+        behavior = self._guarded(route, self._forwarder(route))
         return kinds[(route.client_streaming, route.server_streaming)](
             behavior, request_deserializer=None, response_serializer=None)
+
+    def _guarded(self, route: Route, forward: Callable[..., Any]) -> Callable[..., Any]:
+        """``forward`` behind authentication, limits and authorisation, with audit, and
+        with its responses filtered to what the caller may see."""
+        access = self.access
+        method = descriptor_pool.Default().FindMethodByName(f"{route.service}.{route.method}")
+        response_class = message_factory.GetMessageClass(method.output_type)
+
+        def filtered(decision: Decision, response: bytes) -> bytes | None:
+            if not decision.listed:
+                return response
+            message = response_class.FromString(response)
+            if not access.authorizer.filter_message(decision, message, route.server_streaming):
+                return None
+            return message.SerializeToString()
+
+        async def admit(guard: CallGuard, identity: Identity, request: Any
+                        ) -> tuple[Decision, Any]:
+            if not route.client_streaming:
+                return await guard.authorize(identity, request), request
+            # A request stream is authorised by its first message, which names the object.
+            first, request = await _peek(request)
+            return await guard.authorize(identity, first), request
+
+        if not route.server_streaming:
+            async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> bytes:
+                guard = CallGuard(access, method, route.path, context)
+                error: BaseException | None = None
+                try:
+                    identity = await guard.authenticate()
+                    async with guard.limited(identity):
+                        decision, request = await admit(guard, identity, request)
+                        response = await forward(request, context, identity)
+                        # A unary List response is never dropped whole, only its items.
+                        return filtered(decision, response) or b""
+                except BaseException as raised:
+                    error = raised
+                    raise
+                finally:
+                    guard.end(error)
+
+            return unary_response
+
+        async def stream_response(request: Any, context: grpc.aio.ServicerContext
+                                  ) -> AsyncIterator[bytes]:
+            guard = CallGuard(access, method, route.path, context)
+            error: BaseException | None = None
+            try:
+                identity = await guard.authenticate()
+                async with guard.limited(identity):
+                    decision, request = await admit(guard, identity, request)
+                    async for response in forward(request, context, identity):
+                        kept = filtered(decision, response)
+                        if kept is not None:
+                            yield kept
+            except BaseException as raised:
+                error = raised
+                raise
+            finally:
+                guard.end(error)
+
+        return stream_response
 
     async def _activate(self, context: grpc.aio.ServicerContext, route: Route) -> None:
         assert self.activator is not None
@@ -165,16 +366,17 @@ class ProxyHandler(grpc.GenericRpcHandler):
             return factory(route.path, request_serializer=_identity,
                            response_deserializer=_identity)
 
-        async def open_call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def open_call(request: Any, context: grpc.aio.ServicerContext,
+                            identity: Identity) -> Any:
             """The backend call; when it finds the backend not running, the backend is
             started (activation) and, for a single request message, the call made again."""
-            call = multicallable()(request, **_call_options(context))
+            call = multicallable()(request, **_call_options(context, identity))
             if not activation or route.client_streaming:
                 return call
             await call.initial_metadata()  # returns at the headers or at the call's end
             if call.done() and unreachable(await call.code(), await call.trailing_metadata()):
                 await self._activate(context, route)
-                call = multicallable()(request, **_call_options(context))
+                call = multicallable()(request, **_call_options(context, identity))
             return call
 
         async def fail(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError
@@ -188,8 +390,9 @@ class ProxyHandler(grpc.GenericRpcHandler):
             await relay_error(context, route, backends, error)
 
         if not route.server_streaming:
-            async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> bytes:
-                call = await open_call(request, context)
+            async def unary_response(request: Any, context: grpc.aio.ServicerContext,
+                                     identity: Identity) -> bytes:
+                call = await open_call(request, context, identity)
                 try:
                     with metrics.UpstreamCall(route.driver, context.peer()):
                         response = await call
@@ -202,9 +405,9 @@ class ProxyHandler(grpc.GenericRpcHandler):
 
             return unary_response
 
-        async def stream_response(request: Any, context: grpc.aio.ServicerContext
-                                  ) -> AsyncIterator[bytes]:
-            call = await open_call(request, context)
+        async def stream_response(request: Any, context: grpc.aio.ServicerContext,
+                                  identity: Identity) -> AsyncIterator[bytes]:
+            call = await open_call(request, context, identity)
             try:
                 with metrics.UpstreamCall(route.driver, context.peer()):
                     await context.send_initial_metadata(stamped(await call.initial_metadata()))

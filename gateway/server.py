@@ -1,36 +1,105 @@
-"""The gateway process: TLS listener, health, reflection and the forwarding proxy."""
+"""The gateway process: TLS listener, health, reflection and the forwarding proxy.
+
+There is no plaintext listener: the one port is TLS, and a gateway without its
+certificate, key and CA refuses to start. The TLS files and the identities file
+are read again when they change (checked every ``reload_interval``) and on
+SIGHUP; new connections use the new certificates, existing ones go on.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway import limits
 from gateway.activation import Activator
+from gateway.api import GatewayApi
+from gateway.audit import AuditLog
+from gateway.authn import Authenticator
+from gateway.authz import Authorizer
 from gateway.config import GatewayConfig
-from gateway.health import GatewayHealth
-from gateway.proxy import Backends, ProxyHandler
+from gateway.health import GATEWAY_SERVICE, GatewayHealth
+from gateway.proxy import Access, Backends, ProxyHandler
 from gateway.routes import method_paths, proxied_services, route_table
 from services.common import metrics
 from services.common.config import ConfigError
 from services.common.interceptors import AioObserveInterceptor
+from virtmesh.gateway.v1.gateway_service_pb2_grpc import add_GatewayServiceServicer_to_server
 
 log = logging.getLogger(__name__)
 
 
-def server_credentials(config: GatewayConfig) -> grpc.ServerCredentials:
+def _checked_tls_files(config: GatewayConfig) -> tuple[bytes, bytes, bytes]:
+    """Key, certificate chain and CA, checked to belong together; ConfigError if not.
+    A half-written or mismatched file never reaches the TLS layer."""
     try:
         key, cert = config.key_file.read_bytes(), config.cert_file.read_bytes()
         ca = config.ca_file.read_bytes()
     except OSError as error:
         raise ConfigError(f"TLS material: {error}") from None
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca,
-        require_client_auth=config.client_auth == "require")
+    try:
+        private = serialization.load_pem_private_key(key, None)
+        leaf = x509.load_pem_x509_certificate(cert)
+        x509.load_pem_x509_certificates(ca)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"TLS material: {error}") from None
+    if leaf.public_key() != private.public_key():
+        raise ConfigError(f"TLS material: {config.key_file} is not the key of "
+                          f"{config.cert_file}")
+    return key, cert, ca
+
+
+class TlsFiles:
+    """The server certificate, key and client CA, handed to gRPC again once changed."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self._stamp = self._stamps()
+        key, cert, ca = _checked_tls_files(config)
+        self.initial = grpc.ssl_server_certificate_configuration([(key, cert)], ca)
+        self._pending: grpc.ServerCertificateConfiguration | None = None
+
+    def _stamps(self) -> tuple[float | None, ...]:
+        def stamp(path: Path) -> float | None:
+            try:
+                return path.stat().st_mtime_ns
+            except OSError:
+                return None
+
+        config = self.config
+        return tuple(stamp(path) for path in (config.key_file, config.cert_file, config.ca_file))
+
+    def reload(self, force: bool = False) -> None:
+        """Read the files again if they changed; on an error keep serving the old ones."""
+        stamp = self._stamps()
+        if stamp == self._stamp and not force:
+            return
+        self._stamp = stamp
+        try:
+            key, cert, ca = _checked_tls_files(self.config)
+        except ConfigError as error:
+            log.error("keeping the TLS certificates in use: %s", error)
+            return
+        self._pending = grpc.ssl_server_certificate_configuration([(key, cert)], ca)
+        log.info("TLS certificates reloaded; new connections use them")
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """gRPC asks before every handshake: the new configuration once, else None."""
+        pending, self._pending = self._pending, None
+        return pending
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(
+            self.initial, self.fetch,  # type: ignore[arg-type]  # None: keep the current one
+            require_client_authentication=self.config.client_auth == "require")
 
 
 class Gateway:
@@ -41,40 +110,65 @@ class Gateway:
         self.health = GatewayHealth(self.backends, self.services)
         self.activator = Activator(config.activation, config.activation_timeout, self.backends,
                                    config.state_dir / "log") if config.activation else None
+        self.authenticator = Authenticator(config.identities_path)
+        self.limiter = limits.Limiter(config.max_client_requests)
+        self.authorizer = Authorizer.from_file(config.policy_path)
+        self.audit = AuditLog(config.audit_path)
+        self.access = Access(self.authenticator, self.limiter, self.authorizer, self.audit)
+        self.tls: TlsFiles | None = None
+        self._reloading: asyncio.Task[None] | None = None
         self.server: grpc.aio.Server | None = None
         self.metrics: metrics.MetricsEndpoint | None = None
         self.port = 0
 
     async def start(self) -> None:
         if self.config.metrics_listen:
-            self.metrics = metrics.MetricsEndpoint(self.config.metrics_listen,
-                                                   metrics.GATEWAY_METRICS)
-        options = [("grpc.max_receive_message_length", self.config.max_message_bytes),
-                   ("grpc.max_send_message_length", self.config.max_message_bytes)]
+            self.metrics = metrics.MetricsEndpoint(
+                self.config.metrics_listen, (*metrics.GATEWAY_METRICS, limits.CALLS_REJECTED))
+        self.tls = TlsFiles(self.config)
+        options = limits.server_options(self.config)
         routes = route_table()
-        own = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+        own = [GATEWAY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
         # The proxy answers any path; only the ones served are metric label values.
         observe = AioObserveInterceptor({*routes, *method_paths(own)})
         server = grpc.aio.server(options=options, interceptors=[observe])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        add_GatewayServiceServicer_to_server(
+            GatewayApi(self.backends, self.access, self.config.fanout_timeout), server)
         reflection.enable_server_reflection(sorted(self.services) + own, server)
-        server.add_generic_rpc_handlers((ProxyHandler(routes, self.backends,
+        server.add_generic_rpc_handlers((ProxyHandler(routes, self.backends, self.access,
                                                         self.activator),))
-        self.port = server.add_secure_port(self.config.listen, server_credentials(self.config))
+        self.port = server.add_secure_port(self.config.listen, self.tls.credentials())
         if not self.port:
             raise ConfigError(f"cannot listen on {self.config.listen}")
         await server.start()
         self.server = server
+        self._reloading = asyncio.create_task(self._poll_for_changes())
         log.info("gateway listening on %s (TLS, client certificates %s), forwarding %s%s",
                  self.config.listen, self.config.client_auth, ", ".join(sorted(self.services)),
                  f"; starting services on demand with `{self.config.activation}`"
                  if self.activator else "")
 
+    def reload(self, force: bool = False) -> None:
+        """Pick up changed TLS files and identities (all of them with ``force``: SIGHUP)."""
+        if self.tls is not None:
+            self.tls.reload(force)
+        self.authenticator.reload(force)
+        self.authorizer.reload(force)
+
+    async def _poll_for_changes(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reload_interval)
+            self.reload()
+
     async def stop(self) -> None:
         self.health.serving = False
+        if self._reloading is not None:
+            self._reloading.cancel()
         if self.server is not None:
             await self.server.stop(self.config.grace_period)
         await self.backends.close()
+        self.audit.close()
         if self.metrics is not None:
             self.metrics.close()
 
@@ -84,6 +178,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload, True)
         await stop.wait()
         log.info("stopping")
         await self.stop()

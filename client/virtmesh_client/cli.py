@@ -492,6 +492,9 @@ def _global_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument("--cert", default=default(None),
                         help="client certificate (env VIRTMESH_CERT)")
     parser.add_argument("--key", default=default(None), help="client key (env VIRTMESH_KEY)")
+    parser.add_argument("--token-file", default=default(None), metavar="PATH",
+                        help="bearer token for the gateway, sent over TLS only (env "
+                        "VIRTMESH_TOKEN_FILE, or the token itself in VIRTMESH_TOKEN)")
     parser.add_argument("--json", action="store_true", default=default(False),
                         help="print JSON for scripts")
     parser.add_argument("--timeout", type=float, default=default(DEFAULT_TIMEOUT),
@@ -620,7 +623,8 @@ def _run(args: argparse.Namespace, out: Output) -> int:
     with contextlib.ExitStack() as stack:
         clients = {node: stack.enter_context(Client(
             address, state_dir=args.state_dir, ca=args.ca, cert=args.cert, key=args.key,
-            timeout=args.timeout or None)) for node, address in _gateways(args).items()}
+            token_file=args.token_file, timeout=args.timeout or None))
+            for node, address in _gateways(args).items()}
         if args.node:
             if args.node not in clients:
                 raise UsageError(f"no gateway named '{args.node}' (nodes: {', '.join(clients)})")

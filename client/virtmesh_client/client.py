@@ -1,8 +1,9 @@
 """A small Python client for virtmesh.
 
-It reaches the services either through the gateway (mTLS on TCP, the normal
-way) or straight through one service's UNIX socket (no TLS; for tests and local
-debugging). Failed calls raise ``ClientError``, which carries the gRPC code name
+It reaches the services either through the gateway (TLS on TCP, the normal
+way: a client certificate, a bearer token, or both) or straight through one
+service's UNIX socket (no TLS; for tests and local debugging; a token is never
+sent there). Failed calls raise ``ClientError``, which carries the gRPC code name
 and the libvirt error code from the server's ``google.rpc.ErrorInfo``, so callers
 can tell ``VIR_ERR_NO_DOMAIN`` from ``VIR_ERR_NO_DOMAIN_SNAPSHOT`` without
 parsing messages.
@@ -73,6 +74,16 @@ def rpc_errors() -> Iterator[None]:
         raise ClientError.from_rpc_error(error) from None
 
 
+def _read_token(path: str | os.PathLike[str]) -> str:
+    try:
+        token = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read token file {path}: {error}") from None
+    if not token or any(char.isspace() for char in token):
+        raise ConfigError(f"token file {path}: expected one token on one line")
+    return token
+
+
 def _read_pem(path: str | os.PathLike[str], what: str, flag: str, env: str) -> bytes:
     try:
         return Path(path).read_bytes()
@@ -110,11 +121,13 @@ class EventStream:
 class Client:
     """A channel to virtmesh and the compute stub on it; use it as a context manager.
 
-    ``target`` is ``host:port`` of the gateway (TLS with a client certificate)
-    or ``unix:/path`` of a service socket (insecure). Unset arguments come from
-    ``VIRTMESH_GATEWAY``, ``VIRTMESH_STATE_DIR``, ``VIRTMESH_CA``,
-    ``VIRTMESH_CERT`` and ``VIRTMESH_KEY``, then from the defaults (the gateway
-    on 127.0.0.1:16514 and the PKI under ``<state_dir>/pki``).
+    ``target`` is ``host:port`` of the gateway (TLS with a client certificate
+    and/or a bearer token) or ``unix:/path`` of a service socket (insecure; a
+    token is refused there). Unset arguments come from ``VIRTMESH_GATEWAY``,
+    ``VIRTMESH_STATE_DIR``, ``VIRTMESH_CA``, ``VIRTMESH_CERT``, ``VIRTMESH_KEY``,
+    ``VIRTMESH_TOKEN`` and ``VIRTMESH_TOKEN_FILE``, then from the defaults (the
+    gateway on 127.0.0.1:16514 and the PKI under ``<state_dir>/pki``). With a
+    token, the client certificate is sent if one is given or the default exists.
     """
 
     def __init__(self, target: str | None = None, *,
@@ -122,6 +135,8 @@ class Client:
                  ca: str | os.PathLike[str] | None = None,
                  cert: str | os.PathLike[str] | None = None,
                  key: str | os.PathLike[str] | None = None,
+                 token: str | None = None,
+                 token_file: str | os.PathLike[str] | None = None,
                  timeout: float | None = DEFAULT_TIMEOUT,
                  environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
@@ -130,18 +145,32 @@ class Client:
         self.timeout = timeout
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        token_file = token_file or env.get("VIRTMESH_TOKEN_FILE")
+        token = token or env.get("VIRTMESH_TOKEN") or (
+            _read_token(token_file) if token_file else None)
         if self.target.startswith("unix:"):
+            if token:
+                raise ConfigError(f"refusing to send a bearer token over the plaintext channel "
+                                  f"{self.target}: tokens go to the gateway over TLS only "
+                                  "(unset VIRTMESH_TOKEN/VIRTMESH_TOKEN_FILE for sockets)")
             self.channel = grpc.insecure_channel(self.target, options)
         else:
             pki = Path(state_dir or env.get("VIRTMESH_STATE_DIR") or DEFAULT_STATE_DIR) / "pki"
+            cert = cert or env.get("VIRTMESH_CERT")
+            key = key or env.get("VIRTMESH_KEY")
+            with_certificate = not token or bool(cert or key) or (
+                (pki / "client.crt").exists() and (pki / "client.key").exists())
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=_read_pem(ca or env.get("VIRTMESH_CA") or pki / "ca.crt",
                                             "CA certificate", "--ca", "VIRTMESH_CA"),
-                private_key=_read_pem(key or env.get("VIRTMESH_KEY") or pki / "client.key",
-                                      "client key", "--key", "VIRTMESH_KEY"),
+                private_key=_read_pem(key or pki / "client.key", "client key", "--key",
+                                      "VIRTMESH_KEY") if with_certificate else None,
                 certificate_chain=_read_pem(
-                    cert or env.get("VIRTMESH_CERT") or pki / "client.crt",
-                    "client certificate", "--cert", "VIRTMESH_CERT"))
+                    cert or pki / "client.crt", "client certificate", "--cert",
+                    "VIRTMESH_CERT") if with_certificate else None)
+            if token:
+                credentials = grpc.composite_channel_credentials(
+                    credentials, grpc.access_token_call_credentials(token))
             self.channel = grpc.secure_channel(self.target, credentials, options)
         self.compute = pb_grpc.ComputeServiceStub(self.channel)
         self._methods: dict[tuple[str, str], Any] = {}

@@ -1,0 +1,88 @@
+"""The audit log: one JSON line for every call that may change something.
+
+Every call that is not read-only (services.common.acl.is_read_only with its
+request: GetDomainXML with ``secure`` counts) is recorded once it has ended,
+whether it was allowed, denied or failed: when, who (identity, groups, how they
+authenticated, from where), what (method and the names of the objects it
+addressed), the gRPC status and how long it took. Request and response bodies
+are never written, so secret values and XML cannot leak into it.
+
+The file is opened with O_APPEND and each record is a single write(2), so lines
+from concurrent calls never interleave and nothing in it is ever rewritten;
+rotate it by renaming it (the next record notices and opens a new file) or with
+copytruncate.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+from pathlib import Path
+
+import grpc
+
+from gateway.identity import Identity
+from services.common import logs
+
+log = logging.getLogger(__name__)
+
+
+def rfc3339_now() -> str:
+    now = datetime.datetime.now(datetime.UTC)
+    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class AuditLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+        self._inode = 0
+        self.reopen()
+
+    def reopen(self) -> None:
+        """(Re)open the file, e.g. after it was rotated away."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        old, self._fd, self._inode = self._fd, fd, os.fstat(fd).st_ino
+        if old >= 0:
+            os.close(old)
+
+    def _rotated(self) -> bool:
+        try:
+            return self.path.stat().st_ino != self._inode
+        except FileNotFoundError:
+            return True
+
+    def record(self, *, method: str, identity: Identity | None, peer: str,
+               objects: tuple[str, ...], code: grpc.StatusCode, duration: float,
+               denied_permission: str = "") -> None:
+        entry = {
+            "time": rfc3339_now(),
+            "identity": identity.name if identity else None,
+            "groups": sorted(identity.groups) if identity else [],
+            "auth": identity.method if identity else None,
+            "peer": peer,
+            "method": method,
+            "objects": list(objects),
+            "code": code.name,
+            "duration_ms": round(duration * 1000, 3),
+            "request_id": logs.request_id.get() or None,
+        }
+        if denied_permission:
+            entry["denied_permission"] = denied_permission
+        line = (json.dumps(entry, ensure_ascii=True, separators=(",", ":")) + "\n").encode()
+        try:
+            if self._rotated():
+                self.reopen()
+            os.write(self._fd, line)
+        except OSError as error:
+            # The call has ended already; losing its record must be loud.
+            log.error("cannot write the audit log %s: %s; lost record: %s", self.path, error,
+                      line.decode().strip())
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
