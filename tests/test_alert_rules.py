@@ -21,7 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
-from services.supervisor import metrics_addresses, write_targets
+from services.supervisor import SERVICES, metrics_addresses, write_targets
 from tests.conftest import ROOT
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -79,7 +79,7 @@ def test_prometheus_config_with_targets_from_the_supervisor(promtool: str,
         shutil.copy(PROMETHEUS_DIR / name, config_dir / name)
     (tmp_path / ".virtmesh").mkdir()
     targets = tmp_path / ".virtmesh" / "targets.json"
-    write_targets(targets, metrics_addresses(["gateway", "compute"], 0))
+    write_targets(targets, metrics_addresses(["gateway", *SERVICES], 0))
     # run from elsewhere: relative paths in the config are relative to the config file
     checked = run(promtool, "check", "config", str(config_dir / "prometheus.yml"),
                   cwd=tmp_path / ".virtmesh")
@@ -253,3 +253,13 @@ def test_alerts_use_exported_metrics() -> None:
     for alert, expr in expressions.items():
         names = promql_metrics(expr)
         assert names and names <= exported, f"{alert}: {sorted(names - exported)} not exported"
+
+
+def test_host_libvirt_alert_watches_the_services_that_use_the_host_daemon() -> None:
+    """VirtmeshHostLibvirtDown names exactly the services whose driver libvirt cannot
+    embed (their default URI is the host daemon's), so a new one is not missed."""
+    match = re.search(r'service=~"([^"]+)"', alert_expressions()["VirtmeshHostLibvirtDown"])
+    assert match, "VirtmeshHostLibvirtDown does not select services by name"
+    host_daemon = {name for name in SERVICES
+                   if "/embed?" not in importlib.import_module(f"services.{name}").SPEC.default_uri}
+    assert set(match[1].split("|")) == host_daemon

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -39,6 +40,8 @@ import pytest
 import yaml
 
 from gateway.pki import ensure_dev_pki
+from services.common.daemon import ServiceSpec
+from services.supervisor import METRICS_BASE_PORT, SERVICES
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -51,6 +54,9 @@ CRD_KINDS = {
 }
 #: what the image's paths are here
 IMAGE_ROOT, IMAGE_VENV = "/opt/virtmesh", "/opt/virtmesh/.venv"
+#: the pods' state directory (--state-dir)
+STATE_DIR = "/var/lib/virtmesh"
+PROFILES = ("embedded", "host")
 #: the Secrets the DaemonSet mounts, filled from the development PKI (key -> PKI file)
 SECRETS = {
     "virtmesh-gateway-tls": {"tls.crt": "server.crt", "tls.key": "server.key",
@@ -124,13 +130,86 @@ def test_renders_and_validates_strictly(directory: Path, version: str) -> None:
     assert validated + skipped == len(objects)
 
 
+def spec_of(service: str) -> ServiceSpec:
+    spec: ServiceSpec = importlib.import_module(f"services.{service}").SPEC
+    return spec
+
+
+def embeddable(service: str) -> bool:
+    """libvirt can run the service's driver in-process (its default URI is /embed)."""
+    return "/embed?" in spec_of(service).default_uri
+
+
+def profile_services(profile: str) -> list[str]:
+    """The driver services a profile's pod runs: the embedded profile needs no libvirt
+    on the node, so only the drivers libvirt can embed; the host profile all of them."""
+    return [name for name in SERVICES if profile == "host" or embeddable(name)]
+
+
+def profile_uri(service: str, profile: str) -> str:
+    """embedded: the service's default URI; host: the node's daemon (``<scheme>:///system``
+    for the embeddable drivers, which default to /embed)."""
+    default = spec_of(service).default_uri.replace("{state_dir}", STATE_DIR)
+    return f"{default.split(':', 1)[0]}:///system" if profile == "host" and \
+        embeddable(service) else default
+
+
+def metrics_port(name: str) -> int:
+    """As ``make run`` numbers them: the gateway on the base port, then SERVICES in order."""
+    return METRICS_BASE_PORT + ["gateway", *SERVICES].index(name)
+
+
+def pod_of(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    template: dict[str, Any] = one(objects, "DaemonSet")["spec"]["template"]
+    return template
+
+
+@needs_kubectl
+@pytest.mark.parametrize("profile", PROFILES)
+def test_profile_runs_its_services_wired_like_the_code(profile: str) -> None:
+    """One container per service of the profile (services/supervisor.py SERVICES), each
+    running its console script on its socket and metrics port, with probes on that
+    socket (readiness by the service's health name), the profile's libvirt URI, and
+    for an embedded driver its root on a hostPath so that its state survives the pod."""
+    pod = pod_of(render(K8S / "overlays" / profile))
+    containers = {c["name"]: c for c in pod["spec"]["containers"]}
+    services = profile_services(profile)
+    assert set(containers) == {"gateway", *services}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    for name in services:
+        container, socket = containers[name], f"unix:{STATE_DIR}/run/{name}.sock"
+        assert container["command"] == [f"{IMAGE_VENV}/bin/virtmesh-{name}"]
+        args = container["args"]
+        assert f"--socket={STATE_DIR}/run/{name}.sock" in args
+        assert f"--metrics-listen=0.0.0.0:{metrics_port(name)}" in args
+        assert container["ports"] == [{"name": f"prom-{name}", "containerPort": metrics_port(name),
+                                       "protocol": "TCP"}]
+        probes = {kind: container[kind]["exec"]["command"]
+                  for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+        for kind, command in probes.items():
+            assert command[:3] == [f"{IMAGE_VENV}/bin/python", f"{IMAGE_ROOT}/tools/healthcheck.py",
+                                   socket], (name, kind)
+        # Liveness: the process answers; NOT_SERVING (libvirt away) must not restart it.
+        assert probes["livenessProbe"][3:] == ["--any-status"]
+        assert probes["readinessProbe"][3:] == [
+            f"--service={spec_of(name).descriptor.full_name}"]
+        uri = profile_uri(name, profile)
+        assert {"name": "VIRTMESH_URI", "value": uri} in container["env"], name
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        if profile == "host":
+            assert volumes[mounts["/run/libvirt"]]["hostPath"]["path"] == "/run/libvirt"
+            assert not (container["securityContext"]["capabilities"].get("add")), name
+        elif "root=" in uri:
+            root = uri.split("root=", 1)[1]
+            assert "hostPath" in volumes[mounts[root]], f"{name}: {root} is not a hostPath"
+
+
 @needs_kubectl
 def test_profiles_wire_what_they_promise() -> None:
     """Cross-references no schema checks: names, ports and mounts that must agree."""
     embedded, host = render(K8S / "overlays/embedded"), render(K8S / "overlays/host")
-    for objects in (embedded, host):
-        daemonset = one(objects, "DaemonSet")
-        pod = daemonset["spec"]["template"]
+    for profile, objects in (("embedded", embedded), ("host", host)):
+        pod = pod_of(objects)
         containers = {c["name"]: c for c in pod["spec"]["containers"]}
         ports = {p["name"]: p["containerPort"] for c in containers.values() for p in c["ports"]}
         assert str(ports["prom-gateway"]) == pod["metadata"]["annotations"]["prometheus.io/port"]
@@ -140,26 +219,42 @@ def test_profiles_wire_what_they_promise() -> None:
                 assert volume["configMap"]["name"] in config_maps
             if "secret" in volume:
                 assert volume["secret"]["secretName"] in SECRETS
+        every = [*containers.values(), *(pod["spec"].get("initContainers") or [])]
+        mounted = {m["name"] for c in every for m in c["volumeMounts"]}
+        assert mounted == {v["name"] for v in pod["spec"]["volumes"]}, "a volume is left over"
         service = one(objects, "Service")
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
         policy = one(objects, "NetworkPolicy")
         allowed = [(p["port"], p.get("endPort", p["port"]))
                    for rule in policy["spec"]["ingress"] for p in rule["ports"]]
         assert all(any(low <= port <= high for low, high in allowed) for port in ports.values())
-        assert set(ports.values()) == {16514, 9650, 9651}
+        assert set(ports.values()) == {16514, *(metrics_port(name) for name in (
+            "gateway", *profile_services(profile)))}
+    # The PodMonitor scrapes every metrics port of either profile.
     monitor = one(render(K8S / "monitoring"), "PodMonitor")
-    daemonset = one(embedded, "DaemonSet")
-    metric_ports = {p["name"] for c in daemonset["spec"]["template"]["spec"]["containers"]
-                    for p in c["ports"] if p["name"].startswith("prom-")}
-    assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} == metric_ports
+    endpoints = [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]]
+    assert sorted(endpoints) == sorted(f"prom-{name}" for name in ("gateway", *SERVICES))
     certificates = render(K8S / "overlays/cert-manager")
     secrets = {c["spec"]["secretName"] for c in certificates if c["kind"] == "Certificate"}
     assert set(SECRETS) <= secrets
-    host_compute = next(c for c in one(host, "DaemonSet")["spec"]["template"]["spec"]
-                        ["containers"] if c["name"] == "compute")
-    assert {"name": "VIRTMESH_URI", "value": "qemu:///system"} in host_compute["env"]
+    host_compute = next(c for c in pod_of(host)["spec"]["containers"] if c["name"] == "compute")
     assert not any(m["mountPath"] == "/dev/kvm" for m in host_compute["volumeMounts"])
     assert host_compute["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": []}
+
+
+@needs_kubectl
+def test_secret_root_is_handed_to_the_secret_user() -> None:
+    """The embedded secret service runs non-root; the one init container gives it the
+    hostPath that the kubelet creates root-owned, and the host profile drops both."""
+    pod = pod_of(render(K8S / "overlays/embedded"))
+    secret = next(c for c in pod["spec"]["containers"] if c["name"] == "secret")
+    security = secret["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] != 0
+    [init] = pod["spec"]["initContainers"]
+    root = next(m["mountPath"] for m in secret["volumeMounts"] if m["name"] == "secret-root")
+    assert init["command"] == ["chown", f"{security['runAsUser']}:{security['runAsGroup']}", root]
+    host = pod_of(render(K8S / "overlays/host"))
+    assert not host["spec"].get("initContainers")
 
 
 # --- 2. policy --------------------------------------------------------------------------
@@ -205,6 +300,27 @@ def test_policy_fails_on_bad_manifests(tmp_path: Path) -> None:
         assert expected in text
     assert len(problems) == 7
 
+    # Root is allowed to a driver service only with the host's libvirt socket mounted
+    # (host profile), never to the gateway; every long-running container needs probes.
+    spec["hostNetwork"] = False
+    gateway.update(securityContext={**gateway["securityContext"], "readOnlyRootFilesystem": True,
+                                    "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
+                   volumeMounts=[m for m in gateway["volumeMounts"] if m["name"] != "kvm"],
+                   resources={**gateway["resources"], "limits": {"cpu": "1", "memory": "1Gi"}})
+    assert policy.check([daemonset])[0] == []
+    secret = next(c for c in spec["containers"] if c["name"] == "secret")
+    secret["securityContext"].update(runAsNonRoot=False, runAsUser=0)
+    assert policy.check([daemonset])[0] == [
+        "DaemonSet virtmesh/virtmesh container secret: securityContext.runAsNonRoot must be true"]
+    spec["volumes"].append({"name": "libvirt-run", "hostPath": {"path": "/run/libvirt/"}})
+    for container in (secret, gateway):
+        container["volumeMounts"].append({"name": "libvirt-run", "mountPath": "/run/libvirt"})
+    del gateway["readinessProbe"]
+    assert policy.check([daemonset])[0] == [
+        "DaemonSet virtmesh/virtmesh container gateway: mounts the host's /run/libvirt; only "
+        "['compute', 'iface', 'network', 'nodedev', 'nwfilter', 'secret', 'storage'] may",
+        "DaemonSet virtmesh/virtmesh container gateway: readinessProbe is not set"]
+
 
 # --- 3. the DaemonSet, run here ---------------------------------------------------------
 
@@ -221,10 +337,37 @@ def _mapper(prefixes: dict[str, str]) -> Any:
     return apply
 
 
+def image_venv(directory: Path) -> Path:
+    """A venv like the image's: on the system's Python, which every user may run, with
+    this checkout's packages (our venv's site-packages) and console scripts. Our own
+    venv's interpreter may sit where other users cannot reach it (a pyenv under
+    /root), and a non-root container's service starts Python subprocesses."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    base = Path("/usr/bin") / version
+    assert base.exists(), f"{base}: the image's interpreter (Debian's python3) is missing"
+    subprocess.run([str(base), "-m", "venv", "--without-pip", str(directory)], check=True,
+                   timeout=60)
+    site_packages = directory / "lib" / version / "site-packages"
+    ours = Path(sys.prefix) / "lib" / version / "site-packages"
+    (site_packages / "checkout.pth").write_text(f"import site; site.addsitedir({str(ours)!r})\n")
+    with open(ROOT / "pyproject.toml", "rb") as file:
+        scripts = tomllib.load(file)["project"]["scripts"]
+    for name, target in scripts.items():
+        module, function = target.split(":")
+        script = directory / "bin" / name
+        script.write_text(f"#!{directory}/bin/python\nimport sys\nfrom {module} import "
+                          f"{function}\nsys.exit({function}())\n")
+        script.chmod(0o755)
+    directory.chmod(0o755)
+    return directory
+
+
 class Pod:
     """The pod's volumes as temporary directories and its network namespace."""
 
-    def __init__(self, objects: list[dict[str, Any]], base: Path, pki: Path) -> None:
+    def __init__(self, objects: list[dict[str, Any]], base: Path, pki: Path,
+                 venv: Path) -> None:
+        self.venv = venv
         self.template = one(objects, "DaemonSet")["spec"]["template"]
         self.spec = self.template["spec"]
         self.fs_group = (self.spec.get("securityContext") or {}).get("fsGroup")
@@ -240,9 +383,12 @@ class Pod:
     def _volume(self, volume: dict[str, Any], path: Path, config_maps: dict[str, dict[str, str]],
                 pki: Path) -> Path:
         if "hostPath" in volume:
-            if volume["hostPath"].get("type") in ("CharDevice", "BlockDevice", "Socket"):
-                return Path(volume["hostPath"]["path"])  # devices cannot be faked
-            path.mkdir()
+            # Devices cannot be faked, and a hostPath that must exist (type Directory,
+            # e.g. the node's /run/libvirt) is the node's own: both are this host's.
+            if volume["hostPath"].get("type") in ("CharDevice", "BlockDevice", "Socket",
+                                                  "Directory"):
+                return Path(volume["hostPath"]["path"])
+            path.mkdir()  # DirectoryOrCreate: the pod's own state on the node
             return path
         path.mkdir()
         if "emptyDir" in volume:
@@ -272,7 +418,7 @@ class Pod:
         return path
 
     def mapper(self, container: dict[str, Any]) -> Any:
-        prefixes = {IMAGE_VENV: sys.prefix, IMAGE_ROOT: str(ROOT)}
+        prefixes = {IMAGE_VENV: str(self.venv), IMAGE_ROOT: str(ROOT)}
         for mount in container.get("volumeMounts") or []:
             prefixes[mount["mountPath"].rstrip("/")] = str(
                 self.volumes[mount["name"]] / mount.get("subPath", ""))
@@ -311,7 +457,7 @@ class Pod:
 
     def environment(self, container: dict[str, Any]) -> dict[str, str]:
         security = container.get("securityContext") or {}
-        env = {"PATH": f"{sys.prefix}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
+        env = {"PATH": f"{self.venv}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
                        "/sbin:/bin",
                "HOME": "/root" if security.get("runAsUser", 0) == 0 else "/"}
         mapped = self.mapper(container)
@@ -360,16 +506,21 @@ class Pod:
 
 CLIENT = """
 import json, sys, grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from virtmesh.compute.v1 import compute_service_pb2 as pb, compute_service_pb2_grpc as rpc
-target, ca, cert, key = sys.argv[1:]
+target, ca, cert, key, services = sys.argv[1:]
 read = lambda path: open(path, "rb").read()
 creds = grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
 with grpc.secure_channel(target, creds) as channel:
     compute = rpc.ComputeServiceStub(channel)
     version = compute.GetVersion(pb.GetVersionRequest(), timeout=30)
     domains = compute.ListDomains(pb.ListDomainsRequest(), timeout=30)
+    health = health_pb2_grpc.HealthStub(channel)
+    statuses = {name: health_pb2.HealthCheckResponse.ServingStatus.Name(health.Check(
+        health_pb2.HealthCheckRequest(service=name), timeout=30).status)
+        for name in json.loads(services)}
 print(json.dumps({"uri": version.uri, "hypervisor": version.hypervisor_type,
-                  "domains": [d.name for d in domains.domains]}))
+                  "domains": [d.name for d in domains.domains], "health": statuses}))
 """
 
 METRICS = """
@@ -401,20 +552,26 @@ def _probes(container: dict[str, Any]) -> list[tuple[str, list[str]]]:
 
 @needs_kubectl
 @pytest.mark.qemu
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 @pytest.mark.skipif(os.geteuid() != 0, reason="a pod's namespace and users need root")
 @pytest.mark.skipif(not all(shutil.which(tool) for tool in ("unshare", "nsenter", "setpriv", "ip")),
                     reason="needs util-linux unshare, nsenter, setpriv and iproute2")
-def test_daemonset_runs_here_as_written(short_tmp: Path) -> None:
-    objects = render(K8S / "overlays/embedded")
+@pytest.mark.parametrize("profile", PROFILES)
+def test_daemonset_runs_here_as_written(profile: str, short_tmp: Path,
+                                        request: pytest.FixtureRequest) -> None:
+    """embedded: no libvirt daemon involved. host: the pod's /run/libvirt is this
+    host's, and its libvirt daemon serves every driver (started if none runs)."""
+    if profile == "host":
+        request.getfixturevalue("host_libvirtd")
+    objects = render(K8S / "overlays" / profile)
     pki, logs = short_tmp / "pki", short_tmp / "log"
     ensure_dev_pki(pki)
     logs.mkdir()
     volumes = short_tmp / "v"
     volumes.mkdir(mode=0o755)
-    pod = Pod(objects, volumes, pki)
+    pod = Pod(objects, volumes, pki, image_venv(short_tmp / "venv"))
     containers = {c["name"]: c for c in pod.spec["containers"]}
-    assert set(containers) >= {"compute", "gateway"}
+    assert set(containers) == {"gateway", *profile_services(profile)}
 
     def log_tail() -> str:
         return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
@@ -422,6 +579,9 @@ def test_daemonset_runs_here_as_written(short_tmp: Path) -> None:
 
     try:
         pod.start_netns()
+        for init in pod.spec.get("initContainers") or []:  # each to completion, in order
+            done = pod.run(init, [*init["command"], *init.get("args", [])], timeout=60)
+            assert done.returncode == 0, f"{init['name']}: {done.stdout}{done.stderr}"
         for container in containers.values():
             pod.start(container, logs)
         pending = {(name, kind): command for name, container in containers.items()
@@ -444,15 +604,26 @@ def test_daemonset_runs_here_as_written(short_tmp: Path) -> None:
 
         gateway = containers["gateway"]
         port = next(p["containerPort"] for p in gateway["ports"] if p["name"] == "grpc-tls")
+        # Through the gateway: compute answers, and every service is reachable and SERVING.
+        names = [spec_of(name).descriptor.full_name for name in profile_services(profile)]
         reply = pod.client([sys.executable, "-c", CLIENT, f"127.0.0.1:{port}",
                             str(pki / "ca.crt"), str(pki / "client.crt"),
-                            str(pki / "client.key")], timeout=60)
+                            str(pki / "client.key"), json.dumps(names)], timeout=60)
         assert reply.returncode == 0, reply.stderr + log_tail()
         answer = json.loads(reply.stdout)
-        qemu_root = pod.volumes["qemu-root"]
-        assert answer == {"uri": f"qemu:///embed?root={qemu_root}", "hypervisor": "QEMU",
-                          "domains": []}
-        assert (qemu_root / "etc" / "qemu.conf").exists()  # the hostPath is the QEMU root
+        assert answer["health"] == dict.fromkeys(names, "SERVING")
+        assert answer["hypervisor"] == "QEMU"
+        if profile == "embedded":
+            qemu_root = pod.volumes["qemu-root"]
+            assert answer["uri"] == f"qemu:///embed?root={qemu_root}"
+            assert answer["domains"] == []
+            assert (qemu_root / "etc" / "qemu.conf").exists()  # the hostPath is the QEMU root
+            # The secret root is the non-root secret service's, and its driver's state is there.
+            secret_root = pod.volumes["secret-root"]
+            uid = containers["secret"]["securityContext"]["runAsUser"]
+            assert secret_root.stat().st_uid == uid and any(secret_root.iterdir())
+        else:
+            assert answer["uri"] == "qemu:///system"
 
         for container in containers.values():
             for port_spec in container["ports"]:

@@ -33,7 +33,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway import config as gateway_config
 from gateway.pki import ensure_dev_pki
 from services.common import config as service_config
-from services.supervisor import SERVICES, client_credentials, wait_serving
+from services.common.daemon import ServiceSpec
+from services.supervisor import METRICS_BASE_PORT, SERVICES, client_credentials, wait_serving
 from tests.conftest import ROOT, free_port
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
@@ -167,10 +168,53 @@ def test_verify_would_catch_a_mistake(unit_dir: Path) -> None:
     assert "virtmesh-gatewy is not executable" in result.stderr
 
 
-def test_gateway_is_hardened(unit_dir: Path) -> None:
-    """systemd's own exposure score: the gateway must stay at 'OK' (at most 2.0)."""
-    result = analyze(unit_dir, "security", "--offline=yes", "--threshold=20", GATEWAY_UNIT)
+def spec_of(driver: str) -> ServiceSpec:
+    spec: ServiceSpec = importlib.import_module(f"services.{driver}").SPEC
+    return spec
+
+
+def driver_of(unit: str) -> str:
+    return unit.removeprefix("virtmesh@").removesuffix(".service")
+
+
+def uses_host_daemon(driver: str) -> bool:
+    """Its driver lives in the host's libvirt daemon (libvirt cannot embed it)."""
+    return "/embed?" not in spec_of(driver).default_uri
+
+
+@pytest.mark.parametrize("name", [*(u for u in DRIVER_UNITS if u != "virtmesh@compute.service"),
+                                  GATEWAY_UNIT])
+def test_services_without_qemu_are_hardened(unit_dir: Path, name: str) -> None:
+    """systemd's own exposure score: every process but compute (whose QEMU needs more,
+    see README.md) must stay at 'OK' (at most 2.0)."""
+    result = analyze(unit_dir, "security", "--offline=yes", "--threshold=20", name)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+
+
+def test_only_compute_lifts_the_sandbox() -> None:
+    """The template's sandbox holds for every driver but compute: no capabilities, no
+    new privileges; compute's drop-in lifts those for libvirt's QEMU driver."""
+    for name in DRIVER_UNITS:
+        service = load_unit(name)["Service"]
+        lifted = service["NoNewPrivileges"][-1] == "no"
+        assert lifted == (name == "virtmesh@compute.service"), name
+        assert (service["CapabilityBoundingSet"] == []) != lifted, name
+        assert (service["MemoryDenyWriteExecute"][-1] == "yes") != lifted, name
+
+
+def test_host_daemon_drivers_start_after_libvirt() -> None:
+    """storage, network, ... order after the host's libvirt daemon, monolithic or
+    modular, without pulling either in (they conflict with each other)."""
+    host_drivers = [name for name in DRIVER_UNITS if uses_host_daemon(driver_of(name))]
+    assert host_drivers
+    for name in DRIVER_UNITS:
+        unit = load_unit(name)
+        scheme = spec_of(driver_of(name)).default_uri.split(":", 1)[0]
+        daemons = {"libvirtd.service", f"virt{scheme}d.service"}
+        after, wants = set(words(unit, "Unit", "After")), set(words(unit, "Unit", "Wants"))
+        assert (daemons <= after) == (name in host_drivers), name
+        assert not any(w.startswith(("libvirtd", "virt")) and "virtmesh" not in w
+                       for w in wants), f"{name} pulls in a libvirt daemon: {wants}"
 
 
 def test_sysusers_creates_the_virtmesh_user(tmp_path: Path) -> None:
@@ -251,11 +295,19 @@ def test_units_paths_are_the_programs_paths() -> None:
         assert setting(unit, "Service", "RuntimeDirectoryPreserve") == "yes"
         assert (config.state_dir, config.socket_path) == (
             Path(STATE), Path(RUN) / f"{config.service}.sock")
+        # An embedded driver keeps its state under StateDirectory; the others use the
+        # host's daemon. Metrics ports are make run's: the gateway's, then SERVICES'.
+        uri = spec_of(config.service).default_uri.replace("{state_dir}", STATE)
+        assert config.libvirt_uri == uri
+        assert not uses_host_daemon(config.service) or uri.endswith(":///system")
+        assert config.metrics_listen == \
+            f"127.0.0.1:{METRICS_BASE_PORT + 1 + SERVICES.index(config.service)}"
     compute = configs["virtmesh@compute.service"]
     assert isinstance(compute, service_config.Config)
     assert compute.libvirt_uri == f"qemu:///embed?root={STATE}/qemu"
     gateway = configs[GATEWAY_UNIT]
     assert isinstance(gateway, gateway_config.GatewayConfig)
+    assert gateway.metrics_listen == f"127.0.0.1:{METRICS_BASE_PORT}"
     assert gateway.socket_path_dir == Path(RUN)
     assert {gateway.cert_file.parent, gateway.key_file.parent, gateway.ca_file.parent} == {
         Path(ETC) / "pki"}
@@ -401,38 +453,49 @@ def host(tmp_path: Path) -> Iterator[dict[str, str]]:
                               config, flags=re.M)
     config, metrics = re.subn(r'^metrics_listen = ".*"$', 'metrics_listen = "127.0.0.1:0"',
                               config, flags=re.M)
-    assert (listens, metrics) == (1, 2), "the shipped virtmesh.toml changed shape"
+    assert (listens, metrics) == (1, len(SERVICE_UNITS)), "the shipped virtmesh.toml changed shape"
     (etc / "virtmesh.toml").write_text(config)
     shutil.copy(SYSTEMD / "virtmesh.env", etc)
     yield paths
 
 
 @pytest.mark.qemu
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("host_libvirtd")
 def test_units_run_and_answer_health(host: dict[str, str], tmp_path: Path) -> None:
-    """compute on its real default URI (embedded QEMU) and the gateway over TLS, each
-    started from its unit's ExecStart; then a call through the gateway; then stop."""
+    """Every driver service on its real default URI (compute: embedded QEMU; secret:
+    embedded; the others: this host's libvirt daemon) and the gateway over TLS, each
+    started from its unit's ExecStart with its sandbox's UMask/NoNewPrivileges/
+    MemoryDenyWriteExecute; then every service's health and a call through the
+    gateway; then stop."""
     etc, run = Path(host[ETC]), Path(host[RUN])
     listen = gateway_config.load(["--config", str(etc / "virtmesh.toml")], environ={}).listen
     credentials = client_credentials(etc / "pki")
-    compute = UnitProcess("virtmesh@compute.service", host, tmp_path / "compute.log")
+    drivers = {name: UnitProcess(name, host, tmp_path / f"{driver_of(name)}.log")
+               for name in DRIVER_UNITS}
     gateway = None
     try:
-        compute.wait_serving(f"unix:{run / 'compute.sock'}", 120)
-        assert "uri=qemu:///embed?root=" + host[STATE] + "/qemu" in compute.log.read_text()
-        socket_mode = stat.S_IMODE((run / "compute.sock").stat().st_mode)
-        assert socket_mode == 0o660  # group virtmesh (the gateway) may connect
+        for name, process in drivers.items():
+            process.wait_serving(f"unix:{run / f'{driver_of(name)}.sock'}", 120)
+            socket_mode = stat.S_IMODE((run / f"{driver_of(name)}.sock").stat().st_mode)
+            assert socket_mode == 0o660  # group virtmesh (the gateway) may connect
+        assert "uri=qemu:///embed?root=" + host[STATE] + "/qemu" in \
+            drivers["virtmesh@compute.service"].log.read_text()
         gateway = UnitProcess(GATEWAY_UNIT, host, tmp_path / "gateway.log")
         gateway.wait_serving(listen, 30, credentials)
         with grpc.secure_channel(listen, credentials) as channel:
-            health = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=COMPUTE_SERVICE), timeout=10)
-            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            stub = health_pb2_grpc.HealthStub(channel)
+            for name in DRIVER_UNITS:
+                health = stub.Check(health_pb2.HealthCheckRequest(
+                    service=spec_of(driver_of(name)).descriptor.full_name), timeout=10)
+                assert health.status == health_pb2.HealthCheckResponse.SERVING, name
             pb_grpc.ComputeServiceStub(channel).ListDomains(pb.ListDomainsRequest(), timeout=30)
     finally:
-        codes = {"gateway": gateway.stop() if gateway else 0, "compute": compute.stop()}
-    assert codes == {"gateway": 0, "compute": 0}, compute.log.read_text()
-    assert not (run / "compute.sock").exists()
+        codes = {"gateway": gateway.stop() if gateway else 0,
+                 **{name: process.stop() for name, process in drivers.items()}}
+    logs = "\n".join(process.log.read_text()[-2000:] for process in drivers.values())
+    assert codes == dict.fromkeys(["gateway", *DRIVER_UNITS], 0), logs
+    assert not any((run / f"{driver_of(name)}.sock").exists() for name in DRIVER_UNITS)
 
 
 # --- install.sh ---------------------------------------------------------------------------

@@ -9,7 +9,9 @@ Every pod template must have: no hostNetwork/hostPID/hostIPC; on every container
 no privileged, allowPrivilegeEscalation false, capabilities drop ALL and none
 added (exceptions below), CPU and memory requests and limits, readOnlyRootFilesystem true,
 runAsNonRoot true (exceptions below, each with its reason); host devices only
-for the containers allowed below. Exits 1 listing every violation, one a line.
+for the containers allowed below; the host's libvirt sockets (/run/libvirt) only
+for the driver services; liveness and readiness probes on every long-running
+container. Exits 1 listing every violation, one a line.
 """
 
 from __future__ import annotations
@@ -28,18 +30,30 @@ K8S = ROOT / "deploy" / "k8s"
 #: containers that may run as root, and why (none may be privileged)
 ROOT_ALLOWED = {
     "compute": "owns the hostPath QEMU root and /dev/kvm (root:kvm, the kvm gid differs "
-               "between nodes); host profile: libvirt's socket admits root without polkit",
+               "between nodes)",
+    "secret-root-owner": "hands the hostPath secret root (created root:root by the kubelet) "
+                         "to the secret service's non-root user; runs one chown",
 }
+#: the host's libvirt runtime directory: its sockets give libvirt's full API
+LIBVIRT_RUN = "/run/libvirt"
+#: containers that may mount LIBVIRT_RUN (the driver services, host profile). Mounting
+#: it, they may run as root (still with no capabilities): libvirt's UNIX socket policy
+#: admits uid 0 without polkit, and the libvirt group's gid differs between nodes.
+LIBVIRT_SOCKET_ALLOWED = {"compute", "secret", "storage", "network", "nwfilter", "nodedev",
+                          "iface"}
 #: capabilities a container may add (after dropping ALL), and why
 CAPABILITIES_ALLOWED = {
     "compute": ({"SETUID", "SETGID", "SETPCAP", "DAC_OVERRIDE"},
                 "libvirt's QEMU driver as root starts QEMU as qemu.conf's user and clears "
                 "its capabilities; measured minimum (tests/test_k8s_manifests.py)"),
+    "secret-root-owner": ({"CHOWN"}, "chown of a root-owned directory"),
 }
 #: containers whose root filesystem may be writable, and why
 WRITABLE_ROOT_ALLOWED: dict[str, str] = {}
 #: host device paths (hostPath under /dev) each container may mount
 DEVICES_ALLOWED = {"compute": {"/dev/kvm"}}
+#: probes every long-running container (not init containers) must have
+PROBES_REQUIRED = ("livenessProbe", "readinessProbe")
 
 WORKLOADS = {"Pod", "Deployment", "DaemonSet", "StatefulSet", "ReplicaSet", "Job", "CronJob",
              "ReplicationController"}
@@ -69,9 +83,10 @@ def pod_spec(obj: dict[str, Any]) -> dict[str, Any] | None:
     return ((spec.get("template") or {}).get("spec")) or {}
 
 
-def _containers(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _containers(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     for field in ("initContainers", "containers", "ephemeralContainers"):
-        yield from spec.get(field) or []
+        for container in spec.get(field) or []:
+            yield field, container
 
 
 def check_object(obj: dict[str, Any]) -> list[str]:
@@ -86,9 +101,11 @@ def check_object(obj: dict[str, Any]) -> list[str]:
     pod_security = spec.get("securityContext") or {}
     host_paths = {volume["name"]: volume["hostPath"]["path"].rstrip("/")
                   for volume in spec.get("volumes") or [] if "hostPath" in volume}
-    for container in _containers(spec):
+    for field, container in _containers(spec):
         name = container.get("name", "?")
         at = f"{where} container {name}"
+        mounted = {host_paths[mount["name"]] for mount in container.get("volumeMounts") or []
+                   if mount.get("name") in host_paths}
         security = container.get("securityContext") or {}
         if security.get("privileged"):
             problems.append(f"{at}: securityContext.privileged is true")
@@ -106,22 +123,25 @@ def check_object(obj: dict[str, Any]) -> list[str]:
                 name not in WRITABLE_ROOT_ALLOWED:
             problems.append(f"{at}: securityContext.readOnlyRootFilesystem must be true")
         non_root = security.get("runAsNonRoot", pod_security.get("runAsNonRoot"))
-        if non_root is not True and name not in ROOT_ALLOWED:
+        if non_root is not True and name not in ROOT_ALLOWED and not (
+                LIBVIRT_RUN in mounted and name in LIBVIRT_SOCKET_ALLOWED):
             problems.append(f"{at}: securityContext.runAsNonRoot must be true")
+        if LIBVIRT_RUN in mounted and name not in LIBVIRT_SOCKET_ALLOWED:
+            problems.append(f"{at}: mounts the host's {LIBVIRT_RUN}; only "
+                            f"{sorted(LIBVIRT_SOCKET_ALLOWED)} may")
+        if field == "containers":
+            problems += [f"{at}: {probe} is not set" for probe in PROBES_REQUIRED
+                         if not container.get(probe)]
         resources = container.get("resources") or {}
         for kind in ("requests", "limits"):
             for resource in ("cpu", "memory"):
                 if not (resources.get(kind) or {}).get(resource):
                     problems.append(f"{at}: resources.{kind}.{resource} is not set")
-        for mount in container.get("volumeMounts") or []:
-            path = host_paths.get(mount.get("name", ""))
-            if path is None:
-                continue
+        for path in sorted(mounted):
             if (path == "/dev" or path.startswith("/dev/")) and \
                     path not in DEVICES_ALLOWED.get(name, set()):
-                problems.append(f"{at}: mounts host device {path} (volume {mount['name']}); "
-                                f"only {sorted(DEVICES_ALLOWED)} may mount "
-                                f"{sorted(set().union(*DEVICES_ALLOWED.values()))}")
+                problems.append(f"{at}: mounts host device {path}; only {sorted(DEVICES_ALLOWED)} "
+                                f"may mount {sorted(set().union(*DEVICES_ALLOWED.values()))}")
     return problems
 
 

@@ -133,6 +133,12 @@ if [[ $enable == yes ]]; then
             [[ $now == no ]] || systemctl start virtmesh-gateway.service
             say "the gateway starts at boot$([[ $now == yes ]] && echo ' (started)'), the services on demand"
         fi
+        # storage, network, nwfilter, nodedev and iface need the host's libvirt daemon
+        # (is-enabled succeeds when any of them is enabled).
+        systemctl is-enabled --quiet libvirtd.service libvirtd.socket virtstoraged.socket \
+                virtnetworkd.socket virtnwfilterd.socket virtnodedevd.socket \
+                virtinterfaced.socket 2>/dev/null ||
+            say "warning: no libvirt daemon is enabled; storage, network, nwfilter, nodedev and iface need one (Debian: apt-get install libvirt-daemon-system)"
     else
         say "systemd is not running here: run 'systemctl daemon-reload' and enable the profile on the host (see deploy/systemd/README.md)"
     fi
