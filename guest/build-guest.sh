@@ -19,7 +19,8 @@ fi
 OUTDIR=$1
 SELF=$(readlink -f "$0")
 BUSYBOX=${BUSYBOX:-/bin/busybox}
-MODULES=(button evdev)
+# button+evdev: the ACPI power button; virtio: a disk and a NIC from the host.
+MODULES=(button evdev virtio_pci virtio_blk virtio_net)
 
 die() { echo "build-guest: $*" >&2; exit 1; }
 
@@ -128,6 +129,15 @@ exec poweroff -f
 EOF
 chmod 0755 "$ROOT/etc/acpi/power"
 
+# udhcpc runs this with the lease in its environment.
+cat > "$ROOT/etc/udhcpc.script" <<'EOF'
+#!/bin/sh
+[ "$1" = bound ] || exit 0
+ip addr add "$ip/${mask:-24}" dev "$interface"
+echo "virtmesh-guest: $interface got $ip" > /dev/console
+EOF
+chmod 0755 "$ROOT/etc/udhcpc.script"
+
 cat > "$ROOT/init" <<'EOF'
 #!/bin/sh
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
@@ -142,6 +152,21 @@ hostname virtmesh-guest
 # acpid opens /dev/input/event* only when it starts: modules come first.
 acpid -f -d -c /etc/acpi -a /etc/acpid.conf &
 echo "virtmesh-guest: booted ($(uname -r), uptime $(cut -d' ' -f1 /proc/uptime)s)"
+# Report what the host gave us: each disk's first bytes, a DHCP lease per NIC.
+(
+    for disk in /sys/block/vd*; do
+        [ -e "$disk" ] || continue
+        disk=${disk##*/}
+        echo "virtmesh-guest: disk $disk begins '$(head -c 64 "/dev/$disk" | tr -cd 'A-Za-z0-9 :_.-')'"
+    done
+    for nic in /sys/class/net/eth*; do
+        [ -e "$nic" ] || continue
+        nic=${nic##*/}
+        ip link set "$nic" up
+        udhcpc -i "$nic" -n -q -t 10 -s /etc/udhcpc.script >/dev/null 2>&1 ||
+            echo "virtmesh-guest: $nic got no DHCP lease"
+    done
+) &
 # PID 1 must never exit (the kernel would panic); the shell reaps orphans.
 while :; do
     sleep 3600

@@ -1,13 +1,15 @@
 """virtmesh-mesh: run the whole mesh in the foreground (what `make run` does).
 
-It plays systemd's part on a developer's machine: creates the development PKI,
-starts each driver service and then the gateway as separate processes with
-their own sockets, restarts a service that dies, and on Ctrl-C stops the gateway
-first and the services after it. Each process logs to ``<state_dir>/log``.
-The drivers libvirt cannot embed (storage, network, nwfilter, nodedev, iface)
-use the host's libvirtd: it is started when none answers, and stopped on exit
-only if we started it. Running guests are shut down on exit (ACPI, then destroy after a timeout)
-unless ``--keep-guests`` is given; a restarted compute service picks them up.
+It plays systemd's part on a developer's machine: creates the development PKI
+and identities (an admin certificate and token, a read-only token), starts each
+driver service and then the gateway as separate processes with their own
+sockets, restarts a service that dies, and on Ctrl-C stops the gateway first and
+the services after it. Each process logs to ``<state_dir>/log``. The drivers
+libvirt cannot embed (storage, network, nwfilter, nodedev, iface) use the host's
+libvirtd: it is started when none answers, and stopped on exit only if we
+started it. Running guests are shut down on exit (ACPI, then destroy after a
+timeout) unless ``--keep-guests`` is given; a restarted compute service picks
+them up.
 
 Every process serves Prometheus metrics on 127.0.0.1: the gateway on the base
 port (``--metrics-base-port``, default 9650), the services on the ports after
@@ -37,11 +39,11 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.pki import ensure_dev_pki
+from gateway.authn import ensure_dev_identities
 from guest import example
 from services.common.host_daemon import HostDaemon, HostDaemonError
 
-SERVICES = ("compute",)  # INTEGRATION: all seven once their packages exist
+SERVICES = ("compute", "secret", "storage", "network", "nwfilter", "nodedev", "iface")
 METRICS_HOST = "127.0.0.1"
 METRICS_BASE_PORT = 9650
 TARGETS_FILE = "targets.json"
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"virtmesh: {error}", file=sys.stderr)
         return 2
     pki = state / "pki"
-    ensure_dev_pki(pki)
+    ensure_dev_identities(state)
     if (state / "guest" / "vmlinuz").exists():
         (state / "guest" / "demo.xml").write_text(example.render("demo", state, args.virt_type))
 
@@ -278,8 +280,9 @@ def _run(args: argparse.Namespace, state: Path, pki: Path, services: list[Child]
 
 BANNER = """
 virtmesh is running.
-  gateway      {listen} (TLS; dev PKI in {state}/pki)
-  sockets      {state}/run/*.sock
+  gateway      {listen} (TLS; dev PKI in {state}/pki, tokens in {state}/tokens)
+  sockets      {state}/run/<service>.sock, read-only {state}/run/<service>-ro.sock
+  audit        {state}/log/audit.jsonl
   logs         {state}/log/*.log
 {endpoints}
   targets      {targets} (Prometheus file_sd; see deploy/prometheus/README.md)
@@ -295,6 +298,9 @@ Try, in another terminal (`. .venv/bin/activate` or use .venv/bin/virtmesh):
   virtmesh stats demo
   virtmesh shutdown demo --wait            # ACPI power button
   virtmesh undefine demo
+  virtmesh services                        # every service behind the gateway
+  virtmesh pool-list; virtmesh net-list; virtmesh nodedev-list; virtmesh iface-list
+  virtmesh --token-file {state}/tokens/readonly.token list   # the read-only identity
 Press Ctrl-C to stop."""
 
 

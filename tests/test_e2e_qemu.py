@@ -25,7 +25,7 @@ import grpc
 import pytest
 
 from guest import example
-from services.supervisor import client_credentials, wait_serving
+from services.supervisor import SERVICES, client_credentials, wait_serving
 from tests.conftest import ROOT, Mesh, free_port, running_mesh, service_process
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
@@ -276,9 +276,10 @@ def test_services_stop_when_the_supervisor_is_killed() -> None:
              "--listen", f"127.0.0.1:{port}", "--metrics-base-port", "0"],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL)
-        children = f"-m (services|gateway).* --state-dir {state}"
+        children = f"-m (services[.]({'|'.join(SERVICES)})|gateway) --state-dir {state}"
         try:
-            wait_for(lambda: len(_pids(children)) == 2, 120, "compute and gateway")
+            wait_for(lambda: len(_pids(children)) == len(SERVICES) + 1, 120,
+                     "every service and the gateway")
             wait_serving(f"127.0.0.1:{port}", "", 60, client_credentials(state / "pki"))
             mesh.kill()
             mesh.wait()

@@ -30,7 +30,7 @@ import grpc
 import pytest
 
 from guest import example
-from services.supervisor import METRICS_BASE_PORT, metrics_addresses, write_targets
+from services.supervisor import METRICS_BASE_PORT, SERVICES, metrics_addresses, write_targets
 from tests.conftest import ROOT, free_port
 from tests.test_e2e_qemu import short_state_dir
 from virtmesh.compute.v1 import compute_service_pb2 as pb
@@ -199,7 +199,7 @@ def test_prometheus_scrapes_the_mesh(tmp_path: Path) -> None:
             assert mesh.poll() is None, mesh_log.read_text()
             groups = json.loads(targets.read_text())
             endpoints = {g["labels"]["service"]: g["targets"][0] for g in groups}
-            assert set(endpoints) == {"gateway", "compute"}
+            assert set(endpoints) == {"gateway", *SERVICES}
             assert all(e.startswith("127.0.0.1:") for e in endpoints.values())
             for address in endpoints.values():
                 assert f"http://{address}/metrics" in mesh_log.read_text()  # the banner
