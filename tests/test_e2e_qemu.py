@@ -30,7 +30,8 @@ from tests.conftest import ROOT, Mesh, free_port, running_mesh, service_process
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 
-pytestmark = [pytest.mark.qemu, pytest.mark.timeout(300)]
+# make run's mesh includes the services on the host's libvirtd: the session owns it.
+pytestmark = [pytest.mark.qemu, pytest.mark.timeout(300), pytest.mark.usefixtures("host_libvirtd")]
 
 BOOTED = "virtmesh-guest: booted"
 EMBED_URI = "qemu:///embed?root={state_dir}/qemu"

@@ -180,6 +180,7 @@ def running_prometheus(config: Path, data: Path, log_path: Path) -> Iterator[Pro
 
 @pytest.mark.qemu
 @pytest.mark.timeout(300)
+@pytest.mark.usefixtures("host_libvirtd")
 def test_prometheus_scrapes_the_mesh(tmp_path: Path) -> None:
     with short_state_dir() as state:
         port = free_port()

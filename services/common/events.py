@@ -14,8 +14,11 @@ from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 import grpc
+import libvirt
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.errors import ServiceError
+from services.common.libvirt_connection import LibvirtConnection
 from services.common.metrics import EVENT_SUBSCRIBERS
 
 Event = TypeVar("Event")
@@ -82,6 +85,17 @@ class EventHub(Generic[Event]):
         self._subscribers: set[Subscription[Event]] = set()
         self._lock = threading.Lock()
 
+    @classmethod
+    def fed_by(cls, connection: LibvirtConnection, max_subscribers: int,
+               register: Callable[[libvirt.virConnect], None]) -> EventHub[Event]:
+        """A hub whose libvirt callbacks ``register`` puts on every new connection;
+        its streams end when the connection is lost (events would be missed)."""
+        hub: EventHub[Event] = cls(max_subscribers)
+        connection.on_connect(register)
+        connection.on_state_change(
+            lambda up: None if up else hub.close_all("the libvirt connection was lost"))
+        return hub
+
     @property
     def subscriber_count(self) -> int:
         return len(self._subscribers)
@@ -116,3 +130,10 @@ class EventHub(Generic[Event]):
             EVENT_SUBSCRIBERS.dec(len(subscribers))
         for subscription in subscribers:
             subscription.close(reason)
+
+
+def now() -> Timestamp:
+    """The time an event is published, for its ``time`` field."""
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp

@@ -45,6 +45,11 @@ def _abort(context: grpc.ServicerContext, method: str, error: Exception) -> None
         # The handler chose its status with gRPC's own API (context.abort, or set_code
         # and raise): keep it instead of turning it into INTERNAL.
         raise error
+    if isinstance(error, grpc.RpcError) and not context.is_active():
+        # The client cancelled (or its deadline passed) while the handler read its
+        # request stream: there is no one left to answer, and nothing went wrong here.
+        log.debug("%s: the client went away", method)
+        raise error
     if not isinstance(error, (libvirt.libvirtError, ServiceError)):
         log.exception("%s failed unexpectedly", method)
     context.abort_with_status(to_status(error))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,28 +13,14 @@ from urllib.parse import parse_qs, urlparse
 import grpc
 import libvirt
 
+from services.common.backend import Backend, by_name_or_uuid, list_flags
 from services.common.config import Config
-from services.common.errors import ServiceError
+from services.common.errors import ServiceError, require
 from services.common.libvirt_connection import LibvirtConnection
 
 log = logging.getLogger(__name__)
 
 _QEMU_CONF_MARKER = "# Managed by virtmesh compute"
-
-
-def require(value: str, field: str) -> str:
-    if not value:
-        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{field} is required",
-                           "MISSING_FIELD")
-    return value
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
 
 
 def scope_flags(live: bool, config: bool) -> int:
@@ -78,9 +63,9 @@ def prepare_embedded_root(config: Config) -> None:
     log.info("wrote %s", conf)
 
 
-class ComputeBackend:
+class ComputeBackend(Backend):
     def __init__(self, connection: LibvirtConnection) -> None:
-        self.connection = connection
+        super().__init__(connection)
         self._autostarted = False
         if is_embedded(connection.uri):
             connection.on_connect(self._autostart)
@@ -104,36 +89,21 @@ class ComputeBackend:
             except libvirt.libvirtError as error:
                 log.warning("cannot autostart guest %s: %s", dom.name(), error)
 
-    @property
-    def conn(self) -> libvirt.virConnect:
-        return self.connection.conn
-
     def lookup(self, name: str) -> libvirt.virDomain:
         """A domain by name or by UUID string."""
-        require(name, "name")
         conn = self.conn
-        if _is_uuid(name):
-            try:
-                return conn.lookupByUUIDString(name)
-            except libvirt.libvirtError as error:
-                if error.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                    raise
-        return conn.lookupByName(name)
+        return by_name_or_uuid(name, conn.lookupByUUIDString, conn.lookupByName,
+                               libvirt.VIR_ERR_NO_DOMAIN)
 
     def list_domains(self, active: bool | None, persistent: bool | None,
              autostart: bool | None) -> list[libvirt.virDomain]:
-        flags = 0
-        for wanted, yes, no in (
+        return self.conn.listAllDomains(list_flags(
             (active, libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE,
              libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE),
             (persistent, libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT,
              libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT),
             (autostart, libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART,
-             libvirt.VIR_CONNECT_LIST_DOMAINS_NO_AUTOSTART),
-        ):
-            if wanted is not None:
-                flags |= yes if wanted else no
-        return self.conn.listAllDomains(flags)
+             libvirt.VIR_CONNECT_LIST_DOMAINS_NO_AUTOSTART)))
 
     def define(self, xml: str, validate: bool) -> libvirt.virDomain:
         flags = libvirt.VIR_DOMAIN_DEFINE_VALIDATE if validate else 0

@@ -10,15 +10,15 @@ from typing import Any
 
 import grpc
 import libvirt
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common import paging
 from services.common.config import Config
-from services.common.events import EventHub
+from services.common.errors import require
+from services.common.events import EventHub, now
 from services.common.libvirt_connection import LibvirtConnection
 from services.common.version import VERSION
 from services.compute import convert
-from services.compute.backend import ComputeBackend, require, scope_flags
+from services.compute.backend import ComputeBackend, scope_flags
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 
@@ -38,20 +38,11 @@ _REBOOT_FLAGS = {
 }
 
 
-def _now() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
-
-
 class ComputeServicer(pb_grpc.ComputeServiceServicer):
     def __init__(self, connection: LibvirtConnection, config: Config) -> None:
         self.backend = ComputeBackend(connection)
-        self.events: EventHub[pb.WatchDomainEventsResponse] = EventHub(
-            config.max_event_watchers)
-        connection.on_connect(self._register_events)
-        connection.on_state_change(
-            lambda up: None if up else self.events.close_all("the libvirt connection was lost"))
+        self.events: EventHub[pb.WatchDomainEventsResponse] = EventHub.fed_by(
+            connection, config.max_event_watchers, self._register_events)
 
     def close(self) -> None:
         """The service is stopping: end event streams now rather than after the grace."""
@@ -62,7 +53,7 @@ class ComputeServicer(pb_grpc.ComputeServiceServicer):
     def _register_events(self, conn: libvirt.virConnect) -> None:
         def publish(dom: libvirt.virDomain, **event: Any) -> None:
             self.events.publish(pb.WatchDomainEventsResponse(
-                name=dom.name(), uuid=dom.UUIDString(), time=_now(), **event))
+                name=dom.name(), uuid=dom.UUIDString(), time=now(), **event))
 
         conn.domainEventRegisterAny(
             None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,

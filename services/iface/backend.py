@@ -9,8 +9,8 @@ from collections.abc import Iterable
 import grpc
 import libvirt
 
+from services.common.backend import Backend
 from services.common.errors import ServiceError, require
-from services.common.libvirt_connection import LibvirtConnection
 from virtmesh.iface.v1 import iface_service_pb2 as pb
 
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
@@ -34,13 +34,7 @@ def interfaces(ifaces: Iterable[libvirt.virInterface]) -> list[pb.Interface]:
     return summaries
 
 
-class InterfaceBackend:
-    def __init__(self, connection: LibvirtConnection) -> None:
-        self.connection = connection
-
-    @property
-    def conn(self) -> libvirt.virConnect:
-        return self.connection.conn
+class InterfaceBackend(Backend):
 
     def lookup(self, name: str) -> libvirt.virInterface:
         return self.conn.interfaceLookupByName(require(name, "name"))

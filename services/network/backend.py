@@ -2,61 +2,29 @@
 
 from __future__ import annotations
 
-import uuid
-
 import grpc
 import libvirt
 
+from services.common.backend import Backend, by_name_or_uuid, is_uuid, list_flags
 from services.common.errors import ServiceError, require
-from services.common.libvirt_connection import LibvirtConnection
 
 
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _list_flags(active: bool | None, persistent: bool | None, autostart: bool | None) -> int:
-    flags = 0
-    for wanted, yes, no in (
-        (active, libvirt.VIR_CONNECT_LIST_NETWORKS_ACTIVE,
-         libvirt.VIR_CONNECT_LIST_NETWORKS_INACTIVE),
-        (persistent, libvirt.VIR_CONNECT_LIST_NETWORKS_PERSISTENT,
-         libvirt.VIR_CONNECT_LIST_NETWORKS_TRANSIENT),
-        (autostart, libvirt.VIR_CONNECT_LIST_NETWORKS_AUTOSTART,
-         libvirt.VIR_CONNECT_LIST_NETWORKS_NO_AUTOSTART),
-    ):
-        if wanted is not None:
-            flags |= yes if wanted else no
-    return flags
-
-
-class NetworkBackend:
-    def __init__(self, connection: LibvirtConnection) -> None:
-        self.connection = connection
-
-    @property
-    def conn(self) -> libvirt.virConnect:
-        return self.connection.conn
-
+class NetworkBackend(Backend):
     def lookup(self, name: str) -> libvirt.virNetwork:
         """A network by name or by UUID string."""
-        require(name, "name")
         conn = self.conn
-        if _is_uuid(name):
-            try:
-                return conn.networkLookupByUUIDString(name)
-            except libvirt.libvirtError as error:
-                if error.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
-                    raise
-        return conn.networkLookupByName(name)
+        return by_name_or_uuid(name, conn.networkLookupByUUIDString, conn.networkLookupByName,
+                               libvirt.VIR_ERR_NO_NETWORK)
 
     def list_networks(self, active: bool | None, persistent: bool | None,
                       autostart: bool | None) -> list[libvirt.virNetwork]:
-        return self.conn.listAllNetworks(_list_flags(active, persistent, autostart))
+        return self.conn.listAllNetworks(list_flags(
+            (active, libvirt.VIR_CONNECT_LIST_NETWORKS_ACTIVE,
+             libvirt.VIR_CONNECT_LIST_NETWORKS_INACTIVE),
+            (persistent, libvirt.VIR_CONNECT_LIST_NETWORKS_PERSISTENT,
+             libvirt.VIR_CONNECT_LIST_NETWORKS_TRANSIENT),
+            (autostart, libvirt.VIR_CONNECT_LIST_NETWORKS_AUTOSTART,
+             libvirt.VIR_CONNECT_LIST_NETWORKS_NO_AUTOSTART)))
 
     def define(self, xml: str, validate: bool) -> libvirt.virNetwork:
         flags = libvirt.VIR_NETWORK_DEFINE_VALIDATE if validate else 0
@@ -84,7 +52,7 @@ class NetworkBackend:
 
     def port(self, net: libvirt.virNetwork, port: str) -> libvirt.virNetworkPort:
         """A port of ``net`` by its UUID."""
-        if not _is_uuid(require(port, "port")):
+        if not is_uuid(require(port, "port")):
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"port must be a UUID (got '{port}')", "INVALID_PORT")
         return net.portLookupByUUIDString(port)

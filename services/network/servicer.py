@@ -9,11 +9,10 @@ from collections.abc import Iterator
 
 import grpc
 import libvirt
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common import paging
 from services.common.config import Config
-from services.common.events import EventHub
+from services.common.events import EventHub, now
 from services.common.libvirt_connection import LibvirtConnection
 from services.network import convert
 from services.network.backend import NetworkBackend
@@ -23,20 +22,11 @@ from virtmesh.network.v1 import network_service_pb2_grpc as pb_grpc
 Ctx = grpc.ServicerContext
 
 
-def _now() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
-
-
 class NetworkServicer(pb_grpc.NetworkServiceServicer):
     def __init__(self, connection: LibvirtConnection, config: Config) -> None:
         self.backend = NetworkBackend(connection)
-        self.events: EventHub[pb.WatchNetworkEventsResponse] = EventHub(
-            config.max_event_watchers)
-        connection.on_connect(self._register_events)
-        connection.on_state_change(
-            lambda up: None if up else self.events.close_all("the libvirt connection was lost"))
+        self.events: EventHub[pb.WatchNetworkEventsResponse] = EventHub.fed_by(
+            connection, config.max_event_watchers, self._register_events)
 
     def close(self) -> None:
         """The service is stopping: end event streams now rather than after the grace."""
@@ -48,7 +38,7 @@ class NetworkServicer(pb_grpc.NetworkServiceServicer):
         def publish(_conn: libvirt.virConnect, net: libvirt.virNetwork, event: int,
                     _detail: int, _opaque: object) -> None:
             self.events.publish(pb.WatchNetworkEventsResponse(
-                name=net.name(), uuid=net.UUIDString(), time=_now(),
+                name=net.name(), uuid=net.UUIDString(), time=now(),
                 type=convert.event_type(event)))
 
         conn.networkEventRegisterAny(None, libvirt.VIR_NETWORK_EVENT_ID_LIFECYCLE, publish, None)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import libvirt
 
+from services.common.backend import Backend
 from services.common.errors import ServiceError, require
-from services.common.libvirt_connection import LibvirtConnection
 
 
 def _parent(dev: libvirt.virNodeDevice) -> str | None:
@@ -19,13 +19,7 @@ def _parent(dev: libvirt.virNodeDevice) -> str | None:
         return None
 
 
-class NodeDeviceBackend:
-    def __init__(self, connection: LibvirtConnection) -> None:
-        self.connection = connection
-
-    @property
-    def conn(self) -> libvirt.virConnect:
-        return self.connection.conn
+class NodeDeviceBackend(Backend):
 
     def lookup(self, name: str) -> libvirt.virNodeDevice:
         return self.conn.nodeDeviceLookupByName(require(name, "name"))

@@ -10,11 +10,10 @@ from typing import Any
 
 import grpc
 import libvirt
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common import paging
 from services.common.config import Config
-from services.common.events import EventHub
+from services.common.events import EventHub, now
 from services.common.libvirt_connection import LibvirtConnection
 from services.nodedev import convert
 from services.nodedev.backend import NodeDeviceBackend
@@ -24,20 +23,11 @@ from virtmesh.nodedev.v1 import nodedev_service_pb2_grpc as pb_grpc
 Ctx = grpc.ServicerContext
 
 
-def _now() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
-
-
 class NodeDeviceServicer(pb_grpc.NodeDeviceServiceServicer):
     def __init__(self, connection: LibvirtConnection, config: Config) -> None:
         self.backend = NodeDeviceBackend(connection)
-        self.events: EventHub[pb.WatchNodeDeviceEventsResponse] = EventHub(
-            config.max_event_watchers)
-        connection.on_connect(self._register_events)
-        connection.on_state_change(
-            lambda up: None if up else self.events.close_all("the libvirt connection was lost"))
+        self.events: EventHub[pb.WatchNodeDeviceEventsResponse] = EventHub.fed_by(
+            connection, config.max_event_watchers, self._register_events)
 
     def close(self) -> None:
         """The service is stopping: end event streams now rather than after the grace."""
@@ -48,7 +38,7 @@ class NodeDeviceServicer(pb_grpc.NodeDeviceServiceServicer):
     def _register_events(self, conn: libvirt.virConnect) -> None:
         def publish(dev: libvirt.virNodeDevice, **event: Any) -> None:
             self.events.publish(pb.WatchNodeDeviceEventsResponse(
-                name=dev.name(), time=_now(), **event))
+                name=dev.name(), time=now(), **event))
 
         conn.nodeDeviceEventRegisterAny(
             None, libvirt.VIR_NODE_DEVICE_EVENT_ID_LIFECYCLE,

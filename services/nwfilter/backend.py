@@ -2,43 +2,21 @@
 
 from __future__ import annotations
 
-import uuid
 import xml.etree.ElementTree as ET
 
 import grpc
 import libvirt
 
+from services.common.backend import Backend, by_name_or_uuid
 from services.common.errors import ServiceError, require
-from services.common.libvirt_connection import LibvirtConnection
 
 
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
-
-
-class NWFilterBackend:
-    def __init__(self, connection: LibvirtConnection) -> None:
-        self.connection = connection
-
-    @property
-    def conn(self) -> libvirt.virConnect:
-        return self.connection.conn
-
+class NWFilterBackend(Backend):
     def lookup(self, name: str) -> libvirt.virNWFilter:
         """A filter by name or by UUID string."""
-        require(name, "name")
         conn = self.conn
-        if _is_uuid(name):
-            try:
-                return conn.nwfilterLookupByUUIDString(name)
-            except libvirt.libvirtError as error:
-                if error.get_error_code() != libvirt.VIR_ERR_NO_NWFILTER:
-                    raise
-        return conn.nwfilterLookupByName(name)
+        return by_name_or_uuid(name, conn.nwfilterLookupByUUIDString, conn.nwfilterLookupByName,
+                               libvirt.VIR_ERR_NO_NWFILTER)
 
     def lookup_binding(self, port_dev: str) -> libvirt.virNWFilterBinding:
         return self.conn.nwfilterBindingLookupByPortDev(require(port_dev, "name"))

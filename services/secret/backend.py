@@ -10,13 +10,13 @@ import logging
 import subprocess
 import sys
 import tempfile
-import uuid
 import xml.etree.ElementTree as ET
 from urllib.parse import urlparse
 
 import grpc
 import libvirt
 
+from services.common.backend import Backend, is_uuid, list_flags
 from services.common.errors import ServiceError, require
 from services.common.libvirt_connection import LibvirtConnection
 from services.secret import convert
@@ -72,24 +72,16 @@ def _libvirt_version() -> str:
     return f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
 
 
-class SecretBackend:
+class SecretBackend(Backend):
     def __init__(self, connection: LibvirtConnection) -> None:
-        self.connection = connection
+        super().__init__(connection)
         self.undefine_crashes = is_embedded(connection.uri) and embedded_undefine_crashes()
-
-    @property
-    def conn(self) -> libvirt.virConnect:
-        return self.connection.conn
 
     def lookup(self, name: str) -> libvirt.virSecret:
         """A secret by its UUID string."""
-        require(name, "name")
-        try:
-            uuid.UUID(name)
-        except ValueError:
+        if not is_uuid(require(name, "name")):
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"name must be the secret's UUID (got {name!r})",
-                               "INVALID_UUID") from None
+                               f"name must be the secret's UUID (got {name!r})", "INVALID_UUID")
         return self.conn.secretLookupByUUIDString(name)
 
     def lookup_usage(self, usage: pb.Usage) -> libvirt.virSecret:
@@ -97,16 +89,11 @@ class SecretBackend:
         return self.conn.secretLookupByUsage(usage_type, require(usage.id, "usage.id"))
 
     def list_secrets(self, ephemeral: bool | None, private: bool | None) -> list[libvirt.virSecret]:
-        flags = 0
-        for wanted, yes, no in (
+        return self.conn.listAllSecrets(list_flags(
             (ephemeral, libvirt.VIR_CONNECT_LIST_SECRETS_EPHEMERAL,
              libvirt.VIR_CONNECT_LIST_SECRETS_NO_EPHEMERAL),
             (private, libvirt.VIR_CONNECT_LIST_SECRETS_PRIVATE,
-             libvirt.VIR_CONNECT_LIST_SECRETS_NO_PRIVATE),
-        ):
-            if wanted is not None:
-                flags |= yes if wanted else no
-        return self.conn.listAllSecrets(flags)
+             libvirt.VIR_CONNECT_LIST_SECRETS_NO_PRIVATE)))
 
     def define(self, xml: str, validate: bool) -> libvirt.virSecret:
         require(xml, "xml")

@@ -10,12 +10,11 @@ from collections.abc import Iterator
 
 import grpc
 import libvirt
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common import paging
 from services.common.config import Config
 from services.common.errors import ServiceError
-from services.common.events import EventHub
+from services.common.events import EventHub, now
 from services.common.libvirt_connection import LibvirtConnection
 from services.secret import convert
 from services.secret.backend import SecretBackend
@@ -25,19 +24,11 @@ from virtmesh.secret.v1 import secret_service_pb2_grpc as pb_grpc
 Ctx = grpc.ServicerContext
 
 
-def _now() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
-
-
 class SecretServicer(pb_grpc.SecretServiceServicer):
     def __init__(self, connection: LibvirtConnection, config: Config) -> None:
         self.backend = SecretBackend(connection)
-        self.events: EventHub[pb.WatchSecretEventsResponse] = EventHub(config.max_event_watchers)
-        connection.on_connect(self._register_events)
-        connection.on_state_change(
-            lambda up: None if up else self.events.close_all("the libvirt connection was lost"))
+        self.events: EventHub[pb.WatchSecretEventsResponse] = EventHub.fed_by(
+            connection, config.max_event_watchers, self._register_events)
 
     def close(self) -> None:
         """The service is stopping: end event streams now rather than after the grace."""
@@ -51,7 +42,7 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
     def _register_events(self, conn: libvirt.virConnect) -> None:
         def publish(secret: libvirt.virSecret, **event: object) -> None:
             self.events.publish(pb.WatchSecretEventsResponse(
-                name=secret.UUIDString(), usage=convert.usage(secret), time=_now(),
+                name=secret.UUIDString(), usage=convert.usage(secret), time=now(),
                 **event))  # type: ignore[arg-type]
 
         conn.secretEventRegisterAny(

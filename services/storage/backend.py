@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 
 import grpc
 import libvirt
 
+from services.common.backend import Backend, by_name_or_uuid, list_flags
 from services.common.errors import ServiceError, require
 from services.common.libvirt_connection import LibvirtConnection
 from services.storage import convert
@@ -45,50 +45,29 @@ def _invalid(message: str, reason: str = "INVALID_REQUEST") -> ServiceError:
     return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, reason)
 
 
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _abort(stream: libvirt.virStream) -> None:
     """Abort a libvirt stream; one that already failed reports its error again."""
     with contextlib.suppress(libvirt.libvirtError):
         stream.abort()
 
 
-class StorageBackend:
+class StorageBackend(Backend):
     def __init__(self, connection: LibvirtConnection, max_message_bytes: int) -> None:
-        self.connection = connection
+        super().__init__(connection)
         #: download chunk size: 1 MiB unless the configured message limit is smaller
         self.chunk_bytes = max(1, min(CHUNK_BYTES, max_message_bytes - _ENVELOPE_BYTES))
-
-    @property
-    def conn(self) -> libvirt.virConnect:
-        return self.connection.conn
 
     # -- pools ------------------------------------------------------------------
 
     def pool(self, name: str) -> libvirt.virStoragePool:
         """A pool by name or by UUID string."""
-        require(name, "name")
         conn = self.conn
-        if _is_uuid(name):
-            try:
-                return conn.storagePoolLookupByUUIDString(name)
-            except libvirt.libvirtError as error:
-                if error.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
-                    raise
-        return conn.storagePoolLookupByName(name)
+        return by_name_or_uuid(name, conn.storagePoolLookupByUUIDString,
+                               conn.storagePoolLookupByName, libvirt.VIR_ERR_NO_STORAGE_POOL)
 
     def list_pools(self, filters: dict[str, bool | None],
                    types: list[str]) -> list[libvirt.virStoragePool]:
-        flags = 0
-        for field, yes, no in _POOL_LIST_FLAGS:
-            if filters[field] is not None:
-                flags |= yes if filters[field] else no
+        flags = list_flags(*((filters[field], yes, no) for field, yes, no in _POOL_LIST_FLAGS))
         for pool_type in types:
             if pool_type not in POOL_TYPES:
                 raise _invalid(f"unknown pool type '{pool_type}' (known: "

@@ -9,11 +9,10 @@ from collections.abc import Iterator
 
 import grpc
 import libvirt
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common import paging
 from services.common.config import Config
-from services.common.events import EventHub
+from services.common.events import EventHub, now
 from services.common.libvirt_connection import LibvirtConnection
 from services.storage import convert
 from services.storage.backend import StorageBackend
@@ -23,20 +22,11 @@ from virtmesh.storage.v1 import storage_service_pb2_grpc as pb_grpc
 Ctx = grpc.ServicerContext
 
 
-def _now() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
-
-
 class StorageServicer(pb_grpc.StorageServiceServicer):
     def __init__(self, connection: LibvirtConnection, config: Config) -> None:
         self.backend = StorageBackend(connection, config.max_message_bytes)
-        self.events: EventHub[pb.WatchStoragePoolEventsResponse] = EventHub(
-            config.max_event_watchers)
-        connection.on_connect(self._register_events)
-        connection.on_state_change(
-            lambda up: None if up else self.events.close_all("the libvirt connection was lost"))
+        self.events: EventHub[pb.WatchStoragePoolEventsResponse] = EventHub.fed_by(
+            connection, config.max_event_watchers, self._register_events)
 
     def close(self) -> None:
         """The service is stopping: end event streams now rather than after the grace."""
@@ -49,7 +39,7 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
                     lifecycle: pb.StoragePoolLifecycleEvent | None = None,
                     refresh: pb.StoragePoolRefreshEvent | None = None) -> None:
             self.events.publish(pb.WatchStoragePoolEventsResponse(
-                name=pool.name(), uuid=pool.UUIDString(), time=_now(), lifecycle=lifecycle,
+                name=pool.name(), uuid=pool.UUIDString(), time=now(), lifecycle=lifecycle,
                 refresh=refresh))
 
         conn.storagePoolEventRegisterAny(
