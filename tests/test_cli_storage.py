@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from services.storage import SPEC
 from tests.conftest import running_service
 from tests.test_storage_service import SYSTEM, pool_xml, remove_host_pool, unique, volume_xml
+from virtmesh.storage.v1 import storage_service_pb2 as pb
+from virtmesh.storage.v1 import storage_service_pb2_grpc as pb_grpc
 from virtmesh_client.cli import main
 
 #: ``virtmesh(*args) -> (exit code, stdout, stderr)``
@@ -132,3 +137,26 @@ def test_pool_create_and_bad_xml(virtmesh: Run, tmp_path: Path) -> None:
         assert pool not in ok(virtmesh, "pool-list")
     finally:
         remove_host_pool(pool)
+
+
+def test_pool_event(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with running_service(tmp_path, "test:///default", spec=SPEC, grace_period=0.5) as service:
+        result: list[int] = []
+        watcher = threading.Thread(target=lambda: result.append(main(
+            ["pool-event", "default-pool", "--count", "2", "--socket",
+             str(service.socket_path)])), daemon=True)
+        watcher.start()
+        deadline = time.monotonic() + 30  # hang guard
+        while service.servicer.events.subscriber_count == 0:
+            assert time.monotonic() < deadline, "pool-event never subscribed"
+            time.sleep(0.02)
+        # Straight through gRPC: nothing but the watcher prints while it runs.
+        with grpc.insecure_channel(f"unix:{service.socket_path}") as channel:
+            stub = pb_grpc.StorageServiceStub(channel)
+            stub.StopStoragePool(pb.StopStoragePoolRequest(name="default-pool"))
+            stub.StartStoragePool(pb.StartStoragePoolRequest(name="default-pool"))
+        watcher.join(60)
+    assert result == [0]
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1:] for line in lines] == [["default-pool", "stopped"],
+                                                    ["default-pool", "started"]]

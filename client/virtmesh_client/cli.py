@@ -339,13 +339,24 @@ def cmd_dumpxml(client: Client, args: argparse.Namespace, out: Output) -> None:
     out.show(response, response.xml.rstrip("\n"))
 
 
-def cmd_events(client: Client, args: argparse.Namespace, out: Output) -> None:
-    with client.watch(args.names) as events:
-        print("watching domain events; Ctrl-C to stop", file=sys.stderr, flush=True)
-        for count, event in enumerate(events, 1):
-            out.line(event, _event_text(event))
-            if count == args.count:
+def follow(events: EventStream, what: str, text: Callable[[Any], str], out: Output,
+           count: int | None) -> None:
+    """Print a Watch… stream's events as they come, until Ctrl-C or ``count`` events."""
+    with events:
+        print(f"watching {what} events; Ctrl-C to stop", file=sys.stderr, flush=True)
+        for seen, event in enumerate(events, 1):
+            out.line(event, text(event))
+            if seen == count:
                 return
+
+
+def watch(client: Client, method: str, request: Any) -> EventStream:
+    """Open a Watch… stream of any service; returns once the server has subscribed us."""
+    return EventStream(client.method(method, type(request))(request, timeout=None))
+
+
+def cmd_events(client: Client, args: argparse.Namespace, out: Output) -> None:
+    follow(client.watch(args.names), "domain", _event_text, out, args.count)
 
 
 def merge_events(fleet: Fleet, args: argparse.Namespace, out: Output) -> None:
@@ -659,4 +670,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"virtmesh: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        return 0 if args.command == "events" else 130
+        # Ctrl-C is how a watch (events, net-event, ...) ends: not a failure.
+        return 0 if args.command == "events" or args.command.endswith("-event") else 130

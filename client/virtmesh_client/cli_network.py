@@ -7,7 +7,6 @@ Ports are named ``NETWORK PORT-UUID``. net-update takes the element as XML text
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
@@ -21,9 +20,11 @@ from virtmesh_client.cli import (
     _read,
     _yes,
     fields,
+    follow,
     table,
+    watch,
 )
-from virtmesh_client.client import Client, EventStream
+from virtmesh_client.client import Client
 
 #: virsh's net-update command names; "add" is add-last
 UPDATE_COMMANDS = {name.removeprefix("UPDATE_COMMAND_").lower().replace("_", "-"): value
@@ -191,14 +192,8 @@ def _event_text(event: pb.WatchNetworkEventsResponse) -> str:
 
 
 def cmd_net_event(client: Client, args: argparse.Namespace, out: Output) -> None:
-    call = client.method("WatchNetworkEvents", pb.WatchNetworkEventsRequest)(
-        pb.WatchNetworkEventsRequest(names=args.networks), timeout=None)
-    with EventStream(call) as events:
-        print("watching network events; Ctrl-C to stop", file=sys.stderr, flush=True)
-        for count, event in enumerate(events, 1):
-            out.line(event, _event_text(event))
-            if count == args.count:
-                return
+    follow(watch(client, "WatchNetworkEvents", pb.WatchNetworkEventsRequest(
+        names=args.networks)), "network", _event_text, out, args.count)
 
 
 def register(command: CommandFactory) -> None:

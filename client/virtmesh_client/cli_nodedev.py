@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from datetime import UTC
 from typing import Any
 
 from virtmesh.nodedev.v1 import nodedev_service_pb2 as pb
-from virtmesh_client.cli import CommandFactory, Output, Query, _enum, _read, _yes, fields
-from virtmesh_client.client import Client, EventStream
+from virtmesh_client.cli import (
+    CommandFactory,
+    Output,
+    Query,
+    _enum,
+    _read,
+    _yes,
+    fields,
+    follow,
+    watch,
+)
+from virtmesh_client.client import Client
 
 #: libvirt's capability names ("pci", "usb_device", ...) -> NodeDeviceCapability
 CAPABILITIES = {name.removeprefix("NODE_DEVICE_CAPABILITY_").lower(): value
@@ -103,13 +112,8 @@ def _event_text(event: Any) -> str:
 
 
 def cmd_event(client: Client, args: argparse.Namespace, out: Output) -> None:
-    request = pb.WatchNodeDeviceEventsRequest(names=args.devices)
-    with EventStream(client.method("WatchNodeDeviceEvents", type(request))(request)) as events:
-        print("watching node device events; Ctrl-C to stop", file=sys.stderr, flush=True)
-        for count, event in enumerate(events, 1):
-            out.line(event, _event_text(event))
-            if count == args.count:
-                return
+    follow(watch(client, "WatchNodeDeviceEvents", pb.WatchNodeDeviceEventsRequest(
+        names=args.devices)), "node device", _event_text, out, args.count)
 
 
 def register(command: CommandFactory) -> None:

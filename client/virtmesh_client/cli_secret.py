@@ -23,8 +23,10 @@ from virtmesh_client.cli import (
     _read,
     _yes,
     fields,
+    follow,
+    watch,
 )
-from virtmesh_client.client import Client, EventStream
+from virtmesh_client.client import Client
 
 USAGES = {name.removeprefix("USAGE_TYPE_").lower(): value
           for name, value in pb.UsageType.items() if value}
@@ -118,14 +120,8 @@ def _event_text(event: Any) -> str:
 
 
 def cmd_event(client: Client, args: argparse.Namespace, out: Output) -> None:
-    request = pb.WatchSecretEventsRequest(names=args.secrets)
-    with EventStream(client.method("WatchSecretEvents", pb.WatchSecretEventsRequest)(
-            request, timeout=None)) as events:
-        print("watching secret events; Ctrl-C to stop", file=sys.stderr, flush=True)
-        for count, event in enumerate(events, 1):
-            out.line(event, _event_text(event))
-            if count == args.count:
-                return
+    follow(watch(client, "WatchSecretEvents", pb.WatchSecretEventsRequest(names=args.secrets)),
+           "secret", _event_text, out, args.count)
 
 
 def _uuid(sub: argparse.ArgumentParser) -> None:

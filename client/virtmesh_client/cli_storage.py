@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Iterator, Sequence
+from datetime import UTC
 from typing import IO, Any
 
 from virtmesh.storage.v1 import storage_service_pb2 as pb
@@ -21,7 +22,9 @@ from virtmesh_client.cli import (
     _read,
     _yes,
     fields,
+    follow,
     table,
+    watch,
 )
 from virtmesh_client.client import Client
 
@@ -219,6 +222,19 @@ def _size(text: str) -> int:
     return int(number) * 1024 ** units[unit]
 
 
+def _event_text(event: pb.WatchStoragePoolEventsResponse) -> str:
+    when = event.time.ToDatetime(tzinfo=UTC).isoformat(timespec="milliseconds")
+    kind = ("refresh" if event.HasField("refresh") else _enum(
+        pb.StoragePoolLifecycleEventType, event.lifecycle.type,
+        "STORAGE_POOL_LIFECYCLE_EVENT_TYPE_"))
+    return f"{when}  {event.name}  {kind}"
+
+
+def cmd_pool_event(client: Client, args: argparse.Namespace, out: Output) -> None:
+    follow(watch(client, "WatchStoragePoolEvents", pb.WatchStoragePoolEventsRequest(
+        names=args.pools)), "storage pool", _event_text, out, args.count)
+
+
 def register(command: CommandFactory) -> None:
     xml_in = argparse.FileType("r")
 
@@ -270,6 +286,9 @@ def register(command: CommandFactory) -> None:
     sub = pool_command("pool-autostart", cmd_pool_autostart,
                        "start a pool with the storage driver")
     sub.add_argument("--disable", action="store_true", help="do not autostart it")
+    sub = command("pool-event", cmd_pool_event, "print storage pool events as they happen")
+    sub.add_argument("pools", nargs="*", metavar="POOL", help="only these pools")
+    sub.add_argument("--count", type=int, metavar="N", help="stop after N events")
 
     pool_command("vol-list", cmd_vol_list, "list a pool's volumes")
     volume_command("vol-info", cmd_vol_info, "show a volume's summary")
