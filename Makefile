@@ -20,7 +20,7 @@ help:
 	@echo "make test   install what is missing and run the whole test suite"
 	@echo "make lint   buf lint + format check, generated-code check, ruff, mypy"
 	@echo "make gen    regenerate Python code from protos/"
-	@echo "make bench  libvirtd vs compute service vs gateway, figures to bench-results.json"
+	@echo "make bench  libvirtd vs compute service vs gateway, scrapes, volume streaming: figures"
 	@echo "make image  build the container image from deploy/Containerfile (IMAGE=$(IMAGE))"
 
 # System packages: re-checked when the script changes (dpkg-query is quick anyway).
@@ -73,6 +73,7 @@ test: $(PY_STAMP) $(GUEST)
 bench: $(PY_STAMP)
 	$(PY) -m bench.bench --out bench-results.json
 	$(PY) -m bench.scrape
+	$(PY) -m bench.volume_stream --sizes 64,512
 
 # The container image; needs a working builder (a docker client alone, without an
 # engine, is not one). Fails, rather than pretending, when there is none.

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from services.common.host_daemon import HostDaemon
 from services.supervisor import wait_serving
 from virtmesh.storage.v1 import storage_service_pb2 as pb
 from virtmesh_client.client import Client
@@ -134,9 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="also write the results as JSON to this file")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="virtmesh-volbench-", dir=args.dir))
+    host = HostDaemon()  # the storage driver lives in the host's libvirtd
     try:
+        host.ensure()
         results = [measure(int(size), work) for size in args.sizes.split(",")]
     finally:
+        host.stop()
         shutil.rmtree(work, ignore_errors=True)
     print(f"{'size':>8}  {'upload':>12}  {'download':>12}  {'service RSS growth':>18}")
     for r in results:
