@@ -27,7 +27,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.config import Config
-from services.common.daemon import Daemon, ServiceSpec
+from services.common.daemon import Daemon, ServiceSpec, prepare_socket
 from services.compute import SPEC as COMPUTE
 from services.compute.servicer import ComputeServicer
 from virtmesh.compute.v1 import compute_service_pb2 as pb
@@ -434,3 +434,18 @@ def test_unexpected_exception_becomes_internal(tmp_path: Path) -> None:
     finally:
         daemon.stop()
     assert not daemon.socket_path.exists()
+
+
+def test_socket_dir_is_created_group_writable(tmp_path: Path) -> None:
+    """Services of one pod run as different users in one group (fsGroup): the first to
+    start creates run/, and the others must be able to put their sockets in it."""
+    shared = tmp_path / "state"
+    shared.mkdir()
+    shared.chmod(0o2777)  # as the kubelet makes an emptyDir with fsGroup
+    prepare_socket(shared / "run" / "compute.sock")
+    mode = (shared / "run").stat().st_mode
+    assert mode & 0o070 == 0o070 and mode & stat.S_ISGID
+    # an existing directory (systemd's RuntimeDirectory) keeps its mode
+    (shared / "run").chmod(0o750)
+    prepare_socket(shared / "run" / "secret.sock")
+    assert (shared / "run").stat().st_mode & 0o777 == 0o750

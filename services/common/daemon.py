@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -85,9 +86,23 @@ class ServiceSpec:
     busy: Callable[[Any], bool] | None = None
 
 
+def _make_socket_dir(directory: Path) -> None:
+    """Create the sockets' directory if missing, writable by the group: the services of a
+    node may run as different users sharing a group (a pod's fsGroup), and whichever
+    starts first creates it. An existing directory (systemd's RuntimeDirectory) is
+    left as it is."""
+    if directory.is_dir():
+        return
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # another service was quicker
+        directory.mkdir()
+        inherited = directory.stat().st_mode & stat.S_ISGID  # keep the group for new files
+        directory.chmod(0o775 | inherited)
+
+
 def prepare_socket(path: Path) -> None:
     """Make room for our socket: remove a stale file, refuse to steal a live one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_socket_dir(path.parent)
     if not path.exists() and not path.is_symlink():
         return
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
