@@ -26,13 +26,15 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import config as gateway_config
 from gateway.pki import ensure_dev_pki
+from gateway.routes import driver_of, proxied_services
 from guest import example
 from services.common import config as service_config
-from services.supervisor import wait_serving
+from services.supervisor import SERVICES, wait_serving
 from tests.conftest import Mesh, Process, free_port, gateway_process, service_process
 from tests.test_e2e_qemu import EMBED_URI, short_state_dir
 from tests.test_gateway import error_info, rpc_error
@@ -167,24 +169,30 @@ def test_running_guest_keeps_compute_until_destroyed() -> None:
 
 # --- activation through the gateway --------------------------------------------------
 
-def compute_pids(state_dir: Path) -> list[int]:
-    """Compute services (not zombies) started for ``state_dir``, found by command line."""
+def service_pids(state_dir: Path, service: str = "") -> list[int]:
+    """Services (``service``, or any) started for ``state_dir``, found by command line;
+    zombies have none."""
     pids = []
     for proc in Path("/proc").iterdir():
         with contextlib.suppress(OSError):
             argv = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"services.compute" in argv and str(state_dir).encode() in argv:
+            if str(state_dir).encode() in argv and any(
+                    arg.startswith(f"services.{service}".encode()) for arg in argv):
                 pids.append(int(proc.name))
     return pids
 
 
-def stop_computes(state_dir: Path) -> None:
+def compute_pids(state_dir: Path) -> list[int]:
+    return service_pids(state_dir, "compute")
+
+
+def stop_services(state_dir: Path) -> None:
     """The activated services run in sessions of their own: end them by pid."""
-    for pid in compute_pids(state_dir):
+    for pid in service_pids(state_dir):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    if not wait_until(lambda: not compute_pids(state_dir), 20):
-        for pid in compute_pids(state_dir):
+    if not wait_until(lambda: not service_pids(state_dir), 60):
+        for pid in service_pids(state_dir):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
 
@@ -203,7 +211,7 @@ def on_demand_gateway(state_dir: Path, activation: str, *args: str
         yield mesh, f"http://127.0.0.1:{metrics_port}/metrics"
     finally:
         gateway.stop()
-        stop_computes(state_dir)
+        stop_services(state_dir)
 
 
 def activations(url: str) -> float:
@@ -262,3 +270,32 @@ def test_failed_activation_is_unavailable_naming_the_service(tmp_path: Path, com
         info = error_info(error)
         assert (info.reason, info.metadata["service"]) == ("ACTIVATION_FAILED", "compute")
         assert reason in mesh.gateway.log()
+
+
+def first_list_rpc(service: ServiceDescriptor) -> str:
+    """The path of the service's first List RPC that needs no parent object."""
+    parents = {"name", "pool", "network"}
+    return next(f"/{service.full_name}/{method.name}" for method in service.methods
+                if method.name.startswith("List") and not method.client_streaming
+                and not method.server_streaming
+                and not parents & set(method.input_type.fields_by_name))
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("host_libvirtd")
+def test_every_service_is_started_by_its_first_call() -> None:
+    """No service running, their default libvirt URIs (embedded QEMU and secret, the host's
+    libvirtd for the rest): the first call of each through the gateway succeeds."""
+    services = proxied_services()
+    assert {driver_of(service.full_name) for service in services} == set(SERVICES)
+    with short_state_dir() as state:
+        command = (f"{sys.executable} -m services.{{service}} --state-dir {state} "
+                   "--idle-timeout 60")
+        with on_demand_gateway(state, command, "--activation-timeout", "120") as (mesh, _), \
+                mesh.channel() as channel:
+            assert not service_pids(state)
+            for service in services:
+                call: grpc.UnaryUnaryMultiCallable = channel.unary_unary(first_list_rpc(service))
+                call(b"", timeout=150)  # an empty request: every filter unset
+            assert {driver for driver in SERVICES if service_pids(state, driver)} == set(SERVICES)
