@@ -26,6 +26,7 @@ import dataclasses
 import datetime
 import fnmatch
 import logging
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -50,6 +51,8 @@ from virtmesh.gateway.v1 import gateway_service_pb2 as pb
 from virtmesh.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+#: longest Search pattern: ample for a glob of an object name
+MAX_PATTERN = 256
 
 _HEALTH = {
     health_pb2.HealthCheckResponse.SERVING: pb.SERVICE_HEALTH_SERVING,
@@ -363,9 +366,13 @@ class GatewayApi(pb_grpc.GatewayServiceServicer):
         async def answer(identity: Identity) -> pb.SearchResponse:
             if not request.pattern:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "pattern is required")
+            if len(request.pattern) > MAX_PATTERN:
+                # fnmatch compiles a regular expression on the event loop: bound its cost
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"pattern is longer than {MAX_PATTERN} characters")
             gathered = await self._gather(identity, self._deadline(context))
-            matches = [found for found in gathered.found
-                       if fnmatch.fnmatchcase(found.name, request.pattern)]
+            matcher = re.compile(fnmatch.translate(request.pattern))
+            matches = [found for found in gathered.found if matcher.match(found.name)]
             chunk, token = await _paged(context, matches, request)
             results = [pb.SearchResult(service=found.service, object_type=found.object_type,
                                        name=found.name, uuid=found.uuid, parent=found.parent)

@@ -129,7 +129,7 @@ def parse_identities(data: dict[str, Any]) -> Identities:
         raise ValueError("tls_dn_groups: expected a table of DN glob = [groups]")
     groups = tuple((glob, frozenset(_strings(value, f"tls_dn_groups.{glob!r}")))
                    for glob, value in dn_groups.items())
-    tokens = []
+    tokens: list[Token] = []
     entries = data.get("token", [])
     if not isinstance(entries, list):
         raise ValueError("token: expected [[token]] tables")
@@ -146,19 +146,23 @@ def parse_identities(data: dict[str, Any]) -> Identities:
         revoked = entry.get("revoked", False)
         if not isinstance(revoked, bool):
             raise ValueError(f"{where} ({name}): revoked must be true or false")
+        if any(token.sha256 == digest for token in tokens):
+            # else a revoked entry and a live copy of it would race for the token
+            raise ValueError(f"{where} ({name}): the same token as an earlier entry")
         tokens.append(Token(name, frozenset(_strings(entry.get("groups", []),
                                                      f"{where} ({name}): groups")),
                             digest, revoked))
     return Identities(allowed, groups, tuple(tokens))
 
 
-def load_identities(path: Path) -> Identities:
-    """The file's identities; DEV_IDENTITIES if it does not exist. Raises ValueError."""
+def load_identities(path: Path, dev_fallback: bool = False) -> Identities:
+    """The file's identities. Without the file: DEV_IDENTITIES with ``dev_fallback``
+    (the gateway trusts the development CA), else nobody. Raises ValueError."""
     try:
         with open(path, "rb") as file:
             data = tomllib.load(file)
     except FileNotFoundError:
-        return DEV_IDENTITIES
+        return DEV_IDENTITIES if dev_fallback else Identities()
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise ValueError(f"{path}: {error}") from None
     try:
@@ -203,8 +207,10 @@ def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
 class Authenticator:
     """Finds the caller of a gateway call; reloads the identities file when it changes."""
 
-    def __init__(self, identities_file: Path) -> None:
+    def __init__(self, identities_file: Path, dev_fallback: bool = False) -> None:
         self.path = identities_file
+        #: without the file, admit the development admin (only with the development CA)
+        self.dev_fallback = dev_fallback
         self._mtime: float | None = None
         self.identities = Identities()
         self.reload(force=True)
@@ -216,14 +222,17 @@ class Authenticator:
             return
         self._mtime = mtime
         try:
-            self.identities = load_identities(self.path)
+            self.identities = load_identities(self.path, self.dev_fallback)
         except ValueError as error:
             log.error("identities file unusable, admitting nobody until it is fixed: %s", error)
             self.identities = Identities()
             return
-        if mtime is None:
-            log.warning("no identities file %s: admitting only the development admin "
-                        "certificate %r", self.path, DEV_ADMIN_DN)
+        if mtime is None and self.dev_fallback:
+            log.warning("no identities file %s: the CA is the development CA, so admitting "
+                        "only the development admin certificate %r", self.path, DEV_ADMIN_DN)
+        elif mtime is None:
+            log.error("no identities file %s: admitting nobody (a missing or mis-mounted "
+                      "file must not let anyone in)", self.path)
         else:
             log.info("identities from %s: %d allowed DN globs, %d tokens (%d revoked)",
                      self.path, len(self.identities.allowed_dns), len(self.identities.tokens),

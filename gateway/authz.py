@@ -37,7 +37,8 @@ from google.protobuf.message import Message
 from gateway.identity import Identity
 from gateway.policy import Policy
 from gateway.policy import load as load_policy
-from services.common.acl import listed_object, required
+from services.common.acl import declared, listed_object, required
+from services.common.backend import is_uuid
 from services.common.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -77,13 +78,24 @@ def _is_string(field: Any) -> bool:
 
 
 def xml_name(text: str) -> str | None:
-    """The ``<name>`` of an XML document's root element, None when there is none."""
+    """The ``<name>`` of an XML document's root element as libvirt reads it (all of
+    its text, spaces kept); None when there is none, or when it is ambiguous: several
+    ``<name>`` elements, or one with child elements."""
     try:
         root = ElementTree.fromstring(text)
     except ElementTree.ParseError:
         return None
-    name = root.findtext("name")
-    return name.strip() if name and name.strip() else None
+    found = root.findall("name")
+    if len(found) != 1 or len(found[0]):
+        return None
+    return found[0].text or None
+
+
+def _addressable(names: tuple[str, ...]) -> tuple[str, ...] | None:
+    """Names as a grant's globs may judge them: None (only unrestricted grants apply)
+    when one is a UUID, which the services accept in place of a name but which
+    says nothing about the object's name."""
+    return None if any(is_uuid(name) for name in names) else names
 
 
 def own_names(request: Message) -> tuple[str, ...] | None:
@@ -93,14 +105,26 @@ def own_names(request: Message) -> tuple[str, ...] | None:
     name = _field(descriptor, "name")
     if _is_string(name) and not name.is_repeated:
         value = str(getattr(request, "name"))  # noqa: B009 - any message type
-        return (value,) if value else ()
+        return _addressable((value,)) if value else ()
     names = _field(descriptor, "names")
     if _is_string(names) and names.is_repeated:
-        return tuple(getattr(request, "names"))  # noqa: B009
-    if _is_string(_field(descriptor, "xml")) and getattr(request, "xml"):  # noqa: B009
+        return _addressable(tuple(getattr(request, "names")))  # noqa: B009
+    return _xml_names(request)
+
+
+def _xml_names(request: Message) -> tuple[str, ...] | None:
+    if _is_string(_field(request.DESCRIPTOR, "xml")) and getattr(request, "xml"):  # noqa: B009
         found = xml_name(getattr(request, "xml"))  # noqa: B009
-        return (found,) if found else None
+        return _addressable((found,)) if found else None
     return ()
+
+
+def _created_names(request: Message) -> tuple[str, ...] | None:
+    """What a copy is called (CloneStorageVolume: ``new_name`` or its XML's name)."""
+    if not _is_string(_field(request.DESCRIPTOR, "new_name")):
+        return ()
+    new_name = str(getattr(request, "new_name"))  # noqa: B009
+    return _addressable((new_name,)) if new_name else _xml_names(request)
 
 
 def _container(request: Message, field: str) -> str:
@@ -113,12 +137,20 @@ def object_names(object_type: str, request: Message) -> tuple[str, ...] | None:
     docstring); () when it addresses none by name, None when its name is unreadable."""
     container_field = _CONTAINERS.get(object_type)
     if container_field and _container(request, container_field):
-        return (_container(request, container_field),)
-    names = own_names(request)
-    if object_type in CONTAINED and names:
-        pool = _container(request, CONTAINED[object_type][1])
-        return tuple(f"{pool}/{name}" if pool else name for name in names)
-    return names
+        return _addressable((_container(request, container_field),))
+    if object_type not in CONTAINED:
+        return own_names(request)
+    # A contained object is <container>/<name>. Without the container, the name is a
+    # path or key the service looks up in every pool: not a name a glob can judge.
+    field = CONTAINED[object_type][1]
+    source, copy = own_names(request), _created_names(request)
+    pool = _container(request, field)
+    if source is None or copy is None or (source and not pool) or (
+            pool and is_uuid(pool)):
+        return None
+    target = _container(request, f"target_{field}") or pool
+    return (tuple(f"{pool}/{name}" for name in source)
+            + tuple(f"{target}/{name}" for name in copy))
 
 
 def addressed_objects(method: MethodDescriptor, request: Message) -> tuple[str, ...]:
@@ -183,6 +215,10 @@ class Authorizer:
     def authorize(self, identity: Identity, method: MethodDescriptor,
                   request: Message) -> Decision:
         """The call's decision; raises Denied naming the first permission missing."""
+        if not declared(method):  # tests/test_acl_rules.py keeps this from happening
+            denied = Denied(identity, "connect:write", None)
+            denied.args = (f"{method.full_name} declares no permissions: nobody may call it",)
+            raise denied
         permissions = required(method, request)
         listed = {kind for kind in map(listed_object, map(str, permissions)) if kind}
         objects: list[str] = []

@@ -84,12 +84,22 @@ def server_names(hosts: list[str]) -> list[x509.GeneralName]:
     return names
 
 
+DEV_CA_NAME = _name("virtmesh development CA")
+
+
+def is_dev_ca(path: Path) -> bool:
+    """Whether ``path`` is a CA certificate made by ``ensure_dev_pki``."""
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes()).subject == DEV_CA_NAME
+    except (OSError, ValueError):
+        return False
+
+
 def ensure_dev_pki(directory: Path, client_names: tuple[str, ...] = ("client",)) -> None:
     """Create what is missing of ca, server and client certificates in ``directory``."""
     if not (directory / "ca.crt").exists():
         ca_key = new_key()
-        ca_name = _name("virtmesh development CA")
-        write_pair(directory, "ca", issue(ca_name, ca_key, ca_name, ca_key, ca=True,
+        write_pair(directory, "ca", issue(DEV_CA_NAME, ca_key, DEV_CA_NAME, ca_key, ca=True,
                                           days=3650), ca_key)
     ca_cert, ca_key = load_pair(directory, "ca")
     if not (directory / "server.crt").exists():

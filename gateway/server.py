@@ -27,6 +27,7 @@ from gateway.authn import Authenticator
 from gateway.authz import Authorizer
 from gateway.config import GatewayConfig
 from gateway.health import GATEWAY_SERVICE, GatewayHealth
+from gateway.pki import is_dev_ca
 from gateway.proxy import Access, Backends, ProxyHandler
 from gateway.routes import method_paths, proxied_services, route_table
 from services.common import metrics
@@ -110,7 +111,8 @@ class Gateway:
         self.health = GatewayHealth(self.backends, self.services)
         self.activator = Activator(config.activation, config.activation_timeout, self.backends,
                                    config.state_dir / "log") if config.activation else None
-        self.authenticator = Authenticator(config.identities_path)
+        self.authenticator = Authenticator(config.identities_path,
+                                           dev_fallback=is_dev_ca(config.ca_file))
         self.limiter = limits.Limiter(config.max_client_requests)
         self.authorizer = Authorizer.from_file(config.policy_path)
         self.audit = AuditLog(config.audit_path)

@@ -325,6 +325,7 @@ def test_search_pages_and_refuses_bad_input(api: pb_grpc.GatewayServiceStub) -> 
     assert pages == [["db-1", "web-1"], ["web-2", "db-disk.img"], ["web-disk.img"]]
     token = api.Search(pb.SearchRequest(pattern="*-*", page_size=2), timeout=30).next_page_token
     for request in (pb.SearchRequest(),
+                    pb.SearchRequest(pattern="*" * 257),  # bounded regex compile
                     pb.SearchRequest(pattern="*", page_size=-1),
                     pb.SearchRequest(pattern="*", page_token="garbage"),
                     pb.SearchRequest(pattern="web-*", page_token=token)):

@@ -27,6 +27,7 @@ from prometheus_client import REGISTRY
 
 from gateway import authn, pki
 from gateway.identity import AuthenticationError
+from gateway.pki import ensure_dev_pki, is_dev_ca
 from services.supervisor import client_credentials, wait_serving
 from tests.conftest import NODE_XML, Process, free_port, gateway_process, running_service
 from tests.test_gateway import rpc_error, wait_until
@@ -241,6 +242,9 @@ def test_libvirt_dn_form_and_globs() -> None:
      "token #1: only name, groups, sha256 and revoked are allowed"),
     ("allowed = []", "unknown keys ['allowed']"),
     ("tls_allowed_dn_list = [", "Invalid value (at end of document)"),
+    ("[[token]]\nname = 'a'\nsha256 = '" + "0" * 64 + "'\nrevoked = true\n"
+     "[[token]]\nname = 'b'\nsha256 = '" + "0" * 64 + "'",
+     "token #2 (b): the same token as an earlier entry"),
 ])
 def test_bad_identities_file_admits_nobody(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "identities.toml"
@@ -491,3 +495,21 @@ def test_new_token_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
             authn.main([str(path), *bad])
         assert "non-empty string" in capsys.readouterr().err
     assert path.read_text() == before  # nothing half-done
+
+
+def test_missing_identities_file_admits_the_dev_admin_only_with_the_dev_ca(
+        tmp_path: Path) -> None:
+    """A deleted or mis-mounted identities file must not let anyone in, except on a
+    development PKI (make run, the tests), whose admin certificate is admitted."""
+    missing = tmp_path / "no-such-identities.toml"
+    assert authn.Authenticator(missing).identities == authn.Identities()
+    dev = authn.Authenticator(missing, dev_fallback=True).identities
+    assert dev.certificate_identity(authn.DEV_ADMIN_DN) == {"admin"}
+    ensure_dev_pki(tmp_path / "pki")
+    assert is_dev_ca(tmp_path / "pki" / "ca.crt")
+    other = tmp_path / "other-ca.crt"
+    key = pki.new_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Example CA")])
+    other.write_bytes(pki.issue(name, key, name, key, ca=True).public_bytes(
+        serialization.Encoding.PEM))
+    assert not is_dev_ca(other)

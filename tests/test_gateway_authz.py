@@ -24,7 +24,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 
 from gateway import authn, policy
-from gateway.authz import Authorizer, Denied, object_names
+from gateway.authz import Authorizer, Denied, object_names, xml_name
 from gateway.identity import GROUPS_KEY, IDENTITY_KEY, Identity
 from gateway.routes import driver_of, proxied_services
 from services.common import acl, metrics
@@ -33,6 +33,7 @@ from services.supervisor import client_credentials, wait_serving
 from tests.conftest import NODE_XML, domain_xml, free_port, gateway_process, running_service
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
+from virtmesh.storage.v1 import storage_service_pb2 as spb
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -393,3 +394,61 @@ def test_policy_file_is_reloaded_and_a_bad_one_keeps_the_old(tmp_path: Path) -> 
     path.write_text("[[grants]]\nrole = 1\n")
     authz.reload(force=True)
     assert authz.visible(ALICE, "domain", "team-c-1")
+
+
+STORAGE = spb.DESCRIPTOR.services_by_name["StorageService"]
+TEAM_A_STORAGE = """
+[[grants]]
+identities = ["alice"]
+permissions = ["storage_pool:*", "storage_vol:*"]
+objects = ["team-a-pool", "team-a-pool/*"]
+"""
+
+
+def test_a_uuid_is_judged_by_unrestricted_grants_only() -> None:
+    """The services take a UUID where a name goes: a glob that happens to match its
+    text ("db*") must not let it reach another team's object."""
+    authz = authorizer(POLICY.replace('["team-a-*"]', '["team-a-*", "db*"]'))
+    destroy = COMPUTE.methods_by_name["DestroyDomain"]
+    assert authz.authorize(ALICE, destroy, pb.DestroyDomainRequest(name="db-1")).objects
+    with pytest.raises(Denied, match="does not name"):
+        authz.authorize(ALICE, destroy, pb.DestroyDomainRequest(
+            name="db5e0000-0000-4000-8000-000000000001"))
+
+
+def test_an_xml_name_is_read_as_libvirt_reads_it() -> None:
+    assert xml_name("<domain><name> web3 </name></domain>") == " web3 "
+    # libvirt reads this as "web2"; ambiguous names count as unreadable
+    assert xml_name("<domain><name>web<x/>2</name></domain>") is None
+    assert xml_name("<domain><name>a</name><name>b</name></domain>") is None
+    authz = authorizer(POLICY.replace('"domain:getattr"', '"domain:getattr", "domain:write",'
+                                      ' "domain:save"').replace('["team-a-*"]', '["web"]'))
+    define = COMPUTE.methods_by_name["DefineDomain"]
+    with pytest.raises(Denied):
+        authz.authorize(ALICE, define, pb.DefineDomainRequest(
+            xml="<domain><name>web<x/>2</name></domain>"))
+
+
+def test_a_clone_needs_create_where_the_copy_goes() -> None:
+    authz = authorizer(TEAM_A_STORAGE)
+    clone = STORAGE.methods_by_name["CloneStorageVolume"]
+    assert authz.authorize(ALICE, clone, spb.CloneStorageVolumeRequest(
+        pool="team-a-pool", name="x", new_name="y")).objects == (
+            "team-a-pool/x", "team-a-pool/y")
+    for copy in (spb.CloneStorageVolumeRequest(pool="team-a-pool", name="x", new_name="y",
+                                               target_pool="team-b-pool"),
+                 spb.CloneStorageVolumeRequest(pool="team-a-pool", name="x",
+                                               target_pool="team-b-pool",
+                                               xml="<volume><name>y</name></volume>")):
+        with pytest.raises(Denied, match="team-b-pool/y"):
+            authz.authorize(ALICE, clone, copy)
+
+
+def test_a_volume_without_its_pool_is_for_unrestricted_grants_only() -> None:
+    """Without a pool the service looks the name up as a path or key in every pool."""
+    authz = authorizer(TEAM_A_STORAGE)
+    delete = STORAGE.methods_by_name["DeleteStorageVolume"]
+    assert authz.authorize(ALICE, delete, spb.DeleteStorageVolumeRequest(
+        pool="team-a-pool", name="x")).objects == ("team-a-pool/x",)
+    with pytest.raises(Denied, match="does not name"):
+        authz.authorize(ALICE, delete, spb.DeleteStorageVolumeRequest(name="team-a-pool/x"))

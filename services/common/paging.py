@@ -1,20 +1,22 @@
 """AIP-158 pagination over name-sorted lists.
 
-A page token is opaque to clients: it records the last name returned and a
-fingerprint of the request's filters, so a token cannot be replayed with other
-filters. Names are unique, so "everything after this name" stays correct when
-objects are added or removed between pages.
+A page token records the last name returned and a fingerprint of the request's
+filters, so a token cannot be replayed with other filters. Names are unique, so
+"everything after this name" stays correct when objects are added or removed
+between pages. Tokens are encrypted with a key of this process (Fernet): the
+gateway may drop from a page the objects a caller may not see, and the token must
+not tell their names. A token from before a restart is refused as expired.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import grpc
+from cryptography.fernet import Fernet, InvalidToken
 
 from services.common.errors import ServiceError
 
@@ -28,19 +30,21 @@ def fingerprint(*parts: object) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
+_SEAL = Fernet(Fernet.generate_key())
+
+
 def _encode(after: str, filters: str) -> str:
-    raw = json.dumps({"after": after, "filters": filters}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return _SEAL.encrypt(json.dumps({"after": after, "filters": filters}).encode()).decode()
 
 
 def _decode(token: str, filters: str) -> str:
     try:
-        padded = token + "=" * (-len(token) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        data = json.loads(_SEAL.decrypt(token.encode()))
         after, token_filters = data["after"], data["filters"]
-    except (ValueError, KeyError, TypeError):
-        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "page_token is malformed",
-                           "INVALID_PAGE_TOKEN") from None
+    except (InvalidToken, ValueError, KeyError, TypeError):
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "page_token is malformed, or from before the service restarted: "
+                           "list again from the first page", "INVALID_PAGE_TOKEN") from None
     if token_filters != filters or not isinstance(after, str):
         raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
                            "page_token was issued for a request with other filters",

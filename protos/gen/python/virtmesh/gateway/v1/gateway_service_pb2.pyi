@@ -309,7 +309,7 @@ class SearchRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     pattern: _builtins.str
     """A shell-style glob matched against object names, case-sensitive
-    ("web-*", "*db?", "exact-name"). Required.
+    ("web-*", "*db?", "exact-name"). Required; at most 256 characters.
     """
     page_size: _builtins.int
     """At most this many results (0: 100; at most 1000)."""

@@ -115,8 +115,8 @@ class GatewayServiceServicer:
         service, sorted by service, type, parent and name, and paginated.
         Object types the caller may not list, and objects it may not see, are left
         out silently, as libvirt's ACL filters lists.
-        Errors: INVALID_ARGUMENT for an empty pattern, a negative page_size or a
-        page_token issued for another query.
+        Errors: INVALID_ARGUMENT for an empty pattern or one longer than 256
+        characters, a negative page_size or a page_token issued for another query.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

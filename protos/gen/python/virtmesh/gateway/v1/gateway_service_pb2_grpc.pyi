@@ -67,8 +67,8 @@ class GatewayServiceStub:
     service, sorted by service, type, parent and name, and paginated.
     Object types the caller may not list, and objects it may not see, are left
     out silently, as libvirt's ACL filters lists.
-    Errors: INVALID_ARGUMENT for an empty pattern, a negative page_size or a
-    page_token issued for another query.
+    Errors: INVALID_ARGUMENT for an empty pattern or one longer than 256
+    characters, a negative page_size or a page_token issued for another query.
     """
 
 @_typing.type_check_only
@@ -110,8 +110,8 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     service, sorted by service, type, parent and name, and paginated.
     Object types the caller may not list, and objects it may not see, are left
     out silently, as libvirt's ACL filters lists.
-    Errors: INVALID_ARGUMENT for an empty pattern, a negative page_size or a
-    page_token issued for another query.
+    Errors: INVALID_ARGUMENT for an empty pattern or one longer than 256
+    characters, a negative page_size or a page_token issued for another query.
     """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -168,8 +168,8 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         service, sorted by service, type, parent and name, and paginated.
         Object types the caller may not list, and objects it may not see, are left
         out silently, as libvirt's ACL filters lists.
-        Errors: INVALID_ARGUMENT for an empty pattern, a negative page_size or a
-        page_token issued for another query.
+        Errors: INVALID_ARGUMENT for an empty pattern or one longer than 256
+        characters, a negative page_size or a page_token issued for another query.
         """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
