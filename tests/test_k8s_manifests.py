@@ -12,8 +12,11 @@
    this repository and its venv to ours, in a network namespace of their own
    (the pod's), under the container's uid/gid/fsGroup with its capabilities
    dropped and no_new_privs. Then every exec probe must pass, every metrics port
-   must serve, and calls through the gateway over mTLS must work. Nothing here
-   knows a flag, path or port: they all come from the manifest.
+   must serve, and calls through the gateway over mTLS must work: with the
+   certificate and with a bearer token that only the identities Secret (made
+   here, as an operator would) admits, a call the token's role may not make is
+   denied, and the audit log on the path of the gateway's flag records it.
+   Nothing here knows a flag, path or port: they all come from the manifest.
 """
 
 from __future__ import annotations
@@ -38,7 +41,12 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
+from gateway import config as gateway_config
+from gateway import policy as gateway_policy
+from gateway.authn import DEV_ADMIN_DN, libvirt_dn, new_token, parse_identities, token_entry
 from gateway.pki import ensure_dev_pki
 from services.common.daemon import ServiceSpec
 from services.supervisor import METRICS_BASE_PORT, SERVICES
@@ -57,13 +65,20 @@ IMAGE_ROOT, IMAGE_VENV = "/opt/virtmesh", "/opt/virtmesh/.venv"
 #: the pods' state directory (--state-dir)
 STATE_DIR = "/var/lib/virtmesh"
 PROFILES = ("embedded", "host")
-#: the Secrets the DaemonSet mounts, filled from the development PKI (key -> PKI file)
-SECRETS = {
+#: the TLS Secrets the DaemonSet mounts (overlays/cert-manager makes them), filled
+#: here from the development PKI (key -> PKI file)
+TLS_SECRETS = {
     "virtmesh-gateway-tls": {"tls.crt": "server.crt", "tls.key": "server.key",
                              "ca.crt": "ca.crt"},
     "virtmesh-probe-tls": {"tls.crt": "client.crt", "tls.key": "client.key",
                            "ca.crt": "ca.crt"},
 }
+#: the gateway's identities file: a Secret the operator makes (deploy/k8s/README.md)
+IDENTITIES_SECRET, IDENTITIES_KEY = "virtmesh-gateway-identities", "identities.toml"
+#: every Secret the DaemonSet may mount
+SECRETS = {*TLS_SECRETS, IDENTITIES_SECRET}
+#: the example identities file of deploy/k8s/README.md
+EXAMPLE_IDENTITIES = K8S / "identities.example.toml"
 
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
 
@@ -236,10 +251,95 @@ def test_profiles_wire_what_they_promise() -> None:
     assert sorted(endpoints) == sorted(f"prom-{name}" for name in ("gateway", *SERVICES))
     certificates = render(K8S / "overlays/cert-manager")
     secrets = {c["spec"]["secretName"] for c in certificates if c["kind"] == "Certificate"}
-    assert set(SECRETS) <= secrets
+    assert set(TLS_SECRETS) <= secrets
     host_compute = next(c for c in pod_of(host)["spec"]["containers"] if c["name"] == "compute")
     assert not any(m["mountPath"] == "/dev/kvm" for m in host_compute["volumeMounts"])
     assert host_compute["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": []}
+
+
+def mounted_at(pod: dict[str, Any], container: dict[str, Any],
+               path: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """(volume, mount, path inside the volume) of a file the container reads or writes."""
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    mounts = [m for m in container["volumeMounts"]
+              if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert mounts, f"{container['name']}: {path} is on no volume"
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    return volumes[mount["name"]], mount, path[len(mount["mountPath"].rstrip("/")) + 1:]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("profile", PROFILES)
+def test_gateway_identities_policy_and_audit_log_are_wired(profile: str) -> None:
+    """The gateway's flags name its identities file in the identities Secret (0440,
+    whole directory: the kubelet updates it and the gateway reloads it), a policy
+    file that always exists (an explicit one that does not stops the gateway) and
+    loads, and an audit log on a writable volume (the root filesystem is read-only)."""
+    objects = render(K8S / "overlays" / profile)
+    pod = pod_of(objects)
+    gateway = next(c for c in pod["spec"]["containers"] if c["name"] == "gateway")
+    assert gateway["securityContext"]["readOnlyRootFilesystem"] is True
+    # The flags exist and mean what they say (--config is the ConfigMap's, not here).
+    config = gateway_config.load([arg for arg in gateway["args"]
+                                  if not arg.startswith("--config=")], environ={})
+
+    volume, mount, inside = mounted_at(pod, gateway, str(config.identities_path))
+    secret = volume.get("secret") or {}
+    assert secret.get("secretName") == IDENTITIES_SECRET, f"{config.identities_path}: {volume}"
+    assert "subPath" not in mount
+    assert mount.get("readOnly") is True and secret["defaultMode"] == 0o440
+    assert {"key": IDENTITIES_KEY, "path": inside} in secret["items"]
+    assert not secret.get("optional"), "without the Secret the pod must not start"
+
+    assert config.policy_file, "the policy file is explicit"
+    assert config.policy_path is not None
+    volume, mount, inside = mounted_at(pod, gateway, str(config.policy_path))
+    assert "subPath" not in mount and not volume["configMap"].get("optional")
+    [config_map] = [obj for obj in objects if obj["kind"] == "ConfigMap"
+                    and obj["metadata"]["name"] == volume["configMap"]["name"]]
+    # No hash suffix: a change reaches the running gateway without a new pod.
+    assert config_map["metadata"]["name"] == "virtmesh-gateway-policy"
+    policy = gateway_policy.parse(tomllib.loads(config_map["data"][inside]))
+    assert policy.grants == gateway_policy.BUILTIN_GRANTS
+
+    volume, mount, _ = mounted_at(pod, gateway, str(config.audit_path))
+    assert "emptyDir" in volume and not mount.get("readOnly")
+
+
+def cert_manager_dn(certificate: dict[str, Any]) -> str:
+    """The subject cert-manager gives a Certificate (Go's pkix.Name order: C, ST, L,
+    street, postal code, O, OU, CN, serial number), in libvirt's DN form."""
+    spec = certificate["spec"]
+    subject = spec.get("subject") or {}
+    attributes = [x509.NameAttribute(oid, value) for oid, field in (
+        (NameOID.COUNTRY_NAME, "countries"), (NameOID.STATE_OR_PROVINCE_NAME, "provinces"),
+        (NameOID.LOCALITY_NAME, "localities"), (NameOID.STREET_ADDRESS, "streetAddresses"),
+        (NameOID.POSTAL_CODE, "postalCodes"), (NameOID.ORGANIZATION_NAME, "organizations"),
+        (NameOID.ORGANIZATIONAL_UNIT_NAME, "organizationalUnits"))
+        for value in subject.get(field, [])]
+    if spec.get("commonName"):
+        attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, spec["commonName"]))
+    if subject.get("serialNumber"):
+        attributes.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, subject["serialNumber"]))
+    return libvirt_dn(x509.Name(attributes))
+
+
+def test_example_identities_admit_the_cert_manager_admin() -> None:
+    """identities.example.toml (deploy/k8s/README.md) admits the administrator
+    certificate of overlays/cert-manager as admin, and ships no token digest."""
+    documents = yaml.safe_load_all((K8S / "overlays/cert-manager/certificates.yaml").read_text())
+    certificates = {doc["metadata"]["name"]: doc for doc in documents
+                    if doc and doc["kind"] == "Certificate"}
+    admin = certificates["virtmesh-admin"]
+    assert "client auth" in admin["spec"]["usages"]
+    assert cert_manager_dn(admin) == "O=virtmesh,CN=admin" == DEV_ADMIN_DN
+    with open(EXAMPLE_IDENTITIES, "rb") as file:
+        identities = parse_identities(tomllib.load(file))
+    assert identities.certificate_identity(cert_manager_dn(admin)) == {"admin"}
+    assert not identities.tokens, "an example must not ship a token digest"
+    # Health checks need no identity: the probe's certificate is not admitted.
+    assert identities.certificate_identity(cert_manager_dn(certificates["virtmesh-probe"])) is None
+    assert f"--from-file={IDENTITIES_KEY}" in (K8S / "README.md").read_text()
 
 
 @needs_kubectl
@@ -365,8 +465,8 @@ def image_venv(directory: Path) -> Path:
 class Pod:
     """The pod's volumes as temporary directories and its network namespace."""
 
-    def __init__(self, objects: list[dict[str, Any]], base: Path, pki: Path,
-                 venv: Path) -> None:
+    def __init__(self, objects: list[dict[str, Any]], base: Path,
+                 secrets: dict[str, dict[str, bytes]], venv: Path) -> None:
         self.venv = venv
         self.template = one(objects, "DaemonSet")["spec"]["template"]
         self.spec = self.template["spec"]
@@ -376,12 +476,12 @@ class Pod:
         self.volumes: dict[str, Path] = {}
         for index, volume in enumerate(self.spec["volumes"]):
             self.volumes[volume["name"]] = self._volume(volume, base / str(index), config_maps,
-                                                        pki)
+                                                        secrets)
         self.netns: subprocess.Popen[bytes] | None = None
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def _volume(self, volume: dict[str, Any], path: Path, config_maps: dict[str, dict[str, str]],
-                pki: Path) -> Path:
+                secrets: dict[str, dict[str, bytes]]) -> Path:
         if "hostPath" in volume:
             # Devices cannot be faked, and a hostPath that must exist (type Directory,
             # e.g. the node's /run/libvirt) is the node's own: both are this host's.
@@ -402,9 +502,8 @@ class Pod:
             files = {k: v.encode() for k, v in config_maps[source["name"]].items()}
         elif "secret" in volume:
             source = volume["secret"]
-            assert source["secretName"] in SECRETS, f"unknown Secret {source['secretName']}"
-            files = {key: (pki / name).read_bytes()
-                     for key, name in SECRETS[source["secretName"]].items()}
+            assert source["secretName"] in secrets, f"unknown Secret {source['secretName']}"
+            files = secrets[source["secretName"]]
         else:
             raise AssertionError(f"volume {volume['name']}: kind not supported here")
         items = source.get("items") or [{"key": key, "path": key} for key in files]
@@ -508,9 +607,17 @@ CLIENT = """
 import json, sys, grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from virtmesh.compute.v1 import compute_service_pb2 as pb, compute_service_pb2_grpc as rpc
-target, ca, cert, key, services = sys.argv[1:]
+target, ca, cert, key, services, token = sys.argv[1:]
 read = lambda path: open(path, "rb").read()
 creds = grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
+
+def code(call, request, token):
+    try:
+        call(request, timeout=30, metadata=[("authorization", f"Bearer {token}")])
+    except grpc.RpcError as error:
+        return error.code().name
+    return "OK"
+
 with grpc.secure_channel(target, creds) as channel:
     compute = rpc.ComputeServiceStub(channel)
     version = compute.GetVersion(pb.GetVersionRequest(), timeout=30)
@@ -519,8 +626,13 @@ with grpc.secure_channel(target, creds) as channel:
     statuses = {name: health_pb2.HealthCheckResponse.ServingStatus.Name(health.Check(
         health_pb2.HealthCheckRequest(service=name), timeout=30).status)
         for name in json.loads(services)}
+    # A token names the caller even on a certificate connection.
+    tokens = {"known": code(compute.GetVersion, pb.GetVersionRequest(), token),
+              "unknown": code(compute.GetVersion, pb.GetVersionRequest(), token + "x"),
+              "start": code(compute.StartDomain, pb.StartDomainRequest(name="not-mine"), token)}
 print(json.dumps({"uri": version.uri, "hypervisor": version.hypervisor_type,
-                  "domains": [d.name for d in domains.domains], "health": statuses}))
+                  "domains": [d.name for d in domains.domains], "health": statuses,
+                  "tokens": tokens}))
 """
 
 METRICS = """
@@ -569,7 +681,17 @@ def test_daemonset_runs_here_as_written(profile: str, short_tmp: Path,
     logs.mkdir()
     volumes = short_tmp / "v"
     volumes.mkdir(mode=0o755)
-    pod = Pod(objects, volumes, pki, image_venv(short_tmp / "venv"))
+    # The Secrets as the operator makes them: TLS from the PKI (cert-manager's in a
+    # cluster); identities admitting the PKI's admin certificate and a readonly token.
+    token = new_token()
+    identities = (f"tls_allowed_dn_list = [{json.dumps(DEV_ADMIN_DN)}]\n\n[tls_dn_groups]\n"
+                  f"{json.dumps(DEV_ADMIN_DN)} = [\"admin\"]\n"
+                  + token_entry("ci", ["readonly"], token))
+    assert parse_identities(tomllib.loads(identities)).token(token) is not None
+    secrets = {name: {key: (pki / file).read_bytes() for key, file in keys.items()}
+               for name, keys in TLS_SECRETS.items()}
+    secrets[IDENTITIES_SECRET] = {IDENTITIES_KEY: identities.encode()}
+    pod = Pod(objects, volumes, secrets, image_venv(short_tmp / "venv"))
     containers = {c["name"]: c for c in pod.spec["containers"]}
     assert set(containers) == {"gateway", *profile_services(profile)}
 
@@ -608,11 +730,30 @@ def test_daemonset_runs_here_as_written(profile: str, short_tmp: Path,
         names = [spec_of(name).descriptor.full_name for name in profile_services(profile)]
         reply = pod.client([sys.executable, "-c", CLIENT, f"127.0.0.1:{port}",
                             str(pki / "ca.crt"), str(pki / "client.crt"),
-                            str(pki / "client.key"), json.dumps(names)], timeout=60)
+                            str(pki / "client.key"), json.dumps(names), token], timeout=60)
         assert reply.returncode == 0, reply.stderr + log_tail()
         answer = json.loads(reply.stdout)
         assert answer["health"] == dict.fromkeys(names, "SERVING")
         assert answer["hypervisor"] == "QEMU"
+        # Only the identities Secret knows the token (the development CA's fallback
+        # admits the admin certificate alone); its readonly role may not start guests.
+        assert answer["tokens"] == {"known": "OK", "unknown": "UNAUTHENTICATED",
+                                    "start": "PERMISSION_DENIED"}, log_tail()
+        # The denied call is in the audit log, where the gateway's flag puts it, written
+        # by the gateway's user (the root filesystem is read-only; the volume is not).
+        audit_flag = next(arg.split("=", 1)[1] for arg in gateway["args"]
+                          if arg.startswith("--audit-log="))
+        audit = Path(pod.mapper(gateway)(audit_flag))
+        deadline = time.monotonic() + 10
+        while not (audit.exists() and "StartDomain" in audit.read_text()):
+            assert time.monotonic() < deadline, f"no audit record in {audit}\n{log_tail()}"
+            time.sleep(0.2)
+        records = [json.loads(line) for line in audit.read_text().splitlines()]
+        assert any(r["method"] == "/virtmesh.compute.v1.ComputeService/StartDomain"
+                   and r["identity"] == "ci" and r["code"] == "PERMISSION_DENIED"
+                   and r["objects"] == ["not-mine"] for r in records), records
+        assert audit.stat().st_uid == gateway["securityContext"]["runAsUser"]
+        assert stat.S_IMODE(audit.stat().st_mode) == 0o600
         if profile == "embedded":
             qemu_root = pod.volumes["qemu-root"]
             assert answer["uri"] == f"qemu:///embed?root={qemu_root}"

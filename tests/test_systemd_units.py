@@ -31,6 +31,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import config as gateway_config
+from gateway.authn import DEV_ADMIN_DN, new_token, parse_identities, token_entry
 from gateway.pki import ensure_dev_pki
 from services.common import config as service_config
 from services.common.daemon import ServiceSpec
@@ -45,6 +46,10 @@ UNITS = SYSTEMD / "units"
 ON_DEMAND = SYSTEMD / "on-demand"
 PREFIX = "/opt/virtmesh"
 STATE, RUN, ETC = "/var/lib/virtmesh", "/run/virtmesh", "/etc/virtmesh"
+#: the gateway's LogsDirectory= (its audit log)
+LOGS = "/var/log/virtmesh"
+#: the gateway's identities file, as virtmesh.toml names it and install.sh creates it
+IDENTITIES = f"{ETC}/gateway/identities.toml"
 DRIVER_UNITS = [f"virtmesh@{name}.service" for name in SERVICES]
 GATEWAY_UNIT = "virtmesh-gateway.service"
 SERVICE_UNITS = [*DRIVER_UNITS, GATEWAY_UNIT]
@@ -311,6 +316,15 @@ def test_units_paths_are_the_programs_paths() -> None:
     assert gateway.socket_path_dir == Path(RUN)
     assert {gateway.cert_file.parent, gateway.key_file.parent, gateway.ca_file.parent} == {
         Path(ETC) / "pki"}
+    # Who may call: in /etc (read-only to the gateway, and it only reads it). The audit
+    # log: the one directory it may write (ProtectSystem=strict), its LogsDirectory=.
+    assert gateway.identities_path == Path(IDENTITIES)
+    assert not gateway.policy_file, "an explicit policy file must exist: none is shipped"
+    gateway_unit = load_unit(GATEWAY_UNIT)
+    assert setting(gateway_unit, "Service", "LogsDirectory") == Path(LOGS).name
+    assert gateway.audit_path == Path(LOGS) / "audit.jsonl"
+    assert setting(gateway_unit, "Service", "ProtectSystem") == "strict"
+    assert setting(gateway_unit, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
 
 
 def test_stopping_keeps_guests_and_waits_long_enough() -> None:
@@ -439,15 +453,25 @@ class UnitProcess:
 @pytest.fixture
 def host(tmp_path: Path) -> Iterator[dict[str, str]]:
     """Temporary stand-ins for the host's directories, set up as systemd and
-    install.sh would: state and runtime directories 0750, /etc/virtmesh with the
-    shipped config (the gateway on a free port) and a development PKI."""
+    install.sh would: state, runtime and logs directories 0750, /etc/virtmesh with
+    the shipped config (the gateway on a free port), a development PKI, and an
+    identities file admitting its admin certificate and a readonly token (the
+    token in <tmp_path>/ci.token)."""
     paths = {PREFIX: str(ROOT), STATE: str(tmp_path / "state"),
-             RUN: str(tmp_path / "run"), ETC: str(tmp_path / "etc")}
-    for directory in (paths[STATE], paths[RUN]):
+             RUN: str(tmp_path / "run"), ETC: str(tmp_path / "etc"), LOGS: str(tmp_path / "logs")}
+    for directory in (paths[STATE], paths[RUN], paths[LOGS]):
         Path(directory).mkdir(mode=0o750)
     etc = Path(paths[ETC])
     etc.mkdir()
     ensure_dev_pki(etc / "pki")
+    token = new_token()
+    (tmp_path / "ci.token").write_text(token + "\n")
+    identities = Path(IDENTITIES.replace(ETC, paths[ETC]))
+    identities.parent.mkdir(mode=0o700)
+    identities.write_text(f'tls_allowed_dn_list = ["{DEV_ADMIN_DN}"]\n\n[tls_dn_groups]\n'
+                          f'"{DEV_ADMIN_DN}" = ["admin"]\n'
+                          + token_entry("ci", ["readonly"], token))
+    identities.chmod(0o600)
     config = (SYSTEMD / "virtmesh.toml").read_text().replace(ETC, str(etc))
     config, listens = re.subn(r'^listen = ".*"$', f'listen = "127.0.0.1:{free_port()}"',
                               config, flags=re.M)
@@ -489,7 +513,26 @@ def test_units_run_and_answer_health(host: dict[str, str], tmp_path: Path) -> No
                 health = stub.Check(health_pb2.HealthCheckRequest(
                     service=spec_of(driver_of(name)).descriptor.full_name), timeout=10)
                 assert health.status == health_pb2.HealthCheckResponse.SERVING, name
-            pb_grpc.ComputeServiceStub(channel).ListDomains(pb.ListDomainsRequest(), timeout=30)
+            compute = pb_grpc.ComputeServiceStub(channel)
+            compute.ListDomains(pb.ListDomainsRequest(), timeout=30)
+            # The token exists only in the identities file of virtmesh.toml (the development
+            # CA's fallback admits the admin certificate alone); readonly may not start.
+            token = (tmp_path / "ci.token").read_text().strip()
+            bearer: tuple[tuple[str, str | bytes], ...] = (("authorization", f"Bearer {token}"),)
+            compute.GetVersion(pb.GetVersionRequest(), timeout=30, metadata=bearer)
+            with pytest.raises(grpc.RpcError) as denied:
+                compute.StartDomain(pb.StartDomainRequest(name="not-mine"), timeout=30,
+                                    metadata=bearer)
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # ... and the audit log in the gateway's LogsDirectory= says so.
+        audit = Path(host[LOGS]) / "audit.jsonl"
+        deadline = time.monotonic() + 10
+        while not (audit.exists() and "StartDomain" in audit.read_text()):
+            assert time.monotonic() < deadline, gateway.log.read_text()
+            time.sleep(0.2)
+        assert stat.S_IMODE(audit.stat().st_mode) == 0o600
+        assert any('"identity":"ci"' in line and '"code":"PERMISSION_DENIED"' in line
+                   for line in audit.read_text().splitlines())
     finally:
         codes = {"gateway": gateway.stop() if gateway else 0,
                  **{name: process.stop() for name, process in drivers.items()}}
@@ -524,6 +567,16 @@ def test_install_script_copies_the_files(tmp_path: Path, unit_dir: Path) -> None
     subprocess.run([script], env=env, check=True, capture_output=True, timeout=60)
     assert config.read_text() == "# mine\n"
     assert (dest / "etc" / "virtmesh" / "virtmesh.env").exists()
+    # The gateway's identities file, where virtmesh.toml names it: private, admitting
+    # nobody as installed, and never overwritten.
+    identities = dest / IDENTITIES.lstrip("/")
+    assert stat.S_IMODE(identities.stat().st_mode) == 0o600
+    assert stat.S_IMODE(identities.parent.stat().st_mode) == 0o700
+    with open(identities, "rb") as file:
+        assert parse_identities(tomllib.load(file)) == parse_identities({})
+    identities.write_text("# mine\n")
+    subprocess.run([script], env=env, check=True, capture_output=True, timeout=60)
+    assert identities.read_text() == "# mine\n"
     # The on-demand profile adds its drop-ins and polkit rule; always-on takes them away.
     added = [installed / path.relative_to(ON_DEMAND) for path in ON_DEMAND.glob("*.d/*.conf")]
     rule = dest / "etc" / "polkit-1" / "rules.d" / "50-virtmesh.rules"

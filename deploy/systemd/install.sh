@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install virtmesh on a systemd host: the repository to /opt/virtmesh with its
-# venv, the units, the virtmesh user, a default config; then daemon-reload and
-# enable the profile. Run as root from a checkout:
+# venv, the units, the virtmesh user, a default config and the gateway's
+# identities file (admitting nobody); then daemon-reload and enable the profile.
+# Run as root from a checkout:
 #
 #   deploy/systemd/install.sh [--profile always-on|on-demand] [--now] [--dev-pki]
 #                             [--no-venv] [--no-enable]
@@ -10,7 +11,8 @@
 #                on-demand: only the gateway runs from boot, it starts a service on
 #                its first call, and a service exits after 600 idle seconds
 #   --now        also start it (and restart the virtmesh units already running)
-#   --dev-pki    make a development PKI in /etc/virtmesh/pki (trials only)
+#   --dev-pki    make a development PKI in /etc/virtmesh/pki (trials only); a new
+#                identities file then admits its admin certificate
 #   --no-venv    do not create or update /opt/virtmesh/.venv
 #   --no-enable  do not run systemd-sysusers, daemon-reload or enable
 #
@@ -35,7 +37,7 @@ while (($#)); do
         --dev-pki) dev_pki=yes ;;
         --no-venv) venv=no ;;
         --no-enable) enable=no ;;
-        -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "install.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -108,8 +110,30 @@ for file in virtmesh.toml virtmesh.env; do
 done
 say "installed units in $destdir$unitdir ($profile profile)"
 
+# 4. Who may call the gateway: never overwritten. Owned by virtmesh (the gateway
+# reads it; `python -m gateway.authn` run as virtmesh rewrites it). As shipped it
+# admits nobody; created with --dev-pki, the development admin certificate.
+gwconf=$confdir/gateway
+identities=$gwconf/identities.toml
+install -d -m 0700 "$destdir$gwconf"
+if [[ -e $destdir$identities ]]; then
+    say "kept the existing $identities"
+else
+    install -m 0600 "$repo/deploy/systemd/identities.toml" "$destdir$identities"
+    if [[ $dev_pki == yes ]]; then
+        printf '\ntls_allowed_dn_list = ["O=virtmesh,CN=admin"]\n\n[tls_dn_groups]\n"O=virtmesh,CN=admin" = ["admin"]\n' \
+            >>"$destdir$identities"
+    fi
+    say "created $identities (mode 0600)"
+fi
+own_identities() { chown virtmesh:virtmesh "$gwconf" "$identities"; }
+if [[ -z $destdir && $enable == no ]] && getent passwd virtmesh >/dev/null; then
+    own_identities
+fi
+
 if [[ $enable == yes ]]; then
     systemd-sysusers "$sysusersdir/virtmesh.conf"
+    own_identities  # before the gateway (re)starts: it must be able to read it
     if [[ $dev_pki == yes ]]; then
         "$prefix/.venv/bin/python" -m gateway.pki "$confdir/pki"
         chgrp virtmesh "$confdir/pki/server.key"
@@ -145,3 +169,7 @@ if [[ $enable == yes ]]; then
 fi
 [[ -e $destdir$confdir/pki/server.crt ]] ||
     say "the gateway needs $confdir/pki/{server.crt,server.key,ca.crt} (key 0640 root:virtmesh)"
+grep -Eq '^[[:space:]]*identities_file[[:space:]]*=' "$destdir$confdir/virtmesh.toml" ||
+    say "warning: $confdir/virtmesh.toml (kept from an older install) sets no identities_file: add identities_file = \"$identities\" to its [services.gateway] table"
+grep -Eq '^[[:space:]]*(tls_allowed_dn_list|\[\[token\]\])' "$destdir$identities" ||
+    say "the gateway admits nobody until $identities lists someone: see deploy/systemd/README.md (Identities)"
