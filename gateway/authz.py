@@ -271,13 +271,17 @@ class Authorizer:
     def filter_message(self, decision: Decision, message: Message, streamed: bool) -> bool:
         """Drop the items the caller may not see from a response, in place; False when
         the whole message is about such an object (a Watch event) and must be dropped."""
+        if not decision.listed:
+            return True
         if streamed and _is_string(_field(message.DESCRIPTOR, "name")):
             return self.visible_item(decision, message)
         for field in message.DESCRIPTOR.fields:
-            if (field.type != FieldDescriptor.TYPE_MESSAGE or not field.is_repeated
-                    or not _is_string(_field(field.message_type, "name"))):
+            if field.type != FieldDescriptor.TYPE_MESSAGE or not field.is_repeated:
                 continue
             items = getattr(message, field.name)
+            if not _is_string(_field(field.message_type, "name")):
+                del items[:]  # items without a name (network ports): none can be judged
+                continue
             kept = [item for item in items if self.visible_item(decision, item)]
             if len(kept) != len(items):
                 del items[:]

@@ -112,3 +112,8 @@ def test_secret_event_count(virtmesh: Run, service: tuple[str, str]) -> None:
     lines = out.splitlines()
     assert code == 0 and len(lines) == 2
     assert all(f"{secret.name}  ceph {prefix}  value-changed" in line for line in lines)
+
+
+def test_unknown_usage_type_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--socket", "/nonexistent.sock", "secret-info", "--usage", "bogus", "x"]) == 2
+    assert "unknown usage type 'bogus'" in capsys.readouterr().err

@@ -160,3 +160,14 @@ def test_pool_event(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[1:] for line in lines] == [["default-pool", "stopped"],
                                                     ["default-pool", "started"]]
+
+
+def test_failed_download_leaves_no_file(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "out.img"
+    with running_service(tmp_path / "s", "test:///default", spec=SPEC,
+                         grace_period=0.5) as service:
+        code = main(["--socket", str(service.socket_path), "vol-download", "default-pool",
+                     "no-such-volume", str(target)])
+    assert code == 1 and "NOT_FOUND" in capsys.readouterr().err
+    assert not target.exists() and not (tmp_path / "out.img.part").exists()

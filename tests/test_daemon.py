@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.config import Config
 from services.common.daemon import Daemon, ServiceSpec, prepare_socket
+from services.common.libvirt_connection import LibvirtConnection
 from services.compute import SPEC as COMPUTE
 from services.compute.servicer import ComputeServicer
 from virtmesh.compute.v1 import compute_service_pb2 as pb
@@ -449,3 +450,36 @@ def test_socket_dir_is_created_group_writable(tmp_path: Path) -> None:
     (shared / "run").chmod(0o750)
     prepare_socket(shared / "run" / "secret.sock")
     assert (shared / "run").stat().st_mode & 0o777 == 0o750
+
+
+def test_a_failing_connect_hook_releases_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Event registration refused (here: the test driver has no secret events): each
+    attempt's connection is closed again, never leaked, and the service stays down."""
+    opened: list[libvirt.virConnect] = []
+    closed: list[libvirt.virConnect] = []
+    real_open, real_close = libvirt.open, libvirt.virConnect.close
+
+    def counting_open(uri: str) -> libvirt.virConnect:
+        conn = real_open(uri)
+        opened.append(conn)
+        return conn
+
+    def counting_close(conn: libvirt.virConnect) -> int:
+        closed.append(conn)
+        return int(real_close(conn))
+
+    monkeypatch.setattr(libvirt, "open", counting_open)
+    monkeypatch.setattr(libvirt.virConnect, "close", counting_close)
+    connection = LibvirtConnection("test:///default", min_delay=0.01, max_delay=0.01)
+    connection.on_connect(lambda conn: conn.secretEventRegisterAny(
+        None, libvirt.VIR_SECRET_EVENT_ID_LIFECYCLE, lambda *_: None, None))
+    connection.start()
+    try:
+        deadline = time.monotonic() + 30  # hang guard
+        while len(opened) < 3:
+            assert time.monotonic() < deadline, "no retries"
+            time.sleep(0.01)
+        assert not connection.connected
+    finally:
+        connection.close()
+    assert {id(conn) for conn in opened} == {id(conn) for conn in closed}

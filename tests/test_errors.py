@@ -220,3 +220,40 @@ def test_secret_and_nwfilter_refinements(code: str, message: str,
 def test_nodedev_and_flag_refinements(code: str, message: str,
                                       expected: grpc.StatusCode) -> None:
     assert grpc_code_for(getattr(libvirt, f"VIR_ERR_{code}"), message) is expected
+
+
+def _libvirt_error(call: object) -> libvirt.libvirtError:
+    with pytest.raises(libvirt.libvirtError) as raised:
+        call()  # type: ignore[operator]
+    return raised.value
+
+
+def test_real_test_driver_errors_get_precise_codes() -> None:
+    """What libvirt itself raises, not a copied message: a define reusing another
+    object's UUID, a device without capabilities, an unknown volume format."""
+    conn = libvirt.open("test:///default")
+    try:
+        net_uuid = conn.networkLookupByName("default").UUIDString()
+        dom_uuid = conn.lookupByName("test").UUIDString()
+        pool = conn.storagePoolLookupByName("default-pool")
+        cases = [
+            (lambda: conn.networkDefineXML(
+                f"<network><name>other</name><uuid>{net_uuid}</uuid></network>"),
+             grpc.StatusCode.ALREADY_EXISTS),
+            (lambda: conn.defineXML(
+                f"<domain type='test'><name>other</name><uuid>{dom_uuid}</uuid>"
+                "<memory>1024</memory><os><type>hvm</type></os></domain>"),
+             grpc.StatusCode.ALREADY_EXISTS),
+            (lambda: conn.nodeDeviceCreateXML(
+                "<device><name>x</name><parent>computer</parent></device>"),
+             grpc.StatusCode.INVALID_ARGUMENT),
+            (lambda: pool.createXML("<volume><name>v</name><capacity>1024</capacity>"
+                                    "<target><format type='bogus'/></target></volume>"),
+             grpc.StatusCode.INVALID_ARGUMENT),
+        ]
+        for call, expected in cases:
+            error = _libvirt_error(call)
+            assert grpc_code_for(error.get_error_code(), error.get_error_message()) \
+                is expected, error.get_error_message()
+    finally:
+        conn.close()

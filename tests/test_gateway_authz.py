@@ -452,3 +452,26 @@ def test_a_volume_without_its_pool_is_for_unrestricted_grants_only() -> None:
         pool="team-a-pool", name="x")).objects == ("team-a-pool/x",)
     with pytest.raises(Denied, match="does not name"):
         authz.authorize(ALICE, delete, spb.DeleteStorageVolumeRequest(name="team-a-pool/x"))
+
+
+def test_items_without_a_name_are_dropped_when_the_list_is_filtered() -> None:
+    """Network ports are known by UUID only: a caller whose port grants are limited by
+    name cannot be shown any of them."""
+    from virtmesh.network.v1 import network_service_pb2 as npb
+
+    authz = authorizer("""
+[[grants]]
+identities = ["alice"]
+permissions = ["network:read", "network:search_ports", "network_port:getattr"]
+objects = ["team-a-*"]
+""")
+    ports = npb.DESCRIPTOR.services_by_name["NetworkService"].methods_by_name["ListNetworkPorts"]
+    decision = authz.authorize(ALICE, ports, npb.ListNetworkPortsRequest(name="team-a-net"))
+    reply = npb.ListNetworkPortsResponse(ports=[npb.NetworkPort(network="team-a-net",
+                                                                uuid="u", owner_name="vm")])
+    assert authz.filter_message(decision, reply, streamed=False)
+    assert not reply.ports
+    admin = Identity("root", frozenset({"admin"}))
+    everything = authz.authorize(admin, ports, npb.ListNetworkPortsRequest(name="team-a-net"))
+    reply = npb.ListNetworkPortsResponse(ports=[npb.NetworkPort(uuid="u")])
+    assert authz.filter_message(everything, reply, streamed=False) and len(reply.ports) == 1

@@ -55,6 +55,9 @@ cmd_list = Query(_list, ("UUID", "USAGE", "EPHEMERAL", "PRIVATE", "DESCRIPTION")
 def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> None:
     if bool(args.secret) == bool(args.usage):
         raise UsageError("secret-info needs a UUID or --usage TYPE ID, not both")
+    if args.usage and args.usage[0] not in USAGES:
+        raise UsageError(f"unknown usage type '{args.usage[0]}' (one of "
+                         f"{', '.join(sorted(USAGES))})")
     request = (pb.GetSecretRequest(name=args.secret) if args.secret else pb.GetSecretRequest(
         usage=pb.Usage(type=USAGES[args.usage[0]], id=args.usage[1])))
     secret = client.call("GetSecret", request).secret

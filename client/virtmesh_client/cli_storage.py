@@ -7,6 +7,7 @@ Volumes are named ``POOL VOLUME``; vol-upload and vol-download stream files in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from datetime import UTC
@@ -203,11 +204,21 @@ def cmd_vol_upload(client: Client, args: argparse.Namespace, out: Output) -> Non
 
 def cmd_vol_download(client: Client, args: argparse.Namespace, out: Output) -> None:
     written = 0
-    with open(args.file, "wb") as file:
-        for chunk in client.stream("DownloadStorageVolume", pb.DownloadStorageVolumeRequest(
-                pool=args.pool, name=args.volume, offset=args.offset, length=args.length or 0)):
-            file.write(chunk.data)
-            written += len(chunk.data)
+    # Into FILE.part, renamed once complete: a failed download leaves no file that
+    # looks whole.
+    partial = f"{args.file}.part"
+    try:
+        with open(partial, "wb") as file:
+            for chunk in client.stream("DownloadStorageVolume", pb.DownloadStorageVolumeRequest(
+                    pool=args.pool, name=args.volume, offset=args.offset,
+                    length=args.length or 0)):
+                file.write(chunk.data)
+                written += len(chunk.data)
+        os.replace(partial, args.file)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
     out.show(pb.UploadStorageVolumeResponse(bytes_written=written),
              f"Downloaded {_bytes(written)} from volume '{args.volume}' to {args.file}")
 

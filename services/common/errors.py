@@ -100,6 +100,11 @@ _REFINEMENTS: tuple[tuple[int, str, grpc.StatusCode], ...] = (
     # virDomainObjListAdd: "domain 'x' already exists with uuid ..."
     (libvirt.VIR_ERR_OPERATION_FAILED, "already exists", _C.ALREADY_EXISTS),
     (libvirt.VIR_ERR_INTERNAL_ERROR, "already exists", _C.ALREADY_EXISTS),
+    # a define reusing another object's UUID: "network 'a' is already defined with uuid ..."
+    (libvirt.VIR_ERR_OPERATION_FAILED, "is already defined with uuid", _C.ALREADY_EXISTS),
+    # XML that names no capability, or an unknown format: the request is wrong
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "no device capabilities for", _C.INVALID_ARGUMENT),
+    (libvirt.VIR_ERR_CONFIG_UNSUPPORTED, "unknown volume format type", _C.INVALID_ARGUMENT),
     # a flag this driver does not know (the test driver): "unsupported flags (0x1) in ..."
     (libvirt.VIR_ERR_INVALID_ARG, "unsupported flags", _C.UNIMPLEMENTED),
     # node device XML naming no parent, an unknown one, or one that cannot host it

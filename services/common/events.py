@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
 
 import grpc
 import libvirt
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.common.backend import is_uuid
 from services.common.errors import ServiceError
 from services.common.libvirt_connection import LibvirtConnection
 from services.common.metrics import EVENT_SUBSCRIBERS
@@ -95,6 +96,29 @@ class EventHub(Generic[Event]):
         connection.on_state_change(
             lambda up: None if up else hub.close_all("the libvirt connection was lost"))
         return hub
+
+    def watch(self, context: grpc.ServicerContext, names: Iterable[str],
+              connected: Callable[[], object]) -> Iterator[Event]:
+        """A Watch… RPC's stream: the events about ``names`` (by name, or by UUID in any
+        case; all events when empty). It subscribes before it checks the connection
+        (``connected`` raises UNAVAILABLE when there is none), so a connection lost in
+        between ends this stream too rather than leaving it silently empty; then the
+        headers go out, so the caller knows it is subscribed before any event."""
+        exact = set(names)
+        uuids = {name.lower() for name in exact if is_uuid(name)}
+
+        def accept(event: Any) -> bool:
+            return (not exact or event.name in exact or event.name.lower() in uuids
+                    or getattr(event, "uuid", "").lower() in uuids)
+
+        subscription = self.subscribe(accept)
+        try:
+            connected()
+        except BaseException:
+            self.unsubscribe(subscription)
+            raise
+        context.send_initial_metadata(())
+        yield from subscription.events(context.is_active)
 
     @property
     def subscriber_count(self) -> int:

@@ -172,8 +172,16 @@ class LibvirtConnection:
         with contextlib.suppress(libvirt.libvirtError):
             conn.setKeepAlive(*self._keepalive)
         conn.registerCloseCallback(self._closed, None)
-        for hook in self._hooks:
-            hook(conn)
+        try:
+            for hook in self._hooks:
+                hook(conn)
+        except libvirt.libvirtError as error:
+            # e.g. the driver has no events of this kind: say so, and do not leak
+            # this connection (with its callbacks) on every retry
+            log.error("connected to %s, but setting it up failed: %s", self.uri,
+                      error.get_error_message())
+            self._release(conn)
+            raise
         with self._lock:
             self._conn = conn
         log.info("connected to %s (%s)", self.uri, conn.getType())

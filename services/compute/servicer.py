@@ -73,13 +73,7 @@ class ComputeServicer(pb_grpc.ComputeServiceServicer):
 
     def WatchDomainEvents(self, request: pb.WatchDomainEventsRequest,
                           context: Ctx) -> Iterator[pb.WatchDomainEventsResponse]:
-        wanted = set(request.names)
-        self.backend.conn  # noqa: B018 - UNAVAILABLE now rather than a silent stream
-        subscription = self.events.subscribe(
-            lambda event: not wanted or event.name in wanted or event.uuid in wanted)
-        # Headers go out now, so the caller knows it is subscribed before any event.
-        context.send_initial_metadata(())
-        yield from subscription.events(context.is_active)
+        yield from self.events.watch(context, request.names, lambda: self.backend.conn)
 
     # -- domains --------------------------------------------------------------
 

@@ -51,7 +51,8 @@ class NWFilterServicer(pb_grpc.NWFilterServiceServicer):
     def ListNWFilters(self, request: pb.ListNWFiltersRequest,
                       context: Ctx) -> pb.ListNWFiltersResponse:
         chunk, token = paging.page(self.backend.conn.listAllNWFilters(0), lambda f: f.name(),
-                                   request.page_size, request.page_token)
+                                   request.page_size, request.page_token,
+                                   paging.fingerprint("nwfilters"))
         return pb.ListNWFiltersResponse(nwfilters=[nwfilter(f) for f in chunk],
                                         next_page_token=token)
 
@@ -82,7 +83,8 @@ class NWFilterServicer(pb_grpc.NWFilterServiceServicer):
     def ListNWFilterBindings(self, request: pb.ListNWFilterBindingsRequest,
                              context: Ctx) -> pb.ListNWFilterBindingsResponse:
         chunk, token = paging.page(self.backend.conn.listAllNWFilterBindings(0),
-                                   lambda b: b.portDev(), request.page_size, request.page_token)
+                                   lambda b: b.portDev(), request.page_size, request.page_token,
+                                   paging.fingerprint("bindings"))
         return pb.ListNWFilterBindingsResponse(bindings=[binding(b) for b in chunk],
                                                next_page_token=token)
 

@@ -56,12 +56,7 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
 
     def WatchSecretEvents(self, request: pb.WatchSecretEventsRequest,
                           context: Ctx) -> Iterator[pb.WatchSecretEventsResponse]:
-        wanted = {name.lower() for name in request.names}
-        self.backend.conn  # noqa: B018 - UNAVAILABLE now rather than a silent stream
-        subscription = self.events.subscribe(lambda event: not wanted or event.name in wanted)
-        # Headers go out now, so the caller knows it is subscribed before any event.
-        context.send_initial_metadata(())
-        yield from subscription.events(context.is_active)
+        yield from self.events.watch(context, request.names, lambda: self.backend.conn)
 
     # -- secrets --------------------------------------------------------------
 
