@@ -330,3 +330,18 @@ def test_secret_values_never_leave_the_service(tmp_path: Path) -> None:
     for leak in leaks:
         for where, text in (("log", log), ("errors", details), ("metrics", metrics)):
             assert leak not in text, f"the secret value leaked into the {where}"
+
+
+def test_runs_on_the_test_driver_without_events(tmp_path: Path) -> None:
+    """libvirt's test driver has neither secrets nor secret events: the service still
+    comes up (its event registration is refused, not retried forever) and answers
+    every call with the precise UNIMPLEMENTED."""
+    with running_service(tmp_path, "test:///default", spec=SPEC, grace_period=0.5) as daemon, \
+            grpc.insecure_channel(f"unix:{daemon.socket_path}") as channel:
+        stub = pb_grpc.SecretServiceStub(channel)
+        for call in (lambda: stub.ListSecrets(pb.ListSecretsRequest(), timeout=30),
+                     lambda: next(stub.WatchSecretEvents(pb.WatchSecretEventsRequest(),
+                                                         timeout=30))):
+            with pytest.raises(grpc.RpcError) as error:
+                call()
+            assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
