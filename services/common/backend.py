@@ -4,15 +4,17 @@ object by name or UUID, and turn optional filters into libvirt's list flags."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
+import grpc
 import libvirt
 
-from services.common.errors import require
+from services.common.errors import grpc_code_for, require
 from services.common.libvirt_connection import LibvirtConnection
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 
 def is_uuid(text: str) -> bool:
@@ -56,3 +58,18 @@ class Backend:
     @property
     def conn(self) -> libvirt.virConnect:
         return self.connection.conn
+
+
+def summaries(objects: Iterable[T], summary: Callable[[T], S]) -> list[S]:
+    """``summary`` of each listed object, leaving out those that went away between
+    libvirt's listing and our further calls about them (NOT_FOUND), rather than failing
+    the whole list."""
+    found = []
+    for obj in objects:
+        try:
+            found.append(summary(obj))
+        except libvirt.libvirtError as error:
+            if grpc_code_for(error.get_error_code(),
+                             error.get_error_message() or "") != grpc.StatusCode.NOT_FOUND:
+                raise
+    return found

@@ -12,6 +12,7 @@ import grpc
 import libvirt
 
 from services.common import paging
+from services.common.backend import summaries
 from services.common.config import Config
 from services.common.errors import require
 from services.common.events import EventHub, now
@@ -87,7 +88,7 @@ class ComputeServicer(pb_grpc.ComputeServiceServicer):
         fingerprint = paging.fingerprint(sorted(filters.items()), sorted(request.states))
         chunk, token = paging.page(domains, lambda dom: dom.name(), request.page_size,
                                    request.page_token, fingerprint)
-        return pb.ListDomainsResponse(domains=[convert.domain(dom) for dom in chunk],
+        return pb.ListDomainsResponse(domains=summaries(chunk, convert.domain),
                                       next_page_token=token)
 
     def GetDomain(self, request: pb.GetDomainRequest, context: Ctx) -> pb.GetDomainResponse:
@@ -208,7 +209,7 @@ class ComputeServicer(pb_grpc.ComputeServiceServicer):
         snaps = self.backend.lookup(request.name).listAllSnapshots(0)
         chunk, token = paging.page(snaps, lambda snap: snap.getName(), request.page_size,
                                    request.page_token, paging.fingerprint(request.name))
-        return pb.ListSnapshotsResponse(snapshots=[convert.snapshot(s) for s in chunk],
+        return pb.ListSnapshotsResponse(snapshots=summaries(chunk, convert.snapshot),
                                         next_page_token=token)
 
     def GetSnapshot(self, request: pb.GetSnapshotRequest, context: Ctx) -> pb.GetSnapshotResponse:

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import grpc
 import libvirt
 
-from services.common.backend import Backend
+from services.common.backend import Backend, summaries
 from services.common.errors import ServiceError, require
 from virtmesh.iface.v1 import iface_service_pb2 as pb
 
@@ -24,14 +24,7 @@ def interface(iface: libvirt.virInterface) -> pb.Interface:
 
 def interfaces(ifaces: Iterable[libvirt.virInterface]) -> list[pb.Interface]:
     """Summaries of ``ifaces``, leaving out any that went away meanwhile."""
-    summaries = []
-    for iface in ifaces:
-        try:
-            summaries.append(interface(iface))
-        except libvirt.libvirtError as error:
-            if error.get_error_code() != libvirt.VIR_ERR_NO_INTERFACE:
-                raise
-    return summaries
+    return summaries(ifaces, interface)
 
 
 class InterfaceBackend(Backend):

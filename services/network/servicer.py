@@ -11,6 +11,7 @@ import grpc
 import libvirt
 
 from services.common import paging
+from services.common.backend import summaries
 from services.common.config import Config
 from services.common.events import EventHub, now
 from services.common.libvirt_connection import LibvirtConnection
@@ -56,7 +57,7 @@ class NetworkServicer(pb_grpc.NetworkServiceServicer):
         networks = self.backend.list_networks(**filters)
         chunk, token = paging.page(networks, lambda net: net.name(), request.page_size,
                                    request.page_token, paging.fingerprint(sorted(filters.items())))
-        return pb.ListNetworksResponse(networks=[convert.network(net) for net in chunk],
+        return pb.ListNetworksResponse(networks=summaries(chunk, convert.network),
                                        next_page_token=token)
 
     def GetNetwork(self, request: pb.GetNetworkRequest, context: Ctx) -> pb.GetNetworkResponse:

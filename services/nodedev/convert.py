@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 import grpc
 import libvirt
 
+from services.common.backend import summaries
 from services.common.errors import ServiceError
 from virtmesh.nodedev.v1 import nodedev_service_pb2 as pb
 
@@ -72,11 +73,4 @@ def node_device(dev: libvirt.virNodeDevice) -> pb.NodeDevice:
 
 def node_devices(devices: Iterable[libvirt.virNodeDevice]) -> list[pb.NodeDevice]:
     """Summaries of ``devices``, leaving out any that went away meanwhile (unplugged)."""
-    summaries = []
-    for dev in devices:
-        try:
-            summaries.append(node_device(dev))
-        except libvirt.libvirtError as error:
-            if error.get_error_code() != libvirt.VIR_ERR_NO_NODE_DEVICE:
-                raise
-    return summaries
+    return summaries(devices, node_device)

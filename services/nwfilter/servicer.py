@@ -12,6 +12,7 @@ import grpc
 import libvirt
 
 from services.common import paging
+from services.common.backend import summaries
 from services.common.config import Config
 from services.common.libvirt_connection import LibvirtConnection
 from services.nwfilter.backend import NWFilterBackend
@@ -53,7 +54,7 @@ class NWFilterServicer(pb_grpc.NWFilterServiceServicer):
         chunk, token = paging.page(self.backend.conn.listAllNWFilters(0), lambda f: f.name(),
                                    request.page_size, request.page_token,
                                    paging.fingerprint("nwfilters"))
-        return pb.ListNWFiltersResponse(nwfilters=[nwfilter(f) for f in chunk],
+        return pb.ListNWFiltersResponse(nwfilters=summaries(chunk, nwfilter),
                                         next_page_token=token)
 
     def GetNWFilter(self, request: pb.GetNWFilterRequest, context: Ctx) -> pb.GetNWFilterResponse:
@@ -85,7 +86,7 @@ class NWFilterServicer(pb_grpc.NWFilterServiceServicer):
         chunk, token = paging.page(self.backend.conn.listAllNWFilterBindings(0),
                                    lambda b: b.portDev(), request.page_size, request.page_token,
                                    paging.fingerprint("bindings"))
-        return pb.ListNWFilterBindingsResponse(bindings=[binding(b) for b in chunk],
+        return pb.ListNWFilterBindingsResponse(bindings=summaries(chunk, binding),
                                                next_page_token=token)
 
     def GetNWFilterBinding(self, request: pb.GetNWFilterBindingRequest,

@@ -14,6 +14,7 @@ import grpc
 import libvirt
 
 from services.common import paging
+from services.common.backend import summaries
 from services.common.config import Config
 from services.common.errors import ServiceError
 from services.common.events import EventHub, now
@@ -91,7 +92,7 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
         fingerprint = paging.fingerprint(sorted(filters.items()), sorted(request.usage_types))
         chunk, token = paging.page(secrets, lambda secret: secret.UUIDString(),
                                    request.page_size, request.page_token, fingerprint)
-        return pb.ListSecretsResponse(secrets=[self._summary(s) for s in chunk],
+        return pb.ListSecretsResponse(secrets=summaries(chunk, self._summary),
                                       next_page_token=token)
 
     def GetSecret(self, request: pb.GetSecretRequest, context: Ctx) -> pb.GetSecretResponse:

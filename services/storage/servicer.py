@@ -11,6 +11,7 @@ import grpc
 import libvirt
 
 from services.common import paging
+from services.common.backend import summaries
 from services.common.config import Config
 from services.common.events import EventHub, now
 from services.common.libvirt_connection import LibvirtConnection
@@ -67,7 +68,7 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
                                    request.page_token,
                                    paging.fingerprint(sorted(filters.items()), types))
         return pb.ListStoragePoolsResponse(
-            storage_pools=[convert.storage_pool(pool) for pool in chunk], next_page_token=token)
+            storage_pools=summaries(chunk, convert.storage_pool), next_page_token=token)
 
     def GetStoragePool(self, request: pb.GetStoragePoolRequest,
                        context: Ctx) -> pb.GetStoragePoolResponse:
@@ -134,7 +135,7 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
                                    request.page_size, request.page_token,
                                    paging.fingerprint(pool.UUIDString()))
         return pb.ListStorageVolumesResponse(
-            storage_volumes=[convert.storage_volume(vol) for vol in chunk],
+            storage_volumes=summaries(chunk, convert.storage_volume),
             next_page_token=token)
 
     def GetStorageVolume(self, request: pb.GetStorageVolumeRequest,
