@@ -46,6 +46,7 @@ import grpc
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from gateway.config import file_stamp
 from gateway.identity import AuthenticationError, Identity
 from gateway.pki import ensure_dev_pki
 from services.common import metrics
@@ -171,13 +172,6 @@ def load_identities(path: Path, dev_fallback: bool = False) -> Identities:
         raise ValueError(f"{path}: {error}") from None
 
 
-def _mtime(path: Path) -> float | None:
-    try:
-        return path.stat().st_mtime_ns
-    except OSError:
-        return None
-
-
 @functools.lru_cache(maxsize=256)
 def _certificate_facts(pem: bytes) -> tuple[str, bool]:
     """(DN, has the clientAuth extended key usage) of a PEM certificate."""
@@ -211,13 +205,13 @@ class Authenticator:
         self.path = identities_file
         #: without the file, admit the development admin (only with the development CA)
         self.dev_fallback = dev_fallback
-        self._mtime: float | None = None
+        self._mtime: int | None = None
         self.identities = Identities()
         self.reload(force=True)
 
     def reload(self, force: bool = False) -> None:
         """Read the file again if it changed (or ``force``); a bad file admits nobody."""
-        mtime = _mtime(self.path)
+        mtime = file_stamp(self.path)
         if not force and mtime == self._mtime:
             return
         self._mtime = mtime

@@ -34,6 +34,7 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 
+from gateway.config import file_stamp
 from gateway.identity import Identity
 from gateway.policy import Policy
 from gateway.policy import load as load_policy
@@ -46,13 +47,6 @@ log = logging.getLogger(__name__)
 #: object type inside a container -> (the container's type, the request field naming it)
 CONTAINED = {"storage_vol": ("storage_pool", "pool")}
 _CONTAINERS = {container: field for container, field in CONTAINED.values()}
-
-
-def _mtime(path: Path | None) -> int | None:
-    try:
-        return path.stat().st_mtime_ns if path else None
-    except OSError:
-        return None
 
 
 class Denied(Exception):
@@ -184,7 +178,7 @@ class Authorizer:
     def __init__(self, policy: Policy, path: Path | None = None) -> None:
         self.policy = policy
         self.path = path
-        self._mtime = _mtime(path)
+        self._mtime = file_stamp(path)
 
     @classmethod
     def from_file(cls, path: Path | None) -> Authorizer:
@@ -192,7 +186,7 @@ class Authorizer:
         return cls(load_policy(path), path)
 
     def reload(self, force: bool = False) -> None:
-        mtime = _mtime(self.path)
+        mtime = file_stamp(self.path)
         if self.path is None or (mtime == self._mtime and not force):
             return
         self._mtime = mtime

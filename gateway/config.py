@@ -176,3 +176,11 @@ def load(argv: Sequence[str] | None = None,
     except ValueError as error:
         raise common.ConfigError(f"activation: {error}") from None
     return dataclasses.replace(config, state_dir=config.state_dir.absolute())
+
+
+def file_stamp(path: Path | None) -> int | None:
+    """When ``path`` last changed (None: no such file), to reload files on change."""
+    try:
+        return path.stat().st_mtime_ns if path else None
+    except OSError:
+        return None

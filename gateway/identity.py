@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-#: metadata the gateway sets on every forwarded call: the caller's identity name
-IDENTITY_KEY = "x-virtmesh-identity"
-#: ... and its groups/roles, comma-separated
-GROUPS_KEY = "x-virtmesh-groups"
+# The metadata keys are the services' contract too: they live with the skeleton.
+from services.common.acl import GROUPS_KEY, IDENTITY_KEY
+
+__all__ = ["GROUPS_KEY", "IDENTITY_KEY", "AuthenticationError", "Identity"]
 
 
 @dataclasses.dataclass(frozen=True)

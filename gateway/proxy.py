@@ -258,6 +258,15 @@ class CallGuard:
                                  denied_permission=self.denied)
 
 
+#: (client streaming, server streaming) -> gRPC's handler factory for that shape
+_HANDLER_KINDS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
 class ProxyHandler(grpc.GenericRpcHandler):
     """Serves every route by forwarding to the route's backend, once the caller may."""
 
@@ -267,21 +276,19 @@ class ProxyHandler(grpc.GenericRpcHandler):
         self.backends = backends
         self.access = access
         self.activator = activator
+        # Built once: gRPC asks for a handler on every call, and building one looks up
+        # descriptors and message classes.
+        self._handlers = {path: self._handler(route) for path, route in routes.items()}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails
                 ) -> grpc.RpcMethodHandler | None:
-        route = self.routes.get(handler_call_details.method)  # type: ignore[attr-defined]
-        if route is None:
-            return _unknown_method(handler_call_details.method)  # type: ignore[attr-defined]
-        kinds: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
-            (False, False): grpc.unary_unary_rpc_method_handler,
-            (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler,
-            (True, True): grpc.stream_stream_rpc_method_handler,
-        }
-        behavior = self._guarded(route, self._forwarder(route))
-        return kinds[(route.client_streaming, route.server_streaming)](
-            behavior, request_deserializer=None, response_serializer=None)
+        path = handler_call_details.method  # type: ignore[attr-defined]
+        return self._handlers.get(path) or _unknown_method(path)
+
+    def _handler(self, route: Route) -> grpc.RpcMethodHandler:
+        kind = _HANDLER_KINDS[(route.client_streaming, route.server_streaming)]
+        return kind(self._guarded(route, self._forwarder(route)),
+                    request_deserializer=None, response_serializer=None)
 
     def _guarded(self, route: Route, forward: Callable[..., Any]) -> Callable[..., Any]:
         """``forward`` behind authentication, limits and authorisation, with audit, and

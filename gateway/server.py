@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from pathlib import Path
 
 import grpc
 from cryptography import x509
@@ -25,7 +24,7 @@ from gateway.api import GatewayApi
 from gateway.audit import AuditLog
 from gateway.authn import Authenticator
 from gateway.authz import Authorizer
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, file_stamp
 from gateway.health import GATEWAY_SERVICE, GatewayHealth
 from gateway.pki import is_dev_ca
 from gateway.proxy import Access, Backends, ProxyHandler
@@ -68,15 +67,9 @@ class TlsFiles:
         self.initial = grpc.ssl_server_certificate_configuration([(key, cert)], ca)
         self._pending: grpc.ServerCertificateConfiguration | None = None
 
-    def _stamps(self) -> tuple[float | None, ...]:
-        def stamp(path: Path) -> float | None:
-            try:
-                return path.stat().st_mtime_ns
-            except OSError:
-                return None
-
+    def _stamps(self) -> tuple[int | None, ...]:
         config = self.config
-        return tuple(stamp(path) for path in (config.key_file, config.cert_file, config.ca_file))
+        return tuple(map(file_stamp, (config.key_file, config.cert_file, config.ca_file)))
 
     def reload(self, force: bool = False) -> None:
         """Read the files again if they changed; on an error keep serving the old ones."""

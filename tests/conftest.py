@@ -20,6 +20,8 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from gateway.pki import ensure_dev_pki
 from services.common.config import Config
@@ -37,6 +39,22 @@ NODE_XML = """<node>
   </domain>
 </node>
 """
+
+
+def error_of(call: object, *args: object) -> grpc.RpcError:
+    """The RpcError that ``call(*args)`` raises (the test fails if it raises none)."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call(*args)  # type: ignore[operator]
+    return caught.value
+
+
+def reason_of(error: grpc.RpcError) -> str:
+    """The google.rpc.ErrorInfo reason of a failed call."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, "no google.rpc.Status details"
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    return info.reason
 
 
 def domain_xml(name: str, memory_kib: int = 65536) -> str:

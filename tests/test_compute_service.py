@@ -7,31 +7,14 @@ import time
 from typing import Any
 
 import grpc
-import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
 from services.common.daemon import Daemon
-from tests.conftest import domain_xml
+from tests.conftest import domain_xml, error_of, reason_of
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 
 Stub = pb_grpc.ComputeServiceStub
-
-
-def error_of(call: object, *args: object) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as caught:
-        call(*args)  # type: ignore[operator]
-    return caught.value
-
-
-def reason_of(error: grpc.RpcError) -> str:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "no google.rpc.Status details"
-    info = error_details_pb2.ErrorInfo()
-    assert status.details[0].Unpack(info)
-    return info.reason
 
 
 def names(stub: Stub, **filters: Any) -> list[str]:

@@ -18,12 +18,10 @@ from typing import Any
 import grpc
 import libvirt
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from services.common.daemon import Daemon
 from services.network import SPEC
-from tests.conftest import running_service
+from tests.conftest import error_of, reason_of, running_service
 from virtmesh.network.v1 import network_service_pb2 as pb
 from virtmesh.network.v1 import network_service_pb2_grpc as pb_grpc
 
@@ -51,20 +49,6 @@ def network_xml(name: str, bridge: str, subnet: str = "10.213.0.0/24",
     return (f"<network><name>{name}</name><bridge name='{bridge}'/>{extra}"
             f"<ip address='{hosts[0]}' netmask='{net.netmask}'><dhcp>"
             f"<range start='{hosts[99]}' end='{hosts[199]}'/></dhcp></ip></network>")
-
-
-def error_of(call: Any, request: Any) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as caught:
-        call(request)
-    return caught.value
-
-
-def reason_of(error: grpc.RpcError) -> str:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "no google.rpc.Status details"
-    info = error_details_pb2.ErrorInfo()
-    assert status.details[0].Unpack(info)
-    return info.reason
 
 
 def names(stub: Stub, **filters: Any) -> list[str]:

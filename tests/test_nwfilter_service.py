@@ -15,11 +15,9 @@ from pathlib import Path
 import grpc
 import libvirt
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from services.nwfilter import SPEC
-from tests.conftest import running_service
+from tests.conftest import error_of, reason_of, running_service
 from virtmesh.nwfilter.v1 import nwfilter_service_pb2 as pb
 from virtmesh.nwfilter.v1 import nwfilter_service_pb2_grpc as pb_grpc
 
@@ -27,20 +25,6 @@ pytestmark = pytest.mark.timeout(120)
 
 Stub = pb_grpc.NWFilterServiceStub
 URI = "nwfilter:///system"
-
-
-def error_of(call: object, *args: object) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as caught:
-        call(*args)  # type: ignore[operator]
-    return caught.value
-
-
-def reason_of(error: grpc.RpcError) -> str:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "no google.rpc.Status details"
-    info = error_details_pb2.ErrorInfo()
-    assert status.details[0].Unpack(info)
-    return info.reason
 
 
 def filter_xml(name: str, uuid_: str = "", port: int = 22) -> str:

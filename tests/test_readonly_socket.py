@@ -18,17 +18,15 @@ from typing import Any, cast
 import grpc
 import pytest
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 
 from gateway.identity import GROUPS_KEY, IDENTITY_KEY
 from services.common import acl
 from services.common.daemon import SERVICE_KEY, STARTED_KEY, VERSION_KEY, Daemon
 from services.common.version import VERSION
 from services.compute import SPEC as COMPUTE
-from tests.conftest import domain_xml, running_service
+from tests.conftest import domain_xml, reason_of, running_service
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 
@@ -133,14 +131,6 @@ def failure(fn: Callable[[], Any]) -> Any:
     with pytest.raises(grpc.RpcError) as caught:
         fn()
     return caught.value
-
-
-def reason_of(error: Any) -> str:
-    status = rpc_status.from_call(error)
-    assert status is not None, error
-    info = error_details_pb2.ErrorInfo()
-    assert status.details[0].Unpack(info)
-    return info.reason
 
 
 def state(daemon: Daemon) -> list[Any]:

@@ -20,13 +20,11 @@ from pathlib import Path
 import grpc
 import libvirt
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from services.secret import SPEC
 from services.secret.backend import embedded_undefine_crashes
 from services.supervisor import wait_serving
-from tests.conftest import Process, running_service, service_process
+from tests.conftest import Process, error_of, reason_of, running_service, service_process
 from virtmesh.secret.v1 import secret_service_pb2 as pb
 from virtmesh.secret.v1 import secret_service_pb2_grpc as pb_grpc
 
@@ -34,20 +32,6 @@ pytestmark = pytest.mark.timeout(120)
 
 Stub = pb_grpc.SecretServiceStub
 SYSTEM = "secret:///system"
-
-
-def error_of(call: object, *args: object) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as caught:
-        call(*args)  # type: ignore[operator]
-    return caught.value
-
-
-def reason_of(error: grpc.RpcError) -> str:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "no google.rpc.Status details"
-    info = error_details_pb2.ErrorInfo()
-    assert status.details[0].Unpack(info)
-    return info.reason
 
 
 def unique(prefix: str = "vmtest") -> str:

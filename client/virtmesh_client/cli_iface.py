@@ -20,13 +20,8 @@ def _row(i: Any) -> tuple[object, ...]:
 def _list(client: Client, args: argparse.Namespace) -> Any:
     active = True if args.active else False if args.inactive else None
     request = pb.ListInterfacesRequest(active=active)
-    interfaces: list[Any] = []
-    while True:
-        response = client.call("ListInterfaces", request)
-        interfaces.extend(response.interfaces)
-        if not response.next_page_token:
-            return pb.ListInterfacesResponse(interfaces=interfaces)
-        request.page_token = response.next_page_token
+    return pb.ListInterfacesResponse(
+        interfaces=client.all_pages("ListInterfaces", request, "interfaces"))
 
 
 cmd_list = Query(_list, ("NAME", "STATE", "MAC", "TYPE"), _row, "interfaces")

@@ -35,16 +35,6 @@ SECTIONS = {name.removeprefix("NETWORK_SECTION_").lower().replace("_", "-"): val
             for name, value in pb.NetworkSection.items() if value}
 
 
-def _all_pages(client: Client, method: str, request: Any, field: str) -> list[Any]:
-    items: list[Any] = []
-    while True:
-        response = client.call(method, request)
-        items.extend(getattr(response, field))
-        if not response.next_page_token:
-            return items
-        request.page_token = response.next_page_token
-
-
 def _either(args: argparse.Namespace, yes: str, no: str) -> bool | None:
     return True if getattr(args, yes) else False if getattr(args, no) else None
 
@@ -53,7 +43,7 @@ def _list(client: Client, args: argparse.Namespace) -> Any:
     request = pb.ListNetworksRequest(active=_either(args, "active", "inactive"),
                                      persistent=_either(args, "persistent", "transient"),
                                      autostart=_either(args, "autostart", "no_autostart"))
-    return pb.ListNetworksResponse(networks=_all_pages(client, "ListNetworks", request,
+    return pb.ListNetworksResponse(networks=client.all_pages("ListNetworks", request,
                                                        "networks"))
 
 
@@ -139,7 +129,7 @@ def _lease_row(lease: Any) -> Sequence[object]:
 
 def cmd_net_dhcp_leases(client: Client, args: argparse.Namespace, out: Output) -> None:
     request = pb.ListDHCPLeasesRequest(name=args.network, mac=args.mac or "")
-    leases = _all_pages(client, "ListDHCPLeases", request, "leases")
+    leases = client.all_pages("ListDHCPLeases", request, "leases")
     out.show(pb.ListDHCPLeasesResponse(name=args.network, leases=leases), table(
         ("EXPIRY TIME", "MAC ADDRESS", "PROTOCOL", "IP ADDRESS", "HOSTNAME", "CLIENT ID"),
         map(_lease_row, leases)))
@@ -153,7 +143,7 @@ def _port_fields(p: Any) -> str:
 
 
 def cmd_net_port_list(client: Client, args: argparse.Namespace, out: Output) -> None:
-    ports = _all_pages(client, "ListNetworkPorts", pb.ListNetworkPortsRequest(
+    ports = client.all_pages("ListNetworkPorts", pb.ListNetworkPortsRequest(
         name=args.network), "ports")
     out.show(pb.ListNetworkPortsResponse(name=args.network, ports=ports), table(
         ("UUID", "OWNER", "MAC", "PLUG"),

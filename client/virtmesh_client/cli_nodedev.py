@@ -40,13 +40,8 @@ def _list(client: Client, args: argparse.Namespace) -> Any:
     request = pb.ListNodeDevicesRequest(
         capabilities=[CAPABILITIES[cap] for cap in args.cap or ()], active=active,
         parent=args.parent or "")
-    devices: list[Any] = []
-    while True:
-        response = client.call("ListNodeDevices", request)
-        devices.extend(response.node_devices)
-        if not response.next_page_token:
-            return pb.ListNodeDevicesResponse(node_devices=devices)
-        request.page_token = response.next_page_token
+    return pb.ListNodeDevicesResponse(
+        node_devices=client.all_pages("ListNodeDevices", request, "node_devices"))
 
 
 cmd_list = Query(_list, ("NAME", "PARENT", "CAPABILITIES", "DRIVER", "ACTIVE"), _row,

@@ -45,7 +45,7 @@ def _list(client: Client, args: argparse.Namespace) -> Any:
     flag = {"yes": True, "no": False, None: None}
     request = pb.ListSecretsRequest(usage_types=[USAGES[u] for u in args.usage or ()],
                                     ephemeral=flag[args.ephemeral], private=flag[args.private])
-    return pb.ListSecretsResponse(secrets=client._all_pages("ListSecrets", request, "secrets"))
+    return pb.ListSecretsResponse(secrets=client.all_pages("ListSecrets", request, "secrets"))
 
 
 cmd_list = Query(_list, ("UUID", "USAGE", "EPHEMERAL", "PRIVATE", "DESCRIPTION"), _row,

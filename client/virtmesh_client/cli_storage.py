@@ -55,7 +55,7 @@ def _list_pools(client: Client, args: argparse.Namespace) -> Any:
         persistent=True if args.persistent else False if args.transient else None,
         types=args.type or ())
     return pb.ListStoragePoolsResponse(
-        storage_pools=client._all_pages("ListStoragePools", request, "storage_pools"))
+        storage_pools=client.all_pages("ListStoragePools", request, "storage_pools"))
 
 
 cmd_pool_list = Query(_list_pools, ("NAME", "STATE", "TYPE", "AUTOSTART", "PERSISTENT",
@@ -125,7 +125,7 @@ def _volume_fields(v: Any) -> str:
 
 
 def cmd_vol_list(client: Client, args: argparse.Namespace, out: Output) -> None:
-    volumes = client._all_pages("ListStorageVolumes",
+    volumes = client.all_pages("ListStorageVolumes",
                          pb.ListStorageVolumesRequest(pool=args.pool), "storage_volumes")
     out.show(pb.ListStorageVolumesResponse(storage_volumes=volumes), table(
         ("NAME", "TYPE", "CAPACITY", "ALLOCATION", "PATH"),

@@ -221,7 +221,8 @@ class Client:
         with rpc_errors():
             return self.method(method, request_type)(requests, timeout=None)
 
-    def _all_pages(self, method: str, request: Any, field: str) -> list[Any]:
+    def all_pages(self, method: str, request: Any, field: str) -> list[Any]:
+        """The items in ``field`` of every page of a List RPC, following next_page_token."""
         items: list[Any] = []
         while True:
             response = self.call(method, request)
@@ -235,11 +236,11 @@ class Client:
         """Every matching domain, following next_page_token to the last page."""
         request = pb.ListDomainsRequest(active=active, persistent=persistent, states=states,
                                         page_size=page_size)
-        return self._all_pages("ListDomains", request, "domains")
+        return self.all_pages("ListDomains", request, "domains")
 
     def snapshots(self, name: str, page_size: int = 0) -> list[Any]:
         request = pb.ListSnapshotsRequest(name=name, page_size=page_size)
-        return self._all_pages("ListSnapshots", request, "snapshots")
+        return self.all_pages("ListSnapshots", request, "snapshots")
 
     def domain(self, name: str) -> Any:
         return self.call("GetDomain", pb.GetDomainRequest(name=name)).domain

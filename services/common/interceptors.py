@@ -26,8 +26,8 @@ import grpc
 import libvirt
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
-from gateway.identity import GROUPS_KEY, IDENTITY_KEY
 from services.common import acl, logs, metrics
+from services.common.acl import GROUPS_KEY, IDENTITY_KEY
 from services.common.errors import ServiceError, to_status
 
 log = logging.getLogger(__name__)

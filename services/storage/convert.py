@@ -45,13 +45,16 @@ def storage_pool(pool: libvirt.virStoragePool) -> pb.StoragePool:
         target_path=root.findtext("target/path") or "")
 
 
-def storage_volume(vol: libvirt.virStorageVol) -> pb.StorageVolume:
+def storage_volume(vol: libvirt.virStorageVol, pool: str = "") -> pb.StorageVolume:
+    """The volume's summary; ``pool`` is its pool's name when the caller knows it (a
+    listing), which saves a lookup per volume. Name and key are local to libvirt-python;
+    the path comes from the XML, which is fetched anyway."""
     kind, capacity, allocation = vol.info()
     root = ET.fromstring(vol.XMLDesc(0))
     target_format = root.find("target/format")
     return pb.StorageVolume(
-        pool=vol.storagePoolLookupByVolume().name(), name=vol.name(), key=vol.key(),
-        path=vol.path(),
+        pool=pool or vol.storagePoolLookupByVolume().name(), name=vol.name(), key=vol.key(),
+        path=root.findtext("target/path") or vol.path(),
         type=VOLUME_TYPES.get(kind, pb.STORAGE_VOLUME_TYPE_UNSPECIFIED),  # type: ignore[arg-type]
         format=target_format.get("type", "") if target_format is not None else "",
         capacity_bytes=capacity, allocation_bytes=allocation)

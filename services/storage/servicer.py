@@ -134,8 +134,9 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
         chunk, token = paging.page(pool.listAllVolumes(0), lambda vol: vol.name(),
                                    request.page_size, request.page_token,
                                    paging.fingerprint(pool.UUIDString()))
+        pool_name = pool.name()
         return pb.ListStorageVolumesResponse(
-            storage_volumes=summaries(chunk, convert.storage_volume),
+            storage_volumes=summaries(chunk, lambda vol: convert.storage_volume(vol, pool_name)),
             next_page_token=token)
 
     def GetStorageVolume(self, request: pb.GetStorageVolumeRequest,
