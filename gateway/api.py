@@ -177,10 +177,12 @@ class GatewayApi(pb_grpc.GatewayServiceServicer):
         guard: authentication, limit, authorisation; read-only calls are not audited)."""
         method = self._own.methods_by_name[name]
         guard = CallGuard(self.access, method, f"/{self._own.full_name}/{method.name}", context)
-        identity = await guard.authenticate()
-        async with guard.limited(identity):
-            await guard.authorize(identity, request.SerializeToString())
-            return await answer(identity)
+        async with guard.recorded():
+            identity = guard.authenticate()
+            async with guard.limited(identity):
+                guard.authorize(identity, request.SerializeToString())
+                message = await answer(identity)
+        return message
 
     def _may_call(self, identity: Identity, method: MethodDescriptor, request: Message) -> bool:
         try:

@@ -5,7 +5,8 @@ UNAUTHENTICATED), the caller's limit of calls in flight (gateway/limits.py:
 RESOURCE_EXHAUSTED), and authorisation of the decoded request (gateway/authz.py:
 PERMISSION_DENIED naming the permission missing); a call that fails any of them
 never reaches a backend. Every call that is not read-only is written to the
-audit log (gateway/audit.py) when it ends, allowed or not.
+audit log (gateway/audit.py) when it ends, allowed or not, and before its caller
+gets the status: whoever has seen a call end finds its record.
 
 The backend gets the request's bytes as the client sent them, with the caller's
 identity in metadata (gateway/identity.py; whatever the client sent under those
@@ -38,7 +39,7 @@ import grpc
 from google.protobuf import any_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError, Message
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from gateway.activation import ActivationError, Activator
 from gateway.audit import AuditLog
@@ -135,29 +136,43 @@ def unreachable(code: grpc.StatusCode, trailers: Any) -> bool:
         key == STATUS_DETAILS_KEY for key, _ in trailers or ())
 
 
-async def abort_unavailable(context: grpc.aio.ServicerContext, route: Route, message: str,
-                            reason: str = "SERVICE_UNAVAILABLE") -> NoReturn:
-    """End the client's call with the gateway's own UNAVAILABLE naming the service."""
-    metrics.UPSTREAM_UNAVAILABLE.labels(route.driver).inc()
-    log.warning("%s: %s", route.path, message)
+class EndCall(Exception):  # noqa: N818 - not an error of the gateway: how a call ends
+    """Ends the client's call with this status once its audit record is written (see
+    CallGuard.recorded), so whoever sees the status finds the record already there."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, trailers: Metadata = ()) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+        self.trailers = trailers
+
+
+def status_trailers(code: grpc.StatusCode, message: str, reason: str,
+                    **metadata: str) -> Metadata:
+    """The google.rpc.Status trailer of the gateway's own errors, with an ErrorInfo."""
     info = any_pb2.Any()
     info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="virtmesh.dev",
-                                          metadata={"service": route.driver}))
-    status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=message, details=[info])
-    await context.abort(grpc.StatusCode.UNAVAILABLE, message,
-                        ((STATUS_DETAILS_KEY, status.SerializeToString()),))
-    raise AssertionError("abort returned")  # for type checkers: abort always raises
+                                          metadata=metadata))
+    status = status_pb2.Status(code=code.value[0], message=message, details=[info])
+    return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
 
 
-async def relay_error(context: grpc.aio.ServicerContext, route: Route, backends: Backends,
-                      error: grpc.aio.AioRpcError) -> NoReturn:
-    """End the client's call with the backend's status, or UNAVAILABLE if unreachable."""
+def unavailable(route: Route, message: str, reason: str = "SERVICE_UNAVAILABLE") -> EndCall:
+    """The gateway's own UNAVAILABLE naming the service."""
+    metrics.UPSTREAM_UNAVAILABLE.labels(route.driver).inc()
+    log.warning("%s: %s", route.path, message)
+    return EndCall(grpc.StatusCode.UNAVAILABLE, message,
+                   status_trailers(grpc.StatusCode.UNAVAILABLE, message, reason,
+                                   service=route.driver))
+
+
+def relayed(route: Route, backends: Backends, error: grpc.aio.AioRpcError) -> EndCall:
+    """The backend's status for the client, or UNAVAILABLE if it was unreachable."""
     trailers = tuple(error.trailing_metadata() or ())
     if unreachable(error.code(), trailers):
-        await abort_unavailable(context, route, f"{route.driver} service is unavailable at "
-                                f"{backends.target(route.driver)}: {error.details()}")
-    await context.abort(error.code(), error.details() or "", trailers)
-    raise AssertionError("abort returned")  # for type checkers: abort always raises
+        return unavailable(route, f"{route.driver} service is unavailable at "
+                           f"{backends.target(route.driver)}: {error.details()}")
+    return EndCall(error.code(), error.details() or "", trailers)
 
 
 def _call_options(context: grpc.aio.ServicerContext, identity: Identity) -> dict[str, Any]:
@@ -169,15 +184,8 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str,
-                 reason: str, **metadata: str) -> NoReturn:
-    """End the call with the gateway's own status and a google.rpc.ErrorInfo."""
-    info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="virtmesh.dev",
-                                          metadata=metadata))
-    status = status_pb2.Status(code=code.value[0], message=message, details=[info])
-    await context.abort(code, message, ((STATUS_DETAILS_KEY, status.SerializeToString()),))
-    raise AssertionError("abort returned")  # for type checkers: abort always raises
+def _refused(code: grpc.StatusCode, message: str, reason: str, **metadata: str) -> EndCall:
+    return EndCall(code, message, status_trailers(code, message, reason, **metadata))
 
 
 async def _peek(requests: AsyncIterator[bytes]) -> tuple[bytes | None, AsyncIterator[bytes]]:
@@ -208,13 +216,28 @@ class CallGuard:
         self.request: Message | None = None
         self.denied = ""
         self.started = time.perf_counter()
+        self._recorded = False
 
-    async def authenticate(self) -> Identity:
+    @contextlib.asynccontextmanager
+    async def recorded(self) -> AsyncIterator[None]:
+        """Around the whole call: an EndCall raised inside ends it with that status,
+        after the audit record (a caller that sees the status finds the record)."""
+        try:
+            yield
+        except EndCall as end:
+            self.end(code=end.code)
+            await self.context.abort(end.code, end.message, end.trailers)
+        except BaseException as error:
+            self.end(error=error)
+            raise
+        self.end()
+
+    def authenticate(self) -> Identity:
         try:
             self.identity = self.access.authenticator.authenticate(self.context)
         except AuthenticationError as error:
-            await _abort(self.context, grpc.StatusCode.UNAUTHENTICATED, str(error.args[0]),
-                         "UNAUTHENTICATED")
+            raise _refused(grpc.StatusCode.UNAUTHENTICATED, str(error.args[0]),
+                           "UNAUTHENTICATED") from None
         return self.identity
 
     @contextlib.asynccontextmanager
@@ -224,29 +247,30 @@ class CallGuard:
                 yield
                 return
         except LimitExceeded as error:
-            await _abort(self.context, error.code, str(error), "TOO_MANY_CALLS")
+            raise _refused(error.code, str(error), "TOO_MANY_CALLS") from None
 
-    async def authorize(self, identity: Identity, request: bytes | None) -> Decision:
+    def authorize(self, identity: Identity, request: bytes | None) -> Decision:
         message_class = message_factory.GetMessageClass(self.method.input_type)
         try:
             self.request = message_class.FromString(request or b"")
         except DecodeError as error:
-            await _abort(self.context, grpc.StatusCode.INVALID_ARGUMENT,
-                         f"malformed {self.method.input_type.full_name}: {error}",
-                         "MALFORMED_REQUEST")
+            raise _refused(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"malformed {self.method.input_type.full_name}: {error}",
+                           "MALFORMED_REQUEST") from None
         try:
             return self.access.authorizer.authorize(identity, self.method, self.request)
         except Denied as error:
             self.denied = error.permission
-            await _abort(self.context, grpc.StatusCode.PERMISSION_DENIED, str(error),
-                         "PERMISSION_MISSING", permission=error.permission,
-                         object=error.name or "")
+            raise _refused(grpc.StatusCode.PERMISSION_DENIED, str(error), "PERMISSION_MISSING",
+                           permission=error.permission, object=error.name or "") from None
 
-    def end(self, error: BaseException | None) -> None:
-        """Write the audit record of a call that may change something."""
-        if is_read_only(self.method, self.request):
+    def end(self, code: grpc.StatusCode | None = None, error: BaseException | None = None
+            ) -> None:
+        """Write the audit record of a call that may change something, once."""
+        if self._recorded or is_read_only(self.method, self.request):
             return
-        code = self.context.code()
+        self._recorded = True
+        code = code or self.context.code()
         if code is None:
             code = (grpc.StatusCode.CANCELLED if self.context.cancelled()
                     or isinstance(error, (GeneratorExit, asyncio.CancelledError))
@@ -308,57 +332,46 @@ class ProxyHandler(grpc.GenericRpcHandler):
         async def admit(guard: CallGuard, identity: Identity, request: Any
                         ) -> tuple[Decision, Any]:
             if not route.client_streaming:
-                return await guard.authorize(identity, request), request
+                return guard.authorize(identity, request), request
             # A request stream is authorised by its first message, which names the object.
             first, request = await _peek(request)
-            return await guard.authorize(identity, first), request
+            return guard.authorize(identity, first), request
 
         if not route.server_streaming:
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> bytes:
                 guard = CallGuard(access, method, route.path, context)
-                error: BaseException | None = None
-                try:
-                    identity = await guard.authenticate()
+                async with guard.recorded():
+                    identity = guard.authenticate()
                     async with guard.limited(identity):
                         decision, request = await admit(guard, identity, request)
                         response = await forward(request, context, identity)
                         # A unary List response is never dropped whole, only its items.
-                        return filtered(decision, response) or b""
-                except BaseException as raised:
-                    error = raised
-                    raise
-                finally:
-                    guard.end(error)
+                        response = filtered(decision, response) or b""
+                return response
 
             return unary_response
 
         async def stream_response(request: Any, context: grpc.aio.ServicerContext
                                   ) -> AsyncIterator[bytes]:
             guard = CallGuard(access, method, route.path, context)
-            error: BaseException | None = None
-            try:
-                identity = await guard.authenticate()
+            async with guard.recorded():
+                identity = guard.authenticate()
                 async with guard.limited(identity):
                     decision, request = await admit(guard, identity, request)
                     async for response in forward(request, context, identity):
                         kept = filtered(decision, response)
                         if kept is not None:
                             yield kept
-            except BaseException as raised:
-                error = raised
-                raise
-            finally:
-                guard.end(error)
 
         return stream_response
 
-    async def _activate(self, context: grpc.aio.ServicerContext, route: Route) -> None:
+    async def _activate(self, route: Route) -> None:
         assert self.activator is not None
         try:
             await self.activator.activate(route.driver)
         except ActivationError as error:
-            await abort_unavailable(context, route, f"{route.driver} service is not running "
-                                    f"and could not be started: {error}", "ACTIVATION_FAILED")
+            raise unavailable(route, f"{route.driver} service is not running and could not "
+                              f"be started: {error}", "ACTIVATION_FAILED") from None
 
     def _forwarder(self, route: Route) -> Callable[..., Any]:
         backends = self.backends
@@ -382,19 +395,17 @@ class ProxyHandler(grpc.GenericRpcHandler):
                 return call
             await call.initial_metadata()  # returns at the headers or at the call's end
             if call.done() and unreachable(await call.code(), await call.trailing_metadata()):
-                await self._activate(context, route)
+                await self._activate(route)
                 call = multicallable()(request, **_call_options(context, identity))
             return call
 
-        async def fail(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError
-                       ) -> NoReturn:
+        async def fail(error: grpc.aio.AioRpcError) -> NoReturn:
             if activation and route.client_streaming and unreachable(
                     error.code(), error.trailing_metadata()):
-                await self._activate(context, route)
-                await abort_unavailable(context, route, f"{route.driver} service was not "
-                                        "running and has been started; retry the call",
-                                        "SERVICE_STARTED")
-            await relay_error(context, route, backends, error)
+                await self._activate(route)
+                raise unavailable(route, f"{route.driver} service was not running and has "
+                                  "been started; retry the call", "SERVICE_STARTED")
+            raise relayed(route, backends, error)
 
         if not route.server_streaming:
             async def unary_response(request: Any, context: grpc.aio.ServicerContext,
@@ -405,7 +416,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
                         response = await call
                 except grpc.aio.AioRpcError as error:
                     await context.send_initial_metadata(stamped(error.initial_metadata()))
-                    await fail(context, error)
+                    await fail(error)
                 await context.send_initial_metadata(stamped(await call.initial_metadata()))
                 context.set_trailing_metadata(tuple(await call.trailing_metadata() or ()))
                 return response
@@ -422,7 +433,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
                         yield response
                     context.set_trailing_metadata(tuple(await call.trailing_metadata() or ()))
             except grpc.aio.AioRpcError as error:
-                await fail(context, error)
+                await fail(error)
             finally:
                 call.cancel()
 

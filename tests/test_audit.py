@@ -148,3 +148,24 @@ def test_every_mutating_call_is_recorded_once_and_reads_never(mesh: AuthzMesh) -
     assert base64.b64encode(SECRET_VALUE).decode() not in text
     if secret is not None:  # recorded, but without its value
         assert [r for r in records if str(r["method"]).endswith(f"/{secret[0].name}")]
+
+
+def test_the_record_is_written_before_the_caller_sees_the_status(mesh: AuthzMesh) -> None:
+    """Whoever has seen a call end finds its record: checked right after each of many
+    refused calls (the gateway's own statuses) and relayed ones (the backend's)."""
+    audit = mesh.state_dir / "log" / "audit.jsonl"
+    mesh.tokens["forged"] = "not-a-token"
+    with mesh.channel("forged") as forged, mesh.channel("readonly") as readonly, \
+            mesh.channel() as admin:
+        for round_ in range(20):
+            for channel, code in ((forged, grpc.StatusCode.UNAUTHENTICATED),
+                                  (readonly, grpc.StatusCode.PERMISSION_DENIED),
+                                  (admin, grpc.StatusCode.NOT_FOUND)):
+                name = f"order-{round_}-{code.name.lower()}"
+                before = len(lines(audit))
+                with pytest.raises(grpc.RpcError) as caught:
+                    pb_grpc.ComputeServiceStub(channel).StartDomain(
+                        pb.StartDomainRequest(name=name), timeout=10)
+                assert caught.value.code() == code  # type: ignore[attr-defined]
+                records = lines(audit)[before:]
+                assert [r["code"] for r in records] == [code.name], (name, records)

@@ -483,3 +483,34 @@ def test_a_failing_connect_hook_releases_the_connection(monkeypatch: pytest.Monk
     finally:
         connection.close()
     assert {id(conn) for conn in opened} == {id(conn) for conn in closed}
+
+
+def test_stop_while_starting_undoes_the_start(tmp_path: Path) -> None:
+    """A SIGTERM that lands while the service is still starting (here: held in its
+    prepare step) stops it once its sockets are bound: nothing stays bound, no libvirt
+    connection is opened afterwards, and both calls return."""
+    preparing, release = threading.Event(), threading.Event()
+
+    def slow_prepare(_config: Config) -> None:
+        preparing.set()
+        release.wait(10)
+
+    spec = ServiceSpec(name="slow", default_uri="test:///default",
+                       descriptor=COMPUTE.descriptor, add_to_server=COMPUTE.add_to_server,
+                       servicer_factory=ComputeServicer, prepare=slow_prepare)
+    daemon = Daemon(spec, Config(service="slow", state_dir=tmp_path, uri="test:///default",
+                                 grace_period=0.5))
+    starter = threading.Thread(target=daemon.start, kwargs={"connect_wait": 10})
+    starter.start()
+    assert preparing.wait(10)
+    stopper = threading.Thread(target=daemon.stop)
+    stopper.start()
+    time.sleep(0.2)  # the stop has begun and waits for the sockets
+    release.set()
+    starter.join(15)
+    stopper.join(15)
+    assert not starter.is_alive() and not stopper.is_alive()
+    daemon.wait()
+    assert not daemon.socket_path.exists()
+    assert not daemon.connection.connected
+

@@ -153,6 +153,7 @@ class Daemon:
         self._socket_inodes: dict[Path, int] = {}
         self._stopping = threading.Event()
         self._stopped = threading.Event()
+        self._binding = threading.Lock()  # a stop() waits for start() to bind its sockets
 
     @property
     def socket_path(self) -> Path:
@@ -171,6 +172,19 @@ class Daemon:
     def start(self, connect_wait: float = 30.0) -> None:
         """Bind and serve at once (NOT_SERVING until libvirt is reached), then wait up
         to ``connect_wait`` seconds for the first libvirt connection."""
+        with self._binding:
+            if self._stopping.is_set():  # a SIGTERM came first
+                return
+            self._bind()
+        # While libvirt is unreachable the socket is up: health says NOT_SERVING and
+        # calls get UNAVAILABLE, instead of callers finding no socket at all.
+        self.connection.start(wait=connect_wait)  # returns at once if stop() has begun
+        if self.config.idle_timeout > 0:
+            self.activity.touch()  # starting took a while: that was not idleness
+            threading.Thread(target=self._exit_when_idle, name="idle", daemon=True).start()
+
+    def _bind(self) -> None:
+        """Prepare the driver, then serve on the sockets (NOT_SERVING for now)."""
         config = self.config
         sockets = [path for path in (self.socket_path, self.read_only_socket_path) if path]
         # Before touching libvirt: a second instance must not open the first one's
@@ -206,12 +220,6 @@ class Daemon:
                                         self.activity])
         log.info("%s serving %s on unix:%s%s", self.spec.name, self.spec.descriptor.full_name,
                  self.socket_path, f" and read-only on unix:{read_only}" if read_only else "")
-        # While libvirt is unreachable the socket is up: health says NOT_SERVING and
-        # calls get UNAVAILABLE, instead of callers finding no socket at all.
-        self.connection.start(wait=connect_wait)
-        if config.idle_timeout > 0:
-            self.activity.touch()  # starting took a while: that was not idleness
-            threading.Thread(target=self._exit_when_idle, name="idle", daemon=True).start()
 
     def _serve(self, executor: futures.ThreadPoolExecutor, concurrency: int, path: Path,
                mode: int, interceptors: list[grpc.ServerInterceptor]) -> grpc.Server:
@@ -263,9 +271,10 @@ class Daemon:
 
     def stop(self) -> None:
         """Refuse new calls, let in-flight ones finish, then let go of libvirt."""
-        if self._stopping.is_set():
-            return
-        self._stopping.set()
+        with self._binding:
+            if self._stopping.is_set():
+                return
+            self._stopping.set()
         self.health.enter_graceful_shutdown()
         close = getattr(self.servicer, "close", None)
         if close is not None:  # a servicer may end its long-lived streams first

@@ -104,18 +104,24 @@ class LibvirtConnection:
     def start(self, wait: float = 0.0) -> None:
         """Connect in the background; wait up to ``wait`` seconds for the first open."""
         start_event_loop()
-        self._thread = threading.Thread(target=self._run, name="libvirt-connect", daemon=True)
-        self._thread.start()
+        with self._lock:  # against a close() racing this start (SIGTERM while starting)
+            if self._stopping.is_set():
+                return
+            self._thread = threading.Thread(target=self._run, name="libvirt-connect",
+                                            daemon=True)
+            self._thread.start()
         deadline = time.monotonic() + wait
         while (not self.connected and not self._stopping.is_set()
                and time.monotonic() < deadline):
             time.sleep(0.02)
 
     def close(self) -> None:
-        self._stopping.set()
+        with self._lock:
+            self._stopping.set()
+            thread = self._thread
         self._wake.set()
-        if self._thread:
-            self._thread.join(timeout=5)
+        if thread:
+            thread.join(timeout=5)
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None:
