@@ -11,6 +11,13 @@ The file is opened with O_APPEND and each record is a single write(2), so lines
 from concurrent calls never interleave and nothing in it is ever rewritten;
 rotate it by renaming it (the next record notices and opens a new file) or with
 copytruncate.
+
+Calls from callers without a valid identity are recorded too, but at most
+``anonymous_rate`` per second (bursts of ten seconds' worth): anyone who reaches
+the port can make them, and they must not fill the disk. The ones left out are
+counted in ``virtmesh_gateway_audit_suppressed_total`` and in the
+``suppressed_before`` field of the next anonymous record (or of a last record
+written when the gateway stops).
 """
 
 from __future__ import annotations
@@ -19,14 +26,21 @@ import datetime
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import grpc
+from prometheus_client import Counter
 
 from gateway.identity import Identity
 from services.common import logs
 
 log = logging.getLogger(__name__)
+
+AUDIT_SUPPRESSED = Counter(
+    "virtmesh_gateway_audit_suppressed",
+    "Audit records of unauthenticated calls left out over audit_anonymous_rate.",
+    registry=None)
 
 
 def rfc3339_now() -> str:
@@ -34,11 +48,32 @@ def rfc3339_now() -> str:
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class TokenBucket:
+    """``rate`` per second on average, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._since = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._since) * self.rate)
+        self._since = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
 class AuditLog:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, anonymous_rate: float = 10.0) -> None:
         self.path = path
         self._fd = -1
         self._inode = 0
+        self._anonymous = TokenBucket(anonymous_rate, max(anonymous_rate * 10, 1))
+        self.suppressed = 0
         self.reopen()
 
     def reopen(self) -> None:
@@ -58,7 +93,7 @@ class AuditLog:
     def record(self, *, method: str, identity: Identity | None, peer: str,
                objects: tuple[str, ...], code: grpc.StatusCode, duration: float,
                denied_permission: str = "") -> None:
-        entry = {
+        entry: dict[str, object] = {
             "time": rfc3339_now(),
             "identity": identity.name if identity else None,
             "groups": sorted(identity.groups) if identity else [],
@@ -72,6 +107,15 @@ class AuditLog:
         }
         if denied_permission:
             entry["denied_permission"] = denied_permission
+        if identity is None:
+            if not self._anonymous.take():
+                self.suppressed += 1
+                AUDIT_SUPPRESSED.inc()
+                return
+            entry["suppressed_before"], self.suppressed = self.suppressed, 0
+        self._write(entry)
+
+    def _write(self, entry: dict[str, object]) -> None:
         line = (json.dumps(entry, ensure_ascii=True, separators=(",", ":")) + "\n").encode()
         try:
             if self._rotated():
@@ -83,6 +127,10 @@ class AuditLog:
                       line.decode().strip())
 
     def close(self) -> None:
+        if self.suppressed and self._fd >= 0:  # the count must not be lost with the process
+            self._write({"time": rfc3339_now(), "identity": None,
+                         "suppressed_before": self.suppressed})
+            self.suppressed = 0
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

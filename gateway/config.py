@@ -54,6 +54,11 @@ class GatewayConfig:
     max_connection_idle: float = 3600.0
     max_connection_age: float = 86400.0
     max_connection_age_grace: float = 600.0
+    #: health Watch streams at once (they need no identity, like Check)
+    max_health_watchers: int = 100
+    #: audit records per second of calls from callers without a valid identity
+    #: (averaged; a burst of ten seconds' worth passes); the rest are counted
+    audit_anonymous_rate: float = 10.0
     log_level: str = "INFO"
     log_format: str = "text"
     grace_period: float = 5.0
@@ -128,6 +133,10 @@ _HELP = {
     "max_connection_idle": "seconds a connection without calls stays open",
     "max_connection_age": "seconds before a connection is asked to reconnect",
     "max_connection_age_grace": "seconds calls in flight get after max_connection_age",
+    "max_health_watchers": "most grpc.health.v1 Watch streams at once (unauthenticated, "
+                           "like Check); more get RESOURCE_EXHAUSTED",
+    "audit_anonymous_rate": "audit records per second (10 s bursts) of calls without a valid "
+                            "identity; the rest are counted in the next such record",
     "tls_cert": "server certificate (default <state_dir>/pki/server.crt)",
     "tls_key": "server key (default <state_dir>/pki/server.key)",
     "tls_ca": "CA that signs client certificates (default <state_dir>/pki/ca.crt)",
@@ -142,7 +151,8 @@ _HELP = {
 _POSITIVE = ("reload_interval", "max_clients", "handshake_timeout", "max_client_requests",
              "max_streams_per_connection", "max_message_bytes", "max_metadata_bytes",
              "keepalive_time", "keepalive_timeout", "keepalive_min_ping_interval",
-             "max_connection_idle", "max_connection_age", "max_connection_age_grace")
+             "max_connection_idle", "max_connection_age", "max_connection_age_grace",
+             "max_health_watchers", "audit_anonymous_rate")
 
 
 def _check_limits(config: GatewayConfig) -> None:

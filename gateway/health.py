@@ -3,6 +3,10 @@
 ``Check("")`` is the gateway itself. ``Check("virtmesh.compute.v1.ComputeService")``
 asks the compute service's own health service, so a probe through the gateway
 sees a backend that is down or disconnected from libvirt as NOT_SERVING.
+
+Health needs no identity (load balancers and kubelets probe it), so its Watch
+streams, each of which probes its service every ``watch_interval``, are bounded:
+one more than ``max_watchers`` gets RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ GATEWAY_SERVICE = "virtmesh.gateway.v1.GatewayService"
 
 class GatewayHealth(health_pb2_grpc.HealthServicer):
     def __init__(self, backends: Backends, services: set[str], probe_timeout: float = 2.0,
-                 watch_interval: float = 1.0) -> None:
+                 watch_interval: float = 1.0, max_watchers: int = 100) -> None:
         self.backends = backends
         self.services = services
         self.probe_timeout = probe_timeout
         self.watch_interval = watch_interval
+        self.max_watchers = max_watchers
+        self.watchers = 0
         self.serving = True
 
     async def status_of(self, service: str) -> int | None:
@@ -55,12 +61,20 @@ class GatewayHealth(health_pb2_grpc.HealthServicer):
     async def Watch(self, request: health_pb2.HealthCheckRequest,
                     context: grpc.aio.ServicerContext
                     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:  # type: ignore[override]
-        last = None
-        while True:
-            status = await self.status_of(request.service)
-            if status is None:
-                status = Status.SERVICE_UNKNOWN
-            if status != last:
-                last = status
-                yield Status(status=status)
-            await asyncio.sleep(self.watch_interval)
+        if self.watchers >= self.max_watchers:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{self.watchers} health watches are open, the most allowed "
+                                "(max_health_watchers); use Check, or retry later")
+        self.watchers += 1
+        try:
+            last = None
+            while True:
+                status = await self.status_of(request.service)
+                if status is None:
+                    status = Status.SERVICE_UNKNOWN
+                if status != last:
+                    last = status
+                    yield Status(status=status)
+                await asyncio.sleep(self.watch_interval)
+        finally:
+            self.watchers -= 1

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from gateway import limits
 from gateway.activation import Activator
 from gateway.api import GatewayApi
-from gateway.audit import AuditLog
+from gateway.audit import AUDIT_SUPPRESSED, AuditLog
 from gateway.authn import Authenticator
 from gateway.authz import Authorizer
 from gateway.config import GatewayConfig, file_stamp
@@ -101,14 +101,15 @@ class Gateway:
         self.config = config
         self.backends = Backends(config.socket_path_dir, config.max_message_bytes)
         self.services = {service.full_name for service in proxied_services()}
-        self.health = GatewayHealth(self.backends, self.services)
+        self.health = GatewayHealth(self.backends, self.services,
+                                    max_watchers=config.max_health_watchers)
         self.activator = Activator(config.activation, config.activation_timeout, self.backends,
                                    config.state_dir / "log") if config.activation else None
         self.authenticator = Authenticator(config.identities_path,
                                            dev_fallback=is_dev_ca(config.ca_file))
         self.limiter = limits.Limiter(config.max_client_requests)
         self.authorizer = Authorizer.from_file(config.policy_path)
-        self.audit = AuditLog(config.audit_path)
+        self.audit = AuditLog(config.audit_path, anonymous_rate=config.audit_anonymous_rate)
         self.access = Access(self.authenticator, self.limiter, self.authorizer, self.audit)
         self.tls: TlsFiles | None = None
         self._reloading: asyncio.Task[None] | None = None
@@ -119,7 +120,8 @@ class Gateway:
     async def start(self) -> None:
         if self.config.metrics_listen:
             self.metrics = metrics.MetricsEndpoint(
-                self.config.metrics_listen, (*metrics.GATEWAY_METRICS, limits.CALLS_REJECTED))
+                self.config.metrics_listen, (*metrics.GATEWAY_METRICS, limits.CALLS_REJECTED,
+                                             AUDIT_SUPPRESSED))
         self.tls = TlsFiles(self.config)
         options = limits.server_options(self.config)
         routes = route_table()

@@ -7,6 +7,7 @@ import base64
 import datetime
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 
-from gateway.audit import AuditLog
+from gateway.audit import AUDIT_SUPPRESSED, AuditLog
 from gateway.identity import Identity
 from gateway.routes import proxied_services
 from services.common import acl
@@ -63,6 +64,37 @@ def test_records_are_json_lines_appended_without_bodies(tmp_path: Path) -> None:
     when = datetime.datetime.fromisoformat(str(first["time"]))
     assert str(first["time"]).endswith("Z") and when.utcoffset() == datetime.timedelta(0)
     assert records[-1]["identity"] is None and records[-1]["code"] == "UNAUTHENTICATED"
+
+
+def test_anonymous_records_are_rate_limited_and_counted(tmp_path: Path) -> None:
+    """Anyone who reaches the port can make unauthenticated calls: their records are
+    bounded (here 1/s, bursts of 10) and the rest counted; callers with an identity
+    are always recorded."""
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path, anonymous_rate=1.0)
+    alice = Identity("alice", method="token")
+    before = AUDIT_SUPPRESSED._value.get()
+
+    def record(identity: Identity | None) -> None:
+        audit.record(method="/m/Start", identity=identity, peer="ipv4:192.0.2.1:1",
+                     objects=(), code=grpc.StatusCode.UNAUTHENTICATED if identity is None
+                     else grpc.StatusCode.OK, duration=0.001)
+
+    for _ in range(25):
+        record(None)
+        record(alice)
+    written = lines(path)
+    assert [r["identity"] for r in written].count("alice") == 25
+    anonymous = [r for r in written if r["identity"] is None]
+    assert len(anonymous) == 10 and {r["suppressed_before"] for r in anonymous} == {0}
+    assert audit.suppressed == 15 and AUDIT_SUPPRESSED._value.get() - before == 15
+    time.sleep(1.1)  # one record's worth again: it carries the count
+    record(None)
+    assert lines(path)[-1]["suppressed_before"] == 15 and audit.suppressed == 0
+    record(None)  # over the rate again: counted, and written when the log closes
+    audit.close()
+    last = lines(path)[-1]
+    assert last["suppressed_before"] == 1 and "method" not in last
 
 
 def test_a_rotated_log_is_reopened(tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def target(state: Path) -> Iterator[str]:
     with running_gateway(state, client_credentials(state / "pki"),
                          "--identities-file", str(state / "identities.toml"),
-                         "--max-client-requests", "2",
+                         "--max-client-requests", "2", "--max-health-watchers", "2",
                          "--max-message-bytes", str(MAX_MESSAGE)) as (_, address):
         yield address
 
@@ -132,6 +132,28 @@ def test_oversized_message_is_refused(state: Path, target: str) -> None:
         assert healthy(target, admin)
 
 
+def test_health_watches_beyond_the_limit_are_refused(state: Path, target: str) -> None:
+    """Health needs no identity, so its Watch streams (each probing a service every
+    second) are bounded by max_health_watchers (2 here); Check is not."""
+    admin = client_credentials(state / "pki")
+    compute = "virtmesh.compute.v1.ComputeService"
+    with grpc.secure_channel(target, admin) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        held = [stub.Watch(health_pb2.HealthCheckRequest(service=compute), timeout=60)
+                for _ in range(2)]
+        for stream in held:
+            assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+        code, message = code_of(lambda: next(stub.Watch(health_pb2.HealthCheckRequest(),
+                                                        timeout=20)))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_health_watchers" in message
+        assert healthy(target, admin)
+        held[0].cancel()  # a watch that ends frees its place
+        assert wait_until(lambda: code_of(lambda: next(stub.Watch(
+            health_pb2.HealthCheckRequest(), timeout=20)))[0] == grpc.StatusCode.OK, 30)
+        held[1].cancel()
+
+
 def test_silent_connection_is_closed_after_the_handshake_timeout(state: Path) -> None:
     with running_gateway(state, client_credentials(state / "pki"), "--identities-file",
                          str(state / "identities.toml"), "--handshake-timeout", "0.5") \
@@ -200,6 +222,7 @@ def test_limiter_counts_per_identity() -> None:
     ("--max-client-requests", "0"), ("--max-clients", "-1"), ("--handshake-timeout", "0"),
     ("--max-message-bytes", "0"), ("--max-message-bytes", str(2**31)),
     ("--keepalive-max-ping-strikes", "-1"), ("--max-connection-age", "0"),
+    ("--max-health-watchers", "0"), ("--audit-anonymous-rate", "0"),
 ])
 def test_limits_cannot_be_switched_off(flag: str, value: str) -> None:
     with pytest.raises(ConfigError, match=flag.lstrip("-").replace("-", "_")):
