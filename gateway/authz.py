@@ -52,12 +52,13 @@ _CONTAINERS = {container: field for container, field in CONTAINED.values()}
 class Denied(Exception):
     """Authenticated but not allowed: PERMISSION_DENIED, the backend is never called."""
 
-    def __init__(self, identity: Identity, permission: str, name: str | None) -> None:
+    def __init__(self, identity: Identity, permission: str, name: str | None,
+                 message: str = "") -> None:
         kind = permission.partition(":")[0]
         target = ("" if kind == "connect" else f" on {kind} {name!r}" if name is not None
                   else f" on a {kind} the request does not name (only unrestricted grants "
                        "allow that)")
-        super().__init__(f"{identity.name!r} lacks permission {permission}{target}")
+        super().__init__(message or f"{identity.name!r} lacks permission {permission}{target}")
         self.permission = permission
         self.name = name
 
@@ -210,9 +211,8 @@ class Authorizer:
                   request: Message) -> Decision:
         """The call's decision; raises Denied naming the first permission missing."""
         if not declared(method):  # tests/test_acl_rules.py keeps this from happening
-            denied = Denied(identity, "connect:write", None)
-            denied.args = (f"{method.full_name} declares no permissions: nobody may call it",)
-            raise denied
+            raise Denied(identity, "connect:write", None,
+                         f"{method.full_name} declares no permissions: nobody may call it")
         permissions = required(method, request)
         listed = {kind for kind in map(listed_object, map(str, permissions)) if kind}
         objects: list[str] = []

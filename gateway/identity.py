@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-# The metadata keys are the services' contract too: they live with the skeleton.
-from services.common.acl import GROUPS_KEY, IDENTITY_KEY
-
-__all__ = ["GROUPS_KEY", "IDENTITY_KEY", "AuthenticationError", "Identity"]
-
 
 @dataclasses.dataclass(frozen=True)
 class Identity:

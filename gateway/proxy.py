@@ -9,7 +9,7 @@ audit log (gateway/audit.py) when it ends, allowed or not, and before its caller
 gets the status: whoever has seen a call end finds its record.
 
 The backend gets the request's bytes as the client sent them, with the caller's
-identity in metadata (gateway/identity.py; whatever the client sent under those
+identity in metadata (keys in services/common/acl.py; whatever the client sent under those
 keys is dropped, so no one can speak for someone else). Responses are relayed as
 bytes, except the List responses and Watch events that the caller may only see
 in part: those are decoded, filtered and encoded again. The gateway relays
@@ -45,11 +45,11 @@ from gateway.activation import ActivationError, Activator
 from gateway.audit import AuditLog
 from gateway.authn import Authenticator
 from gateway.authz import Authorizer, Decision, Denied, addressed_objects
-from gateway.identity import GROUPS_KEY, IDENTITY_KEY, AuthenticationError, Identity
+from gateway.identity import AuthenticationError, Identity
 from gateway.limits import Limiter, LimitExceeded
 from gateway.routes import Route
 from services.common import logs, metrics
-from services.common.acl import is_read_only
+from services.common.acl import GROUPS_KEY, IDENTITY_KEY, is_read_only
 
 log = logging.getLogger(__name__)
 

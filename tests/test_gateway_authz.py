@@ -25,9 +25,10 @@ from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 
 from gateway import authn, policy
 from gateway.authz import Authorizer, Denied, object_names, xml_name
-from gateway.identity import GROUPS_KEY, IDENTITY_KEY, Identity
+from gateway.identity import Identity
 from gateway.routes import driver_of, proxied_services
 from services.common import acl, metrics
+from services.common.acl import GROUPS_KEY, IDENTITY_KEY
 from services.common.config import ConfigError
 from services.supervisor import client_credentials, wait_serving
 from tests.conftest import NODE_XML, domain_xml, free_port, gateway_process, running_service

@@ -44,7 +44,7 @@ def _list(client: Client, args: argparse.Namespace) -> Any:
                                      persistent=_either(args, "persistent", "transient"),
                                      autostart=_either(args, "autostart", "no_autostart"))
     return pb.ListNetworksResponse(networks=client.all_pages("ListNetworks", request,
-                                                       "networks"))
+                                                             "networks"))
 
 
 cmd_net_list = Query(_list, ("NAME", "STATE", "AUTOSTART", "PERSISTENT", "BRIDGE"),

@@ -126,7 +126,7 @@ def _volume_fields(v: Any) -> str:
 
 def cmd_vol_list(client: Client, args: argparse.Namespace, out: Output) -> None:
     volumes = client.all_pages("ListStorageVolumes",
-                         pb.ListStorageVolumesRequest(pool=args.pool), "storage_volumes")
+                               pb.ListStorageVolumesRequest(pool=args.pool), "storage_volumes")
     out.show(pb.ListStorageVolumesResponse(storage_volumes=volumes), table(
         ("NAME", "TYPE", "CAPACITY", "ALLOCATION", "PATH"),
         ((v.name, _volume_type(v.type), _bytes(v.capacity_bytes), _bytes(v.allocation_bytes),

@@ -182,7 +182,7 @@ class LibvirtConnection:
             for hook in self._hooks:
                 hook(conn)
         except libvirt.libvirtError as error:
-            # e.g. the driver has no events of this kind: say so, and do not leak
+            # e.g. an event registration refused: say so, and do not leak
             # this connection (with its callbacks) on every retry
             log.error("connected to %s, but setting it up failed: %s", self.uri,
                       error.get_error_message())

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
 
 import grpc
 import libvirt
 
-from services.common.backend import Backend, summaries
+from services.common.backend import Backend
 from services.common.errors import ServiceError, require
 from virtmesh.iface.v1 import iface_service_pb2 as pb
 
@@ -20,11 +19,6 @@ def interface(iface: libvirt.virInterface) -> pb.Interface:
     root = ET.fromstring(iface.XMLDesc(0))
     return pb.Interface(name=iface.name(), mac=(iface.MACString() or "").lower(),
                         active=bool(iface.isActive()), type=root.get("type", ""))
-
-
-def interfaces(ifaces: Iterable[libvirt.virInterface]) -> list[pb.Interface]:
-    """Summaries of ``ifaces``, leaving out any that went away meanwhile."""
-    return summaries(ifaces, interface)
 
 
 class InterfaceBackend(Backend):

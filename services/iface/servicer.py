@@ -10,10 +10,11 @@ import grpc
 import libvirt
 
 from services.common import paging
+from services.common.backend import summaries
 from services.common.config import Config
 from services.common.errors import ServiceError
 from services.common.libvirt_connection import LibvirtConnection
-from services.iface.backend import InterfaceBackend, interface, interfaces
+from services.iface.backend import InterfaceBackend, interface
 from virtmesh.iface.v1 import iface_service_pb2 as pb
 from virtmesh.iface.v1 import iface_service_pb2_grpc as pb_grpc
 
@@ -30,7 +31,8 @@ class InterfaceServicer(pb_grpc.InterfaceServiceServicer):
         chunk, token = paging.page(self.backend.list_interfaces(active),
                                    lambda iface: iface.name(), request.page_size,
                                    request.page_token, paging.fingerprint(active))
-        return pb.ListInterfacesResponse(interfaces=interfaces(chunk), next_page_token=token)
+        return pb.ListInterfacesResponse(interfaces=summaries(chunk, interface),
+                                         next_page_token=token)
 
     def GetInterface(self, request: pb.GetInterfaceRequest,
                      context: Ctx) -> pb.GetInterfaceResponse:

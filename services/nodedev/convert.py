@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable
 import grpc
 import libvirt
 
-from services.common.backend import summaries
 from services.common.errors import ServiceError
 from virtmesh.nodedev.v1 import nodedev_service_pb2 as pb
 
@@ -69,8 +68,3 @@ def node_device(dev: libvirt.virNodeDevice) -> pb.NodeDevice:
         active=_unless_unsupported(dev.isActive),
         persistent=_unless_unsupported(dev.isPersistent),
         autostart=_unless_unsupported(dev.autostart))
-
-
-def node_devices(devices: Iterable[libvirt.virNodeDevice]) -> list[pb.NodeDevice]:
-    """Summaries of ``devices``, leaving out any that went away meanwhile (unplugged)."""
-    return summaries(devices, node_device)

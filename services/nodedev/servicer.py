@@ -12,6 +12,7 @@ import grpc
 import libvirt
 
 from services.common import paging
+from services.common.backend import summaries
 from services.common.config import Config
 from services.common.events import EventHub, now
 from services.common.libvirt_connection import LibvirtConnection
@@ -63,7 +64,7 @@ class NodeDeviceServicer(pb_grpc.NodeDeviceServiceServicer):
         fingerprint = paging.fingerprint(sorted(request.capabilities), active, request.parent)
         chunk, token = paging.page(devices, lambda dev: dev.name(), request.page_size,
                                    request.page_token, fingerprint)
-        return pb.ListNodeDevicesResponse(node_devices=convert.node_devices(chunk),
+        return pb.ListNodeDevicesResponse(node_devices=summaries(chunk, convert.node_device),
                                           next_page_token=token)
 
     def GetNodeDevice(self, request: pb.GetNodeDeviceRequest,

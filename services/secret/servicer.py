@@ -6,9 +6,7 @@ never logged.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
-from typing import Any
 
 import grpc
 import libvirt
@@ -24,8 +22,6 @@ from services.secret.backend import SecretBackend
 from virtmesh.secret.v1 import secret_service_pb2 as pb
 from virtmesh.secret.v1 import secret_service_pb2_grpc as pb_grpc
 
-log = logging.getLogger(__name__)
-
 Ctx = grpc.ServicerContext
 
 
@@ -34,7 +30,6 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
         self.backend = SecretBackend(connection)
         self.events: EventHub[pb.WatchSecretEventsResponse] = EventHub.fed_by(
             connection, config.max_event_watchers, self._register_events)
-        self.events_supported = True
 
     def close(self) -> None:
         """The service is stopping: end event streams now rather than after the grace."""
@@ -51,18 +46,6 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
                 name=secret.UUIDString(), usage=convert.usage(secret), time=now(),
                 **event))  # type: ignore[arg-type]
 
-        try:
-            self._register_callbacks(conn, publish)
-        except libvirt.libvirtError as error:
-            if error.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
-                raise
-            # libvirt's test driver has no secret events: serve the rest without them
-            log.warning("%s has no secret events; WatchSecretEvents is unavailable",
-                        self.backend.connection.uri)
-            self.events_supported = False
-
-    @staticmethod
-    def _register_callbacks(conn: libvirt.virConnect, publish: Any) -> None:
         conn.secretEventRegisterAny(
             None, libvirt.VIR_SECRET_EVENT_ID_LIFECYCLE,
             lambda _c, secret, event, _detail, _o: publish(secret, lifecycle=pb.LifecycleEvent(
@@ -74,10 +57,6 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
 
     def WatchSecretEvents(self, request: pb.WatchSecretEventsRequest,
                           context: Ctx) -> Iterator[pb.WatchSecretEventsResponse]:
-        if not self.events_supported:
-            raise ServiceError(grpc.StatusCode.UNIMPLEMENTED,
-                               "this libvirt driver reports no secret events",
-                               "VIR_ERR_NO_SUPPORT")
         yield from self.events.watch(context, request.names, lambda: self.backend.conn)
 
     # -- secrets --------------------------------------------------------------
