@@ -31,7 +31,7 @@ from gateway.proxy import Access, Backends, ProxyHandler
 from gateway.routes import method_paths, proxied_services, route_table
 from services.common import metrics
 from services.common.config import ConfigError
-from services.common.interceptors import AioObserveInterceptor
+from services.common.interceptors import AioCheckInterceptor, AioObserveInterceptor
 from virtmesh.gateway.v1.gateway_service_pb2_grpc import add_GatewayServiceServicer_to_server
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class Gateway:
         own = [GATEWAY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
         # The proxy answers any path; only the ones served are metric label values.
         observe = AioObserveInterceptor({*routes, *method_paths(own)})
-        server = grpc.aio.server(options=options, interceptors=[observe])
+        server = grpc.aio.server(options=options, interceptors=[observe, AioCheckInterceptor()])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         add_GatewayServiceServicer_to_server(
             GatewayApi(self.backends, self.access, self.config.fanout_timeout), server)

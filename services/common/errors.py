@@ -87,6 +87,15 @@ class ServiceError(Exception):
         self.reason = reason or code.name
 
 
+class DocumentRejected(Exception):  # noqa: N818 - a refusal, not a failure of ours
+    """libvirt refused the caller's document with a generic code (INTERNAL_ERROR, as
+    its XML parsers do): INVALID_ARGUMENT, with libvirt's own message and code."""
+
+    def __init__(self, error: libvirt.libvirtError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def require(value: str, field: str) -> str:
     """``value``, or INVALID_ARGUMENT naming the empty required ``field``."""
     if not value:
@@ -180,11 +189,20 @@ def to_status(error: Exception) -> grpc.Status:
     """The gRPC status a caller gets for ``error``."""
     if isinstance(error, ServiceError):
         return _status(error.code, error.message, error.reason, SERVICE_ERROR_DOMAIN, {})
+    if isinstance(error, DocumentRejected):
+        return _libvirt_status(error.error, _C.INVALID_ARGUMENT)
     if isinstance(error, libvirt.libvirtError):
-        code = error.get_error_code() or libvirt.VIR_ERR_INTERNAL_ERROR
-        message = str(error) or error.get_error_message() or "libvirt error"
-        metadata = {"libvirt_code": str(code), "libvirt_domain": str(error.get_error_domain())}
-        return _status(grpc_code_for(code, message), message, libvirt_code_name(code), ERROR_DOMAIN,
-                       metadata)
+        return _libvirt_status(error)
     return _status(_C.INTERNAL, f"internal error: {type(error).__name__}: {error}", "INTERNAL",
                    SERVICE_ERROR_DOMAIN, {})
+
+
+def _libvirt_status(error: libvirt.libvirtError,
+                    code_override: grpc.StatusCode | None = None) -> grpc.Status:
+    """``error`` as a status with libvirt's code in ErrorInfo; the gRPC code from the
+    table unless ``code_override`` says better."""
+    code = error.get_error_code() or libvirt.VIR_ERR_INTERNAL_ERROR
+    message = str(error) or error.get_error_message() or "libvirt error"
+    metadata = {"libvirt_code": str(code), "libvirt_domain": str(error.get_error_domain())}
+    return _status(code_override or grpc_code_for(code, message), message,
+                   libvirt_code_name(code), ERROR_DOMAIN, metadata)

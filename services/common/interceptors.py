@@ -26,9 +26,10 @@ import grpc
 import libvirt
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
-from services.common import acl, logs, metrics
+from services.common import acl, deadline, logs, metrics
 from services.common.acl import GROUPS_KEY, IDENTITY_KEY
-from services.common.errors import ServiceError, to_status
+from services.common.errors import DocumentRejected, ServiceError, to_status
+from services.common.requests import Malformed, checked
 
 log = logging.getLogger(__name__)
 #: one line per call: method, status, duration (and the request id, from logs)
@@ -50,15 +51,37 @@ def _abort(context: grpc.ServicerContext, method: str, error: Exception) -> None
         # request stream: there is no one left to answer, and nothing went wrong here.
         log.debug("%s: the client went away", method)
         raise error
-    if not isinstance(error, (libvirt.libvirtError, ServiceError)):
+    if not isinstance(error, (libvirt.libvirtError, ServiceError, DocumentRejected)):
         log.exception("%s failed unexpectedly", method)
     context.abort_with_status(to_status(error))
 
 
-def _wrap_unary(method: str, behavior: Behavior) -> Behavior:
+def _refuse_malformed(request: Any) -> None:
+    if isinstance(request, Malformed):
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, request.message,
+                           "MALFORMED_REQUEST")
+
+
+def _admitted(request: Any, streaming: bool, context: grpc.ServicerContext) -> Any:
+    """The request once it passed the checks (a stream: checked item by item), with the
+    call's deadline noted for the code that must not outlive it."""
+    deadline.set_remaining(context.time_remaining())
+    if not streaming:
+        _refuse_malformed(request)
+        return request
+
+    def items() -> Iterator[Any]:
+        for item in request:
+            _refuse_malformed(item)
+            yield item
+
+    return items()
+
+
+def _wrap_unary(method: str, behavior: Behavior, streaming: bool) -> Behavior:
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return behavior(request, context)
+            return behavior(_admitted(request, streaming, context), context)
         except Exception as error:  # noqa: BLE001 - this is the one place errors are mapped
             _abort(context, method, error)
             raise  # unreachable: abort raises
@@ -66,10 +89,10 @@ def _wrap_unary(method: str, behavior: Behavior) -> Behavior:
     return handle
 
 
-def _wrap_stream(method: str, behavior: Behavior) -> Behavior:
+def _wrap_stream(method: str, behavior: Behavior, streaming: bool) -> Behavior:
     def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
-            yield from behavior(request, context)
+            yield from behavior(_admitted(request, streaming, context), context)
         except Exception as error:  # noqa: BLE001
             _abort(context, method, error)
 
@@ -92,11 +115,21 @@ class _WrappingInterceptor(grpc.ServerInterceptor):
 
 
 class ErrorInterceptor(_WrappingInterceptor):
-    """Maps libvirt and service errors to gRPC status with ErrorInfo details."""
+    """Maps libvirt and service errors to gRPC status with ErrorInfo details, and
+    refuses requests that cannot be decoded or hold a NUL (services/common/requests.py)
+    with INVALID_ARGUMENT."""
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                          handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = super().intercept_service(continuation, handler_call_details)
+        if handler is None:
+            return None
+        return handler._replace(  # type: ignore[attr-defined]
+            request_deserializer=checked(handler.request_deserializer))
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler, behavior: Any) -> Any:
         wrap = _wrap_stream if handler.response_streaming else _wrap_unary
-        return wrap(method, behavior)
+        return wrap(method, behavior, handler.request_streaming)
 
 
 class _Observed:
@@ -266,6 +299,54 @@ class AioObserveInterceptor(grpc.aio.ServerInterceptor):
         known = self.methods is None or method in self.methods
         return _with_behavior(handler,
                               lambda behavior: _observe_aio(method, handler, behavior, known))
+
+
+class AioCheckInterceptor(grpc.aio.ServerInterceptor):
+    """The ErrorInterceptor's request checks for a grpc.aio server (the gateway's own
+    API): a request that cannot be decoded or holds a NUL gets INVALID_ARGUMENT instead
+    of grpc.aio's UNKNOWN. Handlers that take raw bytes are left as they are."""
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                                handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        streaming = handler.request_streaming
+
+        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+            status = to_status(ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
+                                            request.message, "MALFORMED_REQUEST"))
+            await context.abort(status.code, status.details, status.trailing_metadata)
+
+        def wrap(behavior: AioBehavior) -> AioBehavior:
+            if streaming:
+                async def items(requests: AsyncIterator[Any],
+                                context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                    async for item in requests:
+                        if isinstance(item, Malformed):
+                            await refuse(item, context)
+                        yield item
+
+                return lambda requests, context: behavior(items(requests, context), context)
+            if handler.response_streaming:
+                async def stream(request: Any, context: grpc.aio.ServicerContext
+                                 ) -> AsyncIterator[Any]:
+                    if isinstance(request, Malformed):
+                        await refuse(request, context)
+                    async for response in behavior(request, context):
+                        yield response
+
+                return stream
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if isinstance(request, Malformed):
+                    await refuse(request, context)
+                return await behavior(request, context)
+
+            return unary
+
+        return _with_behavior(handler, wrap)._replace(  # type: ignore[attr-defined]
+            request_deserializer=checked(handler.request_deserializer))
 
 
 def identity_from(metadata: Any) -> str:
