@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import string
 import sys
 import uuid
@@ -23,6 +24,22 @@ request_id: ContextVar[str] = ContextVar("request_id", default="")
 _ID_CHARS = frozenset(string.ascii_letters + string.digits + "-_.:")
 #: structured fields a record may carry (``extra=``), copied into JSON logs
 _FIELDS = ("request_id", "method", "code", "duration_ms", "identity")
+
+
+#: what could end a log line early or make it show other than it is: C0 and C1
+#: controls, DEL, Unicode line and paragraph separators, bidirectional overrides
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(text: str) -> str:
+    """``text`` with control characters backslash-escaped, so that a name a caller
+    chose (say ``"x\\n2026-01-01 ... INFO forged"``) stays inside its own log line."""
+    return _CONTROL.sub(_escaped, text) if _CONTROL.search(text) else text
 
 
 def request_id_from(metadata: Iterable[tuple[str, Any]] | None) -> str:
@@ -42,10 +59,20 @@ class _RequestIdFilter(logging.Filter):
 
 
 class _TextFormatter(logging.Formatter):
+    """One line a record; a traceback follows on lines of its own, each indented, so
+    that none of them reads as a record."""
+
     def formatMessage(self, record: logging.LogRecord) -> str:
-        line = super().formatMessage(record)
+        line = escape(super().formatMessage(record))
         rid = getattr(record, "request_id", "")
         return f"{line} [request_id={rid}]" if rid else line
+
+    def formatException(self, ei: Any) -> str:
+        return "\n".join(f"    {escape(line)}"
+                         for line in super().formatException(ei).splitlines())
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join(f"    {escape(line)}" for line in stack_info.splitlines())
 
 
 class _JsonFormatter(logging.Formatter):
@@ -56,7 +83,8 @@ class _JsonFormatter(logging.Formatter):
                       if getattr(record, name, "") != ""})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        # ensure_ascii: every control character (C1 and U+2028 too) as a \\u escape
+        return json.dumps(entry, ensure_ascii=True)
 
 
 def setup_logging(level: str, fmt: str, name: str) -> None:
