@@ -48,6 +48,10 @@ def error_of(call: object, *args: object) -> grpc.RpcError:
     return caught.value
 
 
+# The ErrorInfo reasons of a document refused as malformed or against the schema.
+XML_REFUSED = ("VIR_ERR_XML_ERROR", "VIR_ERR_XML_DETAIL", "VIR_ERR_XML_INVALID_SCHEMA")
+
+
 def reason_of(error: grpc.RpcError) -> str:
     """The google.rpc.ErrorInfo reason of a failed call."""
     status = rpc_status.from_call(error)  # type: ignore[arg-type]

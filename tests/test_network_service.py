@@ -21,7 +21,7 @@ import pytest
 
 from services.common.daemon import Daemon
 from services.network import SPEC
-from tests.conftest import error_of, reason_of, running_service
+from tests.conftest import XML_REFUSED, error_of, reason_of, running_service
 from virtmesh.network.v1 import network_service_pb2 as pb
 from virtmesh.network.v1 import network_service_pb2_grpc as pb_grpc
 
@@ -225,7 +225,7 @@ def test_bad_input_gets_precise_status_and_leaves_nothing(stub: Stub) -> None:
                               (stub.CreateNetwork, pb.CreateNetworkRequest(xml=xml))):
             error = error_of(call, request)
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, xml
-            assert reason_of(error) in ("VIR_ERR_XML_ERROR", "VIR_ERR_XML_DETAIL")
+            assert reason_of(error) in XML_REFUSED
     error = error_of(stub.DefineNetwork, pb.DefineNetworkRequest(
         xml="<network><name>odd</name><bogus/></network>", validate=True))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

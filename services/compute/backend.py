@@ -7,18 +7,21 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
 
 import grpc
 import libvirt
 
+from services.common import documents
 from services.common.backend import Backend, by_name_or_uuid, list_flags
 from services.common.config import Config
-from services.common.errors import ServiceError, require
+from services.common.errors import ServiceError
 from services.common.libvirt_connection import LibvirtConnection
+from services.common.sandbox import ParseSandbox
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _QEMU_CONF_MARKER = "# Managed by virtmesh compute"
 
@@ -64,8 +67,13 @@ def prepare_embedded_root(config: Config) -> None:
 
 
 class ComputeBackend(Backend):
+    """Every document a caller sends is checked (services/common/documents.py) and
+    parsed in the sandbox first, validated against libvirt's schema always: the QEMU
+    driver runs embedded, so its parser's crash would be this process's."""
+
     def __init__(self, connection: LibvirtConnection) -> None:
         super().__init__(connection)
+        self.sandbox = ParseSandbox()
         self._autostarted = False
         if is_embedded(connection.uri):
             connection.on_connect(self._autostart)
@@ -105,14 +113,35 @@ class ComputeBackend(Backend):
             (autostart, libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART,
              libvirt.VIR_CONNECT_LIST_DOMAINS_NO_AUTOSTART)))
 
-    def define(self, xml: str, validate: bool) -> libvirt.virDomain:
-        flags = libvirt.VIR_DOMAIN_DEFINE_VALIDATE if validate else 0
-        return self.conn.defineXMLFlags(require(xml, "xml"), flags)
+    def _submit(self, kind: str, call: Callable[..., T], xml: str, *args: object,
+                root: str | None = None) -> T:
+        def parsed_apart(_document: documents.Document) -> None:
+            self.sandbox.parse(kind, xml)
 
-    def create(self, xml: str, paused: bool, validate: bool) -> libvirt.virDomain:
+        return documents.submit(call, xml, *args, root=root, fragment=kind == "device",
+                                inspect=parsed_apart)
+
+    def define(self, xml: str) -> libvirt.virDomain:
+        return self._submit("domain", self.conn.defineXMLFlags, xml,
+                            libvirt.VIR_DOMAIN_DEFINE_VALIDATE, root="domain")
+
+    def create(self, xml: str, paused: bool) -> libvirt.virDomain:
         flags = ((libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
-                 | (libvirt.VIR_DOMAIN_START_VALIDATE if validate else 0))
-        return self.conn.createXML(require(xml, "xml"), flags)
+                 | libvirt.VIR_DOMAIN_START_VALIDATE)
+        return self._submit("domain", self.conn.createXML, xml, flags, root="domain")
+
+    def change_device(self, dom: libvirt.virDomain, attach: bool, xml: str, flags: int) -> None:
+        self._submit("device", dom.attachDeviceFlags if attach else dom.detachDeviceFlags,
+                     xml, flags)
+
+    def create_snapshot(self, dom: libvirt.virDomain, xml: str,
+                        flags: int) -> libvirt.virDomainSnapshot:
+        return self._submit("snapshot", dom.snapshotCreateXML, xml or "<domainsnapshot/>",
+                            flags | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_VALIDATE,
+                            root="domainsnapshot")
+
+    def close(self) -> None:
+        self.sandbox.close()
 
     def undefine(self, dom: libvirt.virDomain, managed_save: bool, snapshots: bool,
                  nvram: bool, keep_nvram: bool) -> None:

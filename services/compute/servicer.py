@@ -49,6 +49,10 @@ class ComputeServicer(pb_grpc.ComputeServiceServicer):
         """The service is stopping: end event streams now rather than after the grace."""
         self.events.close_all("the service is shutting down")
 
+    def stopped(self) -> None:
+        """The last call has ended: let go of the parse sandbox."""
+        self.backend.close()
+
     # -- events ---------------------------------------------------------------
 
     def _register_events(self, conn: libvirt.virConnect) -> None:
@@ -103,7 +107,7 @@ class ComputeServicer(pb_grpc.ComputeServiceServicer):
 
     def DefineDomain(self, request: pb.DefineDomainRequest,
                      context: Ctx) -> pb.DefineDomainResponse:
-        dom = self.backend.define(request.xml, request.validate)
+        dom = self.backend.define(request.xml)
         return pb.DefineDomainResponse(domain=convert.domain(dom))
 
     def UndefineDomain(self, request: pb.UndefineDomainRequest,
@@ -114,7 +118,7 @@ class ComputeServicer(pb_grpc.ComputeServiceServicer):
 
     def CreateDomain(self, request: pb.CreateDomainRequest,
                      context: Ctx) -> pb.CreateDomainResponse:
-        dom = self.backend.create(request.xml, request.paused, request.validate)
+        dom = self.backend.create(request.xml, request.paused)
         return pb.CreateDomainResponse(domain=convert.domain(dom))
 
     def StartDomain(self, request: pb.StartDomainRequest,
@@ -178,19 +182,19 @@ class ComputeServicer(pb_grpc.ComputeServiceServicer):
 
     def AttachDevice(self, request: pb.AttachDeviceRequest,
                      context: Ctx) -> pb.AttachDeviceResponse:
-        self._change_device(request, "attachDeviceFlags")
+        self._change_device(request, attach=True)
         return pb.AttachDeviceResponse()
 
     def DetachDevice(self, request: pb.DetachDeviceRequest,
                      context: Ctx) -> pb.DetachDeviceResponse:
-        self._change_device(request, "detachDeviceFlags")
+        self._change_device(request, attach=False)
         return pb.DetachDeviceResponse()
 
     def _change_device(self, request: pb.AttachDeviceRequest | pb.DetachDeviceRequest,
-                       method: str) -> None:
+                       attach: bool) -> None:
         dom = self.backend.lookup(request.name)
-        getattr(dom, method)(require(request.xml, "xml"),
-                             scope_flags(request.scope.live, request.scope.config))
+        self.backend.change_device(dom, attach, request.xml,
+                                   scope_flags(request.scope.live, request.scope.config))
 
     # -- snapshots ------------------------------------------------------------
 
@@ -201,7 +205,7 @@ class ComputeServicer(pb_grpc.ComputeServiceServicer):
                  | (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA if request.no_metadata else 0)
                  | (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC if request.atomic else 0)
                  | (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE if request.quiesce else 0))
-        snap = dom.snapshotCreateXML(request.xml or "<domainsnapshot/>", flags)
+        snap = self.backend.create_snapshot(dom, request.xml, flags)
         return pb.CreateSnapshotResponse(snapshot=convert.snapshot(snap))
 
     def ListSnapshots(self, request: pb.ListSnapshotsRequest,

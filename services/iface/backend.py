@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 import grpc
 import libvirt
 
+from services.common import documents
 from services.common.backend import Backend
 from services.common.errors import ServiceError, require
 from virtmesh.iface.v1 import iface_service_pb2 as pb
@@ -40,6 +41,6 @@ class InterfaceBackend(Backend):
                      else libvirt.VIR_CONNECT_LIST_INTERFACES_INACTIVE)
         return self.conn.listAllInterfaces(flags)
 
-    def define(self, xml: str, validate: bool) -> libvirt.virInterface:
-        flags = libvirt.VIR_INTERFACE_DEFINE_VALIDATE if validate else 0
-        return self.conn.interfaceDefineXML(require(xml, "xml"), flags)
+    def define(self, xml: str) -> libvirt.virInterface:
+        return documents.submit(self.conn.interfaceDefineXML, xml,
+                                libvirt.VIR_INTERFACE_DEFINE_VALIDATE, root="interface")

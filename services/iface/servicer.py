@@ -54,7 +54,7 @@ class InterfaceServicer(pb_grpc.InterfaceServiceServicer):
 
     def DefineInterface(self, request: pb.DefineInterfaceRequest,
                         context: Ctx) -> pb.DefineInterfaceResponse:
-        iface = self.backend.define(request.xml, request.validate)
+        iface = self.backend.define(request.xml)
         return pb.DefineInterfaceResponse(interface=interface(iface))
 
     def UndefineInterface(self, request: pb.UndefineInterfaceRequest,

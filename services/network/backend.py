@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import libvirt
 
+from services.common import documents
 from services.common.backend import Backend, by_name_or_uuid, is_uuid, list_flags
 from services.common.errors import ServiceError, require
 
@@ -26,13 +27,13 @@ class NetworkBackend(Backend):
             (autostart, libvirt.VIR_CONNECT_LIST_NETWORKS_AUTOSTART,
              libvirt.VIR_CONNECT_LIST_NETWORKS_NO_AUTOSTART)))
 
-    def define(self, xml: str, validate: bool) -> libvirt.virNetwork:
-        flags = libvirt.VIR_NETWORK_DEFINE_VALIDATE if validate else 0
-        return self.conn.networkDefineXMLFlags(require(xml, "xml"), flags)
+    def define(self, xml: str) -> libvirt.virNetwork:
+        return documents.submit(self.conn.networkDefineXMLFlags, xml,
+                                libvirt.VIR_NETWORK_DEFINE_VALIDATE, root="network")
 
-    def create(self, xml: str, validate: bool) -> libvirt.virNetwork:
-        flags = libvirt.VIR_NETWORK_CREATE_VALIDATE if validate else 0
-        return self.conn.networkCreateXMLFlags(require(xml, "xml"), flags)
+    def create(self, xml: str) -> libvirt.virNetwork:
+        return documents.submit(self.conn.networkCreateXMLFlags, xml,
+                                libvirt.VIR_NETWORK_CREATE_VALIDATE, root="network")
 
     def update(self, net: libvirt.virNetwork, command: int, section: int,
                parent_index: int | None, xml: str, live: bool, config: bool) -> None:
@@ -44,8 +45,9 @@ class NetworkBackend(Backend):
                                "INVALID_PARENT_INDEX")
         flags = ((libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE if live else 0)
                  | (libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG if config else 0))
-        net.update(command, section, -1 if parent_index is None else parent_index,
-                   require(xml, "xml"), flags)
+        documents.submit(lambda section_xml: net.update(
+            command, section, -1 if parent_index is None else parent_index, section_xml,
+            flags), xml, fragment=True)
 
     def leases(self, net: libvirt.virNetwork, mac: str) -> list[dict[str, object]]:
         return net.DHCPLeases(mac or None, 0)
@@ -57,8 +59,8 @@ class NetworkBackend(Backend):
                                f"port must be a UUID (got '{port}')", "INVALID_PORT")
         return net.portLookupByUUIDString(port)
 
-    def create_port(self, net: libvirt.virNetwork, xml: str, validate: bool,
+    def create_port(self, net: libvirt.virNetwork, xml: str,
                     reclaim: bool) -> libvirt.virNetworkPort:
-        flags = ((libvirt.VIR_NETWORK_PORT_CREATE_VALIDATE if validate else 0)
+        flags = (libvirt.VIR_NETWORK_PORT_CREATE_VALIDATE
                  | (libvirt.VIR_NETWORK_PORT_CREATE_RECLAIM if reclaim else 0))
-        return net.portCreateXML(require(xml, "xml"), flags)
+        return documents.submit(net.portCreateXML, xml, flags, root="networkport")

@@ -71,12 +71,12 @@ class NetworkServicer(pb_grpc.NetworkServiceServicer):
 
     def DefineNetwork(self, request: pb.DefineNetworkRequest,
                       context: Ctx) -> pb.DefineNetworkResponse:
-        net = self.backend.define(request.xml, request.validate)
+        net = self.backend.define(request.xml)
         return pb.DefineNetworkResponse(network=convert.network(net))
 
     def CreateNetwork(self, request: pb.CreateNetworkRequest,
                       context: Ctx) -> pb.CreateNetworkResponse:
-        net = self.backend.create(request.xml, request.validate)
+        net = self.backend.create(request.xml)
         return pb.CreateNetworkResponse(network=convert.network(net))
 
     def StartNetwork(self, request: pb.StartNetworkRequest,
@@ -123,7 +123,7 @@ class NetworkServicer(pb_grpc.NetworkServiceServicer):
     def CreateNetworkPort(self, request: pb.CreateNetworkPortRequest,
                           context: Ctx) -> pb.CreateNetworkPortResponse:
         net = self.backend.lookup(request.name)
-        created = self.backend.create_port(net, request.xml, request.validate, request.reclaim)
+        created = self.backend.create_port(net, request.xml, request.reclaim)
         return pb.CreateNetworkPortResponse(port=convert.port(net.name(), created.XMLDesc(0)))
 
     def ListNetworkPorts(self, request: pb.ListNetworkPortsRequest,

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
-
 import grpc
 import libvirt
 
+from services.common import documents
 from services.common.backend import Backend, by_name_or_uuid
 from services.common.errors import ServiceError, require
 
@@ -21,23 +20,21 @@ class NWFilterBackend(Backend):
     def lookup_binding(self, port_dev: str) -> libvirt.virNWFilterBinding:
         return self.conn.nwfilterBindingLookupByPortDev(require(port_dev, "name"))
 
-    def define(self, xml: str, validate: bool) -> libvirt.virNWFilter:
-        _check_filter_name(require(xml, "xml"))
-        flags = libvirt.VIR_NWFILTER_DEFINE_VALIDATE if validate else 0
-        return self.conn.nwfilterDefineXMLFlags(xml, flags)
+    def define(self, xml: str) -> libvirt.virNWFilter:
+        return documents.submit(self.conn.nwfilterDefineXMLFlags, xml,
+                                libvirt.VIR_NWFILTER_DEFINE_VALIDATE, root="filter",
+                                inspect=_check_filter_name)
 
-    def create_binding(self, xml: str, validate: bool) -> libvirt.virNWFilterBinding:
-        flags = libvirt.VIR_NWFILTER_BINDING_CREATE_VALIDATE if validate else 0
-        return self.conn.nwfilterBindingCreateXML(require(xml, "xml"), flags)
+    def create_binding(self, xml: str) -> libvirt.virNWFilterBinding:
+        return documents.submit(self.conn.nwfilterBindingCreateXML, xml,
+                                libvirt.VIR_NWFILTER_BINDING_CREATE_VALIDATE,
+                                root="filterbinding")
 
 
-def _check_filter_name(xml: str) -> None:
+def _check_filter_name(document: documents.Document) -> None:
     """libvirt stores a filter as <name>.xml and reports a name with '/' as a failure
-    to create that file; say what is wrong instead. Malformed XML is libvirt's to report."""
-    try:
-        name = ET.fromstring(xml).get("name") or ""
-    except ET.ParseError:
-        return
+    to create that file; say what is wrong instead."""
+    name = document.attributes.get("name", "")
     if "/" in name:
         raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"filter name {name!r} must not contain '/'", "INVALID_NAME")

@@ -66,7 +66,7 @@ class NWFilterServicer(pb_grpc.NWFilterServiceServicer):
 
     def DefineNWFilter(self, request: pb.DefineNWFilterRequest,
                        context: Ctx) -> pb.DefineNWFilterResponse:
-        defined = self.backend.define(request.xml, request.validate)
+        defined = self.backend.define(request.xml)
         return pb.DefineNWFilterResponse(nwfilter=nwfilter(defined))
 
     def UndefineNWFilter(self, request: pb.UndefineNWFilterRequest,
@@ -78,7 +78,7 @@ class NWFilterServicer(pb_grpc.NWFilterServiceServicer):
 
     def CreateNWFilterBinding(self, request: pb.CreateNWFilterBindingRequest,
                               context: Ctx) -> pb.CreateNWFilterBindingResponse:
-        created = self.backend.create_binding(request.xml, request.validate)
+        created = self.backend.create_binding(request.xml)
         return pb.CreateNWFilterBindingResponse(binding=binding(created))
 
     def ListNWFilterBindings(self, request: pb.ListNWFilterBindingsRequest,

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import grpc
 import libvirt
 
+from services.common import documents
 from services.common.backend import Backend, is_uuid, list_flags
 from services.common.errors import ServiceError, require
 from services.common.libvirt_connection import LibvirtConnection
@@ -95,12 +96,16 @@ class SecretBackend(Backend):
             (private, libvirt.VIR_CONNECT_LIST_SECRETS_PRIVATE,
              libvirt.VIR_CONNECT_LIST_SECRETS_NO_PRIVATE)))
 
-    def define(self, xml: str, validate: bool) -> libvirt.virSecret:
-        require(xml, "xml")
-        if self.undefine_crashes and _is_ephemeral(xml):
-            raise _refuse_embedded("an ephemeral secret")
-        flags = libvirt.VIR_SECRET_DEFINE_VALIDATE if validate else 0
-        return self.conn.secretDefineXML(xml, flags)
+    def define(self, xml: str) -> libvirt.virSecret:
+        def refuse_ephemeral(document: documents.Document) -> None:
+            # documents.check reads the attributes exactly as libvirt will (no DTD to
+            # default or hide one): a guard that parsed otherwise was a crash
+            if self.undefine_crashes and document.attributes.get("ephemeral") == "yes":
+                raise _refuse_embedded("an ephemeral secret")
+
+        return documents.submit(self.conn.secretDefineXML, xml,
+                                libvirt.VIR_SECRET_DEFINE_VALIDATE, root="secret",
+                                inspect=refuse_ephemeral)
 
     def set_value(self, secret: libvirt.virSecret, value: bytes) -> None:
         if not value:
@@ -121,11 +126,3 @@ class SecretBackend(Backend):
         if self.undefine_crashes:
             raise _refuse_embedded("undefining a secret")
         secret.undefine()
-
-
-def _is_ephemeral(xml: str) -> bool:
-    """Whether ``xml`` asks for an ephemeral secret; False for XML libvirt will reject."""
-    try:
-        return ET.fromstring(xml).get("ephemeral") == "yes"
-    except ET.ParseError:
-        return False

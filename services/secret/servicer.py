@@ -89,7 +89,7 @@ class SecretServicer(pb_grpc.SecretServiceServicer):
 
     def DefineSecret(self, request: pb.DefineSecretRequest,
                      context: Ctx) -> pb.DefineSecretResponse:
-        secret = self.backend.define(request.xml, request.validate)
+        secret = self.backend.define(request.xml)
         return pb.DefineSecretResponse(secret=self._summary(secret))
 
     def SetSecretValue(self, request: pb.SetSecretValueRequest,

@@ -10,9 +10,11 @@ from collections.abc import Iterator
 import grpc
 import libvirt
 
+from services.common import documents
 from services.common.backend import Backend, by_name_or_uuid, list_flags
 from services.common.errors import ServiceError, require
 from services.common.libvirt_connection import LibvirtConnection
+from services.common.sandbox import ParseSandbox
 from services.storage import convert
 from virtmesh.storage.v1 import storage_service_pb2 as pb
 
@@ -56,6 +58,13 @@ class StorageBackend(Backend):
         super().__init__(connection)
         #: download chunk size: 1 MiB unless the configured message limit is smaller
         self.chunk_bytes = max(1, min(CHUNK_BYTES, max_message_bytes - _ENVELOPE_BYTES))
+        #: libvirt has no VALIDATE flag for creating a transient pool, and libvirt 9.0's
+        #: storage driver refuses the one for volumes: the sandbox's define validates
+        #: those documents against libvirt's schema
+        self.sandbox = ParseSandbox()
+
+    def close(self) -> None:
+        self.sandbox.close()
 
     # -- pools ------------------------------------------------------------------
 
@@ -75,14 +84,15 @@ class StorageBackend(Backend):
             flags |= POOL_TYPES[pool_type]
         return self.conn.listAllStoragePools(flags)
 
-    def define_pool(self, xml: str, validate: bool) -> libvirt.virStoragePool:
-        flags = libvirt.VIR_STORAGE_POOL_DEFINE_VALIDATE if validate else 0
-        return self.conn.storagePoolDefineXML(require(xml, "xml"), flags)
+    def define_pool(self, xml: str) -> libvirt.virStoragePool:
+        return documents.submit(self.conn.storagePoolDefineXML, xml,
+                                libvirt.VIR_STORAGE_POOL_DEFINE_VALIDATE, root="pool")
 
     def create_pool(self, xml: str, build: bool) -> libvirt.virStoragePool:
         """libvirt removes a transient pool that fails to start: nothing is left."""
         flags = libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD if build else 0
-        return self.conn.storagePoolCreateXML(require(xml, "xml"), flags)
+        return documents.submit(self.conn.storagePoolCreateXML, xml, flags, root="pool",
+                                inspect=lambda _: self.sandbox.parse("pool", xml))
 
     def build_pool(self, name: str, overwrite: bool, no_overwrite: bool) -> None:
         if overwrite and no_overwrite:
@@ -102,12 +112,12 @@ class StorageBackend(Backend):
             return self.conn.storageVolLookupByPath(name)
         return self.conn.storageVolLookupByKey(name)
 
-    def create_volume(self, pool: str, xml: str, prealloc_metadata: bool,
-                      validate: bool) -> libvirt.virStorageVol:
+    def create_volume(self, pool: str, xml: str,
+                      prealloc_metadata: bool) -> libvirt.virStorageVol:
         target = self.pool(require(pool, "pool"))
-        flags = ((libvirt.VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA if prealloc_metadata else 0)
-                 | (libvirt.VIR_STORAGE_VOL_CREATE_VALIDATE if validate else 0))
-        return target.createXML(require(xml, "xml"), flags)
+        flags = libvirt.VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA if prealloc_metadata else 0
+        return documents.submit(target.createXML, xml, flags, root="volume",
+                                inspect=lambda _: self.sandbox.parse("volume", xml))
 
     def clone_volume(self, request: pb.CloneStorageVolumeRequest) -> libvirt.virStorageVol:
         if bool(request.new_name) == bool(request.xml):
@@ -130,7 +140,8 @@ class StorageBackend(Backend):
         flags = ((libvirt.VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA
                   if request.prealloc_metadata else 0)
                  | (libvirt.VIR_STORAGE_VOL_CREATE_REFLINK if request.reflink else 0))
-        return target.createXMLFrom(xml, source, flags)
+        return documents.submit(target.createXMLFrom, xml, source, flags, root="volume",
+                                inspect=lambda _: self.sandbox.parse("volume", xml))
 
     def wipe(self, vol: libvirt.virStorageVol, algorithm: int) -> None:
         if algorithm not in convert.WIPE_ALGORITHMS:

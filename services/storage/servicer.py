@@ -33,6 +33,10 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
         """The service is stopping: end event streams now rather than after the grace."""
         self.events.close_all("the service is shutting down")
 
+    def stopped(self) -> None:
+        """The last call has ended: let go of the parse sandbox."""
+        self.backend.close()
+
     # -- events -----------------------------------------------------------------
 
     def _register_events(self, conn: libvirt.virConnect) -> None:
@@ -82,7 +86,7 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
 
     def DefineStoragePool(self, request: pb.DefineStoragePoolRequest,
                           context: Ctx) -> pb.DefineStoragePoolResponse:
-        pool = self.backend.define_pool(request.xml, request.validate)
+        pool = self.backend.define_pool(request.xml)
         return pb.DefineStoragePoolResponse(storage_pool=convert.storage_pool(pool))
 
     def CreateStoragePool(self, request: pb.CreateStoragePoolRequest,
@@ -151,8 +155,7 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
 
     def CreateStorageVolume(self, request: pb.CreateStorageVolumeRequest,
                             context: Ctx) -> pb.CreateStorageVolumeResponse:
-        vol = self.backend.create_volume(request.pool, request.xml, request.prealloc_metadata,
-                                         request.validate)
+        vol = self.backend.create_volume(request.pool, request.xml, request.prealloc_metadata)
         return pb.CreateStorageVolumeResponse(storage_volume=convert.storage_volume(vol))
 
     def CloneStorageVolume(self, request: pb.CloneStorageVolumeRequest,

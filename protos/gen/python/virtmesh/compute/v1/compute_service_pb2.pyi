@@ -18,6 +18,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _DomainState:
@@ -364,8 +369,20 @@ class DefineDomainRequest(_message.Message):
     XML_FIELD_NUMBER: _builtins.int
     VALIDATE_FIELD_NUMBER: _builtins.int
     xml: _builtins.str
-    validate: _builtins.bool
-    """Validate the XML against libvirt's schema first."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def validate(self) -> _builtins.bool:
+        """Ignored: every document is validated against libvirt's schema (and its
+        size, depth and counts bounded) before libvirt parses it.
+        """
+
+    @validate.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def validate(self, value: _builtins.bool) -> None:
+        """Ignored: every document is validated against libvirt's schema (and its
+        size, depth and counts bounded) before libvirt parses it.
+        """
+
     def __init__(
         self,
         *,
@@ -460,8 +477,20 @@ class CreateDomainRequest(_message.Message):
     xml: _builtins.str
     paused: _builtins.bool
     """Start with vCPUs paused."""
-    validate: _builtins.bool
-    """Validate the XML against libvirt's schema first."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def validate(self) -> _builtins.bool:
+        """Ignored: every document is validated against libvirt's schema (and its
+        size, depth and counts bounded) before libvirt parses it.
+        """
+
+    @validate.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def validate(self, value: _builtins.bool) -> None:
+        """Ignored: every document is validated against libvirt's schema (and its
+        size, depth and counts bounded) before libvirt parses it.
+        """
+
     def __init__(
         self,
         *,

@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from virtmesh.acl.v1 import acl_pb2 as virtmesh_dot_acl_dot_v1_dot_acl__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%virtmesh/iface/v1/iface_service.proto\x12\x11virtmesh.iface.v1\x1a\x19virtmesh/acl/v1/acl.proto\"D\n\tInterface\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03mac\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\x12\x0c\n\x04type\x18\x04 \x01(\t\"^\n\x15ListInterfacesRequest\x12\x13\n\x06\x61\x63tive\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\tB\t\n\x07_active\"c\n\x16ListInterfacesResponse\x12\x30\n\ninterfaces\x18\x01 \x03(\x0b\x32\x1c.virtmesh.iface.v1.Interface\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"@\n\x13GetInterfaceRequest\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12\r\n\x03mac\x18\x02 \x01(\tH\x00\x42\n\n\x08selector\"G\n\x14GetInterfaceResponse\x12/\n\tinterface\x18\x01 \x01(\x0b\x32\x1c.virtmesh.iface.v1.Interface\"8\n\x16GetInterfaceXMLRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08inactive\x18\x02 \x01(\x08\"4\n\x17GetInterfaceXMLResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03xml\x18\x02 \x01(\t\"7\n\x16\x44\x65\x66ineInterfaceRequest\x12\x0b\n\x03xml\x18\x01 \x01(\t\x12\x10\n\x08validate\x18\x02 \x01(\x08\"J\n\x17\x44\x65\x66ineInterfaceResponse\x12/\n\tinterface\x18\x01 \x01(\x0b\x32\x1c.virtmesh.iface.v1.Interface\"(\n\x18UndefineInterfaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1b\n\x19UndefineInterfaceResponse\"%\n\x15StartInterfaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"I\n\x16StartInterfaceResponse\x12/\n\tinterface\x18\x01 \x01(\x0b\x32\x1c.virtmesh.iface.v1.Interface\"$\n\x14StopInterfaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15StopInterfaceResponse\"\x1d\n\x1b\x42\x65ginInterfaceChangeRequest\"\x1e\n\x1c\x42\x65ginInterfaceChangeResponse\"\x1e\n\x1c\x43ommitInterfaceChangeRequest\"\x1f\n\x1d\x43ommitInterfaceChangeResponse\" \n\x1eRollbackInterfaceChangeRequest\"!\n\x1fRollbackInterfaceChangeResponse2\x92\x0b\n\x10InterfaceService\x12\x84\x01\n\x0eListInterfaces\x12(.virtmesh.iface.v1.ListInterfacesRequest\x1a).virtmesh.iface.v1.ListInterfacesResponse\"\x1d\xea\xe0\x18\x19\x63onnect:search_interfaces\x12\x88\x01\n\x0cGetInterface\x12&.virtmesh.iface.v1.GetInterfaceRequest\x1a\'.virtmesh.iface.v1.GetInterfaceResponse\"\'\xea\xe0\x18\x11interface:getattr\xea\xe0\x18\x0einterface:read\x12|\n\x0fGetInterfaceXML\x12).virtmesh.iface.v1.GetInterfaceXMLRequest\x1a*.virtmesh.iface.v1.GetInterfaceXMLResponse\"\x12\xea\xe0\x18\x0einterface:read\x12\x8f\x01\n\x0f\x44\x65\x66ineInterface\x12).virtmesh.iface.v1.DefineInterfaceRequest\x1a*.virtmesh.iface.v1.DefineInterfaceResponse\"%\xea\xe0\x18\x0finterface:write\xea\xe0\x18\x0einterface:save\x12\x84\x01\n\x11UndefineInterface\x12+.virtmesh.iface.v1.UndefineInterfaceRequest\x1a,.virtmesh.iface.v1.UndefineInterfaceResponse\"\x14\xea\xe0\x18\x10interface:delete\x12z\n\x0eStartInterface\x12(.virtmesh.iface.v1.StartInterfaceRequest\x1a).virtmesh.iface.v1.StartInterfaceResponse\"\x13\xea\xe0\x18\x0finterface:start\x12v\n\rStopInterface\x12\'.virtmesh.iface.v1.StopInterfaceRequest\x1a(.virtmesh.iface.v1.StopInterfaceResponse\"\x12\xea\xe0\x18\x0einterface:stop\x12\x9a\x01\n\x14\x42\x65ginInterfaceChange\x12..virtmesh.iface.v1.BeginInterfaceChangeRequest\x1a/.virtmesh.iface.v1.BeginInterfaceChangeResponse\"!\xea\xe0\x18\x1d\x63onnect:interface_transaction\x12\x9d\x01\n\x15\x43ommitInterfaceChange\x12/.virtmesh.iface.v1.CommitInterfaceChangeRequest\x1a\x30.virtmesh.iface.v1.CommitInterfaceChangeResponse\"!\xea\xe0\x18\x1d\x63onnect:interface_transaction\x12\xa3\x01\n\x17RollbackInterfaceChange\x12\x31.virtmesh.iface.v1.RollbackInterfaceChangeRequest\x1a\x32.virtmesh.iface.v1.RollbackInterfaceChangeResponse\"!\xea\xe0\x18\x1d\x63onnect:interface_transactionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%virtmesh/iface/v1/iface_service.proto\x12\x11virtmesh.iface.v1\x1a\x19virtmesh/acl/v1/acl.proto\"D\n\tInterface\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03mac\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\x12\x0c\n\x04type\x18\x04 \x01(\t\"^\n\x15ListInterfacesRequest\x12\x13\n\x06\x61\x63tive\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\tB\t\n\x07_active\"c\n\x16ListInterfacesResponse\x12\x30\n\ninterfaces\x18\x01 \x03(\x0b\x32\x1c.virtmesh.iface.v1.Interface\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"@\n\x13GetInterfaceRequest\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12\r\n\x03mac\x18\x02 \x01(\tH\x00\x42\n\n\x08selector\"G\n\x14GetInterfaceResponse\x12/\n\tinterface\x18\x01 \x01(\x0b\x32\x1c.virtmesh.iface.v1.Interface\"8\n\x16GetInterfaceXMLRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08inactive\x18\x02 \x01(\x08\"4\n\x17GetInterfaceXMLResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03xml\x18\x02 \x01(\t\";\n\x16\x44\x65\x66ineInterfaceRequest\x12\x0b\n\x03xml\x18\x01 \x01(\t\x12\x14\n\x08validate\x18\x02 \x01(\x08\x42\x02\x18\x01\"J\n\x17\x44\x65\x66ineInterfaceResponse\x12/\n\tinterface\x18\x01 \x01(\x0b\x32\x1c.virtmesh.iface.v1.Interface\"(\n\x18UndefineInterfaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1b\n\x19UndefineInterfaceResponse\"%\n\x15StartInterfaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"I\n\x16StartInterfaceResponse\x12/\n\tinterface\x18\x01 \x01(\x0b\x32\x1c.virtmesh.iface.v1.Interface\"$\n\x14StopInterfaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15StopInterfaceResponse\"\x1d\n\x1b\x42\x65ginInterfaceChangeRequest\"\x1e\n\x1c\x42\x65ginInterfaceChangeResponse\"\x1e\n\x1c\x43ommitInterfaceChangeRequest\"\x1f\n\x1d\x43ommitInterfaceChangeResponse\" \n\x1eRollbackInterfaceChangeRequest\"!\n\x1fRollbackInterfaceChangeResponse2\x92\x0b\n\x10InterfaceService\x12\x84\x01\n\x0eListInterfaces\x12(.virtmesh.iface.v1.ListInterfacesRequest\x1a).virtmesh.iface.v1.ListInterfacesResponse\"\x1d\xea\xe0\x18\x19\x63onnect:search_interfaces\x12\x88\x01\n\x0cGetInterface\x12&.virtmesh.iface.v1.GetInterfaceRequest\x1a\'.virtmesh.iface.v1.GetInterfaceResponse\"\'\xea\xe0\x18\x11interface:getattr\xea\xe0\x18\x0einterface:read\x12|\n\x0fGetInterfaceXML\x12).virtmesh.iface.v1.GetInterfaceXMLRequest\x1a*.virtmesh.iface.v1.GetInterfaceXMLResponse\"\x12\xea\xe0\x18\x0einterface:read\x12\x8f\x01\n\x0f\x44\x65\x66ineInterface\x12).virtmesh.iface.v1.DefineInterfaceRequest\x1a*.virtmesh.iface.v1.DefineInterfaceResponse\"%\xea\xe0\x18\x0finterface:write\xea\xe0\x18\x0einterface:save\x12\x84\x01\n\x11UndefineInterface\x12+.virtmesh.iface.v1.UndefineInterfaceRequest\x1a,.virtmesh.iface.v1.UndefineInterfaceResponse\"\x14\xea\xe0\x18\x10interface:delete\x12z\n\x0eStartInterface\x12(.virtmesh.iface.v1.StartInterfaceRequest\x1a).virtmesh.iface.v1.StartInterfaceResponse\"\x13\xea\xe0\x18\x0finterface:start\x12v\n\rStopInterface\x12\'.virtmesh.iface.v1.StopInterfaceRequest\x1a(.virtmesh.iface.v1.StopInterfaceResponse\"\x12\xea\xe0\x18\x0einterface:stop\x12\x9a\x01\n\x14\x42\x65ginInterfaceChange\x12..virtmesh.iface.v1.BeginInterfaceChangeRequest\x1a/.virtmesh.iface.v1.BeginInterfaceChangeResponse\"!\xea\xe0\x18\x1d\x63onnect:interface_transaction\x12\x9d\x01\n\x15\x43ommitInterfaceChange\x12/.virtmesh.iface.v1.CommitInterfaceChangeRequest\x1a\x30.virtmesh.iface.v1.CommitInterfaceChangeResponse\"!\xea\xe0\x18\x1d\x63onnect:interface_transaction\x12\xa3\x01\n\x17RollbackInterfaceChange\x12\x31.virtmesh.iface.v1.RollbackInterfaceChangeRequest\x1a\x32.virtmesh.iface.v1.RollbackInterfaceChangeResponse\"!\xea\xe0\x18\x1d\x63onnect:interface_transactionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'virtmesh.iface.v1.iface_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_DEFINEINTERFACEREQUEST'].fields_by_name['validate']._loaded_options = None
+  _globals['_DEFINEINTERFACEREQUEST'].fields_by_name['validate']._serialized_options = b'\030\001'
   _globals['_INTERFACESERVICE'].methods_by_name['ListInterfaces']._loaded_options = None
   _globals['_INTERFACESERVICE'].methods_by_name['ListInterfaces']._serialized_options = b'\352\340\030\031connect:search_interfaces'
   _globals['_INTERFACESERVICE'].methods_by_name['GetInterface']._loaded_options = None
@@ -67,33 +69,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETINTERFACEXMLRESPONSE']._serialized_start=551
   _globals['_GETINTERFACEXMLRESPONSE']._serialized_end=603
   _globals['_DEFINEINTERFACEREQUEST']._serialized_start=605
-  _globals['_DEFINEINTERFACEREQUEST']._serialized_end=660
-  _globals['_DEFINEINTERFACERESPONSE']._serialized_start=662
-  _globals['_DEFINEINTERFACERESPONSE']._serialized_end=736
-  _globals['_UNDEFINEINTERFACEREQUEST']._serialized_start=738
-  _globals['_UNDEFINEINTERFACEREQUEST']._serialized_end=778
-  _globals['_UNDEFINEINTERFACERESPONSE']._serialized_start=780
-  _globals['_UNDEFINEINTERFACERESPONSE']._serialized_end=807
-  _globals['_STARTINTERFACEREQUEST']._serialized_start=809
-  _globals['_STARTINTERFACEREQUEST']._serialized_end=846
-  _globals['_STARTINTERFACERESPONSE']._serialized_start=848
-  _globals['_STARTINTERFACERESPONSE']._serialized_end=921
-  _globals['_STOPINTERFACEREQUEST']._serialized_start=923
-  _globals['_STOPINTERFACEREQUEST']._serialized_end=959
-  _globals['_STOPINTERFACERESPONSE']._serialized_start=961
-  _globals['_STOPINTERFACERESPONSE']._serialized_end=984
-  _globals['_BEGININTERFACECHANGEREQUEST']._serialized_start=986
-  _globals['_BEGININTERFACECHANGEREQUEST']._serialized_end=1015
-  _globals['_BEGININTERFACECHANGERESPONSE']._serialized_start=1017
-  _globals['_BEGININTERFACECHANGERESPONSE']._serialized_end=1047
-  _globals['_COMMITINTERFACECHANGEREQUEST']._serialized_start=1049
-  _globals['_COMMITINTERFACECHANGEREQUEST']._serialized_end=1079
-  _globals['_COMMITINTERFACECHANGERESPONSE']._serialized_start=1081
-  _globals['_COMMITINTERFACECHANGERESPONSE']._serialized_end=1112
-  _globals['_ROLLBACKINTERFACECHANGEREQUEST']._serialized_start=1114
-  _globals['_ROLLBACKINTERFACECHANGEREQUEST']._serialized_end=1146
-  _globals['_ROLLBACKINTERFACECHANGERESPONSE']._serialized_start=1148
-  _globals['_ROLLBACKINTERFACECHANGERESPONSE']._serialized_end=1181
-  _globals['_INTERFACESERVICE']._serialized_start=1184
-  _globals['_INTERFACESERVICE']._serialized_end=2610
+  _globals['_DEFINEINTERFACEREQUEST']._serialized_end=664
+  _globals['_DEFINEINTERFACERESPONSE']._serialized_start=666
+  _globals['_DEFINEINTERFACERESPONSE']._serialized_end=740
+  _globals['_UNDEFINEINTERFACEREQUEST']._serialized_start=742
+  _globals['_UNDEFINEINTERFACEREQUEST']._serialized_end=782
+  _globals['_UNDEFINEINTERFACERESPONSE']._serialized_start=784
+  _globals['_UNDEFINEINTERFACERESPONSE']._serialized_end=811
+  _globals['_STARTINTERFACEREQUEST']._serialized_start=813
+  _globals['_STARTINTERFACEREQUEST']._serialized_end=850
+  _globals['_STARTINTERFACERESPONSE']._serialized_start=852
+  _globals['_STARTINTERFACERESPONSE']._serialized_end=925
+  _globals['_STOPINTERFACEREQUEST']._serialized_start=927
+  _globals['_STOPINTERFACEREQUEST']._serialized_end=963
+  _globals['_STOPINTERFACERESPONSE']._serialized_start=965
+  _globals['_STOPINTERFACERESPONSE']._serialized_end=988
+  _globals['_BEGININTERFACECHANGEREQUEST']._serialized_start=990
+  _globals['_BEGININTERFACECHANGEREQUEST']._serialized_end=1019
+  _globals['_BEGININTERFACECHANGERESPONSE']._serialized_start=1021
+  _globals['_BEGININTERFACECHANGERESPONSE']._serialized_end=1051
+  _globals['_COMMITINTERFACECHANGEREQUEST']._serialized_start=1053
+  _globals['_COMMITINTERFACECHANGEREQUEST']._serialized_end=1083
+  _globals['_COMMITINTERFACECHANGERESPONSE']._serialized_start=1085
+  _globals['_COMMITINTERFACECHANGERESPONSE']._serialized_end=1116
+  _globals['_ROLLBACKINTERFACECHANGEREQUEST']._serialized_start=1118
+  _globals['_ROLLBACKINTERFACECHANGEREQUEST']._serialized_end=1150
+  _globals['_ROLLBACKINTERFACECHANGERESPONSE']._serialized_start=1152
+  _globals['_ROLLBACKINTERFACECHANGERESPONSE']._serialized_end=1185
+  _globals['_INTERFACESERVICE']._serialized_start=1188
+  _globals['_INTERFACESERVICE']._serialized_end=2614
 # @@protoc_insertion_point(module_scope)

@@ -16,6 +16,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
@@ -206,8 +211,20 @@ class DefineInterfaceRequest(_message.Message):
     VALIDATE_FIELD_NUMBER: _builtins.int
     xml: _builtins.str
     """<interface> XML."""
-    validate: _builtins.bool
-    """Validate the XML against libvirt's schema first."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def validate(self) -> _builtins.bool:
+        """Ignored: every document is validated against libvirt's schema (and its
+        size, depth and counts bounded) before libvirt parses it.
+        """
+
+    @validate.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def validate(self, value: _builtins.bool) -> None:
+        """Ignored: every document is validated against libvirt's schema (and its
+        size, depth and counts bounded) before libvirt parses it.
+        """
+
     def __init__(
         self,
         *,

@@ -18,6 +18,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _UpdateCommand:
@@ -353,8 +358,20 @@ class DefineNetworkRequest(_message.Message):
     VALIDATE_FIELD_NUMBER: _builtins.int
     xml: _builtins.str
     """<network> XML."""
-    validate: _builtins.bool
-    """Check the XML against libvirt's schema first."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def validate(self) -> _builtins.bool:
+        """Ignored: every document is validated against libvirt's schema (and its
+        size, depth and counts bounded) before libvirt parses it.
+        """
+
+    @validate.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def validate(self, value: _builtins.bool) -> None:
+        """Ignored: every document is validated against libvirt's schema (and its
+        size, depth and counts bounded) before libvirt parses it.
+        """
+
     def __init__(
         self,
         *,
@@ -397,8 +414,20 @@ class CreateNetworkRequest(_message.Message):
     VALIDATE_FIELD_NUMBER: _builtins.int
     xml: _builtins.str
     """<network> XML."""
-    validate: _builtins.bool
-    """Check the XML against libvirt's schema first."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def validate(self) -> _builtins.bool:
+        """Ignored: every document is validated against libvirt's schema (and its
+        size, depth and counts bounded) before libvirt parses it.
+        """
+
+    @validate.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def validate(self, value: _builtins.bool) -> None:
+        """Ignored: every document is validated against libvirt's schema (and its
+        size, depth and counts bounded) before libvirt parses it.
+        """
+
     def __init__(
         self,
         *,
@@ -816,8 +845,20 @@ class CreateNetworkPortRequest(_message.Message):
     """<networkport> XML, with at least <uuid>, <owner> (<name> and <uuid>) and
     <mac address>; libvirt fills in <plug>.
     """
-    validate: _builtins.bool
-    """Check the XML against libvirt's schema first."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def validate(self) -> _builtins.bool:
+        """Ignored: every document is validated against libvirt's schema (and its
+        size, depth and counts bounded) before libvirt parses it.
+        """
+
+    @validate.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def validate(self, value: _builtins.bool) -> None:
+        """Ignored: every document is validated against libvirt's schema (and its
+        size, depth and counts bounded) before libvirt parses it.
+        """
+
     reclaim: _builtins.bool
     """Take over a port that already has its plug (e.g. after a restart) rather
     than allocate a new one.

@@ -25,15 +25,19 @@ _sym_db = _symbol_database.Default()
 from virtmesh.acl.v1 import acl_pb2 as virtmesh_dot_acl_dot_v1_dot_acl__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+virtmesh/nwfilter/v1/nwfilter_service.proto\x12\x14virtmesh.nwfilter.v1\x1a\x19virtmesh/acl/v1/acl.proto\"p\n\x08NWFilter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\r\n\x05\x63hain\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x12\n\nrule_count\x18\x05 \x01(\r\x12\x13\n\x0b\x66ilter_refs\x18\x06 \x03(\t\"=\n\x14ListNWFiltersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"c\n\x15ListNWFiltersResponse\x12\x31\n\tnwfilters\x18\x01 \x03(\x0b\x32\x1e.virtmesh.nwfilter.v1.NWFilter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12GetNWFilterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"G\n\x13GetNWFilterResponse\x12\x30\n\x08nwfilter\x18\x01 \x01(\x0b\x32\x1e.virtmesh.nwfilter.v1.NWFilter\"%\n\x15GetNWFilterXMLRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x16GetNWFilterXMLResponse\x12\x0b\n\x03xml\x18\x01 \x01(\t\"6\n\x15\x44\x65\x66ineNWFilterRequest\x12\x0b\n\x03xml\x18\x01 \x01(\t\x12\x10\n\x08validate\x18\x02 \x01(\x08\"J\n\x16\x44\x65\x66ineNWFilterResponse\x12\x30\n\x08nwfilter\x18\x01 \x01(\x0b\x32\x1e.virtmesh.nwfilter.v1.NWFilter\"\'\n\x17UndefineNWFilterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1a\n\x18UndefineNWFilterResponse\"\xe2\x01\n\x0fNWFilterBinding\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12\x12\n\nowner_name\x18\x03 \x01(\t\x12\x12\n\nowner_uuid\x18\x04 \x01(\t\x12\x0b\n\x03mac\x18\x05 \x01(\t\x12I\n\nparameters\x18\x06 \x03(\x0b\x32\x35.virtmesh.nwfilter.v1.NWFilterBinding.ParametersEntry\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"=\n\x1c\x43reateNWFilterBindingRequest\x12\x0b\n\x03xml\x18\x01 \x01(\t\x12\x10\n\x08validate\x18\x02 \x01(\x08\"W\n\x1d\x43reateNWFilterBindingResponse\x12\x36\n\x07\x62inding\x18\x01 \x01(\x0b\x32%.virtmesh.nwfilter.v1.NWFilterBinding\"D\n\x1bListNWFilterBindingsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"p\n\x1cListNWFilterBindingsResponse\x12\x37\n\x08\x62indings\x18\x01 \x03(\x0b\x32%.virtmesh.nwfilter.v1.NWFilterBinding\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x19GetNWFilterBindingRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"T\n\x1aGetNWFilterBindingResponse\x12\x36\n\x07\x62inding\x18\x01 \x01(\x0b\x32%.virtmesh.nwfilter.v1.NWFilterBinding\",\n\x1cGetNWFilterBindingXMLRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\",\n\x1dGetNWFilterBindingXMLResponse\x12\x0b\n\x03xml\x18\x01 \x01(\t\",\n\x1c\x44\x65leteNWFilterBindingRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1f\n\x1d\x44\x65leteNWFilterBindingResponse2\xf7\x0b\n\x0fNWFilterService\x12\x86\x01\n\rListNWFilters\x12*.virtmesh.nwfilter.v1.ListNWFiltersRequest\x1a+.virtmesh.nwfilter.v1.ListNWFiltersResponse\"\x1c\xea\xe0\x18\x18\x63onnect:search_nwfilters\x12\x89\x01\n\x0bGetNWFilter\x12(.virtmesh.nwfilter.v1.GetNWFilterRequest\x1a).virtmesh.nwfilter.v1.GetNWFilterResponse\"%\xea\xe0\x18\x10nwfilter:getattr\xea\xe0\x18\rnwfilter:read\x12~\n\x0eGetNWFilterXML\x12+.virtmesh.nwfilter.v1.GetNWFilterXMLRequest\x1a,.virtmesh.nwfilter.v1.GetNWFilterXMLResponse\"\x11\xea\xe0\x18\rnwfilter:read\x12\x90\x01\n\x0e\x44\x65\x66ineNWFilter\x12+.virtmesh.nwfilter.v1.DefineNWFilterRequest\x1a,.virtmesh.nwfilter.v1.DefineNWFilterResponse\"#\xea\xe0\x18\x0enwfilter:write\xea\xe0\x18\rnwfilter:save\x12\x86\x01\n\x10UndefineNWFilter\x12-.virtmesh.nwfilter.v1.UndefineNWFilterRequest\x1a..virtmesh.nwfilter.v1.UndefineNWFilterResponse\"\x13\xea\xe0\x18\x0fnwfilter:delete\x12\x9d\x01\n\x15\x43reateNWFilterBinding\x12\x32.virtmesh.nwfilter.v1.CreateNWFilterBindingRequest\x1a\x33.virtmesh.nwfilter.v1.CreateNWFilterBindingResponse\"\x1b\xea\xe0\x18\x17nwfilter_binding:create\x12\xa3\x01\n\x14ListNWFilterBindings\x12\x31.virtmesh.nwfilter.v1.ListNWFilterBindingsRequest\x1a\x32.virtmesh.nwfilter.v1.ListNWFilterBindingsResponse\"$\xea\xe0\x18 connect:search_nwfilter_bindings\x12\xae\x01\n\x12GetNWFilterBinding\x12/.virtmesh.nwfilter.v1.GetNWFilterBindingRequest\x1a\x30.virtmesh.nwfilter.v1.GetNWFilterBindingResponse\"5\xea\xe0\x18\x18nwfilter_binding:getattr\xea\xe0\x18\x15nwfilter_binding:read\x12\x9b\x01\n\x15GetNWFilterBindingXML\x12\x32.virtmesh.nwfilter.v1.GetNWFilterBindingXMLRequest\x1a\x33.virtmesh.nwfilter.v1.GetNWFilterBindingXMLResponse\"\x19\xea\xe0\x18\x15nwfilter_binding:read\x12\x9d\x01\n\x15\x44\x65leteNWFilterBinding\x12\x32.virtmesh.nwfilter.v1.DeleteNWFilterBindingRequest\x1a\x33.virtmesh.nwfilter.v1.DeleteNWFilterBindingResponse\"\x1b\xea\xe0\x18\x17nwfilter_binding:deleteb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+virtmesh/nwfilter/v1/nwfilter_service.proto\x12\x14virtmesh.nwfilter.v1\x1a\x19virtmesh/acl/v1/acl.proto\"p\n\x08NWFilter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\r\n\x05\x63hain\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x12\n\nrule_count\x18\x05 \x01(\r\x12\x13\n\x0b\x66ilter_refs\x18\x06 \x03(\t\"=\n\x14ListNWFiltersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"c\n\x15ListNWFiltersResponse\x12\x31\n\tnwfilters\x18\x01 \x03(\x0b\x32\x1e.virtmesh.nwfilter.v1.NWFilter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12GetNWFilterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"G\n\x13GetNWFilterResponse\x12\x30\n\x08nwfilter\x18\x01 \x01(\x0b\x32\x1e.virtmesh.nwfilter.v1.NWFilter\"%\n\x15GetNWFilterXMLRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x16GetNWFilterXMLResponse\x12\x0b\n\x03xml\x18\x01 \x01(\t\":\n\x15\x44\x65\x66ineNWFilterRequest\x12\x0b\n\x03xml\x18\x01 \x01(\t\x12\x14\n\x08validate\x18\x02 \x01(\x08\x42\x02\x18\x01\"J\n\x16\x44\x65\x66ineNWFilterResponse\x12\x30\n\x08nwfilter\x18\x01 \x01(\x0b\x32\x1e.virtmesh.nwfilter.v1.NWFilter\"\'\n\x17UndefineNWFilterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1a\n\x18UndefineNWFilterResponse\"\xe2\x01\n\x0fNWFilterBinding\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12\x12\n\nowner_name\x18\x03 \x01(\t\x12\x12\n\nowner_uuid\x18\x04 \x01(\t\x12\x0b\n\x03mac\x18\x05 \x01(\t\x12I\n\nparameters\x18\x06 \x03(\x0b\x32\x35.virtmesh.nwfilter.v1.NWFilterBinding.ParametersEntry\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x1c\x43reateNWFilterBindingRequest\x12\x0b\n\x03xml\x18\x01 \x01(\t\x12\x14\n\x08validate\x18\x02 \x01(\x08\x42\x02\x18\x01\"W\n\x1d\x43reateNWFilterBindingResponse\x12\x36\n\x07\x62inding\x18\x01 \x01(\x0b\x32%.virtmesh.nwfilter.v1.NWFilterBinding\"D\n\x1bListNWFilterBindingsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"p\n\x1cListNWFilterBindingsResponse\x12\x37\n\x08\x62indings\x18\x01 \x03(\x0b\x32%.virtmesh.nwfilter.v1.NWFilterBinding\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x19GetNWFilterBindingRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"T\n\x1aGetNWFilterBindingResponse\x12\x36\n\x07\x62inding\x18\x01 \x01(\x0b\x32%.virtmesh.nwfilter.v1.NWFilterBinding\",\n\x1cGetNWFilterBindingXMLRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\",\n\x1dGetNWFilterBindingXMLResponse\x12\x0b\n\x03xml\x18\x01 \x01(\t\",\n\x1c\x44\x65leteNWFilterBindingRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1f\n\x1d\x44\x65leteNWFilterBindingResponse2\xf7\x0b\n\x0fNWFilterService\x12\x86\x01\n\rListNWFilters\x12*.virtmesh.nwfilter.v1.ListNWFiltersRequest\x1a+.virtmesh.nwfilter.v1.ListNWFiltersResponse\"\x1c\xea\xe0\x18\x18\x63onnect:search_nwfilters\x12\x89\x01\n\x0bGetNWFilter\x12(.virtmesh.nwfilter.v1.GetNWFilterRequest\x1a).virtmesh.nwfilter.v1.GetNWFilterResponse\"%\xea\xe0\x18\x10nwfilter:getattr\xea\xe0\x18\rnwfilter:read\x12~\n\x0eGetNWFilterXML\x12+.virtmesh.nwfilter.v1.GetNWFilterXMLRequest\x1a,.virtmesh.nwfilter.v1.GetNWFilterXMLResponse\"\x11\xea\xe0\x18\rnwfilter:read\x12\x90\x01\n\x0e\x44\x65\x66ineNWFilter\x12+.virtmesh.nwfilter.v1.DefineNWFilterRequest\x1a,.virtmesh.nwfilter.v1.DefineNWFilterResponse\"#\xea\xe0\x18\x0enwfilter:write\xea\xe0\x18\rnwfilter:save\x12\x86\x01\n\x10UndefineNWFilter\x12-.virtmesh.nwfilter.v1.UndefineNWFilterRequest\x1a..virtmesh.nwfilter.v1.UndefineNWFilterResponse\"\x13\xea\xe0\x18\x0fnwfilter:delete\x12\x9d\x01\n\x15\x43reateNWFilterBinding\x12\x32.virtmesh.nwfilter.v1.CreateNWFilterBindingRequest\x1a\x33.virtmesh.nwfilter.v1.CreateNWFilterBindingResponse\"\x1b\xea\xe0\x18\x17nwfilter_binding:create\x12\xa3\x01\n\x14ListNWFilterBindings\x12\x31.virtmesh.nwfilter.v1.ListNWFilterBindingsRequest\x1a\x32.virtmesh.nwfilter.v1.ListNWFilterBindingsResponse\"$\xea\xe0\x18 connect:search_nwfilter_bindings\x12\xae\x01\n\x12GetNWFilterBinding\x12/.virtmesh.nwfilter.v1.GetNWFilterBindingRequest\x1a\x30.virtmesh.nwfilter.v1.GetNWFilterBindingResponse\"5\xea\xe0\x18\x18nwfilter_binding:getattr\xea\xe0\x18\x15nwfilter_binding:read\x12\x9b\x01\n\x15GetNWFilterBindingXML\x12\x32.virtmesh.nwfilter.v1.GetNWFilterBindingXMLRequest\x1a\x33.virtmesh.nwfilter.v1.GetNWFilterBindingXMLResponse\"\x19\xea\xe0\x18\x15nwfilter_binding:read\x12\x9d\x01\n\x15\x44\x65leteNWFilterBinding\x12\x32.virtmesh.nwfilter.v1.DeleteNWFilterBindingRequest\x1a\x33.virtmesh.nwfilter.v1.DeleteNWFilterBindingResponse\"\x1b\xea\xe0\x18\x17nwfilter_binding:deleteb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'virtmesh.nwfilter.v1.nwfilter_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_DEFINENWFILTERREQUEST'].fields_by_name['validate']._loaded_options = None
+  _globals['_DEFINENWFILTERREQUEST'].fields_by_name['validate']._serialized_options = b'\030\001'
   _globals['_NWFILTERBINDING_PARAMETERSENTRY']._loaded_options = None
   _globals['_NWFILTERBINDING_PARAMETERSENTRY']._serialized_options = b'8\001'
+  _globals['_CREATENWFILTERBINDINGREQUEST'].fields_by_name['validate']._loaded_options = None
+  _globals['_CREATENWFILTERBINDINGREQUEST'].fields_by_name['validate']._serialized_options = b'\030\001'
   _globals['_NWFILTERSERVICE'].methods_by_name['ListNWFilters']._loaded_options = None
   _globals['_NWFILTERSERVICE'].methods_by_name['ListNWFilters']._serialized_options = b'\352\340\030\030connect:search_nwfilters'
   _globals['_NWFILTERSERVICE'].methods_by_name['GetNWFilter']._loaded_options = None
@@ -69,37 +73,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETNWFILTERXMLRESPONSE']._serialized_start=522
   _globals['_GETNWFILTERXMLRESPONSE']._serialized_end=559
   _globals['_DEFINENWFILTERREQUEST']._serialized_start=561
-  _globals['_DEFINENWFILTERREQUEST']._serialized_end=615
-  _globals['_DEFINENWFILTERRESPONSE']._serialized_start=617
-  _globals['_DEFINENWFILTERRESPONSE']._serialized_end=691
-  _globals['_UNDEFINENWFILTERREQUEST']._serialized_start=693
-  _globals['_UNDEFINENWFILTERREQUEST']._serialized_end=732
-  _globals['_UNDEFINENWFILTERRESPONSE']._serialized_start=734
-  _globals['_UNDEFINENWFILTERRESPONSE']._serialized_end=760
-  _globals['_NWFILTERBINDING']._serialized_start=763
-  _globals['_NWFILTERBINDING']._serialized_end=989
-  _globals['_NWFILTERBINDING_PARAMETERSENTRY']._serialized_start=940
-  _globals['_NWFILTERBINDING_PARAMETERSENTRY']._serialized_end=989
-  _globals['_CREATENWFILTERBINDINGREQUEST']._serialized_start=991
-  _globals['_CREATENWFILTERBINDINGREQUEST']._serialized_end=1052
-  _globals['_CREATENWFILTERBINDINGRESPONSE']._serialized_start=1054
-  _globals['_CREATENWFILTERBINDINGRESPONSE']._serialized_end=1141
-  _globals['_LISTNWFILTERBINDINGSREQUEST']._serialized_start=1143
-  _globals['_LISTNWFILTERBINDINGSREQUEST']._serialized_end=1211
-  _globals['_LISTNWFILTERBINDINGSRESPONSE']._serialized_start=1213
-  _globals['_LISTNWFILTERBINDINGSRESPONSE']._serialized_end=1325
-  _globals['_GETNWFILTERBINDINGREQUEST']._serialized_start=1327
-  _globals['_GETNWFILTERBINDINGREQUEST']._serialized_end=1368
-  _globals['_GETNWFILTERBINDINGRESPONSE']._serialized_start=1370
-  _globals['_GETNWFILTERBINDINGRESPONSE']._serialized_end=1454
-  _globals['_GETNWFILTERBINDINGXMLREQUEST']._serialized_start=1456
-  _globals['_GETNWFILTERBINDINGXMLREQUEST']._serialized_end=1500
-  _globals['_GETNWFILTERBINDINGXMLRESPONSE']._serialized_start=1502
-  _globals['_GETNWFILTERBINDINGXMLRESPONSE']._serialized_end=1546
-  _globals['_DELETENWFILTERBINDINGREQUEST']._serialized_start=1548
-  _globals['_DELETENWFILTERBINDINGREQUEST']._serialized_end=1592
-  _globals['_DELETENWFILTERBINDINGRESPONSE']._serialized_start=1594
-  _globals['_DELETENWFILTERBINDINGRESPONSE']._serialized_end=1625
-  _globals['_NWFILTERSERVICE']._serialized_start=1628
-  _globals['_NWFILTERSERVICE']._serialized_end=3155
+  _globals['_DEFINENWFILTERREQUEST']._serialized_end=619
+  _globals['_DEFINENWFILTERRESPONSE']._serialized_start=621
+  _globals['_DEFINENWFILTERRESPONSE']._serialized_end=695
+  _globals['_UNDEFINENWFILTERREQUEST']._serialized_start=697
+  _globals['_UNDEFINENWFILTERREQUEST']._serialized_end=736
+  _globals['_UNDEFINENWFILTERRESPONSE']._serialized_start=738
+  _globals['_UNDEFINENWFILTERRESPONSE']._serialized_end=764
+  _globals['_NWFILTERBINDING']._serialized_start=767
+  _globals['_NWFILTERBINDING']._serialized_end=993
+  _globals['_NWFILTERBINDING_PARAMETERSENTRY']._serialized_start=944
+  _globals['_NWFILTERBINDING_PARAMETERSENTRY']._serialized_end=993
+  _globals['_CREATENWFILTERBINDINGREQUEST']._serialized_start=995
+  _globals['_CREATENWFILTERBINDINGREQUEST']._serialized_end=1060
+  _globals['_CREATENWFILTERBINDINGRESPONSE']._serialized_start=1062
+  _globals['_CREATENWFILTERBINDINGRESPONSE']._serialized_end=1149
+  _globals['_LISTNWFILTERBINDINGSREQUEST']._serialized_start=1151
+  _globals['_LISTNWFILTERBINDINGSREQUEST']._serialized_end=1219
+  _globals['_LISTNWFILTERBINDINGSRESPONSE']._serialized_start=1221
+  _globals['_LISTNWFILTERBINDINGSRESPONSE']._serialized_end=1333
+  _globals['_GETNWFILTERBINDINGREQUEST']._serialized_start=1335
+  _globals['_GETNWFILTERBINDINGREQUEST']._serialized_end=1376
+  _globals['_GETNWFILTERBINDINGRESPONSE']._serialized_start=1378
+  _globals['_GETNWFILTERBINDINGRESPONSE']._serialized_end=1462
+  _globals['_GETNWFILTERBINDINGXMLREQUEST']._serialized_start=1464
+  _globals['_GETNWFILTERBINDINGXMLREQUEST']._serialized_end=1508
+  _globals['_GETNWFILTERBINDINGXMLRESPONSE']._serialized_start=1510
+  _globals['_GETNWFILTERBINDINGXMLRESPONSE']._serialized_end=1554
+  _globals['_DELETENWFILTERBINDINGREQUEST']._serialized_start=1556
+  _globals['_DELETENWFILTERBINDINGREQUEST']._serialized_end=1600
+  _globals['_DELETENWFILTERBINDINGRESPONSE']._serialized_start=1602
+  _globals['_DELETENWFILTERBINDINGRESPONSE']._serialized_end=1633
+  _globals['_NWFILTERSERVICE']._serialized_start=1636
+  _globals['_NWFILTERSERVICE']._serialized_end=3163
 # @@protoc_insertion_point(module_scope)

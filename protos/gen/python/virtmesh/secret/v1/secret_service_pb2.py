@@ -26,13 +26,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from virtmesh.acl.v1 import acl_pb2 as virtmesh_dot_acl_dot_v1_dot_acl__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'virtmesh/secret/v1/secret_service.proto\x12\x12virtmesh.secret.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19virtmesh/acl/v1/acl.proto\"@\n\x05Usage\x12+\n\x04type\x18\x01 \x01(\x0e\x32\x1d.virtmesh.secret.v1.UsageType\x12\n\n\x02id\x18\x02 \x01(\t\"y\n\x06Secret\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x05usage\x18\x02 \x01(\x0b\x32\x19.virtmesh.secret.v1.Usage\x12\x11\n\tephemeral\x18\x03 \x01(\x08\x12\x0f\n\x07private\x18\x04 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"\xb7\x01\n\x12ListSecretsRequest\x12\x32\n\x0busage_types\x18\x01 \x03(\x0e\x32\x1d.virtmesh.secret.v1.UsageType\x12\x16\n\tephemeral\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x14\n\x07private\x18\x03 \x01(\x08H\x01\x88\x01\x01\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\tB\x0c\n\n_ephemeralB\n\n\x08_private\"[\n\x13ListSecretsResponse\x12+\n\x07secrets\x18\x01 \x03(\x0b\x32\x1a.virtmesh.secret.v1.Secret\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x10GetSecretRequest\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12*\n\x05usage\x18\x02 \x01(\x0b\x32\x19.virtmesh.secret.v1.UsageH\x00\x42\x08\n\x06secret\"?\n\x11GetSecretResponse\x12*\n\x06secret\x18\x01 \x01(\x0b\x32\x1a.virtmesh.secret.v1.Secret\"#\n\x13GetSecretXMLRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"#\n\x14GetSecretXMLResponse\x12\x0b\n\x03xml\x18\x01 \x01(\t\"4\n\x13\x44\x65\x66ineSecretRequest\x12\x0b\n\x03xml\x18\x01 \x01(\t\x12\x10\n\x08validate\x18\x02 \x01(\x08\"B\n\x14\x44\x65\x66ineSecretResponse\x12*\n\x06secret\x18\x01 \x01(\x0b\x32\x1a.virtmesh.secret.v1.Secret\"4\n\x15SetSecretValueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x18\n\x16SetSecretValueResponse\"%\n\x15GetSecretValueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\'\n\x16GetSecretValueResponse\x12\r\n\x05value\x18\x01 \x01(\x0c\"%\n\x15UndefineSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16UndefineSecretResponse\")\n\x18WatchSecretEventsRequest\x12\r\n\x05names\x18\x01 \x03(\t\"F\n\x0eLifecycleEvent\x12\x34\n\x04type\x18\x01 \x01(\x0e\x32&.virtmesh.secret.v1.LifecycleEventType\"\x13\n\x11ValueChangedEvent\"\xff\x01\n\x19WatchSecretEventsResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x05usage\x18\x02 \x01(\x0b\x32\x19.virtmesh.secret.v1.Usage\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\tlifecycle\x18\x04 \x01(\x0b\x32\".virtmesh.secret.v1.LifecycleEventH\x00\x12>\n\rvalue_changed\x18\x05 \x01(\x0b\x32%.virtmesh.secret.v1.ValueChangedEventH\x00\x42\x07\n\x05\x65vent*\xa7\x01\n\tUsageType\x12\x1a\n\x16USAGE_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fUSAGE_TYPE_NONE\x10\x01\x12\x15\n\x11USAGE_TYPE_VOLUME\x10\x02\x12\x13\n\x0fUSAGE_TYPE_CEPH\x10\x03\x12\x14\n\x10USAGE_TYPE_ISCSI\x10\x04\x12\x12\n\x0eUSAGE_TYPE_TLS\x10\x05\x12\x13\n\x0fUSAGE_TYPE_VTPM\x10\x06*\x80\x01\n\x12LifecycleEventType\x12$\n LIFECYCLE_EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1cLIFECYCLE_EVENT_TYPE_DEFINED\x10\x01\x12\"\n\x1eLIFECYCLE_EVENT_TYPE_UNDEFINED\x10\x02\x32\x8a\x08\n\rSecretService\x12z\n\x0bListSecrets\x12&.virtmesh.secret.v1.ListSecretsRequest\x1a\'.virtmesh.secret.v1.ListSecretsResponse\"\x1a\xea\xe0\x18\x16\x63onnect:search_secrets\x12{\n\tGetSecret\x12$.virtmesh.secret.v1.GetSecretRequest\x1a%.virtmesh.secret.v1.GetSecretResponse\"!\xea\xe0\x18\x0esecret:getattr\xea\xe0\x18\x0bsecret:read\x12r\n\x0cGetSecretXML\x12\'.virtmesh.secret.v1.GetSecretXMLRequest\x1a(.virtmesh.secret.v1.GetSecretXMLResponse\"\x0f\xea\xe0\x18\x0bsecret:read\x12\x82\x01\n\x0c\x44\x65\x66ineSecret\x12\'.virtmesh.secret.v1.DefineSecretRequest\x1a(.virtmesh.secret.v1.DefineSecretResponse\"\x1f\xea\xe0\x18\x0csecret:write\xea\xe0\x18\x0bsecret:save\x12y\n\x0eSetSecretValue\x12).virtmesh.secret.v1.SetSecretValueRequest\x1a*.virtmesh.secret.v1.SetSecretValueResponse\"\x10\xea\xe0\x18\x0csecret:write\x12\x7f\n\x0eGetSecretValue\x12).virtmesh.secret.v1.GetSecretValueRequest\x1a*.virtmesh.secret.v1.GetSecretValueResponse\"\x16\xea\xe0\x18\x12secret:read_secure\x12z\n\x0eUndefineSecret\x12).virtmesh.secret.v1.UndefineSecretRequest\x1a*.virtmesh.secret.v1.UndefineSecretResponse\"\x11\xea\xe0\x18\rsecret:delete\x12\x8e\x01\n\x11WatchSecretEvents\x12,.virtmesh.secret.v1.WatchSecretEventsRequest\x1a-.virtmesh.secret.v1.WatchSecretEventsResponse\"\x1a\xea\xe0\x18\x16\x63onnect:search_secrets0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'virtmesh/secret/v1/secret_service.proto\x12\x12virtmesh.secret.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19virtmesh/acl/v1/acl.proto\"@\n\x05Usage\x12+\n\x04type\x18\x01 \x01(\x0e\x32\x1d.virtmesh.secret.v1.UsageType\x12\n\n\x02id\x18\x02 \x01(\t\"y\n\x06Secret\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x05usage\x18\x02 \x01(\x0b\x32\x19.virtmesh.secret.v1.Usage\x12\x11\n\tephemeral\x18\x03 \x01(\x08\x12\x0f\n\x07private\x18\x04 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"\xb7\x01\n\x12ListSecretsRequest\x12\x32\n\x0busage_types\x18\x01 \x03(\x0e\x32\x1d.virtmesh.secret.v1.UsageType\x12\x16\n\tephemeral\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x14\n\x07private\x18\x03 \x01(\x08H\x01\x88\x01\x01\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\tB\x0c\n\n_ephemeralB\n\n\x08_private\"[\n\x13ListSecretsResponse\x12+\n\x07secrets\x18\x01 \x03(\x0b\x32\x1a.virtmesh.secret.v1.Secret\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x10GetSecretRequest\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12*\n\x05usage\x18\x02 \x01(\x0b\x32\x19.virtmesh.secret.v1.UsageH\x00\x42\x08\n\x06secret\"?\n\x11GetSecretResponse\x12*\n\x06secret\x18\x01 \x01(\x0b\x32\x1a.virtmesh.secret.v1.Secret\"#\n\x13GetSecretXMLRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"#\n\x14GetSecretXMLResponse\x12\x0b\n\x03xml\x18\x01 \x01(\t\"8\n\x13\x44\x65\x66ineSecretRequest\x12\x0b\n\x03xml\x18\x01 \x01(\t\x12\x14\n\x08validate\x18\x02 \x01(\x08\x42\x02\x18\x01\"B\n\x14\x44\x65\x66ineSecretResponse\x12*\n\x06secret\x18\x01 \x01(\x0b\x32\x1a.virtmesh.secret.v1.Secret\"4\n\x15SetSecretValueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x18\n\x16SetSecretValueResponse\"%\n\x15GetSecretValueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\'\n\x16GetSecretValueResponse\x12\r\n\x05value\x18\x01 \x01(\x0c\"%\n\x15UndefineSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16UndefineSecretResponse\")\n\x18WatchSecretEventsRequest\x12\r\n\x05names\x18\x01 \x03(\t\"F\n\x0eLifecycleEvent\x12\x34\n\x04type\x18\x01 \x01(\x0e\x32&.virtmesh.secret.v1.LifecycleEventType\"\x13\n\x11ValueChangedEvent\"\xff\x01\n\x19WatchSecretEventsResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x05usage\x18\x02 \x01(\x0b\x32\x19.virtmesh.secret.v1.Usage\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\tlifecycle\x18\x04 \x01(\x0b\x32\".virtmesh.secret.v1.LifecycleEventH\x00\x12>\n\rvalue_changed\x18\x05 \x01(\x0b\x32%.virtmesh.secret.v1.ValueChangedEventH\x00\x42\x07\n\x05\x65vent*\xa7\x01\n\tUsageType\x12\x1a\n\x16USAGE_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fUSAGE_TYPE_NONE\x10\x01\x12\x15\n\x11USAGE_TYPE_VOLUME\x10\x02\x12\x13\n\x0fUSAGE_TYPE_CEPH\x10\x03\x12\x14\n\x10USAGE_TYPE_ISCSI\x10\x04\x12\x12\n\x0eUSAGE_TYPE_TLS\x10\x05\x12\x13\n\x0fUSAGE_TYPE_VTPM\x10\x06*\x80\x01\n\x12LifecycleEventType\x12$\n LIFECYCLE_EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1cLIFECYCLE_EVENT_TYPE_DEFINED\x10\x01\x12\"\n\x1eLIFECYCLE_EVENT_TYPE_UNDEFINED\x10\x02\x32\x8a\x08\n\rSecretService\x12z\n\x0bListSecrets\x12&.virtmesh.secret.v1.ListSecretsRequest\x1a\'.virtmesh.secret.v1.ListSecretsResponse\"\x1a\xea\xe0\x18\x16\x63onnect:search_secrets\x12{\n\tGetSecret\x12$.virtmesh.secret.v1.GetSecretRequest\x1a%.virtmesh.secret.v1.GetSecretResponse\"!\xea\xe0\x18\x0esecret:getattr\xea\xe0\x18\x0bsecret:read\x12r\n\x0cGetSecretXML\x12\'.virtmesh.secret.v1.GetSecretXMLRequest\x1a(.virtmesh.secret.v1.GetSecretXMLResponse\"\x0f\xea\xe0\x18\x0bsecret:read\x12\x82\x01\n\x0c\x44\x65\x66ineSecret\x12\'.virtmesh.secret.v1.DefineSecretRequest\x1a(.virtmesh.secret.v1.DefineSecretResponse\"\x1f\xea\xe0\x18\x0csecret:write\xea\xe0\x18\x0bsecret:save\x12y\n\x0eSetSecretValue\x12).virtmesh.secret.v1.SetSecretValueRequest\x1a*.virtmesh.secret.v1.SetSecretValueResponse\"\x10\xea\xe0\x18\x0csecret:write\x12\x7f\n\x0eGetSecretValue\x12).virtmesh.secret.v1.GetSecretValueRequest\x1a*.virtmesh.secret.v1.GetSecretValueResponse\"\x16\xea\xe0\x18\x12secret:read_secure\x12z\n\x0eUndefineSecret\x12).virtmesh.secret.v1.UndefineSecretRequest\x1a*.virtmesh.secret.v1.UndefineSecretResponse\"\x11\xea\xe0\x18\rsecret:delete\x12\x8e\x01\n\x11WatchSecretEvents\x12,.virtmesh.secret.v1.WatchSecretEventsRequest\x1a-.virtmesh.secret.v1.WatchSecretEventsResponse\"\x1a\xea\xe0\x18\x16\x63onnect:search_secrets0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'virtmesh.secret.v1.secret_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_DEFINESECRETREQUEST'].fields_by_name['validate']._loaded_options = None
+  _globals['_DEFINESECRETREQUEST'].fields_by_name['validate']._serialized_options = b'\030\001'
   _globals['_SECRETSERVICE'].methods_by_name['ListSecrets']._loaded_options = None
   _globals['_SECRETSERVICE'].methods_by_name['ListSecrets']._serialized_options = b'\352\340\030\026connect:search_secrets'
   _globals['_SECRETSERVICE'].methods_by_name['GetSecret']._loaded_options = None
@@ -49,10 +51,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SECRETSERVICE'].methods_by_name['UndefineSecret']._serialized_options = b'\352\340\030\rsecret:delete'
   _globals['_SECRETSERVICE'].methods_by_name['WatchSecretEvents']._loaded_options = None
   _globals['_SECRETSERVICE'].methods_by_name['WatchSecretEvents']._serialized_options = b'\352\340\030\026connect:search_secrets'
-  _globals['_USAGETYPE']._serialized_start=1562
-  _globals['_USAGETYPE']._serialized_end=1729
-  _globals['_LIFECYCLEEVENTTYPE']._serialized_start=1732
-  _globals['_LIFECYCLEEVENTTYPE']._serialized_end=1860
+  _globals['_USAGETYPE']._serialized_start=1566
+  _globals['_USAGETYPE']._serialized_end=1733
+  _globals['_LIFECYCLEEVENTTYPE']._serialized_start=1736
+  _globals['_LIFECYCLEEVENTTYPE']._serialized_end=1864
   _globals['_USAGE']._serialized_start=123
   _globals['_USAGE']._serialized_end=187
   _globals['_SECRET']._serialized_start=189
@@ -70,29 +72,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSECRETXMLRESPONSE']._serialized_start=783
   _globals['_GETSECRETXMLRESPONSE']._serialized_end=818
   _globals['_DEFINESECRETREQUEST']._serialized_start=820
-  _globals['_DEFINESECRETREQUEST']._serialized_end=872
-  _globals['_DEFINESECRETRESPONSE']._serialized_start=874
-  _globals['_DEFINESECRETRESPONSE']._serialized_end=940
-  _globals['_SETSECRETVALUEREQUEST']._serialized_start=942
-  _globals['_SETSECRETVALUEREQUEST']._serialized_end=994
-  _globals['_SETSECRETVALUERESPONSE']._serialized_start=996
-  _globals['_SETSECRETVALUERESPONSE']._serialized_end=1020
-  _globals['_GETSECRETVALUEREQUEST']._serialized_start=1022
-  _globals['_GETSECRETVALUEREQUEST']._serialized_end=1059
-  _globals['_GETSECRETVALUERESPONSE']._serialized_start=1061
-  _globals['_GETSECRETVALUERESPONSE']._serialized_end=1100
-  _globals['_UNDEFINESECRETREQUEST']._serialized_start=1102
-  _globals['_UNDEFINESECRETREQUEST']._serialized_end=1139
-  _globals['_UNDEFINESECRETRESPONSE']._serialized_start=1141
-  _globals['_UNDEFINESECRETRESPONSE']._serialized_end=1165
-  _globals['_WATCHSECRETEVENTSREQUEST']._serialized_start=1167
-  _globals['_WATCHSECRETEVENTSREQUEST']._serialized_end=1208
-  _globals['_LIFECYCLEEVENT']._serialized_start=1210
-  _globals['_LIFECYCLEEVENT']._serialized_end=1280
-  _globals['_VALUECHANGEDEVENT']._serialized_start=1282
-  _globals['_VALUECHANGEDEVENT']._serialized_end=1301
-  _globals['_WATCHSECRETEVENTSRESPONSE']._serialized_start=1304
-  _globals['_WATCHSECRETEVENTSRESPONSE']._serialized_end=1559
-  _globals['_SECRETSERVICE']._serialized_start=1863
-  _globals['_SECRETSERVICE']._serialized_end=2897
+  _globals['_DEFINESECRETREQUEST']._serialized_end=876
+  _globals['_DEFINESECRETRESPONSE']._serialized_start=878
+  _globals['_DEFINESECRETRESPONSE']._serialized_end=944
+  _globals['_SETSECRETVALUEREQUEST']._serialized_start=946
+  _globals['_SETSECRETVALUEREQUEST']._serialized_end=998
+  _globals['_SETSECRETVALUERESPONSE']._serialized_start=1000
+  _globals['_SETSECRETVALUERESPONSE']._serialized_end=1024
+  _globals['_GETSECRETVALUEREQUEST']._serialized_start=1026
+  _globals['_GETSECRETVALUEREQUEST']._serialized_end=1063
+  _globals['_GETSECRETVALUERESPONSE']._serialized_start=1065
+  _globals['_GETSECRETVALUERESPONSE']._serialized_end=1104
+  _globals['_UNDEFINESECRETREQUEST']._serialized_start=1106
+  _globals['_UNDEFINESECRETREQUEST']._serialized_end=1143
+  _globals['_UNDEFINESECRETRESPONSE']._serialized_start=1145
+  _globals['_UNDEFINESECRETRESPONSE']._serialized_end=1169
+  _globals['_WATCHSECRETEVENTSREQUEST']._serialized_start=1171
+  _globals['_WATCHSECRETEVENTSREQUEST']._serialized_end=1212
+  _globals['_LIFECYCLEEVENT']._serialized_start=1214
+  _globals['_LIFECYCLEEVENT']._serialized_end=1284
+  _globals['_VALUECHANGEDEVENT']._serialized_start=1286
+  _globals['_VALUECHANGEDEVENT']._serialized_end=1305
+  _globals['_WATCHSECRETEVENTSRESPONSE']._serialized_start=1308
+  _globals['_WATCHSECRETEVENTSRESPONSE']._serialized_end=1563
+  _globals['_SECRETSERVICE']._serialized_start=1867
+  _globals['_SECRETSERVICE']._serialized_end=2901
 # @@protoc_insertion_point(module_scope)

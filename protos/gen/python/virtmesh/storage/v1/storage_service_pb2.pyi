@@ -18,6 +18,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _StoragePoolState:
@@ -359,8 +364,20 @@ class DefineStoragePoolRequest(_message.Message):
     VALIDATE_FIELD_NUMBER: _builtins.int
     xml: _builtins.str
     """<pool> XML."""
-    validate: _builtins.bool
-    """Validate the XML against libvirt's schema first."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def validate(self) -> _builtins.bool:
+        """Ignored: every document is validated against libvirt's schema (and its
+        size, depth and counts bounded) before libvirt parses it.
+        """
+
+    @validate.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def validate(self, value: _builtins.bool) -> None:
+        """Ignored: every document is validated against libvirt's schema (and its
+        size, depth and counts bounded) before libvirt parses it.
+        """
+
     def __init__(
         self,
         *,
@@ -984,8 +1001,20 @@ class CreateStorageVolumeRequest(_message.Message):
     """<volume> XML."""
     prealloc_metadata: _builtins.bool
     """Preallocate only metadata (qcow2), not the data."""
-    validate: _builtins.bool
-    """Validate the XML against libvirt's schema first."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def validate(self) -> _builtins.bool:
+        """Ignored: every document is validated against libvirt's schema (and its
+        size, depth and counts bounded) before libvirt parses it.
+        """
+
+    @validate.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def validate(self, value: _builtins.bool) -> None:
+        """Ignored: every document is validated against libvirt's schema (and its
+        size, depth and counts bounded) before libvirt parses it.
+        """
+
     def __init__(
         self,
         *,
