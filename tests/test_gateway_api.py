@@ -333,6 +333,27 @@ def test_search_pages_and_refuses_bad_input(api: pb_grpc.GatewayServiceStub) -> 
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (request, error)
 
 
+def test_malformed_requests_are_invalid_argument(mesh: ApiMesh) -> None:
+    """Bytes that do not decode, invalid UTF-8 and a NUL in a string field: the
+    gateway's own API answers INVALID_ARGUMENT (grpc.aio alone says UNKNOWN), and so
+    does a service behind it for a proxied call."""
+    payloads = {"truncated": b"\x0a\x7f", "invalid UTF-8": b"\x0a\x02\xff\xfe",
+                "NUL": b"\x0a\x03a\x00b"}
+    paths = ["/virtmesh.gateway.v1.GatewayService/Search",
+             "/virtmesh.compute.v1.ComputeService/GetDomain"]
+    with mesh.channel() as channel:
+        for path in paths:
+            for case, payload in payloads.items():
+                with pytest.raises(grpc.RpcError) as caught:
+                    raw: Any = channel.unary_unary(path)  # bytes as they are
+                    raw(payload, timeout=30)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, \
+                    (path, case, caught.value.details())
+        # and the gateway serves on
+        api = pb_grpc.GatewayServiceStub(channel)
+        assert api.Search(pb.SearchRequest(pattern="web-*"), timeout=30).results
+
+
 # -- who may see what -------------------------------------------------------------------
 
 

@@ -95,3 +95,30 @@ def test_unfit_request_ids_are_replaced() -> None:
         replaced = request_id_from([(REQUEST_ID_KEY, unfit)])
         assert re.fullmatch(r"[0-9a-f]{32}", replaced), unfit
     assert request_id_from(None) != request_id_from(None)
+
+
+FORGED = "2026-01-01 00:00:00,000 compute[1] INFO virtmesh.rpc: FORGED"
+
+
+def test_names_cannot_forge_log_lines(logging_mesh: tuple[Mesh, str]) -> None:
+    """A name is the caller's text: its newlines, line separators and other control
+    characters are escaped, so every line of every log is one record of ours."""
+    mesh, log_format = logging_mesh
+    names = [f"ghost\n{FORGED}", f"ghost\r{FORGED}", f"ghost\u2028{FORGED}",
+             f"ghost\x1b[2K\x85{FORGED}"]
+    with mesh.channel() as channel:
+        stub = pb_grpc.ComputeServiceStub(channel)
+        for name in names:
+            with pytest.raises(grpc.RpcError) as caught:  # libvirt's message quotes it
+                stub.GetSnapshot(pb.GetSnapshotRequest(name="alpha", snapshot=name),
+                                 timeout=10, metadata=((REQUEST_ID_KEY, "forgery"),))
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    logged = calls_logged(mesh.compute, log_format, "forgery")
+    assert len(logged) == len(names)
+    for process in (mesh.gateway, mesh.compute):
+        text = process.log()
+        assert "FORGED" in text  # the names were logged, escaped
+        for line in text.split("\n"):
+            assert not line.startswith(FORGED[:10]) and not re.search(r"[\r\x1b\x85\u2028]", line)
+            if log_format == "json" and line:
+                assert line.startswith("{") and json.loads(line), line

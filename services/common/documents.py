@@ -137,10 +137,13 @@ def check(xml: str, field: str = "xml", root: str | None = None,
     if not xml:
         raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{field} is required",
                            "MISSING_FIELD")
-    data = xml.encode("utf-8", "surrogatepass")
-    if len(data) > limits.max_bytes:
-        raise _invalid(field, f"the document has {len(data)} bytes, more than the "
-                       f"{limits.max_bytes} libvirt accepts", "DOCUMENT_TOO_LARGE")
+    # a character is at least a byte: a document refused by length is not copied
+    data = b"" if len(xml) > limits.max_bytes else xml.encode("utf-8", "surrogatepass")
+    if len(xml) > limits.max_bytes or len(data) > limits.max_bytes:
+        size = len(data) or len(xml)
+        raise _invalid(field, f"the document has {'at least ' if not data else ''}{size} "
+                       f"bytes, more than the {limits.max_bytes} libvirt accepts",
+                       "DOCUMENT_TOO_LARGE")
     if b"\x00" in data:
         raise _invalid(field, "the document holds a NUL character")
     reader = _Reader(field, limits)
