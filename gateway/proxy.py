@@ -217,6 +217,11 @@ class CallGuard:
         self.denied = ""
         self.started = time.perf_counter()
         self._recorded = False
+        # Read now, while the call is alive: end() may run after grpc.aio has released
+        # the call (see stream_response), where peer() is a SIGSEGV, and in the
+        # context of whatever task the garbage collector closed the stream in.
+        self.peer = context.peer()
+        self.request_id = logs.request_id.get()
 
     @contextlib.asynccontextmanager
     async def recorded(self) -> AsyncIterator[None]:
@@ -276,8 +281,9 @@ class CallGuard:
                     or isinstance(error, (GeneratorExit, asyncio.CancelledError))
                     else grpc.StatusCode.UNKNOWN if error is not None else grpc.StatusCode.OK)
         objects = addressed_objects(self.method, self.request) if self.request else ()
+        logs.request_id.set(self.request_id)  # the record names this call's request id
         self.access.audit.record(method=self.path, identity=self.identity,
-                                 peer=self.context.peer(), objects=objects, code=code,
+                                 peer=self.peer, objects=objects, code=code,
                                  duration=time.perf_counter() - self.started,
                                  denied_permission=self.denied)
 
@@ -353,15 +359,22 @@ class ProxyHandler(grpc.GenericRpcHandler):
 
         async def stream_response(request: Any, context: grpc.aio.ServicerContext
                                   ) -> AsyncIterator[bytes]:
+            """When the client cancels while grpc.aio writes a response, the server drops
+            this generator and releases the call; the garbage collector closes the
+            generator later. So what runs on closing touches no part of the call, and
+            closes the forwarder first: the backend's call is cancelled before the
+            audit record is written and the caller's limit slot is freed."""
             guard = CallGuard(access, method, route.path, context)
             async with guard.recorded():
                 identity = guard.authenticate()
                 async with guard.limited(identity):
                     decision, request = await admit(guard, identity, request)
-                    async for response in forward(request, context, identity):
-                        kept = filtered(decision, response)
-                        if kept is not None:
-                            yield kept
+                    async with contextlib.aclosing(forward(request, context, identity)
+                                                   ) as responses:
+                        async for response in responses:
+                            kept = filtered(decision, response)
+                            if kept is not None:
+                                yield kept
 
         return stream_response
 

@@ -15,6 +15,7 @@ They must be outermost, so that they see the status the call really ends with.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import threading
@@ -236,10 +237,11 @@ def _observe_aio(method: str, handler: grpc.RpcMethodHandler, behavior: AioBehav
                 result = behavior(request, context)
                 if inspect.isawaitable(result):  # a handler that writes with context.write
                     await result
-                else:
-                    async for response in result:
-                        call.metrics.sent()
-                        yield response
+                else:  # closed with this one, not later by the garbage collector
+                    async with contextlib.aclosing(result) as responses:
+                        async for response in responses:
+                            call.metrics.sent()
+                            yield response
             except BaseException as error:
                 end(call, context, error)
                 raise
@@ -333,8 +335,9 @@ class AioCheckInterceptor(grpc.aio.ServerInterceptor):
                                  ) -> AsyncIterator[Any]:
                     if isinstance(request, Malformed):
                         await refuse(request, context)
-                    async for response in behavior(request, context):
-                        yield response
+                    async with contextlib.aclosing(behavior(request, context)) as responses:
+                        async for response in responses:
+                            yield response
 
                 return stream
 
