@@ -135,7 +135,19 @@ def test_unexpected_exception_is_internal() -> None:
     ("SYSTEM_ERROR", "failed to remove pool '/p': Directory not empty",
      grpc.StatusCode.FAILED_PRECONDITION),
     ("SYSTEM_ERROR", "cannot open directory '/p': No such file or directory",
+     grpc.StatusCode.FAILED_PRECONDITION),
+    ("SYSTEM_ERROR", "cannot open directory '/p': Input/output error",
      grpc.StatusCode.INTERNAL),
+    # found by the fuzz run: values of the caller's document the kernel or QEMU refuse
+    ("SYSTEM_ERROR", "Cannot set interface MTU on 'vmf1': Invalid argument",
+     grpc.StatusCode.INVALID_ARGUMENT),
+    ("SYSTEM_ERROR", "error creating bridge interface vmf99999999999999999: Numerical "
+     "result out of range", grpc.StatusCode.INVALID_ARGUMENT),
+    ("INTERNAL_ERROR", "internal error: process exited while connecting to monitor: "
+     "qemu-system-x86_64: Max. supported number of ISA serial ports is 4.",
+     grpc.StatusCode.FAILED_PRECONDITION),
+    ("INTERNAL_ERROR", "internal error: qemu unexpectedly closed the monitor: ...",
+     grpc.StatusCode.FAILED_PRECONDITION),
 ])
 def test_storage_refinements(code: str, message: str, expected: grpc.StatusCode) -> None:
     assert grpc_code_for(getattr(libvirt, f"VIR_ERR_{code}"), message) is expected
@@ -257,3 +269,12 @@ def test_real_test_driver_errors_get_precise_codes() -> None:
                 is expected, error.get_error_message()
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("domain, expected", [
+    (libvirt.VIR_FROM_RPC, grpc.StatusCode.UNAVAILABLE),  # our side lost the daemon
+    (libvirt.VIR_FROM_STORAGE, grpc.StatusCode.INTERNAL),  # the daemon's own failure
+])
+def test_lost_daemon_mid_call_is_unavailable(domain: int, expected: grpc.StatusCode) -> None:
+    message = "Cannot recv data: Connection reset by peer"
+    assert grpc_code_for(libvirt.VIR_ERR_SYSTEM_ERROR, message, domain) is expected

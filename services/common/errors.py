@@ -127,6 +127,21 @@ _REFINEMENTS: tuple[tuple[int, str, grpc.StatusCode], ...] = (
     (libvirt.VIR_ERR_OPERATION_INVALID, "already exists", _C.ALREADY_EXISTS),
     # storage: deleting a dir pool whose directory still holds files
     (libvirt.VIR_ERR_SYSTEM_ERROR, "Directory not empty", _C.FAILED_PRECONDITION),
+    # a path the caller's document names is not there: "cannot open directory '/p': No
+    # such file or directory" (a dir pool started before its directory was built)
+    (libvirt.VIR_ERR_SYSTEM_ERROR, "No such file or directory", _C.FAILED_PRECONDITION),
+    # the kernel refusing a value of the caller's document (EINVAL, ERANGE): "Cannot set
+    # interface MTU on 'b': Invalid argument", "error creating bridge interface
+    # <17 characters>: Numerical result out of range"
+    (libvirt.VIR_ERR_SYSTEM_ERROR, ": Invalid argument", _C.INVALID_ARGUMENT),
+    (libvirt.VIR_ERR_SYSTEM_ERROR, ": Numerical result out of range", _C.INVALID_ARGUMENT),
+    # QEMU refusing a configuration at start: "qemu unexpectedly closed the monitor: ...
+    # Max. supported number of ISA serial ports is 4." (or, earlier in its start,
+    # "process exited while connecting to monitor: ...")
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "qemu unexpectedly closed the monitor",
+     _C.FAILED_PRECONDITION),
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "process exited while connecting to monitor",
+     _C.FAILED_PRECONDITION),
     # network: "bridge name 'virbr9' already in use."; a subnet a host interface has
     # (start): "Network is already in use by interface eth0"
     (libvirt.VIR_ERR_INTERNAL_ERROR, "' already in use", _C.ALREADY_EXISTS),
@@ -165,7 +180,12 @@ _REFINEMENTS: tuple[tuple[int, str, grpc.StatusCode], ...] = (
 )
 
 
-def grpc_code_for(libvirt_code: int, message: str = "") -> grpc.StatusCode:
+def grpc_code_for(libvirt_code: int, message: str = "",
+                  libvirt_domain: int = 0) -> grpc.StatusCode:
+    if libvirt_domain == libvirt.VIR_FROM_RPC and libvirt_code == libvirt.VIR_ERR_SYSTEM_ERROR:
+        # the client side of libvirt's RPC lost its daemon mid-call: "Cannot recv data:
+        # Connection reset by peer", "Cannot write data: Broken pipe"
+        return _C.UNAVAILABLE
     for code, fragment, refined in _REFINEMENTS:
         if libvirt_code == code and fragment in message:
             return refined
@@ -203,6 +223,7 @@ def _libvirt_status(error: libvirt.libvirtError,
     table unless ``code_override`` says better."""
     code = error.get_error_code() or libvirt.VIR_ERR_INTERNAL_ERROR
     message = str(error) or error.get_error_message() or "libvirt error"
-    metadata = {"libvirt_code": str(code), "libvirt_domain": str(error.get_error_domain())}
-    return _status(code_override or grpc_code_for(code, message), message,
+    domain = error.get_error_domain() or 0
+    metadata = {"libvirt_code": str(code), "libvirt_domain": str(domain)}
+    return _status(code_override or grpc_code_for(code, message, domain), message,
                    libvirt_code_name(code), ERROR_DOMAIN, metadata)
