@@ -20,8 +20,10 @@ the gateway lists what runs behind it without knowing any service's own API.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import datetime
+import functools
 import logging
 import os
 import signal
@@ -55,6 +57,8 @@ from services.common.logs import setup_logging
 from services.common.version import VERSION
 
 log = logging.getLogger(__name__)
+#: mallopt(3)'s M_ARENA_MAX
+_M_ARENA_MAX = -8
 
 #: response headers of every health Check: which service, its version, when it started
 SERVICE_KEY = "x-virtmesh-service"
@@ -124,6 +128,8 @@ class _Health(health.HealthServicer):
 
     def __init__(self, name: str) -> None:
         super().__init__()
+        self._watch_enders: set[Callable[[], None]] = set()
+        self._watches_ended = False
         started = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
         self.headers = ((SERVICE_KEY, name), (VERSION_KEY, VERSION),
                         (STARTED_KEY, started.replace("+00:00", "Z")))
@@ -132,6 +138,60 @@ class _Health(health.HealthServicer):
               context: grpc.ServicerContext) -> health_pb2.HealthCheckResponse:
         context.send_initial_metadata(self.headers)
         return super().Check(request, context)
+
+    def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext,
+              send_response_callback: Callable[[Any], None] | None = None) -> Any:
+        """grpc's Watch, whose streams end_watches() can end: a Watch is a call in flight
+        that never finishes by itself, so it would hold every stop for the whole grace.
+
+        Behind our interceptors the handler is a blocking one (they do not keep grpc's
+        non-blocking mark), and the base class returns an iterator: closing it ends the
+        stream. Without them it gets ``send_response_callback``: None ends the stream."""
+        ended = threading.Event()
+        guard = threading.Lock()
+
+        def send(response: Any) -> None:
+            with guard:  # the status goes out once: ours, or the base class's on close
+                if ended.is_set():
+                    return
+                if response is None:
+                    ended.set()
+                assert send_response_callback is not None
+                send_response_callback(response)
+
+        if send_response_callback is None:
+            stream = super().Watch(request, context)
+            close: Callable[[], None] = stream.close
+        else:
+            stream = super().Watch(request, context, send)
+            close = functools.partial(send, None)
+
+        def end() -> None:
+            context.set_code(grpc.StatusCode.UNAVAILABLE)
+            context.set_details("the service is shutting down")
+            close()
+
+        with self._lock:
+            late = self._watches_ended  # end_watches() has run: this one ends at once
+            if not late:
+                self._watch_enders.add(end)
+        context.add_callback(lambda: self._forget(end))
+        if late:
+            end()
+        return stream
+
+    def _forget(self, end: Callable[[], None]) -> None:
+        with self._lock:
+            self._watch_enders.discard(end)
+
+    def end_watches(self) -> None:
+        """End every Watch stream with UNAVAILABLE (after enter_graceful_shutdown, so
+        each has been told NOT_SERVING first)."""
+        with self._lock:
+            self._watches_ended = True
+            enders, self._watch_enders = self._watch_enders, set()
+        for end in enders:
+            end()
 
 
 class Daemon:
@@ -275,7 +335,8 @@ class Daemon:
             if self._stopping.is_set():
                 return
             self._stopping.set()
-        self.health.enter_graceful_shutdown()
+        self.health.enter_graceful_shutdown()  # NOT_SERVING, to Check and to watchers
+        self.health.end_watches()
         close = getattr(self.servicer, "close", None)
         if close is not None:  # a servicer may end its long-lived streams first
             close()
@@ -283,6 +344,9 @@ class Daemon:
                    for server in (self.server, self.read_only_server) if server is not None]
         for event in stopped:
             event.wait()
+        stopped_hook = getattr(self.servicer, "stopped", None)
+        if stopped_hook is not None:  # no call is left: helpers of the servicer may go
+            stopped_hook()
         if self.spec.on_exit and self.connection.connected:
             try:
                 self.spec.on_exit(self.servicer, self.config)
@@ -303,8 +367,18 @@ class Daemon:
         self._stopped.wait()
 
 
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Few malloc arenas for the threads started after this: glibc gives each of up to
+    8 x cores threads an arena of its own, and every arena keeps what one large request
+    (a 10 MB document is refused, but first received and decoded) once needed, so a
+    burst of them would pin tens of MiB per worker thread."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas)
+
+
 def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
     """Entry point of a service process: run until SIGTERM or SIGINT."""
+    limit_malloc_arenas()
     try:
         config = config_module.load(spec.name, spec.default_uri, argv)
     except ConfigError as error:
