@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +18,7 @@ import grpc
 import pytest
 
 from services.storage import SPEC
-from tests.conftest import running_service
+from tests.conftest import ROOT, running_service
 from tests.test_storage_service import SYSTEM, pool_xml, remove_host_pool, unique, volume_xml
 from virtmesh.storage.v1 import storage_service_pb2 as pb
 from virtmesh.storage.v1 import storage_service_pb2_grpc as pb_grpc
@@ -171,3 +175,50 @@ def test_failed_download_leaves_no_file(tmp_path: Path,
                      "no-such-volume", str(target)])
     assert code == 1 and "NOT_FOUND" in capsys.readouterr().err
     assert not target.exists() and not (tmp_path / "out.img.part").exists()
+
+
+def test_ctrl_c_ends_a_download_at_once(tmp_path: Path, host_libvirtd: None) -> None:
+    """Ctrl-C pressed one to three times, at random moments, in the middle of a 4 GiB
+    download (ten rounds): each time the process ends by itself, interrupted (status
+    130, not killed by the signal), and leaves no file that looks whole; after a single
+    Ctrl-C the partial file is gone too. A second Ctrl-C used to land in the middle of
+    the first one's unwinding."""
+    rng = random.Random()
+    pool, target = unique(), tmp_path / "out.img"
+    partial = tmp_path / "out.img.part"
+    with running_service(tmp_path / "state", SYSTEM, spec=SPEC, grace_period=0.5) as daemon:
+        stub = pb_grpc.StorageServiceStub(grpc.insecure_channel(f"unix:{daemon.socket_path}"))
+        try:
+            stub.DefineStoragePool(pb.DefineStoragePoolRequest(
+                xml=pool_xml(pool, tmp_path / "pool")))
+            stub.BuildStoragePool(pb.BuildStoragePoolRequest(name=pool))
+            stub.StartStoragePool(pb.StartStoragePoolRequest(name=pool))
+            stub.CreateStorageVolume(pb.CreateStorageVolumeRequest(
+                pool=pool, xml=volume_xml("big.img", 4, "GiB")))
+            for round_ in range(10):
+                presses = rng.randint(1, 3)
+                cli = subprocess.Popen(
+                    [sys.executable, "-m", "virtmesh_client", "--socket",
+                     str(daemon.socket_path), "vol-download", pool, "big.img", str(target)],
+                    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                deadline = time.monotonic() + 30
+                while not (partial.exists() and partial.stat().st_size > 0):
+                    assert cli.poll() is None and time.monotonic() < deadline, cli.communicate()
+                    time.sleep(0.01)
+                time.sleep(rng.uniform(0, 0.2))
+                for _ in range(presses):
+                    cli.send_signal(signal.SIGINT)
+                    time.sleep(rng.uniform(0, 0.02))
+                try:
+                    cli.communicate(timeout=5)
+                except subprocess.TimeoutExpired:
+                    cli.kill()
+                    cli.communicate()
+                    pytest.fail(f"round {round_}: the CLI did not end after {presses} Ctrl-C")
+                assert cli.returncode == 130, f"round {round_}, {presses} Ctrl-C"
+                assert not target.exists()
+                if presses == 1:
+                    assert not partial.exists()
+                partial.unlink(missing_ok=True)
+        finally:
+            remove_host_pool(pool)

@@ -19,6 +19,7 @@ import json
 import os
 import pkgutil
 import queue
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -654,12 +655,58 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         return 1 if fleet.failed else 0
 
 
+@dataclasses.dataclass
+class _CtrlC:
+    """What Ctrl-C does to the command being run: watches (events, *-event) end with
+    it, status 0; anything else is interrupted, status 130."""
+
+    status: int = 130
+    pressed: bool = False
+
+
+_ctrl_c = _CtrlC()
+
+
+def _exit_now(status: int, flush: bool = True) -> None:
+    """End the process now. Only the main thread flushes: a stalled one may hold the
+    streams' locks, or be inside a flush itself."""
+    if flush:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+    os._exit(status)
+
+
+def _on_ctrl_c(_signum: int, _frame: object) -> None:
+    """The first Ctrl-C unwinds (calls cancelled, partial files removed); should that
+    stall in a thread grpc's core holds, one second or a second Ctrl-C ends it."""
+    if _ctrl_c.pressed:
+        _exit_now(_ctrl_c.status, flush=False)
+    _ctrl_c.pressed = True
+    watchdog = threading.Timer(1.0, _exit_now, (_ctrl_c.status, False))
+    watchdog.daemon = True
+    watchdog.start()
+    raise KeyboardInterrupt
+
+
+def command() -> None:
+    """The ``virtmesh`` program. After a Ctrl-C the process ends without the
+    interpreter's own teardown, where grpc can wait on the threads of calls being
+    cancelled: Ctrl-C always ends the CLI within a second."""
+    signal.signal(signal.SIGINT, _on_ctrl_c)
+    status = main()
+    if _ctrl_c.pressed:
+        _exit_now(status)
+    sys.exit(status)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit:  # argparse printed the usage or --help
         return exit.code if isinstance(exit.code, int) else 2
+    _ctrl_c.status = 0 if args.command == "events" or args.command.endswith("-event") else 130
     try:
         return _run(args, Output(args.json))
     except ClientError as error:
@@ -670,5 +717,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"virtmesh: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        # Ctrl-C is how a watch (events, net-event, ...) ends: not a failure.
-        return 0 if args.command == "events" or args.command.endswith("-event") else 130
+        return _ctrl_c.status

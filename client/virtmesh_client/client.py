@@ -212,14 +212,24 @@ class Client:
             return self.method(method, type(request))(request, timeout=self.timeout)
 
     def stream(self, method: str, request: Any, timeout: float | None = None) -> Iterator[Any]:
-        """Iterate a server-streaming RPC's responses."""
-        with rpc_errors():
-            yield from self.method(method, type(request))(request, timeout=timeout)
+        """Iterate a server-streaming RPC's responses; the call is cancelled as soon as
+        the iteration stops (a break, an error, Ctrl-C), not when it is collected."""
+        call = self.method(method, type(request))(request, timeout=timeout)
+        try:
+            with rpc_errors():
+                yield from call
+        finally:
+            call.cancel()
 
     def upload(self, method: str, requests: Iterator[Any], request_type: Any) -> Any:
-        """Make a client-streaming call from an iterator of requests."""
-        with rpc_errors():
-            return self.method(method, request_type)(requests, timeout=None)
+        """Make a client-streaming call from an iterator of requests; Ctrl-C (or any
+        exception) while it runs cancels it, which also stops grpc reading ``requests``."""
+        call = self.method(method, request_type).future(requests, timeout=None)
+        try:
+            with rpc_errors():
+                return call.result()
+        finally:
+            call.cancel()
 
     def all_pages(self, method: str, request: Any, field: str) -> list[Any]:
         """The items in ``field`` of every page of a List RPC, following next_page_token."""
