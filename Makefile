@@ -13,7 +13,7 @@ PY_STAMP := $(VENV)/.python-deps
 GUEST := $(STATE)/guest/vmlinuz $(STATE)/guest/initrd.img
 PYTEST_ARGS ?=
 
-.PHONY: help deps run test lint gen gen-check guest bench image clean
+.PHONY: help deps run test lint gen gen-check guest bench fuzz image clean
 
 help:
 	@echo "make run    install what is missing, build, and run the mesh (Ctrl-C stops it)"
@@ -21,6 +21,7 @@ help:
 	@echo "make lint   buf lint + format check, generated-code check, ruff, mypy"
 	@echo "make gen    regenerate Python code from protos/"
 	@echo "make bench  libvirtd vs compute service vs gateway, scrapes, volume streaming: figures"
+	@echo "make fuzz   COUNT mutated documents (default 20000, SEED=n) on every define path"
 	@echo "make image  build the container image from deploy/Containerfile (IMAGE=$(IMAGE))"
 
 # System packages: re-checked when the script changes (dpkg-query is quick anyway).
@@ -69,6 +70,13 @@ test: $(PY_STAMP) $(GUEST)
 	@$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
 	  if [ $$status = 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
 	  exit $$status
+
+# The fuzz run CI does (2,000 inputs, tests/test_hostile_input.py), as long as asked.
+COUNT ?= 20000
+SEED ?= $(shell date +%s)
+fuzz: $(PY_STAMP)
+	VIRTMESH_FUZZ_COUNT=$(COUNT) VIRTMESH_FUZZ_SEED=$(SEED) $(PY) -m pytest -q \
+	  tests/test_hostile_input.py -k fuzz
 
 bench: $(PY_STAMP)
 	$(PY) -m bench.bench --out bench-results.json

@@ -117,6 +117,10 @@ def test_bad_input(virtmesh: Run, tmp_path: Path) -> None:
     code, _, err = virtmesh("nodedev-create", str(xml))
     assert code == 1 and "INVALID_ARGUMENT" in err and len(err.splitlines()) == 1
     code, _, err = virtmesh("nodedev-define", str(xml))
+    assert code == 1 and "INVALID_ARGUMENT" in err  # checked before libvirt sees it
+    xml.write_text("<device><name>mdev_x</name><parent>computer</parent>"
+                   "<capability type='mdev'><type id='nvidia-11'/></capability></device>")
+    code, _, err = virtmesh("nodedev-define", str(xml))
     assert code == 1 and "UNIMPLEMENTED" in err  # the test driver cannot define devices
     code, _, err = virtmesh("nodedev-destroy", "nope")
     assert code == 1 and "NOT_FOUND" in err

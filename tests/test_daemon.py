@@ -344,12 +344,13 @@ def test_reconnect_to_real_libvirtd(tmp_path: Path) -> None:
         # 2. libvirtd comes: SERVING, and the service sees libvirtd's test driver state
         with private_libvirtd(root, daemon_log) as libvirtd:
             wait_status(sock, SERVING, 10, proc, log)
-            fds_first = fd_count(proc)
             domains = stub.ListDomains(pb.ListDomainsRequest(), timeout=10).domains
             assert [d.name for d in domains] == ["test"]
             stream = subscribed(stub)
             stub.DefineDomain(pb.DefineDomainRequest(xml=domain_xml("first")), timeout=10)
             assert next_defined(stream, "first").lifecycle.detail
+            # counted once the first define has started the parse sandbox (two pipes)
+            fds_first = fd_count(proc)
 
             # 3. libvirtd dies hard: NOT_SERVING, the open stream ends with UNAVAILABLE
             os.killpg(libvirtd.pid, signal.SIGKILL)
