@@ -259,7 +259,8 @@ def test_bad_input_gets_precise_status_and_leaves_nothing(stub: Stub, pool: tupl
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS  # the directory is taken
     error = error_of(stub.CreateStoragePool, pb.CreateStoragePoolRequest(
         xml=pool_xml(other, tmp_path / "never-built")))
-    assert error.code() == grpc.StatusCode.INTERNAL  # cannot start: nothing is left
+    # cannot start: the directory was never built (a precondition), and nothing is left
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert pool_names(stub) == before
 
     error = error_of(stub.GetStoragePool, pb.GetStoragePoolRequest(name=unique("nope")))
