@@ -521,7 +521,7 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes) -> dict[str, Any]
     ensure_dev_pki(state / "pki")
     port = free_port()
     # Start everything first, then wait: the three start-ups overlap.
-    compute = procs.start("compute", [python, "-m", "services.compute", "--uri",
+    compute = procs.start("compute", [python, "-m", "services", "compute", "--uri",
                                       "test:///default", "--state-dir", str(state)])
     gateway = procs.start("gateway", [python, "-m", "gateway", "--state-dir", str(state),
                                       "--listen", f"127.0.0.1:{port}"])

@@ -54,7 +54,7 @@ def storage_service(state: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]
     log = state / "storage.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.storage", "--state-dir", str(state),
+            [sys.executable, "-m", "services", "storage", "--state-dir", str(state),
              "--uri", "storage:///system", "--log-level", "WARNING"],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     target = f"unix:{state / 'run' / 'storage.sock'}"

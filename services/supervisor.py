@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import ctypes
 import dataclasses
-import importlib
 import json
 import os
 import signal
@@ -41,9 +40,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.authn import ensure_dev_identities
 from guest import example
+from services.common import registry
 from services.common.host_daemon import HostDaemon, HostDaemonError
 
-SERVICES = ("compute", "secret", "storage", "network", "nwfilter", "nodedev", "iface")
+#: the driver services, in metrics-port order (services/common/registry.py)
+SERVICES = registry.names()
 METRICS_HOST = "127.0.0.1"
 METRICS_BASE_PORT = 9650
 TARGETS_FILE = "targets.json"
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     python = sys.executable
     common = ["--state-dir", str(state)]
     services = [
-        Child(name, [python, "-m", f"services.{name}", *common,
+        Child(name, [python, "-m", "services", name, *common,
                      "--guests-on-exit", "keep" if args.keep_guests else "shutdown",
                      "--shutdown-timeout", str(args.shutdown_timeout),
                      "--metrics-listen", metrics[name]],
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = state / TARGETS_FILE
     host = HostDaemon()
     try:
-        if any(not _embedded(name) for name in SERVICES):
+        if registry.host_daemon_drivers():
             host.ensure()
         return _run(args, state, pki, services, gateway, metrics, targets, stopping)
     except HostDaemonError as error:
@@ -233,11 +234,6 @@ def main(argv: list[str] | None = None) -> int:
         targets.unlink(missing_ok=True)
         host.stop()
 
-
-def _embedded(name: str) -> bool:
-    """Whether the service runs its libvirt driver in-process (no host daemon needed)."""
-    spec = importlib.import_module(f"services.{name}").SPEC
-    return "/embed?" in spec.default_uri or spec.default_uri.startswith("test:")
 
 
 def _run(args: argparse.Namespace, state: Path, pki: Path, services: list[Child],

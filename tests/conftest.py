@@ -155,7 +155,7 @@ class Process:
 
 
 def service_process(state_dir: Path, name: str, *args: str) -> Process:
-    return Process([sys.executable, "-m", f"services.{name}", "--state-dir", str(state_dir),
+    return Process([sys.executable, "-m", "services", name, "--state-dir", str(state_dir),
                     *args], state_dir / "log" / f"{name}.log")
 
 

@@ -176,8 +176,9 @@ def service_pids(state_dir: Path, service: str = "") -> list[int]:
     for proc in Path("/proc").iterdir():
         with contextlib.suppress(OSError):
             argv = (proc / "cmdline").read_bytes().split(b"\0")
-            if str(state_dir).encode() in argv and any(
-                    arg.startswith(f"services.{service}".encode()) for arg in argv):
+            at = argv.index(b"services") if b"services" in argv else -1
+            if str(state_dir).encode() in argv and at > 0 and (
+                    not service or argv[at + 1] == service.encode()):
                 pids.append(int(proc.name))
     return pids
 
@@ -223,7 +224,7 @@ def activations(url: str) -> float:
 
 
 def spawn_command(state_dir: Path, idle_timeout: int) -> str:
-    return (f"{sys.executable} -m services.{{service}} --state-dir {state_dir} "
+    return (f"{sys.executable} -m services {{service}} --state-dir {state_dir} "
             f"--uri {empty_node(state_dir)} --idle-timeout {idle_timeout}")
 
 
@@ -290,7 +291,7 @@ def test_every_service_is_started_by_its_first_call() -> None:
     services = proxied_services()
     assert {driver_of(service.full_name) for service in services} == set(SERVICES)
     with short_state_dir() as state:
-        command = (f"{sys.executable} -m services.{{service}} --state-dir {state} "
+        command = (f"{sys.executable} -m services {{service}} --state-dir {state} "
                    "--idle-timeout 60")
         with on_demand_gateway(state, command, "--activation-timeout", "120") as (mesh, _), \
                 mesh.channel() as channel:

@@ -21,6 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
+from services.common import registry
 from services.supervisor import SERVICES, metrics_addresses, write_targets
 from tests.conftest import ROOT
 
@@ -260,6 +261,5 @@ def test_host_libvirt_alert_watches_the_services_that_use_the_host_daemon() -> N
     embed (their default URI is the host daemon's), so a new one is not missed."""
     match = re.search(r'service=~"([^"]+)"', alert_expressions()["VirtmeshHostLibvirtDown"])
     assert match, "VirtmeshHostLibvirtDown does not select services by name"
-    host_daemon = {name for name in SERVICES
-                   if "/embed?" not in importlib.import_module(f"services.{name}").SPEC.default_uri}
+    host_daemon = {spec.name for spec in registry.specs() if not spec.embedded}
     assert set(match[1].split("|")) == host_daemon

@@ -60,7 +60,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = state / "compute.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.compute", "--uri", "test:///default",
+            [sys.executable, "-m", "services", "compute", "--uri", "test:///default",
              "--state-dir", str(state)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL)
     socket = state / "run" / "compute.sock"

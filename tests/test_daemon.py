@@ -9,6 +9,7 @@ own process group and is killed in ``finally``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -27,7 +28,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.config import Config
-from services.common.daemon import Daemon, ServiceSpec, prepare_socket
+from services.common.daemon import Daemon, prepare_socket
 from services.common.libvirt_connection import LibvirtConnection
 from services.compute import SPEC as COMPUTE
 from services.compute.servicer import ComputeServicer
@@ -89,7 +90,7 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def compute_argv(state_dir: Path, *args: str, uri: str = "test:///default") -> list[str]:
-    return [sys.executable, "-m", "services.compute", "--uri", uri,
+    return [sys.executable, "-m", "services", "compute", "--uri", uri,
             "--state-dir", str(state_dir), *args]
 
 
@@ -405,9 +406,8 @@ class BrokenServicer(ComputeServicer):
         raise KeyError("stream-key")
 
 
-BROKEN = ServiceSpec(name="broken", default_uri="test:///default",
-                     descriptor=COMPUTE.descriptor, add_to_server=COMPUTE.add_to_server,
-                     servicer_factory=BrokenServicer)
+BROKEN = dataclasses.replace(COMPUTE, name="broken", servicer_factory=BrokenServicer,
+                             prepare=None, on_exit=None, collectors=None, busy=None)
 
 
 def test_unexpected_exception_becomes_internal(tmp_path: Path) -> None:
@@ -496,9 +496,8 @@ def test_stop_while_starting_undoes_the_start(tmp_path: Path) -> None:
         preparing.set()
         release.wait(10)
 
-    spec = ServiceSpec(name="slow", default_uri="test:///default",
-                       descriptor=COMPUTE.descriptor, add_to_server=COMPUTE.add_to_server,
-                       servicer_factory=ComputeServicer, prepare=slow_prepare)
+    spec = dataclasses.replace(COMPUTE, name="slow", servicer_factory=ComputeServicer,
+                               prepare=slow_prepare, on_exit=None, collectors=None, busy=None)
     daemon = Daemon(spec, Config(service="slow", state_dir=tmp_path, uri="test:///default",
                                  grace_period=0.5))
     starter = threading.Thread(target=daemon.start, kwargs={"connect_wait": 10})

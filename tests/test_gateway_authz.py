@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import json
 import threading
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from gateway import authn, policy
 from gateway.authz import Authorizer, Denied, object_names, xml_name
 from gateway.identity import Identity
 from gateway.routes import driver_of, proxied_services
-from services.common import acl, metrics
+from services.common import acl, metrics, registry
 from services.common.acl import GROUPS_KEY, IDENTITY_KEY
 from services.common.config import ConfigError
 from services.supervisor import client_credentials, wait_serving
@@ -70,7 +69,7 @@ class AuthzMesh:
 
 
 def spec_of(driver: str) -> Any:
-    return importlib.import_module(f"services.{driver}").SPEC
+    return registry.spec(driver)
 
 
 @contextlib.contextmanager

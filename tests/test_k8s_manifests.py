@@ -48,6 +48,7 @@ from gateway import config as gateway_config
 from gateway import policy as gateway_policy
 from gateway.authn import DEV_ADMIN_DN, libvirt_dn, new_token, parse_identities, token_entry
 from gateway.pki import ensure_dev_pki
+from services.common import registry
 from services.common.daemon import ServiceSpec
 from services.supervisor import METRICS_BASE_PORT, SERVICES
 
@@ -146,13 +147,12 @@ def test_renders_and_validates_strictly(directory: Path, version: str) -> None:
 
 
 def spec_of(service: str) -> ServiceSpec:
-    spec: ServiceSpec = importlib.import_module(f"services.{service}").SPEC
-    return spec
+    return registry.spec(service)
 
 
 def embeddable(service: str) -> bool:
-    """libvirt can run the service's driver in-process (its default URI is /embed)."""
-    return "/embed?" in spec_of(service).default_uri
+    """libvirt can run the service's driver in-process."""
+    return spec_of(service).embedded
 
 
 def profile_services(profile: str) -> list[str]:
@@ -183,7 +183,7 @@ def pod_of(objects: list[dict[str, Any]]) -> dict[str, Any]:
 @pytest.mark.parametrize("profile", PROFILES)
 def test_profile_runs_its_services_wired_like_the_code(profile: str) -> None:
     """One container per service of the profile (services/supervisor.py SERVICES), each
-    running its console script on its socket and metrics port, with probes on that
+    running `virtmesh-service NAME` on its socket and metrics port, with probes on that
     socket (readiness by the service's health name), the profile's libvirt URI, and
     for an embedded driver its root on a hostPath so that its state survives the pod."""
     pod = pod_of(render(K8S / "overlays" / profile))
@@ -193,7 +193,7 @@ def test_profile_runs_its_services_wired_like_the_code(profile: str) -> None:
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     for name in services:
         container, socket = containers[name], f"unix:{STATE_DIR}/run/{name}.sock"
-        assert container["command"] == [f"{IMAGE_VENV}/bin/virtmesh-{name}"]
+        assert container["command"] == [f"{IMAGE_VENV}/bin/virtmesh-service", name]
         args = container["args"]
         assert f"--socket={STATE_DIR}/run/{name}.sock" in args
         assert f"--metrics-listen=0.0.0.0:{metrics_port(name)}" in args

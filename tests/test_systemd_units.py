@@ -34,6 +34,7 @@ from gateway import config as gateway_config
 from gateway.authn import DEV_ADMIN_DN, new_token, parse_identities, token_entry
 from gateway.pki import ensure_dev_pki
 from services.common import config as service_config
+from services.common import registry
 from services.common.daemon import ServiceSpec
 from services.supervisor import METRICS_BASE_PORT, SERVICES, client_credentials, wait_serving
 from tests.conftest import ROOT, free_port
@@ -174,8 +175,7 @@ def test_verify_would_catch_a_mistake(unit_dir: Path) -> None:
 
 
 def spec_of(driver: str) -> ServiceSpec:
-    spec: ServiceSpec = importlib.import_module(f"services.{driver}").SPEC
-    return spec
+    return registry.spec(driver)
 
 
 def driver_of(unit: str) -> str:
@@ -184,7 +184,7 @@ def driver_of(unit: str) -> str:
 
 def uses_host_daemon(driver: str) -> bool:
     """Its driver lives in the host's libvirt daemon (libvirt cannot embed it)."""
-    return "/embed?" not in spec_of(driver).default_uri
+    return not spec_of(driver).embedded
 
 
 @pytest.mark.parametrize("name", [*(u for u in DRIVER_UNITS if u != "virtmesh@compute.service"),
@@ -265,8 +265,9 @@ def test_exec_start_is_a_console_script_that_accepts_its_flags(profiles: tuple[P
         program = argv[0].removeprefix(f"{PREFIX}/.venv/bin/")
         assert program in scripts, f"{name}: {argv[0]} is not a console script of pyproject"
         binary = ROOT / ".venv" / "bin" / program
-        help_text = subprocess.run([str(binary), "--help"], capture_output=True, text=True,
-                                   check=True, timeout=60).stdout
+        service = argv[1:2] if program == "virtmesh-service" else []  # virtmesh-service NAME
+        help_text = subprocess.run([str(binary), *service, "--help"], capture_output=True,
+                                   text=True, check=True, timeout=60).stdout
         for flag in (arg for arg in argv[1:] if arg.startswith("--")):
             assert flag in help_text.split(), f"{name}: {program} has no flag {flag}"
 
@@ -283,8 +284,9 @@ def effective_configs() -> dict[str, object]:
             configs[name] = gateway_config.load(args, environ={})
         else:
             driver = name.removeprefix("virtmesh@").removesuffix(".service")
-            spec = importlib.import_module(f"services.{driver}").SPEC
-            configs[name] = service_config.load(driver, spec.default_uri, args, environ={})
+            assert args[0] == driver, args  # virtmesh-service NAME
+            spec = registry.spec(driver)
+            configs[name] = service_config.load(driver, spec.default_uri, args[1:], environ={})
     return configs
 
 
@@ -549,7 +551,7 @@ def test_install_script_copies_the_files(tmp_path: Path, unit_dir: Path) -> None
     script = str(SYSTEMD / "install.sh")
     subprocess.run([script], env=env, check=True, capture_output=True, timeout=60)
     opt = dest / PREFIX.lstrip("/")
-    for path in ("pyproject.toml", "requirements.lock", "services/compute/__main__.py",
+    for path in ("pyproject.toml", "requirements.lock", "services/__main__.py",
                  "gateway/__main__.py", "protos/gen/python/virtmesh/compute/v1",
                  "client/virtmesh_client/cli.py", "guest/example.py"):
         assert (opt / path).exists(), path
@@ -712,7 +714,6 @@ def test_entry_points_used_by_units_and_manifests_exist_in_the_image() -> None:
         re.escape(PREFIX) + r"/\.venv/bin/([\w.%-]+)", path.read_text())}
     assert used
     for path, program in used:
-        program = program.replace("virtmesh-%i", f"virtmesh-{SERVICES[0]}")
         assert program in scripts or program in ("python", "python3"), (path, program)
     # Other files under /opt/virtmesh (e.g. the probes' healthcheck.py) are COPYed in.
     builder = stages()[0]

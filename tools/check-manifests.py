@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from services.common import registry
+
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
 
@@ -39,8 +41,7 @@ LIBVIRT_RUN = "/run/libvirt"
 #: containers that may mount LIBVIRT_RUN (the driver services, host profile). Mounting
 #: it, they may run as root (still with no capabilities): libvirt's UNIX socket policy
 #: admits uid 0 without polkit, and the libvirt group's gid differs between nodes.
-LIBVIRT_SOCKET_ALLOWED = {"compute", "secret", "storage", "network", "nwfilter", "nodedev",
-                          "iface"}
+LIBVIRT_SOCKET_ALLOWED = set(registry.names())
 #: capabilities a container may add (after dropping ALL), and why
 CAPABILITIES_ALLOWED = {
     "compute": ({"SETUID", "SETGID", "SETPCAP", "DAC_OVERRIDE"},

@@ -24,6 +24,7 @@ import ctypes
 import dataclasses
 import datetime
 import functools
+import importlib
 import logging
 import os
 import signal
@@ -34,7 +35,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from pathlib import Path
-from types import FrameType
+from types import FrameType, ModuleType
 from typing import Any
 
 import grpc
@@ -69,13 +70,25 @@ STARTED_KEY = "x-virtmesh-started"
 
 @dataclasses.dataclass(frozen=True)
 class ServiceSpec:
-    """What a driver package says about itself; the skeleton does the rest."""
+    """What a driver package says about itself; the skeleton does the rest. The
+    service's descriptor and registration come from its generated module, and its
+    default libvirt URI from its driver, so nothing here is typed twice."""
 
     name: str
-    default_uri: str
-    descriptor: ServiceDescriptor
-    #: generated ``add_XServicer_to_server``
-    add_to_server: Callable[[Any, grpc.Server], None]
+    #: the generated ``*_pb2`` module of the service's .proto file (one service in it)
+    proto: ModuleType
+    #: libvirt's name of the driver: the URI scheme, and the modular daemon's suffix
+    driver: str
+    #: whether the driver runs inside the service by default (libvirt's embedded mode,
+    #: its state under ``<state_dir>/<driver>``); otherwise the host's daemon serves it
+    embedded: bool
+    #: the service's metrics port is the base port plus this (fixed per service, so
+    #: that scrape configurations and dashboards keep their targets)
+    port_offset: int
+    #: libvirt's names of the objects it serves, as in its error codes (NO_<OBJECT> is
+    #: NOT_FOUND, INVALID_<OBJECT> INVALID_ARGUMENT: tests/test_registry.py checks the
+    #: error table against these)
+    objects: tuple[str, ...]
     #: builds the servicer; it may register connect hooks on the connection
     servicer_factory: Callable[[LibvirtConnection, Config], Any]
     #: runs before the first libvirt open (e.g. writes an embedded driver's config)
@@ -85,9 +98,27 @@ class ServiceSpec:
     #: (servicer, config) -> the driver's own collectors, registered while the service
     #: serves metrics
     collectors: Callable[[Any, Config], list[Collector]] | None = None
-    #: servicer -> True while the service must not exit for being idle (compute:
-    #: guests are running); asked once no call has come for idle_timeout seconds
+    #: servicer -> True while the service must not exit for being idle although no
+    #: call is in flight (compute: guests are running); calls in flight, event watches
+    #: and transfers included, already keep it
     busy: Callable[[Any], bool] | None = None
+
+    @property
+    def descriptor(self) -> ServiceDescriptor:
+        (service,) = self.proto.DESCRIPTOR.services_by_name.values()
+        return service  # type: ignore[no-any-return]
+
+    @property
+    def add_to_server(self) -> Callable[[Any, grpc.Server], None]:
+        """The generated ``add_<Service>Servicer_to_server``."""
+        generated = importlib.import_module(f"{self.proto.__name__}_grpc")
+        return getattr(generated, f"add_{self.descriptor.name}Servicer_to_server")  # type: ignore[no-any-return]
+
+    @property
+    def default_uri(self) -> str:
+        if self.embedded:
+            return f"{self.driver}:///embed?root={{state_dir}}/{self.driver}"
+        return f"{self.driver}:///system"
 
 
 def _make_socket_dir(directory: Path) -> None:

@@ -23,13 +23,12 @@ import subprocess
 import time
 from pathlib import Path
 
+from services.common import registry
+
 log = logging.getLogger(__name__)
 
 SOCKET = Path("/run/libvirt/libvirt-sock")
 PID_FILE = Path("/run/libvirtd.pid")
-#: modular daemons an embedded QEMU guest needs: <interface type='network'>,
-#: <disk type='volume'>, <filterref>, <hostdev>
-MODULAR_DRIVERS = ("network", "storage", "nwfilter", "nodedev", "interface")
 LOG_DIR = Path("/var/log/libvirt")
 
 
@@ -81,7 +80,9 @@ class HostDaemon:
         self._alias_modular_sockets()
 
     def _alias_modular_sockets(self) -> None:
-        for driver in MODULAR_DRIVERS:
+        # the modular daemons an embedded QEMU guest needs: <interface type='network'>,
+        # <disk type='volume'>, <filterref>, <hostdev>
+        for driver in registry.host_daemon_drivers():
             alias = self.socket.with_name(f"virt{driver}d-sock")
             if alias.exists() or alias.is_symlink():
                 continue  # a real modular daemon, or someone else's alias

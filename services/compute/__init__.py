@@ -7,7 +7,7 @@ from services.common.daemon import ServiceSpec
 from services.compute.backend import prepare_embedded_root
 from services.compute.metrics import GuestStatsCollector
 from services.compute.servicer import ComputeServicer
-from virtmesh.compute.v1 import compute_service_pb2, compute_service_pb2_grpc
+from virtmesh.compute.v1 import compute_service_pb2
 
 
 def _stop_guests(servicer: ComputeServicer, config: Config) -> None:
@@ -16,9 +16,9 @@ def _stop_guests(servicer: ComputeServicer, config: Config) -> None:
 
 
 def _busy(servicer: ComputeServicer) -> bool:
-    """Never idle out while guests run or anyone watches their events."""
-    return servicer.events.subscriber_count > 0 or bool(
-        servicer.backend.list_domains(active=True, persistent=None, autostart=None))
+    """Never idle out while guests run (a watch of their events is a call in flight,
+    which keeps any service)."""
+    return bool(servicer.backend.list_domains(active=True, persistent=None, autostart=None))
 
 
 def _collectors(servicer: ComputeServicer, config: Config) -> list[Collector]:
@@ -27,9 +27,11 @@ def _collectors(servicer: ComputeServicer, config: Config) -> list[Collector]:
 
 SPEC = ServiceSpec(
     name="compute",
-    default_uri="qemu:///embed?root={state_dir}/qemu",
-    descriptor=compute_service_pb2.DESCRIPTOR.services_by_name["ComputeService"],
-    add_to_server=compute_service_pb2_grpc.add_ComputeServiceServicer_to_server,
+    proto=compute_service_pb2,
+    driver="qemu",
+    embedded=True,
+    port_offset=1,
+    objects=("DOMAIN", "DOMAIN_SNAPSHOT", "DOMAIN_CHECKPOINT"),
     servicer_factory=ComputeServicer,
     prepare=prepare_embedded_root,
     on_exit=_stop_guests,

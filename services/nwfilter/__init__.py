@@ -4,12 +4,14 @@ host's ebtables/iptables rules, so it cannot run embedded)."""
 
 from services.common.daemon import ServiceSpec
 from services.nwfilter.servicer import NWFilterServicer
-from virtmesh.nwfilter.v1 import nwfilter_service_pb2, nwfilter_service_pb2_grpc
+from virtmesh.nwfilter.v1 import nwfilter_service_pb2
 
 SPEC = ServiceSpec(
     name="nwfilter",
-    default_uri="nwfilter:///system",
-    descriptor=nwfilter_service_pb2.DESCRIPTOR.services_by_name["NWFilterService"],
-    add_to_server=nwfilter_service_pb2_grpc.add_NWFilterServiceServicer_to_server,
+    proto=nwfilter_service_pb2,
+    driver="nwfilter",
+    embedded=False,
+    port_offset=5,
+    objects=("NWFILTER", "NWFILTER_BINDING"),
     servicer_factory=NWFilterServicer,
 )

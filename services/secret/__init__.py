@@ -6,12 +6,14 @@ By default the driver runs embedded in the service process, its state under
 
 from services.common.daemon import ServiceSpec
 from services.secret.servicer import SecretServicer
-from virtmesh.secret.v1 import secret_service_pb2, secret_service_pb2_grpc
+from virtmesh.secret.v1 import secret_service_pb2
 
 SPEC = ServiceSpec(
     name="secret",
-    default_uri="secret:///embed?root={state_dir}/secret",
-    descriptor=secret_service_pb2.DESCRIPTOR.services_by_name["SecretService"],
-    add_to_server=secret_service_pb2_grpc.add_SecretServiceServicer_to_server,
+    proto=secret_service_pb2,
+    driver="secret",
+    embedded=True,
+    port_offset=2,
+    objects=("SECRET",),
     servicer_factory=SecretServicer,
 )

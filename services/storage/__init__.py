@@ -6,12 +6,14 @@ already keep the service from exiting for being idle.
 
 from services.common.daemon import ServiceSpec
 from services.storage.servicer import StorageServicer
-from virtmesh.storage.v1 import storage_service_pb2, storage_service_pb2_grpc
+from virtmesh.storage.v1 import storage_service_pb2
 
 SPEC = ServiceSpec(
     name="storage",
-    default_uri="storage:///system",
-    descriptor=storage_service_pb2.DESCRIPTOR.services_by_name["StorageService"],
-    add_to_server=storage_service_pb2_grpc.add_StorageServiceServicer_to_server,
+    proto=storage_service_pb2,
+    driver="storage",
+    embedded=False,
+    port_offset=3,
+    objects=("STORAGE_POOL", "STORAGE_VOL"),
     servicer_factory=StorageServicer,
 )
