@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 import libvirt
 
@@ -56,3 +58,42 @@ class NodeDeviceBackend(Backend):
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"node device '{name}' is not a PCI device", "NOT_A_PCI_DEVICE")
         return dev
+
+    def register_events(self, conn: libvirt.virConnect, emit: Callable[..., None]) -> None:
+        """Emit (device, "lifecycle", event) and (device, "update")."""
+        conn.nodeDeviceEventRegisterAny(
+            None, libvirt.VIR_NODE_DEVICE_EVENT_ID_LIFECYCLE,
+            lambda _c, dev, event, _detail, _o: emit(dev, "lifecycle", event), None)
+        conn.nodeDeviceEventRegisterAny(
+            None, libvirt.VIR_NODE_DEVICE_EVENT_ID_UPDATE,
+            lambda _c, dev, _o: emit(dev, "update"), None)
+
+    def xml(self, name: str) -> tuple[str, str]:
+        """The device's name and its XML."""
+        dev = self.lookup(name)
+        return dev.name(), dev.XMLDesc(0)
+
+    def destroy(self, name: str) -> None:
+        self.lookup(name).destroy()
+
+    def undefine(self, name: str) -> None:
+        self.lookup(name).undefine(0)
+
+    def start(self, name: str) -> libvirt.virNodeDevice:
+        dev = self.lookup(name)
+        dev.create(0)
+        return dev
+
+    def set_autostart(self, name: str, autostart: bool) -> None:
+        self.lookup(name).setAutostart(int(autostart))
+
+    def detach(self, name: str, driver: str) -> None:
+        """Detach a PCI device from the host for assignment (``driver``: libvirt's
+        choice when empty)."""
+        self.pci_device(name).detachFlags(driver or None, 0)
+
+    def reattach(self, name: str) -> None:
+        self.pci_device(name).reAttach()
+
+    def reset(self, name: str) -> None:
+        self.pci_device(name).reset()
