@@ -7,7 +7,7 @@ from collections.abc import Callable
 import grpc
 import libvirt
 
-from services.common import documents
+from services.common import documents, event_callbacks
 from services.common.backend import Backend, by_name_or_uuid, is_uuid, list_flags
 from services.common.errors import ServiceError, require
 
@@ -38,10 +38,9 @@ class NetworkBackend(Backend):
                                 libvirt.VIR_NETWORK_CREATE_VALIDATE, root="network")
 
     def register_events(self, conn: libvirt.virConnect, emit: Callable[..., None]) -> None:
-        """Emit (network, "lifecycle", event)."""
-        conn.networkEventRegisterAny(
-            None, libvirt.VIR_NETWORK_EVENT_ID_LIFECYCLE,
-            lambda _c, net, event, _detail, _o: emit(net, "lifecycle", event), None)
+        """Emit (network, "lifecycle", event, detail)."""
+        event_callbacks.register(conn.networkEventRegisterAny, {
+            libvirt.VIR_NETWORK_EVENT_ID_LIFECYCLE: "lifecycle"}, emit)
 
     def xml(self, name: str, inactive: bool) -> tuple[str, str]:
         """The network's name and its XML."""

@@ -103,8 +103,8 @@ def lease(record: dict[str, Any]) -> pb.DHCPLease:
     )
 
 
-def network_event(net: libvirt.virNetwork, kind: str,
-                  event: int) -> pb.WatchNetworkEventsResponse:
+def network_event(net: libvirt.virNetwork, kind: str, event: int,
+                  detail: int) -> pb.WatchNetworkEventsResponse:
     """The Watch response for what NetworkBackend.register_events emits (its only
     ``kind`` is lifecycle)."""
     return pb.WatchNetworkEventsResponse(

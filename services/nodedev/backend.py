@@ -7,7 +7,7 @@ from collections.abc import Callable
 import grpc
 import libvirt
 
-from services.common import documents
+from services.common import documents, event_callbacks
 from services.common.backend import Backend
 from services.common.errors import ServiceError, require
 
@@ -60,13 +60,11 @@ class NodeDeviceBackend(Backend):
         return dev
 
     def register_events(self, conn: libvirt.virConnect, emit: Callable[..., None]) -> None:
-        """Emit (device, "lifecycle", event) and (device, "update")."""
-        conn.nodeDeviceEventRegisterAny(
-            None, libvirt.VIR_NODE_DEVICE_EVENT_ID_LIFECYCLE,
-            lambda _c, dev, event, _detail, _o: emit(dev, "lifecycle", event), None)
-        conn.nodeDeviceEventRegisterAny(
-            None, libvirt.VIR_NODE_DEVICE_EVENT_ID_UPDATE,
-            lambda _c, dev, _o: emit(dev, "update"), None)
+        """Emit (device, "lifecycle", event, detail) and (device, "update")."""
+        event_callbacks.register(conn.nodeDeviceEventRegisterAny, {
+            libvirt.VIR_NODE_DEVICE_EVENT_ID_LIFECYCLE: "lifecycle",
+            libvirt.VIR_NODE_DEVICE_EVENT_ID_UPDATE: "update",
+        }, emit)
 
     def xml(self, name: str) -> tuple[str, str]:
         """The device's name and its XML."""

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import grpc
 import libvirt
 
-from services.common import documents
+from services.common import documents, event_callbacks
 from services.common.backend import Backend, is_uuid, list_flags
 from services.common.errors import ServiceError, require
 from services.common.libvirt_connection import LibvirtConnection
@@ -102,13 +102,11 @@ class SecretBackend(Backend):
 
     def register_events(self, conn: libvirt.virConnect,
                         emit: Callable[..., None]) -> None:
-        """Emit (secret, "lifecycle", event) and (secret, "value_changed")."""
-        conn.secretEventRegisterAny(
-            None, libvirt.VIR_SECRET_EVENT_ID_LIFECYCLE,
-            lambda _c, secret, event, _detail, _o: emit(secret, "lifecycle", event), None)
-        conn.secretEventRegisterAny(
-            None, libvirt.VIR_SECRET_EVENT_ID_VALUE_CHANGED,
-            lambda _c, secret, _o: emit(secret, "value_changed"), None)
+        """Emit (secret, "lifecycle", event, detail) and (secret, "value_changed")."""
+        event_callbacks.register(conn.secretEventRegisterAny, {
+            libvirt.VIR_SECRET_EVENT_ID_LIFECYCLE: "lifecycle",
+            libvirt.VIR_SECRET_EVENT_ID_VALUE_CHANGED: "value_changed",
+        }, emit)
 
     def xml(self, name: str) -> str:
         return self.lookup(name).XMLDesc()

@@ -9,7 +9,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 import grpc
 import libvirt
 
-from services.common import documents
+from services.common import documents, event_callbacks
 from services.common.backend import Backend, by_name_or_uuid, list_flags
 from services.common.errors import ServiceError, require
 from services.common.libvirt_connection import LibvirtConnection
@@ -122,13 +122,11 @@ class StorageBackend(Backend):
         self.pool(name).setAutostart(int(autostart))
 
     def register_events(self, conn: libvirt.virConnect, emit: Callable[..., None]) -> None:
-        """Emit (pool, "lifecycle", event) and (pool, "refresh")."""
-        conn.storagePoolEventRegisterAny(
-            None, libvirt.VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE,
-            lambda _c, pool, event, _detail, _o: emit(pool, "lifecycle", event), None)
-        conn.storagePoolEventRegisterAny(
-            None, libvirt.VIR_STORAGE_POOL_EVENT_ID_REFRESH,
-            lambda _c, pool, _o: emit(pool, "refresh"), None)
+        """Emit (pool, "lifecycle", event, detail) and (pool, "refresh")."""
+        event_callbacks.register(conn.storagePoolEventRegisterAny, {
+            libvirt.VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE: "lifecycle",
+            libvirt.VIR_STORAGE_POOL_EVENT_ID_REFRESH: "refresh",
+        }, emit)
 
     # -- volumes ----------------------------------------------------------------
 
