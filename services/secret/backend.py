@@ -88,17 +88,12 @@ class SecretBackend(Backend):
         """A secret by libvirt's usage type and the usage's id (a volume path, ...)."""
         return self.conn.secretLookupByUsage(usage_type, require(usage_id, "usage.id"))
 
-    def list_secrets(self, ephemeral: bool | None, private: bool | None,
-                     usage_types: set[int]) -> list[libvirt.virSecret]:
-        """The secrets, of any of libvirt's ``usage_types`` unless that is empty."""
-        secrets = self.conn.listAllSecrets(list_flags(
+    def list_secrets(self, ephemeral: bool | None, private: bool | None) -> list[libvirt.virSecret]:
+        return self.conn.listAllSecrets(list_flags(
             (ephemeral, libvirt.VIR_CONNECT_LIST_SECRETS_EPHEMERAL,
              libvirt.VIR_CONNECT_LIST_SECRETS_NO_EPHEMERAL),
             (private, libvirt.VIR_CONNECT_LIST_SECRETS_PRIVATE,
              libvirt.VIR_CONNECT_LIST_SECRETS_NO_PRIVATE)))
-        if usage_types:
-            secrets = [secret for secret in secrets if secret.usageType() in usage_types]
-        return secrets
 
     def register_events(self, conn: libvirt.virConnect,
                         emit: Callable[..., None]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 
 import grpc
 import libvirt
@@ -29,6 +30,13 @@ def libvirt_usage_type(usage: pb.UsageType.ValueType) -> int:
                            f"usage type must be one of {_USAGE_NAMES} (got {usage})",
                            "INVALID_USAGE_TYPE")
     return _LIBVIRT_USAGE_TYPES[usage]
+
+
+def of_usage_types(secrets: Iterable[libvirt.virSecret],
+                   usage_types: Iterable[pb.UsageType.ValueType]) -> list[libvirt.virSecret]:
+    """The ``secrets`` of any of ``usage_types``; INVALID_ARGUMENT for an unknown type."""
+    wanted = {libvirt_usage_type(usage) for usage in usage_types}
+    return [secret for secret in secrets if secret.usageType() in wanted]
 
 
 def secret_uuid(secret: libvirt.virSecret) -> str:

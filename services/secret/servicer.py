@@ -36,11 +36,12 @@ class SecretServicer(DriverServicer[SecretBackend, pb.WatchSecretEventsResponse]
 
     def ListSecrets(self, request: pb.ListSecretsRequest, context: Ctx) -> pb.ListSecretsResponse:
         filters = optional_bools(request, "ephemeral", "private")
-        usage_types = {convert.libvirt_usage_type(usage) for usage in request.usage_types}
-        secrets, token = self.page(self.backend.list_secrets(**filters, usage_types=usage_types),
-                                   convert.secret_uuid, convert.secret, request,
-                                   sorted(filters.items()), sorted(request.usage_types))
-        return pb.ListSecretsResponse(secrets=secrets, next_page_token=token)
+        secrets = self.backend.list_secrets(**filters)
+        if request.usage_types:
+            secrets = convert.of_usage_types(secrets, request.usage_types)
+        summaries, token = self.page(secrets, convert.secret_uuid, convert.secret, request,
+                                     sorted(filters.items()), sorted(request.usage_types))
+        return pb.ListSecretsResponse(secrets=summaries, next_page_token=token)
 
     def GetSecret(self, request: pb.GetSecretRequest, context: Ctx) -> pb.GetSecretResponse:
         by = request.WhichOneof("secret")
