@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
@@ -13,10 +14,10 @@ from urllib.parse import parse_qs, urlparse
 import grpc
 import libvirt
 
-from services.common import documents
+from services.common import documents, event_callbacks
 from services.common.backend import Backend, by_name_or_uuid, list_flags
 from services.common.config import Config
-from services.common.errors import ServiceError
+from services.common.errors import ServiceError, require
 from services.common.libvirt_connection import LibvirtConnection
 from services.common.sandbox import ParseSandbox
 
@@ -26,7 +27,7 @@ T = TypeVar("T")
 _QEMU_CONF_MARKER = "# Managed by virtmesh compute"
 
 
-def scope_flags(live: bool, config: bool) -> int:
+def _scope_flags(live: bool, config: bool) -> int:
     """libvirt's AFFECT_* flags; neither set means AFFECT_CURRENT (0)."""
     return ((libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0)
             | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if config else 0))
@@ -64,6 +65,16 @@ def prepare_embedded_root(config: Config) -> None:
             return
     conf.write_text(wanted)
     log.info("wrote %s", conf)
+
+
+@dataclass(frozen=True)
+class Versions:
+    """What GetVersion reports of the host, in libvirt's numbers."""
+
+    libvirt: int
+    hypervisor_type: str
+    hypervisor: int
+    uri: str
 
 
 class ComputeBackend(Backend):
@@ -130,21 +141,18 @@ class ComputeBackend(Backend):
                  | libvirt.VIR_DOMAIN_START_VALIDATE)
         return self._submit("domain", self.conn.createXML, xml, flags, root="domain")
 
-    def change_device(self, dom: libvirt.virDomain, attach: bool, xml: str, flags: int) -> None:
+    def change_device(self, name: str, attach: bool, xml: str, live: bool,
+                      config: bool) -> None:
+        dom = self.lookup(name)
         self._submit("device", dom.attachDeviceFlags if attach else dom.detachDeviceFlags,
-                     xml, flags)
-
-    def create_snapshot(self, dom: libvirt.virDomain, xml: str,
-                        flags: int) -> libvirt.virDomainSnapshot:
-        return self._submit("snapshot", dom.snapshotCreateXML, xml or "<domainsnapshot/>",
-                            flags | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_VALIDATE,
-                            root="domainsnapshot")
+                     xml, _scope_flags(live, config))
 
     def close(self) -> None:
         self.sandbox.close()
 
-    def undefine(self, dom: libvirt.virDomain, managed_save: bool, snapshots: bool,
+    def undefine(self, name: str, managed_save: bool, snapshots: bool,
                  nvram: bool, keep_nvram: bool) -> None:
+        dom = self.lookup(name)
         if nvram and keep_nvram:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
                                "nvram and keep_nvram exclude each other", "CONFLICTING_FLAGS")
@@ -154,7 +162,8 @@ class ComputeBackend(Backend):
                  | (libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM if keep_nvram else 0))
         dom.undefineFlags(flags)
 
-    def start(self, dom: libvirt.virDomain, paused: bool, force_boot: bool) -> None:
+    def start(self, name: str, paused: bool, force_boot: bool) -> libvirt.virDomain:
+        dom = self.lookup(name)
         # Checked here too because not every driver reports this as OPERATION_INVALID.
         if dom.isActive():
             raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -162,6 +171,111 @@ class ComputeBackend(Backend):
                                "VIR_ERR_OPERATION_INVALID")
         dom.createWithFlags((libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
                             | (libvirt.VIR_DOMAIN_START_FORCE_BOOT if force_boot else 0))
+        return dom
+
+    def xml(self, name: str, inactive: bool, secure: bool, migratable: bool) -> str:
+        return self.lookup(name).XMLDesc(
+            (libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0)
+            | (libvirt.VIR_DOMAIN_XML_SECURE if secure else 0)
+            | (libvirt.VIR_DOMAIN_XML_MIGRATABLE if migratable else 0))
+
+    def shutdown(self, dom: libvirt.virDomain, flags: int) -> None:
+        dom.shutdownFlags(flags)
+
+    def reboot(self, dom: libvirt.virDomain, flags: int) -> None:
+        dom.reboot(flags)
+
+    def reset(self, name: str) -> None:
+        self.lookup(name).reset(0)
+
+    def destroy(self, name: str, graceful: bool) -> None:
+        self.lookup(name).destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL if graceful else 0)
+
+    def suspend(self, name: str) -> None:
+        self.lookup(name).suspend()
+
+    def resume(self, name: str) -> None:
+        self.lookup(name).resume()
+
+    def set_autostart(self, name: str, autostart: bool) -> None:
+        self.lookup(name).setAutostart(int(autostart))
+
+    def set_vcpus(self, name: str, count: int, live: bool, config: bool,
+                  maximum: bool) -> None:
+        dom = self.lookup(name)
+        dom.setVcpusFlags(count, _scope_flags(live, config)
+                          | (libvirt.VIR_DOMAIN_VCPU_MAXIMUM if maximum else 0))
+
+    def set_memory(self, name: str, memory_kib: int, live: bool, config: bool,
+                   maximum: bool) -> None:
+        dom = self.lookup(name)
+        dom.setMemoryFlags(memory_kib, _scope_flags(live, config)
+                           | (libvirt.VIR_DOMAIN_MEM_MAXIMUM if maximum else 0))
+
+    # -- snapshots ------------------------------------------------------------
+
+    def create_snapshot(self, name: str, xml: str, disk_only: bool, no_metadata: bool,
+                        atomic: bool, quiesce: bool) -> libvirt.virDomainSnapshot:
+        dom = self.lookup(name)
+        flags = ((libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY if disk_only else 0)
+                 | (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA if no_metadata else 0)
+                 | (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC if atomic else 0)
+                 | (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE if quiesce else 0))
+        return self._submit("snapshot", dom.snapshotCreateXML, xml or "<domainsnapshot/>",
+                            flags | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_VALIDATE,
+                            root="domainsnapshot")
+
+    def list_snapshots(self, name: str) -> list[libvirt.virDomainSnapshot]:
+        return self.lookup(name).listAllSnapshots(0)
+
+    def snapshot(self, name: str, snapshot: str) -> libvirt.virDomainSnapshot:
+        """Snapshot ``snapshot`` of domain ``name``."""
+        return self.lookup(name).snapshotLookupByName(require(snapshot, "snapshot"))
+
+    def revert_to_snapshot(self, name: str, snapshot: str, running: bool, paused: bool,
+                           force: bool) -> None:
+        dom = self.lookup(name)
+        snap = dom.snapshotLookupByName(require(snapshot, "snapshot"))
+        dom.revertToSnapshot(snap, (libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING if running else 0)
+                             | (libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED if paused else 0)
+                             | (libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE if force else 0))
+
+    def delete_snapshot(self, name: str, snapshot: str, children: bool,
+                        metadata_only: bool) -> None:
+        self.snapshot(name, snapshot).delete(
+            (libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_CHILDREN if children else 0)
+            | (libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY if metadata_only else 0))
+
+    # -- events, statistics and host ------------------------------------------
+
+    def register_events(self, conn: libvirt.virConnect, emit: Callable[..., None]) -> None:
+        """Emit (domain, kind, *details): "lifecycle" with libvirt's event and detail,
+        "reboot", and "device_added" or "device_removed" with the device alias."""
+        event_callbacks.register(conn.domainEventRegisterAny, {
+            libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE: "lifecycle",
+            libvirt.VIR_DOMAIN_EVENT_ID_REBOOT: "reboot",
+            libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED: "device_added",
+            libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED: "device_removed",
+        }, emit)
+
+    def capabilities(self) -> str:
+        return self.conn.getCapabilities()
+
+    def domain_capabilities(self, emulator: str, arch: str, machine: str,
+                            virt_type: str) -> str:
+        """Empty arguments are libvirt's defaults."""
+        return self.conn.getDomainCapabilities(emulator or None, arch or None, machine or None,
+                                               virt_type or None, 0)
+
+    def node_info(self) -> list[Any]:
+        """libvirt's virNodeGetInfo: model, memory (MiB), cpus, mhz, nodes, sockets,
+        cores, threads."""
+        return self.conn.getInfo()
+
+    def versions(self) -> Versions:
+        conn = self.conn
+        return Versions(libvirt=conn.getLibVersion(), hypervisor_type=conn.getType(),
+                        hypervisor=conn.getVersion(), uri=conn.getURI())
 
     def stats(self, names: list[str], groups: int, active_only: bool,
               nowait: bool) -> list[tuple[libvirt.virDomain, dict[str, Any]]]:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import libvirt
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.common.convert import libvirt_to_proto, proto_to_libvirt
+from services.common.events import now
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 
 
@@ -47,17 +49,29 @@ STATE_REASONS[libvirt.VIR_DOMAIN_SHUTDOWN] = {
 STATE_REASONS[libvirt.VIR_DOMAIN_PMSUSPENDED] = {libvirt.VIR_DOMAIN_PMSUSPENDED_UNKNOWN: "unknown"}
 STATE_REASONS[libvirt.VIR_DOMAIN_NOSTATE] = {libvirt.VIR_DOMAIN_NOSTATE_UNKNOWN: "unknown"}
 
-_EVENT_TYPES = ("DEFINED", "UNDEFINED", "STARTED", "SUSPENDED", "RESUMED", "STOPPED",
-                "SHUTDOWN", "PMSUSPENDED", "CRASHED")
 #: libvirt lifecycle event type -> LifecycleEventType
-EVENT_TYPES: dict[int, pb.LifecycleEventType.ValueType] = {
-    getattr(libvirt, f"VIR_DOMAIN_EVENT_{name}"): pb.LifecycleEventType.Value(
-        f"LIFECYCLE_EVENT_TYPE_{name}")
-    for name in _EVENT_TYPES
-}
+EVENT_TYPES = libvirt_to_proto(pb.LifecycleEventType, "LIFECYCLE_EVENT_TYPE_",
+                               "VIR_DOMAIN_EVENT_")
+#: libvirt lifecycle event type -> its details' names (VIR_DOMAIN_EVENT_<TYPE>_<DETAIL>)
 EVENT_DETAILS: dict[int, dict[int, str]] = {
-    getattr(libvirt, f"VIR_DOMAIN_EVENT_{name}"): _constants(f"VIR_DOMAIN_EVENT_{name}_")
-    for name in _EVENT_TYPES
+    event: _constants(pb.LifecycleEventType.Name(kind).replace(
+        "LIFECYCLE_EVENT_TYPE_", "VIR_DOMAIN_EVENT_", 1) + "_")
+    for event, kind in EVENT_TYPES.items()
+}
+
+#: PowerMethod -> virDomainShutdownFlagValues; libvirt's ACPI flag has a longer name
+SHUTDOWN_FLAGS: dict[int, int] = {
+    pb.POWER_METHOD_UNSPECIFIED: libvirt.VIR_DOMAIN_SHUTDOWN_DEFAULT,
+    pb.POWER_METHOD_ACPI: libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN,
+    pb.POWER_METHOD_GUEST_AGENT: libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT,
+    pb.POWER_METHOD_SIGNAL: libvirt.VIR_DOMAIN_SHUTDOWN_SIGNAL,
+}
+#: PowerMethod -> virDomainRebootFlagValues
+REBOOT_FLAGS: dict[int, int] = {
+    pb.POWER_METHOD_UNSPECIFIED: libvirt.VIR_DOMAIN_REBOOT_DEFAULT,
+    pb.POWER_METHOD_ACPI: libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN,
+    pb.POWER_METHOD_GUEST_AGENT: libvirt.VIR_DOMAIN_REBOOT_GUEST_AGENT,
+    pb.POWER_METHOD_SIGNAL: libvirt.VIR_DOMAIN_REBOOT_SIGNAL,
 }
 
 
@@ -155,14 +169,17 @@ def domain_stats(dom: libvirt.virDomain, record: Mapping[str, Any]) -> pb.Domain
     return stats
 
 
-STAT_GROUPS: dict[int, int] = {
-    pb.STAT_GROUP_STATE: libvirt.VIR_DOMAIN_STATS_STATE,
-    pb.STAT_GROUP_CPU_TOTAL: libvirt.VIR_DOMAIN_STATS_CPU_TOTAL,
-    pb.STAT_GROUP_BALLOON: libvirt.VIR_DOMAIN_STATS_BALLOON,
-    pb.STAT_GROUP_VCPU: libvirt.VIR_DOMAIN_STATS_VCPU,
-    pb.STAT_GROUP_INTERFACE: libvirt.VIR_DOMAIN_STATS_INTERFACE,
-    pb.STAT_GROUP_BLOCK: libvirt.VIR_DOMAIN_STATS_BLOCK,
-}
+#: StatGroup -> virDomainStatsTypes
+STAT_GROUPS = proto_to_libvirt(pb.StatGroup, "STAT_GROUP_", "VIR_DOMAIN_STATS_")
+
+
+def stat_groups(groups: Iterable[pb.StatGroup.ValueType]) -> int:
+    """libvirt's stats flags for ``groups`` (all of them when empty); an unknown group
+    adds nothing."""
+    flags = 0
+    for group in groups or STAT_GROUPS:
+        flags |= STAT_GROUPS.get(group, 0)
+    return flags
 
 
 def lifecycle_event(event: int, detail: int) -> pb.LifecycleEvent:
@@ -170,3 +187,40 @@ def lifecycle_event(event: int, detail: int) -> pb.LifecycleEvent:
         type=EVENT_TYPES.get(event, pb.LIFECYCLE_EVENT_TYPE_UNSPECIFIED),
         detail=EVENT_DETAILS.get(event, {}).get(detail, f"detail_{detail}"),
     )
+
+
+#: what ComputeBackend.register_events emits, by kind -> the event's message
+_EVENT_MESSAGES: dict[str, Callable[..., Any]] = {
+    "lifecycle": lifecycle_event,
+    "reboot": pb.RebootEvent,
+    "device_added": lambda device: pb.DeviceAddedEvent(device=device),
+    "device_removed": lambda device: pb.DeviceRemovedEvent(device=device),
+}
+
+
+def domain_event(dom: libvirt.virDomain, kind: str,
+                 *details: Any) -> pb.WatchDomainEventsResponse:
+    """The Watch response for what ComputeBackend.register_events emits."""
+    return pb.WatchDomainEventsResponse(name=dom.name(), uuid=dom.UUIDString(), time=now(),
+                                        **{kind: _EVENT_MESSAGES[kind](*details)})
+
+
+def domain_name(dom: libvirt.virDomain) -> str:
+    return dom.name()
+
+
+def snapshot_name(snap: libvirt.virDomainSnapshot) -> str:
+    return snap.getName()
+
+
+def in_states(dom: libvirt.virDomain, states: Container[int]) -> bool:
+    """Whether the domain is in one of ``states`` (DomainState values)."""
+    return domain_state(dom.state()[0]) in states
+
+
+def node_info(info: Sequence[Any]) -> pb.GetNodeInfoResponse:
+    """libvirt's virNodeGetInfo list; it counts memory in MiB."""
+    model, memory_mib, cpus, mhz, nodes, sockets, cores, threads = info
+    return pb.GetNodeInfoResponse(model=model, memory_kib=memory_mib * 1024, cpus=cpus,
+                                  mhz=mhz, nodes=nodes, sockets=sockets, cores=cores,
+                                  threads=threads)

@@ -1,9 +1,8 @@
-"""The iface service's libvirt calls: lookups by name or MAC, list filters, summaries."""
+"""The iface service's libvirt calls: lookups by name or MAC, list filters, changes."""
 
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
 
 import grpc
 import libvirt
@@ -11,15 +10,8 @@ import libvirt
 from services.common import documents
 from services.common.backend import Backend
 from services.common.errors import ServiceError, require
-from virtmesh.iface.v1 import iface_service_pb2 as pb
 
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
-
-
-def interface(iface: libvirt.virInterface) -> pb.Interface:
-    root = ET.fromstring(iface.XMLDesc(0))
-    return pb.Interface(name=iface.name(), mac=(iface.MACString() or "").lower(),
-                        active=bool(iface.isActive()), type=root.get("type", ""))
 
 
 class InterfaceBackend(Backend):
@@ -44,3 +36,28 @@ class InterfaceBackend(Backend):
     def define(self, xml: str) -> libvirt.virInterface:
         return documents.submit(self.conn.interfaceDefineXML, xml,
                                 libvirt.VIR_INTERFACE_DEFINE_VALIDATE, root="interface")
+
+    def xml(self, name: str, inactive: bool) -> tuple[str, str]:
+        """The interface's name as libvirt reports it, and its XML."""
+        iface = self.lookup(name)
+        return iface.name(), iface.XMLDesc(libvirt.VIR_INTERFACE_XML_INACTIVE if inactive else 0)
+
+    def undefine(self, name: str) -> None:
+        self.lookup(name).undefine()
+
+    def start(self, name: str) -> libvirt.virInterface:
+        iface = self.lookup(name)
+        iface.create(0)
+        return iface
+
+    def stop(self, name: str) -> None:
+        self.lookup(name).destroy(0)
+
+    def begin_change(self) -> None:
+        self.conn.changeBegin(0)
+
+    def commit_change(self) -> None:
+        self.conn.changeCommit(0)
+
+    def rollback_change(self) -> None:
+        self.conn.changeRollback(0)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 import libvirt
 
-from services.common import documents
+from services.common import documents, event_callbacks
 from services.common.backend import Backend, by_name_or_uuid, is_uuid, list_flags
 from services.common.errors import ServiceError, require
 
@@ -35,10 +37,35 @@ class NetworkBackend(Backend):
         return documents.submit(self.conn.networkCreateXMLFlags, xml,
                                 libvirt.VIR_NETWORK_CREATE_VALIDATE, root="network")
 
-    def update(self, net: libvirt.virNetwork, command: int, section: int,
+    def register_events(self, conn: libvirt.virConnect, emit: Callable[..., None]) -> None:
+        """Emit (network, "lifecycle", event, detail)."""
+        event_callbacks.register(conn.networkEventRegisterAny, {
+            libvirt.VIR_NETWORK_EVENT_ID_LIFECYCLE: "lifecycle"}, emit)
+
+    def xml(self, name: str, inactive: bool) -> tuple[str, str]:
+        """The network's name and its XML."""
+        net = self.lookup(name)
+        return net.name(), net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE if inactive else 0)
+
+    def start(self, name: str) -> libvirt.virNetwork:
+        net = self.lookup(name)
+        net.create()
+        return net
+
+    def stop(self, name: str) -> None:
+        self.lookup(name).destroy()
+
+    def undefine(self, name: str) -> None:
+        self.lookup(name).undefine()
+
+    def set_autostart(self, name: str, autostart: bool) -> None:
+        self.lookup(name).setAutostart(int(autostart))
+
+    def update(self, name: str, command: int, section: int,
                parent_index: int | None, xml: str, live: bool, config: bool) -> None:
         """virNetworkUpdate with libvirt's command and section numbers; no parent index
         is libvirt's -1 (the first element that fits)."""
+        net = self.lookup(name)
         if parent_index is not None and parent_index < 0:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"parent_index must not be negative (got {parent_index})",
@@ -49,18 +76,36 @@ class NetworkBackend(Backend):
             command, section, -1 if parent_index is None else parent_index, section_xml,
             flags), xml, fragment=True)
 
-    def leases(self, net: libvirt.virNetwork, mac: str) -> list[dict[str, object]]:
-        return net.DHCPLeases(mac or None, 0)
+    def leases(self, name: str, mac: str) -> tuple[str, str, list[dict[str, object]]]:
+        """The network's name and UUID, and its DHCP leases (of ``mac`` if given)."""
+        net = self.lookup(name)
+        return net.name(), net.UUIDString(), net.DHCPLeases(mac or None, 0)
 
-    def port(self, net: libvirt.virNetwork, port: str) -> libvirt.virNetworkPort:
-        """A port of ``net`` by its UUID."""
+    def port(self, name: str, port: str) -> tuple[str, libvirt.virNetworkPort]:
+        """The network's name, and its port by the port's UUID."""
+        net = self.lookup(name)
         if not is_uuid(require(port, "port")):
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"port must be a UUID (got '{port}')", "INVALID_PORT")
-        return net.portLookupByUUIDString(port)
+        return net.name(), net.portLookupByUUIDString(port)
 
-    def create_port(self, net: libvirt.virNetwork, xml: str,
-                    reclaim: bool) -> libvirt.virNetworkPort:
+    def port_xml(self, name: str, port: str) -> tuple[str, str, str]:
+        """The network's name, the port's UUID and its XML."""
+        network_name, found = self.port(name, port)
+        return network_name, found.UUIDString(), found.XMLDesc(0)
+
+    def delete_port(self, name: str, port: str) -> None:
+        self.port(name, port)[1].delete(0)
+
+    def list_ports(self, name: str) -> tuple[str, str, list[libvirt.virNetworkPort]]:
+        """The network's name and UUID, and its ports."""
+        net = self.lookup(name)
+        return net.name(), net.UUIDString(), net.listAllPorts(0)
+
+    def create_port(self, name: str, xml: str,
+                    reclaim: bool) -> tuple[str, libvirt.virNetworkPort]:
+        """The network's name and the port created on it."""
+        net = self.lookup(name)
         flags = (libvirt.VIR_NETWORK_PORT_CREATE_VALIDATE
                  | (libvirt.VIR_NETWORK_PORT_CREATE_RECLAIM if reclaim else 0))
-        return documents.submit(net.portCreateXML, xml, flags, root="networkport")
+        return net.name(), documents.submit(net.portCreateXML, xml, flags, root="networkport")

@@ -7,34 +7,29 @@ send any number: only the values both sides know get through to libvirt.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
 import libvirt
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.common.convert import libvirt_to_proto, proto_to_libvirt
 from services.common.errors import ServiceError
+from services.common.events import now
 from virtmesh.network.v1 import network_service_pb2 as pb
 
 #: UpdateCommand -> virNetworkUpdateCommand
-UPDATE_COMMANDS: dict[int, int] = {
-    value: getattr(libvirt, f"VIR_NETWORK_UPDATE_COMMAND_{name.removeprefix('UPDATE_COMMAND_')}")
-    for name, value in pb.UpdateCommand.items() if value
-}
+UPDATE_COMMANDS = proto_to_libvirt(pb.UpdateCommand, "UPDATE_COMMAND_",
+                                   "VIR_NETWORK_UPDATE_COMMAND_")
 #: NetworkSection -> virNetworkUpdateSection
-SECTIONS: dict[int, int] = {
-    value: getattr(libvirt, f"VIR_{name}") for name, value in pb.NetworkSection.items() if value
-}
+SECTIONS = proto_to_libvirt(pb.NetworkSection, "", "VIR_")
 #: virNetworkEventLifecycleType -> NetworkEventType
-EVENT_TYPES: dict[int, pb.NetworkEventType.ValueType] = {
-    getattr(libvirt, f"VIR_NETWORK_EVENT_{name.removeprefix('NETWORK_EVENT_TYPE_')}"): value
-    for name, value in pb.NetworkEventType.items() if value
-}
-_ADDRESS_TYPES = {libvirt.VIR_IP_ADDR_TYPE_IPV4: pb.IP_ADDRESS_TYPE_IPV4,
-                  libvirt.VIR_IP_ADDR_TYPE_IPV6: pb.IP_ADDRESS_TYPE_IPV6}
+EVENT_TYPES = libvirt_to_proto(pb.NetworkEventType, "NETWORK_EVENT_TYPE_", "VIR_NETWORK_EVENT_")
+_ADDRESS_TYPES = libvirt_to_proto(pb.IPAddressType, "IP_ADDRESS_TYPE_", "VIR_IP_ADDR_TYPE_")
 
 
-def _known(table: dict[int, int], value: int, field: str, enum: Any) -> int:
+def _known(table: Mapping[Any, int], value: int, field: str, enum: Any) -> int:
     if value not in table:
         choices = ", ".join(name for name, number in enum.items() if number)
         raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -49,6 +44,15 @@ def update_command(value: int) -> int:
 
 def section(value: int) -> int:
     return _known(SECTIONS, value, "section", pb.NetworkSection)
+
+
+def network_name(net: libvirt.virNetwork) -> str:
+    return net.name()
+
+
+def port_uuid(port: libvirt.virNetworkPort) -> str:
+    """Ports have no name: they are known by UUID."""
+    return port.UUIDString()
 
 
 def network(net: libvirt.virNetwork) -> pb.Network:
@@ -70,8 +74,8 @@ def _pci_address(element: ET.Element | None) -> str:
     return "{:04x}:{:02x}:{:02x}.{:x}".format(*parts)
 
 
-def port(network_name: str, xml: str) -> pb.NetworkPort:
-    root = ET.fromstring(xml)
+def port(network_name: str, found: libvirt.virNetworkPort) -> pb.NetworkPort:
+    root = ET.fromstring(found.XMLDesc(0))
     plug = root.find("plug")
     plug_type = plug.get("type", "") if plug is not None else ""
     device = ""
@@ -99,5 +103,10 @@ def lease(record: dict[str, Any]) -> pb.DHCPLease:
     )
 
 
-def event_type(event: int) -> pb.NetworkEventType.ValueType:
-    return EVENT_TYPES.get(event, pb.NETWORK_EVENT_TYPE_UNSPECIFIED)
+def network_event(net: libvirt.virNetwork, kind: str, event: int,
+                  detail: int) -> pb.WatchNetworkEventsResponse:
+    """The Watch response for what NetworkBackend.register_events emits (its only
+    ``kind`` is lifecycle)."""
+    return pb.WatchNetworkEventsResponse(
+        name=net.name(), uuid=net.UUIDString(), time=now(),
+        type=EVENT_TYPES.get(event, pb.NETWORK_EVENT_TYPE_UNSPECIFIED))

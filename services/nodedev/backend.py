@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 import libvirt
 
-from services.common import documents
+from services.common import documents, event_callbacks
 from services.common.backend import Backend
 from services.common.errors import ServiceError, require
 
@@ -56,3 +58,40 @@ class NodeDeviceBackend(Backend):
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"node device '{name}' is not a PCI device", "NOT_A_PCI_DEVICE")
         return dev
+
+    def register_events(self, conn: libvirt.virConnect, emit: Callable[..., None]) -> None:
+        """Emit (device, "lifecycle", event, detail) and (device, "update")."""
+        event_callbacks.register(conn.nodeDeviceEventRegisterAny, {
+            libvirt.VIR_NODE_DEVICE_EVENT_ID_LIFECYCLE: "lifecycle",
+            libvirt.VIR_NODE_DEVICE_EVENT_ID_UPDATE: "update",
+        }, emit)
+
+    def xml(self, name: str) -> tuple[str, str]:
+        """The device's name and its XML."""
+        dev = self.lookup(name)
+        return dev.name(), dev.XMLDesc(0)
+
+    def destroy(self, name: str) -> None:
+        self.lookup(name).destroy()
+
+    def undefine(self, name: str) -> None:
+        self.lookup(name).undefine(0)
+
+    def start(self, name: str) -> libvirt.virNodeDevice:
+        dev = self.lookup(name)
+        dev.create(0)
+        return dev
+
+    def set_autostart(self, name: str, autostart: bool) -> None:
+        self.lookup(name).setAutostart(int(autostart))
+
+    def detach(self, name: str, driver: str) -> None:
+        """Detach a PCI device from the host for assignment (``driver``: libvirt's
+        choice when empty)."""
+        self.pci_device(name).detachFlags(driver or None, 0)
+
+    def reattach(self, name: str) -> None:
+        self.pci_device(name).reAttach()
+
+    def reset(self, name: str) -> None:
+        self.pci_device(name).reset()

@@ -12,28 +12,22 @@ from collections.abc import Callable, Iterable
 import grpc
 import libvirt
 
+from services.common.convert import libvirt_to_proto, proto_to_libvirt
 from services.common.errors import ServiceError
+from services.common.events import now
 from virtmesh.nodedev.v1 import nodedev_service_pb2 as pb
 
-_PREFIX = "NODE_DEVICE_CAPABILITY_"
 _FLAG_SPELLINGS = {"PCI": "PCI_DEV", "USB_DEVICE": "USB_DEV", "USB": "USB_INTERFACE",
                    "CCW": "CCW_DEV", "CSS": "CSS_DEV"}
 #: NodeDeviceCapability -> libvirt's VIR_CONNECT_LIST_NODE_DEVICES_CAP_* flag
-CAPABILITY_FLAGS: dict[int, int] = {
-    value: getattr(libvirt, "VIR_CONNECT_LIST_NODE_DEVICES_CAP_"
-                   + _FLAG_SPELLINGS.get(name[len(_PREFIX):], name[len(_PREFIX):]))
-    for name, value in pb.NodeDeviceCapability.items() if value
-}
-
+CAPABILITY_FLAGS = proto_to_libvirt(pb.NodeDeviceCapability, "NODE_DEVICE_CAPABILITY_",
+                                    "VIR_CONNECT_LIST_NODE_DEVICES_CAP_", _FLAG_SPELLINGS)
 #: libvirt's virNodeDeviceEventLifecycleType -> NodeDeviceLifecycleEventType
-LIFECYCLE_EVENTS: dict[int, pb.NodeDeviceLifecycleEventType.ValueType] = {
-    getattr(libvirt, f"VIR_NODE_DEVICE_EVENT_{name}"): pb.NodeDeviceLifecycleEventType.Value(
-        f"NODE_DEVICE_LIFECYCLE_EVENT_TYPE_{name}")
-    for name in ("CREATED", "DELETED", "DEFINED", "UNDEFINED")
-}
+LIFECYCLE_EVENTS = libvirt_to_proto(pb.NodeDeviceLifecycleEventType,
+                                    "NODE_DEVICE_LIFECYCLE_EVENT_TYPE_", "VIR_NODE_DEVICE_EVENT_")
 
 
-def capability_flags(capabilities: Iterable[int]) -> int:
+def capability_flags(capabilities: Iterable[pb.NodeDeviceCapability.ValueType]) -> int:
     """libvirt's list flags for devices with any of ``capabilities``."""
     flags = 0
     for capability in capabilities:
@@ -45,8 +39,20 @@ def capability_flags(capabilities: Iterable[int]) -> int:
     return flags
 
 
-def lifecycle_event(event: int) -> pb.NodeDeviceLifecycleEventType.ValueType:
-    return LIFECYCLE_EVENTS.get(event, pb.NODE_DEVICE_LIFECYCLE_EVENT_TYPE_UNSPECIFIED)
+def device_name(dev: libvirt.virNodeDevice) -> str:
+    return dev.name()
+
+
+def device_event(dev: libvirt.virNodeDevice, kind: str,
+                 *details: int) -> pb.WatchNodeDeviceEventsResponse:
+    """The Watch response for what NodeDeviceBackend.register_events emits."""
+    if kind == "lifecycle":
+        lifecycle = pb.NodeDeviceLifecycleEvent(type=LIFECYCLE_EVENTS.get(
+            details[0], pb.NODE_DEVICE_LIFECYCLE_EVENT_TYPE_UNSPECIFIED))
+        return pb.WatchNodeDeviceEventsResponse(name=dev.name(), time=now(),
+                                                lifecycle=lifecycle)
+    return pb.WatchNodeDeviceEventsResponse(name=dev.name(), time=now(),
+                                            update=pb.NodeDeviceUpdateEvent())
 
 
 def _unless_unsupported(call: Callable[[], int]) -> bool | None:

@@ -6,16 +6,12 @@ No try/except here: errors travel to the ErrorInterceptor.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import grpc
-import libvirt
 
-from services.common import paging
-from services.common.backend import summaries
 from services.common.config import Config
-from services.common.events import EventHub, now
 from services.common.libvirt_connection import LibvirtConnection
+from services.common.servicer import DriverServicer, optional_bools
 from services.nodedev import convert
 from services.nodedev.backend import NodeDeviceBackend
 from virtmesh.nodedev.v1 import nodedev_service_pb2 as pb
@@ -24,48 +20,27 @@ from virtmesh.nodedev.v1 import nodedev_service_pb2_grpc as pb_grpc
 Ctx = grpc.ServicerContext
 
 
-class NodeDeviceServicer(pb_grpc.NodeDeviceServiceServicer):
+class NodeDeviceServicer(DriverServicer[NodeDeviceBackend, pb.WatchNodeDeviceEventsResponse],
+                         pb_grpc.NodeDeviceServiceServicer):
     def __init__(self, connection: LibvirtConnection, config: Config) -> None:
-        self.backend = NodeDeviceBackend(connection)
-        self.events: EventHub[pb.WatchNodeDeviceEventsResponse] = EventHub.fed_by(
-            connection, config.max_event_watchers, self._register_events)
-
-    def close(self) -> None:
-        """The service is stopping: end event streams now rather than after the grace."""
-        self.events.close_all("the service is shutting down")
-
-    # -- events ---------------------------------------------------------------
-
-    def _register_events(self, conn: libvirt.virConnect) -> None:
-        def publish(dev: libvirt.virNodeDevice, **event: Any) -> None:
-            self.events.publish(pb.WatchNodeDeviceEventsResponse(
-                name=dev.name(), time=now(), **event))
-
-        conn.nodeDeviceEventRegisterAny(
-            None, libvirt.VIR_NODE_DEVICE_EVENT_ID_LIFECYCLE,
-            lambda _c, dev, event, _detail, _o: publish(
-                dev, lifecycle=pb.NodeDeviceLifecycleEvent(type=convert.lifecycle_event(event))),
-            None)
-        conn.nodeDeviceEventRegisterAny(
-            None, libvirt.VIR_NODE_DEVICE_EVENT_ID_UPDATE,
-            lambda _c, dev, _o: publish(dev, update=pb.NodeDeviceUpdateEvent()), None)
+        backend = NodeDeviceBackend(connection)
+        super().__init__(backend, config, backend.register_events, convert.device_event)
 
     def WatchNodeDeviceEvents(self, request: pb.WatchNodeDeviceEventsRequest,
                               context: Ctx) -> Iterator[pb.WatchNodeDeviceEventsResponse]:
-        yield from self.events.watch(context, request.names, lambda: self.backend.conn)
+        yield from self.watch(request, context)
 
     # -- devices --------------------------------------------------------------
 
     def ListNodeDevices(self, request: pb.ListNodeDevicesRequest,
                         context: Ctx) -> pb.ListNodeDevicesResponse:
-        active = request.active if request.HasField("active") else None
+        active = optional_bools(request, "active")["active"]
         devices = self.backend.list_devices(convert.capability_flags(request.capabilities),
                                             active, request.parent)
-        fingerprint = paging.fingerprint(sorted(request.capabilities), active, request.parent)
-        chunk, token = paging.page(devices, lambda dev: dev.name(), request.page_size,
-                                   request.page_token, fingerprint)
-        return pb.ListNodeDevicesResponse(node_devices=summaries(chunk, convert.node_device),
-                                          next_page_token=token)
+        node_devices, token = self.page(devices, convert.device_name, convert.node_device,
+                                        request, sorted(request.capabilities), active,
+                                        request.parent)
+        return pb.ListNodeDevicesResponse(node_devices=node_devices, next_page_token=token)
 
     def GetNodeDevice(self, request: pb.GetNodeDeviceRequest,
                       context: Ctx) -> pb.GetNodeDeviceResponse:
@@ -74,8 +49,8 @@ class NodeDeviceServicer(pb_grpc.NodeDeviceServiceServicer):
 
     def GetNodeDeviceXML(self, request: pb.GetNodeDeviceXMLRequest,
                          context: Ctx) -> pb.GetNodeDeviceXMLResponse:
-        dev = self.backend.lookup(request.name)
-        return pb.GetNodeDeviceXMLResponse(name=dev.name(), xml=dev.XMLDesc(0))
+        name, xml = self.backend.xml(request.name)
+        return pb.GetNodeDeviceXMLResponse(name=name, xml=xml)
 
     def CreateNodeDevice(self, request: pb.CreateNodeDeviceRequest,
                          context: Ctx) -> pb.CreateNodeDeviceResponse:
@@ -84,7 +59,7 @@ class NodeDeviceServicer(pb_grpc.NodeDeviceServiceServicer):
 
     def DestroyNodeDevice(self, request: pb.DestroyNodeDeviceRequest,
                           context: Ctx) -> pb.DestroyNodeDeviceResponse:
-        self.backend.lookup(request.name).destroy()
+        self.backend.destroy(request.name)
         return pb.DestroyNodeDeviceResponse()
 
     def DefineNodeDevice(self, request: pb.DefineNodeDeviceRequest,
@@ -94,31 +69,30 @@ class NodeDeviceServicer(pb_grpc.NodeDeviceServiceServicer):
 
     def UndefineNodeDevice(self, request: pb.UndefineNodeDeviceRequest,
                            context: Ctx) -> pb.UndefineNodeDeviceResponse:
-        self.backend.lookup(request.name).undefine(0)
+        self.backend.undefine(request.name)
         return pb.UndefineNodeDeviceResponse()
 
     def StartNodeDevice(self, request: pb.StartNodeDeviceRequest,
                         context: Ctx) -> pb.StartNodeDeviceResponse:
-        dev = self.backend.lookup(request.name)
-        dev.create(0)
+        dev = self.backend.start(request.name)
         return pb.StartNodeDeviceResponse(node_device=convert.node_device(dev))
 
     def SetNodeDeviceAutostart(self, request: pb.SetNodeDeviceAutostartRequest,
                                context: Ctx) -> pb.SetNodeDeviceAutostartResponse:
-        self.backend.lookup(request.name).setAutostart(int(request.autostart))
+        self.backend.set_autostart(request.name, request.autostart)
         return pb.SetNodeDeviceAutostartResponse()
 
     def DetachNodeDevice(self, request: pb.DetachNodeDeviceRequest,
                          context: Ctx) -> pb.DetachNodeDeviceResponse:
-        self.backend.pci_device(request.name).detachFlags(request.driver or None, 0)
+        self.backend.detach(request.name, request.driver)
         return pb.DetachNodeDeviceResponse()
 
     def ReattachNodeDevice(self, request: pb.ReattachNodeDeviceRequest,
                            context: Ctx) -> pb.ReattachNodeDeviceResponse:
-        self.backend.pci_device(request.name).reAttach()
+        self.backend.reattach(request.name)
         return pb.ReattachNodeDeviceResponse()
 
     def ResetNodeDevice(self, request: pb.ResetNodeDeviceRequest,
                         context: Ctx) -> pb.ResetNodeDeviceResponse:
-        self.backend.pci_device(request.name).reset()
+        self.backend.reset(request.name)
         return pb.ResetNodeDeviceResponse()

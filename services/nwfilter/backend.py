@@ -17,8 +17,26 @@ class NWFilterBackend(Backend):
         return by_name_or_uuid(name, conn.nwfilterLookupByUUIDString, conn.nwfilterLookupByName,
                                libvirt.VIR_ERR_NO_NWFILTER)
 
+    def list_filters(self) -> list[libvirt.virNWFilter]:
+        return self.conn.listAllNWFilters(0)
+
+    def xml(self, name: str) -> str:
+        return self.lookup(name).XMLDesc()
+
+    def undefine(self, name: str) -> None:
+        self.lookup(name).undefine()
+
     def lookup_binding(self, port_dev: str) -> libvirt.virNWFilterBinding:
         return self.conn.nwfilterBindingLookupByPortDev(require(port_dev, "name"))
+
+    def list_bindings(self) -> list[libvirt.virNWFilterBinding]:
+        return self.conn.listAllNWFilterBindings(0)
+
+    def binding_xml(self, port_dev: str) -> str:
+        return self.lookup_binding(port_dev).XMLDesc()
+
+    def delete_binding(self, port_dev: str) -> None:
+        self.lookup_binding(port_dev).delete()
 
     def define(self, xml: str) -> libvirt.virNWFilter:
         return documents.submit(self.conn.nwfilterDefineXMLFlags, xml,

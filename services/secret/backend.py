@@ -11,17 +11,16 @@ import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from urllib.parse import urlparse
 
 import grpc
 import libvirt
 
-from services.common import documents
+from services.common import documents, event_callbacks
 from services.common.backend import Backend, is_uuid, list_flags
 from services.common.errors import ServiceError, require
 from services.common.libvirt_connection import LibvirtConnection
-from services.secret import convert
-from virtmesh.secret.v1 import secret_service_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +84,9 @@ class SecretBackend(Backend):
                                f"name must be the secret's UUID (got {name!r})", "INVALID_UUID")
         return self.conn.secretLookupByUUIDString(name)
 
-    def lookup_usage(self, usage: pb.Usage) -> libvirt.virSecret:
-        usage_type = convert.libvirt_usage_type(usage.type)
-        return self.conn.secretLookupByUsage(usage_type, require(usage.id, "usage.id"))
+    def lookup_usage(self, usage_type: int, usage_id: str) -> libvirt.virSecret:
+        """A secret by libvirt's usage type and the usage's id (a volume path, ...)."""
+        return self.conn.secretLookupByUsage(usage_type, require(usage_id, "usage.id"))
 
     def list_secrets(self, ephemeral: bool | None, private: bool | None) -> list[libvirt.virSecret]:
         return self.conn.listAllSecrets(list_flags(
@@ -95,6 +94,17 @@ class SecretBackend(Backend):
              libvirt.VIR_CONNECT_LIST_SECRETS_NO_EPHEMERAL),
             (private, libvirt.VIR_CONNECT_LIST_SECRETS_PRIVATE,
              libvirt.VIR_CONNECT_LIST_SECRETS_NO_PRIVATE)))
+
+    def register_events(self, conn: libvirt.virConnect,
+                        emit: Callable[..., None]) -> None:
+        """Emit (secret, "lifecycle", event, detail) and (secret, "value_changed")."""
+        event_callbacks.register(conn.secretEventRegisterAny, {
+            libvirt.VIR_SECRET_EVENT_ID_LIFECYCLE: "lifecycle",
+            libvirt.VIR_SECRET_EVENT_ID_VALUE_CHANGED: "value_changed",
+        }, emit)
+
+    def xml(self, name: str) -> str:
+        return self.lookup(name).XMLDesc()
 
     def define(self, xml: str) -> libvirt.virSecret:
         def refuse_ephemeral(document: documents.Document) -> None:
@@ -107,14 +117,16 @@ class SecretBackend(Backend):
                                 libvirt.VIR_SECRET_DEFINE_VALIDATE, root="secret",
                                 inspect=refuse_ephemeral)
 
-    def set_value(self, secret: libvirt.virSecret, value: bytes) -> None:
+    def set_value(self, name: str, value: bytes) -> None:
+        secret = self.lookup(name)
         if not value:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
                                "value is required (libvirt keeps an empty value as none)",
                                "MISSING_FIELD")
         secret.setValue(value)
 
-    def value(self, secret: libvirt.virSecret) -> bytes:
+    def value(self, name: str) -> bytes:
+        secret = self.lookup(name)
         # Checked here because an embedded driver has no caller identity to refuse by.
         if ET.fromstring(secret.XMLDesc()).get("private") == "yes":
             raise ServiceError(grpc.StatusCode.PERMISSION_DENIED,
@@ -122,7 +134,8 @@ class SecretBackend(Backend):
                                "reveals its value", "SECRET_PRIVATE")
         return bytes(secret.value())
 
-    def undefine(self, secret: libvirt.virSecret) -> None:
+    def undefine(self, name: str) -> None:
+        secret = self.lookup(name)
         if self.undefine_crashes:
             raise _refuse_embedded("undefining a secret")
         secret.undefine()

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 
 import grpc
 import libvirt
 
-from services.common import documents
+from services.common import documents, event_callbacks
 from services.common.backend import Backend, by_name_or_uuid, list_flags
 from services.common.errors import ServiceError, require
 from services.common.libvirt_connection import LibvirtConnection
 from services.common.sandbox import ParseSandbox
-from services.storage import convert
-from virtmesh.storage.v1 import storage_service_pb2 as pb
 
 #: Largest data chunk in either direction: what the service holds of a volume at a time.
 CHUNK_BYTES = 1 << 20
@@ -101,6 +98,36 @@ class StorageBackend(Backend):
                               | (libvirt.VIR_STORAGE_POOL_BUILD_NO_OVERWRITE
                                  if no_overwrite else 0))
 
+    def pool_xml(self, name: str, inactive: bool) -> str:
+        return self.pool(name).XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE if inactive else 0)
+
+    def start_pool(self, name: str, build: bool) -> libvirt.virStoragePool:
+        pool = self.pool(name)
+        pool.create(libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD if build else 0)
+        return pool
+
+    def stop_pool(self, name: str) -> None:
+        self.pool(name).destroy()
+
+    def delete_pool(self, name: str) -> None:
+        self.pool(name).delete(0)
+
+    def undefine_pool(self, name: str) -> None:
+        self.pool(name).undefine()
+
+    def refresh_pool(self, name: str) -> None:
+        self.pool(name).refresh(0)
+
+    def set_pool_autostart(self, name: str, autostart: bool) -> None:
+        self.pool(name).setAutostart(int(autostart))
+
+    def register_events(self, conn: libvirt.virConnect, emit: Callable[..., None]) -> None:
+        """Emit (pool, "lifecycle", event, detail) and (pool, "refresh")."""
+        event_callbacks.register(conn.storagePoolEventRegisterAny, {
+            libvirt.VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE: "lifecycle",
+            libvirt.VIR_STORAGE_POOL_EVENT_ID_REFRESH: "refresh",
+        }, emit)
+
     # -- volumes ----------------------------------------------------------------
 
     def volume(self, pool: str, name: str) -> libvirt.virStorageVol:
@@ -112,6 +139,17 @@ class StorageBackend(Backend):
             return self.conn.storageVolLookupByPath(name)
         return self.conn.storageVolLookupByKey(name)
 
+    def list_volumes(self, pool: str) -> tuple[str, str, list[libvirt.virStorageVol]]:
+        """The pool's name and UUID, and its volumes."""
+        found = self.pool(pool)
+        return found.name(), found.UUIDString(), found.listAllVolumes(0)
+
+    def volume_xml(self, pool: str, name: str) -> str:
+        return self.volume(pool, name).XMLDesc(0)
+
+    def delete_volume(self, pool: str, name: str) -> None:
+        self.volume(pool, name).delete(0)
+
     def create_volume(self, pool: str, xml: str,
                       prealloc_metadata: bool) -> libvirt.virStorageVol:
         target = self.pool(require(pool, "pool"))
@@ -119,65 +157,64 @@ class StorageBackend(Backend):
         return documents.submit(target.createXML, xml, flags, root="volume",
                                 inspect=lambda _: self.sandbox.parse("volume", xml))
 
-    def clone_volume(self, request: pb.CloneStorageVolumeRequest) -> libvirt.virStorageVol:
-        if bool(request.new_name) == bool(request.xml):
+    def clone_volume(self, pool: str, name: str, target_pool: str, new_name: str, xml: str,
+                     prealloc_metadata: bool, reflink: bool) -> libvirt.virStorageVol:
+        """A copy of volume ``name`` in ``target_pool`` (empty: the source's pool),
+        called ``new_name`` or else described by ``xml``."""
+        if bool(new_name) == bool(xml):
             raise _invalid("set exactly one of new_name and xml", "CONFLICTING_FIELDS")
-        source = self.volume(request.pool, request.name)
-        target = (self.pool(request.target_pool) if request.target_pool
+        source = self.volume(pool, name)
+        target = (self.pool(target_pool) if target_pool
                   else source.storagePoolLookupByVolume())
-        xml = request.xml
-        if request.new_name:
+        if new_name:
             # The source's definition under the new name, as virsh vol-clone does, but
             # without <allocation>: that is the source's disk usage rounded up to whole
             # blocks, and a raw copy would grow to it, becoming larger than its source.
             root = ET.fromstring(source.XMLDesc(0))
-            name = root.find("name")
-            assert name is not None, "libvirt's volume XML always has a <name>"
-            name.text = request.new_name
+            name_element = root.find("name")
+            assert name_element is not None, "libvirt's volume XML always has a <name>"
+            name_element.text = new_name
             for allocation in root.findall("allocation"):
                 root.remove(allocation)
             xml = ET.tostring(root, encoding="unicode")
-        flags = ((libvirt.VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA
-                  if request.prealloc_metadata else 0)
-                 | (libvirt.VIR_STORAGE_VOL_CREATE_REFLINK if request.reflink else 0))
+        flags = ((libvirt.VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA if prealloc_metadata else 0)
+                 | (libvirt.VIR_STORAGE_VOL_CREATE_REFLINK if reflink else 0))
         return documents.submit(target.createXMLFrom, xml, source, flags, root="volume",
                                 inspect=lambda _: self.sandbox.parse("volume", xml))
 
     def wipe(self, vol: libvirt.virStorageVol, algorithm: int) -> None:
-        if algorithm not in convert.WIPE_ALGORITHMS:
-            raise _invalid(f"unknown wipe algorithm {algorithm}", "UNKNOWN_WIPE_ALGORITHM")
-        vol.wipePattern(convert.WIPE_ALGORITHMS[algorithm], 0)
+        """Overwrite the volume's data with libvirt's wipe ``algorithm``."""
+        vol.wipePattern(algorithm, 0)
 
-    def resize(self, vol: libvirt.virStorageVol, capacity: int, allocate: bool, delta: bool,
-               shrink: bool) -> None:
+    def resize(self, pool: str, name: str, capacity: int, allocate: bool, delta: bool,
+               shrink: bool) -> libvirt.virStorageVol:
+        vol = self.volume(pool, name)
         vol.resize(capacity, (libvirt.VIR_STORAGE_VOL_RESIZE_ALLOCATE if allocate else 0)
                    | (libvirt.VIR_STORAGE_VOL_RESIZE_DELTA if delta else 0)
                    | (libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK if shrink else 0))
+        return vol
 
     # -- volume contents --------------------------------------------------------
 
-    def upload(self, requests: Iterator[pb.UploadStorageVolumeRequest]
-               ) -> tuple[libvirt.virStorageVol, int]:
-        """Send each request's data to a libvirt upload stream as it arrives.
+    def upload(self, pool: str, name: str, offset: int, length: int,
+               chunks: Iterable[bytes]) -> tuple[libvirt.virStorageVol, int]:
+        """Send each chunk to a libvirt upload stream as it arrives (reading the next
+        one raises grpc.RpcError when the caller goes away).
 
         Any failure aborts the stream, so that libvirt does not take a partial upload
         for a complete one; the bytes written so far stay in the volume."""
-        first = next(requests, None)
-        if first is None:
-            raise _invalid("the upload stream is empty; its first message must name the "
-                           "volume", "EMPTY_UPLOAD")
-        vol = self.volume(first.pool, first.name)
+        vol = self.volume(pool, name)
         stream = self.conn.newStream(0)
-        vol.upload(stream, first.offset, first.length, 0)
+        vol.upload(stream, offset, length, 0)
         written = 0
         try:
-            for data in itertools.chain((first.data,), (request.data for request in requests)):
+            for data in chunks:
                 if len(data) > CHUNK_BYTES:
                     raise _invalid(f"a data chunk holds {len(data)} bytes; at most "
                                    f"{CHUNK_BYTES} are allowed", "CHUNK_TOO_LARGE")
-                if first.length and written + len(data) > first.length:
+                if length and written + len(data) > length:
                     raise ServiceError(grpc.StatusCode.OUT_OF_RANGE,
-                                       f"more than the announced length of {first.length} "
+                                       f"more than the announced length of {length} "
                                        "bytes was sent; the upload was aborted",
                                        "UPLOAD_TOO_LONG")
                 written += len(data)
@@ -195,8 +232,9 @@ class StorageBackend(Backend):
         return vol, written
 
     def download(self, vol: libvirt.virStorageVol, offset: int,
-                 length: int) -> Iterator[pb.DownloadStorageVolumeResponse]:
-        """Chunks of the volume from ``offset`` for ``length`` bytes (0: to its end).
+                 length: int) -> Generator[tuple[int, bytes], None, None]:
+        """(offset, data) chunks of the volume from ``offset`` for ``length`` bytes
+        (0: to its end).
 
         libvirt's client library queues whatever the daemon sends on a stream, as fast
         as the daemon reads: one stream for a whole volume would pile up in our memory
@@ -208,13 +246,13 @@ class StorageBackend(Backend):
             got = 0
             for chunk in self._download_window(vol, offset, want):
                 yield chunk
-                got += len(chunk.data)
+                got += len(chunk[1])
             offset += got
             if got < want:  # the end of the volume
                 return
 
     def _download_window(self, vol: libvirt.virStorageVol, offset: int,
-                         length: int) -> Iterator[pb.DownloadStorageVolumeResponse]:
+                         length: int) -> Iterator[tuple[int, bytes]]:
         """One libvirt download stream, aborted when the caller stops early (a cancelled
         call closes this generator)."""
         stream = self.conn.newStream(0)
@@ -222,7 +260,7 @@ class StorageBackend(Backend):
         finished = False
         try:
             while data := stream.recv(self.chunk_bytes):
-                yield pb.DownloadStorageVolumeResponse(data=data, offset=offset)
+                yield offset, data
                 offset += len(data)
             stream.finish()
             finished = True

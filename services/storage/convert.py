@@ -7,29 +7,41 @@ the tables pair them by name rather than by number.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from typing import Any
 
+import grpc
 import libvirt
 
+from services.common.convert import libvirt_to_proto, proto_to_libvirt
+from services.common.errors import ServiceError
+from services.common.events import now
 from virtmesh.storage.v1 import storage_service_pb2 as pb
 
-
-def _by_name(enum: Any, proto_prefix: str, libvirt_prefix: str) -> dict[int, int]:
-    """libvirt value -> proto value for every proto name libvirt also has."""
-    return {getattr(libvirt, libvirt_prefix + name.removeprefix(proto_prefix)): value
-            for name, value in enum.items()
-            if value and hasattr(libvirt, libvirt_prefix + name.removeprefix(proto_prefix))}
-
-
-POOL_STATES = _by_name(pb.StoragePoolState, "STORAGE_POOL_STATE_", "VIR_STORAGE_POOL_")
-VOLUME_TYPES = _by_name(pb.StorageVolumeType, "STORAGE_VOLUME_TYPE_", "VIR_STORAGE_VOL_")
-LIFECYCLE_EVENTS = _by_name(pb.StoragePoolLifecycleEventType,
-                            "STORAGE_POOL_LIFECYCLE_EVENT_TYPE_", "VIR_STORAGE_POOL_EVENT_")
+POOL_STATES = libvirt_to_proto(pb.StoragePoolState, "STORAGE_POOL_STATE_", "VIR_STORAGE_POOL_")
+VOLUME_TYPES = libvirt_to_proto(pb.StorageVolumeType, "STORAGE_VOLUME_TYPE_",
+                                "VIR_STORAGE_VOL_")
+LIFECYCLE_EVENTS = libvirt_to_proto(pb.StoragePoolLifecycleEventType,
+                                    "STORAGE_POOL_LIFECYCLE_EVENT_TYPE_",
+                                    "VIR_STORAGE_POOL_EVENT_")
 #: proto algorithm -> libvirt's; UNSPECIFIED is libvirt's default, zeros
-WIPE_ALGORITHMS: dict[int, int] = {value: getattr(libvirt, "VIR_STORAGE_VOL_WIPE_ALG_"
-                                  + name.removeprefix("WIPE_ALGORITHM_"))
-                   for name, value in pb.WipeAlgorithm.items() if value}
-WIPE_ALGORITHMS[pb.WIPE_ALGORITHM_UNSPECIFIED] = libvirt.VIR_STORAGE_VOL_WIPE_ALG_ZERO
+WIPE_ALGORITHMS = {
+    **proto_to_libvirt(pb.WipeAlgorithm, "WIPE_ALGORITHM_", "VIR_STORAGE_VOL_WIPE_ALG_"),
+    pb.WIPE_ALGORITHM_UNSPECIFIED: libvirt.VIR_STORAGE_VOL_WIPE_ALG_ZERO,
+}
+
+
+def wipe_algorithm(algorithm: pb.WipeAlgorithm.ValueType) -> int:
+    if algorithm not in WIPE_ALGORITHMS:
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"unknown wipe algorithm {algorithm}", "UNKNOWN_WIPE_ALGORITHM")
+    return WIPE_ALGORITHMS[algorithm]
+
+
+def pool_name(pool: libvirt.virStoragePool) -> str:
+    return pool.name()
+
+
+def volume_name(vol: libvirt.virStorageVol) -> str:
+    return vol.name()
 
 
 def storage_pool(pool: libvirt.virStoragePool) -> pb.StoragePool:
@@ -38,7 +50,7 @@ def storage_pool(pool: libvirt.virStoragePool) -> pb.StoragePool:
     persistent = bool(pool.isPersistent())
     return pb.StoragePool(
         name=pool.name(), uuid=pool.UUIDString(),
-        state=POOL_STATES.get(state, pb.STORAGE_POOL_STATE_UNSPECIFIED),  # type: ignore[arg-type]
+        state=POOL_STATES.get(state, pb.STORAGE_POOL_STATE_UNSPECIFIED),
         type=root.get("type", ""), capacity_bytes=capacity, allocation_bytes=allocation,
         available_bytes=available, persistent=persistent,
         autostart=bool(pool.autostart()) if persistent else False,
@@ -55,6 +67,18 @@ def storage_volume(vol: libvirt.virStorageVol, pool: str = "") -> pb.StorageVolu
     return pb.StorageVolume(
         pool=pool or vol.storagePoolLookupByVolume().name(), name=vol.name(), key=vol.key(),
         path=root.findtext("target/path") or vol.path(),
-        type=VOLUME_TYPES.get(kind, pb.STORAGE_VOLUME_TYPE_UNSPECIFIED),  # type: ignore[arg-type]
+        type=VOLUME_TYPES.get(kind, pb.STORAGE_VOLUME_TYPE_UNSPECIFIED),
         format=target_format.get("type", "") if target_format is not None else "",
         capacity_bytes=capacity, allocation_bytes=allocation)
+
+
+def pool_event(pool: libvirt.virStoragePool, kind: str,
+               *details: int) -> pb.WatchStoragePoolEventsResponse:
+    """The Watch response for what StorageBackend.register_events emits."""
+    if kind == "lifecycle":
+        lifecycle = pb.StoragePoolLifecycleEvent(type=LIFECYCLE_EVENTS.get(
+            details[0], pb.STORAGE_POOL_LIFECYCLE_EVENT_TYPE_UNSPECIFIED))
+        return pb.WatchStoragePoolEventsResponse(name=pool.name(), uuid=pool.UUIDString(),
+                                                 time=now(), lifecycle=lifecycle)
+    return pb.WatchStoragePoolEventsResponse(name=pool.name(), uuid=pool.UUIDString(),
+                                             time=now(), refresh=pb.StoragePoolRefreshEvent())

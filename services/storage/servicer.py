@@ -5,16 +5,16 @@ No try/except here: errors travel to the ErrorInterceptor.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from collections.abc import Iterator
 
 import grpc
-import libvirt
 
-from services.common import paging
-from services.common.backend import summaries
 from services.common.config import Config
-from services.common.events import EventHub, now
+from services.common.errors import ServiceError
 from services.common.libvirt_connection import LibvirtConnection
+from services.common.servicer import DriverServicer, optional_bools
 from services.storage import convert
 from services.storage.backend import StorageBackend
 from virtmesh.storage.v1 import storage_service_pb2 as pb
@@ -23,56 +23,29 @@ from virtmesh.storage.v1 import storage_service_pb2_grpc as pb_grpc
 Ctx = grpc.ServicerContext
 
 
-class StorageServicer(pb_grpc.StorageServiceServicer):
+class StorageServicer(DriverServicer[StorageBackend, pb.WatchStoragePoolEventsResponse],
+                      pb_grpc.StorageServiceServicer):
     def __init__(self, connection: LibvirtConnection, config: Config) -> None:
-        self.backend = StorageBackend(connection, config.max_message_bytes)
-        self.events: EventHub[pb.WatchStoragePoolEventsResponse] = EventHub.fed_by(
-            connection, config.max_event_watchers, self._register_events)
-
-    def close(self) -> None:
-        """The service is stopping: end event streams now rather than after the grace."""
-        self.events.close_all("the service is shutting down")
+        backend = StorageBackend(connection, config.max_message_bytes)
+        super().__init__(backend, config, backend.register_events, convert.pool_event)
 
     def stopped(self) -> None:
         """The last call has ended: let go of the parse sandbox."""
         self.backend.close()
 
-    # -- events -----------------------------------------------------------------
-
-    def _register_events(self, conn: libvirt.virConnect) -> None:
-        def publish(pool: libvirt.virStoragePool,
-                    lifecycle: pb.StoragePoolLifecycleEvent | None = None,
-                    refresh: pb.StoragePoolRefreshEvent | None = None) -> None:
-            self.events.publish(pb.WatchStoragePoolEventsResponse(
-                name=pool.name(), uuid=pool.UUIDString(), time=now(), lifecycle=lifecycle,
-                refresh=refresh))
-
-        conn.storagePoolEventRegisterAny(
-            None, libvirt.VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE,
-            lambda _c, pool, event, _detail, _o: publish(pool, lifecycle=(
-                pb.StoragePoolLifecycleEvent(type=convert.LIFECYCLE_EVENTS.get(  # type: ignore[arg-type]
-                    event, pb.STORAGE_POOL_LIFECYCLE_EVENT_TYPE_UNSPECIFIED)))), None)
-        conn.storagePoolEventRegisterAny(
-            None, libvirt.VIR_STORAGE_POOL_EVENT_ID_REFRESH,
-            lambda _c, pool, _o: publish(pool, refresh=pb.StoragePoolRefreshEvent()), None)
-
     def WatchStoragePoolEvents(self, request: pb.WatchStoragePoolEventsRequest,
                                context: Ctx) -> Iterator[pb.WatchStoragePoolEventsResponse]:
-        yield from self.events.watch(context, request.names, lambda: self.backend.conn)
+        yield from self.watch(request, context)
 
     # -- pools ------------------------------------------------------------------
 
     def ListStoragePools(self, request: pb.ListStoragePoolsRequest,
                          context: Ctx) -> pb.ListStoragePoolsResponse:
-        filters = {name: getattr(request, name) if request.HasField(name) else None
-                   for name in ("active", "persistent", "autostart")}
+        filters = optional_bools(request, "active", "persistent", "autostart")
         types = sorted(set(request.types))
-        pools = self.backend.list_pools(filters, types)
-        chunk, token = paging.page(pools, lambda pool: pool.name(), request.page_size,
-                                   request.page_token,
-                                   paging.fingerprint(sorted(filters.items()), types))
-        return pb.ListStoragePoolsResponse(
-            storage_pools=summaries(chunk, convert.storage_pool), next_page_token=token)
+        pools, token = self.page(self.backend.list_pools(filters, types), convert.pool_name,
+                                 convert.storage_pool, request, sorted(filters.items()), types)
+        return pb.ListStoragePoolsResponse(storage_pools=pools, next_page_token=token)
 
     def GetStoragePool(self, request: pb.GetStoragePoolRequest,
                        context: Ctx) -> pb.GetStoragePoolResponse:
@@ -81,8 +54,8 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
 
     def GetStoragePoolXML(self, request: pb.GetStoragePoolXMLRequest,
                           context: Ctx) -> pb.GetStoragePoolXMLResponse:
-        flags = libvirt.VIR_STORAGE_XML_INACTIVE if request.inactive else 0
-        return pb.GetStoragePoolXMLResponse(xml=self.backend.pool(request.name).XMLDesc(flags))
+        return pb.GetStoragePoolXMLResponse(
+            xml=self.backend.pool_xml(request.name, request.inactive))
 
     def DefineStoragePool(self, request: pb.DefineStoragePoolRequest,
                           context: Ctx) -> pb.DefineStoragePoolResponse:
@@ -101,47 +74,43 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
 
     def StartStoragePool(self, request: pb.StartStoragePoolRequest,
                          context: Ctx) -> pb.StartStoragePoolResponse:
-        pool = self.backend.pool(request.name)
-        pool.create(libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD if request.build else 0)
+        pool = self.backend.start_pool(request.name, request.build)
         return pb.StartStoragePoolResponse(storage_pool=convert.storage_pool(pool))
 
     def StopStoragePool(self, request: pb.StopStoragePoolRequest,
                         context: Ctx) -> pb.StopStoragePoolResponse:
-        self.backend.pool(request.name).destroy()
+        self.backend.stop_pool(request.name)
         return pb.StopStoragePoolResponse()
 
     def DeleteStoragePool(self, request: pb.DeleteStoragePoolRequest,
                           context: Ctx) -> pb.DeleteStoragePoolResponse:
-        self.backend.pool(request.name).delete(0)
+        self.backend.delete_pool(request.name)
         return pb.DeleteStoragePoolResponse()
 
     def UndefineStoragePool(self, request: pb.UndefineStoragePoolRequest,
                             context: Ctx) -> pb.UndefineStoragePoolResponse:
-        self.backend.pool(request.name).undefine()
+        self.backend.undefine_pool(request.name)
         return pb.UndefineStoragePoolResponse()
 
     def RefreshStoragePool(self, request: pb.RefreshStoragePoolRequest,
                            context: Ctx) -> pb.RefreshStoragePoolResponse:
-        self.backend.pool(request.name).refresh(0)
+        self.backend.refresh_pool(request.name)
         return pb.RefreshStoragePoolResponse()
 
     def SetStoragePoolAutostart(self, request: pb.SetStoragePoolAutostartRequest,
                                 context: Ctx) -> pb.SetStoragePoolAutostartResponse:
-        self.backend.pool(request.name).setAutostart(int(request.autostart))
+        self.backend.set_pool_autostart(request.name, request.autostart)
         return pb.SetStoragePoolAutostartResponse()
 
     # -- volumes ----------------------------------------------------------------
 
     def ListStorageVolumes(self, request: pb.ListStorageVolumesRequest,
                            context: Ctx) -> pb.ListStorageVolumesResponse:
-        pool = self.backend.pool(request.pool)
-        chunk, token = paging.page(pool.listAllVolumes(0), lambda vol: vol.name(),
-                                   request.page_size, request.page_token,
-                                   paging.fingerprint(pool.UUIDString()))
-        pool_name = pool.name()
-        return pb.ListStorageVolumesResponse(
-            storage_volumes=summaries(chunk, lambda vol: convert.storage_volume(vol, pool_name)),
-            next_page_token=token)
+        pool_name, pool_uuid, volumes = self.backend.list_volumes(request.pool)
+        summaries, token = self.page(volumes, convert.volume_name,
+                                     lambda vol: convert.storage_volume(vol, pool_name), request,
+                                     pool_uuid)
+        return pb.ListStorageVolumesResponse(storage_volumes=summaries, next_page_token=token)
 
     def GetStorageVolume(self, request: pb.GetStorageVolumeRequest,
                          context: Ctx) -> pb.GetStorageVolumeResponse:
@@ -150,8 +119,8 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
 
     def GetStorageVolumeXML(self, request: pb.GetStorageVolumeXMLRequest,
                             context: Ctx) -> pb.GetStorageVolumeXMLResponse:
-        vol = self.backend.volume(request.pool, request.name)
-        return pb.GetStorageVolumeXMLResponse(xml=vol.XMLDesc(0))
+        return pb.GetStorageVolumeXMLResponse(
+            xml=self.backend.volume_xml(request.pool, request.name))
 
     def CreateStorageVolume(self, request: pb.CreateStorageVolumeRequest,
                             context: Ctx) -> pb.CreateStorageVolumeResponse:
@@ -160,33 +129,47 @@ class StorageServicer(pb_grpc.StorageServiceServicer):
 
     def CloneStorageVolume(self, request: pb.CloneStorageVolumeRequest,
                            context: Ctx) -> pb.CloneStorageVolumeResponse:
-        vol = self.backend.clone_volume(request)
+        vol = self.backend.clone_volume(request.pool, request.name, request.target_pool,
+                                        request.new_name, request.xml,
+                                        request.prealloc_metadata, request.reflink)
         return pb.CloneStorageVolumeResponse(storage_volume=convert.storage_volume(vol))
 
     def DeleteStorageVolume(self, request: pb.DeleteStorageVolumeRequest,
                             context: Ctx) -> pb.DeleteStorageVolumeResponse:
-        self.backend.volume(request.pool, request.name).delete(0)
+        self.backend.delete_volume(request.pool, request.name)
         return pb.DeleteStorageVolumeResponse()
 
     def WipeStorageVolume(self, request: pb.WipeStorageVolumeRequest,
                           context: Ctx) -> pb.WipeStorageVolumeResponse:
-        self.backend.wipe(self.backend.volume(request.pool, request.name), request.algorithm)
+        vol = self.backend.volume(request.pool, request.name)
+        self.backend.wipe(vol, convert.wipe_algorithm(request.algorithm))
         return pb.WipeStorageVolumeResponse()
 
     def ResizeStorageVolume(self, request: pb.ResizeStorageVolumeRequest,
                             context: Ctx) -> pb.ResizeStorageVolumeResponse:
-        vol = self.backend.volume(request.pool, request.name)
-        self.backend.resize(vol, request.capacity_bytes, request.allocate, request.delta,
-                            request.shrink)
+        vol = self.backend.resize(request.pool, request.name, request.capacity_bytes,
+                                  request.allocate, request.delta, request.shrink)
         return pb.ResizeStorageVolumeResponse(storage_volume=convert.storage_volume(vol))
 
     def UploadStorageVolume(self, request_iterator: Iterator[pb.UploadStorageVolumeRequest],
                             context: Ctx) -> pb.UploadStorageVolumeResponse:
-        vol, written = self.backend.upload(request_iterator)
+        first = next(request_iterator, None)
+        if first is None:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "the upload stream is empty; its first message must name the "
+                               "volume", "EMPTY_UPLOAD")
+        chunks = itertools.chain((first.data,), (request.data for request in request_iterator))
+        vol, written = self.backend.upload(first.pool, first.name, first.offset, first.length,
+                                           chunks)
         return pb.UploadStorageVolumeResponse(bytes_written=written,
                                               storage_volume=convert.storage_volume(vol))
 
     def DownloadStorageVolume(self, request: pb.DownloadStorageVolumeRequest,
                               context: Ctx) -> Iterator[pb.DownloadStorageVolumeResponse]:
         vol = self.backend.volume(request.pool, request.name)
-        yield from self.backend.download(vol, request.offset, request.length)
+        # closing: a cancelled call closes this generator, which must abort libvirt's
+        # stream at once rather than whenever the backend's generator is collected
+        with contextlib.closing(self.backend.download(vol, request.offset,
+                                                      request.length)) as chunks:
+            for offset, data in chunks:
+                yield pb.DownloadStorageVolumeResponse(data=data, offset=offset)
