@@ -25,7 +25,7 @@ from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 pytestmark = pytest.mark.timeout(120)
 
 SMALL = Limits(max_bytes=1000, max_depth=4, max_elements=10, max_attributes=12,
-               max_attributes_per_element=5)
+               max_attributes_per_element=5, max_name_bytes=8)
 
 
 def refusal(xml: str, **kwargs: object) -> tuple[grpc.StatusCode, str, str]:
@@ -51,6 +51,10 @@ def refusal(xml: str, **kwargs: object) -> tuple[grpc.StatusCode, str, str]:
     ("<a/><b/>", "VIR_ERR_XML_ERROR", "not well-formed"),
     ("<a>&undeclared;</a>", "VIR_ERR_XML_ERROR", "undefined entity"),
     ("<b/>", "VIR_ERR_XML_ERROR", "expected <a>"),
+    ("<a><name>123456789</name></a>", "NAME_TOO_LONG", "longer than 8 bytes"),
+    ("<a><name>1234<!-- -->56789</name></a>", "NAME_TOO_LONG", "longer than 8 bytes"),
+    ("<a><name>éééée</name></a>", "NAME_TOO_LONG", "longer than 8 bytes"),  # bytes
+    ("<a name='123456789'/>", "NAME_TOO_LONG", "longer than 8 bytes"),
 ])
 def test_documents_past_the_bounds_are_refused(xml: str, reason: str, said: str) -> None:
     code, got, message = refusal(xml, root="a", limits=SMALL)
@@ -64,6 +68,9 @@ def test_documents_within_the_bounds_pass_with_their_root() -> None:
     assert document.root == "a"
     assert document.attributes == {"x": "urn:x", "ephemeral": "yes", "private": "no"}
     assert check("<disk type='file'/>", fragment=True).root == "disk"
+    # only the object's own name is bounded, not a <name> deeper down
+    assert check("<a name='12345678'><name>12345678</name><b><name>123456789</name></b></a>",
+                 limits=SMALL).root == "a"
     code, _, message = refusal("<?xml version='1.0'?><disk/>", fragment=True)
     assert "fragment" in message
     code, reason, _ = refusal("")

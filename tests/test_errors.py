@@ -143,6 +143,8 @@ def test_unexpected_exception_is_internal() -> None:
      grpc.StatusCode.INVALID_ARGUMENT),
     ("SYSTEM_ERROR", "error creating bridge interface vmf99999999999999999: Numerical "
      "result out of range", grpc.StatusCode.INVALID_ARGUMENT),
+    ("SYSTEM_ERROR", "Failed to create file '/etc/libvirt/nwfilter/" + "a" * 300
+     + ".xml.new': File name too long", grpc.StatusCode.INVALID_ARGUMENT),
     ("INTERNAL_ERROR", "internal error: process exited while connecting to monitor: "
      "qemu-system-x86_64: Max. supported number of ISA serial ports is 4.",
      grpc.StatusCode.FAILED_PRECONDITION),

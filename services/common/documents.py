@@ -51,6 +51,10 @@ class Limits:
     max_elements: int = 100_000
     max_attributes: int = 200_000
     max_attributes_per_element: int = 64
+    #: an object's name (the root's <name> or name attribute) becomes file names
+    #: (NAME.xml.new, a network's NAME.hostsfile): libvirt checks no length, and
+    #: failing to write the file after starting a network, it leaves the bridge behind
+    max_name_bytes: int = 200
 
 
 DEFAULT_LIMITS = Limits()
@@ -86,6 +90,7 @@ class _Reader:
         self.elements = 0
         self.attributes = 0
         self.root: Document | None = None
+        self.name: list[str] | None = None  # the text of the root's <name>, while read
 
     def refuse(self, why: str, reason: str = "VIR_ERR_XML_ERROR") -> None:
         raise _invalid(self.field, why, reason)
@@ -114,9 +119,24 @@ class _Reader:
                         "(libvirt ignores attribute namespaces)")
         if self.root is None:
             self.root = Document(_local(name), dict(zip(names, attributes[1::2], strict=True)))
+            self.check_name(self.root.attributes.get("name", ""))
+        elif self.depth == 2 and _local(name) == "name":
+            self.name = []
+
+    def text(self, data: str) -> None:
+        if self.name is not None:
+            self.name.append(data)
 
     def end(self, _name: str) -> None:
+        if self.name is not None and self.depth == 2:
+            self.check_name("".join(self.name))
+            self.name = None
         self.depth -= 1
+
+    def check_name(self, name: str) -> None:
+        if len(name.encode("utf-8", "surrogatepass")) > self.limits.max_name_bytes:
+            self.refuse(f"the name is longer than {self.limits.max_name_bytes} bytes "
+                        "(libvirt makes file names of it)", "NAME_TOO_LONG")
 
     def doctype(self, *_args: object) -> None:
         self.refuse("a DOCTYPE is not accepted (libvirt's documents need none)",
@@ -151,6 +171,7 @@ def check(xml: str, field: str = "xml", root: str | None = None,
     parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
     parser.StartElementHandler = reader.start
     parser.EndElementHandler = reader.end
+    parser.CharacterDataHandler = reader.text
     parser.StartDoctypeDeclHandler = reader.doctype
     parser.EntityDeclHandler = reader.doctype
     parser.XmlDeclHandler = reader.declaration

@@ -135,6 +135,9 @@ _REFINEMENTS: tuple[tuple[int, str, grpc.StatusCode], ...] = (
     # <17 characters>: Numerical result out of range"
     (libvirt.VIR_ERR_SYSTEM_ERROR, ": Invalid argument", _C.INVALID_ARGUMENT),
     (libvirt.VIR_ERR_SYSTEM_ERROR, ": Numerical result out of range", _C.INVALID_ARGUMENT),
+    # a name longer than a file name may be: "Failed to create file '/etc/libvirt/nwfilter/
+    # aaa...a.xml.new': File name too long" (libvirt removes the object again)
+    (libvirt.VIR_ERR_SYSTEM_ERROR, ": File name too long", _C.INVALID_ARGUMENT),
     # QEMU refusing a configuration at start: "qemu unexpectedly closed the monitor: ...
     # Max. supported number of ISA serial ports is 4." (or, earlier in its start,
     # "process exited while connecting to monitor: ...")
