@@ -683,6 +683,7 @@ def test_overlong_names_on_every_define_path(mesh: Mesh) -> None:
     which is removed again; never INTERNAL. The long fuzz run found nwfilter's."""
     pids = {name: mesh.pid(name) for name in mesh.processes}
     before = lists(mesh)
+    links = set(os.listdir("/sys/class/net"))  # a network's bridge was left behind
     undo = Undo(mesh)
     failures = []
     for index, (service, method, _, extra) in enumerate(PATHS):
@@ -701,3 +702,4 @@ def test_overlong_names_on_every_define_path(mesh: Mesh) -> None:
     assert not failures, "\n".join(failures)
     assert {name: mesh.pid(name) for name in mesh.processes} == pids
     assert lists(mesh) == before
+    assert set(os.listdir("/sys/class/net")) == links
