@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -160,7 +161,7 @@ class StorageServicer(DriverServicer[StorageBackend, pb.WatchStoragePoolEventsRe
                                "volume", "EMPTY_UPLOAD")
         chunks = itertools.chain((first.data,), (request.data for request in request_iterator))
         vol, written = self.backend.upload(first.pool, first.name, first.offset, first.length,
-                                           chunks)
+                                           _ended_or_cancelled(chunks, context, first.length))
         return pb.UploadStorageVolumeResponse(bytes_written=written,
                                               storage_volume=convert.storage_volume(vol))
 
@@ -173,3 +174,31 @@ class StorageServicer(DriverServicer[StorageBackend, pb.WatchStoragePoolEventsRe
                                                       request.length)) as chunks:
             for offset, data in chunks:
                 yield pb.DownloadStorageVolumeResponse(data=data, offset=offset)
+
+
+#: how long the end of an upload's messages may take to show a cancel instead
+UPLOAD_END_SETTLE = 0.5
+
+
+def _ended_or_cancelled(chunks: Iterator[bytes], context: Ctx,
+                        announced: int) -> Iterator[bytes]:
+    """``chunks``; at their end, grpc.RpcError (the backend then aborts libvirt's
+    stream) if the caller in fact cancelled.
+
+    grpc Python's server ends the request iterator alike when the client half-closes
+    and when it cancels, until it has processed the cancel a moment later: taking a
+    cancel for the end would make libvirt keep a partial upload as complete. An
+    upload that sent all the bytes it announced is complete at once; any other waits
+    up to UPLOAD_END_SETTLE for the cancel to show."""
+    received = 0
+    for data in chunks:
+        received += len(data)
+        yield data
+    if announced and received >= announced:
+        return
+    settled = time.monotonic() + UPLOAD_END_SETTLE
+    while context.is_active():
+        if time.monotonic() >= settled:
+            return
+        time.sleep(0.01)
+    raise grpc.RpcError("the caller cancelled the upload")
