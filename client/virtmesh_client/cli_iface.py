@@ -7,7 +7,9 @@ import re
 from typing import Any
 
 from virtmesh.iface.v1 import iface_service_pb2 as pb
-from virtmesh_client.cli import CommandFactory, Output, Query, _read, fields
+from virtmesh_client.cli_commands import CommandFactory
+from virtmesh_client.cli_fleet import Query
+from virtmesh_client.cli_output import Output, fields, read_input
 from virtmesh_client.client import Client
 
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
@@ -45,7 +47,7 @@ def cmd_dumpxml(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 def cmd_define(client: Client, args: argparse.Namespace, out: Output) -> None:
     response = client.call("DefineInterface", pb.DefineInterfaceRequest(
-        xml=_read(args.file), validate=args.validate))
+        xml=read_input(args.file), validate=args.validate))
     out.show(response, f"Interface '{response.interface.name}' defined")
 
 

@@ -12,18 +12,9 @@ from datetime import UTC
 from typing import Any
 
 from virtmesh.network.v1 import network_service_pb2 as pb
-from virtmesh_client.cli import (
-    CommandFactory,
-    Output,
-    Query,
-    UsageError,
-    _read,
-    _yes,
-    fields,
-    follow,
-    table,
-    watch,
-)
+from virtmesh_client.cli_commands import CommandFactory, follow, watch
+from virtmesh_client.cli_fleet import Query, UsageError
+from virtmesh_client.cli_output import Output, fields, read_input, table, yes
 from virtmesh_client.client import Client
 
 #: virsh's net-update command names; "add" is add-last
@@ -48,15 +39,15 @@ def _list(client: Client, args: argparse.Namespace) -> Any:
 
 
 cmd_net_list = Query(_list, ("NAME", "STATE", "AUTOSTART", "PERSISTENT", "BRIDGE"),
-                     lambda n: (n.name, "active" if n.active else "inactive", _yes(n.autostart),
-                                _yes(n.persistent), n.bridge or "-"),
+                     lambda n: (n.name, "active" if n.active else "inactive", yes(n.autostart),
+                                yes(n.persistent), n.bridge or "-"),
                      "networks")
 
 cmd_net_info = Query(
     lambda client, args: client.call("GetNetwork",
                                      pb.GetNetworkRequest(name=args.network)).network,
     ("Name", "UUID", "Active", "Persistent", "Autostart", "Bridge"),
-    lambda n: (n.name, n.uuid, _yes(n.active), _yes(n.persistent), _yes(n.autostart),
+    lambda n: (n.name, n.uuid, yes(n.active), yes(n.persistent), yes(n.autostart),
                n.bridge or "-"))
 
 
@@ -68,13 +59,13 @@ def cmd_net_dumpxml(client: Client, args: argparse.Namespace, out: Output) -> No
 
 def cmd_net_define(client: Client, args: argparse.Namespace, out: Output) -> None:
     response = client.call("DefineNetwork", pb.DefineNetworkRequest(
-        xml=_read(args.file), validate=args.validate))
+        xml=read_input(args.file), validate=args.validate))
     out.show(response, f"Network '{response.network.name}' defined ({response.network.uuid})")
 
 
 def cmd_net_create(client: Client, args: argparse.Namespace, out: Output) -> None:
     response = client.call("CreateNetwork", pb.CreateNetworkRequest(
-        xml=_read(args.file), validate=args.validate))
+        xml=read_input(args.file), validate=args.validate))
     out.show(response, f"Network '{response.network.name}' created ({response.network.uuid})")
 
 
@@ -152,7 +143,7 @@ def cmd_net_port_list(client: Client, args: argparse.Namespace, out: Output) -> 
 
 def cmd_net_port_create(client: Client, args: argparse.Namespace, out: Output) -> None:
     response = client.call("CreateNetworkPort", pb.CreateNetworkPortRequest(
-        name=args.network, xml=_read(args.file), validate=args.validate, reclaim=args.reclaim))
+        name=args.network, xml=read_input(args.file), validate=args.validate, reclaim=args.reclaim))
     out.show(response, f"Network port {response.port.uuid} created on '{args.network}'")
 
 

@@ -7,17 +7,9 @@ from datetime import UTC
 from typing import Any
 
 from virtmesh.nodedev.v1 import nodedev_service_pb2 as pb
-from virtmesh_client.cli import (
-    CommandFactory,
-    Output,
-    Query,
-    _enum,
-    _read,
-    _yes,
-    fields,
-    follow,
-    watch,
-)
+from virtmesh_client.cli_commands import CommandFactory, follow, watch
+from virtmesh_client.cli_fleet import Query
+from virtmesh_client.cli_output import Output, enum_name, fields, read_input, yes
 from virtmesh_client.client import Client
 
 #: libvirt's capability names ("pci", "usb_device", ...) -> NodeDeviceCapability
@@ -27,7 +19,7 @@ CAPABILITIES = {name.removeprefix("NODE_DEVICE_CAPABILITY_").lower(): value
 
 def _flag(device: Any, field: str) -> str:
     """yes/no, or "-" where the driver cannot tell."""
-    return _yes(getattr(device, field)) if device.HasField(field) else "-"
+    return yes(getattr(device, field)) if device.HasField(field) else "-"
 
 
 def _row(d: Any) -> tuple[object, ...]:
@@ -67,13 +59,13 @@ def cmd_dumpxml(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 def cmd_create(client: Client, args: argparse.Namespace, out: Output) -> None:
     response = client.call("CreateNodeDevice", pb.CreateNodeDeviceRequest(
-        xml=_read(args.file), validate=args.validate))
+        xml=read_input(args.file), validate=args.validate))
     out.show(response, f"Node device '{response.node_device.name}' created")
 
 
 def cmd_define(client: Client, args: argparse.Namespace, out: Output) -> None:
     response = client.call("DefineNodeDevice", pb.DefineNodeDeviceRequest(
-        xml=_read(args.file), validate=args.validate))
+        xml=read_input(args.file), validate=args.validate))
     out.show(response, f"Node device '{response.node_device.name}' defined")
 
 
@@ -100,7 +92,7 @@ def cmd_detach(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 def _event_text(event: Any) -> str:
     kind = event.WhichOneof("event") or "unknown"
-    detail = (_enum(pb.NodeDeviceLifecycleEventType, event.lifecycle.type,
+    detail = (enum_name(pb.NodeDeviceLifecycleEventType, event.lifecycle.type,
                     "NODE_DEVICE_LIFECYCLE_EVENT_TYPE_") if kind == "lifecycle" else "")
     when = event.time.ToDatetime(tzinfo=UTC).isoformat(timespec="milliseconds")
     return f"{when}  {event.name}  {kind}  {detail}".rstrip()

@@ -6,7 +6,9 @@ import argparse
 from typing import Any
 
 from virtmesh.nwfilter.v1 import nwfilter_service_pb2 as pb
-from virtmesh_client.cli import CommandFactory, Output, Query, _read
+from virtmesh_client.cli_commands import CommandFactory
+from virtmesh_client.cli_fleet import Query
+from virtmesh_client.cli_output import Output, read_input
 from virtmesh_client.client import Client
 
 
@@ -37,7 +39,7 @@ def cmd_dumpxml(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 def cmd_define(client: Client, args: argparse.Namespace, out: Output) -> None:
     response = client.call("DefineNWFilter", pb.DefineNWFilterRequest(
-        xml=_read(args.file), validate=args.validate))
+        xml=read_input(args.file), validate=args.validate))
     out.show(response, f"Network filter '{response.nwfilter.name}' defined "
                        f"({response.nwfilter.uuid})")
 
@@ -49,7 +51,7 @@ def cmd_undefine(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 def cmd_binding_create(client: Client, args: argparse.Namespace, out: Output) -> None:
     response = client.call("CreateNWFilterBinding", pb.CreateNWFilterBindingRequest(
-        xml=_read(args.file), validate=args.validate))
+        xml=read_input(args.file), validate=args.validate))
     out.show(response, f"Network filter binding on '{response.binding.name}' created "
                        f"(filter '{response.binding.filter}')")
 

@@ -14,18 +14,9 @@ from datetime import UTC
 from typing import Any
 
 from virtmesh.secret.v1 import secret_service_pb2 as pb
-from virtmesh_client.cli import (
-    CommandFactory,
-    Output,
-    Query,
-    UsageError,
-    _enum,
-    _read,
-    _yes,
-    fields,
-    follow,
-    watch,
-)
+from virtmesh_client.cli_commands import CommandFactory, follow, watch
+from virtmesh_client.cli_fleet import Query, UsageError
+from virtmesh_client.cli_output import Output, enum_name, fields, read_input, yes
 from virtmesh_client.client import Client
 
 USAGES = {name.removeprefix("USAGE_TYPE_").lower(): value
@@ -33,12 +24,12 @@ USAGES = {name.removeprefix("USAGE_TYPE_").lower(): value
 
 
 def _usage(usage: Any) -> str:
-    kind = _enum(pb.UsageType, usage.type, "USAGE_TYPE_")
+    kind = enum_name(pb.UsageType, usage.type, "USAGE_TYPE_")
     return f"{kind} {usage.id}" if usage.id else kind
 
 
 def _row(s: Any) -> tuple[object, ...]:
-    return (s.name, _usage(s.usage), _yes(s.ephemeral), _yes(s.private), s.description or "-")
+    return (s.name, _usage(s.usage), yes(s.ephemeral), yes(s.private), s.description or "-")
 
 
 def _list(client: Client, args: argparse.Namespace) -> Any:
@@ -62,14 +53,14 @@ def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> None:
         usage=pb.Usage(type=USAGES[args.usage[0]], id=args.usage[1])))
     secret = client.call("GetSecret", request).secret
     out.show(secret, fields((("UUID", secret.name), ("Usage", _usage(secret.usage)),
-                             ("Ephemeral", _yes(secret.ephemeral)),
-                             ("Private", _yes(secret.private)),
+                             ("Ephemeral", yes(secret.ephemeral)),
+                             ("Private", yes(secret.private)),
                              ("Description", secret.description or "-"))))
 
 
 def cmd_define(client: Client, args: argparse.Namespace, out: Output) -> None:
     response = client.call("DefineSecret", pb.DefineSecretRequest(
-        xml=_read(args.file), validate=args.validate))
+        xml=read_input(args.file), validate=args.validate))
     out.show(response, f"Secret {response.secret.name} defined")
 
 
@@ -115,7 +106,7 @@ def cmd_undefine(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 def _event_text(event: Any) -> str:
     kind = event.WhichOneof("event") or "unknown"
-    detail = (_enum(pb.LifecycleEventType, event.lifecycle.type, "LIFECYCLE_EVENT_TYPE_")
+    detail = (enum_name(pb.LifecycleEventType, event.lifecycle.type, "LIFECYCLE_EVENT_TYPE_")
               if kind == "lifecycle" else "")
     when = event.time.ToDatetime(tzinfo=UTC).isoformat(timespec="milliseconds")
     return (f"{when}  {event.name}  {_usage(event.usage)}  {kind.replace('_', '-')}  "

@@ -14,19 +14,9 @@ from datetime import UTC
 from typing import IO, Any
 
 from virtmesh.storage.v1 import storage_service_pb2 as pb
-from virtmesh_client.cli import (
-    CommandFactory,
-    Output,
-    Query,
-    _bytes,
-    _enum,
-    _read,
-    _yes,
-    fields,
-    follow,
-    table,
-    watch,
-)
+from virtmesh_client.cli_commands import CommandFactory, follow, watch
+from virtmesh_client.cli_fleet import Query
+from virtmesh_client.cli_output import Output, byte_size, enum_name, fields, read_input, table, yes
 from virtmesh_client.client import Client
 
 #: what one upload message carries; the service accepts at most this much
@@ -36,16 +26,17 @@ WIPE_ALGORITHMS = {name.removeprefix("WIPE_ALGORITHM_").lower(): value
 
 
 def _state(value: int) -> str:
-    return _enum(pb.StoragePoolState, value, "STORAGE_POOL_STATE_")
+    return enum_name(pb.StoragePoolState, value, "STORAGE_POOL_STATE_")
 
 
 def _volume_type(value: int) -> str:
-    return _enum(pb.StorageVolumeType, value, "STORAGE_VOLUME_TYPE_")
+    return enum_name(pb.StorageVolumeType, value, "STORAGE_VOLUME_TYPE_")
 
 
 def _pool_row(p: Any) -> Sequence[object]:
-    return (p.name, _state(p.state), p.type, _yes(p.autostart), _yes(p.persistent),
-            _bytes(p.capacity_bytes), _bytes(p.allocation_bytes), _bytes(p.available_bytes))
+    return (p.name, _state(p.state), p.type, yes(p.autostart), yes(p.persistent),
+            byte_size(p.capacity_bytes), byte_size(p.allocation_bytes),
+            byte_size(p.available_bytes))
 
 
 def _list_pools(client: Client, args: argparse.Namespace) -> Any:
@@ -67,9 +58,9 @@ cmd_pool_info = Query(
                                      pb.GetStoragePoolRequest(name=args.pool)).storage_pool,
     ("Name", "UUID", "State", "Type", "Persistent", "Autostart", "Capacity", "Allocation",
      "Available", "Target path"),
-    lambda p: (p.name, p.uuid, _state(p.state), p.type, _yes(p.persistent), _yes(p.autostart),
-               _bytes(p.capacity_bytes), _bytes(p.allocation_bytes), _bytes(p.available_bytes),
-               p.target_path or "-"))
+    lambda p: (p.name, p.uuid, _state(p.state), p.type, yes(p.persistent), yes(p.autostart),
+               byte_size(p.capacity_bytes), byte_size(p.allocation_bytes),
+               byte_size(p.available_bytes), p.target_path or "-"))
 
 
 def cmd_pool_dumpxml(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -80,14 +71,14 @@ def cmd_pool_dumpxml(client: Client, args: argparse.Namespace, out: Output) -> N
 
 def cmd_pool_define(client: Client, args: argparse.Namespace, out: Output) -> None:
     response = client.call("DefineStoragePool", pb.DefineStoragePoolRequest(
-        xml=_read(args.file), validate=args.validate))
+        xml=read_input(args.file), validate=args.validate))
     pool = response.storage_pool
     out.show(response, f"Pool '{pool.name}' defined ({pool.uuid})")
 
 
 def cmd_pool_create(client: Client, args: argparse.Namespace, out: Output) -> None:
     response = client.call("CreateStoragePool", pb.CreateStoragePoolRequest(
-        xml=_read(args.file), build=args.build))
+        xml=read_input(args.file), build=args.build))
     out.show(response, f"Pool '{response.storage_pool.name}' created")
 
 
@@ -119,8 +110,8 @@ def cmd_pool_autostart(client: Client, args: argparse.Namespace, out: Output) ->
 
 def _volume_fields(v: Any) -> str:
     return fields((("Name", v.name), ("Pool", v.pool), ("Type", _volume_type(v.type)),
-                   ("Format", v.format or "-"), ("Capacity", _bytes(v.capacity_bytes)),
-                   ("Allocation", _bytes(v.allocation_bytes)), ("Path", v.path),
+                   ("Format", v.format or "-"), ("Capacity", byte_size(v.capacity_bytes)),
+                   ("Allocation", byte_size(v.allocation_bytes)), ("Path", v.path),
                    ("Key", v.key)))
 
 
@@ -129,7 +120,7 @@ def cmd_vol_list(client: Client, args: argparse.Namespace, out: Output) -> None:
                                pb.ListStorageVolumesRequest(pool=args.pool), "storage_volumes")
     out.show(pb.ListStorageVolumesResponse(storage_volumes=volumes), table(
         ("NAME", "TYPE", "CAPACITY", "ALLOCATION", "PATH"),
-        ((v.name, _volume_type(v.type), _bytes(v.capacity_bytes), _bytes(v.allocation_bytes),
+        ((v.name, _volume_type(v.type), byte_size(v.capacity_bytes), byte_size(v.allocation_bytes),
           v.path) for v in volumes)))
 
 
@@ -147,7 +138,7 @@ def cmd_vol_dumpxml(client: Client, args: argparse.Namespace, out: Output) -> No
 
 def cmd_vol_create(client: Client, args: argparse.Namespace, out: Output) -> None:
     response = client.call("CreateStorageVolume", pb.CreateStorageVolumeRequest(
-        pool=args.pool, xml=_read(args.file), prealloc_metadata=args.prealloc_metadata,
+        pool=args.pool, xml=read_input(args.file), prealloc_metadata=args.prealloc_metadata,
         validate=args.validate))
     volume = response.storage_volume
     out.show(response, f"Volume '{volume.name}' created in pool '{volume.pool}' "
@@ -181,7 +172,7 @@ def cmd_vol_resize(client: Client, args: argparse.Namespace, out: Output) -> Non
         pool=args.pool, name=args.volume, capacity_bytes=args.capacity, allocate=args.allocate,
         delta=args.delta, shrink=args.shrink))
     capacity = response.storage_volume.capacity_bytes
-    out.show(response, f"Volume '{args.volume}' resized to {_bytes(capacity)}")
+    out.show(response, f"Volume '{args.volume}' resized to {byte_size(capacity)}")
 
 
 def _chunks(file: IO[bytes], first: pb.UploadStorageVolumeRequest
@@ -199,7 +190,7 @@ def cmd_vol_upload(client: Client, args: argparse.Namespace, out: Output) -> Non
                                               offset=args.offset, length=length)
         response = client.upload("UploadStorageVolume", _chunks(file, first),
                                  pb.UploadStorageVolumeRequest)
-    out.show(response, f"Uploaded {_bytes(response.bytes_written)} to volume '{args.volume}'")
+    out.show(response, f"Uploaded {byte_size(response.bytes_written)} to volume '{args.volume}'")
 
 
 def cmd_vol_download(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -220,7 +211,7 @@ def cmd_vol_download(client: Client, args: argparse.Namespace, out: Output) -> N
             os.unlink(partial)
         raise
     out.show(pb.UploadStorageVolumeResponse(bytes_written=written),
-             f"Downloaded {_bytes(written)} from volume '{args.volume}' to {args.file}")
+             f"Downloaded {byte_size(written)} from volume '{args.volume}' to {args.file}")
 
 
 def _size(text: str) -> int:
@@ -235,7 +226,7 @@ def _size(text: str) -> int:
 
 def _event_text(event: pb.WatchStoragePoolEventsResponse) -> str:
     when = event.time.ToDatetime(tzinfo=UTC).isoformat(timespec="milliseconds")
-    kind = ("refresh" if event.HasField("refresh") else _enum(
+    kind = ("refresh" if event.HasField("refresh") else enum_name(
         pb.StoragePoolLifecycleEventType, event.lifecycle.type,
         "STORAGE_POOL_LIFECYCLE_EVENT_TYPE_"))
     return f"{when}  {event.name}  {kind}"
