@@ -30,6 +30,13 @@ XML_FILE = argparse.FileType("r")
 VALIDATE: Flag = ("--validate", "check the XML schema first")
 
 
+def enum_choices(enum: Any, prefix: str, separator: str = "_") -> dict[str, Any]:
+    """An enum's values by the names the command line takes (``DOMAIN_STATE_RUNNING``
+    as ``running``), without the unspecified zero."""
+    return {name.removeprefix(prefix).lower().replace("_", separator): value
+            for name, value in enum.items() if value}
+
+
 def either(args: argparse.Namespace, yes: str, no: str) -> bool | None:
     """A list filter given as a pair of options: True, False, or None for neither."""
     return True if getattr(args, yes) else False if getattr(args, no) else None
@@ -61,7 +68,7 @@ def _flag_fields(args: argparse.Namespace, flags: tuple[Flag, ...]) -> dict[str,
     return {name: getattr(args, name) for name in names}
 
 
-def _add_flags(sub: argparse.ArgumentParser, flags: tuple[Flag, ...]) -> None:
+def add_flags(sub: argparse.ArgumentParser, *flags: Flag) -> None:
     for option, help_text in flags:
         sub.add_argument(option, action="store_true", help=help_text)
 
@@ -88,7 +95,12 @@ class Kind:
     plural: str = ""
 
     def name(self, args: argparse.Namespace) -> str:
+        """The object's own name on the command line (a volume's, not its pool's)."""
         return str(getattr(args, self.arguments[-1].dest))
+
+    def label(self, name: str) -> str:
+        """How messages name one object: ``Pool 'default'``."""
+        return self.title.format(name)
 
     def request(self, request_type: Any, args: argparse.Namespace,
                 flags: tuple[Flag, ...] = (), **fields: Any) -> Any:
@@ -115,33 +127,31 @@ class Commands:
     def simple(self, name: str, method: str, request_type: Any, done: str, summary: str,
                *flags: Flag) -> argparse.ArgumentParser:
         """Sends the object's name (and ``flags``), says ``<Kind> '<name>' <done>``."""
-        kind = self.kind
-
         def handler(client: Client, args: argparse.Namespace, out: Output) -> None:
-            response = client.call(method, kind.request(request_type, args, flags))
-            out.show(response, f"{kind.title.format(kind.name(args))} {done}")
+            response = client.call(method, self.kind.request(request_type, args, flags))
+            out.show(response, f"{self.kind.label(self.kind.name(args))} {done}")
         sub = self.add(name, handler, summary)
-        _add_flags(sub, flags)
+        add_flags(sub, *flags)
         return sub
 
     def dumpxml(self, name: str, method: str, request_type: Any, summary: str,
                 *flags: Flag) -> argparse.ArgumentParser:
+        """Prints the object's XML as the service returns it."""
         def handler(client: Client, args: argparse.Namespace, out: Output) -> None:
             response = client.call(method, self.kind.request(request_type, args, flags))
             out.show(response, response.xml.rstrip("\n"))
         sub = self.add(name, handler, summary)
-        _add_flags(sub, flags)
+        add_flags(sub, *flags)
         return sub
 
     def autostart(self, name: str, method: str, request_type: Any,
                   summary: str) -> argparse.ArgumentParser:
-        kind = self.kind
-
+        """Marks the object to start with its driver, or no longer with ``--disable``."""
         def handler(client: Client, args: argparse.Namespace, out: Output) -> None:
-            response = client.call(method, kind.request(request_type, args,
-                                                        autostart=not args.disable))
+            response = client.call(method, self.kind.request(request_type, args,
+                                                             autostart=not args.disable))
             done = "unmarked as autostarted" if args.disable else "marked as autostarted"
-            out.show(response, f"{kind.title.format(kind.name(args))} {done}")
+            out.show(response, f"{self.kind.label(self.kind.name(args))} {done}")
         sub = self.add(name, handler, summary)
         sub.add_argument("--disable", action="store_true", help="do not autostart it")
         return sub
@@ -150,17 +160,15 @@ class Commands:
                  file_help: str, *flags: Flag, uuid: bool = False) -> argparse.ArgumentParser:
         """Defines or creates an object from an XML file; says ``<Kind> '<name>' <done>``,
         with its UUID if ``uuid``."""
-        kind = self.kind
-
         def handler(client: Client, args: argparse.Namespace, out: Output) -> None:
             response = client.call(method, request_type(xml=read_input(args.file),
                                                         **_flag_fields(args, flags)))
-            made = getattr(response, kind.response_field)
-            out.show(response, f"{kind.title.format(made.name)} {done}"
+            made = getattr(response, self.kind.response_field)
+            out.show(response, f"{self.kind.label(made.name)} {done}"
                                + (f" ({made.uuid})" if uuid else ""))
         sub = self.command(name, handler, summary)
         sub.add_argument("file", type=XML_FILE, help=file_help)
-        _add_flags(sub, flags)
+        add_flags(sub, *flags)
         return sub
 
     def events(self, name: str, method: str, request_type: Any, what: str,

@@ -24,6 +24,7 @@ from virtmesh_client.cli_commands import (
     Kind,
     add_count,
     either,
+    enum_choices,
     follow,
 )
 from virtmesh_client.cli_fleet import Fleet, Handler, Query
@@ -40,8 +41,7 @@ from virtmesh_client.cli_output import (
 )
 from virtmesh_client.client import Client, ClientError, EventStream
 
-STATES = {name.removeprefix("DOMAIN_STATE_").lower(): value
-          for name, value in pb.DomainState.items() if value}
+STATES = enum_choices(pb.DomainState, "DOMAIN_STATE_")
 #: ``name`` is the argument the fleet looks for to find a domain's node
 DOMAIN = Kind("Domain '{}'", (Argument("name", "DOMAIN", "domain name or UUID"),), "domain")
 
