@@ -82,14 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     _global_flags(common, defaults=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, handler: Handler, summary: str, *names: str,
+    def command(name: str, handler: Handler, summary: str,
                 fan_out: FanOut | None = None) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=summary, description=summary, parents=[common])
         sub.set_defaults(handler=handler,
                          fan_out=handler.merged if isinstance(handler, Query) else fan_out)
-        for arg in names:
-            sub.add_argument(arg, metavar="DOMAIN" if arg == "name" else arg.upper(),
-                             help="domain name or UUID" if arg == "name" else f"{arg} name")
         return sub
 
     for module in COMMAND_MODULES:

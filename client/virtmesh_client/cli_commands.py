@@ -20,8 +20,8 @@ from virtmesh_client.cli_fleet import FanOut, Handler
 from virtmesh_client.cli_output import Output, read_input
 from virtmesh_client.client import Client, EventStream
 
-#: ``command(name, handler, summary, *positionals, fan_out=None)`` -> its subparser;
-#: what each cli_<service>.py's ``register`` receives
+#: ``command(name, handler, summary, fan_out=None)`` -> its subparser, with the
+#: global flags; what each cli_<service>.py's ``register`` receives
 CommandFactory = Callable[..., argparse.ArgumentParser]
 #: a yes/no option, ``(--flag-name, help)``, sent as the request field ``flag_name``
 Flag = tuple[str, str]

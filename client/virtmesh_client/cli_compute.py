@@ -43,7 +43,11 @@ from virtmesh_client.client import Client, ClientError, EventStream
 
 STATES = enum_choices(pb.DomainState, "DOMAIN_STATE_")
 #: ``name`` is the argument the fleet looks for to find a domain's node
-DOMAIN = Kind("Domain '{}'", (Argument("name", "DOMAIN", "domain name or UUID"),), "domain")
+_DOMAIN = Argument("name", "DOMAIN", "domain name or UUID")
+DOMAIN = Kind("Domain '{}'", (_DOMAIN,), "domain")
+#: a snapshot is named by its domain and its own name
+SNAPSHOT = Kind("Snapshot '{}'", (_DOMAIN, Argument("snapshot", "SNAPSHOT", "snapshot name",
+                                                    field="snapshot")))
 
 
 def _state(value: int) -> str:
@@ -243,7 +247,7 @@ def _add_scope(parser: argparse.ArgumentParser) -> None:
 
 
 def register(command: CommandFactory) -> None:
-    domains = Commands(command, DOMAIN)
+    domains, snapshots = Commands(command, DOMAIN), Commands(command, SNAPSHOT)
     paused = ("--paused", "leave its vCPUs paused")
     sub = command("list", cmd_list, "list domains")
     which = sub.add_mutually_exclusive_group()
@@ -312,13 +316,11 @@ def register(command: CommandFactory) -> None:
     sub = domains.add("snapshot-create", cmd_snapshot_create, "snapshot a domain")
     sub.add_argument("--xml", type=XML_FILE, metavar="FILE", help="<domainsnapshot> XML file")
     domains.add("snapshot-list", cmd_snapshot_list, "list a domain's snapshots")
-    sub = command("snapshot-revert", cmd_snapshot_revert, "revert to a snapshot", "name",
-                  "snapshot")
+    sub = snapshots.add("snapshot-revert", cmd_snapshot_revert, "revert to a snapshot")
     sub.add_argument("--running", action="store_true", help="leave the domain running")
     sub.add_argument("--paused", action="store_true", help="leave the domain paused")
     sub.add_argument("--force", action="store_true", help="revert even when risky")
-    sub = command("snapshot-delete", cmd_snapshot_delete, "delete a snapshot", "name",
-                  "snapshot")
+    sub = snapshots.add("snapshot-delete", cmd_snapshot_delete, "delete a snapshot")
     sub.add_argument("--children", action="store_true", help="and its descendants")
     for name, method, request, done in (
             ("attach-device", "AttachDevice", pb.AttachDeviceRequest, "attached to"),
