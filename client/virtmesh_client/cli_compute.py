@@ -44,10 +44,10 @@ from virtmesh_client.client import Client, ClientError, EventStream
 STATES = enum_choices(pb.DomainState, "DOMAIN_STATE_")
 #: ``name`` is the argument the fleet looks for to find a domain's node
 _DOMAIN = Argument("name", "DOMAIN", "domain name or UUID")
-DOMAIN = Kind("Domain '{}'", (_DOMAIN,), "domain")
+DOMAIN = Kind("Domain '{}'", (_DOMAIN,), response_field="domain")
 #: a snapshot is named by its domain and its own name
-SNAPSHOT = Kind("Snapshot '{}'", (_DOMAIN, Argument("snapshot", "SNAPSHOT", "snapshot name",
-                                                    field="snapshot")))
+SNAPSHOT = Kind("Snapshot '{}'", (
+    _DOMAIN, Argument("snapshot", "SNAPSHOT", "snapshot name", field="snapshot")))
 
 
 def _state(value: int) -> str:

@@ -21,7 +21,7 @@ from virtmesh_client.client import Client
 
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 INTERFACE = Kind("Interface '{}'", (Argument("interface", "INTERFACE", "interface name"),),
-                 "interface")
+                 response_field="interface")
 
 
 def _row(i: Any) -> tuple[object, ...]:

@@ -41,9 +41,10 @@ UPDATE_COMMANDS["add"] = pb.UPDATE_COMMAND_ADD_LAST
 #: virsh's net-update section names: ip-dhcp-host, dns-host, portgroup, ...
 SECTIONS = enum_choices(pb.NetworkSection, "NETWORK_SECTION_", "-")
 _NETWORK = Argument("network", "NETWORK", "network name or UUID")
-NETWORK = Kind("Network '{}'", (_NETWORK,), "network", "networks")
+NETWORK = Kind("Network '{}'", (_NETWORK,), response_field="network", plural="networks")
 #: a port is named by its network and its UUID
-PORT = Kind("Network port {}", (_NETWORK, Argument("port", "PORT", "port UUID", field="port")))
+PORT = Kind("Network port {}", (_NETWORK, Argument("port", "PORT", "port UUID",
+                                                   field="port")))
 
 
 def _list(client: Client, args: argparse.Namespace) -> Any:

@@ -21,8 +21,8 @@ from virtmesh_client.client import Client
 
 #: libvirt's capability names ("pci", "usb_device", ...) -> NodeDeviceCapability
 CAPABILITIES = enum_choices(pb.NodeDeviceCapability, "NODE_DEVICE_CAPABILITY_")
-DEVICE = Kind("Node device '{}'", (Argument("device", "DEVICE", "device name"),), "node_device",
-              "devices")
+DEVICE = Kind("Node device '{}'", (Argument("device", "DEVICE", "device name"),),
+              response_field="node_device", plural="devices")
 
 
 def _flag(device: Any, field: str) -> str:

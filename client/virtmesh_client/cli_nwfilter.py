@@ -20,7 +20,7 @@ from virtmesh_client.cli_output import Output, read_input
 from virtmesh_client.client import Client
 
 FILTER = Kind("Network filter '{}'", (Argument("nwfilter", "NWFILTER", "nwfilter name"),),
-              "nwfilter")
+              response_field="nwfilter")
 #: a binding is named by the port device it filters
 BINDING = Kind("Network filter binding on '{}'", (
     Argument("port_dev", "PORT_DEV", "the bound port device, e.g. vnet0"),))

@@ -27,8 +27,8 @@ from virtmesh_client.client import Client
 
 USAGES = enum_choices(pb.UsageType, "USAGE_TYPE_")
 #: a secret's name is its UUID
-SECRET = Kind("Secret {}", (Argument("secret", "UUID", "the secret's UUID"),), "secret",
-              "secrets")
+SECRET = Kind("Secret {}", (Argument("secret", "UUID", "the secret's UUID"),),
+              response_field="secret", plural="secrets")
 
 
 def _usage(usage: Any) -> str:

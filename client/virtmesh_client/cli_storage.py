@@ -40,8 +40,8 @@ from virtmesh_client.client import Client
 #: what one upload message carries; the service accepts at most this much
 CHUNK_BYTES = 1 << 20
 WIPE_ALGORITHMS = enum_choices(pb.WipeAlgorithm, "WIPE_ALGORITHM_")
-POOL = Kind("Pool '{}'", (Argument("pool", "POOL", "pool name or UUID"),), "storage_pool",
-            "pools")
+POOL = Kind("Pool '{}'", (Argument("pool", "POOL", "pool name or UUID"),),
+            response_field="storage_pool", plural="pools")
 #: a volume is named by its pool and its own name
 VOLUME = Kind("Volume '{}'", (Argument("pool", "POOL", "pool name or UUID", field="pool"),
                               Argument("volume", "VOLUME", "volume name")))
