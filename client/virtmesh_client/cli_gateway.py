@@ -13,7 +13,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from virtmesh.gateway.v1 import gateway_service_pb2 as pb
-from virtmesh_client.cli import CommandFactory, Output, Query, _enum, _kib, fields, table
+from virtmesh_client.cli_commands import CommandFactory
+from virtmesh_client.cli_fleet import Query
+from virtmesh_client.cli_output import Output, enum_name, fields, kib, table
 from virtmesh_client.client import Client
 
 
@@ -34,7 +36,7 @@ def _warn(failures: Iterable[Any]) -> None:
 
 def _service_row(s: Any) -> tuple[object, ...]:
     up = s.health != pb.SERVICE_HEALTH_UNREACHABLE
-    return (s.name, _enum(pb.ServiceHealth, s.health, "SERVICE_HEALTH_"), s.version or "-",
+    return (s.name, enum_name(pb.ServiceHealth, s.health, "SERVICE_HEALTH_"), s.version or "-",
             _duration(s.uptime.seconds) if up and s.HasField("uptime") else "-", s.socket)
 
 
@@ -54,7 +56,7 @@ def cmd_host_summary(client: Client, args: argparse.Namespace, out: Output) -> N
                    ("CPU model", node.model or "-"),
                    ("CPUs", f"{node.cpus} ({node.sockets} sockets, {node.cores} cores, "
                             f"{node.threads} threads, {node.nodes} NUMA nodes)"),
-                   ("Memory", _kib(node.memory_kib))) if summary.HasField("node") else
+                   ("Memory", kib(node.memory_kib))) if summary.HasField("node") else
                   (("Hostname", summary.hostname), ("Node info", "unavailable")))
     counts = table(("SERVICE", "TYPE", "COUNT"),
                    ((c.service, c.object_type, c.count) for c in summary.counts))

@@ -7,10 +7,21 @@ import re
 from typing import Any
 
 from virtmesh.iface.v1 import iface_service_pb2 as pb
-from virtmesh_client.cli import CommandFactory, Output, Query, _read, fields
+from virtmesh_client.cli_commands import (
+    VALIDATE,
+    Argument,
+    CommandFactory,
+    Commands,
+    Kind,
+    either,
+)
+from virtmesh_client.cli_fleet import Query
+from virtmesh_client.cli_output import Output, fields
 from virtmesh_client.client import Client
 
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+INTERFACE = Kind("Interface '{}'", (Argument("interface", "INTERFACE", "interface name"),),
+                 response_field="interface")
 
 
 def _row(i: Any) -> tuple[object, ...]:
@@ -18,8 +29,7 @@ def _row(i: Any) -> tuple[object, ...]:
 
 
 def _list(client: Client, args: argparse.Namespace) -> Any:
-    active = True if args.active else False if args.inactive else None
-    request = pb.ListInterfacesRequest(active=active)
+    request = pb.ListInterfacesRequest(active=either(args, "active", "inactive"))
     return pb.ListInterfacesResponse(
         interfaces=client.all_pages("ListInterfaces", request, "interfaces"))
 
@@ -37,26 +47,6 @@ def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> None:
                             ("State", "active" if found.active else "inactive"))))
 
 
-def cmd_dumpxml(client: Client, args: argparse.Namespace, out: Output) -> None:
-    response = client.call("GetInterfaceXML", pb.GetInterfaceXMLRequest(
-        name=args.interface, inactive=args.inactive))
-    out.show(response, response.xml.rstrip("\n"))
-
-
-def cmd_define(client: Client, args: argparse.Namespace, out: Output) -> None:
-    response = client.call("DefineInterface", pb.DefineInterfaceRequest(
-        xml=_read(args.file), validate=args.validate))
-    out.show(response, f"Interface '{response.interface.name}' defined")
-
-
-def _simple(method: str, request: type, done: str) -> Any:
-    """A command that sends just the interface name and reports success."""
-    def handler(client: Client, args: argparse.Namespace, out: Output) -> None:
-        out.show(client.call(method, request(name=args.interface)),
-                 f"Interface '{args.interface}' {done}")
-    return handler
-
-
 def _transaction(method: str, request: type, done: str) -> Any:
     def handler(client: Client, args: argparse.Namespace, out: Output) -> None:
         out.show(client.call(method, request()), done)
@@ -64,27 +54,25 @@ def _transaction(method: str, request: type, done: str) -> Any:
 
 
 def register(command: CommandFactory) -> None:
+    interfaces = Commands(command, INTERFACE)
     sub = command("iface-list", cmd_list, "list host network interfaces")
     which = sub.add_mutually_exclusive_group()
     which.add_argument("--active", action="store_true", help="only active (up) interfaces")
     which.add_argument("--inactive", action="store_true", help="only inactive interfaces")
     sub = command("iface-info", cmd_info, "show an interface's summary")
     sub.add_argument("interface", metavar="INTERFACE", help="interface name or MAC address")
-    sub = command("iface-dumpxml", cmd_dumpxml, "print an interface's XML", "interface")
-    sub.add_argument("--inactive", action="store_true",
-                     help="the configuration it gets when next started")
-    sub = command("iface-define", cmd_define, "define (or replace) an interface from XML")
-    sub.add_argument("file", type=argparse.FileType("r"),
-                     help="interface XML file, or - for stdin")
-    sub.add_argument("--validate", action="store_true", help="check the XML schema first")
-    for name, method, request, done, summary in (
-            ("iface-undefine", "UndefineInterface", pb.UndefineInterfaceRequest, "undefined",
-             "remove an interface's configuration"),
-            ("iface-start", "StartInterface", pb.StartInterfaceRequest, "started",
-             "bring an interface up"),
-            ("iface-destroy", "StopInterface", pb.StopInterfaceRequest, "destroyed",
-             "take an interface down (its configuration stays)")):
-        command(name, _simple(method, request, done), summary, "interface")
+    interfaces.dumpxml("iface-dumpxml", "GetInterfaceXML", pb.GetInterfaceXMLRequest,
+                       "print an interface's XML",
+                       ("--inactive", "the configuration it gets when next started"))
+    interfaces.from_xml("iface-define", "DefineInterface", pb.DefineInterfaceRequest,
+                        "defined", "define (or replace) an interface from XML",
+                        "interface XML file, or - for stdin", VALIDATE)
+    interfaces.simple("iface-undefine", "UndefineInterface", pb.UndefineInterfaceRequest,
+                      "undefined", "remove an interface's configuration")
+    interfaces.simple("iface-start", "StartInterface", pb.StartInterfaceRequest, "started",
+                      "bring an interface up")
+    interfaces.simple("iface-destroy", "StopInterface", pb.StopInterfaceRequest, "destroyed",
+                      "take an interface down (its configuration stays)")
     command("iface-begin", _transaction(
         "BeginInterfaceChange", pb.BeginInterfaceChangeRequest,
         "Network config change transaction started"),

@@ -12,85 +12,60 @@ from datetime import UTC
 from typing import Any
 
 from virtmesh.network.v1 import network_service_pb2 as pb
-from virtmesh_client.cli import (
+from virtmesh_client.cli_commands import (
+    VALIDATE,
+    XML_FILE,
+    Argument,
     CommandFactory,
+    Commands,
+    Kind,
+    add_flags,
+    either,
+    enum_choices,
+)
+from virtmesh_client.cli_fleet import Query, UsageError
+from virtmesh_client.cli_output import (
     Output,
-    Query,
-    UsageError,
-    _read,
-    _yes,
+    enum_name,
+    event_line,
     fields,
-    follow,
+    read_input,
     table,
-    watch,
+    yes,
 )
 from virtmesh_client.client import Client
 
 #: virsh's net-update command names; "add" is add-last
-UPDATE_COMMANDS = {name.removeprefix("UPDATE_COMMAND_").lower().replace("_", "-"): value
-                   for name, value in pb.UpdateCommand.items() if value}
+UPDATE_COMMANDS = enum_choices(pb.UpdateCommand, "UPDATE_COMMAND_", "-")
 UPDATE_COMMANDS["add"] = pb.UPDATE_COMMAND_ADD_LAST
 #: virsh's net-update section names: ip-dhcp-host, dns-host, portgroup, ...
-SECTIONS = {name.removeprefix("NETWORK_SECTION_").lower().replace("_", "-"): value
-            for name, value in pb.NetworkSection.items() if value}
-
-
-def _either(args: argparse.Namespace, yes: str, no: str) -> bool | None:
-    return True if getattr(args, yes) else False if getattr(args, no) else None
+SECTIONS = enum_choices(pb.NetworkSection, "NETWORK_SECTION_", "-")
+_NETWORK = Argument("network", "NETWORK", "network name or UUID")
+NETWORK = Kind("Network '{}'", (_NETWORK,), response_field="network", plural="networks")
+#: a port is named by its network and its UUID
+PORT = Kind("Network port {}", (_NETWORK, Argument("port", "PORT", "port UUID",
+                                                   field="port")))
 
 
 def _list(client: Client, args: argparse.Namespace) -> Any:
-    request = pb.ListNetworksRequest(active=_either(args, "active", "inactive"),
-                                     persistent=_either(args, "persistent", "transient"),
-                                     autostart=_either(args, "autostart", "no_autostart"))
+    request = pb.ListNetworksRequest(active=either(args, "active", "inactive"),
+                                     persistent=either(args, "persistent", "transient"),
+                                     autostart=either(args, "autostart", "no_autostart"))
     return pb.ListNetworksResponse(networks=client.all_pages("ListNetworks", request,
                                                              "networks"))
 
 
 cmd_net_list = Query(_list, ("NAME", "STATE", "AUTOSTART", "PERSISTENT", "BRIDGE"),
-                     lambda n: (n.name, "active" if n.active else "inactive", _yes(n.autostart),
-                                _yes(n.persistent), n.bridge or "-"),
+                     lambda n: (n.name, "active" if n.active else "inactive", yes(n.autostart),
+                                yes(n.persistent), n.bridge or "-"),
                      "networks")
 
 cmd_net_info = Query(
     lambda client, args: client.call("GetNetwork",
                                      pb.GetNetworkRequest(name=args.network)).network,
     ("Name", "UUID", "Active", "Persistent", "Autostart", "Bridge"),
-    lambda n: (n.name, n.uuid, _yes(n.active), _yes(n.persistent), _yes(n.autostart),
+    lambda n: (n.name, n.uuid, yes(n.active), yes(n.persistent), yes(n.autostart),
                n.bridge or "-"))
-
-
-def cmd_net_dumpxml(client: Client, args: argparse.Namespace, out: Output) -> None:
-    response = client.call("GetNetworkXML", pb.GetNetworkXMLRequest(
-        name=args.network, inactive=args.inactive))
-    out.show(response, response.xml.rstrip("\n"))
-
-
-def cmd_net_define(client: Client, args: argparse.Namespace, out: Output) -> None:
-    response = client.call("DefineNetwork", pb.DefineNetworkRequest(
-        xml=_read(args.file), validate=args.validate))
-    out.show(response, f"Network '{response.network.name}' defined ({response.network.uuid})")
-
-
-def cmd_net_create(client: Client, args: argparse.Namespace, out: Output) -> None:
-    response = client.call("CreateNetwork", pb.CreateNetworkRequest(
-        xml=_read(args.file), validate=args.validate))
-    out.show(response, f"Network '{response.network.name}' created ({response.network.uuid})")
-
-
-def _network_command(method: str, request: type, done: str) -> Any:
-    """A command that sends just the network name and reports success."""
-    def handler(client: Client, args: argparse.Namespace, out: Output) -> None:
-        out.show(client.call(method, request(name=args.network)),
-                 f"Network '{args.network}' {done}")
-    return handler
-
-
-def cmd_net_autostart(client: Client, args: argparse.Namespace, out: Output) -> None:
-    response = client.call("SetNetworkAutostart", pb.SetNetworkAutostartRequest(
-        name=args.network, autostart=not args.disable))
-    done = "unmarked as autostarted" if args.disable else "marked as autostarted"
-    out.show(response, f"Network '{args.network}' {done}")
 
 
 def _element(text: str) -> str:
@@ -152,7 +127,7 @@ def cmd_net_port_list(client: Client, args: argparse.Namespace, out: Output) -> 
 
 def cmd_net_port_create(client: Client, args: argparse.Namespace, out: Output) -> None:
     response = client.call("CreateNetworkPort", pb.CreateNetworkPortRequest(
-        name=args.network, xml=_read(args.file), validate=args.validate, reclaim=args.reclaim))
+        name=args.network, xml=read_input(args.file), validate=args.validate, reclaim=args.reclaim))
     out.show(response, f"Network port {response.port.uuid} created on '{args.network}'")
 
 
@@ -162,12 +137,6 @@ def cmd_net_port_info(client: Client, args: argparse.Namespace, out: Output) -> 
     out.show(port, _port_fields(port))
 
 
-def cmd_net_port_dumpxml(client: Client, args: argparse.Namespace, out: Output) -> None:
-    response = client.call("GetNetworkPortXML", pb.GetNetworkPortXMLRequest(
-        name=args.network, port=args.port))
-    out.show(response, response.xml.rstrip("\n"))
-
-
 def cmd_net_port_delete(client: Client, args: argparse.Namespace, out: Output) -> None:
     response = client.call("DeleteNetworkPort", pb.DeleteNetworkPortRequest(
         name=args.network, port=args.port))
@@ -175,60 +144,38 @@ def cmd_net_port_delete(client: Client, args: argparse.Namespace, out: Output) -
 
 
 def _event_text(event: pb.WatchNetworkEventsResponse) -> str:
-    kind = (pb.NetworkEventType.Name(event.type).removeprefix("NETWORK_EVENT_TYPE_").lower()
-            if event.type in pb.NetworkEventType.values() else "?")
-    when = event.time.ToDatetime(tzinfo=UTC).isoformat(timespec="milliseconds")
-    return f"{when}  {event.name}  {kind}"
-
-
-def cmd_net_event(client: Client, args: argparse.Namespace, out: Output) -> None:
-    follow(watch(client, "WatchNetworkEvents", pb.WatchNetworkEventsRequest(
-        names=args.networks)), "network", _event_text, out, args.count)
+    return event_line(event, enum_name(pb.NetworkEventType, event.type, "NETWORK_EVENT_TYPE_"))
 
 
 def register(command: CommandFactory) -> None:
-    xml_in = argparse.FileType("r")
-
-    def network_command(name: str, handler: Any, summary: str) -> argparse.ArgumentParser:
-        sub = command(name, handler, summary)
-        sub.add_argument("network", metavar="NETWORK", help="network name or UUID")
-        return sub
-
-    def port_command(name: str, handler: Any, summary: str) -> argparse.ArgumentParser:
-        sub = network_command(name, handler, summary)
-        sub.add_argument("port", metavar="PORT", help="port UUID")
-        return sub
-
+    networks, ports = Commands(command, NETWORK), Commands(command, PORT)
     sub = command("net-list", cmd_net_list, "list networks")
-    for flag, help_text in (("--active", "only active networks"),
-                            ("--inactive", "only inactive networks"),
-                            ("--persistent", "only persistent networks"),
-                            ("--transient", "only transient networks"),
-                            ("--autostart", "only networks marked autostart"),
-                            ("--no-autostart", "only networks not marked autostart")):
-        sub.add_argument(flag, action="store_true", help=help_text)
-    sub.add_argument("--all", action="store_true", help="all networks (the default)")
-    network_command("net-info", cmd_net_info, "show a network's summary")
-    sub = network_command("net-dumpxml", cmd_net_dumpxml, "print a network's XML")
-    sub.add_argument("--inactive", action="store_true", help="the persistent config")
-    for name, handler, summary in (
-            ("net-define", cmd_net_define, "define a persistent network from XML"),
-            ("net-create", cmd_net_create, "create and start a transient network from XML")):
-        sub = command(name, handler, summary)
-        sub.add_argument("file", type=xml_in, help="network XML file, or - for stdin")
-        sub.add_argument("--validate", action="store_true", help="check the XML schema first")
-    network_command("net-start", _network_command(
-        "StartNetwork", pb.StartNetworkRequest, "started"), "start a defined network")
-    network_command("net-destroy", _network_command(
-        "StopNetwork", pb.StopNetworkRequest, "destroyed"), "stop an active network")
-    network_command("net-undefine", _network_command(
-        "UndefineNetwork", pb.UndefineNetworkRequest, "undefined"),
-        "remove a network's definition")
-    sub = network_command("net-autostart", cmd_net_autostart,
-                          "start a network with the network driver")
-    sub.add_argument("--disable", action="store_true", help="do not autostart it")
-    sub = network_command("net-update", cmd_net_update,
-                          "add, modify or delete one element of a network's definition")
+    add_flags(sub, ("--active", "only active networks"),
+              ("--inactive", "only inactive networks"),
+              ("--persistent", "only persistent networks"),
+              ("--transient", "only transient networks"),
+              ("--autostart", "only networks marked autostart"),
+              ("--no-autostart", "only networks not marked autostart"),
+              ("--all", "all networks (the default)"))
+    networks.add("net-info", cmd_net_info, "show a network's summary")
+    networks.dumpxml("net-dumpxml", "GetNetworkXML", pb.GetNetworkXMLRequest,
+                     "print a network's XML", ("--inactive", "the persistent config"))
+    networks.from_xml("net-define", "DefineNetwork", pb.DefineNetworkRequest, "defined",
+                      "define a persistent network from XML",
+                      "network XML file, or - for stdin", VALIDATE, uuid=True)
+    networks.from_xml("net-create", "CreateNetwork", pb.CreateNetworkRequest, "created",
+                      "create and start a transient network from XML",
+                      "network XML file, or - for stdin", VALIDATE, uuid=True)
+    networks.simple("net-start", "StartNetwork", pb.StartNetworkRequest, "started",
+                    "start a defined network")
+    networks.simple("net-destroy", "StopNetwork", pb.StopNetworkRequest, "destroyed",
+                    "stop an active network")
+    networks.simple("net-undefine", "UndefineNetwork", pb.UndefineNetworkRequest, "undefined",
+                    "remove a network's definition")
+    networks.autostart("net-autostart", "SetNetworkAutostart", pb.SetNetworkAutostartRequest,
+                       "start a network with the network driver")
+    sub = networks.add("net-update", cmd_net_update,
+                       "add, modify or delete one element of a network's definition")
     sub.add_argument("update_command", metavar="COMMAND", choices=sorted(UPDATE_COMMANDS),
                      help=f"one of {', '.join(sorted(UPDATE_COMMANDS))}")
     sub.add_argument("section", metavar="SECTION", choices=sorted(SECTIONS),
@@ -240,19 +187,17 @@ def register(command: CommandFactory) -> None:
     sub.add_argument("--config", action="store_true", help="change the persistent config")
     sub.add_argument("--current", action="store_true",
                      help="the running network if active, else its config (the default)")
-    sub = network_command("net-dhcp-leases", cmd_net_dhcp_leases,
-                          "list the DHCP leases of a network")
+    sub = networks.add("net-dhcp-leases", cmd_net_dhcp_leases,
+                       "list the DHCP leases of a network")
     sub.add_argument("--mac", metavar="MAC", help="only this MAC address's leases")
 
-    network_command("net-port-list", cmd_net_port_list, "list a network's ports")
-    sub = network_command("net-port-create", cmd_net_port_create,
-                          "create a network port from XML")
-    sub.add_argument("file", type=xml_in, help="<networkport> XML file, or - for stdin")
-    sub.add_argument("--validate", action="store_true", help="check the XML schema first")
-    sub.add_argument("--reclaim", action="store_true", help="take over an existing plug")
-    port_command("net-port-info", cmd_net_port_info, "show a network port's summary")
-    port_command("net-port-dumpxml", cmd_net_port_dumpxml, "print a network port's XML")
-    port_command("net-port-delete", cmd_net_port_delete, "delete a network port")
-    sub = command("net-event", cmd_net_event, "print network lifecycle events as they happen")
-    sub.add_argument("networks", nargs="*", metavar="NETWORK", help="only these networks")
-    sub.add_argument("--count", type=int, metavar="N", help="stop after N events")
+    networks.add("net-port-list", cmd_net_port_list, "list a network's ports")
+    sub = networks.add("net-port-create", cmd_net_port_create, "create a network port from XML")
+    sub.add_argument("file", type=XML_FILE, help="<networkport> XML file, or - for stdin")
+    add_flags(sub, VALIDATE, ("--reclaim", "take over an existing plug"))
+    ports.add("net-port-info", cmd_net_port_info, "show a network port's summary")
+    ports.dumpxml("net-port-dumpxml", "GetNetworkPortXML", pb.GetNetworkPortXMLRequest,
+                  "print a network port's XML")
+    ports.add("net-port-delete", cmd_net_port_delete, "delete a network port")
+    networks.events("net-event", "WatchNetworkEvents", pb.WatchNetworkEventsRequest, "network",
+                    _event_text, "print network lifecycle events as they happen")

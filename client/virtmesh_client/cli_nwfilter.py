@@ -6,8 +6,24 @@ import argparse
 from typing import Any
 
 from virtmesh.nwfilter.v1 import nwfilter_service_pb2 as pb
-from virtmesh_client.cli import CommandFactory, Output, Query, _read
+from virtmesh_client.cli_commands import (
+    VALIDATE,
+    XML_FILE,
+    Argument,
+    CommandFactory,
+    Commands,
+    Kind,
+    add_flags,
+)
+from virtmesh_client.cli_fleet import Query
+from virtmesh_client.cli_output import Output, read_input
 from virtmesh_client.client import Client
+
+FILTER = Kind("Network filter '{}'", (Argument("nwfilter", "NWFILTER", "nwfilter name"),),
+              response_field="nwfilter")
+#: a binding is named by the port device it filters
+BINDING = Kind("Network filter binding on '{}'", (
+    Argument("port_dev", "PORT_DEV", "the bound port device, e.g. vnet0"),))
 
 
 def _filter_row(f: Any) -> tuple[object, ...]:
@@ -30,58 +46,30 @@ cmd_binding_list = Query(
     ("PORT_DEV", "FILTER", "OWNER", "MAC"), _binding_row, "bindings")
 
 
-def cmd_dumpxml(client: Client, args: argparse.Namespace, out: Output) -> None:
-    response = client.call("GetNWFilterXML", pb.GetNWFilterXMLRequest(name=args.nwfilter))
-    out.show(response, response.xml.rstrip("\n"))
-
-
-def cmd_define(client: Client, args: argparse.Namespace, out: Output) -> None:
-    response = client.call("DefineNWFilter", pb.DefineNWFilterRequest(
-        xml=_read(args.file), validate=args.validate))
-    out.show(response, f"Network filter '{response.nwfilter.name}' defined "
-                       f"({response.nwfilter.uuid})")
-
-
-def cmd_undefine(client: Client, args: argparse.Namespace, out: Output) -> None:
-    response = client.call("UndefineNWFilter", pb.UndefineNWFilterRequest(name=args.nwfilter))
-    out.show(response, f"Network filter '{args.nwfilter}' undefined")
-
-
 def cmd_binding_create(client: Client, args: argparse.Namespace, out: Output) -> None:
     response = client.call("CreateNWFilterBinding", pb.CreateNWFilterBindingRequest(
-        xml=_read(args.file), validate=args.validate))
+        xml=read_input(args.file), validate=args.validate))
     out.show(response, f"Network filter binding on '{response.binding.name}' created "
                        f"(filter '{response.binding.filter}')")
 
 
-def cmd_binding_dumpxml(client: Client, args: argparse.Namespace, out: Output) -> None:
-    response = client.call("GetNWFilterBindingXML",
-                           pb.GetNWFilterBindingXMLRequest(name=args.port_dev))
-    out.show(response, response.xml.rstrip("\n"))
-
-
-def cmd_binding_delete(client: Client, args: argparse.Namespace, out: Output) -> None:
-    response = client.call("DeleteNWFilterBinding",
-                           pb.DeleteNWFilterBindingRequest(name=args.port_dev))
-    out.show(response, f"Network filter binding on '{args.port_dev}' deleted")
-
-
 def register(command: CommandFactory) -> None:
-    xml_in = argparse.FileType("r")
+    filters, bindings = Commands(command, FILTER), Commands(command, BINDING)
     command("nwfilter-list", cmd_list, "list network filters")
-    command("nwfilter-dumpxml", cmd_dumpxml, "print a network filter's XML", "nwfilter")
-    sub = command("nwfilter-define", cmd_define, "define or change a network filter from XML")
-    sub.add_argument("file", type=xml_in, help="filter XML file, or - for stdin")
-    sub.add_argument("--validate", action="store_true", help="check the XML schema first")
-    command("nwfilter-undefine", cmd_undefine, "delete a network filter", "nwfilter")
+    filters.dumpxml("nwfilter-dumpxml", "GetNWFilterXML", pb.GetNWFilterXMLRequest,
+                    "print a network filter's XML")
+    filters.from_xml("nwfilter-define", "DefineNWFilter", pb.DefineNWFilterRequest, "defined",
+                     "define or change a network filter from XML",
+                     "filter XML file, or - for stdin", VALIDATE, uuid=True)
+    filters.simple("nwfilter-undefine", "UndefineNWFilter", pb.UndefineNWFilterRequest,
+                   "undefined", "delete a network filter")
     command("nwfilter-binding-list", cmd_binding_list, "list network filter bindings")
     sub = command("nwfilter-binding-create", cmd_binding_create,
                   "apply a filter to a port from <filterbinding> XML")
-    sub.add_argument("file", type=xml_in, help="binding XML file, or - for stdin")
-    sub.add_argument("--validate", action="store_true", help="check the XML schema first")
-    for name, handler, summary in (
-            ("nwfilter-binding-dumpxml", cmd_binding_dumpxml, "print a binding's XML"),
-            ("nwfilter-binding-delete", cmd_binding_delete,
-             "remove a binding and its firewall rules")):
-        command(name, handler, summary).add_argument(
-            "port_dev", metavar="PORT_DEV", help="the bound port device, e.g. vnet0")
+    sub.add_argument("file", type=XML_FILE, help="binding XML file, or - for stdin")
+    add_flags(sub, VALIDATE)
+    bindings.dumpxml("nwfilter-binding-dumpxml", "GetNWFilterBindingXML",
+                     pb.GetNWFilterBindingXMLRequest, "print a binding's XML")
+    bindings.simple("nwfilter-binding-delete", "DeleteNWFilterBinding",
+                    pb.DeleteNWFilterBindingRequest, "deleted",
+                    "remove a binding and its firewall rules")

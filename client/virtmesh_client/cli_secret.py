@@ -10,35 +10,34 @@ import argparse
 import base64
 import binascii
 import sys
-from datetime import UTC
 from typing import Any
 
 from virtmesh.secret.v1 import secret_service_pb2 as pb
-from virtmesh_client.cli import (
+from virtmesh_client.cli_commands import (
+    VALIDATE,
+    Argument,
     CommandFactory,
-    Output,
-    Query,
-    UsageError,
-    _enum,
-    _read,
-    _yes,
-    fields,
-    follow,
-    watch,
+    Commands,
+    Kind,
+    enum_choices,
 )
+from virtmesh_client.cli_fleet import Query, UsageError
+from virtmesh_client.cli_output import Output, enum_name, event_line, fields, yes
 from virtmesh_client.client import Client
 
-USAGES = {name.removeprefix("USAGE_TYPE_").lower(): value
-          for name, value in pb.UsageType.items() if value}
+USAGES = enum_choices(pb.UsageType, "USAGE_TYPE_")
+#: a secret's name is its UUID
+SECRET = Kind("Secret {}", (Argument("secret", "UUID", "the secret's UUID"),),
+              response_field="secret", plural="secrets")
 
 
 def _usage(usage: Any) -> str:
-    kind = _enum(pb.UsageType, usage.type, "USAGE_TYPE_")
+    kind = enum_name(pb.UsageType, usage.type, "USAGE_TYPE_")
     return f"{kind} {usage.id}" if usage.id else kind
 
 
 def _row(s: Any) -> tuple[object, ...]:
-    return (s.name, _usage(s.usage), _yes(s.ephemeral), _yes(s.private), s.description or "-")
+    return (s.name, _usage(s.usage), yes(s.ephemeral), yes(s.private), s.description or "-")
 
 
 def _list(client: Client, args: argparse.Namespace) -> Any:
@@ -62,20 +61,9 @@ def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> None:
         usage=pb.Usage(type=USAGES[args.usage[0]], id=args.usage[1])))
     secret = client.call("GetSecret", request).secret
     out.show(secret, fields((("UUID", secret.name), ("Usage", _usage(secret.usage)),
-                             ("Ephemeral", _yes(secret.ephemeral)),
-                             ("Private", _yes(secret.private)),
+                             ("Ephemeral", yes(secret.ephemeral)),
+                             ("Private", yes(secret.private)),
                              ("Description", secret.description or "-"))))
-
-
-def cmd_define(client: Client, args: argparse.Namespace, out: Output) -> None:
-    response = client.call("DefineSecret", pb.DefineSecretRequest(
-        xml=_read(args.file), validate=args.validate))
-    out.show(response, f"Secret {response.secret.name} defined")
-
-
-def cmd_dumpxml(client: Client, args: argparse.Namespace, out: Output) -> None:
-    response = client.call("GetSecretXML", pb.GetSecretXMLRequest(name=args.secret))
-    out.show(response, response.xml.rstrip("\n"))
 
 
 def _value(args: argparse.Namespace) -> bytes:
@@ -108,30 +96,15 @@ def cmd_get_value(client: Client, args: argparse.Namespace, out: Output) -> None
     out.show(response, base64.b64encode(response.value).decode())
 
 
-def cmd_undefine(client: Client, args: argparse.Namespace, out: Output) -> None:
-    response = client.call("UndefineSecret", pb.UndefineSecretRequest(name=args.secret))
-    out.show(response, f"Secret {args.secret} undefined")
-
-
 def _event_text(event: Any) -> str:
     kind = event.WhichOneof("event") or "unknown"
-    detail = (_enum(pb.LifecycleEventType, event.lifecycle.type, "LIFECYCLE_EVENT_TYPE_")
+    detail = (enum_name(pb.LifecycleEventType, event.lifecycle.type, "LIFECYCLE_EVENT_TYPE_")
               if kind == "lifecycle" else "")
-    when = event.time.ToDatetime(tzinfo=UTC).isoformat(timespec="milliseconds")
-    return (f"{when}  {event.name}  {_usage(event.usage)}  {kind.replace('_', '-')}  "
-            f"{detail}").rstrip()
-
-
-def cmd_event(client: Client, args: argparse.Namespace, out: Output) -> None:
-    follow(watch(client, "WatchSecretEvents", pb.WatchSecretEventsRequest(names=args.secrets)),
-           "secret", _event_text, out, args.count)
-
-
-def _uuid(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("secret", metavar="UUID", help="the secret's UUID")
+    return event_line(event, _usage(event.usage), kind.replace("_", "-"), detail)
 
 
 def register(command: CommandFactory) -> None:
+    secrets = Commands(command, SECRET)
     sub = command("secret-list", cmd_list, "list secrets")
     sub.add_argument("--usage", action="append", choices=sorted(USAGES),
                      help="only secrets with this usage type (repeatable)")
@@ -143,19 +116,18 @@ def register(command: CommandFactory) -> None:
     sub.add_argument("secret", metavar="UUID", nargs="?", help="the secret's UUID")
     sub.add_argument("--usage", nargs=2, metavar=("TYPE", "ID"),
                      help=f"find it by usage instead; TYPE: {', '.join(USAGES)}")
-    sub = command("secret-define", cmd_define, "define or change a secret from XML")
-    sub.add_argument("file", type=argparse.FileType("r"), help="secret XML file, or - for stdin")
-    sub.add_argument("--validate", action="store_true", help="check the XML schema first")
-    _uuid(command("secret-dumpxml", cmd_dumpxml, "print a secret's XML"))
-    sub = command("secret-set-value", cmd_set_value,
-                  "set a secret's value from a file or stdin (never the command line)")
-    _uuid(sub)
+    secrets.from_xml("secret-define", "DefineSecret", pb.DefineSecretRequest, "defined",
+                     "define or change a secret from XML", "secret XML file, or - for stdin",
+                     VALIDATE)
+    secrets.dumpxml("secret-dumpxml", "GetSecretXML", pb.GetSecretXMLRequest,
+                    "print a secret's XML")
+    sub = secrets.add("secret-set-value", cmd_set_value,
+                      "set a secret's value from a file or stdin (never the command line)")
     sub.add_argument("--file", metavar="PATH", help="read the value from PATH (default stdin)")
     sub.add_argument("--base64", action="store_true", help="the input is base64, not raw bytes")
-    sub = command("secret-get-value", cmd_get_value, "print a secret's value, base64-encoded")
-    _uuid(sub)
+    sub = secrets.add("secret-get-value", cmd_get_value, "print a secret's value, base64-encoded")
     sub.add_argument("--plain", action="store_true", help="write the raw bytes instead")
-    _uuid(command("secret-undefine", cmd_undefine, "delete a secret and its value"))
-    sub = command("secret-event", cmd_event, "print secret events as they happen")
-    sub.add_argument("secrets", nargs="*", metavar="UUID", help="only these secrets")
-    sub.add_argument("--count", type=int, metavar="N", help="stop after N events")
+    secrets.simple("secret-undefine", "UndefineSecret", pb.UndefineSecretRequest, "undefined",
+                   "delete a secret and its value")
+    secrets.events("secret-event", "WatchSecretEvents", pb.WatchSecretEventsRequest, "secret",
+                   _event_text, "print secret events as they happen")

@@ -1,0 +1,331 @@
+"""Compute commands: virsh's domain commands against the compute service.
+
+The only service whose commands find a domain's node among several gateways
+(``locate``) and whose events merge the streams of every node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import UTC
+from typing import Any
+
+from virtmesh.compute.v1 import compute_service_pb2 as pb
+from virtmesh_client.cli_commands import (
+    VALIDATE,
+    XML_FILE,
+    Argument,
+    CommandFactory,
+    Commands,
+    Kind,
+    add_count,
+    either,
+    enum_choices,
+    follow,
+)
+from virtmesh_client.cli_fleet import Fleet, Handler, Query
+from virtmesh_client.cli_output import (
+    Output,
+    byte_size,
+    enum_name,
+    event_line,
+    fields,
+    kib,
+    read_input,
+    table,
+    yes,
+)
+from virtmesh_client.client import Client, ClientError, EventStream
+
+STATES = enum_choices(pb.DomainState, "DOMAIN_STATE_")
+#: ``name`` is the argument the fleet looks for to find a domain's node
+_DOMAIN = Argument("name", "DOMAIN", "domain name or UUID")
+DOMAIN = Kind("Domain '{}'", (_DOMAIN,), response_field="domain")
+#: a snapshot is named by its domain and its own name
+SNAPSHOT = Kind("Snapshot '{}'", (
+    _DOMAIN, Argument("snapshot", "SNAPSHOT", "snapshot name", field="snapshot")))
+
+
+def _state(value: int) -> str:
+    return enum_name(pb.DomainState, value, "DOMAIN_STATE_")
+
+
+def _domain_row(d: Any) -> Sequence[object]:
+    return (d.name, _state(d.state), d.id or "-", d.vcpus, kib(d.memory_kib),
+            yes(d.persistent), yes(d.autostart))
+
+
+def _domain_fields(d: Any) -> str:
+    return fields((
+        ("Name", d.name), ("UUID", d.uuid), ("Id", d.id or "-"),
+        ("State", f"{_state(d.state)} ({d.state_reason})"), ("OS type", d.os_type),
+        ("vCPUs", d.vcpus), ("Memory", kib(d.memory_kib)),
+        ("Max memory", kib(d.max_memory_kib)), ("CPU time", f"{d.cpu_time_ns / 1e9:.1f} s"),
+        ("Persistent", yes(d.persistent)), ("Autostart", yes(d.autostart)),
+        ("Managed save", yes(d.has_managed_save)),
+    ))
+
+
+def _stats_row(s: Any) -> Sequence[object]:
+    return (s.name, _state(s.state), f"{s.cpu.time_ns / 1e9:.2f}",
+            kib(s.balloon.current_kib) if s.balloon.current_kib else "-",
+            s.vcpu_current or "-",
+            byte_size(sum(b.read_bytes for b in s.blocks)),
+            byte_size(sum(b.write_bytes for b in s.blocks)),
+            byte_size(sum(i.rx_bytes for i in s.interfaces)),
+            byte_size(sum(i.tx_bytes for i in s.interfaces)))
+
+
+def _event_text(event: Any) -> str:
+    kind = event.WhichOneof("event") or "unknown"
+    detail = {
+        "lifecycle": lambda: (enum_name(pb.LifecycleEventType, event.lifecycle.type,
+                                        "LIFECYCLE_EVENT_TYPE_") + f" {event.lifecycle.detail}"),
+        "device_added": lambda: event.device_added.device,
+        "device_removed": lambda: event.device_removed.device,
+    }.get(kind, lambda: "")()
+    return event_line(event, kind.replace("_", "-"), detail)
+
+
+def _scope(args: argparse.Namespace) -> Any:
+    return pb.Scope(live=args.live, config=args.config)
+
+
+def _list(client: Client, args: argparse.Namespace) -> Any:
+    return pb.ListDomainsResponse(domains=client.domains(
+        active=either(args, "active", "inactive"), states=[STATES[s] for s in args.state or ()]))
+
+
+cmd_list = Query(_list, ("NAME", "STATE", "ID", "VCPUS", "MEMORY", "PERSISTENT", "AUTOSTART"),
+                 _domain_row, "domains")
+
+
+def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> None:
+    domain = client.domain(args.name)
+    out.show(domain, _domain_fields(domain))
+
+
+def cmd_undefine(client: Client, args: argparse.Namespace, out: Output) -> None:
+    response = client.call("UndefineDomain", pb.UndefineDomainRequest(
+        name=args.name, managed_save=args.managed_save, snapshots_metadata=args.snapshots,
+        nvram=args.nvram))
+    out.show(response, f"Domain '{args.name}' undefined")
+
+
+def cmd_shutdown(client: Client, args: argparse.Namespace, out: Output) -> None:
+    client.shutdown(args.name, wait=args.wait_timeout if args.wait else None)
+    done = "shut off" if args.wait else "is being shut down"
+    out.show(pb.ShutdownDomainResponse(), f"Domain '{args.name}' {done}")
+
+
+def cmd_events(client: Client, args: argparse.Namespace, out: Output) -> None:
+    follow(client.watch(args.names), "domain", _event_text, out, args.count)
+
+
+def merge_events(fleet: Fleet, args: argparse.Namespace, out: Output) -> None:
+    """Every node's events as one stream, each line labelled with its node."""
+    streams = fleet.each(lambda client: client.watch(args.names))
+    merged: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def pump(node: str, stream: EventStream) -> None:
+        try:
+            for event in stream:
+                merged.put((node, event))
+            merged.put((node, ClientError("UNAVAILABLE", "the event stream ended")))
+        except ClientError as error:
+            merged.put((node, error))
+
+    for node, stream in streams.items():
+        threading.Thread(target=pump, args=(node, stream), daemon=True).start()
+    if streams:
+        print(f"watching domain events on {', '.join(streams)}; Ctrl-C to stop",
+              file=sys.stderr, flush=True)
+    try:
+        count, running = 0, len(streams)
+        while running:
+            node, item = merged.get()
+            if isinstance(item, ClientError):
+                fleet.warn(node, item)
+                running -= 1
+                continue
+            out.line(item, _event_text(item), node)
+            count += 1
+            if count == args.count:
+                return
+    finally:
+        for stream in streams.values():
+            stream.close()
+
+
+cmd_stats = Query(
+    lambda client, args: client.call("GetDomainStats", pb.GetDomainStatsRequest(
+        names=args.names, active_only=args.active)),
+    ("NAME", "STATE", "CPU_S", "MEMORY", "VCPUS", "BLOCK_RD", "BLOCK_WR", "NET_RX", "NET_TX"),
+    _stats_row, "stats")
+
+
+def cmd_capabilities(client: Client, args: argparse.Namespace, out: Output) -> None:
+    response = client.call("GetCapabilities", pb.GetCapabilitiesRequest())
+    out.show(response, response.xml.rstrip("\n"))
+
+
+def cmd_domcapabilities(client: Client, args: argparse.Namespace, out: Output) -> None:
+    response = client.call("GetDomainCapabilities", pb.GetDomainCapabilitiesRequest(
+        emulator=args.emulator, arch=args.arch, machine=args.machine,
+        virt_type=args.virt_type))
+    out.show(response, response.xml.rstrip("\n"))
+
+
+cmd_nodeinfo = Query(
+    lambda client, args: client.call("GetNodeInfo", pb.GetNodeInfoRequest()),
+    ("CPU model", "CPUs", "CPU frequency", "NUMA nodes", "Sockets per node", "Cores per socket",
+     "Threads per core", "Memory"),
+    lambda n: (n.model, n.cpus, f"{n.mhz} MHz", n.nodes, n.sockets, n.cores, n.threads,
+               kib(n.memory_kib)))
+
+cmd_version = Query(
+    lambda client, args: client.call("GetVersion", pb.GetVersionRequest()),
+    ("virtmesh", "libvirt", "Hypervisor", "URI"),
+    lambda v: (v.virtmesh_version, v.libvirt_version,
+               f"{v.hypervisor_type} {v.hypervisor_version}", v.uri))
+
+
+def cmd_setvcpus(client: Client, args: argparse.Namespace, out: Output) -> None:
+    response = client.call("SetDomainVcpus", pb.SetDomainVcpusRequest(
+        name=args.name, count=args.count, scope=_scope(args), maximum=args.maximum))
+    out.show(response, f"Domain '{args.name}' vCPUs set to {args.count}")
+
+
+def cmd_setmem(client: Client, args: argparse.Namespace, out: Output) -> None:
+    response = client.call("SetDomainMemory", pb.SetDomainMemoryRequest(
+        name=args.name, memory_kib=args.kib, scope=_scope(args), maximum=args.maximum))
+    out.show(response, f"Domain '{args.name}' memory set to {kib(args.kib)}")
+
+
+def cmd_snapshot_create(client: Client, args: argparse.Namespace, out: Output) -> None:
+    response = client.call("CreateSnapshot", pb.CreateSnapshotRequest(
+        name=args.name, xml=read_input(args.xml) if args.xml else ""))
+    out.show(response, f"Snapshot '{response.snapshot.name}' of '{args.name}' created")
+
+
+def cmd_snapshot_list(client: Client, args: argparse.Namespace, out: Output) -> None:
+    snaps = client.snapshots(args.name)
+    text = table(("NAME", "CREATED", "STATE", "PARENT", "CURRENT"), (
+        (s.name, s.create_time.ToDatetime(tzinfo=UTC).isoformat(timespec="seconds"),
+         s.state, s.parent or "-", yes(s.current)) for s in snaps))
+    out.show(pb.ListSnapshotsResponse(snapshots=snaps), text)
+
+
+def cmd_snapshot_revert(client: Client, args: argparse.Namespace, out: Output) -> None:
+    response = client.call("RevertToSnapshot", pb.RevertToSnapshotRequest(
+        name=args.name, snapshot=args.snapshot, running=args.running, paused=args.paused,
+        force=args.force))
+    out.show(response, f"Domain '{args.name}' reverted to snapshot '{args.snapshot}'")
+
+
+def cmd_snapshot_delete(client: Client, args: argparse.Namespace, out: Output) -> None:
+    response = client.call("DeleteSnapshot", pb.DeleteSnapshotRequest(
+        name=args.name, snapshot=args.snapshot, children=args.children))
+    out.show(response, f"Snapshot '{args.snapshot}' of '{args.name}' deleted")
+
+
+def _device(method: str, request: type, done: str) -> Handler:
+    def handler(client: Client, args: argparse.Namespace, out: Output) -> None:
+        response = client.call(method, request(name=args.name, xml=read_input(args.file),
+                                               scope=_scope(args)))
+        out.show(response, f"Device {done} '{args.name}'")
+    return handler
+
+
+def _add_scope(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--live", action="store_true", help="change the running domain")
+    parser.add_argument("--config", action="store_true", help="change the persistent config")
+
+
+def register(command: CommandFactory) -> None:
+    domains, snapshots = Commands(command, DOMAIN), Commands(command, SNAPSHOT)
+    paused = ("--paused", "leave its vCPUs paused")
+    sub = command("list", cmd_list, "list domains")
+    which = sub.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true", help="all domains (the default)")
+    which.add_argument("--active", action="store_true", help="only running domains")
+    which.add_argument("--inactive", action="store_true", help="only inactive domains")
+    sub.add_argument("--state", action="append", choices=sorted(STATES),
+                     help="only domains in this state (repeatable)")
+
+    domains.add("info", cmd_info, "show a domain's summary")
+    domains.from_xml("define", "DefineDomain", pb.DefineDomainRequest, "defined",
+                     "define a persistent domain from XML", "domain XML file, or - for stdin",
+                     VALIDATE, uuid=True)
+    sub = domains.add("undefine", cmd_undefine, "remove a domain's definition")
+    sub.add_argument("--managed-save", action="store_true", help="also its managed save")
+    sub.add_argument("--snapshots", action="store_true", help="also its snapshot metadata")
+    sub.add_argument("--nvram", action="store_true", help="also its UEFI NVRAM file")
+    domains.from_xml("create", "CreateDomain", pb.CreateDomainRequest, "created",
+                     "create and start a transient domain from XML",
+                     "domain XML file, or - for stdin", paused, VALIDATE, uuid=True)
+    domains.simple("start", "StartDomain", pb.StartDomainRequest, "started",
+                   "start a defined domain", paused,
+                   ("--force-boot", "discard a managed save"))
+    sub = domains.add("shutdown", cmd_shutdown, "ask the guest to shut down")
+    sub.add_argument("--wait", action="store_true", help="return once the domain is shut off")
+    sub.add_argument("--wait-timeout", type=float, default=300.0, metavar="SECONDS",
+                     help="how long --wait waits (default 300)")
+    domains.simple("destroy", "DestroyDomain", pb.DestroyDomainRequest, "destroyed",
+                   "power a domain off at once", ("--graceful", "SIGTERM only, never SIGKILL"))
+    domains.simple("reboot", "RebootDomain", pb.RebootDomainRequest, "is being rebooted",
+                   "ask the guest to reboot")
+    domains.simple("reset", "ResetDomain", pb.ResetDomainRequest, "reset",
+                   "press the reset button")
+    domains.simple("suspend", "SuspendDomain", pb.SuspendDomainRequest, "suspended",
+                   "pause a domain's vCPUs")
+    domains.simple("resume", "ResumeDomain", pb.ResumeDomainRequest, "resumed",
+                   "resume a paused domain")
+    domains.dumpxml("dumpxml", "GetDomainXML", pb.GetDomainXMLRequest, "print a domain's XML",
+                    ("--inactive", "the persistent config"), ("--secure", "include secrets"),
+                    ("--migratable", "XML suitable for migration"))
+    sub = command("events", cmd_events, "print domain events as they happen",
+                  fan_out=merge_events)
+    sub.add_argument("names", nargs="*", metavar="NAME", help="only these domains")
+    add_count(sub)
+    sub = command("stats", cmd_stats, "show domain statistics")
+    sub.add_argument("names", nargs="*", metavar="NAME", help="only these domains")
+    sub.add_argument("--active", action="store_true", help="only running domains")
+    command("capabilities", cmd_capabilities, "print the hypervisor's capabilities XML")
+    sub = command("domcapabilities", cmd_domcapabilities, "print domain capabilities XML")
+    sub.add_argument("--emulator", default="", help="emulator binary path")
+    sub.add_argument("--arch", default="", help="architecture, e.g. x86_64")
+    sub.add_argument("--machine", default="", help="machine type, e.g. q35")
+    sub.add_argument("--virt-type", default="", help="kvm or qemu")
+    command("nodeinfo", cmd_nodeinfo, "show the host's CPUs and memory")
+    command("version", cmd_version, "show virtmesh, libvirt and hypervisor versions")
+    domains.autostart("autostart", "SetDomainAutostart", pb.SetDomainAutostartRequest,
+                      "start a domain with the service")
+    sub = domains.add("setvcpus", cmd_setvcpus, "change the number of vCPUs")
+    sub.add_argument("count", type=int)
+    sub.add_argument("--maximum", action="store_true", help="change the maximum (config)")
+    _add_scope(sub)
+    sub = domains.add("setmem", cmd_setmem, "change the memory size")
+    sub.add_argument("kib", type=int, metavar="KIB")
+    sub.add_argument("--maximum", action="store_true", help="change the maximum")
+    _add_scope(sub)
+    sub = domains.add("snapshot-create", cmd_snapshot_create, "snapshot a domain")
+    sub.add_argument("--xml", type=XML_FILE, metavar="FILE", help="<domainsnapshot> XML file")
+    domains.add("snapshot-list", cmd_snapshot_list, "list a domain's snapshots")
+    sub = snapshots.add("snapshot-revert", cmd_snapshot_revert, "revert to a snapshot")
+    sub.add_argument("--running", action="store_true", help="leave the domain running")
+    sub.add_argument("--paused", action="store_true", help="leave the domain paused")
+    sub.add_argument("--force", action="store_true", help="revert even when risky")
+    sub = snapshots.add("snapshot-delete", cmd_snapshot_delete, "delete a snapshot")
+    sub.add_argument("--children", action="store_true", help="and its descendants")
+    for name, method, request, done in (
+            ("attach-device", "AttachDevice", pb.AttachDeviceRequest, "attached to"),
+            ("detach-device", "DetachDevice", pb.DetachDeviceRequest, "detached from")):
+        sub = domains.add(name, _device(method, request, done),
+                          f"{name.split('-')[0]} a device described by XML")
+        sub.add_argument("file", type=XML_FILE, help="device XML file, or - for stdin")
+        _add_scope(sub)

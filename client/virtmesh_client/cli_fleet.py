@@ -1,0 +1,150 @@
+"""Where a command runs: the gateways named on the command line or in the
+environment, one connection to each, and the fan-out over several of them (the
+rules users see are in cli.py's docstring). Knows no service but compute's
+``GetDomain``, which finds the node that has a domain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from virtmesh_client.cli_output import Output, fields, table, to_dict
+from virtmesh_client.client import DEFAULT_GATEWAY, Client, ClientError
+
+Handler = Callable[[Client, argparse.Namespace, Output], None]
+FanOut = Callable[["Fleet", argparse.Namespace, Output], None]
+T = TypeVar("T")
+
+
+class UsageError(Exception):
+    """The command line does not say what to do, e.g. which of several nodes."""
+
+
+class Fleet:
+    """Several gateways by node name; calls them in parallel and warns about each failure."""
+
+    def __init__(self, clients: dict[str, Client]) -> None:
+        self.clients = clients
+        self.failed: list[str] = []
+
+    def warn(self, node: str, error: ClientError) -> None:
+        self.failed.append(node)
+        print(f"virtmesh: node {node}: {error}", file=sys.stderr, flush=True)
+
+    def each(self, call: Callable[[Client], T]) -> dict[str, T]:
+        """``call`` on every node at once (each with its own deadline), results in node
+        order; a node whose call fails is left out with a warning."""
+        with ThreadPoolExecutor(len(self.clients)) as pool:
+            futures = {node: pool.submit(call, client) for node, client in self.clients.items()}
+        results: dict[str, T] = {}
+        for node, future in futures.items():
+            try:
+                results[node] = future.result()
+            except ClientError as error:
+                self.warn(node, error)
+        return results
+
+    def locate(self, name: str) -> Client:
+        """The client of the one node that has domain ``name``."""
+        def has(client: Client) -> bool:
+            try:
+                client.domain(name)
+            except ClientError as error:
+                if error.code != "NOT_FOUND":
+                    raise
+                return False
+            return True
+        answers = self.each(has)
+        nodes = [node for node, found in answers.items() if found]
+        if len(nodes) > 1:
+            raise UsageError(f"domain '{name}' is on nodes {', '.join(nodes)}; pick one with "
+                             "--node NAME")
+        if not nodes:
+            raise ClientError("NOT_FOUND", f"Domain not found: no domain '{name}' on nodes "
+                              f"{', '.join(answers) or '(none answered)'}", "VIR_ERR_NO_DOMAIN")
+        return self.clients[nodes[0]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    """A read-only command: the same call on every node.
+
+    Its response is a table of rows (the repeated field ``key``) or, without ``key``,
+    one object shown as labelled fields. From several nodes the results are one
+    table with a NODE column; in JSON ``{key or "nodes": [...]}``, each with "node".
+    """
+
+    fetch: Callable[[Client, argparse.Namespace], Any]
+    headers: tuple[str, ...]
+    row: Callable[[Any], Sequence[object]]
+    key: str = ""
+
+    def __call__(self, client: Client, args: argparse.Namespace, out: Output) -> None:
+        response = self.fetch(client, args)
+        out.show(response, table(self.headers, map(self.row, getattr(response, self.key)))
+                 if self.key else fields(zip(self.headers, self.row(response), strict=True)))
+
+    def merged(self, fleet: Fleet, args: argparse.Namespace, out: Output) -> None:
+        results = fleet.each(lambda client: self.fetch(client, args))
+        rows = [(node, item) for node, response in results.items()
+                for item in (getattr(response, self.key) if self.key else [response])]
+        if out.json:
+            print(json.dumps({self.key or "nodes": [to_dict(item, node) for node, item in rows]},
+                             indent=2))
+        else:
+            headers = ("NODE", *(header.upper().replace(" ", "_") for header in self.headers))
+            print(table(headers, ((node, *self.row(item)) for node, item in rows)))
+
+
+def gateways(args: argparse.Namespace) -> dict[str, str]:
+    """Node name → address: ``--socket``, or ``[NAME=]HOST:PORT`` from every ``--gateway``,
+    ``VIRTMESH_GATEWAYS`` (comma-separated) or ``VIRTMESH_GATEWAY``; unnamed, the
+    node is its address."""
+    if args.socket:
+        return {args.socket: args.socket if args.socket.startswith("unix:")
+                else f"unix:{args.socket}"}
+    values = [value.strip() for value in
+              args.gateway or os.environ.get("VIRTMESH_GATEWAYS", "").split(",")
+              if value.strip()] or [os.environ.get("VIRTMESH_GATEWAY") or DEFAULT_GATEWAY]
+    nodes: dict[str, str] = {}
+    for value in values:
+        name, _, address = value.rpartition("=")
+        if not address or (name or address) in nodes:
+            raise UsageError(f"bad or repeated gateway '{value}'; expected [NAME=]HOST:PORT, "
+                             "each name once")
+        nodes[name or address] = address
+    return nodes
+
+
+def run(args: argparse.Namespace, out: Output) -> int:
+    """One gateway (or ``--node``): the command as is. Several: fan out, or find the
+    domain's node; anything else needs ``--node``. 1 if a node failed."""
+    with contextlib.ExitStack() as stack:
+        clients = {node: stack.enter_context(Client(
+            address, state_dir=args.state_dir, ca=args.ca, cert=args.cert, key=args.key,
+            token_file=args.token_file, timeout=args.timeout or None))
+            for node, address in gateways(args).items()}
+        if args.node:
+            if args.node not in clients:
+                raise UsageError(f"no gateway named '{args.node}' (nodes: {', '.join(clients)})")
+            clients = {args.node: clients[args.node]}
+        if len(clients) == 1:
+            args.handler(*clients.values(), args, out)
+            return 0
+        fleet = Fleet(clients)
+        if args.fan_out:
+            args.fan_out(fleet, args, out)
+        elif "name" in args:
+            args.handler(fleet.locate(args.name), args, out)
+        else:
+            raise UsageError(f"with several gateways, {args.command} needs --node NAME "
+                             f"(nodes: {', '.join(clients)})")
+        return 1 if fleet.failed else 0
