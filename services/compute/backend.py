@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlparse
 import grpc
 import libvirt
 
-from services.common import documents, event_callbacks
+from services.common import documents, event_callbacks, registry
 from services.common.backend import Backend, by_name_or_uuid, list_flags
 from services.common.config import Config
 from services.common.errors import ServiceError, require
@@ -33,10 +33,6 @@ def _scope_flags(live: bool, config: bool) -> int:
             | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if config else 0))
 
 
-def is_embedded(uri: str) -> bool:
-    parsed = urlparse(uri)
-    return parsed.scheme == "qemu" and parsed.path == "/embed"
-
 
 def prepare_embedded_root(config: Config) -> None:
     """Give an embedded QEMU driver the qemu.conf it needs under its root.
@@ -45,7 +41,7 @@ def prepare_embedded_root(config: Config) -> None:
     consoles to files, so no virtlogd is needed. A qemu.conf without our marker
     line is the operator's and is left alone.
     """
-    if not is_embedded(config.libvirt_uri):
+    if not registry.is_embedded(config.libvirt_uri):
         return
     roots = parse_qs(urlparse(config.libvirt_uri).query).get("root")
     if not roots:
@@ -86,7 +82,7 @@ class ComputeBackend(Backend):
         super().__init__(connection)
         self.sandbox = ParseSandbox()
         self._autostarted = False
-        if is_embedded(connection.uri):
+        if registry.is_embedded(connection.uri):
             connection.on_connect(self._autostart)
 
     def _autostart(self, conn: libvirt.virConnect) -> None:

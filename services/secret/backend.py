@@ -12,12 +12,11 @@ import sys
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from urllib.parse import urlparse
 
 import grpc
 import libvirt
 
-from services.common import documents, event_callbacks
+from services.common import documents, event_callbacks, registry
 from services.common.backend import Backend, is_uuid, list_flags
 from services.common.errors import ServiceError, require
 from services.common.libvirt_connection import LibvirtConnection
@@ -33,10 +32,6 @@ conn = libvirt.open("secret:///embed?root=" + sys.argv[1])
 conn.secretDefineXML("<secret/>").undefine()
 """
 
-
-def is_embedded(uri: str) -> bool:
-    parsed = urlparse(uri)
-    return parsed.scheme == "secret" and parsed.path == "/embed"
 
 
 def embedded_undefine_crashes() -> bool:
@@ -75,7 +70,8 @@ def _libvirt_version() -> str:
 class SecretBackend(Backend):
     def __init__(self, connection: LibvirtConnection) -> None:
         super().__init__(connection)
-        self.undefine_crashes = is_embedded(connection.uri) and embedded_undefine_crashes()
+        self.undefine_crashes = (registry.is_embedded(connection.uri)
+                                 and embedded_undefine_crashes())
 
     def lookup(self, name: str) -> libvirt.virSecret:
         """A secret by its UUID string."""
