@@ -44,8 +44,7 @@ from gateway.identity import Identity
 from gateway.proxy import Access, Backends, CallGuard, identity_metadata, stamped
 from gateway.routes import driver_of, proxied_services
 from services.common import acl, paging
-from services.common.daemon import STARTED_KEY, VERSION_KEY
-from services.common.errors import ServiceError
+from services.common.shared import STARTED_KEY, VERSION_KEY, ServiceError
 from services.common.version import VERSION
 from virtmesh.gateway.v1 import gateway_service_pb2 as pb
 from virtmesh.gateway.v1 import gateway_service_pb2_grpc as pb_grpc

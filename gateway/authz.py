@@ -39,8 +39,8 @@ from gateway.identity import Identity
 from gateway.policy import Policy
 from gateway.policy import load as load_policy
 from services.common.acl import declared, listed_object, required
-from services.common.backend import is_uuid
 from services.common.config import ConfigError
+from services.common.shared import is_uuid
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,8 @@ from gateway.identity import AuthenticationError, Identity
 from gateway.limits import Limiter, LimitExceeded
 from gateway.routes import Route
 from services.common import logs, metrics
-from services.common.acl import GROUPS_KEY, IDENTITY_KEY, is_read_only
+from services.common.acl import is_read_only
+from services.common.shared import GROUPS_KEY, IDENTITY_KEY
 
 log = logging.getLogger(__name__)
 
