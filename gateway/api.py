@@ -37,11 +37,12 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from gateway.authz import Denied
+from gateway.backends import Backends, identity_metadata, stamped
 from gateway.identity import Identity
-from gateway.proxy import Access, Backends, CallGuard, identity_metadata, stamped
+from gateway.proxy import Access, CallGuard
 from gateway.routes import driver_of, proxied_services
 from services.common import acl, paging
 from services.common.shared import STARTED_KEY, VERSION_KEY, ServiceError
@@ -292,21 +293,17 @@ class GatewayApi(pb_grpc.GatewayServiceServicer):
     async def _service(self, descriptor: Any, deadline: float) -> pb.Service:
         driver = driver_of(descriptor.full_name) or ""
         entry = pb.Service(name=driver, grpc_service=descriptor.full_name,
-                           socket=str(self.backends.socket_dir / f"{driver}.sock"))
-        stub = health_pb2_grpc.HealthStub(self.backends.channel(driver))
-        call = stub.Check(health_pb2.HealthCheckRequest(service=descriptor.full_name),
-                          timeout=max(deadline - time.monotonic(), 0.001))
-        try:
-            reply = await call
-        except grpc.aio.AioRpcError as error:
+                           socket=str(self.backends.socket(driver)))
+        health = await self.backends.health(driver, descriptor.full_name,
+                                            max(deadline - time.monotonic(), 0.001))
+        if health.error:
             entry.health = pb.SERVICE_HEALTH_UNREACHABLE
-            entry.message = f"{error.code().name}: {error.details()}"
+            entry.message = health.error
             return entry
-        entry.health = _HEALTH.get(reply.status, pb.SERVICE_HEALTH_NOT_SERVING)
-        headers = dict(await call.initial_metadata() or ())
-        entry.version = str(headers.get(VERSION_KEY, ""))
+        entry.health = _HEALTH.get(health.status, pb.SERVICE_HEALTH_NOT_SERVING)
+        entry.version = health.headers.get(VERSION_KEY, "")
         try:
-            started = datetime.datetime.fromisoformat(str(headers.get(STARTED_KEY)))
+            started = datetime.datetime.fromisoformat(str(health.headers.get(STARTED_KEY)))
         except ValueError:
             return entry  # a service that does not say when it started
         entry.start_time.CopyFrom(_timestamp(started))

@@ -9,8 +9,8 @@ audit log (gateway/audit.py) when it ends, allowed or not, and before its caller
 gets the status: whoever has seen a call end finds its record.
 
 The backend gets the request's bytes as the client sent them, with the caller's
-identity in metadata (keys in services/common/acl.py; whatever the client sent under those
-keys is dropped, so no one can speak for someone else). Responses are relayed as
+identity in metadata (keys in services/common/shared.py; whatever the client sent under
+those keys is dropped, so no one can speak for someone else). Responses are relayed as
 bytes, except the List responses and Watch events that the caller may only see
 in part: those are decoded, filtered and encoded again. The gateway relays
 metadata, deadline and cancellation, and hands the backend's status, message and
@@ -32,7 +32,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
@@ -45,6 +44,7 @@ from gateway.activation import ActivationError, Activator
 from gateway.audit import AuditLog
 from gateway.authn import Authenticator
 from gateway.authz import Authorizer, Decision, Denied, addressed_objects
+from gateway.backends import Backends, Metadata, identity_metadata, stamped
 from gateway.identity import AuthenticationError, Identity
 from gateway.limits import Limiter, LimitExceeded
 from gateway.routes import Route
@@ -71,56 +71,6 @@ class Access:
     limiter: Limiter
     authorizer: Authorizer
     audit: AuditLog
-
-
-class Backends:
-    """One long-lived channel per driver service, created on first use."""
-
-    def __init__(self, socket_dir: Path, max_message_bytes: int) -> None:
-        self.socket_dir = socket_dir
-        self._options = [("grpc.max_receive_message_length", max_message_bytes),
-                         ("grpc.max_send_message_length", max_message_bytes),
-                         ("grpc.enable_retries", 0),
-                         # Local sockets: after a failed connect, try again within a
-                         # second (not gRPC's up to 2 minutes), e.g. once activated.
-                         ("grpc.initial_reconnect_backoff_ms", 200),
-                         ("grpc.max_reconnect_backoff_ms", 1000)]
-        self._channels: dict[str, grpc.aio.Channel] = {}
-
-    def target(self, driver: str) -> str:
-        return f"unix:{self.socket_dir / f'{driver}.sock'}"
-
-    def channel(self, driver: str) -> grpc.aio.Channel:
-        channel = self._channels.get(driver)
-        if channel is None:
-            channel = grpc.aio.insecure_channel(self.target(driver), options=self._options)
-            self._channels[driver] = channel
-        return channel
-
-    async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
-
-
-Metadata = tuple[tuple[str, Any], ...]
-
-
-def stamped(metadata: Any) -> Metadata:
-    """``metadata`` with the request id of the call being served as its only one."""
-    request_id = logs.request_id.get()
-    kept = tuple((key, value) for key, value in metadata or () if key != logs.REQUEST_ID_KEY)
-    return (*kept, (logs.REQUEST_ID_KEY, request_id)) if request_id else kept
-
-
-def _ascii(text: str) -> str:
-    """Metadata values are printable ASCII: anything else is backslash-escaped."""
-    return text.encode("unicode_escape").decode("ascii")
-
-
-def identity_metadata(identity: Identity) -> Metadata:
-    return ((IDENTITY_KEY, _ascii(identity.name)),
-            (GROUPS_KEY, _ascii(",".join(sorted(identity.groups)))))
 
 
 def forwarded_metadata(context: grpc.aio.ServicerContext, identity: Identity) -> Metadata:

@@ -24,10 +24,11 @@ from gateway.api import GatewayApi
 from gateway.audit import AUDIT_SUPPRESSED, AuditLog
 from gateway.authn import Authenticator
 from gateway.authz import Authorizer
+from gateway.backends import Backends
 from gateway.config import GatewayConfig, file_stamp
 from gateway.health import GATEWAY_SERVICE, GatewayHealth
 from gateway.pki import is_dev_ca
-from gateway.proxy import Access, Backends, ProxyHandler
+from gateway.proxy import Access, ProxyHandler
 from gateway.routes import method_paths, proxied_services, route_table
 from services.common import metrics
 from services.common.config import ConfigError
