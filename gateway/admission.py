@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor
@@ -28,13 +27,12 @@ from google.protobuf.message import DecodeError, Message
 from gateway.audit import AuditLog
 from gateway.authn import Authenticator
 from gateway.authz import Authorizer, Decision, Denied
+from gateway.backends import Metadata
 from gateway.identity import AuthenticationError, Identity
 from gateway.limits import Limiter, LimitExceeded
 from services.common import logs
 from services.common.acl import is_read_only
 from services.common.shared import error_status
-
-Metadata = tuple[tuple[str, Any], ...]
 
 
 @dataclasses.dataclass(frozen=True)
