@@ -9,7 +9,7 @@ SERVING, and the call is made again. Concurrent first calls share one activation
 
 The command either starts the service and exits (``systemctl start
 virtmesh@{service}.service``: a non-zero status is a failure), or is the service
-itself (``virtmesh-{service} --idle-timeout 600 ...``), which then runs detached
+itself (``virtmesh-service {service} --idle-timeout 600 ...``), which then runs detached
 in a session of its own and outlives the gateway. Its output is appended to
 ``<state_dir>/log/<service>.log``, or goes where the gateway's own output goes
 when that file cannot be written (under systemd: the journal).
@@ -22,15 +22,10 @@ import logging
 import shlex
 import subprocess
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from gateway.backends import Backends
 from services.common import metrics
-
-if TYPE_CHECKING:
-    from gateway.proxy import Backends
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +57,7 @@ class Activator:
         await asyncio.shield(task)
 
     async def serving(self, driver: str) -> bool:
-        stub = health_pb2_grpc.HealthStub(self.backends.channel(driver))
-        try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
-        except grpc.aio.AioRpcError:
-            return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        return (await self.backends.health(driver)).serving
 
     def _spawn(self, driver: str, argv: list[str]) -> subprocess.Popen[bytes]:
         # Reap the services started earlier that have exited since (idle, say).

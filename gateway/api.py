@@ -33,19 +33,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
+from gateway.admission import Access, CallGuard
 from gateway.authz import Denied
+from gateway.backends import Backends, identity_metadata, stamped
 from gateway.identity import Identity
-from gateway.proxy import Access, Backends, CallGuard, identity_metadata, stamped
-from gateway.routes import driver_of, proxied_services
+from gateway.routes import Route, driver_of, message_class, method_path, proxied_services
 from services.common import acl, paging
-from services.common.daemon import STARTED_KEY, VERSION_KEY
-from services.common.errors import ServiceError
+from services.common.shared import STARTED_KEY, VERSION_KEY, ServiceError
 from services.common.version import VERSION
 from virtmesh.gateway.v1 import gateway_service_pb2 as pb
 from virtmesh.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
@@ -61,10 +60,6 @@ _HEALTH = {
 #: a child listing that fails so has nothing to list (a volume list of an inactive
 #: pool, or of a pool removed since it was listed): not a failure of the answer
 _NOTHING_TO_LIST = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
-
-
-def _message_class(descriptor: Descriptor) -> type[Message]:
-    return message_factory.GetMessageClass(descriptor)  # type: ignore[no-any-return]
 
 
 def _string_field(descriptor: Descriptor, name: str) -> bool:
@@ -89,7 +84,7 @@ class Listing:
 
     @property
     def path(self) -> str:
-        return f"/{self.method.containing_service.full_name}/{self.method.name}"
+        return method_path(self.method)
 
 
 def listing_of(driver: str, method: MethodDescriptor) -> Listing | None:
@@ -123,9 +118,10 @@ class Found:
     uuid: str = ""
     parent: str = ""
 
-    @property
-    def key(self) -> str:
-        return "\x00".join((self.service, self.object_type, self.parent, self.name))
+
+def _search_order(found: Found) -> str:
+    """Search results are paged in this order; it names each object uniquely."""
+    return "\x00".join((found.service, found.object_type, found.parent, found.name))
 
 
 @dataclasses.dataclass
@@ -155,7 +151,9 @@ def _timestamp(moment: datetime.datetime) -> Timestamp:
 
 
 class GatewayApi(pb_grpc.GatewayServiceServicer):
-    def __init__(self, backends: Backends, access: Access, fanout_timeout: float) -> None:
+    def __init__(self, routes: dict[str, Route], backends: Backends, access: Access,
+                 fanout_timeout: float) -> None:
+        self.routes = routes
         self.backends = backends
         self.access = access
         self.fanout_timeout = fanout_timeout
@@ -173,14 +171,14 @@ class GatewayApi(pb_grpc.GatewayServiceServicer):
 
     async def _admitted(self, context: grpc.aio.ServicerContext, name: str, request: Message,
                         answer: Callable[[Identity], Awaitable[Message]]) -> Message:
-        """``answer`` for the caller, once admitted as every gateway call is (proxy's
-        guard: authentication, limit, authorisation; read-only calls are not audited)."""
+        """``answer`` for the caller, once admitted as every gateway call is
+        (gateway/admission.py; read-only calls are not audited)."""
         method = self._own.methods_by_name[name]
-        guard = CallGuard(self.access, method, f"/{self._own.full_name}/{method.name}", context)
+        guard = CallGuard(self.access, method, method_path(method), context)
         async with guard.recorded():
             identity = guard.authenticate()
             async with guard.limited(identity):
-                guard.authorize(identity, request.SerializeToString())
+                guard.authorize(identity, request)
                 message = await answer(identity)
         return message
 
@@ -191,17 +189,15 @@ class GatewayApi(pb_grpc.GatewayServiceServicer):
             return False
         return True
 
-    async def _call(self, identity: Identity, driver: str, method: MethodDescriptor,
-                    request: Message, deadline: float) -> Any:
-        """One unary call to a service for the caller; raises grpc.aio.AioRpcError."""
-        channel = self.backends.channel(driver)
-        call: grpc.aio.UnaryUnaryMultiCallable = channel.unary_unary(
-            f"/{method.containing_service.full_name}/{method.name}",
-            request_serializer=lambda message: message.SerializeToString(),
-            response_deserializer=_message_class(method.output_type).FromString)
-        timeout = max(deadline - time.monotonic(), 0.001)
-        return await call(request, timeout=timeout,
-                          metadata=stamped(identity_metadata(identity)))
+    async def _call(self, identity: Identity, method: MethodDescriptor, request: Message,
+                    deadline: float) -> Any:
+        """One unary call to a service for the caller (on the route the proxy forwards
+        it on); raises grpc.aio.AioRpcError."""
+        route = self.routes[method_path(method)]
+        reply = await route.call(request.SerializeToString(),
+                                 timeout=max(deadline - time.monotonic(), 0.001),
+                                 metadata=stamped(identity_metadata(identity)))
+        return route.response_class.FromString(reply)
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         """When each service's part must be done: fanout_timeout from now, or before
@@ -217,7 +213,7 @@ class GatewayApi(pb_grpc.GatewayServiceServicer):
                         parent: str = "") -> list[Found] | None:
         """Every visible item of one listing, page after page; None when the caller may
         not make this listing (so it is not made, and nothing is counted)."""
-        request_class = _message_class(listing.method.input_type)
+        request_class = message_class(listing.method.input_type)
         fields = listing.method.input_type.fields_by_name
         request = request_class(**({listing.parent_field: parent} if parent else {}))
         if "page_size" in fields:
@@ -227,7 +223,7 @@ class GatewayApi(pb_grpc.GatewayServiceServicer):
         visible = self.access.authorizer.visible
         found: list[Found] = []
         while True:
-            reply = await self._call(identity, listing.driver, listing.method, request, deadline)
+            reply = await self._call(identity, listing.method, request, deadline)
             for item in getattr(reply, listing.items):
                 uuid = getattr(item, "uuid", "")
                 full_name = f"{parent}/{item.name}" if parent else item.name
@@ -293,21 +289,17 @@ class GatewayApi(pb_grpc.GatewayServiceServicer):
     async def _service(self, descriptor: Any, deadline: float) -> pb.Service:
         driver = driver_of(descriptor.full_name) or ""
         entry = pb.Service(name=driver, grpc_service=descriptor.full_name,
-                           socket=str(self.backends.socket_dir / f"{driver}.sock"))
-        stub = health_pb2_grpc.HealthStub(self.backends.channel(driver))
-        call = stub.Check(health_pb2.HealthCheckRequest(service=descriptor.full_name),
-                          timeout=max(deadline - time.monotonic(), 0.001))
-        try:
-            reply = await call
-        except grpc.aio.AioRpcError as error:
+                           socket=str(self.backends.socket(driver)))
+        health = await self.backends.health(driver, descriptor.full_name,
+                                            max(deadline - time.monotonic(), 0.001))
+        if health.error:
             entry.health = pb.SERVICE_HEALTH_UNREACHABLE
-            entry.message = f"{error.code().name}: {error.details()}"
+            entry.message = health.error
             return entry
-        entry.health = _HEALTH.get(reply.status, pb.SERVICE_HEALTH_NOT_SERVING)
-        headers = dict(await call.initial_metadata() or ())
-        entry.version = str(headers.get(VERSION_KEY, ""))
+        entry.health = _HEALTH.get(health.status, pb.SERVICE_HEALTH_NOT_SERVING)
+        entry.version = health.headers.get(VERSION_KEY, "")
         try:
-            started = datetime.datetime.fromisoformat(str(headers.get(STARTED_KEY)))
+            started = datetime.datetime.fromisoformat(str(health.headers.get(STARTED_KEY)))
         except ValueError:
             return entry  # a service that does not say when it started
         entry.start_time.CopyFrom(_timestamp(started))
@@ -333,11 +325,11 @@ class GatewayApi(pb_grpc.GatewayServiceServicer):
         if method is None:
             return None
         driver = driver_of(method.containing_service.full_name) or ""
-        request = _message_class(method.input_type)()
+        request = message_class(method.input_type)()
         if not self._may_call(identity, method, request):
             return None
         try:
-            reply = await self._call(identity, driver, method, request, deadline)
+            reply = await self._call(identity, method, request, deadline)
         except grpc.aio.AioRpcError as error:
             failures.append(_failure(driver, method, error))
             return None
@@ -390,7 +382,7 @@ async def _paged(context: grpc.aio.ServicerContext, matches: list[Found],
                  request: pb.SearchRequest) -> tuple[list[Found], str]:
     """One page of the matches; INVALID_ARGUMENT for a bad page_size or page_token."""
     try:
-        return paging.page(matches, lambda found: found.key, request.page_size,
+        return paging.page(matches, _search_order, request.page_size,
                            request.page_token, paging.fingerprint(request.pattern))
     except ServiceError as error:
         await context.abort(error.code, error.message)

@@ -22,7 +22,6 @@ written when the gateway stops).
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from prometheus_client import Counter
 
 from gateway.identity import Identity
 from services.common import logs
+from services.common.shared import rfc3339_now
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,6 @@ AUDIT_SUPPRESSED = Counter(
     "virtmesh_gateway_audit_suppressed",
     "Audit records of unauthenticated calls left out over audit_anonymous_rate.",
     registry=None)
-
-
-def rfc3339_now() -> str:
-    now = datetime.datetime.now(datetime.UTC)
-    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class TokenBucket:

@@ -38,9 +38,9 @@ from gateway.config import file_stamp
 from gateway.identity import Identity
 from gateway.policy import Policy
 from gateway.policy import load as load_policy
-from services.common.acl import declared, listed_object, required
-from services.common.backend import is_uuid
+from services.common.acl import Permission, declared, listed_object, required
 from services.common.config import ConfigError
+from services.common.shared import is_uuid
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ class Denied(Exception):
         super().__init__(message or f"{identity.name!r} lacks permission {permission}{target}")
         self.permission = permission
         self.name = name
+        #: every object the request addresses (for the audit log), set by authorize
+        self.objects: tuple[str, ...] = ()
 
 
 def _field(descriptor: Any, name: str) -> Any:
@@ -148,15 +150,6 @@ def object_names(object_type: str, request: Message) -> tuple[str, ...] | None:
             + tuple(f"{target}/{name}" for name in copy))
 
 
-def addressed_objects(method: MethodDescriptor, request: Message) -> tuple[str, ...]:
-    """Names of every object the call addresses (for the audit log)."""
-    names: dict[str, None] = {}
-    for permission in required(method, request):
-        if permission.object != "connect":
-            names.update(dict.fromkeys(object_names(permission.object, request) or ()))
-    return tuple(names)
-
-
 @dataclasses.dataclass(frozen=True)
 class Decision:
     """An allowed call: what it addresses (for the audit log) and how its responses
@@ -215,14 +208,25 @@ class Authorizer:
                          f"{method.full_name} declares no permissions: nobody may call it")
         permissions = required(method, request)
         listed = {kind for kind in map(listed_object, map(str, permissions)) if kind}
-        objects: list[str] = []
+        named = [(permission, None if permission.object == "connect"
+                  else object_names(permission.object, request)) for permission in permissions]
+        objects = tuple(dict.fromkeys(name for _, names in named for name in names or ()))
+        try:
+            deferred = self._check_all(identity, named, listed)
+        except Denied as denied:
+            denied.objects = objects
+            raise
+        return Decision(identity, request, objects, *self._filter(identity, listed, deferred))
+
+    def _check_all(self, identity: Identity,
+                   named: list[tuple[Permission, tuple[str, ...] | None]],
+                   listed: set[str]) -> dict[str, list[str]]:
+        """Check each permission on each object it is about (None: about no object
+        named, as ``connect:*`` always is); returns the permissions left to check per
+        listed item, by object type. Raises Denied."""
         deferred: dict[str, list[str]] = {}
-        for permission in permissions:
+        for permission, names in named:
             text = str(permission)
-            if permission.object == "connect":
-                self._check(identity, text, None)
-                continue
-            names = object_names(permission.object, request)
             if names is None or (not names and permission.object not in listed):
                 self._check(identity, text, None)
             elif not names:
@@ -232,10 +236,7 @@ class Authorizer:
                     raise Denied(identity, text, None)
             for name in names or ():
                 self._check(identity, text, name)
-                if name not in objects:
-                    objects.append(name)
-        return Decision(identity, request, tuple(objects), *self._filter(identity, listed,
-                                                                         deferred))
+        return deferred
 
     def _check(self, identity: Identity, permission: str, name: str | None) -> None:
         if not self.policy.allows(identity, permission, name):

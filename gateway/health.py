@@ -17,10 +17,9 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.proxy import Backends
+from gateway.backends import Backends, Status
 from gateway.routes import driver_of
 
-Status = health_pb2.HealthCheckResponse
 GATEWAY_SERVICE = "virtmesh.gateway.v1.GatewayService"
 
 
@@ -42,13 +41,7 @@ class GatewayHealth(health_pb2_grpc.HealthServicer):
         driver = driver_of(service)
         if service not in self.services or driver is None:
             return None
-        stub = health_pb2_grpc.HealthStub(self.backends.channel(driver))
-        try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service),
-                                     timeout=self.probe_timeout)
-        except grpc.aio.AioRpcError:
-            return Status.NOT_SERVING
-        return reply.status
+        return (await self.backends.health(driver, service, self.probe_timeout)).status
 
     async def Check(self, request: health_pb2.HealthCheckRequest,
                     context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:

@@ -20,14 +20,16 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway import limits
 from gateway.activation import Activator
+from gateway.admission import Access
 from gateway.api import GatewayApi
 from gateway.audit import AUDIT_SUPPRESSED, AuditLog
 from gateway.authn import Authenticator
 from gateway.authz import Authorizer
+from gateway.backends import Backends
 from gateway.config import GatewayConfig, file_stamp
 from gateway.health import GATEWAY_SERVICE, GatewayHealth
 from gateway.pki import is_dev_ca
-from gateway.proxy import Access, Backends, ProxyHandler
+from gateway.proxy import ProxyHandler
 from gateway.routes import method_paths, proxied_services, route_table
 from services.common import metrics
 from services.common.config import ConfigError
@@ -124,14 +126,14 @@ class Gateway:
                                              AUDIT_SUPPRESSED))
         self.tls = TlsFiles(self.config)
         options = limits.server_options(self.config)
-        routes = route_table()
+        routes = route_table(self.backends)
         own = [GATEWAY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
         # The proxy answers any path; only the ones served are metric label values.
         observe = AioObserveInterceptor({*routes, *method_paths(own)})
         server = grpc.aio.server(options=options, interceptors=[observe, AioCheckInterceptor()])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         add_GatewayServiceServicer_to_server(
-            GatewayApi(self.backends, self.access, self.config.fanout_timeout), server)
+            GatewayApi(routes, self.backends, self.access, self.config.fanout_timeout), server)
         reflection.enable_server_reflection(sorted(self.services) + own, server)
         server.add_generic_rpc_handlers((ProxyHandler(routes, self.backends, self.access,
                                                         self.activator),))

@@ -28,7 +28,7 @@ from gateway.api import listing_of
 from gateway.authn import new_token, token_digest
 from gateway.pki import ensure_dev_pki
 from gateway.routes import driver_of, proxied_services
-from services.common.daemon import STARTED_KEY
+from services.common.shared import STARTED_KEY
 from services.common.version import VERSION
 from services.supervisor import client_credentials, wait_serving
 from tests.conftest import (

@@ -27,8 +27,8 @@ from gateway.authz import Authorizer, Denied, object_names, xml_name
 from gateway.identity import Identity
 from gateway.routes import driver_of, proxied_services
 from services.common import acl, metrics, registry
-from services.common.acl import GROUPS_KEY, IDENTITY_KEY
 from services.common.config import ConfigError
+from services.common.shared import GROUPS_KEY, IDENTITY_KEY
 from services.supervisor import client_credentials, wait_serving
 from tests.conftest import NODE_XML, domain_xml, free_port, gateway_process, running_service
 from virtmesh.compute.v1 import compute_service_pb2 as pb

@@ -22,8 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common import acl
-from services.common.acl import GROUPS_KEY, IDENTITY_KEY
-from services.common.daemon import SERVICE_KEY, STARTED_KEY, VERSION_KEY, Daemon
+from services.common.daemon import Daemon
+from services.common.shared import GROUPS_KEY, IDENTITY_KEY, SERVICE_KEY, STARTED_KEY, VERSION_KEY
 from services.common.version import VERSION
 from services.compute import SPEC as COMPUTE
 from tests.conftest import domain_xml, reason_of, running_service

@@ -16,12 +16,6 @@ from google.protobuf.message import Message
 
 from virtmesh.acl.v1 import acl_pb2
 
-#: metadata the gateway sets on every forwarded call: the caller's identity name ...
-IDENTITY_KEY = "x-virtmesh-identity"
-#: ... and its groups/roles, comma-separated; services trust both only on their
-#: main socket (the gateway's side)
-GROUPS_KEY = "x-virtmesh-groups"
-
 #: What libvirt allows on its read-only socket.
 READ_ONLY_PATTERNS = ("*:getattr", "*:read", "*:search_*")
 #: libvirt's own permission names (tools/libvirt-permissions.py writes the file).

@@ -3,7 +3,6 @@ object by name or UUID, and turn optional filters into libvirt's list flags."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
@@ -12,17 +11,10 @@ import libvirt
 
 from services.common.errors import grpc_code_for, require
 from services.common.libvirt_connection import LibvirtConnection
+from services.common.shared import is_uuid
 
 T = TypeVar("T")
 S = TypeVar("S")
-
-
-def is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
 
 
 def by_name_or_uuid(name: str, by_uuid: Callable[[str], T], by_name: Callable[[str], T],

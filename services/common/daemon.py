@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import datetime
 import functools
 import importlib
 import logging
@@ -47,25 +46,20 @@ from prometheus_client.registry import Collector
 from services.common import config as config_module
 from services.common import metrics
 from services.common.config import Config, ConfigError
+from services.common.error_interceptor import ErrorInterceptor
 from services.common.interceptors import (
     ActivityInterceptor,
-    ErrorInterceptor,
     ObserveInterceptor,
     ReadOnlyInterceptor,
 )
 from services.common.libvirt_connection import LibvirtConnection
 from services.common.logs import setup_logging
+from services.common.shared import SERVICE_KEY, STARTED_KEY, VERSION_KEY, rfc3339_now
 from services.common.version import VERSION
 
 log = logging.getLogger(__name__)
 #: mallopt(3)'s M_ARENA_MAX
 _M_ARENA_MAX = -8
-
-#: response headers of every health Check: which service, its version, when it started
-SERVICE_KEY = "x-virtmesh-service"
-VERSION_KEY = "x-virtmesh-version"
-#: RFC 3339, UTC
-STARTED_KEY = "x-virtmesh-started"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,9 +155,8 @@ class _Health(health.HealthServicer):
         super().__init__()
         self._watch_enders: set[Callable[[], None]] = set()
         self._watches_ended = False
-        started = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
         self.headers = ((SERVICE_KEY, name), (VERSION_KEY, VERSION),
-                        (STARTED_KEY, started.replace("+00:00", "Z")))
+                        (STARTED_KEY, rfc3339_now()))
 
     def Check(self, request: health_pb2.HealthCheckRequest,
               context: grpc.ServicerContext) -> health_pb2.HealthCheckResponse:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import grpc
 import libvirt
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
+
+from services.common.shared import ServiceError, error_status
 
 ERROR_DOMAIN = "libvirt.org"
-SERVICE_ERROR_DOMAIN = "virtmesh.dev"
 
 _C = grpc.StatusCode
 
@@ -75,16 +73,6 @@ _LIBVIRT_CODE_NAMES: dict[int, str] = {
     if name.startswith("VIR_ERR_") and isinstance(value, int)
     and name not in ("VIR_ERR_NONE", "VIR_ERR_WARNING", "VIR_ERR_ERROR")
 }
-
-
-class ServiceError(Exception):
-    """An error of ours (not libvirt's) with the gRPC code the caller should see."""
-
-    def __init__(self, code: grpc.StatusCode, message: str, reason: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.reason = reason or code.name
 
 
 class DocumentRejected(Exception):  # noqa: N818 - a refusal, not a failure of ours
@@ -199,25 +187,16 @@ def libvirt_code_name(libvirt_code: int) -> str:
     return _LIBVIRT_CODE_NAMES.get(libvirt_code, f"VIR_ERR_{libvirt_code}")
 
 
-def _status(code: grpc.StatusCode, message: str, reason: str, domain: str,
-            metadata: dict[str, str]) -> grpc.Status:
-    detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=domain, metadata=metadata))
-    proto = status_pb2.Status(code=getattr(code_pb2, code.name), message=message,
-                              details=[detail])
-    return rpc_status.to_status(proto)
-
-
 def to_status(error: Exception) -> grpc.Status:
     """The gRPC status a caller gets for ``error``."""
     if isinstance(error, ServiceError):
-        return _status(error.code, error.message, error.reason, SERVICE_ERROR_DOMAIN, {})
+        return error_status(error.code, error.message, error.reason)
     if isinstance(error, DocumentRejected):
         return _libvirt_status(error.error, _C.INVALID_ARGUMENT)
     if isinstance(error, libvirt.libvirtError):
         return _libvirt_status(error)
-    return _status(_C.INTERNAL, f"internal error: {type(error).__name__}: {error}", "INTERNAL",
-                   SERVICE_ERROR_DOMAIN, {})
+    return error_status(_C.INTERNAL, f"internal error: {type(error).__name__}: {error}",
+                        "INTERNAL")
 
 
 def _libvirt_status(error: libvirt.libvirtError,
@@ -228,5 +207,5 @@ def _libvirt_status(error: libvirt.libvirtError,
     message = str(error) or error.get_error_message() or "libvirt error"
     domain = error.get_error_domain() or 0
     metadata = {"libvirt_code": str(code), "libvirt_domain": str(domain)}
-    return _status(code_override or grpc_code_for(code, message, domain), message,
-                   libvirt_code_name(code), ERROR_DOMAIN, metadata)
+    return error_status(code_override or grpc_code_for(code, message, domain), message,
+                        libvirt_code_name(code), ERROR_DOMAIN, metadata)

@@ -1,7 +1,6 @@
-"""Server interceptors shared by every process.
+"""Server interceptors shared by every process; libvirt-free, since the gateway uses them
+(the services' ``ErrorInterceptor`` is in services/common/error_interceptor.py).
 
-``ErrorInterceptor`` is the one place where exceptions become gRPC status: servicers
-raise ``libvirt.libvirtError`` or ``ServiceError`` and never catch them.
 ``ObserveInterceptor`` (sync services) and ``AioObserveInterceptor`` (the asyncio
 gateway) record each call once, through one ``_Observed``: RPC metrics, the request
 id for the call's log lines, and one INFO line with method, status and duration
@@ -24,15 +23,12 @@ from collections.abc import AsyncIterator, Callable, Container, Iterator
 from typing import Any
 
 import grpc
-import libvirt
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
-from services.common import acl, deadline, logs, metrics
-from services.common.acl import GROUPS_KEY, IDENTITY_KEY
-from services.common.errors import DocumentRejected, ServiceError, to_status
+from services.common import acl, logs, metrics
 from services.common.requests import Malformed, checked
+from services.common.shared import GROUPS_KEY, IDENTITY_KEY, ServiceError, call_kind, error_status
 
-log = logging.getLogger(__name__)
 #: one line per call: method, status, duration (and the request id, from logs)
 rpc_log = logging.getLogger("virtmesh.rpc")
 _HEALTH = "/grpc.health.v1.Health/"
@@ -42,65 +38,7 @@ Behavior = Callable[[Any, grpc.ServicerContext], Any]
 AioBehavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 
-def _abort(context: grpc.ServicerContext, method: str, error: Exception) -> None:
-    if context.code() not in (None, grpc.StatusCode.OK):  # type: ignore[attr-defined]
-        # The handler chose its status with gRPC's own API (context.abort, or set_code
-        # and raise): keep it instead of turning it into INTERNAL.
-        raise error
-    if isinstance(error, grpc.RpcError) and not context.is_active():
-        # The client cancelled (or its deadline passed) while the handler read its
-        # request stream: there is no one left to answer, and nothing went wrong here.
-        log.debug("%s: the client went away", method)
-        raise error
-    if not isinstance(error, (libvirt.libvirtError, ServiceError, DocumentRejected)):
-        log.exception("%s failed unexpectedly", method)
-    context.abort_with_status(to_status(error))
-
-
-def _refuse_malformed(request: Any) -> None:
-    if isinstance(request, Malformed):
-        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, request.message,
-                           "MALFORMED_REQUEST")
-
-
-def _admitted(request: Any, streaming: bool, context: grpc.ServicerContext) -> Any:
-    """The request once it passed the checks (a stream: checked item by item), with the
-    call's deadline noted for the code that must not outlive it."""
-    deadline.set_remaining(context.time_remaining())
-    if not streaming:
-        _refuse_malformed(request)
-        return request
-
-    def items() -> Iterator[Any]:
-        for item in request:
-            _refuse_malformed(item)
-            yield item
-
-    return items()
-
-
-def _wrap_unary(method: str, behavior: Behavior, streaming: bool) -> Behavior:
-    def handle(request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return behavior(_admitted(request, streaming, context), context)
-        except Exception as error:  # noqa: BLE001 - this is the one place errors are mapped
-            _abort(context, method, error)
-            raise  # unreachable: abort raises
-
-    return handle
-
-
-def _wrap_stream(method: str, behavior: Behavior, streaming: bool) -> Behavior:
-    def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            yield from behavior(_admitted(request, streaming, context), context)
-        except Exception as error:  # noqa: BLE001
-            _abort(context, method, error)
-
-    return handle
-
-
-class _WrappingInterceptor(grpc.ServerInterceptor):
+class WrappingInterceptor(grpc.ServerInterceptor):
     """Wraps the behaviour of every handler of a sync server; subclasses say how."""
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler, behavior: Any) -> Any:
@@ -113,24 +51,6 @@ class _WrappingInterceptor(grpc.ServerInterceptor):
             return None
         method = handler_call_details.method
         return _with_behavior(handler, lambda behavior: self.wrap(method, handler, behavior))
-
-
-class ErrorInterceptor(_WrappingInterceptor):
-    """Maps libvirt and service errors to gRPC status with ErrorInfo details, and
-    refuses requests that cannot be decoded or hold a NUL (services/common/requests.py)
-    with INVALID_ARGUMENT."""
-
-    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
-                          handler_call_details: grpc.HandlerCallDetails) -> Any:
-        handler = super().intercept_service(continuation, handler_call_details)
-        if handler is None:
-            return None
-        return handler._replace(  # type: ignore[attr-defined]
-            request_deserializer=checked(handler.request_deserializer))
-
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler, behavior: Any) -> Any:
-        wrap = _wrap_stream if handler.response_streaming else _wrap_unary
-        return wrap(method, behavior, handler.request_streaming)
 
 
 class _Observed:
@@ -266,13 +186,11 @@ def _observe_aio(method: str, handler: grpc.RpcMethodHandler, behavior: AioBehav
 
 def _with_behavior(handler: grpc.RpcMethodHandler,
                    wrap: Callable[[Any], Any]) -> grpc.RpcMethodHandler:
-    kind = {(False, False): "unary_unary", (True, False): "stream_unary",
-            (False, True): "unary_stream", (True, True): "stream_stream"}[
-        (handler.request_streaming, handler.response_streaming)]
+    kind = call_kind(handler.request_streaming, handler.response_streaming).name
     return handler._replace(**{kind: wrap(getattr(handler, kind))})  # type: ignore[attr-defined]
 
 
-class ObserveInterceptor(_WrappingInterceptor):
+class ObserveInterceptor(WrappingInterceptor):
     """Metrics, request id and one log line for every call of a sync server.
 
     ``trust_identity``: the callers are trusted to name the identity they act for (a
@@ -316,8 +234,8 @@ class AioCheckInterceptor(grpc.aio.ServerInterceptor):
         streaming = handler.request_streaming
 
         async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-            status = to_status(ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
-                                            request.message, "MALFORMED_REQUEST"))
+            status = error_status(grpc.StatusCode.INVALID_ARGUMENT, request.message,
+                                  "MALFORMED_REQUEST")
             await context.abort(status.code, status.details, status.trailing_metadata)
 
         def wrap(behavior: AioBehavior) -> AioBehavior:
@@ -360,7 +278,7 @@ def identity_from(metadata: Any) -> str:
     return ""
 
 
-class ReadOnlyInterceptor(_WrappingInterceptor):
+class ReadOnlyInterceptor(WrappingInterceptor):
     """The read-only socket's guard, like libvirt's -sock-ro: a call of ``service`` runs
     only when every permission it needs with this request is read-only (getattr, read,
     search_*); an RPC that declares no permissions is refused too (fail closed). Health
@@ -420,7 +338,7 @@ class ReadOnlyInterceptor(_WrappingInterceptor):
         return unary
 
 
-class ActivityInterceptor(_WrappingInterceptor):
+class ActivityInterceptor(WrappingInterceptor):
     """Calls in flight and when the last one ended, for the idle timeout.
 
     Health probes are not activity: supervisors and orchestrators probe every few

@@ -18,19 +18,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import platform
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 import grpc
-import libvirt
 import prometheus_client
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.context_managers import Timer
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from services.common.config import ConfigError
+from services.common.shared import call_kind
 from services.common.version import VERSION
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,26 @@ HANDLING_SECONDS = Histogram("grpc_server_handling_seconds",
 MSG_RECEIVED = Counter("grpc_server_msg_received", "Messages received from clients.", _RPC)
 MSG_SENT = Counter("grpc_server_msg_sent", "Messages sent to clients.", _RPC)
 
-BUILD = Info("virtmesh_build", "The virtmesh, libvirt and Python versions of this process.")
-_major, _rest = divmod(libvirt.getVersion(), 1_000_000)
-BUILD.info({"version": VERSION, "libvirt_version": "{}.{}.{}".format(_major, *divmod(_rest, 1000)),
-            "python_version": platform.python_version()})
+
+def _libvirt_version() -> str:
+    """The version of the libvirt library this process uses; "none" in one that never
+    loads libvirt (the gateway). Read when scraped: a service has loaded it by then."""
+    libvirt = sys.modules.get("libvirt")
+    if libvirt is None:
+        return "none"
+    major, rest = divmod(libvirt.getVersion(), 1_000_000)
+    return "{}.{}.{}".format(major, *divmod(rest, 1000))
+
+
+class _BuildInfo(Collector):
+    def collect(self) -> Iterator[Any]:
+        yield InfoMetricFamily("virtmesh_build",
+                               "The virtmesh, libvirt and Python versions of this process.",
+                               value={"version": VERSION, "libvirt_version": _libvirt_version(),
+                                      "python_version": platform.python_version()})
+
+
+REGISTRY.register(_BuildInfo())
 
 _FAST_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
 LIBVIRT_CALL_SECONDS = Histogram("virtmesh_libvirt_call_seconds",
@@ -83,9 +100,6 @@ GATEWAY_METRICS: tuple[Collector, ...] = (UPSTREAM_REQUESTS, UPSTREAM_SECONDS,
                                           UPSTREAM_UNAVAILABLE, AUTH_FAILURES, ACTIVATIONS,
                                           CLIENT_CONNECTIONS)
 
-_GRPC_TYPES = {(False, False): "unary", (True, False): "client_stream",
-               (False, True): "server_stream", (True, True): "bidi_stream"}
-
 
 class RpcMetrics:
     """The grpc_server_* series of one call: started when made, handled once at its end.
@@ -97,7 +111,7 @@ class RpcMetrics:
 
     def __init__(self, method: str, handler: grpc.RpcMethodHandler, known: bool = True) -> None:
         service, _, name = method.lstrip("/").rpartition("/")
-        kind = _GRPC_TYPES[(handler.request_streaming, handler.response_streaming)]
+        kind = call_kind(handler.request_streaming, handler.response_streaming).metric_label
         self._labels = (kind, service, name) if known else (kind, "unknown", "unknown")
         self._start = time.perf_counter()
         STARTED.labels(*self._labels).inc()

@@ -18,7 +18,7 @@ from typing import TypeVar
 import grpc
 from cryptography.fernet import Fernet, InvalidToken
 
-from services.common.errors import ServiceError
+from services.common.shared import ServiceError
 
 Item = TypeVar("Item")
 
