@@ -8,6 +8,7 @@ installs (``make test`` runs it): its absence is a failure, not a skip.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import re
 import shutil
@@ -129,7 +130,7 @@ def exported_metric_names() -> set[str]:
 
     Each ``metrics.py`` module's collectors are rendered in Prometheus' text format
     (families with no samples yet included), and each collector class defined there
-    is instantiated with a disconnected stand-in for the libvirt connection.
+    that takes the libvirt connection is instantiated with a disconnected stand-in.
     """
     registry = CollectorRegistry(auto_describe=False)
     seen: set[int] = set()
@@ -141,7 +142,8 @@ def exported_metric_names() -> set[str]:
         for value in vars(module).values():
             # MRO checks: isinstance() trips over typing.Protocol classes in the module
             if isinstance(value, type):
-                if Collector in value.__mro__ and value.__module__ == module.__name__:
+                if (Collector in value.__mro__ and value.__module__ == module.__name__
+                        and inspect.signature(value).parameters):  # takes a connection
                     registry.register(value(offline))
             elif (Collector in type(value).__mro__ and CollectorRegistry not in type(value).__mro__
                   and id(value) not in seen):

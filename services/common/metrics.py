@@ -67,7 +67,8 @@ class _BuildInfo(Collector):
                                       "python_version": platform.python_version()})
 
 
-REGISTRY.register(_BuildInfo())
+BUILD_INFO = _BuildInfo()
+REGISTRY.register(BUILD_INFO)
 
 _FAST_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
 LIBVIRT_CALL_SECONDS = Histogram("virtmesh_libvirt_call_seconds",
