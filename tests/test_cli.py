@@ -216,6 +216,18 @@ def test_events_exits_cleanly_on_ctrl_c(target: str) -> None:
     assert (watcher.returncode, err) == (0, "")
 
 
+def test_a_closed_pipe_ends_the_cli_quietly(target: str) -> None:
+    """`virtmesh list | head -0`: no traceback, the status of a program ended by SIGPIPE."""
+    for command in (["list"], ["--json", "list"], ["info", "test"]):
+        cli = subprocess.Popen([sys.executable, "-m", "virtmesh_client", "--socket", target,
+                                *command], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        assert cli.stdout is not None
+        cli.stdout.close()  # the reader is gone before anything is written
+        _, err = cli.communicate(timeout=30)
+        assert (cli.returncode, err) == (128 + signal.SIGPIPE, ""), command
+
+
 def test_unknown_domain_is_not_found(virtmesh: Run) -> None:
     code, out, err = virtmesh("info", "nope")
     assert (code, out) == (1, "")

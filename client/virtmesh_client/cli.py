@@ -133,7 +133,14 @@ def command() -> None:
     interpreter's own teardown, where grpc can wait on the threads of calls being
     cancelled: Ctrl-C always ends the CLI within a second."""
     signal.signal(signal.SIGINT, _on_ctrl_c)
-    status = main()
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (`virtmesh list | head -1`): end quietly, as `yes | head`
+        # does, with no traceback and nothing more written to the closed pipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _exit_now(128 + signal.SIGPIPE, flush=False)
     if _ctrl_c.pressed:
         _exit_now(status)
     sys.exit(status)
