@@ -36,10 +36,11 @@ pytestmark = pytest.mark.timeout(300)
 
 SERVICES = ("compute", "network", "storage", "nwfilter", "secret", "nodedev", "iface")
 HOST_SECRET = "secret-host"
-#: a round sends each service ~20 documents of up to 10 MB, one at a time; a refused
-#: one costs a few copies of itself while it is decoded and read (about 20-60 MiB
-#: measured), and three rounds stay there: a leak of even one copy per document
-#: would exceed this within the first round
+#: what the three rounds may cost a service in all: a refused 10 MB document costs a
+#: few copies of itself while it is decoded and read (20-60 MiB measured, varying with
+#: what malloc keeps), and the rounds do not add up (before malloc's arenas were
+#: limited, they did); compute, with five define paths, would exceed it if it kept
+#: each of its fifteen 10 MB documents
 RSS_GROWTH = 128 * 1024 * 1024
 CLEAN = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
