@@ -280,3 +280,9 @@ def test_real_test_driver_errors_get_precise_codes() -> None:
 def test_lost_daemon_mid_call_is_unavailable(domain: int, expected: grpc.StatusCode) -> None:
     message = "Cannot recv data: Connection reset by peer"
     assert grpc_code_for(libvirt.VIR_ERR_SYSTEM_ERROR, message, domain) is expected
+
+
+def test_a_send_on_a_closed_daemon_connection_is_unavailable() -> None:
+    """What libvirt's RPC client says when the daemon closed the socket before a call."""
+    assert grpc_code_for(libvirt.VIR_ERR_INTERNAL_ERROR, "internal error: client socket is "
+                         "closed", libvirt.VIR_FROM_RPC) is grpc.StatusCode.UNAVAILABLE

@@ -94,6 +94,8 @@ def require(value: str, field: str) -> str:
 #: libvirt reports some conditions only through a generic code; the message
 #: tells them apart. (libvirt code, message fragment) -> gRPC code.
 _REFINEMENTS: tuple[tuple[int, str, grpc.StatusCode], ...] = (
+    # libvirt's RPC client, asked to send on a connection its daemon has closed
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "client socket is closed", _C.UNAVAILABLE),
     # virDomainObjListAdd: "domain 'x' already exists with uuid ..."
     (libvirt.VIR_ERR_OPERATION_FAILED, "already exists", _C.ALREADY_EXISTS),
     (libvirt.VIR_ERR_INTERNAL_ERROR, "already exists", _C.ALREADY_EXISTS),
@@ -175,7 +177,8 @@ def grpc_code_for(libvirt_code: int, message: str = "",
                   libvirt_domain: int = 0) -> grpc.StatusCode:
     if libvirt_domain == libvirt.VIR_FROM_RPC and libvirt_code == libvirt.VIR_ERR_SYSTEM_ERROR:
         # the client side of libvirt's RPC lost its daemon mid-call: "Cannot recv data:
-        # Connection reset by peer", "Cannot write data: Broken pipe"
+        # Connection reset by peer", "Cannot write data: Broken pipe" (a daemon's own
+        # errors keep their own domain)
         return _C.UNAVAILABLE
     for code, fragment, refined in _REFINEMENTS:
         if libvirt_code == code and fragment in message:
