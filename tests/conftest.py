@@ -24,6 +24,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from gateway.pki import ensure_dev_pki
+from services.common import registry
 from services.common.config import Config
 from services.common.daemon import Daemon, ServiceSpec
 from services.common.host_daemon import HostDaemon
@@ -157,6 +158,12 @@ class Process:
 def service_process(state_dir: Path, name: str, *args: str) -> Process:
     return Process([sys.executable, "-m", "services", name, "--state-dir", str(state_dir),
                     *args], state_dir / "log" / f"{name}.log")
+
+
+def service_stub(service: str, channel: grpc.Channel) -> Any:
+    """The generated stub of ``service`` (a registry name) on ``channel``."""
+    spec = registry.spec(service)
+    return getattr(spec.grpc_module, f"{spec.descriptor.name}Stub")(channel)
 
 
 def gateway_process(state_dir: Path, port: int, *args: str) -> Process:

@@ -48,6 +48,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from guest import example
+from services.common import registry
 from services.supervisor import wait_serving
 from tests.conftest import (
     ROOT,
@@ -56,6 +57,7 @@ from tests.conftest import (
     reason_of,
     running_mesh,
     service_process,
+    service_stub,
 )
 from virtmesh.compute.v1 import compute_service_pb2 as compute_pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as compute_rpc
@@ -519,14 +521,19 @@ def test_libvirtd_killed_and_restarted(libvirtd: PrivateLibvirtd, state: Path) -
 # -- 4. a restart changes nothing ------------------------------------------------------
 
 
+#: service -> (list RPC, its repeated field, page size, XML RPC): each object listed,
+#: then its XML by name (compute and storage, whose objects nest, are read apart)
+LISTED = {"network": ("ListNetworks", "networks", 2, "GetNetworkXML"),
+          "nwfilter": ("ListNWFilters", "nwfilters", 5, "GetNWFilterXML"),
+          "secret": ("ListSecrets", "secrets", 2, "GetSecretXML"),
+          "nodedev": ("ListNodeDevices", "node_devices", 50, "GetNodeDeviceXML"),
+          "iface": ("ListInterfaces", "interfaces", 2, "GetInterfaceXML")}
+
+
 def everything(state: Path, services: tuple[str, ...]) -> dict[str, bytes]:
     """Every list (all of its pages, as bytes) and every listed object's XML that
     ``services`` answer, keyed by the call that returned it."""
     found: dict[str, bytes] = {}
-
-    def stub(service: str, module: Any) -> Any:
-        stub_class = next(getattr(module, n) for n in dir(module) if n.endswith("ServiceStub"))
-        return stub_class(grpc.insecure_channel(sock(state, service)))
 
     def listed(call: Any, request: Any, field: str, key: str) -> list[Any]:
         items: list[Any] = []
@@ -547,57 +554,37 @@ def everything(state: Path, services: tuple[str, ...]) -> dict[str, bytes]:
     def xml(key: str, call: Any, request: Any) -> None:
         found[key] = call(request, timeout=10).xml.encode()
 
-    if "compute" in services:
-        compute = stub("compute", compute_rpc)
-        for domain in listed(compute.ListDomains, compute_pb.ListDomainsRequest(page_size=2),
-                             "domains", "domains"):
-            for inactive in (False, True):
-                xml(f"domain {domain.name} {inactive}", compute.GetDomainXML,
-                    compute_pb.GetDomainXMLRequest(name=domain.name, inactive=inactive))
-    if "storage" in services:
-        storage = stub("storage", storage_rpc)
-        for pool in listed(storage.ListStoragePools, storage_pb.ListStoragePoolsRequest(
-                page_size=2), "storage_pools", "pools"):
-            xml(f"pool {pool.name}", storage.GetStoragePoolXML,
-                storage_pb.GetStoragePoolXMLRequest(name=pool.name))
-            if pool.state == storage_pb.STORAGE_POOL_STATE_RUNNING:
-                for volume in listed(storage.ListStorageVolumes, storage_pb.
-                                     ListStorageVolumesRequest(pool=pool.name, page_size=2),
-                                     "storage_volumes", f"volumes of {pool.name}"):
-                    xml(f"volume {pool.name} {volume.name}", storage.GetStorageVolumeXML,
-                        storage_pb.GetStorageVolumeXMLRequest(pool=pool.name, name=volume.name))
-    if "network" in services:
-        network = stub("network", net_rpc)
-        for net in listed(network.ListNetworks, net_pb.ListNetworksRequest(page_size=2),
-                          "networks", "networks"):
-            xml(f"network {net.name}", network.GetNetworkXML,
-                net_pb.GetNetworkXMLRequest(name=net.name))
-    if "nwfilter" in services:
-        nwfilter = stub("nwfilter", filter_rpc)
-        for item in listed(nwfilter.ListNWFilters, filter_pb.ListNWFiltersRequest(page_size=5),
-                           "nwfilters", "nwfilters"):
-            xml(f"nwfilter {item.name}", nwfilter.GetNWFilterXML,
-                filter_pb.GetNWFilterXMLRequest(name=item.name))
-    if "secret" in services:
-        secret = stub("secret", secret_rpc)
-        for item in listed(secret.ListSecrets, secret_pb.ListSecretsRequest(page_size=2),
-                           "secrets", "secrets"):
-            xml(f"secret {item.name}", secret.GetSecretXML,
-                secret_pb.GetSecretXMLRequest(name=item.name))
-            found[f"secret value {item.name}"] = secret.GetSecretValue(
-                secret_pb.GetSecretValueRequest(name=item.name), timeout=10).value
-    if "nodedev" in services:
-        nodedev = stub("nodedev", dev_rpc)
-        for device in listed(nodedev.ListNodeDevices, dev_pb.ListNodeDevicesRequest(
-                page_size=50), "node_devices", "node devices"):
-            xml(f"node device {device.name}", nodedev.GetNodeDeviceXML,
-                dev_pb.GetNodeDeviceXMLRequest(name=device.name))
-    if "iface" in services:
-        iface = stub("iface", iface_rpc)
-        for item in listed(iface.ListInterfaces, iface_pb.ListInterfacesRequest(page_size=2),
-                           "interfaces", "interfaces"):
-            xml(f"interface {item.name}", iface.GetInterfaceXML,
-                iface_pb.GetInterfaceXMLRequest(name=item.name))
+    for service in services:
+        stub = service_stub(service, grpc.insecure_channel(sock(state, service)))
+        proto = registry.spec(service).proto
+        if service in LISTED:
+            list_rpc, field, size, xml_rpc = LISTED[service]
+            for item in listed(getattr(stub, list_rpc),
+                               getattr(proto, f"{list_rpc}Request")(page_size=size),
+                               field, service):
+                xml(f"{service} {item.name}", getattr(stub, xml_rpc),
+                    getattr(proto, f"{xml_rpc}Request")(name=item.name))
+                if service == "secret":
+                    found[f"secret value {item.name}"] = stub.GetSecretValue(
+                        secret_pb.GetSecretValueRequest(name=item.name), timeout=10).value
+        elif service == "compute":
+            for domain in listed(stub.ListDomains, compute_pb.ListDomainsRequest(page_size=2),
+                                 "domains", "domains"):
+                for inactive in (False, True):
+                    xml(f"domain {domain.name} {inactive}", stub.GetDomainXML,
+                        compute_pb.GetDomainXMLRequest(name=domain.name, inactive=inactive))
+        elif service == "storage":
+            for pool in listed(stub.ListStoragePools, storage_pb.ListStoragePoolsRequest(
+                    page_size=2), "storage_pools", "pools"):
+                xml(f"pool {pool.name}", stub.GetStoragePoolXML,
+                    storage_pb.GetStoragePoolXMLRequest(name=pool.name))
+                if pool.state == storage_pb.STORAGE_POOL_STATE_RUNNING:
+                    for volume in listed(stub.ListStorageVolumes, storage_pb.
+                                         ListStorageVolumesRequest(pool=pool.name, page_size=2),
+                                         "storage_volumes", f"volumes of {pool.name}"):
+                        xml(f"volume {pool.name} {volume.name}", stub.GetStorageVolumeXML,
+                            storage_pb.GetStorageVolumeXMLRequest(pool=pool.name,
+                                                                  name=volume.name))
     return found
 
 

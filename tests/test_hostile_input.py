@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import os
 import random
 import re
@@ -29,8 +28,9 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
+from services.common import registry
 from services.supervisor import wait_serving
-from tests.conftest import Process, reason_of, service_process
+from tests.conftest import Process, reason_of, service_process, service_stub
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -46,7 +46,7 @@ CLEAN = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 def pb(service: str) -> Any:
-    return importlib.import_module(f"virtmesh.{service}.v1.{service}_service_pb2")
+    return registry.spec(service).proto
 
 
 def rss(pid: int) -> int:
@@ -64,9 +64,7 @@ class Mesh:
     names: dict[str, str]  # the objects each define path needs, by role
 
     def stub(self, service: str, process: str = "") -> Any:
-        module = importlib.import_module(f"virtmesh.{service}.v1.{service}_service_pb2_grpc")
-        stub_class = next(getattr(module, n) for n in dir(module) if n.endswith("ServiceStub"))
-        return stub_class(self.channels[process or service])
+        return service_stub(service, self.channels[process or service])
 
     def pid(self, service: str) -> int:
         popen = self.processes[service].popen
@@ -595,11 +593,26 @@ class Undo:
 
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
+        self.accepted = 0
         self.domain_xml = mesh.stub("compute").GetDomainXML(pb("compute").GetDomainXMLRequest(
             name=mesh.names["domain"], inactive=True), timeout=30).xml
         self.network_xml = mesh.stub("network").GetNetworkXML(
             pb("network").GetNetworkXMLRequest(name=mesh.names["network"], inactive=True),
             timeout=30).xml
+
+    def attempt(self, service: str, method: str, request: Message) -> str:
+        """Make the call (secrets on the host daemon's service) and undo what it made:
+        "" when its answer is one FUZZ_ACCEPTED allows, otherwise what was wrong."""
+        process = HOST_SECRET if service == "secret" else service
+        try:
+            response = getattr(self.mesh.stub(service, process), method)(request, timeout=30)
+        except grpc.RpcError as error:
+            if error.code() in FUZZ_ACCEPTED:
+                return ""
+            return f"{method}: {error.code().name} {error.details()}"
+        self.accepted += 1
+        self(service, method, response)
+        return ""
 
     def __call__(self, service: str, method: str, response: Message) -> None:
         fields = response.ListFields()
@@ -657,7 +670,6 @@ def test_fuzzed_documents_on_every_define_path(mesh: Mesh) -> None:
     before = lists(mesh)
     undo = Undo(mesh)
     failures: list[str] = []
-    accepted = 0
     for index in range(FUZZ_COUNT):
         service, method, _, extra = PATHS[index % len(PATHS)]
         seed = seeds(mesh, f"{index:06d}")[SEED_OF.get(method, method)]
@@ -665,21 +677,13 @@ def test_fuzzed_documents_on_every_define_path(mesh: Mesh) -> None:
         request = request_for(mesh, service, method, extra, xml)
         if method == "CloneStorageVolume":
             request.new_name = f"vmf-{index:06d}.img"  # type: ignore[attr-defined]
-        process = HOST_SECRET if service == "secret" else service
-        try:
-            response = getattr(mesh.stub(service, process), method)(request, timeout=30)
-        except grpc.RpcError as error:
-            if error.code() not in FUZZ_ACCEPTED:
-                failures.append(f"{method} #{index} {error.code().name} "
-                                f"{error.details()}: {xml!r}"[:2000])
-            continue
-        accepted += 1
-        undo(service, method, response)
+        if wrong := undo.attempt(service, method, request):
+            failures.append(f"#{index} {wrong}: {xml!r}"[:2000])
     assert not failures, (f"{len(failures)} of {FUZZ_COUNT} (VIRTMESH_FUZZ_SEED={FUZZ_SEED}):\n"
                           + "\n".join(failures[:20]))
     assert {name: mesh.pid(name) for name in mesh.processes} == pids
     assert lists(mesh) == before
-    assert accepted > 0  # the mutations leave some documents valid: the calls were real
+    assert undo.accepted > 0  # the mutations leave some documents valid: the calls were real
 
 
 def test_overlong_names_on_every_define_path(mesh: Mesh) -> None:
@@ -695,15 +699,8 @@ def test_overlong_names_on_every_define_path(mesh: Mesh) -> None:
         tag = f"{index:06d}"
         seed = seeds(mesh, tag)[SEED_OF.get(method, method)]
         xml = seed.replace(f"vmf-{tag}", "n" * 300)
-        request = request_for(mesh, service, method, extra, xml)
-        process = HOST_SECRET if service == "secret" else service
-        try:
-            response = getattr(mesh.stub(service, process), method)(request, timeout=30)
-        except grpc.RpcError as error:
-            if error.code() not in FUZZ_ACCEPTED:
-                failures.append(f"{method}: {error.code().name} {error.details()}"[:500])
-            continue
-        undo(service, method, response)
+        if wrong := undo.attempt(service, method, request_for(mesh, service, method, extra, xml)):
+            failures.append(wrong[:500])
     assert not failures, "\n".join(failures)
     assert {name: mesh.pid(name) for name in mesh.processes} == pids
     assert lists(mesh) == before

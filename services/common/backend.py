@@ -51,6 +51,9 @@ class Backend:
     def conn(self) -> libvirt.virConnect:
         return self.connection.conn
 
+    def close(self) -> None:
+        """Let go of the backend's own helpers (a parse sandbox); no call is left."""
+
 
 def summaries(objects: Iterable[T], summary: Callable[[T], S]) -> list[S]:
     """``summary`` of each listed object, leaving out those that went away between

@@ -103,10 +103,14 @@ class ServiceSpec:
         return service  # type: ignore[no-any-return]
 
     @property
+    def grpc_module(self) -> ModuleType:
+        """The generated ``*_pb2_grpc`` module beside ``proto``."""
+        return importlib.import_module(f"{self.proto.__name__}_grpc")
+
+    @property
     def add_to_server(self) -> Callable[[Any, grpc.Server], None]:
         """The generated ``add_<Service>Servicer_to_server``."""
-        generated = importlib.import_module(f"{self.proto.__name__}_grpc")
-        return getattr(generated, f"add_{self.descriptor.name}Servicer_to_server")  # type: ignore[no-any-return]
+        return getattr(self.grpc_module, f"add_{self.descriptor.name}Servicer_to_server")  # type: ignore[no-any-return]
 
     @property
     def default_uri(self) -> str:

@@ -71,6 +71,10 @@ class DriverServicer(Generic[BackendT, Event]):
         """The service is stopping: end event streams now rather than after the grace."""
         self.events.close_all("the service is shutting down")
 
+    def stopped(self) -> None:
+        """The last call has ended: the backend may let go of its helpers."""
+        self.backend.close()
+
     def watch(self, request: WatchRequest, context: grpc.ServicerContext) -> Iterator[Event]:
         """A Watch…Events RPC: the events about ``request.names`` (all when empty)."""
         yield from self.events.watch(context, request.names, lambda: self.backend.conn)

@@ -27,10 +27,6 @@ class ComputeServicer(DriverServicer[ComputeBackend, pb.WatchDomainEventsRespons
         backend = ComputeBackend(connection)
         super().__init__(backend, config, backend.register_events, convert.domain_event)
 
-    def stopped(self) -> None:
-        """The last call has ended: let go of the parse sandbox."""
-        self.backend.close()
-
     def WatchDomainEvents(self, request: pb.WatchDomainEventsRequest,
                           context: Ctx) -> Iterator[pb.WatchDomainEventsResponse]:
         yield from self.watch(request, context)

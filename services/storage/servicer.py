@@ -30,10 +30,6 @@ class StorageServicer(DriverServicer[StorageBackend, pb.WatchStoragePoolEventsRe
         backend = StorageBackend(connection, config.max_message_bytes)
         super().__init__(backend, config, backend.register_events, convert.pool_event)
 
-    def stopped(self) -> None:
-        """The last call has ended: let go of the parse sandbox."""
-        self.backend.close()
-
     def WatchStoragePoolEvents(self, request: pb.WatchStoragePoolEventsRequest,
                                context: Ctx) -> Iterator[pb.WatchStoragePoolEventsResponse]:
         yield from self.watch(request, context)
