@@ -133,6 +133,42 @@ LIFECYCLE_EVENT_TYPE_PMSUSPENDED: LifecycleEventType.ValueType  # 8
 LIFECYCLE_EVENT_TYPE_CRASHED: LifecycleEventType.ValueType  # 9
 Global___LifecycleEventType: _TypeAlias = LifecycleEventType  # noqa: Y015
 
+class _KeyCodeSet:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _KeyCodeSetEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_KeyCodeSet.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    KEY_CODE_SET_UNSPECIFIED: _KeyCodeSet.ValueType  # 0
+    """Unset: Linux input event codes."""
+    KEY_CODE_SET_LINUX: _KeyCodeSet.ValueType  # 1
+    KEY_CODE_SET_XT: _KeyCodeSet.ValueType  # 2
+    KEY_CODE_SET_ATSET1: _KeyCodeSet.ValueType  # 3
+    KEY_CODE_SET_ATSET2: _KeyCodeSet.ValueType  # 4
+    KEY_CODE_SET_ATSET3: _KeyCodeSet.ValueType  # 5
+    KEY_CODE_SET_OSX: _KeyCodeSet.ValueType  # 6
+    KEY_CODE_SET_XT_KBD: _KeyCodeSet.ValueType  # 7
+    KEY_CODE_SET_USB: _KeyCodeSet.ValueType  # 8
+    KEY_CODE_SET_WIN32: _KeyCodeSet.ValueType  # 9
+    KEY_CODE_SET_QNUM: _KeyCodeSet.ValueType  # 10
+
+class KeyCodeSet(_KeyCodeSet, metaclass=_KeyCodeSetEnumTypeWrapper):
+    """The code sets libvirt's virDomainSendKey accepts (virKeycodeSet)."""
+
+KEY_CODE_SET_UNSPECIFIED: KeyCodeSet.ValueType  # 0
+"""Unset: Linux input event codes."""
+KEY_CODE_SET_LINUX: KeyCodeSet.ValueType  # 1
+KEY_CODE_SET_XT: KeyCodeSet.ValueType  # 2
+KEY_CODE_SET_ATSET1: KeyCodeSet.ValueType  # 3
+KEY_CODE_SET_ATSET2: KeyCodeSet.ValueType  # 4
+KEY_CODE_SET_ATSET3: KeyCodeSet.ValueType  # 5
+KEY_CODE_SET_OSX: KeyCodeSet.ValueType  # 6
+KEY_CODE_SET_XT_KBD: KeyCodeSet.ValueType  # 7
+KEY_CODE_SET_USB: KeyCodeSet.ValueType  # 8
+KEY_CODE_SET_WIN32: KeyCodeSet.ValueType  # 9
+KEY_CODE_SET_QNUM: KeyCodeSet.ValueType  # 10
+Global___KeyCodeSet: _TypeAlias = KeyCodeSet  # noqa: Y015
+
 @_typing.final
 class Domain(_message.Message):
     """A domain's summary."""
@@ -1982,3 +2018,363 @@ class GetVersionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetVersionResponse: _TypeAlias = GetVersionResponse  # noqa: Y015
+
+@_typing.final
+class OpenDomainConsoleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The domain: read from the first message only."""
+    device: _builtins.str
+    """The console's alias (for example "serial0" or "console1"); empty: the
+    domain's first console. First message only.
+    """
+    force: _builtins.bool
+    """Take the console from a session that holds it. First message only."""
+    data: _builtins.bytes
+    """Bytes for the guest, at most 64 KiB; the first message may carry some."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        device: _builtins.str = ...,
+        force: _builtins.bool = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "device", b"device", "force", b"force", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenDomainConsoleRequest: _TypeAlias = OpenDomainConsoleRequest  # noqa: Y015
+
+@_typing.final
+class OpenDomainConsoleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """Bytes from the guest."""
+    device: _builtins.str
+    """In the first response only: the console that was opened (empty when the
+    client named none and libvirt chose).
+    """
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        device: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "device", b"device"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenDomainConsoleResponse: _TypeAlias = OpenDomainConsoleResponse  # noqa: Y015
+
+@_typing.final
+class OpenDomainChannelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The domain: read from the first message only."""
+    channel: _builtins.str
+    """The channel's target name (for example "org.qemu.guest_agent.0") or
+    alias. First message only; required.
+    """
+    force: _builtins.bool
+    """Take the channel from a session that holds it. First message only."""
+    data: _builtins.bytes
+    """Bytes for the guest, at most 64 KiB."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        force: _builtins.bool = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "data", b"data", "force", b"force", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenDomainChannelRequest: _TypeAlias = OpenDomainChannelRequest  # noqa: Y015
+
+@_typing.final
+class OpenDomainChannelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """Bytes from the guest."""
+    channel: _builtins.str
+    """In the first response only: the channel that was opened."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        channel: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenDomainChannelResponse: _TypeAlias = OpenDomainChannelResponse  # noqa: Y015
+
+@_typing.final
+class OpenDomainGraphicsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SKIP_AUTH_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The domain: read from the first message only."""
+    index: _builtins.int
+    """Which of the domain's <graphics> devices, in the order of its XML.
+    First message only.
+    """
+    skip_auth: _builtins.bool
+    """Let the viewer in without the display's password (libvirt's
+    VIR_DOMAIN_OPEN_GRAPHICS_SKIPAUTH): the caller is already authorised.
+    First message only.
+    """
+    data: _builtins.bytes
+    """Bytes from the viewer, at most 64 KiB."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        index: _builtins.int = ...,
+        skip_auth: _builtins.bool = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "index", b"index", "name", b"name", "skip_auth", b"skip_auth"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenDomainGraphicsRequest: _TypeAlias = OpenDomainGraphicsRequest  # noqa: Y015
+
+@_typing.final
+class OpenDomainGraphicsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """Bytes for the viewer."""
+    protocol: _builtins.str
+    """In the first response only: the display's protocol, "vnc" or "spice"."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        protocol: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "protocol", b"protocol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenDomainGraphicsResponse: _TypeAlias = OpenDomainGraphicsResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainScreenshotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCREEN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    screen: _builtins.int
+    """The screen (head) to capture; 0 is the first."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        screen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "screen", b"screen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainScreenshotRequest: _TypeAlias = GetDomainScreenshotRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainScreenshotResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    mime_type: _builtins.str
+    """The image's MIME type, in the first response only."""
+    data: _builtins.bytes
+    """The next part of the image."""
+    def __init__(
+        self,
+        *,
+        mime_type: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "mime_type", b"mime_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainScreenshotResponse: _TypeAlias = GetDomainScreenshotResponse  # noqa: Y015
+
+@_typing.final
+class SendDomainKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CODE_SET_FIELD_NUMBER: _builtins.int
+    HOLD_TIME_MS_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    code_set: Global___KeyCodeSet.ValueType
+    """The code set of numeric keys; named keys are always Linux names."""
+    hold_time_ms: _builtins.int
+    """How long the keys are held, in milliseconds; 0: libvirt's default."""
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The keys, as virsh send-key takes them: a Linux key name (KEY_ENTER, or
+        ENTER, in any case) or a number in code_set (decimal or 0x hex). At most 16.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        code_set: Global___KeyCodeSet.ValueType = ...,
+        hold_time_ms: _builtins.int = ...,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_set", b"code_set", "hold_time_ms", b"hold_time_ms", "keys", b"keys", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendDomainKeyRequest: _TypeAlias = SendDomainKeyRequest  # noqa: Y015
+
+@_typing.final
+class SendDomainKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendDomainKeyResponse: _TypeAlias = SendDomainKeyResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainDisplayRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainDisplayRequest: _TypeAlias = GetDomainDisplayRequest  # noqa: Y015
+
+@_typing.final
+class DomainDisplay(_message.Message):
+    """One of a running guest's displays, as its live XML says."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    TLS_PORT_FIELD_NUMBER: _builtins.int
+    SOCKET_FIELD_NUMBER: _builtins.int
+    URI_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """"vnc" or "spice"."""
+    address: _builtins.str
+    """The address it listens on; empty for a UNIX socket or no listener."""
+    port: _builtins.int
+    """TCP port; 0 when it has none."""
+    tls_port: _builtins.int
+    """SPICE's TLS port; 0 when it has none."""
+    socket: _builtins.str
+    """The UNIX socket it listens on, if any."""
+    uri: _builtins.str
+    """virsh domdisplay's URI (vnc://HOST:DISPLAY, vnc+unix:///PATH,
+    spice://HOST:PORT); empty when the display has no listener and can only
+    be reached through OpenDomainGraphics.
+    """
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        address: _builtins.str = ...,
+        port: _builtins.int = ...,
+        tls_port: _builtins.int = ...,
+        socket: _builtins.str = ...,
+        uri: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "port", b"port", "socket", b"socket", "tls_port", b"tls_port", "type", b"type", "uri", b"uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DomainDisplay: _TypeAlias = DomainDisplay  # noqa: Y015
+
+@_typing.final
+class GetDomainDisplayResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPLAYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def displays(self) -> _containers.RepeatedCompositeFieldContainer[Global___DomainDisplay]: ...
+    def __init__(
+        self,
+        *,
+        displays: _abc.Iterable[Global___DomainDisplay] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["displays", b"displays"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainDisplayResponse: _TypeAlias = GetDomainDisplayResponse  # noqa: Y015

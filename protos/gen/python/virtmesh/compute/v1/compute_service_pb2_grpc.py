@@ -168,6 +168,36 @@ class ComputeServiceStub:
                 request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchDomainEventsRequest.SerializeToString,
                 response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchDomainEventsResponse.FromString,
                 _registered_method=True)
+        self.OpenDomainConsole = channel.stream_stream(
+                '/virtmesh.compute.v1.ComputeService/OpenDomainConsole',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.OpenDomainConsoleRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.OpenDomainConsoleResponse.FromString,
+                _registered_method=True)
+        self.OpenDomainChannel = channel.stream_stream(
+                '/virtmesh.compute.v1.ComputeService/OpenDomainChannel',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.OpenDomainChannelRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.OpenDomainChannelResponse.FromString,
+                _registered_method=True)
+        self.OpenDomainGraphics = channel.stream_stream(
+                '/virtmesh.compute.v1.ComputeService/OpenDomainGraphics',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.OpenDomainGraphicsRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.OpenDomainGraphicsResponse.FromString,
+                _registered_method=True)
+        self.GetDomainScreenshot = channel.unary_stream(
+                '/virtmesh.compute.v1.ComputeService/GetDomainScreenshot',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainScreenshotRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainScreenshotResponse.FromString,
+                _registered_method=True)
+        self.SendDomainKey = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SendDomainKey',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SendDomainKeyRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SendDomainKeyResponse.FromString,
+                _registered_method=True)
+        self.GetDomainDisplay = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainDisplay',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainDisplayRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainDisplayResponse.FromString,
+                _registered_method=True)
         self.GetCapabilities = channel.unary_unary(
                 '/virtmesh.compute.v1.ComputeService/GetCapabilities',
                 request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCapabilitiesRequest.SerializeToString,
@@ -421,6 +451,79 @@ class ComputeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenDomainConsole(self, request_iterator, context):
+        """-- Console and graphics ------------------------------------------------
+
+        A guest's serial console (virDomainOpenConsole) as a bidirectional byte
+        stream. The first request names the domain, the console and whether to
+        take it from a session that holds it; the first response, sent once the
+        console is open, names the device and carries no data. Then `data` flows
+        both ways, in messages of at most 64 KiB.
+        Ends: OK when the client half-closes or the guest stops (the console's end
+        of file); ABORTED with reason CONSOLE_TAKEN_OVER when another session opened
+        it with force.
+        Errors: NOT_FOUND for an unknown domain or device; FAILED_PRECONDITION when
+        the domain is not running, or when another session holds the console and
+        force is not set (VIR_ERR_OPERATION_FAILED, "Active console session");
+        RESOURCE_EXHAUSTED when the service has max_sessions sessions open.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenDomainChannel(self, request_iterator, context):
+        """A guest's virtio-serial (or other) channel by its target name
+        (virDomainOpenChannel), as OpenDomainConsole is for consoles.
+        Errors: as OpenDomainConsole; NOT_FOUND when the guest has no such channel.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenDomainGraphics(self, request_iterator, context):
+        """One VNC (or SPICE) client connection to a guest's display
+        (virDomainOpenGraphicsFD), wherever the display listens, even with
+        `<listen type='none'/>`. The bytes pass through unchanged in both
+        directions: the remote framebuffer protocol is between the viewer and
+        QEMU. The first response names the protocol and carries no data.
+        Ends: OK when either side closes the connection or the guest stops.
+        Errors: NOT_FOUND for an unknown domain or a graphics index the domain
+        lacks; FAILED_PRECONDITION when the domain is not running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainScreenshot(self, request, context):
+        """The image on one of a guest's screens (virDomainScreenshot), in chunks:
+        the first response carries the MIME type (QEMU's is image/png).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
+        has no display; INVALID_ARGUMENT for a screen it does not have.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendDomainKey(self, request, context):
+        """Presses keys on the guest's keyboard together, then releases them
+        (virDomainSendKey).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+        INVALID_ARGUMENT for an unknown key name, more than 16 keys, or a code
+        outside the code set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainDisplay(self, request, context):
+        """Where a running guest's displays listen (virsh vncdisplay, domdisplay),
+        read from its live XML.
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetCapabilities(self, request, context):
         """Returns the hypervisor's capabilities XML.
         """
@@ -577,6 +680,36 @@ def add_ComputeServiceServicer_to_server(servicer, server):
                     servicer.WatchDomainEvents,
                     request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchDomainEventsRequest.FromString,
                     response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchDomainEventsResponse.SerializeToString,
+            ),
+            'OpenDomainConsole': grpc.stream_stream_rpc_method_handler(
+                    servicer.OpenDomainConsole,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.OpenDomainConsoleRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.OpenDomainConsoleResponse.SerializeToString,
+            ),
+            'OpenDomainChannel': grpc.stream_stream_rpc_method_handler(
+                    servicer.OpenDomainChannel,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.OpenDomainChannelRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.OpenDomainChannelResponse.SerializeToString,
+            ),
+            'OpenDomainGraphics': grpc.stream_stream_rpc_method_handler(
+                    servicer.OpenDomainGraphics,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.OpenDomainGraphicsRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.OpenDomainGraphicsResponse.SerializeToString,
+            ),
+            'GetDomainScreenshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetDomainScreenshot,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainScreenshotRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainScreenshotResponse.SerializeToString,
+            ),
+            'SendDomainKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendDomainKey,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SendDomainKeyRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SendDomainKeyResponse.SerializeToString,
+            ),
+            'GetDomainDisplay': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainDisplay,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainDisplayRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainDisplayResponse.SerializeToString,
             ),
             'GetCapabilities': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCapabilities,
@@ -1283,6 +1416,168 @@ class ComputeService:
             '/virtmesh.compute.v1.ComputeService/WatchDomainEvents',
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchDomainEventsRequest.SerializeToString,
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchDomainEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenDomainConsole(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/virtmesh.compute.v1.ComputeService/OpenDomainConsole',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.OpenDomainConsoleRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.OpenDomainConsoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenDomainChannel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/virtmesh.compute.v1.ComputeService/OpenDomainChannel',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.OpenDomainChannelRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.OpenDomainChannelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenDomainGraphics(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/virtmesh.compute.v1.ComputeService/OpenDomainGraphics',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.OpenDomainGraphicsRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.OpenDomainGraphicsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainScreenshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainScreenshot',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainScreenshotRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainScreenshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendDomainKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SendDomainKey',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SendDomainKeyRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SendDomainKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainDisplay(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainDisplay',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainDisplayRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainDisplayResponse.FromString,
             options,
             channel_credentials,
             insecure,

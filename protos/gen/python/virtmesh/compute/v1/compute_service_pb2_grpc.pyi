@@ -161,6 +161,55 @@ class ComputeServiceStub:
     this watcher falls too far behind; UNAVAILABLE when the libvirt connection
     is lost (watch again once it is back).
     """
+    OpenDomainConsole: _grpc.StreamStreamMultiCallable[_compute_service_pb2.OpenDomainConsoleRequest, _compute_service_pb2.OpenDomainConsoleResponse]
+    """-- Console and graphics ------------------------------------------------
+
+    A guest's serial console (virDomainOpenConsole) as a bidirectional byte
+    stream. The first request names the domain, the console and whether to
+    take it from a session that holds it; the first response, sent once the
+    console is open, names the device and carries no data. Then `data` flows
+    both ways, in messages of at most 64 KiB.
+    Ends: OK when the client half-closes or the guest stops (the console's end
+    of file); ABORTED with reason CONSOLE_TAKEN_OVER when another session opened
+    it with force.
+    Errors: NOT_FOUND for an unknown domain or device; FAILED_PRECONDITION when
+    the domain is not running, or when another session holds the console and
+    force is not set (VIR_ERR_OPERATION_FAILED, "Active console session");
+    RESOURCE_EXHAUSTED when the service has max_sessions sessions open.
+    """
+    OpenDomainChannel: _grpc.StreamStreamMultiCallable[_compute_service_pb2.OpenDomainChannelRequest, _compute_service_pb2.OpenDomainChannelResponse]
+    """A guest's virtio-serial (or other) channel by its target name
+    (virDomainOpenChannel), as OpenDomainConsole is for consoles.
+    Errors: as OpenDomainConsole; NOT_FOUND when the guest has no such channel.
+    """
+    OpenDomainGraphics: _grpc.StreamStreamMultiCallable[_compute_service_pb2.OpenDomainGraphicsRequest, _compute_service_pb2.OpenDomainGraphicsResponse]
+    """One VNC (or SPICE) client connection to a guest's display
+    (virDomainOpenGraphicsFD), wherever the display listens, even with
+    `<listen type='none'/>`. The bytes pass through unchanged in both
+    directions: the remote framebuffer protocol is between the viewer and
+    QEMU. The first response names the protocol and carries no data.
+    Ends: OK when either side closes the connection or the guest stops.
+    Errors: NOT_FOUND for an unknown domain or a graphics index the domain
+    lacks; FAILED_PRECONDITION when the domain is not running.
+    """
+    GetDomainScreenshot: _grpc.UnaryStreamMultiCallable[_compute_service_pb2.GetDomainScreenshotRequest, _compute_service_pb2.GetDomainScreenshotResponse]
+    """The image on one of a guest's screens (virDomainScreenshot), in chunks:
+    the first response carries the MIME type (QEMU's is image/png).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
+    has no display; INVALID_ARGUMENT for a screen it does not have.
+    """
+    SendDomainKey: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SendDomainKeyRequest, _compute_service_pb2.SendDomainKeyResponse]
+    """Presses keys on the guest's keyboard together, then releases them
+    (virDomainSendKey).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+    INVALID_ARGUMENT for an unknown key name, more than 16 keys, or a code
+    outside the code set.
+    """
+    GetDomainDisplay: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainDisplayRequest, _compute_service_pb2.GetDomainDisplayResponse]
+    """Where a running guest's displays listen (virsh vncdisplay, domdisplay),
+    read from its live XML.
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+    """
     GetCapabilities: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetCapabilitiesRequest, _compute_service_pb2.GetCapabilitiesResponse]
     """Returns the hypervisor's capabilities XML."""
     GetDomainCapabilities: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainCapabilitiesRequest, _compute_service_pb2.GetDomainCapabilitiesResponse]
@@ -304,6 +353,55 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
     this watcher falls too far behind; UNAVAILABLE when the libvirt connection
     is lost (watch again once it is back).
+    """
+    OpenDomainConsole: _aio.StreamStreamMultiCallable[_compute_service_pb2.OpenDomainConsoleRequest, _compute_service_pb2.OpenDomainConsoleResponse]  # type: ignore[assignment]
+    """-- Console and graphics ------------------------------------------------
+
+    A guest's serial console (virDomainOpenConsole) as a bidirectional byte
+    stream. The first request names the domain, the console and whether to
+    take it from a session that holds it; the first response, sent once the
+    console is open, names the device and carries no data. Then `data` flows
+    both ways, in messages of at most 64 KiB.
+    Ends: OK when the client half-closes or the guest stops (the console's end
+    of file); ABORTED with reason CONSOLE_TAKEN_OVER when another session opened
+    it with force.
+    Errors: NOT_FOUND for an unknown domain or device; FAILED_PRECONDITION when
+    the domain is not running, or when another session holds the console and
+    force is not set (VIR_ERR_OPERATION_FAILED, "Active console session");
+    RESOURCE_EXHAUSTED when the service has max_sessions sessions open.
+    """
+    OpenDomainChannel: _aio.StreamStreamMultiCallable[_compute_service_pb2.OpenDomainChannelRequest, _compute_service_pb2.OpenDomainChannelResponse]  # type: ignore[assignment]
+    """A guest's virtio-serial (or other) channel by its target name
+    (virDomainOpenChannel), as OpenDomainConsole is for consoles.
+    Errors: as OpenDomainConsole; NOT_FOUND when the guest has no such channel.
+    """
+    OpenDomainGraphics: _aio.StreamStreamMultiCallable[_compute_service_pb2.OpenDomainGraphicsRequest, _compute_service_pb2.OpenDomainGraphicsResponse]  # type: ignore[assignment]
+    """One VNC (or SPICE) client connection to a guest's display
+    (virDomainOpenGraphicsFD), wherever the display listens, even with
+    `<listen type='none'/>`. The bytes pass through unchanged in both
+    directions: the remote framebuffer protocol is between the viewer and
+    QEMU. The first response names the protocol and carries no data.
+    Ends: OK when either side closes the connection or the guest stops.
+    Errors: NOT_FOUND for an unknown domain or a graphics index the domain
+    lacks; FAILED_PRECONDITION when the domain is not running.
+    """
+    GetDomainScreenshot: _aio.UnaryStreamMultiCallable[_compute_service_pb2.GetDomainScreenshotRequest, _compute_service_pb2.GetDomainScreenshotResponse]  # type: ignore[assignment]
+    """The image on one of a guest's screens (virDomainScreenshot), in chunks:
+    the first response carries the MIME type (QEMU's is image/png).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
+    has no display; INVALID_ARGUMENT for a screen it does not have.
+    """
+    SendDomainKey: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SendDomainKeyRequest, _compute_service_pb2.SendDomainKeyResponse]  # type: ignore[assignment]
+    """Presses keys on the guest's keyboard together, then releases them
+    (virDomainSendKey).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+    INVALID_ARGUMENT for an unknown key name, more than 16 keys, or a code
+    outside the code set.
+    """
+    GetDomainDisplay: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainDisplayRequest, _compute_service_pb2.GetDomainDisplayResponse]  # type: ignore[assignment]
+    """Where a running guest's displays listen (virsh vncdisplay, domdisplay),
+    read from its live XML.
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
     """
     GetCapabilities: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetCapabilitiesRequest, _compute_service_pb2.GetCapabilitiesResponse]  # type: ignore[assignment]
     """Returns the hypervisor's capabilities XML."""
@@ -595,6 +693,91 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
         this watcher falls too far behind; UNAVAILABLE when the libvirt connection
         is lost (watch again once it is back).
+        """
+
+    @_abc_1.abstractmethod
+    def OpenDomainConsole(
+        self,
+        request_iterator: _MaybeAsyncIterator[_compute_service_pb2.OpenDomainConsoleRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_compute_service_pb2.OpenDomainConsoleResponse], _abc.AsyncIterator[_compute_service_pb2.OpenDomainConsoleResponse]]:
+        """-- Console and graphics ------------------------------------------------
+
+        A guest's serial console (virDomainOpenConsole) as a bidirectional byte
+        stream. The first request names the domain, the console and whether to
+        take it from a session that holds it; the first response, sent once the
+        console is open, names the device and carries no data. Then `data` flows
+        both ways, in messages of at most 64 KiB.
+        Ends: OK when the client half-closes or the guest stops (the console's end
+        of file); ABORTED with reason CONSOLE_TAKEN_OVER when another session opened
+        it with force.
+        Errors: NOT_FOUND for an unknown domain or device; FAILED_PRECONDITION when
+        the domain is not running, or when another session holds the console and
+        force is not set (VIR_ERR_OPERATION_FAILED, "Active console session");
+        RESOURCE_EXHAUSTED when the service has max_sessions sessions open.
+        """
+
+    @_abc_1.abstractmethod
+    def OpenDomainChannel(
+        self,
+        request_iterator: _MaybeAsyncIterator[_compute_service_pb2.OpenDomainChannelRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_compute_service_pb2.OpenDomainChannelResponse], _abc.AsyncIterator[_compute_service_pb2.OpenDomainChannelResponse]]:
+        """A guest's virtio-serial (or other) channel by its target name
+        (virDomainOpenChannel), as OpenDomainConsole is for consoles.
+        Errors: as OpenDomainConsole; NOT_FOUND when the guest has no such channel.
+        """
+
+    @_abc_1.abstractmethod
+    def OpenDomainGraphics(
+        self,
+        request_iterator: _MaybeAsyncIterator[_compute_service_pb2.OpenDomainGraphicsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_compute_service_pb2.OpenDomainGraphicsResponse], _abc.AsyncIterator[_compute_service_pb2.OpenDomainGraphicsResponse]]:
+        """One VNC (or SPICE) client connection to a guest's display
+        (virDomainOpenGraphicsFD), wherever the display listens, even with
+        `<listen type='none'/>`. The bytes pass through unchanged in both
+        directions: the remote framebuffer protocol is between the viewer and
+        QEMU. The first response names the protocol and carries no data.
+        Ends: OK when either side closes the connection or the guest stops.
+        Errors: NOT_FOUND for an unknown domain or a graphics index the domain
+        lacks; FAILED_PRECONDITION when the domain is not running.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainScreenshot(
+        self,
+        request: _compute_service_pb2.GetDomainScreenshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_compute_service_pb2.GetDomainScreenshotResponse], _abc.AsyncIterator[_compute_service_pb2.GetDomainScreenshotResponse]]:
+        """The image on one of a guest's screens (virDomainScreenshot), in chunks:
+        the first response carries the MIME type (QEMU's is image/png).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
+        has no display; INVALID_ARGUMENT for a screen it does not have.
+        """
+
+    @_abc_1.abstractmethod
+    def SendDomainKey(
+        self,
+        request: _compute_service_pb2.SendDomainKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SendDomainKeyResponse, _abc.Awaitable[_compute_service_pb2.SendDomainKeyResponse]]:
+        """Presses keys on the guest's keyboard together, then releases them
+        (virDomainSendKey).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+        INVALID_ARGUMENT for an unknown key name, more than 16 keys, or a code
+        outside the code set.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainDisplay(
+        self,
+        request: _compute_service_pb2.GetDomainDisplayRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainDisplayResponse, _abc.Awaitable[_compute_service_pb2.GetDomainDisplayResponse]]:
+        """Where a running guest's displays listen (virsh vncdisplay, domdisplay),
+        read from its live XML.
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
         """
 
     @_abc_1.abstractmethod
