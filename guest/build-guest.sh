@@ -5,7 +5,8 @@
 #
 # Produces OUTDIR/vmlinuz (the newest installed Debian cloud kernel) and
 # OUTDIR/initrd.img (gzip'd newc cpio: busybox-static, the ACPI button and
-# evdev modules, and an /init that reacts to the ACPI power button).
+# evdev modules, and an /init that reacts to the ACPI power button and runs a
+# shell on the serial console and on the VGA console).
 #
 # Needs (Debian): linux-image-cloud-amd64 busybox-static cpio gzip
 # (xz-utils / zstd only if the kernel's modules are compressed).
@@ -167,6 +168,17 @@ echo "virtmesh-guest: booted ($(uname -r), uptime $(cut -d' ' -f1 /proc/uptime)s
             echo "virtmesh-guest: $nic got no DHCP lease"
     done
 ) &
+# A shell on the serial console and one on the VGA console (tty1), each started
+# again when it exits. setsid makes it a session leader, so opening the tty makes
+# that its controlling terminal (Ctrl-C, job control).
+respawn() {
+    while :; do
+        setsid sh -c "exec sh -i </dev/$1 >/dev/$1 2>&1"
+        sleep 1
+    done
+}
+respawn ttyS0 &
+respawn tty1 &
 # PID 1 must never exit (the kernel would panic); the shell reaps orphans.
 while :; do
     sleep 3600

@@ -14,6 +14,8 @@ packages=(
     openssl ca-certificates procps
     systemd
     prometheus
+    # graphics through the gateway: real viewers under a virtual X server, in tests
+    xvfb gvncviewer virt-viewer
 )
 
 missing=()
