@@ -60,6 +60,9 @@ class Config:
     #: exit (cleanly, as on SIGTERM) after this many seconds without calls, unless the
     #: service is busy (compute: guests running); 0: never. Health probes do not count.
     idle_timeout: float = 0.0
+    #: compute on embedded QEMU: the shared QEMU capability cache its root is seeded
+    #: from (services/common/qemu_caps.py); empty: the user's cache; "none": off
+    caps_cache: str = ""
 
     @property
     def socket_path(self) -> Path:
@@ -93,6 +96,8 @@ _HELP = {
     "guests_on_exit": "compute: keep, shutdown or destroy running guests on exit",
     "metrics_listen": "HOST:PORT of the Prometheus /metrics endpoint (empty: none, port 0: any)",
     "scrape_budget": "seconds a /metrics scrape may spend collecting guest statistics",
+    "caps_cache": "compute: shared QEMU capability cache directory (default "
+                  "~/.cache/virtmesh/qemu-capabilities; none: off)",
     "idle_timeout": "exit after this many seconds without calls (health probes do not "
                     "count) unless busy, e.g. compute with running guests; 0: never",
 }

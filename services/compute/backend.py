@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from services.common.backend import Backend, by_name_or_uuid, list_flags
 from services.common.config import Config
 from services.common.errors import ServiceError, require
 from services.common.libvirt_connection import LibvirtConnection
+from services.common.qemu_caps import SharedCache
 from services.common.sandbox import ParseSandbox
 from services.compute.backend_sessions import (
     Display,
@@ -28,6 +30,7 @@ from services.compute.backend_sessions import (
     first_console,
     stream_chunks,
 )
+from services.compute.capabilities import Answer, CapabilitiesCache
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,11 +54,13 @@ def prepare_embedded_root(config: Config) -> None:
     """
     if not registry.is_embedded(config.libvirt_uri):
         return
-    roots = parse_qs(urlparse(config.libvirt_uri).query).get("root")
-    if not roots:
+    root = embedded_root(config.libvirt_uri)
+    if root is None:
         raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
                            "embedded URI needs ?root=DIR", "INVALID_URI")
-    conf = Path(roots[0]) / "etc" / "qemu.conf"
+    # before libvirt opens the root: QEMU probes already made elsewhere are not made again
+    SharedCache.from_setting(config.caps_cache).seed(root)
+    conf = root / "etc" / "qemu.conf"
     conf.parent.mkdir(parents=True, exist_ok=True)
     wanted = (f"{_QEMU_CONF_MARKER}; delete this line to keep your own edits.\n"
               'stdio_handler = "file"\n'
@@ -69,6 +74,12 @@ def prepare_embedded_root(config: Config) -> None:
             return
     conf.write_text(wanted)
     log.info("wrote %s", conf)
+
+
+def embedded_root(uri: str) -> Path | None:
+    """The root directory of an embedded URI (``qemu:///embed?root=DIR``)."""
+    roots = parse_qs(urlparse(uri).query).get("root")
+    return Path(roots[0]) if roots and registry.is_embedded(uri) else None
 
 
 @dataclass(frozen=True)
@@ -86,12 +97,46 @@ class ComputeBackend(Backend):
     parsed in the sandbox first, validated against libvirt's schema always: the QEMU
     driver runs embedded, so its parser's crash would be this process's."""
 
-    def __init__(self, connection: LibvirtConnection) -> None:
+    def __init__(self, connection: LibvirtConnection,
+                 caps_cache: SharedCache | None = None) -> None:
         super().__init__(connection)
         self.sandbox = ParseSandbox()
         self._autostarted = False
+        self.capabilities_cache = CapabilitiesCache()
+        self._shared_caps = caps_cache
+        self.warm = threading.Event()
+        connection.on_connect(self._connected)
         if registry.is_embedded(connection.uri):
             connection.on_connect(self._autostart)
+
+    def _connected(self, conn: libvirt.virConnect) -> None:
+        """A new connection: answers cached from the last one may be outdated. Warm the
+        answers a first guest needs on a thread (QEMU only): the first call waits for
+        that fetch rather than making its own."""
+        self.capabilities_cache.clear()
+        if urlparse(self.connection.uri).scheme.split("+")[0] != "qemu":
+            self.warm.set()
+            return
+        self.warm.clear()
+        threading.Thread(target=self._warm_up, args=(conn,), name="warm-capabilities",
+                         daemon=True).start()
+
+    def _warm_up(self, conn: libvirt.virConnect) -> None:
+        """On the new connection itself: the hook runs before it becomes ``conn``."""
+        started = time.monotonic()
+        try:
+            self.domain_capabilities("", "", "", "", conn)
+            self.capabilities(conn)
+        except (libvirt.libvirtError, ServiceError) as error:
+            log.warning("warming capabilities failed: %s", error)
+            return
+        finally:
+            self.warm.set()
+        root = embedded_root(self.connection.uri)
+        if root is not None and self._shared_caps is not None:
+            self._shared_caps.collect(root)
+        log.info("capabilities warm in %.2f s (%d libvirt call(s))",
+                 time.monotonic() - started, self.capabilities_cache.fetches)
 
     def _autostart(self, conn: libvirt.virConnect) -> None:
         """Start the guests marked autostart, once per process.
@@ -321,14 +366,17 @@ class ComputeBackend(Backend):
             libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED: "device_removed",
         }, emit)
 
-    def capabilities(self) -> str:
-        return self.conn.getCapabilities()
+    def capabilities(self, conn: libvirt.virConnect | None = None) -> Answer:
+        return self.capabilities_cache.get(
+            "capabilities", lambda: (conn or self.conn).getCapabilities())
 
-    def domain_capabilities(self, emulator: str, arch: str, machine: str,
-                            virt_type: str) -> str:
+    def domain_capabilities(self, emulator: str, arch: str, machine: str, virt_type: str,
+                            conn: libvirt.virConnect | None = None) -> Answer:
         """Empty arguments are libvirt's defaults."""
-        return self.conn.getDomainCapabilities(emulator or None, arch or None, machine or None,
-                                               virt_type or None, 0)
+        return self.capabilities_cache.get(
+            ("domain", emulator, arch, machine, virt_type),
+            lambda: (conn or self.conn).getDomainCapabilities(
+                emulator or None, arch or None, machine or None, virt_type or None, 0))
 
     def node_info(self) -> list[Any]:
         """libvirt's virNodeGetInfo: model, memory (MiB), cpus, mhz, nodes, sockets,

@@ -14,6 +14,7 @@ import grpc
 
 from services.common.config import Config
 from services.common.libvirt_connection import LibvirtConnection
+from services.common.qemu_caps import SharedCache
 from services.common.relay import MAX_CHUNK, Slots, relay
 from services.common.servicer import DriverServicer, optional_bools
 from services.common.shared import ServiceError
@@ -56,7 +57,7 @@ def _data(first: _HasData, requests: Iterator[_HasData]) -> Iterator[bytes]:
 class ComputeServicer(DriverServicer[ComputeBackend, pb.WatchDomainEventsResponse],
                       pb_grpc.ComputeServiceServicer):
     def __init__(self, connection: LibvirtConnection, config: Config) -> None:
-        backend = ComputeBackend(connection)
+        backend = ComputeBackend(connection, SharedCache.from_setting(config.caps_cache))
         super().__init__(backend, config, backend.register_events, convert.domain_event)
         self.sessions = Slots(config.max_sessions, "console, channel and graphics sessions",
                               "max_sessions")
@@ -258,12 +259,18 @@ class ComputeServicer(DriverServicer[ComputeBackend, pb.WatchDomainEventsRespons
 
     def GetCapabilities(self, request: pb.GetCapabilitiesRequest,
                         context: Ctx) -> pb.GetCapabilitiesResponse:
-        return pb.GetCapabilitiesResponse(xml=self.backend.capabilities())
+        answer = self.backend.capabilities()
+        if request.etag == answer.etag:
+            return pb.GetCapabilitiesResponse(etag=answer.etag, unchanged=True)
+        return pb.GetCapabilitiesResponse(xml=answer.xml, etag=answer.etag)
 
     def GetDomainCapabilities(self, request: pb.GetDomainCapabilitiesRequest,
                               context: Ctx) -> pb.GetDomainCapabilitiesResponse:
-        return pb.GetDomainCapabilitiesResponse(xml=self.backend.domain_capabilities(
-            request.emulator, request.arch, request.machine, request.virt_type))
+        answer = self.backend.domain_capabilities(request.emulator, request.arch,
+                                                  request.machine, request.virt_type)
+        if request.etag == answer.etag:
+            return pb.GetDomainCapabilitiesResponse(etag=answer.etag, unchanged=True)
+        return pb.GetDomainCapabilitiesResponse(xml=answer.xml, etag=answer.etag)
 
     def GetNodeInfo(self, request: pb.GetNodeInfoRequest, context: Ctx) -> pb.GetNodeInfoResponse:
         return convert.node_info(self.backend.node_info())

@@ -1834,12 +1834,19 @@ Global___WatchDomainEventsResponse: _TypeAlias = WatchDomainEventsResponse  # no
 class GetCapabilitiesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    ETAG_FIELD_NUMBER: _builtins.int
+    etag: _builtins.str
+    """The etag of the answer the caller holds, if any: while it is current the
+    response says unchanged and carries no xml.
+    """
     def __init__(
         self,
+        *,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1850,15 +1857,24 @@ class GetCapabilitiesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     XML_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    UNCHANGED_FIELD_NUMBER: _builtins.int
     xml: _builtins.str
+    """Empty when unchanged."""
+    etag: _builtins.str
+    """Names this answer's content (a digest of the xml); stable across restarts."""
+    unchanged: _builtins.bool
+    """The request's etag is still current: the caller's copy is the answer."""
     def __init__(
         self,
         *,
         xml: _builtins.str = ...,
+        etag: _builtins.str = ...,
+        unchanged: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["xml", b"xml"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "unchanged", b"unchanged", "xml", b"xml"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1872,6 +1888,7 @@ class GetDomainCapabilitiesRequest(_message.Message):
     ARCH_FIELD_NUMBER: _builtins.int
     MACHINE_FIELD_NUMBER: _builtins.int
     VIRT_TYPE_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     emulator: _builtins.str
     """Path of the emulator binary; empty: the default for arch."""
     arch: _builtins.str
@@ -1880,6 +1897,8 @@ class GetDomainCapabilitiesRequest(_message.Message):
     """Machine type such as "q35"; empty: the default."""
     virt_type: _builtins.str
     """Virtualization type: "kvm" or "qemu"; empty: the best available."""
+    etag: _builtins.str
+    """The etag of the answer the caller holds for these arguments, if any."""
     def __init__(
         self,
         *,
@@ -1887,10 +1906,11 @@ class GetDomainCapabilitiesRequest(_message.Message):
         arch: _builtins.str = ...,
         machine: _builtins.str = ...,
         virt_type: _builtins.str = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "emulator", b"emulator", "machine", b"machine", "virt_type", b"virt_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "emulator", b"emulator", "etag", b"etag", "machine", b"machine", "virt_type", b"virt_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1901,15 +1921,24 @@ class GetDomainCapabilitiesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     XML_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    UNCHANGED_FIELD_NUMBER: _builtins.int
     xml: _builtins.str
+    """Empty when unchanged."""
+    etag: _builtins.str
+    """Names this answer's content (a digest of the xml); stable across restarts."""
+    unchanged: _builtins.bool
+    """The request's etag is still current: the caller's copy is the answer."""
     def __init__(
         self,
         *,
         xml: _builtins.str = ...,
+        etag: _builtins.str = ...,
+        unchanged: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["xml", b"xml"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "unchanged", b"unchanged", "xml", b"xml"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -525,14 +525,17 @@ class ComputeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetCapabilities(self, request, context):
-        """Returns the hypervisor's capabilities XML.
+        """Returns the hypervisor's capabilities XML, from the service's cache, with
+        its etag; a request carrying the etag of the answer it holds gets
+        unchanged=true and no xml while that answer is still current.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetDomainCapabilities(self, request, context):
-        """Returns domain capabilities XML for an emulator/arch/machine/virt type.
+        """Returns domain capabilities XML for an emulator/arch/machine/virt type,
+        cached and with an etag as GetCapabilities.
         Errors: INVALID_ARGUMENT for an unknown emulator, arch, machine or type.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -211,9 +211,13 @@ class ComputeServiceStub:
     Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
     """
     GetCapabilities: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetCapabilitiesRequest, _compute_service_pb2.GetCapabilitiesResponse]
-    """Returns the hypervisor's capabilities XML."""
+    """Returns the hypervisor's capabilities XML, from the service's cache, with
+    its etag; a request carrying the etag of the answer it holds gets
+    unchanged=true and no xml while that answer is still current.
+    """
     GetDomainCapabilities: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainCapabilitiesRequest, _compute_service_pb2.GetDomainCapabilitiesResponse]
-    """Returns domain capabilities XML for an emulator/arch/machine/virt type.
+    """Returns domain capabilities XML for an emulator/arch/machine/virt type,
+    cached and with an etag as GetCapabilities.
     Errors: INVALID_ARGUMENT for an unknown emulator, arch, machine or type.
     """
     GetNodeInfo: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetNodeInfoRequest, _compute_service_pb2.GetNodeInfoResponse]
@@ -404,9 +408,13 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
     """
     GetCapabilities: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetCapabilitiesRequest, _compute_service_pb2.GetCapabilitiesResponse]  # type: ignore[assignment]
-    """Returns the hypervisor's capabilities XML."""
+    """Returns the hypervisor's capabilities XML, from the service's cache, with
+    its etag; a request carrying the etag of the answer it holds gets
+    unchanged=true and no xml while that answer is still current.
+    """
     GetDomainCapabilities: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainCapabilitiesRequest, _compute_service_pb2.GetDomainCapabilitiesResponse]  # type: ignore[assignment]
-    """Returns domain capabilities XML for an emulator/arch/machine/virt type.
+    """Returns domain capabilities XML for an emulator/arch/machine/virt type,
+    cached and with an etag as GetCapabilities.
     Errors: INVALID_ARGUMENT for an unknown emulator, arch, machine or type.
     """
     GetNodeInfo: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetNodeInfoRequest, _compute_service_pb2.GetNodeInfoResponse]  # type: ignore[assignment]
@@ -786,7 +794,10 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _compute_service_pb2.GetCapabilitiesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_compute_service_pb2.GetCapabilitiesResponse, _abc.Awaitable[_compute_service_pb2.GetCapabilitiesResponse]]:
-        """Returns the hypervisor's capabilities XML."""
+        """Returns the hypervisor's capabilities XML, from the service's cache, with
+        its etag; a request carrying the etag of the answer it holds gets
+        unchanged=true and no xml while that answer is still current.
+        """
 
     @_abc_1.abstractmethod
     def GetDomainCapabilities(
@@ -794,7 +805,8 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _compute_service_pb2.GetDomainCapabilitiesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_compute_service_pb2.GetDomainCapabilitiesResponse, _abc.Awaitable[_compute_service_pb2.GetDomainCapabilitiesResponse]]:
-        """Returns domain capabilities XML for an emulator/arch/machine/virt type.
+        """Returns domain capabilities XML for an emulator/arch/machine/virt type,
+        cached and with an etag as GetCapabilities.
         Errors: INVALID_ARGUMENT for an unknown emulator, arch, machine or type.
         """
 
