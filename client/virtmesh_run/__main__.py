@@ -1,0 +1,3 @@
+from virtmesh_run.cli import command
+
+command()
