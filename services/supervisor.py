@@ -39,7 +39,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.authn import ensure_dev_identities
-from guest import example
+from guest import example, kvm_probe
 from services.common import registry
 from services.common.host_daemon import HostDaemon, HostDaemonError
 
@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--virt-type", choices=("kvm", "qemu"),
                         default=os.environ.get("VIRT_TYPE") or None,
                         help="virtualization type of the example guest's demo.xml "
-                             "(env VIRT_TYPE; default kvm when /dev/kvm works, else qemu)")
+                             "(env VIRT_TYPE; default kvm when the example kernel boots "
+                             "under KVM here, else qemu: see guest/kvm_probe.py)")
     parser.add_argument("--metrics-base-port", type=int,
                         default=int(os.environ.get("VIRTMESH_METRICS_BASE_PORT")
                                     or METRICS_BASE_PORT),
@@ -201,6 +202,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     pki = state / "pki"
     ensure_dev_identities(state)
+    if args.virt_type:
+        args.virt_type_why = "as asked (--virt-type, VIRT_TYPE)"
+    else:
+        # a real boot under KVM decides, not /dev/kvm's existence (cached per host)
+        verdict = kvm_probe.decide(state)
+        args.virt_type, args.virt_type_why = verdict.virt_type, kvm_probe.describe(verdict)
+        print(f"virtmesh: example guest on {args.virt_type}: {args.virt_type_why}", flush=True)
     if (state / "guest" / "vmlinuz").exists():
         (state / "guest" / "demo.xml").write_text(example.render("demo", state, args.virt_type))
 
@@ -257,7 +265,7 @@ def _run(args: argparse.Namespace, state: Path, pki: Path, services: list[Child]
                           for i, (name, address) in enumerate(metrics.items()))
     print(BANNER.format(listen=args.listen, state=state, endpoints=endpoints, targets=targets,
                         keep="kept" if args.keep_guests else "shut down",
-                        virt_type=args.virt_type or example.default_virt_type()), flush=True)
+                        virt_type=args.virt_type, virt_type_why=args.virt_type_why), flush=True)
     while not stopping.wait(1):
         for child in services + [gateway]:
             if not child.alive() and not stopping.is_set():
@@ -283,6 +291,7 @@ virtmesh is running.
 {endpoints}
   targets      {targets} (Prometheus file_sd; see deploy/prometheus/README.md)
   guests       {keep} when you press Ctrl-C
+  virt type    {virt_type}: {virt_type_why}
 
 Try, in another terminal (`. .venv/bin/activate` or use .venv/bin/virtmesh):
   virtmesh version
