@@ -122,19 +122,25 @@ class ComputeBackend(Backend):
                          daemon=True).start()
 
     def _warm_up(self, conn: libvirt.virConnect) -> None:
-        """On the new connection itself: the hook runs before it becomes ``conn``."""
+        """On the new connection itself: the hook runs before it becomes ``conn``.
+
+        The default emulator first: that is what a first guest needs. The host's
+        capabilities after it probe every QEMU binary installed, and libvirt holds
+        its capability cache while it probes, so a guest start waits meanwhile;
+        with the shared cache filled (once per host) none of it is probed."""
         started = time.monotonic()
+        root = embedded_root(self.connection.uri)
         try:
-            self.domain_capabilities("", "", "", "", conn)
-            self.capabilities(conn)
+            for warm in (lambda: self.domain_capabilities("", "", "", "", conn),
+                         lambda: self.capabilities(conn)):
+                warm()
+                if root is not None and self._shared_caps is not None:
+                    self._shared_caps.collect(root)  # at once: the service may stop soon
         except (libvirt.libvirtError, ServiceError) as error:
             log.warning("warming capabilities failed: %s", error)
             return
         finally:
             self.warm.set()
-        root = embedded_root(self.connection.uri)
-        if root is not None and self._shared_caps is not None:
-            self._shared_caps.collect(root)
         log.info("capabilities warm in %.2f s (%d libvirt call(s))",
                  time.monotonic() - started, self.capabilities_cache.fetches)
 
