@@ -160,13 +160,14 @@ def main(argv: list[str] | None = None) -> int:
                  f"(console {'here; Ctrl-] leaves' if args.console else vm.console_log})",
                  args.json)
             stopped = _supervise(vm, args, requests, wake, emit)
+            # as soon as the guest is gone; tearing the root down comes after
+            if emit is not None:
+                emit({"event": "stopped", "time": round(time.time(), 3), "name": vm.name,
+                      "reason": stopped.reason, "exit_code": stopped.exit_code})
+            _say(f"{vm.name} stopped: {stopped.reason}", args.json)
     finally:
         if emit is not None:
             _drain(vm, emit)
-    if emit is not None:
-        emit({"event": "stopped", "time": round(time.time(), 3), "name": vm.name,
-              "reason": stopped.reason, "exit_code": stopped.exit_code})
-    _say(f"{vm.name} stopped: {stopped.reason}", args.json)
     if args.keep_root or args.root:
         _say(f"root kept at {vm.root}", args.json)
     return stopped.exit_code

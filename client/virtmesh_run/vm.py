@@ -290,6 +290,8 @@ class Run:
         if self._watchdog is not None:
             if self.keep_root:
                 self._tell_watchdog("keep")
+            if self._stopped is not None:
+                self._tell_watchdog("stopped")  # no QEMU is starting: one look will do
             if self._watchdog.stdin:
                 with contextlib.suppress(OSError):
                     self._watchdog.stdin.close()

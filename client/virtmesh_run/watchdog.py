@@ -6,7 +6,8 @@ program would leave the guest running with nobody to stop it. This process is
 started by the program with a pipe on its stdin, in a session of its own (a
 terminal's Ctrl-C does not reach it). The program writes ``pid N`` lines as it
 learns QEMU's PIDs (held here as pidfds, so a reused PID is never hit) and
-``keep`` when it is done with the root and wants it kept. When the pipe ends,
+``keep`` when it is done with the root and wants it kept, ``stopped`` when it
+saw its guest stop (so no QEMU can still be starting). When the pipe ends,
 for whatever reason the program went away, the watchdog kills every QEMU of
 the root (the pidfds, and any process of ours whose command line names the
 root, for a QEMU that was still starting), and removes a temporary root.
@@ -64,7 +65,7 @@ def _kill(pidfds: list[int], root: Path) -> int:
 
 def watch(root: Path, remove_root: bool) -> int:
     pidfds: list[int] = []
-    keep = False
+    keep = stopped = False
     for line in sys.stdin.buffer:  # until the pipe ends: the program is gone
         words = line.split()
         if words[:1] == [b"pid"] and len(words) == 2 and words[1].isdigit():
@@ -72,8 +73,10 @@ def watch(root: Path, remove_root: bool) -> int:
                 pidfds.append(os.pidfd_open(int(words[1])))
         elif words == [b"keep"]:
             keep = True
+        elif words == [b"stopped"]:
+            stopped = True
     killed = 0
-    deadline = time.monotonic() + SETTLE_SECONDS
+    deadline = time.monotonic() + (0 if stopped else SETTLE_SECONDS)
     while True:
         killed += _kill(pidfds, root)
         if time.monotonic() > deadline:
