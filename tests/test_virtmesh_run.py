@@ -227,6 +227,8 @@ def test_two_runs_at_once_are_isolated(guest_dir: Path, caps_cache: Path,
         second.process.send_signal(signal.SIGTERM)
         second_stop, second_status = second.stopped()
     assert (first_status, second_status) == (0, 0), (first_stop, second_stop)
+    # the XML names a console log file: the runs do not share it, each keeps its own
+    assert not (guest_dir / "guest" / "twin.console.log").exists()
     for root in roots:  # --root: kept, with its own console log and QEMU log
         assert BOOTED in (root / "console.log").read_text(errors="replace")
         assert (root / "log" / "qemu" / "twin.log").exists()

@@ -92,8 +92,9 @@ class Stopped:
 
 
 def console_to_pty(xml: str) -> tuple[str, str]:
-    """The domain XML with its serial console on a pty the program reads (a ``file``
-    or other serial becomes a pty; a guest without one gets one), and its name."""
+    """The domain XML with its first serial port on a pty the program reads (whatever
+    it was, and without a log file of its own; a guest without one gets one), and
+    the guest's name."""
     try:
         domain = ET.fromstring(xml)
     except ET.ParseError as error:
@@ -111,12 +112,13 @@ def console_to_pty(xml: str) -> tuple[str, str]:
             devices.remove(element)  # libvirt pairs console 0 with serial 0 itself
     if serials:
         first = serials[0]
-        if first.get("type") != "pty":
-            first.attrib.clear()
-            first.set("type", "pty")
-            for child in list(first):
-                if child.tag != "target":
-                    first.remove(child)
+        first.attrib.clear()
+        first.set("type", "pty")
+        # its <log>, its <source> go: the output is ours (ROOT/console.log), and a file
+        # named in the XML would be shared by every run of it
+        for child in list(first):
+            if child.tag != "target":
+                first.remove(child)
     else:
         serial = ET.SubElement(devices, "serial", type="pty")
         ET.SubElement(serial, "target", port="0")
