@@ -20,7 +20,8 @@ help:
 	@echo "make test   install what is missing and run the whole test suite"
 	@echo "make lint   buf lint + format check, generated-code check, ruff, mypy"
 	@echo "make gen    regenerate Python code from protos/"
-	@echo "make bench  libvirtd vs compute service vs gateway, scrapes, volume streaming: figures"
+	@echo "make bench  libvirtd vs compute service vs gateway, scrapes, volume streaming,"
+	@echo "            cold vs warm starts of virtmesh-run and compute: figures"
 	@echo "make fuzz   COUNT mutated documents (default 20000, SEED=n) on every define path"
 	@echo "make image  build the container image from deploy/Containerfile (IMAGE=$(IMAGE))"
 
@@ -78,10 +79,11 @@ fuzz: $(PY_STAMP)
 	VIRTMESH_FUZZ_COUNT=$(COUNT) VIRTMESH_FUZZ_SEED=$(SEED) $(PY) -m pytest -q \
 	  tests/test_hostile_input.py -k fuzz
 
-bench: $(PY_STAMP)
+bench: $(PY_STAMP) $(GUEST)
 	$(PY) -m bench.bench --out bench-results.json
 	$(PY) -m bench.scrape
 	$(PY) -m bench.volume_stream --sizes 64,512
+	$(PY) -m bench.cold_start --state-dir $(STATE) --repeat 3 --out bench-cold-start.json
 
 # The container image; needs a working builder (a docker client alone, without an
 # engine, is not one). Fails, rather than pretending, when there is none.
