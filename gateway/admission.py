@@ -87,6 +87,9 @@ class CallGuard:
         #: the objects the request addresses, as authorisation found them
         self.objects: tuple[str, ...] = ()
         self.denied = ""
+        #: a streaming call's message bytes from and to the client, for its record
+        self.streamed: list[int] | None = (
+            [0, 0] if method.client_streaming or method.server_streaming else None)
         self.started = time.perf_counter()
         self._recorded = False
         # Read now, while the call is alive: end() may run after grpc.aio has released
@@ -108,6 +111,19 @@ class CallGuard:
             self.end(error=error)
             raise
         self.end()
+
+    async def counted(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """A request stream, its bytes counted for the record."""
+        assert self.streamed is not None
+        async for message in requests:
+            self.streamed[0] += len(message)
+            yield message
+
+    def sent(self, response: bytes) -> bytes:
+        """A response of a streaming call, its bytes counted for the record."""
+        if self.streamed is not None:
+            self.streamed[1] += len(response)
+        return response
 
     def authenticate(self) -> Identity:
         try:
@@ -152,4 +168,6 @@ class CallGuard:
         self.access.audit.record(method=self.path, identity=self.identity,
                                  peer=self.peer, objects=self.objects, code=code,
                                  duration=time.perf_counter() - self.started,
-                                 denied_permission=self.denied)
+                                 denied_permission=self.denied,
+                                 streamed=(self.streamed[0], self.streamed[1])
+                                 if self.streamed else None)

@@ -87,7 +87,9 @@ class AuditLog:
 
     def record(self, *, method: str, identity: Identity | None, peer: str,
                objects: tuple[str, ...], code: grpc.StatusCode, duration: float,
-               denied_permission: str = "") -> None:
+               denied_permission: str = "", streamed: tuple[int, int] | None = None) -> None:
+        """``streamed``: a streaming call's bytes from and to the client (a console or
+        graphics session, an upload): its record also says when it started."""
         entry: dict[str, object] = {
             "time": rfc3339_now(),
             "identity": identity.name if identity else None,
@@ -102,6 +104,9 @@ class AuditLog:
         }
         if denied_permission:
             entry["denied_permission"] = denied_permission
+        if streamed is not None:
+            entry["started"] = rfc3339_now(duration)
+            entry["bytes_from_client"], entry["bytes_to_client"] = streamed
         if identity is None:
             if not self._anonymous.take():
                 self.suppressed += 1

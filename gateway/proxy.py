@@ -138,7 +138,8 @@ class ProxyHandler(grpc.GenericRpcHandler):
                 return guard.authorize(identity, decoded(route.request_class, request)), request
             # A request stream is authorised by its first message, which names the object.
             first, request = await _peek(request)
-            return guard.authorize(identity, decoded(route.request_class, first)), request
+            return (guard.authorize(identity, decoded(route.request_class, first)),
+                    guard.counted(request))
 
         if not route.server_streaming:
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> bytes:
@@ -149,7 +150,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
                         decision, request = await admit(guard, identity, request)
                         response = await forward(request, context, identity)
                         # A unary List response is never dropped whole, only its items.
-                        response = filtered(decision, response) or b""
+                        response = guard.sent(filtered(decision, response) or b"")
                 return response
 
             return unary_response
@@ -171,7 +172,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
                         async for response in responses:
                             kept = filtered(decision, response)
                             if kept is not None:
-                                yield kept
+                                yield guard.sent(kept)
 
         return stream_response
 

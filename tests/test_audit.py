@@ -122,7 +122,7 @@ def bytes_method() -> tuple[MethodDescriptor, Any] | None:
     for service in proxied_services():
         for method in service.methods:
             fields = [f for f in method.input_type.fields if f.type == FieldDescriptor.TYPE_BYTES]
-            if fields and not acl.is_read_only(method):
+            if fields and not acl.is_read_only(method) and not method.client_streaming:
                 request = message_factory.GetMessageClass(method.input_type)()
                 setattr(request, fields[0].name, SECRET_VALUE)
                 return method, request

@@ -62,6 +62,11 @@ WRITES: list[tuple[str, Message]] = [
     ("RevertToSnapshot", pb.RevertToSnapshotRequest(name="alpha", snapshot="one")),
     ("DeleteSnapshot", pb.DeleteSnapshotRequest(name="alpha", snapshot="one")),
     ("GetDomainCapabilities", pb.GetDomainCapabilitiesRequest()),
+    ("OpenDomainConsole", pb.OpenDomainConsoleRequest(name="alpha")),
+    ("OpenDomainChannel", pb.OpenDomainChannelRequest(name="alpha", channel="org.x.0")),
+    ("OpenDomainGraphics", pb.OpenDomainGraphicsRequest(name="alpha")),
+    ("GetDomainScreenshot", pb.GetDomainScreenshotRequest(name="alpha")),
+    ("SendDomainKey", pb.SendDomainKeyRequest(name="alpha", keys=["KEY_A"])),
     # read-only RPCs whose request asks for more: libvirt's read_secure
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", secure=True)),
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", migratable=True)),
@@ -79,6 +84,7 @@ READS: list[tuple[str, Message]] = [
     ("GetNodeInfo", pb.GetNodeInfoRequest()),
     ("GetVersion", pb.GetVersionRequest()),
     ("WatchDomainEvents", pb.WatchDomainEventsRequest()),
+    ("GetDomainDisplay", pb.GetDomainDisplayRequest(name="alpha")),
 ]
 
 
@@ -115,8 +121,11 @@ def ro_stub(daemon: Daemon) -> contextlib.AbstractContextManager[pb_grpc.Compute
 
 def call(stub: pb_grpc.ComputeServiceStub, name: str, request: Message,
          metadata: tuple[tuple[str, str], ...] = ()) -> Any:
-    """Make the call; a stream is made until its headers (subscribed), then cancelled."""
+    """Make the call; a stream is made until its headers (subscribed), then cancelled.
+    A request stream is the one request."""
     method = getattr(stub, name)
+    if METHODS[name].client_streaming:
+        request = iter([request])  # type: ignore[assignment]
     if METHODS[name].server_streaming:
         stream = method(request, timeout=10, metadata=metadata)
         stream.initial_metadata()

@@ -39,6 +39,8 @@ class Config:
     max_workers: int = 32
     max_message_bytes: int = 16 * 1024 * 1024
     max_event_watchers: int = 64
+    #: console, channel and graphics sessions open at once (each holds a thread)
+    max_sessions: int = 32
     #: libvirt keepalive for remote URIs: probe interval (s) and missed probes allowed.
     keepalive_interval: int = 5
     keepalive_count: int = 5

@@ -289,10 +289,10 @@ class Daemon:
             self.metrics = metrics.MetricsEndpoint(config.metrics_listen, [
                 *metrics.SERVICE_METRICS, metrics.ConnectionCollector(self.connection), *own])
 
-        # A watch stream holds its thread for its whole life: watchers get threads of
-        # their own on top of max_workers, so they can never starve unary calls. Both
-        # sockets share the threads (and the servicer's limit on watchers).
-        threads = config.max_workers + config.max_event_watchers
+        # A watch stream or a console session holds its thread for its whole life: they
+        # get threads of their own on top of max_workers, so they can never starve unary
+        # calls. Both sockets share the threads (and the servicer's limits).
+        threads = config.max_workers + config.max_event_watchers + config.max_sessions
         executor = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc")
         # outermost first: observe the status errors are mapped to
         self.server = self._serve(executor, threads * 4, self.socket_path, config.socket_mode, [

@@ -96,6 +96,8 @@ def require(value: str, field: str) -> str:
 _REFINEMENTS: tuple[tuple[int, str, grpc.StatusCode], ...] = (
     # libvirt's RPC client, asked to send on a connection its daemon has closed
     (libvirt.VIR_ERR_INTERNAL_ERROR, "client socket is closed", _C.UNAVAILABLE),
+    # virChrdevOpen without force while another session holds a console or channel
+    (libvirt.VIR_ERR_OPERATION_FAILED, "Active console session exists", _C.FAILED_PRECONDITION),
     # virDomainObjListAdd: "domain 'x' already exists with uuid ..."
     (libvirt.VIR_ERR_OPERATION_FAILED, "already exists", _C.ALREADY_EXISTS),
     (libvirt.VIR_ERR_INTERNAL_ERROR, "already exists", _C.ALREADY_EXISTS),

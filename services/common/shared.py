@@ -63,9 +63,9 @@ def is_uuid(text: str) -> bool:
     return True
 
 
-def rfc3339_now() -> str:
-    """Now in UTC, to the millisecond: ``2026-01-02T03:04:05.678Z``."""
-    now = datetime.datetime.now(datetime.UTC)
+def rfc3339_now(seconds_ago: float = 0.0) -> str:
+    """Now (or ``seconds_ago``) in UTC, to the millisecond: ``2026-01-02T03:04:05.678Z``."""
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=seconds_ago)
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +20,14 @@ from services.common.config import Config
 from services.common.errors import ServiceError, require
 from services.common.libvirt_connection import LibvirtConnection
 from services.common.sandbox import ParseSandbox
+from services.compute.backend_sessions import (
+    Display,
+    SocketSession,
+    StreamSession,
+    displays,
+    first_console,
+    stream_chunks,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -241,6 +249,65 @@ class ComputeBackend(Backend):
         self.snapshot(name, snapshot).delete(
             (libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_CHILDREN if children else 0)
             | (libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY if metadata_only else 0))
+
+    # -- console and graphics -------------------------------------------------
+
+    def running(self, name: str) -> libvirt.virDomain:
+        """A domain that must be running for what is asked of it."""
+        dom = self.lookup(name)
+        if not dom.isActive():
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"domain '{dom.name()}' is not running",
+                               "VIR_ERR_OPERATION_INVALID")
+        return dom
+
+    def open_console(self, name: str, device: str, force: bool) -> tuple[StreamSession, str]:
+        """The console session and the console's alias."""
+        dom = self.running(name)
+        device = device or first_console(dom.XMLDesc(0))
+        stream = self.conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+        flags = (libvirt.VIR_DOMAIN_CONSOLE_FORCE if force else 0) | libvirt.VIR_DOMAIN_CONSOLE_SAFE
+        dom.openConsole(device or None, stream, flags)
+        return StreamSession(stream, "console"), device
+
+    def open_channel(self, name: str, channel: str, force: bool) -> StreamSession:
+        dom = self.running(name)
+        stream = self.conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+        dom.openChannel(require(channel, "channel"), stream,
+                        libvirt.VIR_DOMAIN_CHANNEL_FORCE if force else 0)
+        return StreamSession(stream, "channel")
+
+    def open_graphics(self, name: str, index: int, skip_auth: bool) -> tuple[SocketSession, str]:
+        """A connection to display ``index`` and its protocol."""
+        dom = self.running(name)
+        found = displays(dom.XMLDesc(0))
+        if index >= len(found):
+            raise ServiceError(grpc.StatusCode.NOT_FOUND,
+                               f"domain '{dom.name()}' has {len(found)} graphics device(s); "
+                               f"there is no index {index}", "NO_GRAPHICS")
+        fd = dom.openGraphicsFD(index, libvirt.VIR_DOMAIN_OPEN_GRAPHICS_SKIPAUTH
+                                if skip_auth else 0)
+        return SocketSession(fd), found[index].type
+
+    def screenshot(self, name: str, screen: int) -> tuple[str, Generator[bytes, None, None]]:
+        """The image's MIME type and its bytes."""
+        dom = self.running(name)
+        if not displays(dom.XMLDesc(0)):
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"domain '{dom.name()}' has no display", "NO_GRAPHICS")
+        stream = self.conn.newStream(0)
+        try:
+            mime = dom.screenshot(stream, screen, 0)
+        except BaseException:
+            stream.abort()
+            raise
+        return mime, stream_chunks(stream)
+
+    def send_key(self, name: str, code_set: int, hold_ms: int, codes: list[int]) -> None:
+        self.running(name).sendKey(code_set, hold_ms, codes, len(codes), 0)
+
+    def displays(self, name: str) -> list[Display]:
+        return displays(self.running(name).XMLDesc(0))
 
     # -- events, statistics and host ------------------------------------------
 

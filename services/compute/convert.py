@@ -9,13 +9,17 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, cast
 
+import grpc
 import libvirt
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.convert import libvirt_to_proto, proto_to_libvirt
 from services.common.events import now
+from services.common.shared import ServiceError
+from services.compute.backend_sessions import Display
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 
 
@@ -224,3 +228,60 @@ def node_info(info: Sequence[Any]) -> pb.GetNodeInfoResponse:
     return pb.GetNodeInfoResponse(model=model, memory_kib=memory_mib * 1024, cpus=cpus,
                                   mhz=mhz, nodes=nodes, sockets=sockets, cores=cores,
                                   threads=threads)
+
+
+# -- console and graphics ------------------------------------------------------
+
+#: KeyCodeSet -> virKeycodeSet; unset is Linux's
+KEY_CODE_SETS: dict[int, int] = {
+    pb.KEY_CODE_SET_UNSPECIFIED: libvirt.VIR_KEYCODE_SET_LINUX,
+    **proto_to_libvirt(pb.KeyCodeSet, "KEY_CODE_SET_", "VIR_KEYCODE_SET_"),  # type: ignore[arg-type]
+}
+#: Linux key name (KEY_ENTER, BTN_LEFT) -> code, from tools/linux-key-names.py
+LINUX_KEYS: dict[str, int] = {
+    name: int(code) for name, code in (
+        line.split() for line in
+        (Path(__file__).with_name("linux_key_names.txt").read_text().splitlines()))
+}
+#: virDomainSendKey's limit (VIR_DOMAIN_SEND_KEY_MAX_KEYS)
+MAX_KEYS = 16
+
+
+def key_codes(code_set: int, keys: Sequence[str]) -> tuple[int, list[int]]:
+    """virDomainSendKey's code set and codes for keys as virsh send-key takes them:
+    Linux names (KEY_ENTER, ENTER, enter), or numbers in ``code_set``."""
+    if not keys or len(keys) > MAX_KEYS:
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"send 1 to {MAX_KEYS} keys at once, not {len(keys)}", "INVALID_KEYS")
+    libvirt_set = KEY_CODE_SETS.get(code_set)
+    if libvirt_set is None:
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown code set {code_set}",
+                           "INVALID_KEYS")
+    codes, named = [], False
+    for key in keys:
+        try:
+            codes.append(int(key, 0))
+            continue
+        except ValueError:
+            pass
+        upper = key.upper()
+        code = LINUX_KEYS.get(upper, LINUX_KEYS.get(f"KEY_{upper}"))
+        if code is None:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"unknown key name {key!r} (Linux key names such as KEY_ENTER, "
+                               "or numbers in the code set)", "INVALID_KEYS")
+        codes.append(code)
+        named = True
+    if named and libvirt_set != libvirt.VIR_KEYCODE_SET_LINUX:
+        set_name = pb.KeyCodeSet.Name(cast("pb.KeyCodeSet.ValueType", code_set))
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "key names are Linux names: "
+                           f"with code set {set_name} give numbers", "INVALID_KEYS")
+    if any(code < 0 or code > 0xFFFF for code in codes):
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "key codes are 0 to 65535",
+                           "INVALID_KEYS")
+    return libvirt_set, codes
+
+
+def display(found: Display) -> pb.DomainDisplay:
+    return pb.DomainDisplay(type=found.type, address=found.address, port=found.port,
+                            tls_port=found.tls_port, socket=found.socket, uri=found.uri)

@@ -5,13 +5,18 @@ No try/except here: errors travel to the ErrorInterceptor.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from collections.abc import Iterator
+from typing import Protocol, TypeVar
 
 import grpc
 
 from services.common.config import Config
 from services.common.libvirt_connection import LibvirtConnection
+from services.common.relay import MAX_CHUNK, Slots, relay
 from services.common.servicer import DriverServicer, optional_bools
+from services.common.shared import ServiceError
 from services.common.version import VERSION
 from services.compute import convert
 from services.compute.backend import ComputeBackend
@@ -21,11 +26,40 @@ from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 Ctx = grpc.ServicerContext
 
 
+class _HasData(Protocol):
+    name: str
+    data: bytes
+
+
+R = TypeVar("R", bound=_HasData)
+
+
+def _first(requests: Iterator[R], what: str) -> R:
+    """A session's first message, which names the domain."""
+    first = next(requests, None)
+    if first is None:
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"the {what} stream is empty; its first message must name the "
+                           "domain", "EMPTY_STREAM")
+    return first
+
+
+def _data(first: _HasData, requests: Iterator[_HasData]) -> Iterator[bytes]:
+    """The bytes of a session's messages, the first one's included."""
+    for request in itertools.chain((first,), requests):
+        if len(request.data) > MAX_CHUNK:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"a message carries at most {MAX_CHUNK} bytes", "CHUNK_TOO_LARGE")
+        yield request.data
+
+
 class ComputeServicer(DriverServicer[ComputeBackend, pb.WatchDomainEventsResponse],
                       pb_grpc.ComputeServiceServicer):
     def __init__(self, connection: LibvirtConnection, config: Config) -> None:
         backend = ComputeBackend(connection)
         super().__init__(backend, config, backend.register_events, convert.domain_event)
+        self.sessions = Slots(config.max_sessions, "console, channel and graphics sessions",
+                              "max_sessions")
 
     def WatchDomainEvents(self, request: pb.WatchDomainEventsRequest,
                           context: Ctx) -> Iterator[pb.WatchDomainEventsResponse]:
@@ -163,6 +197,55 @@ class ComputeServicer(DriverServicer[ComputeBackend, pb.WatchDomainEventsRespons
         self.backend.delete_snapshot(request.name, request.snapshot, request.children,
                                      request.metadata_only)
         return pb.DeleteSnapshotResponse()
+
+    # -- console and graphics -------------------------------------------------
+
+    def OpenDomainConsole(self, request_iterator: Iterator[pb.OpenDomainConsoleRequest],
+                          context: Ctx) -> Iterator[pb.OpenDomainConsoleResponse]:
+        first = _first(request_iterator, "console")
+        with self.sessions.held():
+            session, device = self.backend.open_console(first.name, first.device, first.force)
+            yield pb.OpenDomainConsoleResponse(device=device)
+            for data in relay(session, _data(first, request_iterator), context.add_callback):
+                yield pb.OpenDomainConsoleResponse(data=data)
+
+    def OpenDomainChannel(self, request_iterator: Iterator[pb.OpenDomainChannelRequest],
+                          context: Ctx) -> Iterator[pb.OpenDomainChannelResponse]:
+        first = _first(request_iterator, "channel")
+        with self.sessions.held():
+            session = self.backend.open_channel(first.name, first.channel, first.force)
+            yield pb.OpenDomainChannelResponse(channel=first.channel)
+            for data in relay(session, _data(first, request_iterator), context.add_callback):
+                yield pb.OpenDomainChannelResponse(data=data)
+
+    def OpenDomainGraphics(self, request_iterator: Iterator[pb.OpenDomainGraphicsRequest],
+                           context: Ctx) -> Iterator[pb.OpenDomainGraphicsResponse]:
+        first = _first(request_iterator, "graphics connection")
+        with self.sessions.held():
+            session, protocol = self.backend.open_graphics(first.name, first.index,
+                                                           first.skip_auth)
+            yield pb.OpenDomainGraphicsResponse(protocol=protocol)
+            for data in relay(session, _data(first, request_iterator), context.add_callback):
+                yield pb.OpenDomainGraphicsResponse(data=data)
+
+    def GetDomainScreenshot(self, request: pb.GetDomainScreenshotRequest,
+                            context: Ctx) -> Iterator[pb.GetDomainScreenshotResponse]:
+        mime, chunks = self.backend.screenshot(request.name, request.screen)
+        yield pb.GetDomainScreenshotResponse(mime_type=mime)
+        with contextlib.closing(chunks):  # a cancelled call aborts libvirt's stream at once
+            for data in chunks:
+                yield pb.GetDomainScreenshotResponse(data=data)
+
+    def SendDomainKey(self, request: pb.SendDomainKeyRequest,
+                      context: Ctx) -> pb.SendDomainKeyResponse:
+        code_set, codes = convert.key_codes(request.code_set, request.keys)
+        self.backend.send_key(request.name, code_set, request.hold_time_ms, codes)
+        return pb.SendDomainKeyResponse()
+
+    def GetDomainDisplay(self, request: pb.GetDomainDisplayRequest,
+                         context: Ctx) -> pb.GetDomainDisplayResponse:
+        return pb.GetDomainDisplayResponse(
+            displays=[convert.display(found) for found in self.backend.displays(request.name)])
 
     # -- statistics and host --------------------------------------------------
 
