@@ -340,7 +340,11 @@ def test_vncdotool_captures_a_frame_through_the_tunnel(graphics: Graphics,
 
 def test_ten_viewers_at_once_all_get_frames(graphics: Graphics) -> None:
     """Ten connections open together (each its own stream), then each asks for a
-    full frame at the same time; bench/graphics.py's minimal RFB client reads them."""
+    full frame at the same time; bench/graphics.py's minimal RFB client reads them.
+    When they hang up, the compute service closes their fds."""
+    compute = graphics.mesh.compute.popen
+    assert compute is not None
+    baseline = settled_fds(compute.pid)
     sockets = [socket.create_connection(("127.0.0.1", graphics.port), timeout=120)
                for _ in range(10)]
     try:
@@ -353,6 +357,8 @@ def test_ten_viewers_at_once_all_get_frames(graphics: Graphics) -> None:
     finally:
         for sock in sockets:
             sock.close()
+    wait_for(lambda: open_fds(compute.pid) <= baseline, PATIENCE,
+             "the service to close the fds of the viewers that left")
     assert graphics.tunnel.poll() is None, "the tunnel must serve on after its viewers leave"
 
 
@@ -421,19 +427,24 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def settled_fds(pid: int) -> int:
+    """The process's fd count once it is the same twice, a second apart."""
+    counts = [-1]
+
+    def settled() -> bool:
+        counts.append(open_fds(pid))
+        time.sleep(1)
+        return counts[-1] == counts[-2]
+    wait_for(settled, PATIENCE, "the service's fd count to settle")
+    return counts[-1]
+
+
 def test_cancelled_stream_leaves_no_fd_open(graphics: Graphics) -> None:
     popen = graphics.mesh.compute.popen
     assert popen is not None
     with graphics.client() as client:
         GraphicsStream(client, GUEST).close()  # the connection and its threads exist now
-        counts = [-1]
-
-        def settled() -> bool:  # the same count twice, a second apart
-            counts.append(open_fds(popen.pid))
-            time.sleep(1)
-            return counts[-1] == counts[-2]
-        wait_for(settled, PATIENCE, "the service's fd count to settle")
-        baseline = counts[-1]
+        baseline = settled_fds(popen.pid)
         streams = [GraphicsStream(client, GUEST) for _ in range(5)]
         greetings = [next(iter(stream)) for stream in streams]
         assert greetings == [b"RFB 003.008\n"] * 5
