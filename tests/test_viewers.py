@@ -296,16 +296,17 @@ def test_remote_viewer_shows_the_guest_through_the_tunnel(graphics: Graphics, xv
     assert_same_display(shown, guest)
 
 
+@pytest.mark.parametrize("program", ["gvncviewer", "remote-viewer"])
 def test_virtmesh_viewer_starts_a_viewer_and_ends_with_it(graphics: Graphics, xvfb: Xvfb,
-                                                          tmp_path: Path) -> None:
-    argv = graphics.argv("viewer", GUEST, "--viewer", "gvncviewer")
+                                                          tmp_path: Path, program: str) -> None:
+    argv = graphics.argv("viewer", GUEST, "--viewer", program)
     status: list[int] = []
 
     def close_the_viewer(virtmesh: subprocess.Popen[bytes]) -> None:
         """As a user closing its window: the viewer exits 0, and then virtmesh does."""
         children = Path(f"/proc/{virtmesh.pid}/task/{virtmesh.pid}/children").read_text()
         viewer, = (int(pid) for pid in children.split()
-                   if "gvncviewer" in Path(f"/proc/{pid}/cmdline").read_text())
+                   if program in Path(f"/proc/{pid}/cmdline").read_text())
         os.kill(viewer, signal.SIGTERM)
         try:
             status.append(virtmesh.wait(PATIENCE))

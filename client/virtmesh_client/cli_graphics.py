@@ -262,15 +262,18 @@ def cmd_vnc(client: Client, args: argparse.Namespace, out: Output) -> None:
         tunnel.serve()
 
 
-def viewer_argv(program: str, tunnel: Tunnel, title: str) -> list[str]:
+def viewer_argv(program: str, tunnel: Tunnel, protocol: str, title: str) -> list[str]:
     """How each viewer is told where to connect: remote-viewer takes a URI with the
-    TCP port, gvncviewer ``HOST:DISPLAY`` (port 5900 + display)."""
+    TCP port (vnc:// or spice://), gvncviewer ``HOST:DISPLAY`` (port 5900 + display)."""
     if Path(program).name == "gvncviewer":
+        if protocol != "vnc":
+            raise UsageError(f"gvncviewer speaks VNC only; this display is {protocol} "
+                             "(use --viewer remote-viewer)")
         if tunnel.port < 5900:
             raise UsageError(f"gvncviewer reaches only ports from 5900 on; got {tunnel.port} "
                              "(pick one with --listen)")
         return [program, f"{tunnel.host}:{tunnel.port - 5900}"]
-    return [program, "--title", title, tunnel.url()]
+    return [program, "--title", title, tunnel.url(protocol)]
 
 
 def find_viewer(wanted: str | None) -> str:
@@ -286,10 +289,10 @@ def find_viewer(wanted: str | None) -> str:
 def cmd_viewer(client: Client, args: argparse.Namespace, out: Output) -> None:
     program = find_viewer(args.viewer)
     with Tunnel(client, args.name, args.listen, args.index) as tunnel:
-        tunnel.check()
-        argv = viewer_argv(program, tunnel, f"{args.name} (virtmesh)")
+        protocol = tunnel.check()
+        argv = viewer_argv(program, tunnel, protocol, f"{args.name} (virtmesh)")
         threading.Thread(target=tunnel.serve, name="vnc-listener", daemon=True).start()
-        print(f"{Path(program).name} on {tunnel.url()}", file=sys.stderr, flush=True)
+        print(f"{Path(program).name} on {tunnel.url(protocol)}", file=sys.stderr, flush=True)
         viewer = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
         try:
             status = viewer.wait()
