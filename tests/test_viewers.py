@@ -157,14 +157,17 @@ def find_in(screen: Image.Image, guest: Image.Image, tolerance: float = 0.1
             ) -> Image.Image | None:
     """The part of ``screen`` that shows ``guest`` at 1:1 (a viewer's window), or None.
 
-    Candidates are where the guest's first lit pixel could be; a blinking cursor or
-    a line printed between the two captures is within ``tolerance``."""
+    Candidates are where the guest's first lit pixel could be (remote-viewer's
+    header bar has thousands of pixels of its grey); a candidate is checked
+    on the eight pixel rows from there first, then whole. A blinking cursor or a
+    line printed between the two captures is within ``tolerance``."""
     box = guest.convert("L").getbbox()
     if box is None:
         return None
     x0 = box[0]
     y0 = next(y for y in range(box[1], box[3]) if guest.getpixel((x0, y)) != (0, 0, 0))
     first = guest.getpixel((x0, y0))
+    band = guest.crop((0, y0, guest.width, y0 + 8))
     pixels = screen.load()
     assert pixels is not None
     tried = 0
@@ -173,9 +176,11 @@ def find_in(screen: Image.Image, guest: Image.Image, tolerance: float = 0.1
             if pixels[x, y] != first:
                 continue
             tried += 1
-            if tried > 4000:
-                return None
-            crop = screen.crop((x - x0, y - y0, x - x0 + guest.width, y - y0 + guest.height))
+            assert tried < 200_000, "the screen is nearly all one colour: no viewer on it"
+            left = x - x0
+            if mismatch(screen.crop((left, y, left + guest.width, y + 8)), band) > tolerance:
+                continue
+            crop = screen.crop((left, y - y0, left + guest.width, y - y0 + guest.height))
             if mismatch(crop, guest) <= tolerance:
                 return crop
     return None
