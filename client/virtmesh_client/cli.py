@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 from virtmesh_client import (
     cli_compute,
+    cli_console,
     cli_gateway,
     cli_iface,
     cli_network,
@@ -39,7 +40,7 @@ from virtmesh_client.cli_output import Output
 from virtmesh_client.client import DEFAULT_TIMEOUT, ClientError, ConfigError
 
 #: every service's commands, in the order ``--help`` lists them
-COMMAND_MODULES = (cli_compute, cli_gateway, cli_iface, cli_network, cli_nodedev,
+COMMAND_MODULES = (cli_compute, cli_console, cli_gateway, cli_iface, cli_network, cli_nodedev,
                    cli_nwfilter, cli_secret, cli_storage)
 START_HINT = "; is virtmesh running? start it with `make run`"
 
