@@ -20,7 +20,8 @@ help:
 	@echo "make test   install what is missing and run the whole test suite"
 	@echo "make lint   buf lint + format check, generated-code check, ruff, mypy"
 	@echo "make gen    regenerate Python code from protos/"
-	@echo "make bench  libvirtd vs compute service vs gateway, scrapes, volume streaming: figures"
+	@echo "make bench  libvirtd vs compute service vs gateway, scrapes, volume streaming,"
+	@echo "            a VNC viewer's frame latency through the gateway: figures"
 	@echo "make fuzz   COUNT mutated documents (default 20000, SEED=n) on every define path"
 	@echo "make image  build the container image from deploy/Containerfile (IMAGE=$(IMAGE))"
 
@@ -82,6 +83,7 @@ bench: $(PY_STAMP)
 	$(PY) -m bench.bench --out bench-results.json
 	$(PY) -m bench.scrape
 	$(PY) -m bench.volume_stream --sizes 64,512
+	$(PY) -m bench.graphics
 
 # The container image; needs a working builder (a docker client alone, without an
 # engine, is not one). Fails, rather than pretending, when there is none.
