@@ -37,13 +37,15 @@ GUEST = "con"
 ECHO_CHANNEL = "org.virtmesh.echo.0"
 #: typed into the guest's shell; the answer is not in what the shell echoes back
 QUESTION, ANSWER = b"echo $((6*7))\n", b"42"
+MAX_SESSIONS = 4
 
 
 @pytest.fixture(scope="module")
 def qemu_mesh() -> Iterator[Mesh]:
     with short_state_dir() as state:
         authn.ensure_dev_identities(state)
-        with running_mesh(state, EMBED_URI, "--guests-on-exit", "destroy") as mesh:
+        with running_mesh(state, EMBED_URI, "--guests-on-exit", "destroy",
+                          "--max-sessions", str(MAX_SESSIONS)) as mesh:
             with client_of(mesh) as client:
                 client.call("CreateDomain", pb.CreateDomainRequest(
                     xml=example.render(GUEST, state, "qemu")))
@@ -106,6 +108,26 @@ def test_console_runs_a_command_in_the_guest(qemu_mesh: Mesh) -> None:
         reader.ask(QUESTION, b"\r\n" + ANSWER)
         session.close()  # our half-close ends the session: status OK
         assert reader.ended.wait(30) and reader.error is None
+
+
+def test_sessions_are_bounded(qemu_mesh: Mesh) -> None:
+    """--max-sessions: one more is RESOURCE_EXHAUSTED until one of them ends."""
+    def display(client: Client) -> Session:
+        return client.session("OpenDomainGraphics", pb.OpenDomainGraphicsRequest(name=GUEST))
+
+    with client_of(qemu_mesh) as client, contextlib.ExitStack() as open_sessions:
+        sessions = [open_sessions.enter_context(display(client))
+                    for _ in range(MAX_SESSIONS)]
+        assert all(session.opened.protocol == "vnc" for session in sessions)
+        with pytest.raises(ClientError) as refused:
+            display(client)
+        assert (refused.value.code, refused.value.reason) == (
+            "RESOURCE_EXHAUSTED", "TOO_MANY_SESSIONS"), refused.value
+        sessions[0].close()
+        for _ in sessions[0]:
+            pass  # QEMU's RFB greeting, then the end: the slot is free again
+        with display(client) as again:
+            assert again.opened.protocol == "vnc"
 
 
 def test_a_second_session_needs_force_and_takes_over(qemu_mesh: Mesh) -> None:
