@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 from virtmesh_client import (
     cli_compute,
+    cli_console,
     cli_gateway,
     cli_graphics,
     cli_iface,
@@ -40,8 +41,8 @@ from virtmesh_client.cli_output import Output
 from virtmesh_client.client import DEFAULT_TIMEOUT, ClientError, ConfigError
 
 #: every service's commands, in the order ``--help`` lists them
-COMMAND_MODULES = (cli_compute, cli_gateway, cli_graphics, cli_iface, cli_network, cli_nodedev,
-                   cli_nwfilter, cli_secret, cli_storage)
+COMMAND_MODULES = (cli_compute, cli_console, cli_gateway, cli_graphics, cli_iface,
+                   cli_network, cli_nodedev, cli_nwfilter, cli_secret, cli_storage)
 #: commands that run until Ctrl-C, which ends them with status 0
 UNTIL_CTRL_C = ("events", "vnc")
 START_HINT = "; is virtmesh running? start it with `make run`"

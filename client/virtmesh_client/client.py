@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +32,8 @@ DEFAULT_STATE_DIR = ".virtmesh"
 DEFAULT_TIMEOUT = 30.0
 #: the services accept messages this large (capabilities XML can be big)
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: the most bytes a session message carries (the services' limit)
+SESSION_CHUNK = 64 * 1024
 
 
 class ConfigError(Exception):
@@ -116,6 +119,61 @@ class EventStream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Session:
+    """A byte session with a guest (OpenDomainConsole, OpenDomainChannel,
+    OpenDomainGraphics): ``send`` bytes, iterate the bytes that come back.
+
+    Construction returns once the service has opened the device (its first
+    response, kept in ``opened``). ``close`` ends the session from our side (a
+    half-close: the service ends it, status OK); ``cancel`` abandons it. At most
+    a few messages wait to be sent: ``send`` blocks when the service is slower.
+    """
+
+    def __init__(self, method: Any, first: Any) -> None:
+        self._request_type = type(first)
+        self._outgoing: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+
+        def requests() -> Iterator[Any]:
+            yield first
+            while (data := self._outgoing.get()) is not None:
+                yield self._request_type(data=data)
+
+        self.call = method(requests(), timeout=None)
+        try:
+            with rpc_errors():
+                self.opened = next(self.call)
+        except BaseException:
+            self.cancel()
+            raise
+
+    def send(self, data: bytes) -> None:
+        for start in range(0, len(data), SESSION_CHUNK):
+            self._outgoing.put(data[start:start + SESSION_CHUNK])
+
+    def close(self) -> None:
+        self._outgoing.put(None)
+
+    def cancel(self) -> None:
+        self.call.cancel()
+        with contextlib.suppress(queue.Full):  # the request thread must end too
+            while True:
+                with contextlib.suppress(queue.Empty):
+                    self._outgoing.get_nowait()
+                self._outgoing.put_nowait(None)
+                return
+
+    def __iter__(self) -> Iterator[bytes]:
+        with rpc_errors():
+            for response in self.call:
+                yield response.data
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
 
 
 class Client:
@@ -230,6 +288,14 @@ class Client:
                 return call.result()
         finally:
             call.cancel()
+
+    def session(self, method: str, first: Any) -> Session:
+        """Open a console, channel or graphics session; ``first`` names the domain."""
+        return Session(self.method(method, type(first)), first)
+
+    def console(self, name: str, device: str = "", force: bool = False) -> Session:
+        return self.session("OpenDomainConsole", pb.OpenDomainConsoleRequest(
+            name=name, device=device, force=force))
 
     def all_pages(self, method: str, request: Any, field: str) -> list[Any]:
         """The items in ``field`` of every page of a List RPC, following next_page_token."""
