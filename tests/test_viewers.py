@@ -536,3 +536,32 @@ def test_vnc_command_ends_on_ctrl_c_with_status_0(graphics: Graphics) -> None:
         if process.poll() is None:
             process.kill()
         process.wait()
+
+
+def test_spice_display_through_the_tunnel(graphics: Graphics) -> None:
+    """A SPICE display reached the same way: QEMU's SPICE server answers a link
+    request for the main channel through the stream. The guest only needs its
+    QEMU, so it stays paused."""
+    name = "spicy"
+    xml = example.render(name, graphics.mesh.state_dir, "qemu").replace(
+        "<graphics type='vnc'>\n      <listen type='socket'/>\n    </graphics>",
+        "<graphics type='spice'>\n      <listen type='none'/>\n    </graphics>")
+    assert "type='spice'" in xml
+    with graphics.client() as client:
+        client.call("CreateDomain", pb.CreateDomainRequest(xml=xml, paused=True))
+        try:
+            with open_display(client, name) as session:
+                assert session.opened.protocol == "spice"
+                # SpiceLinkHeader (magic, version 2.2, size) + SpiceLinkMess for the
+                # main channel (type 1, id 0) with no capabilities
+                message = struct.pack("<IBBIII", 0, 1, 0, 0, 0, 18)
+                session.send(b"REDQ" + struct.pack("<III", 2, 2, len(message)) + message)
+                reply = b""
+                for data in session:
+                    reply += data
+                    if len(reply) >= 16:
+                        break
+                assert reply[:4] == b"REDQ", reply
+                assert struct.unpack("<II", reply[4:12]) == (2, 2)
+        finally:
+            client.call("DestroyDomain", pb.DestroyDomainRequest(name=name))
