@@ -19,7 +19,7 @@ help:
 	@echo "make run    install what is missing, build, and run the mesh (Ctrl-C stops it)"
 	@echo "make test   install what is missing and run the whole test suite"
 	@echo "make lint   buf lint + format check, generated-code check, ruff, mypy"
-	@echo "make gen    regenerate Python code from protos/"
+	@echo "make gen    regenerate Python, Go (and Node) code from protos/"
 	@echo "make bench  libvirtd vs compute service vs gateway, scrapes, volume streaming,"
 	@echo "            a VNC viewer's frame latency through the gateway: figures"
 	@echo "make fuzz   COUNT mutated documents (default 20000, SEED=n) on every define path"
@@ -40,11 +40,15 @@ deps: $(PY_STAMP)
 
 gen: $(PY_STAMP)
 	tools/gen-protos.sh $(GEN)
+	tools/gen-clients.sh
 
 gen-check: $(PY_STAMP)
-	@tmp=$$(mktemp -d) && tools/gen-protos.sh $$tmp && \
-	  if diff -r -q -x __pycache__ $(GEN) $$tmp >/dev/null; then rm -rf $$tmp; echo "generated code is up to date"; \
-	  else diff -r -x __pycache__ $(GEN) $$tmp | head -20; rm -rf $$tmp; \
+	@tmp=$$(mktemp -d) && tools/gen-protos.sh $$tmp/python && tools/gen-clients.sh $$tmp && \
+	  if diff -r -q -x __pycache__ $(GEN) $$tmp/python >/dev/null && \
+	     diff -r -q clients/go/gen $$tmp/clients/go/gen >/dev/null; then \
+	    rm -rf $$tmp; echo "generated code is up to date"; \
+	  else diff -r -x __pycache__ $(GEN) $$tmp/python | head -20; \
+	       diff -r clients/go/gen $$tmp/clients/go/gen | head -20; rm -rf $$tmp; \
 	       echo "generated code is stale: run make gen and commit" >&2; exit 1; fi
 
 lint: $(PY_STAMP) gen-check
