@@ -1,11 +1,13 @@
-"""The Go client (clients/go), built from its sources with Debian's Go packages, run
-against a real mesh: with a client certificate, and with a bearer token alone on a
-gateway that asks for no certificate. Each run lists and gets a domain and turns the
-NOT_FOUND of a missing one into the client's typed error.
+"""The Go client (clients/go), built from its sources with Debian's Go packages, and
+the Node client (clients/node), compiled with tsc from npm, each run against a real
+mesh: with a client certificate, and with a bearer token alone on a gateway that asks
+for no certificate. Each run lists and gets a domain and turns the NOT_FOUND of a
+missing one into the client's typed error.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -116,7 +118,7 @@ def test_go_client_with_a_token(gateways: Gateways, go_example: Path) -> None:
         "-token-file", str(gateways.state / "token"), "alpha"]))
 
 
-def test_go_client_refused_without_credentials(gateways: Gateways, go_example: Path) -> None:
+def test_go_client_refused_with_a_wrong_token(gateways: Gateways, go_example: Path) -> None:
     """A wrong token gets the gateway's typed refusal, not a domain."""
     bad = gateways.state / "bad-token"
     bad.write_text("not-a-token\n")
@@ -125,3 +127,63 @@ def test_go_client_refused_without_credentials(gateways: Gateways, go_example: P
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 1 and "domain alpha" not in done.stdout
     assert "Unauthenticated" in done.stderr, done.stderr
+
+
+# -- Node ----------------------------------------------------------------------------
+
+NODE = ROOT / "clients" / "node"
+
+
+@pytest.fixture(scope="module")
+def node_example() -> list[str]:
+    """clients/node compiled by tsc (CommonJS), once per state of its sources: the
+    output is kept under ~/.cache/virtmesh, named by a digest of what it is made of."""
+    assert shutil.which("node"), "nodejs is missing: run make deps"
+    tsc = NODE / "node_modules" / ".bin" / "tsc"
+    assert tsc.exists(), "clients/node/node_modules is missing: run make deps"
+    digest = hashlib.sha256()
+    for path in sorted([*(NODE / "src").rglob("*.ts"), NODE / "tsconfig.json",
+                        NODE / "package-lock.json"]):
+        digest.update(str(path.relative_to(NODE)).encode() + b"\0" + path.read_bytes())
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "virtmesh"
+    out = cache / f"node-client-{digest.hexdigest()[:16]}"
+    if not (out / "example.js").exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        scratch = cache / f".{out.name}.{os.getpid()}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        run([str(tsc), "-p", str(NODE), "--outDir", str(scratch)])
+        shutil.rmtree(out, ignore_errors=True)
+        scratch.rename(out)
+    return ["node", str(out / "example.js")]
+
+
+def node_run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NODE_PATH": str(NODE / "node_modules")}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False,
+                          env=env)
+
+
+def test_node_client_with_a_certificate(gateways: Gateways, node_example: list[str]) -> None:
+    pki_dir = gateways.state / "pki"
+    done = node_run([*node_example, "--address", gateways.certificate, "--ca",
+                     str(gateways.ca), "--cert", str(pki_dir / "client.crt"), "--key",
+                     str(pki_dir / "client.key"), "alpha"])
+    assert done.returncode == 0, done.stderr
+    check_example_output(done.stdout)
+
+
+def test_node_client_with_a_token(gateways: Gateways, node_example: list[str]) -> None:
+    done = node_run([*node_example, "--address", gateways.token, "--ca", str(gateways.ca),
+                     "--token-file", str(gateways.state / "token"), "alpha"])
+    assert done.returncode == 0, done.stderr
+    check_example_output(done.stdout)
+
+
+def test_node_client_refused_with_a_wrong_token(gateways: Gateways,
+                                                node_example: list[str]) -> None:
+    bad = gateways.state / "bad-token"
+    bad.write_text("not-a-token\n")
+    done = node_run([*node_example, "--address", gateways.token, "--ca", str(gateways.ca),
+                     "--token-file", str(bad), "alpha"])
+    assert done.returncode == 1 and "domain alpha" not in done.stdout
+    assert "UNAUTHENTICATED" in done.stderr, done.stderr

@@ -21,7 +21,11 @@ packages=(
     golang-go golang-google-grpc-dev golang-google-protobuf-dev
     golang-github-golang-protobuf-1-5-dev golang-google-genproto-dev
     protoc-gen-go protoc-gen-go-grpc
+    # the Node client: its packages come from npm (clients/node/package-lock.json)
+    nodejs
 )
+# Debian's nodejs comes without npm; another nodejs (NodeSource's) brings its own.
+command -v npm >/dev/null || packages+=(npm)
 
 missing=()
 for package in "${packages[@]}"; do
