@@ -7,13 +7,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import Descriptor, FileDescriptor
 from grpc_reflection.v1alpha import reflection_pb2
 
+from gateway.routes import load_generated_modules, proxied_services
 from services.common import reflection
 from services.common.daemon import Daemon
 from tests.conftest import Mesh
@@ -58,23 +61,37 @@ def test_grpcurl_lists_and_describes_through_the_gateway(mesh: Mesh) -> None:
     assert missing.returncode != 0 and "not found" in missing.stderr.lower()
 
 
-def test_every_message_and_method_is_described_through_the_gateway(mesh: Mesh) -> None:
-    """Every symbol of the compute file, asked for one by one over one stream."""
-    from virtmesh.compute.v1 import compute_service_pb2
+def symbols_of(file: FileDescriptor) -> list[str]:
+    """Every message (nested ones too), enum and method a file defines."""
+    def messages(descriptor: Descriptor) -> Iterator[Descriptor]:
+        yield descriptor
+        for nested in descriptor.nested_types:
+            yield from messages(nested)
 
-    file = compute_service_pb2.DESCRIPTOR
-    symbols = [*(m.full_name for m in file.message_types_by_name.values()),
-               *(e.full_name for e in file.enum_types_by_name.values()),
-               *(m.full_name for s in file.services_by_name.values() for m in s.methods)]
+    found = [m for top in file.message_types_by_name.values() for m in messages(top)]
+    return [*(m.full_name for m in found),
+            *(e.full_name for m in found for e in m.enum_types),
+            *(e.full_name for e in file.enum_types_by_name.values()),
+            *(m.full_name for s in file.services_by_name.values() for m in s.methods)]
+
+
+def test_every_message_and_method_is_described_through_the_gateway(mesh: Mesh) -> None:
+    """Every symbol of every virtmesh file, asked for one by one, in both versions."""
+    load_generated_modules()
+    files = [descriptor_pool.Default().FindFileContainingSymbol(service.full_name)
+             for service in proxied_services(exclude_drivers=())]
+    assert len(files) >= 8
     with mesh.channel() as channel:
-        for version in ("v1", "v1alpha"):
-            answers = info(channel, version, [reflection_pb2.ServerReflectionRequest(
-                file_containing_symbol=symbol) for symbol in symbols])
-            for symbol, answer in zip(symbols, answers, strict=True):
-                assert answer.HasField("file_descriptor_response"), (version, symbol)
-                names = [descriptor_pb2.FileDescriptorProto.FromString(raw).name for raw in
-                         answer.file_descriptor_response.file_descriptor_proto]
-                assert file.name in names, (version, symbol)
+        for file in files:
+            symbols = symbols_of(file)
+            for version in ("v1", "v1alpha"):
+                answers = info(channel, version, [reflection_pb2.ServerReflectionRequest(
+                    file_containing_symbol=symbol) for symbol in symbols])
+                for symbol, answer in zip(symbols, answers, strict=True):
+                    assert answer.HasField("file_descriptor_response"), (version, symbol)
+                    names = [descriptor_pb2.FileDescriptorProto.FromString(raw).name for raw
+                             in answer.file_descriptor_response.file_descriptor_proto]
+                    assert file.name in names, (version, symbol)
 
 
 def test_grpcurl_invokes_with_json_through_the_gateway(mesh: Mesh) -> None:
@@ -115,8 +132,6 @@ def test_both_versions_on_a_service_socket(compute: Daemon, version: str) -> Non
 
 
 def test_v1_descriptor_is_v1alpha_renamed() -> None:
-    from google.protobuf import descriptor_pool
-
     v1 = descriptor_pool.Default().FindServiceByName(reflection.V1)
     v1alpha = descriptor_pool.Default().FindServiceByName(reflection.V1ALPHA)
     assert v1.file.name == reflection.V1_FILE and v1.file.package == "grpc.reflection.v1"
