@@ -88,6 +88,8 @@ def go_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     binary = root / "virtmesh-example"
     run(["go", "build", "-o", str(binary), f"{GO_IMPORT}/cmd/virtmesh-example"], env=env)
     run(["go", "vet", f"{GO_IMPORT}/virtmesh", f"{GO_IMPORT}/cmd/..."], env=env)
+    go = ROOT / "clients" / "go"
+    assert run(["gofmt", "-l", str(go / "virtmesh"), str(go / "cmd")]) == ""
     return binary
 
 

@@ -11,7 +11,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io/ioutil"
+	"os"
 	"strings"
 
 	protov1 "github.com/golang/protobuf/proto"
@@ -91,7 +91,7 @@ func tlsConfig(o Options) (*tls.Config, error) {
 	if o.CAFile == "" {
 		return nil, errors.New("virtmesh: CAFile is required")
 	}
-	ca, err := ioutil.ReadFile(o.CAFile)
+	ca, err := os.ReadFile(o.CAFile)
 	if err != nil {
 		return nil, err
 	}

@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"io/ioutil"
 	"os"
 	"strings"
 	"time"
@@ -30,7 +29,7 @@ func main() {
 	flag.StringVar(&o.ServerName, "server-name", "", "TLS server name override")
 	flag.Parse()
 	if tokenFile != "" {
-		token, err := ioutil.ReadFile(tokenFile)
+		token, err := os.ReadFile(tokenFile)
 		check(err)
 		o.Token = strings.TrimSpace(string(token))
 	}
