@@ -46,6 +46,8 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
         f'"{ADMIN_DN}" = ["admin"]', ""]) + authn.token_entry("reader", ["readonly"], TOKEN))
     identities = ("--identities-file", str(state / "identities.toml"))
     ports = free_port(), free_port()
+    while ports[1] == ports[0]:
+        ports = ports[0], free_port()
     strict = gateway_process(state, ports[0], *identities)
     tokens = gateway_process(state, ports[1], "--client-auth", "optional", *identities)
     tokens.log_path = state / "log" / "gateway-tokens.log"
