@@ -20,8 +20,9 @@ fi
 OUTDIR=$1
 SELF=$(readlink -f "$0")
 BUSYBOX=${BUSYBOX:-/bin/busybox}
-# button+evdev: the ACPI power button; virtio: a disk and a NIC from the host.
-MODULES=(button evdev virtio_pci virtio_blk virtio_net)
+# button+evdev: the ACPI power button; virtio: a disk, a NIC and serial ports
+# (channels) from the host.
+MODULES=(button evdev virtio_pci virtio_blk virtio_net virtio_console)
 
 die() { echo "build-guest: $*" >&2; exit 1; }
 
@@ -139,6 +140,16 @@ echo "virtmesh-guest: $interface got $ip" > /dev/console
 EOF
 chmod 0755 "$ROOT/etc/udhcpc.script"
 
+cat > "$ROOT/etc/respawn" <<'EOF'
+#!/bin/sh
+# /etc/respawn TTY: an interactive shell on /dev/TTY, again whenever it exits.
+while :; do
+    setsid sh -c "exec sh -i <>/dev/$1 >&0 2>&1"
+    sleep 1
+done
+EOF
+chmod 0755 "$ROOT/etc/respawn"
+
 cat > "$ROOT/init" <<'EOF'
 #!/bin/sh
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
@@ -169,16 +180,25 @@ echo "virtmesh-guest: booted ($(uname -r), uptime $(cut -d' ' -f1 /proc/uptime)s
     done
 ) &
 # A shell on the serial console and one on the VGA console (tty1), each started
-# again when it exits. setsid makes it a session leader, so opening the tty makes
-# that its controlling terminal (Ctrl-C, job control).
-respawn() {
-    while :; do
-        setsid sh -c "exec sh -i </dev/$1 >/dev/$1 2>&1"
-        sleep 1
-    done
-}
-respawn ttyS0 &
-respawn tty1 &
+# again when it exits (/etc/respawn). setsid makes it a session leader, so opening
+# the tty makes that its controlling terminal (Ctrl-C, job control). Not started
+# with `&`: a shell's background jobs ignore SIGINT, and so would every shell and
+# command started under them; start-stop-daemon forks without that.
+for tty in ttyS0 tty1; do
+    start-stop-daemon -S -b -m -p "/run/respawn-$tty.pid" -x /bin/sh -- /etc/respawn "$tty"
+done
+# Echo what the host writes to a virtio-serial channel named org.virtmesh.echo.*
+# (the channel tests' peer). A port opens once, so cat reads and writes one
+# descriptor; reading a port the host has not opened ends at once, so cat is
+# started again until the host connects.
+for port in /sys/class/virtio-ports/*; do
+    [ -e "$port/name" ] || continue
+    case $(cat "$port/name") in
+        org.virtmesh.echo.*)
+            dev=/dev/${port##*/}
+            ( while :; do cat 0<>"$dev" 1>&0; usleep 200000; done ) & ;;
+    esac
+done
 # PID 1 must never exit (the kernel would panic); the shell reaps orphans.
 while :; do
     sleep 3600

@@ -11,7 +11,7 @@ import pytest
 
 SERVICES = Path(__file__).resolve().parent.parent / "services"
 SERVICERS = sorted(SERVICES.glob("*/servicer.py"))
-BACKENDS = sorted(SERVICES.glob("*/backend.py"))
+BACKENDS = sorted(SERVICES.glob("*/backend*.py"))
 DRIVERS = ("compute", "storage", "network", "nwfilter", "secret", "nodedev", "iface")
 
 

@@ -26,7 +26,9 @@ from collections.abc import Sequence
 
 from virtmesh_client import (
     cli_compute,
+    cli_console,
     cli_gateway,
+    cli_graphics,
     cli_iface,
     cli_network,
     cli_nodedev,
@@ -39,8 +41,10 @@ from virtmesh_client.cli_output import Output
 from virtmesh_client.client import DEFAULT_TIMEOUT, ClientError, ConfigError
 
 #: every service's commands, in the order ``--help`` lists them
-COMMAND_MODULES = (cli_compute, cli_gateway, cli_iface, cli_network, cli_nodedev,
-                   cli_nwfilter, cli_secret, cli_storage)
+COMMAND_MODULES = (cli_compute, cli_console, cli_gateway, cli_graphics, cli_iface,
+                   cli_network, cli_nodedev, cli_nwfilter, cli_secret, cli_storage)
+#: commands that run until Ctrl-C, which ends them with status 0
+UNTIL_CTRL_C = ("events", "vnc")
 START_HINT = "; is virtmesh running? start it with `make run`"
 
 
@@ -152,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit:  # argparse printed the usage or --help
         return exit.code if isinstance(exit.code, int) else 2
-    _ctrl_c.status = 0 if args.command == "events" or args.command.endswith("-event") else 130
+    _ctrl_c.status = 0 if args.command in UNTIL_CTRL_C or args.command.endswith("-event") \
+        else 130
     try:
         return run(args, Output(args.json))
     except ClientError as error:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +33,8 @@ DEFAULT_STATE_DIR = ".virtmesh"
 DEFAULT_TIMEOUT = 30.0
 #: the services accept messages this large (capabilities XML can be big)
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: the most bytes a session message carries (the services' limit)
+SESSION_CHUNK = 64 * 1024
 
 
 class ConfigError(Exception):
@@ -116,6 +120,83 @@ class EventStream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Session:
+    """A byte session with a guest (OpenDomainConsole, OpenDomainChannel,
+    OpenDomainGraphics): ``send`` bytes, iterate the bytes that come back.
+
+    Construction returns once the service has opened the device (its first
+    response, kept in ``opened``), and raises ClientError if it cannot. ``close``
+    ends the session from our side (a half-close: the service ends it, status OK);
+    ``cancel`` abandons it. At most a few messages wait to be sent: ``send``
+    blocks while the service is slower, so the source is read no faster than the
+    session carries it.
+    """
+
+    def __init__(self, method: Any, first: Any) -> None:
+        self._request_type = type(first)
+        self._outgoing: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        #: set once the session is cancelled: nothing more is sent
+        self.cancelled = threading.Event()
+        self.call = method(self._requests(first), timeout=None)
+        try:
+            with rpc_errors():
+                self.opened = next(self.call)
+        except StopIteration:
+            self.cancel()
+            raise ClientError("UNAVAILABLE", "the session ended before it opened") from None
+        except BaseException:
+            self.cancel()
+            raise
+
+    def _requests(self, first: Any) -> Iterator[Any]:
+        yield first
+        while (data := self._outgoing.get()) is not None and not self.cancelled.is_set():
+            yield self._request_type(data=data)
+
+    def _put(self, item: bytes | None) -> bool:
+        while not self.cancelled.is_set():
+            with contextlib.suppress(queue.Full):
+                self._outgoing.put(item, timeout=0.5)
+                return True
+        return False
+
+    def send(self, data: bytes) -> bool:
+        """Queue bytes for the guest; False once the session is cancelled."""
+        return all(self._put(data[start:start + SESSION_CHUNK])
+                   for start in range(0, len(data), SESSION_CHUNK))
+
+    def close(self) -> None:
+        self._put(None)
+
+    def cancel(self) -> None:
+        """Cancel the call (nothing if it has ended) and end the thread grpc runs the
+        requests on."""
+        self.cancelled.set()
+        self.call.cancel()
+        while True:
+            try:
+                self._outgoing.put_nowait(None)
+                return
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self._outgoing.get_nowait()
+
+    def __iter__(self) -> Iterator[bytes]:
+        """The guest's bytes until the session ends; a failure is a ClientError."""
+        if self.opened.data:
+            yield self.opened.data
+        with rpc_errors():
+            for response in self.call:
+                if response.data:
+                    yield response.data
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
 
 
 class Client:
@@ -230,6 +311,14 @@ class Client:
                 return call.result()
         finally:
             call.cancel()
+
+    def session(self, method: str, first: Any) -> Session:
+        """Open a console, channel or graphics session; ``first`` names the domain."""
+        return Session(self.method(method, type(first)), first)
+
+    def console(self, name: str, device: str = "", force: bool = False) -> Session:
+        return self.session("OpenDomainConsole", pb.OpenDomainConsoleRequest(
+            name=name, device=device, force=force))
 
     def all_pages(self, method: str, request: Any, field: str) -> list[Any]:
         """The items in ``field`` of every page of a List RPC, following next_page_token."""

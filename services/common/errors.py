@@ -98,6 +98,12 @@ _REFINEMENTS: tuple[tuple[int, str, grpc.StatusCode], ...] = (
     (libvirt.VIR_ERR_INTERNAL_ERROR, "client socket is closed", _C.UNAVAILABLE),
     # virChrdevOpen without force while another session holds a console or channel
     (libvirt.VIR_ERR_OPERATION_FAILED, "Active console session exists", _C.FAILED_PRECONDITION),
+    # a console or channel the domain does not have
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "cannot find character device", _C.NOT_FOUND),
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "cannot find channel", _C.NOT_FOUND),
+    # a console opened while its guest is going away: "Unable to open stream for
+    # '/dev/pts/0': Permission denied" (QEMU has closed the pty)
+    (libvirt.VIR_ERR_SYSTEM_ERROR, "Unable to open stream for", _C.FAILED_PRECONDITION),
     # virDomainObjListAdd: "domain 'x' already exists with uuid ..."
     (libvirt.VIR_ERR_OPERATION_FAILED, "already exists", _C.ALREADY_EXISTS),
     (libvirt.VIR_ERR_INTERNAL_ERROR, "already exists", _C.ALREADY_EXISTS),

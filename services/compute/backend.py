@@ -23,6 +23,7 @@ from services.common.libvirt_connection import LibvirtConnection
 from services.common.qemu_caps import SharedCache
 from services.common.sandbox import ParseSandbox
 from services.compute.backend_sessions import (
+    CHARACTER_DEVICES,
     Display,
     SocketSession,
     StreamSession,
@@ -318,14 +319,16 @@ class ComputeBackend(Backend):
         device = device or first_console(dom.XMLDesc(0))
         stream = self.conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
         flags = (libvirt.VIR_DOMAIN_CONSOLE_FORCE if force else 0) | libvirt.VIR_DOMAIN_CONSOLE_SAFE
-        dom.openConsole(device or None, stream, flags)
+        with CHARACTER_DEVICES:
+            dom.openConsole(device or None, stream, flags)
         return StreamSession(stream, "console"), device
 
     def open_channel(self, name: str, channel: str, force: bool) -> StreamSession:
         dom = self.running(name)
         stream = self.conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
-        dom.openChannel(require(channel, "channel"), stream,
-                        libvirt.VIR_DOMAIN_CHANNEL_FORCE if force else 0)
+        with CHARACTER_DEVICES:
+            dom.openChannel(require(channel, "channel"), stream,
+                            libvirt.VIR_DOMAIN_CHANNEL_FORCE if force else 0)
         return StreamSession(stream, "channel")
 
     def open_graphics(self, name: str, index: int, skip_auth: bool) -> tuple[SocketSession, str]:

@@ -30,6 +30,13 @@ _WRITE_EVENTS = (libvirt.VIR_STREAM_EVENT_WRITABLE | libvirt.VIR_STREAM_EVENT_ER
 _WAIT_SLICE = 1.0
 
 
+#: libvirt 9.0's character devices deadlock when a stream is aborted while a forced
+#: open of the same device aborts it too (virChrdevOpen holds the devices' lock and
+#: waits for the stream's; the abort holds the stream's and waits for the devices'):
+#: this process opens and closes console and channel streams one at a time.
+CHARACTER_DEVICES = threading.Lock()
+
+
 def taken_over(what: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.ABORTED,
                         f"another session opened the {what} with force and took it over",
@@ -146,9 +153,10 @@ class StreamSession:
         """Once neither thread uses the stream any more."""
         self.shutdown()
         # either may refuse: already aborted by a forced open, or ended by the guest
-        for release in (self._stream.eventRemoveCallback, self._stream.abort):
-            with contextlib.suppress(libvirt.libvirtError):
-                release()
+        with CHARACTER_DEVICES:
+            for release in (self._stream.eventRemoveCallback, self._stream.abort):
+                with contextlib.suppress(libvirt.libvirtError):
+                    release()
 
 
 class SocketSession:
