@@ -11,9 +11,11 @@ import contextlib
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -209,11 +211,13 @@ def test_kill_9_of_the_tool_leaves_no_qemu_and_no_root(guest_dir: Path, caps_cac
     print(f"QEMU gone {gone_after:.2f} s after kill -9")
 
 
-def test_two_runs_at_once_are_isolated(guest_dir: Path, caps_cache: Path,
-                                       tmp_path: Path) -> None:
+def test_two_runs_at_once_are_isolated(guest_dir: Path, caps_cache: Path, tmp_path: Path,
+                                       request: pytest.FixtureRequest) -> None:
     # The same guest name in both: each run has its own root, names, logs and state.
     xml = guest_xml(guest_dir, tmp_path, name="twin")
-    roots = [tmp_path / "a", tmp_path / "b"]
+    short = Path(tempfile.mkdtemp(prefix="vr-", dir="/tmp"))  # QEMU's sockets: 108 bytes
+    request.addfinalizer(lambda: shutil.rmtree(short, ignore_errors=True))
+    roots = [short / "a", short / "b"]
     with tool(xml, caps_cache, "--root", str(roots[0])) as first, \
             tool(xml, caps_cache, "--root", str(roots[1])) as second:
         for run in (first, second):
