@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from services.common.daemon import Daemon
 from services.common.qemu_caps import ROOT_SUBDIR
 from services.compute.capabilities import CapabilitiesCache, etag_of
 from services.supervisor import wait_serving
@@ -150,3 +151,21 @@ def test_domain_capabilities_cached_warmed_and_shared(short_dir: Path) -> None:
             print(f"warm-up: cold {cold:.2f} s, seeded {seeded:.2f} s")
     assert answers["cold"].etag == answers["seeded"].etag  # the same answer, the same etag
     assert os.path.isdir(shared)
+
+
+def test_a_new_libvirt_connection_drops_the_cached_answers(compute: Daemon) -> None:
+    """libvirt has no "capabilities changed" event: every reconnect starts afresh."""
+    backend = compute.servicer.backend
+    with grpc.insecure_channel(f"unix:{compute.socket_path}") as channel:
+        stub = Stub(channel)
+        stub.GetCapabilities(pb.GetCapabilitiesRequest())
+        stub.GetCapabilities(pb.GetCapabilitiesRequest())
+        assert backend.capabilities_cache.fetches == 1
+        lost = compute.connection.conn
+        compute.connection._closed(lost, 0, None)  # what libvirt's close callback says
+        deadline = time.monotonic() + 10
+        while compute.connection._conn in (None, lost):
+            assert time.monotonic() < deadline, "no reconnect"
+            time.sleep(0.05)
+        stub.GetCapabilities(pb.GetCapabilitiesRequest())
+        assert backend.capabilities_cache.fetches == 2
