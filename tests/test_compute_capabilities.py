@@ -169,3 +169,30 @@ def test_a_new_libvirt_connection_drops_the_cached_answers(compute: Daemon) -> N
             time.sleep(0.05)
         stub.GetCapabilities(pb.GetCapabilitiesRequest())
         assert backend.capabilities_cache.fetches == 2
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(120)
+def test_a_service_stopped_during_its_warm_up_leaves_no_probing_qemu(short_dir: Path) -> None:
+    """libvirt's probe of a QEMU binary is a QEMU process of the root: stopping the
+    service while it runs must not orphan it."""
+    from virtmesh_run.watchdog import qemu_processes  # noqa: PLC0415
+
+    state = short_dir / "s"
+    compute = service_process(state, "compute", "--uri", "qemu:///embed?root={state_dir}/qemu",
+                              "--caps-cache", "none").start()
+    root = state / "qemu"
+    try:
+        deadline = time.monotonic() + 30
+        while not qemu_processes(root):
+            assert time.monotonic() < deadline, "no probing QEMU seen"
+            time.sleep(0.02)
+        assert compute.stop(90) == 0
+        deadline = time.monotonic() + 3
+        while qemu_processes(root) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not qemu_processes(root), "a probing QEMU outlived the service"
+        assert "waiting for the capability warm-up" in compute.log()
+    finally:
+        for pid in qemu_processes(root):
+            os.kill(pid, 9)

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _QEMU_CONF_MARKER = "# Managed by virtmesh compute"
+#: seconds a stopping service waits for the capability warm-up (QEMU probes) to end
+WARM_UP_STOP_WAIT = 60.0
 
 
 def _scope_flags(live: bool, config: bool) -> int:
@@ -106,6 +108,7 @@ class ComputeBackend(Backend):
         self.capabilities_cache = CapabilitiesCache()
         self._shared_caps = caps_cache
         self.warm = threading.Event()
+        self._warming: threading.Thread | None = None
         connection.on_connect(self._connected)
         if registry.is_embedded(connection.uri):
             connection.on_connect(self._autostart)
@@ -119,8 +122,9 @@ class ComputeBackend(Backend):
             self.warm.set()
             return
         self.warm.clear()
-        threading.Thread(target=self._warm_up, args=(conn,), name="warm-capabilities",
-                         daemon=True).start()
+        self._warming = threading.Thread(target=self._warm_up, args=(conn,),
+                                         name="warm-capabilities", daemon=True)
+        self._warming.start()
 
     def _warm_up(self, conn: libvirt.virConnect) -> None:
         """On the new connection itself: the hook runs before it becomes ``conn``.
@@ -205,6 +209,13 @@ class ComputeBackend(Backend):
 
     def close(self) -> None:
         self.sandbox.close()
+        # A QEMU that libvirt is probing is its child for that while: a service that
+        # exits mid-probe would leave it behind, waiting forever. Let the probe end
+        # (seconds; what it learns goes to the shared cache).
+        warming = self._warming
+        if warming is not None and warming.is_alive():
+            log.info("waiting for the capability warm-up to finish before stopping")
+            warming.join(WARM_UP_STOP_WAIT)
 
     def undefine(self, name: str, managed_save: bool, snapshots: bool,
                  nvram: bool, keep_nvram: bool) -> None:
