@@ -151,8 +151,9 @@ def spec_of(service: str) -> ServiceSpec:
 
 
 def embeddable(service: str) -> bool:
-    """libvirt can run the service's driver in-process."""
-    return spec_of(service).embedded
+    """libvirt can run the service's driver in-process (by default, or on request as
+    secret: see services/secret/__init__.py)."""
+    return spec_of(service).can_embed
 
 
 def profile_services(profile: str) -> list[str]:
@@ -162,11 +163,12 @@ def profile_services(profile: str) -> list[str]:
 
 
 def profile_uri(service: str, profile: str) -> str:
-    """embedded: the service's default URI; host: the node's daemon (``<scheme>:///system``
-    for the embeddable drivers, which default to /embed)."""
-    default = spec_of(service).default_uri.replace("{state_dir}", STATE_DIR)
-    return f"{default.split(':', 1)[0]}:///system" if profile == "host" and \
-        embeddable(service) else default
+    """embedded: the driver in-process (no libvirt on the node); host: the node's daemon
+    (``<scheme>:///system``)."""
+    spec = spec_of(service)
+    if profile == "embedded" and spec.can_embed:
+        return spec.embedded_uri.replace("{state_dir}", STATE_DIR)
+    return f"{spec.driver}:///system"
 
 
 def metrics_port(name: str) -> int:
