@@ -98,8 +98,11 @@ bench: $(PY_STAMP)
 	$(PY) -m bench.graphics
 
 # The container image; needs a working builder (a docker client alone, without an
-# engine, is not one). Fails, rather than pretending, when there is none.
-IMAGE ?= virtmesh:dev
+# engine, is not one). Fails, rather than pretending, when there is none. The
+# default name and tag are the ones deploy/k8s names (the version in pyproject.toml;
+# tests/test_k8s_manifests.py keeps them equal): `make image IMAGE=REGISTRY/virtmesh:TAG`
+# for a registry, and kustomize `images:` to point the manifests at it.
+IMAGE ?= virtmesh:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 image:
 	@if docker info >/dev/null 2>&1; then build="docker build"; \
 	elif podman info >/dev/null 2>&1; then build="podman build"; \

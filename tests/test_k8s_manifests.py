@@ -181,6 +181,40 @@ def pod_of(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return template
 
 
+def make_image() -> str:
+    """The image `make image` builds by default."""
+    result = subprocess.run(["make", "-s", "-f", "Makefile", "-f", "-", "print-image"],
+                            input="print-image:\n\t@echo $(IMAGE)\n", cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def images(pod: dict[str, Any]) -> set[str]:
+    spec = pod["spec"]
+    return {c["image"] for c in [*spec.get("initContainers", []), *spec["containers"]]}
+
+
+@needs_kubectl
+def test_one_image_name_and_tag_everywhere(tmp_path: Path) -> None:
+    """`make image`, every container of both profiles and the README name one image, and
+    kustomize `images:` moves all of them to a registry's."""
+    image = make_image()
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert image == f"virtmesh:{version}"
+    for profile in PROFILES:
+        assert images(pod_of(render(K8S / "overlays" / profile))) == {image}, profile
+    assert f"`{image}`" in (K8S / "README.md").read_text()
+    overlay = tmp_path / "registry"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S / "overlays" / "host", overlay)],
+        "images": [{"name": image.split(":")[0], "newName": "registry.example.org/virtmesh",
+                    "newTag": "9.9.9"}]}))
+    assert images(pod_of(render(overlay))) == {"registry.example.org/virtmesh:9.9.9"}
+
+
 @needs_kubectl
 @pytest.mark.parametrize("profile", PROFILES)
 def test_profile_runs_its_services_wired_like_the_code(profile: str) -> None:
