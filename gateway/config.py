@@ -72,6 +72,9 @@ class GatewayConfig:
     #: seconds each service has to answer its part of a GatewayService call (host
     #: summary, search, list of services); a slower one is reported as failed
     fanout_timeout: float = 5.0
+    #: the node this gateway serves, in ListServices and GetHostSummary answers; empty:
+    #: the host name (a pod's host name is the pod's: Kubernetes passes spec.nodeName)
+    node_name: str = ""
 
     def path(self, value: str, default: str) -> Path:
         return Path(value) if value else self.state_dir / default
@@ -145,6 +148,7 @@ _HELP = {
     "activation_timeout": "seconds an activated service has to report SERVING",
     "fanout_timeout": "seconds each service has to answer its part of a host summary, "
                       "search or list of services",
+    "node_name": "this node's name in ListServices and GetHostSummary (default: the host name)",
 }
 
 

@@ -132,7 +132,8 @@ class Gateway:
         server = grpc.aio.server(options=options, interceptors=[observe, AioCheckInterceptor()])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         add_GatewayServiceServicer_to_server(
-            GatewayApi(routes, self.backends, self.access, self.config.fanout_timeout), server)
+            GatewayApi(routes, self.backends, self.access, self.config.fanout_timeout,
+                       self.config.node_name), server)
         reflection.enable([*self.services, *own], server)
         server.add_generic_rpc_handlers((ProxyHandler(routes, self.backends, self.access,
                                                         self.activator),))

@@ -196,6 +196,32 @@ def images(pod: dict[str, Any]) -> set[str]:
 
 
 @needs_kubectl
+def test_one_node_is_reachable_by_name() -> None:
+    """Per-node addressing (deploy/FLEET.md): a headless Service over the gateway pods,
+    the node's name passed to the gateway, and the cert-manager server certificate
+    naming that Service, which a client dialling a pod address gives as its TLS
+    server name."""
+    for profile in PROFILES:
+        objects = render(K8S / "overlays" / profile)
+        pod = pod_of(objects)
+        services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+        nodes = services["virtmesh-gateway-nodes"]["spec"]
+        assert nodes["clusterIP"] == "None"
+        assert nodes["selector"].items() <= pod["metadata"]["labels"].items()
+        gateway = next(c for c in pod["spec"]["containers"] if c["name"] == "gateway")
+        assert [p["targetPort"] for p in nodes["ports"]] == [
+            p["name"] for p in gateway["ports"] if p["containerPort"] == 16514]
+        assert {"name": "VIRTMESH_NODE_NAME",
+                "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in gateway["env"]
+    certificates = {o["metadata"]["name"]: o for o in render(K8S / "overlays" / "cert-manager")
+                    if o["kind"] == "Certificate"}
+    names = certificates["virtmesh-gateway"]["spec"]["dnsNames"]
+    for service in ("virtmesh-gateway", "virtmesh-gateway-nodes"):
+        assert {service, f"{service}.virtmesh.svc",
+                f"{service}.virtmesh.svc.cluster.local"} <= set(names)
+
+
+@needs_kubectl
 def test_one_image_name_and_tag_everywhere(tmp_path: Path) -> None:
     """`make image`, every container of both profiles and the README name one image, and
     kustomize `images:` moves all of them to a registry's."""
@@ -273,8 +299,8 @@ def test_profiles_wire_what_they_promise() -> None:
         every = [*containers.values(), *(pod["spec"].get("initContainers") or [])]
         mounted = {m["name"] for c in every for m in c["volumeMounts"]}
         assert mounted == {v["name"] for v in pod["spec"]["volumes"]}, "a volume is left over"
-        service = one(objects, "Service")
-        assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
+        for service in (o for o in objects if o["kind"] == "Service"):  # all, and one node's
+            assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
         policy = one(objects, "NetworkPolicy")
         allowed = [(p["port"], p.get("endPort", p["port"]))
                    for rule in policy["spec"]["ingress"] for p in rule["ports"]]
@@ -597,6 +623,9 @@ class Pod:
                "HOME": "/root" if security.get("runAsUser", 0) == 0 else "/"}
         mapped = self.mapper(container)
         for variable in container.get("env") or []:
+            if variable.get("valueFrom") == {"fieldRef": {"fieldPath": "spec.nodeName"}}:
+                env[variable["name"]] = NODE_NAME  # what the kubelet puts there
+                continue
             assert "value" in variable, f"{variable['name']}: only literal values are mapped"
             env[variable["name"]] = mapped(variable["value"])
         return env
@@ -639,10 +668,14 @@ class Pod:
             self.netns.wait()
 
 
+#: the node the local run pretends the pod is scheduled on (spec.nodeName)
+NODE_NAME = "kvm-node-1"
+
 CLIENT = """
 import json, sys, grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from virtmesh.compute.v1 import compute_service_pb2 as pb, compute_service_pb2_grpc as rpc
+from virtmesh.gateway.v1 import gateway_service_pb2 as gpb, gateway_service_pb2_grpc as grpc_gw
 target, ca, cert, key, services, token = sys.argv[1:]
 read = lambda path: open(path, "rb").read()
 creds = grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
@@ -658,6 +691,8 @@ with grpc.secure_channel(target, creds) as channel:
     compute = rpc.ComputeServiceStub(channel)
     version = compute.GetVersion(pb.GetVersionRequest(), timeout=30)
     domains = compute.ListDomains(pb.ListDomainsRequest(), timeout=30)
+    node = grpc_gw.GatewayServiceStub(channel).ListServices(gpb.ListServicesRequest(),
+                                                            timeout=30).node_name
     health = health_pb2_grpc.HealthStub(channel)
     statuses = {name: health_pb2.HealthCheckResponse.ServingStatus.Name(health.Check(
         health_pb2.HealthCheckRequest(service=name), timeout=30).status)
@@ -668,7 +703,7 @@ with grpc.secure_channel(target, creds) as channel:
               "start": code(compute.StartDomain, pb.StartDomainRequest(name="not-mine"), token)}
 print(json.dumps({"uri": version.uri, "hypervisor": version.hypervisor_type,
                   "domains": [d.name for d in domains.domains], "health": statuses,
-                  "tokens": tokens}))
+                  "tokens": tokens, "node": node}))
 """
 
 METRICS = """
@@ -771,6 +806,7 @@ def test_daemonset_runs_here_as_written(profile: str, short_tmp: Path,
         answer = json.loads(reply.stdout)
         assert answer["health"] == dict.fromkeys(names, "SERVING")
         assert answer["hypervisor"] == "QEMU"
+        assert answer["node"] == NODE_NAME  # the gateway names its node (spec.nodeName)
         # Only the identities Secret knows the token (the development CA's fallback
         # admits the admin certificate alone); its readonly role may not start guests.
         assert answer["tokens"] == {"known": "OK", "unknown": "UNAUTHENTICATED",
