@@ -414,7 +414,10 @@ def test_cli_services_summary_and_search(mesh: ApiMesh, capsys: pytest.CaptureFi
 
     token_file = tmp_path / "alice.token"
     token_file.write_text(mesh.tokens["alice"])
-    assert main([*flags, "--token-file", str(token_file), "--json", "search", "*"]) == 0
+    # the token on top of the admin certificate (mutual TLS): the token names the caller
+    pki = mesh.state_dir / "pki"
+    assert main([*flags, "--cert", str(pki / "client.crt"), "--key", str(pki / "client.key"),
+                 "--token-file", str(token_file), "--json", "search", "*"]) == 0
     found = json.loads(capsys.readouterr().out)["results"]
     assert [(r["object_type"], r["name"]) for r in found] == [
         ("domain", "web-1"), ("storage_pool", "images"), ("storage_vol", "web-disk.img")]

@@ -305,7 +305,7 @@ def test_profiles_wire_what_they_promise() -> None:
         allowed = [(p["port"], p.get("endPort", p["port"]))
                    for rule in policy["spec"]["ingress"] for p in rule["ports"]]
         assert all(any(low <= port <= high for low, high in allowed) for port in ports.values())
-        assert set(ports.values()) == {16514, *(metrics_port(name) for name in (
+        assert set(ports.values()) == {16514, 16515, *(metrics_port(name) for name in (
             "gateway", *profile_services(profile)))}
     # The PodMonitor scrapes every metrics port of either profile.
     monitor = one(render(K8S / "monitoring"), "PodMonitor")
@@ -317,6 +317,22 @@ def test_profiles_wire_what_they_promise() -> None:
     host_compute = next(c for c in pod_of(host)["spec"]["containers"] if c["name"] == "compute")
     assert not any(m["mountPath"] == "/dev/kvm" for m in host_compute["volumeMounts"])
     assert host_compute["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": []}
+
+
+@needs_kubectl
+@pytest.mark.parametrize("profile", PROFILES)
+def test_gateway_serves_mutual_tls_and_token_only_tls(profile: str) -> None:
+    """Both of the gateway's TLS ports: its flags, its container ports, the Service."""
+    objects = render(K8S / "overlays" / profile)
+    gateway = next(c for c in pod_of(objects)["spec"]["containers"] if c["name"] == "gateway")
+    config = gateway_config.load([arg for arg in gateway["args"]
+                                  if not arg.startswith("--config=")], environ={})
+    ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
+    assert config.mtls_address == f"0.0.0.0:{ports['grpc-tls']}"
+    assert config.token_address == f"0.0.0.0:{ports['grpc-token']}"
+    service = one(objects, "Service")
+    assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} >= {
+        (ports["grpc-tls"], "grpc-tls"), (ports["grpc-token"], "grpc-token")}
 
 
 def mounted_at(pod: dict[str, Any], container: dict[str, Any],

@@ -477,9 +477,13 @@ def host(tmp_path: Path) -> Iterator[dict[str, str]]:
     config = (SYSTEMD / "virtmesh.toml").read_text().replace(ETC, str(etc))
     config, listens = re.subn(r'^listen = ".*"$', f'listen = "127.0.0.1:{free_port()}"',
                               config, flags=re.M)
+    config, token_listens = re.subn(r'^token_listen = ".*"$',
+                                    f'token_listen = "127.0.0.1:{free_port()}"', config,
+                                    flags=re.M)
     config, metrics = re.subn(r'^metrics_listen = ".*"$', 'metrics_listen = "127.0.0.1:0"',
                               config, flags=re.M)
-    assert (listens, metrics) == (1, len(SERVICE_UNITS)), "the shipped virtmesh.toml changed shape"
+    assert (listens, token_listens, metrics) == (1, 1, len(SERVICE_UNITS)), \
+        "the shipped virtmesh.toml changed shape"
     (etc / "virtmesh.toml").write_text(config)
     shutil.copy(SYSTEMD / "virtmesh.env", etc)
     yield paths
@@ -495,7 +499,9 @@ def test_units_run_and_answer_health(host: dict[str, str], tmp_path: Path) -> No
     MemoryDenyWriteExecute; then every service's health and a call through the
     gateway; then stop."""
     etc, run = Path(host[ETC]), Path(host[RUN])
-    listen = gateway_config.load(["--config", str(etc / "virtmesh.toml")], environ={}).listen
+    settings = gateway_config.load(["--config", str(etc / "virtmesh.toml")], environ={})
+    listen, token_listen = settings.listen, settings.token_address
+    assert token_listen is not None
     credentials = client_credentials(etc / "pki")
     drivers = {name: UnitProcess(name, host, tmp_path / f"{driver_of(name)}.log")
                for name in DRIVER_UNITS}
@@ -526,6 +532,11 @@ def test_units_run_and_answer_health(host: dict[str, str], tmp_path: Path) -> No
                 compute.StartDomain(pb.StartDomainRequest(name="not-mine"), timeout=30,
                                     metadata=bearer)
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # The token alone, with the CA only, on virtmesh.toml's token-only port.
+        with grpc.secure_channel(token_listen, grpc.ssl_channel_credentials(
+                (etc / "pki" / "ca.crt").read_bytes())) as channel:
+            pb_grpc.ComputeServiceStub(channel).GetVersion(pb.GetVersionRequest(), timeout=30,
+                                                           metadata=bearer)
         # ... and the audit log in the gateway's LogsDirectory= says so.
         audit = Path(host[LOGS]) / "audit.jsonl"
         deadline = time.monotonic() + 10

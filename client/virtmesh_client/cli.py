@@ -59,7 +59,8 @@ def _global_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
                         metavar="[NAME=]HOST:PORT",
                         help="gateway address, repeatable for several nodes (env "
                         "VIRTMESH_GATEWAYS, comma-separated, or VIRTMESH_GATEWAY; default "
-                        "127.0.0.1:16514)")
+                        "127.0.0.1:16514, or with a token and no --cert/--key the token-only "
+                        "port 127.0.0.1:16515)")
     parser.add_argument("--node", default=default(None), metavar="NAME",
                         help="with several gateways: the one to use")
     parser.add_argument("--socket", default=default(None), metavar="PATH",
@@ -72,7 +73,8 @@ def _global_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument("--key", default=default(None), help="client key (env VIRTMESH_KEY)")
     parser.add_argument("--token-file", default=default(None), metavar="PATH",
                         help="bearer token for the gateway, sent over TLS only (env "
-                        "VIRTMESH_TOKEN_FILE, or the token itself in VIRTMESH_TOKEN)")
+                        "VIRTMESH_TOKEN_FILE, or the token itself in VIRTMESH_TOKEN); without "
+                        "--cert/--key no client certificate is sent")
     parser.add_argument("--json", action="store_true", default=default(False),
                         help="print JSON for scripts")
     parser.add_argument("--timeout", type=float, default=default(DEFAULT_TIMEOUT),

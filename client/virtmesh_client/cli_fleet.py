@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from virtmesh_client.cli_output import Output, fields, table, to_dict
-from virtmesh_client.client import DEFAULT_GATEWAY, Client, ClientError
+from virtmesh_client.client import Client, ClientError, default_gateway
 
 Handler = Callable[[Client, argparse.Namespace, Output], None]
 FanOut = Callable[["Fleet", argparse.Namespace, Output], None]
@@ -106,14 +106,16 @@ class Query:
 
 def gateways(args: argparse.Namespace) -> dict[str, str]:
     """Node name → address: ``--socket``, or ``[NAME=]HOST:PORT`` from every ``--gateway``,
-    ``VIRTMESH_GATEWAYS`` (comma-separated) or ``VIRTMESH_GATEWAY``; unnamed, the
-    node is its address."""
+    ``VIRTMESH_GATEWAYS`` (comma-separated) or ``VIRTMESH_GATEWAY``, else the default
+    (client.default_gateway: the token-only port for a token without a certificate);
+    unnamed, the node is its address."""
     if args.socket:
         return {args.socket: args.socket if args.socket.startswith("unix:")
                 else f"unix:{args.socket}"}
     values = [value.strip() for value in
               args.gateway or os.environ.get("VIRTMESH_GATEWAYS", "").split(",")
-              if value.strip()] or [os.environ.get("VIRTMESH_GATEWAY") or DEFAULT_GATEWAY]
+              if value.strip()] or [default_gateway(os.environ, bool(args.token_file),
+                                                    bool(args.cert or args.key))]
     nodes: dict[str, str] = {}
     for value in values:
         name, _, address = value.rpartition("=")
