@@ -12,6 +12,8 @@ SYSTEM_STAMP := $(VENV)/.system-deps
 PY_STAMP := $(VENV)/.python-deps
 GUEST := $(STATE)/guest/vmlinuz $(STATE)/guest/initrd.img
 PYTEST_ARGS ?=
+#: the CLI context `make run` writes for its mesh (`virtmesh config get-contexts`)
+CONTEXT ?= dev
 
 .PHONY: help deps run test lint gen gen-check guest bench fuzz image clean
 
@@ -63,7 +65,7 @@ $(GUEST): guest/build-guest.sh $(SYSTEM_STAMP)
 guest: $(GUEST)
 
 run: $(PY_STAMP) $(GUEST)
-	$(PY) -m services.supervisor --state-dir $(STATE) \
+	$(PY) -m services.supervisor --state-dir $(STATE) --context $(CONTEXT) \
 	  $(if $(filter-out 0,$(KEEP_GUESTS)),--keep-guests) $(if $(VIRT_TYPE),--virt-type $(VIRT_TYPE))
 
 # pytest exits 5 when it collected no tests: that is a failure, not a pass.

@@ -23,9 +23,12 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from virtmesh_client import (
+    __version__,
     cli_compute,
+    cli_config,
     cli_console,
     cli_gateway,
     cli_graphics,
@@ -41,7 +44,7 @@ from virtmesh_client.cli_output import Output
 from virtmesh_client.client import DEFAULT_TIMEOUT, ClientError, ConfigError
 
 #: every service's commands, in the order ``--help`` lists them
-COMMAND_MODULES = (cli_compute, cli_console, cli_gateway, cli_graphics, cli_iface,
+COMMAND_MODULES = (cli_compute, cli_config, cli_console, cli_gateway, cli_graphics, cli_iface,
                    cli_network, cli_nodedev, cli_nwfilter, cli_secret, cli_storage)
 #: commands that run until Ctrl-C, which ends them with status 0
 UNTIL_CTRL_C = ("events", "vnc")
@@ -60,10 +63,13 @@ def _global_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
                         help="gateway address, repeatable for several nodes (env "
                         "VIRTMESH_GATEWAYS, comma-separated, or VIRTMESH_GATEWAY; default "
                         "127.0.0.1:16514)")
+    parser.add_argument("--context", default=default(None), metavar="NAME",
+                        help="the context of the config file to use (env VIRTMESH_CONTEXT; "
+                        "default its current context; see `virtmesh config`)")
     parser.add_argument("--node", default=default(None), metavar="NAME",
                         help="with several gateways: the one to use")
     parser.add_argument("--socket", default=default(None), metavar="PATH",
-                        help="talk to the compute service's UNIX socket directly, without TLS")
+                        help="talk to one service's UNIX socket directly, without TLS")
     parser.add_argument("--state-dir", default=default(None),
                         help="where pki/ is (env VIRTMESH_STATE_DIR; default ./.virtmesh)")
     parser.add_argument("--ca", default=default(None), help="CA certificate (env VIRTMESH_CA)")
@@ -73,6 +79,9 @@ def _global_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument("--token-file", default=default(None), metavar="PATH",
                         help="bearer token for the gateway, sent over TLS only (env "
                         "VIRTMESH_TOKEN_FILE, or the token itself in VIRTMESH_TOKEN)")
+    parser.add_argument("--tls-server-name", default=default(None), metavar="NAME",
+                        help="the name the gateway's certificate must carry, if not the "
+                        "address's host (env VIRTMESH_TLS_SERVER_NAME)")
     parser.add_argument("--json", action="store_true", default=default(False),
                         help="print JSON for scripts")
     parser.add_argument("--timeout", type=float, default=default(DEFAULT_TIMEOUT),
@@ -81,14 +90,25 @@ def _global_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="virtmesh", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"virtmesh {__version__}")
     _global_flags(parser, defaults=True)
     common = argparse.ArgumentParser(add_help=False)
     _global_flags(common, defaults=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, handler: Handler, summary: str,
-                fan_out: FanOut | None = None) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=summary, description=summary, parents=[common])
+    groups: dict[str, Any] = {}
+
+    def command(name: str, handler: Handler, summary: str, fan_out: FanOut | None = None,
+                under: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+        """A command, or with ``under`` a subcommand of that command's (``config
+        use-context``); every one takes the global flags."""
+        actions = commands
+        if under is not None:
+            if under.prog not in groups:
+                groups[under.prog] = under.add_subparsers(
+                    dest="subcommand", required=True, metavar="ACTION")
+            actions = groups[under.prog]
+        sub = actions.add_parser(name, help=summary, description=summary, parents=[common])
         sub.set_defaults(handler=handler,
                          fan_out=handler.merged if isinstance(handler, Query) else fan_out)
         return sub

@@ -1,7 +1,7 @@
-"""Where a command runs: the gateways named on the command line or in the
-environment, one connection to each, and the fan-out over several of them (the
-rules users see are in cli.py's docstring). Knows no service but compute's
-``GetDomain``, which finds the node that has a domain.
+"""Where a command runs: the gateways named on the command line, in the
+environment or in a context (config.py), one connection to each, and the fan-out
+over several of them (the rules users see are in cli.py's docstring). Knows no
+service but compute's ``GetDomain``, which finds the node that has a domain.
 """
 
 from __future__ import annotations
@@ -18,8 +18,20 @@ from typing import Any, TypeVar
 
 from virtmesh_client.cli_output import Output, fields, table, to_dict
 from virtmesh_client.client import DEFAULT_GATEWAY, Client, ClientError
+from virtmesh_client.config import ConfigFile
 
-Handler = Callable[[Client, argparse.Namespace, Output], None]
+
+@dataclasses.dataclass(frozen=True)
+class Local:
+    """A command that calls nothing (``virtmesh config …``): run without a connection."""
+
+    run: Callable[[argparse.Namespace, Output], None]
+
+    def __call__(self, args: argparse.Namespace, out: Output) -> None:
+        self.run(args, out)
+
+
+Handler = Callable[[Client, argparse.Namespace, Output], None] | Local
 FanOut = Callable[["Fleet", argparse.Namespace, Output], None]
 T = TypeVar("T")
 
@@ -104,16 +116,7 @@ class Query:
             print(table(headers, ((node, *self.row(item)) for node, item in rows)))
 
 
-def gateways(args: argparse.Namespace) -> dict[str, str]:
-    """Node name → address: ``--socket``, or ``[NAME=]HOST:PORT`` from every ``--gateway``,
-    ``VIRTMESH_GATEWAYS`` (comma-separated) or ``VIRTMESH_GATEWAY``; unnamed, the
-    node is its address."""
-    if args.socket:
-        return {args.socket: args.socket if args.socket.startswith("unix:")
-                else f"unix:{args.socket}"}
-    values = [value.strip() for value in
-              args.gateway or os.environ.get("VIRTMESH_GATEWAYS", "").split(",")
-              if value.strip()] or [os.environ.get("VIRTMESH_GATEWAY") or DEFAULT_GATEWAY]
+def _nodes(values: Sequence[str]) -> dict[str, str]:
     nodes: dict[str, str] = {}
     for value in values:
         name, _, address = value.rpartition("=")
@@ -124,14 +127,60 @@ def gateways(args: argparse.Namespace) -> dict[str, str]:
     return nodes
 
 
+def connection(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, Any]]:
+    """Node name → address, and the Client's settings.
+
+    ``--socket`` is one service's socket, nothing else. Otherwise each setting is the
+    flag, else its environment variable, else the context's (``--context``,
+    ``VIRTMESH_CONTEXT`` or the config file's current context; see config.py), else
+    the default (127.0.0.1:16514, ``./.virtmesh/pki``). ``--state-dir`` or
+    ``VIRTMESH_STATE_DIR`` names a PKI: the context's CA, certificate and key are then
+    not used. Gateways are ``[NAME=]HOST:PORT`` from every ``--gateway``,
+    ``VIRTMESH_GATEWAYS`` (comma-separated), ``VIRTMESH_GATEWAY`` or the context's
+    ``gateway`` (comma-separated too); unnamed, the node is its address.
+    """
+    if args.socket:
+        return {args.socket: args.socket if args.socket.startswith("unix:")
+                else f"unix:{args.socket}"}, {}
+    env = os.environ
+    config = ConfigFile.load()
+    name = args.context or env.get("VIRTMESH_CONTEXT") or config.current
+    context = config.context(name) if name else {}
+    state_dir = args.state_dir or env.get("VIRTMESH_STATE_DIR")
+    pki = {} if state_dir else context
+
+    def pick(flag: str | None, variable: str, field: str,
+             source: dict[str, str] = context) -> str | None:
+        return flag or env.get(variable) or source.get(field) or None
+
+    values = [value.strip() for value in
+              args.gateway or (env.get("VIRTMESH_GATEWAYS") or env.get("VIRTMESH_GATEWAY")
+                               or context.get("gateway") or DEFAULT_GATEWAY).split(",")
+              if value.strip()]
+    settings = {
+        # with a context, files it does not name are not taken from ./.virtmesh
+        "state_dir": state_dir or (str(config.path.parent) if context else None),
+        "ca": pick(args.ca, "VIRTMESH_CA", "ca", pki),
+        "cert": pick(args.cert, "VIRTMESH_CERT", "cert", pki),
+        "key": pick(args.key, "VIRTMESH_KEY", "key", pki),
+        "token_file": pick(args.token_file, "VIRTMESH_TOKEN_FILE", "token-file"),
+        "server_name": pick(args.tls_server_name, "VIRTMESH_TLS_SERVER_NAME",
+                            "tls-server-name"),
+    }
+    return _nodes(values or [DEFAULT_GATEWAY]), settings
+
+
 def run(args: argparse.Namespace, out: Output) -> int:
     """One gateway (or ``--node``): the command as is. Several: fan out, or find the
     domain's node; anything else needs ``--node``. 1 if a node failed."""
+    if isinstance(args.handler, Local):
+        args.handler(args, out)
+        return 0
     with contextlib.ExitStack() as stack:
-        clients = {node: stack.enter_context(Client(
-            address, state_dir=args.state_dir, ca=args.ca, cert=args.cert, key=args.key,
-            token_file=args.token_file, timeout=args.timeout or None))
-            for node, address in gateways(args).items()}
+        nodes, settings = connection(args)
+        clients = {node: stack.enter_context(Client(address, timeout=args.timeout or None,
+                                                    **settings))
+                   for node, address in nodes.items()}
         if args.node:
             if args.node not in clients:
                 raise UsageError(f"no gateway named '{args.node}' (nodes: {', '.join(clients)})")
