@@ -69,7 +69,9 @@ def _global_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument("--node", default=default(None), metavar="NAME",
                         help="with several gateways: the one to use")
     parser.add_argument("--socket", default=default(None), metavar="PATH",
-                        help="talk to one service's UNIX socket directly, without TLS")
+                        help="talk to a service's UNIX socket directly, without TLS: the "
+                        "command's service's socket, or a directory of them (.virtmesh/run), "
+                        "where each command finds its own service's <service>.sock")
     parser.add_argument("--state-dir", default=default(None),
                         help="where pki/ is (env VIRTMESH_STATE_DIR; default ./.virtmesh)")
     parser.add_argument("--ca", default=default(None), help="CA certificate (env VIRTMESH_CA)")
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     groups: dict[str, Any] = {}
+    service = ""
 
     def command(name: str, handler: Handler, summary: str, fan_out: FanOut | None = None,
                 under: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -109,13 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
                     dest="subcommand", required=True, metavar="ACTION")
             actions = groups[under.prog]
         sub = actions.add_parser(name, help=summary, description=summary, parents=[common])
-        sub.set_defaults(handler=handler,
+        sub.set_defaults(handler=handler, service=service,
                          fan_out=handler.merged if isinstance(handler, Query) else fan_out)
         return sub
 
     for module in COMMAND_MODULES:
+        service = _service(module)
         module.register(command)
     return parser
+
+
+def _service(module: object) -> str:
+    """The service a command module's commands call, from its generated module ``pb``
+    (``virtmesh.storage.v1`` → ``storage``); "" for a module that calls none."""
+    pb = getattr(module, "pb", None)
+    return str(pb.DESCRIPTOR.package).split(".")[1] if pb is not None else ""
 
 
 @dataclasses.dataclass
@@ -182,6 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args, Output(args.json))
     except ClientError as error:
         hint = START_HINT if error.code == "UNAVAILABLE" and not error.reason else ""
+        if error.code == "UNIMPLEMENTED" and args.socket and "Method not found" in str(error):
+            error = ClientError(error.code, f"{args.socket} does not serve {args.command}: "
+                                f"--socket takes the {args.service} service's socket, or a "
+                                "directory of sockets")
         print(f"virtmesh: {error}{hint}", file=sys.stderr)
         return 1
     except (ConfigError, UsageError) as error:

@@ -130,7 +130,8 @@ def _nodes(values: Sequence[str]) -> dict[str, str]:
 def connection(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, Any]]:
     """Node name → address, and the Client's settings.
 
-    ``--socket`` is one service's socket, nothing else. Otherwise each setting is the
+    ``--socket`` is one service's socket, or a directory where the command's service
+    has ``<service>.sock``; nothing else. Otherwise each setting is the
     flag, else its environment variable, else the context's (``--context``,
     ``VIRTMESH_CONTEXT`` or the config file's current context; see config.py), else
     the default (127.0.0.1:16514, ``./.virtmesh/pki``). ``--state-dir`` or
@@ -140,8 +141,16 @@ def connection(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, Any]
     ``gateway`` (comma-separated too); unnamed, the node is its address.
     """
     if args.socket:
-        return {args.socket: args.socket if args.socket.startswith("unix:")
-                else f"unix:{args.socket}"}, {}
+        service = getattr(args, "service", "")
+        if service == "gateway":
+            raise UsageError(f"{args.command} is the gateway's own API: the gateway has no "
+                             "socket; use --gateway")
+        path = args.socket.removeprefix("unix:")
+        if os.path.isdir(path):
+            if not service:
+                raise UsageError(f"{args.command} calls no service: --socket does not apply")
+            path = os.path.join(path, f"{service}.sock")
+        return {args.socket: f"unix:{path}"}, {}
     env = os.environ
     config = ConfigFile.load()
     name = args.context or env.get("VIRTMESH_CONTEXT") or config.current
