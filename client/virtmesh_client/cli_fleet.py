@@ -98,6 +98,9 @@ class Query:
     headers: tuple[str, ...]
     row: Callable[[Any], Sequence[object]]
     key: str = ""
+    #: without ``key``: the columns of the merged table, if the labels are not their
+    #: fields' names (cli_output's rule)
+    columns: tuple[str, ...] = ()
 
     def __call__(self, client: Client, args: argparse.Namespace, out: Output) -> None:
         response = self.fetch(client, args)
@@ -112,7 +115,8 @@ class Query:
             print(json.dumps({self.key or "nodes": [to_dict(item, node) for node, item in rows]},
                              indent=2))
         else:
-            headers = ("NODE", *(header.upper().replace(" ", "_") for header in self.headers))
+            headers = ("NODE", *(self.columns or (header.upper().replace(" ", "_")
+                                                  for header in self.headers)))
             print(table(headers, ((node, *self.row(item)) for node, item in rows)))
 
 
