@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from virtmesh_client import (
     __version__,
@@ -90,11 +91,44 @@ def _global_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
                         metavar="SECONDS", help="deadline of each call; 0 waits forever")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistyped command answered by the nearest commands (not by the
+    list of every command) in one line."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
+            shown = [choice.dest for choice in action._choices_actions]
+            close = difflib.get_close_matches(value, shown, n=3, cutoff=0.6)
+            raise _UnknownCommand(action, f"unknown command '{value}'" + (
+                f"; did you mean {' or '.join(map(repr, close))}?" if close else "") +
+                f" (`{self.prog} --help` lists the commands)")
+        super()._check_value(action, value)
+
+    def error(self, message: str) -> NoReturn:
+        if isinstance(sys.exc_info()[1], _UnknownCommand):
+            self.exit(2, f"{self.prog}: {message.split(': ', 1)[-1]}\n")
+        super().error(message)
+
+    def unrecognized(self, extra: Sequence[str]) -> NoReturn:
+        """Arguments this (sub)command does not take: its usage, and the nearest flags."""
+        flags = [option for action in self._actions for option in action.option_strings]
+        close = {word: difflib.get_close_matches(word, flags, n=2, cutoff=0.7)
+                 for word in extra if word.startswith("-")}
+        hints = [f"{word}: did you mean {' or '.join(near)}?"
+                 for word, near in close.items() if near]
+        self.error(f"unrecognized arguments: {' '.join(extra)}"
+                   + (f" ({'; '.join(hints)})" if hints else ""))
+
+
+class _UnknownCommand(argparse.ArgumentError):
+    pass
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="virtmesh", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="virtmesh", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"virtmesh {__version__}")
     _global_flags(parser, defaults=True)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     _global_flags(common, defaults=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -112,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                     dest="subcommand", required=True, metavar="ACTION")
             actions = groups[under.prog]
         sub = actions.add_parser(name, help=summary, description=summary, parents=[common])
-        sub.set_defaults(handler=handler, service=service,
+        sub.set_defaults(handler=handler, service=service, parser=sub,
                          fan_out=handler.merged if isinstance(handler, Query) else fan_out)
         return sub
 
@@ -184,7 +218,9 @@ def command() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # with the usage of the (sub)command that did not take them
+            args.parser.unrecognized(extra)
     except SystemExit as exit:  # argparse printed the usage or --help
         return exit.code if isinstance(exit.code, int) else 2
     _ctrl_c.status = 0 if args.command in UNTIL_CTRL_C or args.command.endswith("-event") \
@@ -204,3 +240,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return _ctrl_c.status
+    except BrokenPipeError:
+        raise  # command() ends quietly
+    except OSError as error:  # a local file: vol-upload's, vol-download's, screenshot's...
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"virtmesh: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
+    except ValueError as error:  # e.g. a number out of a field's range, text not UTF-8
+        print(f"virtmesh: invalid value: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # noqa: BLE001 - never a traceback for a user
+        if os.environ.get("VIRTMESH_DEBUG"):
+            raise
+        print(f"virtmesh: unexpected {type(error).__name__}: {error} (VIRTMESH_DEBUG=1 "
+              "shows where)", file=sys.stderr)
+        return 1
