@@ -16,6 +16,8 @@ packages=(
     prometheus
     # graphics through the gateway: real viewers under a virtual X server, in tests
     xvfb gvncviewer virt-viewer
+    # the CLI's zsh completion script runs in a real zsh, in tests
+    zsh
 )
 
 missing=()

@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 
 from virtmesh_client import (
     __version__,
+    cli_completion,
     cli_compute,
     cli_config,
     cli_console,
@@ -45,8 +46,9 @@ from virtmesh_client.cli_output import Output
 from virtmesh_client.client import DEFAULT_TIMEOUT, ClientError, ConfigError
 
 #: every service's commands, in the order ``--help`` lists them
-COMMAND_MODULES = (cli_compute, cli_config, cli_console, cli_gateway, cli_graphics, cli_iface,
-                   cli_network, cli_nodedev, cli_nwfilter, cli_secret, cli_storage)
+COMMAND_MODULES = (cli_compute, cli_completion, cli_config, cli_console, cli_gateway,
+                   cli_graphics, cli_iface, cli_network, cli_nodedev, cli_nwfilter, cli_secret,
+                   cli_storage)
 #: commands that run until Ctrl-C, which ends them with status 0
 UNTIL_CTRL_C = ("events", "vnc")
 START_HINT = "; is virtmesh running? start it with `make run`"
@@ -145,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                 groups[under.prog] = under.add_subparsers(
                     dest="subcommand", required=True, metavar="ACTION")
             actions = groups[under.prog]
-        sub = actions.add_parser(name, help=summary, description=summary, parents=[common])
+        # a command without a summary is not listed (``__names``, for completion)
+        listed: dict[str, Any] = {"help": summary} if summary else {}
+        sub = actions.add_parser(name, description=summary or None, parents=[common], **listed)
         sub.set_defaults(handler=handler, service=service, parser=sub,
                          fan_out=handler.merged if isinstance(handler, Query) else fan_out)
         return sub
