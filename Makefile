@@ -10,6 +10,8 @@ GEN := protos/gen/python
 PROTOS := $(shell find protos/virtmesh -name '*.proto')
 SYSTEM_STAMP := $(VENV)/.system-deps
 PY_STAMP := $(VENV)/.python-deps
+# The Node client's packages (package-lock.json), its generator (ts-proto) and tsc
+NODE_STAMP := clients/node/node_modules/.installed
 GUEST := $(STATE)/guest/vmlinuz $(STATE)/guest/initrd.img
 PYTEST_ARGS ?=
 #: the CLI context `make run` writes for its mesh (`virtmesh config get-contexts`)
@@ -21,7 +23,7 @@ help:
 	@echo "make run    install what is missing, build, and run the mesh (Ctrl-C stops it)"
 	@echo "make test   install what is missing and run the whole test suite"
 	@echo "make lint   buf lint + format check, generated-code check, ruff, mypy"
-	@echo "make gen    regenerate Python code from protos/"
+	@echo "make gen    regenerate Python, Go (and Node) code from protos/"
 	@echo "make bench  libvirtd vs compute service vs gateway, scrapes, volume streaming,"
 	@echo "            a VNC viewer's frame latency through the gateway: figures"
 	@echo "make fuzz   COUNT mutated documents (default 20000, SEED=n) on every define path"
@@ -38,15 +40,25 @@ $(PY_STAMP): $(SYSTEM_STAMP) requirements.lock pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-deps: $(PY_STAMP)
+$(NODE_STAMP): $(SYSTEM_STAMP) clients/node/package.json clients/node/package-lock.json
+	cd clients/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
-gen: $(PY_STAMP)
+deps: $(PY_STAMP) $(NODE_STAMP)
+
+gen: $(PY_STAMP) $(NODE_STAMP)
 	tools/gen-protos.sh $(GEN)
+	tools/gen-clients.sh
 
-gen-check: $(PY_STAMP)
-	@tmp=$$(mktemp -d) && tools/gen-protos.sh $$tmp && \
-	  if diff -r -q -x __pycache__ $(GEN) $$tmp >/dev/null; then rm -rf $$tmp; echo "generated code is up to date"; \
-	  else diff -r -x __pycache__ $(GEN) $$tmp | head -20; rm -rf $$tmp; \
+gen-check: $(PY_STAMP) $(NODE_STAMP)
+	@tmp=$$(mktemp -d) && tools/gen-protos.sh $$tmp/python && tools/gen-clients.sh $$tmp && \
+	  if diff -r -q -x __pycache__ $(GEN) $$tmp/python >/dev/null && \
+	     diff -r -q clients/go/gen $$tmp/clients/go/gen >/dev/null && \
+	     diff -r -q clients/node/src/gen $$tmp/clients/node/src/gen >/dev/null; then \
+	    rm -rf $$tmp; echo "generated code is up to date"; \
+	  else diff -r -x __pycache__ $(GEN) $$tmp/python | head -20; \
+	       diff -r clients/go/gen $$tmp/clients/go/gen | head -20; \
+	       diff -r clients/node/src/gen $$tmp/clients/node/src/gen | head -20; rm -rf $$tmp; \
 	       echo "generated code is stale: run make gen and commit" >&2; exit 1; fi
 
 lint: $(PY_STAMP) gen-check
@@ -69,7 +81,7 @@ run: $(PY_STAMP) $(GUEST)
 	  $(if $(filter-out 0,$(KEEP_GUESTS)),--keep-guests) $(if $(VIRT_TYPE),--virt-type $(VIRT_TYPE))
 
 # pytest exits 5 when it collected no tests: that is a failure, not a pass.
-test: $(PY_STAMP) $(GUEST)
+test: $(PY_STAMP) $(NODE_STAMP) $(GUEST)
 	@$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
 	  if [ $$status = 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
 	  exit $$status
@@ -100,4 +112,4 @@ image:
 	$$build -f deploy/Containerfile -t $(IMAGE) .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache clients/node/node_modules

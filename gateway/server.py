@@ -16,7 +16,6 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from gateway import limits
 from gateway.activation import Activator
@@ -31,7 +30,7 @@ from gateway.health import GATEWAY_SERVICE, GatewayHealth
 from gateway.pki import is_dev_ca
 from gateway.proxy import ProxyHandler
 from gateway.routes import method_paths, proxied_services, route_table
-from services.common import metrics
+from services.common import metrics, reflection
 from services.common.config import ConfigError
 from services.common.interceptors import AioCheckInterceptor, AioObserveInterceptor
 from virtmesh.gateway.v1.gateway_service_pb2_grpc import add_GatewayServiceServicer_to_server
@@ -127,14 +126,14 @@ class Gateway:
         self.tls = TlsFiles(self.config)
         options = limits.server_options(self.config)
         routes = route_table(self.backends)
-        own = [GATEWAY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        own = [GATEWAY_SERVICE, health.SERVICE_NAME, *reflection.SERVICE_NAMES]
         # The proxy answers any path; only the ones served are metric label values.
         observe = AioObserveInterceptor({*routes, *method_paths(own)})
         server = grpc.aio.server(options=options, interceptors=[observe, AioCheckInterceptor()])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         add_GatewayServiceServicer_to_server(
             GatewayApi(routes, self.backends, self.access, self.config.fanout_timeout), server)
-        reflection.enable_server_reflection(sorted(self.services) + own, server)
+        reflection.enable([*self.services, *own], server)
         server.add_generic_rpc_handlers((ProxyHandler(routes, self.backends, self.access,
                                                         self.activator),))
         self.port = server.add_secure_port(self.config.listen, self.tls.credentials())

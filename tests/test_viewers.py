@@ -39,8 +39,8 @@ from tests.conftest import ROOT, Mesh, running_mesh
 from tests.test_e2e_qemu import EMBED_URI, short_state_dir, wait_for
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
-from virtmesh_client.cli_graphics import GraphicsStream
-from virtmesh_client.client import Client
+from virtmesh_client.cli_graphics import Tunnel, open_display
+from virtmesh_client.client import Client, ClientError
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(180)]
 
@@ -157,14 +157,17 @@ def find_in(screen: Image.Image, guest: Image.Image, tolerance: float = 0.1
             ) -> Image.Image | None:
     """The part of ``screen`` that shows ``guest`` at 1:1 (a viewer's window), or None.
 
-    Candidates are where the guest's first lit pixel could be; a blinking cursor or
-    a line printed between the two captures is within ``tolerance``."""
+    Candidates are where the guest's first lit pixel could be (remote-viewer's
+    header bar has thousands of pixels of its grey); a candidate is checked
+    on the eight pixel rows from there first, then whole. A blinking cursor or a
+    line printed between the two captures is within ``tolerance``."""
     box = guest.convert("L").getbbox()
     if box is None:
         return None
     x0 = box[0]
     y0 = next(y for y in range(box[1], box[3]) if guest.getpixel((x0, y)) != (0, 0, 0))
     first = guest.getpixel((x0, y0))
+    band = guest.crop((0, y0, guest.width, y0 + 8))
     pixels = screen.load()
     assert pixels is not None
     tried = 0
@@ -173,9 +176,11 @@ def find_in(screen: Image.Image, guest: Image.Image, tolerance: float = 0.1
             if pixels[x, y] != first:
                 continue
             tried += 1
-            if tried > 4000:
-                return None
-            crop = screen.crop((x - x0, y - y0, x - x0 + guest.width, y - y0 + guest.height))
+            assert tried < 200_000, "the screen is nearly all one colour: no viewer on it"
+            left = x - x0
+            if mismatch(screen.crop((left, y, left + guest.width, y + 8)), band) > tolerance:
+                continue
+            crop = screen.crop((left, y - y0, left + guest.width, y - y0 + guest.height))
             if mismatch(crop, guest) <= tolerance:
                 return crop
     return None
@@ -444,14 +449,14 @@ def test_cancelled_stream_leaves_no_fd_open(graphics: Graphics) -> None:
     popen = graphics.mesh.compute.popen
     assert popen is not None
     with graphics.client() as client:
-        GraphicsStream(client, GUEST).close()  # the connection and its threads exist now
+        open_display(client, GUEST).cancel()  # the connection and its threads exist now
         baseline = settled_fds(popen.pid)
-        streams = [GraphicsStream(client, GUEST) for _ in range(5)]
+        streams = [open_display(client, GUEST) for _ in range(5)]
         greetings = [next(iter(stream)) for stream in streams]
         assert greetings == [b"RFB 003.008\n"] * 5
         assert open_fds(popen.pid) >= baseline + 5
         for stream in streams:
-            stream.close()
+            stream.cancel()
         wait_for(lambda: open_fds(popen.pid) <= baseline, PATIENCE,
                  "the service to close the cancelled streams' fds")
 
@@ -463,3 +468,100 @@ def test_unknown_domain_is_one_line(graphics: Graphics) -> None:
         assert done.returncode == 1
         assert done.stderr.startswith("virtmesh: NOT_FOUND: "), done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+# -- the tunnel's own rules, against the real display -------------------------------
+
+GREETING = b"RFB 003.008\n"
+
+
+def read_exactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        part = sock.recv(count - len(data))
+        assert part, f"connection closed after {data!r}"
+        data += part
+    return data
+
+
+def test_each_connection_is_its_own_stream(graphics: Graphics) -> None:
+    """Two connections, two RFB sessions: each gets QEMU's greeting and, after its
+    own version answer, its own list of security types."""
+    address = ("127.0.0.1", graphics.port)
+    with socket.create_connection(address, timeout=60) as one, \
+            socket.create_connection(address, timeout=60) as two:
+        assert read_exactly(one, len(GREETING)) == GREETING
+        assert read_exactly(two, len(GREETING)) == GREETING
+        two.sendall(GREETING)
+        count = read_exactly(two, 1)[0]
+        assert count >= 1 and 1 in read_exactly(two, count)  # "None" security: type 1
+        one.sendall(GREETING)
+        assert read_exactly(one, 1)[0] == count
+
+
+def test_display_closing_closes_the_viewer(graphics: Graphics) -> None:
+    """QEMU hangs up on a version it does not speak: the tunnel closes the viewer's
+    socket (else recv would wait for the socket's 60 s timeout and raise)."""
+    with socket.create_connection(("127.0.0.1", graphics.port), timeout=60) as viewer:
+        assert read_exactly(viewer, len(GREETING)) == GREETING
+        viewer.sendall(b"RFB 999.999\n")
+        rest = b""
+        while part := viewer.recv(4096):
+            rest += part
+    assert len(rest) < 4096  # at most QEMU's reason, then the end of file
+
+
+def test_check_reports_what_a_viewer_would_meet(graphics: Graphics) -> None:
+    with graphics.client() as client:
+        with Tunnel(client, GUEST) as tunnel:
+            assert tunnel.check() == "vnc"
+        with Tunnel(client, "nope") as tunnel, pytest.raises(ClientError) as caught:
+            tunnel.check()
+    assert caught.value.code == "NOT_FOUND"
+
+
+def test_vnc_command_ends_on_ctrl_c_with_status_0(graphics: Graphics) -> None:
+    process = subprocess.Popen(graphics.argv("vnc", GUEST), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().decode().strip()
+        assert url.startswith("vnc://127.0.0.1:"), url
+        with socket.create_connection(("127.0.0.1", int(url.rpartition(":")[2])),
+                                      timeout=60) as viewer:
+            assert read_exactly(viewer, len(GREETING)) == GREETING
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def test_spice_display_through_the_tunnel(graphics: Graphics) -> None:
+    """A SPICE display reached the same way: QEMU's SPICE server answers a link
+    request for the main channel through the stream. The guest only needs its
+    QEMU, so it stays paused."""
+    name = "spicy"
+    xml = example.render(name, graphics.mesh.state_dir, "qemu").replace(
+        "<graphics type='vnc'>\n      <listen type='socket'/>\n    </graphics>",
+        "<graphics type='spice'>\n      <listen type='none'/>\n    </graphics>")
+    assert "type='spice'" in xml
+    with graphics.client() as client:
+        client.call("CreateDomain", pb.CreateDomainRequest(xml=xml, paused=True))
+        try:
+            with open_display(client, name) as session:
+                assert session.opened.protocol == "spice"
+                # SpiceLinkHeader (magic, version 2.2, size) + SpiceLinkMess for the
+                # main channel (type 1, id 0) with no capabilities
+                message = struct.pack("<IBBIII", 0, 1, 0, 0, 0, 18)
+                session.send(b"REDQ" + struct.pack("<III", 2, 2, len(message)) + message)
+                reply = b""
+                for data in session:
+                    reply += data
+                    if len(reply) >= 16:
+                        break
+                assert reply[:4] == b"REDQ", reply
+                assert struct.unpack("<II", reply[4:12]) == (2, 2)
+        finally:
+            client.call("DestroyDomain", pb.DestroyDomainRequest(name=name))

@@ -16,9 +16,18 @@ packages=(
     prometheus
     # graphics through the gateway: real viewers under a virtual X server, in tests
     xvfb gvncviewer virt-viewer
+    # clients in other languages (clients/): Go built offline from Debian's packaged
+    # sources (protobuf-go APIv2 and golang/protobuf 1.5: 1.3 panics on APIv2 types)
+    golang-go golang-google-grpc-dev golang-google-protobuf-dev
+    golang-github-golang-protobuf-1-5-dev golang-google-genproto-dev
+    protoc-gen-go protoc-gen-go-grpc
+    # the Node client: its packages come from npm (clients/node/package-lock.json)
+    nodejs
     # the CLI's zsh completion script runs in a real zsh, in tests
     zsh
 )
+# Debian's nodejs comes without npm; another nodejs (NodeSource's) brings its own.
+command -v npm >/dev/null || packages+=(npm)
 
 missing=()
 for package in "${packages[@]}"; do

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import queue
 import shutil
 import socket
 import struct
@@ -21,7 +20,6 @@ import sys
 import tempfile
 import threading
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +28,8 @@ from virtmesh_client.cli_commands import CommandFactory, Commands, enum_choices
 from virtmesh_client.cli_compute import DOMAIN
 from virtmesh_client.cli_fleet import UsageError
 from virtmesh_client.cli_output import Output, byte_size, table
-from virtmesh_client.client import Client, ClientError, rpc_errors
+from virtmesh_client.client import SESSION_CHUNK, Client, ClientError, Session
 
-#: the proto's limit for one message's data
-CHUNK = 64 * 1024
-#: messages from a viewer waiting to be sent: a slow gateway stops reading the viewer
-QUEUE_DEPTH = 8
 #: after a viewer closes its side, how long the service has to end the stream
 CLOSE_GRACE = 5.0
 CODESETS = enum_choices(pb.KeyCodeSet, "KEY_CODE_SET_")
@@ -47,94 +41,27 @@ PPM_MIMES = ("image/x-portable-pixmap", "image/x-portable-anymap", "image/ppm")
 
 # -- one viewer connection -----------------------------------------------------
 
-class GraphicsStream:
-    """One OpenDomainGraphics call: bytes to and from one display connection.
-
-    Construction returns once the service has opened the display (its first
-    response) and raises ``ClientError`` if it cannot. Outgoing data waits in a
-    short queue: when the gateway reads slowly, ``send`` blocks, so the viewer's
-    socket is read no faster than the tunnel carries it.
-    """
-
-    def __init__(self, client: Client, name: str, index: int = 0,
-                 skip_auth: bool = False) -> None:
-        self._outgoing: queue.Queue[bytes | None] = queue.Queue(QUEUE_DEPTH)
-        self.closed = threading.Event()
-        first = pb.OpenDomainGraphicsRequest(name=name, index=index, skip_auth=skip_auth)
-        self._call = client.method("OpenDomainGraphics", pb.OpenDomainGraphicsRequest)(
-            self._requests(first), timeout=None)
-        try:
-            with rpc_errors():
-                opened = next(self._call)
-        except StopIteration:
-            self.close()
-            raise ClientError("UNAVAILABLE", "the graphics stream ended before it opened"
-                              ) from None
-        except BaseException:
-            self.close()
-            raise
-        self.protocol = opened.protocol or "vnc"
-        self._early = opened.data
-
-    def _requests(self, first: Any) -> Iterator[Any]:
-        yield first
-        while True:
-            data = self._outgoing.get()
-            if data is None or self.closed.is_set():
-                return
-            yield pb.OpenDomainGraphicsRequest(data=data)
-
-    def _put(self, item: bytes | None) -> bool:
-        while not self.closed.is_set():
-            try:
-                self._outgoing.put(item, timeout=0.5)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def send(self, data: bytes) -> bool:
-        """Queue bytes for the display; False once the stream is closed."""
-        return all(self._put(data[i:i + CHUNK]) for i in range(0, len(data), CHUNK))
-
-    def close_write(self) -> None:
-        """Half-close: the viewer has no more to say; the service then ends the stream."""
-        self._put(None)
-
-    def __iter__(self) -> Iterator[bytes]:
-        """The display's bytes until the stream ends; a failure is a ClientError."""
-        if self._early:
-            yield self._early
-        with rpc_errors():
-            for response in self._call:
-                if response.data:
-                    yield response.data
-
-    def close(self) -> None:
-        """Cancel the call (nothing if it has ended already) and let the thread
-        that grpc runs ``_requests`` on finish."""
-        self.closed.set()
-        self._call.cancel()
-        while True:
-            try:
-                self._outgoing.put_nowait(None)
-                return
-            except queue.Full:
-                with contextlib.suppress(queue.Empty):
-                    self._outgoing.get_nowait()
+def open_display(client: Client, name: str, index: int = 0) -> Session:
+    """One OpenDomainGraphics session: bytes to and from one display connection."""
+    return client.session("OpenDomainGraphics",
+                          pb.OpenDomainGraphicsRequest(name=name, index=index))
 
 
-def splice(stream: GraphicsStream, sock: socket.socket) -> None:
+def protocol_of(session: Session) -> str:
+    return session.opened.protocol or "vnc"
+
+
+def splice(stream: Session, sock: socket.socket) -> None:
     """Bytes both ways between a viewer's socket and its stream until either side
     closes; then both are closed. A failed stream raises ClientError."""
     def upstream() -> None:
         with contextlib.suppress(OSError):
-            while data := sock.recv(CHUNK):
+            while data := sock.recv(SESSION_CHUNK):
                 if not stream.send(data):
                     return
-        stream.close_write()
-        if not stream.closed.wait(CLOSE_GRACE):
-            stream.close()
+        stream.close()
+        if not stream.cancelled.wait(CLOSE_GRACE):
+            stream.cancel()
 
     reader = threading.Thread(target=upstream, name="vnc-upstream", daemon=True)
     reader.start()
@@ -144,7 +71,7 @@ def splice(stream: GraphicsStream, sock: socket.socket) -> None:
     except OSError:
         pass  # the viewer went away
     finally:
-        stream.close()
+        stream.cancel()
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
         sock.close()
@@ -183,7 +110,7 @@ class Tunnel:
         self.host, self.port = self.listener.getsockname()[:2]
         self._closing = threading.Event()
         self._lock = threading.Lock()
-        self._streams: set[GraphicsStream] = set()
+        self._streams: set[Session] = set()
 
     @property
     def address(self) -> str:
@@ -195,9 +122,8 @@ class Tunnel:
     def check(self) -> str:
         """Open one stream and close it again: the display's protocol, or the
         ClientError a viewer would meet (no such domain, not running, not allowed)."""
-        stream = GraphicsStream(self.client, self.name, self.index)
-        stream.close()
-        return stream.protocol
+        with open_display(self.client, self.name, self.index) as stream:
+            return protocol_of(stream)
 
     def serve(self) -> None:
         while not self._closing.is_set():
@@ -213,7 +139,7 @@ class Tunnel:
 
     def _forward(self, sock: socket.socket, peer: Any) -> None:
         try:
-            stream = GraphicsStream(self.client, self.name, self.index)
+            stream = open_display(self.client, self.name, self.index)
         except ClientError as error:
             print(f"virtmesh: viewer {peer[0]}:{peer[1]}: {error}", file=sys.stderr, flush=True)
             sock.close()
@@ -239,7 +165,7 @@ class Tunnel:
         with self._lock:
             streams = list(self._streams)
         for stream in streams:
-            stream.close()
+            stream.cancel()
 
     def __enter__(self) -> Tunnel:
         return self

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -126,48 +127,70 @@ class Session:
     OpenDomainGraphics): ``send`` bytes, iterate the bytes that come back.
 
     Construction returns once the service has opened the device (its first
-    response, kept in ``opened``). ``close`` ends the session from our side (a
-    half-close: the service ends it, status OK); ``cancel`` abandons it. At most
-    a few messages wait to be sent: ``send`` blocks when the service is slower.
+    response, kept in ``opened``), and raises ClientError if it cannot. ``close``
+    ends the session from our side (a half-close: the service ends it, status OK);
+    ``cancel`` abandons it. At most a few messages wait to be sent: ``send``
+    blocks while the service is slower, so the source is read no faster than the
+    session carries it.
     """
 
     def __init__(self, method: Any, first: Any) -> None:
         self._request_type = type(first)
         self._outgoing: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
-
-        def requests() -> Iterator[Any]:
-            yield first
-            while (data := self._outgoing.get()) is not None:
-                yield self._request_type(data=data)
-
-        self.call = method(requests(), timeout=None)
+        #: set once the session is cancelled: nothing more is sent
+        self.cancelled = threading.Event()
+        self.call = method(self._requests(first), timeout=None)
         try:
             with rpc_errors():
                 self.opened = next(self.call)
+        except StopIteration:
+            self.cancel()
+            raise ClientError("UNAVAILABLE", "the session ended before it opened") from None
         except BaseException:
             self.cancel()
             raise
 
-    def send(self, data: bytes) -> None:
-        for start in range(0, len(data), SESSION_CHUNK):
-            self._outgoing.put(data[start:start + SESSION_CHUNK])
+    def _requests(self, first: Any) -> Iterator[Any]:
+        yield first
+        while (data := self._outgoing.get()) is not None and not self.cancelled.is_set():
+            yield self._request_type(data=data)
+
+    def _put(self, item: bytes | None) -> bool:
+        while not self.cancelled.is_set():
+            with contextlib.suppress(queue.Full):
+                self._outgoing.put(item, timeout=0.5)
+                return True
+        return False
+
+    def send(self, data: bytes) -> bool:
+        """Queue bytes for the guest; False once the session is cancelled."""
+        return all(self._put(data[start:start + SESSION_CHUNK])
+                   for start in range(0, len(data), SESSION_CHUNK))
 
     def close(self) -> None:
-        self._outgoing.put(None)
+        self._put(None)
 
     def cancel(self) -> None:
+        """Cancel the call (nothing if it has ended) and end the thread grpc runs the
+        requests on."""
+        self.cancelled.set()
         self.call.cancel()
-        with contextlib.suppress(queue.Full):  # the request thread must end too
-            while True:
-                with contextlib.suppress(queue.Empty):
-                    self._outgoing.get_nowait()
+        while True:
+            try:
                 self._outgoing.put_nowait(None)
                 return
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self._outgoing.get_nowait()
 
     def __iter__(self) -> Iterator[bytes]:
+        """The guest's bytes until the session ends; a failure is a ClientError."""
+        if self.opened.data:
+            yield self.opened.data
         with rpc_errors():
             for response in self.call:
-                yield response.data
+                if response.data:
+                    yield response.data
 
     def __enter__(self) -> Session:
         return self

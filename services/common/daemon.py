@@ -40,11 +40,10 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client.registry import Collector
 
 from services.common import config as config_module
-from services.common import metrics
+from services.common import metrics, reflection
 from services.common.config import Config, ConfigError
 from services.common.error_interceptor import ErrorInterceptor
 from services.common.interceptors import (
@@ -320,9 +319,7 @@ class Daemon:
                              maximum_concurrent_rpcs=max(concurrency, 1))
         self.spec.add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (self.spec.descriptor.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
-            server)
+        reflection.enable((self.spec.descriptor.full_name, health.SERVICE_NAME), server)
         old_umask = os.umask(0o177)
         try:
             server.add_insecure_port(f"unix:{path}")

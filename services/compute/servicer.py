@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol, TypeVar
 
 import grpc
 
 from services.common.config import Config
 from services.common.libvirt_connection import LibvirtConnection
-from services.common.relay import MAX_CHUNK, Slots, relay
+from services.common.relay import MAX_CHUNK, Session, Slots, relay
 from services.common.servicer import DriverServicer, optional_bools
 from services.common.shared import ServiceError
 from services.common.version import VERSION
@@ -32,6 +32,7 @@ class _HasData(Protocol):
 
 
 R = TypeVar("R", bound=_HasData)
+M = TypeVar("M")
 
 
 def _first(requests: Iterator[R], what: str) -> R:
@@ -203,30 +204,34 @@ class ComputeServicer(DriverServicer[ComputeBackend, pb.WatchDomainEventsRespons
     def OpenDomainConsole(self, request_iterator: Iterator[pb.OpenDomainConsoleRequest],
                           context: Ctx) -> Iterator[pb.OpenDomainConsoleResponse]:
         first = _first(request_iterator, "console")
-        with self.sessions.held():
-            session, device = self.backend.open_console(first.name, first.device, first.force)
-            yield pb.OpenDomainConsoleResponse(device=device)
-            for data in relay(session, _data(first, request_iterator), context.add_callback):
-                yield pb.OpenDomainConsoleResponse(data=data)
+        return self._session(first, request_iterator, context, pb.OpenDomainConsoleResponse,
+                             "device", lambda: self.backend.open_console(
+                                 first.name, first.device, first.force))
 
     def OpenDomainChannel(self, request_iterator: Iterator[pb.OpenDomainChannelRequest],
                           context: Ctx) -> Iterator[pb.OpenDomainChannelResponse]:
         first = _first(request_iterator, "channel")
-        with self.sessions.held():
-            session = self.backend.open_channel(first.name, first.channel, first.force)
-            yield pb.OpenDomainChannelResponse(channel=first.channel)
-            for data in relay(session, _data(first, request_iterator), context.add_callback):
-                yield pb.OpenDomainChannelResponse(data=data)
+        return self._session(first, request_iterator, context, pb.OpenDomainChannelResponse,
+                             "channel", lambda: (self.backend.open_channel(
+                                 first.name, first.channel, first.force), first.channel))
 
     def OpenDomainGraphics(self, request_iterator: Iterator[pb.OpenDomainGraphicsRequest],
                            context: Ctx) -> Iterator[pb.OpenDomainGraphicsResponse]:
         first = _first(request_iterator, "graphics connection")
+        return self._session(first, request_iterator, context, pb.OpenDomainGraphicsResponse,
+                             "protocol", lambda: self.backend.open_graphics(
+                                 first.name, first.index, first.skip_auth))
+
+    def _session(self, first: _HasData, requests: Iterator[_HasData], context: Ctx,
+                 response: Callable[..., M], label: str,
+                 open_session: Callable[[], tuple[Session, str]]) -> Iterator[M]:
+        """One of the service's bounded sessions: a first response naming what was
+        opened (``label``), then the device's bytes while the client's go to it."""
         with self.sessions.held():
-            session, protocol = self.backend.open_graphics(first.name, first.index,
-                                                           first.skip_auth)
-            yield pb.OpenDomainGraphicsResponse(protocol=protocol)
-            for data in relay(session, _data(first, request_iterator), context.add_callback):
-                yield pb.OpenDomainGraphicsResponse(data=data)
+            session, opened = open_session()
+            yield response(**{label: opened})
+            for data in relay(session, _data(first, requests), context.add_callback):
+                yield response(data=data)
 
     def GetDomainScreenshot(self, request: pb.GetDomainScreenshotRequest,
                             context: Ctx) -> Iterator[pb.GetDomainScreenshotResponse]:

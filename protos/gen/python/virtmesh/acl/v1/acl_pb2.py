@@ -25,11 +25,12 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19virtmesh/acl/v1/acl.proto\x12\x0fvirtmesh.acl.v1\x1a google/protobuf/descriptor.proto:5\n\x0bpermissions\x12\x1e.google.protobuf.MethodOptions\x18\x8d\x8c\x03 \x03(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19virtmesh/acl/v1/acl.proto\x12\x0fvirtmesh.acl.v1\x1a google/protobuf/descriptor.proto:5\n\x0bpermissions\x12\x1e.google.protobuf.MethodOptions\x18\x8d\x8c\x03 \x03(\tB\xa2\x01\n\x19io.github.virtmesh.acl.v1B\x08\x41\x63lProtoP\x01ZAgithub.com/virtmesh/virtmesh/clients/go/gen/virtmesh/acl/v1;aclv1\xaa\x02\x0fVirtmesh.Acl.V1\xca\x02\x0fVirtmesh\\Acl\\V1\xea\x02\x11Virtmesh::Acl::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'virtmesh.acl.v1.acl_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\031io.github.virtmesh.acl.v1B\010AclProtoP\001ZAgithub.com/virtmesh/virtmesh/clients/go/gen/virtmesh/acl/v1;aclv1\252\002\017Virtmesh.Acl.V1\312\002\017Virtmesh\\Acl\\V1\352\002\021Virtmesh::Acl::V1'
 # @@protoc_insertion_point(module_scope)
