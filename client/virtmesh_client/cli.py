@@ -1,4 +1,4 @@
-"""``virtmesh``: a virsh-like command line for the compute service.
+"""``virtmesh``: a virsh-like command line for virtmesh's services and gateway.
 
 Tables for people, ``--json`` (protobuf field names) for scripts. Errors are one
 line on stderr; exit status 1 for a failed call, 2 for a usage or setup error.
