@@ -16,6 +16,8 @@ import pytest
 from services.supervisor import write_cli_context
 from tests.conftest import Mesh
 from virtmesh_client.cli import main
+from virtmesh_client.client import ConfigError
+from virtmesh_client.config import connect
 
 Run = Callable[..., tuple[int, str, str]]
 CONNECTION_ENV = ("VIRTMESH_GATEWAY", "VIRTMESH_GATEWAYS", "VIRTMESH_STATE_DIR", "VIRTMESH_CA",
@@ -160,3 +162,18 @@ def test_make_run_writes_a_context_for_its_mesh(virtmesh: Run, mesh: Mesh,
     assert virtmesh("config", "current-context")[1] == "dev\n"
     assert write_cli_context("", mesh.target, pki).startswith("none written")
     assert os.stat(config_file).st_mode & 0o077 == 0
+
+
+def test_the_python_client_connects_through_a_context(virtmesh: Run, mesh: Mesh,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="no current context"):
+        connect()
+    assert virtmesh("config", "set-context", "mesh", "--gateway", f"n1={mesh.target}",
+                    "--state-dir", str(mesh.state_dir))[0] == 0
+    with connect("mesh") as client:
+        assert "alpha" in [d.name for d in client.domains()]
+    monkeypatch.setenv("VIRTMESH_CONTEXT", "mesh")
+    with connect(timeout=10) as client:
+        assert client.timeout == 10 and client.domain("alpha").name == "alpha"
+    with pytest.raises(ConfigError, match="no context named 'other'"):
+        connect("other")

@@ -30,8 +30,9 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from virtmesh_client.client import ConfigError
+from virtmesh_client.client import DEFAULT_GATEWAY, Client, ConfigError
 
 #: what a context may say, in the file's spelling
 FIELDS = ("gateway", "ca", "cert", "key", "token-file", "tls-server-name")
@@ -155,3 +156,23 @@ def write_context(name: str, values: Mapping[str, str], use_if_unset: bool = Tru
         config.current = name
     config.save()
     return config.path
+
+
+def connect(context: str | None = None, **overrides: Any) -> Client:
+    """A Client for context ``context`` (else ``VIRTMESH_CONTEXT``, else the current
+    one): ``with connect() as client: client.domains()`` from any directory. The
+    context's first gateway; ``overrides`` are Client's arguments (``timeout=``,
+    ``token_file=``...), which win over the context's; what neither says comes from
+    Client's environment variables and defaults."""
+    config = ConfigFile.load()
+    name = context or os.environ.get("VIRTMESH_CONTEXT") or config.current
+    if not name:
+        raise ConfigError(f"no context given and no current context in {config.path}")
+    values = config.context(name)
+    first = (values.get("gateway") or DEFAULT_GATEWAY).split(",")[0].strip()
+    settings: dict[str, Any] = {
+        "state_dir": config.path.parent,  # not ./.virtmesh: the context says what to use
+        "ca": values.get("ca"), "cert": values.get("cert"), "key": values.get("key"),
+        "token_file": values.get("token-file"), "server_name": values.get("tls-server-name"),
+    }
+    return Client(first.rpartition("=")[2], **{**settings, **overrides})
