@@ -18,7 +18,9 @@ the unit suffix (``_kib``, ``_bytes``, ``_ns``) when the table prints the value 
 its unit (``memory_kib`` → ``MEMORY``, "2.0 GiB"); a column that sums a repeated
 field or joins fields is named by their path or common prefix (``blocks[].read_bytes``
 → ``BLOCKS_READ``; ``hypervisor_type`` and ``hypervisor_version`` → ``HYPERVISOR``).
-``column_matches`` is that rule, and the tests hold every table to it.
+``column_matches`` is that rule; tests/test_cli_json.py holds every ``Query``
+table and the list tables to it. (``vncdisplay --all``'s DISPLAY is virsh's
+display string, built from several fields, and keeps virsh's name.)
 """
 
 from __future__ import annotations
