@@ -14,6 +14,8 @@ PY_STAMP := $(VENV)/.python-deps
 NODE_STAMP := clients/node/node_modules/.installed
 GUEST := $(STATE)/guest/vmlinuz $(STATE)/guest/initrd.img
 PYTEST_ARGS ?=
+#: the CLI context `make run` writes for its mesh (`virtmesh config get-contexts`); empty: none
+CONTEXT ?= dev
 
 .PHONY: help deps run test lint gen gen-check guest bench fuzz image clean
 
@@ -75,7 +77,7 @@ $(GUEST): guest/build-guest.sh $(SYSTEM_STAMP)
 guest: $(GUEST)
 
 run: $(PY_STAMP) $(GUEST)
-	$(PY) -m services.supervisor --state-dir $(STATE) \
+	$(PY) -m services.supervisor --state-dir $(STATE) $(if $(CONTEXT),--context $(CONTEXT)) \
 	  $(if $(filter-out 0,$(KEEP_GUESTS)),--keep-guests) $(if $(VIRT_TYPE),--virt-type $(VIRT_TYPE))
 
 # pytest exits 5 when it collected no tests: that is a failure, not a pass.

@@ -43,6 +43,8 @@ from gateway.config import GatewayConfig
 from guest import example
 from services.common import registry
 from services.common.host_daemon import HostDaemon, HostDaemonError
+from virtmesh_client.client import ConfigError
+from virtmesh_client.config import write_context
 
 #: the driver services, in metrics-port order (services/common/registry.py)
 SERVICES = registry.names()
@@ -172,6 +174,19 @@ def client_credentials(pki: Path) -> grpc.ChannelCredentials:
                                         (pki / "client.crt").read_bytes())
 
 
+def write_cli_context(name: str, listen: str, pki: Path) -> str:
+    """Write the CLI context ``name`` for this mesh (current if none is); the banner's line."""
+    if not name:
+        return "none written (--context NAME writes one)"
+    try:
+        path = write_context(name, {"gateway": listen, "ca": str(pki / "ca.crt"),
+                                    "cert": str(pki / "client.crt"),
+                                    "key": str(pki / "client.key")})
+    except ConfigError as error:
+        return f"not written: {error}"
+    return f"{name} in {path} (`virtmesh config use-context {name}` from any directory)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="virtmesh-mesh", description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, default=Path(".virtmesh"))
@@ -195,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"metrics of the gateway on {METRICS_HOST}:PORT, of the services on "
                              f"the ports after it; 0 picks free ports (env "
                              f"VIRTMESH_METRICS_BASE_PORT; default {METRICS_BASE_PORT})")
+    parser.add_argument("--context", default="", metavar="NAME",
+                        help="write the CLI context NAME for this mesh into the config file "
+                        "(`make run`: dev; see `virtmesh config`)")
     args = parser.parse_args(argv)
     state = args.state_dir.absolute()
     try:
@@ -275,6 +293,7 @@ def _run(args: argparse.Namespace, state: Path, pki: Path, services: list[Child]
                           for i, (name, address) in enumerate(metrics.items()))
     print(BANNER.format(listen=args.listen, token_listen=args.token_listen, state=state,
                         endpoints=endpoints, targets=targets,
+                        context=write_cli_context(args.context, args.listen, pki),
                         keep="kept" if args.keep_guests else "shut down",
                         virt_type=args.virt_type or example.default_virt_type()), flush=True)
     while not stopping.wait(1):
@@ -302,6 +321,7 @@ virtmesh is running.
   logs         {state}/log/*.log
 {endpoints}
   targets      {targets} (Prometheus file_sd; see deploy/prometheus/README.md)
+  CLI context  {context}
   guests       {keep} when you press Ctrl-C
 
 Try, in another terminal (`. .venv/bin/activate` or use .venv/bin/virtmesh):

@@ -42,6 +42,19 @@ NODE_XML = """<node>
 """
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_user_cli_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The CLI's contexts come from a file of the test session's, not the user's
+    ~/.config/virtmesh/config.toml (which `make run` writes)."""
+    saved = os.environ.get("VIRTMESH_CLI_CONFIG")
+    os.environ["VIRTMESH_CLI_CONFIG"] = str(tmp_path_factory.mktemp("cli-config") / "config.toml")
+    yield
+    if saved is None:
+        os.environ.pop("VIRTMESH_CLI_CONFIG", None)
+    else:
+        os.environ["VIRTMESH_CLI_CONFIG"] = saved
+
+
 def error_of(call: object, *args: object) -> grpc.RpcError:
     """The RpcError that ``call(*args)`` raises (the test fails if it raises none)."""
     with pytest.raises(grpc.RpcError) as caught:

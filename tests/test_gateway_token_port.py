@@ -179,11 +179,11 @@ def test_cli_dials_the_token_port_with_a_token_and_no_certificate(
                  "VIRTMESH_TOKEN_FILE", "VIRTMESH_CERT", "VIRTMESH_KEY"):
         monkeypatch.delenv(name, raising=False)
     args = cli.build_parser().parse_args(["--token-file", str(token_file), "list"])
-    from virtmesh_client.cli_fleet import gateways
-    assert gateways(args) == {DEFAULT_TOKEN_GATEWAY: DEFAULT_TOKEN_GATEWAY}
+    from virtmesh_client.cli_fleet import connection
+    assert connection(args)[0] == {DEFAULT_TOKEN_GATEWAY: DEFAULT_TOKEN_GATEWAY}
     args = cli.build_parser().parse_args(["--token-file", str(token_file), "--cert", "c",
                                           "--key", "k", "list"])
-    assert gateways(args) == {DEFAULT_GATEWAY: DEFAULT_GATEWAY}
+    assert connection(args)[0] == {DEFAULT_GATEWAY: DEFAULT_GATEWAY}
     # the CLI against a real token port: the CA and the token, nothing else
     ca = state / "pki" / "ca.crt"
     capsys.readouterr()

@@ -58,7 +58,7 @@ def cmd_host_summary(client: Client, args: argparse.Namespace, out: Output) -> N
                             f"{node.threads} threads, {node.nodes} NUMA nodes)"),
                    ("Memory", kib(node.memory_kib))) if summary.HasField("node") else
                   (("Hostname", summary.hostname), ("Node info", "unavailable")))
-    counts = table(("SERVICE", "TYPE", "COUNT"),
+    counts = table(("SERVICE", "OBJECT_TYPE", "COUNT"),
                    ((c.service, c.object_type, c.count) for c in summary.counts))
     out.show(summary, f"{text}\n\n{counts}")
 
@@ -77,7 +77,7 @@ def _search(client: Client, args: argparse.Namespace) -> Any:
     return pb.SearchResponse(results=results, failures=failures)
 
 
-cmd_search = Query(_search, ("SERVICE", "TYPE", "NAME", "PARENT", "UUID"),
+cmd_search = Query(_search, ("SERVICE", "OBJECT_TYPE", "NAME", "PARENT", "UUID"),
                    lambda r: (r.service, r.object_type, r.name, r.parent or "-", r.uuid or "-"),
                    "results")
 

@@ -221,7 +221,8 @@ class Client:
     and/or a bearer token) or ``unix:/path`` of a service socket (insecure; a
     token is refused there). Unset arguments come from ``VIRTMESH_GATEWAY``,
     ``VIRTMESH_STATE_DIR``, ``VIRTMESH_CA``, ``VIRTMESH_CERT``, ``VIRTMESH_KEY``,
-    ``VIRTMESH_TOKEN`` and ``VIRTMESH_TOKEN_FILE``, then from the defaults (the
+    ``VIRTMESH_TOKEN``, ``VIRTMESH_TOKEN_FILE`` and ``VIRTMESH_TLS_SERVER_NAME`` (the
+    name to expect in the server certificate), then from the defaults (the
     gateway on 127.0.0.1:16514 and the PKI under ``<state_dir>/pki``). A token
     without a certificate (no ``cert``/``key``, no ``VIRTMESH_CERT``/``VIRTMESH_KEY``)
     is sent alone: no client certificate, and by default to the gateway's token-only
@@ -236,14 +237,16 @@ class Client:
                  token: str | None = None,
                  token_file: str | os.PathLike[str] | None = None,
                  timeout: float | None = DEFAULT_TIMEOUT,
-                 environ: Mapping[str, str] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None,
+                 server_name: str | None = None) -> None:
         env = os.environ if environ is None else environ
         self.target = target or default_gateway(env, bool(token or token_file),
                                                 bool(cert or key))
         #: deadline of each unary call in seconds; None waits forever
         self.timeout = timeout
-        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        options: list[tuple[str, int | str]] = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
         token_file = token_file or env.get("VIRTMESH_TOKEN_FILE")
         token = token or env.get("VIRTMESH_TOKEN") or (
             _read_token(token_file) if token_file else None)
@@ -270,6 +273,11 @@ class Client:
             if token:
                 credentials = grpc.composite_channel_credentials(
                     credentials, grpc.access_token_call_credentials(token))
+            # the name the server certificate must carry, when it is not the address's
+            # host (a node dialled by IP, a tunnel, a Kubernetes Service)
+            server_name = server_name or env.get("VIRTMESH_TLS_SERVER_NAME")
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
             self.channel = grpc.secure_channel(self.target, credentials, options)
         self.compute = pb_grpc.ComputeServiceStub(self.channel)
         self._methods: dict[tuple[str, str], Any] = {}
