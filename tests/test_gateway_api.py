@@ -410,6 +410,7 @@ def test_cli_services_summary_and_search(mesh: ApiMesh, capsys: pytest.CaptureFi
     assert main([*flags, "host-summary"]) == 0
     captured = capsys.readouterr()
     assert "compute  domain        4" in captured.out and "CPUs:" in captured.out
+    assert any(line.split() == ["Node:", NODE_NAME] for line in captured.out.splitlines())
     assert {line.split()[2] for line in captured.err.splitlines()} == down_drivers()
 
     token_file = tmp_path / "alice.token"
