@@ -332,6 +332,8 @@ Try, in another terminal (`. .venv/bin/activate` or use .venv/bin/virtmesh):
   virtmesh list
   tail {state}/guest/demo.console.log      # "virtmesh-guest: booted"
   virtmesh stats demo
+  virtmesh console demo                    # its serial console; Ctrl-] leaves
+  virtmesh viewer demo                     # its display in remote-viewer or gvncviewer
   virtmesh shutdown demo --wait            # ACPI power button
   virtmesh undefine demo
   virtmesh services                        # every service behind the gateway
