@@ -14,6 +14,8 @@ PY_STAMP := $(VENV)/.python-deps
 NODE_STAMP := clients/node/node_modules/.installed
 GUEST := $(STATE)/guest/vmlinuz $(STATE)/guest/initrd.img
 PYTEST_ARGS ?=
+#: the CLI context `make run` writes for its mesh (`virtmesh config get-contexts`); empty: none
+CONTEXT ?= dev
 
 .PHONY: help deps run test lint gen gen-check guest bench fuzz image clean
 
@@ -76,7 +78,7 @@ $(GUEST): guest/build-guest.sh $(SYSTEM_STAMP)
 guest: $(GUEST)
 
 run: $(PY_STAMP) $(GUEST)
-	$(PY) -m services.supervisor --state-dir $(STATE) \
+	$(PY) -m services.supervisor --state-dir $(STATE) $(if $(CONTEXT),--context $(CONTEXT)) \
 	  $(if $(filter-out 0,$(KEEP_GUESTS)),--keep-guests) $(if $(VIRT_TYPE),--virt-type $(VIRT_TYPE))
 
 # pytest exits 5 when it collected no tests: that is a failure, not a pass.
@@ -100,8 +102,11 @@ bench: $(PY_STAMP) $(GUEST)
 	$(PY) -m bench.cold_start --state-dir $(STATE) --repeat 3 --out bench-cold-start.json
 
 # The container image; needs a working builder (a docker client alone, without an
-# engine, is not one). Fails, rather than pretending, when there is none.
-IMAGE ?= virtmesh:dev
+# engine, is not one). Fails, rather than pretending, when there is none. The
+# default name and tag are the ones deploy/k8s names (the version in pyproject.toml;
+# tests/test_k8s_manifests.py keeps them equal): `make image IMAGE=REGISTRY/virtmesh:TAG`
+# for a registry, and kustomize `images:` to point the manifests at it.
+IMAGE ?= virtmesh:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 image:
 	@if docker info >/dev/null 2>&1; then build="docker build"; \
 	elif podman info >/dev/null 2>&1; then build="podman build"; \

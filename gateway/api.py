@@ -152,7 +152,8 @@ def _timestamp(moment: datetime.datetime) -> Timestamp:
 
 class GatewayApi(pb_grpc.GatewayServiceServicer):
     def __init__(self, routes: dict[str, Route], backends: Backends, access: Access,
-                 fanout_timeout: float) -> None:
+                 fanout_timeout: float, node_name: str = "") -> None:
+        self.node_name = node_name or socket.gethostname()
         self.routes = routes
         self.backends = backends
         self.access = access
@@ -314,7 +315,8 @@ class GatewayApi(pb_grpc.GatewayServiceServicer):
             services = await asyncio.gather(*(self._service(descriptor, deadline)
                                               for descriptor in self.services))
             return pb.ListServicesResponse(services=services, gateway_version=VERSION,
-                                           gateway_start_time=_timestamp(self.started))
+                                           gateway_start_time=_timestamp(self.started),
+                                           node_name=self.node_name)
 
         return await self._admitted(context, "ListServices", request,  # type: ignore[return-value]
                                     answer)
@@ -349,7 +351,7 @@ class GatewayApi(pb_grpc.GatewayServiceServicer):
             counts = [pb.ObjectCount(service=service, object_type=kind, count=count)
                       for (service, kind), count in sorted(gathered.counts.items())]
             return pb.GetHostSummaryResponse(hostname=socket.gethostname(), node=node,
-                                             counts=counts,
+                                             node_name=self.node_name, counts=counts,
                                              failures=failures + gathered.failures)
 
         return await self._admitted(context, "GetHostSummary", request,  # type: ignore[return-value]

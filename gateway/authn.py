@@ -293,32 +293,109 @@ def token_entry(name: str, groups: Iterable[str], token: str) -> str:
             "revoked = false\n")
 
 
-#: the development identities: token file stem -> groups
+def read_identities_data(path: Path) -> dict[str, Any]:
+    """The identities file as TOML data, checked to be a valid identities file; {} when
+    it does not exist. Raises ValueError naming the problem."""
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ValueError(f"{path}: {error}") from None
+    try:
+        parse_identities(data)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    return data
+
+
+def dump_identities(data: dict[str, Any], header: str = "") -> str:
+    """TOML text of identities ``data`` (keys as parse_identities takes them); TOML
+    basic strings take JSON's escapes, so json.dumps writes every string."""
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    lines.append("tls_allowed_dn_list = ["
+                 + ", ".join(map(json.dumps, data.get("tls_allowed_dn_list", []))) + "]")
+    lines += ["", "[tls_dn_groups]"]
+    lines += [f"{json.dumps(glob)} = [{', '.join(map(json.dumps, groups))}]"
+              for glob, groups in data.get("tls_dn_groups", {}).items()]
+    for entry in data.get("token", []):
+        lines += ["", "[[token]]"] + [f"{key} = {json.dumps(value)}"
+                                      for key, value in entry.items()]
+    return "\n".join(lines) + "\n"
+
+
+def save_identities(path: Path, data: dict[str, Any], header: str = "") -> None:
+    """Write ``data`` (0600, atomically) once it reads back as a valid identities file;
+    ValueError and nothing written otherwise."""
+    text = dump_identities(data, header)
+    if tomllib.loads(text) != data:
+        raise ValueError("the identities do not survive a round trip through TOML")
+    parse_identities(data)
+    write_private(path, text)
+
+
+def admit_dn(data: dict[str, Any], dn: str, groups: Iterable[str]) -> None:
+    """Let certificate subject ``dn`` in with ``groups`` (exactly that DN: no glob)."""
+    if any(char in dn for char in "*?["):
+        raise ValueError(f"{dn!r}: a DN with glob characters would admit more than one "
+                         "certificate")
+    allowed = data.setdefault("tls_allowed_dn_list", [])
+    if dn not in allowed:
+        allowed.append(dn)
+    data.setdefault("tls_dn_groups", {})[dn] = sorted(groups)
+
+
+def add_token(data: dict[str, Any], name: str, groups: Iterable[str], token: str) -> None:
+    data.setdefault("token", []).append({"name": name, "groups": sorted(groups),
+                                         "sha256": token_digest(token), "revoked": False})
+
+
+#: the development identities: name -> groups. Each has a token in
+#: <state_dir>/tokens/<name>.token and a certificate (pki/client.crt is the admin's).
 DEV_TOKENS = {"admin": ("admin",), "readonly": ("readonly",)}
+DEV_CERTIFICATES = {"client": "admin", "readonly": "readonly"}
+DEV_HEADER = "Who may call the gateway (see gateway/authn.py). Written by make run;\n" \
+             "edit it, or use virtmesh-admin (gateway/admin.py)."
+
+
+def dev_dn(name: str) -> str:
+    return f"O=virtmesh,CN={name}"
 
 
 def ensure_dev_identities(state_dir: Path) -> Path:
-    """``make run``'s identities: the dev PKI (its client certificate is the admin), tokens
-    in <state_dir>/tokens/{admin,readonly}.token and the gateway's identities file with
-    their digests. Missing tokens are created; the identities file is written when it is
-    missing or a token was new, and left alone otherwise (it may have been edited)."""
-    ensure_dev_pki(state_dir / "pki")
-    created = False
-    tokens = {}
-    for stem in DEV_TOKENS:
-        path = state_dir / "tokens" / f"{stem}.token"
+    """``make run``'s identities: the dev PKI, whose client certificate (pki/client.*) is
+    the admin's and pki/readonly.* the read-only identity's; tokens in
+    <state_dir>/tokens/{admin,readonly}.token; and the gateway's identities file
+    admitting them. What is missing is created. A new file is written whole; in one
+    that exists, only what was created is added (other entries, from an editor or
+    virtmesh-admin, stay)."""
+    pki_dir = state_dir / "pki"
+    new_certificates = [stem for stem in DEV_CERTIFICATES
+                        if not (pki_dir / f"{stem}.crt").exists()]
+    ensure_dev_pki(pki_dir, tuple(DEV_CERTIFICATES))
+    new_tokens = {}
+    for name in DEV_TOKENS:
+        path = state_dir / "tokens" / f"{name}.token"
         if not path.exists():
             write_private(path, new_token() + "\n")
-            created = True
-        tokens[stem] = path.read_text().strip()
+            new_tokens[name] = path.read_text().strip()
     identities = state_dir / "gateway" / "identities.toml"
-    if created or not identities.exists():
-        write_private(identities, (
-            "# Who may call the gateway (see gateway/authn.py). Written by make run.\n"
-            f"tls_allowed_dn_list = [{json.dumps(DEV_ADMIN_DN)}]\n\n"
-            f"[tls_dn_groups]\n{json.dumps(DEV_ADMIN_DN)} = [\"admin\"]\n"
-            + "".join(token_entry(stem, DEV_TOKENS[stem], token)
-                      for stem, token in tokens.items())))
+    if identities.exists() and not new_certificates and not new_tokens:
+        return identities  # left alone: it may have been edited
+    data = read_identities_data(identities) if identities.exists() else {}
+    if not data:  # new: every dev identity
+        new_certificates = list(DEV_CERTIFICATES)
+        new_tokens = {name: (state_dir / "tokens" / f"{name}.token").read_text().strip()
+                      for name in DEV_TOKENS}
+    for stem in new_certificates:
+        name = DEV_CERTIFICATES[stem]
+        admit_dn(data, dev_dn(name), DEV_TOKENS[name])
+    # a new token file replaces the entries of its name: the old token is gone
+    data["token"] = [entry for entry in data.get("token", []) if entry["name"] not in new_tokens]
+    for name, token in new_tokens.items():
+        add_token(data, name, DEV_TOKENS[name], token)
+    save_identities(identities, data, DEV_HEADER)
     return identities
 
 

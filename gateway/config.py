@@ -17,16 +17,21 @@ CLIENT_AUTH = ("require", "optional")
 @dataclasses.dataclass(frozen=True)
 class GatewayConfig:
     state_dir: Path = Path(".virtmesh")
-    #: TCP address to listen on; TLS is always on.
+    #: TCP address of mutual TLS (a client certificate is required; tokens on top);
+    #: "none": off. TLS is always on.
     listen: str = "127.0.0.1:16514"
+    #: TCP address of token-only TLS (no client certificate is asked for: every call
+    #: needs a bearer token); empty: the host of ``listen`` and the port after its
+    #: (127.0.0.1:16515 by default; port 0 stays 0); "none": off
+    token_listen: str = ""
     #: where the driver services' sockets are; empty means <state_dir>/run
     socket_dir: str = ""
     #: PEM files; empty means <state_dir>/pki/{server.crt,server.key,ca.crt}
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
-    #: client certificates: require (mTLS) or optional (gRPC Python then does not ask
-    #: for one at all, so callers authenticate with bearer tokens)
+    #: client certificates on ``listen``: require (mTLS) or optional (gRPC Python then
+    #: does not ask for one at all, so callers authenticate with bearer tokens)
     client_auth: str = "require"
     #: who may call (tls_allowed_dn_list, DN groups, token digests); empty means
     #: <state_dir>/gateway/identities.toml; reloaded on change and on SIGHUP
@@ -72,6 +77,9 @@ class GatewayConfig:
     #: seconds each service has to answer its part of a GatewayService call (host
     #: summary, search, list of services); a slower one is reported as failed
     fanout_timeout: float = 5.0
+    #: the node this gateway serves, in ListServices and GetHostSummary answers; empty:
+    #: the host name (a pod's host name is the pod's: Kubernetes passes spec.nodeName)
+    node_name: str = ""
 
     def path(self, value: str, default: str) -> Path:
         return Path(value) if value else self.state_dir / default
@@ -79,6 +87,21 @@ class GatewayConfig:
     @property
     def socket_path_dir(self) -> Path:
         return self.path(self.socket_dir, "run")
+
+    @property
+    def mtls_address(self) -> str | None:
+        """Where mutual TLS listens; None: off."""
+        return None if self.listen == "none" else self.listen
+
+    @property
+    def token_address(self) -> str | None:
+        """Where token-only TLS listens; None: off."""
+        if self.token_listen == "none":
+            return None
+        if self.token_listen:
+            return self.token_listen
+        host, _, port = self.listen.rpartition(":")
+        return f"{host}:{int(port) + 1 if int(port) else 0}"
 
     @property
     def cert_file(self) -> Path:
@@ -108,10 +131,14 @@ class GatewayConfig:
 
 
 _HELP = {
-    "listen": "host:port to listen on with TLS",
+    "listen": "host:port of mutual TLS: a client certificate is required, bearer tokens "
+              "on top (none: off)",
+    "token_listen": "host:port of token-only TLS: no client certificate is asked for, every "
+                    "call needs a bearer token (default: the host of --listen, the port after "
+                    "its, i.e. 127.0.0.1:16515; none: off)",
     "socket_dir": "directory of the driver services' sockets (default <state_dir>/run)",
-    "client_auth": "require or optional client certificates (optional: not asked for; "
-                   "callers use bearer tokens)",
+    "client_auth": "require or optional client certificates on --listen (optional: not "
+                   "asked for; callers use bearer tokens)",
     "identities_file": "allowed certificate DNs, their groups and token digests (TOML; "
                        "default <state_dir>/gateway/identities.toml)",
     "policy_file": "roles and grants (TOML; default <state_dir>/gateway/policy.toml if it "
@@ -145,6 +172,7 @@ _HELP = {
     "activation_timeout": "seconds an activated service has to report SERVING",
     "fanout_timeout": "seconds each service has to answer its part of a host summary, "
                       "search or list of services",
+    "node_name": "this node's name in ListServices and GetHostSummary (default: the host name)",
 }
 
 
@@ -166,6 +194,29 @@ def _check_limits(config: GatewayConfig) -> None:
         raise common.ConfigError("max_message_bytes, max_metadata_bytes: must be below 2 GiB")
 
 
+def _port(address: str, what: str) -> int:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise common.ConfigError(f"{what}: expected HOST:PORT or none, not {address!r}")
+    return int(port)
+
+
+def _check_listeners(config: GatewayConfig) -> None:
+    """HOST:PORT or none each, not both off, not the same port twice."""
+    if config.listen != "none":
+        _port(config.listen, "listen")
+    elif not config.token_listen:
+        raise common.ConfigError("token_listen: give HOST:PORT (or none) when listen is none")
+    token = config.token_address
+    if token is not None:
+        _port(token, "token_listen")
+    if config.mtls_address is None and token is None:
+        raise common.ConfigError("listen, token_listen: both are none; the gateway would "
+                                 "serve nobody")
+    if token is not None and token == config.mtls_address and _port(token, "listen"):
+        raise common.ConfigError(f"token_listen: the same address as listen ({token})")
+
+
 def load(argv: Sequence[str] | None = None,
          environ: Mapping[str, str] | None = None) -> GatewayConfig:
     parser = argparse.ArgumentParser(prog="virtmesh-gateway")
@@ -177,6 +228,7 @@ def load(argv: Sequence[str] | None = None,
     if config.client_auth not in CLIENT_AUTH:
         raise common.ConfigError(f"client_auth: must be one of {', '.join(CLIENT_AUTH)}")
     _check_limits(config)
+    _check_listeners(config)
     if not 0 < config.activation_timeout <= 600:
         raise common.ConfigError("activation_timeout: must be more than 0 and at most 600")
     if not 0 < config.fanout_timeout <= 600:

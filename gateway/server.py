@@ -1,7 +1,11 @@
 """The gateway process: TLS listener, health, reflection and the forwarding proxy.
 
-There is no plaintext listener: the one port is TLS, and a gateway without its
-certificate, key and CA refuses to start. The TLS files and the identities file
+There is no plaintext listener. One server listens on two TLS ports: mutual TLS
+(``listen``, a client certificate required, tokens on top) and token-only TLS
+(``token_listen``, no client certificate asked for, so every call there needs a
+bearer token); either can be off. gRPC Python cannot ask for a certificate without
+requiring it, hence two ports. A gateway without its certificate, key and CA
+refuses to start. The TLS files and the identities file
 are read again when they change (checked every ``reload_interval``) and on
 SIGHUP; new connections use the new certificates, existing ones go on.
 """
@@ -66,7 +70,10 @@ class TlsFiles:
         self._stamp = self._stamps()
         key, cert, ca = _checked_tls_files(config)
         self.initial = grpc.ssl_server_certificate_configuration([(key, cert)], ca)
-        self._pending: grpc.ServerCertificateConfiguration | None = None
+        #: the configuration in use and how often it changed; each listener fetches it
+        #: once per change
+        self._current = self.initial
+        self._generation = 0
 
     def _stamps(self) -> tuple[int | None, ...]:
         config = self.config
@@ -83,18 +90,24 @@ class TlsFiles:
         except ConfigError as error:
             log.error("keeping the TLS certificates in use: %s", error)
             return
-        self._pending = grpc.ssl_server_certificate_configuration([(key, cert)], ca)
+        self._current = grpc.ssl_server_certificate_configuration([(key, cert)], ca)
+        self._generation += 1
         log.info("TLS certificates reloaded; new connections use them")
 
-    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        """gRPC asks before every handshake: the new configuration once, else None."""
-        pending, self._pending = self._pending, None
-        return pending
+    def credentials(self, require_client_certificate: bool) -> grpc.ServerCredentials:
+        """Credentials of one listener, each with its own view of what changed."""
+        seen = [self._generation]
 
-    def credentials(self) -> grpc.ServerCredentials:
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            """gRPC asks before every handshake: a new configuration once, else None."""
+            if seen[0] == self._generation:
+                return None
+            seen[0] = self._generation
+            return self._current
+
         return grpc.dynamic_ssl_server_credentials(
-            self.initial, self.fetch,  # type: ignore[arg-type]  # None: keep the current one
-            require_client_authentication=self.config.client_auth == "require")
+            self._current, fetch,  # type: ignore[arg-type]  # None: keep the current one
+            require_client_authentication=require_client_certificate)
 
 
 class Gateway:
@@ -116,7 +129,9 @@ class Gateway:
         self._reloading: asyncio.Task[None] | None = None
         self.server: grpc.aio.Server | None = None
         self.metrics: metrics.MetricsEndpoint | None = None
+        #: the ports of mutual TLS and of token-only TLS; 0: off
         self.port = 0
+        self.token_port = 0
 
     async def start(self) -> None:
         if self.config.metrics_listen:
@@ -132,20 +147,35 @@ class Gateway:
         server = grpc.aio.server(options=options, interceptors=[observe, AioCheckInterceptor()])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         add_GatewayServiceServicer_to_server(
-            GatewayApi(routes, self.backends, self.access, self.config.fanout_timeout), server)
+            GatewayApi(routes, self.backends, self.access, self.config.fanout_timeout,
+                       self.config.node_name), server)
         reflection.enable([*self.services, *own], server)
         server.add_generic_rpc_handlers((ProxyHandler(routes, self.backends, self.access,
                                                         self.activator),))
-        self.port = server.add_secure_port(self.config.listen, self.tls.credentials())
-        if not self.port:
-            raise ConfigError(f"cannot listen on {self.config.listen}")
+        listening = []
+        if self.config.mtls_address:
+            self.port = self._add_port(server, self.config.mtls_address,
+                                       self.config.client_auth == "require")
+            listening.append(f"{self.config.mtls_address} (TLS, client certificates "
+                             f"{self.config.client_auth})")
+        if self.config.token_address:
+            # Never asks for a certificate: a call here is its bearer token's or nobody's.
+            self.token_port = self._add_port(server, self.config.token_address, False)
+            listening.append(f"{self.config.token_address} (TLS, bearer tokens only)")
         await server.start()
         self.server = server
         self._reloading = asyncio.create_task(self._poll_for_changes())
-        log.info("gateway listening on %s (TLS, client certificates %s), forwarding %s%s",
-                 self.config.listen, self.config.client_auth, ", ".join(sorted(self.services)),
+        log.info("gateway listening on %s, forwarding %s%s", " and ".join(listening),
+                 ", ".join(sorted(self.services)),
                  f"; starting services on demand with `{self.config.activation}`"
                  if self.activator else "")
+
+    def _add_port(self, server: grpc.aio.Server, address: str, require: bool) -> int:
+        assert self.tls is not None
+        port = server.add_secure_port(address, self.tls.credentials(require))
+        if not port:
+            raise ConfigError(f"cannot listen on {address}")
+        return port
 
     def reload(self, force: bool = False) -> None:
         """Pick up changed TLS files and identities (all of them with ``force``: SIGHUP)."""

@@ -39,9 +39,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.authn import ensure_dev_identities
+from gateway.config import GatewayConfig
 from guest import example, kvm_probe
 from services.common import registry
 from services.common.host_daemon import HostDaemon, HostDaemonError
+from virtmesh_client.client import ConfigError
+from virtmesh_client.config import write_context
 
 #: the driver services, in metrics-port order (services/common/registry.py)
 SERVICES = registry.names()
@@ -171,10 +174,28 @@ def client_credentials(pki: Path) -> grpc.ChannelCredentials:
                                         (pki / "client.crt").read_bytes())
 
 
+def write_cli_context(name: str, listen: str, pki: Path) -> str:
+    """Write the CLI context ``name`` for this mesh (current if none is); the banner's line."""
+    if not name:
+        return "none written (--context NAME writes one)"
+    try:
+        path = write_context(name, {"gateway": listen, "ca": str(pki / "ca.crt"),
+                                    "cert": str(pki / "client.crt"),
+                                    "key": str(pki / "client.key")})
+    except ConfigError as error:
+        return f"not written: {error}"
+    return f"{name} in {path} (`virtmesh config use-context {name}` from any directory)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="virtmesh-mesh", description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, default=Path(".virtmesh"))
-    parser.add_argument("--listen", default="127.0.0.1:16514")
+    parser.add_argument("--listen", default="127.0.0.1:16514",
+                        help="the gateway's mutual TLS (client certificates); none: off")
+    parser.add_argument("--token-listen", default="",
+                        help="the gateway's token-only TLS (bearer tokens, no client "
+                             "certificate; default: --listen's host, the port after, "
+                             "127.0.0.1:16515); none: off")
     parser.add_argument("--keep-guests", action="store_true",
                         default=os.environ.get("KEEP_GUESTS", "") not in ("", "0"),
                         help="leave running guests running on exit (env KEEP_GUESTS=1)")
@@ -190,18 +211,28 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"metrics of the gateway on {METRICS_HOST}:PORT, of the services on "
                              f"the ports after it; 0 picks free ports (env "
                              f"VIRTMESH_METRICS_BASE_PORT; default {METRICS_BASE_PORT})")
+    parser.add_argument("--context", default="", metavar="NAME",
+                        help="write the CLI context NAME for this mesh into the config file "
+                        "(`make run`: dev; see `virtmesh config`)")
     args = parser.parse_args(argv)
     state = args.state_dir.absolute()
     try:
+        args.token_listen = GatewayConfig(listen=args.listen, token_listen=args.token_listen
+                                          ).token_address or "none"
         metrics = metrics_addresses(["gateway", *SERVICES], args.metrics_base_port)
-        if args.listen.rsplit(":", 1)[-1] in {a.rsplit(":", 1)[1] for a in metrics.values()}:
-            raise RuntimeError(f"--listen {args.listen} collides with a metrics port; "
-                               "choose another --metrics-base-port")
-    except RuntimeError as error:
+        for flag, address in (("--listen", args.listen), ("--token-listen", args.token_listen)):
+            if address.rsplit(":", 1)[-1] in {a.rsplit(":", 1)[1] for a in metrics.values()}:
+                raise RuntimeError(f"{flag} {address} collides with a metrics port; "
+                                   "choose another --metrics-base-port")
+    except (RuntimeError, ValueError) as error:
         print(f"virtmesh: {error}", file=sys.stderr)
         return 2
     pki = state / "pki"
-    ensure_dev_identities(state)
+    try:
+        ensure_dev_identities(state)
+    except ValueError as error:
+        print(f"virtmesh: {error}", file=sys.stderr)
+        return 2
     if args.virt_type:
         args.virt_type_why = "as asked (--virt-type, VIRT_TYPE)"
     else:
@@ -223,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in SERVICES
     ]
     gateway = Child("gateway", [python, "-m", "gateway", *common, "--listen", args.listen,
+                                "--token-listen", args.token_listen,
                                 "--metrics-listen", metrics["gateway"]],
                     state / "log" / "gateway.log")
     stopping = threading.Event()
@@ -253,7 +285,11 @@ def _run(args: argparse.Namespace, state: Path, pki: Path, services: list[Child]
         for child in services:
             wait_serving(f"unix:{state / 'run' / f'{child.name}.sock'}", "", 120, alive=child)
         gateway.start()
-        wait_serving(args.listen, "", 30, client_credentials(pki), alive=gateway)
+        if args.listen != "none":
+            wait_serving(args.listen, "", 30, client_credentials(pki), alive=gateway)
+        if args.token_listen != "none":  # health needs TLS, no identity: the CA alone
+            wait_serving(args.token_listen, "", 30, grpc.ssl_channel_credentials(
+                (pki / "ca.crt").read_bytes()), alive=gateway)
     except RuntimeError as error:
         print(f"virtmesh: {error}", file=sys.stderr)
         for child in [gateway, *services]:
@@ -263,7 +299,9 @@ def _run(args: argparse.Namespace, state: Path, pki: Path, services: list[Child]
     write_targets(targets, metrics)
     endpoints = "\n".join(f"  {'metrics' if i == 0 else '':<12} {name:<8} http://{address}/metrics"
                           for i, (name, address) in enumerate(metrics.items()))
-    print(BANNER.format(listen=args.listen, state=state, endpoints=endpoints, targets=targets,
+    print(BANNER.format(listen=args.listen, token_listen=args.token_listen, state=state,
+                        endpoints=endpoints, targets=targets,
+                        context=write_cli_context(args.context, args.listen, pki),
                         keep="kept" if args.keep_guests else "shut down",
                         virt_type=args.virt_type, virt_type_why=args.virt_type_why), flush=True)
     while not stopping.wait(1):
@@ -284,12 +322,14 @@ def _run(args: argparse.Namespace, state: Path, pki: Path, services: list[Child]
 
 BANNER = """
 virtmesh is running.
-  gateway      {listen} (TLS; dev PKI in {state}/pki, tokens in {state}/tokens)
+  gateway      {listen} (mutual TLS: client certificates in {state}/pki)
+               {token_listen} (token-only TLS: bearer tokens in {state}/tokens, CA only)
   sockets      {state}/run/<service>.sock, read-only {state}/run/<service>-ro.sock
   audit        {state}/log/audit.jsonl
   logs         {state}/log/*.log
 {endpoints}
   targets      {targets} (Prometheus file_sd; see deploy/prometheus/README.md)
+  CLI context  {context}
   guests       {keep} when you press Ctrl-C
   virt type    {virt_type}: {virt_type_why}
 
@@ -301,11 +341,14 @@ Try, in another terminal (`. .venv/bin/activate` or use .venv/bin/virtmesh):
   virtmesh list
   tail {state}/guest/demo.console.log      # "virtmesh-guest: booted"
   virtmesh stats demo
+  virtmesh console demo                    # its serial console; Ctrl-] leaves
+  virtmesh viewer demo                     # its display in remote-viewer or gvncviewer
   virtmesh shutdown demo --wait            # ACPI power button
   virtmesh undefine demo
   virtmesh services                        # every service behind the gateway
   virtmesh pool-list; virtmesh net-list; virtmesh nodedev-list; virtmesh iface-list
-  virtmesh --token-file {state}/tokens/readonly.token list   # the read-only identity
+  virtmesh --token-file {state}/tokens/readonly.token list   # read-only, token port
+  virtmesh-admin --state-dir {state} list  # identities; issue-cert, add-token, revoke-*
 Press Ctrl-C to stop."""
 
 

@@ -42,6 +42,19 @@ NODE_XML = """<node>
 """
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_user_cli_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The CLI's contexts come from a file of the test session's, not the user's
+    ~/.config/virtmesh/config.toml (which `make run` writes)."""
+    saved = os.environ.get("VIRTMESH_CLI_CONFIG")
+    os.environ["VIRTMESH_CLI_CONFIG"] = str(tmp_path_factory.mktemp("cli-config") / "config.toml")
+    yield
+    if saved is None:
+        os.environ.pop("VIRTMESH_CLI_CONFIG", None)
+    else:
+        os.environ["VIRTMESH_CLI_CONFIG"] = saved
+
+
 def error_of(call: object, *args: object) -> grpc.RpcError:
     """The RpcError that ``call(*args)`` raises (the test fails if it raises none)."""
     with pytest.raises(grpc.RpcError) as caught:
@@ -120,6 +133,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` different free ports (each held until all are found)."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+
+
 @dataclasses.dataclass
 class Process:
     """A service started as its own process, the way it runs in production."""
@@ -166,9 +188,13 @@ def service_stub(service: str, channel: grpc.Channel) -> Any:
     return getattr(spec.grpc_module, f"{spec.descriptor.name}Stub")(channel)
 
 
-def gateway_process(state_dir: Path, port: int, *args: str) -> Process:
+def gateway_process(state_dir: Path, port: int, *args: str, token_port: int = 0) -> Process:
+    """A gateway with mutual TLS on ``port``, token-only TLS on ``token_port`` (0: off;
+    never the default port after ``port``, which may be taken)."""
+    token = f"127.0.0.1:{token_port}" if token_port else "none"
     return Process([sys.executable, "-m", "gateway", "--state-dir", str(state_dir),
-                    "--listen", f"127.0.0.1:{port}", *args], state_dir / "log" / "gateway.log")
+                    "--listen", f"127.0.0.1:{port}", "--token-listen", token, *args],
+                   state_dir / "log" / "gateway.log")
 
 
 @dataclasses.dataclass
@@ -177,10 +203,16 @@ class Mesh:
     port: int
     compute: Process
     gateway: Process
+    #: the gateway's token-only TLS port
+    token_port: int = 0
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def token_target(self) -> str:
+        return f"127.0.0.1:{self.token_port}"
 
     def credentials(self, client: str = "client") -> grpc.ChannelCredentials:
         pki = self.state_dir / "pki"
@@ -197,9 +229,9 @@ def running_mesh(state_dir: Path, uri: str, *compute_args: str) -> Iterator[Mesh
     """compute + gateway as real processes, with a development PKI."""
     ensure_dev_pki(state_dir / "pki")
     compute = service_process(state_dir, "compute", "--uri", uri, *compute_args).start()
-    port = free_port()
-    gateway = gateway_process(state_dir, port).start()
-    mesh = Mesh(state_dir, port, compute, gateway)
+    port, token_port = free_ports(2)
+    gateway = gateway_process(state_dir, port, token_port=token_port).start()
+    mesh = Mesh(state_dir, port, compute, gateway, token_port)
     try:
         wait_serving(f"unix:{state_dir / 'run' / 'compute.sock'}", "", 60)
         wait_serving(mesh.target, "", 30, mesh.credentials())

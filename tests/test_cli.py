@@ -140,7 +140,7 @@ def test_domain_lifecycle(virtmesh: Run, tmp_path: Path) -> None:
     code, out, _ = virtmesh("stats", "cli-demo")
     assert code == 0
     header, *rows = out.splitlines()
-    assert header.split()[:3] == ["NAME", "STATE", "CPU_S"]
+    assert header.split()[:3] == ["NAME", "STATE", "CPU_TIME"]
     assert [row.split()[:2] for row in rows] == [["cli-demo", "running"]]
 
     code, out, _ = virtmesh("info", "cli-demo")

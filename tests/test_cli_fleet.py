@@ -97,7 +97,7 @@ def test_one_node_output_is_unchanged(virtmesh: Run) -> None:
 def test_nodeinfo_and_stats_fan_out(virtmesh: Run) -> None:
     code, out, _ = virtmesh("nodeinfo")
     assert code == 0
-    assert out.splitlines()[0].split()[:3] == ["NODE", "CPU_MODEL", "CPUS"]
+    assert out.splitlines()[0].split()[:3] == ["NODE", "MODEL", "CPUS"]
     assert [row[0] for row in _rows(out)] == ["a", "b"]
     code, out, _ = virtmesh("stats")
     assert code == 0

@@ -41,8 +41,8 @@ def _rows(out: str) -> list[list[str]]:
 def test_list_info_dumpxml(virtmesh: Run) -> None:
     code, out, err = virtmesh("iface-list")
     assert (code, err) == (0, "")
-    assert out.splitlines()[0].split() == ["NAME", "STATE", "MAC", "TYPE"]
-    assert _rows(out) == [["eth1", "active", "aa:bb:cc:dd:ee:ff", "ethernet"]]
+    assert out.splitlines()[0].split() == ["NAME", "ACTIVE", "MAC", "TYPE"]
+    assert _rows(out) == [["eth1", "yes", "aa:bb:cc:dd:ee:ff", "ethernet"]]
     code, out, _ = virtmesh("iface-info", "AA:BB:CC:DD:EE:FF")  # by MAC, as virsh
     assert code == 0 and "Name:  eth1" in out and "State: active" in out
     code, out, _ = virtmesh("--json", "iface-info", "eth1")
@@ -59,7 +59,7 @@ def test_lifecycle(virtmesh: Run, tmp_path: Path) -> None:
     xml.write_text(iface_xml("vm0"))
     assert virtmesh("iface-define", str(xml))[:2] == (0, "Interface 'vm0' defined\n")
     assert _rows(virtmesh("iface-list", "--inactive")[1]) == [
-        ["vm0", "inactive", "52:54:00:12:34:56", "ethernet"]]
+        ["vm0", "no", "52:54:00:12:34:56", "ethernet"]]
     assert virtmesh("iface-start", "vm0")[:2] == (0, "Interface 'vm0' started\n")
     assert [r[0] for r in _rows(virtmesh("iface-list", "--active")[1])] == ["eth1", "vm0"]
     code, _, err = virtmesh("iface-start", "vm0")
@@ -117,7 +117,7 @@ def test_host_commands(host: Run, tmp_path: Path) -> None:
     active = [i["name"] for i in json.loads(out)["interfaces"]]
     assert code == 0 and active == sorted(active)
     assert all(i["active"] for i in json.loads(out)["interfaces"])
-    assert ("lo" in active) == (rows["lo"][1] == "active")
+    assert ("lo" in active) == (rows["lo"][1] == "yes")
     # the udev backend is read-only
     xml = tmp_path / "vmtest.xml"
     xml.write_text(iface_xml("vmtest-cli0"))

@@ -49,7 +49,7 @@ def test_nwfilter_commands(virtmesh: Run, prefix: str, tmp_path: Path) -> None:
     assert out.startswith(f"Network filter '{prefix}' defined (")
     code, out, _ = virtmesh("nwfilter-list")
     header, *rows = out.splitlines()
-    assert header.split() == ["NAME", "UUID", "CHAIN", "PRIORITY", "RULES", "INCLUDES"]
+    assert header.split() == ["NAME", "UUID", "CHAIN", "PRIORITY", "RULE_COUNT", "FILTER_REFS"]
     ours = [row.split() for row in rows if row.startswith(prefix)]
     assert [(r[0], r[2], r[3], r[4]) for r in ours] == [(prefix, "ipv4", "-700", "1")]
     code, out, _ = virtmesh("nwfilter-dumpxml", prefix)

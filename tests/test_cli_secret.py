@@ -59,7 +59,7 @@ def test_secret_commands(virtmesh: Run, service: tuple[str, str], tmp_path: Path
 
     code, out, _ = virtmesh("secret-list", "--usage", "ceph")
     header, *rows = out.splitlines()
-    assert header.split() == ["UUID", "USAGE", "EPHEMERAL", "PRIVATE", "DESCRIPTION"]
+    assert header.split() == ["NAME", "USAGE", "EPHEMERAL", "PRIVATE", "DESCRIPTION"]
     assert [secret, "ceph", prefix, "no", "no", "cli", "test"] in [row.split() for row in rows]
     code, out, _ = virtmesh("--json", "secret-list", "--private", "yes")
     assert secret not in [s["name"] for s in json.loads(out)["secrets"]]

@@ -89,7 +89,7 @@ def test_pool_and_volume_commands(virtmesh: Run, tmp_path: Path) -> None:
         assert ok(virtmesh, "vol-resize", pool, "copy.img", "8M") == \
             "Volume 'copy.img' resized to 8.0 MiB\n"
         info = json.loads(ok(virtmesh, "--json", "vol-info", pool, "copy.img"))
-        assert info["capacity_bytes"] == str(8 << 20) and info["format"] == "raw"
+        assert info["capacity_bytes"] == 8 << 20 and info["format"] == "raw"
         code, _, err = virtmesh("vol-resize", pool, "copy.img", "1M")
         assert code == 1 and "INVALID_ARGUMENT" in err
 

@@ -36,24 +36,21 @@ class Gateways:
 
 @pytest.fixture(scope="module")
 def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
-    """compute on a test driver, a gateway that requires client certificates and one
-    that asks for none (bearer tokens), both on the same identities file."""
+    """compute on a test driver and one gateway: mutual TLS on one port, token-only
+    TLS (no client certificate asked for) on the other."""
     state = tmp_path_factory.mktemp("clients")
     pki.ensure_dev_pki(state / "pki")
     (state / "node.xml").write_text(NODE_XML)
     authn.write_private(state / "identities.toml", "\n".join([
         f'tls_allowed_dn_list = ["{ADMIN_DN}"]', "[tls_dn_groups]",
         f'"{ADMIN_DN}" = ["admin"]', ""]) + authn.token_entry("reader", ["readonly"], TOKEN))
-    identities = ("--identities-file", str(state / "identities.toml"))
     ports = free_port(), free_port()
     while ports[1] == ports[0]:
         ports = ports[0], free_port()
-    strict = gateway_process(state, ports[0], *identities)
-    tokens = gateway_process(state, ports[1], "--client-auth", "optional", *identities)
-    tokens.log_path = state / "log" / "gateway-tokens.log"
+    gateway = gateway_process(state, ports[0], "--identities-file",
+                              str(state / "identities.toml"), token_port=ports[1])
     with running_service(state, f"test://{state / 'node.xml'}"):
-        strict.start()
-        tokens.start()
+        gateway.start()
         try:
             targets = [f"localhost:{port}" for port in ports]
             wait_serving(targets[0], "", 30, client_credentials(state / "pki"))
@@ -61,8 +58,7 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
                 (state / "pki" / "ca.crt").read_bytes()))
             yield Gateways(state, *targets)
         finally:
-            strict.stop()
-            tokens.stop()
+            gateway.stop()
 
 
 def run(argv: list[str], **kwargs: object) -> str:

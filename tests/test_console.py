@@ -54,8 +54,9 @@ def qemu_mesh() -> Iterator[Mesh]:
 
 
 def client_of(mesh: Mesh, token: str | None = None) -> Client:
-    """The admin's client (its certificate), or the token's identity."""
-    return Client(mesh.target, state_dir=mesh.state_dir, token=token)
+    """The admin's client (its certificate), or the token's identity (token port)."""
+    return Client(mesh.token_target if token else mesh.target, state_dir=mesh.state_dir,
+                  token=token)
 
 
 class Reader:

@@ -26,7 +26,7 @@ import pytest
 
 from guest import example
 from services.supervisor import SERVICES, client_credentials, wait_serving
-from tests.conftest import ROOT, Mesh, free_port, running_mesh, service_process
+from tests.conftest import ROOT, Mesh, free_ports, running_mesh, service_process
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 
@@ -229,10 +229,10 @@ def test_compute_crash_keeps_and_recovers_guests() -> None:
 def test_make_run_ctrl_c(keep: bool) -> None:
     """What `make run` does on Ctrl-C: no orphaned QEMU unless guests are to be kept."""
     with short_state_dir() as state:
-        port = free_port()
+        port, token_port = free_ports(2)
         argv = [sys.executable, "-m", "services.supervisor", "--state-dir", str(state),
-                "--listen", f"127.0.0.1:{port}", "--shutdown-timeout", "20",
-                "--metrics-base-port", "0"]
+                "--listen", f"127.0.0.1:{port}", "--token-listen", f"127.0.0.1:{token_port}",
+                "--shutdown-timeout", "20", "--metrics-base-port", "0"]
         if keep:
             argv.append("--keep-guests")
         log = (state / "mesh.log").open("wb")
@@ -241,6 +241,7 @@ def test_make_run_ctrl_c(keep: bool) -> None:
         try:
             wait_for(lambda: "virtmesh is running" in (state / "mesh.log").read_text(), 120,
                      "the mesh to start")
+            assert f"127.0.0.1:{token_port} (token-only TLS" in (state / "mesh.log").read_text()
             with grpc.secure_channel(f"127.0.0.1:{port}",
                                      client_credentials(state / "pki")) as channel:
                 stub = pb_grpc.ComputeServiceStub(channel)
@@ -271,10 +272,11 @@ def test_make_run_ctrl_c(keep: bool) -> None:
 def test_services_stop_when_the_supervisor_is_killed() -> None:
     """Even a SIGKILLed `make run` leaves no service behind (PR_SET_PDEATHSIG)."""
     with short_state_dir() as state:
-        port = free_port()
+        port, token_port = free_ports(2)
         mesh = subprocess.Popen(
             [sys.executable, "-m", "services.supervisor", "--state-dir", str(state),
-             "--listen", f"127.0.0.1:{port}", "--metrics-base-port", "0"],
+             "--listen", f"127.0.0.1:{port}", "--token-listen", f"127.0.0.1:{token_port}",
+             "--metrics-base-port", "0"],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL)
         children = f"-m (services ({'|'.join(SERVICES)})|gateway) --state-dir {state}"

@@ -98,6 +98,10 @@ def write_access_files(state_dir: Path, tokens: dict[str, str]) -> None:
         'objects = ["web-1", "images", "images/web-*"]\n')
 
 
+#: the gateway's node_name (Kubernetes passes the pod's spec.nodeName)
+NODE_NAME = "kvm-node-7"
+
+
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiMesh]:
     state_dir = tmp_path_factory.mktemp("api")
@@ -108,7 +112,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiMesh]:
     services = [service_process(state_dir, name, "--uri", f"test://{state_dir / 'node.xml'}")
                 for name in sorted(RUNNING)]
     port = free_port()
-    gateway = gateway_process(state_dir, port, "--fanout-timeout", str(FANOUT_TIMEOUT))
+    gateway = gateway_process(state_dir, port, "--fanout-timeout", str(FANOUT_TIMEOUT),
+                              "--node-name", NODE_NAME)
     running = ApiMesh(state_dir, port, services, gateway, tokens)
     try:
         for service in (*services, gateway):
@@ -171,6 +176,7 @@ def test_list_services_shows_each_service_with_health_version_and_uptime(
     reply = api.ListServices(pb.ListServicesRequest(), timeout=30)
     assert [service.name for service in reply.services] == DRIVERS
     assert reply.gateway_version == VERSION and reply.gateway_start_time.seconds > 0
+    assert reply.node_name == NODE_NAME  # which node of a fleet answered
     by_name = {service.name: service for service in reply.services}
     compute = by_name["compute"]
     assert compute.health == by_name["storage"].health == pb.SERVICE_HEALTH_SERVING
@@ -204,6 +210,7 @@ def test_host_summary_is_partial_when_services_are_down(
         node = stub.GetNodeInfo(compute_pb.GetNodeInfoRequest(), timeout=10)
         domains = stub.ListDomains(compute_pb.ListDomainsRequest(), timeout=10).domains
     assert reply.hostname
+    assert reply.node_name == NODE_NAME
     assert (reply.node.cpus, reply.node.memory_kib, reply.node.model) == \
         (node.cpus, node.memory_kib, node.model)
     counts = {(c.service, c.object_type): c.count for c in reply.counts}
@@ -403,11 +410,15 @@ def test_cli_services_summary_and_search(mesh: ApiMesh, capsys: pytest.CaptureFi
     assert main([*flags, "host-summary"]) == 0
     captured = capsys.readouterr()
     assert "compute  domain        4" in captured.out and "CPUs:" in captured.out
+    assert any(line.split() == ["Node:", NODE_NAME] for line in captured.out.splitlines())
     assert {line.split()[2] for line in captured.err.splitlines()} == down_drivers()
 
     token_file = tmp_path / "alice.token"
     token_file.write_text(mesh.tokens["alice"])
-    assert main([*flags, "--token-file", str(token_file), "--json", "search", "*"]) == 0
+    # the token on top of the admin certificate (mutual TLS): the token names the caller
+    pki = mesh.state_dir / "pki"
+    assert main([*flags, "--cert", str(pki / "client.crt"), "--key", str(pki / "client.key"),
+                 "--token-file", str(token_file), "--json", "search", "*"]) == 0
     found = json.loads(capsys.readouterr().out)["results"]
     assert [(r["object_type"], r["name"]) for r in found] == [
         ("domain", "web-1"), ("storage_pool", "images"), ("storage_vol", "web-disk.img")]

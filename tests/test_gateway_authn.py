@@ -126,10 +126,12 @@ def write_identities(path: Path, text: str) -> None:
 
 @contextlib.contextmanager
 def running_gateway(state_dir: Path, serving_credentials: grpc.ChannelCredentials,
-                    *args: str) -> Iterator[tuple[Process, str]]:
-    """A gateway process on the state dir's PKI and run/ sockets, quick to reload."""
+                    *args: str, token_port: int = 0) -> Iterator[tuple[Process, str]]:
+    """A gateway process on the state dir's PKI and run/ sockets, quick to reload; with
+    ``token_port``, token-only TLS there too."""
     port = free_port()
-    gateway = gateway_process(state_dir, port, "--reload-interval", "0.1", *args).start()
+    gateway = gateway_process(state_dir, port, "--reload-interval", "0.1", *args,
+                              token_port=token_port).start()
     target = f"localhost:{port}"
     try:
         wait_serving(target, "", 30, serving_credentials)
@@ -439,30 +441,52 @@ def test_dev_identities_for_make_run(state: Path, tmp_path: Path,
     identities = authn.ensure_dev_identities(dev)
     admin_token = dev / "tokens" / "admin.token"
     readonly_token = dev / "tokens" / "readonly.token"
-    for path in (identities, admin_token, readonly_token, dev / "pki" / "client.key"):
+    for path in (identities, admin_token, readonly_token, dev / "pki" / "client.key",
+                 dev / "pki" / "readonly.key"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     text = identities.read_text()
     assert admin_token.read_text().strip() not in text  # digests only
     assert authn.ensure_dev_identities(dev) == identities and identities.read_text() == text
-    # the supervisor's gateway: default identities path under its state dir
+    # the supervisor's gateway: default identities path under its state dir, both ports
     (dev / "run").symlink_to(state / "run")
-    with running_gateway(dev, client_credentials(dev / "pki")) as (_, target):
-        env = {"VIRTMESH_GATEWAY": target, "VIRTMESH_STATE_DIR": str(dev)}
+    token_port = free_port()
+    token_target = f"localhost:{token_port}"
+    with running_gateway(dev, client_credentials(dev / "pki"),
+                         token_port=token_port) as (_, target):
+        wait_serving(token_target, "", 30, credentials(dev / "pki"))
+        # a token alone: the CA checks the gateway, no certificate is sent
+        env = {"VIRTMESH_GATEWAY": token_target, "VIRTMESH_STATE_DIR": str(dev)}
         for token_file in (admin_token, readonly_token):
             with Client(environ={**env, "VIRTMESH_TOKEN_FILE": str(token_file)}) as client:
                 assert [d.name for d in client.call("ListDomains",
                                                     pb.ListDomainsRequest()).domains]
         # the CLI: the token names the caller, whose role is too small to suspend
         capsys.readouterr()
-        common = ["--gateway", target, "--state-dir", str(dev)]
-        assert cli.main([*common, "--token-file", str(readonly_token), "list"]) == 0
+        tokens = ["--gateway", token_target, "--state-dir", str(dev)]
+        certificates = ["--gateway", target, "--state-dir", str(dev)]
+        assert cli.main([*tokens, "--token-file", str(readonly_token), "list"]) == 0
         assert "alpha" in capsys.readouterr().out
-        assert cli.main([*common, "--token-file", str(readonly_token), "suspend",
+        assert cli.main([*tokens, "--token-file", str(readonly_token), "suspend",
                          "alpha"]) == 1
-        # the caller named by the token, not by the (admin) certificate sent alongside
         assert "PERMISSION_DENIED: 'readonly' lacks" in capsys.readouterr().err
-        assert cli.main([*common, "suspend", "alpha"]) == 0  # the certificate: admin
-        assert cli.main([*common, "--token-file", str(admin_token), "resume", "alpha"]) == 0
+        # the admin certificate stays the admin's; the token port never asks for it
+        assert cli.main([*certificates, "suspend", "alpha"]) == 0
+        assert cli.main([*tokens, "suspend", "alpha"]) == 1
+        assert "UNAUTHENTICATED: no client certificate and no bearer token" in \
+            capsys.readouterr().err
+        assert cli.main([*tokens, "--token-file", str(admin_token), "resume", "alpha"]) == 0
+        # the read-only identity's own certificate
+        readonly = ["--cert", str(dev / "pki" / "readonly.crt"),
+                    "--key", str(dev / "pki" / "readonly.key")]
+        capsys.readouterr()
+        assert cli.main([*certificates, *readonly, "list"]) == 0
+        assert "alpha" in capsys.readouterr().out
+        assert cli.main([*certificates, *readonly, "suspend", "alpha"]) == 1
+        assert "PERMISSION_DENIED: 'O=virtmesh,CN=readonly' lacks" in capsys.readouterr().err
+        # a token without --cert/--key never takes the admin certificate along: the
+        # mutual TLS port then refuses the handshake
+        assert cli.main([*certificates, "--token-file", str(readonly_token), "list"]) == 1
+        assert "UNAVAILABLE" in capsys.readouterr().err
 
 
 def test_cli_with_a_token_and_no_certificate(state: Path, tokens: str, tmp_path: Path,

@@ -151,8 +151,9 @@ def spec_of(service: str) -> ServiceSpec:
 
 
 def embeddable(service: str) -> bool:
-    """libvirt can run the service's driver in-process."""
-    return spec_of(service).embedded
+    """libvirt can run the service's driver in-process (by default, or on request as
+    secret: see services/secret/__init__.py)."""
+    return spec_of(service).can_embed
 
 
 def profile_services(profile: str) -> list[str]:
@@ -162,11 +163,12 @@ def profile_services(profile: str) -> list[str]:
 
 
 def profile_uri(service: str, profile: str) -> str:
-    """embedded: the service's default URI; host: the node's daemon (``<scheme>:///system``
-    for the embeddable drivers, which default to /embed)."""
-    default = spec_of(service).default_uri.replace("{state_dir}", STATE_DIR)
-    return f"{default.split(':', 1)[0]}:///system" if profile == "host" and \
-        embeddable(service) else default
+    """embedded: the driver in-process (no libvirt on the node); host: the node's daemon
+    (``<scheme>:///system``)."""
+    spec = spec_of(service)
+    if profile == "embedded" and spec.can_embed:
+        return spec.embedded_uri.replace("{state_dir}", STATE_DIR)
+    return f"{spec.driver}:///system"
 
 
 def metrics_port(name: str) -> int:
@@ -177,6 +179,66 @@ def metrics_port(name: str) -> int:
 def pod_of(objects: list[dict[str, Any]]) -> dict[str, Any]:
     template: dict[str, Any] = one(objects, "DaemonSet")["spec"]["template"]
     return template
+
+
+def make_image() -> str:
+    """The image `make image` builds by default."""
+    result = subprocess.run(["make", "-s", "-f", "Makefile", "-f", "-", "print-image"],
+                            input="print-image:\n\t@echo $(IMAGE)\n", cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def images(pod: dict[str, Any]) -> set[str]:
+    spec = pod["spec"]
+    return {c["image"] for c in [*spec.get("initContainers", []), *spec["containers"]]}
+
+
+@needs_kubectl
+def test_one_node_is_reachable_by_name() -> None:
+    """Per-node addressing (deploy/FLEET.md): a headless Service over the gateway pods,
+    the node's name passed to the gateway, and the cert-manager server certificate
+    naming that Service, which a client dialling a pod address gives as its TLS
+    server name."""
+    for profile in PROFILES:
+        objects = render(K8S / "overlays" / profile)
+        pod = pod_of(objects)
+        services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+        nodes = services["virtmesh-gateway-nodes"]["spec"]
+        assert nodes["clusterIP"] == "None"
+        assert nodes["selector"].items() <= pod["metadata"]["labels"].items()
+        gateway = next(c for c in pod["spec"]["containers"] if c["name"] == "gateway")
+        assert [p["targetPort"] for p in nodes["ports"]] == [
+            p["name"] for p in gateway["ports"] if p["containerPort"] == 16514]
+        assert {"name": "VIRTMESH_NODE_NAME",
+                "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in gateway["env"]
+    certificates = {o["metadata"]["name"]: o for o in render(K8S / "overlays" / "cert-manager")
+                    if o["kind"] == "Certificate"}
+    names = certificates["virtmesh-gateway"]["spec"]["dnsNames"]
+    for service in ("virtmesh-gateway", "virtmesh-gateway-nodes"):
+        assert {service, f"{service}.virtmesh.svc",
+                f"{service}.virtmesh.svc.cluster.local"} <= set(names)
+
+
+@needs_kubectl
+def test_one_image_name_and_tag_everywhere(tmp_path: Path) -> None:
+    """`make image`, every container of both profiles and the README name one image, and
+    kustomize `images:` moves all of them to a registry's."""
+    image = make_image()
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert image == f"virtmesh:{version}"
+    for profile in PROFILES:
+        assert images(pod_of(render(K8S / "overlays" / profile))) == {image}, profile
+    assert f"`{image}`" in (K8S / "README.md").read_text()
+    overlay = tmp_path / "registry"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S / "overlays" / "host", overlay)],
+        "images": [{"name": image.split(":")[0], "newName": "registry.example.org/virtmesh",
+                    "newTag": "9.9.9"}]}))
+    assert images(pod_of(render(overlay))) == {"registry.example.org/virtmesh:9.9.9"}
 
 
 @needs_kubectl
@@ -237,13 +299,13 @@ def test_profiles_wire_what_they_promise() -> None:
         every = [*containers.values(), *(pod["spec"].get("initContainers") or [])]
         mounted = {m["name"] for c in every for m in c["volumeMounts"]}
         assert mounted == {v["name"] for v in pod["spec"]["volumes"]}, "a volume is left over"
-        service = one(objects, "Service")
-        assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
+        for service in (o for o in objects if o["kind"] == "Service"):  # all, and one node's
+            assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
         policy = one(objects, "NetworkPolicy")
         allowed = [(p["port"], p.get("endPort", p["port"]))
                    for rule in policy["spec"]["ingress"] for p in rule["ports"]]
         assert all(any(low <= port <= high for low, high in allowed) for port in ports.values())
-        assert set(ports.values()) == {16514, *(metrics_port(name) for name in (
+        assert set(ports.values()) == {16514, 16515, *(metrics_port(name) for name in (
             "gateway", *profile_services(profile)))}
     # The PodMonitor scrapes every metrics port of either profile.
     monitor = one(render(K8S / "monitoring"), "PodMonitor")
@@ -255,6 +317,22 @@ def test_profiles_wire_what_they_promise() -> None:
     host_compute = next(c for c in pod_of(host)["spec"]["containers"] if c["name"] == "compute")
     assert not any(m["mountPath"] == "/dev/kvm" for m in host_compute["volumeMounts"])
     assert host_compute["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": []}
+
+
+@needs_kubectl
+@pytest.mark.parametrize("profile", PROFILES)
+def test_gateway_serves_mutual_tls_and_token_only_tls(profile: str) -> None:
+    """Both of the gateway's TLS ports: its flags, its container ports, the Service."""
+    objects = render(K8S / "overlays" / profile)
+    gateway = next(c for c in pod_of(objects)["spec"]["containers"] if c["name"] == "gateway")
+    config = gateway_config.load([arg for arg in gateway["args"]
+                                  if not arg.startswith("--config=")], environ={})
+    ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
+    assert config.mtls_address == f"0.0.0.0:{ports['grpc-tls']}"
+    assert config.token_address == f"0.0.0.0:{ports['grpc-token']}"
+    service = one(objects, "Service")
+    assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} >= {
+        (ports["grpc-tls"], "grpc-tls"), (ports["grpc-token"], "grpc-token")}
 
 
 def mounted_at(pod: dict[str, Any], container: dict[str, Any],
@@ -561,6 +639,9 @@ class Pod:
                "HOME": "/root" if security.get("runAsUser", 0) == 0 else "/"}
         mapped = self.mapper(container)
         for variable in container.get("env") or []:
+            if variable.get("valueFrom") == {"fieldRef": {"fieldPath": "spec.nodeName"}}:
+                env[variable["name"]] = NODE_NAME  # what the kubelet puts there
+                continue
             assert "value" in variable, f"{variable['name']}: only literal values are mapped"
             env[variable["name"]] = mapped(variable["value"])
         return env
@@ -603,10 +684,14 @@ class Pod:
             self.netns.wait()
 
 
+#: the node the local run pretends the pod is scheduled on (spec.nodeName)
+NODE_NAME = "kvm-node-1"
+
 CLIENT = """
 import json, sys, grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from virtmesh.compute.v1 import compute_service_pb2 as pb, compute_service_pb2_grpc as rpc
+from virtmesh.gateway.v1 import gateway_service_pb2 as gpb, gateway_service_pb2_grpc as grpc_gw
 target, ca, cert, key, services, token = sys.argv[1:]
 read = lambda path: open(path, "rb").read()
 creds = grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
@@ -622,6 +707,8 @@ with grpc.secure_channel(target, creds) as channel:
     compute = rpc.ComputeServiceStub(channel)
     version = compute.GetVersion(pb.GetVersionRequest(), timeout=30)
     domains = compute.ListDomains(pb.ListDomainsRequest(), timeout=30)
+    node = grpc_gw.GatewayServiceStub(channel).ListServices(gpb.ListServicesRequest(),
+                                                            timeout=30).node_name
     health = health_pb2_grpc.HealthStub(channel)
     statuses = {name: health_pb2.HealthCheckResponse.ServingStatus.Name(health.Check(
         health_pb2.HealthCheckRequest(service=name), timeout=30).status)
@@ -632,7 +719,7 @@ with grpc.secure_channel(target, creds) as channel:
               "start": code(compute.StartDomain, pb.StartDomainRequest(name="not-mine"), token)}
 print(json.dumps({"uri": version.uri, "hypervisor": version.hypervisor_type,
                   "domains": [d.name for d in domains.domains], "health": statuses,
-                  "tokens": tokens}))
+                  "tokens": tokens, "node": node}))
 """
 
 METRICS = """
@@ -735,6 +822,7 @@ def test_daemonset_runs_here_as_written(profile: str, short_tmp: Path,
         answer = json.loads(reply.stdout)
         assert answer["health"] == dict.fromkeys(names, "SERVING")
         assert answer["hypervisor"] == "QEMU"
+        assert answer["node"] == NODE_NAME  # the gateway names its node (spec.nodeName)
         # Only the identities Secret knows the token (the development CA's fallback
         # admits the admin certificate alone); its readonly role may not start guests.
         assert answer["tokens"] == {"known": "OK", "unknown": "UNAUTHENTICATED",

@@ -31,7 +31,7 @@ import pytest
 
 from guest import example
 from services.supervisor import METRICS_BASE_PORT, SERVICES, metrics_addresses, write_targets
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, free_ports
 from tests.test_e2e_qemu import short_state_dir
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
@@ -183,10 +183,10 @@ def running_prometheus(config: Path, data: Path, log_path: Path) -> Iterator[Pro
 @pytest.mark.usefixtures("host_libvirtd")
 def test_prometheus_scrapes_the_mesh(tmp_path: Path) -> None:
     with short_state_dir() as state:
-        port = free_port()
+        port, token_port = free_ports(2)
         argv = [sys.executable, "-m", "services.supervisor", "--state-dir", str(state),
-                "--listen", f"127.0.0.1:{port}", "--metrics-base-port", "0",
-                "--shutdown-timeout", "10"]
+                "--listen", f"127.0.0.1:{port}", "--token-listen", f"127.0.0.1:{token_port}",
+                "--metrics-base-port", "0", "--shutdown-timeout", "10"]
         mesh_log = state / "mesh.log"
         # Guest statistics within a 1 s scrape timeout (the services read the environment).
         environ = {**os.environ, "VIRTMESH_SCRAPE_BUDGET": "0.5"}

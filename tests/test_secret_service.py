@@ -228,7 +228,9 @@ def test_watch_events(system: tuple[Stub, str]) -> None:
 
 @contextlib.contextmanager
 def embedded_service(state_dir: Path, *args: str) -> Iterator[tuple[Stub, Process]]:
-    process = service_process(state_dir, "secret", *args).start()
+    """The service on the embedded driver (on request: its default is the host's daemon)."""
+    uri = SPEC.embedded_uri.format(state_dir=state_dir)
+    process = service_process(state_dir, "secret", "--uri", uri, *args).start()
     try:
         socket = state_dir / "run" / "secret.sock"
         wait_serving(f"unix:{socket}", "", 60)

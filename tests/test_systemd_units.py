@@ -477,9 +477,13 @@ def host(tmp_path: Path) -> Iterator[dict[str, str]]:
     config = (SYSTEMD / "virtmesh.toml").read_text().replace(ETC, str(etc))
     config, listens = re.subn(r'^listen = ".*"$', f'listen = "127.0.0.1:{free_port()}"',
                               config, flags=re.M)
+    config, token_listens = re.subn(r'^token_listen = ".*"$',
+                                    f'token_listen = "127.0.0.1:{free_port()}"', config,
+                                    flags=re.M)
     config, metrics = re.subn(r'^metrics_listen = ".*"$', 'metrics_listen = "127.0.0.1:0"',
                               config, flags=re.M)
-    assert (listens, metrics) == (1, len(SERVICE_UNITS)), "the shipped virtmesh.toml changed shape"
+    assert (listens, token_listens, metrics) == (1, 1, len(SERVICE_UNITS)), \
+        "the shipped virtmesh.toml changed shape"
     (etc / "virtmesh.toml").write_text(config)
     shutil.copy(SYSTEMD / "virtmesh.env", etc)
     yield paths
@@ -495,7 +499,9 @@ def test_units_run_and_answer_health(host: dict[str, str], tmp_path: Path) -> No
     MemoryDenyWriteExecute; then every service's health and a call through the
     gateway; then stop."""
     etc, run = Path(host[ETC]), Path(host[RUN])
-    listen = gateway_config.load(["--config", str(etc / "virtmesh.toml")], environ={}).listen
+    settings = gateway_config.load(["--config", str(etc / "virtmesh.toml")], environ={})
+    listen, token_listen = settings.listen, settings.token_address
+    assert token_listen is not None
     credentials = client_credentials(etc / "pki")
     drivers = {name: UnitProcess(name, host, tmp_path / f"{driver_of(name)}.log")
                for name in DRIVER_UNITS}
@@ -526,6 +532,11 @@ def test_units_run_and_answer_health(host: dict[str, str], tmp_path: Path) -> No
                 compute.StartDomain(pb.StartDomainRequest(name="not-mine"), timeout=30,
                                     metadata=bearer)
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # The token alone, with the CA only, on virtmesh.toml's token-only port.
+        with grpc.secure_channel(token_listen, grpc.ssl_channel_credentials(
+                (etc / "pki" / "ca.crt").read_bytes())) as channel:
+            pb_grpc.ComputeServiceStub(channel).GetVersion(pb.GetVersionRequest(), timeout=30,
+                                                           metadata=bearer)
         # ... and the audit log in the gateway's LogsDirectory= says so.
         audit = Path(host[LOGS]) / "audit.jsonl"
         deadline = time.monotonic() + 10
@@ -562,6 +573,9 @@ def test_install_script_copies_the_files(tmp_path: Path, unit_dir: Path) -> None
             target = installed / source.relative_to(UNITS)
             assert target.read_text() == source.read_text(), target
     assert (dest / "etc/sysusers.d/virtmesh.conf").exists()
+    # The CLI is on PATH: /usr/local/bin/virtmesh is the venv's.
+    cli = dest / "usr" / "local" / "bin" / "virtmesh"
+    assert cli.is_symlink() and os.readlink(cli) == f"{PREFIX}/.venv/bin/virtmesh"
     # The operator's config survives a reinstall.
     config = dest / "etc" / "virtmesh" / "virtmesh.toml"
     assert config.read_text() == (SYSTEMD / "virtmesh.toml").read_text()
@@ -745,3 +759,50 @@ def test_make_image_refuses_without_a_builder(tmp_path: Path) -> None:
                             timeout=60, check=False)
     assert result.returncode != 0
     assert "no container builder available" in result.stderr
+
+
+STUB_CLI = """#!/bin/sh
+# a virtmesh CLI with (or, when $NO_CONTEXTS is set, without) contexts
+[ -n "$NO_CONTEXTS" ] && exit 2
+case "$1 $2 $3" in
+  "config set-context --help") exit 0 ;;
+  "config get-contexts "*) cat "$0.contexts" 2>/dev/null; exit 0 ;;
+  "config set-context "*) echo "$@" >> "$0.calls"; echo "* $3" > "$0.contexts" ;;
+  *) exit 2 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("dev_pki", [True, False])
+def test_install_makes_a_local_context(tmp_path: Path, dev_pki: bool) -> None:
+    """install.sh's last step: `virtmesh config set-context local` for the gateway that
+    virtmesh.toml listens on (a wildcard is dialled on 127.0.0.1), its CA and, from
+    --dev-pki, the admin certificate; made current, never overwritten; nothing (and
+    a word why) with a CLI that has no contexts."""
+    conf = tmp_path / "etc"
+    (conf / "pki").mkdir(parents=True)
+    shutil.copy(SYSTEMD / "virtmesh.toml", conf)
+    for name in ("ca.crt", *(("client.crt", "client.key") if dev_pki else ())):
+        (conf / "pki" / name).write_text("")
+    cli = tmp_path / "virtmesh"
+    cli.write_text(STUB_CLI)
+    cli.chmod(0o755)
+    script = str(SYSTEMD / "local-context.sh")
+    run = subprocess.run([script, str(cli), str(conf)], capture_output=True, text=True,
+                         timeout=30, check=True)
+    listen = gateway_config.load(["--config", str(conf / "virtmesh.toml")], environ={}).listen
+    port = listen.rsplit(":", 1)[1]
+    expected = f"config set-context local --gateway 127.0.0.1:{port} --ca {conf}/pki/ca.crt"
+    if dev_pki:
+        expected += f" --cert {conf}/pki/client.crt --key {conf}/pki/client.key"
+    calls = Path(f"{cli}.calls")
+    assert calls.read_text().splitlines() == [expected + " --use"], run.stdout
+    assert ("add your credentials" in run.stdout) != dev_pki
+    # run again (a reinstall): the context the user may have changed is kept
+    again = subprocess.run([script, str(cli), str(conf)], capture_output=True, text=True,
+                           timeout=30, check=True)
+    assert len(calls.read_text().splitlines()) == 1 and "kept" in again.stdout
+    calls.unlink()
+    older = subprocess.run([script, str(cli), str(conf)], capture_output=True, text=True,
+                           timeout=30, check=True, env={**os.environ, "NO_CONTEXTS": "1"})
+    assert not calls.exists() and "no context made" in older.stdout

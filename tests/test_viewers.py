@@ -57,8 +57,10 @@ PATIENCE = 45.0
 
 def cli_argv(mesh: Mesh, *args: str, token: str | None = None) -> list[str]:
     """``virtmesh ARGS`` through the mesh's gateway: as the admin (the development
-    client certificate), or with one of make run's tokens (``readonly``)."""
-    flags = ["--gateway", mesh.target, "--state-dir", str(mesh.state_dir)]
+    client certificate), or with one of make run's tokens (``readonly``) alone, on the
+    gateway's token-only port."""
+    flags = ["--gateway", mesh.token_target if token else mesh.target,
+             "--state-dir", str(mesh.state_dir)]
     if token:
         flags += ["--token-file", str(mesh.state_dir / "tokens" / f"{token}.token")]
     return [sys.executable, "-m", "virtmesh_client", *flags, *args]

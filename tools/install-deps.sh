@@ -23,6 +23,8 @@ packages=(
     protoc-gen-go protoc-gen-go-grpc
     # the Node client: its packages come from npm (clients/node/package-lock.json)
     nodejs
+    # the CLI's zsh completion script runs in a real zsh, in tests
+    zsh
 )
 # Debian's nodejs comes without npm; another nodejs (NodeSource's) brings its own.
 command -v npm >/dev/null || packages+=(npm)

@@ -29,6 +29,7 @@ from virtmesh_client.cli_commands import (
 )
 from virtmesh_client.cli_fleet import Fleet, Handler, Query
 from virtmesh_client.cli_output import (
+    INT_ENUMS,
     Output,
     byte_size,
     enum_name,
@@ -42,6 +43,9 @@ from virtmesh_client.cli_output import (
 from virtmesh_client.client import Client, ClientError, EventStream
 
 STATES = enum_choices(pb.DomainState, "DOMAIN_STATE_")
+# libvirt's virVcpuState, an int32 in the API: by name in --json, as other enums are
+INT_ENUMS["virtmesh.compute.v1.VcpuStats.state"] = {
+    0: "VCPU_STATE_OFFLINE", 1: "VCPU_STATE_RUNNING", 2: "VCPU_STATE_BLOCKED"}
 #: ``name`` is the argument the fleet looks for to find a domain's node
 _DOMAIN = Argument("name", "DOMAIN", "domain name or UUID")
 DOMAIN = Kind("Domain '{}'", (_DOMAIN,), response_field="domain")
@@ -71,7 +75,7 @@ def _domain_fields(d: Any) -> str:
 
 
 def _stats_row(s: Any) -> Sequence[object]:
-    return (s.name, _state(s.state), f"{s.cpu.time_ns / 1e9:.2f}",
+    return (s.name, _state(s.state), f"{s.cpu.time_ns / 1e9:.2f} s",
             kib(s.balloon.current_kib) if s.balloon.current_kib else "-",
             s.vcpu_current or "-",
             byte_size(sum(b.read_bytes for b in s.blocks)),
@@ -164,7 +168,8 @@ def merge_events(fleet: Fleet, args: argparse.Namespace, out: Output) -> None:
 cmd_stats = Query(
     lambda client, args: client.call("GetDomainStats", pb.GetDomainStatsRequest(
         names=args.names, active_only=args.active)),
-    ("NAME", "STATE", "CPU_S", "MEMORY", "VCPUS", "BLOCK_RD", "BLOCK_WR", "NET_RX", "NET_TX"),
+    ("NAME", "STATE", "CPU_TIME", "BALLOON_CURRENT", "VCPU_CURRENT", "BLOCKS_READ",
+     "BLOCKS_WRITE", "INTERFACES_RX", "INTERFACES_TX"),
     _stats_row, "stats")
 
 
@@ -185,13 +190,15 @@ cmd_nodeinfo = Query(
     ("CPU model", "CPUs", "CPU frequency", "NUMA nodes", "Sockets per node", "Cores per socket",
      "Threads per core", "Memory"),
     lambda n: (n.model, n.cpus, f"{n.mhz} MHz", n.nodes, n.sockets, n.cores, n.threads,
-               kib(n.memory_kib)))
+               kib(n.memory_kib)),
+    columns=("MODEL", "CPUS", "MHZ", "NODES", "SOCKETS", "CORES", "THREADS", "MEMORY"))
 
 cmd_version = Query(
     lambda client, args: client.call("GetVersion", pb.GetVersionRequest()),
     ("virtmesh", "libvirt", "Hypervisor", "URI"),
     lambda v: (v.virtmesh_version, v.libvirt_version,
-               f"{v.hypervisor_type} {v.hypervisor_version}", v.uri))
+               f"{v.hypervisor_type} {v.hypervisor_version}", v.uri),
+    columns=("VIRTMESH_VERSION", "LIBVIRT_VERSION", "HYPERVISOR", "URI"))
 
 
 def cmd_setvcpus(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -214,7 +221,7 @@ def cmd_snapshot_create(client: Client, args: argparse.Namespace, out: Output) -
 
 def cmd_snapshot_list(client: Client, args: argparse.Namespace, out: Output) -> None:
     snaps = client.snapshots(args.name)
-    text = table(("NAME", "CREATED", "STATE", "PARENT", "CURRENT"), (
+    text = table(("NAME", "CREATE_TIME", "STATE", "PARENT", "CURRENT"), (
         (s.name, s.create_time.ToDatetime(tzinfo=UTC).isoformat(timespec="seconds"),
          s.state, s.parent or "-", yes(s.current)) for s in snaps))
     out.show(pb.ListSnapshotsResponse(snapshots=snaps), text)

@@ -52,13 +52,14 @@ def cmd_host_summary(client: Client, args: argparse.Namespace, out: Output) -> N
     summary = client.call("GetHostSummary", pb.GetHostSummaryRequest())
     _warn(summary.failures)
     node = summary.node
-    text = fields((("Hostname", summary.hostname),
+    text = fields((("Node", summary.node_name or "-"), ("Hostname", summary.hostname),
                    ("CPU model", node.model or "-"),
                    ("CPUs", f"{node.cpus} ({node.sockets} sockets, {node.cores} cores, "
                             f"{node.threads} threads, {node.nodes} NUMA nodes)"),
                    ("Memory", kib(node.memory_kib))) if summary.HasField("node") else
-                  (("Hostname", summary.hostname), ("Node info", "unavailable")))
-    counts = table(("SERVICE", "TYPE", "COUNT"),
+                  (("Node", summary.node_name or "-"), ("Hostname", summary.hostname),
+                   ("Node info", "unavailable")))
+    counts = table(("SERVICE", "OBJECT_TYPE", "COUNT"),
                    ((c.service, c.object_type, c.count) for c in summary.counts))
     out.show(summary, f"{text}\n\n{counts}")
 
@@ -77,7 +78,7 @@ def _search(client: Client, args: argparse.Namespace) -> Any:
     return pb.SearchResponse(results=results, failures=failures)
 
 
-cmd_search = Query(_search, ("SERVICE", "TYPE", "NAME", "PARENT", "UUID"),
+cmd_search = Query(_search, ("SERVICE", "OBJECT_TYPE", "NAME", "PARENT", "UUID"),
                    lambda r: (r.service, r.object_type, r.name, r.parent or "-", r.uuid or "-"),
                    "results")
 

@@ -16,7 +16,7 @@ from virtmesh_client.cli_commands import (
     either,
 )
 from virtmesh_client.cli_fleet import Query
-from virtmesh_client.cli_output import Output, fields
+from virtmesh_client.cli_output import Output, fields, yes
 from virtmesh_client.client import Client
 
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
@@ -25,7 +25,7 @@ INTERFACE = Kind("Interface '{}'", (Argument("interface", "INTERFACE", "interfac
 
 
 def _row(i: Any) -> tuple[object, ...]:
-    return (i.name, "active" if i.active else "inactive", i.mac or "-", i.type or "-")
+    return (i.name, yes(i.active), i.mac or "-", i.type or "-")
 
 
 def _list(client: Client, args: argparse.Namespace) -> Any:
@@ -34,7 +34,7 @@ def _list(client: Client, args: argparse.Namespace) -> Any:
         interfaces=client.all_pages("ListInterfaces", request, "interfaces"))
 
 
-cmd_list = Query(_list, ("NAME", "STATE", "MAC", "TYPE"), _row, "interfaces")
+cmd_list = Query(_list, ("NAME", "ACTIVE", "MAC", "TYPE"), _row, "interfaces")
 
 
 def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> None:

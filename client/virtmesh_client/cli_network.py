@@ -55,8 +55,8 @@ def _list(client: Client, args: argparse.Namespace) -> Any:
                                                              "networks"))
 
 
-cmd_net_list = Query(_list, ("NAME", "STATE", "AUTOSTART", "PERSISTENT", "BRIDGE"),
-                     lambda n: (n.name, "active" if n.active else "inactive", yes(n.autostart),
+cmd_net_list = Query(_list, ("NAME", "ACTIVE", "AUTOSTART", "PERSISTENT", "BRIDGE"),
+                     lambda n: (n.name, yes(n.active), yes(n.autostart),
                                 yes(n.persistent), n.bridge or "-"),
                      "networks")
 
@@ -106,7 +106,7 @@ def cmd_net_dhcp_leases(client: Client, args: argparse.Namespace, out: Output) -
     request = pb.ListDHCPLeasesRequest(name=args.network, mac=args.mac or "")
     leases = client.all_pages("ListDHCPLeases", request, "leases")
     out.show(pb.ListDHCPLeasesResponse(name=args.network, leases=leases), table(
-        ("EXPIRY TIME", "MAC ADDRESS", "PROTOCOL", "IP ADDRESS", "HOSTNAME", "CLIENT ID"),
+        ("EXPIRY_TIME", "MAC", "TYPE", "IP_ADDRESS", "HOSTNAME", "CLIENT_ID"),
         map(_lease_row, leases)))
 
 
@@ -121,7 +121,7 @@ def cmd_net_port_list(client: Client, args: argparse.Namespace, out: Output) -> 
     ports = client.all_pages("ListNetworkPorts", pb.ListNetworkPortsRequest(
         name=args.network), "ports")
     out.show(pb.ListNetworkPortsResponse(name=args.network, ports=ports), table(
-        ("UUID", "OWNER", "MAC", "PLUG"),
+        ("UUID", "OWNER_NAME", "MAC", "PLUG"),
         ((p.uuid, p.owner_name, p.mac, p.plug_device or p.plug_type or "-") for p in ports)))
 
 

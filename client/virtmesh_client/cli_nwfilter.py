@@ -38,12 +38,13 @@ def _binding_row(b: Any) -> tuple[object, ...]:
 cmd_list = Query(
     lambda client, args: pb.ListNWFiltersResponse(nwfilters=client.all_pages(
         "ListNWFilters", pb.ListNWFiltersRequest(), "nwfilters")),
-    ("NAME", "UUID", "CHAIN", "PRIORITY", "RULES", "INCLUDES"), _filter_row, "nwfilters")
+    ("NAME", "UUID", "CHAIN", "PRIORITY", "RULE_COUNT", "FILTER_REFS"), _filter_row,
+    "nwfilters")
 
 cmd_binding_list = Query(
     lambda client, args: pb.ListNWFilterBindingsResponse(bindings=client.all_pages(
         "ListNWFilterBindings", pb.ListNWFilterBindingsRequest(), "bindings")),
-    ("PORT_DEV", "FILTER", "OWNER", "MAC"), _binding_row, "bindings")
+    ("NAME", "FILTER", "OWNER_NAME", "MAC"), _binding_row, "bindings")
 
 
 def cmd_binding_create(client: Client, args: argparse.Namespace, out: Output) -> None:

@@ -1,6 +1,27 @@
-"""How the CLI prints: tables and labelled fields for people, the messages' JSON
-(protobuf field names) for scripts. Knows no service, so every command module
-formats the same way."""
+"""How the CLI prints: tables and labelled fields for people, the messages' JSON for
+scripts. Knows no service, so every command module formats the same way.
+
+``--json`` is the response message in protobuf's JSON mapping with the API's own field
+names (what grpcurl or any other client sees), except that:
+
+- numbers are JSON numbers, 64-bit ones included (the mapping makes int64 and uint64
+  strings; Python's json has no precision limit, and jq's is that of a double);
+- enums are their names everywhere, also the few int32 fields that carry a libvirt
+  enum the API has no enum type for (``INT_ENUMS``, e.g. a vCPU's state);
+- paging fields (``next_page_token``) are left out: the CLI has followed every page;
+- fields without presence are printed with their zero values, so every key is there.
+Timestamps and durations keep the mapping's RFC 3339 and ``"1.5s"`` strings.
+
+A table's column is headed by the field it shows, as JSON names it: upper case, the
+path of a nested field joined with ``_`` (``cpu.time_ns`` → ``CPU_TIME``), without
+the unit suffix (``_kib``, ``_bytes``, ``_ns``) when the table prints the value with
+its unit (``memory_kib`` → ``MEMORY``, "2.0 GiB"); a column that sums a repeated
+field or joins fields is named by their path or common prefix (``blocks[].read_bytes``
+→ ``BLOCKS_READ``; ``hypervisor_type`` and ``hypervisor_version`` → ``HYPERVISOR``).
+``column_matches`` is that rule; tests/test_cli_json.py holds every ``Query``
+table and the list tables to it. (``vncdisplay --all``'s DISPLAY is virsh's
+display string, built from several fields, and keeps virsh's name.)
+"""
 
 from __future__ import annotations
 
@@ -11,13 +32,91 @@ from datetime import UTC
 from typing import IO, Any
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+
+#: int32 fields holding a libvirt enum the API has no enum type for, by full name:
+#: value → name (command modules add theirs)
+INT_ENUMS: dict[str, dict[int, str]] = {}
+#: fields that only serve paging, which the CLI has done
+PAGING_FIELDS = frozenset({"next_page_token"})
+_INT64 = frozenset({FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64,
+                    FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_FIXED64,
+                    FieldDescriptor.TYPE_SFIXED64})
+#: the units a column header drops (see the module's docstring)
+UNIT_SUFFIXES = ("_kib", "_bytes", "_ns", "_ms")
 
 
 def to_dict(message: Any, node: str | None = None) -> dict[str, Any]:
-    """The message as JSON; with ``node``, labelled with the node it came from."""
+    """The message as JSON (see the module's docstring); with ``node``, labelled with
+    the node it came from."""
     data = json_format.MessageToDict(message, preserving_proto_field_name=True,
                                      always_print_fields_with_no_presence=True)
+    for name in PAGING_FIELDS & set(data):
+        del data[name]
+    data = _json_values(message, data)
     return data if node is None else {"node": node, **data}
+
+
+def _scalar(field: FieldDescriptor, value: Any) -> Any:
+    if field.type in _INT64 and isinstance(value, str):
+        return int(value)
+    names = INT_ENUMS.get(field.full_name)
+    return names.get(value, value) if names is not None and isinstance(value, int) else value
+
+
+def _json_values(message: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (MessageToDict of ``message``) with 64-bit integers as numbers and the
+    ``INT_ENUMS`` by name, in nested messages, lists and maps too."""
+    for field in message.DESCRIPTOR.fields:
+        if field.name not in data:
+            continue
+        value, item = getattr(message, field.name), data[field.name]
+        entry = field.message_type
+        if entry is not None and entry.GetOptions().map_entry:
+            target = entry.fields_by_name["value"]
+            data[field.name] = {k: (_json_values(value[_key(entry, k)], v)
+                                    if target.message_type is not None else _scalar(target, v))
+                                for k, v in item.items()}
+        elif entry is not None:
+            if entry.full_name.startswith("google.protobuf."):
+                continue  # well-known types keep their JSON form
+            data[field.name] = ([_json_values(m, d) for m, d in zip(value, item, strict=True)]
+                                if _repeated(field) else _json_values(value, item))
+        else:
+            data[field.name] = ([_scalar(field, v) for v in item] if _repeated(field)
+                                else _scalar(field, item))
+    # in the .proto's order (MessageToDict puts fields left at their zero values last)
+    return {field.name: data[field.name] for field in message.DESCRIPTOR.fields
+            if field.name in data}
+
+
+def _repeated(field: FieldDescriptor) -> bool:
+    return bool(field.is_repeated)
+
+
+def _key(entry: Any, text: str) -> Any:
+    """A map's key as the message holds it (JSON makes every key a string)."""
+    key = entry.fields_by_name["key"]
+    return text if key.type == FieldDescriptor.TYPE_STRING else (
+        text == "true" if key.type == FieldDescriptor.TYPE_BOOL else int(text))
+
+
+def column_matches(header: str, descriptor: Any) -> bool:
+    """Whether a table's column ``header`` names a field of messages of type
+    ``descriptor`` by the rule in the module's docstring."""
+    def names(message: Any, prefix: str, depth: int) -> Iterable[str]:
+        for field in message.fields:
+            path = f"{prefix}{field.name}"
+            yield path
+            yield from (path.removesuffix(unit) for unit in UNIT_SUFFIXES
+                        if path.endswith(unit))
+            nested = field.message_type
+            if nested is not None and depth < 3 and not nested.GetOptions().map_entry \
+                    and not nested.full_name.startswith("google.protobuf."):
+                yield from names(nested, f"{path}_", depth + 1)
+    wanted = header.lower()
+    return any(name == wanted or name.startswith(f"{wanted}_")
+               for name in names(descriptor, "", 0))
 
 
 def enum_name(enum: Any, value: int, prefix: str) -> str:

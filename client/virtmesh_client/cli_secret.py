@@ -47,7 +47,7 @@ def _list(client: Client, args: argparse.Namespace) -> Any:
     return pb.ListSecretsResponse(secrets=client.all_pages("ListSecrets", request, "secrets"))
 
 
-cmd_list = Query(_list, ("UUID", "USAGE", "EPHEMERAL", "PRIVATE", "DESCRIPTION"), _row,
+cmd_list = Query(_list, ("NAME", "USAGE", "EPHEMERAL", "PRIVATE", "DESCRIPTION"), _row,
                  "secrets")
 
 

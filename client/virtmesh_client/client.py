@@ -29,6 +29,8 @@ from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 
 DEFAULT_GATEWAY = "127.0.0.1:16514"
+#: the gateway's token-only TLS: where a token without a client certificate goes
+DEFAULT_TOKEN_GATEWAY = "127.0.0.1:16515"
 DEFAULT_STATE_DIR = ".virtmesh"
 DEFAULT_TIMEOUT = 30.0
 #: the services accept messages this large (capabilities XML can be big)
@@ -94,6 +96,19 @@ def _read_pem(path: str | os.PathLike[str], what: str, flag: str, env: str) -> b
     except OSError as error:
         raise ConfigError(f"cannot read {what} {path}: {error.strerror} (run `make run` to "
                           f"create the development PKI, or pass {flag} / set {env})") from None
+
+
+def default_gateway(environ: Mapping[str, str], token: bool = False,
+                    certificate: bool = False) -> str:
+    """Where a client goes unless told: ``VIRTMESH_GATEWAY``; else the gateway's
+    token-only TLS port when there is a token (``token``, ``VIRTMESH_TOKEN``,
+    ``VIRTMESH_TOKEN_FILE``) and no client certificate (``certificate``,
+    ``VIRTMESH_CERT``, ``VIRTMESH_KEY``); else its mutual TLS port."""
+    if environ.get("VIRTMESH_GATEWAY"):
+        return environ["VIRTMESH_GATEWAY"]
+    token = token or bool(environ.get("VIRTMESH_TOKEN") or environ.get("VIRTMESH_TOKEN_FILE"))
+    certificate = certificate or bool(environ.get("VIRTMESH_CERT") or environ.get("VIRTMESH_KEY"))
+    return DEFAULT_TOKEN_GATEWAY if token and not certificate else DEFAULT_GATEWAY
 
 
 class EventStream:
@@ -206,9 +221,12 @@ class Client:
     and/or a bearer token) or ``unix:/path`` of a service socket (insecure; a
     token is refused there). Unset arguments come from ``VIRTMESH_GATEWAY``,
     ``VIRTMESH_STATE_DIR``, ``VIRTMESH_CA``, ``VIRTMESH_CERT``, ``VIRTMESH_KEY``,
-    ``VIRTMESH_TOKEN`` and ``VIRTMESH_TOKEN_FILE``, then from the defaults (the
-    gateway on 127.0.0.1:16514 and the PKI under ``<state_dir>/pki``). With a
-    token, the client certificate is sent if one is given or the default exists.
+    ``VIRTMESH_TOKEN``, ``VIRTMESH_TOKEN_FILE`` and ``VIRTMESH_TLS_SERVER_NAME`` (the
+    name to expect in the server certificate), then from the defaults (the
+    gateway on 127.0.0.1:16514 and the PKI under ``<state_dir>/pki``). A token
+    without a certificate (no ``cert``/``key``, no ``VIRTMESH_CERT``/``VIRTMESH_KEY``)
+    is sent alone: no client certificate, and by default to the gateway's token-only
+    port 127.0.0.1:16515. A token with a certificate goes with it to mutual TLS.
     """
 
     def __init__(self, target: str | None = None, *,
@@ -219,13 +237,16 @@ class Client:
                  token: str | None = None,
                  token_file: str | os.PathLike[str] | None = None,
                  timeout: float | None = DEFAULT_TIMEOUT,
-                 environ: Mapping[str, str] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None,
+                 server_name: str | None = None) -> None:
         env = os.environ if environ is None else environ
-        self.target = target or env.get("VIRTMESH_GATEWAY") or DEFAULT_GATEWAY
+        self.target = target or default_gateway(env, bool(token or token_file),
+                                                bool(cert or key))
         #: deadline of each unary call in seconds; None waits forever
         self.timeout = timeout
-        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        options: list[tuple[str, int | str]] = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
         token_file = token_file or env.get("VIRTMESH_TOKEN_FILE")
         token = token or env.get("VIRTMESH_TOKEN") or (
             _read_token(token_file) if token_file else None)
@@ -239,8 +260,8 @@ class Client:
             pki = Path(state_dir or env.get("VIRTMESH_STATE_DIR") or DEFAULT_STATE_DIR) / "pki"
             cert = cert or env.get("VIRTMESH_CERT")
             key = key or env.get("VIRTMESH_KEY")
-            with_certificate = not token or bool(cert or key) or (
-                (pki / "client.crt").exists() and (pki / "client.key").exists())
+            # never the default (admin) certificate with a token: the token alone
+            with_certificate = not token or bool(cert or key)
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=_read_pem(ca or env.get("VIRTMESH_CA") or pki / "ca.crt",
                                             "CA certificate", "--ca", "VIRTMESH_CA"),
@@ -252,6 +273,11 @@ class Client:
             if token:
                 credentials = grpc.composite_channel_credentials(
                     credentials, grpc.access_token_call_credentials(token))
+            # the name the server certificate must carry, when it is not the address's
+            # host (a node dialled by IP, a tunnel, a Kubernetes Service)
+            server_name = server_name or env.get("VIRTMESH_TLS_SERVER_NAME")
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
             self.channel = grpc.secure_channel(self.target, credentials, options)
         self.compute = pb_grpc.ComputeServiceStub(self.channel)
         self._methods: dict[tuple[str, str], Any] = {}

@@ -72,6 +72,22 @@ if [[ $venv == yes ]]; then
     say "venv ready: $prefix/.venv"
 fi
 
+# 2b. The CLI on PATH: /usr/local/bin/virtmesh (and virtmesh-admin, where the venv
+# has it) link to the venv's. A file there that is not such a link is someone
+# else's (a pip install) and is kept.
+bindir=/usr/local/bin
+install -d "$destdir$bindir"
+for tool in virtmesh virtmesh-admin; do
+    link=$destdir$bindir/$tool
+    [[ $tool == virtmesh || -x $prefix/.venv/bin/$tool ]] || continue
+    if [[ -e $link && ! -L $link ]]; then
+        say "kept $bindir/$tool, which is not ours"
+    else
+        ln -sfn "$prefix/.venv/bin/$tool" "$link"
+    fi
+done
+say "the CLI: $bindir/virtmesh"
+
 # 3. Units, the user, and a config that is never overwritten once there.
 units=$repo/deploy/systemd/units
 install -d "$destdir$unitdir" "$destdir$sysusersdir" "$destdir$confdir"
@@ -157,15 +173,21 @@ if [[ $enable == yes ]]; then
             [[ $now == no ]] || systemctl start virtmesh-gateway.service
             say "the gateway starts at boot$([[ $now == yes ]] && echo ' (started)'), the services on demand"
         fi
-        # storage, network, nwfilter, nodedev and iface need the host's libvirt daemon
+        # secret, storage, network, nwfilter, nodedev and iface need the host's libvirt daemon
         # (is-enabled succeeds when any of them is enabled).
-        systemctl is-enabled --quiet libvirtd.service libvirtd.socket virtstoraged.socket \
-                virtnetworkd.socket virtnwfilterd.socket virtnodedevd.socket \
-                virtinterfaced.socket 2>/dev/null ||
-            say "warning: no libvirt daemon is enabled; storage, network, nwfilter, nodedev and iface need one (Debian: apt-get install libvirt-daemon-system)"
+        systemctl is-enabled --quiet libvirtd.service libvirtd.socket virtsecretd.socket \
+                virtstoraged.socket virtnetworkd.socket virtnwfilterd.socket \
+                virtnodedevd.socket virtinterfaced.socket 2>/dev/null ||
+            say "warning: no libvirt daemon is enabled; secret, storage, network, nwfilter, nodedev and iface need one (Debian: apt-get install libvirt-daemon-system)"
     else
         say "systemd is not running here: run 'systemctl daemon-reload' and enable the profile on the host (see deploy/systemd/README.md)"
     fi
+fi
+# 5. A CLI context "local" for this gateway, for root (deploy/systemd/local-context.sh;
+# run it as another user for theirs).
+if [[ -z $destdir && -x $prefix/.venv/bin/virtmesh ]]; then
+    "$repo/deploy/systemd/local-context.sh" "$prefix/.venv/bin/virtmesh" "$confdir" |
+        sed 's/^/install.sh: /'
 fi
 [[ -e $destdir$confdir/pki/server.crt ]] ||
     say "the gateway needs $confdir/pki/{server.crt,server.key,ca.crt} (key 0640 root:virtmesh)"

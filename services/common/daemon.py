@@ -95,6 +95,9 @@ class ServiceSpec:
     #: call is in flight (compute: guests are running); calls in flight, event watches
     #: and transfers included, already keep it
     busy: Callable[[Any], bool] | None = None
+    #: libvirt can run the driver in-process although the service does not by default
+    #: (secret: see its package); a profile without a libvirt daemon runs it embedded
+    embeddable: bool = False
 
     @property
     def descriptor(self) -> ServiceDescriptor:
@@ -112,10 +115,18 @@ class ServiceSpec:
         return getattr(self.grpc_module, f"add_{self.descriptor.name}Servicer_to_server")  # type: ignore[no-any-return]
 
     @property
+    def can_embed(self) -> bool:
+        """libvirt can run the driver inside the service (by default or on request)."""
+        return self.embedded or self.embeddable
+
+    @property
+    def embedded_uri(self) -> str:
+        """The URI of the driver embedded in the service, its root under the state dir."""
+        return f"{self.driver}:///embed?root={{state_dir}}/{self.driver}"
+
+    @property
     def default_uri(self) -> str:
-        if self.embedded:
-            return f"{self.driver}:///embed?root={{state_dir}}/{self.driver}"
-        return f"{self.driver}:///system"
+        return self.embedded_uri if self.embedded else f"{self.driver}:///system"
 
 
 def _make_socket_dir(directory: Path) -> None:

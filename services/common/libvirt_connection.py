@@ -15,11 +15,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from urllib.parse import urlparse
 
 import grpc
 import libvirt
 
 from services.common.errors import ServiceError
+from services.common.libvirt_identity import adopt_system_identity
 from services.common.metrics import libvirt_call
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,9 @@ class LibvirtConnection:
     def __init__(self, uri: str, *, keepalive_interval: int = 5, keepalive_count: int = 5,
                  min_delay: float = 0.5, max_delay: float = 30.0) -> None:
         self.uri = uri
+        #: an embedded driver runs on our threads, which need a libvirt caller identity
+        #: (services/common/libvirt_identity.py)
+        self._embedded = urlparse(uri).path == "/embed"
         self._keepalive = (keepalive_interval, keepalive_count)
         self._delays = (min_delay, max_delay)
         self._conn: libvirt.virConnect | None = None
@@ -99,6 +104,8 @@ class LibvirtConnection:
             raise ServiceError(grpc.StatusCode.UNAVAILABLE,
                                f"not connected to libvirt at {self.uri}; reconnecting",
                                "LIBVIRT_DISCONNECTED")
+        if self._embedded:
+            adopt_system_identity()
         return conn
 
     def start(self, wait: float = 0.0) -> None:
@@ -172,6 +179,8 @@ class LibvirtConnection:
             self._wake.clear()
 
     def _open(self) -> None:
+        if self._embedded:  # the connect hooks (autostart) run on this thread
+            adopt_system_identity()
         with libvirt_call("virConnectOpen"):
             conn = libvirt.open(self.uri)
         # local and embedded drivers have no keepalive; nothing to probe

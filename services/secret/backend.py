@@ -6,12 +6,14 @@ error message.
 
 from __future__ import annotations
 
+import base64
 import logging
 import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import libvirt
@@ -67,11 +69,56 @@ def _libvirt_version() -> str:
     return f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
 
 
+def import_embedded_root(conn: libvirt.virConnect, root: Path) -> int:
+    """Move the secrets of an embedded driver's root (what the service kept before it
+    used the host's daemon by default) into ``conn``'s driver; returns how many.
+
+    The root is renamed ``<root>.imported`` once every secret in it is defined there
+    (with its value); a secret that cannot be stays, and so does the directory.
+    """
+    directory = root / "etc" / "secrets"
+    files = sorted(directory.glob("*.xml")) if directory.is_dir() else []
+    moved, failed = 0, 0
+    for path in files:
+        try:
+            try:
+                conn.secretLookupByUUIDString(path.stem)
+                log.info("secret %s of %s is already defined here", path.stem, root)
+            except libvirt.libvirtError:
+                secret = conn.secretDefineXML(path.read_text())
+                value = path.with_suffix(".base64")
+                if value.exists():
+                    secret.setValue(base64.b64decode(value.read_bytes()))
+                moved += 1
+        except (libvirt.libvirtError, OSError, ValueError) as error:
+            failed += 1
+            log.error("cannot move secret %s of %s to %s: %s", path.stem, root,
+                      conn.getURI(), error)
+    if files and not failed:
+        try:
+            root.rename(root.with_name(root.name + ".imported"))
+        except OSError as error:
+            log.error("moved the secrets of %s, but cannot rename it: %s", root, error)
+            return moved
+        log.warning("moved %d secret(s) of the embedded driver's root %s to %s (the secret "
+                    "service's default since compute's QEMU finds secrets there); the old "
+                    "root is now %s.imported", moved, root, conn.getURI(), root)
+    return moved
+
+
 class SecretBackend(Backend):
-    def __init__(self, connection: LibvirtConnection) -> None:
+    def __init__(self, connection: LibvirtConnection, state_dir: Path | None = None) -> None:
         super().__init__(connection)
         self.undefine_crashes = (registry.is_embedded(connection.uri)
                                  and embedded_undefine_crashes())
+        if state_dir is not None and not registry.is_embedded(connection.uri) \
+                and not connection.uri.startswith("test:"):
+            root = state_dir / "secret"
+
+            def import_previous(conn: libvirt.virConnect) -> None:
+                import_embedded_root(conn, root)
+
+            connection.on_connect(import_previous)
 
     def lookup(self, name: str) -> libvirt.virSecret:
         """A secret by its UUID string."""

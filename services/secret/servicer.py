@@ -25,7 +25,7 @@ Ctx = grpc.ServicerContext
 class SecretServicer(DriverServicer[SecretBackend, pb.WatchSecretEventsResponse],
                      pb_grpc.SecretServiceServicer):
     def __init__(self, connection: LibvirtConnection, config: Config) -> None:
-        backend = SecretBackend(connection)
+        backend = SecretBackend(connection, config.state_dir.absolute())
         super().__init__(backend, config, backend.register_events, convert.secret_event)
 
     def WatchSecretEvents(self, request: pb.WatchSecretEventsRequest,

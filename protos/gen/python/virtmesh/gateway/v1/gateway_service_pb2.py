@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from virtmesh.acl.v1 import acl_pb2 as virtmesh_dot_acl_dot_v1_dot_acl__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)virtmesh/gateway/v1/gateway_service.proto\x12\x13virtmesh.gateway.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19virtmesh/acl/v1/acl.proto\"\xee\x01\n\x07Service\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cgrpc_service\x18\x02 \x01(\t\x12\x32\n\x06health\x18\x03 \x01(\x0e\x32\".virtmesh.gateway.v1.ServiceHealth\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0e\n\x06socket\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06uptime\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07message\x18\x08 \x01(\t\"\x15\n\x13ListServicesRequest\"\x97\x01\n\x14ListServicesResponse\x12.\n\x08services\x18\x01 \x03(\x0b\x32\x1c.virtmesh.gateway.v1.Service\x12\x17\n\x0fgateway_version\x18\x02 \x01(\t\x12\x36\n\x12gateway_start_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x88\x01\n\x08NodeInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nmemory_kib\x18\x02 \x01(\x04\x12\x0c\n\x04\x63pus\x18\x03 \x01(\r\x12\x0b\n\x03mhz\x18\x04 \x01(\r\x12\r\n\x05nodes\x18\x05 \x01(\r\x12\x0f\n\x07sockets\x18\x06 \x01(\r\x12\r\n\x05\x63ores\x18\x07 \x01(\r\x12\x0f\n\x07threads\x18\x08 \x01(\r\"B\n\x0bObjectCount\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0bobject_type\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"I\n\x07\x46\x61ilure\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x17\n\x15GetHostSummaryRequest\"\xb9\x01\n\x16GetHostSummaryResponse\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12+\n\x04node\x18\x02 \x01(\x0b\x32\x1d.virtmesh.gateway.v1.NodeInfo\x12\x30\n\x06\x63ounts\x18\x03 \x03(\x0b\x32 .virtmesh.gateway.v1.ObjectCount\x12.\n\x08\x66\x61ilures\x18\x04 \x03(\x0b\x32\x1c.virtmesh.gateway.v1.Failure\"G\n\rSearchRequest\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x0cSearchResult\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0bobject_type\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04uuid\x18\x04 \x01(\t\x12\x0e\n\x06parent\x18\x05 \x01(\t\"\x8d\x01\n\x0eSearchResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.virtmesh.gateway.v1.SearchResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12.\n\x08\x66\x61ilures\x18\x03 \x03(\x0b\x32\x1c.virtmesh.gateway.v1.Failure*\x8b\x01\n\rServiceHealth\x12\x1e\n\x1aSERVICE_HEALTH_UNSPECIFIED\x10\x00\x12\x1a\n\x16SERVICE_HEALTH_SERVING\x10\x01\x12\x1e\n\x1aSERVICE_HEALTH_NOT_SERVING\x10\x02\x12\x1e\n\x1aSERVICE_HEALTH_UNREACHABLE\x10\x03\x32\xef\x02\n\x0eGatewayService\x12x\n\x0cListServices\x12(.virtmesh.gateway.v1.ListServicesRequest\x1a).virtmesh.gateway.v1.ListServicesResponse\"\x13\xea\xe0\x18\x0f\x63onnect:getattr\x12{\n\x0eGetHostSummary\x12*.virtmesh.gateway.v1.GetHostSummaryRequest\x1a+.virtmesh.gateway.v1.GetHostSummaryResponse\"\x10\xea\xe0\x18\x0c\x63onnect:read\x12\x66\n\x06Search\x12\".virtmesh.gateway.v1.SearchRequest\x1a#.virtmesh.gateway.v1.SearchResponse\"\x13\xea\xe0\x18\x0f\x63onnect:getattrB\xc5\x01\n\x1dio.github.virtmesh.gateway.v1B\x13GatewayServiceProtoP\x01ZIgithub.com/virtmesh/virtmesh/clients/go/gen/virtmesh/gateway/v1;gatewayv1\xaa\x02\x13Virtmesh.Gateway.V1\xca\x02\x13Virtmesh\\Gateway\\V1\xea\x02\x15Virtmesh::Gateway::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)virtmesh/gateway/v1/gateway_service.proto\x12\x13virtmesh.gateway.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19virtmesh/acl/v1/acl.proto\"\xee\x01\n\x07Service\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cgrpc_service\x18\x02 \x01(\t\x12\x32\n\x06health\x18\x03 \x01(\x0e\x32\".virtmesh.gateway.v1.ServiceHealth\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0e\n\x06socket\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06uptime\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07message\x18\x08 \x01(\t\"\x15\n\x13ListServicesRequest\"\xaa\x01\n\x14ListServicesResponse\x12.\n\x08services\x18\x01 \x03(\x0b\x32\x1c.virtmesh.gateway.v1.Service\x12\x17\n\x0fgateway_version\x18\x02 \x01(\t\x12\x36\n\x12gateway_start_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tnode_name\x18\x04 \x01(\t\"\x88\x01\n\x08NodeInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nmemory_kib\x18\x02 \x01(\x04\x12\x0c\n\x04\x63pus\x18\x03 \x01(\r\x12\x0b\n\x03mhz\x18\x04 \x01(\r\x12\r\n\x05nodes\x18\x05 \x01(\r\x12\x0f\n\x07sockets\x18\x06 \x01(\r\x12\r\n\x05\x63ores\x18\x07 \x01(\r\x12\x0f\n\x07threads\x18\x08 \x01(\r\"B\n\x0bObjectCount\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0bobject_type\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"I\n\x07\x46\x61ilure\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x17\n\x15GetHostSummaryRequest\"\xcc\x01\n\x16GetHostSummaryResponse\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12+\n\x04node\x18\x02 \x01(\x0b\x32\x1d.virtmesh.gateway.v1.NodeInfo\x12\x30\n\x06\x63ounts\x18\x03 \x03(\x0b\x32 .virtmesh.gateway.v1.ObjectCount\x12.\n\x08\x66\x61ilures\x18\x04 \x03(\x0b\x32\x1c.virtmesh.gateway.v1.Failure\x12\x11\n\tnode_name\x18\x05 \x01(\t\"G\n\rSearchRequest\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x0cSearchResult\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0bobject_type\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04uuid\x18\x04 \x01(\t\x12\x0e\n\x06parent\x18\x05 \x01(\t\"\x8d\x01\n\x0eSearchResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.virtmesh.gateway.v1.SearchResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12.\n\x08\x66\x61ilures\x18\x03 \x03(\x0b\x32\x1c.virtmesh.gateway.v1.Failure*\x8b\x01\n\rServiceHealth\x12\x1e\n\x1aSERVICE_HEALTH_UNSPECIFIED\x10\x00\x12\x1a\n\x16SERVICE_HEALTH_SERVING\x10\x01\x12\x1e\n\x1aSERVICE_HEALTH_NOT_SERVING\x10\x02\x12\x1e\n\x1aSERVICE_HEALTH_UNREACHABLE\x10\x03\x32\xef\x02\n\x0eGatewayService\x12x\n\x0cListServices\x12(.virtmesh.gateway.v1.ListServicesRequest\x1a).virtmesh.gateway.v1.ListServicesResponse\"\x13\xea\xe0\x18\x0f\x63onnect:getattr\x12{\n\x0eGetHostSummary\x12*.virtmesh.gateway.v1.GetHostSummaryRequest\x1a+.virtmesh.gateway.v1.GetHostSummaryResponse\"\x10\xea\xe0\x18\x0c\x63onnect:read\x12\x66\n\x06Search\x12\".virtmesh.gateway.v1.SearchRequest\x1a#.virtmesh.gateway.v1.SearchResponse\"\x13\xea\xe0\x18\x0f\x63onnect:getattrB\xc5\x01\n\x1dio.github.virtmesh.gateway.v1B\x13GatewayServiceProtoP\x01ZIgithub.com/virtmesh/virtmesh/clients/go/gen/virtmesh/gateway/v1;gatewayv1\xaa\x02\x13Virtmesh.Gateway.V1\xca\x02\x13Virtmesh\\Gateway\\V1\xea\x02\x15Virtmesh::Gateway::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,30 +41,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GATEWAYSERVICE'].methods_by_name['GetHostSummary']._serialized_options = b'\352\340\030\014connect:read'
   _globals['_GATEWAYSERVICE'].methods_by_name['Search']._loaded_options = None
   _globals['_GATEWAYSERVICE'].methods_by_name['Search']._serialized_options = b'\352\340\030\017connect:getattr'
-  _globals['_SERVICEHEALTH']._serialized_start=1387
-  _globals['_SERVICEHEALTH']._serialized_end=1526
+  _globals['_SERVICEHEALTH']._serialized_start=1425
+  _globals['_SERVICEHEALTH']._serialized_end=1564
   _globals['_SERVICE']._serialized_start=159
   _globals['_SERVICE']._serialized_end=397
   _globals['_LISTSERVICESREQUEST']._serialized_start=399
   _globals['_LISTSERVICESREQUEST']._serialized_end=420
   _globals['_LISTSERVICESRESPONSE']._serialized_start=423
-  _globals['_LISTSERVICESRESPONSE']._serialized_end=574
-  _globals['_NODEINFO']._serialized_start=577
-  _globals['_NODEINFO']._serialized_end=713
-  _globals['_OBJECTCOUNT']._serialized_start=715
-  _globals['_OBJECTCOUNT']._serialized_end=781
-  _globals['_FAILURE']._serialized_start=783
-  _globals['_FAILURE']._serialized_end=856
-  _globals['_GETHOSTSUMMARYREQUEST']._serialized_start=858
-  _globals['_GETHOSTSUMMARYREQUEST']._serialized_end=881
-  _globals['_GETHOSTSUMMARYRESPONSE']._serialized_start=884
-  _globals['_GETHOSTSUMMARYRESPONSE']._serialized_end=1069
-  _globals['_SEARCHREQUEST']._serialized_start=1071
-  _globals['_SEARCHREQUEST']._serialized_end=1142
-  _globals['_SEARCHRESULT']._serialized_start=1144
-  _globals['_SEARCHRESULT']._serialized_end=1240
-  _globals['_SEARCHRESPONSE']._serialized_start=1243
-  _globals['_SEARCHRESPONSE']._serialized_end=1384
-  _globals['_GATEWAYSERVICE']._serialized_start=1529
-  _globals['_GATEWAYSERVICE']._serialized_end=1896
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=593
+  _globals['_NODEINFO']._serialized_start=596
+  _globals['_NODEINFO']._serialized_end=732
+  _globals['_OBJECTCOUNT']._serialized_start=734
+  _globals['_OBJECTCOUNT']._serialized_end=800
+  _globals['_FAILURE']._serialized_start=802
+  _globals['_FAILURE']._serialized_end=875
+  _globals['_GETHOSTSUMMARYREQUEST']._serialized_start=877
+  _globals['_GETHOSTSUMMARYREQUEST']._serialized_end=900
+  _globals['_GETHOSTSUMMARYRESPONSE']._serialized_start=903
+  _globals['_GETHOSTSUMMARYRESPONSE']._serialized_end=1107
+  _globals['_SEARCHREQUEST']._serialized_start=1109
+  _globals['_SEARCHREQUEST']._serialized_end=1180
+  _globals['_SEARCHRESULT']._serialized_start=1182
+  _globals['_SEARCHRESULT']._serialized_end=1278
+  _globals['_SEARCHRESPONSE']._serialized_start=1281
+  _globals['_SEARCHRESPONSE']._serialized_end=1422
+  _globals['_GATEWAYSERVICE']._serialized_start=1567
+  _globals['_GATEWAYSERVICE']._serialized_end=1934
 # @@protoc_insertion_point(module_scope)

@@ -122,8 +122,13 @@ class ListServicesResponse(_message.Message):
     SERVICES_FIELD_NUMBER: _builtins.int
     GATEWAY_VERSION_FIELD_NUMBER: _builtins.int
     GATEWAY_START_TIME_FIELD_NUMBER: _builtins.int
+    NODE_NAME_FIELD_NUMBER: _builtins.int
     gateway_version: _builtins.str
     """The gateway's own version and start time."""
+    node_name: _builtins.str
+    """The node this gateway serves: its node_name setting (on Kubernetes the pod's
+    spec.nodeName), else the host name. One gateway per node: see deploy/FLEET.md.
+    """
     @_builtins.property
     def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___Service]: ...
     @_builtins.property
@@ -134,10 +139,11 @@ class ListServicesResponse(_message.Message):
         services: _abc.Iterable[Global___Service] | None = ...,
         gateway_version: _builtins.str = ...,
         gateway_start_time: _timestamp_pb2.Timestamp | None = ...,
+        node_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["gateway_start_time", b"gateway_start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_start_time", b"gateway_start_time", "gateway_version", b"gateway_version", "services", b"services"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_start_time", b"gateway_start_time", "gateway_version", b"gateway_version", "node_name", b"node_name", "services", b"services"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -270,8 +276,11 @@ class GetHostSummaryResponse(_message.Message):
     NODE_FIELD_NUMBER: _builtins.int
     COUNTS_FIELD_NUMBER: _builtins.int
     FAILURES_FIELD_NUMBER: _builtins.int
+    NODE_NAME_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     """The gateway host's name."""
+    node_name: _builtins.str
+    """The node this gateway serves, as in ListServicesResponse.node_name."""
     @_builtins.property
     def node(self) -> Global___NodeInfo:
         """From the first service offering GetNodeInfo; unset when none answered."""
@@ -291,10 +300,11 @@ class GetHostSummaryResponse(_message.Message):
         node: Global___NodeInfo | None = ...,
         counts: _abc.Iterable[Global___ObjectCount] | None = ...,
         failures: _abc.Iterable[Global___Failure] | None = ...,
+        node_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "failures", b"failures", "hostname", b"hostname", "node", b"node"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "failures", b"failures", "hostname", b"hostname", "node", b"node", "node_name", b"node_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

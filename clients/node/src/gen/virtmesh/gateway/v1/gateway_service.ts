@@ -104,7 +104,14 @@ export interface ListServicesResponse {
   services: Service[];
   /** The gateway's own version and start time. */
   gatewayVersion: string;
-  gatewayStartTime?: Date | undefined;
+  gatewayStartTime?:
+    | Date
+    | undefined;
+  /**
+   * The node this gateway serves: its node_name setting (on Kubernetes the pod's
+   * spec.nodeName), else the host name. One gateway per node: see deploy/FLEET.md.
+   */
+  nodeName: string;
 }
 
 /** The host's CPU and memory layout (libvirt's virNodeInfo). */
@@ -153,6 +160,8 @@ export interface GetHostSummaryResponse {
   counts: ObjectCount[];
   /** Empty when the answer is complete. */
   failures: Failure[];
+  /** The node this gateway serves, as in ListServicesResponse.node_name. */
+  nodeName: string;
 }
 
 export interface SearchRequest {
@@ -444,7 +453,7 @@ export const ListServicesRequest: MessageFns<ListServicesRequest> = {
 };
 
 function createBaseListServicesResponse(): ListServicesResponse {
-  return { services: [], gatewayVersion: "", gatewayStartTime: undefined };
+  return { services: [], gatewayVersion: "", gatewayStartTime: undefined, nodeName: "" };
 }
 
 export const ListServicesResponse: MessageFns<ListServicesResponse> = {
@@ -457,6 +466,9 @@ export const ListServicesResponse: MessageFns<ListServicesResponse> = {
     }
     if (message.gatewayStartTime !== undefined) {
       Timestamp.encode(toTimestamp(message.gatewayStartTime), writer.uint32(26).fork()).join();
+    }
+    if (message.nodeName !== "") {
+      writer.uint32(34).string(message.nodeName);
     }
     return writer;
   },
@@ -498,6 +510,14 @@ export const ListServicesResponse: MessageFns<ListServicesResponse> = {
             message.gatewayStartTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.nodeName = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -523,6 +543,11 @@ export const ListServicesResponse: MessageFns<ListServicesResponse> = {
         : isSet(object.gateway_start_time)
         ? fromJsonTimestamp(object.gateway_start_time)
         : undefined,
+      nodeName: isSet(object.nodeName)
+        ? globalThis.String(object.nodeName)
+        : isSet(object.node_name)
+        ? globalThis.String(object.node_name)
+        : "",
     };
   },
 
@@ -537,6 +562,9 @@ export const ListServicesResponse: MessageFns<ListServicesResponse> = {
     if (message.gatewayStartTime !== undefined) {
       obj.gatewayStartTime = message.gatewayStartTime.toISOString();
     }
+    if (message.nodeName !== "") {
+      obj.nodeName = message.nodeName;
+    }
     return obj;
   },
 
@@ -548,6 +576,7 @@ export const ListServicesResponse: MessageFns<ListServicesResponse> = {
     message.services = object.services?.map((e) => Service.fromPartial(e)) || [];
     message.gatewayVersion = object.gatewayVersion ?? "";
     message.gatewayStartTime = object.gatewayStartTime ?? undefined;
+    message.nodeName = object.nodeName ?? "";
     return message;
   },
 };
@@ -1018,7 +1047,7 @@ export const GetHostSummaryRequest: MessageFns<GetHostSummaryRequest> = {
 };
 
 function createBaseGetHostSummaryResponse(): GetHostSummaryResponse {
-  return { hostname: "", node: undefined, counts: [], failures: [] };
+  return { hostname: "", node: undefined, counts: [], failures: [], nodeName: "" };
 }
 
 export const GetHostSummaryResponse: MessageFns<GetHostSummaryResponse> = {
@@ -1034,6 +1063,9 @@ export const GetHostSummaryResponse: MessageFns<GetHostSummaryResponse> = {
     }
     for (const v of message.failures) {
       Failure.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.nodeName !== "") {
+      writer.uint32(42).string(message.nodeName);
     }
     return writer;
   },
@@ -1083,6 +1115,14 @@ export const GetHostSummaryResponse: MessageFns<GetHostSummaryResponse> = {
             message.failures.push(Failure.decode(reader, reader.uint32()));
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.nodeName = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1101,6 +1141,11 @@ export const GetHostSummaryResponse: MessageFns<GetHostSummaryResponse> = {
       node: isSet(object.node) ? NodeInfo.fromJSON(object.node) : undefined,
       counts: globalThis.Array.isArray(object?.counts) ? object.counts.map((e: any) => ObjectCount.fromJSON(e)) : [],
       failures: globalThis.Array.isArray(object?.failures) ? object.failures.map((e: any) => Failure.fromJSON(e)) : [],
+      nodeName: isSet(object.nodeName)
+        ? globalThis.String(object.nodeName)
+        : isSet(object.node_name)
+        ? globalThis.String(object.node_name)
+        : "",
     };
   },
 
@@ -1118,6 +1163,9 @@ export const GetHostSummaryResponse: MessageFns<GetHostSummaryResponse> = {
     if (message.failures?.length) {
       obj.failures = message.failures.map((e) => Failure.toJSON(e));
     }
+    if (message.nodeName !== "") {
+      obj.nodeName = message.nodeName;
+    }
     return obj;
   },
 
@@ -1130,6 +1178,7 @@ export const GetHostSummaryResponse: MessageFns<GetHostSummaryResponse> = {
     message.node = (object.node !== undefined && object.node !== null) ? NodeInfo.fromPartial(object.node) : undefined;
     message.counts = object.counts?.map((e) => ObjectCount.fromPartial(e)) || [];
     message.failures = object.failures?.map((e) => Failure.fromPartial(e)) || [];
+    message.nodeName = object.nodeName ?? "";
     return message;
   },
 };
