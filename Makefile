@@ -69,7 +69,7 @@ lint: $(PY_STAMP) gen-check
 	if git rev-parse --verify -q main >/dev/null; then \
 	  cd protos && ../$(VENV)/bin/buf breaking --against '../.git#branch=main,subdir=protos'; fi
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy services gateway client guest bench tests tools
+	$(VENV)/bin/mypy services gateway client guest bench tests tools virtmesh_run
 	$(PY) tools/check-manifests.py
 
 $(GUEST): guest/build-guest.sh $(SYSTEM_STAMP)
