@@ -66,7 +66,8 @@ def _domain_row(d: Any) -> Sequence[object]:
 def _domain_fields(d: Any) -> str:
     return fields((
         ("Name", d.name), ("UUID", d.uuid), ("Id", d.id or "-"),
-        ("State", f"{_state(d.state)} ({d.state_reason})"), ("OS type", d.os_type),
+        ("State", f"{_state(d.state)} ({d.state_reason})"),
+        *((("Why", d.state_message),) if d.state_message else ()), ("OS type", d.os_type),
         ("vCPUs", d.vcpus), ("Memory", kib(d.memory_kib)),
         ("Max memory", kib(d.max_memory_kib)), ("CPU time", f"{d.cpu_time_ns / 1e9:.1f} s"),
         ("Persistent", yes(d.persistent)), ("Autostart", yes(d.autostart)),
@@ -88,7 +89,8 @@ def _event_text(event: Any) -> str:
     kind = event.WhichOneof("event") or "unknown"
     detail = {
         "lifecycle": lambda: (enum_name(pb.LifecycleEventType, event.lifecycle.type,
-                                        "LIFECYCLE_EVENT_TYPE_") + f" {event.lifecycle.detail}"),
+                                        "LIFECYCLE_EVENT_TYPE_") + f" {event.lifecycle.detail}"
+                      + (f": {event.lifecycle.message}" if event.lifecycle.message else "")),
         "device_added": lambda: event.device_added.device,
         "device_removed": lambda: event.device_removed.device,
     }.get(kind, lambda: "")()

@@ -22,6 +22,7 @@ from services.common.errors import ServiceError, require
 from services.common.libvirt_connection import LibvirtConnection
 from services.common.qemu_caps import SharedCache
 from services.common.sandbox import ParseSandbox
+from services.compute import backend_trouble
 from services.compute.backend_sessions import (
     CHARACTER_DEVICES,
     Display,
@@ -312,6 +313,26 @@ class ComputeBackend(Backend):
         self.snapshot(name, snapshot).delete(
             (libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_CHILDREN if children else 0)
             | (libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY if metadata_only else 0))
+
+    def explain(self, dom: libvirt.virDomain) -> str:
+        """Why a guest is paused, crashed or stopped for its own reasons
+        (services/compute/backend_trouble.py)."""
+        return backend_trouble.explain(dom, self._qemu_log_dir())
+
+    def explain_event(self, dom: libvirt.virDomain) -> str:
+        """The same for an event, on libvirt's event loop thread: QEMU's log only."""
+        return backend_trouble.explain(dom, self._qemu_log_dir(), live=False)
+
+    def _qemu_log_dir(self) -> Path | None:
+        """Where QEMU's per-guest logs are: under an embedded root, or the system
+        daemon's; None for another driver."""
+        uri = self.connection.uri
+        root = embedded_root(uri)
+        if root is not None:
+            return root / "log" / "qemu"
+        if urlparse(uri).scheme.split("+")[0] == "qemu" and urlparse(uri).path == "/system":
+            return Path("/var/log/libvirt/qemu")
+        return None
 
     # -- console and graphics -------------------------------------------------
 

@@ -93,17 +93,48 @@ def version_string(version: int) -> str:
     return f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
 
 
-def domain(dom: libvirt.virDomain) -> pb.Domain:
+#: (state, reason) a guest is in for its own reasons, not a caller's: worth explaining
+_TROUBLE = {
+    libvirt.VIR_DOMAIN_PAUSED: {
+        libvirt.VIR_DOMAIN_PAUSED_UNKNOWN, libvirt.VIR_DOMAIN_PAUSED_IOERROR,
+        libvirt.VIR_DOMAIN_PAUSED_WATCHDOG, libvirt.VIR_DOMAIN_PAUSED_CRASHED,
+        libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED},
+    # a guest that shut down may have been killed by a signal: QEMU's log says
+    libvirt.VIR_DOMAIN_SHUTOFF: {
+        libvirt.VIR_DOMAIN_SHUTOFF_CRASHED, libvirt.VIR_DOMAIN_SHUTOFF_FAILED,
+        libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN},
+    libvirt.VIR_DOMAIN_CRASHED: set(STATE_REASONS[libvirt.VIR_DOMAIN_CRASHED]),
+}
+#: lifecycle (event, detail) of the same kind
+_TROUBLE_EVENTS = {
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: {
+        libvirt.VIR_DOMAIN_EVENT_SUSPENDED_IOERROR, libvirt.VIR_DOMAIN_EVENT_SUSPENDED_WATCHDOG,
+        libvirt.VIR_DOMAIN_EVENT_SUSPENDED_API_ERROR,
+        libvirt.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY_FAILED},
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: {
+        libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED, libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED,
+        libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN},
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: set(EVENT_DETAILS[libvirt.VIR_DOMAIN_EVENT_CRASHED]),
+}
+#: a guest's explanation (ComputeBackend.explain)
+Explain = Callable[[libvirt.virDomain], str]
+
+
+def domain(dom: libvirt.virDomain, explain: Explain | None = None) -> pb.Domain:
+    """The summary; with ``explain``, also why a guest is in its state for its own
+    reasons (it reads QEMU's log: GetDomain, not ListDomains)."""
     state, max_mem, memory, vcpus, cpu_time = dom.info()
     _, reason = dom.state()
     dom_id = dom.ID()
     persistent = bool(dom.isPersistent())
+    message = explain(dom) if explain and reason in _TROUBLE.get(state, ()) else ""
     return pb.Domain(
         name=dom.name(), uuid=dom.UUIDString(), id=max(dom_id, 0),
         state=domain_state(state), state_reason=state_reason(state, reason),
         persistent=persistent, autostart=bool(dom.autostart()) if persistent else False,
         vcpus=vcpus, memory_kib=memory, max_memory_kib=max_mem, cpu_time_ns=cpu_time,
         os_type=dom.OSType(), has_managed_save=bool(dom.hasManagedSaveImage()),
+        state_message=message,
     )
 
 
@@ -202,11 +233,15 @@ _EVENT_MESSAGES: dict[str, Callable[..., Any]] = {
 }
 
 
-def domain_event(dom: libvirt.virDomain, kind: str,
-                 *details: Any) -> pb.WatchDomainEventsResponse:
-    """The Watch response for what ComputeBackend.register_events emits."""
+def domain_event(dom: libvirt.virDomain, kind: str, *details: Any,
+                 explain: Explain | None = None) -> pb.WatchDomainEventsResponse:
+    """The Watch response for what ComputeBackend.register_events emits; with
+    ``explain``, a lifecycle event of the guest's own making says why."""
+    message = _EVENT_MESSAGES[kind](*details)
+    if kind == "lifecycle" and explain and details[1] in _TROUBLE_EVENTS.get(details[0], ()):
+        message.message = explain(dom)
     return pb.WatchDomainEventsResponse(name=dom.name(), uuid=dom.UUIDString(), time=now(),
-                                        **{kind: _EVENT_MESSAGES[kind](*details)})
+                                        **{kind: message})
 
 
 def domain_name(dom: libvirt.virDomain) -> str:

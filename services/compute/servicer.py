@@ -6,6 +6,7 @@ No try/except here: errors travel to the ErrorInterceptor.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 from collections.abc import Callable, Iterator
 from typing import Protocol, TypeVar
@@ -59,7 +60,8 @@ class ComputeServicer(DriverServicer[ComputeBackend, pb.WatchDomainEventsRespons
                       pb_grpc.ComputeServiceServicer):
     def __init__(self, connection: LibvirtConnection, config: Config) -> None:
         backend = ComputeBackend(connection, SharedCache.from_setting(config.caps_cache))
-        super().__init__(backend, config, backend.register_events, convert.domain_event)
+        super().__init__(backend, config, backend.register_events,
+                         functools.partial(convert.domain_event, explain=backend.explain_event))
         self.sessions = Slots(config.max_sessions, "console, channel and graphics sessions",
                               "max_sessions")
 
@@ -80,7 +82,8 @@ class ComputeServicer(DriverServicer[ComputeBackend, pb.WatchDomainEventsRespons
         return pb.ListDomainsResponse(domains=summaries, next_page_token=token)
 
     def GetDomain(self, request: pb.GetDomainRequest, context: Ctx) -> pb.GetDomainResponse:
-        return pb.GetDomainResponse(domain=convert.domain(self.backend.lookup(request.name)))
+        return pb.GetDomainResponse(domain=convert.domain(self.backend.lookup(request.name),
+                                                          self.backend.explain))
 
     def GetDomainXML(self, request: pb.GetDomainXMLRequest,
                      context: Ctx) -> pb.GetDomainXMLResponse:

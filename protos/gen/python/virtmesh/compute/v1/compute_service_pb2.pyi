@@ -188,6 +188,7 @@ class Domain(_message.Message):
     CPU_TIME_NS_FIELD_NUMBER: _builtins.int
     OS_TYPE_FIELD_NUMBER: _builtins.int
     HAS_MANAGED_SAVE_FIELD_NUMBER: _builtins.int
+    STATE_MESSAGE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     uuid: _builtins.str
     id: _builtins.int
@@ -205,6 +206,14 @@ class Domain(_message.Message):
     cpu_time_ns: _builtins.int
     os_type: _builtins.str
     has_managed_save: _builtins.bool
+    state_message: _builtins.str
+    """Why the guest is paused, crashed or stopped when the reason is its own
+    rather than a caller's (state_reason "unknown", "ioerror", "watchdog",
+    "crashed", "failed", ..., or stopped by a signal to QEMU): libvirt's control
+    state when it is not ok, its disk errors, and the last error line QEMU wrote
+    to its log in its last run. Set by GetDomain and in lifecycle events (it
+    reads the log); empty in ListDomains and when there is nothing to say.
+    """
     def __init__(
         self,
         *,
@@ -221,10 +230,11 @@ class Domain(_message.Message):
         cpu_time_ns: _builtins.int = ...,
         os_type: _builtins.str = ...,
         has_managed_save: _builtins.bool = ...,
+        state_message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["autostart", b"autostart", "cpu_time_ns", b"cpu_time_ns", "has_managed_save", b"has_managed_save", "id", b"id", "max_memory_kib", b"max_memory_kib", "memory_kib", b"memory_kib", "name", b"name", "os_type", b"os_type", "persistent", b"persistent", "state", b"state", "state_reason", b"state_reason", "uuid", b"uuid", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["autostart", b"autostart", "cpu_time_ns", b"cpu_time_ns", "has_managed_save", b"has_managed_save", "id", b"id", "max_memory_kib", b"max_memory_kib", "memory_kib", b"memory_kib", "name", b"name", "os_type", b"os_type", "persistent", b"persistent", "state", b"state", "state_message", b"state_message", "state_reason", b"state_reason", "uuid", b"uuid", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1713,20 +1723,26 @@ class LifecycleEvent(_message.Message):
 
     TYPE_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
     type: Global___LifecycleEventType.ValueType
     detail: _builtins.str
     """libvirt's detail in lower case, for example "booted", "destroyed",
     "shutdown", "finished", "added", "updated".
+    """
+    message: _builtins.str
+    """For a stop, suspension or crash for the guest's own reason: why, as
+    Domain.state_message says it.
     """
     def __init__(
         self,
         *,
         type: Global___LifecycleEventType.ValueType = ...,
         detail: _builtins.str = ...,
+        message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "message", b"message", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -400,6 +400,15 @@ export interface Domain {
   cpuTimeNs: bigint;
   osType: string;
   hasManagedSave: boolean;
+  /**
+   * Why the guest is paused, crashed or stopped when the reason is its own
+   * rather than a caller's (state_reason "unknown", "ioerror", "watchdog",
+   * "crashed", "failed", ..., or stopped by a signal to QEMU): libvirt's control
+   * state when it is not ok, its disk errors, and the last error line QEMU wrote
+   * to its log in its last run. Set by GetDomain and in lifecycle events (it
+   * reads the log); empty in ListDomains and when there is nothing to say.
+   */
+  stateMessage: string;
 }
 
 /** Filters of ListDomains; an unset filter does not restrict. */
@@ -812,6 +821,11 @@ export interface LifecycleEvent {
    * "shutdown", "finished", "added", "updated".
    */
   detail: string;
+  /**
+   * For a stop, suspension or crash for the guest's own reason: why, as
+   * Domain.state_message says it.
+   */
+  message: string;
 }
 
 export interface RebootEvent {
@@ -1045,6 +1059,7 @@ function createBaseDomain(): Domain {
     cpuTimeNs: 0n,
     osType: "",
     hasManagedSave: false,
+    stateMessage: "",
   };
 }
 
@@ -1097,6 +1112,9 @@ export const Domain: MessageFns<Domain> = {
     }
     if (message.hasManagedSave !== false) {
       writer.uint32(104).bool(message.hasManagedSave);
+    }
+    if (message.stateMessage !== "") {
+      writer.uint32(114).string(message.stateMessage);
     }
     return writer;
   },
@@ -1218,6 +1236,14 @@ export const Domain: MessageFns<Domain> = {
             message.hasManagedSave = reader.bool();
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.stateMessage = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1269,6 +1295,11 @@ export const Domain: MessageFns<Domain> = {
         : isSet(object.has_managed_save)
         ? globalThis.Boolean(object.has_managed_save)
         : false,
+      stateMessage: isSet(object.stateMessage)
+        ? globalThis.String(object.stateMessage)
+        : isSet(object.state_message)
+        ? globalThis.String(object.state_message)
+        : "",
     };
   },
 
@@ -1313,6 +1344,9 @@ export const Domain: MessageFns<Domain> = {
     if (message.hasManagedSave !== false) {
       obj.hasManagedSave = message.hasManagedSave;
     }
+    if (message.stateMessage !== "") {
+      obj.stateMessage = message.stateMessage;
+    }
     return obj;
   },
 
@@ -1336,6 +1370,7 @@ export const Domain: MessageFns<Domain> = {
     message.cpuTimeNs = (object.cpuTimeNs !== undefined && object.cpuTimeNs !== null) ? BigInt(object.cpuTimeNs) : 0n;
     message.osType = object.osType ?? "";
     message.hasManagedSave = object.hasManagedSave ?? false;
+    message.stateMessage = object.stateMessage ?? "";
     return message;
   },
 };
@@ -7160,7 +7195,7 @@ export const WatchDomainEventsRequest: MessageFns<WatchDomainEventsRequest> = {
 };
 
 function createBaseLifecycleEvent(): LifecycleEvent {
-  return { type: 0, detail: "" };
+  return { type: 0, detail: "", message: "" };
 }
 
 export const LifecycleEvent: MessageFns<LifecycleEvent> = {
@@ -7170,6 +7205,9 @@ export const LifecycleEvent: MessageFns<LifecycleEvent> = {
     }
     if (message.detail !== "") {
       writer.uint32(18).string(message.detail);
+    }
+    if (message.message !== "") {
+      writer.uint32(26).string(message.message);
     }
     return writer;
   },
@@ -7203,6 +7241,14 @@ export const LifecycleEvent: MessageFns<LifecycleEvent> = {
             message.detail = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -7219,6 +7265,7 @@ export const LifecycleEvent: MessageFns<LifecycleEvent> = {
     return {
       type: isSet(object.type) ? lifecycleEventTypeFromJSON(object.type) : 0,
       detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
     };
   },
 
@@ -7230,6 +7277,9 @@ export const LifecycleEvent: MessageFns<LifecycleEvent> = {
     if (message.detail !== "") {
       obj.detail = message.detail;
     }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
     return obj;
   },
 
@@ -7240,6 +7290,7 @@ export const LifecycleEvent: MessageFns<LifecycleEvent> = {
     const message = createBaseLifecycleEvent();
     message.type = object.type ?? 0;
     message.detail = object.detail ?? "";
+    message.message = object.message ?? "";
     return message;
   },
 };
