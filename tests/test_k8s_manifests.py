@@ -330,9 +330,12 @@ def test_gateway_serves_mutual_tls_and_token_only_tls(profile: str) -> None:
     ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
     assert config.mtls_address == f"0.0.0.0:{ports['grpc-tls']}"
     assert config.token_address == f"0.0.0.0:{ports['grpc-token']}"
-    service = one(objects, "Service")
-    assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} >= {
-        (ports["grpc-tls"], "grpc-tls"), (ports["grpc-token"], "grpc-token")}
+    services = [o for o in objects if o["kind"] == "Service"]
+    assert {s["metadata"]["name"] for s in services} == {"virtmesh-gateway",
+                                                         "virtmesh-gateway-nodes"}
+    for service in services:  # the Service and the headless one of each node
+        assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} >= {
+            (ports["grpc-tls"], "grpc-tls"), (ports["grpc-token"], "grpc-token")}, service
 
 
 def mounted_at(pod: dict[str, Any], container: dict[str, Any],
