@@ -857,14 +857,18 @@ def test_vanished_client_is_forgotten(libvirtd: PrivateLibvirtd, state: Path) ->
                     client.wait()
 
                 def settled() -> bool:
-                    return (fd_count(pid) <= baseline[0] and thread_count(pid) <= baseline[1]
+                    return (fd_count(pid) <= baseline[0] and thread_count(pid) <= baseline[1] + 1
                             and open_files(libvirtd.daemon.pid, image) == 0  # type: ignore[union-attr]
                             and fd_count(libvirtd.daemon.pid) <= libvirtd_fds)  # type: ignore[union-attr]
 
                 with contextlib.suppress(AssertionError):
                     wait_for(settled, 10, "the streams to be freed")
                 assert fd_count(pid) <= baseline[0], (round_, fd_count(pid), baseline)
-                assert thread_count(pid) <= baseline[1], (round_, thread_count(pid), baseline)
+                # The gRPC thread pool may start one more worker when a call comes while
+                # all are busy for a moment (it never shrinks): one thread is that; the
+                # client's 2 x count calls left behind would be several.
+                assert thread_count(pid) <= baseline[1] + 1, (round_, thread_count(pid),
+                                                               baseline)
                 assert open_files(libvirtd.daemon.pid, image) == 0, "libvirt streams left open"
                 assert fd_count(libvirtd.daemon.pid) <= libvirtd_fds, "libvirtd kept fds"
                 # and the watcher slots are free again

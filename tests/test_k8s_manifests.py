@@ -210,7 +210,7 @@ def test_one_node_is_reachable_by_name() -> None:
         assert nodes["selector"].items() <= pod["metadata"]["labels"].items()
         gateway = next(c for c in pod["spec"]["containers"] if c["name"] == "gateway")
         assert [p["targetPort"] for p in nodes["ports"]] == [
-            p["name"] for p in gateway["ports"] if p["containerPort"] == 16514]
+            p["name"] for p in gateway["ports"] if p["containerPort"] in (16514, 16515)]
         assert {"name": "VIRTMESH_NODE_NAME",
                 "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in gateway["env"]
     certificates = {o["metadata"]["name"]: o for o in render(K8S / "overlays" / "cert-manager")
