@@ -265,6 +265,26 @@ def test_abandoned_sessions_release_their_fds(qemu_mesh: Mesh) -> None:
         assert _waited(lambda: fds(pid) <= baseline, 30), (fds(pid), baseline)
 
 
+def test_rapid_takeovers_never_hang(qemu_mesh: Mesh) -> None:
+    """Twenty forced opens in a row, each while the previous session is busy echoing:
+    each one ends its predecessor with ABORTED (libvirt 9.0 deadlocked here when it
+    aborted a stream of ours itself; see backend_sessions.CharacterDevices)."""
+    with client_of(qemu_mesh) as client:
+        previous: Reader | None = None
+        for round_ in range(20):
+            session = client.session("OpenDomainChannel", pb.OpenDomainChannelRequest(
+                name=GUEST, channel=ECHO_CHANNEL, force=True))
+            if previous is not None:
+                assert previous.ended.wait(30), round_
+                assert previous.error is not None and previous.error.code == "ABORTED"
+                previous.session.cancel()
+            previous = Reader(session)
+            session.send(b"busy %d\n" % round_)
+        assert previous is not None
+        previous.ask(b"still-echoing\n", b"still-echoing")
+        previous.session.cancel()
+
+
 def test_a_flooding_guest_does_not_grow_memory(qemu_mesh: Mesh) -> None:
     """The guest prints as fast as it can to a client that stops reading: the
     service and the gateway hold at most a flow-control window of it."""

@@ -24,7 +24,7 @@ from services.common.qemu_caps import SharedCache
 from services.common.sandbox import ParseSandbox
 from services.compute import backend_trouble
 from services.compute.backend_sessions import (
-    CHARACTER_DEVICES,
+    CharacterDevices,
     Display,
     SocketSession,
     StreamSession,
@@ -105,6 +105,7 @@ class ComputeBackend(Backend):
                  caps_cache: SharedCache | None = None) -> None:
         super().__init__(connection)
         self.sandbox = ParseSandbox()
+        self.character_devices = CharacterDevices()
         self._autostarted = False
         self.capabilities_cache = CapabilitiesCache()
         self._shared_caps = caps_cache
@@ -349,19 +350,22 @@ class ComputeBackend(Backend):
         """The console session and the console's alias."""
         dom = self.running(name)
         device = device or first_console(dom.XMLDesc(0))
-        stream = self.conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
         flags = (libvirt.VIR_DOMAIN_CONSOLE_FORCE if force else 0) | libvirt.VIR_DOMAIN_CONSOLE_SAFE
-        with CHARACTER_DEVICES:
-            dom.openConsole(device or None, stream, flags)
-        return StreamSession(stream, "console"), device
+        session = self.character_devices.open(
+            (dom.UUIDString(), f"console {device}"), "console", force, self._new_stream,
+            lambda stream: dom.openConsole(device or None, stream, flags))
+        return session, device
 
     def open_channel(self, name: str, channel: str, force: bool) -> StreamSession:
         dom = self.running(name)
-        stream = self.conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
-        with CHARACTER_DEVICES:
-            dom.openChannel(require(channel, "channel"), stream,
-                            libvirt.VIR_DOMAIN_CHANNEL_FORCE if force else 0)
-        return StreamSession(stream, "channel")
+        require(channel, "channel")
+        flags = libvirt.VIR_DOMAIN_CHANNEL_FORCE if force else 0
+        return self.character_devices.open(
+            (dom.UUIDString(), f"channel {channel}"), "channel", force, self._new_stream,
+            lambda stream: dom.openChannel(channel, stream, flags))
+
+    def _new_stream(self) -> libvirt.virStream:
+        return self.conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
 
     def open_graphics(self, name: str, index: int, skip_auth: bool) -> tuple[SocketSession, str]:
         """A connection to display ``index`` and its protocol."""

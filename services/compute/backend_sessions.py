@@ -13,7 +13,7 @@ import contextlib
 import socket
 import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import grpc
@@ -30,13 +30,6 @@ _WRITE_EVENTS = (libvirt.VIR_STREAM_EVENT_WRITABLE | libvirt.VIR_STREAM_EVENT_ER
 _WAIT_SLICE = 1.0
 
 
-#: libvirt 9.0's character devices deadlock when a stream is aborted while a forced
-#: open of the same device aborts it too (virChrdevOpen holds the devices' lock and
-#: waits for the stream's; the abort holds the stream's and waits for the devices'):
-#: this process opens and closes console and channel streams one at a time.
-CHARACTER_DEVICES = threading.Lock()
-
-
 def taken_over(what: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.ABORTED,
                         f"another session opened the {what} with force and took it over",
@@ -49,9 +42,12 @@ class StreamSession:
     event is dropped from the mask until it is consumed, so a stream that stays
     readable while the client is slow does not spin the event loop."""
 
-    def __init__(self, stream: libvirt.virStream, what: str) -> None:
+    def __init__(self, stream: libvirt.virStream, what: str,
+                 release: Callable[[StreamSession], None]) -> None:
         self._stream = stream
         self._what = what
+        self._release = release
+        self._released = False
         self._cond = threading.Condition()
         self._fired = 0
         self._mask = 0
@@ -152,11 +148,62 @@ class StreamSession:
     def close(self) -> None:
         """Once neither thread uses the stream any more."""
         self.shutdown()
-        # either may refuse: already aborted by a forced open, or ended by the guest
-        with CHARACTER_DEVICES:
-            for release in (self._stream.eventRemoveCallback, self._stream.abort):
-                with contextlib.suppress(libvirt.libvirtError):
-                    release()
+        self._release(self)
+
+    def take_over(self) -> None:
+        """Another session opens this device with force: this one ends ABORTED
+        (CONSOLE_TAKEN_OVER) and lets go of its stream now."""
+        with self._cond:
+            if self._error is None and not self._closed:
+                self._error = taken_over(self._what)
+        self.shutdown()
+        self.abort()
+
+    def abort(self) -> None:
+        """Let go of the libvirt stream, once (CharacterDevices holds its lock)."""
+        if self._released:
+            return
+        self._released = True
+        # either may refuse: the guest has ended the stream
+        for release in (self._stream.eventRemoveCallback, self._stream.abort):
+            with contextlib.suppress(libvirt.libvirtError):
+                release()
+
+
+class CharacterDevices:
+    """The consoles and channels this process has open, by domain and device.
+
+    libvirt 9.0 deadlocks when virDomainOpenConsole/OpenChannel with force aborts a
+    stream of the same process that is in use or being aborted at that moment
+    (virChrdevOpen holds the devices' lock and waits for the stream's, which the
+    other side holds while it waits for the devices'). So libvirt never aborts a
+    stream of ours: a forced open first takes over the session this process holds
+    on that device, and opens and closes go one at a time. Force is still passed
+    to libvirt for a session held elsewhere (a libvirt daemon's other clients)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._held: dict[tuple[str, str], StreamSession] = {}
+
+    def open(self, key: tuple[str, str], what: str, force: bool,
+             new_stream: Callable[[], libvirt.virStream],
+             attach: Callable[[libvirt.virStream], None]) -> StreamSession:
+        with self._lock:
+            held = self._held.get(key)
+            if held is not None and force:
+                del self._held[key]
+                held.take_over()
+            stream = new_stream()
+            attach(stream)
+            session = StreamSession(stream, what, lambda closed: self._closed(key, closed))
+            self._held[key] = session
+            return session
+
+    def _closed(self, key: tuple[str, str], session: StreamSession) -> None:
+        with self._lock:
+            if self._held.get(key) is session:
+                del self._held[key]
+            session.abort()
 
 
 class SocketSession:
