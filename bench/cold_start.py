@@ -45,22 +45,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BOOTED = "virtmesh-guest: booted"
 
 
-def poweroff_initrd(state: Path, directory: Path) -> Path:
-    """The example initramfs plus a second archive whose /init powers off once booted."""
-    extra = directory / "extra"
-    extra.mkdir(exist_ok=True)
-    (extra / "init").write_text("#!/bin/sh\nexport PATH=/sbin:/usr/sbin:/bin:/usr/bin\n"
-                                "mount -t devtmpfs devtmpfs /dev 2>/dev/null\n"
-                                "exec </dev/console >/dev/console 2>&1\n"
-                                f"echo '{BOOTED}'\npoweroff -f\n")
-    (extra / "init").chmod(0o755)
-    archive = subprocess.run("echo init | cpio --quiet -o -H newc -R 0:0 | gzip -9n",
-                             shell=True, cwd=extra, capture_output=True, check=True).stdout
-    initrd = directory / "poweroff-initrd.img"
-    initrd.write_bytes((state / "guest" / "initrd.img").read_bytes() + archive)
-    return initrd
-
-
 def run_once(xml: Path, caps: str, root: Path | None) -> dict[str, float]:
     """One virtmesh-run of a guest that powers off by itself: seconds to each milestone."""
     argv = [sys.executable, "-m", "virtmesh_run", str(xml), "--json", "--caps-cache", caps]
@@ -94,7 +78,7 @@ def bench_run(state: Path, tmp: Path, repeat: int) -> dict[str, list[dict[str, f
     xml = tmp / "bench-run.xml"
     rendered = example.render("bench-run", state, "qemu")
     xml.write_text(rendered.replace(str((state / "guest" / "initrd.img").absolute()),
-                                    str(poweroff_initrd(state, tmp))))
+                                    str(example.poweroff_initrd(state, tmp))))
     cells: dict[str, list[dict[str, float]]] = {"no cache": [], "shared cache": [],
                                                 "warm root": []}
     for index in range(repeat):

@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
+import subprocess
 from pathlib import Path
 
 TEMPLATE = Path(__file__).with_name("domain.xml.in")
+#: the example guest's line once it has booted
+BOOTED = "virtmesh-guest: booted"
 _KVM_GET_API_VERSION = 0xAE00
 
 
@@ -50,6 +53,24 @@ def render(name: str, state_dir: Path, virt_type: str | None = None) -> str:
     for placeholder, value in replacements.items():
         xml = xml.replace(placeholder, value)
     return xml
+
+
+def poweroff_initrd(state_dir: Path, directory: Path, message: str = BOOTED) -> Path:
+    """The example initramfs with an /init that prints ``message`` and powers off as
+    soon as it has booted: a second archive appended to the first replaces its /init
+    (the kernel unpacks them in order). For runs whose guest must end by itself."""
+    extra = directory / "extra"
+    extra.mkdir(exist_ok=True)
+    (extra / "init").write_text("#!/bin/sh\nexport PATH=/sbin:/usr/sbin:/bin:/usr/bin\n"
+                                "mount -t devtmpfs devtmpfs /dev 2>/dev/null\n"
+                                "exec </dev/console >/dev/console 2>&1\n"
+                                f"echo '{message}'\npoweroff -f\n")
+    (extra / "init").chmod(0o755)
+    archive = subprocess.run("echo init | cpio --quiet -o -H newc -R 0:0 | gzip -9n",
+                             shell=True, cwd=extra, capture_output=True, check=True).stdout
+    initrd = directory / "poweroff-initrd.img"
+    initrd.write_bytes((state_dir / "guest" / "initrd.img").read_bytes() + archive)
+    return initrd
 
 
 def main() -> None:

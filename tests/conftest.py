@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +245,49 @@ def running_mesh(state_dir: Path, uri: str, *compute_args: str) -> Iterator[Mesh
 def mesh(tmp_path: Path, node_uri: str) -> Iterator[Mesh]:
     with running_mesh(tmp_path, node_uri) as running:
         yield running
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Iterator[Path]:
+    """compute and storage on the test driver: their sockets' directory, for the CLI's
+    ``--socket DIR`` (each command finds its own service there)."""
+    from services.storage import SPEC as STORAGE
+    with running_service(tmp_path, "test:///default", grace_period=0.5), \
+            running_service(tmp_path, "test:///default", spec=STORAGE, grace_period=0.5):
+        yield tmp_path / "run"
+
+
+CliRun = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def virtmesh(capsys: pytest.CaptureFixture[str]) -> CliRun:
+    """``virtmesh ARGS…`` in this process: (status, stdout, stderr). Modules that need
+    other defaults (a gateway, a context) have their own fixture of this name."""
+    from virtmesh_client import cli
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = cli.main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+@contextlib.contextmanager
+def services_and_gateway(state: Path, names: tuple[str, ...]) -> Iterator[str]:
+    """The named services on their default URIs and a gateway, as processes, with
+    make run's identities; yields the gateway's address."""
+    from gateway.authn import ensure_dev_identities
+    ensure_dev_identities(state)
+    services = [service_process(state, name).start() for name in names]
+    port = free_port()
+    processes: list[Process] = [*services, gateway_process(state, port).start()]
+    try:
+        for name in names:
+            wait_serving(f"unix:{state / 'run' / f'{name}.sock'}", "", 60)
+        target = f"127.0.0.1:{port}"
+        wait_serving(target, "", 30, client_credentials(state / "pki"))
+        yield target
+    finally:
+        for process in reversed(processes):
+            process.stop(60)

@@ -9,13 +9,11 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from services.storage import SPEC as STORAGE
-from tests.conftest import running_service
 from virtmesh_client.cli import main
 
 #: ``complete(*words)`` → the candidates for the last word, and stderr
@@ -80,13 +78,6 @@ def complete(request: pytest.FixtureRequest) -> Complete:
         pytest.skip(f"{request.param} is not installed")
     script = request.getfixturevalue(f"{request.param}_script")
     return _bash(script) if request.param == "bash" else _zsh(script)
-
-
-@pytest.fixture
-def run_dir(tmp_path: Path) -> Iterator[Path]:
-    with running_service(tmp_path, "test:///default", grace_period=0.5), \
-            running_service(tmp_path, "test:///default", spec=STORAGE, grace_period=0.5):
-        yield tmp_path / "run"
 
 
 def test_commands_and_flags(complete: Complete) -> None:

@@ -8,32 +8,15 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from services.storage import SPEC as STORAGE
-from tests.conftest import ROOT, running_service
+from tests.conftest import ROOT
 from virtmesh_client import cli
 
 Run = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def run_dir(tmp_path: Path) -> Iterator[Path]:
-    with running_service(tmp_path, "test:///default", grace_period=0.5), \
-            running_service(tmp_path, "test:///default", spec=STORAGE, grace_period=0.5):
-        yield tmp_path / "run"
-
-
-@pytest.fixture
-def virtmesh(capsys: pytest.CaptureFixture[str]) -> Run:
-    def run(*args: str) -> tuple[int, str, str]:
-        code = cli.main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-    return run
 
 
 def test_a_mistyped_command_suggests_the_nearest(virtmesh: Run) -> None:

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 from google.protobuf import message_factory
 
-from services.storage import SPEC as STORAGE
-from tests.conftest import Mesh, running_service
+from tests.conftest import Mesh
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.storage.v1 import storage_service_pb2 as storage_pb
 from virtmesh_client.cli import COMMAND_MODULES, main
@@ -104,13 +103,6 @@ def test_the_rule_can_tell() -> None:
     domain = pb.DomainStats.DESCRIPTOR
     assert column_matches("CPU_TIME", domain) and column_matches("BLOCKS_READ", domain)
     assert not column_matches("CPU_S", domain) and not column_matches("NET_RX", domain)
-
-
-@pytest.fixture
-def run_dir(tmp_path: Path) -> Iterator[Path]:
-    with running_service(tmp_path, "test:///default", grace_period=0.5), \
-            running_service(tmp_path, "test:///default", spec=STORAGE, grace_period=0.5):
-        yield tmp_path / "run"
 
 
 @pytest.fixture

@@ -6,32 +6,10 @@ state directory as `make run` has them."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from services.storage import SPEC as STORAGE
-from tests.conftest import running_service
-from virtmesh_client.cli import main
-
 Run = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def run_dir(tmp_path: Path) -> Iterator[Path]:
-    with running_service(tmp_path, "test:///default", grace_period=0.5), \
-            running_service(tmp_path, "test:///default", spec=STORAGE, grace_period=0.5):
-        yield tmp_path / "run"
-
-
-@pytest.fixture
-def virtmesh(capsys: pytest.CaptureFixture[str]) -> Run:
-    def run(*args: str) -> tuple[int, str, str]:
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-    return run
 
 
 def _pools(out: str) -> list[str]:

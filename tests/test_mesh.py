@@ -11,16 +11,15 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
 import pytest
 
-from gateway.authn import ensure_dev_identities
 from guest import example
-from services.supervisor import client_credentials, wait_serving
-from tests.conftest import Process, free_port, gateway_process, service_process
+from tests.conftest import (
+    services_and_gateway,
+)
 from tests.test_e2e_qemu import short_state_dir, wait_for
 from tests.test_network_service import free_subnet, remove_network
 from tests.test_storage_service import remove_host_pool
@@ -32,23 +31,9 @@ from virtmesh_client.client import Client, ClientError
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(300)]
 
 
-@contextlib.contextmanager
-def running(state: Path) -> Iterator[str]:
+def running(state: Path) -> contextlib.AbstractContextManager[str]:
     """compute, storage, network and the gateway as processes; yields the gateway."""
-    ensure_dev_identities(state)
-    services = [service_process(state, name).start() for name in ("compute", "storage",
-                                                                   "network")]
-    port = free_port()
-    processes: list[Process] = [*services, gateway_process(state, port).start()]
-    try:
-        for name in ("compute", "storage", "network"):
-            wait_serving(f"unix:{state / 'run' / f'{name}.sock'}", "", 60)
-        target = f"127.0.0.1:{port}"
-        wait_serving(target, "", 30, client_credentials(state / "pki"))
-        yield target
-    finally:
-        for process in reversed(processes):
-            process.stop(60)
+    return services_and_gateway(state, ("compute", "storage", "network"))
 
 
 def guest_xml(name: str, state: Path, pool: str, network: str) -> str:

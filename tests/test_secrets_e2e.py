@@ -15,16 +15,17 @@ import contextlib
 import secrets
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from gateway.authn import ensure_dev_identities
 from guest import example
 from services.common import registry
-from services.supervisor import client_credentials, wait_serving
-from tests.conftest import Process, free_port, gateway_process, service_process
+from services.supervisor import wait_serving
+from tests.conftest import (
+    service_process,
+    services_and_gateway,
+)
 from tests.test_e2e_qemu import short_state_dir, wait_for
 from tests.test_storage_service import remove_host_pool
 from virtmesh.compute.v1 import compute_service_pb2 as cpb
@@ -38,24 +39,6 @@ pytestmark = [pytest.mark.timeout(300)]
 #: advances in scheduler ticks a short first round can measure 0 ms, and qemu-img
 #: gives up with this (crypto/pbkdf.c). Nothing of ours: the volume is made again.
 PBKDF_CLOCK = "Unable to get accurate CPU usage"
-
-
-@contextlib.contextmanager
-def running(state: Path, names: tuple[str, ...]) -> Iterator[str]:
-    """The services on their default URIs, and the gateway; yields the gateway."""
-    ensure_dev_identities(state)
-    services = [service_process(state, name).start() for name in names]
-    port = free_port()
-    processes: list[Process] = [*services, gateway_process(state, port).start()]
-    try:
-        for name in names:
-            wait_serving(f"unix:{state / 'run' / f'{name}.sock'}", "", 60)
-        target = f"127.0.0.1:{port}"
-        wait_serving(target, "", 30, client_credentials(state / "pki"))
-        yield target
-    finally:
-        for process in reversed(processes):
-            process.stop(60)
 
 
 def secret_xml(usage: str, ephemeral: bool = False, private: bool = False) -> str:
@@ -74,7 +57,7 @@ def test_undefine_and_ephemeral_secrets_in_the_default_mode(host_libvirtd: None,
                                                             tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:8]
     state = Path(tmp_path)
-    with running(state, ("secret",)) as target, \
+    with services_and_gateway(state, ("secret",)) as target, \
             Client(target, state_dir=state, timeout=30) as client:
         defined: list[str] = []
         try:
@@ -140,7 +123,7 @@ def test_guest_reads_a_luks_volume_whose_passphrase_is_a_secret(host_libvirtd: N
     marker = f"virtmesh-luks-{tag}".encode()
     passphrase = secrets.token_urlsafe(24).encode()
     with short_state_dir() as state, \
-            running(state, ("compute", "storage", "secret")) as target, \
+            services_and_gateway(state, ("compute", "storage", "secret")) as target, \
             Client(target, state_dir=state, timeout=60) as client:
         secret_uuid = None
         try:
@@ -214,7 +197,7 @@ def test_secrets_of_the_former_embedded_root_move_to_the_daemon(host_libvirtd: N
     finally:
         assert embedded.stop() == 0
     assert (root / "etc" / "secrets" / f"{old.name}.xml").exists()
-    with running(tmp_path, ("secret",)) as target, \
+    with services_and_gateway(tmp_path, ("secret",)) as target, \
             Client(target, state_dir=tmp_path, timeout=30) as client:
         try:
             assert client.call("GetSecretValue", secpb.GetSecretValueRequest(

@@ -57,26 +57,6 @@ def guest_xml(state: Path, directory: Path, name: str = "runme",
     return path
 
 
-def poweroff_initrd(state: Path, directory: Path) -> Path:
-    """The example initramfs with an /init that powers off as soon as it booted: a
-    second archive appended to the first replaces its /init (the kernel unpacks
-    them in order)."""
-    extra = directory / "extra"
-    extra.mkdir()
-    (extra / "init").write_text("#!/bin/sh\n"
-                                "export PATH=/sbin:/usr/sbin:/bin:/usr/bin\n"
-                                "mount -t devtmpfs devtmpfs /dev 2>/dev/null\n"
-                                "exec </dev/console >/dev/console 2>&1\n"
-                                f"echo '{BOOTED} (and powering off by itself)'\n"
-                                "poweroff -f\n")
-    (extra / "init").chmod(0o755)
-    archive = subprocess.run("echo init | cpio --quiet -o -H newc -R 0:0 | gzip -9n",
-                             shell=True, cwd=extra, capture_output=True, check=True).stdout
-    initrd = directory / "poweroff-initrd.img"
-    initrd.write_bytes((state / "guest" / "initrd.img").read_bytes() + archive)
-    return initrd
-
-
 class Tool:
     """virtmesh-run --json as a process; its events read on a thread."""
 
@@ -148,7 +128,9 @@ def wait_gone(root: Path, timeout: float) -> list[int]:
 
 def test_guest_powering_off_ends_the_run_with_status_0(guest_dir: Path, caps_cache: Path,
                                                        tmp_path: Path) -> None:
-    xml = guest_xml(guest_dir, tmp_path, initrd=poweroff_initrd(guest_dir, tmp_path))
+    initrd = example.poweroff_initrd(guest_dir, tmp_path,
+                                     f"{BOOTED} (and powering off by itself)")
+    xml = guest_xml(guest_dir, tmp_path, initrd=initrd)
     with tool(xml, caps_cache) as run:
         run.booted()
         stopped, status = run.stopped()

@@ -19,21 +19,18 @@ import os
 import queue
 import signal
 import sys
-import termios
 import threading
 import time
-import tty
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
 from services.common.qemu_caps import SharedCache
+from virtmesh_client import terminal
 
 if TYPE_CHECKING:
     from virtmesh_run.vm import Run, Stopped
 
-#: Ctrl-] leaves the console (as in virsh console); the guest is then shut down
-ESCAPE = b"\x1d"
 TIMEOUT_STATUS = 124
 
 
@@ -62,41 +59,28 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class _Console:
-    """The terminal (raw) or stdin/stdout (piped) joined to the guest's console."""
+    """The terminal (raw) or stdin/stdout (piped) joined to the guest's console;
+    Ctrl-] on a terminal sets ``leave``."""
 
     def __init__(self, vm: Run, leave: threading.Event) -> None:
         self.vm = vm
         self.leave = leave
         self.fd = sys.stdin.fileno()
-        self.saved: list[Any] | None = None
-        if os.isatty(self.fd):
-            self.saved = termios.tcgetattr(self.fd)
+        self._raw = terminal.raw(self.fd)
 
     def __enter__(self) -> _Console:
-        if self.saved is not None:
-            tty.setraw(self.fd)
-        threading.Thread(target=self._forward_input, name="console-input", daemon=True).start()
+        interactive = self._raw.__enter__()
+        threading.Thread(target=self._forward_input, args=(interactive,),
+                         name="console-input", daemon=True).start()
         return self
 
-    def __exit__(self, *_exc: object) -> None:
-        if self.saved is not None:
-            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+    def __exit__(self, *exc: Any) -> None:
+        self._raw.__exit__(*exc)
 
-    def _forward_input(self) -> None:
-        while not self.leave.is_set():
-            try:
-                data = os.read(self.fd, 1024)
-            except OSError:
-                return
-            if not data:  # piped input ended: the guest runs on
-                return
-            if self.saved is not None and ESCAPE in data:
-                data = data[:data.index(ESCAPE)]
-                if data:
-                    self._send(data)
-                self.leave.set()
-                return
-            self._send(data)
+    def _forward_input(self, interactive: bool) -> None:
+        # piped input that ends leaves the guest running on
+        if terminal.forward(self.fd, self._send, interactive):
+            self.leave.set()
 
     def _send(self, data: bytes) -> None:
         with contextlib.suppress(RuntimeError):  # RunError: the console is gone

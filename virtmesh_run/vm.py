@@ -33,6 +33,7 @@ from services.common.config import Config
 from services.common.libvirt_connection import start_event_loop
 from services.common.qemu_caps import SharedCache
 from services.compute.backend import prepare_embedded_root
+from services.compute.backend_trouble import last_qemu_error
 
 log = logging.getLogger(__name__)
 
@@ -462,17 +463,8 @@ class Run:
         self._put(Event("stopped", time.time(), self.name, reason=reason, exit_code=code))
 
     def qemu_log_error(self) -> str:
-        """The last line of QEMU's log that says something went wrong, if any."""
-        path = self.root / "log" / "qemu" / f"{self.name}.log"
-        try:
-            lines = path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        for line in reversed(lines[-50:]):
-            lowered = line.lower()
-            if any(word in lowered for word in ("error", "fail", "terminating", "signal")):
-                return line.strip()[:300]
-        return ""
+        """The last error QEMU wrote to its log in this run, if any."""
+        return last_qemu_error(self.root / "log" / "qemu" / f"{self.name}.log")
 
 
 @contextlib.contextmanager

@@ -10,48 +10,22 @@ then closed, so ``echo 'uname -a' | virtmesh console vm`` prints the answer.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-import termios
 import threading
-import tty
-from collections.abc import Iterator
 
 from virtmesh.compute.v1 import compute_service_pb2 as pb
+from virtmesh_client import terminal
 from virtmesh_client.cli_commands import CommandFactory, Commands
 from virtmesh_client.cli_compute import DOMAIN
 from virtmesh_client.cli_output import Output
 from virtmesh_client.client import Client, Session
 
-#: Ctrl-], as virsh console
-ESCAPE = b"\x1d"
-
-
-@contextlib.contextmanager
-def _raw(fd: int) -> Iterator[None]:
-    """The terminal in raw mode, restored whatever happens."""
-    saved = termios.tcgetattr(fd)
-    try:
-        tty.setraw(fd)
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
 
 def _feed(session: Session, interactive: bool, linger: float) -> None:
     """stdin to the session until Ctrl-] (interactive) or its end, then close it."""
-    stdin = sys.stdin.fileno()
-    try:
-        while data := os.read(stdin, 4096):
-            if interactive and ESCAPE in data:
-                session.send(data[:data.index(ESCAPE)])
-                break
-            session.send(data)
-        else:
-            threading.Event().wait(linger)
-    except OSError:
-        pass  # stdin closed under us: end as at its end
+    if not terminal.forward(sys.stdin.fileno(), session.send, interactive):
+        threading.Event().wait(linger)
     session.close()
 
 
@@ -63,7 +37,7 @@ def attach(session: Session, what: str, linger: float) -> None:
     threading.Thread(target=_feed, args=(session, interactive, linger), daemon=True,
                      name="console-stdin").start()
     stdout = sys.stdout.fileno()
-    with _raw(sys.stdin.fileno()) if interactive else contextlib.nullcontext():
+    with terminal.raw(sys.stdin.fileno()):
         for data in session:
             while data:
                 data = data[os.write(stdout, data):]
