@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from virtmesh.events.v1 import events_pb2 as _events_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -1091,18 +1092,27 @@ class WatchNetworkEventsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMES_FIELD_NUMBER: _builtins.int
+    RESUME_AFTER_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only events of these networks (names or UUIDs); empty: all networks."""
+
+    @_builtins.property
+    def resume_after(self) -> _events_pb2.EventPosition:
+        """Resume after this event (from an earlier stream's responses or header):
+        the missed events come first, or an EventGap when they are gone. Unset:
+        only new events.
+        """
 
     def __init__(
         self,
         *,
         names: _abc.Iterable[_builtins.str] | None = ...,
+        resume_after: _events_pb2.EventPosition | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resume_after", b"resume_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names", "resume_after", b"resume_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1116,6 +1126,8 @@ class WatchNetworkEventsResponse(_message.Message):
     UUID_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    GAP_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The network's name."""
     uuid: _builtins.str
@@ -1124,6 +1136,14 @@ class WatchNetworkEventsResponse(_message.Message):
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the service received the event."""
 
+    @_builtins.property
+    def position(self) -> _events_pb2.EventPosition:
+        """This event's place in the service's sequence (resume after it)."""
+
+    @_builtins.property
+    def gap(self) -> _events_pb2.EventGap:
+        """First and alone, when a resume could not be exact (type is unspecified)."""
+
     def __init__(
         self,
         *,
@@ -1131,11 +1151,15 @@ class WatchNetworkEventsResponse(_message.Message):
         uuid: _builtins.str = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         type: Global___NetworkEventType.ValueType = ...,
+        position: _events_pb2.EventPosition | None = ...,
+        gap: _events_pb2.EventGap | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "gap", b"gap", "position", b"position", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "time", b"time", "type", b"type", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "gap", b"gap", "name", b"name", "position", b"position", "time", b"time", "type", b"type", "uuid", b"uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_detail: _TypeAlias = _typing.Literal["gap"]  # noqa: Y015
+    _WhichOneofArgType_detail: _TypeAlias = _typing.Literal["detail", b"detail"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_detail) -> _WhichOneofReturnType_detail | None: ...
 
 Global___WatchNetworkEventsResponse: _TypeAlias = WatchNetworkEventsResponse  # noqa: Y015

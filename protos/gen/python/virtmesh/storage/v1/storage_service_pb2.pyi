@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from virtmesh.events.v1 import events_pb2 as _events_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -719,18 +720,27 @@ class WatchStoragePoolEventsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMES_FIELD_NUMBER: _builtins.int
+    RESUME_AFTER_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only events of these pools (names or UUIDs); empty means all."""
+
+    @_builtins.property
+    def resume_after(self) -> _events_pb2.EventPosition:
+        """Resume after this event (from an earlier stream's responses or header):
+        the missed events come first, or an EventGap when they are gone. Unset:
+        only new events.
+        """
 
     def __init__(
         self,
         *,
         names: _abc.Iterable[_builtins.str] | None = ...,
+        resume_after: _events_pb2.EventPosition | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resume_after", b"resume_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names", "resume_after", b"resume_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -781,6 +791,8 @@ class WatchStoragePoolEventsResponse(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     LIFECYCLE_FIELD_NUMBER: _builtins.int
     REFRESH_FIELD_NUMBER: _builtins.int
+    GAP_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     uuid: _builtins.str
     @_builtins.property
@@ -789,6 +801,14 @@ class WatchStoragePoolEventsResponse(_message.Message):
     def lifecycle(self) -> Global___StoragePoolLifecycleEvent: ...
     @_builtins.property
     def refresh(self) -> Global___StoragePoolRefreshEvent: ...
+    @_builtins.property
+    def gap(self) -> _events_pb2.EventGap:
+        """First and alone, when a resume could not be exact."""
+
+    @_builtins.property
+    def position(self) -> _events_pb2.EventPosition:
+        """This event's place in the service's sequence (resume after it)."""
+
     def __init__(
         self,
         *,
@@ -797,12 +817,14 @@ class WatchStoragePoolEventsResponse(_message.Message):
         time: _timestamp_pb2.Timestamp | None = ...,
         lifecycle: Global___StoragePoolLifecycleEvent | None = ...,
         refresh: Global___StoragePoolRefreshEvent | None = ...,
+        gap: _events_pb2.EventGap | None = ...,
+        position: _events_pb2.EventPosition | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "lifecycle", b"lifecycle", "refresh", b"refresh", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "gap", b"gap", "lifecycle", b"lifecycle", "position", b"position", "refresh", b"refresh", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "lifecycle", b"lifecycle", "name", b"name", "refresh", b"refresh", "time", b"time", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "gap", b"gap", "lifecycle", b"lifecycle", "name", b"name", "position", b"position", "refresh", b"refresh", "time", b"time", "uuid", b"uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["lifecycle", "refresh"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["lifecycle", "refresh", "gap"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

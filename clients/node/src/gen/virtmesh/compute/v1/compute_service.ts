@@ -23,6 +23,7 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../../google/protobuf/timestamp";
+import { EventGap, EventPosition } from "../../events/v1/events";
 
 export const protobufPackage = "virtmesh.compute.v1";
 
@@ -812,6 +813,12 @@ export interface GetDomainStatsResponse {
 export interface WatchDomainEventsRequest {
   /** Only events of these domains (names or UUIDs); empty means all. */
   names: string[];
+  /**
+   * Resume after this event (from an earlier stream's responses or header):
+   * the missed events come first, or an EventGap when they are gone. Unset:
+   * only new events.
+   */
+  resumeAfter?: EventPosition | undefined;
 }
 
 export interface LifecycleEvent {
@@ -847,7 +854,15 @@ export interface WatchDomainEventsResponse {
   lifecycle?: LifecycleEvent | undefined;
   reboot?: RebootEvent | undefined;
   deviceAdded?: DeviceAddedEvent | undefined;
-  deviceRemoved?: DeviceRemovedEvent | undefined;
+  deviceRemoved?:
+    | DeviceRemovedEvent
+    | undefined;
+  /** First and alone, when a resume could not be exact. */
+  gap?:
+    | EventGap
+    | undefined;
+  /** This event's place in the service's sequence (resume after it). */
+  position?: EventPosition | undefined;
 }
 
 export interface GetCapabilitiesRequest {
@@ -7128,13 +7143,16 @@ export const GetDomainStatsResponse: MessageFns<GetDomainStatsResponse> = {
 };
 
 function createBaseWatchDomainEventsRequest(): WatchDomainEventsRequest {
-  return { names: [] };
+  return { names: [], resumeAfter: undefined };
 }
 
 export const WatchDomainEventsRequest: MessageFns<WatchDomainEventsRequest> = {
   encode(message: WatchDomainEventsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.names) {
       writer.uint32(10).string(v!);
+    }
+    if (message.resumeAfter !== undefined) {
+      EventPosition.encode(message.resumeAfter, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -7160,6 +7178,14 @@ export const WatchDomainEventsRequest: MessageFns<WatchDomainEventsRequest> = {
             message.names.push(reader.string());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.resumeAfter = EventPosition.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -7173,13 +7199,23 @@ export const WatchDomainEventsRequest: MessageFns<WatchDomainEventsRequest> = {
   },
 
   fromJSON(object: any): WatchDomainEventsRequest {
-    return { names: globalThis.Array.isArray(object?.names) ? object.names.map((e: any) => globalThis.String(e)) : [] };
+    return {
+      names: globalThis.Array.isArray(object?.names) ? object.names.map((e: any) => globalThis.String(e)) : [],
+      resumeAfter: isSet(object.resumeAfter)
+        ? EventPosition.fromJSON(object.resumeAfter)
+        : isSet(object.resume_after)
+        ? EventPosition.fromJSON(object.resume_after)
+        : undefined,
+    };
   },
 
   toJSON(message: WatchDomainEventsRequest): unknown {
     const obj: any = {};
     if (message.names?.length) {
       obj.names = message.names;
+    }
+    if (message.resumeAfter !== undefined) {
+      obj.resumeAfter = EventPosition.toJSON(message.resumeAfter);
     }
     return obj;
   },
@@ -7190,6 +7226,9 @@ export const WatchDomainEventsRequest: MessageFns<WatchDomainEventsRequest> = {
   fromPartial<I extends Exact<DeepPartial<WatchDomainEventsRequest>, I>>(object: I): WatchDomainEventsRequest {
     const message = createBaseWatchDomainEventsRequest();
     message.names = object.names?.map((e) => e) || [];
+    message.resumeAfter = (object.resumeAfter !== undefined && object.resumeAfter !== null)
+      ? EventPosition.fromPartial(object.resumeAfter)
+      : undefined;
     return message;
   },
 };
@@ -7490,6 +7529,8 @@ function createBaseWatchDomainEventsResponse(): WatchDomainEventsResponse {
     reboot: undefined,
     deviceAdded: undefined,
     deviceRemoved: undefined,
+    gap: undefined,
+    position: undefined,
   };
 }
 
@@ -7515,6 +7556,12 @@ export const WatchDomainEventsResponse: MessageFns<WatchDomainEventsResponse> = 
     }
     if (message.deviceRemoved !== undefined) {
       DeviceRemovedEvent.encode(message.deviceRemoved, writer.uint32(58).fork()).join();
+    }
+    if (message.gap !== undefined) {
+      EventGap.encode(message.gap, writer.uint32(74).fork()).join();
+    }
+    if (message.position !== undefined) {
+      EventPosition.encode(message.position, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -7588,6 +7635,22 @@ export const WatchDomainEventsResponse: MessageFns<WatchDomainEventsResponse> = 
             message.deviceRemoved = DeviceRemovedEvent.decode(reader, reader.uint32());
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.gap = EventGap.decode(reader, reader.uint32());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.position = EventPosition.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -7617,6 +7680,8 @@ export const WatchDomainEventsResponse: MessageFns<WatchDomainEventsResponse> = 
         : isSet(object.device_removed)
         ? DeviceRemovedEvent.fromJSON(object.device_removed)
         : undefined,
+      gap: isSet(object.gap) ? EventGap.fromJSON(object.gap) : undefined,
+      position: isSet(object.position) ? EventPosition.fromJSON(object.position) : undefined,
     };
   },
 
@@ -7643,6 +7708,12 @@ export const WatchDomainEventsResponse: MessageFns<WatchDomainEventsResponse> = 
     if (message.deviceRemoved !== undefined) {
       obj.deviceRemoved = DeviceRemovedEvent.toJSON(message.deviceRemoved);
     }
+    if (message.gap !== undefined) {
+      obj.gap = EventGap.toJSON(message.gap);
+    }
+    if (message.position !== undefined) {
+      obj.position = EventPosition.toJSON(message.position);
+    }
     return obj;
   },
 
@@ -7665,6 +7736,10 @@ export const WatchDomainEventsResponse: MessageFns<WatchDomainEventsResponse> = 
       : undefined;
     message.deviceRemoved = (object.deviceRemoved !== undefined && object.deviceRemoved !== null)
       ? DeviceRemovedEvent.fromPartial(object.deviceRemoved)
+      : undefined;
+    message.gap = (object.gap !== undefined && object.gap !== null) ? EventGap.fromPartial(object.gap) : undefined;
+    message.position = (object.position !== undefined && object.position !== null)
+      ? EventPosition.fromPartial(object.position)
       : undefined;
     return message;
   },

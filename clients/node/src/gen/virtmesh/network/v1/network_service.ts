@@ -21,6 +21,7 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../../google/protobuf/timestamp";
+import { EventGap, EventPosition } from "../../events/v1/events";
 
 export const protobufPackage = "virtmesh.network.v1";
 
@@ -569,6 +570,12 @@ export interface DeleteNetworkPortResponse {
 export interface WatchNetworkEventsRequest {
   /** Only events of these networks (names or UUIDs); empty: all networks. */
   names: string[];
+  /**
+   * Resume after this event (from an earlier stream's responses or header):
+   * the missed events come first, or an EventGap when they are gone. Unset:
+   * only new events.
+   */
+  resumeAfter?: EventPosition | undefined;
 }
 
 export interface WatchNetworkEventsResponse {
@@ -578,6 +585,12 @@ export interface WatchNetworkEventsResponse {
   /** When the service received the event. */
   time?: Date | undefined;
   type: NetworkEventType;
+  /** This event's place in the service's sequence (resume after it). */
+  position?:
+    | EventPosition
+    | undefined;
+  /** First and alone, when a resume could not be exact (type is unspecified). */
+  gap?: EventGap | undefined;
 }
 
 function createBaseNetwork(): Network {
@@ -3833,13 +3846,16 @@ export const DeleteNetworkPortResponse: MessageFns<DeleteNetworkPortResponse> = 
 };
 
 function createBaseWatchNetworkEventsRequest(): WatchNetworkEventsRequest {
-  return { names: [] };
+  return { names: [], resumeAfter: undefined };
 }
 
 export const WatchNetworkEventsRequest: MessageFns<WatchNetworkEventsRequest> = {
   encode(message: WatchNetworkEventsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.names) {
       writer.uint32(10).string(v!);
+    }
+    if (message.resumeAfter !== undefined) {
+      EventPosition.encode(message.resumeAfter, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -3865,6 +3881,14 @@ export const WatchNetworkEventsRequest: MessageFns<WatchNetworkEventsRequest> = 
             message.names.push(reader.string());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.resumeAfter = EventPosition.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3878,13 +3902,23 @@ export const WatchNetworkEventsRequest: MessageFns<WatchNetworkEventsRequest> = 
   },
 
   fromJSON(object: any): WatchNetworkEventsRequest {
-    return { names: globalThis.Array.isArray(object?.names) ? object.names.map((e: any) => globalThis.String(e)) : [] };
+    return {
+      names: globalThis.Array.isArray(object?.names) ? object.names.map((e: any) => globalThis.String(e)) : [],
+      resumeAfter: isSet(object.resumeAfter)
+        ? EventPosition.fromJSON(object.resumeAfter)
+        : isSet(object.resume_after)
+        ? EventPosition.fromJSON(object.resume_after)
+        : undefined,
+    };
   },
 
   toJSON(message: WatchNetworkEventsRequest): unknown {
     const obj: any = {};
     if (message.names?.length) {
       obj.names = message.names;
+    }
+    if (message.resumeAfter !== undefined) {
+      obj.resumeAfter = EventPosition.toJSON(message.resumeAfter);
     }
     return obj;
   },
@@ -3895,12 +3929,15 @@ export const WatchNetworkEventsRequest: MessageFns<WatchNetworkEventsRequest> = 
   fromPartial<I extends Exact<DeepPartial<WatchNetworkEventsRequest>, I>>(object: I): WatchNetworkEventsRequest {
     const message = createBaseWatchNetworkEventsRequest();
     message.names = object.names?.map((e) => e) || [];
+    message.resumeAfter = (object.resumeAfter !== undefined && object.resumeAfter !== null)
+      ? EventPosition.fromPartial(object.resumeAfter)
+      : undefined;
     return message;
   },
 };
 
 function createBaseWatchNetworkEventsResponse(): WatchNetworkEventsResponse {
-  return { name: "", uuid: "", time: undefined, type: 0 };
+  return { name: "", uuid: "", time: undefined, type: 0, position: undefined, gap: undefined };
 }
 
 export const WatchNetworkEventsResponse: MessageFns<WatchNetworkEventsResponse> = {
@@ -3916,6 +3953,12 @@ export const WatchNetworkEventsResponse: MessageFns<WatchNetworkEventsResponse> 
     }
     if (message.type !== 0) {
       writer.uint32(32).int32(message.type);
+    }
+    if (message.position !== undefined) {
+      EventPosition.encode(message.position, writer.uint32(42).fork()).join();
+    }
+    if (message.gap !== undefined) {
+      EventGap.encode(message.gap, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -3965,6 +4008,22 @@ export const WatchNetworkEventsResponse: MessageFns<WatchNetworkEventsResponse> 
             message.type = reader.int32() as any;
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.position = EventPosition.decode(reader, reader.uint32());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.gap = EventGap.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3983,6 +4042,8 @@ export const WatchNetworkEventsResponse: MessageFns<WatchNetworkEventsResponse> 
       uuid: isSet(object.uuid) ? globalThis.String(object.uuid) : "",
       time: isSet(object.time) ? fromJsonTimestamp(object.time) : undefined,
       type: isSet(object.type) ? networkEventTypeFromJSON(object.type) : 0,
+      position: isSet(object.position) ? EventPosition.fromJSON(object.position) : undefined,
+      gap: isSet(object.gap) ? EventGap.fromJSON(object.gap) : undefined,
     };
   },
 
@@ -4000,6 +4061,12 @@ export const WatchNetworkEventsResponse: MessageFns<WatchNetworkEventsResponse> 
     if (message.type !== 0) {
       obj.type = networkEventTypeToJSON(message.type);
     }
+    if (message.position !== undefined) {
+      obj.position = EventPosition.toJSON(message.position);
+    }
+    if (message.gap !== undefined) {
+      obj.gap = EventGap.toJSON(message.gap);
+    }
     return obj;
   },
 
@@ -4012,6 +4079,10 @@ export const WatchNetworkEventsResponse: MessageFns<WatchNetworkEventsResponse> 
     message.uuid = object.uuid ?? "";
     message.time = object.time ?? undefined;
     message.type = object.type ?? 0;
+    message.position = (object.position !== undefined && object.position !== null)
+      ? EventPosition.fromPartial(object.position)
+      : undefined;
+    message.gap = (object.gap !== undefined && object.gap !== null) ? EventGap.fromPartial(object.gap) : undefined;
     return message;
   },
 };

@@ -21,6 +21,7 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../../google/protobuf/timestamp";
+import { EventGap, EventPosition } from "../../events/v1/events";
 
 export const protobufPackage = "virtmesh.nodedev.v1";
 
@@ -393,6 +394,12 @@ export interface ResetNodeDeviceResponse {
 export interface WatchNodeDeviceEventsRequest {
   /** Only events of these devices; empty means all. */
   names: string[];
+  /**
+   * Resume after this event (from an earlier stream's responses or header):
+   * the missed events come first, or an EventGap when they are gone. Unset:
+   * only new events.
+   */
+  resumeAfter?: EventPosition | undefined;
 }
 
 export interface NodeDeviceLifecycleEvent {
@@ -407,7 +414,15 @@ export interface WatchNodeDeviceEventsResponse {
   name: string;
   time?: Date | undefined;
   lifecycle?: NodeDeviceLifecycleEvent | undefined;
-  update?: NodeDeviceUpdateEvent | undefined;
+  update?:
+    | NodeDeviceUpdateEvent
+    | undefined;
+  /** First and alone, when a resume could not be exact. */
+  gap?:
+    | EventGap
+    | undefined;
+  /** This event's place in the service's sequence (resume after it). */
+  position?: EventPosition | undefined;
 }
 
 function createBaseNodeDevice(): NodeDevice {
@@ -2361,13 +2376,16 @@ export const ResetNodeDeviceResponse: MessageFns<ResetNodeDeviceResponse> = {
 };
 
 function createBaseWatchNodeDeviceEventsRequest(): WatchNodeDeviceEventsRequest {
-  return { names: [] };
+  return { names: [], resumeAfter: undefined };
 }
 
 export const WatchNodeDeviceEventsRequest: MessageFns<WatchNodeDeviceEventsRequest> = {
   encode(message: WatchNodeDeviceEventsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.names) {
       writer.uint32(10).string(v!);
+    }
+    if (message.resumeAfter !== undefined) {
+      EventPosition.encode(message.resumeAfter, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -2393,6 +2411,14 @@ export const WatchNodeDeviceEventsRequest: MessageFns<WatchNodeDeviceEventsReque
             message.names.push(reader.string());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.resumeAfter = EventPosition.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2406,13 +2432,23 @@ export const WatchNodeDeviceEventsRequest: MessageFns<WatchNodeDeviceEventsReque
   },
 
   fromJSON(object: any): WatchNodeDeviceEventsRequest {
-    return { names: globalThis.Array.isArray(object?.names) ? object.names.map((e: any) => globalThis.String(e)) : [] };
+    return {
+      names: globalThis.Array.isArray(object?.names) ? object.names.map((e: any) => globalThis.String(e)) : [],
+      resumeAfter: isSet(object.resumeAfter)
+        ? EventPosition.fromJSON(object.resumeAfter)
+        : isSet(object.resume_after)
+        ? EventPosition.fromJSON(object.resume_after)
+        : undefined,
+    };
   },
 
   toJSON(message: WatchNodeDeviceEventsRequest): unknown {
     const obj: any = {};
     if (message.names?.length) {
       obj.names = message.names;
+    }
+    if (message.resumeAfter !== undefined) {
+      obj.resumeAfter = EventPosition.toJSON(message.resumeAfter);
     }
     return obj;
   },
@@ -2423,6 +2459,9 @@ export const WatchNodeDeviceEventsRequest: MessageFns<WatchNodeDeviceEventsReque
   fromPartial<I extends Exact<DeepPartial<WatchNodeDeviceEventsRequest>, I>>(object: I): WatchNodeDeviceEventsRequest {
     const message = createBaseWatchNodeDeviceEventsRequest();
     message.names = object.names?.map((e) => e) || [];
+    message.resumeAfter = (object.resumeAfter !== undefined && object.resumeAfter !== null)
+      ? EventPosition.fromPartial(object.resumeAfter)
+      : undefined;
     return message;
   },
 };
@@ -2547,7 +2586,7 @@ export const NodeDeviceUpdateEvent: MessageFns<NodeDeviceUpdateEvent> = {
 };
 
 function createBaseWatchNodeDeviceEventsResponse(): WatchNodeDeviceEventsResponse {
-  return { name: "", time: undefined, lifecycle: undefined, update: undefined };
+  return { name: "", time: undefined, lifecycle: undefined, update: undefined, gap: undefined, position: undefined };
 }
 
 export const WatchNodeDeviceEventsResponse: MessageFns<WatchNodeDeviceEventsResponse> = {
@@ -2563,6 +2602,12 @@ export const WatchNodeDeviceEventsResponse: MessageFns<WatchNodeDeviceEventsResp
     }
     if (message.update !== undefined) {
       NodeDeviceUpdateEvent.encode(message.update, writer.uint32(34).fork()).join();
+    }
+    if (message.gap !== undefined) {
+      EventGap.encode(message.gap, writer.uint32(50).fork()).join();
+    }
+    if (message.position !== undefined) {
+      EventPosition.encode(message.position, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -2612,6 +2657,22 @@ export const WatchNodeDeviceEventsResponse: MessageFns<WatchNodeDeviceEventsResp
             message.update = NodeDeviceUpdateEvent.decode(reader, reader.uint32());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.gap = EventGap.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.position = EventPosition.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2630,6 +2691,8 @@ export const WatchNodeDeviceEventsResponse: MessageFns<WatchNodeDeviceEventsResp
       time: isSet(object.time) ? fromJsonTimestamp(object.time) : undefined,
       lifecycle: isSet(object.lifecycle) ? NodeDeviceLifecycleEvent.fromJSON(object.lifecycle) : undefined,
       update: isSet(object.update) ? NodeDeviceUpdateEvent.fromJSON(object.update) : undefined,
+      gap: isSet(object.gap) ? EventGap.fromJSON(object.gap) : undefined,
+      position: isSet(object.position) ? EventPosition.fromJSON(object.position) : undefined,
     };
   },
 
@@ -2646,6 +2709,12 @@ export const WatchNodeDeviceEventsResponse: MessageFns<WatchNodeDeviceEventsResp
     }
     if (message.update !== undefined) {
       obj.update = NodeDeviceUpdateEvent.toJSON(message.update);
+    }
+    if (message.gap !== undefined) {
+      obj.gap = EventGap.toJSON(message.gap);
+    }
+    if (message.position !== undefined) {
+      obj.position = EventPosition.toJSON(message.position);
     }
     return obj;
   },
@@ -2664,6 +2733,10 @@ export const WatchNodeDeviceEventsResponse: MessageFns<WatchNodeDeviceEventsResp
       : undefined;
     message.update = (object.update !== undefined && object.update !== null)
       ? NodeDeviceUpdateEvent.fromPartial(object.update)
+      : undefined;
+    message.gap = (object.gap !== undefined && object.gap !== null) ? EventGap.fromPartial(object.gap) : undefined;
+    message.position = (object.position !== undefined && object.position !== null)
+      ? EventPosition.fromPartial(object.position)
       : undefined;
     return message;
   },

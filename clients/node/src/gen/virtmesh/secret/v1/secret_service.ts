@@ -21,6 +21,7 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../../google/protobuf/timestamp";
+import { EventGap, EventPosition } from "../../events/v1/events";
 
 export const protobufPackage = "virtmesh.secret.v1";
 
@@ -250,6 +251,12 @@ export interface UndefineSecretResponse {
 export interface WatchSecretEventsRequest {
   /** Only events of these secrets (UUIDs); empty means all. */
   names: string[];
+  /**
+   * Resume after this event (from an earlier stream's responses or header):
+   * the missed events come first, or an EventGap when they are gone. Unset:
+   * only new events.
+   */
+  resumeAfter?: EventPosition | undefined;
 }
 
 export interface LifecycleEvent {
@@ -266,7 +273,15 @@ export interface WatchSecretEventsResponse {
   usage?: Usage | undefined;
   time?: Date | undefined;
   lifecycle?: LifecycleEvent | undefined;
-  valueChanged?: ValueChangedEvent | undefined;
+  valueChanged?:
+    | ValueChangedEvent
+    | undefined;
+  /** First and alone, when a resume could not be exact. */
+  gap?:
+    | EventGap
+    | undefined;
+  /** This event's place in the service's sequence (resume after it). */
+  position?: EventPosition | undefined;
 }
 
 function createBaseUsage(): Usage {
@@ -1568,13 +1583,16 @@ export const UndefineSecretResponse: MessageFns<UndefineSecretResponse> = {
 };
 
 function createBaseWatchSecretEventsRequest(): WatchSecretEventsRequest {
-  return { names: [] };
+  return { names: [], resumeAfter: undefined };
 }
 
 export const WatchSecretEventsRequest: MessageFns<WatchSecretEventsRequest> = {
   encode(message: WatchSecretEventsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.names) {
       writer.uint32(10).string(v!);
+    }
+    if (message.resumeAfter !== undefined) {
+      EventPosition.encode(message.resumeAfter, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -1600,6 +1618,14 @@ export const WatchSecretEventsRequest: MessageFns<WatchSecretEventsRequest> = {
             message.names.push(reader.string());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.resumeAfter = EventPosition.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1613,13 +1639,23 @@ export const WatchSecretEventsRequest: MessageFns<WatchSecretEventsRequest> = {
   },
 
   fromJSON(object: any): WatchSecretEventsRequest {
-    return { names: globalThis.Array.isArray(object?.names) ? object.names.map((e: any) => globalThis.String(e)) : [] };
+    return {
+      names: globalThis.Array.isArray(object?.names) ? object.names.map((e: any) => globalThis.String(e)) : [],
+      resumeAfter: isSet(object.resumeAfter)
+        ? EventPosition.fromJSON(object.resumeAfter)
+        : isSet(object.resume_after)
+        ? EventPosition.fromJSON(object.resume_after)
+        : undefined,
+    };
   },
 
   toJSON(message: WatchSecretEventsRequest): unknown {
     const obj: any = {};
     if (message.names?.length) {
       obj.names = message.names;
+    }
+    if (message.resumeAfter !== undefined) {
+      obj.resumeAfter = EventPosition.toJSON(message.resumeAfter);
     }
     return obj;
   },
@@ -1630,6 +1666,9 @@ export const WatchSecretEventsRequest: MessageFns<WatchSecretEventsRequest> = {
   fromPartial<I extends Exact<DeepPartial<WatchSecretEventsRequest>, I>>(object: I): WatchSecretEventsRequest {
     const message = createBaseWatchSecretEventsRequest();
     message.names = object.names?.map((e) => e) || [];
+    message.resumeAfter = (object.resumeAfter !== undefined && object.resumeAfter !== null)
+      ? EventPosition.fromPartial(object.resumeAfter)
+      : undefined;
     return message;
   },
 };
@@ -1754,7 +1793,15 @@ export const ValueChangedEvent: MessageFns<ValueChangedEvent> = {
 };
 
 function createBaseWatchSecretEventsResponse(): WatchSecretEventsResponse {
-  return { name: "", usage: undefined, time: undefined, lifecycle: undefined, valueChanged: undefined };
+  return {
+    name: "",
+    usage: undefined,
+    time: undefined,
+    lifecycle: undefined,
+    valueChanged: undefined,
+    gap: undefined,
+    position: undefined,
+  };
 }
 
 export const WatchSecretEventsResponse: MessageFns<WatchSecretEventsResponse> = {
@@ -1773,6 +1820,12 @@ export const WatchSecretEventsResponse: MessageFns<WatchSecretEventsResponse> = 
     }
     if (message.valueChanged !== undefined) {
       ValueChangedEvent.encode(message.valueChanged, writer.uint32(42).fork()).join();
+    }
+    if (message.gap !== undefined) {
+      EventGap.encode(message.gap, writer.uint32(58).fork()).join();
+    }
+    if (message.position !== undefined) {
+      EventPosition.encode(message.position, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -1830,6 +1883,22 @@ export const WatchSecretEventsResponse: MessageFns<WatchSecretEventsResponse> = 
             message.valueChanged = ValueChangedEvent.decode(reader, reader.uint32());
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.gap = EventGap.decode(reader, reader.uint32());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.position = EventPosition.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1853,6 +1922,8 @@ export const WatchSecretEventsResponse: MessageFns<WatchSecretEventsResponse> = 
         : isSet(object.value_changed)
         ? ValueChangedEvent.fromJSON(object.value_changed)
         : undefined,
+      gap: isSet(object.gap) ? EventGap.fromJSON(object.gap) : undefined,
+      position: isSet(object.position) ? EventPosition.fromJSON(object.position) : undefined,
     };
   },
 
@@ -1873,6 +1944,12 @@ export const WatchSecretEventsResponse: MessageFns<WatchSecretEventsResponse> = 
     if (message.valueChanged !== undefined) {
       obj.valueChanged = ValueChangedEvent.toJSON(message.valueChanged);
     }
+    if (message.gap !== undefined) {
+      obj.gap = EventGap.toJSON(message.gap);
+    }
+    if (message.position !== undefined) {
+      obj.position = EventPosition.toJSON(message.position);
+    }
     return obj;
   },
 
@@ -1889,6 +1966,10 @@ export const WatchSecretEventsResponse: MessageFns<WatchSecretEventsResponse> = 
       : undefined;
     message.valueChanged = (object.valueChanged !== undefined && object.valueChanged !== null)
       ? ValueChangedEvent.fromPartial(object.valueChanged)
+      : undefined;
+    message.gap = (object.gap !== undefined && object.gap !== null) ? EventGap.fromPartial(object.gap) : undefined;
+    message.position = (object.position !== undefined && object.position !== null)
+      ? EventPosition.fromPartial(object.position)
       : undefined;
     return message;
   },

@@ -23,6 +23,7 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../../google/protobuf/timestamp";
+import { EventGap, EventPosition } from "../../events/v1/events";
 
 export const protobufPackage = "virtmesh.storage.v1";
 
@@ -461,6 +462,12 @@ export interface SetStoragePoolAutostartResponse {
 export interface WatchStoragePoolEventsRequest {
   /** Only events of these pools (names or UUIDs); empty means all. */
   names: string[];
+  /**
+   * Resume after this event (from an earlier stream's responses or header):
+   * the missed events come first, or an EventGap when they are gone. Unset:
+   * only new events.
+   */
+  resumeAfter?: EventPosition | undefined;
 }
 
 export interface StoragePoolLifecycleEvent {
@@ -476,7 +483,15 @@ export interface WatchStoragePoolEventsResponse {
   uuid: string;
   time?: Date | undefined;
   lifecycle?: StoragePoolLifecycleEvent | undefined;
-  refresh?: StoragePoolRefreshEvent | undefined;
+  refresh?:
+    | StoragePoolRefreshEvent
+    | undefined;
+  /** First and alone, when a resume could not be exact. */
+  gap?:
+    | EventGap
+    | undefined;
+  /** This event's place in the service's sequence (resume after it). */
+  position?: EventPosition | undefined;
 }
 
 /** A storage volume's summary. */
@@ -2696,13 +2711,16 @@ export const SetStoragePoolAutostartResponse: MessageFns<SetStoragePoolAutostart
 };
 
 function createBaseWatchStoragePoolEventsRequest(): WatchStoragePoolEventsRequest {
-  return { names: [] };
+  return { names: [], resumeAfter: undefined };
 }
 
 export const WatchStoragePoolEventsRequest: MessageFns<WatchStoragePoolEventsRequest> = {
   encode(message: WatchStoragePoolEventsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.names) {
       writer.uint32(10).string(v!);
+    }
+    if (message.resumeAfter !== undefined) {
+      EventPosition.encode(message.resumeAfter, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -2728,6 +2746,14 @@ export const WatchStoragePoolEventsRequest: MessageFns<WatchStoragePoolEventsReq
             message.names.push(reader.string());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.resumeAfter = EventPosition.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2741,13 +2767,23 @@ export const WatchStoragePoolEventsRequest: MessageFns<WatchStoragePoolEventsReq
   },
 
   fromJSON(object: any): WatchStoragePoolEventsRequest {
-    return { names: globalThis.Array.isArray(object?.names) ? object.names.map((e: any) => globalThis.String(e)) : [] };
+    return {
+      names: globalThis.Array.isArray(object?.names) ? object.names.map((e: any) => globalThis.String(e)) : [],
+      resumeAfter: isSet(object.resumeAfter)
+        ? EventPosition.fromJSON(object.resumeAfter)
+        : isSet(object.resume_after)
+        ? EventPosition.fromJSON(object.resume_after)
+        : undefined,
+    };
   },
 
   toJSON(message: WatchStoragePoolEventsRequest): unknown {
     const obj: any = {};
     if (message.names?.length) {
       obj.names = message.names;
+    }
+    if (message.resumeAfter !== undefined) {
+      obj.resumeAfter = EventPosition.toJSON(message.resumeAfter);
     }
     return obj;
   },
@@ -2760,6 +2796,9 @@ export const WatchStoragePoolEventsRequest: MessageFns<WatchStoragePoolEventsReq
   ): WatchStoragePoolEventsRequest {
     const message = createBaseWatchStoragePoolEventsRequest();
     message.names = object.names?.map((e) => e) || [];
+    message.resumeAfter = (object.resumeAfter !== undefined && object.resumeAfter !== null)
+      ? EventPosition.fromPartial(object.resumeAfter)
+      : undefined;
     return message;
   },
 };
@@ -2884,7 +2923,15 @@ export const StoragePoolRefreshEvent: MessageFns<StoragePoolRefreshEvent> = {
 };
 
 function createBaseWatchStoragePoolEventsResponse(): WatchStoragePoolEventsResponse {
-  return { name: "", uuid: "", time: undefined, lifecycle: undefined, refresh: undefined };
+  return {
+    name: "",
+    uuid: "",
+    time: undefined,
+    lifecycle: undefined,
+    refresh: undefined,
+    gap: undefined,
+    position: undefined,
+  };
 }
 
 export const WatchStoragePoolEventsResponse: MessageFns<WatchStoragePoolEventsResponse> = {
@@ -2903,6 +2950,12 @@ export const WatchStoragePoolEventsResponse: MessageFns<WatchStoragePoolEventsRe
     }
     if (message.refresh !== undefined) {
       StoragePoolRefreshEvent.encode(message.refresh, writer.uint32(42).fork()).join();
+    }
+    if (message.gap !== undefined) {
+      EventGap.encode(message.gap, writer.uint32(58).fork()).join();
+    }
+    if (message.position !== undefined) {
+      EventPosition.encode(message.position, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -2960,6 +3013,22 @@ export const WatchStoragePoolEventsResponse: MessageFns<WatchStoragePoolEventsRe
             message.refresh = StoragePoolRefreshEvent.decode(reader, reader.uint32());
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.gap = EventGap.decode(reader, reader.uint32());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.position = EventPosition.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2979,6 +3048,8 @@ export const WatchStoragePoolEventsResponse: MessageFns<WatchStoragePoolEventsRe
       time: isSet(object.time) ? fromJsonTimestamp(object.time) : undefined,
       lifecycle: isSet(object.lifecycle) ? StoragePoolLifecycleEvent.fromJSON(object.lifecycle) : undefined,
       refresh: isSet(object.refresh) ? StoragePoolRefreshEvent.fromJSON(object.refresh) : undefined,
+      gap: isSet(object.gap) ? EventGap.fromJSON(object.gap) : undefined,
+      position: isSet(object.position) ? EventPosition.fromJSON(object.position) : undefined,
     };
   },
 
@@ -2999,6 +3070,12 @@ export const WatchStoragePoolEventsResponse: MessageFns<WatchStoragePoolEventsRe
     if (message.refresh !== undefined) {
       obj.refresh = StoragePoolRefreshEvent.toJSON(message.refresh);
     }
+    if (message.gap !== undefined) {
+      obj.gap = EventGap.toJSON(message.gap);
+    }
+    if (message.position !== undefined) {
+      obj.position = EventPosition.toJSON(message.position);
+    }
     return obj;
   },
 
@@ -3017,6 +3094,10 @@ export const WatchStoragePoolEventsResponse: MessageFns<WatchStoragePoolEventsRe
       : undefined;
     message.refresh = (object.refresh !== undefined && object.refresh !== null)
       ? StoragePoolRefreshEvent.fromPartial(object.refresh)
+      : undefined;
+    message.gap = (object.gap !== undefined && object.gap !== null) ? EventGap.fromPartial(object.gap) : undefined;
+    message.position = (object.position !== undefined && object.position !== null)
+      ? EventPosition.fromPartial(object.position)
       : undefined;
     return message;
   },
