@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19virtmesh/acl/v1/acl.proto\x12\x0fvirtmesh.acl.v1\x1a google/protobuf/descriptor.proto:5\n\x0bpermissions\x12\x1e.google.protobuf.MethodOptions\x18\x8d\x8c\x03 \x03(\tB\xa2\x01\n\x19io.github.virtmesh.acl.v1B\x08\x41\x63lProtoP\x01ZAgithub.com/virtmesh/virtmesh/clients/go/gen/virtmesh/acl/v1;aclv1\xaa\x02\x0fVirtmesh.Acl.V1\xca\x02\x0fVirtmesh\\Acl\\V1\xea\x02\x11Virtmesh::Acl::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19virtmesh/acl/v1/acl.proto\x12\x0fvirtmesh.acl.v1\x1a google/protobuf/descriptor.proto:5\n\x0bpermissions\x12\x1e.google.protobuf.MethodOptions\x18\x8d\x8c\x03 \x03(\t:;\n\x11libvirt_functions\x12\x1e.google.protobuf.MethodOptions\x18\x8e\x8c\x03 \x03(\tB\xa2\x01\n\x19io.github.virtmesh.acl.v1B\x08\x41\x63lProtoP\x01ZAgithub.com/virtmesh/virtmesh/clients/go/gen/virtmesh/acl/v1;aclv1\xaa\x02\x0fVirtmesh.Acl.V1\xca\x02\x0fVirtmesh\\Acl\\V1\xea\x02\x11Virtmesh::Acl::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)

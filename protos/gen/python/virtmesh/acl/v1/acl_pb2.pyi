@@ -12,4 +12,9 @@ import builtins as _builtins
 DESCRIPTOR: _descriptor.FileDescriptor
 
 PERMISSIONS_FIELD_NUMBER: _builtins.int
+LIBVIRT_FUNCTIONS_FIELD_NUMBER: _builtins.int
 permissions: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _containers.RepeatedScalarFieldContainer[_builtins.str]]
+libvirt_functions: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _containers.RepeatedScalarFieldContainer[_builtins.str]]
+"""The libvirt C functions the RPC reaches ("virDomainSaveFlags"), for
+docs/api-coverage.md; tests check that the service's backend calls each.
+"""
