@@ -63,6 +63,9 @@ class Config:
     #: compute on embedded QEMU: the shared QEMU capability cache its root is seeded
     #: from (services/common/qemu_caps.py); empty: the user's cache; "none": off
     caps_cache: str = ""
+    #: compute: the directory of save images and core dumps; the paths of SaveDomain,
+    #: RestoreDomain, CoreDumpDomain... must be inside it. Empty: ``<state_dir>/save``
+    save_dir: str = ""
 
     @property
     def socket_path(self) -> Path:
@@ -78,6 +81,10 @@ class Config:
             return Path(self.socket_ro)
         main = self.socket_path
         return main.with_name(f"{main.stem}-ro{main.suffix}")
+
+    @property
+    def save_path(self) -> Path:
+        return Path(self.save_dir).absolute() if self.save_dir else self.state_dir / "save"
 
     @property
     def libvirt_uri(self) -> str:
@@ -98,6 +105,8 @@ _HELP = {
     "scrape_budget": "seconds a /metrics scrape may spend collecting guest statistics",
     "caps_cache": "compute: shared QEMU capability cache directory (default "
                   "~/.cache/virtmesh/qemu-capabilities; none: off)",
+    "save_dir": "compute: directory of save images and core dumps, the only place their "
+                "paths may name (default <state_dir>/save)",
     "idle_timeout": "exit after this many seconds without calls (health probes do not "
                     "count) unless busy, e.g. compute with running guests; 0: never",
 }

@@ -75,7 +75,11 @@ LIBVIRT_CALL_SECONDS = Histogram("virtmesh_libvirt_call_seconds",
                                  "Latency of libvirt API calls, by C API name.", ("api",),
                                  buckets=_FAST_BUCKETS, registry=None)
 EVENT_SUBSCRIBERS = Gauge("virtmesh_event_subscribers", "Open event streams.", registry=None)
-SERVICE_METRICS: tuple[Collector, ...] = (LIBVIRT_CALL_SECONDS, EVENT_SUBSCRIBERS)
+CALLS_UNABORTABLE = Counter("virtmesh_calls_unabortable",
+                            "Calls that ended (cancelled, deadline passed) while waiting in a "
+                            "libvirt call that cannot be aborted.", ("method",), registry=None)
+SERVICE_METRICS: tuple[Collector, ...] = (LIBVIRT_CALL_SECONDS, EVENT_SUBSCRIBERS,
+                                          CALLS_UNABORTABLE)
 
 UPSTREAM_REQUESTS = Counter("virtmesh_gateway_upstream_requests",
                             "Calls the gateway forwarded, by driver service and status code.",

@@ -164,6 +164,65 @@ type ComputeServiceClient interface {
 	GetNodeInfo(ctx context.Context, in *GetNodeInfoRequest, opts ...grpc.CallOption) (*GetNodeInfoResponse, error)
 	// Returns the versions of virtmesh, libvirt and the hypervisor.
 	GetVersion(ctx context.Context, in *GetVersionRequest, opts ...grpc.CallOption) (*GetVersionResponse, error)
+	// Saves a running or paused domain's memory and device state to a new file
+	// (virDomainSaveFlags); the domain stops. RestoreDomain brings it back.
+	// Errors: FAILED_PRECONDITION when the domain is not running or the file's
+	// directory does not exist; INVALID_ARGUMENT for a path that is not
+	// absolute, not normal or outside save_dir, or invalid xml; ALREADY_EXISTS
+	// when the file exists; CANCELLED or DEADLINE_EXCEEDED when the call ended
+	// before the job (the job was aborted and the guest runs on).
+	SaveDomain(ctx context.Context, in *SaveDomainRequest, opts ...grpc.CallOption) (*SaveDomainResponse, error)
+	// Starts a domain from a file SaveDomain wrote (virDomainRestoreFlags).
+	// Errors: INVALID_ARGUMENT for a bad path (as SaveDomain) or invalid xml;
+	// NOT_FOUND when the file does not exist; INVALID_ARGUMENT or INTERNAL when
+	// it is not a save image; FAILED_PRECONDITION when the image's domain is
+	// running; CANCELLED or DEADLINE_EXCEEDED when the call ended first (the
+	// domain being restored is destroyed; the file stays).
+	RestoreDomain(ctx context.Context, in *RestoreDomainRequest, opts ...grpc.CallOption) (*RestoreDomainResponse, error)
+	// Returns the domain XML stored in a save image.
+	// Errors: INVALID_ARGUMENT for a bad path; NOT_FOUND when the file does not
+	// exist; INVALID_ARGUMENT or INTERNAL when it is not a save image.
+	GetSaveImageXML(ctx context.Context, in *GetSaveImageXMLRequest, opts ...grpc.CallOption) (*GetSaveImageXMLResponse, error)
+	// Replaces the domain XML stored in a save image (only ABI-compatible
+	// changes), and/or the state it restores to.
+	// Errors: as GetSaveImageXML; INVALID_ARGUMENT for invalid or incompatible xml.
+	DefineSaveImageXML(ctx context.Context, in *DefineSaveImageXMLRequest, opts ...grpc.CallOption) (*DefineSaveImageXMLResponse, error)
+	// Saves a running or paused domain to libvirt's own place for it
+	// (virDomainManagedSave); the domain stops, and its next start restores it.
+	// Errors: FAILED_PRECONDITION when the domain is not running or is transient;
+	// CANCELLED or DEADLINE_EXCEEDED as SaveDomain.
+	ManagedSaveDomain(ctx context.Context, in *ManagedSaveDomainRequest, opts ...grpc.CallOption) (*ManagedSaveDomainResponse, error)
+	// Removes a domain's managed save image (virDomainManagedSaveRemove): its
+	// next start boots afresh.
+	// Errors: FAILED_PRECONDITION when the domain has no managed save image.
+	RemoveManagedSave(ctx context.Context, in *RemoveManagedSaveRequest, opts ...grpc.CallOption) (*RemoveManagedSaveResponse, error)
+	// Returns the domain XML stored in a domain's managed save image.
+	// Errors: FAILED_PRECONDITION when the domain has no managed save image;
+	// UNIMPLEMENTED when the driver cannot read it (the test driver).
+	GetManagedSaveXML(ctx context.Context, in *GetManagedSaveXMLRequest, opts ...grpc.CallOption) (*GetManagedSaveXMLResponse, error)
+	// Replaces the domain XML stored in a managed save image, and/or the state
+	// it restores to.
+	// Errors: as GetManagedSaveXML; INVALID_ARGUMENT for invalid or
+	// incompatible xml.
+	DefineManagedSaveXML(ctx context.Context, in *DefineManagedSaveXMLRequest, opts ...grpc.CallOption) (*DefineManagedSaveXMLResponse, error)
+	// Writes a running domain's memory to a new file for debugging
+	// (virDomainCoreDumpWithFormat).
+	// Errors: FAILED_PRECONDITION when the domain is not running or the file's
+	// directory does not exist; INVALID_ARGUMENT for a bad path (as
+	// SaveDomain), crash with reset, or a format without memory_only;
+	// ALREADY_EXISTS when the file exists; UNIMPLEMENTED for a format or flag the
+	// driver does not support; CANCELLED or DEADLINE_EXCEEDED as SaveDomain.
+	CoreDumpDomain(ctx context.Context, in *CoreDumpDomainRequest, opts ...grpc.CallOption) (*CoreDumpDomainResponse, error)
+	// Returns the domain's current job (virDomainGetJobStats) with its typed
+	// statistics, or with `completed` the last job that ended.
+	// Errors: UNIMPLEMENTED when the driver has no job statistics (the test
+	// driver).
+	GetDomainJobInfo(ctx context.Context, in *GetDomainJobInfoRequest, opts ...grpc.CallOption) (*GetDomainJobInfoResponse, error)
+	// Aborts the domain's current job (virDomainAbortJob): a save, dump or
+	// migration; the call that started it ends with ABORTED.
+	// Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
+	// UNIMPLEMENTED when the driver has no jobs (the test driver).
+	AbortDomainJob(ctx context.Context, in *AbortDomainJobRequest, opts ...grpc.CallOption) (*AbortDomainJobResponse, error)
 }
 
 type computeServiceClient struct {
@@ -601,6 +660,105 @@ func (c *computeServiceClient) GetVersion(ctx context.Context, in *GetVersionReq
 	return out, nil
 }
 
+func (c *computeServiceClient) SaveDomain(ctx context.Context, in *SaveDomainRequest, opts ...grpc.CallOption) (*SaveDomainResponse, error) {
+	out := new(SaveDomainResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SaveDomain", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) RestoreDomain(ctx context.Context, in *RestoreDomainRequest, opts ...grpc.CallOption) (*RestoreDomainResponse, error) {
+	out := new(RestoreDomainResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/RestoreDomain", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetSaveImageXML(ctx context.Context, in *GetSaveImageXMLRequest, opts ...grpc.CallOption) (*GetSaveImageXMLResponse, error) {
+	out := new(GetSaveImageXMLResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetSaveImageXML", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) DefineSaveImageXML(ctx context.Context, in *DefineSaveImageXMLRequest, opts ...grpc.CallOption) (*DefineSaveImageXMLResponse, error) {
+	out := new(DefineSaveImageXMLResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/DefineSaveImageXML", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) ManagedSaveDomain(ctx context.Context, in *ManagedSaveDomainRequest, opts ...grpc.CallOption) (*ManagedSaveDomainResponse, error) {
+	out := new(ManagedSaveDomainResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/ManagedSaveDomain", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) RemoveManagedSave(ctx context.Context, in *RemoveManagedSaveRequest, opts ...grpc.CallOption) (*RemoveManagedSaveResponse, error) {
+	out := new(RemoveManagedSaveResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/RemoveManagedSave", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetManagedSaveXML(ctx context.Context, in *GetManagedSaveXMLRequest, opts ...grpc.CallOption) (*GetManagedSaveXMLResponse, error) {
+	out := new(GetManagedSaveXMLResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetManagedSaveXML", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) DefineManagedSaveXML(ctx context.Context, in *DefineManagedSaveXMLRequest, opts ...grpc.CallOption) (*DefineManagedSaveXMLResponse, error) {
+	out := new(DefineManagedSaveXMLResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/DefineManagedSaveXML", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) CoreDumpDomain(ctx context.Context, in *CoreDumpDomainRequest, opts ...grpc.CallOption) (*CoreDumpDomainResponse, error) {
+	out := new(CoreDumpDomainResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/CoreDumpDomain", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainJobInfo(ctx context.Context, in *GetDomainJobInfoRequest, opts ...grpc.CallOption) (*GetDomainJobInfoResponse, error) {
+	out := new(GetDomainJobInfoResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainJobInfo", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) AbortDomainJob(ctx context.Context, in *AbortDomainJobRequest, opts ...grpc.CallOption) (*AbortDomainJobResponse, error) {
+	out := new(AbortDomainJobResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/AbortDomainJob", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ComputeServiceServer is the server API for ComputeService service.
 // All implementations must embed UnimplementedComputeServiceServer
 // for forward compatibility
@@ -752,6 +910,65 @@ type ComputeServiceServer interface {
 	GetNodeInfo(context.Context, *GetNodeInfoRequest) (*GetNodeInfoResponse, error)
 	// Returns the versions of virtmesh, libvirt and the hypervisor.
 	GetVersion(context.Context, *GetVersionRequest) (*GetVersionResponse, error)
+	// Saves a running or paused domain's memory and device state to a new file
+	// (virDomainSaveFlags); the domain stops. RestoreDomain brings it back.
+	// Errors: FAILED_PRECONDITION when the domain is not running or the file's
+	// directory does not exist; INVALID_ARGUMENT for a path that is not
+	// absolute, not normal or outside save_dir, or invalid xml; ALREADY_EXISTS
+	// when the file exists; CANCELLED or DEADLINE_EXCEEDED when the call ended
+	// before the job (the job was aborted and the guest runs on).
+	SaveDomain(context.Context, *SaveDomainRequest) (*SaveDomainResponse, error)
+	// Starts a domain from a file SaveDomain wrote (virDomainRestoreFlags).
+	// Errors: INVALID_ARGUMENT for a bad path (as SaveDomain) or invalid xml;
+	// NOT_FOUND when the file does not exist; INVALID_ARGUMENT or INTERNAL when
+	// it is not a save image; FAILED_PRECONDITION when the image's domain is
+	// running; CANCELLED or DEADLINE_EXCEEDED when the call ended first (the
+	// domain being restored is destroyed; the file stays).
+	RestoreDomain(context.Context, *RestoreDomainRequest) (*RestoreDomainResponse, error)
+	// Returns the domain XML stored in a save image.
+	// Errors: INVALID_ARGUMENT for a bad path; NOT_FOUND when the file does not
+	// exist; INVALID_ARGUMENT or INTERNAL when it is not a save image.
+	GetSaveImageXML(context.Context, *GetSaveImageXMLRequest) (*GetSaveImageXMLResponse, error)
+	// Replaces the domain XML stored in a save image (only ABI-compatible
+	// changes), and/or the state it restores to.
+	// Errors: as GetSaveImageXML; INVALID_ARGUMENT for invalid or incompatible xml.
+	DefineSaveImageXML(context.Context, *DefineSaveImageXMLRequest) (*DefineSaveImageXMLResponse, error)
+	// Saves a running or paused domain to libvirt's own place for it
+	// (virDomainManagedSave); the domain stops, and its next start restores it.
+	// Errors: FAILED_PRECONDITION when the domain is not running or is transient;
+	// CANCELLED or DEADLINE_EXCEEDED as SaveDomain.
+	ManagedSaveDomain(context.Context, *ManagedSaveDomainRequest) (*ManagedSaveDomainResponse, error)
+	// Removes a domain's managed save image (virDomainManagedSaveRemove): its
+	// next start boots afresh.
+	// Errors: FAILED_PRECONDITION when the domain has no managed save image.
+	RemoveManagedSave(context.Context, *RemoveManagedSaveRequest) (*RemoveManagedSaveResponse, error)
+	// Returns the domain XML stored in a domain's managed save image.
+	// Errors: FAILED_PRECONDITION when the domain has no managed save image;
+	// UNIMPLEMENTED when the driver cannot read it (the test driver).
+	GetManagedSaveXML(context.Context, *GetManagedSaveXMLRequest) (*GetManagedSaveXMLResponse, error)
+	// Replaces the domain XML stored in a managed save image, and/or the state
+	// it restores to.
+	// Errors: as GetManagedSaveXML; INVALID_ARGUMENT for invalid or
+	// incompatible xml.
+	DefineManagedSaveXML(context.Context, *DefineManagedSaveXMLRequest) (*DefineManagedSaveXMLResponse, error)
+	// Writes a running domain's memory to a new file for debugging
+	// (virDomainCoreDumpWithFormat).
+	// Errors: FAILED_PRECONDITION when the domain is not running or the file's
+	// directory does not exist; INVALID_ARGUMENT for a bad path (as
+	// SaveDomain), crash with reset, or a format without memory_only;
+	// ALREADY_EXISTS when the file exists; UNIMPLEMENTED for a format or flag the
+	// driver does not support; CANCELLED or DEADLINE_EXCEEDED as SaveDomain.
+	CoreDumpDomain(context.Context, *CoreDumpDomainRequest) (*CoreDumpDomainResponse, error)
+	// Returns the domain's current job (virDomainGetJobStats) with its typed
+	// statistics, or with `completed` the last job that ended.
+	// Errors: UNIMPLEMENTED when the driver has no job statistics (the test
+	// driver).
+	GetDomainJobInfo(context.Context, *GetDomainJobInfoRequest) (*GetDomainJobInfoResponse, error)
+	// Aborts the domain's current job (virDomainAbortJob): a save, dump or
+	// migration; the call that started it ends with ABORTED.
+	// Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
+	// UNIMPLEMENTED when the driver has no jobs (the test driver).
+	AbortDomainJob(context.Context, *AbortDomainJobRequest) (*AbortDomainJobResponse, error)
 	mustEmbedUnimplementedComputeServiceServer()
 }
 
@@ -863,6 +1080,39 @@ func (UnimplementedComputeServiceServer) GetNodeInfo(context.Context, *GetNodeIn
 }
 func (UnimplementedComputeServiceServer) GetVersion(context.Context, *GetVersionRequest) (*GetVersionResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetVersion not implemented")
+}
+func (UnimplementedComputeServiceServer) SaveDomain(context.Context, *SaveDomainRequest) (*SaveDomainResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SaveDomain not implemented")
+}
+func (UnimplementedComputeServiceServer) RestoreDomain(context.Context, *RestoreDomainRequest) (*RestoreDomainResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RestoreDomain not implemented")
+}
+func (UnimplementedComputeServiceServer) GetSaveImageXML(context.Context, *GetSaveImageXMLRequest) (*GetSaveImageXMLResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetSaveImageXML not implemented")
+}
+func (UnimplementedComputeServiceServer) DefineSaveImageXML(context.Context, *DefineSaveImageXMLRequest) (*DefineSaveImageXMLResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DefineSaveImageXML not implemented")
+}
+func (UnimplementedComputeServiceServer) ManagedSaveDomain(context.Context, *ManagedSaveDomainRequest) (*ManagedSaveDomainResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ManagedSaveDomain not implemented")
+}
+func (UnimplementedComputeServiceServer) RemoveManagedSave(context.Context, *RemoveManagedSaveRequest) (*RemoveManagedSaveResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RemoveManagedSave not implemented")
+}
+func (UnimplementedComputeServiceServer) GetManagedSaveXML(context.Context, *GetManagedSaveXMLRequest) (*GetManagedSaveXMLResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetManagedSaveXML not implemented")
+}
+func (UnimplementedComputeServiceServer) DefineManagedSaveXML(context.Context, *DefineManagedSaveXMLRequest) (*DefineManagedSaveXMLResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DefineManagedSaveXML not implemented")
+}
+func (UnimplementedComputeServiceServer) CoreDumpDomain(context.Context, *CoreDumpDomainRequest) (*CoreDumpDomainResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CoreDumpDomain not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainJobInfo(context.Context, *GetDomainJobInfoRequest) (*GetDomainJobInfoResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainJobInfo not implemented")
+}
+func (UnimplementedComputeServiceServer) AbortDomainJob(context.Context, *AbortDomainJobRequest) (*AbortDomainJobResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method AbortDomainJob not implemented")
 }
 func (UnimplementedComputeServiceServer) mustEmbedUnimplementedComputeServiceServer() {}
 
@@ -1537,6 +1787,204 @@ func _ComputeService_GetVersion_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ComputeService_SaveDomain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SaveDomainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SaveDomain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SaveDomain",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SaveDomain(ctx, req.(*SaveDomainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_RestoreDomain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RestoreDomainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).RestoreDomain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/RestoreDomain",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).RestoreDomain(ctx, req.(*RestoreDomainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetSaveImageXML_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSaveImageXMLRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetSaveImageXML(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetSaveImageXML",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetSaveImageXML(ctx, req.(*GetSaveImageXMLRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_DefineSaveImageXML_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DefineSaveImageXMLRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).DefineSaveImageXML(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/DefineSaveImageXML",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).DefineSaveImageXML(ctx, req.(*DefineSaveImageXMLRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_ManagedSaveDomain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ManagedSaveDomainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).ManagedSaveDomain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/ManagedSaveDomain",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).ManagedSaveDomain(ctx, req.(*ManagedSaveDomainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_RemoveManagedSave_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveManagedSaveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).RemoveManagedSave(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/RemoveManagedSave",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).RemoveManagedSave(ctx, req.(*RemoveManagedSaveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetManagedSaveXML_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetManagedSaveXMLRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetManagedSaveXML(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetManagedSaveXML",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetManagedSaveXML(ctx, req.(*GetManagedSaveXMLRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_DefineManagedSaveXML_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DefineManagedSaveXMLRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).DefineManagedSaveXML(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/DefineManagedSaveXML",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).DefineManagedSaveXML(ctx, req.(*DefineManagedSaveXMLRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_CoreDumpDomain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CoreDumpDomainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).CoreDumpDomain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/CoreDumpDomain",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).CoreDumpDomain(ctx, req.(*CoreDumpDomainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainJobInfo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainJobInfoRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainJobInfo(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainJobInfo",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainJobInfo(ctx, req.(*GetDomainJobInfoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_AbortDomainJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AbortDomainJobRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).AbortDomainJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/AbortDomainJob",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).AbortDomainJob(ctx, req.(*AbortDomainJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _ComputeService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "virtmesh.compute.v1.ComputeService",
 	HandlerType: (*ComputeServiceServer)(nil),
@@ -1660,6 +2108,50 @@ var _ComputeService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetVersion",
 			Handler:    _ComputeService_GetVersion_Handler,
+		},
+		{
+			MethodName: "SaveDomain",
+			Handler:    _ComputeService_SaveDomain_Handler,
+		},
+		{
+			MethodName: "RestoreDomain",
+			Handler:    _ComputeService_RestoreDomain_Handler,
+		},
+		{
+			MethodName: "GetSaveImageXML",
+			Handler:    _ComputeService_GetSaveImageXML_Handler,
+		},
+		{
+			MethodName: "DefineSaveImageXML",
+			Handler:    _ComputeService_DefineSaveImageXML_Handler,
+		},
+		{
+			MethodName: "ManagedSaveDomain",
+			Handler:    _ComputeService_ManagedSaveDomain_Handler,
+		},
+		{
+			MethodName: "RemoveManagedSave",
+			Handler:    _ComputeService_RemoveManagedSave_Handler,
+		},
+		{
+			MethodName: "GetManagedSaveXML",
+			Handler:    _ComputeService_GetManagedSaveXML_Handler,
+		},
+		{
+			MethodName: "DefineManagedSaveXML",
+			Handler:    _ComputeService_DefineManagedSaveXML_Handler,
+		},
+		{
+			MethodName: "CoreDumpDomain",
+			Handler:    _ComputeService_CoreDumpDomain_Handler,
+		},
+		{
+			MethodName: "GetDomainJobInfo",
+			Handler:    _ComputeService_GetDomainJobInfo_Handler,
+		},
+		{
+			MethodName: "AbortDomainJob",
+			Handler:    _ComputeService_AbortDomainJob_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

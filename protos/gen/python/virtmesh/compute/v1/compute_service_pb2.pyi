@@ -170,6 +170,122 @@ KEY_CODE_SET_WIN32: KeyCodeSet.ValueType  # 9
 KEY_CODE_SET_QNUM: KeyCodeSet.ValueType  # 10
 Global___KeyCodeSet: _TypeAlias = KeyCodeSet  # noqa: Y015
 
+class _ResumeState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ResumeStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ResumeState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESUME_STATE_UNSPECIFIED: _ResumeState.ValueType  # 0
+    """The state the domain was in when it was saved (the image records it)."""
+    RESUME_STATE_RUNNING: _ResumeState.ValueType  # 1
+    RESUME_STATE_PAUSED: _ResumeState.ValueType  # 2
+
+class ResumeState(_ResumeState, metaclass=_ResumeStateEnumTypeWrapper):
+    """The state a saved domain comes back in (libvirt's VIR_DOMAIN_SAVE_RUNNING
+    and VIR_DOMAIN_SAVE_PAUSED).
+    """
+
+RESUME_STATE_UNSPECIFIED: ResumeState.ValueType  # 0
+"""The state the domain was in when it was saved (the image records it)."""
+RESUME_STATE_RUNNING: ResumeState.ValueType  # 1
+RESUME_STATE_PAUSED: ResumeState.ValueType  # 2
+Global___ResumeState: _TypeAlias = ResumeState  # noqa: Y015
+
+class _CoreDumpFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CoreDumpFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CoreDumpFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CORE_DUMP_FORMAT_UNSPECIFIED: _CoreDumpFormat.ValueType  # 0
+    """Raw: QEMU's migration stream (ELF with memory_only)."""
+    CORE_DUMP_FORMAT_RAW: _CoreDumpFormat.ValueType  # 1
+    CORE_DUMP_FORMAT_KDUMP_ZLIB: _CoreDumpFormat.ValueType  # 2
+    CORE_DUMP_FORMAT_KDUMP_LZO: _CoreDumpFormat.ValueType  # 3
+    CORE_DUMP_FORMAT_KDUMP_SNAPPY: _CoreDumpFormat.ValueType  # 4
+    CORE_DUMP_FORMAT_WIN_DMP: _CoreDumpFormat.ValueType  # 5
+
+class CoreDumpFormat(_CoreDumpFormat, metaclass=_CoreDumpFormatEnumTypeWrapper):
+    """The format of a core dump (libvirt's virDomainCoreDumpFormat); all but raw
+    need memory_only.
+    """
+
+CORE_DUMP_FORMAT_UNSPECIFIED: CoreDumpFormat.ValueType  # 0
+"""Raw: QEMU's migration stream (ELF with memory_only)."""
+CORE_DUMP_FORMAT_RAW: CoreDumpFormat.ValueType  # 1
+CORE_DUMP_FORMAT_KDUMP_ZLIB: CoreDumpFormat.ValueType  # 2
+CORE_DUMP_FORMAT_KDUMP_LZO: CoreDumpFormat.ValueType  # 3
+CORE_DUMP_FORMAT_KDUMP_SNAPPY: CoreDumpFormat.ValueType  # 4
+CORE_DUMP_FORMAT_WIN_DMP: CoreDumpFormat.ValueType  # 5
+Global___CoreDumpFormat: _TypeAlias = CoreDumpFormat  # noqa: Y015
+
+class _JobType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_TYPE_UNSPECIFIED: _JobType.ValueType  # 0
+    JOB_TYPE_NONE: _JobType.ValueType  # 1
+    """No job runs."""
+    JOB_TYPE_BOUNDED: _JobType.ValueType  # 2
+    """A job whose end is known: its totals and remaining amounts are set."""
+    JOB_TYPE_UNBOUNDED: _JobType.ValueType  # 3
+    """A job whose end is not known."""
+    JOB_TYPE_COMPLETED: _JobType.ValueType  # 4
+    JOB_TYPE_FAILED: _JobType.ValueType  # 5
+    JOB_TYPE_CANCELLED: _JobType.ValueType  # 6
+
+class JobType(_JobType, metaclass=_JobTypeEnumTypeWrapper):
+    """The kind of a job (libvirt's virDomainJobType)."""
+
+JOB_TYPE_UNSPECIFIED: JobType.ValueType  # 0
+JOB_TYPE_NONE: JobType.ValueType  # 1
+"""No job runs."""
+JOB_TYPE_BOUNDED: JobType.ValueType  # 2
+"""A job whose end is known: its totals and remaining amounts are set."""
+JOB_TYPE_UNBOUNDED: JobType.ValueType  # 3
+"""A job whose end is not known."""
+JOB_TYPE_COMPLETED: JobType.ValueType  # 4
+JOB_TYPE_FAILED: JobType.ValueType  # 5
+JOB_TYPE_CANCELLED: JobType.ValueType  # 6
+Global___JobType: _TypeAlias = JobType  # noqa: Y015
+
+class _JobOperation:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobOperationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobOperation.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_OPERATION_UNSPECIFIED: _JobOperation.ValueType  # 0
+    JOB_OPERATION_START: _JobOperation.ValueType  # 1
+    JOB_OPERATION_SAVE: _JobOperation.ValueType  # 2
+    JOB_OPERATION_RESTORE: _JobOperation.ValueType  # 3
+    JOB_OPERATION_MIGRATION_IN: _JobOperation.ValueType  # 4
+    JOB_OPERATION_MIGRATION_OUT: _JobOperation.ValueType  # 5
+    JOB_OPERATION_SNAPSHOT: _JobOperation.ValueType  # 6
+    JOB_OPERATION_SNAPSHOT_REVERT: _JobOperation.ValueType  # 7
+    JOB_OPERATION_DUMP: _JobOperation.ValueType  # 8
+    JOB_OPERATION_BACKUP: _JobOperation.ValueType  # 9
+    JOB_OPERATION_SNAPSHOT_DELETE: _JobOperation.ValueType  # 10
+
+class JobOperation(_JobOperation, metaclass=_JobOperationEnumTypeWrapper):
+    """What a job does (libvirt's virDomainJobOperation)."""
+
+JOB_OPERATION_UNSPECIFIED: JobOperation.ValueType  # 0
+JOB_OPERATION_START: JobOperation.ValueType  # 1
+JOB_OPERATION_SAVE: JobOperation.ValueType  # 2
+JOB_OPERATION_RESTORE: JobOperation.ValueType  # 3
+JOB_OPERATION_MIGRATION_IN: JobOperation.ValueType  # 4
+JOB_OPERATION_MIGRATION_OUT: JobOperation.ValueType  # 5
+JOB_OPERATION_SNAPSHOT: JobOperation.ValueType  # 6
+JOB_OPERATION_SNAPSHOT_REVERT: JobOperation.ValueType  # 7
+JOB_OPERATION_DUMP: JobOperation.ValueType  # 8
+JOB_OPERATION_BACKUP: JobOperation.ValueType  # 9
+JOB_OPERATION_SNAPSHOT_DELETE: JobOperation.ValueType  # 10
+Global___JobOperation: _TypeAlias = JobOperation  # noqa: Y015
+
 @_typing.final
 class Domain(_message.Message):
     """A domain's summary."""
@@ -2445,3 +2561,609 @@ class GetDomainDisplayResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDomainDisplayResponse: _TypeAlias = GetDomainDisplayResponse  # noqa: Y015
+
+@_typing.final
+class SaveDomainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    XML_FIELD_NUMBER: _builtins.int
+    RESUME_STATE_FIELD_NUMBER: _builtins.int
+    BYPASS_CACHE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    path: _builtins.str
+    """The new file, on the node: absolute, inside the service's save_dir."""
+    xml: _builtins.str
+    """Domain XML to store instead of the domain's own (only ABI-compatible
+    changes, such as a disk's path); empty: the domain's.
+    """
+    resume_state: Global___ResumeState.ValueType
+    """How RestoreDomain brings it back; unset: as it was."""
+    bypass_cache: _builtins.bool
+    """Write around the host's page cache (VIR_DOMAIN_SAVE_BYPASS_CACHE): slower,
+    but other guests keep their cache.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        path: _builtins.str = ...,
+        xml: _builtins.str = ...,
+        resume_state: Global___ResumeState.ValueType = ...,
+        bypass_cache: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypass_cache", b"bypass_cache", "name", b"name", "path", b"path", "resume_state", b"resume_state", "xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SaveDomainRequest: _TypeAlias = SaveDomainRequest  # noqa: Y015
+
+@_typing.final
+class SaveDomainResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SaveDomainResponse: _TypeAlias = SaveDomainResponse  # noqa: Y015
+
+@_typing.final
+class RestoreDomainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    XML_FIELD_NUMBER: _builtins.int
+    RESUME_STATE_FIELD_NUMBER: _builtins.int
+    BYPASS_CACHE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """A file SaveDomain wrote, on the node, inside the service's save_dir."""
+    xml: _builtins.str
+    """Domain XML to start instead of the image's (only ABI-compatible changes)."""
+    resume_state: Global___ResumeState.ValueType
+    """Running or paused after the restore; unset: as the image says."""
+    bypass_cache: _builtins.bool
+    """Read around the host's page cache."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        xml: _builtins.str = ...,
+        resume_state: Global___ResumeState.ValueType = ...,
+        bypass_cache: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypass_cache", b"bypass_cache", "path", b"path", "resume_state", b"resume_state", "xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreDomainRequest: _TypeAlias = RestoreDomainRequest  # noqa: Y015
+
+@_typing.final
+class RestoreDomainResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def domain(self) -> Global___Domain: ...
+    def __init__(
+        self,
+        *,
+        domain: Global___Domain | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreDomainResponse: _TypeAlias = RestoreDomainResponse  # noqa: Y015
+
+@_typing.final
+class GetSaveImageXMLRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    SECURE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    secure: _builtins.bool
+    """Include security-sensitive data such as VNC passwords."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        secure: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "secure", b"secure"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSaveImageXMLRequest: _TypeAlias = GetSaveImageXMLRequest  # noqa: Y015
+
+@_typing.final
+class GetSaveImageXMLResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    XML_FIELD_NUMBER: _builtins.int
+    xml: _builtins.str
+    def __init__(
+        self,
+        *,
+        xml: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSaveImageXMLResponse: _TypeAlias = GetSaveImageXMLResponse  # noqa: Y015
+
+@_typing.final
+class DefineSaveImageXMLRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    XML_FIELD_NUMBER: _builtins.int
+    RESUME_STATE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    xml: _builtins.str
+    """The new domain XML; empty: keep the stored one (to change resume_state only)."""
+    resume_state: Global___ResumeState.ValueType
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        xml: _builtins.str = ...,
+        resume_state: Global___ResumeState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "resume_state", b"resume_state", "xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DefineSaveImageXMLRequest: _TypeAlias = DefineSaveImageXMLRequest  # noqa: Y015
+
+@_typing.final
+class DefineSaveImageXMLResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DefineSaveImageXMLResponse: _TypeAlias = DefineSaveImageXMLResponse  # noqa: Y015
+
+@_typing.final
+class ManagedSaveDomainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    RESUME_STATE_FIELD_NUMBER: _builtins.int
+    BYPASS_CACHE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    resume_state: Global___ResumeState.ValueType
+    """How the next start brings it back; unset: as it was."""
+    bypass_cache: _builtins.bool
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        resume_state: Global___ResumeState.ValueType = ...,
+        bypass_cache: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypass_cache", b"bypass_cache", "name", b"name", "resume_state", b"resume_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManagedSaveDomainRequest: _TypeAlias = ManagedSaveDomainRequest  # noqa: Y015
+
+@_typing.final
+class ManagedSaveDomainResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManagedSaveDomainResponse: _TypeAlias = ManagedSaveDomainResponse  # noqa: Y015
+
+@_typing.final
+class RemoveManagedSaveRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveManagedSaveRequest: _TypeAlias = RemoveManagedSaveRequest  # noqa: Y015
+
+@_typing.final
+class RemoveManagedSaveResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveManagedSaveResponse: _TypeAlias = RemoveManagedSaveResponse  # noqa: Y015
+
+@_typing.final
+class GetManagedSaveXMLRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SECURE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    secure: _builtins.bool
+    """Include security-sensitive data such as VNC passwords."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        secure: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "secure", b"secure"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetManagedSaveXMLRequest: _TypeAlias = GetManagedSaveXMLRequest  # noqa: Y015
+
+@_typing.final
+class GetManagedSaveXMLResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    XML_FIELD_NUMBER: _builtins.int
+    xml: _builtins.str
+    def __init__(
+        self,
+        *,
+        xml: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetManagedSaveXMLResponse: _TypeAlias = GetManagedSaveXMLResponse  # noqa: Y015
+
+@_typing.final
+class DefineManagedSaveXMLRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    XML_FIELD_NUMBER: _builtins.int
+    RESUME_STATE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    xml: _builtins.str
+    """The new domain XML; empty: keep the stored one (to change resume_state only)."""
+    resume_state: Global___ResumeState.ValueType
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        xml: _builtins.str = ...,
+        resume_state: Global___ResumeState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "resume_state", b"resume_state", "xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DefineManagedSaveXMLRequest: _TypeAlias = DefineManagedSaveXMLRequest  # noqa: Y015
+
+@_typing.final
+class DefineManagedSaveXMLResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DefineManagedSaveXMLResponse: _TypeAlias = DefineManagedSaveXMLResponse  # noqa: Y015
+
+@_typing.final
+class CoreDumpDomainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    MEMORY_ONLY_FIELD_NUMBER: _builtins.int
+    CRASH_FIELD_NUMBER: _builtins.int
+    RESET_FIELD_NUMBER: _builtins.int
+    LIVE_FIELD_NUMBER: _builtins.int
+    BYPASS_CACHE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    path: _builtins.str
+    """The new file, on the node: absolute, inside the service's save_dir."""
+    format: Global___CoreDumpFormat.ValueType
+    memory_only: _builtins.bool
+    """Only the guest's memory, as an ELF or kdump file for crash(8) or gdb
+    (VIR_DUMP_MEMORY_ONLY).
+    """
+    crash: _builtins.bool
+    """Stop the domain after the dump (VIR_DUMP_CRASH)."""
+    reset: _builtins.bool
+    """Reset the domain after the dump (VIR_DUMP_RESET)."""
+    live: _builtins.bool
+    """Keep the guest running during the dump (VIR_DUMP_LIVE); by default it is
+    paused for the dump and resumed after.
+    """
+    bypass_cache: _builtins.bool
+    """Write around the host's page cache."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        path: _builtins.str = ...,
+        format: Global___CoreDumpFormat.ValueType = ...,
+        memory_only: _builtins.bool = ...,
+        crash: _builtins.bool = ...,
+        reset: _builtins.bool = ...,
+        live: _builtins.bool = ...,
+        bypass_cache: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypass_cache", b"bypass_cache", "crash", b"crash", "format", b"format", "live", b"live", "memory_only", b"memory_only", "name", b"name", "path", b"path", "reset", b"reset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CoreDumpDomainRequest: _TypeAlias = CoreDumpDomainRequest  # noqa: Y015
+
+@_typing.final
+class CoreDumpDomainResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CoreDumpDomainResponse: _TypeAlias = CoreDumpDomainResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainJobInfoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    COMPLETED_FIELD_NUMBER: _builtins.int
+    KEEP_COMPLETED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    completed: _builtins.bool
+    """The last job that ended instead of the current one
+    (VIR_DOMAIN_JOB_STATS_COMPLETED).
+    """
+    keep_completed: _builtins.bool
+    """With completed: keep its statistics for the next caller too
+    (VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED).
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        completed: _builtins.bool = ...,
+        keep_completed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "keep_completed", b"keep_completed", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainJobInfoRequest: _TypeAlias = GetDomainJobInfoRequest  # noqa: Y015
+
+@_typing.final
+class DomainJob(_message.Message):
+    """A job's statistics (virDomainGetJobStats); a field libvirt did not report
+    is 0.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RawEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    OPERATION_FIELD_NUMBER: _builtins.int
+    TIME_ELAPSED_MS_FIELD_NUMBER: _builtins.int
+    TIME_REMAINING_MS_FIELD_NUMBER: _builtins.int
+    DATA_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    DATA_PROCESSED_BYTES_FIELD_NUMBER: _builtins.int
+    DATA_REMAINING_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_PROCESSED_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_REMAINING_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_BPS_FIELD_NUMBER: _builtins.int
+    DISK_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    DISK_PROCESSED_BYTES_FIELD_NUMBER: _builtins.int
+    DISK_REMAINING_BYTES_FIELD_NUMBER: _builtins.int
+    DISK_BPS_FIELD_NUMBER: _builtins.int
+    DOWNTIME_MS_FIELD_NUMBER: _builtins.int
+    SETUP_TIME_MS_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
+    type: Global___JobType.ValueType
+    operation: Global___JobOperation.ValueType
+    time_elapsed_ms: _builtins.int
+    time_remaining_ms: _builtins.int
+    data_total_bytes: _builtins.int
+    """All data: memory and disks."""
+    data_processed_bytes: _builtins.int
+    data_remaining_bytes: _builtins.int
+    memory_total_bytes: _builtins.int
+    memory_processed_bytes: _builtins.int
+    memory_remaining_bytes: _builtins.int
+    memory_bps: _builtins.int
+    """Memory transfer rate, bytes per second."""
+    disk_total_bytes: _builtins.int
+    disk_processed_bytes: _builtins.int
+    disk_remaining_bytes: _builtins.int
+    disk_bps: _builtins.int
+    downtime_ms: _builtins.int
+    setup_time_ms: _builtins.int
+    error_message: _builtins.str
+    """Why a completed job failed, when libvirt knows."""
+    percent: _builtins.float
+    """Percent of the data processed (0 to 100) for a bounded job, from the
+    totals above (memory for a dump); 0 when unknown.
+    """
+    @_builtins.property
+    def raw(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Every field libvirt returned, typed or not, as its decimal or text form."""
+
+    def __init__(
+        self,
+        *,
+        type: Global___JobType.ValueType = ...,
+        operation: Global___JobOperation.ValueType = ...,
+        time_elapsed_ms: _builtins.int = ...,
+        time_remaining_ms: _builtins.int = ...,
+        data_total_bytes: _builtins.int = ...,
+        data_processed_bytes: _builtins.int = ...,
+        data_remaining_bytes: _builtins.int = ...,
+        memory_total_bytes: _builtins.int = ...,
+        memory_processed_bytes: _builtins.int = ...,
+        memory_remaining_bytes: _builtins.int = ...,
+        memory_bps: _builtins.int = ...,
+        disk_total_bytes: _builtins.int = ...,
+        disk_processed_bytes: _builtins.int = ...,
+        disk_remaining_bytes: _builtins.int = ...,
+        disk_bps: _builtins.int = ...,
+        downtime_ms: _builtins.int = ...,
+        setup_time_ms: _builtins.int = ...,
+        error_message: _builtins.str = ...,
+        percent: _builtins.float = ...,
+        raw: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_processed_bytes", b"data_processed_bytes", "data_remaining_bytes", b"data_remaining_bytes", "data_total_bytes", b"data_total_bytes", "disk_bps", b"disk_bps", "disk_processed_bytes", b"disk_processed_bytes", "disk_remaining_bytes", b"disk_remaining_bytes", "disk_total_bytes", b"disk_total_bytes", "downtime_ms", b"downtime_ms", "error_message", b"error_message", "memory_bps", b"memory_bps", "memory_processed_bytes", b"memory_processed_bytes", "memory_remaining_bytes", b"memory_remaining_bytes", "memory_total_bytes", b"memory_total_bytes", "operation", b"operation", "percent", b"percent", "raw", b"raw", "setup_time_ms", b"setup_time_ms", "time_elapsed_ms", b"time_elapsed_ms", "time_remaining_ms", b"time_remaining_ms", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DomainJob: _TypeAlias = DomainJob  # noqa: Y015
+
+@_typing.final
+class GetDomainJobInfoResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___DomainJob: ...
+    def __init__(
+        self,
+        *,
+        job: Global___DomainJob | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainJobInfoResponse: _TypeAlias = GetDomainJobInfoResponse  # noqa: Y015
+
+@_typing.final
+class AbortDomainJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbortDomainJobRequest: _TypeAlias = AbortDomainJobRequest  # noqa: Y015
+
+@_typing.final
+class AbortDomainJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbortDomainJobResponse: _TypeAlias = AbortDomainJobResponse  # noqa: Y015

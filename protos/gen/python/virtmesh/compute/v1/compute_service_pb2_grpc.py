@@ -218,6 +218,61 @@ class ComputeServiceStub:
                 request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetVersionRequest.SerializeToString,
                 response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetVersionResponse.FromString,
                 _registered_method=True)
+        self.SaveDomain = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SaveDomain',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SaveDomainRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SaveDomainResponse.FromString,
+                _registered_method=True)
+        self.RestoreDomain = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/RestoreDomain',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RestoreDomainRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RestoreDomainResponse.FromString,
+                _registered_method=True)
+        self.GetSaveImageXML = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetSaveImageXML',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetSaveImageXMLRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetSaveImageXMLResponse.FromString,
+                _registered_method=True)
+        self.DefineSaveImageXML = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/DefineSaveImageXML',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DefineSaveImageXMLRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DefineSaveImageXMLResponse.FromString,
+                _registered_method=True)
+        self.ManagedSaveDomain = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/ManagedSaveDomain',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ManagedSaveDomainRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ManagedSaveDomainResponse.FromString,
+                _registered_method=True)
+        self.RemoveManagedSave = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/RemoveManagedSave',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RemoveManagedSaveRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RemoveManagedSaveResponse.FromString,
+                _registered_method=True)
+        self.GetManagedSaveXML = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetManagedSaveXML',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetManagedSaveXMLRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetManagedSaveXMLResponse.FromString,
+                _registered_method=True)
+        self.DefineManagedSaveXML = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/DefineManagedSaveXML',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DefineManagedSaveXMLRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DefineManagedSaveXMLResponse.FromString,
+                _registered_method=True)
+        self.CoreDumpDomain = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/CoreDumpDomain',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CoreDumpDomainRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CoreDumpDomainResponse.FromString,
+                _registered_method=True)
+        self.GetDomainJobInfo = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainJobInfo',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainJobInfoRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainJobInfoResponse.FromString,
+                _registered_method=True)
+        self.AbortDomainJob = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/AbortDomainJob',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AbortDomainJobRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AbortDomainJobResponse.FromString,
+                _registered_method=True)
 
 
 class ComputeServiceServicer:
@@ -556,6 +611,132 @@ class ComputeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SaveDomain(self, request, context):
+        """-- Saving, dumping and jobs ---------------------------------------------
+
+        Paths are files on the node, absolute and inside the service's save_dir
+        (default <state_dir>/save). SaveDomain, RestoreDomain, ManagedSaveDomain
+        and CoreDumpDomain last as long as libvirt's job: GetDomainJobInfo shows
+        its progress meanwhile, and when the call is cancelled or its deadline
+        passes the service aborts the job (virDomainAbortJob; a restore is
+        destroyed): the guest is left as it was and no partial file remains.
+        Errors every call below that names a domain may return: NOT_FOUND for an
+        unknown domain; RESOURCE_EXHAUSTED (reason DOMAIN_BUSY) when too many
+        calls already wait in libvirt on that domain (its QEMU may not answer).
+
+        Saves a running or paused domain's memory and device state to a new file
+        (virDomainSaveFlags); the domain stops. RestoreDomain brings it back.
+        Errors: FAILED_PRECONDITION when the domain is not running or the file's
+        directory does not exist; INVALID_ARGUMENT for a path that is not
+        absolute, not normal or outside save_dir, or invalid xml; ALREADY_EXISTS
+        when the file exists; CANCELLED or DEADLINE_EXCEEDED when the call ended
+        before the job (the job was aborted and the guest runs on).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreDomain(self, request, context):
+        """Starts a domain from a file SaveDomain wrote (virDomainRestoreFlags).
+        Errors: INVALID_ARGUMENT for a bad path (as SaveDomain) or invalid xml;
+        NOT_FOUND when the file does not exist; INVALID_ARGUMENT or INTERNAL when
+        it is not a save image; FAILED_PRECONDITION when the image's domain is
+        running; CANCELLED or DEADLINE_EXCEEDED when the call ended first (the
+        domain being restored is destroyed; the file stays).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSaveImageXML(self, request, context):
+        """Returns the domain XML stored in a save image.
+        Errors: INVALID_ARGUMENT for a bad path; NOT_FOUND when the file does not
+        exist; INVALID_ARGUMENT or INTERNAL when it is not a save image.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DefineSaveImageXML(self, request, context):
+        """Replaces the domain XML stored in a save image (only ABI-compatible
+        changes), and/or the state it restores to.
+        Errors: as GetSaveImageXML; INVALID_ARGUMENT for invalid or incompatible xml.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ManagedSaveDomain(self, request, context):
+        """Saves a running or paused domain to libvirt's own place for it
+        (virDomainManagedSave); the domain stops, and its next start restores it.
+        Errors: FAILED_PRECONDITION when the domain is not running or is transient;
+        CANCELLED or DEADLINE_EXCEEDED as SaveDomain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveManagedSave(self, request, context):
+        """Removes a domain's managed save image (virDomainManagedSaveRemove): its
+        next start boots afresh.
+        Errors: FAILED_PRECONDITION when the domain has no managed save image.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetManagedSaveXML(self, request, context):
+        """Returns the domain XML stored in a domain's managed save image.
+        Errors: FAILED_PRECONDITION when the domain has no managed save image;
+        UNIMPLEMENTED when the driver cannot read it (the test driver).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DefineManagedSaveXML(self, request, context):
+        """Replaces the domain XML stored in a managed save image, and/or the state
+        it restores to.
+        Errors: as GetManagedSaveXML; INVALID_ARGUMENT for invalid or
+        incompatible xml.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CoreDumpDomain(self, request, context):
+        """Writes a running domain's memory to a new file for debugging
+        (virDomainCoreDumpWithFormat).
+        Errors: FAILED_PRECONDITION when the domain is not running or the file's
+        directory does not exist; INVALID_ARGUMENT for a bad path (as
+        SaveDomain), crash with reset, or a format without memory_only;
+        ALREADY_EXISTS when the file exists; UNIMPLEMENTED for a format or flag the
+        driver does not support; CANCELLED or DEADLINE_EXCEEDED as SaveDomain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainJobInfo(self, request, context):
+        """Returns the domain's current job (virDomainGetJobStats) with its typed
+        statistics, or with `completed` the last job that ended.
+        Errors: UNIMPLEMENTED when the driver has no job statistics (the test
+        driver).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortDomainJob(self, request, context):
+        """Aborts the domain's current job (virDomainAbortJob): a save, dump or
+        migration; the call that started it ends with ABORTED.
+        Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
+        UNIMPLEMENTED when the driver has no jobs (the test driver).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ComputeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -733,6 +914,61 @@ def add_ComputeServiceServicer_to_server(servicer, server):
                     servicer.GetVersion,
                     request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetVersionRequest.FromString,
                     response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetVersionResponse.SerializeToString,
+            ),
+            'SaveDomain': grpc.unary_unary_rpc_method_handler(
+                    servicer.SaveDomain,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SaveDomainRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SaveDomainResponse.SerializeToString,
+            ),
+            'RestoreDomain': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreDomain,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RestoreDomainRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RestoreDomainResponse.SerializeToString,
+            ),
+            'GetSaveImageXML': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSaveImageXML,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetSaveImageXMLRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetSaveImageXMLResponse.SerializeToString,
+            ),
+            'DefineSaveImageXML': grpc.unary_unary_rpc_method_handler(
+                    servicer.DefineSaveImageXML,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DefineSaveImageXMLRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DefineSaveImageXMLResponse.SerializeToString,
+            ),
+            'ManagedSaveDomain': grpc.unary_unary_rpc_method_handler(
+                    servicer.ManagedSaveDomain,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ManagedSaveDomainRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ManagedSaveDomainResponse.SerializeToString,
+            ),
+            'RemoveManagedSave': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveManagedSave,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RemoveManagedSaveRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RemoveManagedSaveResponse.SerializeToString,
+            ),
+            'GetManagedSaveXML': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetManagedSaveXML,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetManagedSaveXMLRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetManagedSaveXMLResponse.SerializeToString,
+            ),
+            'DefineManagedSaveXML': grpc.unary_unary_rpc_method_handler(
+                    servicer.DefineManagedSaveXML,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DefineManagedSaveXMLRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DefineManagedSaveXMLResponse.SerializeToString,
+            ),
+            'CoreDumpDomain': grpc.unary_unary_rpc_method_handler(
+                    servicer.CoreDumpDomain,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CoreDumpDomainRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CoreDumpDomainResponse.SerializeToString,
+            ),
+            'GetDomainJobInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainJobInfo,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainJobInfoRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainJobInfoResponse.SerializeToString,
+            ),
+            'AbortDomainJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortDomainJob,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AbortDomainJobRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AbortDomainJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1689,6 +1925,303 @@ class ComputeService:
             '/virtmesh.compute.v1.ComputeService/GetVersion',
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetVersionRequest.SerializeToString,
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SaveDomain',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SaveDomainRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SaveDomainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/RestoreDomain',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RestoreDomainRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RestoreDomainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSaveImageXML(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetSaveImageXML',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetSaveImageXMLRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetSaveImageXMLResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DefineSaveImageXML(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/DefineSaveImageXML',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DefineSaveImageXMLRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DefineSaveImageXMLResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ManagedSaveDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/ManagedSaveDomain',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ManagedSaveDomainRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ManagedSaveDomainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveManagedSave(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/RemoveManagedSave',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RemoveManagedSaveRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RemoveManagedSaveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetManagedSaveXML(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetManagedSaveXML',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetManagedSaveXMLRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetManagedSaveXMLResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DefineManagedSaveXML(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/DefineManagedSaveXML',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DefineManagedSaveXMLRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DefineManagedSaveXMLResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CoreDumpDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/CoreDumpDomain',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CoreDumpDomainRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CoreDumpDomainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainJobInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainJobInfo',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainJobInfoRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainJobInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortDomainJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/AbortDomainJob',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AbortDomainJobRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AbortDomainJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

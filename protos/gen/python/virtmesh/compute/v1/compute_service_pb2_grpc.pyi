@@ -224,6 +224,88 @@ class ComputeServiceStub:
     """Returns the host's CPU and memory layout."""
     GetVersion: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetVersionRequest, _compute_service_pb2.GetVersionResponse]
     """Returns the versions of virtmesh, libvirt and the hypervisor."""
+    SaveDomain: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SaveDomainRequest, _compute_service_pb2.SaveDomainResponse]
+    """-- Saving, dumping and jobs ---------------------------------------------
+
+    Paths are files on the node, absolute and inside the service's save_dir
+    (default <state_dir>/save). SaveDomain, RestoreDomain, ManagedSaveDomain
+    and CoreDumpDomain last as long as libvirt's job: GetDomainJobInfo shows
+    its progress meanwhile, and when the call is cancelled or its deadline
+    passes the service aborts the job (virDomainAbortJob; a restore is
+    destroyed): the guest is left as it was and no partial file remains.
+    Errors every call below that names a domain may return: NOT_FOUND for an
+    unknown domain; RESOURCE_EXHAUSTED (reason DOMAIN_BUSY) when too many
+    calls already wait in libvirt on that domain (its QEMU may not answer).
+
+    Saves a running or paused domain's memory and device state to a new file
+    (virDomainSaveFlags); the domain stops. RestoreDomain brings it back.
+    Errors: FAILED_PRECONDITION when the domain is not running or the file's
+    directory does not exist; INVALID_ARGUMENT for a path that is not
+    absolute, not normal or outside save_dir, or invalid xml; ALREADY_EXISTS
+    when the file exists; CANCELLED or DEADLINE_EXCEEDED when the call ended
+    before the job (the job was aborted and the guest runs on).
+    """
+    RestoreDomain: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.RestoreDomainRequest, _compute_service_pb2.RestoreDomainResponse]
+    """Starts a domain from a file SaveDomain wrote (virDomainRestoreFlags).
+    Errors: INVALID_ARGUMENT for a bad path (as SaveDomain) or invalid xml;
+    NOT_FOUND when the file does not exist; INVALID_ARGUMENT or INTERNAL when
+    it is not a save image; FAILED_PRECONDITION when the image's domain is
+    running; CANCELLED or DEADLINE_EXCEEDED when the call ended first (the
+    domain being restored is destroyed; the file stays).
+    """
+    GetSaveImageXML: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetSaveImageXMLRequest, _compute_service_pb2.GetSaveImageXMLResponse]
+    """Returns the domain XML stored in a save image.
+    Errors: INVALID_ARGUMENT for a bad path; NOT_FOUND when the file does not
+    exist; INVALID_ARGUMENT or INTERNAL when it is not a save image.
+    """
+    DefineSaveImageXML: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.DefineSaveImageXMLRequest, _compute_service_pb2.DefineSaveImageXMLResponse]
+    """Replaces the domain XML stored in a save image (only ABI-compatible
+    changes), and/or the state it restores to.
+    Errors: as GetSaveImageXML; INVALID_ARGUMENT for invalid or incompatible xml.
+    """
+    ManagedSaveDomain: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.ManagedSaveDomainRequest, _compute_service_pb2.ManagedSaveDomainResponse]
+    """Saves a running or paused domain to libvirt's own place for it
+    (virDomainManagedSave); the domain stops, and its next start restores it.
+    Errors: FAILED_PRECONDITION when the domain is not running or is transient;
+    CANCELLED or DEADLINE_EXCEEDED as SaveDomain.
+    """
+    RemoveManagedSave: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.RemoveManagedSaveRequest, _compute_service_pb2.RemoveManagedSaveResponse]
+    """Removes a domain's managed save image (virDomainManagedSaveRemove): its
+    next start boots afresh.
+    Errors: FAILED_PRECONDITION when the domain has no managed save image.
+    """
+    GetManagedSaveXML: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetManagedSaveXMLRequest, _compute_service_pb2.GetManagedSaveXMLResponse]
+    """Returns the domain XML stored in a domain's managed save image.
+    Errors: FAILED_PRECONDITION when the domain has no managed save image;
+    UNIMPLEMENTED when the driver cannot read it (the test driver).
+    """
+    DefineManagedSaveXML: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.DefineManagedSaveXMLRequest, _compute_service_pb2.DefineManagedSaveXMLResponse]
+    """Replaces the domain XML stored in a managed save image, and/or the state
+    it restores to.
+    Errors: as GetManagedSaveXML; INVALID_ARGUMENT for invalid or
+    incompatible xml.
+    """
+    CoreDumpDomain: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.CoreDumpDomainRequest, _compute_service_pb2.CoreDumpDomainResponse]
+    """Writes a running domain's memory to a new file for debugging
+    (virDomainCoreDumpWithFormat).
+    Errors: FAILED_PRECONDITION when the domain is not running or the file's
+    directory does not exist; INVALID_ARGUMENT for a bad path (as
+    SaveDomain), crash with reset, or a format without memory_only;
+    ALREADY_EXISTS when the file exists; UNIMPLEMENTED for a format or flag the
+    driver does not support; CANCELLED or DEADLINE_EXCEEDED as SaveDomain.
+    """
+    GetDomainJobInfo: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainJobInfoRequest, _compute_service_pb2.GetDomainJobInfoResponse]
+    """Returns the domain's current job (virDomainGetJobStats) with its typed
+    statistics, or with `completed` the last job that ended.
+    Errors: UNIMPLEMENTED when the driver has no job statistics (the test
+    driver).
+    """
+    AbortDomainJob: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.AbortDomainJobRequest, _compute_service_pb2.AbortDomainJobResponse]
+    """Aborts the domain's current job (virDomainAbortJob): a save, dump or
+    migration; the call that started it ends with ABORTED.
+    Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
+    UNIMPLEMENTED when the driver has no jobs (the test driver).
+    """
 
 @_typing.type_check_only
 class ComputeServiceAsyncStub(ComputeServiceStub):
@@ -421,6 +503,88 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     """Returns the host's CPU and memory layout."""
     GetVersion: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetVersionRequest, _compute_service_pb2.GetVersionResponse]  # type: ignore[assignment]
     """Returns the versions of virtmesh, libvirt and the hypervisor."""
+    SaveDomain: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SaveDomainRequest, _compute_service_pb2.SaveDomainResponse]  # type: ignore[assignment]
+    """-- Saving, dumping and jobs ---------------------------------------------
+
+    Paths are files on the node, absolute and inside the service's save_dir
+    (default <state_dir>/save). SaveDomain, RestoreDomain, ManagedSaveDomain
+    and CoreDumpDomain last as long as libvirt's job: GetDomainJobInfo shows
+    its progress meanwhile, and when the call is cancelled or its deadline
+    passes the service aborts the job (virDomainAbortJob; a restore is
+    destroyed): the guest is left as it was and no partial file remains.
+    Errors every call below that names a domain may return: NOT_FOUND for an
+    unknown domain; RESOURCE_EXHAUSTED (reason DOMAIN_BUSY) when too many
+    calls already wait in libvirt on that domain (its QEMU may not answer).
+
+    Saves a running or paused domain's memory and device state to a new file
+    (virDomainSaveFlags); the domain stops. RestoreDomain brings it back.
+    Errors: FAILED_PRECONDITION when the domain is not running or the file's
+    directory does not exist; INVALID_ARGUMENT for a path that is not
+    absolute, not normal or outside save_dir, or invalid xml; ALREADY_EXISTS
+    when the file exists; CANCELLED or DEADLINE_EXCEEDED when the call ended
+    before the job (the job was aborted and the guest runs on).
+    """
+    RestoreDomain: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.RestoreDomainRequest, _compute_service_pb2.RestoreDomainResponse]  # type: ignore[assignment]
+    """Starts a domain from a file SaveDomain wrote (virDomainRestoreFlags).
+    Errors: INVALID_ARGUMENT for a bad path (as SaveDomain) or invalid xml;
+    NOT_FOUND when the file does not exist; INVALID_ARGUMENT or INTERNAL when
+    it is not a save image; FAILED_PRECONDITION when the image's domain is
+    running; CANCELLED or DEADLINE_EXCEEDED when the call ended first (the
+    domain being restored is destroyed; the file stays).
+    """
+    GetSaveImageXML: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetSaveImageXMLRequest, _compute_service_pb2.GetSaveImageXMLResponse]  # type: ignore[assignment]
+    """Returns the domain XML stored in a save image.
+    Errors: INVALID_ARGUMENT for a bad path; NOT_FOUND when the file does not
+    exist; INVALID_ARGUMENT or INTERNAL when it is not a save image.
+    """
+    DefineSaveImageXML: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.DefineSaveImageXMLRequest, _compute_service_pb2.DefineSaveImageXMLResponse]  # type: ignore[assignment]
+    """Replaces the domain XML stored in a save image (only ABI-compatible
+    changes), and/or the state it restores to.
+    Errors: as GetSaveImageXML; INVALID_ARGUMENT for invalid or incompatible xml.
+    """
+    ManagedSaveDomain: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.ManagedSaveDomainRequest, _compute_service_pb2.ManagedSaveDomainResponse]  # type: ignore[assignment]
+    """Saves a running or paused domain to libvirt's own place for it
+    (virDomainManagedSave); the domain stops, and its next start restores it.
+    Errors: FAILED_PRECONDITION when the domain is not running or is transient;
+    CANCELLED or DEADLINE_EXCEEDED as SaveDomain.
+    """
+    RemoveManagedSave: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.RemoveManagedSaveRequest, _compute_service_pb2.RemoveManagedSaveResponse]  # type: ignore[assignment]
+    """Removes a domain's managed save image (virDomainManagedSaveRemove): its
+    next start boots afresh.
+    Errors: FAILED_PRECONDITION when the domain has no managed save image.
+    """
+    GetManagedSaveXML: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetManagedSaveXMLRequest, _compute_service_pb2.GetManagedSaveXMLResponse]  # type: ignore[assignment]
+    """Returns the domain XML stored in a domain's managed save image.
+    Errors: FAILED_PRECONDITION when the domain has no managed save image;
+    UNIMPLEMENTED when the driver cannot read it (the test driver).
+    """
+    DefineManagedSaveXML: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.DefineManagedSaveXMLRequest, _compute_service_pb2.DefineManagedSaveXMLResponse]  # type: ignore[assignment]
+    """Replaces the domain XML stored in a managed save image, and/or the state
+    it restores to.
+    Errors: as GetManagedSaveXML; INVALID_ARGUMENT for invalid or
+    incompatible xml.
+    """
+    CoreDumpDomain: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.CoreDumpDomainRequest, _compute_service_pb2.CoreDumpDomainResponse]  # type: ignore[assignment]
+    """Writes a running domain's memory to a new file for debugging
+    (virDomainCoreDumpWithFormat).
+    Errors: FAILED_PRECONDITION when the domain is not running or the file's
+    directory does not exist; INVALID_ARGUMENT for a bad path (as
+    SaveDomain), crash with reset, or a format without memory_only;
+    ALREADY_EXISTS when the file exists; UNIMPLEMENTED for a format or flag the
+    driver does not support; CANCELLED or DEADLINE_EXCEEDED as SaveDomain.
+    """
+    GetDomainJobInfo: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainJobInfoRequest, _compute_service_pb2.GetDomainJobInfoResponse]  # type: ignore[assignment]
+    """Returns the domain's current job (virDomainGetJobStats) with its typed
+    statistics, or with `completed` the last job that ended.
+    Errors: UNIMPLEMENTED when the driver has no job statistics (the test
+    driver).
+    """
+    AbortDomainJob: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.AbortDomainJobRequest, _compute_service_pb2.AbortDomainJobResponse]  # type: ignore[assignment]
+    """Aborts the domain's current job (virDomainAbortJob): a save, dump or
+    migration; the call that started it ends with ABORTED.
+    Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
+    UNIMPLEMENTED when the driver has no jobs (the test driver).
+    """
 
 class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
     """ComputeService is libvirt's QEMU driver (virtqemud) as a gRPC service.
@@ -825,5 +989,153 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_compute_service_pb2.GetVersionResponse, _abc.Awaitable[_compute_service_pb2.GetVersionResponse]]:
         """Returns the versions of virtmesh, libvirt and the hypervisor."""
+
+    @_abc_1.abstractmethod
+    def SaveDomain(
+        self,
+        request: _compute_service_pb2.SaveDomainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SaveDomainResponse, _abc.Awaitable[_compute_service_pb2.SaveDomainResponse]]:
+        """-- Saving, dumping and jobs ---------------------------------------------
+
+        Paths are files on the node, absolute and inside the service's save_dir
+        (default <state_dir>/save). SaveDomain, RestoreDomain, ManagedSaveDomain
+        and CoreDumpDomain last as long as libvirt's job: GetDomainJobInfo shows
+        its progress meanwhile, and when the call is cancelled or its deadline
+        passes the service aborts the job (virDomainAbortJob; a restore is
+        destroyed): the guest is left as it was and no partial file remains.
+        Errors every call below that names a domain may return: NOT_FOUND for an
+        unknown domain; RESOURCE_EXHAUSTED (reason DOMAIN_BUSY) when too many
+        calls already wait in libvirt on that domain (its QEMU may not answer).
+
+        Saves a running or paused domain's memory and device state to a new file
+        (virDomainSaveFlags); the domain stops. RestoreDomain brings it back.
+        Errors: FAILED_PRECONDITION when the domain is not running or the file's
+        directory does not exist; INVALID_ARGUMENT for a path that is not
+        absolute, not normal or outside save_dir, or invalid xml; ALREADY_EXISTS
+        when the file exists; CANCELLED or DEADLINE_EXCEEDED when the call ended
+        before the job (the job was aborted and the guest runs on).
+        """
+
+    @_abc_1.abstractmethod
+    def RestoreDomain(
+        self,
+        request: _compute_service_pb2.RestoreDomainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.RestoreDomainResponse, _abc.Awaitable[_compute_service_pb2.RestoreDomainResponse]]:
+        """Starts a domain from a file SaveDomain wrote (virDomainRestoreFlags).
+        Errors: INVALID_ARGUMENT for a bad path (as SaveDomain) or invalid xml;
+        NOT_FOUND when the file does not exist; INVALID_ARGUMENT or INTERNAL when
+        it is not a save image; FAILED_PRECONDITION when the image's domain is
+        running; CANCELLED or DEADLINE_EXCEEDED when the call ended first (the
+        domain being restored is destroyed; the file stays).
+        """
+
+    @_abc_1.abstractmethod
+    def GetSaveImageXML(
+        self,
+        request: _compute_service_pb2.GetSaveImageXMLRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetSaveImageXMLResponse, _abc.Awaitable[_compute_service_pb2.GetSaveImageXMLResponse]]:
+        """Returns the domain XML stored in a save image.
+        Errors: INVALID_ARGUMENT for a bad path; NOT_FOUND when the file does not
+        exist; INVALID_ARGUMENT or INTERNAL when it is not a save image.
+        """
+
+    @_abc_1.abstractmethod
+    def DefineSaveImageXML(
+        self,
+        request: _compute_service_pb2.DefineSaveImageXMLRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.DefineSaveImageXMLResponse, _abc.Awaitable[_compute_service_pb2.DefineSaveImageXMLResponse]]:
+        """Replaces the domain XML stored in a save image (only ABI-compatible
+        changes), and/or the state it restores to.
+        Errors: as GetSaveImageXML; INVALID_ARGUMENT for invalid or incompatible xml.
+        """
+
+    @_abc_1.abstractmethod
+    def ManagedSaveDomain(
+        self,
+        request: _compute_service_pb2.ManagedSaveDomainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.ManagedSaveDomainResponse, _abc.Awaitable[_compute_service_pb2.ManagedSaveDomainResponse]]:
+        """Saves a running or paused domain to libvirt's own place for it
+        (virDomainManagedSave); the domain stops, and its next start restores it.
+        Errors: FAILED_PRECONDITION when the domain is not running or is transient;
+        CANCELLED or DEADLINE_EXCEEDED as SaveDomain.
+        """
+
+    @_abc_1.abstractmethod
+    def RemoveManagedSave(
+        self,
+        request: _compute_service_pb2.RemoveManagedSaveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.RemoveManagedSaveResponse, _abc.Awaitable[_compute_service_pb2.RemoveManagedSaveResponse]]:
+        """Removes a domain's managed save image (virDomainManagedSaveRemove): its
+        next start boots afresh.
+        Errors: FAILED_PRECONDITION when the domain has no managed save image.
+        """
+
+    @_abc_1.abstractmethod
+    def GetManagedSaveXML(
+        self,
+        request: _compute_service_pb2.GetManagedSaveXMLRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetManagedSaveXMLResponse, _abc.Awaitable[_compute_service_pb2.GetManagedSaveXMLResponse]]:
+        """Returns the domain XML stored in a domain's managed save image.
+        Errors: FAILED_PRECONDITION when the domain has no managed save image;
+        UNIMPLEMENTED when the driver cannot read it (the test driver).
+        """
+
+    @_abc_1.abstractmethod
+    def DefineManagedSaveXML(
+        self,
+        request: _compute_service_pb2.DefineManagedSaveXMLRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.DefineManagedSaveXMLResponse, _abc.Awaitable[_compute_service_pb2.DefineManagedSaveXMLResponse]]:
+        """Replaces the domain XML stored in a managed save image, and/or the state
+        it restores to.
+        Errors: as GetManagedSaveXML; INVALID_ARGUMENT for invalid or
+        incompatible xml.
+        """
+
+    @_abc_1.abstractmethod
+    def CoreDumpDomain(
+        self,
+        request: _compute_service_pb2.CoreDumpDomainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.CoreDumpDomainResponse, _abc.Awaitable[_compute_service_pb2.CoreDumpDomainResponse]]:
+        """Writes a running domain's memory to a new file for debugging
+        (virDomainCoreDumpWithFormat).
+        Errors: FAILED_PRECONDITION when the domain is not running or the file's
+        directory does not exist; INVALID_ARGUMENT for a bad path (as
+        SaveDomain), crash with reset, or a format without memory_only;
+        ALREADY_EXISTS when the file exists; UNIMPLEMENTED for a format or flag the
+        driver does not support; CANCELLED or DEADLINE_EXCEEDED as SaveDomain.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainJobInfo(
+        self,
+        request: _compute_service_pb2.GetDomainJobInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainJobInfoResponse, _abc.Awaitable[_compute_service_pb2.GetDomainJobInfoResponse]]:
+        """Returns the domain's current job (virDomainGetJobStats) with its typed
+        statistics, or with `completed` the last job that ended.
+        Errors: UNIMPLEMENTED when the driver has no job statistics (the test
+        driver).
+        """
+
+    @_abc_1.abstractmethod
+    def AbortDomainJob(
+        self,
+        request: _compute_service_pb2.AbortDomainJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.AbortDomainJobResponse, _abc.Awaitable[_compute_service_pb2.AbortDomainJobResponse]]:
+        """Aborts the domain's current job (virDomainAbortJob): a save, dump or
+        migration; the call that started it ends with ABORTED.
+        Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
+        UNIMPLEMENTED when the driver has no jobs (the test driver).
+        """
 
 def add_ComputeServiceServicer_to_server(servicer: ComputeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -381,6 +381,267 @@ export function keyCodeSetToJSON(object: KeyCodeSet): string {
   }
 }
 
+/**
+ * The state a saved domain comes back in (libvirt's VIR_DOMAIN_SAVE_RUNNING
+ * and VIR_DOMAIN_SAVE_PAUSED).
+ */
+export enum ResumeState {
+  /** RESUME_STATE_UNSPECIFIED - The state the domain was in when it was saved (the image records it). */
+  RESUME_STATE_UNSPECIFIED = 0,
+  RESUME_STATE_RUNNING = 1,
+  RESUME_STATE_PAUSED = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function resumeStateFromJSON(object: any): ResumeState {
+  switch (object) {
+    case 0:
+    case "RESUME_STATE_UNSPECIFIED":
+      return ResumeState.RESUME_STATE_UNSPECIFIED;
+    case 1:
+    case "RESUME_STATE_RUNNING":
+      return ResumeState.RESUME_STATE_RUNNING;
+    case 2:
+    case "RESUME_STATE_PAUSED":
+      return ResumeState.RESUME_STATE_PAUSED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ResumeState.UNRECOGNIZED;
+  }
+}
+
+export function resumeStateToJSON(object: ResumeState): string {
+  switch (object) {
+    case ResumeState.RESUME_STATE_UNSPECIFIED:
+      return "RESUME_STATE_UNSPECIFIED";
+    case ResumeState.RESUME_STATE_RUNNING:
+      return "RESUME_STATE_RUNNING";
+    case ResumeState.RESUME_STATE_PAUSED:
+      return "RESUME_STATE_PAUSED";
+    case ResumeState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * The format of a core dump (libvirt's virDomainCoreDumpFormat); all but raw
+ * need memory_only.
+ */
+export enum CoreDumpFormat {
+  /** CORE_DUMP_FORMAT_UNSPECIFIED - Raw: QEMU's migration stream (ELF with memory_only). */
+  CORE_DUMP_FORMAT_UNSPECIFIED = 0,
+  CORE_DUMP_FORMAT_RAW = 1,
+  CORE_DUMP_FORMAT_KDUMP_ZLIB = 2,
+  CORE_DUMP_FORMAT_KDUMP_LZO = 3,
+  CORE_DUMP_FORMAT_KDUMP_SNAPPY = 4,
+  CORE_DUMP_FORMAT_WIN_DMP = 5,
+  UNRECOGNIZED = -1,
+}
+
+export function coreDumpFormatFromJSON(object: any): CoreDumpFormat {
+  switch (object) {
+    case 0:
+    case "CORE_DUMP_FORMAT_UNSPECIFIED":
+      return CoreDumpFormat.CORE_DUMP_FORMAT_UNSPECIFIED;
+    case 1:
+    case "CORE_DUMP_FORMAT_RAW":
+      return CoreDumpFormat.CORE_DUMP_FORMAT_RAW;
+    case 2:
+    case "CORE_DUMP_FORMAT_KDUMP_ZLIB":
+      return CoreDumpFormat.CORE_DUMP_FORMAT_KDUMP_ZLIB;
+    case 3:
+    case "CORE_DUMP_FORMAT_KDUMP_LZO":
+      return CoreDumpFormat.CORE_DUMP_FORMAT_KDUMP_LZO;
+    case 4:
+    case "CORE_DUMP_FORMAT_KDUMP_SNAPPY":
+      return CoreDumpFormat.CORE_DUMP_FORMAT_KDUMP_SNAPPY;
+    case 5:
+    case "CORE_DUMP_FORMAT_WIN_DMP":
+      return CoreDumpFormat.CORE_DUMP_FORMAT_WIN_DMP;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return CoreDumpFormat.UNRECOGNIZED;
+  }
+}
+
+export function coreDumpFormatToJSON(object: CoreDumpFormat): string {
+  switch (object) {
+    case CoreDumpFormat.CORE_DUMP_FORMAT_UNSPECIFIED:
+      return "CORE_DUMP_FORMAT_UNSPECIFIED";
+    case CoreDumpFormat.CORE_DUMP_FORMAT_RAW:
+      return "CORE_DUMP_FORMAT_RAW";
+    case CoreDumpFormat.CORE_DUMP_FORMAT_KDUMP_ZLIB:
+      return "CORE_DUMP_FORMAT_KDUMP_ZLIB";
+    case CoreDumpFormat.CORE_DUMP_FORMAT_KDUMP_LZO:
+      return "CORE_DUMP_FORMAT_KDUMP_LZO";
+    case CoreDumpFormat.CORE_DUMP_FORMAT_KDUMP_SNAPPY:
+      return "CORE_DUMP_FORMAT_KDUMP_SNAPPY";
+    case CoreDumpFormat.CORE_DUMP_FORMAT_WIN_DMP:
+      return "CORE_DUMP_FORMAT_WIN_DMP";
+    case CoreDumpFormat.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** The kind of a job (libvirt's virDomainJobType). */
+export enum JobType {
+  JOB_TYPE_UNSPECIFIED = 0,
+  /** JOB_TYPE_NONE - No job runs. */
+  JOB_TYPE_NONE = 1,
+  /** JOB_TYPE_BOUNDED - A job whose end is known: its totals and remaining amounts are set. */
+  JOB_TYPE_BOUNDED = 2,
+  /** JOB_TYPE_UNBOUNDED - A job whose end is not known. */
+  JOB_TYPE_UNBOUNDED = 3,
+  JOB_TYPE_COMPLETED = 4,
+  JOB_TYPE_FAILED = 5,
+  JOB_TYPE_CANCELLED = 6,
+  UNRECOGNIZED = -1,
+}
+
+export function jobTypeFromJSON(object: any): JobType {
+  switch (object) {
+    case 0:
+    case "JOB_TYPE_UNSPECIFIED":
+      return JobType.JOB_TYPE_UNSPECIFIED;
+    case 1:
+    case "JOB_TYPE_NONE":
+      return JobType.JOB_TYPE_NONE;
+    case 2:
+    case "JOB_TYPE_BOUNDED":
+      return JobType.JOB_TYPE_BOUNDED;
+    case 3:
+    case "JOB_TYPE_UNBOUNDED":
+      return JobType.JOB_TYPE_UNBOUNDED;
+    case 4:
+    case "JOB_TYPE_COMPLETED":
+      return JobType.JOB_TYPE_COMPLETED;
+    case 5:
+    case "JOB_TYPE_FAILED":
+      return JobType.JOB_TYPE_FAILED;
+    case 6:
+    case "JOB_TYPE_CANCELLED":
+      return JobType.JOB_TYPE_CANCELLED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return JobType.UNRECOGNIZED;
+  }
+}
+
+export function jobTypeToJSON(object: JobType): string {
+  switch (object) {
+    case JobType.JOB_TYPE_UNSPECIFIED:
+      return "JOB_TYPE_UNSPECIFIED";
+    case JobType.JOB_TYPE_NONE:
+      return "JOB_TYPE_NONE";
+    case JobType.JOB_TYPE_BOUNDED:
+      return "JOB_TYPE_BOUNDED";
+    case JobType.JOB_TYPE_UNBOUNDED:
+      return "JOB_TYPE_UNBOUNDED";
+    case JobType.JOB_TYPE_COMPLETED:
+      return "JOB_TYPE_COMPLETED";
+    case JobType.JOB_TYPE_FAILED:
+      return "JOB_TYPE_FAILED";
+    case JobType.JOB_TYPE_CANCELLED:
+      return "JOB_TYPE_CANCELLED";
+    case JobType.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** What a job does (libvirt's virDomainJobOperation). */
+export enum JobOperation {
+  JOB_OPERATION_UNSPECIFIED = 0,
+  JOB_OPERATION_START = 1,
+  JOB_OPERATION_SAVE = 2,
+  JOB_OPERATION_RESTORE = 3,
+  JOB_OPERATION_MIGRATION_IN = 4,
+  JOB_OPERATION_MIGRATION_OUT = 5,
+  JOB_OPERATION_SNAPSHOT = 6,
+  JOB_OPERATION_SNAPSHOT_REVERT = 7,
+  JOB_OPERATION_DUMP = 8,
+  JOB_OPERATION_BACKUP = 9,
+  JOB_OPERATION_SNAPSHOT_DELETE = 10,
+  UNRECOGNIZED = -1,
+}
+
+export function jobOperationFromJSON(object: any): JobOperation {
+  switch (object) {
+    case 0:
+    case "JOB_OPERATION_UNSPECIFIED":
+      return JobOperation.JOB_OPERATION_UNSPECIFIED;
+    case 1:
+    case "JOB_OPERATION_START":
+      return JobOperation.JOB_OPERATION_START;
+    case 2:
+    case "JOB_OPERATION_SAVE":
+      return JobOperation.JOB_OPERATION_SAVE;
+    case 3:
+    case "JOB_OPERATION_RESTORE":
+      return JobOperation.JOB_OPERATION_RESTORE;
+    case 4:
+    case "JOB_OPERATION_MIGRATION_IN":
+      return JobOperation.JOB_OPERATION_MIGRATION_IN;
+    case 5:
+    case "JOB_OPERATION_MIGRATION_OUT":
+      return JobOperation.JOB_OPERATION_MIGRATION_OUT;
+    case 6:
+    case "JOB_OPERATION_SNAPSHOT":
+      return JobOperation.JOB_OPERATION_SNAPSHOT;
+    case 7:
+    case "JOB_OPERATION_SNAPSHOT_REVERT":
+      return JobOperation.JOB_OPERATION_SNAPSHOT_REVERT;
+    case 8:
+    case "JOB_OPERATION_DUMP":
+      return JobOperation.JOB_OPERATION_DUMP;
+    case 9:
+    case "JOB_OPERATION_BACKUP":
+      return JobOperation.JOB_OPERATION_BACKUP;
+    case 10:
+    case "JOB_OPERATION_SNAPSHOT_DELETE":
+      return JobOperation.JOB_OPERATION_SNAPSHOT_DELETE;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return JobOperation.UNRECOGNIZED;
+  }
+}
+
+export function jobOperationToJSON(object: JobOperation): string {
+  switch (object) {
+    case JobOperation.JOB_OPERATION_UNSPECIFIED:
+      return "JOB_OPERATION_UNSPECIFIED";
+    case JobOperation.JOB_OPERATION_START:
+      return "JOB_OPERATION_START";
+    case JobOperation.JOB_OPERATION_SAVE:
+      return "JOB_OPERATION_SAVE";
+    case JobOperation.JOB_OPERATION_RESTORE:
+      return "JOB_OPERATION_RESTORE";
+    case JobOperation.JOB_OPERATION_MIGRATION_IN:
+      return "JOB_OPERATION_MIGRATION_IN";
+    case JobOperation.JOB_OPERATION_MIGRATION_OUT:
+      return "JOB_OPERATION_MIGRATION_OUT";
+    case JobOperation.JOB_OPERATION_SNAPSHOT:
+      return "JOB_OPERATION_SNAPSHOT";
+    case JobOperation.JOB_OPERATION_SNAPSHOT_REVERT:
+      return "JOB_OPERATION_SNAPSHOT_REVERT";
+    case JobOperation.JOB_OPERATION_DUMP:
+      return "JOB_OPERATION_DUMP";
+    case JobOperation.JOB_OPERATION_BACKUP:
+      return "JOB_OPERATION_BACKUP";
+    case JobOperation.JOB_OPERATION_SNAPSHOT_DELETE:
+      return "JOB_OPERATION_SNAPSHOT_DELETE";
+    case JobOperation.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** A domain's summary. */
 export interface Domain {
   name: string;
@@ -1057,6 +1318,190 @@ export interface DomainDisplay {
 
 export interface GetDomainDisplayResponse {
   displays: DomainDisplay[];
+}
+
+export interface SaveDomainRequest {
+  name: string;
+  /** The new file, on the node: absolute, inside the service's save_dir. */
+  path: string;
+  /**
+   * Domain XML to store instead of the domain's own (only ABI-compatible
+   * changes, such as a disk's path); empty: the domain's.
+   */
+  xml: string;
+  /** How RestoreDomain brings it back; unset: as it was. */
+  resumeState: ResumeState;
+  /**
+   * Write around the host's page cache (VIR_DOMAIN_SAVE_BYPASS_CACHE): slower,
+   * but other guests keep their cache.
+   */
+  bypassCache: boolean;
+}
+
+export interface SaveDomainResponse {
+}
+
+export interface RestoreDomainRequest {
+  /** A file SaveDomain wrote, on the node, inside the service's save_dir. */
+  path: string;
+  /** Domain XML to start instead of the image's (only ABI-compatible changes). */
+  xml: string;
+  /** Running or paused after the restore; unset: as the image says. */
+  resumeState: ResumeState;
+  /** Read around the host's page cache. */
+  bypassCache: boolean;
+}
+
+export interface RestoreDomainResponse {
+  domain?: Domain | undefined;
+}
+
+export interface GetSaveImageXMLRequest {
+  path: string;
+  /** Include security-sensitive data such as VNC passwords. */
+  secure: boolean;
+}
+
+export interface GetSaveImageXMLResponse {
+  xml: string;
+}
+
+export interface DefineSaveImageXMLRequest {
+  path: string;
+  /** The new domain XML; empty: keep the stored one (to change resume_state only). */
+  xml: string;
+  resumeState: ResumeState;
+}
+
+export interface DefineSaveImageXMLResponse {
+}
+
+export interface ManagedSaveDomainRequest {
+  name: string;
+  /** How the next start brings it back; unset: as it was. */
+  resumeState: ResumeState;
+  bypassCache: boolean;
+}
+
+export interface ManagedSaveDomainResponse {
+}
+
+export interface RemoveManagedSaveRequest {
+  name: string;
+}
+
+export interface RemoveManagedSaveResponse {
+}
+
+export interface GetManagedSaveXMLRequest {
+  name: string;
+  /** Include security-sensitive data such as VNC passwords. */
+  secure: boolean;
+}
+
+export interface GetManagedSaveXMLResponse {
+  xml: string;
+}
+
+export interface DefineManagedSaveXMLRequest {
+  name: string;
+  /** The new domain XML; empty: keep the stored one (to change resume_state only). */
+  xml: string;
+  resumeState: ResumeState;
+}
+
+export interface DefineManagedSaveXMLResponse {
+}
+
+export interface CoreDumpDomainRequest {
+  name: string;
+  /** The new file, on the node: absolute, inside the service's save_dir. */
+  path: string;
+  format: CoreDumpFormat;
+  /**
+   * Only the guest's memory, as an ELF or kdump file for crash(8) or gdb
+   * (VIR_DUMP_MEMORY_ONLY).
+   */
+  memoryOnly: boolean;
+  /** Stop the domain after the dump (VIR_DUMP_CRASH). */
+  crash: boolean;
+  /** Reset the domain after the dump (VIR_DUMP_RESET). */
+  reset: boolean;
+  /**
+   * Keep the guest running during the dump (VIR_DUMP_LIVE); by default it is
+   * paused for the dump and resumed after.
+   */
+  live: boolean;
+  /** Write around the host's page cache. */
+  bypassCache: boolean;
+}
+
+export interface CoreDumpDomainResponse {
+}
+
+export interface GetDomainJobInfoRequest {
+  name: string;
+  /**
+   * The last job that ended instead of the current one
+   * (VIR_DOMAIN_JOB_STATS_COMPLETED).
+   */
+  completed: boolean;
+  /**
+   * With completed: keep its statistics for the next caller too
+   * (VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED).
+   */
+  keepCompleted: boolean;
+}
+
+/**
+ * A job's statistics (virDomainGetJobStats); a field libvirt did not report
+ * is 0.
+ */
+export interface DomainJob {
+  type: JobType;
+  operation: JobOperation;
+  timeElapsedMs: bigint;
+  timeRemainingMs: bigint;
+  /** All data: memory and disks. */
+  dataTotalBytes: bigint;
+  dataProcessedBytes: bigint;
+  dataRemainingBytes: bigint;
+  memoryTotalBytes: bigint;
+  memoryProcessedBytes: bigint;
+  memoryRemainingBytes: bigint;
+  /** Memory transfer rate, bytes per second. */
+  memoryBps: bigint;
+  diskTotalBytes: bigint;
+  diskProcessedBytes: bigint;
+  diskRemainingBytes: bigint;
+  diskBps: bigint;
+  downtimeMs: bigint;
+  setupTimeMs: bigint;
+  /** Why a completed job failed, when libvirt knows. */
+  errorMessage: string;
+  /**
+   * Percent of the data processed (0 to 100) for a bounded job, from the
+   * totals above (memory for a dump); 0 when unknown.
+   */
+  percent: number;
+  /** Every field libvirt returned, typed or not, as its decimal or text form. */
+  raw: { [key: string]: string };
+}
+
+export interface DomainJob_RawEntry {
+  key: string;
+  value: string;
+}
+
+export interface GetDomainJobInfoResponse {
+  job?: DomainJob | undefined;
+}
+
+export interface AbortDomainJobRequest {
+  name: string;
+}
+
+export interface AbortDomainJobResponse {
 }
 
 function createBaseDomain(): Domain {
@@ -9846,6 +10291,2472 @@ export const GetDomainDisplayResponse: MessageFns<GetDomainDisplayResponse> = {
   },
 };
 
+function createBaseSaveDomainRequest(): SaveDomainRequest {
+  return { name: "", path: "", xml: "", resumeState: 0, bypassCache: false };
+}
+
+export const SaveDomainRequest: MessageFns<SaveDomainRequest> = {
+  encode(message: SaveDomainRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.path !== "") {
+      writer.uint32(18).string(message.path);
+    }
+    if (message.xml !== "") {
+      writer.uint32(26).string(message.xml);
+    }
+    if (message.resumeState !== 0) {
+      writer.uint32(32).int32(message.resumeState);
+    }
+    if (message.bypassCache !== false) {
+      writer.uint32(40).bool(message.bypassCache);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SaveDomainRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSaveDomainRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.resumeState = reader.int32() as any;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.bypassCache = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SaveDomainRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      xml: isSet(object.xml) ? globalThis.String(object.xml) : "",
+      resumeState: isSet(object.resumeState)
+        ? resumeStateFromJSON(object.resumeState)
+        : isSet(object.resume_state)
+        ? resumeStateFromJSON(object.resume_state)
+        : 0,
+      bypassCache: isSet(object.bypassCache)
+        ? globalThis.Boolean(object.bypassCache)
+        : isSet(object.bypass_cache)
+        ? globalThis.Boolean(object.bypass_cache)
+        : false,
+    };
+  },
+
+  toJSON(message: SaveDomainRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    if (message.resumeState !== 0) {
+      obj.resumeState = resumeStateToJSON(message.resumeState);
+    }
+    if (message.bypassCache !== false) {
+      obj.bypassCache = message.bypassCache;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SaveDomainRequest>, I>>(base?: I): SaveDomainRequest {
+    return SaveDomainRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SaveDomainRequest>, I>>(object: I): SaveDomainRequest {
+    const message = createBaseSaveDomainRequest();
+    message.name = object.name ?? "";
+    message.path = object.path ?? "";
+    message.xml = object.xml ?? "";
+    message.resumeState = object.resumeState ?? 0;
+    message.bypassCache = object.bypassCache ?? false;
+    return message;
+  },
+};
+
+function createBaseSaveDomainResponse(): SaveDomainResponse {
+  return {};
+}
+
+export const SaveDomainResponse: MessageFns<SaveDomainResponse> = {
+  encode(_: SaveDomainResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SaveDomainResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSaveDomainResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SaveDomainResponse {
+    return {};
+  },
+
+  toJSON(_: SaveDomainResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SaveDomainResponse>, I>>(base?: I): SaveDomainResponse {
+    return SaveDomainResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SaveDomainResponse>, I>>(_: I): SaveDomainResponse {
+    const message = createBaseSaveDomainResponse();
+    return message;
+  },
+};
+
+function createBaseRestoreDomainRequest(): RestoreDomainRequest {
+  return { path: "", xml: "", resumeState: 0, bypassCache: false };
+}
+
+export const RestoreDomainRequest: MessageFns<RestoreDomainRequest> = {
+  encode(message: RestoreDomainRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.path !== "") {
+      writer.uint32(10).string(message.path);
+    }
+    if (message.xml !== "") {
+      writer.uint32(18).string(message.xml);
+    }
+    if (message.resumeState !== 0) {
+      writer.uint32(24).int32(message.resumeState);
+    }
+    if (message.bypassCache !== false) {
+      writer.uint32(32).bool(message.bypassCache);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RestoreDomainRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRestoreDomainRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.resumeState = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.bypassCache = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RestoreDomainRequest {
+    return {
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      xml: isSet(object.xml) ? globalThis.String(object.xml) : "",
+      resumeState: isSet(object.resumeState)
+        ? resumeStateFromJSON(object.resumeState)
+        : isSet(object.resume_state)
+        ? resumeStateFromJSON(object.resume_state)
+        : 0,
+      bypassCache: isSet(object.bypassCache)
+        ? globalThis.Boolean(object.bypassCache)
+        : isSet(object.bypass_cache)
+        ? globalThis.Boolean(object.bypass_cache)
+        : false,
+    };
+  },
+
+  toJSON(message: RestoreDomainRequest): unknown {
+    const obj: any = {};
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    if (message.resumeState !== 0) {
+      obj.resumeState = resumeStateToJSON(message.resumeState);
+    }
+    if (message.bypassCache !== false) {
+      obj.bypassCache = message.bypassCache;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RestoreDomainRequest>, I>>(base?: I): RestoreDomainRequest {
+    return RestoreDomainRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RestoreDomainRequest>, I>>(object: I): RestoreDomainRequest {
+    const message = createBaseRestoreDomainRequest();
+    message.path = object.path ?? "";
+    message.xml = object.xml ?? "";
+    message.resumeState = object.resumeState ?? 0;
+    message.bypassCache = object.bypassCache ?? false;
+    return message;
+  },
+};
+
+function createBaseRestoreDomainResponse(): RestoreDomainResponse {
+  return { domain: undefined };
+}
+
+export const RestoreDomainResponse: MessageFns<RestoreDomainResponse> = {
+  encode(message: RestoreDomainResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== undefined) {
+      Domain.encode(message.domain, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RestoreDomainResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRestoreDomainResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = Domain.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RestoreDomainResponse {
+    return { domain: isSet(object.domain) ? Domain.fromJSON(object.domain) : undefined };
+  },
+
+  toJSON(message: RestoreDomainResponse): unknown {
+    const obj: any = {};
+    if (message.domain !== undefined) {
+      obj.domain = Domain.toJSON(message.domain);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RestoreDomainResponse>, I>>(base?: I): RestoreDomainResponse {
+    return RestoreDomainResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RestoreDomainResponse>, I>>(object: I): RestoreDomainResponse {
+    const message = createBaseRestoreDomainResponse();
+    message.domain = (object.domain !== undefined && object.domain !== null)
+      ? Domain.fromPartial(object.domain)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseGetSaveImageXMLRequest(): GetSaveImageXMLRequest {
+  return { path: "", secure: false };
+}
+
+export const GetSaveImageXMLRequest: MessageFns<GetSaveImageXMLRequest> = {
+  encode(message: GetSaveImageXMLRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.path !== "") {
+      writer.uint32(10).string(message.path);
+    }
+    if (message.secure !== false) {
+      writer.uint32(16).bool(message.secure);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSaveImageXMLRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSaveImageXMLRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.secure = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetSaveImageXMLRequest {
+    return {
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      secure: isSet(object.secure) ? globalThis.Boolean(object.secure) : false,
+    };
+  },
+
+  toJSON(message: GetSaveImageXMLRequest): unknown {
+    const obj: any = {};
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.secure !== false) {
+      obj.secure = message.secure;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSaveImageXMLRequest>, I>>(base?: I): GetSaveImageXMLRequest {
+    return GetSaveImageXMLRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSaveImageXMLRequest>, I>>(object: I): GetSaveImageXMLRequest {
+    const message = createBaseGetSaveImageXMLRequest();
+    message.path = object.path ?? "";
+    message.secure = object.secure ?? false;
+    return message;
+  },
+};
+
+function createBaseGetSaveImageXMLResponse(): GetSaveImageXMLResponse {
+  return { xml: "" };
+}
+
+export const GetSaveImageXMLResponse: MessageFns<GetSaveImageXMLResponse> = {
+  encode(message: GetSaveImageXMLResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.xml !== "") {
+      writer.uint32(10).string(message.xml);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSaveImageXMLResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSaveImageXMLResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetSaveImageXMLResponse {
+    return { xml: isSet(object.xml) ? globalThis.String(object.xml) : "" };
+  },
+
+  toJSON(message: GetSaveImageXMLResponse): unknown {
+    const obj: any = {};
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSaveImageXMLResponse>, I>>(base?: I): GetSaveImageXMLResponse {
+    return GetSaveImageXMLResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSaveImageXMLResponse>, I>>(object: I): GetSaveImageXMLResponse {
+    const message = createBaseGetSaveImageXMLResponse();
+    message.xml = object.xml ?? "";
+    return message;
+  },
+};
+
+function createBaseDefineSaveImageXMLRequest(): DefineSaveImageXMLRequest {
+  return { path: "", xml: "", resumeState: 0 };
+}
+
+export const DefineSaveImageXMLRequest: MessageFns<DefineSaveImageXMLRequest> = {
+  encode(message: DefineSaveImageXMLRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.path !== "") {
+      writer.uint32(10).string(message.path);
+    }
+    if (message.xml !== "") {
+      writer.uint32(18).string(message.xml);
+    }
+    if (message.resumeState !== 0) {
+      writer.uint32(24).int32(message.resumeState);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DefineSaveImageXMLRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDefineSaveImageXMLRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.resumeState = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DefineSaveImageXMLRequest {
+    return {
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      xml: isSet(object.xml) ? globalThis.String(object.xml) : "",
+      resumeState: isSet(object.resumeState)
+        ? resumeStateFromJSON(object.resumeState)
+        : isSet(object.resume_state)
+        ? resumeStateFromJSON(object.resume_state)
+        : 0,
+    };
+  },
+
+  toJSON(message: DefineSaveImageXMLRequest): unknown {
+    const obj: any = {};
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    if (message.resumeState !== 0) {
+      obj.resumeState = resumeStateToJSON(message.resumeState);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DefineSaveImageXMLRequest>, I>>(base?: I): DefineSaveImageXMLRequest {
+    return DefineSaveImageXMLRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DefineSaveImageXMLRequest>, I>>(object: I): DefineSaveImageXMLRequest {
+    const message = createBaseDefineSaveImageXMLRequest();
+    message.path = object.path ?? "";
+    message.xml = object.xml ?? "";
+    message.resumeState = object.resumeState ?? 0;
+    return message;
+  },
+};
+
+function createBaseDefineSaveImageXMLResponse(): DefineSaveImageXMLResponse {
+  return {};
+}
+
+export const DefineSaveImageXMLResponse: MessageFns<DefineSaveImageXMLResponse> = {
+  encode(_: DefineSaveImageXMLResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DefineSaveImageXMLResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDefineSaveImageXMLResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): DefineSaveImageXMLResponse {
+    return {};
+  },
+
+  toJSON(_: DefineSaveImageXMLResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DefineSaveImageXMLResponse>, I>>(base?: I): DefineSaveImageXMLResponse {
+    return DefineSaveImageXMLResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DefineSaveImageXMLResponse>, I>>(_: I): DefineSaveImageXMLResponse {
+    const message = createBaseDefineSaveImageXMLResponse();
+    return message;
+  },
+};
+
+function createBaseManagedSaveDomainRequest(): ManagedSaveDomainRequest {
+  return { name: "", resumeState: 0, bypassCache: false };
+}
+
+export const ManagedSaveDomainRequest: MessageFns<ManagedSaveDomainRequest> = {
+  encode(message: ManagedSaveDomainRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.resumeState !== 0) {
+      writer.uint32(16).int32(message.resumeState);
+    }
+    if (message.bypassCache !== false) {
+      writer.uint32(24).bool(message.bypassCache);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ManagedSaveDomainRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseManagedSaveDomainRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.resumeState = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.bypassCache = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ManagedSaveDomainRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      resumeState: isSet(object.resumeState)
+        ? resumeStateFromJSON(object.resumeState)
+        : isSet(object.resume_state)
+        ? resumeStateFromJSON(object.resume_state)
+        : 0,
+      bypassCache: isSet(object.bypassCache)
+        ? globalThis.Boolean(object.bypassCache)
+        : isSet(object.bypass_cache)
+        ? globalThis.Boolean(object.bypass_cache)
+        : false,
+    };
+  },
+
+  toJSON(message: ManagedSaveDomainRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.resumeState !== 0) {
+      obj.resumeState = resumeStateToJSON(message.resumeState);
+    }
+    if (message.bypassCache !== false) {
+      obj.bypassCache = message.bypassCache;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ManagedSaveDomainRequest>, I>>(base?: I): ManagedSaveDomainRequest {
+    return ManagedSaveDomainRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ManagedSaveDomainRequest>, I>>(object: I): ManagedSaveDomainRequest {
+    const message = createBaseManagedSaveDomainRequest();
+    message.name = object.name ?? "";
+    message.resumeState = object.resumeState ?? 0;
+    message.bypassCache = object.bypassCache ?? false;
+    return message;
+  },
+};
+
+function createBaseManagedSaveDomainResponse(): ManagedSaveDomainResponse {
+  return {};
+}
+
+export const ManagedSaveDomainResponse: MessageFns<ManagedSaveDomainResponse> = {
+  encode(_: ManagedSaveDomainResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ManagedSaveDomainResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseManagedSaveDomainResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ManagedSaveDomainResponse {
+    return {};
+  },
+
+  toJSON(_: ManagedSaveDomainResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ManagedSaveDomainResponse>, I>>(base?: I): ManagedSaveDomainResponse {
+    return ManagedSaveDomainResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ManagedSaveDomainResponse>, I>>(_: I): ManagedSaveDomainResponse {
+    const message = createBaseManagedSaveDomainResponse();
+    return message;
+  },
+};
+
+function createBaseRemoveManagedSaveRequest(): RemoveManagedSaveRequest {
+  return { name: "" };
+}
+
+export const RemoveManagedSaveRequest: MessageFns<RemoveManagedSaveRequest> = {
+  encode(message: RemoveManagedSaveRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RemoveManagedSaveRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRemoveManagedSaveRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RemoveManagedSaveRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: RemoveManagedSaveRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RemoveManagedSaveRequest>, I>>(base?: I): RemoveManagedSaveRequest {
+    return RemoveManagedSaveRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RemoveManagedSaveRequest>, I>>(object: I): RemoveManagedSaveRequest {
+    const message = createBaseRemoveManagedSaveRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseRemoveManagedSaveResponse(): RemoveManagedSaveResponse {
+  return {};
+}
+
+export const RemoveManagedSaveResponse: MessageFns<RemoveManagedSaveResponse> = {
+  encode(_: RemoveManagedSaveResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RemoveManagedSaveResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRemoveManagedSaveResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): RemoveManagedSaveResponse {
+    return {};
+  },
+
+  toJSON(_: RemoveManagedSaveResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RemoveManagedSaveResponse>, I>>(base?: I): RemoveManagedSaveResponse {
+    return RemoveManagedSaveResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RemoveManagedSaveResponse>, I>>(_: I): RemoveManagedSaveResponse {
+    const message = createBaseRemoveManagedSaveResponse();
+    return message;
+  },
+};
+
+function createBaseGetManagedSaveXMLRequest(): GetManagedSaveXMLRequest {
+  return { name: "", secure: false };
+}
+
+export const GetManagedSaveXMLRequest: MessageFns<GetManagedSaveXMLRequest> = {
+  encode(message: GetManagedSaveXMLRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.secure !== false) {
+      writer.uint32(16).bool(message.secure);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetManagedSaveXMLRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetManagedSaveXMLRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.secure = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetManagedSaveXMLRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      secure: isSet(object.secure) ? globalThis.Boolean(object.secure) : false,
+    };
+  },
+
+  toJSON(message: GetManagedSaveXMLRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.secure !== false) {
+      obj.secure = message.secure;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetManagedSaveXMLRequest>, I>>(base?: I): GetManagedSaveXMLRequest {
+    return GetManagedSaveXMLRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetManagedSaveXMLRequest>, I>>(object: I): GetManagedSaveXMLRequest {
+    const message = createBaseGetManagedSaveXMLRequest();
+    message.name = object.name ?? "";
+    message.secure = object.secure ?? false;
+    return message;
+  },
+};
+
+function createBaseGetManagedSaveXMLResponse(): GetManagedSaveXMLResponse {
+  return { xml: "" };
+}
+
+export const GetManagedSaveXMLResponse: MessageFns<GetManagedSaveXMLResponse> = {
+  encode(message: GetManagedSaveXMLResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.xml !== "") {
+      writer.uint32(10).string(message.xml);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetManagedSaveXMLResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetManagedSaveXMLResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetManagedSaveXMLResponse {
+    return { xml: isSet(object.xml) ? globalThis.String(object.xml) : "" };
+  },
+
+  toJSON(message: GetManagedSaveXMLResponse): unknown {
+    const obj: any = {};
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetManagedSaveXMLResponse>, I>>(base?: I): GetManagedSaveXMLResponse {
+    return GetManagedSaveXMLResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetManagedSaveXMLResponse>, I>>(object: I): GetManagedSaveXMLResponse {
+    const message = createBaseGetManagedSaveXMLResponse();
+    message.xml = object.xml ?? "";
+    return message;
+  },
+};
+
+function createBaseDefineManagedSaveXMLRequest(): DefineManagedSaveXMLRequest {
+  return { name: "", xml: "", resumeState: 0 };
+}
+
+export const DefineManagedSaveXMLRequest: MessageFns<DefineManagedSaveXMLRequest> = {
+  encode(message: DefineManagedSaveXMLRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.xml !== "") {
+      writer.uint32(18).string(message.xml);
+    }
+    if (message.resumeState !== 0) {
+      writer.uint32(24).int32(message.resumeState);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DefineManagedSaveXMLRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDefineManagedSaveXMLRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.resumeState = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DefineManagedSaveXMLRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      xml: isSet(object.xml) ? globalThis.String(object.xml) : "",
+      resumeState: isSet(object.resumeState)
+        ? resumeStateFromJSON(object.resumeState)
+        : isSet(object.resume_state)
+        ? resumeStateFromJSON(object.resume_state)
+        : 0,
+    };
+  },
+
+  toJSON(message: DefineManagedSaveXMLRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    if (message.resumeState !== 0) {
+      obj.resumeState = resumeStateToJSON(message.resumeState);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DefineManagedSaveXMLRequest>, I>>(base?: I): DefineManagedSaveXMLRequest {
+    return DefineManagedSaveXMLRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DefineManagedSaveXMLRequest>, I>>(object: I): DefineManagedSaveXMLRequest {
+    const message = createBaseDefineManagedSaveXMLRequest();
+    message.name = object.name ?? "";
+    message.xml = object.xml ?? "";
+    message.resumeState = object.resumeState ?? 0;
+    return message;
+  },
+};
+
+function createBaseDefineManagedSaveXMLResponse(): DefineManagedSaveXMLResponse {
+  return {};
+}
+
+export const DefineManagedSaveXMLResponse: MessageFns<DefineManagedSaveXMLResponse> = {
+  encode(_: DefineManagedSaveXMLResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DefineManagedSaveXMLResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDefineManagedSaveXMLResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): DefineManagedSaveXMLResponse {
+    return {};
+  },
+
+  toJSON(_: DefineManagedSaveXMLResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DefineManagedSaveXMLResponse>, I>>(base?: I): DefineManagedSaveXMLResponse {
+    return DefineManagedSaveXMLResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DefineManagedSaveXMLResponse>, I>>(_: I): DefineManagedSaveXMLResponse {
+    const message = createBaseDefineManagedSaveXMLResponse();
+    return message;
+  },
+};
+
+function createBaseCoreDumpDomainRequest(): CoreDumpDomainRequest {
+  return {
+    name: "",
+    path: "",
+    format: 0,
+    memoryOnly: false,
+    crash: false,
+    reset: false,
+    live: false,
+    bypassCache: false,
+  };
+}
+
+export const CoreDumpDomainRequest: MessageFns<CoreDumpDomainRequest> = {
+  encode(message: CoreDumpDomainRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.path !== "") {
+      writer.uint32(18).string(message.path);
+    }
+    if (message.format !== 0) {
+      writer.uint32(24).int32(message.format);
+    }
+    if (message.memoryOnly !== false) {
+      writer.uint32(32).bool(message.memoryOnly);
+    }
+    if (message.crash !== false) {
+      writer.uint32(40).bool(message.crash);
+    }
+    if (message.reset !== false) {
+      writer.uint32(48).bool(message.reset);
+    }
+    if (message.live !== false) {
+      writer.uint32(56).bool(message.live);
+    }
+    if (message.bypassCache !== false) {
+      writer.uint32(64).bool(message.bypassCache);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CoreDumpDomainRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCoreDumpDomainRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.format = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.memoryOnly = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.crash = reader.bool();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.reset = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.live = reader.bool();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.bypassCache = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CoreDumpDomainRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      format: isSet(object.format) ? coreDumpFormatFromJSON(object.format) : 0,
+      memoryOnly: isSet(object.memoryOnly)
+        ? globalThis.Boolean(object.memoryOnly)
+        : isSet(object.memory_only)
+        ? globalThis.Boolean(object.memory_only)
+        : false,
+      crash: isSet(object.crash) ? globalThis.Boolean(object.crash) : false,
+      reset: isSet(object.reset) ? globalThis.Boolean(object.reset) : false,
+      live: isSet(object.live) ? globalThis.Boolean(object.live) : false,
+      bypassCache: isSet(object.bypassCache)
+        ? globalThis.Boolean(object.bypassCache)
+        : isSet(object.bypass_cache)
+        ? globalThis.Boolean(object.bypass_cache)
+        : false,
+    };
+  },
+
+  toJSON(message: CoreDumpDomainRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.format !== 0) {
+      obj.format = coreDumpFormatToJSON(message.format);
+    }
+    if (message.memoryOnly !== false) {
+      obj.memoryOnly = message.memoryOnly;
+    }
+    if (message.crash !== false) {
+      obj.crash = message.crash;
+    }
+    if (message.reset !== false) {
+      obj.reset = message.reset;
+    }
+    if (message.live !== false) {
+      obj.live = message.live;
+    }
+    if (message.bypassCache !== false) {
+      obj.bypassCache = message.bypassCache;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CoreDumpDomainRequest>, I>>(base?: I): CoreDumpDomainRequest {
+    return CoreDumpDomainRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CoreDumpDomainRequest>, I>>(object: I): CoreDumpDomainRequest {
+    const message = createBaseCoreDumpDomainRequest();
+    message.name = object.name ?? "";
+    message.path = object.path ?? "";
+    message.format = object.format ?? 0;
+    message.memoryOnly = object.memoryOnly ?? false;
+    message.crash = object.crash ?? false;
+    message.reset = object.reset ?? false;
+    message.live = object.live ?? false;
+    message.bypassCache = object.bypassCache ?? false;
+    return message;
+  },
+};
+
+function createBaseCoreDumpDomainResponse(): CoreDumpDomainResponse {
+  return {};
+}
+
+export const CoreDumpDomainResponse: MessageFns<CoreDumpDomainResponse> = {
+  encode(_: CoreDumpDomainResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CoreDumpDomainResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCoreDumpDomainResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): CoreDumpDomainResponse {
+    return {};
+  },
+
+  toJSON(_: CoreDumpDomainResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CoreDumpDomainResponse>, I>>(base?: I): CoreDumpDomainResponse {
+    return CoreDumpDomainResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CoreDumpDomainResponse>, I>>(_: I): CoreDumpDomainResponse {
+    const message = createBaseCoreDumpDomainResponse();
+    return message;
+  },
+};
+
+function createBaseGetDomainJobInfoRequest(): GetDomainJobInfoRequest {
+  return { name: "", completed: false, keepCompleted: false };
+}
+
+export const GetDomainJobInfoRequest: MessageFns<GetDomainJobInfoRequest> = {
+  encode(message: GetDomainJobInfoRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.completed !== false) {
+      writer.uint32(16).bool(message.completed);
+    }
+    if (message.keepCompleted !== false) {
+      writer.uint32(24).bool(message.keepCompleted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainJobInfoRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainJobInfoRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.completed = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.keepCompleted = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainJobInfoRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      completed: isSet(object.completed) ? globalThis.Boolean(object.completed) : false,
+      keepCompleted: isSet(object.keepCompleted)
+        ? globalThis.Boolean(object.keepCompleted)
+        : isSet(object.keep_completed)
+        ? globalThis.Boolean(object.keep_completed)
+        : false,
+    };
+  },
+
+  toJSON(message: GetDomainJobInfoRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.completed !== false) {
+      obj.completed = message.completed;
+    }
+    if (message.keepCompleted !== false) {
+      obj.keepCompleted = message.keepCompleted;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainJobInfoRequest>, I>>(base?: I): GetDomainJobInfoRequest {
+    return GetDomainJobInfoRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainJobInfoRequest>, I>>(object: I): GetDomainJobInfoRequest {
+    const message = createBaseGetDomainJobInfoRequest();
+    message.name = object.name ?? "";
+    message.completed = object.completed ?? false;
+    message.keepCompleted = object.keepCompleted ?? false;
+    return message;
+  },
+};
+
+function createBaseDomainJob(): DomainJob {
+  return {
+    type: 0,
+    operation: 0,
+    timeElapsedMs: 0n,
+    timeRemainingMs: 0n,
+    dataTotalBytes: 0n,
+    dataProcessedBytes: 0n,
+    dataRemainingBytes: 0n,
+    memoryTotalBytes: 0n,
+    memoryProcessedBytes: 0n,
+    memoryRemainingBytes: 0n,
+    memoryBps: 0n,
+    diskTotalBytes: 0n,
+    diskProcessedBytes: 0n,
+    diskRemainingBytes: 0n,
+    diskBps: 0n,
+    downtimeMs: 0n,
+    setupTimeMs: 0n,
+    errorMessage: "",
+    percent: 0,
+    raw: {},
+  };
+}
+
+export const DomainJob: MessageFns<DomainJob> = {
+  encode(message: DomainJob, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.type !== 0) {
+      writer.uint32(8).int32(message.type);
+    }
+    if (message.operation !== 0) {
+      writer.uint32(16).int32(message.operation);
+    }
+    if (message.timeElapsedMs !== 0n) {
+      if (BigInt.asUintN(64, message.timeElapsedMs) !== message.timeElapsedMs) {
+        throw new globalThis.Error("value provided for field message.timeElapsedMs of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.timeElapsedMs);
+    }
+    if (message.timeRemainingMs !== 0n) {
+      if (BigInt.asUintN(64, message.timeRemainingMs) !== message.timeRemainingMs) {
+        throw new globalThis.Error("value provided for field message.timeRemainingMs of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.timeRemainingMs);
+    }
+    if (message.dataTotalBytes !== 0n) {
+      if (BigInt.asUintN(64, message.dataTotalBytes) !== message.dataTotalBytes) {
+        throw new globalThis.Error("value provided for field message.dataTotalBytes of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.dataTotalBytes);
+    }
+    if (message.dataProcessedBytes !== 0n) {
+      if (BigInt.asUintN(64, message.dataProcessedBytes) !== message.dataProcessedBytes) {
+        throw new globalThis.Error("value provided for field message.dataProcessedBytes of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.dataProcessedBytes);
+    }
+    if (message.dataRemainingBytes !== 0n) {
+      if (BigInt.asUintN(64, message.dataRemainingBytes) !== message.dataRemainingBytes) {
+        throw new globalThis.Error("value provided for field message.dataRemainingBytes of type uint64 too large");
+      }
+      writer.uint32(56).uint64(message.dataRemainingBytes);
+    }
+    if (message.memoryTotalBytes !== 0n) {
+      if (BigInt.asUintN(64, message.memoryTotalBytes) !== message.memoryTotalBytes) {
+        throw new globalThis.Error("value provided for field message.memoryTotalBytes of type uint64 too large");
+      }
+      writer.uint32(64).uint64(message.memoryTotalBytes);
+    }
+    if (message.memoryProcessedBytes !== 0n) {
+      if (BigInt.asUintN(64, message.memoryProcessedBytes) !== message.memoryProcessedBytes) {
+        throw new globalThis.Error("value provided for field message.memoryProcessedBytes of type uint64 too large");
+      }
+      writer.uint32(72).uint64(message.memoryProcessedBytes);
+    }
+    if (message.memoryRemainingBytes !== 0n) {
+      if (BigInt.asUintN(64, message.memoryRemainingBytes) !== message.memoryRemainingBytes) {
+        throw new globalThis.Error("value provided for field message.memoryRemainingBytes of type uint64 too large");
+      }
+      writer.uint32(80).uint64(message.memoryRemainingBytes);
+    }
+    if (message.memoryBps !== 0n) {
+      if (BigInt.asUintN(64, message.memoryBps) !== message.memoryBps) {
+        throw new globalThis.Error("value provided for field message.memoryBps of type uint64 too large");
+      }
+      writer.uint32(88).uint64(message.memoryBps);
+    }
+    if (message.diskTotalBytes !== 0n) {
+      if (BigInt.asUintN(64, message.diskTotalBytes) !== message.diskTotalBytes) {
+        throw new globalThis.Error("value provided for field message.diskTotalBytes of type uint64 too large");
+      }
+      writer.uint32(96).uint64(message.diskTotalBytes);
+    }
+    if (message.diskProcessedBytes !== 0n) {
+      if (BigInt.asUintN(64, message.diskProcessedBytes) !== message.diskProcessedBytes) {
+        throw new globalThis.Error("value provided for field message.diskProcessedBytes of type uint64 too large");
+      }
+      writer.uint32(104).uint64(message.diskProcessedBytes);
+    }
+    if (message.diskRemainingBytes !== 0n) {
+      if (BigInt.asUintN(64, message.diskRemainingBytes) !== message.diskRemainingBytes) {
+        throw new globalThis.Error("value provided for field message.diskRemainingBytes of type uint64 too large");
+      }
+      writer.uint32(112).uint64(message.diskRemainingBytes);
+    }
+    if (message.diskBps !== 0n) {
+      if (BigInt.asUintN(64, message.diskBps) !== message.diskBps) {
+        throw new globalThis.Error("value provided for field message.diskBps of type uint64 too large");
+      }
+      writer.uint32(120).uint64(message.diskBps);
+    }
+    if (message.downtimeMs !== 0n) {
+      if (BigInt.asUintN(64, message.downtimeMs) !== message.downtimeMs) {
+        throw new globalThis.Error("value provided for field message.downtimeMs of type uint64 too large");
+      }
+      writer.uint32(128).uint64(message.downtimeMs);
+    }
+    if (message.setupTimeMs !== 0n) {
+      if (BigInt.asUintN(64, message.setupTimeMs) !== message.setupTimeMs) {
+        throw new globalThis.Error("value provided for field message.setupTimeMs of type uint64 too large");
+      }
+      writer.uint32(136).uint64(message.setupTimeMs);
+    }
+    if (message.errorMessage !== "") {
+      writer.uint32(146).string(message.errorMessage);
+    }
+    if (message.percent !== 0) {
+      writer.uint32(153).double(message.percent);
+    }
+    globalThis.Object.entries(message.raw).forEach(([key, value]: [string, string]) => {
+      DomainJob_RawEntry.encode({ key: key as any, value }, writer.uint32(162).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DomainJob {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDomainJob();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.type = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.operation = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.timeElapsedMs = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.timeRemainingMs = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.dataTotalBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.dataProcessedBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.dataRemainingBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.memoryTotalBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.memoryProcessedBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.memoryRemainingBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.memoryBps = reader.uint64() as bigint;
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.diskTotalBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.diskProcessedBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.diskRemainingBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.diskBps = reader.uint64() as bigint;
+            continue;
+          }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.downtimeMs = reader.uint64() as bigint;
+            continue;
+          }
+          case 17: {
+            if (tag !== 136) {
+              break;
+            }
+
+            message.setupTimeMs = reader.uint64() as bigint;
+            continue;
+          }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.errorMessage = reader.string();
+            continue;
+          }
+          case 19: {
+            if (tag !== 153) {
+              break;
+            }
+
+            message.percent = reader.double();
+            continue;
+          }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            const entry20 = DomainJob_RawEntry.decode(reader, reader.uint32());
+            if (entry20.value !== undefined) {
+              message.raw[entry20.key] = entry20.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DomainJob {
+    return {
+      type: isSet(object.type) ? jobTypeFromJSON(object.type) : 0,
+      operation: isSet(object.operation) ? jobOperationFromJSON(object.operation) : 0,
+      timeElapsedMs: isSet(object.timeElapsedMs)
+        ? BigInt(object.timeElapsedMs)
+        : isSet(object.time_elapsed_ms)
+        ? BigInt(object.time_elapsed_ms)
+        : 0n,
+      timeRemainingMs: isSet(object.timeRemainingMs)
+        ? BigInt(object.timeRemainingMs)
+        : isSet(object.time_remaining_ms)
+        ? BigInt(object.time_remaining_ms)
+        : 0n,
+      dataTotalBytes: isSet(object.dataTotalBytes)
+        ? BigInt(object.dataTotalBytes)
+        : isSet(object.data_total_bytes)
+        ? BigInt(object.data_total_bytes)
+        : 0n,
+      dataProcessedBytes: isSet(object.dataProcessedBytes)
+        ? BigInt(object.dataProcessedBytes)
+        : isSet(object.data_processed_bytes)
+        ? BigInt(object.data_processed_bytes)
+        : 0n,
+      dataRemainingBytes: isSet(object.dataRemainingBytes)
+        ? BigInt(object.dataRemainingBytes)
+        : isSet(object.data_remaining_bytes)
+        ? BigInt(object.data_remaining_bytes)
+        : 0n,
+      memoryTotalBytes: isSet(object.memoryTotalBytes)
+        ? BigInt(object.memoryTotalBytes)
+        : isSet(object.memory_total_bytes)
+        ? BigInt(object.memory_total_bytes)
+        : 0n,
+      memoryProcessedBytes: isSet(object.memoryProcessedBytes)
+        ? BigInt(object.memoryProcessedBytes)
+        : isSet(object.memory_processed_bytes)
+        ? BigInt(object.memory_processed_bytes)
+        : 0n,
+      memoryRemainingBytes: isSet(object.memoryRemainingBytes)
+        ? BigInt(object.memoryRemainingBytes)
+        : isSet(object.memory_remaining_bytes)
+        ? BigInt(object.memory_remaining_bytes)
+        : 0n,
+      memoryBps: isSet(object.memoryBps)
+        ? BigInt(object.memoryBps)
+        : isSet(object.memory_bps)
+        ? BigInt(object.memory_bps)
+        : 0n,
+      diskTotalBytes: isSet(object.diskTotalBytes)
+        ? BigInt(object.diskTotalBytes)
+        : isSet(object.disk_total_bytes)
+        ? BigInt(object.disk_total_bytes)
+        : 0n,
+      diskProcessedBytes: isSet(object.diskProcessedBytes)
+        ? BigInt(object.diskProcessedBytes)
+        : isSet(object.disk_processed_bytes)
+        ? BigInt(object.disk_processed_bytes)
+        : 0n,
+      diskRemainingBytes: isSet(object.diskRemainingBytes)
+        ? BigInt(object.diskRemainingBytes)
+        : isSet(object.disk_remaining_bytes)
+        ? BigInt(object.disk_remaining_bytes)
+        : 0n,
+      diskBps: isSet(object.diskBps) ? BigInt(object.diskBps) : isSet(object.disk_bps) ? BigInt(object.disk_bps) : 0n,
+      downtimeMs: isSet(object.downtimeMs)
+        ? BigInt(object.downtimeMs)
+        : isSet(object.downtime_ms)
+        ? BigInt(object.downtime_ms)
+        : 0n,
+      setupTimeMs: isSet(object.setupTimeMs)
+        ? BigInt(object.setupTimeMs)
+        : isSet(object.setup_time_ms)
+        ? BigInt(object.setup_time_ms)
+        : 0n,
+      errorMessage: isSet(object.errorMessage)
+        ? globalThis.String(object.errorMessage)
+        : isSet(object.error_message)
+        ? globalThis.String(object.error_message)
+        : "",
+      percent: isSet(object.percent) ? globalThis.Number(object.percent) : 0,
+      raw: isObject(object.raw)
+        ? (globalThis.Object.entries(object.raw) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: DomainJob): unknown {
+    const obj: any = {};
+    if (message.type !== 0) {
+      obj.type = jobTypeToJSON(message.type);
+    }
+    if (message.operation !== 0) {
+      obj.operation = jobOperationToJSON(message.operation);
+    }
+    if (message.timeElapsedMs !== 0n) {
+      obj.timeElapsedMs = message.timeElapsedMs.toString();
+    }
+    if (message.timeRemainingMs !== 0n) {
+      obj.timeRemainingMs = message.timeRemainingMs.toString();
+    }
+    if (message.dataTotalBytes !== 0n) {
+      obj.dataTotalBytes = message.dataTotalBytes.toString();
+    }
+    if (message.dataProcessedBytes !== 0n) {
+      obj.dataProcessedBytes = message.dataProcessedBytes.toString();
+    }
+    if (message.dataRemainingBytes !== 0n) {
+      obj.dataRemainingBytes = message.dataRemainingBytes.toString();
+    }
+    if (message.memoryTotalBytes !== 0n) {
+      obj.memoryTotalBytes = message.memoryTotalBytes.toString();
+    }
+    if (message.memoryProcessedBytes !== 0n) {
+      obj.memoryProcessedBytes = message.memoryProcessedBytes.toString();
+    }
+    if (message.memoryRemainingBytes !== 0n) {
+      obj.memoryRemainingBytes = message.memoryRemainingBytes.toString();
+    }
+    if (message.memoryBps !== 0n) {
+      obj.memoryBps = message.memoryBps.toString();
+    }
+    if (message.diskTotalBytes !== 0n) {
+      obj.diskTotalBytes = message.diskTotalBytes.toString();
+    }
+    if (message.diskProcessedBytes !== 0n) {
+      obj.diskProcessedBytes = message.diskProcessedBytes.toString();
+    }
+    if (message.diskRemainingBytes !== 0n) {
+      obj.diskRemainingBytes = message.diskRemainingBytes.toString();
+    }
+    if (message.diskBps !== 0n) {
+      obj.diskBps = message.diskBps.toString();
+    }
+    if (message.downtimeMs !== 0n) {
+      obj.downtimeMs = message.downtimeMs.toString();
+    }
+    if (message.setupTimeMs !== 0n) {
+      obj.setupTimeMs = message.setupTimeMs.toString();
+    }
+    if (message.errorMessage !== "") {
+      obj.errorMessage = message.errorMessage;
+    }
+    if (message.percent !== 0) {
+      obj.percent = floatToJson(message.percent);
+    }
+    if (message.raw) {
+      const entries = globalThis.Object.entries(message.raw) as [string, string][];
+      if (entries.length > 0) {
+        obj.raw = {};
+        entries.forEach(([k, v]) => {
+          obj.raw[k] = v;
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DomainJob>, I>>(base?: I): DomainJob {
+    return DomainJob.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DomainJob>, I>>(object: I): DomainJob {
+    const message = createBaseDomainJob();
+    message.type = object.type ?? 0;
+    message.operation = object.operation ?? 0;
+    message.timeElapsedMs = (object.timeElapsedMs !== undefined && object.timeElapsedMs !== null)
+      ? BigInt(object.timeElapsedMs)
+      : 0n;
+    message.timeRemainingMs = (object.timeRemainingMs !== undefined && object.timeRemainingMs !== null)
+      ? BigInt(object.timeRemainingMs)
+      : 0n;
+    message.dataTotalBytes = (object.dataTotalBytes !== undefined && object.dataTotalBytes !== null)
+      ? BigInt(object.dataTotalBytes)
+      : 0n;
+    message.dataProcessedBytes = (object.dataProcessedBytes !== undefined && object.dataProcessedBytes !== null)
+      ? BigInt(object.dataProcessedBytes)
+      : 0n;
+    message.dataRemainingBytes = (object.dataRemainingBytes !== undefined && object.dataRemainingBytes !== null)
+      ? BigInt(object.dataRemainingBytes)
+      : 0n;
+    message.memoryTotalBytes = (object.memoryTotalBytes !== undefined && object.memoryTotalBytes !== null)
+      ? BigInt(object.memoryTotalBytes)
+      : 0n;
+    message.memoryProcessedBytes = (object.memoryProcessedBytes !== undefined && object.memoryProcessedBytes !== null)
+      ? BigInt(object.memoryProcessedBytes)
+      : 0n;
+    message.memoryRemainingBytes = (object.memoryRemainingBytes !== undefined && object.memoryRemainingBytes !== null)
+      ? BigInt(object.memoryRemainingBytes)
+      : 0n;
+    message.memoryBps = (object.memoryBps !== undefined && object.memoryBps !== null) ? BigInt(object.memoryBps) : 0n;
+    message.diskTotalBytes = (object.diskTotalBytes !== undefined && object.diskTotalBytes !== null)
+      ? BigInt(object.diskTotalBytes)
+      : 0n;
+    message.diskProcessedBytes = (object.diskProcessedBytes !== undefined && object.diskProcessedBytes !== null)
+      ? BigInt(object.diskProcessedBytes)
+      : 0n;
+    message.diskRemainingBytes = (object.diskRemainingBytes !== undefined && object.diskRemainingBytes !== null)
+      ? BigInt(object.diskRemainingBytes)
+      : 0n;
+    message.diskBps = (object.diskBps !== undefined && object.diskBps !== null) ? BigInt(object.diskBps) : 0n;
+    message.downtimeMs = (object.downtimeMs !== undefined && object.downtimeMs !== null)
+      ? BigInt(object.downtimeMs)
+      : 0n;
+    message.setupTimeMs = (object.setupTimeMs !== undefined && object.setupTimeMs !== null)
+      ? BigInt(object.setupTimeMs)
+      : 0n;
+    message.errorMessage = object.errorMessage ?? "";
+    message.percent = object.percent ?? 0;
+    message.raw = (globalThis.Object.entries(object.raw ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseDomainJob_RawEntry(): DomainJob_RawEntry {
+  return { key: "", value: "" };
+}
+
+export const DomainJob_RawEntry: MessageFns<DomainJob_RawEntry> = {
+  encode(message: DomainJob_RawEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DomainJob_RawEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDomainJob_RawEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DomainJob_RawEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: DomainJob_RawEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DomainJob_RawEntry>, I>>(base?: I): DomainJob_RawEntry {
+    return DomainJob_RawEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DomainJob_RawEntry>, I>>(object: I): DomainJob_RawEntry {
+    const message = createBaseDomainJob_RawEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseGetDomainJobInfoResponse(): GetDomainJobInfoResponse {
+  return { job: undefined };
+}
+
+export const GetDomainJobInfoResponse: MessageFns<GetDomainJobInfoResponse> = {
+  encode(message: GetDomainJobInfoResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.job !== undefined) {
+      DomainJob.encode(message.job, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainJobInfoResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainJobInfoResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.job = DomainJob.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainJobInfoResponse {
+    return { job: isSet(object.job) ? DomainJob.fromJSON(object.job) : undefined };
+  },
+
+  toJSON(message: GetDomainJobInfoResponse): unknown {
+    const obj: any = {};
+    if (message.job !== undefined) {
+      obj.job = DomainJob.toJSON(message.job);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainJobInfoResponse>, I>>(base?: I): GetDomainJobInfoResponse {
+    return GetDomainJobInfoResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainJobInfoResponse>, I>>(object: I): GetDomainJobInfoResponse {
+    const message = createBaseGetDomainJobInfoResponse();
+    message.job = (object.job !== undefined && object.job !== null) ? DomainJob.fromPartial(object.job) : undefined;
+    return message;
+  },
+};
+
+function createBaseAbortDomainJobRequest(): AbortDomainJobRequest {
+  return { name: "" };
+}
+
+export const AbortDomainJobRequest: MessageFns<AbortDomainJobRequest> = {
+  encode(message: AbortDomainJobRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AbortDomainJobRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAbortDomainJobRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AbortDomainJobRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: AbortDomainJobRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AbortDomainJobRequest>, I>>(base?: I): AbortDomainJobRequest {
+    return AbortDomainJobRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AbortDomainJobRequest>, I>>(object: I): AbortDomainJobRequest {
+    const message = createBaseAbortDomainJobRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseAbortDomainJobResponse(): AbortDomainJobResponse {
+  return {};
+}
+
+export const AbortDomainJobResponse: MessageFns<AbortDomainJobResponse> = {
+  encode(_: AbortDomainJobResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AbortDomainJobResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAbortDomainJobResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): AbortDomainJobResponse {
+    return {};
+  },
+
+  toJSON(_: AbortDomainJobResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AbortDomainJobResponse>, I>>(base?: I): AbortDomainJobResponse {
+    return AbortDomainJobResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AbortDomainJobResponse>, I>>(_: I): AbortDomainJobResponse {
+    const message = createBaseAbortDomainJobResponse();
+    return message;
+  },
+};
+
 /**
  * ComputeService is libvirt's QEMU driver (virtqemud) as a gRPC service.
  *
@@ -10397,6 +13308,194 @@ export const ComputeServiceService = {
     responseSerialize: (value: GetVersionResponse): Buffer => Buffer.from(GetVersionResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetVersionResponse => GetVersionResponse.decode(value),
   },
+  /**
+   * Saves a running or paused domain's memory and device state to a new file
+   * (virDomainSaveFlags); the domain stops. RestoreDomain brings it back.
+   * Errors: FAILED_PRECONDITION when the domain is not running or the file's
+   * directory does not exist; INVALID_ARGUMENT for a path that is not
+   * absolute, not normal or outside save_dir, or invalid xml; ALREADY_EXISTS
+   * when the file exists; CANCELLED or DEADLINE_EXCEEDED when the call ended
+   * before the job (the job was aborted and the guest runs on).
+   */
+  saveDomain: {
+    path: "/virtmesh.compute.v1.ComputeService/SaveDomain" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SaveDomainRequest): Buffer => Buffer.from(SaveDomainRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SaveDomainRequest => SaveDomainRequest.decode(value),
+    responseSerialize: (value: SaveDomainResponse): Buffer => Buffer.from(SaveDomainResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SaveDomainResponse => SaveDomainResponse.decode(value),
+  },
+  /**
+   * Starts a domain from a file SaveDomain wrote (virDomainRestoreFlags).
+   * Errors: INVALID_ARGUMENT for a bad path (as SaveDomain) or invalid xml;
+   * NOT_FOUND when the file does not exist; INVALID_ARGUMENT or INTERNAL when
+   * it is not a save image; FAILED_PRECONDITION when the image's domain is
+   * running; CANCELLED or DEADLINE_EXCEEDED when the call ended first (the
+   * domain being restored is destroyed; the file stays).
+   */
+  restoreDomain: {
+    path: "/virtmesh.compute.v1.ComputeService/RestoreDomain" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RestoreDomainRequest): Buffer => Buffer.from(RestoreDomainRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RestoreDomainRequest => RestoreDomainRequest.decode(value),
+    responseSerialize: (value: RestoreDomainResponse): Buffer =>
+      Buffer.from(RestoreDomainResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RestoreDomainResponse => RestoreDomainResponse.decode(value),
+  },
+  /**
+   * Returns the domain XML stored in a save image.
+   * Errors: INVALID_ARGUMENT for a bad path; NOT_FOUND when the file does not
+   * exist; INVALID_ARGUMENT or INTERNAL when it is not a save image.
+   */
+  getSaveImageXml: {
+    path: "/virtmesh.compute.v1.ComputeService/GetSaveImageXML" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetSaveImageXMLRequest): Buffer =>
+      Buffer.from(GetSaveImageXMLRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetSaveImageXMLRequest => GetSaveImageXMLRequest.decode(value),
+    responseSerialize: (value: GetSaveImageXMLResponse): Buffer =>
+      Buffer.from(GetSaveImageXMLResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetSaveImageXMLResponse => GetSaveImageXMLResponse.decode(value),
+  },
+  /**
+   * Replaces the domain XML stored in a save image (only ABI-compatible
+   * changes), and/or the state it restores to.
+   * Errors: as GetSaveImageXML; INVALID_ARGUMENT for invalid or incompatible xml.
+   */
+  defineSaveImageXml: {
+    path: "/virtmesh.compute.v1.ComputeService/DefineSaveImageXML" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DefineSaveImageXMLRequest): Buffer =>
+      Buffer.from(DefineSaveImageXMLRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DefineSaveImageXMLRequest => DefineSaveImageXMLRequest.decode(value),
+    responseSerialize: (value: DefineSaveImageXMLResponse): Buffer =>
+      Buffer.from(DefineSaveImageXMLResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DefineSaveImageXMLResponse => DefineSaveImageXMLResponse.decode(value),
+  },
+  /**
+   * Saves a running or paused domain to libvirt's own place for it
+   * (virDomainManagedSave); the domain stops, and its next start restores it.
+   * Errors: FAILED_PRECONDITION when the domain is not running or is transient;
+   * CANCELLED or DEADLINE_EXCEEDED as SaveDomain.
+   */
+  managedSaveDomain: {
+    path: "/virtmesh.compute.v1.ComputeService/ManagedSaveDomain" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ManagedSaveDomainRequest): Buffer =>
+      Buffer.from(ManagedSaveDomainRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ManagedSaveDomainRequest => ManagedSaveDomainRequest.decode(value),
+    responseSerialize: (value: ManagedSaveDomainResponse): Buffer =>
+      Buffer.from(ManagedSaveDomainResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ManagedSaveDomainResponse => ManagedSaveDomainResponse.decode(value),
+  },
+  /**
+   * Removes a domain's managed save image (virDomainManagedSaveRemove): its
+   * next start boots afresh.
+   * Errors: FAILED_PRECONDITION when the domain has no managed save image.
+   */
+  removeManagedSave: {
+    path: "/virtmesh.compute.v1.ComputeService/RemoveManagedSave" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RemoveManagedSaveRequest): Buffer =>
+      Buffer.from(RemoveManagedSaveRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RemoveManagedSaveRequest => RemoveManagedSaveRequest.decode(value),
+    responseSerialize: (value: RemoveManagedSaveResponse): Buffer =>
+      Buffer.from(RemoveManagedSaveResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RemoveManagedSaveResponse => RemoveManagedSaveResponse.decode(value),
+  },
+  /**
+   * Returns the domain XML stored in a domain's managed save image.
+   * Errors: FAILED_PRECONDITION when the domain has no managed save image;
+   * UNIMPLEMENTED when the driver cannot read it (the test driver).
+   */
+  getManagedSaveXml: {
+    path: "/virtmesh.compute.v1.ComputeService/GetManagedSaveXML" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetManagedSaveXMLRequest): Buffer =>
+      Buffer.from(GetManagedSaveXMLRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetManagedSaveXMLRequest => GetManagedSaveXMLRequest.decode(value),
+    responseSerialize: (value: GetManagedSaveXMLResponse): Buffer =>
+      Buffer.from(GetManagedSaveXMLResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetManagedSaveXMLResponse => GetManagedSaveXMLResponse.decode(value),
+  },
+  /**
+   * Replaces the domain XML stored in a managed save image, and/or the state
+   * it restores to.
+   * Errors: as GetManagedSaveXML; INVALID_ARGUMENT for invalid or
+   * incompatible xml.
+   */
+  defineManagedSaveXml: {
+    path: "/virtmesh.compute.v1.ComputeService/DefineManagedSaveXML" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DefineManagedSaveXMLRequest): Buffer =>
+      Buffer.from(DefineManagedSaveXMLRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DefineManagedSaveXMLRequest => DefineManagedSaveXMLRequest.decode(value),
+    responseSerialize: (value: DefineManagedSaveXMLResponse): Buffer =>
+      Buffer.from(DefineManagedSaveXMLResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DefineManagedSaveXMLResponse => DefineManagedSaveXMLResponse.decode(value),
+  },
+  /**
+   * Writes a running domain's memory to a new file for debugging
+   * (virDomainCoreDumpWithFormat).
+   * Errors: FAILED_PRECONDITION when the domain is not running or the file's
+   * directory does not exist; INVALID_ARGUMENT for a bad path (as
+   * SaveDomain), crash with reset, or a format without memory_only;
+   * ALREADY_EXISTS when the file exists; UNIMPLEMENTED for a format or flag the
+   * driver does not support; CANCELLED or DEADLINE_EXCEEDED as SaveDomain.
+   */
+  coreDumpDomain: {
+    path: "/virtmesh.compute.v1.ComputeService/CoreDumpDomain" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CoreDumpDomainRequest): Buffer =>
+      Buffer.from(CoreDumpDomainRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CoreDumpDomainRequest => CoreDumpDomainRequest.decode(value),
+    responseSerialize: (value: CoreDumpDomainResponse): Buffer =>
+      Buffer.from(CoreDumpDomainResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CoreDumpDomainResponse => CoreDumpDomainResponse.decode(value),
+  },
+  /**
+   * Returns the domain's current job (virDomainGetJobStats) with its typed
+   * statistics, or with `completed` the last job that ended.
+   * Errors: UNIMPLEMENTED when the driver has no job statistics (the test
+   * driver).
+   */
+  getDomainJobInfo: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainJobInfo" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainJobInfoRequest): Buffer =>
+      Buffer.from(GetDomainJobInfoRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainJobInfoRequest => GetDomainJobInfoRequest.decode(value),
+    responseSerialize: (value: GetDomainJobInfoResponse): Buffer =>
+      Buffer.from(GetDomainJobInfoResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainJobInfoResponse => GetDomainJobInfoResponse.decode(value),
+  },
+  /**
+   * Aborts the domain's current job (virDomainAbortJob): a save, dump or
+   * migration; the call that started it ends with ABORTED.
+   * Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
+   * UNIMPLEMENTED when the driver has no jobs (the test driver).
+   */
+  abortDomainJob: {
+    path: "/virtmesh.compute.v1.ComputeService/AbortDomainJob" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AbortDomainJobRequest): Buffer =>
+      Buffer.from(AbortDomainJobRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AbortDomainJobRequest => AbortDomainJobRequest.decode(value),
+    responseSerialize: (value: AbortDomainJobResponse): Buffer =>
+      Buffer.from(AbortDomainJobResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AbortDomainJobResponse => AbortDomainJobResponse.decode(value),
+  },
 } as const;
 
 export interface ComputeServiceServer extends UntypedServiceImplementation {
@@ -10613,6 +13712,87 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
   getNodeInfo: handleUnaryCall<GetNodeInfoRequest, GetNodeInfoResponse>;
   /** Returns the versions of virtmesh, libvirt and the hypervisor. */
   getVersion: handleUnaryCall<GetVersionRequest, GetVersionResponse>;
+  /**
+   * Saves a running or paused domain's memory and device state to a new file
+   * (virDomainSaveFlags); the domain stops. RestoreDomain brings it back.
+   * Errors: FAILED_PRECONDITION when the domain is not running or the file's
+   * directory does not exist; INVALID_ARGUMENT for a path that is not
+   * absolute, not normal or outside save_dir, or invalid xml; ALREADY_EXISTS
+   * when the file exists; CANCELLED or DEADLINE_EXCEEDED when the call ended
+   * before the job (the job was aborted and the guest runs on).
+   */
+  saveDomain: handleUnaryCall<SaveDomainRequest, SaveDomainResponse>;
+  /**
+   * Starts a domain from a file SaveDomain wrote (virDomainRestoreFlags).
+   * Errors: INVALID_ARGUMENT for a bad path (as SaveDomain) or invalid xml;
+   * NOT_FOUND when the file does not exist; INVALID_ARGUMENT or INTERNAL when
+   * it is not a save image; FAILED_PRECONDITION when the image's domain is
+   * running; CANCELLED or DEADLINE_EXCEEDED when the call ended first (the
+   * domain being restored is destroyed; the file stays).
+   */
+  restoreDomain: handleUnaryCall<RestoreDomainRequest, RestoreDomainResponse>;
+  /**
+   * Returns the domain XML stored in a save image.
+   * Errors: INVALID_ARGUMENT for a bad path; NOT_FOUND when the file does not
+   * exist; INVALID_ARGUMENT or INTERNAL when it is not a save image.
+   */
+  getSaveImageXml: handleUnaryCall<GetSaveImageXMLRequest, GetSaveImageXMLResponse>;
+  /**
+   * Replaces the domain XML stored in a save image (only ABI-compatible
+   * changes), and/or the state it restores to.
+   * Errors: as GetSaveImageXML; INVALID_ARGUMENT for invalid or incompatible xml.
+   */
+  defineSaveImageXml: handleUnaryCall<DefineSaveImageXMLRequest, DefineSaveImageXMLResponse>;
+  /**
+   * Saves a running or paused domain to libvirt's own place for it
+   * (virDomainManagedSave); the domain stops, and its next start restores it.
+   * Errors: FAILED_PRECONDITION when the domain is not running or is transient;
+   * CANCELLED or DEADLINE_EXCEEDED as SaveDomain.
+   */
+  managedSaveDomain: handleUnaryCall<ManagedSaveDomainRequest, ManagedSaveDomainResponse>;
+  /**
+   * Removes a domain's managed save image (virDomainManagedSaveRemove): its
+   * next start boots afresh.
+   * Errors: FAILED_PRECONDITION when the domain has no managed save image.
+   */
+  removeManagedSave: handleUnaryCall<RemoveManagedSaveRequest, RemoveManagedSaveResponse>;
+  /**
+   * Returns the domain XML stored in a domain's managed save image.
+   * Errors: FAILED_PRECONDITION when the domain has no managed save image;
+   * UNIMPLEMENTED when the driver cannot read it (the test driver).
+   */
+  getManagedSaveXml: handleUnaryCall<GetManagedSaveXMLRequest, GetManagedSaveXMLResponse>;
+  /**
+   * Replaces the domain XML stored in a managed save image, and/or the state
+   * it restores to.
+   * Errors: as GetManagedSaveXML; INVALID_ARGUMENT for invalid or
+   * incompatible xml.
+   */
+  defineManagedSaveXml: handleUnaryCall<DefineManagedSaveXMLRequest, DefineManagedSaveXMLResponse>;
+  /**
+   * Writes a running domain's memory to a new file for debugging
+   * (virDomainCoreDumpWithFormat).
+   * Errors: FAILED_PRECONDITION when the domain is not running or the file's
+   * directory does not exist; INVALID_ARGUMENT for a bad path (as
+   * SaveDomain), crash with reset, or a format without memory_only;
+   * ALREADY_EXISTS when the file exists; UNIMPLEMENTED for a format or flag the
+   * driver does not support; CANCELLED or DEADLINE_EXCEEDED as SaveDomain.
+   */
+  coreDumpDomain: handleUnaryCall<CoreDumpDomainRequest, CoreDumpDomainResponse>;
+  /**
+   * Returns the domain's current job (virDomainGetJobStats) with its typed
+   * statistics, or with `completed` the last job that ended.
+   * Errors: UNIMPLEMENTED when the driver has no job statistics (the test
+   * driver).
+   */
+  getDomainJobInfo: handleUnaryCall<GetDomainJobInfoRequest, GetDomainJobInfoResponse>;
+  /**
+   * Aborts the domain's current job (virDomainAbortJob): a save, dump or
+   * migration; the call that started it ends with ABORTED.
+   * Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
+   * UNIMPLEMENTED when the driver has no jobs (the test driver).
+   */
+  abortDomainJob: handleUnaryCall<AbortDomainJobRequest, AbortDomainJobResponse>;
 }
 
 export interface ComputeServiceClient extends Client {
@@ -11286,6 +14466,241 @@ export interface ComputeServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetVersionResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Saves a running or paused domain's memory and device state to a new file
+   * (virDomainSaveFlags); the domain stops. RestoreDomain brings it back.
+   * Errors: FAILED_PRECONDITION when the domain is not running or the file's
+   * directory does not exist; INVALID_ARGUMENT for a path that is not
+   * absolute, not normal or outside save_dir, or invalid xml; ALREADY_EXISTS
+   * when the file exists; CANCELLED or DEADLINE_EXCEEDED when the call ended
+   * before the job (the job was aborted and the guest runs on).
+   */
+  saveDomain(
+    request: SaveDomainRequest,
+    callback: (error: ServiceError | null, response: SaveDomainResponse) => void,
+  ): ClientUnaryCall;
+  saveDomain(
+    request: SaveDomainRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SaveDomainResponse) => void,
+  ): ClientUnaryCall;
+  saveDomain(
+    request: SaveDomainRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SaveDomainResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Starts a domain from a file SaveDomain wrote (virDomainRestoreFlags).
+   * Errors: INVALID_ARGUMENT for a bad path (as SaveDomain) or invalid xml;
+   * NOT_FOUND when the file does not exist; INVALID_ARGUMENT or INTERNAL when
+   * it is not a save image; FAILED_PRECONDITION when the image's domain is
+   * running; CANCELLED or DEADLINE_EXCEEDED when the call ended first (the
+   * domain being restored is destroyed; the file stays).
+   */
+  restoreDomain(
+    request: RestoreDomainRequest,
+    callback: (error: ServiceError | null, response: RestoreDomainResponse) => void,
+  ): ClientUnaryCall;
+  restoreDomain(
+    request: RestoreDomainRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RestoreDomainResponse) => void,
+  ): ClientUnaryCall;
+  restoreDomain(
+    request: RestoreDomainRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RestoreDomainResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns the domain XML stored in a save image.
+   * Errors: INVALID_ARGUMENT for a bad path; NOT_FOUND when the file does not
+   * exist; INVALID_ARGUMENT or INTERNAL when it is not a save image.
+   */
+  getSaveImageXml(
+    request: GetSaveImageXMLRequest,
+    callback: (error: ServiceError | null, response: GetSaveImageXMLResponse) => void,
+  ): ClientUnaryCall;
+  getSaveImageXml(
+    request: GetSaveImageXMLRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetSaveImageXMLResponse) => void,
+  ): ClientUnaryCall;
+  getSaveImageXml(
+    request: GetSaveImageXMLRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetSaveImageXMLResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Replaces the domain XML stored in a save image (only ABI-compatible
+   * changes), and/or the state it restores to.
+   * Errors: as GetSaveImageXML; INVALID_ARGUMENT for invalid or incompatible xml.
+   */
+  defineSaveImageXml(
+    request: DefineSaveImageXMLRequest,
+    callback: (error: ServiceError | null, response: DefineSaveImageXMLResponse) => void,
+  ): ClientUnaryCall;
+  defineSaveImageXml(
+    request: DefineSaveImageXMLRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DefineSaveImageXMLResponse) => void,
+  ): ClientUnaryCall;
+  defineSaveImageXml(
+    request: DefineSaveImageXMLRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DefineSaveImageXMLResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Saves a running or paused domain to libvirt's own place for it
+   * (virDomainManagedSave); the domain stops, and its next start restores it.
+   * Errors: FAILED_PRECONDITION when the domain is not running or is transient;
+   * CANCELLED or DEADLINE_EXCEEDED as SaveDomain.
+   */
+  managedSaveDomain(
+    request: ManagedSaveDomainRequest,
+    callback: (error: ServiceError | null, response: ManagedSaveDomainResponse) => void,
+  ): ClientUnaryCall;
+  managedSaveDomain(
+    request: ManagedSaveDomainRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ManagedSaveDomainResponse) => void,
+  ): ClientUnaryCall;
+  managedSaveDomain(
+    request: ManagedSaveDomainRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ManagedSaveDomainResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Removes a domain's managed save image (virDomainManagedSaveRemove): its
+   * next start boots afresh.
+   * Errors: FAILED_PRECONDITION when the domain has no managed save image.
+   */
+  removeManagedSave(
+    request: RemoveManagedSaveRequest,
+    callback: (error: ServiceError | null, response: RemoveManagedSaveResponse) => void,
+  ): ClientUnaryCall;
+  removeManagedSave(
+    request: RemoveManagedSaveRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RemoveManagedSaveResponse) => void,
+  ): ClientUnaryCall;
+  removeManagedSave(
+    request: RemoveManagedSaveRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RemoveManagedSaveResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns the domain XML stored in a domain's managed save image.
+   * Errors: FAILED_PRECONDITION when the domain has no managed save image;
+   * UNIMPLEMENTED when the driver cannot read it (the test driver).
+   */
+  getManagedSaveXml(
+    request: GetManagedSaveXMLRequest,
+    callback: (error: ServiceError | null, response: GetManagedSaveXMLResponse) => void,
+  ): ClientUnaryCall;
+  getManagedSaveXml(
+    request: GetManagedSaveXMLRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetManagedSaveXMLResponse) => void,
+  ): ClientUnaryCall;
+  getManagedSaveXml(
+    request: GetManagedSaveXMLRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetManagedSaveXMLResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Replaces the domain XML stored in a managed save image, and/or the state
+   * it restores to.
+   * Errors: as GetManagedSaveXML; INVALID_ARGUMENT for invalid or
+   * incompatible xml.
+   */
+  defineManagedSaveXml(
+    request: DefineManagedSaveXMLRequest,
+    callback: (error: ServiceError | null, response: DefineManagedSaveXMLResponse) => void,
+  ): ClientUnaryCall;
+  defineManagedSaveXml(
+    request: DefineManagedSaveXMLRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DefineManagedSaveXMLResponse) => void,
+  ): ClientUnaryCall;
+  defineManagedSaveXml(
+    request: DefineManagedSaveXMLRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DefineManagedSaveXMLResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Writes a running domain's memory to a new file for debugging
+   * (virDomainCoreDumpWithFormat).
+   * Errors: FAILED_PRECONDITION when the domain is not running or the file's
+   * directory does not exist; INVALID_ARGUMENT for a bad path (as
+   * SaveDomain), crash with reset, or a format without memory_only;
+   * ALREADY_EXISTS when the file exists; UNIMPLEMENTED for a format or flag the
+   * driver does not support; CANCELLED or DEADLINE_EXCEEDED as SaveDomain.
+   */
+  coreDumpDomain(
+    request: CoreDumpDomainRequest,
+    callback: (error: ServiceError | null, response: CoreDumpDomainResponse) => void,
+  ): ClientUnaryCall;
+  coreDumpDomain(
+    request: CoreDumpDomainRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CoreDumpDomainResponse) => void,
+  ): ClientUnaryCall;
+  coreDumpDomain(
+    request: CoreDumpDomainRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CoreDumpDomainResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns the domain's current job (virDomainGetJobStats) with its typed
+   * statistics, or with `completed` the last job that ended.
+   * Errors: UNIMPLEMENTED when the driver has no job statistics (the test
+   * driver).
+   */
+  getDomainJobInfo(
+    request: GetDomainJobInfoRequest,
+    callback: (error: ServiceError | null, response: GetDomainJobInfoResponse) => void,
+  ): ClientUnaryCall;
+  getDomainJobInfo(
+    request: GetDomainJobInfoRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainJobInfoResponse) => void,
+  ): ClientUnaryCall;
+  getDomainJobInfo(
+    request: GetDomainJobInfoRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainJobInfoResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Aborts the domain's current job (virDomainAbortJob): a save, dump or
+   * migration; the call that started it ends with ABORTED.
+   * Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
+   * UNIMPLEMENTED when the driver has no jobs (the test driver).
+   */
+  abortDomainJob(
+    request: AbortDomainJobRequest,
+    callback: (error: ServiceError | null, response: AbortDomainJobResponse) => void,
+  ): ClientUnaryCall;
+  abortDomainJob(
+    request: AbortDomainJobRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AbortDomainJobResponse) => void,
+  ): ClientUnaryCall;
+  abortDomainJob(
+    request: AbortDomainJobRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AbortDomainJobResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const ComputeServiceClient = makeGenericClientConstructor(
@@ -11303,6 +14718,10 @@ function bytesFromBase64(b64: string): Uint8Array {
 
 function base64FromBytes(arr: Uint8Array): string {
   return globalThis.Buffer.from(arr).toString("base64");
+}
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
 }
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | bigint | undefined;
