@@ -107,7 +107,7 @@ def cmd_managedsave(client: Client, args: argparse.Namespace, out: Output) -> No
 
 def cmd_dump(client: Client, args: argparse.Namespace, out: Output) -> None:
     response = long_call(client, args, "CoreDumpDomain", pb.CoreDumpDomainRequest(
-        name=args.name, path=args.file, format=FORMATS.get(args.format or "elf"),
+        name=args.name, path=args.file, format=FORMATS[args.format or "elf"],
         memory_only=args.memory_only, crash=args.crash, reset=args.reset, live=args.live,
         bypass_cache=args.bypass_cache), args.name)
     out.show(response, f"Domain '{args.name}' dumped to {args.file}")

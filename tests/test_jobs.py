@@ -1,0 +1,270 @@
+"""Saving, restoring, dumping and jobs, and deadlines and cancellation that reach libvirt.
+
+On libvirt's test driver: what it implements (save, restore, save image XML, managed
+save, core dump) and every refusal of bad input, with nothing half-done; the CLI; the
+read-only identity through the gateway. On embedded QEMU with the example guest (TCG):
+save and restore with the guest's shell answering after, managed save across a
+service restart, a core dump, a save cancelled mid-way (the guest runs on, no file),
+and a SIGSTOPped QEMU that holds a few of the service's threads and no more.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from gateway import authn
+from guest import example
+from services.common.config import Config
+from services.compute import convert_jobs
+from services.compute.backend_jobs import DOMAIN_CALLS, DomainCalls, SaveDir
+from services.supervisor import wait_serving
+from tests.conftest import CliRun, Mesh, error_of, free_port, reason_of, running_mesh
+from tests.conftest import service_process as start_process
+from tests.test_console import Reader
+from tests.test_e2e_qemu import BOOTED, EMBED_URI, console, short_state_dir, wait_for
+from virtmesh.compute.v1 import compute_service_pb2 as pb
+from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
+from virtmesh_client import cli_jobs
+from virtmesh_client.client import Client
+
+C = grpc.StatusCode
+Stub = pb_grpc.ComputeServiceStub
+
+
+def state_of(stub: Stub, name: str) -> int:
+    return int(stub.GetDomain(pb.GetDomainRequest(name=name), timeout=10).domain.state)
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir())
+
+
+# -- the test driver -----------------------------------------------------------------
+
+
+@pytest.fixture
+def save_dir(compute: Any) -> Path:
+    return Path(compute.config.save_path)
+
+
+def test_save_and_restore_on_the_test_driver(stub: Stub, save_dir: Path) -> None:
+    image = save_dir / "alpha.img"
+    stub.SaveDomain(pb.SaveDomainRequest(name="alpha", path=str(image)), timeout=10)
+    assert image.is_file()
+    assert state_of(stub, "alpha") == pb.DOMAIN_STATE_SHUTOFF
+    xml = stub.GetSaveImageXML(pb.GetSaveImageXMLRequest(path=str(image)), timeout=10).xml
+    assert "<name>alpha</name>" in xml
+    stub.DefineSaveImageXML(pb.DefineSaveImageXMLRequest(
+        path=str(image), xml=xml, resume_state=pb.RESUME_STATE_PAUSED), timeout=10)
+    restored = stub.RestoreDomain(pb.RestoreDomainRequest(path=str(image)), timeout=10).domain
+    assert (restored.name, restored.state) == ("alpha", pb.DOMAIN_STATE_RUNNING)
+    # a restore of a running domain's image is refused before libvirt sees it
+    error = error_of(stub.RestoreDomain, pb.RestoreDomainRequest(path=str(image)))
+    assert error.code() == C.FAILED_PRECONDITION
+
+
+def test_managed_save_and_its_removal_on_the_test_driver(stub: Stub) -> None:
+    stub.ManagedSaveDomain(pb.ManagedSaveDomainRequest(name="alpha"), timeout=10)
+    domain = stub.GetDomain(pb.GetDomainRequest(name="alpha"), timeout=10).domain
+    assert domain.has_managed_save and domain.state == pb.DOMAIN_STATE_SHUTOFF
+    # the test driver cannot read the image's XML: said so, not INTERNAL
+    error = error_of(stub.GetManagedSaveXML, pb.GetManagedSaveXMLRequest(name="alpha"))
+    assert error.code() == C.UNIMPLEMENTED
+    stub.RemoveManagedSave(pb.RemoveManagedSaveRequest(name="alpha"), timeout=10)
+    assert not stub.GetDomain(pb.GetDomainRequest(name="alpha")).domain.has_managed_save
+    error = error_of(stub.RemoveManagedSave, pb.RemoveManagedSaveRequest(name="alpha"))
+    assert (error.code(), reason_of(error)) == (C.FAILED_PRECONDITION, "NO_MANAGED_SAVE")
+    # a managed save restores on start
+    stub.StartDomain(pb.StartDomainRequest(name="alpha"), timeout=10)
+    stub.ManagedSaveDomain(pb.ManagedSaveDomainRequest(name="alpha"), timeout=10)
+    started = stub.StartDomain(pb.StartDomainRequest(name="alpha"), timeout=10).domain
+    assert started.state == pb.DOMAIN_STATE_RUNNING and not started.has_managed_save
+
+
+def test_core_dump_on_the_test_driver_and_a_failed_one_leaves_no_file(
+        stub: Stub, save_dir: Path) -> None:
+    stub.CoreDumpDomain(pb.CoreDumpDomainRequest(name="alpha", path=str(save_dir / "core")),
+                        timeout=10)
+    assert (save_dir / "core").stat().st_size > 0
+    # the test driver writes part of a kdump file before it refuses the format
+    error = error_of(stub.CoreDumpDomain, pb.CoreDumpDomainRequest(
+        name="alpha", path=str(save_dir / "kdump"), memory_only=True,
+        format=pb.CORE_DUMP_FORMAT_KDUMP_ZLIB))
+    assert error.code() == C.UNIMPLEMENTED
+    assert listing(save_dir) == ["core"]
+
+
+def test_jobs_are_unimplemented_on_the_test_driver(stub: Stub) -> None:
+    for call, request in ((stub.GetDomainJobInfo, pb.GetDomainJobInfoRequest(name="alpha")),
+                          (stub.AbortDomainJob, pb.AbortDomainJobRequest(name="alpha"))):
+        assert error_of(call, request).code() == C.UNIMPLEMENTED
+
+
+def bad_requests(save_dir: Path) -> list[tuple[str, Any, grpc.StatusCode]]:
+    """(method, request, code) of every new RPC's refusals of bad input."""
+    new, old = str(save_dir / "new.img"), str(save_dir / "old.img")
+    outside = "/tmp/virtmesh-not-the-save-dir.img"
+    bad_paths = ["", "relative.img", f"{save_dir}/../x.img", f"{save_dir}/./x.img",
+                 f"{save_dir}//x.img", f"{save_dir}/", str(save_dir), outside]
+    cases: list[tuple[str, Any, grpc.StatusCode]] = []
+    for path in bad_paths:
+        cases += [
+            ("SaveDomain", pb.SaveDomainRequest(name="alpha", path=path), C.INVALID_ARGUMENT),
+            ("RestoreDomain", pb.RestoreDomainRequest(path=path), C.INVALID_ARGUMENT),
+            ("GetSaveImageXML", pb.GetSaveImageXMLRequest(path=path), C.INVALID_ARGUMENT),
+            ("DefineSaveImageXML", pb.DefineSaveImageXMLRequest(path=path),
+             C.INVALID_ARGUMENT),
+            ("CoreDumpDomain", pb.CoreDumpDomainRequest(name="alpha", path=path),
+             C.INVALID_ARGUMENT)]
+    return cases + [
+        # unknown domain
+        ("SaveDomain", pb.SaveDomainRequest(name="nope", path=new), C.NOT_FOUND),
+        ("ManagedSaveDomain", pb.ManagedSaveDomainRequest(name="nope"), C.NOT_FOUND),
+        ("RemoveManagedSave", pb.RemoveManagedSaveRequest(name="nope"), C.NOT_FOUND),
+        ("GetManagedSaveXML", pb.GetManagedSaveXMLRequest(name="nope"), C.NOT_FOUND),
+        ("DefineManagedSaveXML", pb.DefineManagedSaveXMLRequest(name="nope"), C.NOT_FOUND),
+        ("CoreDumpDomain", pb.CoreDumpDomainRequest(name="nope", path=new), C.NOT_FOUND),
+        ("GetDomainJobInfo", pb.GetDomainJobInfoRequest(name="nope"), C.NOT_FOUND),
+        ("AbortDomainJob", pb.AbortDomainJobRequest(name="nope"), C.NOT_FOUND),
+        # files that are not there, or are
+        ("RestoreDomain", pb.RestoreDomainRequest(path=new), C.NOT_FOUND),
+        ("GetSaveImageXML", pb.GetSaveImageXMLRequest(path=new), C.NOT_FOUND),
+        ("SaveDomain", pb.SaveDomainRequest(name="alpha", path=old), C.ALREADY_EXISTS),
+        ("CoreDumpDomain", pb.CoreDumpDomainRequest(name="alpha", path=old), C.ALREADY_EXISTS),
+        ("SaveDomain", pb.SaveDomainRequest(name="alpha", path=str(save_dir / "no" / "x")),
+         C.FAILED_PRECONDITION),
+        # flags and enums
+        ("SaveDomain", pb.SaveDomainRequest(name="alpha", path=new, resume_state=7),  # type: ignore[arg-type]
+         C.INVALID_ARGUMENT),
+        ("SaveDomain", pb.SaveDomainRequest(name="alpha", path=new, xml="<domain"),
+         C.INVALID_ARGUMENT),
+        ("CoreDumpDomain", pb.CoreDumpDomainRequest(name="alpha", path=new, crash=True,
+                                                    reset=True), C.INVALID_ARGUMENT),
+        ("CoreDumpDomain", pb.CoreDumpDomainRequest(
+            name="alpha", path=new, format=pb.CORE_DUMP_FORMAT_KDUMP_ZLIB), C.INVALID_ARGUMENT),
+        ("CoreDumpDomain", pb.CoreDumpDomainRequest(name="alpha", path=new, format=9),  # type: ignore[arg-type]
+         C.INVALID_ARGUMENT),
+        ("GetDomainJobInfo", pb.GetDomainJobInfoRequest(name="alpha", keep_completed=True),
+         C.INVALID_ARGUMENT),
+        # wrong state: alpha has no managed save
+        ("RemoveManagedSave", pb.RemoveManagedSaveRequest(name="alpha"),
+         C.FAILED_PRECONDITION),
+    ]
+
+
+def test_bad_input_is_refused_and_nothing_is_half_done(stub: Stub, save_dir: Path) -> None:
+    (save_dir / "old.img").write_bytes(b"the caller's own file")
+    for method, request, code in bad_requests(save_dir):
+        error = error_of(getattr(stub, method), request)
+        assert error.code() == code, f"{method}({request}): {error.code()} {error.details()}"
+        assert listing(save_dir) == ["old.img"], f"{method}({request}) left a file"
+        assert state_of(stub, "alpha") == pb.DOMAIN_STATE_RUNNING, f"{method}({request})"
+    assert (save_dir / "old.img").read_bytes() == b"the caller's own file"
+    # a domain that is not running: nothing to save or dump
+    stub.DestroyDomain(pb.DestroyDomainRequest(name="alpha"), timeout=10)
+    new = str(save_dir / "new.img")
+    for call, request in (
+            (stub.SaveDomain, pb.SaveDomainRequest(name="alpha", path=new)),
+            (stub.ManagedSaveDomain, pb.ManagedSaveDomainRequest(name="alpha")),
+            (stub.CoreDumpDomain, pb.CoreDumpDomainRequest(name="alpha", path=new))):
+        assert error_of(call, request).code() == C.FAILED_PRECONDITION
+    assert listing(save_dir) == ["old.img"]
+
+
+def test_a_symlink_out_of_the_save_dir_is_refused(stub: Stub, save_dir: Path,
+                                                  tmp_path: Path) -> None:
+    (save_dir / "out").symlink_to(tmp_path)
+    error = error_of(stub.SaveDomain, pb.SaveDomainRequest(
+        name="alpha", path=str(save_dir / "out" / "x.img")))
+    assert (error.code(), reason_of(error)) == (C.INVALID_ARGUMENT, "INVALID_PATH")
+    assert not (tmp_path / "x.img").exists()
+
+
+def test_save_dir_setting(tmp_path: Path) -> None:
+    assert Config("compute", state_dir=tmp_path).save_path == tmp_path / "save"
+    assert Config("compute", state_dir=tmp_path, save_dir="/srv/x").save_path == Path("/srv/x")
+    save_dir = SaveDir(tmp_path / "images")
+    assert save_dir.path(str(tmp_path / "images" / "a")) == tmp_path / "images" / "a"
+
+
+def test_domain_calls_are_bounded_per_domain() -> None:
+    calls = DomainCalls(2)
+    with calls.held("u1", "one"), calls.held("u1", "one"):
+        with pytest.raises(Exception) as refused, calls.held("u1", "one"):
+            pass
+        assert "domain 'one'" in str(refused.value)
+        assert refused.value.code == C.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+        with calls.held("u2", "two"):  # another domain is not held up
+            pass
+    with calls.held("u1", "one"), calls.held("u1", "one"):  # released again
+        pass
+
+
+def test_job_stats_convert() -> None:
+    job = convert_jobs.domain_job({
+        "type": 2, "operation": 2, "time_elapsed": 1500, "memory_total": 400,
+        "memory_processed": 100, "memory_remaining": 300, "errmsg": "", "future_key": 7})
+    assert job.type == pb.JOB_TYPE_UNBOUNDED and job.operation == pb.JOB_OPERATION_SAVE
+    assert (job.time_elapsed_ms, job.percent, job.raw["future_key"]) == (1500, 25.0, "7")
+    assert convert_jobs.domain_job({"type": 0}).type == pb.JOB_TYPE_NONE
+    assert cli_jobs.progress_line(job).startswith("[" + "#" * 8 + "." * 22 + "]  25%")
+
+
+def test_cli_save_restore_managedsave_dump(run_dir: Path, virtmesh: CliRun) -> None:
+    save_dir = run_dir.parent / "save"
+    socket = ("--socket", str(run_dir))
+    image, core = str(save_dir / "test.img"), str(save_dir / "test.core")
+    code, out, err = virtmesh("save", "test", image, *socket)
+    assert (code, out) == (0, f"Domain 'test' saved to {image}\n"), err
+    code, out, _ = virtmesh("restore", image, *socket)
+    assert (code, out) == (0, f"Domain 'test' restored from {image}\n")
+    assert virtmesh("managedsave", "test", *socket)[0] == 0
+    assert virtmesh("managedsave-remove", "test", *socket)[0] == 0
+    code, _, err = virtmesh("managedsave-remove", "test", *socket)
+    assert code == 1 and "FAILED_PRECONDITION" in err
+    assert virtmesh("start", "test", *socket)[0] == 0
+    assert virtmesh("dump", "test", core, *socket)[0] == 0
+    assert Path(core).stat().st_size > 0
+    code, _, err = virtmesh("dump", "test", "relative.core", *socket)
+    assert code == 1 and "INVALID_ARGUMENT" in err and "not absolute" in err
+    code, _, err = virtmesh("domjobinfo", "test", *socket)
+    assert code == 1 and "UNIMPLEMENTED" in err
+
+
+def test_readonly_identity_may_read_jobs_but_not_save(tmp_path: Path, node_uri: str) -> None:
+    authn.ensure_dev_identities(tmp_path)
+    token = (tmp_path / "tokens" / "readonly.token").read_text().strip()
+    image = str(tmp_path / "save" / "alpha.img")
+    with running_mesh(tmp_path, node_uri) as mesh, \
+            Client(mesh.token_target, state_dir=tmp_path, token=token) as readonly:
+        for method, request in (
+                ("SaveDomain", pb.SaveDomainRequest(name="alpha", path=image)),
+                ("RestoreDomain", pb.RestoreDomainRequest(path=image)),
+                ("DefineSaveImageXML", pb.DefineSaveImageXMLRequest(path=image)),
+                ("ManagedSaveDomain", pb.ManagedSaveDomainRequest(name="alpha")),
+                ("RemoveManagedSave", pb.RemoveManagedSaveRequest(name="alpha")),
+                ("DefineManagedSaveXML", pb.DefineManagedSaveXMLRequest(name="alpha")),
+                ("CoreDumpDomain", pb.CoreDumpDomainRequest(name="alpha", path=image)),
+                ("AbortDomainJob", pb.AbortDomainJobRequest(name="alpha")),
+                ("GetSaveImageXML", pb.GetSaveImageXMLRequest(path=image, secure=True))):
+            with pytest.raises(Exception) as refused:
+                readonly.call(method, request)
+            assert refused.value.code == "PERMISSION_DENIED", method  # type: ignore[attr-defined]
+        # reading is allowed: the test driver has no job statistics
+        with pytest.raises(Exception) as answered:
+            readonly.call("GetDomainJobInfo", pb.GetDomainJobInfoRequest(name="alpha"))
+        assert answered.value.code == "UNIMPLEMENTED"  # type: ignore[attr-defined]
+        assert not Path(image).exists()
+        with mesh.channel() as channel:
+            assert state_of(Stub(channel), "alpha") == pb.DOMAIN_STATE_RUNNING
