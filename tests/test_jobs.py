@@ -10,12 +10,13 @@ and a SIGSTOPped QEMU that holds a few of the service's threads and no more.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,10 @@ from services.common.config import Config
 from services.compute import convert_jobs
 from services.compute.backend_jobs import DOMAIN_CALLS, DomainCalls, SaveDir
 from services.supervisor import wait_serving
-from tests.conftest import CliRun, Mesh, error_of, free_port, reason_of, running_mesh
+from tests.conftest import CliRun, error_of, free_port, reason_of, running_mesh
 from tests.conftest import service_process as start_process
 from tests.test_console import Reader
-from tests.test_e2e_qemu import BOOTED, EMBED_URI, console, short_state_dir, wait_for
+from tests.test_e2e_qemu import BOOTED, EMBED_URI, short_state_dir, wait_for
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 from virtmesh_client import cli_jobs
@@ -268,3 +269,254 @@ def test_readonly_identity_may_read_jobs_but_not_save(tmp_path: Path, node_uri: 
         assert not Path(image).exists()
         with mesh.channel() as channel:
             assert state_of(Stub(channel), "alpha") == pb.DOMAIN_STATE_RUNNING
+
+
+# -- embedded QEMU with the example guest (TCG) -----------------------------------------
+
+JOB, OTHER = "job", "other"
+#: random bytes the guest keeps in memory, so that a save takes a while and shows progress
+FILL_MIB = 220
+#: the service's threads: fewer than the calls the SIGSTOP test makes on one guest
+MAX_WORKERS = 8
+
+
+class QemuCompute:
+    """The compute service as a process on an embedded QEMU root, restartable."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.target = f"unix:{state / 'run' / 'compute.sock'}"
+        self.metrics = f"127.0.0.1:{free_port()}"
+        self.save_dir = state / "save"
+        self.process = self.start()
+
+    def start(self) -> Any:
+        process = start_process(self.state, "compute", "--uri", EMBED_URI, "--guests-on-exit",
+                                "destroy", "--max-workers", str(MAX_WORKERS),
+                                "--metrics-listen", self.metrics).start()
+        wait_serving(self.target, "", 60)
+        return process
+
+    def restart(self) -> None:
+        assert self.process.stop(60) == 0
+        self.process = self.start()
+
+    def unabortable(self, method: str) -> float:
+        text = urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=10).read()
+        found = re.search(rf'virtmesh_calls_unabortable_total{{method="{method}"}} (\S+)',
+                          text.decode())
+        return float(found.group(1)) if found else 0.0
+
+
+def guest_xml(name: str, state: Path, memory_mib: int) -> str:
+    return example.render(name, state, "qemu").replace(
+        "<memory unit='MiB'>128</memory>", f"<memory unit='MiB'>{memory_mib}</memory>")
+
+
+@contextlib.contextmanager
+def shell(service: QemuCompute, name: str) -> Iterator[Reader]:
+    """The guest's serial shell, once it answers."""
+    with Client(service.target) as client, client.console(name, force=True) as session:
+        reader = Reader(session)
+        reader.ask(b"echo $((6*7))\n", b"\r\n42", timeout=60)
+        yield reader
+        session.close()
+
+
+def assert_answers(service: QemuCompute, name: str) -> None:
+    """The guest still runs its program: its shell computes an answer."""
+    with shell(service, name):
+        pass
+
+
+@pytest.fixture(scope="module")
+def qemu() -> Iterator[QemuCompute]:
+    with short_state_dir() as state:
+        service = QemuCompute(state)
+        try:
+            with grpc.insecure_channel(service.target) as channel:
+                stub = Stub(channel)
+                for name, memory in ((JOB, 512), (OTHER, 128)):
+                    stub.DefineDomain(pb.DefineDomainRequest(xml=guest_xml(name, state, memory)))
+                    stub.StartDomain(pb.StartDomainRequest(name=name), timeout=60)
+            log = state / "guest" / f"{JOB}.console.log"
+            wait_for(lambda: log.exists() and BOOTED in log.read_text(errors="replace"), 120,
+                     "the guest to boot")
+            with shell(service, JOB) as reader:
+                start = len(reader.data)
+                reader.session.send(f"dd if=/dev/urandom of=/fill bs=1M count={FILL_MIB} "
+                                    "2>/dev/null; echo fil$((1+1))led\n".encode())
+                wait_for(lambda: b"fil2led" in reader.data[start:], 180, "the guest's memory")
+            yield service
+        finally:
+            service.process.stop(60)
+
+
+@pytest.fixture
+def qemu_stub(qemu: QemuCompute) -> Iterator[Stub]:
+    with grpc.insecure_channel(qemu.target) as channel:
+        yield Stub(channel)
+    assert listing(qemu.save_dir) == [], "a test left a file in the save directory"
+
+
+def job_of(stub: Stub, name: str = JOB, completed: bool = False) -> Any:
+    return stub.GetDomainJobInfo(pb.GetDomainJobInfoRequest(name=name, completed=completed),
+                                 timeout=10).job
+
+
+def observe(stub: Stub, call: Any, operation: int) -> None:
+    """See ``call``'s job under way on guest JOB, with its progress."""
+    while not call.done():
+        job = job_of(stub)
+        if job.operation == operation and job.percent > 0:
+            assert job.type in (pb.JOB_TYPE_BOUNDED, pb.JOB_TYPE_UNBOUNDED)
+            assert 0 < job.percent < 100
+            assert job.memory_total_bytes > FILL_MIB << 20
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the call ended before its job was seen: {call.exception()}")
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(400)
+def test_a_save_is_a_job_and_cancelling_it_leaves_the_guest_running(
+        qemu: QemuCompute, qemu_stub: Stub) -> None:
+    image = qemu.save_dir / "cancelled.img"
+    call = qemu_stub.SaveDomain.future(pb.SaveDomainRequest(
+        name=JOB, path=str(image), bypass_cache=True))
+    observe(qemu_stub, call, pb.JOB_OPERATION_SAVE)
+    call.cancel()
+    wait_for(lambda: job_of(qemu_stub).type == pb.JOB_TYPE_NONE, 60, "the job to end")
+    wait_for(lambda: "ComputeService/SaveDomain CANCELLED" in qemu.process.log(), 30,
+             "the save to end as cancelled")
+    assert state_of(qemu_stub, JOB) == pb.DOMAIN_STATE_RUNNING
+    assert not image.exists()
+    assert_answers(qemu, JOB)
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(300)
+def test_save_and_restore_keep_the_guest_running_its_program(
+        qemu: QemuCompute, qemu_stub: Stub) -> None:
+    image = qemu.save_dir / "job.img"
+    qemu_stub.SaveDomain(pb.SaveDomainRequest(name=JOB, path=str(image)), timeout=120)
+    try:
+        assert state_of(qemu_stub, JOB) == pb.DOMAIN_STATE_SHUTOFF
+        done = job_of(qemu_stub, completed=True)
+        assert (done.type, done.operation) == (pb.JOB_TYPE_COMPLETED, pb.JOB_OPERATION_SAVE)
+        xml = qemu_stub.GetSaveImageXML(pb.GetSaveImageXMLRequest(path=str(image))).xml
+        assert f"<name>{JOB}</name>" in xml
+        qemu_stub.DefineSaveImageXML(pb.DefineSaveImageXMLRequest(
+            path=str(image), resume_state=pb.RESUME_STATE_PAUSED), timeout=30)
+        restored = qemu_stub.RestoreDomain(pb.RestoreDomainRequest(path=str(image)),
+                                           timeout=120).domain
+        assert (restored.name, restored.state) == (JOB, pb.DOMAIN_STATE_PAUSED)
+        qemu_stub.ResumeDomain(pb.ResumeDomainRequest(name=JOB), timeout=30)
+        assert_answers(qemu, JOB)
+    finally:
+        image.unlink(missing_ok=True)
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(300)
+def test_core_dumps_are_jobs_and_the_guest_runs_on(qemu: QemuCompute, qemu_stub: Stub) -> None:
+    raw, elf = qemu.save_dir / "job.raw", qemu.save_dir / "job.elf"
+    try:
+        call = qemu_stub.CoreDumpDomain.future(pb.CoreDumpDomainRequest(
+            name=JOB, path=str(raw), bypass_cache=True), timeout=120)
+        observe(qemu_stub, call, pb.JOB_OPERATION_DUMP)
+        call.result()
+        assert raw.stat().st_size > FILL_MIB << 20
+        qemu_stub.CoreDumpDomain(pb.CoreDumpDomainRequest(
+            name=JOB, path=str(elf), memory_only=True, format=pb.CORE_DUMP_FORMAT_RAW),
+            timeout=120)
+        with open(elf, "rb") as dump:
+            assert dump.read(4) == b"\x7fELF"
+        assert state_of(qemu_stub, JOB) == pb.DOMAIN_STATE_RUNNING
+        assert_answers(qemu, JOB)
+    finally:
+        raw.unlink(missing_ok=True)
+        elf.unlink(missing_ok=True)
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(400)
+def test_a_managed_save_brings_the_guest_back_after_a_service_restart(
+        qemu: QemuCompute) -> None:
+    with grpc.insecure_channel(qemu.target) as channel:
+        stub = Stub(channel)
+        stub.ManagedSaveDomain(pb.ManagedSaveDomainRequest(name=JOB), timeout=120)
+        domain = stub.GetDomain(pb.GetDomainRequest(name=JOB)).domain
+        assert domain.state == pb.DOMAIN_STATE_SHUTOFF and domain.has_managed_save
+        assert f"<name>{JOB}</name>" in stub.GetManagedSaveXML(
+            pb.GetManagedSaveXMLRequest(name=JOB)).xml
+        stub.DefineManagedSaveXML(pb.DefineManagedSaveXMLRequest(
+            name=JOB, resume_state=pb.RESUME_STATE_RUNNING), timeout=30)
+        stub.SetDomainAutostart(pb.SetDomainAutostartRequest(name=JOB, autostart=True))
+    qemu.restart()  # the new service autostarts the guest: libvirt restores it
+    with grpc.insecure_channel(qemu.target) as channel:
+        stub = Stub(channel)
+        try:
+            wait_for(lambda: state_of(stub, JOB) == pb.DOMAIN_STATE_RUNNING, 60,
+                     "the guest to come back")
+            domain = stub.GetDomain(pb.GetDomainRequest(name=JOB)).domain
+            assert (domain.state_reason, domain.has_managed_save) == ("restored", False)
+        finally:
+            stub.SetDomainAutostart(pb.SetDomainAutostartRequest(name=JOB, autostart=False))
+        if state_of(stub, OTHER) != pb.DOMAIN_STATE_RUNNING:  # destroyed on the restart
+            stub.StartDomain(pb.StartDomainRequest(name=OTHER), timeout=60)
+    assert_answers(qemu, JOB)
+
+
+def qemu_pid(name: str, state: Path) -> int:
+    found = subprocess.run(["pgrep", "-f", f"qemu-system.*guest={name},.*{state}/"],
+                           capture_output=True, text=True)
+    pid, = found.stdout.split()
+    return int(pid)
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(400)
+def test_a_stopped_qemu_holds_a_few_calls_and_other_guests_go_on(
+        qemu: QemuCompute, qemu_stub: Stub) -> None:
+    """A save on a SIGSTOPped guest with a 2 s deadline answers by then; more calls on
+    that guest than the service has threads are refused at once, not queued; another
+    guest answers meanwhile; once SIGCONTed, the save is aborted and the guest works."""
+    image = qemu.save_dir / "stopped.img"
+    pid = qemu_pid(JOB, qemu.state)
+    unabortable = qemu.unabortable("GetDomainJobInfo")
+    calls = MAX_WORKERS + 4
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        save = qemu_stub.SaveDomain.future(pb.SaveDomainRequest(name=JOB, path=str(image)),
+                                           timeout=2)
+        time.sleep(0.5)  # the save is in libvirt, waiting on QEMU
+        infos = [qemu_stub.GetDomainJobInfo.future(pb.GetDomainJobInfoRequest(name=JOB),
+                                                   timeout=2) for _ in range(calls)]
+        other_start = time.monotonic()
+        assert job_of(qemu_stub, OTHER).type == pb.JOB_TYPE_NONE
+        assert state_of(qemu_stub, OTHER) == pb.DOMAIN_STATE_RUNNING
+        assert time.monotonic() - other_start < 2
+        assert save.exception(timeout=10).code() == C.DEADLINE_EXCEEDED  # type: ignore[union-attr]
+        assert time.monotonic() - start < 3
+        codes = [info.exception(timeout=10).code() for info in infos]  # type: ignore[union-attr]
+        busy = [info.exception() for info in infos
+                if info.exception().code() == C.RESOURCE_EXHAUSTED]  # type: ignore[union-attr]
+        assert len(busy) == calls - (DOMAIN_CALLS - 1), codes
+        assert codes.count(C.DEADLINE_EXCEEDED) == DOMAIN_CALLS - 1, codes
+        assert f"domain '{JOB}'" in busy[0].details()  # type: ignore[union-attr]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    def itself_again() -> bool:
+        try:  # the calls stuck before may hold the guest's places a while longer
+            return bool(job_of(qemu_stub).type == pb.JOB_TYPE_NONE
+                        and state_of(qemu_stub, JOB) == pb.DOMAIN_STATE_RUNNING)
+        except grpc.RpcError as error:
+            assert error.code() == C.RESOURCE_EXHAUSTED, error  # type: ignore[attr-defined]
+            return False
+
+    wait_for(itself_again, 90, "the guest to be itself again")
+    assert not image.exists()
+    assert qemu.unabortable("GetDomainJobInfo") >= unabortable + DOMAIN_CALLS - 1
+    assert_answers(qemu, JOB)
