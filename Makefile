@@ -99,6 +99,7 @@ bench: $(PY_STAMP) $(GUEST)
 	$(PY) -m bench.scrape
 	$(PY) -m bench.volume_stream --sizes 64,512
 	$(PY) -m bench.graphics
+	$(PY) -m bench.service_floor
 	$(PY) -m bench.cold_start --state-dir $(STATE) --repeat 3 --out bench-cold-start.json
 
 # The container image; needs a working builder (a docker client alone, without an

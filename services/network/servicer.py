@@ -5,7 +5,7 @@ No try/except here: errors travel to the ErrorInterceptor.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -27,9 +27,11 @@ class NetworkServicer(DriverServicer[NetworkBackend, pb.WatchNetworkEventsRespon
         backend = NetworkBackend(connection)
         super().__init__(backend, config, backend.register_events, convert.network_event)
 
-    def WatchNetworkEvents(self, request: pb.WatchNetworkEventsRequest,
-                           context: Ctx) -> Iterator[pb.WatchNetworkEventsResponse]:
-        yield from self.watch(request, context)
+    async def WatchNetworkEvents(self, request: pb.WatchNetworkEventsRequest,
+                                context: grpc.aio.ServicerContext
+                                ) -> AsyncIterator[pb.WatchNetworkEventsResponse]:
+        async for event in self.watch(request, context, pb.WatchNetworkEventsResponse):
+            yield event
 
     # -- networks -------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 
@@ -30,9 +30,11 @@ class StorageServicer(DriverServicer[StorageBackend, pb.WatchStoragePoolEventsRe
         backend = StorageBackend(connection, config.max_message_bytes)
         super().__init__(backend, config, backend.register_events, convert.pool_event)
 
-    def WatchStoragePoolEvents(self, request: pb.WatchStoragePoolEventsRequest,
-                               context: Ctx) -> Iterator[pb.WatchStoragePoolEventsResponse]:
-        yield from self.watch(request, context)
+    async def WatchStoragePoolEvents(self, request: pb.WatchStoragePoolEventsRequest,
+                                    context: grpc.aio.ServicerContext
+                                    ) -> AsyncIterator[pb.WatchStoragePoolEventsResponse]:
+        async for event in self.watch(request, context, pb.WatchStoragePoolEventsResponse):
+            yield event
 
     # -- pools ------------------------------------------------------------------
 
