@@ -88,7 +88,7 @@ cmd_pool_info = Query(
 cmd_find_storage_pool_sources = Query(
     lambda client, args: client.call("FindStoragePoolSources", pb.FindStoragePoolSourcesRequest(
         type=args.type, host=args.host, port=args.port, initiator_iqn=args.initiator)),
-    ("HOST", "DIR", "NAME", "DEVICES", "FORMAT"),
+    ("HOSTS", "DIR", "NAME", "DEVICES", "FORMAT"),
     lambda s: (",".join(s.hosts) or "-", s.dir or "-", s.name or "-",
                ",".join(s.devices) or "-", s.format or "-"), "sources")
 
