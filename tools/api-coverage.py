@@ -7,8 +7,8 @@ Usage:
   tools/api-coverage.py --check    # fails when docs/api-coverage.md is not current
 
 Which RPC reaches what is what the RPCs declare (the ``virtmesh.acl.v1.
-libvirt_functions`` method option); tests/test_api_coverage.py checks that each
-service's backend really calls what its RPCs declare. The functions come from the
+libvirt_functions`` method option); tests/test_api_coverage.py checks that the
+code each RPC runs really calls what it declares. The functions come from the
 API descriptions libvirt-dev installs (libvirt-api.xml, libvirt-qemu-api.xml), so
 the document follows the installed libvirt. A function no RPC declares needs a
 reason from the tables below, or it counts as a gap.
@@ -252,8 +252,8 @@ def render(rows: dict[str | None, list[Function]], version: str) -> str:
         "libvirt-qemu-api.xml, from libvirt-dev), by the service whose objects it is "
         "about: the RPCs that reach it, as they declare with the method option "
         "`virtmesh.acl.v1.libvirt_functions`, or why none does. "
-        "`tests/test_api_coverage.py` checks that each service's backend really calls "
-        "what its RPCs declare.",
+        "`tests/test_api_coverage.py` checks that the code each RPC runs really calls "
+        "what it declares.",
         "",
         "A function left out for a reason does no work a caller could ask for (handle "
         "management, an older spelling of a call we make, a query another call answers) "
