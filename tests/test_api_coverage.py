@@ -63,13 +63,12 @@ def names_in(node: ast.AST) -> set[str]:
 @functools.cache
 def reached_names(service: str, rpc: str) -> frozenset[str]:
     """Every name mentioned by the code the RPC runs in the service's package."""
-    package = ROOT / "services" / service
-    servicer = functions_in(package / "servicer.py")
+    servicer: dict[str, list[ast.AST]] = {}  # servicer.py and its mixins, servicer_*.py
     functions: dict[str, list[ast.AST]] = {}
-    for path in package.glob("*.py"):
-        if path.name != "servicer.py":
-            for name, found in functions_in(path).items():
-                functions.setdefault(name, []).extend(found)
+    for path in (ROOT / "services" / service).glob("*.py"):
+        side = servicer if path.stem.startswith("servicer") else functions
+        for name, found in functions_in(path).items():
+            side.setdefault(name, []).extend(found)
     assert rpc in servicer, f"{service}'s servicer has no method {rpc}"
     todo = list(servicer[rpc])
     if "watch" in names_in(todo[0]):  # events: registered by the servicer's constructor

@@ -130,7 +130,6 @@ COVERED_BY = {
     "virDomainDefineXML": "virDomainDefineXMLFlags",
     "virDomainUndefine": "virDomainUndefineFlags",
     "virDomainShutdown": "virDomainShutdownFlags",
-    "virDomainDestroy": "virDomainDestroyFlags",
     "virDomainSetVcpus": "virDomainSetVcpusFlags",
     "virDomainSetMemory": "virDomainSetMemoryFlags",
     "virDomainSetMaxMemory": "virDomainSetMemoryFlags",
