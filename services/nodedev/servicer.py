@@ -98,3 +98,8 @@ class NodeDeviceServicer(DriverServicer[NodeDeviceBackend, pb.WatchNodeDeviceEve
                         context: Ctx) -> pb.ResetNodeDeviceResponse:
         self.backend.reset(request.name)
         return pb.ResetNodeDeviceResponse()
+
+    def LookupSCSIHostByWWN(self, request: pb.LookupSCSIHostByWWNRequest,
+                            context: Ctx) -> pb.LookupSCSIHostByWWNResponse:
+        dev = self.backend.scsi_host(request.wwnn, request.wwpn)
+        return pb.LookupSCSIHostByWWNResponse(node_device=convert.node_device(dev))

@@ -101,6 +101,21 @@ class StorageServicer(DriverServicer[StorageBackend, pb.WatchStoragePoolEventsRe
         self.backend.set_pool_autostart(request.name, request.autostart)
         return pb.SetStoragePoolAutostartResponse()
 
+    def FindStoragePoolSources(self, request: pb.FindStoragePoolSourcesRequest,
+                               context: Ctx) -> pb.FindStoragePoolSourcesResponse:
+        return convert.pool_sources(self.backend.find_pool_sources(
+            request.type, request.host, request.port, request.initiator_iqn))
+
+    def GetStoragePoolCapabilities(self, request: pb.GetStoragePoolCapabilitiesRequest,
+                                   context: Ctx) -> pb.GetStoragePoolCapabilitiesResponse:
+        return convert.pool_capabilities(self.backend.pool_capabilities())
+
+    def LookupStoragePoolByTargetPath(
+            self, request: pb.LookupStoragePoolByTargetPathRequest,
+            context: Ctx) -> pb.LookupStoragePoolByTargetPathResponse:
+        pool = self.backend.pool_by_target_path(request.path)
+        return pb.LookupStoragePoolByTargetPathResponse(storage_pool=convert.storage_pool(pool))
+
     # -- volumes ----------------------------------------------------------------
 
     def ListStorageVolumes(self, request: pb.ListStorageVolumesRequest,
