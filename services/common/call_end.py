@@ -61,8 +61,11 @@ class CallWatch:
                 log.warning("%s: the caller %s while %s; libvirt cannot abort that, "
                             "so a thread waits on", self.method, ended, doing)
 
-        if not self.context.add_callback(on_end):
-            raise self._ended_error(self._why_ended(), doing, abort is not None)
+        # a call over already may never call back: ask too
+        if not self.context.add_callback(on_end) or not self.context.is_active():
+            with lock:
+                running = False
+            raise self._ended_error(self._why_ended(), doing, False)
         try:
             yield
         except Exception as error:
