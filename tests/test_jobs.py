@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -466,6 +469,38 @@ def test_a_managed_save_brings_the_guest_back_after_a_service_restart(
             stub.SetDomainAutostart(pb.SetDomainAutostartRequest(name=JOB, autostart=False))
         if state_of(stub, OTHER) != pb.DOMAIN_STATE_RUNNING:  # destroyed on the restart
             stub.StartDomain(pb.StartDomainRequest(name=OTHER), timeout=60)
+    assert_answers(qemu, JOB)
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(300)
+def test_cli_save_shows_its_progress_and_ctrl_c_aborts_it(
+        qemu: QemuCompute, qemu_stub: Stub) -> None:
+    """On a terminal `virtmesh save` draws the job's progress; Ctrl-C (SIGINT, as the
+    terminal sends it) cancels the call, and the service aborts the save."""
+    image = qemu.save_dir / "cli.img"
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "virtmesh_client", "save", JOB, str(image), "--bypass-cache",
+         "--socket", str(qemu.state / "run")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=secondary)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 60
+        while not re.search(rb"\[#*\.+\] +[1-9]\d?%", seen) and time.monotonic() < deadline:
+            ready, _, _ = select.select([primary], [], [], 0.05)
+            if ready:
+                seen += os.read(primary, 65536)
+        assert re.search(rb"\[#*\.+\] +[1-9]\d?%", seen), seen
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 130
+    finally:
+        process.kill()
+        os.close(primary)
+        os.close(secondary)
+    wait_for(lambda: job_of(qemu_stub).type == pb.JOB_TYPE_NONE, 60, "the job to end")
+    assert state_of(qemu_stub, JOB) == pb.DOMAIN_STATE_RUNNING
+    assert not image.exists()
     assert_answers(qemu, JOB)
 
 
