@@ -58,21 +58,23 @@ class CallWatch:
                                  name=f"abort-{self.method}").start()
             else:
                 CALLS_UNABORTABLE.labels(self.method).inc()
-                log.warning("%s: the caller %s while %s; libvirt cannot abort that, "
-                            "so a thread waits on", self.method, ended, doing)
+                log.warning("%s: the call ended (%s) while %s; libvirt cannot abort that, "
+                            "so its thread waits on", self.method, ended, doing)
 
         # a call over already may never call back: ask too
         if not self.context.add_callback(on_end) or not self.context.is_active():
             with lock:
                 running = False
-            raise self._ended_error(self._why_ended(), doing, False)
+            raise self._ended_error(self._why_ended(), doing, "nothing was done")
         try:
             yield
         except Exception as error:
             with lock:
                 why = ended
             if why:
-                raise self._ended_error(why, doing, abort is not None) from error
+                outcome = ("libvirt's job was aborted" if abort is not None
+                           else "libvirt's call could not be aborted")
+                raise self._ended_error(why, doing, outcome) from error
             raise
         finally:
             with lock:
@@ -83,16 +85,15 @@ class CallWatch:
         return "deadline passed" if remaining is not None and remaining <= 0 else "cancelled"
 
     def _abort(self, abort: Abort, doing: str) -> None:
-        log.info("%s: the caller went away while %s; aborting", self.method, doing)
+        log.info("%s: the call ended while %s; aborting it", self.method, doing)
         try:
             abort()
         except Exception as error:  # noqa: BLE001 - a thread of its own: say why, go on
             log.warning("%s: could not abort %s: %s", self.method, doing, error)
 
     @staticmethod
-    def _ended_error(why: str, doing: str, aborted: bool) -> ServiceError:
+    def _ended_error(why: str, doing: str, outcome: str) -> ServiceError:
         code = (grpc.StatusCode.DEADLINE_EXCEEDED if why == "deadline passed"
                 else grpc.StatusCode.CANCELLED)
-        outcome = "libvirt's job was aborted" if aborted else "libvirt was not asked"
-        return ServiceError(code, f"the caller's {why} while {doing}; {outcome}",
+        return ServiceError(code, f"the call ended ({why}) while {doing}; {outcome}",
                             "CALL_ENDED")
