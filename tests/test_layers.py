@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 SERVICES = Path(__file__).resolve().parent.parent / "services"
-SERVICERS = sorted(SERVICES.glob("*/servicer.py"))
+SERVICERS = sorted(SERVICES.glob("*/servicer*.py"))
 BACKENDS = sorted(SERVICES.glob("*/backend*.py"))
 DRIVERS = ("compute", "storage", "network", "nwfilter", "secret", "nodedev", "iface")
 
