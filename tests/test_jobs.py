@@ -115,6 +115,11 @@ def test_jobs_are_unimplemented_on_the_test_driver(stub: Stub) -> None:
         assert error_of(call, request).code() == C.UNIMPLEMENTED
 
 
+#: a document with an internal DTD and nested entities (billion laughs)
+LAUGHS = ('<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaaaaaaaa">'
+          '<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]><domain><name>&b;</name></domain>')
+
+
 def bad_requests(save_dir: Path) -> list[tuple[str, Any, grpc.StatusCode]]:
     """(method, request, code) of every new RPC's refusals of bad input."""
     new, old = str(save_dir / "new.img"), str(save_dir / "old.img")
@@ -152,6 +157,13 @@ def bad_requests(save_dir: Path) -> list[tuple[str, Any, grpc.StatusCode]]:
         ("SaveDomain", pb.SaveDomainRequest(name="alpha", path=new, resume_state=7),  # type: ignore[arg-type]
          C.INVALID_ARGUMENT),
         ("SaveDomain", pb.SaveDomainRequest(name="alpha", path=new, xml="<domain"),
+         C.INVALID_ARGUMENT),
+        # a caller's domain XML passes DefineDomain's checks first (no DTD, bounded)
+        ("SaveDomain", pb.SaveDomainRequest(name="alpha", path=new, xml=LAUGHS),
+         C.INVALID_ARGUMENT),
+        ("DefineSaveImageXML", pb.DefineSaveImageXMLRequest(path=old, xml=LAUGHS),
+         C.INVALID_ARGUMENT),
+        ("DefineManagedSaveXML", pb.DefineManagedSaveXMLRequest(name="alpha", xml=LAUGHS),
          C.INVALID_ARGUMENT),
         ("CoreDumpDomain", pb.CoreDumpDomainRequest(name="alpha", path=new, crash=True,
                                                     reset=True), C.INVALID_ARGUMENT),
