@@ -435,6 +435,32 @@ def test_save_and_restore_keep_the_guest_running_its_program(
 
 @pytest.mark.qemu
 @pytest.mark.timeout(300)
+def test_a_restore_cancelled_mid_way_leaves_the_guest_off_and_its_image(
+        qemu: QemuCompute, qemu_stub: Stub) -> None:
+    """libvirt cannot abort a start: the service destroys the domain being restored."""
+    image = qemu.save_dir / "restore.img"
+    qemu_stub.SaveDomain(pb.SaveDomainRequest(name=JOB, path=str(image)), timeout=120)
+    try:
+        call = qemu_stub.RestoreDomain.future(pb.RestoreDomainRequest(
+            path=str(image), bypass_cache=True))
+        while state_of(qemu_stub, JOB) == pb.DOMAIN_STATE_SHUTOFF and not call.done():
+            time.sleep(0.02)
+        assert state_of(qemu_stub, JOB) == pb.DOMAIN_STATE_PAUSED, call.exception()
+        call.cancel()  # while libvirt loads the image into the paused guest
+        wait_for(lambda: "ComputeService/RestoreDomain CANCELLED" in qemu.process.log(), 60,
+                 "the restore to end")
+        assert f"RestoreDomain: the call ended while restoring domain '{JOB}'; aborting it" \
+            in qemu.process.log()
+        assert state_of(qemu_stub, JOB) == pb.DOMAIN_STATE_SHUTOFF
+        assert image.is_file()
+        qemu_stub.RestoreDomain(pb.RestoreDomainRequest(path=str(image)), timeout=120)
+        assert_answers(qemu, JOB)
+    finally:
+        image.unlink(missing_ok=True)
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(300)
 def test_core_dumps_are_jobs_and_the_guest_runs_on(qemu: QemuCompute, qemu_stub: Stub) -> None:
     raw, elf = qemu.save_dir / "job.raw", qemu.save_dir / "job.elf"
     try:
