@@ -536,6 +536,9 @@ def test_cli_save_shows_its_progress_and_ctrl_c_aborts_it(
         process.kill()
         os.close(primary)
         os.close(secondary)
+        if process.wait() == 0:  # saved before it was seen: the guest back for the rest
+            qemu_stub.RestoreDomain(pb.RestoreDomainRequest(path=str(image)), timeout=120)
+            image.unlink()
     wait_for(lambda: job_of(qemu_stub).type == pb.JOB_TYPE_NONE, 60, "the job to end")
     assert state_of(qemu_stub, JOB) == pb.DOMAIN_STATE_RUNNING
     assert not image.exists()

@@ -26,7 +26,7 @@ from virtmesh_client.client import DEFAULT_TIMEOUT, Client, ClientError, rpc_err
 FORMATS = {"elf": pb.CORE_DUMP_FORMAT_RAW,
            **enum_choices(pb.CoreDumpFormat, "CORE_DUMP_FORMAT_", "-")}
 #: seconds between two looks at the job's progress
-POLL = 0.5
+POLL = 0.25
 BAR = 30
 
 
