@@ -276,13 +276,19 @@ class Bridge:
                     yield response
                 await responses.send(context)
             finally:
-                busy.add_done_callback(lambda _future: self._finish(responses, in_flight))
+                busy.add_done_callback(
+                    lambda done: self._finish(done if responses is None else responses,
+                                              in_flight))
 
         return handle
 
     def _finish(self, responses: Any, in_flight: CallsInFlight) -> None:
         """A stream's end, on the loop once its thread is free: close its generator
-        (on a thread: it may block), then give up its place."""
+        (on a thread: it may block), then give up its place. ``responses`` is the
+        future of the method's call when the caller left before it returned."""
+        if isinstance(responses, asyncio.Future):
+            responses = (None if responses.cancelled() or responses.exception()
+                         else responses.result())
         close = getattr(responses, "close", None)
         if close is not None:
             self.workers.submit(close)
