@@ -42,8 +42,8 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client.registry import Collector
 
+from services.common import admin, metrics, reflection
 from services.common import config as config_module
-from services.common import metrics, reflection
 from services.common.config import Config, ConfigError
 from services.common.error_interceptor import ErrorInterceptor
 from services.common.interceptors import (
@@ -246,6 +246,7 @@ class Daemon:
         self.server: grpc.Server | None = None
         self.read_only_server: grpc.Server | None = None
         self.servicer: Any = None
+        self.admin: Any = None  # admin.DaemonControl, once bound
         self.metrics: metrics.MetricsEndpoint | None = None
         self.activity = ActivityInterceptor()
         self._socket_inodes: dict[Path, int] = {}
@@ -294,6 +295,7 @@ class Daemon:
         self._set_serving(False)
         self.connection.on_state_change(self._set_serving)
         self.servicer = self.spec.servicer_factory(self.connection, config)
+        self.admin = admin.DaemonControl(self)  # admin API: on both sockets (see _serve)
         if config.metrics_listen:
             own = self.spec.collectors(self.servicer, config) if self.spec.collectors else []
             self.metrics = metrics.MetricsEndpoint(config.metrics_listen, [
@@ -306,7 +308,8 @@ class Daemon:
         executor = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc")
         # outermost first: observe the status errors are mapped to
         self.server = self._serve(executor, threads * 4, self.socket_path, config.socket_mode, [
-            ObserveInterceptor(trust_identity=True), ErrorInterceptor(), self.activity])
+            ObserveInterceptor(trust_identity=True), ErrorInterceptor(), self.activity,
+            self.admin.interceptor(self.socket_path, trust_identity=True)])
         read_only = self.read_only_socket_path
         if read_only:
             # Any local user reaches it: its calls may hold at most half of the unary
@@ -314,8 +317,9 @@ class Daemon:
             self.read_only_server = self._serve(
                 executor, config.max_workers // 2 + config.max_event_watchers, read_only,
                 config.socket_ro_mode, [ObserveInterceptor(), ErrorInterceptor(),
-                                        ReadOnlyInterceptor(self.spec.descriptor),
-                                        self.activity])
+                                        ReadOnlyInterceptor(self.spec.descriptor, admin.SERVICE),
+                                        self.activity,
+                                        self.admin.interceptor(read_only, trust_identity=False)])
         log.info("%s serving %s on unix:%s%s", self.spec.name, self.spec.descriptor.full_name,
                  self.socket_path, f" and read-only on unix:{read_only}" if read_only else "")
 
@@ -329,8 +333,10 @@ class Daemon:
         server = grpc.server(executor, interceptors=interceptors, options=options,
                              maximum_concurrent_rpcs=max(concurrency, 1))
         self.spec.add_to_server(self.servicer, server)
+        admin.add_to_server(admin.AdminServicer(self.admin), server)  # admin API
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable((self.spec.descriptor.full_name, health.SERVICE_NAME), server)
+        reflection.enable((self.spec.descriptor.full_name, admin.SERVICE.full_name,
+                           health.SERVICE_NAME), server)
         old_umask = os.umask(0o177)
         try:
             server.add_insecure_port(f"unix:{path}")

@@ -84,7 +84,8 @@ class EventHub(Generic[Event]):
     Open subscriptions are counted in virtmesh_event_subscribers (all hubs together)."""
 
     def __init__(self, max_subscribers: int, queue_size: int = 1024) -> None:
-        self._max = max_subscribers
+        #: may be changed while the service runs (the admin API's SetLimit)
+        self.max_subscribers = max_subscribers
         self._queue_size = queue_size
         self._subscribers: set[Subscription[Event]] = set()
         self._lock = threading.Lock()
@@ -148,9 +149,9 @@ class EventHub(Generic[Event]):
 
     def subscribe(self, accept: Callable[[Event], bool]) -> Subscription[Event]:
         with self._lock:
-            if len(self._subscribers) >= self._max:
+            if len(self._subscribers) >= self.max_subscribers:
                 raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                   f"too many event watchers (limit {self._max})",
+                                   f"too many event watchers (limit {self.max_subscribers})",
                                    "TOO_MANY_WATCHERS")
             subscription = Subscription(self, accept, self._queue_size)
             self._subscribers.add(subscription)

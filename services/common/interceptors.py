@@ -279,7 +279,7 @@ def identity_from(metadata: Any) -> str:
 
 
 class ReadOnlyInterceptor(WrappingInterceptor):
-    """The read-only socket's guard, like libvirt's -sock-ro: a call of ``service`` runs
+    """The read-only socket's guard, like libvirt's -sock-ro: a call of ``services`` runs
     only when every permission it needs with this request is read-only (getattr, read,
     search_*); an RPC that declares no permissions is refused too (fail closed). Health
     and reflection are read-only by nature. Identity metadata is refused: any local user
@@ -288,9 +288,10 @@ class ReadOnlyInterceptor(WrappingInterceptor):
     Place it inside the ErrorInterceptor, which turns its refusals into PERMISSION_DENIED.
     """
 
-    def __init__(self, service: ServiceDescriptor) -> None:
+    def __init__(self, *services: ServiceDescriptor) -> None:
         self.methods: dict[str, MethodDescriptor] = {
-            f"/{service.full_name}/{method.name}": method for method in service.methods}
+            f"/{service.full_name}/{method.name}": method for service in services
+            for method in service.methods}
 
     @staticmethod
     def _refuse_identity(context: grpc.ServicerContext) -> None:
