@@ -18,7 +18,7 @@ from gateway.authn import ensure_dev_identities
 from gateway.identity import Identity
 from gateway.policy import load as load_policy
 from services.common.clients import ClientRegistry
-from tests.conftest import Mesh, error_of, reason_of, running_mesh
+from tests.conftest import CliRun, Mesh, error_of, reason_of, running_mesh
 from virtmesh.admin.v1 import admin_service_pb2 as pb
 from virtmesh.admin.v1 import admin_service_pb2_grpc as pb_grpc
 from virtmesh.compute.v1 import compute_service_pb2 as compute_pb
@@ -319,3 +319,50 @@ def test_the_registry_forgets_idle_clients_and_refusals_in_time() -> None:
     assert [client.peer for client in registry.clients()] == ["ipv4:1.2.3.4:6"]  # idle
     time.sleep(0.3)
     assert not registry.refused("peer-a") and not registry.clients()
+
+
+def test_the_cli(mesh: Mesh, virtmesh: CliRun) -> None:
+    """`virtmesh admin …` at the gateway, at a service behind it, and on a socket."""
+    flags = ("--gateway", mesh.target, "--state-dir", str(mesh.state_dir))
+    status, out, err = virtmesh(*flags, "admin", "info")
+    assert status == 0, err
+    assert re.search(r"^NAME:\s+gateway$", out, re.M)
+    assert re.search(rf"^PID:\s+{mesh.gateway.popen.pid}$", out, re.M)  # type: ignore[union-attr]
+
+    status, out, err = virtmesh(*flags, "admin", "clients", "--json")
+    assert status == 0, err
+    # this call's connection, and the idle one of `admin info`, until gRPC closes it
+    listed = json.loads(out)["clients"]
+    assert [(c["calls_in_flight"], c["methods"]) for c in listed] == [
+        (0, []), (1, ["/virtmesh.admin.v1.AdminService/ListClients"])]
+    assert {c["identity"] for c in listed} == {"O=virtmesh,CN=admin"}
+
+    status, out, err = virtmesh(*flags, "admin", "set-limit", "--service", "compute",
+                                "max_event_watchers", "5")
+    assert status == 0, err
+    assert re.search(r"^max_event_watchers\s+5\s+0\s+yes", out, re.M)
+    status, out, err = virtmesh(*flags, "admin", "limits", "--service", "compute")
+    assert re.search(r"^max_event_watchers\s+5\s", out, re.M), out
+
+    status, out, err = virtmesh(*flags, "admin", "set-log", "--level", "warning",
+                                "--filter", "gateway.authn=debug")
+    assert status == 0, err
+    assert re.search(r"^\(level\)\s+warning$", out, re.M)
+    assert re.search(r"^gateway\.authn\s+debug$", out, re.M)
+
+    status, out, err = virtmesh(*flags, "admin", "reload", "--json")
+    assert json.loads(out)["reloaded"] == ["tls", "identities", "policy"]
+
+    status, out, err = virtmesh(*flags, "admin", "disconnect", "1-1")
+    assert status == 1 and "NOT_FOUND" in err
+
+    readonly = ("--gateway", mesh.token_target, "--ca", str(mesh.state_dir / "pki" / "ca.crt"),
+                "--token-file", str(mesh.state_dir / "tokens" / "readonly.token"))
+    status, out, err = virtmesh(*readonly, "admin", "set-limit", "max_client_requests", "3")
+    assert status == 1 and "PERMISSION_DENIED" in err and "server:write" in err
+
+    run = str(mesh.state_dir / "run")
+    status, out, err = virtmesh("--socket", run, "admin", "info", "--service", "compute")
+    assert status == 0 and re.search(r"^LIBVIRT_STATE:\s+connected$", out, re.M), err
+    status, out, err = virtmesh("--socket", run, "admin", "info", "--service", "gateway")
+    assert status == 2 and "use --gateway" in err
