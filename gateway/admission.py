@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -39,6 +40,8 @@ from services.common import logs
 from services.common.acl import is_read_only
 from services.common.clients import CallHandle, ClientRegistry
 from services.common.shared import error_status
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +103,9 @@ class CallGuard:
             [0, 0] if method.client_streaming or method.server_streaming else None)
         self.started = time.perf_counter()
         self._recorded = False
-        #: the status an administrator ended the call with (see _end_by_admin)
-        self._ended_by_admin: EndCall | None = None
+        #: the call's own task, and the one ending it for an administrator
         self._task: asyncio.Task[Any] | None = None
+        self._ending: asyncio.Task[None] | None = None
         self._client: CallHandle | None = None
         # Read now, while the call is alive: end() may run after grpc.aio has released
         # the call (see proxy.py's stream_response), where peer() is a SIGSEGV, and in
@@ -122,13 +125,7 @@ class CallGuard:
             self._task = asyncio.current_task()
             with clients.call(self.peer, self.peer, self.path, self._end_by_admin) as client:
                 self._client = client
-                try:
-                    yield
-                except asyncio.CancelledError:
-                    if self._ended_by_admin is None or self._task is None:
-                        raise
-                    self._task.uncancel()
-                    raise self._ended_by_admin from None
+                yield
         except EndCall as end:
             self.end(code=end.code)
             await self.context.abort(end.code, end.message, end.trailers)
@@ -138,11 +135,25 @@ class CallGuard:
         self.end()
 
     def _end_by_admin(self, code: grpc.StatusCode, details: str) -> None:
-        """End the call from outside (the admin API's DisconnectClient): its task is
-        cancelled, and recorded() turns that into this status."""
-        self._ended_by_admin = refused(code, details, "CLIENT_DISCONNECTED")
-        if self._task is not None:
-            self._task.cancel()
+        """End the call from outside (the admin API's DisconnectClient), after its audit
+        record: abort it from a task of its own, which sends the status at once wherever
+        the call's task is, then cancel the call's task so that it stops. (Cancelling
+        alone leaves the client without a status when the cancellation lands while
+        grpc.aio writes a response.)"""
+        self.end(code=code)
+        ended = refused(code, details, "CLIENT_DISCONNECTED")
+        self._ending = asyncio.get_running_loop().create_task(self._abort_and_stop(ended))
+
+    async def _abort_and_stop(self, ended: EndCall) -> None:
+        if self._task is None or self._task.done():
+            return  # ended meanwhile; grpc.aio may have released the call
+        try:
+            await self.context.abort(ended.code, ended.message, ended.trailers)
+        except grpc.aio.AbortError:
+            pass  # how abort() returns
+        except Exception as error:  # noqa: BLE001 - the call had ended meanwhile
+            log.debug("%s had ended before its disconnection: %s", self.path, error)
+        self._task.cancel()
 
     async def counted(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """A request stream, its bytes counted for the record."""
