@@ -3,6 +3,9 @@
 The gateway gives every call an ``x-request-id`` and forwards it; each process keeps
 the id of the call it is serving in a context variable, so every line logged while
 serving that call carries it, whichever module logs.
+
+The level and per-logger filters can be read and changed while the process runs
+(the admin API, services/common/admin.py): a filter is a logger's own level.
 """
 
 from __future__ import annotations

@@ -46,7 +46,8 @@ type AdminServiceClient interface {
 	// Reads again now what the process can change without a restart: at the
 	// gateway the TLS certificate, key and CA, the identities file and the
 	// policy file (as SIGHUP does). A file that cannot be used is listed in
-	// `failures` and what was in use stays in use.
+	// `failures`: the TLS material and the policy in use stay in use, while an
+	// identities file that cannot be used admits nobody (as at every reload).
 	ReloadServer(ctx context.Context, in *ReloadServerRequest, opts ...grpc.CallOption) (*ReloadServerResponse, error)
 }
 
@@ -163,7 +164,8 @@ type AdminServiceServer interface {
 	// Reads again now what the process can change without a restart: at the
 	// gateway the TLS certificate, key and CA, the identities file and the
 	// policy file (as SIGHUP does). A file that cannot be used is listed in
-	// `failures` and what was in use stays in use.
+	// `failures`: the TLS material and the policy in use stay in use, while an
+	// identities file that cannot be used admits nobody (as at every reload).
 	ReloadServer(context.Context, *ReloadServerRequest) (*ReloadServerResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }

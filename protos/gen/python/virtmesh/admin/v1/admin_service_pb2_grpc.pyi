@@ -95,7 +95,8 @@ class AdminServiceStub:
     """Reads again now what the process can change without a restart: at the
     gateway the TLS certificate, key and CA, the identities file and the
     policy file (as SIGHUP does). A file that cannot be used is listed in
-    `failures` and what was in use stays in use.
+    `failures`: the TLS material and the policy in use stay in use, while an
+    identities file that cannot be used admits nobody (as at every reload).
     """
 
 @_typing.type_check_only
@@ -165,7 +166,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Reads again now what the process can change without a restart: at the
     gateway the TLS certificate, key and CA, the identities file and the
     policy file (as SIGHUP does). A file that cannot be used is listed in
-    `failures` and what was in use stays in use.
+    `failures`: the TLS material and the policy in use stay in use, while an
+    identities file that cannot be used admits nobody (as at every reload).
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -280,7 +282,8 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Reads again now what the process can change without a restart: at the
         gateway the TLS certificate, key and CA, the identities file and the
         policy file (as SIGHUP does). A file that cannot be used is listed in
-        `failures` and what was in use stays in use.
+        `failures`: the TLS material and the policy in use stay in use, while an
+        identities file that cannot be used admits nobody (as at every reload).
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

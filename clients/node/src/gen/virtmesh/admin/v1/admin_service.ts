@@ -2686,7 +2686,8 @@ export const AdminServiceService = {
    * Reads again now what the process can change without a restart: at the
    * gateway the TLS certificate, key and CA, the identities file and the
    * policy file (as SIGHUP does). A file that cannot be used is listed in
-   * `failures` and what was in use stays in use.
+   * `failures`: the TLS material and the policy in use stay in use, while an
+   * identities file that cannot be used admits nobody (as at every reload).
    */
   reloadServer: {
     path: "/virtmesh.admin.v1.AdminService/ReloadServer" as const,
@@ -2741,7 +2742,8 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
    * Reads again now what the process can change without a restart: at the
    * gateway the TLS certificate, key and CA, the identities file and the
    * policy file (as SIGHUP does). A file that cannot be used is listed in
-   * `failures` and what was in use stays in use.
+   * `failures`: the TLS material and the policy in use stay in use, while an
+   * identities file that cannot be used admits nobody (as at every reload).
    */
   reloadServer: handleUnaryCall<ReloadServerRequest, ReloadServerResponse>;
 }
@@ -2885,7 +2887,8 @@ export interface AdminServiceClient extends Client1 {
    * Reads again now what the process can change without a restart: at the
    * gateway the TLS certificate, key and CA, the identities file and the
    * policy file (as SIGHUP does). A file that cannot be used is listed in
-   * `failures` and what was in use stays in use.
+   * `failures`: the TLS material and the policy in use stay in use, while an
+   * identities file that cannot be used admits nobody (as at every reload).
    */
   reloadServer(
     request: ReloadServerRequest,
