@@ -21,10 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor
@@ -38,10 +36,8 @@ from gateway.identity import AuthenticationError, Identity
 from gateway.limits import Limiter, LimitExceeded
 from services.common import logs
 from services.common.acl import is_read_only
-from services.common.clients import CallHandle, ClientRegistry
+from services.common.clients import CallHandle, ClientRegistry, aio_call_ender
 from services.common.shared import error_status
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,9 +99,6 @@ class CallGuard:
             [0, 0] if method.client_streaming or method.server_streaming else None)
         self.started = time.perf_counter()
         self._recorded = False
-        #: the call's own task, and the one ending it for an administrator
-        self._task: asyncio.Task[Any] | None = None
-        self._ending: asyncio.Task[None] | None = None
         self._client: CallHandle | None = None
         # Read now, while the call is alive: end() may run after grpc.aio has released
         # the call (see proxy.py's stream_response), where peer() is a SIGSEGV, and in
@@ -122,8 +115,11 @@ class CallGuard:
             if clients.refused(self.peer):
                 raise refused(grpc.StatusCode.UNAVAILABLE, "this connection was disconnected "
                               "by an administrator: open a new one", "CLIENT_DISCONNECTED")
-            self._task = asyncio.current_task()
-            with clients.call(self.peer, self.peer, self.path, self._end_by_admin) as client:
+            task = asyncio.current_task()
+            assert task is not None
+            # ended by the admin API after its audit record
+            ender = aio_call_ender(self.context, task, lambda code: self.end(code=code))
+            with clients.call(self.peer, self.peer, self.path, ender) as client:
                 self._client = client
                 yield
         except EndCall as end:
@@ -133,27 +129,6 @@ class CallGuard:
             self.end(error=error)
             raise
         self.end()
-
-    def _end_by_admin(self, code: grpc.StatusCode, details: str) -> None:
-        """End the call from outside (the admin API's DisconnectClient), after its audit
-        record: abort it from a task of its own, which sends the status at once wherever
-        the call's task is, then cancel the call's task so that it stops. (Cancelling
-        alone leaves the client without a status when the cancellation lands while
-        grpc.aio writes a response.)"""
-        self.end(code=code)
-        ended = refused(code, details, "CLIENT_DISCONNECTED")
-        self._ending = asyncio.get_running_loop().create_task(self._abort_and_stop(ended))
-
-    async def _abort_and_stop(self, ended: EndCall) -> None:
-        if self._task is None or self._task.done():
-            return  # ended meanwhile; grpc.aio may have released the call
-        try:
-            await self.context.abort(ended.code, ended.message, ended.trailers)
-        except grpc.aio.AbortError:
-            pass  # how abort() returns
-        except Exception as error:  # noqa: BLE001 - the call had ended meanwhile
-            log.debug("%s had ended before its disconnection: %s", self.path, error)
-        self._task.cancel()
 
     async def counted(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """A request stream, its bytes counted for the record."""

@@ -15,16 +15,23 @@ services' daemons share it; its lock makes it safe from threads and tasks alike.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import datetime
 import itertools
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
+
+from services.common.shared import error_status
+
+log = logging.getLogger(__name__)
 
 #: ends one call in flight with this status and message
 EndCall = Callable[[grpc.StatusCode, str], None]
@@ -157,3 +164,32 @@ class ClientRegistry:
         for end in ends:  # outside the lock: an ending call finishes through it
             end(grpc.StatusCode.UNAVAILABLE, details)
         return info
+
+
+def aio_call_ender(context: grpc.aio.ServicerContext, task: asyncio.Task[Any],
+                   before: Callable[[grpc.StatusCode], None] | None = None) -> EndCall:
+    """How to end a grpc.aio call from another task: ``before`` (an audit record), then
+    abort the call from a task of its own, which sends the status (ErrorInfo reason
+    CLIENT_DISCONNECTED) at once wherever the call's task is, then cancel the call's
+    task so that it stops. Cancelling alone leaves the client without any status when
+    the cancellation lands while grpc.aio writes a response."""
+    ending: set[asyncio.Task[None]] = set()  # a reference, so the task is not collected
+
+    async def abort_and_stop(code: grpc.StatusCode, details: str) -> None:
+        if task.done():
+            return  # ended meanwhile; grpc.aio may have released the call
+        status = error_status(code, details, "CLIENT_DISCONNECTED")
+        try:
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        except grpc.aio.AbortError:
+            pass  # how abort() returns
+        except Exception as error:  # noqa: BLE001 - the call had ended meanwhile
+            log.debug("the call had ended before its disconnection: %s", error)
+        task.cancel()
+
+    def end(code: grpc.StatusCode, details: str) -> None:
+        if before is not None:
+            before(code)
+        ending.add(asyncio.get_running_loop().create_task(abort_and_stop(code, details)))
+
+    return end
