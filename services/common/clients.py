@@ -172,7 +172,9 @@ def aio_call_ender(context: grpc.aio.ServicerContext, task: asyncio.Task[Any],
     abort the call from a task of its own, which sends the status (ErrorInfo reason
     CLIENT_DISCONNECTED) at once wherever the call's task is, then cancel the call's
     task so that it stops. Cancelling alone leaves the client without any status when
-    the cancellation lands while grpc.aio writes a response."""
+    the cancellation lands while grpc.aio writes a response. Made in the call's task;
+    what it returns may be called from any thread (a sync handler runs in one)."""
+    loop = asyncio.get_running_loop()
     ending: set[asyncio.Task[None]] = set()  # a reference, so the task is not collected
 
     async def abort_and_stop(code: grpc.StatusCode, details: str) -> None:
@@ -190,6 +192,7 @@ def aio_call_ender(context: grpc.aio.ServicerContext, task: asyncio.Task[Any],
     def end(code: grpc.StatusCode, details: str) -> None:
         if before is not None:
             before(code)
-        ending.add(asyncio.get_running_loop().create_task(abort_and_stop(code, details)))
+        loop.call_soon_threadsafe(
+            lambda: ending.add(loop.create_task(abort_and_stop(code, details))))
 
     return end
