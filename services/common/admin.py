@@ -42,8 +42,6 @@ from virtmesh.admin.v1 import admin_service_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"]
-#: ``/virtmesh.admin.v1.AdminService/``: the prefix of its methods' paths
-PATH_PREFIX = f"/{SERVICE.full_name}/"
 add_to_server = pb_grpc.add_AdminServiceServicer_to_server
 
 

@@ -309,7 +309,7 @@ class Daemon:
         # outermost first: observe the status errors are mapped to
         self.server = self._serve(executor, threads * 4, self.socket_path, config.socket_mode, [
             ObserveInterceptor(trust_identity=True), ErrorInterceptor(), self.activity,
-            self.admin.interceptor(self.socket_path, trust_identity=True)])
+            self.admin.interceptor(self.socket_path, trust_identity=True)])  # admin API
         read_only = self.read_only_socket_path
         if read_only:
             # Any local user reaches it: its calls may hold at most half of the unary
@@ -317,6 +317,7 @@ class Daemon:
             self.read_only_server = self._serve(
                 executor, config.max_workers // 2 + config.max_event_watchers, read_only,
                 config.socket_ro_mode, [ObserveInterceptor(), ErrorInterceptor(),
+                                        # admin API: its read RPCs, its clients
                                         ReadOnlyInterceptor(self.spec.descriptor, admin.SERVICE),
                                         self.activity,
                                         self.admin.interceptor(read_only, trust_identity=False)])
@@ -335,7 +336,7 @@ class Daemon:
         self.spec.add_to_server(self.servicer, server)
         admin.add_to_server(admin.AdminServicer(self.admin), server)  # admin API
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable((self.spec.descriptor.full_name, admin.SERVICE.full_name,
+        reflection.enable((self.spec.descriptor.full_name, admin.SERVICE.full_name,  # admin API
                            health.SERVICE_NAME), server)
         old_umask = os.umask(0o177)
         try:
