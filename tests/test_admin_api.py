@@ -176,7 +176,7 @@ def test_lowering_max_event_watchers_refuses_the_next_watcher(mesh: Mesh) -> Non
         first.cancel()
 
         for limit_name, value, code in (
-                ("max_event_watchers", 65, grpc.StatusCode.FAILED_PRECONDITION),  # above start
+                ("max_sessions", 33, grpc.StatusCode.FAILED_PRECONDITION),  # above start
                 ("max_workers", 8, grpc.StatusCode.FAILED_PRECONDITION),  # fixed at start
                 ("max_event_watchers", 0, grpc.StatusCode.INVALID_ARGUMENT),
                 ("no_such_limit", 1, grpc.StatusCode.NOT_FOUND)):

@@ -4,36 +4,38 @@ administers a libvirt daemon.
 ``AdminServicer`` answers every RPC from a ``ServerControl``, the small surface a
 process offers: what it is, its clients, its limits, what it can read again. Log
 settings are the same in every process (services/common/logs.py). The servicer's
-methods are quick and never block, so the same object is a sync service's servicer
+methods are quick and never block, so the same object is a service's servicer
 and what the grpc.aio gateway (gateway/admin_service.py) calls once it has admitted
 a call for its own process. Errors are ServiceErrors: the services'
 ErrorInterceptor and the gateway turn them into statuses.
 
 The last part, ``DaemonControl`` and ``ClientsInterceptor``, is the control of the
-current sync daemon (services/common/daemon.py), where gRPC gives no way to end
-another thread's call but a private one (see ``_end_sync_call``).
+services' daemon (services/common/daemon.py): the AdminServicer's methods are
+blocking ones there, run on its threads like any other.
 
 Libvirt-free: the gateway imports it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import datetime
+import inspect
 import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common import logs, paging
-from services.common.clients import ClientInfo, ClientRegistry
-from services.common.interceptors import WrappingInterceptor, identity_from
+from services.common.clients import ClientInfo, ClientRegistry, aio_call_ender
+from services.common.interceptors import identity_from, with_behavior
 from services.common.shared import ServiceError
 from services.common.version import VERSION
 from virtmesh.admin.v1 import admin_service_pb2 as pb
@@ -238,30 +240,17 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                       for what, error in results.items() if error], pid=os.getpid())
 
 
-# -- the current sync daemon (services/common/daemon.py) ---------------------------------
-# Goes when the daemon becomes grpc.aio: there a call ends by cancelling its task.
+# -- the services' daemon (services/common/daemon.py) ---------------------------------
 
 
-def _end_sync_call(context: grpc.ServicerContext) -> Callable[[grpc.StatusCode, str], None]:
-    """How to end a sync server's call from another thread. gRPC's public API has only
-    ``context.abort`` (in the call's own thread) and ``context.cancel`` (CANCELLED);
-    the core call's cancel with a status sends that status to the client at once. The
-    handler's thread runs on: a stream notices ``is_active()`` turn false (an event
-    watch within half a second), a unary call finishes its libvirt call unseen."""
-    def end(code: grpc.StatusCode, details: str) -> None:
-        call = getattr(getattr(context, "_rpc_event", None), "call", None)
-        if call is None:  # another gRPC: the nearest public way
-            context.cancel()
-            return
-        call.cancel(code.value[0], details)
-
-    return end
-
-
-class ClientsInterceptor(WrappingInterceptor):
-    """Registers every call (health probes aside) of one socket of a sync service in
+class ClientsInterceptor(grpc.aio.ServerInterceptor):
+    """Registers every call (health probes aside) of one socket of a service in
     ``registry``: its client is the identity the gateway vouched for (trusted on the
-    main socket only) on this socket, since every peer of a UNIX socket is "unix:"."""
+    main socket only) on this socket, since every peer of a UNIX socket is "unix:".
+    Placed outside the daemon's Pipeline, where every method is a coroutine on the
+    loop (a blocking one bridged to a thread), so each call can be ended by aborting it
+    and cancelling its task (clients.aio_call_ender); a blocking call's thread then
+    finishes its libvirt call unseen."""
 
     def __init__(self, registry: ClientRegistry, socket_path: str,
                  trust_identity: bool) -> None:
@@ -269,28 +258,44 @@ class ClientsInterceptor(WrappingInterceptor):
         self.peer = f"unix:{socket_path}"
         self.trust_identity = trust_identity
 
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler, behavior: Any) -> Any:
-        if method.startswith("/grpc.health.v1.Health/"):
-            return behavior
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                                handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith("/grpc.health.v1.Health/"):
+            return handler
 
-        def registered(context: grpc.ServicerContext) -> contextlib.AbstractContextManager[Any]:
+        def registered(context: grpc.aio.ServicerContext
+                       ) -> contextlib.AbstractContextManager[Any]:
             identity = identity_from(context.invocation_metadata()) \
                 if self.trust_identity else ""
+            task = asyncio.current_task()
+            assert task is not None
             return self.registry.call(f"{self.peer} {identity}", self.peer, method,
-                                      _end_sync_call(context), identity)
+                                      aio_call_ender(context, task), identity)
 
-        if handler.response_streaming:
-            def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        def wrap(behavior: Any) -> Any:
+            if handler.response_streaming:
+                async def stream(request: Any, context: grpc.aio.ServicerContext
+                                 ) -> AsyncIterator[Any]:
+                    with registered(context):
+                        result = behavior(request, context)
+                        if inspect.isawaitable(result):  # writes with context.write
+                            await result
+                            return
+                        async with contextlib.aclosing(result) as responses:
+                            async for response in responses:
+                                yield response
+
+                return stream
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 with registered(context):
-                    yield from behavior(request, context)
+                    return await behavior(request, context)
 
-            return stream
+            return unary
 
-        def unary(request: Any, context: grpc.ServicerContext) -> Any:
-            with registered(context):
-                return behavior(request, context)
-
-        return unary
+        return with_behavior(handler, wrap)
 
 
 def _attribute(owner: Any, name: str) -> dict[str, Any]:
@@ -310,6 +315,7 @@ class DaemonControl:
         self.registry = ClientRegistry()
 
     def interceptor(self, socket_path: Any, trust_identity: bool) -> ClientsInterceptor:
+        """The interceptor registering the calls of one socket (outermost)."""
         return ClientsInterceptor(self.registry, str(socket_path), trust_identity)
 
     def info(self) -> ServerInfo:
@@ -323,20 +329,27 @@ class DaemonControl:
         return disconnected(self.registry, client_id, self.name)
 
     def limits(self) -> list[Limit]:
-        config, servicer = self.daemon.config, self.daemon.servicer
-        hub = servicer.events
+        daemon = self.daemon
+        config, servicer = daemon.config, daemon.servicer
+        hub, unary, read_only = servicer.events, daemon.unary_calls, daemon.read_only_calls
         found = [
-            Limit("max_workers", "threads serving unary calls (fixed at start)",
+            Limit("max_workers", "threads for blocking calls (fixed at start)",
                   lambda: int(config.max_workers)),
-            Limit("max_event_watchers", "event watch streams open at once",
-                  in_use=lambda: int(hub.subscriber_count),
-                  ceiling=config.max_event_watchers, **_attribute(hub, "max_subscribers")),
+            Limit("max_event_watchers", "event watch streams open at once (coroutines)",
+                  in_use=lambda: int(hub.subscriber_count), **_attribute(hub, "max_subscribers")),
+            Limit("max_calls", "blocking unary calls admitted at once on the main socket "
+                  "(running or waiting for a thread; max_workers x 4 at start)",
+                  in_use=lambda: int(unary.count), **_attribute(unary, "limit")),
+            Limit("max_read_only_calls", "the same on the read-only socket (max_workers / 2 "
+                  "at start)", in_use=lambda: int(read_only.count),
+                  **_attribute(read_only, "limit")),
             Limit("max_message_bytes", "largest request or response (fixed at start)",
                   lambda: int(config.max_message_bytes)),
         ]
         sessions = getattr(servicer, "sessions", None)
         if sessions is not None:  # compute: console, channel and graphics sessions
-            found.append(Limit("max_sessions", "console, channel and graphics sessions",
+            found.append(Limit("max_sessions", "console, channel and graphics sessions (each "
+                               "holds a thread allocated at start)",
                                in_use=lambda: int(sessions.open), ceiling=config.max_sessions,
                                **_attribute(sessions, "limit")))
         return found
