@@ -175,9 +175,13 @@ def test_lowering_max_event_watchers_refuses_the_next_watcher(mesh: Mesh) -> Non
         assert reason_of(refused) == "TOO_MANY_WATCHERS"
         first.cancel()
 
+        workers = admin.SetLimit(pb.SetLimitRequest(name="compute", limit="max_workers",
+                                                    value=3)).limit
+        assert (workers.value, workers.settable) == (3, True)
+        compute_grpc.ComputeServiceStub(channel).ListDomains(compute_pb.ListDomainsRequest())
         for limit_name, value, code in (
                 ("max_sessions", 33, grpc.StatusCode.FAILED_PRECONDITION),  # above start
-                ("max_workers", 8, grpc.StatusCode.FAILED_PRECONDITION),  # fixed at start
+                ("max_message_bytes", 8, grpc.StatusCode.FAILED_PRECONDITION),  # at start
                 ("max_event_watchers", 0, grpc.StatusCode.INVALID_ARGUMENT),
                 ("no_such_limit", 1, grpc.StatusCode.NOT_FOUND)):
             error = error_of(admin.SetLimit, pb.SetLimitRequest(name="compute", limit=limit_name,
@@ -185,7 +189,7 @@ def test_lowering_max_event_watchers_refuses_the_next_watcher(mesh: Mesh) -> Non
             assert error.code() == code, (limit_name, value, error.details())
     records = audit_records(mesh, "SetLimit")
     assert [(r["code"], r["objects"]) for r in records] == [
-        ("OK", ["compute"]), ("FAILED_PRECONDITION", ["compute"]),
+        ("OK", ["compute"]), ("OK", ["compute"]), ("FAILED_PRECONDITION", ["compute"]),
         ("FAILED_PRECONDITION", ["compute"]), ("INVALID_ARGUMENT", ["compute"]),
         ("NOT_FOUND", ["compute"])]
 

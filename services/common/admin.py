@@ -332,9 +332,16 @@ class DaemonControl:
         daemon = self.daemon
         config, servicer = daemon.config, daemon.servicer
         hub, unary, read_only = servicer.events, daemon.unary_calls, daemon.read_only_calls
+        workers, streams = daemon.workers, daemon.stream_calls
+
+        def set_workers(value: int) -> None:
+            # the pool also holds the streams' threads; more start as calls need them,
+            # fewer: no new ones start until the count is below the new size
+            workers.size = value + streams.limit
+
         found = [
-            Limit("max_workers", "threads for blocking calls (fixed at start)",
-                  lambda: int(config.max_workers)),
+            Limit("max_workers", "threads for blocking calls (started as calls need them)",
+                  lambda: int(workers.size - streams.limit), set_workers),
             Limit("max_event_watchers", "event watch streams open at once (coroutines)",
                   in_use=lambda: int(hub.subscriber_count), **_attribute(hub, "max_subscribers")),
             Limit("max_calls", "blocking unary calls admitted at once on the main socket "
@@ -349,9 +356,9 @@ class DaemonControl:
         sessions = getattr(servicer, "sessions", None)
         if sessions is not None:  # compute: console, channel and graphics sessions
             found.append(Limit("max_sessions", "console, channel and graphics sessions (each "
-                               "holds a thread allocated at start)",
-                               in_use=lambda: int(sessions.open), ceiling=config.max_sessions,
-                               **_attribute(sessions, "limit")))
+                               "holds a thread; at most the start value, whose threads are "
+                               "reserved)", in_use=lambda: int(sessions.open),
+                               ceiling=config.max_sessions, **_attribute(sessions, "limit")))
         return found
 
     def reload(self) -> dict[str, str]:
