@@ -170,6 +170,104 @@ KEY_CODE_SET_WIN32: KeyCodeSet.ValueType  # 9
 KEY_CODE_SET_QNUM: KeyCodeSet.ValueType  # 10
 Global___KeyCodeSet: _TypeAlias = KeyCodeSet  # noqa: Y015
 
+class _CpuCompareResult:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CpuCompareResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CpuCompareResult.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CPU_COMPARE_RESULT_UNSPECIFIED: _CpuCompareResult.ValueType  # 0
+    CPU_COMPARE_RESULT_INCOMPATIBLE: _CpuCompareResult.ValueType  # 1
+    """The host cannot run it."""
+    CPU_COMPARE_RESULT_IDENTICAL: _CpuCompareResult.ValueType  # 2
+    """The host's CPU is the same."""
+    CPU_COMPARE_RESULT_SUPERSET: _CpuCompareResult.ValueType  # 3
+    """The host's CPU can do all it does and more."""
+
+class CpuCompareResult(_CpuCompareResult, metaclass=_CpuCompareResultEnumTypeWrapper):
+    """How a CPU compares with the host's (virCPUCompareResult)."""
+
+CPU_COMPARE_RESULT_UNSPECIFIED: CpuCompareResult.ValueType  # 0
+CPU_COMPARE_RESULT_INCOMPATIBLE: CpuCompareResult.ValueType  # 1
+"""The host cannot run it."""
+CPU_COMPARE_RESULT_IDENTICAL: CpuCompareResult.ValueType  # 2
+"""The host's CPU is the same."""
+CPU_COMPARE_RESULT_SUPERSET: CpuCompareResult.ValueType  # 3
+"""The host's CPU can do all it does and more."""
+Global___CpuCompareResult: _TypeAlias = CpuCompareResult  # noqa: Y015
+
+class _PageAllocationMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PageAllocationModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PageAllocationMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PAGE_ALLOCATION_MODE_UNSPECIFIED: _PageAllocationMode.ValueType  # 0
+    """Refused: say which."""
+    PAGE_ALLOCATION_MODE_ADD: _PageAllocationMode.ValueType  # 1
+    """Add `count` pages to the pool."""
+    PAGE_ALLOCATION_MODE_SET: _PageAllocationMode.ValueType  # 2
+    """Make the pool `count` pages."""
+
+class PageAllocationMode(_PageAllocationMode, metaclass=_PageAllocationModeEnumTypeWrapper):
+    """How AllocNodePages changes a pool of pages (virNodeAllocPagesFlags)."""
+
+PAGE_ALLOCATION_MODE_UNSPECIFIED: PageAllocationMode.ValueType  # 0
+"""Refused: say which."""
+PAGE_ALLOCATION_MODE_ADD: PageAllocationMode.ValueType  # 1
+"""Add `count` pages to the pool."""
+PAGE_ALLOCATION_MODE_SET: PageAllocationMode.ValueType  # 2
+"""Make the pool `count` pages."""
+Global___PageAllocationMode: _TypeAlias = PageAllocationMode  # noqa: Y015
+
+class _NodeSuspendTarget:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NodeSuspendTargetEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NodeSuspendTarget.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NODE_SUSPEND_TARGET_UNSPECIFIED: _NodeSuspendTarget.ValueType  # 0
+    """Refused: say which."""
+    NODE_SUSPEND_TARGET_MEM: _NodeSuspendTarget.ValueType  # 1
+    """Suspend to RAM."""
+    NODE_SUSPEND_TARGET_DISK: _NodeSuspendTarget.ValueType  # 2
+    """Suspend to disk."""
+    NODE_SUSPEND_TARGET_HYBRID: _NodeSuspendTarget.ValueType  # 3
+    """Both."""
+
+class NodeSuspendTarget(_NodeSuspendTarget, metaclass=_NodeSuspendTargetEnumTypeWrapper):
+    """The sleep state SuspendNode puts the host in (virNodeSuspendTarget)."""
+
+NODE_SUSPEND_TARGET_UNSPECIFIED: NodeSuspendTarget.ValueType  # 0
+"""Refused: say which."""
+NODE_SUSPEND_TARGET_MEM: NodeSuspendTarget.ValueType  # 1
+"""Suspend to RAM."""
+NODE_SUSPEND_TARGET_DISK: NodeSuspendTarget.ValueType  # 2
+"""Suspend to disk."""
+NODE_SUSPEND_TARGET_HYBRID: NodeSuspendTarget.ValueType  # 3
+"""Both."""
+Global___NodeSuspendTarget: _TypeAlias = NodeSuspendTarget  # noqa: Y015
+
+class _NativeConfigFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NativeConfigFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NativeConfigFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NATIVE_CONFIG_FORMAT_UNSPECIFIED: _NativeConfigFormat.ValueType  # 0
+    """qemu-argv, the QEMU driver's only format."""
+    NATIVE_CONFIG_FORMAT_QEMU_ARGV: _NativeConfigFormat.ValueType  # 1
+    """A QEMU command line."""
+
+class NativeConfigFormat(_NativeConfigFormat, metaclass=_NativeConfigFormatEnumTypeWrapper):
+    """A hypervisor configuration format libvirt converts (virsh's --format names)."""
+
+NATIVE_CONFIG_FORMAT_UNSPECIFIED: NativeConfigFormat.ValueType  # 0
+"""qemu-argv, the QEMU driver's only format."""
+NATIVE_CONFIG_FORMAT_QEMU_ARGV: NativeConfigFormat.ValueType  # 1
+"""A QEMU command line."""
+Global___NativeConfigFormat: _TypeAlias = NativeConfigFormat  # noqa: Y015
+
 @_typing.final
 class Domain(_message.Message):
     """A domain's summary."""
@@ -2445,3 +2543,1190 @@ class GetDomainDisplayResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDomainDisplayResponse: _TypeAlias = GetDomainDisplayResponse  # noqa: Y015
+
+@_typing.final
+class BaselineCpuRequest(_message.Message):
+    """-- Host ---------------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    XML_CPUS_FIELD_NUMBER: _builtins.int
+    EXPAND_FEATURES_FIELD_NUMBER: _builtins.int
+    MIGRATABLE_FIELD_NUMBER: _builtins.int
+    expand_features: _builtins.bool
+    """List every feature of the model in the result, not only those added to it."""
+    migratable: _builtins.bool
+    """Leave out features that block migration."""
+    @_builtins.property
+    def xml_cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Host CPU descriptions (<cpu> elements, as in capabilities XML), 1 to 256."""
+
+    def __init__(
+        self,
+        *,
+        xml_cpus: _abc.Iterable[_builtins.str] | None = ...,
+        expand_features: _builtins.bool = ...,
+        migratable: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expand_features", b"expand_features", "migratable", b"migratable", "xml_cpus", b"xml_cpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BaselineCpuRequest: _TypeAlias = BaselineCpuRequest  # noqa: Y015
+
+@_typing.final
+class BaselineCpuResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    XML_FIELD_NUMBER: _builtins.int
+    xml: _builtins.str
+    """Guest CPU XML (<cpu mode='custom'>)."""
+    def __init__(
+        self,
+        *,
+        xml: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BaselineCpuResponse: _TypeAlias = BaselineCpuResponse  # noqa: Y015
+
+@_typing.final
+class BaselineHypervisorCpuRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMULATOR_FIELD_NUMBER: _builtins.int
+    ARCH_FIELD_NUMBER: _builtins.int
+    MACHINE_FIELD_NUMBER: _builtins.int
+    VIRT_TYPE_FIELD_NUMBER: _builtins.int
+    XML_CPUS_FIELD_NUMBER: _builtins.int
+    EXPAND_FEATURES_FIELD_NUMBER: _builtins.int
+    MIGRATABLE_FIELD_NUMBER: _builtins.int
+    emulator: _builtins.str
+    """The hypervisor, as in GetDomainCapabilities; empty fields are libvirt's
+    defaults.
+    """
+    arch: _builtins.str
+    machine: _builtins.str
+    virt_type: _builtins.str
+    expand_features: _builtins.bool
+    migratable: _builtins.bool
+    @_builtins.property
+    def xml_cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """As BaselineCpuRequest."""
+
+    def __init__(
+        self,
+        *,
+        emulator: _builtins.str = ...,
+        arch: _builtins.str = ...,
+        machine: _builtins.str = ...,
+        virt_type: _builtins.str = ...,
+        xml_cpus: _abc.Iterable[_builtins.str] | None = ...,
+        expand_features: _builtins.bool = ...,
+        migratable: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "emulator", b"emulator", "expand_features", b"expand_features", "machine", b"machine", "migratable", b"migratable", "virt_type", b"virt_type", "xml_cpus", b"xml_cpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BaselineHypervisorCpuRequest: _TypeAlias = BaselineHypervisorCpuRequest  # noqa: Y015
+
+@_typing.final
+class BaselineHypervisorCpuResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    XML_FIELD_NUMBER: _builtins.int
+    xml: _builtins.str
+    """Guest CPU XML (<cpu mode='custom'>)."""
+    def __init__(
+        self,
+        *,
+        xml: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BaselineHypervisorCpuResponse: _TypeAlias = BaselineHypervisorCpuResponse  # noqa: Y015
+
+@_typing.final
+class CompareCpuRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    XML_FIELD_NUMBER: _builtins.int
+    FAIL_INCOMPATIBLE_FIELD_NUMBER: _builtins.int
+    xml: _builtins.str
+    """A CPU description: a <cpu> element (guest or host CPU XML)."""
+    fail_incompatible: _builtins.bool
+    """An incompatible CPU is an error (FAILED_PRECONDITION) rather than a result."""
+    def __init__(
+        self,
+        *,
+        xml: _builtins.str = ...,
+        fail_incompatible: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fail_incompatible", b"fail_incompatible", "xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareCpuRequest: _TypeAlias = CompareCpuRequest  # noqa: Y015
+
+@_typing.final
+class CompareCpuResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    result: Global___CpuCompareResult.ValueType
+    def __init__(
+        self,
+        *,
+        result: Global___CpuCompareResult.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareCpuResponse: _TypeAlias = CompareCpuResponse  # noqa: Y015
+
+@_typing.final
+class CompareHypervisorCpuRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMULATOR_FIELD_NUMBER: _builtins.int
+    ARCH_FIELD_NUMBER: _builtins.int
+    MACHINE_FIELD_NUMBER: _builtins.int
+    VIRT_TYPE_FIELD_NUMBER: _builtins.int
+    XML_FIELD_NUMBER: _builtins.int
+    FAIL_INCOMPATIBLE_FIELD_NUMBER: _builtins.int
+    emulator: _builtins.str
+    """The hypervisor, as in GetDomainCapabilities; empty fields are libvirt's
+    defaults.
+    """
+    arch: _builtins.str
+    machine: _builtins.str
+    virt_type: _builtins.str
+    xml: _builtins.str
+    """As CompareCpuRequest."""
+    fail_incompatible: _builtins.bool
+    def __init__(
+        self,
+        *,
+        emulator: _builtins.str = ...,
+        arch: _builtins.str = ...,
+        machine: _builtins.str = ...,
+        virt_type: _builtins.str = ...,
+        xml: _builtins.str = ...,
+        fail_incompatible: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "emulator", b"emulator", "fail_incompatible", b"fail_incompatible", "machine", b"machine", "virt_type", b"virt_type", "xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareHypervisorCpuRequest: _TypeAlias = CompareHypervisorCpuRequest  # noqa: Y015
+
+@_typing.final
+class CompareHypervisorCpuResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    result: Global___CpuCompareResult.ValueType
+    def __init__(
+        self,
+        *,
+        result: Global___CpuCompareResult.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareHypervisorCpuResponse: _TypeAlias = CompareHypervisorCpuResponse  # noqa: Y015
+
+@_typing.final
+class GetCpuModelNamesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARCH_FIELD_NUMBER: _builtins.int
+    arch: _builtins.str
+    """The architecture, e.g. x86_64; required."""
+    def __init__(
+        self,
+        *,
+        arch: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCpuModelNamesRequest: _TypeAlias = GetCpuModelNamesRequest  # noqa: Y015
+
+@_typing.final
+class GetCpuModelNamesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCpuModelNamesResponse: _TypeAlias = GetCpuModelNamesResponse  # noqa: Y015
+
+@_typing.final
+class GetSysinfoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSysinfoRequest: _TypeAlias = GetSysinfoRequest  # noqa: Y015
+
+@_typing.final
+class GetSysinfoResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    XML_FIELD_NUMBER: _builtins.int
+    xml: _builtins.str
+    """libvirt's <sysinfo> XML."""
+    def __init__(
+        self,
+        *,
+        xml: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSysinfoResponse: _TypeAlias = GetSysinfoResponse  # noqa: Y015
+
+@_typing.final
+class GetHostnameRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHostnameRequest: _TypeAlias = GetHostnameRequest  # noqa: Y015
+
+@_typing.final
+class GetHostnameResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    hostname: _builtins.str
+    def __init__(
+        self,
+        *,
+        hostname: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hostname", b"hostname"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHostnameResponse: _TypeAlias = GetHostnameResponse  # noqa: Y015
+
+@_typing.final
+class GetMaxVcpusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIRT_TYPE_FIELD_NUMBER: _builtins.int
+    virt_type: _builtins.str
+    """"kvm" or "qemu"; empty: the driver's default."""
+    def __init__(
+        self,
+        *,
+        virt_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["virt_type", b"virt_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMaxVcpusRequest: _TypeAlias = GetMaxVcpusRequest  # noqa: Y015
+
+@_typing.final
+class GetMaxVcpusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_VCPUS_FIELD_NUMBER: _builtins.int
+    max_vcpus: _builtins.int
+    def __init__(
+        self,
+        *,
+        max_vcpus: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_vcpus", b"max_vcpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMaxVcpusResponse: _TypeAlias = GetMaxVcpusResponse  # noqa: Y015
+
+@_typing.final
+class GetNodeCpuStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPU_FIELD_NUMBER: _builtins.int
+    cpu: _builtins.int
+    """One CPU by number; unset: all CPUs together."""
+    def __init__(
+        self,
+        *,
+        cpu: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cpu", b"_cpu", "cpu", b"cpu"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu", b"_cpu", "cpu", b"cpu"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cpu: _TypeAlias = _typing.Literal["cpu"]  # noqa: Y015
+    _WhichOneofArgType__cpu: _TypeAlias = _typing.Literal["_cpu", b"_cpu"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cpu) -> _WhichOneofReturnType__cpu | None: ...
+
+Global___GetNodeCpuStatsRequest: _TypeAlias = GetNodeCpuStatsRequest  # noqa: Y015
+
+@_typing.final
+class GetNodeCpuStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RawEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    KERNEL_NS_FIELD_NUMBER: _builtins.int
+    USER_NS_FIELD_NUMBER: _builtins.int
+    IDLE_NS_FIELD_NUMBER: _builtins.int
+    IOWAIT_NS_FIELD_NUMBER: _builtins.int
+    INTR_NS_FIELD_NUMBER: _builtins.int
+    UTILIZATION_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
+    kernel_ns: _builtins.int
+    """Time spent, since the host started; 0 for a counter the host does not keep."""
+    user_ns: _builtins.int
+    idle_ns: _builtins.int
+    iowait_ns: _builtins.int
+    intr_ns: _builtins.int
+    utilization: _builtins.int
+    """Percent busy, on hosts that report it instead of times."""
+    @_builtins.property
+    def raw(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Every counter libvirt returned, by its name."""
+
+    def __init__(
+        self,
+        *,
+        kernel_ns: _builtins.int = ...,
+        user_ns: _builtins.int = ...,
+        idle_ns: _builtins.int = ...,
+        iowait_ns: _builtins.int = ...,
+        intr_ns: _builtins.int = ...,
+        utilization: _builtins.int = ...,
+        raw: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_ns", b"idle_ns", "intr_ns", b"intr_ns", "iowait_ns", b"iowait_ns", "kernel_ns", b"kernel_ns", "raw", b"raw", "user_ns", b"user_ns", "utilization", b"utilization"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeCpuStatsResponse: _TypeAlias = GetNodeCpuStatsResponse  # noqa: Y015
+
+@_typing.final
+class GetNodeMemoryStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CELL_FIELD_NUMBER: _builtins.int
+    cell: _builtins.int
+    """One NUMA cell by number; unset: the whole host."""
+    def __init__(
+        self,
+        *,
+        cell: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cell", b"_cell", "cell", b"cell"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cell", b"_cell", "cell", b"cell"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cell: _TypeAlias = _typing.Literal["cell"]  # noqa: Y015
+    _WhichOneofArgType__cell: _TypeAlias = _typing.Literal["_cell", b"_cell"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cell) -> _WhichOneofReturnType__cell | None: ...
+
+Global___GetNodeMemoryStatsRequest: _TypeAlias = GetNodeMemoryStatsRequest  # noqa: Y015
+
+@_typing.final
+class GetNodeMemoryStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RawEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TOTAL_KIB_FIELD_NUMBER: _builtins.int
+    FREE_KIB_FIELD_NUMBER: _builtins.int
+    BUFFERS_KIB_FIELD_NUMBER: _builtins.int
+    CACHED_KIB_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
+    total_kib: _builtins.int
+    free_kib: _builtins.int
+    buffers_kib: _builtins.int
+    """0 for a cell: the kernel counts these for the whole host only."""
+    cached_kib: _builtins.int
+    @_builtins.property
+    def raw(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Every counter libvirt returned, by its name, in KiB."""
+
+    def __init__(
+        self,
+        *,
+        total_kib: _builtins.int = ...,
+        free_kib: _builtins.int = ...,
+        buffers_kib: _builtins.int = ...,
+        cached_kib: _builtins.int = ...,
+        raw: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffers_kib", b"buffers_kib", "cached_kib", b"cached_kib", "free_kib", b"free_kib", "raw", b"raw", "total_kib", b"total_kib"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeMemoryStatsResponse: _TypeAlias = GetNodeMemoryStatsResponse  # noqa: Y015
+
+@_typing.final
+class GetNodeFreeMemoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeFreeMemoryRequest: _TypeAlias = GetNodeFreeMemoryRequest  # noqa: Y015
+
+@_typing.final
+class GetNodeFreeMemoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FREE_BYTES_FIELD_NUMBER: _builtins.int
+    free_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        free_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["free_bytes", b"free_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeFreeMemoryResponse: _TypeAlias = GetNodeFreeMemoryResponse  # noqa: Y015
+
+@_typing.final
+class GetCellsFreeMemoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_CELL_FIELD_NUMBER: _builtins.int
+    MAX_CELLS_FIELD_NUMBER: _builtins.int
+    start_cell: _builtins.int
+    """The first cell; unset: 0."""
+    max_cells: _builtins.int
+    """At most this many cells; 0: every cell from the first."""
+    def __init__(
+        self,
+        *,
+        start_cell: _builtins.int | None = ...,
+        max_cells: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_start_cell", b"_start_cell", "start_cell", b"start_cell"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_start_cell", b"_start_cell", "max_cells", b"max_cells", "start_cell", b"start_cell"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__start_cell: _TypeAlias = _typing.Literal["start_cell"]  # noqa: Y015
+    _WhichOneofArgType__start_cell: _TypeAlias = _typing.Literal["_start_cell", b"_start_cell"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start_cell) -> _WhichOneofReturnType__start_cell | None: ...
+
+Global___GetCellsFreeMemoryRequest: _TypeAlias = GetCellsFreeMemoryRequest  # noqa: Y015
+
+@_typing.final
+class CellFreeMemory(_message.Message):
+    """The free memory of one NUMA cell."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CELL_FIELD_NUMBER: _builtins.int
+    FREE_BYTES_FIELD_NUMBER: _builtins.int
+    cell: _builtins.int
+    free_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        cell: _builtins.int = ...,
+        free_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cell", b"cell", "free_bytes", b"free_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CellFreeMemory: _TypeAlias = CellFreeMemory  # noqa: Y015
+
+@_typing.final
+class GetCellsFreeMemoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CELLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cells(self) -> _containers.RepeatedCompositeFieldContainer[Global___CellFreeMemory]: ...
+    def __init__(
+        self,
+        *,
+        cells: _abc.Iterable[Global___CellFreeMemory] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCellsFreeMemoryResponse: _TypeAlias = GetCellsFreeMemoryResponse  # noqa: Y015
+
+@_typing.final
+class PageCount(_message.Message):
+    """A number of pages of one size."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_KIB_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    page_size_kib: _builtins.int
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        page_size_kib: _builtins.int = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "page_size_kib", b"page_size_kib"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PageCount: _TypeAlias = PageCount  # noqa: Y015
+
+@_typing.final
+class GetNodeFreePagesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZES_KIB_FIELD_NUMBER: _builtins.int
+    START_CELL_FIELD_NUMBER: _builtins.int
+    CELL_COUNT_FIELD_NUMBER: _builtins.int
+    start_cell: _builtins.int
+    """The first cell; unset: 0."""
+    cell_count: _builtins.int
+    """This many cells; 0: every cell from the first."""
+    @_builtins.property
+    def page_sizes_kib(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Page sizes in KiB; empty: every size the host offers."""
+
+    def __init__(
+        self,
+        *,
+        page_sizes_kib: _abc.Iterable[_builtins.int] | None = ...,
+        start_cell: _builtins.int | None = ...,
+        cell_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_start_cell", b"_start_cell", "start_cell", b"start_cell"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_start_cell", b"_start_cell", "cell_count", b"cell_count", "page_sizes_kib", b"page_sizes_kib", "start_cell", b"start_cell"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__start_cell: _TypeAlias = _typing.Literal["start_cell"]  # noqa: Y015
+    _WhichOneofArgType__start_cell: _TypeAlias = _typing.Literal["_start_cell", b"_start_cell"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start_cell) -> _WhichOneofReturnType__start_cell | None: ...
+
+Global___GetNodeFreePagesRequest: _TypeAlias = GetNodeFreePagesRequest  # noqa: Y015
+
+@_typing.final
+class CellPages(_message.Message):
+    """The free pages of one NUMA cell."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CELL_FIELD_NUMBER: _builtins.int
+    PAGES_FIELD_NUMBER: _builtins.int
+    cell: _builtins.int
+    @_builtins.property
+    def pages(self) -> _containers.RepeatedCompositeFieldContainer[Global___PageCount]: ...
+    def __init__(
+        self,
+        *,
+        cell: _builtins.int = ...,
+        pages: _abc.Iterable[Global___PageCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cell", b"cell", "pages", b"pages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CellPages: _TypeAlias = CellPages  # noqa: Y015
+
+@_typing.final
+class GetNodeFreePagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CELLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cells(self) -> _containers.RepeatedCompositeFieldContainer[Global___CellPages]: ...
+    def __init__(
+        self,
+        *,
+        cells: _abc.Iterable[Global___CellPages] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeFreePagesResponse: _TypeAlias = GetNodeFreePagesResponse  # noqa: Y015
+
+@_typing.final
+class AllocNodePagesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGES_FIELD_NUMBER: _builtins.int
+    START_CELL_FIELD_NUMBER: _builtins.int
+    CELL_COUNT_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    start_cell: _builtins.int
+    """The first cell; unset: 0."""
+    cell_count: _builtins.int
+    """This many cells; 0: every cell from the first."""
+    mode: Global___PageAllocationMode.ValueType
+    @_builtins.property
+    def pages(self) -> _containers.RepeatedCompositeFieldContainer[Global___PageCount]:
+        """The pages to add or set, by size; at least one."""
+
+    def __init__(
+        self,
+        *,
+        pages: _abc.Iterable[Global___PageCount] | None = ...,
+        start_cell: _builtins.int | None = ...,
+        cell_count: _builtins.int = ...,
+        mode: Global___PageAllocationMode.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_start_cell", b"_start_cell", "start_cell", b"start_cell"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_start_cell", b"_start_cell", "cell_count", b"cell_count", "mode", b"mode", "pages", b"pages", "start_cell", b"start_cell"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__start_cell: _TypeAlias = _typing.Literal["start_cell"]  # noqa: Y015
+    _WhichOneofArgType__start_cell: _TypeAlias = _typing.Literal["_start_cell", b"_start_cell"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start_cell) -> _WhichOneofReturnType__start_cell | None: ...
+
+Global___AllocNodePagesRequest: _TypeAlias = AllocNodePagesRequest  # noqa: Y015
+
+@_typing.final
+class AllocNodePagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CELLS_CHANGED_FIELD_NUMBER: _builtins.int
+    cells_changed: _builtins.int
+    """How many cells were changed."""
+    def __init__(
+        self,
+        *,
+        cells_changed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells_changed", b"cells_changed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AllocNodePagesResponse: _TypeAlias = AllocNodePagesResponse  # noqa: Y015
+
+@_typing.final
+class NodeMemoryParameters(_message.Message):
+    """The kernel's same-page merging (KSM) settings and counters, as libvirt's
+    VIR_NODE_MEMORY_SHARED_* parameters name them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHM_PAGES_TO_SCAN_FIELD_NUMBER: _builtins.int
+    SHM_SLEEP_MILLISECS_FIELD_NUMBER: _builtins.int
+    SHM_PAGES_SHARED_FIELD_NUMBER: _builtins.int
+    SHM_PAGES_SHARING_FIELD_NUMBER: _builtins.int
+    SHM_PAGES_UNSHARED_FIELD_NUMBER: _builtins.int
+    SHM_PAGES_VOLATILE_FIELD_NUMBER: _builtins.int
+    SHM_FULL_SCANS_FIELD_NUMBER: _builtins.int
+    SHM_MERGE_ACROSS_NODES_FIELD_NUMBER: _builtins.int
+    shm_pages_to_scan: _builtins.int
+    """Pages KSM scans before it sleeps."""
+    shm_sleep_millisecs: _builtins.int
+    """Milliseconds KSM sleeps between scans."""
+    shm_pages_shared: _builtins.int
+    shm_pages_sharing: _builtins.int
+    shm_pages_unshared: _builtins.int
+    shm_pages_volatile: _builtins.int
+    shm_full_scans: _builtins.int
+    shm_merge_across_nodes: _builtins.bool
+    """Whether pages of different NUMA cells may be merged."""
+    def __init__(
+        self,
+        *,
+        shm_pages_to_scan: _builtins.int = ...,
+        shm_sleep_millisecs: _builtins.int = ...,
+        shm_pages_shared: _builtins.int = ...,
+        shm_pages_sharing: _builtins.int = ...,
+        shm_pages_unshared: _builtins.int = ...,
+        shm_pages_volatile: _builtins.int = ...,
+        shm_full_scans: _builtins.int = ...,
+        shm_merge_across_nodes: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shm_full_scans", b"shm_full_scans", "shm_merge_across_nodes", b"shm_merge_across_nodes", "shm_pages_shared", b"shm_pages_shared", "shm_pages_sharing", b"shm_pages_sharing", "shm_pages_to_scan", b"shm_pages_to_scan", "shm_pages_unshared", b"shm_pages_unshared", "shm_pages_volatile", b"shm_pages_volatile", "shm_sleep_millisecs", b"shm_sleep_millisecs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeMemoryParameters: _TypeAlias = NodeMemoryParameters  # noqa: Y015
+
+@_typing.final
+class GetNodeMemoryParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeMemoryParametersRequest: _TypeAlias = GetNodeMemoryParametersRequest  # noqa: Y015
+
+@_typing.final
+class GetNodeMemoryParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parameters(self) -> Global___NodeMemoryParameters: ...
+    def __init__(
+        self,
+        *,
+        parameters: Global___NodeMemoryParameters | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeMemoryParametersResponse: _TypeAlias = GetNodeMemoryParametersResponse  # noqa: Y015
+
+@_typing.final
+class SetNodeMemoryParametersRequest(_message.Message):
+    """The KSM settings to change; at least one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHM_PAGES_TO_SCAN_FIELD_NUMBER: _builtins.int
+    SHM_SLEEP_MILLISECS_FIELD_NUMBER: _builtins.int
+    SHM_MERGE_ACROSS_NODES_FIELD_NUMBER: _builtins.int
+    shm_pages_to_scan: _builtins.int
+    shm_sleep_millisecs: _builtins.int
+    shm_merge_across_nodes: _builtins.bool
+    def __init__(
+        self,
+        *,
+        shm_pages_to_scan: _builtins.int | None = ...,
+        shm_sleep_millisecs: _builtins.int | None = ...,
+        shm_merge_across_nodes: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_shm_merge_across_nodes", b"_shm_merge_across_nodes", "_shm_pages_to_scan", b"_shm_pages_to_scan", "_shm_sleep_millisecs", b"_shm_sleep_millisecs", "shm_merge_across_nodes", b"shm_merge_across_nodes", "shm_pages_to_scan", b"shm_pages_to_scan", "shm_sleep_millisecs", b"shm_sleep_millisecs"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_shm_merge_across_nodes", b"_shm_merge_across_nodes", "_shm_pages_to_scan", b"_shm_pages_to_scan", "_shm_sleep_millisecs", b"_shm_sleep_millisecs", "shm_merge_across_nodes", b"shm_merge_across_nodes", "shm_pages_to_scan", b"shm_pages_to_scan", "shm_sleep_millisecs", b"shm_sleep_millisecs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__shm_merge_across_nodes: _TypeAlias = _typing.Literal["shm_merge_across_nodes"]  # noqa: Y015
+    _WhichOneofArgType__shm_merge_across_nodes: _TypeAlias = _typing.Literal["_shm_merge_across_nodes", b"_shm_merge_across_nodes"]  # noqa: Y015
+    _WhichOneofReturnType__shm_pages_to_scan: _TypeAlias = _typing.Literal["shm_pages_to_scan"]  # noqa: Y015
+    _WhichOneofArgType__shm_pages_to_scan: _TypeAlias = _typing.Literal["_shm_pages_to_scan", b"_shm_pages_to_scan"]  # noqa: Y015
+    _WhichOneofReturnType__shm_sleep_millisecs: _TypeAlias = _typing.Literal["shm_sleep_millisecs"]  # noqa: Y015
+    _WhichOneofArgType__shm_sleep_millisecs: _TypeAlias = _typing.Literal["_shm_sleep_millisecs", b"_shm_sleep_millisecs"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__shm_merge_across_nodes) -> _WhichOneofReturnType__shm_merge_across_nodes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__shm_pages_to_scan) -> _WhichOneofReturnType__shm_pages_to_scan | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__shm_sleep_millisecs) -> _WhichOneofReturnType__shm_sleep_millisecs | None: ...
+
+Global___SetNodeMemoryParametersRequest: _TypeAlias = SetNodeMemoryParametersRequest  # noqa: Y015
+
+@_typing.final
+class SetNodeMemoryParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parameters(self) -> Global___NodeMemoryParameters:
+        """All of them, after the change."""
+
+    def __init__(
+        self,
+        *,
+        parameters: Global___NodeMemoryParameters | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetNodeMemoryParametersResponse: _TypeAlias = SetNodeMemoryParametersResponse  # noqa: Y015
+
+@_typing.final
+class SuspendNodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    target: Global___NodeSuspendTarget.ValueType
+    duration_seconds: _builtins.int
+    """How long the host sleeps; at least 60."""
+    def __init__(
+        self,
+        *,
+        target: Global___NodeSuspendTarget.ValueType = ...,
+        duration_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_seconds", b"duration_seconds", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendNodeRequest: _TypeAlias = SuspendNodeRequest  # noqa: Y015
+
+@_typing.final
+class SuspendNodeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendNodeResponse: _TypeAlias = SuspendNodeResponse  # noqa: Y015
+
+@_typing.final
+class GetNodeCpuMapRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeCpuMapRequest: _TypeAlias = GetNodeCpuMapRequest  # noqa: Y015
+
+@_typing.final
+class GetNodeCpuMapResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPUS_FIELD_NUMBER: _builtins.int
+    ONLINE_FIELD_NUMBER: _builtins.int
+    cpus: _builtins.int
+    """How many CPUs the host has, online or not."""
+    @_builtins.property
+    def online(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The online CPUs' numbers."""
+
+    def __init__(
+        self,
+        *,
+        cpus: _builtins.int = ...,
+        online: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "online", b"online"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeCpuMapResponse: _TypeAlias = GetNodeCpuMapResponse  # noqa: Y015
+
+@_typing.final
+class GetNodeSecurityModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeSecurityModelRequest: _TypeAlias = GetNodeSecurityModelRequest  # noqa: Y015
+
+@_typing.final
+class GetNodeSecurityModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    DOI_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """"selinux", "apparmor", "none", ..."""
+    doi: _builtins.str
+    """The model's domain of interpretation."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        doi: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["doi", b"doi", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeSecurityModelResponse: _TypeAlias = GetNodeSecurityModelResponse  # noqa: Y015
+
+@_typing.final
+class GetNodeSevInfoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeSevInfoRequest: _TypeAlias = GetNodeSevInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetNodeSevInfoResponse(_message.Message):
+    """The VIR_NODE_SEV_* parameters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PDH_FIELD_NUMBER: _builtins.int
+    CERT_CHAIN_FIELD_NUMBER: _builtins.int
+    CBITPOS_FIELD_NUMBER: _builtins.int
+    REDUCED_PHYS_BITS_FIELD_NUMBER: _builtins.int
+    MAX_GUESTS_FIELD_NUMBER: _builtins.int
+    MAX_ES_GUESTS_FIELD_NUMBER: _builtins.int
+    CPU0_ID_FIELD_NUMBER: _builtins.int
+    pdh: _builtins.str
+    """The platform Diffie-Hellman key, base64."""
+    cert_chain: _builtins.str
+    """The platform certificate chain, base64."""
+    cbitpos: _builtins.int
+    """The C-bit's position in a page table entry."""
+    reduced_phys_bits: _builtins.int
+    """Physical address bits lost when memory encryption is on."""
+    max_guests: _builtins.int
+    max_es_guests: _builtins.int
+    cpu0_id: _builtins.str
+    """The first CPU's identity, base64."""
+    def __init__(
+        self,
+        *,
+        pdh: _builtins.str = ...,
+        cert_chain: _builtins.str = ...,
+        cbitpos: _builtins.int = ...,
+        reduced_phys_bits: _builtins.int = ...,
+        max_guests: _builtins.int = ...,
+        max_es_guests: _builtins.int = ...,
+        cpu0_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cbitpos", b"cbitpos", "cert_chain", b"cert_chain", "cpu0_id", b"cpu0_id", "max_es_guests", b"max_es_guests", "max_guests", b"max_guests", "pdh", b"pdh", "reduced_phys_bits", b"reduced_phys_bits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeSevInfoResponse: _TypeAlias = GetNodeSevInfoResponse  # noqa: Y015
+
+@_typing.final
+class ConvertNativeToDomainXMLRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    format: Global___NativeConfigFormat.ValueType
+    config: _builtins.str
+    """The native configuration, at most 4 MiB, no NUL."""
+    def __init__(
+        self,
+        *,
+        format: Global___NativeConfigFormat.ValueType = ...,
+        config: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "format", b"format"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConvertNativeToDomainXMLRequest: _TypeAlias = ConvertNativeToDomainXMLRequest  # noqa: Y015
+
+@_typing.final
+class ConvertNativeToDomainXMLResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    XML_FIELD_NUMBER: _builtins.int
+    xml: _builtins.str
+    def __init__(
+        self,
+        *,
+        xml: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConvertNativeToDomainXMLResponse: _TypeAlias = ConvertNativeToDomainXMLResponse  # noqa: Y015
+
+@_typing.final
+class ConvertDomainXMLToNativeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    XML_FIELD_NUMBER: _builtins.int
+    format: Global___NativeConfigFormat.ValueType
+    xml: _builtins.str
+    """Domain XML."""
+    def __init__(
+        self,
+        *,
+        format: Global___NativeConfigFormat.ValueType = ...,
+        xml: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConvertDomainXMLToNativeRequest: _TypeAlias = ConvertDomainXMLToNativeRequest  # noqa: Y015
+
+@_typing.final
+class ConvertDomainXMLToNativeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIG_FIELD_NUMBER: _builtins.int
+    config: _builtins.str
+    def __init__(
+        self,
+        *,
+        config: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConvertDomainXMLToNativeResponse: _TypeAlias = ConvertDomainXMLToNativeResponse  # noqa: Y015

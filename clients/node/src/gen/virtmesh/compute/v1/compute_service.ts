@@ -381,6 +381,184 @@ export function keyCodeSetToJSON(object: KeyCodeSet): string {
   }
 }
 
+/** How a CPU compares with the host's (virCPUCompareResult). */
+export enum CpuCompareResult {
+  CPU_COMPARE_RESULT_UNSPECIFIED = 0,
+  /** CPU_COMPARE_RESULT_INCOMPATIBLE - The host cannot run it. */
+  CPU_COMPARE_RESULT_INCOMPATIBLE = 1,
+  /** CPU_COMPARE_RESULT_IDENTICAL - The host's CPU is the same. */
+  CPU_COMPARE_RESULT_IDENTICAL = 2,
+  /** CPU_COMPARE_RESULT_SUPERSET - The host's CPU can do all it does and more. */
+  CPU_COMPARE_RESULT_SUPERSET = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function cpuCompareResultFromJSON(object: any): CpuCompareResult {
+  switch (object) {
+    case 0:
+    case "CPU_COMPARE_RESULT_UNSPECIFIED":
+      return CpuCompareResult.CPU_COMPARE_RESULT_UNSPECIFIED;
+    case 1:
+    case "CPU_COMPARE_RESULT_INCOMPATIBLE":
+      return CpuCompareResult.CPU_COMPARE_RESULT_INCOMPATIBLE;
+    case 2:
+    case "CPU_COMPARE_RESULT_IDENTICAL":
+      return CpuCompareResult.CPU_COMPARE_RESULT_IDENTICAL;
+    case 3:
+    case "CPU_COMPARE_RESULT_SUPERSET":
+      return CpuCompareResult.CPU_COMPARE_RESULT_SUPERSET;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return CpuCompareResult.UNRECOGNIZED;
+  }
+}
+
+export function cpuCompareResultToJSON(object: CpuCompareResult): string {
+  switch (object) {
+    case CpuCompareResult.CPU_COMPARE_RESULT_UNSPECIFIED:
+      return "CPU_COMPARE_RESULT_UNSPECIFIED";
+    case CpuCompareResult.CPU_COMPARE_RESULT_INCOMPATIBLE:
+      return "CPU_COMPARE_RESULT_INCOMPATIBLE";
+    case CpuCompareResult.CPU_COMPARE_RESULT_IDENTICAL:
+      return "CPU_COMPARE_RESULT_IDENTICAL";
+    case CpuCompareResult.CPU_COMPARE_RESULT_SUPERSET:
+      return "CPU_COMPARE_RESULT_SUPERSET";
+    case CpuCompareResult.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** How AllocNodePages changes a pool of pages (virNodeAllocPagesFlags). */
+export enum PageAllocationMode {
+  /** PAGE_ALLOCATION_MODE_UNSPECIFIED - Refused: say which. */
+  PAGE_ALLOCATION_MODE_UNSPECIFIED = 0,
+  /** PAGE_ALLOCATION_MODE_ADD - Add `count` pages to the pool. */
+  PAGE_ALLOCATION_MODE_ADD = 1,
+  /** PAGE_ALLOCATION_MODE_SET - Make the pool `count` pages. */
+  PAGE_ALLOCATION_MODE_SET = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function pageAllocationModeFromJSON(object: any): PageAllocationMode {
+  switch (object) {
+    case 0:
+    case "PAGE_ALLOCATION_MODE_UNSPECIFIED":
+      return PageAllocationMode.PAGE_ALLOCATION_MODE_UNSPECIFIED;
+    case 1:
+    case "PAGE_ALLOCATION_MODE_ADD":
+      return PageAllocationMode.PAGE_ALLOCATION_MODE_ADD;
+    case 2:
+    case "PAGE_ALLOCATION_MODE_SET":
+      return PageAllocationMode.PAGE_ALLOCATION_MODE_SET;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return PageAllocationMode.UNRECOGNIZED;
+  }
+}
+
+export function pageAllocationModeToJSON(object: PageAllocationMode): string {
+  switch (object) {
+    case PageAllocationMode.PAGE_ALLOCATION_MODE_UNSPECIFIED:
+      return "PAGE_ALLOCATION_MODE_UNSPECIFIED";
+    case PageAllocationMode.PAGE_ALLOCATION_MODE_ADD:
+      return "PAGE_ALLOCATION_MODE_ADD";
+    case PageAllocationMode.PAGE_ALLOCATION_MODE_SET:
+      return "PAGE_ALLOCATION_MODE_SET";
+    case PageAllocationMode.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** The sleep state SuspendNode puts the host in (virNodeSuspendTarget). */
+export enum NodeSuspendTarget {
+  /** NODE_SUSPEND_TARGET_UNSPECIFIED - Refused: say which. */
+  NODE_SUSPEND_TARGET_UNSPECIFIED = 0,
+  /** NODE_SUSPEND_TARGET_MEM - Suspend to RAM. */
+  NODE_SUSPEND_TARGET_MEM = 1,
+  /** NODE_SUSPEND_TARGET_DISK - Suspend to disk. */
+  NODE_SUSPEND_TARGET_DISK = 2,
+  /** NODE_SUSPEND_TARGET_HYBRID - Both. */
+  NODE_SUSPEND_TARGET_HYBRID = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function nodeSuspendTargetFromJSON(object: any): NodeSuspendTarget {
+  switch (object) {
+    case 0:
+    case "NODE_SUSPEND_TARGET_UNSPECIFIED":
+      return NodeSuspendTarget.NODE_SUSPEND_TARGET_UNSPECIFIED;
+    case 1:
+    case "NODE_SUSPEND_TARGET_MEM":
+      return NodeSuspendTarget.NODE_SUSPEND_TARGET_MEM;
+    case 2:
+    case "NODE_SUSPEND_TARGET_DISK":
+      return NodeSuspendTarget.NODE_SUSPEND_TARGET_DISK;
+    case 3:
+    case "NODE_SUSPEND_TARGET_HYBRID":
+      return NodeSuspendTarget.NODE_SUSPEND_TARGET_HYBRID;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return NodeSuspendTarget.UNRECOGNIZED;
+  }
+}
+
+export function nodeSuspendTargetToJSON(object: NodeSuspendTarget): string {
+  switch (object) {
+    case NodeSuspendTarget.NODE_SUSPEND_TARGET_UNSPECIFIED:
+      return "NODE_SUSPEND_TARGET_UNSPECIFIED";
+    case NodeSuspendTarget.NODE_SUSPEND_TARGET_MEM:
+      return "NODE_SUSPEND_TARGET_MEM";
+    case NodeSuspendTarget.NODE_SUSPEND_TARGET_DISK:
+      return "NODE_SUSPEND_TARGET_DISK";
+    case NodeSuspendTarget.NODE_SUSPEND_TARGET_HYBRID:
+      return "NODE_SUSPEND_TARGET_HYBRID";
+    case NodeSuspendTarget.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** A hypervisor configuration format libvirt converts (virsh's --format names). */
+export enum NativeConfigFormat {
+  /** NATIVE_CONFIG_FORMAT_UNSPECIFIED - qemu-argv, the QEMU driver's only format. */
+  NATIVE_CONFIG_FORMAT_UNSPECIFIED = 0,
+  /** NATIVE_CONFIG_FORMAT_QEMU_ARGV - A QEMU command line. */
+  NATIVE_CONFIG_FORMAT_QEMU_ARGV = 1,
+  UNRECOGNIZED = -1,
+}
+
+export function nativeConfigFormatFromJSON(object: any): NativeConfigFormat {
+  switch (object) {
+    case 0:
+    case "NATIVE_CONFIG_FORMAT_UNSPECIFIED":
+      return NativeConfigFormat.NATIVE_CONFIG_FORMAT_UNSPECIFIED;
+    case 1:
+    case "NATIVE_CONFIG_FORMAT_QEMU_ARGV":
+      return NativeConfigFormat.NATIVE_CONFIG_FORMAT_QEMU_ARGV;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return NativeConfigFormat.UNRECOGNIZED;
+  }
+}
+
+export function nativeConfigFormatToJSON(object: NativeConfigFormat): string {
+  switch (object) {
+    case NativeConfigFormat.NATIVE_CONFIG_FORMAT_UNSPECIFIED:
+      return "NATIVE_CONFIG_FORMAT_UNSPECIFIED";
+    case NativeConfigFormat.NATIVE_CONFIG_FORMAT_QEMU_ARGV:
+      return "NATIVE_CONFIG_FORMAT_QEMU_ARGV";
+    case NativeConfigFormat.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** A domain's summary. */
 export interface Domain {
   name: string;
@@ -1057,6 +1235,320 @@ export interface DomainDisplay {
 
 export interface GetDomainDisplayResponse {
   displays: DomainDisplay[];
+}
+
+export interface BaselineCpuRequest {
+  /** Host CPU descriptions (<cpu> elements, as in capabilities XML), 1 to 256. */
+  xmlCpus: string[];
+  /** List every feature of the model in the result, not only those added to it. */
+  expandFeatures: boolean;
+  /** Leave out features that block migration. */
+  migratable: boolean;
+}
+
+export interface BaselineCpuResponse {
+  /** Guest CPU XML (<cpu mode='custom'>). */
+  xml: string;
+}
+
+export interface BaselineHypervisorCpuRequest {
+  /**
+   * The hypervisor, as in GetDomainCapabilities; empty fields are libvirt's
+   * defaults.
+   */
+  emulator: string;
+  arch: string;
+  machine: string;
+  virtType: string;
+  /** As BaselineCpuRequest. */
+  xmlCpus: string[];
+  expandFeatures: boolean;
+  migratable: boolean;
+}
+
+export interface BaselineHypervisorCpuResponse {
+  /** Guest CPU XML (<cpu mode='custom'>). */
+  xml: string;
+}
+
+export interface CompareCpuRequest {
+  /** A CPU description: a <cpu> element (guest or host CPU XML). */
+  xml: string;
+  /** An incompatible CPU is an error (FAILED_PRECONDITION) rather than a result. */
+  failIncompatible: boolean;
+}
+
+export interface CompareCpuResponse {
+  result: CpuCompareResult;
+}
+
+export interface CompareHypervisorCpuRequest {
+  /**
+   * The hypervisor, as in GetDomainCapabilities; empty fields are libvirt's
+   * defaults.
+   */
+  emulator: string;
+  arch: string;
+  machine: string;
+  virtType: string;
+  /** As CompareCpuRequest. */
+  xml: string;
+  failIncompatible: boolean;
+}
+
+export interface CompareHypervisorCpuResponse {
+  result: CpuCompareResult;
+}
+
+export interface GetCpuModelNamesRequest {
+  /** The architecture, e.g. x86_64; required. */
+  arch: string;
+}
+
+export interface GetCpuModelNamesResponse {
+  models: string[];
+}
+
+export interface GetSysinfoRequest {
+}
+
+export interface GetSysinfoResponse {
+  /** libvirt's <sysinfo> XML. */
+  xml: string;
+}
+
+export interface GetHostnameRequest {
+}
+
+export interface GetHostnameResponse {
+  hostname: string;
+}
+
+export interface GetMaxVcpusRequest {
+  /** "kvm" or "qemu"; empty: the driver's default. */
+  virtType: string;
+}
+
+export interface GetMaxVcpusResponse {
+  maxVcpus: number;
+}
+
+export interface GetNodeCpuStatsRequest {
+  /** One CPU by number; unset: all CPUs together. */
+  cpu?: number | undefined;
+}
+
+export interface GetNodeCpuStatsResponse {
+  /** Time spent, since the host started; 0 for a counter the host does not keep. */
+  kernelNs: bigint;
+  userNs: bigint;
+  idleNs: bigint;
+  iowaitNs: bigint;
+  intrNs: bigint;
+  /** Percent busy, on hosts that report it instead of times. */
+  utilization: bigint;
+  /** Every counter libvirt returned, by its name. */
+  raw: { [key: string]: bigint };
+}
+
+export interface GetNodeCpuStatsResponse_RawEntry {
+  key: string;
+  value: bigint;
+}
+
+export interface GetNodeMemoryStatsRequest {
+  /** One NUMA cell by number; unset: the whole host. */
+  cell?: number | undefined;
+}
+
+export interface GetNodeMemoryStatsResponse {
+  totalKib: bigint;
+  freeKib: bigint;
+  /** 0 for a cell: the kernel counts these for the whole host only. */
+  buffersKib: bigint;
+  cachedKib: bigint;
+  /** Every counter libvirt returned, by its name, in KiB. */
+  raw: { [key: string]: bigint };
+}
+
+export interface GetNodeMemoryStatsResponse_RawEntry {
+  key: string;
+  value: bigint;
+}
+
+export interface GetNodeFreeMemoryRequest {
+}
+
+export interface GetNodeFreeMemoryResponse {
+  freeBytes: bigint;
+}
+
+export interface GetCellsFreeMemoryRequest {
+  /** The first cell; unset: 0. */
+  startCell?:
+    | number
+    | undefined;
+  /** At most this many cells; 0: every cell from the first. */
+  maxCells: number;
+}
+
+/** The free memory of one NUMA cell. */
+export interface CellFreeMemory {
+  cell: number;
+  freeBytes: bigint;
+}
+
+export interface GetCellsFreeMemoryResponse {
+  cells: CellFreeMemory[];
+}
+
+/** A number of pages of one size. */
+export interface PageCount {
+  pageSizeKib: bigint;
+  count: bigint;
+}
+
+export interface GetNodeFreePagesRequest {
+  /** Page sizes in KiB; empty: every size the host offers. */
+  pageSizesKib: bigint[];
+  /** The first cell; unset: 0. */
+  startCell?:
+    | number
+    | undefined;
+  /** This many cells; 0: every cell from the first. */
+  cellCount: number;
+}
+
+/** The free pages of one NUMA cell. */
+export interface CellPages {
+  cell: number;
+  pages: PageCount[];
+}
+
+export interface GetNodeFreePagesResponse {
+  cells: CellPages[];
+}
+
+export interface AllocNodePagesRequest {
+  /** The pages to add or set, by size; at least one. */
+  pages: PageCount[];
+  /** The first cell; unset: 0. */
+  startCell?:
+    | number
+    | undefined;
+  /** This many cells; 0: every cell from the first. */
+  cellCount: number;
+  mode: PageAllocationMode;
+}
+
+export interface AllocNodePagesResponse {
+  /** How many cells were changed. */
+  cellsChanged: number;
+}
+
+/**
+ * The kernel's same-page merging (KSM) settings and counters, as libvirt's
+ * VIR_NODE_MEMORY_SHARED_* parameters name them.
+ */
+export interface NodeMemoryParameters {
+  /** Pages KSM scans before it sleeps. */
+  shmPagesToScan: number;
+  /** Milliseconds KSM sleeps between scans. */
+  shmSleepMillisecs: number;
+  shmPagesShared: bigint;
+  shmPagesSharing: bigint;
+  shmPagesUnshared: bigint;
+  shmPagesVolatile: bigint;
+  shmFullScans: bigint;
+  /** Whether pages of different NUMA cells may be merged. */
+  shmMergeAcrossNodes: boolean;
+}
+
+export interface GetNodeMemoryParametersRequest {
+}
+
+export interface GetNodeMemoryParametersResponse {
+  parameters?: NodeMemoryParameters | undefined;
+}
+
+/** The KSM settings to change; at least one. */
+export interface SetNodeMemoryParametersRequest {
+  shmPagesToScan?: number | undefined;
+  shmSleepMillisecs?: number | undefined;
+  shmMergeAcrossNodes?: boolean | undefined;
+}
+
+export interface SetNodeMemoryParametersResponse {
+  /** All of them, after the change. */
+  parameters?: NodeMemoryParameters | undefined;
+}
+
+export interface SuspendNodeRequest {
+  target: NodeSuspendTarget;
+  /** How long the host sleeps; at least 60. */
+  durationSeconds: bigint;
+}
+
+export interface SuspendNodeResponse {
+}
+
+export interface GetNodeCpuMapRequest {
+}
+
+export interface GetNodeCpuMapResponse {
+  /** How many CPUs the host has, online or not. */
+  cpus: number;
+  /** The online CPUs' numbers. */
+  online: number[];
+}
+
+export interface GetNodeSecurityModelRequest {
+}
+
+export interface GetNodeSecurityModelResponse {
+  /** "selinux", "apparmor", "none", ... */
+  model: string;
+  /** The model's domain of interpretation. */
+  doi: string;
+}
+
+export interface GetNodeSevInfoRequest {
+}
+
+/** The VIR_NODE_SEV_* parameters. */
+export interface GetNodeSevInfoResponse {
+  /** The platform Diffie-Hellman key, base64. */
+  pdh: string;
+  /** The platform certificate chain, base64. */
+  certChain: string;
+  /** The C-bit's position in a page table entry. */
+  cbitpos: number;
+  /** Physical address bits lost when memory encryption is on. */
+  reducedPhysBits: number;
+  maxGuests: number;
+  maxEsGuests: number;
+  /** The first CPU's identity, base64. */
+  cpu0Id: string;
+}
+
+export interface ConvertNativeToDomainXMLRequest {
+  format: NativeConfigFormat;
+  /** The native configuration, at most 4 MiB, no NUL. */
+  config: string;
+}
+
+export interface ConvertNativeToDomainXMLResponse {
+  xml: string;
+}
+
+export interface ConvertDomainXMLToNativeRequest {
+  format: NativeConfigFormat;
+  /** Domain XML. */
+  xml: string;
+}
+
+export interface ConvertDomainXMLToNativeResponse {
+  config: string;
 }
 
 function createBaseDomain(): Domain {
@@ -9846,6 +10338,4562 @@ export const GetDomainDisplayResponse: MessageFns<GetDomainDisplayResponse> = {
   },
 };
 
+function createBaseBaselineCpuRequest(): BaselineCpuRequest {
+  return { xmlCpus: [], expandFeatures: false, migratable: false };
+}
+
+export const BaselineCpuRequest: MessageFns<BaselineCpuRequest> = {
+  encode(message: BaselineCpuRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.xmlCpus) {
+      writer.uint32(10).string(v!);
+    }
+    if (message.expandFeatures !== false) {
+      writer.uint32(16).bool(message.expandFeatures);
+    }
+    if (message.migratable !== false) {
+      writer.uint32(24).bool(message.migratable);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BaselineCpuRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBaselineCpuRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.xmlCpus.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.expandFeatures = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.migratable = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BaselineCpuRequest {
+    return {
+      xmlCpus: globalThis.Array.isArray(object?.xmlCpus)
+        ? object.xmlCpus.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.xml_cpus)
+        ? object.xml_cpus.map((e: any) => globalThis.String(e))
+        : [],
+      expandFeatures: isSet(object.expandFeatures)
+        ? globalThis.Boolean(object.expandFeatures)
+        : isSet(object.expand_features)
+        ? globalThis.Boolean(object.expand_features)
+        : false,
+      migratable: isSet(object.migratable) ? globalThis.Boolean(object.migratable) : false,
+    };
+  },
+
+  toJSON(message: BaselineCpuRequest): unknown {
+    const obj: any = {};
+    if (message.xmlCpus?.length) {
+      obj.xmlCpus = message.xmlCpus;
+    }
+    if (message.expandFeatures !== false) {
+      obj.expandFeatures = message.expandFeatures;
+    }
+    if (message.migratable !== false) {
+      obj.migratable = message.migratable;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BaselineCpuRequest>, I>>(base?: I): BaselineCpuRequest {
+    return BaselineCpuRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BaselineCpuRequest>, I>>(object: I): BaselineCpuRequest {
+    const message = createBaseBaselineCpuRequest();
+    message.xmlCpus = object.xmlCpus?.map((e) => e) || [];
+    message.expandFeatures = object.expandFeatures ?? false;
+    message.migratable = object.migratable ?? false;
+    return message;
+  },
+};
+
+function createBaseBaselineCpuResponse(): BaselineCpuResponse {
+  return { xml: "" };
+}
+
+export const BaselineCpuResponse: MessageFns<BaselineCpuResponse> = {
+  encode(message: BaselineCpuResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.xml !== "") {
+      writer.uint32(10).string(message.xml);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BaselineCpuResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBaselineCpuResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BaselineCpuResponse {
+    return { xml: isSet(object.xml) ? globalThis.String(object.xml) : "" };
+  },
+
+  toJSON(message: BaselineCpuResponse): unknown {
+    const obj: any = {};
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BaselineCpuResponse>, I>>(base?: I): BaselineCpuResponse {
+    return BaselineCpuResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BaselineCpuResponse>, I>>(object: I): BaselineCpuResponse {
+    const message = createBaseBaselineCpuResponse();
+    message.xml = object.xml ?? "";
+    return message;
+  },
+};
+
+function createBaseBaselineHypervisorCpuRequest(): BaselineHypervisorCpuRequest {
+  return { emulator: "", arch: "", machine: "", virtType: "", xmlCpus: [], expandFeatures: false, migratable: false };
+}
+
+export const BaselineHypervisorCpuRequest: MessageFns<BaselineHypervisorCpuRequest> = {
+  encode(message: BaselineHypervisorCpuRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.emulator !== "") {
+      writer.uint32(10).string(message.emulator);
+    }
+    if (message.arch !== "") {
+      writer.uint32(18).string(message.arch);
+    }
+    if (message.machine !== "") {
+      writer.uint32(26).string(message.machine);
+    }
+    if (message.virtType !== "") {
+      writer.uint32(34).string(message.virtType);
+    }
+    for (const v of message.xmlCpus) {
+      writer.uint32(42).string(v!);
+    }
+    if (message.expandFeatures !== false) {
+      writer.uint32(48).bool(message.expandFeatures);
+    }
+    if (message.migratable !== false) {
+      writer.uint32(56).bool(message.migratable);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BaselineHypervisorCpuRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBaselineHypervisorCpuRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.emulator = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.arch = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.machine = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.virtType = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.xmlCpus.push(reader.string());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.expandFeatures = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.migratable = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BaselineHypervisorCpuRequest {
+    return {
+      emulator: isSet(object.emulator) ? globalThis.String(object.emulator) : "",
+      arch: isSet(object.arch) ? globalThis.String(object.arch) : "",
+      machine: isSet(object.machine) ? globalThis.String(object.machine) : "",
+      virtType: isSet(object.virtType)
+        ? globalThis.String(object.virtType)
+        : isSet(object.virt_type)
+        ? globalThis.String(object.virt_type)
+        : "",
+      xmlCpus: globalThis.Array.isArray(object?.xmlCpus)
+        ? object.xmlCpus.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.xml_cpus)
+        ? object.xml_cpus.map((e: any) => globalThis.String(e))
+        : [],
+      expandFeatures: isSet(object.expandFeatures)
+        ? globalThis.Boolean(object.expandFeatures)
+        : isSet(object.expand_features)
+        ? globalThis.Boolean(object.expand_features)
+        : false,
+      migratable: isSet(object.migratable) ? globalThis.Boolean(object.migratable) : false,
+    };
+  },
+
+  toJSON(message: BaselineHypervisorCpuRequest): unknown {
+    const obj: any = {};
+    if (message.emulator !== "") {
+      obj.emulator = message.emulator;
+    }
+    if (message.arch !== "") {
+      obj.arch = message.arch;
+    }
+    if (message.machine !== "") {
+      obj.machine = message.machine;
+    }
+    if (message.virtType !== "") {
+      obj.virtType = message.virtType;
+    }
+    if (message.xmlCpus?.length) {
+      obj.xmlCpus = message.xmlCpus;
+    }
+    if (message.expandFeatures !== false) {
+      obj.expandFeatures = message.expandFeatures;
+    }
+    if (message.migratable !== false) {
+      obj.migratable = message.migratable;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BaselineHypervisorCpuRequest>, I>>(base?: I): BaselineHypervisorCpuRequest {
+    return BaselineHypervisorCpuRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BaselineHypervisorCpuRequest>, I>>(object: I): BaselineHypervisorCpuRequest {
+    const message = createBaseBaselineHypervisorCpuRequest();
+    message.emulator = object.emulator ?? "";
+    message.arch = object.arch ?? "";
+    message.machine = object.machine ?? "";
+    message.virtType = object.virtType ?? "";
+    message.xmlCpus = object.xmlCpus?.map((e) => e) || [];
+    message.expandFeatures = object.expandFeatures ?? false;
+    message.migratable = object.migratable ?? false;
+    return message;
+  },
+};
+
+function createBaseBaselineHypervisorCpuResponse(): BaselineHypervisorCpuResponse {
+  return { xml: "" };
+}
+
+export const BaselineHypervisorCpuResponse: MessageFns<BaselineHypervisorCpuResponse> = {
+  encode(message: BaselineHypervisorCpuResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.xml !== "") {
+      writer.uint32(10).string(message.xml);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BaselineHypervisorCpuResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBaselineHypervisorCpuResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BaselineHypervisorCpuResponse {
+    return { xml: isSet(object.xml) ? globalThis.String(object.xml) : "" };
+  },
+
+  toJSON(message: BaselineHypervisorCpuResponse): unknown {
+    const obj: any = {};
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BaselineHypervisorCpuResponse>, I>>(base?: I): BaselineHypervisorCpuResponse {
+    return BaselineHypervisorCpuResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BaselineHypervisorCpuResponse>, I>>(
+    object: I,
+  ): BaselineHypervisorCpuResponse {
+    const message = createBaseBaselineHypervisorCpuResponse();
+    message.xml = object.xml ?? "";
+    return message;
+  },
+};
+
+function createBaseCompareCpuRequest(): CompareCpuRequest {
+  return { xml: "", failIncompatible: false };
+}
+
+export const CompareCpuRequest: MessageFns<CompareCpuRequest> = {
+  encode(message: CompareCpuRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.xml !== "") {
+      writer.uint32(10).string(message.xml);
+    }
+    if (message.failIncompatible !== false) {
+      writer.uint32(16).bool(message.failIncompatible);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompareCpuRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompareCpuRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.failIncompatible = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompareCpuRequest {
+    return {
+      xml: isSet(object.xml) ? globalThis.String(object.xml) : "",
+      failIncompatible: isSet(object.failIncompatible)
+        ? globalThis.Boolean(object.failIncompatible)
+        : isSet(object.fail_incompatible)
+        ? globalThis.Boolean(object.fail_incompatible)
+        : false,
+    };
+  },
+
+  toJSON(message: CompareCpuRequest): unknown {
+    const obj: any = {};
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    if (message.failIncompatible !== false) {
+      obj.failIncompatible = message.failIncompatible;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CompareCpuRequest>, I>>(base?: I): CompareCpuRequest {
+    return CompareCpuRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CompareCpuRequest>, I>>(object: I): CompareCpuRequest {
+    const message = createBaseCompareCpuRequest();
+    message.xml = object.xml ?? "";
+    message.failIncompatible = object.failIncompatible ?? false;
+    return message;
+  },
+};
+
+function createBaseCompareCpuResponse(): CompareCpuResponse {
+  return { result: 0 };
+}
+
+export const CompareCpuResponse: MessageFns<CompareCpuResponse> = {
+  encode(message: CompareCpuResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.result !== 0) {
+      writer.uint32(8).int32(message.result);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompareCpuResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompareCpuResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.result = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompareCpuResponse {
+    return { result: isSet(object.result) ? cpuCompareResultFromJSON(object.result) : 0 };
+  },
+
+  toJSON(message: CompareCpuResponse): unknown {
+    const obj: any = {};
+    if (message.result !== 0) {
+      obj.result = cpuCompareResultToJSON(message.result);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CompareCpuResponse>, I>>(base?: I): CompareCpuResponse {
+    return CompareCpuResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CompareCpuResponse>, I>>(object: I): CompareCpuResponse {
+    const message = createBaseCompareCpuResponse();
+    message.result = object.result ?? 0;
+    return message;
+  },
+};
+
+function createBaseCompareHypervisorCpuRequest(): CompareHypervisorCpuRequest {
+  return { emulator: "", arch: "", machine: "", virtType: "", xml: "", failIncompatible: false };
+}
+
+export const CompareHypervisorCpuRequest: MessageFns<CompareHypervisorCpuRequest> = {
+  encode(message: CompareHypervisorCpuRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.emulator !== "") {
+      writer.uint32(10).string(message.emulator);
+    }
+    if (message.arch !== "") {
+      writer.uint32(18).string(message.arch);
+    }
+    if (message.machine !== "") {
+      writer.uint32(26).string(message.machine);
+    }
+    if (message.virtType !== "") {
+      writer.uint32(34).string(message.virtType);
+    }
+    if (message.xml !== "") {
+      writer.uint32(42).string(message.xml);
+    }
+    if (message.failIncompatible !== false) {
+      writer.uint32(48).bool(message.failIncompatible);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompareHypervisorCpuRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompareHypervisorCpuRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.emulator = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.arch = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.machine = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.virtType = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.failIncompatible = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompareHypervisorCpuRequest {
+    return {
+      emulator: isSet(object.emulator) ? globalThis.String(object.emulator) : "",
+      arch: isSet(object.arch) ? globalThis.String(object.arch) : "",
+      machine: isSet(object.machine) ? globalThis.String(object.machine) : "",
+      virtType: isSet(object.virtType)
+        ? globalThis.String(object.virtType)
+        : isSet(object.virt_type)
+        ? globalThis.String(object.virt_type)
+        : "",
+      xml: isSet(object.xml) ? globalThis.String(object.xml) : "",
+      failIncompatible: isSet(object.failIncompatible)
+        ? globalThis.Boolean(object.failIncompatible)
+        : isSet(object.fail_incompatible)
+        ? globalThis.Boolean(object.fail_incompatible)
+        : false,
+    };
+  },
+
+  toJSON(message: CompareHypervisorCpuRequest): unknown {
+    const obj: any = {};
+    if (message.emulator !== "") {
+      obj.emulator = message.emulator;
+    }
+    if (message.arch !== "") {
+      obj.arch = message.arch;
+    }
+    if (message.machine !== "") {
+      obj.machine = message.machine;
+    }
+    if (message.virtType !== "") {
+      obj.virtType = message.virtType;
+    }
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    if (message.failIncompatible !== false) {
+      obj.failIncompatible = message.failIncompatible;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CompareHypervisorCpuRequest>, I>>(base?: I): CompareHypervisorCpuRequest {
+    return CompareHypervisorCpuRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CompareHypervisorCpuRequest>, I>>(object: I): CompareHypervisorCpuRequest {
+    const message = createBaseCompareHypervisorCpuRequest();
+    message.emulator = object.emulator ?? "";
+    message.arch = object.arch ?? "";
+    message.machine = object.machine ?? "";
+    message.virtType = object.virtType ?? "";
+    message.xml = object.xml ?? "";
+    message.failIncompatible = object.failIncompatible ?? false;
+    return message;
+  },
+};
+
+function createBaseCompareHypervisorCpuResponse(): CompareHypervisorCpuResponse {
+  return { result: 0 };
+}
+
+export const CompareHypervisorCpuResponse: MessageFns<CompareHypervisorCpuResponse> = {
+  encode(message: CompareHypervisorCpuResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.result !== 0) {
+      writer.uint32(8).int32(message.result);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompareHypervisorCpuResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompareHypervisorCpuResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.result = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompareHypervisorCpuResponse {
+    return { result: isSet(object.result) ? cpuCompareResultFromJSON(object.result) : 0 };
+  },
+
+  toJSON(message: CompareHypervisorCpuResponse): unknown {
+    const obj: any = {};
+    if (message.result !== 0) {
+      obj.result = cpuCompareResultToJSON(message.result);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CompareHypervisorCpuResponse>, I>>(base?: I): CompareHypervisorCpuResponse {
+    return CompareHypervisorCpuResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CompareHypervisorCpuResponse>, I>>(object: I): CompareHypervisorCpuResponse {
+    const message = createBaseCompareHypervisorCpuResponse();
+    message.result = object.result ?? 0;
+    return message;
+  },
+};
+
+function createBaseGetCpuModelNamesRequest(): GetCpuModelNamesRequest {
+  return { arch: "" };
+}
+
+export const GetCpuModelNamesRequest: MessageFns<GetCpuModelNamesRequest> = {
+  encode(message: GetCpuModelNamesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.arch !== "") {
+      writer.uint32(10).string(message.arch);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetCpuModelNamesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetCpuModelNamesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.arch = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetCpuModelNamesRequest {
+    return { arch: isSet(object.arch) ? globalThis.String(object.arch) : "" };
+  },
+
+  toJSON(message: GetCpuModelNamesRequest): unknown {
+    const obj: any = {};
+    if (message.arch !== "") {
+      obj.arch = message.arch;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetCpuModelNamesRequest>, I>>(base?: I): GetCpuModelNamesRequest {
+    return GetCpuModelNamesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetCpuModelNamesRequest>, I>>(object: I): GetCpuModelNamesRequest {
+    const message = createBaseGetCpuModelNamesRequest();
+    message.arch = object.arch ?? "";
+    return message;
+  },
+};
+
+function createBaseGetCpuModelNamesResponse(): GetCpuModelNamesResponse {
+  return { models: [] };
+}
+
+export const GetCpuModelNamesResponse: MessageFns<GetCpuModelNamesResponse> = {
+  encode(message: GetCpuModelNamesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.models) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetCpuModelNamesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetCpuModelNamesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.models.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetCpuModelNamesResponse {
+    return {
+      models: globalThis.Array.isArray(object?.models) ? object.models.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: GetCpuModelNamesResponse): unknown {
+    const obj: any = {};
+    if (message.models?.length) {
+      obj.models = message.models;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetCpuModelNamesResponse>, I>>(base?: I): GetCpuModelNamesResponse {
+    return GetCpuModelNamesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetCpuModelNamesResponse>, I>>(object: I): GetCpuModelNamesResponse {
+    const message = createBaseGetCpuModelNamesResponse();
+    message.models = object.models?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseGetSysinfoRequest(): GetSysinfoRequest {
+  return {};
+}
+
+export const GetSysinfoRequest: MessageFns<GetSysinfoRequest> = {
+  encode(_: GetSysinfoRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSysinfoRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSysinfoRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetSysinfoRequest {
+    return {};
+  },
+
+  toJSON(_: GetSysinfoRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSysinfoRequest>, I>>(base?: I): GetSysinfoRequest {
+    return GetSysinfoRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSysinfoRequest>, I>>(_: I): GetSysinfoRequest {
+    const message = createBaseGetSysinfoRequest();
+    return message;
+  },
+};
+
+function createBaseGetSysinfoResponse(): GetSysinfoResponse {
+  return { xml: "" };
+}
+
+export const GetSysinfoResponse: MessageFns<GetSysinfoResponse> = {
+  encode(message: GetSysinfoResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.xml !== "") {
+      writer.uint32(10).string(message.xml);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSysinfoResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSysinfoResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetSysinfoResponse {
+    return { xml: isSet(object.xml) ? globalThis.String(object.xml) : "" };
+  },
+
+  toJSON(message: GetSysinfoResponse): unknown {
+    const obj: any = {};
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSysinfoResponse>, I>>(base?: I): GetSysinfoResponse {
+    return GetSysinfoResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSysinfoResponse>, I>>(object: I): GetSysinfoResponse {
+    const message = createBaseGetSysinfoResponse();
+    message.xml = object.xml ?? "";
+    return message;
+  },
+};
+
+function createBaseGetHostnameRequest(): GetHostnameRequest {
+  return {};
+}
+
+export const GetHostnameRequest: MessageFns<GetHostnameRequest> = {
+  encode(_: GetHostnameRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetHostnameRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetHostnameRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetHostnameRequest {
+    return {};
+  },
+
+  toJSON(_: GetHostnameRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetHostnameRequest>, I>>(base?: I): GetHostnameRequest {
+    return GetHostnameRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetHostnameRequest>, I>>(_: I): GetHostnameRequest {
+    const message = createBaseGetHostnameRequest();
+    return message;
+  },
+};
+
+function createBaseGetHostnameResponse(): GetHostnameResponse {
+  return { hostname: "" };
+}
+
+export const GetHostnameResponse: MessageFns<GetHostnameResponse> = {
+  encode(message: GetHostnameResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.hostname !== "") {
+      writer.uint32(10).string(message.hostname);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetHostnameResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetHostnameResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hostname = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetHostnameResponse {
+    return { hostname: isSet(object.hostname) ? globalThis.String(object.hostname) : "" };
+  },
+
+  toJSON(message: GetHostnameResponse): unknown {
+    const obj: any = {};
+    if (message.hostname !== "") {
+      obj.hostname = message.hostname;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetHostnameResponse>, I>>(base?: I): GetHostnameResponse {
+    return GetHostnameResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetHostnameResponse>, I>>(object: I): GetHostnameResponse {
+    const message = createBaseGetHostnameResponse();
+    message.hostname = object.hostname ?? "";
+    return message;
+  },
+};
+
+function createBaseGetMaxVcpusRequest(): GetMaxVcpusRequest {
+  return { virtType: "" };
+}
+
+export const GetMaxVcpusRequest: MessageFns<GetMaxVcpusRequest> = {
+  encode(message: GetMaxVcpusRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.virtType !== "") {
+      writer.uint32(10).string(message.virtType);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetMaxVcpusRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetMaxVcpusRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.virtType = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetMaxVcpusRequest {
+    return {
+      virtType: isSet(object.virtType)
+        ? globalThis.String(object.virtType)
+        : isSet(object.virt_type)
+        ? globalThis.String(object.virt_type)
+        : "",
+    };
+  },
+
+  toJSON(message: GetMaxVcpusRequest): unknown {
+    const obj: any = {};
+    if (message.virtType !== "") {
+      obj.virtType = message.virtType;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetMaxVcpusRequest>, I>>(base?: I): GetMaxVcpusRequest {
+    return GetMaxVcpusRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetMaxVcpusRequest>, I>>(object: I): GetMaxVcpusRequest {
+    const message = createBaseGetMaxVcpusRequest();
+    message.virtType = object.virtType ?? "";
+    return message;
+  },
+};
+
+function createBaseGetMaxVcpusResponse(): GetMaxVcpusResponse {
+  return { maxVcpus: 0 };
+}
+
+export const GetMaxVcpusResponse: MessageFns<GetMaxVcpusResponse> = {
+  encode(message: GetMaxVcpusResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.maxVcpus !== 0) {
+      writer.uint32(8).uint32(message.maxVcpus);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetMaxVcpusResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetMaxVcpusResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.maxVcpus = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetMaxVcpusResponse {
+    return {
+      maxVcpus: isSet(object.maxVcpus)
+        ? globalThis.Number(object.maxVcpus)
+        : isSet(object.max_vcpus)
+        ? globalThis.Number(object.max_vcpus)
+        : 0,
+    };
+  },
+
+  toJSON(message: GetMaxVcpusResponse): unknown {
+    const obj: any = {};
+    if (message.maxVcpus !== 0) {
+      obj.maxVcpus = Math.round(message.maxVcpus);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetMaxVcpusResponse>, I>>(base?: I): GetMaxVcpusResponse {
+    return GetMaxVcpusResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetMaxVcpusResponse>, I>>(object: I): GetMaxVcpusResponse {
+    const message = createBaseGetMaxVcpusResponse();
+    message.maxVcpus = object.maxVcpus ?? 0;
+    return message;
+  },
+};
+
+function createBaseGetNodeCpuStatsRequest(): GetNodeCpuStatsRequest {
+  return { cpu: undefined };
+}
+
+export const GetNodeCpuStatsRequest: MessageFns<GetNodeCpuStatsRequest> = {
+  encode(message: GetNodeCpuStatsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cpu !== undefined) {
+      writer.uint32(8).uint32(message.cpu);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeCpuStatsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeCpuStatsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cpu = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeCpuStatsRequest {
+    return { cpu: isSet(object.cpu) ? globalThis.Number(object.cpu) : undefined };
+  },
+
+  toJSON(message: GetNodeCpuStatsRequest): unknown {
+    const obj: any = {};
+    if (message.cpu !== undefined) {
+      obj.cpu = Math.round(message.cpu);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeCpuStatsRequest>, I>>(base?: I): GetNodeCpuStatsRequest {
+    return GetNodeCpuStatsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeCpuStatsRequest>, I>>(object: I): GetNodeCpuStatsRequest {
+    const message = createBaseGetNodeCpuStatsRequest();
+    message.cpu = object.cpu ?? undefined;
+    return message;
+  },
+};
+
+function createBaseGetNodeCpuStatsResponse(): GetNodeCpuStatsResponse {
+  return { kernelNs: 0n, userNs: 0n, idleNs: 0n, iowaitNs: 0n, intrNs: 0n, utilization: 0n, raw: {} };
+}
+
+export const GetNodeCpuStatsResponse: MessageFns<GetNodeCpuStatsResponse> = {
+  encode(message: GetNodeCpuStatsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kernelNs !== 0n) {
+      if (BigInt.asUintN(64, message.kernelNs) !== message.kernelNs) {
+        throw new globalThis.Error("value provided for field message.kernelNs of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.kernelNs);
+    }
+    if (message.userNs !== 0n) {
+      if (BigInt.asUintN(64, message.userNs) !== message.userNs) {
+        throw new globalThis.Error("value provided for field message.userNs of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.userNs);
+    }
+    if (message.idleNs !== 0n) {
+      if (BigInt.asUintN(64, message.idleNs) !== message.idleNs) {
+        throw new globalThis.Error("value provided for field message.idleNs of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.idleNs);
+    }
+    if (message.iowaitNs !== 0n) {
+      if (BigInt.asUintN(64, message.iowaitNs) !== message.iowaitNs) {
+        throw new globalThis.Error("value provided for field message.iowaitNs of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.iowaitNs);
+    }
+    if (message.intrNs !== 0n) {
+      if (BigInt.asUintN(64, message.intrNs) !== message.intrNs) {
+        throw new globalThis.Error("value provided for field message.intrNs of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.intrNs);
+    }
+    if (message.utilization !== 0n) {
+      if (BigInt.asUintN(64, message.utilization) !== message.utilization) {
+        throw new globalThis.Error("value provided for field message.utilization of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.utilization);
+    }
+    globalThis.Object.entries(message.raw).forEach(([key, value]: [string, bigint]) => {
+      GetNodeCpuStatsResponse_RawEntry.encode({ key: key as any, value }, writer.uint32(58).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeCpuStatsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeCpuStatsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.kernelNs = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.userNs = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.idleNs = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.iowaitNs = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.intrNs = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.utilization = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            const entry7 = GetNodeCpuStatsResponse_RawEntry.decode(reader, reader.uint32());
+            if (entry7.value !== undefined) {
+              message.raw[entry7.key] = entry7.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeCpuStatsResponse {
+    return {
+      kernelNs: isSet(object.kernelNs)
+        ? BigInt(object.kernelNs)
+        : isSet(object.kernel_ns)
+        ? BigInt(object.kernel_ns)
+        : 0n,
+      userNs: isSet(object.userNs) ? BigInt(object.userNs) : isSet(object.user_ns) ? BigInt(object.user_ns) : 0n,
+      idleNs: isSet(object.idleNs) ? BigInt(object.idleNs) : isSet(object.idle_ns) ? BigInt(object.idle_ns) : 0n,
+      iowaitNs: isSet(object.iowaitNs)
+        ? BigInt(object.iowaitNs)
+        : isSet(object.iowait_ns)
+        ? BigInt(object.iowait_ns)
+        : 0n,
+      intrNs: isSet(object.intrNs) ? BigInt(object.intrNs) : isSet(object.intr_ns) ? BigInt(object.intr_ns) : 0n,
+      utilization: isSet(object.utilization) ? BigInt(object.utilization) : 0n,
+      raw: isObject(object.raw)
+        ? (globalThis.Object.entries(object.raw) as [string, any][]).reduce(
+          (acc: { [key: string]: bigint }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: BigInt(value as string | number | bigint | boolean),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: GetNodeCpuStatsResponse): unknown {
+    const obj: any = {};
+    if (message.kernelNs !== 0n) {
+      obj.kernelNs = message.kernelNs.toString();
+    }
+    if (message.userNs !== 0n) {
+      obj.userNs = message.userNs.toString();
+    }
+    if (message.idleNs !== 0n) {
+      obj.idleNs = message.idleNs.toString();
+    }
+    if (message.iowaitNs !== 0n) {
+      obj.iowaitNs = message.iowaitNs.toString();
+    }
+    if (message.intrNs !== 0n) {
+      obj.intrNs = message.intrNs.toString();
+    }
+    if (message.utilization !== 0n) {
+      obj.utilization = message.utilization.toString();
+    }
+    if (message.raw) {
+      const entries = globalThis.Object.entries(message.raw) as [string, bigint][];
+      if (entries.length > 0) {
+        obj.raw = {};
+        entries.forEach(([k, v]) => {
+          obj.raw[k] = v.toString();
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeCpuStatsResponse>, I>>(base?: I): GetNodeCpuStatsResponse {
+    return GetNodeCpuStatsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeCpuStatsResponse>, I>>(object: I): GetNodeCpuStatsResponse {
+    const message = createBaseGetNodeCpuStatsResponse();
+    message.kernelNs = (object.kernelNs !== undefined && object.kernelNs !== null) ? BigInt(object.kernelNs) : 0n;
+    message.userNs = (object.userNs !== undefined && object.userNs !== null) ? BigInt(object.userNs) : 0n;
+    message.idleNs = (object.idleNs !== undefined && object.idleNs !== null) ? BigInt(object.idleNs) : 0n;
+    message.iowaitNs = (object.iowaitNs !== undefined && object.iowaitNs !== null) ? BigInt(object.iowaitNs) : 0n;
+    message.intrNs = (object.intrNs !== undefined && object.intrNs !== null) ? BigInt(object.intrNs) : 0n;
+    message.utilization = (object.utilization !== undefined && object.utilization !== null)
+      ? BigInt(object.utilization)
+      : 0n;
+    message.raw = (globalThis.Object.entries(object.raw ?? {}) as [string, bigint][]).reduce(
+      (acc: { [key: string]: bigint }, [key, value]: [string, bigint]) => {
+        if (value !== undefined) {
+          acc[key] = BigInt(value as string | number | bigint | boolean);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseGetNodeCpuStatsResponse_RawEntry(): GetNodeCpuStatsResponse_RawEntry {
+  return { key: "", value: 0n };
+}
+
+export const GetNodeCpuStatsResponse_RawEntry: MessageFns<GetNodeCpuStatsResponse_RawEntry> = {
+  encode(message: GetNodeCpuStatsResponse_RawEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== 0n) {
+      if (BigInt.asUintN(64, message.value) !== message.value) {
+        throw new globalThis.Error("value provided for field message.value of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeCpuStatsResponse_RawEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeCpuStatsResponse_RawEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.value = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeCpuStatsResponse_RawEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? BigInt(object.value) : 0n,
+    };
+  },
+
+  toJSON(message: GetNodeCpuStatsResponse_RawEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== 0n) {
+      obj.value = message.value.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeCpuStatsResponse_RawEntry>, I>>(
+    base?: I,
+  ): GetNodeCpuStatsResponse_RawEntry {
+    return GetNodeCpuStatsResponse_RawEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeCpuStatsResponse_RawEntry>, I>>(
+    object: I,
+  ): GetNodeCpuStatsResponse_RawEntry {
+    const message = createBaseGetNodeCpuStatsResponse_RawEntry();
+    message.key = object.key ?? "";
+    message.value = (object.value !== undefined && object.value !== null) ? BigInt(object.value) : 0n;
+    return message;
+  },
+};
+
+function createBaseGetNodeMemoryStatsRequest(): GetNodeMemoryStatsRequest {
+  return { cell: undefined };
+}
+
+export const GetNodeMemoryStatsRequest: MessageFns<GetNodeMemoryStatsRequest> = {
+  encode(message: GetNodeMemoryStatsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cell !== undefined) {
+      writer.uint32(8).uint32(message.cell);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeMemoryStatsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeMemoryStatsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cell = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeMemoryStatsRequest {
+    return { cell: isSet(object.cell) ? globalThis.Number(object.cell) : undefined };
+  },
+
+  toJSON(message: GetNodeMemoryStatsRequest): unknown {
+    const obj: any = {};
+    if (message.cell !== undefined) {
+      obj.cell = Math.round(message.cell);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeMemoryStatsRequest>, I>>(base?: I): GetNodeMemoryStatsRequest {
+    return GetNodeMemoryStatsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeMemoryStatsRequest>, I>>(object: I): GetNodeMemoryStatsRequest {
+    const message = createBaseGetNodeMemoryStatsRequest();
+    message.cell = object.cell ?? undefined;
+    return message;
+  },
+};
+
+function createBaseGetNodeMemoryStatsResponse(): GetNodeMemoryStatsResponse {
+  return { totalKib: 0n, freeKib: 0n, buffersKib: 0n, cachedKib: 0n, raw: {} };
+}
+
+export const GetNodeMemoryStatsResponse: MessageFns<GetNodeMemoryStatsResponse> = {
+  encode(message: GetNodeMemoryStatsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.totalKib !== 0n) {
+      if (BigInt.asUintN(64, message.totalKib) !== message.totalKib) {
+        throw new globalThis.Error("value provided for field message.totalKib of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.totalKib);
+    }
+    if (message.freeKib !== 0n) {
+      if (BigInt.asUintN(64, message.freeKib) !== message.freeKib) {
+        throw new globalThis.Error("value provided for field message.freeKib of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.freeKib);
+    }
+    if (message.buffersKib !== 0n) {
+      if (BigInt.asUintN(64, message.buffersKib) !== message.buffersKib) {
+        throw new globalThis.Error("value provided for field message.buffersKib of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.buffersKib);
+    }
+    if (message.cachedKib !== 0n) {
+      if (BigInt.asUintN(64, message.cachedKib) !== message.cachedKib) {
+        throw new globalThis.Error("value provided for field message.cachedKib of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.cachedKib);
+    }
+    globalThis.Object.entries(message.raw).forEach(([key, value]: [string, bigint]) => {
+      GetNodeMemoryStatsResponse_RawEntry.encode({ key: key as any, value }, writer.uint32(42).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeMemoryStatsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeMemoryStatsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.totalKib = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.freeKib = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.buffersKib = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.cachedKib = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            const entry5 = GetNodeMemoryStatsResponse_RawEntry.decode(reader, reader.uint32());
+            if (entry5.value !== undefined) {
+              message.raw[entry5.key] = entry5.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeMemoryStatsResponse {
+    return {
+      totalKib: isSet(object.totalKib)
+        ? BigInt(object.totalKib)
+        : isSet(object.total_kib)
+        ? BigInt(object.total_kib)
+        : 0n,
+      freeKib: isSet(object.freeKib) ? BigInt(object.freeKib) : isSet(object.free_kib) ? BigInt(object.free_kib) : 0n,
+      buffersKib: isSet(object.buffersKib)
+        ? BigInt(object.buffersKib)
+        : isSet(object.buffers_kib)
+        ? BigInt(object.buffers_kib)
+        : 0n,
+      cachedKib: isSet(object.cachedKib)
+        ? BigInt(object.cachedKib)
+        : isSet(object.cached_kib)
+        ? BigInt(object.cached_kib)
+        : 0n,
+      raw: isObject(object.raw)
+        ? (globalThis.Object.entries(object.raw) as [string, any][]).reduce(
+          (acc: { [key: string]: bigint }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: BigInt(value as string | number | bigint | boolean),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: GetNodeMemoryStatsResponse): unknown {
+    const obj: any = {};
+    if (message.totalKib !== 0n) {
+      obj.totalKib = message.totalKib.toString();
+    }
+    if (message.freeKib !== 0n) {
+      obj.freeKib = message.freeKib.toString();
+    }
+    if (message.buffersKib !== 0n) {
+      obj.buffersKib = message.buffersKib.toString();
+    }
+    if (message.cachedKib !== 0n) {
+      obj.cachedKib = message.cachedKib.toString();
+    }
+    if (message.raw) {
+      const entries = globalThis.Object.entries(message.raw) as [string, bigint][];
+      if (entries.length > 0) {
+        obj.raw = {};
+        entries.forEach(([k, v]) => {
+          obj.raw[k] = v.toString();
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeMemoryStatsResponse>, I>>(base?: I): GetNodeMemoryStatsResponse {
+    return GetNodeMemoryStatsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeMemoryStatsResponse>, I>>(object: I): GetNodeMemoryStatsResponse {
+    const message = createBaseGetNodeMemoryStatsResponse();
+    message.totalKib = (object.totalKib !== undefined && object.totalKib !== null) ? BigInt(object.totalKib) : 0n;
+    message.freeKib = (object.freeKib !== undefined && object.freeKib !== null) ? BigInt(object.freeKib) : 0n;
+    message.buffersKib = (object.buffersKib !== undefined && object.buffersKib !== null)
+      ? BigInt(object.buffersKib)
+      : 0n;
+    message.cachedKib = (object.cachedKib !== undefined && object.cachedKib !== null) ? BigInt(object.cachedKib) : 0n;
+    message.raw = (globalThis.Object.entries(object.raw ?? {}) as [string, bigint][]).reduce(
+      (acc: { [key: string]: bigint }, [key, value]: [string, bigint]) => {
+        if (value !== undefined) {
+          acc[key] = BigInt(value as string | number | bigint | boolean);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseGetNodeMemoryStatsResponse_RawEntry(): GetNodeMemoryStatsResponse_RawEntry {
+  return { key: "", value: 0n };
+}
+
+export const GetNodeMemoryStatsResponse_RawEntry: MessageFns<GetNodeMemoryStatsResponse_RawEntry> = {
+  encode(message: GetNodeMemoryStatsResponse_RawEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== 0n) {
+      if (BigInt.asUintN(64, message.value) !== message.value) {
+        throw new globalThis.Error("value provided for field message.value of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeMemoryStatsResponse_RawEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeMemoryStatsResponse_RawEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.value = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeMemoryStatsResponse_RawEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? BigInt(object.value) : 0n,
+    };
+  },
+
+  toJSON(message: GetNodeMemoryStatsResponse_RawEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== 0n) {
+      obj.value = message.value.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeMemoryStatsResponse_RawEntry>, I>>(
+    base?: I,
+  ): GetNodeMemoryStatsResponse_RawEntry {
+    return GetNodeMemoryStatsResponse_RawEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeMemoryStatsResponse_RawEntry>, I>>(
+    object: I,
+  ): GetNodeMemoryStatsResponse_RawEntry {
+    const message = createBaseGetNodeMemoryStatsResponse_RawEntry();
+    message.key = object.key ?? "";
+    message.value = (object.value !== undefined && object.value !== null) ? BigInt(object.value) : 0n;
+    return message;
+  },
+};
+
+function createBaseGetNodeFreeMemoryRequest(): GetNodeFreeMemoryRequest {
+  return {};
+}
+
+export const GetNodeFreeMemoryRequest: MessageFns<GetNodeFreeMemoryRequest> = {
+  encode(_: GetNodeFreeMemoryRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeFreeMemoryRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeFreeMemoryRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetNodeFreeMemoryRequest {
+    return {};
+  },
+
+  toJSON(_: GetNodeFreeMemoryRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeFreeMemoryRequest>, I>>(base?: I): GetNodeFreeMemoryRequest {
+    return GetNodeFreeMemoryRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeFreeMemoryRequest>, I>>(_: I): GetNodeFreeMemoryRequest {
+    const message = createBaseGetNodeFreeMemoryRequest();
+    return message;
+  },
+};
+
+function createBaseGetNodeFreeMemoryResponse(): GetNodeFreeMemoryResponse {
+  return { freeBytes: 0n };
+}
+
+export const GetNodeFreeMemoryResponse: MessageFns<GetNodeFreeMemoryResponse> = {
+  encode(message: GetNodeFreeMemoryResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.freeBytes !== 0n) {
+      if (BigInt.asUintN(64, message.freeBytes) !== message.freeBytes) {
+        throw new globalThis.Error("value provided for field message.freeBytes of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.freeBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeFreeMemoryResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeFreeMemoryResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.freeBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeFreeMemoryResponse {
+    return {
+      freeBytes: isSet(object.freeBytes)
+        ? BigInt(object.freeBytes)
+        : isSet(object.free_bytes)
+        ? BigInt(object.free_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: GetNodeFreeMemoryResponse): unknown {
+    const obj: any = {};
+    if (message.freeBytes !== 0n) {
+      obj.freeBytes = message.freeBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeFreeMemoryResponse>, I>>(base?: I): GetNodeFreeMemoryResponse {
+    return GetNodeFreeMemoryResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeFreeMemoryResponse>, I>>(object: I): GetNodeFreeMemoryResponse {
+    const message = createBaseGetNodeFreeMemoryResponse();
+    message.freeBytes = (object.freeBytes !== undefined && object.freeBytes !== null) ? BigInt(object.freeBytes) : 0n;
+    return message;
+  },
+};
+
+function createBaseGetCellsFreeMemoryRequest(): GetCellsFreeMemoryRequest {
+  return { startCell: undefined, maxCells: 0 };
+}
+
+export const GetCellsFreeMemoryRequest: MessageFns<GetCellsFreeMemoryRequest> = {
+  encode(message: GetCellsFreeMemoryRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.startCell !== undefined) {
+      writer.uint32(8).uint32(message.startCell);
+    }
+    if (message.maxCells !== 0) {
+      writer.uint32(16).uint32(message.maxCells);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetCellsFreeMemoryRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetCellsFreeMemoryRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.startCell = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.maxCells = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetCellsFreeMemoryRequest {
+    return {
+      startCell: isSet(object.startCell)
+        ? globalThis.Number(object.startCell)
+        : isSet(object.start_cell)
+        ? globalThis.Number(object.start_cell)
+        : undefined,
+      maxCells: isSet(object.maxCells)
+        ? globalThis.Number(object.maxCells)
+        : isSet(object.max_cells)
+        ? globalThis.Number(object.max_cells)
+        : 0,
+    };
+  },
+
+  toJSON(message: GetCellsFreeMemoryRequest): unknown {
+    const obj: any = {};
+    if (message.startCell !== undefined) {
+      obj.startCell = Math.round(message.startCell);
+    }
+    if (message.maxCells !== 0) {
+      obj.maxCells = Math.round(message.maxCells);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetCellsFreeMemoryRequest>, I>>(base?: I): GetCellsFreeMemoryRequest {
+    return GetCellsFreeMemoryRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetCellsFreeMemoryRequest>, I>>(object: I): GetCellsFreeMemoryRequest {
+    const message = createBaseGetCellsFreeMemoryRequest();
+    message.startCell = object.startCell ?? undefined;
+    message.maxCells = object.maxCells ?? 0;
+    return message;
+  },
+};
+
+function createBaseCellFreeMemory(): CellFreeMemory {
+  return { cell: 0, freeBytes: 0n };
+}
+
+export const CellFreeMemory: MessageFns<CellFreeMemory> = {
+  encode(message: CellFreeMemory, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cell !== 0) {
+      writer.uint32(8).uint32(message.cell);
+    }
+    if (message.freeBytes !== 0n) {
+      if (BigInt.asUintN(64, message.freeBytes) !== message.freeBytes) {
+        throw new globalThis.Error("value provided for field message.freeBytes of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.freeBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CellFreeMemory {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCellFreeMemory();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cell = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.freeBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CellFreeMemory {
+    return {
+      cell: isSet(object.cell) ? globalThis.Number(object.cell) : 0,
+      freeBytes: isSet(object.freeBytes)
+        ? BigInt(object.freeBytes)
+        : isSet(object.free_bytes)
+        ? BigInt(object.free_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: CellFreeMemory): unknown {
+    const obj: any = {};
+    if (message.cell !== 0) {
+      obj.cell = Math.round(message.cell);
+    }
+    if (message.freeBytes !== 0n) {
+      obj.freeBytes = message.freeBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CellFreeMemory>, I>>(base?: I): CellFreeMemory {
+    return CellFreeMemory.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CellFreeMemory>, I>>(object: I): CellFreeMemory {
+    const message = createBaseCellFreeMemory();
+    message.cell = object.cell ?? 0;
+    message.freeBytes = (object.freeBytes !== undefined && object.freeBytes !== null) ? BigInt(object.freeBytes) : 0n;
+    return message;
+  },
+};
+
+function createBaseGetCellsFreeMemoryResponse(): GetCellsFreeMemoryResponse {
+  return { cells: [] };
+}
+
+export const GetCellsFreeMemoryResponse: MessageFns<GetCellsFreeMemoryResponse> = {
+  encode(message: GetCellsFreeMemoryResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.cells) {
+      CellFreeMemory.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetCellsFreeMemoryResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetCellsFreeMemoryResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.cells.push(CellFreeMemory.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetCellsFreeMemoryResponse {
+    return {
+      cells: globalThis.Array.isArray(object?.cells) ? object.cells.map((e: any) => CellFreeMemory.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: GetCellsFreeMemoryResponse): unknown {
+    const obj: any = {};
+    if (message.cells?.length) {
+      obj.cells = message.cells.map((e) => CellFreeMemory.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetCellsFreeMemoryResponse>, I>>(base?: I): GetCellsFreeMemoryResponse {
+    return GetCellsFreeMemoryResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetCellsFreeMemoryResponse>, I>>(object: I): GetCellsFreeMemoryResponse {
+    const message = createBaseGetCellsFreeMemoryResponse();
+    message.cells = object.cells?.map((e) => CellFreeMemory.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePageCount(): PageCount {
+  return { pageSizeKib: 0n, count: 0n };
+}
+
+export const PageCount: MessageFns<PageCount> = {
+  encode(message: PageCount, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSizeKib !== 0n) {
+      if (BigInt.asUintN(64, message.pageSizeKib) !== message.pageSizeKib) {
+        throw new globalThis.Error("value provided for field message.pageSizeKib of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.pageSizeKib);
+    }
+    if (message.count !== 0n) {
+      if (BigInt.asUintN(64, message.count) !== message.count) {
+        throw new globalThis.Error("value provided for field message.count of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.count);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PageCount {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePageCount();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pageSizeKib = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.count = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PageCount {
+    return {
+      pageSizeKib: isSet(object.pageSizeKib)
+        ? BigInt(object.pageSizeKib)
+        : isSet(object.page_size_kib)
+        ? BigInt(object.page_size_kib)
+        : 0n,
+      count: isSet(object.count) ? BigInt(object.count) : 0n,
+    };
+  },
+
+  toJSON(message: PageCount): unknown {
+    const obj: any = {};
+    if (message.pageSizeKib !== 0n) {
+      obj.pageSizeKib = message.pageSizeKib.toString();
+    }
+    if (message.count !== 0n) {
+      obj.count = message.count.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PageCount>, I>>(base?: I): PageCount {
+    return PageCount.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PageCount>, I>>(object: I): PageCount {
+    const message = createBasePageCount();
+    message.pageSizeKib = (object.pageSizeKib !== undefined && object.pageSizeKib !== null)
+      ? BigInt(object.pageSizeKib)
+      : 0n;
+    message.count = (object.count !== undefined && object.count !== null) ? BigInt(object.count) : 0n;
+    return message;
+  },
+};
+
+function createBaseGetNodeFreePagesRequest(): GetNodeFreePagesRequest {
+  return { pageSizesKib: [], startCell: undefined, cellCount: 0 };
+}
+
+export const GetNodeFreePagesRequest: MessageFns<GetNodeFreePagesRequest> = {
+  encode(message: GetNodeFreePagesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSizesKib.length !== 0) {
+      writer.uint32(10).fork();
+      for (const v of message.pageSizesKib) {
+        if (BigInt.asUintN(64, v) !== v) {
+          throw new globalThis.Error("a value provided in array field pageSizesKib of type uint64 is too large");
+        }
+        writer.uint64(v);
+      }
+      writer.join();
+    }
+    if (message.startCell !== undefined) {
+      writer.uint32(16).uint32(message.startCell);
+    }
+    if (message.cellCount !== 0) {
+      writer.uint32(24).uint32(message.cellCount);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeFreePagesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeFreePagesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag === 8) {
+              message.pageSizesKib.push(reader.uint64() as bigint);
+
+              continue;
+            }
+
+            if (tag === 10) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.pageSizesKib.push(reader.uint64() as bigint);
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.startCell = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.cellCount = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeFreePagesRequest {
+    return {
+      pageSizesKib: globalThis.Array.isArray(object?.pageSizesKib)
+        ? object.pageSizesKib.map((e: any) => BigInt(e))
+        : globalThis.Array.isArray(object?.page_sizes_kib)
+        ? object.page_sizes_kib.map((e: any) => BigInt(e))
+        : [],
+      startCell: isSet(object.startCell)
+        ? globalThis.Number(object.startCell)
+        : isSet(object.start_cell)
+        ? globalThis.Number(object.start_cell)
+        : undefined,
+      cellCount: isSet(object.cellCount)
+        ? globalThis.Number(object.cellCount)
+        : isSet(object.cell_count)
+        ? globalThis.Number(object.cell_count)
+        : 0,
+    };
+  },
+
+  toJSON(message: GetNodeFreePagesRequest): unknown {
+    const obj: any = {};
+    if (message.pageSizesKib?.length) {
+      obj.pageSizesKib = message.pageSizesKib.map((e) => e.toString());
+    }
+    if (message.startCell !== undefined) {
+      obj.startCell = Math.round(message.startCell);
+    }
+    if (message.cellCount !== 0) {
+      obj.cellCount = Math.round(message.cellCount);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeFreePagesRequest>, I>>(base?: I): GetNodeFreePagesRequest {
+    return GetNodeFreePagesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeFreePagesRequest>, I>>(object: I): GetNodeFreePagesRequest {
+    const message = createBaseGetNodeFreePagesRequest();
+    message.pageSizesKib = object.pageSizesKib?.map((e) => BigInt(e)) || [];
+    message.startCell = object.startCell ?? undefined;
+    message.cellCount = object.cellCount ?? 0;
+    return message;
+  },
+};
+
+function createBaseCellPages(): CellPages {
+  return { cell: 0, pages: [] };
+}
+
+export const CellPages: MessageFns<CellPages> = {
+  encode(message: CellPages, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cell !== 0) {
+      writer.uint32(8).uint32(message.cell);
+    }
+    for (const v of message.pages) {
+      PageCount.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CellPages {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCellPages();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cell = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pages.push(PageCount.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CellPages {
+    return {
+      cell: isSet(object.cell) ? globalThis.Number(object.cell) : 0,
+      pages: globalThis.Array.isArray(object?.pages) ? object.pages.map((e: any) => PageCount.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: CellPages): unknown {
+    const obj: any = {};
+    if (message.cell !== 0) {
+      obj.cell = Math.round(message.cell);
+    }
+    if (message.pages?.length) {
+      obj.pages = message.pages.map((e) => PageCount.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CellPages>, I>>(base?: I): CellPages {
+    return CellPages.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CellPages>, I>>(object: I): CellPages {
+    const message = createBaseCellPages();
+    message.cell = object.cell ?? 0;
+    message.pages = object.pages?.map((e) => PageCount.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseGetNodeFreePagesResponse(): GetNodeFreePagesResponse {
+  return { cells: [] };
+}
+
+export const GetNodeFreePagesResponse: MessageFns<GetNodeFreePagesResponse> = {
+  encode(message: GetNodeFreePagesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.cells) {
+      CellPages.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeFreePagesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeFreePagesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.cells.push(CellPages.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeFreePagesResponse {
+    return {
+      cells: globalThis.Array.isArray(object?.cells) ? object.cells.map((e: any) => CellPages.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: GetNodeFreePagesResponse): unknown {
+    const obj: any = {};
+    if (message.cells?.length) {
+      obj.cells = message.cells.map((e) => CellPages.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeFreePagesResponse>, I>>(base?: I): GetNodeFreePagesResponse {
+    return GetNodeFreePagesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeFreePagesResponse>, I>>(object: I): GetNodeFreePagesResponse {
+    const message = createBaseGetNodeFreePagesResponse();
+    message.cells = object.cells?.map((e) => CellPages.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseAllocNodePagesRequest(): AllocNodePagesRequest {
+  return { pages: [], startCell: undefined, cellCount: 0, mode: 0 };
+}
+
+export const AllocNodePagesRequest: MessageFns<AllocNodePagesRequest> = {
+  encode(message: AllocNodePagesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.pages) {
+      PageCount.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.startCell !== undefined) {
+      writer.uint32(16).uint32(message.startCell);
+    }
+    if (message.cellCount !== 0) {
+      writer.uint32(24).uint32(message.cellCount);
+    }
+    if (message.mode !== 0) {
+      writer.uint32(32).int32(message.mode);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AllocNodePagesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAllocNodePagesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.pages.push(PageCount.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.startCell = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.cellCount = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.mode = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AllocNodePagesRequest {
+    return {
+      pages: globalThis.Array.isArray(object?.pages) ? object.pages.map((e: any) => PageCount.fromJSON(e)) : [],
+      startCell: isSet(object.startCell)
+        ? globalThis.Number(object.startCell)
+        : isSet(object.start_cell)
+        ? globalThis.Number(object.start_cell)
+        : undefined,
+      cellCount: isSet(object.cellCount)
+        ? globalThis.Number(object.cellCount)
+        : isSet(object.cell_count)
+        ? globalThis.Number(object.cell_count)
+        : 0,
+      mode: isSet(object.mode) ? pageAllocationModeFromJSON(object.mode) : 0,
+    };
+  },
+
+  toJSON(message: AllocNodePagesRequest): unknown {
+    const obj: any = {};
+    if (message.pages?.length) {
+      obj.pages = message.pages.map((e) => PageCount.toJSON(e));
+    }
+    if (message.startCell !== undefined) {
+      obj.startCell = Math.round(message.startCell);
+    }
+    if (message.cellCount !== 0) {
+      obj.cellCount = Math.round(message.cellCount);
+    }
+    if (message.mode !== 0) {
+      obj.mode = pageAllocationModeToJSON(message.mode);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AllocNodePagesRequest>, I>>(base?: I): AllocNodePagesRequest {
+    return AllocNodePagesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AllocNodePagesRequest>, I>>(object: I): AllocNodePagesRequest {
+    const message = createBaseAllocNodePagesRequest();
+    message.pages = object.pages?.map((e) => PageCount.fromPartial(e)) || [];
+    message.startCell = object.startCell ?? undefined;
+    message.cellCount = object.cellCount ?? 0;
+    message.mode = object.mode ?? 0;
+    return message;
+  },
+};
+
+function createBaseAllocNodePagesResponse(): AllocNodePagesResponse {
+  return { cellsChanged: 0 };
+}
+
+export const AllocNodePagesResponse: MessageFns<AllocNodePagesResponse> = {
+  encode(message: AllocNodePagesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cellsChanged !== 0) {
+      writer.uint32(8).uint32(message.cellsChanged);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AllocNodePagesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAllocNodePagesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cellsChanged = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AllocNodePagesResponse {
+    return {
+      cellsChanged: isSet(object.cellsChanged)
+        ? globalThis.Number(object.cellsChanged)
+        : isSet(object.cells_changed)
+        ? globalThis.Number(object.cells_changed)
+        : 0,
+    };
+  },
+
+  toJSON(message: AllocNodePagesResponse): unknown {
+    const obj: any = {};
+    if (message.cellsChanged !== 0) {
+      obj.cellsChanged = Math.round(message.cellsChanged);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AllocNodePagesResponse>, I>>(base?: I): AllocNodePagesResponse {
+    return AllocNodePagesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AllocNodePagesResponse>, I>>(object: I): AllocNodePagesResponse {
+    const message = createBaseAllocNodePagesResponse();
+    message.cellsChanged = object.cellsChanged ?? 0;
+    return message;
+  },
+};
+
+function createBaseNodeMemoryParameters(): NodeMemoryParameters {
+  return {
+    shmPagesToScan: 0,
+    shmSleepMillisecs: 0,
+    shmPagesShared: 0n,
+    shmPagesSharing: 0n,
+    shmPagesUnshared: 0n,
+    shmPagesVolatile: 0n,
+    shmFullScans: 0n,
+    shmMergeAcrossNodes: false,
+  };
+}
+
+export const NodeMemoryParameters: MessageFns<NodeMemoryParameters> = {
+  encode(message: NodeMemoryParameters, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.shmPagesToScan !== 0) {
+      writer.uint32(8).uint32(message.shmPagesToScan);
+    }
+    if (message.shmSleepMillisecs !== 0) {
+      writer.uint32(16).uint32(message.shmSleepMillisecs);
+    }
+    if (message.shmPagesShared !== 0n) {
+      if (BigInt.asUintN(64, message.shmPagesShared) !== message.shmPagesShared) {
+        throw new globalThis.Error("value provided for field message.shmPagesShared of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.shmPagesShared);
+    }
+    if (message.shmPagesSharing !== 0n) {
+      if (BigInt.asUintN(64, message.shmPagesSharing) !== message.shmPagesSharing) {
+        throw new globalThis.Error("value provided for field message.shmPagesSharing of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.shmPagesSharing);
+    }
+    if (message.shmPagesUnshared !== 0n) {
+      if (BigInt.asUintN(64, message.shmPagesUnshared) !== message.shmPagesUnshared) {
+        throw new globalThis.Error("value provided for field message.shmPagesUnshared of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.shmPagesUnshared);
+    }
+    if (message.shmPagesVolatile !== 0n) {
+      if (BigInt.asUintN(64, message.shmPagesVolatile) !== message.shmPagesVolatile) {
+        throw new globalThis.Error("value provided for field message.shmPagesVolatile of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.shmPagesVolatile);
+    }
+    if (message.shmFullScans !== 0n) {
+      if (BigInt.asUintN(64, message.shmFullScans) !== message.shmFullScans) {
+        throw new globalThis.Error("value provided for field message.shmFullScans of type uint64 too large");
+      }
+      writer.uint32(56).uint64(message.shmFullScans);
+    }
+    if (message.shmMergeAcrossNodes !== false) {
+      writer.uint32(64).bool(message.shmMergeAcrossNodes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NodeMemoryParameters {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseNodeMemoryParameters();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.shmPagesToScan = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.shmSleepMillisecs = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.shmPagesShared = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.shmPagesSharing = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.shmPagesUnshared = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.shmPagesVolatile = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.shmFullScans = reader.uint64() as bigint;
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.shmMergeAcrossNodes = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): NodeMemoryParameters {
+    return {
+      shmPagesToScan: isSet(object.shmPagesToScan)
+        ? globalThis.Number(object.shmPagesToScan)
+        : isSet(object.shm_pages_to_scan)
+        ? globalThis.Number(object.shm_pages_to_scan)
+        : 0,
+      shmSleepMillisecs: isSet(object.shmSleepMillisecs)
+        ? globalThis.Number(object.shmSleepMillisecs)
+        : isSet(object.shm_sleep_millisecs)
+        ? globalThis.Number(object.shm_sleep_millisecs)
+        : 0,
+      shmPagesShared: isSet(object.shmPagesShared)
+        ? BigInt(object.shmPagesShared)
+        : isSet(object.shm_pages_shared)
+        ? BigInt(object.shm_pages_shared)
+        : 0n,
+      shmPagesSharing: isSet(object.shmPagesSharing)
+        ? BigInt(object.shmPagesSharing)
+        : isSet(object.shm_pages_sharing)
+        ? BigInt(object.shm_pages_sharing)
+        : 0n,
+      shmPagesUnshared: isSet(object.shmPagesUnshared)
+        ? BigInt(object.shmPagesUnshared)
+        : isSet(object.shm_pages_unshared)
+        ? BigInt(object.shm_pages_unshared)
+        : 0n,
+      shmPagesVolatile: isSet(object.shmPagesVolatile)
+        ? BigInt(object.shmPagesVolatile)
+        : isSet(object.shm_pages_volatile)
+        ? BigInt(object.shm_pages_volatile)
+        : 0n,
+      shmFullScans: isSet(object.shmFullScans)
+        ? BigInt(object.shmFullScans)
+        : isSet(object.shm_full_scans)
+        ? BigInt(object.shm_full_scans)
+        : 0n,
+      shmMergeAcrossNodes: isSet(object.shmMergeAcrossNodes)
+        ? globalThis.Boolean(object.shmMergeAcrossNodes)
+        : isSet(object.shm_merge_across_nodes)
+        ? globalThis.Boolean(object.shm_merge_across_nodes)
+        : false,
+    };
+  },
+
+  toJSON(message: NodeMemoryParameters): unknown {
+    const obj: any = {};
+    if (message.shmPagesToScan !== 0) {
+      obj.shmPagesToScan = Math.round(message.shmPagesToScan);
+    }
+    if (message.shmSleepMillisecs !== 0) {
+      obj.shmSleepMillisecs = Math.round(message.shmSleepMillisecs);
+    }
+    if (message.shmPagesShared !== 0n) {
+      obj.shmPagesShared = message.shmPagesShared.toString();
+    }
+    if (message.shmPagesSharing !== 0n) {
+      obj.shmPagesSharing = message.shmPagesSharing.toString();
+    }
+    if (message.shmPagesUnshared !== 0n) {
+      obj.shmPagesUnshared = message.shmPagesUnshared.toString();
+    }
+    if (message.shmPagesVolatile !== 0n) {
+      obj.shmPagesVolatile = message.shmPagesVolatile.toString();
+    }
+    if (message.shmFullScans !== 0n) {
+      obj.shmFullScans = message.shmFullScans.toString();
+    }
+    if (message.shmMergeAcrossNodes !== false) {
+      obj.shmMergeAcrossNodes = message.shmMergeAcrossNodes;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<NodeMemoryParameters>, I>>(base?: I): NodeMemoryParameters {
+    return NodeMemoryParameters.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<NodeMemoryParameters>, I>>(object: I): NodeMemoryParameters {
+    const message = createBaseNodeMemoryParameters();
+    message.shmPagesToScan = object.shmPagesToScan ?? 0;
+    message.shmSleepMillisecs = object.shmSleepMillisecs ?? 0;
+    message.shmPagesShared = (object.shmPagesShared !== undefined && object.shmPagesShared !== null)
+      ? BigInt(object.shmPagesShared)
+      : 0n;
+    message.shmPagesSharing = (object.shmPagesSharing !== undefined && object.shmPagesSharing !== null)
+      ? BigInt(object.shmPagesSharing)
+      : 0n;
+    message.shmPagesUnshared = (object.shmPagesUnshared !== undefined && object.shmPagesUnshared !== null)
+      ? BigInt(object.shmPagesUnshared)
+      : 0n;
+    message.shmPagesVolatile = (object.shmPagesVolatile !== undefined && object.shmPagesVolatile !== null)
+      ? BigInt(object.shmPagesVolatile)
+      : 0n;
+    message.shmFullScans = (object.shmFullScans !== undefined && object.shmFullScans !== null)
+      ? BigInt(object.shmFullScans)
+      : 0n;
+    message.shmMergeAcrossNodes = object.shmMergeAcrossNodes ?? false;
+    return message;
+  },
+};
+
+function createBaseGetNodeMemoryParametersRequest(): GetNodeMemoryParametersRequest {
+  return {};
+}
+
+export const GetNodeMemoryParametersRequest: MessageFns<GetNodeMemoryParametersRequest> = {
+  encode(_: GetNodeMemoryParametersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeMemoryParametersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeMemoryParametersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetNodeMemoryParametersRequest {
+    return {};
+  },
+
+  toJSON(_: GetNodeMemoryParametersRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeMemoryParametersRequest>, I>>(base?: I): GetNodeMemoryParametersRequest {
+    return GetNodeMemoryParametersRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeMemoryParametersRequest>, I>>(_: I): GetNodeMemoryParametersRequest {
+    const message = createBaseGetNodeMemoryParametersRequest();
+    return message;
+  },
+};
+
+function createBaseGetNodeMemoryParametersResponse(): GetNodeMemoryParametersResponse {
+  return { parameters: undefined };
+}
+
+export const GetNodeMemoryParametersResponse: MessageFns<GetNodeMemoryParametersResponse> = {
+  encode(message: GetNodeMemoryParametersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.parameters !== undefined) {
+      NodeMemoryParameters.encode(message.parameters, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeMemoryParametersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeMemoryParametersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.parameters = NodeMemoryParameters.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeMemoryParametersResponse {
+    return { parameters: isSet(object.parameters) ? NodeMemoryParameters.fromJSON(object.parameters) : undefined };
+  },
+
+  toJSON(message: GetNodeMemoryParametersResponse): unknown {
+    const obj: any = {};
+    if (message.parameters !== undefined) {
+      obj.parameters = NodeMemoryParameters.toJSON(message.parameters);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeMemoryParametersResponse>, I>>(base?: I): GetNodeMemoryParametersResponse {
+    return GetNodeMemoryParametersResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeMemoryParametersResponse>, I>>(
+    object: I,
+  ): GetNodeMemoryParametersResponse {
+    const message = createBaseGetNodeMemoryParametersResponse();
+    message.parameters = (object.parameters !== undefined && object.parameters !== null)
+      ? NodeMemoryParameters.fromPartial(object.parameters)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSetNodeMemoryParametersRequest(): SetNodeMemoryParametersRequest {
+  return { shmPagesToScan: undefined, shmSleepMillisecs: undefined, shmMergeAcrossNodes: undefined };
+}
+
+export const SetNodeMemoryParametersRequest: MessageFns<SetNodeMemoryParametersRequest> = {
+  encode(message: SetNodeMemoryParametersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.shmPagesToScan !== undefined) {
+      writer.uint32(8).uint32(message.shmPagesToScan);
+    }
+    if (message.shmSleepMillisecs !== undefined) {
+      writer.uint32(16).uint32(message.shmSleepMillisecs);
+    }
+    if (message.shmMergeAcrossNodes !== undefined) {
+      writer.uint32(24).bool(message.shmMergeAcrossNodes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetNodeMemoryParametersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetNodeMemoryParametersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.shmPagesToScan = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.shmSleepMillisecs = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.shmMergeAcrossNodes = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetNodeMemoryParametersRequest {
+    return {
+      shmPagesToScan: isSet(object.shmPagesToScan)
+        ? globalThis.Number(object.shmPagesToScan)
+        : isSet(object.shm_pages_to_scan)
+        ? globalThis.Number(object.shm_pages_to_scan)
+        : undefined,
+      shmSleepMillisecs: isSet(object.shmSleepMillisecs)
+        ? globalThis.Number(object.shmSleepMillisecs)
+        : isSet(object.shm_sleep_millisecs)
+        ? globalThis.Number(object.shm_sleep_millisecs)
+        : undefined,
+      shmMergeAcrossNodes: isSet(object.shmMergeAcrossNodes)
+        ? globalThis.Boolean(object.shmMergeAcrossNodes)
+        : isSet(object.shm_merge_across_nodes)
+        ? globalThis.Boolean(object.shm_merge_across_nodes)
+        : undefined,
+    };
+  },
+
+  toJSON(message: SetNodeMemoryParametersRequest): unknown {
+    const obj: any = {};
+    if (message.shmPagesToScan !== undefined) {
+      obj.shmPagesToScan = Math.round(message.shmPagesToScan);
+    }
+    if (message.shmSleepMillisecs !== undefined) {
+      obj.shmSleepMillisecs = Math.round(message.shmSleepMillisecs);
+    }
+    if (message.shmMergeAcrossNodes !== undefined) {
+      obj.shmMergeAcrossNodes = message.shmMergeAcrossNodes;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetNodeMemoryParametersRequest>, I>>(base?: I): SetNodeMemoryParametersRequest {
+    return SetNodeMemoryParametersRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetNodeMemoryParametersRequest>, I>>(
+    object: I,
+  ): SetNodeMemoryParametersRequest {
+    const message = createBaseSetNodeMemoryParametersRequest();
+    message.shmPagesToScan = object.shmPagesToScan ?? undefined;
+    message.shmSleepMillisecs = object.shmSleepMillisecs ?? undefined;
+    message.shmMergeAcrossNodes = object.shmMergeAcrossNodes ?? undefined;
+    return message;
+  },
+};
+
+function createBaseSetNodeMemoryParametersResponse(): SetNodeMemoryParametersResponse {
+  return { parameters: undefined };
+}
+
+export const SetNodeMemoryParametersResponse: MessageFns<SetNodeMemoryParametersResponse> = {
+  encode(message: SetNodeMemoryParametersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.parameters !== undefined) {
+      NodeMemoryParameters.encode(message.parameters, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetNodeMemoryParametersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetNodeMemoryParametersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.parameters = NodeMemoryParameters.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetNodeMemoryParametersResponse {
+    return { parameters: isSet(object.parameters) ? NodeMemoryParameters.fromJSON(object.parameters) : undefined };
+  },
+
+  toJSON(message: SetNodeMemoryParametersResponse): unknown {
+    const obj: any = {};
+    if (message.parameters !== undefined) {
+      obj.parameters = NodeMemoryParameters.toJSON(message.parameters);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetNodeMemoryParametersResponse>, I>>(base?: I): SetNodeMemoryParametersResponse {
+    return SetNodeMemoryParametersResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetNodeMemoryParametersResponse>, I>>(
+    object: I,
+  ): SetNodeMemoryParametersResponse {
+    const message = createBaseSetNodeMemoryParametersResponse();
+    message.parameters = (object.parameters !== undefined && object.parameters !== null)
+      ? NodeMemoryParameters.fromPartial(object.parameters)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSuspendNodeRequest(): SuspendNodeRequest {
+  return { target: 0, durationSeconds: 0n };
+}
+
+export const SuspendNodeRequest: MessageFns<SuspendNodeRequest> = {
+  encode(message: SuspendNodeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.target !== 0) {
+      writer.uint32(8).int32(message.target);
+    }
+    if (message.durationSeconds !== 0n) {
+      if (BigInt.asUintN(64, message.durationSeconds) !== message.durationSeconds) {
+        throw new globalThis.Error("value provided for field message.durationSeconds of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.durationSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SuspendNodeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSuspendNodeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.target = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.durationSeconds = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SuspendNodeRequest {
+    return {
+      target: isSet(object.target) ? nodeSuspendTargetFromJSON(object.target) : 0,
+      durationSeconds: isSet(object.durationSeconds)
+        ? BigInt(object.durationSeconds)
+        : isSet(object.duration_seconds)
+        ? BigInt(object.duration_seconds)
+        : 0n,
+    };
+  },
+
+  toJSON(message: SuspendNodeRequest): unknown {
+    const obj: any = {};
+    if (message.target !== 0) {
+      obj.target = nodeSuspendTargetToJSON(message.target);
+    }
+    if (message.durationSeconds !== 0n) {
+      obj.durationSeconds = message.durationSeconds.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SuspendNodeRequest>, I>>(base?: I): SuspendNodeRequest {
+    return SuspendNodeRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SuspendNodeRequest>, I>>(object: I): SuspendNodeRequest {
+    const message = createBaseSuspendNodeRequest();
+    message.target = object.target ?? 0;
+    message.durationSeconds = (object.durationSeconds !== undefined && object.durationSeconds !== null)
+      ? BigInt(object.durationSeconds)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseSuspendNodeResponse(): SuspendNodeResponse {
+  return {};
+}
+
+export const SuspendNodeResponse: MessageFns<SuspendNodeResponse> = {
+  encode(_: SuspendNodeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SuspendNodeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSuspendNodeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SuspendNodeResponse {
+    return {};
+  },
+
+  toJSON(_: SuspendNodeResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SuspendNodeResponse>, I>>(base?: I): SuspendNodeResponse {
+    return SuspendNodeResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SuspendNodeResponse>, I>>(_: I): SuspendNodeResponse {
+    const message = createBaseSuspendNodeResponse();
+    return message;
+  },
+};
+
+function createBaseGetNodeCpuMapRequest(): GetNodeCpuMapRequest {
+  return {};
+}
+
+export const GetNodeCpuMapRequest: MessageFns<GetNodeCpuMapRequest> = {
+  encode(_: GetNodeCpuMapRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeCpuMapRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeCpuMapRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetNodeCpuMapRequest {
+    return {};
+  },
+
+  toJSON(_: GetNodeCpuMapRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeCpuMapRequest>, I>>(base?: I): GetNodeCpuMapRequest {
+    return GetNodeCpuMapRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeCpuMapRequest>, I>>(_: I): GetNodeCpuMapRequest {
+    const message = createBaseGetNodeCpuMapRequest();
+    return message;
+  },
+};
+
+function createBaseGetNodeCpuMapResponse(): GetNodeCpuMapResponse {
+  return { cpus: 0, online: [] };
+}
+
+export const GetNodeCpuMapResponse: MessageFns<GetNodeCpuMapResponse> = {
+  encode(message: GetNodeCpuMapResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cpus !== 0) {
+      writer.uint32(8).uint32(message.cpus);
+    }
+    if (message.online.length !== 0) {
+      writer.uint32(18).fork();
+      for (const v of message.online) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeCpuMapResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeCpuMapResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cpus = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag === 16) {
+              message.online.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 18) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.online.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeCpuMapResponse {
+    return {
+      cpus: isSet(object.cpus) ? globalThis.Number(object.cpus) : 0,
+      online: globalThis.Array.isArray(object?.online) ? object.online.map((e: any) => globalThis.Number(e)) : [],
+    };
+  },
+
+  toJSON(message: GetNodeCpuMapResponse): unknown {
+    const obj: any = {};
+    if (message.cpus !== 0) {
+      obj.cpus = Math.round(message.cpus);
+    }
+    if (message.online?.length) {
+      obj.online = message.online.map((e) => Math.round(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeCpuMapResponse>, I>>(base?: I): GetNodeCpuMapResponse {
+    return GetNodeCpuMapResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeCpuMapResponse>, I>>(object: I): GetNodeCpuMapResponse {
+    const message = createBaseGetNodeCpuMapResponse();
+    message.cpus = object.cpus ?? 0;
+    message.online = object.online?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseGetNodeSecurityModelRequest(): GetNodeSecurityModelRequest {
+  return {};
+}
+
+export const GetNodeSecurityModelRequest: MessageFns<GetNodeSecurityModelRequest> = {
+  encode(_: GetNodeSecurityModelRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeSecurityModelRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeSecurityModelRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetNodeSecurityModelRequest {
+    return {};
+  },
+
+  toJSON(_: GetNodeSecurityModelRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeSecurityModelRequest>, I>>(base?: I): GetNodeSecurityModelRequest {
+    return GetNodeSecurityModelRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeSecurityModelRequest>, I>>(_: I): GetNodeSecurityModelRequest {
+    const message = createBaseGetNodeSecurityModelRequest();
+    return message;
+  },
+};
+
+function createBaseGetNodeSecurityModelResponse(): GetNodeSecurityModelResponse {
+  return { model: "", doi: "" };
+}
+
+export const GetNodeSecurityModelResponse: MessageFns<GetNodeSecurityModelResponse> = {
+  encode(message: GetNodeSecurityModelResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.doi !== "") {
+      writer.uint32(18).string(message.doi);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeSecurityModelResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeSecurityModelResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.doi = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeSecurityModelResponse {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      doi: isSet(object.doi) ? globalThis.String(object.doi) : "",
+    };
+  },
+
+  toJSON(message: GetNodeSecurityModelResponse): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.doi !== "") {
+      obj.doi = message.doi;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeSecurityModelResponse>, I>>(base?: I): GetNodeSecurityModelResponse {
+    return GetNodeSecurityModelResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeSecurityModelResponse>, I>>(object: I): GetNodeSecurityModelResponse {
+    const message = createBaseGetNodeSecurityModelResponse();
+    message.model = object.model ?? "";
+    message.doi = object.doi ?? "";
+    return message;
+  },
+};
+
+function createBaseGetNodeSevInfoRequest(): GetNodeSevInfoRequest {
+  return {};
+}
+
+export const GetNodeSevInfoRequest: MessageFns<GetNodeSevInfoRequest> = {
+  encode(_: GetNodeSevInfoRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeSevInfoRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeSevInfoRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetNodeSevInfoRequest {
+    return {};
+  },
+
+  toJSON(_: GetNodeSevInfoRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeSevInfoRequest>, I>>(base?: I): GetNodeSevInfoRequest {
+    return GetNodeSevInfoRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeSevInfoRequest>, I>>(_: I): GetNodeSevInfoRequest {
+    const message = createBaseGetNodeSevInfoRequest();
+    return message;
+  },
+};
+
+function createBaseGetNodeSevInfoResponse(): GetNodeSevInfoResponse {
+  return { pdh: "", certChain: "", cbitpos: 0, reducedPhysBits: 0, maxGuests: 0, maxEsGuests: 0, cpu0Id: "" };
+}
+
+export const GetNodeSevInfoResponse: MessageFns<GetNodeSevInfoResponse> = {
+  encode(message: GetNodeSevInfoResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pdh !== "") {
+      writer.uint32(10).string(message.pdh);
+    }
+    if (message.certChain !== "") {
+      writer.uint32(18).string(message.certChain);
+    }
+    if (message.cbitpos !== 0) {
+      writer.uint32(24).uint32(message.cbitpos);
+    }
+    if (message.reducedPhysBits !== 0) {
+      writer.uint32(32).uint32(message.reducedPhysBits);
+    }
+    if (message.maxGuests !== 0) {
+      writer.uint32(40).uint32(message.maxGuests);
+    }
+    if (message.maxEsGuests !== 0) {
+      writer.uint32(48).uint32(message.maxEsGuests);
+    }
+    if (message.cpu0Id !== "") {
+      writer.uint32(58).string(message.cpu0Id);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeSevInfoResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeSevInfoResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.pdh = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.certChain = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.cbitpos = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.reducedPhysBits = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.maxGuests = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.maxEsGuests = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.cpu0Id = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeSevInfoResponse {
+    return {
+      pdh: isSet(object.pdh) ? globalThis.String(object.pdh) : "",
+      certChain: isSet(object.certChain)
+        ? globalThis.String(object.certChain)
+        : isSet(object.cert_chain)
+        ? globalThis.String(object.cert_chain)
+        : "",
+      cbitpos: isSet(object.cbitpos) ? globalThis.Number(object.cbitpos) : 0,
+      reducedPhysBits: isSet(object.reducedPhysBits)
+        ? globalThis.Number(object.reducedPhysBits)
+        : isSet(object.reduced_phys_bits)
+        ? globalThis.Number(object.reduced_phys_bits)
+        : 0,
+      maxGuests: isSet(object.maxGuests)
+        ? globalThis.Number(object.maxGuests)
+        : isSet(object.max_guests)
+        ? globalThis.Number(object.max_guests)
+        : 0,
+      maxEsGuests: isSet(object.maxEsGuests)
+        ? globalThis.Number(object.maxEsGuests)
+        : isSet(object.max_es_guests)
+        ? globalThis.Number(object.max_es_guests)
+        : 0,
+      cpu0Id: isSet(object.cpu0Id)
+        ? globalThis.String(object.cpu0Id)
+        : isSet(object.cpu0_id)
+        ? globalThis.String(object.cpu0_id)
+        : "",
+    };
+  },
+
+  toJSON(message: GetNodeSevInfoResponse): unknown {
+    const obj: any = {};
+    if (message.pdh !== "") {
+      obj.pdh = message.pdh;
+    }
+    if (message.certChain !== "") {
+      obj.certChain = message.certChain;
+    }
+    if (message.cbitpos !== 0) {
+      obj.cbitpos = Math.round(message.cbitpos);
+    }
+    if (message.reducedPhysBits !== 0) {
+      obj.reducedPhysBits = Math.round(message.reducedPhysBits);
+    }
+    if (message.maxGuests !== 0) {
+      obj.maxGuests = Math.round(message.maxGuests);
+    }
+    if (message.maxEsGuests !== 0) {
+      obj.maxEsGuests = Math.round(message.maxEsGuests);
+    }
+    if (message.cpu0Id !== "") {
+      obj.cpu0Id = message.cpu0Id;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeSevInfoResponse>, I>>(base?: I): GetNodeSevInfoResponse {
+    return GetNodeSevInfoResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeSevInfoResponse>, I>>(object: I): GetNodeSevInfoResponse {
+    const message = createBaseGetNodeSevInfoResponse();
+    message.pdh = object.pdh ?? "";
+    message.certChain = object.certChain ?? "";
+    message.cbitpos = object.cbitpos ?? 0;
+    message.reducedPhysBits = object.reducedPhysBits ?? 0;
+    message.maxGuests = object.maxGuests ?? 0;
+    message.maxEsGuests = object.maxEsGuests ?? 0;
+    message.cpu0Id = object.cpu0Id ?? "";
+    return message;
+  },
+};
+
+function createBaseConvertNativeToDomainXMLRequest(): ConvertNativeToDomainXMLRequest {
+  return { format: 0, config: "" };
+}
+
+export const ConvertNativeToDomainXMLRequest: MessageFns<ConvertNativeToDomainXMLRequest> = {
+  encode(message: ConvertNativeToDomainXMLRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.format !== 0) {
+      writer.uint32(8).int32(message.format);
+    }
+    if (message.config !== "") {
+      writer.uint32(18).string(message.config);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConvertNativeToDomainXMLRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConvertNativeToDomainXMLRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.format = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.config = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConvertNativeToDomainXMLRequest {
+    return {
+      format: isSet(object.format) ? nativeConfigFormatFromJSON(object.format) : 0,
+      config: isSet(object.config) ? globalThis.String(object.config) : "",
+    };
+  },
+
+  toJSON(message: ConvertNativeToDomainXMLRequest): unknown {
+    const obj: any = {};
+    if (message.format !== 0) {
+      obj.format = nativeConfigFormatToJSON(message.format);
+    }
+    if (message.config !== "") {
+      obj.config = message.config;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ConvertNativeToDomainXMLRequest>, I>>(base?: I): ConvertNativeToDomainXMLRequest {
+    return ConvertNativeToDomainXMLRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ConvertNativeToDomainXMLRequest>, I>>(
+    object: I,
+  ): ConvertNativeToDomainXMLRequest {
+    const message = createBaseConvertNativeToDomainXMLRequest();
+    message.format = object.format ?? 0;
+    message.config = object.config ?? "";
+    return message;
+  },
+};
+
+function createBaseConvertNativeToDomainXMLResponse(): ConvertNativeToDomainXMLResponse {
+  return { xml: "" };
+}
+
+export const ConvertNativeToDomainXMLResponse: MessageFns<ConvertNativeToDomainXMLResponse> = {
+  encode(message: ConvertNativeToDomainXMLResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.xml !== "") {
+      writer.uint32(10).string(message.xml);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConvertNativeToDomainXMLResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConvertNativeToDomainXMLResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConvertNativeToDomainXMLResponse {
+    return { xml: isSet(object.xml) ? globalThis.String(object.xml) : "" };
+  },
+
+  toJSON(message: ConvertNativeToDomainXMLResponse): unknown {
+    const obj: any = {};
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ConvertNativeToDomainXMLResponse>, I>>(
+    base?: I,
+  ): ConvertNativeToDomainXMLResponse {
+    return ConvertNativeToDomainXMLResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ConvertNativeToDomainXMLResponse>, I>>(
+    object: I,
+  ): ConvertNativeToDomainXMLResponse {
+    const message = createBaseConvertNativeToDomainXMLResponse();
+    message.xml = object.xml ?? "";
+    return message;
+  },
+};
+
+function createBaseConvertDomainXMLToNativeRequest(): ConvertDomainXMLToNativeRequest {
+  return { format: 0, xml: "" };
+}
+
+export const ConvertDomainXMLToNativeRequest: MessageFns<ConvertDomainXMLToNativeRequest> = {
+  encode(message: ConvertDomainXMLToNativeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.format !== 0) {
+      writer.uint32(8).int32(message.format);
+    }
+    if (message.xml !== "") {
+      writer.uint32(18).string(message.xml);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConvertDomainXMLToNativeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConvertDomainXMLToNativeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.format = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConvertDomainXMLToNativeRequest {
+    return {
+      format: isSet(object.format) ? nativeConfigFormatFromJSON(object.format) : 0,
+      xml: isSet(object.xml) ? globalThis.String(object.xml) : "",
+    };
+  },
+
+  toJSON(message: ConvertDomainXMLToNativeRequest): unknown {
+    const obj: any = {};
+    if (message.format !== 0) {
+      obj.format = nativeConfigFormatToJSON(message.format);
+    }
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ConvertDomainXMLToNativeRequest>, I>>(base?: I): ConvertDomainXMLToNativeRequest {
+    return ConvertDomainXMLToNativeRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ConvertDomainXMLToNativeRequest>, I>>(
+    object: I,
+  ): ConvertDomainXMLToNativeRequest {
+    const message = createBaseConvertDomainXMLToNativeRequest();
+    message.format = object.format ?? 0;
+    message.xml = object.xml ?? "";
+    return message;
+  },
+};
+
+function createBaseConvertDomainXMLToNativeResponse(): ConvertDomainXMLToNativeResponse {
+  return { config: "" };
+}
+
+export const ConvertDomainXMLToNativeResponse: MessageFns<ConvertDomainXMLToNativeResponse> = {
+  encode(message: ConvertDomainXMLToNativeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.config !== "") {
+      writer.uint32(10).string(message.config);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConvertDomainXMLToNativeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConvertDomainXMLToNativeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.config = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConvertDomainXMLToNativeResponse {
+    return { config: isSet(object.config) ? globalThis.String(object.config) : "" };
+  },
+
+  toJSON(message: ConvertDomainXMLToNativeResponse): unknown {
+    const obj: any = {};
+    if (message.config !== "") {
+      obj.config = message.config;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ConvertDomainXMLToNativeResponse>, I>>(
+    base?: I,
+  ): ConvertDomainXMLToNativeResponse {
+    return ConvertDomainXMLToNativeResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ConvertDomainXMLToNativeResponse>, I>>(
+    object: I,
+  ): ConvertDomainXMLToNativeResponse {
+    const message = createBaseConvertDomainXMLToNativeResponse();
+    message.config = object.config ?? "";
+    return message;
+  },
+};
+
 /**
  * ComputeService is libvirt's QEMU driver (virtqemud) as a gRPC service.
  *
@@ -10397,6 +15445,362 @@ export const ComputeServiceService = {
     responseSerialize: (value: GetVersionResponse): Buffer => Buffer.from(GetVersionResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetVersionResponse => GetVersionResponse.decode(value),
   },
+  /**
+   * The most capable CPU model every given host CPU can run
+   * (virConnectBaselineCPU, virsh cpu-baseline), as guest CPU XML.
+   * Errors: INVALID_ARGUMENT for no CPUs, more than 256, a document that is
+   * not <cpu> XML, or an unknown model or vendor in one.
+   */
+  baselineCpu: {
+    path: "/virtmesh.compute.v1.ComputeService/BaselineCpu" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: BaselineCpuRequest): Buffer => Buffer.from(BaselineCpuRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): BaselineCpuRequest => BaselineCpuRequest.decode(value),
+    responseSerialize: (value: BaselineCpuResponse): Buffer => Buffer.from(BaselineCpuResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): BaselineCpuResponse => BaselineCpuResponse.decode(value),
+  },
+  /**
+   * The most capable CPU model the hypervisor can give a guest on every given
+   * host CPU (virConnectBaselineHypervisorCPU, virsh hypervisor-cpu-baseline).
+   * Errors: INVALID_ARGUMENT as BaselineCpu, and for an unknown emulator, arch,
+   * machine or virt type; UNIMPLEMENTED where the driver has no such call.
+   */
+  baselineHypervisorCpu: {
+    path: "/virtmesh.compute.v1.ComputeService/BaselineHypervisorCpu" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: BaselineHypervisorCpuRequest): Buffer =>
+      Buffer.from(BaselineHypervisorCpuRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): BaselineHypervisorCpuRequest => BaselineHypervisorCpuRequest.decode(value),
+    responseSerialize: (value: BaselineHypervisorCpuResponse): Buffer =>
+      Buffer.from(BaselineHypervisorCpuResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): BaselineHypervisorCpuResponse => BaselineHypervisorCpuResponse.decode(value),
+  },
+  /**
+   * How a CPU compares with the host's CPU (virConnectCompareCPU, virsh
+   * cpu-compare). The document is validated against libvirt's schema.
+   * Errors: INVALID_ARGUMENT for a document that is not valid <cpu> XML or names
+   * an unknown model; FAILED_PRECONDITION (VIR_ERR_CPU_INCOMPATIBLE) when
+   * fail_incompatible is set and the CPU is incompatible; UNIMPLEMENTED where
+   * the driver has no such call.
+   */
+  compareCpu: {
+    path: "/virtmesh.compute.v1.ComputeService/CompareCpu" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CompareCpuRequest): Buffer => Buffer.from(CompareCpuRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CompareCpuRequest => CompareCpuRequest.decode(value),
+    responseSerialize: (value: CompareCpuResponse): Buffer => Buffer.from(CompareCpuResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CompareCpuResponse => CompareCpuResponse.decode(value),
+  },
+  /**
+   * How a CPU compares with the CPU the hypervisor can give a guest
+   * (virConnectCompareHypervisorCPU, virsh hypervisor-cpu-compare).
+   * Errors: as CompareCpu, and INVALID_ARGUMENT for an unknown emulator, arch,
+   * machine or virt type.
+   */
+  compareHypervisorCpu: {
+    path: "/virtmesh.compute.v1.ComputeService/CompareHypervisorCpu" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CompareHypervisorCpuRequest): Buffer =>
+      Buffer.from(CompareHypervisorCpuRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CompareHypervisorCpuRequest => CompareHypervisorCpuRequest.decode(value),
+    responseSerialize: (value: CompareHypervisorCpuResponse): Buffer =>
+      Buffer.from(CompareHypervisorCpuResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CompareHypervisorCpuResponse => CompareHypervisorCpuResponse.decode(value),
+  },
+  /**
+   * The CPU models libvirt knows for an architecture (virConnectGetCPUModelNames,
+   * virsh cpu-models).
+   * Errors: INVALID_ARGUMENT for a missing or unknown architecture.
+   */
+  getCpuModelNames: {
+    path: "/virtmesh.compute.v1.ComputeService/GetCpuModelNames" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetCpuModelNamesRequest): Buffer =>
+      Buffer.from(GetCpuModelNamesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetCpuModelNamesRequest => GetCpuModelNamesRequest.decode(value),
+    responseSerialize: (value: GetCpuModelNamesResponse): Buffer =>
+      Buffer.from(GetCpuModelNamesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetCpuModelNamesResponse => GetCpuModelNamesResponse.decode(value),
+  },
+  /**
+   * The host's SMBIOS information as sysinfo XML (virConnectGetSysinfo).
+   * Errors: UNIMPLEMENTED (VIR_ERR_CONFIG_UNSUPPORTED) when the host's SMBIOS
+   * tables cannot be read.
+   */
+  getSysinfo: {
+    path: "/virtmesh.compute.v1.ComputeService/GetSysinfo" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetSysinfoRequest): Buffer => Buffer.from(GetSysinfoRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetSysinfoRequest => GetSysinfoRequest.decode(value),
+    responseSerialize: (value: GetSysinfoResponse): Buffer => Buffer.from(GetSysinfoResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetSysinfoResponse => GetSysinfoResponse.decode(value),
+  },
+  /**
+   * The host's name (virConnectGetHostname).
+   * Errors: NOT_FOUND (VIR_ERR_NO_HOSTNAME) when the host has none.
+   */
+  getHostname: {
+    path: "/virtmesh.compute.v1.ComputeService/GetHostname" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetHostnameRequest): Buffer => Buffer.from(GetHostnameRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetHostnameRequest => GetHostnameRequest.decode(value),
+    responseSerialize: (value: GetHostnameResponse): Buffer => Buffer.from(GetHostnameResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetHostnameResponse => GetHostnameResponse.decode(value),
+  },
+  /**
+   * The most vCPUs one guest of a virtualization type may have
+   * (virConnectGetMaxVcpus, virsh maxvcpus).
+   * Errors: INVALID_ARGUMENT for an unknown virt type.
+   */
+  getMaxVcpus: {
+    path: "/virtmesh.compute.v1.ComputeService/GetMaxVcpus" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetMaxVcpusRequest): Buffer => Buffer.from(GetMaxVcpusRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetMaxVcpusRequest => GetMaxVcpusRequest.decode(value),
+    responseSerialize: (value: GetMaxVcpusResponse): Buffer => Buffer.from(GetMaxVcpusResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetMaxVcpusResponse => GetMaxVcpusResponse.decode(value),
+  },
+  /**
+   * The host's CPU time counters, of all CPUs or of one (virNodeGetCPUStats,
+   * virsh nodecpustats).
+   * Errors: INVALID_ARGUMENT for a CPU the host does not have.
+   */
+  getNodeCpuStats: {
+    path: "/virtmesh.compute.v1.ComputeService/GetNodeCpuStats" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetNodeCpuStatsRequest): Buffer =>
+      Buffer.from(GetNodeCpuStatsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetNodeCpuStatsRequest => GetNodeCpuStatsRequest.decode(value),
+    responseSerialize: (value: GetNodeCpuStatsResponse): Buffer =>
+      Buffer.from(GetNodeCpuStatsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetNodeCpuStatsResponse => GetNodeCpuStatsResponse.decode(value),
+  },
+  /**
+   * The host's memory counters, of all NUMA cells or of one
+   * (virNodeGetMemoryStats, virsh nodememstats).
+   * Errors: INVALID_ARGUMENT for a cell the host does not have; UNIMPLEMENTED
+   * where the driver has no such call.
+   */
+  getNodeMemoryStats: {
+    path: "/virtmesh.compute.v1.ComputeService/GetNodeMemoryStats" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetNodeMemoryStatsRequest): Buffer =>
+      Buffer.from(GetNodeMemoryStatsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetNodeMemoryStatsRequest => GetNodeMemoryStatsRequest.decode(value),
+    responseSerialize: (value: GetNodeMemoryStatsResponse): Buffer =>
+      Buffer.from(GetNodeMemoryStatsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetNodeMemoryStatsResponse => GetNodeMemoryStatsResponse.decode(value),
+  },
+  /** The host's free memory (virNodeGetFreeMemory, virsh freecell without a cell). */
+  getNodeFreeMemory: {
+    path: "/virtmesh.compute.v1.ComputeService/GetNodeFreeMemory" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetNodeFreeMemoryRequest): Buffer =>
+      Buffer.from(GetNodeFreeMemoryRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetNodeFreeMemoryRequest => GetNodeFreeMemoryRequest.decode(value),
+    responseSerialize: (value: GetNodeFreeMemoryResponse): Buffer =>
+      Buffer.from(GetNodeFreeMemoryResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetNodeFreeMemoryResponse => GetNodeFreeMemoryResponse.decode(value),
+  },
+  /**
+   * The free memory of NUMA cells (virNodeGetCellsFreeMemory, virsh freecell).
+   * Errors: INVALID_ARGUMENT for a start cell the host does not have.
+   */
+  getCellsFreeMemory: {
+    path: "/virtmesh.compute.v1.ComputeService/GetCellsFreeMemory" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetCellsFreeMemoryRequest): Buffer =>
+      Buffer.from(GetCellsFreeMemoryRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetCellsFreeMemoryRequest => GetCellsFreeMemoryRequest.decode(value),
+    responseSerialize: (value: GetCellsFreeMemoryResponse): Buffer =>
+      Buffer.from(GetCellsFreeMemoryResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetCellsFreeMemoryResponse => GetCellsFreeMemoryResponse.decode(value),
+  },
+  /**
+   * Free pages of each size in NUMA cells (virNodeGetFreePages, virsh
+   * freepages); page sizes default to every size the host's capabilities list.
+   * Errors: INVALID_ARGUMENT for a cell the host does not have or a page size it
+   * does not offer.
+   */
+  getNodeFreePages: {
+    path: "/virtmesh.compute.v1.ComputeService/GetNodeFreePages" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetNodeFreePagesRequest): Buffer =>
+      Buffer.from(GetNodeFreePagesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetNodeFreePagesRequest => GetNodeFreePagesRequest.decode(value),
+    responseSerialize: (value: GetNodeFreePagesResponse): Buffer =>
+      Buffer.from(GetNodeFreePagesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetNodeFreePagesResponse => GetNodeFreePagesResponse.decode(value),
+  },
+  /**
+   * Sets or grows the host's pools of huge pages in NUMA cells
+   * (virNodeAllocPages, virsh allocpages).
+   * Errors: INVALID_ARGUMENT for no pages, an unspecified mode, a cell the host
+   * does not have or a page size it does not offer; INTERNAL when the kernel
+   * cannot reserve them; UNIMPLEMENTED where the driver has no such call.
+   */
+  allocNodePages: {
+    path: "/virtmesh.compute.v1.ComputeService/AllocNodePages" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AllocNodePagesRequest): Buffer =>
+      Buffer.from(AllocNodePagesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AllocNodePagesRequest => AllocNodePagesRequest.decode(value),
+    responseSerialize: (value: AllocNodePagesResponse): Buffer =>
+      Buffer.from(AllocNodePagesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AllocNodePagesResponse => AllocNodePagesResponse.decode(value),
+  },
+  /**
+   * The kernel's same-page merging (KSM) settings and counters
+   * (virNodeGetMemoryParameters, virsh node-memory-tune).
+   * Errors: UNIMPLEMENTED where the driver has no such call.
+   */
+  getNodeMemoryParameters: {
+    path: "/virtmesh.compute.v1.ComputeService/GetNodeMemoryParameters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetNodeMemoryParametersRequest): Buffer =>
+      Buffer.from(GetNodeMemoryParametersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetNodeMemoryParametersRequest => GetNodeMemoryParametersRequest.decode(value),
+    responseSerialize: (value: GetNodeMemoryParametersResponse): Buffer =>
+      Buffer.from(GetNodeMemoryParametersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetNodeMemoryParametersResponse =>
+      GetNodeMemoryParametersResponse.decode(value),
+  },
+  /**
+   * Changes the KSM settings that are set (virNodeSetMemoryParameters, virsh
+   * node-memory-tune) and returns them all as they are then.
+   * Errors: INVALID_ARGUMENT when none is set; FAILED_PRECONDITION or INTERNAL
+   * when the kernel refuses a value (merge_across_nodes while pages are
+   * shared); UNIMPLEMENTED where the driver has no such call.
+   */
+  setNodeMemoryParameters: {
+    path: "/virtmesh.compute.v1.ComputeService/SetNodeMemoryParameters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetNodeMemoryParametersRequest): Buffer =>
+      Buffer.from(SetNodeMemoryParametersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetNodeMemoryParametersRequest => SetNodeMemoryParametersRequest.decode(value),
+    responseSerialize: (value: SetNodeMemoryParametersResponse): Buffer =>
+      Buffer.from(SetNodeMemoryParametersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetNodeMemoryParametersResponse =>
+      SetNodeMemoryParametersResponse.decode(value),
+  },
+  /**
+   * Suspends the whole host, every guest and this service with it, for a time
+   * after which the real-time clock wakes it (virNodeSuspendForDuration, virsh
+   * nodesuspend). Refused unless the service's allow_node_suspend setting is
+   * on (it is off by default): a caller could take every guest on the host
+   * down, and nothing but the timer brings the host back.
+   * Errors: FAILED_PRECONDITION (NODE_SUSPEND_DISABLED) while the setting is
+   * off, and (VIR_ERR_OPERATION_INVALID) when the host cannot suspend to the
+   * target; INVALID_ARGUMENT for an unspecified target or a duration under 60
+   * seconds; UNIMPLEMENTED where the driver has no such call.
+   */
+  suspendNode: {
+    path: "/virtmesh.compute.v1.ComputeService/SuspendNode" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SuspendNodeRequest): Buffer => Buffer.from(SuspendNodeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SuspendNodeRequest => SuspendNodeRequest.decode(value),
+    responseSerialize: (value: SuspendNodeResponse): Buffer => Buffer.from(SuspendNodeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SuspendNodeResponse => SuspendNodeResponse.decode(value),
+  },
+  /** Which of the host's CPUs are online (virNodeGetCPUMap, virsh nodecpumap). */
+  getNodeCpuMap: {
+    path: "/virtmesh.compute.v1.ComputeService/GetNodeCpuMap" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetNodeCpuMapRequest): Buffer => Buffer.from(GetNodeCpuMapRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetNodeCpuMapRequest => GetNodeCpuMapRequest.decode(value),
+    responseSerialize: (value: GetNodeCpuMapResponse): Buffer =>
+      Buffer.from(GetNodeCpuMapResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetNodeCpuMapResponse => GetNodeCpuMapResponse.decode(value),
+  },
+  /**
+   * The security model guests run under (virNodeGetSecurityModel): "selinux",
+   * "apparmor", or "none".
+   */
+  getNodeSecurityModel: {
+    path: "/virtmesh.compute.v1.ComputeService/GetNodeSecurityModel" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetNodeSecurityModelRequest): Buffer =>
+      Buffer.from(GetNodeSecurityModelRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetNodeSecurityModelRequest => GetNodeSecurityModelRequest.decode(value),
+    responseSerialize: (value: GetNodeSecurityModelResponse): Buffer =>
+      Buffer.from(GetNodeSecurityModelResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetNodeSecurityModelResponse => GetNodeSecurityModelResponse.decode(value),
+  },
+  /**
+   * The host's AMD SEV platform data (virNodeGetSEVInfo).
+   * Errors: UNIMPLEMENTED (VIR_ERR_OPERATION_UNSUPPORTED) on a host or QEMU
+   * without SEV, and where the driver has no such call.
+   */
+  getNodeSevInfo: {
+    path: "/virtmesh.compute.v1.ComputeService/GetNodeSevInfo" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetNodeSevInfoRequest): Buffer =>
+      Buffer.from(GetNodeSevInfoRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetNodeSevInfoRequest => GetNodeSevInfoRequest.decode(value),
+    responseSerialize: (value: GetNodeSevInfoResponse): Buffer =>
+      Buffer.from(GetNodeSevInfoResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetNodeSevInfoResponse => GetNodeSevInfoResponse.decode(value),
+  },
+  /**
+   * Domain XML from a hypervisor's native configuration
+   * (virConnectDomainXMLFromNative, virsh domxml-from-native).
+   * Errors: INVALID_ARGUMENT for an empty configuration, one over 4 MiB or one
+   * holding NUL; UNIMPLEMENTED where the driver cannot read the format
+   * (libvirt 9.0's QEMU driver no longer reads qemu-argv).
+   */
+  convertNativeToDomainXml: {
+    path: "/virtmesh.compute.v1.ComputeService/ConvertNativeToDomainXML" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ConvertNativeToDomainXMLRequest): Buffer =>
+      Buffer.from(ConvertNativeToDomainXMLRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ConvertNativeToDomainXMLRequest =>
+      ConvertNativeToDomainXMLRequest.decode(value),
+    responseSerialize: (value: ConvertNativeToDomainXMLResponse): Buffer =>
+      Buffer.from(ConvertNativeToDomainXMLResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ConvertNativeToDomainXMLResponse =>
+      ConvertNativeToDomainXMLResponse.decode(value),
+  },
+  /**
+   * A hypervisor's native configuration for domain XML
+   * (virConnectDomainXMLToNative, virsh domxml-to-native): QEMU's command line.
+   * The domain is not defined.
+   * Errors: INVALID_ARGUMENT for malformed or invalid domain XML;
+   * UNIMPLEMENTED where the driver has no such call.
+   */
+  convertDomainXmlToNative: {
+    path: "/virtmesh.compute.v1.ComputeService/ConvertDomainXMLToNative" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ConvertDomainXMLToNativeRequest): Buffer =>
+      Buffer.from(ConvertDomainXMLToNativeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ConvertDomainXMLToNativeRequest =>
+      ConvertDomainXMLToNativeRequest.decode(value),
+    responseSerialize: (value: ConvertDomainXMLToNativeResponse): Buffer =>
+      Buffer.from(ConvertDomainXMLToNativeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ConvertDomainXMLToNativeResponse =>
+      ConvertDomainXMLToNativeResponse.decode(value),
+  },
 } as const;
 
 export interface ComputeServiceServer extends UntypedServiceImplementation {
@@ -10613,6 +16017,149 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
   getNodeInfo: handleUnaryCall<GetNodeInfoRequest, GetNodeInfoResponse>;
   /** Returns the versions of virtmesh, libvirt and the hypervisor. */
   getVersion: handleUnaryCall<GetVersionRequest, GetVersionResponse>;
+  /**
+   * The most capable CPU model every given host CPU can run
+   * (virConnectBaselineCPU, virsh cpu-baseline), as guest CPU XML.
+   * Errors: INVALID_ARGUMENT for no CPUs, more than 256, a document that is
+   * not <cpu> XML, or an unknown model or vendor in one.
+   */
+  baselineCpu: handleUnaryCall<BaselineCpuRequest, BaselineCpuResponse>;
+  /**
+   * The most capable CPU model the hypervisor can give a guest on every given
+   * host CPU (virConnectBaselineHypervisorCPU, virsh hypervisor-cpu-baseline).
+   * Errors: INVALID_ARGUMENT as BaselineCpu, and for an unknown emulator, arch,
+   * machine or virt type; UNIMPLEMENTED where the driver has no such call.
+   */
+  baselineHypervisorCpu: handleUnaryCall<BaselineHypervisorCpuRequest, BaselineHypervisorCpuResponse>;
+  /**
+   * How a CPU compares with the host's CPU (virConnectCompareCPU, virsh
+   * cpu-compare). The document is validated against libvirt's schema.
+   * Errors: INVALID_ARGUMENT for a document that is not valid <cpu> XML or names
+   * an unknown model; FAILED_PRECONDITION (VIR_ERR_CPU_INCOMPATIBLE) when
+   * fail_incompatible is set and the CPU is incompatible; UNIMPLEMENTED where
+   * the driver has no such call.
+   */
+  compareCpu: handleUnaryCall<CompareCpuRequest, CompareCpuResponse>;
+  /**
+   * How a CPU compares with the CPU the hypervisor can give a guest
+   * (virConnectCompareHypervisorCPU, virsh hypervisor-cpu-compare).
+   * Errors: as CompareCpu, and INVALID_ARGUMENT for an unknown emulator, arch,
+   * machine or virt type.
+   */
+  compareHypervisorCpu: handleUnaryCall<CompareHypervisorCpuRequest, CompareHypervisorCpuResponse>;
+  /**
+   * The CPU models libvirt knows for an architecture (virConnectGetCPUModelNames,
+   * virsh cpu-models).
+   * Errors: INVALID_ARGUMENT for a missing or unknown architecture.
+   */
+  getCpuModelNames: handleUnaryCall<GetCpuModelNamesRequest, GetCpuModelNamesResponse>;
+  /**
+   * The host's SMBIOS information as sysinfo XML (virConnectGetSysinfo).
+   * Errors: UNIMPLEMENTED (VIR_ERR_CONFIG_UNSUPPORTED) when the host's SMBIOS
+   * tables cannot be read.
+   */
+  getSysinfo: handleUnaryCall<GetSysinfoRequest, GetSysinfoResponse>;
+  /**
+   * The host's name (virConnectGetHostname).
+   * Errors: NOT_FOUND (VIR_ERR_NO_HOSTNAME) when the host has none.
+   */
+  getHostname: handleUnaryCall<GetHostnameRequest, GetHostnameResponse>;
+  /**
+   * The most vCPUs one guest of a virtualization type may have
+   * (virConnectGetMaxVcpus, virsh maxvcpus).
+   * Errors: INVALID_ARGUMENT for an unknown virt type.
+   */
+  getMaxVcpus: handleUnaryCall<GetMaxVcpusRequest, GetMaxVcpusResponse>;
+  /**
+   * The host's CPU time counters, of all CPUs or of one (virNodeGetCPUStats,
+   * virsh nodecpustats).
+   * Errors: INVALID_ARGUMENT for a CPU the host does not have.
+   */
+  getNodeCpuStats: handleUnaryCall<GetNodeCpuStatsRequest, GetNodeCpuStatsResponse>;
+  /**
+   * The host's memory counters, of all NUMA cells or of one
+   * (virNodeGetMemoryStats, virsh nodememstats).
+   * Errors: INVALID_ARGUMENT for a cell the host does not have; UNIMPLEMENTED
+   * where the driver has no such call.
+   */
+  getNodeMemoryStats: handleUnaryCall<GetNodeMemoryStatsRequest, GetNodeMemoryStatsResponse>;
+  /** The host's free memory (virNodeGetFreeMemory, virsh freecell without a cell). */
+  getNodeFreeMemory: handleUnaryCall<GetNodeFreeMemoryRequest, GetNodeFreeMemoryResponse>;
+  /**
+   * The free memory of NUMA cells (virNodeGetCellsFreeMemory, virsh freecell).
+   * Errors: INVALID_ARGUMENT for a start cell the host does not have.
+   */
+  getCellsFreeMemory: handleUnaryCall<GetCellsFreeMemoryRequest, GetCellsFreeMemoryResponse>;
+  /**
+   * Free pages of each size in NUMA cells (virNodeGetFreePages, virsh
+   * freepages); page sizes default to every size the host's capabilities list.
+   * Errors: INVALID_ARGUMENT for a cell the host does not have or a page size it
+   * does not offer.
+   */
+  getNodeFreePages: handleUnaryCall<GetNodeFreePagesRequest, GetNodeFreePagesResponse>;
+  /**
+   * Sets or grows the host's pools of huge pages in NUMA cells
+   * (virNodeAllocPages, virsh allocpages).
+   * Errors: INVALID_ARGUMENT for no pages, an unspecified mode, a cell the host
+   * does not have or a page size it does not offer; INTERNAL when the kernel
+   * cannot reserve them; UNIMPLEMENTED where the driver has no such call.
+   */
+  allocNodePages: handleUnaryCall<AllocNodePagesRequest, AllocNodePagesResponse>;
+  /**
+   * The kernel's same-page merging (KSM) settings and counters
+   * (virNodeGetMemoryParameters, virsh node-memory-tune).
+   * Errors: UNIMPLEMENTED where the driver has no such call.
+   */
+  getNodeMemoryParameters: handleUnaryCall<GetNodeMemoryParametersRequest, GetNodeMemoryParametersResponse>;
+  /**
+   * Changes the KSM settings that are set (virNodeSetMemoryParameters, virsh
+   * node-memory-tune) and returns them all as they are then.
+   * Errors: INVALID_ARGUMENT when none is set; FAILED_PRECONDITION or INTERNAL
+   * when the kernel refuses a value (merge_across_nodes while pages are
+   * shared); UNIMPLEMENTED where the driver has no such call.
+   */
+  setNodeMemoryParameters: handleUnaryCall<SetNodeMemoryParametersRequest, SetNodeMemoryParametersResponse>;
+  /**
+   * Suspends the whole host, every guest and this service with it, for a time
+   * after which the real-time clock wakes it (virNodeSuspendForDuration, virsh
+   * nodesuspend). Refused unless the service's allow_node_suspend setting is
+   * on (it is off by default): a caller could take every guest on the host
+   * down, and nothing but the timer brings the host back.
+   * Errors: FAILED_PRECONDITION (NODE_SUSPEND_DISABLED) while the setting is
+   * off, and (VIR_ERR_OPERATION_INVALID) when the host cannot suspend to the
+   * target; INVALID_ARGUMENT for an unspecified target or a duration under 60
+   * seconds; UNIMPLEMENTED where the driver has no such call.
+   */
+  suspendNode: handleUnaryCall<SuspendNodeRequest, SuspendNodeResponse>;
+  /** Which of the host's CPUs are online (virNodeGetCPUMap, virsh nodecpumap). */
+  getNodeCpuMap: handleUnaryCall<GetNodeCpuMapRequest, GetNodeCpuMapResponse>;
+  /**
+   * The security model guests run under (virNodeGetSecurityModel): "selinux",
+   * "apparmor", or "none".
+   */
+  getNodeSecurityModel: handleUnaryCall<GetNodeSecurityModelRequest, GetNodeSecurityModelResponse>;
+  /**
+   * The host's AMD SEV platform data (virNodeGetSEVInfo).
+   * Errors: UNIMPLEMENTED (VIR_ERR_OPERATION_UNSUPPORTED) on a host or QEMU
+   * without SEV, and where the driver has no such call.
+   */
+  getNodeSevInfo: handleUnaryCall<GetNodeSevInfoRequest, GetNodeSevInfoResponse>;
+  /**
+   * Domain XML from a hypervisor's native configuration
+   * (virConnectDomainXMLFromNative, virsh domxml-from-native).
+   * Errors: INVALID_ARGUMENT for an empty configuration, one over 4 MiB or one
+   * holding NUL; UNIMPLEMENTED where the driver cannot read the format
+   * (libvirt 9.0's QEMU driver no longer reads qemu-argv).
+   */
+  convertNativeToDomainXml: handleUnaryCall<ConvertNativeToDomainXMLRequest, ConvertNativeToDomainXMLResponse>;
+  /**
+   * A hypervisor's native configuration for domain XML
+   * (virConnectDomainXMLToNative, virsh domxml-to-native): QEMU's command line.
+   * The domain is not defined.
+   * Errors: INVALID_ARGUMENT for malformed or invalid domain XML;
+   * UNIMPLEMENTED where the driver has no such call.
+   */
+  convertDomainXmlToNative: handleUnaryCall<ConvertDomainXMLToNativeRequest, ConvertDomainXMLToNativeResponse>;
 }
 
 export interface ComputeServiceClient extends Client {
@@ -11285,6 +16832,457 @@ export interface ComputeServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetVersionResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The most capable CPU model every given host CPU can run
+   * (virConnectBaselineCPU, virsh cpu-baseline), as guest CPU XML.
+   * Errors: INVALID_ARGUMENT for no CPUs, more than 256, a document that is
+   * not <cpu> XML, or an unknown model or vendor in one.
+   */
+  baselineCpu(
+    request: BaselineCpuRequest,
+    callback: (error: ServiceError | null, response: BaselineCpuResponse) => void,
+  ): ClientUnaryCall;
+  baselineCpu(
+    request: BaselineCpuRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: BaselineCpuResponse) => void,
+  ): ClientUnaryCall;
+  baselineCpu(
+    request: BaselineCpuRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: BaselineCpuResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The most capable CPU model the hypervisor can give a guest on every given
+   * host CPU (virConnectBaselineHypervisorCPU, virsh hypervisor-cpu-baseline).
+   * Errors: INVALID_ARGUMENT as BaselineCpu, and for an unknown emulator, arch,
+   * machine or virt type; UNIMPLEMENTED where the driver has no such call.
+   */
+  baselineHypervisorCpu(
+    request: BaselineHypervisorCpuRequest,
+    callback: (error: ServiceError | null, response: BaselineHypervisorCpuResponse) => void,
+  ): ClientUnaryCall;
+  baselineHypervisorCpu(
+    request: BaselineHypervisorCpuRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: BaselineHypervisorCpuResponse) => void,
+  ): ClientUnaryCall;
+  baselineHypervisorCpu(
+    request: BaselineHypervisorCpuRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: BaselineHypervisorCpuResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * How a CPU compares with the host's CPU (virConnectCompareCPU, virsh
+   * cpu-compare). The document is validated against libvirt's schema.
+   * Errors: INVALID_ARGUMENT for a document that is not valid <cpu> XML or names
+   * an unknown model; FAILED_PRECONDITION (VIR_ERR_CPU_INCOMPATIBLE) when
+   * fail_incompatible is set and the CPU is incompatible; UNIMPLEMENTED where
+   * the driver has no such call.
+   */
+  compareCpu(
+    request: CompareCpuRequest,
+    callback: (error: ServiceError | null, response: CompareCpuResponse) => void,
+  ): ClientUnaryCall;
+  compareCpu(
+    request: CompareCpuRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CompareCpuResponse) => void,
+  ): ClientUnaryCall;
+  compareCpu(
+    request: CompareCpuRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CompareCpuResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * How a CPU compares with the CPU the hypervisor can give a guest
+   * (virConnectCompareHypervisorCPU, virsh hypervisor-cpu-compare).
+   * Errors: as CompareCpu, and INVALID_ARGUMENT for an unknown emulator, arch,
+   * machine or virt type.
+   */
+  compareHypervisorCpu(
+    request: CompareHypervisorCpuRequest,
+    callback: (error: ServiceError | null, response: CompareHypervisorCpuResponse) => void,
+  ): ClientUnaryCall;
+  compareHypervisorCpu(
+    request: CompareHypervisorCpuRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CompareHypervisorCpuResponse) => void,
+  ): ClientUnaryCall;
+  compareHypervisorCpu(
+    request: CompareHypervisorCpuRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CompareHypervisorCpuResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The CPU models libvirt knows for an architecture (virConnectGetCPUModelNames,
+   * virsh cpu-models).
+   * Errors: INVALID_ARGUMENT for a missing or unknown architecture.
+   */
+  getCpuModelNames(
+    request: GetCpuModelNamesRequest,
+    callback: (error: ServiceError | null, response: GetCpuModelNamesResponse) => void,
+  ): ClientUnaryCall;
+  getCpuModelNames(
+    request: GetCpuModelNamesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetCpuModelNamesResponse) => void,
+  ): ClientUnaryCall;
+  getCpuModelNames(
+    request: GetCpuModelNamesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetCpuModelNamesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The host's SMBIOS information as sysinfo XML (virConnectGetSysinfo).
+   * Errors: UNIMPLEMENTED (VIR_ERR_CONFIG_UNSUPPORTED) when the host's SMBIOS
+   * tables cannot be read.
+   */
+  getSysinfo(
+    request: GetSysinfoRequest,
+    callback: (error: ServiceError | null, response: GetSysinfoResponse) => void,
+  ): ClientUnaryCall;
+  getSysinfo(
+    request: GetSysinfoRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetSysinfoResponse) => void,
+  ): ClientUnaryCall;
+  getSysinfo(
+    request: GetSysinfoRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetSysinfoResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The host's name (virConnectGetHostname).
+   * Errors: NOT_FOUND (VIR_ERR_NO_HOSTNAME) when the host has none.
+   */
+  getHostname(
+    request: GetHostnameRequest,
+    callback: (error: ServiceError | null, response: GetHostnameResponse) => void,
+  ): ClientUnaryCall;
+  getHostname(
+    request: GetHostnameRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetHostnameResponse) => void,
+  ): ClientUnaryCall;
+  getHostname(
+    request: GetHostnameRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetHostnameResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The most vCPUs one guest of a virtualization type may have
+   * (virConnectGetMaxVcpus, virsh maxvcpus).
+   * Errors: INVALID_ARGUMENT for an unknown virt type.
+   */
+  getMaxVcpus(
+    request: GetMaxVcpusRequest,
+    callback: (error: ServiceError | null, response: GetMaxVcpusResponse) => void,
+  ): ClientUnaryCall;
+  getMaxVcpus(
+    request: GetMaxVcpusRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetMaxVcpusResponse) => void,
+  ): ClientUnaryCall;
+  getMaxVcpus(
+    request: GetMaxVcpusRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetMaxVcpusResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The host's CPU time counters, of all CPUs or of one (virNodeGetCPUStats,
+   * virsh nodecpustats).
+   * Errors: INVALID_ARGUMENT for a CPU the host does not have.
+   */
+  getNodeCpuStats(
+    request: GetNodeCpuStatsRequest,
+    callback: (error: ServiceError | null, response: GetNodeCpuStatsResponse) => void,
+  ): ClientUnaryCall;
+  getNodeCpuStats(
+    request: GetNodeCpuStatsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetNodeCpuStatsResponse) => void,
+  ): ClientUnaryCall;
+  getNodeCpuStats(
+    request: GetNodeCpuStatsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetNodeCpuStatsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The host's memory counters, of all NUMA cells or of one
+   * (virNodeGetMemoryStats, virsh nodememstats).
+   * Errors: INVALID_ARGUMENT for a cell the host does not have; UNIMPLEMENTED
+   * where the driver has no such call.
+   */
+  getNodeMemoryStats(
+    request: GetNodeMemoryStatsRequest,
+    callback: (error: ServiceError | null, response: GetNodeMemoryStatsResponse) => void,
+  ): ClientUnaryCall;
+  getNodeMemoryStats(
+    request: GetNodeMemoryStatsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetNodeMemoryStatsResponse) => void,
+  ): ClientUnaryCall;
+  getNodeMemoryStats(
+    request: GetNodeMemoryStatsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetNodeMemoryStatsResponse) => void,
+  ): ClientUnaryCall;
+  /** The host's free memory (virNodeGetFreeMemory, virsh freecell without a cell). */
+  getNodeFreeMemory(
+    request: GetNodeFreeMemoryRequest,
+    callback: (error: ServiceError | null, response: GetNodeFreeMemoryResponse) => void,
+  ): ClientUnaryCall;
+  getNodeFreeMemory(
+    request: GetNodeFreeMemoryRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetNodeFreeMemoryResponse) => void,
+  ): ClientUnaryCall;
+  getNodeFreeMemory(
+    request: GetNodeFreeMemoryRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetNodeFreeMemoryResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The free memory of NUMA cells (virNodeGetCellsFreeMemory, virsh freecell).
+   * Errors: INVALID_ARGUMENT for a start cell the host does not have.
+   */
+  getCellsFreeMemory(
+    request: GetCellsFreeMemoryRequest,
+    callback: (error: ServiceError | null, response: GetCellsFreeMemoryResponse) => void,
+  ): ClientUnaryCall;
+  getCellsFreeMemory(
+    request: GetCellsFreeMemoryRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetCellsFreeMemoryResponse) => void,
+  ): ClientUnaryCall;
+  getCellsFreeMemory(
+    request: GetCellsFreeMemoryRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetCellsFreeMemoryResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Free pages of each size in NUMA cells (virNodeGetFreePages, virsh
+   * freepages); page sizes default to every size the host's capabilities list.
+   * Errors: INVALID_ARGUMENT for a cell the host does not have or a page size it
+   * does not offer.
+   */
+  getNodeFreePages(
+    request: GetNodeFreePagesRequest,
+    callback: (error: ServiceError | null, response: GetNodeFreePagesResponse) => void,
+  ): ClientUnaryCall;
+  getNodeFreePages(
+    request: GetNodeFreePagesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetNodeFreePagesResponse) => void,
+  ): ClientUnaryCall;
+  getNodeFreePages(
+    request: GetNodeFreePagesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetNodeFreePagesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sets or grows the host's pools of huge pages in NUMA cells
+   * (virNodeAllocPages, virsh allocpages).
+   * Errors: INVALID_ARGUMENT for no pages, an unspecified mode, a cell the host
+   * does not have or a page size it does not offer; INTERNAL when the kernel
+   * cannot reserve them; UNIMPLEMENTED where the driver has no such call.
+   */
+  allocNodePages(
+    request: AllocNodePagesRequest,
+    callback: (error: ServiceError | null, response: AllocNodePagesResponse) => void,
+  ): ClientUnaryCall;
+  allocNodePages(
+    request: AllocNodePagesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AllocNodePagesResponse) => void,
+  ): ClientUnaryCall;
+  allocNodePages(
+    request: AllocNodePagesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AllocNodePagesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The kernel's same-page merging (KSM) settings and counters
+   * (virNodeGetMemoryParameters, virsh node-memory-tune).
+   * Errors: UNIMPLEMENTED where the driver has no such call.
+   */
+  getNodeMemoryParameters(
+    request: GetNodeMemoryParametersRequest,
+    callback: (error: ServiceError | null, response: GetNodeMemoryParametersResponse) => void,
+  ): ClientUnaryCall;
+  getNodeMemoryParameters(
+    request: GetNodeMemoryParametersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetNodeMemoryParametersResponse) => void,
+  ): ClientUnaryCall;
+  getNodeMemoryParameters(
+    request: GetNodeMemoryParametersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetNodeMemoryParametersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Changes the KSM settings that are set (virNodeSetMemoryParameters, virsh
+   * node-memory-tune) and returns them all as they are then.
+   * Errors: INVALID_ARGUMENT when none is set; FAILED_PRECONDITION or INTERNAL
+   * when the kernel refuses a value (merge_across_nodes while pages are
+   * shared); UNIMPLEMENTED where the driver has no such call.
+   */
+  setNodeMemoryParameters(
+    request: SetNodeMemoryParametersRequest,
+    callback: (error: ServiceError | null, response: SetNodeMemoryParametersResponse) => void,
+  ): ClientUnaryCall;
+  setNodeMemoryParameters(
+    request: SetNodeMemoryParametersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetNodeMemoryParametersResponse) => void,
+  ): ClientUnaryCall;
+  setNodeMemoryParameters(
+    request: SetNodeMemoryParametersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetNodeMemoryParametersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Suspends the whole host, every guest and this service with it, for a time
+   * after which the real-time clock wakes it (virNodeSuspendForDuration, virsh
+   * nodesuspend). Refused unless the service's allow_node_suspend setting is
+   * on (it is off by default): a caller could take every guest on the host
+   * down, and nothing but the timer brings the host back.
+   * Errors: FAILED_PRECONDITION (NODE_SUSPEND_DISABLED) while the setting is
+   * off, and (VIR_ERR_OPERATION_INVALID) when the host cannot suspend to the
+   * target; INVALID_ARGUMENT for an unspecified target or a duration under 60
+   * seconds; UNIMPLEMENTED where the driver has no such call.
+   */
+  suspendNode(
+    request: SuspendNodeRequest,
+    callback: (error: ServiceError | null, response: SuspendNodeResponse) => void,
+  ): ClientUnaryCall;
+  suspendNode(
+    request: SuspendNodeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SuspendNodeResponse) => void,
+  ): ClientUnaryCall;
+  suspendNode(
+    request: SuspendNodeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SuspendNodeResponse) => void,
+  ): ClientUnaryCall;
+  /** Which of the host's CPUs are online (virNodeGetCPUMap, virsh nodecpumap). */
+  getNodeCpuMap(
+    request: GetNodeCpuMapRequest,
+    callback: (error: ServiceError | null, response: GetNodeCpuMapResponse) => void,
+  ): ClientUnaryCall;
+  getNodeCpuMap(
+    request: GetNodeCpuMapRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetNodeCpuMapResponse) => void,
+  ): ClientUnaryCall;
+  getNodeCpuMap(
+    request: GetNodeCpuMapRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetNodeCpuMapResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The security model guests run under (virNodeGetSecurityModel): "selinux",
+   * "apparmor", or "none".
+   */
+  getNodeSecurityModel(
+    request: GetNodeSecurityModelRequest,
+    callback: (error: ServiceError | null, response: GetNodeSecurityModelResponse) => void,
+  ): ClientUnaryCall;
+  getNodeSecurityModel(
+    request: GetNodeSecurityModelRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetNodeSecurityModelResponse) => void,
+  ): ClientUnaryCall;
+  getNodeSecurityModel(
+    request: GetNodeSecurityModelRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetNodeSecurityModelResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The host's AMD SEV platform data (virNodeGetSEVInfo).
+   * Errors: UNIMPLEMENTED (VIR_ERR_OPERATION_UNSUPPORTED) on a host or QEMU
+   * without SEV, and where the driver has no such call.
+   */
+  getNodeSevInfo(
+    request: GetNodeSevInfoRequest,
+    callback: (error: ServiceError | null, response: GetNodeSevInfoResponse) => void,
+  ): ClientUnaryCall;
+  getNodeSevInfo(
+    request: GetNodeSevInfoRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetNodeSevInfoResponse) => void,
+  ): ClientUnaryCall;
+  getNodeSevInfo(
+    request: GetNodeSevInfoRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetNodeSevInfoResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Domain XML from a hypervisor's native configuration
+   * (virConnectDomainXMLFromNative, virsh domxml-from-native).
+   * Errors: INVALID_ARGUMENT for an empty configuration, one over 4 MiB or one
+   * holding NUL; UNIMPLEMENTED where the driver cannot read the format
+   * (libvirt 9.0's QEMU driver no longer reads qemu-argv).
+   */
+  convertNativeToDomainXml(
+    request: ConvertNativeToDomainXMLRequest,
+    callback: (error: ServiceError | null, response: ConvertNativeToDomainXMLResponse) => void,
+  ): ClientUnaryCall;
+  convertNativeToDomainXml(
+    request: ConvertNativeToDomainXMLRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ConvertNativeToDomainXMLResponse) => void,
+  ): ClientUnaryCall;
+  convertNativeToDomainXml(
+    request: ConvertNativeToDomainXMLRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ConvertNativeToDomainXMLResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * A hypervisor's native configuration for domain XML
+   * (virConnectDomainXMLToNative, virsh domxml-to-native): QEMU's command line.
+   * The domain is not defined.
+   * Errors: INVALID_ARGUMENT for malformed or invalid domain XML;
+   * UNIMPLEMENTED where the driver has no such call.
+   */
+  convertDomainXmlToNative(
+    request: ConvertDomainXMLToNativeRequest,
+    callback: (error: ServiceError | null, response: ConvertDomainXMLToNativeResponse) => void,
+  ): ClientUnaryCall;
+  convertDomainXmlToNative(
+    request: ConvertDomainXMLToNativeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ConvertDomainXMLToNativeResponse) => void,
+  ): ClientUnaryCall;
+  convertDomainXmlToNative(
+    request: ConvertDomainXMLToNativeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ConvertDomainXMLToNativeResponse) => void,
   ): ClientUnaryCall;
 }
 
