@@ -106,13 +106,12 @@ class HostBackend:
                 return str(conn.baselineCPU(cpus, flags))
             return str(conn.baselineHypervisorCPU(*hypervisor.arguments(), cpus, flags))
 
-    def compare_cpu(self, xml: str, fail_incompatible: bool,
+    def compare_cpu(self, xml: str, fail_incompatible: bool, validate: bool,
                     hypervisor: Hypervisor | None = None) -> int:
-        """libvirt's virCPUCompareResult; the document is validated against the schema."""
+        """libvirt's virCPUCompareResult."""
         documents.check(xml, root="cpu")
-        flags = (libvirt.VIR_CONNECT_COMPARE_CPU_VALIDATE_XML
-                 | (libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE if fail_incompatible
-                    else 0))
+        flags = ((libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE if fail_incompatible else 0)
+                 | (libvirt.VIR_CONNECT_COMPARE_CPU_VALIDATE_XML if validate else 0))
         conn = self.conn
         with documents.submitted():
             if hypervisor is None:

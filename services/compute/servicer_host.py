@@ -51,13 +51,14 @@ class HostServicer:
             _hypervisor(request)))
 
     def CompareCpu(self, request: pb.CompareCpuRequest, context: Ctx) -> pb.CompareCpuResponse:
-        result = self.host.compare_cpu(request.xml, request.fail_incompatible)
+        result = self.host.compare_cpu(request.xml, request.fail_incompatible,
+                                       request.validate)
         return pb.CompareCpuResponse(result=convert_host.compare_result(result))
 
     def CompareHypervisorCpu(self, request: pb.CompareHypervisorCpuRequest,
                              context: Ctx) -> pb.CompareHypervisorCpuResponse:
         result = self.host.compare_cpu(request.xml, request.fail_incompatible,
-                                       _hypervisor(request))
+                                       request.validate, _hypervisor(request))
         return pb.CompareHypervisorCpuResponse(result=convert_host.compare_result(result))
 
     def GetCpuModelNames(self, request: pb.GetCpuModelNamesRequest,

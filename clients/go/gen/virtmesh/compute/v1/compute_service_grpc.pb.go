@@ -175,8 +175,9 @@ type ComputeServiceClient interface {
 	// machine or virt type; UNIMPLEMENTED where the driver has no such call.
 	BaselineHypervisorCpu(ctx context.Context, in *BaselineHypervisorCpuRequest, opts ...grpc.CallOption) (*BaselineHypervisorCpuResponse, error)
 	// How a CPU compares with the host's CPU (virConnectCompareCPU, virsh
-	// cpu-compare). The document is validated against libvirt's schema.
-	// Errors: INVALID_ARGUMENT for a document that is not valid <cpu> XML or names
+	// cpu-compare).
+	// Errors: INVALID_ARGUMENT for a document that is not <cpu> XML (or not valid
+	// against libvirt's schema when `validate` is set) or names
 	// an unknown model; FAILED_PRECONDITION (VIR_ERR_CPU_INCOMPATIBLE) when
 	// fail_incompatible is set and the CPU is incompatible; UNIMPLEMENTED where
 	// the driver has no such call.
@@ -1064,8 +1065,9 @@ type ComputeServiceServer interface {
 	// machine or virt type; UNIMPLEMENTED where the driver has no such call.
 	BaselineHypervisorCpu(context.Context, *BaselineHypervisorCpuRequest) (*BaselineHypervisorCpuResponse, error)
 	// How a CPU compares with the host's CPU (virConnectCompareCPU, virsh
-	// cpu-compare). The document is validated against libvirt's schema.
-	// Errors: INVALID_ARGUMENT for a document that is not valid <cpu> XML or names
+	// cpu-compare).
+	// Errors: INVALID_ARGUMENT for a document that is not <cpu> XML (or not valid
+	// against libvirt's schema when `validate` is set) or names
 	// an unknown model; FAILED_PRECONDITION (VIR_ERR_CPU_INCOMPATIBLE) when
 	// fail_incompatible is set and the CPU is incompatible; UNIMPLEMENTED where
 	// the driver has no such call.

@@ -2665,19 +2665,25 @@ class CompareCpuRequest(_message.Message):
 
     XML_FIELD_NUMBER: _builtins.int
     FAIL_INCOMPATIBLE_FIELD_NUMBER: _builtins.int
+    VALIDATE_FIELD_NUMBER: _builtins.int
     xml: _builtins.str
     """A CPU description: a <cpu> element (guest or host CPU XML)."""
     fail_incompatible: _builtins.bool
     """An incompatible CPU is an error (FAILED_PRECONDITION) rather than a result."""
+    validate: _builtins.bool
+    """Validate the document against libvirt's schema first (host CPU XML from
+    capabilities does not pass: its features have no policy).
+    """
     def __init__(
         self,
         *,
         xml: _builtins.str = ...,
         fail_incompatible: _builtins.bool = ...,
+        validate: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fail_incompatible", b"fail_incompatible", "xml", b"xml"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fail_incompatible", b"fail_incompatible", "validate", b"validate", "xml", b"xml"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2712,6 +2718,7 @@ class CompareHypervisorCpuRequest(_message.Message):
     VIRT_TYPE_FIELD_NUMBER: _builtins.int
     XML_FIELD_NUMBER: _builtins.int
     FAIL_INCOMPATIBLE_FIELD_NUMBER: _builtins.int
+    VALIDATE_FIELD_NUMBER: _builtins.int
     emulator: _builtins.str
     """The hypervisor, as in GetDomainCapabilities; empty fields are libvirt's
     defaults.
@@ -2722,6 +2729,7 @@ class CompareHypervisorCpuRequest(_message.Message):
     xml: _builtins.str
     """As CompareCpuRequest."""
     fail_incompatible: _builtins.bool
+    validate: _builtins.bool
     def __init__(
         self,
         *,
@@ -2731,10 +2739,11 @@ class CompareHypervisorCpuRequest(_message.Message):
         virt_type: _builtins.str = ...,
         xml: _builtins.str = ...,
         fail_incompatible: _builtins.bool = ...,
+        validate: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "emulator", b"emulator", "fail_incompatible", b"fail_incompatible", "machine", b"machine", "virt_type", b"virt_type", "xml", b"xml"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "emulator", b"emulator", "fail_incompatible", b"fail_incompatible", "machine", b"machine", "validate", b"validate", "virt_type", b"virt_type", "xml", b"xml"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -690,8 +690,9 @@ class ComputeServiceServicer:
 
     def CompareCpu(self, request, context):
         """How a CPU compares with the host's CPU (virConnectCompareCPU, virsh
-        cpu-compare). The document is validated against libvirt's schema.
-        Errors: INVALID_ARGUMENT for a document that is not valid <cpu> XML or names
+        cpu-compare).
+        Errors: INVALID_ARGUMENT for a document that is not <cpu> XML (or not valid
+        against libvirt's schema when `validate` is set) or names
         an unknown model; FAILED_PRECONDITION (VIR_ERR_CPU_INCOMPATIBLE) when
         fail_incompatible is set and the CPU is incompatible; UNIMPLEMENTED where
         the driver has no such call.

@@ -240,8 +240,9 @@ class ComputeServiceStub:
     """
     CompareCpu: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.CompareCpuRequest, _compute_service_pb2.CompareCpuResponse]
     """How a CPU compares with the host's CPU (virConnectCompareCPU, virsh
-    cpu-compare). The document is validated against libvirt's schema.
-    Errors: INVALID_ARGUMENT for a document that is not valid <cpu> XML or names
+    cpu-compare).
+    Errors: INVALID_ARGUMENT for a document that is not <cpu> XML (or not valid
+    against libvirt's schema when `validate` is set) or names
     an unknown model; FAILED_PRECONDITION (VIR_ERR_CPU_INCOMPATIBLE) when
     fail_incompatible is set and the CPU is incompatible; UNIMPLEMENTED where
     the driver has no such call.
@@ -562,8 +563,9 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     """
     CompareCpu: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.CompareCpuRequest, _compute_service_pb2.CompareCpuResponse]  # type: ignore[assignment]
     """How a CPU compares with the host's CPU (virConnectCompareCPU, virsh
-    cpu-compare). The document is validated against libvirt's schema.
-    Errors: INVALID_ARGUMENT for a document that is not valid <cpu> XML or names
+    cpu-compare).
+    Errors: INVALID_ARGUMENT for a document that is not <cpu> XML (or not valid
+    against libvirt's schema when `validate` is set) or names
     an unknown model; FAILED_PRECONDITION (VIR_ERR_CPU_INCOMPATIBLE) when
     fail_incompatible is set and the CPU is incompatible; UNIMPLEMENTED where
     the driver has no such call.
@@ -1109,8 +1111,9 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_compute_service_pb2.CompareCpuResponse, _abc.Awaitable[_compute_service_pb2.CompareCpuResponse]]:
         """How a CPU compares with the host's CPU (virConnectCompareCPU, virsh
-        cpu-compare). The document is validated against libvirt's schema.
-        Errors: INVALID_ARGUMENT for a document that is not valid <cpu> XML or names
+        cpu-compare).
+        Errors: INVALID_ARGUMENT for a document that is not <cpu> XML (or not valid
+        against libvirt's schema when `validate` is set) or names
         an unknown model; FAILED_PRECONDITION (VIR_ERR_CPU_INCOMPATIBLE) when
         fail_incompatible is set and the CPU is incompatible; UNIMPLEMENTED where
         the driver has no such call.

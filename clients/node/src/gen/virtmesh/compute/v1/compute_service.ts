@@ -1276,6 +1276,11 @@ export interface CompareCpuRequest {
   xml: string;
   /** An incompatible CPU is an error (FAILED_PRECONDITION) rather than a result. */
   failIncompatible: boolean;
+  /**
+   * Validate the document against libvirt's schema first (host CPU XML from
+   * capabilities does not pass: its features have no policy).
+   */
+  validate: boolean;
 }
 
 export interface CompareCpuResponse {
@@ -1294,6 +1299,7 @@ export interface CompareHypervisorCpuRequest {
   /** As CompareCpuRequest. */
   xml: string;
   failIncompatible: boolean;
+  validate: boolean;
 }
 
 export interface CompareHypervisorCpuResponse {
@@ -10761,7 +10767,7 @@ export const BaselineHypervisorCpuResponse: MessageFns<BaselineHypervisorCpuResp
 };
 
 function createBaseCompareCpuRequest(): CompareCpuRequest {
-  return { xml: "", failIncompatible: false };
+  return { xml: "", failIncompatible: false, validate: false };
 }
 
 export const CompareCpuRequest: MessageFns<CompareCpuRequest> = {
@@ -10771,6 +10777,9 @@ export const CompareCpuRequest: MessageFns<CompareCpuRequest> = {
     }
     if (message.failIncompatible !== false) {
       writer.uint32(16).bool(message.failIncompatible);
+    }
+    if (message.validate !== false) {
+      writer.uint32(24).bool(message.validate);
     }
     return writer;
   },
@@ -10804,6 +10813,14 @@ export const CompareCpuRequest: MessageFns<CompareCpuRequest> = {
             message.failIncompatible = reader.bool();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.validate = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -10824,6 +10841,7 @@ export const CompareCpuRequest: MessageFns<CompareCpuRequest> = {
         : isSet(object.fail_incompatible)
         ? globalThis.Boolean(object.fail_incompatible)
         : false,
+      validate: isSet(object.validate) ? globalThis.Boolean(object.validate) : false,
     };
   },
 
@@ -10835,6 +10853,9 @@ export const CompareCpuRequest: MessageFns<CompareCpuRequest> = {
     if (message.failIncompatible !== false) {
       obj.failIncompatible = message.failIncompatible;
     }
+    if (message.validate !== false) {
+      obj.validate = message.validate;
+    }
     return obj;
   },
 
@@ -10845,6 +10866,7 @@ export const CompareCpuRequest: MessageFns<CompareCpuRequest> = {
     const message = createBaseCompareCpuRequest();
     message.xml = object.xml ?? "";
     message.failIncompatible = object.failIncompatible ?? false;
+    message.validate = object.validate ?? false;
     return message;
   },
 };
@@ -10917,7 +10939,7 @@ export const CompareCpuResponse: MessageFns<CompareCpuResponse> = {
 };
 
 function createBaseCompareHypervisorCpuRequest(): CompareHypervisorCpuRequest {
-  return { emulator: "", arch: "", machine: "", virtType: "", xml: "", failIncompatible: false };
+  return { emulator: "", arch: "", machine: "", virtType: "", xml: "", failIncompatible: false, validate: false };
 }
 
 export const CompareHypervisorCpuRequest: MessageFns<CompareHypervisorCpuRequest> = {
@@ -10939,6 +10961,9 @@ export const CompareHypervisorCpuRequest: MessageFns<CompareHypervisorCpuRequest
     }
     if (message.failIncompatible !== false) {
       writer.uint32(48).bool(message.failIncompatible);
+    }
+    if (message.validate !== false) {
+      writer.uint32(56).bool(message.validate);
     }
     return writer;
   },
@@ -11004,6 +11029,14 @@ export const CompareHypervisorCpuRequest: MessageFns<CompareHypervisorCpuRequest
             message.failIncompatible = reader.bool();
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.validate = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -11032,6 +11065,7 @@ export const CompareHypervisorCpuRequest: MessageFns<CompareHypervisorCpuRequest
         : isSet(object.fail_incompatible)
         ? globalThis.Boolean(object.fail_incompatible)
         : false,
+      validate: isSet(object.validate) ? globalThis.Boolean(object.validate) : false,
     };
   },
 
@@ -11055,6 +11089,9 @@ export const CompareHypervisorCpuRequest: MessageFns<CompareHypervisorCpuRequest
     if (message.failIncompatible !== false) {
       obj.failIncompatible = message.failIncompatible;
     }
+    if (message.validate !== false) {
+      obj.validate = message.validate;
+    }
     return obj;
   },
 
@@ -11069,6 +11106,7 @@ export const CompareHypervisorCpuRequest: MessageFns<CompareHypervisorCpuRequest
     message.virtType = object.virtType ?? "";
     message.xml = object.xml ?? "";
     message.failIncompatible = object.failIncompatible ?? false;
+    message.validate = object.validate ?? false;
     return message;
   },
 };
@@ -15479,8 +15517,9 @@ export const ComputeServiceService = {
   },
   /**
    * How a CPU compares with the host's CPU (virConnectCompareCPU, virsh
-   * cpu-compare). The document is validated against libvirt's schema.
-   * Errors: INVALID_ARGUMENT for a document that is not valid <cpu> XML or names
+   * cpu-compare).
+   * Errors: INVALID_ARGUMENT for a document that is not <cpu> XML (or not valid
+   * against libvirt's schema when `validate` is set) or names
    * an unknown model; FAILED_PRECONDITION (VIR_ERR_CPU_INCOMPATIBLE) when
    * fail_incompatible is set and the CPU is incompatible; UNIMPLEMENTED where
    * the driver has no such call.
@@ -16033,8 +16072,9 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
   baselineHypervisorCpu: handleUnaryCall<BaselineHypervisorCpuRequest, BaselineHypervisorCpuResponse>;
   /**
    * How a CPU compares with the host's CPU (virConnectCompareCPU, virsh
-   * cpu-compare). The document is validated against libvirt's schema.
-   * Errors: INVALID_ARGUMENT for a document that is not valid <cpu> XML or names
+   * cpu-compare).
+   * Errors: INVALID_ARGUMENT for a document that is not <cpu> XML (or not valid
+   * against libvirt's schema when `validate` is set) or names
    * an unknown model; FAILED_PRECONDITION (VIR_ERR_CPU_INCOMPATIBLE) when
    * fail_incompatible is set and the CPU is incompatible; UNIMPLEMENTED where
    * the driver has no such call.
@@ -16877,8 +16917,9 @@ export interface ComputeServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * How a CPU compares with the host's CPU (virConnectCompareCPU, virsh
-   * cpu-compare). The document is validated against libvirt's schema.
-   * Errors: INVALID_ARGUMENT for a document that is not valid <cpu> XML or names
+   * cpu-compare).
+   * Errors: INVALID_ARGUMENT for a document that is not <cpu> XML (or not valid
+   * against libvirt's schema when `validate` is set) or names
    * an unknown model; FAILED_PRECONDITION (VIR_ERR_CPU_INCOMPATIBLE) when
    * fail_incompatible is set and the CPU is incompatible; UNIMPLEMENTED where
    * the driver has no such call.
