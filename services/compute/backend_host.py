@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -79,6 +79,16 @@ class Hypervisor:
                 self.virt_type or None)
 
 
+def _cpu_call(hypervisor: Hypervisor | None, host_call: Callable[..., Any],
+              hypervisor_call: Callable[..., Any], *args: Any) -> Any:
+    """The host's CPU call, or its hypervisor form (the hypervisor's arguments first);
+    libvirt's CPU parser refusing a caller's document is INVALID_ARGUMENT."""
+    with documents.submitted():
+        if hypervisor is None:
+            return host_call(*args)
+        return hypervisor_call(*hypervisor.arguments(), *args)
+
+
 class HostBackend:
     """Host calls on the compute service's connection. Suspending the host is refused
     unless ``allow_suspend``: see ``suspend``."""
@@ -100,10 +110,8 @@ class HostBackend:
         flags = ((libvirt.VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES if expand_features else 0)
                  | (libvirt.VIR_CONNECT_BASELINE_CPU_MIGRATABLE if migratable else 0))
         conn = self.conn
-        with documents.submitted():
-            if hypervisor is None:
-                return str(conn.baselineCPU(cpus, flags))
-            return str(conn.baselineHypervisorCPU(*hypervisor.arguments(), cpus, flags))
+        return str(_cpu_call(hypervisor, conn.baselineCPU, conn.baselineHypervisorCPU, cpus,
+                             flags))
 
     def compare_cpu(self, xml: str, fail_incompatible: bool, validate: bool,
                     hypervisor: Hypervisor | None = None) -> int:
@@ -112,10 +120,7 @@ class HostBackend:
         flags = ((libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE if fail_incompatible else 0)
                  | (libvirt.VIR_CONNECT_COMPARE_CPU_VALIDATE_XML if validate else 0))
         conn = self.conn
-        with documents.submitted():
-            if hypervisor is None:
-                return int(conn.compareCPU(xml, flags))
-            return int(conn.compareHypervisorCPU(*hypervisor.arguments(), xml, flags))
+        return int(_cpu_call(hypervisor, conn.compareCPU, conn.compareHypervisorCPU, xml, flags))
 
     def cpu_models(self, arch: str) -> list[str]:
         return list(self.conn.getCPUModelNames(require(arch, "arch"), 0))
