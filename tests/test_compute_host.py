@@ -30,6 +30,7 @@ from services.compute.servicer_host import node_suspend_allowed
 from services.supervisor import wait_serving
 from tests.conftest import Process, error_of, reason_of, running_service, service_process
 from tests.test_gateway_authz import AuthzMesh, authz_mesh
+from tests.test_hostile_input import CLEAN, hostile_documents
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 from virtmesh_client import cli
@@ -442,6 +443,37 @@ def test_qemu_native_configuration(qemu_stub: Stub) -> None:
     # libvirt 9.0's QEMU driver no longer parses QEMU command lines
     assert code_and_reason(stub.ConvertNativeToDomainXML, pb.ConvertNativeToDomainXMLRequest(
         config=config)) == (C.UNIMPLEMENTED, "VIR_ERR_NO_SUPPORT")
+
+
+#: every host RPC that takes a document, and how a document goes in it
+DOCUMENT_INPUTS = [
+    (pb.BaselineCpuRequest, "cpu", lambda xml: {"xml_cpus": [xml]}),
+    (pb.BaselineHypervisorCpuRequest, "cpu", lambda xml: {"xml_cpus": [HASWELL, xml]}),
+    (pb.CompareCpuRequest, "cpu", lambda xml: {"xml": xml}),
+    (pb.CompareHypervisorCpuRequest, "cpu", lambda xml: {"xml": xml}),
+    (pb.ConvertDomainXMLToNativeRequest, "domain", lambda xml: {"xml": xml}),
+]
+
+
+@pytest.mark.qemu
+def test_qemu_hostile_documents_are_refused(qemu: QemuHost, qemu_stub: Stub) -> None:
+    """The define paths' hostile documents (tests/test_hostile_input.py) on every host
+    RPC that takes one, where the embedded driver would parse them in the service:
+    each a clean refusal within a second, and the service process still alive."""
+    failures = []
+    for request_type, root, fields in DOCUMENT_INPUTS:
+        method = getattr(qemu_stub, request_type.__name__.removesuffix("Request"))
+        for case, xml in hostile_documents(root).items():
+            try:
+                method(request_type(**fields(xml)), timeout=1.0)
+                failures.append(f"{request_type.__name__} {case}: accepted")
+            except grpc.RpcError as error:
+                if error.code() not in CLEAN:  # type: ignore[attr-defined]
+                    failures.append(f"{request_type.__name__} {case}: {error.code()} "  # type: ignore[attr-defined]
+                                    f"{error.details()}")  # type: ignore[attr-defined]
+    assert not failures, "\n".join(failures)
+    assert qemu.process.popen is not None and qemu.process.popen.poll() is None
+    assert qemu_stub.GetHostname(pb.GetHostnameRequest(), timeout=10).hostname
 
 
 @pytest.mark.qemu
