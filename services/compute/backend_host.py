@@ -176,7 +176,7 @@ class HostBackend:
                    count: int) -> dict[int, dict[int, int]]:
         """cell -> page size (KiB) -> free pages."""
         start, count = self._cells(start, count)
-        sizes = self._page_sizes(sizes_kib) or self.host_page_sizes()
+        sizes = self._page_sizes(sizes_kib)
         return dict(self.conn.getFreePages(sizes, start, count, 0))
 
     def alloc_pages(self, pages: dict[int, int], start: int, count: int, flags: int) -> int:
@@ -187,19 +187,17 @@ class HostBackend:
         start, count = self._cells(start, count)
         return int(self.conn.allocPages(pages, start, count, flags))
 
-    def host_page_sizes(self) -> list[int]:
-        """The page sizes (KiB) the host offers, as its capabilities list them."""
+    def _page_sizes(self, sizes_kib: Sequence[int]) -> list[int]:
+        """``sizes_kib`` once the host offers each; when empty, every size it offers (its
+        capabilities list them)."""
         host_cpu = ET.fromstring(self.compute.capabilities().xml).find("host/cpu")
         pages = host_cpu.findall("pages") if host_cpu is not None else []
-        return sorted(int(page.get("size", "0")) for page in pages)
-
-    def _page_sizes(self, sizes_kib: Sequence[int]) -> list[int]:
-        offered = self.host_page_sizes()
+        offered = sorted(int(page.get("size", "0")) for page in pages)
         unknown = sorted(set(sizes_kib) - set(offered))
         if unknown:
             raise _invalid(f"page size(s) {unknown} KiB: the host offers "
                            f"{', '.join(map(str, offered))} KiB", "VIR_ERR_INVALID_ARG")
-        return list(sizes_kib)
+        return list(sizes_kib) or offered
 
     def _all_cells_free(self) -> list[int]:
         return list(self.conn.getCellsFreeMemory(0, MAX_CELLS))
