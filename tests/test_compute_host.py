@@ -35,6 +35,7 @@ from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 from virtmesh_client import cli
 from virtmesh_client.cli_host import cpu_elements, page_size_kib
+from virtmesh_client.cli_output import column_matches
 
 pytestmark = pytest.mark.timeout(120)
 Stub = pb_grpc.ComputeServiceStub
@@ -571,6 +572,7 @@ def test_cli_on_the_test_driver(run_dir: Path, tmp_path: Path,
     assert run(capsys, *socket_dir, "freecell")[1].startswith("Total: ")
     table = run(capsys, *socket_dir, "freecell", "--all")[1].splitlines()
     assert table[0].split() == ["CELL", "FREE"] and len(table) == 3
+    assert all(column_matches(column, pb.CellFreeMemory.DESCRIPTOR) for column in table[0].split())
     cells = json.loads(run(capsys, *socket_dir, "--json", "freecell", "--cellno", "1")[1])
     assert [cell["cell"] for cell in cells["cells"]] == [1]
     cpus = tmp_path / "cpus.xml"
@@ -596,6 +598,7 @@ def test_cli_on_qemu(qemu: QemuHost, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert run(capsys, *socket_dir, "nodememstats", "--cell", "0")[1].startswith("Total:")
     pages = run(capsys, *socket_dir, "freepages", "--pagesize", "2M")[1].splitlines()
     assert pages[0].split() == ["CELL", "PAGES_PAGE_SIZE", "PAGES_COUNT"]
+    assert all(column_matches(column, pb.CellPages.DESCRIPTOR) for column in pages[0].split())
     assert pages[1].split()[1:3] == ["2.0", "MiB"]
     code, out, _ = run(capsys, *socket_dir, "allocpages", "2M", "0", "--add")
     assert code == 0 and out.startswith("0 pages of 2.0 MiB added to")
