@@ -554,8 +554,10 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 def test_cli_parsing_helpers() -> None:
     assert [page_size_kib(text) for text in ("4", "2048", "2M", "2MiB", "1G")] == [
         4, 2048, 2048, 2048, 1024 * 1024]
-    assert cpu_elements(f"<?xml version='1.0'?><capabilities><host>{HASWELL}</host>"
-                        f"</capabilities>\n<domain>{BROADWELL}</domain>") == [HASWELL, BROADWELL]
+    assert cpu_elements(
+        f"<?xml version='1.0'?><capabilities><host>{HASWELL}<topology><cells><cell><cpus>"
+        "<cpu id='0'/></cpus></cell></cells></topology></host></capabilities>\n"
+        f"<domain>{BROADWELL}</domain>") == [HASWELL, BROADWELL]
 
 
 def test_cli_on_the_test_driver(run_dir: Path, tmp_path: Path,
@@ -614,3 +616,6 @@ def test_cli_on_qemu(qemu: QemuHost, tmp_path: Path, capsys: pytest.CaptureFixtu
     caps.write_text(run(capsys, *socket_dir, "capabilities")[1])
     code, out, _ = run(capsys, *socket_dir, "cpu-compare", str(caps))
     assert (code, out) == (0, f"CPU described in {caps} is identical to the host CPU\n")
+    # capabilities' NUMA topology lists <cpu id=…/> entries too: not CPU descriptions
+    code, out, _ = run(capsys, *socket_dir, "cpu-baseline", str(caps))
+    assert code == 0 and out.startswith("<cpu mode='custom' match='exact'>")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from typing import Any
 
 from virtmesh.compute.v1 import compute_service_pb2 as pb
@@ -27,15 +28,26 @@ _XML_DECLARATION = re.compile(r"<\?xml[^>]*\?>")
 
 
 def cpu_elements(text: str) -> list[str]:
-    """Every <cpu> element of a file holding one or more XML documents."""
+    """The CPU descriptions of a file holding one or more XML documents: a <cpu>
+    document, a domain's <cpu>, capabilities' <host><cpu> (not the <cpu> entries of
+    its NUMA topology, deeper down), as virsh finds them."""
     try:
         root = ET.fromstring(f"<documents>{_XML_DECLARATION.sub('', text)}</documents>")
     except ET.ParseError as error:
         raise argparse.ArgumentTypeError(f"not XML: {error}") from None
-    found = [ET.tostring(cpu, encoding="unicode").strip() for cpu in root.iter("cpu")]
+    found = [ET.tostring(cpu, encoding="unicode").strip() for cpu in _cpus_within(root, 3)]
     if not found:
         raise argparse.ArgumentTypeError("no <cpu> element in the file")
     return found
+
+
+def _cpus_within(element: ET.Element, depth: int) -> Iterator[ET.Element]:
+    """The <cpu> elements at most ``depth`` levels below ``element``, in document order."""
+    for child in element:
+        if child.tag == "cpu":
+            yield child
+        elif depth > 1:
+            yield from _cpus_within(child, depth - 1)
 
 
 def page_size_kib(text: str) -> int:
