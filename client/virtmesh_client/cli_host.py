@@ -18,7 +18,15 @@ from typing import Any
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh_client.cli_commands import XML_FILE, CommandFactory, enum_choices
 from virtmesh_client.cli_fleet import Query, UsageError
-from virtmesh_client.cli_output import Output, byte_size, fields, kib, read_input, table
+from virtmesh_client.cli_output import (
+    Output,
+    byte_size,
+    fields,
+    kib,
+    read_input,
+    table,
+    yes,
+)
 from virtmesh_client.cli_storage import _size as byte_count
 from virtmesh_client.client import Client
 
@@ -182,10 +190,10 @@ _MEMORY_TUNABLES = ("shm_pages_to_scan", "shm_sleep_millisecs", "shm_merge_acros
 
 
 def _memory_parameters(p: Any) -> str:
-    return fields((name, getattr(p, name)) for name in (
+    return fields([*((name, getattr(p, name)) for name in (
         "shm_pages_to_scan", "shm_sleep_millisecs", "shm_pages_shared", "shm_pages_sharing",
-        "shm_pages_unshared", "shm_pages_volatile", "shm_full_scans",
-        "shm_merge_across_nodes"))
+        "shm_pages_unshared", "shm_pages_volatile", "shm_full_scans")),
+        ("shm_merge_across_nodes", yes(p.shm_merge_across_nodes))])
 
 
 def cmd_node_memory_tune(client: Client, args: argparse.Namespace, out: Output) -> None:
