@@ -219,14 +219,6 @@ def test_native_input_is_checked_first(stub: Stub, request_: Any, reason: str) -
 # -- suspending the host ---------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class SuspendAllowed(Config):
-    """A config with allow_node_suspend on (services/common/config.py's Config has no
-    such setting yet: the service reads it where there is one)."""
-
-    allow_node_suspend: bool = True
-
-
 def test_suspend_is_refused_unless_allowed(stub: Stub, tmp_path: Path) -> None:
     assert not node_suspend_allowed(Config(service="compute"))
     valid = pb.SuspendNodeRequest(target=pb.NODE_SUSPEND_TARGET_MEM, duration_seconds=60)
@@ -237,8 +229,8 @@ def test_suspend_is_refused_unless_allowed(stub: Stub, tmp_path: Path) -> None:
         assert "allow_node_suspend" in str(error.details())  # type: ignore[attr-defined]
     # allowed: checked, then passed to libvirt (the test driver has no such call, so
     # nothing sleeps; never try this on a real driver)
-    config = SuspendAllowed(service="compute", state_dir=tmp_path / "allowed",
-                            uri="test:///default", grace_period=0.5)
+    config = Config(service="compute", state_dir=tmp_path / "allowed", uri="test:///default",
+                    grace_period=0.5, allow_node_suspend=True)
     daemon = Daemon(COMPUTE, config)
     daemon.start(connect_wait=10)
     try:

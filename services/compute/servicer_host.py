@@ -19,7 +19,7 @@ Ctx = grpc.ServicerContext
 def node_suspend_allowed(config: Config) -> bool:
     """The ``allow_node_suspend`` setting, off unless set: suspending the host through
     an API call stops every guest on it and the service too."""
-    return bool(getattr(config, "allow_node_suspend", False))
+    return config.allow_node_suspend
 
 
 def _hypervisor(request: Any) -> Hypervisor:
