@@ -269,10 +269,9 @@ def fill(path: Path) -> None:
     """Write ``path`` until its filesystem is full: a guest's write to a hole of a
     sparse image there then fails whole, with ENOSPC (a write that fails half way
     is a short write, which QEMU reports as EINVAL)."""
-    with path.open("wb", buffering=0) as filler:
-        with contextlib.suppress(OSError):
-            while True:
-                filler.write(bytes(4096))
+    with path.open("wb", buffering=0) as filler, contextlib.suppress(OSError):
+        while True:
+            filler.write(bytes(4096))
 
 
 def _guest_xml(state: Path, full: Path) -> str:

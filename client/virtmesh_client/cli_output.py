@@ -153,9 +153,9 @@ def _enum_prefix(enum: Any) -> str:
 
 
 def _value_text(field: FieldDescriptor, value: Any) -> str:
-    if field.type == FieldDescriptor.TYPE_ENUM:
-        name = field.enum_type.values_by_number.get(value)
-        return name.name.removeprefix(_enum_prefix(field.enum_type)).lower() if name else "?"
+    if (enum := field.enum_type) is not None:
+        name = enum.values_by_number.get(value)
+        return name.name.removeprefix(_enum_prefix(enum)).lower() if name else "?"
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         return "{" + message_text(value) + "}"
     if field.type == FieldDescriptor.TYPE_BOOL:
