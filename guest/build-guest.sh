@@ -214,7 +214,8 @@ for port in /sys/class/virtio-ports/*; do
         org.virtmesh.echo.*)
             ( while :; do cat 0<>"$dev" 1>&0; usleep 200000; done ) & ;;
         org.qemu.guest_agent.0)
-            qemu-ga -m virtio-serial -p "$dev" -t /run -d &&
+            # -r: open the port again after the guest's suspension closed it
+            qemu-ga -m virtio-serial -p "$dev" -t /run -r -d &&
                 echo "virtmesh-guest: guest agent started on $dev" ;;
     esac
 done

@@ -68,11 +68,13 @@ class Events:
         return [getattr(event, kind) for event in self.seen if event.WhichOneof("event") == kind]
 
     def wait(self, kind: str, timeout: float,
-             match: Callable[[Any], bool] = lambda _: True) -> Any:
-        """The first ``kind`` event (its message) that ``match``es, however early."""
+             match: Callable[[Any], bool] = lambda _: True, latest: bool = False) -> Any:
+        """The first ``kind`` event (its message) that ``match``es, however early; with
+        ``latest``, the last event of ``kind`` once it matches."""
         deadline = time.monotonic() + timeout
         while True:
-            found = [message for message in self.of(kind) if match(message)]
+            found = [message for message in self.of(kind)[-1 if latest else 0:]
+                     if match(message)]
             if found:
                 return found[0]
             left = deadline - time.monotonic()
@@ -248,6 +250,7 @@ def test_the_cli_prints_a_metadata_change(
 # -- embedded QEMU with the example guest and its agent --------------------------
 
 GUEST = "kinds"
+MEMORY_MIB = 256
 AGENT_PING = json.dumps({"execute": "guest-ping"})
 
 
@@ -275,11 +278,13 @@ def fill(path: Path) -> None:
 
 
 def _guest_xml(state: Path, full: Path) -> str:
-    """The example guest with a balloon, S3, a watchdog, a disk on a full filesystem
-    (an error stops the guest), a data disk and a CD-ROM whose image is missing."""
+    """The example guest with a balloon, S3 and S4, a watchdog, a disk on a full
+    filesystem (an error stops the guest), a data disk, a swap disk and a CD-ROM
+    whose image is missing."""
     subprocess.run(["truncate", "-s", "64M", str(full / "full.raw")], check=True)
     fill(full / "filler")
     subprocess.run(["truncate", "-s", "8M", str(state / "data.raw")], check=True)
+    subprocess.run(["truncate", "-s", "128M", str(state / "swap.raw")], check=True)
     disks = f"""
     <disk type='file' device='disk'>
       <driver name='qemu' type='raw' error_policy='stop'/>
@@ -291,6 +296,11 @@ def _guest_xml(state: Path, full: Path) -> str:
       <source file='{state}/data.raw'/>
       <target dev='vdb' bus='virtio'/>
     </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='{state}/swap.raw'/>
+      <target dev='vdc' bus='virtio'/>
+    </disk>
     <disk type='file' device='cdrom'>
       <driver name='qemu' type='raw'/>
       <source file='{state}/missing.iso' startupPolicy='optional'/>
@@ -301,7 +311,11 @@ def _guest_xml(state: Path, full: Path) -> str:
     <memballoon model='virtio'/>"""
     xml = example.render(GUEST, state, "qemu")
     xml = xml.replace("<memballoon model='none'/>", disks)
-    return xml.replace("</on_crash>", "</on_crash>\n  <pm><suspend-to-mem enabled='yes'/></pm>")
+    # hibernation copies every page in use (the initramfs too) before it writes
+    xml = xml.replace("<memory unit='MiB'>128</memory>",
+                      f"<memory unit='MiB'>{MEMORY_MIB}</memory>")
+    return xml.replace("</on_crash>", "</on_crash>\n  <pm><suspend-to-mem enabled='yes'/>"
+                       "<suspend-to-disk enabled='yes'/></pm>")
 
 
 class Guest:
@@ -309,9 +323,10 @@ class Guest:
         self.dom, self.events, self.state = dom, events, state
 
     def agent_connected(self) -> Any:
-        """The agent's first connection (at start libvirt reports it disconnected)."""
+        """Once the agent is connected: at start libvirt reports it disconnected, and
+        so it is while the guest sleeps until it opens its channel again."""
         return self.events.wait("agent_lifecycle", 60,
-                                lambda m: m.state == pb.AGENT_STATE_CONNECTED)
+                                lambda m: m.state == pb.AGENT_STATE_CONNECTED, latest=True)
 
     def agent(self, command: str, **arguments: Any) -> Any:
         """A guest agent command's answer (libvirt's qemuAgentCommand, as virsh's)."""
@@ -413,7 +428,7 @@ def test_a_backup_completes_its_job_with_typed_statistics(guest: Guest) -> None:
     guest.dom.backupBegin(
         "<domainbackup><disks>"
         f"<disk name='vdb' type='file'><target file='{target}'/><driver type='raw'/></disk>"
-        "<disk name='vda' backup='no'/>"
+        "<disk name='vda' backup='no'/><disk name='vdc' backup='no'/>"
         "<disk name='hdc' backup='no'/>"
         "</disks></domainbackup>", None, 0)
     done = guest.events.wait("job_completed", 60)
@@ -446,6 +461,8 @@ def test_setting_metadata_is_a_metadata_change(guest: Guest) -> None:
 def test_shrinking_memory_is_a_balloon_change(guest: Guest) -> None:
     guest.dom.setMemoryFlags(96 * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE)
     guest.events.wait("balloon_change", 60, lambda m: m.actual_kib == 96 * 1024)
+    guest.dom.setMemoryFlags(MEMORY_MIB * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    guest.events.wait("balloon_change", 60, lambda m: m.actual_kib == MEMORY_MIB * 1024)
 
 
 @pytest.mark.qemu
@@ -515,9 +532,18 @@ def test_a_watchdog_that_is_not_fed_fires(guest: Guest) -> None:
 
 @pytest.mark.qemu
 def test_suspend_to_ram_and_wake_up(guest: Guest) -> None:
-    """Last: the guest sleeps (through its agent) and is woken."""
+    """The guest sleeps (through its agent) and is woken."""
     guest.agent_connected()
     guest.dom.pMSuspendForDuration(libvirt.VIR_NODE_SUSPEND_TARGET_MEM, 0, 0)
     guest.events.wait("pm_suspend", 60)
     guest.dom.pMWakeup(0)
     guest.events.wait("pm_wakeup", 60)
+
+
+@pytest.mark.qemu
+def test_suspend_to_disk(guest: Guest) -> None:
+    """Last: the guest hibernates to its swap disk (through its agent) and is off."""
+    guest.agent_connected()
+    assert guest.run("/bin/sh", "-c", "mkswap /dev/vdc && swapon /dev/vdc")[0] == 0
+    guest.dom.pMSuspendForDuration(libvirt.VIR_NODE_SUSPEND_TARGET_DISK, 0, 0)
+    guest.events.wait("pm_suspend_disk", 120)
