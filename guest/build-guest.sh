@@ -23,8 +23,8 @@ SELF=$(readlink -f "$0")
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 QEMU_GA=${QEMU_GA:-/usr/sbin/qemu-ga}
 # button+evdev: the ACPI power button; virtio: a disk, a NIC and serial ports
-# (channels) from the host, a memory balloon.
-MODULES=(button evdev virtio_pci virtio_blk virtio_net virtio_console virtio_balloon)
+# (channels) from the host, a memory balloon, virtio-mem.
+MODULES=(button evdev virtio_pci virtio_blk virtio_net virtio_console virtio_balloon virtio_mem)
 
 die() { echo "build-guest: $*" >&2; exit 1; }
 
