@@ -5,10 +5,9 @@ provoke. The tables behind them are checked against libvirt's own lists.
 
 Not provoked here: migration iteration (needs a second host), device removal
 failed (QEMU 7.2 reports it for memory or CPUs a guest refuses to release, not
-for the PCI devices of the example guest),
-control error and memory failure (faults of libvirt's connection to QEMU, or of
-the host's hardware under KVM), and RTC, graphics and the rest on the test
-driver, which emits only lifecycle and metadata events.
+for the PCI devices of the example guest), control error and memory failure
+(faults of libvirt's connection to QEMU, or of the host's hardware under KVM);
+nor, on the test driver, anything but lifecycle and metadata: all it emits.
 """
 
 from __future__ import annotations
