@@ -37,6 +37,7 @@ from virtmesh_client.cli_output import (
     event_line,
     fields,
     kib,
+    message_text,
     read_input,
     table,
     yes,
@@ -87,14 +88,15 @@ def _stats_row(s: Any) -> Sequence[object]:
 
 
 def _event_text(event: Any) -> str:
-    kind = event.WhichOneof("event") or "unknown"
+    which = event.WhichOneof("event")
+    kind = which or "unknown"
     detail = {
         "lifecycle": lambda: (enum_name(pb.LifecycleEventType, event.lifecycle.type,
                                         "LIFECYCLE_EVENT_TYPE_") + f" {event.lifecycle.detail}"
                       + (f": {event.lifecycle.message}" if event.lifecycle.message else "")),
         "device_added": lambda: event.device_added.device,
         "device_removed": lambda: event.device_removed.device,
-    }.get(kind, lambda: "")()
+    }.get(kind, lambda: message_text(getattr(event, which)) if which else "")()
     return event_line(event, kind.replace("_", "-"), detail)
 
 

@@ -105,8 +105,11 @@ type ComputeServiceClient interface {
 	// statistics call (virConnectGetAllDomainStats / virDomainListGetStats).
 	// Errors: NOT_FOUND when a named domain does not exist.
 	GetDomainStats(ctx context.Context, in *GetDomainStatsRequest, opts ...grpc.CallOption) (*GetDomainStatsResponse, error)
-	// Streams domain events (lifecycle with detail, reboot, device added and
-	// removed) as they happen, until the client cancels.
+	// Streams domain events as they happen, until the client cancels: every
+	// domain event libvirt 9.0 has (lifecycle with detail, reboot, devices
+	// added, removed or failing to be removed, I/O errors, block jobs, the
+	// guest agent, tuning, metadata, balloon, graphics clients, ...; see the
+	// oneof of WatchDomainEventsResponse), each as a typed message.
 	// Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
 	// this watcher falls too far behind; UNAVAILABLE when the libvirt connection
 	// is lost (watch again once it is back).
@@ -995,8 +998,11 @@ type ComputeServiceServer interface {
 	// statistics call (virConnectGetAllDomainStats / virDomainListGetStats).
 	// Errors: NOT_FOUND when a named domain does not exist.
 	GetDomainStats(context.Context, *GetDomainStatsRequest) (*GetDomainStatsResponse, error)
-	// Streams domain events (lifecycle with detail, reboot, device added and
-	// removed) as they happen, until the client cancels.
+	// Streams domain events as they happen, until the client cancels: every
+	// domain event libvirt 9.0 has (lifecycle with detail, reboot, devices
+	// added, removed or failing to be removed, I/O errors, block jobs, the
+	// guest agent, tuning, metadata, balloon, graphics clients, ...; see the
+	// oneof of WatchDomainEventsResponse), each as a typed message.
 	// Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
 	// this watcher falls too far behind; UNAVAILABLE when the libvirt connection
 	// is lost (watch again once it is back).

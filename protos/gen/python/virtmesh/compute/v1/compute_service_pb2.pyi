@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from virtmesh.events.v1 import events_pb2 as _events_pb2
+from virtmesh.types.v1 import typed_params_pb2 as _typed_params_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -133,6 +134,340 @@ LIFECYCLE_EVENT_TYPE_SHUTDOWN: LifecycleEventType.ValueType  # 7
 LIFECYCLE_EVENT_TYPE_PMSUSPENDED: LifecycleEventType.ValueType  # 8
 LIFECYCLE_EVENT_TYPE_CRASHED: LifecycleEventType.ValueType  # 9
 Global___LifecycleEventType: _TypeAlias = LifecycleEventType  # noqa: Y015
+
+class _WatchdogAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WatchdogActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WatchdogAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WATCHDOG_ACTION_UNSPECIFIED: _WatchdogAction.ValueType  # 0
+    WATCHDOG_ACTION_NONE: _WatchdogAction.ValueType  # 1
+    """Nothing: the watchdog fired and was left alone."""
+    WATCHDOG_ACTION_PAUSE: _WatchdogAction.ValueType  # 2
+    WATCHDOG_ACTION_RESET: _WatchdogAction.ValueType  # 3
+    WATCHDOG_ACTION_POWEROFF: _WatchdogAction.ValueType  # 4
+    WATCHDOG_ACTION_SHUTDOWN: _WatchdogAction.ValueType  # 5
+    WATCHDOG_ACTION_DEBUG: _WatchdogAction.ValueType  # 6
+    WATCHDOG_ACTION_INJECTNMI: _WatchdogAction.ValueType  # 7
+
+class WatchdogAction(_WatchdogAction, metaclass=_WatchdogActionEnumTypeWrapper):
+    """What a watchdog device did when the guest stopped feeding it, as libvirt's
+    virDomainEventWatchdogAction.
+    """
+
+WATCHDOG_ACTION_UNSPECIFIED: WatchdogAction.ValueType  # 0
+WATCHDOG_ACTION_NONE: WatchdogAction.ValueType  # 1
+"""Nothing: the watchdog fired and was left alone."""
+WATCHDOG_ACTION_PAUSE: WatchdogAction.ValueType  # 2
+WATCHDOG_ACTION_RESET: WatchdogAction.ValueType  # 3
+WATCHDOG_ACTION_POWEROFF: WatchdogAction.ValueType  # 4
+WATCHDOG_ACTION_SHUTDOWN: WatchdogAction.ValueType  # 5
+WATCHDOG_ACTION_DEBUG: WatchdogAction.ValueType  # 6
+WATCHDOG_ACTION_INJECTNMI: WatchdogAction.ValueType  # 7
+Global___WatchdogAction: _TypeAlias = WatchdogAction  # noqa: Y015
+
+class _IoErrorAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IoErrorActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IoErrorAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IO_ERROR_ACTION_UNSPECIFIED: _IoErrorAction.ValueType  # 0
+    IO_ERROR_ACTION_NONE: _IoErrorAction.ValueType  # 1
+    """Nothing: the error was ignored."""
+    IO_ERROR_ACTION_PAUSE: _IoErrorAction.ValueType  # 2
+    """The guest was paused (error_policy 'stop')."""
+    IO_ERROR_ACTION_REPORT: _IoErrorAction.ValueType  # 3
+    """The error was reported to the guest (error_policy 'report')."""
+
+class IoErrorAction(_IoErrorAction, metaclass=_IoErrorActionEnumTypeWrapper):
+    """What the hypervisor did on a disk I/O error, as libvirt's
+    virDomainEventIOErrorAction (the disk's error_policy).
+    """
+
+IO_ERROR_ACTION_UNSPECIFIED: IoErrorAction.ValueType  # 0
+IO_ERROR_ACTION_NONE: IoErrorAction.ValueType  # 1
+"""Nothing: the error was ignored."""
+IO_ERROR_ACTION_PAUSE: IoErrorAction.ValueType  # 2
+"""The guest was paused (error_policy 'stop')."""
+IO_ERROR_ACTION_REPORT: IoErrorAction.ValueType  # 3
+"""The error was reported to the guest (error_policy 'report')."""
+Global___IoErrorAction: _TypeAlias = IoErrorAction  # noqa: Y015
+
+class _GraphicsPhase:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GraphicsPhaseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GraphicsPhase.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GRAPHICS_PHASE_UNSPECIFIED: _GraphicsPhase.ValueType  # 0
+    GRAPHICS_PHASE_CONNECT: _GraphicsPhase.ValueType  # 1
+    """The client connected (before authentication)."""
+    GRAPHICS_PHASE_INITIALIZE: _GraphicsPhase.ValueType  # 2
+    """The client authenticated and the session started."""
+    GRAPHICS_PHASE_DISCONNECT: _GraphicsPhase.ValueType  # 3
+
+class GraphicsPhase(_GraphicsPhase, metaclass=_GraphicsPhaseEnumTypeWrapper):
+    """The stage of a graphics client's connection, as libvirt's
+    virDomainEventGraphicsPhase.
+    """
+
+GRAPHICS_PHASE_UNSPECIFIED: GraphicsPhase.ValueType  # 0
+GRAPHICS_PHASE_CONNECT: GraphicsPhase.ValueType  # 1
+"""The client connected (before authentication)."""
+GRAPHICS_PHASE_INITIALIZE: GraphicsPhase.ValueType  # 2
+"""The client authenticated and the session started."""
+GRAPHICS_PHASE_DISCONNECT: GraphicsPhase.ValueType  # 3
+Global___GraphicsPhase: _TypeAlias = GraphicsPhase  # noqa: Y015
+
+class _GraphicsAddressFamily:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GraphicsAddressFamilyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GraphicsAddressFamily.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GRAPHICS_ADDRESS_FAMILY_UNSPECIFIED: _GraphicsAddressFamily.ValueType  # 0
+    GRAPHICS_ADDRESS_FAMILY_IPV4: _GraphicsAddressFamily.ValueType  # 1
+    GRAPHICS_ADDRESS_FAMILY_IPV6: _GraphicsAddressFamily.ValueType  # 2
+    GRAPHICS_ADDRESS_FAMILY_UNIX: _GraphicsAddressFamily.ValueType  # 3
+
+class GraphicsAddressFamily(_GraphicsAddressFamily, metaclass=_GraphicsAddressFamilyEnumTypeWrapper):
+    """An address family of a graphics connection's end, as libvirt's
+    virDomainEventGraphicsAddressType.
+    """
+
+GRAPHICS_ADDRESS_FAMILY_UNSPECIFIED: GraphicsAddressFamily.ValueType  # 0
+GRAPHICS_ADDRESS_FAMILY_IPV4: GraphicsAddressFamily.ValueType  # 1
+GRAPHICS_ADDRESS_FAMILY_IPV6: GraphicsAddressFamily.ValueType  # 2
+GRAPHICS_ADDRESS_FAMILY_UNIX: GraphicsAddressFamily.ValueType  # 3
+Global___GraphicsAddressFamily: _TypeAlias = GraphicsAddressFamily  # noqa: Y015
+
+class _TrayChange:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TrayChangeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TrayChange.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRAY_CHANGE_UNSPECIFIED: _TrayChange.ValueType  # 0
+    TRAY_CHANGE_OPEN: _TrayChange.ValueType  # 1
+    TRAY_CHANGE_CLOSE: _TrayChange.ValueType  # 2
+
+class TrayChange(_TrayChange, metaclass=_TrayChangeEnumTypeWrapper):
+    """Why a removable medium's tray moved, as libvirt's
+    virDomainEventTrayChangeReason.
+    """
+
+TRAY_CHANGE_UNSPECIFIED: TrayChange.ValueType  # 0
+TRAY_CHANGE_OPEN: TrayChange.ValueType  # 1
+TRAY_CHANGE_CLOSE: TrayChange.ValueType  # 2
+Global___TrayChange: _TypeAlias = TrayChange  # noqa: Y015
+
+class _BlockJobType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BlockJobTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BlockJobType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BLOCK_JOB_TYPE_UNSPECIFIED: _BlockJobType.ValueType  # 0
+    BLOCK_JOB_TYPE_PULL: _BlockJobType.ValueType  # 1
+    """Data pulled into the active layer from its backing chain."""
+    BLOCK_JOB_TYPE_COPY: _BlockJobType.ValueType  # 2
+    """A copy of the disk to a new destination (block copy, mirror)."""
+    BLOCK_JOB_TYPE_COMMIT: _BlockJobType.ValueType  # 3
+    """A backing layer committed into a lower one."""
+    BLOCK_JOB_TYPE_ACTIVE_COMMIT: _BlockJobType.ValueType  # 4
+    """The active layer committed into its backing chain."""
+    BLOCK_JOB_TYPE_BACKUP: _BlockJobType.ValueType  # 5
+    """A backup (virDomainBackupBegin)."""
+
+class BlockJobType(_BlockJobType, metaclass=_BlockJobTypeEnumTypeWrapper):
+    """A block job's kind, as libvirt's virDomainBlockJobType."""
+
+BLOCK_JOB_TYPE_UNSPECIFIED: BlockJobType.ValueType  # 0
+BLOCK_JOB_TYPE_PULL: BlockJobType.ValueType  # 1
+"""Data pulled into the active layer from its backing chain."""
+BLOCK_JOB_TYPE_COPY: BlockJobType.ValueType  # 2
+"""A copy of the disk to a new destination (block copy, mirror)."""
+BLOCK_JOB_TYPE_COMMIT: BlockJobType.ValueType  # 3
+"""A backing layer committed into a lower one."""
+BLOCK_JOB_TYPE_ACTIVE_COMMIT: BlockJobType.ValueType  # 4
+"""The active layer committed into its backing chain."""
+BLOCK_JOB_TYPE_BACKUP: BlockJobType.ValueType  # 5
+"""A backup (virDomainBackupBegin)."""
+Global___BlockJobType: _TypeAlias = BlockJobType  # noqa: Y015
+
+class _BlockJobStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BlockJobStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BlockJobStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BLOCK_JOB_STATUS_UNSPECIFIED: _BlockJobStatus.ValueType  # 0
+    BLOCK_JOB_STATUS_COMPLETED: _BlockJobStatus.ValueType  # 1
+    BLOCK_JOB_STATUS_FAILED: _BlockJobStatus.ValueType  # 2
+    BLOCK_JOB_STATUS_CANCELED: _BlockJobStatus.ValueType  # 3
+    BLOCK_JOB_STATUS_READY: _BlockJobStatus.ValueType  # 4
+    """A copy or active commit is in sync and waits to be pivoted or cancelled."""
+
+class BlockJobStatus(_BlockJobStatus, metaclass=_BlockJobStatusEnumTypeWrapper):
+    """Where a block job has got to, as libvirt's virConnectDomainEventBlockJobStatus."""
+
+BLOCK_JOB_STATUS_UNSPECIFIED: BlockJobStatus.ValueType  # 0
+BLOCK_JOB_STATUS_COMPLETED: BlockJobStatus.ValueType  # 1
+BLOCK_JOB_STATUS_FAILED: BlockJobStatus.ValueType  # 2
+BLOCK_JOB_STATUS_CANCELED: BlockJobStatus.ValueType  # 3
+BLOCK_JOB_STATUS_READY: BlockJobStatus.ValueType  # 4
+"""A copy or active commit is in sync and waits to be pivoted or cancelled."""
+Global___BlockJobStatus: _TypeAlias = BlockJobStatus  # noqa: Y015
+
+class _AgentState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AgentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AGENT_STATE_UNSPECIFIED: _AgentState.ValueType  # 0
+    AGENT_STATE_CONNECTED: _AgentState.ValueType  # 1
+    AGENT_STATE_DISCONNECTED: _AgentState.ValueType  # 2
+
+class AgentState(_AgentState, metaclass=_AgentStateEnumTypeWrapper):
+    """Whether the guest agent is there, as libvirt's
+    virConnectDomainEventAgentLifecycleState.
+    """
+
+AGENT_STATE_UNSPECIFIED: AgentState.ValueType  # 0
+AGENT_STATE_CONNECTED: AgentState.ValueType  # 1
+AGENT_STATE_DISCONNECTED: AgentState.ValueType  # 2
+Global___AgentState: _TypeAlias = AgentState  # noqa: Y015
+
+class _AgentLifecycleReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AgentLifecycleReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentLifecycleReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AGENT_LIFECYCLE_REASON_UNSPECIFIED: _AgentLifecycleReason.ValueType  # 0
+    """libvirt's "unknown" as well."""
+    AGENT_LIFECYCLE_REASON_DOMAIN_STARTED: _AgentLifecycleReason.ValueType  # 1
+    """The domain started (or libvirt reconnected to it)."""
+    AGENT_LIFECYCLE_REASON_CHANNEL: _AgentLifecycleReason.ValueType  # 2
+    """The agent opened or closed its channel in the guest."""
+
+class AgentLifecycleReason(_AgentLifecycleReason, metaclass=_AgentLifecycleReasonEnumTypeWrapper):
+    """Why the agent's state changed, as libvirt's
+    virConnectDomainEventAgentLifecycleReason.
+    """
+
+AGENT_LIFECYCLE_REASON_UNSPECIFIED: AgentLifecycleReason.ValueType  # 0
+"""libvirt's "unknown" as well."""
+AGENT_LIFECYCLE_REASON_DOMAIN_STARTED: AgentLifecycleReason.ValueType  # 1
+"""The domain started (or libvirt reconnected to it)."""
+AGENT_LIFECYCLE_REASON_CHANNEL: AgentLifecycleReason.ValueType  # 2
+"""The agent opened or closed its channel in the guest."""
+Global___AgentLifecycleReason: _TypeAlias = AgentLifecycleReason  # noqa: Y015
+
+class _MetadataType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MetadataTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MetadataType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    METADATA_TYPE_UNSPECIFIED: _MetadataType.ValueType  # 0
+    METADATA_TYPE_DESCRIPTION: _MetadataType.ValueType  # 1
+    """<description>"""
+    METADATA_TYPE_TITLE: _MetadataType.ValueType  # 2
+    """<title>"""
+    METADATA_TYPE_ELEMENT: _MetadataType.ValueType  # 3
+    """An element of an application's namespace under <metadata>."""
+
+class MetadataType(_MetadataType, metaclass=_MetadataTypeEnumTypeWrapper):
+    """Which metadata, as libvirt's virDomainMetadataType."""
+
+METADATA_TYPE_UNSPECIFIED: MetadataType.ValueType  # 0
+METADATA_TYPE_DESCRIPTION: MetadataType.ValueType  # 1
+"""<description>"""
+METADATA_TYPE_TITLE: MetadataType.ValueType  # 2
+"""<title>"""
+METADATA_TYPE_ELEMENT: MetadataType.ValueType  # 3
+"""An element of an application's namespace under <metadata>."""
+Global___MetadataType: _TypeAlias = MetadataType  # noqa: Y015
+
+class _MemoryFailureRecipient:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MemoryFailureRecipientEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MemoryFailureRecipient.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEMORY_FAILURE_RECIPIENT_UNSPECIFIED: _MemoryFailureRecipient.ValueType  # 0
+    MEMORY_FAILURE_RECIPIENT_HYPERVISOR: _MemoryFailureRecipient.ValueType  # 1
+    """The hypervisor's own memory."""
+    MEMORY_FAILURE_RECIPIENT_GUEST: _MemoryFailureRecipient.ValueType  # 2
+    """The guest's memory."""
+
+class MemoryFailureRecipient(_MemoryFailureRecipient, metaclass=_MemoryFailureRecipientEnumTypeWrapper):
+    """Who got a memory failure, as libvirt's virDomainMemoryFailureRecipientType."""
+
+MEMORY_FAILURE_RECIPIENT_UNSPECIFIED: MemoryFailureRecipient.ValueType  # 0
+MEMORY_FAILURE_RECIPIENT_HYPERVISOR: MemoryFailureRecipient.ValueType  # 1
+"""The hypervisor's own memory."""
+MEMORY_FAILURE_RECIPIENT_GUEST: MemoryFailureRecipient.ValueType  # 2
+"""The guest's memory."""
+Global___MemoryFailureRecipient: _TypeAlias = MemoryFailureRecipient  # noqa: Y015
+
+class _MemoryFailureAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MemoryFailureActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MemoryFailureAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEMORY_FAILURE_ACTION_UNSPECIFIED: _MemoryFailureAction.ValueType  # 0
+    MEMORY_FAILURE_ACTION_IGNORE: _MemoryFailureAction.ValueType  # 1
+    MEMORY_FAILURE_ACTION_INJECT: _MemoryFailureAction.ValueType  # 2
+    """Injected into the guest as a machine check."""
+    MEMORY_FAILURE_ACTION_FATAL: _MemoryFailureAction.ValueType  # 3
+    """Fatal to the hypervisor."""
+    MEMORY_FAILURE_ACTION_RESET: _MemoryFailureAction.ValueType  # 4
+    """The guest was reset."""
+
+class MemoryFailureAction(_MemoryFailureAction, metaclass=_MemoryFailureActionEnumTypeWrapper):
+    """What was done about it, as libvirt's virDomainMemoryFailureActionType."""
+
+MEMORY_FAILURE_ACTION_UNSPECIFIED: MemoryFailureAction.ValueType  # 0
+MEMORY_FAILURE_ACTION_IGNORE: MemoryFailureAction.ValueType  # 1
+MEMORY_FAILURE_ACTION_INJECT: MemoryFailureAction.ValueType  # 2
+"""Injected into the guest as a machine check."""
+MEMORY_FAILURE_ACTION_FATAL: MemoryFailureAction.ValueType  # 3
+"""Fatal to the hypervisor."""
+MEMORY_FAILURE_ACTION_RESET: MemoryFailureAction.ValueType  # 4
+"""The guest was reset."""
+Global___MemoryFailureAction: _TypeAlias = MemoryFailureAction  # noqa: Y015
+
+class _DiskChangeReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DiskChangeReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DiskChangeReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DISK_CHANGE_REASON_UNSPECIFIED: _DiskChangeReason.ValueType  # 0
+    DISK_CHANGE_REASON_MISSING_ON_START: _DiskChangeReason.ValueType  # 1
+    """The source was missing at start, and the disk was started empty
+    (startupPolicy 'optional').
+    """
+    DISK_CHANGE_REASON_DROP_MISSING_ON_START: _DiskChangeReason.ValueType  # 2
+    """The source was missing at start, and the disk was dropped from the domain."""
+
+class DiskChangeReason(_DiskChangeReason, metaclass=_DiskChangeReasonEnumTypeWrapper):
+    """Why a disk's medium changed, as libvirt's virConnectDomainEventDiskChangeReason."""
+
+DISK_CHANGE_REASON_UNSPECIFIED: DiskChangeReason.ValueType  # 0
+DISK_CHANGE_REASON_MISSING_ON_START: DiskChangeReason.ValueType  # 1
+"""The source was missing at start, and the disk was started empty
+(startupPolicy 'optional').
+"""
+DISK_CHANGE_REASON_DROP_MISSING_ON_START: DiskChangeReason.ValueType  # 2
+"""The source was missing at start, and the disk was dropped from the domain."""
+Global___DiskChangeReason: _TypeAlias = DiskChangeReason  # noqa: Y015
 
 class _KeyCodeSet:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -1922,6 +2257,27 @@ class WatchDomainEventsResponse(_message.Message):
     DEVICE_ADDED_FIELD_NUMBER: _builtins.int
     DEVICE_REMOVED_FIELD_NUMBER: _builtins.int
     GAP_FIELD_NUMBER: _builtins.int
+    RTC_CHANGE_FIELD_NUMBER: _builtins.int
+    WATCHDOG_FIELD_NUMBER: _builtins.int
+    IO_ERROR_FIELD_NUMBER: _builtins.int
+    GRAPHICS_FIELD_NUMBER: _builtins.int
+    TRAY_CHANGE_FIELD_NUMBER: _builtins.int
+    PM_WAKEUP_FIELD_NUMBER: _builtins.int
+    PM_SUSPEND_FIELD_NUMBER: _builtins.int
+    PM_SUSPEND_DISK_FIELD_NUMBER: _builtins.int
+    BALLOON_CHANGE_FIELD_NUMBER: _builtins.int
+    BLOCK_JOB_FIELD_NUMBER: _builtins.int
+    DEVICE_REMOVAL_FAILED_FIELD_NUMBER: _builtins.int
+    TUNABLE_FIELD_NUMBER: _builtins.int
+    AGENT_LIFECYCLE_FIELD_NUMBER: _builtins.int
+    MIGRATION_ITERATION_FIELD_NUMBER: _builtins.int
+    JOB_COMPLETED_FIELD_NUMBER: _builtins.int
+    METADATA_CHANGE_FIELD_NUMBER: _builtins.int
+    BLOCK_THRESHOLD_FIELD_NUMBER: _builtins.int
+    MEMORY_FAILURE_FIELD_NUMBER: _builtins.int
+    MEMORY_DEVICE_SIZE_CHANGE_FIELD_NUMBER: _builtins.int
+    CONTROL_ERROR_FIELD_NUMBER: _builtins.int
+    DISK_CHANGE_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     uuid: _builtins.str
@@ -1940,6 +2296,48 @@ class WatchDomainEventsResponse(_message.Message):
         """First and alone, when a resume could not be exact."""
 
     @_builtins.property
+    def rtc_change(self) -> Global___RtcChangeEvent: ...
+    @_builtins.property
+    def watchdog(self) -> Global___WatchdogEvent: ...
+    @_builtins.property
+    def io_error(self) -> Global___IoErrorEvent: ...
+    @_builtins.property
+    def graphics(self) -> Global___GraphicsEvent: ...
+    @_builtins.property
+    def tray_change(self) -> Global___TrayChangeEvent: ...
+    @_builtins.property
+    def pm_wakeup(self) -> Global___PmWakeupEvent: ...
+    @_builtins.property
+    def pm_suspend(self) -> Global___PmSuspendEvent: ...
+    @_builtins.property
+    def pm_suspend_disk(self) -> Global___PmSuspendDiskEvent: ...
+    @_builtins.property
+    def balloon_change(self) -> Global___BalloonChangeEvent: ...
+    @_builtins.property
+    def block_job(self) -> Global___BlockJobEvent: ...
+    @_builtins.property
+    def device_removal_failed(self) -> Global___DeviceRemovalFailedEvent: ...
+    @_builtins.property
+    def tunable(self) -> Global___TunableEvent: ...
+    @_builtins.property
+    def agent_lifecycle(self) -> Global___AgentLifecycleEvent: ...
+    @_builtins.property
+    def migration_iteration(self) -> Global___MigrationIterationEvent: ...
+    @_builtins.property
+    def job_completed(self) -> Global___JobCompletedEvent: ...
+    @_builtins.property
+    def metadata_change(self) -> Global___MetadataChangeEvent: ...
+    @_builtins.property
+    def block_threshold(self) -> Global___BlockThresholdEvent: ...
+    @_builtins.property
+    def memory_failure(self) -> Global___MemoryFailureEvent: ...
+    @_builtins.property
+    def memory_device_size_change(self) -> Global___MemoryDeviceSizeChangeEvent: ...
+    @_builtins.property
+    def control_error(self) -> Global___ControlErrorEvent: ...
+    @_builtins.property
+    def disk_change(self) -> Global___DiskChangeEvent: ...
+    @_builtins.property
     def position(self) -> _events_pb2.EventPosition:
         """This event's place in the service's sequence (resume after it)."""
 
@@ -1954,17 +2352,656 @@ class WatchDomainEventsResponse(_message.Message):
         device_added: Global___DeviceAddedEvent | None = ...,
         device_removed: Global___DeviceRemovedEvent | None = ...,
         gap: _events_pb2.EventGap | None = ...,
+        rtc_change: Global___RtcChangeEvent | None = ...,
+        watchdog: Global___WatchdogEvent | None = ...,
+        io_error: Global___IoErrorEvent | None = ...,
+        graphics: Global___GraphicsEvent | None = ...,
+        tray_change: Global___TrayChangeEvent | None = ...,
+        pm_wakeup: Global___PmWakeupEvent | None = ...,
+        pm_suspend: Global___PmSuspendEvent | None = ...,
+        pm_suspend_disk: Global___PmSuspendDiskEvent | None = ...,
+        balloon_change: Global___BalloonChangeEvent | None = ...,
+        block_job: Global___BlockJobEvent | None = ...,
+        device_removal_failed: Global___DeviceRemovalFailedEvent | None = ...,
+        tunable: Global___TunableEvent | None = ...,
+        agent_lifecycle: Global___AgentLifecycleEvent | None = ...,
+        migration_iteration: Global___MigrationIterationEvent | None = ...,
+        job_completed: Global___JobCompletedEvent | None = ...,
+        metadata_change: Global___MetadataChangeEvent | None = ...,
+        block_threshold: Global___BlockThresholdEvent | None = ...,
+        memory_failure: Global___MemoryFailureEvent | None = ...,
+        memory_device_size_change: Global___MemoryDeviceSizeChangeEvent | None = ...,
+        control_error: Global___ControlErrorEvent | None = ...,
+        disk_change: Global___DiskChangeEvent | None = ...,
         position: _events_pb2.EventPosition | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["device_added", b"device_added", "device_removed", b"device_removed", "event", b"event", "gap", b"gap", "lifecycle", b"lifecycle", "position", b"position", "reboot", b"reboot", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_lifecycle", b"agent_lifecycle", "balloon_change", b"balloon_change", "block_job", b"block_job", "block_threshold", b"block_threshold", "control_error", b"control_error", "device_added", b"device_added", "device_removal_failed", b"device_removal_failed", "device_removed", b"device_removed", "disk_change", b"disk_change", "event", b"event", "gap", b"gap", "graphics", b"graphics", "io_error", b"io_error", "job_completed", b"job_completed", "lifecycle", b"lifecycle", "memory_device_size_change", b"memory_device_size_change", "memory_failure", b"memory_failure", "metadata_change", b"metadata_change", "migration_iteration", b"migration_iteration", "pm_suspend", b"pm_suspend", "pm_suspend_disk", b"pm_suspend_disk", "pm_wakeup", b"pm_wakeup", "position", b"position", "reboot", b"reboot", "rtc_change", b"rtc_change", "time", b"time", "tray_change", b"tray_change", "tunable", b"tunable", "watchdog", b"watchdog"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_added", b"device_added", "device_removed", b"device_removed", "event", b"event", "gap", b"gap", "lifecycle", b"lifecycle", "name", b"name", "position", b"position", "reboot", b"reboot", "time", b"time", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_lifecycle", b"agent_lifecycle", "balloon_change", b"balloon_change", "block_job", b"block_job", "block_threshold", b"block_threshold", "control_error", b"control_error", "device_added", b"device_added", "device_removal_failed", b"device_removal_failed", "device_removed", b"device_removed", "disk_change", b"disk_change", "event", b"event", "gap", b"gap", "graphics", b"graphics", "io_error", b"io_error", "job_completed", b"job_completed", "lifecycle", b"lifecycle", "memory_device_size_change", b"memory_device_size_change", "memory_failure", b"memory_failure", "metadata_change", b"metadata_change", "migration_iteration", b"migration_iteration", "name", b"name", "pm_suspend", b"pm_suspend", "pm_suspend_disk", b"pm_suspend_disk", "pm_wakeup", b"pm_wakeup", "position", b"position", "reboot", b"reboot", "rtc_change", b"rtc_change", "time", b"time", "tray_change", b"tray_change", "tunable", b"tunable", "uuid", b"uuid", "watchdog", b"watchdog"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["lifecycle", "reboot", "device_added", "device_removed", "gap"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["lifecycle", "reboot", "device_added", "device_removed", "gap", "rtc_change", "watchdog", "io_error", "graphics", "tray_change", "pm_wakeup", "pm_suspend", "pm_suspend_disk", "balloon_change", "block_job", "device_removal_failed", "tunable", "agent_lifecycle", "migration_iteration", "job_completed", "metadata_change", "block_threshold", "memory_failure", "memory_device_size_change", "control_error", "disk_change"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___WatchDomainEventsResponse: _TypeAlias = WatchDomainEventsResponse  # noqa: Y015
+
+@_typing.final
+class RtcChangeEvent(_message.Message):
+    """The guest changed its real-time clock (VIR_DOMAIN_EVENT_ID_RTC_CHANGE)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UTC_OFFSET_SECONDS_FIELD_NUMBER: _builtins.int
+    utc_offset_seconds: _builtins.int
+    """The RTC's new offset from the host's UTC, in seconds."""
+    def __init__(
+        self,
+        *,
+        utc_offset_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["utc_offset_seconds", b"utc_offset_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RtcChangeEvent: _TypeAlias = RtcChangeEvent  # noqa: Y015
+
+@_typing.final
+class WatchdogEvent(_message.Message):
+    """The guest's watchdog fired (VIR_DOMAIN_EVENT_ID_WATCHDOG)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    action: Global___WatchdogAction.ValueType
+    def __init__(
+        self,
+        *,
+        action: Global___WatchdogAction.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchdogEvent: _TypeAlias = WatchdogEvent  # noqa: Y015
+
+@_typing.final
+class IoErrorEvent(_message.Message):
+    """A disk I/O error (VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SRC_PATH_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    src_path: _builtins.str
+    """The disk's source: a file or device path, or a network source's name."""
+    device: _builtins.str
+    """The disk's alias, for example "virtio-disk0"."""
+    action: Global___IoErrorAction.ValueType
+    reason: _builtins.str
+    """The hypervisor's reason: "enospc" when the host ran out of space, "eio",
+    "eperm", ... or empty when it did not say.
+    """
+    def __init__(
+        self,
+        *,
+        src_path: _builtins.str = ...,
+        device: _builtins.str = ...,
+        action: Global___IoErrorAction.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "device", b"device", "reason", b"reason", "src_path", b"src_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IoErrorEvent: _TypeAlias = IoErrorEvent  # noqa: Y015
+
+@_typing.final
+class GraphicsAddress(_message.Message):
+    """One end of a graphics connection."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FAMILY_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    family: Global___GraphicsAddressFamily.ValueType
+    node: _builtins.str
+    """The IP address or the UNIX socket's path."""
+    service: _builtins.str
+    """The port (empty for a UNIX socket)."""
+    def __init__(
+        self,
+        *,
+        family: Global___GraphicsAddressFamily.ValueType = ...,
+        node: _builtins.str = ...,
+        service: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["family", b"family", "node", b"node", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GraphicsAddress: _TypeAlias = GraphicsAddress  # noqa: Y015
+
+@_typing.final
+class GraphicsSubjectIdentity(_message.Message):
+    """One identity of a graphics client, for example ("x509dname", "CN=...") or
+    ("saslUsername", "alice").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GraphicsSubjectIdentity: _TypeAlias = GraphicsSubjectIdentity  # noqa: Y015
+
+@_typing.final
+class GraphicsEvent(_message.Message):
+    """A VNC or SPICE client connected, authenticated or went away
+    (VIR_DOMAIN_EVENT_ID_GRAPHICS).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHASE_FIELD_NUMBER: _builtins.int
+    LOCAL_FIELD_NUMBER: _builtins.int
+    REMOTE_FIELD_NUMBER: _builtins.int
+    AUTH_SCHEME_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    phase: Global___GraphicsPhase.ValueType
+    auth_scheme: _builtins.str
+    """The authentication scheme, for example "none", "vnc", "sasl"."""
+    @_builtins.property
+    def local(self) -> Global___GraphicsAddress:
+        """The server's end of the connection."""
+
+    @_builtins.property
+    def remote(self) -> Global___GraphicsAddress:
+        """The client's end."""
+
+    @_builtins.property
+    def subject(self) -> _containers.RepeatedCompositeFieldContainer[Global___GraphicsSubjectIdentity]: ...
+    def __init__(
+        self,
+        *,
+        phase: Global___GraphicsPhase.ValueType = ...,
+        local: Global___GraphicsAddress | None = ...,
+        remote: Global___GraphicsAddress | None = ...,
+        auth_scheme: _builtins.str = ...,
+        subject: _abc.Iterable[Global___GraphicsSubjectIdentity] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["local", b"local", "remote", b"remote"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_scheme", b"auth_scheme", "local", b"local", "phase", b"phase", "remote", b"remote", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GraphicsEvent: _TypeAlias = GraphicsEvent  # noqa: Y015
+
+@_typing.final
+class TrayChangeEvent(_message.Message):
+    """A CD-ROM or floppy tray was opened or closed, by the guest or by a media
+    change (VIR_DOMAIN_EVENT_ID_TRAY_CHANGE).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    device: _builtins.str
+    """The drive's alias, for example "ide0-0-0"."""
+    change: Global___TrayChange.ValueType
+    def __init__(
+        self,
+        *,
+        device: _builtins.str = ...,
+        change: Global___TrayChange.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "device", b"device"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrayChangeEvent: _TypeAlias = TrayChangeEvent  # noqa: Y015
+
+@_typing.final
+class PmWakeupEvent(_message.Message):
+    """The guest woke up from a power-management suspension
+    (VIR_DOMAIN_EVENT_ID_PMWAKEUP). libvirt gives no reason yet.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PmWakeupEvent: _TypeAlias = PmWakeupEvent  # noqa: Y015
+
+@_typing.final
+class PmSuspendEvent(_message.Message):
+    """The guest suspended itself to memory (VIR_DOMAIN_EVENT_ID_PMSUSPEND)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PmSuspendEvent: _TypeAlias = PmSuspendEvent  # noqa: Y015
+
+@_typing.final
+class PmSuspendDiskEvent(_message.Message):
+    """The guest suspended itself to disk (VIR_DOMAIN_EVENT_ID_PMSUSPEND_DISK)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PmSuspendDiskEvent: _TypeAlias = PmSuspendDiskEvent  # noqa: Y015
+
+@_typing.final
+class BalloonChangeEvent(_message.Message):
+    """The balloon driver changed the guest's memory
+    (VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTUAL_KIB_FIELD_NUMBER: _builtins.int
+    actual_kib: _builtins.int
+    """The memory the guest now has, in KiB."""
+    def __init__(
+        self,
+        *,
+        actual_kib: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual_kib", b"actual_kib"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BalloonChangeEvent: _TypeAlias = BalloonChangeEvent  # noqa: Y015
+
+@_typing.final
+class BlockJobEvent(_message.Message):
+    """A block job completed, failed, was cancelled or became ready to pivot
+    (VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISK_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    disk: _builtins.str
+    """The disk's target, for example "vda"."""
+    type: Global___BlockJobType.ValueType
+    status: Global___BlockJobStatus.ValueType
+    def __init__(
+        self,
+        *,
+        disk: _builtins.str = ...,
+        type: Global___BlockJobType.ValueType = ...,
+        status: Global___BlockJobStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk", b"disk", "status", b"status", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlockJobEvent: _TypeAlias = BlockJobEvent  # noqa: Y015
+
+@_typing.final
+class DeviceRemovalFailedEvent(_message.Message):
+    """The guest did not release a device asked to be unplugged
+    (VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    device: _builtins.str
+    """The device's alias, for example "net1"."""
+    def __init__(
+        self,
+        *,
+        device: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceRemovalFailedEvent: _TypeAlias = DeviceRemovalFailedEvent  # noqa: Y015
+
+@_typing.final
+class TunableEvent(_message.Message):
+    """CPU or block I/O tuning changed (VIR_DOMAIN_EVENT_ID_TUNABLE): vCPU or
+    emulator pinning, scheduler shares, periods and quotas, disk I/O limits.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """What changed, by libvirt's VIR_DOMAIN_TUNABLE_* names, for example
+        "cputune.vcpupin0" (a CPU list, string) or "cputune.vcpu_quota" (long).
+        """
+
+    def __init__(
+        self,
+        *,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TunableEvent: _TypeAlias = TunableEvent  # noqa: Y015
+
+@_typing.final
+class AgentLifecycleEvent(_message.Message):
+    """The guest agent (qemu-guest-agent on channel org.qemu.guest_agent.0)
+    connected or disconnected (VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    state: Global___AgentState.ValueType
+    reason: Global___AgentLifecycleReason.ValueType
+    def __init__(
+        self,
+        *,
+        state: Global___AgentState.ValueType = ...,
+        reason: Global___AgentLifecycleReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentLifecycleEvent: _TypeAlias = AgentLifecycleEvent  # noqa: Y015
+
+@_typing.final
+class MigrationIterationEvent(_message.Message):
+    """A live migration began another pass over the guest's memory
+    (VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION); sent on the source.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITERATION_FIELD_NUMBER: _builtins.int
+    iteration: _builtins.int
+    """The pass's number, from 1."""
+    def __init__(
+        self,
+        *,
+        iteration: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["iteration", b"iteration"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrationIterationEvent: _TypeAlias = MigrationIterationEvent  # noqa: Y015
+
+@_typing.final
+class JobCompletedEvent(_message.Message):
+    """A job (migration, save, dump, backup, ...) ended
+    (VIR_DOMAIN_EVENT_ID_JOB_COMPLETED).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATISTICS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def statistics(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """The job's final statistics, by libvirt's VIR_DOMAIN_JOB_* names, for
+        example "operation" (int), "success" (boolean), "time_elapsed" (ulong, ms).
+        """
+
+    def __init__(
+        self,
+        *,
+        statistics: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["statistics", b"statistics"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobCompletedEvent: _TypeAlias = JobCompletedEvent  # noqa: Y015
+
+@_typing.final
+class MetadataChangeEvent(_message.Message):
+    """The domain's title, description or an application's metadata element
+    changed (VIR_DOMAIN_EVENT_ID_METADATA_CHANGE).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    NAMESPACE_URI_FIELD_NUMBER: _builtins.int
+    type: Global___MetadataType.ValueType
+    namespace_uri: _builtins.str
+    """For METADATA_TYPE_ELEMENT: the element's namespace URI."""
+    def __init__(
+        self,
+        *,
+        type: Global___MetadataType.ValueType = ...,
+        namespace_uri: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace_uri", b"namespace_uri", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetadataChangeEvent: _TypeAlias = MetadataChangeEvent  # noqa: Y015
+
+@_typing.final
+class BlockThresholdEvent(_message.Message):
+    """A disk's write threshold was crossed (VIR_DOMAIN_EVENT_ID_BLOCK_THRESHOLD,
+    set with virDomainSetBlockThreshold): thin storage to grow in time.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    THRESHOLD_BYTES_FIELD_NUMBER: _builtins.int
+    EXCESS_BYTES_FIELD_NUMBER: _builtins.int
+    device: _builtins.str
+    """The disk's target, or target[index] for a layer of its backing chain."""
+    path: _builtins.str
+    """The layer's source path, when it has one."""
+    threshold_bytes: _builtins.int
+    """The threshold that was set, in bytes."""
+    excess_bytes: _builtins.int
+    """How far the write went past it, in bytes."""
+    def __init__(
+        self,
+        *,
+        device: _builtins.str = ...,
+        path: _builtins.str = ...,
+        threshold_bytes: _builtins.int = ...,
+        excess_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "excess_bytes", b"excess_bytes", "path", b"path", "threshold_bytes", b"threshold_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlockThresholdEvent: _TypeAlias = BlockThresholdEvent  # noqa: Y015
+
+@_typing.final
+class MemoryFailureEvent(_message.Message):
+    """A hardware memory error hit the guest or its hypervisor
+    (VIR_DOMAIN_EVENT_ID_MEMORY_FAILURE).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    ACTION_REQUIRED_FIELD_NUMBER: _builtins.int
+    RECURSIVE_FIELD_NUMBER: _builtins.int
+    recipient: Global___MemoryFailureRecipient.ValueType
+    action: Global___MemoryFailureAction.ValueType
+    action_required: _builtins.bool
+    """The failure was in an action-required (not an action-optional) machine check."""
+    recursive: _builtins.bool
+    """A failure occurred while an earlier one was being handled."""
+    def __init__(
+        self,
+        *,
+        recipient: Global___MemoryFailureRecipient.ValueType = ...,
+        action: Global___MemoryFailureAction.ValueType = ...,
+        action_required: _builtins.bool = ...,
+        recursive: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "action_required", b"action_required", "recipient", b"recipient", "recursive", b"recursive"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemoryFailureEvent: _TypeAlias = MemoryFailureEvent  # noqa: Y015
+
+@_typing.final
+class MemoryDeviceSizeChangeEvent(_message.Message):
+    """A memory device (virtio-mem) changed the memory it gives the guest
+    (VIR_DOMAIN_EVENT_ID_MEMORY_DEVICE_SIZE_CHANGE).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    SIZE_KIB_FIELD_NUMBER: _builtins.int
+    device: _builtins.str
+    """The device's alias, for example "virtio-mem0"."""
+    size_kib: _builtins.int
+    """Its new size, in KiB."""
+    def __init__(
+        self,
+        *,
+        device: _builtins.str = ...,
+        size_kib: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "size_kib", b"size_kib"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemoryDeviceSizeChangeEvent: _TypeAlias = MemoryDeviceSizeChangeEvent  # noqa: Y015
+
+@_typing.final
+class ControlErrorEvent(_message.Message):
+    """libvirt lost its control connection to the hypervisor (QEMU's monitor) of
+    a domain that still runs (VIR_DOMAIN_EVENT_ID_CONTROL_ERROR).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ControlErrorEvent: _TypeAlias = ControlErrorEvent  # noqa: Y015
+
+@_typing.final
+class DiskChangeEvent(_message.Message):
+    """A disk lost its source because of its startupPolicy
+    (VIR_DOMAIN_EVENT_ID_DISK_CHANGE).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OLD_SRC_PATH_FIELD_NUMBER: _builtins.int
+    NEW_SRC_PATH_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    old_src_path: _builtins.str
+    new_src_path: _builtins.str
+    """Empty when the disk is now empty."""
+    device: _builtins.str
+    """The disk's alias."""
+    reason: Global___DiskChangeReason.ValueType
+    def __init__(
+        self,
+        *,
+        old_src_path: _builtins.str = ...,
+        new_src_path: _builtins.str = ...,
+        device: _builtins.str = ...,
+        reason: Global___DiskChangeReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "new_src_path", b"new_src_path", "old_src_path", b"old_src_path", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiskChangeEvent: _TypeAlias = DiskChangeEvent  # noqa: Y015
 
 @_typing.final
 class GetCapabilitiesRequest(_message.Message):

@@ -551,8 +551,11 @@ class ComputeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchDomainEvents(self, request, context):
-        """Streams domain events (lifecycle with detail, reboot, device added and
-        removed) as they happen, until the client cancels.
+        """Streams domain events as they happen, until the client cancels: every
+        domain event libvirt 9.0 has (lifecycle with detail, reboot, devices
+        added, removed or failing to be removed, I/O errors, block jobs, the
+        guest agent, tuning, metadata, balloon, graphics clients, ...; see the
+        oneof of WatchDomainEventsResponse), each as a typed message.
         Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
         this watcher falls too far behind; UNAVAILABLE when the libvirt connection
         is lost (watch again once it is back).

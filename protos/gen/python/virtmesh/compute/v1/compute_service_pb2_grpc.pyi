@@ -155,8 +155,11 @@ class ComputeServiceStub:
     Errors: NOT_FOUND when a named domain does not exist.
     """
     WatchDomainEvents: _grpc.UnaryStreamMultiCallable[_compute_service_pb2.WatchDomainEventsRequest, _compute_service_pb2.WatchDomainEventsResponse]
-    """Streams domain events (lifecycle with detail, reboot, device added and
-    removed) as they happen, until the client cancels.
+    """Streams domain events as they happen, until the client cancels: every
+    domain event libvirt 9.0 has (lifecycle with detail, reboot, devices
+    added, removed or failing to be removed, I/O errors, block jobs, the
+    guest agent, tuning, metadata, balloon, graphics clients, ...; see the
+    oneof of WatchDomainEventsResponse), each as a typed message.
     Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
     this watcher falls too far behind; UNAVAILABLE when the libvirt connection
     is lost (watch again once it is back).
@@ -478,8 +481,11 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     Errors: NOT_FOUND when a named domain does not exist.
     """
     WatchDomainEvents: _aio.UnaryStreamMultiCallable[_compute_service_pb2.WatchDomainEventsRequest, _compute_service_pb2.WatchDomainEventsResponse]  # type: ignore[assignment]
-    """Streams domain events (lifecycle with detail, reboot, device added and
-    removed) as they happen, until the client cancels.
+    """Streams domain events as they happen, until the client cancels: every
+    domain event libvirt 9.0 has (lifecycle with detail, reboot, devices
+    added, removed or failing to be removed, I/O errors, block jobs, the
+    guest agent, tuning, metadata, balloon, graphics clients, ...; see the
+    oneof of WatchDomainEventsResponse), each as a typed message.
     Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
     this watcher falls too far behind; UNAVAILABLE when the libvirt connection
     is lost (watch again once it is back).
@@ -948,8 +954,11 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _compute_service_pb2.WatchDomainEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_compute_service_pb2.WatchDomainEventsResponse], _abc.AsyncIterator[_compute_service_pb2.WatchDomainEventsResponse]]:
-        """Streams domain events (lifecycle with detail, reboot, device added and
-        removed) as they happen, until the client cancels.
+        """Streams domain events as they happen, until the client cancels: every
+        domain event libvirt 9.0 has (lifecycle with detail, reboot, devices
+        added, removed or failing to be removed, I/O errors, block jobs, the
+        guest agent, tuning, metadata, balloon, graphics clients, ...; see the
+        oneof of WatchDomainEventsResponse), each as a typed message.
         Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
         this watcher falls too far behind; UNAVAILABLE when the libvirt connection
         is lost (watch again once it is back).

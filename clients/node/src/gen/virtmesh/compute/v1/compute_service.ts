@@ -24,6 +24,7 @@ import {
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../../google/protobuf/timestamp";
 import { EventGap, EventPosition } from "../../events/v1/events";
+import { TypedParameter } from "../../types/v1/typed_params";
 
 export const protobufPackage = "virtmesh.compute.v1";
 
@@ -287,6 +288,671 @@ export function lifecycleEventTypeToJSON(object: LifecycleEventType): string {
     case LifecycleEventType.LIFECYCLE_EVENT_TYPE_CRASHED:
       return "LIFECYCLE_EVENT_TYPE_CRASHED";
     case LifecycleEventType.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * What a watchdog device did when the guest stopped feeding it, as libvirt's
+ * virDomainEventWatchdogAction.
+ */
+export enum WatchdogAction {
+  WATCHDOG_ACTION_UNSPECIFIED = 0,
+  /** WATCHDOG_ACTION_NONE - Nothing: the watchdog fired and was left alone. */
+  WATCHDOG_ACTION_NONE = 1,
+  WATCHDOG_ACTION_PAUSE = 2,
+  WATCHDOG_ACTION_RESET = 3,
+  WATCHDOG_ACTION_POWEROFF = 4,
+  WATCHDOG_ACTION_SHUTDOWN = 5,
+  WATCHDOG_ACTION_DEBUG = 6,
+  WATCHDOG_ACTION_INJECTNMI = 7,
+  UNRECOGNIZED = -1,
+}
+
+export function watchdogActionFromJSON(object: any): WatchdogAction {
+  switch (object) {
+    case 0:
+    case "WATCHDOG_ACTION_UNSPECIFIED":
+      return WatchdogAction.WATCHDOG_ACTION_UNSPECIFIED;
+    case 1:
+    case "WATCHDOG_ACTION_NONE":
+      return WatchdogAction.WATCHDOG_ACTION_NONE;
+    case 2:
+    case "WATCHDOG_ACTION_PAUSE":
+      return WatchdogAction.WATCHDOG_ACTION_PAUSE;
+    case 3:
+    case "WATCHDOG_ACTION_RESET":
+      return WatchdogAction.WATCHDOG_ACTION_RESET;
+    case 4:
+    case "WATCHDOG_ACTION_POWEROFF":
+      return WatchdogAction.WATCHDOG_ACTION_POWEROFF;
+    case 5:
+    case "WATCHDOG_ACTION_SHUTDOWN":
+      return WatchdogAction.WATCHDOG_ACTION_SHUTDOWN;
+    case 6:
+    case "WATCHDOG_ACTION_DEBUG":
+      return WatchdogAction.WATCHDOG_ACTION_DEBUG;
+    case 7:
+    case "WATCHDOG_ACTION_INJECTNMI":
+      return WatchdogAction.WATCHDOG_ACTION_INJECTNMI;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return WatchdogAction.UNRECOGNIZED;
+  }
+}
+
+export function watchdogActionToJSON(object: WatchdogAction): string {
+  switch (object) {
+    case WatchdogAction.WATCHDOG_ACTION_UNSPECIFIED:
+      return "WATCHDOG_ACTION_UNSPECIFIED";
+    case WatchdogAction.WATCHDOG_ACTION_NONE:
+      return "WATCHDOG_ACTION_NONE";
+    case WatchdogAction.WATCHDOG_ACTION_PAUSE:
+      return "WATCHDOG_ACTION_PAUSE";
+    case WatchdogAction.WATCHDOG_ACTION_RESET:
+      return "WATCHDOG_ACTION_RESET";
+    case WatchdogAction.WATCHDOG_ACTION_POWEROFF:
+      return "WATCHDOG_ACTION_POWEROFF";
+    case WatchdogAction.WATCHDOG_ACTION_SHUTDOWN:
+      return "WATCHDOG_ACTION_SHUTDOWN";
+    case WatchdogAction.WATCHDOG_ACTION_DEBUG:
+      return "WATCHDOG_ACTION_DEBUG";
+    case WatchdogAction.WATCHDOG_ACTION_INJECTNMI:
+      return "WATCHDOG_ACTION_INJECTNMI";
+    case WatchdogAction.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * What the hypervisor did on a disk I/O error, as libvirt's
+ * virDomainEventIOErrorAction (the disk's error_policy).
+ */
+export enum IoErrorAction {
+  IO_ERROR_ACTION_UNSPECIFIED = 0,
+  /** IO_ERROR_ACTION_NONE - Nothing: the error was ignored. */
+  IO_ERROR_ACTION_NONE = 1,
+  /** IO_ERROR_ACTION_PAUSE - The guest was paused (error_policy 'stop'). */
+  IO_ERROR_ACTION_PAUSE = 2,
+  /** IO_ERROR_ACTION_REPORT - The error was reported to the guest (error_policy 'report'). */
+  IO_ERROR_ACTION_REPORT = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function ioErrorActionFromJSON(object: any): IoErrorAction {
+  switch (object) {
+    case 0:
+    case "IO_ERROR_ACTION_UNSPECIFIED":
+      return IoErrorAction.IO_ERROR_ACTION_UNSPECIFIED;
+    case 1:
+    case "IO_ERROR_ACTION_NONE":
+      return IoErrorAction.IO_ERROR_ACTION_NONE;
+    case 2:
+    case "IO_ERROR_ACTION_PAUSE":
+      return IoErrorAction.IO_ERROR_ACTION_PAUSE;
+    case 3:
+    case "IO_ERROR_ACTION_REPORT":
+      return IoErrorAction.IO_ERROR_ACTION_REPORT;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return IoErrorAction.UNRECOGNIZED;
+  }
+}
+
+export function ioErrorActionToJSON(object: IoErrorAction): string {
+  switch (object) {
+    case IoErrorAction.IO_ERROR_ACTION_UNSPECIFIED:
+      return "IO_ERROR_ACTION_UNSPECIFIED";
+    case IoErrorAction.IO_ERROR_ACTION_NONE:
+      return "IO_ERROR_ACTION_NONE";
+    case IoErrorAction.IO_ERROR_ACTION_PAUSE:
+      return "IO_ERROR_ACTION_PAUSE";
+    case IoErrorAction.IO_ERROR_ACTION_REPORT:
+      return "IO_ERROR_ACTION_REPORT";
+    case IoErrorAction.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * The stage of a graphics client's connection, as libvirt's
+ * virDomainEventGraphicsPhase.
+ */
+export enum GraphicsPhase {
+  GRAPHICS_PHASE_UNSPECIFIED = 0,
+  /** GRAPHICS_PHASE_CONNECT - The client connected (before authentication). */
+  GRAPHICS_PHASE_CONNECT = 1,
+  /** GRAPHICS_PHASE_INITIALIZE - The client authenticated and the session started. */
+  GRAPHICS_PHASE_INITIALIZE = 2,
+  GRAPHICS_PHASE_DISCONNECT = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function graphicsPhaseFromJSON(object: any): GraphicsPhase {
+  switch (object) {
+    case 0:
+    case "GRAPHICS_PHASE_UNSPECIFIED":
+      return GraphicsPhase.GRAPHICS_PHASE_UNSPECIFIED;
+    case 1:
+    case "GRAPHICS_PHASE_CONNECT":
+      return GraphicsPhase.GRAPHICS_PHASE_CONNECT;
+    case 2:
+    case "GRAPHICS_PHASE_INITIALIZE":
+      return GraphicsPhase.GRAPHICS_PHASE_INITIALIZE;
+    case 3:
+    case "GRAPHICS_PHASE_DISCONNECT":
+      return GraphicsPhase.GRAPHICS_PHASE_DISCONNECT;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return GraphicsPhase.UNRECOGNIZED;
+  }
+}
+
+export function graphicsPhaseToJSON(object: GraphicsPhase): string {
+  switch (object) {
+    case GraphicsPhase.GRAPHICS_PHASE_UNSPECIFIED:
+      return "GRAPHICS_PHASE_UNSPECIFIED";
+    case GraphicsPhase.GRAPHICS_PHASE_CONNECT:
+      return "GRAPHICS_PHASE_CONNECT";
+    case GraphicsPhase.GRAPHICS_PHASE_INITIALIZE:
+      return "GRAPHICS_PHASE_INITIALIZE";
+    case GraphicsPhase.GRAPHICS_PHASE_DISCONNECT:
+      return "GRAPHICS_PHASE_DISCONNECT";
+    case GraphicsPhase.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * An address family of a graphics connection's end, as libvirt's
+ * virDomainEventGraphicsAddressType.
+ */
+export enum GraphicsAddressFamily {
+  GRAPHICS_ADDRESS_FAMILY_UNSPECIFIED = 0,
+  GRAPHICS_ADDRESS_FAMILY_IPV4 = 1,
+  GRAPHICS_ADDRESS_FAMILY_IPV6 = 2,
+  GRAPHICS_ADDRESS_FAMILY_UNIX = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function graphicsAddressFamilyFromJSON(object: any): GraphicsAddressFamily {
+  switch (object) {
+    case 0:
+    case "GRAPHICS_ADDRESS_FAMILY_UNSPECIFIED":
+      return GraphicsAddressFamily.GRAPHICS_ADDRESS_FAMILY_UNSPECIFIED;
+    case 1:
+    case "GRAPHICS_ADDRESS_FAMILY_IPV4":
+      return GraphicsAddressFamily.GRAPHICS_ADDRESS_FAMILY_IPV4;
+    case 2:
+    case "GRAPHICS_ADDRESS_FAMILY_IPV6":
+      return GraphicsAddressFamily.GRAPHICS_ADDRESS_FAMILY_IPV6;
+    case 3:
+    case "GRAPHICS_ADDRESS_FAMILY_UNIX":
+      return GraphicsAddressFamily.GRAPHICS_ADDRESS_FAMILY_UNIX;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return GraphicsAddressFamily.UNRECOGNIZED;
+  }
+}
+
+export function graphicsAddressFamilyToJSON(object: GraphicsAddressFamily): string {
+  switch (object) {
+    case GraphicsAddressFamily.GRAPHICS_ADDRESS_FAMILY_UNSPECIFIED:
+      return "GRAPHICS_ADDRESS_FAMILY_UNSPECIFIED";
+    case GraphicsAddressFamily.GRAPHICS_ADDRESS_FAMILY_IPV4:
+      return "GRAPHICS_ADDRESS_FAMILY_IPV4";
+    case GraphicsAddressFamily.GRAPHICS_ADDRESS_FAMILY_IPV6:
+      return "GRAPHICS_ADDRESS_FAMILY_IPV6";
+    case GraphicsAddressFamily.GRAPHICS_ADDRESS_FAMILY_UNIX:
+      return "GRAPHICS_ADDRESS_FAMILY_UNIX";
+    case GraphicsAddressFamily.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * Why a removable medium's tray moved, as libvirt's
+ * virDomainEventTrayChangeReason.
+ */
+export enum TrayChange {
+  TRAY_CHANGE_UNSPECIFIED = 0,
+  TRAY_CHANGE_OPEN = 1,
+  TRAY_CHANGE_CLOSE = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function trayChangeFromJSON(object: any): TrayChange {
+  switch (object) {
+    case 0:
+    case "TRAY_CHANGE_UNSPECIFIED":
+      return TrayChange.TRAY_CHANGE_UNSPECIFIED;
+    case 1:
+    case "TRAY_CHANGE_OPEN":
+      return TrayChange.TRAY_CHANGE_OPEN;
+    case 2:
+    case "TRAY_CHANGE_CLOSE":
+      return TrayChange.TRAY_CHANGE_CLOSE;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return TrayChange.UNRECOGNIZED;
+  }
+}
+
+export function trayChangeToJSON(object: TrayChange): string {
+  switch (object) {
+    case TrayChange.TRAY_CHANGE_UNSPECIFIED:
+      return "TRAY_CHANGE_UNSPECIFIED";
+    case TrayChange.TRAY_CHANGE_OPEN:
+      return "TRAY_CHANGE_OPEN";
+    case TrayChange.TRAY_CHANGE_CLOSE:
+      return "TRAY_CHANGE_CLOSE";
+    case TrayChange.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** A block job's kind, as libvirt's virDomainBlockJobType. */
+export enum BlockJobType {
+  BLOCK_JOB_TYPE_UNSPECIFIED = 0,
+  /** BLOCK_JOB_TYPE_PULL - Data pulled into the active layer from its backing chain. */
+  BLOCK_JOB_TYPE_PULL = 1,
+  /** BLOCK_JOB_TYPE_COPY - A copy of the disk to a new destination (block copy, mirror). */
+  BLOCK_JOB_TYPE_COPY = 2,
+  /** BLOCK_JOB_TYPE_COMMIT - A backing layer committed into a lower one. */
+  BLOCK_JOB_TYPE_COMMIT = 3,
+  /** BLOCK_JOB_TYPE_ACTIVE_COMMIT - The active layer committed into its backing chain. */
+  BLOCK_JOB_TYPE_ACTIVE_COMMIT = 4,
+  /** BLOCK_JOB_TYPE_BACKUP - A backup (virDomainBackupBegin). */
+  BLOCK_JOB_TYPE_BACKUP = 5,
+  UNRECOGNIZED = -1,
+}
+
+export function blockJobTypeFromJSON(object: any): BlockJobType {
+  switch (object) {
+    case 0:
+    case "BLOCK_JOB_TYPE_UNSPECIFIED":
+      return BlockJobType.BLOCK_JOB_TYPE_UNSPECIFIED;
+    case 1:
+    case "BLOCK_JOB_TYPE_PULL":
+      return BlockJobType.BLOCK_JOB_TYPE_PULL;
+    case 2:
+    case "BLOCK_JOB_TYPE_COPY":
+      return BlockJobType.BLOCK_JOB_TYPE_COPY;
+    case 3:
+    case "BLOCK_JOB_TYPE_COMMIT":
+      return BlockJobType.BLOCK_JOB_TYPE_COMMIT;
+    case 4:
+    case "BLOCK_JOB_TYPE_ACTIVE_COMMIT":
+      return BlockJobType.BLOCK_JOB_TYPE_ACTIVE_COMMIT;
+    case 5:
+    case "BLOCK_JOB_TYPE_BACKUP":
+      return BlockJobType.BLOCK_JOB_TYPE_BACKUP;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return BlockJobType.UNRECOGNIZED;
+  }
+}
+
+export function blockJobTypeToJSON(object: BlockJobType): string {
+  switch (object) {
+    case BlockJobType.BLOCK_JOB_TYPE_UNSPECIFIED:
+      return "BLOCK_JOB_TYPE_UNSPECIFIED";
+    case BlockJobType.BLOCK_JOB_TYPE_PULL:
+      return "BLOCK_JOB_TYPE_PULL";
+    case BlockJobType.BLOCK_JOB_TYPE_COPY:
+      return "BLOCK_JOB_TYPE_COPY";
+    case BlockJobType.BLOCK_JOB_TYPE_COMMIT:
+      return "BLOCK_JOB_TYPE_COMMIT";
+    case BlockJobType.BLOCK_JOB_TYPE_ACTIVE_COMMIT:
+      return "BLOCK_JOB_TYPE_ACTIVE_COMMIT";
+    case BlockJobType.BLOCK_JOB_TYPE_BACKUP:
+      return "BLOCK_JOB_TYPE_BACKUP";
+    case BlockJobType.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** Where a block job has got to, as libvirt's virConnectDomainEventBlockJobStatus. */
+export enum BlockJobStatus {
+  BLOCK_JOB_STATUS_UNSPECIFIED = 0,
+  BLOCK_JOB_STATUS_COMPLETED = 1,
+  BLOCK_JOB_STATUS_FAILED = 2,
+  BLOCK_JOB_STATUS_CANCELED = 3,
+  /** BLOCK_JOB_STATUS_READY - A copy or active commit is in sync and waits to be pivoted or cancelled. */
+  BLOCK_JOB_STATUS_READY = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function blockJobStatusFromJSON(object: any): BlockJobStatus {
+  switch (object) {
+    case 0:
+    case "BLOCK_JOB_STATUS_UNSPECIFIED":
+      return BlockJobStatus.BLOCK_JOB_STATUS_UNSPECIFIED;
+    case 1:
+    case "BLOCK_JOB_STATUS_COMPLETED":
+      return BlockJobStatus.BLOCK_JOB_STATUS_COMPLETED;
+    case 2:
+    case "BLOCK_JOB_STATUS_FAILED":
+      return BlockJobStatus.BLOCK_JOB_STATUS_FAILED;
+    case 3:
+    case "BLOCK_JOB_STATUS_CANCELED":
+      return BlockJobStatus.BLOCK_JOB_STATUS_CANCELED;
+    case 4:
+    case "BLOCK_JOB_STATUS_READY":
+      return BlockJobStatus.BLOCK_JOB_STATUS_READY;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return BlockJobStatus.UNRECOGNIZED;
+  }
+}
+
+export function blockJobStatusToJSON(object: BlockJobStatus): string {
+  switch (object) {
+    case BlockJobStatus.BLOCK_JOB_STATUS_UNSPECIFIED:
+      return "BLOCK_JOB_STATUS_UNSPECIFIED";
+    case BlockJobStatus.BLOCK_JOB_STATUS_COMPLETED:
+      return "BLOCK_JOB_STATUS_COMPLETED";
+    case BlockJobStatus.BLOCK_JOB_STATUS_FAILED:
+      return "BLOCK_JOB_STATUS_FAILED";
+    case BlockJobStatus.BLOCK_JOB_STATUS_CANCELED:
+      return "BLOCK_JOB_STATUS_CANCELED";
+    case BlockJobStatus.BLOCK_JOB_STATUS_READY:
+      return "BLOCK_JOB_STATUS_READY";
+    case BlockJobStatus.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * Whether the guest agent is there, as libvirt's
+ * virConnectDomainEventAgentLifecycleState.
+ */
+export enum AgentState {
+  AGENT_STATE_UNSPECIFIED = 0,
+  AGENT_STATE_CONNECTED = 1,
+  AGENT_STATE_DISCONNECTED = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function agentStateFromJSON(object: any): AgentState {
+  switch (object) {
+    case 0:
+    case "AGENT_STATE_UNSPECIFIED":
+      return AgentState.AGENT_STATE_UNSPECIFIED;
+    case 1:
+    case "AGENT_STATE_CONNECTED":
+      return AgentState.AGENT_STATE_CONNECTED;
+    case 2:
+    case "AGENT_STATE_DISCONNECTED":
+      return AgentState.AGENT_STATE_DISCONNECTED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return AgentState.UNRECOGNIZED;
+  }
+}
+
+export function agentStateToJSON(object: AgentState): string {
+  switch (object) {
+    case AgentState.AGENT_STATE_UNSPECIFIED:
+      return "AGENT_STATE_UNSPECIFIED";
+    case AgentState.AGENT_STATE_CONNECTED:
+      return "AGENT_STATE_CONNECTED";
+    case AgentState.AGENT_STATE_DISCONNECTED:
+      return "AGENT_STATE_DISCONNECTED";
+    case AgentState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * Why the agent's state changed, as libvirt's
+ * virConnectDomainEventAgentLifecycleReason.
+ */
+export enum AgentLifecycleReason {
+  /** AGENT_LIFECYCLE_REASON_UNSPECIFIED - libvirt's "unknown" as well. */
+  AGENT_LIFECYCLE_REASON_UNSPECIFIED = 0,
+  /** AGENT_LIFECYCLE_REASON_DOMAIN_STARTED - The domain started (or libvirt reconnected to it). */
+  AGENT_LIFECYCLE_REASON_DOMAIN_STARTED = 1,
+  /** AGENT_LIFECYCLE_REASON_CHANNEL - The agent opened or closed its channel in the guest. */
+  AGENT_LIFECYCLE_REASON_CHANNEL = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function agentLifecycleReasonFromJSON(object: any): AgentLifecycleReason {
+  switch (object) {
+    case 0:
+    case "AGENT_LIFECYCLE_REASON_UNSPECIFIED":
+      return AgentLifecycleReason.AGENT_LIFECYCLE_REASON_UNSPECIFIED;
+    case 1:
+    case "AGENT_LIFECYCLE_REASON_DOMAIN_STARTED":
+      return AgentLifecycleReason.AGENT_LIFECYCLE_REASON_DOMAIN_STARTED;
+    case 2:
+    case "AGENT_LIFECYCLE_REASON_CHANNEL":
+      return AgentLifecycleReason.AGENT_LIFECYCLE_REASON_CHANNEL;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return AgentLifecycleReason.UNRECOGNIZED;
+  }
+}
+
+export function agentLifecycleReasonToJSON(object: AgentLifecycleReason): string {
+  switch (object) {
+    case AgentLifecycleReason.AGENT_LIFECYCLE_REASON_UNSPECIFIED:
+      return "AGENT_LIFECYCLE_REASON_UNSPECIFIED";
+    case AgentLifecycleReason.AGENT_LIFECYCLE_REASON_DOMAIN_STARTED:
+      return "AGENT_LIFECYCLE_REASON_DOMAIN_STARTED";
+    case AgentLifecycleReason.AGENT_LIFECYCLE_REASON_CHANNEL:
+      return "AGENT_LIFECYCLE_REASON_CHANNEL";
+    case AgentLifecycleReason.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** Which metadata, as libvirt's virDomainMetadataType. */
+export enum MetadataType {
+  METADATA_TYPE_UNSPECIFIED = 0,
+  /** METADATA_TYPE_DESCRIPTION - <description> */
+  METADATA_TYPE_DESCRIPTION = 1,
+  /** METADATA_TYPE_TITLE - <title> */
+  METADATA_TYPE_TITLE = 2,
+  /** METADATA_TYPE_ELEMENT - An element of an application's namespace under <metadata>. */
+  METADATA_TYPE_ELEMENT = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function metadataTypeFromJSON(object: any): MetadataType {
+  switch (object) {
+    case 0:
+    case "METADATA_TYPE_UNSPECIFIED":
+      return MetadataType.METADATA_TYPE_UNSPECIFIED;
+    case 1:
+    case "METADATA_TYPE_DESCRIPTION":
+      return MetadataType.METADATA_TYPE_DESCRIPTION;
+    case 2:
+    case "METADATA_TYPE_TITLE":
+      return MetadataType.METADATA_TYPE_TITLE;
+    case 3:
+    case "METADATA_TYPE_ELEMENT":
+      return MetadataType.METADATA_TYPE_ELEMENT;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return MetadataType.UNRECOGNIZED;
+  }
+}
+
+export function metadataTypeToJSON(object: MetadataType): string {
+  switch (object) {
+    case MetadataType.METADATA_TYPE_UNSPECIFIED:
+      return "METADATA_TYPE_UNSPECIFIED";
+    case MetadataType.METADATA_TYPE_DESCRIPTION:
+      return "METADATA_TYPE_DESCRIPTION";
+    case MetadataType.METADATA_TYPE_TITLE:
+      return "METADATA_TYPE_TITLE";
+    case MetadataType.METADATA_TYPE_ELEMENT:
+      return "METADATA_TYPE_ELEMENT";
+    case MetadataType.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** Who got a memory failure, as libvirt's virDomainMemoryFailureRecipientType. */
+export enum MemoryFailureRecipient {
+  MEMORY_FAILURE_RECIPIENT_UNSPECIFIED = 0,
+  /** MEMORY_FAILURE_RECIPIENT_HYPERVISOR - The hypervisor's own memory. */
+  MEMORY_FAILURE_RECIPIENT_HYPERVISOR = 1,
+  /** MEMORY_FAILURE_RECIPIENT_GUEST - The guest's memory. */
+  MEMORY_FAILURE_RECIPIENT_GUEST = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function memoryFailureRecipientFromJSON(object: any): MemoryFailureRecipient {
+  switch (object) {
+    case 0:
+    case "MEMORY_FAILURE_RECIPIENT_UNSPECIFIED":
+      return MemoryFailureRecipient.MEMORY_FAILURE_RECIPIENT_UNSPECIFIED;
+    case 1:
+    case "MEMORY_FAILURE_RECIPIENT_HYPERVISOR":
+      return MemoryFailureRecipient.MEMORY_FAILURE_RECIPIENT_HYPERVISOR;
+    case 2:
+    case "MEMORY_FAILURE_RECIPIENT_GUEST":
+      return MemoryFailureRecipient.MEMORY_FAILURE_RECIPIENT_GUEST;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return MemoryFailureRecipient.UNRECOGNIZED;
+  }
+}
+
+export function memoryFailureRecipientToJSON(object: MemoryFailureRecipient): string {
+  switch (object) {
+    case MemoryFailureRecipient.MEMORY_FAILURE_RECIPIENT_UNSPECIFIED:
+      return "MEMORY_FAILURE_RECIPIENT_UNSPECIFIED";
+    case MemoryFailureRecipient.MEMORY_FAILURE_RECIPIENT_HYPERVISOR:
+      return "MEMORY_FAILURE_RECIPIENT_HYPERVISOR";
+    case MemoryFailureRecipient.MEMORY_FAILURE_RECIPIENT_GUEST:
+      return "MEMORY_FAILURE_RECIPIENT_GUEST";
+    case MemoryFailureRecipient.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** What was done about it, as libvirt's virDomainMemoryFailureActionType. */
+export enum MemoryFailureAction {
+  MEMORY_FAILURE_ACTION_UNSPECIFIED = 0,
+  MEMORY_FAILURE_ACTION_IGNORE = 1,
+  /** MEMORY_FAILURE_ACTION_INJECT - Injected into the guest as a machine check. */
+  MEMORY_FAILURE_ACTION_INJECT = 2,
+  /** MEMORY_FAILURE_ACTION_FATAL - Fatal to the hypervisor. */
+  MEMORY_FAILURE_ACTION_FATAL = 3,
+  /** MEMORY_FAILURE_ACTION_RESET - The guest was reset. */
+  MEMORY_FAILURE_ACTION_RESET = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function memoryFailureActionFromJSON(object: any): MemoryFailureAction {
+  switch (object) {
+    case 0:
+    case "MEMORY_FAILURE_ACTION_UNSPECIFIED":
+      return MemoryFailureAction.MEMORY_FAILURE_ACTION_UNSPECIFIED;
+    case 1:
+    case "MEMORY_FAILURE_ACTION_IGNORE":
+      return MemoryFailureAction.MEMORY_FAILURE_ACTION_IGNORE;
+    case 2:
+    case "MEMORY_FAILURE_ACTION_INJECT":
+      return MemoryFailureAction.MEMORY_FAILURE_ACTION_INJECT;
+    case 3:
+    case "MEMORY_FAILURE_ACTION_FATAL":
+      return MemoryFailureAction.MEMORY_FAILURE_ACTION_FATAL;
+    case 4:
+    case "MEMORY_FAILURE_ACTION_RESET":
+      return MemoryFailureAction.MEMORY_FAILURE_ACTION_RESET;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return MemoryFailureAction.UNRECOGNIZED;
+  }
+}
+
+export function memoryFailureActionToJSON(object: MemoryFailureAction): string {
+  switch (object) {
+    case MemoryFailureAction.MEMORY_FAILURE_ACTION_UNSPECIFIED:
+      return "MEMORY_FAILURE_ACTION_UNSPECIFIED";
+    case MemoryFailureAction.MEMORY_FAILURE_ACTION_IGNORE:
+      return "MEMORY_FAILURE_ACTION_IGNORE";
+    case MemoryFailureAction.MEMORY_FAILURE_ACTION_INJECT:
+      return "MEMORY_FAILURE_ACTION_INJECT";
+    case MemoryFailureAction.MEMORY_FAILURE_ACTION_FATAL:
+      return "MEMORY_FAILURE_ACTION_FATAL";
+    case MemoryFailureAction.MEMORY_FAILURE_ACTION_RESET:
+      return "MEMORY_FAILURE_ACTION_RESET";
+    case MemoryFailureAction.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** Why a disk's medium changed, as libvirt's virConnectDomainEventDiskChangeReason. */
+export enum DiskChangeReason {
+  DISK_CHANGE_REASON_UNSPECIFIED = 0,
+  /**
+   * DISK_CHANGE_REASON_MISSING_ON_START - The source was missing at start, and the disk was started empty
+   * (startupPolicy 'optional').
+   */
+  DISK_CHANGE_REASON_MISSING_ON_START = 1,
+  /** DISK_CHANGE_REASON_DROP_MISSING_ON_START - The source was missing at start, and the disk was dropped from the domain. */
+  DISK_CHANGE_REASON_DROP_MISSING_ON_START = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function diskChangeReasonFromJSON(object: any): DiskChangeReason {
+  switch (object) {
+    case 0:
+    case "DISK_CHANGE_REASON_UNSPECIFIED":
+      return DiskChangeReason.DISK_CHANGE_REASON_UNSPECIFIED;
+    case 1:
+    case "DISK_CHANGE_REASON_MISSING_ON_START":
+      return DiskChangeReason.DISK_CHANGE_REASON_MISSING_ON_START;
+    case 2:
+    case "DISK_CHANGE_REASON_DROP_MISSING_ON_START":
+      return DiskChangeReason.DISK_CHANGE_REASON_DROP_MISSING_ON_START;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return DiskChangeReason.UNRECOGNIZED;
+  }
+}
+
+export function diskChangeReasonToJSON(object: DiskChangeReason): string {
+  switch (object) {
+    case DiskChangeReason.DISK_CHANGE_REASON_UNSPECIFIED:
+      return "DISK_CHANGE_REASON_UNSPECIFIED";
+    case DiskChangeReason.DISK_CHANGE_REASON_MISSING_ON_START:
+      return "DISK_CHANGE_REASON_MISSING_ON_START";
+    case DiskChangeReason.DISK_CHANGE_REASON_DROP_MISSING_ON_START:
+      return "DISK_CHANGE_REASON_DROP_MISSING_ON_START";
+    case DiskChangeReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
   }
@@ -1036,11 +1702,259 @@ export interface WatchDomainEventsResponse {
     | DeviceRemovedEvent
     | undefined;
   /** First and alone, when a resume could not be exact. */
-  gap?:
-    | EventGap
+  gap?: EventGap | undefined;
+  rtcChange?: RtcChangeEvent | undefined;
+  watchdog?: WatchdogEvent | undefined;
+  ioError?: IoErrorEvent | undefined;
+  graphics?: GraphicsEvent | undefined;
+  trayChange?: TrayChangeEvent | undefined;
+  pmWakeup?: PmWakeupEvent | undefined;
+  pmSuspend?: PmSuspendEvent | undefined;
+  pmSuspendDisk?: PmSuspendDiskEvent | undefined;
+  balloonChange?: BalloonChangeEvent | undefined;
+  blockJob?: BlockJobEvent | undefined;
+  deviceRemovalFailed?: DeviceRemovalFailedEvent | undefined;
+  tunable?: TunableEvent | undefined;
+  agentLifecycle?: AgentLifecycleEvent | undefined;
+  migrationIteration?: MigrationIterationEvent | undefined;
+  jobCompleted?: JobCompletedEvent | undefined;
+  metadataChange?: MetadataChangeEvent | undefined;
+  blockThreshold?: BlockThresholdEvent | undefined;
+  memoryFailure?: MemoryFailureEvent | undefined;
+  memoryDeviceSizeChange?: MemoryDeviceSizeChangeEvent | undefined;
+  controlError?: ControlErrorEvent | undefined;
+  diskChange?:
+    | DiskChangeEvent
     | undefined;
   /** This event's place in the service's sequence (resume after it). */
   position?: EventPosition | undefined;
+}
+
+/** The guest changed its real-time clock (VIR_DOMAIN_EVENT_ID_RTC_CHANGE). */
+export interface RtcChangeEvent {
+  /** The RTC's new offset from the host's UTC, in seconds. */
+  utcOffsetSeconds: bigint;
+}
+
+/** The guest's watchdog fired (VIR_DOMAIN_EVENT_ID_WATCHDOG). */
+export interface WatchdogEvent {
+  action: WatchdogAction;
+}
+
+/** A disk I/O error (VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON). */
+export interface IoErrorEvent {
+  /** The disk's source: a file or device path, or a network source's name. */
+  srcPath: string;
+  /** The disk's alias, for example "virtio-disk0". */
+  device: string;
+  action: IoErrorAction;
+  /**
+   * The hypervisor's reason: "enospc" when the host ran out of space, "eio",
+   * "eperm", ... or empty when it did not say.
+   */
+  reason: string;
+}
+
+/** One end of a graphics connection. */
+export interface GraphicsAddress {
+  family: GraphicsAddressFamily;
+  /** The IP address or the UNIX socket's path. */
+  node: string;
+  /** The port (empty for a UNIX socket). */
+  service: string;
+}
+
+/**
+ * One identity of a graphics client, for example ("x509dname", "CN=...") or
+ * ("saslUsername", "alice").
+ */
+export interface GraphicsSubjectIdentity {
+  type: string;
+  name: string;
+}
+
+/**
+ * A VNC or SPICE client connected, authenticated or went away
+ * (VIR_DOMAIN_EVENT_ID_GRAPHICS).
+ */
+export interface GraphicsEvent {
+  phase: GraphicsPhase;
+  /** The server's end of the connection. */
+  local?:
+    | GraphicsAddress
+    | undefined;
+  /** The client's end. */
+  remote?:
+    | GraphicsAddress
+    | undefined;
+  /** The authentication scheme, for example "none", "vnc", "sasl". */
+  authScheme: string;
+  subject: GraphicsSubjectIdentity[];
+}
+
+/**
+ * A CD-ROM or floppy tray was opened or closed, by the guest or by a media
+ * change (VIR_DOMAIN_EVENT_ID_TRAY_CHANGE).
+ */
+export interface TrayChangeEvent {
+  /** The drive's alias, for example "ide0-0-0". */
+  device: string;
+  change: TrayChange;
+}
+
+/**
+ * The guest woke up from a power-management suspension
+ * (VIR_DOMAIN_EVENT_ID_PMWAKEUP). libvirt gives no reason yet.
+ */
+export interface PmWakeupEvent {
+}
+
+/** The guest suspended itself to memory (VIR_DOMAIN_EVENT_ID_PMSUSPEND). */
+export interface PmSuspendEvent {
+}
+
+/** The guest suspended itself to disk (VIR_DOMAIN_EVENT_ID_PMSUSPEND_DISK). */
+export interface PmSuspendDiskEvent {
+}
+
+/**
+ * The balloon driver changed the guest's memory
+ * (VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE).
+ */
+export interface BalloonChangeEvent {
+  /** The memory the guest now has, in KiB. */
+  actualKib: bigint;
+}
+
+/**
+ * A block job completed, failed, was cancelled or became ready to pivot
+ * (VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2).
+ */
+export interface BlockJobEvent {
+  /** The disk's target, for example "vda". */
+  disk: string;
+  type: BlockJobType;
+  status: BlockJobStatus;
+}
+
+/**
+ * The guest did not release a device asked to be unplugged
+ * (VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED).
+ */
+export interface DeviceRemovalFailedEvent {
+  /** The device's alias, for example "net1". */
+  device: string;
+}
+
+/**
+ * CPU or block I/O tuning changed (VIR_DOMAIN_EVENT_ID_TUNABLE): vCPU or
+ * emulator pinning, scheduler shares, periods and quotas, disk I/O limits.
+ */
+export interface TunableEvent {
+  /**
+   * What changed, by libvirt's VIR_DOMAIN_TUNABLE_* names, for example
+   * "cputune.vcpupin0" (a CPU list, string) or "cputune.vcpu_quota" (long).
+   */
+  parameters: TypedParameter[];
+}
+
+/**
+ * The guest agent (qemu-guest-agent on channel org.qemu.guest_agent.0)
+ * connected or disconnected (VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE).
+ */
+export interface AgentLifecycleEvent {
+  state: AgentState;
+  reason: AgentLifecycleReason;
+}
+
+/**
+ * A live migration began another pass over the guest's memory
+ * (VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION); sent on the source.
+ */
+export interface MigrationIterationEvent {
+  /** The pass's number, from 1. */
+  iteration: number;
+}
+
+/**
+ * A job (migration, save, dump, backup, ...) ended
+ * (VIR_DOMAIN_EVENT_ID_JOB_COMPLETED).
+ */
+export interface JobCompletedEvent {
+  /**
+   * The job's final statistics, by libvirt's VIR_DOMAIN_JOB_* names, for
+   * example "operation" (int), "success" (boolean), "time_elapsed" (ulong, ms).
+   */
+  statistics: TypedParameter[];
+}
+
+/**
+ * The domain's title, description or an application's metadata element
+ * changed (VIR_DOMAIN_EVENT_ID_METADATA_CHANGE).
+ */
+export interface MetadataChangeEvent {
+  type: MetadataType;
+  /** For METADATA_TYPE_ELEMENT: the element's namespace URI. */
+  namespaceUri: string;
+}
+
+/**
+ * A disk's write threshold was crossed (VIR_DOMAIN_EVENT_ID_BLOCK_THRESHOLD,
+ * set with virDomainSetBlockThreshold): thin storage to grow in time.
+ */
+export interface BlockThresholdEvent {
+  /** The disk's target, or target[index] for a layer of its backing chain. */
+  device: string;
+  /** The layer's source path, when it has one. */
+  path: string;
+  /** The threshold that was set, in bytes. */
+  thresholdBytes: bigint;
+  /** How far the write went past it, in bytes. */
+  excessBytes: bigint;
+}
+
+/**
+ * A hardware memory error hit the guest or its hypervisor
+ * (VIR_DOMAIN_EVENT_ID_MEMORY_FAILURE).
+ */
+export interface MemoryFailureEvent {
+  recipient: MemoryFailureRecipient;
+  action: MemoryFailureAction;
+  /** The failure was in an action-required (not an action-optional) machine check. */
+  actionRequired: boolean;
+  /** A failure occurred while an earlier one was being handled. */
+  recursive: boolean;
+}
+
+/**
+ * A memory device (virtio-mem) changed the memory it gives the guest
+ * (VIR_DOMAIN_EVENT_ID_MEMORY_DEVICE_SIZE_CHANGE).
+ */
+export interface MemoryDeviceSizeChangeEvent {
+  /** The device's alias, for example "virtio-mem0". */
+  device: string;
+  /** Its new size, in KiB. */
+  sizeKib: bigint;
+}
+
+/**
+ * libvirt lost its control connection to the hypervisor (QEMU's monitor) of
+ * a domain that still runs (VIR_DOMAIN_EVENT_ID_CONTROL_ERROR).
+ */
+export interface ControlErrorEvent {
+}
+
+/**
+ * A disk lost its source because of its startupPolicy
+ * (VIR_DOMAIN_EVENT_ID_DISK_CHANGE).
+ */
+export interface DiskChangeEvent {
+  oldSrcPath: string;
+  /** Empty when the disk is now empty. */
+  newSrcPath: string;
+  /** The disk's alias. */
+  device: string;
+  reason: DiskChangeReason;
 }
 
 export interface GetCapabilitiesRequest {
@@ -8028,6 +8942,27 @@ function createBaseWatchDomainEventsResponse(): WatchDomainEventsResponse {
     deviceAdded: undefined,
     deviceRemoved: undefined,
     gap: undefined,
+    rtcChange: undefined,
+    watchdog: undefined,
+    ioError: undefined,
+    graphics: undefined,
+    trayChange: undefined,
+    pmWakeup: undefined,
+    pmSuspend: undefined,
+    pmSuspendDisk: undefined,
+    balloonChange: undefined,
+    blockJob: undefined,
+    deviceRemovalFailed: undefined,
+    tunable: undefined,
+    agentLifecycle: undefined,
+    migrationIteration: undefined,
+    jobCompleted: undefined,
+    metadataChange: undefined,
+    blockThreshold: undefined,
+    memoryFailure: undefined,
+    memoryDeviceSizeChange: undefined,
+    controlError: undefined,
+    diskChange: undefined,
     position: undefined,
   };
 }
@@ -8057,6 +8992,69 @@ export const WatchDomainEventsResponse: MessageFns<WatchDomainEventsResponse> = 
     }
     if (message.gap !== undefined) {
       EventGap.encode(message.gap, writer.uint32(74).fork()).join();
+    }
+    if (message.rtcChange !== undefined) {
+      RtcChangeEvent.encode(message.rtcChange, writer.uint32(82).fork()).join();
+    }
+    if (message.watchdog !== undefined) {
+      WatchdogEvent.encode(message.watchdog, writer.uint32(90).fork()).join();
+    }
+    if (message.ioError !== undefined) {
+      IoErrorEvent.encode(message.ioError, writer.uint32(98).fork()).join();
+    }
+    if (message.graphics !== undefined) {
+      GraphicsEvent.encode(message.graphics, writer.uint32(106).fork()).join();
+    }
+    if (message.trayChange !== undefined) {
+      TrayChangeEvent.encode(message.trayChange, writer.uint32(114).fork()).join();
+    }
+    if (message.pmWakeup !== undefined) {
+      PmWakeupEvent.encode(message.pmWakeup, writer.uint32(122).fork()).join();
+    }
+    if (message.pmSuspend !== undefined) {
+      PmSuspendEvent.encode(message.pmSuspend, writer.uint32(130).fork()).join();
+    }
+    if (message.pmSuspendDisk !== undefined) {
+      PmSuspendDiskEvent.encode(message.pmSuspendDisk, writer.uint32(138).fork()).join();
+    }
+    if (message.balloonChange !== undefined) {
+      BalloonChangeEvent.encode(message.balloonChange, writer.uint32(146).fork()).join();
+    }
+    if (message.blockJob !== undefined) {
+      BlockJobEvent.encode(message.blockJob, writer.uint32(154).fork()).join();
+    }
+    if (message.deviceRemovalFailed !== undefined) {
+      DeviceRemovalFailedEvent.encode(message.deviceRemovalFailed, writer.uint32(162).fork()).join();
+    }
+    if (message.tunable !== undefined) {
+      TunableEvent.encode(message.tunable, writer.uint32(170).fork()).join();
+    }
+    if (message.agentLifecycle !== undefined) {
+      AgentLifecycleEvent.encode(message.agentLifecycle, writer.uint32(178).fork()).join();
+    }
+    if (message.migrationIteration !== undefined) {
+      MigrationIterationEvent.encode(message.migrationIteration, writer.uint32(186).fork()).join();
+    }
+    if (message.jobCompleted !== undefined) {
+      JobCompletedEvent.encode(message.jobCompleted, writer.uint32(194).fork()).join();
+    }
+    if (message.metadataChange !== undefined) {
+      MetadataChangeEvent.encode(message.metadataChange, writer.uint32(202).fork()).join();
+    }
+    if (message.blockThreshold !== undefined) {
+      BlockThresholdEvent.encode(message.blockThreshold, writer.uint32(210).fork()).join();
+    }
+    if (message.memoryFailure !== undefined) {
+      MemoryFailureEvent.encode(message.memoryFailure, writer.uint32(218).fork()).join();
+    }
+    if (message.memoryDeviceSizeChange !== undefined) {
+      MemoryDeviceSizeChangeEvent.encode(message.memoryDeviceSizeChange, writer.uint32(226).fork()).join();
+    }
+    if (message.controlError !== undefined) {
+      ControlErrorEvent.encode(message.controlError, writer.uint32(234).fork()).join();
+    }
+    if (message.diskChange !== undefined) {
+      DiskChangeEvent.encode(message.diskChange, writer.uint32(242).fork()).join();
     }
     if (message.position !== undefined) {
       EventPosition.encode(message.position, writer.uint32(66).fork()).join();
@@ -8141,6 +9139,174 @@ export const WatchDomainEventsResponse: MessageFns<WatchDomainEventsResponse> = 
             message.gap = EventGap.decode(reader, reader.uint32());
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.rtcChange = RtcChangeEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.watchdog = WatchdogEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.ioError = IoErrorEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.graphics = GraphicsEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.trayChange = TrayChangeEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.pmWakeup = PmWakeupEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.pmSuspend = PmSuspendEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.pmSuspendDisk = PmSuspendDiskEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.balloonChange = BalloonChangeEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 19: {
+            if (tag !== 154) {
+              break;
+            }
+
+            message.blockJob = BlockJobEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.deviceRemovalFailed = DeviceRemovalFailedEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 21: {
+            if (tag !== 170) {
+              break;
+            }
+
+            message.tunable = TunableEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 22: {
+            if (tag !== 178) {
+              break;
+            }
+
+            message.agentLifecycle = AgentLifecycleEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 23: {
+            if (tag !== 186) {
+              break;
+            }
+
+            message.migrationIteration = MigrationIterationEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 24: {
+            if (tag !== 194) {
+              break;
+            }
+
+            message.jobCompleted = JobCompletedEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 25: {
+            if (tag !== 202) {
+              break;
+            }
+
+            message.metadataChange = MetadataChangeEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 26: {
+            if (tag !== 210) {
+              break;
+            }
+
+            message.blockThreshold = BlockThresholdEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 27: {
+            if (tag !== 218) {
+              break;
+            }
+
+            message.memoryFailure = MemoryFailureEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 28: {
+            if (tag !== 226) {
+              break;
+            }
+
+            message.memoryDeviceSizeChange = MemoryDeviceSizeChangeEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 29: {
+            if (tag !== 234) {
+              break;
+            }
+
+            message.controlError = ControlErrorEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 30: {
+            if (tag !== 242) {
+              break;
+            }
+
+            message.diskChange = DiskChangeEvent.decode(reader, reader.uint32());
+            continue;
+          }
           case 8: {
             if (tag !== 66) {
               break;
@@ -8179,6 +9345,99 @@ export const WatchDomainEventsResponse: MessageFns<WatchDomainEventsResponse> = 
         ? DeviceRemovedEvent.fromJSON(object.device_removed)
         : undefined,
       gap: isSet(object.gap) ? EventGap.fromJSON(object.gap) : undefined,
+      rtcChange: isSet(object.rtcChange)
+        ? RtcChangeEvent.fromJSON(object.rtcChange)
+        : isSet(object.rtc_change)
+        ? RtcChangeEvent.fromJSON(object.rtc_change)
+        : undefined,
+      watchdog: isSet(object.watchdog) ? WatchdogEvent.fromJSON(object.watchdog) : undefined,
+      ioError: isSet(object.ioError)
+        ? IoErrorEvent.fromJSON(object.ioError)
+        : isSet(object.io_error)
+        ? IoErrorEvent.fromJSON(object.io_error)
+        : undefined,
+      graphics: isSet(object.graphics) ? GraphicsEvent.fromJSON(object.graphics) : undefined,
+      trayChange: isSet(object.trayChange)
+        ? TrayChangeEvent.fromJSON(object.trayChange)
+        : isSet(object.tray_change)
+        ? TrayChangeEvent.fromJSON(object.tray_change)
+        : undefined,
+      pmWakeup: isSet(object.pmWakeup)
+        ? PmWakeupEvent.fromJSON(object.pmWakeup)
+        : isSet(object.pm_wakeup)
+        ? PmWakeupEvent.fromJSON(object.pm_wakeup)
+        : undefined,
+      pmSuspend: isSet(object.pmSuspend)
+        ? PmSuspendEvent.fromJSON(object.pmSuspend)
+        : isSet(object.pm_suspend)
+        ? PmSuspendEvent.fromJSON(object.pm_suspend)
+        : undefined,
+      pmSuspendDisk: isSet(object.pmSuspendDisk)
+        ? PmSuspendDiskEvent.fromJSON(object.pmSuspendDisk)
+        : isSet(object.pm_suspend_disk)
+        ? PmSuspendDiskEvent.fromJSON(object.pm_suspend_disk)
+        : undefined,
+      balloonChange: isSet(object.balloonChange)
+        ? BalloonChangeEvent.fromJSON(object.balloonChange)
+        : isSet(object.balloon_change)
+        ? BalloonChangeEvent.fromJSON(object.balloon_change)
+        : undefined,
+      blockJob: isSet(object.blockJob)
+        ? BlockJobEvent.fromJSON(object.blockJob)
+        : isSet(object.block_job)
+        ? BlockJobEvent.fromJSON(object.block_job)
+        : undefined,
+      deviceRemovalFailed: isSet(object.deviceRemovalFailed)
+        ? DeviceRemovalFailedEvent.fromJSON(object.deviceRemovalFailed)
+        : isSet(object.device_removal_failed)
+        ? DeviceRemovalFailedEvent.fromJSON(object.device_removal_failed)
+        : undefined,
+      tunable: isSet(object.tunable) ? TunableEvent.fromJSON(object.tunable) : undefined,
+      agentLifecycle: isSet(object.agentLifecycle)
+        ? AgentLifecycleEvent.fromJSON(object.agentLifecycle)
+        : isSet(object.agent_lifecycle)
+        ? AgentLifecycleEvent.fromJSON(object.agent_lifecycle)
+        : undefined,
+      migrationIteration: isSet(object.migrationIteration)
+        ? MigrationIterationEvent.fromJSON(object.migrationIteration)
+        : isSet(object.migration_iteration)
+        ? MigrationIterationEvent.fromJSON(object.migration_iteration)
+        : undefined,
+      jobCompleted: isSet(object.jobCompleted)
+        ? JobCompletedEvent.fromJSON(object.jobCompleted)
+        : isSet(object.job_completed)
+        ? JobCompletedEvent.fromJSON(object.job_completed)
+        : undefined,
+      metadataChange: isSet(object.metadataChange)
+        ? MetadataChangeEvent.fromJSON(object.metadataChange)
+        : isSet(object.metadata_change)
+        ? MetadataChangeEvent.fromJSON(object.metadata_change)
+        : undefined,
+      blockThreshold: isSet(object.blockThreshold)
+        ? BlockThresholdEvent.fromJSON(object.blockThreshold)
+        : isSet(object.block_threshold)
+        ? BlockThresholdEvent.fromJSON(object.block_threshold)
+        : undefined,
+      memoryFailure: isSet(object.memoryFailure)
+        ? MemoryFailureEvent.fromJSON(object.memoryFailure)
+        : isSet(object.memory_failure)
+        ? MemoryFailureEvent.fromJSON(object.memory_failure)
+        : undefined,
+      memoryDeviceSizeChange: isSet(object.memoryDeviceSizeChange)
+        ? MemoryDeviceSizeChangeEvent.fromJSON(object.memoryDeviceSizeChange)
+        : isSet(object.memory_device_size_change)
+        ? MemoryDeviceSizeChangeEvent.fromJSON(object.memory_device_size_change)
+        : undefined,
+      controlError: isSet(object.controlError)
+        ? ControlErrorEvent.fromJSON(object.controlError)
+        : isSet(object.control_error)
+        ? ControlErrorEvent.fromJSON(object.control_error)
+        : undefined,
+      diskChange: isSet(object.diskChange)
+        ? DiskChangeEvent.fromJSON(object.diskChange)
+        : isSet(object.disk_change)
+        ? DiskChangeEvent.fromJSON(object.disk_change)
+        : undefined,
       position: isSet(object.position) ? EventPosition.fromJSON(object.position) : undefined,
     };
   },
@@ -8209,6 +9468,69 @@ export const WatchDomainEventsResponse: MessageFns<WatchDomainEventsResponse> = 
     if (message.gap !== undefined) {
       obj.gap = EventGap.toJSON(message.gap);
     }
+    if (message.rtcChange !== undefined) {
+      obj.rtcChange = RtcChangeEvent.toJSON(message.rtcChange);
+    }
+    if (message.watchdog !== undefined) {
+      obj.watchdog = WatchdogEvent.toJSON(message.watchdog);
+    }
+    if (message.ioError !== undefined) {
+      obj.ioError = IoErrorEvent.toJSON(message.ioError);
+    }
+    if (message.graphics !== undefined) {
+      obj.graphics = GraphicsEvent.toJSON(message.graphics);
+    }
+    if (message.trayChange !== undefined) {
+      obj.trayChange = TrayChangeEvent.toJSON(message.trayChange);
+    }
+    if (message.pmWakeup !== undefined) {
+      obj.pmWakeup = PmWakeupEvent.toJSON(message.pmWakeup);
+    }
+    if (message.pmSuspend !== undefined) {
+      obj.pmSuspend = PmSuspendEvent.toJSON(message.pmSuspend);
+    }
+    if (message.pmSuspendDisk !== undefined) {
+      obj.pmSuspendDisk = PmSuspendDiskEvent.toJSON(message.pmSuspendDisk);
+    }
+    if (message.balloonChange !== undefined) {
+      obj.balloonChange = BalloonChangeEvent.toJSON(message.balloonChange);
+    }
+    if (message.blockJob !== undefined) {
+      obj.blockJob = BlockJobEvent.toJSON(message.blockJob);
+    }
+    if (message.deviceRemovalFailed !== undefined) {
+      obj.deviceRemovalFailed = DeviceRemovalFailedEvent.toJSON(message.deviceRemovalFailed);
+    }
+    if (message.tunable !== undefined) {
+      obj.tunable = TunableEvent.toJSON(message.tunable);
+    }
+    if (message.agentLifecycle !== undefined) {
+      obj.agentLifecycle = AgentLifecycleEvent.toJSON(message.agentLifecycle);
+    }
+    if (message.migrationIteration !== undefined) {
+      obj.migrationIteration = MigrationIterationEvent.toJSON(message.migrationIteration);
+    }
+    if (message.jobCompleted !== undefined) {
+      obj.jobCompleted = JobCompletedEvent.toJSON(message.jobCompleted);
+    }
+    if (message.metadataChange !== undefined) {
+      obj.metadataChange = MetadataChangeEvent.toJSON(message.metadataChange);
+    }
+    if (message.blockThreshold !== undefined) {
+      obj.blockThreshold = BlockThresholdEvent.toJSON(message.blockThreshold);
+    }
+    if (message.memoryFailure !== undefined) {
+      obj.memoryFailure = MemoryFailureEvent.toJSON(message.memoryFailure);
+    }
+    if (message.memoryDeviceSizeChange !== undefined) {
+      obj.memoryDeviceSizeChange = MemoryDeviceSizeChangeEvent.toJSON(message.memoryDeviceSizeChange);
+    }
+    if (message.controlError !== undefined) {
+      obj.controlError = ControlErrorEvent.toJSON(message.controlError);
+    }
+    if (message.diskChange !== undefined) {
+      obj.diskChange = DiskChangeEvent.toJSON(message.diskChange);
+    }
     if (message.position !== undefined) {
       obj.position = EventPosition.toJSON(message.position);
     }
@@ -8236,9 +9558,2057 @@ export const WatchDomainEventsResponse: MessageFns<WatchDomainEventsResponse> = 
       ? DeviceRemovedEvent.fromPartial(object.deviceRemoved)
       : undefined;
     message.gap = (object.gap !== undefined && object.gap !== null) ? EventGap.fromPartial(object.gap) : undefined;
+    message.rtcChange = (object.rtcChange !== undefined && object.rtcChange !== null)
+      ? RtcChangeEvent.fromPartial(object.rtcChange)
+      : undefined;
+    message.watchdog = (object.watchdog !== undefined && object.watchdog !== null)
+      ? WatchdogEvent.fromPartial(object.watchdog)
+      : undefined;
+    message.ioError = (object.ioError !== undefined && object.ioError !== null)
+      ? IoErrorEvent.fromPartial(object.ioError)
+      : undefined;
+    message.graphics = (object.graphics !== undefined && object.graphics !== null)
+      ? GraphicsEvent.fromPartial(object.graphics)
+      : undefined;
+    message.trayChange = (object.trayChange !== undefined && object.trayChange !== null)
+      ? TrayChangeEvent.fromPartial(object.trayChange)
+      : undefined;
+    message.pmWakeup = (object.pmWakeup !== undefined && object.pmWakeup !== null)
+      ? PmWakeupEvent.fromPartial(object.pmWakeup)
+      : undefined;
+    message.pmSuspend = (object.pmSuspend !== undefined && object.pmSuspend !== null)
+      ? PmSuspendEvent.fromPartial(object.pmSuspend)
+      : undefined;
+    message.pmSuspendDisk = (object.pmSuspendDisk !== undefined && object.pmSuspendDisk !== null)
+      ? PmSuspendDiskEvent.fromPartial(object.pmSuspendDisk)
+      : undefined;
+    message.balloonChange = (object.balloonChange !== undefined && object.balloonChange !== null)
+      ? BalloonChangeEvent.fromPartial(object.balloonChange)
+      : undefined;
+    message.blockJob = (object.blockJob !== undefined && object.blockJob !== null)
+      ? BlockJobEvent.fromPartial(object.blockJob)
+      : undefined;
+    message.deviceRemovalFailed = (object.deviceRemovalFailed !== undefined && object.deviceRemovalFailed !== null)
+      ? DeviceRemovalFailedEvent.fromPartial(object.deviceRemovalFailed)
+      : undefined;
+    message.tunable = (object.tunable !== undefined && object.tunable !== null)
+      ? TunableEvent.fromPartial(object.tunable)
+      : undefined;
+    message.agentLifecycle = (object.agentLifecycle !== undefined && object.agentLifecycle !== null)
+      ? AgentLifecycleEvent.fromPartial(object.agentLifecycle)
+      : undefined;
+    message.migrationIteration = (object.migrationIteration !== undefined && object.migrationIteration !== null)
+      ? MigrationIterationEvent.fromPartial(object.migrationIteration)
+      : undefined;
+    message.jobCompleted = (object.jobCompleted !== undefined && object.jobCompleted !== null)
+      ? JobCompletedEvent.fromPartial(object.jobCompleted)
+      : undefined;
+    message.metadataChange = (object.metadataChange !== undefined && object.metadataChange !== null)
+      ? MetadataChangeEvent.fromPartial(object.metadataChange)
+      : undefined;
+    message.blockThreshold = (object.blockThreshold !== undefined && object.blockThreshold !== null)
+      ? BlockThresholdEvent.fromPartial(object.blockThreshold)
+      : undefined;
+    message.memoryFailure = (object.memoryFailure !== undefined && object.memoryFailure !== null)
+      ? MemoryFailureEvent.fromPartial(object.memoryFailure)
+      : undefined;
+    message.memoryDeviceSizeChange =
+      (object.memoryDeviceSizeChange !== undefined && object.memoryDeviceSizeChange !== null)
+        ? MemoryDeviceSizeChangeEvent.fromPartial(object.memoryDeviceSizeChange)
+        : undefined;
+    message.controlError = (object.controlError !== undefined && object.controlError !== null)
+      ? ControlErrorEvent.fromPartial(object.controlError)
+      : undefined;
+    message.diskChange = (object.diskChange !== undefined && object.diskChange !== null)
+      ? DiskChangeEvent.fromPartial(object.diskChange)
+      : undefined;
     message.position = (object.position !== undefined && object.position !== null)
       ? EventPosition.fromPartial(object.position)
       : undefined;
+    return message;
+  },
+};
+
+function createBaseRtcChangeEvent(): RtcChangeEvent {
+  return { utcOffsetSeconds: 0n };
+}
+
+export const RtcChangeEvent: MessageFns<RtcChangeEvent> = {
+  encode(message: RtcChangeEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.utcOffsetSeconds !== 0n) {
+      if (BigInt.asIntN(64, message.utcOffsetSeconds) !== message.utcOffsetSeconds) {
+        throw new globalThis.Error("value provided for field message.utcOffsetSeconds of type int64 too large");
+      }
+      writer.uint32(8).int64(message.utcOffsetSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RtcChangeEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRtcChangeEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.utcOffsetSeconds = reader.int64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RtcChangeEvent {
+    return {
+      utcOffsetSeconds: isSet(object.utcOffsetSeconds)
+        ? BigInt(object.utcOffsetSeconds)
+        : isSet(object.utc_offset_seconds)
+        ? BigInt(object.utc_offset_seconds)
+        : 0n,
+    };
+  },
+
+  toJSON(message: RtcChangeEvent): unknown {
+    const obj: any = {};
+    if (message.utcOffsetSeconds !== 0n) {
+      obj.utcOffsetSeconds = message.utcOffsetSeconds.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RtcChangeEvent>, I>>(base?: I): RtcChangeEvent {
+    return RtcChangeEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RtcChangeEvent>, I>>(object: I): RtcChangeEvent {
+    const message = createBaseRtcChangeEvent();
+    message.utcOffsetSeconds = (object.utcOffsetSeconds !== undefined && object.utcOffsetSeconds !== null)
+      ? BigInt(object.utcOffsetSeconds)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseWatchdogEvent(): WatchdogEvent {
+  return { action: 0 };
+}
+
+export const WatchdogEvent: MessageFns<WatchdogEvent> = {
+  encode(message: WatchdogEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.action !== 0) {
+      writer.uint32(8).int32(message.action);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchdogEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchdogEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.action = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchdogEvent {
+    return { action: isSet(object.action) ? watchdogActionFromJSON(object.action) : 0 };
+  },
+
+  toJSON(message: WatchdogEvent): unknown {
+    const obj: any = {};
+    if (message.action !== 0) {
+      obj.action = watchdogActionToJSON(message.action);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchdogEvent>, I>>(base?: I): WatchdogEvent {
+    return WatchdogEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchdogEvent>, I>>(object: I): WatchdogEvent {
+    const message = createBaseWatchdogEvent();
+    message.action = object.action ?? 0;
+    return message;
+  },
+};
+
+function createBaseIoErrorEvent(): IoErrorEvent {
+  return { srcPath: "", device: "", action: 0, reason: "" };
+}
+
+export const IoErrorEvent: MessageFns<IoErrorEvent> = {
+  encode(message: IoErrorEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.srcPath !== "") {
+      writer.uint32(10).string(message.srcPath);
+    }
+    if (message.device !== "") {
+      writer.uint32(18).string(message.device);
+    }
+    if (message.action !== 0) {
+      writer.uint32(24).int32(message.action);
+    }
+    if (message.reason !== "") {
+      writer.uint32(34).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): IoErrorEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseIoErrorEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.srcPath = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.action = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): IoErrorEvent {
+    return {
+      srcPath: isSet(object.srcPath)
+        ? globalThis.String(object.srcPath)
+        : isSet(object.src_path)
+        ? globalThis.String(object.src_path)
+        : "",
+      device: isSet(object.device) ? globalThis.String(object.device) : "",
+      action: isSet(object.action) ? ioErrorActionFromJSON(object.action) : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: IoErrorEvent): unknown {
+    const obj: any = {};
+    if (message.srcPath !== "") {
+      obj.srcPath = message.srcPath;
+    }
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    if (message.action !== 0) {
+      obj.action = ioErrorActionToJSON(message.action);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<IoErrorEvent>, I>>(base?: I): IoErrorEvent {
+    return IoErrorEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<IoErrorEvent>, I>>(object: I): IoErrorEvent {
+    const message = createBaseIoErrorEvent();
+    message.srcPath = object.srcPath ?? "";
+    message.device = object.device ?? "";
+    message.action = object.action ?? 0;
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseGraphicsAddress(): GraphicsAddress {
+  return { family: 0, node: "", service: "" };
+}
+
+export const GraphicsAddress: MessageFns<GraphicsAddress> = {
+  encode(message: GraphicsAddress, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.family !== 0) {
+      writer.uint32(8).int32(message.family);
+    }
+    if (message.node !== "") {
+      writer.uint32(18).string(message.node);
+    }
+    if (message.service !== "") {
+      writer.uint32(26).string(message.service);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GraphicsAddress {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGraphicsAddress();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.family = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.service = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GraphicsAddress {
+    return {
+      family: isSet(object.family) ? graphicsAddressFamilyFromJSON(object.family) : 0,
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      service: isSet(object.service) ? globalThis.String(object.service) : "",
+    };
+  },
+
+  toJSON(message: GraphicsAddress): unknown {
+    const obj: any = {};
+    if (message.family !== 0) {
+      obj.family = graphicsAddressFamilyToJSON(message.family);
+    }
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.service !== "") {
+      obj.service = message.service;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GraphicsAddress>, I>>(base?: I): GraphicsAddress {
+    return GraphicsAddress.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GraphicsAddress>, I>>(object: I): GraphicsAddress {
+    const message = createBaseGraphicsAddress();
+    message.family = object.family ?? 0;
+    message.node = object.node ?? "";
+    message.service = object.service ?? "";
+    return message;
+  },
+};
+
+function createBaseGraphicsSubjectIdentity(): GraphicsSubjectIdentity {
+  return { type: "", name: "" };
+}
+
+export const GraphicsSubjectIdentity: MessageFns<GraphicsSubjectIdentity> = {
+  encode(message: GraphicsSubjectIdentity, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.type !== "") {
+      writer.uint32(10).string(message.type);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GraphicsSubjectIdentity {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGraphicsSubjectIdentity();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.type = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GraphicsSubjectIdentity {
+    return {
+      type: isSet(object.type) ? globalThis.String(object.type) : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+    };
+  },
+
+  toJSON(message: GraphicsSubjectIdentity): unknown {
+    const obj: any = {};
+    if (message.type !== "") {
+      obj.type = message.type;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GraphicsSubjectIdentity>, I>>(base?: I): GraphicsSubjectIdentity {
+    return GraphicsSubjectIdentity.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GraphicsSubjectIdentity>, I>>(object: I): GraphicsSubjectIdentity {
+    const message = createBaseGraphicsSubjectIdentity();
+    message.type = object.type ?? "";
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseGraphicsEvent(): GraphicsEvent {
+  return { phase: 0, local: undefined, remote: undefined, authScheme: "", subject: [] };
+}
+
+export const GraphicsEvent: MessageFns<GraphicsEvent> = {
+  encode(message: GraphicsEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.phase !== 0) {
+      writer.uint32(8).int32(message.phase);
+    }
+    if (message.local !== undefined) {
+      GraphicsAddress.encode(message.local, writer.uint32(18).fork()).join();
+    }
+    if (message.remote !== undefined) {
+      GraphicsAddress.encode(message.remote, writer.uint32(26).fork()).join();
+    }
+    if (message.authScheme !== "") {
+      writer.uint32(34).string(message.authScheme);
+    }
+    for (const v of message.subject) {
+      GraphicsSubjectIdentity.encode(v!, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GraphicsEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGraphicsEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.phase = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.local = GraphicsAddress.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.remote = GraphicsAddress.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.authScheme = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.subject.push(GraphicsSubjectIdentity.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GraphicsEvent {
+    return {
+      phase: isSet(object.phase) ? graphicsPhaseFromJSON(object.phase) : 0,
+      local: isSet(object.local) ? GraphicsAddress.fromJSON(object.local) : undefined,
+      remote: isSet(object.remote) ? GraphicsAddress.fromJSON(object.remote) : undefined,
+      authScheme: isSet(object.authScheme)
+        ? globalThis.String(object.authScheme)
+        : isSet(object.auth_scheme)
+        ? globalThis.String(object.auth_scheme)
+        : "",
+      subject: globalThis.Array.isArray(object?.subject)
+        ? object.subject.map((e: any) => GraphicsSubjectIdentity.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GraphicsEvent): unknown {
+    const obj: any = {};
+    if (message.phase !== 0) {
+      obj.phase = graphicsPhaseToJSON(message.phase);
+    }
+    if (message.local !== undefined) {
+      obj.local = GraphicsAddress.toJSON(message.local);
+    }
+    if (message.remote !== undefined) {
+      obj.remote = GraphicsAddress.toJSON(message.remote);
+    }
+    if (message.authScheme !== "") {
+      obj.authScheme = message.authScheme;
+    }
+    if (message.subject?.length) {
+      obj.subject = message.subject.map((e) => GraphicsSubjectIdentity.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GraphicsEvent>, I>>(base?: I): GraphicsEvent {
+    return GraphicsEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GraphicsEvent>, I>>(object: I): GraphicsEvent {
+    const message = createBaseGraphicsEvent();
+    message.phase = object.phase ?? 0;
+    message.local = (object.local !== undefined && object.local !== null)
+      ? GraphicsAddress.fromPartial(object.local)
+      : undefined;
+    message.remote = (object.remote !== undefined && object.remote !== null)
+      ? GraphicsAddress.fromPartial(object.remote)
+      : undefined;
+    message.authScheme = object.authScheme ?? "";
+    message.subject = object.subject?.map((e) => GraphicsSubjectIdentity.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseTrayChangeEvent(): TrayChangeEvent {
+  return { device: "", change: 0 };
+}
+
+export const TrayChangeEvent: MessageFns<TrayChangeEvent> = {
+  encode(message: TrayChangeEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.device !== "") {
+      writer.uint32(10).string(message.device);
+    }
+    if (message.change !== 0) {
+      writer.uint32(16).int32(message.change);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrayChangeEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrayChangeEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.change = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrayChangeEvent {
+    return {
+      device: isSet(object.device) ? globalThis.String(object.device) : "",
+      change: isSet(object.change) ? trayChangeFromJSON(object.change) : 0,
+    };
+  },
+
+  toJSON(message: TrayChangeEvent): unknown {
+    const obj: any = {};
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    if (message.change !== 0) {
+      obj.change = trayChangeToJSON(message.change);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrayChangeEvent>, I>>(base?: I): TrayChangeEvent {
+    return TrayChangeEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrayChangeEvent>, I>>(object: I): TrayChangeEvent {
+    const message = createBaseTrayChangeEvent();
+    message.device = object.device ?? "";
+    message.change = object.change ?? 0;
+    return message;
+  },
+};
+
+function createBasePmWakeupEvent(): PmWakeupEvent {
+  return {};
+}
+
+export const PmWakeupEvent: MessageFns<PmWakeupEvent> = {
+  encode(_: PmWakeupEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PmWakeupEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePmWakeupEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): PmWakeupEvent {
+    return {};
+  },
+
+  toJSON(_: PmWakeupEvent): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PmWakeupEvent>, I>>(base?: I): PmWakeupEvent {
+    return PmWakeupEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PmWakeupEvent>, I>>(_: I): PmWakeupEvent {
+    const message = createBasePmWakeupEvent();
+    return message;
+  },
+};
+
+function createBasePmSuspendEvent(): PmSuspendEvent {
+  return {};
+}
+
+export const PmSuspendEvent: MessageFns<PmSuspendEvent> = {
+  encode(_: PmSuspendEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PmSuspendEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePmSuspendEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): PmSuspendEvent {
+    return {};
+  },
+
+  toJSON(_: PmSuspendEvent): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PmSuspendEvent>, I>>(base?: I): PmSuspendEvent {
+    return PmSuspendEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PmSuspendEvent>, I>>(_: I): PmSuspendEvent {
+    const message = createBasePmSuspendEvent();
+    return message;
+  },
+};
+
+function createBasePmSuspendDiskEvent(): PmSuspendDiskEvent {
+  return {};
+}
+
+export const PmSuspendDiskEvent: MessageFns<PmSuspendDiskEvent> = {
+  encode(_: PmSuspendDiskEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PmSuspendDiskEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePmSuspendDiskEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): PmSuspendDiskEvent {
+    return {};
+  },
+
+  toJSON(_: PmSuspendDiskEvent): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PmSuspendDiskEvent>, I>>(base?: I): PmSuspendDiskEvent {
+    return PmSuspendDiskEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PmSuspendDiskEvent>, I>>(_: I): PmSuspendDiskEvent {
+    const message = createBasePmSuspendDiskEvent();
+    return message;
+  },
+};
+
+function createBaseBalloonChangeEvent(): BalloonChangeEvent {
+  return { actualKib: 0n };
+}
+
+export const BalloonChangeEvent: MessageFns<BalloonChangeEvent> = {
+  encode(message: BalloonChangeEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.actualKib !== 0n) {
+      if (BigInt.asUintN(64, message.actualKib) !== message.actualKib) {
+        throw new globalThis.Error("value provided for field message.actualKib of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.actualKib);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BalloonChangeEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBalloonChangeEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.actualKib = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BalloonChangeEvent {
+    return {
+      actualKib: isSet(object.actualKib)
+        ? BigInt(object.actualKib)
+        : isSet(object.actual_kib)
+        ? BigInt(object.actual_kib)
+        : 0n,
+    };
+  },
+
+  toJSON(message: BalloonChangeEvent): unknown {
+    const obj: any = {};
+    if (message.actualKib !== 0n) {
+      obj.actualKib = message.actualKib.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BalloonChangeEvent>, I>>(base?: I): BalloonChangeEvent {
+    return BalloonChangeEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BalloonChangeEvent>, I>>(object: I): BalloonChangeEvent {
+    const message = createBaseBalloonChangeEvent();
+    message.actualKib = (object.actualKib !== undefined && object.actualKib !== null) ? BigInt(object.actualKib) : 0n;
+    return message;
+  },
+};
+
+function createBaseBlockJobEvent(): BlockJobEvent {
+  return { disk: "", type: 0, status: 0 };
+}
+
+export const BlockJobEvent: MessageFns<BlockJobEvent> = {
+  encode(message: BlockJobEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.disk !== "") {
+      writer.uint32(10).string(message.disk);
+    }
+    if (message.type !== 0) {
+      writer.uint32(16).int32(message.type);
+    }
+    if (message.status !== 0) {
+      writer.uint32(24).int32(message.status);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BlockJobEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBlockJobEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.disk = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.type = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BlockJobEvent {
+    return {
+      disk: isSet(object.disk) ? globalThis.String(object.disk) : "",
+      type: isSet(object.type) ? blockJobTypeFromJSON(object.type) : 0,
+      status: isSet(object.status) ? blockJobStatusFromJSON(object.status) : 0,
+    };
+  },
+
+  toJSON(message: BlockJobEvent): unknown {
+    const obj: any = {};
+    if (message.disk !== "") {
+      obj.disk = message.disk;
+    }
+    if (message.type !== 0) {
+      obj.type = blockJobTypeToJSON(message.type);
+    }
+    if (message.status !== 0) {
+      obj.status = blockJobStatusToJSON(message.status);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BlockJobEvent>, I>>(base?: I): BlockJobEvent {
+    return BlockJobEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BlockJobEvent>, I>>(object: I): BlockJobEvent {
+    const message = createBaseBlockJobEvent();
+    message.disk = object.disk ?? "";
+    message.type = object.type ?? 0;
+    message.status = object.status ?? 0;
+    return message;
+  },
+};
+
+function createBaseDeviceRemovalFailedEvent(): DeviceRemovalFailedEvent {
+  return { device: "" };
+}
+
+export const DeviceRemovalFailedEvent: MessageFns<DeviceRemovalFailedEvent> = {
+  encode(message: DeviceRemovalFailedEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.device !== "") {
+      writer.uint32(10).string(message.device);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeviceRemovalFailedEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeviceRemovalFailedEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeviceRemovalFailedEvent {
+    return { device: isSet(object.device) ? globalThis.String(object.device) : "" };
+  },
+
+  toJSON(message: DeviceRemovalFailedEvent): unknown {
+    const obj: any = {};
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeviceRemovalFailedEvent>, I>>(base?: I): DeviceRemovalFailedEvent {
+    return DeviceRemovalFailedEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeviceRemovalFailedEvent>, I>>(object: I): DeviceRemovalFailedEvent {
+    const message = createBaseDeviceRemovalFailedEvent();
+    message.device = object.device ?? "";
+    return message;
+  },
+};
+
+function createBaseTunableEvent(): TunableEvent {
+  return { parameters: [] };
+}
+
+export const TunableEvent: MessageFns<TunableEvent> = {
+  encode(message: TunableEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TunableEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTunableEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TunableEvent {
+    return {
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: TunableEvent): unknown {
+    const obj: any = {};
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TunableEvent>, I>>(base?: I): TunableEvent {
+    return TunableEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TunableEvent>, I>>(object: I): TunableEvent {
+    const message = createBaseTunableEvent();
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseAgentLifecycleEvent(): AgentLifecycleEvent {
+  return { state: 0, reason: 0 };
+}
+
+export const AgentLifecycleEvent: MessageFns<AgentLifecycleEvent> = {
+  encode(message: AgentLifecycleEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== 0) {
+      writer.uint32(8).int32(message.state);
+    }
+    if (message.reason !== 0) {
+      writer.uint32(16).int32(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AgentLifecycleEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAgentLifecycleEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.reason = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AgentLifecycleEvent {
+    return {
+      state: isSet(object.state) ? agentStateFromJSON(object.state) : 0,
+      reason: isSet(object.reason) ? agentLifecycleReasonFromJSON(object.reason) : 0,
+    };
+  },
+
+  toJSON(message: AgentLifecycleEvent): unknown {
+    const obj: any = {};
+    if (message.state !== 0) {
+      obj.state = agentStateToJSON(message.state);
+    }
+    if (message.reason !== 0) {
+      obj.reason = agentLifecycleReasonToJSON(message.reason);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AgentLifecycleEvent>, I>>(base?: I): AgentLifecycleEvent {
+    return AgentLifecycleEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AgentLifecycleEvent>, I>>(object: I): AgentLifecycleEvent {
+    const message = createBaseAgentLifecycleEvent();
+    message.state = object.state ?? 0;
+    message.reason = object.reason ?? 0;
+    return message;
+  },
+};
+
+function createBaseMigrationIterationEvent(): MigrationIterationEvent {
+  return { iteration: 0 };
+}
+
+export const MigrationIterationEvent: MessageFns<MigrationIterationEvent> = {
+  encode(message: MigrationIterationEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.iteration !== 0) {
+      writer.uint32(8).uint32(message.iteration);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MigrationIterationEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMigrationIterationEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.iteration = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MigrationIterationEvent {
+    return { iteration: isSet(object.iteration) ? globalThis.Number(object.iteration) : 0 };
+  },
+
+  toJSON(message: MigrationIterationEvent): unknown {
+    const obj: any = {};
+    if (message.iteration !== 0) {
+      obj.iteration = Math.round(message.iteration);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MigrationIterationEvent>, I>>(base?: I): MigrationIterationEvent {
+    return MigrationIterationEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MigrationIterationEvent>, I>>(object: I): MigrationIterationEvent {
+    const message = createBaseMigrationIterationEvent();
+    message.iteration = object.iteration ?? 0;
+    return message;
+  },
+};
+
+function createBaseJobCompletedEvent(): JobCompletedEvent {
+  return { statistics: [] };
+}
+
+export const JobCompletedEvent: MessageFns<JobCompletedEvent> = {
+  encode(message: JobCompletedEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.statistics) {
+      TypedParameter.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): JobCompletedEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseJobCompletedEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.statistics.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): JobCompletedEvent {
+    return {
+      statistics: globalThis.Array.isArray(object?.statistics)
+        ? object.statistics.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: JobCompletedEvent): unknown {
+    const obj: any = {};
+    if (message.statistics?.length) {
+      obj.statistics = message.statistics.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<JobCompletedEvent>, I>>(base?: I): JobCompletedEvent {
+    return JobCompletedEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<JobCompletedEvent>, I>>(object: I): JobCompletedEvent {
+    const message = createBaseJobCompletedEvent();
+    message.statistics = object.statistics?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseMetadataChangeEvent(): MetadataChangeEvent {
+  return { type: 0, namespaceUri: "" };
+}
+
+export const MetadataChangeEvent: MessageFns<MetadataChangeEvent> = {
+  encode(message: MetadataChangeEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.type !== 0) {
+      writer.uint32(8).int32(message.type);
+    }
+    if (message.namespaceUri !== "") {
+      writer.uint32(18).string(message.namespaceUri);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MetadataChangeEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMetadataChangeEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.type = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.namespaceUri = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MetadataChangeEvent {
+    return {
+      type: isSet(object.type) ? metadataTypeFromJSON(object.type) : 0,
+      namespaceUri: isSet(object.namespaceUri)
+        ? globalThis.String(object.namespaceUri)
+        : isSet(object.namespace_uri)
+        ? globalThis.String(object.namespace_uri)
+        : "",
+    };
+  },
+
+  toJSON(message: MetadataChangeEvent): unknown {
+    const obj: any = {};
+    if (message.type !== 0) {
+      obj.type = metadataTypeToJSON(message.type);
+    }
+    if (message.namespaceUri !== "") {
+      obj.namespaceUri = message.namespaceUri;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MetadataChangeEvent>, I>>(base?: I): MetadataChangeEvent {
+    return MetadataChangeEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MetadataChangeEvent>, I>>(object: I): MetadataChangeEvent {
+    const message = createBaseMetadataChangeEvent();
+    message.type = object.type ?? 0;
+    message.namespaceUri = object.namespaceUri ?? "";
+    return message;
+  },
+};
+
+function createBaseBlockThresholdEvent(): BlockThresholdEvent {
+  return { device: "", path: "", thresholdBytes: 0n, excessBytes: 0n };
+}
+
+export const BlockThresholdEvent: MessageFns<BlockThresholdEvent> = {
+  encode(message: BlockThresholdEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.device !== "") {
+      writer.uint32(10).string(message.device);
+    }
+    if (message.path !== "") {
+      writer.uint32(18).string(message.path);
+    }
+    if (message.thresholdBytes !== 0n) {
+      if (BigInt.asUintN(64, message.thresholdBytes) !== message.thresholdBytes) {
+        throw new globalThis.Error("value provided for field message.thresholdBytes of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.thresholdBytes);
+    }
+    if (message.excessBytes !== 0n) {
+      if (BigInt.asUintN(64, message.excessBytes) !== message.excessBytes) {
+        throw new globalThis.Error("value provided for field message.excessBytes of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.excessBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BlockThresholdEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBlockThresholdEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.thresholdBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.excessBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BlockThresholdEvent {
+    return {
+      device: isSet(object.device) ? globalThis.String(object.device) : "",
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      thresholdBytes: isSet(object.thresholdBytes)
+        ? BigInt(object.thresholdBytes)
+        : isSet(object.threshold_bytes)
+        ? BigInt(object.threshold_bytes)
+        : 0n,
+      excessBytes: isSet(object.excessBytes)
+        ? BigInt(object.excessBytes)
+        : isSet(object.excess_bytes)
+        ? BigInt(object.excess_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: BlockThresholdEvent): unknown {
+    const obj: any = {};
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.thresholdBytes !== 0n) {
+      obj.thresholdBytes = message.thresholdBytes.toString();
+    }
+    if (message.excessBytes !== 0n) {
+      obj.excessBytes = message.excessBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BlockThresholdEvent>, I>>(base?: I): BlockThresholdEvent {
+    return BlockThresholdEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BlockThresholdEvent>, I>>(object: I): BlockThresholdEvent {
+    const message = createBaseBlockThresholdEvent();
+    message.device = object.device ?? "";
+    message.path = object.path ?? "";
+    message.thresholdBytes = (object.thresholdBytes !== undefined && object.thresholdBytes !== null)
+      ? BigInt(object.thresholdBytes)
+      : 0n;
+    message.excessBytes = (object.excessBytes !== undefined && object.excessBytes !== null)
+      ? BigInt(object.excessBytes)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseMemoryFailureEvent(): MemoryFailureEvent {
+  return { recipient: 0, action: 0, actionRequired: false, recursive: false };
+}
+
+export const MemoryFailureEvent: MessageFns<MemoryFailureEvent> = {
+  encode(message: MemoryFailureEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.recipient !== 0) {
+      writer.uint32(8).int32(message.recipient);
+    }
+    if (message.action !== 0) {
+      writer.uint32(16).int32(message.action);
+    }
+    if (message.actionRequired !== false) {
+      writer.uint32(24).bool(message.actionRequired);
+    }
+    if (message.recursive !== false) {
+      writer.uint32(32).bool(message.recursive);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MemoryFailureEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMemoryFailureEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.recipient = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.action = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.actionRequired = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.recursive = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MemoryFailureEvent {
+    return {
+      recipient: isSet(object.recipient) ? memoryFailureRecipientFromJSON(object.recipient) : 0,
+      action: isSet(object.action) ? memoryFailureActionFromJSON(object.action) : 0,
+      actionRequired: isSet(object.actionRequired)
+        ? globalThis.Boolean(object.actionRequired)
+        : isSet(object.action_required)
+        ? globalThis.Boolean(object.action_required)
+        : false,
+      recursive: isSet(object.recursive) ? globalThis.Boolean(object.recursive) : false,
+    };
+  },
+
+  toJSON(message: MemoryFailureEvent): unknown {
+    const obj: any = {};
+    if (message.recipient !== 0) {
+      obj.recipient = memoryFailureRecipientToJSON(message.recipient);
+    }
+    if (message.action !== 0) {
+      obj.action = memoryFailureActionToJSON(message.action);
+    }
+    if (message.actionRequired !== false) {
+      obj.actionRequired = message.actionRequired;
+    }
+    if (message.recursive !== false) {
+      obj.recursive = message.recursive;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MemoryFailureEvent>, I>>(base?: I): MemoryFailureEvent {
+    return MemoryFailureEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MemoryFailureEvent>, I>>(object: I): MemoryFailureEvent {
+    const message = createBaseMemoryFailureEvent();
+    message.recipient = object.recipient ?? 0;
+    message.action = object.action ?? 0;
+    message.actionRequired = object.actionRequired ?? false;
+    message.recursive = object.recursive ?? false;
+    return message;
+  },
+};
+
+function createBaseMemoryDeviceSizeChangeEvent(): MemoryDeviceSizeChangeEvent {
+  return { device: "", sizeKib: 0n };
+}
+
+export const MemoryDeviceSizeChangeEvent: MessageFns<MemoryDeviceSizeChangeEvent> = {
+  encode(message: MemoryDeviceSizeChangeEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.device !== "") {
+      writer.uint32(10).string(message.device);
+    }
+    if (message.sizeKib !== 0n) {
+      if (BigInt.asUintN(64, message.sizeKib) !== message.sizeKib) {
+        throw new globalThis.Error("value provided for field message.sizeKib of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.sizeKib);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MemoryDeviceSizeChangeEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMemoryDeviceSizeChangeEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.sizeKib = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MemoryDeviceSizeChangeEvent {
+    return {
+      device: isSet(object.device) ? globalThis.String(object.device) : "",
+      sizeKib: isSet(object.sizeKib) ? BigInt(object.sizeKib) : isSet(object.size_kib) ? BigInt(object.size_kib) : 0n,
+    };
+  },
+
+  toJSON(message: MemoryDeviceSizeChangeEvent): unknown {
+    const obj: any = {};
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    if (message.sizeKib !== 0n) {
+      obj.sizeKib = message.sizeKib.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MemoryDeviceSizeChangeEvent>, I>>(base?: I): MemoryDeviceSizeChangeEvent {
+    return MemoryDeviceSizeChangeEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MemoryDeviceSizeChangeEvent>, I>>(object: I): MemoryDeviceSizeChangeEvent {
+    const message = createBaseMemoryDeviceSizeChangeEvent();
+    message.device = object.device ?? "";
+    message.sizeKib = (object.sizeKib !== undefined && object.sizeKib !== null) ? BigInt(object.sizeKib) : 0n;
+    return message;
+  },
+};
+
+function createBaseControlErrorEvent(): ControlErrorEvent {
+  return {};
+}
+
+export const ControlErrorEvent: MessageFns<ControlErrorEvent> = {
+  encode(_: ControlErrorEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ControlErrorEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseControlErrorEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ControlErrorEvent {
+    return {};
+  },
+
+  toJSON(_: ControlErrorEvent): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ControlErrorEvent>, I>>(base?: I): ControlErrorEvent {
+    return ControlErrorEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ControlErrorEvent>, I>>(_: I): ControlErrorEvent {
+    const message = createBaseControlErrorEvent();
+    return message;
+  },
+};
+
+function createBaseDiskChangeEvent(): DiskChangeEvent {
+  return { oldSrcPath: "", newSrcPath: "", device: "", reason: 0 };
+}
+
+export const DiskChangeEvent: MessageFns<DiskChangeEvent> = {
+  encode(message: DiskChangeEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.oldSrcPath !== "") {
+      writer.uint32(10).string(message.oldSrcPath);
+    }
+    if (message.newSrcPath !== "") {
+      writer.uint32(18).string(message.newSrcPath);
+    }
+    if (message.device !== "") {
+      writer.uint32(26).string(message.device);
+    }
+    if (message.reason !== 0) {
+      writer.uint32(32).int32(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DiskChangeEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDiskChangeEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.oldSrcPath = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.newSrcPath = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.reason = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DiskChangeEvent {
+    return {
+      oldSrcPath: isSet(object.oldSrcPath)
+        ? globalThis.String(object.oldSrcPath)
+        : isSet(object.old_src_path)
+        ? globalThis.String(object.old_src_path)
+        : "",
+      newSrcPath: isSet(object.newSrcPath)
+        ? globalThis.String(object.newSrcPath)
+        : isSet(object.new_src_path)
+        ? globalThis.String(object.new_src_path)
+        : "",
+      device: isSet(object.device) ? globalThis.String(object.device) : "",
+      reason: isSet(object.reason) ? diskChangeReasonFromJSON(object.reason) : 0,
+    };
+  },
+
+  toJSON(message: DiskChangeEvent): unknown {
+    const obj: any = {};
+    if (message.oldSrcPath !== "") {
+      obj.oldSrcPath = message.oldSrcPath;
+    }
+    if (message.newSrcPath !== "") {
+      obj.newSrcPath = message.newSrcPath;
+    }
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    if (message.reason !== 0) {
+      obj.reason = diskChangeReasonToJSON(message.reason);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DiskChangeEvent>, I>>(base?: I): DiskChangeEvent {
+    return DiskChangeEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DiskChangeEvent>, I>>(object: I): DiskChangeEvent {
+    const message = createBaseDiskChangeEvent();
+    message.oldSrcPath = object.oldSrcPath ?? "";
+    message.newSrcPath = object.newSrcPath ?? "";
+    message.device = object.device ?? "";
+    message.reason = object.reason ?? 0;
     return message;
   },
 };
@@ -15302,8 +18672,11 @@ export const ComputeServiceService = {
     responseDeserialize: (value: Buffer): GetDomainStatsResponse => GetDomainStatsResponse.decode(value),
   },
   /**
-   * Streams domain events (lifecycle with detail, reboot, device added and
-   * removed) as they happen, until the client cancels.
+   * Streams domain events as they happen, until the client cancels: every
+   * domain event libvirt 9.0 has (lifecycle with detail, reboot, devices
+   * added, removed or failing to be removed, I/O errors, block jobs, the
+   * guest agent, tuning, metadata, balloon, graphics clients, ...; see the
+   * oneof of WatchDomainEventsResponse), each as a typed message.
    * Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
    * this watcher falls too far behind; UNAVAILABLE when the libvirt connection
    * is lost (watch again once it is back).
@@ -15980,8 +19353,11 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
    */
   getDomainStats: handleUnaryCall<GetDomainStatsRequest, GetDomainStatsResponse>;
   /**
-   * Streams domain events (lifecycle with detail, reboot, device added and
-   * removed) as they happen, until the client cancels.
+   * Streams domain events as they happen, until the client cancels: every
+   * domain event libvirt 9.0 has (lifecycle with detail, reboot, devices
+   * added, removed or failing to be removed, I/O errors, block jobs, the
+   * guest agent, tuning, metadata, balloon, graphics clients, ...; see the
+   * oneof of WatchDomainEventsResponse), each as a typed message.
    * Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
    * this watcher falls too far behind; UNAVAILABLE when the libvirt connection
    * is lost (watch again once it is back).
@@ -16676,8 +20052,11 @@ export interface ComputeServiceClient extends Client {
     callback: (error: ServiceError | null, response: GetDomainStatsResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Streams domain events (lifecycle with detail, reboot, device added and
-   * removed) as they happen, until the client cancels.
+   * Streams domain events as they happen, until the client cancels: every
+   * domain event libvirt 9.0 has (lifecycle with detail, reboot, devices
+   * added, removed or failing to be removed, I/O errors, block jobs, the
+   * guest agent, tuning, metadata, balloon, graphics clients, ...; see the
+   * oneof of WatchDomainEventsResponse), each as a typed message.
    * Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
    * this watcher falls too far behind; UNAVAILABLE when the libvirt connection
    * is lost (watch again once it is back).
