@@ -26,6 +26,7 @@ from virtmesh_client.cli_commands import (
     either,
     enum_choices,
     follow,
+    gap_text,
     notice,
 )
 from virtmesh_client.cli_fleet import Fleet, Handler, Query
@@ -137,7 +138,12 @@ def cmd_events(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 def merge_events(fleet: Fleet, args: argparse.Namespace, out: Output) -> None:
     """Every node's events as one stream, each line labelled with its node."""
-    streams = fleet.each(lambda client: client.watch(args.names))
+    def watch(client: Client) -> EventStream:
+        def said(text: str) -> None:
+            notice(f"{client.target}: {text}")
+        return client.watch(args.names, notice=said)
+
+    streams = fleet.each(watch)
     merged: queue.Queue[tuple[str, Any]] = queue.Queue()
 
     def pump(node: str, stream: EventStream) -> None:
@@ -160,6 +166,11 @@ def merge_events(fleet: Fleet, args: argparse.Namespace, out: Output) -> None:
             if isinstance(item, ClientError):
                 fleet.warn(node, item)
                 running -= 1
+                continue
+            if item.HasField("gap"):
+                notice(f"{node}: {gap_text(item.gap)}")
+                if out.json:
+                    out.line(item, "", node)
                 continue
             out.line(item, _event_text(item), node)
             count += 1
