@@ -70,6 +70,9 @@ class Config:
     #: compute: the directory of save images and core dumps; the paths of SaveDomain,
     #: RestoreDomain, CoreDumpDomain... must be inside it. Empty: ``<state_dir>/save``
     save_dir: str = ""
+    #: compute: whether SuspendNode may suspend the host; off: a call would stop every
+    #: guest and the service until the real-time clock wakes the host
+    allow_node_suspend: bool = False
 
     @property
     def socket_path(self) -> Path:
@@ -111,6 +114,8 @@ _HELP = {
                   "~/.cache/virtmesh/qemu-capabilities; none: off)",
     "save_dir": "compute: directory of save images and core dumps, the only place their "
                 "paths may name (default <state_dir>/save)",
+    "allow_node_suspend": "compute: let SuspendNode suspend the host (true/false; off by "
+                          "default: it stops every guest and the service)",
     "idle_timeout": "exit after this many seconds without calls (health probes do not "
                     "count) unless busy, e.g. compute with running guests; 0: never",
 }
