@@ -590,3 +590,58 @@ def test_a_caller_is_answered_at_its_deadline_and_stuck_calls_are_bounded(
     finally:
         StuckServicer.release.set()
         daemon.stop()
+
+
+class StuckGuestServicer(ComputeServicer):
+    """GetDomain of 'test' blocks after its lookup, as a call on a QEMU that stopped
+    answering does; other domains answer."""
+
+    release = threading.Event()
+
+    def GetDomain(self, request: Any, context: grpc.ServicerContext) -> Any:
+        dom = self.backend.lookup(request.name)
+        if request.name == "test":
+            StuckGuestServicer.release.wait(60)
+        return pb.GetDomainResponse(domain=pb.Domain(name=dom.name()))
+
+
+STUCK_GUEST = dataclasses.replace(STUCK, name="stuck-guest",
+                                  servicer_factory=StuckGuestServicer)
+
+
+def test_a_stuck_guest_gets_a_clear_error_and_the_others_are_served(tmp_path: Path) -> None:
+    """Calls waiting (over a second) in libvirt on one domain are bounded: more about
+    it are refused at once with DOMAIN_BUSY, naming it; calls about other domains go on;
+    once the guest answers again, it is served again."""
+    StuckGuestServicer.release.clear()
+    config = Config(service="stuck-guest", state_dir=tmp_path, uri="test:///default",
+                    grace_period=0.5)
+    daemon = Daemon(STUCK_GUEST, config)
+    daemon.start(connect_wait=10)
+    try:
+        with compute_stub(daemon.socket_path) as stub:
+            stub.DefineDomain(pb.DefineDomainRequest(xml=(
+                "<domain type='test'><name>other</name><memory>65536</memory>"
+                "<os><type>hvm</type></os></domain>")), timeout=10)
+            for _ in range(4):
+                error = rpc_error(lambda request, timeout: stub.GetDomain(
+                    request, timeout=0.3), pb.GetDomainRequest(name="test"))
+                assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            time.sleep(1.2)  # the four have now waited over a second
+            started = time.monotonic()
+            error = rpc_error(stub.GetDomain, pb.GetDomainRequest(name="test"))
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "domain 'test' already has 4 calls waiting" in (error.details() or "")
+            assert time.monotonic() - started < 5  # at once, not after a wait
+            assert stub.GetDomain(pb.GetDomainRequest(name="other"), timeout=10).domain.name \
+                == "other"
+            StuckGuestServicer.release.set()
+            deadline = time.monotonic() + 30
+            while daemon.unary_calls.count:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert stub.GetDomain(pb.GetDomainRequest(name="test"), timeout=10).domain.name \
+                == "test"
+    finally:
+        StuckGuestServicer.release.set()
+        daemon.stop()

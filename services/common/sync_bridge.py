@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 
+from services.common import call_scope
 from services.common.metrics import ABANDONED_CALLS, ABANDONED_CALLS_RUNNING
 from services.common.shared import error_status
 
@@ -58,6 +59,12 @@ def _refusals(function: Callable[..., Any], *args: Any) -> Any:
         return function(*args)
     except Aborted as aborted:
         return _Refusal(aborted)
+
+
+def _scoped_refusals(function: Callable[..., Any], *args: Any) -> Any:
+    """A unary call, in a scope of its own (services/common/call_scope.py)."""
+    with call_scope.opened():
+        return _refusals(function, *args)
 
 
 class SyncContext:
@@ -213,7 +220,8 @@ class Bridge:
     def _submit(self, in_flight: CallsInFlight | None, function: Callable[..., Any],
                 *args: Any) -> asyncio.Future[Any]:
         """``function(*args)`` on a thread; ``in_flight`` is left when it returns."""
-        future = self.workers.run(_refusals, function, *args)
+        future = self.workers.run(_scoped_refusals if in_flight is not None else _refusals,
+                                  function, *args)
         if in_flight is not None:
             future.add_done_callback(in_flight.leave)
         return future

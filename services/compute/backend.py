@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlparse
 import grpc
 import libvirt
 
-from services.common import documents, event_callbacks, registry
+from services.common import call_scope, documents, event_callbacks, registry
 from services.common.backend import Backend, by_name_or_uuid, list_flags
 from services.common.config import Config
 from services.common.errors import ServiceError, require
@@ -33,6 +33,7 @@ from services.compute.backend_sessions import (
     stream_chunks,
 )
 from services.compute.capabilities import Answer, CapabilitiesCache
+from services.compute.domain_calls import STUCK_AFTER, DomainCalls
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -137,6 +138,8 @@ class ComputeBackend(Backend):
         super().__init__(connection)
         self.sandbox = ParseSandbox()
         self.character_devices = CharacterDevices()
+        #: calls waiting (over a second) in libvirt per domain, for every unary RPC
+        self.stuck_calls = DomainCalls(stuck_after=STUCK_AFTER)
         self._autostarted = False
         self.capabilities_cache = CapabilitiesCache()
         self._shared_caps = caps_cache
@@ -202,10 +205,16 @@ class ComputeBackend(Backend):
                 log.warning("cannot autostart guest %s: %s", dom.name(), error)
 
     def lookup(self, name: str) -> libvirt.virDomain:
-        """A domain by name or by UUID string."""
+        """A domain by name or by UUID string. The call looking it up holds one of the
+        domain's places among the calls waiting in libvirt until it ends
+        (services/compute/domain_calls.py): a guest that stopped answering gets a
+        clear error, not every thread."""
         conn = self.conn
-        return by_name_or_uuid(name, conn.lookupByUUIDString, conn.lookupByName,
-                               libvirt.VIR_ERR_NO_DOMAIN)
+        dom = by_name_or_uuid(name, conn.lookupByUUIDString, conn.lookupByName,
+                              libvirt.VIR_ERR_NO_DOMAIN)
+        uuid = dom.UUIDString()
+        call_scope.hold(("domain", uuid), lambda: self.stuck_calls.held(uuid, dom.name()))
+        return dom
 
     def list_domains(self, active: bool | None, persistent: bool | None,
              autostart: bool | None) -> list[libvirt.virDomain]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,42 +25,10 @@ from services.common.call_end import CallWatch
 from services.common.errors import ServiceError, require
 from services.common.libvirt_identity import adopt_system_identity
 from services.compute.backend import ComputeBackend
+from services.compute.domain_calls import DOMAIN_CALLS, DomainCalls
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-#: calls that may wait in libvirt at once on one domain: a long job, someone watching
-#: its progress, an abort, and one more
-DOMAIN_CALLS = 4
-
-
-class DomainCalls:
-    """At most ``limit`` calls in libvirt per domain; more get RESOURCE_EXHAUSTED at
-    once rather than a thread each that a stuck QEMU would keep."""
-
-    def __init__(self, limit: int = DOMAIN_CALLS) -> None:
-        self.limit = limit
-        self._lock = threading.Lock()
-        self._calls: dict[str, int] = {}
-
-    @contextlib.contextmanager
-    def held(self, uuid: str, name: str) -> Iterator[None]:
-        with self._lock:
-            if self._calls.get(uuid, 0) >= self.limit:
-                raise ServiceError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"domain '{name}' already has {self.limit} calls waiting in libvirt (a "
-                    "long job, or a QEMU that does not answer); try again when they end",
-                    "DOMAIN_BUSY")
-            self._calls[uuid] = self._calls.get(uuid, 0) + 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._calls[uuid] -= 1
-                if not self._calls[uuid]:
-                    del self._calls[uuid]
-
 
 def _invalid_path(text: str, why: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"path {text!r} {why}", "INVALID_PATH")
