@@ -224,3 +224,28 @@ def test_close_all_ends_every_stream_with_unavailable() -> None:
         assert hub.subscriber_count == 0
 
     asyncio.run(run())
+
+
+def test_after_a_restart_the_whole_new_run_follows_the_gap() -> None:
+    async def run() -> None:
+        hub: EventHub[Response] = EventHub(4, window=8)
+        for name in "abc":  # this run, all still in the window
+            hub.publish(event(name))
+        stream = watch(hub, Context(), [], EventPosition(epoch="the run before", sequence=9))
+        first, *rest = await take(stream, 4)
+        assert first.gap.reason == Reason.REASON_EPOCH_CHANGED
+        assert first.position == EventPosition(epoch=hub.epoch, sequence=0)
+        assert [(e.name, e.position.sequence) for e in rest] == [("a", 1), ("b", 2), ("c", 3)]
+
+    asyncio.run(run())
+
+
+def test_a_stopping_hub_refuses_new_watches() -> None:
+    async def run() -> None:
+        hub: EventHub[Response] = EventHub(4)
+        hub.close_all("the service is shutting down", final=True)
+        with pytest.raises(ServiceError, match="shutting down") as refused:
+            await anext(watch(hub, Context()))
+        assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+
+    asyncio.run(run())

@@ -10,7 +10,9 @@ or growing memory.
 A watcher may resume after a position it saw (``resume_after``): it gets what it
 missed from the window, in order, then the live events; when the window no longer
 holds them, or the epoch changed (the service restarted or lost libvirt, so events
-went unseen), it gets an EventGap first instead (protos/virtmesh/events/v1).
+went unseen), it gets an EventGap first instead (protos/virtmesh/events/v1); when
+only the epoch changed and the window still holds the whole new run, that run's
+events follow the gap, so a watcher that reconnects late misses nothing of it.
 """
 
 from __future__ import annotations
@@ -98,6 +100,8 @@ class EventHub(Generic[Event]):
         self.sequence = 0
         #: why Watch answers UNIMPLEMENTED: the driver has no events of this kind
         self.unsupported = ""
+        #: why Watch answers UNAVAILABLE: the service is stopping
+        self.ended = ""
 
     @classmethod
     def fed_by(cls, connection: LibvirtConnection, max_subscribers: int,
@@ -168,9 +172,12 @@ class EventHub(Generic[Event]):
         EVENT_SUBSCRIBERS.dec()
         return True
 
-    def close_all(self, reason: str) -> None:
+    def close_all(self, reason: str, final: bool = False) -> None:
         """End every stream with UNAVAILABLE, e.g. when the libvirt connection is lost
-        (any thread)."""
+        (any thread). ``final``: the service is stopping, new watches are refused too
+        (one would subscribe to a run about to end and believe it was back)."""
+        if final:
+            self.ended = reason
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -193,6 +200,9 @@ class EventHub(Generic[Event]):
         if self.unsupported:
             raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, self.unsupported,
                                "VIR_ERR_NO_SUPPORT")
+        if self.ended:
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"event stream ended: {self.ended}",
+                               "EVENTS_INTERRUPTED")
         accept = _name_filter(names)
         with self._lock:
             if len(self._subscribers) >= self.max_subscribers:
@@ -229,8 +239,11 @@ class EventHub(Generic[Event]):
         """What a watcher resuming after position ``after`` missed (under the lock):
         the window's events after it, or a gap."""
         oldest = self._window[0][0] if self._window else self.sequence + 1
+        resume_at = self.sequence  # after a gap: the live events
         if after.epoch != self.epoch:
             reason = _Reason.REASON_EPOCH_CHANGED
+            if oldest == 1:  # the window holds this whole run: all of it follows the gap
+                resume_at = 0
         elif after.sequence > self.sequence:
             reason = _Reason.REASON_UNKNOWN_POSITION
         elif after.sequence + 1 < oldest:
@@ -241,8 +254,8 @@ class EventHub(Generic[Event]):
             epoch=self.epoch, sequence=oldest - 1))
         response = response_type(gap=gap, time=now())
         response.position.epoch = self.epoch  # type: ignore[attr-defined]
-        response.position.sequence = self.sequence  # type: ignore[attr-defined]
-        return [response]
+        response.position.sequence = resume_at  # type: ignore[attr-defined]
+        return [response, *(event for sequence, event in self._window if sequence > resume_at)]
 
 
 def _name_filter(names: Iterable[str]) -> Callable[[Any], bool]:

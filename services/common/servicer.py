@@ -76,7 +76,7 @@ class DriverServicer(Generic[BackendT, Event]):
 
     def close(self) -> None:
         """The service is stopping: end event streams now rather than after the grace."""
-        self.events.close_all("the service is shutting down")
+        self.events.close_all("the service is shutting down", final=True)
 
     def stopped(self) -> None:
         """The last call has ended: the backend may let go of its helpers."""

@@ -58,7 +58,10 @@ Global___EventPosition: _TypeAlias = EventPosition  # noqa: Y015
 class EventGap(_message.Message):
     """Sent first, instead of missed events, when a resume cannot be exact: the
     watcher must re-read the state it keeps (list the objects again), then go on
-    with the events that follow.
+    with the events that follow. Its position is where those begin: after an
+    epoch change, when the window still holds the service's whole new run, that
+    is sequence 0 and every event of the new run follows; otherwise the latest
+    event, and only new ones follow.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
