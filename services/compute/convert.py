@@ -16,9 +16,11 @@ import grpc
 import libvirt
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.common.backend import summaries
 from services.common.convert import libvirt_to_proto, proto_to_libvirt
 from services.common.events import now
 from services.common.shared import ServiceError
+from services.compute.backend import Listed, Now
 from services.compute.backend_sessions import Display
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 
@@ -79,8 +81,11 @@ REBOOT_FLAGS: dict[int, int] = {
 }
 
 
+_DOMAIN_STATES = frozenset(pb.DomainState.values())
+
+
 def domain_state(state: int) -> pb.DomainState.ValueType:
-    known = state in pb.DomainState.values()
+    known = state in _DOMAIN_STATES
     return cast("pb.DomainState.ValueType", state if known else pb.DOMAIN_STATE_UNSPECIFIED)
 
 
@@ -123,18 +128,53 @@ Explain = Callable[[libvirt.virDomain], str]
 def domain(dom: libvirt.virDomain, explain: Explain | None = None) -> pb.Domain:
     """The summary; with ``explain``, also why a guest is in its state for its own
     reasons (it reads QEMU's log: GetDomain, not ListDomains)."""
-    state, max_mem, memory, vcpus, cpu_time = dom.info()
-    _, reason = dom.state()
-    dom_id = dom.ID()
+    state, reason = dom.state()
     persistent = bool(dom.isPersistent())
     message = explain(dom) if explain and reason in _TROUBLE.get(state, ()) else ""
+    return _summary(dom, dom.name(), (state, reason, dom.ID()), persistent,
+                    persistent and bool(dom.autostart()), bool(dom.hasManagedSaveImage()),
+                    message)
+
+
+def listed_domains(listed: Sequence[Listed], states: Mapping[str, Now]) -> list[pb.Domain]:
+    """The same summaries as ``domain`` (without ``state_message``) for domains of a
+    listing: their flags come from the listing, state and reason from one bulk call
+    (``states``, by name), the rest from ``info`` and ``OSType``, which no bulk call
+    of libvirt's has without a job and QEMU monitor calls per guest. A domain
+    missing from ``states``, or gone before its ``info``, is left out."""
+    def summary(item: Listed) -> pb.Domain:
+        return _summary(item.dom, item.name, states[item.name], item.persistent,
+                        item.autostart, item.managed_save)
+
+    return summaries(in_listed_states(listed, states), summary)
+
+
+def in_listed_states(listed: Sequence[Listed], states: Mapping[str, Now],
+                     wanted: Container[int] | None = None) -> list[Listed]:
+    """The domains of ``listed`` that ``states`` (by name) knows, and whose state is
+    one of ``wanted`` (DomainState values; None: any)."""
+    kept = []
+    for item in listed:
+        state = states.get(item.name)
+        if state is not None and (wanted is None or domain_state(state[0]) in wanted):
+            kept.append(item)
+    return kept
+
+
+def listed_name(listed: Listed) -> str:
+    return listed.name
+
+
+def _summary(dom: libvirt.virDomain, name: str, now: Now, persistent: bool, autostart: bool,
+             managed_save: bool, message: str = "") -> pb.Domain:
+    state, reason, dom_id = now
+    _, max_mem, memory, vcpus, cpu_time = dom.info()
     return pb.Domain(
-        name=dom.name(), uuid=dom.UUIDString(), id=max(dom_id, 0),
+        name=name, uuid=dom.UUIDString(), id=max(dom_id, 0),
         state=domain_state(state), state_reason=state_reason(state, reason),
-        persistent=persistent, autostart=bool(dom.autostart()) if persistent else False,
-        vcpus=vcpus, memory_kib=memory, max_memory_kib=max_mem, cpu_time_ns=cpu_time,
-        os_type=dom.OSType(), has_managed_save=bool(dom.hasManagedSaveImage()),
-        state_message=message,
+        persistent=persistent, autostart=autostart, vcpus=vcpus, memory_kib=memory,
+        max_memory_kib=max_mem, cpu_time_ns=cpu_time, os_type=dom.OSType(),
+        has_managed_save=managed_save, state_message=message,
     )
 
 
