@@ -211,37 +211,77 @@ _BLOCK_FIELDS = {
 }
 _INDEXED_FIELDS = {"vcpu": _VCPU_FIELDS, "net": _NET_FIELDS, "block": _BLOCK_FIELDS}
 
+#: libvirt stat key -> (part of DomainStats, its field): the typed keys with no index
+_FIXED_TARGETS: dict[str, tuple[str, str]] = {
+    **{f"cpu.{field}": ("cpu", f"{field}_ns") for field in ("time", "user", "system")},
+    **{f"balloon.{key}": ("balloon", field) for key, field in _BALLOON_FIELDS.items()},
+    "vcpu.current": ("", "vcpu_current"), "vcpu.maximum": ("", "vcpu_maximum"),
+}
+#: a key no table types: only in ``raw``
+_UNTYPED = ("", "", -1, "")
+#: libvirt stat key -> (kind, field, index, indexed kind) once seen; kinds "cpu",
+#: "balloon", "" (DomainStats itself) or "indexed" for vcpu.N / net.N / block.N
+_KEY_TARGETS: dict[str, tuple[str, str, int, str]] = {}
+#: keys remembered at most: a key names a device index, so hosts have few of them
+_MAX_KEY_TARGETS = 100_000
+
+
+def _key_target(key: str) -> tuple[str, str, int, str]:
+    """Where a stat key goes, worked out once per key rather than per guest."""
+    target = _KEY_TARGETS.get(key)
+    if target is not None:
+        return target
+    fixed = _FIXED_TARGETS.get(key)
+    if fixed is not None:
+        target = (fixed[0], fixed[1], -1, "")
+    elif (match := _INDEXED.match(key)) and match.group(3) in _INDEXED_FIELDS[match.group(1)]:
+        kind = match.group(1)
+        target = ("indexed", _INDEXED_FIELDS[kind][match.group(3)], int(match.group(2)), kind)
+    else:
+        target = _UNTYPED
+    if len(_KEY_TARGETS) >= _MAX_KEY_TARGETS:
+        _KEY_TARGETS.clear()
+    _KEY_TARGETS[key] = target
+    return target
+
 
 def domain_stats(dom: libvirt.virDomain, record: Mapping[str, Any]) -> pb.DomainStats:
-    """One record of libvirt's bulk stats call as typed fields plus everything raw."""
-    stats = pb.DomainStats(name=dom.name(), uuid=dom.UUIDString())
-    if "state.state" in record:
-        state = int(record["state.state"])
-        stats.state = domain_state(state)
-        stats.state_reason = state_reason(state, int(record.get("state.reason", 0)))
+    """One record of libvirt's bulk stats call as typed fields plus everything raw.
+
+    Each key's place is looked up in a table filled once per key (``_key_target``),
+    and the message is built in one constructor call: many guests per call."""
+    top: dict[str, Any] = {}
+    parts: dict[str, dict[str, Any]] = {"cpu": {}, "balloon": {}}
     indexed: dict[str, dict[int, dict[str, Any]]] = {"vcpu": {}, "net": {}, "block": {}}
     for key, value in record.items():
-        stats.raw[key] = str(value)
-        group, _, field = key.partition(".")
-        if group == "cpu" and field in ("time", "user", "system"):
-            setattr(stats.cpu, f"{field}_ns", int(value))
-        elif group == "balloon" and field in _BALLOON_FIELDS:
-            setattr(stats.balloon, _BALLOON_FIELDS[field], int(value))
-        elif key == "vcpu.current":
-            stats.vcpu_current = int(value)
-        elif key == "vcpu.maximum":
-            stats.vcpu_maximum = int(value)
-        elif match := _INDEXED.match(key):
-            kind, index, name = match.group(1), int(match.group(2)), match.group(3)
-            if name in _INDEXED_FIELDS[kind]:
-                indexed[kind].setdefault(index, {})[_INDEXED_FIELDS[kind][name]] = value
-    for index, fields in sorted(indexed["vcpu"].items()):
-        stats.vcpus.add(index=index, **fields)
-    for _, fields in sorted(indexed["net"].items()):
-        stats.interfaces.add(**fields)
-    for _, fields in sorted(indexed["block"].items()):
-        stats.blocks.add(**fields)
-    return stats
+        part, field, index, kind = _KEY_TARGETS.get(key) or _key_target(key)
+        if not field:
+            continue
+        if part == "indexed":
+            indexed[kind].setdefault(index, {})[field] = value
+        elif part:
+            parts[part][field] = int(value)
+        else:
+            top[field] = int(value)
+    state = record.get("state.state")
+    if state is not None:
+        top["state"] = domain_state(int(state))
+        top["state_reason"] = state_reason(int(state), int(record.get("state.reason", 0)))
+    if parts["cpu"]:
+        top["cpu"] = pb.CpuStats(**parts["cpu"])
+    if parts["balloon"]:
+        top["balloon"] = pb.BalloonStats(**parts["balloon"])
+    if indexed["vcpu"]:
+        top["vcpus"] = [pb.VcpuStats(index=index, **fields)
+                        for index, fields in sorted(indexed["vcpu"].items())]
+    if indexed["net"]:
+        top["interfaces"] = [pb.InterfaceStats(**fields)
+                             for _, fields in sorted(indexed["net"].items())]
+    if indexed["block"]:
+        top["blocks"] = [pb.BlockStats(**fields)
+                         for _, fields in sorted(indexed["block"].items())]
+    return pb.DomainStats(name=dom.name(), uuid=dom.UUIDString(),
+                          raw={key: str(value) for key, value in record.items()}, **top)
 
 
 #: StatGroup -> virDomainStatsTypes
