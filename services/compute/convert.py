@@ -251,37 +251,45 @@ def domain_stats(dom: libvirt.virDomain, record: Mapping[str, Any]) -> pb.Domain
     Each key's place is looked up in a table filled once per key (``_key_target``),
     and the message is built in one constructor call: many guests per call."""
     top: dict[str, Any] = {}
-    parts: dict[str, dict[str, Any]] = {"cpu": {}, "balloon": {}}
-    indexed: dict[str, dict[int, dict[str, Any]]] = {"vcpu": {}, "net": {}, "block": {}}
+    parts: dict[str, dict[str, Any]] = {}
+    indexed: dict[str, dict[int, dict[str, Any]]] = {}
     for key, value in record.items():
         part, field, index, kind = _KEY_TARGETS.get(key) or _key_target(key)
         if not field:
             continue
-        if part == "indexed":
-            indexed[kind].setdefault(index, {})[field] = value
-        elif part:
-            parts[part][field] = int(value)
-        else:
+        if not part:
             top[field] = int(value)
+        elif kind:
+            indexed.setdefault(kind, {}).setdefault(index, {})[field] = value
+        else:
+            parts.setdefault(part, {})[field] = int(value)
     state = record.get("state.state")
     if state is not None:
         top["state"] = domain_state(int(state))
         top["state_reason"] = state_reason(int(state), int(record.get("state.reason", 0)))
-    if parts["cpu"]:
+    if "cpu" in parts:
         top["cpu"] = pb.CpuStats(**parts["cpu"])
-    if parts["balloon"]:
+    if "balloon" in parts:
         top["balloon"] = pb.BalloonStats(**parts["balloon"])
-    if indexed["vcpu"]:
-        top["vcpus"] = [pb.VcpuStats(index=index, **fields)
-                        for index, fields in sorted(indexed["vcpu"].items())]
-    if indexed["net"]:
-        top["interfaces"] = [pb.InterfaceStats(**fields)
-                             for _, fields in sorted(indexed["net"].items())]
-    if indexed["block"]:
-        top["blocks"] = [pb.BlockStats(**fields)
-                         for _, fields in sorted(indexed["block"].items())]
+    if indexed:
+        top.update(_indexed_stats(indexed))
     return pb.DomainStats(name=dom.name(), uuid=dom.UUIDString(),
                           raw={key: str(value) for key, value in record.items()}, **top)
+
+
+def _indexed_stats(indexed: Mapping[str, Mapping[int, dict[str, Any]]]) -> dict[str, Any]:
+    """The repeated fields of DomainStats, in index order."""
+    fields: dict[str, Any] = {}
+    if "vcpu" in indexed:
+        fields["vcpus"] = [pb.VcpuStats(index=index, **values)
+                           for index, values in sorted(indexed["vcpu"].items())]
+    if "net" in indexed:
+        fields["interfaces"] = [pb.InterfaceStats(**values)
+                                for _, values in sorted(indexed["net"].items())]
+    if "block" in indexed:
+        fields["blocks"] = [pb.BlockStats(**values)
+                            for _, values in sorted(indexed["block"].items())]
+    return fields
 
 
 #: StatGroup -> virDomainStatsTypes
