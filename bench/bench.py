@@ -539,18 +539,19 @@ class Mesh:
 
 
 def start_mesh(procs: Processes, tmp: Path, compute_uri: str = "test:///default",
-               libvirt_path: str = "/default") -> Mesh:
+               libvirt_path: str = "/default", env: dict[str, str] | None = None) -> Mesh:
     """A private libvirtd (test driver at ``libvirt_path``), the compute service on
-    ``compute_uri`` and the gateway in front of it, all serving."""
+    ``compute_uri`` and the gateway in front of it (both with ``env``: settings),
+    all serving."""
     python = sys.executable
     state = tmp / "state"
     ensure_dev_pki(state / "pki")
     port = free_port()
     # Start everything first, then wait: the three start-ups overlap.
     compute = procs.start("compute", [python, "-m", "services", "compute", "--uri",
-                                      compute_uri, "--state-dir", str(state)])
+                                      compute_uri, "--state-dir", str(state)], env)
     gateway = procs.start("gateway", [python, "-m", "gateway", "--state-dir", str(state),
-                                      "--listen", f"127.0.0.1:{port}"])
+                                      "--listen", f"127.0.0.1:{port}"], env)
     libvirt_uri, libvirtd = start_libvirtd(procs, tmp / "libvirtd", libvirt_path)
     compute_sock = state / "run" / "compute.sock"
     pki = state / "pki"

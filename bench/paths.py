@@ -85,8 +85,10 @@ def interleaved(clients: Clients, calls: dict[str, Callable[[], Any]], rounds: i
     return times
 
 
-def goal_line(what: str, ratio: float, goal: float) -> str:
-    return f"goal: {what} <= {goal}x: {ratio:.3f}x: {'met' if ratio <= goal else 'NOT met'}"
+def goal_line(what: str, value: float, limit: float, unit: str = "x") -> str:
+    """A goal's line: what, the limit, the figure of this run, met or not."""
+    return (f"goal: {what} <= {limit:g}{unit}: {value:.3f}{unit}: "
+            f"{'met' if value <= limit else 'NOT met'}")
 
 
 def goal(ratio: float, limit: float, **more: Any) -> dict[str, Any]:
