@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import libvirt
 
-from bench.bench import Mesh, Processes, start_mesh
+from bench.bench import Mesh, Processes, cpu_snapshot, start_mesh
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 
 PATHS = ("libvirt", "service", "gateway")
@@ -65,24 +65,43 @@ def node_servers(tmp: Path, prefix: str, domains: int) -> Iterator[Clients]:
         procs.stop_all()
 
 
+#: the server processes each path's calls run in
+SERVERS = {"libvirt": ("libvirtd",), "service": ("compute",), "gateway": ("gateway", "compute")}
+
+
+@dataclass
+class Timings:
+    """Per path: wall seconds per call, and CPU seconds per call of this client and
+    of the path's servers together (steadier than wall time on a busy host)."""
+
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+
+
 def interleaved(clients: Clients, calls: dict[str, Callable[[], Any]], rounds: int,
-                per_round: int, label: str) -> dict[str, list[float]]:
-    """Seconds per call: ``rounds`` rounds of ``per_round`` calls on each path in
-    turn (so drift hits every path alike), after one unrecorded call each."""
-    times: dict[str, list[float]] = {path: [] for path in calls}
+                per_round: int, label: str) -> Timings:
+    """``rounds`` rounds of ``per_round`` calls on each path in turn (so drift hits
+    every path alike), after one unrecorded call each."""
+    timings = Timings({path: [] for path in calls}, {path: [] for path in calls})
+    pids = clients.mesh.server_pids
     for call in calls.values():
         call()
     for number in range(rounds):
         for path, call in calls.items():
             clients.mesh.check_alive(clients.procs)
+            servers = {name: pids[name] for name in SERVERS[path]}
+            before = cpu_snapshot(servers)
             for _ in range(per_round):
                 started = time.perf_counter()
                 call()
-                times[path].append(time.perf_counter() - started)
+                timings.wall[path].append(time.perf_counter() - started)
+            after = cpu_snapshot(servers)
+            timings.cpu[path].append(sum(after[name] - before[name] for name in after)
+                                     / per_round)
         print(f"  {label}, round {number + 1}/{rounds}: " + ", ".join(
-            f"{path} {statistics.median(times[path][-per_round:]) * 1000:.2f} ms"
-            for path in calls), file=sys.stderr)
-    return times
+            f"{path} {statistics.median(timings.wall[path][-per_round:]) * 1000:.2f} ms "
+            f"(CPU {timings.cpu[path][-1] * 1000:.2f} ms)" for path in calls), file=sys.stderr)
+    return timings
 
 
 def goal_line(what: str, value: float, limit: float, unit: str = "x") -> str:

@@ -90,7 +90,8 @@ def domain_state(state: int) -> pb.DomainState.ValueType:
 
 
 def state_reason(state: int, reason: int) -> str:
-    return STATE_REASONS.get(state, {}).get(reason, f"reason_{reason}")
+    known = STATE_REASONS.get(state, {}).get(reason)
+    return known if known is not None else f"reason_{reason}"
 
 
 def version_string(version: int) -> str:
@@ -131,34 +132,35 @@ def domain(dom: libvirt.virDomain, explain: Explain | None = None) -> pb.Domain:
     state, reason = dom.state()
     persistent = bool(dom.isPersistent())
     message = explain(dom) if explain and reason in _TROUBLE.get(state, ()) else ""
-    return _summary(dom, dom.name(), (state, reason, dom.ID()), persistent,
-                    persistent and bool(dom.autostart()), bool(dom.hasManagedSaveImage()),
-                    message)
+    return pb.Domain(**_summary(dom, dom.name(), (state, reason, dom.ID()), persistent,
+                                persistent and bool(dom.autostart()),
+                                bool(dom.hasManagedSaveImage())), state_message=message)
 
 
-def listed_domains(listed: Sequence[Listed], states: Mapping[str, Now]) -> list[pb.Domain]:
-    """The same summaries as ``domain`` (without ``state_message``) for domains of a
-    listing: their flags come from the listing, state and reason from one bulk call
-    (``states``, by name), the rest from ``info`` and ``OSType``, which no bulk call
-    of libvirt's has without a job and QEMU monitor calls per guest. A domain
-    missing from ``states``, or gone before its ``info``, is left out."""
-    def summary(item: Listed) -> pb.Domain:
+def add_listed_domains(into: Any, listed: Sequence[Listed], states: Mapping[str, Now]) -> None:
+    """Add to ``into`` (a repeated Domain field) the same summaries as ``domain``
+    (without ``state_message``) for domains of a listing: their flags come from the
+    listing, state, reason and id from one bulk call (``states``, by name), the rest
+    from ``info`` and ``OSType``, which no bulk call of libvirt's has without a job
+    and QEMU monitor calls per guest. A domain missing from ``states``, or gone
+    before its ``info``, is left out. Added in place: a message built apart would
+    be copied into the response."""
+    def summary(item: Listed) -> dict[str, Any]:
         return _summary(item.dom, item.name, states[item.name], item.persistent,
                         item.autostart, item.managed_save)
 
-    return summaries(in_listed_states(listed, states), summary)
+    for fields in summaries(in_listed_states(listed, states), summary):
+        into.add(**fields)
 
 
 def in_listed_states(listed: Sequence[Listed], states: Mapping[str, Now],
                      wanted: Container[int] | None = None) -> list[Listed]:
     """The domains of ``listed`` that ``states`` (by name) knows, and whose state is
     one of ``wanted`` (DomainState values; None: any)."""
-    kept = []
-    for item in listed:
-        state = states.get(item.name)
-        if state is not None and (wanted is None or domain_state(state[0]) in wanted):
-            kept.append(item)
-    return kept
+    if wanted is None:
+        return [item for item in listed if item.name in states]
+    return [item for item in listed
+            if item.name in states and domain_state(states[item.name][0]) in wanted]
 
 
 def listed_name(listed: Listed) -> str:
@@ -166,16 +168,17 @@ def listed_name(listed: Listed) -> str:
 
 
 def _summary(dom: libvirt.virDomain, name: str, now: Now, persistent: bool, autostart: bool,
-             managed_save: bool, message: str = "") -> pb.Domain:
+             managed_save: bool) -> dict[str, Any]:
+    """A Domain's fields but ``state_message``."""
     state, reason, dom_id = now
     _, max_mem, memory, vcpus, cpu_time = dom.info()
-    return pb.Domain(
-        name=name, uuid=dom.UUIDString(), id=max(dom_id, 0),
-        state=domain_state(state), state_reason=state_reason(state, reason),
-        persistent=persistent, autostart=autostart, vcpus=vcpus, memory_kib=memory,
-        max_memory_kib=max_mem, cpu_time_ns=cpu_time, os_type=dom.OSType(),
-        has_managed_save=managed_save, state_message=message,
-    )
+    return {
+        "name": name, "uuid": dom.UUIDString(), "id": max(dom_id, 0),
+        "state": domain_state(state), "state_reason": state_reason(state, reason),
+        "persistent": persistent, "autostart": autostart, "vcpus": vcpus,
+        "memory_kib": memory, "max_memory_kib": max_mem, "cpu_time_ns": cpu_time,
+        "os_type": dom.OSType(), "has_managed_save": managed_save,
+    }
 
 
 def snapshot(snap: libvirt.virDomainSnapshot) -> pb.Snapshot:

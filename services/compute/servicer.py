@@ -91,8 +91,9 @@ class ComputeServicer(DriverServicer[ComputeBackend, pb.WatchDomainEventsRespons
         states = self.backend.domain_states(chunk)
         if wanted is not None:  # a state may have changed since the listing
             chunk = convert.in_listed_states(chunk, states, wanted)
-        return pb.ListDomainsResponse(domains=convert.listed_domains(chunk, states),
-                                      next_page_token=token)
+        response = pb.ListDomainsResponse(next_page_token=token)
+        convert.add_listed_domains(response.domains, chunk, states)
+        return response
 
     def GetDomain(self, request: pb.GetDomainRequest, context: Ctx) -> pb.GetDomainResponse:
         return pb.GetDomainResponse(domain=convert.domain(self.backend.lookup(request.name),
