@@ -54,6 +54,7 @@ from bench.bench import (
     start_mesh,
 )
 from bench.paths import CHANNEL_OPTIONS, goal, goal_line, write_node
+from bench.paths import parser as bench_parser
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 
@@ -275,7 +276,7 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes) -> dict[str, Any]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench.events", description=__doc__.split("\n\n")[0])
+    parser = bench_parser("bench.events", __doc__, "bench-events.json")
     parser.add_argument("--changes", type=int, default=20, help="changes per path and round")
     parser.add_argument("--rounds", type=int, default=3, help="latency rounds")
     parser.add_argument("--watchers", type=int, default=1000, help="fan-out watchers")
@@ -283,8 +284,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--idle-watchers", type=int, default=2000, help="idle watchers")
     parser.add_argument("--idle-seconds", type=float, default=20.0,
                         help="seconds measured idle, with and without the watchers")
-    parser.add_argument("--out", default="bench-events.json", help="JSON results file")
-    parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     if min(args.changes, args.rounds, args.watchers, args.fanout_changes,
            args.idle_watchers) < 1 or args.idle_seconds <= 0:

@@ -34,6 +34,7 @@ import libvirt
 
 from bench.bench import RPC_TIMEOUT, BenchError, Processes, run_main
 from bench.paths import PATHS, Timings, goal, goal_line, interleaved, medians, node_servers
+from bench.paths import parser as bench_parser
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 
@@ -162,12 +163,10 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes) -> dict[str, Any]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench.lists", description=__doc__.split("\n\n")[0])
+    parser = bench_parser("bench.lists", __doc__, "bench-lists.json")
     parser.add_argument("--sizes", default="1000,10000,50000",
                         help="comma-separated numbers of domains")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds per size")
-    parser.add_argument("--out", default="bench-lists.json", help="JSON results file")
-    parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     args.sizes = [int(size) for size in args.sizes.split(",")]
     if args.rounds < 1 or min(args.sizes) < 1:

@@ -4,6 +4,7 @@ timed calls interleaved across the paths."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import statistics
 import sys
@@ -102,6 +103,14 @@ def interleaved(clients: Clients, calls: dict[str, Callable[[], Any]], rounds: i
             f"{path} {statistics.median(timings.wall[path][-per_round:]) * 1000:.2f} ms "
             f"(CPU {timings.cpu[path][-1] * 1000:.2f} ms)" for path in calls), file=sys.stderr)
     return timings
+
+
+def parser(prog: str, doc: str, out: str) -> argparse.ArgumentParser:
+    """A bulk bench's command line: its own options go on top of --out and --keep-tmp."""
+    made = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    made.add_argument("--out", default=out, help="JSON results file")
+    made.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory")
+    return made
 
 
 def goal_line(what: str, value: float, limit: float, unit: str = "x") -> str:

@@ -29,6 +29,7 @@ from typing import Any
 
 from bench.bench import RPC_TIMEOUT, BenchError, Processes, run_main
 from bench.paths import goal, goal_line, interleaved, medians, node_servers
+from bench.paths import parser as bench_parser
 from bench.scrape import QemuShaped
 from services.compute import convert
 from virtmesh.compute.v1 import compute_service_pb2 as pb
@@ -95,12 +96,10 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes) -> dict[str, Any]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench.stats", description=__doc__.split("\n\n")[0])
+    parser = bench_parser("bench.stats", __doc__, "bench-stats.json")
     parser.add_argument("--guests", type=int, default=500, help="running guests")
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds")
     parser.add_argument("--calls", type=int, default=20, help="calls per path and round")
-    parser.add_argument("--out", default="bench-stats.json", help="JSON results file")
-    parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     if min(args.guests, args.rounds, args.calls) < 1:
         parser.error("--guests, --rounds and --calls must be >= 1")

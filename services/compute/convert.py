@@ -89,9 +89,13 @@ def domain_state(state: int) -> pb.DomainState.ValueType:
     return cast("pb.DomainState.ValueType", state if known else pb.DOMAIN_STATE_UNSPECIFIED)
 
 
+#: (state, reason) -> its text, flat: lists look one up per domain
+_REASON_TEXTS = {(state, reason): text for state, reasons in STATE_REASONS.items()
+                 for reason, text in reasons.items()}
+
+
 def state_reason(state: int, reason: int) -> str:
-    known = STATE_REASONS.get(state, {}).get(reason)
-    return known if known is not None else f"reason_{reason}"
+    return _REASON_TEXTS.get((state, reason)) or f"reason_{reason}"
 
 
 def version_string(version: int) -> str:
@@ -249,10 +253,21 @@ def _key_target(key: str) -> tuple[str, str, int, str]:
 
 
 def domain_stats(dom: libvirt.virDomain, record: Mapping[str, Any]) -> pb.DomainStats:
-    """One record of libvirt's bulk stats call as typed fields plus everything raw.
+    """One record of libvirt's bulk stats call as typed fields plus everything raw."""
+    return pb.DomainStats(**_stats_fields(dom, record))
 
-    Each key's place is looked up in a table filled once per key (``_key_target``),
-    and the message is built in one constructor call: many guests per call."""
+
+def add_domain_stats(into: Any, records: Iterable[tuple[libvirt.virDomain, Mapping[str, Any]]]
+                     ) -> None:
+    """Add to ``into`` (a repeated DomainStats field) the records of libvirt's bulk
+    stats call, each built in place: a message built apart would be copied again."""
+    for dom, record in records:
+        into.add(**_stats_fields(dom, record))
+
+
+def _stats_fields(dom: libvirt.virDomain, record: Mapping[str, Any]) -> dict[str, Any]:
+    """DomainStats' fields: each key's place is looked up in a table filled once per
+    key (``_key_target``) rather than worked out per guest."""
     top: dict[str, Any] = {}
     parts: dict[str, dict[str, Any]] = {}
     indexed: dict[str, dict[int, dict[str, Any]]] = {}
@@ -276,8 +291,10 @@ def domain_stats(dom: libvirt.virDomain, record: Mapping[str, Any]) -> pb.Domain
         top["balloon"] = pb.BalloonStats(**parts["balloon"])
     if indexed:
         top.update(_indexed_stats(indexed))
-    return pb.DomainStats(name=dom.name(), uuid=dom.UUIDString(),
-                          raw={key: str(value) for key, value in record.items()}, **top)
+    top["name"] = dom.name()
+    top["uuid"] = dom.UUIDString()
+    top["raw"] = {key: str(value) for key, value in record.items()}
+    return top
 
 
 def _indexed_stats(indexed: Mapping[str, Mapping[int, dict[str, Any]]]) -> dict[str, Any]:

@@ -276,8 +276,9 @@ class ComputeServicer(DriverServicer[ComputeBackend, pb.WatchDomainEventsRespons
                        context: Ctx) -> pb.GetDomainStatsResponse:
         records = self.backend.stats(list(request.names), convert.stat_groups(request.groups),
                                      request.active_only, request.nowait)
-        return pb.GetDomainStatsResponse(
-            stats=[convert.domain_stats(dom, record) for dom, record in records])
+        response = pb.GetDomainStatsResponse()
+        convert.add_domain_stats(response.stats, records)
+        return response
 
     def GetCapabilities(self, request: pb.GetCapabilitiesRequest,
                         context: Ctx) -> pb.GetCapabilitiesResponse:
