@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import statistics
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -149,6 +150,11 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes) -> dict[str, Any]
           f"(median of {args.rounds} rounds)\n")
     print("\n".join(table(wall, "wall time") + table(
         cpu, "CPU time of the client and the path's servers") + goal_lines))
+    for domains, timings in rounds.items():
+        print(f"CPU us per domain at {domains}: " + "; ".join(
+            f"{path}: " + ", ".join(f"{name} {statistics.median(values) / domains * 1e6:.1f}"
+                                    for name, values in by_process.items())
+            for path, by_process in timings.cpu_by_process.items()))
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "libvirt_reference": "listAllDomains(0, AUTOSTART, MANAGEDSAVE) + info() per domain, "
@@ -158,6 +164,7 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes) -> dict[str, Any]
         "rounds_cpu_s": {str(n): timings.cpu for n, timings in rounds.items()},
         "median_wall_s": {str(n): by_path for n, by_path in wall.items()},
         "median_cpu_s": {str(n): by_path for n, by_path in cpu.items()},
+        "cpu_by_process_s": {str(n): timings.cpu_by_process for n, timings in rounds.items()},
         "goals": goals,
     }
 

@@ -77,13 +77,16 @@ class Timings:
 
     wall: dict[str, list[float]]
     cpu: dict[str, list[float]]
+    #: the same CPU seconds per call by process (client, libvirtd, compute, gateway)
+    cpu_by_process: dict[str, dict[str, list[float]]]
 
 
 def interleaved(clients: Clients, calls: dict[str, Callable[[], Any]], rounds: int,
                 per_round: int, label: str) -> Timings:
     """``rounds`` rounds of ``per_round`` calls on each path in turn (so drift hits
     every path alike), after one unrecorded call each."""
-    timings = Timings({path: [] for path in calls}, {path: [] for path in calls})
+    timings = Timings({path: [] for path in calls}, {path: [] for path in calls},
+                      {path: {} for path in calls})
     pids = clients.mesh.server_pids
     for call in calls.values():
         call()
@@ -97,8 +100,10 @@ def interleaved(clients: Clients, calls: dict[str, Callable[[], Any]], rounds: i
                 call()
                 timings.wall[path].append(time.perf_counter() - started)
             after = cpu_snapshot(servers)
-            timings.cpu[path].append(sum(after[name] - before[name] for name in after)
-                                     / per_round)
+            used = {name: (after[name] - before[name]) / per_round for name in after}
+            timings.cpu[path].append(sum(used.values()))
+            for name, seconds in used.items():
+                timings.cpu_by_process[path].setdefault(name, []).append(seconds)
         print(f"  {label}, round {number + 1}/{rounds}: " + ", ".join(
             f"{path} {statistics.median(timings.wall[path][-per_round:]) * 1000:.2f} ms "
             f"(CPU {timings.cpu[path][-1] * 1000:.2f} ms)" for path in calls), file=sys.stderr)
