@@ -3,7 +3,7 @@
 Two operations, each measured on three paths at concurrency 1 and 16:
 
 * ``list``: every domain with its summary. libvirt: ``listAllDomains()`` then, per
-  domain, the calls the compute service makes for its ``Domain`` message (info,
+  domain, the calls that fill a ``Domain`` message one domain at a time (info,
   state, ID, isPersistent, autostart, UUIDString, OSType, hasManagedSaveImage).
   gRPC: ``ListDomains(page_size=1000)``.
 * ``get``: one domain's summary. libvirt: ``lookupByName()`` plus the same calls.
@@ -672,7 +672,7 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes) -> dict[str, Any]
                 "libvirtd runs with LIBVIRT_DRIVER_DIR empty: built-in test driver only",
                 "libvirtd path: list = listAllDomains + per-domain info, state, ID, "
                 "isPersistent, autostart, UUIDString, OSType, hasManagedSaveImage "
-                "(the calls the compute service makes), sorted by name",
+                "(a Domain's calls one domain at a time, as GetDomain), sorted by name",
             ],
         },
         "results": [{"path": path, "op": op, "concurrency": conc, **result}

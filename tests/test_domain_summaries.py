@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import libvirt
 import pytest
 
 from services.common.daemon import Daemon
 from services.compute.convert import state_reason
-from tests.conftest import domain_xml
+from tests.conftest import domain_xml, error_of, reason_of
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 
@@ -121,3 +122,16 @@ def test_a_held_listing_shows_each_page_as_it_is_now(zoo: libvirt.virConnect,
     off = rest.domains[0]
     assert fields(off) == per_call_summary(zoo.lookupByName("off"))
     assert off.state == pb.DOMAIN_STATE_RUNNING and off.id > 0
+
+
+def test_a_token_is_refused_with_other_filters(zoo: libvirt.virConnect, stub: Stub) -> None:
+    first = stub.ListDomains(pb.ListDomainsRequest(page_size=2, active=True))
+    assert first.next_page_token
+    for other in ({"active": False}, {}, {"active": True, "states": [pb.DOMAIN_STATE_PAUSED]}):
+        error = error_of(stub.ListDomains, pb.ListDomainsRequest(
+            page_size=2, page_token=first.next_page_token, **other))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert reason_of(error) == "INVALID_PAGE_TOKEN"
+    again = stub.ListDomains(pb.ListDomainsRequest(page_size=2, active=True,
+                                                   page_token=first.next_page_token))
+    assert again.domains and again.domains[0].name > first.domains[-1].name

@@ -59,6 +59,18 @@ class Listed:
 Now = tuple[int, int, int]
 
 
+def _domain_list_flags(active: bool | None, persistent: bool | None,
+                       autostart: bool | None) -> int:
+    """listAllDomains' flags for ListDomains' filters (None: no filter)."""
+    return list_flags(
+        (active, libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE,
+         libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE),
+        (persistent, libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT,
+         libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT),
+        (autostart, libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART,
+         libvirt.VIR_CONNECT_LIST_DOMAINS_NO_AUTOSTART))
+
+
 def _scope_flags(live: bool, config: bool) -> int:
     """libvirt's AFFECT_* flags; neither set means AFFECT_CURRENT (0)."""
     return ((libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0)
@@ -195,13 +207,7 @@ class ComputeBackend(Backend):
 
     def list_domains(self, active: bool | None, persistent: bool | None,
              autostart: bool | None) -> list[libvirt.virDomain]:
-        return self.conn.listAllDomains(list_flags(
-            (active, libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE,
-             libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE),
-            (persistent, libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT,
-             libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT),
-            (autostart, libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART,
-             libvirt.VIR_CONNECT_LIST_DOMAINS_NO_AUTOSTART)))
+        return self.conn.listAllDomains(_domain_list_flags(active, persistent, autostart))
 
     def list_domains_flagged(self, active: bool | None, persistent: bool | None,
                              autostart: bool | None) -> list[Listed]:
@@ -211,13 +217,7 @@ class ComputeBackend(Backend):
         image (unless a filter already says). Over libvirt's remote protocol a call
         per domain and flag would be a round trip each."""
         conn = self.conn
-        flags = list_flags(
-            (active, libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE,
-             libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE),
-            (persistent, libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT,
-             libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT),
-            (autostart, libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART,
-             libvirt.VIR_CONNECT_LIST_DOMAINS_NO_AUTOSTART))
+        flags = _domain_list_flags(active, persistent, autostart)
 
         def names_with(flag: int) -> set[str]:
             return {dom.name() for dom in conn.listAllDomains(flags | flag)}

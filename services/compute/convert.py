@@ -352,17 +352,8 @@ def domain_event(dom: libvirt.virDomain, kind: str, *details: Any,
                                         **{kind: message})
 
 
-def domain_name(dom: libvirt.virDomain) -> str:
-    return dom.name()
-
-
 def snapshot_name(snap: libvirt.virDomainSnapshot) -> str:
     return snap.getName()
-
-
-def in_states(dom: libvirt.virDomain, states: Container[int]) -> bool:
-    """Whether the domain is in one of ``states`` (DomainState values)."""
-    return domain_state(dom.state()[0]) in states
 
 
 def node_info(info: Sequence[Any]) -> pb.GetNodeInfoResponse:
