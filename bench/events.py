@@ -69,17 +69,30 @@ EVENT_TIMEOUT = 30.0
 # -- one watcher --------------------------------------------------------------------
 
 
+#: what each change is seen as, alternately: suspended, then resumed
+KINDS = ("suspended", "resumed")
+_LIBVIRT_KINDS = {libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
+                  libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed"}
+_GRPC_KINDS = {pb.LIFECYCLE_EVENT_TYPE_SUSPENDED: "suspended",
+               pb.LIFECYCLE_EVENT_TYPE_RESUMED: "resumed"}
+Arrivals = queue.Queue[tuple[float, str]]
+
+
 def libvirt_latencies(uri: str, changes: int) -> list[float]:
     """Seconds from each suspend/resume call's start to its lifecycle event."""
-    arrivals: queue.Queue[float] = queue.Queue()
+    arrivals: Arrivals = queue.Queue()
+
+    def lifecycle(_conn: object, _dom: object, event: int, _detail: int,
+                  _opaque: object) -> None:
+        arrivals.put((time.perf_counter(), _LIBVIRT_KINDS.get(event, "")))
+
     conn = libvirt.open(uri)  # after the default event loop was registered (main)
     try:
-        callback = conn.domainEventRegisterAny(
-            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-            lambda *_args: arrivals.put(time.perf_counter()), None)
+        callback = conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                               lifecycle, None)
         dom = conn.lookupByName(DOMAIN)
-        latencies = [_one_change(dom.suspend if i % 2 == 0 else dom.resume, arrivals)
-                     for i in range(changes)]
+        latencies = [_one_change(dom.suspend if i % 2 == 0 else dom.resume, arrivals,
+                                 KINDS[i % 2]) for i in range(changes)]
         conn.domainEventDeregisterAny(callback)
         return latencies
     finally:
@@ -88,14 +101,15 @@ def libvirt_latencies(uri: str, changes: int) -> list[float]:
 
 def gateway_latencies(stub: pb_grpc.ComputeServiceStub, changes: int) -> list[float]:
     """The same through the gateway: a WatchDomainEvents stream and the change RPCs."""
-    arrivals: queue.Queue[float] = queue.Queue()
+    arrivals: Arrivals = queue.Queue()
     stream = stub.WatchDomainEvents(pb.WatchDomainEventsRequest(names=[DOMAIN]))
 
     def read() -> None:
         with contextlib.suppress(grpc.RpcError):
             for event in stream:
                 if event.HasField("lifecycle"):
-                    arrivals.put(time.perf_counter())
+                    arrivals.put((time.perf_counter(),
+                                  _GRPC_KINDS.get(event.lifecycle.type, "")))
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -105,22 +119,27 @@ def gateway_latencies(stub: pb_grpc.ComputeServiceStub, changes: int) -> list[fl
             pb.SuspendDomainRequest(name=DOMAIN), timeout=RPC_TIMEOUT)
         resume = lambda: stub.ResumeDomain(  # noqa: E731
             pb.ResumeDomainRequest(name=DOMAIN), timeout=RPC_TIMEOUT)
-        return [_one_change(suspend if i % 2 == 0 else resume, arrivals)
+        return [_one_change(suspend if i % 2 == 0 else resume, arrivals, KINDS[i % 2])
                 for i in range(changes)]
     finally:
         stream.cancel()
         reader.join(timeout=5)
 
 
-def _one_change(change: Callable[[], Any], arrivals: queue.Queue[float]) -> float:
+def _one_change(change: Callable[[], Any], arrivals: Arrivals, kind: str) -> float:
+    """Seconds from the change's start to the first event of its ``kind``."""
     while not arrivals.empty():  # nothing earlier counts
         arrivals.get_nowait()
     started = time.perf_counter()
     change()
-    try:
-        return arrivals.get(timeout=EVENT_TIMEOUT) - started
-    except queue.Empty:
-        raise BenchError(f"no event within {EVENT_TIMEOUT:.0f}s of a change") from None
+    deadline = started + EVENT_TIMEOUT
+    while True:
+        try:
+            arrived, seen = arrivals.get(timeout=max(0.0, deadline - time.perf_counter()))
+        except queue.Empty:
+            raise BenchError(f"no {kind} event within {EVENT_TIMEOUT:.0f}s") from None
+        if seen == kind:
+            return arrived - started
 
 
 def start_libvirt_event_loop() -> None:
