@@ -225,7 +225,7 @@ async def idle(mesh: Mesh, pid: int, watchers: int, seconds: float) -> dict[str,
                                          options=CHANNEL_OPTIONS) as channel:
         calls, _ = await _watchers(channel, watchers)
         try:
-            await asyncio.sleep(1.0)  # settled
+            await asyncio.sleep(5.0)  # settled: the streams before have wound down
             return await asyncio.to_thread(idle_cost, pid, seconds)
         finally:
             for call in calls:
