@@ -8,8 +8,12 @@ Every call that is not read-only is written to the audit log (gateway/audit.py)
 when it ends, allowed or not, and before its caller gets the status: whoever has
 seen a call end finds its record.
 
-Both the forwarding proxy (gateway/proxy.py) and the gateway's own API
-(gateway/api.py) admit their calls here, through a CallGuard.
+Both the forwarding proxy (gateway/proxy.py) and the gateway's own APIs
+(gateway/api.py, gateway/admin_service.py) admit their calls here, through a
+CallGuard. Each call is also registered by its connection (``Access.clients``,
+services/common/clients.py) for the admin API: an administrator may end a
+connection's calls in flight (UNAVAILABLE), and its further calls are then
+refused here with UNAVAILABLE before anything else.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor
@@ -32,6 +36,7 @@ from gateway.identity import AuthenticationError, Identity
 from gateway.limits import Limiter, LimitExceeded
 from services.common import logs
 from services.common.acl import is_read_only
+from services.common.clients import CallHandle, ClientRegistry, aio_call_ender
 from services.common.shared import error_status
 
 
@@ -43,6 +48,8 @@ class Access:
     limiter: Limiter
     authorizer: Authorizer
     audit: AuditLog
+    #: calls in flight by connection (peer), for the admin API
+    clients: ClientRegistry = dataclasses.field(default_factory=ClientRegistry)
 
 
 class EndCall(Exception):  # noqa: N818 - not an error of the gateway: how a call ends
@@ -92,6 +99,7 @@ class CallGuard:
             [0, 0] if method.client_streaming or method.server_streaming else None)
         self.started = time.perf_counter()
         self._recorded = False
+        self._client: CallHandle | None = None
         # Read now, while the call is alive: end() may run after grpc.aio has released
         # the call (see proxy.py's stream_response), where peer() is a SIGSEGV, and in
         # the context of whatever task the garbage collector closed the stream in.
@@ -102,8 +110,18 @@ class CallGuard:
     async def recorded(self) -> AsyncIterator[None]:
         """Around the whole call: an EndCall raised inside ends it with that status,
         after the audit record (a caller that sees the status finds the record)."""
+        clients = self.access.clients
         try:
-            yield
+            if clients.refused(self.peer):
+                raise refused(grpc.StatusCode.UNAVAILABLE, "this connection was disconnected "
+                              "by an administrator: open a new one", "CLIENT_DISCONNECTED")
+            task = asyncio.current_task()
+            assert task is not None
+            # ended by the admin API after its audit record
+            ender = aio_call_ender(self.context, task, lambda code: self.end(code=code))
+            with clients.call(self.peer, self.peer, self.path, ender) as client:
+                self._client = client
+                yield
         except EndCall as end:
             self.end(code=end.code)
             await self.context.abort(end.code, end.message, end.trailers)
@@ -131,6 +149,8 @@ class CallGuard:
         except AuthenticationError as error:
             raise refused(grpc.StatusCode.UNAUTHENTICATED, str(error.args[0]),
                           "UNAUTHENTICATED") from None
+        if self._client is not None:
+            self._client.identify(self.identity.name, self.identity.method)
         return self.identity
 
     @contextlib.asynccontextmanager
@@ -171,3 +191,18 @@ class CallGuard:
                                  denied_permission=self.denied,
                                  streamed=(self.streamed[0], self.streamed[1])
                                  if self.streamed else None)
+
+
+async def admitted(access: Access, method: MethodDescriptor, context: grpc.aio.ServicerContext,
+                   request: Message, answer: Callable[[Identity], Awaitable[Message]]
+                   ) -> Message:
+    """``answer`` for the caller of one of the gateway's own unary RPCs, once admitted
+    as every gateway call is (read-only calls are not audited)."""
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    guard = CallGuard(access, method, path, context)
+    async with guard.recorded():
+        identity = guard.authenticate()
+        async with guard.limited(identity):
+            guard.authorize(identity, request)
+            message = await answer(identity)
+    return message

@@ -274,17 +274,27 @@ def test_identity_metadata_is_refused_on_the_read_only_socket(
 
 def test_identity_is_logged_on_the_main_socket_only(daemon: Daemon,
                                                     caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="virtmesh.rpc")
+    caplog.set_level(logging.DEBUG, logger="virtmesh.rpc")
     with main_stub(daemon) as stub:
         stub.GetDomain(pb.GetDomainRequest(name="alpha"), timeout=10,
                        metadata=((IDENTITY_KEY, "CN=alice,O=example"), (GROUPS_KEY, "team")))
+        stub.SetDomainAutostart(pb.SetDomainAutostartRequest(name="alpha", autostart=True),
+                                timeout=10, metadata=((IDENTITY_KEY, "CN=bob,O=example"),))
         stub.GetVersion(pb.GetVersionRequest(), timeout=10)
+        with pytest.raises(grpc.RpcError):
+            stub.GetDomain(pb.GetDomainRequest(name="nonesuch"), timeout=10)
     with ro_stub(daemon) as stub:
         stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=10)
-    lines = {str(getattr(record, "method", "")).rsplit("/", 1)[-1]: record
+    lines = {str(getattr(record, "method", "")).rsplit("/", 1)[-1]
+             + ("" if getattr(record, "code", "") == "OK" else " failed"): record
              for record in caplog.records}
     identities = {name: getattr(record, "identity", None) for name, record in lines.items()}
     assert identities["GetDomain"] == "CN=alice,O=example"
     assert lines["GetDomain"].getMessage().endswith(" by CN=alice,O=example")
+    # a read that succeeds is said at DEBUG; a change, or a failure, at INFO
+    assert lines["GetDomain"].levelno == logging.DEBUG
+    assert lines["SetDomainAutostart"].levelno == logging.INFO
+    assert lines["SetDomainAutostart"].getMessage().endswith(" by CN=bob,O=example")
+    assert lines["GetDomain failed"].levelno == logging.INFO
     assert identities["GetVersion"] == "" and " by " not in lines["GetVersion"].getMessage()
     assert identities["GetNodeInfo"] == ""
