@@ -15,7 +15,8 @@ public gRPC API is used, so the figures are those of whatever server answers.
   through the gateway (TLS). Goal: gateway p50 <= 2x libvirt's.
 * **fan-out**: one change reaching ``--watchers`` (1,000) watchers through the
   gateway, all in this process (grpc.aio, one channel): per change, the p50 and p99
-  of the arrivals. Goal: p50 <= 20 ms. This client's own handling of the 1,000
+  of the arrivals, and the CPU time per change of this client, the gateway and the
+  compute service. Goal: p50 <= 20 ms. This client's own handling of the 1,000
   messages is in the figure, as it is for any one process watching that much.
 * **idle**: ``--idle-watchers`` (2,000) watchers straight on the compute service's
   socket, nothing happening: the service's threads and CPU seconds per minute,
@@ -48,6 +49,7 @@ from bench.bench import (
     BenchError,
     Mesh,
     Processes,
+    cpu_snapshot,
     percentile,
     process_cpu_seconds,
     run_main,
@@ -155,54 +157,81 @@ def start_libvirt_event_loop() -> None:
 # -- many watchers ------------------------------------------------------------------
 
 
-async def _watchers(channel: grpc.aio.Channel, count: int
-                    ) -> tuple[list[Any], list[list[float]]]:
+class Seen:
+    """Each watcher's arrival times, and for each change an event set once every
+    watcher has seen it (no polling over the watchers)."""
+
+    def __init__(self, watchers: int) -> None:
+        self.watchers = watchers
+        self.arrivals: list[list[float]] = [[] for _ in range(watchers)]
+        self.counts: dict[int, int] = {}
+        self.everyone: dict[int, asyncio.Event] = {}
+
+    def arrived(self, watcher: int) -> None:
+        mine = self.arrivals[watcher]
+        mine.append(time.perf_counter())
+        change = len(mine) - 1
+        self.counts[change] = self.counts.get(change, 0) + 1
+        if self.counts[change] == self.watchers:
+            self.all_of(change).set()
+
+    def all_of(self, change: int) -> asyncio.Event:
+        return self.everyone.setdefault(change, asyncio.Event())
+
+
+async def _watchers(channel: grpc.aio.Channel, count: int) -> tuple[list[Any], Seen]:
     """``count`` WatchDomainEvents streams, subscribed; each records its arrivals."""
     stub = pb_grpc.ComputeServiceStub(channel)
-    arrivals: list[list[float]] = [[] for _ in range(count)]
+    seen = Seen(count)
     calls = [stub.WatchDomainEvents(pb.WatchDomainEventsRequest(names=[DOMAIN]))
              for _ in range(count)]
     await asyncio.wait_for(asyncio.gather(*(call.initial_metadata() for call in calls)),
                            EVENT_TIMEOUT)
 
-    async def read(call: Any, mine: list[float]) -> None:
+    async def read(call: Any, watcher: int) -> None:
         with contextlib.suppress(grpc.RpcError, asyncio.CancelledError):
             async for event in call:
                 if event.HasField("lifecycle"):
-                    mine.append(time.perf_counter())
+                    seen.arrived(watcher)
 
-    for call, mine in zip(calls, arrivals, strict=True):
-        asyncio.ensure_future(read(call, mine))
-    return calls, arrivals
+    for watcher, call in enumerate(calls):
+        asyncio.ensure_future(read(call, watcher))
+    return calls, seen
 
 
-async def fan_out(mesh: Mesh, watchers: int, changes: int) -> list[list[float]]:
-    """Per change, every watcher's seconds from the change's start to its event."""
+async def fan_out(mesh: Mesh, watchers: int, changes: int
+                  ) -> tuple[list[list[float]], dict[str, float]]:
+    """Per change, every watcher's seconds from the change's start to its event; and
+    the CPU seconds per change of this client, the gateway and the compute service."""
+    pids = {name: mesh.server_pids[name] for name in ("gateway", "compute")}
     async with grpc.aio.secure_channel(mesh.gateway_target, mesh.credentials,
                                        options=CHANNEL_OPTIONS) as channel:
-        calls, arrivals = await _watchers(channel, watchers)
+        calls, seen = await _watchers(channel, watchers)
         stub = pb_grpc.ComputeServiceStub(channel)
         per_change = []
+        cpu = dict.fromkeys(("client", *pids), 0.0)
         try:
             for number in range(changes):
+                before = cpu_snapshot(pids)
                 started = time.perf_counter()
                 if number % 2 == 0:
                     await stub.SuspendDomain(pb.SuspendDomainRequest(name=DOMAIN))
                 else:
                     await stub.ResumeDomain(pb.ResumeDomainRequest(name=DOMAIN))
-                deadline = time.monotonic() + EVENT_TIMEOUT
-                while any(len(mine) <= number for mine in arrivals):
-                    if time.monotonic() > deadline:
-                        seen = sum(len(mine) > number for mine in arrivals)
-                        raise BenchError(f"change {number}: {seen} of {watchers} "
-                                         "watchers saw it")
-                    await asyncio.sleep(0.002)
-                per_change.append(sorted(mine[number] - started for mine in arrivals))
+                try:
+                    await asyncio.wait_for(seen.all_of(number).wait(), EVENT_TIMEOUT)
+                except TimeoutError:
+                    raise BenchError(f"change {number}: {seen.counts.get(number, 0)} of "
+                                     f"{watchers} watchers saw it") from None
+                after = cpu_snapshot(pids)
+                for name in cpu:
+                    cpu[name] += (after[name] - before[name]) / changes
+                per_change.append(sorted(mine[number] - started for mine in seen.arrivals))
                 await asyncio.sleep(0.2)  # the next change starts from quiet
         finally:
             for call in calls:
                 call.cancel()
-        return per_change
+        return per_change, cpu
 
 
 def threads_of(pid: int) -> int:
@@ -259,7 +288,7 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes) -> dict[str, Any]
     p50 = {path: statistics.median(values) for path, values in latency.items()}
 
     print(f"[events] fan-out to {args.watchers} watchers ...", file=sys.stderr)
-    per_change = asyncio.run(fan_out(mesh, args.watchers, args.fanout_changes))
+    per_change, fan_cpu = asyncio.run(fan_out(mesh, args.watchers, args.fanout_changes))
     fan_p50 = statistics.median(percentile(times, 0.5) for times in per_change)
     fan_p99 = statistics.median(percentile(times, 0.99) for times in per_change)
 
@@ -274,7 +303,9 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes) -> dict[str, Any]
         print(f"  {path:>8}: p50 {p50[path] * 1000:6.2f} ms  p90 "
               f"{percentile(sorted(values), 0.9) * 1000:6.2f} ms")
     print(f"one change reaching {args.watchers} watchers through the gateway (median of "
-          f"{len(per_change)} changes): p50 {fan_p50 * 1000:.1f} ms, p99 {fan_p99 * 1000:.1f} ms")
+          f"{len(per_change)} changes): p50 {fan_p50 * 1000:.1f} ms, p99 {fan_p99 * 1000:.1f} ms;"
+          " CPU ms per change: " + ", ".join(f"{name} {seconds * 1000:.0f}"
+                                             for name, seconds in fan_cpu.items()))
     print(f"compute service, idle: {quiet['threads']} threads, {quiet['cpu_s_per_min']:.2f} "
           f"CPU-s/min; with {args.idle_watchers} idle watchers: {watched['threads']} threads, "
           f"{watched['cpu_s_per_min']:.2f} CPU-s/min")
@@ -286,7 +317,7 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes) -> dict[str, Any]
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "latency_s": latency,
         "fan_out": {"watchers": args.watchers, "per_change_p50_s": fan_p50,
-                    "per_change_p99_s": fan_p99},
+                    "per_change_p99_s": fan_p99, "cpu_s_per_change": fan_cpu},
         "idle": {"watchers": args.idle_watchers, "seconds": args.idle_seconds,
                  "without": quiet, "with": watched},
         "goals": {"latency_over_libvirt": goal(latency_ratio, GOAL_LATENCY_OVER_LIBVIRT),
@@ -307,6 +338,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if min(args.changes, args.rounds, args.watchers, args.fanout_changes,
            args.idle_watchers) < 1 or args.idle_seconds <= 0:
         parser.error("counts must be >= 1 and --idle-seconds > 0")
+    if args.changes % 2 or args.fanout_changes % 2:
+        # suspend, resume, ...: an even number leaves the domain running for the next part
+        parser.error("--changes and --fanout-changes must be even")
     return args
 
 
