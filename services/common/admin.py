@@ -257,6 +257,7 @@ class ClientsInterceptor(grpc.aio.ServerInterceptor):
         self.registry = registry
         self.peer = f"unix:{socket_path}"
         self.trust_identity = trust_identity
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                                 handler_call_details: grpc.HandlerCallDetails) -> Any:
@@ -264,6 +265,13 @@ class ClientsInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith("/grpc.health.v1.Health/"):
             return handler
+        # wrapped once per method: gRPC asks for the handler on every call
+        wrapped = self._wrapped.get(method)
+        if wrapped is None or wrapped[0] is not handler:
+            wrapped = self._wrapped[method] = (handler, self._wrap(method, handler))
+        return wrapped[1]
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
         def registered(context: grpc.aio.ServicerContext
                        ) -> contextlib.AbstractContextManager[Any]:

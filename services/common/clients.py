@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import functools
 import itertools
 import logging
 import os
@@ -94,6 +95,7 @@ class ClientRegistry:
         self._clients: dict[str, _Client] = {}
         self._refused: dict[str, float] = {}
         self._numbers = itertools.count(1)
+        self._swept = 0.0
 
     def refused(self, key: str) -> bool:
         """Was the client of ``key`` disconnected (its further calls are refused)?"""
@@ -119,7 +121,8 @@ class ClientRegistry:
     def _begin(self, key: str, peer: str, method: str, end: EndCall) -> CallHandle:
         number = next(self._numbers)
         with self.lock:
-            self._forget_idle()
+            if self.keep_idle:
+                self._forget_idle()
             client = self._clients.get(key)
             if client is None:
                 client = _Client(f"{os.getpid()}-{number}", peer,
@@ -137,15 +140,21 @@ class ClientRegistry:
                 if not self.keep_idle and self._clients.get(key) is client:
                     del self._clients[key]
 
-    def _forget_idle(self) -> None:
-        horizon = time.monotonic() - self.keep_idle
+    def _forget_idle(self, now_too: bool = False) -> None:
+        """Drop clients idle for longer than keep_idle: at most once a second when a
+        call begins (it looks at every client), always when they are listed."""
+        now = time.monotonic()
+        if now - self._swept < 1.0 and not now_too:
+            return
+        self._swept = now
+        horizon = now - self.keep_idle
         for key, client in list(self._clients.items()):
             if not client.calls and client.idle_since < horizon:
                 del self._clients[key]
 
     def clients(self) -> list[ClientInfo]:
         with self.lock:
-            self._forget_idle()
+            self._forget_idle(now_too=True)
             return sorted((client.info() for client in self._clients.values()),
                           key=lambda info: info.id)
 
@@ -172,12 +181,23 @@ def aio_call_ender(context: grpc.aio.ServicerContext, task: asyncio.Task[Any],
     abort the call from a task of its own, which sends the status (ErrorInfo reason
     CLIENT_DISCONNECTED) at once wherever the call's task is, then cancel the call's
     task so that it stops. Cancelling alone leaves the client without any status when
-    the cancellation lands while grpc.aio writes a response. Made in the call's task;
-    what it returns may be called from any thread (a sync handler runs in one)."""
-    loop = asyncio.get_running_loop()
-    ending: set[asyncio.Task[None]] = set()  # a reference, so the task is not collected
+    the cancellation lands while grpc.aio writes a response. Made in the call's task
+    (for every call, so it only remembers what it needs); what it returns may be
+    called from any thread (a sync handler runs in one)."""
+    return functools.partial(_end_aio_call, asyncio.get_running_loop(), context, task, before)
 
-    async def abort_and_stop(code: grpc.StatusCode, details: str) -> None:
+
+#: the tasks ending calls: referenced, so that they are not collected half-way
+_ENDING: set[asyncio.Task[None]] = set()
+
+
+def _end_aio_call(loop: asyncio.AbstractEventLoop, context: grpc.aio.ServicerContext,
+                  task: asyncio.Task[Any], before: Callable[[grpc.StatusCode], None] | None,
+                  code: grpc.StatusCode, details: str) -> None:
+    if before is not None:
+        before(code)
+
+    async def abort_and_stop() -> None:
         if task.done():
             return  # ended meanwhile; grpc.aio may have released the call
         status = error_status(code, details, "CLIENT_DISCONNECTED")
@@ -189,10 +209,9 @@ def aio_call_ender(context: grpc.aio.ServicerContext, task: asyncio.Task[Any],
             log.debug("the call had ended before its disconnection: %s", error)
         task.cancel()
 
-    def end(code: grpc.StatusCode, details: str) -> None:
-        if before is not None:
-            before(code)
-        loop.call_soon_threadsafe(
-            lambda: ending.add(loop.create_task(abort_and_stop(code, details))))
+    def start() -> None:
+        ending = loop.create_task(abort_and_stop())
+        _ENDING.add(ending)
+        ending.add_done_callback(_ENDING.discard)
 
-    return end
+    loop.call_soon_threadsafe(start)

@@ -75,6 +75,7 @@ class Pipeline(grpc.aio.ServerInterceptor):
         self.bridge = bridge
         self.unary_calls = unary_calls
         self.stream_calls = stream_calls
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                                 handler_call_details: grpc.HandlerCallDetails) -> Any:
@@ -82,6 +83,13 @@ class Pipeline(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        # wrapped once per method: gRPC asks for the handler on every call
+        wrapped = self._wrapped.get(method)
+        if wrapped is None or wrapped[0] is not handler:
+            wrapped = self._wrapped[method] = (handler, self._wrap(method, handler))
+        return wrapped[1]
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         kind = call_kind(handler.request_streaming, handler.response_streaming).name
         behavior = getattr(handler, kind)
         if is_async(behavior):

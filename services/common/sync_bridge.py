@@ -67,11 +67,14 @@ class SyncContext:
                  ) -> None:
         self._context = context
         self._loop = loop
-        self._ended = threading.Event()
-        context.add_done_callback(lambda _context: self._ended.set())  # type: ignore[arg-type]
+        self._ended = False  # set on the loop, read on a thread: a plain flag will do
+        context.add_done_callback(self._end)  # type: ignore[arg-type]
 
     def is_active(self) -> bool:
-        return not self._ended.is_set()
+        return not self._ended
+
+    def _end(self, _context: object) -> None:
+        self._ended = True
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
         """Runs ``callback`` when the call ends, a cancel or deadline included."""
