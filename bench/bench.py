@@ -727,8 +727,10 @@ def run_main(run: Callable[[argparse.Namespace, Path, Processes], dict[str, Any]
             if not args.keep_tmp:
                 # Keep only the logs of a failed run; sockets and PKI go.
                 for child in tmp.iterdir():
-                    if child.name != "logs":
+                    if child.is_dir() and child.name != "logs":
                         shutil.rmtree(child, ignore_errors=True)
+                    elif child.is_file():  # node files of the bulk benches
+                        child.unlink()
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     return 0 if ok else 1
