@@ -25,7 +25,8 @@ help:
 	@echo "make lint   buf lint + format check, generated-code check, ruff, mypy"
 	@echo "make gen    regenerate Python, Go (and Node) code from protos/"
 	@echo "make api-coverage  rewrite docs/api-coverage.md: each libvirt function's RPC"
-	@echo "make bench  libvirtd vs compute service vs gateway, scrapes, volume streaming,"
+	@echo "make bench  libvirtd vs compute service vs gateway (one domain, bulk lists and"
+	@echo "            stats, events), scrapes, volume streaming,"
 	@echo "            a VNC viewer's frame latency through the gateway, cold vs warm"
 	@echo "            starts of virtmesh-run and compute: figures"
 	@echo "make fuzz   COUNT mutated documents (default 20000, SEED=n) on every define path"
@@ -103,6 +104,9 @@ fuzz: $(PY_STAMP)
 
 bench: $(PY_STAMP) $(GUEST)
 	$(PY) -m bench.bench --out bench-results.json
+	$(PY) -m bench.lists --out bench-lists.json
+	$(PY) -m bench.stats --out bench-stats.json
+	$(PY) -m bench.events --out bench-events.json
 	$(PY) -m bench.scrape
 	$(PY) -m bench.volume_stream --sizes 64,512
 	$(PY) -m bench.graphics

@@ -3,7 +3,7 @@
 Two operations, each measured on three paths at concurrency 1 and 16:
 
 * ``list``: every domain with its summary. libvirt: ``listAllDomains()`` then, per
-  domain, the calls the compute service makes for its ``Domain`` message (info,
+  domain, the calls that fill a ``Domain`` message one domain at a time (info,
   state, ID, isPersistent, autostart, UUIDString, OSType, hasManagedSaveImage).
   gRPC: ``ListDomains(page_size=1000)``.
 * ``get``: one domain's summary. libvirt: ``lookupByName()`` plus the same calls.
@@ -46,6 +46,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -191,8 +192,11 @@ def health_serving(target: str, credentials: grpc.ChannelCredentials | None) -> 
 # -- the private libvirtd -----------------------------------------------------------
 
 
-def start_libvirtd(procs: Processes, root: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    """A private libvirtd on <root>/libvirt-sock, no auth, only its built-in drivers.
+def start_libvirtd(procs: Processes, root: Path,
+                   test_path: str = "/default") -> tuple[str, subprocess.Popen[bytes]]:
+    """A private libvirtd on <root>/libvirt-sock, no auth, only its built-in drivers;
+    the URI returned opens its test driver at ``test_path`` (a node file, or the
+    shared default state).
 
     LIBVIRT_DRIVER_DIR points at an empty directory, so the daemon loads none of the
     host's driver modules (qemu, network, nwfilter, ...): it touches nothing on the
@@ -213,7 +217,7 @@ def start_libvirtd(procs: Processes, root: Path) -> tuple[str, subprocess.Popen[
     proc = procs.start("libvirtd", [LIBVIRTD, "--config", str(conf),
                                     "--pid-file", str(root / "libvirtd.pid")],
                        env={"LIBVIRT_DRIVER_DIR": str(root / "no-drivers")})
-    uri = f"test+unix:///default?socket={root / 'libvirt-sock'}"
+    uri = f"test+unix://{test_path}?socket={root / 'libvirt-sock'}"
 
     def ready() -> bool:
         if not (root / "libvirt-sock").exists():
@@ -515,31 +519,61 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace, tmp: Path, procs: Processes) -> dict[str, Any]:
+@dataclass
+class Mesh:
+    """The three servers of a run and how to reach them."""
+
+    libvirt_uri: str
+    service_target: str
+    gateway_target: str
+    credentials: grpc.ChannelCredentials
+    watched: list[tuple[str, subprocess.Popen[bytes]]]
+
+    @property
+    def server_pids(self) -> dict[str, int]:
+        return {name: proc.pid for name, proc in self.watched}
+
+    def check_alive(self, procs: Processes) -> None:
+        for name, proc in self.watched:
+            procs.check_alive(name, proc)
+
+
+def start_mesh(procs: Processes, tmp: Path, compute_uri: str = "test:///default",
+               libvirt_path: str = "/default", env: dict[str, str] | None = None) -> Mesh:
+    """A private libvirtd (test driver at ``libvirt_path``), the compute service on
+    ``compute_uri`` and the gateway in front of it (both with ``env``: settings),
+    all serving."""
     python = sys.executable
     state = tmp / "state"
     ensure_dev_pki(state / "pki")
     port = free_port()
     # Start everything first, then wait: the three start-ups overlap.
     compute = procs.start("compute", [python, "-m", "services", "compute", "--uri",
-                                      "test:///default", "--state-dir", str(state)])
+                                      compute_uri, "--state-dir", str(state)], env)
     gateway = procs.start("gateway", [python, "-m", "gateway", "--state-dir", str(state),
-                                      "--listen", f"127.0.0.1:{port}"])
-    libvirt_uri, libvirtd = start_libvirtd(procs, tmp / "libvirtd")
+                                      "--listen", f"127.0.0.1:{port}"], env)
+    libvirt_uri, libvirtd = start_libvirtd(procs, tmp / "libvirtd", libvirt_path)
     compute_sock = state / "run" / "compute.sock"
-    service_target = f"unix:{compute_sock}"
-    gateway_target = f"127.0.0.1:{port}"
     pki = state / "pki"
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=(pki / "ca.crt").read_bytes(),
-        private_key=(pki / "client.key").read_bytes(),
-        certificate_chain=(pki / "client.crt").read_bytes())
-    watched = [("compute", compute), ("gateway", gateway), ("libvirtd", libvirtd)]
-    server_pids = {name: proc.pid for name, proc in watched}
-    wait_until(lambda: compute_sock.exists() and health_serving(service_target, None),
-               "compute service", procs, watched)
-    wait_until(lambda: health_serving(gateway_target, credentials),
-               "gateway", procs, watched)
+    mesh = Mesh(
+        libvirt_uri, f"unix:{compute_sock}", f"127.0.0.1:{port}",
+        grpc.ssl_channel_credentials(
+            root_certificates=(pki / "ca.crt").read_bytes(),
+            private_key=(pki / "client.key").read_bytes(),
+            certificate_chain=(pki / "client.crt").read_bytes()),
+        [("compute", compute), ("gateway", gateway), ("libvirtd", libvirtd)])
+    wait_until(lambda: compute_sock.exists() and health_serving(mesh.service_target, None),
+               "compute service", procs, mesh.watched)
+    wait_until(lambda: health_serving(mesh.gateway_target, mesh.credentials),
+               "gateway", procs, mesh.watched)
+    return mesh
+
+
+def run(args: argparse.Namespace, tmp: Path, procs: Processes) -> dict[str, Any]:
+    mesh = start_mesh(procs, tmp)
+    libvirt_uri, service_target, gateway_target = (
+        mesh.libvirt_uri, mesh.service_target, mesh.gateway_target)
+    credentials, watched, server_pids = mesh.credentials, mesh.watched, mesh.server_pids
 
     # The same domains everywhere: via libvirtd's remote protocol and via gRPC.
     # Inside libvirtd, test:///default is one state shared by every client, but only
@@ -638,7 +672,7 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes) -> dict[str, Any]
                 "libvirtd runs with LIBVIRT_DRIVER_DIR empty: built-in test driver only",
                 "libvirtd path: list = listAllDomains + per-domain info, state, ID, "
                 "isPersistent, autostart, UUIDString, OSType, hasManagedSaveImage "
-                "(the calls the compute service makes), sorted by name",
+                "(a Domain's calls one domain at a time, as GetDomain), sorted by name",
             ],
         },
         "results": [{"path": path, "op": op, "concurrency": conc, **result}
@@ -659,7 +693,13 @@ def _json_safe(value: Any) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    return run_main(run, parse_args(argv))
+
+
+def run_main(run: Callable[[argparse.Namespace, Path, Processes], dict[str, Any]],
+             args: argparse.Namespace) -> int:
+    """``run`` in a temporary directory, its report written to ``args.out``; every
+    process it started is stopped, on errors and SIGTERM too."""
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors raise; no stderr
     # SIGTERM (e.g. from make or CI) unwinds through the finally below.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
@@ -687,8 +727,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.keep_tmp:
                 # Keep only the logs of a failed run; sockets and PKI go.
                 for child in tmp.iterdir():
-                    if child.name != "logs":
+                    if child.is_dir() and child.name != "logs":
                         shutil.rmtree(child, ignore_errors=True)
+                    elif child.is_file():  # node files of the bulk benches
+                        child.unlink()
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     return 0 if ok else 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import libvirt
 import pytest
 
@@ -109,3 +111,20 @@ def test_paging_rejects_foreign_and_garbage_tokens() -> None:
         paging.page(["a"], str, 1, "!!not-a-token", "f")
     with pytest.raises(ServiceError, match="negative"):
         paging.page(["a"], str, -1, "", "f")
+
+
+def test_domain_stats_tables_keep_order_and_leave_the_rest_raw() -> None:
+    """Indexed keys go in index order (10 after 9), untyped ones only to raw, and a
+    key's place worked out once serves the next guest."""
+    record: dict[str, Any] = {"vcpu.current": 11, "block.count": 2, "block.1.name": "vdb",
+                              "block.0.name": "vda", "block.0.errors": 5,
+                              "balloon.disk_caches": 7, "cpu.system": 9}
+    record.update({f"vcpu.{i}.time": i for i in range(11)})
+    for _ in range(2):
+        stats = convert.domain_stats(_Dom(), record)  # type: ignore[arg-type]
+        assert [v.index for v in stats.vcpus] == list(range(11))
+        assert [v.time_ns for v in stats.vcpus] == list(range(11))
+        assert [b.name for b in stats.blocks] == ["vda", "vdb"]
+        assert stats.cpu.system_ns == 9 and not stats.HasField("balloon")
+        assert stats.raw["block.0.errors"] == "5" and stats.raw["balloon.disk_caches"] == "7"
+        assert not stats.interfaces and stats.state == pb.DOMAIN_STATE_UNSPECIFIED

@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -72,6 +72,35 @@ DOMAIN_EVENTS = {
     libvirt.VIR_DOMAIN_EVENT_ID_MEMORY_FAILURE: "memory_failure",
     libvirt.VIR_DOMAIN_EVENT_ID_MEMORY_DEVICE_SIZE_CHANGE: "memory_device_size_change",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A listed domain and what the listing itself said about it (libvirt's list
+    flags), so a summary needs no call per domain for these."""
+
+    dom: libvirt.virDomain
+    name: str
+    persistent: bool
+    autostart: bool
+    managed_save: bool
+
+
+#: what a bulk state call says about a domain now: state, reason, id (a plain tuple:
+#: lists make one per domain)
+Now = tuple[int, int, int]
+
+
+def _domain_list_flags(active: bool | None, persistent: bool | None,
+                       autostart: bool | None) -> int:
+    """listAllDomains' flags for ListDomains' filters (None: no filter)."""
+    return list_flags(
+        (active, libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE,
+         libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE),
+        (persistent, libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT,
+         libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT),
+        (autostart, libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART,
+         libvirt.VIR_CONNECT_LIST_DOMAINS_NO_AUTOSTART))
 
 
 def _scope_flags(live: bool, config: bool) -> int:
@@ -218,13 +247,52 @@ class ComputeBackend(Backend):
 
     def list_domains(self, active: bool | None, persistent: bool | None,
              autostart: bool | None) -> list[libvirt.virDomain]:
-        return self.conn.listAllDomains(list_flags(
-            (active, libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE,
-             libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE),
-            (persistent, libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT,
-             libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT),
-            (autostart, libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART,
-             libvirt.VIR_CONNECT_LIST_DOMAINS_NO_AUTOSTART)))
+        return self.conn.listAllDomains(_domain_list_flags(active, persistent, autostart))
+
+    def list_domains_flagged(self, active: bool | None, persistent: bool | None,
+                             autostart: bool | None) -> list[Listed]:
+        """The domains the filters select, each with its persistent, autostart and
+        managed-save flags, from at most four listings whatever the number of
+        domains: all of them, then those transient, autostart or with a managed save
+        image (unless a filter already says). Over libvirt's remote protocol a call
+        per domain and flag would be a round trip each."""
+        conn = self.conn
+        flags = _domain_list_flags(active, persistent, autostart)
+
+        def names_with(flag: int) -> set[str]:
+            return {dom.name() for dom in conn.listAllDomains(flags | flag)}
+
+        domains = conn.listAllDomains(flags)
+        if not domains:
+            return []
+        transient = (names_with(libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT)
+                     if persistent is None else set())
+        autostarted = (names_with(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)
+                       if autostart is None else set())
+        saved = names_with(libvirt.VIR_CONNECT_LIST_DOMAINS_MANAGEDSAVE)
+        listed = []
+        for dom in domains:
+            name = dom.name()
+            is_persistent = persistent if persistent is not None else name not in transient
+            # a summary says false for a transient domain's autostart
+            is_autostart = is_persistent and (
+                autostart if autostart is not None else name in autostarted)
+            listed.append(Listed(dom, name, is_persistent, is_autostart, name in saved))
+        return listed
+
+    def domain_states(self, listed: Sequence[Listed]) -> dict[str, Now]:
+        """State, reason and id by name, in one bulk call for all of ``listed``
+        (whose own id may be that of when it was listed); a domain gone meanwhile
+        is missing. The state group needs no job and no QEMU monitor, unlike the
+        balloon and vCPU groups, which QEMU's driver fills with monitor calls per
+        running guest."""
+        if not listed:
+            return {}
+        records = self.conn.domainListGetStats([item.dom for item in listed],
+                                               libvirt.VIR_DOMAIN_STATS_STATE, 0)
+        return {dom.name(): (record.get("state.state", 0), record.get("state.reason", 0),
+                             dom.ID())
+                for dom, record in records}
 
     def _submit(self, kind: str, call: Callable[..., T], xml: str, *args: object,
                 root: str | None = None) -> T:

@@ -17,9 +17,11 @@ import libvirt
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common import typed_params
+from services.common.backend import summaries
 from services.common.convert import libvirt_to_proto, proto_to_libvirt
 from services.common.events import now
 from services.common.shared import ServiceError
+from services.compute.backend import Listed, Now
 from services.compute.backend_sessions import Display
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 
@@ -80,13 +82,21 @@ REBOOT_FLAGS: dict[int, int] = {
 }
 
 
+_DOMAIN_STATES = frozenset(pb.DomainState.values())
+
+
 def domain_state(state: int) -> pb.DomainState.ValueType:
-    known = state in pb.DomainState.values()
+    known = state in _DOMAIN_STATES
     return cast("pb.DomainState.ValueType", state if known else pb.DOMAIN_STATE_UNSPECIFIED)
 
 
+#: (state, reason) -> its text, flat: lists look one up per domain
+_REASON_TEXTS = {(state, reason): text for state, reasons in STATE_REASONS.items()
+                 for reason, text in reasons.items()}
+
+
 def state_reason(state: int, reason: int) -> str:
-    return STATE_REASONS.get(state, {}).get(reason, f"reason_{reason}")
+    return _REASON_TEXTS.get((state, reason)) or f"reason_{reason}"
 
 
 def version_string(version: int) -> str:
@@ -124,19 +134,56 @@ Explain = Callable[[libvirt.virDomain], str]
 def domain(dom: libvirt.virDomain, explain: Explain | None = None) -> pb.Domain:
     """The summary; with ``explain``, also why a guest is in its state for its own
     reasons (it reads QEMU's log: GetDomain, not ListDomains)."""
-    state, max_mem, memory, vcpus, cpu_time = dom.info()
-    _, reason = dom.state()
-    dom_id = dom.ID()
+    state, reason = dom.state()
     persistent = bool(dom.isPersistent())
     message = explain(dom) if explain and reason in _TROUBLE.get(state, ()) else ""
-    return pb.Domain(
-        name=dom.name(), uuid=dom.UUIDString(), id=max(dom_id, 0),
-        state=domain_state(state), state_reason=state_reason(state, reason),
-        persistent=persistent, autostart=bool(dom.autostart()) if persistent else False,
-        vcpus=vcpus, memory_kib=memory, max_memory_kib=max_mem, cpu_time_ns=cpu_time,
-        os_type=dom.OSType(), has_managed_save=bool(dom.hasManagedSaveImage()),
-        state_message=message,
-    )
+    return pb.Domain(**_summary(dom, dom.name(), (state, reason, dom.ID()), persistent,
+                                persistent and bool(dom.autostart()),
+                                bool(dom.hasManagedSaveImage())), state_message=message)
+
+
+def add_listed_domains(into: Any, listed: Sequence[Listed], states: Mapping[str, Now]) -> None:
+    """Add to ``into`` (a repeated Domain field) the same summaries as ``domain``
+    (without ``state_message``) for domains of a listing: their flags come from the
+    listing, state, reason and id from one bulk call (``states``, by name), the rest
+    from ``info`` and ``OSType``, which no bulk call of libvirt's has without a job
+    and QEMU monitor calls per guest. A domain missing from ``states``, or gone
+    before its ``info``, is left out. Added in place: a message built apart would
+    be copied into the response."""
+    def summary(item: Listed) -> dict[str, Any]:
+        return _summary(item.dom, item.name, states[item.name], item.persistent,
+                        item.autostart, item.managed_save)
+
+    for fields in summaries(in_listed_states(listed, states), summary):
+        into.add(**fields)
+
+
+def in_listed_states(listed: Sequence[Listed], states: Mapping[str, Now],
+                     wanted: Container[int] | None = None) -> list[Listed]:
+    """The domains of ``listed`` that ``states`` (by name) knows, and whose state is
+    one of ``wanted`` (DomainState values; None: any)."""
+    if wanted is None:
+        return [item for item in listed if item.name in states]
+    return [item for item in listed
+            if item.name in states and domain_state(states[item.name][0]) in wanted]
+
+
+def listed_name(listed: Listed) -> str:
+    return listed.name
+
+
+def _summary(dom: libvirt.virDomain, name: str, now: Now, persistent: bool, autostart: bool,
+             managed_save: bool) -> dict[str, Any]:
+    """A Domain's fields but ``state_message``."""
+    state, reason, dom_id = now
+    _, max_mem, memory, vcpus, cpu_time = dom.info()
+    return {
+        "name": name, "uuid": dom.UUIDString(), "id": max(dom_id, 0),
+        "state": domain_state(state), "state_reason": state_reason(state, reason),
+        "persistent": persistent, "autostart": autostart, "vcpus": vcpus,
+        "memory_kib": memory, "max_memory_kib": max_mem, "cpu_time_ns": cpu_time,
+        "os_type": dom.OSType(), "has_managed_save": managed_save,
+    }
 
 
 def snapshot(snap: libvirt.virDomainSnapshot) -> pb.Snapshot:
@@ -172,37 +219,98 @@ _BLOCK_FIELDS = {
 }
 _INDEXED_FIELDS = {"vcpu": _VCPU_FIELDS, "net": _NET_FIELDS, "block": _BLOCK_FIELDS}
 
+#: libvirt stat key -> (part of DomainStats, its field): the typed keys with no index
+_FIXED_TARGETS: dict[str, tuple[str, str]] = {
+    **{f"cpu.{field}": ("cpu", f"{field}_ns") for field in ("time", "user", "system")},
+    **{f"balloon.{key}": ("balloon", field) for key, field in _BALLOON_FIELDS.items()},
+    "vcpu.current": ("", "vcpu_current"), "vcpu.maximum": ("", "vcpu_maximum"),
+}
+#: a key no table types: only in ``raw``
+_UNTYPED = ("", "", -1, "")
+#: libvirt stat key -> (kind, field, index, indexed kind) once seen; kinds "cpu",
+#: "balloon", "" (DomainStats itself) or "indexed" for vcpu.N / net.N / block.N
+_KEY_TARGETS: dict[str, tuple[str, str, int, str]] = {}
+#: keys remembered at most: a key names a device index, so hosts have few of them
+_MAX_KEY_TARGETS = 100_000
+
+
+def _key_target(key: str) -> tuple[str, str, int, str]:
+    """Where a stat key goes, worked out once per key rather than per guest."""
+    target = _KEY_TARGETS.get(key)
+    if target is not None:
+        return target
+    fixed = _FIXED_TARGETS.get(key)
+    if fixed is not None:
+        target = (fixed[0], fixed[1], -1, "")
+    elif (match := _INDEXED.match(key)) and match.group(3) in _INDEXED_FIELDS[match.group(1)]:
+        kind = match.group(1)
+        target = ("indexed", _INDEXED_FIELDS[kind][match.group(3)], int(match.group(2)), kind)
+    else:
+        target = _UNTYPED
+    if len(_KEY_TARGETS) >= _MAX_KEY_TARGETS:
+        _KEY_TARGETS.clear()
+    _KEY_TARGETS[key] = target
+    return target
+
 
 def domain_stats(dom: libvirt.virDomain, record: Mapping[str, Any]) -> pb.DomainStats:
     """One record of libvirt's bulk stats call as typed fields plus everything raw."""
-    stats = pb.DomainStats(name=dom.name(), uuid=dom.UUIDString())
-    if "state.state" in record:
-        state = int(record["state.state"])
-        stats.state = domain_state(state)
-        stats.state_reason = state_reason(state, int(record.get("state.reason", 0)))
-    indexed: dict[str, dict[int, dict[str, Any]]] = {"vcpu": {}, "net": {}, "block": {}}
+    return pb.DomainStats(**_stats_fields(dom, record))
+
+
+def add_domain_stats(into: Any, records: Iterable[tuple[libvirt.virDomain, Mapping[str, Any]]]
+                     ) -> None:
+    """Add to ``into`` (a repeated DomainStats field) the records of libvirt's bulk
+    stats call, each built in place: a message built apart would be copied again."""
+    for dom, record in records:
+        into.add(**_stats_fields(dom, record))
+
+
+def _stats_fields(dom: libvirt.virDomain, record: Mapping[str, Any]) -> dict[str, Any]:
+    """DomainStats' fields: each key's place is looked up in a table filled once per
+    key (``_key_target``) rather than worked out per guest."""
+    top: dict[str, Any] = {}
+    parts: dict[str, dict[str, Any]] = {}
+    indexed: dict[str, dict[int, dict[str, Any]]] = {}
     for key, value in record.items():
-        stats.raw[key] = str(value)
-        group, _, field = key.partition(".")
-        if group == "cpu" and field in ("time", "user", "system"):
-            setattr(stats.cpu, f"{field}_ns", int(value))
-        elif group == "balloon" and field in _BALLOON_FIELDS:
-            setattr(stats.balloon, _BALLOON_FIELDS[field], int(value))
-        elif key == "vcpu.current":
-            stats.vcpu_current = int(value)
-        elif key == "vcpu.maximum":
-            stats.vcpu_maximum = int(value)
-        elif match := _INDEXED.match(key):
-            kind, index, name = match.group(1), int(match.group(2)), match.group(3)
-            if name in _INDEXED_FIELDS[kind]:
-                indexed[kind].setdefault(index, {})[_INDEXED_FIELDS[kind][name]] = value
-    for index, fields in sorted(indexed["vcpu"].items()):
-        stats.vcpus.add(index=index, **fields)
-    for _, fields in sorted(indexed["net"].items()):
-        stats.interfaces.add(**fields)
-    for _, fields in sorted(indexed["block"].items()):
-        stats.blocks.add(**fields)
-    return stats
+        part, field, index, kind = _KEY_TARGETS.get(key) or _key_target(key)
+        if not field:
+            continue
+        if not part:
+            top[field] = int(value)
+        elif kind:
+            indexed.setdefault(kind, {}).setdefault(index, {})[field] = value
+        else:
+            parts.setdefault(part, {})[field] = int(value)
+    state = record.get("state.state")
+    if state is not None:
+        top["state"] = domain_state(int(state))
+        top["state_reason"] = state_reason(int(state), int(record.get("state.reason", 0)))
+    if "cpu" in parts:
+        top["cpu"] = pb.CpuStats(**parts["cpu"])
+    if "balloon" in parts:
+        top["balloon"] = pb.BalloonStats(**parts["balloon"])
+    if indexed:
+        top.update(_indexed_stats(indexed))
+    top["name"] = dom.name()
+    top["uuid"] = dom.UUIDString()
+    top["raw"] = {key: str(value) for key, value in record.items()}
+    return top
+
+
+def _indexed_stats(indexed: Mapping[str, Mapping[int, dict[str, Any]]]) -> dict[str, Any]:
+    """The repeated fields of DomainStats, in index order."""
+    fields: dict[str, Any] = {}
+    if "vcpu" in indexed:
+        fields["vcpus"] = [pb.VcpuStats(index=index, **values)
+                           for index, values in sorted(indexed["vcpu"].items())]
+    if "net" in indexed:
+        fields["interfaces"] = [pb.InterfaceStats(**values)
+                                for _, values in sorted(indexed["net"].items())]
+    if "block" in indexed:
+        fields["blocks"] = [pb.BlockStats(**values)
+                            for _, values in sorted(indexed["block"].items())]
+    return fields
 
 
 #: StatGroup -> virDomainStatsTypes
@@ -355,17 +463,8 @@ def domain_event(dom: libvirt.virDomain, kind: str, *details: Any,
                                         **{kind: message})
 
 
-def domain_name(dom: libvirt.virDomain) -> str:
-    return dom.name()
-
-
 def snapshot_name(snap: libvirt.virDomainSnapshot) -> str:
     return snap.getName()
-
-
-def in_states(dom: libvirt.virDomain, states: Container[int]) -> bool:
-    """Whether the domain is in one of ``states`` (DomainState values)."""
-    return domain_state(dom.state()[0]) in states
 
 
 def node_info(info: Sequence[Any]) -> pb.GetNodeInfoResponse:

@@ -13,6 +13,7 @@ from typing import Protocol, TypeVar
 
 import grpc
 
+from services.common import paging
 from services.common.config import Config
 from services.common.libvirt_connection import LibvirtConnection
 from services.common.qemu_caps import SharedCache
@@ -21,7 +22,7 @@ from services.common.servicer import DriverServicer, optional_bools
 from services.common.shared import ServiceError
 from services.common.version import VERSION
 from services.compute import convert
-from services.compute.backend import ComputeBackend
+from services.compute.backend import ComputeBackend, Listed
 from services.compute.servicer_host import HostServicer
 from services.compute.servicer_jobs import JobsServicer
 from virtmesh.compute.v1 import compute_service_pb2 as pb
@@ -65,6 +66,8 @@ class ComputeServicer(HostServicer, JobsServicer,
         backend = ComputeBackend(connection, SharedCache.from_setting(config.caps_cache))
         super().__init__(backend, config, backend.register_events,
                          functools.partial(convert.domain_event, explain=backend.explain_event))
+        #: sorted domain listings kept for the pages after the first (ListDomains)
+        self.listings: paging.Listings[Listed] = paging.Listings()
         self.sessions = Slots(config.max_sessions, "console, channel and graphics sessions",
                               "max_sessions")
 
@@ -78,13 +81,24 @@ class ComputeServicer(HostServicer, JobsServicer,
 
     def ListDomains(self, request: pb.ListDomainsRequest, context: Ctx) -> pb.ListDomainsResponse:
         filters = optional_bools(request, "active", "persistent", "autostart")
-        domains = self.backend.list_domains(**filters)
-        if request.states:
-            states = set(request.states)
-            domains = [dom for dom in domains if convert.in_states(dom, states)]
-        summaries, token = self.page(domains, convert.domain_name, convert.domain, request,
-                                     sorted(filters.items()), sorted(request.states))
-        return pb.ListDomainsResponse(domains=summaries, next_page_token=token)
+        wanted = set(request.states) or None
+
+        def listing() -> list[Listed]:
+            listed = self.backend.list_domains_flagged(**filters)
+            if wanted is None:
+                return listed
+            return convert.in_listed_states(listed, self.backend.domain_states(listed), wanted)
+
+        chunk, token = self.listings.page(
+            listing, convert.listed_name, request.page_size, request.page_token,
+            paging.fingerprint(sorted(filters.items()), sorted(request.states)),
+            scope=self.backend.conn)
+        states = self.backend.domain_states(chunk)
+        if wanted is not None:  # a state may have changed since the listing
+            chunk = convert.in_listed_states(chunk, states, wanted)
+        response = pb.ListDomainsResponse(next_page_token=token)
+        convert.add_listed_domains(response.domains, chunk, states)
+        return response
 
     def GetDomain(self, request: pb.GetDomainRequest, context: Ctx) -> pb.GetDomainResponse:
         return pb.GetDomainResponse(domain=convert.domain(self.backend.lookup(request.name),
@@ -267,8 +281,9 @@ class ComputeServicer(HostServicer, JobsServicer,
                        context: Ctx) -> pb.GetDomainStatsResponse:
         records = self.backend.stats(list(request.names), convert.stat_groups(request.groups),
                                      request.active_only, request.nowait)
-        return pb.GetDomainStatsResponse(
-            stats=[convert.domain_stats(dom, record) for dom, record in records])
+        response = pb.GetDomainStatsResponse()
+        convert.add_domain_stats(response.stats, records)
+        return response
 
     def GetCapabilities(self, request: pb.GetCapabilitiesRequest,
                         context: Ctx) -> pb.GetCapabilitiesResponse:
