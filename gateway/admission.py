@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor
@@ -30,6 +32,7 @@ from gateway.authz import Authorizer, Decision, Denied
 from gateway.backends import Metadata
 from gateway.identity import AuthenticationError, Identity
 from gateway.limits import Limiter, LimitExceeded
+from gateway.observe import CallLog, MethodMetrics
 from services.common import logs
 from services.common.acl import is_read_only
 from services.common.shared import error_status
@@ -43,11 +46,15 @@ class Access:
     limiter: Limiter
     authorizer: Authorizer
     audit: AuditLog
+    #: the per-call log line of forwarded calls
+    call_log: CallLog = dataclasses.field(default_factory=CallLog)
+    #: run before each call is authenticated (a worker: reload files changed meanwhile)
+    before_call: Callable[[], None] | None = None
 
 
 class EndCall(Exception):  # noqa: N818 - not an error of the gateway: how a call ends
     """Ends the client's call with this status once its audit record is written (see
-    CallGuard.recorded), so whoever sees the status finds the record already there."""
+    ``async with`` a CallGuard), so whoever sees the status finds the record already there."""
 
     def __init__(self, code: grpc.StatusCode, message: str, trailers: Metadata = ()) -> None:
         super().__init__(code, message)
@@ -72,16 +79,40 @@ def decoded(request_class: type[Message], data: bytes | None) -> Message:
                       "MALFORMED_REQUEST") from None
 
 
+@functools.cache
+def _always_read_only(method: MethodDescriptor) -> bool:
+    """Read-only whatever the request says (is_read_only matches patterns: cached)."""
+    return is_read_only(method)
+
+
+def read_only(method: MethodDescriptor, request: Message | None) -> bool:
+    """is_read_only, asking the request only when the method's answer depends on it."""
+    return _always_read_only(method) or (request is not None and is_read_only(method, request))
+
+
 class CallGuard:
     """One call on its way through the gateway: who makes it, whether it may, and
-    its audit record once it has ended."""
+    its audit record once it has ended. ``async with guard:`` around the whole call
+    ends it with the status of an EndCall raised inside, after the audit record (a
+    caller that sees the status finds the record).
+
+    ``observed``: the method's metrics, when this guard also records the call's
+    metrics, request id and log line (gateway/observe.py; the proxy's calls), rather
+    than the server's interceptors (the gateway's own API)."""
 
     def __init__(self, access: Access, method: MethodDescriptor, path: str,
-                 context: grpc.aio.ServicerContext) -> None:
+                 context: grpc.aio.ServicerContext, observed: MethodMetrics | None = None
+                 ) -> None:
         self.access = access
         self.method = method
         self.path = path
         self.context = context
+        self.observed = observed
+        #: the request's metadata, read once
+        self.metadata: Metadata = tuple(context.invocation_metadata() or ())
+        if observed is not None:
+            logs.request_id.set(logs.request_id_from(self.metadata))
+            observed.started.inc()
         self.identity: Identity | None = None
         self.request: Message | None = None
         #: the objects the request addresses, as authorisation found them
@@ -98,49 +129,54 @@ class CallGuard:
         self.peer = context.peer()
         self.request_id = logs.request_id.get()
 
-    @contextlib.asynccontextmanager
-    async def recorded(self) -> AsyncIterator[None]:
-        """Around the whole call: an EndCall raised inside ends it with that status,
-        after the audit record (a caller that sees the status finds the record)."""
-        try:
-            yield
-        except EndCall as end:
-            self.end(code=end.code)
-            await self.context.abort(end.code, end.message, end.trailers)
-        except BaseException as error:
-            self.end(error=error)
-            raise
-        self.end()
+    async def __aenter__(self) -> CallGuard:
+        return self
+
+    async def __aexit__(self, _kind: Any, error: BaseException | None, _tb: Any) -> None:
+        if isinstance(error, EndCall):
+            self.end(code=error.code, details=error.message)
+            await self.context.abort(error.code, error.message, error.trailers)
+        self.end(error=error)
 
     async def counted(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """A request stream, its bytes counted for the record."""
         assert self.streamed is not None
         async for message in requests:
             self.streamed[0] += len(message)
+            if self.observed is not None:
+                self.observed.received.inc()
             yield message
 
     def sent(self, response: bytes) -> bytes:
-        """A response of a streaming call, its bytes counted for the record."""
+        """A response (of a streaming call: its bytes counted for the record)."""
         if self.streamed is not None:
             self.streamed[1] += len(response)
+        if self.observed is not None:
+            self.observed.sent.inc()
         return response
 
     def authenticate(self) -> Identity:
+        if self.access.before_call is not None:
+            self.access.before_call()
         try:
-            self.identity = self.access.authenticator.authenticate(self.context)
+            self.identity = self.access.authenticator.authenticate(self.context, self.metadata,
+                                                                   self.peer)
         except AuthenticationError as error:
             raise refused(grpc.StatusCode.UNAUTHENTICATED, str(error.args[0]),
                           "UNAUTHENTICATED") from None
         return self.identity
 
-    @contextlib.asynccontextmanager
-    async def limited(self, identity: Identity) -> AsyncIterator[None]:
+    @contextlib.contextmanager
+    def limited(self, identity: Identity) -> Iterator[None]:
+        limiter = self.access.limiter
         try:
-            async with self.access.limiter.call(identity):
-                yield
-                return
+            limiter.acquire(identity)
         except LimitExceeded as error:
             raise refused(error.code, str(error), "TOO_MANY_CALLS") from None
+        try:
+            yield
+        finally:
+            limiter.release(identity)
 
     def authorize(self, identity: Identity, request: Message) -> Decision:
         self.request = request
@@ -153,10 +189,21 @@ class CallGuard:
         self.objects = decision.objects
         return decision
 
-    def end(self, code: grpc.StatusCode | None = None, error: BaseException | None = None
-            ) -> None:
-        """Write the audit record of a call that may change something, once."""
-        if self._recorded or is_read_only(self.method, self.request):
+    def authorize_bytes(self, identity: Identity, request_class: type[Message],
+                        data: bytes | None) -> Decision:
+        """authorize, decoding the request only when the decision needs one of its
+        fields: not when the caller may make the call on every object and the call is
+        read-only whatever it asks (no names for an audit record either)."""
+        decision = self.access.authorizer.without_request(identity, self.method)
+        if decision is not None:
+            return decision
+        return self.authorize(identity, decoded(request_class, data))
+
+    def end(self, code: grpc.StatusCode | None = None, error: BaseException | None = None,
+            details: str = "") -> None:
+        """Once: the audit record of a call that may change something, and (with
+        ``observed``) the call's metrics and log line."""
+        if self._recorded:
             return
         self._recorded = True
         code = code or self.context.code()
@@ -164,10 +211,18 @@ class CallGuard:
             code = (grpc.StatusCode.CANCELLED if self.context.cancelled()
                     or isinstance(error, (GeneratorExit, asyncio.CancelledError))
                     else grpc.StatusCode.UNKNOWN if error is not None else grpc.StatusCode.OK)
+        seconds = time.perf_counter() - self.started
+        unchanging = read_only(self.method, self.request)
+        if self.observed is not None:
+            self.observed.handled(code, seconds)
+            if code != grpc.StatusCode.OK:
+                details = details or self.context.details() or ""
+            self.access.call_log.write(self.path, code, seconds, details, unchanging)
+        if unchanging:
+            return
         logs.request_id.set(self.request_id)  # the record names this call's request id
         self.access.audit.record(method=self.path, identity=self.identity,
                                  peer=self.peer, objects=self.objects, code=code,
-                                 duration=time.perf_counter() - self.started,
-                                 denied_permission=self.denied,
+                                 duration=seconds, denied_permission=self.denied,
                                  streamed=(self.streamed[0], self.streamed[1])
                                  if self.streamed else None)

@@ -175,10 +175,9 @@ class GatewayApi(pb_grpc.GatewayServiceServicer):
         """``answer`` for the caller, once admitted as every gateway call is
         (gateway/admission.py; read-only calls are not audited)."""
         method = self._own.methods_by_name[name]
-        guard = CallGuard(self.access, method, method_path(method), context)
-        async with guard.recorded():
+        async with CallGuard(self.access, method, method_path(method), context) as guard:
             identity = guard.authenticate()
-            async with guard.limited(identity):
+            with guard.limited(identity):
                 guard.authorize(identity, request)
                 message = await answer(identity)
         return message

@@ -80,6 +80,12 @@ class GatewayConfig:
     #: the node this gateway serves, in ListServices and GetHostSummary answers; empty:
     #: the host name (a pod's host name is the pod's: Kubernetes passes spec.nodeName)
     node_name: str = ""
+    #: processes serving the listeners together (SO_REUSEPORT; gateway/workers.py);
+    #: 0: one per core this process may run on
+    workers: int = 0
+    #: write the log line of only every Nth successful read-only forwarded call at INFO
+    #: (the others at DEBUG); failures and calls that may change something always
+    call_log_sample: int = 1
 
     def path(self, value: str, default: str) -> Path:
         return Path(value) if value else self.state_dir / default
@@ -173,6 +179,10 @@ _HELP = {
     "fanout_timeout": "seconds each service has to answer its part of a host summary, "
                       "search or list of services",
     "node_name": "this node's name in ListServices and GetHostSummary (default: the host name)",
+    "workers": "gateway processes serving the same ports (SO_REUSEPORT), sharing limits and "
+               "the audit log (default 0: one per core)",
+    "call_log_sample": "log only every Nth successful read-only forwarded call at INFO (the "
+                       "rest at DEBUG; failures and changes always; metrics count every call)",
 }
 
 
@@ -180,7 +190,7 @@ _POSITIVE = ("reload_interval", "max_clients", "handshake_timeout", "max_client_
              "max_streams_per_connection", "max_message_bytes", "max_metadata_bytes",
              "keepalive_time", "keepalive_timeout", "keepalive_min_ping_interval",
              "max_connection_idle", "max_connection_age", "max_connection_age_grace",
-             "max_health_watchers", "audit_anonymous_rate")
+             "max_health_watchers", "audit_anonymous_rate", "call_log_sample")
 
 
 def _check_limits(config: GatewayConfig) -> None:
@@ -237,7 +247,16 @@ def load(argv: Sequence[str] | None = None,
         shlex.split(config.activation)
     except ValueError as error:
         raise common.ConfigError(f"activation: {error}") from None
-    return dataclasses.replace(config, state_dir=config.state_dir.absolute())
+    if config.workers < 0:
+        raise common.ConfigError("workers: must be 0 (one per core) or more")
+    return dataclasses.replace(config, state_dir=config.state_dir.absolute(),
+                               workers=config.workers or len(os.sched_getaffinity(0)))
+
+
+def watched_files(config: GatewayConfig) -> tuple[Path | None, ...]:
+    """The files the gateway reads again when they change."""
+    return (config.identities_path, config.policy_path, config.cert_file, config.key_file,
+            config.ca_file)
 
 
 def file_stamp(path: Path | None) -> int | None:
