@@ -249,8 +249,8 @@ class Supervisor:
                                                         registry=registry)
         except (OSError, ValueError) as error:
             raise ConfigError(f"metrics_listen {self.config.metrics_listen}: {error}") from None
-        log.info("metrics of all workers on http://%s:%d/metrics", host,
-                 self._metrics_server.server_port)
+        log.info("metrics on http://%s:%d/metrics, of all %d workers", host,
+                 self._metrics_server.server_port, self.config.workers)
 
     def _reap(self, index: int, process: BaseProcess) -> int:
         """A dead worker's exit status; its share of the limits and gauges forgotten."""
