@@ -32,7 +32,7 @@ from gateway.authz import Authorizer, Decision, Denied
 from gateway.backends import Metadata
 from gateway.identity import AuthenticationError, Identity
 from gateway.limits import Limiter, LimitExceeded
-from gateway.observe import CallLog, MethodMetrics
+from gateway.observe import REQUEST_IDS, CallLog, MethodMetrics
 from services.common import logs
 from services.common.acl import is_read_only
 from services.common.shared import error_status
@@ -111,7 +111,7 @@ class CallGuard:
         #: the request's metadata, read once
         self.metadata: Metadata = tuple(context.invocation_metadata() or ())
         if observed is not None:
-            logs.request_id.set(logs.request_id_from(self.metadata))
+            logs.request_id.set(REQUEST_IDS.of(self.metadata))
             observed.started.inc()
         self.identity: Identity | None = None
         self.request: Message | None = None

@@ -21,12 +21,32 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 
 import grpc
 
-from services.common import metrics
+from gateway.backends import Metadata
+from services.common import logs, metrics
 from services.common.interceptors import rpc_log
 from services.common.shared import CallKind
+
+
+class RequestIds:
+    """The request id of a call: the caller's (logs.request_id_from checks it is fit for
+    logs), or a new one: 32 hex digits, this process's random half and a count, unique
+    like a uuid4 without asking the kernel for randomness on every call."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._count = itertools.count()
+
+    def of(self, metadata: Metadata) -> str:
+        if any(key == logs.REQUEST_ID_KEY for key, _ in metadata):
+            return logs.request_id_from(metadata)
+        return f"{self._prefix}{next(self._count):016x}"
+
+
+REQUEST_IDS = RequestIds()
 
 
 class MethodMetrics:

@@ -261,9 +261,10 @@ class Gateway:
             # Never asks for a certificate: a call here is its bearer token's or nobody's.
             self.token_port = self._add_port(server, self.config.token_address, False)
             listening.append(f"{self.config.token_address} (TLS, bearer tokens only)")
-        self.private = await self._serve_privately(own_handlers)
         await server.start()
         self.server = server
+        # After the ports: a worker whose private socket answers serves on them too.
+        self.private = await self._serve_privately(own_handlers)
         self._reloading = asyncio.create_task(self._poll_for_changes())
         log.info("gateway listening on %s, forwarding %s%s", " and ".join(listening),
                  ", ".join(sorted(self.services)),

@@ -63,7 +63,8 @@ from services.common.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: a worker that exits within this many seconds of its start failed to start
+#: a worker that dies within this many seconds of its start is started again after a
+#: second, so that one dying as it starts does not spin
 _START_SECONDS = 5.0
 #: the exit status of a worker whose configuration cannot serve (see worker_main)
 CANNOT_START = 3
@@ -288,15 +289,15 @@ class Supervisor:
                 code = self._reap(index, process)
                 if self._stopping:
                     continue
-                if code == CANNOT_START or time.monotonic() - self._started[index] < \
-                        _START_SECONDS and code:
-                    log.error("worker %d exited with status %d while starting; stopping "
-                              "the gateway", index, code)
+                if code == CANNOT_START:
+                    log.error("worker %d cannot start; stopping the gateway", index)
                     status = 1
                     self._on_stop(signal.SIGTERM, None)
                     continue
                 log.error("worker %d (pid %s) exited with status %d; starting it again",
                           index, process.pid, code)
+                if time.monotonic() - self._started[index] < _START_SECONDS:
+                    time.sleep(1.0)  # dying as it starts: not in a tight loop
                 self._start(index)
         self.close()
         log.info("all workers stopped")
