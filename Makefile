@@ -96,6 +96,7 @@ fuzz: $(PY_STAMP)
 
 bench: $(PY_STAMP) $(GUEST)
 	$(PY) -m bench.bench --out bench-results.json
+	$(PY) -m bench.gateway_floor --out bench-gateway-floor.json
 	$(PY) -m bench.scrape
 	$(PY) -m bench.volume_stream --sizes 64,512
 	$(PY) -m bench.graphics

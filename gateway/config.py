@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import shlex
 from collections.abc import Mapping, Sequence
@@ -81,7 +82,7 @@ class GatewayConfig:
     #: the host name (a pod's host name is the pod's: Kubernetes passes spec.nodeName)
     node_name: str = ""
     #: processes serving the listeners together (SO_REUSEPORT; gateway/workers.py);
-    #: 0: one per core this process may run on
+    #: 0: one per core this process may use (its CPU affinity and cgroup CPU quota)
     workers: int = 0
     #: write the log line of only every Nth successful read-only forwarded call at INFO
     #: (the others at DEBUG); failures and calls that may change something always
@@ -180,7 +181,7 @@ _HELP = {
                       "search or list of services",
     "node_name": "this node's name in ListServices and GetHostSummary (default: the host name)",
     "workers": "gateway processes serving the same ports (SO_REUSEPORT), sharing limits and "
-               "the audit log (default 0: one per core)",
+               "the audit log (default 0: one per core it may use, CPU quota included)",
     "call_log_sample": "log only every Nth successful read-only forwarded call at INFO (the "
                        "rest at DEBUG; failures and changes always; metrics count every call)",
 }
@@ -250,7 +251,20 @@ def load(argv: Sequence[str] | None = None,
     if config.workers < 0:
         raise common.ConfigError("workers: must be 0 (one per core) or more")
     return dataclasses.replace(config, state_dir=config.state_dir.absolute(),
-                               workers=config.workers or len(os.sched_getaffinity(0)))
+                               workers=config.workers or cores())
+
+
+def cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: those it may run on, fewer when its cgroup's CPU
+    quota (cgroup v2 ``cpu.max``, a container's CPU limit) allows less."""
+    usable = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            usable = min(usable, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota to honour
+    return usable
 
 
 def watched_files(config: GatewayConfig) -> tuple[Path | None, ...]:
