@@ -17,13 +17,14 @@ PYTEST_ARGS ?=
 #: the CLI context `make run` writes for its mesh (`virtmesh config get-contexts`); empty: none
 CONTEXT ?= dev
 
-.PHONY: help deps run test lint gen gen-check guest bench fuzz image clean
+.PHONY: help deps run test lint gen gen-check api-coverage guest bench fuzz image clean
 
 help:
 	@echo "make run    install what is missing, build, and run the mesh (Ctrl-C stops it)"
 	@echo "make test   install what is missing and run the whole test suite"
 	@echo "make lint   buf lint + format check, generated-code check, ruff, mypy"
 	@echo "make gen    regenerate Python, Go (and Node) code from protos/"
+	@echo "make api-coverage  rewrite docs/api-coverage.md: each libvirt function's RPC"
 	@echo "make bench  libvirtd vs compute service vs gateway, scrapes, volume streaming,"
 	@echo "            a VNC viewer's frame latency through the gateway, cold vs warm"
 	@echo "            starts of virtmesh-run and compute: figures"
@@ -62,6 +63,11 @@ gen-check: $(PY_STAMP) $(NODE_STAMP)
 	       diff -r clients/node/src/gen $$tmp/clients/node/src/gen | head -20; rm -rf $$tmp; \
 	       echo "generated code is stale: run make gen and commit" >&2; exit 1; fi
 
+# Which RPC reaches each libvirt function (libvirt-dev's API description, the RPCs'
+# libvirt_functions options); make lint checks that the document is current.
+api-coverage: $(PY_STAMP)
+	$(PY) tools/api-coverage.py
+
 lint: $(PY_STAMP) gen-check
 	cd protos && ../$(VENV)/bin/buf lint
 	cd protos && ../$(VENV)/bin/buf format --diff --exit-code
@@ -71,6 +77,7 @@ lint: $(PY_STAMP) gen-check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy services gateway client guest bench tests tools virtmesh_run
 	$(PY) tools/check-manifests.py
+	$(PY) tools/api-coverage.py --check
 
 $(GUEST): guest/build-guest.sh $(SYSTEM_STAMP)
 	guest/build-guest.sh $(STATE)/guest
@@ -100,6 +107,7 @@ bench: $(PY_STAMP) $(GUEST)
 	$(PY) -m bench.scrape
 	$(PY) -m bench.volume_stream --sizes 64,512
 	$(PY) -m bench.graphics
+	$(PY) -m bench.service_floor
 	$(PY) -m bench.cold_start --state-dir $(STATE) --repeat 3 --out bench-cold-start.json
 
 # The container image; needs a working builder (a docker client alone, without an

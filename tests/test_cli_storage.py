@@ -222,3 +222,30 @@ def test_ctrl_c_ends_a_download_at_once(tmp_path: Path, host_libvirtd: None) -> 
                 partial.unlink(missing_ok=True)
         finally:
             remove_host_pool(pool)
+
+
+def test_find_pool_sources_and_pool_capabilities(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """find-storage-pool-sources on the test driver's canned answers; pool-capabilities
+    there is UNIMPLEMENTED (the host's daemon answers it: tests/test_storage_service.py)."""
+    with running_service(tmp_path, "test:///default", spec=SPEC, grace_period=0.5) as daemon:
+        def run(*args: str) -> tuple[int, str, str]:
+            code = main(["--socket", str(daemon.socket_path), *args])
+            out, err = capsys.readouterr()
+            return code, out, err
+
+        assert rows(ok(run, "find-storage-pool-sources", "netfs", "--host", "nfs.example")) == [
+            ["nfs.example", "/testshare", "-", "-", "nfs"]]
+        code, out, _ = run("--json", "find-storage-pool-sources", "logical")
+        assert code == 0
+        assert [s["name"] for s in json.loads(out)["sources"]] == ["testvg1", "testvg2"]
+        code, _, err = run("find-storage-pool-sources", "dir")
+        assert code != 0 and "UNIMPLEMENTED" in err
+        code, _, err = run("pool-capabilities")
+        assert code != 0 and "UNIMPLEMENTED" in err
+
+
+def test_pool_capabilities_on_the_host(virtmesh: Run) -> None:
+    out = ok(virtmesh, "pool-capabilities")
+    assert out.startswith("<storagepoolCapabilities>")
+    assert "<pool type='dir' supported='yes'>" in out

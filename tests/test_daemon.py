@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -392,8 +392,8 @@ def test_reconnect_to_real_libvirtd(tmp_path: Path) -> None:
 
 
 class BrokenServicer(ComputeServicer):
-    """A servicer with bugs (a unary and a streaming method raise KeyError), and one
-    method that picks its status with gRPC's own ``context.abort``."""
+    """A servicer with bugs (a unary method, a blocking and a coroutine stream raise
+    KeyError), and one method that picks its status with gRPC's own ``context.abort``."""
 
     def GetVersion(self, request: Any, context: grpc.ServicerContext) -> Any:
         raise KeyError("no-such-key")
@@ -401,8 +401,15 @@ class BrokenServicer(ComputeServicer):
     def GetNodeInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(grpc.StatusCode.NOT_FOUND, "no node here")
 
-    def WatchDomainEvents(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def GetDomainScreenshot(self, request: Any, context: grpc.ServicerContext
+                            ) -> Iterator[Any]:
         yield from ()
+        raise KeyError("blocking-stream-key")
+
+    async def WatchDomainEvents(self, request: Any, context: grpc.aio.ServicerContext
+                                ) -> AsyncIterator[Any]:
+        for _ in ():
+            yield
         raise KeyError("stream-key")
 
 
@@ -421,10 +428,15 @@ def test_unexpected_exception_becomes_internal(tmp_path: Path) -> None:
                 error = rpc_error(stub.GetVersion, pb.GetVersionRequest())
                 assert error.code() == grpc.StatusCode.INTERNAL, error
                 assert "KeyError" in (error.details() or ""), error.details()
-            with pytest.raises(grpc.RpcError) as caught:
-                list(stub.WatchDomainEvents(pb.WatchDomainEventsRequest(), timeout=10))
-            assert caught.value.code() == grpc.StatusCode.INTERNAL, caught.value
-            assert "stream-key" in (caught.value.details() or "")
+            streams: tuple[tuple[Any, Any, str], ...] = (
+                    (stub.WatchDomainEvents, pb.WatchDomainEventsRequest(), "stream-key"),
+                    (stub.GetDomainScreenshot, pb.GetDomainScreenshotRequest(name="test"),
+                     "blocking-stream-key"))
+            for call, request, key in streams:
+                with pytest.raises(grpc.RpcError) as caught:
+                    list(call(request, timeout=10))
+                assert caught.value.code() == grpc.StatusCode.INTERNAL, caught.value
+                assert key in (caught.value.details() or "")
             # a status chosen through gRPC's own API is kept, not made INTERNAL
             error = rpc_error(stub.GetNodeInfo, pb.GetNodeInfoRequest())
             assert error.code() == grpc.StatusCode.NOT_FOUND, error
@@ -514,3 +526,67 @@ def test_stop_while_starting_undoes_the_start(tmp_path: Path) -> None:
     assert not daemon.socket_path.exists()
     assert not daemon.connection.connected
 
+
+
+# -- calls that outlive their caller ----------------------------------------------------
+
+
+class StuckServicer(ComputeServicer):
+    """GetVersion blocks like a libvirt call on a stopped guest, until released."""
+
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def GetVersion(self, request: Any, context: grpc.ServicerContext) -> Any:
+        StuckServicer.started.release()
+        StuckServicer.release.wait(60)
+        return pb.GetVersionResponse()
+
+
+STUCK = dataclasses.replace(COMPUTE, name="stuck", servicer_factory=StuckServicer,
+                            prepare=None, on_exit=None, collectors=None, busy=None)
+
+
+def test_a_caller_is_answered_at_its_deadline_and_stuck_calls_are_bounded(
+        tmp_path: Path) -> None:
+    """The caller's deadline ends its wait at once; the thread stays in "libvirt",
+    counted as abandoned and still holding its place among the calls in flight, so
+    stuck calls cannot pile up beyond 4 x max_workers; other calls are served."""
+    from services.common.metrics import ABANDONED_CALLS, ABANDONED_CALLS_RUNNING
+
+    StuckServicer.release.clear()
+    config = Config(service="stuck", state_dir=tmp_path, uri="test:///default",
+                    grace_period=0.5, max_workers=1)
+    daemon = Daemon(STUCK, config)
+    daemon.start(connect_wait=10)
+    method = "/virtmesh.compute.v1.ComputeService/GetVersion"
+    abandoned = ABANDONED_CALLS.labels(method)._value.get()
+    try:
+        with compute_stub(daemon.socket_path) as stub:
+            for _ in range(4):  # 4 x max_workers: one running, three queued
+                started = time.monotonic()
+                error = rpc_error(lambda request, timeout: stub.GetVersion(
+                    request, timeout=0.5), pb.GetVersionRequest())
+                assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert time.monotonic() - started < 3
+            assert StuckServicer.started.acquire(timeout=10)
+            deadline = time.monotonic() + 10  # the server hears of the last one a bit later
+            while ABANDONED_CALLS.labels(method)._value.get() < abandoned + 4:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert ABANDONED_CALLS_RUNNING._value.get() >= 4
+            error = rpc_error(stub.GetVersion, pb.GetVersionRequest())
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "too many calls in flight (limit 4)" in (error.details() or "")
+            watch = stub.WatchDomainEvents(pb.WatchDomainEventsRequest(), timeout=30)
+            watch.initial_metadata()  # a watch is no blocking call: it is served
+            watch.cancel()
+            StuckServicer.release.set()
+            deadline = time.monotonic() + 30
+            while daemon.unary_calls.count:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert stub.GetVersion(pb.GetVersionRequest(), timeout=10) is not None
+    finally:
+        StuckServicer.release.set()
+        daemon.stop()

@@ -444,3 +444,61 @@ def test_real_transient_network(host_network: tuple[Stub, str, str]) -> None:
     stub.StopNetwork(pb.StopNetworkRequest(name=name))
     assert name not in names(stub)  # a transient network is gone once stopped
     assert not Path(f"/sys/class/net/{bridge}").exists()
+
+
+def test_bridge_name(stub: Stub) -> None:
+    reply = stub.GetNetworkBridgeName(pb.GetNetworkBridgeNameRequest(name="default"))
+    assert (reply.name, reply.bridge) == ("default", "virbr0")
+    stub.DefineNetwork(pb.DefineNetworkRequest(
+        xml="<network><name>direct</name><forward mode='bridge'>"
+            "<interface dev='eth0'/></forward></network>"))
+    error = error_of(stub.GetNetworkBridgeName, pb.GetNetworkBridgeNameRequest(name="direct"))
+    assert (error.code(), reason_of(error)) == (grpc.StatusCode.FAILED_PRECONDITION, "NO_BRIDGE")
+    error = error_of(stub.GetNetworkBridgeName, pb.GetNetworkBridgeNameRequest(name="nope"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    # the test driver has no ports, so none has parameters
+    error = error_of(stub.GetNetworkPortParameters, pb.GetNetworkPortParametersRequest(
+        name="default", port="5e1f0c4a-0000-4000-8000-000000000001"))
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_real_port_parameters(host_network: tuple[Stub, str, str]) -> None:
+    stub, name, bridge = host_network
+    stub.CreateNetwork(pb.CreateNetworkRequest(xml=network_xml(name, bridge, free_subnet())))
+    port_id = "5e1f0c4a-0000-4000-8000-" + secrets.token_hex(6)
+    stub.CreateNetworkPort(pb.CreateNetworkPortRequest(name=name, xml=port_xml(port_id).replace(
+        "</networkport>", "<bandwidth><inbound average='1000'/></bandwidth></networkport>")))
+    assert stub.GetNetworkBridgeName(pb.GetNetworkBridgeNameRequest(name=name)).bridge == bridge
+
+    got = stub.GetNetworkPortParameters(pb.GetNetworkPortParametersRequest(
+        name=name, port=port_id))
+    assert (got.name, got.port) == (name, port_id)
+    assert got.bandwidth == pb.PortBandwidth(inbound=pb.BandwidthLimits(
+        average_kibps=1000, peak_kibps=0, burst_kib=0, floor_kibps=0))
+
+    changed = stub.SetNetworkPortParameters(pb.SetNetworkPortParametersRequest(
+        name=name, port=port_id, bandwidth=pb.PortBandwidth(inbound=pb.BandwidthLimits(
+            peak_kibps=2000, burst_kib=512)))).bandwidth
+    assert changed.inbound == pb.BandwidthLimits(average_kibps=1000, peak_kibps=2000,
+                                                 burst_kib=512, floor_kibps=0)
+    assert not changed.HasField("outbound")
+    assert stub.GetNetworkPortParameters(pb.GetNetworkPortParametersRequest(
+        name=name, port=port_id)).bandwidth == changed
+    assert "peak='2000'" in stub.GetNetworkPortXML(pb.GetNetworkPortXMLRequest(
+        name=name, port=port_id)).xml
+
+    def refused(bandwidth: pb.PortBandwidth, port: str = port_id) -> tuple[Any, str]:
+        error = error_of(stub.SetNetworkPortParameters, pb.SetNetworkPortParametersRequest(
+            name=name, port=port, bandwidth=bandwidth))
+        return error.code(), reason_of(error)
+
+    assert refused(pb.PortBandwidth()) == (grpc.StatusCode.INVALID_ARGUMENT, "MISSING_FIELD")
+    assert refused(pb.PortBandwidth(outbound=pb.BandwidthLimits(floor_kibps=1))) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_PARAMETER")
+    assert refused(pb.PortBandwidth(outbound=pb.BandwidthLimits(average_kibps=1))) == (
+        grpc.StatusCode.FAILED_PRECONDITION, "NO_SUCH_PARAMETER")
+    # a floor needs the network's own inbound QoS, which this one lacks
+    assert refused(pb.PortBandwidth(inbound=pb.BandwidthLimits(floor_kibps=1)))[0] == \
+        grpc.StatusCode.UNIMPLEMENTED
+    assert refused(pb.PortBandwidth(inbound=pb.BandwidthLimits(average_kibps=1)),
+                   "5e1f0c4a-0000-4000-8000-000000000000")[0] == grpc.StatusCode.NOT_FOUND

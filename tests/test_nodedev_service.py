@@ -332,3 +332,29 @@ def test_host_watch_subscribes(host: Stub) -> None:
     events.cancel()
     assert list(_drain(events)) == []
 
+
+
+#: the test driver's FC HBA scsi_host1 has this pair; no host here has an FC HBA
+WWNN, WWPN = "2000000012341234", "1000000012341234"
+
+
+def test_scsi_host_lookup_on_the_test_driver(stub: Stub) -> None:
+    """The test driver cannot look SCSI hosts up; bad names are refused before."""
+    error = error_of(stub.LookupSCSIHostByWWN, pb.LookupSCSIHostByWWNRequest(
+        wwnn=WWNN, wwpn=WWPN))
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+    for wwnn, wwpn in (("", WWPN), (WWNN, "12345"), ("0x" + WWNN, "zz" * 8)):
+        error = error_of(stub.LookupSCSIHostByWWN, pb.LookupSCSIHostByWWNRequest(
+            wwnn=wwnn, wwpn=wwpn))
+        assert (error.code(), reason_of(error)) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                    "INVALID_WWN"), (wwnn, wwpn)
+
+
+def test_host_scsi_host_lookup_finds_none(host: Stub) -> None:
+    """libvirt's node device driver fails without an error when no SCSI host has the
+    pair; the service says NOT_FOUND. (This host has no FC HBA to find.)"""
+    for wwnn in (WWNN, "0x" + WWNN):
+        error = error_of(host.LookupSCSIHostByWWN, pb.LookupSCSIHostByWWNRequest(
+            wwnn=wwnn, wwpn=WWPN))
+        assert (error.code(), reason_of(error)) == (grpc.StatusCode.NOT_FOUND,
+                                                    "VIR_ERR_NO_NODE_DEVICE")

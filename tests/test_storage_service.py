@@ -473,3 +473,71 @@ def test_pagination_and_filters_on_the_test_driver(tmp_path: Path) -> None:
         error = error_of(stub.ListStoragePools, pb.ListStoragePoolsRequest(
             page_size=2, page_token=reply.next_page_token, active=True))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # other filters
+
+
+def test_find_pool_sources_on_the_test_driver(tmp_path: Path) -> None:
+    """The test driver answers canned sources for logical and netfs pools."""
+    with running_service(tmp_path, "test:///default", spec=SPEC, grace_period=0.5) as daemon, \
+            grpc.insecure_channel(f"unix:{daemon.socket_path}") as channel:
+        stub = Stub(channel)
+        found = stub.FindStoragePoolSources(pb.FindStoragePoolSourcesRequest(type="logical"))
+        assert [(s.name, list(s.devices), s.format) for s in found.sources] == [
+            ("testvg1", ["/dev/sda20"], "lvm2"), ("testvg2", ["/dev/sda21"], "lvm2")]
+        assert found.xml.startswith("<sources>")
+        found = stub.FindStoragePoolSources(pb.FindStoragePoolSourcesRequest(
+            type="netfs", host="nfs.example.org"))
+        assert [(list(s.hosts), s.dir, s.format) for s in found.sources] == [
+            (["nfs.example.org"], "/testshare", "nfs")]
+
+        for request, code, reason in (
+                (pb.FindStoragePoolSourcesRequest(type="floppy"),
+                 grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_POOL_TYPE"),
+                (pb.FindStoragePoolSourcesRequest(type="dir"),
+                 grpc.StatusCode.UNIMPLEMENTED, "SOURCE_DISCOVERY_UNSUPPORTED"),
+                (pb.FindStoragePoolSourcesRequest(type="netfs"),
+                 grpc.StatusCode.INVALID_ARGUMENT, "VIR_ERR_INVALID_ARG"),
+                (pb.FindStoragePoolSourcesRequest(type="netfs", port=2049),
+                 grpc.StatusCode.INVALID_ARGUMENT, "PORT_WITHOUT_HOST")):
+            error = error_of(stub.FindStoragePoolSources, request)
+            assert (error.code(), reason_of(error)) == (code, reason), request
+        assert error_of(stub.GetStoragePoolCapabilities, pb.GetStoragePoolCapabilitiesRequest(
+            )).code() == grpc.StatusCode.UNIMPLEMENTED
+        assert error_of(stub.LookupStoragePoolByTargetPath, pb.LookupStoragePoolByTargetPathRequest(
+            path="/default-pool")).code() == grpc.StatusCode.UNIMPLEMENTED
+        # nor can it tell a volume's physical size: the summary leaves it unset
+        volume = stub.CreateStorageVolume(pb.CreateStorageVolumeRequest(
+            pool="default-pool", xml=volume_xml("a.img", MIB))).storage_volume
+        assert volume.capacity_bytes == MIB and not volume.HasField("physical_bytes")
+
+
+def test_pool_capabilities_and_lookup_by_target_path(stub: Stub,
+                                                     pool: tuple[str, Path]) -> None:
+    capabilities = stub.GetStoragePoolCapabilities(pb.GetStoragePoolCapabilitiesRequest())
+    by_type = {capability.type: capability for capability in capabilities.pool_types}
+    assert by_type["dir"].supported and by_type["dir"].default_volume_format == "raw"
+    assert "qcow2" in by_type["dir"].volume_formats
+    assert "nfs" in by_type["netfs"].source_formats
+    assert capabilities.xml.startswith("<storagepoolCapabilities>")
+
+    name, path = pool
+    found = stub.LookupStoragePoolByTargetPath(pb.LookupStoragePoolByTargetPathRequest(
+        path=str(path))).storage_pool
+    assert (found.name, found.target_path) == (name, str(path))
+    for request_path, code in (("", grpc.StatusCode.INVALID_ARGUMENT),
+                               ("relative/dir", grpc.StatusCode.INVALID_ARGUMENT),
+                               (str(path / "nothing-here"), grpc.StatusCode.NOT_FOUND)):
+        error = error_of(stub.LookupStoragePoolByTargetPath,
+                         pb.LookupStoragePoolByTargetPathRequest(path=request_path))
+        assert error.code() == code, request_path
+
+
+def test_volume_physical_size(stub: Stub, pool: tuple[str, Path]) -> None:
+    """A qcow2 file's physical size is its file's, far below its capacity."""
+    name, path = pool
+    xml = ("<volume><name>thin.qcow2</name><capacity unit='GiB'>1</capacity>"
+           "<target><format type='qcow2'/></target></volume>")
+    created = stub.CreateStorageVolume(pb.CreateStorageVolumeRequest(
+        pool=name, xml=xml)).storage_volume
+    assert created.HasField("physical_bytes")
+    assert created.physical_bytes == (path / "thin.qcow2").stat().st_size
+    assert created.physical_bytes < created.capacity_bytes == 1 << 30

@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
     python3 python3-venv python3-dev gcc pkg-config
+    # libvirt-dev also brings /usr/share/libvirt/api/*.xml, read by tools/api-coverage.py
     libvirt-dev libvirt0 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base
     # libvirt 9.0's network driver starts no network, not even an isolated one, without
     # iptables/ip6tables; it remembers the failure until libvirtd restarts

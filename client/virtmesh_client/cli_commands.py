@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from virtmesh.events.v1.events_pb2 import EventGap
 from virtmesh_client.cli_fleet import FanOut, Handler
 from virtmesh_client.cli_output import Output, read_input
 from virtmesh_client.client import Client, EventStream
@@ -44,18 +45,44 @@ def either(args: argparse.Namespace, yes: str, no: str) -> bool | None:
 
 def follow(events: EventStream, what: str, text: Callable[[Any], str], out: Output,
            count: int | None) -> None:
-    """Print a Watch… stream's events as they come, until Ctrl-C or ``count`` events."""
+    """Print a Watch… stream's events as they come, until Ctrl-C or ``count`` events.
+    A gap (events lost while the stream was away) is said on stderr, and as a JSON
+    line with ``--json``; it does not count as an event."""
     with events:
         print(f"watching {what} events; Ctrl-C to stop", file=sys.stderr, flush=True)
-        for seen, event in enumerate(events, 1):
+        seen = 0
+        for event in events:
+            if event.HasField("gap"):
+                notice(gap_text(event.gap))
+                if out.json:
+                    out.line(event, "")
+                continue
             out.line(event, text(event))
+            seen += 1
             if seen == count:
                 return
 
 
+def notice(text: str) -> None:
+    print(f"virtmesh: {text}", file=sys.stderr, flush=True)
+
+
+_GAP_REASONS = {
+    EventGap.REASON_EPOCH_CHANGED: "the service restarted or reconnected to libvirt",
+    EventGap.REASON_WINDOW_PASSED: "they have left the service's event window",
+    EventGap.REASON_UNKNOWN_POSITION: "the service does not know the last event seen",
+}
+
+
+def gap_text(gap: Any) -> str:
+    why = _GAP_REASONS.get(gap.reason, "for an unknown reason")
+    return f"events may have been missed ({why}): re-read the state to resync"
+
+
 def watch(client: Client, method: str, request: Any) -> EventStream:
-    """Open a Watch… stream of any service; returns once the server has subscribed us."""
-    return EventStream(client.method(method, type(request))(request, timeout=None))
+    """Open a Watch… stream of any service; returns once the server has subscribed us.
+    It reconnects after a restart and resumes where it was."""
+    return client.events(method, request, notice=notice)
 
 
 def add_count(sub: argparse.ArgumentParser) -> None:

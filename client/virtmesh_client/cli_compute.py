@@ -26,6 +26,7 @@ from virtmesh_client.cli_commands import (
     either,
     enum_choices,
     follow,
+    notice,
 )
 from virtmesh_client.cli_fleet import Fleet, Handler, Query
 from virtmesh_client.cli_output import (
@@ -129,7 +130,7 @@ def cmd_shutdown(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 
 def cmd_events(client: Client, args: argparse.Namespace, out: Output) -> None:
-    follow(client.watch(args.names), "domain", _event_text, out, args.count)
+    follow(client.watch(args.names, notice=notice), "domain", _event_text, out, args.count)
 
 
 def merge_events(fleet: Fleet, args: argparse.Namespace, out: Output) -> None:

@@ -85,10 +85,25 @@ cmd_pool_info = Query(
                byte_size(p.available_bytes), p.target_path or "-"))
 
 
+cmd_find_storage_pool_sources = Query(
+    lambda client, args: client.call("FindStoragePoolSources", pb.FindStoragePoolSourcesRequest(
+        type=args.type, host=args.host, port=args.port, initiator_iqn=args.initiator)),
+    ("HOSTS", "DIR", "NAME", "DEVICES", "FORMAT"),
+    lambda s: (",".join(s.hosts) or "-", s.dir or "-", s.name or "-",
+               ",".join(s.devices) or "-", s.format or "-"), "sources")
+
+
+def cmd_pool_capabilities(client: Client, args: argparse.Namespace, out: Output) -> None:
+    response = client.call("GetStoragePoolCapabilities", pb.GetStoragePoolCapabilitiesRequest())
+    out.show(response, response.xml.rstrip("\n"))
+
+
 def _volume_fields(v: Any) -> str:
     return fields((("Name", v.name), ("Pool", v.pool), ("Type", _volume_type(v.type)),
                    ("Format", v.format or "-"), ("Capacity", byte_size(v.capacity_bytes)),
-                   ("Allocation", byte_size(v.allocation_bytes)), ("Path", v.path),
+                   ("Allocation", byte_size(v.allocation_bytes)),
+                   ("Physical", byte_size(v.physical_bytes)
+                    if v.HasField("physical_bytes") else "-"), ("Path", v.path),
                    ("Key", v.key)))
 
 
@@ -207,6 +222,15 @@ def register(command: CommandFactory) -> None:
     sub.add_argument("--type", action="append", metavar="TYPE",
                      help="only pools of this type, e.g. dir (repeatable)")
     pools.add("pool-info", cmd_pool_info, "show a storage pool's summary")
+    sub = command("find-storage-pool-sources", cmd_find_storage_pool_sources,
+                  "discover the sources a pool of TYPE could use (NFS exports, LVM groups)")
+    sub.add_argument("type", metavar="TYPE", help="netfs, logical, iscsi or gluster")
+    sub.add_argument("--host", default="", help="the host to ask (netfs, iscsi, gluster)")
+    sub.add_argument("--port", type=int, default=0, help="the host's port")
+    sub.add_argument("--initiator", default="", metavar="IQN",
+                     help="iscsi: the initiator IQN to present")
+    command("pool-capabilities", cmd_pool_capabilities,
+            "print the storage driver's pool capabilities XML")
     pools.dumpxml("pool-dumpxml", "GetStoragePoolXML", pb.GetStoragePoolXMLRequest,
                   "print a storage pool's XML", ("--inactive", "the persistent config"))
     pools.from_xml("pool-define", "DefineStoragePool", pb.DefineStoragePoolRequest, "defined",

@@ -12,10 +12,12 @@ parsing messages.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import queue
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
@@ -111,23 +113,80 @@ def default_gateway(environ: Mapping[str, str], token: bool = False,
     return DEFAULT_TOKEN_GATEWAY if token and not certificate else DEFAULT_GATEWAY
 
 
+#: the response header a Watch… call starts with: where its service's sequence stands
+EVENT_POSITION_KEY = "x-virtmesh-event-position"
+#: seconds between attempts to reopen an interrupted event stream (doubling up to the last)
+RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
 class EventStream:
-    """An open WatchDomainEvents call.
+    """An open Watch… call that follows its service across restarts.
 
     Construction waits for the server's headers, which it sends once it has
     subscribed us: an operation started afterwards cannot slip past unseen.
+
+    When the stream breaks with UNAVAILABLE (the gateway or the service restarted,
+    or the service lost libvirt) and ``reconnect`` is set, iteration reopens it
+    after the last event it saw (``resume_after``): the service sends exactly the
+    events missed meanwhile, or, when it no longer has them, an event whose ``gap``
+    is set, which iteration yields like any event. ``notice`` hears about each
+    reconnection.
     """
 
-    def __init__(self, call: Any) -> None:
-        self._call = call
+    def __init__(self, open_call: Callable[[Any], Any], request: Any, reconnect: bool = False,
+                 notice: Callable[[str], None] | None = None) -> None:
+        self._open = open_call
+        self._request = request
+        self._reconnect = reconnect
+        self._notice = notice or (lambda _text: None)
+        self._closed = False
+        #: the position of the last event seen (or where the stream started)
+        self.position: Any = None
+        self._call = self._start()
+
+    def _start(self) -> Any:
+        if self.position is not None:
+            self._request.resume_after.CopyFrom(self.position)
+        call = self._open(self._request)
         with rpc_errors():
-            call.initial_metadata()
+            headers = dict(call.initial_metadata() or ())
+        if self.position is None and EVENT_POSITION_KEY in headers:
+            epoch, _, sequence = str(headers[EVENT_POSITION_KEY]).rpartition("/")
+            self.position = type(self._request.resume_after)(epoch=epoch,
+                                                             sequence=int(sequence or 0))
+        return call
 
     def __iter__(self) -> Iterator[Any]:
-        with rpc_errors():
-            yield from self._call
+        while True:
+            try:
+                for event in self._call:
+                    if event.position.epoch:
+                        self.position = event.position
+                    yield event
+                return
+            except grpc.RpcError as error:
+                if (self._closed or not self._reconnect or self.position is None
+                        or error.code() != grpc.StatusCode.UNAVAILABLE):
+                    raise ClientError.from_rpc_error(error) from None
+                self._notice(f"event stream interrupted ({error.details()}); reconnecting")
+                self._call = self._reopen()
+
+    def _reopen(self) -> Any:
+        """The stream again, after the last event seen; waits while it is unavailable."""
+        for attempt in itertools.count():
+            time.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
+            try:
+                call = self._start()
+            except ClientError as error:
+                if error.code != "UNAVAILABLE" or self._closed:
+                    raise
+                continue
+            self._notice(f"reconnected; resuming after event {self.position.sequence}")
+            return call
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
+        self._closed = True
         self._call.cancel()
 
     def __enter__(self) -> EventStream:
@@ -370,10 +429,19 @@ class Client:
     def domain(self, name: str) -> Any:
         return self.call("GetDomain", pb.GetDomainRequest(name=name)).domain
 
-    def watch(self, names: Sequence[str] = (), timeout: float | None = None) -> EventStream:
-        """Subscribe to domain events; returns once the server has subscribed us."""
-        request = pb.WatchDomainEventsRequest(names=names)
-        return EventStream(self.compute.WatchDomainEvents(request, timeout=timeout))
+    def watch(self, names: Sequence[str] = (), timeout: float | None = None,
+              notice: Callable[[str], None] | None = None) -> EventStream:
+        """Subscribe to domain events; returns once the server has subscribed us. Without
+        a timeout the stream reconnects and resumes (EventStream)."""
+        return self.events("WatchDomainEvents", pb.WatchDomainEventsRequest(names=names),
+                           timeout, notice)
+
+    def events(self, method: str, request: Any, timeout: float | None = None,
+               notice: Callable[[str], None] | None = None) -> EventStream:
+        """Any service's Watch… stream; without a timeout it reconnects and resumes."""
+        call = self.method(method, type(request))
+        return EventStream(lambda request: call(request, timeout=timeout), request,
+                           reconnect=timeout is None, notice=notice)
 
     def shutdown(self, name: str, wait: float | None = None) -> None:
         """Ask the guest to shut down; with ``wait`` (seconds), return once it is off."""

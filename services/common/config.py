@@ -38,7 +38,11 @@ class Config:
     log_format: str = "text"
     max_workers: int = 32
     max_message_bytes: int = 16 * 1024 * 1024
-    max_event_watchers: int = 64
+    #: open Watch streams; each is a coroutine with a bounded queue (no thread)
+    max_event_watchers: int = 4096
+    #: the latest events each service keeps for watchers that resume after a
+    #: reconnect (services/common/events.py); about 0.3 KiB each
+    event_window: int = 4096
     #: console, channel and graphics sessions open at once (each holds a thread)
     max_sessions: int = 32
     #: libvirt keepalive for remote URIs: probe interval (s) and missed probes allowed.

@@ -10,7 +10,12 @@ Each service listens on two UNIX sockets, as libvirt's daemons do: the main one
 they act for in ``x-virtmesh-identity``) and a read-only one (``<name>-ro.sock``,
 mode 0666 by default, like libvirt's -sock-ro) where only calls whose permissions
 are all read-only are served. One process, one servicer, one thread pool: two
-grpc.Server objects, because a grpc.Server cannot tell its listening ports apart.
+servers, because a gRPC server cannot tell its listening ports apart.
+
+The servers are grpc.aio servers on one event loop (a thread of its own, shared by
+the services of a process): coroutine methods such as event watches run on the
+loop and cost no thread; blocking ones (libvirt calls) run on a bounded thread pool
+(services/common/sync_bridge.py).
 
 A health Check answer carries the service's name, version and start time in its
 response headers (``x-virtmesh-service``, ``-version``, ``-started``): that is how
@@ -19,6 +24,7 @@ the gateway lists what runs behind it without knowing any service's own API.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import dataclasses
@@ -32,7 +38,6 @@ import stat
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent import futures
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
@@ -48,12 +53,16 @@ from services.common.config import Config, ConfigError
 from services.common.error_interceptor import ErrorInterceptor
 from services.common.interceptors import (
     ActivityInterceptor,
+    CallWrapper,
     ObserveInterceptor,
+    Pipeline,
     ReadOnlyInterceptor,
+    read_methods,
 )
 from services.common.libvirt_connection import LibvirtConnection
 from services.common.logs import setup_logging
 from services.common.shared import SERVICE_KEY, STARTED_KEY, VERSION_KEY, rfc3339_now
+from services.common.sync_bridge import Bridge, CallsInFlight, Workers
 from services.common.version import VERSION
 
 log = logging.getLogger(__name__)
@@ -110,7 +119,7 @@ class ServiceSpec:
         return importlib.import_module(f"{self.proto.__name__}_grpc")
 
     @property
-    def add_to_server(self) -> Callable[[Any, grpc.Server], None]:
+    def add_to_server(self) -> Callable[[Any, grpc.Server | grpc.aio.Server], None]:
         """The generated ``add_<Service>Servicer_to_server``."""
         return getattr(self.grpc_module, f"add_{self.descriptor.name}Servicer_to_server")  # type: ignore[no-any-return]
 
@@ -172,10 +181,17 @@ class _Health(health.HealthServicer):
         self.headers = ((SERVICE_KEY, name), (VERSION_KEY, VERSION),
                         (STARTED_KEY, rfc3339_now()))
 
-    def Check(self, request: health_pb2.HealthCheckRequest,
-              context: grpc.ServicerContext) -> health_pb2.HealthCheckResponse:
-        context.send_initial_metadata(self.headers)
-        return super().Check(request, context)
+    async def Check(self, request: health_pb2.HealthCheckRequest,  # type: ignore[override]
+                    context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
+        """On the loop, never waiting for a thread: probes must be answered however
+        busy the service is."""
+        await context.send_initial_metadata(self.headers)
+        with self._lock:
+            status = self._server_status.get(request.service)
+        if status is None:
+            context.set_code(grpc.StatusCode.NOT_FOUND)
+            return health_pb2.HealthCheckResponse()
+        return health_pb2.HealthCheckResponse(status=status)
 
     def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext,
               send_response_callback: Callable[[Any], None] | None = None) -> Any:
@@ -232,6 +248,26 @@ class _Health(health.HealthServicer):
             end()
 
 
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_guard = threading.Lock()
+
+
+def service_loop() -> asyncio.AbstractEventLoop:
+    """The event loop the services of this process serve from, on a thread of its own
+    (started on first use; it runs as long as the process)."""
+    global _loop
+    with _loop_guard:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="grpc-loop", daemon=True).start()
+        return _loop
+
+
+def on_loop(coroutine: Any) -> Any:
+    """Run ``coroutine`` on the services' loop and wait for its result."""
+    return asyncio.run_coroutine_threadsafe(coroutine, service_loop()).result()
+
+
 class Daemon:
     """A running service: start() binds and serves, stop() drains and closes."""
 
@@ -243,8 +279,14 @@ class Daemon:
             keepalive_count=config.keepalive_count, min_delay=config.reconnect_min_delay,
             max_delay=config.reconnect_max_delay)
         self.health = _Health(spec.name)
-        self.server: grpc.Server | None = None
-        self.read_only_server: grpc.Server | None = None
+        self.server: grpc.aio.Server | None = None
+        self.read_only_server: grpc.aio.Server | None = None
+        self.workers: Workers | None = None
+        #: blocking calls admitted at once (running or queued): unary ones on the main
+        #: and the read-only socket, and streams (consoles, transfers) on both
+        self.unary_calls = CallsInFlight(config.max_workers * 4)
+        self.read_only_calls = CallsInFlight(max(config.max_workers // 2, 1))
+        self.stream_calls = CallsInFlight(2 * config.max_sessions)
         self.servicer: Any = None
         self.metrics: metrics.MetricsEndpoint | None = None
         self.activity = ActivityInterceptor()
@@ -299,42 +341,45 @@ class Daemon:
             self.metrics = metrics.MetricsEndpoint(config.metrics_listen, [
                 *metrics.SERVICE_METRICS, metrics.ConnectionCollector(self.connection), *own])
 
-        # A watch stream or a console session holds its thread for its whole life: they
-        # get threads of their own on top of max_workers, so they can never starve unary
-        # calls. Both sockets share the threads (and the servicer's limits).
-        threads = config.max_workers + config.max_event_watchers + config.max_sessions
-        executor = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc")
+        # Event watches are coroutines and hold no thread. A stream served by a blocking
+        # method (a console session, a volume transfer) holds its thread for its whole
+        # life: those get threads of their own on top of max_workers, so they can never
+        # starve unary calls. Both sockets share the threads (and the servicer's limits).
+        threads = config.max_workers + self.stream_calls.limit
+        self.workers = Workers(threads)
+        bridge = Bridge(self.workers)
+        reads = read_methods(self.spec.descriptor)
         # outermost first: observe the status errors are mapped to
-        self.server = self._serve(executor, threads * 4, self.socket_path, config.socket_mode, [
-            ObserveInterceptor(trust_identity=True), ErrorInterceptor(), self.activity])
+        self.server = on_loop(self._serve(self.socket_path, config.socket_mode, Pipeline(
+            [ObserveInterceptor(trust_identity=True, quiet=reads), ErrorInterceptor(),
+             self.activity],
+            bridge, self.unary_calls, self.stream_calls)))
         read_only = self.read_only_socket_path
         if read_only:
             # Any local user reaches it: its calls may hold at most half of the unary
             # threads (more get RESOURCE_EXHAUSTED), so the main socket keeps the rest.
-            self.read_only_server = self._serve(
-                executor, config.max_workers // 2 + config.max_event_watchers, read_only,
-                config.socket_ro_mode, [ObserveInterceptor(), ErrorInterceptor(),
-                                        ReadOnlyInterceptor(self.spec.descriptor),
-                                        self.activity])
+            wrappers: list[CallWrapper] = [ObserveInterceptor(quiet=reads), ErrorInterceptor(),
+                                           ReadOnlyInterceptor(self.spec.descriptor),
+                                           self.activity]
+            self.read_only_server = on_loop(self._serve(
+                read_only, config.socket_ro_mode,
+                Pipeline(wrappers, bridge, self.read_only_calls, self.stream_calls)))
         log.info("%s serving %s on unix:%s%s", self.spec.name, self.spec.descriptor.full_name,
                  self.socket_path, f" and read-only on unix:{read_only}" if read_only else "")
 
-    def _serve(self, executor: futures.ThreadPoolExecutor, concurrency: int, path: Path,
-               mode: int, interceptors: list[grpc.ServerInterceptor]) -> grpc.Server:
-        """A started server of the servicer, health and reflection on socket ``path``,
-        with at most ``concurrency`` calls in flight."""
+    async def _serve(self, path: Path, mode: int, pipeline: Pipeline) -> grpc.aio.Server:
+        """A started server of the servicer, health and reflection on socket ``path``."""
         config = self.config
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
                    ("grpc.max_send_message_length", config.max_message_bytes)]
-        server = grpc.server(executor, interceptors=interceptors, options=options,
-                             maximum_concurrent_rpcs=max(concurrency, 1))
+        server = grpc.aio.server(interceptors=[pipeline], options=options)
         self.spec.add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable((self.spec.descriptor.full_name, health.SERVICE_NAME), server)
         old_umask = os.umask(0o177)
         try:
             server.add_insecure_port(f"unix:{path}")
-            server.start()
+            await server.start()
         finally:
             os.umask(old_umask)
         os.chmod(path, mode)
@@ -376,10 +421,14 @@ class Daemon:
         close = getattr(self.servicer, "close", None)
         if close is not None:  # a servicer may end its long-lived streams first
             close()
-        stopped = [server.stop(self.config.grace_period)
-                   for server in (self.server, self.read_only_server) if server is not None]
-        for event in stopped:
-            event.wait()
+        servers = [server for server in (self.server, self.read_only_server) if server]
+
+        async def stop_servers() -> None:
+            await asyncio.gather(*(server.stop(self.config.grace_period) for server in servers))
+
+        on_loop(stop_servers())
+        if self.workers is not None:  # threads still in libvirt finish on their own
+            self.workers.shutdown()
         stopped_hook = getattr(self.servicer, "stopped", None)
         if stopped_hook is not None:  # no call is left: helpers of the servicer may go
             stopped_hook()

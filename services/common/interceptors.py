@@ -1,12 +1,17 @@
 """Server interceptors shared by every process; libvirt-free, since the gateway uses them
 (the services' ``ErrorInterceptor`` is in services/common/error_interceptor.py).
 
-``ObserveInterceptor`` (sync services) and ``AioObserveInterceptor`` (the asyncio
-gateway) record each call once, through one ``_Observed``: RPC metrics, the request
-id for the call's log lines, and one INFO line with method, status and duration
-(DEBUG for health probes). On a service's main socket the line also names the caller
-the gateway vouched for (``x-virtmesh-identity``), so a service's log says who did what.
-They must be outermost, so that they see the status the call really ends with.
+The services serve from grpc.aio with most methods blocking on a thread
+(services/common/sync_bridge.py): their ``Pipeline`` wraps each method with the
+``CallWrapper``s below, the blocking form for a blocking method (on its thread) and
+the async form for a coroutine (on the loop), then bridges the blocking ones.
+
+``ObserveInterceptor`` (services) and ``AioObserveInterceptor`` (the gateway) record
+each call once, through one ``_Observed``: RPC metrics, the request id for the call's
+log lines, and one INFO line with method, status and duration (DEBUG for health
+probes). On a service's main socket the line also names the caller the gateway
+vouched for (``x-virtmesh-identity``), so a service's log says who did what. They must
+be outermost, so that they see the status the call really ends with.
 ``ReadOnlyInterceptor`` guards a service's read-only socket.
 ``ActivityInterceptor`` tells the daemon how long a service has been idle.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import threading
@@ -28,6 +34,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from services.common import acl, logs, metrics
 from services.common.requests import Malformed, checked
 from services.common.shared import GROUPS_KEY, IDENTITY_KEY, ServiceError, call_kind, error_status
+from services.common.sync_bridge import Bridge, CallsInFlight
 
 #: one line per call: method, status, duration (and the request id, from logs)
 rpc_log = logging.getLogger("virtmesh.rpc")
@@ -38,27 +45,71 @@ Behavior = Callable[[Any, grpc.ServicerContext], Any]
 AioBehavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 
-class WrappingInterceptor(grpc.ServerInterceptor):
-    """Wraps the behaviour of every handler of a sync server; subclasses say how."""
+class CallWrapper:
+    """Wraps the behaviour of every handler of a service, blocking (``wrap``) or a
+    coroutine or async generator (``wrap_async``); subclasses say how."""
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler, behavior: Any) -> Any:
         raise NotImplementedError
 
-    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
-                          handler_call_details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(handler_call_details)
+    def wrap_async(self, method: str, handler: grpc.RpcMethodHandler, behavior: Any) -> Any:
+        raise NotImplementedError
+
+    def adapt(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The handler's other parts, e.g. its request deserializer."""
+        return handler
+
+
+def is_async(behavior: Any) -> bool:
+    return inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
+
+
+class Pipeline(grpc.aio.ServerInterceptor):
+    """A service's wrappers, outermost first, around every method of an asyncio server;
+    blocking methods then run on the bridge's threads, admitted by ``unary_calls`` and
+    ``stream_calls`` (services/common/sync_bridge.py)."""
+
+    def __init__(self, wrappers: list[CallWrapper], bridge: Bridge, unary_calls: CallsInFlight,
+                 stream_calls: CallsInFlight) -> None:
+        self.wrappers = wrappers
+        self.bridge = bridge
+        self.unary_calls = unary_calls
+        self.stream_calls = stream_calls
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                                handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
-        return _with_behavior(handler, lambda behavior: self.wrap(method, handler, behavior))
+        kind = call_kind(handler.request_streaming, handler.response_streaming).name
+        behavior = getattr(handler, kind)
+        if is_async(behavior):
+            for wrapper in reversed(self.wrappers):
+                behavior = wrapper.wrap_async(method, handler, behavior)
+        else:
+            for wrapper in reversed(self.wrappers):
+                behavior = wrapper.wrap(method, handler, behavior)
+            if handler.response_streaming:
+                behavior = self.bridge.stream(method, behavior, handler.request_streaming,
+                                              self.stream_calls)
+            else:
+                behavior = self.bridge.unary(method, behavior, handler.request_streaming,
+                                             self.unary_calls)
+        handler = handler._replace(**{kind: behavior})  # type: ignore[attr-defined]
+        for wrapper in self.wrappers:
+            handler = wrapper.adapt(handler)
+        return handler
 
 
 class _Observed:
     """One call as the observing interceptors record it, from its start to its status."""
 
     def __init__(self, method: str, handler: grpc.RpcMethodHandler, metadata: Any,
-                 known: bool, trust_identity: bool = False) -> None:
+                 known: bool, trust_identity: bool = False, quiet: bool = False) -> None:
         self.method = method
+        #: a successful call is logged at DEBUG (a read: metrics count it anyway)
+        self.quiet = quiet or method.startswith(_HEALTH)
         self.metrics = metrics.RpcMetrics(method, handler, known)
         self.identity = identity_from(metadata) if trust_identity else ""
         logs.request_id.set(logs.request_id_from(metadata))
@@ -73,8 +124,13 @@ class _Observed:
             details = details.decode(errors="replace")
         suffix = f": {details}" if details and code != grpc.StatusCode.OK else ""
         by = f" by {self.identity}" if self.identity else ""
-        # health probes come every few seconds from supervisors and orchestrators
-        level = logging.DEBUG if self.method.startswith(_HEALTH) else logging.INFO
+        # health probes come every few seconds from supervisors and orchestrators, and
+        # reads may come by thousands a second: one INFO line each would cost more
+        # than the call; changes and failures are always said
+        level = logging.DEBUG if self.quiet and code == grpc.StatusCode.OK else logging.INFO
+        if not rpc_log.isEnabledFor(level):
+            logs.request_id.set("")
+            return
         rpc_log.log(level, "%s %s %.1f ms%s%s", self.method, code.name, milliseconds, by,
                     suffix, extra={"method": self.method, "code": code.name,
                                    "duration_ms": round(milliseconds, 3),
@@ -83,9 +139,10 @@ class _Observed:
 
 
 def _observe(method: str, handler: grpc.RpcMethodHandler, behavior: Behavior,
-             trust_identity: bool) -> Behavior:
+             trust_identity: bool, quiet: bool = False) -> Behavior:
     def begin(request: Any, context: grpc.ServicerContext) -> tuple[_Observed, Any]:
-        call = _Observed(method, handler, context.invocation_metadata(), True, trust_identity)
+        call = _Observed(method, handler, context.invocation_metadata(), True, trust_identity,
+                         quiet)
         if not handler.request_streaming:
             call.metrics.received()
             return call, request
@@ -131,9 +188,10 @@ def _observe(method: str, handler: grpc.RpcMethodHandler, behavior: Behavior,
 
 
 def _observe_aio(method: str, handler: grpc.RpcMethodHandler, behavior: AioBehavior,
-                 known: bool) -> AioBehavior:
+                 known: bool, trust_identity: bool = False) -> AioBehavior:
     def begin(request: Any, context: grpc.aio.ServicerContext) -> tuple[_Observed, Any]:
-        call = _Observed(method, handler, context.invocation_metadata(), known)
+        call = _Observed(method, handler, context.invocation_metadata(), known,
+                         trust_identity)
         if not handler.request_streaming:
             call.metrics.received()
             return call, request
@@ -190,17 +248,22 @@ def _with_behavior(handler: grpc.RpcMethodHandler,
     return handler._replace(**{kind: wrap(getattr(handler, kind))})  # type: ignore[attr-defined]
 
 
-class ObserveInterceptor(WrappingInterceptor):
-    """Metrics, request id and one log line for every call of a sync server.
+class ObserveInterceptor(CallWrapper):
+    """Metrics, request id and one log line for every call of a service.
 
     ``trust_identity``: the callers are trusted to name the identity they act for (a
-    service's main socket, which only the gateway and local administrators reach)."""
+    service's main socket, which only the gateway and local administrators reach).
+    ``quiet``: the methods whose successful calls are logged at DEBUG only (reads)."""
 
-    def __init__(self, trust_identity: bool = False) -> None:
+    def __init__(self, trust_identity: bool = False, quiet: Container[str] = ()) -> None:
         self.trust_identity = trust_identity
+        self.quiet = quiet
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler, behavior: Any) -> Any:
-        return _observe(method, handler, behavior, self.trust_identity)
+        return _observe(method, handler, behavior, self.trust_identity, method in self.quiet)
+
+    def wrap_async(self, method: str, handler: grpc.RpcMethodHandler, behavior: Any) -> Any:
+        return _observe_aio(method, handler, behavior, True, self.trust_identity)
 
 
 class AioObserveInterceptor(grpc.aio.ServerInterceptor):
@@ -270,6 +333,13 @@ class AioCheckInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=checked(handler.request_deserializer))
 
 
+def read_methods(service: ServiceDescriptor) -> frozenset[str]:
+    """The paths of ``service``'s methods that only read (every permission they can
+    need is read-only): their successful calls are logged at DEBUG."""
+    return frozenset(f"/{service.full_name}/{method.name}" for method in service.methods
+                     if acl.declared(method) and acl.is_read_only(method))
+
+
 def identity_from(metadata: Any) -> str:
     """The identity the gateway set on the call (printable ASCII, as all gRPC metadata)."""
     for key, value in metadata or ():
@@ -278,7 +348,7 @@ def identity_from(metadata: Any) -> str:
     return ""
 
 
-class ReadOnlyInterceptor(WrappingInterceptor):
+class ReadOnlyInterceptor(CallWrapper):
     """The read-only socket's guard, like libvirt's -sock-ro: a call of ``service`` runs
     only when every permission it needs with this request is read-only (getattr, read,
     search_*); an RPC that declares no permissions is refused too (fail closed). Health
@@ -319,26 +389,46 @@ class ReadOnlyInterceptor(WrappingInterceptor):
                            f"{descriptor.name} is not allowed on the read-only socket: {why}",
                            "READ_ONLY_SOCKET")
 
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler, behavior: Any) -> Any:
-        check, refuse_identity = self._check, self._refuse_identity
+    def _admit(self, method: str, handler: grpc.RpcMethodHandler, request: Any,
+               context: grpc.ServicerContext | grpc.aio.ServicerContext) -> None:
+        self._refuse_identity(context)  # type: ignore[arg-type]
         # A stream of requests is judged before its first message, by the most it can need.
+        self._check(method, None if handler.request_streaming else request)
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler, behavior: Any) -> Any:
+        admit = functools.partial(self._admit, method, handler)
         if handler.response_streaming:
             def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                refuse_identity(context)
-                check(method, None if handler.request_streaming else request)
+                admit(request, context)
                 yield from behavior(request, context)
 
             return stream
 
         def unary(request: Any, context: grpc.ServicerContext) -> Any:
-            refuse_identity(context)
-            check(method, None if handler.request_streaming else request)
+            admit(request, context)
             return behavior(request, context)
 
         return unary
 
+    def wrap_async(self, method: str, handler: grpc.RpcMethodHandler, behavior: Any) -> Any:
+        admit = functools.partial(self._admit, method, handler)
+        if handler.response_streaming:
+            async def stream(request: Any, context: grpc.aio.ServicerContext
+                             ) -> AsyncIterator[Any]:
+                admit(request, context)
+                async for response in behavior(request, context):
+                    yield response
 
-class ActivityInterceptor(WrappingInterceptor):
+            return stream
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            admit(request, context)
+            return await behavior(request, context)
+
+        return unary
+
+
+class ActivityInterceptor(CallWrapper):
     """Calls in flight and when the last one ended, for the idle timeout.
 
     Health probes are not activity: supervisors and orchestrators probe every few
@@ -385,6 +475,30 @@ class ActivityInterceptor(WrappingInterceptor):
             self._begin()
             try:
                 return behavior(request, context)
+            finally:
+                self._end()
+
+        return unary
+
+    def wrap_async(self, method: str, handler: grpc.RpcMethodHandler, behavior: Any) -> Any:
+        if method.startswith(_HEALTH):
+            return behavior
+        if handler.response_streaming:
+            async def stream(request: Any, context: grpc.aio.ServicerContext
+                             ) -> AsyncIterator[Any]:
+                self._begin()
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                finally:
+                    self._end()
+
+            return stream
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            self._begin()
+            try:
+                return await behavior(request, context)
             finally:
                 self._end()
 

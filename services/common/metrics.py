@@ -75,7 +75,13 @@ LIBVIRT_CALL_SECONDS = Histogram("virtmesh_libvirt_call_seconds",
                                  "Latency of libvirt API calls, by C API name.", ("api",),
                                  buckets=_FAST_BUCKETS, registry=None)
 EVENT_SUBSCRIBERS = Gauge("virtmesh_event_subscribers", "Open event streams.", registry=None)
-SERVICE_METRICS: tuple[Collector, ...] = (LIBVIRT_CALL_SECONDS, EVENT_SUBSCRIBERS)
+ABANDONED_CALLS = Counter("virtmesh_abandoned_calls", "Calls whose caller cancelled or timed "
+                          "out while their thread still waited (for libvirt).", ["grpc_method"],
+                          registry=None)
+ABANDONED_CALLS_RUNNING = Gauge("virtmesh_abandoned_calls_running",
+                                "Abandoned calls whose thread still waits.", registry=None)
+SERVICE_METRICS: tuple[Collector, ...] = (LIBVIRT_CALL_SECONDS, EVENT_SUBSCRIBERS,
+                                          ABANDONED_CALLS, ABANDONED_CALLS_RUNNING)
 
 UPSTREAM_REQUESTS = Counter("virtmesh_gateway_upstream_requests",
                             "Calls the gateway forwarded, by driver service and status code.",
@@ -113,24 +119,53 @@ class RpcMetrics:
     """
 
     def __init__(self, method: str, handler: grpc.RpcMethodHandler, known: bool = True) -> None:
-        service, _, name = method.lstrip("/").rpartition("/")
         kind = call_kind(handler.request_streaming, handler.response_streaming).metric_label
-        self._labels = (kind, service, name) if known else (kind, "unknown", "unknown")
+        self._series = _MethodSeries.of(method if known else "", kind)
         self._start = time.perf_counter()
-        STARTED.labels(*self._labels).inc()
+        self._series.started.inc()
 
     def received(self) -> None:
-        MSG_RECEIVED.labels(*self._labels).inc()
+        self._series.received.inc()
 
     def sent(self) -> None:
-        MSG_SENT.labels(*self._labels).inc()
+        self._series.sent.inc()
 
     def handled(self, code: grpc.StatusCode) -> float:
         """Count the call's final status; returns its duration in seconds."""
         seconds = time.perf_counter() - self._start
-        HANDLED.labels(*self._labels, code.name).inc()
-        HANDLING_SECONDS.labels(*self._labels).observe(seconds)
+        self._series.handled(code).inc()
+        self._series.seconds.observe(seconds)
         return seconds
+
+
+class _MethodSeries:
+    """One method's labelled series, looked up once: a call only increments."""
+
+    _known: dict[tuple[str, str], _MethodSeries] = {}
+
+    def __init__(self, labels: tuple[str, str, str]) -> None:
+        self.labels = labels
+        self.started = STARTED.labels(*labels)
+        self.received = MSG_RECEIVED.labels(*labels)
+        self.sent = MSG_SENT.labels(*labels)
+        self.seconds = HANDLING_SECONDS.labels(*labels)
+        self._handled: dict[grpc.StatusCode, Any] = {}
+
+    @classmethod
+    def of(cls, method: str, kind: str) -> _MethodSeries:
+        """``method`` "" is a method the server does not have (label ``unknown``)."""
+        series = cls._known.get((method, kind))
+        if series is None:
+            service, _, name = method.lstrip("/").rpartition("/")
+            series = cls((kind, service or "unknown", name or "unknown"))
+            cls._known[(method, kind)] = series
+        return series
+
+    def handled(self, code: grpc.StatusCode) -> Any:
+        child = self._handled.get(code)
+        if child is None:
+            child = self._handled[code] = HANDLED.labels(*self.labels, code.name)
+        return child
 
 
 def libvirt_call(api: str) -> Timer:

@@ -9,7 +9,7 @@ convert's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
@@ -37,6 +37,11 @@ class WatchRequest(Protocol):
     @property
     def names(self) -> Sequence[str]: ...
 
+    @property
+    def resume_after(self) -> Any: ...
+
+    def HasField(self, field_name: Any) -> bool: ...  # noqa: N802 - protobuf's name
+
 
 def optional_bools(request: Any, *fields: str) -> dict[str, bool | None]:
     """The request's ``optional bool`` filters by name; None where a field is unset
@@ -58,14 +63,16 @@ class DriverServicer(Generic[BackendT, Event]):
                  event: Callable[..., Event] | None = None) -> None:
         self.backend = backend
         if register_events is None or event is None:
-            self.events: EventHub[Event] = EventHub(config.max_event_watchers)
+            self.events: EventHub[Event] = EventHub(config.max_event_watchers,
+                                                    config.event_window)
             return
 
         def publish(*emitted: Any) -> None:
             self.events.publish(event(*emitted))
 
         self.events = EventHub.fed_by(backend.connection, config.max_event_watchers,
-                                      lambda conn: register_events(conn, publish))
+                                      lambda conn: register_events(conn, publish),
+                                      config.event_window)
 
     def close(self) -> None:
         """The service is stopping: end event streams now rather than after the grace."""
@@ -75,9 +82,15 @@ class DriverServicer(Generic[BackendT, Event]):
         """The last call has ended: the backend may let go of its helpers."""
         self.backend.close()
 
-    def watch(self, request: WatchRequest, context: grpc.ServicerContext) -> Iterator[Event]:
-        """A Watch…Events RPC: the events about ``request.names`` (all when empty)."""
-        yield from self.events.watch(context, request.names, lambda: self.backend.conn)
+    async def watch(self, request: WatchRequest, context: grpc.aio.ServicerContext,
+                    response_type: Callable[..., Event]) -> AsyncIterator[Event]:
+        """A Watch…Events RPC: the events about ``request.names`` (all when empty), after
+        ``request.resume_after`` when set. A coroutine on the services' loop: a watch
+        holds no thread."""
+        resume_after = request.resume_after if request.HasField("resume_after") else None
+        async for event in self.events.watch(context, request.names, lambda: self.backend.conn,
+                                             response_type, resume_after):
+            yield event
 
     def page(self, items: Sequence[Item], key: Callable[[Item], str],
              summary: Callable[[Item], Summary], request: ListRequest,

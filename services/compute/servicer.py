@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Protocol, TypeVar
 
 import grpc
@@ -65,9 +65,11 @@ class ComputeServicer(DriverServicer[ComputeBackend, pb.WatchDomainEventsRespons
         self.sessions = Slots(config.max_sessions, "console, channel and graphics sessions",
                               "max_sessions")
 
-    def WatchDomainEvents(self, request: pb.WatchDomainEventsRequest,
-                          context: Ctx) -> Iterator[pb.WatchDomainEventsResponse]:
-        yield from self.watch(request, context)
+    async def WatchDomainEvents(self, request: pb.WatchDomainEventsRequest,
+                               context: grpc.aio.ServicerContext
+                               ) -> AsyncIterator[pb.WatchDomainEventsResponse]:
+        async for event in self.watch(request, context, pb.WatchDomainEventsResponse):
+            yield event
 
     # -- domains --------------------------------------------------------------
 

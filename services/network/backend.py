@@ -37,6 +37,19 @@ class NetworkBackend(Backend):
         return documents.submit(self.conn.networkCreateXMLFlags, xml,
                                 libvirt.VIR_NETWORK_CREATE_VALIDATE, root="network")
 
+    def bridge_name(self, name: str) -> tuple[str, str]:
+        """The network's name and its bridge's."""
+        net = self.lookup(name)
+        try:
+            return net.name(), net.bridgeName()
+        except libvirt.libvirtError as error:
+            # libvirt says INTERNAL_ERROR for a network that plugs guests elsewhere
+            if "does not have a bridge" not in (error.get_error_message() or ""):
+                raise
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"network '{net.name()}' has no bridge of its own (its "
+                               "forward mode plugs guests elsewhere)", "NO_BRIDGE") from None
+
     def register_events(self, conn: libvirt.virConnect, emit: Callable[..., None]) -> None:
         """Emit (network, "lifecycle", event, detail)."""
         event_callbacks.register(conn.networkEventRegisterAny, {
@@ -109,3 +122,35 @@ class NetworkBackend(Backend):
         flags = (libvirt.VIR_NETWORK_PORT_CREATE_VALIDATE
                  | (libvirt.VIR_NETWORK_PORT_CREATE_RECLAIM if reclaim else 0))
         return net.name(), documents.submit(net.portCreateXML, xml, flags, root="networkport")
+
+    def port_parameters(self, name: str, port: str) -> tuple[str, str, dict[str, int]]:
+        """The network's name, the port's UUID and its parameters."""
+        network_name, found = self.port(name, port)
+        return network_name, found.UUIDString(), found.parameters(0)
+
+    def set_port_parameters(self, name: str, port: str,
+                            changes: dict[str, int]) -> tuple[str, str, dict[str, int]]:
+        """Change some of the port's parameters, keeping its others; as port_parameters,
+        afterwards.
+
+        libvirt replaces a direction's limits with those given (an average left out is
+        0, which removes the direction), so the others of a changed direction are sent
+        again. libvirt-python types each parameter after the port's current ones and
+        refuses one the port does not have with a LookupError: said here as what it
+        means."""
+        network_name, found = self.port(name, port)
+        if not changes:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "set at least one bandwidth limit", "MISSING_FIELD")
+        current = found.parameters(0)
+        missing = sorted(set(changes) - set(current))
+        if missing:
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"port {port} has no {', '.join(missing)} to change: only the "
+                               "directions of its <bandwidth> when it was created can be "
+                               "changed", "NO_SUCH_PARAMETER")
+        changed = {key.partition(".")[0] for key in changes}
+        kept = {key: value for key, value in current.items()
+                if value and key.partition(".")[0] in changed}
+        found.setParameters({**kept, **changes}, 0)
+        return network_name, found.UUIDString(), found.parameters(0)

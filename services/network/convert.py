@@ -26,6 +26,13 @@ UPDATE_COMMANDS = proto_to_libvirt(pb.UpdateCommand, "UPDATE_COMMAND_",
 SECTIONS = proto_to_libvirt(pb.NetworkSection, "", "VIR_")
 #: virNetworkEventLifecycleType -> NetworkEventType
 EVENT_TYPES = libvirt_to_proto(pb.NetworkEventType, "NETWORK_EVENT_TYPE_", "VIR_NETWORK_EVENT_")
+#: BandwidthLimits field -> the suffix of libvirt's port parameter ("inbound.average")
+_LIMITS = {"average_kibps": "average", "peak_kibps": "peak", "burst_kib": "burst",
+           "floor_kibps": "floor"}
+_DIRECTIONS = ("inbound", "outbound")
+#: libvirt's port parameters: VIR_NETWORK_PORT_BANDWIDTH_*
+_PORT_PARAMETERS = frozenset(value for key, value in vars(libvirt).items()
+                             if key.startswith("VIR_NETWORK_PORT_BANDWIDTH_"))
 _ADDRESS_TYPES = libvirt_to_proto(pb.IPAddressType, "IP_ADDRESS_TYPE_", "VIR_IP_ADDR_TYPE_")
 
 
@@ -110,3 +117,29 @@ def network_event(net: libvirt.virNetwork, kind: str, event: int,
     return pb.WatchNetworkEventsResponse(
         name=net.name(), uuid=net.UUIDString(), time=now(),
         type=EVENT_TYPES.get(event, pb.NETWORK_EVENT_TYPE_UNSPECIFIED))
+
+
+def bandwidth(parameters: Mapping[str, int]) -> pb.PortBandwidth:
+    """libvirt's port parameters as a PortBandwidth."""
+    found = pb.PortBandwidth()
+    for direction in _DIRECTIONS:
+        for field, suffix in _LIMITS.items():
+            if f"{direction}.{suffix}" in parameters:
+                setattr(getattr(found, direction), field, parameters[f"{direction}.{suffix}"])
+    return found
+
+
+def port_parameters(changes: pb.PortBandwidth) -> dict[str, int]:
+    """The libvirt port parameters of the limits set in ``changes``."""
+    parameters = {}
+    for direction in _DIRECTIONS:
+        limits = getattr(changes, direction)
+        for field, suffix in _LIMITS.items():
+            if limits.HasField(field):
+                key = f"{direction}.{suffix}"
+                if key not in _PORT_PARAMETERS:
+                    raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"libvirt has no {key} port parameter",
+                                       "UNKNOWN_PARAMETER")
+                parameters[key] = getattr(limits, field)
+    return parameters

@@ -5,7 +5,7 @@ No try/except here: errors travel to the ErrorInterceptor.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -27,9 +27,11 @@ class NetworkServicer(DriverServicer[NetworkBackend, pb.WatchNetworkEventsRespon
         backend = NetworkBackend(connection)
         super().__init__(backend, config, backend.register_events, convert.network_event)
 
-    def WatchNetworkEvents(self, request: pb.WatchNetworkEventsRequest,
-                           context: Ctx) -> Iterator[pb.WatchNetworkEventsResponse]:
-        yield from self.watch(request, context)
+    async def WatchNetworkEvents(self, request: pb.WatchNetworkEventsRequest,
+                                context: grpc.aio.ServicerContext
+                                ) -> AsyncIterator[pb.WatchNetworkEventsResponse]:
+        async for event in self.watch(request, context, pb.WatchNetworkEventsResponse):
+            yield event
 
     # -- networks -------------------------------------------------------------
 
@@ -124,3 +126,21 @@ class NetworkServicer(DriverServicer[NetworkBackend, pb.WatchNetworkEventsRespon
                           context: Ctx) -> pb.DeleteNetworkPortResponse:
         self.backend.delete_port(request.name, request.port)
         return pb.DeleteNetworkPortResponse()
+
+    def GetNetworkBridgeName(self, request: pb.GetNetworkBridgeNameRequest,
+                             context: Ctx) -> pb.GetNetworkBridgeNameResponse:
+        name, bridge = self.backend.bridge_name(request.name)
+        return pb.GetNetworkBridgeNameResponse(name=name, bridge=bridge)
+
+    def GetNetworkPortParameters(self, request: pb.GetNetworkPortParametersRequest,
+                                 context: Ctx) -> pb.GetNetworkPortParametersResponse:
+        name, port, parameters = self.backend.port_parameters(request.name, request.port)
+        return pb.GetNetworkPortParametersResponse(name=name, port=port,
+                                                   bandwidth=convert.bandwidth(parameters))
+
+    def SetNetworkPortParameters(self, request: pb.SetNetworkPortParametersRequest,
+                                 context: Ctx) -> pb.SetNetworkPortParametersResponse:
+        name, port, parameters = self.backend.set_port_parameters(
+            request.name, request.port, convert.port_parameters(request.bandwidth))
+        return pb.SetNetworkPortParametersResponse(name=name, port=port,
+                                                   bandwidth=convert.bandwidth(parameters))

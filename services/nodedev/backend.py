@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import grpc
@@ -20,6 +21,13 @@ def _parent(dev: libvirt.virNodeDevice) -> str | None:
         if error.get_error_code() != libvirt.VIR_ERR_NO_NODE_DEVICE:
             raise
         return None
+
+
+#: a world wide name as libvirt's virValidateWWN accepts it
+_WWN = re.compile(r"(0x)?[0-9a-fA-F]{16}")
+#: what libvirt's remote client says when the daemon failed without an error: the
+#: node device driver's SCSI host lookup finding nothing
+_NO_CAUSE = "An error occurred, but the cause is unknown"
 
 
 class NodeDeviceBackend(Backend):
@@ -58,6 +66,23 @@ class NodeDeviceBackend(Backend):
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"node device '{name}' is not a PCI device", "NOT_A_PCI_DEVICE")
         return dev
+
+    def scsi_host(self, wwnn: str, wwpn: str) -> libvirt.virNodeDevice:
+        """The SCSI host with this pair of world wide names."""
+        for field, wwn in (("wwnn", wwnn), ("wwpn", wwpn)):
+            if not _WWN.fullmatch(wwn):
+                raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"{field} must be 16 hexadecimal digits (got '{wwn}')",
+                                   "INVALID_WWN")
+        try:
+            return self.conn.nodeDeviceLookupSCSIHostByWWN(wwnn, wwpn, 0)
+        except libvirt.libvirtError as error:
+            if (error.get_error_code(), error.get_error_message()) != (
+                    libvirt.VIR_ERR_INTERNAL_ERROR, _NO_CAUSE):
+                raise
+        raise ServiceError(grpc.StatusCode.NOT_FOUND,
+                           f"no SCSI host has wwnn {wwnn} and wwpn {wwpn}",
+                           "VIR_ERR_NO_NODE_DEVICE")
 
     def register_events(self, conn: libvirt.virConnect, emit: Callable[..., None]) -> None:
         """Emit (device, "lifecycle", event, detail) and (device, "update")."""

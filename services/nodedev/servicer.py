@@ -5,7 +5,7 @@ No try/except here: errors travel to the ErrorInterceptor.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -26,9 +26,11 @@ class NodeDeviceServicer(DriverServicer[NodeDeviceBackend, pb.WatchNodeDeviceEve
         backend = NodeDeviceBackend(connection)
         super().__init__(backend, config, backend.register_events, convert.device_event)
 
-    def WatchNodeDeviceEvents(self, request: pb.WatchNodeDeviceEventsRequest,
-                              context: Ctx) -> Iterator[pb.WatchNodeDeviceEventsResponse]:
-        yield from self.watch(request, context)
+    async def WatchNodeDeviceEvents(self, request: pb.WatchNodeDeviceEventsRequest,
+                                   context: grpc.aio.ServicerContext
+                                   ) -> AsyncIterator[pb.WatchNodeDeviceEventsResponse]:
+        async for event in self.watch(request, context, pb.WatchNodeDeviceEventsResponse):
+            yield event
 
     # -- devices --------------------------------------------------------------
 
@@ -96,3 +98,8 @@ class NodeDeviceServicer(DriverServicer[NodeDeviceBackend, pb.WatchNodeDeviceEve
                         context: Ctx) -> pb.ResetNodeDeviceResponse:
         self.backend.reset(request.name)
         return pb.ResetNodeDeviceResponse()
+
+    def LookupSCSIHostByWWN(self, request: pb.LookupSCSIHostByWWNRequest,
+                            context: Ctx) -> pb.LookupSCSIHostByWWNResponse:
+        dev = self.backend.scsi_host(request.wwnn, request.wwpn)
+        return pb.LookupSCSIHostByWWNResponse(node_device=convert.node_device(dev))

@@ -6,7 +6,7 @@ never logged.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -28,9 +28,11 @@ class SecretServicer(DriverServicer[SecretBackend, pb.WatchSecretEventsResponse]
         backend = SecretBackend(connection, config.state_dir.absolute())
         super().__init__(backend, config, backend.register_events, convert.secret_event)
 
-    def WatchSecretEvents(self, request: pb.WatchSecretEventsRequest,
-                          context: Ctx) -> Iterator[pb.WatchSecretEventsResponse]:
-        yield from self.watch(request, context)
+    async def WatchSecretEvents(self, request: pb.WatchSecretEventsRequest,
+                               context: grpc.aio.ServicerContext
+                               ) -> AsyncIterator[pb.WatchSecretEventsResponse]:
+        async for event in self.watch(request, context, pb.WatchSecretEventsResponse):
+            yield event
 
     # -- secrets --------------------------------------------------------------
 

@@ -40,8 +40,25 @@ POOL_TYPES = {
 }
 
 
+#: the pool types whose libvirt backend can discover sources (findPoolSources)
+DISCOVERABLE_TYPES = ("gluster", "iscsi", "logical", "netfs")
+
+
 def _invalid(message: str, reason: str = "INVALID_REQUEST") -> ServiceError:
     return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, reason)
+
+
+def _source_spec(host: str, port: int, initiator_iqn: str) -> str | None:
+    """The <source> document that tells libvirt where to look (as virsh
+    find-storage-pool-sources-as writes it); None when nothing is given."""
+    if not host and not initiator_iqn:
+        return None
+    source = ET.Element("source")
+    if host:
+        ET.SubElement(source, "host", {"name": host, **({"port": str(port)} if port else {})})
+    if initiator_iqn:
+        ET.SubElement(ET.SubElement(source, "initiator"), "iqn", {"name": initiator_iqn})
+    return ET.tostring(source, encoding="unicode")
 
 
 def _abort(stream: libvirt.virStream) -> None:
@@ -120,6 +137,31 @@ class StorageBackend(Backend):
 
     def set_pool_autostart(self, name: str, autostart: bool) -> None:
         self.pool(name).setAutostart(int(autostart))
+
+    def find_pool_sources(self, pool_type: str, host: str, port: int,
+                          initiator_iqn: str) -> str:
+        """libvirt's <sources> document. The type is checked here: libvirt's drivers
+        answer an unknown or non-discovering type each with a different code."""
+        if pool_type not in POOL_TYPES:
+            raise _invalid(f"unknown pool type '{pool_type}' (known: "
+                           f"{', '.join(sorted(POOL_TYPES))})", "UNKNOWN_POOL_TYPE")
+        if pool_type not in DISCOVERABLE_TYPES:
+            raise ServiceError(grpc.StatusCode.UNIMPLEMENTED,
+                               f"pool type '{pool_type}' cannot discover sources (only "
+                               f"{', '.join(DISCOVERABLE_TYPES)} can)",
+                               "SOURCE_DISCOVERY_UNSUPPORTED")
+        if port and not host:
+            raise _invalid("port needs a host", "PORT_WITHOUT_HOST")
+        return self.conn.findStoragePoolSources(
+            pool_type, _source_spec(host, port, initiator_iqn), 0)
+
+    def pool_capabilities(self) -> str:
+        return self.conn.getStoragePoolCapabilities(0)
+
+    def pool_by_target_path(self, path: str) -> libvirt.virStoragePool:
+        if not require(path, "path").startswith("/"):
+            raise _invalid(f"path must be absolute (got '{path}')", "RELATIVE_PATH")
+        return self.conn.storagePoolLookupByTargetPath(path)
 
     def register_events(self, conn: libvirt.virConnect, emit: Callable[..., None]) -> None:
         """Emit (pool, "lifecycle", event, detail) and (pool, "refresh")."""

@@ -63,13 +63,54 @@ def storage_volume(vol: libvirt.virStorageVol, pool: str = "") -> pb.StorageVolu
     the path comes from the XML, which is fetched anyway."""
     kind, capacity, allocation = vol.info()
     root = ET.fromstring(vol.XMLDesc(0))
+    physical = _physical(vol)
     target_format = root.find("target/format")
     return pb.StorageVolume(
         pool=pool or vol.storagePoolLookupByVolume().name(), name=vol.name(), key=vol.key(),
         path=root.findtext("target/path") or vol.path(),
         type=VOLUME_TYPES.get(kind, pb.STORAGE_VOLUME_TYPE_UNSPECIFIED),
         format=target_format.get("type", "") if target_format is not None else "",
-        capacity_bytes=capacity, allocation_bytes=allocation)
+        capacity_bytes=capacity, allocation_bytes=allocation, physical_bytes=physical)
+
+
+def _physical(vol: libvirt.virStorageVol) -> int | None:
+    """The volume's physical size; None where the driver cannot tell."""
+    try:
+        return vol.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2]
+    except libvirt.libvirtError as error:
+        if error.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+            raise
+        return None
+
+
+def pool_sources(xml: str) -> pb.FindStoragePoolSourcesResponse:
+    """The summary of libvirt's <sources> document, and the document."""
+    sources = [pb.StoragePoolSource(
+        hosts=[host.get("name", "") for host in source.findall("host")],
+        dir=_attribute(source.find("dir"), "path"),
+        devices=[device.get("path", "") for device in source.findall("device")],
+        name=source.findtext("name") or "", format=_attribute(source.find("format"), "type"))
+        for source in ET.fromstring(xml).findall("source")]
+    return pb.FindStoragePoolSourcesResponse(sources=sources, xml=xml)
+
+
+def pool_capabilities(xml: str) -> pb.GetStoragePoolCapabilitiesResponse:
+    """The summary of libvirt's <storagepoolCapabilities>, and the document."""
+    def values(pool: ET.Element, options: str, enum: str) -> list[str]:
+        return [value.text or "" for value in pool.findall(f"{options}/enum[@name='{enum}']/value")]
+
+    pool_types = [pb.StoragePoolTypeCapability(
+        type=pool.get("type", ""), supported=pool.get("supported") == "yes",
+        source_formats=values(pool, "poolOptions", "sourceFormatType"),
+        default_source_format=_attribute(pool.find("poolOptions/defaultFormat"), "type"),
+        volume_formats=values(pool, "volOptions", "targetFormatType"),
+        default_volume_format=_attribute(pool.find("volOptions/defaultFormat"), "type"))
+        for pool in ET.fromstring(xml).findall("pool")]
+    return pb.GetStoragePoolCapabilitiesResponse(pool_types=pool_types, xml=xml)
+
+
+def _attribute(element: ET.Element | None, name: str) -> str:
+    return element.get(name, "") if element is not None else ""
 
 
 def pool_event(pool: libvirt.virStoragePool, kind: str,

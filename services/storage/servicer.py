@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 
@@ -30,9 +30,11 @@ class StorageServicer(DriverServicer[StorageBackend, pb.WatchStoragePoolEventsRe
         backend = StorageBackend(connection, config.max_message_bytes)
         super().__init__(backend, config, backend.register_events, convert.pool_event)
 
-    def WatchStoragePoolEvents(self, request: pb.WatchStoragePoolEventsRequest,
-                               context: Ctx) -> Iterator[pb.WatchStoragePoolEventsResponse]:
-        yield from self.watch(request, context)
+    async def WatchStoragePoolEvents(self, request: pb.WatchStoragePoolEventsRequest,
+                                    context: grpc.aio.ServicerContext
+                                    ) -> AsyncIterator[pb.WatchStoragePoolEventsResponse]:
+        async for event in self.watch(request, context, pb.WatchStoragePoolEventsResponse):
+            yield event
 
     # -- pools ------------------------------------------------------------------
 
@@ -98,6 +100,21 @@ class StorageServicer(DriverServicer[StorageBackend, pb.WatchStoragePoolEventsRe
                                 context: Ctx) -> pb.SetStoragePoolAutostartResponse:
         self.backend.set_pool_autostart(request.name, request.autostart)
         return pb.SetStoragePoolAutostartResponse()
+
+    def FindStoragePoolSources(self, request: pb.FindStoragePoolSourcesRequest,
+                               context: Ctx) -> pb.FindStoragePoolSourcesResponse:
+        return convert.pool_sources(self.backend.find_pool_sources(
+            request.type, request.host, request.port, request.initiator_iqn))
+
+    def GetStoragePoolCapabilities(self, request: pb.GetStoragePoolCapabilitiesRequest,
+                                   context: Ctx) -> pb.GetStoragePoolCapabilitiesResponse:
+        return convert.pool_capabilities(self.backend.pool_capabilities())
+
+    def LookupStoragePoolByTargetPath(
+            self, request: pb.LookupStoragePoolByTargetPathRequest,
+            context: Ctx) -> pb.LookupStoragePoolByTargetPathResponse:
+        pool = self.backend.pool_by_target_path(request.path)
+        return pb.LookupStoragePoolByTargetPathResponse(storage_pool=convert.storage_pool(pool))
 
     # -- volumes ----------------------------------------------------------------
 

@@ -101,6 +101,24 @@ type NetworkServiceClient interface {
 	// this watcher falls too far behind; UNAVAILABLE when the libvirt connection
 	// is lost (watch again once it is back).
 	WatchNetworkEvents(ctx context.Context, in *WatchNetworkEventsRequest, opts ...grpc.CallOption) (NetworkService_WatchNetworkEventsClient, error)
+	// Returns the name of the bridge device the network's guests are plugged
+	// into (virsh net-info's "Bridge").
+	// Errors: NOT_FOUND for an unknown network; FAILED_PRECONDITION when the
+	// network has no bridge of its own (forward modes bridge, macvtap and
+	// hostdev plug guests elsewhere).
+	GetNetworkBridgeName(ctx context.Context, in *GetNetworkBridgeNameRequest, opts ...grpc.CallOption) (*GetNetworkBridgeNameResponse, error)
+	// Returns a port's bandwidth limits (libvirt's port parameters).
+	// Errors: as GetNetworkPort.
+	GetNetworkPortParameters(ctx context.Context, in *GetNetworkPortParametersRequest, opts ...grpc.CallOption) (*GetNetworkPortParametersResponse, error)
+	// Changes a port's bandwidth limits: the fields set, the others stay.
+	// libvirt-python can change only limits of a direction the port already
+	// has (its <bandwidth> when created); an average of 0 removes that
+	// direction.
+	// Errors: as GetNetworkPort; INVALID_ARGUMENT when no limit is set or for
+	// an outbound floor (libvirt has none); FAILED_PRECONDITION for a direction
+	// the port has no bandwidth for; UNIMPLEMENTED for an inbound floor on a
+	// network without inbound QoS of its own.
+	SetNetworkPortParameters(ctx context.Context, in *SetNetworkPortParametersRequest, opts ...grpc.CallOption) (*SetNetworkPortParametersResponse, error)
 }
 
 type networkServiceClient struct {
@@ -287,6 +305,33 @@ func (x *networkServiceWatchNetworkEventsClient) Recv() (*WatchNetworkEventsResp
 	return m, nil
 }
 
+func (c *networkServiceClient) GetNetworkBridgeName(ctx context.Context, in *GetNetworkBridgeNameRequest, opts ...grpc.CallOption) (*GetNetworkBridgeNameResponse, error) {
+	out := new(GetNetworkBridgeNameResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.network.v1.NetworkService/GetNetworkBridgeName", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *networkServiceClient) GetNetworkPortParameters(ctx context.Context, in *GetNetworkPortParametersRequest, opts ...grpc.CallOption) (*GetNetworkPortParametersResponse, error) {
+	out := new(GetNetworkPortParametersResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.network.v1.NetworkService/GetNetworkPortParameters", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *networkServiceClient) SetNetworkPortParameters(ctx context.Context, in *SetNetworkPortParametersRequest, opts ...grpc.CallOption) (*SetNetworkPortParametersResponse, error) {
+	out := new(SetNetworkPortParametersResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.network.v1.NetworkService/SetNetworkPortParameters", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NetworkServiceServer is the server API for NetworkService service.
 // All implementations must embed UnimplementedNetworkServiceServer
 // for forward compatibility
@@ -375,6 +420,24 @@ type NetworkServiceServer interface {
 	// this watcher falls too far behind; UNAVAILABLE when the libvirt connection
 	// is lost (watch again once it is back).
 	WatchNetworkEvents(*WatchNetworkEventsRequest, NetworkService_WatchNetworkEventsServer) error
+	// Returns the name of the bridge device the network's guests are plugged
+	// into (virsh net-info's "Bridge").
+	// Errors: NOT_FOUND for an unknown network; FAILED_PRECONDITION when the
+	// network has no bridge of its own (forward modes bridge, macvtap and
+	// hostdev plug guests elsewhere).
+	GetNetworkBridgeName(context.Context, *GetNetworkBridgeNameRequest) (*GetNetworkBridgeNameResponse, error)
+	// Returns a port's bandwidth limits (libvirt's port parameters).
+	// Errors: as GetNetworkPort.
+	GetNetworkPortParameters(context.Context, *GetNetworkPortParametersRequest) (*GetNetworkPortParametersResponse, error)
+	// Changes a port's bandwidth limits: the fields set, the others stay.
+	// libvirt-python can change only limits of a direction the port already
+	// has (its <bandwidth> when created); an average of 0 removes that
+	// direction.
+	// Errors: as GetNetworkPort; INVALID_ARGUMENT when no limit is set or for
+	// an outbound floor (libvirt has none); FAILED_PRECONDITION for a direction
+	// the port has no bandwidth for; UNIMPLEMENTED for an inbound floor on a
+	// network without inbound QoS of its own.
+	SetNetworkPortParameters(context.Context, *SetNetworkPortParametersRequest) (*SetNetworkPortParametersResponse, error)
 	mustEmbedUnimplementedNetworkServiceServer()
 }
 
@@ -432,6 +495,15 @@ func (UnimplementedNetworkServiceServer) DeleteNetworkPort(context.Context, *Del
 }
 func (UnimplementedNetworkServiceServer) WatchNetworkEvents(*WatchNetworkEventsRequest, NetworkService_WatchNetworkEventsServer) error {
 	return status.Errorf(codes.Unimplemented, "method WatchNetworkEvents not implemented")
+}
+func (UnimplementedNetworkServiceServer) GetNetworkBridgeName(context.Context, *GetNetworkBridgeNameRequest) (*GetNetworkBridgeNameResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetNetworkBridgeName not implemented")
+}
+func (UnimplementedNetworkServiceServer) GetNetworkPortParameters(context.Context, *GetNetworkPortParametersRequest) (*GetNetworkPortParametersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetNetworkPortParameters not implemented")
+}
+func (UnimplementedNetworkServiceServer) SetNetworkPortParameters(context.Context, *SetNetworkPortParametersRequest) (*SetNetworkPortParametersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetNetworkPortParameters not implemented")
 }
 func (UnimplementedNetworkServiceServer) mustEmbedUnimplementedNetworkServiceServer() {}
 
@@ -755,6 +827,60 @@ func (x *networkServiceWatchNetworkEventsServer) Send(m *WatchNetworkEventsRespo
 	return x.ServerStream.SendMsg(m)
 }
 
+func _NetworkService_GetNetworkBridgeName_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetNetworkBridgeNameRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NetworkServiceServer).GetNetworkBridgeName(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.network.v1.NetworkService/GetNetworkBridgeName",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NetworkServiceServer).GetNetworkBridgeName(ctx, req.(*GetNetworkBridgeNameRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NetworkService_GetNetworkPortParameters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetNetworkPortParametersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NetworkServiceServer).GetNetworkPortParameters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.network.v1.NetworkService/GetNetworkPortParameters",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NetworkServiceServer).GetNetworkPortParameters(ctx, req.(*GetNetworkPortParametersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NetworkService_SetNetworkPortParameters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetNetworkPortParametersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NetworkServiceServer).SetNetworkPortParameters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.network.v1.NetworkService/SetNetworkPortParameters",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NetworkServiceServer).SetNetworkPortParameters(ctx, req.(*SetNetworkPortParametersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _NetworkService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "virtmesh.network.v1.NetworkService",
 	HandlerType: (*NetworkServiceServer)(nil),
@@ -822,6 +948,18 @@ var _NetworkService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteNetworkPort",
 			Handler:    _NetworkService_DeleteNetworkPort_Handler,
+		},
+		{
+			MethodName: "GetNetworkBridgeName",
+			Handler:    _NetworkService_GetNetworkBridgeName_Handler,
+		},
+		{
+			MethodName: "GetNetworkPortParameters",
+			Handler:    _NetworkService_GetNetworkPortParameters_Handler,
+		},
+		{
+			MethodName: "SetNetworkPortParameters",
+			Handler:    _NetworkService_SetNetworkPortParameters_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -86,6 +86,12 @@ type NodeDeviceServiceClient interface {
 	// this watcher falls too far behind; UNAVAILABLE when the libvirt connection
 	// is lost (watch again once it is back).
 	WatchNodeDeviceEvents(ctx context.Context, in *WatchNodeDeviceEventsRequest, opts ...grpc.CallOption) (NodeDeviceService_WatchNodeDeviceEventsClient, error)
+	// Returns the SCSI host (an FC HBA's scsi_host device, or a vHBA) with this
+	// pair of world wide names.
+	// Errors: INVALID_ARGUMENT when wwnn or wwpn is not 16 hexadecimal digits;
+	// NOT_FOUND when no SCSI host has the pair; UNIMPLEMENTED where the driver
+	// cannot look SCSI hosts up (libvirt's test driver).
+	LookupSCSIHostByWWN(ctx context.Context, in *LookupSCSIHostByWWNRequest, opts ...grpc.CallOption) (*LookupSCSIHostByWWNResponse, error)
 }
 
 type nodeDeviceServiceClient struct {
@@ -236,6 +242,15 @@ func (x *nodeDeviceServiceWatchNodeDeviceEventsClient) Recv() (*WatchNodeDeviceE
 	return m, nil
 }
 
+func (c *nodeDeviceServiceClient) LookupSCSIHostByWWN(ctx context.Context, in *LookupSCSIHostByWWNRequest, opts ...grpc.CallOption) (*LookupSCSIHostByWWNResponse, error) {
+	out := new(LookupSCSIHostByWWNResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.nodedev.v1.NodeDeviceService/LookupSCSIHostByWWN", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeDeviceServiceServer is the server API for NodeDeviceService service.
 // All implementations must embed UnimplementedNodeDeviceServiceServer
 // for forward compatibility
@@ -309,6 +324,12 @@ type NodeDeviceServiceServer interface {
 	// this watcher falls too far behind; UNAVAILABLE when the libvirt connection
 	// is lost (watch again once it is back).
 	WatchNodeDeviceEvents(*WatchNodeDeviceEventsRequest, NodeDeviceService_WatchNodeDeviceEventsServer) error
+	// Returns the SCSI host (an FC HBA's scsi_host device, or a vHBA) with this
+	// pair of world wide names.
+	// Errors: INVALID_ARGUMENT when wwnn or wwpn is not 16 hexadecimal digits;
+	// NOT_FOUND when no SCSI host has the pair; UNIMPLEMENTED where the driver
+	// cannot look SCSI hosts up (libvirt's test driver).
+	LookupSCSIHostByWWN(context.Context, *LookupSCSIHostByWWNRequest) (*LookupSCSIHostByWWNResponse, error)
 	mustEmbedUnimplementedNodeDeviceServiceServer()
 }
 
@@ -354,6 +375,9 @@ func (UnimplementedNodeDeviceServiceServer) ResetNodeDevice(context.Context, *Re
 }
 func (UnimplementedNodeDeviceServiceServer) WatchNodeDeviceEvents(*WatchNodeDeviceEventsRequest, NodeDeviceService_WatchNodeDeviceEventsServer) error {
 	return status.Errorf(codes.Unimplemented, "method WatchNodeDeviceEvents not implemented")
+}
+func (UnimplementedNodeDeviceServiceServer) LookupSCSIHostByWWN(context.Context, *LookupSCSIHostByWWNRequest) (*LookupSCSIHostByWWNResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method LookupSCSIHostByWWN not implemented")
 }
 func (UnimplementedNodeDeviceServiceServer) mustEmbedUnimplementedNodeDeviceServiceServer() {}
 
@@ -605,6 +629,24 @@ func (x *nodeDeviceServiceWatchNodeDeviceEventsServer) Send(m *WatchNodeDeviceEv
 	return x.ServerStream.SendMsg(m)
 }
 
+func _NodeDeviceService_LookupSCSIHostByWWN_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LookupSCSIHostByWWNRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeDeviceServiceServer).LookupSCSIHostByWWN(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.nodedev.v1.NodeDeviceService/LookupSCSIHostByWWN",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeDeviceServiceServer).LookupSCSIHostByWWN(ctx, req.(*LookupSCSIHostByWWNRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _NodeDeviceService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "virtmesh.nodedev.v1.NodeDeviceService",
 	HandlerType: (*NodeDeviceServiceServer)(nil),
@@ -656,6 +698,10 @@ var _NodeDeviceService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResetNodeDevice",
 			Handler:    _NodeDeviceService_ResetNodeDevice_Handler,
+		},
+		{
+			MethodName: "LookupSCSIHostByWWN",
+			Handler:    _NodeDeviceService_LookupSCSIHostByWWN_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -123,6 +123,27 @@ type StorageServiceClient interface {
 	// that cancels aborts the libvirt stream.
 	// Errors: NOT_FOUND for an unknown pool or volume.
 	DownloadStorageVolume(ctx context.Context, in *DownloadStorageVolumeRequest, opts ...grpc.CallOption) (StorageService_DownloadStorageVolumeClient, error)
+	// Asks a storage backend which pool sources it can see (virsh
+	// find-storage-pool-sources): a host's NFS exports or iSCSI targets, the
+	// host's LVM volume groups. Only netfs, logical, iscsi and gluster pools can
+	// discover sources.
+	// Errors: INVALID_ARGUMENT for an unknown pool type, a port without a host,
+	// or no host for a type that needs one (netfs, iscsi, gluster);
+	// UNIMPLEMENTED for a known type that cannot discover sources; INTERNAL
+	// when the host lacks the backend's tool (LVM's pvs, showmount) or the
+	// backend finds nothing (libvirt reports "no storage pools were found").
+	FindStoragePoolSources(ctx context.Context, in *FindStoragePoolSourcesRequest, opts ...grpc.CallOption) (*FindStoragePoolSourcesResponse, error)
+	// Returns what the storage driver supports: each pool type, whether this
+	// host can use it, and the source and volume formats it knows (virsh
+	// pool-capabilities).
+	// Errors: UNIMPLEMENTED where the driver has no capabilities (libvirt's
+	// test driver).
+	GetStoragePoolCapabilities(ctx context.Context, in *GetStoragePoolCapabilitiesRequest, opts ...grpc.CallOption) (*GetStoragePoolCapabilitiesResponse, error)
+	// Returns the pool whose target (<target><path>) is `path`.
+	// Errors: INVALID_ARGUMENT for an empty or relative path; NOT_FOUND when no
+	// pool has that target path; UNIMPLEMENTED where the driver cannot look
+	// pools up by path (libvirt's test driver).
+	LookupStoragePoolByTargetPath(ctx context.Context, in *LookupStoragePoolByTargetPathRequest, opts ...grpc.CallOption) (*LookupStoragePoolByTargetPathResponse, error)
 }
 
 type storageServiceClient struct {
@@ -411,6 +432,33 @@ func (x *storageServiceDownloadStorageVolumeClient) Recv() (*DownloadStorageVolu
 	return m, nil
 }
 
+func (c *storageServiceClient) FindStoragePoolSources(ctx context.Context, in *FindStoragePoolSourcesRequest, opts ...grpc.CallOption) (*FindStoragePoolSourcesResponse, error) {
+	out := new(FindStoragePoolSourcesResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.storage.v1.StorageService/FindStoragePoolSources", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *storageServiceClient) GetStoragePoolCapabilities(ctx context.Context, in *GetStoragePoolCapabilitiesRequest, opts ...grpc.CallOption) (*GetStoragePoolCapabilitiesResponse, error) {
+	out := new(GetStoragePoolCapabilitiesResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.storage.v1.StorageService/GetStoragePoolCapabilities", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *storageServiceClient) LookupStoragePoolByTargetPath(ctx context.Context, in *LookupStoragePoolByTargetPathRequest, opts ...grpc.CallOption) (*LookupStoragePoolByTargetPathResponse, error) {
+	out := new(LookupStoragePoolByTargetPathResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.storage.v1.StorageService/LookupStoragePoolByTargetPath", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StorageServiceServer is the server API for StorageService service.
 // All implementations must embed UnimplementedStorageServiceServer
 // for forward compatibility
@@ -521,6 +569,27 @@ type StorageServiceServer interface {
 	// that cancels aborts the libvirt stream.
 	// Errors: NOT_FOUND for an unknown pool or volume.
 	DownloadStorageVolume(*DownloadStorageVolumeRequest, StorageService_DownloadStorageVolumeServer) error
+	// Asks a storage backend which pool sources it can see (virsh
+	// find-storage-pool-sources): a host's NFS exports or iSCSI targets, the
+	// host's LVM volume groups. Only netfs, logical, iscsi and gluster pools can
+	// discover sources.
+	// Errors: INVALID_ARGUMENT for an unknown pool type, a port without a host,
+	// or no host for a type that needs one (netfs, iscsi, gluster);
+	// UNIMPLEMENTED for a known type that cannot discover sources; INTERNAL
+	// when the host lacks the backend's tool (LVM's pvs, showmount) or the
+	// backend finds nothing (libvirt reports "no storage pools were found").
+	FindStoragePoolSources(context.Context, *FindStoragePoolSourcesRequest) (*FindStoragePoolSourcesResponse, error)
+	// Returns what the storage driver supports: each pool type, whether this
+	// host can use it, and the source and volume formats it knows (virsh
+	// pool-capabilities).
+	// Errors: UNIMPLEMENTED where the driver has no capabilities (libvirt's
+	// test driver).
+	GetStoragePoolCapabilities(context.Context, *GetStoragePoolCapabilitiesRequest) (*GetStoragePoolCapabilitiesResponse, error)
+	// Returns the pool whose target (<target><path>) is `path`.
+	// Errors: INVALID_ARGUMENT for an empty or relative path; NOT_FOUND when no
+	// pool has that target path; UNIMPLEMENTED where the driver cannot look
+	// pools up by path (libvirt's test driver).
+	LookupStoragePoolByTargetPath(context.Context, *LookupStoragePoolByTargetPathRequest) (*LookupStoragePoolByTargetPathResponse, error)
 	mustEmbedUnimplementedStorageServiceServer()
 }
 
@@ -596,6 +665,15 @@ func (UnimplementedStorageServiceServer) UploadStorageVolume(StorageService_Uplo
 }
 func (UnimplementedStorageServiceServer) DownloadStorageVolume(*DownloadStorageVolumeRequest, StorageService_DownloadStorageVolumeServer) error {
 	return status.Errorf(codes.Unimplemented, "method DownloadStorageVolume not implemented")
+}
+func (UnimplementedStorageServiceServer) FindStoragePoolSources(context.Context, *FindStoragePoolSourcesRequest) (*FindStoragePoolSourcesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method FindStoragePoolSources not implemented")
+}
+func (UnimplementedStorageServiceServer) GetStoragePoolCapabilities(context.Context, *GetStoragePoolCapabilitiesRequest) (*GetStoragePoolCapabilitiesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetStoragePoolCapabilities not implemented")
+}
+func (UnimplementedStorageServiceServer) LookupStoragePoolByTargetPath(context.Context, *LookupStoragePoolByTargetPathRequest) (*LookupStoragePoolByTargetPathResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method LookupStoragePoolByTargetPath not implemented")
 }
 func (UnimplementedStorageServiceServer) mustEmbedUnimplementedStorageServiceServer() {}
 
@@ -1038,6 +1116,60 @@ func (x *storageServiceDownloadStorageVolumeServer) Send(m *DownloadStorageVolum
 	return x.ServerStream.SendMsg(m)
 }
 
+func _StorageService_FindStoragePoolSources_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FindStoragePoolSourcesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StorageServiceServer).FindStoragePoolSources(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.storage.v1.StorageService/FindStoragePoolSources",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StorageServiceServer).FindStoragePoolSources(ctx, req.(*FindStoragePoolSourcesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _StorageService_GetStoragePoolCapabilities_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetStoragePoolCapabilitiesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StorageServiceServer).GetStoragePoolCapabilities(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.storage.v1.StorageService/GetStoragePoolCapabilities",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StorageServiceServer).GetStoragePoolCapabilities(ctx, req.(*GetStoragePoolCapabilitiesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _StorageService_LookupStoragePoolByTargetPath_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LookupStoragePoolByTargetPathRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StorageServiceServer).LookupStoragePoolByTargetPath(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.storage.v1.StorageService/LookupStoragePoolByTargetPath",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StorageServiceServer).LookupStoragePoolByTargetPath(ctx, req.(*LookupStoragePoolByTargetPathRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _StorageService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "virtmesh.storage.v1.StorageService",
 	HandlerType: (*StorageServiceServer)(nil),
@@ -1121,6 +1253,18 @@ var _StorageService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResizeStorageVolume",
 			Handler:    _StorageService_ResizeStorageVolume_Handler,
+		},
+		{
+			MethodName: "FindStoragePoolSources",
+			Handler:    _StorageService_FindStoragePoolSources_Handler,
+		},
+		{
+			MethodName: "GetStoragePoolCapabilities",
+			Handler:    _StorageService_GetStoragePoolCapabilities_Handler,
+		},
+		{
+			MethodName: "LookupStoragePoolByTargetPath",
+			Handler:    _StorageService_LookupStoragePoolByTargetPath_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

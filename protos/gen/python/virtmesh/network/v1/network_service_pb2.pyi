@@ -1163,3 +1163,240 @@ class WatchNetworkEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_detail) -> _WhichOneofReturnType_detail | None: ...
 
 Global___WatchNetworkEventsResponse: _TypeAlias = WatchNetworkEventsResponse  # noqa: Y015
+
+@_typing.final
+class GetNetworkBridgeNameRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Network name or UUID."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNetworkBridgeNameRequest: _TypeAlias = GetNetworkBridgeNameRequest  # noqa: Y015
+
+@_typing.final
+class GetNetworkBridgeNameResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    BRIDGE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The network's name."""
+    bridge: _builtins.str
+    """The bridge device ("virbr0")."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        bridge: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bridge", b"bridge", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNetworkBridgeNameResponse: _TypeAlias = GetNetworkBridgeNameResponse  # noqa: Y015
+
+@_typing.final
+class BandwidthLimits(_message.Message):
+    """One direction of a port's bandwidth, as its <bandwidth><inbound> or
+    <outbound> element (libvirt's port parameters inbound.* and outbound.*).
+    In a response an unset field is one libvirt did not report; in a request,
+    one to leave as it is. 0 is no limit.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AVERAGE_KIBPS_FIELD_NUMBER: _builtins.int
+    PEAK_KIBPS_FIELD_NUMBER: _builtins.int
+    BURST_KIB_FIELD_NUMBER: _builtins.int
+    FLOOR_KIBPS_FIELD_NUMBER: _builtins.int
+    average_kibps: _builtins.int
+    """Average rate, KiB/s."""
+    peak_kibps: _builtins.int
+    """Peak rate, KiB/s."""
+    burst_kib: _builtins.int
+    """How much may be sent at peak rate, KiB."""
+    floor_kibps: _builtins.int
+    """Inbound only: the rate guaranteed to this port, KiB/s (the network needs
+    an inbound average of its own).
+    """
+    def __init__(
+        self,
+        *,
+        average_kibps: _builtins.int | None = ...,
+        peak_kibps: _builtins.int | None = ...,
+        burst_kib: _builtins.int | None = ...,
+        floor_kibps: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_average_kibps", b"_average_kibps", "_burst_kib", b"_burst_kib", "_floor_kibps", b"_floor_kibps", "_peak_kibps", b"_peak_kibps", "average_kibps", b"average_kibps", "burst_kib", b"burst_kib", "floor_kibps", b"floor_kibps", "peak_kibps", b"peak_kibps"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_average_kibps", b"_average_kibps", "_burst_kib", b"_burst_kib", "_floor_kibps", b"_floor_kibps", "_peak_kibps", b"_peak_kibps", "average_kibps", b"average_kibps", "burst_kib", b"burst_kib", "floor_kibps", b"floor_kibps", "peak_kibps", b"peak_kibps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__average_kibps: _TypeAlias = _typing.Literal["average_kibps"]  # noqa: Y015
+    _WhichOneofArgType__average_kibps: _TypeAlias = _typing.Literal["_average_kibps", b"_average_kibps"]  # noqa: Y015
+    _WhichOneofReturnType__burst_kib: _TypeAlias = _typing.Literal["burst_kib"]  # noqa: Y015
+    _WhichOneofArgType__burst_kib: _TypeAlias = _typing.Literal["_burst_kib", b"_burst_kib"]  # noqa: Y015
+    _WhichOneofReturnType__floor_kibps: _TypeAlias = _typing.Literal["floor_kibps"]  # noqa: Y015
+    _WhichOneofArgType__floor_kibps: _TypeAlias = _typing.Literal["_floor_kibps", b"_floor_kibps"]  # noqa: Y015
+    _WhichOneofReturnType__peak_kibps: _TypeAlias = _typing.Literal["peak_kibps"]  # noqa: Y015
+    _WhichOneofArgType__peak_kibps: _TypeAlias = _typing.Literal["_peak_kibps", b"_peak_kibps"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__average_kibps) -> _WhichOneofReturnType__average_kibps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__burst_kib) -> _WhichOneofReturnType__burst_kib | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__floor_kibps) -> _WhichOneofReturnType__floor_kibps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__peak_kibps) -> _WhichOneofReturnType__peak_kibps | None: ...
+
+Global___BandwidthLimits: _TypeAlias = BandwidthLimits  # noqa: Y015
+
+@_typing.final
+class PortBandwidth(_message.Message):
+    """A port's bandwidth; a direction left unset has no limits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INBOUND_FIELD_NUMBER: _builtins.int
+    OUTBOUND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def inbound(self) -> Global___BandwidthLimits: ...
+    @_builtins.property
+    def outbound(self) -> Global___BandwidthLimits: ...
+    def __init__(
+        self,
+        *,
+        inbound: Global___BandwidthLimits | None = ...,
+        outbound: Global___BandwidthLimits | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["inbound", b"inbound", "outbound", b"outbound"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inbound", b"inbound", "outbound", b"outbound"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PortBandwidth: _TypeAlias = PortBandwidth  # noqa: Y015
+
+@_typing.final
+class GetNetworkPortParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Network name or UUID."""
+    port: _builtins.str
+    """The port's UUID."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        port: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "port", b"port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNetworkPortParametersRequest: _TypeAlias = GetNetworkPortParametersRequest  # noqa: Y015
+
+@_typing.final
+class GetNetworkPortParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    BANDWIDTH_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The network's name."""
+    port: _builtins.str
+    """The port's UUID."""
+    @_builtins.property
+    def bandwidth(self) -> Global___PortBandwidth: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        port: _builtins.str = ...,
+        bandwidth: Global___PortBandwidth | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bandwidth", b"bandwidth"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth", b"bandwidth", "name", b"name", "port", b"port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNetworkPortParametersResponse: _TypeAlias = GetNetworkPortParametersResponse  # noqa: Y015
+
+@_typing.final
+class SetNetworkPortParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    BANDWIDTH_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Network name or UUID."""
+    port: _builtins.str
+    """The port's UUID."""
+    @_builtins.property
+    def bandwidth(self) -> Global___PortBandwidth:
+        """The limits to change; unset fields stay."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        port: _builtins.str = ...,
+        bandwidth: Global___PortBandwidth | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bandwidth", b"bandwidth"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth", b"bandwidth", "name", b"name", "port", b"port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetNetworkPortParametersRequest: _TypeAlias = SetNetworkPortParametersRequest  # noqa: Y015
+
+@_typing.final
+class SetNetworkPortParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    BANDWIDTH_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The network's name."""
+    port: _builtins.str
+    """The port's UUID."""
+    @_builtins.property
+    def bandwidth(self) -> Global___PortBandwidth:
+        """The port's bandwidth afterwards."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        port: _builtins.str = ...,
+        bandwidth: Global___PortBandwidth | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bandwidth", b"bandwidth"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth", b"bandwidth", "name", b"name", "port", b"port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetNetworkPortParametersResponse: _TypeAlias = SetNetworkPortParametersResponse  # noqa: Y015

@@ -132,6 +132,21 @@ class NetworkServiceStub:
                 request_serializer=virtmesh_dot_network_dot_v1_dot_network__service__pb2.WatchNetworkEventsRequest.SerializeToString,
                 response_deserializer=virtmesh_dot_network_dot_v1_dot_network__service__pb2.WatchNetworkEventsResponse.FromString,
                 _registered_method=True)
+        self.GetNetworkBridgeName = channel.unary_unary(
+                '/virtmesh.network.v1.NetworkService/GetNetworkBridgeName',
+                request_serializer=virtmesh_dot_network_dot_v1_dot_network__service__pb2.GetNetworkBridgeNameRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_network_dot_v1_dot_network__service__pb2.GetNetworkBridgeNameResponse.FromString,
+                _registered_method=True)
+        self.GetNetworkPortParameters = channel.unary_unary(
+                '/virtmesh.network.v1.NetworkService/GetNetworkPortParameters',
+                request_serializer=virtmesh_dot_network_dot_v1_dot_network__service__pb2.GetNetworkPortParametersRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_network_dot_v1_dot_network__service__pb2.GetNetworkPortParametersResponse.FromString,
+                _registered_method=True)
+        self.SetNetworkPortParameters = channel.unary_unary(
+                '/virtmesh.network.v1.NetworkService/SetNetworkPortParameters',
+                request_serializer=virtmesh_dot_network_dot_v1_dot_network__service__pb2.SetNetworkPortParametersRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_network_dot_v1_dot_network__service__pb2.SetNetworkPortParametersResponse.FromString,
+                _registered_method=True)
 
 
 class NetworkServiceServicer:
@@ -319,6 +334,39 @@ class NetworkServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetNetworkBridgeName(self, request, context):
+        """Returns the name of the bridge device the network's guests are plugged
+        into (virsh net-info's "Bridge").
+        Errors: NOT_FOUND for an unknown network; FAILED_PRECONDITION when the
+        network has no bridge of its own (forward modes bridge, macvtap and
+        hostdev plug guests elsewhere).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNetworkPortParameters(self, request, context):
+        """Returns a port's bandwidth limits (libvirt's port parameters).
+        Errors: as GetNetworkPort.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetNetworkPortParameters(self, request, context):
+        """Changes a port's bandwidth limits: the fields set, the others stay.
+        libvirt-python can change only limits of a direction the port already
+        has (its <bandwidth> when created); an average of 0 removes that
+        direction.
+        Errors: as GetNetworkPort; INVALID_ARGUMENT when no limit is set or for
+        an outbound floor (libvirt has none); FAILED_PRECONDITION for a direction
+        the port has no bandwidth for; UNIMPLEMENTED for an inbound floor on a
+        network without inbound QoS of its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NetworkServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -406,6 +454,21 @@ def add_NetworkServiceServicer_to_server(servicer, server):
                     servicer.WatchNetworkEvents,
                     request_deserializer=virtmesh_dot_network_dot_v1_dot_network__service__pb2.WatchNetworkEventsRequest.FromString,
                     response_serializer=virtmesh_dot_network_dot_v1_dot_network__service__pb2.WatchNetworkEventsResponse.SerializeToString,
+            ),
+            'GetNetworkBridgeName': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNetworkBridgeName,
+                    request_deserializer=virtmesh_dot_network_dot_v1_dot_network__service__pb2.GetNetworkBridgeNameRequest.FromString,
+                    response_serializer=virtmesh_dot_network_dot_v1_dot_network__service__pb2.GetNetworkBridgeNameResponse.SerializeToString,
+            ),
+            'GetNetworkPortParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNetworkPortParameters,
+                    request_deserializer=virtmesh_dot_network_dot_v1_dot_network__service__pb2.GetNetworkPortParametersRequest.FromString,
+                    response_serializer=virtmesh_dot_network_dot_v1_dot_network__service__pb2.GetNetworkPortParametersResponse.SerializeToString,
+            ),
+            'SetNetworkPortParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetNetworkPortParameters,
+                    request_deserializer=virtmesh_dot_network_dot_v1_dot_network__service__pb2.SetNetworkPortParametersRequest.FromString,
+                    response_serializer=virtmesh_dot_network_dot_v1_dot_network__service__pb2.SetNetworkPortParametersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -880,6 +943,87 @@ class NetworkService:
             '/virtmesh.network.v1.NetworkService/WatchNetworkEvents',
             virtmesh_dot_network_dot_v1_dot_network__service__pb2.WatchNetworkEventsRequest.SerializeToString,
             virtmesh_dot_network_dot_v1_dot_network__service__pb2.WatchNetworkEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNetworkBridgeName(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.network.v1.NetworkService/GetNetworkBridgeName',
+            virtmesh_dot_network_dot_v1_dot_network__service__pb2.GetNetworkBridgeNameRequest.SerializeToString,
+            virtmesh_dot_network_dot_v1_dot_network__service__pb2.GetNetworkBridgeNameResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNetworkPortParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.network.v1.NetworkService/GetNetworkPortParameters',
+            virtmesh_dot_network_dot_v1_dot_network__service__pb2.GetNetworkPortParametersRequest.SerializeToString,
+            virtmesh_dot_network_dot_v1_dot_network__service__pb2.GetNetworkPortParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetNetworkPortParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.network.v1.NetworkService/SetNetworkPortParameters',
+            virtmesh_dot_network_dot_v1_dot_network__service__pb2.SetNetworkPortParametersRequest.SerializeToString,
+            virtmesh_dot_network_dot_v1_dot_network__service__pb2.SetNetworkPortParametersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -147,6 +147,27 @@ class NetworkServiceStub:
     this watcher falls too far behind; UNAVAILABLE when the libvirt connection
     is lost (watch again once it is back).
     """
+    GetNetworkBridgeName: _grpc.UnaryUnaryMultiCallable[_network_service_pb2.GetNetworkBridgeNameRequest, _network_service_pb2.GetNetworkBridgeNameResponse]
+    """Returns the name of the bridge device the network's guests are plugged
+    into (virsh net-info's "Bridge").
+    Errors: NOT_FOUND for an unknown network; FAILED_PRECONDITION when the
+    network has no bridge of its own (forward modes bridge, macvtap and
+    hostdev plug guests elsewhere).
+    """
+    GetNetworkPortParameters: _grpc.UnaryUnaryMultiCallable[_network_service_pb2.GetNetworkPortParametersRequest, _network_service_pb2.GetNetworkPortParametersResponse]
+    """Returns a port's bandwidth limits (libvirt's port parameters).
+    Errors: as GetNetworkPort.
+    """
+    SetNetworkPortParameters: _grpc.UnaryUnaryMultiCallable[_network_service_pb2.SetNetworkPortParametersRequest, _network_service_pb2.SetNetworkPortParametersResponse]
+    """Changes a port's bandwidth limits: the fields set, the others stay.
+    libvirt-python can change only limits of a direction the port already
+    has (its <bandwidth> when created); an average of 0 removes that
+    direction.
+    Errors: as GetNetworkPort; INVALID_ARGUMENT when no limit is set or for
+    an outbound floor (libvirt has none); FAILED_PRECONDITION for a direction
+    the port has no bandwidth for; UNIMPLEMENTED for an inbound floor on a
+    network without inbound QoS of its own.
+    """
 
 @_typing.type_check_only
 class NetworkServiceAsyncStub(NetworkServiceStub):
@@ -266,6 +287,27 @@ class NetworkServiceAsyncStub(NetworkServiceStub):
     Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
     this watcher falls too far behind; UNAVAILABLE when the libvirt connection
     is lost (watch again once it is back).
+    """
+    GetNetworkBridgeName: _aio.UnaryUnaryMultiCallable[_network_service_pb2.GetNetworkBridgeNameRequest, _network_service_pb2.GetNetworkBridgeNameResponse]  # type: ignore[assignment]
+    """Returns the name of the bridge device the network's guests are plugged
+    into (virsh net-info's "Bridge").
+    Errors: NOT_FOUND for an unknown network; FAILED_PRECONDITION when the
+    network has no bridge of its own (forward modes bridge, macvtap and
+    hostdev plug guests elsewhere).
+    """
+    GetNetworkPortParameters: _aio.UnaryUnaryMultiCallable[_network_service_pb2.GetNetworkPortParametersRequest, _network_service_pb2.GetNetworkPortParametersResponse]  # type: ignore[assignment]
+    """Returns a port's bandwidth limits (libvirt's port parameters).
+    Errors: as GetNetworkPort.
+    """
+    SetNetworkPortParameters: _aio.UnaryUnaryMultiCallable[_network_service_pb2.SetNetworkPortParametersRequest, _network_service_pb2.SetNetworkPortParametersResponse]  # type: ignore[assignment]
+    """Changes a port's bandwidth limits: the fields set, the others stay.
+    libvirt-python can change only limits of a direction the port already
+    has (its <bandwidth> when created); an average of 0 removes that
+    direction.
+    Errors: as GetNetworkPort; INVALID_ARGUMENT when no limit is set or for
+    an outbound floor (libvirt has none); FAILED_PRECONDITION for a direction
+    the port has no bandwidth for; UNIMPLEMENTED for an inbound floor on a
+    network without inbound QoS of its own.
     """
 
 class NetworkServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -485,6 +527,45 @@ class NetworkServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
         this watcher falls too far behind; UNAVAILABLE when the libvirt connection
         is lost (watch again once it is back).
+        """
+
+    @_abc_1.abstractmethod
+    def GetNetworkBridgeName(
+        self,
+        request: _network_service_pb2.GetNetworkBridgeNameRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_network_service_pb2.GetNetworkBridgeNameResponse, _abc.Awaitable[_network_service_pb2.GetNetworkBridgeNameResponse]]:
+        """Returns the name of the bridge device the network's guests are plugged
+        into (virsh net-info's "Bridge").
+        Errors: NOT_FOUND for an unknown network; FAILED_PRECONDITION when the
+        network has no bridge of its own (forward modes bridge, macvtap and
+        hostdev plug guests elsewhere).
+        """
+
+    @_abc_1.abstractmethod
+    def GetNetworkPortParameters(
+        self,
+        request: _network_service_pb2.GetNetworkPortParametersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_network_service_pb2.GetNetworkPortParametersResponse, _abc.Awaitable[_network_service_pb2.GetNetworkPortParametersResponse]]:
+        """Returns a port's bandwidth limits (libvirt's port parameters).
+        Errors: as GetNetworkPort.
+        """
+
+    @_abc_1.abstractmethod
+    def SetNetworkPortParameters(
+        self,
+        request: _network_service_pb2.SetNetworkPortParametersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_network_service_pb2.SetNetworkPortParametersResponse, _abc.Awaitable[_network_service_pb2.SetNetworkPortParametersResponse]]:
+        """Changes a port's bandwidth limits: the fields set, the others stay.
+        libvirt-python can change only limits of a direction the port already
+        has (its <bandwidth> when created); an average of 0 removes that
+        direction.
+        Errors: as GetNetworkPort; INVALID_ARGUMENT when no limit is set or for
+        an outbound floor (libvirt has none); FAILED_PRECONDITION for a direction
+        the port has no bandwidth for; UNIMPLEMENTED for an inbound floor on a
+        network without inbound QoS of its own.
         """
 
 def add_NetworkServiceServicer_to_server(servicer: NetworkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

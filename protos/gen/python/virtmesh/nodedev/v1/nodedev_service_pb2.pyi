@@ -774,3 +774,49 @@ class WatchNodeDeviceEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___WatchNodeDeviceEventsResponse: _TypeAlias = WatchNodeDeviceEventsResponse  # noqa: Y015
+
+@_typing.final
+class LookupSCSIHostByWWNRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WWNN_FIELD_NUMBER: _builtins.int
+    WWPN_FIELD_NUMBER: _builtins.int
+    wwnn: _builtins.str
+    """The world wide node name: 16 hexadecimal digits ("0x" before them is
+    allowed), as in the fc_host capability's <wwnn>.
+    """
+    wwpn: _builtins.str
+    """The world wide port name, likewise (<wwpn>)."""
+    def __init__(
+        self,
+        *,
+        wwnn: _builtins.str = ...,
+        wwpn: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["wwnn", b"wwnn", "wwpn", b"wwpn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupSCSIHostByWWNRequest: _TypeAlias = LookupSCSIHostByWWNRequest  # noqa: Y015
+
+@_typing.final
+class LookupSCSIHostByWWNResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_DEVICE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def node_device(self) -> Global___NodeDevice: ...
+    def __init__(
+        self,
+        *,
+        node_device: Global___NodeDevice | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["node_device", b"node_device"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_device", b"node_device"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupSCSIHostByWWNResponse: _TypeAlias = LookupSCSIHostByWWNResponse  # noqa: Y015

@@ -111,6 +111,11 @@ class NodeDeviceServiceStub:
                 request_serializer=virtmesh_dot_nodedev_dot_v1_dot_nodedev__service__pb2.WatchNodeDeviceEventsRequest.SerializeToString,
                 response_deserializer=virtmesh_dot_nodedev_dot_v1_dot_nodedev__service__pb2.WatchNodeDeviceEventsResponse.FromString,
                 _registered_method=True)
+        self.LookupSCSIHostByWWN = channel.unary_unary(
+                '/virtmesh.nodedev.v1.NodeDeviceService/LookupSCSIHostByWWN',
+                request_serializer=virtmesh_dot_nodedev_dot_v1_dot_nodedev__service__pb2.LookupSCSIHostByWWNRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_nodedev_dot_v1_dot_nodedev__service__pb2.LookupSCSIHostByWWNResponse.FromString,
+                _registered_method=True)
 
 
 class NodeDeviceServiceServicer:
@@ -262,6 +267,17 @@ class NodeDeviceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LookupSCSIHostByWWN(self, request, context):
+        """Returns the SCSI host (an FC HBA's scsi_host device, or a vHBA) with this
+        pair of world wide names.
+        Errors: INVALID_ARGUMENT when wwnn or wwpn is not 16 hexadecimal digits;
+        NOT_FOUND when no SCSI host has the pair; UNIMPLEMENTED where the driver
+        cannot look SCSI hosts up (libvirt's test driver).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeDeviceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -329,6 +345,11 @@ def add_NodeDeviceServiceServicer_to_server(servicer, server):
                     servicer.WatchNodeDeviceEvents,
                     request_deserializer=virtmesh_dot_nodedev_dot_v1_dot_nodedev__service__pb2.WatchNodeDeviceEventsRequest.FromString,
                     response_serializer=virtmesh_dot_nodedev_dot_v1_dot_nodedev__service__pb2.WatchNodeDeviceEventsResponse.SerializeToString,
+            ),
+            'LookupSCSIHostByWWN': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupSCSIHostByWWN,
+                    request_deserializer=virtmesh_dot_nodedev_dot_v1_dot_nodedev__service__pb2.LookupSCSIHostByWWNRequest.FromString,
+                    response_serializer=virtmesh_dot_nodedev_dot_v1_dot_nodedev__service__pb2.LookupSCSIHostByWWNResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -694,6 +715,33 @@ class NodeDeviceService:
             '/virtmesh.nodedev.v1.NodeDeviceService/WatchNodeDeviceEvents',
             virtmesh_dot_nodedev_dot_v1_dot_nodedev__service__pb2.WatchNodeDeviceEventsRequest.SerializeToString,
             virtmesh_dot_nodedev_dot_v1_dot_nodedev__service__pb2.WatchNodeDeviceEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupSCSIHostByWWN(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.nodedev.v1.NodeDeviceService/LookupSCSIHostByWWN',
+            virtmesh_dot_nodedev_dot_v1_dot_nodedev__service__pb2.LookupSCSIHostByWWNRequest.SerializeToString,
+            virtmesh_dot_nodedev_dot_v1_dot_nodedev__service__pb2.LookupSCSIHostByWWNResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -127,6 +127,13 @@ class NodeDeviceServiceStub:
     this watcher falls too far behind; UNAVAILABLE when the libvirt connection
     is lost (watch again once it is back).
     """
+    LookupSCSIHostByWWN: _grpc.UnaryUnaryMultiCallable[_nodedev_service_pb2.LookupSCSIHostByWWNRequest, _nodedev_service_pb2.LookupSCSIHostByWWNResponse]
+    """Returns the SCSI host (an FC HBA's scsi_host device, or a vHBA) with this
+    pair of world wide names.
+    Errors: INVALID_ARGUMENT when wwnn or wwpn is not 16 hexadecimal digits;
+    NOT_FOUND when no SCSI host has the pair; UNIMPLEMENTED where the driver
+    cannot look SCSI hosts up (libvirt's test driver).
+    """
 
 @_typing.type_check_only
 class NodeDeviceServiceAsyncStub(NodeDeviceServiceStub):
@@ -226,6 +233,13 @@ class NodeDeviceServiceAsyncStub(NodeDeviceServiceStub):
     Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
     this watcher falls too far behind; UNAVAILABLE when the libvirt connection
     is lost (watch again once it is back).
+    """
+    LookupSCSIHostByWWN: _aio.UnaryUnaryMultiCallable[_nodedev_service_pb2.LookupSCSIHostByWWNRequest, _nodedev_service_pb2.LookupSCSIHostByWWNResponse]  # type: ignore[assignment]
+    """Returns the SCSI host (an FC HBA's scsi_host device, or a vHBA) with this
+    pair of world wide names.
+    Errors: INVALID_ARGUMENT when wwnn or wwpn is not 16 hexadecimal digits;
+    NOT_FOUND when no SCSI host has the pair; UNIMPLEMENTED where the driver
+    cannot look SCSI hosts up (libvirt's test driver).
     """
 
 class NodeDeviceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -401,6 +415,19 @@ class NodeDeviceServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
         this watcher falls too far behind; UNAVAILABLE when the libvirt connection
         is lost (watch again once it is back).
+        """
+
+    @_abc_1.abstractmethod
+    def LookupSCSIHostByWWN(
+        self,
+        request: _nodedev_service_pb2.LookupSCSIHostByWWNRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_nodedev_service_pb2.LookupSCSIHostByWWNResponse, _abc.Awaitable[_nodedev_service_pb2.LookupSCSIHostByWWNResponse]]:
+        """Returns the SCSI host (an FC HBA's scsi_host device, or a vHBA) with this
+        pair of world wide names.
+        Errors: INVALID_ARGUMENT when wwnn or wwpn is not 16 hexadecimal digits;
+        NOT_FOUND when no SCSI host has the pair; UNIMPLEMENTED where the driver
+        cannot look SCSI hosts up (libvirt's test driver).
         """
 
 def add_NodeDeviceServiceServicer_to_server(servicer: NodeDeviceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

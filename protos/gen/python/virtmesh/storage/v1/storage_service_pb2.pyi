@@ -844,6 +844,7 @@ class StorageVolume(_message.Message):
     FORMAT_FIELD_NUMBER: _builtins.int
     CAPACITY_BYTES_FIELD_NUMBER: _builtins.int
     ALLOCATION_BYTES_FIELD_NUMBER: _builtins.int
+    PHYSICAL_BYTES_FIELD_NUMBER: _builtins.int
     pool: _builtins.str
     """The pool the volume belongs to."""
     name: _builtins.str
@@ -855,6 +856,11 @@ class StorageVolume(_message.Message):
     """The image format from <target><format> ("raw", "qcow2", ...); may be empty."""
     capacity_bytes: _builtins.int
     allocation_bytes: _builtins.int
+    physical_bytes: _builtins.int
+    """What the volume takes on the host's storage (libvirt's "physical": for a
+    file, its size on disk, which for qcow2 includes metadata); unset where
+    the driver cannot tell (libvirt's test driver).
+    """
     def __init__(
         self,
         *,
@@ -866,12 +872,15 @@ class StorageVolume(_message.Message):
         format: _builtins.str = ...,
         capacity_bytes: _builtins.int = ...,
         allocation_bytes: _builtins.int = ...,
+        physical_bytes: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_physical_bytes", b"_physical_bytes", "physical_bytes", b"physical_bytes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation_bytes", b"allocation_bytes", "capacity_bytes", b"capacity_bytes", "format", b"format", "key", b"key", "name", b"name", "path", b"path", "pool", b"pool", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_physical_bytes", b"_physical_bytes", "allocation_bytes", b"allocation_bytes", "capacity_bytes", b"capacity_bytes", "format", b"format", "key", b"key", "name", b"name", "path", b"path", "physical_bytes", b"physical_bytes", "pool", b"pool", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__physical_bytes: _TypeAlias = _typing.Literal["physical_bytes"]  # noqa: Y015
+    _WhichOneofArgType__physical_bytes: _TypeAlias = _typing.Literal["_physical_bytes", b"_physical_bytes"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__physical_bytes) -> _WhichOneofReturnType__physical_bytes | None: ...
 
 Global___StorageVolume: _TypeAlias = StorageVolume  # noqa: Y015
 
@@ -1391,3 +1400,228 @@ class DownloadStorageVolumeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DownloadStorageVolumeResponse: _TypeAlias = DownloadStorageVolumeResponse  # noqa: Y015
+
+@_typing.final
+class FindStoragePoolSourcesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    INITIATOR_IQN_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """The pool type to discover sources for: "netfs", "logical", "iscsi" or
+    "gluster" (see StoragePool.type).
+    """
+    host: _builtins.str
+    """The host to ask (netfs, iscsi, gluster: required); empty for logical."""
+    port: _builtins.int
+    """The host's port (0: the protocol's default); only with `host`."""
+    initiator_iqn: _builtins.str
+    """iscsi: the initiator IQN to present (empty: the host's default)."""
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        host: _builtins.str = ...,
+        port: _builtins.int = ...,
+        initiator_iqn: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "initiator_iqn", b"initiator_iqn", "port", b"port", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindStoragePoolSourcesRequest: _TypeAlias = FindStoragePoolSourcesRequest  # noqa: Y015
+
+@_typing.final
+class StoragePoolSource(_message.Message):
+    """One source a pool could be defined on, as in a pool's <source>."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOSTS_FIELD_NUMBER: _builtins.int
+    DIR_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    dir: _builtins.str
+    """The exported directory (netfs) or the iSCSI target's IQN (iscsi)."""
+    name: _builtins.str
+    """Its name (logical: the volume group)."""
+    format: _builtins.str
+    """Its format ("nfs", "lvm2", ...); may be empty."""
+    @_builtins.property
+    def hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Hosts serving it (netfs, iscsi, gluster)."""
+
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Its device paths (logical: the volume group's physical volumes)."""
+
+    def __init__(
+        self,
+        *,
+        hosts: _abc.Iterable[_builtins.str] | None = ...,
+        dir: _builtins.str = ...,
+        devices: _abc.Iterable[_builtins.str] | None = ...,
+        name: _builtins.str = ...,
+        format: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices", "dir", b"dir", "format", b"format", "hosts", b"hosts", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoragePoolSource: _TypeAlias = StoragePoolSource  # noqa: Y015
+
+@_typing.final
+class FindStoragePoolSourcesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCES_FIELD_NUMBER: _builtins.int
+    XML_FIELD_NUMBER: _builtins.int
+    xml: _builtins.str
+    """libvirt's <sources> document, with everything the summary leaves out."""
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoragePoolSource]: ...
+    def __init__(
+        self,
+        *,
+        sources: _abc.Iterable[Global___StoragePoolSource] | None = ...,
+        xml: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sources", b"sources", "xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindStoragePoolSourcesResponse: _TypeAlias = FindStoragePoolSourcesResponse  # noqa: Y015
+
+@_typing.final
+class GetStoragePoolCapabilitiesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStoragePoolCapabilitiesRequest: _TypeAlias = GetStoragePoolCapabilitiesRequest  # noqa: Y015
+
+@_typing.final
+class StoragePoolTypeCapability(_message.Message):
+    """What the driver supports for one pool type."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    SUPPORTED_FIELD_NUMBER: _builtins.int
+    SOURCE_FORMATS_FIELD_NUMBER: _builtins.int
+    DEFAULT_SOURCE_FORMAT_FIELD_NUMBER: _builtins.int
+    VOLUME_FORMATS_FIELD_NUMBER: _builtins.int
+    DEFAULT_VOLUME_FORMAT_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """The pool type (see StoragePool.type)."""
+    supported: _builtins.bool
+    """Whether this host can use it (libvirt was built with it and its tools are
+    installed).
+    """
+    default_source_format: _builtins.str
+    default_volume_format: _builtins.str
+    @_builtins.property
+    def source_formats(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The source formats its pools accept (<source><format>), and the default."""
+
+    @_builtins.property
+    def volume_formats(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The volume formats it can create (<target><format>), and the default."""
+
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        supported: _builtins.bool = ...,
+        source_formats: _abc.Iterable[_builtins.str] | None = ...,
+        default_source_format: _builtins.str = ...,
+        volume_formats: _abc.Iterable[_builtins.str] | None = ...,
+        default_volume_format: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_source_format", b"default_source_format", "default_volume_format", b"default_volume_format", "source_formats", b"source_formats", "supported", b"supported", "type", b"type", "volume_formats", b"volume_formats"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoragePoolTypeCapability: _TypeAlias = StoragePoolTypeCapability  # noqa: Y015
+
+@_typing.final
+class GetStoragePoolCapabilitiesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_TYPES_FIELD_NUMBER: _builtins.int
+    XML_FIELD_NUMBER: _builtins.int
+    xml: _builtins.str
+    """libvirt's <storagepoolCapabilities> document."""
+    @_builtins.property
+    def pool_types(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoragePoolTypeCapability]: ...
+    def __init__(
+        self,
+        *,
+        pool_types: _abc.Iterable[Global___StoragePoolTypeCapability] | None = ...,
+        xml: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pool_types", b"pool_types", "xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStoragePoolCapabilitiesResponse: _TypeAlias = GetStoragePoolCapabilitiesResponse  # noqa: Y015
+
+@_typing.final
+class LookupStoragePoolByTargetPathRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """An absolute path, as in a pool's <target><path>."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupStoragePoolByTargetPathRequest: _TypeAlias = LookupStoragePoolByTargetPathRequest  # noqa: Y015
+
+@_typing.final
+class LookupStoragePoolByTargetPathResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORAGE_POOL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def storage_pool(self) -> Global___StoragePool: ...
+    def __init__(
+        self,
+        *,
+        storage_pool: Global___StoragePool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["storage_pool", b"storage_pool"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["storage_pool", b"storage_pool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupStoragePoolByTargetPathResponse: _TypeAlias = LookupStoragePoolByTargetPathResponse  # noqa: Y015

@@ -161,6 +161,21 @@ class StorageServiceStub:
                 request_serializer=virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.DownloadStorageVolumeRequest.SerializeToString,
                 response_deserializer=virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.DownloadStorageVolumeResponse.FromString,
                 _registered_method=True)
+        self.FindStoragePoolSources = channel.unary_unary(
+                '/virtmesh.storage.v1.StorageService/FindStoragePoolSources',
+                request_serializer=virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.FindStoragePoolSourcesRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.FindStoragePoolSourcesResponse.FromString,
+                _registered_method=True)
+        self.GetStoragePoolCapabilities = channel.unary_unary(
+                '/virtmesh.storage.v1.StorageService/GetStoragePoolCapabilities',
+                request_serializer=virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.GetStoragePoolCapabilitiesRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.GetStoragePoolCapabilitiesResponse.FromString,
+                _registered_method=True)
+        self.LookupStoragePoolByTargetPath = channel.unary_unary(
+                '/virtmesh.storage.v1.StorageService/LookupStoragePoolByTargetPath',
+                request_serializer=virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.LookupStoragePoolByTargetPathRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.LookupStoragePoolByTargetPathResponse.FromString,
+                _registered_method=True)
 
 
 class StorageServiceServicer:
@@ -399,6 +414,42 @@ class StorageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindStoragePoolSources(self, request, context):
+        """Asks a storage backend which pool sources it can see (virsh
+        find-storage-pool-sources): a host's NFS exports or iSCSI targets, the
+        host's LVM volume groups. Only netfs, logical, iscsi and gluster pools can
+        discover sources.
+        Errors: INVALID_ARGUMENT for an unknown pool type, a port without a host,
+        or no host for a type that needs one (netfs, iscsi, gluster);
+        UNIMPLEMENTED for a known type that cannot discover sources; INTERNAL
+        when the host lacks the backend's tool (LVM's pvs, showmount) or the
+        backend finds nothing (libvirt reports "no storage pools were found").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStoragePoolCapabilities(self, request, context):
+        """Returns what the storage driver supports: each pool type, whether this
+        host can use it, and the source and volume formats it knows (virsh
+        pool-capabilities).
+        Errors: UNIMPLEMENTED where the driver has no capabilities (libvirt's
+        test driver).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LookupStoragePoolByTargetPath(self, request, context):
+        """Returns the pool whose target (<target><path>) is `path`.
+        Errors: INVALID_ARGUMENT for an empty or relative path; NOT_FOUND when no
+        pool has that target path; UNIMPLEMENTED where the driver cannot look
+        pools up by path (libvirt's test driver).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -516,6 +567,21 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.DownloadStorageVolume,
                     request_deserializer=virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.DownloadStorageVolumeRequest.FromString,
                     response_serializer=virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.DownloadStorageVolumeResponse.SerializeToString,
+            ),
+            'FindStoragePoolSources': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindStoragePoolSources,
+                    request_deserializer=virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.FindStoragePoolSourcesRequest.FromString,
+                    response_serializer=virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.FindStoragePoolSourcesResponse.SerializeToString,
+            ),
+            'GetStoragePoolCapabilities': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStoragePoolCapabilities,
+                    request_deserializer=virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.GetStoragePoolCapabilitiesRequest.FromString,
+                    response_serializer=virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.GetStoragePoolCapabilitiesResponse.SerializeToString,
+            ),
+            'LookupStoragePoolByTargetPath': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupStoragePoolByTargetPath,
+                    request_deserializer=virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.LookupStoragePoolByTargetPathRequest.FromString,
+                    response_serializer=virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.LookupStoragePoolByTargetPathResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1151,6 +1217,87 @@ class StorageService:
             '/virtmesh.storage.v1.StorageService/DownloadStorageVolume',
             virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.DownloadStorageVolumeRequest.SerializeToString,
             virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.DownloadStorageVolumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindStoragePoolSources(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.storage.v1.StorageService/FindStoragePoolSources',
+            virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.FindStoragePoolSourcesRequest.SerializeToString,
+            virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.FindStoragePoolSourcesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStoragePoolCapabilities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.storage.v1.StorageService/GetStoragePoolCapabilities',
+            virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.GetStoragePoolCapabilitiesRequest.SerializeToString,
+            virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.GetStoragePoolCapabilitiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupStoragePoolByTargetPath(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.storage.v1.StorageService/LookupStoragePoolByTargetPath',
+            virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.LookupStoragePoolByTargetPathRequest.SerializeToString,
+            virtmesh_dot_storage_dot_v1_dot_storage__service__pb2.LookupStoragePoolByTargetPathResponse.FromString,
             options,
             channel_credentials,
             insecure,

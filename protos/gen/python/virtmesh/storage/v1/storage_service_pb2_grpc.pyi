@@ -174,6 +174,30 @@ class StorageServiceStub:
     that cancels aborts the libvirt stream.
     Errors: NOT_FOUND for an unknown pool or volume.
     """
+    FindStoragePoolSources: _grpc.UnaryUnaryMultiCallable[_storage_service_pb2.FindStoragePoolSourcesRequest, _storage_service_pb2.FindStoragePoolSourcesResponse]
+    """Asks a storage backend which pool sources it can see (virsh
+    find-storage-pool-sources): a host's NFS exports or iSCSI targets, the
+    host's LVM volume groups. Only netfs, logical, iscsi and gluster pools can
+    discover sources.
+    Errors: INVALID_ARGUMENT for an unknown pool type, a port without a host,
+    or no host for a type that needs one (netfs, iscsi, gluster);
+    UNIMPLEMENTED for a known type that cannot discover sources; INTERNAL
+    when the host lacks the backend's tool (LVM's pvs, showmount) or the
+    backend finds nothing (libvirt reports "no storage pools were found").
+    """
+    GetStoragePoolCapabilities: _grpc.UnaryUnaryMultiCallable[_storage_service_pb2.GetStoragePoolCapabilitiesRequest, _storage_service_pb2.GetStoragePoolCapabilitiesResponse]
+    """Returns what the storage driver supports: each pool type, whether this
+    host can use it, and the source and volume formats it knows (virsh
+    pool-capabilities).
+    Errors: UNIMPLEMENTED where the driver has no capabilities (libvirt's
+    test driver).
+    """
+    LookupStoragePoolByTargetPath: _grpc.UnaryUnaryMultiCallable[_storage_service_pb2.LookupStoragePoolByTargetPathRequest, _storage_service_pb2.LookupStoragePoolByTargetPathResponse]
+    """Returns the pool whose target (<target><path>) is `path`.
+    Errors: INVALID_ARGUMENT for an empty or relative path; NOT_FOUND when no
+    pool has that target path; UNIMPLEMENTED where the driver cannot look
+    pools up by path (libvirt's test driver).
+    """
 
 @_typing.type_check_only
 class StorageServiceAsyncStub(StorageServiceStub):
@@ -320,6 +344,30 @@ class StorageServiceAsyncStub(StorageServiceStub):
     a bounded amount of data at a time, whatever the volume's size; a client
     that cancels aborts the libvirt stream.
     Errors: NOT_FOUND for an unknown pool or volume.
+    """
+    FindStoragePoolSources: _aio.UnaryUnaryMultiCallable[_storage_service_pb2.FindStoragePoolSourcesRequest, _storage_service_pb2.FindStoragePoolSourcesResponse]  # type: ignore[assignment]
+    """Asks a storage backend which pool sources it can see (virsh
+    find-storage-pool-sources): a host's NFS exports or iSCSI targets, the
+    host's LVM volume groups. Only netfs, logical, iscsi and gluster pools can
+    discover sources.
+    Errors: INVALID_ARGUMENT for an unknown pool type, a port without a host,
+    or no host for a type that needs one (netfs, iscsi, gluster);
+    UNIMPLEMENTED for a known type that cannot discover sources; INTERNAL
+    when the host lacks the backend's tool (LVM's pvs, showmount) or the
+    backend finds nothing (libvirt reports "no storage pools were found").
+    """
+    GetStoragePoolCapabilities: _aio.UnaryUnaryMultiCallable[_storage_service_pb2.GetStoragePoolCapabilitiesRequest, _storage_service_pb2.GetStoragePoolCapabilitiesResponse]  # type: ignore[assignment]
+    """Returns what the storage driver supports: each pool type, whether this
+    host can use it, and the source and volume formats it knows (virsh
+    pool-capabilities).
+    Errors: UNIMPLEMENTED where the driver has no capabilities (libvirt's
+    test driver).
+    """
+    LookupStoragePoolByTargetPath: _aio.UnaryUnaryMultiCallable[_storage_service_pb2.LookupStoragePoolByTargetPathRequest, _storage_service_pb2.LookupStoragePoolByTargetPathResponse]  # type: ignore[assignment]
+    """Returns the pool whose target (<target><path>) is `path`.
+    Errors: INVALID_ARGUMENT for an empty or relative path; NOT_FOUND when no
+    pool has that target path; UNIMPLEMENTED where the driver cannot look
+    pools up by path (libvirt's test driver).
     """
 
 class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -602,6 +650,48 @@ class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
         a bounded amount of data at a time, whatever the volume's size; a client
         that cancels aborts the libvirt stream.
         Errors: NOT_FOUND for an unknown pool or volume.
+        """
+
+    @_abc_1.abstractmethod
+    def FindStoragePoolSources(
+        self,
+        request: _storage_service_pb2.FindStoragePoolSourcesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_service_pb2.FindStoragePoolSourcesResponse, _abc.Awaitable[_storage_service_pb2.FindStoragePoolSourcesResponse]]:
+        """Asks a storage backend which pool sources it can see (virsh
+        find-storage-pool-sources): a host's NFS exports or iSCSI targets, the
+        host's LVM volume groups. Only netfs, logical, iscsi and gluster pools can
+        discover sources.
+        Errors: INVALID_ARGUMENT for an unknown pool type, a port without a host,
+        or no host for a type that needs one (netfs, iscsi, gluster);
+        UNIMPLEMENTED for a known type that cannot discover sources; INTERNAL
+        when the host lacks the backend's tool (LVM's pvs, showmount) or the
+        backend finds nothing (libvirt reports "no storage pools were found").
+        """
+
+    @_abc_1.abstractmethod
+    def GetStoragePoolCapabilities(
+        self,
+        request: _storage_service_pb2.GetStoragePoolCapabilitiesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_service_pb2.GetStoragePoolCapabilitiesResponse, _abc.Awaitable[_storage_service_pb2.GetStoragePoolCapabilitiesResponse]]:
+        """Returns what the storage driver supports: each pool type, whether this
+        host can use it, and the source and volume formats it knows (virsh
+        pool-capabilities).
+        Errors: UNIMPLEMENTED where the driver has no capabilities (libvirt's
+        test driver).
+        """
+
+    @_abc_1.abstractmethod
+    def LookupStoragePoolByTargetPath(
+        self,
+        request: _storage_service_pb2.LookupStoragePoolByTargetPathRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_service_pb2.LookupStoragePoolByTargetPathResponse, _abc.Awaitable[_storage_service_pb2.LookupStoragePoolByTargetPathResponse]]:
+        """Returns the pool whose target (<target><path>) is `path`.
+        Errors: INVALID_ARGUMENT for an empty or relative path; NOT_FOUND when no
+        pool has that target path; UNIMPLEMENTED where the driver cannot look
+        pools up by path (libvirt's test driver).
         """
 
 def add_StorageServiceServicer_to_server(servicer: StorageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

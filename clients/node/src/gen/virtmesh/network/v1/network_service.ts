@@ -593,6 +593,83 @@ export interface WatchNetworkEventsResponse {
   gap?: EventGap | undefined;
 }
 
+export interface GetNetworkBridgeNameRequest {
+  /** Network name or UUID. */
+  name: string;
+}
+
+export interface GetNetworkBridgeNameResponse {
+  /** The network's name. */
+  name: string;
+  /** The bridge device ("virbr0"). */
+  bridge: string;
+}
+
+/**
+ * One direction of a port's bandwidth, as its <bandwidth><inbound> or
+ * <outbound> element (libvirt's port parameters inbound.* and outbound.*).
+ * In a response an unset field is one libvirt did not report; in a request,
+ * one to leave as it is. 0 is no limit.
+ */
+export interface BandwidthLimits {
+  /** Average rate, KiB/s. */
+  averageKibps?:
+    | number
+    | undefined;
+  /** Peak rate, KiB/s. */
+  peakKibps?:
+    | number
+    | undefined;
+  /** How much may be sent at peak rate, KiB. */
+  burstKib?:
+    | number
+    | undefined;
+  /**
+   * Inbound only: the rate guaranteed to this port, KiB/s (the network needs
+   * an inbound average of its own).
+   */
+  floorKibps?: number | undefined;
+}
+
+/** A port's bandwidth; a direction left unset has no limits. */
+export interface PortBandwidth {
+  inbound?: BandwidthLimits | undefined;
+  outbound?: BandwidthLimits | undefined;
+}
+
+export interface GetNetworkPortParametersRequest {
+  /** Network name or UUID. */
+  name: string;
+  /** The port's UUID. */
+  port: string;
+}
+
+export interface GetNetworkPortParametersResponse {
+  /** The network's name. */
+  name: string;
+  /** The port's UUID. */
+  port: string;
+  bandwidth?: PortBandwidth | undefined;
+}
+
+export interface SetNetworkPortParametersRequest {
+  /** Network name or UUID. */
+  name: string;
+  /** The port's UUID. */
+  port: string;
+  /** The limits to change; unset fields stay. */
+  bandwidth?: PortBandwidth | undefined;
+}
+
+export interface SetNetworkPortParametersResponse {
+  /** The network's name. */
+  name: string;
+  /** The port's UUID. */
+  port: string;
+  /** The port's bandwidth afterwards. */
+  bandwidth?: PortBandwidth | undefined;
+}
+
 function createBaseNetwork(): Network {
   return { name: "", uuid: "", bridge: "", active: false, persistent: false, autostart: false };
 }
@@ -4087,6 +4164,786 @@ export const WatchNetworkEventsResponse: MessageFns<WatchNetworkEventsResponse> 
   },
 };
 
+function createBaseGetNetworkBridgeNameRequest(): GetNetworkBridgeNameRequest {
+  return { name: "" };
+}
+
+export const GetNetworkBridgeNameRequest: MessageFns<GetNetworkBridgeNameRequest> = {
+  encode(message: GetNetworkBridgeNameRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNetworkBridgeNameRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNetworkBridgeNameRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNetworkBridgeNameRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: GetNetworkBridgeNameRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNetworkBridgeNameRequest>, I>>(base?: I): GetNetworkBridgeNameRequest {
+    return GetNetworkBridgeNameRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNetworkBridgeNameRequest>, I>>(object: I): GetNetworkBridgeNameRequest {
+    const message = createBaseGetNetworkBridgeNameRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseGetNetworkBridgeNameResponse(): GetNetworkBridgeNameResponse {
+  return { name: "", bridge: "" };
+}
+
+export const GetNetworkBridgeNameResponse: MessageFns<GetNetworkBridgeNameResponse> = {
+  encode(message: GetNetworkBridgeNameResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.bridge !== "") {
+      writer.uint32(18).string(message.bridge);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNetworkBridgeNameResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNetworkBridgeNameResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.bridge = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNetworkBridgeNameResponse {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      bridge: isSet(object.bridge) ? globalThis.String(object.bridge) : "",
+    };
+  },
+
+  toJSON(message: GetNetworkBridgeNameResponse): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.bridge !== "") {
+      obj.bridge = message.bridge;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNetworkBridgeNameResponse>, I>>(base?: I): GetNetworkBridgeNameResponse {
+    return GetNetworkBridgeNameResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNetworkBridgeNameResponse>, I>>(object: I): GetNetworkBridgeNameResponse {
+    const message = createBaseGetNetworkBridgeNameResponse();
+    message.name = object.name ?? "";
+    message.bridge = object.bridge ?? "";
+    return message;
+  },
+};
+
+function createBaseBandwidthLimits(): BandwidthLimits {
+  return { averageKibps: undefined, peakKibps: undefined, burstKib: undefined, floorKibps: undefined };
+}
+
+export const BandwidthLimits: MessageFns<BandwidthLimits> = {
+  encode(message: BandwidthLimits, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.averageKibps !== undefined) {
+      writer.uint32(8).uint32(message.averageKibps);
+    }
+    if (message.peakKibps !== undefined) {
+      writer.uint32(16).uint32(message.peakKibps);
+    }
+    if (message.burstKib !== undefined) {
+      writer.uint32(24).uint32(message.burstKib);
+    }
+    if (message.floorKibps !== undefined) {
+      writer.uint32(32).uint32(message.floorKibps);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BandwidthLimits {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBandwidthLimits();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.averageKibps = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.peakKibps = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.burstKib = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.floorKibps = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BandwidthLimits {
+    return {
+      averageKibps: isSet(object.averageKibps)
+        ? globalThis.Number(object.averageKibps)
+        : isSet(object.average_kibps)
+        ? globalThis.Number(object.average_kibps)
+        : undefined,
+      peakKibps: isSet(object.peakKibps)
+        ? globalThis.Number(object.peakKibps)
+        : isSet(object.peak_kibps)
+        ? globalThis.Number(object.peak_kibps)
+        : undefined,
+      burstKib: isSet(object.burstKib)
+        ? globalThis.Number(object.burstKib)
+        : isSet(object.burst_kib)
+        ? globalThis.Number(object.burst_kib)
+        : undefined,
+      floorKibps: isSet(object.floorKibps)
+        ? globalThis.Number(object.floorKibps)
+        : isSet(object.floor_kibps)
+        ? globalThis.Number(object.floor_kibps)
+        : undefined,
+    };
+  },
+
+  toJSON(message: BandwidthLimits): unknown {
+    const obj: any = {};
+    if (message.averageKibps !== undefined) {
+      obj.averageKibps = Math.round(message.averageKibps);
+    }
+    if (message.peakKibps !== undefined) {
+      obj.peakKibps = Math.round(message.peakKibps);
+    }
+    if (message.burstKib !== undefined) {
+      obj.burstKib = Math.round(message.burstKib);
+    }
+    if (message.floorKibps !== undefined) {
+      obj.floorKibps = Math.round(message.floorKibps);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BandwidthLimits>, I>>(base?: I): BandwidthLimits {
+    return BandwidthLimits.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BandwidthLimits>, I>>(object: I): BandwidthLimits {
+    const message = createBaseBandwidthLimits();
+    message.averageKibps = object.averageKibps ?? undefined;
+    message.peakKibps = object.peakKibps ?? undefined;
+    message.burstKib = object.burstKib ?? undefined;
+    message.floorKibps = object.floorKibps ?? undefined;
+    return message;
+  },
+};
+
+function createBasePortBandwidth(): PortBandwidth {
+  return { inbound: undefined, outbound: undefined };
+}
+
+export const PortBandwidth: MessageFns<PortBandwidth> = {
+  encode(message: PortBandwidth, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.inbound !== undefined) {
+      BandwidthLimits.encode(message.inbound, writer.uint32(10).fork()).join();
+    }
+    if (message.outbound !== undefined) {
+      BandwidthLimits.encode(message.outbound, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PortBandwidth {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePortBandwidth();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.inbound = BandwidthLimits.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.outbound = BandwidthLimits.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PortBandwidth {
+    return {
+      inbound: isSet(object.inbound) ? BandwidthLimits.fromJSON(object.inbound) : undefined,
+      outbound: isSet(object.outbound) ? BandwidthLimits.fromJSON(object.outbound) : undefined,
+    };
+  },
+
+  toJSON(message: PortBandwidth): unknown {
+    const obj: any = {};
+    if (message.inbound !== undefined) {
+      obj.inbound = BandwidthLimits.toJSON(message.inbound);
+    }
+    if (message.outbound !== undefined) {
+      obj.outbound = BandwidthLimits.toJSON(message.outbound);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PortBandwidth>, I>>(base?: I): PortBandwidth {
+    return PortBandwidth.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PortBandwidth>, I>>(object: I): PortBandwidth {
+    const message = createBasePortBandwidth();
+    message.inbound = (object.inbound !== undefined && object.inbound !== null)
+      ? BandwidthLimits.fromPartial(object.inbound)
+      : undefined;
+    message.outbound = (object.outbound !== undefined && object.outbound !== null)
+      ? BandwidthLimits.fromPartial(object.outbound)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseGetNetworkPortParametersRequest(): GetNetworkPortParametersRequest {
+  return { name: "", port: "" };
+}
+
+export const GetNetworkPortParametersRequest: MessageFns<GetNetworkPortParametersRequest> = {
+  encode(message: GetNetworkPortParametersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.port !== "") {
+      writer.uint32(18).string(message.port);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNetworkPortParametersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNetworkPortParametersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.port = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNetworkPortParametersRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      port: isSet(object.port) ? globalThis.String(object.port) : "",
+    };
+  },
+
+  toJSON(message: GetNetworkPortParametersRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.port !== "") {
+      obj.port = message.port;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNetworkPortParametersRequest>, I>>(base?: I): GetNetworkPortParametersRequest {
+    return GetNetworkPortParametersRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNetworkPortParametersRequest>, I>>(
+    object: I,
+  ): GetNetworkPortParametersRequest {
+    const message = createBaseGetNetworkPortParametersRequest();
+    message.name = object.name ?? "";
+    message.port = object.port ?? "";
+    return message;
+  },
+};
+
+function createBaseGetNetworkPortParametersResponse(): GetNetworkPortParametersResponse {
+  return { name: "", port: "", bandwidth: undefined };
+}
+
+export const GetNetworkPortParametersResponse: MessageFns<GetNetworkPortParametersResponse> = {
+  encode(message: GetNetworkPortParametersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.port !== "") {
+      writer.uint32(18).string(message.port);
+    }
+    if (message.bandwidth !== undefined) {
+      PortBandwidth.encode(message.bandwidth, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNetworkPortParametersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNetworkPortParametersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.port = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.bandwidth = PortBandwidth.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNetworkPortParametersResponse {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      port: isSet(object.port) ? globalThis.String(object.port) : "",
+      bandwidth: isSet(object.bandwidth) ? PortBandwidth.fromJSON(object.bandwidth) : undefined,
+    };
+  },
+
+  toJSON(message: GetNetworkPortParametersResponse): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.port !== "") {
+      obj.port = message.port;
+    }
+    if (message.bandwidth !== undefined) {
+      obj.bandwidth = PortBandwidth.toJSON(message.bandwidth);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNetworkPortParametersResponse>, I>>(
+    base?: I,
+  ): GetNetworkPortParametersResponse {
+    return GetNetworkPortParametersResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNetworkPortParametersResponse>, I>>(
+    object: I,
+  ): GetNetworkPortParametersResponse {
+    const message = createBaseGetNetworkPortParametersResponse();
+    message.name = object.name ?? "";
+    message.port = object.port ?? "";
+    message.bandwidth = (object.bandwidth !== undefined && object.bandwidth !== null)
+      ? PortBandwidth.fromPartial(object.bandwidth)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSetNetworkPortParametersRequest(): SetNetworkPortParametersRequest {
+  return { name: "", port: "", bandwidth: undefined };
+}
+
+export const SetNetworkPortParametersRequest: MessageFns<SetNetworkPortParametersRequest> = {
+  encode(message: SetNetworkPortParametersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.port !== "") {
+      writer.uint32(18).string(message.port);
+    }
+    if (message.bandwidth !== undefined) {
+      PortBandwidth.encode(message.bandwidth, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetNetworkPortParametersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetNetworkPortParametersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.port = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.bandwidth = PortBandwidth.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetNetworkPortParametersRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      port: isSet(object.port) ? globalThis.String(object.port) : "",
+      bandwidth: isSet(object.bandwidth) ? PortBandwidth.fromJSON(object.bandwidth) : undefined,
+    };
+  },
+
+  toJSON(message: SetNetworkPortParametersRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.port !== "") {
+      obj.port = message.port;
+    }
+    if (message.bandwidth !== undefined) {
+      obj.bandwidth = PortBandwidth.toJSON(message.bandwidth);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetNetworkPortParametersRequest>, I>>(base?: I): SetNetworkPortParametersRequest {
+    return SetNetworkPortParametersRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetNetworkPortParametersRequest>, I>>(
+    object: I,
+  ): SetNetworkPortParametersRequest {
+    const message = createBaseSetNetworkPortParametersRequest();
+    message.name = object.name ?? "";
+    message.port = object.port ?? "";
+    message.bandwidth = (object.bandwidth !== undefined && object.bandwidth !== null)
+      ? PortBandwidth.fromPartial(object.bandwidth)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSetNetworkPortParametersResponse(): SetNetworkPortParametersResponse {
+  return { name: "", port: "", bandwidth: undefined };
+}
+
+export const SetNetworkPortParametersResponse: MessageFns<SetNetworkPortParametersResponse> = {
+  encode(message: SetNetworkPortParametersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.port !== "") {
+      writer.uint32(18).string(message.port);
+    }
+    if (message.bandwidth !== undefined) {
+      PortBandwidth.encode(message.bandwidth, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetNetworkPortParametersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetNetworkPortParametersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.port = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.bandwidth = PortBandwidth.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetNetworkPortParametersResponse {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      port: isSet(object.port) ? globalThis.String(object.port) : "",
+      bandwidth: isSet(object.bandwidth) ? PortBandwidth.fromJSON(object.bandwidth) : undefined,
+    };
+  },
+
+  toJSON(message: SetNetworkPortParametersResponse): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.port !== "") {
+      obj.port = message.port;
+    }
+    if (message.bandwidth !== undefined) {
+      obj.bandwidth = PortBandwidth.toJSON(message.bandwidth);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetNetworkPortParametersResponse>, I>>(
+    base?: I,
+  ): SetNetworkPortParametersResponse {
+    return SetNetworkPortParametersResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetNetworkPortParametersResponse>, I>>(
+    object: I,
+  ): SetNetworkPortParametersResponse {
+    const message = createBaseSetNetworkPortParametersResponse();
+    message.name = object.name ?? "";
+    message.port = object.port ?? "";
+    message.bandwidth = (object.bandwidth !== undefined && object.bandwidth !== null)
+      ? PortBandwidth.fromPartial(object.bandwidth)
+      : undefined;
+    return message;
+  },
+};
+
 /**
  * NetworkService is libvirt's network driver (virtnetworkd) as a gRPC service:
  * virtual networks (bridges with DHCP and DNS by dnsmasq, NAT or routed
@@ -4382,6 +5239,64 @@ export const NetworkServiceService = {
       Buffer.from(WatchNetworkEventsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): WatchNetworkEventsResponse => WatchNetworkEventsResponse.decode(value),
   },
+  /**
+   * Returns the name of the bridge device the network's guests are plugged
+   * into (virsh net-info's "Bridge").
+   * Errors: NOT_FOUND for an unknown network; FAILED_PRECONDITION when the
+   * network has no bridge of its own (forward modes bridge, macvtap and
+   * hostdev plug guests elsewhere).
+   */
+  getNetworkBridgeName: {
+    path: "/virtmesh.network.v1.NetworkService/GetNetworkBridgeName" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetNetworkBridgeNameRequest): Buffer =>
+      Buffer.from(GetNetworkBridgeNameRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetNetworkBridgeNameRequest => GetNetworkBridgeNameRequest.decode(value),
+    responseSerialize: (value: GetNetworkBridgeNameResponse): Buffer =>
+      Buffer.from(GetNetworkBridgeNameResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetNetworkBridgeNameResponse => GetNetworkBridgeNameResponse.decode(value),
+  },
+  /**
+   * Returns a port's bandwidth limits (libvirt's port parameters).
+   * Errors: as GetNetworkPort.
+   */
+  getNetworkPortParameters: {
+    path: "/virtmesh.network.v1.NetworkService/GetNetworkPortParameters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetNetworkPortParametersRequest): Buffer =>
+      Buffer.from(GetNetworkPortParametersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetNetworkPortParametersRequest =>
+      GetNetworkPortParametersRequest.decode(value),
+    responseSerialize: (value: GetNetworkPortParametersResponse): Buffer =>
+      Buffer.from(GetNetworkPortParametersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetNetworkPortParametersResponse =>
+      GetNetworkPortParametersResponse.decode(value),
+  },
+  /**
+   * Changes a port's bandwidth limits: the fields set, the others stay.
+   * libvirt-python can change only limits of a direction the port already
+   * has (its <bandwidth> when created); an average of 0 removes that
+   * direction.
+   * Errors: as GetNetworkPort; INVALID_ARGUMENT when no limit is set or for
+   * an outbound floor (libvirt has none); FAILED_PRECONDITION for a direction
+   * the port has no bandwidth for; UNIMPLEMENTED for an inbound floor on a
+   * network without inbound QoS of its own.
+   */
+  setNetworkPortParameters: {
+    path: "/virtmesh.network.v1.NetworkService/SetNetworkPortParameters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetNetworkPortParametersRequest): Buffer =>
+      Buffer.from(SetNetworkPortParametersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetNetworkPortParametersRequest =>
+      SetNetworkPortParametersRequest.decode(value),
+    responseSerialize: (value: SetNetworkPortParametersResponse): Buffer =>
+      Buffer.from(SetNetworkPortParametersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetNetworkPortParametersResponse =>
+      SetNetworkPortParametersResponse.decode(value),
+  },
 } as const;
 
 export interface NetworkServiceServer extends UntypedServiceImplementation {
@@ -4503,6 +5418,30 @@ export interface NetworkServiceServer extends UntypedServiceImplementation {
    * is lost (watch again once it is back).
    */
   watchNetworkEvents: handleServerStreamingCall<WatchNetworkEventsRequest, WatchNetworkEventsResponse>;
+  /**
+   * Returns the name of the bridge device the network's guests are plugged
+   * into (virsh net-info's "Bridge").
+   * Errors: NOT_FOUND for an unknown network; FAILED_PRECONDITION when the
+   * network has no bridge of its own (forward modes bridge, macvtap and
+   * hostdev plug guests elsewhere).
+   */
+  getNetworkBridgeName: handleUnaryCall<GetNetworkBridgeNameRequest, GetNetworkBridgeNameResponse>;
+  /**
+   * Returns a port's bandwidth limits (libvirt's port parameters).
+   * Errors: as GetNetworkPort.
+   */
+  getNetworkPortParameters: handleUnaryCall<GetNetworkPortParametersRequest, GetNetworkPortParametersResponse>;
+  /**
+   * Changes a port's bandwidth limits: the fields set, the others stay.
+   * libvirt-python can change only limits of a direction the port already
+   * has (its <bandwidth> when created); an average of 0 removes that
+   * direction.
+   * Errors: as GetNetworkPort; INVALID_ARGUMENT when no limit is set or for
+   * an outbound floor (libvirt has none); FAILED_PRECONDITION for a direction
+   * the port has no bandwidth for; UNIMPLEMENTED for an inbound floor on a
+   * network without inbound QoS of its own.
+   */
+  setNetworkPortParameters: handleUnaryCall<SetNetworkPortParametersRequest, SetNetworkPortParametersResponse>;
 }
 
 export interface NetworkServiceClient extends Client {
@@ -4856,6 +5795,72 @@ export interface NetworkServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<WatchNetworkEventsResponse>;
+  /**
+   * Returns the name of the bridge device the network's guests are plugged
+   * into (virsh net-info's "Bridge").
+   * Errors: NOT_FOUND for an unknown network; FAILED_PRECONDITION when the
+   * network has no bridge of its own (forward modes bridge, macvtap and
+   * hostdev plug guests elsewhere).
+   */
+  getNetworkBridgeName(
+    request: GetNetworkBridgeNameRequest,
+    callback: (error: ServiceError | null, response: GetNetworkBridgeNameResponse) => void,
+  ): ClientUnaryCall;
+  getNetworkBridgeName(
+    request: GetNetworkBridgeNameRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetNetworkBridgeNameResponse) => void,
+  ): ClientUnaryCall;
+  getNetworkBridgeName(
+    request: GetNetworkBridgeNameRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetNetworkBridgeNameResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns a port's bandwidth limits (libvirt's port parameters).
+   * Errors: as GetNetworkPort.
+   */
+  getNetworkPortParameters(
+    request: GetNetworkPortParametersRequest,
+    callback: (error: ServiceError | null, response: GetNetworkPortParametersResponse) => void,
+  ): ClientUnaryCall;
+  getNetworkPortParameters(
+    request: GetNetworkPortParametersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetNetworkPortParametersResponse) => void,
+  ): ClientUnaryCall;
+  getNetworkPortParameters(
+    request: GetNetworkPortParametersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetNetworkPortParametersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Changes a port's bandwidth limits: the fields set, the others stay.
+   * libvirt-python can change only limits of a direction the port already
+   * has (its <bandwidth> when created); an average of 0 removes that
+   * direction.
+   * Errors: as GetNetworkPort; INVALID_ARGUMENT when no limit is set or for
+   * an outbound floor (libvirt has none); FAILED_PRECONDITION for a direction
+   * the port has no bandwidth for; UNIMPLEMENTED for an inbound floor on a
+   * network without inbound QoS of its own.
+   */
+  setNetworkPortParameters(
+    request: SetNetworkPortParametersRequest,
+    callback: (error: ServiceError | null, response: SetNetworkPortParametersResponse) => void,
+  ): ClientUnaryCall;
+  setNetworkPortParameters(
+    request: SetNetworkPortParametersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetNetworkPortParametersResponse) => void,
+  ): ClientUnaryCall;
+  setNetworkPortParameters(
+    request: SetNetworkPortParametersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetNetworkPortParametersResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const NetworkServiceClient = makeGenericClientConstructor(

@@ -425,6 +425,20 @@ export interface WatchNodeDeviceEventsResponse {
   position?: EventPosition | undefined;
 }
 
+export interface LookupSCSIHostByWWNRequest {
+  /**
+   * The world wide node name: 16 hexadecimal digits ("0x" before them is
+   * allowed), as in the fc_host capability's <wwnn>.
+   */
+  wwnn: string;
+  /** The world wide port name, likewise (<wwpn>). */
+  wwpn: string;
+}
+
+export interface LookupSCSIHostByWWNResponse {
+  nodeDevice?: NodeDevice | undefined;
+}
+
 function createBaseNodeDevice(): NodeDevice {
   return {
     name: "",
@@ -2742,6 +2756,166 @@ export const WatchNodeDeviceEventsResponse: MessageFns<WatchNodeDeviceEventsResp
   },
 };
 
+function createBaseLookupSCSIHostByWWNRequest(): LookupSCSIHostByWWNRequest {
+  return { wwnn: "", wwpn: "" };
+}
+
+export const LookupSCSIHostByWWNRequest: MessageFns<LookupSCSIHostByWWNRequest> = {
+  encode(message: LookupSCSIHostByWWNRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.wwnn !== "") {
+      writer.uint32(10).string(message.wwnn);
+    }
+    if (message.wwpn !== "") {
+      writer.uint32(18).string(message.wwpn);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LookupSCSIHostByWWNRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLookupSCSIHostByWWNRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.wwnn = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.wwpn = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LookupSCSIHostByWWNRequest {
+    return {
+      wwnn: isSet(object.wwnn) ? globalThis.String(object.wwnn) : "",
+      wwpn: isSet(object.wwpn) ? globalThis.String(object.wwpn) : "",
+    };
+  },
+
+  toJSON(message: LookupSCSIHostByWWNRequest): unknown {
+    const obj: any = {};
+    if (message.wwnn !== "") {
+      obj.wwnn = message.wwnn;
+    }
+    if (message.wwpn !== "") {
+      obj.wwpn = message.wwpn;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LookupSCSIHostByWWNRequest>, I>>(base?: I): LookupSCSIHostByWWNRequest {
+    return LookupSCSIHostByWWNRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LookupSCSIHostByWWNRequest>, I>>(object: I): LookupSCSIHostByWWNRequest {
+    const message = createBaseLookupSCSIHostByWWNRequest();
+    message.wwnn = object.wwnn ?? "";
+    message.wwpn = object.wwpn ?? "";
+    return message;
+  },
+};
+
+function createBaseLookupSCSIHostByWWNResponse(): LookupSCSIHostByWWNResponse {
+  return { nodeDevice: undefined };
+}
+
+export const LookupSCSIHostByWWNResponse: MessageFns<LookupSCSIHostByWWNResponse> = {
+  encode(message: LookupSCSIHostByWWNResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.nodeDevice !== undefined) {
+      NodeDevice.encode(message.nodeDevice, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LookupSCSIHostByWWNResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLookupSCSIHostByWWNResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.nodeDevice = NodeDevice.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LookupSCSIHostByWWNResponse {
+    return {
+      nodeDevice: isSet(object.nodeDevice)
+        ? NodeDevice.fromJSON(object.nodeDevice)
+        : isSet(object.node_device)
+        ? NodeDevice.fromJSON(object.node_device)
+        : undefined,
+    };
+  },
+
+  toJSON(message: LookupSCSIHostByWWNResponse): unknown {
+    const obj: any = {};
+    if (message.nodeDevice !== undefined) {
+      obj.nodeDevice = NodeDevice.toJSON(message.nodeDevice);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LookupSCSIHostByWWNResponse>, I>>(base?: I): LookupSCSIHostByWWNResponse {
+    return LookupSCSIHostByWWNResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LookupSCSIHostByWWNResponse>, I>>(object: I): LookupSCSIHostByWWNResponse {
+    const message = createBaseLookupSCSIHostByWWNResponse();
+    message.nodeDevice = (object.nodeDevice !== undefined && object.nodeDevice !== null)
+      ? NodeDevice.fromPartial(object.nodeDevice)
+      : undefined;
+    return message;
+  },
+};
+
 /**
  * NodeDeviceService is libvirt's node device driver (virtnodedevd) as a gRPC
  * service: the host's devices (PCI, USB, network, SCSI, storage, mediated
@@ -2983,6 +3157,24 @@ export const NodeDeviceServiceService = {
       Buffer.from(WatchNodeDeviceEventsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): WatchNodeDeviceEventsResponse => WatchNodeDeviceEventsResponse.decode(value),
   },
+  /**
+   * Returns the SCSI host (an FC HBA's scsi_host device, or a vHBA) with this
+   * pair of world wide names.
+   * Errors: INVALID_ARGUMENT when wwnn or wwpn is not 16 hexadecimal digits;
+   * NOT_FOUND when no SCSI host has the pair; UNIMPLEMENTED where the driver
+   * cannot look SCSI hosts up (libvirt's test driver).
+   */
+  lookupScsiHostByWwn: {
+    path: "/virtmesh.nodedev.v1.NodeDeviceService/LookupSCSIHostByWWN" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: LookupSCSIHostByWWNRequest): Buffer =>
+      Buffer.from(LookupSCSIHostByWWNRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): LookupSCSIHostByWWNRequest => LookupSCSIHostByWWNRequest.decode(value),
+    responseSerialize: (value: LookupSCSIHostByWWNResponse): Buffer =>
+      Buffer.from(LookupSCSIHostByWWNResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LookupSCSIHostByWWNResponse => LookupSCSIHostByWWNResponse.decode(value),
+  },
 } as const;
 
 export interface NodeDeviceServiceServer extends UntypedServiceImplementation {
@@ -3081,6 +3273,14 @@ export interface NodeDeviceServiceServer extends UntypedServiceImplementation {
    * is lost (watch again once it is back).
    */
   watchNodeDeviceEvents: handleServerStreamingCall<WatchNodeDeviceEventsRequest, WatchNodeDeviceEventsResponse>;
+  /**
+   * Returns the SCSI host (an FC HBA's scsi_host device, or a vHBA) with this
+   * pair of world wide names.
+   * Errors: INVALID_ARGUMENT when wwnn or wwpn is not 16 hexadecimal digits;
+   * NOT_FOUND when no SCSI host has the pair; UNIMPLEMENTED where the driver
+   * cannot look SCSI hosts up (libvirt's test driver).
+   */
+  lookupScsiHostByWwn: handleUnaryCall<LookupSCSIHostByWWNRequest, LookupSCSIHostByWWNResponse>;
 }
 
 export interface NodeDeviceServiceClient extends Client {
@@ -3355,6 +3555,28 @@ export interface NodeDeviceServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<WatchNodeDeviceEventsResponse>;
+  /**
+   * Returns the SCSI host (an FC HBA's scsi_host device, or a vHBA) with this
+   * pair of world wide names.
+   * Errors: INVALID_ARGUMENT when wwnn or wwpn is not 16 hexadecimal digits;
+   * NOT_FOUND when no SCSI host has the pair; UNIMPLEMENTED where the driver
+   * cannot look SCSI hosts up (libvirt's test driver).
+   */
+  lookupScsiHostByWwn(
+    request: LookupSCSIHostByWWNRequest,
+    callback: (error: ServiceError | null, response: LookupSCSIHostByWWNResponse) => void,
+  ): ClientUnaryCall;
+  lookupScsiHostByWwn(
+    request: LookupSCSIHostByWWNRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: LookupSCSIHostByWWNResponse) => void,
+  ): ClientUnaryCall;
+  lookupScsiHostByWwn(
+    request: LookupSCSIHostByWWNRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: LookupSCSIHostByWWNResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const NodeDeviceServiceClient = makeGenericClientConstructor(

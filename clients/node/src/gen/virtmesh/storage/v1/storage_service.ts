@@ -507,6 +507,12 @@ export interface StorageVolume {
   format: string;
   capacityBytes: bigint;
   allocationBytes: bigint;
+  /**
+   * What the volume takes on the host's storage (libvirt's "physical": for a
+   * file, its size on disk, which for qcow2 includes metadata); unset where
+   * the driver cannot tell (libvirt's test driver).
+   */
+  physicalBytes?: bigint | undefined;
 }
 
 export interface ListStorageVolumesRequest {
@@ -657,6 +663,75 @@ export interface DownloadStorageVolumeResponse {
   data: Buffer;
   /** Where in the volume this chunk starts. */
   offset: bigint;
+}
+
+export interface FindStoragePoolSourcesRequest {
+  /**
+   * The pool type to discover sources for: "netfs", "logical", "iscsi" or
+   * "gluster" (see StoragePool.type).
+   */
+  type: string;
+  /** The host to ask (netfs, iscsi, gluster: required); empty for logical. */
+  host: string;
+  /** The host's port (0: the protocol's default); only with `host`. */
+  port: number;
+  /** iscsi: the initiator IQN to present (empty: the host's default). */
+  initiatorIqn: string;
+}
+
+/** One source a pool could be defined on, as in a pool's <source>. */
+export interface StoragePoolSource {
+  /** Hosts serving it (netfs, iscsi, gluster). */
+  hosts: string[];
+  /** The exported directory (netfs) or the iSCSI target's IQN (iscsi). */
+  dir: string;
+  /** Its device paths (logical: the volume group's physical volumes). */
+  devices: string[];
+  /** Its name (logical: the volume group). */
+  name: string;
+  /** Its format ("nfs", "lvm2", ...); may be empty. */
+  format: string;
+}
+
+export interface FindStoragePoolSourcesResponse {
+  sources: StoragePoolSource[];
+  /** libvirt's <sources> document, with everything the summary leaves out. */
+  xml: string;
+}
+
+export interface GetStoragePoolCapabilitiesRequest {
+}
+
+/** What the driver supports for one pool type. */
+export interface StoragePoolTypeCapability {
+  /** The pool type (see StoragePool.type). */
+  type: string;
+  /**
+   * Whether this host can use it (libvirt was built with it and its tools are
+   * installed).
+   */
+  supported: boolean;
+  /** The source formats its pools accept (<source><format>), and the default. */
+  sourceFormats: string[];
+  defaultSourceFormat: string;
+  /** The volume formats it can create (<target><format>), and the default. */
+  volumeFormats: string[];
+  defaultVolumeFormat: string;
+}
+
+export interface GetStoragePoolCapabilitiesResponse {
+  poolTypes: StoragePoolTypeCapability[];
+  /** libvirt's <storagepoolCapabilities> document. */
+  xml: string;
+}
+
+export interface LookupStoragePoolByTargetPathRequest {
+  /** An absolute path, as in a pool's <target><path>. */
+  path: string;
+}
+
+export interface LookupStoragePoolByTargetPathResponse {
+  storagePool?: StoragePool | undefined;
 }
 
 function createBaseStoragePool(): StoragePool {
@@ -3104,7 +3179,17 @@ export const WatchStoragePoolEventsResponse: MessageFns<WatchStoragePoolEventsRe
 };
 
 function createBaseStorageVolume(): StorageVolume {
-  return { pool: "", name: "", key: "", path: "", type: 0, format: "", capacityBytes: 0n, allocationBytes: 0n };
+  return {
+    pool: "",
+    name: "",
+    key: "",
+    path: "",
+    type: 0,
+    format: "",
+    capacityBytes: 0n,
+    allocationBytes: 0n,
+    physicalBytes: undefined,
+  };
 }
 
 export const StorageVolume: MessageFns<StorageVolume> = {
@@ -3138,6 +3223,12 @@ export const StorageVolume: MessageFns<StorageVolume> = {
         throw new globalThis.Error("value provided for field message.allocationBytes of type uint64 too large");
       }
       writer.uint32(64).uint64(message.allocationBytes);
+    }
+    if (message.physicalBytes !== undefined) {
+      if (BigInt.asUintN(64, message.physicalBytes) !== message.physicalBytes) {
+        throw new globalThis.Error("value provided for field message.physicalBytes of type uint64 too large");
+      }
+      writer.uint32(72).uint64(message.physicalBytes);
     }
     return writer;
   },
@@ -3219,6 +3310,14 @@ export const StorageVolume: MessageFns<StorageVolume> = {
             message.allocationBytes = reader.uint64() as bigint;
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.physicalBytes = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3249,6 +3348,11 @@ export const StorageVolume: MessageFns<StorageVolume> = {
         : isSet(object.allocation_bytes)
         ? BigInt(object.allocation_bytes)
         : 0n,
+      physicalBytes: isSet(object.physicalBytes)
+        ? BigInt(object.physicalBytes)
+        : isSet(object.physical_bytes)
+        ? BigInt(object.physical_bytes)
+        : undefined,
     };
   },
 
@@ -3278,6 +3382,9 @@ export const StorageVolume: MessageFns<StorageVolume> = {
     if (message.allocationBytes !== 0n) {
       obj.allocationBytes = message.allocationBytes.toString();
     }
+    if (message.physicalBytes !== undefined) {
+      obj.physicalBytes = message.physicalBytes.toString();
+    }
     return obj;
   },
 
@@ -3298,6 +3405,9 @@ export const StorageVolume: MessageFns<StorageVolume> = {
     message.allocationBytes = (object.allocationBytes !== undefined && object.allocationBytes !== null)
       ? BigInt(object.allocationBytes)
       : 0n;
+    message.physicalBytes = (object.physicalBytes !== undefined && object.physicalBytes !== null)
+      ? BigInt(object.physicalBytes)
+      : undefined;
     return message;
   },
 };
@@ -5239,6 +5349,822 @@ export const DownloadStorageVolumeResponse: MessageFns<DownloadStorageVolumeResp
   },
 };
 
+function createBaseFindStoragePoolSourcesRequest(): FindStoragePoolSourcesRequest {
+  return { type: "", host: "", port: 0, initiatorIqn: "" };
+}
+
+export const FindStoragePoolSourcesRequest: MessageFns<FindStoragePoolSourcesRequest> = {
+  encode(message: FindStoragePoolSourcesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.type !== "") {
+      writer.uint32(10).string(message.type);
+    }
+    if (message.host !== "") {
+      writer.uint32(18).string(message.host);
+    }
+    if (message.port !== 0) {
+      writer.uint32(24).uint32(message.port);
+    }
+    if (message.initiatorIqn !== "") {
+      writer.uint32(34).string(message.initiatorIqn);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FindStoragePoolSourcesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFindStoragePoolSourcesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.type = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.host = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.port = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.initiatorIqn = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FindStoragePoolSourcesRequest {
+    return {
+      type: isSet(object.type) ? globalThis.String(object.type) : "",
+      host: isSet(object.host) ? globalThis.String(object.host) : "",
+      port: isSet(object.port) ? globalThis.Number(object.port) : 0,
+      initiatorIqn: isSet(object.initiatorIqn)
+        ? globalThis.String(object.initiatorIqn)
+        : isSet(object.initiator_iqn)
+        ? globalThis.String(object.initiator_iqn)
+        : "",
+    };
+  },
+
+  toJSON(message: FindStoragePoolSourcesRequest): unknown {
+    const obj: any = {};
+    if (message.type !== "") {
+      obj.type = message.type;
+    }
+    if (message.host !== "") {
+      obj.host = message.host;
+    }
+    if (message.port !== 0) {
+      obj.port = Math.round(message.port);
+    }
+    if (message.initiatorIqn !== "") {
+      obj.initiatorIqn = message.initiatorIqn;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FindStoragePoolSourcesRequest>, I>>(base?: I): FindStoragePoolSourcesRequest {
+    return FindStoragePoolSourcesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FindStoragePoolSourcesRequest>, I>>(
+    object: I,
+  ): FindStoragePoolSourcesRequest {
+    const message = createBaseFindStoragePoolSourcesRequest();
+    message.type = object.type ?? "";
+    message.host = object.host ?? "";
+    message.port = object.port ?? 0;
+    message.initiatorIqn = object.initiatorIqn ?? "";
+    return message;
+  },
+};
+
+function createBaseStoragePoolSource(): StoragePoolSource {
+  return { hosts: [], dir: "", devices: [], name: "", format: "" };
+}
+
+export const StoragePoolSource: MessageFns<StoragePoolSource> = {
+  encode(message: StoragePoolSource, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.hosts) {
+      writer.uint32(10).string(v!);
+    }
+    if (message.dir !== "") {
+      writer.uint32(18).string(message.dir);
+    }
+    for (const v of message.devices) {
+      writer.uint32(26).string(v!);
+    }
+    if (message.name !== "") {
+      writer.uint32(34).string(message.name);
+    }
+    if (message.format !== "") {
+      writer.uint32(42).string(message.format);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StoragePoolSource {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStoragePoolSource();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hosts.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.dir = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.devices.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.format = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StoragePoolSource {
+    return {
+      hosts: globalThis.Array.isArray(object?.hosts) ? object.hosts.map((e: any) => globalThis.String(e)) : [],
+      dir: isSet(object.dir) ? globalThis.String(object.dir) : "",
+      devices: globalThis.Array.isArray(object?.devices) ? object.devices.map((e: any) => globalThis.String(e)) : [],
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      format: isSet(object.format) ? globalThis.String(object.format) : "",
+    };
+  },
+
+  toJSON(message: StoragePoolSource): unknown {
+    const obj: any = {};
+    if (message.hosts?.length) {
+      obj.hosts = message.hosts;
+    }
+    if (message.dir !== "") {
+      obj.dir = message.dir;
+    }
+    if (message.devices?.length) {
+      obj.devices = message.devices;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.format !== "") {
+      obj.format = message.format;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StoragePoolSource>, I>>(base?: I): StoragePoolSource {
+    return StoragePoolSource.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StoragePoolSource>, I>>(object: I): StoragePoolSource {
+    const message = createBaseStoragePoolSource();
+    message.hosts = object.hosts?.map((e) => e) || [];
+    message.dir = object.dir ?? "";
+    message.devices = object.devices?.map((e) => e) || [];
+    message.name = object.name ?? "";
+    message.format = object.format ?? "";
+    return message;
+  },
+};
+
+function createBaseFindStoragePoolSourcesResponse(): FindStoragePoolSourcesResponse {
+  return { sources: [], xml: "" };
+}
+
+export const FindStoragePoolSourcesResponse: MessageFns<FindStoragePoolSourcesResponse> = {
+  encode(message: FindStoragePoolSourcesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.sources) {
+      StoragePoolSource.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.xml !== "") {
+      writer.uint32(18).string(message.xml);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FindStoragePoolSourcesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFindStoragePoolSourcesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sources.push(StoragePoolSource.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FindStoragePoolSourcesResponse {
+    return {
+      sources: globalThis.Array.isArray(object?.sources)
+        ? object.sources.map((e: any) => StoragePoolSource.fromJSON(e))
+        : [],
+      xml: isSet(object.xml) ? globalThis.String(object.xml) : "",
+    };
+  },
+
+  toJSON(message: FindStoragePoolSourcesResponse): unknown {
+    const obj: any = {};
+    if (message.sources?.length) {
+      obj.sources = message.sources.map((e) => StoragePoolSource.toJSON(e));
+    }
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FindStoragePoolSourcesResponse>, I>>(base?: I): FindStoragePoolSourcesResponse {
+    return FindStoragePoolSourcesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FindStoragePoolSourcesResponse>, I>>(
+    object: I,
+  ): FindStoragePoolSourcesResponse {
+    const message = createBaseFindStoragePoolSourcesResponse();
+    message.sources = object.sources?.map((e) => StoragePoolSource.fromPartial(e)) || [];
+    message.xml = object.xml ?? "";
+    return message;
+  },
+};
+
+function createBaseGetStoragePoolCapabilitiesRequest(): GetStoragePoolCapabilitiesRequest {
+  return {};
+}
+
+export const GetStoragePoolCapabilitiesRequest: MessageFns<GetStoragePoolCapabilitiesRequest> = {
+  encode(_: GetStoragePoolCapabilitiesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetStoragePoolCapabilitiesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetStoragePoolCapabilitiesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetStoragePoolCapabilitiesRequest {
+    return {};
+  },
+
+  toJSON(_: GetStoragePoolCapabilitiesRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetStoragePoolCapabilitiesRequest>, I>>(
+    base?: I,
+  ): GetStoragePoolCapabilitiesRequest {
+    return GetStoragePoolCapabilitiesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetStoragePoolCapabilitiesRequest>, I>>(
+    _: I,
+  ): GetStoragePoolCapabilitiesRequest {
+    const message = createBaseGetStoragePoolCapabilitiesRequest();
+    return message;
+  },
+};
+
+function createBaseStoragePoolTypeCapability(): StoragePoolTypeCapability {
+  return {
+    type: "",
+    supported: false,
+    sourceFormats: [],
+    defaultSourceFormat: "",
+    volumeFormats: [],
+    defaultVolumeFormat: "",
+  };
+}
+
+export const StoragePoolTypeCapability: MessageFns<StoragePoolTypeCapability> = {
+  encode(message: StoragePoolTypeCapability, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.type !== "") {
+      writer.uint32(10).string(message.type);
+    }
+    if (message.supported !== false) {
+      writer.uint32(16).bool(message.supported);
+    }
+    for (const v of message.sourceFormats) {
+      writer.uint32(26).string(v!);
+    }
+    if (message.defaultSourceFormat !== "") {
+      writer.uint32(34).string(message.defaultSourceFormat);
+    }
+    for (const v of message.volumeFormats) {
+      writer.uint32(42).string(v!);
+    }
+    if (message.defaultVolumeFormat !== "") {
+      writer.uint32(50).string(message.defaultVolumeFormat);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StoragePoolTypeCapability {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStoragePoolTypeCapability();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.type = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.supported = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.sourceFormats.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.defaultSourceFormat = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.volumeFormats.push(reader.string());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.defaultVolumeFormat = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StoragePoolTypeCapability {
+    return {
+      type: isSet(object.type) ? globalThis.String(object.type) : "",
+      supported: isSet(object.supported) ? globalThis.Boolean(object.supported) : false,
+      sourceFormats: globalThis.Array.isArray(object?.sourceFormats)
+        ? object.sourceFormats.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.source_formats)
+        ? object.source_formats.map((e: any) => globalThis.String(e))
+        : [],
+      defaultSourceFormat: isSet(object.defaultSourceFormat)
+        ? globalThis.String(object.defaultSourceFormat)
+        : isSet(object.default_source_format)
+        ? globalThis.String(object.default_source_format)
+        : "",
+      volumeFormats: globalThis.Array.isArray(object?.volumeFormats)
+        ? object.volumeFormats.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.volume_formats)
+        ? object.volume_formats.map((e: any) => globalThis.String(e))
+        : [],
+      defaultVolumeFormat: isSet(object.defaultVolumeFormat)
+        ? globalThis.String(object.defaultVolumeFormat)
+        : isSet(object.default_volume_format)
+        ? globalThis.String(object.default_volume_format)
+        : "",
+    };
+  },
+
+  toJSON(message: StoragePoolTypeCapability): unknown {
+    const obj: any = {};
+    if (message.type !== "") {
+      obj.type = message.type;
+    }
+    if (message.supported !== false) {
+      obj.supported = message.supported;
+    }
+    if (message.sourceFormats?.length) {
+      obj.sourceFormats = message.sourceFormats;
+    }
+    if (message.defaultSourceFormat !== "") {
+      obj.defaultSourceFormat = message.defaultSourceFormat;
+    }
+    if (message.volumeFormats?.length) {
+      obj.volumeFormats = message.volumeFormats;
+    }
+    if (message.defaultVolumeFormat !== "") {
+      obj.defaultVolumeFormat = message.defaultVolumeFormat;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StoragePoolTypeCapability>, I>>(base?: I): StoragePoolTypeCapability {
+    return StoragePoolTypeCapability.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StoragePoolTypeCapability>, I>>(object: I): StoragePoolTypeCapability {
+    const message = createBaseStoragePoolTypeCapability();
+    message.type = object.type ?? "";
+    message.supported = object.supported ?? false;
+    message.sourceFormats = object.sourceFormats?.map((e) => e) || [];
+    message.defaultSourceFormat = object.defaultSourceFormat ?? "";
+    message.volumeFormats = object.volumeFormats?.map((e) => e) || [];
+    message.defaultVolumeFormat = object.defaultVolumeFormat ?? "";
+    return message;
+  },
+};
+
+function createBaseGetStoragePoolCapabilitiesResponse(): GetStoragePoolCapabilitiesResponse {
+  return { poolTypes: [], xml: "" };
+}
+
+export const GetStoragePoolCapabilitiesResponse: MessageFns<GetStoragePoolCapabilitiesResponse> = {
+  encode(message: GetStoragePoolCapabilitiesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.poolTypes) {
+      StoragePoolTypeCapability.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.xml !== "") {
+      writer.uint32(18).string(message.xml);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetStoragePoolCapabilitiesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetStoragePoolCapabilitiesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.poolTypes.push(StoragePoolTypeCapability.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetStoragePoolCapabilitiesResponse {
+    return {
+      poolTypes: globalThis.Array.isArray(object?.poolTypes)
+        ? object.poolTypes.map((e: any) => StoragePoolTypeCapability.fromJSON(e))
+        : globalThis.Array.isArray(object?.pool_types)
+        ? object.pool_types.map((e: any) => StoragePoolTypeCapability.fromJSON(e))
+        : [],
+      xml: isSet(object.xml) ? globalThis.String(object.xml) : "",
+    };
+  },
+
+  toJSON(message: GetStoragePoolCapabilitiesResponse): unknown {
+    const obj: any = {};
+    if (message.poolTypes?.length) {
+      obj.poolTypes = message.poolTypes.map((e) => StoragePoolTypeCapability.toJSON(e));
+    }
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetStoragePoolCapabilitiesResponse>, I>>(
+    base?: I,
+  ): GetStoragePoolCapabilitiesResponse {
+    return GetStoragePoolCapabilitiesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetStoragePoolCapabilitiesResponse>, I>>(
+    object: I,
+  ): GetStoragePoolCapabilitiesResponse {
+    const message = createBaseGetStoragePoolCapabilitiesResponse();
+    message.poolTypes = object.poolTypes?.map((e) => StoragePoolTypeCapability.fromPartial(e)) || [];
+    message.xml = object.xml ?? "";
+    return message;
+  },
+};
+
+function createBaseLookupStoragePoolByTargetPathRequest(): LookupStoragePoolByTargetPathRequest {
+  return { path: "" };
+}
+
+export const LookupStoragePoolByTargetPathRequest: MessageFns<LookupStoragePoolByTargetPathRequest> = {
+  encode(message: LookupStoragePoolByTargetPathRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.path !== "") {
+      writer.uint32(10).string(message.path);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LookupStoragePoolByTargetPathRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLookupStoragePoolByTargetPathRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LookupStoragePoolByTargetPathRequest {
+    return { path: isSet(object.path) ? globalThis.String(object.path) : "" };
+  },
+
+  toJSON(message: LookupStoragePoolByTargetPathRequest): unknown {
+    const obj: any = {};
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LookupStoragePoolByTargetPathRequest>, I>>(
+    base?: I,
+  ): LookupStoragePoolByTargetPathRequest {
+    return LookupStoragePoolByTargetPathRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LookupStoragePoolByTargetPathRequest>, I>>(
+    object: I,
+  ): LookupStoragePoolByTargetPathRequest {
+    const message = createBaseLookupStoragePoolByTargetPathRequest();
+    message.path = object.path ?? "";
+    return message;
+  },
+};
+
+function createBaseLookupStoragePoolByTargetPathResponse(): LookupStoragePoolByTargetPathResponse {
+  return { storagePool: undefined };
+}
+
+export const LookupStoragePoolByTargetPathResponse: MessageFns<LookupStoragePoolByTargetPathResponse> = {
+  encode(message: LookupStoragePoolByTargetPathResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.storagePool !== undefined) {
+      StoragePool.encode(message.storagePool, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LookupStoragePoolByTargetPathResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLookupStoragePoolByTargetPathResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.storagePool = StoragePool.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LookupStoragePoolByTargetPathResponse {
+    return {
+      storagePool: isSet(object.storagePool)
+        ? StoragePool.fromJSON(object.storagePool)
+        : isSet(object.storage_pool)
+        ? StoragePool.fromJSON(object.storage_pool)
+        : undefined,
+    };
+  },
+
+  toJSON(message: LookupStoragePoolByTargetPathResponse): unknown {
+    const obj: any = {};
+    if (message.storagePool !== undefined) {
+      obj.storagePool = StoragePool.toJSON(message.storagePool);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LookupStoragePoolByTargetPathResponse>, I>>(
+    base?: I,
+  ): LookupStoragePoolByTargetPathResponse {
+    return LookupStoragePoolByTargetPathResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LookupStoragePoolByTargetPathResponse>, I>>(
+    object: I,
+  ): LookupStoragePoolByTargetPathResponse {
+    const message = createBaseLookupStoragePoolByTargetPathResponse();
+    message.storagePool = (object.storagePool !== undefined && object.storagePool !== null)
+      ? StoragePool.fromPartial(object.storagePool)
+      : undefined;
+    return message;
+  },
+};
+
 /**
  * StorageService is libvirt's storage driver (virtstoraged) as a gRPC service.
  *
@@ -5639,6 +6565,68 @@ export const StorageServiceService = {
       Buffer.from(DownloadStorageVolumeResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DownloadStorageVolumeResponse => DownloadStorageVolumeResponse.decode(value),
   },
+  /**
+   * Asks a storage backend which pool sources it can see (virsh
+   * find-storage-pool-sources): a host's NFS exports or iSCSI targets, the
+   * host's LVM volume groups. Only netfs, logical, iscsi and gluster pools can
+   * discover sources.
+   * Errors: INVALID_ARGUMENT for an unknown pool type, a port without a host,
+   * or no host for a type that needs one (netfs, iscsi, gluster);
+   * UNIMPLEMENTED for a known type that cannot discover sources; INTERNAL
+   * when the host lacks the backend's tool (LVM's pvs, showmount) or the
+   * backend finds nothing (libvirt reports "no storage pools were found").
+   */
+  findStoragePoolSources: {
+    path: "/virtmesh.storage.v1.StorageService/FindStoragePoolSources" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: FindStoragePoolSourcesRequest): Buffer =>
+      Buffer.from(FindStoragePoolSourcesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): FindStoragePoolSourcesRequest => FindStoragePoolSourcesRequest.decode(value),
+    responseSerialize: (value: FindStoragePoolSourcesResponse): Buffer =>
+      Buffer.from(FindStoragePoolSourcesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): FindStoragePoolSourcesResponse =>
+      FindStoragePoolSourcesResponse.decode(value),
+  },
+  /**
+   * Returns what the storage driver supports: each pool type, whether this
+   * host can use it, and the source and volume formats it knows (virsh
+   * pool-capabilities).
+   * Errors: UNIMPLEMENTED where the driver has no capabilities (libvirt's
+   * test driver).
+   */
+  getStoragePoolCapabilities: {
+    path: "/virtmesh.storage.v1.StorageService/GetStoragePoolCapabilities" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetStoragePoolCapabilitiesRequest): Buffer =>
+      Buffer.from(GetStoragePoolCapabilitiesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetStoragePoolCapabilitiesRequest =>
+      GetStoragePoolCapabilitiesRequest.decode(value),
+    responseSerialize: (value: GetStoragePoolCapabilitiesResponse): Buffer =>
+      Buffer.from(GetStoragePoolCapabilitiesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetStoragePoolCapabilitiesResponse =>
+      GetStoragePoolCapabilitiesResponse.decode(value),
+  },
+  /**
+   * Returns the pool whose target (<target><path>) is `path`.
+   * Errors: INVALID_ARGUMENT for an empty or relative path; NOT_FOUND when no
+   * pool has that target path; UNIMPLEMENTED where the driver cannot look
+   * pools up by path (libvirt's test driver).
+   */
+  lookupStoragePoolByTargetPath: {
+    path: "/virtmesh.storage.v1.StorageService/LookupStoragePoolByTargetPath" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: LookupStoragePoolByTargetPathRequest): Buffer =>
+      Buffer.from(LookupStoragePoolByTargetPathRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): LookupStoragePoolByTargetPathRequest =>
+      LookupStoragePoolByTargetPathRequest.decode(value),
+    responseSerialize: (value: LookupStoragePoolByTargetPathResponse): Buffer =>
+      Buffer.from(LookupStoragePoolByTargetPathResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LookupStoragePoolByTargetPathResponse =>
+      LookupStoragePoolByTargetPathResponse.decode(value),
+  },
 } as const;
 
 export interface StorageServiceServer extends UntypedServiceImplementation {
@@ -5794,6 +6782,36 @@ export interface StorageServiceServer extends UntypedServiceImplementation {
    * Errors: NOT_FOUND for an unknown pool or volume.
    */
   downloadStorageVolume: handleServerStreamingCall<DownloadStorageVolumeRequest, DownloadStorageVolumeResponse>;
+  /**
+   * Asks a storage backend which pool sources it can see (virsh
+   * find-storage-pool-sources): a host's NFS exports or iSCSI targets, the
+   * host's LVM volume groups. Only netfs, logical, iscsi and gluster pools can
+   * discover sources.
+   * Errors: INVALID_ARGUMENT for an unknown pool type, a port without a host,
+   * or no host for a type that needs one (netfs, iscsi, gluster);
+   * UNIMPLEMENTED for a known type that cannot discover sources; INTERNAL
+   * when the host lacks the backend's tool (LVM's pvs, showmount) or the
+   * backend finds nothing (libvirt reports "no storage pools were found").
+   */
+  findStoragePoolSources: handleUnaryCall<FindStoragePoolSourcesRequest, FindStoragePoolSourcesResponse>;
+  /**
+   * Returns what the storage driver supports: each pool type, whether this
+   * host can use it, and the source and volume formats it knows (virsh
+   * pool-capabilities).
+   * Errors: UNIMPLEMENTED where the driver has no capabilities (libvirt's
+   * test driver).
+   */
+  getStoragePoolCapabilities: handleUnaryCall<GetStoragePoolCapabilitiesRequest, GetStoragePoolCapabilitiesResponse>;
+  /**
+   * Returns the pool whose target (<target><path>) is `path`.
+   * Errors: INVALID_ARGUMENT for an empty or relative path; NOT_FOUND when no
+   * pool has that target path; UNIMPLEMENTED where the driver cannot look
+   * pools up by path (libvirt's test driver).
+   */
+  lookupStoragePoolByTargetPath: handleUnaryCall<
+    LookupStoragePoolByTargetPathRequest,
+    LookupStoragePoolByTargetPathResponse
+  >;
 }
 
 export interface StorageServiceClient extends Client {
@@ -6260,6 +7278,75 @@ export interface StorageServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<DownloadStorageVolumeResponse>;
+  /**
+   * Asks a storage backend which pool sources it can see (virsh
+   * find-storage-pool-sources): a host's NFS exports or iSCSI targets, the
+   * host's LVM volume groups. Only netfs, logical, iscsi and gluster pools can
+   * discover sources.
+   * Errors: INVALID_ARGUMENT for an unknown pool type, a port without a host,
+   * or no host for a type that needs one (netfs, iscsi, gluster);
+   * UNIMPLEMENTED for a known type that cannot discover sources; INTERNAL
+   * when the host lacks the backend's tool (LVM's pvs, showmount) or the
+   * backend finds nothing (libvirt reports "no storage pools were found").
+   */
+  findStoragePoolSources(
+    request: FindStoragePoolSourcesRequest,
+    callback: (error: ServiceError | null, response: FindStoragePoolSourcesResponse) => void,
+  ): ClientUnaryCall;
+  findStoragePoolSources(
+    request: FindStoragePoolSourcesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: FindStoragePoolSourcesResponse) => void,
+  ): ClientUnaryCall;
+  findStoragePoolSources(
+    request: FindStoragePoolSourcesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: FindStoragePoolSourcesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns what the storage driver supports: each pool type, whether this
+   * host can use it, and the source and volume formats it knows (virsh
+   * pool-capabilities).
+   * Errors: UNIMPLEMENTED where the driver has no capabilities (libvirt's
+   * test driver).
+   */
+  getStoragePoolCapabilities(
+    request: GetStoragePoolCapabilitiesRequest,
+    callback: (error: ServiceError | null, response: GetStoragePoolCapabilitiesResponse) => void,
+  ): ClientUnaryCall;
+  getStoragePoolCapabilities(
+    request: GetStoragePoolCapabilitiesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetStoragePoolCapabilitiesResponse) => void,
+  ): ClientUnaryCall;
+  getStoragePoolCapabilities(
+    request: GetStoragePoolCapabilitiesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetStoragePoolCapabilitiesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns the pool whose target (<target><path>) is `path`.
+   * Errors: INVALID_ARGUMENT for an empty or relative path; NOT_FOUND when no
+   * pool has that target path; UNIMPLEMENTED where the driver cannot look
+   * pools up by path (libvirt's test driver).
+   */
+  lookupStoragePoolByTargetPath(
+    request: LookupStoragePoolByTargetPathRequest,
+    callback: (error: ServiceError | null, response: LookupStoragePoolByTargetPathResponse) => void,
+  ): ClientUnaryCall;
+  lookupStoragePoolByTargetPath(
+    request: LookupStoragePoolByTargetPathRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: LookupStoragePoolByTargetPathResponse) => void,
+  ): ClientUnaryCall;
+  lookupStoragePoolByTargetPath(
+    request: LookupStoragePoolByTargetPathRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: LookupStoragePoolByTargetPathResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const StorageServiceClient = makeGenericClientConstructor(
