@@ -32,8 +32,8 @@ from gateway.authz import Authorizer, Decision, Denied
 from gateway.backends import Metadata
 from gateway.identity import AuthenticationError, Identity
 from gateway.limits import Limiter, LimitExceeded
-from gateway.observe import REQUEST_IDS, CallLog, MethodMetrics
-from services.common import logs
+from gateway.observe import REQUEST_IDS, CallLog
+from services.common import logs, metrics
 from services.common.acl import is_read_only
 from services.common.shared import error_status
 
@@ -96,23 +96,22 @@ class CallGuard:
     ends it with the status of an EndCall raised inside, after the audit record (a
     caller that sees the status finds the record).
 
-    ``observed``: the method's metrics, when this guard also records the call's
+    ``handler``: the call's method handler, when this guard also records the call's
     metrics, request id and log line (gateway/observe.py; the proxy's calls), rather
     than the server's interceptors (the gateway's own API)."""
 
     def __init__(self, access: Access, method: MethodDescriptor, path: str,
-                 context: grpc.aio.ServicerContext, observed: MethodMetrics | None = None
-                 ) -> None:
+                 context: grpc.aio.ServicerContext, handler: Any = None) -> None:
         self.access = access
         self.method = method
         self.path = path
         self.context = context
-        self.observed = observed
         #: the request's metadata, read once
         self.metadata: Metadata = tuple(context.invocation_metadata() or ())
-        if observed is not None:
+        self.observed: metrics.RpcMetrics | None = None
+        if handler is not None:
             logs.request_id.set(REQUEST_IDS.of(self.metadata))
-            observed.started.inc()
+            self.observed = metrics.RpcMetrics(path, handler)
         self.identity: Identity | None = None
         self.request: Message | None = None
         #: the objects the request addresses, as authorisation found them
@@ -144,7 +143,7 @@ class CallGuard:
         async for message in requests:
             self.streamed[0] += len(message)
             if self.observed is not None:
-                self.observed.received.inc()
+                self.observed.received()
             yield message
 
     def sent(self, response: bytes) -> bytes:
@@ -152,7 +151,7 @@ class CallGuard:
         if self.streamed is not None:
             self.streamed[1] += len(response)
         if self.observed is not None:
-            self.observed.sent.inc()
+            self.observed.sent()
         return response
 
     def authenticate(self) -> Identity:
@@ -214,7 +213,7 @@ class CallGuard:
         seconds = time.perf_counter() - self.started
         unchanging = read_only(self.method, self.request)
         if self.observed is not None:
-            self.observed.handled(code, seconds)
+            self.observed.handled(code)
             if code != grpc.StatusCode.OK:
                 details = details or self.context.details() or ""
             self.access.call_log.write(self.path, code, seconds, details, unchanging)

@@ -84,9 +84,6 @@ class GatewayConfig:
     #: processes serving the listeners together (SO_REUSEPORT; gateway/workers.py);
     #: 0: one per core this process may use (its CPU affinity and cgroup CPU quota)
     workers: int = 0
-    #: write the log line of only every Nth successful read-only forwarded call at INFO
-    #: (the others at DEBUG); failures and calls that may change something always
-    call_log_sample: int = 1
 
     def path(self, value: str, default: str) -> Path:
         return Path(value) if value else self.state_dir / default
@@ -182,8 +179,6 @@ _HELP = {
     "node_name": "this node's name in ListServices and GetHostSummary (default: the host name)",
     "workers": "gateway processes serving the same ports (SO_REUSEPORT), sharing limits and "
                "the audit log (default 0: one per core it may use, CPU quota included)",
-    "call_log_sample": "log only every Nth successful read-only forwarded call at INFO (the "
-                       "rest at DEBUG; failures and changes always; metrics count every call)",
 }
 
 
@@ -191,7 +186,7 @@ _POSITIVE = ("reload_interval", "max_clients", "handshake_timeout", "max_client_
              "max_streams_per_connection", "max_message_bytes", "max_metadata_bytes",
              "keepalive_time", "keepalive_timeout", "keepalive_min_ping_interval",
              "max_connection_idle", "max_connection_age", "max_connection_age_grace",
-             "max_health_watchers", "audit_anonymous_rate", "call_log_sample")
+             "max_health_watchers", "audit_anonymous_rate")
 
 
 def _check_limits(config: GatewayConfig) -> None:

@@ -34,10 +34,10 @@ from gateway.admission import Access, CallGuard, EndCall, decoded, refused
 from gateway.authz import Decision
 from gateway.backends import Backends, Metadata, identity_metadata, stamped
 from gateway.identity import Identity
-from gateway.observe import CallLog, MethodMetrics
+from gateway.observe import CallLog
 from gateway.routes import Route
 from services.common import logs, metrics
-from services.common.shared import GROUPS_KEY, IDENTITY_KEY, STATUS_DETAILS_KEY, call_kind
+from services.common.shared import GROUPS_KEY, IDENTITY_KEY, STATUS_DETAILS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -109,17 +109,13 @@ class ProxyHandler(grpc.GenericRpcHandler):
         self.backends = backends
         self.access = access
         self.activator = activator
-        #: calls of methods not behind the gateway: counted as ``unknown``, so callers
-        #: cannot mint label values
-        self._unknown = MethodMetrics("/unknown/unknown", call_kind(True, True), known=False)
         # Built once: gRPC asks for a handler on every call.
         self._handlers = {path: self._handler(route) for path, route in routes.items()}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails
                 ) -> grpc.RpcMethodHandler | None:
         path = handler_call_details.method  # type: ignore[attr-defined]
-        return self._handlers.get(path) or _unknown_method(path, self._unknown,
-                                                            self.access.call_log)
+        return self._handlers.get(path) or _unknown_method(path, self.access.call_log)
 
     def _handler(self, route: Route) -> grpc.RpcMethodHandler:
         handler = getattr(grpc, f"{route.kind.name}_rpc_method_handler")
@@ -148,13 +144,14 @@ class ProxyHandler(grpc.GenericRpcHandler):
             return (guard.authorize(identity, decoded(route.request_class, first)),
                     guard.counted(request))
 
-        observed = MethodMetrics(route.path, route.kind)
+        # What the metrics need of the handler (its call shape), before it exists.
+        shape = getattr(grpc, f"{route.kind.name}_rpc_method_handler")(forward)
         if not route.server_streaming:
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> bytes:
                 async with CallGuard(access, route.method, route.path, context,
-                                     observed) as guard:
-                    if not route.client_streaming:
-                        observed.received.inc()
+                                     shape) as guard:
+                    if not route.client_streaming and guard.observed is not None:
+                        guard.observed.received()
                     identity = guard.authenticate()
                     with guard.limited(identity):
                         decision, request = await admit(guard, identity, request)
@@ -172,9 +169,9 @@ class ProxyHandler(grpc.GenericRpcHandler):
             generator later. So what runs on closing touches no part of the call, and
             closes the forwarder first: the backend's call is cancelled before the
             audit record is written and the caller's limit slot is freed."""
-            async with CallGuard(access, route.method, route.path, context, observed) as guard:
-                if not route.client_streaming:
-                    observed.received.inc()
+            async with CallGuard(access, route.method, route.path, context, shape) as guard:
+                if not route.client_streaming and guard.observed is not None:
+                    guard.observed.received()
                 identity = guard.authenticate()
                 with guard.limited(identity):
                     decision, request = await admit(guard, identity, request)
@@ -254,8 +251,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
         return stream_response
 
 
-def _unknown_method(method: str, observed: MethodMetrics, call_log: CallLog
-                    ) -> grpc.RpcMethodHandler:
+def _unknown_method(method: str, call_log: CallLog) -> grpc.RpcMethodHandler:
     service = method.rsplit("/", 1)[0].lstrip("/")
     message = (f"unknown service or method {method!r} (service {service!r} is not behind "
                "this gateway)")
@@ -264,10 +260,12 @@ def _unknown_method(method: str, observed: MethodMetrics, call_log: CallLog
     # client-streaming or bidi caller that has not sent one yet gets it at once too.
     async def unimplemented(_requests: Any, context: grpc.aio.ServicerContext) -> None:
         logs.request_id.set(logs.request_id_from(context.invocation_metadata()))
-        observed.started.inc()
-        observed.handled(grpc.StatusCode.UNIMPLEMENTED, 0.0)
+        # counted as ``unknown``, so that callers cannot mint label values
+        metrics.RpcMetrics(method, handler, known=False).handled(
+            grpc.StatusCode.UNIMPLEMENTED)
         call_log.write(method, grpc.StatusCode.UNIMPLEMENTED, 0.0, message, True)
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
 
-    return grpc.stream_stream_rpc_method_handler(unimplemented, request_deserializer=None,
-                                                 response_serializer=None)
+    handler: grpc.RpcMethodHandler = grpc.stream_stream_rpc_method_handler(
+        unimplemented, request_deserializer=None, response_serializer=None)
+    return handler

@@ -216,7 +216,7 @@ class Gateway:
         self.authorizer = Authorizer.from_file(config.policy_path)
         self.audit = AuditLog(config.audit_path, anonymous_rate=config.audit_anonymous_rate)
         self.access = Access(self.authenticator, self.limiter, self.authorizer, self.audit,
-                             CallLog(config.call_log_sample),
+                             CallLog(),
                              self._reload_if_changed if changes else None)
         self.tls: TlsFiles | None = None
         self._reloading: asyncio.Task[None] | None = None

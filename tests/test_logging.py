@@ -22,7 +22,7 @@ from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 pytestmark = pytest.mark.timeout(90)
 
 GET_DOMAIN = "/virtmesh.compute.v1.ComputeService/GetDomain"
-TEXT_RPC_LINE = re.compile(r" INFO virtmesh\.rpc: (?P<method>\S+) (?P<code>[A-Z_]+) "
+TEXT_RPC_LINE = re.compile(r" (?:INFO|DEBUG) virtmesh\.rpc: (?P<method>\S+) (?P<code>[A-Z_]+) "
                            r"[\d.]+ ms.* \[request_id=(?P<request_id>\S+)\]$")
 
 
@@ -59,6 +59,8 @@ def returned_id(call: Any) -> str:
 def logging_mesh(request: pytest.FixtureRequest, tmp_path: Path, node_uri: str,
                  monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Mesh, str]]:
     monkeypatch.setenv("VIRTMESH_LOG_FORMAT", request.param)
+    # successful reads (GetDomain here) are logged at DEBUG, by every process
+    monkeypatch.setenv("VIRTMESH_LOG_LEVEL", "DEBUG")
     with running_mesh(tmp_path, node_uri) as mesh:
         yield mesh, request.param
 
