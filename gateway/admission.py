@@ -15,11 +15,10 @@ Both the forwarding proxy (gateway/proxy.py) and the gateway's own API
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -77,6 +76,24 @@ def decoded(request_class: type[Message], data: bytes | None) -> Message:
         raise refused(grpc.StatusCode.INVALID_ARGUMENT,
                       f"malformed {request_class.DESCRIPTOR.full_name}: {error}",
                       "MALFORMED_REQUEST") from None
+
+
+class _Slot:
+    """One of an identity's calls in flight, held for a ``with`` block (a class, not a
+    generator: one per call)."""
+
+    def __init__(self, limiter: Limiter, identity: Identity) -> None:
+        self.limiter = limiter
+        self.identity = identity
+
+    def __enter__(self) -> None:
+        try:
+            self.limiter.acquire(self.identity)
+        except LimitExceeded as error:
+            raise refused(error.code, str(error), "TOO_MANY_CALLS") from None
+
+    def __exit__(self, *_: Any) -> None:
+        self.limiter.release(self.identity)
 
 
 @functools.cache
@@ -165,17 +182,9 @@ class CallGuard:
                           "UNAUTHENTICATED") from None
         return self.identity
 
-    @contextlib.contextmanager
-    def limited(self, identity: Identity) -> Iterator[None]:
-        limiter = self.access.limiter
-        try:
-            limiter.acquire(identity)
-        except LimitExceeded as error:
-            raise refused(error.code, str(error), "TOO_MANY_CALLS") from None
-        try:
-            yield
-        finally:
-            limiter.release(identity)
+    def limited(self, identity: Identity) -> _Slot:
+        """``with guard.limited(identity):`` holds one of the identity's calls in flight."""
+        return _Slot(self.access.limiter, identity)
 
     def authorize(self, identity: Identity, request: Message) -> Decision:
         self.request = request

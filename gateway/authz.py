@@ -174,7 +174,8 @@ class Authorizer:
         self.path = path
         self._mtime = file_stamp(path)
         #: without_request's answers for self.policy, by identity and method
-        self._unconditional: dict[tuple[str, frozenset[str], MethodDescriptor], bool] = {}
+        self._unconditional: dict[tuple[str, frozenset[str], MethodDescriptor],
+                                  Decision | None] = {}
         self._unconditional_policy = policy
 
     @classmethod
@@ -212,12 +213,17 @@ class Authorizer:
         if self._unconditional_policy is not self.policy:  # reloaded: answers may differ
             self._unconditional, self._unconditional_policy = {}, self.policy
         key = (identity.name, identity.groups, method)
-        unconditional = self._unconditional.get(key)
-        if unconditional is None:
-            if len(self._unconditional) > 10_000:
-                self._unconditional.clear()
-            unconditional = self._unconditional[key] = self._needs_no_request(identity, method)
-        return Decision(identity, None) if unconditional else None
+        try:
+            return self._unconditional[key]
+        except KeyError:
+            pass
+        if len(self._unconditional) > 10_000:
+            self._unconditional.clear()
+        # Kept for every call of this identity, from whichever peer: no peer in it.
+        decision = self._unconditional[key] = (
+            Decision(dataclasses.replace(identity, peer=""), None)
+            if self._needs_no_request(identity, method) else None)
+        return decision
 
     def _needs_no_request(self, identity: Identity, method: MethodDescriptor) -> bool:
         permissions = required(method)  # without a request: the most it can need

@@ -109,7 +109,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiMesh]:
     ensure_dev_pki(state_dir / "pki")
     tokens = {"alice": new_token(), "bob": new_token()}
     write_access_files(state_dir, tokens)
-    services = [service_process(state_dir, name, "--uri", f"test://{state_dir / 'node.xml'}")
+    # DEBUG: a service logs a successful read (ListDomains) at DEBUG only, and a test
+    # below reads who its log says the call was made for
+    services = [service_process(state_dir, name, "--uri", f"test://{state_dir / 'node.xml'}",
+                                "--log-level", "DEBUG")
                 for name in sorted(RUNNING)]
     port = free_port()
     gateway = gateway_process(state_dir, port, "--fanout-timeout", str(FANOUT_TIMEOUT),

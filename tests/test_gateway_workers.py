@@ -20,7 +20,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway import authn, config, pki, workers
+from gateway import authn, config, limits, pki, workers
 from gateway.authz import Authorizer
 from gateway.identity import Identity
 from gateway.policy import parse
@@ -262,3 +262,27 @@ def test_only_unrestricted_read_only_calls_skip_the_request() -> None:
     assert authorizer.without_request(admin, methods["DestroyDomain"]) is None
     # one that is read-only unless the request asks for more (secure XML)
     assert authorizer.without_request(admin, methods["GetDomainXML"]) is None
+
+
+def test_shared_counts_are_one_limit_and_forget_a_dead_worker(tmp_path: Path) -> None:
+    path = tmp_path / "limits"
+    first = limits.SharedCounts(path, workers=2, worker=0, create=True)
+    second = limits.SharedCounts(path, workers=2, worker=1)
+    alice, bob = ("token", "alice"), ("token", "bob")
+    try:
+        assert first.take(alice, 3) == -1 and second.take(alice, 3) == -1
+        assert second.take(alice, 3) == -1
+        assert first.take(alice, 3) == 3  # three in flight over both workers: one too many
+        assert second.take(bob, 3) == -1  # someone else's count is their own
+        assert (first.total(alice), second.total(bob)) == (3, 1)
+        second.forget_worker(1)  # the supervisor, once worker 1 died
+        assert (first.total(alice), first.total(bob)) == (1, 0)
+        first.give_back(alice)
+        assert first.total(alice) == 0
+        # a slot back at 0 is reused: more identities than slots come and go
+        for index in range(limits.SharedCounts.SLOTS * 2):
+            assert first.take(("token", f"passer-{index}"), 1) == -1
+            first.give_back(("token", f"passer-{index}"))
+    finally:
+        first.close()
+        second.close()
