@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 #: a worker that dies within this many seconds of its start is started again after a
 #: second, so that one dying as it starts does not spin
 _START_SECONDS = 5.0
+#: seconds a draining worker gets beyond grace_period before it is killed
+_STOP_SLACK = 10.0
 #: the exit status of a worker whose configuration cannot serve (see worker_main)
 CANNOT_START = 3
 
@@ -131,6 +133,8 @@ class Place:
 
     index: int
     count: int
+    #: the supervisor's pid; 0: none
+    supervisor: int = 0
 
 
 def share(config: GatewayConfig) -> GatewayConfig:
@@ -163,11 +167,11 @@ def _reserve(address: str | None) -> tuple[str | None, socket.socket | None]:
     return f"{host}:{holder.getsockname()[1]}", holder
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(supervisor: int) -> None:
     """SIGTERM (a drain) when the supervisor dies without stopping us."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() == 1:  # the supervisor died before prctl took effect
+    if os.getppid() != supervisor:  # it died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -177,7 +181,7 @@ def worker_main(config: GatewayConfig, place: Place) -> None:
     from gateway.server import Gateway
     from services.common.logs import setup_logging
 
-    _die_with_parent()
+    _die_with_parent(place.supervisor)
     setup_logging(config.log_level, config.log_format, "gateway")
     shared = SharedCounts(limits_file(config), place.count, place.index)
     changes = Changes(changes_file(config))
@@ -205,6 +209,7 @@ class Supervisor:
         self.workers: dict[int, BaseProcess] = {}
         self._started: dict[int, float] = {}
         self._stopping = False
+        self._stop_by = math.inf
         run_dir(config).mkdir(parents=True, exist_ok=True)
         self.shared = SharedCounts(limits_file(config), config.workers, create=True)
         self.changes = Changes(changes_file(config), create=True)
@@ -213,7 +218,8 @@ class Supervisor:
 
     def _start(self, index: int) -> None:
         process = self._context.Process(
-            target=worker_main, args=(self.config, Place(index, self.config.workers)),
+            target=worker_main,
+            args=(self.config, Place(index, self.config.workers, os.getpid())),
             name=f"gateway-worker-{index}", daemon=False)
         process.start()
         self.workers[index] = process
@@ -228,6 +234,7 @@ class Supervisor:
     def _on_stop(self, signum: int, _frame: object) -> None:
         if not self._stopping:
             log.info("stopping: draining %d workers", len(self.workers))
+            self._stop_by = time.monotonic() + self.config.grace_period + _STOP_SLACK
         self._stopping = True
         self._signal_all(signal.SIGTERM)
 
@@ -281,6 +288,10 @@ class Supervisor:
                               if a))
         status = 0
         while self.workers:
+            if self._stopping and time.monotonic() > self._stop_by:
+                log.error("workers still running %g s after SIGTERM: killing them",
+                          self.config.grace_period + _STOP_SLACK)
+                self._signal_all(signal.SIGKILL)
             sentinels = {process.sentinel: index for index, process in self.workers.items()}
             self.changes.watch(self.config)
             for ready in wait(list(sentinels), timeout=min(1.0, self.config.reload_interval)):
