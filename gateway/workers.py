@@ -4,8 +4,8 @@ One Python process runs one asyncio loop, so it uses one core at most; gRPC's ad
 for Python servers is one process per core, all listening on the same port with
 SO_REUSEPORT (which gRPC sets on every listener), the kernel spreading connections
 over them. With ``workers`` above 1, ``python -m gateway`` is a supervisor that
-starts that many workers (``multiprocessing`` spawn: fresh interpreters, nothing of
-gRPC inherited), each a whole gateway (gateway/server.py) that loads and reloads the
+starts that many workers (``python -m gateway.workers``: fresh interpreters, nothing
+of gRPC inherited), each a whole gateway (gateway/server.py) that loads and reloads the
 same identities, policy and TLS files by itself. What they must share, they share
 through the kernel:
 
@@ -44,16 +44,16 @@ import dataclasses
 import logging
 import math
 import mmap
-import multiprocessing
 import os
+import pickle
 import shutil
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 from multiprocessing.connection import wait
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +177,7 @@ def _die_with_parent(supervisor: int) -> None:
 
 def worker_main(config: GatewayConfig, place: Place) -> None:
     """One worker: a whole gateway with its share of the limits."""
-    # Imported here: a fresh interpreter (spawn) loads the gateway only in the worker.
+    # Imported here: the supervisor never loads the gateway's server.
     from gateway.server import Gateway
     from services.common.logs import setup_logging
 
@@ -195,6 +195,13 @@ def worker_main(config: GatewayConfig, place: Place) -> None:
         changes.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class Worker:
+    process: subprocess.Popen[bytes]
+    #: readable once the process has exited
+    pidfd: int
+
+
 class Supervisor:
     """Starts ``config.workers`` workers, starts again each one that dies, and stops
     them all on SIGTERM or SIGINT."""
@@ -205,8 +212,7 @@ class Supervisor:
         # Both addresses spelled out: a worker's token_listen never derives from listen.
         self.config = dataclasses.replace(config, listen=mtls or "none",
                                           token_listen=token or "none")
-        self._context = multiprocessing.get_context("spawn")
-        self.workers: dict[int, BaseProcess] = {}
+        self.workers: dict[int, Worker] = {}
         self._started: dict[int, float] = {}
         self._stopping = False
         self._stop_by = math.inf
@@ -217,19 +223,22 @@ class Supervisor:
         self._metrics_server: Any = None
 
     def _start(self, index: int) -> None:
-        process = self._context.Process(
-            target=worker_main,
-            args=(self.config, Place(index, self.config.workers, os.getpid())),
-            name=f"gateway-worker-{index}", daemon=False)
-        process.start()
-        self.workers[index] = process
+        """``python -m gateway.workers``, its configuration and place pickled on stdin: a
+        fresh interpreter, whatever script started the supervisor."""
+        process = subprocess.Popen([sys.executable, "-m", "gateway.workers"],
+                                   stdin=subprocess.PIPE)
+        assert process.stdin is not None
+        with process.stdin:
+            pickle.dump((self.config, Place(index, self.config.workers, os.getpid())),
+                        process.stdin)
+        self.workers[index] = Worker(process, os.pidfd_open(process.pid))
         self._started[index] = time.monotonic()
         log.info("worker %d started, pid %d", index, process.pid)
 
     def _signal_all(self, signum: int) -> None:
-        for process in self.workers.values():
-            if process.pid is not None and process.is_alive():
-                os.kill(process.pid, signum)
+        for worker in self.workers.values():
+            if worker.process.poll() is None:
+                worker.process.send_signal(signum)
 
     def _on_stop(self, signum: int, _frame: object) -> None:
         if not self._stopping:
@@ -260,14 +269,14 @@ class Supervisor:
         log.info("metrics on http://%s:%d/metrics, of all %d workers", host,
                  self._metrics_server.server_port, self.config.workers)
 
-    def _reap(self, index: int, process: BaseProcess) -> int:
+    def _reap(self, index: int, worker: Worker) -> int:
         """A dead worker's exit status; its share of the limits and gauges forgotten."""
-        process.join()
-        status = process.exitcode or 0
+        status = worker.process.wait()
+        os.close(worker.pidfd)
         self.shared.forget_worker(index)
-        if self.config.metrics_listen and process.pid is not None:
+        if self.config.metrics_listen:
             from prometheus_client import multiprocess
-            multiprocess.mark_process_dead(process.pid)
+            multiprocess.mark_process_dead(worker.process.pid)
         return status
 
     def run(self) -> int:
@@ -292,12 +301,12 @@ class Supervisor:
                 log.error("workers still running %g s after SIGTERM: killing them",
                           self.config.grace_period + _STOP_SLACK)
                 self._signal_all(signal.SIGKILL)
-            sentinels = {process.sentinel: index for index, process in self.workers.items()}
+            sentinels = {worker.pidfd: index for index, worker in self.workers.items()}
             self.changes.watch(self.config)
             for ready in wait(list(sentinels), timeout=min(1.0, self.config.reload_interval)):
                 index = sentinels[ready]  # type: ignore[index]
-                process = self.workers.pop(index)
-                code = self._reap(index, process)
+                worker = self.workers.pop(index)
+                code = self._reap(index, worker)
                 if self._stopping:
                     continue
                 if code == CANNOT_START:
@@ -305,8 +314,8 @@ class Supervisor:
                     status = 1
                     self._on_stop(signal.SIGTERM, None)
                     continue
-                log.error("worker %d (pid %s) exited with status %d; starting it again",
-                          index, process.pid, code)
+                log.error("worker %d (pid %d) exited with status %d; starting it again",
+                          index, worker.process.pid, code)
                 if time.monotonic() - self._started[index] < _START_SECONDS:
                     time.sleep(1.0)  # dying as it starts: not in a tight loop
                 self._start(index)
@@ -322,3 +331,9 @@ class Supervisor:
         for holder in (self._mtls_holder, self._token_holder):
             if holder is not None:
                 holder.close()
+
+
+if __name__ == "__main__":  # a worker, started by Supervisor._start
+    from gateway import workers  # the module itself, not this __main__ copy of it
+
+    workers.worker_main(*pickle.load(sys.stdin.buffer))

@@ -69,7 +69,7 @@ def gateway(state: Path) -> Iterator[tuple[int, str]]:
 
 
 def worker_pids(supervisor: int) -> set[int]:
-    """The supervisor's workers (not multiprocessing's resource tracker)."""
+    """The supervisor's workers."""
     try:
         children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text()
     except OSError:
@@ -77,7 +77,7 @@ def worker_pids(supervisor: int) -> set[int]:
     found = set()
     for pid in map(int, children.split()):
         try:
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if b"gateway.workers" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 found.add(pid)
         except OSError:
             pass  # gone meanwhile
