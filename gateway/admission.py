@@ -129,6 +129,8 @@ class CallGuard:
         if handler is not None:
             logs.request_id.set(REQUEST_IDS.of(self.metadata))
             self.observed = metrics.RpcMetrics(path, handler)
+            if not method.client_streaming:  # its one request message has come
+                self.observed.received()
         self.identity: Identity | None = None
         self.request: Message | None = None
         #: the objects the request addresses, as authorisation found them

@@ -150,8 +150,6 @@ class ProxyHandler(grpc.GenericRpcHandler):
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> bytes:
                 async with CallGuard(access, route.method, route.path, context,
                                      shape) as guard:
-                    if not route.client_streaming and guard.observed is not None:
-                        guard.observed.received()
                     identity = guard.authenticate()
                     with guard.limited(identity):
                         decision, request = await admit(guard, identity, request)
@@ -170,8 +168,6 @@ class ProxyHandler(grpc.GenericRpcHandler):
             closes the forwarder first: the backend's call is cancelled before the
             audit record is written and the caller's limit slot is freed."""
             async with CallGuard(access, route.method, route.path, context, shape) as guard:
-                if not route.client_streaming and guard.observed is not None:
-                    guard.observed.received()
                 identity = guard.authenticate()
                 with guard.limited(identity):
                     decision, request = await admit(guard, identity, request)
