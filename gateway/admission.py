@@ -8,17 +8,22 @@ Every call that is not read-only is written to the audit log (gateway/audit.py)
 when it ends, allowed or not, and before its caller gets the status: whoever has
 seen a call end finds its record.
 
-Both the forwarding proxy (gateway/proxy.py) and the gateway's own API
-(gateway/api.py) admit their calls here, through a CallGuard.
+Both the forwarding proxy (gateway/proxy.py) and the gateway's own APIs
+(gateway/api.py, gateway/admin_service.py) admit their calls here, through a
+CallGuard. Each call is also registered by its connection (``Access.clients``,
+services/common/clients.py) for the admin API: an administrator may end a
+connection's calls in flight (UNAVAILABLE), and its further calls are then
+refused here with UNAVAILABLE before anything else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -34,6 +39,7 @@ from gateway.limits import Limiter, LimitExceeded
 from gateway.observe import REQUEST_IDS, CallLog
 from services.common import logs, metrics
 from services.common.acl import is_read_only
+from services.common.clients import CallHandle, ClientRegistry, aio_call_ender
 from services.common.shared import error_status
 
 
@@ -45,6 +51,8 @@ class Access:
     limiter: Limiter
     authorizer: Authorizer
     audit: AuditLog
+    #: calls in flight by connection (peer), for the admin API
+    clients: ClientRegistry = dataclasses.field(default_factory=ClientRegistry)
     #: the per-call log line of forwarded calls
     call_log: CallLog = dataclasses.field(default_factory=CallLog)
     #: run before each call is authenticated (a worker: reload files changed meanwhile)
@@ -53,7 +61,7 @@ class Access:
 
 class EndCall(Exception):  # noqa: N818 - not an error of the gateway: how a call ends
     """Ends the client's call with this status once its audit record is written (see
-    ``async with`` a CallGuard), so whoever sees the status finds the record already there."""
+    CallGuard.recorded), so whoever sees the status finds the record already there."""
 
     def __init__(self, code: grpc.StatusCode, message: str, trailers: Metadata = ()) -> None:
         super().__init__(code, message)
@@ -109,9 +117,8 @@ def read_only(method: MethodDescriptor, request: Message | None) -> bool:
 
 class CallGuard:
     """One call on its way through the gateway: who makes it, whether it may, and
-    its audit record once it has ended. ``async with guard:`` around the whole call
-    ends it with the status of an EndCall raised inside, after the audit record (a
-    caller that sees the status finds the record).
+    its audit record once it has ended (``async with guard.recorded():`` around the
+    whole call).
 
     ``handler``: the call's method handler, when this guard also records the call's
     metrics, request id and log line (gateway/observe.py; the proxy's calls), rather
@@ -141,20 +148,36 @@ class CallGuard:
             [0, 0] if method.client_streaming or method.server_streaming else None)
         self.started = time.perf_counter()
         self._recorded = False
+        self._client: CallHandle | None = None
         # Read now, while the call is alive: end() may run after grpc.aio has released
         # the call (see proxy.py's stream_response), where peer() is a SIGSEGV, and in
         # the context of whatever task the garbage collector closed the stream in.
         self.peer = context.peer()
         self.request_id = logs.request_id.get()
 
-    async def __aenter__(self) -> CallGuard:
-        return self
-
-    async def __aexit__(self, _kind: Any, error: BaseException | None, _tb: Any) -> None:
-        if isinstance(error, EndCall):
-            self.end(code=error.code, details=error.message)
-            await self.context.abort(error.code, error.message, error.trailers)
-        self.end(error=error)
+    @contextlib.asynccontextmanager
+    async def recorded(self) -> AsyncIterator[None]:
+        """Around the whole call: an EndCall raised inside ends it with that status,
+        after the audit record (a caller that sees the status finds the record)."""
+        clients = self.access.clients
+        try:
+            if clients.refused(self.peer):
+                raise refused(grpc.StatusCode.UNAVAILABLE, "this connection was disconnected "
+                              "by an administrator: open a new one", "CLIENT_DISCONNECTED")
+            task = asyncio.current_task()
+            assert task is not None
+            # ended by the admin API after its audit record
+            ender = aio_call_ender(self.context, task, lambda code: self.end(code=code))
+            with clients.call(self.peer, self.peer, self.path, ender) as client:
+                self._client = client
+                yield
+        except EndCall as end:
+            self.end(code=end.code, details=end.message)
+            await self.context.abort(end.code, end.message, end.trailers)
+        except BaseException as error:
+            self.end(error=error)
+            raise
+        self.end()
 
     async def counted(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """A request stream, its bytes counted for the record."""
@@ -182,6 +205,8 @@ class CallGuard:
         except AuthenticationError as error:
             raise refused(grpc.StatusCode.UNAUTHENTICATED, str(error.args[0]),
                           "UNAUTHENTICATED") from None
+        if self._client is not None:
+            self._client.identify(self.identity.name, self.identity.method)
         return self.identity
 
     def limited(self, identity: Identity) -> _Slot:
@@ -236,3 +261,18 @@ class CallGuard:
                                  duration=seconds, denied_permission=self.denied,
                                  streamed=(self.streamed[0], self.streamed[1])
                                  if self.streamed else None)
+
+
+async def admitted(access: Access, method: MethodDescriptor, context: grpc.aio.ServicerContext,
+                   request: Message, answer: Callable[[Identity], Awaitable[Message]]
+                   ) -> Message:
+    """``answer`` for the caller of one of the gateway's own unary RPCs, once admitted
+    as every gateway call is (read-only calls are not audited)."""
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    guard = CallGuard(access, method, path, context)
+    async with guard.recorded():
+        identity = guard.authenticate()
+        with guard.limited(identity):
+            guard.authorize(identity, request)
+            message = await answer(identity)
+    return message

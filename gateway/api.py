@@ -38,7 +38,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2
 
-from gateway.admission import Access, CallGuard
+from gateway.admission import Access, admitted
 from gateway.authz import Denied
 from gateway.backends import Backends, identity_metadata, stamped
 from gateway.identity import Identity
@@ -172,15 +172,8 @@ class GatewayApi(pb_grpc.GatewayServiceServicer):
 
     async def _admitted(self, context: grpc.aio.ServicerContext, name: str, request: Message,
                         answer: Callable[[Identity], Awaitable[Message]]) -> Message:
-        """``answer`` for the caller, once admitted as every gateway call is
-        (gateway/admission.py; read-only calls are not audited)."""
-        method = self._own.methods_by_name[name]
-        async with CallGuard(self.access, method, method_path(method), context) as guard:
-            identity = guard.authenticate()
-            with guard.limited(identity):
-                guard.authorize(identity, request)
-                message = await answer(identity)
-        return message
+        return await admitted(self.access, self._own.methods_by_name[name], context, request,
+                              answer)
 
     def _may_call(self, identity: Identity, method: MethodDescriptor, request: Message) -> bool:
         try:

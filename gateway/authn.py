@@ -209,18 +209,19 @@ class Authenticator:
         self.identities = Identities()
         self.reload(force=True)
 
-    def reload(self, force: bool = False) -> None:
-        """Read the file again if it changed (or ``force``); a bad file admits nobody."""
+    def reload(self, force: bool = False) -> str:
+        """Read the file again if it changed (or ``force``); a bad file admits nobody.
+        Returns "" or why the file is not used."""
         mtime = file_stamp(self.path)
         if not force and mtime == self._mtime:
-            return
+            return ""
         self._mtime = mtime
         try:
             self.identities = load_identities(self.path, self.dev_fallback)
         except ValueError as error:
             log.error("identities file unusable, admitting nobody until it is fixed: %s", error)
             self.identities = Identities()
-            return
+            return f"unusable, admitting nobody until it is fixed: {error}"
         if mtime is None and self.dev_fallback:
             log.warning("no identities file %s: the CA is the development CA, so admitting "
                         "only the development admin certificate %r", self.path, DEV_ADMIN_DN)
@@ -231,6 +232,7 @@ class Authenticator:
             log.info("identities from %s: %d allowed DN globs, %d tokens (%d revoked)",
                      self.path, len(self.identities.allowed_dns), len(self.identities.tokens),
                      sum(token.revoked for token in self.identities.tokens))
+        return ""
 
     def authenticate(self, context: grpc.aio.ServicerContext, metadata: Any = None,
                      peer: str | None = None) -> Identity:

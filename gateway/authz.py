@@ -183,17 +183,19 @@ class Authorizer:
         """From a policy file (None: the built-in roles only); ConfigError if it is bad."""
         return cls(load_policy(path), path)
 
-    def reload(self, force: bool = False) -> None:
+    def reload(self, force: bool = False) -> str:
+        """"" or why the policy in force was kept."""
         mtime = file_stamp(self.path)
         if self.path is None or (mtime == self._mtime and not force):
-            return
+            return ""
         self._mtime = mtime
         try:
             self.policy = load_policy(self.path)
         except ConfigError as error:
             log.error("keeping the policy in force: %s", error)
-            return
+            return str(error)
         log.info("policy reloaded from %s: %d grants", self.path, len(self.policy.grants))
+        return ""
 
     def visible(self, identity: Identity, object_type: str, name: str) -> bool:
         """May the caller see this object (``<object_type>:getattr`` on it)? For

@@ -87,6 +87,10 @@ class Limiter:
         else:
             del self._in_flight[key]
 
+    def most_in_flight(self) -> int:
+        """The most calls any one identity has in flight (the admin API's in_use)."""
+        return max(self._in_flight.values(), default=0)
+
     @contextlib.asynccontextmanager
     async def call(self, identity: Identity) -> AsyncIterator[None]:
         """Hold one of the identity's slots for the call; LimitExceeded if none is free."""

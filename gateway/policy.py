@@ -15,7 +15,8 @@ match globs::
 
 Three roles are built in and always granted, on every object, to the groups of
 the same name: ``admin`` (everything), ``operator`` (everything except
-destroying objects or data and reading secrets) and ``readonly`` (what libvirt
+destroying objects or data, reading secrets and administering the processes) and
+``readonly`` (what libvirt
 allows on its read-only socket). ``connect:*`` permissions name no object, so a
 grant's ``objects`` never restrict them. A storage volume's name is
 ``<pool>/<volume>``. Patterns and globs are fnmatch patterns, case-sensitive.
@@ -49,9 +50,11 @@ class Role:
 BUILTIN_ROLES = {
     "admin": Role(("*:*",)),
     # Runs, changes and snapshots everything; cannot delete objects, wipe storage,
-    # read guest memory or volume contents, or read secret values and passwords.
+    # read guest memory or volume contents, read secret values and passwords, or
+    # administer the virtmesh processes themselves (virtmesh.admin.v1: server:write).
     "operator": Role(("*:*",), ("*:delete", "*:format", "*:read_secure", "domain:mem_read",
-                                "domain:core_dump", "storage_vol:data_read")),
+                                "domain:core_dump", "storage_vol:data_read",
+                                "server:write")),
     "readonly": Role(READ_ONLY_PATTERNS),
 }
 

@@ -148,8 +148,8 @@ class ProxyHandler(grpc.GenericRpcHandler):
         shape = getattr(grpc, f"{route.kind.name}_rpc_method_handler")(forward)
         if not route.server_streaming:
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> bytes:
-                async with CallGuard(access, route.method, route.path, context,
-                                     shape) as guard:
+                guard = CallGuard(access, route.method, route.path, context, shape)
+                async with guard.recorded():
                     identity = guard.authenticate()
                     with guard.limited(identity):
                         decision, request = await admit(guard, identity, request)
@@ -167,7 +167,8 @@ class ProxyHandler(grpc.GenericRpcHandler):
             generator later. So what runs on closing touches no part of the call, and
             closes the forwarder first: the backend's call is cancelled before the
             audit record is written and the caller's limit slot is freed."""
-            async with CallGuard(access, route.method, route.path, context, shape) as guard:
+            guard = CallGuard(access, route.method, route.path, context, shape)
+            async with guard.recorded():
                 identity = guard.authenticate()
                 with guard.limited(identity):
                     decision, request = await admit(guard, identity, request)

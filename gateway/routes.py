@@ -68,8 +68,10 @@ def driver_of(service_full_name: str) -> str | None:
     return None
 
 
-def proxied_services(exclude_drivers: tuple[str, ...] = ("gateway",)) -> list[ServiceDescriptor]:
-    """Every virtmesh service the gateway forwards to a backend."""
+def proxied_services(exclude_drivers: tuple[str, ...] = ("gateway", "admin")
+                     ) -> list[ServiceDescriptor]:
+    """Every virtmesh service the gateway forwards to a backend. The gateway answers
+    its own API and the admin API (virtmesh.admin.v1, served by every process)."""
     load_generated_modules()
     pool = descriptor_pool.Default()
     services = []

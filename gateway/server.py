@@ -26,6 +26,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from gateway import limits
 from gateway.activation import Activator
+from gateway.admin_service import GatewayAdmin, GatewayControl
 from gateway.admission import Access
 from gateway.api import GatewayApi
 from gateway.audit import AUDIT_SUPPRESSED, AuditLog
@@ -39,7 +40,8 @@ from gateway.pki import is_dev_ca
 from gateway.proxy import ProxyHandler
 from gateway.routes import method_paths, proxied_services, route_table
 from gateway.workers import Changes, Place, worker_socket
-from services.common import metrics, reflection
+from services.common import admin, metrics, reflection
+from services.common.clients import ClientRegistry
 from services.common.config import ConfigError
 from services.common.interceptors import AioCheckInterceptor, AioObserveInterceptor
 from virtmesh.gateway.v1.gateway_service_pb2_grpc import add_GatewayServiceServicer_to_server
@@ -91,20 +93,22 @@ class TlsFiles:
         config = self.config
         return tuple(map(file_stamp, (config.key_file, config.cert_file, config.ca_file)))
 
-    def reload(self, force: bool = False) -> None:
-        """Read the files again if they changed; on an error keep serving the old ones."""
+    def reload(self, force: bool = False) -> str:
+        """Read the files again if they changed; on an error keep serving the old ones
+        and return why ("" when all is well)."""
         stamp = self._stamps()
         if stamp == self._stamp and not force:
-            return
+            return ""
         self._stamp = stamp
         try:
             key, cert, ca = _checked_tls_files(self.config)
         except ConfigError as error:
             log.error("keeping the TLS certificates in use: %s", error)
-            return
+            return str(error)
         self._current = grpc.ssl_server_certificate_configuration([(key, cert)], ca)
         self._generation += 1
         log.info("TLS certificates reloaded; new connections use them")
+        return ""
 
     def credentials(self, require_client_certificate: bool) -> grpc.ServerCredentials:
         """Credentials of one listener, each with its own view of what changed."""
@@ -215,9 +219,14 @@ class Gateway:
         self.limiter = limits.Limiter(config.max_client_requests, shared)
         self.authorizer = Authorizer.from_file(config.policy_path)
         self.audit = AuditLog(config.audit_path, anonymous_rate=config.audit_anonymous_rate)
+        # A disconnected connection stays refused until gRPC has surely closed it (its
+        # maximum age and grace); an idle one is listed until gRPC closes it for idleness.
+        clients = ClientRegistry(keep_idle=config.max_connection_idle,
+                                 refuse_for=config.max_connection_age
+                                 + config.max_connection_age_grace)
         self.access = Access(self.authenticator, self.limiter, self.authorizer, self.audit,
-                             CallLog(),
-                             self._reload_if_changed if changes else None)
+                             clients=clients, call_log=CallLog(),
+                             before_call=self._reload_if_changed if changes else None)
         self.tls: TlsFiles | None = None
         self._reloading: asyncio.Task[None] | None = None
         self.server: grpc.aio.Server | None = None
@@ -236,12 +245,15 @@ class Gateway:
         self.tls = TlsFiles(self.config)
         options = limits.server_options(self.config)
         routes = route_table(self.backends)
-        own = [GATEWAY_SERVICE, health.SERVICE_NAME, *reflection.SERVICE_NAMES]
+        own = [GATEWAY_SERVICE, admin.SERVICE.full_name, health.SERVICE_NAME,
+               *reflection.SERVICE_NAMES]
         collected = _Collected()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, collected)
         add_GatewayServiceServicer_to_server(
             GatewayApi(routes, self.backends, self.access, self.config.fanout_timeout,
                        self.config.node_name), collected)
+        admin.add_to_server(GatewayAdmin(GatewayControl(self), self.backends, self.access),
+                            collected)
         reflection.enable([*self.services, *own], collected)
         # The proxy answers any path; only the ones served are metric label values.
         own_handlers = await _own_handlers(
@@ -307,12 +319,12 @@ class Gateway:
             self._changes_seen = count
             self.reload()
 
-    def reload(self, force: bool = False) -> None:
-        """Pick up changed TLS files and identities (all of them with ``force``: SIGHUP)."""
-        if self.tls is not None:
-            self.tls.reload(force)
-        self.authenticator.reload(force)
-        self.authorizer.reload(force)
+    def reload(self, force: bool = False) -> dict[str, str]:
+        """Pick up changed TLS files and identities (all of them with ``force``: SIGHUP,
+        the admin API); what was looked at -> "" or why it is not used."""
+        return {"tls": self.tls.reload(force) if self.tls is not None else "",
+                "identities": self.authenticator.reload(force),
+                "policy": self.authorizer.reload(force)}
 
     async def _poll_for_changes(self) -> None:
         while True:

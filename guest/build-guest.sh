@@ -5,10 +5,11 @@
 #
 # Produces OUTDIR/vmlinuz (the newest installed Debian cloud kernel) and
 # OUTDIR/initrd.img (gzip'd newc cpio: busybox-static, the ACPI button and
-# evdev modules, and an /init that reacts to the ACPI power button and runs a
-# shell on the serial console and on the VGA console).
+# evdev modules, QEMU's guest agent with its libraries, and an /init that
+# reacts to the ACPI power button, runs a shell on the serial console and on
+# the VGA console, and the agent on the channel org.qemu.guest_agent.0).
 #
-# Needs (Debian): linux-image-cloud-amd64 busybox-static cpio gzip
+# Needs (Debian): linux-image-cloud-amd64 busybox-static qemu-guest-agent cpio gzip
 # (xz-utils / zstd only if the kernel's modules are compressed).
 # Idempotent: does nothing when the outputs are newer than every input.
 set -euo pipefail
@@ -20,9 +21,10 @@ fi
 OUTDIR=$1
 SELF=$(readlink -f "$0")
 BUSYBOX=${BUSYBOX:-/bin/busybox}
+QEMU_GA=${QEMU_GA:-/usr/sbin/qemu-ga}
 # button+evdev: the ACPI power button; virtio: a disk, a NIC and serial ports
-# (channels) from the host.
-MODULES=(button evdev virtio_pci virtio_blk virtio_net virtio_console)
+# (channels) from the host, a memory balloon, virtio-mem.
+MODULES=(button evdev virtio_pci virtio_blk virtio_net virtio_console virtio_balloon virtio_mem)
 
 die() { echo "build-guest: $*" >&2; exit 1; }
 
@@ -34,6 +36,11 @@ MODDIR=/lib/modules/$KVER
 [ -f "$MODDIR/modules.dep" ] || die "$MODDIR/modules.dep not found"
 [ -x "$BUSYBOX" ] || die "$BUSYBOX not found (install busybox-static)"
 "$BUSYBOX" --list | grep -x acpid >/dev/null || die "$BUSYBOX has no acpid applet"
+
+[ -x "$QEMU_GA" ] || die "$QEMU_GA not found (install qemu-guest-agent)"
+# The agent's shared libraries and the dynamic loader, as the host resolves them.
+mapfile -t GA_LIBS < <(ldd "$QEMU_GA" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
+[ ${#GA_LIBS[@]} -gt 0 ] || die "ldd found no libraries of $QEMU_GA"
 
 # Resolve module paths (relative to $MODDIR), dependencies first.
 declare -A SEEN=()
@@ -70,7 +77,7 @@ if [ -f "$VMLINUZ" ] && [ -f "$INITRD" ] && [ -f "$STAMP" ] &&
    [ "$(cat "$STAMP")" = "$KVER" ]; then
     stale=
     for f in "$SELF" "$BUSYBOX" "$KERNEL" "$MODDIR/modules.dep" \
-             "${ORDERED[@]/#/$MODDIR/}"; do
+             "${ORDERED[@]/#/$MODDIR/}" "$QEMU_GA" "${GA_LIBS[@]}"; do
         if [ "$f" -nt "$INITRD" ] || [ "$f" -nt "$VMLINUZ" ]; then
             stale=1
             break
@@ -100,6 +107,14 @@ while read -r applet; do
         *)     ln -s bin/busybox "$ROOT/$applet" ;;
     esac
 done < <("$BUSYBOX" --list-full)
+
+# QEMU's guest agent and its libraries at the paths the host has them (the
+# loader's built-in search path includes Debian's multiarch directories).
+install -m 0755 "$QEMU_GA" "$ROOT/usr/sbin/qemu-ga"
+for lib in "${GA_LIBS[@]}"; do
+    mkdir -p "$ROOT$(dirname "$lib")"
+    cp -L "$lib" "$ROOT$lib"
+done
 
 # Kernel modules, decompressed (busybox insmod wants plain .ko).
 : > "$ROOT/etc/modules"
@@ -190,13 +205,18 @@ done
 # Echo what the host writes to a virtio-serial channel named org.virtmesh.echo.*
 # (the channel tests' peer). A port opens once, so cat reads and writes one
 # descriptor; reading a port the host has not opened ends at once, so cat is
-# started again until the host connects.
+# started again until the host connects. QEMU's guest agent answers on
+# org.qemu.guest_agent.0 (there is no udev for /dev/virtio-ports/NAME links).
 for port in /sys/class/virtio-ports/*; do
     [ -e "$port/name" ] || continue
+    dev=/dev/${port##*/}
     case $(cat "$port/name") in
         org.virtmesh.echo.*)
-            dev=/dev/${port##*/}
             ( while :; do cat 0<>"$dev" 1>&0; usleep 200000; done ) & ;;
+        org.qemu.guest_agent.0)
+            # -r: open the port again after the guest's suspension closed it
+            qemu-ga -m virtio-serial -p "$dev" -t /run -r -d &&
+                echo "virtmesh-guest: guest agent started on $dev" ;;
     esac
 done
 # PID 1 must never exit (the kernel would panic); the shell reaps orphans.

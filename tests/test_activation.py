@@ -98,20 +98,20 @@ def test_settings() -> None:
 def test_idle_service_exits_and_health_probes_do_not_keep_it(tmp_path: Path) -> None:
     compute = idle_compute(tmp_path, empty_node(tmp_path), 2)
     try:
-        probes = 0
+        answered: list[float] = []  # when each probe was answered
         with grpc.insecure_channel(socket_target(tmp_path)) as channel:
             health = health_pb2_grpc.HealthStub(channel)
 
             def probed_until_exit() -> bool:
-                nonlocal probes
                 with contextlib.suppress(grpc.RpcError):
                     health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    probes += 1
+                    answered.append(time.monotonic())
                 return exited(compute)
 
             assert wait_until(probed_until_exit, 20), "still running:\n" + compute.log()
         assert compute.popen is not None and compute.popen.returncode == 0, compute.log()
-        assert probes >= 5  # probed all along, well past the timeout
+        # probed all along: for at least half the idle timeout before it exited
+        assert len(answered) >= 3 and answered[-1] - answered[0] >= 1, answered
         assert re.search(r"idle for \d+ s, exiting", compute.log())
         assert not (tmp_path / "run" / "compute.sock").exists()
     finally:

@@ -109,8 +109,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiMesh]:
     ensure_dev_pki(state_dir / "pki")
     tokens = {"alice": new_token(), "bob": new_token()}
     write_access_files(state_dir, tokens)
-    # DEBUG: a service logs a successful read (ListDomains) at DEBUG only, and a test
-    # below reads who its log says the call was made for
+    # DEBUG: successful reads are logged at DEBUG only, and a test reads who read
     services = [service_process(state_dir, name, "--uri", f"test://{state_dir / 'node.xml'}",
                                 "--log-level", "DEBUG")
                 for name in sorted(RUNNING)]

@@ -64,7 +64,10 @@ def gateway(state: Path) -> Iterator[tuple[int, str]]:
                          "--policy-file", str(state / "policy.toml"),
                          "--max-client-requests", "2") as (process, target):
         assert process.popen is not None
-        wait_until(lambda: len(worker_pids(process.popen.pid)) == 2, 30)  # type: ignore[union-attr]
+        # Both serve on the port once their private sockets answer.
+        gateway_config = config.load(["--state-dir", str(state), "--workers", "2"], {})
+        for path in workers.worker_sockets(gateway_config):
+            assert wait_until(lambda path=path: private_health(path), 60)  # type: ignore[misc]
         yield process.popen.pid, target
 
 

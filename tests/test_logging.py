@@ -59,8 +59,7 @@ def returned_id(call: Any) -> str:
 def logging_mesh(request: pytest.FixtureRequest, tmp_path: Path, node_uri: str,
                  monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Mesh, str]]:
     monkeypatch.setenv("VIRTMESH_LOG_FORMAT", request.param)
-    # successful reads (GetDomain here) are logged at DEBUG, by every process
-    monkeypatch.setenv("VIRTMESH_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("VIRTMESH_LOG_LEVEL", "DEBUG")  # successful reads are said at DEBUG
     with running_mesh(tmp_path, node_uri) as mesh:
         yield mesh, request.param
 

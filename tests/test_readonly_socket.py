@@ -34,6 +34,7 @@ pytestmark = pytest.mark.timeout(60)
 
 METHODS = COMPUTE.descriptor.methods_by_name
 LIVE_AND_CONFIG = pb.Scope(live=True, config=True)
+HASWELL = "<cpu><arch>x86_64</arch><model>Haswell</model><vendor>Intel</vendor></cpu>"
 
 #: calls a read-only caller must not make; each one is valid on the main socket
 WRITES: list[tuple[str, Message]] = [
@@ -67,6 +68,15 @@ WRITES: list[tuple[str, Message]] = [
     ("OpenDomainGraphics", pb.OpenDomainGraphicsRequest(name="alpha")),
     ("GetDomainScreenshot", pb.GetDomainScreenshotRequest(name="alpha")),
     ("SendDomainKey", pb.SendDomainKeyRequest(name="alpha", keys=["KEY_A"])),
+    ("BaselineHypervisorCpu", pb.BaselineHypervisorCpuRequest(xml_cpus=[HASWELL])),
+    ("CompareHypervisorCpu", pb.CompareHypervisorCpuRequest(xml=HASWELL)),
+    ("AllocNodePages", pb.AllocNodePagesRequest(pages=[pb.PageCount(page_size_kib=4)],
+                                                mode=pb.PAGE_ALLOCATION_MODE_ADD)),
+    ("SetNodeMemoryParameters", pb.SetNodeMemoryParametersRequest(shm_pages_to_scan=100)),
+    ("SuspendNode", pb.SuspendNodeRequest(target=pb.NODE_SUSPEND_TARGET_MEM,
+                                          duration_seconds=60)),
+    ("ConvertNativeToDomainXML", pb.ConvertNativeToDomainXMLRequest(config="qemu")),
+    ("ConvertDomainXMLToNative", pb.ConvertDomainXMLToNativeRequest(xml=domain_xml("x"))),
     # read-only RPCs whose request asks for more: libvirt's read_secure
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", secure=True)),
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", migratable=True)),
@@ -85,6 +95,22 @@ READS: list[tuple[str, Message]] = [
     ("GetVersion", pb.GetVersionRequest()),
     ("WatchDomainEvents", pb.WatchDomainEventsRequest()),
     ("GetDomainDisplay", pb.GetDomainDisplayRequest(name="alpha")),
+    ("BaselineCpu", pb.BaselineCpuRequest(xml_cpus=[HASWELL])),
+    ("GetCpuModelNames", pb.GetCpuModelNamesRequest(arch="x86_64")),
+    ("GetSysinfo", pb.GetSysinfoRequest()),
+    ("GetHostname", pb.GetHostnameRequest()),
+    ("GetMaxVcpus", pb.GetMaxVcpusRequest()),
+    ("GetNodeCpuStats", pb.GetNodeCpuStatsRequest()),
+    ("GetNodeFreeMemory", pb.GetNodeFreeMemoryRequest()),
+    ("GetNodeCpuMap", pb.GetNodeCpuMapRequest()),
+    ("GetNodeSecurityModel", pb.GetNodeSecurityModelRequest()),
+    # served, and refused by the test driver or for the request as on the main socket
+    ("CompareCpu", pb.CompareCpuRequest(xml=HASWELL)),
+    ("GetNodeMemoryStats", pb.GetNodeMemoryStatsRequest()),
+    ("GetCellsFreeMemory", pb.GetCellsFreeMemoryRequest()),
+    ("GetNodeFreePages", pb.GetNodeFreePagesRequest()),
+    ("GetNodeMemoryParameters", pb.GetNodeMemoryParametersRequest()),
+    ("GetNodeSevInfo", pb.GetNodeSevInfoRequest()),
 ]
 
 
@@ -134,6 +160,14 @@ def call(stub: pb_grpc.ComputeServiceStub, name: str, request: Message,
         stream.cancel()
         return None
     return method(request, timeout=10, metadata=metadata)
+
+
+def outcome(stub: pb_grpc.ComputeServiceStub, name: str, request: Message) -> Any:
+    """The call's reply, or its status code when it fails."""
+    try:
+        return call(stub, name, request)
+    except grpc.RpcError as error:
+        return error.code()  # type: ignore[attr-defined]
 
 
 def failure(fn: Callable[[], Any]) -> Any:
@@ -199,9 +233,10 @@ def test_reads_are_served_on_the_read_only_socket(daemon: Daemon,
                                                   case: tuple[str, Message]) -> None:
     name, request = case
     with ro_stub(daemon) as ro, main_stub(daemon) as main:
-        reply = call(ro, name, request)
+        reply = outcome(ro, name, request)
+        assert reply != grpc.StatusCode.PERMISSION_DENIED
         if name not in ("WatchDomainEvents", "GetDomainStats", "ListDomains", "GetDomain"):
-            assert reply == call(main, name, request)  # the same servicer (no clocks)
+            assert reply == outcome(main, name, request)  # the same servicer (no clocks)
     if name == "ListDomains":
         assert [d.name for d in reply.domains] == ["alpha"]
 
@@ -274,17 +309,27 @@ def test_identity_metadata_is_refused_on_the_read_only_socket(
 
 def test_identity_is_logged_on_the_main_socket_only(daemon: Daemon,
                                                     caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="virtmesh.rpc")
+    caplog.set_level(logging.DEBUG, logger="virtmesh.rpc")
     with main_stub(daemon) as stub:
         stub.GetDomain(pb.GetDomainRequest(name="alpha"), timeout=10,
                        metadata=((IDENTITY_KEY, "CN=alice,O=example"), (GROUPS_KEY, "team")))
+        stub.SetDomainAutostart(pb.SetDomainAutostartRequest(name="alpha", autostart=True),
+                                timeout=10, metadata=((IDENTITY_KEY, "CN=bob,O=example"),))
         stub.GetVersion(pb.GetVersionRequest(), timeout=10)
+        with pytest.raises(grpc.RpcError):
+            stub.GetDomain(pb.GetDomainRequest(name="nonesuch"), timeout=10)
     with ro_stub(daemon) as stub:
         stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=10)
-    lines = {str(getattr(record, "method", "")).rsplit("/", 1)[-1]: record
+    lines = {str(getattr(record, "method", "")).rsplit("/", 1)[-1]
+             + ("" if getattr(record, "code", "") == "OK" else " failed"): record
              for record in caplog.records}
     identities = {name: getattr(record, "identity", None) for name, record in lines.items()}
     assert identities["GetDomain"] == "CN=alice,O=example"
     assert lines["GetDomain"].getMessage().endswith(" by CN=alice,O=example")
+    # a read that succeeds is said at DEBUG; a change, or a failure, at INFO
+    assert lines["GetDomain"].levelno == logging.DEBUG
+    assert lines["SetDomainAutostart"].levelno == logging.INFO
+    assert lines["SetDomainAutostart"].getMessage().endswith(" by CN=bob,O=example")
+    assert lines["GetDomain failed"].levelno == logging.INFO
     assert identities["GetVersion"] == "" and " by " not in lines["GetVersion"].getMessage()
     assert identities["GetNodeInfo"] == ""

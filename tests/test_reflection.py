@@ -124,7 +124,8 @@ def test_both_versions_on_a_service_socket(compute: Daemon, version: str) -> Non
             reflection_pb2.ServerReflectionRequest(
                 file_containing_symbol=f"{COMPUTE}.Nothing")])
     assert {s.name for s in listing.list_services_response.service} == {
-        COMPUTE, "grpc.health.v1.Health", *reflection.SERVICE_NAMES}
+        COMPUTE, "virtmesh.admin.v1.AdminService", "grpc.health.v1.Health",
+        *reflection.SERVICE_NAMES}
     protos = [descriptor_pb2.FileDescriptorProto.FromString(raw)
               for raw in method.file_descriptor_response.file_descriptor_proto]
     assert "virtmesh/compute/v1/compute_service.proto" in {p.name for p in protos}

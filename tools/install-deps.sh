@@ -12,6 +12,8 @@ packages=(
     iptables
     qemu-system-x86 qemu-utils
     busybox-static linux-image-cloud-amd64 cpio gzip xz-utils zstd kmod
+    # the example guest's agent (guest/build-guest.sh copies it and its libraries)
+    qemu-guest-agent
     openssl ca-certificates procps
     systemd
     prometheus

@@ -13,6 +13,9 @@ the file, so the check needs no libvirt sources at test time.
 The table is libvirt 3.0's protocol; the objects and permissions added since
 (network ports, nwfilter bindings, checkpoints, node device undefine...) are
 listed below as libvirt's src/access/viraccessperm.c (libvirt 9.x) declares them.
+
+``server:*`` is virtmesh's own, for its admin API (virtmesh.admin.v1): libvirt's
+admin API has no ACL (its admin socket is root's alone), so it has no names for it.
 """
 
 import csv
@@ -25,10 +28,12 @@ NEWER = (
     "nwfilter_binding:getattr", "nwfilter_binding:read", "nwfilter_binding:create",
     "nwfilter_binding:delete",
 )
+#: virtmesh's own: reading (getattr, read) and changing (write) a running process
+VIRTMESH = ("server:getattr", "server:read", "server:write")
 
 
 def vocabulary(rows: list[dict[str, str]]) -> list[str]:
-    pairs = set(NEWER)
+    pairs = set(NEWER) | set(VIRTMESH)
     for row in rows:
         for column in ("acl", "aclfilter"):
             for item in (row.get(column) or "").replace(",", " ").split():

@@ -26,6 +26,7 @@ from virtmesh_client.cli_commands import (
     either,
     enum_choices,
     follow,
+    gap_text,
     notice,
 )
 from virtmesh_client.cli_fleet import Fleet, Handler, Query
@@ -37,6 +38,7 @@ from virtmesh_client.cli_output import (
     event_line,
     fields,
     kib,
+    message_text,
     read_input,
     table,
     yes,
@@ -87,14 +89,15 @@ def _stats_row(s: Any) -> Sequence[object]:
 
 
 def _event_text(event: Any) -> str:
-    kind = event.WhichOneof("event") or "unknown"
+    which = event.WhichOneof("event")
+    kind = which or "unknown"
     detail = {
         "lifecycle": lambda: (enum_name(pb.LifecycleEventType, event.lifecycle.type,
                                         "LIFECYCLE_EVENT_TYPE_") + f" {event.lifecycle.detail}"
                       + (f": {event.lifecycle.message}" if event.lifecycle.message else "")),
         "device_added": lambda: event.device_added.device,
         "device_removed": lambda: event.device_removed.device,
-    }.get(kind, lambda: "")()
+    }.get(kind, lambda: message_text(getattr(event, which)) if which else "")()
     return event_line(event, kind.replace("_", "-"), detail)
 
 
@@ -135,7 +138,12 @@ def cmd_events(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 def merge_events(fleet: Fleet, args: argparse.Namespace, out: Output) -> None:
     """Every node's events as one stream, each line labelled with its node."""
-    streams = fleet.each(lambda client: client.watch(args.names))
+    def watch(client: Client) -> EventStream:
+        def said(text: str) -> None:
+            notice(f"{client.target}: {text}")
+        return client.watch(args.names, notice=said)
+
+    streams = fleet.each(watch)
     merged: queue.Queue[tuple[str, Any]] = queue.Queue()
 
     def pump(node: str, stream: EventStream) -> None:
@@ -158,6 +166,11 @@ def merge_events(fleet: Fleet, args: argparse.Namespace, out: Output) -> None:
             if isinstance(item, ClientError):
                 fleet.warn(node, item)
                 running -= 1
+                continue
+            if item.HasField("gap"):
+                notice(f"{node}: {gap_text(item.gap)}")
+                if out.json:
+                    out.line(item, "", node)
                 continue
             out.line(item, _event_text(item), node)
             count += 1

@@ -26,6 +26,7 @@ display string, built from several fields, and keeps virsh's name.)
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC
@@ -34,6 +35,8 @@ from typing import IO, Any
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 
+#: libvirt's typed parameters (virtmesh.types.v1), printed as name=value
+TYPED_PARAMETER = "virtmesh.types.v1.TypedParameter"
 #: int32 fields holding a libvirt enum the API has no enum type for, by full name:
 #: value → name (command modules add theirs)
 INT_ENUMS: dict[str, dict[int, str]] = {}
@@ -142,6 +145,38 @@ def byte_size(count: int) -> str:
 
 def yes(flag: bool) -> str:
     return "yes" if flag else "no"
+
+
+def _enum_prefix(enum: Any) -> str:
+    """The prefix of an enum's values (buf's rule): ``IoErrorAction`` → ``IO_ERROR_ACTION_``."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
+
+
+def _value_text(field: FieldDescriptor, value: Any) -> str:
+    if (enum := field.enum_type) is not None:
+        name = enum.values_by_number.get(value)
+        return name.name.removeprefix(_enum_prefix(enum)).lower() if name else "?"
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return "{" + message_text(value) + "}"
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return "yes" if value else "no"
+    return str(value)
+
+
+def message_text(message: Any) -> str:
+    """A message's set fields as ``name=value`` words, for an event's line: enums by
+    their short lower-case names, nested messages in braces; a TypedParameter list
+    (libvirt's typed parameters) as one ``name=value`` per parameter."""
+    words = []
+    for field, value in message.ListFields():
+        if field.message_type and field.message_type.full_name == TYPED_PARAMETER:
+            words += [f"{param.name}={getattr(param, param.WhichOneof('value'))}"
+                      for param in value if param.WhichOneof("value")]
+        elif _repeated(field):
+            words.append(f"{field.name}=[{', '.join(_value_text(field, v) for v in value)}]")
+        else:
+            words.append(f"{field.name}={_value_text(field, value)}")
+    return " ".join(words)
 
 
 def event_line(event: Any, *parts: str) -> str:

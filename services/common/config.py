@@ -67,6 +67,9 @@ class Config:
     #: compute on embedded QEMU: the shared QEMU capability cache its root is seeded
     #: from (services/common/qemu_caps.py); empty: the user's cache; "none": off
     caps_cache: str = ""
+    #: compute: whether SuspendNode may suspend the host; off: a call would stop every
+    #: guest and the service until the real-time clock wakes the host
+    allow_node_suspend: bool = False
 
     @property
     def socket_path(self) -> Path:
@@ -102,6 +105,8 @@ _HELP = {
     "scrape_budget": "seconds a /metrics scrape may spend collecting guest statistics",
     "caps_cache": "compute: shared QEMU capability cache directory (default "
                   "~/.cache/virtmesh/qemu-capabilities; none: off)",
+    "allow_node_suspend": "compute: let SuspendNode suspend the host (true/false; off by "
+                          "default: it stops every guest and the service)",
     "idle_timeout": "exit after this many seconds without calls (health probes do not "
                     "count) unless busy, e.g. compute with running guests; 0: never",
 }

@@ -47,8 +47,8 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client.registry import Collector
 
+from services.common import admin, metrics, reflection
 from services.common import config as config_module
-from services.common import metrics, reflection
 from services.common.config import Config, ConfigError
 from services.common.error_interceptor import ErrorInterceptor
 from services.common.interceptors import (
@@ -288,6 +288,7 @@ class Daemon:
         self.read_only_calls = CallsInFlight(max(config.max_workers // 2, 1))
         self.stream_calls = CallsInFlight(2 * config.max_sessions)
         self.servicer: Any = None
+        self.admin: Any = None  # admin.DaemonControl, once bound
         self.metrics: metrics.MetricsEndpoint | None = None
         self.activity = ActivityInterceptor()
         self._socket_inodes: dict[Path, int] = {}
@@ -336,6 +337,7 @@ class Daemon:
         self._set_serving(False)
         self.connection.on_state_change(self._set_serving)
         self.servicer = self.spec.servicer_factory(self.connection, config)
+        self.admin = admin.DaemonControl(self)  # admin API: on both sockets (see _serve)
         if config.metrics_listen:
             own = self.spec.collectors(self.servicer, config) if self.spec.collectors else []
             self.metrics = metrics.MetricsEndpoint(config.metrics_listen, [
@@ -359,7 +361,9 @@ class Daemon:
             # Any local user reaches it: its calls may hold at most half of the unary
             # threads (more get RESOURCE_EXHAUSTED), so the main socket keeps the rest.
             wrappers: list[CallWrapper] = [ObserveInterceptor(quiet=reads), ErrorInterceptor(),
-                                           ReadOnlyInterceptor(self.spec.descriptor),
+                                           # admin API: its read RPCs too
+                                           ReadOnlyInterceptor(self.spec.descriptor,
+                                                               admin.SERVICE),
                                            self.activity]
             self.read_only_server = on_loop(self._serve(
                 read_only, config.socket_ro_mode,
@@ -372,10 +376,14 @@ class Daemon:
         config = self.config
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
                    ("grpc.max_send_message_length", config.max_message_bytes)]
-        server = grpc.aio.server(interceptors=[pipeline], options=options)
+        # admin API: outside the pipeline, where every call is a coroutine on the loop
+        clients = self.admin.interceptor(path, trust_identity=path == self.socket_path)
+        server = grpc.aio.server(interceptors=[clients, pipeline], options=options)
         self.spec.add_to_server(self.servicer, server)
+        admin.add_to_server(admin.AdminServicer(self.admin), server)  # admin API
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable((self.spec.descriptor.full_name, health.SERVICE_NAME), server)
+        reflection.enable((self.spec.descriptor.full_name, admin.SERVICE.full_name,  # admin API
+                           health.SERVICE_NAME), server)
         old_umask = os.umask(0o177)
         try:
             server.add_insecure_port(f"unix:{path}")

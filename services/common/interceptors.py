@@ -75,6 +75,7 @@ class Pipeline(grpc.aio.ServerInterceptor):
         self.bridge = bridge
         self.unary_calls = unary_calls
         self.stream_calls = stream_calls
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                                 handler_call_details: grpc.HandlerCallDetails) -> Any:
@@ -82,6 +83,13 @@ class Pipeline(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        # wrapped once per method: gRPC asks for the handler on every call
+        wrapped = self._wrapped.get(method)
+        if wrapped is None or wrapped[0] is not handler:
+            wrapped = self._wrapped[method] = (handler, self._wrap(method, handler))
+        return wrapped[1]
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         kind = call_kind(handler.request_streaming, handler.response_streaming).name
         behavior = getattr(handler, kind)
         if is_async(behavior):
@@ -242,7 +250,7 @@ def _observe_aio(method: str, handler: grpc.RpcMethodHandler, behavior: AioBehav
     return unary
 
 
-def _with_behavior(handler: grpc.RpcMethodHandler,
+def with_behavior(handler: grpc.RpcMethodHandler,
                    wrap: Callable[[Any], Any]) -> grpc.RpcMethodHandler:
     kind = call_kind(handler.request_streaming, handler.response_streaming).name
     return handler._replace(**{kind: wrap(getattr(handler, kind))})  # type: ignore[attr-defined]
@@ -280,7 +288,7 @@ class AioObserveInterceptor(grpc.aio.ServerInterceptor):
             return None
         method = handler_call_details.method
         known = self.methods is None or method in self.methods
-        return _with_behavior(handler,
+        return with_behavior(handler,
                               lambda behavior: _observe_aio(method, handler, behavior, known))
 
 
@@ -329,7 +337,7 @@ class AioCheckInterceptor(grpc.aio.ServerInterceptor):
 
             return unary
 
-        return _with_behavior(handler, wrap)._replace(  # type: ignore[attr-defined]
+        return with_behavior(handler, wrap)._replace(  # type: ignore[attr-defined]
             request_deserializer=checked(handler.request_deserializer))
 
 
@@ -349,7 +357,7 @@ def identity_from(metadata: Any) -> str:
 
 
 class ReadOnlyInterceptor(CallWrapper):
-    """The read-only socket's guard, like libvirt's -sock-ro: a call of ``service`` runs
+    """The read-only socket's guard, like libvirt's -sock-ro: a call of ``services`` runs
     only when every permission it needs with this request is read-only (getattr, read,
     search_*); an RPC that declares no permissions is refused too (fail closed). Health
     and reflection are read-only by nature. Identity metadata is refused: any local user
@@ -358,9 +366,10 @@ class ReadOnlyInterceptor(CallWrapper):
     Place it inside the ErrorInterceptor, which turns its refusals into PERMISSION_DENIED.
     """
 
-    def __init__(self, service: ServiceDescriptor) -> None:
+    def __init__(self, *services: ServiceDescriptor) -> None:
         self.methods: dict[str, MethodDescriptor] = {
-            f"/{service.full_name}/{method.name}": method for method in service.methods}
+            f"/{service.full_name}/{method.name}": method for service in services
+            for method in service.methods}
 
     @staticmethod
     def _refuse_identity(context: grpc.ServicerContext) -> None:

@@ -3,6 +3,9 @@
 The gateway gives every call an ``x-request-id`` and forwards it; each process keeps
 the id of the call it is serving in a context variable, so every line logged while
 serving that call carries it, whichever module logs.
+
+The level and per-logger filters can be read and changed while the process runs
+(the admin API, services/common/admin.py): a filter is a logger's own level.
 """
 
 from __future__ import annotations
@@ -98,3 +101,42 @@ def setup_logging(level: str, fmt: str, name: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+# -- changing the level and per-logger filters while the process runs (admin API) --
+
+#: the levels the admin API sets, in Python's names
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_settings() -> tuple[str, dict[str, str]]:
+    """The root level, and every logger that has a level of its own (its filter):
+    ours set through the admin API, and any a library set for itself."""
+    loggers = logging.Logger.manager.loggerDict.values()
+    filters = {logger.name: logging.getLevelName(logger.level) for logger in loggers
+               if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET}
+    return logging.getLevelName(logging.getLogger().level), dict(sorted(filters.items()))
+
+
+def set_log_settings(level: str | None, filters: dict[str, str | None],
+                     clear_filters: bool = False) -> None:
+    """Set the root level (None: keep it) and loggers' filters (None: remove one, so it
+    follows its parent again), after removing every filter with ``clear_filters``.
+    logging drops its caches on every change, so the next line follows the new
+    settings. ValueError for an unknown level or an empty logger name (the root's
+    level is ``level``)."""
+    if "" in filters:
+        raise ValueError("a filter needs a logger name (the root logger's is the level)")
+    for value in (level, *filters.values()):
+        if value is not None and value not in LEVELS:
+            raise ValueError(f"unknown log level {value!r} (one of {', '.join(LEVELS)})")
+    if clear_filters:
+        for logger_name in log_settings()[1]:
+            logging.getLogger(logger_name).setLevel(logging.NOTSET)
+    for logger_name, value in filters.items():
+        logging.getLogger(logger_name).setLevel(value or logging.NOTSET)
+    if level is not None:
+        logging.getLogger().setLevel(level)
+    current_level, current_filters = log_settings()
+    logging.getLogger(__name__).info("log level %s, filters %s", current_level,
+                                     current_filters or "none")

@@ -67,11 +67,14 @@ class SyncContext:
                  ) -> None:
         self._context = context
         self._loop = loop
-        self._ended = threading.Event()
-        context.add_done_callback(lambda _context: self._ended.set())  # type: ignore[arg-type]
+        self._ended = False  # set on the loop, read on a thread: a plain flag will do
+        context.add_done_callback(self._end)  # type: ignore[arg-type]
 
     def is_active(self) -> bool:
-        return not self._ended.is_set()
+        return not self._ended
+
+    def _end(self, _context: object) -> None:
+        self._ended = True
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
         """Runs ``callback`` when the call ends, a cancel or deadline included."""
@@ -276,13 +279,19 @@ class Bridge:
                     yield response
                 await responses.send(context)
             finally:
-                busy.add_done_callback(lambda _future: self._finish(responses, in_flight))
+                busy.add_done_callback(
+                    lambda done: self._finish(done if responses is None else responses,
+                                              in_flight))
 
         return handle
 
     def _finish(self, responses: Any, in_flight: CallsInFlight) -> None:
         """A stream's end, on the loop once its thread is free: close its generator
-        (on a thread: it may block), then give up its place."""
+        (on a thread: it may block), then give up its place. ``responses`` is the
+        future of the method's call when the caller left before it returned."""
+        if isinstance(responses, asyncio.Future):
+            responses = (None if responses.cancelled() or responses.exception()
+                         else responses.result())
         close = getattr(responses, "close", None)
         if close is not None:
             self.workers.submit(close)

@@ -16,6 +16,7 @@ import grpc
 import libvirt
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.common import typed_params
 from services.common.convert import libvirt_to_proto, proto_to_libvirt
 from services.common.events import now
 from services.common.shared import ServiceError
@@ -224,12 +225,122 @@ def lifecycle_event(event: int, detail: int) -> pb.LifecycleEvent:
     )
 
 
-#: what ComputeBackend.register_events emits, by kind -> the event's message
+#: libvirt's enums of the other domain events -> their proto enums
+WATCHDOG_ACTIONS = libvirt_to_proto(pb.WatchdogAction, "WATCHDOG_ACTION_",
+                                    "VIR_DOMAIN_EVENT_WATCHDOG_")
+IO_ERROR_ACTIONS = libvirt_to_proto(pb.IoErrorAction, "IO_ERROR_ACTION_",
+                                    "VIR_DOMAIN_EVENT_IO_ERROR_")
+GRAPHICS_PHASES = libvirt_to_proto(pb.GraphicsPhase, "GRAPHICS_PHASE_",
+                                   "VIR_DOMAIN_EVENT_GRAPHICS_")
+GRAPHICS_FAMILIES = libvirt_to_proto(pb.GraphicsAddressFamily, "GRAPHICS_ADDRESS_FAMILY_",
+                                     "VIR_DOMAIN_EVENT_GRAPHICS_ADDRESS_")
+TRAY_CHANGES = libvirt_to_proto(pb.TrayChange, "TRAY_CHANGE_", "VIR_DOMAIN_EVENT_TRAY_CHANGE_")
+BLOCK_JOB_TYPES = libvirt_to_proto(pb.BlockJobType, "BLOCK_JOB_TYPE_",
+                                   "VIR_DOMAIN_BLOCK_JOB_TYPE_")
+BLOCK_JOB_STATUSES = libvirt_to_proto(pb.BlockJobStatus, "BLOCK_JOB_STATUS_",
+                                      "VIR_DOMAIN_BLOCK_JOB_")
+AGENT_STATES = libvirt_to_proto(pb.AgentState, "AGENT_STATE_",
+                                "VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_")
+AGENT_REASONS = libvirt_to_proto(pb.AgentLifecycleReason, "AGENT_LIFECYCLE_REASON_",
+                                 "VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_")
+METADATA_TYPES = libvirt_to_proto(pb.MetadataType, "METADATA_TYPE_", "VIR_DOMAIN_METADATA_")
+MEMORY_FAILURE_RECIPIENTS = libvirt_to_proto(
+    pb.MemoryFailureRecipient, "MEMORY_FAILURE_RECIPIENT_",
+    "VIR_DOMAIN_EVENT_MEMORY_FAILURE_RECIPIENT_")
+MEMORY_FAILURE_ACTIONS = libvirt_to_proto(pb.MemoryFailureAction, "MEMORY_FAILURE_ACTION_",
+                                          "VIR_DOMAIN_EVENT_MEMORY_FAILURE_ACTION_")
+# libvirt names the second reason DISK_DROP_..., not DISK_CHANGE_DROP_...
+DISK_CHANGE_REASONS = libvirt_to_proto(pb.DiskChangeReason, "DISK_CHANGE_REASON_",
+                                       "VIR_DOMAIN_EVENT_DISK_")
+DISK_CHANGE_REASONS[libvirt.VIR_DOMAIN_EVENT_DISK_CHANGE_MISSING_ON_START] = \
+    pb.DISK_CHANGE_REASON_MISSING_ON_START
+
+#: the typed parameters of tunable and job-completed events that are not ULLONG
+#: (libvirt's documentation of each VIR_DOMAIN_TUNABLE_* and VIR_DOMAIN_JOB_* name)
+DOMAIN_PARAM_WIDTHS = {
+    libvirt.VIR_DOMAIN_TUNABLE_CPU_GLOBAL_QUOTA: typed_params.LONG,
+    libvirt.VIR_DOMAIN_TUNABLE_CPU_VCPU_QUOTA: typed_params.LONG,
+    libvirt.VIR_DOMAIN_TUNABLE_CPU_EMULATOR_QUOTA: typed_params.LONG,
+    libvirt.VIR_DOMAIN_TUNABLE_CPU_IOTHREAD_QUOTA: typed_params.LONG,
+    libvirt.VIR_DOMAIN_JOB_OPERATION: typed_params.INT,
+    libvirt.VIR_DOMAIN_JOB_AUTO_CONVERGE_THROTTLE: typed_params.INT,
+}
+
+
+def _enum(table: Mapping[int, Any], value: int) -> Any:
+    """A libvirt enum value's proto value; UNSPECIFIED (0) for one we do not know."""
+    return table.get(value, 0)
+
+
+def graphics_address(address: Mapping[str, Any]) -> pb.GraphicsAddress:
+    return pb.GraphicsAddress(family=_enum(GRAPHICS_FAMILIES, address.get("family", -1)),
+                              node=address.get("node") or "",
+                              service=address.get("service") or "")
+
+
+def graphics_event(phase: int, local: Mapping[str, Any], remote: Mapping[str, Any],
+                   auth_scheme: str, subject: Iterable[tuple[str, str]]) -> pb.GraphicsEvent:
+    return pb.GraphicsEvent(
+        phase=_enum(GRAPHICS_PHASES, phase), local=graphics_address(local),
+        remote=graphics_address(remote), auth_scheme=auth_scheme or "",
+        subject=[pb.GraphicsSubjectIdentity(type=kind, name=name)
+                 for kind, name in subject or ()])
+
+
+def memory_failure_event(recipient: int, action: int, flags: int) -> pb.MemoryFailureEvent:
+    return pb.MemoryFailureEvent(
+        recipient=_enum(MEMORY_FAILURE_RECIPIENTS, recipient),
+        action=_enum(MEMORY_FAILURE_ACTIONS, action),
+        action_required=bool(flags & libvirt.VIR_DOMAIN_MEMORY_FAILURE_ACTION_REQUIRED),
+        recursive=bool(flags & libvirt.VIR_DOMAIN_MEMORY_FAILURE_RECURSIVE))
+
+
+def domain_params(params: Mapping[str, Any]) -> list[Any]:
+    """A tunable or job-completed event's parameters as TypedParameter messages."""
+    return typed_params.to_messages(params, DOMAIN_PARAM_WIDTHS)
+
+
+#: what ComputeBackend.register_events emits, by kind -> the event's message; the
+#: arguments are those of libvirt's callback for the event, in its order
 _EVENT_MESSAGES: dict[str, Callable[..., Any]] = {
     "lifecycle": lifecycle_event,
     "reboot": pb.RebootEvent,
     "device_added": lambda device: pb.DeviceAddedEvent(device=device),
     "device_removed": lambda device: pb.DeviceRemovedEvent(device=device),
+    "rtc_change": lambda offset: pb.RtcChangeEvent(utc_offset_seconds=offset),
+    "watchdog": lambda action: pb.WatchdogEvent(action=_enum(WATCHDOG_ACTIONS, action)),
+    "io_error": lambda src_path, device, action, reason: pb.IoErrorEvent(
+        src_path=src_path or "", device=device or "",
+        action=_enum(IO_ERROR_ACTIONS, action), reason=reason or ""),
+    "graphics": graphics_event,
+    "tray_change": lambda device, reason: pb.TrayChangeEvent(
+        device=device or "", change=_enum(TRAY_CHANGES, reason)),
+    # libvirt's reason of the three power-management events is always 0 (unused)
+    "pm_wakeup": lambda _reason: pb.PmWakeupEvent(),
+    "pm_suspend": lambda _reason: pb.PmSuspendEvent(),
+    "pm_suspend_disk": lambda _reason: pb.PmSuspendDiskEvent(),
+    "balloon_change": lambda actual: pb.BalloonChangeEvent(actual_kib=actual),
+    "block_job": lambda disk, kind, status: pb.BlockJobEvent(
+        disk=disk or "", type=_enum(BLOCK_JOB_TYPES, kind),
+        status=_enum(BLOCK_JOB_STATUSES, status)),
+    "device_removal_failed": lambda device: pb.DeviceRemovalFailedEvent(device=device),
+    "tunable": lambda params: pb.TunableEvent(parameters=domain_params(params)),
+    "agent_lifecycle": lambda state, reason: pb.AgentLifecycleEvent(
+        state=_enum(AGENT_STATES, state), reason=_enum(AGENT_REASONS, reason)),
+    "migration_iteration": lambda iteration: pb.MigrationIterationEvent(iteration=iteration),
+    "job_completed": lambda params: pb.JobCompletedEvent(statistics=domain_params(params)),
+    "metadata_change": lambda kind, namespace_uri: pb.MetadataChangeEvent(
+        type=_enum(METADATA_TYPES, kind), namespace_uri=namespace_uri or ""),
+    "block_threshold": lambda device, path, threshold, excess: pb.BlockThresholdEvent(
+        device=device or "", path=path or "", threshold_bytes=threshold,
+        excess_bytes=excess),
+    "memory_failure": memory_failure_event,
+    "memory_device_size_change": lambda device, size: pb.MemoryDeviceSizeChangeEvent(
+        device=device or "", size_kib=size),
+    "control_error": pb.ControlErrorEvent,
+    "disk_change": lambda old_src, new_src, device, reason: pb.DiskChangeEvent(
+        old_src_path=old_src or "", new_src_path=new_src or "", device=device or "",
+        reason=_enum(DISK_CHANGE_REASONS, reason)),
 }
 
 

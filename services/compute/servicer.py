@@ -22,6 +22,7 @@ from services.common.shared import ServiceError
 from services.common.version import VERSION
 from services.compute import convert
 from services.compute.backend import ComputeBackend
+from services.compute.servicer_host import HostServicer
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 
@@ -56,7 +57,7 @@ def _data(first: _HasData, requests: Iterator[_HasData]) -> Iterator[bytes]:
         yield request.data
 
 
-class ComputeServicer(DriverServicer[ComputeBackend, pb.WatchDomainEventsResponse],
+class ComputeServicer(HostServicer, DriverServicer[ComputeBackend, pb.WatchDomainEventsResponse],
                       pb_grpc.ComputeServiceServicer):
     def __init__(self, connection: LibvirtConnection, config: Config) -> None:
         backend = ComputeBackend(connection, SharedCache.from_setting(config.caps_cache))

@@ -105,8 +105,11 @@ type ComputeServiceClient interface {
 	// statistics call (virConnectGetAllDomainStats / virDomainListGetStats).
 	// Errors: NOT_FOUND when a named domain does not exist.
 	GetDomainStats(ctx context.Context, in *GetDomainStatsRequest, opts ...grpc.CallOption) (*GetDomainStatsResponse, error)
-	// Streams domain events (lifecycle with detail, reboot, device added and
-	// removed) as they happen, until the client cancels.
+	// Streams domain events as they happen, until the client cancels: every
+	// domain event libvirt 9.0 has (lifecycle with detail, reboot, devices
+	// added, removed or failing to be removed, I/O errors, block jobs, the
+	// guest agent, tuning, metadata, balloon, graphics clients, ...; see the
+	// oneof of WatchDomainEventsResponse), each as a typed message.
 	// Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
 	// this watcher falls too far behind; UNAVAILABLE when the libvirt connection
 	// is lost (watch again once it is back).
@@ -164,6 +167,110 @@ type ComputeServiceClient interface {
 	GetNodeInfo(ctx context.Context, in *GetNodeInfoRequest, opts ...grpc.CallOption) (*GetNodeInfoResponse, error)
 	// Returns the versions of virtmesh, libvirt and the hypervisor.
 	GetVersion(ctx context.Context, in *GetVersionRequest, opts ...grpc.CallOption) (*GetVersionResponse, error)
+	// The most capable CPU model every given host CPU can run
+	// (virConnectBaselineCPU, virsh cpu-baseline), as guest CPU XML.
+	// Errors: INVALID_ARGUMENT for no CPUs, more than 256, a document that is
+	// not <cpu> XML, or an unknown model or vendor in one.
+	BaselineCpu(ctx context.Context, in *BaselineCpuRequest, opts ...grpc.CallOption) (*BaselineCpuResponse, error)
+	// The most capable CPU model the hypervisor can give a guest on every given
+	// host CPU (virConnectBaselineHypervisorCPU, virsh hypervisor-cpu-baseline).
+	// Errors: INVALID_ARGUMENT as BaselineCpu, and for an unknown emulator, arch,
+	// machine or virt type; UNIMPLEMENTED where the driver has no such call.
+	BaselineHypervisorCpu(ctx context.Context, in *BaselineHypervisorCpuRequest, opts ...grpc.CallOption) (*BaselineHypervisorCpuResponse, error)
+	// How a CPU compares with the host's CPU (virConnectCompareCPU, virsh
+	// cpu-compare).
+	// Errors: INVALID_ARGUMENT for a document that is not <cpu> XML (or not valid
+	// against libvirt's schema when `validate` is set) or names
+	// an unknown model; FAILED_PRECONDITION (VIR_ERR_CPU_INCOMPATIBLE) when
+	// fail_incompatible is set and the CPU is incompatible; UNIMPLEMENTED where
+	// the driver has no such call.
+	CompareCpu(ctx context.Context, in *CompareCpuRequest, opts ...grpc.CallOption) (*CompareCpuResponse, error)
+	// How a CPU compares with the CPU the hypervisor can give a guest
+	// (virConnectCompareHypervisorCPU, virsh hypervisor-cpu-compare).
+	// Errors: as CompareCpu, and INVALID_ARGUMENT for an unknown emulator, arch,
+	// machine or virt type.
+	CompareHypervisorCpu(ctx context.Context, in *CompareHypervisorCpuRequest, opts ...grpc.CallOption) (*CompareHypervisorCpuResponse, error)
+	// The CPU models libvirt knows for an architecture (virConnectGetCPUModelNames,
+	// virsh cpu-models).
+	// Errors: INVALID_ARGUMENT for a missing or unknown architecture.
+	GetCpuModelNames(ctx context.Context, in *GetCpuModelNamesRequest, opts ...grpc.CallOption) (*GetCpuModelNamesResponse, error)
+	// The host's SMBIOS information as sysinfo XML (virConnectGetSysinfo).
+	// Errors: UNIMPLEMENTED (VIR_ERR_CONFIG_UNSUPPORTED) when the host's SMBIOS
+	// tables cannot be read.
+	GetSysinfo(ctx context.Context, in *GetSysinfoRequest, opts ...grpc.CallOption) (*GetSysinfoResponse, error)
+	// The host's name (virConnectGetHostname).
+	// Errors: NOT_FOUND (VIR_ERR_NO_HOSTNAME) when the host has none.
+	GetHostname(ctx context.Context, in *GetHostnameRequest, opts ...grpc.CallOption) (*GetHostnameResponse, error)
+	// The most vCPUs one guest of a virtualization type may have
+	// (virConnectGetMaxVcpus, virsh maxvcpus).
+	// Errors: INVALID_ARGUMENT for an unknown virt type.
+	GetMaxVcpus(ctx context.Context, in *GetMaxVcpusRequest, opts ...grpc.CallOption) (*GetMaxVcpusResponse, error)
+	// The host's CPU time counters, of all CPUs or of one (virNodeGetCPUStats,
+	// virsh nodecpustats).
+	// Errors: INVALID_ARGUMENT for a CPU the host does not have.
+	GetNodeCpuStats(ctx context.Context, in *GetNodeCpuStatsRequest, opts ...grpc.CallOption) (*GetNodeCpuStatsResponse, error)
+	// The host's memory counters, of all NUMA cells or of one
+	// (virNodeGetMemoryStats, virsh nodememstats).
+	// Errors: INVALID_ARGUMENT for a cell the host does not have; UNIMPLEMENTED
+	// where the driver has no such call.
+	GetNodeMemoryStats(ctx context.Context, in *GetNodeMemoryStatsRequest, opts ...grpc.CallOption) (*GetNodeMemoryStatsResponse, error)
+	// The host's free memory (virNodeGetFreeMemory, virsh freecell without a cell).
+	GetNodeFreeMemory(ctx context.Context, in *GetNodeFreeMemoryRequest, opts ...grpc.CallOption) (*GetNodeFreeMemoryResponse, error)
+	// The free memory of NUMA cells (virNodeGetCellsFreeMemory, virsh freecell).
+	// Errors: INVALID_ARGUMENT for a start cell the host does not have.
+	GetCellsFreeMemory(ctx context.Context, in *GetCellsFreeMemoryRequest, opts ...grpc.CallOption) (*GetCellsFreeMemoryResponse, error)
+	// Free pages of each size in NUMA cells (virNodeGetFreePages, virsh
+	// freepages); page sizes default to every size the host's capabilities list.
+	// Errors: INVALID_ARGUMENT for a cell the host does not have or a page size it
+	// does not offer.
+	GetNodeFreePages(ctx context.Context, in *GetNodeFreePagesRequest, opts ...grpc.CallOption) (*GetNodeFreePagesResponse, error)
+	// Sets or grows the host's pools of huge pages in NUMA cells
+	// (virNodeAllocPages, virsh allocpages).
+	// Errors: INVALID_ARGUMENT for no pages, an unspecified mode, a cell the host
+	// does not have or a page size it does not offer; INTERNAL when the kernel
+	// cannot reserve them; UNIMPLEMENTED where the driver has no such call.
+	AllocNodePages(ctx context.Context, in *AllocNodePagesRequest, opts ...grpc.CallOption) (*AllocNodePagesResponse, error)
+	// The kernel's same-page merging (KSM) settings and counters
+	// (virNodeGetMemoryParameters, virsh node-memory-tune).
+	// Errors: UNIMPLEMENTED where the driver has no such call.
+	GetNodeMemoryParameters(ctx context.Context, in *GetNodeMemoryParametersRequest, opts ...grpc.CallOption) (*GetNodeMemoryParametersResponse, error)
+	// Changes the KSM settings that are set (virNodeSetMemoryParameters, virsh
+	// node-memory-tune) and returns them all as they are then.
+	// Errors: INVALID_ARGUMENT when none is set; FAILED_PRECONDITION or INTERNAL
+	// when the kernel refuses a value (merge_across_nodes while pages are
+	// shared); UNIMPLEMENTED where the driver has no such call.
+	SetNodeMemoryParameters(ctx context.Context, in *SetNodeMemoryParametersRequest, opts ...grpc.CallOption) (*SetNodeMemoryParametersResponse, error)
+	// Suspends the whole host, every guest and this service with it, for a time
+	// after which the real-time clock wakes it (virNodeSuspendForDuration, virsh
+	// nodesuspend). Refused unless the service's allow_node_suspend setting is
+	// on (it is off by default): a caller could take every guest on the host
+	// down, and nothing but the timer brings the host back.
+	// Errors: FAILED_PRECONDITION (NODE_SUSPEND_DISABLED) while the setting is
+	// off, and (VIR_ERR_OPERATION_INVALID) when the host cannot suspend to the
+	// target; INVALID_ARGUMENT for an unspecified target or a duration under 60
+	// seconds; UNIMPLEMENTED where the driver has no such call.
+	SuspendNode(ctx context.Context, in *SuspendNodeRequest, opts ...grpc.CallOption) (*SuspendNodeResponse, error)
+	// Which of the host's CPUs are online (virNodeGetCPUMap, virsh nodecpumap).
+	GetNodeCpuMap(ctx context.Context, in *GetNodeCpuMapRequest, opts ...grpc.CallOption) (*GetNodeCpuMapResponse, error)
+	// The security model guests run under (virNodeGetSecurityModel): "selinux",
+	// "apparmor", or "none".
+	GetNodeSecurityModel(ctx context.Context, in *GetNodeSecurityModelRequest, opts ...grpc.CallOption) (*GetNodeSecurityModelResponse, error)
+	// The host's AMD SEV platform data (virNodeGetSEVInfo).
+	// Errors: UNIMPLEMENTED (VIR_ERR_OPERATION_UNSUPPORTED) on a host or QEMU
+	// without SEV, and where the driver has no such call.
+	GetNodeSevInfo(ctx context.Context, in *GetNodeSevInfoRequest, opts ...grpc.CallOption) (*GetNodeSevInfoResponse, error)
+	// Domain XML from a hypervisor's native configuration
+	// (virConnectDomainXMLFromNative, virsh domxml-from-native).
+	// Errors: INVALID_ARGUMENT for an empty configuration, one over 4 MiB or one
+	// holding NUL; UNIMPLEMENTED where the driver cannot read the format
+	// (libvirt 9.0's QEMU driver no longer reads qemu-argv).
+	ConvertNativeToDomainXML(ctx context.Context, in *ConvertNativeToDomainXMLRequest, opts ...grpc.CallOption) (*ConvertNativeToDomainXMLResponse, error)
+	// A hypervisor's native configuration for domain XML
+	// (virConnectDomainXMLToNative, virsh domxml-to-native): QEMU's command line.
+	// The domain is not defined.
+	// Errors: INVALID_ARGUMENT for malformed or invalid domain XML;
+	// UNIMPLEMENTED where the driver has no such call.
+	ConvertDomainXMLToNative(ctx context.Context, in *ConvertDomainXMLToNativeRequest, opts ...grpc.CallOption) (*ConvertDomainXMLToNativeResponse, error)
 }
 
 type computeServiceClient struct {
@@ -601,6 +708,204 @@ func (c *computeServiceClient) GetVersion(ctx context.Context, in *GetVersionReq
 	return out, nil
 }
 
+func (c *computeServiceClient) BaselineCpu(ctx context.Context, in *BaselineCpuRequest, opts ...grpc.CallOption) (*BaselineCpuResponse, error) {
+	out := new(BaselineCpuResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/BaselineCpu", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) BaselineHypervisorCpu(ctx context.Context, in *BaselineHypervisorCpuRequest, opts ...grpc.CallOption) (*BaselineHypervisorCpuResponse, error) {
+	out := new(BaselineHypervisorCpuResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/BaselineHypervisorCpu", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) CompareCpu(ctx context.Context, in *CompareCpuRequest, opts ...grpc.CallOption) (*CompareCpuResponse, error) {
+	out := new(CompareCpuResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/CompareCpu", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) CompareHypervisorCpu(ctx context.Context, in *CompareHypervisorCpuRequest, opts ...grpc.CallOption) (*CompareHypervisorCpuResponse, error) {
+	out := new(CompareHypervisorCpuResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/CompareHypervisorCpu", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetCpuModelNames(ctx context.Context, in *GetCpuModelNamesRequest, opts ...grpc.CallOption) (*GetCpuModelNamesResponse, error) {
+	out := new(GetCpuModelNamesResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetCpuModelNames", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetSysinfo(ctx context.Context, in *GetSysinfoRequest, opts ...grpc.CallOption) (*GetSysinfoResponse, error) {
+	out := new(GetSysinfoResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetSysinfo", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetHostname(ctx context.Context, in *GetHostnameRequest, opts ...grpc.CallOption) (*GetHostnameResponse, error) {
+	out := new(GetHostnameResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetHostname", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetMaxVcpus(ctx context.Context, in *GetMaxVcpusRequest, opts ...grpc.CallOption) (*GetMaxVcpusResponse, error) {
+	out := new(GetMaxVcpusResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetMaxVcpus", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetNodeCpuStats(ctx context.Context, in *GetNodeCpuStatsRequest, opts ...grpc.CallOption) (*GetNodeCpuStatsResponse, error) {
+	out := new(GetNodeCpuStatsResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetNodeCpuStats", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetNodeMemoryStats(ctx context.Context, in *GetNodeMemoryStatsRequest, opts ...grpc.CallOption) (*GetNodeMemoryStatsResponse, error) {
+	out := new(GetNodeMemoryStatsResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetNodeMemoryStats", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetNodeFreeMemory(ctx context.Context, in *GetNodeFreeMemoryRequest, opts ...grpc.CallOption) (*GetNodeFreeMemoryResponse, error) {
+	out := new(GetNodeFreeMemoryResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetNodeFreeMemory", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetCellsFreeMemory(ctx context.Context, in *GetCellsFreeMemoryRequest, opts ...grpc.CallOption) (*GetCellsFreeMemoryResponse, error) {
+	out := new(GetCellsFreeMemoryResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetCellsFreeMemory", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetNodeFreePages(ctx context.Context, in *GetNodeFreePagesRequest, opts ...grpc.CallOption) (*GetNodeFreePagesResponse, error) {
+	out := new(GetNodeFreePagesResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetNodeFreePages", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) AllocNodePages(ctx context.Context, in *AllocNodePagesRequest, opts ...grpc.CallOption) (*AllocNodePagesResponse, error) {
+	out := new(AllocNodePagesResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/AllocNodePages", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetNodeMemoryParameters(ctx context.Context, in *GetNodeMemoryParametersRequest, opts ...grpc.CallOption) (*GetNodeMemoryParametersResponse, error) {
+	out := new(GetNodeMemoryParametersResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetNodeMemoryParameters", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetNodeMemoryParameters(ctx context.Context, in *SetNodeMemoryParametersRequest, opts ...grpc.CallOption) (*SetNodeMemoryParametersResponse, error) {
+	out := new(SetNodeMemoryParametersResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetNodeMemoryParameters", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SuspendNode(ctx context.Context, in *SuspendNodeRequest, opts ...grpc.CallOption) (*SuspendNodeResponse, error) {
+	out := new(SuspendNodeResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SuspendNode", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetNodeCpuMap(ctx context.Context, in *GetNodeCpuMapRequest, opts ...grpc.CallOption) (*GetNodeCpuMapResponse, error) {
+	out := new(GetNodeCpuMapResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetNodeCpuMap", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetNodeSecurityModel(ctx context.Context, in *GetNodeSecurityModelRequest, opts ...grpc.CallOption) (*GetNodeSecurityModelResponse, error) {
+	out := new(GetNodeSecurityModelResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetNodeSecurityModel", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetNodeSevInfo(ctx context.Context, in *GetNodeSevInfoRequest, opts ...grpc.CallOption) (*GetNodeSevInfoResponse, error) {
+	out := new(GetNodeSevInfoResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetNodeSevInfo", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) ConvertNativeToDomainXML(ctx context.Context, in *ConvertNativeToDomainXMLRequest, opts ...grpc.CallOption) (*ConvertNativeToDomainXMLResponse, error) {
+	out := new(ConvertNativeToDomainXMLResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/ConvertNativeToDomainXML", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) ConvertDomainXMLToNative(ctx context.Context, in *ConvertDomainXMLToNativeRequest, opts ...grpc.CallOption) (*ConvertDomainXMLToNativeResponse, error) {
+	out := new(ConvertDomainXMLToNativeResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/ConvertDomainXMLToNative", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ComputeServiceServer is the server API for ComputeService service.
 // All implementations must embed UnimplementedComputeServiceServer
 // for forward compatibility
@@ -693,8 +998,11 @@ type ComputeServiceServer interface {
 	// statistics call (virConnectGetAllDomainStats / virDomainListGetStats).
 	// Errors: NOT_FOUND when a named domain does not exist.
 	GetDomainStats(context.Context, *GetDomainStatsRequest) (*GetDomainStatsResponse, error)
-	// Streams domain events (lifecycle with detail, reboot, device added and
-	// removed) as they happen, until the client cancels.
+	// Streams domain events as they happen, until the client cancels: every
+	// domain event libvirt 9.0 has (lifecycle with detail, reboot, devices
+	// added, removed or failing to be removed, I/O errors, block jobs, the
+	// guest agent, tuning, metadata, balloon, graphics clients, ...; see the
+	// oneof of WatchDomainEventsResponse), each as a typed message.
 	// Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
 	// this watcher falls too far behind; UNAVAILABLE when the libvirt connection
 	// is lost (watch again once it is back).
@@ -752,6 +1060,110 @@ type ComputeServiceServer interface {
 	GetNodeInfo(context.Context, *GetNodeInfoRequest) (*GetNodeInfoResponse, error)
 	// Returns the versions of virtmesh, libvirt and the hypervisor.
 	GetVersion(context.Context, *GetVersionRequest) (*GetVersionResponse, error)
+	// The most capable CPU model every given host CPU can run
+	// (virConnectBaselineCPU, virsh cpu-baseline), as guest CPU XML.
+	// Errors: INVALID_ARGUMENT for no CPUs, more than 256, a document that is
+	// not <cpu> XML, or an unknown model or vendor in one.
+	BaselineCpu(context.Context, *BaselineCpuRequest) (*BaselineCpuResponse, error)
+	// The most capable CPU model the hypervisor can give a guest on every given
+	// host CPU (virConnectBaselineHypervisorCPU, virsh hypervisor-cpu-baseline).
+	// Errors: INVALID_ARGUMENT as BaselineCpu, and for an unknown emulator, arch,
+	// machine or virt type; UNIMPLEMENTED where the driver has no such call.
+	BaselineHypervisorCpu(context.Context, *BaselineHypervisorCpuRequest) (*BaselineHypervisorCpuResponse, error)
+	// How a CPU compares with the host's CPU (virConnectCompareCPU, virsh
+	// cpu-compare).
+	// Errors: INVALID_ARGUMENT for a document that is not <cpu> XML (or not valid
+	// against libvirt's schema when `validate` is set) or names
+	// an unknown model; FAILED_PRECONDITION (VIR_ERR_CPU_INCOMPATIBLE) when
+	// fail_incompatible is set and the CPU is incompatible; UNIMPLEMENTED where
+	// the driver has no such call.
+	CompareCpu(context.Context, *CompareCpuRequest) (*CompareCpuResponse, error)
+	// How a CPU compares with the CPU the hypervisor can give a guest
+	// (virConnectCompareHypervisorCPU, virsh hypervisor-cpu-compare).
+	// Errors: as CompareCpu, and INVALID_ARGUMENT for an unknown emulator, arch,
+	// machine or virt type.
+	CompareHypervisorCpu(context.Context, *CompareHypervisorCpuRequest) (*CompareHypervisorCpuResponse, error)
+	// The CPU models libvirt knows for an architecture (virConnectGetCPUModelNames,
+	// virsh cpu-models).
+	// Errors: INVALID_ARGUMENT for a missing or unknown architecture.
+	GetCpuModelNames(context.Context, *GetCpuModelNamesRequest) (*GetCpuModelNamesResponse, error)
+	// The host's SMBIOS information as sysinfo XML (virConnectGetSysinfo).
+	// Errors: UNIMPLEMENTED (VIR_ERR_CONFIG_UNSUPPORTED) when the host's SMBIOS
+	// tables cannot be read.
+	GetSysinfo(context.Context, *GetSysinfoRequest) (*GetSysinfoResponse, error)
+	// The host's name (virConnectGetHostname).
+	// Errors: NOT_FOUND (VIR_ERR_NO_HOSTNAME) when the host has none.
+	GetHostname(context.Context, *GetHostnameRequest) (*GetHostnameResponse, error)
+	// The most vCPUs one guest of a virtualization type may have
+	// (virConnectGetMaxVcpus, virsh maxvcpus).
+	// Errors: INVALID_ARGUMENT for an unknown virt type.
+	GetMaxVcpus(context.Context, *GetMaxVcpusRequest) (*GetMaxVcpusResponse, error)
+	// The host's CPU time counters, of all CPUs or of one (virNodeGetCPUStats,
+	// virsh nodecpustats).
+	// Errors: INVALID_ARGUMENT for a CPU the host does not have.
+	GetNodeCpuStats(context.Context, *GetNodeCpuStatsRequest) (*GetNodeCpuStatsResponse, error)
+	// The host's memory counters, of all NUMA cells or of one
+	// (virNodeGetMemoryStats, virsh nodememstats).
+	// Errors: INVALID_ARGUMENT for a cell the host does not have; UNIMPLEMENTED
+	// where the driver has no such call.
+	GetNodeMemoryStats(context.Context, *GetNodeMemoryStatsRequest) (*GetNodeMemoryStatsResponse, error)
+	// The host's free memory (virNodeGetFreeMemory, virsh freecell without a cell).
+	GetNodeFreeMemory(context.Context, *GetNodeFreeMemoryRequest) (*GetNodeFreeMemoryResponse, error)
+	// The free memory of NUMA cells (virNodeGetCellsFreeMemory, virsh freecell).
+	// Errors: INVALID_ARGUMENT for a start cell the host does not have.
+	GetCellsFreeMemory(context.Context, *GetCellsFreeMemoryRequest) (*GetCellsFreeMemoryResponse, error)
+	// Free pages of each size in NUMA cells (virNodeGetFreePages, virsh
+	// freepages); page sizes default to every size the host's capabilities list.
+	// Errors: INVALID_ARGUMENT for a cell the host does not have or a page size it
+	// does not offer.
+	GetNodeFreePages(context.Context, *GetNodeFreePagesRequest) (*GetNodeFreePagesResponse, error)
+	// Sets or grows the host's pools of huge pages in NUMA cells
+	// (virNodeAllocPages, virsh allocpages).
+	// Errors: INVALID_ARGUMENT for no pages, an unspecified mode, a cell the host
+	// does not have or a page size it does not offer; INTERNAL when the kernel
+	// cannot reserve them; UNIMPLEMENTED where the driver has no such call.
+	AllocNodePages(context.Context, *AllocNodePagesRequest) (*AllocNodePagesResponse, error)
+	// The kernel's same-page merging (KSM) settings and counters
+	// (virNodeGetMemoryParameters, virsh node-memory-tune).
+	// Errors: UNIMPLEMENTED where the driver has no such call.
+	GetNodeMemoryParameters(context.Context, *GetNodeMemoryParametersRequest) (*GetNodeMemoryParametersResponse, error)
+	// Changes the KSM settings that are set (virNodeSetMemoryParameters, virsh
+	// node-memory-tune) and returns them all as they are then.
+	// Errors: INVALID_ARGUMENT when none is set; FAILED_PRECONDITION or INTERNAL
+	// when the kernel refuses a value (merge_across_nodes while pages are
+	// shared); UNIMPLEMENTED where the driver has no such call.
+	SetNodeMemoryParameters(context.Context, *SetNodeMemoryParametersRequest) (*SetNodeMemoryParametersResponse, error)
+	// Suspends the whole host, every guest and this service with it, for a time
+	// after which the real-time clock wakes it (virNodeSuspendForDuration, virsh
+	// nodesuspend). Refused unless the service's allow_node_suspend setting is
+	// on (it is off by default): a caller could take every guest on the host
+	// down, and nothing but the timer brings the host back.
+	// Errors: FAILED_PRECONDITION (NODE_SUSPEND_DISABLED) while the setting is
+	// off, and (VIR_ERR_OPERATION_INVALID) when the host cannot suspend to the
+	// target; INVALID_ARGUMENT for an unspecified target or a duration under 60
+	// seconds; UNIMPLEMENTED where the driver has no such call.
+	SuspendNode(context.Context, *SuspendNodeRequest) (*SuspendNodeResponse, error)
+	// Which of the host's CPUs are online (virNodeGetCPUMap, virsh nodecpumap).
+	GetNodeCpuMap(context.Context, *GetNodeCpuMapRequest) (*GetNodeCpuMapResponse, error)
+	// The security model guests run under (virNodeGetSecurityModel): "selinux",
+	// "apparmor", or "none".
+	GetNodeSecurityModel(context.Context, *GetNodeSecurityModelRequest) (*GetNodeSecurityModelResponse, error)
+	// The host's AMD SEV platform data (virNodeGetSEVInfo).
+	// Errors: UNIMPLEMENTED (VIR_ERR_OPERATION_UNSUPPORTED) on a host or QEMU
+	// without SEV, and where the driver has no such call.
+	GetNodeSevInfo(context.Context, *GetNodeSevInfoRequest) (*GetNodeSevInfoResponse, error)
+	// Domain XML from a hypervisor's native configuration
+	// (virConnectDomainXMLFromNative, virsh domxml-from-native).
+	// Errors: INVALID_ARGUMENT for an empty configuration, one over 4 MiB or one
+	// holding NUL; UNIMPLEMENTED where the driver cannot read the format
+	// (libvirt 9.0's QEMU driver no longer reads qemu-argv).
+	ConvertNativeToDomainXML(context.Context, *ConvertNativeToDomainXMLRequest) (*ConvertNativeToDomainXMLResponse, error)
+	// A hypervisor's native configuration for domain XML
+	// (virConnectDomainXMLToNative, virsh domxml-to-native): QEMU's command line.
+	// The domain is not defined.
+	// Errors: INVALID_ARGUMENT for malformed or invalid domain XML;
+	// UNIMPLEMENTED where the driver has no such call.
+	ConvertDomainXMLToNative(context.Context, *ConvertDomainXMLToNativeRequest) (*ConvertDomainXMLToNativeResponse, error)
 	mustEmbedUnimplementedComputeServiceServer()
 }
 
@@ -863,6 +1275,72 @@ func (UnimplementedComputeServiceServer) GetNodeInfo(context.Context, *GetNodeIn
 }
 func (UnimplementedComputeServiceServer) GetVersion(context.Context, *GetVersionRequest) (*GetVersionResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetVersion not implemented")
+}
+func (UnimplementedComputeServiceServer) BaselineCpu(context.Context, *BaselineCpuRequest) (*BaselineCpuResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method BaselineCpu not implemented")
+}
+func (UnimplementedComputeServiceServer) BaselineHypervisorCpu(context.Context, *BaselineHypervisorCpuRequest) (*BaselineHypervisorCpuResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method BaselineHypervisorCpu not implemented")
+}
+func (UnimplementedComputeServiceServer) CompareCpu(context.Context, *CompareCpuRequest) (*CompareCpuResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CompareCpu not implemented")
+}
+func (UnimplementedComputeServiceServer) CompareHypervisorCpu(context.Context, *CompareHypervisorCpuRequest) (*CompareHypervisorCpuResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CompareHypervisorCpu not implemented")
+}
+func (UnimplementedComputeServiceServer) GetCpuModelNames(context.Context, *GetCpuModelNamesRequest) (*GetCpuModelNamesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetCpuModelNames not implemented")
+}
+func (UnimplementedComputeServiceServer) GetSysinfo(context.Context, *GetSysinfoRequest) (*GetSysinfoResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetSysinfo not implemented")
+}
+func (UnimplementedComputeServiceServer) GetHostname(context.Context, *GetHostnameRequest) (*GetHostnameResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetHostname not implemented")
+}
+func (UnimplementedComputeServiceServer) GetMaxVcpus(context.Context, *GetMaxVcpusRequest) (*GetMaxVcpusResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetMaxVcpus not implemented")
+}
+func (UnimplementedComputeServiceServer) GetNodeCpuStats(context.Context, *GetNodeCpuStatsRequest) (*GetNodeCpuStatsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetNodeCpuStats not implemented")
+}
+func (UnimplementedComputeServiceServer) GetNodeMemoryStats(context.Context, *GetNodeMemoryStatsRequest) (*GetNodeMemoryStatsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetNodeMemoryStats not implemented")
+}
+func (UnimplementedComputeServiceServer) GetNodeFreeMemory(context.Context, *GetNodeFreeMemoryRequest) (*GetNodeFreeMemoryResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetNodeFreeMemory not implemented")
+}
+func (UnimplementedComputeServiceServer) GetCellsFreeMemory(context.Context, *GetCellsFreeMemoryRequest) (*GetCellsFreeMemoryResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetCellsFreeMemory not implemented")
+}
+func (UnimplementedComputeServiceServer) GetNodeFreePages(context.Context, *GetNodeFreePagesRequest) (*GetNodeFreePagesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetNodeFreePages not implemented")
+}
+func (UnimplementedComputeServiceServer) AllocNodePages(context.Context, *AllocNodePagesRequest) (*AllocNodePagesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method AllocNodePages not implemented")
+}
+func (UnimplementedComputeServiceServer) GetNodeMemoryParameters(context.Context, *GetNodeMemoryParametersRequest) (*GetNodeMemoryParametersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetNodeMemoryParameters not implemented")
+}
+func (UnimplementedComputeServiceServer) SetNodeMemoryParameters(context.Context, *SetNodeMemoryParametersRequest) (*SetNodeMemoryParametersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetNodeMemoryParameters not implemented")
+}
+func (UnimplementedComputeServiceServer) SuspendNode(context.Context, *SuspendNodeRequest) (*SuspendNodeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SuspendNode not implemented")
+}
+func (UnimplementedComputeServiceServer) GetNodeCpuMap(context.Context, *GetNodeCpuMapRequest) (*GetNodeCpuMapResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetNodeCpuMap not implemented")
+}
+func (UnimplementedComputeServiceServer) GetNodeSecurityModel(context.Context, *GetNodeSecurityModelRequest) (*GetNodeSecurityModelResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetNodeSecurityModel not implemented")
+}
+func (UnimplementedComputeServiceServer) GetNodeSevInfo(context.Context, *GetNodeSevInfoRequest) (*GetNodeSevInfoResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetNodeSevInfo not implemented")
+}
+func (UnimplementedComputeServiceServer) ConvertNativeToDomainXML(context.Context, *ConvertNativeToDomainXMLRequest) (*ConvertNativeToDomainXMLResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ConvertNativeToDomainXML not implemented")
+}
+func (UnimplementedComputeServiceServer) ConvertDomainXMLToNative(context.Context, *ConvertDomainXMLToNativeRequest) (*ConvertDomainXMLToNativeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ConvertDomainXMLToNative not implemented")
 }
 func (UnimplementedComputeServiceServer) mustEmbedUnimplementedComputeServiceServer() {}
 
@@ -1537,6 +2015,402 @@ func _ComputeService_GetVersion_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ComputeService_BaselineCpu_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BaselineCpuRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).BaselineCpu(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/BaselineCpu",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).BaselineCpu(ctx, req.(*BaselineCpuRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_BaselineHypervisorCpu_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BaselineHypervisorCpuRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).BaselineHypervisorCpu(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/BaselineHypervisorCpu",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).BaselineHypervisorCpu(ctx, req.(*BaselineHypervisorCpuRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_CompareCpu_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CompareCpuRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).CompareCpu(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/CompareCpu",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).CompareCpu(ctx, req.(*CompareCpuRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_CompareHypervisorCpu_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CompareHypervisorCpuRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).CompareHypervisorCpu(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/CompareHypervisorCpu",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).CompareHypervisorCpu(ctx, req.(*CompareHypervisorCpuRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetCpuModelNames_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCpuModelNamesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetCpuModelNames(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetCpuModelNames",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetCpuModelNames(ctx, req.(*GetCpuModelNamesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetSysinfo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSysinfoRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetSysinfo(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetSysinfo",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetSysinfo(ctx, req.(*GetSysinfoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetHostname_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetHostnameRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetHostname(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetHostname",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetHostname(ctx, req.(*GetHostnameRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetMaxVcpus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetMaxVcpusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetMaxVcpus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetMaxVcpus",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetMaxVcpus(ctx, req.(*GetMaxVcpusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetNodeCpuStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetNodeCpuStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetNodeCpuStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetNodeCpuStats",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetNodeCpuStats(ctx, req.(*GetNodeCpuStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetNodeMemoryStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetNodeMemoryStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetNodeMemoryStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetNodeMemoryStats",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetNodeMemoryStats(ctx, req.(*GetNodeMemoryStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetNodeFreeMemory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetNodeFreeMemoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetNodeFreeMemory(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetNodeFreeMemory",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetNodeFreeMemory(ctx, req.(*GetNodeFreeMemoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetCellsFreeMemory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCellsFreeMemoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetCellsFreeMemory(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetCellsFreeMemory",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetCellsFreeMemory(ctx, req.(*GetCellsFreeMemoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetNodeFreePages_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetNodeFreePagesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetNodeFreePages(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetNodeFreePages",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetNodeFreePages(ctx, req.(*GetNodeFreePagesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_AllocNodePages_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AllocNodePagesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).AllocNodePages(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/AllocNodePages",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).AllocNodePages(ctx, req.(*AllocNodePagesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetNodeMemoryParameters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetNodeMemoryParametersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetNodeMemoryParameters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetNodeMemoryParameters",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetNodeMemoryParameters(ctx, req.(*GetNodeMemoryParametersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetNodeMemoryParameters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetNodeMemoryParametersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetNodeMemoryParameters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetNodeMemoryParameters",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetNodeMemoryParameters(ctx, req.(*SetNodeMemoryParametersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SuspendNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SuspendNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SuspendNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SuspendNode",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SuspendNode(ctx, req.(*SuspendNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetNodeCpuMap_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetNodeCpuMapRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetNodeCpuMap(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetNodeCpuMap",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetNodeCpuMap(ctx, req.(*GetNodeCpuMapRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetNodeSecurityModel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetNodeSecurityModelRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetNodeSecurityModel(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetNodeSecurityModel",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetNodeSecurityModel(ctx, req.(*GetNodeSecurityModelRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetNodeSevInfo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetNodeSevInfoRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetNodeSevInfo(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetNodeSevInfo",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetNodeSevInfo(ctx, req.(*GetNodeSevInfoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_ConvertNativeToDomainXML_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ConvertNativeToDomainXMLRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).ConvertNativeToDomainXML(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/ConvertNativeToDomainXML",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).ConvertNativeToDomainXML(ctx, req.(*ConvertNativeToDomainXMLRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_ConvertDomainXMLToNative_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ConvertDomainXMLToNativeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).ConvertDomainXMLToNative(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/ConvertDomainXMLToNative",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).ConvertDomainXMLToNative(ctx, req.(*ConvertDomainXMLToNativeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _ComputeService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "virtmesh.compute.v1.ComputeService",
 	HandlerType: (*ComputeServiceServer)(nil),
@@ -1660,6 +2534,94 @@ var _ComputeService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetVersion",
 			Handler:    _ComputeService_GetVersion_Handler,
+		},
+		{
+			MethodName: "BaselineCpu",
+			Handler:    _ComputeService_BaselineCpu_Handler,
+		},
+		{
+			MethodName: "BaselineHypervisorCpu",
+			Handler:    _ComputeService_BaselineHypervisorCpu_Handler,
+		},
+		{
+			MethodName: "CompareCpu",
+			Handler:    _ComputeService_CompareCpu_Handler,
+		},
+		{
+			MethodName: "CompareHypervisorCpu",
+			Handler:    _ComputeService_CompareHypervisorCpu_Handler,
+		},
+		{
+			MethodName: "GetCpuModelNames",
+			Handler:    _ComputeService_GetCpuModelNames_Handler,
+		},
+		{
+			MethodName: "GetSysinfo",
+			Handler:    _ComputeService_GetSysinfo_Handler,
+		},
+		{
+			MethodName: "GetHostname",
+			Handler:    _ComputeService_GetHostname_Handler,
+		},
+		{
+			MethodName: "GetMaxVcpus",
+			Handler:    _ComputeService_GetMaxVcpus_Handler,
+		},
+		{
+			MethodName: "GetNodeCpuStats",
+			Handler:    _ComputeService_GetNodeCpuStats_Handler,
+		},
+		{
+			MethodName: "GetNodeMemoryStats",
+			Handler:    _ComputeService_GetNodeMemoryStats_Handler,
+		},
+		{
+			MethodName: "GetNodeFreeMemory",
+			Handler:    _ComputeService_GetNodeFreeMemory_Handler,
+		},
+		{
+			MethodName: "GetCellsFreeMemory",
+			Handler:    _ComputeService_GetCellsFreeMemory_Handler,
+		},
+		{
+			MethodName: "GetNodeFreePages",
+			Handler:    _ComputeService_GetNodeFreePages_Handler,
+		},
+		{
+			MethodName: "AllocNodePages",
+			Handler:    _ComputeService_AllocNodePages_Handler,
+		},
+		{
+			MethodName: "GetNodeMemoryParameters",
+			Handler:    _ComputeService_GetNodeMemoryParameters_Handler,
+		},
+		{
+			MethodName: "SetNodeMemoryParameters",
+			Handler:    _ComputeService_SetNodeMemoryParameters_Handler,
+		},
+		{
+			MethodName: "SuspendNode",
+			Handler:    _ComputeService_SuspendNode_Handler,
+		},
+		{
+			MethodName: "GetNodeCpuMap",
+			Handler:    _ComputeService_GetNodeCpuMap_Handler,
+		},
+		{
+			MethodName: "GetNodeSecurityModel",
+			Handler:    _ComputeService_GetNodeSecurityModel_Handler,
+		},
+		{
+			MethodName: "GetNodeSevInfo",
+			Handler:    _ComputeService_GetNodeSevInfo_Handler,
+		},
+		{
+			MethodName: "ConvertNativeToDomainXML",
+			Handler:    _ComputeService_ConvertNativeToDomainXML_Handler,
+		},
+		{
+			MethodName: "ConvertDomainXMLToNative",
+			Handler:    _ComputeService_ConvertDomainXMLToNative_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -96,7 +96,9 @@ type NetworkServiceClient interface {
 	// Errors: as GetNetworkPort.
 	DeleteNetworkPort(ctx context.Context, in *DeleteNetworkPortRequest, opts ...grpc.CallOption) (*DeleteNetworkPortResponse, error)
 	// Streams network lifecycle events (defined, undefined, started, stopped)
-	// as they happen, until the client cancels.
+	// as they happen, until the client cancels. Lifecycle is libvirt 9.0's one
+	// network event (virNetworkEventID); metadata change came with network
+	// metadata in libvirt 9.7.
 	// Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
 	// this watcher falls too far behind; UNAVAILABLE when the libvirt connection
 	// is lost (watch again once it is back).
@@ -415,7 +417,9 @@ type NetworkServiceServer interface {
 	// Errors: as GetNetworkPort.
 	DeleteNetworkPort(context.Context, *DeleteNetworkPortRequest) (*DeleteNetworkPortResponse, error)
 	// Streams network lifecycle events (defined, undefined, started, stopped)
-	// as they happen, until the client cancels.
+	// as they happen, until the client cancels. Lifecycle is libvirt 9.0's one
+	// network event (virNetworkEventID); metadata change came with network
+	// metadata in libvirt 9.7.
 	// Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
 	// this watcher falls too far behind; UNAVAILABLE when the libvirt connection
 	// is lost (watch again once it is back).

@@ -81,7 +81,8 @@ type NodeDeviceServiceClient interface {
 	// Errors: as DetachNodeDevice.
 	ResetNodeDevice(ctx context.Context, in *ResetNodeDeviceRequest, opts ...grpc.CallOption) (*ResetNodeDeviceResponse, error)
 	// Streams node device events (lifecycle and update) as they happen, until
-	// the client cancels.
+	// the client cancels. These are all of libvirt 9.0's node device events
+	// (virNodeDeviceEventID).
 	// Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
 	// this watcher falls too far behind; UNAVAILABLE when the libvirt connection
 	// is lost (watch again once it is back).
@@ -319,7 +320,8 @@ type NodeDeviceServiceServer interface {
 	// Errors: as DetachNodeDevice.
 	ResetNodeDevice(context.Context, *ResetNodeDeviceRequest) (*ResetNodeDeviceResponse, error)
 	// Streams node device events (lifecycle and update) as they happen, until
-	// the client cancels.
+	// the client cancels. These are all of libvirt 9.0's node device events
+	// (virNodeDeviceEventID).
 	// Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
 	// this watcher falls too far behind; UNAVAILABLE when the libvirt connection
 	// is lost (watch again once it is back).

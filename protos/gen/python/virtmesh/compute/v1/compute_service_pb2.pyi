@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from virtmesh.events.v1 import events_pb2 as _events_pb2
+from virtmesh.types.v1 import typed_params_pb2 as _typed_params_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -134,6 +135,340 @@ LIFECYCLE_EVENT_TYPE_PMSUSPENDED: LifecycleEventType.ValueType  # 8
 LIFECYCLE_EVENT_TYPE_CRASHED: LifecycleEventType.ValueType  # 9
 Global___LifecycleEventType: _TypeAlias = LifecycleEventType  # noqa: Y015
 
+class _WatchdogAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WatchdogActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WatchdogAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WATCHDOG_ACTION_UNSPECIFIED: _WatchdogAction.ValueType  # 0
+    WATCHDOG_ACTION_NONE: _WatchdogAction.ValueType  # 1
+    """Nothing: the watchdog fired and was left alone."""
+    WATCHDOG_ACTION_PAUSE: _WatchdogAction.ValueType  # 2
+    WATCHDOG_ACTION_RESET: _WatchdogAction.ValueType  # 3
+    WATCHDOG_ACTION_POWEROFF: _WatchdogAction.ValueType  # 4
+    WATCHDOG_ACTION_SHUTDOWN: _WatchdogAction.ValueType  # 5
+    WATCHDOG_ACTION_DEBUG: _WatchdogAction.ValueType  # 6
+    WATCHDOG_ACTION_INJECTNMI: _WatchdogAction.ValueType  # 7
+
+class WatchdogAction(_WatchdogAction, metaclass=_WatchdogActionEnumTypeWrapper):
+    """What a watchdog device did when the guest stopped feeding it, as libvirt's
+    virDomainEventWatchdogAction.
+    """
+
+WATCHDOG_ACTION_UNSPECIFIED: WatchdogAction.ValueType  # 0
+WATCHDOG_ACTION_NONE: WatchdogAction.ValueType  # 1
+"""Nothing: the watchdog fired and was left alone."""
+WATCHDOG_ACTION_PAUSE: WatchdogAction.ValueType  # 2
+WATCHDOG_ACTION_RESET: WatchdogAction.ValueType  # 3
+WATCHDOG_ACTION_POWEROFF: WatchdogAction.ValueType  # 4
+WATCHDOG_ACTION_SHUTDOWN: WatchdogAction.ValueType  # 5
+WATCHDOG_ACTION_DEBUG: WatchdogAction.ValueType  # 6
+WATCHDOG_ACTION_INJECTNMI: WatchdogAction.ValueType  # 7
+Global___WatchdogAction: _TypeAlias = WatchdogAction  # noqa: Y015
+
+class _IoErrorAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IoErrorActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IoErrorAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IO_ERROR_ACTION_UNSPECIFIED: _IoErrorAction.ValueType  # 0
+    IO_ERROR_ACTION_NONE: _IoErrorAction.ValueType  # 1
+    """Nothing: the error was ignored."""
+    IO_ERROR_ACTION_PAUSE: _IoErrorAction.ValueType  # 2
+    """The guest was paused (error_policy 'stop')."""
+    IO_ERROR_ACTION_REPORT: _IoErrorAction.ValueType  # 3
+    """The error was reported to the guest (error_policy 'report')."""
+
+class IoErrorAction(_IoErrorAction, metaclass=_IoErrorActionEnumTypeWrapper):
+    """What the hypervisor did on a disk I/O error, as libvirt's
+    virDomainEventIOErrorAction (the disk's error_policy).
+    """
+
+IO_ERROR_ACTION_UNSPECIFIED: IoErrorAction.ValueType  # 0
+IO_ERROR_ACTION_NONE: IoErrorAction.ValueType  # 1
+"""Nothing: the error was ignored."""
+IO_ERROR_ACTION_PAUSE: IoErrorAction.ValueType  # 2
+"""The guest was paused (error_policy 'stop')."""
+IO_ERROR_ACTION_REPORT: IoErrorAction.ValueType  # 3
+"""The error was reported to the guest (error_policy 'report')."""
+Global___IoErrorAction: _TypeAlias = IoErrorAction  # noqa: Y015
+
+class _GraphicsPhase:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GraphicsPhaseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GraphicsPhase.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GRAPHICS_PHASE_UNSPECIFIED: _GraphicsPhase.ValueType  # 0
+    GRAPHICS_PHASE_CONNECT: _GraphicsPhase.ValueType  # 1
+    """The client connected (before authentication)."""
+    GRAPHICS_PHASE_INITIALIZE: _GraphicsPhase.ValueType  # 2
+    """The client authenticated and the session started."""
+    GRAPHICS_PHASE_DISCONNECT: _GraphicsPhase.ValueType  # 3
+
+class GraphicsPhase(_GraphicsPhase, metaclass=_GraphicsPhaseEnumTypeWrapper):
+    """The stage of a graphics client's connection, as libvirt's
+    virDomainEventGraphicsPhase.
+    """
+
+GRAPHICS_PHASE_UNSPECIFIED: GraphicsPhase.ValueType  # 0
+GRAPHICS_PHASE_CONNECT: GraphicsPhase.ValueType  # 1
+"""The client connected (before authentication)."""
+GRAPHICS_PHASE_INITIALIZE: GraphicsPhase.ValueType  # 2
+"""The client authenticated and the session started."""
+GRAPHICS_PHASE_DISCONNECT: GraphicsPhase.ValueType  # 3
+Global___GraphicsPhase: _TypeAlias = GraphicsPhase  # noqa: Y015
+
+class _GraphicsAddressFamily:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GraphicsAddressFamilyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GraphicsAddressFamily.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GRAPHICS_ADDRESS_FAMILY_UNSPECIFIED: _GraphicsAddressFamily.ValueType  # 0
+    GRAPHICS_ADDRESS_FAMILY_IPV4: _GraphicsAddressFamily.ValueType  # 1
+    GRAPHICS_ADDRESS_FAMILY_IPV6: _GraphicsAddressFamily.ValueType  # 2
+    GRAPHICS_ADDRESS_FAMILY_UNIX: _GraphicsAddressFamily.ValueType  # 3
+
+class GraphicsAddressFamily(_GraphicsAddressFamily, metaclass=_GraphicsAddressFamilyEnumTypeWrapper):
+    """An address family of a graphics connection's end, as libvirt's
+    virDomainEventGraphicsAddressType.
+    """
+
+GRAPHICS_ADDRESS_FAMILY_UNSPECIFIED: GraphicsAddressFamily.ValueType  # 0
+GRAPHICS_ADDRESS_FAMILY_IPV4: GraphicsAddressFamily.ValueType  # 1
+GRAPHICS_ADDRESS_FAMILY_IPV6: GraphicsAddressFamily.ValueType  # 2
+GRAPHICS_ADDRESS_FAMILY_UNIX: GraphicsAddressFamily.ValueType  # 3
+Global___GraphicsAddressFamily: _TypeAlias = GraphicsAddressFamily  # noqa: Y015
+
+class _TrayChange:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TrayChangeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TrayChange.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRAY_CHANGE_UNSPECIFIED: _TrayChange.ValueType  # 0
+    TRAY_CHANGE_OPEN: _TrayChange.ValueType  # 1
+    TRAY_CHANGE_CLOSE: _TrayChange.ValueType  # 2
+
+class TrayChange(_TrayChange, metaclass=_TrayChangeEnumTypeWrapper):
+    """Why a removable medium's tray moved, as libvirt's
+    virDomainEventTrayChangeReason.
+    """
+
+TRAY_CHANGE_UNSPECIFIED: TrayChange.ValueType  # 0
+TRAY_CHANGE_OPEN: TrayChange.ValueType  # 1
+TRAY_CHANGE_CLOSE: TrayChange.ValueType  # 2
+Global___TrayChange: _TypeAlias = TrayChange  # noqa: Y015
+
+class _BlockJobType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BlockJobTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BlockJobType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BLOCK_JOB_TYPE_UNSPECIFIED: _BlockJobType.ValueType  # 0
+    BLOCK_JOB_TYPE_PULL: _BlockJobType.ValueType  # 1
+    """Data pulled into the active layer from its backing chain."""
+    BLOCK_JOB_TYPE_COPY: _BlockJobType.ValueType  # 2
+    """A copy of the disk to a new destination (block copy, mirror)."""
+    BLOCK_JOB_TYPE_COMMIT: _BlockJobType.ValueType  # 3
+    """A backing layer committed into a lower one."""
+    BLOCK_JOB_TYPE_ACTIVE_COMMIT: _BlockJobType.ValueType  # 4
+    """The active layer committed into its backing chain."""
+    BLOCK_JOB_TYPE_BACKUP: _BlockJobType.ValueType  # 5
+    """A backup (virDomainBackupBegin)."""
+
+class BlockJobType(_BlockJobType, metaclass=_BlockJobTypeEnumTypeWrapper):
+    """A block job's kind, as libvirt's virDomainBlockJobType."""
+
+BLOCK_JOB_TYPE_UNSPECIFIED: BlockJobType.ValueType  # 0
+BLOCK_JOB_TYPE_PULL: BlockJobType.ValueType  # 1
+"""Data pulled into the active layer from its backing chain."""
+BLOCK_JOB_TYPE_COPY: BlockJobType.ValueType  # 2
+"""A copy of the disk to a new destination (block copy, mirror)."""
+BLOCK_JOB_TYPE_COMMIT: BlockJobType.ValueType  # 3
+"""A backing layer committed into a lower one."""
+BLOCK_JOB_TYPE_ACTIVE_COMMIT: BlockJobType.ValueType  # 4
+"""The active layer committed into its backing chain."""
+BLOCK_JOB_TYPE_BACKUP: BlockJobType.ValueType  # 5
+"""A backup (virDomainBackupBegin)."""
+Global___BlockJobType: _TypeAlias = BlockJobType  # noqa: Y015
+
+class _BlockJobStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BlockJobStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BlockJobStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BLOCK_JOB_STATUS_UNSPECIFIED: _BlockJobStatus.ValueType  # 0
+    BLOCK_JOB_STATUS_COMPLETED: _BlockJobStatus.ValueType  # 1
+    BLOCK_JOB_STATUS_FAILED: _BlockJobStatus.ValueType  # 2
+    BLOCK_JOB_STATUS_CANCELED: _BlockJobStatus.ValueType  # 3
+    BLOCK_JOB_STATUS_READY: _BlockJobStatus.ValueType  # 4
+    """A copy or active commit is in sync and waits to be pivoted or cancelled."""
+
+class BlockJobStatus(_BlockJobStatus, metaclass=_BlockJobStatusEnumTypeWrapper):
+    """Where a block job has got to, as libvirt's virConnectDomainEventBlockJobStatus."""
+
+BLOCK_JOB_STATUS_UNSPECIFIED: BlockJobStatus.ValueType  # 0
+BLOCK_JOB_STATUS_COMPLETED: BlockJobStatus.ValueType  # 1
+BLOCK_JOB_STATUS_FAILED: BlockJobStatus.ValueType  # 2
+BLOCK_JOB_STATUS_CANCELED: BlockJobStatus.ValueType  # 3
+BLOCK_JOB_STATUS_READY: BlockJobStatus.ValueType  # 4
+"""A copy or active commit is in sync and waits to be pivoted or cancelled."""
+Global___BlockJobStatus: _TypeAlias = BlockJobStatus  # noqa: Y015
+
+class _AgentState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AgentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AGENT_STATE_UNSPECIFIED: _AgentState.ValueType  # 0
+    AGENT_STATE_CONNECTED: _AgentState.ValueType  # 1
+    AGENT_STATE_DISCONNECTED: _AgentState.ValueType  # 2
+
+class AgentState(_AgentState, metaclass=_AgentStateEnumTypeWrapper):
+    """Whether the guest agent is there, as libvirt's
+    virConnectDomainEventAgentLifecycleState.
+    """
+
+AGENT_STATE_UNSPECIFIED: AgentState.ValueType  # 0
+AGENT_STATE_CONNECTED: AgentState.ValueType  # 1
+AGENT_STATE_DISCONNECTED: AgentState.ValueType  # 2
+Global___AgentState: _TypeAlias = AgentState  # noqa: Y015
+
+class _AgentLifecycleReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AgentLifecycleReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentLifecycleReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AGENT_LIFECYCLE_REASON_UNSPECIFIED: _AgentLifecycleReason.ValueType  # 0
+    """libvirt's "unknown" as well."""
+    AGENT_LIFECYCLE_REASON_DOMAIN_STARTED: _AgentLifecycleReason.ValueType  # 1
+    """The domain started (or libvirt reconnected to it)."""
+    AGENT_LIFECYCLE_REASON_CHANNEL: _AgentLifecycleReason.ValueType  # 2
+    """The agent opened or closed its channel in the guest."""
+
+class AgentLifecycleReason(_AgentLifecycleReason, metaclass=_AgentLifecycleReasonEnumTypeWrapper):
+    """Why the agent's state changed, as libvirt's
+    virConnectDomainEventAgentLifecycleReason.
+    """
+
+AGENT_LIFECYCLE_REASON_UNSPECIFIED: AgentLifecycleReason.ValueType  # 0
+"""libvirt's "unknown" as well."""
+AGENT_LIFECYCLE_REASON_DOMAIN_STARTED: AgentLifecycleReason.ValueType  # 1
+"""The domain started (or libvirt reconnected to it)."""
+AGENT_LIFECYCLE_REASON_CHANNEL: AgentLifecycleReason.ValueType  # 2
+"""The agent opened or closed its channel in the guest."""
+Global___AgentLifecycleReason: _TypeAlias = AgentLifecycleReason  # noqa: Y015
+
+class _MetadataType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MetadataTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MetadataType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    METADATA_TYPE_UNSPECIFIED: _MetadataType.ValueType  # 0
+    METADATA_TYPE_DESCRIPTION: _MetadataType.ValueType  # 1
+    """<description>"""
+    METADATA_TYPE_TITLE: _MetadataType.ValueType  # 2
+    """<title>"""
+    METADATA_TYPE_ELEMENT: _MetadataType.ValueType  # 3
+    """An element of an application's namespace under <metadata>."""
+
+class MetadataType(_MetadataType, metaclass=_MetadataTypeEnumTypeWrapper):
+    """Which metadata, as libvirt's virDomainMetadataType."""
+
+METADATA_TYPE_UNSPECIFIED: MetadataType.ValueType  # 0
+METADATA_TYPE_DESCRIPTION: MetadataType.ValueType  # 1
+"""<description>"""
+METADATA_TYPE_TITLE: MetadataType.ValueType  # 2
+"""<title>"""
+METADATA_TYPE_ELEMENT: MetadataType.ValueType  # 3
+"""An element of an application's namespace under <metadata>."""
+Global___MetadataType: _TypeAlias = MetadataType  # noqa: Y015
+
+class _MemoryFailureRecipient:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MemoryFailureRecipientEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MemoryFailureRecipient.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEMORY_FAILURE_RECIPIENT_UNSPECIFIED: _MemoryFailureRecipient.ValueType  # 0
+    MEMORY_FAILURE_RECIPIENT_HYPERVISOR: _MemoryFailureRecipient.ValueType  # 1
+    """The hypervisor's own memory."""
+    MEMORY_FAILURE_RECIPIENT_GUEST: _MemoryFailureRecipient.ValueType  # 2
+    """The guest's memory."""
+
+class MemoryFailureRecipient(_MemoryFailureRecipient, metaclass=_MemoryFailureRecipientEnumTypeWrapper):
+    """Who got a memory failure, as libvirt's virDomainMemoryFailureRecipientType."""
+
+MEMORY_FAILURE_RECIPIENT_UNSPECIFIED: MemoryFailureRecipient.ValueType  # 0
+MEMORY_FAILURE_RECIPIENT_HYPERVISOR: MemoryFailureRecipient.ValueType  # 1
+"""The hypervisor's own memory."""
+MEMORY_FAILURE_RECIPIENT_GUEST: MemoryFailureRecipient.ValueType  # 2
+"""The guest's memory."""
+Global___MemoryFailureRecipient: _TypeAlias = MemoryFailureRecipient  # noqa: Y015
+
+class _MemoryFailureAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MemoryFailureActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MemoryFailureAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEMORY_FAILURE_ACTION_UNSPECIFIED: _MemoryFailureAction.ValueType  # 0
+    MEMORY_FAILURE_ACTION_IGNORE: _MemoryFailureAction.ValueType  # 1
+    MEMORY_FAILURE_ACTION_INJECT: _MemoryFailureAction.ValueType  # 2
+    """Injected into the guest as a machine check."""
+    MEMORY_FAILURE_ACTION_FATAL: _MemoryFailureAction.ValueType  # 3
+    """Fatal to the hypervisor."""
+    MEMORY_FAILURE_ACTION_RESET: _MemoryFailureAction.ValueType  # 4
+    """The guest was reset."""
+
+class MemoryFailureAction(_MemoryFailureAction, metaclass=_MemoryFailureActionEnumTypeWrapper):
+    """What was done about it, as libvirt's virDomainMemoryFailureActionType."""
+
+MEMORY_FAILURE_ACTION_UNSPECIFIED: MemoryFailureAction.ValueType  # 0
+MEMORY_FAILURE_ACTION_IGNORE: MemoryFailureAction.ValueType  # 1
+MEMORY_FAILURE_ACTION_INJECT: MemoryFailureAction.ValueType  # 2
+"""Injected into the guest as a machine check."""
+MEMORY_FAILURE_ACTION_FATAL: MemoryFailureAction.ValueType  # 3
+"""Fatal to the hypervisor."""
+MEMORY_FAILURE_ACTION_RESET: MemoryFailureAction.ValueType  # 4
+"""The guest was reset."""
+Global___MemoryFailureAction: _TypeAlias = MemoryFailureAction  # noqa: Y015
+
+class _DiskChangeReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DiskChangeReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DiskChangeReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DISK_CHANGE_REASON_UNSPECIFIED: _DiskChangeReason.ValueType  # 0
+    DISK_CHANGE_REASON_MISSING_ON_START: _DiskChangeReason.ValueType  # 1
+    """The source was missing at start, and the disk was started empty
+    (startupPolicy 'optional').
+    """
+    DISK_CHANGE_REASON_DROP_MISSING_ON_START: _DiskChangeReason.ValueType  # 2
+    """The source was missing at start, and the disk was dropped from the domain."""
+
+class DiskChangeReason(_DiskChangeReason, metaclass=_DiskChangeReasonEnumTypeWrapper):
+    """Why a disk's medium changed, as libvirt's virConnectDomainEventDiskChangeReason."""
+
+DISK_CHANGE_REASON_UNSPECIFIED: DiskChangeReason.ValueType  # 0
+DISK_CHANGE_REASON_MISSING_ON_START: DiskChangeReason.ValueType  # 1
+"""The source was missing at start, and the disk was started empty
+(startupPolicy 'optional').
+"""
+DISK_CHANGE_REASON_DROP_MISSING_ON_START: DiskChangeReason.ValueType  # 2
+"""The source was missing at start, and the disk was dropped from the domain."""
+Global___DiskChangeReason: _TypeAlias = DiskChangeReason  # noqa: Y015
+
 class _KeyCodeSet:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -169,6 +504,104 @@ KEY_CODE_SET_USB: KeyCodeSet.ValueType  # 8
 KEY_CODE_SET_WIN32: KeyCodeSet.ValueType  # 9
 KEY_CODE_SET_QNUM: KeyCodeSet.ValueType  # 10
 Global___KeyCodeSet: _TypeAlias = KeyCodeSet  # noqa: Y015
+
+class _CpuCompareResult:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CpuCompareResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CpuCompareResult.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CPU_COMPARE_RESULT_UNSPECIFIED: _CpuCompareResult.ValueType  # 0
+    CPU_COMPARE_RESULT_INCOMPATIBLE: _CpuCompareResult.ValueType  # 1
+    """The host cannot run it."""
+    CPU_COMPARE_RESULT_IDENTICAL: _CpuCompareResult.ValueType  # 2
+    """The host's CPU is the same."""
+    CPU_COMPARE_RESULT_SUPERSET: _CpuCompareResult.ValueType  # 3
+    """The host's CPU can do all it does and more."""
+
+class CpuCompareResult(_CpuCompareResult, metaclass=_CpuCompareResultEnumTypeWrapper):
+    """How a CPU compares with the host's (virCPUCompareResult)."""
+
+CPU_COMPARE_RESULT_UNSPECIFIED: CpuCompareResult.ValueType  # 0
+CPU_COMPARE_RESULT_INCOMPATIBLE: CpuCompareResult.ValueType  # 1
+"""The host cannot run it."""
+CPU_COMPARE_RESULT_IDENTICAL: CpuCompareResult.ValueType  # 2
+"""The host's CPU is the same."""
+CPU_COMPARE_RESULT_SUPERSET: CpuCompareResult.ValueType  # 3
+"""The host's CPU can do all it does and more."""
+Global___CpuCompareResult: _TypeAlias = CpuCompareResult  # noqa: Y015
+
+class _PageAllocationMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PageAllocationModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PageAllocationMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PAGE_ALLOCATION_MODE_UNSPECIFIED: _PageAllocationMode.ValueType  # 0
+    """Refused: say which."""
+    PAGE_ALLOCATION_MODE_ADD: _PageAllocationMode.ValueType  # 1
+    """Add `count` pages to the pool."""
+    PAGE_ALLOCATION_MODE_SET: _PageAllocationMode.ValueType  # 2
+    """Make the pool `count` pages."""
+
+class PageAllocationMode(_PageAllocationMode, metaclass=_PageAllocationModeEnumTypeWrapper):
+    """How AllocNodePages changes a pool of pages (virNodeAllocPagesFlags)."""
+
+PAGE_ALLOCATION_MODE_UNSPECIFIED: PageAllocationMode.ValueType  # 0
+"""Refused: say which."""
+PAGE_ALLOCATION_MODE_ADD: PageAllocationMode.ValueType  # 1
+"""Add `count` pages to the pool."""
+PAGE_ALLOCATION_MODE_SET: PageAllocationMode.ValueType  # 2
+"""Make the pool `count` pages."""
+Global___PageAllocationMode: _TypeAlias = PageAllocationMode  # noqa: Y015
+
+class _NodeSuspendTarget:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NodeSuspendTargetEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NodeSuspendTarget.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NODE_SUSPEND_TARGET_UNSPECIFIED: _NodeSuspendTarget.ValueType  # 0
+    """Refused: say which."""
+    NODE_SUSPEND_TARGET_MEM: _NodeSuspendTarget.ValueType  # 1
+    """Suspend to RAM."""
+    NODE_SUSPEND_TARGET_DISK: _NodeSuspendTarget.ValueType  # 2
+    """Suspend to disk."""
+    NODE_SUSPEND_TARGET_HYBRID: _NodeSuspendTarget.ValueType  # 3
+    """Both."""
+
+class NodeSuspendTarget(_NodeSuspendTarget, metaclass=_NodeSuspendTargetEnumTypeWrapper):
+    """The sleep state SuspendNode puts the host in (virNodeSuspendTarget)."""
+
+NODE_SUSPEND_TARGET_UNSPECIFIED: NodeSuspendTarget.ValueType  # 0
+"""Refused: say which."""
+NODE_SUSPEND_TARGET_MEM: NodeSuspendTarget.ValueType  # 1
+"""Suspend to RAM."""
+NODE_SUSPEND_TARGET_DISK: NodeSuspendTarget.ValueType  # 2
+"""Suspend to disk."""
+NODE_SUSPEND_TARGET_HYBRID: NodeSuspendTarget.ValueType  # 3
+"""Both."""
+Global___NodeSuspendTarget: _TypeAlias = NodeSuspendTarget  # noqa: Y015
+
+class _NativeConfigFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NativeConfigFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NativeConfigFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NATIVE_CONFIG_FORMAT_UNSPECIFIED: _NativeConfigFormat.ValueType  # 0
+    """qemu-argv, the QEMU driver's only format."""
+    NATIVE_CONFIG_FORMAT_QEMU_ARGV: _NativeConfigFormat.ValueType  # 1
+    """A QEMU command line."""
+
+class NativeConfigFormat(_NativeConfigFormat, metaclass=_NativeConfigFormatEnumTypeWrapper):
+    """A hypervisor configuration format libvirt converts (virsh's --format names)."""
+
+NATIVE_CONFIG_FORMAT_UNSPECIFIED: NativeConfigFormat.ValueType  # 0
+"""qemu-argv, the QEMU driver's only format."""
+NATIVE_CONFIG_FORMAT_QEMU_ARGV: NativeConfigFormat.ValueType  # 1
+"""A QEMU command line."""
+Global___NativeConfigFormat: _TypeAlias = NativeConfigFormat  # noqa: Y015
 
 @_typing.final
 class Domain(_message.Message):
@@ -1824,6 +2257,27 @@ class WatchDomainEventsResponse(_message.Message):
     DEVICE_ADDED_FIELD_NUMBER: _builtins.int
     DEVICE_REMOVED_FIELD_NUMBER: _builtins.int
     GAP_FIELD_NUMBER: _builtins.int
+    RTC_CHANGE_FIELD_NUMBER: _builtins.int
+    WATCHDOG_FIELD_NUMBER: _builtins.int
+    IO_ERROR_FIELD_NUMBER: _builtins.int
+    GRAPHICS_FIELD_NUMBER: _builtins.int
+    TRAY_CHANGE_FIELD_NUMBER: _builtins.int
+    PM_WAKEUP_FIELD_NUMBER: _builtins.int
+    PM_SUSPEND_FIELD_NUMBER: _builtins.int
+    PM_SUSPEND_DISK_FIELD_NUMBER: _builtins.int
+    BALLOON_CHANGE_FIELD_NUMBER: _builtins.int
+    BLOCK_JOB_FIELD_NUMBER: _builtins.int
+    DEVICE_REMOVAL_FAILED_FIELD_NUMBER: _builtins.int
+    TUNABLE_FIELD_NUMBER: _builtins.int
+    AGENT_LIFECYCLE_FIELD_NUMBER: _builtins.int
+    MIGRATION_ITERATION_FIELD_NUMBER: _builtins.int
+    JOB_COMPLETED_FIELD_NUMBER: _builtins.int
+    METADATA_CHANGE_FIELD_NUMBER: _builtins.int
+    BLOCK_THRESHOLD_FIELD_NUMBER: _builtins.int
+    MEMORY_FAILURE_FIELD_NUMBER: _builtins.int
+    MEMORY_DEVICE_SIZE_CHANGE_FIELD_NUMBER: _builtins.int
+    CONTROL_ERROR_FIELD_NUMBER: _builtins.int
+    DISK_CHANGE_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     uuid: _builtins.str
@@ -1842,6 +2296,48 @@ class WatchDomainEventsResponse(_message.Message):
         """First and alone, when a resume could not be exact."""
 
     @_builtins.property
+    def rtc_change(self) -> Global___RtcChangeEvent: ...
+    @_builtins.property
+    def watchdog(self) -> Global___WatchdogEvent: ...
+    @_builtins.property
+    def io_error(self) -> Global___IoErrorEvent: ...
+    @_builtins.property
+    def graphics(self) -> Global___GraphicsEvent: ...
+    @_builtins.property
+    def tray_change(self) -> Global___TrayChangeEvent: ...
+    @_builtins.property
+    def pm_wakeup(self) -> Global___PmWakeupEvent: ...
+    @_builtins.property
+    def pm_suspend(self) -> Global___PmSuspendEvent: ...
+    @_builtins.property
+    def pm_suspend_disk(self) -> Global___PmSuspendDiskEvent: ...
+    @_builtins.property
+    def balloon_change(self) -> Global___BalloonChangeEvent: ...
+    @_builtins.property
+    def block_job(self) -> Global___BlockJobEvent: ...
+    @_builtins.property
+    def device_removal_failed(self) -> Global___DeviceRemovalFailedEvent: ...
+    @_builtins.property
+    def tunable(self) -> Global___TunableEvent: ...
+    @_builtins.property
+    def agent_lifecycle(self) -> Global___AgentLifecycleEvent: ...
+    @_builtins.property
+    def migration_iteration(self) -> Global___MigrationIterationEvent: ...
+    @_builtins.property
+    def job_completed(self) -> Global___JobCompletedEvent: ...
+    @_builtins.property
+    def metadata_change(self) -> Global___MetadataChangeEvent: ...
+    @_builtins.property
+    def block_threshold(self) -> Global___BlockThresholdEvent: ...
+    @_builtins.property
+    def memory_failure(self) -> Global___MemoryFailureEvent: ...
+    @_builtins.property
+    def memory_device_size_change(self) -> Global___MemoryDeviceSizeChangeEvent: ...
+    @_builtins.property
+    def control_error(self) -> Global___ControlErrorEvent: ...
+    @_builtins.property
+    def disk_change(self) -> Global___DiskChangeEvent: ...
+    @_builtins.property
     def position(self) -> _events_pb2.EventPosition:
         """This event's place in the service's sequence (resume after it)."""
 
@@ -1856,17 +2352,656 @@ class WatchDomainEventsResponse(_message.Message):
         device_added: Global___DeviceAddedEvent | None = ...,
         device_removed: Global___DeviceRemovedEvent | None = ...,
         gap: _events_pb2.EventGap | None = ...,
+        rtc_change: Global___RtcChangeEvent | None = ...,
+        watchdog: Global___WatchdogEvent | None = ...,
+        io_error: Global___IoErrorEvent | None = ...,
+        graphics: Global___GraphicsEvent | None = ...,
+        tray_change: Global___TrayChangeEvent | None = ...,
+        pm_wakeup: Global___PmWakeupEvent | None = ...,
+        pm_suspend: Global___PmSuspendEvent | None = ...,
+        pm_suspend_disk: Global___PmSuspendDiskEvent | None = ...,
+        balloon_change: Global___BalloonChangeEvent | None = ...,
+        block_job: Global___BlockJobEvent | None = ...,
+        device_removal_failed: Global___DeviceRemovalFailedEvent | None = ...,
+        tunable: Global___TunableEvent | None = ...,
+        agent_lifecycle: Global___AgentLifecycleEvent | None = ...,
+        migration_iteration: Global___MigrationIterationEvent | None = ...,
+        job_completed: Global___JobCompletedEvent | None = ...,
+        metadata_change: Global___MetadataChangeEvent | None = ...,
+        block_threshold: Global___BlockThresholdEvent | None = ...,
+        memory_failure: Global___MemoryFailureEvent | None = ...,
+        memory_device_size_change: Global___MemoryDeviceSizeChangeEvent | None = ...,
+        control_error: Global___ControlErrorEvent | None = ...,
+        disk_change: Global___DiskChangeEvent | None = ...,
         position: _events_pb2.EventPosition | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["device_added", b"device_added", "device_removed", b"device_removed", "event", b"event", "gap", b"gap", "lifecycle", b"lifecycle", "position", b"position", "reboot", b"reboot", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_lifecycle", b"agent_lifecycle", "balloon_change", b"balloon_change", "block_job", b"block_job", "block_threshold", b"block_threshold", "control_error", b"control_error", "device_added", b"device_added", "device_removal_failed", b"device_removal_failed", "device_removed", b"device_removed", "disk_change", b"disk_change", "event", b"event", "gap", b"gap", "graphics", b"graphics", "io_error", b"io_error", "job_completed", b"job_completed", "lifecycle", b"lifecycle", "memory_device_size_change", b"memory_device_size_change", "memory_failure", b"memory_failure", "metadata_change", b"metadata_change", "migration_iteration", b"migration_iteration", "pm_suspend", b"pm_suspend", "pm_suspend_disk", b"pm_suspend_disk", "pm_wakeup", b"pm_wakeup", "position", b"position", "reboot", b"reboot", "rtc_change", b"rtc_change", "time", b"time", "tray_change", b"tray_change", "tunable", b"tunable", "watchdog", b"watchdog"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_added", b"device_added", "device_removed", b"device_removed", "event", b"event", "gap", b"gap", "lifecycle", b"lifecycle", "name", b"name", "position", b"position", "reboot", b"reboot", "time", b"time", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_lifecycle", b"agent_lifecycle", "balloon_change", b"balloon_change", "block_job", b"block_job", "block_threshold", b"block_threshold", "control_error", b"control_error", "device_added", b"device_added", "device_removal_failed", b"device_removal_failed", "device_removed", b"device_removed", "disk_change", b"disk_change", "event", b"event", "gap", b"gap", "graphics", b"graphics", "io_error", b"io_error", "job_completed", b"job_completed", "lifecycle", b"lifecycle", "memory_device_size_change", b"memory_device_size_change", "memory_failure", b"memory_failure", "metadata_change", b"metadata_change", "migration_iteration", b"migration_iteration", "name", b"name", "pm_suspend", b"pm_suspend", "pm_suspend_disk", b"pm_suspend_disk", "pm_wakeup", b"pm_wakeup", "position", b"position", "reboot", b"reboot", "rtc_change", b"rtc_change", "time", b"time", "tray_change", b"tray_change", "tunable", b"tunable", "uuid", b"uuid", "watchdog", b"watchdog"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["lifecycle", "reboot", "device_added", "device_removed", "gap"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["lifecycle", "reboot", "device_added", "device_removed", "gap", "rtc_change", "watchdog", "io_error", "graphics", "tray_change", "pm_wakeup", "pm_suspend", "pm_suspend_disk", "balloon_change", "block_job", "device_removal_failed", "tunable", "agent_lifecycle", "migration_iteration", "job_completed", "metadata_change", "block_threshold", "memory_failure", "memory_device_size_change", "control_error", "disk_change"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___WatchDomainEventsResponse: _TypeAlias = WatchDomainEventsResponse  # noqa: Y015
+
+@_typing.final
+class RtcChangeEvent(_message.Message):
+    """The guest changed its real-time clock (VIR_DOMAIN_EVENT_ID_RTC_CHANGE)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UTC_OFFSET_SECONDS_FIELD_NUMBER: _builtins.int
+    utc_offset_seconds: _builtins.int
+    """The RTC's new offset from the host's UTC, in seconds."""
+    def __init__(
+        self,
+        *,
+        utc_offset_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["utc_offset_seconds", b"utc_offset_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RtcChangeEvent: _TypeAlias = RtcChangeEvent  # noqa: Y015
+
+@_typing.final
+class WatchdogEvent(_message.Message):
+    """The guest's watchdog fired (VIR_DOMAIN_EVENT_ID_WATCHDOG)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    action: Global___WatchdogAction.ValueType
+    def __init__(
+        self,
+        *,
+        action: Global___WatchdogAction.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchdogEvent: _TypeAlias = WatchdogEvent  # noqa: Y015
+
+@_typing.final
+class IoErrorEvent(_message.Message):
+    """A disk I/O error (VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SRC_PATH_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    src_path: _builtins.str
+    """The disk's source: a file or device path, or a network source's name."""
+    device: _builtins.str
+    """The disk's alias, for example "virtio-disk0"."""
+    action: Global___IoErrorAction.ValueType
+    reason: _builtins.str
+    """The hypervisor's reason: "enospc" when the host ran out of space, "eio",
+    "eperm", ... or empty when it did not say.
+    """
+    def __init__(
+        self,
+        *,
+        src_path: _builtins.str = ...,
+        device: _builtins.str = ...,
+        action: Global___IoErrorAction.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "device", b"device", "reason", b"reason", "src_path", b"src_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IoErrorEvent: _TypeAlias = IoErrorEvent  # noqa: Y015
+
+@_typing.final
+class GraphicsAddress(_message.Message):
+    """One end of a graphics connection."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FAMILY_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    family: Global___GraphicsAddressFamily.ValueType
+    node: _builtins.str
+    """The IP address or the UNIX socket's path."""
+    service: _builtins.str
+    """The port (empty for a UNIX socket)."""
+    def __init__(
+        self,
+        *,
+        family: Global___GraphicsAddressFamily.ValueType = ...,
+        node: _builtins.str = ...,
+        service: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["family", b"family", "node", b"node", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GraphicsAddress: _TypeAlias = GraphicsAddress  # noqa: Y015
+
+@_typing.final
+class GraphicsSubjectIdentity(_message.Message):
+    """One identity of a graphics client, for example ("x509dname", "CN=...") or
+    ("saslUsername", "alice").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GraphicsSubjectIdentity: _TypeAlias = GraphicsSubjectIdentity  # noqa: Y015
+
+@_typing.final
+class GraphicsEvent(_message.Message):
+    """A VNC or SPICE client connected, authenticated or went away
+    (VIR_DOMAIN_EVENT_ID_GRAPHICS).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHASE_FIELD_NUMBER: _builtins.int
+    LOCAL_FIELD_NUMBER: _builtins.int
+    REMOTE_FIELD_NUMBER: _builtins.int
+    AUTH_SCHEME_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    phase: Global___GraphicsPhase.ValueType
+    auth_scheme: _builtins.str
+    """The authentication scheme, for example "none", "vnc", "sasl"."""
+    @_builtins.property
+    def local(self) -> Global___GraphicsAddress:
+        """The server's end of the connection."""
+
+    @_builtins.property
+    def remote(self) -> Global___GraphicsAddress:
+        """The client's end."""
+
+    @_builtins.property
+    def subject(self) -> _containers.RepeatedCompositeFieldContainer[Global___GraphicsSubjectIdentity]: ...
+    def __init__(
+        self,
+        *,
+        phase: Global___GraphicsPhase.ValueType = ...,
+        local: Global___GraphicsAddress | None = ...,
+        remote: Global___GraphicsAddress | None = ...,
+        auth_scheme: _builtins.str = ...,
+        subject: _abc.Iterable[Global___GraphicsSubjectIdentity] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["local", b"local", "remote", b"remote"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_scheme", b"auth_scheme", "local", b"local", "phase", b"phase", "remote", b"remote", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GraphicsEvent: _TypeAlias = GraphicsEvent  # noqa: Y015
+
+@_typing.final
+class TrayChangeEvent(_message.Message):
+    """A CD-ROM or floppy tray was opened or closed, by the guest or by a media
+    change (VIR_DOMAIN_EVENT_ID_TRAY_CHANGE).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    device: _builtins.str
+    """The drive's alias, for example "ide0-0-0"."""
+    change: Global___TrayChange.ValueType
+    def __init__(
+        self,
+        *,
+        device: _builtins.str = ...,
+        change: Global___TrayChange.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "device", b"device"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrayChangeEvent: _TypeAlias = TrayChangeEvent  # noqa: Y015
+
+@_typing.final
+class PmWakeupEvent(_message.Message):
+    """The guest woke up from a power-management suspension
+    (VIR_DOMAIN_EVENT_ID_PMWAKEUP). libvirt gives no reason yet.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PmWakeupEvent: _TypeAlias = PmWakeupEvent  # noqa: Y015
+
+@_typing.final
+class PmSuspendEvent(_message.Message):
+    """The guest suspended itself to memory (VIR_DOMAIN_EVENT_ID_PMSUSPEND)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PmSuspendEvent: _TypeAlias = PmSuspendEvent  # noqa: Y015
+
+@_typing.final
+class PmSuspendDiskEvent(_message.Message):
+    """The guest suspended itself to disk (VIR_DOMAIN_EVENT_ID_PMSUSPEND_DISK)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PmSuspendDiskEvent: _TypeAlias = PmSuspendDiskEvent  # noqa: Y015
+
+@_typing.final
+class BalloonChangeEvent(_message.Message):
+    """The balloon driver changed the guest's memory
+    (VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTUAL_KIB_FIELD_NUMBER: _builtins.int
+    actual_kib: _builtins.int
+    """The memory the guest now has, in KiB."""
+    def __init__(
+        self,
+        *,
+        actual_kib: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual_kib", b"actual_kib"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BalloonChangeEvent: _TypeAlias = BalloonChangeEvent  # noqa: Y015
+
+@_typing.final
+class BlockJobEvent(_message.Message):
+    """A block job completed, failed, was cancelled or became ready to pivot
+    (VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISK_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    disk: _builtins.str
+    """The disk's target, for example "vda"."""
+    type: Global___BlockJobType.ValueType
+    status: Global___BlockJobStatus.ValueType
+    def __init__(
+        self,
+        *,
+        disk: _builtins.str = ...,
+        type: Global___BlockJobType.ValueType = ...,
+        status: Global___BlockJobStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk", b"disk", "status", b"status", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlockJobEvent: _TypeAlias = BlockJobEvent  # noqa: Y015
+
+@_typing.final
+class DeviceRemovalFailedEvent(_message.Message):
+    """The guest did not release a device asked to be unplugged
+    (VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    device: _builtins.str
+    """The device's alias, for example "net1"."""
+    def __init__(
+        self,
+        *,
+        device: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceRemovalFailedEvent: _TypeAlias = DeviceRemovalFailedEvent  # noqa: Y015
+
+@_typing.final
+class TunableEvent(_message.Message):
+    """CPU or block I/O tuning changed (VIR_DOMAIN_EVENT_ID_TUNABLE): vCPU or
+    emulator pinning, scheduler shares, periods and quotas, disk I/O limits.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """What changed, by libvirt's VIR_DOMAIN_TUNABLE_* names, for example
+        "cputune.vcpupin0" (a CPU list, string) or "cputune.vcpu_quota" (long).
+        """
+
+    def __init__(
+        self,
+        *,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TunableEvent: _TypeAlias = TunableEvent  # noqa: Y015
+
+@_typing.final
+class AgentLifecycleEvent(_message.Message):
+    """The guest agent (qemu-guest-agent on channel org.qemu.guest_agent.0)
+    connected or disconnected (VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    state: Global___AgentState.ValueType
+    reason: Global___AgentLifecycleReason.ValueType
+    def __init__(
+        self,
+        *,
+        state: Global___AgentState.ValueType = ...,
+        reason: Global___AgentLifecycleReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentLifecycleEvent: _TypeAlias = AgentLifecycleEvent  # noqa: Y015
+
+@_typing.final
+class MigrationIterationEvent(_message.Message):
+    """A live migration began another pass over the guest's memory
+    (VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION); sent on the source.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITERATION_FIELD_NUMBER: _builtins.int
+    iteration: _builtins.int
+    """The pass's number, from 1."""
+    def __init__(
+        self,
+        *,
+        iteration: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["iteration", b"iteration"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrationIterationEvent: _TypeAlias = MigrationIterationEvent  # noqa: Y015
+
+@_typing.final
+class JobCompletedEvent(_message.Message):
+    """A job (migration, save, dump, backup, ...) ended
+    (VIR_DOMAIN_EVENT_ID_JOB_COMPLETED).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATISTICS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def statistics(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """The job's final statistics, by libvirt's VIR_DOMAIN_JOB_* names, for
+        example "operation" (int), "success" (boolean), "time_elapsed" (ulong, ms).
+        """
+
+    def __init__(
+        self,
+        *,
+        statistics: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["statistics", b"statistics"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobCompletedEvent: _TypeAlias = JobCompletedEvent  # noqa: Y015
+
+@_typing.final
+class MetadataChangeEvent(_message.Message):
+    """The domain's title, description or an application's metadata element
+    changed (VIR_DOMAIN_EVENT_ID_METADATA_CHANGE).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    NAMESPACE_URI_FIELD_NUMBER: _builtins.int
+    type: Global___MetadataType.ValueType
+    namespace_uri: _builtins.str
+    """For METADATA_TYPE_ELEMENT: the element's namespace URI."""
+    def __init__(
+        self,
+        *,
+        type: Global___MetadataType.ValueType = ...,
+        namespace_uri: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace_uri", b"namespace_uri", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetadataChangeEvent: _TypeAlias = MetadataChangeEvent  # noqa: Y015
+
+@_typing.final
+class BlockThresholdEvent(_message.Message):
+    """A disk's write threshold was crossed (VIR_DOMAIN_EVENT_ID_BLOCK_THRESHOLD,
+    set with virDomainSetBlockThreshold): thin storage to grow in time.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    THRESHOLD_BYTES_FIELD_NUMBER: _builtins.int
+    EXCESS_BYTES_FIELD_NUMBER: _builtins.int
+    device: _builtins.str
+    """The disk's target, or target[index] for a layer of its backing chain."""
+    path: _builtins.str
+    """The layer's source path, when it has one."""
+    threshold_bytes: _builtins.int
+    """The threshold that was set, in bytes."""
+    excess_bytes: _builtins.int
+    """How far the write went past it, in bytes."""
+    def __init__(
+        self,
+        *,
+        device: _builtins.str = ...,
+        path: _builtins.str = ...,
+        threshold_bytes: _builtins.int = ...,
+        excess_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "excess_bytes", b"excess_bytes", "path", b"path", "threshold_bytes", b"threshold_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlockThresholdEvent: _TypeAlias = BlockThresholdEvent  # noqa: Y015
+
+@_typing.final
+class MemoryFailureEvent(_message.Message):
+    """A hardware memory error hit the guest or its hypervisor
+    (VIR_DOMAIN_EVENT_ID_MEMORY_FAILURE).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    ACTION_REQUIRED_FIELD_NUMBER: _builtins.int
+    RECURSIVE_FIELD_NUMBER: _builtins.int
+    recipient: Global___MemoryFailureRecipient.ValueType
+    action: Global___MemoryFailureAction.ValueType
+    action_required: _builtins.bool
+    """The failure was in an action-required (not an action-optional) machine check."""
+    recursive: _builtins.bool
+    """A failure occurred while an earlier one was being handled."""
+    def __init__(
+        self,
+        *,
+        recipient: Global___MemoryFailureRecipient.ValueType = ...,
+        action: Global___MemoryFailureAction.ValueType = ...,
+        action_required: _builtins.bool = ...,
+        recursive: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "action_required", b"action_required", "recipient", b"recipient", "recursive", b"recursive"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemoryFailureEvent: _TypeAlias = MemoryFailureEvent  # noqa: Y015
+
+@_typing.final
+class MemoryDeviceSizeChangeEvent(_message.Message):
+    """A memory device (virtio-mem) changed the memory it gives the guest
+    (VIR_DOMAIN_EVENT_ID_MEMORY_DEVICE_SIZE_CHANGE).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    SIZE_KIB_FIELD_NUMBER: _builtins.int
+    device: _builtins.str
+    """The device's alias, for example "virtio-mem0"."""
+    size_kib: _builtins.int
+    """Its new size, in KiB."""
+    def __init__(
+        self,
+        *,
+        device: _builtins.str = ...,
+        size_kib: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "size_kib", b"size_kib"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemoryDeviceSizeChangeEvent: _TypeAlias = MemoryDeviceSizeChangeEvent  # noqa: Y015
+
+@_typing.final
+class ControlErrorEvent(_message.Message):
+    """libvirt lost its control connection to the hypervisor (QEMU's monitor) of
+    a domain that still runs (VIR_DOMAIN_EVENT_ID_CONTROL_ERROR).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ControlErrorEvent: _TypeAlias = ControlErrorEvent  # noqa: Y015
+
+@_typing.final
+class DiskChangeEvent(_message.Message):
+    """A disk lost its source because of its startupPolicy
+    (VIR_DOMAIN_EVENT_ID_DISK_CHANGE).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OLD_SRC_PATH_FIELD_NUMBER: _builtins.int
+    NEW_SRC_PATH_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    old_src_path: _builtins.str
+    new_src_path: _builtins.str
+    """Empty when the disk is now empty."""
+    device: _builtins.str
+    """The disk's alias."""
+    reason: Global___DiskChangeReason.ValueType
+    def __init__(
+        self,
+        *,
+        old_src_path: _builtins.str = ...,
+        new_src_path: _builtins.str = ...,
+        device: _builtins.str = ...,
+        reason: Global___DiskChangeReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "new_src_path", b"new_src_path", "old_src_path", b"old_src_path", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiskChangeEvent: _TypeAlias = DiskChangeEvent  # noqa: Y015
 
 @_typing.final
 class GetCapabilitiesRequest(_message.Message):
@@ -2445,3 +3580,1199 @@ class GetDomainDisplayResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDomainDisplayResponse: _TypeAlias = GetDomainDisplayResponse  # noqa: Y015
+
+@_typing.final
+class BaselineCpuRequest(_message.Message):
+    """-- Host ---------------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    XML_CPUS_FIELD_NUMBER: _builtins.int
+    EXPAND_FEATURES_FIELD_NUMBER: _builtins.int
+    MIGRATABLE_FIELD_NUMBER: _builtins.int
+    expand_features: _builtins.bool
+    """List every feature of the model in the result, not only those added to it."""
+    migratable: _builtins.bool
+    """Leave out features that block migration."""
+    @_builtins.property
+    def xml_cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Host CPU descriptions (<cpu> elements, as in capabilities XML), 1 to 256."""
+
+    def __init__(
+        self,
+        *,
+        xml_cpus: _abc.Iterable[_builtins.str] | None = ...,
+        expand_features: _builtins.bool = ...,
+        migratable: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expand_features", b"expand_features", "migratable", b"migratable", "xml_cpus", b"xml_cpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BaselineCpuRequest: _TypeAlias = BaselineCpuRequest  # noqa: Y015
+
+@_typing.final
+class BaselineCpuResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    XML_FIELD_NUMBER: _builtins.int
+    xml: _builtins.str
+    """Guest CPU XML (<cpu mode='custom'>)."""
+    def __init__(
+        self,
+        *,
+        xml: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BaselineCpuResponse: _TypeAlias = BaselineCpuResponse  # noqa: Y015
+
+@_typing.final
+class BaselineHypervisorCpuRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMULATOR_FIELD_NUMBER: _builtins.int
+    ARCH_FIELD_NUMBER: _builtins.int
+    MACHINE_FIELD_NUMBER: _builtins.int
+    VIRT_TYPE_FIELD_NUMBER: _builtins.int
+    XML_CPUS_FIELD_NUMBER: _builtins.int
+    EXPAND_FEATURES_FIELD_NUMBER: _builtins.int
+    MIGRATABLE_FIELD_NUMBER: _builtins.int
+    emulator: _builtins.str
+    """The hypervisor, as in GetDomainCapabilities; empty fields are libvirt's
+    defaults.
+    """
+    arch: _builtins.str
+    machine: _builtins.str
+    virt_type: _builtins.str
+    expand_features: _builtins.bool
+    migratable: _builtins.bool
+    @_builtins.property
+    def xml_cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """As BaselineCpuRequest."""
+
+    def __init__(
+        self,
+        *,
+        emulator: _builtins.str = ...,
+        arch: _builtins.str = ...,
+        machine: _builtins.str = ...,
+        virt_type: _builtins.str = ...,
+        xml_cpus: _abc.Iterable[_builtins.str] | None = ...,
+        expand_features: _builtins.bool = ...,
+        migratable: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "emulator", b"emulator", "expand_features", b"expand_features", "machine", b"machine", "migratable", b"migratable", "virt_type", b"virt_type", "xml_cpus", b"xml_cpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BaselineHypervisorCpuRequest: _TypeAlias = BaselineHypervisorCpuRequest  # noqa: Y015
+
+@_typing.final
+class BaselineHypervisorCpuResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    XML_FIELD_NUMBER: _builtins.int
+    xml: _builtins.str
+    """Guest CPU XML (<cpu mode='custom'>)."""
+    def __init__(
+        self,
+        *,
+        xml: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BaselineHypervisorCpuResponse: _TypeAlias = BaselineHypervisorCpuResponse  # noqa: Y015
+
+@_typing.final
+class CompareCpuRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    XML_FIELD_NUMBER: _builtins.int
+    FAIL_INCOMPATIBLE_FIELD_NUMBER: _builtins.int
+    VALIDATE_FIELD_NUMBER: _builtins.int
+    xml: _builtins.str
+    """A CPU description: a <cpu> element (guest or host CPU XML)."""
+    fail_incompatible: _builtins.bool
+    """An incompatible CPU is an error (FAILED_PRECONDITION) rather than a result."""
+    validate: _builtins.bool
+    """Validate the document against libvirt's schema first (host CPU XML from
+    capabilities does not pass: its features have no policy).
+    """
+    def __init__(
+        self,
+        *,
+        xml: _builtins.str = ...,
+        fail_incompatible: _builtins.bool = ...,
+        validate: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fail_incompatible", b"fail_incompatible", "validate", b"validate", "xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareCpuRequest: _TypeAlias = CompareCpuRequest  # noqa: Y015
+
+@_typing.final
+class CompareCpuResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    result: Global___CpuCompareResult.ValueType
+    def __init__(
+        self,
+        *,
+        result: Global___CpuCompareResult.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareCpuResponse: _TypeAlias = CompareCpuResponse  # noqa: Y015
+
+@_typing.final
+class CompareHypervisorCpuRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMULATOR_FIELD_NUMBER: _builtins.int
+    ARCH_FIELD_NUMBER: _builtins.int
+    MACHINE_FIELD_NUMBER: _builtins.int
+    VIRT_TYPE_FIELD_NUMBER: _builtins.int
+    XML_FIELD_NUMBER: _builtins.int
+    FAIL_INCOMPATIBLE_FIELD_NUMBER: _builtins.int
+    VALIDATE_FIELD_NUMBER: _builtins.int
+    emulator: _builtins.str
+    """The hypervisor, as in GetDomainCapabilities; empty fields are libvirt's
+    defaults.
+    """
+    arch: _builtins.str
+    machine: _builtins.str
+    virt_type: _builtins.str
+    xml: _builtins.str
+    """As CompareCpuRequest."""
+    fail_incompatible: _builtins.bool
+    validate: _builtins.bool
+    def __init__(
+        self,
+        *,
+        emulator: _builtins.str = ...,
+        arch: _builtins.str = ...,
+        machine: _builtins.str = ...,
+        virt_type: _builtins.str = ...,
+        xml: _builtins.str = ...,
+        fail_incompatible: _builtins.bool = ...,
+        validate: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "emulator", b"emulator", "fail_incompatible", b"fail_incompatible", "machine", b"machine", "validate", b"validate", "virt_type", b"virt_type", "xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareHypervisorCpuRequest: _TypeAlias = CompareHypervisorCpuRequest  # noqa: Y015
+
+@_typing.final
+class CompareHypervisorCpuResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    result: Global___CpuCompareResult.ValueType
+    def __init__(
+        self,
+        *,
+        result: Global___CpuCompareResult.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareHypervisorCpuResponse: _TypeAlias = CompareHypervisorCpuResponse  # noqa: Y015
+
+@_typing.final
+class GetCpuModelNamesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARCH_FIELD_NUMBER: _builtins.int
+    arch: _builtins.str
+    """The architecture, e.g. x86_64; required."""
+    def __init__(
+        self,
+        *,
+        arch: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCpuModelNamesRequest: _TypeAlias = GetCpuModelNamesRequest  # noqa: Y015
+
+@_typing.final
+class GetCpuModelNamesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCpuModelNamesResponse: _TypeAlias = GetCpuModelNamesResponse  # noqa: Y015
+
+@_typing.final
+class GetSysinfoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSysinfoRequest: _TypeAlias = GetSysinfoRequest  # noqa: Y015
+
+@_typing.final
+class GetSysinfoResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    XML_FIELD_NUMBER: _builtins.int
+    xml: _builtins.str
+    """libvirt's <sysinfo> XML."""
+    def __init__(
+        self,
+        *,
+        xml: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSysinfoResponse: _TypeAlias = GetSysinfoResponse  # noqa: Y015
+
+@_typing.final
+class GetHostnameRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHostnameRequest: _TypeAlias = GetHostnameRequest  # noqa: Y015
+
+@_typing.final
+class GetHostnameResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    hostname: _builtins.str
+    def __init__(
+        self,
+        *,
+        hostname: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hostname", b"hostname"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHostnameResponse: _TypeAlias = GetHostnameResponse  # noqa: Y015
+
+@_typing.final
+class GetMaxVcpusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIRT_TYPE_FIELD_NUMBER: _builtins.int
+    virt_type: _builtins.str
+    """"kvm" or "qemu"; empty: the driver's default."""
+    def __init__(
+        self,
+        *,
+        virt_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["virt_type", b"virt_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMaxVcpusRequest: _TypeAlias = GetMaxVcpusRequest  # noqa: Y015
+
+@_typing.final
+class GetMaxVcpusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_VCPUS_FIELD_NUMBER: _builtins.int
+    max_vcpus: _builtins.int
+    def __init__(
+        self,
+        *,
+        max_vcpus: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_vcpus", b"max_vcpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMaxVcpusResponse: _TypeAlias = GetMaxVcpusResponse  # noqa: Y015
+
+@_typing.final
+class GetNodeCpuStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPU_FIELD_NUMBER: _builtins.int
+    cpu: _builtins.int
+    """One CPU by number; unset: all CPUs together."""
+    def __init__(
+        self,
+        *,
+        cpu: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cpu", b"_cpu", "cpu", b"cpu"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu", b"_cpu", "cpu", b"cpu"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cpu: _TypeAlias = _typing.Literal["cpu"]  # noqa: Y015
+    _WhichOneofArgType__cpu: _TypeAlias = _typing.Literal["_cpu", b"_cpu"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cpu) -> _WhichOneofReturnType__cpu | None: ...
+
+Global___GetNodeCpuStatsRequest: _TypeAlias = GetNodeCpuStatsRequest  # noqa: Y015
+
+@_typing.final
+class GetNodeCpuStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RawEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    KERNEL_NS_FIELD_NUMBER: _builtins.int
+    USER_NS_FIELD_NUMBER: _builtins.int
+    IDLE_NS_FIELD_NUMBER: _builtins.int
+    IOWAIT_NS_FIELD_NUMBER: _builtins.int
+    INTR_NS_FIELD_NUMBER: _builtins.int
+    UTILIZATION_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
+    kernel_ns: _builtins.int
+    """Time spent, since the host started; 0 for a counter the host does not keep."""
+    user_ns: _builtins.int
+    idle_ns: _builtins.int
+    iowait_ns: _builtins.int
+    intr_ns: _builtins.int
+    utilization: _builtins.int
+    """Percent busy, on hosts that report it instead of times."""
+    @_builtins.property
+    def raw(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Every counter libvirt returned, by its name."""
+
+    def __init__(
+        self,
+        *,
+        kernel_ns: _builtins.int = ...,
+        user_ns: _builtins.int = ...,
+        idle_ns: _builtins.int = ...,
+        iowait_ns: _builtins.int = ...,
+        intr_ns: _builtins.int = ...,
+        utilization: _builtins.int = ...,
+        raw: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_ns", b"idle_ns", "intr_ns", b"intr_ns", "iowait_ns", b"iowait_ns", "kernel_ns", b"kernel_ns", "raw", b"raw", "user_ns", b"user_ns", "utilization", b"utilization"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeCpuStatsResponse: _TypeAlias = GetNodeCpuStatsResponse  # noqa: Y015
+
+@_typing.final
+class GetNodeMemoryStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CELL_FIELD_NUMBER: _builtins.int
+    cell: _builtins.int
+    """One NUMA cell by number; unset: the whole host."""
+    def __init__(
+        self,
+        *,
+        cell: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cell", b"_cell", "cell", b"cell"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cell", b"_cell", "cell", b"cell"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cell: _TypeAlias = _typing.Literal["cell"]  # noqa: Y015
+    _WhichOneofArgType__cell: _TypeAlias = _typing.Literal["_cell", b"_cell"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cell) -> _WhichOneofReturnType__cell | None: ...
+
+Global___GetNodeMemoryStatsRequest: _TypeAlias = GetNodeMemoryStatsRequest  # noqa: Y015
+
+@_typing.final
+class GetNodeMemoryStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RawEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TOTAL_KIB_FIELD_NUMBER: _builtins.int
+    FREE_KIB_FIELD_NUMBER: _builtins.int
+    BUFFERS_KIB_FIELD_NUMBER: _builtins.int
+    CACHED_KIB_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
+    total_kib: _builtins.int
+    free_kib: _builtins.int
+    buffers_kib: _builtins.int
+    """0 for a cell: the kernel counts these for the whole host only."""
+    cached_kib: _builtins.int
+    @_builtins.property
+    def raw(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Every counter libvirt returned, by its name, in KiB."""
+
+    def __init__(
+        self,
+        *,
+        total_kib: _builtins.int = ...,
+        free_kib: _builtins.int = ...,
+        buffers_kib: _builtins.int = ...,
+        cached_kib: _builtins.int = ...,
+        raw: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffers_kib", b"buffers_kib", "cached_kib", b"cached_kib", "free_kib", b"free_kib", "raw", b"raw", "total_kib", b"total_kib"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeMemoryStatsResponse: _TypeAlias = GetNodeMemoryStatsResponse  # noqa: Y015
+
+@_typing.final
+class GetNodeFreeMemoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeFreeMemoryRequest: _TypeAlias = GetNodeFreeMemoryRequest  # noqa: Y015
+
+@_typing.final
+class GetNodeFreeMemoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FREE_BYTES_FIELD_NUMBER: _builtins.int
+    free_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        free_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["free_bytes", b"free_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeFreeMemoryResponse: _TypeAlias = GetNodeFreeMemoryResponse  # noqa: Y015
+
+@_typing.final
+class GetCellsFreeMemoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_CELL_FIELD_NUMBER: _builtins.int
+    MAX_CELLS_FIELD_NUMBER: _builtins.int
+    start_cell: _builtins.int
+    """The first cell; unset: 0."""
+    max_cells: _builtins.int
+    """At most this many cells; 0: every cell from the first."""
+    def __init__(
+        self,
+        *,
+        start_cell: _builtins.int | None = ...,
+        max_cells: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_start_cell", b"_start_cell", "start_cell", b"start_cell"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_start_cell", b"_start_cell", "max_cells", b"max_cells", "start_cell", b"start_cell"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__start_cell: _TypeAlias = _typing.Literal["start_cell"]  # noqa: Y015
+    _WhichOneofArgType__start_cell: _TypeAlias = _typing.Literal["_start_cell", b"_start_cell"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start_cell) -> _WhichOneofReturnType__start_cell | None: ...
+
+Global___GetCellsFreeMemoryRequest: _TypeAlias = GetCellsFreeMemoryRequest  # noqa: Y015
+
+@_typing.final
+class CellFreeMemory(_message.Message):
+    """The free memory of one NUMA cell."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CELL_FIELD_NUMBER: _builtins.int
+    FREE_BYTES_FIELD_NUMBER: _builtins.int
+    cell: _builtins.int
+    free_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        cell: _builtins.int = ...,
+        free_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cell", b"cell", "free_bytes", b"free_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CellFreeMemory: _TypeAlias = CellFreeMemory  # noqa: Y015
+
+@_typing.final
+class GetCellsFreeMemoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CELLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cells(self) -> _containers.RepeatedCompositeFieldContainer[Global___CellFreeMemory]: ...
+    def __init__(
+        self,
+        *,
+        cells: _abc.Iterable[Global___CellFreeMemory] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCellsFreeMemoryResponse: _TypeAlias = GetCellsFreeMemoryResponse  # noqa: Y015
+
+@_typing.final
+class PageCount(_message.Message):
+    """A number of pages of one size."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_KIB_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    page_size_kib: _builtins.int
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        page_size_kib: _builtins.int = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "page_size_kib", b"page_size_kib"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PageCount: _TypeAlias = PageCount  # noqa: Y015
+
+@_typing.final
+class GetNodeFreePagesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZES_KIB_FIELD_NUMBER: _builtins.int
+    START_CELL_FIELD_NUMBER: _builtins.int
+    CELL_COUNT_FIELD_NUMBER: _builtins.int
+    start_cell: _builtins.int
+    """The first cell; unset: 0."""
+    cell_count: _builtins.int
+    """This many cells; 0: every cell from the first."""
+    @_builtins.property
+    def page_sizes_kib(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Page sizes in KiB; empty: every size the host offers."""
+
+    def __init__(
+        self,
+        *,
+        page_sizes_kib: _abc.Iterable[_builtins.int] | None = ...,
+        start_cell: _builtins.int | None = ...,
+        cell_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_start_cell", b"_start_cell", "start_cell", b"start_cell"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_start_cell", b"_start_cell", "cell_count", b"cell_count", "page_sizes_kib", b"page_sizes_kib", "start_cell", b"start_cell"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__start_cell: _TypeAlias = _typing.Literal["start_cell"]  # noqa: Y015
+    _WhichOneofArgType__start_cell: _TypeAlias = _typing.Literal["_start_cell", b"_start_cell"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start_cell) -> _WhichOneofReturnType__start_cell | None: ...
+
+Global___GetNodeFreePagesRequest: _TypeAlias = GetNodeFreePagesRequest  # noqa: Y015
+
+@_typing.final
+class CellPages(_message.Message):
+    """The free pages of one NUMA cell."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CELL_FIELD_NUMBER: _builtins.int
+    PAGES_FIELD_NUMBER: _builtins.int
+    cell: _builtins.int
+    @_builtins.property
+    def pages(self) -> _containers.RepeatedCompositeFieldContainer[Global___PageCount]: ...
+    def __init__(
+        self,
+        *,
+        cell: _builtins.int = ...,
+        pages: _abc.Iterable[Global___PageCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cell", b"cell", "pages", b"pages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CellPages: _TypeAlias = CellPages  # noqa: Y015
+
+@_typing.final
+class GetNodeFreePagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CELLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cells(self) -> _containers.RepeatedCompositeFieldContainer[Global___CellPages]: ...
+    def __init__(
+        self,
+        *,
+        cells: _abc.Iterable[Global___CellPages] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeFreePagesResponse: _TypeAlias = GetNodeFreePagesResponse  # noqa: Y015
+
+@_typing.final
+class AllocNodePagesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGES_FIELD_NUMBER: _builtins.int
+    START_CELL_FIELD_NUMBER: _builtins.int
+    CELL_COUNT_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    start_cell: _builtins.int
+    """The first cell; unset: 0."""
+    cell_count: _builtins.int
+    """This many cells; 0: every cell from the first."""
+    mode: Global___PageAllocationMode.ValueType
+    @_builtins.property
+    def pages(self) -> _containers.RepeatedCompositeFieldContainer[Global___PageCount]:
+        """The pages to add or set, by size; at least one."""
+
+    def __init__(
+        self,
+        *,
+        pages: _abc.Iterable[Global___PageCount] | None = ...,
+        start_cell: _builtins.int | None = ...,
+        cell_count: _builtins.int = ...,
+        mode: Global___PageAllocationMode.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_start_cell", b"_start_cell", "start_cell", b"start_cell"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_start_cell", b"_start_cell", "cell_count", b"cell_count", "mode", b"mode", "pages", b"pages", "start_cell", b"start_cell"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__start_cell: _TypeAlias = _typing.Literal["start_cell"]  # noqa: Y015
+    _WhichOneofArgType__start_cell: _TypeAlias = _typing.Literal["_start_cell", b"_start_cell"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start_cell) -> _WhichOneofReturnType__start_cell | None: ...
+
+Global___AllocNodePagesRequest: _TypeAlias = AllocNodePagesRequest  # noqa: Y015
+
+@_typing.final
+class AllocNodePagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CELLS_CHANGED_FIELD_NUMBER: _builtins.int
+    cells_changed: _builtins.int
+    """How many cells were changed."""
+    def __init__(
+        self,
+        *,
+        cells_changed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells_changed", b"cells_changed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AllocNodePagesResponse: _TypeAlias = AllocNodePagesResponse  # noqa: Y015
+
+@_typing.final
+class NodeMemoryParameters(_message.Message):
+    """The kernel's same-page merging (KSM) settings and counters, as libvirt's
+    VIR_NODE_MEMORY_SHARED_* parameters name them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHM_PAGES_TO_SCAN_FIELD_NUMBER: _builtins.int
+    SHM_SLEEP_MILLISECS_FIELD_NUMBER: _builtins.int
+    SHM_PAGES_SHARED_FIELD_NUMBER: _builtins.int
+    SHM_PAGES_SHARING_FIELD_NUMBER: _builtins.int
+    SHM_PAGES_UNSHARED_FIELD_NUMBER: _builtins.int
+    SHM_PAGES_VOLATILE_FIELD_NUMBER: _builtins.int
+    SHM_FULL_SCANS_FIELD_NUMBER: _builtins.int
+    SHM_MERGE_ACROSS_NODES_FIELD_NUMBER: _builtins.int
+    shm_pages_to_scan: _builtins.int
+    """Pages KSM scans before it sleeps."""
+    shm_sleep_millisecs: _builtins.int
+    """Milliseconds KSM sleeps between scans."""
+    shm_pages_shared: _builtins.int
+    shm_pages_sharing: _builtins.int
+    shm_pages_unshared: _builtins.int
+    shm_pages_volatile: _builtins.int
+    shm_full_scans: _builtins.int
+    shm_merge_across_nodes: _builtins.bool
+    """Whether pages of different NUMA cells may be merged."""
+    def __init__(
+        self,
+        *,
+        shm_pages_to_scan: _builtins.int = ...,
+        shm_sleep_millisecs: _builtins.int = ...,
+        shm_pages_shared: _builtins.int = ...,
+        shm_pages_sharing: _builtins.int = ...,
+        shm_pages_unshared: _builtins.int = ...,
+        shm_pages_volatile: _builtins.int = ...,
+        shm_full_scans: _builtins.int = ...,
+        shm_merge_across_nodes: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shm_full_scans", b"shm_full_scans", "shm_merge_across_nodes", b"shm_merge_across_nodes", "shm_pages_shared", b"shm_pages_shared", "shm_pages_sharing", b"shm_pages_sharing", "shm_pages_to_scan", b"shm_pages_to_scan", "shm_pages_unshared", b"shm_pages_unshared", "shm_pages_volatile", b"shm_pages_volatile", "shm_sleep_millisecs", b"shm_sleep_millisecs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeMemoryParameters: _TypeAlias = NodeMemoryParameters  # noqa: Y015
+
+@_typing.final
+class GetNodeMemoryParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeMemoryParametersRequest: _TypeAlias = GetNodeMemoryParametersRequest  # noqa: Y015
+
+@_typing.final
+class GetNodeMemoryParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parameters(self) -> Global___NodeMemoryParameters: ...
+    def __init__(
+        self,
+        *,
+        parameters: Global___NodeMemoryParameters | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeMemoryParametersResponse: _TypeAlias = GetNodeMemoryParametersResponse  # noqa: Y015
+
+@_typing.final
+class SetNodeMemoryParametersRequest(_message.Message):
+    """The KSM settings to change; at least one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHM_PAGES_TO_SCAN_FIELD_NUMBER: _builtins.int
+    SHM_SLEEP_MILLISECS_FIELD_NUMBER: _builtins.int
+    SHM_MERGE_ACROSS_NODES_FIELD_NUMBER: _builtins.int
+    shm_pages_to_scan: _builtins.int
+    shm_sleep_millisecs: _builtins.int
+    shm_merge_across_nodes: _builtins.bool
+    def __init__(
+        self,
+        *,
+        shm_pages_to_scan: _builtins.int | None = ...,
+        shm_sleep_millisecs: _builtins.int | None = ...,
+        shm_merge_across_nodes: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_shm_merge_across_nodes", b"_shm_merge_across_nodes", "_shm_pages_to_scan", b"_shm_pages_to_scan", "_shm_sleep_millisecs", b"_shm_sleep_millisecs", "shm_merge_across_nodes", b"shm_merge_across_nodes", "shm_pages_to_scan", b"shm_pages_to_scan", "shm_sleep_millisecs", b"shm_sleep_millisecs"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_shm_merge_across_nodes", b"_shm_merge_across_nodes", "_shm_pages_to_scan", b"_shm_pages_to_scan", "_shm_sleep_millisecs", b"_shm_sleep_millisecs", "shm_merge_across_nodes", b"shm_merge_across_nodes", "shm_pages_to_scan", b"shm_pages_to_scan", "shm_sleep_millisecs", b"shm_sleep_millisecs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__shm_merge_across_nodes: _TypeAlias = _typing.Literal["shm_merge_across_nodes"]  # noqa: Y015
+    _WhichOneofArgType__shm_merge_across_nodes: _TypeAlias = _typing.Literal["_shm_merge_across_nodes", b"_shm_merge_across_nodes"]  # noqa: Y015
+    _WhichOneofReturnType__shm_pages_to_scan: _TypeAlias = _typing.Literal["shm_pages_to_scan"]  # noqa: Y015
+    _WhichOneofArgType__shm_pages_to_scan: _TypeAlias = _typing.Literal["_shm_pages_to_scan", b"_shm_pages_to_scan"]  # noqa: Y015
+    _WhichOneofReturnType__shm_sleep_millisecs: _TypeAlias = _typing.Literal["shm_sleep_millisecs"]  # noqa: Y015
+    _WhichOneofArgType__shm_sleep_millisecs: _TypeAlias = _typing.Literal["_shm_sleep_millisecs", b"_shm_sleep_millisecs"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__shm_merge_across_nodes) -> _WhichOneofReturnType__shm_merge_across_nodes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__shm_pages_to_scan) -> _WhichOneofReturnType__shm_pages_to_scan | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__shm_sleep_millisecs) -> _WhichOneofReturnType__shm_sleep_millisecs | None: ...
+
+Global___SetNodeMemoryParametersRequest: _TypeAlias = SetNodeMemoryParametersRequest  # noqa: Y015
+
+@_typing.final
+class SetNodeMemoryParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parameters(self) -> Global___NodeMemoryParameters:
+        """All of them, after the change."""
+
+    def __init__(
+        self,
+        *,
+        parameters: Global___NodeMemoryParameters | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetNodeMemoryParametersResponse: _TypeAlias = SetNodeMemoryParametersResponse  # noqa: Y015
+
+@_typing.final
+class SuspendNodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    target: Global___NodeSuspendTarget.ValueType
+    duration_seconds: _builtins.int
+    """How long the host sleeps; at least 60."""
+    def __init__(
+        self,
+        *,
+        target: Global___NodeSuspendTarget.ValueType = ...,
+        duration_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_seconds", b"duration_seconds", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendNodeRequest: _TypeAlias = SuspendNodeRequest  # noqa: Y015
+
+@_typing.final
+class SuspendNodeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendNodeResponse: _TypeAlias = SuspendNodeResponse  # noqa: Y015
+
+@_typing.final
+class GetNodeCpuMapRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeCpuMapRequest: _TypeAlias = GetNodeCpuMapRequest  # noqa: Y015
+
+@_typing.final
+class GetNodeCpuMapResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPUS_FIELD_NUMBER: _builtins.int
+    ONLINE_FIELD_NUMBER: _builtins.int
+    cpus: _builtins.int
+    """How many CPUs the host has, online or not."""
+    @_builtins.property
+    def online(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The online CPUs' numbers."""
+
+    def __init__(
+        self,
+        *,
+        cpus: _builtins.int = ...,
+        online: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "online", b"online"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeCpuMapResponse: _TypeAlias = GetNodeCpuMapResponse  # noqa: Y015
+
+@_typing.final
+class GetNodeSecurityModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeSecurityModelRequest: _TypeAlias = GetNodeSecurityModelRequest  # noqa: Y015
+
+@_typing.final
+class GetNodeSecurityModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    DOI_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """"selinux", "apparmor", "none", ..."""
+    doi: _builtins.str
+    """The model's domain of interpretation."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        doi: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["doi", b"doi", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeSecurityModelResponse: _TypeAlias = GetNodeSecurityModelResponse  # noqa: Y015
+
+@_typing.final
+class GetNodeSevInfoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeSevInfoRequest: _TypeAlias = GetNodeSevInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetNodeSevInfoResponse(_message.Message):
+    """The VIR_NODE_SEV_* parameters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PDH_FIELD_NUMBER: _builtins.int
+    CERT_CHAIN_FIELD_NUMBER: _builtins.int
+    CBITPOS_FIELD_NUMBER: _builtins.int
+    REDUCED_PHYS_BITS_FIELD_NUMBER: _builtins.int
+    MAX_GUESTS_FIELD_NUMBER: _builtins.int
+    MAX_ES_GUESTS_FIELD_NUMBER: _builtins.int
+    CPU0_ID_FIELD_NUMBER: _builtins.int
+    pdh: _builtins.str
+    """The platform Diffie-Hellman key, base64."""
+    cert_chain: _builtins.str
+    """The platform certificate chain, base64."""
+    cbitpos: _builtins.int
+    """The C-bit's position in a page table entry."""
+    reduced_phys_bits: _builtins.int
+    """Physical address bits lost when memory encryption is on."""
+    max_guests: _builtins.int
+    max_es_guests: _builtins.int
+    cpu0_id: _builtins.str
+    """The first CPU's identity, base64."""
+    def __init__(
+        self,
+        *,
+        pdh: _builtins.str = ...,
+        cert_chain: _builtins.str = ...,
+        cbitpos: _builtins.int = ...,
+        reduced_phys_bits: _builtins.int = ...,
+        max_guests: _builtins.int = ...,
+        max_es_guests: _builtins.int = ...,
+        cpu0_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cbitpos", b"cbitpos", "cert_chain", b"cert_chain", "cpu0_id", b"cpu0_id", "max_es_guests", b"max_es_guests", "max_guests", b"max_guests", "pdh", b"pdh", "reduced_phys_bits", b"reduced_phys_bits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeSevInfoResponse: _TypeAlias = GetNodeSevInfoResponse  # noqa: Y015
+
+@_typing.final
+class ConvertNativeToDomainXMLRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    format: Global___NativeConfigFormat.ValueType
+    config: _builtins.str
+    """The native configuration, at most 4 MiB, no NUL."""
+    def __init__(
+        self,
+        *,
+        format: Global___NativeConfigFormat.ValueType = ...,
+        config: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "format", b"format"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConvertNativeToDomainXMLRequest: _TypeAlias = ConvertNativeToDomainXMLRequest  # noqa: Y015
+
+@_typing.final
+class ConvertNativeToDomainXMLResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    XML_FIELD_NUMBER: _builtins.int
+    xml: _builtins.str
+    def __init__(
+        self,
+        *,
+        xml: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConvertNativeToDomainXMLResponse: _TypeAlias = ConvertNativeToDomainXMLResponse  # noqa: Y015
+
+@_typing.final
+class ConvertDomainXMLToNativeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    XML_FIELD_NUMBER: _builtins.int
+    format: Global___NativeConfigFormat.ValueType
+    xml: _builtins.str
+    """Domain XML."""
+    def __init__(
+        self,
+        *,
+        format: Global___NativeConfigFormat.ValueType = ...,
+        xml: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConvertDomainXMLToNativeRequest: _TypeAlias = ConvertDomainXMLToNativeRequest  # noqa: Y015
+
+@_typing.final
+class ConvertDomainXMLToNativeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIG_FIELD_NUMBER: _builtins.int
+    config: _builtins.str
+    def __init__(
+        self,
+        *,
+        config: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConvertDomainXMLToNativeResponse: _TypeAlias = ConvertDomainXMLToNativeResponse  # noqa: Y015

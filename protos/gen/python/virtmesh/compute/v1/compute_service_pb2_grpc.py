@@ -218,6 +218,116 @@ class ComputeServiceStub:
                 request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetVersionRequest.SerializeToString,
                 response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetVersionResponse.FromString,
                 _registered_method=True)
+        self.BaselineCpu = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/BaselineCpu',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.BaselineCpuRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.BaselineCpuResponse.FromString,
+                _registered_method=True)
+        self.BaselineHypervisorCpu = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/BaselineHypervisorCpu',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.BaselineHypervisorCpuRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.BaselineHypervisorCpuResponse.FromString,
+                _registered_method=True)
+        self.CompareCpu = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/CompareCpu',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CompareCpuRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CompareCpuResponse.FromString,
+                _registered_method=True)
+        self.CompareHypervisorCpu = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/CompareHypervisorCpu',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CompareHypervisorCpuRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CompareHypervisorCpuResponse.FromString,
+                _registered_method=True)
+        self.GetCpuModelNames = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetCpuModelNames',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCpuModelNamesRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCpuModelNamesResponse.FromString,
+                _registered_method=True)
+        self.GetSysinfo = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetSysinfo',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetSysinfoRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetSysinfoResponse.FromString,
+                _registered_method=True)
+        self.GetHostname = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetHostname',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetHostnameRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetHostnameResponse.FromString,
+                _registered_method=True)
+        self.GetMaxVcpus = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetMaxVcpus',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetMaxVcpusRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetMaxVcpusResponse.FromString,
+                _registered_method=True)
+        self.GetNodeCpuStats = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetNodeCpuStats',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeCpuStatsRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeCpuStatsResponse.FromString,
+                _registered_method=True)
+        self.GetNodeMemoryStats = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetNodeMemoryStats',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeMemoryStatsRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeMemoryStatsResponse.FromString,
+                _registered_method=True)
+        self.GetNodeFreeMemory = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetNodeFreeMemory',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeFreeMemoryRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeFreeMemoryResponse.FromString,
+                _registered_method=True)
+        self.GetCellsFreeMemory = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetCellsFreeMemory',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCellsFreeMemoryRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCellsFreeMemoryResponse.FromString,
+                _registered_method=True)
+        self.GetNodeFreePages = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetNodeFreePages',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeFreePagesRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeFreePagesResponse.FromString,
+                _registered_method=True)
+        self.AllocNodePages = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/AllocNodePages',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AllocNodePagesRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AllocNodePagesResponse.FromString,
+                _registered_method=True)
+        self.GetNodeMemoryParameters = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetNodeMemoryParameters',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeMemoryParametersRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeMemoryParametersResponse.FromString,
+                _registered_method=True)
+        self.SetNodeMemoryParameters = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetNodeMemoryParameters',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetNodeMemoryParametersRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetNodeMemoryParametersResponse.FromString,
+                _registered_method=True)
+        self.SuspendNode = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SuspendNode',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SuspendNodeRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SuspendNodeResponse.FromString,
+                _registered_method=True)
+        self.GetNodeCpuMap = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetNodeCpuMap',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeCpuMapRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeCpuMapResponse.FromString,
+                _registered_method=True)
+        self.GetNodeSecurityModel = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetNodeSecurityModel',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeSecurityModelRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeSecurityModelResponse.FromString,
+                _registered_method=True)
+        self.GetNodeSevInfo = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetNodeSevInfo',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeSevInfoRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeSevInfoResponse.FromString,
+                _registered_method=True)
+        self.ConvertNativeToDomainXML = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/ConvertNativeToDomainXML',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ConvertNativeToDomainXMLRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ConvertNativeToDomainXMLResponse.FromString,
+                _registered_method=True)
+        self.ConvertDomainXMLToNative = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/ConvertDomainXMLToNative',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ConvertDomainXMLToNativeRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ConvertDomainXMLToNativeResponse.FromString,
+                _registered_method=True)
 
 
 class ComputeServiceServicer:
@@ -441,8 +551,11 @@ class ComputeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchDomainEvents(self, request, context):
-        """Streams domain events (lifecycle with detail, reboot, device added and
-        removed) as they happen, until the client cancels.
+        """Streams domain events as they happen, until the client cancels: every
+        domain event libvirt 9.0 has (lifecycle with detail, reboot, devices
+        added, removed or failing to be removed, I/O errors, block jobs, the
+        guest agent, tuning, metadata, balloon, graphics clients, ...; see the
+        oneof of WatchDomainEventsResponse), each as a typed message.
         Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
         this watcher falls too far behind; UNAVAILABLE when the libvirt connection
         is lost (watch again once it is back).
@@ -551,6 +664,222 @@ class ComputeServiceServicer:
 
     def GetVersion(self, request, context):
         """Returns the versions of virtmesh, libvirt and the hypervisor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BaselineCpu(self, request, context):
+        """-- Host -----------------------------------------------------------------
+
+        The most capable CPU model every given host CPU can run
+        (virConnectBaselineCPU, virsh cpu-baseline), as guest CPU XML.
+        Errors: INVALID_ARGUMENT for no CPUs, more than 256, a document that is
+        not <cpu> XML, or an unknown model or vendor in one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BaselineHypervisorCpu(self, request, context):
+        """The most capable CPU model the hypervisor can give a guest on every given
+        host CPU (virConnectBaselineHypervisorCPU, virsh hypervisor-cpu-baseline).
+        Errors: INVALID_ARGUMENT as BaselineCpu, and for an unknown emulator, arch,
+        machine or virt type; UNIMPLEMENTED where the driver has no such call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompareCpu(self, request, context):
+        """How a CPU compares with the host's CPU (virConnectCompareCPU, virsh
+        cpu-compare).
+        Errors: INVALID_ARGUMENT for a document that is not <cpu> XML (or not valid
+        against libvirt's schema when `validate` is set) or names
+        an unknown model; FAILED_PRECONDITION (VIR_ERR_CPU_INCOMPATIBLE) when
+        fail_incompatible is set and the CPU is incompatible; UNIMPLEMENTED where
+        the driver has no such call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompareHypervisorCpu(self, request, context):
+        """How a CPU compares with the CPU the hypervisor can give a guest
+        (virConnectCompareHypervisorCPU, virsh hypervisor-cpu-compare).
+        Errors: as CompareCpu, and INVALID_ARGUMENT for an unknown emulator, arch,
+        machine or virt type.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCpuModelNames(self, request, context):
+        """The CPU models libvirt knows for an architecture (virConnectGetCPUModelNames,
+        virsh cpu-models).
+        Errors: INVALID_ARGUMENT for a missing or unknown architecture.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSysinfo(self, request, context):
+        """The host's SMBIOS information as sysinfo XML (virConnectGetSysinfo).
+        Errors: UNIMPLEMENTED (VIR_ERR_CONFIG_UNSUPPORTED) when the host's SMBIOS
+        tables cannot be read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHostname(self, request, context):
+        """The host's name (virConnectGetHostname).
+        Errors: NOT_FOUND (VIR_ERR_NO_HOSTNAME) when the host has none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMaxVcpus(self, request, context):
+        """The most vCPUs one guest of a virtualization type may have
+        (virConnectGetMaxVcpus, virsh maxvcpus).
+        Errors: INVALID_ARGUMENT for an unknown virt type.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNodeCpuStats(self, request, context):
+        """The host's CPU time counters, of all CPUs or of one (virNodeGetCPUStats,
+        virsh nodecpustats).
+        Errors: INVALID_ARGUMENT for a CPU the host does not have.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNodeMemoryStats(self, request, context):
+        """The host's memory counters, of all NUMA cells or of one
+        (virNodeGetMemoryStats, virsh nodememstats).
+        Errors: INVALID_ARGUMENT for a cell the host does not have; UNIMPLEMENTED
+        where the driver has no such call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNodeFreeMemory(self, request, context):
+        """The host's free memory (virNodeGetFreeMemory, virsh freecell without a cell).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCellsFreeMemory(self, request, context):
+        """The free memory of NUMA cells (virNodeGetCellsFreeMemory, virsh freecell).
+        Errors: INVALID_ARGUMENT for a start cell the host does not have.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNodeFreePages(self, request, context):
+        """Free pages of each size in NUMA cells (virNodeGetFreePages, virsh
+        freepages); page sizes default to every size the host's capabilities list.
+        Errors: INVALID_ARGUMENT for a cell the host does not have or a page size it
+        does not offer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AllocNodePages(self, request, context):
+        """Sets or grows the host's pools of huge pages in NUMA cells
+        (virNodeAllocPages, virsh allocpages).
+        Errors: INVALID_ARGUMENT for no pages, an unspecified mode, a cell the host
+        does not have or a page size it does not offer; INTERNAL when the kernel
+        cannot reserve them; UNIMPLEMENTED where the driver has no such call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNodeMemoryParameters(self, request, context):
+        """The kernel's same-page merging (KSM) settings and counters
+        (virNodeGetMemoryParameters, virsh node-memory-tune).
+        Errors: UNIMPLEMENTED where the driver has no such call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetNodeMemoryParameters(self, request, context):
+        """Changes the KSM settings that are set (virNodeSetMemoryParameters, virsh
+        node-memory-tune) and returns them all as they are then.
+        Errors: INVALID_ARGUMENT when none is set; FAILED_PRECONDITION or INTERNAL
+        when the kernel refuses a value (merge_across_nodes while pages are
+        shared); UNIMPLEMENTED where the driver has no such call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SuspendNode(self, request, context):
+        """Suspends the whole host, every guest and this service with it, for a time
+        after which the real-time clock wakes it (virNodeSuspendForDuration, virsh
+        nodesuspend). Refused unless the service's allow_node_suspend setting is
+        on (it is off by default): a caller could take every guest on the host
+        down, and nothing but the timer brings the host back.
+        Errors: FAILED_PRECONDITION (NODE_SUSPEND_DISABLED) while the setting is
+        off, and (VIR_ERR_OPERATION_INVALID) when the host cannot suspend to the
+        target; INVALID_ARGUMENT for an unspecified target or a duration under 60
+        seconds; UNIMPLEMENTED where the driver has no such call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNodeCpuMap(self, request, context):
+        """Which of the host's CPUs are online (virNodeGetCPUMap, virsh nodecpumap).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNodeSecurityModel(self, request, context):
+        """The security model guests run under (virNodeGetSecurityModel): "selinux",
+        "apparmor", or "none".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNodeSevInfo(self, request, context):
+        """The host's AMD SEV platform data (virNodeGetSEVInfo).
+        Errors: UNIMPLEMENTED (VIR_ERR_OPERATION_UNSUPPORTED) on a host or QEMU
+        without SEV, and where the driver has no such call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConvertNativeToDomainXML(self, request, context):
+        """Domain XML from a hypervisor's native configuration
+        (virConnectDomainXMLFromNative, virsh domxml-from-native).
+        Errors: INVALID_ARGUMENT for an empty configuration, one over 4 MiB or one
+        holding NUL; UNIMPLEMENTED where the driver cannot read the format
+        (libvirt 9.0's QEMU driver no longer reads qemu-argv).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConvertDomainXMLToNative(self, request, context):
+        """A hypervisor's native configuration for domain XML
+        (virConnectDomainXMLToNative, virsh domxml-to-native): QEMU's command line.
+        The domain is not defined.
+        Errors: INVALID_ARGUMENT for malformed or invalid domain XML;
+        UNIMPLEMENTED where the driver has no such call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -733,6 +1062,116 @@ def add_ComputeServiceServicer_to_server(servicer, server):
                     servicer.GetVersion,
                     request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetVersionRequest.FromString,
                     response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetVersionResponse.SerializeToString,
+            ),
+            'BaselineCpu': grpc.unary_unary_rpc_method_handler(
+                    servicer.BaselineCpu,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.BaselineCpuRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.BaselineCpuResponse.SerializeToString,
+            ),
+            'BaselineHypervisorCpu': grpc.unary_unary_rpc_method_handler(
+                    servicer.BaselineHypervisorCpu,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.BaselineHypervisorCpuRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.BaselineHypervisorCpuResponse.SerializeToString,
+            ),
+            'CompareCpu': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareCpu,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CompareCpuRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CompareCpuResponse.SerializeToString,
+            ),
+            'CompareHypervisorCpu': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareHypervisorCpu,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CompareHypervisorCpuRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CompareHypervisorCpuResponse.SerializeToString,
+            ),
+            'GetCpuModelNames': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCpuModelNames,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCpuModelNamesRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCpuModelNamesResponse.SerializeToString,
+            ),
+            'GetSysinfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSysinfo,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetSysinfoRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetSysinfoResponse.SerializeToString,
+            ),
+            'GetHostname': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHostname,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetHostnameRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetHostnameResponse.SerializeToString,
+            ),
+            'GetMaxVcpus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMaxVcpus,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetMaxVcpusRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetMaxVcpusResponse.SerializeToString,
+            ),
+            'GetNodeCpuStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNodeCpuStats,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeCpuStatsRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeCpuStatsResponse.SerializeToString,
+            ),
+            'GetNodeMemoryStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNodeMemoryStats,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeMemoryStatsRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeMemoryStatsResponse.SerializeToString,
+            ),
+            'GetNodeFreeMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNodeFreeMemory,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeFreeMemoryRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeFreeMemoryResponse.SerializeToString,
+            ),
+            'GetCellsFreeMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCellsFreeMemory,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCellsFreeMemoryRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCellsFreeMemoryResponse.SerializeToString,
+            ),
+            'GetNodeFreePages': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNodeFreePages,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeFreePagesRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeFreePagesResponse.SerializeToString,
+            ),
+            'AllocNodePages': grpc.unary_unary_rpc_method_handler(
+                    servicer.AllocNodePages,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AllocNodePagesRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AllocNodePagesResponse.SerializeToString,
+            ),
+            'GetNodeMemoryParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNodeMemoryParameters,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeMemoryParametersRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeMemoryParametersResponse.SerializeToString,
+            ),
+            'SetNodeMemoryParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetNodeMemoryParameters,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetNodeMemoryParametersRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetNodeMemoryParametersResponse.SerializeToString,
+            ),
+            'SuspendNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.SuspendNode,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SuspendNodeRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SuspendNodeResponse.SerializeToString,
+            ),
+            'GetNodeCpuMap': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNodeCpuMap,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeCpuMapRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeCpuMapResponse.SerializeToString,
+            ),
+            'GetNodeSecurityModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNodeSecurityModel,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeSecurityModelRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeSecurityModelResponse.SerializeToString,
+            ),
+            'GetNodeSevInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNodeSevInfo,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeSevInfoRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeSevInfoResponse.SerializeToString,
+            ),
+            'ConvertNativeToDomainXML': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConvertNativeToDomainXML,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ConvertNativeToDomainXMLRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ConvertNativeToDomainXMLResponse.SerializeToString,
+            ),
+            'ConvertDomainXMLToNative': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConvertDomainXMLToNative,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ConvertDomainXMLToNativeRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ConvertDomainXMLToNativeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1689,6 +2128,600 @@ class ComputeService:
             '/virtmesh.compute.v1.ComputeService/GetVersion',
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetVersionRequest.SerializeToString,
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BaselineCpu(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/BaselineCpu',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.BaselineCpuRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.BaselineCpuResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BaselineHypervisorCpu(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/BaselineHypervisorCpu',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.BaselineHypervisorCpuRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.BaselineHypervisorCpuResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareCpu(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/CompareCpu',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CompareCpuRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CompareCpuResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareHypervisorCpu(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/CompareHypervisorCpu',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CompareHypervisorCpuRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CompareHypervisorCpuResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCpuModelNames(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetCpuModelNames',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCpuModelNamesRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCpuModelNamesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSysinfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetSysinfo',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetSysinfoRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetSysinfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHostname(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetHostname',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetHostnameRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetHostnameResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMaxVcpus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetMaxVcpus',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetMaxVcpusRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetMaxVcpusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNodeCpuStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetNodeCpuStats',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeCpuStatsRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeCpuStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNodeMemoryStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetNodeMemoryStats',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeMemoryStatsRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeMemoryStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNodeFreeMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetNodeFreeMemory',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeFreeMemoryRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeFreeMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCellsFreeMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetCellsFreeMemory',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCellsFreeMemoryRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCellsFreeMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNodeFreePages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetNodeFreePages',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeFreePagesRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeFreePagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AllocNodePages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/AllocNodePages',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AllocNodePagesRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AllocNodePagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNodeMemoryParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetNodeMemoryParameters',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeMemoryParametersRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeMemoryParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetNodeMemoryParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetNodeMemoryParameters',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetNodeMemoryParametersRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetNodeMemoryParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SuspendNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SuspendNode',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SuspendNodeRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SuspendNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNodeCpuMap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetNodeCpuMap',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeCpuMapRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeCpuMapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNodeSecurityModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetNodeSecurityModel',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeSecurityModelRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeSecurityModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNodeSevInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetNodeSevInfo',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeSevInfoRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetNodeSevInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConvertNativeToDomainXML(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/ConvertNativeToDomainXML',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ConvertNativeToDomainXMLRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ConvertNativeToDomainXMLResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConvertDomainXMLToNative(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/ConvertDomainXMLToNative',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ConvertDomainXMLToNativeRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ConvertDomainXMLToNativeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -155,8 +155,11 @@ class ComputeServiceStub:
     Errors: NOT_FOUND when a named domain does not exist.
     """
     WatchDomainEvents: _grpc.UnaryStreamMultiCallable[_compute_service_pb2.WatchDomainEventsRequest, _compute_service_pb2.WatchDomainEventsResponse]
-    """Streams domain events (lifecycle with detail, reboot, device added and
-    removed) as they happen, until the client cancels.
+    """Streams domain events as they happen, until the client cancels: every
+    domain event libvirt 9.0 has (lifecycle with detail, reboot, devices
+    added, removed or failing to be removed, I/O errors, block jobs, the
+    guest agent, tuning, metadata, balloon, graphics clients, ...; see the
+    oneof of WatchDomainEventsResponse), each as a typed message.
     Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
     this watcher falls too far behind; UNAVAILABLE when the libvirt connection
     is lost (watch again once it is back).
@@ -224,6 +227,132 @@ class ComputeServiceStub:
     """Returns the host's CPU and memory layout."""
     GetVersion: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetVersionRequest, _compute_service_pb2.GetVersionResponse]
     """Returns the versions of virtmesh, libvirt and the hypervisor."""
+    BaselineCpu: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.BaselineCpuRequest, _compute_service_pb2.BaselineCpuResponse]
+    """-- Host -----------------------------------------------------------------
+
+    The most capable CPU model every given host CPU can run
+    (virConnectBaselineCPU, virsh cpu-baseline), as guest CPU XML.
+    Errors: INVALID_ARGUMENT for no CPUs, more than 256, a document that is
+    not <cpu> XML, or an unknown model or vendor in one.
+    """
+    BaselineHypervisorCpu: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.BaselineHypervisorCpuRequest, _compute_service_pb2.BaselineHypervisorCpuResponse]
+    """The most capable CPU model the hypervisor can give a guest on every given
+    host CPU (virConnectBaselineHypervisorCPU, virsh hypervisor-cpu-baseline).
+    Errors: INVALID_ARGUMENT as BaselineCpu, and for an unknown emulator, arch,
+    machine or virt type; UNIMPLEMENTED where the driver has no such call.
+    """
+    CompareCpu: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.CompareCpuRequest, _compute_service_pb2.CompareCpuResponse]
+    """How a CPU compares with the host's CPU (virConnectCompareCPU, virsh
+    cpu-compare).
+    Errors: INVALID_ARGUMENT for a document that is not <cpu> XML (or not valid
+    against libvirt's schema when `validate` is set) or names
+    an unknown model; FAILED_PRECONDITION (VIR_ERR_CPU_INCOMPATIBLE) when
+    fail_incompatible is set and the CPU is incompatible; UNIMPLEMENTED where
+    the driver has no such call.
+    """
+    CompareHypervisorCpu: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.CompareHypervisorCpuRequest, _compute_service_pb2.CompareHypervisorCpuResponse]
+    """How a CPU compares with the CPU the hypervisor can give a guest
+    (virConnectCompareHypervisorCPU, virsh hypervisor-cpu-compare).
+    Errors: as CompareCpu, and INVALID_ARGUMENT for an unknown emulator, arch,
+    machine or virt type.
+    """
+    GetCpuModelNames: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetCpuModelNamesRequest, _compute_service_pb2.GetCpuModelNamesResponse]
+    """The CPU models libvirt knows for an architecture (virConnectGetCPUModelNames,
+    virsh cpu-models).
+    Errors: INVALID_ARGUMENT for a missing or unknown architecture.
+    """
+    GetSysinfo: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetSysinfoRequest, _compute_service_pb2.GetSysinfoResponse]
+    """The host's SMBIOS information as sysinfo XML (virConnectGetSysinfo).
+    Errors: UNIMPLEMENTED (VIR_ERR_CONFIG_UNSUPPORTED) when the host's SMBIOS
+    tables cannot be read.
+    """
+    GetHostname: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetHostnameRequest, _compute_service_pb2.GetHostnameResponse]
+    """The host's name (virConnectGetHostname).
+    Errors: NOT_FOUND (VIR_ERR_NO_HOSTNAME) when the host has none.
+    """
+    GetMaxVcpus: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetMaxVcpusRequest, _compute_service_pb2.GetMaxVcpusResponse]
+    """The most vCPUs one guest of a virtualization type may have
+    (virConnectGetMaxVcpus, virsh maxvcpus).
+    Errors: INVALID_ARGUMENT for an unknown virt type.
+    """
+    GetNodeCpuStats: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetNodeCpuStatsRequest, _compute_service_pb2.GetNodeCpuStatsResponse]
+    """The host's CPU time counters, of all CPUs or of one (virNodeGetCPUStats,
+    virsh nodecpustats).
+    Errors: INVALID_ARGUMENT for a CPU the host does not have.
+    """
+    GetNodeMemoryStats: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetNodeMemoryStatsRequest, _compute_service_pb2.GetNodeMemoryStatsResponse]
+    """The host's memory counters, of all NUMA cells or of one
+    (virNodeGetMemoryStats, virsh nodememstats).
+    Errors: INVALID_ARGUMENT for a cell the host does not have; UNIMPLEMENTED
+    where the driver has no such call.
+    """
+    GetNodeFreeMemory: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetNodeFreeMemoryRequest, _compute_service_pb2.GetNodeFreeMemoryResponse]
+    """The host's free memory (virNodeGetFreeMemory, virsh freecell without a cell)."""
+    GetCellsFreeMemory: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetCellsFreeMemoryRequest, _compute_service_pb2.GetCellsFreeMemoryResponse]
+    """The free memory of NUMA cells (virNodeGetCellsFreeMemory, virsh freecell).
+    Errors: INVALID_ARGUMENT for a start cell the host does not have.
+    """
+    GetNodeFreePages: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetNodeFreePagesRequest, _compute_service_pb2.GetNodeFreePagesResponse]
+    """Free pages of each size in NUMA cells (virNodeGetFreePages, virsh
+    freepages); page sizes default to every size the host's capabilities list.
+    Errors: INVALID_ARGUMENT for a cell the host does not have or a page size it
+    does not offer.
+    """
+    AllocNodePages: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.AllocNodePagesRequest, _compute_service_pb2.AllocNodePagesResponse]
+    """Sets or grows the host's pools of huge pages in NUMA cells
+    (virNodeAllocPages, virsh allocpages).
+    Errors: INVALID_ARGUMENT for no pages, an unspecified mode, a cell the host
+    does not have or a page size it does not offer; INTERNAL when the kernel
+    cannot reserve them; UNIMPLEMENTED where the driver has no such call.
+    """
+    GetNodeMemoryParameters: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetNodeMemoryParametersRequest, _compute_service_pb2.GetNodeMemoryParametersResponse]
+    """The kernel's same-page merging (KSM) settings and counters
+    (virNodeGetMemoryParameters, virsh node-memory-tune).
+    Errors: UNIMPLEMENTED where the driver has no such call.
+    """
+    SetNodeMemoryParameters: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetNodeMemoryParametersRequest, _compute_service_pb2.SetNodeMemoryParametersResponse]
+    """Changes the KSM settings that are set (virNodeSetMemoryParameters, virsh
+    node-memory-tune) and returns them all as they are then.
+    Errors: INVALID_ARGUMENT when none is set; FAILED_PRECONDITION or INTERNAL
+    when the kernel refuses a value (merge_across_nodes while pages are
+    shared); UNIMPLEMENTED where the driver has no such call.
+    """
+    SuspendNode: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SuspendNodeRequest, _compute_service_pb2.SuspendNodeResponse]
+    """Suspends the whole host, every guest and this service with it, for a time
+    after which the real-time clock wakes it (virNodeSuspendForDuration, virsh
+    nodesuspend). Refused unless the service's allow_node_suspend setting is
+    on (it is off by default): a caller could take every guest on the host
+    down, and nothing but the timer brings the host back.
+    Errors: FAILED_PRECONDITION (NODE_SUSPEND_DISABLED) while the setting is
+    off, and (VIR_ERR_OPERATION_INVALID) when the host cannot suspend to the
+    target; INVALID_ARGUMENT for an unspecified target or a duration under 60
+    seconds; UNIMPLEMENTED where the driver has no such call.
+    """
+    GetNodeCpuMap: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetNodeCpuMapRequest, _compute_service_pb2.GetNodeCpuMapResponse]
+    """Which of the host's CPUs are online (virNodeGetCPUMap, virsh nodecpumap)."""
+    GetNodeSecurityModel: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetNodeSecurityModelRequest, _compute_service_pb2.GetNodeSecurityModelResponse]
+    """The security model guests run under (virNodeGetSecurityModel): "selinux",
+    "apparmor", or "none".
+    """
+    GetNodeSevInfo: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetNodeSevInfoRequest, _compute_service_pb2.GetNodeSevInfoResponse]
+    """The host's AMD SEV platform data (virNodeGetSEVInfo).
+    Errors: UNIMPLEMENTED (VIR_ERR_OPERATION_UNSUPPORTED) on a host or QEMU
+    without SEV, and where the driver has no such call.
+    """
+    ConvertNativeToDomainXML: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.ConvertNativeToDomainXMLRequest, _compute_service_pb2.ConvertNativeToDomainXMLResponse]
+    """Domain XML from a hypervisor's native configuration
+    (virConnectDomainXMLFromNative, virsh domxml-from-native).
+    Errors: INVALID_ARGUMENT for an empty configuration, one over 4 MiB or one
+    holding NUL; UNIMPLEMENTED where the driver cannot read the format
+    (libvirt 9.0's QEMU driver no longer reads qemu-argv).
+    """
+    ConvertDomainXMLToNative: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.ConvertDomainXMLToNativeRequest, _compute_service_pb2.ConvertDomainXMLToNativeResponse]
+    """A hypervisor's native configuration for domain XML
+    (virConnectDomainXMLToNative, virsh domxml-to-native): QEMU's command line.
+    The domain is not defined.
+    Errors: INVALID_ARGUMENT for malformed or invalid domain XML;
+    UNIMPLEMENTED where the driver has no such call.
+    """
 
 @_typing.type_check_only
 class ComputeServiceAsyncStub(ComputeServiceStub):
@@ -352,8 +481,11 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     Errors: NOT_FOUND when a named domain does not exist.
     """
     WatchDomainEvents: _aio.UnaryStreamMultiCallable[_compute_service_pb2.WatchDomainEventsRequest, _compute_service_pb2.WatchDomainEventsResponse]  # type: ignore[assignment]
-    """Streams domain events (lifecycle with detail, reboot, device added and
-    removed) as they happen, until the client cancels.
+    """Streams domain events as they happen, until the client cancels: every
+    domain event libvirt 9.0 has (lifecycle with detail, reboot, devices
+    added, removed or failing to be removed, I/O errors, block jobs, the
+    guest agent, tuning, metadata, balloon, graphics clients, ...; see the
+    oneof of WatchDomainEventsResponse), each as a typed message.
     Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
     this watcher falls too far behind; UNAVAILABLE when the libvirt connection
     is lost (watch again once it is back).
@@ -421,6 +553,132 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     """Returns the host's CPU and memory layout."""
     GetVersion: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetVersionRequest, _compute_service_pb2.GetVersionResponse]  # type: ignore[assignment]
     """Returns the versions of virtmesh, libvirt and the hypervisor."""
+    BaselineCpu: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.BaselineCpuRequest, _compute_service_pb2.BaselineCpuResponse]  # type: ignore[assignment]
+    """-- Host -----------------------------------------------------------------
+
+    The most capable CPU model every given host CPU can run
+    (virConnectBaselineCPU, virsh cpu-baseline), as guest CPU XML.
+    Errors: INVALID_ARGUMENT for no CPUs, more than 256, a document that is
+    not <cpu> XML, or an unknown model or vendor in one.
+    """
+    BaselineHypervisorCpu: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.BaselineHypervisorCpuRequest, _compute_service_pb2.BaselineHypervisorCpuResponse]  # type: ignore[assignment]
+    """The most capable CPU model the hypervisor can give a guest on every given
+    host CPU (virConnectBaselineHypervisorCPU, virsh hypervisor-cpu-baseline).
+    Errors: INVALID_ARGUMENT as BaselineCpu, and for an unknown emulator, arch,
+    machine or virt type; UNIMPLEMENTED where the driver has no such call.
+    """
+    CompareCpu: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.CompareCpuRequest, _compute_service_pb2.CompareCpuResponse]  # type: ignore[assignment]
+    """How a CPU compares with the host's CPU (virConnectCompareCPU, virsh
+    cpu-compare).
+    Errors: INVALID_ARGUMENT for a document that is not <cpu> XML (or not valid
+    against libvirt's schema when `validate` is set) or names
+    an unknown model; FAILED_PRECONDITION (VIR_ERR_CPU_INCOMPATIBLE) when
+    fail_incompatible is set and the CPU is incompatible; UNIMPLEMENTED where
+    the driver has no such call.
+    """
+    CompareHypervisorCpu: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.CompareHypervisorCpuRequest, _compute_service_pb2.CompareHypervisorCpuResponse]  # type: ignore[assignment]
+    """How a CPU compares with the CPU the hypervisor can give a guest
+    (virConnectCompareHypervisorCPU, virsh hypervisor-cpu-compare).
+    Errors: as CompareCpu, and INVALID_ARGUMENT for an unknown emulator, arch,
+    machine or virt type.
+    """
+    GetCpuModelNames: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetCpuModelNamesRequest, _compute_service_pb2.GetCpuModelNamesResponse]  # type: ignore[assignment]
+    """The CPU models libvirt knows for an architecture (virConnectGetCPUModelNames,
+    virsh cpu-models).
+    Errors: INVALID_ARGUMENT for a missing or unknown architecture.
+    """
+    GetSysinfo: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetSysinfoRequest, _compute_service_pb2.GetSysinfoResponse]  # type: ignore[assignment]
+    """The host's SMBIOS information as sysinfo XML (virConnectGetSysinfo).
+    Errors: UNIMPLEMENTED (VIR_ERR_CONFIG_UNSUPPORTED) when the host's SMBIOS
+    tables cannot be read.
+    """
+    GetHostname: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetHostnameRequest, _compute_service_pb2.GetHostnameResponse]  # type: ignore[assignment]
+    """The host's name (virConnectGetHostname).
+    Errors: NOT_FOUND (VIR_ERR_NO_HOSTNAME) when the host has none.
+    """
+    GetMaxVcpus: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetMaxVcpusRequest, _compute_service_pb2.GetMaxVcpusResponse]  # type: ignore[assignment]
+    """The most vCPUs one guest of a virtualization type may have
+    (virConnectGetMaxVcpus, virsh maxvcpus).
+    Errors: INVALID_ARGUMENT for an unknown virt type.
+    """
+    GetNodeCpuStats: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetNodeCpuStatsRequest, _compute_service_pb2.GetNodeCpuStatsResponse]  # type: ignore[assignment]
+    """The host's CPU time counters, of all CPUs or of one (virNodeGetCPUStats,
+    virsh nodecpustats).
+    Errors: INVALID_ARGUMENT for a CPU the host does not have.
+    """
+    GetNodeMemoryStats: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetNodeMemoryStatsRequest, _compute_service_pb2.GetNodeMemoryStatsResponse]  # type: ignore[assignment]
+    """The host's memory counters, of all NUMA cells or of one
+    (virNodeGetMemoryStats, virsh nodememstats).
+    Errors: INVALID_ARGUMENT for a cell the host does not have; UNIMPLEMENTED
+    where the driver has no such call.
+    """
+    GetNodeFreeMemory: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetNodeFreeMemoryRequest, _compute_service_pb2.GetNodeFreeMemoryResponse]  # type: ignore[assignment]
+    """The host's free memory (virNodeGetFreeMemory, virsh freecell without a cell)."""
+    GetCellsFreeMemory: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetCellsFreeMemoryRequest, _compute_service_pb2.GetCellsFreeMemoryResponse]  # type: ignore[assignment]
+    """The free memory of NUMA cells (virNodeGetCellsFreeMemory, virsh freecell).
+    Errors: INVALID_ARGUMENT for a start cell the host does not have.
+    """
+    GetNodeFreePages: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetNodeFreePagesRequest, _compute_service_pb2.GetNodeFreePagesResponse]  # type: ignore[assignment]
+    """Free pages of each size in NUMA cells (virNodeGetFreePages, virsh
+    freepages); page sizes default to every size the host's capabilities list.
+    Errors: INVALID_ARGUMENT for a cell the host does not have or a page size it
+    does not offer.
+    """
+    AllocNodePages: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.AllocNodePagesRequest, _compute_service_pb2.AllocNodePagesResponse]  # type: ignore[assignment]
+    """Sets or grows the host's pools of huge pages in NUMA cells
+    (virNodeAllocPages, virsh allocpages).
+    Errors: INVALID_ARGUMENT for no pages, an unspecified mode, a cell the host
+    does not have or a page size it does not offer; INTERNAL when the kernel
+    cannot reserve them; UNIMPLEMENTED where the driver has no such call.
+    """
+    GetNodeMemoryParameters: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetNodeMemoryParametersRequest, _compute_service_pb2.GetNodeMemoryParametersResponse]  # type: ignore[assignment]
+    """The kernel's same-page merging (KSM) settings and counters
+    (virNodeGetMemoryParameters, virsh node-memory-tune).
+    Errors: UNIMPLEMENTED where the driver has no such call.
+    """
+    SetNodeMemoryParameters: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetNodeMemoryParametersRequest, _compute_service_pb2.SetNodeMemoryParametersResponse]  # type: ignore[assignment]
+    """Changes the KSM settings that are set (virNodeSetMemoryParameters, virsh
+    node-memory-tune) and returns them all as they are then.
+    Errors: INVALID_ARGUMENT when none is set; FAILED_PRECONDITION or INTERNAL
+    when the kernel refuses a value (merge_across_nodes while pages are
+    shared); UNIMPLEMENTED where the driver has no such call.
+    """
+    SuspendNode: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SuspendNodeRequest, _compute_service_pb2.SuspendNodeResponse]  # type: ignore[assignment]
+    """Suspends the whole host, every guest and this service with it, for a time
+    after which the real-time clock wakes it (virNodeSuspendForDuration, virsh
+    nodesuspend). Refused unless the service's allow_node_suspend setting is
+    on (it is off by default): a caller could take every guest on the host
+    down, and nothing but the timer brings the host back.
+    Errors: FAILED_PRECONDITION (NODE_SUSPEND_DISABLED) while the setting is
+    off, and (VIR_ERR_OPERATION_INVALID) when the host cannot suspend to the
+    target; INVALID_ARGUMENT for an unspecified target or a duration under 60
+    seconds; UNIMPLEMENTED where the driver has no such call.
+    """
+    GetNodeCpuMap: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetNodeCpuMapRequest, _compute_service_pb2.GetNodeCpuMapResponse]  # type: ignore[assignment]
+    """Which of the host's CPUs are online (virNodeGetCPUMap, virsh nodecpumap)."""
+    GetNodeSecurityModel: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetNodeSecurityModelRequest, _compute_service_pb2.GetNodeSecurityModelResponse]  # type: ignore[assignment]
+    """The security model guests run under (virNodeGetSecurityModel): "selinux",
+    "apparmor", or "none".
+    """
+    GetNodeSevInfo: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetNodeSevInfoRequest, _compute_service_pb2.GetNodeSevInfoResponse]  # type: ignore[assignment]
+    """The host's AMD SEV platform data (virNodeGetSEVInfo).
+    Errors: UNIMPLEMENTED (VIR_ERR_OPERATION_UNSUPPORTED) on a host or QEMU
+    without SEV, and where the driver has no such call.
+    """
+    ConvertNativeToDomainXML: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.ConvertNativeToDomainXMLRequest, _compute_service_pb2.ConvertNativeToDomainXMLResponse]  # type: ignore[assignment]
+    """Domain XML from a hypervisor's native configuration
+    (virConnectDomainXMLFromNative, virsh domxml-from-native).
+    Errors: INVALID_ARGUMENT for an empty configuration, one over 4 MiB or one
+    holding NUL; UNIMPLEMENTED where the driver cannot read the format
+    (libvirt 9.0's QEMU driver no longer reads qemu-argv).
+    """
+    ConvertDomainXMLToNative: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.ConvertDomainXMLToNativeRequest, _compute_service_pb2.ConvertDomainXMLToNativeResponse]  # type: ignore[assignment]
+    """A hypervisor's native configuration for domain XML
+    (virConnectDomainXMLToNative, virsh domxml-to-native): QEMU's command line.
+    The domain is not defined.
+    Errors: INVALID_ARGUMENT for malformed or invalid domain XML;
+    UNIMPLEMENTED where the driver has no such call.
+    """
 
 class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
     """ComputeService is libvirt's QEMU driver (virtqemud) as a gRPC service.
@@ -696,8 +954,11 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _compute_service_pb2.WatchDomainEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_compute_service_pb2.WatchDomainEventsResponse], _abc.AsyncIterator[_compute_service_pb2.WatchDomainEventsResponse]]:
-        """Streams domain events (lifecycle with detail, reboot, device added and
-        removed) as they happen, until the client cancels.
+        """Streams domain events as they happen, until the client cancels: every
+        domain event libvirt 9.0 has (lifecycle with detail, reboot, devices
+        added, removed or failing to be removed, I/O errors, block jobs, the
+        guest agent, tuning, metadata, balloon, graphics clients, ...; see the
+        oneof of WatchDomainEventsResponse), each as a typed message.
         Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
         this watcher falls too far behind; UNAVAILABLE when the libvirt connection
         is lost (watch again once it is back).
@@ -825,5 +1086,263 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_compute_service_pb2.GetVersionResponse, _abc.Awaitable[_compute_service_pb2.GetVersionResponse]]:
         """Returns the versions of virtmesh, libvirt and the hypervisor."""
+
+    @_abc_1.abstractmethod
+    def BaselineCpu(
+        self,
+        request: _compute_service_pb2.BaselineCpuRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.BaselineCpuResponse, _abc.Awaitable[_compute_service_pb2.BaselineCpuResponse]]:
+        """-- Host -----------------------------------------------------------------
+
+        The most capable CPU model every given host CPU can run
+        (virConnectBaselineCPU, virsh cpu-baseline), as guest CPU XML.
+        Errors: INVALID_ARGUMENT for no CPUs, more than 256, a document that is
+        not <cpu> XML, or an unknown model or vendor in one.
+        """
+
+    @_abc_1.abstractmethod
+    def BaselineHypervisorCpu(
+        self,
+        request: _compute_service_pb2.BaselineHypervisorCpuRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.BaselineHypervisorCpuResponse, _abc.Awaitable[_compute_service_pb2.BaselineHypervisorCpuResponse]]:
+        """The most capable CPU model the hypervisor can give a guest on every given
+        host CPU (virConnectBaselineHypervisorCPU, virsh hypervisor-cpu-baseline).
+        Errors: INVALID_ARGUMENT as BaselineCpu, and for an unknown emulator, arch,
+        machine or virt type; UNIMPLEMENTED where the driver has no such call.
+        """
+
+    @_abc_1.abstractmethod
+    def CompareCpu(
+        self,
+        request: _compute_service_pb2.CompareCpuRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.CompareCpuResponse, _abc.Awaitable[_compute_service_pb2.CompareCpuResponse]]:
+        """How a CPU compares with the host's CPU (virConnectCompareCPU, virsh
+        cpu-compare).
+        Errors: INVALID_ARGUMENT for a document that is not <cpu> XML (or not valid
+        against libvirt's schema when `validate` is set) or names
+        an unknown model; FAILED_PRECONDITION (VIR_ERR_CPU_INCOMPATIBLE) when
+        fail_incompatible is set and the CPU is incompatible; UNIMPLEMENTED where
+        the driver has no such call.
+        """
+
+    @_abc_1.abstractmethod
+    def CompareHypervisorCpu(
+        self,
+        request: _compute_service_pb2.CompareHypervisorCpuRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.CompareHypervisorCpuResponse, _abc.Awaitable[_compute_service_pb2.CompareHypervisorCpuResponse]]:
+        """How a CPU compares with the CPU the hypervisor can give a guest
+        (virConnectCompareHypervisorCPU, virsh hypervisor-cpu-compare).
+        Errors: as CompareCpu, and INVALID_ARGUMENT for an unknown emulator, arch,
+        machine or virt type.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCpuModelNames(
+        self,
+        request: _compute_service_pb2.GetCpuModelNamesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetCpuModelNamesResponse, _abc.Awaitable[_compute_service_pb2.GetCpuModelNamesResponse]]:
+        """The CPU models libvirt knows for an architecture (virConnectGetCPUModelNames,
+        virsh cpu-models).
+        Errors: INVALID_ARGUMENT for a missing or unknown architecture.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSysinfo(
+        self,
+        request: _compute_service_pb2.GetSysinfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetSysinfoResponse, _abc.Awaitable[_compute_service_pb2.GetSysinfoResponse]]:
+        """The host's SMBIOS information as sysinfo XML (virConnectGetSysinfo).
+        Errors: UNIMPLEMENTED (VIR_ERR_CONFIG_UNSUPPORTED) when the host's SMBIOS
+        tables cannot be read.
+        """
+
+    @_abc_1.abstractmethod
+    def GetHostname(
+        self,
+        request: _compute_service_pb2.GetHostnameRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetHostnameResponse, _abc.Awaitable[_compute_service_pb2.GetHostnameResponse]]:
+        """The host's name (virConnectGetHostname).
+        Errors: NOT_FOUND (VIR_ERR_NO_HOSTNAME) when the host has none.
+        """
+
+    @_abc_1.abstractmethod
+    def GetMaxVcpus(
+        self,
+        request: _compute_service_pb2.GetMaxVcpusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetMaxVcpusResponse, _abc.Awaitable[_compute_service_pb2.GetMaxVcpusResponse]]:
+        """The most vCPUs one guest of a virtualization type may have
+        (virConnectGetMaxVcpus, virsh maxvcpus).
+        Errors: INVALID_ARGUMENT for an unknown virt type.
+        """
+
+    @_abc_1.abstractmethod
+    def GetNodeCpuStats(
+        self,
+        request: _compute_service_pb2.GetNodeCpuStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetNodeCpuStatsResponse, _abc.Awaitable[_compute_service_pb2.GetNodeCpuStatsResponse]]:
+        """The host's CPU time counters, of all CPUs or of one (virNodeGetCPUStats,
+        virsh nodecpustats).
+        Errors: INVALID_ARGUMENT for a CPU the host does not have.
+        """
+
+    @_abc_1.abstractmethod
+    def GetNodeMemoryStats(
+        self,
+        request: _compute_service_pb2.GetNodeMemoryStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetNodeMemoryStatsResponse, _abc.Awaitable[_compute_service_pb2.GetNodeMemoryStatsResponse]]:
+        """The host's memory counters, of all NUMA cells or of one
+        (virNodeGetMemoryStats, virsh nodememstats).
+        Errors: INVALID_ARGUMENT for a cell the host does not have; UNIMPLEMENTED
+        where the driver has no such call.
+        """
+
+    @_abc_1.abstractmethod
+    def GetNodeFreeMemory(
+        self,
+        request: _compute_service_pb2.GetNodeFreeMemoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetNodeFreeMemoryResponse, _abc.Awaitable[_compute_service_pb2.GetNodeFreeMemoryResponse]]:
+        """The host's free memory (virNodeGetFreeMemory, virsh freecell without a cell)."""
+
+    @_abc_1.abstractmethod
+    def GetCellsFreeMemory(
+        self,
+        request: _compute_service_pb2.GetCellsFreeMemoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetCellsFreeMemoryResponse, _abc.Awaitable[_compute_service_pb2.GetCellsFreeMemoryResponse]]:
+        """The free memory of NUMA cells (virNodeGetCellsFreeMemory, virsh freecell).
+        Errors: INVALID_ARGUMENT for a start cell the host does not have.
+        """
+
+    @_abc_1.abstractmethod
+    def GetNodeFreePages(
+        self,
+        request: _compute_service_pb2.GetNodeFreePagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetNodeFreePagesResponse, _abc.Awaitable[_compute_service_pb2.GetNodeFreePagesResponse]]:
+        """Free pages of each size in NUMA cells (virNodeGetFreePages, virsh
+        freepages); page sizes default to every size the host's capabilities list.
+        Errors: INVALID_ARGUMENT for a cell the host does not have or a page size it
+        does not offer.
+        """
+
+    @_abc_1.abstractmethod
+    def AllocNodePages(
+        self,
+        request: _compute_service_pb2.AllocNodePagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.AllocNodePagesResponse, _abc.Awaitable[_compute_service_pb2.AllocNodePagesResponse]]:
+        """Sets or grows the host's pools of huge pages in NUMA cells
+        (virNodeAllocPages, virsh allocpages).
+        Errors: INVALID_ARGUMENT for no pages, an unspecified mode, a cell the host
+        does not have or a page size it does not offer; INTERNAL when the kernel
+        cannot reserve them; UNIMPLEMENTED where the driver has no such call.
+        """
+
+    @_abc_1.abstractmethod
+    def GetNodeMemoryParameters(
+        self,
+        request: _compute_service_pb2.GetNodeMemoryParametersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetNodeMemoryParametersResponse, _abc.Awaitable[_compute_service_pb2.GetNodeMemoryParametersResponse]]:
+        """The kernel's same-page merging (KSM) settings and counters
+        (virNodeGetMemoryParameters, virsh node-memory-tune).
+        Errors: UNIMPLEMENTED where the driver has no such call.
+        """
+
+    @_abc_1.abstractmethod
+    def SetNodeMemoryParameters(
+        self,
+        request: _compute_service_pb2.SetNodeMemoryParametersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetNodeMemoryParametersResponse, _abc.Awaitable[_compute_service_pb2.SetNodeMemoryParametersResponse]]:
+        """Changes the KSM settings that are set (virNodeSetMemoryParameters, virsh
+        node-memory-tune) and returns them all as they are then.
+        Errors: INVALID_ARGUMENT when none is set; FAILED_PRECONDITION or INTERNAL
+        when the kernel refuses a value (merge_across_nodes while pages are
+        shared); UNIMPLEMENTED where the driver has no such call.
+        """
+
+    @_abc_1.abstractmethod
+    def SuspendNode(
+        self,
+        request: _compute_service_pb2.SuspendNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SuspendNodeResponse, _abc.Awaitable[_compute_service_pb2.SuspendNodeResponse]]:
+        """Suspends the whole host, every guest and this service with it, for a time
+        after which the real-time clock wakes it (virNodeSuspendForDuration, virsh
+        nodesuspend). Refused unless the service's allow_node_suspend setting is
+        on (it is off by default): a caller could take every guest on the host
+        down, and nothing but the timer brings the host back.
+        Errors: FAILED_PRECONDITION (NODE_SUSPEND_DISABLED) while the setting is
+        off, and (VIR_ERR_OPERATION_INVALID) when the host cannot suspend to the
+        target; INVALID_ARGUMENT for an unspecified target or a duration under 60
+        seconds; UNIMPLEMENTED where the driver has no such call.
+        """
+
+    @_abc_1.abstractmethod
+    def GetNodeCpuMap(
+        self,
+        request: _compute_service_pb2.GetNodeCpuMapRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetNodeCpuMapResponse, _abc.Awaitable[_compute_service_pb2.GetNodeCpuMapResponse]]:
+        """Which of the host's CPUs are online (virNodeGetCPUMap, virsh nodecpumap)."""
+
+    @_abc_1.abstractmethod
+    def GetNodeSecurityModel(
+        self,
+        request: _compute_service_pb2.GetNodeSecurityModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetNodeSecurityModelResponse, _abc.Awaitable[_compute_service_pb2.GetNodeSecurityModelResponse]]:
+        """The security model guests run under (virNodeGetSecurityModel): "selinux",
+        "apparmor", or "none".
+        """
+
+    @_abc_1.abstractmethod
+    def GetNodeSevInfo(
+        self,
+        request: _compute_service_pb2.GetNodeSevInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetNodeSevInfoResponse, _abc.Awaitable[_compute_service_pb2.GetNodeSevInfoResponse]]:
+        """The host's AMD SEV platform data (virNodeGetSEVInfo).
+        Errors: UNIMPLEMENTED (VIR_ERR_OPERATION_UNSUPPORTED) on a host or QEMU
+        without SEV, and where the driver has no such call.
+        """
+
+    @_abc_1.abstractmethod
+    def ConvertNativeToDomainXML(
+        self,
+        request: _compute_service_pb2.ConvertNativeToDomainXMLRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.ConvertNativeToDomainXMLResponse, _abc.Awaitable[_compute_service_pb2.ConvertNativeToDomainXMLResponse]]:
+        """Domain XML from a hypervisor's native configuration
+        (virConnectDomainXMLFromNative, virsh domxml-from-native).
+        Errors: INVALID_ARGUMENT for an empty configuration, one over 4 MiB or one
+        holding NUL; UNIMPLEMENTED where the driver cannot read the format
+        (libvirt 9.0's QEMU driver no longer reads qemu-argv).
+        """
+
+    @_abc_1.abstractmethod
+    def ConvertDomainXMLToNative(
+        self,
+        request: _compute_service_pb2.ConvertDomainXMLToNativeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.ConvertDomainXMLToNativeResponse, _abc.Awaitable[_compute_service_pb2.ConvertDomainXMLToNativeResponse]]:
+        """A hypervisor's native configuration for domain XML
+        (virConnectDomainXMLToNative, virsh domxml-to-native): QEMU's command line.
+        The domain is not defined.
+        Errors: INVALID_ARGUMENT for malformed or invalid domain XML;
+        UNIMPLEMENTED where the driver has no such call.
+        """
 
 def add_ComputeServiceServicer_to_server(servicer: ComputeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

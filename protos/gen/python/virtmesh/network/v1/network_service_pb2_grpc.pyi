@@ -142,7 +142,9 @@ class NetworkServiceStub:
     """
     WatchNetworkEvents: _grpc.UnaryStreamMultiCallable[_network_service_pb2.WatchNetworkEventsRequest, _network_service_pb2.WatchNetworkEventsResponse]
     """Streams network lifecycle events (defined, undefined, started, stopped)
-    as they happen, until the client cancels.
+    as they happen, until the client cancels. Lifecycle is libvirt 9.0's one
+    network event (virNetworkEventID); metadata change came with network
+    metadata in libvirt 9.7.
     Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
     this watcher falls too far behind; UNAVAILABLE when the libvirt connection
     is lost (watch again once it is back).
@@ -283,7 +285,9 @@ class NetworkServiceAsyncStub(NetworkServiceStub):
     """
     WatchNetworkEvents: _aio.UnaryStreamMultiCallable[_network_service_pb2.WatchNetworkEventsRequest, _network_service_pb2.WatchNetworkEventsResponse]  # type: ignore[assignment]
     """Streams network lifecycle events (defined, undefined, started, stopped)
-    as they happen, until the client cancels.
+    as they happen, until the client cancels. Lifecycle is libvirt 9.0's one
+    network event (virNetworkEventID); metadata change came with network
+    metadata in libvirt 9.7.
     Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
     this watcher falls too far behind; UNAVAILABLE when the libvirt connection
     is lost (watch again once it is back).
@@ -523,7 +527,9 @@ class NetworkServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_network_service_pb2.WatchNetworkEventsResponse], _abc.AsyncIterator[_network_service_pb2.WatchNetworkEventsResponse]]:
         """Streams network lifecycle events (defined, undefined, started, stopped)
-        as they happen, until the client cancels.
+        as they happen, until the client cancels. Lifecycle is libvirt 9.0's one
+        network event (virNetworkEventID); metadata change came with network
+        metadata in libvirt 9.7.
         Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
         this watcher falls too far behind; UNAVAILABLE when the libvirt connection
         is lost (watch again once it is back).

@@ -258,7 +258,8 @@ class NodeDeviceServiceServicer:
 
     def WatchNodeDeviceEvents(self, request, context):
         """Streams node device events (lifecycle and update) as they happen, until
-        the client cancels.
+        the client cancels. These are all of libvirt 9.0's node device events
+        (virNodeDeviceEventID).
         Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
         this watcher falls too far behind; UNAVAILABLE when the libvirt connection
         is lost (watch again once it is back).

@@ -122,7 +122,8 @@ class NodeDeviceServiceStub:
     """
     WatchNodeDeviceEvents: _grpc.UnaryStreamMultiCallable[_nodedev_service_pb2.WatchNodeDeviceEventsRequest, _nodedev_service_pb2.WatchNodeDeviceEventsResponse]
     """Streams node device events (lifecycle and update) as they happen, until
-    the client cancels.
+    the client cancels. These are all of libvirt 9.0's node device events
+    (virNodeDeviceEventID).
     Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
     this watcher falls too far behind; UNAVAILABLE when the libvirt connection
     is lost (watch again once it is back).
@@ -229,7 +230,8 @@ class NodeDeviceServiceAsyncStub(NodeDeviceServiceStub):
     """
     WatchNodeDeviceEvents: _aio.UnaryStreamMultiCallable[_nodedev_service_pb2.WatchNodeDeviceEventsRequest, _nodedev_service_pb2.WatchNodeDeviceEventsResponse]  # type: ignore[assignment]
     """Streams node device events (lifecycle and update) as they happen, until
-    the client cancels.
+    the client cancels. These are all of libvirt 9.0's node device events
+    (virNodeDeviceEventID).
     Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
     this watcher falls too far behind; UNAVAILABLE when the libvirt connection
     is lost (watch again once it is back).
@@ -411,7 +413,8 @@ class NodeDeviceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_nodedev_service_pb2.WatchNodeDeviceEventsResponse], _abc.AsyncIterator[_nodedev_service_pb2.WatchNodeDeviceEventsResponse]]:
         """Streams node device events (lifecycle and update) as they happen, until
-        the client cancels.
+        the client cancels. These are all of libvirt 9.0's node device events
+        (virNodeDeviceEventID).
         Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
         this watcher falls too far behind; UNAVAILABLE when the libvirt connection
         is lost (watch again once it is back).

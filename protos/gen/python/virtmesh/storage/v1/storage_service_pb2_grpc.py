@@ -303,6 +303,8 @@ class StorageServiceServicer:
     def WatchStoragePoolEvents(self, request, context):
         """Streams pool events (lifecycle and refresh) as they happen, until the
         client cancels. Response headers are sent once the watcher is subscribed.
+        These are all of libvirt 9.0's storage events (virStoragePoolEventID has
+        LIFECYCLE and REFRESH); libvirt has no volume events.
         Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
         this watcher falls too far behind; UNAVAILABLE when the libvirt connection
         is lost (watch again once it is back).

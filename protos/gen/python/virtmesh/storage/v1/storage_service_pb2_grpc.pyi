@@ -107,6 +107,8 @@ class StorageServiceStub:
     WatchStoragePoolEvents: _grpc.UnaryStreamMultiCallable[_storage_service_pb2.WatchStoragePoolEventsRequest, _storage_service_pb2.WatchStoragePoolEventsResponse]
     """Streams pool events (lifecycle and refresh) as they happen, until the
     client cancels. Response headers are sent once the watcher is subscribed.
+    These are all of libvirt 9.0's storage events (virStoragePoolEventID has
+    LIFECYCLE and REFRESH); libvirt has no volume events.
     Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
     this watcher falls too far behind; UNAVAILABLE when the libvirt connection
     is lost (watch again once it is back).
@@ -278,6 +280,8 @@ class StorageServiceAsyncStub(StorageServiceStub):
     WatchStoragePoolEvents: _aio.UnaryStreamMultiCallable[_storage_service_pb2.WatchStoragePoolEventsRequest, _storage_service_pb2.WatchStoragePoolEventsResponse]  # type: ignore[assignment]
     """Streams pool events (lifecycle and refresh) as they happen, until the
     client cancels. Response headers are sent once the watcher is subscribed.
+    These are all of libvirt 9.0's storage events (virStoragePoolEventID has
+    LIFECYCLE and REFRESH); libvirt has no volume events.
     Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
     this watcher falls too far behind; UNAVAILABLE when the libvirt connection
     is lost (watch again once it is back).
@@ -524,6 +528,8 @@ class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_storage_service_pb2.WatchStoragePoolEventsResponse], _abc.AsyncIterator[_storage_service_pb2.WatchStoragePoolEventsResponse]]:
         """Streams pool events (lifecycle and refresh) as they happen, until the
         client cancels. Response headers are sent once the watcher is subscribed.
+        These are all of libvirt 9.0's storage events (virStoragePoolEventID has
+        LIFECYCLE and REFRESH); libvirt has no volume events.
         Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
         this watcher falls too far behind; UNAVAILABLE when the libvirt connection
         is lost (watch again once it is back).

@@ -24,6 +24,7 @@ import {
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../../google/protobuf/timestamp";
 import { EventGap, EventPosition } from "../../events/v1/events";
+import { TypedParameter } from "../../types/v1/typed_params";
 
 export const protobufPackage = "virtmesh.compute.v1";
 
@@ -292,6 +293,671 @@ export function lifecycleEventTypeToJSON(object: LifecycleEventType): string {
   }
 }
 
+/**
+ * What a watchdog device did when the guest stopped feeding it, as libvirt's
+ * virDomainEventWatchdogAction.
+ */
+export enum WatchdogAction {
+  WATCHDOG_ACTION_UNSPECIFIED = 0,
+  /** WATCHDOG_ACTION_NONE - Nothing: the watchdog fired and was left alone. */
+  WATCHDOG_ACTION_NONE = 1,
+  WATCHDOG_ACTION_PAUSE = 2,
+  WATCHDOG_ACTION_RESET = 3,
+  WATCHDOG_ACTION_POWEROFF = 4,
+  WATCHDOG_ACTION_SHUTDOWN = 5,
+  WATCHDOG_ACTION_DEBUG = 6,
+  WATCHDOG_ACTION_INJECTNMI = 7,
+  UNRECOGNIZED = -1,
+}
+
+export function watchdogActionFromJSON(object: any): WatchdogAction {
+  switch (object) {
+    case 0:
+    case "WATCHDOG_ACTION_UNSPECIFIED":
+      return WatchdogAction.WATCHDOG_ACTION_UNSPECIFIED;
+    case 1:
+    case "WATCHDOG_ACTION_NONE":
+      return WatchdogAction.WATCHDOG_ACTION_NONE;
+    case 2:
+    case "WATCHDOG_ACTION_PAUSE":
+      return WatchdogAction.WATCHDOG_ACTION_PAUSE;
+    case 3:
+    case "WATCHDOG_ACTION_RESET":
+      return WatchdogAction.WATCHDOG_ACTION_RESET;
+    case 4:
+    case "WATCHDOG_ACTION_POWEROFF":
+      return WatchdogAction.WATCHDOG_ACTION_POWEROFF;
+    case 5:
+    case "WATCHDOG_ACTION_SHUTDOWN":
+      return WatchdogAction.WATCHDOG_ACTION_SHUTDOWN;
+    case 6:
+    case "WATCHDOG_ACTION_DEBUG":
+      return WatchdogAction.WATCHDOG_ACTION_DEBUG;
+    case 7:
+    case "WATCHDOG_ACTION_INJECTNMI":
+      return WatchdogAction.WATCHDOG_ACTION_INJECTNMI;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return WatchdogAction.UNRECOGNIZED;
+  }
+}
+
+export function watchdogActionToJSON(object: WatchdogAction): string {
+  switch (object) {
+    case WatchdogAction.WATCHDOG_ACTION_UNSPECIFIED:
+      return "WATCHDOG_ACTION_UNSPECIFIED";
+    case WatchdogAction.WATCHDOG_ACTION_NONE:
+      return "WATCHDOG_ACTION_NONE";
+    case WatchdogAction.WATCHDOG_ACTION_PAUSE:
+      return "WATCHDOG_ACTION_PAUSE";
+    case WatchdogAction.WATCHDOG_ACTION_RESET:
+      return "WATCHDOG_ACTION_RESET";
+    case WatchdogAction.WATCHDOG_ACTION_POWEROFF:
+      return "WATCHDOG_ACTION_POWEROFF";
+    case WatchdogAction.WATCHDOG_ACTION_SHUTDOWN:
+      return "WATCHDOG_ACTION_SHUTDOWN";
+    case WatchdogAction.WATCHDOG_ACTION_DEBUG:
+      return "WATCHDOG_ACTION_DEBUG";
+    case WatchdogAction.WATCHDOG_ACTION_INJECTNMI:
+      return "WATCHDOG_ACTION_INJECTNMI";
+    case WatchdogAction.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * What the hypervisor did on a disk I/O error, as libvirt's
+ * virDomainEventIOErrorAction (the disk's error_policy).
+ */
+export enum IoErrorAction {
+  IO_ERROR_ACTION_UNSPECIFIED = 0,
+  /** IO_ERROR_ACTION_NONE - Nothing: the error was ignored. */
+  IO_ERROR_ACTION_NONE = 1,
+  /** IO_ERROR_ACTION_PAUSE - The guest was paused (error_policy 'stop'). */
+  IO_ERROR_ACTION_PAUSE = 2,
+  /** IO_ERROR_ACTION_REPORT - The error was reported to the guest (error_policy 'report'). */
+  IO_ERROR_ACTION_REPORT = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function ioErrorActionFromJSON(object: any): IoErrorAction {
+  switch (object) {
+    case 0:
+    case "IO_ERROR_ACTION_UNSPECIFIED":
+      return IoErrorAction.IO_ERROR_ACTION_UNSPECIFIED;
+    case 1:
+    case "IO_ERROR_ACTION_NONE":
+      return IoErrorAction.IO_ERROR_ACTION_NONE;
+    case 2:
+    case "IO_ERROR_ACTION_PAUSE":
+      return IoErrorAction.IO_ERROR_ACTION_PAUSE;
+    case 3:
+    case "IO_ERROR_ACTION_REPORT":
+      return IoErrorAction.IO_ERROR_ACTION_REPORT;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return IoErrorAction.UNRECOGNIZED;
+  }
+}
+
+export function ioErrorActionToJSON(object: IoErrorAction): string {
+  switch (object) {
+    case IoErrorAction.IO_ERROR_ACTION_UNSPECIFIED:
+      return "IO_ERROR_ACTION_UNSPECIFIED";
+    case IoErrorAction.IO_ERROR_ACTION_NONE:
+      return "IO_ERROR_ACTION_NONE";
+    case IoErrorAction.IO_ERROR_ACTION_PAUSE:
+      return "IO_ERROR_ACTION_PAUSE";
+    case IoErrorAction.IO_ERROR_ACTION_REPORT:
+      return "IO_ERROR_ACTION_REPORT";
+    case IoErrorAction.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * The stage of a graphics client's connection, as libvirt's
+ * virDomainEventGraphicsPhase.
+ */
+export enum GraphicsPhase {
+  GRAPHICS_PHASE_UNSPECIFIED = 0,
+  /** GRAPHICS_PHASE_CONNECT - The client connected (before authentication). */
+  GRAPHICS_PHASE_CONNECT = 1,
+  /** GRAPHICS_PHASE_INITIALIZE - The client authenticated and the session started. */
+  GRAPHICS_PHASE_INITIALIZE = 2,
+  GRAPHICS_PHASE_DISCONNECT = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function graphicsPhaseFromJSON(object: any): GraphicsPhase {
+  switch (object) {
+    case 0:
+    case "GRAPHICS_PHASE_UNSPECIFIED":
+      return GraphicsPhase.GRAPHICS_PHASE_UNSPECIFIED;
+    case 1:
+    case "GRAPHICS_PHASE_CONNECT":
+      return GraphicsPhase.GRAPHICS_PHASE_CONNECT;
+    case 2:
+    case "GRAPHICS_PHASE_INITIALIZE":
+      return GraphicsPhase.GRAPHICS_PHASE_INITIALIZE;
+    case 3:
+    case "GRAPHICS_PHASE_DISCONNECT":
+      return GraphicsPhase.GRAPHICS_PHASE_DISCONNECT;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return GraphicsPhase.UNRECOGNIZED;
+  }
+}
+
+export function graphicsPhaseToJSON(object: GraphicsPhase): string {
+  switch (object) {
+    case GraphicsPhase.GRAPHICS_PHASE_UNSPECIFIED:
+      return "GRAPHICS_PHASE_UNSPECIFIED";
+    case GraphicsPhase.GRAPHICS_PHASE_CONNECT:
+      return "GRAPHICS_PHASE_CONNECT";
+    case GraphicsPhase.GRAPHICS_PHASE_INITIALIZE:
+      return "GRAPHICS_PHASE_INITIALIZE";
+    case GraphicsPhase.GRAPHICS_PHASE_DISCONNECT:
+      return "GRAPHICS_PHASE_DISCONNECT";
+    case GraphicsPhase.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * An address family of a graphics connection's end, as libvirt's
+ * virDomainEventGraphicsAddressType.
+ */
+export enum GraphicsAddressFamily {
+  GRAPHICS_ADDRESS_FAMILY_UNSPECIFIED = 0,
+  GRAPHICS_ADDRESS_FAMILY_IPV4 = 1,
+  GRAPHICS_ADDRESS_FAMILY_IPV6 = 2,
+  GRAPHICS_ADDRESS_FAMILY_UNIX = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function graphicsAddressFamilyFromJSON(object: any): GraphicsAddressFamily {
+  switch (object) {
+    case 0:
+    case "GRAPHICS_ADDRESS_FAMILY_UNSPECIFIED":
+      return GraphicsAddressFamily.GRAPHICS_ADDRESS_FAMILY_UNSPECIFIED;
+    case 1:
+    case "GRAPHICS_ADDRESS_FAMILY_IPV4":
+      return GraphicsAddressFamily.GRAPHICS_ADDRESS_FAMILY_IPV4;
+    case 2:
+    case "GRAPHICS_ADDRESS_FAMILY_IPV6":
+      return GraphicsAddressFamily.GRAPHICS_ADDRESS_FAMILY_IPV6;
+    case 3:
+    case "GRAPHICS_ADDRESS_FAMILY_UNIX":
+      return GraphicsAddressFamily.GRAPHICS_ADDRESS_FAMILY_UNIX;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return GraphicsAddressFamily.UNRECOGNIZED;
+  }
+}
+
+export function graphicsAddressFamilyToJSON(object: GraphicsAddressFamily): string {
+  switch (object) {
+    case GraphicsAddressFamily.GRAPHICS_ADDRESS_FAMILY_UNSPECIFIED:
+      return "GRAPHICS_ADDRESS_FAMILY_UNSPECIFIED";
+    case GraphicsAddressFamily.GRAPHICS_ADDRESS_FAMILY_IPV4:
+      return "GRAPHICS_ADDRESS_FAMILY_IPV4";
+    case GraphicsAddressFamily.GRAPHICS_ADDRESS_FAMILY_IPV6:
+      return "GRAPHICS_ADDRESS_FAMILY_IPV6";
+    case GraphicsAddressFamily.GRAPHICS_ADDRESS_FAMILY_UNIX:
+      return "GRAPHICS_ADDRESS_FAMILY_UNIX";
+    case GraphicsAddressFamily.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * Why a removable medium's tray moved, as libvirt's
+ * virDomainEventTrayChangeReason.
+ */
+export enum TrayChange {
+  TRAY_CHANGE_UNSPECIFIED = 0,
+  TRAY_CHANGE_OPEN = 1,
+  TRAY_CHANGE_CLOSE = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function trayChangeFromJSON(object: any): TrayChange {
+  switch (object) {
+    case 0:
+    case "TRAY_CHANGE_UNSPECIFIED":
+      return TrayChange.TRAY_CHANGE_UNSPECIFIED;
+    case 1:
+    case "TRAY_CHANGE_OPEN":
+      return TrayChange.TRAY_CHANGE_OPEN;
+    case 2:
+    case "TRAY_CHANGE_CLOSE":
+      return TrayChange.TRAY_CHANGE_CLOSE;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return TrayChange.UNRECOGNIZED;
+  }
+}
+
+export function trayChangeToJSON(object: TrayChange): string {
+  switch (object) {
+    case TrayChange.TRAY_CHANGE_UNSPECIFIED:
+      return "TRAY_CHANGE_UNSPECIFIED";
+    case TrayChange.TRAY_CHANGE_OPEN:
+      return "TRAY_CHANGE_OPEN";
+    case TrayChange.TRAY_CHANGE_CLOSE:
+      return "TRAY_CHANGE_CLOSE";
+    case TrayChange.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** A block job's kind, as libvirt's virDomainBlockJobType. */
+export enum BlockJobType {
+  BLOCK_JOB_TYPE_UNSPECIFIED = 0,
+  /** BLOCK_JOB_TYPE_PULL - Data pulled into the active layer from its backing chain. */
+  BLOCK_JOB_TYPE_PULL = 1,
+  /** BLOCK_JOB_TYPE_COPY - A copy of the disk to a new destination (block copy, mirror). */
+  BLOCK_JOB_TYPE_COPY = 2,
+  /** BLOCK_JOB_TYPE_COMMIT - A backing layer committed into a lower one. */
+  BLOCK_JOB_TYPE_COMMIT = 3,
+  /** BLOCK_JOB_TYPE_ACTIVE_COMMIT - The active layer committed into its backing chain. */
+  BLOCK_JOB_TYPE_ACTIVE_COMMIT = 4,
+  /** BLOCK_JOB_TYPE_BACKUP - A backup (virDomainBackupBegin). */
+  BLOCK_JOB_TYPE_BACKUP = 5,
+  UNRECOGNIZED = -1,
+}
+
+export function blockJobTypeFromJSON(object: any): BlockJobType {
+  switch (object) {
+    case 0:
+    case "BLOCK_JOB_TYPE_UNSPECIFIED":
+      return BlockJobType.BLOCK_JOB_TYPE_UNSPECIFIED;
+    case 1:
+    case "BLOCK_JOB_TYPE_PULL":
+      return BlockJobType.BLOCK_JOB_TYPE_PULL;
+    case 2:
+    case "BLOCK_JOB_TYPE_COPY":
+      return BlockJobType.BLOCK_JOB_TYPE_COPY;
+    case 3:
+    case "BLOCK_JOB_TYPE_COMMIT":
+      return BlockJobType.BLOCK_JOB_TYPE_COMMIT;
+    case 4:
+    case "BLOCK_JOB_TYPE_ACTIVE_COMMIT":
+      return BlockJobType.BLOCK_JOB_TYPE_ACTIVE_COMMIT;
+    case 5:
+    case "BLOCK_JOB_TYPE_BACKUP":
+      return BlockJobType.BLOCK_JOB_TYPE_BACKUP;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return BlockJobType.UNRECOGNIZED;
+  }
+}
+
+export function blockJobTypeToJSON(object: BlockJobType): string {
+  switch (object) {
+    case BlockJobType.BLOCK_JOB_TYPE_UNSPECIFIED:
+      return "BLOCK_JOB_TYPE_UNSPECIFIED";
+    case BlockJobType.BLOCK_JOB_TYPE_PULL:
+      return "BLOCK_JOB_TYPE_PULL";
+    case BlockJobType.BLOCK_JOB_TYPE_COPY:
+      return "BLOCK_JOB_TYPE_COPY";
+    case BlockJobType.BLOCK_JOB_TYPE_COMMIT:
+      return "BLOCK_JOB_TYPE_COMMIT";
+    case BlockJobType.BLOCK_JOB_TYPE_ACTIVE_COMMIT:
+      return "BLOCK_JOB_TYPE_ACTIVE_COMMIT";
+    case BlockJobType.BLOCK_JOB_TYPE_BACKUP:
+      return "BLOCK_JOB_TYPE_BACKUP";
+    case BlockJobType.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** Where a block job has got to, as libvirt's virConnectDomainEventBlockJobStatus. */
+export enum BlockJobStatus {
+  BLOCK_JOB_STATUS_UNSPECIFIED = 0,
+  BLOCK_JOB_STATUS_COMPLETED = 1,
+  BLOCK_JOB_STATUS_FAILED = 2,
+  BLOCK_JOB_STATUS_CANCELED = 3,
+  /** BLOCK_JOB_STATUS_READY - A copy or active commit is in sync and waits to be pivoted or cancelled. */
+  BLOCK_JOB_STATUS_READY = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function blockJobStatusFromJSON(object: any): BlockJobStatus {
+  switch (object) {
+    case 0:
+    case "BLOCK_JOB_STATUS_UNSPECIFIED":
+      return BlockJobStatus.BLOCK_JOB_STATUS_UNSPECIFIED;
+    case 1:
+    case "BLOCK_JOB_STATUS_COMPLETED":
+      return BlockJobStatus.BLOCK_JOB_STATUS_COMPLETED;
+    case 2:
+    case "BLOCK_JOB_STATUS_FAILED":
+      return BlockJobStatus.BLOCK_JOB_STATUS_FAILED;
+    case 3:
+    case "BLOCK_JOB_STATUS_CANCELED":
+      return BlockJobStatus.BLOCK_JOB_STATUS_CANCELED;
+    case 4:
+    case "BLOCK_JOB_STATUS_READY":
+      return BlockJobStatus.BLOCK_JOB_STATUS_READY;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return BlockJobStatus.UNRECOGNIZED;
+  }
+}
+
+export function blockJobStatusToJSON(object: BlockJobStatus): string {
+  switch (object) {
+    case BlockJobStatus.BLOCK_JOB_STATUS_UNSPECIFIED:
+      return "BLOCK_JOB_STATUS_UNSPECIFIED";
+    case BlockJobStatus.BLOCK_JOB_STATUS_COMPLETED:
+      return "BLOCK_JOB_STATUS_COMPLETED";
+    case BlockJobStatus.BLOCK_JOB_STATUS_FAILED:
+      return "BLOCK_JOB_STATUS_FAILED";
+    case BlockJobStatus.BLOCK_JOB_STATUS_CANCELED:
+      return "BLOCK_JOB_STATUS_CANCELED";
+    case BlockJobStatus.BLOCK_JOB_STATUS_READY:
+      return "BLOCK_JOB_STATUS_READY";
+    case BlockJobStatus.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * Whether the guest agent is there, as libvirt's
+ * virConnectDomainEventAgentLifecycleState.
+ */
+export enum AgentState {
+  AGENT_STATE_UNSPECIFIED = 0,
+  AGENT_STATE_CONNECTED = 1,
+  AGENT_STATE_DISCONNECTED = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function agentStateFromJSON(object: any): AgentState {
+  switch (object) {
+    case 0:
+    case "AGENT_STATE_UNSPECIFIED":
+      return AgentState.AGENT_STATE_UNSPECIFIED;
+    case 1:
+    case "AGENT_STATE_CONNECTED":
+      return AgentState.AGENT_STATE_CONNECTED;
+    case 2:
+    case "AGENT_STATE_DISCONNECTED":
+      return AgentState.AGENT_STATE_DISCONNECTED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return AgentState.UNRECOGNIZED;
+  }
+}
+
+export function agentStateToJSON(object: AgentState): string {
+  switch (object) {
+    case AgentState.AGENT_STATE_UNSPECIFIED:
+      return "AGENT_STATE_UNSPECIFIED";
+    case AgentState.AGENT_STATE_CONNECTED:
+      return "AGENT_STATE_CONNECTED";
+    case AgentState.AGENT_STATE_DISCONNECTED:
+      return "AGENT_STATE_DISCONNECTED";
+    case AgentState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * Why the agent's state changed, as libvirt's
+ * virConnectDomainEventAgentLifecycleReason.
+ */
+export enum AgentLifecycleReason {
+  /** AGENT_LIFECYCLE_REASON_UNSPECIFIED - libvirt's "unknown" as well. */
+  AGENT_LIFECYCLE_REASON_UNSPECIFIED = 0,
+  /** AGENT_LIFECYCLE_REASON_DOMAIN_STARTED - The domain started (or libvirt reconnected to it). */
+  AGENT_LIFECYCLE_REASON_DOMAIN_STARTED = 1,
+  /** AGENT_LIFECYCLE_REASON_CHANNEL - The agent opened or closed its channel in the guest. */
+  AGENT_LIFECYCLE_REASON_CHANNEL = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function agentLifecycleReasonFromJSON(object: any): AgentLifecycleReason {
+  switch (object) {
+    case 0:
+    case "AGENT_LIFECYCLE_REASON_UNSPECIFIED":
+      return AgentLifecycleReason.AGENT_LIFECYCLE_REASON_UNSPECIFIED;
+    case 1:
+    case "AGENT_LIFECYCLE_REASON_DOMAIN_STARTED":
+      return AgentLifecycleReason.AGENT_LIFECYCLE_REASON_DOMAIN_STARTED;
+    case 2:
+    case "AGENT_LIFECYCLE_REASON_CHANNEL":
+      return AgentLifecycleReason.AGENT_LIFECYCLE_REASON_CHANNEL;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return AgentLifecycleReason.UNRECOGNIZED;
+  }
+}
+
+export function agentLifecycleReasonToJSON(object: AgentLifecycleReason): string {
+  switch (object) {
+    case AgentLifecycleReason.AGENT_LIFECYCLE_REASON_UNSPECIFIED:
+      return "AGENT_LIFECYCLE_REASON_UNSPECIFIED";
+    case AgentLifecycleReason.AGENT_LIFECYCLE_REASON_DOMAIN_STARTED:
+      return "AGENT_LIFECYCLE_REASON_DOMAIN_STARTED";
+    case AgentLifecycleReason.AGENT_LIFECYCLE_REASON_CHANNEL:
+      return "AGENT_LIFECYCLE_REASON_CHANNEL";
+    case AgentLifecycleReason.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** Which metadata, as libvirt's virDomainMetadataType. */
+export enum MetadataType {
+  METADATA_TYPE_UNSPECIFIED = 0,
+  /** METADATA_TYPE_DESCRIPTION - <description> */
+  METADATA_TYPE_DESCRIPTION = 1,
+  /** METADATA_TYPE_TITLE - <title> */
+  METADATA_TYPE_TITLE = 2,
+  /** METADATA_TYPE_ELEMENT - An element of an application's namespace under <metadata>. */
+  METADATA_TYPE_ELEMENT = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function metadataTypeFromJSON(object: any): MetadataType {
+  switch (object) {
+    case 0:
+    case "METADATA_TYPE_UNSPECIFIED":
+      return MetadataType.METADATA_TYPE_UNSPECIFIED;
+    case 1:
+    case "METADATA_TYPE_DESCRIPTION":
+      return MetadataType.METADATA_TYPE_DESCRIPTION;
+    case 2:
+    case "METADATA_TYPE_TITLE":
+      return MetadataType.METADATA_TYPE_TITLE;
+    case 3:
+    case "METADATA_TYPE_ELEMENT":
+      return MetadataType.METADATA_TYPE_ELEMENT;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return MetadataType.UNRECOGNIZED;
+  }
+}
+
+export function metadataTypeToJSON(object: MetadataType): string {
+  switch (object) {
+    case MetadataType.METADATA_TYPE_UNSPECIFIED:
+      return "METADATA_TYPE_UNSPECIFIED";
+    case MetadataType.METADATA_TYPE_DESCRIPTION:
+      return "METADATA_TYPE_DESCRIPTION";
+    case MetadataType.METADATA_TYPE_TITLE:
+      return "METADATA_TYPE_TITLE";
+    case MetadataType.METADATA_TYPE_ELEMENT:
+      return "METADATA_TYPE_ELEMENT";
+    case MetadataType.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** Who got a memory failure, as libvirt's virDomainMemoryFailureRecipientType. */
+export enum MemoryFailureRecipient {
+  MEMORY_FAILURE_RECIPIENT_UNSPECIFIED = 0,
+  /** MEMORY_FAILURE_RECIPIENT_HYPERVISOR - The hypervisor's own memory. */
+  MEMORY_FAILURE_RECIPIENT_HYPERVISOR = 1,
+  /** MEMORY_FAILURE_RECIPIENT_GUEST - The guest's memory. */
+  MEMORY_FAILURE_RECIPIENT_GUEST = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function memoryFailureRecipientFromJSON(object: any): MemoryFailureRecipient {
+  switch (object) {
+    case 0:
+    case "MEMORY_FAILURE_RECIPIENT_UNSPECIFIED":
+      return MemoryFailureRecipient.MEMORY_FAILURE_RECIPIENT_UNSPECIFIED;
+    case 1:
+    case "MEMORY_FAILURE_RECIPIENT_HYPERVISOR":
+      return MemoryFailureRecipient.MEMORY_FAILURE_RECIPIENT_HYPERVISOR;
+    case 2:
+    case "MEMORY_FAILURE_RECIPIENT_GUEST":
+      return MemoryFailureRecipient.MEMORY_FAILURE_RECIPIENT_GUEST;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return MemoryFailureRecipient.UNRECOGNIZED;
+  }
+}
+
+export function memoryFailureRecipientToJSON(object: MemoryFailureRecipient): string {
+  switch (object) {
+    case MemoryFailureRecipient.MEMORY_FAILURE_RECIPIENT_UNSPECIFIED:
+      return "MEMORY_FAILURE_RECIPIENT_UNSPECIFIED";
+    case MemoryFailureRecipient.MEMORY_FAILURE_RECIPIENT_HYPERVISOR:
+      return "MEMORY_FAILURE_RECIPIENT_HYPERVISOR";
+    case MemoryFailureRecipient.MEMORY_FAILURE_RECIPIENT_GUEST:
+      return "MEMORY_FAILURE_RECIPIENT_GUEST";
+    case MemoryFailureRecipient.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** What was done about it, as libvirt's virDomainMemoryFailureActionType. */
+export enum MemoryFailureAction {
+  MEMORY_FAILURE_ACTION_UNSPECIFIED = 0,
+  MEMORY_FAILURE_ACTION_IGNORE = 1,
+  /** MEMORY_FAILURE_ACTION_INJECT - Injected into the guest as a machine check. */
+  MEMORY_FAILURE_ACTION_INJECT = 2,
+  /** MEMORY_FAILURE_ACTION_FATAL - Fatal to the hypervisor. */
+  MEMORY_FAILURE_ACTION_FATAL = 3,
+  /** MEMORY_FAILURE_ACTION_RESET - The guest was reset. */
+  MEMORY_FAILURE_ACTION_RESET = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function memoryFailureActionFromJSON(object: any): MemoryFailureAction {
+  switch (object) {
+    case 0:
+    case "MEMORY_FAILURE_ACTION_UNSPECIFIED":
+      return MemoryFailureAction.MEMORY_FAILURE_ACTION_UNSPECIFIED;
+    case 1:
+    case "MEMORY_FAILURE_ACTION_IGNORE":
+      return MemoryFailureAction.MEMORY_FAILURE_ACTION_IGNORE;
+    case 2:
+    case "MEMORY_FAILURE_ACTION_INJECT":
+      return MemoryFailureAction.MEMORY_FAILURE_ACTION_INJECT;
+    case 3:
+    case "MEMORY_FAILURE_ACTION_FATAL":
+      return MemoryFailureAction.MEMORY_FAILURE_ACTION_FATAL;
+    case 4:
+    case "MEMORY_FAILURE_ACTION_RESET":
+      return MemoryFailureAction.MEMORY_FAILURE_ACTION_RESET;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return MemoryFailureAction.UNRECOGNIZED;
+  }
+}
+
+export function memoryFailureActionToJSON(object: MemoryFailureAction): string {
+  switch (object) {
+    case MemoryFailureAction.MEMORY_FAILURE_ACTION_UNSPECIFIED:
+      return "MEMORY_FAILURE_ACTION_UNSPECIFIED";
+    case MemoryFailureAction.MEMORY_FAILURE_ACTION_IGNORE:
+      return "MEMORY_FAILURE_ACTION_IGNORE";
+    case MemoryFailureAction.MEMORY_FAILURE_ACTION_INJECT:
+      return "MEMORY_FAILURE_ACTION_INJECT";
+    case MemoryFailureAction.MEMORY_FAILURE_ACTION_FATAL:
+      return "MEMORY_FAILURE_ACTION_FATAL";
+    case MemoryFailureAction.MEMORY_FAILURE_ACTION_RESET:
+      return "MEMORY_FAILURE_ACTION_RESET";
+    case MemoryFailureAction.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** Why a disk's medium changed, as libvirt's virConnectDomainEventDiskChangeReason. */
+export enum DiskChangeReason {
+  DISK_CHANGE_REASON_UNSPECIFIED = 0,
+  /**
+   * DISK_CHANGE_REASON_MISSING_ON_START - The source was missing at start, and the disk was started empty
+   * (startupPolicy 'optional').
+   */
+  DISK_CHANGE_REASON_MISSING_ON_START = 1,
+  /** DISK_CHANGE_REASON_DROP_MISSING_ON_START - The source was missing at start, and the disk was dropped from the domain. */
+  DISK_CHANGE_REASON_DROP_MISSING_ON_START = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function diskChangeReasonFromJSON(object: any): DiskChangeReason {
+  switch (object) {
+    case 0:
+    case "DISK_CHANGE_REASON_UNSPECIFIED":
+      return DiskChangeReason.DISK_CHANGE_REASON_UNSPECIFIED;
+    case 1:
+    case "DISK_CHANGE_REASON_MISSING_ON_START":
+      return DiskChangeReason.DISK_CHANGE_REASON_MISSING_ON_START;
+    case 2:
+    case "DISK_CHANGE_REASON_DROP_MISSING_ON_START":
+      return DiskChangeReason.DISK_CHANGE_REASON_DROP_MISSING_ON_START;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return DiskChangeReason.UNRECOGNIZED;
+  }
+}
+
+export function diskChangeReasonToJSON(object: DiskChangeReason): string {
+  switch (object) {
+    case DiskChangeReason.DISK_CHANGE_REASON_UNSPECIFIED:
+      return "DISK_CHANGE_REASON_UNSPECIFIED";
+    case DiskChangeReason.DISK_CHANGE_REASON_MISSING_ON_START:
+      return "DISK_CHANGE_REASON_MISSING_ON_START";
+    case DiskChangeReason.DISK_CHANGE_REASON_DROP_MISSING_ON_START:
+      return "DISK_CHANGE_REASON_DROP_MISSING_ON_START";
+    case DiskChangeReason.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** The code sets libvirt's virDomainSendKey accepts (virKeycodeSet). */
 export enum KeyCodeSet {
   /** KEY_CODE_SET_UNSPECIFIED - Unset: Linux input event codes. */
@@ -376,6 +1042,184 @@ export function keyCodeSetToJSON(object: KeyCodeSet): string {
     case KeyCodeSet.KEY_CODE_SET_QNUM:
       return "KEY_CODE_SET_QNUM";
     case KeyCodeSet.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** How a CPU compares with the host's (virCPUCompareResult). */
+export enum CpuCompareResult {
+  CPU_COMPARE_RESULT_UNSPECIFIED = 0,
+  /** CPU_COMPARE_RESULT_INCOMPATIBLE - The host cannot run it. */
+  CPU_COMPARE_RESULT_INCOMPATIBLE = 1,
+  /** CPU_COMPARE_RESULT_IDENTICAL - The host's CPU is the same. */
+  CPU_COMPARE_RESULT_IDENTICAL = 2,
+  /** CPU_COMPARE_RESULT_SUPERSET - The host's CPU can do all it does and more. */
+  CPU_COMPARE_RESULT_SUPERSET = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function cpuCompareResultFromJSON(object: any): CpuCompareResult {
+  switch (object) {
+    case 0:
+    case "CPU_COMPARE_RESULT_UNSPECIFIED":
+      return CpuCompareResult.CPU_COMPARE_RESULT_UNSPECIFIED;
+    case 1:
+    case "CPU_COMPARE_RESULT_INCOMPATIBLE":
+      return CpuCompareResult.CPU_COMPARE_RESULT_INCOMPATIBLE;
+    case 2:
+    case "CPU_COMPARE_RESULT_IDENTICAL":
+      return CpuCompareResult.CPU_COMPARE_RESULT_IDENTICAL;
+    case 3:
+    case "CPU_COMPARE_RESULT_SUPERSET":
+      return CpuCompareResult.CPU_COMPARE_RESULT_SUPERSET;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return CpuCompareResult.UNRECOGNIZED;
+  }
+}
+
+export function cpuCompareResultToJSON(object: CpuCompareResult): string {
+  switch (object) {
+    case CpuCompareResult.CPU_COMPARE_RESULT_UNSPECIFIED:
+      return "CPU_COMPARE_RESULT_UNSPECIFIED";
+    case CpuCompareResult.CPU_COMPARE_RESULT_INCOMPATIBLE:
+      return "CPU_COMPARE_RESULT_INCOMPATIBLE";
+    case CpuCompareResult.CPU_COMPARE_RESULT_IDENTICAL:
+      return "CPU_COMPARE_RESULT_IDENTICAL";
+    case CpuCompareResult.CPU_COMPARE_RESULT_SUPERSET:
+      return "CPU_COMPARE_RESULT_SUPERSET";
+    case CpuCompareResult.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** How AllocNodePages changes a pool of pages (virNodeAllocPagesFlags). */
+export enum PageAllocationMode {
+  /** PAGE_ALLOCATION_MODE_UNSPECIFIED - Refused: say which. */
+  PAGE_ALLOCATION_MODE_UNSPECIFIED = 0,
+  /** PAGE_ALLOCATION_MODE_ADD - Add `count` pages to the pool. */
+  PAGE_ALLOCATION_MODE_ADD = 1,
+  /** PAGE_ALLOCATION_MODE_SET - Make the pool `count` pages. */
+  PAGE_ALLOCATION_MODE_SET = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function pageAllocationModeFromJSON(object: any): PageAllocationMode {
+  switch (object) {
+    case 0:
+    case "PAGE_ALLOCATION_MODE_UNSPECIFIED":
+      return PageAllocationMode.PAGE_ALLOCATION_MODE_UNSPECIFIED;
+    case 1:
+    case "PAGE_ALLOCATION_MODE_ADD":
+      return PageAllocationMode.PAGE_ALLOCATION_MODE_ADD;
+    case 2:
+    case "PAGE_ALLOCATION_MODE_SET":
+      return PageAllocationMode.PAGE_ALLOCATION_MODE_SET;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return PageAllocationMode.UNRECOGNIZED;
+  }
+}
+
+export function pageAllocationModeToJSON(object: PageAllocationMode): string {
+  switch (object) {
+    case PageAllocationMode.PAGE_ALLOCATION_MODE_UNSPECIFIED:
+      return "PAGE_ALLOCATION_MODE_UNSPECIFIED";
+    case PageAllocationMode.PAGE_ALLOCATION_MODE_ADD:
+      return "PAGE_ALLOCATION_MODE_ADD";
+    case PageAllocationMode.PAGE_ALLOCATION_MODE_SET:
+      return "PAGE_ALLOCATION_MODE_SET";
+    case PageAllocationMode.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** The sleep state SuspendNode puts the host in (virNodeSuspendTarget). */
+export enum NodeSuspendTarget {
+  /** NODE_SUSPEND_TARGET_UNSPECIFIED - Refused: say which. */
+  NODE_SUSPEND_TARGET_UNSPECIFIED = 0,
+  /** NODE_SUSPEND_TARGET_MEM - Suspend to RAM. */
+  NODE_SUSPEND_TARGET_MEM = 1,
+  /** NODE_SUSPEND_TARGET_DISK - Suspend to disk. */
+  NODE_SUSPEND_TARGET_DISK = 2,
+  /** NODE_SUSPEND_TARGET_HYBRID - Both. */
+  NODE_SUSPEND_TARGET_HYBRID = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function nodeSuspendTargetFromJSON(object: any): NodeSuspendTarget {
+  switch (object) {
+    case 0:
+    case "NODE_SUSPEND_TARGET_UNSPECIFIED":
+      return NodeSuspendTarget.NODE_SUSPEND_TARGET_UNSPECIFIED;
+    case 1:
+    case "NODE_SUSPEND_TARGET_MEM":
+      return NodeSuspendTarget.NODE_SUSPEND_TARGET_MEM;
+    case 2:
+    case "NODE_SUSPEND_TARGET_DISK":
+      return NodeSuspendTarget.NODE_SUSPEND_TARGET_DISK;
+    case 3:
+    case "NODE_SUSPEND_TARGET_HYBRID":
+      return NodeSuspendTarget.NODE_SUSPEND_TARGET_HYBRID;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return NodeSuspendTarget.UNRECOGNIZED;
+  }
+}
+
+export function nodeSuspendTargetToJSON(object: NodeSuspendTarget): string {
+  switch (object) {
+    case NodeSuspendTarget.NODE_SUSPEND_TARGET_UNSPECIFIED:
+      return "NODE_SUSPEND_TARGET_UNSPECIFIED";
+    case NodeSuspendTarget.NODE_SUSPEND_TARGET_MEM:
+      return "NODE_SUSPEND_TARGET_MEM";
+    case NodeSuspendTarget.NODE_SUSPEND_TARGET_DISK:
+      return "NODE_SUSPEND_TARGET_DISK";
+    case NodeSuspendTarget.NODE_SUSPEND_TARGET_HYBRID:
+      return "NODE_SUSPEND_TARGET_HYBRID";
+    case NodeSuspendTarget.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** A hypervisor configuration format libvirt converts (virsh's --format names). */
+export enum NativeConfigFormat {
+  /** NATIVE_CONFIG_FORMAT_UNSPECIFIED - qemu-argv, the QEMU driver's only format. */
+  NATIVE_CONFIG_FORMAT_UNSPECIFIED = 0,
+  /** NATIVE_CONFIG_FORMAT_QEMU_ARGV - A QEMU command line. */
+  NATIVE_CONFIG_FORMAT_QEMU_ARGV = 1,
+  UNRECOGNIZED = -1,
+}
+
+export function nativeConfigFormatFromJSON(object: any): NativeConfigFormat {
+  switch (object) {
+    case 0:
+    case "NATIVE_CONFIG_FORMAT_UNSPECIFIED":
+      return NativeConfigFormat.NATIVE_CONFIG_FORMAT_UNSPECIFIED;
+    case 1:
+    case "NATIVE_CONFIG_FORMAT_QEMU_ARGV":
+      return NativeConfigFormat.NATIVE_CONFIG_FORMAT_QEMU_ARGV;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return NativeConfigFormat.UNRECOGNIZED;
+  }
+}
+
+export function nativeConfigFormatToJSON(object: NativeConfigFormat): string {
+  switch (object) {
+    case NativeConfigFormat.NATIVE_CONFIG_FORMAT_UNSPECIFIED:
+      return "NATIVE_CONFIG_FORMAT_UNSPECIFIED";
+    case NativeConfigFormat.NATIVE_CONFIG_FORMAT_QEMU_ARGV:
+      return "NATIVE_CONFIG_FORMAT_QEMU_ARGV";
+    case NativeConfigFormat.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
   }
@@ -858,11 +1702,259 @@ export interface WatchDomainEventsResponse {
     | DeviceRemovedEvent
     | undefined;
   /** First and alone, when a resume could not be exact. */
-  gap?:
-    | EventGap
+  gap?: EventGap | undefined;
+  rtcChange?: RtcChangeEvent | undefined;
+  watchdog?: WatchdogEvent | undefined;
+  ioError?: IoErrorEvent | undefined;
+  graphics?: GraphicsEvent | undefined;
+  trayChange?: TrayChangeEvent | undefined;
+  pmWakeup?: PmWakeupEvent | undefined;
+  pmSuspend?: PmSuspendEvent | undefined;
+  pmSuspendDisk?: PmSuspendDiskEvent | undefined;
+  balloonChange?: BalloonChangeEvent | undefined;
+  blockJob?: BlockJobEvent | undefined;
+  deviceRemovalFailed?: DeviceRemovalFailedEvent | undefined;
+  tunable?: TunableEvent | undefined;
+  agentLifecycle?: AgentLifecycleEvent | undefined;
+  migrationIteration?: MigrationIterationEvent | undefined;
+  jobCompleted?: JobCompletedEvent | undefined;
+  metadataChange?: MetadataChangeEvent | undefined;
+  blockThreshold?: BlockThresholdEvent | undefined;
+  memoryFailure?: MemoryFailureEvent | undefined;
+  memoryDeviceSizeChange?: MemoryDeviceSizeChangeEvent | undefined;
+  controlError?: ControlErrorEvent | undefined;
+  diskChange?:
+    | DiskChangeEvent
     | undefined;
   /** This event's place in the service's sequence (resume after it). */
   position?: EventPosition | undefined;
+}
+
+/** The guest changed its real-time clock (VIR_DOMAIN_EVENT_ID_RTC_CHANGE). */
+export interface RtcChangeEvent {
+  /** The RTC's new offset from the host's UTC, in seconds. */
+  utcOffsetSeconds: bigint;
+}
+
+/** The guest's watchdog fired (VIR_DOMAIN_EVENT_ID_WATCHDOG). */
+export interface WatchdogEvent {
+  action: WatchdogAction;
+}
+
+/** A disk I/O error (VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON). */
+export interface IoErrorEvent {
+  /** The disk's source: a file or device path, or a network source's name. */
+  srcPath: string;
+  /** The disk's alias, for example "virtio-disk0". */
+  device: string;
+  action: IoErrorAction;
+  /**
+   * The hypervisor's reason: "enospc" when the host ran out of space, "eio",
+   * "eperm", ... or empty when it did not say.
+   */
+  reason: string;
+}
+
+/** One end of a graphics connection. */
+export interface GraphicsAddress {
+  family: GraphicsAddressFamily;
+  /** The IP address or the UNIX socket's path. */
+  node: string;
+  /** The port (empty for a UNIX socket). */
+  service: string;
+}
+
+/**
+ * One identity of a graphics client, for example ("x509dname", "CN=...") or
+ * ("saslUsername", "alice").
+ */
+export interface GraphicsSubjectIdentity {
+  type: string;
+  name: string;
+}
+
+/**
+ * A VNC or SPICE client connected, authenticated or went away
+ * (VIR_DOMAIN_EVENT_ID_GRAPHICS).
+ */
+export interface GraphicsEvent {
+  phase: GraphicsPhase;
+  /** The server's end of the connection. */
+  local?:
+    | GraphicsAddress
+    | undefined;
+  /** The client's end. */
+  remote?:
+    | GraphicsAddress
+    | undefined;
+  /** The authentication scheme, for example "none", "vnc", "sasl". */
+  authScheme: string;
+  subject: GraphicsSubjectIdentity[];
+}
+
+/**
+ * A CD-ROM or floppy tray was opened or closed, by the guest or by a media
+ * change (VIR_DOMAIN_EVENT_ID_TRAY_CHANGE).
+ */
+export interface TrayChangeEvent {
+  /** The drive's alias, for example "ide0-0-0". */
+  device: string;
+  change: TrayChange;
+}
+
+/**
+ * The guest woke up from a power-management suspension
+ * (VIR_DOMAIN_EVENT_ID_PMWAKEUP). libvirt gives no reason yet.
+ */
+export interface PmWakeupEvent {
+}
+
+/** The guest suspended itself to memory (VIR_DOMAIN_EVENT_ID_PMSUSPEND). */
+export interface PmSuspendEvent {
+}
+
+/** The guest suspended itself to disk (VIR_DOMAIN_EVENT_ID_PMSUSPEND_DISK). */
+export interface PmSuspendDiskEvent {
+}
+
+/**
+ * The balloon driver changed the guest's memory
+ * (VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE).
+ */
+export interface BalloonChangeEvent {
+  /** The memory the guest now has, in KiB. */
+  actualKib: bigint;
+}
+
+/**
+ * A block job completed, failed, was cancelled or became ready to pivot
+ * (VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2).
+ */
+export interface BlockJobEvent {
+  /** The disk's target, for example "vda". */
+  disk: string;
+  type: BlockJobType;
+  status: BlockJobStatus;
+}
+
+/**
+ * The guest did not release a device asked to be unplugged
+ * (VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED).
+ */
+export interface DeviceRemovalFailedEvent {
+  /** The device's alias, for example "net1". */
+  device: string;
+}
+
+/**
+ * CPU or block I/O tuning changed (VIR_DOMAIN_EVENT_ID_TUNABLE): vCPU or
+ * emulator pinning, scheduler shares, periods and quotas, disk I/O limits.
+ */
+export interface TunableEvent {
+  /**
+   * What changed, by libvirt's VIR_DOMAIN_TUNABLE_* names, for example
+   * "cputune.vcpupin0" (a CPU list, string) or "cputune.vcpu_quota" (long).
+   */
+  parameters: TypedParameter[];
+}
+
+/**
+ * The guest agent (qemu-guest-agent on channel org.qemu.guest_agent.0)
+ * connected or disconnected (VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE).
+ */
+export interface AgentLifecycleEvent {
+  state: AgentState;
+  reason: AgentLifecycleReason;
+}
+
+/**
+ * A live migration began another pass over the guest's memory
+ * (VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION); sent on the source.
+ */
+export interface MigrationIterationEvent {
+  /** The pass's number, from 1. */
+  iteration: number;
+}
+
+/**
+ * A job (migration, save, dump, backup, ...) ended
+ * (VIR_DOMAIN_EVENT_ID_JOB_COMPLETED).
+ */
+export interface JobCompletedEvent {
+  /**
+   * The job's final statistics, by libvirt's VIR_DOMAIN_JOB_* names, for
+   * example "operation" (int), "success" (boolean), "time_elapsed" (ulong, ms).
+   */
+  statistics: TypedParameter[];
+}
+
+/**
+ * The domain's title, description or an application's metadata element
+ * changed (VIR_DOMAIN_EVENT_ID_METADATA_CHANGE).
+ */
+export interface MetadataChangeEvent {
+  type: MetadataType;
+  /** For METADATA_TYPE_ELEMENT: the element's namespace URI. */
+  namespaceUri: string;
+}
+
+/**
+ * A disk's write threshold was crossed (VIR_DOMAIN_EVENT_ID_BLOCK_THRESHOLD,
+ * set with virDomainSetBlockThreshold): thin storage to grow in time.
+ */
+export interface BlockThresholdEvent {
+  /** The disk's target, or target[index] for a layer of its backing chain. */
+  device: string;
+  /** The layer's source path, when it has one. */
+  path: string;
+  /** The threshold that was set, in bytes. */
+  thresholdBytes: bigint;
+  /** How far the write went past it, in bytes. */
+  excessBytes: bigint;
+}
+
+/**
+ * A hardware memory error hit the guest or its hypervisor
+ * (VIR_DOMAIN_EVENT_ID_MEMORY_FAILURE).
+ */
+export interface MemoryFailureEvent {
+  recipient: MemoryFailureRecipient;
+  action: MemoryFailureAction;
+  /** The failure was in an action-required (not an action-optional) machine check. */
+  actionRequired: boolean;
+  /** A failure occurred while an earlier one was being handled. */
+  recursive: boolean;
+}
+
+/**
+ * A memory device (virtio-mem) changed the memory it gives the guest
+ * (VIR_DOMAIN_EVENT_ID_MEMORY_DEVICE_SIZE_CHANGE).
+ */
+export interface MemoryDeviceSizeChangeEvent {
+  /** The device's alias, for example "virtio-mem0". */
+  device: string;
+  /** Its new size, in KiB. */
+  sizeKib: bigint;
+}
+
+/**
+ * libvirt lost its control connection to the hypervisor (QEMU's monitor) of
+ * a domain that still runs (VIR_DOMAIN_EVENT_ID_CONTROL_ERROR).
+ */
+export interface ControlErrorEvent {
+}
+
+/**
+ * A disk lost its source because of its startupPolicy
+ * (VIR_DOMAIN_EVENT_ID_DISK_CHANGE).
+ */
+export interface DiskChangeEvent {
+  oldSrcPath: string;
+  /** Empty when the disk is now empty. */
+  newSrcPath: string;
+  /** The disk's alias. */
+  device: string;
+  reason: DiskChangeReason;
 }
 
 export interface GetCapabilitiesRequest {
@@ -1057,6 +2149,326 @@ export interface DomainDisplay {
 
 export interface GetDomainDisplayResponse {
   displays: DomainDisplay[];
+}
+
+export interface BaselineCpuRequest {
+  /** Host CPU descriptions (<cpu> elements, as in capabilities XML), 1 to 256. */
+  xmlCpus: string[];
+  /** List every feature of the model in the result, not only those added to it. */
+  expandFeatures: boolean;
+  /** Leave out features that block migration. */
+  migratable: boolean;
+}
+
+export interface BaselineCpuResponse {
+  /** Guest CPU XML (<cpu mode='custom'>). */
+  xml: string;
+}
+
+export interface BaselineHypervisorCpuRequest {
+  /**
+   * The hypervisor, as in GetDomainCapabilities; empty fields are libvirt's
+   * defaults.
+   */
+  emulator: string;
+  arch: string;
+  machine: string;
+  virtType: string;
+  /** As BaselineCpuRequest. */
+  xmlCpus: string[];
+  expandFeatures: boolean;
+  migratable: boolean;
+}
+
+export interface BaselineHypervisorCpuResponse {
+  /** Guest CPU XML (<cpu mode='custom'>). */
+  xml: string;
+}
+
+export interface CompareCpuRequest {
+  /** A CPU description: a <cpu> element (guest or host CPU XML). */
+  xml: string;
+  /** An incompatible CPU is an error (FAILED_PRECONDITION) rather than a result. */
+  failIncompatible: boolean;
+  /**
+   * Validate the document against libvirt's schema first (host CPU XML from
+   * capabilities does not pass: its features have no policy).
+   */
+  validate: boolean;
+}
+
+export interface CompareCpuResponse {
+  result: CpuCompareResult;
+}
+
+export interface CompareHypervisorCpuRequest {
+  /**
+   * The hypervisor, as in GetDomainCapabilities; empty fields are libvirt's
+   * defaults.
+   */
+  emulator: string;
+  arch: string;
+  machine: string;
+  virtType: string;
+  /** As CompareCpuRequest. */
+  xml: string;
+  failIncompatible: boolean;
+  validate: boolean;
+}
+
+export interface CompareHypervisorCpuResponse {
+  result: CpuCompareResult;
+}
+
+export interface GetCpuModelNamesRequest {
+  /** The architecture, e.g. x86_64; required. */
+  arch: string;
+}
+
+export interface GetCpuModelNamesResponse {
+  models: string[];
+}
+
+export interface GetSysinfoRequest {
+}
+
+export interface GetSysinfoResponse {
+  /** libvirt's <sysinfo> XML. */
+  xml: string;
+}
+
+export interface GetHostnameRequest {
+}
+
+export interface GetHostnameResponse {
+  hostname: string;
+}
+
+export interface GetMaxVcpusRequest {
+  /** "kvm" or "qemu"; empty: the driver's default. */
+  virtType: string;
+}
+
+export interface GetMaxVcpusResponse {
+  maxVcpus: number;
+}
+
+export interface GetNodeCpuStatsRequest {
+  /** One CPU by number; unset: all CPUs together. */
+  cpu?: number | undefined;
+}
+
+export interface GetNodeCpuStatsResponse {
+  /** Time spent, since the host started; 0 for a counter the host does not keep. */
+  kernelNs: bigint;
+  userNs: bigint;
+  idleNs: bigint;
+  iowaitNs: bigint;
+  intrNs: bigint;
+  /** Percent busy, on hosts that report it instead of times. */
+  utilization: bigint;
+  /** Every counter libvirt returned, by its name. */
+  raw: { [key: string]: bigint };
+}
+
+export interface GetNodeCpuStatsResponse_RawEntry {
+  key: string;
+  value: bigint;
+}
+
+export interface GetNodeMemoryStatsRequest {
+  /** One NUMA cell by number; unset: the whole host. */
+  cell?: number | undefined;
+}
+
+export interface GetNodeMemoryStatsResponse {
+  totalKib: bigint;
+  freeKib: bigint;
+  /** 0 for a cell: the kernel counts these for the whole host only. */
+  buffersKib: bigint;
+  cachedKib: bigint;
+  /** Every counter libvirt returned, by its name, in KiB. */
+  raw: { [key: string]: bigint };
+}
+
+export interface GetNodeMemoryStatsResponse_RawEntry {
+  key: string;
+  value: bigint;
+}
+
+export interface GetNodeFreeMemoryRequest {
+}
+
+export interface GetNodeFreeMemoryResponse {
+  freeBytes: bigint;
+}
+
+export interface GetCellsFreeMemoryRequest {
+  /** The first cell; unset: 0. */
+  startCell?:
+    | number
+    | undefined;
+  /** At most this many cells; 0: every cell from the first. */
+  maxCells: number;
+}
+
+/** The free memory of one NUMA cell. */
+export interface CellFreeMemory {
+  cell: number;
+  freeBytes: bigint;
+}
+
+export interface GetCellsFreeMemoryResponse {
+  cells: CellFreeMemory[];
+}
+
+/** A number of pages of one size. */
+export interface PageCount {
+  pageSizeKib: bigint;
+  count: bigint;
+}
+
+export interface GetNodeFreePagesRequest {
+  /** Page sizes in KiB; empty: every size the host offers. */
+  pageSizesKib: bigint[];
+  /** The first cell; unset: 0. */
+  startCell?:
+    | number
+    | undefined;
+  /** This many cells; 0: every cell from the first. */
+  cellCount: number;
+}
+
+/** The free pages of one NUMA cell. */
+export interface CellPages {
+  cell: number;
+  pages: PageCount[];
+}
+
+export interface GetNodeFreePagesResponse {
+  cells: CellPages[];
+}
+
+export interface AllocNodePagesRequest {
+  /** The pages to add or set, by size; at least one. */
+  pages: PageCount[];
+  /** The first cell; unset: 0. */
+  startCell?:
+    | number
+    | undefined;
+  /** This many cells; 0: every cell from the first. */
+  cellCount: number;
+  mode: PageAllocationMode;
+}
+
+export interface AllocNodePagesResponse {
+  /** How many cells were changed. */
+  cellsChanged: number;
+}
+
+/**
+ * The kernel's same-page merging (KSM) settings and counters, as libvirt's
+ * VIR_NODE_MEMORY_SHARED_* parameters name them.
+ */
+export interface NodeMemoryParameters {
+  /** Pages KSM scans before it sleeps. */
+  shmPagesToScan: number;
+  /** Milliseconds KSM sleeps between scans. */
+  shmSleepMillisecs: number;
+  shmPagesShared: bigint;
+  shmPagesSharing: bigint;
+  shmPagesUnshared: bigint;
+  shmPagesVolatile: bigint;
+  shmFullScans: bigint;
+  /** Whether pages of different NUMA cells may be merged. */
+  shmMergeAcrossNodes: boolean;
+}
+
+export interface GetNodeMemoryParametersRequest {
+}
+
+export interface GetNodeMemoryParametersResponse {
+  parameters?: NodeMemoryParameters | undefined;
+}
+
+/** The KSM settings to change; at least one. */
+export interface SetNodeMemoryParametersRequest {
+  shmPagesToScan?: number | undefined;
+  shmSleepMillisecs?: number | undefined;
+  shmMergeAcrossNodes?: boolean | undefined;
+}
+
+export interface SetNodeMemoryParametersResponse {
+  /** All of them, after the change. */
+  parameters?: NodeMemoryParameters | undefined;
+}
+
+export interface SuspendNodeRequest {
+  target: NodeSuspendTarget;
+  /** How long the host sleeps; at least 60. */
+  durationSeconds: bigint;
+}
+
+export interface SuspendNodeResponse {
+}
+
+export interface GetNodeCpuMapRequest {
+}
+
+export interface GetNodeCpuMapResponse {
+  /** How many CPUs the host has, online or not. */
+  cpus: number;
+  /** The online CPUs' numbers. */
+  online: number[];
+}
+
+export interface GetNodeSecurityModelRequest {
+}
+
+export interface GetNodeSecurityModelResponse {
+  /** "selinux", "apparmor", "none", ... */
+  model: string;
+  /** The model's domain of interpretation. */
+  doi: string;
+}
+
+export interface GetNodeSevInfoRequest {
+}
+
+/** The VIR_NODE_SEV_* parameters. */
+export interface GetNodeSevInfoResponse {
+  /** The platform Diffie-Hellman key, base64. */
+  pdh: string;
+  /** The platform certificate chain, base64. */
+  certChain: string;
+  /** The C-bit's position in a page table entry. */
+  cbitpos: number;
+  /** Physical address bits lost when memory encryption is on. */
+  reducedPhysBits: number;
+  maxGuests: number;
+  maxEsGuests: number;
+  /** The first CPU's identity, base64. */
+  cpu0Id: string;
+}
+
+export interface ConvertNativeToDomainXMLRequest {
+  format: NativeConfigFormat;
+  /** The native configuration, at most 4 MiB, no NUL. */
+  config: string;
+}
+
+export interface ConvertNativeToDomainXMLResponse {
+  xml: string;
+}
+
+export interface ConvertDomainXMLToNativeRequest {
+  format: NativeConfigFormat;
+  /** Domain XML. */
+  xml: string;
+}
+
+export interface ConvertDomainXMLToNativeResponse {
+  config: string;
 }
 
 function createBaseDomain(): Domain {
@@ -7530,6 +8942,27 @@ function createBaseWatchDomainEventsResponse(): WatchDomainEventsResponse {
     deviceAdded: undefined,
     deviceRemoved: undefined,
     gap: undefined,
+    rtcChange: undefined,
+    watchdog: undefined,
+    ioError: undefined,
+    graphics: undefined,
+    trayChange: undefined,
+    pmWakeup: undefined,
+    pmSuspend: undefined,
+    pmSuspendDisk: undefined,
+    balloonChange: undefined,
+    blockJob: undefined,
+    deviceRemovalFailed: undefined,
+    tunable: undefined,
+    agentLifecycle: undefined,
+    migrationIteration: undefined,
+    jobCompleted: undefined,
+    metadataChange: undefined,
+    blockThreshold: undefined,
+    memoryFailure: undefined,
+    memoryDeviceSizeChange: undefined,
+    controlError: undefined,
+    diskChange: undefined,
     position: undefined,
   };
 }
@@ -7559,6 +8992,69 @@ export const WatchDomainEventsResponse: MessageFns<WatchDomainEventsResponse> = 
     }
     if (message.gap !== undefined) {
       EventGap.encode(message.gap, writer.uint32(74).fork()).join();
+    }
+    if (message.rtcChange !== undefined) {
+      RtcChangeEvent.encode(message.rtcChange, writer.uint32(82).fork()).join();
+    }
+    if (message.watchdog !== undefined) {
+      WatchdogEvent.encode(message.watchdog, writer.uint32(90).fork()).join();
+    }
+    if (message.ioError !== undefined) {
+      IoErrorEvent.encode(message.ioError, writer.uint32(98).fork()).join();
+    }
+    if (message.graphics !== undefined) {
+      GraphicsEvent.encode(message.graphics, writer.uint32(106).fork()).join();
+    }
+    if (message.trayChange !== undefined) {
+      TrayChangeEvent.encode(message.trayChange, writer.uint32(114).fork()).join();
+    }
+    if (message.pmWakeup !== undefined) {
+      PmWakeupEvent.encode(message.pmWakeup, writer.uint32(122).fork()).join();
+    }
+    if (message.pmSuspend !== undefined) {
+      PmSuspendEvent.encode(message.pmSuspend, writer.uint32(130).fork()).join();
+    }
+    if (message.pmSuspendDisk !== undefined) {
+      PmSuspendDiskEvent.encode(message.pmSuspendDisk, writer.uint32(138).fork()).join();
+    }
+    if (message.balloonChange !== undefined) {
+      BalloonChangeEvent.encode(message.balloonChange, writer.uint32(146).fork()).join();
+    }
+    if (message.blockJob !== undefined) {
+      BlockJobEvent.encode(message.blockJob, writer.uint32(154).fork()).join();
+    }
+    if (message.deviceRemovalFailed !== undefined) {
+      DeviceRemovalFailedEvent.encode(message.deviceRemovalFailed, writer.uint32(162).fork()).join();
+    }
+    if (message.tunable !== undefined) {
+      TunableEvent.encode(message.tunable, writer.uint32(170).fork()).join();
+    }
+    if (message.agentLifecycle !== undefined) {
+      AgentLifecycleEvent.encode(message.agentLifecycle, writer.uint32(178).fork()).join();
+    }
+    if (message.migrationIteration !== undefined) {
+      MigrationIterationEvent.encode(message.migrationIteration, writer.uint32(186).fork()).join();
+    }
+    if (message.jobCompleted !== undefined) {
+      JobCompletedEvent.encode(message.jobCompleted, writer.uint32(194).fork()).join();
+    }
+    if (message.metadataChange !== undefined) {
+      MetadataChangeEvent.encode(message.metadataChange, writer.uint32(202).fork()).join();
+    }
+    if (message.blockThreshold !== undefined) {
+      BlockThresholdEvent.encode(message.blockThreshold, writer.uint32(210).fork()).join();
+    }
+    if (message.memoryFailure !== undefined) {
+      MemoryFailureEvent.encode(message.memoryFailure, writer.uint32(218).fork()).join();
+    }
+    if (message.memoryDeviceSizeChange !== undefined) {
+      MemoryDeviceSizeChangeEvent.encode(message.memoryDeviceSizeChange, writer.uint32(226).fork()).join();
+    }
+    if (message.controlError !== undefined) {
+      ControlErrorEvent.encode(message.controlError, writer.uint32(234).fork()).join();
+    }
+    if (message.diskChange !== undefined) {
+      DiskChangeEvent.encode(message.diskChange, writer.uint32(242).fork()).join();
     }
     if (message.position !== undefined) {
       EventPosition.encode(message.position, writer.uint32(66).fork()).join();
@@ -7643,6 +9139,174 @@ export const WatchDomainEventsResponse: MessageFns<WatchDomainEventsResponse> = 
             message.gap = EventGap.decode(reader, reader.uint32());
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.rtcChange = RtcChangeEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.watchdog = WatchdogEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.ioError = IoErrorEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.graphics = GraphicsEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.trayChange = TrayChangeEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.pmWakeup = PmWakeupEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.pmSuspend = PmSuspendEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.pmSuspendDisk = PmSuspendDiskEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.balloonChange = BalloonChangeEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 19: {
+            if (tag !== 154) {
+              break;
+            }
+
+            message.blockJob = BlockJobEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.deviceRemovalFailed = DeviceRemovalFailedEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 21: {
+            if (tag !== 170) {
+              break;
+            }
+
+            message.tunable = TunableEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 22: {
+            if (tag !== 178) {
+              break;
+            }
+
+            message.agentLifecycle = AgentLifecycleEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 23: {
+            if (tag !== 186) {
+              break;
+            }
+
+            message.migrationIteration = MigrationIterationEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 24: {
+            if (tag !== 194) {
+              break;
+            }
+
+            message.jobCompleted = JobCompletedEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 25: {
+            if (tag !== 202) {
+              break;
+            }
+
+            message.metadataChange = MetadataChangeEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 26: {
+            if (tag !== 210) {
+              break;
+            }
+
+            message.blockThreshold = BlockThresholdEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 27: {
+            if (tag !== 218) {
+              break;
+            }
+
+            message.memoryFailure = MemoryFailureEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 28: {
+            if (tag !== 226) {
+              break;
+            }
+
+            message.memoryDeviceSizeChange = MemoryDeviceSizeChangeEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 29: {
+            if (tag !== 234) {
+              break;
+            }
+
+            message.controlError = ControlErrorEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 30: {
+            if (tag !== 242) {
+              break;
+            }
+
+            message.diskChange = DiskChangeEvent.decode(reader, reader.uint32());
+            continue;
+          }
           case 8: {
             if (tag !== 66) {
               break;
@@ -7681,6 +9345,99 @@ export const WatchDomainEventsResponse: MessageFns<WatchDomainEventsResponse> = 
         ? DeviceRemovedEvent.fromJSON(object.device_removed)
         : undefined,
       gap: isSet(object.gap) ? EventGap.fromJSON(object.gap) : undefined,
+      rtcChange: isSet(object.rtcChange)
+        ? RtcChangeEvent.fromJSON(object.rtcChange)
+        : isSet(object.rtc_change)
+        ? RtcChangeEvent.fromJSON(object.rtc_change)
+        : undefined,
+      watchdog: isSet(object.watchdog) ? WatchdogEvent.fromJSON(object.watchdog) : undefined,
+      ioError: isSet(object.ioError)
+        ? IoErrorEvent.fromJSON(object.ioError)
+        : isSet(object.io_error)
+        ? IoErrorEvent.fromJSON(object.io_error)
+        : undefined,
+      graphics: isSet(object.graphics) ? GraphicsEvent.fromJSON(object.graphics) : undefined,
+      trayChange: isSet(object.trayChange)
+        ? TrayChangeEvent.fromJSON(object.trayChange)
+        : isSet(object.tray_change)
+        ? TrayChangeEvent.fromJSON(object.tray_change)
+        : undefined,
+      pmWakeup: isSet(object.pmWakeup)
+        ? PmWakeupEvent.fromJSON(object.pmWakeup)
+        : isSet(object.pm_wakeup)
+        ? PmWakeupEvent.fromJSON(object.pm_wakeup)
+        : undefined,
+      pmSuspend: isSet(object.pmSuspend)
+        ? PmSuspendEvent.fromJSON(object.pmSuspend)
+        : isSet(object.pm_suspend)
+        ? PmSuspendEvent.fromJSON(object.pm_suspend)
+        : undefined,
+      pmSuspendDisk: isSet(object.pmSuspendDisk)
+        ? PmSuspendDiskEvent.fromJSON(object.pmSuspendDisk)
+        : isSet(object.pm_suspend_disk)
+        ? PmSuspendDiskEvent.fromJSON(object.pm_suspend_disk)
+        : undefined,
+      balloonChange: isSet(object.balloonChange)
+        ? BalloonChangeEvent.fromJSON(object.balloonChange)
+        : isSet(object.balloon_change)
+        ? BalloonChangeEvent.fromJSON(object.balloon_change)
+        : undefined,
+      blockJob: isSet(object.blockJob)
+        ? BlockJobEvent.fromJSON(object.blockJob)
+        : isSet(object.block_job)
+        ? BlockJobEvent.fromJSON(object.block_job)
+        : undefined,
+      deviceRemovalFailed: isSet(object.deviceRemovalFailed)
+        ? DeviceRemovalFailedEvent.fromJSON(object.deviceRemovalFailed)
+        : isSet(object.device_removal_failed)
+        ? DeviceRemovalFailedEvent.fromJSON(object.device_removal_failed)
+        : undefined,
+      tunable: isSet(object.tunable) ? TunableEvent.fromJSON(object.tunable) : undefined,
+      agentLifecycle: isSet(object.agentLifecycle)
+        ? AgentLifecycleEvent.fromJSON(object.agentLifecycle)
+        : isSet(object.agent_lifecycle)
+        ? AgentLifecycleEvent.fromJSON(object.agent_lifecycle)
+        : undefined,
+      migrationIteration: isSet(object.migrationIteration)
+        ? MigrationIterationEvent.fromJSON(object.migrationIteration)
+        : isSet(object.migration_iteration)
+        ? MigrationIterationEvent.fromJSON(object.migration_iteration)
+        : undefined,
+      jobCompleted: isSet(object.jobCompleted)
+        ? JobCompletedEvent.fromJSON(object.jobCompleted)
+        : isSet(object.job_completed)
+        ? JobCompletedEvent.fromJSON(object.job_completed)
+        : undefined,
+      metadataChange: isSet(object.metadataChange)
+        ? MetadataChangeEvent.fromJSON(object.metadataChange)
+        : isSet(object.metadata_change)
+        ? MetadataChangeEvent.fromJSON(object.metadata_change)
+        : undefined,
+      blockThreshold: isSet(object.blockThreshold)
+        ? BlockThresholdEvent.fromJSON(object.blockThreshold)
+        : isSet(object.block_threshold)
+        ? BlockThresholdEvent.fromJSON(object.block_threshold)
+        : undefined,
+      memoryFailure: isSet(object.memoryFailure)
+        ? MemoryFailureEvent.fromJSON(object.memoryFailure)
+        : isSet(object.memory_failure)
+        ? MemoryFailureEvent.fromJSON(object.memory_failure)
+        : undefined,
+      memoryDeviceSizeChange: isSet(object.memoryDeviceSizeChange)
+        ? MemoryDeviceSizeChangeEvent.fromJSON(object.memoryDeviceSizeChange)
+        : isSet(object.memory_device_size_change)
+        ? MemoryDeviceSizeChangeEvent.fromJSON(object.memory_device_size_change)
+        : undefined,
+      controlError: isSet(object.controlError)
+        ? ControlErrorEvent.fromJSON(object.controlError)
+        : isSet(object.control_error)
+        ? ControlErrorEvent.fromJSON(object.control_error)
+        : undefined,
+      diskChange: isSet(object.diskChange)
+        ? DiskChangeEvent.fromJSON(object.diskChange)
+        : isSet(object.disk_change)
+        ? DiskChangeEvent.fromJSON(object.disk_change)
+        : undefined,
       position: isSet(object.position) ? EventPosition.fromJSON(object.position) : undefined,
     };
   },
@@ -7711,6 +9468,69 @@ export const WatchDomainEventsResponse: MessageFns<WatchDomainEventsResponse> = 
     if (message.gap !== undefined) {
       obj.gap = EventGap.toJSON(message.gap);
     }
+    if (message.rtcChange !== undefined) {
+      obj.rtcChange = RtcChangeEvent.toJSON(message.rtcChange);
+    }
+    if (message.watchdog !== undefined) {
+      obj.watchdog = WatchdogEvent.toJSON(message.watchdog);
+    }
+    if (message.ioError !== undefined) {
+      obj.ioError = IoErrorEvent.toJSON(message.ioError);
+    }
+    if (message.graphics !== undefined) {
+      obj.graphics = GraphicsEvent.toJSON(message.graphics);
+    }
+    if (message.trayChange !== undefined) {
+      obj.trayChange = TrayChangeEvent.toJSON(message.trayChange);
+    }
+    if (message.pmWakeup !== undefined) {
+      obj.pmWakeup = PmWakeupEvent.toJSON(message.pmWakeup);
+    }
+    if (message.pmSuspend !== undefined) {
+      obj.pmSuspend = PmSuspendEvent.toJSON(message.pmSuspend);
+    }
+    if (message.pmSuspendDisk !== undefined) {
+      obj.pmSuspendDisk = PmSuspendDiskEvent.toJSON(message.pmSuspendDisk);
+    }
+    if (message.balloonChange !== undefined) {
+      obj.balloonChange = BalloonChangeEvent.toJSON(message.balloonChange);
+    }
+    if (message.blockJob !== undefined) {
+      obj.blockJob = BlockJobEvent.toJSON(message.blockJob);
+    }
+    if (message.deviceRemovalFailed !== undefined) {
+      obj.deviceRemovalFailed = DeviceRemovalFailedEvent.toJSON(message.deviceRemovalFailed);
+    }
+    if (message.tunable !== undefined) {
+      obj.tunable = TunableEvent.toJSON(message.tunable);
+    }
+    if (message.agentLifecycle !== undefined) {
+      obj.agentLifecycle = AgentLifecycleEvent.toJSON(message.agentLifecycle);
+    }
+    if (message.migrationIteration !== undefined) {
+      obj.migrationIteration = MigrationIterationEvent.toJSON(message.migrationIteration);
+    }
+    if (message.jobCompleted !== undefined) {
+      obj.jobCompleted = JobCompletedEvent.toJSON(message.jobCompleted);
+    }
+    if (message.metadataChange !== undefined) {
+      obj.metadataChange = MetadataChangeEvent.toJSON(message.metadataChange);
+    }
+    if (message.blockThreshold !== undefined) {
+      obj.blockThreshold = BlockThresholdEvent.toJSON(message.blockThreshold);
+    }
+    if (message.memoryFailure !== undefined) {
+      obj.memoryFailure = MemoryFailureEvent.toJSON(message.memoryFailure);
+    }
+    if (message.memoryDeviceSizeChange !== undefined) {
+      obj.memoryDeviceSizeChange = MemoryDeviceSizeChangeEvent.toJSON(message.memoryDeviceSizeChange);
+    }
+    if (message.controlError !== undefined) {
+      obj.controlError = ControlErrorEvent.toJSON(message.controlError);
+    }
+    if (message.diskChange !== undefined) {
+      obj.diskChange = DiskChangeEvent.toJSON(message.diskChange);
+    }
     if (message.position !== undefined) {
       obj.position = EventPosition.toJSON(message.position);
     }
@@ -7738,9 +9558,2057 @@ export const WatchDomainEventsResponse: MessageFns<WatchDomainEventsResponse> = 
       ? DeviceRemovedEvent.fromPartial(object.deviceRemoved)
       : undefined;
     message.gap = (object.gap !== undefined && object.gap !== null) ? EventGap.fromPartial(object.gap) : undefined;
+    message.rtcChange = (object.rtcChange !== undefined && object.rtcChange !== null)
+      ? RtcChangeEvent.fromPartial(object.rtcChange)
+      : undefined;
+    message.watchdog = (object.watchdog !== undefined && object.watchdog !== null)
+      ? WatchdogEvent.fromPartial(object.watchdog)
+      : undefined;
+    message.ioError = (object.ioError !== undefined && object.ioError !== null)
+      ? IoErrorEvent.fromPartial(object.ioError)
+      : undefined;
+    message.graphics = (object.graphics !== undefined && object.graphics !== null)
+      ? GraphicsEvent.fromPartial(object.graphics)
+      : undefined;
+    message.trayChange = (object.trayChange !== undefined && object.trayChange !== null)
+      ? TrayChangeEvent.fromPartial(object.trayChange)
+      : undefined;
+    message.pmWakeup = (object.pmWakeup !== undefined && object.pmWakeup !== null)
+      ? PmWakeupEvent.fromPartial(object.pmWakeup)
+      : undefined;
+    message.pmSuspend = (object.pmSuspend !== undefined && object.pmSuspend !== null)
+      ? PmSuspendEvent.fromPartial(object.pmSuspend)
+      : undefined;
+    message.pmSuspendDisk = (object.pmSuspendDisk !== undefined && object.pmSuspendDisk !== null)
+      ? PmSuspendDiskEvent.fromPartial(object.pmSuspendDisk)
+      : undefined;
+    message.balloonChange = (object.balloonChange !== undefined && object.balloonChange !== null)
+      ? BalloonChangeEvent.fromPartial(object.balloonChange)
+      : undefined;
+    message.blockJob = (object.blockJob !== undefined && object.blockJob !== null)
+      ? BlockJobEvent.fromPartial(object.blockJob)
+      : undefined;
+    message.deviceRemovalFailed = (object.deviceRemovalFailed !== undefined && object.deviceRemovalFailed !== null)
+      ? DeviceRemovalFailedEvent.fromPartial(object.deviceRemovalFailed)
+      : undefined;
+    message.tunable = (object.tunable !== undefined && object.tunable !== null)
+      ? TunableEvent.fromPartial(object.tunable)
+      : undefined;
+    message.agentLifecycle = (object.agentLifecycle !== undefined && object.agentLifecycle !== null)
+      ? AgentLifecycleEvent.fromPartial(object.agentLifecycle)
+      : undefined;
+    message.migrationIteration = (object.migrationIteration !== undefined && object.migrationIteration !== null)
+      ? MigrationIterationEvent.fromPartial(object.migrationIteration)
+      : undefined;
+    message.jobCompleted = (object.jobCompleted !== undefined && object.jobCompleted !== null)
+      ? JobCompletedEvent.fromPartial(object.jobCompleted)
+      : undefined;
+    message.metadataChange = (object.metadataChange !== undefined && object.metadataChange !== null)
+      ? MetadataChangeEvent.fromPartial(object.metadataChange)
+      : undefined;
+    message.blockThreshold = (object.blockThreshold !== undefined && object.blockThreshold !== null)
+      ? BlockThresholdEvent.fromPartial(object.blockThreshold)
+      : undefined;
+    message.memoryFailure = (object.memoryFailure !== undefined && object.memoryFailure !== null)
+      ? MemoryFailureEvent.fromPartial(object.memoryFailure)
+      : undefined;
+    message.memoryDeviceSizeChange =
+      (object.memoryDeviceSizeChange !== undefined && object.memoryDeviceSizeChange !== null)
+        ? MemoryDeviceSizeChangeEvent.fromPartial(object.memoryDeviceSizeChange)
+        : undefined;
+    message.controlError = (object.controlError !== undefined && object.controlError !== null)
+      ? ControlErrorEvent.fromPartial(object.controlError)
+      : undefined;
+    message.diskChange = (object.diskChange !== undefined && object.diskChange !== null)
+      ? DiskChangeEvent.fromPartial(object.diskChange)
+      : undefined;
     message.position = (object.position !== undefined && object.position !== null)
       ? EventPosition.fromPartial(object.position)
       : undefined;
+    return message;
+  },
+};
+
+function createBaseRtcChangeEvent(): RtcChangeEvent {
+  return { utcOffsetSeconds: 0n };
+}
+
+export const RtcChangeEvent: MessageFns<RtcChangeEvent> = {
+  encode(message: RtcChangeEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.utcOffsetSeconds !== 0n) {
+      if (BigInt.asIntN(64, message.utcOffsetSeconds) !== message.utcOffsetSeconds) {
+        throw new globalThis.Error("value provided for field message.utcOffsetSeconds of type int64 too large");
+      }
+      writer.uint32(8).int64(message.utcOffsetSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RtcChangeEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRtcChangeEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.utcOffsetSeconds = reader.int64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RtcChangeEvent {
+    return {
+      utcOffsetSeconds: isSet(object.utcOffsetSeconds)
+        ? BigInt(object.utcOffsetSeconds)
+        : isSet(object.utc_offset_seconds)
+        ? BigInt(object.utc_offset_seconds)
+        : 0n,
+    };
+  },
+
+  toJSON(message: RtcChangeEvent): unknown {
+    const obj: any = {};
+    if (message.utcOffsetSeconds !== 0n) {
+      obj.utcOffsetSeconds = message.utcOffsetSeconds.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RtcChangeEvent>, I>>(base?: I): RtcChangeEvent {
+    return RtcChangeEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RtcChangeEvent>, I>>(object: I): RtcChangeEvent {
+    const message = createBaseRtcChangeEvent();
+    message.utcOffsetSeconds = (object.utcOffsetSeconds !== undefined && object.utcOffsetSeconds !== null)
+      ? BigInt(object.utcOffsetSeconds)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseWatchdogEvent(): WatchdogEvent {
+  return { action: 0 };
+}
+
+export const WatchdogEvent: MessageFns<WatchdogEvent> = {
+  encode(message: WatchdogEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.action !== 0) {
+      writer.uint32(8).int32(message.action);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchdogEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchdogEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.action = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchdogEvent {
+    return { action: isSet(object.action) ? watchdogActionFromJSON(object.action) : 0 };
+  },
+
+  toJSON(message: WatchdogEvent): unknown {
+    const obj: any = {};
+    if (message.action !== 0) {
+      obj.action = watchdogActionToJSON(message.action);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchdogEvent>, I>>(base?: I): WatchdogEvent {
+    return WatchdogEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchdogEvent>, I>>(object: I): WatchdogEvent {
+    const message = createBaseWatchdogEvent();
+    message.action = object.action ?? 0;
+    return message;
+  },
+};
+
+function createBaseIoErrorEvent(): IoErrorEvent {
+  return { srcPath: "", device: "", action: 0, reason: "" };
+}
+
+export const IoErrorEvent: MessageFns<IoErrorEvent> = {
+  encode(message: IoErrorEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.srcPath !== "") {
+      writer.uint32(10).string(message.srcPath);
+    }
+    if (message.device !== "") {
+      writer.uint32(18).string(message.device);
+    }
+    if (message.action !== 0) {
+      writer.uint32(24).int32(message.action);
+    }
+    if (message.reason !== "") {
+      writer.uint32(34).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): IoErrorEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseIoErrorEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.srcPath = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.action = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): IoErrorEvent {
+    return {
+      srcPath: isSet(object.srcPath)
+        ? globalThis.String(object.srcPath)
+        : isSet(object.src_path)
+        ? globalThis.String(object.src_path)
+        : "",
+      device: isSet(object.device) ? globalThis.String(object.device) : "",
+      action: isSet(object.action) ? ioErrorActionFromJSON(object.action) : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: IoErrorEvent): unknown {
+    const obj: any = {};
+    if (message.srcPath !== "") {
+      obj.srcPath = message.srcPath;
+    }
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    if (message.action !== 0) {
+      obj.action = ioErrorActionToJSON(message.action);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<IoErrorEvent>, I>>(base?: I): IoErrorEvent {
+    return IoErrorEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<IoErrorEvent>, I>>(object: I): IoErrorEvent {
+    const message = createBaseIoErrorEvent();
+    message.srcPath = object.srcPath ?? "";
+    message.device = object.device ?? "";
+    message.action = object.action ?? 0;
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseGraphicsAddress(): GraphicsAddress {
+  return { family: 0, node: "", service: "" };
+}
+
+export const GraphicsAddress: MessageFns<GraphicsAddress> = {
+  encode(message: GraphicsAddress, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.family !== 0) {
+      writer.uint32(8).int32(message.family);
+    }
+    if (message.node !== "") {
+      writer.uint32(18).string(message.node);
+    }
+    if (message.service !== "") {
+      writer.uint32(26).string(message.service);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GraphicsAddress {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGraphicsAddress();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.family = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.node = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.service = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GraphicsAddress {
+    return {
+      family: isSet(object.family) ? graphicsAddressFamilyFromJSON(object.family) : 0,
+      node: isSet(object.node) ? globalThis.String(object.node) : "",
+      service: isSet(object.service) ? globalThis.String(object.service) : "",
+    };
+  },
+
+  toJSON(message: GraphicsAddress): unknown {
+    const obj: any = {};
+    if (message.family !== 0) {
+      obj.family = graphicsAddressFamilyToJSON(message.family);
+    }
+    if (message.node !== "") {
+      obj.node = message.node;
+    }
+    if (message.service !== "") {
+      obj.service = message.service;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GraphicsAddress>, I>>(base?: I): GraphicsAddress {
+    return GraphicsAddress.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GraphicsAddress>, I>>(object: I): GraphicsAddress {
+    const message = createBaseGraphicsAddress();
+    message.family = object.family ?? 0;
+    message.node = object.node ?? "";
+    message.service = object.service ?? "";
+    return message;
+  },
+};
+
+function createBaseGraphicsSubjectIdentity(): GraphicsSubjectIdentity {
+  return { type: "", name: "" };
+}
+
+export const GraphicsSubjectIdentity: MessageFns<GraphicsSubjectIdentity> = {
+  encode(message: GraphicsSubjectIdentity, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.type !== "") {
+      writer.uint32(10).string(message.type);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GraphicsSubjectIdentity {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGraphicsSubjectIdentity();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.type = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GraphicsSubjectIdentity {
+    return {
+      type: isSet(object.type) ? globalThis.String(object.type) : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+    };
+  },
+
+  toJSON(message: GraphicsSubjectIdentity): unknown {
+    const obj: any = {};
+    if (message.type !== "") {
+      obj.type = message.type;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GraphicsSubjectIdentity>, I>>(base?: I): GraphicsSubjectIdentity {
+    return GraphicsSubjectIdentity.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GraphicsSubjectIdentity>, I>>(object: I): GraphicsSubjectIdentity {
+    const message = createBaseGraphicsSubjectIdentity();
+    message.type = object.type ?? "";
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseGraphicsEvent(): GraphicsEvent {
+  return { phase: 0, local: undefined, remote: undefined, authScheme: "", subject: [] };
+}
+
+export const GraphicsEvent: MessageFns<GraphicsEvent> = {
+  encode(message: GraphicsEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.phase !== 0) {
+      writer.uint32(8).int32(message.phase);
+    }
+    if (message.local !== undefined) {
+      GraphicsAddress.encode(message.local, writer.uint32(18).fork()).join();
+    }
+    if (message.remote !== undefined) {
+      GraphicsAddress.encode(message.remote, writer.uint32(26).fork()).join();
+    }
+    if (message.authScheme !== "") {
+      writer.uint32(34).string(message.authScheme);
+    }
+    for (const v of message.subject) {
+      GraphicsSubjectIdentity.encode(v!, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GraphicsEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGraphicsEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.phase = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.local = GraphicsAddress.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.remote = GraphicsAddress.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.authScheme = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.subject.push(GraphicsSubjectIdentity.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GraphicsEvent {
+    return {
+      phase: isSet(object.phase) ? graphicsPhaseFromJSON(object.phase) : 0,
+      local: isSet(object.local) ? GraphicsAddress.fromJSON(object.local) : undefined,
+      remote: isSet(object.remote) ? GraphicsAddress.fromJSON(object.remote) : undefined,
+      authScheme: isSet(object.authScheme)
+        ? globalThis.String(object.authScheme)
+        : isSet(object.auth_scheme)
+        ? globalThis.String(object.auth_scheme)
+        : "",
+      subject: globalThis.Array.isArray(object?.subject)
+        ? object.subject.map((e: any) => GraphicsSubjectIdentity.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GraphicsEvent): unknown {
+    const obj: any = {};
+    if (message.phase !== 0) {
+      obj.phase = graphicsPhaseToJSON(message.phase);
+    }
+    if (message.local !== undefined) {
+      obj.local = GraphicsAddress.toJSON(message.local);
+    }
+    if (message.remote !== undefined) {
+      obj.remote = GraphicsAddress.toJSON(message.remote);
+    }
+    if (message.authScheme !== "") {
+      obj.authScheme = message.authScheme;
+    }
+    if (message.subject?.length) {
+      obj.subject = message.subject.map((e) => GraphicsSubjectIdentity.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GraphicsEvent>, I>>(base?: I): GraphicsEvent {
+    return GraphicsEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GraphicsEvent>, I>>(object: I): GraphicsEvent {
+    const message = createBaseGraphicsEvent();
+    message.phase = object.phase ?? 0;
+    message.local = (object.local !== undefined && object.local !== null)
+      ? GraphicsAddress.fromPartial(object.local)
+      : undefined;
+    message.remote = (object.remote !== undefined && object.remote !== null)
+      ? GraphicsAddress.fromPartial(object.remote)
+      : undefined;
+    message.authScheme = object.authScheme ?? "";
+    message.subject = object.subject?.map((e) => GraphicsSubjectIdentity.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseTrayChangeEvent(): TrayChangeEvent {
+  return { device: "", change: 0 };
+}
+
+export const TrayChangeEvent: MessageFns<TrayChangeEvent> = {
+  encode(message: TrayChangeEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.device !== "") {
+      writer.uint32(10).string(message.device);
+    }
+    if (message.change !== 0) {
+      writer.uint32(16).int32(message.change);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrayChangeEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrayChangeEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.change = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrayChangeEvent {
+    return {
+      device: isSet(object.device) ? globalThis.String(object.device) : "",
+      change: isSet(object.change) ? trayChangeFromJSON(object.change) : 0,
+    };
+  },
+
+  toJSON(message: TrayChangeEvent): unknown {
+    const obj: any = {};
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    if (message.change !== 0) {
+      obj.change = trayChangeToJSON(message.change);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrayChangeEvent>, I>>(base?: I): TrayChangeEvent {
+    return TrayChangeEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrayChangeEvent>, I>>(object: I): TrayChangeEvent {
+    const message = createBaseTrayChangeEvent();
+    message.device = object.device ?? "";
+    message.change = object.change ?? 0;
+    return message;
+  },
+};
+
+function createBasePmWakeupEvent(): PmWakeupEvent {
+  return {};
+}
+
+export const PmWakeupEvent: MessageFns<PmWakeupEvent> = {
+  encode(_: PmWakeupEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PmWakeupEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePmWakeupEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): PmWakeupEvent {
+    return {};
+  },
+
+  toJSON(_: PmWakeupEvent): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PmWakeupEvent>, I>>(base?: I): PmWakeupEvent {
+    return PmWakeupEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PmWakeupEvent>, I>>(_: I): PmWakeupEvent {
+    const message = createBasePmWakeupEvent();
+    return message;
+  },
+};
+
+function createBasePmSuspendEvent(): PmSuspendEvent {
+  return {};
+}
+
+export const PmSuspendEvent: MessageFns<PmSuspendEvent> = {
+  encode(_: PmSuspendEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PmSuspendEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePmSuspendEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): PmSuspendEvent {
+    return {};
+  },
+
+  toJSON(_: PmSuspendEvent): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PmSuspendEvent>, I>>(base?: I): PmSuspendEvent {
+    return PmSuspendEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PmSuspendEvent>, I>>(_: I): PmSuspendEvent {
+    const message = createBasePmSuspendEvent();
+    return message;
+  },
+};
+
+function createBasePmSuspendDiskEvent(): PmSuspendDiskEvent {
+  return {};
+}
+
+export const PmSuspendDiskEvent: MessageFns<PmSuspendDiskEvent> = {
+  encode(_: PmSuspendDiskEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PmSuspendDiskEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePmSuspendDiskEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): PmSuspendDiskEvent {
+    return {};
+  },
+
+  toJSON(_: PmSuspendDiskEvent): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PmSuspendDiskEvent>, I>>(base?: I): PmSuspendDiskEvent {
+    return PmSuspendDiskEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PmSuspendDiskEvent>, I>>(_: I): PmSuspendDiskEvent {
+    const message = createBasePmSuspendDiskEvent();
+    return message;
+  },
+};
+
+function createBaseBalloonChangeEvent(): BalloonChangeEvent {
+  return { actualKib: 0n };
+}
+
+export const BalloonChangeEvent: MessageFns<BalloonChangeEvent> = {
+  encode(message: BalloonChangeEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.actualKib !== 0n) {
+      if (BigInt.asUintN(64, message.actualKib) !== message.actualKib) {
+        throw new globalThis.Error("value provided for field message.actualKib of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.actualKib);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BalloonChangeEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBalloonChangeEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.actualKib = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BalloonChangeEvent {
+    return {
+      actualKib: isSet(object.actualKib)
+        ? BigInt(object.actualKib)
+        : isSet(object.actual_kib)
+        ? BigInt(object.actual_kib)
+        : 0n,
+    };
+  },
+
+  toJSON(message: BalloonChangeEvent): unknown {
+    const obj: any = {};
+    if (message.actualKib !== 0n) {
+      obj.actualKib = message.actualKib.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BalloonChangeEvent>, I>>(base?: I): BalloonChangeEvent {
+    return BalloonChangeEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BalloonChangeEvent>, I>>(object: I): BalloonChangeEvent {
+    const message = createBaseBalloonChangeEvent();
+    message.actualKib = (object.actualKib !== undefined && object.actualKib !== null) ? BigInt(object.actualKib) : 0n;
+    return message;
+  },
+};
+
+function createBaseBlockJobEvent(): BlockJobEvent {
+  return { disk: "", type: 0, status: 0 };
+}
+
+export const BlockJobEvent: MessageFns<BlockJobEvent> = {
+  encode(message: BlockJobEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.disk !== "") {
+      writer.uint32(10).string(message.disk);
+    }
+    if (message.type !== 0) {
+      writer.uint32(16).int32(message.type);
+    }
+    if (message.status !== 0) {
+      writer.uint32(24).int32(message.status);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BlockJobEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBlockJobEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.disk = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.type = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BlockJobEvent {
+    return {
+      disk: isSet(object.disk) ? globalThis.String(object.disk) : "",
+      type: isSet(object.type) ? blockJobTypeFromJSON(object.type) : 0,
+      status: isSet(object.status) ? blockJobStatusFromJSON(object.status) : 0,
+    };
+  },
+
+  toJSON(message: BlockJobEvent): unknown {
+    const obj: any = {};
+    if (message.disk !== "") {
+      obj.disk = message.disk;
+    }
+    if (message.type !== 0) {
+      obj.type = blockJobTypeToJSON(message.type);
+    }
+    if (message.status !== 0) {
+      obj.status = blockJobStatusToJSON(message.status);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BlockJobEvent>, I>>(base?: I): BlockJobEvent {
+    return BlockJobEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BlockJobEvent>, I>>(object: I): BlockJobEvent {
+    const message = createBaseBlockJobEvent();
+    message.disk = object.disk ?? "";
+    message.type = object.type ?? 0;
+    message.status = object.status ?? 0;
+    return message;
+  },
+};
+
+function createBaseDeviceRemovalFailedEvent(): DeviceRemovalFailedEvent {
+  return { device: "" };
+}
+
+export const DeviceRemovalFailedEvent: MessageFns<DeviceRemovalFailedEvent> = {
+  encode(message: DeviceRemovalFailedEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.device !== "") {
+      writer.uint32(10).string(message.device);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeviceRemovalFailedEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeviceRemovalFailedEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeviceRemovalFailedEvent {
+    return { device: isSet(object.device) ? globalThis.String(object.device) : "" };
+  },
+
+  toJSON(message: DeviceRemovalFailedEvent): unknown {
+    const obj: any = {};
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeviceRemovalFailedEvent>, I>>(base?: I): DeviceRemovalFailedEvent {
+    return DeviceRemovalFailedEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeviceRemovalFailedEvent>, I>>(object: I): DeviceRemovalFailedEvent {
+    const message = createBaseDeviceRemovalFailedEvent();
+    message.device = object.device ?? "";
+    return message;
+  },
+};
+
+function createBaseTunableEvent(): TunableEvent {
+  return { parameters: [] };
+}
+
+export const TunableEvent: MessageFns<TunableEvent> = {
+  encode(message: TunableEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TunableEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTunableEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TunableEvent {
+    return {
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: TunableEvent): unknown {
+    const obj: any = {};
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TunableEvent>, I>>(base?: I): TunableEvent {
+    return TunableEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TunableEvent>, I>>(object: I): TunableEvent {
+    const message = createBaseTunableEvent();
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseAgentLifecycleEvent(): AgentLifecycleEvent {
+  return { state: 0, reason: 0 };
+}
+
+export const AgentLifecycleEvent: MessageFns<AgentLifecycleEvent> = {
+  encode(message: AgentLifecycleEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== 0) {
+      writer.uint32(8).int32(message.state);
+    }
+    if (message.reason !== 0) {
+      writer.uint32(16).int32(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AgentLifecycleEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAgentLifecycleEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.reason = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AgentLifecycleEvent {
+    return {
+      state: isSet(object.state) ? agentStateFromJSON(object.state) : 0,
+      reason: isSet(object.reason) ? agentLifecycleReasonFromJSON(object.reason) : 0,
+    };
+  },
+
+  toJSON(message: AgentLifecycleEvent): unknown {
+    const obj: any = {};
+    if (message.state !== 0) {
+      obj.state = agentStateToJSON(message.state);
+    }
+    if (message.reason !== 0) {
+      obj.reason = agentLifecycleReasonToJSON(message.reason);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AgentLifecycleEvent>, I>>(base?: I): AgentLifecycleEvent {
+    return AgentLifecycleEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AgentLifecycleEvent>, I>>(object: I): AgentLifecycleEvent {
+    const message = createBaseAgentLifecycleEvent();
+    message.state = object.state ?? 0;
+    message.reason = object.reason ?? 0;
+    return message;
+  },
+};
+
+function createBaseMigrationIterationEvent(): MigrationIterationEvent {
+  return { iteration: 0 };
+}
+
+export const MigrationIterationEvent: MessageFns<MigrationIterationEvent> = {
+  encode(message: MigrationIterationEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.iteration !== 0) {
+      writer.uint32(8).uint32(message.iteration);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MigrationIterationEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMigrationIterationEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.iteration = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MigrationIterationEvent {
+    return { iteration: isSet(object.iteration) ? globalThis.Number(object.iteration) : 0 };
+  },
+
+  toJSON(message: MigrationIterationEvent): unknown {
+    const obj: any = {};
+    if (message.iteration !== 0) {
+      obj.iteration = Math.round(message.iteration);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MigrationIterationEvent>, I>>(base?: I): MigrationIterationEvent {
+    return MigrationIterationEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MigrationIterationEvent>, I>>(object: I): MigrationIterationEvent {
+    const message = createBaseMigrationIterationEvent();
+    message.iteration = object.iteration ?? 0;
+    return message;
+  },
+};
+
+function createBaseJobCompletedEvent(): JobCompletedEvent {
+  return { statistics: [] };
+}
+
+export const JobCompletedEvent: MessageFns<JobCompletedEvent> = {
+  encode(message: JobCompletedEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.statistics) {
+      TypedParameter.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): JobCompletedEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseJobCompletedEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.statistics.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): JobCompletedEvent {
+    return {
+      statistics: globalThis.Array.isArray(object?.statistics)
+        ? object.statistics.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: JobCompletedEvent): unknown {
+    const obj: any = {};
+    if (message.statistics?.length) {
+      obj.statistics = message.statistics.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<JobCompletedEvent>, I>>(base?: I): JobCompletedEvent {
+    return JobCompletedEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<JobCompletedEvent>, I>>(object: I): JobCompletedEvent {
+    const message = createBaseJobCompletedEvent();
+    message.statistics = object.statistics?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseMetadataChangeEvent(): MetadataChangeEvent {
+  return { type: 0, namespaceUri: "" };
+}
+
+export const MetadataChangeEvent: MessageFns<MetadataChangeEvent> = {
+  encode(message: MetadataChangeEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.type !== 0) {
+      writer.uint32(8).int32(message.type);
+    }
+    if (message.namespaceUri !== "") {
+      writer.uint32(18).string(message.namespaceUri);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MetadataChangeEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMetadataChangeEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.type = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.namespaceUri = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MetadataChangeEvent {
+    return {
+      type: isSet(object.type) ? metadataTypeFromJSON(object.type) : 0,
+      namespaceUri: isSet(object.namespaceUri)
+        ? globalThis.String(object.namespaceUri)
+        : isSet(object.namespace_uri)
+        ? globalThis.String(object.namespace_uri)
+        : "",
+    };
+  },
+
+  toJSON(message: MetadataChangeEvent): unknown {
+    const obj: any = {};
+    if (message.type !== 0) {
+      obj.type = metadataTypeToJSON(message.type);
+    }
+    if (message.namespaceUri !== "") {
+      obj.namespaceUri = message.namespaceUri;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MetadataChangeEvent>, I>>(base?: I): MetadataChangeEvent {
+    return MetadataChangeEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MetadataChangeEvent>, I>>(object: I): MetadataChangeEvent {
+    const message = createBaseMetadataChangeEvent();
+    message.type = object.type ?? 0;
+    message.namespaceUri = object.namespaceUri ?? "";
+    return message;
+  },
+};
+
+function createBaseBlockThresholdEvent(): BlockThresholdEvent {
+  return { device: "", path: "", thresholdBytes: 0n, excessBytes: 0n };
+}
+
+export const BlockThresholdEvent: MessageFns<BlockThresholdEvent> = {
+  encode(message: BlockThresholdEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.device !== "") {
+      writer.uint32(10).string(message.device);
+    }
+    if (message.path !== "") {
+      writer.uint32(18).string(message.path);
+    }
+    if (message.thresholdBytes !== 0n) {
+      if (BigInt.asUintN(64, message.thresholdBytes) !== message.thresholdBytes) {
+        throw new globalThis.Error("value provided for field message.thresholdBytes of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.thresholdBytes);
+    }
+    if (message.excessBytes !== 0n) {
+      if (BigInt.asUintN(64, message.excessBytes) !== message.excessBytes) {
+        throw new globalThis.Error("value provided for field message.excessBytes of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.excessBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BlockThresholdEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBlockThresholdEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.thresholdBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.excessBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BlockThresholdEvent {
+    return {
+      device: isSet(object.device) ? globalThis.String(object.device) : "",
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      thresholdBytes: isSet(object.thresholdBytes)
+        ? BigInt(object.thresholdBytes)
+        : isSet(object.threshold_bytes)
+        ? BigInt(object.threshold_bytes)
+        : 0n,
+      excessBytes: isSet(object.excessBytes)
+        ? BigInt(object.excessBytes)
+        : isSet(object.excess_bytes)
+        ? BigInt(object.excess_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: BlockThresholdEvent): unknown {
+    const obj: any = {};
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.thresholdBytes !== 0n) {
+      obj.thresholdBytes = message.thresholdBytes.toString();
+    }
+    if (message.excessBytes !== 0n) {
+      obj.excessBytes = message.excessBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BlockThresholdEvent>, I>>(base?: I): BlockThresholdEvent {
+    return BlockThresholdEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BlockThresholdEvent>, I>>(object: I): BlockThresholdEvent {
+    const message = createBaseBlockThresholdEvent();
+    message.device = object.device ?? "";
+    message.path = object.path ?? "";
+    message.thresholdBytes = (object.thresholdBytes !== undefined && object.thresholdBytes !== null)
+      ? BigInt(object.thresholdBytes)
+      : 0n;
+    message.excessBytes = (object.excessBytes !== undefined && object.excessBytes !== null)
+      ? BigInt(object.excessBytes)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseMemoryFailureEvent(): MemoryFailureEvent {
+  return { recipient: 0, action: 0, actionRequired: false, recursive: false };
+}
+
+export const MemoryFailureEvent: MessageFns<MemoryFailureEvent> = {
+  encode(message: MemoryFailureEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.recipient !== 0) {
+      writer.uint32(8).int32(message.recipient);
+    }
+    if (message.action !== 0) {
+      writer.uint32(16).int32(message.action);
+    }
+    if (message.actionRequired !== false) {
+      writer.uint32(24).bool(message.actionRequired);
+    }
+    if (message.recursive !== false) {
+      writer.uint32(32).bool(message.recursive);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MemoryFailureEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMemoryFailureEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.recipient = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.action = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.actionRequired = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.recursive = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MemoryFailureEvent {
+    return {
+      recipient: isSet(object.recipient) ? memoryFailureRecipientFromJSON(object.recipient) : 0,
+      action: isSet(object.action) ? memoryFailureActionFromJSON(object.action) : 0,
+      actionRequired: isSet(object.actionRequired)
+        ? globalThis.Boolean(object.actionRequired)
+        : isSet(object.action_required)
+        ? globalThis.Boolean(object.action_required)
+        : false,
+      recursive: isSet(object.recursive) ? globalThis.Boolean(object.recursive) : false,
+    };
+  },
+
+  toJSON(message: MemoryFailureEvent): unknown {
+    const obj: any = {};
+    if (message.recipient !== 0) {
+      obj.recipient = memoryFailureRecipientToJSON(message.recipient);
+    }
+    if (message.action !== 0) {
+      obj.action = memoryFailureActionToJSON(message.action);
+    }
+    if (message.actionRequired !== false) {
+      obj.actionRequired = message.actionRequired;
+    }
+    if (message.recursive !== false) {
+      obj.recursive = message.recursive;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MemoryFailureEvent>, I>>(base?: I): MemoryFailureEvent {
+    return MemoryFailureEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MemoryFailureEvent>, I>>(object: I): MemoryFailureEvent {
+    const message = createBaseMemoryFailureEvent();
+    message.recipient = object.recipient ?? 0;
+    message.action = object.action ?? 0;
+    message.actionRequired = object.actionRequired ?? false;
+    message.recursive = object.recursive ?? false;
+    return message;
+  },
+};
+
+function createBaseMemoryDeviceSizeChangeEvent(): MemoryDeviceSizeChangeEvent {
+  return { device: "", sizeKib: 0n };
+}
+
+export const MemoryDeviceSizeChangeEvent: MessageFns<MemoryDeviceSizeChangeEvent> = {
+  encode(message: MemoryDeviceSizeChangeEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.device !== "") {
+      writer.uint32(10).string(message.device);
+    }
+    if (message.sizeKib !== 0n) {
+      if (BigInt.asUintN(64, message.sizeKib) !== message.sizeKib) {
+        throw new globalThis.Error("value provided for field message.sizeKib of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.sizeKib);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MemoryDeviceSizeChangeEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMemoryDeviceSizeChangeEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.sizeKib = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MemoryDeviceSizeChangeEvent {
+    return {
+      device: isSet(object.device) ? globalThis.String(object.device) : "",
+      sizeKib: isSet(object.sizeKib) ? BigInt(object.sizeKib) : isSet(object.size_kib) ? BigInt(object.size_kib) : 0n,
+    };
+  },
+
+  toJSON(message: MemoryDeviceSizeChangeEvent): unknown {
+    const obj: any = {};
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    if (message.sizeKib !== 0n) {
+      obj.sizeKib = message.sizeKib.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MemoryDeviceSizeChangeEvent>, I>>(base?: I): MemoryDeviceSizeChangeEvent {
+    return MemoryDeviceSizeChangeEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MemoryDeviceSizeChangeEvent>, I>>(object: I): MemoryDeviceSizeChangeEvent {
+    const message = createBaseMemoryDeviceSizeChangeEvent();
+    message.device = object.device ?? "";
+    message.sizeKib = (object.sizeKib !== undefined && object.sizeKib !== null) ? BigInt(object.sizeKib) : 0n;
+    return message;
+  },
+};
+
+function createBaseControlErrorEvent(): ControlErrorEvent {
+  return {};
+}
+
+export const ControlErrorEvent: MessageFns<ControlErrorEvent> = {
+  encode(_: ControlErrorEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ControlErrorEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseControlErrorEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ControlErrorEvent {
+    return {};
+  },
+
+  toJSON(_: ControlErrorEvent): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ControlErrorEvent>, I>>(base?: I): ControlErrorEvent {
+    return ControlErrorEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ControlErrorEvent>, I>>(_: I): ControlErrorEvent {
+    const message = createBaseControlErrorEvent();
+    return message;
+  },
+};
+
+function createBaseDiskChangeEvent(): DiskChangeEvent {
+  return { oldSrcPath: "", newSrcPath: "", device: "", reason: 0 };
+}
+
+export const DiskChangeEvent: MessageFns<DiskChangeEvent> = {
+  encode(message: DiskChangeEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.oldSrcPath !== "") {
+      writer.uint32(10).string(message.oldSrcPath);
+    }
+    if (message.newSrcPath !== "") {
+      writer.uint32(18).string(message.newSrcPath);
+    }
+    if (message.device !== "") {
+      writer.uint32(26).string(message.device);
+    }
+    if (message.reason !== 0) {
+      writer.uint32(32).int32(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DiskChangeEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDiskChangeEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.oldSrcPath = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.newSrcPath = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.reason = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DiskChangeEvent {
+    return {
+      oldSrcPath: isSet(object.oldSrcPath)
+        ? globalThis.String(object.oldSrcPath)
+        : isSet(object.old_src_path)
+        ? globalThis.String(object.old_src_path)
+        : "",
+      newSrcPath: isSet(object.newSrcPath)
+        ? globalThis.String(object.newSrcPath)
+        : isSet(object.new_src_path)
+        ? globalThis.String(object.new_src_path)
+        : "",
+      device: isSet(object.device) ? globalThis.String(object.device) : "",
+      reason: isSet(object.reason) ? diskChangeReasonFromJSON(object.reason) : 0,
+    };
+  },
+
+  toJSON(message: DiskChangeEvent): unknown {
+    const obj: any = {};
+    if (message.oldSrcPath !== "") {
+      obj.oldSrcPath = message.oldSrcPath;
+    }
+    if (message.newSrcPath !== "") {
+      obj.newSrcPath = message.newSrcPath;
+    }
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    if (message.reason !== 0) {
+      obj.reason = diskChangeReasonToJSON(message.reason);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DiskChangeEvent>, I>>(base?: I): DiskChangeEvent {
+    return DiskChangeEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DiskChangeEvent>, I>>(object: I): DiskChangeEvent {
+    const message = createBaseDiskChangeEvent();
+    message.oldSrcPath = object.oldSrcPath ?? "";
+    message.newSrcPath = object.newSrcPath ?? "";
+    message.device = object.device ?? "";
+    message.reason = object.reason ?? 0;
     return message;
   },
 };
@@ -9846,6 +13714,4594 @@ export const GetDomainDisplayResponse: MessageFns<GetDomainDisplayResponse> = {
   },
 };
 
+function createBaseBaselineCpuRequest(): BaselineCpuRequest {
+  return { xmlCpus: [], expandFeatures: false, migratable: false };
+}
+
+export const BaselineCpuRequest: MessageFns<BaselineCpuRequest> = {
+  encode(message: BaselineCpuRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.xmlCpus) {
+      writer.uint32(10).string(v!);
+    }
+    if (message.expandFeatures !== false) {
+      writer.uint32(16).bool(message.expandFeatures);
+    }
+    if (message.migratable !== false) {
+      writer.uint32(24).bool(message.migratable);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BaselineCpuRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBaselineCpuRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.xmlCpus.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.expandFeatures = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.migratable = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BaselineCpuRequest {
+    return {
+      xmlCpus: globalThis.Array.isArray(object?.xmlCpus)
+        ? object.xmlCpus.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.xml_cpus)
+        ? object.xml_cpus.map((e: any) => globalThis.String(e))
+        : [],
+      expandFeatures: isSet(object.expandFeatures)
+        ? globalThis.Boolean(object.expandFeatures)
+        : isSet(object.expand_features)
+        ? globalThis.Boolean(object.expand_features)
+        : false,
+      migratable: isSet(object.migratable) ? globalThis.Boolean(object.migratable) : false,
+    };
+  },
+
+  toJSON(message: BaselineCpuRequest): unknown {
+    const obj: any = {};
+    if (message.xmlCpus?.length) {
+      obj.xmlCpus = message.xmlCpus;
+    }
+    if (message.expandFeatures !== false) {
+      obj.expandFeatures = message.expandFeatures;
+    }
+    if (message.migratable !== false) {
+      obj.migratable = message.migratable;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BaselineCpuRequest>, I>>(base?: I): BaselineCpuRequest {
+    return BaselineCpuRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BaselineCpuRequest>, I>>(object: I): BaselineCpuRequest {
+    const message = createBaseBaselineCpuRequest();
+    message.xmlCpus = object.xmlCpus?.map((e) => e) || [];
+    message.expandFeatures = object.expandFeatures ?? false;
+    message.migratable = object.migratable ?? false;
+    return message;
+  },
+};
+
+function createBaseBaselineCpuResponse(): BaselineCpuResponse {
+  return { xml: "" };
+}
+
+export const BaselineCpuResponse: MessageFns<BaselineCpuResponse> = {
+  encode(message: BaselineCpuResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.xml !== "") {
+      writer.uint32(10).string(message.xml);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BaselineCpuResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBaselineCpuResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BaselineCpuResponse {
+    return { xml: isSet(object.xml) ? globalThis.String(object.xml) : "" };
+  },
+
+  toJSON(message: BaselineCpuResponse): unknown {
+    const obj: any = {};
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BaselineCpuResponse>, I>>(base?: I): BaselineCpuResponse {
+    return BaselineCpuResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BaselineCpuResponse>, I>>(object: I): BaselineCpuResponse {
+    const message = createBaseBaselineCpuResponse();
+    message.xml = object.xml ?? "";
+    return message;
+  },
+};
+
+function createBaseBaselineHypervisorCpuRequest(): BaselineHypervisorCpuRequest {
+  return { emulator: "", arch: "", machine: "", virtType: "", xmlCpus: [], expandFeatures: false, migratable: false };
+}
+
+export const BaselineHypervisorCpuRequest: MessageFns<BaselineHypervisorCpuRequest> = {
+  encode(message: BaselineHypervisorCpuRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.emulator !== "") {
+      writer.uint32(10).string(message.emulator);
+    }
+    if (message.arch !== "") {
+      writer.uint32(18).string(message.arch);
+    }
+    if (message.machine !== "") {
+      writer.uint32(26).string(message.machine);
+    }
+    if (message.virtType !== "") {
+      writer.uint32(34).string(message.virtType);
+    }
+    for (const v of message.xmlCpus) {
+      writer.uint32(42).string(v!);
+    }
+    if (message.expandFeatures !== false) {
+      writer.uint32(48).bool(message.expandFeatures);
+    }
+    if (message.migratable !== false) {
+      writer.uint32(56).bool(message.migratable);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BaselineHypervisorCpuRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBaselineHypervisorCpuRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.emulator = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.arch = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.machine = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.virtType = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.xmlCpus.push(reader.string());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.expandFeatures = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.migratable = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BaselineHypervisorCpuRequest {
+    return {
+      emulator: isSet(object.emulator) ? globalThis.String(object.emulator) : "",
+      arch: isSet(object.arch) ? globalThis.String(object.arch) : "",
+      machine: isSet(object.machine) ? globalThis.String(object.machine) : "",
+      virtType: isSet(object.virtType)
+        ? globalThis.String(object.virtType)
+        : isSet(object.virt_type)
+        ? globalThis.String(object.virt_type)
+        : "",
+      xmlCpus: globalThis.Array.isArray(object?.xmlCpus)
+        ? object.xmlCpus.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.xml_cpus)
+        ? object.xml_cpus.map((e: any) => globalThis.String(e))
+        : [],
+      expandFeatures: isSet(object.expandFeatures)
+        ? globalThis.Boolean(object.expandFeatures)
+        : isSet(object.expand_features)
+        ? globalThis.Boolean(object.expand_features)
+        : false,
+      migratable: isSet(object.migratable) ? globalThis.Boolean(object.migratable) : false,
+    };
+  },
+
+  toJSON(message: BaselineHypervisorCpuRequest): unknown {
+    const obj: any = {};
+    if (message.emulator !== "") {
+      obj.emulator = message.emulator;
+    }
+    if (message.arch !== "") {
+      obj.arch = message.arch;
+    }
+    if (message.machine !== "") {
+      obj.machine = message.machine;
+    }
+    if (message.virtType !== "") {
+      obj.virtType = message.virtType;
+    }
+    if (message.xmlCpus?.length) {
+      obj.xmlCpus = message.xmlCpus;
+    }
+    if (message.expandFeatures !== false) {
+      obj.expandFeatures = message.expandFeatures;
+    }
+    if (message.migratable !== false) {
+      obj.migratable = message.migratable;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BaselineHypervisorCpuRequest>, I>>(base?: I): BaselineHypervisorCpuRequest {
+    return BaselineHypervisorCpuRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BaselineHypervisorCpuRequest>, I>>(object: I): BaselineHypervisorCpuRequest {
+    const message = createBaseBaselineHypervisorCpuRequest();
+    message.emulator = object.emulator ?? "";
+    message.arch = object.arch ?? "";
+    message.machine = object.machine ?? "";
+    message.virtType = object.virtType ?? "";
+    message.xmlCpus = object.xmlCpus?.map((e) => e) || [];
+    message.expandFeatures = object.expandFeatures ?? false;
+    message.migratable = object.migratable ?? false;
+    return message;
+  },
+};
+
+function createBaseBaselineHypervisorCpuResponse(): BaselineHypervisorCpuResponse {
+  return { xml: "" };
+}
+
+export const BaselineHypervisorCpuResponse: MessageFns<BaselineHypervisorCpuResponse> = {
+  encode(message: BaselineHypervisorCpuResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.xml !== "") {
+      writer.uint32(10).string(message.xml);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BaselineHypervisorCpuResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBaselineHypervisorCpuResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BaselineHypervisorCpuResponse {
+    return { xml: isSet(object.xml) ? globalThis.String(object.xml) : "" };
+  },
+
+  toJSON(message: BaselineHypervisorCpuResponse): unknown {
+    const obj: any = {};
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BaselineHypervisorCpuResponse>, I>>(base?: I): BaselineHypervisorCpuResponse {
+    return BaselineHypervisorCpuResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BaselineHypervisorCpuResponse>, I>>(
+    object: I,
+  ): BaselineHypervisorCpuResponse {
+    const message = createBaseBaselineHypervisorCpuResponse();
+    message.xml = object.xml ?? "";
+    return message;
+  },
+};
+
+function createBaseCompareCpuRequest(): CompareCpuRequest {
+  return { xml: "", failIncompatible: false, validate: false };
+}
+
+export const CompareCpuRequest: MessageFns<CompareCpuRequest> = {
+  encode(message: CompareCpuRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.xml !== "") {
+      writer.uint32(10).string(message.xml);
+    }
+    if (message.failIncompatible !== false) {
+      writer.uint32(16).bool(message.failIncompatible);
+    }
+    if (message.validate !== false) {
+      writer.uint32(24).bool(message.validate);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompareCpuRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompareCpuRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.failIncompatible = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.validate = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompareCpuRequest {
+    return {
+      xml: isSet(object.xml) ? globalThis.String(object.xml) : "",
+      failIncompatible: isSet(object.failIncompatible)
+        ? globalThis.Boolean(object.failIncompatible)
+        : isSet(object.fail_incompatible)
+        ? globalThis.Boolean(object.fail_incompatible)
+        : false,
+      validate: isSet(object.validate) ? globalThis.Boolean(object.validate) : false,
+    };
+  },
+
+  toJSON(message: CompareCpuRequest): unknown {
+    const obj: any = {};
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    if (message.failIncompatible !== false) {
+      obj.failIncompatible = message.failIncompatible;
+    }
+    if (message.validate !== false) {
+      obj.validate = message.validate;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CompareCpuRequest>, I>>(base?: I): CompareCpuRequest {
+    return CompareCpuRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CompareCpuRequest>, I>>(object: I): CompareCpuRequest {
+    const message = createBaseCompareCpuRequest();
+    message.xml = object.xml ?? "";
+    message.failIncompatible = object.failIncompatible ?? false;
+    message.validate = object.validate ?? false;
+    return message;
+  },
+};
+
+function createBaseCompareCpuResponse(): CompareCpuResponse {
+  return { result: 0 };
+}
+
+export const CompareCpuResponse: MessageFns<CompareCpuResponse> = {
+  encode(message: CompareCpuResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.result !== 0) {
+      writer.uint32(8).int32(message.result);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompareCpuResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompareCpuResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.result = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompareCpuResponse {
+    return { result: isSet(object.result) ? cpuCompareResultFromJSON(object.result) : 0 };
+  },
+
+  toJSON(message: CompareCpuResponse): unknown {
+    const obj: any = {};
+    if (message.result !== 0) {
+      obj.result = cpuCompareResultToJSON(message.result);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CompareCpuResponse>, I>>(base?: I): CompareCpuResponse {
+    return CompareCpuResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CompareCpuResponse>, I>>(object: I): CompareCpuResponse {
+    const message = createBaseCompareCpuResponse();
+    message.result = object.result ?? 0;
+    return message;
+  },
+};
+
+function createBaseCompareHypervisorCpuRequest(): CompareHypervisorCpuRequest {
+  return { emulator: "", arch: "", machine: "", virtType: "", xml: "", failIncompatible: false, validate: false };
+}
+
+export const CompareHypervisorCpuRequest: MessageFns<CompareHypervisorCpuRequest> = {
+  encode(message: CompareHypervisorCpuRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.emulator !== "") {
+      writer.uint32(10).string(message.emulator);
+    }
+    if (message.arch !== "") {
+      writer.uint32(18).string(message.arch);
+    }
+    if (message.machine !== "") {
+      writer.uint32(26).string(message.machine);
+    }
+    if (message.virtType !== "") {
+      writer.uint32(34).string(message.virtType);
+    }
+    if (message.xml !== "") {
+      writer.uint32(42).string(message.xml);
+    }
+    if (message.failIncompatible !== false) {
+      writer.uint32(48).bool(message.failIncompatible);
+    }
+    if (message.validate !== false) {
+      writer.uint32(56).bool(message.validate);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompareHypervisorCpuRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompareHypervisorCpuRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.emulator = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.arch = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.machine = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.virtType = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.failIncompatible = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.validate = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompareHypervisorCpuRequest {
+    return {
+      emulator: isSet(object.emulator) ? globalThis.String(object.emulator) : "",
+      arch: isSet(object.arch) ? globalThis.String(object.arch) : "",
+      machine: isSet(object.machine) ? globalThis.String(object.machine) : "",
+      virtType: isSet(object.virtType)
+        ? globalThis.String(object.virtType)
+        : isSet(object.virt_type)
+        ? globalThis.String(object.virt_type)
+        : "",
+      xml: isSet(object.xml) ? globalThis.String(object.xml) : "",
+      failIncompatible: isSet(object.failIncompatible)
+        ? globalThis.Boolean(object.failIncompatible)
+        : isSet(object.fail_incompatible)
+        ? globalThis.Boolean(object.fail_incompatible)
+        : false,
+      validate: isSet(object.validate) ? globalThis.Boolean(object.validate) : false,
+    };
+  },
+
+  toJSON(message: CompareHypervisorCpuRequest): unknown {
+    const obj: any = {};
+    if (message.emulator !== "") {
+      obj.emulator = message.emulator;
+    }
+    if (message.arch !== "") {
+      obj.arch = message.arch;
+    }
+    if (message.machine !== "") {
+      obj.machine = message.machine;
+    }
+    if (message.virtType !== "") {
+      obj.virtType = message.virtType;
+    }
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    if (message.failIncompatible !== false) {
+      obj.failIncompatible = message.failIncompatible;
+    }
+    if (message.validate !== false) {
+      obj.validate = message.validate;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CompareHypervisorCpuRequest>, I>>(base?: I): CompareHypervisorCpuRequest {
+    return CompareHypervisorCpuRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CompareHypervisorCpuRequest>, I>>(object: I): CompareHypervisorCpuRequest {
+    const message = createBaseCompareHypervisorCpuRequest();
+    message.emulator = object.emulator ?? "";
+    message.arch = object.arch ?? "";
+    message.machine = object.machine ?? "";
+    message.virtType = object.virtType ?? "";
+    message.xml = object.xml ?? "";
+    message.failIncompatible = object.failIncompatible ?? false;
+    message.validate = object.validate ?? false;
+    return message;
+  },
+};
+
+function createBaseCompareHypervisorCpuResponse(): CompareHypervisorCpuResponse {
+  return { result: 0 };
+}
+
+export const CompareHypervisorCpuResponse: MessageFns<CompareHypervisorCpuResponse> = {
+  encode(message: CompareHypervisorCpuResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.result !== 0) {
+      writer.uint32(8).int32(message.result);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompareHypervisorCpuResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompareHypervisorCpuResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.result = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompareHypervisorCpuResponse {
+    return { result: isSet(object.result) ? cpuCompareResultFromJSON(object.result) : 0 };
+  },
+
+  toJSON(message: CompareHypervisorCpuResponse): unknown {
+    const obj: any = {};
+    if (message.result !== 0) {
+      obj.result = cpuCompareResultToJSON(message.result);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CompareHypervisorCpuResponse>, I>>(base?: I): CompareHypervisorCpuResponse {
+    return CompareHypervisorCpuResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CompareHypervisorCpuResponse>, I>>(object: I): CompareHypervisorCpuResponse {
+    const message = createBaseCompareHypervisorCpuResponse();
+    message.result = object.result ?? 0;
+    return message;
+  },
+};
+
+function createBaseGetCpuModelNamesRequest(): GetCpuModelNamesRequest {
+  return { arch: "" };
+}
+
+export const GetCpuModelNamesRequest: MessageFns<GetCpuModelNamesRequest> = {
+  encode(message: GetCpuModelNamesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.arch !== "") {
+      writer.uint32(10).string(message.arch);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetCpuModelNamesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetCpuModelNamesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.arch = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetCpuModelNamesRequest {
+    return { arch: isSet(object.arch) ? globalThis.String(object.arch) : "" };
+  },
+
+  toJSON(message: GetCpuModelNamesRequest): unknown {
+    const obj: any = {};
+    if (message.arch !== "") {
+      obj.arch = message.arch;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetCpuModelNamesRequest>, I>>(base?: I): GetCpuModelNamesRequest {
+    return GetCpuModelNamesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetCpuModelNamesRequest>, I>>(object: I): GetCpuModelNamesRequest {
+    const message = createBaseGetCpuModelNamesRequest();
+    message.arch = object.arch ?? "";
+    return message;
+  },
+};
+
+function createBaseGetCpuModelNamesResponse(): GetCpuModelNamesResponse {
+  return { models: [] };
+}
+
+export const GetCpuModelNamesResponse: MessageFns<GetCpuModelNamesResponse> = {
+  encode(message: GetCpuModelNamesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.models) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetCpuModelNamesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetCpuModelNamesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.models.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetCpuModelNamesResponse {
+    return {
+      models: globalThis.Array.isArray(object?.models) ? object.models.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: GetCpuModelNamesResponse): unknown {
+    const obj: any = {};
+    if (message.models?.length) {
+      obj.models = message.models;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetCpuModelNamesResponse>, I>>(base?: I): GetCpuModelNamesResponse {
+    return GetCpuModelNamesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetCpuModelNamesResponse>, I>>(object: I): GetCpuModelNamesResponse {
+    const message = createBaseGetCpuModelNamesResponse();
+    message.models = object.models?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseGetSysinfoRequest(): GetSysinfoRequest {
+  return {};
+}
+
+export const GetSysinfoRequest: MessageFns<GetSysinfoRequest> = {
+  encode(_: GetSysinfoRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSysinfoRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSysinfoRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetSysinfoRequest {
+    return {};
+  },
+
+  toJSON(_: GetSysinfoRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSysinfoRequest>, I>>(base?: I): GetSysinfoRequest {
+    return GetSysinfoRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSysinfoRequest>, I>>(_: I): GetSysinfoRequest {
+    const message = createBaseGetSysinfoRequest();
+    return message;
+  },
+};
+
+function createBaseGetSysinfoResponse(): GetSysinfoResponse {
+  return { xml: "" };
+}
+
+export const GetSysinfoResponse: MessageFns<GetSysinfoResponse> = {
+  encode(message: GetSysinfoResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.xml !== "") {
+      writer.uint32(10).string(message.xml);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSysinfoResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSysinfoResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetSysinfoResponse {
+    return { xml: isSet(object.xml) ? globalThis.String(object.xml) : "" };
+  },
+
+  toJSON(message: GetSysinfoResponse): unknown {
+    const obj: any = {};
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSysinfoResponse>, I>>(base?: I): GetSysinfoResponse {
+    return GetSysinfoResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSysinfoResponse>, I>>(object: I): GetSysinfoResponse {
+    const message = createBaseGetSysinfoResponse();
+    message.xml = object.xml ?? "";
+    return message;
+  },
+};
+
+function createBaseGetHostnameRequest(): GetHostnameRequest {
+  return {};
+}
+
+export const GetHostnameRequest: MessageFns<GetHostnameRequest> = {
+  encode(_: GetHostnameRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetHostnameRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetHostnameRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetHostnameRequest {
+    return {};
+  },
+
+  toJSON(_: GetHostnameRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetHostnameRequest>, I>>(base?: I): GetHostnameRequest {
+    return GetHostnameRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetHostnameRequest>, I>>(_: I): GetHostnameRequest {
+    const message = createBaseGetHostnameRequest();
+    return message;
+  },
+};
+
+function createBaseGetHostnameResponse(): GetHostnameResponse {
+  return { hostname: "" };
+}
+
+export const GetHostnameResponse: MessageFns<GetHostnameResponse> = {
+  encode(message: GetHostnameResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.hostname !== "") {
+      writer.uint32(10).string(message.hostname);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetHostnameResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetHostnameResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hostname = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetHostnameResponse {
+    return { hostname: isSet(object.hostname) ? globalThis.String(object.hostname) : "" };
+  },
+
+  toJSON(message: GetHostnameResponse): unknown {
+    const obj: any = {};
+    if (message.hostname !== "") {
+      obj.hostname = message.hostname;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetHostnameResponse>, I>>(base?: I): GetHostnameResponse {
+    return GetHostnameResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetHostnameResponse>, I>>(object: I): GetHostnameResponse {
+    const message = createBaseGetHostnameResponse();
+    message.hostname = object.hostname ?? "";
+    return message;
+  },
+};
+
+function createBaseGetMaxVcpusRequest(): GetMaxVcpusRequest {
+  return { virtType: "" };
+}
+
+export const GetMaxVcpusRequest: MessageFns<GetMaxVcpusRequest> = {
+  encode(message: GetMaxVcpusRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.virtType !== "") {
+      writer.uint32(10).string(message.virtType);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetMaxVcpusRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetMaxVcpusRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.virtType = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetMaxVcpusRequest {
+    return {
+      virtType: isSet(object.virtType)
+        ? globalThis.String(object.virtType)
+        : isSet(object.virt_type)
+        ? globalThis.String(object.virt_type)
+        : "",
+    };
+  },
+
+  toJSON(message: GetMaxVcpusRequest): unknown {
+    const obj: any = {};
+    if (message.virtType !== "") {
+      obj.virtType = message.virtType;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetMaxVcpusRequest>, I>>(base?: I): GetMaxVcpusRequest {
+    return GetMaxVcpusRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetMaxVcpusRequest>, I>>(object: I): GetMaxVcpusRequest {
+    const message = createBaseGetMaxVcpusRequest();
+    message.virtType = object.virtType ?? "";
+    return message;
+  },
+};
+
+function createBaseGetMaxVcpusResponse(): GetMaxVcpusResponse {
+  return { maxVcpus: 0 };
+}
+
+export const GetMaxVcpusResponse: MessageFns<GetMaxVcpusResponse> = {
+  encode(message: GetMaxVcpusResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.maxVcpus !== 0) {
+      writer.uint32(8).uint32(message.maxVcpus);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetMaxVcpusResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetMaxVcpusResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.maxVcpus = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetMaxVcpusResponse {
+    return {
+      maxVcpus: isSet(object.maxVcpus)
+        ? globalThis.Number(object.maxVcpus)
+        : isSet(object.max_vcpus)
+        ? globalThis.Number(object.max_vcpus)
+        : 0,
+    };
+  },
+
+  toJSON(message: GetMaxVcpusResponse): unknown {
+    const obj: any = {};
+    if (message.maxVcpus !== 0) {
+      obj.maxVcpus = Math.round(message.maxVcpus);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetMaxVcpusResponse>, I>>(base?: I): GetMaxVcpusResponse {
+    return GetMaxVcpusResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetMaxVcpusResponse>, I>>(object: I): GetMaxVcpusResponse {
+    const message = createBaseGetMaxVcpusResponse();
+    message.maxVcpus = object.maxVcpus ?? 0;
+    return message;
+  },
+};
+
+function createBaseGetNodeCpuStatsRequest(): GetNodeCpuStatsRequest {
+  return { cpu: undefined };
+}
+
+export const GetNodeCpuStatsRequest: MessageFns<GetNodeCpuStatsRequest> = {
+  encode(message: GetNodeCpuStatsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cpu !== undefined) {
+      writer.uint32(8).uint32(message.cpu);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeCpuStatsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeCpuStatsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cpu = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeCpuStatsRequest {
+    return { cpu: isSet(object.cpu) ? globalThis.Number(object.cpu) : undefined };
+  },
+
+  toJSON(message: GetNodeCpuStatsRequest): unknown {
+    const obj: any = {};
+    if (message.cpu !== undefined) {
+      obj.cpu = Math.round(message.cpu);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeCpuStatsRequest>, I>>(base?: I): GetNodeCpuStatsRequest {
+    return GetNodeCpuStatsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeCpuStatsRequest>, I>>(object: I): GetNodeCpuStatsRequest {
+    const message = createBaseGetNodeCpuStatsRequest();
+    message.cpu = object.cpu ?? undefined;
+    return message;
+  },
+};
+
+function createBaseGetNodeCpuStatsResponse(): GetNodeCpuStatsResponse {
+  return { kernelNs: 0n, userNs: 0n, idleNs: 0n, iowaitNs: 0n, intrNs: 0n, utilization: 0n, raw: {} };
+}
+
+export const GetNodeCpuStatsResponse: MessageFns<GetNodeCpuStatsResponse> = {
+  encode(message: GetNodeCpuStatsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kernelNs !== 0n) {
+      if (BigInt.asUintN(64, message.kernelNs) !== message.kernelNs) {
+        throw new globalThis.Error("value provided for field message.kernelNs of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.kernelNs);
+    }
+    if (message.userNs !== 0n) {
+      if (BigInt.asUintN(64, message.userNs) !== message.userNs) {
+        throw new globalThis.Error("value provided for field message.userNs of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.userNs);
+    }
+    if (message.idleNs !== 0n) {
+      if (BigInt.asUintN(64, message.idleNs) !== message.idleNs) {
+        throw new globalThis.Error("value provided for field message.idleNs of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.idleNs);
+    }
+    if (message.iowaitNs !== 0n) {
+      if (BigInt.asUintN(64, message.iowaitNs) !== message.iowaitNs) {
+        throw new globalThis.Error("value provided for field message.iowaitNs of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.iowaitNs);
+    }
+    if (message.intrNs !== 0n) {
+      if (BigInt.asUintN(64, message.intrNs) !== message.intrNs) {
+        throw new globalThis.Error("value provided for field message.intrNs of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.intrNs);
+    }
+    if (message.utilization !== 0n) {
+      if (BigInt.asUintN(64, message.utilization) !== message.utilization) {
+        throw new globalThis.Error("value provided for field message.utilization of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.utilization);
+    }
+    globalThis.Object.entries(message.raw).forEach(([key, value]: [string, bigint]) => {
+      GetNodeCpuStatsResponse_RawEntry.encode({ key: key as any, value }, writer.uint32(58).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeCpuStatsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeCpuStatsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.kernelNs = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.userNs = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.idleNs = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.iowaitNs = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.intrNs = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.utilization = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            const entry7 = GetNodeCpuStatsResponse_RawEntry.decode(reader, reader.uint32());
+            if (entry7.value !== undefined) {
+              message.raw[entry7.key] = entry7.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeCpuStatsResponse {
+    return {
+      kernelNs: isSet(object.kernelNs)
+        ? BigInt(object.kernelNs)
+        : isSet(object.kernel_ns)
+        ? BigInt(object.kernel_ns)
+        : 0n,
+      userNs: isSet(object.userNs) ? BigInt(object.userNs) : isSet(object.user_ns) ? BigInt(object.user_ns) : 0n,
+      idleNs: isSet(object.idleNs) ? BigInt(object.idleNs) : isSet(object.idle_ns) ? BigInt(object.idle_ns) : 0n,
+      iowaitNs: isSet(object.iowaitNs)
+        ? BigInt(object.iowaitNs)
+        : isSet(object.iowait_ns)
+        ? BigInt(object.iowait_ns)
+        : 0n,
+      intrNs: isSet(object.intrNs) ? BigInt(object.intrNs) : isSet(object.intr_ns) ? BigInt(object.intr_ns) : 0n,
+      utilization: isSet(object.utilization) ? BigInt(object.utilization) : 0n,
+      raw: isObject(object.raw)
+        ? (globalThis.Object.entries(object.raw) as [string, any][]).reduce(
+          (acc: { [key: string]: bigint }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: BigInt(value as string | number | bigint | boolean),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: GetNodeCpuStatsResponse): unknown {
+    const obj: any = {};
+    if (message.kernelNs !== 0n) {
+      obj.kernelNs = message.kernelNs.toString();
+    }
+    if (message.userNs !== 0n) {
+      obj.userNs = message.userNs.toString();
+    }
+    if (message.idleNs !== 0n) {
+      obj.idleNs = message.idleNs.toString();
+    }
+    if (message.iowaitNs !== 0n) {
+      obj.iowaitNs = message.iowaitNs.toString();
+    }
+    if (message.intrNs !== 0n) {
+      obj.intrNs = message.intrNs.toString();
+    }
+    if (message.utilization !== 0n) {
+      obj.utilization = message.utilization.toString();
+    }
+    if (message.raw) {
+      const entries = globalThis.Object.entries(message.raw) as [string, bigint][];
+      if (entries.length > 0) {
+        obj.raw = {};
+        entries.forEach(([k, v]) => {
+          obj.raw[k] = v.toString();
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeCpuStatsResponse>, I>>(base?: I): GetNodeCpuStatsResponse {
+    return GetNodeCpuStatsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeCpuStatsResponse>, I>>(object: I): GetNodeCpuStatsResponse {
+    const message = createBaseGetNodeCpuStatsResponse();
+    message.kernelNs = (object.kernelNs !== undefined && object.kernelNs !== null) ? BigInt(object.kernelNs) : 0n;
+    message.userNs = (object.userNs !== undefined && object.userNs !== null) ? BigInt(object.userNs) : 0n;
+    message.idleNs = (object.idleNs !== undefined && object.idleNs !== null) ? BigInt(object.idleNs) : 0n;
+    message.iowaitNs = (object.iowaitNs !== undefined && object.iowaitNs !== null) ? BigInt(object.iowaitNs) : 0n;
+    message.intrNs = (object.intrNs !== undefined && object.intrNs !== null) ? BigInt(object.intrNs) : 0n;
+    message.utilization = (object.utilization !== undefined && object.utilization !== null)
+      ? BigInt(object.utilization)
+      : 0n;
+    message.raw = (globalThis.Object.entries(object.raw ?? {}) as [string, bigint][]).reduce(
+      (acc: { [key: string]: bigint }, [key, value]: [string, bigint]) => {
+        if (value !== undefined) {
+          acc[key] = BigInt(value as string | number | bigint | boolean);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseGetNodeCpuStatsResponse_RawEntry(): GetNodeCpuStatsResponse_RawEntry {
+  return { key: "", value: 0n };
+}
+
+export const GetNodeCpuStatsResponse_RawEntry: MessageFns<GetNodeCpuStatsResponse_RawEntry> = {
+  encode(message: GetNodeCpuStatsResponse_RawEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== 0n) {
+      if (BigInt.asUintN(64, message.value) !== message.value) {
+        throw new globalThis.Error("value provided for field message.value of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeCpuStatsResponse_RawEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeCpuStatsResponse_RawEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.value = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeCpuStatsResponse_RawEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? BigInt(object.value) : 0n,
+    };
+  },
+
+  toJSON(message: GetNodeCpuStatsResponse_RawEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== 0n) {
+      obj.value = message.value.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeCpuStatsResponse_RawEntry>, I>>(
+    base?: I,
+  ): GetNodeCpuStatsResponse_RawEntry {
+    return GetNodeCpuStatsResponse_RawEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeCpuStatsResponse_RawEntry>, I>>(
+    object: I,
+  ): GetNodeCpuStatsResponse_RawEntry {
+    const message = createBaseGetNodeCpuStatsResponse_RawEntry();
+    message.key = object.key ?? "";
+    message.value = (object.value !== undefined && object.value !== null) ? BigInt(object.value) : 0n;
+    return message;
+  },
+};
+
+function createBaseGetNodeMemoryStatsRequest(): GetNodeMemoryStatsRequest {
+  return { cell: undefined };
+}
+
+export const GetNodeMemoryStatsRequest: MessageFns<GetNodeMemoryStatsRequest> = {
+  encode(message: GetNodeMemoryStatsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cell !== undefined) {
+      writer.uint32(8).uint32(message.cell);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeMemoryStatsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeMemoryStatsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cell = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeMemoryStatsRequest {
+    return { cell: isSet(object.cell) ? globalThis.Number(object.cell) : undefined };
+  },
+
+  toJSON(message: GetNodeMemoryStatsRequest): unknown {
+    const obj: any = {};
+    if (message.cell !== undefined) {
+      obj.cell = Math.round(message.cell);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeMemoryStatsRequest>, I>>(base?: I): GetNodeMemoryStatsRequest {
+    return GetNodeMemoryStatsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeMemoryStatsRequest>, I>>(object: I): GetNodeMemoryStatsRequest {
+    const message = createBaseGetNodeMemoryStatsRequest();
+    message.cell = object.cell ?? undefined;
+    return message;
+  },
+};
+
+function createBaseGetNodeMemoryStatsResponse(): GetNodeMemoryStatsResponse {
+  return { totalKib: 0n, freeKib: 0n, buffersKib: 0n, cachedKib: 0n, raw: {} };
+}
+
+export const GetNodeMemoryStatsResponse: MessageFns<GetNodeMemoryStatsResponse> = {
+  encode(message: GetNodeMemoryStatsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.totalKib !== 0n) {
+      if (BigInt.asUintN(64, message.totalKib) !== message.totalKib) {
+        throw new globalThis.Error("value provided for field message.totalKib of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.totalKib);
+    }
+    if (message.freeKib !== 0n) {
+      if (BigInt.asUintN(64, message.freeKib) !== message.freeKib) {
+        throw new globalThis.Error("value provided for field message.freeKib of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.freeKib);
+    }
+    if (message.buffersKib !== 0n) {
+      if (BigInt.asUintN(64, message.buffersKib) !== message.buffersKib) {
+        throw new globalThis.Error("value provided for field message.buffersKib of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.buffersKib);
+    }
+    if (message.cachedKib !== 0n) {
+      if (BigInt.asUintN(64, message.cachedKib) !== message.cachedKib) {
+        throw new globalThis.Error("value provided for field message.cachedKib of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.cachedKib);
+    }
+    globalThis.Object.entries(message.raw).forEach(([key, value]: [string, bigint]) => {
+      GetNodeMemoryStatsResponse_RawEntry.encode({ key: key as any, value }, writer.uint32(42).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeMemoryStatsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeMemoryStatsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.totalKib = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.freeKib = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.buffersKib = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.cachedKib = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            const entry5 = GetNodeMemoryStatsResponse_RawEntry.decode(reader, reader.uint32());
+            if (entry5.value !== undefined) {
+              message.raw[entry5.key] = entry5.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeMemoryStatsResponse {
+    return {
+      totalKib: isSet(object.totalKib)
+        ? BigInt(object.totalKib)
+        : isSet(object.total_kib)
+        ? BigInt(object.total_kib)
+        : 0n,
+      freeKib: isSet(object.freeKib) ? BigInt(object.freeKib) : isSet(object.free_kib) ? BigInt(object.free_kib) : 0n,
+      buffersKib: isSet(object.buffersKib)
+        ? BigInt(object.buffersKib)
+        : isSet(object.buffers_kib)
+        ? BigInt(object.buffers_kib)
+        : 0n,
+      cachedKib: isSet(object.cachedKib)
+        ? BigInt(object.cachedKib)
+        : isSet(object.cached_kib)
+        ? BigInt(object.cached_kib)
+        : 0n,
+      raw: isObject(object.raw)
+        ? (globalThis.Object.entries(object.raw) as [string, any][]).reduce(
+          (acc: { [key: string]: bigint }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: BigInt(value as string | number | bigint | boolean),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: GetNodeMemoryStatsResponse): unknown {
+    const obj: any = {};
+    if (message.totalKib !== 0n) {
+      obj.totalKib = message.totalKib.toString();
+    }
+    if (message.freeKib !== 0n) {
+      obj.freeKib = message.freeKib.toString();
+    }
+    if (message.buffersKib !== 0n) {
+      obj.buffersKib = message.buffersKib.toString();
+    }
+    if (message.cachedKib !== 0n) {
+      obj.cachedKib = message.cachedKib.toString();
+    }
+    if (message.raw) {
+      const entries = globalThis.Object.entries(message.raw) as [string, bigint][];
+      if (entries.length > 0) {
+        obj.raw = {};
+        entries.forEach(([k, v]) => {
+          obj.raw[k] = v.toString();
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeMemoryStatsResponse>, I>>(base?: I): GetNodeMemoryStatsResponse {
+    return GetNodeMemoryStatsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeMemoryStatsResponse>, I>>(object: I): GetNodeMemoryStatsResponse {
+    const message = createBaseGetNodeMemoryStatsResponse();
+    message.totalKib = (object.totalKib !== undefined && object.totalKib !== null) ? BigInt(object.totalKib) : 0n;
+    message.freeKib = (object.freeKib !== undefined && object.freeKib !== null) ? BigInt(object.freeKib) : 0n;
+    message.buffersKib = (object.buffersKib !== undefined && object.buffersKib !== null)
+      ? BigInt(object.buffersKib)
+      : 0n;
+    message.cachedKib = (object.cachedKib !== undefined && object.cachedKib !== null) ? BigInt(object.cachedKib) : 0n;
+    message.raw = (globalThis.Object.entries(object.raw ?? {}) as [string, bigint][]).reduce(
+      (acc: { [key: string]: bigint }, [key, value]: [string, bigint]) => {
+        if (value !== undefined) {
+          acc[key] = BigInt(value as string | number | bigint | boolean);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseGetNodeMemoryStatsResponse_RawEntry(): GetNodeMemoryStatsResponse_RawEntry {
+  return { key: "", value: 0n };
+}
+
+export const GetNodeMemoryStatsResponse_RawEntry: MessageFns<GetNodeMemoryStatsResponse_RawEntry> = {
+  encode(message: GetNodeMemoryStatsResponse_RawEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== 0n) {
+      if (BigInt.asUintN(64, message.value) !== message.value) {
+        throw new globalThis.Error("value provided for field message.value of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeMemoryStatsResponse_RawEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeMemoryStatsResponse_RawEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.value = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeMemoryStatsResponse_RawEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? BigInt(object.value) : 0n,
+    };
+  },
+
+  toJSON(message: GetNodeMemoryStatsResponse_RawEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== 0n) {
+      obj.value = message.value.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeMemoryStatsResponse_RawEntry>, I>>(
+    base?: I,
+  ): GetNodeMemoryStatsResponse_RawEntry {
+    return GetNodeMemoryStatsResponse_RawEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeMemoryStatsResponse_RawEntry>, I>>(
+    object: I,
+  ): GetNodeMemoryStatsResponse_RawEntry {
+    const message = createBaseGetNodeMemoryStatsResponse_RawEntry();
+    message.key = object.key ?? "";
+    message.value = (object.value !== undefined && object.value !== null) ? BigInt(object.value) : 0n;
+    return message;
+  },
+};
+
+function createBaseGetNodeFreeMemoryRequest(): GetNodeFreeMemoryRequest {
+  return {};
+}
+
+export const GetNodeFreeMemoryRequest: MessageFns<GetNodeFreeMemoryRequest> = {
+  encode(_: GetNodeFreeMemoryRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeFreeMemoryRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeFreeMemoryRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetNodeFreeMemoryRequest {
+    return {};
+  },
+
+  toJSON(_: GetNodeFreeMemoryRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeFreeMemoryRequest>, I>>(base?: I): GetNodeFreeMemoryRequest {
+    return GetNodeFreeMemoryRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeFreeMemoryRequest>, I>>(_: I): GetNodeFreeMemoryRequest {
+    const message = createBaseGetNodeFreeMemoryRequest();
+    return message;
+  },
+};
+
+function createBaseGetNodeFreeMemoryResponse(): GetNodeFreeMemoryResponse {
+  return { freeBytes: 0n };
+}
+
+export const GetNodeFreeMemoryResponse: MessageFns<GetNodeFreeMemoryResponse> = {
+  encode(message: GetNodeFreeMemoryResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.freeBytes !== 0n) {
+      if (BigInt.asUintN(64, message.freeBytes) !== message.freeBytes) {
+        throw new globalThis.Error("value provided for field message.freeBytes of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.freeBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeFreeMemoryResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeFreeMemoryResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.freeBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeFreeMemoryResponse {
+    return {
+      freeBytes: isSet(object.freeBytes)
+        ? BigInt(object.freeBytes)
+        : isSet(object.free_bytes)
+        ? BigInt(object.free_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: GetNodeFreeMemoryResponse): unknown {
+    const obj: any = {};
+    if (message.freeBytes !== 0n) {
+      obj.freeBytes = message.freeBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeFreeMemoryResponse>, I>>(base?: I): GetNodeFreeMemoryResponse {
+    return GetNodeFreeMemoryResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeFreeMemoryResponse>, I>>(object: I): GetNodeFreeMemoryResponse {
+    const message = createBaseGetNodeFreeMemoryResponse();
+    message.freeBytes = (object.freeBytes !== undefined && object.freeBytes !== null) ? BigInt(object.freeBytes) : 0n;
+    return message;
+  },
+};
+
+function createBaseGetCellsFreeMemoryRequest(): GetCellsFreeMemoryRequest {
+  return { startCell: undefined, maxCells: 0 };
+}
+
+export const GetCellsFreeMemoryRequest: MessageFns<GetCellsFreeMemoryRequest> = {
+  encode(message: GetCellsFreeMemoryRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.startCell !== undefined) {
+      writer.uint32(8).uint32(message.startCell);
+    }
+    if (message.maxCells !== 0) {
+      writer.uint32(16).uint32(message.maxCells);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetCellsFreeMemoryRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetCellsFreeMemoryRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.startCell = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.maxCells = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetCellsFreeMemoryRequest {
+    return {
+      startCell: isSet(object.startCell)
+        ? globalThis.Number(object.startCell)
+        : isSet(object.start_cell)
+        ? globalThis.Number(object.start_cell)
+        : undefined,
+      maxCells: isSet(object.maxCells)
+        ? globalThis.Number(object.maxCells)
+        : isSet(object.max_cells)
+        ? globalThis.Number(object.max_cells)
+        : 0,
+    };
+  },
+
+  toJSON(message: GetCellsFreeMemoryRequest): unknown {
+    const obj: any = {};
+    if (message.startCell !== undefined) {
+      obj.startCell = Math.round(message.startCell);
+    }
+    if (message.maxCells !== 0) {
+      obj.maxCells = Math.round(message.maxCells);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetCellsFreeMemoryRequest>, I>>(base?: I): GetCellsFreeMemoryRequest {
+    return GetCellsFreeMemoryRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetCellsFreeMemoryRequest>, I>>(object: I): GetCellsFreeMemoryRequest {
+    const message = createBaseGetCellsFreeMemoryRequest();
+    message.startCell = object.startCell ?? undefined;
+    message.maxCells = object.maxCells ?? 0;
+    return message;
+  },
+};
+
+function createBaseCellFreeMemory(): CellFreeMemory {
+  return { cell: 0, freeBytes: 0n };
+}
+
+export const CellFreeMemory: MessageFns<CellFreeMemory> = {
+  encode(message: CellFreeMemory, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cell !== 0) {
+      writer.uint32(8).uint32(message.cell);
+    }
+    if (message.freeBytes !== 0n) {
+      if (BigInt.asUintN(64, message.freeBytes) !== message.freeBytes) {
+        throw new globalThis.Error("value provided for field message.freeBytes of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.freeBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CellFreeMemory {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCellFreeMemory();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cell = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.freeBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CellFreeMemory {
+    return {
+      cell: isSet(object.cell) ? globalThis.Number(object.cell) : 0,
+      freeBytes: isSet(object.freeBytes)
+        ? BigInt(object.freeBytes)
+        : isSet(object.free_bytes)
+        ? BigInt(object.free_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: CellFreeMemory): unknown {
+    const obj: any = {};
+    if (message.cell !== 0) {
+      obj.cell = Math.round(message.cell);
+    }
+    if (message.freeBytes !== 0n) {
+      obj.freeBytes = message.freeBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CellFreeMemory>, I>>(base?: I): CellFreeMemory {
+    return CellFreeMemory.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CellFreeMemory>, I>>(object: I): CellFreeMemory {
+    const message = createBaseCellFreeMemory();
+    message.cell = object.cell ?? 0;
+    message.freeBytes = (object.freeBytes !== undefined && object.freeBytes !== null) ? BigInt(object.freeBytes) : 0n;
+    return message;
+  },
+};
+
+function createBaseGetCellsFreeMemoryResponse(): GetCellsFreeMemoryResponse {
+  return { cells: [] };
+}
+
+export const GetCellsFreeMemoryResponse: MessageFns<GetCellsFreeMemoryResponse> = {
+  encode(message: GetCellsFreeMemoryResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.cells) {
+      CellFreeMemory.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetCellsFreeMemoryResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetCellsFreeMemoryResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.cells.push(CellFreeMemory.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetCellsFreeMemoryResponse {
+    return {
+      cells: globalThis.Array.isArray(object?.cells) ? object.cells.map((e: any) => CellFreeMemory.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: GetCellsFreeMemoryResponse): unknown {
+    const obj: any = {};
+    if (message.cells?.length) {
+      obj.cells = message.cells.map((e) => CellFreeMemory.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetCellsFreeMemoryResponse>, I>>(base?: I): GetCellsFreeMemoryResponse {
+    return GetCellsFreeMemoryResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetCellsFreeMemoryResponse>, I>>(object: I): GetCellsFreeMemoryResponse {
+    const message = createBaseGetCellsFreeMemoryResponse();
+    message.cells = object.cells?.map((e) => CellFreeMemory.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePageCount(): PageCount {
+  return { pageSizeKib: 0n, count: 0n };
+}
+
+export const PageCount: MessageFns<PageCount> = {
+  encode(message: PageCount, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSizeKib !== 0n) {
+      if (BigInt.asUintN(64, message.pageSizeKib) !== message.pageSizeKib) {
+        throw new globalThis.Error("value provided for field message.pageSizeKib of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.pageSizeKib);
+    }
+    if (message.count !== 0n) {
+      if (BigInt.asUintN(64, message.count) !== message.count) {
+        throw new globalThis.Error("value provided for field message.count of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.count);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PageCount {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePageCount();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pageSizeKib = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.count = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PageCount {
+    return {
+      pageSizeKib: isSet(object.pageSizeKib)
+        ? BigInt(object.pageSizeKib)
+        : isSet(object.page_size_kib)
+        ? BigInt(object.page_size_kib)
+        : 0n,
+      count: isSet(object.count) ? BigInt(object.count) : 0n,
+    };
+  },
+
+  toJSON(message: PageCount): unknown {
+    const obj: any = {};
+    if (message.pageSizeKib !== 0n) {
+      obj.pageSizeKib = message.pageSizeKib.toString();
+    }
+    if (message.count !== 0n) {
+      obj.count = message.count.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PageCount>, I>>(base?: I): PageCount {
+    return PageCount.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PageCount>, I>>(object: I): PageCount {
+    const message = createBasePageCount();
+    message.pageSizeKib = (object.pageSizeKib !== undefined && object.pageSizeKib !== null)
+      ? BigInt(object.pageSizeKib)
+      : 0n;
+    message.count = (object.count !== undefined && object.count !== null) ? BigInt(object.count) : 0n;
+    return message;
+  },
+};
+
+function createBaseGetNodeFreePagesRequest(): GetNodeFreePagesRequest {
+  return { pageSizesKib: [], startCell: undefined, cellCount: 0 };
+}
+
+export const GetNodeFreePagesRequest: MessageFns<GetNodeFreePagesRequest> = {
+  encode(message: GetNodeFreePagesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSizesKib.length !== 0) {
+      writer.uint32(10).fork();
+      for (const v of message.pageSizesKib) {
+        if (BigInt.asUintN(64, v) !== v) {
+          throw new globalThis.Error("a value provided in array field pageSizesKib of type uint64 is too large");
+        }
+        writer.uint64(v);
+      }
+      writer.join();
+    }
+    if (message.startCell !== undefined) {
+      writer.uint32(16).uint32(message.startCell);
+    }
+    if (message.cellCount !== 0) {
+      writer.uint32(24).uint32(message.cellCount);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeFreePagesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeFreePagesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag === 8) {
+              message.pageSizesKib.push(reader.uint64() as bigint);
+
+              continue;
+            }
+
+            if (tag === 10) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.pageSizesKib.push(reader.uint64() as bigint);
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.startCell = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.cellCount = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeFreePagesRequest {
+    return {
+      pageSizesKib: globalThis.Array.isArray(object?.pageSizesKib)
+        ? object.pageSizesKib.map((e: any) => BigInt(e))
+        : globalThis.Array.isArray(object?.page_sizes_kib)
+        ? object.page_sizes_kib.map((e: any) => BigInt(e))
+        : [],
+      startCell: isSet(object.startCell)
+        ? globalThis.Number(object.startCell)
+        : isSet(object.start_cell)
+        ? globalThis.Number(object.start_cell)
+        : undefined,
+      cellCount: isSet(object.cellCount)
+        ? globalThis.Number(object.cellCount)
+        : isSet(object.cell_count)
+        ? globalThis.Number(object.cell_count)
+        : 0,
+    };
+  },
+
+  toJSON(message: GetNodeFreePagesRequest): unknown {
+    const obj: any = {};
+    if (message.pageSizesKib?.length) {
+      obj.pageSizesKib = message.pageSizesKib.map((e) => e.toString());
+    }
+    if (message.startCell !== undefined) {
+      obj.startCell = Math.round(message.startCell);
+    }
+    if (message.cellCount !== 0) {
+      obj.cellCount = Math.round(message.cellCount);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeFreePagesRequest>, I>>(base?: I): GetNodeFreePagesRequest {
+    return GetNodeFreePagesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeFreePagesRequest>, I>>(object: I): GetNodeFreePagesRequest {
+    const message = createBaseGetNodeFreePagesRequest();
+    message.pageSizesKib = object.pageSizesKib?.map((e) => BigInt(e)) || [];
+    message.startCell = object.startCell ?? undefined;
+    message.cellCount = object.cellCount ?? 0;
+    return message;
+  },
+};
+
+function createBaseCellPages(): CellPages {
+  return { cell: 0, pages: [] };
+}
+
+export const CellPages: MessageFns<CellPages> = {
+  encode(message: CellPages, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cell !== 0) {
+      writer.uint32(8).uint32(message.cell);
+    }
+    for (const v of message.pages) {
+      PageCount.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CellPages {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCellPages();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cell = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pages.push(PageCount.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CellPages {
+    return {
+      cell: isSet(object.cell) ? globalThis.Number(object.cell) : 0,
+      pages: globalThis.Array.isArray(object?.pages) ? object.pages.map((e: any) => PageCount.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: CellPages): unknown {
+    const obj: any = {};
+    if (message.cell !== 0) {
+      obj.cell = Math.round(message.cell);
+    }
+    if (message.pages?.length) {
+      obj.pages = message.pages.map((e) => PageCount.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CellPages>, I>>(base?: I): CellPages {
+    return CellPages.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CellPages>, I>>(object: I): CellPages {
+    const message = createBaseCellPages();
+    message.cell = object.cell ?? 0;
+    message.pages = object.pages?.map((e) => PageCount.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseGetNodeFreePagesResponse(): GetNodeFreePagesResponse {
+  return { cells: [] };
+}
+
+export const GetNodeFreePagesResponse: MessageFns<GetNodeFreePagesResponse> = {
+  encode(message: GetNodeFreePagesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.cells) {
+      CellPages.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeFreePagesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeFreePagesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.cells.push(CellPages.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeFreePagesResponse {
+    return {
+      cells: globalThis.Array.isArray(object?.cells) ? object.cells.map((e: any) => CellPages.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: GetNodeFreePagesResponse): unknown {
+    const obj: any = {};
+    if (message.cells?.length) {
+      obj.cells = message.cells.map((e) => CellPages.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeFreePagesResponse>, I>>(base?: I): GetNodeFreePagesResponse {
+    return GetNodeFreePagesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeFreePagesResponse>, I>>(object: I): GetNodeFreePagesResponse {
+    const message = createBaseGetNodeFreePagesResponse();
+    message.cells = object.cells?.map((e) => CellPages.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseAllocNodePagesRequest(): AllocNodePagesRequest {
+  return { pages: [], startCell: undefined, cellCount: 0, mode: 0 };
+}
+
+export const AllocNodePagesRequest: MessageFns<AllocNodePagesRequest> = {
+  encode(message: AllocNodePagesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.pages) {
+      PageCount.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.startCell !== undefined) {
+      writer.uint32(16).uint32(message.startCell);
+    }
+    if (message.cellCount !== 0) {
+      writer.uint32(24).uint32(message.cellCount);
+    }
+    if (message.mode !== 0) {
+      writer.uint32(32).int32(message.mode);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AllocNodePagesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAllocNodePagesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.pages.push(PageCount.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.startCell = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.cellCount = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.mode = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AllocNodePagesRequest {
+    return {
+      pages: globalThis.Array.isArray(object?.pages) ? object.pages.map((e: any) => PageCount.fromJSON(e)) : [],
+      startCell: isSet(object.startCell)
+        ? globalThis.Number(object.startCell)
+        : isSet(object.start_cell)
+        ? globalThis.Number(object.start_cell)
+        : undefined,
+      cellCount: isSet(object.cellCount)
+        ? globalThis.Number(object.cellCount)
+        : isSet(object.cell_count)
+        ? globalThis.Number(object.cell_count)
+        : 0,
+      mode: isSet(object.mode) ? pageAllocationModeFromJSON(object.mode) : 0,
+    };
+  },
+
+  toJSON(message: AllocNodePagesRequest): unknown {
+    const obj: any = {};
+    if (message.pages?.length) {
+      obj.pages = message.pages.map((e) => PageCount.toJSON(e));
+    }
+    if (message.startCell !== undefined) {
+      obj.startCell = Math.round(message.startCell);
+    }
+    if (message.cellCount !== 0) {
+      obj.cellCount = Math.round(message.cellCount);
+    }
+    if (message.mode !== 0) {
+      obj.mode = pageAllocationModeToJSON(message.mode);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AllocNodePagesRequest>, I>>(base?: I): AllocNodePagesRequest {
+    return AllocNodePagesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AllocNodePagesRequest>, I>>(object: I): AllocNodePagesRequest {
+    const message = createBaseAllocNodePagesRequest();
+    message.pages = object.pages?.map((e) => PageCount.fromPartial(e)) || [];
+    message.startCell = object.startCell ?? undefined;
+    message.cellCount = object.cellCount ?? 0;
+    message.mode = object.mode ?? 0;
+    return message;
+  },
+};
+
+function createBaseAllocNodePagesResponse(): AllocNodePagesResponse {
+  return { cellsChanged: 0 };
+}
+
+export const AllocNodePagesResponse: MessageFns<AllocNodePagesResponse> = {
+  encode(message: AllocNodePagesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cellsChanged !== 0) {
+      writer.uint32(8).uint32(message.cellsChanged);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AllocNodePagesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAllocNodePagesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cellsChanged = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AllocNodePagesResponse {
+    return {
+      cellsChanged: isSet(object.cellsChanged)
+        ? globalThis.Number(object.cellsChanged)
+        : isSet(object.cells_changed)
+        ? globalThis.Number(object.cells_changed)
+        : 0,
+    };
+  },
+
+  toJSON(message: AllocNodePagesResponse): unknown {
+    const obj: any = {};
+    if (message.cellsChanged !== 0) {
+      obj.cellsChanged = Math.round(message.cellsChanged);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AllocNodePagesResponse>, I>>(base?: I): AllocNodePagesResponse {
+    return AllocNodePagesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AllocNodePagesResponse>, I>>(object: I): AllocNodePagesResponse {
+    const message = createBaseAllocNodePagesResponse();
+    message.cellsChanged = object.cellsChanged ?? 0;
+    return message;
+  },
+};
+
+function createBaseNodeMemoryParameters(): NodeMemoryParameters {
+  return {
+    shmPagesToScan: 0,
+    shmSleepMillisecs: 0,
+    shmPagesShared: 0n,
+    shmPagesSharing: 0n,
+    shmPagesUnshared: 0n,
+    shmPagesVolatile: 0n,
+    shmFullScans: 0n,
+    shmMergeAcrossNodes: false,
+  };
+}
+
+export const NodeMemoryParameters: MessageFns<NodeMemoryParameters> = {
+  encode(message: NodeMemoryParameters, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.shmPagesToScan !== 0) {
+      writer.uint32(8).uint32(message.shmPagesToScan);
+    }
+    if (message.shmSleepMillisecs !== 0) {
+      writer.uint32(16).uint32(message.shmSleepMillisecs);
+    }
+    if (message.shmPagesShared !== 0n) {
+      if (BigInt.asUintN(64, message.shmPagesShared) !== message.shmPagesShared) {
+        throw new globalThis.Error("value provided for field message.shmPagesShared of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.shmPagesShared);
+    }
+    if (message.shmPagesSharing !== 0n) {
+      if (BigInt.asUintN(64, message.shmPagesSharing) !== message.shmPagesSharing) {
+        throw new globalThis.Error("value provided for field message.shmPagesSharing of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.shmPagesSharing);
+    }
+    if (message.shmPagesUnshared !== 0n) {
+      if (BigInt.asUintN(64, message.shmPagesUnshared) !== message.shmPagesUnshared) {
+        throw new globalThis.Error("value provided for field message.shmPagesUnshared of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.shmPagesUnshared);
+    }
+    if (message.shmPagesVolatile !== 0n) {
+      if (BigInt.asUintN(64, message.shmPagesVolatile) !== message.shmPagesVolatile) {
+        throw new globalThis.Error("value provided for field message.shmPagesVolatile of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.shmPagesVolatile);
+    }
+    if (message.shmFullScans !== 0n) {
+      if (BigInt.asUintN(64, message.shmFullScans) !== message.shmFullScans) {
+        throw new globalThis.Error("value provided for field message.shmFullScans of type uint64 too large");
+      }
+      writer.uint32(56).uint64(message.shmFullScans);
+    }
+    if (message.shmMergeAcrossNodes !== false) {
+      writer.uint32(64).bool(message.shmMergeAcrossNodes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NodeMemoryParameters {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseNodeMemoryParameters();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.shmPagesToScan = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.shmSleepMillisecs = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.shmPagesShared = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.shmPagesSharing = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.shmPagesUnshared = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.shmPagesVolatile = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.shmFullScans = reader.uint64() as bigint;
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.shmMergeAcrossNodes = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): NodeMemoryParameters {
+    return {
+      shmPagesToScan: isSet(object.shmPagesToScan)
+        ? globalThis.Number(object.shmPagesToScan)
+        : isSet(object.shm_pages_to_scan)
+        ? globalThis.Number(object.shm_pages_to_scan)
+        : 0,
+      shmSleepMillisecs: isSet(object.shmSleepMillisecs)
+        ? globalThis.Number(object.shmSleepMillisecs)
+        : isSet(object.shm_sleep_millisecs)
+        ? globalThis.Number(object.shm_sleep_millisecs)
+        : 0,
+      shmPagesShared: isSet(object.shmPagesShared)
+        ? BigInt(object.shmPagesShared)
+        : isSet(object.shm_pages_shared)
+        ? BigInt(object.shm_pages_shared)
+        : 0n,
+      shmPagesSharing: isSet(object.shmPagesSharing)
+        ? BigInt(object.shmPagesSharing)
+        : isSet(object.shm_pages_sharing)
+        ? BigInt(object.shm_pages_sharing)
+        : 0n,
+      shmPagesUnshared: isSet(object.shmPagesUnshared)
+        ? BigInt(object.shmPagesUnshared)
+        : isSet(object.shm_pages_unshared)
+        ? BigInt(object.shm_pages_unshared)
+        : 0n,
+      shmPagesVolatile: isSet(object.shmPagesVolatile)
+        ? BigInt(object.shmPagesVolatile)
+        : isSet(object.shm_pages_volatile)
+        ? BigInt(object.shm_pages_volatile)
+        : 0n,
+      shmFullScans: isSet(object.shmFullScans)
+        ? BigInt(object.shmFullScans)
+        : isSet(object.shm_full_scans)
+        ? BigInt(object.shm_full_scans)
+        : 0n,
+      shmMergeAcrossNodes: isSet(object.shmMergeAcrossNodes)
+        ? globalThis.Boolean(object.shmMergeAcrossNodes)
+        : isSet(object.shm_merge_across_nodes)
+        ? globalThis.Boolean(object.shm_merge_across_nodes)
+        : false,
+    };
+  },
+
+  toJSON(message: NodeMemoryParameters): unknown {
+    const obj: any = {};
+    if (message.shmPagesToScan !== 0) {
+      obj.shmPagesToScan = Math.round(message.shmPagesToScan);
+    }
+    if (message.shmSleepMillisecs !== 0) {
+      obj.shmSleepMillisecs = Math.round(message.shmSleepMillisecs);
+    }
+    if (message.shmPagesShared !== 0n) {
+      obj.shmPagesShared = message.shmPagesShared.toString();
+    }
+    if (message.shmPagesSharing !== 0n) {
+      obj.shmPagesSharing = message.shmPagesSharing.toString();
+    }
+    if (message.shmPagesUnshared !== 0n) {
+      obj.shmPagesUnshared = message.shmPagesUnshared.toString();
+    }
+    if (message.shmPagesVolatile !== 0n) {
+      obj.shmPagesVolatile = message.shmPagesVolatile.toString();
+    }
+    if (message.shmFullScans !== 0n) {
+      obj.shmFullScans = message.shmFullScans.toString();
+    }
+    if (message.shmMergeAcrossNodes !== false) {
+      obj.shmMergeAcrossNodes = message.shmMergeAcrossNodes;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<NodeMemoryParameters>, I>>(base?: I): NodeMemoryParameters {
+    return NodeMemoryParameters.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<NodeMemoryParameters>, I>>(object: I): NodeMemoryParameters {
+    const message = createBaseNodeMemoryParameters();
+    message.shmPagesToScan = object.shmPagesToScan ?? 0;
+    message.shmSleepMillisecs = object.shmSleepMillisecs ?? 0;
+    message.shmPagesShared = (object.shmPagesShared !== undefined && object.shmPagesShared !== null)
+      ? BigInt(object.shmPagesShared)
+      : 0n;
+    message.shmPagesSharing = (object.shmPagesSharing !== undefined && object.shmPagesSharing !== null)
+      ? BigInt(object.shmPagesSharing)
+      : 0n;
+    message.shmPagesUnshared = (object.shmPagesUnshared !== undefined && object.shmPagesUnshared !== null)
+      ? BigInt(object.shmPagesUnshared)
+      : 0n;
+    message.shmPagesVolatile = (object.shmPagesVolatile !== undefined && object.shmPagesVolatile !== null)
+      ? BigInt(object.shmPagesVolatile)
+      : 0n;
+    message.shmFullScans = (object.shmFullScans !== undefined && object.shmFullScans !== null)
+      ? BigInt(object.shmFullScans)
+      : 0n;
+    message.shmMergeAcrossNodes = object.shmMergeAcrossNodes ?? false;
+    return message;
+  },
+};
+
+function createBaseGetNodeMemoryParametersRequest(): GetNodeMemoryParametersRequest {
+  return {};
+}
+
+export const GetNodeMemoryParametersRequest: MessageFns<GetNodeMemoryParametersRequest> = {
+  encode(_: GetNodeMemoryParametersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeMemoryParametersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeMemoryParametersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetNodeMemoryParametersRequest {
+    return {};
+  },
+
+  toJSON(_: GetNodeMemoryParametersRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeMemoryParametersRequest>, I>>(base?: I): GetNodeMemoryParametersRequest {
+    return GetNodeMemoryParametersRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeMemoryParametersRequest>, I>>(_: I): GetNodeMemoryParametersRequest {
+    const message = createBaseGetNodeMemoryParametersRequest();
+    return message;
+  },
+};
+
+function createBaseGetNodeMemoryParametersResponse(): GetNodeMemoryParametersResponse {
+  return { parameters: undefined };
+}
+
+export const GetNodeMemoryParametersResponse: MessageFns<GetNodeMemoryParametersResponse> = {
+  encode(message: GetNodeMemoryParametersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.parameters !== undefined) {
+      NodeMemoryParameters.encode(message.parameters, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeMemoryParametersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeMemoryParametersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.parameters = NodeMemoryParameters.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeMemoryParametersResponse {
+    return { parameters: isSet(object.parameters) ? NodeMemoryParameters.fromJSON(object.parameters) : undefined };
+  },
+
+  toJSON(message: GetNodeMemoryParametersResponse): unknown {
+    const obj: any = {};
+    if (message.parameters !== undefined) {
+      obj.parameters = NodeMemoryParameters.toJSON(message.parameters);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeMemoryParametersResponse>, I>>(base?: I): GetNodeMemoryParametersResponse {
+    return GetNodeMemoryParametersResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeMemoryParametersResponse>, I>>(
+    object: I,
+  ): GetNodeMemoryParametersResponse {
+    const message = createBaseGetNodeMemoryParametersResponse();
+    message.parameters = (object.parameters !== undefined && object.parameters !== null)
+      ? NodeMemoryParameters.fromPartial(object.parameters)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSetNodeMemoryParametersRequest(): SetNodeMemoryParametersRequest {
+  return { shmPagesToScan: undefined, shmSleepMillisecs: undefined, shmMergeAcrossNodes: undefined };
+}
+
+export const SetNodeMemoryParametersRequest: MessageFns<SetNodeMemoryParametersRequest> = {
+  encode(message: SetNodeMemoryParametersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.shmPagesToScan !== undefined) {
+      writer.uint32(8).uint32(message.shmPagesToScan);
+    }
+    if (message.shmSleepMillisecs !== undefined) {
+      writer.uint32(16).uint32(message.shmSleepMillisecs);
+    }
+    if (message.shmMergeAcrossNodes !== undefined) {
+      writer.uint32(24).bool(message.shmMergeAcrossNodes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetNodeMemoryParametersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetNodeMemoryParametersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.shmPagesToScan = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.shmSleepMillisecs = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.shmMergeAcrossNodes = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetNodeMemoryParametersRequest {
+    return {
+      shmPagesToScan: isSet(object.shmPagesToScan)
+        ? globalThis.Number(object.shmPagesToScan)
+        : isSet(object.shm_pages_to_scan)
+        ? globalThis.Number(object.shm_pages_to_scan)
+        : undefined,
+      shmSleepMillisecs: isSet(object.shmSleepMillisecs)
+        ? globalThis.Number(object.shmSleepMillisecs)
+        : isSet(object.shm_sleep_millisecs)
+        ? globalThis.Number(object.shm_sleep_millisecs)
+        : undefined,
+      shmMergeAcrossNodes: isSet(object.shmMergeAcrossNodes)
+        ? globalThis.Boolean(object.shmMergeAcrossNodes)
+        : isSet(object.shm_merge_across_nodes)
+        ? globalThis.Boolean(object.shm_merge_across_nodes)
+        : undefined,
+    };
+  },
+
+  toJSON(message: SetNodeMemoryParametersRequest): unknown {
+    const obj: any = {};
+    if (message.shmPagesToScan !== undefined) {
+      obj.shmPagesToScan = Math.round(message.shmPagesToScan);
+    }
+    if (message.shmSleepMillisecs !== undefined) {
+      obj.shmSleepMillisecs = Math.round(message.shmSleepMillisecs);
+    }
+    if (message.shmMergeAcrossNodes !== undefined) {
+      obj.shmMergeAcrossNodes = message.shmMergeAcrossNodes;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetNodeMemoryParametersRequest>, I>>(base?: I): SetNodeMemoryParametersRequest {
+    return SetNodeMemoryParametersRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetNodeMemoryParametersRequest>, I>>(
+    object: I,
+  ): SetNodeMemoryParametersRequest {
+    const message = createBaseSetNodeMemoryParametersRequest();
+    message.shmPagesToScan = object.shmPagesToScan ?? undefined;
+    message.shmSleepMillisecs = object.shmSleepMillisecs ?? undefined;
+    message.shmMergeAcrossNodes = object.shmMergeAcrossNodes ?? undefined;
+    return message;
+  },
+};
+
+function createBaseSetNodeMemoryParametersResponse(): SetNodeMemoryParametersResponse {
+  return { parameters: undefined };
+}
+
+export const SetNodeMemoryParametersResponse: MessageFns<SetNodeMemoryParametersResponse> = {
+  encode(message: SetNodeMemoryParametersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.parameters !== undefined) {
+      NodeMemoryParameters.encode(message.parameters, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetNodeMemoryParametersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetNodeMemoryParametersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.parameters = NodeMemoryParameters.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetNodeMemoryParametersResponse {
+    return { parameters: isSet(object.parameters) ? NodeMemoryParameters.fromJSON(object.parameters) : undefined };
+  },
+
+  toJSON(message: SetNodeMemoryParametersResponse): unknown {
+    const obj: any = {};
+    if (message.parameters !== undefined) {
+      obj.parameters = NodeMemoryParameters.toJSON(message.parameters);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetNodeMemoryParametersResponse>, I>>(base?: I): SetNodeMemoryParametersResponse {
+    return SetNodeMemoryParametersResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetNodeMemoryParametersResponse>, I>>(
+    object: I,
+  ): SetNodeMemoryParametersResponse {
+    const message = createBaseSetNodeMemoryParametersResponse();
+    message.parameters = (object.parameters !== undefined && object.parameters !== null)
+      ? NodeMemoryParameters.fromPartial(object.parameters)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSuspendNodeRequest(): SuspendNodeRequest {
+  return { target: 0, durationSeconds: 0n };
+}
+
+export const SuspendNodeRequest: MessageFns<SuspendNodeRequest> = {
+  encode(message: SuspendNodeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.target !== 0) {
+      writer.uint32(8).int32(message.target);
+    }
+    if (message.durationSeconds !== 0n) {
+      if (BigInt.asUintN(64, message.durationSeconds) !== message.durationSeconds) {
+        throw new globalThis.Error("value provided for field message.durationSeconds of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.durationSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SuspendNodeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSuspendNodeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.target = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.durationSeconds = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SuspendNodeRequest {
+    return {
+      target: isSet(object.target) ? nodeSuspendTargetFromJSON(object.target) : 0,
+      durationSeconds: isSet(object.durationSeconds)
+        ? BigInt(object.durationSeconds)
+        : isSet(object.duration_seconds)
+        ? BigInt(object.duration_seconds)
+        : 0n,
+    };
+  },
+
+  toJSON(message: SuspendNodeRequest): unknown {
+    const obj: any = {};
+    if (message.target !== 0) {
+      obj.target = nodeSuspendTargetToJSON(message.target);
+    }
+    if (message.durationSeconds !== 0n) {
+      obj.durationSeconds = message.durationSeconds.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SuspendNodeRequest>, I>>(base?: I): SuspendNodeRequest {
+    return SuspendNodeRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SuspendNodeRequest>, I>>(object: I): SuspendNodeRequest {
+    const message = createBaseSuspendNodeRequest();
+    message.target = object.target ?? 0;
+    message.durationSeconds = (object.durationSeconds !== undefined && object.durationSeconds !== null)
+      ? BigInt(object.durationSeconds)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseSuspendNodeResponse(): SuspendNodeResponse {
+  return {};
+}
+
+export const SuspendNodeResponse: MessageFns<SuspendNodeResponse> = {
+  encode(_: SuspendNodeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SuspendNodeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSuspendNodeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SuspendNodeResponse {
+    return {};
+  },
+
+  toJSON(_: SuspendNodeResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SuspendNodeResponse>, I>>(base?: I): SuspendNodeResponse {
+    return SuspendNodeResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SuspendNodeResponse>, I>>(_: I): SuspendNodeResponse {
+    const message = createBaseSuspendNodeResponse();
+    return message;
+  },
+};
+
+function createBaseGetNodeCpuMapRequest(): GetNodeCpuMapRequest {
+  return {};
+}
+
+export const GetNodeCpuMapRequest: MessageFns<GetNodeCpuMapRequest> = {
+  encode(_: GetNodeCpuMapRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeCpuMapRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeCpuMapRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetNodeCpuMapRequest {
+    return {};
+  },
+
+  toJSON(_: GetNodeCpuMapRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeCpuMapRequest>, I>>(base?: I): GetNodeCpuMapRequest {
+    return GetNodeCpuMapRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeCpuMapRequest>, I>>(_: I): GetNodeCpuMapRequest {
+    const message = createBaseGetNodeCpuMapRequest();
+    return message;
+  },
+};
+
+function createBaseGetNodeCpuMapResponse(): GetNodeCpuMapResponse {
+  return { cpus: 0, online: [] };
+}
+
+export const GetNodeCpuMapResponse: MessageFns<GetNodeCpuMapResponse> = {
+  encode(message: GetNodeCpuMapResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cpus !== 0) {
+      writer.uint32(8).uint32(message.cpus);
+    }
+    if (message.online.length !== 0) {
+      writer.uint32(18).fork();
+      for (const v of message.online) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeCpuMapResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeCpuMapResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cpus = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag === 16) {
+              message.online.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 18) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.online.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeCpuMapResponse {
+    return {
+      cpus: isSet(object.cpus) ? globalThis.Number(object.cpus) : 0,
+      online: globalThis.Array.isArray(object?.online) ? object.online.map((e: any) => globalThis.Number(e)) : [],
+    };
+  },
+
+  toJSON(message: GetNodeCpuMapResponse): unknown {
+    const obj: any = {};
+    if (message.cpus !== 0) {
+      obj.cpus = Math.round(message.cpus);
+    }
+    if (message.online?.length) {
+      obj.online = message.online.map((e) => Math.round(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeCpuMapResponse>, I>>(base?: I): GetNodeCpuMapResponse {
+    return GetNodeCpuMapResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeCpuMapResponse>, I>>(object: I): GetNodeCpuMapResponse {
+    const message = createBaseGetNodeCpuMapResponse();
+    message.cpus = object.cpus ?? 0;
+    message.online = object.online?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseGetNodeSecurityModelRequest(): GetNodeSecurityModelRequest {
+  return {};
+}
+
+export const GetNodeSecurityModelRequest: MessageFns<GetNodeSecurityModelRequest> = {
+  encode(_: GetNodeSecurityModelRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeSecurityModelRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeSecurityModelRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetNodeSecurityModelRequest {
+    return {};
+  },
+
+  toJSON(_: GetNodeSecurityModelRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeSecurityModelRequest>, I>>(base?: I): GetNodeSecurityModelRequest {
+    return GetNodeSecurityModelRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeSecurityModelRequest>, I>>(_: I): GetNodeSecurityModelRequest {
+    const message = createBaseGetNodeSecurityModelRequest();
+    return message;
+  },
+};
+
+function createBaseGetNodeSecurityModelResponse(): GetNodeSecurityModelResponse {
+  return { model: "", doi: "" };
+}
+
+export const GetNodeSecurityModelResponse: MessageFns<GetNodeSecurityModelResponse> = {
+  encode(message: GetNodeSecurityModelResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.doi !== "") {
+      writer.uint32(18).string(message.doi);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeSecurityModelResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeSecurityModelResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.doi = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeSecurityModelResponse {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      doi: isSet(object.doi) ? globalThis.String(object.doi) : "",
+    };
+  },
+
+  toJSON(message: GetNodeSecurityModelResponse): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.doi !== "") {
+      obj.doi = message.doi;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeSecurityModelResponse>, I>>(base?: I): GetNodeSecurityModelResponse {
+    return GetNodeSecurityModelResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeSecurityModelResponse>, I>>(object: I): GetNodeSecurityModelResponse {
+    const message = createBaseGetNodeSecurityModelResponse();
+    message.model = object.model ?? "";
+    message.doi = object.doi ?? "";
+    return message;
+  },
+};
+
+function createBaseGetNodeSevInfoRequest(): GetNodeSevInfoRequest {
+  return {};
+}
+
+export const GetNodeSevInfoRequest: MessageFns<GetNodeSevInfoRequest> = {
+  encode(_: GetNodeSevInfoRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeSevInfoRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeSevInfoRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetNodeSevInfoRequest {
+    return {};
+  },
+
+  toJSON(_: GetNodeSevInfoRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeSevInfoRequest>, I>>(base?: I): GetNodeSevInfoRequest {
+    return GetNodeSevInfoRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeSevInfoRequest>, I>>(_: I): GetNodeSevInfoRequest {
+    const message = createBaseGetNodeSevInfoRequest();
+    return message;
+  },
+};
+
+function createBaseGetNodeSevInfoResponse(): GetNodeSevInfoResponse {
+  return { pdh: "", certChain: "", cbitpos: 0, reducedPhysBits: 0, maxGuests: 0, maxEsGuests: 0, cpu0Id: "" };
+}
+
+export const GetNodeSevInfoResponse: MessageFns<GetNodeSevInfoResponse> = {
+  encode(message: GetNodeSevInfoResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pdh !== "") {
+      writer.uint32(10).string(message.pdh);
+    }
+    if (message.certChain !== "") {
+      writer.uint32(18).string(message.certChain);
+    }
+    if (message.cbitpos !== 0) {
+      writer.uint32(24).uint32(message.cbitpos);
+    }
+    if (message.reducedPhysBits !== 0) {
+      writer.uint32(32).uint32(message.reducedPhysBits);
+    }
+    if (message.maxGuests !== 0) {
+      writer.uint32(40).uint32(message.maxGuests);
+    }
+    if (message.maxEsGuests !== 0) {
+      writer.uint32(48).uint32(message.maxEsGuests);
+    }
+    if (message.cpu0Id !== "") {
+      writer.uint32(58).string(message.cpu0Id);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetNodeSevInfoResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetNodeSevInfoResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.pdh = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.certChain = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.cbitpos = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.reducedPhysBits = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.maxGuests = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.maxEsGuests = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.cpu0Id = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetNodeSevInfoResponse {
+    return {
+      pdh: isSet(object.pdh) ? globalThis.String(object.pdh) : "",
+      certChain: isSet(object.certChain)
+        ? globalThis.String(object.certChain)
+        : isSet(object.cert_chain)
+        ? globalThis.String(object.cert_chain)
+        : "",
+      cbitpos: isSet(object.cbitpos) ? globalThis.Number(object.cbitpos) : 0,
+      reducedPhysBits: isSet(object.reducedPhysBits)
+        ? globalThis.Number(object.reducedPhysBits)
+        : isSet(object.reduced_phys_bits)
+        ? globalThis.Number(object.reduced_phys_bits)
+        : 0,
+      maxGuests: isSet(object.maxGuests)
+        ? globalThis.Number(object.maxGuests)
+        : isSet(object.max_guests)
+        ? globalThis.Number(object.max_guests)
+        : 0,
+      maxEsGuests: isSet(object.maxEsGuests)
+        ? globalThis.Number(object.maxEsGuests)
+        : isSet(object.max_es_guests)
+        ? globalThis.Number(object.max_es_guests)
+        : 0,
+      cpu0Id: isSet(object.cpu0Id)
+        ? globalThis.String(object.cpu0Id)
+        : isSet(object.cpu0_id)
+        ? globalThis.String(object.cpu0_id)
+        : "",
+    };
+  },
+
+  toJSON(message: GetNodeSevInfoResponse): unknown {
+    const obj: any = {};
+    if (message.pdh !== "") {
+      obj.pdh = message.pdh;
+    }
+    if (message.certChain !== "") {
+      obj.certChain = message.certChain;
+    }
+    if (message.cbitpos !== 0) {
+      obj.cbitpos = Math.round(message.cbitpos);
+    }
+    if (message.reducedPhysBits !== 0) {
+      obj.reducedPhysBits = Math.round(message.reducedPhysBits);
+    }
+    if (message.maxGuests !== 0) {
+      obj.maxGuests = Math.round(message.maxGuests);
+    }
+    if (message.maxEsGuests !== 0) {
+      obj.maxEsGuests = Math.round(message.maxEsGuests);
+    }
+    if (message.cpu0Id !== "") {
+      obj.cpu0Id = message.cpu0Id;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetNodeSevInfoResponse>, I>>(base?: I): GetNodeSevInfoResponse {
+    return GetNodeSevInfoResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetNodeSevInfoResponse>, I>>(object: I): GetNodeSevInfoResponse {
+    const message = createBaseGetNodeSevInfoResponse();
+    message.pdh = object.pdh ?? "";
+    message.certChain = object.certChain ?? "";
+    message.cbitpos = object.cbitpos ?? 0;
+    message.reducedPhysBits = object.reducedPhysBits ?? 0;
+    message.maxGuests = object.maxGuests ?? 0;
+    message.maxEsGuests = object.maxEsGuests ?? 0;
+    message.cpu0Id = object.cpu0Id ?? "";
+    return message;
+  },
+};
+
+function createBaseConvertNativeToDomainXMLRequest(): ConvertNativeToDomainXMLRequest {
+  return { format: 0, config: "" };
+}
+
+export const ConvertNativeToDomainXMLRequest: MessageFns<ConvertNativeToDomainXMLRequest> = {
+  encode(message: ConvertNativeToDomainXMLRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.format !== 0) {
+      writer.uint32(8).int32(message.format);
+    }
+    if (message.config !== "") {
+      writer.uint32(18).string(message.config);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConvertNativeToDomainXMLRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConvertNativeToDomainXMLRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.format = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.config = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConvertNativeToDomainXMLRequest {
+    return {
+      format: isSet(object.format) ? nativeConfigFormatFromJSON(object.format) : 0,
+      config: isSet(object.config) ? globalThis.String(object.config) : "",
+    };
+  },
+
+  toJSON(message: ConvertNativeToDomainXMLRequest): unknown {
+    const obj: any = {};
+    if (message.format !== 0) {
+      obj.format = nativeConfigFormatToJSON(message.format);
+    }
+    if (message.config !== "") {
+      obj.config = message.config;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ConvertNativeToDomainXMLRequest>, I>>(base?: I): ConvertNativeToDomainXMLRequest {
+    return ConvertNativeToDomainXMLRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ConvertNativeToDomainXMLRequest>, I>>(
+    object: I,
+  ): ConvertNativeToDomainXMLRequest {
+    const message = createBaseConvertNativeToDomainXMLRequest();
+    message.format = object.format ?? 0;
+    message.config = object.config ?? "";
+    return message;
+  },
+};
+
+function createBaseConvertNativeToDomainXMLResponse(): ConvertNativeToDomainXMLResponse {
+  return { xml: "" };
+}
+
+export const ConvertNativeToDomainXMLResponse: MessageFns<ConvertNativeToDomainXMLResponse> = {
+  encode(message: ConvertNativeToDomainXMLResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.xml !== "") {
+      writer.uint32(10).string(message.xml);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConvertNativeToDomainXMLResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConvertNativeToDomainXMLResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConvertNativeToDomainXMLResponse {
+    return { xml: isSet(object.xml) ? globalThis.String(object.xml) : "" };
+  },
+
+  toJSON(message: ConvertNativeToDomainXMLResponse): unknown {
+    const obj: any = {};
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ConvertNativeToDomainXMLResponse>, I>>(
+    base?: I,
+  ): ConvertNativeToDomainXMLResponse {
+    return ConvertNativeToDomainXMLResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ConvertNativeToDomainXMLResponse>, I>>(
+    object: I,
+  ): ConvertNativeToDomainXMLResponse {
+    const message = createBaseConvertNativeToDomainXMLResponse();
+    message.xml = object.xml ?? "";
+    return message;
+  },
+};
+
+function createBaseConvertDomainXMLToNativeRequest(): ConvertDomainXMLToNativeRequest {
+  return { format: 0, xml: "" };
+}
+
+export const ConvertDomainXMLToNativeRequest: MessageFns<ConvertDomainXMLToNativeRequest> = {
+  encode(message: ConvertDomainXMLToNativeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.format !== 0) {
+      writer.uint32(8).int32(message.format);
+    }
+    if (message.xml !== "") {
+      writer.uint32(18).string(message.xml);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConvertDomainXMLToNativeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConvertDomainXMLToNativeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.format = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConvertDomainXMLToNativeRequest {
+    return {
+      format: isSet(object.format) ? nativeConfigFormatFromJSON(object.format) : 0,
+      xml: isSet(object.xml) ? globalThis.String(object.xml) : "",
+    };
+  },
+
+  toJSON(message: ConvertDomainXMLToNativeRequest): unknown {
+    const obj: any = {};
+    if (message.format !== 0) {
+      obj.format = nativeConfigFormatToJSON(message.format);
+    }
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ConvertDomainXMLToNativeRequest>, I>>(base?: I): ConvertDomainXMLToNativeRequest {
+    return ConvertDomainXMLToNativeRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ConvertDomainXMLToNativeRequest>, I>>(
+    object: I,
+  ): ConvertDomainXMLToNativeRequest {
+    const message = createBaseConvertDomainXMLToNativeRequest();
+    message.format = object.format ?? 0;
+    message.xml = object.xml ?? "";
+    return message;
+  },
+};
+
+function createBaseConvertDomainXMLToNativeResponse(): ConvertDomainXMLToNativeResponse {
+  return { config: "" };
+}
+
+export const ConvertDomainXMLToNativeResponse: MessageFns<ConvertDomainXMLToNativeResponse> = {
+  encode(message: ConvertDomainXMLToNativeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.config !== "") {
+      writer.uint32(10).string(message.config);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConvertDomainXMLToNativeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConvertDomainXMLToNativeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.config = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConvertDomainXMLToNativeResponse {
+    return { config: isSet(object.config) ? globalThis.String(object.config) : "" };
+  },
+
+  toJSON(message: ConvertDomainXMLToNativeResponse): unknown {
+    const obj: any = {};
+    if (message.config !== "") {
+      obj.config = message.config;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ConvertDomainXMLToNativeResponse>, I>>(
+    base?: I,
+  ): ConvertDomainXMLToNativeResponse {
+    return ConvertDomainXMLToNativeResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ConvertDomainXMLToNativeResponse>, I>>(
+    object: I,
+  ): ConvertDomainXMLToNativeResponse {
+    const message = createBaseConvertDomainXMLToNativeResponse();
+    message.config = object.config ?? "";
+    return message;
+  },
+};
+
 /**
  * ComputeService is libvirt's QEMU driver (virtqemud) as a gRPC service.
  *
@@ -10216,8 +18672,11 @@ export const ComputeServiceService = {
     responseDeserialize: (value: Buffer): GetDomainStatsResponse => GetDomainStatsResponse.decode(value),
   },
   /**
-   * Streams domain events (lifecycle with detail, reboot, device added and
-   * removed) as they happen, until the client cancels.
+   * Streams domain events as they happen, until the client cancels: every
+   * domain event libvirt 9.0 has (lifecycle with detail, reboot, devices
+   * added, removed or failing to be removed, I/O errors, block jobs, the
+   * guest agent, tuning, metadata, balloon, graphics clients, ...; see the
+   * oneof of WatchDomainEventsResponse), each as a typed message.
    * Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
    * this watcher falls too far behind; UNAVAILABLE when the libvirt connection
    * is lost (watch again once it is back).
@@ -10397,6 +18856,363 @@ export const ComputeServiceService = {
     responseSerialize: (value: GetVersionResponse): Buffer => Buffer.from(GetVersionResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetVersionResponse => GetVersionResponse.decode(value),
   },
+  /**
+   * The most capable CPU model every given host CPU can run
+   * (virConnectBaselineCPU, virsh cpu-baseline), as guest CPU XML.
+   * Errors: INVALID_ARGUMENT for no CPUs, more than 256, a document that is
+   * not <cpu> XML, or an unknown model or vendor in one.
+   */
+  baselineCpu: {
+    path: "/virtmesh.compute.v1.ComputeService/BaselineCpu" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: BaselineCpuRequest): Buffer => Buffer.from(BaselineCpuRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): BaselineCpuRequest => BaselineCpuRequest.decode(value),
+    responseSerialize: (value: BaselineCpuResponse): Buffer => Buffer.from(BaselineCpuResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): BaselineCpuResponse => BaselineCpuResponse.decode(value),
+  },
+  /**
+   * The most capable CPU model the hypervisor can give a guest on every given
+   * host CPU (virConnectBaselineHypervisorCPU, virsh hypervisor-cpu-baseline).
+   * Errors: INVALID_ARGUMENT as BaselineCpu, and for an unknown emulator, arch,
+   * machine or virt type; UNIMPLEMENTED where the driver has no such call.
+   */
+  baselineHypervisorCpu: {
+    path: "/virtmesh.compute.v1.ComputeService/BaselineHypervisorCpu" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: BaselineHypervisorCpuRequest): Buffer =>
+      Buffer.from(BaselineHypervisorCpuRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): BaselineHypervisorCpuRequest => BaselineHypervisorCpuRequest.decode(value),
+    responseSerialize: (value: BaselineHypervisorCpuResponse): Buffer =>
+      Buffer.from(BaselineHypervisorCpuResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): BaselineHypervisorCpuResponse => BaselineHypervisorCpuResponse.decode(value),
+  },
+  /**
+   * How a CPU compares with the host's CPU (virConnectCompareCPU, virsh
+   * cpu-compare).
+   * Errors: INVALID_ARGUMENT for a document that is not <cpu> XML (or not valid
+   * against libvirt's schema when `validate` is set) or names
+   * an unknown model; FAILED_PRECONDITION (VIR_ERR_CPU_INCOMPATIBLE) when
+   * fail_incompatible is set and the CPU is incompatible; UNIMPLEMENTED where
+   * the driver has no such call.
+   */
+  compareCpu: {
+    path: "/virtmesh.compute.v1.ComputeService/CompareCpu" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CompareCpuRequest): Buffer => Buffer.from(CompareCpuRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CompareCpuRequest => CompareCpuRequest.decode(value),
+    responseSerialize: (value: CompareCpuResponse): Buffer => Buffer.from(CompareCpuResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CompareCpuResponse => CompareCpuResponse.decode(value),
+  },
+  /**
+   * How a CPU compares with the CPU the hypervisor can give a guest
+   * (virConnectCompareHypervisorCPU, virsh hypervisor-cpu-compare).
+   * Errors: as CompareCpu, and INVALID_ARGUMENT for an unknown emulator, arch,
+   * machine or virt type.
+   */
+  compareHypervisorCpu: {
+    path: "/virtmesh.compute.v1.ComputeService/CompareHypervisorCpu" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CompareHypervisorCpuRequest): Buffer =>
+      Buffer.from(CompareHypervisorCpuRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CompareHypervisorCpuRequest => CompareHypervisorCpuRequest.decode(value),
+    responseSerialize: (value: CompareHypervisorCpuResponse): Buffer =>
+      Buffer.from(CompareHypervisorCpuResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CompareHypervisorCpuResponse => CompareHypervisorCpuResponse.decode(value),
+  },
+  /**
+   * The CPU models libvirt knows for an architecture (virConnectGetCPUModelNames,
+   * virsh cpu-models).
+   * Errors: INVALID_ARGUMENT for a missing or unknown architecture.
+   */
+  getCpuModelNames: {
+    path: "/virtmesh.compute.v1.ComputeService/GetCpuModelNames" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetCpuModelNamesRequest): Buffer =>
+      Buffer.from(GetCpuModelNamesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetCpuModelNamesRequest => GetCpuModelNamesRequest.decode(value),
+    responseSerialize: (value: GetCpuModelNamesResponse): Buffer =>
+      Buffer.from(GetCpuModelNamesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetCpuModelNamesResponse => GetCpuModelNamesResponse.decode(value),
+  },
+  /**
+   * The host's SMBIOS information as sysinfo XML (virConnectGetSysinfo).
+   * Errors: UNIMPLEMENTED (VIR_ERR_CONFIG_UNSUPPORTED) when the host's SMBIOS
+   * tables cannot be read.
+   */
+  getSysinfo: {
+    path: "/virtmesh.compute.v1.ComputeService/GetSysinfo" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetSysinfoRequest): Buffer => Buffer.from(GetSysinfoRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetSysinfoRequest => GetSysinfoRequest.decode(value),
+    responseSerialize: (value: GetSysinfoResponse): Buffer => Buffer.from(GetSysinfoResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetSysinfoResponse => GetSysinfoResponse.decode(value),
+  },
+  /**
+   * The host's name (virConnectGetHostname).
+   * Errors: NOT_FOUND (VIR_ERR_NO_HOSTNAME) when the host has none.
+   */
+  getHostname: {
+    path: "/virtmesh.compute.v1.ComputeService/GetHostname" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetHostnameRequest): Buffer => Buffer.from(GetHostnameRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetHostnameRequest => GetHostnameRequest.decode(value),
+    responseSerialize: (value: GetHostnameResponse): Buffer => Buffer.from(GetHostnameResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetHostnameResponse => GetHostnameResponse.decode(value),
+  },
+  /**
+   * The most vCPUs one guest of a virtualization type may have
+   * (virConnectGetMaxVcpus, virsh maxvcpus).
+   * Errors: INVALID_ARGUMENT for an unknown virt type.
+   */
+  getMaxVcpus: {
+    path: "/virtmesh.compute.v1.ComputeService/GetMaxVcpus" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetMaxVcpusRequest): Buffer => Buffer.from(GetMaxVcpusRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetMaxVcpusRequest => GetMaxVcpusRequest.decode(value),
+    responseSerialize: (value: GetMaxVcpusResponse): Buffer => Buffer.from(GetMaxVcpusResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetMaxVcpusResponse => GetMaxVcpusResponse.decode(value),
+  },
+  /**
+   * The host's CPU time counters, of all CPUs or of one (virNodeGetCPUStats,
+   * virsh nodecpustats).
+   * Errors: INVALID_ARGUMENT for a CPU the host does not have.
+   */
+  getNodeCpuStats: {
+    path: "/virtmesh.compute.v1.ComputeService/GetNodeCpuStats" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetNodeCpuStatsRequest): Buffer =>
+      Buffer.from(GetNodeCpuStatsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetNodeCpuStatsRequest => GetNodeCpuStatsRequest.decode(value),
+    responseSerialize: (value: GetNodeCpuStatsResponse): Buffer =>
+      Buffer.from(GetNodeCpuStatsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetNodeCpuStatsResponse => GetNodeCpuStatsResponse.decode(value),
+  },
+  /**
+   * The host's memory counters, of all NUMA cells or of one
+   * (virNodeGetMemoryStats, virsh nodememstats).
+   * Errors: INVALID_ARGUMENT for a cell the host does not have; UNIMPLEMENTED
+   * where the driver has no such call.
+   */
+  getNodeMemoryStats: {
+    path: "/virtmesh.compute.v1.ComputeService/GetNodeMemoryStats" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetNodeMemoryStatsRequest): Buffer =>
+      Buffer.from(GetNodeMemoryStatsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetNodeMemoryStatsRequest => GetNodeMemoryStatsRequest.decode(value),
+    responseSerialize: (value: GetNodeMemoryStatsResponse): Buffer =>
+      Buffer.from(GetNodeMemoryStatsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetNodeMemoryStatsResponse => GetNodeMemoryStatsResponse.decode(value),
+  },
+  /** The host's free memory (virNodeGetFreeMemory, virsh freecell without a cell). */
+  getNodeFreeMemory: {
+    path: "/virtmesh.compute.v1.ComputeService/GetNodeFreeMemory" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetNodeFreeMemoryRequest): Buffer =>
+      Buffer.from(GetNodeFreeMemoryRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetNodeFreeMemoryRequest => GetNodeFreeMemoryRequest.decode(value),
+    responseSerialize: (value: GetNodeFreeMemoryResponse): Buffer =>
+      Buffer.from(GetNodeFreeMemoryResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetNodeFreeMemoryResponse => GetNodeFreeMemoryResponse.decode(value),
+  },
+  /**
+   * The free memory of NUMA cells (virNodeGetCellsFreeMemory, virsh freecell).
+   * Errors: INVALID_ARGUMENT for a start cell the host does not have.
+   */
+  getCellsFreeMemory: {
+    path: "/virtmesh.compute.v1.ComputeService/GetCellsFreeMemory" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetCellsFreeMemoryRequest): Buffer =>
+      Buffer.from(GetCellsFreeMemoryRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetCellsFreeMemoryRequest => GetCellsFreeMemoryRequest.decode(value),
+    responseSerialize: (value: GetCellsFreeMemoryResponse): Buffer =>
+      Buffer.from(GetCellsFreeMemoryResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetCellsFreeMemoryResponse => GetCellsFreeMemoryResponse.decode(value),
+  },
+  /**
+   * Free pages of each size in NUMA cells (virNodeGetFreePages, virsh
+   * freepages); page sizes default to every size the host's capabilities list.
+   * Errors: INVALID_ARGUMENT for a cell the host does not have or a page size it
+   * does not offer.
+   */
+  getNodeFreePages: {
+    path: "/virtmesh.compute.v1.ComputeService/GetNodeFreePages" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetNodeFreePagesRequest): Buffer =>
+      Buffer.from(GetNodeFreePagesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetNodeFreePagesRequest => GetNodeFreePagesRequest.decode(value),
+    responseSerialize: (value: GetNodeFreePagesResponse): Buffer =>
+      Buffer.from(GetNodeFreePagesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetNodeFreePagesResponse => GetNodeFreePagesResponse.decode(value),
+  },
+  /**
+   * Sets or grows the host's pools of huge pages in NUMA cells
+   * (virNodeAllocPages, virsh allocpages).
+   * Errors: INVALID_ARGUMENT for no pages, an unspecified mode, a cell the host
+   * does not have or a page size it does not offer; INTERNAL when the kernel
+   * cannot reserve them; UNIMPLEMENTED where the driver has no such call.
+   */
+  allocNodePages: {
+    path: "/virtmesh.compute.v1.ComputeService/AllocNodePages" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AllocNodePagesRequest): Buffer =>
+      Buffer.from(AllocNodePagesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AllocNodePagesRequest => AllocNodePagesRequest.decode(value),
+    responseSerialize: (value: AllocNodePagesResponse): Buffer =>
+      Buffer.from(AllocNodePagesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AllocNodePagesResponse => AllocNodePagesResponse.decode(value),
+  },
+  /**
+   * The kernel's same-page merging (KSM) settings and counters
+   * (virNodeGetMemoryParameters, virsh node-memory-tune).
+   * Errors: UNIMPLEMENTED where the driver has no such call.
+   */
+  getNodeMemoryParameters: {
+    path: "/virtmesh.compute.v1.ComputeService/GetNodeMemoryParameters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetNodeMemoryParametersRequest): Buffer =>
+      Buffer.from(GetNodeMemoryParametersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetNodeMemoryParametersRequest => GetNodeMemoryParametersRequest.decode(value),
+    responseSerialize: (value: GetNodeMemoryParametersResponse): Buffer =>
+      Buffer.from(GetNodeMemoryParametersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetNodeMemoryParametersResponse =>
+      GetNodeMemoryParametersResponse.decode(value),
+  },
+  /**
+   * Changes the KSM settings that are set (virNodeSetMemoryParameters, virsh
+   * node-memory-tune) and returns them all as they are then.
+   * Errors: INVALID_ARGUMENT when none is set; FAILED_PRECONDITION or INTERNAL
+   * when the kernel refuses a value (merge_across_nodes while pages are
+   * shared); UNIMPLEMENTED where the driver has no such call.
+   */
+  setNodeMemoryParameters: {
+    path: "/virtmesh.compute.v1.ComputeService/SetNodeMemoryParameters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetNodeMemoryParametersRequest): Buffer =>
+      Buffer.from(SetNodeMemoryParametersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetNodeMemoryParametersRequest => SetNodeMemoryParametersRequest.decode(value),
+    responseSerialize: (value: SetNodeMemoryParametersResponse): Buffer =>
+      Buffer.from(SetNodeMemoryParametersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetNodeMemoryParametersResponse =>
+      SetNodeMemoryParametersResponse.decode(value),
+  },
+  /**
+   * Suspends the whole host, every guest and this service with it, for a time
+   * after which the real-time clock wakes it (virNodeSuspendForDuration, virsh
+   * nodesuspend). Refused unless the service's allow_node_suspend setting is
+   * on (it is off by default): a caller could take every guest on the host
+   * down, and nothing but the timer brings the host back.
+   * Errors: FAILED_PRECONDITION (NODE_SUSPEND_DISABLED) while the setting is
+   * off, and (VIR_ERR_OPERATION_INVALID) when the host cannot suspend to the
+   * target; INVALID_ARGUMENT for an unspecified target or a duration under 60
+   * seconds; UNIMPLEMENTED where the driver has no such call.
+   */
+  suspendNode: {
+    path: "/virtmesh.compute.v1.ComputeService/SuspendNode" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SuspendNodeRequest): Buffer => Buffer.from(SuspendNodeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SuspendNodeRequest => SuspendNodeRequest.decode(value),
+    responseSerialize: (value: SuspendNodeResponse): Buffer => Buffer.from(SuspendNodeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SuspendNodeResponse => SuspendNodeResponse.decode(value),
+  },
+  /** Which of the host's CPUs are online (virNodeGetCPUMap, virsh nodecpumap). */
+  getNodeCpuMap: {
+    path: "/virtmesh.compute.v1.ComputeService/GetNodeCpuMap" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetNodeCpuMapRequest): Buffer => Buffer.from(GetNodeCpuMapRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetNodeCpuMapRequest => GetNodeCpuMapRequest.decode(value),
+    responseSerialize: (value: GetNodeCpuMapResponse): Buffer =>
+      Buffer.from(GetNodeCpuMapResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetNodeCpuMapResponse => GetNodeCpuMapResponse.decode(value),
+  },
+  /**
+   * The security model guests run under (virNodeGetSecurityModel): "selinux",
+   * "apparmor", or "none".
+   */
+  getNodeSecurityModel: {
+    path: "/virtmesh.compute.v1.ComputeService/GetNodeSecurityModel" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetNodeSecurityModelRequest): Buffer =>
+      Buffer.from(GetNodeSecurityModelRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetNodeSecurityModelRequest => GetNodeSecurityModelRequest.decode(value),
+    responseSerialize: (value: GetNodeSecurityModelResponse): Buffer =>
+      Buffer.from(GetNodeSecurityModelResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetNodeSecurityModelResponse => GetNodeSecurityModelResponse.decode(value),
+  },
+  /**
+   * The host's AMD SEV platform data (virNodeGetSEVInfo).
+   * Errors: UNIMPLEMENTED (VIR_ERR_OPERATION_UNSUPPORTED) on a host or QEMU
+   * without SEV, and where the driver has no such call.
+   */
+  getNodeSevInfo: {
+    path: "/virtmesh.compute.v1.ComputeService/GetNodeSevInfo" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetNodeSevInfoRequest): Buffer =>
+      Buffer.from(GetNodeSevInfoRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetNodeSevInfoRequest => GetNodeSevInfoRequest.decode(value),
+    responseSerialize: (value: GetNodeSevInfoResponse): Buffer =>
+      Buffer.from(GetNodeSevInfoResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetNodeSevInfoResponse => GetNodeSevInfoResponse.decode(value),
+  },
+  /**
+   * Domain XML from a hypervisor's native configuration
+   * (virConnectDomainXMLFromNative, virsh domxml-from-native).
+   * Errors: INVALID_ARGUMENT for an empty configuration, one over 4 MiB or one
+   * holding NUL; UNIMPLEMENTED where the driver cannot read the format
+   * (libvirt 9.0's QEMU driver no longer reads qemu-argv).
+   */
+  convertNativeToDomainXml: {
+    path: "/virtmesh.compute.v1.ComputeService/ConvertNativeToDomainXML" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ConvertNativeToDomainXMLRequest): Buffer =>
+      Buffer.from(ConvertNativeToDomainXMLRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ConvertNativeToDomainXMLRequest =>
+      ConvertNativeToDomainXMLRequest.decode(value),
+    responseSerialize: (value: ConvertNativeToDomainXMLResponse): Buffer =>
+      Buffer.from(ConvertNativeToDomainXMLResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ConvertNativeToDomainXMLResponse =>
+      ConvertNativeToDomainXMLResponse.decode(value),
+  },
+  /**
+   * A hypervisor's native configuration for domain XML
+   * (virConnectDomainXMLToNative, virsh domxml-to-native): QEMU's command line.
+   * The domain is not defined.
+   * Errors: INVALID_ARGUMENT for malformed or invalid domain XML;
+   * UNIMPLEMENTED where the driver has no such call.
+   */
+  convertDomainXmlToNative: {
+    path: "/virtmesh.compute.v1.ComputeService/ConvertDomainXMLToNative" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ConvertDomainXMLToNativeRequest): Buffer =>
+      Buffer.from(ConvertDomainXMLToNativeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ConvertDomainXMLToNativeRequest =>
+      ConvertDomainXMLToNativeRequest.decode(value),
+    responseSerialize: (value: ConvertDomainXMLToNativeResponse): Buffer =>
+      Buffer.from(ConvertDomainXMLToNativeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ConvertDomainXMLToNativeResponse =>
+      ConvertDomainXMLToNativeResponse.decode(value),
+  },
 } as const;
 
 export interface ComputeServiceServer extends UntypedServiceImplementation {
@@ -10537,8 +19353,11 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
    */
   getDomainStats: handleUnaryCall<GetDomainStatsRequest, GetDomainStatsResponse>;
   /**
-   * Streams domain events (lifecycle with detail, reboot, device added and
-   * removed) as they happen, until the client cancels.
+   * Streams domain events as they happen, until the client cancels: every
+   * domain event libvirt 9.0 has (lifecycle with detail, reboot, devices
+   * added, removed or failing to be removed, I/O errors, block jobs, the
+   * guest agent, tuning, metadata, balloon, graphics clients, ...; see the
+   * oneof of WatchDomainEventsResponse), each as a typed message.
    * Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
    * this watcher falls too far behind; UNAVAILABLE when the libvirt connection
    * is lost (watch again once it is back).
@@ -10613,6 +19432,150 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
   getNodeInfo: handleUnaryCall<GetNodeInfoRequest, GetNodeInfoResponse>;
   /** Returns the versions of virtmesh, libvirt and the hypervisor. */
   getVersion: handleUnaryCall<GetVersionRequest, GetVersionResponse>;
+  /**
+   * The most capable CPU model every given host CPU can run
+   * (virConnectBaselineCPU, virsh cpu-baseline), as guest CPU XML.
+   * Errors: INVALID_ARGUMENT for no CPUs, more than 256, a document that is
+   * not <cpu> XML, or an unknown model or vendor in one.
+   */
+  baselineCpu: handleUnaryCall<BaselineCpuRequest, BaselineCpuResponse>;
+  /**
+   * The most capable CPU model the hypervisor can give a guest on every given
+   * host CPU (virConnectBaselineHypervisorCPU, virsh hypervisor-cpu-baseline).
+   * Errors: INVALID_ARGUMENT as BaselineCpu, and for an unknown emulator, arch,
+   * machine or virt type; UNIMPLEMENTED where the driver has no such call.
+   */
+  baselineHypervisorCpu: handleUnaryCall<BaselineHypervisorCpuRequest, BaselineHypervisorCpuResponse>;
+  /**
+   * How a CPU compares with the host's CPU (virConnectCompareCPU, virsh
+   * cpu-compare).
+   * Errors: INVALID_ARGUMENT for a document that is not <cpu> XML (or not valid
+   * against libvirt's schema when `validate` is set) or names
+   * an unknown model; FAILED_PRECONDITION (VIR_ERR_CPU_INCOMPATIBLE) when
+   * fail_incompatible is set and the CPU is incompatible; UNIMPLEMENTED where
+   * the driver has no such call.
+   */
+  compareCpu: handleUnaryCall<CompareCpuRequest, CompareCpuResponse>;
+  /**
+   * How a CPU compares with the CPU the hypervisor can give a guest
+   * (virConnectCompareHypervisorCPU, virsh hypervisor-cpu-compare).
+   * Errors: as CompareCpu, and INVALID_ARGUMENT for an unknown emulator, arch,
+   * machine or virt type.
+   */
+  compareHypervisorCpu: handleUnaryCall<CompareHypervisorCpuRequest, CompareHypervisorCpuResponse>;
+  /**
+   * The CPU models libvirt knows for an architecture (virConnectGetCPUModelNames,
+   * virsh cpu-models).
+   * Errors: INVALID_ARGUMENT for a missing or unknown architecture.
+   */
+  getCpuModelNames: handleUnaryCall<GetCpuModelNamesRequest, GetCpuModelNamesResponse>;
+  /**
+   * The host's SMBIOS information as sysinfo XML (virConnectGetSysinfo).
+   * Errors: UNIMPLEMENTED (VIR_ERR_CONFIG_UNSUPPORTED) when the host's SMBIOS
+   * tables cannot be read.
+   */
+  getSysinfo: handleUnaryCall<GetSysinfoRequest, GetSysinfoResponse>;
+  /**
+   * The host's name (virConnectGetHostname).
+   * Errors: NOT_FOUND (VIR_ERR_NO_HOSTNAME) when the host has none.
+   */
+  getHostname: handleUnaryCall<GetHostnameRequest, GetHostnameResponse>;
+  /**
+   * The most vCPUs one guest of a virtualization type may have
+   * (virConnectGetMaxVcpus, virsh maxvcpus).
+   * Errors: INVALID_ARGUMENT for an unknown virt type.
+   */
+  getMaxVcpus: handleUnaryCall<GetMaxVcpusRequest, GetMaxVcpusResponse>;
+  /**
+   * The host's CPU time counters, of all CPUs or of one (virNodeGetCPUStats,
+   * virsh nodecpustats).
+   * Errors: INVALID_ARGUMENT for a CPU the host does not have.
+   */
+  getNodeCpuStats: handleUnaryCall<GetNodeCpuStatsRequest, GetNodeCpuStatsResponse>;
+  /**
+   * The host's memory counters, of all NUMA cells or of one
+   * (virNodeGetMemoryStats, virsh nodememstats).
+   * Errors: INVALID_ARGUMENT for a cell the host does not have; UNIMPLEMENTED
+   * where the driver has no such call.
+   */
+  getNodeMemoryStats: handleUnaryCall<GetNodeMemoryStatsRequest, GetNodeMemoryStatsResponse>;
+  /** The host's free memory (virNodeGetFreeMemory, virsh freecell without a cell). */
+  getNodeFreeMemory: handleUnaryCall<GetNodeFreeMemoryRequest, GetNodeFreeMemoryResponse>;
+  /**
+   * The free memory of NUMA cells (virNodeGetCellsFreeMemory, virsh freecell).
+   * Errors: INVALID_ARGUMENT for a start cell the host does not have.
+   */
+  getCellsFreeMemory: handleUnaryCall<GetCellsFreeMemoryRequest, GetCellsFreeMemoryResponse>;
+  /**
+   * Free pages of each size in NUMA cells (virNodeGetFreePages, virsh
+   * freepages); page sizes default to every size the host's capabilities list.
+   * Errors: INVALID_ARGUMENT for a cell the host does not have or a page size it
+   * does not offer.
+   */
+  getNodeFreePages: handleUnaryCall<GetNodeFreePagesRequest, GetNodeFreePagesResponse>;
+  /**
+   * Sets or grows the host's pools of huge pages in NUMA cells
+   * (virNodeAllocPages, virsh allocpages).
+   * Errors: INVALID_ARGUMENT for no pages, an unspecified mode, a cell the host
+   * does not have or a page size it does not offer; INTERNAL when the kernel
+   * cannot reserve them; UNIMPLEMENTED where the driver has no such call.
+   */
+  allocNodePages: handleUnaryCall<AllocNodePagesRequest, AllocNodePagesResponse>;
+  /**
+   * The kernel's same-page merging (KSM) settings and counters
+   * (virNodeGetMemoryParameters, virsh node-memory-tune).
+   * Errors: UNIMPLEMENTED where the driver has no such call.
+   */
+  getNodeMemoryParameters: handleUnaryCall<GetNodeMemoryParametersRequest, GetNodeMemoryParametersResponse>;
+  /**
+   * Changes the KSM settings that are set (virNodeSetMemoryParameters, virsh
+   * node-memory-tune) and returns them all as they are then.
+   * Errors: INVALID_ARGUMENT when none is set; FAILED_PRECONDITION or INTERNAL
+   * when the kernel refuses a value (merge_across_nodes while pages are
+   * shared); UNIMPLEMENTED where the driver has no such call.
+   */
+  setNodeMemoryParameters: handleUnaryCall<SetNodeMemoryParametersRequest, SetNodeMemoryParametersResponse>;
+  /**
+   * Suspends the whole host, every guest and this service with it, for a time
+   * after which the real-time clock wakes it (virNodeSuspendForDuration, virsh
+   * nodesuspend). Refused unless the service's allow_node_suspend setting is
+   * on (it is off by default): a caller could take every guest on the host
+   * down, and nothing but the timer brings the host back.
+   * Errors: FAILED_PRECONDITION (NODE_SUSPEND_DISABLED) while the setting is
+   * off, and (VIR_ERR_OPERATION_INVALID) when the host cannot suspend to the
+   * target; INVALID_ARGUMENT for an unspecified target or a duration under 60
+   * seconds; UNIMPLEMENTED where the driver has no such call.
+   */
+  suspendNode: handleUnaryCall<SuspendNodeRequest, SuspendNodeResponse>;
+  /** Which of the host's CPUs are online (virNodeGetCPUMap, virsh nodecpumap). */
+  getNodeCpuMap: handleUnaryCall<GetNodeCpuMapRequest, GetNodeCpuMapResponse>;
+  /**
+   * The security model guests run under (virNodeGetSecurityModel): "selinux",
+   * "apparmor", or "none".
+   */
+  getNodeSecurityModel: handleUnaryCall<GetNodeSecurityModelRequest, GetNodeSecurityModelResponse>;
+  /**
+   * The host's AMD SEV platform data (virNodeGetSEVInfo).
+   * Errors: UNIMPLEMENTED (VIR_ERR_OPERATION_UNSUPPORTED) on a host or QEMU
+   * without SEV, and where the driver has no such call.
+   */
+  getNodeSevInfo: handleUnaryCall<GetNodeSevInfoRequest, GetNodeSevInfoResponse>;
+  /**
+   * Domain XML from a hypervisor's native configuration
+   * (virConnectDomainXMLFromNative, virsh domxml-from-native).
+   * Errors: INVALID_ARGUMENT for an empty configuration, one over 4 MiB or one
+   * holding NUL; UNIMPLEMENTED where the driver cannot read the format
+   * (libvirt 9.0's QEMU driver no longer reads qemu-argv).
+   */
+  convertNativeToDomainXml: handleUnaryCall<ConvertNativeToDomainXMLRequest, ConvertNativeToDomainXMLResponse>;
+  /**
+   * A hypervisor's native configuration for domain XML
+   * (virConnectDomainXMLToNative, virsh domxml-to-native): QEMU's command line.
+   * The domain is not defined.
+   * Errors: INVALID_ARGUMENT for malformed or invalid domain XML;
+   * UNIMPLEMENTED where the driver has no such call.
+   */
+  convertDomainXmlToNative: handleUnaryCall<ConvertDomainXMLToNativeRequest, ConvertDomainXMLToNativeResponse>;
 }
 
 export interface ComputeServiceClient extends Client {
@@ -11089,8 +20052,11 @@ export interface ComputeServiceClient extends Client {
     callback: (error: ServiceError | null, response: GetDomainStatsResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Streams domain events (lifecycle with detail, reboot, device added and
-   * removed) as they happen, until the client cancels.
+   * Streams domain events as they happen, until the client cancels: every
+   * domain event libvirt 9.0 has (lifecycle with detail, reboot, devices
+   * added, removed or failing to be removed, I/O errors, block jobs, the
+   * guest agent, tuning, metadata, balloon, graphics clients, ...; see the
+   * oneof of WatchDomainEventsResponse), each as a typed message.
    * Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
    * this watcher falls too far behind; UNAVAILABLE when the libvirt connection
    * is lost (watch again once it is back).
@@ -11285,6 +20251,458 @@ export interface ComputeServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetVersionResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The most capable CPU model every given host CPU can run
+   * (virConnectBaselineCPU, virsh cpu-baseline), as guest CPU XML.
+   * Errors: INVALID_ARGUMENT for no CPUs, more than 256, a document that is
+   * not <cpu> XML, or an unknown model or vendor in one.
+   */
+  baselineCpu(
+    request: BaselineCpuRequest,
+    callback: (error: ServiceError | null, response: BaselineCpuResponse) => void,
+  ): ClientUnaryCall;
+  baselineCpu(
+    request: BaselineCpuRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: BaselineCpuResponse) => void,
+  ): ClientUnaryCall;
+  baselineCpu(
+    request: BaselineCpuRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: BaselineCpuResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The most capable CPU model the hypervisor can give a guest on every given
+   * host CPU (virConnectBaselineHypervisorCPU, virsh hypervisor-cpu-baseline).
+   * Errors: INVALID_ARGUMENT as BaselineCpu, and for an unknown emulator, arch,
+   * machine or virt type; UNIMPLEMENTED where the driver has no such call.
+   */
+  baselineHypervisorCpu(
+    request: BaselineHypervisorCpuRequest,
+    callback: (error: ServiceError | null, response: BaselineHypervisorCpuResponse) => void,
+  ): ClientUnaryCall;
+  baselineHypervisorCpu(
+    request: BaselineHypervisorCpuRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: BaselineHypervisorCpuResponse) => void,
+  ): ClientUnaryCall;
+  baselineHypervisorCpu(
+    request: BaselineHypervisorCpuRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: BaselineHypervisorCpuResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * How a CPU compares with the host's CPU (virConnectCompareCPU, virsh
+   * cpu-compare).
+   * Errors: INVALID_ARGUMENT for a document that is not <cpu> XML (or not valid
+   * against libvirt's schema when `validate` is set) or names
+   * an unknown model; FAILED_PRECONDITION (VIR_ERR_CPU_INCOMPATIBLE) when
+   * fail_incompatible is set and the CPU is incompatible; UNIMPLEMENTED where
+   * the driver has no such call.
+   */
+  compareCpu(
+    request: CompareCpuRequest,
+    callback: (error: ServiceError | null, response: CompareCpuResponse) => void,
+  ): ClientUnaryCall;
+  compareCpu(
+    request: CompareCpuRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CompareCpuResponse) => void,
+  ): ClientUnaryCall;
+  compareCpu(
+    request: CompareCpuRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CompareCpuResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * How a CPU compares with the CPU the hypervisor can give a guest
+   * (virConnectCompareHypervisorCPU, virsh hypervisor-cpu-compare).
+   * Errors: as CompareCpu, and INVALID_ARGUMENT for an unknown emulator, arch,
+   * machine or virt type.
+   */
+  compareHypervisorCpu(
+    request: CompareHypervisorCpuRequest,
+    callback: (error: ServiceError | null, response: CompareHypervisorCpuResponse) => void,
+  ): ClientUnaryCall;
+  compareHypervisorCpu(
+    request: CompareHypervisorCpuRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CompareHypervisorCpuResponse) => void,
+  ): ClientUnaryCall;
+  compareHypervisorCpu(
+    request: CompareHypervisorCpuRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CompareHypervisorCpuResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The CPU models libvirt knows for an architecture (virConnectGetCPUModelNames,
+   * virsh cpu-models).
+   * Errors: INVALID_ARGUMENT for a missing or unknown architecture.
+   */
+  getCpuModelNames(
+    request: GetCpuModelNamesRequest,
+    callback: (error: ServiceError | null, response: GetCpuModelNamesResponse) => void,
+  ): ClientUnaryCall;
+  getCpuModelNames(
+    request: GetCpuModelNamesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetCpuModelNamesResponse) => void,
+  ): ClientUnaryCall;
+  getCpuModelNames(
+    request: GetCpuModelNamesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetCpuModelNamesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The host's SMBIOS information as sysinfo XML (virConnectGetSysinfo).
+   * Errors: UNIMPLEMENTED (VIR_ERR_CONFIG_UNSUPPORTED) when the host's SMBIOS
+   * tables cannot be read.
+   */
+  getSysinfo(
+    request: GetSysinfoRequest,
+    callback: (error: ServiceError | null, response: GetSysinfoResponse) => void,
+  ): ClientUnaryCall;
+  getSysinfo(
+    request: GetSysinfoRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetSysinfoResponse) => void,
+  ): ClientUnaryCall;
+  getSysinfo(
+    request: GetSysinfoRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetSysinfoResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The host's name (virConnectGetHostname).
+   * Errors: NOT_FOUND (VIR_ERR_NO_HOSTNAME) when the host has none.
+   */
+  getHostname(
+    request: GetHostnameRequest,
+    callback: (error: ServiceError | null, response: GetHostnameResponse) => void,
+  ): ClientUnaryCall;
+  getHostname(
+    request: GetHostnameRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetHostnameResponse) => void,
+  ): ClientUnaryCall;
+  getHostname(
+    request: GetHostnameRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetHostnameResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The most vCPUs one guest of a virtualization type may have
+   * (virConnectGetMaxVcpus, virsh maxvcpus).
+   * Errors: INVALID_ARGUMENT for an unknown virt type.
+   */
+  getMaxVcpus(
+    request: GetMaxVcpusRequest,
+    callback: (error: ServiceError | null, response: GetMaxVcpusResponse) => void,
+  ): ClientUnaryCall;
+  getMaxVcpus(
+    request: GetMaxVcpusRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetMaxVcpusResponse) => void,
+  ): ClientUnaryCall;
+  getMaxVcpus(
+    request: GetMaxVcpusRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetMaxVcpusResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The host's CPU time counters, of all CPUs or of one (virNodeGetCPUStats,
+   * virsh nodecpustats).
+   * Errors: INVALID_ARGUMENT for a CPU the host does not have.
+   */
+  getNodeCpuStats(
+    request: GetNodeCpuStatsRequest,
+    callback: (error: ServiceError | null, response: GetNodeCpuStatsResponse) => void,
+  ): ClientUnaryCall;
+  getNodeCpuStats(
+    request: GetNodeCpuStatsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetNodeCpuStatsResponse) => void,
+  ): ClientUnaryCall;
+  getNodeCpuStats(
+    request: GetNodeCpuStatsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetNodeCpuStatsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The host's memory counters, of all NUMA cells or of one
+   * (virNodeGetMemoryStats, virsh nodememstats).
+   * Errors: INVALID_ARGUMENT for a cell the host does not have; UNIMPLEMENTED
+   * where the driver has no such call.
+   */
+  getNodeMemoryStats(
+    request: GetNodeMemoryStatsRequest,
+    callback: (error: ServiceError | null, response: GetNodeMemoryStatsResponse) => void,
+  ): ClientUnaryCall;
+  getNodeMemoryStats(
+    request: GetNodeMemoryStatsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetNodeMemoryStatsResponse) => void,
+  ): ClientUnaryCall;
+  getNodeMemoryStats(
+    request: GetNodeMemoryStatsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetNodeMemoryStatsResponse) => void,
+  ): ClientUnaryCall;
+  /** The host's free memory (virNodeGetFreeMemory, virsh freecell without a cell). */
+  getNodeFreeMemory(
+    request: GetNodeFreeMemoryRequest,
+    callback: (error: ServiceError | null, response: GetNodeFreeMemoryResponse) => void,
+  ): ClientUnaryCall;
+  getNodeFreeMemory(
+    request: GetNodeFreeMemoryRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetNodeFreeMemoryResponse) => void,
+  ): ClientUnaryCall;
+  getNodeFreeMemory(
+    request: GetNodeFreeMemoryRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetNodeFreeMemoryResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The free memory of NUMA cells (virNodeGetCellsFreeMemory, virsh freecell).
+   * Errors: INVALID_ARGUMENT for a start cell the host does not have.
+   */
+  getCellsFreeMemory(
+    request: GetCellsFreeMemoryRequest,
+    callback: (error: ServiceError | null, response: GetCellsFreeMemoryResponse) => void,
+  ): ClientUnaryCall;
+  getCellsFreeMemory(
+    request: GetCellsFreeMemoryRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetCellsFreeMemoryResponse) => void,
+  ): ClientUnaryCall;
+  getCellsFreeMemory(
+    request: GetCellsFreeMemoryRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetCellsFreeMemoryResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Free pages of each size in NUMA cells (virNodeGetFreePages, virsh
+   * freepages); page sizes default to every size the host's capabilities list.
+   * Errors: INVALID_ARGUMENT for a cell the host does not have or a page size it
+   * does not offer.
+   */
+  getNodeFreePages(
+    request: GetNodeFreePagesRequest,
+    callback: (error: ServiceError | null, response: GetNodeFreePagesResponse) => void,
+  ): ClientUnaryCall;
+  getNodeFreePages(
+    request: GetNodeFreePagesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetNodeFreePagesResponse) => void,
+  ): ClientUnaryCall;
+  getNodeFreePages(
+    request: GetNodeFreePagesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetNodeFreePagesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sets or grows the host's pools of huge pages in NUMA cells
+   * (virNodeAllocPages, virsh allocpages).
+   * Errors: INVALID_ARGUMENT for no pages, an unspecified mode, a cell the host
+   * does not have or a page size it does not offer; INTERNAL when the kernel
+   * cannot reserve them; UNIMPLEMENTED where the driver has no such call.
+   */
+  allocNodePages(
+    request: AllocNodePagesRequest,
+    callback: (error: ServiceError | null, response: AllocNodePagesResponse) => void,
+  ): ClientUnaryCall;
+  allocNodePages(
+    request: AllocNodePagesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AllocNodePagesResponse) => void,
+  ): ClientUnaryCall;
+  allocNodePages(
+    request: AllocNodePagesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AllocNodePagesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The kernel's same-page merging (KSM) settings and counters
+   * (virNodeGetMemoryParameters, virsh node-memory-tune).
+   * Errors: UNIMPLEMENTED where the driver has no such call.
+   */
+  getNodeMemoryParameters(
+    request: GetNodeMemoryParametersRequest,
+    callback: (error: ServiceError | null, response: GetNodeMemoryParametersResponse) => void,
+  ): ClientUnaryCall;
+  getNodeMemoryParameters(
+    request: GetNodeMemoryParametersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetNodeMemoryParametersResponse) => void,
+  ): ClientUnaryCall;
+  getNodeMemoryParameters(
+    request: GetNodeMemoryParametersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetNodeMemoryParametersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Changes the KSM settings that are set (virNodeSetMemoryParameters, virsh
+   * node-memory-tune) and returns them all as they are then.
+   * Errors: INVALID_ARGUMENT when none is set; FAILED_PRECONDITION or INTERNAL
+   * when the kernel refuses a value (merge_across_nodes while pages are
+   * shared); UNIMPLEMENTED where the driver has no such call.
+   */
+  setNodeMemoryParameters(
+    request: SetNodeMemoryParametersRequest,
+    callback: (error: ServiceError | null, response: SetNodeMemoryParametersResponse) => void,
+  ): ClientUnaryCall;
+  setNodeMemoryParameters(
+    request: SetNodeMemoryParametersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetNodeMemoryParametersResponse) => void,
+  ): ClientUnaryCall;
+  setNodeMemoryParameters(
+    request: SetNodeMemoryParametersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetNodeMemoryParametersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Suspends the whole host, every guest and this service with it, for a time
+   * after which the real-time clock wakes it (virNodeSuspendForDuration, virsh
+   * nodesuspend). Refused unless the service's allow_node_suspend setting is
+   * on (it is off by default): a caller could take every guest on the host
+   * down, and nothing but the timer brings the host back.
+   * Errors: FAILED_PRECONDITION (NODE_SUSPEND_DISABLED) while the setting is
+   * off, and (VIR_ERR_OPERATION_INVALID) when the host cannot suspend to the
+   * target; INVALID_ARGUMENT for an unspecified target or a duration under 60
+   * seconds; UNIMPLEMENTED where the driver has no such call.
+   */
+  suspendNode(
+    request: SuspendNodeRequest,
+    callback: (error: ServiceError | null, response: SuspendNodeResponse) => void,
+  ): ClientUnaryCall;
+  suspendNode(
+    request: SuspendNodeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SuspendNodeResponse) => void,
+  ): ClientUnaryCall;
+  suspendNode(
+    request: SuspendNodeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SuspendNodeResponse) => void,
+  ): ClientUnaryCall;
+  /** Which of the host's CPUs are online (virNodeGetCPUMap, virsh nodecpumap). */
+  getNodeCpuMap(
+    request: GetNodeCpuMapRequest,
+    callback: (error: ServiceError | null, response: GetNodeCpuMapResponse) => void,
+  ): ClientUnaryCall;
+  getNodeCpuMap(
+    request: GetNodeCpuMapRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetNodeCpuMapResponse) => void,
+  ): ClientUnaryCall;
+  getNodeCpuMap(
+    request: GetNodeCpuMapRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetNodeCpuMapResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The security model guests run under (virNodeGetSecurityModel): "selinux",
+   * "apparmor", or "none".
+   */
+  getNodeSecurityModel(
+    request: GetNodeSecurityModelRequest,
+    callback: (error: ServiceError | null, response: GetNodeSecurityModelResponse) => void,
+  ): ClientUnaryCall;
+  getNodeSecurityModel(
+    request: GetNodeSecurityModelRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetNodeSecurityModelResponse) => void,
+  ): ClientUnaryCall;
+  getNodeSecurityModel(
+    request: GetNodeSecurityModelRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetNodeSecurityModelResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The host's AMD SEV platform data (virNodeGetSEVInfo).
+   * Errors: UNIMPLEMENTED (VIR_ERR_OPERATION_UNSUPPORTED) on a host or QEMU
+   * without SEV, and where the driver has no such call.
+   */
+  getNodeSevInfo(
+    request: GetNodeSevInfoRequest,
+    callback: (error: ServiceError | null, response: GetNodeSevInfoResponse) => void,
+  ): ClientUnaryCall;
+  getNodeSevInfo(
+    request: GetNodeSevInfoRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetNodeSevInfoResponse) => void,
+  ): ClientUnaryCall;
+  getNodeSevInfo(
+    request: GetNodeSevInfoRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetNodeSevInfoResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Domain XML from a hypervisor's native configuration
+   * (virConnectDomainXMLFromNative, virsh domxml-from-native).
+   * Errors: INVALID_ARGUMENT for an empty configuration, one over 4 MiB or one
+   * holding NUL; UNIMPLEMENTED where the driver cannot read the format
+   * (libvirt 9.0's QEMU driver no longer reads qemu-argv).
+   */
+  convertNativeToDomainXml(
+    request: ConvertNativeToDomainXMLRequest,
+    callback: (error: ServiceError | null, response: ConvertNativeToDomainXMLResponse) => void,
+  ): ClientUnaryCall;
+  convertNativeToDomainXml(
+    request: ConvertNativeToDomainXMLRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ConvertNativeToDomainXMLResponse) => void,
+  ): ClientUnaryCall;
+  convertNativeToDomainXml(
+    request: ConvertNativeToDomainXMLRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ConvertNativeToDomainXMLResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * A hypervisor's native configuration for domain XML
+   * (virConnectDomainXMLToNative, virsh domxml-to-native): QEMU's command line.
+   * The domain is not defined.
+   * Errors: INVALID_ARGUMENT for malformed or invalid domain XML;
+   * UNIMPLEMENTED where the driver has no such call.
+   */
+  convertDomainXmlToNative(
+    request: ConvertDomainXMLToNativeRequest,
+    callback: (error: ServiceError | null, response: ConvertDomainXMLToNativeResponse) => void,
+  ): ClientUnaryCall;
+  convertDomainXmlToNative(
+    request: ConvertDomainXMLToNativeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ConvertDomainXMLToNativeResponse) => void,
+  ): ClientUnaryCall;
+  convertDomainXmlToNative(
+    request: ConvertDomainXMLToNativeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ConvertDomainXMLToNativeResponse) => void,
   ): ClientUnaryCall;
 }
 

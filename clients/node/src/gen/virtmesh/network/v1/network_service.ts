@@ -5223,7 +5223,9 @@ export const NetworkServiceService = {
   },
   /**
    * Streams network lifecycle events (defined, undefined, started, stopped)
-   * as they happen, until the client cancels.
+   * as they happen, until the client cancels. Lifecycle is libvirt 9.0's one
+   * network event (virNetworkEventID); metadata change came with network
+   * metadata in libvirt 9.7.
    * Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
    * this watcher falls too far behind; UNAVAILABLE when the libvirt connection
    * is lost (watch again once it is back).
@@ -5412,7 +5414,9 @@ export interface NetworkServiceServer extends UntypedServiceImplementation {
   deleteNetworkPort: handleUnaryCall<DeleteNetworkPortRequest, DeleteNetworkPortResponse>;
   /**
    * Streams network lifecycle events (defined, undefined, started, stopped)
-   * as they happen, until the client cancels.
+   * as they happen, until the client cancels. Lifecycle is libvirt 9.0's one
+   * network event (virNetworkEventID); metadata change came with network
+   * metadata in libvirt 9.7.
    * Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
    * this watcher falls too far behind; UNAVAILABLE when the libvirt connection
    * is lost (watch again once it is back).
@@ -5781,7 +5785,9 @@ export interface NetworkServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Streams network lifecycle events (defined, undefined, started, stopped)
-   * as they happen, until the client cancels.
+   * as they happen, until the client cancels. Lifecycle is libvirt 9.0's one
+   * network event (virNetworkEventID); metadata change came with network
+   * metadata in libvirt 9.7.
    * Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
    * this watcher falls too far behind; UNAVAILABLE when the libvirt connection
    * is lost (watch again once it is back).

@@ -3141,7 +3141,8 @@ export const NodeDeviceServiceService = {
   },
   /**
    * Streams node device events (lifecycle and update) as they happen, until
-   * the client cancels.
+   * the client cancels. These are all of libvirt 9.0's node device events
+   * (virNodeDeviceEventID).
    * Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
    * this watcher falls too far behind; UNAVAILABLE when the libvirt connection
    * is lost (watch again once it is back).
@@ -3267,7 +3268,8 @@ export interface NodeDeviceServiceServer extends UntypedServiceImplementation {
   resetNodeDevice: handleUnaryCall<ResetNodeDeviceRequest, ResetNodeDeviceResponse>;
   /**
    * Streams node device events (lifecycle and update) as they happen, until
-   * the client cancels.
+   * the client cancels. These are all of libvirt 9.0's node device events
+   * (virNodeDeviceEventID).
    * Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
    * this watcher falls too far behind; UNAVAILABLE when the libvirt connection
    * is lost (watch again once it is back).
@@ -3541,7 +3543,8 @@ export interface NodeDeviceServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Streams node device events (lifecycle and update) as they happen, until
-   * the client cancels.
+   * the client cancels. These are all of libvirt 9.0's node device events
+   * (virNodeDeviceEventID).
    * Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
    * this watcher falls too far behind; UNAVAILABLE when the libvirt connection
    * is lost (watch again once it is back).

@@ -6376,6 +6376,8 @@ export const StorageServiceService = {
   /**
    * Streams pool events (lifecycle and refresh) as they happen, until the
    * client cancels. Response headers are sent once the watcher is subscribed.
+   * These are all of libvirt 9.0's storage events (virStoragePoolEventID has
+   * LIFECYCLE and REFRESH); libvirt has no volume events.
    * Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
    * this watcher falls too far behind; UNAVAILABLE when the libvirt connection
    * is lost (watch again once it is back).
@@ -6704,6 +6706,8 @@ export interface StorageServiceServer extends UntypedServiceImplementation {
   /**
    * Streams pool events (lifecycle and refresh) as they happen, until the
    * client cancels. Response headers are sent once the watcher is subscribed.
+   * These are all of libvirt 9.0's storage events (virStoragePoolEventID has
+   * LIFECYCLE and REFRESH); libvirt has no volume events.
    * Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
    * this watcher falls too far behind; UNAVAILABLE when the libvirt connection
    * is lost (watch again once it is back).
@@ -7057,6 +7061,8 @@ export interface StorageServiceClient extends Client {
   /**
    * Streams pool events (lifecycle and refresh) as they happen, until the
    * client cancels. Response headers are sent once the watcher is subscribed.
+   * These are all of libvirt 9.0's storage events (virStoragePoolEventID has
+   * LIFECYCLE and REFRESH); libvirt has no volume events.
    * Errors: RESOURCE_EXHAUSTED when too many watchers are connected or when
    * this watcher falls too far behind; UNAVAILABLE when the libvirt connection
    * is lost (watch again once it is back).
