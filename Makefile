@@ -107,6 +107,7 @@ bench: $(PY_STAMP) $(GUEST)
 	$(PY) -m bench.lists --out bench-lists.json
 	$(PY) -m bench.stats --out bench-stats.json
 	$(PY) -m bench.events --out bench-events.json
+	$(PY) -m bench.gateway_floor --out bench-gateway-floor.json
 	$(PY) -m bench.scrape
 	$(PY) -m bench.volume_stream --sizes 64,512
 	$(PY) -m bench.graphics

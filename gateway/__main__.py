@@ -1,11 +1,12 @@
-"""virtmesh-gateway: run the gateway."""
+"""virtmesh-gateway: run the gateway: one process, or a supervisor of several workers."""
 
 import asyncio
 import logging
 import sys
 
 from gateway import config as gateway_config
-from gateway.server import Gateway
+from gateway.server import Gateway, preflight
+from gateway.workers import Supervisor
 from services.common.config import ConfigError, describe
 from services.common.logs import setup_logging
 
@@ -17,11 +18,15 @@ def main() -> int:
         print(f"virtmesh-gateway: {error}", file=sys.stderr)
         return 2
     setup_logging(config.log_level, config.log_format, "gateway")
-    logging.getLogger("gateway").info("starting with %s", describe(config))
+    log = logging.getLogger("gateway")
+    log.info("starting with %s", describe(config))
     try:
+        if config.workers > 1:
+            preflight(config)  # what would stop every worker stops the supervisor
+            return Supervisor(config).run()
         asyncio.run(Gateway(config).serve_until_signalled())
     except ConfigError as error:
-        logging.getLogger("gateway").error("cannot start: %s", error)
+        log.error("cannot start: %s", error)
         return 1
     return 0
 

@@ -21,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor
@@ -34,7 +36,8 @@ from gateway.authz import Authorizer, Decision, Denied
 from gateway.backends import Metadata
 from gateway.identity import AuthenticationError, Identity
 from gateway.limits import Limiter, LimitExceeded
-from services.common import logs
+from gateway.observe import REQUEST_IDS, CallLog
+from services.common import logs, metrics
 from services.common.acl import is_read_only
 from services.common.clients import CallHandle, ClientRegistry, aio_call_ender
 from services.common.shared import error_status
@@ -50,6 +53,10 @@ class Access:
     audit: AuditLog
     #: calls in flight by connection (peer), for the admin API
     clients: ClientRegistry = dataclasses.field(default_factory=ClientRegistry)
+    #: the per-call log line of forwarded calls
+    call_log: CallLog = dataclasses.field(default_factory=CallLog)
+    #: run before each call is authenticated (a worker: reload files changed meanwhile)
+    before_call: Callable[[], None] | None = None
 
 
 class EndCall(Exception):  # noqa: N818 - not an error of the gateway: how a call ends
@@ -79,16 +86,58 @@ def decoded(request_class: type[Message], data: bytes | None) -> Message:
                       "MALFORMED_REQUEST") from None
 
 
+class _Slot:
+    """One of an identity's calls in flight, held for a ``with`` block (a class, not a
+    generator: one per call)."""
+
+    def __init__(self, limiter: Limiter, identity: Identity) -> None:
+        self.limiter = limiter
+        self.identity = identity
+
+    def __enter__(self) -> None:
+        try:
+            self.limiter.acquire(self.identity)
+        except LimitExceeded as error:
+            raise refused(error.code, str(error), "TOO_MANY_CALLS") from None
+
+    def __exit__(self, *_: Any) -> None:
+        self.limiter.release(self.identity)
+
+
+@functools.cache
+def _always_read_only(method: MethodDescriptor) -> bool:
+    """Read-only whatever the request says (is_read_only matches patterns: cached)."""
+    return is_read_only(method)
+
+
+def read_only(method: MethodDescriptor, request: Message | None) -> bool:
+    """is_read_only, asking the request only when the method's answer depends on it."""
+    return _always_read_only(method) or (request is not None and is_read_only(method, request))
+
+
 class CallGuard:
     """One call on its way through the gateway: who makes it, whether it may, and
-    its audit record once it has ended."""
+    its audit record once it has ended (``async with guard.recorded():`` around the
+    whole call).
+
+    ``handler``: the call's method handler, when this guard also records the call's
+    metrics, request id and log line (gateway/observe.py; the proxy's calls), rather
+    than the server's interceptors (the gateway's own API)."""
 
     def __init__(self, access: Access, method: MethodDescriptor, path: str,
-                 context: grpc.aio.ServicerContext) -> None:
+                 context: grpc.aio.ServicerContext, handler: Any = None) -> None:
         self.access = access
         self.method = method
         self.path = path
         self.context = context
+        #: the request's metadata, read once
+        self.metadata: Metadata = tuple(context.invocation_metadata() or ())
+        self.observed: metrics.RpcMetrics | None = None
+        if handler is not None:
+            logs.request_id.set(REQUEST_IDS.of(self.metadata))
+            self.observed = metrics.RpcMetrics(path, handler)
+            if not method.client_streaming:  # its one request message has come
+                self.observed.received()
         self.identity: Identity | None = None
         self.request: Message | None = None
         #: the objects the request addresses, as authorisation found them
@@ -123,7 +172,7 @@ class CallGuard:
                 self._client = client
                 yield
         except EndCall as end:
-            self.end(code=end.code)
+            self.end(code=end.code, details=end.message)
             await self.context.abort(end.code, end.message, end.trailers)
         except BaseException as error:
             self.end(error=error)
@@ -135,17 +184,24 @@ class CallGuard:
         assert self.streamed is not None
         async for message in requests:
             self.streamed[0] += len(message)
+            if self.observed is not None:
+                self.observed.received()
             yield message
 
     def sent(self, response: bytes) -> bytes:
-        """A response of a streaming call, its bytes counted for the record."""
+        """A response (of a streaming call: its bytes counted for the record)."""
         if self.streamed is not None:
             self.streamed[1] += len(response)
+        if self.observed is not None:
+            self.observed.sent()
         return response
 
     def authenticate(self) -> Identity:
+        if self.access.before_call is not None:
+            self.access.before_call()
         try:
-            self.identity = self.access.authenticator.authenticate(self.context)
+            self.identity = self.access.authenticator.authenticate(self.context, self.metadata,
+                                                                   self.peer)
         except AuthenticationError as error:
             raise refused(grpc.StatusCode.UNAUTHENTICATED, str(error.args[0]),
                           "UNAUTHENTICATED") from None
@@ -153,14 +209,9 @@ class CallGuard:
             self._client.identify(self.identity.name, self.identity.method)
         return self.identity
 
-    @contextlib.asynccontextmanager
-    async def limited(self, identity: Identity) -> AsyncIterator[None]:
-        try:
-            async with self.access.limiter.call(identity):
-                yield
-                return
-        except LimitExceeded as error:
-            raise refused(error.code, str(error), "TOO_MANY_CALLS") from None
+    def limited(self, identity: Identity) -> _Slot:
+        """``with guard.limited(identity):`` holds one of the identity's calls in flight."""
+        return _Slot(self.access.limiter, identity)
 
     def authorize(self, identity: Identity, request: Message) -> Decision:
         self.request = request
@@ -173,10 +224,21 @@ class CallGuard:
         self.objects = decision.objects
         return decision
 
-    def end(self, code: grpc.StatusCode | None = None, error: BaseException | None = None
-            ) -> None:
-        """Write the audit record of a call that may change something, once."""
-        if self._recorded or is_read_only(self.method, self.request):
+    def authorize_bytes(self, identity: Identity, request_class: type[Message],
+                        data: bytes | None) -> Decision:
+        """authorize, decoding the request only when the decision needs one of its
+        fields: not when the caller may make the call on every object and the call is
+        read-only whatever it asks (no names for an audit record either)."""
+        decision = self.access.authorizer.without_request(identity, self.method)
+        if decision is not None:
+            return decision
+        return self.authorize(identity, decoded(request_class, data))
+
+    def end(self, code: grpc.StatusCode | None = None, error: BaseException | None = None,
+            details: str = "") -> None:
+        """Once: the audit record of a call that may change something, and (with
+        ``observed``) the call's metrics and log line."""
+        if self._recorded:
             return
         self._recorded = True
         code = code or self.context.code()
@@ -184,11 +246,19 @@ class CallGuard:
             code = (grpc.StatusCode.CANCELLED if self.context.cancelled()
                     or isinstance(error, (GeneratorExit, asyncio.CancelledError))
                     else grpc.StatusCode.UNKNOWN if error is not None else grpc.StatusCode.OK)
+        seconds = time.perf_counter() - self.started
+        unchanging = read_only(self.method, self.request)
+        if self.observed is not None:
+            self.observed.handled(code)
+            if code != grpc.StatusCode.OK:
+                details = details or self.context.details() or ""
+            self.access.call_log.write(self.path, code, seconds, details, unchanging)
+        if unchanging:
+            return
         logs.request_id.set(self.request_id)  # the record names this call's request id
         self.access.audit.record(method=self.path, identity=self.identity,
                                  peer=self.peer, objects=self.objects, code=code,
-                                 duration=time.perf_counter() - self.started,
-                                 denied_permission=self.denied,
+                                 duration=seconds, denied_permission=self.denied,
                                  streamed=(self.streamed[0], self.streamed[1])
                                  if self.streamed else None)
 
@@ -202,7 +272,7 @@ async def admitted(access: Access, method: MethodDescriptor, context: grpc.aio.S
     guard = CallGuard(access, method, path, context)
     async with guard.recorded():
         identity = guard.authenticate()
-        async with guard.limited(identity):
+        with guard.limited(identity):
             guard.authorize(identity, request)
             message = await answer(identity)
     return message

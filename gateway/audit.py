@@ -69,6 +69,8 @@ class AuditLog:
         self._inode = 0
         self._anonymous = TokenBucket(anonymous_rate, max(anonymous_rate * 10, 1))
         self.suppressed = 0
+        #: which gateway process wrote a record (gateway/workers.py: several may)
+        self._pid = os.getpid()
         self.reopen()
 
     def reopen(self) -> None:
@@ -101,6 +103,7 @@ class AuditLog:
             "code": code.name,
             "duration_ms": round(duration * 1000, 3),
             "request_id": logs.request_id.get() or None,
+            "pid": self._pid,
         }
         if denied_permission:
             entry["denied_permission"] = denied_permission

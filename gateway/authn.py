@@ -234,21 +234,26 @@ class Authenticator:
                      sum(token.revoked for token in self.identities.tokens))
         return ""
 
-    def authenticate(self, context: grpc.aio.ServicerContext) -> Identity:
-        """The caller of this call; raises AuthenticationError (-> UNAUTHENTICATED)."""
+    def authenticate(self, context: grpc.aio.ServicerContext, metadata: Any = None,
+                     peer: str | None = None) -> Identity:
+        """The caller of this call; raises AuthenticationError (-> UNAUTHENTICATED).
+        ``metadata`` and ``peer``: the call's, when the caller has read them already."""
+        if peer is None:
+            peer = context.peer()
         try:
-            return self._authenticate(context)
+            return self._authenticate(context, peer, context.invocation_metadata()
+                                      if metadata is None else metadata)
         except AuthenticationError as error:
             metrics.AUTH_FAILURES.labels(getattr(error, "reason", "other")).inc()
-            log.warning("unauthenticated call from %s: %s", context.peer(), error)
+            log.warning("unauthenticated call from %s: %s", peer, error)
             raise
 
-    def _authenticate(self, context: grpc.aio.ServicerContext) -> Identity:
-        peer = context.peer()
+    def _authenticate(self, context: grpc.aio.ServicerContext, peer: str,
+                      metadata: Any) -> Identity:
         auth = context.auth_context()
         if auth.get("transport_security_type") != [b"ssl"]:
             raise Refused("the gateway accepts calls over TLS only", "no_tls")
-        token = bearer_token(context.invocation_metadata())
+        token = bearer_token(metadata)
         if token is not None:
             return self._token_identity(token, peer)
         pems = list(auth.get("x509_pem_cert") or ())

@@ -173,6 +173,10 @@ class Authorizer:
         self.policy = policy
         self.path = path
         self._mtime = file_stamp(path)
+        #: without_request's answers for self.policy, by identity and method
+        self._unconditional: dict[tuple[str, frozenset[str], MethodDescriptor],
+                                  Decision | None] = {}
+        self._unconditional_policy = policy
 
     @classmethod
     def from_file(cls, path: Path | None) -> Authorizer:
@@ -201,6 +205,35 @@ class Authorizer:
 
     def allowed(self, identity: Identity, permissions: tuple[str, ...], name: str) -> bool:
         return all(self.policy.allows(identity, permission, name) for permission in permissions)
+
+    def without_request(self, identity: Identity, method: MethodDescriptor
+                        ) -> Decision | None:
+        """The decision of a call whose request need not be read, None when it must be:
+        a read-only call (whatever its request asks: then it has no audit record to name
+        objects in) that the caller may make on every object, with every permission the
+        method can need, and whose listed items it may all see."""
+        if self._unconditional_policy is not self.policy:  # reloaded: answers may differ
+            self._unconditional, self._unconditional_policy = {}, self.policy
+        key = (identity.name, identity.groups, method)
+        try:
+            return self._unconditional[key]
+        except KeyError:
+            pass
+        if len(self._unconditional) > 10_000:
+            self._unconditional.clear()
+        # Kept for every call of this identity, from whichever peer: no peer in it.
+        decision = self._unconditional[key] = (
+            Decision(dataclasses.replace(identity, peer=""), None)
+            if self._needs_no_request(identity, method) else None)
+        return decision
+
+    def _needs_no_request(self, identity: Identity, method: MethodDescriptor) -> bool:
+        permissions = required(method)  # without a request: the most it can need
+        if not permissions or not all(p.read_only for p in permissions):
+            return False
+        listed = {kind for kind in map(listed_object, map(str, permissions)) if kind}
+        needed = [*map(str, permissions), *(f"{kind}:getattr" for kind in listed)]
+        return all(self.policy.allows_everywhere(identity, p) for p in needed)
 
     def authorize(self, identity: Identity, method: MethodDescriptor,
                   request: Message) -> Decision:

@@ -8,6 +8,7 @@ fan-out, its health service, activation) uses these channels and this one probe.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,12 @@ def _ascii(text: str) -> str:
 
 def identity_metadata(identity: Identity) -> Metadata:
     """Who a call to a service is made for: the services log it and trust it."""
-    return ((IDENTITY_KEY, _ascii(identity.name)),
-            (GROUPS_KEY, _ascii(",".join(sorted(identity.groups)))))
+    return _identity_metadata(identity.name, identity.groups)
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity_metadata(name: str, groups: frozenset[str]) -> Metadata:
+    return ((IDENTITY_KEY, _ascii(name)), (GROUPS_KEY, _ascii(",".join(sorted(groups)))))
 
 
 @dataclasses.dataclass(frozen=True)

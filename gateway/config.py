@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import shlex
 from collections.abc import Mapping, Sequence
@@ -80,6 +81,9 @@ class GatewayConfig:
     #: the node this gateway serves, in ListServices and GetHostSummary answers; empty:
     #: the host name (a pod's host name is the pod's: Kubernetes passes spec.nodeName)
     node_name: str = ""
+    #: processes serving the listeners together (SO_REUSEPORT; gateway/workers.py);
+    #: 0: one per core this process may use (its CPU affinity and cgroup CPU quota)
+    workers: int = 0
 
     def path(self, value: str, default: str) -> Path:
         return Path(value) if value else self.state_dir / default
@@ -173,6 +177,8 @@ _HELP = {
     "fanout_timeout": "seconds each service has to answer its part of a host summary, "
                       "search or list of services",
     "node_name": "this node's name in ListServices and GetHostSummary (default: the host name)",
+    "workers": "gateway processes serving the same ports (SO_REUSEPORT), sharing limits and "
+               "the audit log (default 0: one per core it may use, CPU quota included)",
 }
 
 
@@ -237,7 +243,29 @@ def load(argv: Sequence[str] | None = None,
         shlex.split(config.activation)
     except ValueError as error:
         raise common.ConfigError(f"activation: {error}") from None
-    return dataclasses.replace(config, state_dir=config.state_dir.absolute())
+    if config.workers < 0:
+        raise common.ConfigError("workers: must be 0 (one per core) or more")
+    return dataclasses.replace(config, state_dir=config.state_dir.absolute(),
+                               workers=config.workers or cores())
+
+
+def cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: those it may run on, fewer when its cgroup's CPU
+    quota (cgroup v2 ``cpu.max``, a container's CPU limit) allows less."""
+    usable = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            usable = min(usable, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota to honour
+    return usable
+
+
+def watched_files(config: GatewayConfig) -> tuple[Path | None, ...]:
+    """The files the gateway reads again when they change."""
+    return (config.identities_path, config.policy_path, config.cert_file, config.key_file,
+            config.ca_file)
 
 
 def file_stamp(path: Path | None) -> int | None:

@@ -34,8 +34,9 @@ from gateway.admission import Access, CallGuard, EndCall, decoded, refused
 from gateway.authz import Decision
 from gateway.backends import Backends, Metadata, identity_metadata, stamped
 from gateway.identity import Identity
+from gateway.observe import CallLog
 from gateway.routes import Route
-from services.common import metrics
+from services.common import logs, metrics
 from services.common.shared import GROUPS_KEY, IDENTITY_KEY, STATUS_DETAILS_KEY
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,10 @@ _IDENTITY_KEYS = frozenset({IDENTITY_KEY, GROUPS_KEY, f"{IDENTITY_KEY}-bin",
                             f"{GROUPS_KEY}-bin"})
 
 
-def forwarded_metadata(context: grpc.aio.ServicerContext, identity: Identity) -> Metadata:
-    kept = tuple((key, value) for key, value in context.invocation_metadata() or ()
+def forwarded_metadata(metadata: Metadata, identity: Identity) -> Metadata:
+    """The client's metadata for the backend: without hop-by-hop and identity keys,
+    with the caller's identity and the call's request id."""
+    kept = tuple((key, value) for key, value in metadata
                  if key not in _HOP_KEYS and key not in _IDENTITY_KEYS
                  and not key.startswith(":"))
     return stamped((*kept, *identity_metadata(identity)))
@@ -78,9 +81,9 @@ def relayed(route: Route, backends: Backends, error: grpc.aio.AioRpcError) -> En
     return EndCall(error.code(), error.details() or "", trailers)
 
 
-def _call_options(context: grpc.aio.ServicerContext, identity: Identity) -> dict[str, Any]:
-    return {"timeout": context.time_remaining(),
-            "metadata": forwarded_metadata(context, identity)}
+def _call_options(guard: CallGuard, identity: Identity) -> dict[str, Any]:
+    return {"timeout": guard.context.time_remaining(),
+            "metadata": forwarded_metadata(guard.metadata, identity)}
 
 
 async def _peek(requests: AsyncIterator[bytes]) -> tuple[bytes | None, AsyncIterator[bytes]]:
@@ -112,7 +115,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
     def service(self, handler_call_details: grpc.HandlerCallDetails
                 ) -> grpc.RpcMethodHandler | None:
         path = handler_call_details.method  # type: ignore[attr-defined]
-        return self._handlers.get(path) or _unknown_method(path)
+        return self._handlers.get(path) or _unknown_method(path, self.access.call_log)
 
     def _handler(self, route: Route) -> grpc.RpcMethodHandler:
         handler = getattr(grpc, f"{route.kind.name}_rpc_method_handler")
@@ -135,20 +138,22 @@ class ProxyHandler(grpc.GenericRpcHandler):
         async def admit(guard: CallGuard, identity: Identity, request: Any
                         ) -> tuple[Decision, Any]:
             if not route.client_streaming:
-                return guard.authorize(identity, decoded(route.request_class, request)), request
+                return guard.authorize_bytes(identity, route.request_class, request), request
             # A request stream is authorised by its first message, which names the object.
             first, request = await _peek(request)
             return (guard.authorize(identity, decoded(route.request_class, first)),
                     guard.counted(request))
 
+        # What the metrics need of the handler (its call shape), before it exists.
+        shape = getattr(grpc, f"{route.kind.name}_rpc_method_handler")(forward)
         if not route.server_streaming:
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> bytes:
-                guard = CallGuard(access, route.method, route.path, context)
+                guard = CallGuard(access, route.method, route.path, context, shape)
                 async with guard.recorded():
                     identity = guard.authenticate()
-                    async with guard.limited(identity):
+                    with guard.limited(identity):
                         decision, request = await admit(guard, identity, request)
-                        response = await forward(request, context, identity)
+                        response = await forward(request, guard, identity)
                         # A unary List response is never dropped whole, only its items.
                         response = guard.sent(filtered(decision, response) or b"")
                 return response
@@ -162,12 +167,12 @@ class ProxyHandler(grpc.GenericRpcHandler):
             generator later. So what runs on closing touches no part of the call, and
             closes the forwarder first: the backend's call is cancelled before the
             audit record is written and the caller's limit slot is freed."""
-            guard = CallGuard(access, route.method, route.path, context)
+            guard = CallGuard(access, route.method, route.path, context, shape)
             async with guard.recorded():
                 identity = guard.authenticate()
-                async with guard.limited(identity):
+                with guard.limited(identity):
                     decision, request = await admit(guard, identity, request)
-                    async with contextlib.aclosing(forward(request, context, identity)
+                    async with contextlib.aclosing(forward(request, guard, identity)
                                                    ) as responses:
                         async for response in responses:
                             kept = filtered(decision, response)
@@ -188,17 +193,16 @@ class ProxyHandler(grpc.GenericRpcHandler):
         backends = self.backends
         activation = self.activator is not None
 
-        async def open_call(request: Any, context: grpc.aio.ServicerContext,
-                            identity: Identity) -> Any:
+        async def open_call(request: Any, guard: CallGuard, identity: Identity) -> Any:
             """The backend call; when it finds the backend not running, the backend is
             started (activation) and, for a single request message, the call made again."""
-            call = route.call(request, **_call_options(context, identity))
+            call = route.call(request, **_call_options(guard, identity))
             if not activation or route.client_streaming:
                 return call
             await call.initial_metadata()  # returns at the headers or at the call's end
             if call.done() and unreachable(await call.code(), await call.trailing_metadata()):
                 await self._activate(route)
-                call = route.call(request, **_call_options(context, identity))
+                call = route.call(request, **_call_options(guard, identity))
             return call
 
         async def fail(error: grpc.aio.AioRpcError) -> NoReturn:
@@ -210,11 +214,12 @@ class ProxyHandler(grpc.GenericRpcHandler):
             raise relayed(route, backends, error)
 
         if not route.server_streaming:
-            async def unary_response(request: Any, context: grpc.aio.ServicerContext,
-                                     identity: Identity) -> bytes:
-                call = await open_call(request, context, identity)
+            async def unary_response(request: Any, guard: CallGuard, identity: Identity
+                                     ) -> bytes:
+                context = guard.context
+                call = await open_call(request, guard, identity)
                 try:
-                    with metrics.UpstreamCall(route.driver, context.peer()):
+                    with metrics.UpstreamCall(route.driver, guard.peer):
                         response = await call
                 except grpc.aio.AioRpcError as error:
                     await context.send_initial_metadata(stamped(error.initial_metadata()))
@@ -225,11 +230,12 @@ class ProxyHandler(grpc.GenericRpcHandler):
 
             return unary_response
 
-        async def stream_response(request: Any, context: grpc.aio.ServicerContext,
-                                  identity: Identity) -> AsyncIterator[bytes]:
-            call = await open_call(request, context, identity)
+        async def stream_response(request: Any, guard: CallGuard, identity: Identity
+                                  ) -> AsyncIterator[bytes]:
+            context = guard.context
+            call = await open_call(request, guard, identity)
             try:
-                with metrics.UpstreamCall(route.driver, context.peer()):
+                with metrics.UpstreamCall(route.driver, guard.peer):
                     await context.send_initial_metadata(stamped(await call.initial_metadata()))
                     async for response in call:
                         yield response
@@ -242,15 +248,21 @@ class ProxyHandler(grpc.GenericRpcHandler):
         return stream_response
 
 
-def _unknown_method(method: str) -> grpc.RpcMethodHandler:
+def _unknown_method(method: str, call_log: CallLog) -> grpc.RpcMethodHandler:
     service = method.rsplit("/", 1)[0].lstrip("/")
+    message = (f"unknown service or method {method!r} (service {service!r} is not behind "
+               "this gateway)")
 
     # Streaming on both sides, so the answer never waits for a request message: a
     # client-streaming or bidi caller that has not sent one yet gets it at once too.
     async def unimplemented(_requests: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            f"unknown service or method {method!r} (service {service!r} "
-                            "is not behind this gateway)")
+        logs.request_id.set(logs.request_id_from(context.invocation_metadata()))
+        # counted as ``unknown``, so that callers cannot mint label values
+        metrics.RpcMetrics(method, handler, known=False).handled(
+            grpc.StatusCode.UNIMPLEMENTED)
+        call_log.write(method, grpc.StatusCode.UNIMPLEMENTED, 0.0, message, True)
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
 
-    return grpc.stream_stream_rpc_method_handler(unimplemented, request_deserializer=None,
-                                                 response_serializer=None)
+    handler: grpc.RpcMethodHandler = grpc.stream_stream_rpc_method_handler(
+        unimplemented, request_deserializer=None, response_serializer=None)
+    return handler

@@ -13,8 +13,11 @@ SIGHUP; new connections use the new certificates, existing ones go on.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import signal
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -32,9 +35,11 @@ from gateway.authz import Authorizer
 from gateway.backends import Backends
 from gateway.config import GatewayConfig, file_stamp
 from gateway.health import GATEWAY_SERVICE, GatewayHealth
+from gateway.observe import CallLog
 from gateway.pki import is_dev_ca
 from gateway.proxy import ProxyHandler
 from gateway.routes import method_paths, proxied_services, route_table
+from gateway.workers import Changes, Place, worker_socket
 from services.common import admin, metrics, reflection
 from services.common.clients import ClientRegistry
 from services.common.config import ConfigError
@@ -62,6 +67,13 @@ def _checked_tls_files(config: GatewayConfig) -> tuple[bytes, bytes, bytes]:
         raise ConfigError(f"TLS material: {config.key_file} is not the key of "
                           f"{config.cert_file}")
     return key, cert, ca
+
+
+def preflight(config: GatewayConfig) -> None:
+    """What a gateway checks as it starts, without starting: its TLS files and policy
+    (ConfigError)."""
+    _checked_tls_files(config)
+    Authorizer.from_file(config.policy_path)
 
 
 class TlsFiles:
@@ -114,18 +126,97 @@ class TlsFiles:
             require_client_authentication=require_client_certificate)
 
 
+class _Collected(grpc.aio.Server):
+    """Stands in for the server while the add_*_to_server functions register the
+    gateway's own services (health, its API, reflection), so that their handlers can
+    be wrapped in the shared interceptors once, at start (see _own_handlers)."""
+
+    def __init__(self) -> None:
+        self.handlers: list[grpc.GenericRpcHandler] = []
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
+        self.handlers.extend(generic_rpc_handlers)
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: Any) -> None:
+        self.handlers.append(grpc.method_handlers_generic_handler(service_name,
+                                                                  method_handlers))
+
+    def add_insecure_port(self, address: str) -> int:
+        raise NotImplementedError
+
+    def add_secure_port(self, address: str, server_credentials: Any) -> int:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self, grace: float | None) -> None:
+        raise NotImplementedError
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class _Details:
+    method: str
+    invocation_metadata: tuple[tuple[str, str], ...] = ()
+
+
+class Handlers(grpc.GenericRpcHandler):
+    """Method handlers by path."""
+
+    def __init__(self, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.handlers = handlers
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails
+                ) -> grpc.RpcMethodHandler | None:
+        return self.handlers.get(handler_call_details.method)  # type: ignore[attr-defined]
+
+
+async def _own_handlers(collected: _Collected, paths: set[str],
+                        interceptors: list[grpc.aio.ServerInterceptor]
+                        ) -> dict[str, grpc.RpcMethodHandler]:
+    """The handler of each path, wrapped by ``interceptors`` as a grpc.aio server would
+    on every call (the first outermost), here once. The server itself has none: the
+    proxy's calls, nearly all the gateway serves, record themselves
+    (gateway/observe.py) and skip the interceptors' cost."""
+    table = {}
+    for path in paths:
+        details: Any = _Details(path)
+        handler: Any = next((found for generic in collected.handlers
+                             if (found := generic.service(details)) is not None), None)
+        if handler is None:
+            continue
+        for interceptor in reversed(interceptors):
+            async def inner(_details: Any, handler: Any = handler) -> Any:
+                return handler
+
+            handler = await interceptor.intercept_service(inner, details)  # type: ignore[arg-type]
+        table[path] = handler
+    return table
+
+
 class Gateway:
-    def __init__(self, config: GatewayConfig) -> None:
+    """One gateway process. ``place``: which worker it is among how many (gateway/
+    workers.py; None: the only one); ``shared``: the calls in flight of all workers."""
+
+    def __init__(self, config: GatewayConfig, place: Place | None = None,
+                 shared: limits.SharedCounts | None = None, changes: Changes | None = None
+                 ) -> None:
         self.config = config
+        self.place = place or Place(0, 1)
+        self.changes = changes
+        self._changes_seen = changes.count() if changes else 0
         self.backends = Backends(config.socket_path_dir, config.max_message_bytes)
         self.services = {service.full_name for service in proxied_services()}
         self.health = GatewayHealth(self.backends, self.services,
-                                    max_watchers=config.max_health_watchers)
+                                    max_watchers=config.max_health_watchers, shared=shared)
         self.activator = Activator(config.activation, config.activation_timeout, self.backends,
                                    config.state_dir / "log") if config.activation else None
         self.authenticator = Authenticator(config.identities_path,
                                            dev_fallback=is_dev_ca(config.ca_file))
-        self.limiter = limits.Limiter(config.max_client_requests)
+        self.limiter = limits.Limiter(config.max_client_requests, shared)
         self.authorizer = Authorizer.from_file(config.policy_path)
         self.audit = AuditLog(config.audit_path, anonymous_rate=config.audit_anonymous_rate)
         # A disconnected connection stays refused until gRPC has surely closed it (its
@@ -134,10 +225,13 @@ class Gateway:
                                  refuse_for=config.max_connection_age
                                  + config.max_connection_age_grace)
         self.access = Access(self.authenticator, self.limiter, self.authorizer, self.audit,
-                             clients)
+                             clients=clients, call_log=CallLog(),
+                             before_call=self._reload_if_changed if changes else None)
         self.tls: TlsFiles | None = None
         self._reloading: asyncio.Task[None] | None = None
         self.server: grpc.aio.Server | None = None
+        #: the worker's private server (gateway/workers.py: worker_sockets)
+        self.private: grpc.aio.Server | None = None
         self.metrics: metrics.MetricsEndpoint | None = None
         #: the ports of mutual TLS and of token-only TLS; 0: off
         self.port = 0
@@ -153,18 +247,22 @@ class Gateway:
         routes = route_table(self.backends)
         own = [GATEWAY_SERVICE, admin.SERVICE.full_name, health.SERVICE_NAME,
                *reflection.SERVICE_NAMES]
-        # The proxy answers any path; only the ones served are metric label values.
-        observe = AioObserveInterceptor({*routes, *method_paths(own)})
-        server = grpc.aio.server(options=options, interceptors=[observe, AioCheckInterceptor()])
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        collected = _Collected()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, collected)
         add_GatewayServiceServicer_to_server(
             GatewayApi(routes, self.backends, self.access, self.config.fanout_timeout,
-                       self.config.node_name), server)
+                       self.config.node_name), collected)
         admin.add_to_server(GatewayAdmin(GatewayControl(self), self.backends, self.access),
-                            server)
-        reflection.enable([*self.services, *own], server)
-        server.add_generic_rpc_handlers((ProxyHandler(routes, self.backends, self.access,
-                                                        self.activator),))
+                            collected)
+        reflection.enable([*self.services, *own], collected)
+        # The proxy answers any path; only the ones served are metric label values.
+        own_handlers = await _own_handlers(
+            collected, method_paths(own),
+            [AioObserveInterceptor({*routes, *method_paths(own)}), AioCheckInterceptor()])
+        server = grpc.aio.server(options=options)
+        server.add_generic_rpc_handlers((Handlers(own_handlers),
+                                         ProxyHandler(routes, self.backends, self.access,
+                                                      self.activator)))
         listening = []
         if self.config.mtls_address:
             self.port = self._add_port(server, self.config.mtls_address,
@@ -177,11 +275,34 @@ class Gateway:
             listening.append(f"{self.config.token_address} (TLS, bearer tokens only)")
         await server.start()
         self.server = server
+        # After the ports: a worker whose private socket answers serves on them too.
+        self.private = await self._serve_privately(own_handlers)
         self._reloading = asyncio.create_task(self._poll_for_changes())
         log.info("gateway listening on %s, forwarding %s%s", " and ".join(listening),
                  ", ".join(sorted(self.services)),
                  f"; starting services on demand with `{self.config.activation}`"
                  if self.activator else "")
+
+    async def _serve_privately(self, own: dict[str, grpc.RpcMethodHandler]) -> grpc.aio.Server:
+        """This worker's private socket (mode 0600, in the gateway's run directory):
+        grpc.health.v1 only, for now; see gateway/workers.py."""
+        path = worker_socket(self.config, self.place.index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        server = grpc.aio.server()
+        health_only = {path: handler for path, handler in own.items()
+                       if path.startswith(f"/{health.SERVICE_NAME}/")}
+        server.add_generic_rpc_handlers((Handlers(health_only),))
+        umask = os.umask(0o077)  # never reachable by others, not even for an instant
+        try:
+            bound = server.add_insecure_port(f"unix:{path}")
+        finally:
+            os.umask(umask)
+        if not bound:
+            raise ConfigError(f"cannot listen on {path}")
+        os.chmod(path, 0o600)
+        await server.start()
+        return server
 
     def _add_port(self, server: grpc.aio.Server, address: str, require: bool) -> int:
         assert self.tls is not None
@@ -189,6 +310,14 @@ class Gateway:
         if not port:
             raise ConfigError(f"cannot listen on {address}")
         return port
+
+    def _reload_if_changed(self) -> None:
+        """Before every call of a worker: reload when the supervisor saw the files change."""
+        assert self.changes is not None
+        count = self.changes.count()
+        if count != self._changes_seen:
+            self._changes_seen = count
+            self.reload()
 
     def reload(self, force: bool = False) -> dict[str, str]:
         """Pick up changed TLS files and identities (all of them with ``force``: SIGHUP,
@@ -208,6 +337,9 @@ class Gateway:
             self._reloading.cancel()
         if self.server is not None:
             await self.server.stop(self.config.grace_period)
+        if self.private is not None:
+            await self.private.stop(0)
+            worker_socket(self.config, self.place.index).unlink(missing_ok=True)
         await self.backends.close()
         self.audit.close()
         if self.metrics is not None:

@@ -35,8 +35,12 @@ WATCH = "/virtmesh.compute.v1.ComputeService/WatchDomainEvents"
 
 
 @pytest.fixture
-def mesh(tmp_path: Path, node_uri: str) -> Iterator[Mesh]:
-    """compute and a gateway with the admin and read-only identities of make run."""
+def mesh(tmp_path: Path, node_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mesh]:
+    """compute and a gateway with the admin and read-only identities of make run. One
+    gateway worker: the admin API answers for the process it reaches (its pid, its
+    clients, its limits, its loggers) and does not yet reach the other workers
+    (gateway/workers.py worker_sockets)."""
+    monkeypatch.setenv("VIRTMESH_WORKERS", "1")
     ensure_dev_identities(tmp_path)
     with running_mesh(tmp_path, node_uri) as running:
         yield running

@@ -106,7 +106,9 @@ ACTIVATIONS = Counter("virtmesh_gateway_activations",
 # address while it carries a call, which is what this counts.
 CLIENT_CONNECTIONS = Gauge("virtmesh_gateway_client_connections",
                            "Client connections (peer addresses) with a forwarded call in flight.",
-                           registry=None)
+                           registry=None,
+                           # several gateway workers (gateway/workers.py): the sum of the live
+                           multiprocess_mode="livesum")
 GATEWAY_METRICS: tuple[Collector, ...] = (UPSTREAM_REQUESTS, UPSTREAM_SECONDS,
                                           UPSTREAM_UNAVAILABLE, AUTH_FAILURES, ACTIVATIONS,
                                           CLIENT_CONNECTIONS)
