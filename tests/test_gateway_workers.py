@@ -294,3 +294,12 @@ def test_shared_counts_are_one_limit_and_forget_a_dead_worker(tmp_path: Path) ->
     finally:
         first.close()
         second.close()
+
+
+def test_one_worker_by_default_and_one_per_core_on_request(tmp_path: Path) -> None:
+    """One by default, while the admin API answers for one worker; 0 asks for one per
+    core the gateway may use."""
+    state = ["--state-dir", str(tmp_path)]
+    assert config.load(state, {}).workers == 1
+    assert config.load([*state, "--workers", "0"], {}).workers == config.cores()
+    assert config.load(state, {"VIRTMESH_WORKERS": "3"}).workers == 3
