@@ -82,9 +82,8 @@ class GatewayConfig:
     #: the host name (a pod's host name is the pod's: Kubernetes passes spec.nodeName)
     node_name: str = ""
     #: processes serving the listeners together (SO_REUSEPORT; gateway/workers.py);
-    #: 0: one per core this process may use (its CPU affinity and cgroup CPU quota).
-    #: 1 by default while the admin API answers for one worker only
-    workers: int = 1
+    #: 0: one per core this process may use (its CPU affinity and cgroup CPU quota)
+    workers: int = 0
 
     def path(self, value: str, default: str) -> Path:
         return Path(value) if value else self.state_dir / default
@@ -179,7 +178,7 @@ _HELP = {
                       "search or list of services",
     "node_name": "this node's name in ListServices and GetHostSummary (default: the host name)",
     "workers": "gateway processes serving the same ports (SO_REUSEPORT), sharing limits and "
-               "the audit log (default 1; 0: one per core it may use, CPU quota included)",
+               "the audit log (default 0: one per core it may use, CPU quota included)",
 }
 
 

@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from gateway import limits
 from gateway.activation import Activator
-from gateway.admin_service import GatewayAdmin, GatewayControl
+from gateway.admin_service import GatewayAdmin, GatewayControl, WorkerAdmin
 from gateway.admission import Access
 from gateway.api import GatewayApi
 from gateway.audit import AUDIT_SUPPRESSED, AuditLog
@@ -39,7 +39,7 @@ from gateway.observe import CallLog
 from gateway.pki import is_dev_ca
 from gateway.proxy import ProxyHandler
 from gateway.routes import method_paths, proxied_services, route_table
-from gateway.workers import Changes, Place, worker_socket
+from gateway.workers import Changes, Place, worker_socket, worker_sockets
 from services.common import admin, metrics, reflection
 from services.common.clients import ClientRegistry
 from services.common.config import ConfigError
@@ -252,7 +252,10 @@ class Gateway:
         add_GatewayServiceServicer_to_server(
             GatewayApi(routes, self.backends, self.access, self.config.fanout_timeout,
                        self.config.node_name), collected)
-        admin.add_to_server(GatewayAdmin(GatewayControl(self), self.backends, self.access),
+        self.admin = admin.AdminServicer(GatewayControl(self))
+        own_socket = worker_socket(self.config, self.place.index)
+        peers = [path for path in worker_sockets(self.config) if path != own_socket]
+        admin.add_to_server(GatewayAdmin(self.admin, self.backends, self.access, peers),
                             collected)
         reflection.enable([*self.services, *own], collected)
         # The proxy answers any path; only the ones served are metric label values.
@@ -285,7 +288,8 @@ class Gateway:
 
     async def _serve_privately(self, own: dict[str, grpc.RpcMethodHandler]) -> grpc.aio.Server:
         """This worker's private socket (mode 0600, in the gateway's run directory):
-        grpc.health.v1 only, for now; see gateway/workers.py."""
+        grpc.health.v1, and the AdminService with this worker's own answers, which the
+        worker a caller reached gathers (gateway/admin_service.py)."""
         path = worker_socket(self.config, self.place.index)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
@@ -293,6 +297,8 @@ class Gateway:
         health_only = {path: handler for path, handler in own.items()
                        if path.startswith(f"/{health.SERVICE_NAME}/")}
         server.add_generic_rpc_handlers((Handlers(health_only),))
+        # the other workers' admin API asks this one for its part
+        admin.add_to_server(WorkerAdmin(self.admin), server)
         umask = os.umask(0o077)  # never reachable by others, not even for an instant
         try:
             bound = server.add_insecure_port(f"unix:{path}")

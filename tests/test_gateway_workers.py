@@ -14,6 +14,7 @@ import signal
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -296,10 +297,89 @@ def test_shared_counts_are_one_limit_and_forget_a_dead_worker(tmp_path: Path) ->
         second.close()
 
 
-def test_one_worker_by_default_and_one_per_core_on_request(tmp_path: Path) -> None:
-    """One by default, while the admin API answers for one worker; 0 asks for one per
-    core the gateway may use."""
+def test_one_worker_per_core_by_default(tmp_path: Path) -> None:
+    """0 (the default) is one per core the gateway may use."""
     state = ["--state-dir", str(tmp_path)]
-    assert config.load(state, {}).workers == 1
-    assert config.load([*state, "--workers", "0"], {}).workers == config.cores()
+    assert config.load(state, {}).workers == config.cores()
+    assert config.load([*state, "--workers", "1"], {}).workers == 1
     assert config.load(state, {"VIRTMESH_WORKERS": "3"}).workers == 3
+
+
+@pytest.fixture()
+def unlimited_gateway(state: Path) -> Iterator[tuple[int, str]]:
+    """Two workers, without the per-identity limit of ``gateway``."""
+    with running_gateway(state, client_credentials(state / "pki"), "--workers", "2") \
+            as (process, target):
+        assert process.popen is not None
+        gateway_config = config.load(["--state-dir", str(state), "--workers", "2"], {})
+        for path in workers.worker_sockets(gateway_config):
+            assert wait_until(lambda path=path: private_health(path), 60)  # type: ignore[misc]
+        yield process.popen.pid, target
+
+
+def test_the_admin_api_answers_for_every_worker(
+        state: Path, unlimited_gateway: tuple[int, str]) -> None:
+    """Whichever worker a connection reaches: the clients of both are listed, a client
+    of the other worker can be disconnected, and a log change is made in both."""
+    from virtmesh.admin.v1 import admin_service_pb2 as admin_pb
+    from virtmesh.admin.v1 import admin_service_pb2_grpc as admin_grpc
+
+    supervisor, target = unlimited_gateway
+    credentials = client_credentials(state / "pki")
+    held: list[tuple[grpc.Channel, Any]] = []
+    try:
+        # watches on separate connections until both workers hold some
+        for _ in range(40):
+            channel = connection(target, credentials)
+            watch = pb_grpc.ComputeServiceStub(channel).WatchDomainEvents(
+                pb.WatchDomainEventsRequest(), timeout=120)
+            watch.initial_metadata()
+            held.append((channel, watch))
+            with connection(target, credentials) as asking:
+                listed = admin_grpc.AdminServiceStub(asking).ListClients(
+                    admin_pb.ListClientsRequest(), timeout=20).clients
+            watching = [client for client in listed if
+                        "/virtmesh.compute.v1.ComputeService/WatchDomainEvents" in client.methods]
+            if len({client.pid for client in watching}) == 2:
+                break
+        # every watcher is listed, whichever worker holds it and whichever answered
+        assert len(watching) == len(held)
+        assert {client.pid for client in watching} == worker_pids(supervisor)
+
+        # ask through connections until one reaches the worker that does not hold it
+        victim = watching[0]
+        for _ in range(40):
+            with connection(target, credentials) as asking:
+                stub = admin_grpc.AdminServiceStub(asking)
+                mine = stub.GetServerInfo(admin_pb.GetServerInfoRequest(), timeout=20).pid
+                if mine == victim.pid:
+                    continue
+                stub.DisconnectClient(admin_pb.DisconnectClientRequest(
+                    client_id=victim.id), timeout=20)
+                break
+        else:
+            raise AssertionError("no connection reached the other worker")
+        # code() waits for a call's end: ask only the ended ones
+        assert wait_until(lambda: any(watch.done() and watch.code() == grpc.StatusCode.UNAVAILABLE
+                                      for _, watch in held), 20)
+        assert sum(watch.done() for _, watch in held) == 1  # that one only
+
+        with connection(target, credentials) as asking:
+            admin_grpc.AdminServiceStub(asking).SetLogSettings(admin_pb.SetLogSettingsRequest(
+                filters={"virtmesh.test.workers": admin_pb.LOG_LEVEL_DEBUG}), timeout=20)
+        seen = set()
+        for _ in range(40):
+            with connection(target, credentials) as asking:
+                stub = admin_grpc.AdminServiceStub(asking)
+                pid = stub.GetServerInfo(admin_pb.GetServerInfoRequest(), timeout=20).pid
+                settings = stub.GetLogSettings(admin_pb.GetLogSettingsRequest(),
+                                               timeout=20).settings
+                assert settings.filters["virtmesh.test.workers"] == admin_pb.LOG_LEVEL_DEBUG
+                seen.add(pid)
+            if len(seen) == 2:
+                break
+        assert seen == worker_pids(supervisor)
+    finally:
+        for channel, watch in held:
+            watch.cancel()
+            channel.close()
