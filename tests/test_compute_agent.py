@@ -9,15 +9,19 @@ for the rest; bad input on every RPC; the CLI.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import libvirt
+import libvirt_qemu
 import pytest
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -67,7 +71,7 @@ def stub(test_daemon: Daemon) -> Iterator[Stub]:
                                     pb.INTERFACE_ADDRESS_SOURCE_LEASE,
                                     pb.INTERFACE_ADDRESS_SOURCE_AGENT,
                                     pb.INTERFACE_ADDRESS_SOURCE_ARP])
-def test_interface_addresses_on_the_test_driver(stub: Stub, source: int) -> None:
+def test_interface_addresses_on_the_test_driver(stub: Stub, source: Any) -> None:
     reply = stub.GetInterfaceAddresses(pb.GetInterfaceAddressesRequest(name=RUNNING,
                                                                        source=source))
     assert [(i.name, i.hwaddr) for i in reply.interfaces] == [("testnet0", "aa:bb:cc:dd:ee:ff")]
@@ -146,15 +150,17 @@ REQUESTS: list[tuple[str, Message]] = [
     ("SetAgentResponseTimeout", pb.SetAgentResponseTimeoutRequest(name=RUNNING)),
 ]
 
+#: an enum value no proto names (a newer client's)
+UNKNOWN: Any = 99
 #: requests the service refuses before libvirt sees them
 INVALID: list[tuple[str, Message]] = [
-    ("GetInterfaceAddresses", pb.GetInterfaceAddressesRequest(name=RUNNING, source=99)),
+    ("GetInterfaceAddresses", pb.GetInterfaceAddressesRequest(name=RUNNING, source=UNKNOWN)),
     ("FreezeFilesystems", pb.FreezeFilesystemsRequest(name=RUNNING, mountpoints=[""])),
     ("FreezeFilesystems", pb.FreezeFilesystemsRequest(name=RUNNING, mountpoints=["/", "/"])),
     ("ThawFilesystems", pb.ThawFilesystemsRequest(name=RUNNING, mountpoints=[""])),
     ("TrimFilesystems", pb.TrimFilesystemsRequest(name=RUNNING, mountpoint="boot")),
-    ("GetGuestInfo", pb.GetGuestInfoRequest(name=RUNNING, types=[99])),
-    ("GetGuestHostname", pb.GetGuestHostnameRequest(name=RUNNING, source=99)),
+    ("GetGuestInfo", pb.GetGuestInfoRequest(name=RUNNING, types=[UNKNOWN])),
+    ("GetGuestHostname", pb.GetGuestHostnameRequest(name=RUNNING, source=UNKNOWN)),
     ("SetGuestVcpus", pb.SetGuestVcpusRequest(name=RUNNING)),
     ("SetGuestTime", pb.SetGuestTimeRequest(name=RUNNING)),
     ("SetGuestTime", pb.SetGuestTimeRequest(name=RUNNING, sync=True,
@@ -243,6 +249,8 @@ def test_cli_set_user_password_reads_stdin(test_daemon: Daemon,
 # -- embedded QEMU: the example guest and its real agent ------------------------------
 
 GUEST = "agent"
+#: the QEMU guest's state directory, once the fixture has made it
+QEMU_STATE: list[Path] = []
 
 
 @pytest.fixture(scope="module")
@@ -251,12 +259,55 @@ def qemu() -> Iterator[Stub]:
             running_service(state, EMBED_URI, grace_period=0.5) as daemon, \
             grpc.insecure_channel(f"unix:{daemon.socket_path}") as channel:
         stub = Stub(channel)
-        stub.CreateDomain(pb.CreateDomainRequest(xml=example.render(GUEST, state, "qemu")))
+        QEMU_STATE[:] = [state]
+        stub.CreateDomain(pb.CreateDomainRequest(xml=_guest_xml(state)))
         log = state / "guest" / f"{GUEST}.console.log"
         wait_for(lambda: log.exists() and BOOTED in log.read_text(errors="replace"), 90,
                  "the guest to boot")
         wait_for(lambda: _answers(stub), 60, "the guest agent")
+        code, output = guest_run("/bin/sh", "-c", "mkdir -p /mnt && mount -t ext4 /dev/vda /mnt")
+        assert code == 0, output
         yield stub
+
+
+def _guest_xml(state: Path) -> str:
+    """The example guest with an ext4 disk (libvirt's vdb, the guest's only virtio disk:
+    its /dev/vda), which the guest mounts at /mnt: a file system the agent can freeze
+    (the initramfs' are not)."""
+    image = state / "data.ext4"
+    subprocess.run(["truncate", "-s", "16M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    disk = f"""<disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='{image}'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+    <memballoon model='none'/>"""
+    return example.render(GUEST, state, "qemu").replace("<memballoon model='none'/>", disk)
+
+
+def agent_command(command: str, **arguments: Any) -> Any:
+    """The guest agent's answer, asked directly (libvirt's qemuAgentCommand)."""
+    conn = libvirt.open(EMBED_URI.format(state_dir=QEMU_STATE[0]))
+    try:
+        answer = libvirt_qemu.qemuAgentCommand(conn.lookupByName(GUEST), json.dumps(
+            {"execute": command, "arguments": arguments}), 30, 0)
+    finally:
+        conn.close()
+    return json.loads(answer)["return"]
+
+
+def guest_run(path: str, *args: str) -> tuple[int, str]:
+    """Run a program in the guest through its agent: its exit code and output."""
+    pid = agent_command("guest-exec", path=path, arg=list(args),
+                        **{"capture-output": True})["pid"]
+    deadline = time.monotonic() + 60
+    while not (status := agent_command("guest-exec-status", pid=pid))["exited"]:
+        assert time.monotonic() < deadline, f"{path} still runs in the guest"
+        time.sleep(0.2)
+    output = b"".join(base64.b64decode(status.get(stream, ""))
+                      for stream in ("out-data", "err-data"))
+    return int(status.get("exitcode", -1)), output.decode(errors="replace")
 
 
 def _answers(stub: Stub) -> bool:
@@ -273,22 +324,32 @@ def _answers(stub: Stub) -> bool:
 def test_agent_interface_addresses(qemu: Stub) -> None:
     reply = qemu.GetInterfaceAddresses(pb.GetInterfaceAddressesRequest(
         name=GUEST, source=pb.INTERFACE_ADDRESS_SOURCE_AGENT))
-    loopback = {i.name: i for i in reply.interfaces}["lo"]
-    assert pb.IpAddress(type=pb.IP_ADDRESS_TYPE_IPV4, address="127.0.0.1", prefix=8) \
-        in loopback.addresses
+    # the example guest has no NIC and never brings lo up: lo without addresses
+    assert [(i.name, i.hwaddr) for i in reply.interfaces] == [("lo", "00:00:00:00:00:00")]
+    assert list(reply.interfaces[0].addresses) == []
 
 
 @pytest.mark.qemu
 @pytest.mark.timeout(300)
-def test_agent_freeze_then_thaw(qemu: Stub) -> None:
-    frozen = qemu.FreezeFilesystems(pb.FreezeFilesystemsRequest(name=GUEST)).count
+def test_agent_filesystems_freeze_then_thaw(qemu: Stub) -> None:
+    info = qemu.GetFilesystemInfo(pb.GetFilesystemInfoRequest(name=GUEST))
+    assert [(f.mountpoint, f.device, f.type, list(f.disk_targets))
+            for f in info.filesystems] == [("/mnt", "vda", "ext4", ["vdb"])]
+    assert qemu.FreezeFilesystems(pb.FreezeFilesystemsRequest(
+        name=GUEST, mountpoints=["/mnt"])).count == 1
     try:
-        # frozen already: the agent refuses a second freeze
-        assert error_of(qemu.FreezeFilesystems,
-                        pb.FreezeFilesystemsRequest(name=GUEST)).code() != C.OK
+        assert agent_command("guest-fsfreeze-status") == "frozen"
+        # the agent refuses what could write to a frozen file system
+        assert code_and_reason(qemu.SetGuestTime, pb.SetGuestTimeRequest(
+            name=GUEST, sync=True)) == (C.FAILED_PRECONDITION, "GUEST_FILESYSTEMS_FROZEN")
     finally:
         thawed = qemu.ThawFilesystems(pb.ThawFilesystemsRequest(name=GUEST)).count
-    assert thawed == frozen
+    assert thawed == 1
+    assert agent_command("guest-fsfreeze-status") == "thawed"
+    qemu.TrimFilesystems(pb.TrimFilesystemsRequest(name=GUEST))
+    # libvirt's QEMU driver trims all file systems or none
+    assert code_and_reason(qemu.TrimFilesystems, pb.TrimFilesystemsRequest(
+        name=GUEST, mountpoint="/mnt")) == (C.UNIMPLEMENTED, "VIR_ERR_ARGUMENT_UNSUPPORTED")
 
 
 @pytest.mark.qemu
@@ -319,9 +380,23 @@ def test_agent_get_and_set_time(qemu: Stub) -> None:
 
 @pytest.mark.qemu
 @pytest.mark.timeout(300)
-def test_agent_response_timeout(qemu: Stub) -> None:
+def test_agent_guest_vcpus(qemu: Stub) -> None:
+    vcpus = qemu.GetGuestVcpus(pb.GetGuestVcpusRequest(name=GUEST))
+    assert (vcpus.vcpus, vcpus.online) == ("0", "0")  # the example guest has one vCPU
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(300)
+def test_an_agent_that_does_not_answer_is_a_failed_precondition(qemu: Stub) -> None:
+    """Last: the guest's agent stays stopped (SIGSTOP) until the guest goes."""
+    agent_command("guest-exec", path="/bin/sh",
+                  arg=["-c", "sleep 1; kill -STOP $(pidof qemu-ga)"])
+    time.sleep(3)
     qemu.SetAgentResponseTimeout(pb.SetAgentResponseTimeoutRequest(
-        name=GUEST, mode=pb.AGENT_TIMEOUT_MODE_SECONDS, seconds=10))
-    qemu.SetAgentResponseTimeout(pb.SetAgentResponseTimeoutRequest(name=GUEST))
-    # frozen file systems: the agent refuses what would write to them, quickly
-    assert qemu.GetGuestVcpus(pb.GetGuestVcpusRequest(name=GUEST)).vcpus == "0"
+        name=GUEST, mode=pb.AGENT_TIMEOUT_MODE_SECONDS, seconds=2))
+    started = time.monotonic()
+    error = error_of(qemu.GetGuestTime, pb.GetGuestTimeRequest(name=GUEST))
+    assert time.monotonic() - started < 30
+    assert (error.code(), reason_of(error)) == (  # type: ignore[attr-defined]
+        C.FAILED_PRECONDITION, "VIR_ERR_AGENT_UNRESPONSIVE")
+    assert "does not answer" in str(error.details())  # type: ignore[attr-defined]

@@ -6,7 +6,8 @@ that does not answer (none installed, not started, not connected, or too slow) i
 libvirt's VIR_ERR_AGENT_UNRESPONSIVE, which the shared table makes DEADLINE_EXCEEDED;
 here it is FAILED_PRECONDITION instead: the caller's deadline did not pass, the
 guest is not in a state to answer, and only a change in the guest (its agent
-starting) makes a retry succeed.
+starting) makes a retry succeed. A command the agent refuses while the guest's file
+systems are frozen is FAILED_PRECONDITION too (libvirt says internal error).
 
 A password is never in a log line or an error message of ours: libvirt's own errors
 for the call do not repeat it either.
@@ -29,6 +30,9 @@ _INT_MAX = 2**31 - 1
 #: REMOTE_DOMAIN_AUTHORIZED_SSH_KEYS_MAX)
 MAX_MOUNTPOINTS = 256
 MAX_SSH_KEYS = 2048
+#: how qemu-guest-agent refuses a command while the file systems are frozen (libvirt
+#: passes it on as an internal error)
+FROZEN = "the agent is in frozen state"
 
 
 def _invalid(message: str, reason: str = "VIR_ERR_INVALID_ARG") -> ServiceError:
@@ -41,6 +45,11 @@ def _agent(dom: libvirt.virDomain) -> Iterator[None]:
     try:
         yield
     except libvirt.libvirtError as error:
+        if FROZEN in str(error.get_error_message()):
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the file systems of domain '{dom.name()}' are frozen: thaw them first "
+                f"({error.get_error_message()})", "GUEST_FILESYSTEMS_FROZEN") from error
         if error.get_error_code() != libvirt.VIR_ERR_AGENT_UNRESPONSIVE:
             raise
         raise ServiceError(

@@ -95,8 +95,9 @@ def interfaces(table: Mapping[str, Any]) -> list[pb.GuestInterface]:
     """libvirt's interface table, sorted by name."""
     return [pb.GuestInterface(
         name=name, hwaddr=value.get("hwaddr") or "",
-        addresses=[pb.IpAddress(type=ADDRESS_TYPES.get(address["type"], pb.IP_ADDRESS_TYPE_UNSPECIFIED),
-                                address=address["addr"], prefix=address["prefix"])
+        addresses=[pb.IpAddress(
+            type=ADDRESS_TYPES.get(address["type"], pb.IP_ADDRESS_TYPE_UNSPECIFIED),
+            address=address["addr"], prefix=address["prefix"])
                    for address in value.get("addrs") or []])
         for name, value in sorted(table.items())]
 

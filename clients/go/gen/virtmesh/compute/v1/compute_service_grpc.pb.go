@@ -345,7 +345,8 @@ type ComputeServiceClient interface {
 	// Errors: as FreezeFilesystems.
 	ThawFilesystems(ctx context.Context, in *ThawFilesystemsRequest, opts ...grpc.CallOption) (*ThawFilesystemsResponse, error)
 	// Discards the unused blocks of the guest's file systems (virDomainFSTrim).
-	// Errors: INVALID_ARGUMENT for a relative mountpoint.
+	// Errors: INVALID_ARGUMENT for a relative mountpoint; UNIMPLEMENTED for any
+	// mountpoint on the QEMU driver, which trims all or none.
 	TrimFilesystems(ctx context.Context, in *TrimFilesystemsRequest, opts ...grpc.CallOption) (*TrimFilesystemsResponse, error)
 	// The guest's mounted file systems and their disks (virDomainGetFSInfo).
 	GetFilesystemInfo(ctx context.Context, in *GetFilesystemInfoRequest, opts ...grpc.CallOption) (*GetFilesystemInfoResponse, error)
@@ -1590,7 +1591,8 @@ type ComputeServiceServer interface {
 	// Errors: as FreezeFilesystems.
 	ThawFilesystems(context.Context, *ThawFilesystemsRequest) (*ThawFilesystemsResponse, error)
 	// Discards the unused blocks of the guest's file systems (virDomainFSTrim).
-	// Errors: INVALID_ARGUMENT for a relative mountpoint.
+	// Errors: INVALID_ARGUMENT for a relative mountpoint; UNIMPLEMENTED for any
+	// mountpoint on the QEMU driver, which trims all or none.
 	TrimFilesystems(context.Context, *TrimFilesystemsRequest) (*TrimFilesystemsResponse, error)
 	// The guest's mounted file systems and their disks (virDomainGetFSInfo).
 	GetFilesystemInfo(context.Context, *GetFilesystemInfoRequest) (*GetFilesystemInfoResponse, error)

@@ -1147,8 +1147,10 @@ class ComputeServiceServicer:
         NOT_FOUND: no such domain;
         FAILED_PRECONDITION: the domain is not running, or its guest agent does
         not answer (not installed, not started, not connected, or slower than
-        the agent response timeout; reason VIR_ERR_AGENT_UNRESPONSIVE): the
-        guest must change before a retry can succeed;
+        the agent response timeout; reason VIR_ERR_AGENT_UNRESPONSIVE), or it
+        refuses the command while the file systems are frozen (reason
+        GUEST_FILESYSTEMS_FROZEN): the guest must change before a retry can
+        succeed;
         UNIMPLEMENTED: the driver or the agent lacks the call (the test driver
         has no guest info, guest vCPUs, SSH keys or agent timeout).
 
@@ -1182,7 +1184,8 @@ class ComputeServiceServicer:
 
     def TrimFilesystems(self, request, context):
         """Discards the unused blocks of the guest's file systems (virDomainFSTrim).
-        Errors: INVALID_ARGUMENT for a relative mountpoint.
+        Errors: INVALID_ARGUMENT for a relative mountpoint; UNIMPLEMENTED for any
+        mountpoint on the QEMU driver, which trims all or none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

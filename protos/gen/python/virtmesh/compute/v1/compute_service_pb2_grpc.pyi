@@ -441,8 +441,10 @@ class ComputeServiceStub:
       NOT_FOUND: no such domain;
       FAILED_PRECONDITION: the domain is not running, or its guest agent does
         not answer (not installed, not started, not connected, or slower than
-        the agent response timeout; reason VIR_ERR_AGENT_UNRESPONSIVE): the
-        guest must change before a retry can succeed;
+        the agent response timeout; reason VIR_ERR_AGENT_UNRESPONSIVE), or it
+        refuses the command while the file systems are frozen (reason
+        GUEST_FILESYSTEMS_FROZEN): the guest must change before a retry can
+        succeed;
       UNIMPLEMENTED: the driver or the agent lacks the call (the test driver
         has no guest info, guest vCPUs, SSH keys or agent timeout).
 
@@ -464,7 +466,8 @@ class ComputeServiceStub:
     """
     TrimFilesystems: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.TrimFilesystemsRequest, _compute_service_pb2.TrimFilesystemsResponse]
     """Discards the unused blocks of the guest's file systems (virDomainFSTrim).
-    Errors: INVALID_ARGUMENT for a relative mountpoint.
+    Errors: INVALID_ARGUMENT for a relative mountpoint; UNIMPLEMENTED for any
+    mountpoint on the QEMU driver, which trims all or none.
     """
     GetFilesystemInfo: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetFilesystemInfoRequest, _compute_service_pb2.GetFilesystemInfoResponse]
     """The guest's mounted file systems and their disks (virDomainGetFSInfo)."""
@@ -931,8 +934,10 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
       NOT_FOUND: no such domain;
       FAILED_PRECONDITION: the domain is not running, or its guest agent does
         not answer (not installed, not started, not connected, or slower than
-        the agent response timeout; reason VIR_ERR_AGENT_UNRESPONSIVE): the
-        guest must change before a retry can succeed;
+        the agent response timeout; reason VIR_ERR_AGENT_UNRESPONSIVE), or it
+        refuses the command while the file systems are frozen (reason
+        GUEST_FILESYSTEMS_FROZEN): the guest must change before a retry can
+        succeed;
       UNIMPLEMENTED: the driver or the agent lacks the call (the test driver
         has no guest info, guest vCPUs, SSH keys or agent timeout).
 
@@ -954,7 +959,8 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     """
     TrimFilesystems: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.TrimFilesystemsRequest, _compute_service_pb2.TrimFilesystemsResponse]  # type: ignore[assignment]
     """Discards the unused blocks of the guest's file systems (virDomainFSTrim).
-    Errors: INVALID_ARGUMENT for a relative mountpoint.
+    Errors: INVALID_ARGUMENT for a relative mountpoint; UNIMPLEMENTED for any
+    mountpoint on the QEMU driver, which trims all or none.
     """
     GetFilesystemInfo: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetFilesystemInfoRequest, _compute_service_pb2.GetFilesystemInfoResponse]  # type: ignore[assignment]
     """The guest's mounted file systems and their disks (virDomainGetFSInfo)."""
@@ -1832,8 +1838,10 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
           NOT_FOUND: no such domain;
           FAILED_PRECONDITION: the domain is not running, or its guest agent does
             not answer (not installed, not started, not connected, or slower than
-            the agent response timeout; reason VIR_ERR_AGENT_UNRESPONSIVE): the
-            guest must change before a retry can succeed;
+            the agent response timeout; reason VIR_ERR_AGENT_UNRESPONSIVE), or it
+            refuses the command while the file systems are frozen (reason
+            GUEST_FILESYSTEMS_FROZEN): the guest must change before a retry can
+            succeed;
           UNIMPLEMENTED: the driver or the agent lacks the call (the test driver
             has no guest info, guest vCPUs, SSH keys or agent timeout).
 
@@ -1873,7 +1881,8 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_compute_service_pb2.TrimFilesystemsResponse, _abc.Awaitable[_compute_service_pb2.TrimFilesystemsResponse]]:
         """Discards the unused blocks of the guest's file systems (virDomainFSTrim).
-        Errors: INVALID_ARGUMENT for a relative mountpoint.
+        Errors: INVALID_ARGUMENT for a relative mountpoint; UNIMPLEMENTED for any
+        mountpoint on the QEMU driver, which trims all or none.
         """
 
     @_abc_1.abstractmethod

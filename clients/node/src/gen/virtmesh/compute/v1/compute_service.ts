@@ -26679,7 +26679,8 @@ export const ComputeServiceService = {
   },
   /**
    * Discards the unused blocks of the guest's file systems (virDomainFSTrim).
-   * Errors: INVALID_ARGUMENT for a relative mountpoint.
+   * Errors: INVALID_ARGUMENT for a relative mountpoint; UNIMPLEMENTED for any
+   * mountpoint on the QEMU driver, which trims all or none.
    */
   trimFilesystems: {
     path: "/virtmesh.compute.v1.ComputeService/TrimFilesystems" as const,
@@ -27324,7 +27325,8 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
   thawFilesystems: handleUnaryCall<ThawFilesystemsRequest, ThawFilesystemsResponse>;
   /**
    * Discards the unused blocks of the guest's file systems (virDomainFSTrim).
-   * Errors: INVALID_ARGUMENT for a relative mountpoint.
+   * Errors: INVALID_ARGUMENT for a relative mountpoint; UNIMPLEMENTED for any
+   * mountpoint on the QEMU driver, which trims all or none.
    */
   trimFilesystems: handleUnaryCall<TrimFilesystemsRequest, TrimFilesystemsResponse>;
   /** The guest's mounted file systems and their disks (virDomainGetFSInfo). */
@@ -28814,7 +28816,8 @@ export interface ComputeServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Discards the unused blocks of the guest's file systems (virDomainFSTrim).
-   * Errors: INVALID_ARGUMENT for a relative mountpoint.
+   * Errors: INVALID_ARGUMENT for a relative mountpoint; UNIMPLEMENTED for any
+   * mountpoint on the QEMU driver, which trims all or none.
    */
   trimFilesystems(
     request: TrimFilesystemsRequest,
