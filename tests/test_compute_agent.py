@@ -231,6 +231,10 @@ def test_cli_domifaddr_domhostname_and_domfsinfo(test_daemon: Daemon,
     code, out = run_cli(test_daemon, capsys, "--json", "domfsinfo", RUNNING)
     mountpoints = [f["mountpoint"] for f in json.loads(out)["filesystems"]]
     assert (code, mountpoints) == (0, ["/", "/boot"]), out
+    code, out = run_cli(test_daemon, capsys, "domtime", RUNNING, "--time", "1700000000")
+    assert (code, out.strip()) == (0, "Time set")
+    code, out = run_cli(test_daemon, capsys, "domtime", RUNNING)
+    assert code == 0 and out.startswith("Time: "), out
     code, out = run_cli(test_daemon, capsys, "domifaddr", "nope")
     assert (code, out.strip()) == (1, "virtmesh: NOT_FOUND: Domain not found (VIR_ERR_NO_DOMAIN)")
 
