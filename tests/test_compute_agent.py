@@ -371,6 +371,19 @@ def test_agent_guest_info_and_hostname(qemu: Stub) -> None:
 
 @pytest.mark.qemu
 @pytest.mark.timeout(300)
+def test_agent_guest_info_of_every_kind_is_typed(qemu: Stub) -> None:
+    info = qemu.GetGuestInfo(pb.GetGuestInfoRequest(name=GUEST))
+    mounted = {f.mountpoint: f for f in info.filesystems}["/mnt"]
+    assert (mounted.name, mounted.type) == ("vda", "ext4")
+    assert 0 < mounted.used_bytes < mounted.total_bytes <= 16 * 2**20
+    assert [d.alias for d in mounted.disks] == ["vdb"]
+    assert "lo" in [i.name for i in info.interfaces]
+    assert "/dev/vda" in [d.name for d in info.disks]
+    assert int(info.raw["fs.count"]) == len(info.filesystems)
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(300)
 def test_agent_get_and_set_time(qemu: Stub) -> None:
     when = 1_700_000_000
     qemu.SetGuestTime(pb.SetGuestTimeRequest(name=GUEST, time=Timestamp(seconds=when)))

@@ -13874,7 +13874,7 @@ type GuestFilesystemDisk struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	// The domain's disk alias, as "virtio-disk0".
+	// The domain's disk target, as "vdb" (libvirt's "alias" key).
 	Alias  string `protobuf:"bytes,1,opt,name=alias,proto3" json:"alias,omitempty"`
 	Serial string `protobuf:"bytes,2,opt,name=serial,proto3" json:"serial,omitempty"`
 	// The guest's device path.
@@ -14032,7 +14032,7 @@ type GuestDisk struct {
 	// The devices it lies on (a partition's disk, an LVM volume's).
 	Dependencies []string `protobuf:"bytes,3,rep,name=dependencies,proto3" json:"dependencies,omitempty"`
 	Serial       string   `protobuf:"bytes,4,opt,name=serial,proto3" json:"serial,omitempty"`
-	// The domain's disk alias.
+	// The domain's disk target, as "vdb" (libvirt's "alias" key).
 	Alias string `protobuf:"bytes,5,opt,name=alias,proto3" json:"alias,omitempty"`
 	// The guest's own name for it (on Windows).
 	GuestAlias string `protobuf:"bytes,6,opt,name=guest_alias,json=guestAlias,proto3" json:"guest_alias,omitempty"`

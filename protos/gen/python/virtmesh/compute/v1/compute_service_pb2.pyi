@@ -6068,7 +6068,7 @@ class GuestFilesystemDisk(_message.Message):
     SERIAL_FIELD_NUMBER: _builtins.int
     DEVICE_FIELD_NUMBER: _builtins.int
     alias: _builtins.str
-    """The domain's disk alias, as "virtio-disk0"."""
+    """The domain's disk target, as "vdb" (libvirt's "alias" key)."""
     serial: _builtins.str
     device: _builtins.str
     """The guest's device path."""
@@ -6137,7 +6137,7 @@ class GuestDisk(_message.Message):
     partition: _builtins.bool
     serial: _builtins.str
     alias: _builtins.str
-    """The domain's disk alias."""
+    """The domain's disk target, as "vdb" (libvirt's "alias" key)."""
     guest_alias: _builtins.str
     """The guest's own name for it (on Windows)."""
     @_builtins.property

@@ -3319,7 +3319,7 @@ export interface GuestTimezone {
 }
 
 export interface GuestFilesystemDisk {
-  /** The domain's disk alias, as "virtio-disk0". */
+  /** The domain's disk target, as "vdb" (libvirt's "alias" key). */
   alias: string;
   serial: string;
   /** The guest's device path. */
@@ -3342,7 +3342,7 @@ export interface GuestDisk {
   /** The devices it lies on (a partition's disk, an LVM volume's). */
   dependencies: string[];
   serial: string;
-  /** The domain's disk alias. */
+  /** The domain's disk target, as "vdb" (libvirt's "alias" key). */
   alias: string;
   /** The guest's own name for it (on Windows). */
   guestAlias: string;
