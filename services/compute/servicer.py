@@ -23,6 +23,7 @@ from services.common.shared import ServiceError
 from services.common.version import VERSION
 from services.compute import convert
 from services.compute.backend import ComputeBackend, Listed
+from services.compute.servicer_agent import AgentServicer
 from services.compute.servicer_host import HostServicer
 from services.compute.servicer_jobs import JobsServicer
 from virtmesh.compute.v1 import compute_service_pb2 as pb
@@ -59,7 +60,7 @@ def _data(first: _HasData, requests: Iterator[_HasData]) -> Iterator[bytes]:
         yield request.data
 
 
-class ComputeServicer(HostServicer, JobsServicer,
+class ComputeServicer(HostServicer, JobsServicer, AgentServicer,
                       DriverServicer[ComputeBackend, pb.WatchDomainEventsResponse],
                       pb_grpc.ComputeServiceServicer):
     def __init__(self, connection: LibvirtConnection, config: Config) -> None:

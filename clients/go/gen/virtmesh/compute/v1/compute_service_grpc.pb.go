@@ -330,6 +330,66 @@ type ComputeServiceClient interface {
 	// Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
 	// UNIMPLEMENTED when the driver has no jobs (the test driver).
 	AbortDomainJob(ctx context.Context, in *AbortDomainJobRequest, opts ...grpc.CallOption) (*AbortDomainJobResponse, error)
+	// The guest's network interfaces and their addresses
+	// (virDomainInterfaceAddresses) from the DHCP leases, the guest agent or
+	// the host's ARP table. Declares domain:write too: libvirt refuses the
+	// agent source on read-only connections.
+	GetInterfaceAddresses(ctx context.Context, in *GetInterfaceAddressesRequest, opts ...grpc.CallOption) (*GetInterfaceAddressesResponse, error)
+	// Freezes the guest's file systems, all or the mountpoints given
+	// (virDomainFSFreeze), for a consistent disk snapshot; returns how many.
+	// Errors: INVALID_ARGUMENT for an empty or repeated mountpoint;
+	// FAILED_PRECONDITION for a mountpoint the guest does not have or file
+	// systems already frozen.
+	FreezeFilesystems(ctx context.Context, in *FreezeFilesystemsRequest, opts ...grpc.CallOption) (*FreezeFilesystemsResponse, error)
+	// Thaws the guest's frozen file systems (virDomainFSThaw); returns how many.
+	// Errors: as FreezeFilesystems.
+	ThawFilesystems(ctx context.Context, in *ThawFilesystemsRequest, opts ...grpc.CallOption) (*ThawFilesystemsResponse, error)
+	// Discards the unused blocks of the guest's file systems (virDomainFSTrim).
+	// Errors: INVALID_ARGUMENT for a relative mountpoint; UNIMPLEMENTED for any
+	// mountpoint on the QEMU driver, which trims all or none.
+	TrimFilesystems(ctx context.Context, in *TrimFilesystemsRequest, opts ...grpc.CallOption) (*TrimFilesystemsResponse, error)
+	// The guest's mounted file systems and their disks (virDomainGetFSInfo).
+	GetFilesystemInfo(ctx context.Context, in *GetFilesystemInfoRequest, opts ...grpc.CallOption) (*GetFilesystemInfoResponse, error)
+	// What the guest agent tells of the guest (virDomainGetGuestInfo): the
+	// kinds asked for, or all of them when none is; typed as libvirt 9.0 names
+	// its fields, and every field in `raw`.
+	GetGuestInfo(ctx context.Context, in *GetGuestInfoRequest, opts ...grpc.CallOption) (*GetGuestInfoResponse, error)
+	// The guest's own hostname (virDomainGetHostname) from the agent or the
+	// DHCP leases; unset: the driver's choice. Declares domain:write too: libvirt
+	// refuses it on read-only connections.
+	// Errors: NOT_FOUND (reason VIR_ERR_NO_HOSTNAME) when the source has none.
+	GetGuestHostname(ctx context.Context, in *GetGuestHostnameRequest, opts ...grpc.CallOption) (*GetGuestHostnameResponse, error)
+	// The vCPUs the guest sees and which are online (virDomainGetGuestVcpus).
+	GetGuestVcpus(ctx context.Context, in *GetGuestVcpusRequest, opts ...grpc.CallOption) (*GetGuestVcpusResponse, error)
+	// Brings guest vCPUs online or offline inside the guest
+	// (virDomainSetGuestVcpus).
+	// Errors: INVALID_ARGUMENT for an empty or malformed cpumap.
+	SetGuestVcpus(ctx context.Context, in *SetGuestVcpusRequest, opts ...grpc.CallOption) (*SetGuestVcpusResponse, error)
+	// The guest's clock (virDomainGetTime). Declares domain:write too: libvirt
+	// refuses it on read-only connections.
+	GetGuestTime(ctx context.Context, in *GetGuestTimeRequest, opts ...grpc.CallOption) (*GetGuestTimeResponse, error)
+	// Sets the guest's clock (virDomainSetTime) to `time`, or with `sync` from
+	// the guest's hardware clock.
+	// Errors: INVALID_ARGUMENT for both or neither of time and sync, or a
+	// negative time.
+	SetGuestTime(ctx context.Context, in *SetGuestTimeRequest, opts ...grpc.CallOption) (*SetGuestTimeResponse, error)
+	// Sets a guest user's password (virDomainSetUserPassword). The password is
+	// never logged, audited or repeated in an error.
+	// Errors: INVALID_ARGUMENT for an empty user or password.
+	SetUserPassword(ctx context.Context, in *SetUserPasswordRequest, opts ...grpc.CallOption) (*SetUserPasswordResponse, error)
+	// A guest user's authorized SSH keys (virDomainAuthorizedSSHKeysGet).
+	// Errors: INVALID_ARGUMENT for an empty user.
+	GetAuthorizedSSHKeys(ctx context.Context, in *GetAuthorizedSSHKeysRequest, opts ...grpc.CallOption) (*GetAuthorizedSSHKeysResponse, error)
+	// Replaces, appends to or removes from a guest user's authorized SSH keys
+	// (virDomainAuthorizedSSHKeysSet).
+	// Errors: INVALID_ARGUMENT for an empty user, a key with a newline, or no
+	// keys to append or remove.
+	SetAuthorizedSSHKeys(ctx context.Context, in *SetAuthorizedSSHKeysRequest, opts ...grpc.CallOption) (*SetAuthorizedSSHKeysResponse, error)
+	// How long libvirt waits for the domain's guest agent
+	// (virDomainAgentSetResponseTimeout); lasts while the domain runs.
+	// Errors: INVALID_ARGUMENT for seconds with a mode other than SECONDS, or
+	// out of range.
+	SetAgentResponseTimeout(ctx context.Context, in *SetAgentResponseTimeoutRequest, opts ...grpc.CallOption) (*SetAgentResponseTimeoutResponse, error)
 }
 
 type computeServiceClient struct {
@@ -1064,6 +1124,141 @@ func (c *computeServiceClient) AbortDomainJob(ctx context.Context, in *AbortDoma
 	return out, nil
 }
 
+func (c *computeServiceClient) GetInterfaceAddresses(ctx context.Context, in *GetInterfaceAddressesRequest, opts ...grpc.CallOption) (*GetInterfaceAddressesResponse, error) {
+	out := new(GetInterfaceAddressesResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetInterfaceAddresses", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) FreezeFilesystems(ctx context.Context, in *FreezeFilesystemsRequest, opts ...grpc.CallOption) (*FreezeFilesystemsResponse, error) {
+	out := new(FreezeFilesystemsResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/FreezeFilesystems", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) ThawFilesystems(ctx context.Context, in *ThawFilesystemsRequest, opts ...grpc.CallOption) (*ThawFilesystemsResponse, error) {
+	out := new(ThawFilesystemsResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/ThawFilesystems", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) TrimFilesystems(ctx context.Context, in *TrimFilesystemsRequest, opts ...grpc.CallOption) (*TrimFilesystemsResponse, error) {
+	out := new(TrimFilesystemsResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/TrimFilesystems", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetFilesystemInfo(ctx context.Context, in *GetFilesystemInfoRequest, opts ...grpc.CallOption) (*GetFilesystemInfoResponse, error) {
+	out := new(GetFilesystemInfoResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetFilesystemInfo", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetGuestInfo(ctx context.Context, in *GetGuestInfoRequest, opts ...grpc.CallOption) (*GetGuestInfoResponse, error) {
+	out := new(GetGuestInfoResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetGuestInfo", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetGuestHostname(ctx context.Context, in *GetGuestHostnameRequest, opts ...grpc.CallOption) (*GetGuestHostnameResponse, error) {
+	out := new(GetGuestHostnameResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetGuestHostname", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetGuestVcpus(ctx context.Context, in *GetGuestVcpusRequest, opts ...grpc.CallOption) (*GetGuestVcpusResponse, error) {
+	out := new(GetGuestVcpusResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetGuestVcpus", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetGuestVcpus(ctx context.Context, in *SetGuestVcpusRequest, opts ...grpc.CallOption) (*SetGuestVcpusResponse, error) {
+	out := new(SetGuestVcpusResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetGuestVcpus", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetGuestTime(ctx context.Context, in *GetGuestTimeRequest, opts ...grpc.CallOption) (*GetGuestTimeResponse, error) {
+	out := new(GetGuestTimeResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetGuestTime", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetGuestTime(ctx context.Context, in *SetGuestTimeRequest, opts ...grpc.CallOption) (*SetGuestTimeResponse, error) {
+	out := new(SetGuestTimeResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetGuestTime", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetUserPassword(ctx context.Context, in *SetUserPasswordRequest, opts ...grpc.CallOption) (*SetUserPasswordResponse, error) {
+	out := new(SetUserPasswordResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetUserPassword", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetAuthorizedSSHKeys(ctx context.Context, in *GetAuthorizedSSHKeysRequest, opts ...grpc.CallOption) (*GetAuthorizedSSHKeysResponse, error) {
+	out := new(GetAuthorizedSSHKeysResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetAuthorizedSSHKeys", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetAuthorizedSSHKeys(ctx context.Context, in *SetAuthorizedSSHKeysRequest, opts ...grpc.CallOption) (*SetAuthorizedSSHKeysResponse, error) {
+	out := new(SetAuthorizedSSHKeysResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetAuthorizedSSHKeys", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetAgentResponseTimeout(ctx context.Context, in *SetAgentResponseTimeoutRequest, opts ...grpc.CallOption) (*SetAgentResponseTimeoutResponse, error) {
+	out := new(SetAgentResponseTimeoutResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetAgentResponseTimeout", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ComputeServiceServer is the server API for ComputeService service.
 // All implementations must embed UnimplementedComputeServiceServer
 // for forward compatibility
@@ -1381,6 +1576,66 @@ type ComputeServiceServer interface {
 	// Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
 	// UNIMPLEMENTED when the driver has no jobs (the test driver).
 	AbortDomainJob(context.Context, *AbortDomainJobRequest) (*AbortDomainJobResponse, error)
+	// The guest's network interfaces and their addresses
+	// (virDomainInterfaceAddresses) from the DHCP leases, the guest agent or
+	// the host's ARP table. Declares domain:write too: libvirt refuses the
+	// agent source on read-only connections.
+	GetInterfaceAddresses(context.Context, *GetInterfaceAddressesRequest) (*GetInterfaceAddressesResponse, error)
+	// Freezes the guest's file systems, all or the mountpoints given
+	// (virDomainFSFreeze), for a consistent disk snapshot; returns how many.
+	// Errors: INVALID_ARGUMENT for an empty or repeated mountpoint;
+	// FAILED_PRECONDITION for a mountpoint the guest does not have or file
+	// systems already frozen.
+	FreezeFilesystems(context.Context, *FreezeFilesystemsRequest) (*FreezeFilesystemsResponse, error)
+	// Thaws the guest's frozen file systems (virDomainFSThaw); returns how many.
+	// Errors: as FreezeFilesystems.
+	ThawFilesystems(context.Context, *ThawFilesystemsRequest) (*ThawFilesystemsResponse, error)
+	// Discards the unused blocks of the guest's file systems (virDomainFSTrim).
+	// Errors: INVALID_ARGUMENT for a relative mountpoint; UNIMPLEMENTED for any
+	// mountpoint on the QEMU driver, which trims all or none.
+	TrimFilesystems(context.Context, *TrimFilesystemsRequest) (*TrimFilesystemsResponse, error)
+	// The guest's mounted file systems and their disks (virDomainGetFSInfo).
+	GetFilesystemInfo(context.Context, *GetFilesystemInfoRequest) (*GetFilesystemInfoResponse, error)
+	// What the guest agent tells of the guest (virDomainGetGuestInfo): the
+	// kinds asked for, or all of them when none is; typed as libvirt 9.0 names
+	// its fields, and every field in `raw`.
+	GetGuestInfo(context.Context, *GetGuestInfoRequest) (*GetGuestInfoResponse, error)
+	// The guest's own hostname (virDomainGetHostname) from the agent or the
+	// DHCP leases; unset: the driver's choice. Declares domain:write too: libvirt
+	// refuses it on read-only connections.
+	// Errors: NOT_FOUND (reason VIR_ERR_NO_HOSTNAME) when the source has none.
+	GetGuestHostname(context.Context, *GetGuestHostnameRequest) (*GetGuestHostnameResponse, error)
+	// The vCPUs the guest sees and which are online (virDomainGetGuestVcpus).
+	GetGuestVcpus(context.Context, *GetGuestVcpusRequest) (*GetGuestVcpusResponse, error)
+	// Brings guest vCPUs online or offline inside the guest
+	// (virDomainSetGuestVcpus).
+	// Errors: INVALID_ARGUMENT for an empty or malformed cpumap.
+	SetGuestVcpus(context.Context, *SetGuestVcpusRequest) (*SetGuestVcpusResponse, error)
+	// The guest's clock (virDomainGetTime). Declares domain:write too: libvirt
+	// refuses it on read-only connections.
+	GetGuestTime(context.Context, *GetGuestTimeRequest) (*GetGuestTimeResponse, error)
+	// Sets the guest's clock (virDomainSetTime) to `time`, or with `sync` from
+	// the guest's hardware clock.
+	// Errors: INVALID_ARGUMENT for both or neither of time and sync, or a
+	// negative time.
+	SetGuestTime(context.Context, *SetGuestTimeRequest) (*SetGuestTimeResponse, error)
+	// Sets a guest user's password (virDomainSetUserPassword). The password is
+	// never logged, audited or repeated in an error.
+	// Errors: INVALID_ARGUMENT for an empty user or password.
+	SetUserPassword(context.Context, *SetUserPasswordRequest) (*SetUserPasswordResponse, error)
+	// A guest user's authorized SSH keys (virDomainAuthorizedSSHKeysGet).
+	// Errors: INVALID_ARGUMENT for an empty user.
+	GetAuthorizedSSHKeys(context.Context, *GetAuthorizedSSHKeysRequest) (*GetAuthorizedSSHKeysResponse, error)
+	// Replaces, appends to or removes from a guest user's authorized SSH keys
+	// (virDomainAuthorizedSSHKeysSet).
+	// Errors: INVALID_ARGUMENT for an empty user, a key with a newline, or no
+	// keys to append or remove.
+	SetAuthorizedSSHKeys(context.Context, *SetAuthorizedSSHKeysRequest) (*SetAuthorizedSSHKeysResponse, error)
+	// How long libvirt waits for the domain's guest agent
+	// (virDomainAgentSetResponseTimeout); lasts while the domain runs.
+	// Errors: INVALID_ARGUMENT for seconds with a mode other than SECONDS, or
+	// out of range.
+	SetAgentResponseTimeout(context.Context, *SetAgentResponseTimeoutRequest) (*SetAgentResponseTimeoutResponse, error)
 	mustEmbedUnimplementedComputeServiceServer()
 }
 
@@ -1591,6 +1846,51 @@ func (UnimplementedComputeServiceServer) GetDomainJobInfo(context.Context, *GetD
 }
 func (UnimplementedComputeServiceServer) AbortDomainJob(context.Context, *AbortDomainJobRequest) (*AbortDomainJobResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method AbortDomainJob not implemented")
+}
+func (UnimplementedComputeServiceServer) GetInterfaceAddresses(context.Context, *GetInterfaceAddressesRequest) (*GetInterfaceAddressesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetInterfaceAddresses not implemented")
+}
+func (UnimplementedComputeServiceServer) FreezeFilesystems(context.Context, *FreezeFilesystemsRequest) (*FreezeFilesystemsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method FreezeFilesystems not implemented")
+}
+func (UnimplementedComputeServiceServer) ThawFilesystems(context.Context, *ThawFilesystemsRequest) (*ThawFilesystemsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ThawFilesystems not implemented")
+}
+func (UnimplementedComputeServiceServer) TrimFilesystems(context.Context, *TrimFilesystemsRequest) (*TrimFilesystemsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method TrimFilesystems not implemented")
+}
+func (UnimplementedComputeServiceServer) GetFilesystemInfo(context.Context, *GetFilesystemInfoRequest) (*GetFilesystemInfoResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetFilesystemInfo not implemented")
+}
+func (UnimplementedComputeServiceServer) GetGuestInfo(context.Context, *GetGuestInfoRequest) (*GetGuestInfoResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetGuestInfo not implemented")
+}
+func (UnimplementedComputeServiceServer) GetGuestHostname(context.Context, *GetGuestHostnameRequest) (*GetGuestHostnameResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetGuestHostname not implemented")
+}
+func (UnimplementedComputeServiceServer) GetGuestVcpus(context.Context, *GetGuestVcpusRequest) (*GetGuestVcpusResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetGuestVcpus not implemented")
+}
+func (UnimplementedComputeServiceServer) SetGuestVcpus(context.Context, *SetGuestVcpusRequest) (*SetGuestVcpusResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetGuestVcpus not implemented")
+}
+func (UnimplementedComputeServiceServer) GetGuestTime(context.Context, *GetGuestTimeRequest) (*GetGuestTimeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetGuestTime not implemented")
+}
+func (UnimplementedComputeServiceServer) SetGuestTime(context.Context, *SetGuestTimeRequest) (*SetGuestTimeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetGuestTime not implemented")
+}
+func (UnimplementedComputeServiceServer) SetUserPassword(context.Context, *SetUserPasswordRequest) (*SetUserPasswordResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetUserPassword not implemented")
+}
+func (UnimplementedComputeServiceServer) GetAuthorizedSSHKeys(context.Context, *GetAuthorizedSSHKeysRequest) (*GetAuthorizedSSHKeysResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetAuthorizedSSHKeys not implemented")
+}
+func (UnimplementedComputeServiceServer) SetAuthorizedSSHKeys(context.Context, *SetAuthorizedSSHKeysRequest) (*SetAuthorizedSSHKeysResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetAuthorizedSSHKeys not implemented")
+}
+func (UnimplementedComputeServiceServer) SetAgentResponseTimeout(context.Context, *SetAgentResponseTimeoutRequest) (*SetAgentResponseTimeoutResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetAgentResponseTimeout not implemented")
 }
 func (UnimplementedComputeServiceServer) mustEmbedUnimplementedComputeServiceServer() {}
 
@@ -2859,6 +3159,276 @@ func _ComputeService_AbortDomainJob_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ComputeService_GetInterfaceAddresses_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetInterfaceAddressesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetInterfaceAddresses(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetInterfaceAddresses",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetInterfaceAddresses(ctx, req.(*GetInterfaceAddressesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_FreezeFilesystems_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FreezeFilesystemsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).FreezeFilesystems(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/FreezeFilesystems",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).FreezeFilesystems(ctx, req.(*FreezeFilesystemsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_ThawFilesystems_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ThawFilesystemsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).ThawFilesystems(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/ThawFilesystems",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).ThawFilesystems(ctx, req.(*ThawFilesystemsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_TrimFilesystems_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TrimFilesystemsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).TrimFilesystems(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/TrimFilesystems",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).TrimFilesystems(ctx, req.(*TrimFilesystemsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetFilesystemInfo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetFilesystemInfoRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetFilesystemInfo(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetFilesystemInfo",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetFilesystemInfo(ctx, req.(*GetFilesystemInfoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetGuestInfo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetGuestInfoRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetGuestInfo(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetGuestInfo",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetGuestInfo(ctx, req.(*GetGuestInfoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetGuestHostname_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetGuestHostnameRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetGuestHostname(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetGuestHostname",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetGuestHostname(ctx, req.(*GetGuestHostnameRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetGuestVcpus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetGuestVcpusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetGuestVcpus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetGuestVcpus",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetGuestVcpus(ctx, req.(*GetGuestVcpusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetGuestVcpus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetGuestVcpusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetGuestVcpus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetGuestVcpus",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetGuestVcpus(ctx, req.(*SetGuestVcpusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetGuestTime_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetGuestTimeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetGuestTime(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetGuestTime",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetGuestTime(ctx, req.(*GetGuestTimeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetGuestTime_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetGuestTimeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetGuestTime(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetGuestTime",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetGuestTime(ctx, req.(*SetGuestTimeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetUserPassword_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetUserPasswordRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetUserPassword(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetUserPassword",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetUserPassword(ctx, req.(*SetUserPasswordRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetAuthorizedSSHKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetAuthorizedSSHKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetAuthorizedSSHKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetAuthorizedSSHKeys",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetAuthorizedSSHKeys(ctx, req.(*GetAuthorizedSSHKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetAuthorizedSSHKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetAuthorizedSSHKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetAuthorizedSSHKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetAuthorizedSSHKeys",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetAuthorizedSSHKeys(ctx, req.(*SetAuthorizedSSHKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetAgentResponseTimeout_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetAgentResponseTimeoutRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetAgentResponseTimeout(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetAgentResponseTimeout",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetAgentResponseTimeout(ctx, req.(*SetAgentResponseTimeoutRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _ComputeService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "virtmesh.compute.v1.ComputeService",
 	HandlerType: (*ComputeServiceServer)(nil),
@@ -3114,6 +3684,66 @@ var _ComputeService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AbortDomainJob",
 			Handler:    _ComputeService_AbortDomainJob_Handler,
+		},
+		{
+			MethodName: "GetInterfaceAddresses",
+			Handler:    _ComputeService_GetInterfaceAddresses_Handler,
+		},
+		{
+			MethodName: "FreezeFilesystems",
+			Handler:    _ComputeService_FreezeFilesystems_Handler,
+		},
+		{
+			MethodName: "ThawFilesystems",
+			Handler:    _ComputeService_ThawFilesystems_Handler,
+		},
+		{
+			MethodName: "TrimFilesystems",
+			Handler:    _ComputeService_TrimFilesystems_Handler,
+		},
+		{
+			MethodName: "GetFilesystemInfo",
+			Handler:    _ComputeService_GetFilesystemInfo_Handler,
+		},
+		{
+			MethodName: "GetGuestInfo",
+			Handler:    _ComputeService_GetGuestInfo_Handler,
+		},
+		{
+			MethodName: "GetGuestHostname",
+			Handler:    _ComputeService_GetGuestHostname_Handler,
+		},
+		{
+			MethodName: "GetGuestVcpus",
+			Handler:    _ComputeService_GetGuestVcpus_Handler,
+		},
+		{
+			MethodName: "SetGuestVcpus",
+			Handler:    _ComputeService_SetGuestVcpus_Handler,
+		},
+		{
+			MethodName: "GetGuestTime",
+			Handler:    _ComputeService_GetGuestTime_Handler,
+		},
+		{
+			MethodName: "SetGuestTime",
+			Handler:    _ComputeService_SetGuestTime_Handler,
+		},
+		{
+			MethodName: "SetUserPassword",
+			Handler:    _ComputeService_SetUserPassword_Handler,
+		},
+		{
+			MethodName: "GetAuthorizedSSHKeys",
+			Handler:    _ComputeService_GetAuthorizedSSHKeys_Handler,
+		},
+		{
+			MethodName: "SetAuthorizedSSHKeys",
+			Handler:    _ComputeService_SetAuthorizedSSHKeys_Handler,
+		},
+		{
+			MethodName: "SetAgentResponseTimeout",
+			Handler:    _ComputeService_SetAgentResponseTimeout_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

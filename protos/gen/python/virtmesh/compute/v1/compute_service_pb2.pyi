@@ -719,6 +719,151 @@ JOB_OPERATION_BACKUP: JobOperation.ValueType  # 9
 JOB_OPERATION_SNAPSHOT_DELETE: JobOperation.ValueType  # 10
 Global___JobOperation: _TypeAlias = JobOperation  # noqa: Y015
 
+class _InterfaceAddressSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InterfaceAddressSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InterfaceAddressSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INTERFACE_ADDRESS_SOURCE_UNSPECIFIED: _InterfaceAddressSource.ValueType  # 0
+    """The DHCP leases of libvirt's networks (libvirt's default)."""
+    INTERFACE_ADDRESS_SOURCE_LEASE: _InterfaceAddressSource.ValueType  # 1
+    INTERFACE_ADDRESS_SOURCE_AGENT: _InterfaceAddressSource.ValueType  # 2
+    """The guest agent: every interface, lo included."""
+    INTERFACE_ADDRESS_SOURCE_ARP: _InterfaceAddressSource.ValueType  # 3
+    """The host's ARP table."""
+
+class InterfaceAddressSource(_InterfaceAddressSource, metaclass=_InterfaceAddressSourceEnumTypeWrapper):
+    """-- guest agent --------------------------------------------------------------
+
+    Where interface addresses come from, as libvirt's
+    virDomainInterfaceAddressesSource.
+    """
+
+INTERFACE_ADDRESS_SOURCE_UNSPECIFIED: InterfaceAddressSource.ValueType  # 0
+"""The DHCP leases of libvirt's networks (libvirt's default)."""
+INTERFACE_ADDRESS_SOURCE_LEASE: InterfaceAddressSource.ValueType  # 1
+INTERFACE_ADDRESS_SOURCE_AGENT: InterfaceAddressSource.ValueType  # 2
+"""The guest agent: every interface, lo included."""
+INTERFACE_ADDRESS_SOURCE_ARP: InterfaceAddressSource.ValueType  # 3
+"""The host's ARP table."""
+Global___InterfaceAddressSource: _TypeAlias = InterfaceAddressSource  # noqa: Y015
+
+class _IpAddressType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IpAddressTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IpAddressType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IP_ADDRESS_TYPE_UNSPECIFIED: _IpAddressType.ValueType  # 0
+    IP_ADDRESS_TYPE_IPV4: _IpAddressType.ValueType  # 1
+    IP_ADDRESS_TYPE_IPV6: _IpAddressType.ValueType  # 2
+
+class IpAddressType(_IpAddressType, metaclass=_IpAddressTypeEnumTypeWrapper): ...
+
+IP_ADDRESS_TYPE_UNSPECIFIED: IpAddressType.ValueType  # 0
+IP_ADDRESS_TYPE_IPV4: IpAddressType.ValueType  # 1
+IP_ADDRESS_TYPE_IPV6: IpAddressType.ValueType  # 2
+Global___IpAddressType: _TypeAlias = IpAddressType  # noqa: Y015
+
+class _GuestInfoType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GuestInfoTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GuestInfoType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GUEST_INFO_TYPE_UNSPECIFIED: _GuestInfoType.ValueType  # 0
+    GUEST_INFO_TYPE_USERS: _GuestInfoType.ValueType  # 1
+    GUEST_INFO_TYPE_OS: _GuestInfoType.ValueType  # 2
+    GUEST_INFO_TYPE_TIMEZONE: _GuestInfoType.ValueType  # 3
+    GUEST_INFO_TYPE_HOSTNAME: _GuestInfoType.ValueType  # 4
+    GUEST_INFO_TYPE_FILESYSTEM: _GuestInfoType.ValueType  # 5
+    GUEST_INFO_TYPE_DISKS: _GuestInfoType.ValueType  # 6
+    GUEST_INFO_TYPE_INTERFACES: _GuestInfoType.ValueType  # 7
+
+class GuestInfoType(_GuestInfoType, metaclass=_GuestInfoTypeEnumTypeWrapper):
+    """The kinds of guest information, as libvirt's virDomainGuestInfoTypes."""
+
+GUEST_INFO_TYPE_UNSPECIFIED: GuestInfoType.ValueType  # 0
+GUEST_INFO_TYPE_USERS: GuestInfoType.ValueType  # 1
+GUEST_INFO_TYPE_OS: GuestInfoType.ValueType  # 2
+GUEST_INFO_TYPE_TIMEZONE: GuestInfoType.ValueType  # 3
+GUEST_INFO_TYPE_HOSTNAME: GuestInfoType.ValueType  # 4
+GUEST_INFO_TYPE_FILESYSTEM: GuestInfoType.ValueType  # 5
+GUEST_INFO_TYPE_DISKS: GuestInfoType.ValueType  # 6
+GUEST_INFO_TYPE_INTERFACES: GuestInfoType.ValueType  # 7
+Global___GuestInfoType: _TypeAlias = GuestInfoType  # noqa: Y015
+
+class _HostnameSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HostnameSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HostnameSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HOSTNAME_SOURCE_UNSPECIFIED: _HostnameSource.ValueType  # 0
+    HOSTNAME_SOURCE_LEASE: _HostnameSource.ValueType  # 1
+    HOSTNAME_SOURCE_AGENT: _HostnameSource.ValueType  # 2
+
+class HostnameSource(_HostnameSource, metaclass=_HostnameSourceEnumTypeWrapper):
+    """Where the guest's hostname comes from, as libvirt's
+    virDomainGetHostnameFlags.
+    """
+
+HOSTNAME_SOURCE_UNSPECIFIED: HostnameSource.ValueType  # 0
+HOSTNAME_SOURCE_LEASE: HostnameSource.ValueType  # 1
+HOSTNAME_SOURCE_AGENT: HostnameSource.ValueType  # 2
+Global___HostnameSource: _TypeAlias = HostnameSource  # noqa: Y015
+
+class _SSHKeysChange:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SSHKeysChangeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SSHKeysChange.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SSH_KEYS_CHANGE_UNSPECIFIED: _SSHKeysChange.ValueType  # 0
+    """Replace every key with the given ones."""
+    SSH_KEYS_CHANGE_APPEND: _SSHKeysChange.ValueType  # 1
+    SSH_KEYS_CHANGE_REMOVE: _SSHKeysChange.ValueType  # 2
+
+class SSHKeysChange(_SSHKeysChange, metaclass=_SSHKeysChangeEnumTypeWrapper):
+    """How SetAuthorizedSSHKeys changes the keys, as libvirt's
+    virDomainAuthorizedSSHKeysSetFlags.
+    """
+
+SSH_KEYS_CHANGE_UNSPECIFIED: SSHKeysChange.ValueType  # 0
+"""Replace every key with the given ones."""
+SSH_KEYS_CHANGE_APPEND: SSHKeysChange.ValueType  # 1
+SSH_KEYS_CHANGE_REMOVE: SSHKeysChange.ValueType  # 2
+Global___SSHKeysChange: _TypeAlias = SSHKeysChange  # noqa: Y015
+
+class _AgentTimeoutMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AgentTimeoutModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentTimeoutMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AGENT_TIMEOUT_MODE_UNSPECIFIED: _AgentTimeoutMode.ValueType  # 0
+    """libvirt's default (5 seconds)."""
+    AGENT_TIMEOUT_MODE_SECONDS: _AgentTimeoutMode.ValueType  # 1
+    AGENT_TIMEOUT_MODE_BLOCK: _AgentTimeoutMode.ValueType  # 2
+    """Wait as long as it takes."""
+    AGENT_TIMEOUT_MODE_NOWAIT: _AgentTimeoutMode.ValueType  # 3
+    """Do not wait: fail at once unless the agent answered already."""
+
+class AgentTimeoutMode(_AgentTimeoutMode, metaclass=_AgentTimeoutModeEnumTypeWrapper):
+    """libvirt's special agent response timeouts
+    (virDomainAgentResponseTimeoutValues), or a number of seconds.
+    """
+
+AGENT_TIMEOUT_MODE_UNSPECIFIED: AgentTimeoutMode.ValueType  # 0
+"""libvirt's default (5 seconds)."""
+AGENT_TIMEOUT_MODE_SECONDS: AgentTimeoutMode.ValueType  # 1
+AGENT_TIMEOUT_MODE_BLOCK: AgentTimeoutMode.ValueType  # 2
+"""Wait as long as it takes."""
+AGENT_TIMEOUT_MODE_NOWAIT: AgentTimeoutMode.ValueType  # 3
+"""Do not wait: fail at once unless the agent answered already."""
+Global___AgentTimeoutMode: _TypeAlias = AgentTimeoutMode  # noqa: Y015
+
 @_typing.final
 class Domain(_message.Message):
     """A domain's summary."""
@@ -5498,3 +5643,977 @@ class AbortDomainJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AbortDomainJobResponse: _TypeAlias = AbortDomainJobResponse  # noqa: Y015
+
+@_typing.final
+class IpAddress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    type: Global___IpAddressType.ValueType
+    address: _builtins.str
+    prefix: _builtins.int
+    def __init__(
+        self,
+        *,
+        type: Global___IpAddressType.ValueType = ...,
+        address: _builtins.str = ...,
+        prefix: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "prefix", b"prefix", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IpAddress: _TypeAlias = IpAddress  # noqa: Y015
+
+@_typing.final
+class GuestInterface(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    HWADDR_FIELD_NUMBER: _builtins.int
+    ADDRESSES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    hwaddr: _builtins.str
+    """Empty when the source does not know it."""
+    @_builtins.property
+    def addresses(self) -> _containers.RepeatedCompositeFieldContainer[Global___IpAddress]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        hwaddr: _builtins.str = ...,
+        addresses: _abc.Iterable[Global___IpAddress] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "hwaddr", b"hwaddr", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GuestInterface: _TypeAlias = GuestInterface  # noqa: Y015
+
+@_typing.final
+class GetInterfaceAddressesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    source: Global___InterfaceAddressSource.ValueType
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        source: Global___InterfaceAddressSource.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInterfaceAddressesRequest: _TypeAlias = GetInterfaceAddressesRequest  # noqa: Y015
+
+@_typing.final
+class GetInterfaceAddressesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERFACES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def interfaces(self) -> _containers.RepeatedCompositeFieldContainer[Global___GuestInterface]:
+        """Sorted by name."""
+
+    def __init__(
+        self,
+        *,
+        interfaces: _abc.Iterable[Global___GuestInterface] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interfaces", b"interfaces"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInterfaceAddressesResponse: _TypeAlias = GetInterfaceAddressesResponse  # noqa: Y015
+
+@_typing.final
+class FreezeFilesystemsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MOUNTPOINTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def mountpoints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Guest mountpoints; empty: all of them."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        mountpoints: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mountpoints", b"mountpoints", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FreezeFilesystemsRequest: _TypeAlias = FreezeFilesystemsRequest  # noqa: Y015
+
+@_typing.final
+class FreezeFilesystemsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FreezeFilesystemsResponse: _TypeAlias = FreezeFilesystemsResponse  # noqa: Y015
+
+@_typing.final
+class ThawFilesystemsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MOUNTPOINTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def mountpoints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        mountpoints: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mountpoints", b"mountpoints", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ThawFilesystemsRequest: _TypeAlias = ThawFilesystemsRequest  # noqa: Y015
+
+@_typing.final
+class ThawFilesystemsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ThawFilesystemsResponse: _TypeAlias = ThawFilesystemsResponse  # noqa: Y015
+
+@_typing.final
+class TrimFilesystemsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MOUNTPOINT_FIELD_NUMBER: _builtins.int
+    MINIMUM_BYTES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    mountpoint: _builtins.str
+    """An absolute guest mountpoint; empty: all of them."""
+    minimum_bytes: _builtins.int
+    """Extents shorter than this are not trimmed (0: all)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        mountpoint: _builtins.str = ...,
+        minimum_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["minimum_bytes", b"minimum_bytes", "mountpoint", b"mountpoint", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrimFilesystemsRequest: _TypeAlias = TrimFilesystemsRequest  # noqa: Y015
+
+@_typing.final
+class TrimFilesystemsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrimFilesystemsResponse: _TypeAlias = TrimFilesystemsResponse  # noqa: Y015
+
+@_typing.final
+class GuestFilesystem(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOUNTPOINT_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    DISK_TARGETS_FIELD_NUMBER: _builtins.int
+    mountpoint: _builtins.str
+    device: _builtins.str
+    """The guest's device name, as "vda1"."""
+    type: _builtins.str
+    @_builtins.property
+    def disk_targets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The domain's disk targets it lies on."""
+
+    def __init__(
+        self,
+        *,
+        mountpoint: _builtins.str = ...,
+        device: _builtins.str = ...,
+        type: _builtins.str = ...,
+        disk_targets: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "disk_targets", b"disk_targets", "mountpoint", b"mountpoint", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GuestFilesystem: _TypeAlias = GuestFilesystem  # noqa: Y015
+
+@_typing.final
+class GetFilesystemInfoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetFilesystemInfoRequest: _TypeAlias = GetFilesystemInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetFilesystemInfoResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILESYSTEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def filesystems(self) -> _containers.RepeatedCompositeFieldContainer[Global___GuestFilesystem]: ...
+    def __init__(
+        self,
+        *,
+        filesystems: _abc.Iterable[Global___GuestFilesystem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filesystems", b"filesystems"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetFilesystemInfoResponse: _TypeAlias = GetFilesystemInfoResponse  # noqa: Y015
+
+@_typing.final
+class GetGuestInfoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[Global___GuestInfoType.ValueType]:
+        """Empty: every kind."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        types: _abc.Iterable[Global___GuestInfoType.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "types", b"types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGuestInfoRequest: _TypeAlias = GetGuestInfoRequest  # noqa: Y015
+
+@_typing.final
+class GuestUser(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    LOGIN_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    domain: _builtins.str
+    """Windows only."""
+    @_builtins.property
+    def login_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        domain: _builtins.str = ...,
+        login_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["login_time", b"login_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain", "login_time", b"login_time", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GuestUser: _TypeAlias = GuestUser  # noqa: Y015
+
+@_typing.final
+class GuestOs(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    PRETTY_NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    VERSION_ID_FIELD_NUMBER: _builtins.int
+    KERNEL_RELEASE_FIELD_NUMBER: _builtins.int
+    KERNEL_VERSION_FIELD_NUMBER: _builtins.int
+    MACHINE_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    VARIANT_ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    pretty_name: _builtins.str
+    version: _builtins.str
+    version_id: _builtins.str
+    kernel_release: _builtins.str
+    kernel_version: _builtins.str
+    machine: _builtins.str
+    variant: _builtins.str
+    variant_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        pretty_name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        version_id: _builtins.str = ...,
+        kernel_release: _builtins.str = ...,
+        kernel_version: _builtins.str = ...,
+        machine: _builtins.str = ...,
+        variant: _builtins.str = ...,
+        variant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "kernel_release", b"kernel_release", "kernel_version", b"kernel_version", "machine", b"machine", "name", b"name", "pretty_name", b"pretty_name", "variant", b"variant", "variant_id", b"variant_id", "version", b"version", "version_id", b"version_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GuestOs: _TypeAlias = GuestOs  # noqa: Y015
+
+@_typing.final
+class GuestTimezone(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    OFFSET_SECONDS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    offset_seconds: _builtins.int
+    """Seconds east of UTC."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        offset_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "offset_seconds", b"offset_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GuestTimezone: _TypeAlias = GuestTimezone  # noqa: Y015
+
+@_typing.final
+class GuestFilesystemDisk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALIAS_FIELD_NUMBER: _builtins.int
+    SERIAL_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    alias: _builtins.str
+    """The domain's disk target, as "vdb" (libvirt's "alias" key)."""
+    serial: _builtins.str
+    device: _builtins.str
+    """The guest's device path."""
+    def __init__(
+        self,
+        *,
+        alias: _builtins.str = ...,
+        serial: _builtins.str = ...,
+        device: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "device", b"device", "serial", b"serial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GuestFilesystemDisk: _TypeAlias = GuestFilesystemDisk  # noqa: Y015
+
+@_typing.final
+class GuestFilesystemUsage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOUNTPOINT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    USED_BYTES_FIELD_NUMBER: _builtins.int
+    DISKS_FIELD_NUMBER: _builtins.int
+    mountpoint: _builtins.str
+    name: _builtins.str
+    type: _builtins.str
+    total_bytes: _builtins.int
+    used_bytes: _builtins.int
+    @_builtins.property
+    def disks(self) -> _containers.RepeatedCompositeFieldContainer[Global___GuestFilesystemDisk]: ...
+    def __init__(
+        self,
+        *,
+        mountpoint: _builtins.str = ...,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        total_bytes: _builtins.int = ...,
+        used_bytes: _builtins.int = ...,
+        disks: _abc.Iterable[Global___GuestFilesystemDisk] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disks", b"disks", "mountpoint", b"mountpoint", "name", b"name", "total_bytes", b"total_bytes", "type", b"type", "used_bytes", b"used_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GuestFilesystemUsage: _TypeAlias = GuestFilesystemUsage  # noqa: Y015
+
+@_typing.final
+class GuestDisk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    DEPENDENCIES_FIELD_NUMBER: _builtins.int
+    SERIAL_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    GUEST_ALIAS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The guest's device path, as "/dev/vda"."""
+    partition: _builtins.bool
+    serial: _builtins.str
+    alias: _builtins.str
+    """The domain's disk target, as "vdb" (libvirt's "alias" key)."""
+    guest_alias: _builtins.str
+    """The guest's own name for it (on Windows)."""
+    @_builtins.property
+    def dependencies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The devices it lies on (a partition's disk, an LVM volume's)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        partition: _builtins.bool = ...,
+        dependencies: _abc.Iterable[_builtins.str] | None = ...,
+        serial: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        guest_alias: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "dependencies", b"dependencies", "guest_alias", b"guest_alias", "name", b"name", "partition", b"partition", "serial", b"serial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GuestDisk: _TypeAlias = GuestDisk  # noqa: Y015
+
+@_typing.final
+class GetGuestInfoResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RawEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    USERS_FIELD_NUMBER: _builtins.int
+    OS_FIELD_NUMBER: _builtins.int
+    TIMEZONE_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    FILESYSTEMS_FIELD_NUMBER: _builtins.int
+    DISKS_FIELD_NUMBER: _builtins.int
+    INTERFACES_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
+    hostname: _builtins.str
+    @_builtins.property
+    def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___GuestUser]: ...
+    @_builtins.property
+    def os(self) -> Global___GuestOs: ...
+    @_builtins.property
+    def timezone(self) -> Global___GuestTimezone: ...
+    @_builtins.property
+    def filesystems(self) -> _containers.RepeatedCompositeFieldContainer[Global___GuestFilesystemUsage]: ...
+    @_builtins.property
+    def disks(self) -> _containers.RepeatedCompositeFieldContainer[Global___GuestDisk]: ...
+    @_builtins.property
+    def interfaces(self) -> _containers.RepeatedCompositeFieldContainer[Global___GuestInterface]: ...
+    @_builtins.property
+    def raw(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Every field libvirt returned, typed or not, as its decimal or text form."""
+
+    def __init__(
+        self,
+        *,
+        users: _abc.Iterable[Global___GuestUser] | None = ...,
+        os: Global___GuestOs | None = ...,
+        timezone: Global___GuestTimezone | None = ...,
+        hostname: _builtins.str = ...,
+        filesystems: _abc.Iterable[Global___GuestFilesystemUsage] | None = ...,
+        disks: _abc.Iterable[Global___GuestDisk] | None = ...,
+        interfaces: _abc.Iterable[Global___GuestInterface] | None = ...,
+        raw: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["os", b"os", "timezone", b"timezone"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disks", b"disks", "filesystems", b"filesystems", "hostname", b"hostname", "interfaces", b"interfaces", "os", b"os", "raw", b"raw", "timezone", b"timezone", "users", b"users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGuestInfoResponse: _TypeAlias = GetGuestInfoResponse  # noqa: Y015
+
+@_typing.final
+class GetGuestHostnameRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    source: Global___HostnameSource.ValueType
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        source: Global___HostnameSource.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGuestHostnameRequest: _TypeAlias = GetGuestHostnameRequest  # noqa: Y015
+
+@_typing.final
+class GetGuestHostnameResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    hostname: _builtins.str
+    def __init__(
+        self,
+        *,
+        hostname: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hostname", b"hostname"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGuestHostnameResponse: _TypeAlias = GetGuestHostnameResponse  # noqa: Y015
+
+@_typing.final
+class GetGuestVcpusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGuestVcpusRequest: _TypeAlias = GetGuestVcpusRequest  # noqa: Y015
+
+@_typing.final
+class GetGuestVcpusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VCPUS_FIELD_NUMBER: _builtins.int
+    ONLINE_FIELD_NUMBER: _builtins.int
+    OFFLINABLE_FIELD_NUMBER: _builtins.int
+    vcpus: _builtins.str
+    """libvirt's CPU lists ("0-3"): the guest's vCPUs, those online, and those
+    it can take offline.
+    """
+    online: _builtins.str
+    offlinable: _builtins.str
+    def __init__(
+        self,
+        *,
+        vcpus: _builtins.str = ...,
+        online: _builtins.str = ...,
+        offlinable: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offlinable", b"offlinable", "online", b"online", "vcpus", b"vcpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGuestVcpusResponse: _TypeAlias = GetGuestVcpusResponse  # noqa: Y015
+
+@_typing.final
+class SetGuestVcpusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CPUMAP_FIELD_NUMBER: _builtins.int
+    ONLINE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    cpumap: _builtins.str
+    """A CPU list, as "1-3,^2"."""
+    online: _builtins.bool
+    """Online (true) or offline (false)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        cpumap: _builtins.str = ...,
+        online: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpumap", b"cpumap", "name", b"name", "online", b"online"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetGuestVcpusRequest: _TypeAlias = SetGuestVcpusRequest  # noqa: Y015
+
+@_typing.final
+class SetGuestVcpusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetGuestVcpusResponse: _TypeAlias = SetGuestVcpusResponse  # noqa: Y015
+
+@_typing.final
+class GetGuestTimeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGuestTimeRequest: _TypeAlias = GetGuestTimeRequest  # noqa: Y015
+
+@_typing.final
+class GetGuestTimeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGuestTimeResponse: _TypeAlias = GetGuestTimeResponse  # noqa: Y015
+
+@_typing.final
+class SetGuestTimeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    SYNC_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    sync: _builtins.bool
+    """Set the guest's clock from its hardware clock instead."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """The time to set; unset with sync."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        sync: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "sync", b"sync", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetGuestTimeRequest: _TypeAlias = SetGuestTimeRequest  # noqa: Y015
+
+@_typing.final
+class SetGuestTimeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetGuestTimeResponse: _TypeAlias = SetGuestTimeResponse  # noqa: Y015
+
+@_typing.final
+class SetUserPasswordRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    ENCRYPTED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    user: _builtins.str
+    password: _builtins.str
+    """Never logged or audited."""
+    encrypted: _builtins.bool
+    """The password is already encrypted, as crypt(3) writes it."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        user: _builtins.str = ...,
+        password: _builtins.str = ...,
+        encrypted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted", b"encrypted", "name", b"name", "password", b"password", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetUserPasswordRequest: _TypeAlias = SetUserPasswordRequest  # noqa: Y015
+
+@_typing.final
+class SetUserPasswordResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetUserPasswordResponse: _TypeAlias = SetUserPasswordResponse  # noqa: Y015
+
+@_typing.final
+class GetAuthorizedSSHKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    user: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        user: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAuthorizedSSHKeysRequest: _TypeAlias = GetAuthorizedSSHKeysRequest  # noqa: Y015
+
+@_typing.final
+class GetAuthorizedSSHKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAuthorizedSSHKeysResponse: _TypeAlias = GetAuthorizedSSHKeysResponse  # noqa: Y015
+
+@_typing.final
+class SetAuthorizedSSHKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    user: _builtins.str
+    change: Global___SSHKeysChange.ValueType
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """One key a line each, without newlines."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        user: _builtins.str = ...,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+        change: Global___SSHKeysChange.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "keys", b"keys", "name", b"name", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAuthorizedSSHKeysRequest: _TypeAlias = SetAuthorizedSSHKeysRequest  # noqa: Y015
+
+@_typing.final
+class SetAuthorizedSSHKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAuthorizedSSHKeysResponse: _TypeAlias = SetAuthorizedSSHKeysResponse  # noqa: Y015
+
+@_typing.final
+class SetAgentResponseTimeoutRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    mode: Global___AgentTimeoutMode.ValueType
+    seconds: _builtins.int
+    """With mode SECONDS: at least 1."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        mode: Global___AgentTimeoutMode.ValueType = ...,
+        seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "name", b"name", "seconds", b"seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAgentResponseTimeoutRequest: _TypeAlias = SetAgentResponseTimeoutRequest  # noqa: Y015
+
+@_typing.final
+class SetAgentResponseTimeoutResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAgentResponseTimeoutResponse: _TypeAlias = SetAgentResponseTimeoutResponse  # noqa: Y015

@@ -383,6 +383,81 @@ class ComputeServiceStub:
                 request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AbortDomainJobRequest.SerializeToString,
                 response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AbortDomainJobResponse.FromString,
                 _registered_method=True)
+        self.GetInterfaceAddresses = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetInterfaceAddresses',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetInterfaceAddressesRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetInterfaceAddressesResponse.FromString,
+                _registered_method=True)
+        self.FreezeFilesystems = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/FreezeFilesystems',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.FreezeFilesystemsRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.FreezeFilesystemsResponse.FromString,
+                _registered_method=True)
+        self.ThawFilesystems = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/ThawFilesystems',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ThawFilesystemsRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ThawFilesystemsResponse.FromString,
+                _registered_method=True)
+        self.TrimFilesystems = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/TrimFilesystems',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.TrimFilesystemsRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.TrimFilesystemsResponse.FromString,
+                _registered_method=True)
+        self.GetFilesystemInfo = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetFilesystemInfo',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetFilesystemInfoRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetFilesystemInfoResponse.FromString,
+                _registered_method=True)
+        self.GetGuestInfo = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetGuestInfo',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestInfoRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestInfoResponse.FromString,
+                _registered_method=True)
+        self.GetGuestHostname = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetGuestHostname',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestHostnameRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestHostnameResponse.FromString,
+                _registered_method=True)
+        self.GetGuestVcpus = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetGuestVcpus',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestVcpusRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestVcpusResponse.FromString,
+                _registered_method=True)
+        self.SetGuestVcpus = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetGuestVcpus',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetGuestVcpusRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetGuestVcpusResponse.FromString,
+                _registered_method=True)
+        self.GetGuestTime = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetGuestTime',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestTimeRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestTimeResponse.FromString,
+                _registered_method=True)
+        self.SetGuestTime = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetGuestTime',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetGuestTimeRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetGuestTimeResponse.FromString,
+                _registered_method=True)
+        self.SetUserPassword = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetUserPassword',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetUserPasswordRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetUserPasswordResponse.FromString,
+                _registered_method=True)
+        self.GetAuthorizedSSHKeys = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetAuthorizedSSHKeys',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetAuthorizedSSHKeysRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetAuthorizedSSHKeysResponse.FromString,
+                _registered_method=True)
+        self.SetAuthorizedSSHKeys = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetAuthorizedSSHKeys',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetAuthorizedSSHKeysRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetAuthorizedSSHKeysResponse.FromString,
+                _registered_method=True)
+        self.SetAgentResponseTimeout = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetAgentResponseTimeout',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetAgentResponseTimeoutRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetAgentResponseTimeoutResponse.FromString,
+                _registered_method=True)
 
 
 class ComputeServiceServicer:
@@ -1066,6 +1141,153 @@ class ComputeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetInterfaceAddresses(self, request, context):
+        """-- guest agent (qemu-guest-agent on channel org.qemu.guest_agent.0) ----
+        Errors every guest agent RPC may return, besides the ones each names:
+        NOT_FOUND: no such domain;
+        FAILED_PRECONDITION: the domain is not running, or its guest agent does
+        not answer (not installed, not started, not connected, or slower than
+        the agent response timeout; reason VIR_ERR_AGENT_UNRESPONSIVE), or it
+        refuses the command while the file systems are frozen (reason
+        GUEST_FILESYSTEMS_FROZEN): the guest must change before a retry can
+        succeed;
+        UNIMPLEMENTED: the driver or the agent lacks the call (the test driver
+        has no guest info, guest vCPUs, SSH keys or agent timeout).
+
+        The guest's network interfaces and their addresses
+        (virDomainInterfaceAddresses) from the DHCP leases, the guest agent or
+        the host's ARP table. Declares domain:write too: libvirt refuses the
+        agent source on read-only connections.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FreezeFilesystems(self, request, context):
+        """Freezes the guest's file systems, all or the mountpoints given
+        (virDomainFSFreeze), for a consistent disk snapshot; returns how many.
+        Errors: INVALID_ARGUMENT for an empty or repeated mountpoint;
+        FAILED_PRECONDITION for a mountpoint the guest does not have or file
+        systems already frozen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ThawFilesystems(self, request, context):
+        """Thaws the guest's frozen file systems (virDomainFSThaw); returns how many.
+        Errors: as FreezeFilesystems.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TrimFilesystems(self, request, context):
+        """Discards the unused blocks of the guest's file systems (virDomainFSTrim).
+        Errors: INVALID_ARGUMENT for a relative mountpoint; UNIMPLEMENTED for any
+        mountpoint on the QEMU driver, which trims all or none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFilesystemInfo(self, request, context):
+        """The guest's mounted file systems and their disks (virDomainGetFSInfo).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGuestInfo(self, request, context):
+        """What the guest agent tells of the guest (virDomainGetGuestInfo): the
+        kinds asked for, or all of them when none is; typed as libvirt 9.0 names
+        its fields, and every field in `raw`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGuestHostname(self, request, context):
+        """The guest's own hostname (virDomainGetHostname) from the agent or the
+        DHCP leases; unset: the driver's choice. Declares domain:write too: libvirt
+        refuses it on read-only connections.
+        Errors: NOT_FOUND (reason VIR_ERR_NO_HOSTNAME) when the source has none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGuestVcpus(self, request, context):
+        """The vCPUs the guest sees and which are online (virDomainGetGuestVcpus).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetGuestVcpus(self, request, context):
+        """Brings guest vCPUs online or offline inside the guest
+        (virDomainSetGuestVcpus).
+        Errors: INVALID_ARGUMENT for an empty or malformed cpumap.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGuestTime(self, request, context):
+        """The guest's clock (virDomainGetTime). Declares domain:write too: libvirt
+        refuses it on read-only connections.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetGuestTime(self, request, context):
+        """Sets the guest's clock (virDomainSetTime) to `time`, or with `sync` from
+        the guest's hardware clock.
+        Errors: INVALID_ARGUMENT for both or neither of time and sync, or a
+        negative time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetUserPassword(self, request, context):
+        """Sets a guest user's password (virDomainSetUserPassword). The password is
+        never logged, audited or repeated in an error.
+        Errors: INVALID_ARGUMENT for an empty user or password.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAuthorizedSSHKeys(self, request, context):
+        """A guest user's authorized SSH keys (virDomainAuthorizedSSHKeysGet).
+        Errors: INVALID_ARGUMENT for an empty user.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAuthorizedSSHKeys(self, request, context):
+        """Replaces, appends to or removes from a guest user's authorized SSH keys
+        (virDomainAuthorizedSSHKeysSet).
+        Errors: INVALID_ARGUMENT for an empty user, a key with a newline, or no
+        keys to append or remove.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAgentResponseTimeout(self, request, context):
+        """How long libvirt waits for the domain's guest agent
+        (virDomainAgentSetResponseTimeout); lasts while the domain runs.
+        Errors: INVALID_ARGUMENT for seconds with a mode other than SECONDS, or
+        out of range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ComputeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1408,6 +1630,81 @@ def add_ComputeServiceServicer_to_server(servicer, server):
                     servicer.AbortDomainJob,
                     request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AbortDomainJobRequest.FromString,
                     response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AbortDomainJobResponse.SerializeToString,
+            ),
+            'GetInterfaceAddresses': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInterfaceAddresses,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetInterfaceAddressesRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetInterfaceAddressesResponse.SerializeToString,
+            ),
+            'FreezeFilesystems': grpc.unary_unary_rpc_method_handler(
+                    servicer.FreezeFilesystems,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.FreezeFilesystemsRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.FreezeFilesystemsResponse.SerializeToString,
+            ),
+            'ThawFilesystems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ThawFilesystems,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ThawFilesystemsRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ThawFilesystemsResponse.SerializeToString,
+            ),
+            'TrimFilesystems': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrimFilesystems,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.TrimFilesystemsRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.TrimFilesystemsResponse.SerializeToString,
+            ),
+            'GetFilesystemInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFilesystemInfo,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetFilesystemInfoRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetFilesystemInfoResponse.SerializeToString,
+            ),
+            'GetGuestInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGuestInfo,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestInfoRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestInfoResponse.SerializeToString,
+            ),
+            'GetGuestHostname': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGuestHostname,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestHostnameRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestHostnameResponse.SerializeToString,
+            ),
+            'GetGuestVcpus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGuestVcpus,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestVcpusRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestVcpusResponse.SerializeToString,
+            ),
+            'SetGuestVcpus': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetGuestVcpus,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetGuestVcpusRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetGuestVcpusResponse.SerializeToString,
+            ),
+            'GetGuestTime': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGuestTime,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestTimeRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestTimeResponse.SerializeToString,
+            ),
+            'SetGuestTime': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetGuestTime,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetGuestTimeRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetGuestTimeResponse.SerializeToString,
+            ),
+            'SetUserPassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetUserPassword,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetUserPasswordRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetUserPasswordResponse.SerializeToString,
+            ),
+            'GetAuthorizedSSHKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAuthorizedSSHKeys,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetAuthorizedSSHKeysRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetAuthorizedSSHKeysResponse.SerializeToString,
+            ),
+            'SetAuthorizedSSHKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAuthorizedSSHKeys,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetAuthorizedSSHKeysRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetAuthorizedSSHKeysResponse.SerializeToString,
+            ),
+            'SetAgentResponseTimeout': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAgentResponseTimeout,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetAgentResponseTimeoutRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetAgentResponseTimeoutResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -3255,6 +3552,411 @@ class ComputeService:
             '/virtmesh.compute.v1.ComputeService/AbortDomainJob',
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AbortDomainJobRequest.SerializeToString,
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AbortDomainJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInterfaceAddresses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetInterfaceAddresses',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetInterfaceAddressesRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetInterfaceAddressesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FreezeFilesystems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/FreezeFilesystems',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.FreezeFilesystemsRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.FreezeFilesystemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ThawFilesystems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/ThawFilesystems',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ThawFilesystemsRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ThawFilesystemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrimFilesystems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/TrimFilesystems',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.TrimFilesystemsRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.TrimFilesystemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFilesystemInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetFilesystemInfo',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetFilesystemInfoRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetFilesystemInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGuestInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetGuestInfo',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestInfoRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGuestHostname(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetGuestHostname',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestHostnameRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestHostnameResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGuestVcpus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetGuestVcpus',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestVcpusRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestVcpusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetGuestVcpus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetGuestVcpus',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetGuestVcpusRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetGuestVcpusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGuestTime(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetGuestTime',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestTimeRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetGuestTimeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetGuestTime(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetGuestTime',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetGuestTimeRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetGuestTimeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetUserPassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetUserPassword',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetUserPasswordRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetUserPasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAuthorizedSSHKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetAuthorizedSSHKeys',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetAuthorizedSSHKeysRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetAuthorizedSSHKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAuthorizedSSHKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetAuthorizedSSHKeys',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetAuthorizedSSHKeysRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetAuthorizedSSHKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAgentResponseTimeout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetAgentResponseTimeout',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetAgentResponseTimeoutRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetAgentResponseTimeoutResponse.FromString,
             options,
             channel_credentials,
             insecure,

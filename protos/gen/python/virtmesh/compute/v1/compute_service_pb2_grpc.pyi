@@ -435,6 +435,91 @@ class ComputeServiceStub:
     Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
     UNIMPLEMENTED when the driver has no jobs (the test driver).
     """
+    GetInterfaceAddresses: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetInterfaceAddressesRequest, _compute_service_pb2.GetInterfaceAddressesResponse]
+    """-- guest agent (qemu-guest-agent on channel org.qemu.guest_agent.0) ----
+    Errors every guest agent RPC may return, besides the ones each names:
+      NOT_FOUND: no such domain;
+      FAILED_PRECONDITION: the domain is not running, or its guest agent does
+        not answer (not installed, not started, not connected, or slower than
+        the agent response timeout; reason VIR_ERR_AGENT_UNRESPONSIVE), or it
+        refuses the command while the file systems are frozen (reason
+        GUEST_FILESYSTEMS_FROZEN): the guest must change before a retry can
+        succeed;
+      UNIMPLEMENTED: the driver or the agent lacks the call (the test driver
+        has no guest info, guest vCPUs, SSH keys or agent timeout).
+
+    The guest's network interfaces and their addresses
+    (virDomainInterfaceAddresses) from the DHCP leases, the guest agent or
+    the host's ARP table. Declares domain:write too: libvirt refuses the
+    agent source on read-only connections.
+    """
+    FreezeFilesystems: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.FreezeFilesystemsRequest, _compute_service_pb2.FreezeFilesystemsResponse]
+    """Freezes the guest's file systems, all or the mountpoints given
+    (virDomainFSFreeze), for a consistent disk snapshot; returns how many.
+    Errors: INVALID_ARGUMENT for an empty or repeated mountpoint;
+    FAILED_PRECONDITION for a mountpoint the guest does not have or file
+    systems already frozen.
+    """
+    ThawFilesystems: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.ThawFilesystemsRequest, _compute_service_pb2.ThawFilesystemsResponse]
+    """Thaws the guest's frozen file systems (virDomainFSThaw); returns how many.
+    Errors: as FreezeFilesystems.
+    """
+    TrimFilesystems: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.TrimFilesystemsRequest, _compute_service_pb2.TrimFilesystemsResponse]
+    """Discards the unused blocks of the guest's file systems (virDomainFSTrim).
+    Errors: INVALID_ARGUMENT for a relative mountpoint; UNIMPLEMENTED for any
+    mountpoint on the QEMU driver, which trims all or none.
+    """
+    GetFilesystemInfo: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetFilesystemInfoRequest, _compute_service_pb2.GetFilesystemInfoResponse]
+    """The guest's mounted file systems and their disks (virDomainGetFSInfo)."""
+    GetGuestInfo: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetGuestInfoRequest, _compute_service_pb2.GetGuestInfoResponse]
+    """What the guest agent tells of the guest (virDomainGetGuestInfo): the
+    kinds asked for, or all of them when none is; typed as libvirt 9.0 names
+    its fields, and every field in `raw`.
+    """
+    GetGuestHostname: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetGuestHostnameRequest, _compute_service_pb2.GetGuestHostnameResponse]
+    """The guest's own hostname (virDomainGetHostname) from the agent or the
+    DHCP leases; unset: the driver's choice. Declares domain:write too: libvirt
+    refuses it on read-only connections.
+    Errors: NOT_FOUND (reason VIR_ERR_NO_HOSTNAME) when the source has none.
+    """
+    GetGuestVcpus: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetGuestVcpusRequest, _compute_service_pb2.GetGuestVcpusResponse]
+    """The vCPUs the guest sees and which are online (virDomainGetGuestVcpus)."""
+    SetGuestVcpus: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetGuestVcpusRequest, _compute_service_pb2.SetGuestVcpusResponse]
+    """Brings guest vCPUs online or offline inside the guest
+    (virDomainSetGuestVcpus).
+    Errors: INVALID_ARGUMENT for an empty or malformed cpumap.
+    """
+    GetGuestTime: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetGuestTimeRequest, _compute_service_pb2.GetGuestTimeResponse]
+    """The guest's clock (virDomainGetTime). Declares domain:write too: libvirt
+    refuses it on read-only connections.
+    """
+    SetGuestTime: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetGuestTimeRequest, _compute_service_pb2.SetGuestTimeResponse]
+    """Sets the guest's clock (virDomainSetTime) to `time`, or with `sync` from
+    the guest's hardware clock.
+    Errors: INVALID_ARGUMENT for both or neither of time and sync, or a
+    negative time.
+    """
+    SetUserPassword: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetUserPasswordRequest, _compute_service_pb2.SetUserPasswordResponse]
+    """Sets a guest user's password (virDomainSetUserPassword). The password is
+    never logged, audited or repeated in an error.
+    Errors: INVALID_ARGUMENT for an empty user or password.
+    """
+    GetAuthorizedSSHKeys: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetAuthorizedSSHKeysRequest, _compute_service_pb2.GetAuthorizedSSHKeysResponse]
+    """A guest user's authorized SSH keys (virDomainAuthorizedSSHKeysGet).
+    Errors: INVALID_ARGUMENT for an empty user.
+    """
+    SetAuthorizedSSHKeys: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetAuthorizedSSHKeysRequest, _compute_service_pb2.SetAuthorizedSSHKeysResponse]
+    """Replaces, appends to or removes from a guest user's authorized SSH keys
+    (virDomainAuthorizedSSHKeysSet).
+    Errors: INVALID_ARGUMENT for an empty user, a key with a newline, or no
+    keys to append or remove.
+    """
+    SetAgentResponseTimeout: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetAgentResponseTimeoutRequest, _compute_service_pb2.SetAgentResponseTimeoutResponse]
+    """How long libvirt waits for the domain's guest agent
+    (virDomainAgentSetResponseTimeout); lasts while the domain runs.
+    Errors: INVALID_ARGUMENT for seconds with a mode other than SECONDS, or
+    out of range.
+    """
 
 @_typing.type_check_only
 class ComputeServiceAsyncStub(ComputeServiceStub):
@@ -842,6 +927,91 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     migration; the call that started it ends with ABORTED.
     Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
     UNIMPLEMENTED when the driver has no jobs (the test driver).
+    """
+    GetInterfaceAddresses: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetInterfaceAddressesRequest, _compute_service_pb2.GetInterfaceAddressesResponse]  # type: ignore[assignment]
+    """-- guest agent (qemu-guest-agent on channel org.qemu.guest_agent.0) ----
+    Errors every guest agent RPC may return, besides the ones each names:
+      NOT_FOUND: no such domain;
+      FAILED_PRECONDITION: the domain is not running, or its guest agent does
+        not answer (not installed, not started, not connected, or slower than
+        the agent response timeout; reason VIR_ERR_AGENT_UNRESPONSIVE), or it
+        refuses the command while the file systems are frozen (reason
+        GUEST_FILESYSTEMS_FROZEN): the guest must change before a retry can
+        succeed;
+      UNIMPLEMENTED: the driver or the agent lacks the call (the test driver
+        has no guest info, guest vCPUs, SSH keys or agent timeout).
+
+    The guest's network interfaces and their addresses
+    (virDomainInterfaceAddresses) from the DHCP leases, the guest agent or
+    the host's ARP table. Declares domain:write too: libvirt refuses the
+    agent source on read-only connections.
+    """
+    FreezeFilesystems: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.FreezeFilesystemsRequest, _compute_service_pb2.FreezeFilesystemsResponse]  # type: ignore[assignment]
+    """Freezes the guest's file systems, all or the mountpoints given
+    (virDomainFSFreeze), for a consistent disk snapshot; returns how many.
+    Errors: INVALID_ARGUMENT for an empty or repeated mountpoint;
+    FAILED_PRECONDITION for a mountpoint the guest does not have or file
+    systems already frozen.
+    """
+    ThawFilesystems: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.ThawFilesystemsRequest, _compute_service_pb2.ThawFilesystemsResponse]  # type: ignore[assignment]
+    """Thaws the guest's frozen file systems (virDomainFSThaw); returns how many.
+    Errors: as FreezeFilesystems.
+    """
+    TrimFilesystems: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.TrimFilesystemsRequest, _compute_service_pb2.TrimFilesystemsResponse]  # type: ignore[assignment]
+    """Discards the unused blocks of the guest's file systems (virDomainFSTrim).
+    Errors: INVALID_ARGUMENT for a relative mountpoint; UNIMPLEMENTED for any
+    mountpoint on the QEMU driver, which trims all or none.
+    """
+    GetFilesystemInfo: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetFilesystemInfoRequest, _compute_service_pb2.GetFilesystemInfoResponse]  # type: ignore[assignment]
+    """The guest's mounted file systems and their disks (virDomainGetFSInfo)."""
+    GetGuestInfo: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetGuestInfoRequest, _compute_service_pb2.GetGuestInfoResponse]  # type: ignore[assignment]
+    """What the guest agent tells of the guest (virDomainGetGuestInfo): the
+    kinds asked for, or all of them when none is; typed as libvirt 9.0 names
+    its fields, and every field in `raw`.
+    """
+    GetGuestHostname: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetGuestHostnameRequest, _compute_service_pb2.GetGuestHostnameResponse]  # type: ignore[assignment]
+    """The guest's own hostname (virDomainGetHostname) from the agent or the
+    DHCP leases; unset: the driver's choice. Declares domain:write too: libvirt
+    refuses it on read-only connections.
+    Errors: NOT_FOUND (reason VIR_ERR_NO_HOSTNAME) when the source has none.
+    """
+    GetGuestVcpus: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetGuestVcpusRequest, _compute_service_pb2.GetGuestVcpusResponse]  # type: ignore[assignment]
+    """The vCPUs the guest sees and which are online (virDomainGetGuestVcpus)."""
+    SetGuestVcpus: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetGuestVcpusRequest, _compute_service_pb2.SetGuestVcpusResponse]  # type: ignore[assignment]
+    """Brings guest vCPUs online or offline inside the guest
+    (virDomainSetGuestVcpus).
+    Errors: INVALID_ARGUMENT for an empty or malformed cpumap.
+    """
+    GetGuestTime: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetGuestTimeRequest, _compute_service_pb2.GetGuestTimeResponse]  # type: ignore[assignment]
+    """The guest's clock (virDomainGetTime). Declares domain:write too: libvirt
+    refuses it on read-only connections.
+    """
+    SetGuestTime: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetGuestTimeRequest, _compute_service_pb2.SetGuestTimeResponse]  # type: ignore[assignment]
+    """Sets the guest's clock (virDomainSetTime) to `time`, or with `sync` from
+    the guest's hardware clock.
+    Errors: INVALID_ARGUMENT for both or neither of time and sync, or a
+    negative time.
+    """
+    SetUserPassword: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetUserPasswordRequest, _compute_service_pb2.SetUserPasswordResponse]  # type: ignore[assignment]
+    """Sets a guest user's password (virDomainSetUserPassword). The password is
+    never logged, audited or repeated in an error.
+    Errors: INVALID_ARGUMENT for an empty user or password.
+    """
+    GetAuthorizedSSHKeys: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetAuthorizedSSHKeysRequest, _compute_service_pb2.GetAuthorizedSSHKeysResponse]  # type: ignore[assignment]
+    """A guest user's authorized SSH keys (virDomainAuthorizedSSHKeysGet).
+    Errors: INVALID_ARGUMENT for an empty user.
+    """
+    SetAuthorizedSSHKeys: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetAuthorizedSSHKeysRequest, _compute_service_pb2.SetAuthorizedSSHKeysResponse]  # type: ignore[assignment]
+    """Replaces, appends to or removes from a guest user's authorized SSH keys
+    (virDomainAuthorizedSSHKeysSet).
+    Errors: INVALID_ARGUMENT for an empty user, a key with a newline, or no
+    keys to append or remove.
+    """
+    SetAgentResponseTimeout: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetAgentResponseTimeoutRequest, _compute_service_pb2.SetAgentResponseTimeoutResponse]  # type: ignore[assignment]
+    """How long libvirt waits for the domain's guest agent
+    (virDomainAgentSetResponseTimeout); lasts while the domain runs.
+    Errors: INVALID_ARGUMENT for seconds with a mode other than SECONDS, or
+    out of range.
     """
 
 class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -1655,6 +1825,181 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         migration; the call that started it ends with ABORTED.
         Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
         UNIMPLEMENTED when the driver has no jobs (the test driver).
+        """
+
+    @_abc_1.abstractmethod
+    def GetInterfaceAddresses(
+        self,
+        request: _compute_service_pb2.GetInterfaceAddressesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetInterfaceAddressesResponse, _abc.Awaitable[_compute_service_pb2.GetInterfaceAddressesResponse]]:
+        """-- guest agent (qemu-guest-agent on channel org.qemu.guest_agent.0) ----
+        Errors every guest agent RPC may return, besides the ones each names:
+          NOT_FOUND: no such domain;
+          FAILED_PRECONDITION: the domain is not running, or its guest agent does
+            not answer (not installed, not started, not connected, or slower than
+            the agent response timeout; reason VIR_ERR_AGENT_UNRESPONSIVE), or it
+            refuses the command while the file systems are frozen (reason
+            GUEST_FILESYSTEMS_FROZEN): the guest must change before a retry can
+            succeed;
+          UNIMPLEMENTED: the driver or the agent lacks the call (the test driver
+            has no guest info, guest vCPUs, SSH keys or agent timeout).
+
+        The guest's network interfaces and their addresses
+        (virDomainInterfaceAddresses) from the DHCP leases, the guest agent or
+        the host's ARP table. Declares domain:write too: libvirt refuses the
+        agent source on read-only connections.
+        """
+
+    @_abc_1.abstractmethod
+    def FreezeFilesystems(
+        self,
+        request: _compute_service_pb2.FreezeFilesystemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.FreezeFilesystemsResponse, _abc.Awaitable[_compute_service_pb2.FreezeFilesystemsResponse]]:
+        """Freezes the guest's file systems, all or the mountpoints given
+        (virDomainFSFreeze), for a consistent disk snapshot; returns how many.
+        Errors: INVALID_ARGUMENT for an empty or repeated mountpoint;
+        FAILED_PRECONDITION for a mountpoint the guest does not have or file
+        systems already frozen.
+        """
+
+    @_abc_1.abstractmethod
+    def ThawFilesystems(
+        self,
+        request: _compute_service_pb2.ThawFilesystemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.ThawFilesystemsResponse, _abc.Awaitable[_compute_service_pb2.ThawFilesystemsResponse]]:
+        """Thaws the guest's frozen file systems (virDomainFSThaw); returns how many.
+        Errors: as FreezeFilesystems.
+        """
+
+    @_abc_1.abstractmethod
+    def TrimFilesystems(
+        self,
+        request: _compute_service_pb2.TrimFilesystemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.TrimFilesystemsResponse, _abc.Awaitable[_compute_service_pb2.TrimFilesystemsResponse]]:
+        """Discards the unused blocks of the guest's file systems (virDomainFSTrim).
+        Errors: INVALID_ARGUMENT for a relative mountpoint; UNIMPLEMENTED for any
+        mountpoint on the QEMU driver, which trims all or none.
+        """
+
+    @_abc_1.abstractmethod
+    def GetFilesystemInfo(
+        self,
+        request: _compute_service_pb2.GetFilesystemInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetFilesystemInfoResponse, _abc.Awaitable[_compute_service_pb2.GetFilesystemInfoResponse]]:
+        """The guest's mounted file systems and their disks (virDomainGetFSInfo)."""
+
+    @_abc_1.abstractmethod
+    def GetGuestInfo(
+        self,
+        request: _compute_service_pb2.GetGuestInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetGuestInfoResponse, _abc.Awaitable[_compute_service_pb2.GetGuestInfoResponse]]:
+        """What the guest agent tells of the guest (virDomainGetGuestInfo): the
+        kinds asked for, or all of them when none is; typed as libvirt 9.0 names
+        its fields, and every field in `raw`.
+        """
+
+    @_abc_1.abstractmethod
+    def GetGuestHostname(
+        self,
+        request: _compute_service_pb2.GetGuestHostnameRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetGuestHostnameResponse, _abc.Awaitable[_compute_service_pb2.GetGuestHostnameResponse]]:
+        """The guest's own hostname (virDomainGetHostname) from the agent or the
+        DHCP leases; unset: the driver's choice. Declares domain:write too: libvirt
+        refuses it on read-only connections.
+        Errors: NOT_FOUND (reason VIR_ERR_NO_HOSTNAME) when the source has none.
+        """
+
+    @_abc_1.abstractmethod
+    def GetGuestVcpus(
+        self,
+        request: _compute_service_pb2.GetGuestVcpusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetGuestVcpusResponse, _abc.Awaitable[_compute_service_pb2.GetGuestVcpusResponse]]:
+        """The vCPUs the guest sees and which are online (virDomainGetGuestVcpus)."""
+
+    @_abc_1.abstractmethod
+    def SetGuestVcpus(
+        self,
+        request: _compute_service_pb2.SetGuestVcpusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetGuestVcpusResponse, _abc.Awaitable[_compute_service_pb2.SetGuestVcpusResponse]]:
+        """Brings guest vCPUs online or offline inside the guest
+        (virDomainSetGuestVcpus).
+        Errors: INVALID_ARGUMENT for an empty or malformed cpumap.
+        """
+
+    @_abc_1.abstractmethod
+    def GetGuestTime(
+        self,
+        request: _compute_service_pb2.GetGuestTimeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetGuestTimeResponse, _abc.Awaitable[_compute_service_pb2.GetGuestTimeResponse]]:
+        """The guest's clock (virDomainGetTime). Declares domain:write too: libvirt
+        refuses it on read-only connections.
+        """
+
+    @_abc_1.abstractmethod
+    def SetGuestTime(
+        self,
+        request: _compute_service_pb2.SetGuestTimeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetGuestTimeResponse, _abc.Awaitable[_compute_service_pb2.SetGuestTimeResponse]]:
+        """Sets the guest's clock (virDomainSetTime) to `time`, or with `sync` from
+        the guest's hardware clock.
+        Errors: INVALID_ARGUMENT for both or neither of time and sync, or a
+        negative time.
+        """
+
+    @_abc_1.abstractmethod
+    def SetUserPassword(
+        self,
+        request: _compute_service_pb2.SetUserPasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetUserPasswordResponse, _abc.Awaitable[_compute_service_pb2.SetUserPasswordResponse]]:
+        """Sets a guest user's password (virDomainSetUserPassword). The password is
+        never logged, audited or repeated in an error.
+        Errors: INVALID_ARGUMENT for an empty user or password.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAuthorizedSSHKeys(
+        self,
+        request: _compute_service_pb2.GetAuthorizedSSHKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetAuthorizedSSHKeysResponse, _abc.Awaitable[_compute_service_pb2.GetAuthorizedSSHKeysResponse]]:
+        """A guest user's authorized SSH keys (virDomainAuthorizedSSHKeysGet).
+        Errors: INVALID_ARGUMENT for an empty user.
+        """
+
+    @_abc_1.abstractmethod
+    def SetAuthorizedSSHKeys(
+        self,
+        request: _compute_service_pb2.SetAuthorizedSSHKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetAuthorizedSSHKeysResponse, _abc.Awaitable[_compute_service_pb2.SetAuthorizedSSHKeysResponse]]:
+        """Replaces, appends to or removes from a guest user's authorized SSH keys
+        (virDomainAuthorizedSSHKeysSet).
+        Errors: INVALID_ARGUMENT for an empty user, a key with a newline, or no
+        keys to append or remove.
+        """
+
+    @_abc_1.abstractmethod
+    def SetAgentResponseTimeout(
+        self,
+        request: _compute_service_pb2.SetAgentResponseTimeoutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetAgentResponseTimeoutResponse, _abc.Awaitable[_compute_service_pb2.SetAgentResponseTimeoutResponse]]:
+        """How long libvirt waits for the domain's guest agent
+        (virDomainAgentSetResponseTimeout); lasts while the domain runs.
+        Errors: INVALID_ARGUMENT for seconds with a mode other than SECONDS, or
+        out of range.
         """
 
 def add_ComputeServiceServicer_to_server(servicer: ComputeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

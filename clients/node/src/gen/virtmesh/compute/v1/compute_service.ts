@@ -1486,6 +1486,306 @@ export function jobOperationToJSON(object: JobOperation): string {
   }
 }
 
+/**
+ * Where interface addresses come from, as libvirt's
+ * virDomainInterfaceAddressesSource.
+ */
+export enum InterfaceAddressSource {
+  /** INTERFACE_ADDRESS_SOURCE_UNSPECIFIED - The DHCP leases of libvirt's networks (libvirt's default). */
+  INTERFACE_ADDRESS_SOURCE_UNSPECIFIED = 0,
+  INTERFACE_ADDRESS_SOURCE_LEASE = 1,
+  /** INTERFACE_ADDRESS_SOURCE_AGENT - The guest agent: every interface, lo included. */
+  INTERFACE_ADDRESS_SOURCE_AGENT = 2,
+  /** INTERFACE_ADDRESS_SOURCE_ARP - The host's ARP table. */
+  INTERFACE_ADDRESS_SOURCE_ARP = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function interfaceAddressSourceFromJSON(object: any): InterfaceAddressSource {
+  switch (object) {
+    case 0:
+    case "INTERFACE_ADDRESS_SOURCE_UNSPECIFIED":
+      return InterfaceAddressSource.INTERFACE_ADDRESS_SOURCE_UNSPECIFIED;
+    case 1:
+    case "INTERFACE_ADDRESS_SOURCE_LEASE":
+      return InterfaceAddressSource.INTERFACE_ADDRESS_SOURCE_LEASE;
+    case 2:
+    case "INTERFACE_ADDRESS_SOURCE_AGENT":
+      return InterfaceAddressSource.INTERFACE_ADDRESS_SOURCE_AGENT;
+    case 3:
+    case "INTERFACE_ADDRESS_SOURCE_ARP":
+      return InterfaceAddressSource.INTERFACE_ADDRESS_SOURCE_ARP;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return InterfaceAddressSource.UNRECOGNIZED;
+  }
+}
+
+export function interfaceAddressSourceToJSON(object: InterfaceAddressSource): string {
+  switch (object) {
+    case InterfaceAddressSource.INTERFACE_ADDRESS_SOURCE_UNSPECIFIED:
+      return "INTERFACE_ADDRESS_SOURCE_UNSPECIFIED";
+    case InterfaceAddressSource.INTERFACE_ADDRESS_SOURCE_LEASE:
+      return "INTERFACE_ADDRESS_SOURCE_LEASE";
+    case InterfaceAddressSource.INTERFACE_ADDRESS_SOURCE_AGENT:
+      return "INTERFACE_ADDRESS_SOURCE_AGENT";
+    case InterfaceAddressSource.INTERFACE_ADDRESS_SOURCE_ARP:
+      return "INTERFACE_ADDRESS_SOURCE_ARP";
+    case InterfaceAddressSource.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+export enum IpAddressType {
+  IP_ADDRESS_TYPE_UNSPECIFIED = 0,
+  IP_ADDRESS_TYPE_IPV4 = 1,
+  IP_ADDRESS_TYPE_IPV6 = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function ipAddressTypeFromJSON(object: any): IpAddressType {
+  switch (object) {
+    case 0:
+    case "IP_ADDRESS_TYPE_UNSPECIFIED":
+      return IpAddressType.IP_ADDRESS_TYPE_UNSPECIFIED;
+    case 1:
+    case "IP_ADDRESS_TYPE_IPV4":
+      return IpAddressType.IP_ADDRESS_TYPE_IPV4;
+    case 2:
+    case "IP_ADDRESS_TYPE_IPV6":
+      return IpAddressType.IP_ADDRESS_TYPE_IPV6;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return IpAddressType.UNRECOGNIZED;
+  }
+}
+
+export function ipAddressTypeToJSON(object: IpAddressType): string {
+  switch (object) {
+    case IpAddressType.IP_ADDRESS_TYPE_UNSPECIFIED:
+      return "IP_ADDRESS_TYPE_UNSPECIFIED";
+    case IpAddressType.IP_ADDRESS_TYPE_IPV4:
+      return "IP_ADDRESS_TYPE_IPV4";
+    case IpAddressType.IP_ADDRESS_TYPE_IPV6:
+      return "IP_ADDRESS_TYPE_IPV6";
+    case IpAddressType.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** The kinds of guest information, as libvirt's virDomainGuestInfoTypes. */
+export enum GuestInfoType {
+  GUEST_INFO_TYPE_UNSPECIFIED = 0,
+  GUEST_INFO_TYPE_USERS = 1,
+  GUEST_INFO_TYPE_OS = 2,
+  GUEST_INFO_TYPE_TIMEZONE = 3,
+  GUEST_INFO_TYPE_HOSTNAME = 4,
+  GUEST_INFO_TYPE_FILESYSTEM = 5,
+  GUEST_INFO_TYPE_DISKS = 6,
+  GUEST_INFO_TYPE_INTERFACES = 7,
+  UNRECOGNIZED = -1,
+}
+
+export function guestInfoTypeFromJSON(object: any): GuestInfoType {
+  switch (object) {
+    case 0:
+    case "GUEST_INFO_TYPE_UNSPECIFIED":
+      return GuestInfoType.GUEST_INFO_TYPE_UNSPECIFIED;
+    case 1:
+    case "GUEST_INFO_TYPE_USERS":
+      return GuestInfoType.GUEST_INFO_TYPE_USERS;
+    case 2:
+    case "GUEST_INFO_TYPE_OS":
+      return GuestInfoType.GUEST_INFO_TYPE_OS;
+    case 3:
+    case "GUEST_INFO_TYPE_TIMEZONE":
+      return GuestInfoType.GUEST_INFO_TYPE_TIMEZONE;
+    case 4:
+    case "GUEST_INFO_TYPE_HOSTNAME":
+      return GuestInfoType.GUEST_INFO_TYPE_HOSTNAME;
+    case 5:
+    case "GUEST_INFO_TYPE_FILESYSTEM":
+      return GuestInfoType.GUEST_INFO_TYPE_FILESYSTEM;
+    case 6:
+    case "GUEST_INFO_TYPE_DISKS":
+      return GuestInfoType.GUEST_INFO_TYPE_DISKS;
+    case 7:
+    case "GUEST_INFO_TYPE_INTERFACES":
+      return GuestInfoType.GUEST_INFO_TYPE_INTERFACES;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return GuestInfoType.UNRECOGNIZED;
+  }
+}
+
+export function guestInfoTypeToJSON(object: GuestInfoType): string {
+  switch (object) {
+    case GuestInfoType.GUEST_INFO_TYPE_UNSPECIFIED:
+      return "GUEST_INFO_TYPE_UNSPECIFIED";
+    case GuestInfoType.GUEST_INFO_TYPE_USERS:
+      return "GUEST_INFO_TYPE_USERS";
+    case GuestInfoType.GUEST_INFO_TYPE_OS:
+      return "GUEST_INFO_TYPE_OS";
+    case GuestInfoType.GUEST_INFO_TYPE_TIMEZONE:
+      return "GUEST_INFO_TYPE_TIMEZONE";
+    case GuestInfoType.GUEST_INFO_TYPE_HOSTNAME:
+      return "GUEST_INFO_TYPE_HOSTNAME";
+    case GuestInfoType.GUEST_INFO_TYPE_FILESYSTEM:
+      return "GUEST_INFO_TYPE_FILESYSTEM";
+    case GuestInfoType.GUEST_INFO_TYPE_DISKS:
+      return "GUEST_INFO_TYPE_DISKS";
+    case GuestInfoType.GUEST_INFO_TYPE_INTERFACES:
+      return "GUEST_INFO_TYPE_INTERFACES";
+    case GuestInfoType.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * Where the guest's hostname comes from, as libvirt's
+ * virDomainGetHostnameFlags.
+ */
+export enum HostnameSource {
+  HOSTNAME_SOURCE_UNSPECIFIED = 0,
+  HOSTNAME_SOURCE_LEASE = 1,
+  HOSTNAME_SOURCE_AGENT = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function hostnameSourceFromJSON(object: any): HostnameSource {
+  switch (object) {
+    case 0:
+    case "HOSTNAME_SOURCE_UNSPECIFIED":
+      return HostnameSource.HOSTNAME_SOURCE_UNSPECIFIED;
+    case 1:
+    case "HOSTNAME_SOURCE_LEASE":
+      return HostnameSource.HOSTNAME_SOURCE_LEASE;
+    case 2:
+    case "HOSTNAME_SOURCE_AGENT":
+      return HostnameSource.HOSTNAME_SOURCE_AGENT;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return HostnameSource.UNRECOGNIZED;
+  }
+}
+
+export function hostnameSourceToJSON(object: HostnameSource): string {
+  switch (object) {
+    case HostnameSource.HOSTNAME_SOURCE_UNSPECIFIED:
+      return "HOSTNAME_SOURCE_UNSPECIFIED";
+    case HostnameSource.HOSTNAME_SOURCE_LEASE:
+      return "HOSTNAME_SOURCE_LEASE";
+    case HostnameSource.HOSTNAME_SOURCE_AGENT:
+      return "HOSTNAME_SOURCE_AGENT";
+    case HostnameSource.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * How SetAuthorizedSSHKeys changes the keys, as libvirt's
+ * virDomainAuthorizedSSHKeysSetFlags.
+ */
+export enum SSHKeysChange {
+  /** SSH_KEYS_CHANGE_UNSPECIFIED - Replace every key with the given ones. */
+  SSH_KEYS_CHANGE_UNSPECIFIED = 0,
+  SSH_KEYS_CHANGE_APPEND = 1,
+  SSH_KEYS_CHANGE_REMOVE = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function sSHKeysChangeFromJSON(object: any): SSHKeysChange {
+  switch (object) {
+    case 0:
+    case "SSH_KEYS_CHANGE_UNSPECIFIED":
+      return SSHKeysChange.SSH_KEYS_CHANGE_UNSPECIFIED;
+    case 1:
+    case "SSH_KEYS_CHANGE_APPEND":
+      return SSHKeysChange.SSH_KEYS_CHANGE_APPEND;
+    case 2:
+    case "SSH_KEYS_CHANGE_REMOVE":
+      return SSHKeysChange.SSH_KEYS_CHANGE_REMOVE;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return SSHKeysChange.UNRECOGNIZED;
+  }
+}
+
+export function sSHKeysChangeToJSON(object: SSHKeysChange): string {
+  switch (object) {
+    case SSHKeysChange.SSH_KEYS_CHANGE_UNSPECIFIED:
+      return "SSH_KEYS_CHANGE_UNSPECIFIED";
+    case SSHKeysChange.SSH_KEYS_CHANGE_APPEND:
+      return "SSH_KEYS_CHANGE_APPEND";
+    case SSHKeysChange.SSH_KEYS_CHANGE_REMOVE:
+      return "SSH_KEYS_CHANGE_REMOVE";
+    case SSHKeysChange.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * libvirt's special agent response timeouts
+ * (virDomainAgentResponseTimeoutValues), or a number of seconds.
+ */
+export enum AgentTimeoutMode {
+  /** AGENT_TIMEOUT_MODE_UNSPECIFIED - libvirt's default (5 seconds). */
+  AGENT_TIMEOUT_MODE_UNSPECIFIED = 0,
+  AGENT_TIMEOUT_MODE_SECONDS = 1,
+  /** AGENT_TIMEOUT_MODE_BLOCK - Wait as long as it takes. */
+  AGENT_TIMEOUT_MODE_BLOCK = 2,
+  /** AGENT_TIMEOUT_MODE_NOWAIT - Do not wait: fail at once unless the agent answered already. */
+  AGENT_TIMEOUT_MODE_NOWAIT = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function agentTimeoutModeFromJSON(object: any): AgentTimeoutMode {
+  switch (object) {
+    case 0:
+    case "AGENT_TIMEOUT_MODE_UNSPECIFIED":
+      return AgentTimeoutMode.AGENT_TIMEOUT_MODE_UNSPECIFIED;
+    case 1:
+    case "AGENT_TIMEOUT_MODE_SECONDS":
+      return AgentTimeoutMode.AGENT_TIMEOUT_MODE_SECONDS;
+    case 2:
+    case "AGENT_TIMEOUT_MODE_BLOCK":
+      return AgentTimeoutMode.AGENT_TIMEOUT_MODE_BLOCK;
+    case 3:
+    case "AGENT_TIMEOUT_MODE_NOWAIT":
+      return AgentTimeoutMode.AGENT_TIMEOUT_MODE_NOWAIT;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return AgentTimeoutMode.UNRECOGNIZED;
+  }
+}
+
+export function agentTimeoutModeToJSON(object: AgentTimeoutMode): string {
+  switch (object) {
+    case AgentTimeoutMode.AGENT_TIMEOUT_MODE_UNSPECIFIED:
+      return "AGENT_TIMEOUT_MODE_UNSPECIFIED";
+    case AgentTimeoutMode.AGENT_TIMEOUT_MODE_SECONDS:
+      return "AGENT_TIMEOUT_MODE_SECONDS";
+    case AgentTimeoutMode.AGENT_TIMEOUT_MODE_BLOCK:
+      return "AGENT_TIMEOUT_MODE_BLOCK";
+    case AgentTimeoutMode.AGENT_TIMEOUT_MODE_NOWAIT:
+      return "AGENT_TIMEOUT_MODE_NOWAIT";
+    case AgentTimeoutMode.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** A domain's summary. */
 export interface Domain {
   name: string;
@@ -2914,6 +3214,252 @@ export interface AbortDomainJobRequest {
 }
 
 export interface AbortDomainJobResponse {
+}
+
+export interface IpAddress {
+  type: IpAddressType;
+  address: string;
+  prefix: number;
+}
+
+export interface GuestInterface {
+  name: string;
+  /** Empty when the source does not know it. */
+  hwaddr: string;
+  addresses: IpAddress[];
+}
+
+export interface GetInterfaceAddressesRequest {
+  name: string;
+  source: InterfaceAddressSource;
+}
+
+export interface GetInterfaceAddressesResponse {
+  /** Sorted by name. */
+  interfaces: GuestInterface[];
+}
+
+export interface FreezeFilesystemsRequest {
+  name: string;
+  /** Guest mountpoints; empty: all of them. */
+  mountpoints: string[];
+}
+
+export interface FreezeFilesystemsResponse {
+  count: number;
+}
+
+export interface ThawFilesystemsRequest {
+  name: string;
+  mountpoints: string[];
+}
+
+export interface ThawFilesystemsResponse {
+  count: number;
+}
+
+export interface TrimFilesystemsRequest {
+  name: string;
+  /** An absolute guest mountpoint; empty: all of them. */
+  mountpoint: string;
+  /** Extents shorter than this are not trimmed (0: all). */
+  minimumBytes: bigint;
+}
+
+export interface TrimFilesystemsResponse {
+}
+
+export interface GuestFilesystem {
+  mountpoint: string;
+  /** The guest's device name, as "vda1". */
+  device: string;
+  type: string;
+  /** The domain's disk targets it lies on. */
+  diskTargets: string[];
+}
+
+export interface GetFilesystemInfoRequest {
+  name: string;
+}
+
+export interface GetFilesystemInfoResponse {
+  filesystems: GuestFilesystem[];
+}
+
+export interface GetGuestInfoRequest {
+  name: string;
+  /** Empty: every kind. */
+  types: GuestInfoType[];
+}
+
+export interface GuestUser {
+  name: string;
+  /** Windows only. */
+  domain: string;
+  loginTime?: Date | undefined;
+}
+
+export interface GuestOs {
+  id: string;
+  name: string;
+  prettyName: string;
+  version: string;
+  versionId: string;
+  kernelRelease: string;
+  kernelVersion: string;
+  machine: string;
+  variant: string;
+  variantId: string;
+}
+
+export interface GuestTimezone {
+  name: string;
+  /** Seconds east of UTC. */
+  offsetSeconds: number;
+}
+
+export interface GuestFilesystemDisk {
+  /** The domain's disk target, as "vdb" (libvirt's "alias" key). */
+  alias: string;
+  serial: string;
+  /** The guest's device path. */
+  device: string;
+}
+
+export interface GuestFilesystemUsage {
+  mountpoint: string;
+  name: string;
+  type: string;
+  totalBytes: bigint;
+  usedBytes: bigint;
+  disks: GuestFilesystemDisk[];
+}
+
+export interface GuestDisk {
+  /** The guest's device path, as "/dev/vda". */
+  name: string;
+  partition: boolean;
+  /** The devices it lies on (a partition's disk, an LVM volume's). */
+  dependencies: string[];
+  serial: string;
+  /** The domain's disk target, as "vdb" (libvirt's "alias" key). */
+  alias: string;
+  /** The guest's own name for it (on Windows). */
+  guestAlias: string;
+}
+
+export interface GetGuestInfoResponse {
+  users: GuestUser[];
+  os?: GuestOs | undefined;
+  timezone?: GuestTimezone | undefined;
+  hostname: string;
+  filesystems: GuestFilesystemUsage[];
+  disks: GuestDisk[];
+  interfaces: GuestInterface[];
+  /** Every field libvirt returned, typed or not, as its decimal or text form. */
+  raw: { [key: string]: string };
+}
+
+export interface GetGuestInfoResponse_RawEntry {
+  key: string;
+  value: string;
+}
+
+export interface GetGuestHostnameRequest {
+  name: string;
+  source: HostnameSource;
+}
+
+export interface GetGuestHostnameResponse {
+  hostname: string;
+}
+
+export interface GetGuestVcpusRequest {
+  name: string;
+}
+
+export interface GetGuestVcpusResponse {
+  /**
+   * libvirt's CPU lists ("0-3"): the guest's vCPUs, those online, and those
+   * it can take offline.
+   */
+  vcpus: string;
+  online: string;
+  offlinable: string;
+}
+
+export interface SetGuestVcpusRequest {
+  name: string;
+  /** A CPU list, as "1-3,^2". */
+  cpumap: string;
+  /** Online (true) or offline (false). */
+  online: boolean;
+}
+
+export interface SetGuestVcpusResponse {
+}
+
+export interface GetGuestTimeRequest {
+  name: string;
+}
+
+export interface GetGuestTimeResponse {
+  time?: Date | undefined;
+}
+
+export interface SetGuestTimeRequest {
+  name: string;
+  /** The time to set; unset with sync. */
+  time?:
+    | Date
+    | undefined;
+  /** Set the guest's clock from its hardware clock instead. */
+  sync: boolean;
+}
+
+export interface SetGuestTimeResponse {
+}
+
+export interface SetUserPasswordRequest {
+  name: string;
+  user: string;
+  /** Never logged or audited. */
+  password: string;
+  /** The password is already encrypted, as crypt(3) writes it. */
+  encrypted: boolean;
+}
+
+export interface SetUserPasswordResponse {
+}
+
+export interface GetAuthorizedSSHKeysRequest {
+  name: string;
+  user: string;
+}
+
+export interface GetAuthorizedSSHKeysResponse {
+  keys: string[];
+}
+
+export interface SetAuthorizedSSHKeysRequest {
+  name: string;
+  user: string;
+  /** One key a line each, without newlines. */
+  keys: string[];
+  change: SSHKeysChange;
+}
+
+export interface SetAuthorizedSSHKeysResponse {
+}
+
+export interface SetAgentResponseTimeoutRequest {
+  name: string;
+  mode: AgentTimeoutMode;
+  /** With mode SECONDS: at least 1. */
+  seconds: number;
+}
+
+export interface SetAgentResponseTimeoutResponse {
 }
 
 function createBaseDomain(): Domain {
@@ -21213,6 +21759,3775 @@ export const AbortDomainJobResponse: MessageFns<AbortDomainJobResponse> = {
   },
 };
 
+function createBaseIpAddress(): IpAddress {
+  return { type: 0, address: "", prefix: 0 };
+}
+
+export const IpAddress: MessageFns<IpAddress> = {
+  encode(message: IpAddress, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.type !== 0) {
+      writer.uint32(8).int32(message.type);
+    }
+    if (message.address !== "") {
+      writer.uint32(18).string(message.address);
+    }
+    if (message.prefix !== 0) {
+      writer.uint32(24).uint32(message.prefix);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): IpAddress {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseIpAddress();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.type = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.prefix = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): IpAddress {
+    return {
+      type: isSet(object.type) ? ipAddressTypeFromJSON(object.type) : 0,
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+      prefix: isSet(object.prefix) ? globalThis.Number(object.prefix) : 0,
+    };
+  },
+
+  toJSON(message: IpAddress): unknown {
+    const obj: any = {};
+    if (message.type !== 0) {
+      obj.type = ipAddressTypeToJSON(message.type);
+    }
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    if (message.prefix !== 0) {
+      obj.prefix = Math.round(message.prefix);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<IpAddress>, I>>(base?: I): IpAddress {
+    return IpAddress.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<IpAddress>, I>>(object: I): IpAddress {
+    const message = createBaseIpAddress();
+    message.type = object.type ?? 0;
+    message.address = object.address ?? "";
+    message.prefix = object.prefix ?? 0;
+    return message;
+  },
+};
+
+function createBaseGuestInterface(): GuestInterface {
+  return { name: "", hwaddr: "", addresses: [] };
+}
+
+export const GuestInterface: MessageFns<GuestInterface> = {
+  encode(message: GuestInterface, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.hwaddr !== "") {
+      writer.uint32(18).string(message.hwaddr);
+    }
+    for (const v of message.addresses) {
+      IpAddress.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GuestInterface {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGuestInterface();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.hwaddr = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.addresses.push(IpAddress.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GuestInterface {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      hwaddr: isSet(object.hwaddr) ? globalThis.String(object.hwaddr) : "",
+      addresses: globalThis.Array.isArray(object?.addresses)
+        ? object.addresses.map((e: any) => IpAddress.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GuestInterface): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.hwaddr !== "") {
+      obj.hwaddr = message.hwaddr;
+    }
+    if (message.addresses?.length) {
+      obj.addresses = message.addresses.map((e) => IpAddress.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GuestInterface>, I>>(base?: I): GuestInterface {
+    return GuestInterface.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GuestInterface>, I>>(object: I): GuestInterface {
+    const message = createBaseGuestInterface();
+    message.name = object.name ?? "";
+    message.hwaddr = object.hwaddr ?? "";
+    message.addresses = object.addresses?.map((e) => IpAddress.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseGetInterfaceAddressesRequest(): GetInterfaceAddressesRequest {
+  return { name: "", source: 0 };
+}
+
+export const GetInterfaceAddressesRequest: MessageFns<GetInterfaceAddressesRequest> = {
+  encode(message: GetInterfaceAddressesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.source !== 0) {
+      writer.uint32(16).int32(message.source);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetInterfaceAddressesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetInterfaceAddressesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.source = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetInterfaceAddressesRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      source: isSet(object.source) ? interfaceAddressSourceFromJSON(object.source) : 0,
+    };
+  },
+
+  toJSON(message: GetInterfaceAddressesRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.source !== 0) {
+      obj.source = interfaceAddressSourceToJSON(message.source);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetInterfaceAddressesRequest>, I>>(base?: I): GetInterfaceAddressesRequest {
+    return GetInterfaceAddressesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetInterfaceAddressesRequest>, I>>(object: I): GetInterfaceAddressesRequest {
+    const message = createBaseGetInterfaceAddressesRequest();
+    message.name = object.name ?? "";
+    message.source = object.source ?? 0;
+    return message;
+  },
+};
+
+function createBaseGetInterfaceAddressesResponse(): GetInterfaceAddressesResponse {
+  return { interfaces: [] };
+}
+
+export const GetInterfaceAddressesResponse: MessageFns<GetInterfaceAddressesResponse> = {
+  encode(message: GetInterfaceAddressesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.interfaces) {
+      GuestInterface.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetInterfaceAddressesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetInterfaceAddressesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.interfaces.push(GuestInterface.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetInterfaceAddressesResponse {
+    return {
+      interfaces: globalThis.Array.isArray(object?.interfaces)
+        ? object.interfaces.map((e: any) => GuestInterface.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GetInterfaceAddressesResponse): unknown {
+    const obj: any = {};
+    if (message.interfaces?.length) {
+      obj.interfaces = message.interfaces.map((e) => GuestInterface.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetInterfaceAddressesResponse>, I>>(base?: I): GetInterfaceAddressesResponse {
+    return GetInterfaceAddressesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetInterfaceAddressesResponse>, I>>(
+    object: I,
+  ): GetInterfaceAddressesResponse {
+    const message = createBaseGetInterfaceAddressesResponse();
+    message.interfaces = object.interfaces?.map((e) => GuestInterface.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseFreezeFilesystemsRequest(): FreezeFilesystemsRequest {
+  return { name: "", mountpoints: [] };
+}
+
+export const FreezeFilesystemsRequest: MessageFns<FreezeFilesystemsRequest> = {
+  encode(message: FreezeFilesystemsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    for (const v of message.mountpoints) {
+      writer.uint32(18).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FreezeFilesystemsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFreezeFilesystemsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.mountpoints.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FreezeFilesystemsRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      mountpoints: globalThis.Array.isArray(object?.mountpoints)
+        ? object.mountpoints.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: FreezeFilesystemsRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.mountpoints?.length) {
+      obj.mountpoints = message.mountpoints;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FreezeFilesystemsRequest>, I>>(base?: I): FreezeFilesystemsRequest {
+    return FreezeFilesystemsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FreezeFilesystemsRequest>, I>>(object: I): FreezeFilesystemsRequest {
+    const message = createBaseFreezeFilesystemsRequest();
+    message.name = object.name ?? "";
+    message.mountpoints = object.mountpoints?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseFreezeFilesystemsResponse(): FreezeFilesystemsResponse {
+  return { count: 0 };
+}
+
+export const FreezeFilesystemsResponse: MessageFns<FreezeFilesystemsResponse> = {
+  encode(message: FreezeFilesystemsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.count !== 0) {
+      writer.uint32(8).int32(message.count);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FreezeFilesystemsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFreezeFilesystemsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.count = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FreezeFilesystemsResponse {
+    return { count: isSet(object.count) ? globalThis.Number(object.count) : 0 };
+  },
+
+  toJSON(message: FreezeFilesystemsResponse): unknown {
+    const obj: any = {};
+    if (message.count !== 0) {
+      obj.count = Math.round(message.count);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FreezeFilesystemsResponse>, I>>(base?: I): FreezeFilesystemsResponse {
+    return FreezeFilesystemsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FreezeFilesystemsResponse>, I>>(object: I): FreezeFilesystemsResponse {
+    const message = createBaseFreezeFilesystemsResponse();
+    message.count = object.count ?? 0;
+    return message;
+  },
+};
+
+function createBaseThawFilesystemsRequest(): ThawFilesystemsRequest {
+  return { name: "", mountpoints: [] };
+}
+
+export const ThawFilesystemsRequest: MessageFns<ThawFilesystemsRequest> = {
+  encode(message: ThawFilesystemsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    for (const v of message.mountpoints) {
+      writer.uint32(18).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ThawFilesystemsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseThawFilesystemsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.mountpoints.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ThawFilesystemsRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      mountpoints: globalThis.Array.isArray(object?.mountpoints)
+        ? object.mountpoints.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ThawFilesystemsRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.mountpoints?.length) {
+      obj.mountpoints = message.mountpoints;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ThawFilesystemsRequest>, I>>(base?: I): ThawFilesystemsRequest {
+    return ThawFilesystemsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ThawFilesystemsRequest>, I>>(object: I): ThawFilesystemsRequest {
+    const message = createBaseThawFilesystemsRequest();
+    message.name = object.name ?? "";
+    message.mountpoints = object.mountpoints?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseThawFilesystemsResponse(): ThawFilesystemsResponse {
+  return { count: 0 };
+}
+
+export const ThawFilesystemsResponse: MessageFns<ThawFilesystemsResponse> = {
+  encode(message: ThawFilesystemsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.count !== 0) {
+      writer.uint32(8).int32(message.count);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ThawFilesystemsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseThawFilesystemsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.count = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ThawFilesystemsResponse {
+    return { count: isSet(object.count) ? globalThis.Number(object.count) : 0 };
+  },
+
+  toJSON(message: ThawFilesystemsResponse): unknown {
+    const obj: any = {};
+    if (message.count !== 0) {
+      obj.count = Math.round(message.count);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ThawFilesystemsResponse>, I>>(base?: I): ThawFilesystemsResponse {
+    return ThawFilesystemsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ThawFilesystemsResponse>, I>>(object: I): ThawFilesystemsResponse {
+    const message = createBaseThawFilesystemsResponse();
+    message.count = object.count ?? 0;
+    return message;
+  },
+};
+
+function createBaseTrimFilesystemsRequest(): TrimFilesystemsRequest {
+  return { name: "", mountpoint: "", minimumBytes: 0n };
+}
+
+export const TrimFilesystemsRequest: MessageFns<TrimFilesystemsRequest> = {
+  encode(message: TrimFilesystemsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.mountpoint !== "") {
+      writer.uint32(18).string(message.mountpoint);
+    }
+    if (message.minimumBytes !== 0n) {
+      if (BigInt.asUintN(64, message.minimumBytes) !== message.minimumBytes) {
+        throw new globalThis.Error("value provided for field message.minimumBytes of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.minimumBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrimFilesystemsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrimFilesystemsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.mountpoint = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.minimumBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrimFilesystemsRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      mountpoint: isSet(object.mountpoint) ? globalThis.String(object.mountpoint) : "",
+      minimumBytes: isSet(object.minimumBytes)
+        ? BigInt(object.minimumBytes)
+        : isSet(object.minimum_bytes)
+        ? BigInt(object.minimum_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: TrimFilesystemsRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.mountpoint !== "") {
+      obj.mountpoint = message.mountpoint;
+    }
+    if (message.minimumBytes !== 0n) {
+      obj.minimumBytes = message.minimumBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrimFilesystemsRequest>, I>>(base?: I): TrimFilesystemsRequest {
+    return TrimFilesystemsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrimFilesystemsRequest>, I>>(object: I): TrimFilesystemsRequest {
+    const message = createBaseTrimFilesystemsRequest();
+    message.name = object.name ?? "";
+    message.mountpoint = object.mountpoint ?? "";
+    message.minimumBytes = (object.minimumBytes !== undefined && object.minimumBytes !== null)
+      ? BigInt(object.minimumBytes)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseTrimFilesystemsResponse(): TrimFilesystemsResponse {
+  return {};
+}
+
+export const TrimFilesystemsResponse: MessageFns<TrimFilesystemsResponse> = {
+  encode(_: TrimFilesystemsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrimFilesystemsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrimFilesystemsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): TrimFilesystemsResponse {
+    return {};
+  },
+
+  toJSON(_: TrimFilesystemsResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrimFilesystemsResponse>, I>>(base?: I): TrimFilesystemsResponse {
+    return TrimFilesystemsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrimFilesystemsResponse>, I>>(_: I): TrimFilesystemsResponse {
+    const message = createBaseTrimFilesystemsResponse();
+    return message;
+  },
+};
+
+function createBaseGuestFilesystem(): GuestFilesystem {
+  return { mountpoint: "", device: "", type: "", diskTargets: [] };
+}
+
+export const GuestFilesystem: MessageFns<GuestFilesystem> = {
+  encode(message: GuestFilesystem, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.mountpoint !== "") {
+      writer.uint32(10).string(message.mountpoint);
+    }
+    if (message.device !== "") {
+      writer.uint32(18).string(message.device);
+    }
+    if (message.type !== "") {
+      writer.uint32(26).string(message.type);
+    }
+    for (const v of message.diskTargets) {
+      writer.uint32(34).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GuestFilesystem {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGuestFilesystem();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.mountpoint = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.type = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.diskTargets.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GuestFilesystem {
+    return {
+      mountpoint: isSet(object.mountpoint) ? globalThis.String(object.mountpoint) : "",
+      device: isSet(object.device) ? globalThis.String(object.device) : "",
+      type: isSet(object.type) ? globalThis.String(object.type) : "",
+      diskTargets: globalThis.Array.isArray(object?.diskTargets)
+        ? object.diskTargets.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.disk_targets)
+        ? object.disk_targets.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GuestFilesystem): unknown {
+    const obj: any = {};
+    if (message.mountpoint !== "") {
+      obj.mountpoint = message.mountpoint;
+    }
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    if (message.type !== "") {
+      obj.type = message.type;
+    }
+    if (message.diskTargets?.length) {
+      obj.diskTargets = message.diskTargets;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GuestFilesystem>, I>>(base?: I): GuestFilesystem {
+    return GuestFilesystem.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GuestFilesystem>, I>>(object: I): GuestFilesystem {
+    const message = createBaseGuestFilesystem();
+    message.mountpoint = object.mountpoint ?? "";
+    message.device = object.device ?? "";
+    message.type = object.type ?? "";
+    message.diskTargets = object.diskTargets?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseGetFilesystemInfoRequest(): GetFilesystemInfoRequest {
+  return { name: "" };
+}
+
+export const GetFilesystemInfoRequest: MessageFns<GetFilesystemInfoRequest> = {
+  encode(message: GetFilesystemInfoRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetFilesystemInfoRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetFilesystemInfoRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetFilesystemInfoRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: GetFilesystemInfoRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetFilesystemInfoRequest>, I>>(base?: I): GetFilesystemInfoRequest {
+    return GetFilesystemInfoRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetFilesystemInfoRequest>, I>>(object: I): GetFilesystemInfoRequest {
+    const message = createBaseGetFilesystemInfoRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseGetFilesystemInfoResponse(): GetFilesystemInfoResponse {
+  return { filesystems: [] };
+}
+
+export const GetFilesystemInfoResponse: MessageFns<GetFilesystemInfoResponse> = {
+  encode(message: GetFilesystemInfoResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.filesystems) {
+      GuestFilesystem.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetFilesystemInfoResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetFilesystemInfoResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.filesystems.push(GuestFilesystem.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetFilesystemInfoResponse {
+    return {
+      filesystems: globalThis.Array.isArray(object?.filesystems)
+        ? object.filesystems.map((e: any) => GuestFilesystem.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GetFilesystemInfoResponse): unknown {
+    const obj: any = {};
+    if (message.filesystems?.length) {
+      obj.filesystems = message.filesystems.map((e) => GuestFilesystem.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetFilesystemInfoResponse>, I>>(base?: I): GetFilesystemInfoResponse {
+    return GetFilesystemInfoResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetFilesystemInfoResponse>, I>>(object: I): GetFilesystemInfoResponse {
+    const message = createBaseGetFilesystemInfoResponse();
+    message.filesystems = object.filesystems?.map((e) => GuestFilesystem.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseGetGuestInfoRequest(): GetGuestInfoRequest {
+  return { name: "", types: [] };
+}
+
+export const GetGuestInfoRequest: MessageFns<GetGuestInfoRequest> = {
+  encode(message: GetGuestInfoRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.types.length !== 0) {
+      writer.uint32(18).fork();
+      for (const v of message.types) {
+        writer.int32(v);
+      }
+      writer.join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetGuestInfoRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetGuestInfoRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag === 16) {
+              message.types.push(reader.int32() as any);
+
+              continue;
+            }
+
+            if (tag === 18) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.types.push(reader.int32() as any);
+              }
+
+              continue;
+            }
+
+            break;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetGuestInfoRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      types: globalThis.Array.isArray(object?.types) ? object.types.map((e: any) => guestInfoTypeFromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: GetGuestInfoRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.types?.length) {
+      obj.types = message.types.map((e) => guestInfoTypeToJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetGuestInfoRequest>, I>>(base?: I): GetGuestInfoRequest {
+    return GetGuestInfoRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetGuestInfoRequest>, I>>(object: I): GetGuestInfoRequest {
+    const message = createBaseGetGuestInfoRequest();
+    message.name = object.name ?? "";
+    message.types = object.types?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseGuestUser(): GuestUser {
+  return { name: "", domain: "", loginTime: undefined };
+}
+
+export const GuestUser: MessageFns<GuestUser> = {
+  encode(message: GuestUser, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.domain !== "") {
+      writer.uint32(18).string(message.domain);
+    }
+    if (message.loginTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.loginTime), writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GuestUser {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGuestUser();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.loginTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GuestUser {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      loginTime: isSet(object.loginTime)
+        ? fromJsonTimestamp(object.loginTime)
+        : isSet(object.login_time)
+        ? fromJsonTimestamp(object.login_time)
+        : undefined,
+    };
+  },
+
+  toJSON(message: GuestUser): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.loginTime !== undefined) {
+      obj.loginTime = message.loginTime.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GuestUser>, I>>(base?: I): GuestUser {
+    return GuestUser.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GuestUser>, I>>(object: I): GuestUser {
+    const message = createBaseGuestUser();
+    message.name = object.name ?? "";
+    message.domain = object.domain ?? "";
+    message.loginTime = object.loginTime ?? undefined;
+    return message;
+  },
+};
+
+function createBaseGuestOs(): GuestOs {
+  return {
+    id: "",
+    name: "",
+    prettyName: "",
+    version: "",
+    versionId: "",
+    kernelRelease: "",
+    kernelVersion: "",
+    machine: "",
+    variant: "",
+    variantId: "",
+  };
+}
+
+export const GuestOs: MessageFns<GuestOs> = {
+  encode(message: GuestOs, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    if (message.prettyName !== "") {
+      writer.uint32(26).string(message.prettyName);
+    }
+    if (message.version !== "") {
+      writer.uint32(34).string(message.version);
+    }
+    if (message.versionId !== "") {
+      writer.uint32(42).string(message.versionId);
+    }
+    if (message.kernelRelease !== "") {
+      writer.uint32(50).string(message.kernelRelease);
+    }
+    if (message.kernelVersion !== "") {
+      writer.uint32(58).string(message.kernelVersion);
+    }
+    if (message.machine !== "") {
+      writer.uint32(66).string(message.machine);
+    }
+    if (message.variant !== "") {
+      writer.uint32(74).string(message.variant);
+    }
+    if (message.variantId !== "") {
+      writer.uint32(82).string(message.variantId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GuestOs {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGuestOs();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.prettyName = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.version = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.versionId = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.kernelRelease = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.kernelVersion = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.machine = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.variant = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.variantId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GuestOs {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      prettyName: isSet(object.prettyName)
+        ? globalThis.String(object.prettyName)
+        : isSet(object.pretty_name)
+        ? globalThis.String(object.pretty_name)
+        : "",
+      version: isSet(object.version) ? globalThis.String(object.version) : "",
+      versionId: isSet(object.versionId)
+        ? globalThis.String(object.versionId)
+        : isSet(object.version_id)
+        ? globalThis.String(object.version_id)
+        : "",
+      kernelRelease: isSet(object.kernelRelease)
+        ? globalThis.String(object.kernelRelease)
+        : isSet(object.kernel_release)
+        ? globalThis.String(object.kernel_release)
+        : "",
+      kernelVersion: isSet(object.kernelVersion)
+        ? globalThis.String(object.kernelVersion)
+        : isSet(object.kernel_version)
+        ? globalThis.String(object.kernel_version)
+        : "",
+      machine: isSet(object.machine) ? globalThis.String(object.machine) : "",
+      variant: isSet(object.variant) ? globalThis.String(object.variant) : "",
+      variantId: isSet(object.variantId)
+        ? globalThis.String(object.variantId)
+        : isSet(object.variant_id)
+        ? globalThis.String(object.variant_id)
+        : "",
+    };
+  },
+
+  toJSON(message: GuestOs): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.prettyName !== "") {
+      obj.prettyName = message.prettyName;
+    }
+    if (message.version !== "") {
+      obj.version = message.version;
+    }
+    if (message.versionId !== "") {
+      obj.versionId = message.versionId;
+    }
+    if (message.kernelRelease !== "") {
+      obj.kernelRelease = message.kernelRelease;
+    }
+    if (message.kernelVersion !== "") {
+      obj.kernelVersion = message.kernelVersion;
+    }
+    if (message.machine !== "") {
+      obj.machine = message.machine;
+    }
+    if (message.variant !== "") {
+      obj.variant = message.variant;
+    }
+    if (message.variantId !== "") {
+      obj.variantId = message.variantId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GuestOs>, I>>(base?: I): GuestOs {
+    return GuestOs.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GuestOs>, I>>(object: I): GuestOs {
+    const message = createBaseGuestOs();
+    message.id = object.id ?? "";
+    message.name = object.name ?? "";
+    message.prettyName = object.prettyName ?? "";
+    message.version = object.version ?? "";
+    message.versionId = object.versionId ?? "";
+    message.kernelRelease = object.kernelRelease ?? "";
+    message.kernelVersion = object.kernelVersion ?? "";
+    message.machine = object.machine ?? "";
+    message.variant = object.variant ?? "";
+    message.variantId = object.variantId ?? "";
+    return message;
+  },
+};
+
+function createBaseGuestTimezone(): GuestTimezone {
+  return { name: "", offsetSeconds: 0 };
+}
+
+export const GuestTimezone: MessageFns<GuestTimezone> = {
+  encode(message: GuestTimezone, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.offsetSeconds !== 0) {
+      writer.uint32(16).int32(message.offsetSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GuestTimezone {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGuestTimezone();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.offsetSeconds = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GuestTimezone {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      offsetSeconds: isSet(object.offsetSeconds)
+        ? globalThis.Number(object.offsetSeconds)
+        : isSet(object.offset_seconds)
+        ? globalThis.Number(object.offset_seconds)
+        : 0,
+    };
+  },
+
+  toJSON(message: GuestTimezone): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.offsetSeconds !== 0) {
+      obj.offsetSeconds = Math.round(message.offsetSeconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GuestTimezone>, I>>(base?: I): GuestTimezone {
+    return GuestTimezone.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GuestTimezone>, I>>(object: I): GuestTimezone {
+    const message = createBaseGuestTimezone();
+    message.name = object.name ?? "";
+    message.offsetSeconds = object.offsetSeconds ?? 0;
+    return message;
+  },
+};
+
+function createBaseGuestFilesystemDisk(): GuestFilesystemDisk {
+  return { alias: "", serial: "", device: "" };
+}
+
+export const GuestFilesystemDisk: MessageFns<GuestFilesystemDisk> = {
+  encode(message: GuestFilesystemDisk, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.alias !== "") {
+      writer.uint32(10).string(message.alias);
+    }
+    if (message.serial !== "") {
+      writer.uint32(18).string(message.serial);
+    }
+    if (message.device !== "") {
+      writer.uint32(26).string(message.device);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GuestFilesystemDisk {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGuestFilesystemDisk();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.alias = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.serial = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GuestFilesystemDisk {
+    return {
+      alias: isSet(object.alias) ? globalThis.String(object.alias) : "",
+      serial: isSet(object.serial) ? globalThis.String(object.serial) : "",
+      device: isSet(object.device) ? globalThis.String(object.device) : "",
+    };
+  },
+
+  toJSON(message: GuestFilesystemDisk): unknown {
+    const obj: any = {};
+    if (message.alias !== "") {
+      obj.alias = message.alias;
+    }
+    if (message.serial !== "") {
+      obj.serial = message.serial;
+    }
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GuestFilesystemDisk>, I>>(base?: I): GuestFilesystemDisk {
+    return GuestFilesystemDisk.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GuestFilesystemDisk>, I>>(object: I): GuestFilesystemDisk {
+    const message = createBaseGuestFilesystemDisk();
+    message.alias = object.alias ?? "";
+    message.serial = object.serial ?? "";
+    message.device = object.device ?? "";
+    return message;
+  },
+};
+
+function createBaseGuestFilesystemUsage(): GuestFilesystemUsage {
+  return { mountpoint: "", name: "", type: "", totalBytes: 0n, usedBytes: 0n, disks: [] };
+}
+
+export const GuestFilesystemUsage: MessageFns<GuestFilesystemUsage> = {
+  encode(message: GuestFilesystemUsage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.mountpoint !== "") {
+      writer.uint32(10).string(message.mountpoint);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    if (message.type !== "") {
+      writer.uint32(26).string(message.type);
+    }
+    if (message.totalBytes !== 0n) {
+      if (BigInt.asUintN(64, message.totalBytes) !== message.totalBytes) {
+        throw new globalThis.Error("value provided for field message.totalBytes of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.totalBytes);
+    }
+    if (message.usedBytes !== 0n) {
+      if (BigInt.asUintN(64, message.usedBytes) !== message.usedBytes) {
+        throw new globalThis.Error("value provided for field message.usedBytes of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.usedBytes);
+    }
+    for (const v of message.disks) {
+      GuestFilesystemDisk.encode(v!, writer.uint32(50).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GuestFilesystemUsage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGuestFilesystemUsage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.mountpoint = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.type = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.totalBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.usedBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.disks.push(GuestFilesystemDisk.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GuestFilesystemUsage {
+    return {
+      mountpoint: isSet(object.mountpoint) ? globalThis.String(object.mountpoint) : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      type: isSet(object.type) ? globalThis.String(object.type) : "",
+      totalBytes: isSet(object.totalBytes)
+        ? BigInt(object.totalBytes)
+        : isSet(object.total_bytes)
+        ? BigInt(object.total_bytes)
+        : 0n,
+      usedBytes: isSet(object.usedBytes)
+        ? BigInt(object.usedBytes)
+        : isSet(object.used_bytes)
+        ? BigInt(object.used_bytes)
+        : 0n,
+      disks: globalThis.Array.isArray(object?.disks)
+        ? object.disks.map((e: any) => GuestFilesystemDisk.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GuestFilesystemUsage): unknown {
+    const obj: any = {};
+    if (message.mountpoint !== "") {
+      obj.mountpoint = message.mountpoint;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.type !== "") {
+      obj.type = message.type;
+    }
+    if (message.totalBytes !== 0n) {
+      obj.totalBytes = message.totalBytes.toString();
+    }
+    if (message.usedBytes !== 0n) {
+      obj.usedBytes = message.usedBytes.toString();
+    }
+    if (message.disks?.length) {
+      obj.disks = message.disks.map((e) => GuestFilesystemDisk.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GuestFilesystemUsage>, I>>(base?: I): GuestFilesystemUsage {
+    return GuestFilesystemUsage.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GuestFilesystemUsage>, I>>(object: I): GuestFilesystemUsage {
+    const message = createBaseGuestFilesystemUsage();
+    message.mountpoint = object.mountpoint ?? "";
+    message.name = object.name ?? "";
+    message.type = object.type ?? "";
+    message.totalBytes = (object.totalBytes !== undefined && object.totalBytes !== null)
+      ? BigInt(object.totalBytes)
+      : 0n;
+    message.usedBytes = (object.usedBytes !== undefined && object.usedBytes !== null) ? BigInt(object.usedBytes) : 0n;
+    message.disks = object.disks?.map((e) => GuestFilesystemDisk.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseGuestDisk(): GuestDisk {
+  return { name: "", partition: false, dependencies: [], serial: "", alias: "", guestAlias: "" };
+}
+
+export const GuestDisk: MessageFns<GuestDisk> = {
+  encode(message: GuestDisk, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.partition !== false) {
+      writer.uint32(16).bool(message.partition);
+    }
+    for (const v of message.dependencies) {
+      writer.uint32(26).string(v!);
+    }
+    if (message.serial !== "") {
+      writer.uint32(34).string(message.serial);
+    }
+    if (message.alias !== "") {
+      writer.uint32(42).string(message.alias);
+    }
+    if (message.guestAlias !== "") {
+      writer.uint32(50).string(message.guestAlias);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GuestDisk {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGuestDisk();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.partition = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.dependencies.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.serial = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.alias = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.guestAlias = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GuestDisk {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      partition: isSet(object.partition) ? globalThis.Boolean(object.partition) : false,
+      dependencies: globalThis.Array.isArray(object?.dependencies)
+        ? object.dependencies.map((e: any) => globalThis.String(e))
+        : [],
+      serial: isSet(object.serial) ? globalThis.String(object.serial) : "",
+      alias: isSet(object.alias) ? globalThis.String(object.alias) : "",
+      guestAlias: isSet(object.guestAlias)
+        ? globalThis.String(object.guestAlias)
+        : isSet(object.guest_alias)
+        ? globalThis.String(object.guest_alias)
+        : "",
+    };
+  },
+
+  toJSON(message: GuestDisk): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.partition !== false) {
+      obj.partition = message.partition;
+    }
+    if (message.dependencies?.length) {
+      obj.dependencies = message.dependencies;
+    }
+    if (message.serial !== "") {
+      obj.serial = message.serial;
+    }
+    if (message.alias !== "") {
+      obj.alias = message.alias;
+    }
+    if (message.guestAlias !== "") {
+      obj.guestAlias = message.guestAlias;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GuestDisk>, I>>(base?: I): GuestDisk {
+    return GuestDisk.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GuestDisk>, I>>(object: I): GuestDisk {
+    const message = createBaseGuestDisk();
+    message.name = object.name ?? "";
+    message.partition = object.partition ?? false;
+    message.dependencies = object.dependencies?.map((e) => e) || [];
+    message.serial = object.serial ?? "";
+    message.alias = object.alias ?? "";
+    message.guestAlias = object.guestAlias ?? "";
+    return message;
+  },
+};
+
+function createBaseGetGuestInfoResponse(): GetGuestInfoResponse {
+  return {
+    users: [],
+    os: undefined,
+    timezone: undefined,
+    hostname: "",
+    filesystems: [],
+    disks: [],
+    interfaces: [],
+    raw: {},
+  };
+}
+
+export const GetGuestInfoResponse: MessageFns<GetGuestInfoResponse> = {
+  encode(message: GetGuestInfoResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.users) {
+      GuestUser.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.os !== undefined) {
+      GuestOs.encode(message.os, writer.uint32(18).fork()).join();
+    }
+    if (message.timezone !== undefined) {
+      GuestTimezone.encode(message.timezone, writer.uint32(26).fork()).join();
+    }
+    if (message.hostname !== "") {
+      writer.uint32(34).string(message.hostname);
+    }
+    for (const v of message.filesystems) {
+      GuestFilesystemUsage.encode(v!, writer.uint32(42).fork()).join();
+    }
+    for (const v of message.disks) {
+      GuestDisk.encode(v!, writer.uint32(50).fork()).join();
+    }
+    for (const v of message.interfaces) {
+      GuestInterface.encode(v!, writer.uint32(58).fork()).join();
+    }
+    globalThis.Object.entries(message.raw).forEach(([key, value]: [string, string]) => {
+      GetGuestInfoResponse_RawEntry.encode({ key: key as any, value }, writer.uint32(66).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetGuestInfoResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetGuestInfoResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.users.push(GuestUser.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.os = GuestOs.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.timezone = GuestTimezone.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.hostname = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.filesystems.push(GuestFilesystemUsage.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.disks.push(GuestDisk.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.interfaces.push(GuestInterface.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            const entry8 = GetGuestInfoResponse_RawEntry.decode(reader, reader.uint32());
+            if (entry8.value !== undefined) {
+              message.raw[entry8.key] = entry8.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetGuestInfoResponse {
+    return {
+      users: globalThis.Array.isArray(object?.users) ? object.users.map((e: any) => GuestUser.fromJSON(e)) : [],
+      os: isSet(object.os) ? GuestOs.fromJSON(object.os) : undefined,
+      timezone: isSet(object.timezone) ? GuestTimezone.fromJSON(object.timezone) : undefined,
+      hostname: isSet(object.hostname) ? globalThis.String(object.hostname) : "",
+      filesystems: globalThis.Array.isArray(object?.filesystems)
+        ? object.filesystems.map((e: any) => GuestFilesystemUsage.fromJSON(e))
+        : [],
+      disks: globalThis.Array.isArray(object?.disks) ? object.disks.map((e: any) => GuestDisk.fromJSON(e)) : [],
+      interfaces: globalThis.Array.isArray(object?.interfaces)
+        ? object.interfaces.map((e: any) => GuestInterface.fromJSON(e))
+        : [],
+      raw: isObject(object.raw)
+        ? (globalThis.Object.entries(object.raw) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: GetGuestInfoResponse): unknown {
+    const obj: any = {};
+    if (message.users?.length) {
+      obj.users = message.users.map((e) => GuestUser.toJSON(e));
+    }
+    if (message.os !== undefined) {
+      obj.os = GuestOs.toJSON(message.os);
+    }
+    if (message.timezone !== undefined) {
+      obj.timezone = GuestTimezone.toJSON(message.timezone);
+    }
+    if (message.hostname !== "") {
+      obj.hostname = message.hostname;
+    }
+    if (message.filesystems?.length) {
+      obj.filesystems = message.filesystems.map((e) => GuestFilesystemUsage.toJSON(e));
+    }
+    if (message.disks?.length) {
+      obj.disks = message.disks.map((e) => GuestDisk.toJSON(e));
+    }
+    if (message.interfaces?.length) {
+      obj.interfaces = message.interfaces.map((e) => GuestInterface.toJSON(e));
+    }
+    if (message.raw) {
+      const entries = globalThis.Object.entries(message.raw) as [string, string][];
+      if (entries.length > 0) {
+        obj.raw = {};
+        entries.forEach(([k, v]) => {
+          obj.raw[k] = v;
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetGuestInfoResponse>, I>>(base?: I): GetGuestInfoResponse {
+    return GetGuestInfoResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetGuestInfoResponse>, I>>(object: I): GetGuestInfoResponse {
+    const message = createBaseGetGuestInfoResponse();
+    message.users = object.users?.map((e) => GuestUser.fromPartial(e)) || [];
+    message.os = (object.os !== undefined && object.os !== null) ? GuestOs.fromPartial(object.os) : undefined;
+    message.timezone = (object.timezone !== undefined && object.timezone !== null)
+      ? GuestTimezone.fromPartial(object.timezone)
+      : undefined;
+    message.hostname = object.hostname ?? "";
+    message.filesystems = object.filesystems?.map((e) => GuestFilesystemUsage.fromPartial(e)) || [];
+    message.disks = object.disks?.map((e) => GuestDisk.fromPartial(e)) || [];
+    message.interfaces = object.interfaces?.map((e) => GuestInterface.fromPartial(e)) || [];
+    message.raw = (globalThis.Object.entries(object.raw ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseGetGuestInfoResponse_RawEntry(): GetGuestInfoResponse_RawEntry {
+  return { key: "", value: "" };
+}
+
+export const GetGuestInfoResponse_RawEntry: MessageFns<GetGuestInfoResponse_RawEntry> = {
+  encode(message: GetGuestInfoResponse_RawEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetGuestInfoResponse_RawEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetGuestInfoResponse_RawEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetGuestInfoResponse_RawEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: GetGuestInfoResponse_RawEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetGuestInfoResponse_RawEntry>, I>>(base?: I): GetGuestInfoResponse_RawEntry {
+    return GetGuestInfoResponse_RawEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetGuestInfoResponse_RawEntry>, I>>(
+    object: I,
+  ): GetGuestInfoResponse_RawEntry {
+    const message = createBaseGetGuestInfoResponse_RawEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseGetGuestHostnameRequest(): GetGuestHostnameRequest {
+  return { name: "", source: 0 };
+}
+
+export const GetGuestHostnameRequest: MessageFns<GetGuestHostnameRequest> = {
+  encode(message: GetGuestHostnameRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.source !== 0) {
+      writer.uint32(16).int32(message.source);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetGuestHostnameRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetGuestHostnameRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.source = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetGuestHostnameRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      source: isSet(object.source) ? hostnameSourceFromJSON(object.source) : 0,
+    };
+  },
+
+  toJSON(message: GetGuestHostnameRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.source !== 0) {
+      obj.source = hostnameSourceToJSON(message.source);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetGuestHostnameRequest>, I>>(base?: I): GetGuestHostnameRequest {
+    return GetGuestHostnameRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetGuestHostnameRequest>, I>>(object: I): GetGuestHostnameRequest {
+    const message = createBaseGetGuestHostnameRequest();
+    message.name = object.name ?? "";
+    message.source = object.source ?? 0;
+    return message;
+  },
+};
+
+function createBaseGetGuestHostnameResponse(): GetGuestHostnameResponse {
+  return { hostname: "" };
+}
+
+export const GetGuestHostnameResponse: MessageFns<GetGuestHostnameResponse> = {
+  encode(message: GetGuestHostnameResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.hostname !== "") {
+      writer.uint32(10).string(message.hostname);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetGuestHostnameResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetGuestHostnameResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hostname = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetGuestHostnameResponse {
+    return { hostname: isSet(object.hostname) ? globalThis.String(object.hostname) : "" };
+  },
+
+  toJSON(message: GetGuestHostnameResponse): unknown {
+    const obj: any = {};
+    if (message.hostname !== "") {
+      obj.hostname = message.hostname;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetGuestHostnameResponse>, I>>(base?: I): GetGuestHostnameResponse {
+    return GetGuestHostnameResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetGuestHostnameResponse>, I>>(object: I): GetGuestHostnameResponse {
+    const message = createBaseGetGuestHostnameResponse();
+    message.hostname = object.hostname ?? "";
+    return message;
+  },
+};
+
+function createBaseGetGuestVcpusRequest(): GetGuestVcpusRequest {
+  return { name: "" };
+}
+
+export const GetGuestVcpusRequest: MessageFns<GetGuestVcpusRequest> = {
+  encode(message: GetGuestVcpusRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetGuestVcpusRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetGuestVcpusRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetGuestVcpusRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: GetGuestVcpusRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetGuestVcpusRequest>, I>>(base?: I): GetGuestVcpusRequest {
+    return GetGuestVcpusRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetGuestVcpusRequest>, I>>(object: I): GetGuestVcpusRequest {
+    const message = createBaseGetGuestVcpusRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseGetGuestVcpusResponse(): GetGuestVcpusResponse {
+  return { vcpus: "", online: "", offlinable: "" };
+}
+
+export const GetGuestVcpusResponse: MessageFns<GetGuestVcpusResponse> = {
+  encode(message: GetGuestVcpusResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vcpus !== "") {
+      writer.uint32(10).string(message.vcpus);
+    }
+    if (message.online !== "") {
+      writer.uint32(18).string(message.online);
+    }
+    if (message.offlinable !== "") {
+      writer.uint32(26).string(message.offlinable);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetGuestVcpusResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetGuestVcpusResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vcpus = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.online = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.offlinable = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetGuestVcpusResponse {
+    return {
+      vcpus: isSet(object.vcpus) ? globalThis.String(object.vcpus) : "",
+      online: isSet(object.online) ? globalThis.String(object.online) : "",
+      offlinable: isSet(object.offlinable) ? globalThis.String(object.offlinable) : "",
+    };
+  },
+
+  toJSON(message: GetGuestVcpusResponse): unknown {
+    const obj: any = {};
+    if (message.vcpus !== "") {
+      obj.vcpus = message.vcpus;
+    }
+    if (message.online !== "") {
+      obj.online = message.online;
+    }
+    if (message.offlinable !== "") {
+      obj.offlinable = message.offlinable;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetGuestVcpusResponse>, I>>(base?: I): GetGuestVcpusResponse {
+    return GetGuestVcpusResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetGuestVcpusResponse>, I>>(object: I): GetGuestVcpusResponse {
+    const message = createBaseGetGuestVcpusResponse();
+    message.vcpus = object.vcpus ?? "";
+    message.online = object.online ?? "";
+    message.offlinable = object.offlinable ?? "";
+    return message;
+  },
+};
+
+function createBaseSetGuestVcpusRequest(): SetGuestVcpusRequest {
+  return { name: "", cpumap: "", online: false };
+}
+
+export const SetGuestVcpusRequest: MessageFns<SetGuestVcpusRequest> = {
+  encode(message: SetGuestVcpusRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.cpumap !== "") {
+      writer.uint32(18).string(message.cpumap);
+    }
+    if (message.online !== false) {
+      writer.uint32(24).bool(message.online);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetGuestVcpusRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetGuestVcpusRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.cpumap = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.online = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetGuestVcpusRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      cpumap: isSet(object.cpumap) ? globalThis.String(object.cpumap) : "",
+      online: isSet(object.online) ? globalThis.Boolean(object.online) : false,
+    };
+  },
+
+  toJSON(message: SetGuestVcpusRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.cpumap !== "") {
+      obj.cpumap = message.cpumap;
+    }
+    if (message.online !== false) {
+      obj.online = message.online;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetGuestVcpusRequest>, I>>(base?: I): SetGuestVcpusRequest {
+    return SetGuestVcpusRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetGuestVcpusRequest>, I>>(object: I): SetGuestVcpusRequest {
+    const message = createBaseSetGuestVcpusRequest();
+    message.name = object.name ?? "";
+    message.cpumap = object.cpumap ?? "";
+    message.online = object.online ?? false;
+    return message;
+  },
+};
+
+function createBaseSetGuestVcpusResponse(): SetGuestVcpusResponse {
+  return {};
+}
+
+export const SetGuestVcpusResponse: MessageFns<SetGuestVcpusResponse> = {
+  encode(_: SetGuestVcpusResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetGuestVcpusResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetGuestVcpusResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetGuestVcpusResponse {
+    return {};
+  },
+
+  toJSON(_: SetGuestVcpusResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetGuestVcpusResponse>, I>>(base?: I): SetGuestVcpusResponse {
+    return SetGuestVcpusResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetGuestVcpusResponse>, I>>(_: I): SetGuestVcpusResponse {
+    const message = createBaseSetGuestVcpusResponse();
+    return message;
+  },
+};
+
+function createBaseGetGuestTimeRequest(): GetGuestTimeRequest {
+  return { name: "" };
+}
+
+export const GetGuestTimeRequest: MessageFns<GetGuestTimeRequest> = {
+  encode(message: GetGuestTimeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetGuestTimeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetGuestTimeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetGuestTimeRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: GetGuestTimeRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetGuestTimeRequest>, I>>(base?: I): GetGuestTimeRequest {
+    return GetGuestTimeRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetGuestTimeRequest>, I>>(object: I): GetGuestTimeRequest {
+    const message = createBaseGetGuestTimeRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseGetGuestTimeResponse(): GetGuestTimeResponse {
+  return { time: undefined };
+}
+
+export const GetGuestTimeResponse: MessageFns<GetGuestTimeResponse> = {
+  encode(message: GetGuestTimeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.time !== undefined) {
+      Timestamp.encode(toTimestamp(message.time), writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetGuestTimeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetGuestTimeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.time = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetGuestTimeResponse {
+    return { time: isSet(object.time) ? fromJsonTimestamp(object.time) : undefined };
+  },
+
+  toJSON(message: GetGuestTimeResponse): unknown {
+    const obj: any = {};
+    if (message.time !== undefined) {
+      obj.time = message.time.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetGuestTimeResponse>, I>>(base?: I): GetGuestTimeResponse {
+    return GetGuestTimeResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetGuestTimeResponse>, I>>(object: I): GetGuestTimeResponse {
+    const message = createBaseGetGuestTimeResponse();
+    message.time = object.time ?? undefined;
+    return message;
+  },
+};
+
+function createBaseSetGuestTimeRequest(): SetGuestTimeRequest {
+  return { name: "", time: undefined, sync: false };
+}
+
+export const SetGuestTimeRequest: MessageFns<SetGuestTimeRequest> = {
+  encode(message: SetGuestTimeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.time !== undefined) {
+      Timestamp.encode(toTimestamp(message.time), writer.uint32(18).fork()).join();
+    }
+    if (message.sync !== false) {
+      writer.uint32(24).bool(message.sync);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetGuestTimeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetGuestTimeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.time = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.sync = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetGuestTimeRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      time: isSet(object.time) ? fromJsonTimestamp(object.time) : undefined,
+      sync: isSet(object.sync) ? globalThis.Boolean(object.sync) : false,
+    };
+  },
+
+  toJSON(message: SetGuestTimeRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.time !== undefined) {
+      obj.time = message.time.toISOString();
+    }
+    if (message.sync !== false) {
+      obj.sync = message.sync;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetGuestTimeRequest>, I>>(base?: I): SetGuestTimeRequest {
+    return SetGuestTimeRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetGuestTimeRequest>, I>>(object: I): SetGuestTimeRequest {
+    const message = createBaseSetGuestTimeRequest();
+    message.name = object.name ?? "";
+    message.time = object.time ?? undefined;
+    message.sync = object.sync ?? false;
+    return message;
+  },
+};
+
+function createBaseSetGuestTimeResponse(): SetGuestTimeResponse {
+  return {};
+}
+
+export const SetGuestTimeResponse: MessageFns<SetGuestTimeResponse> = {
+  encode(_: SetGuestTimeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetGuestTimeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetGuestTimeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetGuestTimeResponse {
+    return {};
+  },
+
+  toJSON(_: SetGuestTimeResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetGuestTimeResponse>, I>>(base?: I): SetGuestTimeResponse {
+    return SetGuestTimeResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetGuestTimeResponse>, I>>(_: I): SetGuestTimeResponse {
+    const message = createBaseSetGuestTimeResponse();
+    return message;
+  },
+};
+
+function createBaseSetUserPasswordRequest(): SetUserPasswordRequest {
+  return { name: "", user: "", password: "", encrypted: false };
+}
+
+export const SetUserPasswordRequest: MessageFns<SetUserPasswordRequest> = {
+  encode(message: SetUserPasswordRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.user !== "") {
+      writer.uint32(18).string(message.user);
+    }
+    if (message.password !== "") {
+      writer.uint32(26).string(message.password);
+    }
+    if (message.encrypted !== false) {
+      writer.uint32(32).bool(message.encrypted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetUserPasswordRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetUserPasswordRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.user = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.password = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.encrypted = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetUserPasswordRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      user: isSet(object.user) ? globalThis.String(object.user) : "",
+      password: isSet(object.password) ? globalThis.String(object.password) : "",
+      encrypted: isSet(object.encrypted) ? globalThis.Boolean(object.encrypted) : false,
+    };
+  },
+
+  toJSON(message: SetUserPasswordRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.user !== "") {
+      obj.user = message.user;
+    }
+    if (message.password !== "") {
+      obj.password = message.password;
+    }
+    if (message.encrypted !== false) {
+      obj.encrypted = message.encrypted;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetUserPasswordRequest>, I>>(base?: I): SetUserPasswordRequest {
+    return SetUserPasswordRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetUserPasswordRequest>, I>>(object: I): SetUserPasswordRequest {
+    const message = createBaseSetUserPasswordRequest();
+    message.name = object.name ?? "";
+    message.user = object.user ?? "";
+    message.password = object.password ?? "";
+    message.encrypted = object.encrypted ?? false;
+    return message;
+  },
+};
+
+function createBaseSetUserPasswordResponse(): SetUserPasswordResponse {
+  return {};
+}
+
+export const SetUserPasswordResponse: MessageFns<SetUserPasswordResponse> = {
+  encode(_: SetUserPasswordResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetUserPasswordResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetUserPasswordResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetUserPasswordResponse {
+    return {};
+  },
+
+  toJSON(_: SetUserPasswordResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetUserPasswordResponse>, I>>(base?: I): SetUserPasswordResponse {
+    return SetUserPasswordResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetUserPasswordResponse>, I>>(_: I): SetUserPasswordResponse {
+    const message = createBaseSetUserPasswordResponse();
+    return message;
+  },
+};
+
+function createBaseGetAuthorizedSSHKeysRequest(): GetAuthorizedSSHKeysRequest {
+  return { name: "", user: "" };
+}
+
+export const GetAuthorizedSSHKeysRequest: MessageFns<GetAuthorizedSSHKeysRequest> = {
+  encode(message: GetAuthorizedSSHKeysRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.user !== "") {
+      writer.uint32(18).string(message.user);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetAuthorizedSSHKeysRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetAuthorizedSSHKeysRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.user = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetAuthorizedSSHKeysRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      user: isSet(object.user) ? globalThis.String(object.user) : "",
+    };
+  },
+
+  toJSON(message: GetAuthorizedSSHKeysRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.user !== "") {
+      obj.user = message.user;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetAuthorizedSSHKeysRequest>, I>>(base?: I): GetAuthorizedSSHKeysRequest {
+    return GetAuthorizedSSHKeysRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetAuthorizedSSHKeysRequest>, I>>(object: I): GetAuthorizedSSHKeysRequest {
+    const message = createBaseGetAuthorizedSSHKeysRequest();
+    message.name = object.name ?? "";
+    message.user = object.user ?? "";
+    return message;
+  },
+};
+
+function createBaseGetAuthorizedSSHKeysResponse(): GetAuthorizedSSHKeysResponse {
+  return { keys: [] };
+}
+
+export const GetAuthorizedSSHKeysResponse: MessageFns<GetAuthorizedSSHKeysResponse> = {
+  encode(message: GetAuthorizedSSHKeysResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.keys) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetAuthorizedSSHKeysResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetAuthorizedSSHKeysResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.keys.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetAuthorizedSSHKeysResponse {
+    return { keys: globalThis.Array.isArray(object?.keys) ? object.keys.map((e: any) => globalThis.String(e)) : [] };
+  },
+
+  toJSON(message: GetAuthorizedSSHKeysResponse): unknown {
+    const obj: any = {};
+    if (message.keys?.length) {
+      obj.keys = message.keys;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetAuthorizedSSHKeysResponse>, I>>(base?: I): GetAuthorizedSSHKeysResponse {
+    return GetAuthorizedSSHKeysResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetAuthorizedSSHKeysResponse>, I>>(object: I): GetAuthorizedSSHKeysResponse {
+    const message = createBaseGetAuthorizedSSHKeysResponse();
+    message.keys = object.keys?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseSetAuthorizedSSHKeysRequest(): SetAuthorizedSSHKeysRequest {
+  return { name: "", user: "", keys: [], change: 0 };
+}
+
+export const SetAuthorizedSSHKeysRequest: MessageFns<SetAuthorizedSSHKeysRequest> = {
+  encode(message: SetAuthorizedSSHKeysRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.user !== "") {
+      writer.uint32(18).string(message.user);
+    }
+    for (const v of message.keys) {
+      writer.uint32(26).string(v!);
+    }
+    if (message.change !== 0) {
+      writer.uint32(32).int32(message.change);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetAuthorizedSSHKeysRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetAuthorizedSSHKeysRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.user = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.keys.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.change = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetAuthorizedSSHKeysRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      user: isSet(object.user) ? globalThis.String(object.user) : "",
+      keys: globalThis.Array.isArray(object?.keys) ? object.keys.map((e: any) => globalThis.String(e)) : [],
+      change: isSet(object.change) ? sSHKeysChangeFromJSON(object.change) : 0,
+    };
+  },
+
+  toJSON(message: SetAuthorizedSSHKeysRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.user !== "") {
+      obj.user = message.user;
+    }
+    if (message.keys?.length) {
+      obj.keys = message.keys;
+    }
+    if (message.change !== 0) {
+      obj.change = sSHKeysChangeToJSON(message.change);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetAuthorizedSSHKeysRequest>, I>>(base?: I): SetAuthorizedSSHKeysRequest {
+    return SetAuthorizedSSHKeysRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetAuthorizedSSHKeysRequest>, I>>(object: I): SetAuthorizedSSHKeysRequest {
+    const message = createBaseSetAuthorizedSSHKeysRequest();
+    message.name = object.name ?? "";
+    message.user = object.user ?? "";
+    message.keys = object.keys?.map((e) => e) || [];
+    message.change = object.change ?? 0;
+    return message;
+  },
+};
+
+function createBaseSetAuthorizedSSHKeysResponse(): SetAuthorizedSSHKeysResponse {
+  return {};
+}
+
+export const SetAuthorizedSSHKeysResponse: MessageFns<SetAuthorizedSSHKeysResponse> = {
+  encode(_: SetAuthorizedSSHKeysResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetAuthorizedSSHKeysResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetAuthorizedSSHKeysResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetAuthorizedSSHKeysResponse {
+    return {};
+  },
+
+  toJSON(_: SetAuthorizedSSHKeysResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetAuthorizedSSHKeysResponse>, I>>(base?: I): SetAuthorizedSSHKeysResponse {
+    return SetAuthorizedSSHKeysResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetAuthorizedSSHKeysResponse>, I>>(_: I): SetAuthorizedSSHKeysResponse {
+    const message = createBaseSetAuthorizedSSHKeysResponse();
+    return message;
+  },
+};
+
+function createBaseSetAgentResponseTimeoutRequest(): SetAgentResponseTimeoutRequest {
+  return { name: "", mode: 0, seconds: 0 };
+}
+
+export const SetAgentResponseTimeoutRequest: MessageFns<SetAgentResponseTimeoutRequest> = {
+  encode(message: SetAgentResponseTimeoutRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.mode !== 0) {
+      writer.uint32(16).int32(message.mode);
+    }
+    if (message.seconds !== 0) {
+      writer.uint32(24).int32(message.seconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetAgentResponseTimeoutRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetAgentResponseTimeoutRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.mode = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.seconds = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetAgentResponseTimeoutRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      mode: isSet(object.mode) ? agentTimeoutModeFromJSON(object.mode) : 0,
+      seconds: isSet(object.seconds) ? globalThis.Number(object.seconds) : 0,
+    };
+  },
+
+  toJSON(message: SetAgentResponseTimeoutRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.mode !== 0) {
+      obj.mode = agentTimeoutModeToJSON(message.mode);
+    }
+    if (message.seconds !== 0) {
+      obj.seconds = Math.round(message.seconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetAgentResponseTimeoutRequest>, I>>(base?: I): SetAgentResponseTimeoutRequest {
+    return SetAgentResponseTimeoutRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetAgentResponseTimeoutRequest>, I>>(
+    object: I,
+  ): SetAgentResponseTimeoutRequest {
+    const message = createBaseSetAgentResponseTimeoutRequest();
+    message.name = object.name ?? "";
+    message.mode = object.mode ?? 0;
+    message.seconds = object.seconds ?? 0;
+    return message;
+  },
+};
+
+function createBaseSetAgentResponseTimeoutResponse(): SetAgentResponseTimeoutResponse {
+  return {};
+}
+
+export const SetAgentResponseTimeoutResponse: MessageFns<SetAgentResponseTimeoutResponse> = {
+  encode(_: SetAgentResponseTimeoutResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetAgentResponseTimeoutResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetAgentResponseTimeoutResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetAgentResponseTimeoutResponse {
+    return {};
+  },
+
+  toJSON(_: SetAgentResponseTimeoutResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetAgentResponseTimeoutResponse>, I>>(base?: I): SetAgentResponseTimeoutResponse {
+    return SetAgentResponseTimeoutResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetAgentResponseTimeoutResponse>, I>>(_: I): SetAgentResponseTimeoutResponse {
+    const message = createBaseSetAgentResponseTimeoutResponse();
+    return message;
+  },
+};
+
 /**
  * ComputeService is libvirt's QEMU driver (virtqemud) as a gRPC service.
  *
@@ -22312,6 +26627,238 @@ export const ComputeServiceService = {
       Buffer.from(AbortDomainJobResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): AbortDomainJobResponse => AbortDomainJobResponse.decode(value),
   },
+  /**
+   * The guest's network interfaces and their addresses
+   * (virDomainInterfaceAddresses) from the DHCP leases, the guest agent or
+   * the host's ARP table. Declares domain:write too: libvirt refuses the
+   * agent source on read-only connections.
+   */
+  getInterfaceAddresses: {
+    path: "/virtmesh.compute.v1.ComputeService/GetInterfaceAddresses" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetInterfaceAddressesRequest): Buffer =>
+      Buffer.from(GetInterfaceAddressesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetInterfaceAddressesRequest => GetInterfaceAddressesRequest.decode(value),
+    responseSerialize: (value: GetInterfaceAddressesResponse): Buffer =>
+      Buffer.from(GetInterfaceAddressesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetInterfaceAddressesResponse => GetInterfaceAddressesResponse.decode(value),
+  },
+  /**
+   * Freezes the guest's file systems, all or the mountpoints given
+   * (virDomainFSFreeze), for a consistent disk snapshot; returns how many.
+   * Errors: INVALID_ARGUMENT for an empty or repeated mountpoint;
+   * FAILED_PRECONDITION for a mountpoint the guest does not have or file
+   * systems already frozen.
+   */
+  freezeFilesystems: {
+    path: "/virtmesh.compute.v1.ComputeService/FreezeFilesystems" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: FreezeFilesystemsRequest): Buffer =>
+      Buffer.from(FreezeFilesystemsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): FreezeFilesystemsRequest => FreezeFilesystemsRequest.decode(value),
+    responseSerialize: (value: FreezeFilesystemsResponse): Buffer =>
+      Buffer.from(FreezeFilesystemsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): FreezeFilesystemsResponse => FreezeFilesystemsResponse.decode(value),
+  },
+  /**
+   * Thaws the guest's frozen file systems (virDomainFSThaw); returns how many.
+   * Errors: as FreezeFilesystems.
+   */
+  thawFilesystems: {
+    path: "/virtmesh.compute.v1.ComputeService/ThawFilesystems" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ThawFilesystemsRequest): Buffer =>
+      Buffer.from(ThawFilesystemsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ThawFilesystemsRequest => ThawFilesystemsRequest.decode(value),
+    responseSerialize: (value: ThawFilesystemsResponse): Buffer =>
+      Buffer.from(ThawFilesystemsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ThawFilesystemsResponse => ThawFilesystemsResponse.decode(value),
+  },
+  /**
+   * Discards the unused blocks of the guest's file systems (virDomainFSTrim).
+   * Errors: INVALID_ARGUMENT for a relative mountpoint; UNIMPLEMENTED for any
+   * mountpoint on the QEMU driver, which trims all or none.
+   */
+  trimFilesystems: {
+    path: "/virtmesh.compute.v1.ComputeService/TrimFilesystems" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: TrimFilesystemsRequest): Buffer =>
+      Buffer.from(TrimFilesystemsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): TrimFilesystemsRequest => TrimFilesystemsRequest.decode(value),
+    responseSerialize: (value: TrimFilesystemsResponse): Buffer =>
+      Buffer.from(TrimFilesystemsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): TrimFilesystemsResponse => TrimFilesystemsResponse.decode(value),
+  },
+  /** The guest's mounted file systems and their disks (virDomainGetFSInfo). */
+  getFilesystemInfo: {
+    path: "/virtmesh.compute.v1.ComputeService/GetFilesystemInfo" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetFilesystemInfoRequest): Buffer =>
+      Buffer.from(GetFilesystemInfoRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetFilesystemInfoRequest => GetFilesystemInfoRequest.decode(value),
+    responseSerialize: (value: GetFilesystemInfoResponse): Buffer =>
+      Buffer.from(GetFilesystemInfoResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetFilesystemInfoResponse => GetFilesystemInfoResponse.decode(value),
+  },
+  /**
+   * What the guest agent tells of the guest (virDomainGetGuestInfo): the
+   * kinds asked for, or all of them when none is; typed as libvirt 9.0 names
+   * its fields, and every field in `raw`.
+   */
+  getGuestInfo: {
+    path: "/virtmesh.compute.v1.ComputeService/GetGuestInfo" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetGuestInfoRequest): Buffer => Buffer.from(GetGuestInfoRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetGuestInfoRequest => GetGuestInfoRequest.decode(value),
+    responseSerialize: (value: GetGuestInfoResponse): Buffer =>
+      Buffer.from(GetGuestInfoResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetGuestInfoResponse => GetGuestInfoResponse.decode(value),
+  },
+  /**
+   * The guest's own hostname (virDomainGetHostname) from the agent or the
+   * DHCP leases; unset: the driver's choice. Declares domain:write too: libvirt
+   * refuses it on read-only connections.
+   * Errors: NOT_FOUND (reason VIR_ERR_NO_HOSTNAME) when the source has none.
+   */
+  getGuestHostname: {
+    path: "/virtmesh.compute.v1.ComputeService/GetGuestHostname" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetGuestHostnameRequest): Buffer =>
+      Buffer.from(GetGuestHostnameRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetGuestHostnameRequest => GetGuestHostnameRequest.decode(value),
+    responseSerialize: (value: GetGuestHostnameResponse): Buffer =>
+      Buffer.from(GetGuestHostnameResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetGuestHostnameResponse => GetGuestHostnameResponse.decode(value),
+  },
+  /** The vCPUs the guest sees and which are online (virDomainGetGuestVcpus). */
+  getGuestVcpus: {
+    path: "/virtmesh.compute.v1.ComputeService/GetGuestVcpus" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetGuestVcpusRequest): Buffer => Buffer.from(GetGuestVcpusRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetGuestVcpusRequest => GetGuestVcpusRequest.decode(value),
+    responseSerialize: (value: GetGuestVcpusResponse): Buffer =>
+      Buffer.from(GetGuestVcpusResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetGuestVcpusResponse => GetGuestVcpusResponse.decode(value),
+  },
+  /**
+   * Brings guest vCPUs online or offline inside the guest
+   * (virDomainSetGuestVcpus).
+   * Errors: INVALID_ARGUMENT for an empty or malformed cpumap.
+   */
+  setGuestVcpus: {
+    path: "/virtmesh.compute.v1.ComputeService/SetGuestVcpus" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetGuestVcpusRequest): Buffer => Buffer.from(SetGuestVcpusRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetGuestVcpusRequest => SetGuestVcpusRequest.decode(value),
+    responseSerialize: (value: SetGuestVcpusResponse): Buffer =>
+      Buffer.from(SetGuestVcpusResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetGuestVcpusResponse => SetGuestVcpusResponse.decode(value),
+  },
+  /**
+   * The guest's clock (virDomainGetTime). Declares domain:write too: libvirt
+   * refuses it on read-only connections.
+   */
+  getGuestTime: {
+    path: "/virtmesh.compute.v1.ComputeService/GetGuestTime" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetGuestTimeRequest): Buffer => Buffer.from(GetGuestTimeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetGuestTimeRequest => GetGuestTimeRequest.decode(value),
+    responseSerialize: (value: GetGuestTimeResponse): Buffer =>
+      Buffer.from(GetGuestTimeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetGuestTimeResponse => GetGuestTimeResponse.decode(value),
+  },
+  /**
+   * Sets the guest's clock (virDomainSetTime) to `time`, or with `sync` from
+   * the guest's hardware clock.
+   * Errors: INVALID_ARGUMENT for both or neither of time and sync, or a
+   * negative time.
+   */
+  setGuestTime: {
+    path: "/virtmesh.compute.v1.ComputeService/SetGuestTime" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetGuestTimeRequest): Buffer => Buffer.from(SetGuestTimeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetGuestTimeRequest => SetGuestTimeRequest.decode(value),
+    responseSerialize: (value: SetGuestTimeResponse): Buffer =>
+      Buffer.from(SetGuestTimeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetGuestTimeResponse => SetGuestTimeResponse.decode(value),
+  },
+  /**
+   * Sets a guest user's password (virDomainSetUserPassword). The password is
+   * never logged, audited or repeated in an error.
+   * Errors: INVALID_ARGUMENT for an empty user or password.
+   */
+  setUserPassword: {
+    path: "/virtmesh.compute.v1.ComputeService/SetUserPassword" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetUserPasswordRequest): Buffer =>
+      Buffer.from(SetUserPasswordRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetUserPasswordRequest => SetUserPasswordRequest.decode(value),
+    responseSerialize: (value: SetUserPasswordResponse): Buffer =>
+      Buffer.from(SetUserPasswordResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetUserPasswordResponse => SetUserPasswordResponse.decode(value),
+  },
+  /**
+   * A guest user's authorized SSH keys (virDomainAuthorizedSSHKeysGet).
+   * Errors: INVALID_ARGUMENT for an empty user.
+   */
+  getAuthorizedSshKeys: {
+    path: "/virtmesh.compute.v1.ComputeService/GetAuthorizedSSHKeys" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetAuthorizedSSHKeysRequest): Buffer =>
+      Buffer.from(GetAuthorizedSSHKeysRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetAuthorizedSSHKeysRequest => GetAuthorizedSSHKeysRequest.decode(value),
+    responseSerialize: (value: GetAuthorizedSSHKeysResponse): Buffer =>
+      Buffer.from(GetAuthorizedSSHKeysResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetAuthorizedSSHKeysResponse => GetAuthorizedSSHKeysResponse.decode(value),
+  },
+  /**
+   * Replaces, appends to or removes from a guest user's authorized SSH keys
+   * (virDomainAuthorizedSSHKeysSet).
+   * Errors: INVALID_ARGUMENT for an empty user, a key with a newline, or no
+   * keys to append or remove.
+   */
+  setAuthorizedSshKeys: {
+    path: "/virtmesh.compute.v1.ComputeService/SetAuthorizedSSHKeys" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetAuthorizedSSHKeysRequest): Buffer =>
+      Buffer.from(SetAuthorizedSSHKeysRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetAuthorizedSSHKeysRequest => SetAuthorizedSSHKeysRequest.decode(value),
+    responseSerialize: (value: SetAuthorizedSSHKeysResponse): Buffer =>
+      Buffer.from(SetAuthorizedSSHKeysResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetAuthorizedSSHKeysResponse => SetAuthorizedSSHKeysResponse.decode(value),
+  },
+  /**
+   * How long libvirt waits for the domain's guest agent
+   * (virDomainAgentSetResponseTimeout); lasts while the domain runs.
+   * Errors: INVALID_ARGUMENT for seconds with a mode other than SECONDS, or
+   * out of range.
+   */
+  setAgentResponseTimeout: {
+    path: "/virtmesh.compute.v1.ComputeService/SetAgentResponseTimeout" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetAgentResponseTimeoutRequest): Buffer =>
+      Buffer.from(SetAgentResponseTimeoutRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetAgentResponseTimeoutRequest => SetAgentResponseTimeoutRequest.decode(value),
+    responseSerialize: (value: SetAgentResponseTimeoutResponse): Buffer =>
+      Buffer.from(SetAgentResponseTimeoutResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetAgentResponseTimeoutResponse =>
+      SetAgentResponseTimeoutResponse.decode(value),
+  },
 } as const;
 
 export interface ComputeServiceServer extends UntypedServiceImplementation {
@@ -22756,6 +27303,92 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
    * UNIMPLEMENTED when the driver has no jobs (the test driver).
    */
   abortDomainJob: handleUnaryCall<AbortDomainJobRequest, AbortDomainJobResponse>;
+  /**
+   * The guest's network interfaces and their addresses
+   * (virDomainInterfaceAddresses) from the DHCP leases, the guest agent or
+   * the host's ARP table. Declares domain:write too: libvirt refuses the
+   * agent source on read-only connections.
+   */
+  getInterfaceAddresses: handleUnaryCall<GetInterfaceAddressesRequest, GetInterfaceAddressesResponse>;
+  /**
+   * Freezes the guest's file systems, all or the mountpoints given
+   * (virDomainFSFreeze), for a consistent disk snapshot; returns how many.
+   * Errors: INVALID_ARGUMENT for an empty or repeated mountpoint;
+   * FAILED_PRECONDITION for a mountpoint the guest does not have or file
+   * systems already frozen.
+   */
+  freezeFilesystems: handleUnaryCall<FreezeFilesystemsRequest, FreezeFilesystemsResponse>;
+  /**
+   * Thaws the guest's frozen file systems (virDomainFSThaw); returns how many.
+   * Errors: as FreezeFilesystems.
+   */
+  thawFilesystems: handleUnaryCall<ThawFilesystemsRequest, ThawFilesystemsResponse>;
+  /**
+   * Discards the unused blocks of the guest's file systems (virDomainFSTrim).
+   * Errors: INVALID_ARGUMENT for a relative mountpoint; UNIMPLEMENTED for any
+   * mountpoint on the QEMU driver, which trims all or none.
+   */
+  trimFilesystems: handleUnaryCall<TrimFilesystemsRequest, TrimFilesystemsResponse>;
+  /** The guest's mounted file systems and their disks (virDomainGetFSInfo). */
+  getFilesystemInfo: handleUnaryCall<GetFilesystemInfoRequest, GetFilesystemInfoResponse>;
+  /**
+   * What the guest agent tells of the guest (virDomainGetGuestInfo): the
+   * kinds asked for, or all of them when none is; typed as libvirt 9.0 names
+   * its fields, and every field in `raw`.
+   */
+  getGuestInfo: handleUnaryCall<GetGuestInfoRequest, GetGuestInfoResponse>;
+  /**
+   * The guest's own hostname (virDomainGetHostname) from the agent or the
+   * DHCP leases; unset: the driver's choice. Declares domain:write too: libvirt
+   * refuses it on read-only connections.
+   * Errors: NOT_FOUND (reason VIR_ERR_NO_HOSTNAME) when the source has none.
+   */
+  getGuestHostname: handleUnaryCall<GetGuestHostnameRequest, GetGuestHostnameResponse>;
+  /** The vCPUs the guest sees and which are online (virDomainGetGuestVcpus). */
+  getGuestVcpus: handleUnaryCall<GetGuestVcpusRequest, GetGuestVcpusResponse>;
+  /**
+   * Brings guest vCPUs online or offline inside the guest
+   * (virDomainSetGuestVcpus).
+   * Errors: INVALID_ARGUMENT for an empty or malformed cpumap.
+   */
+  setGuestVcpus: handleUnaryCall<SetGuestVcpusRequest, SetGuestVcpusResponse>;
+  /**
+   * The guest's clock (virDomainGetTime). Declares domain:write too: libvirt
+   * refuses it on read-only connections.
+   */
+  getGuestTime: handleUnaryCall<GetGuestTimeRequest, GetGuestTimeResponse>;
+  /**
+   * Sets the guest's clock (virDomainSetTime) to `time`, or with `sync` from
+   * the guest's hardware clock.
+   * Errors: INVALID_ARGUMENT for both or neither of time and sync, or a
+   * negative time.
+   */
+  setGuestTime: handleUnaryCall<SetGuestTimeRequest, SetGuestTimeResponse>;
+  /**
+   * Sets a guest user's password (virDomainSetUserPassword). The password is
+   * never logged, audited or repeated in an error.
+   * Errors: INVALID_ARGUMENT for an empty user or password.
+   */
+  setUserPassword: handleUnaryCall<SetUserPasswordRequest, SetUserPasswordResponse>;
+  /**
+   * A guest user's authorized SSH keys (virDomainAuthorizedSSHKeysGet).
+   * Errors: INVALID_ARGUMENT for an empty user.
+   */
+  getAuthorizedSshKeys: handleUnaryCall<GetAuthorizedSSHKeysRequest, GetAuthorizedSSHKeysResponse>;
+  /**
+   * Replaces, appends to or removes from a guest user's authorized SSH keys
+   * (virDomainAuthorizedSSHKeysSet).
+   * Errors: INVALID_ARGUMENT for an empty user, a key with a newline, or no
+   * keys to append or remove.
+   */
+  setAuthorizedSshKeys: handleUnaryCall<SetAuthorizedSSHKeysRequest, SetAuthorizedSSHKeysResponse>;
+  /**
+   * How long libvirt waits for the domain's guest agent
+   * (virDomainAgentSetResponseTimeout); lasts while the domain runs.
+   * Errors: INVALID_ARGUMENT for seconds with a mode other than SECONDS, or
+   * out of range.
+   */
+  setAgentResponseTimeout: handleUnaryCall<SetAgentResponseTimeoutRequest, SetAgentResponseTimeoutResponse>;
 }
 
 export interface ComputeServiceClient extends Client {
@@ -24118,6 +28751,302 @@ export interface ComputeServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: AbortDomainJobResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The guest's network interfaces and their addresses
+   * (virDomainInterfaceAddresses) from the DHCP leases, the guest agent or
+   * the host's ARP table. Declares domain:write too: libvirt refuses the
+   * agent source on read-only connections.
+   */
+  getInterfaceAddresses(
+    request: GetInterfaceAddressesRequest,
+    callback: (error: ServiceError | null, response: GetInterfaceAddressesResponse) => void,
+  ): ClientUnaryCall;
+  getInterfaceAddresses(
+    request: GetInterfaceAddressesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetInterfaceAddressesResponse) => void,
+  ): ClientUnaryCall;
+  getInterfaceAddresses(
+    request: GetInterfaceAddressesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetInterfaceAddressesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Freezes the guest's file systems, all or the mountpoints given
+   * (virDomainFSFreeze), for a consistent disk snapshot; returns how many.
+   * Errors: INVALID_ARGUMENT for an empty or repeated mountpoint;
+   * FAILED_PRECONDITION for a mountpoint the guest does not have or file
+   * systems already frozen.
+   */
+  freezeFilesystems(
+    request: FreezeFilesystemsRequest,
+    callback: (error: ServiceError | null, response: FreezeFilesystemsResponse) => void,
+  ): ClientUnaryCall;
+  freezeFilesystems(
+    request: FreezeFilesystemsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: FreezeFilesystemsResponse) => void,
+  ): ClientUnaryCall;
+  freezeFilesystems(
+    request: FreezeFilesystemsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: FreezeFilesystemsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Thaws the guest's frozen file systems (virDomainFSThaw); returns how many.
+   * Errors: as FreezeFilesystems.
+   */
+  thawFilesystems(
+    request: ThawFilesystemsRequest,
+    callback: (error: ServiceError | null, response: ThawFilesystemsResponse) => void,
+  ): ClientUnaryCall;
+  thawFilesystems(
+    request: ThawFilesystemsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ThawFilesystemsResponse) => void,
+  ): ClientUnaryCall;
+  thawFilesystems(
+    request: ThawFilesystemsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ThawFilesystemsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Discards the unused blocks of the guest's file systems (virDomainFSTrim).
+   * Errors: INVALID_ARGUMENT for a relative mountpoint; UNIMPLEMENTED for any
+   * mountpoint on the QEMU driver, which trims all or none.
+   */
+  trimFilesystems(
+    request: TrimFilesystemsRequest,
+    callback: (error: ServiceError | null, response: TrimFilesystemsResponse) => void,
+  ): ClientUnaryCall;
+  trimFilesystems(
+    request: TrimFilesystemsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: TrimFilesystemsResponse) => void,
+  ): ClientUnaryCall;
+  trimFilesystems(
+    request: TrimFilesystemsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: TrimFilesystemsResponse) => void,
+  ): ClientUnaryCall;
+  /** The guest's mounted file systems and their disks (virDomainGetFSInfo). */
+  getFilesystemInfo(
+    request: GetFilesystemInfoRequest,
+    callback: (error: ServiceError | null, response: GetFilesystemInfoResponse) => void,
+  ): ClientUnaryCall;
+  getFilesystemInfo(
+    request: GetFilesystemInfoRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetFilesystemInfoResponse) => void,
+  ): ClientUnaryCall;
+  getFilesystemInfo(
+    request: GetFilesystemInfoRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetFilesystemInfoResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * What the guest agent tells of the guest (virDomainGetGuestInfo): the
+   * kinds asked for, or all of them when none is; typed as libvirt 9.0 names
+   * its fields, and every field in `raw`.
+   */
+  getGuestInfo(
+    request: GetGuestInfoRequest,
+    callback: (error: ServiceError | null, response: GetGuestInfoResponse) => void,
+  ): ClientUnaryCall;
+  getGuestInfo(
+    request: GetGuestInfoRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetGuestInfoResponse) => void,
+  ): ClientUnaryCall;
+  getGuestInfo(
+    request: GetGuestInfoRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetGuestInfoResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The guest's own hostname (virDomainGetHostname) from the agent or the
+   * DHCP leases; unset: the driver's choice. Declares domain:write too: libvirt
+   * refuses it on read-only connections.
+   * Errors: NOT_FOUND (reason VIR_ERR_NO_HOSTNAME) when the source has none.
+   */
+  getGuestHostname(
+    request: GetGuestHostnameRequest,
+    callback: (error: ServiceError | null, response: GetGuestHostnameResponse) => void,
+  ): ClientUnaryCall;
+  getGuestHostname(
+    request: GetGuestHostnameRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetGuestHostnameResponse) => void,
+  ): ClientUnaryCall;
+  getGuestHostname(
+    request: GetGuestHostnameRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetGuestHostnameResponse) => void,
+  ): ClientUnaryCall;
+  /** The vCPUs the guest sees and which are online (virDomainGetGuestVcpus). */
+  getGuestVcpus(
+    request: GetGuestVcpusRequest,
+    callback: (error: ServiceError | null, response: GetGuestVcpusResponse) => void,
+  ): ClientUnaryCall;
+  getGuestVcpus(
+    request: GetGuestVcpusRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetGuestVcpusResponse) => void,
+  ): ClientUnaryCall;
+  getGuestVcpus(
+    request: GetGuestVcpusRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetGuestVcpusResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Brings guest vCPUs online or offline inside the guest
+   * (virDomainSetGuestVcpus).
+   * Errors: INVALID_ARGUMENT for an empty or malformed cpumap.
+   */
+  setGuestVcpus(
+    request: SetGuestVcpusRequest,
+    callback: (error: ServiceError | null, response: SetGuestVcpusResponse) => void,
+  ): ClientUnaryCall;
+  setGuestVcpus(
+    request: SetGuestVcpusRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetGuestVcpusResponse) => void,
+  ): ClientUnaryCall;
+  setGuestVcpus(
+    request: SetGuestVcpusRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetGuestVcpusResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The guest's clock (virDomainGetTime). Declares domain:write too: libvirt
+   * refuses it on read-only connections.
+   */
+  getGuestTime(
+    request: GetGuestTimeRequest,
+    callback: (error: ServiceError | null, response: GetGuestTimeResponse) => void,
+  ): ClientUnaryCall;
+  getGuestTime(
+    request: GetGuestTimeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetGuestTimeResponse) => void,
+  ): ClientUnaryCall;
+  getGuestTime(
+    request: GetGuestTimeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetGuestTimeResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sets the guest's clock (virDomainSetTime) to `time`, or with `sync` from
+   * the guest's hardware clock.
+   * Errors: INVALID_ARGUMENT for both or neither of time and sync, or a
+   * negative time.
+   */
+  setGuestTime(
+    request: SetGuestTimeRequest,
+    callback: (error: ServiceError | null, response: SetGuestTimeResponse) => void,
+  ): ClientUnaryCall;
+  setGuestTime(
+    request: SetGuestTimeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetGuestTimeResponse) => void,
+  ): ClientUnaryCall;
+  setGuestTime(
+    request: SetGuestTimeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetGuestTimeResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sets a guest user's password (virDomainSetUserPassword). The password is
+   * never logged, audited or repeated in an error.
+   * Errors: INVALID_ARGUMENT for an empty user or password.
+   */
+  setUserPassword(
+    request: SetUserPasswordRequest,
+    callback: (error: ServiceError | null, response: SetUserPasswordResponse) => void,
+  ): ClientUnaryCall;
+  setUserPassword(
+    request: SetUserPasswordRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetUserPasswordResponse) => void,
+  ): ClientUnaryCall;
+  setUserPassword(
+    request: SetUserPasswordRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetUserPasswordResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * A guest user's authorized SSH keys (virDomainAuthorizedSSHKeysGet).
+   * Errors: INVALID_ARGUMENT for an empty user.
+   */
+  getAuthorizedSshKeys(
+    request: GetAuthorizedSSHKeysRequest,
+    callback: (error: ServiceError | null, response: GetAuthorizedSSHKeysResponse) => void,
+  ): ClientUnaryCall;
+  getAuthorizedSshKeys(
+    request: GetAuthorizedSSHKeysRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetAuthorizedSSHKeysResponse) => void,
+  ): ClientUnaryCall;
+  getAuthorizedSshKeys(
+    request: GetAuthorizedSSHKeysRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetAuthorizedSSHKeysResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Replaces, appends to or removes from a guest user's authorized SSH keys
+   * (virDomainAuthorizedSSHKeysSet).
+   * Errors: INVALID_ARGUMENT for an empty user, a key with a newline, or no
+   * keys to append or remove.
+   */
+  setAuthorizedSshKeys(
+    request: SetAuthorizedSSHKeysRequest,
+    callback: (error: ServiceError | null, response: SetAuthorizedSSHKeysResponse) => void,
+  ): ClientUnaryCall;
+  setAuthorizedSshKeys(
+    request: SetAuthorizedSSHKeysRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetAuthorizedSSHKeysResponse) => void,
+  ): ClientUnaryCall;
+  setAuthorizedSshKeys(
+    request: SetAuthorizedSSHKeysRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetAuthorizedSSHKeysResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * How long libvirt waits for the domain's guest agent
+   * (virDomainAgentSetResponseTimeout); lasts while the domain runs.
+   * Errors: INVALID_ARGUMENT for seconds with a mode other than SECONDS, or
+   * out of range.
+   */
+  setAgentResponseTimeout(
+    request: SetAgentResponseTimeoutRequest,
+    callback: (error: ServiceError | null, response: SetAgentResponseTimeoutResponse) => void,
+  ): ClientUnaryCall;
+  setAgentResponseTimeout(
+    request: SetAgentResponseTimeoutRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetAgentResponseTimeoutResponse) => void,
+  ): ClientUnaryCall;
+  setAgentResponseTimeout(
+    request: SetAgentResponseTimeoutRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetAgentResponseTimeoutResponse) => void,
   ): ClientUnaryCall;
 }
 
