@@ -719,6 +719,26 @@ JOB_OPERATION_BACKUP: JobOperation.ValueType  # 9
 JOB_OPERATION_SNAPSHOT_DELETE: JobOperation.ValueType  # 10
 Global___JobOperation: _TypeAlias = JobOperation  # noqa: Y015
 
+class _VcpuState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VcpuStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VcpuState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VCPU_STATE_UNSPECIFIED: _VcpuState.ValueType  # 0
+    VCPU_STATE_OFFLINE: _VcpuState.ValueType  # 1
+    VCPU_STATE_RUNNING: _VcpuState.ValueType  # 2
+    VCPU_STATE_BLOCKED: _VcpuState.ValueType  # 3
+
+class VcpuState(_VcpuState, metaclass=_VcpuStateEnumTypeWrapper):
+    """A vCPU's state (virVcpuState)."""
+
+VCPU_STATE_UNSPECIFIED: VcpuState.ValueType  # 0
+VCPU_STATE_OFFLINE: VcpuState.ValueType  # 1
+VCPU_STATE_RUNNING: VcpuState.ValueType  # 2
+VCPU_STATE_BLOCKED: VcpuState.ValueType  # 3
+Global___VcpuState: _TypeAlias = VcpuState  # noqa: Y015
+
 @_typing.final
 class Domain(_message.Message):
     """A domain's summary."""
@@ -5498,3 +5518,1204 @@ class AbortDomainJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AbortDomainJobResponse: _TypeAlias = AbortDomainJobResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainSchedulerParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """live or config, not both; neither is the domain's current state."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainSchedulerParametersRequest: _TypeAlias = GetDomainSchedulerParametersRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainSchedulerParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULER_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    scheduler: _builtins.str
+    """The scheduler's name, for example "posix" or "fair"."""
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]: ...
+    def __init__(
+        self,
+        *,
+        scheduler: _builtins.str = ...,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters", "scheduler", b"scheduler"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainSchedulerParametersResponse: _TypeAlias = GetDomainSchedulerParametersResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainSchedulerParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """The parameters to change, at least one; each value in the field of the
+        type the getter returns it in (any integer field for an integer).
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "parameters", b"parameters", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainSchedulerParametersRequest: _TypeAlias = SetDomainSchedulerParametersRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainSchedulerParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainSchedulerParametersResponse: _TypeAlias = SetDomainSchedulerParametersResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainMemoryParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """live or config, not both; neither is the domain's current state."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMemoryParametersRequest: _TypeAlias = GetDomainMemoryParametersRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainMemoryParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]: ...
+    def __init__(
+        self,
+        *,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMemoryParametersResponse: _TypeAlias = GetDomainMemoryParametersResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainMemoryParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """As SetDomainSchedulerParametersRequest's."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "parameters", b"parameters", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainMemoryParametersRequest: _TypeAlias = SetDomainMemoryParametersRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainMemoryParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainMemoryParametersResponse: _TypeAlias = SetDomainMemoryParametersResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainBlkioParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """live or config, not both; neither is the domain's current state."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainBlkioParametersRequest: _TypeAlias = GetDomainBlkioParametersRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainBlkioParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]: ...
+    def __init__(
+        self,
+        *,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainBlkioParametersResponse: _TypeAlias = GetDomainBlkioParametersResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainBlkioParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """As SetDomainSchedulerParametersRequest's."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "parameters", b"parameters", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainBlkioParametersRequest: _TypeAlias = SetDomainBlkioParametersRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainBlkioParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainBlkioParametersResponse: _TypeAlias = SetDomainBlkioParametersResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainNumaParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """live or config, not both; neither is the domain's current state."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainNumaParametersRequest: _TypeAlias = GetDomainNumaParametersRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainNumaParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]: ...
+    def __init__(
+        self,
+        *,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainNumaParametersResponse: _TypeAlias = GetDomainNumaParametersResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainNumaParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """As SetDomainSchedulerParametersRequest's."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "parameters", b"parameters", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainNumaParametersRequest: _TypeAlias = SetDomainNumaParametersRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainNumaParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainNumaParametersResponse: _TypeAlias = SetDomainNumaParametersResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainPerfEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """live or config, not both; neither is the domain's current state."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainPerfEventsRequest: _TypeAlias = GetDomainPerfEventsRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainPerfEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """One boolean parameter per event: enabled or not."""
+
+    def __init__(
+        self,
+        *,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainPerfEventsResponse: _TypeAlias = GetDomainPerfEventsResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainPerfEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """Event names with boolean values, at least one."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "parameters", b"parameters", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainPerfEventsRequest: _TypeAlias = SetDomainPerfEventsRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainPerfEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainPerfEventsResponse: _TypeAlias = SetDomainPerfEventsResponse  # noqa: Y015
+
+@_typing.final
+class CpuAffinity(_message.Message):
+    """The host CPUs a thread may run on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Host CPU numbers, ascending."""
+
+    def __init__(
+        self,
+        *,
+        cpus: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CpuAffinity: _TypeAlias = CpuAffinity  # noqa: Y015
+
+@_typing.final
+class GetDomainVcpuPinInfoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """live or config, not both; neither is the domain's current state."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainVcpuPinInfoRequest: _TypeAlias = GetDomainVcpuPinInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainVcpuPinInfoResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VCPUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def vcpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___CpuAffinity]:
+        """One per vCPU, in vCPU order."""
+
+    def __init__(
+        self,
+        *,
+        vcpus: _abc.Iterable[Global___CpuAffinity] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["vcpus", b"vcpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainVcpuPinInfoResponse: _TypeAlias = GetDomainVcpuPinInfoResponse  # noqa: Y015
+
+@_typing.final
+class PinDomainVcpuRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VCPU_FIELD_NUMBER: _builtins.int
+    CPUS_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    vcpu: _builtins.int
+    @_builtins.property
+    def cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """At least one host CPU."""
+
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        vcpu: _builtins.int = ...,
+        cpus: _abc.Iterable[_builtins.int] | None = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "name", b"name", "scope", b"scope", "vcpu", b"vcpu"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinDomainVcpuRequest: _TypeAlias = PinDomainVcpuRequest  # noqa: Y015
+
+@_typing.final
+class PinDomainVcpuResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinDomainVcpuResponse: _TypeAlias = PinDomainVcpuResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainEmulatorPinInfoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """live or config, not both; neither is the domain's current state."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainEmulatorPinInfoRequest: _TypeAlias = GetDomainEmulatorPinInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainEmulatorPinInfoResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFFINITY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def affinity(self) -> Global___CpuAffinity: ...
+    def __init__(
+        self,
+        *,
+        affinity: Global___CpuAffinity | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainEmulatorPinInfoResponse: _TypeAlias = GetDomainEmulatorPinInfoResponse  # noqa: Y015
+
+@_typing.final
+class PinDomainEmulatorRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CPUS_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """At least one host CPU."""
+
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        cpus: _abc.Iterable[_builtins.int] | None = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinDomainEmulatorRequest: _TypeAlias = PinDomainEmulatorRequest  # noqa: Y015
+
+@_typing.final
+class PinDomainEmulatorResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinDomainEmulatorResponse: _TypeAlias = PinDomainEmulatorResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainIOThreadInfoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """live or config, not both; neither is the domain's current state."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainIOThreadInfoRequest: _TypeAlias = GetDomainIOThreadInfoRequest  # noqa: Y015
+
+@_typing.final
+class IOThread(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    AFFINITY_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    @_builtins.property
+    def affinity(self) -> Global___CpuAffinity: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        affinity: Global___CpuAffinity | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IOThread: _TypeAlias = IOThread  # noqa: Y015
+
+@_typing.final
+class GetDomainIOThreadInfoResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IOTHREADS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def iothreads(self) -> _containers.RepeatedCompositeFieldContainer[Global___IOThread]:
+        """Sorted by id."""
+
+    def __init__(
+        self,
+        *,
+        iothreads: _abc.Iterable[Global___IOThread] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["iothreads", b"iothreads"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainIOThreadInfoResponse: _TypeAlias = GetDomainIOThreadInfoResponse  # noqa: Y015
+
+@_typing.final
+class AddDomainIOThreadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    id: _builtins.int
+    """The new IOThread's id, not 0."""
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        id: _builtins.int = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddDomainIOThreadRequest: _TypeAlias = AddDomainIOThreadRequest  # noqa: Y015
+
+@_typing.final
+class AddDomainIOThreadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddDomainIOThreadResponse: _TypeAlias = AddDomainIOThreadResponse  # noqa: Y015
+
+@_typing.final
+class DeleteDomainIOThreadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    id: _builtins.int
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        id: _builtins.int = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDomainIOThreadRequest: _TypeAlias = DeleteDomainIOThreadRequest  # noqa: Y015
+
+@_typing.final
+class DeleteDomainIOThreadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDomainIOThreadResponse: _TypeAlias = DeleteDomainIOThreadResponse  # noqa: Y015
+
+@_typing.final
+class PinDomainIOThreadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    CPUS_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    id: _builtins.int
+    @_builtins.property
+    def cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """At least one host CPU."""
+
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        id: _builtins.int = ...,
+        cpus: _abc.Iterable[_builtins.int] | None = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "id", b"id", "name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinDomainIOThreadRequest: _TypeAlias = PinDomainIOThreadRequest  # noqa: Y015
+
+@_typing.final
+class PinDomainIOThreadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinDomainIOThreadResponse: _TypeAlias = PinDomainIOThreadResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainMetadataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    URI_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    type: Global___MetadataType.ValueType
+    uri: _builtins.str
+    """The element's namespace URI (METADATA_TYPE_ELEMENT only)."""
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """live or config, not both; neither is the domain's current state."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: Global___MetadataType.ValueType = ...,
+        uri: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "scope", b"scope", "type", b"type", "uri", b"uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMetadataRequest: _TypeAlias = GetDomainMetadataRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainMetadataResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    value: _builtins.str
+    """The text, or the element's XML."""
+    def __init__(
+        self,
+        *,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMetadataResponse: _TypeAlias = GetDomainMetadataResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainMetadataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    URI_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    type: Global___MetadataType.ValueType
+    value: _builtins.str
+    """The text, or one XML element; empty removes it."""
+    key: _builtins.str
+    """The element's namespace prefix and URI (METADATA_TYPE_ELEMENT only;
+    removing needs the uri only).
+    """
+    uri: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: Global___MetadataType.ValueType = ...,
+        value: _builtins.str = ...,
+        key: _builtins.str = ...,
+        uri: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "name", b"name", "scope", b"scope", "type", b"type", "uri", b"uri", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainMetadataRequest: _TypeAlias = SetDomainMetadataRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainMetadataResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainMetadataResponse: _TypeAlias = SetDomainMetadataResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainCpuStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    START_CPU_FIELD_NUMBER: _builtins.int
+    CPU_COUNT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    start_cpu: _builtins.int
+    """Per host CPU from start_cpu, at most cpu_count of them (0: none, the
+    total only).
+    """
+    cpu_count: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        start_cpu: _builtins.int = ...,
+        cpu_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_count", b"cpu_count", "name", b"name", "start_cpu", b"start_cpu"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainCpuStatsRequest: _TypeAlias = GetDomainCpuStatsRequest  # noqa: Y015
+
+@_typing.final
+class DomainCpuStats(_message.Message):
+    """CPU time of a domain, on all host CPUs or one: libvirt's typed parameters
+    (cpu_time, user_time, system_time, vcpu_time), nanoseconds.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPU_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    cpu: _builtins.int
+    """The host CPU; unset for the total."""
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]: ...
+    def __init__(
+        self,
+        *,
+        cpu: _builtins.int | None = ...,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cpu", b"_cpu", "cpu", b"cpu"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu", b"_cpu", "cpu", b"cpu", "parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cpu: _TypeAlias = _typing.Literal["cpu"]  # noqa: Y015
+    _WhichOneofArgType__cpu: _TypeAlias = _typing.Literal["_cpu", b"_cpu"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cpu) -> _WhichOneofReturnType__cpu | None: ...
+
+Global___DomainCpuStats: _TypeAlias = DomainCpuStats  # noqa: Y015
+
+@_typing.final
+class GetDomainCpuStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_FIELD_NUMBER: _builtins.int
+    CPUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def total(self) -> Global___DomainCpuStats: ...
+    @_builtins.property
+    def cpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___DomainCpuStats]: ...
+    def __init__(
+        self,
+        *,
+        total: Global___DomainCpuStats | None = ...,
+        cpus: _abc.Iterable[Global___DomainCpuStats] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainCpuStatsResponse: _TypeAlias = GetDomainCpuStatsResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainMaxMemoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMaxMemoryRequest: _TypeAlias = GetDomainMaxMemoryRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainMaxMemoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_MEMORY_KIB_FIELD_NUMBER: _builtins.int
+    max_memory_kib: _builtins.int
+    def __init__(
+        self,
+        *,
+        max_memory_kib: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_memory_kib", b"max_memory_kib"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMaxMemoryResponse: _TypeAlias = GetDomainMaxMemoryResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainMaxMemoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MAX_MEMORY_KIB_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    max_memory_kib: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        max_memory_kib: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_memory_kib", b"max_memory_kib", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainMaxMemoryRequest: _TypeAlias = SetDomainMaxMemoryRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainMaxMemoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainMaxMemoryResponse: _TypeAlias = SetDomainMaxMemoryResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainVcpusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainVcpusRequest: _TypeAlias = GetDomainVcpusRequest  # noqa: Y015
+
+@_typing.final
+class VcpuInfo(_message.Message):
+    """One vCPU of a running domain (virVcpuInfo)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CPU_TIME_NS_FIELD_NUMBER: _builtins.int
+    CPU_FIELD_NUMBER: _builtins.int
+    AFFINITY_FIELD_NUMBER: _builtins.int
+    number: _builtins.int
+    state: Global___VcpuState.ValueType
+    cpu_time_ns: _builtins.int
+    cpu: _builtins.int
+    """The host CPU it last ran on."""
+    @_builtins.property
+    def affinity(self) -> Global___CpuAffinity: ...
+    def __init__(
+        self,
+        *,
+        number: _builtins.int = ...,
+        state: Global___VcpuState.ValueType = ...,
+        cpu_time_ns: _builtins.int = ...,
+        cpu: _builtins.int = ...,
+        affinity: Global___CpuAffinity | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "cpu", b"cpu", "cpu_time_ns", b"cpu_time_ns", "number", b"number", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VcpuInfo: _TypeAlias = VcpuInfo  # noqa: Y015
+
+@_typing.final
+class GetDomainVcpusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VCPUS_FIELD_NUMBER: _builtins.int
+    MAX_VCPUS_FIELD_NUMBER: _builtins.int
+    max_vcpus: _builtins.int
+    """The most vCPUs the domain may have."""
+    @_builtins.property
+    def vcpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___VcpuInfo]: ...
+    def __init__(
+        self,
+        *,
+        vcpus: _abc.Iterable[Global___VcpuInfo] | None = ...,
+        max_vcpus: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_vcpus", b"max_vcpus", "vcpus", b"vcpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainVcpusResponse: _TypeAlias = GetDomainVcpusResponse  # noqa: Y015
