@@ -29,6 +29,7 @@ from services.compute import SPEC as COMPUTE
 from tests.conftest import domain_xml, reason_of, running_service
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
+from virtmesh.types.v1.typed_params_pb2 import TypedParameter
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,6 +86,24 @@ WRITES: list[tuple[str, Message]] = [
                                           duration_seconds=60)),
     ("ConvertNativeToDomainXML", pb.ConvertNativeToDomainXMLRequest(config="qemu")),
     ("ConvertDomainXMLToNative", pb.ConvertDomainXMLToNativeRequest(xml=domain_xml("x"))),
+    ("SetDomainSchedulerParameters", pb.SetDomainSchedulerParametersRequest(
+        name="alpha", parameters=[TypedParameter(name="weight", uint_value=10)])),
+    ("SetDomainMemoryParameters", pb.SetDomainMemoryParametersRequest(
+        name="alpha", parameters=[TypedParameter(name="hard_limit", ulong_value=1 << 20)])),
+    ("SetDomainBlkioParameters", pb.SetDomainBlkioParametersRequest(
+        name="alpha", parameters=[TypedParameter(name="weight", uint_value=500)])),
+    ("SetDomainNumaParameters", pb.SetDomainNumaParametersRequest(
+        name="alpha", parameters=[TypedParameter(name="numa_nodeset", string_value="0")])),
+    ("SetDomainPerfEvents", pb.SetDomainPerfEventsRequest(
+        name="alpha", parameters=[TypedParameter(name="cmt", boolean_value=True)])),
+    ("PinDomainVcpu", pb.PinDomainVcpuRequest(name="alpha", vcpu=0, cpus=[0])),
+    ("PinDomainEmulator", pb.PinDomainEmulatorRequest(name="alpha", cpus=[0])),
+    ("AddDomainIOThread", pb.AddDomainIOThreadRequest(name="alpha", id=3)),
+    ("DeleteDomainIOThread", pb.DeleteDomainIOThreadRequest(name="alpha", id=3)),
+    ("PinDomainIOThread", pb.PinDomainIOThreadRequest(name="alpha", id=3, cpus=[0])),
+    ("SetDomainMetadata", pb.SetDomainMetadataRequest(
+        name="alpha", type=pb.METADATA_TYPE_DESCRIPTION, value="read-only test")),
+    ("SetDomainMaxMemory", pb.SetDomainMaxMemoryRequest(name="alpha", max_memory_kib=1 << 20)),
     # read-only RPCs whose request asks for more: libvirt's read_secure
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", secure=True)),
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", migratable=True)),
@@ -124,6 +143,21 @@ READS: list[tuple[str, Message]] = [
     ("GetSaveImageXML", pb.GetSaveImageXMLRequest(path="/x/alpha.img")),
     ("GetManagedSaveXML", pb.GetManagedSaveXMLRequest(name="alpha")),
     ("GetDomainJobInfo", pb.GetDomainJobInfoRequest(name="alpha")),
+    ("GetDomainSchedulerParameters", pb.GetDomainSchedulerParametersRequest(name="alpha")),
+    ("GetDomainMemoryParameters", pb.GetDomainMemoryParametersRequest(name="alpha")),
+    ("GetDomainBlkioParameters", pb.GetDomainBlkioParametersRequest(name="alpha")),
+    ("GetDomainNumaParameters", pb.GetDomainNumaParametersRequest(name="alpha")),
+    ("GetDomainPerfEvents", pb.GetDomainPerfEventsRequest(name="alpha")),
+    ("GetDomainVcpuPinInfo", pb.GetDomainVcpuPinInfoRequest(name="alpha")),
+    ("GetDomainEmulatorPinInfo", pb.GetDomainEmulatorPinInfoRequest(name="alpha")),
+    ("GetDomainIOThreadInfo", pb.GetDomainIOThreadInfoRequest(name="alpha")),
+    ("GetDomainMetadata", pb.GetDomainMetadataRequest(name="alpha",
+                                                      type=pb.METADATA_TYPE_TITLE)),
+    ("GetDomainMaxMemory", pb.GetDomainMaxMemoryRequest(name="alpha")),
+    # CPU times change between two calls: the same refusal on both sockets
+    ("GetDomainCpuStats", pb.GetDomainCpuStatsRequest(name="alpha", start_cpu=9999,
+                                                      cpu_count=1)),
+    ("GetDomainVcpus", pb.GetDomainVcpusRequest(name="nope")),
 ]
 
 
