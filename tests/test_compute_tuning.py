@@ -16,10 +16,13 @@ from typing import Any
 import grpc
 import pytest
 
+from services.common.daemon import Daemon
 from tests.conftest import domain_xml, error_of, reason_of
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 from virtmesh.types.v1.typed_params_pb2 import TypedParameter
+from virtmesh_client import cli
+from virtmesh_client.cli_tuning import cpu_list, cpu_text, kib_size
 
 pytestmark = pytest.mark.timeout(60)
 Stub = pb_grpc.ComputeServiceStub
@@ -154,9 +157,7 @@ def test_vcpu_and_emulator_pinning(stub: Stub) -> None:
 ], ids=["no-cpu", "cpu-beyond-host", "vcpu-beyond-domain", "emulator-no-cpu",
         "unknown-iothread"])
 def test_bad_pinning_is_refused_and_changes_nothing(stub: Stub, request_: Any) -> None:
-    call = {pb.PinDomainVcpuRequest: stub.PinDomainVcpu,
-            pb.PinDomainEmulatorRequest: stub.PinDomainEmulator,
-            pb.PinDomainIOThreadRequest: stub.PinDomainIOThread}[type(request_)]
+    call = getattr(stub, type(request_).__name__.removesuffix("Request"))
     pins = pb.GetDomainVcpuPinInfoRequest(name="alpha")
     before = stub.GetDomainVcpuPinInfo(pins, timeout=10)
     assert failed(call, request_)[0] == C.INVALID_ARGUMENT
@@ -305,20 +306,55 @@ def test_an_unknown_domain_is_not_found(stub: Stub, rpc: str) -> None:
 # -- the CLI --------------------------------------------------------------------------
 
 
-def test_cli_memtune_vcpupin_and_setmaxmem(stub: Stub, beta: str, virtmesh: Any) -> None:
-    code, out, err = virtmesh("memtune", "alpha", "--set", "hard_limit=1048576")
+@pytest.fixture
+def cli_run(compute: Daemon, capsys: pytest.CaptureFixture[str]) -> Callable[..., Any]:
+    """``virtmesh --socket DIR ARGS…`` against the test's service: (status, out, err)."""
+    assert compute.socket_path is not None
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = cli.main(["--socket", str(compute.socket_path.parent), *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+def test_cpu_lists() -> None:
+    assert cpu_list("0,2-3,7") == [0, 2, 3, 7] and cpu_text([7, 0, 2, 3]) == "0,2-3,7"
+    assert kib_size("1G") == 1 << 20 and kib_size("2048") == 2048
+
+
+def test_cli_memtune_vcpupin_and_setmaxmem(stub: Stub, beta: str, cli_run: Any) -> None:
+    code, out, err = cli_run("memtune", "alpha", "--set", "hard_limit=1048576")
     assert code == 0, err
-    code, out, err = virtmesh("memtune", "alpha", "--json")
+    assert "hard_limit:" in out and "1048576" in out
+    code, out, err = cli_run("memtune", "alpha", "--json")
     assert code == 0, err
-    assert {"name": "hard_limit", "value": 1048576} in json.loads(out)
-    code, out, err = virtmesh("vcpupin", "alpha", "1", "0,2-3")
+    assert {"name": "hard_limit", "ulong_value": 1048576} in json.loads(out)["parameters"]
+    code, out, err = cli_run("memtune", "alpha", "--set", "bogus=1")
+    assert code != 0 and "bogus" in err
+    code, out, err = cli_run("memtune", "alpha", "--set", "soft_limit=lots")
+    assert code != 0 and "soft_limit" in err
+    code, out, err = cli_run("vcpupin", "alpha", "1", "0,2-3")
     assert code == 0, err
-    code, out, err = virtmesh("vcpupin", "alpha", "--json")
-    assert json.loads(out) == [{"vcpu": 0, "cpus": json.loads(out)[0]["cpus"]},
-                               {"vcpu": 1, "cpus": "0,2-3"}]
-    code, out, err = virtmesh("setmaxmem", beta, "1G")
+    code, out, err = cli_run("vcpupin", "alpha")
+    assert out.splitlines()[0].split() == ["VCPU", "CPUS"]
+    assert out.splitlines()[2].split() == ["1", "0,2-3"]
+    code, out, err = cli_run("--json", "vcpupin", "alpha")
+    assert json.loads(out)["vcpus"][1] == {"cpus": [0, 2, 3]}
+    code, out, err = cli_run("setmaxmem", beta, "1G")
     assert code == 0, err
     assert stub.GetDomainMaxMemory(pb.GetDomainMaxMemoryRequest(name=beta),
                                    timeout=10).max_memory_kib == 1 << 20
-    code, out, err = virtmesh("memtune", "alpha", "--set", "bogus=1")
-    assert code != 0 and "bogus" in err
+
+
+def test_cli_iothreads_and_metadata(cli_run: Any) -> None:
+    assert cli_run("iothreadadd", "alpha", "4")[0] == 0
+    assert cli_run("iothreadpin", "alpha", "4", "1-2")[0] == 0
+    code, out, err = cli_run("iothreadinfo", "alpha")
+    assert out.splitlines()[1].split() == ["4", "1-2"], err
+    assert cli_run("metadata", "alpha", "http://example.org/a/", "--prefix", "a",
+                   "--set", "<a x='1'/>")[0] == 0
+    code, out, err = cli_run("metadata", "alpha", "http://example.org/a/")
+    assert out.strip() == '<a x="1"/>', err
+    assert cli_run("desc", "alpha", "--title", "--new-desc", "first")[0] == 0
+    assert cli_run("desc", "alpha", "--title")[1].strip() == "first"
