@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
 from services.common.daemon import Daemon
-from tests.conftest import domain_xml, error_of, reason_of
+from tests.conftest import domain_xml, error_of, reason_of, running_service
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 from virtmesh.types.v1.typed_params_pb2 import TypedParameter
@@ -91,6 +92,8 @@ def test_memory_parameters_change_and_read_back(stub: Stub) -> None:
      "MISSING_FIELD"),
     ([TypedParameter(name="soft_limit", ulong_value=1),
       TypedParameter(name="soft_limit", ulong_value=2)], "DUPLICATE_PARAMETER"),
+    ([TypedParameter(name="soft_limit", ulong_value=1),
+      TypedParameter(name="hard_limit", long_value=-1)], "INVALID_PARAMETER_TYPE"),
 ])
 def test_a_bad_parameter_changes_nothing(stub: Stub, parameters: list[TypedParameter],
                                          reason: str) -> None:
@@ -180,6 +183,69 @@ def test_iothreads_add_pin_delete(stub: Stub) -> None:
                   pb.DeleteDomainIOThreadRequest(name="alpha", id=3))[0] == C.INVALID_ARGUMENT
 
 
+def test_iothread_parameters(stub: Stub) -> None:
+    stub.AddDomainIOThread(pb.AddDomainIOThreadRequest(name="alpha", id=3), timeout=10)
+    stub.SetDomainIOThreadParameters(pb.SetDomainIOThreadParametersRequest(
+        name="alpha", id=3, parameters=[TypedParameter(name="poll_max_ns", ulong_value=10)]),
+        timeout=10)
+    for wrong, reason in ((TypedParameter(name="bogus", uint_value=1), "UNKNOWN_PARAMETER"),
+                          (TypedParameter(name="poll_grow", string_value="2"),
+                           "INVALID_PARAMETER_TYPE"),
+                          (TypedParameter(name="poll_grow", long_value=-1),
+                           "INVALID_PARAMETER_TYPE")):
+        assert failed(stub.SetDomainIOThreadParameters, pb.SetDomainIOThreadParametersRequest(
+            name="alpha", id=3, parameters=[wrong])) == (C.INVALID_ARGUMENT, reason)
+    assert failed(stub.SetDomainIOThreadParameters, pb.SetDomainIOThreadParametersRequest(
+        name="alpha", id=9, parameters=[TypedParameter(name="poll_max_ns", ulong_value=1)]
+    ))[0] == C.INVALID_ARGUMENT
+
+
+def test_what_the_test_driver_lacks_is_unimplemented(stub: Stub) -> None:
+    assert failed(stub.SetDomainVcpu, pb.SetDomainVcpuRequest(name="alpha", vcpus=[1])) == \
+        (C.UNIMPLEMENTED, "VIR_ERR_NO_SUPPORT")
+    assert failed(stub.GetDomainSecurityLabels,
+                  pb.GetDomainSecurityLabelsRequest(name="alpha"))[0] == C.UNIMPLEMENTED
+    assert failed(stub.SetDomainVcpu, pb.SetDomainVcpuRequest(name="alpha")) == \
+        (C.INVALID_ARGUMENT, "MISSING_FIELD")
+
+
+def test_memory_stats_period(stub: Stub) -> None:
+    stub.DefineDomain(pb.DefineDomainRequest(xml=domain_xml("gamma").replace(
+        "</domain>", "<devices><memballoon model='virtio'/></devices></domain>")), timeout=10)
+    stub.SetDomainMemoryStatsPeriod(pb.SetDomainMemoryStatsPeriodRequest(
+        name="gamma", period_seconds=5, scope=CONFIG), timeout=10)
+    xml = stub.GetDomainXML(pb.GetDomainXMLRequest(name="gamma", inactive=True), timeout=10)
+    assert "<stats period='5'/>" in xml.xml
+    assert failed(stub.SetDomainMemoryStatsPeriod, pb.SetDomainMemoryStatsPeriodRequest(
+        name="alpha", period_seconds=5)) == (C.FAILED_PRECONDITION, "NO_BALLOON")
+    assert failed(stub.SetDomainMemoryStatsPeriod, pb.SetDomainMemoryStatsPeriodRequest(
+        name="gamma", period_seconds=2**31))[0] == C.INVALID_ARGUMENT
+
+
+def test_interface_parameters(tmp_path: Path, stub: Stub) -> None:
+    """alpha has no interface; test:///default's domain "test" has testnet0 (the value
+    set is the one it has: the default driver is shared within the process)."""
+    assert failed(stub.GetDomainInterfaceParameters, pb.GetDomainInterfaceParametersRequest(
+        name="alpha", device="vnet0"))[0] == C.INVALID_ARGUMENT
+    assert failed(stub.GetDomainInterfaceParameters, pb.GetDomainInterfaceParametersRequest(
+        name="alpha")) == (C.INVALID_ARGUMENT, "MISSING_FIELD")
+    with running_service(tmp_path / "default", "test:///default", grace_period=0.5) as daemon, \
+            grpc.insecure_channel(f"unix:{daemon.socket_path}") as channel:
+        default = Stub(channel)
+        request = pb.GetDomainInterfaceParametersRequest(name="test", device="testnet0")
+        before = params(default.GetDomainInterfaceParameters(request, timeout=10))
+        assert "inbound.average" in before
+        default.SetDomainInterfaceParameters(pb.SetDomainInterfaceParametersRequest(
+            name="test", device="testnet0", parameters=[TypedParameter(
+                name="inbound.average", uint_value=before["inbound.average"])]), timeout=10)
+        assert failed(default.SetDomainInterfaceParameters,
+                      pb.SetDomainInterfaceParametersRequest(
+                          name="test", device="testnet0",
+                          parameters=[TypedParameter(name="bogus", uint_value=1)])) == \
+            (C.INVALID_ARGUMENT, "UNKNOWN_PARAMETER")
+        assert params(default.GetDomainInterfaceParameters(request, timeout=10)) == before
+
+
 # -- metadata ---------------------------------------------------------------------
 
 
@@ -237,16 +303,12 @@ def test_cpu_stats_total_and_per_cpu(stub: Stub, beta: str) -> None:
 
 
 def test_max_memory(stub: Stub, beta: str) -> None:
-    assert stub.GetDomainMaxMemory(pb.GetDomainMaxMemoryRequest(name=beta),
-                                   timeout=10).max_memory_kib == 65536
-    stub.SetDomainMaxMemory(pb.SetDomainMaxMemoryRequest(name=beta, max_memory_kib=1 << 20),
-                            timeout=10)
-    assert stub.GetDomainMaxMemory(pb.GetDomainMaxMemoryRequest(name=beta),
-                                   timeout=10).max_memory_kib == 1 << 20
-    assert failed(stub.SetDomainMaxMemory, pb.SetDomainMaxMemoryRequest(
-        name="alpha", max_memory_kib=1 << 20))[0] == C.FAILED_PRECONDITION
-    assert failed(stub.SetDomainMaxMemory, pb.SetDomainMaxMemoryRequest(name=beta)) == \
-        (C.INVALID_ARGUMENT, "MISSING_FIELD")
+    """GetDomainMaxMemory reads what SetDomainMemory's maximum changes."""
+    request = pb.GetDomainMaxMemoryRequest(name=beta)
+    assert stub.GetDomainMaxMemory(request, timeout=10).max_memory_kib == 65536
+    stub.SetDomainMemory(pb.SetDomainMemoryRequest(name=beta, memory_kib=1 << 20,
+                                                   maximum=True), timeout=10)
+    assert stub.GetDomainMaxMemory(request, timeout=10).max_memory_kib == 1 << 20
 
 
 def test_vcpus(stub: Stub, beta: str) -> None:
@@ -270,7 +332,9 @@ TUNING_RPCS = [
     "GetDomainVcpuPinInfo", "PinDomainVcpu", "GetDomainEmulatorPinInfo", "PinDomainEmulator",
     "GetDomainIOThreadInfo", "AddDomainIOThread", "DeleteDomainIOThread", "PinDomainIOThread",
     "GetDomainMetadata", "SetDomainMetadata", "GetDomainCpuStats",
-    "GetDomainMaxMemory", "SetDomainMaxMemory", "GetDomainVcpus",
+    "GetDomainMaxMemory", "GetDomainVcpus",
+    "GetDomainInterfaceParameters", "SetDomainInterfaceParameters", "SetDomainMemoryStatsPeriod",
+    "SetDomainIOThreadParameters", "SetDomainVcpu", "GetDomainSecurityLabels",
 ]
 #: what makes each request valid but for its domain
 VALID: dict[str, dict[str, Any]] = {
@@ -287,7 +351,12 @@ VALID: dict[str, dict[str, Any]] = {
     "DeleteDomainIOThread": {"id": 1},
     "GetDomainMetadata": {"type": pb.METADATA_TYPE_TITLE},
     "SetDomainMetadata": {"type": pb.METADATA_TYPE_TITLE, "value": "t"},
-    "SetDomainMaxMemory": {"max_memory_kib": 1 << 20},
+    "GetDomainInterfaceParameters": {"device": "vnet0"},
+    "SetDomainInterfaceParameters": {"device": "vnet0", "parameters": [
+        TypedParameter(name="inbound.average", uint_value=1)]},
+    "SetDomainIOThreadParameters": {"id": 1, "parameters": [
+        TypedParameter(name="poll_max_ns", ulong_value=1)]},
+    "SetDomainVcpu": {"vcpus": [0]},
 }
 
 
@@ -341,7 +410,7 @@ def test_cli_memtune_vcpupin_and_setmaxmem(stub: Stub, beta: str, cli_run: Any) 
     assert out.splitlines()[2].split() == ["1", "0,2-3"]
     code, out, err = cli_run("--json", "vcpupin", "alpha")
     assert json.loads(out)["vcpus"][1] == {"cpus": [0, 2, 3]}
-    code, out, err = cli_run("setmaxmem", beta, "1G")
+    code, out, err = cli_run("setmaxmem", beta, "1G", "--config")
     assert code == 0, err
     assert stub.GetDomainMaxMemory(pb.GetDomainMaxMemoryRequest(name=beta),
                                    timeout=10).max_memory_kib == 1 << 20
@@ -358,3 +427,8 @@ def test_cli_iothreads_and_metadata(cli_run: Any) -> None:
     assert out.strip() == '<a x="1"/>', err
     assert cli_run("desc", "alpha", "--title", "--new-desc", "first")[0] == 0
     assert cli_run("desc", "alpha", "--title")[1].strip() == "first"
+
+
+def test_cli_setvcpu_is_refused_by_the_test_driver(cli_run: Any) -> None:
+    code, out, err = cli_run("setvcpu", "alpha", "1", "--disable")
+    assert code == 1 and "UNIMPLEMENTED" in err

@@ -103,7 +103,14 @@ WRITES: list[tuple[str, Message]] = [
     ("PinDomainIOThread", pb.PinDomainIOThreadRequest(name="alpha", id=3, cpus=[0])),
     ("SetDomainMetadata", pb.SetDomainMetadataRequest(
         name="alpha", type=pb.METADATA_TYPE_DESCRIPTION, value="read-only test")),
-    ("SetDomainMaxMemory", pb.SetDomainMaxMemoryRequest(name="alpha", max_memory_kib=1 << 20)),
+    ("SetDomainInterfaceParameters", pb.SetDomainInterfaceParametersRequest(
+        name="alpha", device="vnet0",
+        parameters=[TypedParameter(name="inbound.average", uint_value=100)])),
+    ("SetDomainMemoryStatsPeriod", pb.SetDomainMemoryStatsPeriodRequest(name="alpha",
+                                                                        period_seconds=5)),
+    ("SetDomainIOThreadParameters", pb.SetDomainIOThreadParametersRequest(
+        name="alpha", id=3, parameters=[TypedParameter(name="poll_max_ns", ulong_value=10)])),
+    ("SetDomainVcpu", pb.SetDomainVcpuRequest(name="alpha", vcpus=[1])),
     # read-only RPCs whose request asks for more: libvirt's read_secure
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", secure=True)),
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", migratable=True)),
@@ -158,6 +165,9 @@ READS: list[tuple[str, Message]] = [
     ("GetDomainCpuStats", pb.GetDomainCpuStatsRequest(name="alpha", start_cpu=9999,
                                                       cpu_count=1)),
     ("GetDomainVcpus", pb.GetDomainVcpusRequest(name="nope")),
+    ("GetDomainInterfaceParameters", pb.GetDomainInterfaceParametersRequest(
+        name="alpha", device="vnet0")),
+    ("GetDomainSecurityLabels", pb.GetDomainSecurityLabelsRequest(name="alpha")),
 ]
 
 

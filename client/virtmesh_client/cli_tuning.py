@@ -1,6 +1,6 @@
-"""Tuning a domain: virsh's schedinfo, memtune, blkiotune, numatune, perf, vcpupin,
-emulatorpin, iothreadinfo, iothreadadd, iothreaddel, iothreadpin, vcpuinfo, cpu-stats,
-metadata, desc and setmaxmem.
+"""Tuning a domain: virsh's schedinfo, memtune, blkiotune, numatune, domiftune, perf,
+vcpupin, emulatorpin, iothreadinfo, iothreadadd, iothreaddel, iothreadpin, iothreadset,
+setvcpu, vcpuinfo, cpu-stats, metadata, desc and setmaxmem.
 
 ``--set NAME=VALUE`` (repeatable) changes libvirt's typed parameters: the command
 reads them first and sends each value in the type libvirt gives its name, so a
@@ -222,9 +222,46 @@ def kib_size(text: str) -> int:
 
 
 def cmd_setmaxmem(client: Client, args: argparse.Namespace, out: Output) -> None:
-    response = client.call("SetDomainMaxMemory", pb.SetDomainMaxMemoryRequest(
-        name=args.name, max_memory_kib=args.size))
+    response = client.call("SetDomainMemory", pb.SetDomainMemoryRequest(
+        name=args.name, memory_kib=args.size, scope=_scope(args), maximum=True))
     out.show(response, f"Domain '{args.name}' maximum memory set to {kib(args.size)}")
+
+
+def cmd_domiftune(client: Client, args: argparse.Namespace, out: Output) -> None:
+    scope = pb.Scope(live=args.live, config=args.config and not args.live)
+
+    def read() -> Any:
+        return client.call("GetDomainInterfaceParameters", pb.GetDomainInterfaceParametersRequest(
+            name=args.name, device=args.device, scope=scope))
+    if args.set:
+        current = read().parameters
+        client.call("SetDomainInterfaceParameters", pb.SetDomainInterfaceParametersRequest(
+            name=args.name, device=args.device, scope=_scope(args),
+            parameters=[_typed(name, value, current) for name, value in args.set]))
+    response = read()
+    out.show(response, fields((p.name, _value(p)) for p in response.parameters))
+
+
+def cmd_iothreadset(client: Client, args: argparse.Namespace, out: Output) -> None:
+    response = client.call("SetDomainIOThreadParameters", pb.SetDomainIOThreadParametersRequest(
+        name=args.name, id=args.id, scope=_scope(args),
+        parameters=[TypedParameter(name=name, long_value=_integer(name, value))
+                    for name, value in args.set]))
+    out.show(response, f"IOThread {args.id} of domain '{args.name}' changed")
+
+
+def _integer(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"{name}: '{text}' is not a number") from None
+
+
+def cmd_setvcpu(client: Client, args: argparse.Namespace, out: Output) -> None:
+    response = client.call("SetDomainVcpu", pb.SetDomainVcpuRequest(
+        name=args.name, vcpus=args.vcpulist, enable=not args.disable, scope=_scope(args)))
+    out.show(response, f"vCPUs {cpu_text(args.vcpulist)} of domain '{args.name}' "
+                       f"{'disabled' if args.disable else 'enabled'}")
 
 
 def _add_scope(sub: argparse.ArgumentParser) -> None:
@@ -287,3 +324,21 @@ def register(command: CommandFactory) -> None:
     sub = domains.add("setmaxmem", cmd_setmaxmem, "change a domain's maximum memory")
     sub.add_argument("size", type=kib_size, metavar="SIZE",
                      help="KiB, or with a unit: 512M, 2G")
+    _add_scope(sub)
+    sub = domains.add("domiftune", cmd_domiftune,
+                      "show or change an interface's bandwidth parameters")
+    sub.add_argument("device", metavar="DEVICE", help="the interface's target or MAC")
+    sub.add_argument("--set", type=_assignment, action="append", metavar="NAME=VALUE",
+                     help="change a parameter, such as inbound.average=1000 (repeatable)")
+    _add_scope(sub)
+    sub = domains.add("iothreadset", cmd_iothreadset, "change an IOThread's parameters")
+    sub.add_argument("id", type=int, metavar="ID")
+    sub.add_argument("--set", type=_assignment, action="append", metavar="NAME=VALUE",
+                     required=True, help="such as poll_max_ns=32768 (repeatable)")
+    _add_scope(sub)
+    sub = domains.add("setvcpu", cmd_setvcpu, "enable or disable individual vCPUs")
+    sub.add_argument("vcpulist", type=cpu_list, metavar="VCPULIST", help="such as 1,3-4")
+    state = sub.add_mutually_exclusive_group()
+    state.add_argument("--enable", action="store_true", help="enable them (the default)")
+    state.add_argument("--disable", action="store_true", help="disable them")
+    _add_scope(sub)

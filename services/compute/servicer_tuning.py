@@ -84,6 +84,25 @@ class TuningServicer:
                              conv.scope_flags(request.scope))
         return pb.SetDomainPerfEventsResponse()
 
+    def GetDomainInterfaceParameters(self, request: pb.GetDomainInterfaceParametersRequest,
+                                     context: Ctx) -> pb.GetDomainInterfaceParametersResponse:
+        values = self.tuning.interface(request.name, request.device,
+                                       conv.scope_flags(request.scope))
+        return pb.GetDomainInterfaceParametersResponse(parameters=conv.parameters(values))
+
+    def SetDomainInterfaceParameters(self, request: pb.SetDomainInterfaceParametersRequest,
+                                     context: Ctx) -> pb.SetDomainInterfaceParametersResponse:
+        self.tuning.set_interface(request.name, request.device,
+                                  conv.changes(request.parameters),
+                                  conv.scope_flags(request.scope))
+        return pb.SetDomainInterfaceParametersResponse()
+
+    def SetDomainMemoryStatsPeriod(self, request: pb.SetDomainMemoryStatsPeriodRequest,
+                                   context: Ctx) -> pb.SetDomainMemoryStatsPeriodResponse:
+        self.tuning.set_memory_stats_period(request.name, request.period_seconds,
+                                            conv.scope_flags(request.scope))
+        return pb.SetDomainMemoryStatsPeriodResponse()
+
     # -- pinning and IOThreads --------------------------------------------------
 
     def GetDomainVcpuPinInfo(self, request: pb.GetDomainVcpuPinInfoRequest,
@@ -129,6 +148,25 @@ class TuningServicer:
                                  conv.scope_flags(request.scope))
         return pb.PinDomainIOThreadResponse()
 
+    def SetDomainIOThreadParameters(self, request: pb.SetDomainIOThreadParametersRequest,
+                                    context: Ctx) -> pb.SetDomainIOThreadParametersResponse:
+        self.tuning.set_iothread_parameters(request.name, request.id,
+                                            conv.changes(request.parameters),
+                                            conv.scope_flags(request.scope))
+        return pb.SetDomainIOThreadParametersResponse()
+
+    def SetDomainVcpu(self, request: pb.SetDomainVcpuRequest,
+                      context: Ctx) -> pb.SetDomainVcpuResponse:
+        self.tuning.set_vcpus_enabled(request.name, request.vcpus, request.enable,
+                                      conv.scope_flags(request.scope))
+        return pb.SetDomainVcpuResponse()
+
+    def GetDomainSecurityLabels(self, request: pb.GetDomainSecurityLabelsRequest,
+                                context: Ctx) -> pb.GetDomainSecurityLabelsResponse:
+        return pb.GetDomainSecurityLabelsResponse(labels=[
+            pb.SecurityLabel(label=label, enforcing=enforcing)
+            for label, enforcing in self.tuning.security_labels(request.name)])
+
     # -- metadata, CPUs and memory -------------------------------------------------
 
     def GetDomainMetadata(self, request: pb.GetDomainMetadataRequest,
@@ -154,11 +192,6 @@ class TuningServicer:
                            context: Ctx) -> pb.GetDomainMaxMemoryResponse:
         return pb.GetDomainMaxMemoryResponse(
             max_memory_kib=self.tuning.max_memory(request.name))
-
-    def SetDomainMaxMemory(self, request: pb.SetDomainMaxMemoryRequest,
-                           context: Ctx) -> pb.SetDomainMaxMemoryResponse:
-        self.tuning.set_max_memory(request.name, request.max_memory_kib)
-        return pb.SetDomainMaxMemoryResponse()
 
     def GetDomainVcpus(self, request: pb.GetDomainVcpusRequest,
                        context: Ctx) -> pb.GetDomainVcpusResponse:

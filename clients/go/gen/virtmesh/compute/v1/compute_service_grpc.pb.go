@@ -426,19 +426,50 @@ type ComputeServiceClient interface {
 	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
 	// INVALID_ARGUMENT for a start_cpu beyond the host's CPUs.
 	GetDomainCpuStats(ctx context.Context, in *GetDomainCpuStatsRequest, opts ...grpc.CallOption) (*GetDomainCpuStatsResponse, error)
-	// Returns the domain's maximum memory (virDomainGetMaxMemory).
+	// Returns the domain's maximum memory (virDomainGetMaxMemory); SetDomainMemory
+	// with `maximum` changes it.
 	// Errors: NOT_FOUND.
 	GetDomainMaxMemory(ctx context.Context, in *GetDomainMaxMemoryRequest, opts ...grpc.CallOption) (*GetDomainMaxMemoryResponse, error)
-	// Changes the domain's maximum memory (virDomainSetMaxMemory, virsh
-	// setmaxmem).
-	// Errors: NOT_FOUND; INVALID_ARGUMENT for 0; FAILED_PRECONDITION when the
-	// driver cannot change it on a running domain.
-	SetDomainMaxMemory(ctx context.Context, in *SetDomainMaxMemoryRequest, opts ...grpc.CallOption) (*SetDomainMaxMemoryResponse, error)
 	// Returns each vCPU's state, CPU time and host CPU with its affinity
 	// (virDomainGetVcpus, virsh vcpuinfo), and the domain's maximum vCPUs
 	// (virDomainGetMaxVcpus).
 	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
 	GetDomainVcpus(ctx context.Context, in *GetDomainVcpusRequest, opts ...grpc.CallOption) (*GetDomainVcpusResponse, error)
+	// Returns an interface's bandwidth tunables (virDomainGetInterfaceParameters,
+	// virsh domiftune): inbound.average, inbound.peak, ... in KiB/s and KiB.
+	// Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a device the
+	// domain does not have, or live and config together; FAILED_PRECONDITION
+	// for live on an inactive domain.
+	GetDomainInterfaceParameters(ctx context.Context, in *GetDomainInterfaceParametersRequest, opts ...grpc.CallOption) (*GetDomainInterfaceParametersResponse, error)
+	// Changes an interface's bandwidth tunables
+	// (virDomainSetInterfaceParameters).
+	// Errors: as SetDomainSchedulerParameters; INVALID_ARGUMENT for a device
+	// the domain does not have.
+	SetDomainInterfaceParameters(ctx context.Context, in *SetDomainInterfaceParametersRequest, opts ...grpc.CallOption) (*SetDomainInterfaceParametersResponse, error)
+	// Changes how often the balloon driver reports memory statistics
+	// (virDomainSetMemoryStatsPeriod, virsh dommemstat --period); 0 stops them.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a period above 2^31-1;
+	// FAILED_PRECONDITION for live on an inactive domain or a domain without
+	// a balloon.
+	SetDomainMemoryStatsPeriod(ctx context.Context, in *SetDomainMemoryStatsPeriodRequest, opts ...grpc.CallOption) (*SetDomainMemoryStatsPeriodResponse, error)
+	// Changes an IOThread's polling and thread-pool parameters
+	// (virDomainSetIOThreadParams, virsh iothreadset): poll_max_ns, poll_grow,
+	// poll_shrink, thread_pool_min, thread_pool_max.
+	// Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for no parameter, a
+	// name libvirt does not have, a value of the wrong type or an IOThread the
+	// domain does not have (nothing is changed then); FAILED_PRECONDITION for
+	// live on an inactive domain.
+	SetDomainIOThreadParameters(ctx context.Context, in *SetDomainIOThreadParametersRequest, opts ...grpc.CallOption) (*SetDomainIOThreadParametersResponse, error)
+	// Enables or disables individual vCPUs (virDomainSetVcpu, virsh setvcpu).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for no vCPU or one the domain does
+	// not have; FAILED_PRECONDITION for live on an inactive domain;
+	// UNIMPLEMENTED when the driver cannot (the test driver).
+	SetDomainVcpu(ctx context.Context, in *SetDomainVcpuRequest, opts ...grpc.CallOption) (*SetDomainVcpuResponse, error)
+	// Returns the domain's security labels, one per security driver
+	// (virDomainGetSecurityLabelList).
+	// Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
+	// driver).
+	GetDomainSecurityLabels(ctx context.Context, in *GetDomainSecurityLabelsRequest, opts ...grpc.CallOption) (*GetDomainSecurityLabelsResponse, error)
 }
 
 type computeServiceClient struct {
@@ -1371,18 +1402,63 @@ func (c *computeServiceClient) GetDomainMaxMemory(ctx context.Context, in *GetDo
 	return out, nil
 }
 
-func (c *computeServiceClient) SetDomainMaxMemory(ctx context.Context, in *SetDomainMaxMemoryRequest, opts ...grpc.CallOption) (*SetDomainMaxMemoryResponse, error) {
-	out := new(SetDomainMaxMemoryResponse)
-	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainMaxMemory", in, out, opts...)
+func (c *computeServiceClient) GetDomainVcpus(ctx context.Context, in *GetDomainVcpusRequest, opts ...grpc.CallOption) (*GetDomainVcpusResponse, error) {
+	out := new(GetDomainVcpusResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainVcpus", in, out, opts...)
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-func (c *computeServiceClient) GetDomainVcpus(ctx context.Context, in *GetDomainVcpusRequest, opts ...grpc.CallOption) (*GetDomainVcpusResponse, error) {
-	out := new(GetDomainVcpusResponse)
-	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainVcpus", in, out, opts...)
+func (c *computeServiceClient) GetDomainInterfaceParameters(ctx context.Context, in *GetDomainInterfaceParametersRequest, opts ...grpc.CallOption) (*GetDomainInterfaceParametersResponse, error) {
+	out := new(GetDomainInterfaceParametersResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainInterfaceParameters", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainInterfaceParameters(ctx context.Context, in *SetDomainInterfaceParametersRequest, opts ...grpc.CallOption) (*SetDomainInterfaceParametersResponse, error) {
+	out := new(SetDomainInterfaceParametersResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainInterfaceParameters", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainMemoryStatsPeriod(ctx context.Context, in *SetDomainMemoryStatsPeriodRequest, opts ...grpc.CallOption) (*SetDomainMemoryStatsPeriodResponse, error) {
+	out := new(SetDomainMemoryStatsPeriodResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainMemoryStatsPeriod", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainIOThreadParameters(ctx context.Context, in *SetDomainIOThreadParametersRequest, opts ...grpc.CallOption) (*SetDomainIOThreadParametersResponse, error) {
+	out := new(SetDomainIOThreadParametersResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainIOThreadParameters", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainVcpu(ctx context.Context, in *SetDomainVcpuRequest, opts ...grpc.CallOption) (*SetDomainVcpuResponse, error) {
+	out := new(SetDomainVcpuResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainVcpu", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainSecurityLabels(ctx context.Context, in *GetDomainSecurityLabelsRequest, opts ...grpc.CallOption) (*GetDomainSecurityLabelsResponse, error) {
+	out := new(GetDomainSecurityLabelsResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainSecurityLabels", in, out, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -1802,19 +1878,50 @@ type ComputeServiceServer interface {
 	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
 	// INVALID_ARGUMENT for a start_cpu beyond the host's CPUs.
 	GetDomainCpuStats(context.Context, *GetDomainCpuStatsRequest) (*GetDomainCpuStatsResponse, error)
-	// Returns the domain's maximum memory (virDomainGetMaxMemory).
+	// Returns the domain's maximum memory (virDomainGetMaxMemory); SetDomainMemory
+	// with `maximum` changes it.
 	// Errors: NOT_FOUND.
 	GetDomainMaxMemory(context.Context, *GetDomainMaxMemoryRequest) (*GetDomainMaxMemoryResponse, error)
-	// Changes the domain's maximum memory (virDomainSetMaxMemory, virsh
-	// setmaxmem).
-	// Errors: NOT_FOUND; INVALID_ARGUMENT for 0; FAILED_PRECONDITION when the
-	// driver cannot change it on a running domain.
-	SetDomainMaxMemory(context.Context, *SetDomainMaxMemoryRequest) (*SetDomainMaxMemoryResponse, error)
 	// Returns each vCPU's state, CPU time and host CPU with its affinity
 	// (virDomainGetVcpus, virsh vcpuinfo), and the domain's maximum vCPUs
 	// (virDomainGetMaxVcpus).
 	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
 	GetDomainVcpus(context.Context, *GetDomainVcpusRequest) (*GetDomainVcpusResponse, error)
+	// Returns an interface's bandwidth tunables (virDomainGetInterfaceParameters,
+	// virsh domiftune): inbound.average, inbound.peak, ... in KiB/s and KiB.
+	// Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a device the
+	// domain does not have, or live and config together; FAILED_PRECONDITION
+	// for live on an inactive domain.
+	GetDomainInterfaceParameters(context.Context, *GetDomainInterfaceParametersRequest) (*GetDomainInterfaceParametersResponse, error)
+	// Changes an interface's bandwidth tunables
+	// (virDomainSetInterfaceParameters).
+	// Errors: as SetDomainSchedulerParameters; INVALID_ARGUMENT for a device
+	// the domain does not have.
+	SetDomainInterfaceParameters(context.Context, *SetDomainInterfaceParametersRequest) (*SetDomainInterfaceParametersResponse, error)
+	// Changes how often the balloon driver reports memory statistics
+	// (virDomainSetMemoryStatsPeriod, virsh dommemstat --period); 0 stops them.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a period above 2^31-1;
+	// FAILED_PRECONDITION for live on an inactive domain or a domain without
+	// a balloon.
+	SetDomainMemoryStatsPeriod(context.Context, *SetDomainMemoryStatsPeriodRequest) (*SetDomainMemoryStatsPeriodResponse, error)
+	// Changes an IOThread's polling and thread-pool parameters
+	// (virDomainSetIOThreadParams, virsh iothreadset): poll_max_ns, poll_grow,
+	// poll_shrink, thread_pool_min, thread_pool_max.
+	// Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for no parameter, a
+	// name libvirt does not have, a value of the wrong type or an IOThread the
+	// domain does not have (nothing is changed then); FAILED_PRECONDITION for
+	// live on an inactive domain.
+	SetDomainIOThreadParameters(context.Context, *SetDomainIOThreadParametersRequest) (*SetDomainIOThreadParametersResponse, error)
+	// Enables or disables individual vCPUs (virDomainSetVcpu, virsh setvcpu).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for no vCPU or one the domain does
+	// not have; FAILED_PRECONDITION for live on an inactive domain;
+	// UNIMPLEMENTED when the driver cannot (the test driver).
+	SetDomainVcpu(context.Context, *SetDomainVcpuRequest) (*SetDomainVcpuResponse, error)
+	// Returns the domain's security labels, one per security driver
+	// (virDomainGetSecurityLabelList).
+	// Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
+	// driver).
+	GetDomainSecurityLabels(context.Context, *GetDomainSecurityLabelsRequest) (*GetDomainSecurityLabelsResponse, error)
 	mustEmbedUnimplementedComputeServiceServer()
 }
 
@@ -2092,11 +2199,26 @@ func (UnimplementedComputeServiceServer) GetDomainCpuStats(context.Context, *Get
 func (UnimplementedComputeServiceServer) GetDomainMaxMemory(context.Context, *GetDomainMaxMemoryRequest) (*GetDomainMaxMemoryResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetDomainMaxMemory not implemented")
 }
-func (UnimplementedComputeServiceServer) SetDomainMaxMemory(context.Context, *SetDomainMaxMemoryRequest) (*SetDomainMaxMemoryResponse, error) {
-	return nil, status.Errorf(codes.Unimplemented, "method SetDomainMaxMemory not implemented")
-}
 func (UnimplementedComputeServiceServer) GetDomainVcpus(context.Context, *GetDomainVcpusRequest) (*GetDomainVcpusResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetDomainVcpus not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainInterfaceParameters(context.Context, *GetDomainInterfaceParametersRequest) (*GetDomainInterfaceParametersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainInterfaceParameters not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainInterfaceParameters(context.Context, *SetDomainInterfaceParametersRequest) (*SetDomainInterfaceParametersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainInterfaceParameters not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainMemoryStatsPeriod(context.Context, *SetDomainMemoryStatsPeriodRequest) (*SetDomainMemoryStatsPeriodResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainMemoryStatsPeriod not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainIOThreadParameters(context.Context, *SetDomainIOThreadParametersRequest) (*SetDomainIOThreadParametersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainIOThreadParameters not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainVcpu(context.Context, *SetDomainVcpuRequest) (*SetDomainVcpuResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainVcpu not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainSecurityLabels(context.Context, *GetDomainSecurityLabelsRequest) (*GetDomainSecurityLabelsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainSecurityLabels not implemented")
 }
 func (UnimplementedComputeServiceServer) mustEmbedUnimplementedComputeServiceServer() {}
 
@@ -3761,24 +3883,6 @@ func _ComputeService_GetDomainMaxMemory_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
-func _ComputeService_SetDomainMaxMemory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(SetDomainMaxMemoryRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(ComputeServiceServer).SetDomainMaxMemory(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainMaxMemory",
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ComputeServiceServer).SetDomainMaxMemory(ctx, req.(*SetDomainMaxMemoryRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
 func _ComputeService_GetDomainVcpus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetDomainVcpusRequest)
 	if err := dec(in); err != nil {
@@ -3793,6 +3897,114 @@ func _ComputeService_GetDomainVcpus_Handler(srv interface{}, ctx context.Context
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ComputeServiceServer).GetDomainVcpus(ctx, req.(*GetDomainVcpusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainInterfaceParameters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainInterfaceParametersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainInterfaceParameters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainInterfaceParameters",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainInterfaceParameters(ctx, req.(*GetDomainInterfaceParametersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainInterfaceParameters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainInterfaceParametersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainInterfaceParameters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainInterfaceParameters",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainInterfaceParameters(ctx, req.(*SetDomainInterfaceParametersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainMemoryStatsPeriod_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainMemoryStatsPeriodRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainMemoryStatsPeriod(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainMemoryStatsPeriod",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainMemoryStatsPeriod(ctx, req.(*SetDomainMemoryStatsPeriodRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainIOThreadParameters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainIOThreadParametersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainIOThreadParameters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainIOThreadParameters",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainIOThreadParameters(ctx, req.(*SetDomainIOThreadParametersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainVcpu_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainVcpuRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainVcpu(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainVcpu",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainVcpu(ctx, req.(*SetDomainVcpuRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainSecurityLabels_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainSecurityLabelsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainSecurityLabels(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainSecurityLabels",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainSecurityLabels(ctx, req.(*GetDomainSecurityLabelsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -4142,12 +4354,32 @@ var _ComputeService_serviceDesc = grpc.ServiceDesc{
 			Handler:    _ComputeService_GetDomainMaxMemory_Handler,
 		},
 		{
-			MethodName: "SetDomainMaxMemory",
-			Handler:    _ComputeService_SetDomainMaxMemory_Handler,
-		},
-		{
 			MethodName: "GetDomainVcpus",
 			Handler:    _ComputeService_GetDomainVcpus_Handler,
+		},
+		{
+			MethodName: "GetDomainInterfaceParameters",
+			Handler:    _ComputeService_GetDomainInterfaceParameters_Handler,
+		},
+		{
+			MethodName: "SetDomainInterfaceParameters",
+			Handler:    _ComputeService_SetDomainInterfaceParameters_Handler,
+		},
+		{
+			MethodName: "SetDomainMemoryStatsPeriod",
+			Handler:    _ComputeService_SetDomainMemoryStatsPeriod_Handler,
+		},
+		{
+			MethodName: "SetDomainIOThreadParameters",
+			Handler:    _ComputeService_SetDomainIOThreadParameters_Handler,
+		},
+		{
+			MethodName: "SetDomainVcpu",
+			Handler:    _ComputeService_SetDomainVcpu_Handler,
+		},
+		{
+			MethodName: "GetDomainSecurityLabels",
+			Handler:    _ComputeService_GetDomainSecurityLabels_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -6606,43 +6606,6 @@ class GetDomainMaxMemoryResponse(_message.Message):
 Global___GetDomainMaxMemoryResponse: _TypeAlias = GetDomainMaxMemoryResponse  # noqa: Y015
 
 @_typing.final
-class SetDomainMaxMemoryRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    NAME_FIELD_NUMBER: _builtins.int
-    MAX_MEMORY_KIB_FIELD_NUMBER: _builtins.int
-    name: _builtins.str
-    max_memory_kib: _builtins.int
-    def __init__(
-        self,
-        *,
-        name: _builtins.str = ...,
-        max_memory_kib: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_memory_kib", b"max_memory_kib", "name", b"name"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___SetDomainMaxMemoryRequest: _TypeAlias = SetDomainMaxMemoryRequest  # noqa: Y015
-
-@_typing.final
-class SetDomainMaxMemoryResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    def __init__(
-        self,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___SetDomainMaxMemoryResponse: _TypeAlias = SetDomainMaxMemoryResponse  # noqa: Y015
-
-@_typing.final
 class GetDomainVcpusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -6719,3 +6682,301 @@ class GetDomainVcpusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDomainVcpusResponse: _TypeAlias = GetDomainVcpusResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainInterfaceParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    device: _builtins.str
+    """The interface: its target device name or MAC address."""
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """live or config, not both; neither is the domain's current state."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        device: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainInterfaceParametersRequest: _TypeAlias = GetDomainInterfaceParametersRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainInterfaceParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]: ...
+    def __init__(
+        self,
+        *,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainInterfaceParametersResponse: _TypeAlias = GetDomainInterfaceParametersResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainInterfaceParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    device: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """As SetDomainSchedulerParametersRequest's."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        device: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "name", b"name", "parameters", b"parameters", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainInterfaceParametersRequest: _TypeAlias = SetDomainInterfaceParametersRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainInterfaceParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainInterfaceParametersResponse: _TypeAlias = SetDomainInterfaceParametersResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainMemoryStatsPeriodRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    period_seconds: _builtins.int
+    """Seconds between two reports; 0 stops them."""
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        period_seconds: _builtins.int = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "period_seconds", b"period_seconds", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainMemoryStatsPeriodRequest: _TypeAlias = SetDomainMemoryStatsPeriodRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainMemoryStatsPeriodResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainMemoryStatsPeriodResponse: _TypeAlias = SetDomainMemoryStatsPeriodResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainIOThreadParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    id: _builtins.int
+    """The IOThread's id."""
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """At least one; integers in any integer field."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        id: _builtins.int = ...,
+        scope: Global___Scope | None = ...,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "parameters", b"parameters", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainIOThreadParametersRequest: _TypeAlias = SetDomainIOThreadParametersRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainIOThreadParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainIOThreadParametersResponse: _TypeAlias = SetDomainIOThreadParametersResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainVcpuRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VCPUS_FIELD_NUMBER: _builtins.int
+    ENABLE_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    enable: _builtins.bool
+    """Enable them, or disable them."""
+    @_builtins.property
+    def vcpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The vCPUs to change, at least one."""
+
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        vcpus: _abc.Iterable[_builtins.int] | None = ...,
+        enable: _builtins.bool = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enable", b"enable", "name", b"name", "scope", b"scope", "vcpus", b"vcpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainVcpuRequest: _TypeAlias = SetDomainVcpuRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainVcpuResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainVcpuResponse: _TypeAlias = SetDomainVcpuResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainSecurityLabelsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainSecurityLabelsRequest: _TypeAlias = GetDomainSecurityLabelsRequest  # noqa: Y015
+
+@_typing.final
+class SecurityLabel(_message.Message):
+    """A domain's label of one security driver (virSecurityLabel)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_FIELD_NUMBER: _builtins.int
+    ENFORCING_FIELD_NUMBER: _builtins.int
+    label: _builtins.str
+    """For example "system_u:system_r:svirt_t:s0:c1,c2"; empty when none."""
+    enforcing: _builtins.bool
+    def __init__(
+        self,
+        *,
+        label: _builtins.str = ...,
+        enforcing: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enforcing", b"enforcing", "label", b"label"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecurityLabel: _TypeAlias = SecurityLabel  # noqa: Y015
+
+@_typing.final
+class GetDomainSecurityLabelsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecurityLabel]: ...
+    def __init__(
+        self,
+        *,
+        labels: _abc.Iterable[Global___SecurityLabel] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainSecurityLabelsResponse: _TypeAlias = GetDomainSecurityLabelsResponse  # noqa: Y015

@@ -493,15 +493,40 @@ class ComputeServiceStub:
                 request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMaxMemoryRequest.SerializeToString,
                 response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMaxMemoryResponse.FromString,
                 _registered_method=True)
-        self.SetDomainMaxMemory = channel.unary_unary(
-                '/virtmesh.compute.v1.ComputeService/SetDomainMaxMemory',
-                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMaxMemoryRequest.SerializeToString,
-                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMaxMemoryResponse.FromString,
-                _registered_method=True)
         self.GetDomainVcpus = channel.unary_unary(
                 '/virtmesh.compute.v1.ComputeService/GetDomainVcpus',
                 request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpusRequest.SerializeToString,
                 response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpusResponse.FromString,
+                _registered_method=True)
+        self.GetDomainInterfaceParameters = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainInterfaceParameters',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainInterfaceParametersRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainInterfaceParametersResponse.FromString,
+                _registered_method=True)
+        self.SetDomainInterfaceParameters = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainInterfaceParameters',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainInterfaceParametersRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainInterfaceParametersResponse.FromString,
+                _registered_method=True)
+        self.SetDomainMemoryStatsPeriod = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainMemoryStatsPeriod',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMemoryStatsPeriodRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMemoryStatsPeriodResponse.FromString,
+                _registered_method=True)
+        self.SetDomainIOThreadParameters = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainIOThreadParameters',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainIOThreadParametersRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainIOThreadParametersResponse.FromString,
+                _registered_method=True)
+        self.SetDomainVcpu = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainVcpu',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainVcpuRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainVcpuResponse.FromString,
+                _registered_method=True)
+        self.GetDomainSecurityLabels = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainSecurityLabels',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSecurityLabelsRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSecurityLabelsResponse.FromString,
                 _registered_method=True)
 
 
@@ -1388,18 +1413,9 @@ class ComputeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetDomainMaxMemory(self, request, context):
-        """Returns the domain's maximum memory (virDomainGetMaxMemory).
+        """Returns the domain's maximum memory (virDomainGetMaxMemory); SetDomainMemory
+        with `maximum` changes it.
         Errors: NOT_FOUND.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def SetDomainMaxMemory(self, request, context):
-        """Changes the domain's maximum memory (virDomainSetMaxMemory, virsh
-        setmaxmem).
-        Errors: NOT_FOUND; INVALID_ARGUMENT for 0; FAILED_PRECONDITION when the
-        driver cannot change it on a running domain.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1410,6 +1426,71 @@ class ComputeServiceServicer:
         (virDomainGetVcpus, virsh vcpuinfo), and the domain's maximum vCPUs
         (virDomainGetMaxVcpus).
         Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainInterfaceParameters(self, request, context):
+        """Returns an interface's bandwidth tunables (virDomainGetInterfaceParameters,
+        virsh domiftune): inbound.average, inbound.peak, ... in KiB/s and KiB.
+        Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a device the
+        domain does not have, or live and config together; FAILED_PRECONDITION
+        for live on an inactive domain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainInterfaceParameters(self, request, context):
+        """Changes an interface's bandwidth tunables
+        (virDomainSetInterfaceParameters).
+        Errors: as SetDomainSchedulerParameters; INVALID_ARGUMENT for a device
+        the domain does not have.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainMemoryStatsPeriod(self, request, context):
+        """Changes how often the balloon driver reports memory statistics
+        (virDomainSetMemoryStatsPeriod, virsh dommemstat --period); 0 stops them.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a period above 2^31-1;
+        FAILED_PRECONDITION for live on an inactive domain or a domain without
+        a balloon.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainIOThreadParameters(self, request, context):
+        """Changes an IOThread's polling and thread-pool parameters
+        (virDomainSetIOThreadParams, virsh iothreadset): poll_max_ns, poll_grow,
+        poll_shrink, thread_pool_min, thread_pool_max.
+        Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for no parameter, a
+        name libvirt does not have, a value of the wrong type or an IOThread the
+        domain does not have (nothing is changed then); FAILED_PRECONDITION for
+        live on an inactive domain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainVcpu(self, request, context):
+        """Enables or disables individual vCPUs (virDomainSetVcpu, virsh setvcpu).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for no vCPU or one the domain does
+        not have; FAILED_PRECONDITION for live on an inactive domain;
+        UNIMPLEMENTED when the driver cannot (the test driver).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainSecurityLabels(self, request, context):
+        """Returns the domain's security labels, one per security driver
+        (virDomainGetSecurityLabelList).
+        Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
+        driver).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1868,15 +1949,40 @@ def add_ComputeServiceServicer_to_server(servicer, server):
                     request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMaxMemoryRequest.FromString,
                     response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMaxMemoryResponse.SerializeToString,
             ),
-            'SetDomainMaxMemory': grpc.unary_unary_rpc_method_handler(
-                    servicer.SetDomainMaxMemory,
-                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMaxMemoryRequest.FromString,
-                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMaxMemoryResponse.SerializeToString,
-            ),
             'GetDomainVcpus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDomainVcpus,
                     request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpusRequest.FromString,
                     response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpusResponse.SerializeToString,
+            ),
+            'GetDomainInterfaceParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainInterfaceParameters,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainInterfaceParametersRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainInterfaceParametersResponse.SerializeToString,
+            ),
+            'SetDomainInterfaceParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainInterfaceParameters,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainInterfaceParametersRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainInterfaceParametersResponse.SerializeToString,
+            ),
+            'SetDomainMemoryStatsPeriod': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainMemoryStatsPeriod,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMemoryStatsPeriodRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMemoryStatsPeriodResponse.SerializeToString,
+            ),
+            'SetDomainIOThreadParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainIOThreadParameters,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainIOThreadParametersRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainIOThreadParametersResponse.SerializeToString,
+            ),
+            'SetDomainVcpu': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainVcpu,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainVcpuRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainVcpuResponse.SerializeToString,
+            ),
+            'GetDomainSecurityLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainSecurityLabels,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSecurityLabelsRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSecurityLabelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -4329,33 +4435,6 @@ class ComputeService:
             _registered_method=True)
 
     @staticmethod
-    def SetDomainMaxMemory(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/virtmesh.compute.v1.ComputeService/SetDomainMaxMemory',
-            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMaxMemoryRequest.SerializeToString,
-            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMaxMemoryResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
     def GetDomainVcpus(request,
             target,
             options=(),
@@ -4372,6 +4451,168 @@ class ComputeService:
             '/virtmesh.compute.v1.ComputeService/GetDomainVcpus',
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpusRequest.SerializeToString,
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainInterfaceParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainInterfaceParameters',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainInterfaceParametersRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainInterfaceParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainInterfaceParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainInterfaceParameters',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainInterfaceParametersRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainInterfaceParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainMemoryStatsPeriod(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainMemoryStatsPeriod',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMemoryStatsPeriodRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMemoryStatsPeriodResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainIOThreadParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainIOThreadParameters',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainIOThreadParametersRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainIOThreadParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainVcpu(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainVcpu',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainVcpuRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainVcpuResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainSecurityLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainSecurityLabels',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSecurityLabelsRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSecurityLabelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

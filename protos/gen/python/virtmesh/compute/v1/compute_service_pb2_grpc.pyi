@@ -553,20 +553,56 @@ class ComputeServiceStub:
     INVALID_ARGUMENT for a start_cpu beyond the host's CPUs.
     """
     GetDomainMaxMemory: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainMaxMemoryRequest, _compute_service_pb2.GetDomainMaxMemoryResponse]
-    """Returns the domain's maximum memory (virDomainGetMaxMemory).
+    """Returns the domain's maximum memory (virDomainGetMaxMemory); SetDomainMemory
+    with `maximum` changes it.
     Errors: NOT_FOUND.
-    """
-    SetDomainMaxMemory: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainMaxMemoryRequest, _compute_service_pb2.SetDomainMaxMemoryResponse]
-    """Changes the domain's maximum memory (virDomainSetMaxMemory, virsh
-    setmaxmem).
-    Errors: NOT_FOUND; INVALID_ARGUMENT for 0; FAILED_PRECONDITION when the
-    driver cannot change it on a running domain.
     """
     GetDomainVcpus: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainVcpusRequest, _compute_service_pb2.GetDomainVcpusResponse]
     """Returns each vCPU's state, CPU time and host CPU with its affinity
     (virDomainGetVcpus, virsh vcpuinfo), and the domain's maximum vCPUs
     (virDomainGetMaxVcpus).
     Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+    """
+    GetDomainInterfaceParameters: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainInterfaceParametersRequest, _compute_service_pb2.GetDomainInterfaceParametersResponse]
+    """Returns an interface's bandwidth tunables (virDomainGetInterfaceParameters,
+    virsh domiftune): inbound.average, inbound.peak, ... in KiB/s and KiB.
+    Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a device the
+    domain does not have, or live and config together; FAILED_PRECONDITION
+    for live on an inactive domain.
+    """
+    SetDomainInterfaceParameters: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainInterfaceParametersRequest, _compute_service_pb2.SetDomainInterfaceParametersResponse]
+    """Changes an interface's bandwidth tunables
+    (virDomainSetInterfaceParameters).
+    Errors: as SetDomainSchedulerParameters; INVALID_ARGUMENT for a device
+    the domain does not have.
+    """
+    SetDomainMemoryStatsPeriod: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainMemoryStatsPeriodRequest, _compute_service_pb2.SetDomainMemoryStatsPeriodResponse]
+    """Changes how often the balloon driver reports memory statistics
+    (virDomainSetMemoryStatsPeriod, virsh dommemstat --period); 0 stops them.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a period above 2^31-1;
+    FAILED_PRECONDITION for live on an inactive domain or a domain without
+    a balloon.
+    """
+    SetDomainIOThreadParameters: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainIOThreadParametersRequest, _compute_service_pb2.SetDomainIOThreadParametersResponse]
+    """Changes an IOThread's polling and thread-pool parameters
+    (virDomainSetIOThreadParams, virsh iothreadset): poll_max_ns, poll_grow,
+    poll_shrink, thread_pool_min, thread_pool_max.
+    Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for no parameter, a
+    name libvirt does not have, a value of the wrong type or an IOThread the
+    domain does not have (nothing is changed then); FAILED_PRECONDITION for
+    live on an inactive domain.
+    """
+    SetDomainVcpu: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainVcpuRequest, _compute_service_pb2.SetDomainVcpuResponse]
+    """Enables or disables individual vCPUs (virDomainSetVcpu, virsh setvcpu).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for no vCPU or one the domain does
+    not have; FAILED_PRECONDITION for live on an inactive domain;
+    UNIMPLEMENTED when the driver cannot (the test driver).
+    """
+    GetDomainSecurityLabels: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainSecurityLabelsRequest, _compute_service_pb2.GetDomainSecurityLabelsResponse]
+    """Returns the domain's security labels, one per security driver
+    (virDomainGetSecurityLabelList).
+    Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
+    driver).
     """
 
 @_typing.type_check_only
@@ -1094,20 +1130,56 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     INVALID_ARGUMENT for a start_cpu beyond the host's CPUs.
     """
     GetDomainMaxMemory: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainMaxMemoryRequest, _compute_service_pb2.GetDomainMaxMemoryResponse]  # type: ignore[assignment]
-    """Returns the domain's maximum memory (virDomainGetMaxMemory).
+    """Returns the domain's maximum memory (virDomainGetMaxMemory); SetDomainMemory
+    with `maximum` changes it.
     Errors: NOT_FOUND.
-    """
-    SetDomainMaxMemory: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainMaxMemoryRequest, _compute_service_pb2.SetDomainMaxMemoryResponse]  # type: ignore[assignment]
-    """Changes the domain's maximum memory (virDomainSetMaxMemory, virsh
-    setmaxmem).
-    Errors: NOT_FOUND; INVALID_ARGUMENT for 0; FAILED_PRECONDITION when the
-    driver cannot change it on a running domain.
     """
     GetDomainVcpus: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainVcpusRequest, _compute_service_pb2.GetDomainVcpusResponse]  # type: ignore[assignment]
     """Returns each vCPU's state, CPU time and host CPU with its affinity
     (virDomainGetVcpus, virsh vcpuinfo), and the domain's maximum vCPUs
     (virDomainGetMaxVcpus).
     Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+    """
+    GetDomainInterfaceParameters: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainInterfaceParametersRequest, _compute_service_pb2.GetDomainInterfaceParametersResponse]  # type: ignore[assignment]
+    """Returns an interface's bandwidth tunables (virDomainGetInterfaceParameters,
+    virsh domiftune): inbound.average, inbound.peak, ... in KiB/s and KiB.
+    Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a device the
+    domain does not have, or live and config together; FAILED_PRECONDITION
+    for live on an inactive domain.
+    """
+    SetDomainInterfaceParameters: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainInterfaceParametersRequest, _compute_service_pb2.SetDomainInterfaceParametersResponse]  # type: ignore[assignment]
+    """Changes an interface's bandwidth tunables
+    (virDomainSetInterfaceParameters).
+    Errors: as SetDomainSchedulerParameters; INVALID_ARGUMENT for a device
+    the domain does not have.
+    """
+    SetDomainMemoryStatsPeriod: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainMemoryStatsPeriodRequest, _compute_service_pb2.SetDomainMemoryStatsPeriodResponse]  # type: ignore[assignment]
+    """Changes how often the balloon driver reports memory statistics
+    (virDomainSetMemoryStatsPeriod, virsh dommemstat --period); 0 stops them.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a period above 2^31-1;
+    FAILED_PRECONDITION for live on an inactive domain or a domain without
+    a balloon.
+    """
+    SetDomainIOThreadParameters: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainIOThreadParametersRequest, _compute_service_pb2.SetDomainIOThreadParametersResponse]  # type: ignore[assignment]
+    """Changes an IOThread's polling and thread-pool parameters
+    (virDomainSetIOThreadParams, virsh iothreadset): poll_max_ns, poll_grow,
+    poll_shrink, thread_pool_min, thread_pool_max.
+    Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for no parameter, a
+    name libvirt does not have, a value of the wrong type or an IOThread the
+    domain does not have (nothing is changed then); FAILED_PRECONDITION for
+    live on an inactive domain.
+    """
+    SetDomainVcpu: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainVcpuRequest, _compute_service_pb2.SetDomainVcpuResponse]  # type: ignore[assignment]
+    """Enables or disables individual vCPUs (virDomainSetVcpu, virsh setvcpu).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for no vCPU or one the domain does
+    not have; FAILED_PRECONDITION for live on an inactive domain;
+    UNIMPLEMENTED when the driver cannot (the test driver).
+    """
+    GetDomainSecurityLabels: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainSecurityLabelsRequest, _compute_service_pb2.GetDomainSecurityLabelsResponse]  # type: ignore[assignment]
+    """Returns the domain's security labels, one per security driver
+    (virDomainGetSecurityLabelList).
+    Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
+    driver).
     """
 
 class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -2172,20 +2244,9 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _compute_service_pb2.GetDomainMaxMemoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_compute_service_pb2.GetDomainMaxMemoryResponse, _abc.Awaitable[_compute_service_pb2.GetDomainMaxMemoryResponse]]:
-        """Returns the domain's maximum memory (virDomainGetMaxMemory).
+        """Returns the domain's maximum memory (virDomainGetMaxMemory); SetDomainMemory
+        with `maximum` changes it.
         Errors: NOT_FOUND.
-        """
-
-    @_abc_1.abstractmethod
-    def SetDomainMaxMemory(
-        self,
-        request: _compute_service_pb2.SetDomainMaxMemoryRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_compute_service_pb2.SetDomainMaxMemoryResponse, _abc.Awaitable[_compute_service_pb2.SetDomainMaxMemoryResponse]]:
-        """Changes the domain's maximum memory (virDomainSetMaxMemory, virsh
-        setmaxmem).
-        Errors: NOT_FOUND; INVALID_ARGUMENT for 0; FAILED_PRECONDITION when the
-        driver cannot change it on a running domain.
         """
 
     @_abc_1.abstractmethod
@@ -2198,6 +2259,83 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         (virDomainGetVcpus, virsh vcpuinfo), and the domain's maximum vCPUs
         (virDomainGetMaxVcpus).
         Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainInterfaceParameters(
+        self,
+        request: _compute_service_pb2.GetDomainInterfaceParametersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainInterfaceParametersResponse, _abc.Awaitable[_compute_service_pb2.GetDomainInterfaceParametersResponse]]:
+        """Returns an interface's bandwidth tunables (virDomainGetInterfaceParameters,
+        virsh domiftune): inbound.average, inbound.peak, ... in KiB/s and KiB.
+        Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a device the
+        domain does not have, or live and config together; FAILED_PRECONDITION
+        for live on an inactive domain.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainInterfaceParameters(
+        self,
+        request: _compute_service_pb2.SetDomainInterfaceParametersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainInterfaceParametersResponse, _abc.Awaitable[_compute_service_pb2.SetDomainInterfaceParametersResponse]]:
+        """Changes an interface's bandwidth tunables
+        (virDomainSetInterfaceParameters).
+        Errors: as SetDomainSchedulerParameters; INVALID_ARGUMENT for a device
+        the domain does not have.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainMemoryStatsPeriod(
+        self,
+        request: _compute_service_pb2.SetDomainMemoryStatsPeriodRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainMemoryStatsPeriodResponse, _abc.Awaitable[_compute_service_pb2.SetDomainMemoryStatsPeriodResponse]]:
+        """Changes how often the balloon driver reports memory statistics
+        (virDomainSetMemoryStatsPeriod, virsh dommemstat --period); 0 stops them.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a period above 2^31-1;
+        FAILED_PRECONDITION for live on an inactive domain or a domain without
+        a balloon.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainIOThreadParameters(
+        self,
+        request: _compute_service_pb2.SetDomainIOThreadParametersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainIOThreadParametersResponse, _abc.Awaitable[_compute_service_pb2.SetDomainIOThreadParametersResponse]]:
+        """Changes an IOThread's polling and thread-pool parameters
+        (virDomainSetIOThreadParams, virsh iothreadset): poll_max_ns, poll_grow,
+        poll_shrink, thread_pool_min, thread_pool_max.
+        Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for no parameter, a
+        name libvirt does not have, a value of the wrong type or an IOThread the
+        domain does not have (nothing is changed then); FAILED_PRECONDITION for
+        live on an inactive domain.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainVcpu(
+        self,
+        request: _compute_service_pb2.SetDomainVcpuRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainVcpuResponse, _abc.Awaitable[_compute_service_pb2.SetDomainVcpuResponse]]:
+        """Enables or disables individual vCPUs (virDomainSetVcpu, virsh setvcpu).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for no vCPU or one the domain does
+        not have; FAILED_PRECONDITION for live on an inactive domain;
+        UNIMPLEMENTED when the driver cannot (the test driver).
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainSecurityLabels(
+        self,
+        request: _compute_service_pb2.GetDomainSecurityLabelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainSecurityLabelsResponse, _abc.Awaitable[_compute_service_pb2.GetDomainSecurityLabelsResponse]]:
+        """Returns the domain's security labels, one per security driver
+        (virDomainGetSecurityLabelList).
+        Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
+        driver).
         """
 
 def add_ComputeServiceServicer_to_server(servicer: ComputeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

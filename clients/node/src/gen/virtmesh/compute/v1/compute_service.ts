@@ -3236,14 +3236,6 @@ export interface GetDomainMaxMemoryResponse {
   maxMemoryKib: bigint;
 }
 
-export interface SetDomainMaxMemoryRequest {
-  name: string;
-  maxMemoryKib: bigint;
-}
-
-export interface SetDomainMaxMemoryResponse {
-}
-
 export interface GetDomainVcpusRequest {
   name: string;
 }
@@ -3262,6 +3254,82 @@ export interface GetDomainVcpusResponse {
   vcpus: VcpuInfo[];
   /** The most vCPUs the domain may have. */
   maxVcpus: number;
+}
+
+export interface GetDomainInterfaceParametersRequest {
+  name: string;
+  /** The interface: its target device name or MAC address. */
+  device: string;
+  /** live or config, not both; neither is the domain's current state. */
+  scope?: Scope | undefined;
+}
+
+export interface GetDomainInterfaceParametersResponse {
+  parameters: TypedParameter[];
+}
+
+export interface SetDomainInterfaceParametersRequest {
+  name: string;
+  device: string;
+  scope?:
+    | Scope
+    | undefined;
+  /** As SetDomainSchedulerParametersRequest's. */
+  parameters: TypedParameter[];
+}
+
+export interface SetDomainInterfaceParametersResponse {
+}
+
+export interface SetDomainMemoryStatsPeriodRequest {
+  name: string;
+  /** Seconds between two reports; 0 stops them. */
+  periodSeconds: number;
+  scope?: Scope | undefined;
+}
+
+export interface SetDomainMemoryStatsPeriodResponse {
+}
+
+export interface SetDomainIOThreadParametersRequest {
+  name: string;
+  /** The IOThread's id. */
+  id: number;
+  scope?:
+    | Scope
+    | undefined;
+  /** At least one; integers in any integer field. */
+  parameters: TypedParameter[];
+}
+
+export interface SetDomainIOThreadParametersResponse {
+}
+
+export interface SetDomainVcpuRequest {
+  name: string;
+  /** The vCPUs to change, at least one. */
+  vcpus: number[];
+  /** Enable them, or disable them. */
+  enable: boolean;
+  scope?: Scope | undefined;
+}
+
+export interface SetDomainVcpuResponse {
+}
+
+export interface GetDomainSecurityLabelsRequest {
+  name: string;
+}
+
+/** A domain's label of one security driver (virSecurityLabel). */
+export interface SecurityLabel {
+  /** For example "system_u:system_r:svirt_t:s0:c1,c2"; empty when none. */
+  label: string;
+  enforcing: boolean;
+}
+
+export interface GetDomainSecurityLabelsResponse {
+  labels: SecurityLabel[];
 }
 
 function createBaseDomain(): Domain {
@@ -25474,152 +25542,6 @@ export const GetDomainMaxMemoryResponse: MessageFns<GetDomainMaxMemoryResponse> 
   },
 };
 
-function createBaseSetDomainMaxMemoryRequest(): SetDomainMaxMemoryRequest {
-  return { name: "", maxMemoryKib: 0n };
-}
-
-export const SetDomainMaxMemoryRequest: MessageFns<SetDomainMaxMemoryRequest> = {
-  encode(message: SetDomainMaxMemoryRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.name !== "") {
-      writer.uint32(10).string(message.name);
-    }
-    if (message.maxMemoryKib !== 0n) {
-      if (BigInt.asUintN(64, message.maxMemoryKib) !== message.maxMemoryKib) {
-        throw new globalThis.Error("value provided for field message.maxMemoryKib of type uint64 too large");
-      }
-      writer.uint32(16).uint64(message.maxMemoryKib);
-    }
-    return writer;
-  },
-
-  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainMaxMemoryRequest {
-    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
-    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
-    if (previousRecursionDepth >= 100) {
-      throw new globalThis.Error("protobuf decode recursion limit exceeded");
-    }
-    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
-    try {
-      const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseSetDomainMaxMemoryRequest();
-      while (reader.pos < end) {
-        const tag = reader.uint32();
-        switch (tag >>> 3) {
-          case 1: {
-            if (tag !== 10) {
-              break;
-            }
-
-            message.name = reader.string();
-            continue;
-          }
-          case 2: {
-            if (tag !== 16) {
-              break;
-            }
-
-            message.maxMemoryKib = reader.uint64() as bigint;
-            continue;
-          }
-        }
-        if ((tag & 7) === 4 || tag === 0) {
-          break;
-        }
-        reader.skip(tag & 7);
-      }
-      return message;
-    } finally {
-      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
-    }
-  },
-
-  fromJSON(object: any): SetDomainMaxMemoryRequest {
-    return {
-      name: isSet(object.name) ? globalThis.String(object.name) : "",
-      maxMemoryKib: isSet(object.maxMemoryKib)
-        ? BigInt(object.maxMemoryKib)
-        : isSet(object.max_memory_kib)
-        ? BigInt(object.max_memory_kib)
-        : 0n,
-    };
-  },
-
-  toJSON(message: SetDomainMaxMemoryRequest): unknown {
-    const obj: any = {};
-    if (message.name !== "") {
-      obj.name = message.name;
-    }
-    if (message.maxMemoryKib !== 0n) {
-      obj.maxMemoryKib = message.maxMemoryKib.toString();
-    }
-    return obj;
-  },
-
-  create<I extends Exact<DeepPartial<SetDomainMaxMemoryRequest>, I>>(base?: I): SetDomainMaxMemoryRequest {
-    return SetDomainMaxMemoryRequest.fromPartial(base ?? ({} as any));
-  },
-  fromPartial<I extends Exact<DeepPartial<SetDomainMaxMemoryRequest>, I>>(object: I): SetDomainMaxMemoryRequest {
-    const message = createBaseSetDomainMaxMemoryRequest();
-    message.name = object.name ?? "";
-    message.maxMemoryKib = (object.maxMemoryKib !== undefined && object.maxMemoryKib !== null)
-      ? BigInt(object.maxMemoryKib)
-      : 0n;
-    return message;
-  },
-};
-
-function createBaseSetDomainMaxMemoryResponse(): SetDomainMaxMemoryResponse {
-  return {};
-}
-
-export const SetDomainMaxMemoryResponse: MessageFns<SetDomainMaxMemoryResponse> = {
-  encode(_: SetDomainMaxMemoryResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    return writer;
-  },
-
-  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainMaxMemoryResponse {
-    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
-    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
-    if (previousRecursionDepth >= 100) {
-      throw new globalThis.Error("protobuf decode recursion limit exceeded");
-    }
-    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
-    try {
-      const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseSetDomainMaxMemoryResponse();
-      while (reader.pos < end) {
-        const tag = reader.uint32();
-        switch (tag >>> 3) {
-        }
-        if ((tag & 7) === 4 || tag === 0) {
-          break;
-        }
-        reader.skip(tag & 7);
-      }
-      return message;
-    } finally {
-      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
-    }
-  },
-
-  fromJSON(_: any): SetDomainMaxMemoryResponse {
-    return {};
-  },
-
-  toJSON(_: SetDomainMaxMemoryResponse): unknown {
-    const obj: any = {};
-    return obj;
-  },
-
-  create<I extends Exact<DeepPartial<SetDomainMaxMemoryResponse>, I>>(base?: I): SetDomainMaxMemoryResponse {
-    return SetDomainMaxMemoryResponse.fromPartial(base ?? ({} as any));
-  },
-  fromPartial<I extends Exact<DeepPartial<SetDomainMaxMemoryResponse>, I>>(_: I): SetDomainMaxMemoryResponse {
-    const message = createBaseSetDomainMaxMemoryResponse();
-    return message;
-  },
-};
-
 function createBaseGetDomainVcpusRequest(): GetDomainVcpusRequest {
   return { name: "" };
 }
@@ -25914,6 +25836,1117 @@ export const GetDomainVcpusResponse: MessageFns<GetDomainVcpusResponse> = {
     const message = createBaseGetDomainVcpusResponse();
     message.vcpus = object.vcpus?.map((e) => VcpuInfo.fromPartial(e)) || [];
     message.maxVcpus = object.maxVcpus ?? 0;
+    return message;
+  },
+};
+
+function createBaseGetDomainInterfaceParametersRequest(): GetDomainInterfaceParametersRequest {
+  return { name: "", device: "", scope: undefined };
+}
+
+export const GetDomainInterfaceParametersRequest: MessageFns<GetDomainInterfaceParametersRequest> = {
+  encode(message: GetDomainInterfaceParametersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.device !== "") {
+      writer.uint32(18).string(message.device);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainInterfaceParametersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainInterfaceParametersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainInterfaceParametersRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      device: isSet(object.device) ? globalThis.String(object.device) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: GetDomainInterfaceParametersRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainInterfaceParametersRequest>, I>>(
+    base?: I,
+  ): GetDomainInterfaceParametersRequest {
+    return GetDomainInterfaceParametersRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainInterfaceParametersRequest>, I>>(
+    object: I,
+  ): GetDomainInterfaceParametersRequest {
+    const message = createBaseGetDomainInterfaceParametersRequest();
+    message.name = object.name ?? "";
+    message.device = object.device ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseGetDomainInterfaceParametersResponse(): GetDomainInterfaceParametersResponse {
+  return { parameters: [] };
+}
+
+export const GetDomainInterfaceParametersResponse: MessageFns<GetDomainInterfaceParametersResponse> = {
+  encode(message: GetDomainInterfaceParametersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainInterfaceParametersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainInterfaceParametersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainInterfaceParametersResponse {
+    return {
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GetDomainInterfaceParametersResponse): unknown {
+    const obj: any = {};
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainInterfaceParametersResponse>, I>>(
+    base?: I,
+  ): GetDomainInterfaceParametersResponse {
+    return GetDomainInterfaceParametersResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainInterfaceParametersResponse>, I>>(
+    object: I,
+  ): GetDomainInterfaceParametersResponse {
+    const message = createBaseGetDomainInterfaceParametersResponse();
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSetDomainInterfaceParametersRequest(): SetDomainInterfaceParametersRequest {
+  return { name: "", device: "", scope: undefined, parameters: [] };
+}
+
+export const SetDomainInterfaceParametersRequest: MessageFns<SetDomainInterfaceParametersRequest> = {
+  encode(message: SetDomainInterfaceParametersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.device !== "") {
+      writer.uint32(18).string(message.device);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainInterfaceParametersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainInterfaceParametersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainInterfaceParametersRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      device: isSet(object.device) ? globalThis.String(object.device) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: SetDomainInterfaceParametersRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainInterfaceParametersRequest>, I>>(
+    base?: I,
+  ): SetDomainInterfaceParametersRequest {
+    return SetDomainInterfaceParametersRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainInterfaceParametersRequest>, I>>(
+    object: I,
+  ): SetDomainInterfaceParametersRequest {
+    const message = createBaseSetDomainInterfaceParametersRequest();
+    message.name = object.name ?? "";
+    message.device = object.device ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSetDomainInterfaceParametersResponse(): SetDomainInterfaceParametersResponse {
+  return {};
+}
+
+export const SetDomainInterfaceParametersResponse: MessageFns<SetDomainInterfaceParametersResponse> = {
+  encode(_: SetDomainInterfaceParametersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainInterfaceParametersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainInterfaceParametersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainInterfaceParametersResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainInterfaceParametersResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainInterfaceParametersResponse>, I>>(
+    base?: I,
+  ): SetDomainInterfaceParametersResponse {
+    return SetDomainInterfaceParametersResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainInterfaceParametersResponse>, I>>(
+    _: I,
+  ): SetDomainInterfaceParametersResponse {
+    const message = createBaseSetDomainInterfaceParametersResponse();
+    return message;
+  },
+};
+
+function createBaseSetDomainMemoryStatsPeriodRequest(): SetDomainMemoryStatsPeriodRequest {
+  return { name: "", periodSeconds: 0, scope: undefined };
+}
+
+export const SetDomainMemoryStatsPeriodRequest: MessageFns<SetDomainMemoryStatsPeriodRequest> = {
+  encode(message: SetDomainMemoryStatsPeriodRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.periodSeconds !== 0) {
+      writer.uint32(16).uint32(message.periodSeconds);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainMemoryStatsPeriodRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainMemoryStatsPeriodRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.periodSeconds = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainMemoryStatsPeriodRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      periodSeconds: isSet(object.periodSeconds)
+        ? globalThis.Number(object.periodSeconds)
+        : isSet(object.period_seconds)
+        ? globalThis.Number(object.period_seconds)
+        : 0,
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: SetDomainMemoryStatsPeriodRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.periodSeconds !== 0) {
+      obj.periodSeconds = Math.round(message.periodSeconds);
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainMemoryStatsPeriodRequest>, I>>(
+    base?: I,
+  ): SetDomainMemoryStatsPeriodRequest {
+    return SetDomainMemoryStatsPeriodRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainMemoryStatsPeriodRequest>, I>>(
+    object: I,
+  ): SetDomainMemoryStatsPeriodRequest {
+    const message = createBaseSetDomainMemoryStatsPeriodRequest();
+    message.name = object.name ?? "";
+    message.periodSeconds = object.periodSeconds ?? 0;
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseSetDomainMemoryStatsPeriodResponse(): SetDomainMemoryStatsPeriodResponse {
+  return {};
+}
+
+export const SetDomainMemoryStatsPeriodResponse: MessageFns<SetDomainMemoryStatsPeriodResponse> = {
+  encode(_: SetDomainMemoryStatsPeriodResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainMemoryStatsPeriodResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainMemoryStatsPeriodResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainMemoryStatsPeriodResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainMemoryStatsPeriodResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainMemoryStatsPeriodResponse>, I>>(
+    base?: I,
+  ): SetDomainMemoryStatsPeriodResponse {
+    return SetDomainMemoryStatsPeriodResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainMemoryStatsPeriodResponse>, I>>(
+    _: I,
+  ): SetDomainMemoryStatsPeriodResponse {
+    const message = createBaseSetDomainMemoryStatsPeriodResponse();
+    return message;
+  },
+};
+
+function createBaseSetDomainIOThreadParametersRequest(): SetDomainIOThreadParametersRequest {
+  return { name: "", id: 0, scope: undefined, parameters: [] };
+}
+
+export const SetDomainIOThreadParametersRequest: MessageFns<SetDomainIOThreadParametersRequest> = {
+  encode(message: SetDomainIOThreadParametersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.id !== 0) {
+      writer.uint32(16).uint32(message.id);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainIOThreadParametersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainIOThreadParametersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.id = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainIOThreadParametersRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: SetDomainIOThreadParametersRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainIOThreadParametersRequest>, I>>(
+    base?: I,
+  ): SetDomainIOThreadParametersRequest {
+    return SetDomainIOThreadParametersRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainIOThreadParametersRequest>, I>>(
+    object: I,
+  ): SetDomainIOThreadParametersRequest {
+    const message = createBaseSetDomainIOThreadParametersRequest();
+    message.name = object.name ?? "";
+    message.id = object.id ?? 0;
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSetDomainIOThreadParametersResponse(): SetDomainIOThreadParametersResponse {
+  return {};
+}
+
+export const SetDomainIOThreadParametersResponse: MessageFns<SetDomainIOThreadParametersResponse> = {
+  encode(_: SetDomainIOThreadParametersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainIOThreadParametersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainIOThreadParametersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainIOThreadParametersResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainIOThreadParametersResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainIOThreadParametersResponse>, I>>(
+    base?: I,
+  ): SetDomainIOThreadParametersResponse {
+    return SetDomainIOThreadParametersResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainIOThreadParametersResponse>, I>>(
+    _: I,
+  ): SetDomainIOThreadParametersResponse {
+    const message = createBaseSetDomainIOThreadParametersResponse();
+    return message;
+  },
+};
+
+function createBaseSetDomainVcpuRequest(): SetDomainVcpuRequest {
+  return { name: "", vcpus: [], enable: false, scope: undefined };
+}
+
+export const SetDomainVcpuRequest: MessageFns<SetDomainVcpuRequest> = {
+  encode(message: SetDomainVcpuRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.vcpus.length !== 0) {
+      writer.uint32(18).fork();
+      for (const v of message.vcpus) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.enable !== false) {
+      writer.uint32(24).bool(message.enable);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainVcpuRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainVcpuRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag === 16) {
+              message.vcpus.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 18) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.vcpus.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.enable = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainVcpuRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      vcpus: globalThis.Array.isArray(object?.vcpus) ? object.vcpus.map((e: any) => globalThis.Number(e)) : [],
+      enable: isSet(object.enable) ? globalThis.Boolean(object.enable) : false,
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: SetDomainVcpuRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.vcpus?.length) {
+      obj.vcpus = message.vcpus.map((e) => Math.round(e));
+    }
+    if (message.enable !== false) {
+      obj.enable = message.enable;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainVcpuRequest>, I>>(base?: I): SetDomainVcpuRequest {
+    return SetDomainVcpuRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainVcpuRequest>, I>>(object: I): SetDomainVcpuRequest {
+    const message = createBaseSetDomainVcpuRequest();
+    message.name = object.name ?? "";
+    message.vcpus = object.vcpus?.map((e) => e) || [];
+    message.enable = object.enable ?? false;
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseSetDomainVcpuResponse(): SetDomainVcpuResponse {
+  return {};
+}
+
+export const SetDomainVcpuResponse: MessageFns<SetDomainVcpuResponse> = {
+  encode(_: SetDomainVcpuResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainVcpuResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainVcpuResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainVcpuResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainVcpuResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainVcpuResponse>, I>>(base?: I): SetDomainVcpuResponse {
+    return SetDomainVcpuResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainVcpuResponse>, I>>(_: I): SetDomainVcpuResponse {
+    const message = createBaseSetDomainVcpuResponse();
+    return message;
+  },
+};
+
+function createBaseGetDomainSecurityLabelsRequest(): GetDomainSecurityLabelsRequest {
+  return { name: "" };
+}
+
+export const GetDomainSecurityLabelsRequest: MessageFns<GetDomainSecurityLabelsRequest> = {
+  encode(message: GetDomainSecurityLabelsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainSecurityLabelsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainSecurityLabelsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainSecurityLabelsRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: GetDomainSecurityLabelsRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainSecurityLabelsRequest>, I>>(base?: I): GetDomainSecurityLabelsRequest {
+    return GetDomainSecurityLabelsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainSecurityLabelsRequest>, I>>(
+    object: I,
+  ): GetDomainSecurityLabelsRequest {
+    const message = createBaseGetDomainSecurityLabelsRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseSecurityLabel(): SecurityLabel {
+  return { label: "", enforcing: false };
+}
+
+export const SecurityLabel: MessageFns<SecurityLabel> = {
+  encode(message: SecurityLabel, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.label !== "") {
+      writer.uint32(10).string(message.label);
+    }
+    if (message.enforcing !== false) {
+      writer.uint32(16).bool(message.enforcing);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SecurityLabel {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSecurityLabel();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.label = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.enforcing = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SecurityLabel {
+    return {
+      label: isSet(object.label) ? globalThis.String(object.label) : "",
+      enforcing: isSet(object.enforcing) ? globalThis.Boolean(object.enforcing) : false,
+    };
+  },
+
+  toJSON(message: SecurityLabel): unknown {
+    const obj: any = {};
+    if (message.label !== "") {
+      obj.label = message.label;
+    }
+    if (message.enforcing !== false) {
+      obj.enforcing = message.enforcing;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SecurityLabel>, I>>(base?: I): SecurityLabel {
+    return SecurityLabel.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SecurityLabel>, I>>(object: I): SecurityLabel {
+    const message = createBaseSecurityLabel();
+    message.label = object.label ?? "";
+    message.enforcing = object.enforcing ?? false;
+    return message;
+  },
+};
+
+function createBaseGetDomainSecurityLabelsResponse(): GetDomainSecurityLabelsResponse {
+  return { labels: [] };
+}
+
+export const GetDomainSecurityLabelsResponse: MessageFns<GetDomainSecurityLabelsResponse> = {
+  encode(message: GetDomainSecurityLabelsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.labels) {
+      SecurityLabel.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainSecurityLabelsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainSecurityLabelsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.labels.push(SecurityLabel.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainSecurityLabelsResponse {
+    return {
+      labels: globalThis.Array.isArray(object?.labels) ? object.labels.map((e: any) => SecurityLabel.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: GetDomainSecurityLabelsResponse): unknown {
+    const obj: any = {};
+    if (message.labels?.length) {
+      obj.labels = message.labels.map((e) => SecurityLabel.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainSecurityLabelsResponse>, I>>(base?: I): GetDomainSecurityLabelsResponse {
+    return GetDomainSecurityLabelsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainSecurityLabelsResponse>, I>>(
+    object: I,
+  ): GetDomainSecurityLabelsResponse {
+    const message = createBaseGetDomainSecurityLabelsResponse();
+    message.labels = object.labels?.map((e) => SecurityLabel.fromPartial(e)) || [];
     return message;
   },
 };
@@ -27381,7 +28414,8 @@ export const ComputeServiceService = {
     responseDeserialize: (value: Buffer): GetDomainCpuStatsResponse => GetDomainCpuStatsResponse.decode(value),
   },
   /**
-   * Returns the domain's maximum memory (virDomainGetMaxMemory).
+   * Returns the domain's maximum memory (virDomainGetMaxMemory); SetDomainMemory
+   * with `maximum` changes it.
    * Errors: NOT_FOUND.
    */
   getDomainMaxMemory: {
@@ -27394,23 +28428,6 @@ export const ComputeServiceService = {
     responseSerialize: (value: GetDomainMaxMemoryResponse): Buffer =>
       Buffer.from(GetDomainMaxMemoryResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetDomainMaxMemoryResponse => GetDomainMaxMemoryResponse.decode(value),
-  },
-  /**
-   * Changes the domain's maximum memory (virDomainSetMaxMemory, virsh
-   * setmaxmem).
-   * Errors: NOT_FOUND; INVALID_ARGUMENT for 0; FAILED_PRECONDITION when the
-   * driver cannot change it on a running domain.
-   */
-  setDomainMaxMemory: {
-    path: "/virtmesh.compute.v1.ComputeService/SetDomainMaxMemory" as const,
-    requestStream: false as const,
-    responseStream: false as const,
-    requestSerialize: (value: SetDomainMaxMemoryRequest): Buffer =>
-      Buffer.from(SetDomainMaxMemoryRequest.encode(value).finish()),
-    requestDeserialize: (value: Buffer): SetDomainMaxMemoryRequest => SetDomainMaxMemoryRequest.decode(value),
-    responseSerialize: (value: SetDomainMaxMemoryResponse): Buffer =>
-      Buffer.from(SetDomainMaxMemoryResponse.encode(value).finish()),
-    responseDeserialize: (value: Buffer): SetDomainMaxMemoryResponse => SetDomainMaxMemoryResponse.decode(value),
   },
   /**
    * Returns each vCPU's state, CPU time and host CPU with its affinity
@@ -27428,6 +28445,121 @@ export const ComputeServiceService = {
     responseSerialize: (value: GetDomainVcpusResponse): Buffer =>
       Buffer.from(GetDomainVcpusResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetDomainVcpusResponse => GetDomainVcpusResponse.decode(value),
+  },
+  /**
+   * Returns an interface's bandwidth tunables (virDomainGetInterfaceParameters,
+   * virsh domiftune): inbound.average, inbound.peak, ... in KiB/s and KiB.
+   * Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a device the
+   * domain does not have, or live and config together; FAILED_PRECONDITION
+   * for live on an inactive domain.
+   */
+  getDomainInterfaceParameters: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainInterfaceParameters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainInterfaceParametersRequest): Buffer =>
+      Buffer.from(GetDomainInterfaceParametersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainInterfaceParametersRequest =>
+      GetDomainInterfaceParametersRequest.decode(value),
+    responseSerialize: (value: GetDomainInterfaceParametersResponse): Buffer =>
+      Buffer.from(GetDomainInterfaceParametersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainInterfaceParametersResponse =>
+      GetDomainInterfaceParametersResponse.decode(value),
+  },
+  /**
+   * Changes an interface's bandwidth tunables
+   * (virDomainSetInterfaceParameters).
+   * Errors: as SetDomainSchedulerParameters; INVALID_ARGUMENT for a device
+   * the domain does not have.
+   */
+  setDomainInterfaceParameters: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainInterfaceParameters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainInterfaceParametersRequest): Buffer =>
+      Buffer.from(SetDomainInterfaceParametersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainInterfaceParametersRequest =>
+      SetDomainInterfaceParametersRequest.decode(value),
+    responseSerialize: (value: SetDomainInterfaceParametersResponse): Buffer =>
+      Buffer.from(SetDomainInterfaceParametersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainInterfaceParametersResponse =>
+      SetDomainInterfaceParametersResponse.decode(value),
+  },
+  /**
+   * Changes how often the balloon driver reports memory statistics
+   * (virDomainSetMemoryStatsPeriod, virsh dommemstat --period); 0 stops them.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a period above 2^31-1;
+   * FAILED_PRECONDITION for live on an inactive domain or a domain without
+   * a balloon.
+   */
+  setDomainMemoryStatsPeriod: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainMemoryStatsPeriod" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainMemoryStatsPeriodRequest): Buffer =>
+      Buffer.from(SetDomainMemoryStatsPeriodRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainMemoryStatsPeriodRequest =>
+      SetDomainMemoryStatsPeriodRequest.decode(value),
+    responseSerialize: (value: SetDomainMemoryStatsPeriodResponse): Buffer =>
+      Buffer.from(SetDomainMemoryStatsPeriodResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainMemoryStatsPeriodResponse =>
+      SetDomainMemoryStatsPeriodResponse.decode(value),
+  },
+  /**
+   * Changes an IOThread's polling and thread-pool parameters
+   * (virDomainSetIOThreadParams, virsh iothreadset): poll_max_ns, poll_grow,
+   * poll_shrink, thread_pool_min, thread_pool_max.
+   * Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for no parameter, a
+   * name libvirt does not have, a value of the wrong type or an IOThread the
+   * domain does not have (nothing is changed then); FAILED_PRECONDITION for
+   * live on an inactive domain.
+   */
+  setDomainIoThreadParameters: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainIOThreadParameters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainIOThreadParametersRequest): Buffer =>
+      Buffer.from(SetDomainIOThreadParametersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainIOThreadParametersRequest =>
+      SetDomainIOThreadParametersRequest.decode(value),
+    responseSerialize: (value: SetDomainIOThreadParametersResponse): Buffer =>
+      Buffer.from(SetDomainIOThreadParametersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainIOThreadParametersResponse =>
+      SetDomainIOThreadParametersResponse.decode(value),
+  },
+  /**
+   * Enables or disables individual vCPUs (virDomainSetVcpu, virsh setvcpu).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for no vCPU or one the domain does
+   * not have; FAILED_PRECONDITION for live on an inactive domain;
+   * UNIMPLEMENTED when the driver cannot (the test driver).
+   */
+  setDomainVcpu: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainVcpu" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainVcpuRequest): Buffer => Buffer.from(SetDomainVcpuRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainVcpuRequest => SetDomainVcpuRequest.decode(value),
+    responseSerialize: (value: SetDomainVcpuResponse): Buffer =>
+      Buffer.from(SetDomainVcpuResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainVcpuResponse => SetDomainVcpuResponse.decode(value),
+  },
+  /**
+   * Returns the domain's security labels, one per security driver
+   * (virDomainGetSecurityLabelList).
+   * Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
+   * driver).
+   */
+  getDomainSecurityLabels: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainSecurityLabels" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainSecurityLabelsRequest): Buffer =>
+      Buffer.from(GetDomainSecurityLabelsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainSecurityLabelsRequest => GetDomainSecurityLabelsRequest.decode(value),
+    responseSerialize: (value: GetDomainSecurityLabelsResponse): Buffer =>
+      Buffer.from(GetDomainSecurityLabelsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainSecurityLabelsResponse =>
+      GetDomainSecurityLabelsResponse.decode(value),
   },
 } as const;
 
@@ -28018,17 +29150,11 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
    */
   getDomainCpuStats: handleUnaryCall<GetDomainCpuStatsRequest, GetDomainCpuStatsResponse>;
   /**
-   * Returns the domain's maximum memory (virDomainGetMaxMemory).
+   * Returns the domain's maximum memory (virDomainGetMaxMemory); SetDomainMemory
+   * with `maximum` changes it.
    * Errors: NOT_FOUND.
    */
   getDomainMaxMemory: handleUnaryCall<GetDomainMaxMemoryRequest, GetDomainMaxMemoryResponse>;
-  /**
-   * Changes the domain's maximum memory (virDomainSetMaxMemory, virsh
-   * setmaxmem).
-   * Errors: NOT_FOUND; INVALID_ARGUMENT for 0; FAILED_PRECONDITION when the
-   * driver cannot change it on a running domain.
-   */
-  setDomainMaxMemory: handleUnaryCall<SetDomainMaxMemoryRequest, SetDomainMaxMemoryResponse>;
   /**
    * Returns each vCPU's state, CPU time and host CPU with its affinity
    * (virDomainGetVcpus, virsh vcpuinfo), and the domain's maximum vCPUs
@@ -28036,6 +29162,59 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
    * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
    */
   getDomainVcpus: handleUnaryCall<GetDomainVcpusRequest, GetDomainVcpusResponse>;
+  /**
+   * Returns an interface's bandwidth tunables (virDomainGetInterfaceParameters,
+   * virsh domiftune): inbound.average, inbound.peak, ... in KiB/s and KiB.
+   * Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a device the
+   * domain does not have, or live and config together; FAILED_PRECONDITION
+   * for live on an inactive domain.
+   */
+  getDomainInterfaceParameters: handleUnaryCall<
+    GetDomainInterfaceParametersRequest,
+    GetDomainInterfaceParametersResponse
+  >;
+  /**
+   * Changes an interface's bandwidth tunables
+   * (virDomainSetInterfaceParameters).
+   * Errors: as SetDomainSchedulerParameters; INVALID_ARGUMENT for a device
+   * the domain does not have.
+   */
+  setDomainInterfaceParameters: handleUnaryCall<
+    SetDomainInterfaceParametersRequest,
+    SetDomainInterfaceParametersResponse
+  >;
+  /**
+   * Changes how often the balloon driver reports memory statistics
+   * (virDomainSetMemoryStatsPeriod, virsh dommemstat --period); 0 stops them.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a period above 2^31-1;
+   * FAILED_PRECONDITION for live on an inactive domain or a domain without
+   * a balloon.
+   */
+  setDomainMemoryStatsPeriod: handleUnaryCall<SetDomainMemoryStatsPeriodRequest, SetDomainMemoryStatsPeriodResponse>;
+  /**
+   * Changes an IOThread's polling and thread-pool parameters
+   * (virDomainSetIOThreadParams, virsh iothreadset): poll_max_ns, poll_grow,
+   * poll_shrink, thread_pool_min, thread_pool_max.
+   * Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for no parameter, a
+   * name libvirt does not have, a value of the wrong type or an IOThread the
+   * domain does not have (nothing is changed then); FAILED_PRECONDITION for
+   * live on an inactive domain.
+   */
+  setDomainIoThreadParameters: handleUnaryCall<SetDomainIOThreadParametersRequest, SetDomainIOThreadParametersResponse>;
+  /**
+   * Enables or disables individual vCPUs (virDomainSetVcpu, virsh setvcpu).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for no vCPU or one the domain does
+   * not have; FAILED_PRECONDITION for live on an inactive domain;
+   * UNIMPLEMENTED when the driver cannot (the test driver).
+   */
+  setDomainVcpu: handleUnaryCall<SetDomainVcpuRequest, SetDomainVcpuResponse>;
+  /**
+   * Returns the domain's security labels, one per security driver
+   * (virDomainGetSecurityLabelList).
+   * Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
+   * driver).
+   */
+  getDomainSecurityLabels: handleUnaryCall<GetDomainSecurityLabelsRequest, GetDomainSecurityLabelsResponse>;
 }
 
 export interface ComputeServiceClient extends Client {
@@ -29832,7 +31011,8 @@ export interface ComputeServiceClient extends Client {
     callback: (error: ServiceError | null, response: GetDomainCpuStatsResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Returns the domain's maximum memory (virDomainGetMaxMemory).
+   * Returns the domain's maximum memory (virDomainGetMaxMemory); SetDomainMemory
+   * with `maximum` changes it.
    * Errors: NOT_FOUND.
    */
   getDomainMaxMemory(
@@ -29849,27 +31029,6 @@ export interface ComputeServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetDomainMaxMemoryResponse) => void,
-  ): ClientUnaryCall;
-  /**
-   * Changes the domain's maximum memory (virDomainSetMaxMemory, virsh
-   * setmaxmem).
-   * Errors: NOT_FOUND; INVALID_ARGUMENT for 0; FAILED_PRECONDITION when the
-   * driver cannot change it on a running domain.
-   */
-  setDomainMaxMemory(
-    request: SetDomainMaxMemoryRequest,
-    callback: (error: ServiceError | null, response: SetDomainMaxMemoryResponse) => void,
-  ): ClientUnaryCall;
-  setDomainMaxMemory(
-    request: SetDomainMaxMemoryRequest,
-    metadata: Metadata,
-    callback: (error: ServiceError | null, response: SetDomainMaxMemoryResponse) => void,
-  ): ClientUnaryCall;
-  setDomainMaxMemory(
-    request: SetDomainMaxMemoryRequest,
-    metadata: Metadata,
-    options: Partial<CallOptions>,
-    callback: (error: ServiceError | null, response: SetDomainMaxMemoryResponse) => void,
   ): ClientUnaryCall;
   /**
    * Returns each vCPU's state, CPU time and host CPU with its affinity
@@ -29891,6 +31050,137 @@ export interface ComputeServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetDomainVcpusResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns an interface's bandwidth tunables (virDomainGetInterfaceParameters,
+   * virsh domiftune): inbound.average, inbound.peak, ... in KiB/s and KiB.
+   * Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a device the
+   * domain does not have, or live and config together; FAILED_PRECONDITION
+   * for live on an inactive domain.
+   */
+  getDomainInterfaceParameters(
+    request: GetDomainInterfaceParametersRequest,
+    callback: (error: ServiceError | null, response: GetDomainInterfaceParametersResponse) => void,
+  ): ClientUnaryCall;
+  getDomainInterfaceParameters(
+    request: GetDomainInterfaceParametersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainInterfaceParametersResponse) => void,
+  ): ClientUnaryCall;
+  getDomainInterfaceParameters(
+    request: GetDomainInterfaceParametersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainInterfaceParametersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Changes an interface's bandwidth tunables
+   * (virDomainSetInterfaceParameters).
+   * Errors: as SetDomainSchedulerParameters; INVALID_ARGUMENT for a device
+   * the domain does not have.
+   */
+  setDomainInterfaceParameters(
+    request: SetDomainInterfaceParametersRequest,
+    callback: (error: ServiceError | null, response: SetDomainInterfaceParametersResponse) => void,
+  ): ClientUnaryCall;
+  setDomainInterfaceParameters(
+    request: SetDomainInterfaceParametersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainInterfaceParametersResponse) => void,
+  ): ClientUnaryCall;
+  setDomainInterfaceParameters(
+    request: SetDomainInterfaceParametersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainInterfaceParametersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Changes how often the balloon driver reports memory statistics
+   * (virDomainSetMemoryStatsPeriod, virsh dommemstat --period); 0 stops them.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a period above 2^31-1;
+   * FAILED_PRECONDITION for live on an inactive domain or a domain without
+   * a balloon.
+   */
+  setDomainMemoryStatsPeriod(
+    request: SetDomainMemoryStatsPeriodRequest,
+    callback: (error: ServiceError | null, response: SetDomainMemoryStatsPeriodResponse) => void,
+  ): ClientUnaryCall;
+  setDomainMemoryStatsPeriod(
+    request: SetDomainMemoryStatsPeriodRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainMemoryStatsPeriodResponse) => void,
+  ): ClientUnaryCall;
+  setDomainMemoryStatsPeriod(
+    request: SetDomainMemoryStatsPeriodRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainMemoryStatsPeriodResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Changes an IOThread's polling and thread-pool parameters
+   * (virDomainSetIOThreadParams, virsh iothreadset): poll_max_ns, poll_grow,
+   * poll_shrink, thread_pool_min, thread_pool_max.
+   * Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for no parameter, a
+   * name libvirt does not have, a value of the wrong type or an IOThread the
+   * domain does not have (nothing is changed then); FAILED_PRECONDITION for
+   * live on an inactive domain.
+   */
+  setDomainIoThreadParameters(
+    request: SetDomainIOThreadParametersRequest,
+    callback: (error: ServiceError | null, response: SetDomainIOThreadParametersResponse) => void,
+  ): ClientUnaryCall;
+  setDomainIoThreadParameters(
+    request: SetDomainIOThreadParametersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainIOThreadParametersResponse) => void,
+  ): ClientUnaryCall;
+  setDomainIoThreadParameters(
+    request: SetDomainIOThreadParametersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainIOThreadParametersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Enables or disables individual vCPUs (virDomainSetVcpu, virsh setvcpu).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for no vCPU or one the domain does
+   * not have; FAILED_PRECONDITION for live on an inactive domain;
+   * UNIMPLEMENTED when the driver cannot (the test driver).
+   */
+  setDomainVcpu(
+    request: SetDomainVcpuRequest,
+    callback: (error: ServiceError | null, response: SetDomainVcpuResponse) => void,
+  ): ClientUnaryCall;
+  setDomainVcpu(
+    request: SetDomainVcpuRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainVcpuResponse) => void,
+  ): ClientUnaryCall;
+  setDomainVcpu(
+    request: SetDomainVcpuRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainVcpuResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns the domain's security labels, one per security driver
+   * (virDomainGetSecurityLabelList).
+   * Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
+   * driver).
+   */
+  getDomainSecurityLabels(
+    request: GetDomainSecurityLabelsRequest,
+    callback: (error: ServiceError | null, response: GetDomainSecurityLabelsResponse) => void,
+  ): ClientUnaryCall;
+  getDomainSecurityLabels(
+    request: GetDomainSecurityLabelsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainSecurityLabelsResponse) => void,
+  ): ClientUnaryCall;
+  getDomainSecurityLabels(
+    request: GetDomainSecurityLabelsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainSecurityLabelsResponse) => void,
   ): ClientUnaryCall;
 }
 
