@@ -209,6 +209,16 @@ def test_what_the_test_driver_lacks_is_unimplemented(stub: Stub) -> None:
         (C.INVALID_ARGUMENT, "MISSING_FIELD")
 
 
+def test_launch_security_is_refused_cleanly_without_sev(stub: Stub) -> None:
+    assert failed(stub.GetDomainLaunchSecurityInfo, pb.GetDomainLaunchSecurityInfoRequest(
+        name="alpha")) == (C.FAILED_PRECONDITION, "NO_LAUNCH_SECURITY")
+    assert failed(stub.SetDomainLaunchSecurityState, pb.SetDomainLaunchSecurityStateRequest(
+        name="alpha", secret="c2VjcmV0", secret_header="aGVhZGVy", set_address=0)) == \
+        (C.FAILED_PRECONDITION, "NO_LAUNCH_SECURITY")
+    assert failed(stub.SetDomainLaunchSecurityState, pb.SetDomainLaunchSecurityStateRequest(
+        name="alpha", secret="c2VjcmV0")) == (C.INVALID_ARGUMENT, "MISSING_FIELD")
+
+
 def test_memory_stats_period(stub: Stub) -> None:
     stub.DefineDomain(pb.DefineDomainRequest(xml=domain_xml("gamma").replace(
         "</domain>", "<devices><memballoon model='virtio'/></devices></domain>")), timeout=10)
@@ -335,6 +345,7 @@ TUNING_RPCS = [
     "GetDomainMaxMemory", "GetDomainVcpus",
     "GetDomainInterfaceParameters", "SetDomainInterfaceParameters", "SetDomainMemoryStatsPeriod",
     "SetDomainIOThreadParameters", "SetDomainVcpu", "GetDomainSecurityLabels",
+    "GetDomainLaunchSecurityInfo", "SetDomainLaunchSecurityState",
 ]
 #: what makes each request valid but for its domain
 VALID: dict[str, dict[str, Any]] = {
@@ -357,6 +368,7 @@ VALID: dict[str, dict[str, Any]] = {
     "SetDomainIOThreadParameters": {"id": 1, "parameters": [
         TypedParameter(name="poll_max_ns", ulong_value=1)]},
     "SetDomainVcpu": {"vcpus": [0]},
+    "SetDomainLaunchSecurityState": {"secret": "c2VjcmV0", "secret_header": "aGVhZGVy"},
 }
 
 

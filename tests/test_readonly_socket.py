@@ -111,6 +111,8 @@ WRITES: list[tuple[str, Message]] = [
     ("SetDomainIOThreadParameters", pb.SetDomainIOThreadParametersRequest(
         name="alpha", id=3, parameters=[TypedParameter(name="poll_max_ns", ulong_value=10)])),
     ("SetDomainVcpu", pb.SetDomainVcpuRequest(name="alpha", vcpus=[1])),
+    ("SetDomainLaunchSecurityState", pb.SetDomainLaunchSecurityStateRequest(
+        name="alpha", secret="c2VjcmV0", secret_header="aGVhZGVy")),
     # read-only RPCs whose request asks for more: libvirt's read_secure
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", secure=True)),
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", migratable=True)),
@@ -168,6 +170,7 @@ READS: list[tuple[str, Message]] = [
     ("GetDomainInterfaceParameters", pb.GetDomainInterfaceParametersRequest(
         name="alpha", device="vnet0")),
     ("GetDomainSecurityLabels", pb.GetDomainSecurityLabelsRequest(name="alpha")),
+    ("GetDomainLaunchSecurityInfo", pb.GetDomainLaunchSecurityInfoRequest(name="alpha")),
 ]
 
 

@@ -20,7 +20,8 @@ METADATA_TYPES = proto_to_libvirt(pb.MetadataType, "METADATA_TYPE_", "VIR_DOMAIN
 VCPU_STATES = libvirt_to_proto(pb.VcpuState, "VCPU_STATE_", "VIR_VCPU_")
 
 #: the typed parameters that are not libvirt's ULLONG, by name (libvirt's
-#: VIR_DOMAIN_SCHEDULER_*, VIR_DOMAIN_BLKIO_*, VIR_DOMAIN_NUMA_* documentation)
+#: VIR_DOMAIN_SCHEDULER_*, VIR_DOMAIN_BLKIO_*, VIR_DOMAIN_NUMA_*,
+#: VIR_DOMAIN_LAUNCH_SECURITY_* documentation)
 WIDTHS: dict[str, str] = {
     libvirt.VIR_DOMAIN_SCHEDULER_WEIGHT: typed_params.UINT,
     libvirt.VIR_DOMAIN_SCHEDULER_CAP: typed_params.UINT,
@@ -33,6 +34,10 @@ WIDTHS: dict[str, str] = {
     libvirt.VIR_DOMAIN_SCHEDULER_IOTHREAD_QUOTA: typed_params.LONG,
     libvirt.VIR_DOMAIN_BLKIO_WEIGHT: typed_params.UINT,
     libvirt.VIR_DOMAIN_NUMA_MODE: typed_params.INT,
+    libvirt.VIR_DOMAIN_LAUNCH_SECURITY_SEV_API_MAJOR: typed_params.UINT,
+    libvirt.VIR_DOMAIN_LAUNCH_SECURITY_SEV_API_MINOR: typed_params.UINT,
+    libvirt.VIR_DOMAIN_LAUNCH_SECURITY_SEV_BUILD_ID: typed_params.UINT,
+    libvirt.VIR_DOMAIN_LAUNCH_SECURITY_SEV_POLICY: typed_params.UINT,
 }
 
 

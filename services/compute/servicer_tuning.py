@@ -167,6 +167,18 @@ class TuningServicer:
             pb.SecurityLabel(label=label, enforcing=enforcing)
             for label, enforcing in self.tuning.security_labels(request.name)])
 
+    def GetDomainLaunchSecurityInfo(self, request: pb.GetDomainLaunchSecurityInfoRequest,
+                                    context: Ctx) -> pb.GetDomainLaunchSecurityInfoResponse:
+        values = self.tuning.launch_security_info(request.name)
+        return pb.GetDomainLaunchSecurityInfoResponse(parameters=conv.parameters(values))
+
+    def SetDomainLaunchSecurityState(self, request: pb.SetDomainLaunchSecurityStateRequest,
+                                     context: Ctx) -> pb.SetDomainLaunchSecurityStateResponse:
+        address = request.set_address if request.HasField("set_address") else None
+        self.tuning.set_launch_security_state(request.name, request.secret,
+                                              request.secret_header, address)
+        return pb.SetDomainLaunchSecurityStateResponse()
+
     # -- metadata, CPUs and memory -------------------------------------------------
 
     def GetDomainMetadata(self, request: pb.GetDomainMetadataRequest,

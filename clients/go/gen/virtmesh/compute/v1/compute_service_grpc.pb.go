@@ -470,6 +470,16 @@ type ComputeServiceClient interface {
 	// Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
 	// driver).
 	GetDomainSecurityLabels(ctx context.Context, in *GetDomainSecurityLabelsRequest, opts ...grpc.CallOption) (*GetDomainSecurityLabelsResponse, error)
+	// Returns a running SEV guest's launch measurement and SEV versions
+	// (virDomainGetLaunchSecurityInfo, virsh domlaunchsecinfo).
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain has no launch
+	// security (no <launchSecurity> in its XML) or is not running.
+	GetDomainLaunchSecurityInfo(ctx context.Context, in *GetDomainLaunchSecurityInfoRequest, opts ...grpc.CallOption) (*GetDomainLaunchSecurityInfoResponse, error)
+	// Injects a launch secret into a running, paused SEV guest
+	// (virDomainSetLaunchSecurityState, virsh domsetlaunchsecstate).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
+	// FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
+	SetDomainLaunchSecurityState(ctx context.Context, in *SetDomainLaunchSecurityStateRequest, opts ...grpc.CallOption) (*SetDomainLaunchSecurityStateResponse, error)
 }
 
 type computeServiceClient struct {
@@ -1465,6 +1475,24 @@ func (c *computeServiceClient) GetDomainSecurityLabels(ctx context.Context, in *
 	return out, nil
 }
 
+func (c *computeServiceClient) GetDomainLaunchSecurityInfo(ctx context.Context, in *GetDomainLaunchSecurityInfoRequest, opts ...grpc.CallOption) (*GetDomainLaunchSecurityInfoResponse, error) {
+	out := new(GetDomainLaunchSecurityInfoResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainLaunchSecurityInfo", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainLaunchSecurityState(ctx context.Context, in *SetDomainLaunchSecurityStateRequest, opts ...grpc.CallOption) (*SetDomainLaunchSecurityStateResponse, error) {
+	out := new(SetDomainLaunchSecurityStateResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainLaunchSecurityState", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ComputeServiceServer is the server API for ComputeService service.
 // All implementations must embed UnimplementedComputeServiceServer
 // for forward compatibility
@@ -1922,6 +1950,16 @@ type ComputeServiceServer interface {
 	// Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
 	// driver).
 	GetDomainSecurityLabels(context.Context, *GetDomainSecurityLabelsRequest) (*GetDomainSecurityLabelsResponse, error)
+	// Returns a running SEV guest's launch measurement and SEV versions
+	// (virDomainGetLaunchSecurityInfo, virsh domlaunchsecinfo).
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain has no launch
+	// security (no <launchSecurity> in its XML) or is not running.
+	GetDomainLaunchSecurityInfo(context.Context, *GetDomainLaunchSecurityInfoRequest) (*GetDomainLaunchSecurityInfoResponse, error)
+	// Injects a launch secret into a running, paused SEV guest
+	// (virDomainSetLaunchSecurityState, virsh domsetlaunchsecstate).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
+	// FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
+	SetDomainLaunchSecurityState(context.Context, *SetDomainLaunchSecurityStateRequest) (*SetDomainLaunchSecurityStateResponse, error)
 	mustEmbedUnimplementedComputeServiceServer()
 }
 
@@ -2219,6 +2257,12 @@ func (UnimplementedComputeServiceServer) SetDomainVcpu(context.Context, *SetDoma
 }
 func (UnimplementedComputeServiceServer) GetDomainSecurityLabels(context.Context, *GetDomainSecurityLabelsRequest) (*GetDomainSecurityLabelsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetDomainSecurityLabels not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainLaunchSecurityInfo(context.Context, *GetDomainLaunchSecurityInfoRequest) (*GetDomainLaunchSecurityInfoResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainLaunchSecurityInfo not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainLaunchSecurityState(context.Context, *SetDomainLaunchSecurityStateRequest) (*SetDomainLaunchSecurityStateResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainLaunchSecurityState not implemented")
 }
 func (UnimplementedComputeServiceServer) mustEmbedUnimplementedComputeServiceServer() {}
 
@@ -4009,6 +4053,42 @@ func _ComputeService_GetDomainSecurityLabels_Handler(srv interface{}, ctx contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ComputeService_GetDomainLaunchSecurityInfo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainLaunchSecurityInfoRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainLaunchSecurityInfo(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainLaunchSecurityInfo",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainLaunchSecurityInfo(ctx, req.(*GetDomainLaunchSecurityInfoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainLaunchSecurityState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainLaunchSecurityStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainLaunchSecurityState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainLaunchSecurityState",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainLaunchSecurityState(ctx, req.(*SetDomainLaunchSecurityStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _ComputeService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "virtmesh.compute.v1.ComputeService",
 	HandlerType: (*ComputeServiceServer)(nil),
@@ -4380,6 +4460,14 @@ var _ComputeService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetDomainSecurityLabels",
 			Handler:    _ComputeService_GetDomainSecurityLabels_Handler,
+		},
+		{
+			MethodName: "GetDomainLaunchSecurityInfo",
+			Handler:    _ComputeService_GetDomainLaunchSecurityInfo_Handler,
+		},
+		{
+			MethodName: "SetDomainLaunchSecurityState",
+			Handler:    _ComputeService_SetDomainLaunchSecurityState_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -6980,3 +6980,95 @@ class GetDomainSecurityLabelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDomainSecurityLabelsResponse: _TypeAlias = GetDomainSecurityLabelsResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainLaunchSecurityInfoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainLaunchSecurityInfoRequest: _TypeAlias = GetDomainLaunchSecurityInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainLaunchSecurityInfoResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """libvirt's sev-measurement (string), sev-api-major, sev-api-minor,
+        sev-build-id, sev-policy (uint), ...
+        """
+
+    def __init__(
+        self,
+        *,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainLaunchSecurityInfoResponse: _TypeAlias = GetDomainLaunchSecurityInfoResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainLaunchSecurityStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    SECRET_HEADER_FIELD_NUMBER: _builtins.int
+    SET_ADDRESS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    secret: _builtins.str
+    """The secret and its header, base64 (libvirt's sev-secret and
+    sev-secret-header).
+    """
+    secret_header: _builtins.str
+    set_address: _builtins.int
+    """Where in guest memory it goes; unset lets the firmware say."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        secret: _builtins.str = ...,
+        secret_header: _builtins.str = ...,
+        set_address: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_set_address", b"_set_address", "set_address", b"set_address"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_set_address", b"_set_address", "name", b"name", "secret", b"secret", "secret_header", b"secret_header", "set_address", b"set_address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__set_address: _TypeAlias = _typing.Literal["set_address"]  # noqa: Y015
+    _WhichOneofArgType__set_address: _TypeAlias = _typing.Literal["_set_address", b"_set_address"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__set_address) -> _WhichOneofReturnType__set_address | None: ...
+
+Global___SetDomainLaunchSecurityStateRequest: _TypeAlias = SetDomainLaunchSecurityStateRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainLaunchSecurityStateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainLaunchSecurityStateResponse: _TypeAlias = SetDomainLaunchSecurityStateResponse  # noqa: Y015

@@ -528,6 +528,16 @@ class ComputeServiceStub:
                 request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSecurityLabelsRequest.SerializeToString,
                 response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSecurityLabelsResponse.FromString,
                 _registered_method=True)
+        self.GetDomainLaunchSecurityInfo = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainLaunchSecurityInfo',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainLaunchSecurityInfoRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainLaunchSecurityInfoResponse.FromString,
+                _registered_method=True)
+        self.SetDomainLaunchSecurityState = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainLaunchSecurityState',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLaunchSecurityStateRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLaunchSecurityStateResponse.FromString,
+                _registered_method=True)
 
 
 class ComputeServiceServicer:
@@ -1496,6 +1506,26 @@ class ComputeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDomainLaunchSecurityInfo(self, request, context):
+        """Returns a running SEV guest's launch measurement and SEV versions
+        (virDomainGetLaunchSecurityInfo, virsh domlaunchsecinfo).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain has no launch
+        security (no <launchSecurity> in its XML) or is not running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainLaunchSecurityState(self, request, context):
+        """Injects a launch secret into a running, paused SEV guest
+        (virDomainSetLaunchSecurityState, virsh domsetlaunchsecstate).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
+        FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ComputeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1983,6 +2013,16 @@ def add_ComputeServiceServicer_to_server(servicer, server):
                     servicer.GetDomainSecurityLabels,
                     request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSecurityLabelsRequest.FromString,
                     response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSecurityLabelsResponse.SerializeToString,
+            ),
+            'GetDomainLaunchSecurityInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainLaunchSecurityInfo,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainLaunchSecurityInfoRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainLaunchSecurityInfoResponse.SerializeToString,
+            ),
+            'SetDomainLaunchSecurityState': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainLaunchSecurityState,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLaunchSecurityStateRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLaunchSecurityStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -4613,6 +4653,60 @@ class ComputeService:
             '/virtmesh.compute.v1.ComputeService/GetDomainSecurityLabels',
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSecurityLabelsRequest.SerializeToString,
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSecurityLabelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainLaunchSecurityInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainLaunchSecurityInfo',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainLaunchSecurityInfoRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainLaunchSecurityInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainLaunchSecurityState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainLaunchSecurityState',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLaunchSecurityStateRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLaunchSecurityStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

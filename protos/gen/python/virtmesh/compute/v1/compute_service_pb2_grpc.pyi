@@ -604,6 +604,18 @@ class ComputeServiceStub:
     Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
     driver).
     """
+    GetDomainLaunchSecurityInfo: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainLaunchSecurityInfoRequest, _compute_service_pb2.GetDomainLaunchSecurityInfoResponse]
+    """Returns a running SEV guest's launch measurement and SEV versions
+    (virDomainGetLaunchSecurityInfo, virsh domlaunchsecinfo).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain has no launch
+    security (no <launchSecurity> in its XML) or is not running.
+    """
+    SetDomainLaunchSecurityState: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainLaunchSecurityStateRequest, _compute_service_pb2.SetDomainLaunchSecurityStateResponse]
+    """Injects a launch secret into a running, paused SEV guest
+    (virDomainSetLaunchSecurityState, virsh domsetlaunchsecstate).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
+    FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
+    """
 
 @_typing.type_check_only
 class ComputeServiceAsyncStub(ComputeServiceStub):
@@ -1180,6 +1192,18 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     (virDomainGetSecurityLabelList).
     Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
     driver).
+    """
+    GetDomainLaunchSecurityInfo: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainLaunchSecurityInfoRequest, _compute_service_pb2.GetDomainLaunchSecurityInfoResponse]  # type: ignore[assignment]
+    """Returns a running SEV guest's launch measurement and SEV versions
+    (virDomainGetLaunchSecurityInfo, virsh domlaunchsecinfo).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain has no launch
+    security (no <launchSecurity> in its XML) or is not running.
+    """
+    SetDomainLaunchSecurityState: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainLaunchSecurityStateRequest, _compute_service_pb2.SetDomainLaunchSecurityStateResponse]  # type: ignore[assignment]
+    """Injects a launch secret into a running, paused SEV guest
+    (virDomainSetLaunchSecurityState, virsh domsetlaunchsecstate).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
+    FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
     """
 
 class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -2336,6 +2360,30 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         (virDomainGetSecurityLabelList).
         Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
         driver).
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainLaunchSecurityInfo(
+        self,
+        request: _compute_service_pb2.GetDomainLaunchSecurityInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainLaunchSecurityInfoResponse, _abc.Awaitable[_compute_service_pb2.GetDomainLaunchSecurityInfoResponse]]:
+        """Returns a running SEV guest's launch measurement and SEV versions
+        (virDomainGetLaunchSecurityInfo, virsh domlaunchsecinfo).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain has no launch
+        security (no <launchSecurity> in its XML) or is not running.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainLaunchSecurityState(
+        self,
+        request: _compute_service_pb2.SetDomainLaunchSecurityStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainLaunchSecurityStateResponse, _abc.Awaitable[_compute_service_pb2.SetDomainLaunchSecurityStateResponse]]:
+        """Injects a launch secret into a running, paused SEV guest
+        (virDomainSetLaunchSecurityState, virsh domsetlaunchsecstate).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
+        FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
         """
 
 def add_ComputeServiceServicer_to_server(servicer: ComputeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3332,6 +3332,33 @@ export interface GetDomainSecurityLabelsResponse {
   labels: SecurityLabel[];
 }
 
+export interface GetDomainLaunchSecurityInfoRequest {
+  name: string;
+}
+
+export interface GetDomainLaunchSecurityInfoResponse {
+  /**
+   * libvirt's sev-measurement (string), sev-api-major, sev-api-minor,
+   * sev-build-id, sev-policy (uint), ...
+   */
+  parameters: TypedParameter[];
+}
+
+export interface SetDomainLaunchSecurityStateRequest {
+  name: string;
+  /**
+   * The secret and its header, base64 (libvirt's sev-secret and
+   * sev-secret-header).
+   */
+  secret: string;
+  secretHeader: string;
+  /** Where in guest memory it goes; unset lets the firmware say. */
+  setAddress?: bigint | undefined;
+}
+
+export interface SetDomainLaunchSecurityStateResponse {
+}
+
 function createBaseDomain(): Domain {
   return {
     name: "",
@@ -26951,6 +26978,342 @@ export const GetDomainSecurityLabelsResponse: MessageFns<GetDomainSecurityLabels
   },
 };
 
+function createBaseGetDomainLaunchSecurityInfoRequest(): GetDomainLaunchSecurityInfoRequest {
+  return { name: "" };
+}
+
+export const GetDomainLaunchSecurityInfoRequest: MessageFns<GetDomainLaunchSecurityInfoRequest> = {
+  encode(message: GetDomainLaunchSecurityInfoRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainLaunchSecurityInfoRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainLaunchSecurityInfoRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainLaunchSecurityInfoRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: GetDomainLaunchSecurityInfoRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainLaunchSecurityInfoRequest>, I>>(
+    base?: I,
+  ): GetDomainLaunchSecurityInfoRequest {
+    return GetDomainLaunchSecurityInfoRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainLaunchSecurityInfoRequest>, I>>(
+    object: I,
+  ): GetDomainLaunchSecurityInfoRequest {
+    const message = createBaseGetDomainLaunchSecurityInfoRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseGetDomainLaunchSecurityInfoResponse(): GetDomainLaunchSecurityInfoResponse {
+  return { parameters: [] };
+}
+
+export const GetDomainLaunchSecurityInfoResponse: MessageFns<GetDomainLaunchSecurityInfoResponse> = {
+  encode(message: GetDomainLaunchSecurityInfoResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainLaunchSecurityInfoResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainLaunchSecurityInfoResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainLaunchSecurityInfoResponse {
+    return {
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GetDomainLaunchSecurityInfoResponse): unknown {
+    const obj: any = {};
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainLaunchSecurityInfoResponse>, I>>(
+    base?: I,
+  ): GetDomainLaunchSecurityInfoResponse {
+    return GetDomainLaunchSecurityInfoResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainLaunchSecurityInfoResponse>, I>>(
+    object: I,
+  ): GetDomainLaunchSecurityInfoResponse {
+    const message = createBaseGetDomainLaunchSecurityInfoResponse();
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSetDomainLaunchSecurityStateRequest(): SetDomainLaunchSecurityStateRequest {
+  return { name: "", secret: "", secretHeader: "", setAddress: undefined };
+}
+
+export const SetDomainLaunchSecurityStateRequest: MessageFns<SetDomainLaunchSecurityStateRequest> = {
+  encode(message: SetDomainLaunchSecurityStateRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.secret !== "") {
+      writer.uint32(18).string(message.secret);
+    }
+    if (message.secretHeader !== "") {
+      writer.uint32(26).string(message.secretHeader);
+    }
+    if (message.setAddress !== undefined) {
+      if (BigInt.asUintN(64, message.setAddress) !== message.setAddress) {
+        throw new globalThis.Error("value provided for field message.setAddress of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.setAddress);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainLaunchSecurityStateRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainLaunchSecurityStateRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.secret = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.secretHeader = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.setAddress = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainLaunchSecurityStateRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      secret: isSet(object.secret) ? globalThis.String(object.secret) : "",
+      secretHeader: isSet(object.secretHeader)
+        ? globalThis.String(object.secretHeader)
+        : isSet(object.secret_header)
+        ? globalThis.String(object.secret_header)
+        : "",
+      setAddress: isSet(object.setAddress)
+        ? BigInt(object.setAddress)
+        : isSet(object.set_address)
+        ? BigInt(object.set_address)
+        : undefined,
+    };
+  },
+
+  toJSON(message: SetDomainLaunchSecurityStateRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.secret !== "") {
+      obj.secret = message.secret;
+    }
+    if (message.secretHeader !== "") {
+      obj.secretHeader = message.secretHeader;
+    }
+    if (message.setAddress !== undefined) {
+      obj.setAddress = message.setAddress.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainLaunchSecurityStateRequest>, I>>(
+    base?: I,
+  ): SetDomainLaunchSecurityStateRequest {
+    return SetDomainLaunchSecurityStateRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainLaunchSecurityStateRequest>, I>>(
+    object: I,
+  ): SetDomainLaunchSecurityStateRequest {
+    const message = createBaseSetDomainLaunchSecurityStateRequest();
+    message.name = object.name ?? "";
+    message.secret = object.secret ?? "";
+    message.secretHeader = object.secretHeader ?? "";
+    message.setAddress = (object.setAddress !== undefined && object.setAddress !== null)
+      ? BigInt(object.setAddress)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSetDomainLaunchSecurityStateResponse(): SetDomainLaunchSecurityStateResponse {
+  return {};
+}
+
+export const SetDomainLaunchSecurityStateResponse: MessageFns<SetDomainLaunchSecurityStateResponse> = {
+  encode(_: SetDomainLaunchSecurityStateResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainLaunchSecurityStateResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainLaunchSecurityStateResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainLaunchSecurityStateResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainLaunchSecurityStateResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainLaunchSecurityStateResponse>, I>>(
+    base?: I,
+  ): SetDomainLaunchSecurityStateResponse {
+    return SetDomainLaunchSecurityStateResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainLaunchSecurityStateResponse>, I>>(
+    _: I,
+  ): SetDomainLaunchSecurityStateResponse {
+    const message = createBaseSetDomainLaunchSecurityStateResponse();
+    return message;
+  },
+};
+
 /**
  * ComputeService is libvirt's QEMU driver (virtqemud) as a gRPC service.
  *
@@ -28561,6 +28924,44 @@ export const ComputeServiceService = {
     responseDeserialize: (value: Buffer): GetDomainSecurityLabelsResponse =>
       GetDomainSecurityLabelsResponse.decode(value),
   },
+  /**
+   * Returns a running SEV guest's launch measurement and SEV versions
+   * (virDomainGetLaunchSecurityInfo, virsh domlaunchsecinfo).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain has no launch
+   * security (no <launchSecurity> in its XML) or is not running.
+   */
+  getDomainLaunchSecurityInfo: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainLaunchSecurityInfo" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainLaunchSecurityInfoRequest): Buffer =>
+      Buffer.from(GetDomainLaunchSecurityInfoRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainLaunchSecurityInfoRequest =>
+      GetDomainLaunchSecurityInfoRequest.decode(value),
+    responseSerialize: (value: GetDomainLaunchSecurityInfoResponse): Buffer =>
+      Buffer.from(GetDomainLaunchSecurityInfoResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainLaunchSecurityInfoResponse =>
+      GetDomainLaunchSecurityInfoResponse.decode(value),
+  },
+  /**
+   * Injects a launch secret into a running, paused SEV guest
+   * (virDomainSetLaunchSecurityState, virsh domsetlaunchsecstate).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
+   * FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
+   */
+  setDomainLaunchSecurityState: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainLaunchSecurityState" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainLaunchSecurityStateRequest): Buffer =>
+      Buffer.from(SetDomainLaunchSecurityStateRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainLaunchSecurityStateRequest =>
+      SetDomainLaunchSecurityStateRequest.decode(value),
+    responseSerialize: (value: SetDomainLaunchSecurityStateResponse): Buffer =>
+      Buffer.from(SetDomainLaunchSecurityStateResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainLaunchSecurityStateResponse =>
+      SetDomainLaunchSecurityStateResponse.decode(value),
+  },
 } as const;
 
 export interface ComputeServiceServer extends UntypedServiceImplementation {
@@ -29215,6 +29616,23 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
    * driver).
    */
   getDomainSecurityLabels: handleUnaryCall<GetDomainSecurityLabelsRequest, GetDomainSecurityLabelsResponse>;
+  /**
+   * Returns a running SEV guest's launch measurement and SEV versions
+   * (virDomainGetLaunchSecurityInfo, virsh domlaunchsecinfo).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain has no launch
+   * security (no <launchSecurity> in its XML) or is not running.
+   */
+  getDomainLaunchSecurityInfo: handleUnaryCall<GetDomainLaunchSecurityInfoRequest, GetDomainLaunchSecurityInfoResponse>;
+  /**
+   * Injects a launch secret into a running, paused SEV guest
+   * (virDomainSetLaunchSecurityState, virsh domsetlaunchsecstate).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
+   * FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
+   */
+  setDomainLaunchSecurityState: handleUnaryCall<
+    SetDomainLaunchSecurityStateRequest,
+    SetDomainLaunchSecurityStateResponse
+  >;
 }
 
 export interface ComputeServiceClient extends Client {
@@ -31181,6 +31599,48 @@ export interface ComputeServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetDomainSecurityLabelsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns a running SEV guest's launch measurement and SEV versions
+   * (virDomainGetLaunchSecurityInfo, virsh domlaunchsecinfo).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain has no launch
+   * security (no <launchSecurity> in its XML) or is not running.
+   */
+  getDomainLaunchSecurityInfo(
+    request: GetDomainLaunchSecurityInfoRequest,
+    callback: (error: ServiceError | null, response: GetDomainLaunchSecurityInfoResponse) => void,
+  ): ClientUnaryCall;
+  getDomainLaunchSecurityInfo(
+    request: GetDomainLaunchSecurityInfoRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainLaunchSecurityInfoResponse) => void,
+  ): ClientUnaryCall;
+  getDomainLaunchSecurityInfo(
+    request: GetDomainLaunchSecurityInfoRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainLaunchSecurityInfoResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Injects a launch secret into a running, paused SEV guest
+   * (virDomainSetLaunchSecurityState, virsh domsetlaunchsecstate).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
+   * FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
+   */
+  setDomainLaunchSecurityState(
+    request: SetDomainLaunchSecurityStateRequest,
+    callback: (error: ServiceError | null, response: SetDomainLaunchSecurityStateResponse) => void,
+  ): ClientUnaryCall;
+  setDomainLaunchSecurityState(
+    request: SetDomainLaunchSecurityStateRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainLaunchSecurityStateResponse) => void,
+  ): ClientUnaryCall;
+  setDomainLaunchSecurityState(
+    request: SetDomainLaunchSecurityStateRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainLaunchSecurityStateResponse) => void,
   ): ClientUnaryCall;
 }
 
