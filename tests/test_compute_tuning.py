@@ -278,6 +278,24 @@ def test_metadata_text_and_element(stub: Stub) -> None:
 
 
 @pytest.mark.parametrize("request_", [
+    pb.GetDomainMetadataRequest(name="alpha"),
+    pb.GetDomainMetadataRequest(name="alpha", type=pb.METADATA_TYPE_ELEMENT),
+    pb.GetDomainMetadataRequest(name="alpha", type=pb.METADATA_TYPE_TITLE, scope=BOTH),
+], ids=["no-type", "element-no-uri", "both-scopes"])
+def test_bad_metadata_reads_are_refused(stub: Stub, request_: Any) -> None:
+    assert failed(stub.GetDomainMetadata, request_)[0] == C.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("rpc", ["GetDomainSchedulerParameters", "GetDomainBlkioParameters",
+                                 "GetDomainNumaParameters", "GetDomainPerfEvents",
+                                 "GetDomainVcpuPinInfo", "GetDomainEmulatorPinInfo",
+                                 "GetDomainIOThreadInfo"])
+def test_getters_read_one_scope(stub: Stub, rpc: str) -> None:
+    request = getattr(pb, f"{rpc}Request")(name="alpha", scope=BOTH)
+    assert failed(getattr(stub, rpc), request) == (C.INVALID_ARGUMENT, "CONFLICTING_FLAGS")
+
+
+@pytest.mark.parametrize("request_", [
     pb.SetDomainMetadataRequest(name="alpha", value="x"),
     pb.SetDomainMetadataRequest(name="alpha", type=pb.METADATA_TYPE_TITLE, value="a\nb"),
     pb.SetDomainMetadataRequest(name="alpha", type=pb.METADATA_TYPE_ELEMENT, value="<a/>",
