@@ -459,6 +459,8 @@ def test_cli_iothreads_and_metadata(cli_run: Any) -> None:
     assert cli_run("desc", "alpha", "--title")[1].strip() == "first"
 
 
-def test_cli_setvcpu_is_refused_by_the_test_driver(cli_run: Any) -> None:
+def test_cli_refusals(cli_run: Any) -> None:
     code, out, err = cli_run("setvcpu", "alpha", "1", "--disable")
     assert code == 1 and "UNIMPLEMENTED" in err
+    code, out, err = cli_run("domlaunchsecinfo", "alpha")
+    assert code == 1 and "FAILED_PRECONDITION" in err and "SEV" in err

@@ -1,6 +1,6 @@
 """Tuning a domain: virsh's schedinfo, memtune, blkiotune, numatune, domiftune, perf,
 vcpupin, emulatorpin, iothreadinfo, iothreadadd, iothreaddel, iothreadpin, iothreadset,
-setvcpu, vcpuinfo, cpu-stats, metadata, desc and setmaxmem.
+setvcpu, vcpuinfo, domlaunchsecinfo, cpu-stats, metadata, desc and setmaxmem.
 
 ``--set NAME=VALUE`` (repeatable) changes libvirt's typed parameters: the command
 reads them first and sends each value in the type libvirt gives its name, so a
@@ -264,6 +264,12 @@ def cmd_setvcpu(client: Client, args: argparse.Namespace, out: Output) -> None:
                        f"{'disabled' if args.disable else 'enabled'}")
 
 
+def cmd_domlaunchsecinfo(client: Client, args: argparse.Namespace, out: Output) -> None:
+    info = client.call("GetDomainLaunchSecurityInfo",
+                       pb.GetDomainLaunchSecurityInfoRequest(name=args.name))
+    out.show(info, fields((p.name, _value(p)) for p in info.parameters))
+
+
 def _add_scope(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--live", action="store_true", help="the running domain")
     sub.add_argument("--config", action="store_true", help="the persistent config")
@@ -306,6 +312,8 @@ def register(command: CommandFactory) -> None:
     sub.add_argument("cpulist", type=cpu_list, metavar="CPULIST")
     _add_scope(sub)
     domains.add("vcpuinfo", cmd_vcpuinfo, "show a running domain's vCPUs")
+    domains.add("domlaunchsecinfo", cmd_domlaunchsecinfo,
+                "show a running SEV guest's launch measurement")
     sub = domains.add("cpu-stats", cmd_cpu_stats, "show a running domain's CPU time")
     sub.add_argument("--start", type=int, default=0, help="first host CPU")
     sub.add_argument("--count", type=int, default=0, help="host CPUs to show (0: total only)")
