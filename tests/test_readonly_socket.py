@@ -29,6 +29,7 @@ from services.compute import SPEC as COMPUTE
 from tests.conftest import domain_xml, reason_of, running_service
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
+from virtmesh.types.v1.typed_params_pb2 import TypedParameter
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,6 +102,33 @@ WRITES: list[tuple[str, Message]] = [
     ("GetAuthorizedSSHKeys", pb.GetAuthorizedSSHKeysRequest(name="alpha", user="root")),
     ("SetAuthorizedSSHKeys", pb.SetAuthorizedSSHKeysRequest(name="alpha", user="root")),
     ("SetAgentResponseTimeout", pb.SetAgentResponseTimeoutRequest(name="alpha")),
+    ("SetDomainSchedulerParameters", pb.SetDomainSchedulerParametersRequest(
+        name="alpha", parameters=[TypedParameter(name="weight", uint_value=10)])),
+    ("SetDomainMemoryParameters", pb.SetDomainMemoryParametersRequest(
+        name="alpha", parameters=[TypedParameter(name="hard_limit", ulong_value=1 << 20)])),
+    ("SetDomainBlkioParameters", pb.SetDomainBlkioParametersRequest(
+        name="alpha", parameters=[TypedParameter(name="weight", uint_value=500)])),
+    ("SetDomainNumaParameters", pb.SetDomainNumaParametersRequest(
+        name="alpha", parameters=[TypedParameter(name="numa_nodeset", string_value="0")])),
+    ("SetDomainPerfEvents", pb.SetDomainPerfEventsRequest(
+        name="alpha", parameters=[TypedParameter(name="cmt", boolean_value=True)])),
+    ("PinDomainVcpu", pb.PinDomainVcpuRequest(name="alpha", vcpu=0, cpus=[0])),
+    ("PinDomainEmulator", pb.PinDomainEmulatorRequest(name="alpha", cpus=[0])),
+    ("AddDomainIOThread", pb.AddDomainIOThreadRequest(name="alpha", id=3)),
+    ("DeleteDomainIOThread", pb.DeleteDomainIOThreadRequest(name="alpha", id=3)),
+    ("PinDomainIOThread", pb.PinDomainIOThreadRequest(name="alpha", id=3, cpus=[0])),
+    ("SetDomainMetadata", pb.SetDomainMetadataRequest(
+        name="alpha", type=pb.METADATA_TYPE_DESCRIPTION, value="read-only test")),
+    ("SetDomainInterfaceParameters", pb.SetDomainInterfaceParametersRequest(
+        name="alpha", device="vnet0",
+        parameters=[TypedParameter(name="inbound.average", uint_value=100)])),
+    ("SetDomainMemoryStatsPeriod", pb.SetDomainMemoryStatsPeriodRequest(name="alpha",
+                                                                        period_seconds=5)),
+    ("SetDomainIOThreadParameters", pb.SetDomainIOThreadParametersRequest(
+        name="alpha", id=3, parameters=[TypedParameter(name="poll_max_ns", ulong_value=10)])),
+    ("SetDomainVcpu", pb.SetDomainVcpuRequest(name="alpha", vcpus=[1])),
+    ("SetDomainLaunchSecurityState", pb.SetDomainLaunchSecurityStateRequest(
+        name="alpha", secret="c2VjcmV0", secret_header="aGVhZGVy")),
     # read-only RPCs whose request asks for more: libvirt's read_secure
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", secure=True)),
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", migratable=True)),
@@ -140,6 +168,25 @@ READS: list[tuple[str, Message]] = [
     ("GetSaveImageXML", pb.GetSaveImageXMLRequest(path="/x/alpha.img")),
     ("GetManagedSaveXML", pb.GetManagedSaveXMLRequest(name="alpha")),
     ("GetDomainJobInfo", pb.GetDomainJobInfoRequest(name="alpha")),
+    ("GetDomainSchedulerParameters", pb.GetDomainSchedulerParametersRequest(name="alpha")),
+    ("GetDomainMemoryParameters", pb.GetDomainMemoryParametersRequest(name="alpha")),
+    ("GetDomainBlkioParameters", pb.GetDomainBlkioParametersRequest(name="alpha")),
+    ("GetDomainNumaParameters", pb.GetDomainNumaParametersRequest(name="alpha")),
+    ("GetDomainPerfEvents", pb.GetDomainPerfEventsRequest(name="alpha")),
+    ("GetDomainVcpuPinInfo", pb.GetDomainVcpuPinInfoRequest(name="alpha")),
+    ("GetDomainEmulatorPinInfo", pb.GetDomainEmulatorPinInfoRequest(name="alpha")),
+    ("GetDomainIOThreadInfo", pb.GetDomainIOThreadInfoRequest(name="alpha")),
+    ("GetDomainMetadata", pb.GetDomainMetadataRequest(name="alpha",
+                                                      type=pb.METADATA_TYPE_TITLE)),
+    ("GetDomainMaxMemory", pb.GetDomainMaxMemoryRequest(name="alpha")),
+    # CPU times change between two calls: the same refusal on both sockets
+    ("GetDomainCpuStats", pb.GetDomainCpuStatsRequest(name="alpha", start_cpu=9999,
+                                                      cpu_count=1)),
+    ("GetDomainVcpus", pb.GetDomainVcpusRequest(name="nope")),
+    ("GetDomainInterfaceParameters", pb.GetDomainInterfaceParametersRequest(
+        name="alpha", device="vnet0")),
+    ("GetDomainSecurityLabels", pb.GetDomainSecurityLabelsRequest(name="alpha")),
+    ("GetDomainLaunchSecurityInfo", pb.GetDomainLaunchSecurityInfoRequest(name="alpha")),
 ]
 
 

@@ -390,6 +390,156 @@ type ComputeServiceClient interface {
 	// Errors: INVALID_ARGUMENT for seconds with a mode other than SECONDS, or
 	// out of range.
 	SetAgentResponseTimeout(ctx context.Context, in *SetAgentResponseTimeoutRequest, opts ...grpc.CallOption) (*SetAgentResponseTimeoutResponse, error)
+	// Returns the domain's scheduler (virDomainGetSchedulerType) and its
+	// parameters (virDomainGetSchedulerParametersFlags; with no scope,
+	// virDomainGetSchedulerParameters, which every driver has), for example
+	// cpu_shares, vcpu_period, vcpu_quota (QEMU) or weight (test driver).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+	// FAILED_PRECONDITION for live on an inactive domain; UNIMPLEMENTED when the
+	// driver has no scheduler parameters.
+	GetDomainSchedulerParameters(ctx context.Context, in *GetDomainSchedulerParametersRequest, opts ...grpc.CallOption) (*GetDomainSchedulerParametersResponse, error)
+	// Changes scheduler parameters (virDomainSetSchedulerParametersFlags; with
+	// no scope, virDomainSetSchedulerParameters, virsh schedinfo --set).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for no parameter, a name the domain
+	// does not have or a value of the wrong type (nothing is changed then);
+	// FAILED_PRECONDITION for live on an inactive domain; UNIMPLEMENTED as the
+	// getter.
+	SetDomainSchedulerParameters(ctx context.Context, in *SetDomainSchedulerParametersRequest, opts ...grpc.CallOption) (*SetDomainSchedulerParametersResponse, error)
+	// Returns the domain's memory tunables (virDomainGetMemoryParameters, virsh
+	// memtune): hard_limit, soft_limit, swap_hard_limit, min_guarantee, in KiB.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+	// FAILED_PRECONDITION for live on an inactive domain.
+	GetDomainMemoryParameters(ctx context.Context, in *GetDomainMemoryParametersRequest, opts ...grpc.CallOption) (*GetDomainMemoryParametersResponse, error)
+	// Changes memory tunables (virDomainSetMemoryParameters).
+	// Errors: as SetDomainSchedulerParameters.
+	SetDomainMemoryParameters(ctx context.Context, in *SetDomainMemoryParametersRequest, opts ...grpc.CallOption) (*SetDomainMemoryParametersResponse, error)
+	// Returns the domain's block I/O tunables (virDomainGetBlkioParameters,
+	// virsh blkiotune): weight and the per-device lists.
+	// Errors: as GetDomainMemoryParameters.
+	GetDomainBlkioParameters(ctx context.Context, in *GetDomainBlkioParametersRequest, opts ...grpc.CallOption) (*GetDomainBlkioParametersResponse, error)
+	// Changes block I/O tunables (virDomainSetBlkioParameters).
+	// Errors: as SetDomainSchedulerParameters.
+	SetDomainBlkioParameters(ctx context.Context, in *SetDomainBlkioParametersRequest, opts ...grpc.CallOption) (*SetDomainBlkioParametersResponse, error)
+	// Returns the domain's NUMA tunables (virDomainGetNumaParameters, virsh
+	// numatune): numa_mode and numa_nodeset.
+	// Errors: as GetDomainMemoryParameters.
+	GetDomainNumaParameters(ctx context.Context, in *GetDomainNumaParametersRequest, opts ...grpc.CallOption) (*GetDomainNumaParametersResponse, error)
+	// Changes NUMA tunables (virDomainSetNumaParameters).
+	// Errors: as SetDomainSchedulerParameters.
+	SetDomainNumaParameters(ctx context.Context, in *SetDomainNumaParametersRequest, opts ...grpc.CallOption) (*SetDomainNumaParametersResponse, error)
+	// Returns which perf events are enabled (virDomainGetPerfEvents, virsh perf).
+	// Errors: as GetDomainMemoryParameters.
+	GetDomainPerfEvents(ctx context.Context, in *GetDomainPerfEventsRequest, opts ...grpc.CallOption) (*GetDomainPerfEventsResponse, error)
+	// Enables or disables perf events (virDomainSetPerfEvents); each parameter
+	// is an event name with a boolean value.
+	// Errors: as SetDomainSchedulerParameters.
+	SetDomainPerfEvents(ctx context.Context, in *SetDomainPerfEventsRequest, opts ...grpc.CallOption) (*SetDomainPerfEventsResponse, error)
+	// Returns each vCPU's host CPU affinity (virDomainGetVcpuPinInfo, virsh
+	// vcpupin NAME).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+	// FAILED_PRECONDITION for live on an inactive domain.
+	GetDomainVcpuPinInfo(ctx context.Context, in *GetDomainVcpuPinInfoRequest, opts ...grpc.CallOption) (*GetDomainVcpuPinInfoResponse, error)
+	// Pins one vCPU to host CPUs (virDomainPinVcpuFlags).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for no CPU, a CPU the host does not
+	// have or a vCPU the domain does not have; FAILED_PRECONDITION for live on
+	// an inactive domain.
+	PinDomainVcpu(ctx context.Context, in *PinDomainVcpuRequest, opts ...grpc.CallOption) (*PinDomainVcpuResponse, error)
+	// Returns the emulator threads' host CPU affinity
+	// (virDomainGetEmulatorPinInfo, virsh emulatorpin NAME).
+	// Errors: as GetDomainVcpuPinInfo.
+	GetDomainEmulatorPinInfo(ctx context.Context, in *GetDomainEmulatorPinInfoRequest, opts ...grpc.CallOption) (*GetDomainEmulatorPinInfoResponse, error)
+	// Pins the emulator threads to host CPUs (virDomainPinEmulator).
+	// Errors: as PinDomainVcpu.
+	PinDomainEmulator(ctx context.Context, in *PinDomainEmulatorRequest, opts ...grpc.CallOption) (*PinDomainEmulatorResponse, error)
+	// Returns the domain's IOThreads with their host CPU affinity
+	// (virDomainGetIOThreadInfo, virsh iothreadinfo).
+	// Errors: as GetDomainVcpuPinInfo; UNIMPLEMENTED when the driver has no
+	// IOThreads.
+	GetDomainIOThreadInfo(ctx context.Context, in *GetDomainIOThreadInfoRequest, opts ...grpc.CallOption) (*GetDomainIOThreadInfoResponse, error)
+	// Adds an IOThread (virDomainAddIOThread).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for id 0 or an id in use;
+	// FAILED_PRECONDITION for live on an inactive domain.
+	AddDomainIOThread(ctx context.Context, in *AddDomainIOThreadRequest, opts ...grpc.CallOption) (*AddDomainIOThreadResponse, error)
+	// Removes an IOThread (virDomainDelIOThread).
+	// Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for an id the domain
+	// does not have or one a disk still uses; FAILED_PRECONDITION for live on
+	// an inactive domain.
+	DeleteDomainIOThread(ctx context.Context, in *DeleteDomainIOThreadRequest, opts ...grpc.CallOption) (*DeleteDomainIOThreadResponse, error)
+	// Pins an IOThread to host CPUs (virDomainPinIOThread).
+	// Errors: as PinDomainVcpu, for an IOThread id the domain does not have.
+	PinDomainIOThread(ctx context.Context, in *PinDomainIOThreadRequest, opts ...grpc.CallOption) (*PinDomainIOThreadResponse, error)
+	// Returns the domain's title, description or one namespaced XML element
+	// of its metadata (virDomainGetMetadata, virsh metadata / desc).
+	// Errors: NOT_FOUND for the domain or for metadata it does not have;
+	// INVALID_ARGUMENT for an unset type, or an element without its uri;
+	// FAILED_PRECONDITION for live on an inactive domain.
+	GetDomainMetadata(ctx context.Context, in *GetDomainMetadataRequest, opts ...grpc.CallOption) (*GetDomainMetadataResponse, error)
+	// Sets or, with an empty value, removes the title, description or one
+	// namespaced XML element of the domain's metadata (virDomainSetMetadata).
+	// An element's XML passes the service's document checks first.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for an unset type, an element
+	// without key and uri, malformed or oversized XML, a title with a newline;
+	// FAILED_PRECONDITION for live on an inactive domain.
+	SetDomainMetadata(ctx context.Context, in *SetDomainMetadataRequest, opts ...grpc.CallOption) (*SetDomainMetadataResponse, error)
+	// Returns the domain's CPU time, in total and per host CPU
+	// (virDomainGetCPUStats, virsh cpu-stats).
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+	// INVALID_ARGUMENT for a start_cpu beyond the host's CPUs.
+	GetDomainCpuStats(ctx context.Context, in *GetDomainCpuStatsRequest, opts ...grpc.CallOption) (*GetDomainCpuStatsResponse, error)
+	// Returns the domain's maximum memory (virDomainGetMaxMemory); SetDomainMemory
+	// with `maximum` changes it.
+	// Errors: NOT_FOUND.
+	GetDomainMaxMemory(ctx context.Context, in *GetDomainMaxMemoryRequest, opts ...grpc.CallOption) (*GetDomainMaxMemoryResponse, error)
+	// Returns each vCPU's state, CPU time and host CPU with its affinity
+	// (virDomainGetVcpus, virsh vcpuinfo), and the domain's maximum vCPUs
+	// (virDomainGetMaxVcpus).
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+	GetDomainVcpus(ctx context.Context, in *GetDomainVcpusRequest, opts ...grpc.CallOption) (*GetDomainVcpusResponse, error)
+	// Returns an interface's bandwidth tunables (virDomainGetInterfaceParameters,
+	// virsh domiftune): inbound.average, inbound.peak, ... in KiB/s and KiB.
+	// Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a device the
+	// domain does not have, or live and config together; FAILED_PRECONDITION
+	// for live on an inactive domain.
+	GetDomainInterfaceParameters(ctx context.Context, in *GetDomainInterfaceParametersRequest, opts ...grpc.CallOption) (*GetDomainInterfaceParametersResponse, error)
+	// Changes an interface's bandwidth tunables
+	// (virDomainSetInterfaceParameters).
+	// Errors: as SetDomainSchedulerParameters; INVALID_ARGUMENT for a device
+	// the domain does not have.
+	SetDomainInterfaceParameters(ctx context.Context, in *SetDomainInterfaceParametersRequest, opts ...grpc.CallOption) (*SetDomainInterfaceParametersResponse, error)
+	// Changes how often the balloon driver reports memory statistics
+	// (virDomainSetMemoryStatsPeriod, virsh dommemstat --period); 0 stops them.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a period above 2^31-1;
+	// FAILED_PRECONDITION for live on an inactive domain or a domain without
+	// a balloon.
+	SetDomainMemoryStatsPeriod(ctx context.Context, in *SetDomainMemoryStatsPeriodRequest, opts ...grpc.CallOption) (*SetDomainMemoryStatsPeriodResponse, error)
+	// Changes an IOThread's polling and thread-pool parameters
+	// (virDomainSetIOThreadParams, virsh iothreadset): poll_max_ns, poll_grow,
+	// poll_shrink, thread_pool_min, thread_pool_max.
+	// Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for no parameter, a
+	// name libvirt does not have, a value of the wrong type or an IOThread the
+	// domain does not have (nothing is changed then); FAILED_PRECONDITION for
+	// live on an inactive domain.
+	SetDomainIOThreadParameters(ctx context.Context, in *SetDomainIOThreadParametersRequest, opts ...grpc.CallOption) (*SetDomainIOThreadParametersResponse, error)
+	// Enables or disables individual vCPUs (virDomainSetVcpu, virsh setvcpu).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for no vCPU or one the domain does
+	// not have; FAILED_PRECONDITION for live on an inactive domain;
+	// UNIMPLEMENTED when the driver cannot (the test driver).
+	SetDomainVcpu(ctx context.Context, in *SetDomainVcpuRequest, opts ...grpc.CallOption) (*SetDomainVcpuResponse, error)
+	// Returns the domain's security labels, one per security driver
+	// (virDomainGetSecurityLabelList).
+	// Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
+	// driver).
+	GetDomainSecurityLabels(ctx context.Context, in *GetDomainSecurityLabelsRequest, opts ...grpc.CallOption) (*GetDomainSecurityLabelsResponse, error)
+	// Returns a running SEV guest's launch measurement and SEV versions
+	// (virDomainGetLaunchSecurityInfo, virsh domlaunchsecinfo).
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain has no launch
+	// security (no <launchSecurity> in its XML) or is not running.
+	GetDomainLaunchSecurityInfo(ctx context.Context, in *GetDomainLaunchSecurityInfoRequest, opts ...grpc.CallOption) (*GetDomainLaunchSecurityInfoResponse, error)
+	// Injects a launch secret into a running, paused SEV guest
+	// (virDomainSetLaunchSecurityState, virsh domsetlaunchsecstate).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
+	// FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
+	SetDomainLaunchSecurityState(ctx context.Context, in *SetDomainLaunchSecurityStateRequest, opts ...grpc.CallOption) (*SetDomainLaunchSecurityStateResponse, error)
 }
 
 type computeServiceClient struct {
@@ -1259,6 +1409,285 @@ func (c *computeServiceClient) SetAgentResponseTimeout(ctx context.Context, in *
 	return out, nil
 }
 
+func (c *computeServiceClient) GetDomainSchedulerParameters(ctx context.Context, in *GetDomainSchedulerParametersRequest, opts ...grpc.CallOption) (*GetDomainSchedulerParametersResponse, error) {
+	out := new(GetDomainSchedulerParametersResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainSchedulerParameters", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainSchedulerParameters(ctx context.Context, in *SetDomainSchedulerParametersRequest, opts ...grpc.CallOption) (*SetDomainSchedulerParametersResponse, error) {
+	out := new(SetDomainSchedulerParametersResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainSchedulerParameters", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainMemoryParameters(ctx context.Context, in *GetDomainMemoryParametersRequest, opts ...grpc.CallOption) (*GetDomainMemoryParametersResponse, error) {
+	out := new(GetDomainMemoryParametersResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainMemoryParameters", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainMemoryParameters(ctx context.Context, in *SetDomainMemoryParametersRequest, opts ...grpc.CallOption) (*SetDomainMemoryParametersResponse, error) {
+	out := new(SetDomainMemoryParametersResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainMemoryParameters", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainBlkioParameters(ctx context.Context, in *GetDomainBlkioParametersRequest, opts ...grpc.CallOption) (*GetDomainBlkioParametersResponse, error) {
+	out := new(GetDomainBlkioParametersResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainBlkioParameters", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainBlkioParameters(ctx context.Context, in *SetDomainBlkioParametersRequest, opts ...grpc.CallOption) (*SetDomainBlkioParametersResponse, error) {
+	out := new(SetDomainBlkioParametersResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainBlkioParameters", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainNumaParameters(ctx context.Context, in *GetDomainNumaParametersRequest, opts ...grpc.CallOption) (*GetDomainNumaParametersResponse, error) {
+	out := new(GetDomainNumaParametersResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainNumaParameters", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainNumaParameters(ctx context.Context, in *SetDomainNumaParametersRequest, opts ...grpc.CallOption) (*SetDomainNumaParametersResponse, error) {
+	out := new(SetDomainNumaParametersResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainNumaParameters", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainPerfEvents(ctx context.Context, in *GetDomainPerfEventsRequest, opts ...grpc.CallOption) (*GetDomainPerfEventsResponse, error) {
+	out := new(GetDomainPerfEventsResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainPerfEvents", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainPerfEvents(ctx context.Context, in *SetDomainPerfEventsRequest, opts ...grpc.CallOption) (*SetDomainPerfEventsResponse, error) {
+	out := new(SetDomainPerfEventsResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainPerfEvents", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainVcpuPinInfo(ctx context.Context, in *GetDomainVcpuPinInfoRequest, opts ...grpc.CallOption) (*GetDomainVcpuPinInfoResponse, error) {
+	out := new(GetDomainVcpuPinInfoResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainVcpuPinInfo", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) PinDomainVcpu(ctx context.Context, in *PinDomainVcpuRequest, opts ...grpc.CallOption) (*PinDomainVcpuResponse, error) {
+	out := new(PinDomainVcpuResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/PinDomainVcpu", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainEmulatorPinInfo(ctx context.Context, in *GetDomainEmulatorPinInfoRequest, opts ...grpc.CallOption) (*GetDomainEmulatorPinInfoResponse, error) {
+	out := new(GetDomainEmulatorPinInfoResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainEmulatorPinInfo", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) PinDomainEmulator(ctx context.Context, in *PinDomainEmulatorRequest, opts ...grpc.CallOption) (*PinDomainEmulatorResponse, error) {
+	out := new(PinDomainEmulatorResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/PinDomainEmulator", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainIOThreadInfo(ctx context.Context, in *GetDomainIOThreadInfoRequest, opts ...grpc.CallOption) (*GetDomainIOThreadInfoResponse, error) {
+	out := new(GetDomainIOThreadInfoResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainIOThreadInfo", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) AddDomainIOThread(ctx context.Context, in *AddDomainIOThreadRequest, opts ...grpc.CallOption) (*AddDomainIOThreadResponse, error) {
+	out := new(AddDomainIOThreadResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/AddDomainIOThread", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) DeleteDomainIOThread(ctx context.Context, in *DeleteDomainIOThreadRequest, opts ...grpc.CallOption) (*DeleteDomainIOThreadResponse, error) {
+	out := new(DeleteDomainIOThreadResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/DeleteDomainIOThread", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) PinDomainIOThread(ctx context.Context, in *PinDomainIOThreadRequest, opts ...grpc.CallOption) (*PinDomainIOThreadResponse, error) {
+	out := new(PinDomainIOThreadResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/PinDomainIOThread", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainMetadata(ctx context.Context, in *GetDomainMetadataRequest, opts ...grpc.CallOption) (*GetDomainMetadataResponse, error) {
+	out := new(GetDomainMetadataResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainMetadata", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainMetadata(ctx context.Context, in *SetDomainMetadataRequest, opts ...grpc.CallOption) (*SetDomainMetadataResponse, error) {
+	out := new(SetDomainMetadataResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainMetadata", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainCpuStats(ctx context.Context, in *GetDomainCpuStatsRequest, opts ...grpc.CallOption) (*GetDomainCpuStatsResponse, error) {
+	out := new(GetDomainCpuStatsResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainCpuStats", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainMaxMemory(ctx context.Context, in *GetDomainMaxMemoryRequest, opts ...grpc.CallOption) (*GetDomainMaxMemoryResponse, error) {
+	out := new(GetDomainMaxMemoryResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainMaxMemory", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainVcpus(ctx context.Context, in *GetDomainVcpusRequest, opts ...grpc.CallOption) (*GetDomainVcpusResponse, error) {
+	out := new(GetDomainVcpusResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainVcpus", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainInterfaceParameters(ctx context.Context, in *GetDomainInterfaceParametersRequest, opts ...grpc.CallOption) (*GetDomainInterfaceParametersResponse, error) {
+	out := new(GetDomainInterfaceParametersResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainInterfaceParameters", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainInterfaceParameters(ctx context.Context, in *SetDomainInterfaceParametersRequest, opts ...grpc.CallOption) (*SetDomainInterfaceParametersResponse, error) {
+	out := new(SetDomainInterfaceParametersResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainInterfaceParameters", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainMemoryStatsPeriod(ctx context.Context, in *SetDomainMemoryStatsPeriodRequest, opts ...grpc.CallOption) (*SetDomainMemoryStatsPeriodResponse, error) {
+	out := new(SetDomainMemoryStatsPeriodResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainMemoryStatsPeriod", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainIOThreadParameters(ctx context.Context, in *SetDomainIOThreadParametersRequest, opts ...grpc.CallOption) (*SetDomainIOThreadParametersResponse, error) {
+	out := new(SetDomainIOThreadParametersResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainIOThreadParameters", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainVcpu(ctx context.Context, in *SetDomainVcpuRequest, opts ...grpc.CallOption) (*SetDomainVcpuResponse, error) {
+	out := new(SetDomainVcpuResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainVcpu", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainSecurityLabels(ctx context.Context, in *GetDomainSecurityLabelsRequest, opts ...grpc.CallOption) (*GetDomainSecurityLabelsResponse, error) {
+	out := new(GetDomainSecurityLabelsResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainSecurityLabels", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainLaunchSecurityInfo(ctx context.Context, in *GetDomainLaunchSecurityInfoRequest, opts ...grpc.CallOption) (*GetDomainLaunchSecurityInfoResponse, error) {
+	out := new(GetDomainLaunchSecurityInfoResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainLaunchSecurityInfo", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainLaunchSecurityState(ctx context.Context, in *SetDomainLaunchSecurityStateRequest, opts ...grpc.CallOption) (*SetDomainLaunchSecurityStateResponse, error) {
+	out := new(SetDomainLaunchSecurityStateResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainLaunchSecurityState", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ComputeServiceServer is the server API for ComputeService service.
 // All implementations must embed UnimplementedComputeServiceServer
 // for forward compatibility
@@ -1636,6 +2065,156 @@ type ComputeServiceServer interface {
 	// Errors: INVALID_ARGUMENT for seconds with a mode other than SECONDS, or
 	// out of range.
 	SetAgentResponseTimeout(context.Context, *SetAgentResponseTimeoutRequest) (*SetAgentResponseTimeoutResponse, error)
+	// Returns the domain's scheduler (virDomainGetSchedulerType) and its
+	// parameters (virDomainGetSchedulerParametersFlags; with no scope,
+	// virDomainGetSchedulerParameters, which every driver has), for example
+	// cpu_shares, vcpu_period, vcpu_quota (QEMU) or weight (test driver).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+	// FAILED_PRECONDITION for live on an inactive domain; UNIMPLEMENTED when the
+	// driver has no scheduler parameters.
+	GetDomainSchedulerParameters(context.Context, *GetDomainSchedulerParametersRequest) (*GetDomainSchedulerParametersResponse, error)
+	// Changes scheduler parameters (virDomainSetSchedulerParametersFlags; with
+	// no scope, virDomainSetSchedulerParameters, virsh schedinfo --set).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for no parameter, a name the domain
+	// does not have or a value of the wrong type (nothing is changed then);
+	// FAILED_PRECONDITION for live on an inactive domain; UNIMPLEMENTED as the
+	// getter.
+	SetDomainSchedulerParameters(context.Context, *SetDomainSchedulerParametersRequest) (*SetDomainSchedulerParametersResponse, error)
+	// Returns the domain's memory tunables (virDomainGetMemoryParameters, virsh
+	// memtune): hard_limit, soft_limit, swap_hard_limit, min_guarantee, in KiB.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+	// FAILED_PRECONDITION for live on an inactive domain.
+	GetDomainMemoryParameters(context.Context, *GetDomainMemoryParametersRequest) (*GetDomainMemoryParametersResponse, error)
+	// Changes memory tunables (virDomainSetMemoryParameters).
+	// Errors: as SetDomainSchedulerParameters.
+	SetDomainMemoryParameters(context.Context, *SetDomainMemoryParametersRequest) (*SetDomainMemoryParametersResponse, error)
+	// Returns the domain's block I/O tunables (virDomainGetBlkioParameters,
+	// virsh blkiotune): weight and the per-device lists.
+	// Errors: as GetDomainMemoryParameters.
+	GetDomainBlkioParameters(context.Context, *GetDomainBlkioParametersRequest) (*GetDomainBlkioParametersResponse, error)
+	// Changes block I/O tunables (virDomainSetBlkioParameters).
+	// Errors: as SetDomainSchedulerParameters.
+	SetDomainBlkioParameters(context.Context, *SetDomainBlkioParametersRequest) (*SetDomainBlkioParametersResponse, error)
+	// Returns the domain's NUMA tunables (virDomainGetNumaParameters, virsh
+	// numatune): numa_mode and numa_nodeset.
+	// Errors: as GetDomainMemoryParameters.
+	GetDomainNumaParameters(context.Context, *GetDomainNumaParametersRequest) (*GetDomainNumaParametersResponse, error)
+	// Changes NUMA tunables (virDomainSetNumaParameters).
+	// Errors: as SetDomainSchedulerParameters.
+	SetDomainNumaParameters(context.Context, *SetDomainNumaParametersRequest) (*SetDomainNumaParametersResponse, error)
+	// Returns which perf events are enabled (virDomainGetPerfEvents, virsh perf).
+	// Errors: as GetDomainMemoryParameters.
+	GetDomainPerfEvents(context.Context, *GetDomainPerfEventsRequest) (*GetDomainPerfEventsResponse, error)
+	// Enables or disables perf events (virDomainSetPerfEvents); each parameter
+	// is an event name with a boolean value.
+	// Errors: as SetDomainSchedulerParameters.
+	SetDomainPerfEvents(context.Context, *SetDomainPerfEventsRequest) (*SetDomainPerfEventsResponse, error)
+	// Returns each vCPU's host CPU affinity (virDomainGetVcpuPinInfo, virsh
+	// vcpupin NAME).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+	// FAILED_PRECONDITION for live on an inactive domain.
+	GetDomainVcpuPinInfo(context.Context, *GetDomainVcpuPinInfoRequest) (*GetDomainVcpuPinInfoResponse, error)
+	// Pins one vCPU to host CPUs (virDomainPinVcpuFlags).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for no CPU, a CPU the host does not
+	// have or a vCPU the domain does not have; FAILED_PRECONDITION for live on
+	// an inactive domain.
+	PinDomainVcpu(context.Context, *PinDomainVcpuRequest) (*PinDomainVcpuResponse, error)
+	// Returns the emulator threads' host CPU affinity
+	// (virDomainGetEmulatorPinInfo, virsh emulatorpin NAME).
+	// Errors: as GetDomainVcpuPinInfo.
+	GetDomainEmulatorPinInfo(context.Context, *GetDomainEmulatorPinInfoRequest) (*GetDomainEmulatorPinInfoResponse, error)
+	// Pins the emulator threads to host CPUs (virDomainPinEmulator).
+	// Errors: as PinDomainVcpu.
+	PinDomainEmulator(context.Context, *PinDomainEmulatorRequest) (*PinDomainEmulatorResponse, error)
+	// Returns the domain's IOThreads with their host CPU affinity
+	// (virDomainGetIOThreadInfo, virsh iothreadinfo).
+	// Errors: as GetDomainVcpuPinInfo; UNIMPLEMENTED when the driver has no
+	// IOThreads.
+	GetDomainIOThreadInfo(context.Context, *GetDomainIOThreadInfoRequest) (*GetDomainIOThreadInfoResponse, error)
+	// Adds an IOThread (virDomainAddIOThread).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for id 0 or an id in use;
+	// FAILED_PRECONDITION for live on an inactive domain.
+	AddDomainIOThread(context.Context, *AddDomainIOThreadRequest) (*AddDomainIOThreadResponse, error)
+	// Removes an IOThread (virDomainDelIOThread).
+	// Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for an id the domain
+	// does not have or one a disk still uses; FAILED_PRECONDITION for live on
+	// an inactive domain.
+	DeleteDomainIOThread(context.Context, *DeleteDomainIOThreadRequest) (*DeleteDomainIOThreadResponse, error)
+	// Pins an IOThread to host CPUs (virDomainPinIOThread).
+	// Errors: as PinDomainVcpu, for an IOThread id the domain does not have.
+	PinDomainIOThread(context.Context, *PinDomainIOThreadRequest) (*PinDomainIOThreadResponse, error)
+	// Returns the domain's title, description or one namespaced XML element
+	// of its metadata (virDomainGetMetadata, virsh metadata / desc).
+	// Errors: NOT_FOUND for the domain or for metadata it does not have;
+	// INVALID_ARGUMENT for an unset type, or an element without its uri;
+	// FAILED_PRECONDITION for live on an inactive domain.
+	GetDomainMetadata(context.Context, *GetDomainMetadataRequest) (*GetDomainMetadataResponse, error)
+	// Sets or, with an empty value, removes the title, description or one
+	// namespaced XML element of the domain's metadata (virDomainSetMetadata).
+	// An element's XML passes the service's document checks first.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for an unset type, an element
+	// without key and uri, malformed or oversized XML, a title with a newline;
+	// FAILED_PRECONDITION for live on an inactive domain.
+	SetDomainMetadata(context.Context, *SetDomainMetadataRequest) (*SetDomainMetadataResponse, error)
+	// Returns the domain's CPU time, in total and per host CPU
+	// (virDomainGetCPUStats, virsh cpu-stats).
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+	// INVALID_ARGUMENT for a start_cpu beyond the host's CPUs.
+	GetDomainCpuStats(context.Context, *GetDomainCpuStatsRequest) (*GetDomainCpuStatsResponse, error)
+	// Returns the domain's maximum memory (virDomainGetMaxMemory); SetDomainMemory
+	// with `maximum` changes it.
+	// Errors: NOT_FOUND.
+	GetDomainMaxMemory(context.Context, *GetDomainMaxMemoryRequest) (*GetDomainMaxMemoryResponse, error)
+	// Returns each vCPU's state, CPU time and host CPU with its affinity
+	// (virDomainGetVcpus, virsh vcpuinfo), and the domain's maximum vCPUs
+	// (virDomainGetMaxVcpus).
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+	GetDomainVcpus(context.Context, *GetDomainVcpusRequest) (*GetDomainVcpusResponse, error)
+	// Returns an interface's bandwidth tunables (virDomainGetInterfaceParameters,
+	// virsh domiftune): inbound.average, inbound.peak, ... in KiB/s and KiB.
+	// Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a device the
+	// domain does not have, or live and config together; FAILED_PRECONDITION
+	// for live on an inactive domain.
+	GetDomainInterfaceParameters(context.Context, *GetDomainInterfaceParametersRequest) (*GetDomainInterfaceParametersResponse, error)
+	// Changes an interface's bandwidth tunables
+	// (virDomainSetInterfaceParameters).
+	// Errors: as SetDomainSchedulerParameters; INVALID_ARGUMENT for a device
+	// the domain does not have.
+	SetDomainInterfaceParameters(context.Context, *SetDomainInterfaceParametersRequest) (*SetDomainInterfaceParametersResponse, error)
+	// Changes how often the balloon driver reports memory statistics
+	// (virDomainSetMemoryStatsPeriod, virsh dommemstat --period); 0 stops them.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a period above 2^31-1;
+	// FAILED_PRECONDITION for live on an inactive domain or a domain without
+	// a balloon.
+	SetDomainMemoryStatsPeriod(context.Context, *SetDomainMemoryStatsPeriodRequest) (*SetDomainMemoryStatsPeriodResponse, error)
+	// Changes an IOThread's polling and thread-pool parameters
+	// (virDomainSetIOThreadParams, virsh iothreadset): poll_max_ns, poll_grow,
+	// poll_shrink, thread_pool_min, thread_pool_max.
+	// Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for no parameter, a
+	// name libvirt does not have, a value of the wrong type or an IOThread the
+	// domain does not have (nothing is changed then); FAILED_PRECONDITION for
+	// live on an inactive domain.
+	SetDomainIOThreadParameters(context.Context, *SetDomainIOThreadParametersRequest) (*SetDomainIOThreadParametersResponse, error)
+	// Enables or disables individual vCPUs (virDomainSetVcpu, virsh setvcpu).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for no vCPU or one the domain does
+	// not have; FAILED_PRECONDITION for live on an inactive domain;
+	// UNIMPLEMENTED when the driver cannot (the test driver).
+	SetDomainVcpu(context.Context, *SetDomainVcpuRequest) (*SetDomainVcpuResponse, error)
+	// Returns the domain's security labels, one per security driver
+	// (virDomainGetSecurityLabelList).
+	// Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
+	// driver).
+	GetDomainSecurityLabels(context.Context, *GetDomainSecurityLabelsRequest) (*GetDomainSecurityLabelsResponse, error)
+	// Returns a running SEV guest's launch measurement and SEV versions
+	// (virDomainGetLaunchSecurityInfo, virsh domlaunchsecinfo).
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain has no launch
+	// security (no <launchSecurity> in its XML) or is not running.
+	GetDomainLaunchSecurityInfo(context.Context, *GetDomainLaunchSecurityInfoRequest) (*GetDomainLaunchSecurityInfoResponse, error)
+	// Injects a launch secret into a running, paused SEV guest
+	// (virDomainSetLaunchSecurityState, virsh domsetlaunchsecstate).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
+	// FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
+	SetDomainLaunchSecurityState(context.Context, *SetDomainLaunchSecurityStateRequest) (*SetDomainLaunchSecurityStateResponse, error)
 	mustEmbedUnimplementedComputeServiceServer()
 }
 
@@ -1891,6 +2470,99 @@ func (UnimplementedComputeServiceServer) SetAuthorizedSSHKeys(context.Context, *
 }
 func (UnimplementedComputeServiceServer) SetAgentResponseTimeout(context.Context, *SetAgentResponseTimeoutRequest) (*SetAgentResponseTimeoutResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method SetAgentResponseTimeout not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainSchedulerParameters(context.Context, *GetDomainSchedulerParametersRequest) (*GetDomainSchedulerParametersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainSchedulerParameters not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainSchedulerParameters(context.Context, *SetDomainSchedulerParametersRequest) (*SetDomainSchedulerParametersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainSchedulerParameters not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainMemoryParameters(context.Context, *GetDomainMemoryParametersRequest) (*GetDomainMemoryParametersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainMemoryParameters not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainMemoryParameters(context.Context, *SetDomainMemoryParametersRequest) (*SetDomainMemoryParametersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainMemoryParameters not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainBlkioParameters(context.Context, *GetDomainBlkioParametersRequest) (*GetDomainBlkioParametersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainBlkioParameters not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainBlkioParameters(context.Context, *SetDomainBlkioParametersRequest) (*SetDomainBlkioParametersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainBlkioParameters not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainNumaParameters(context.Context, *GetDomainNumaParametersRequest) (*GetDomainNumaParametersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainNumaParameters not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainNumaParameters(context.Context, *SetDomainNumaParametersRequest) (*SetDomainNumaParametersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainNumaParameters not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainPerfEvents(context.Context, *GetDomainPerfEventsRequest) (*GetDomainPerfEventsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainPerfEvents not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainPerfEvents(context.Context, *SetDomainPerfEventsRequest) (*SetDomainPerfEventsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainPerfEvents not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainVcpuPinInfo(context.Context, *GetDomainVcpuPinInfoRequest) (*GetDomainVcpuPinInfoResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainVcpuPinInfo not implemented")
+}
+func (UnimplementedComputeServiceServer) PinDomainVcpu(context.Context, *PinDomainVcpuRequest) (*PinDomainVcpuResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PinDomainVcpu not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainEmulatorPinInfo(context.Context, *GetDomainEmulatorPinInfoRequest) (*GetDomainEmulatorPinInfoResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainEmulatorPinInfo not implemented")
+}
+func (UnimplementedComputeServiceServer) PinDomainEmulator(context.Context, *PinDomainEmulatorRequest) (*PinDomainEmulatorResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PinDomainEmulator not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainIOThreadInfo(context.Context, *GetDomainIOThreadInfoRequest) (*GetDomainIOThreadInfoResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainIOThreadInfo not implemented")
+}
+func (UnimplementedComputeServiceServer) AddDomainIOThread(context.Context, *AddDomainIOThreadRequest) (*AddDomainIOThreadResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method AddDomainIOThread not implemented")
+}
+func (UnimplementedComputeServiceServer) DeleteDomainIOThread(context.Context, *DeleteDomainIOThreadRequest) (*DeleteDomainIOThreadResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteDomainIOThread not implemented")
+}
+func (UnimplementedComputeServiceServer) PinDomainIOThread(context.Context, *PinDomainIOThreadRequest) (*PinDomainIOThreadResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PinDomainIOThread not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainMetadata(context.Context, *GetDomainMetadataRequest) (*GetDomainMetadataResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainMetadata not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainMetadata(context.Context, *SetDomainMetadataRequest) (*SetDomainMetadataResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainMetadata not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainCpuStats(context.Context, *GetDomainCpuStatsRequest) (*GetDomainCpuStatsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainCpuStats not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainMaxMemory(context.Context, *GetDomainMaxMemoryRequest) (*GetDomainMaxMemoryResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainMaxMemory not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainVcpus(context.Context, *GetDomainVcpusRequest) (*GetDomainVcpusResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainVcpus not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainInterfaceParameters(context.Context, *GetDomainInterfaceParametersRequest) (*GetDomainInterfaceParametersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainInterfaceParameters not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainInterfaceParameters(context.Context, *SetDomainInterfaceParametersRequest) (*SetDomainInterfaceParametersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainInterfaceParameters not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainMemoryStatsPeriod(context.Context, *SetDomainMemoryStatsPeriodRequest) (*SetDomainMemoryStatsPeriodResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainMemoryStatsPeriod not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainIOThreadParameters(context.Context, *SetDomainIOThreadParametersRequest) (*SetDomainIOThreadParametersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainIOThreadParameters not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainVcpu(context.Context, *SetDomainVcpuRequest) (*SetDomainVcpuResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainVcpu not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainSecurityLabels(context.Context, *GetDomainSecurityLabelsRequest) (*GetDomainSecurityLabelsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainSecurityLabels not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainLaunchSecurityInfo(context.Context, *GetDomainLaunchSecurityInfoRequest) (*GetDomainLaunchSecurityInfoResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainLaunchSecurityInfo not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainLaunchSecurityState(context.Context, *SetDomainLaunchSecurityStateRequest) (*SetDomainLaunchSecurityStateResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainLaunchSecurityState not implemented")
 }
 func (UnimplementedComputeServiceServer) mustEmbedUnimplementedComputeServiceServer() {}
 
@@ -3429,6 +4101,564 @@ func _ComputeService_SetAgentResponseTimeout_Handler(srv interface{}, ctx contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ComputeService_GetDomainSchedulerParameters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainSchedulerParametersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainSchedulerParameters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainSchedulerParameters",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainSchedulerParameters(ctx, req.(*GetDomainSchedulerParametersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainSchedulerParameters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainSchedulerParametersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainSchedulerParameters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainSchedulerParameters",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainSchedulerParameters(ctx, req.(*SetDomainSchedulerParametersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainMemoryParameters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainMemoryParametersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainMemoryParameters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainMemoryParameters",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainMemoryParameters(ctx, req.(*GetDomainMemoryParametersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainMemoryParameters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainMemoryParametersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainMemoryParameters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainMemoryParameters",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainMemoryParameters(ctx, req.(*SetDomainMemoryParametersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainBlkioParameters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainBlkioParametersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainBlkioParameters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainBlkioParameters",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainBlkioParameters(ctx, req.(*GetDomainBlkioParametersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainBlkioParameters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainBlkioParametersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainBlkioParameters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainBlkioParameters",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainBlkioParameters(ctx, req.(*SetDomainBlkioParametersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainNumaParameters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainNumaParametersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainNumaParameters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainNumaParameters",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainNumaParameters(ctx, req.(*GetDomainNumaParametersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainNumaParameters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainNumaParametersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainNumaParameters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainNumaParameters",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainNumaParameters(ctx, req.(*SetDomainNumaParametersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainPerfEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainPerfEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainPerfEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainPerfEvents",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainPerfEvents(ctx, req.(*GetDomainPerfEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainPerfEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainPerfEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainPerfEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainPerfEvents",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainPerfEvents(ctx, req.(*SetDomainPerfEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainVcpuPinInfo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainVcpuPinInfoRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainVcpuPinInfo(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainVcpuPinInfo",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainVcpuPinInfo(ctx, req.(*GetDomainVcpuPinInfoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_PinDomainVcpu_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PinDomainVcpuRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).PinDomainVcpu(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/PinDomainVcpu",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).PinDomainVcpu(ctx, req.(*PinDomainVcpuRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainEmulatorPinInfo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainEmulatorPinInfoRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainEmulatorPinInfo(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainEmulatorPinInfo",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainEmulatorPinInfo(ctx, req.(*GetDomainEmulatorPinInfoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_PinDomainEmulator_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PinDomainEmulatorRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).PinDomainEmulator(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/PinDomainEmulator",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).PinDomainEmulator(ctx, req.(*PinDomainEmulatorRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainIOThreadInfo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainIOThreadInfoRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainIOThreadInfo(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainIOThreadInfo",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainIOThreadInfo(ctx, req.(*GetDomainIOThreadInfoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_AddDomainIOThread_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddDomainIOThreadRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).AddDomainIOThread(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/AddDomainIOThread",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).AddDomainIOThread(ctx, req.(*AddDomainIOThreadRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_DeleteDomainIOThread_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteDomainIOThreadRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).DeleteDomainIOThread(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/DeleteDomainIOThread",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).DeleteDomainIOThread(ctx, req.(*DeleteDomainIOThreadRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_PinDomainIOThread_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PinDomainIOThreadRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).PinDomainIOThread(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/PinDomainIOThread",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).PinDomainIOThread(ctx, req.(*PinDomainIOThreadRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainMetadata_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainMetadataRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainMetadata(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainMetadata",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainMetadata(ctx, req.(*GetDomainMetadataRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainMetadata_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainMetadataRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainMetadata(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainMetadata",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainMetadata(ctx, req.(*SetDomainMetadataRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainCpuStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainCpuStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainCpuStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainCpuStats",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainCpuStats(ctx, req.(*GetDomainCpuStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainMaxMemory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainMaxMemoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainMaxMemory(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainMaxMemory",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainMaxMemory(ctx, req.(*GetDomainMaxMemoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainVcpus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainVcpusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainVcpus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainVcpus",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainVcpus(ctx, req.(*GetDomainVcpusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainInterfaceParameters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainInterfaceParametersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainInterfaceParameters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainInterfaceParameters",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainInterfaceParameters(ctx, req.(*GetDomainInterfaceParametersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainInterfaceParameters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainInterfaceParametersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainInterfaceParameters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainInterfaceParameters",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainInterfaceParameters(ctx, req.(*SetDomainInterfaceParametersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainMemoryStatsPeriod_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainMemoryStatsPeriodRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainMemoryStatsPeriod(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainMemoryStatsPeriod",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainMemoryStatsPeriod(ctx, req.(*SetDomainMemoryStatsPeriodRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainIOThreadParameters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainIOThreadParametersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainIOThreadParameters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainIOThreadParameters",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainIOThreadParameters(ctx, req.(*SetDomainIOThreadParametersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainVcpu_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainVcpuRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainVcpu(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainVcpu",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainVcpu(ctx, req.(*SetDomainVcpuRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainSecurityLabels_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainSecurityLabelsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainSecurityLabels(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainSecurityLabels",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainSecurityLabels(ctx, req.(*GetDomainSecurityLabelsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainLaunchSecurityInfo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainLaunchSecurityInfoRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainLaunchSecurityInfo(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainLaunchSecurityInfo",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainLaunchSecurityInfo(ctx, req.(*GetDomainLaunchSecurityInfoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainLaunchSecurityState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainLaunchSecurityStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainLaunchSecurityState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainLaunchSecurityState",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainLaunchSecurityState(ctx, req.(*SetDomainLaunchSecurityStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _ComputeService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "virtmesh.compute.v1.ComputeService",
 	HandlerType: (*ComputeServiceServer)(nil),
@@ -3744,6 +4974,130 @@ var _ComputeService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetAgentResponseTimeout",
 			Handler:    _ComputeService_SetAgentResponseTimeout_Handler,
+		},
+		{
+			MethodName: "GetDomainSchedulerParameters",
+			Handler:    _ComputeService_GetDomainSchedulerParameters_Handler,
+		},
+		{
+			MethodName: "SetDomainSchedulerParameters",
+			Handler:    _ComputeService_SetDomainSchedulerParameters_Handler,
+		},
+		{
+			MethodName: "GetDomainMemoryParameters",
+			Handler:    _ComputeService_GetDomainMemoryParameters_Handler,
+		},
+		{
+			MethodName: "SetDomainMemoryParameters",
+			Handler:    _ComputeService_SetDomainMemoryParameters_Handler,
+		},
+		{
+			MethodName: "GetDomainBlkioParameters",
+			Handler:    _ComputeService_GetDomainBlkioParameters_Handler,
+		},
+		{
+			MethodName: "SetDomainBlkioParameters",
+			Handler:    _ComputeService_SetDomainBlkioParameters_Handler,
+		},
+		{
+			MethodName: "GetDomainNumaParameters",
+			Handler:    _ComputeService_GetDomainNumaParameters_Handler,
+		},
+		{
+			MethodName: "SetDomainNumaParameters",
+			Handler:    _ComputeService_SetDomainNumaParameters_Handler,
+		},
+		{
+			MethodName: "GetDomainPerfEvents",
+			Handler:    _ComputeService_GetDomainPerfEvents_Handler,
+		},
+		{
+			MethodName: "SetDomainPerfEvents",
+			Handler:    _ComputeService_SetDomainPerfEvents_Handler,
+		},
+		{
+			MethodName: "GetDomainVcpuPinInfo",
+			Handler:    _ComputeService_GetDomainVcpuPinInfo_Handler,
+		},
+		{
+			MethodName: "PinDomainVcpu",
+			Handler:    _ComputeService_PinDomainVcpu_Handler,
+		},
+		{
+			MethodName: "GetDomainEmulatorPinInfo",
+			Handler:    _ComputeService_GetDomainEmulatorPinInfo_Handler,
+		},
+		{
+			MethodName: "PinDomainEmulator",
+			Handler:    _ComputeService_PinDomainEmulator_Handler,
+		},
+		{
+			MethodName: "GetDomainIOThreadInfo",
+			Handler:    _ComputeService_GetDomainIOThreadInfo_Handler,
+		},
+		{
+			MethodName: "AddDomainIOThread",
+			Handler:    _ComputeService_AddDomainIOThread_Handler,
+		},
+		{
+			MethodName: "DeleteDomainIOThread",
+			Handler:    _ComputeService_DeleteDomainIOThread_Handler,
+		},
+		{
+			MethodName: "PinDomainIOThread",
+			Handler:    _ComputeService_PinDomainIOThread_Handler,
+		},
+		{
+			MethodName: "GetDomainMetadata",
+			Handler:    _ComputeService_GetDomainMetadata_Handler,
+		},
+		{
+			MethodName: "SetDomainMetadata",
+			Handler:    _ComputeService_SetDomainMetadata_Handler,
+		},
+		{
+			MethodName: "GetDomainCpuStats",
+			Handler:    _ComputeService_GetDomainCpuStats_Handler,
+		},
+		{
+			MethodName: "GetDomainMaxMemory",
+			Handler:    _ComputeService_GetDomainMaxMemory_Handler,
+		},
+		{
+			MethodName: "GetDomainVcpus",
+			Handler:    _ComputeService_GetDomainVcpus_Handler,
+		},
+		{
+			MethodName: "GetDomainInterfaceParameters",
+			Handler:    _ComputeService_GetDomainInterfaceParameters_Handler,
+		},
+		{
+			MethodName: "SetDomainInterfaceParameters",
+			Handler:    _ComputeService_SetDomainInterfaceParameters_Handler,
+		},
+		{
+			MethodName: "SetDomainMemoryStatsPeriod",
+			Handler:    _ComputeService_SetDomainMemoryStatsPeriod_Handler,
+		},
+		{
+			MethodName: "SetDomainIOThreadParameters",
+			Handler:    _ComputeService_SetDomainIOThreadParameters_Handler,
+		},
+		{
+			MethodName: "SetDomainVcpu",
+			Handler:    _ComputeService_SetDomainVcpu_Handler,
+		},
+		{
+			MethodName: "GetDomainSecurityLabels",
+			Handler:    _ComputeService_GetDomainSecurityLabels_Handler,
+		},
+		{
+			MethodName: "GetDomainLaunchSecurityInfo",
+			Handler:    _ComputeService_GetDomainLaunchSecurityInfo_Handler,
+		},
+		{
+			MethodName: "SetDomainLaunchSecurityState",
+			Handler:    _ComputeService_SetDomainLaunchSecurityState_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -864,6 +864,26 @@ AGENT_TIMEOUT_MODE_NOWAIT: AgentTimeoutMode.ValueType  # 3
 """Do not wait: fail at once unless the agent answered already."""
 Global___AgentTimeoutMode: _TypeAlias = AgentTimeoutMode  # noqa: Y015
 
+class _VcpuState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VcpuStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VcpuState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VCPU_STATE_UNSPECIFIED: _VcpuState.ValueType  # 0
+    VCPU_STATE_OFFLINE: _VcpuState.ValueType  # 1
+    VCPU_STATE_RUNNING: _VcpuState.ValueType  # 2
+    VCPU_STATE_BLOCKED: _VcpuState.ValueType  # 3
+
+class VcpuState(_VcpuState, metaclass=_VcpuStateEnumTypeWrapper):
+    """A vCPU's state (virVcpuState)."""
+
+VCPU_STATE_UNSPECIFIED: VcpuState.ValueType  # 0
+VCPU_STATE_OFFLINE: VcpuState.ValueType  # 1
+VCPU_STATE_RUNNING: VcpuState.ValueType  # 2
+VCPU_STATE_BLOCKED: VcpuState.ValueType  # 3
+Global___VcpuState: _TypeAlias = VcpuState  # noqa: Y015
+
 @_typing.final
 class Domain(_message.Message):
     """A domain's summary."""
@@ -6617,3 +6637,1557 @@ class SetAgentResponseTimeoutResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetAgentResponseTimeoutResponse: _TypeAlias = SetAgentResponseTimeoutResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainSchedulerParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """live or config, not both; neither is the domain's current state."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainSchedulerParametersRequest: _TypeAlias = GetDomainSchedulerParametersRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainSchedulerParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULER_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    scheduler: _builtins.str
+    """The scheduler's name, for example "posix" or "fair"."""
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]: ...
+    def __init__(
+        self,
+        *,
+        scheduler: _builtins.str = ...,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters", "scheduler", b"scheduler"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainSchedulerParametersResponse: _TypeAlias = GetDomainSchedulerParametersResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainSchedulerParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """The parameters to change, at least one; each value in the field of the
+        type the getter returns it in (any integer field for an integer).
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "parameters", b"parameters", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainSchedulerParametersRequest: _TypeAlias = SetDomainSchedulerParametersRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainSchedulerParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainSchedulerParametersResponse: _TypeAlias = SetDomainSchedulerParametersResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainMemoryParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """live or config, not both; neither is the domain's current state."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMemoryParametersRequest: _TypeAlias = GetDomainMemoryParametersRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainMemoryParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]: ...
+    def __init__(
+        self,
+        *,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMemoryParametersResponse: _TypeAlias = GetDomainMemoryParametersResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainMemoryParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """As SetDomainSchedulerParametersRequest's."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "parameters", b"parameters", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainMemoryParametersRequest: _TypeAlias = SetDomainMemoryParametersRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainMemoryParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainMemoryParametersResponse: _TypeAlias = SetDomainMemoryParametersResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainBlkioParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """live or config, not both; neither is the domain's current state."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainBlkioParametersRequest: _TypeAlias = GetDomainBlkioParametersRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainBlkioParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]: ...
+    def __init__(
+        self,
+        *,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainBlkioParametersResponse: _TypeAlias = GetDomainBlkioParametersResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainBlkioParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """As SetDomainSchedulerParametersRequest's."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "parameters", b"parameters", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainBlkioParametersRequest: _TypeAlias = SetDomainBlkioParametersRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainBlkioParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainBlkioParametersResponse: _TypeAlias = SetDomainBlkioParametersResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainNumaParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """live or config, not both; neither is the domain's current state."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainNumaParametersRequest: _TypeAlias = GetDomainNumaParametersRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainNumaParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]: ...
+    def __init__(
+        self,
+        *,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainNumaParametersResponse: _TypeAlias = GetDomainNumaParametersResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainNumaParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """As SetDomainSchedulerParametersRequest's."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "parameters", b"parameters", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainNumaParametersRequest: _TypeAlias = SetDomainNumaParametersRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainNumaParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainNumaParametersResponse: _TypeAlias = SetDomainNumaParametersResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainPerfEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """live or config, not both; neither is the domain's current state."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainPerfEventsRequest: _TypeAlias = GetDomainPerfEventsRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainPerfEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """One boolean parameter per event: enabled or not."""
+
+    def __init__(
+        self,
+        *,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainPerfEventsResponse: _TypeAlias = GetDomainPerfEventsResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainPerfEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """Event names with boolean values, at least one."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "parameters", b"parameters", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainPerfEventsRequest: _TypeAlias = SetDomainPerfEventsRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainPerfEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainPerfEventsResponse: _TypeAlias = SetDomainPerfEventsResponse  # noqa: Y015
+
+@_typing.final
+class CpuAffinity(_message.Message):
+    """The host CPUs a thread may run on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Host CPU numbers, ascending."""
+
+    def __init__(
+        self,
+        *,
+        cpus: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CpuAffinity: _TypeAlias = CpuAffinity  # noqa: Y015
+
+@_typing.final
+class GetDomainVcpuPinInfoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """live or config, not both; neither is the domain's current state."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainVcpuPinInfoRequest: _TypeAlias = GetDomainVcpuPinInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainVcpuPinInfoResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VCPUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def vcpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___CpuAffinity]:
+        """One per vCPU, in vCPU order."""
+
+    def __init__(
+        self,
+        *,
+        vcpus: _abc.Iterable[Global___CpuAffinity] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["vcpus", b"vcpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainVcpuPinInfoResponse: _TypeAlias = GetDomainVcpuPinInfoResponse  # noqa: Y015
+
+@_typing.final
+class PinDomainVcpuRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VCPU_FIELD_NUMBER: _builtins.int
+    CPUS_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    vcpu: _builtins.int
+    @_builtins.property
+    def cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """At least one host CPU."""
+
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        vcpu: _builtins.int = ...,
+        cpus: _abc.Iterable[_builtins.int] | None = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "name", b"name", "scope", b"scope", "vcpu", b"vcpu"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinDomainVcpuRequest: _TypeAlias = PinDomainVcpuRequest  # noqa: Y015
+
+@_typing.final
+class PinDomainVcpuResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinDomainVcpuResponse: _TypeAlias = PinDomainVcpuResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainEmulatorPinInfoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """live or config, not both; neither is the domain's current state."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainEmulatorPinInfoRequest: _TypeAlias = GetDomainEmulatorPinInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainEmulatorPinInfoResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFFINITY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def affinity(self) -> Global___CpuAffinity: ...
+    def __init__(
+        self,
+        *,
+        affinity: Global___CpuAffinity | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainEmulatorPinInfoResponse: _TypeAlias = GetDomainEmulatorPinInfoResponse  # noqa: Y015
+
+@_typing.final
+class PinDomainEmulatorRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CPUS_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """At least one host CPU."""
+
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        cpus: _abc.Iterable[_builtins.int] | None = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinDomainEmulatorRequest: _TypeAlias = PinDomainEmulatorRequest  # noqa: Y015
+
+@_typing.final
+class PinDomainEmulatorResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinDomainEmulatorResponse: _TypeAlias = PinDomainEmulatorResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainIOThreadInfoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """live or config, not both; neither is the domain's current state."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainIOThreadInfoRequest: _TypeAlias = GetDomainIOThreadInfoRequest  # noqa: Y015
+
+@_typing.final
+class IOThread(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    AFFINITY_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    @_builtins.property
+    def affinity(self) -> Global___CpuAffinity: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        affinity: Global___CpuAffinity | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IOThread: _TypeAlias = IOThread  # noqa: Y015
+
+@_typing.final
+class GetDomainIOThreadInfoResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IOTHREADS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def iothreads(self) -> _containers.RepeatedCompositeFieldContainer[Global___IOThread]:
+        """Sorted by id."""
+
+    def __init__(
+        self,
+        *,
+        iothreads: _abc.Iterable[Global___IOThread] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["iothreads", b"iothreads"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainIOThreadInfoResponse: _TypeAlias = GetDomainIOThreadInfoResponse  # noqa: Y015
+
+@_typing.final
+class AddDomainIOThreadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    id: _builtins.int
+    """The new IOThread's id, not 0."""
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        id: _builtins.int = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddDomainIOThreadRequest: _TypeAlias = AddDomainIOThreadRequest  # noqa: Y015
+
+@_typing.final
+class AddDomainIOThreadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddDomainIOThreadResponse: _TypeAlias = AddDomainIOThreadResponse  # noqa: Y015
+
+@_typing.final
+class DeleteDomainIOThreadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    id: _builtins.int
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        id: _builtins.int = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDomainIOThreadRequest: _TypeAlias = DeleteDomainIOThreadRequest  # noqa: Y015
+
+@_typing.final
+class DeleteDomainIOThreadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDomainIOThreadResponse: _TypeAlias = DeleteDomainIOThreadResponse  # noqa: Y015
+
+@_typing.final
+class PinDomainIOThreadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    CPUS_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    id: _builtins.int
+    @_builtins.property
+    def cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """At least one host CPU."""
+
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        id: _builtins.int = ...,
+        cpus: _abc.Iterable[_builtins.int] | None = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "id", b"id", "name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinDomainIOThreadRequest: _TypeAlias = PinDomainIOThreadRequest  # noqa: Y015
+
+@_typing.final
+class PinDomainIOThreadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinDomainIOThreadResponse: _TypeAlias = PinDomainIOThreadResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainMetadataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    URI_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    type: Global___MetadataType.ValueType
+    uri: _builtins.str
+    """The element's namespace URI (METADATA_TYPE_ELEMENT only)."""
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """live or config, not both; neither is the domain's current state."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: Global___MetadataType.ValueType = ...,
+        uri: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "scope", b"scope", "type", b"type", "uri", b"uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMetadataRequest: _TypeAlias = GetDomainMetadataRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainMetadataResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    value: _builtins.str
+    """The text, or the element's XML."""
+    def __init__(
+        self,
+        *,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMetadataResponse: _TypeAlias = GetDomainMetadataResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainMetadataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    URI_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    type: Global___MetadataType.ValueType
+    value: _builtins.str
+    """The text, or one XML element; empty removes it."""
+    key: _builtins.str
+    """The element's namespace prefix and URI (METADATA_TYPE_ELEMENT only;
+    removing needs the uri only).
+    """
+    uri: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: Global___MetadataType.ValueType = ...,
+        value: _builtins.str = ...,
+        key: _builtins.str = ...,
+        uri: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "name", b"name", "scope", b"scope", "type", b"type", "uri", b"uri", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainMetadataRequest: _TypeAlias = SetDomainMetadataRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainMetadataResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainMetadataResponse: _TypeAlias = SetDomainMetadataResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainCpuStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    START_CPU_FIELD_NUMBER: _builtins.int
+    CPU_COUNT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    start_cpu: _builtins.int
+    """Per host CPU from start_cpu, at most cpu_count of them (0: none, the
+    total only).
+    """
+    cpu_count: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        start_cpu: _builtins.int = ...,
+        cpu_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_count", b"cpu_count", "name", b"name", "start_cpu", b"start_cpu"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainCpuStatsRequest: _TypeAlias = GetDomainCpuStatsRequest  # noqa: Y015
+
+@_typing.final
+class DomainCpuStats(_message.Message):
+    """CPU time of a domain, on all host CPUs or one: libvirt's typed parameters
+    (cpu_time, user_time, system_time, vcpu_time), nanoseconds.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPU_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    cpu: _builtins.int
+    """The host CPU; unset for the total."""
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]: ...
+    def __init__(
+        self,
+        *,
+        cpu: _builtins.int | None = ...,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cpu", b"_cpu", "cpu", b"cpu"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu", b"_cpu", "cpu", b"cpu", "parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cpu: _TypeAlias = _typing.Literal["cpu"]  # noqa: Y015
+    _WhichOneofArgType__cpu: _TypeAlias = _typing.Literal["_cpu", b"_cpu"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cpu) -> _WhichOneofReturnType__cpu | None: ...
+
+Global___DomainCpuStats: _TypeAlias = DomainCpuStats  # noqa: Y015
+
+@_typing.final
+class GetDomainCpuStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_FIELD_NUMBER: _builtins.int
+    CPUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def total(self) -> Global___DomainCpuStats: ...
+    @_builtins.property
+    def cpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___DomainCpuStats]: ...
+    def __init__(
+        self,
+        *,
+        total: Global___DomainCpuStats | None = ...,
+        cpus: _abc.Iterable[Global___DomainCpuStats] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainCpuStatsResponse: _TypeAlias = GetDomainCpuStatsResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainMaxMemoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMaxMemoryRequest: _TypeAlias = GetDomainMaxMemoryRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainMaxMemoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_MEMORY_KIB_FIELD_NUMBER: _builtins.int
+    max_memory_kib: _builtins.int
+    def __init__(
+        self,
+        *,
+        max_memory_kib: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_memory_kib", b"max_memory_kib"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMaxMemoryResponse: _TypeAlias = GetDomainMaxMemoryResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainVcpusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainVcpusRequest: _TypeAlias = GetDomainVcpusRequest  # noqa: Y015
+
+@_typing.final
+class VcpuInfo(_message.Message):
+    """One vCPU of a running domain (virVcpuInfo)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CPU_TIME_NS_FIELD_NUMBER: _builtins.int
+    CPU_FIELD_NUMBER: _builtins.int
+    AFFINITY_FIELD_NUMBER: _builtins.int
+    number: _builtins.int
+    state: Global___VcpuState.ValueType
+    cpu_time_ns: _builtins.int
+    cpu: _builtins.int
+    """The host CPU it last ran on."""
+    @_builtins.property
+    def affinity(self) -> Global___CpuAffinity: ...
+    def __init__(
+        self,
+        *,
+        number: _builtins.int = ...,
+        state: Global___VcpuState.ValueType = ...,
+        cpu_time_ns: _builtins.int = ...,
+        cpu: _builtins.int = ...,
+        affinity: Global___CpuAffinity | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "cpu", b"cpu", "cpu_time_ns", b"cpu_time_ns", "number", b"number", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VcpuInfo: _TypeAlias = VcpuInfo  # noqa: Y015
+
+@_typing.final
+class GetDomainVcpusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VCPUS_FIELD_NUMBER: _builtins.int
+    MAX_VCPUS_FIELD_NUMBER: _builtins.int
+    max_vcpus: _builtins.int
+    """The most vCPUs the domain may have."""
+    @_builtins.property
+    def vcpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___VcpuInfo]: ...
+    def __init__(
+        self,
+        *,
+        vcpus: _abc.Iterable[Global___VcpuInfo] | None = ...,
+        max_vcpus: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_vcpus", b"max_vcpus", "vcpus", b"vcpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainVcpusResponse: _TypeAlias = GetDomainVcpusResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainInterfaceParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    device: _builtins.str
+    """The interface: its target device name or MAC address."""
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """live or config, not both; neither is the domain's current state."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        device: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainInterfaceParametersRequest: _TypeAlias = GetDomainInterfaceParametersRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainInterfaceParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]: ...
+    def __init__(
+        self,
+        *,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainInterfaceParametersResponse: _TypeAlias = GetDomainInterfaceParametersResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainInterfaceParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    device: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """As SetDomainSchedulerParametersRequest's."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        device: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "name", b"name", "parameters", b"parameters", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainInterfaceParametersRequest: _TypeAlias = SetDomainInterfaceParametersRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainInterfaceParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainInterfaceParametersResponse: _TypeAlias = SetDomainInterfaceParametersResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainMemoryStatsPeriodRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    period_seconds: _builtins.int
+    """Seconds between two reports; 0 stops them."""
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        period_seconds: _builtins.int = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "period_seconds", b"period_seconds", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainMemoryStatsPeriodRequest: _TypeAlias = SetDomainMemoryStatsPeriodRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainMemoryStatsPeriodResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainMemoryStatsPeriodResponse: _TypeAlias = SetDomainMemoryStatsPeriodResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainIOThreadParametersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    id: _builtins.int
+    """The IOThread's id."""
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """At least one; integers in any integer field."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        id: _builtins.int = ...,
+        scope: Global___Scope | None = ...,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "parameters", b"parameters", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainIOThreadParametersRequest: _TypeAlias = SetDomainIOThreadParametersRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainIOThreadParametersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainIOThreadParametersResponse: _TypeAlias = SetDomainIOThreadParametersResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainVcpuRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VCPUS_FIELD_NUMBER: _builtins.int
+    ENABLE_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    enable: _builtins.bool
+    """Enable them, or disable them."""
+    @_builtins.property
+    def vcpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The vCPUs to change, at least one."""
+
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        vcpus: _abc.Iterable[_builtins.int] | None = ...,
+        enable: _builtins.bool = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enable", b"enable", "name", b"name", "scope", b"scope", "vcpus", b"vcpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainVcpuRequest: _TypeAlias = SetDomainVcpuRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainVcpuResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainVcpuResponse: _TypeAlias = SetDomainVcpuResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainSecurityLabelsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainSecurityLabelsRequest: _TypeAlias = GetDomainSecurityLabelsRequest  # noqa: Y015
+
+@_typing.final
+class SecurityLabel(_message.Message):
+    """A domain's label of one security driver (virSecurityLabel)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_FIELD_NUMBER: _builtins.int
+    ENFORCING_FIELD_NUMBER: _builtins.int
+    label: _builtins.str
+    """For example "system_u:system_r:svirt_t:s0:c1,c2"; empty when none."""
+    enforcing: _builtins.bool
+    def __init__(
+        self,
+        *,
+        label: _builtins.str = ...,
+        enforcing: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enforcing", b"enforcing", "label", b"label"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecurityLabel: _TypeAlias = SecurityLabel  # noqa: Y015
+
+@_typing.final
+class GetDomainSecurityLabelsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecurityLabel]: ...
+    def __init__(
+        self,
+        *,
+        labels: _abc.Iterable[Global___SecurityLabel] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainSecurityLabelsResponse: _TypeAlias = GetDomainSecurityLabelsResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainLaunchSecurityInfoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainLaunchSecurityInfoRequest: _TypeAlias = GetDomainLaunchSecurityInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainLaunchSecurityInfoResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """libvirt's sev-measurement (string), sev-api-major, sev-api-minor,
+        sev-build-id, sev-policy (uint), ...
+        """
+
+    def __init__(
+        self,
+        *,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainLaunchSecurityInfoResponse: _TypeAlias = GetDomainLaunchSecurityInfoResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainLaunchSecurityStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    SECRET_HEADER_FIELD_NUMBER: _builtins.int
+    SET_ADDRESS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    secret: _builtins.str
+    """The secret and its header, base64 (libvirt's sev-secret and
+    sev-secret-header).
+    """
+    secret_header: _builtins.str
+    set_address: _builtins.int
+    """Where in guest memory it goes; unset lets the firmware say."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        secret: _builtins.str = ...,
+        secret_header: _builtins.str = ...,
+        set_address: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_set_address", b"_set_address", "set_address", b"set_address"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_set_address", b"_set_address", "name", b"name", "secret", b"secret", "secret_header", b"secret_header", "set_address", b"set_address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__set_address: _TypeAlias = _typing.Literal["set_address"]  # noqa: Y015
+    _WhichOneofArgType__set_address: _TypeAlias = _typing.Literal["_set_address", b"_set_address"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__set_address) -> _WhichOneofReturnType__set_address | None: ...
+
+Global___SetDomainLaunchSecurityStateRequest: _TypeAlias = SetDomainLaunchSecurityStateRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainLaunchSecurityStateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainLaunchSecurityStateResponse: _TypeAlias = SetDomainLaunchSecurityStateResponse  # noqa: Y015

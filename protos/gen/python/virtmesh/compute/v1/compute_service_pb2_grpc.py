@@ -458,6 +458,161 @@ class ComputeServiceStub:
                 request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetAgentResponseTimeoutRequest.SerializeToString,
                 response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetAgentResponseTimeoutResponse.FromString,
                 _registered_method=True)
+        self.GetDomainSchedulerParameters = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainSchedulerParameters',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSchedulerParametersRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSchedulerParametersResponse.FromString,
+                _registered_method=True)
+        self.SetDomainSchedulerParameters = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainSchedulerParameters',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainSchedulerParametersRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainSchedulerParametersResponse.FromString,
+                _registered_method=True)
+        self.GetDomainMemoryParameters = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainMemoryParameters',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMemoryParametersRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMemoryParametersResponse.FromString,
+                _registered_method=True)
+        self.SetDomainMemoryParameters = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainMemoryParameters',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMemoryParametersRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMemoryParametersResponse.FromString,
+                _registered_method=True)
+        self.GetDomainBlkioParameters = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainBlkioParameters',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlkioParametersRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlkioParametersResponse.FromString,
+                _registered_method=True)
+        self.SetDomainBlkioParameters = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainBlkioParameters',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlkioParametersRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlkioParametersResponse.FromString,
+                _registered_method=True)
+        self.GetDomainNumaParameters = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainNumaParameters',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainNumaParametersRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainNumaParametersResponse.FromString,
+                _registered_method=True)
+        self.SetDomainNumaParameters = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainNumaParameters',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainNumaParametersRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainNumaParametersResponse.FromString,
+                _registered_method=True)
+        self.GetDomainPerfEvents = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainPerfEvents',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainPerfEventsRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainPerfEventsResponse.FromString,
+                _registered_method=True)
+        self.SetDomainPerfEvents = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainPerfEvents',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainPerfEventsRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainPerfEventsResponse.FromString,
+                _registered_method=True)
+        self.GetDomainVcpuPinInfo = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainVcpuPinInfo',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpuPinInfoRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpuPinInfoResponse.FromString,
+                _registered_method=True)
+        self.PinDomainVcpu = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/PinDomainVcpu',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PinDomainVcpuRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PinDomainVcpuResponse.FromString,
+                _registered_method=True)
+        self.GetDomainEmulatorPinInfo = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainEmulatorPinInfo',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainEmulatorPinInfoRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainEmulatorPinInfoResponse.FromString,
+                _registered_method=True)
+        self.PinDomainEmulator = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/PinDomainEmulator',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PinDomainEmulatorRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PinDomainEmulatorResponse.FromString,
+                _registered_method=True)
+        self.GetDomainIOThreadInfo = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainIOThreadInfo',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainIOThreadInfoRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainIOThreadInfoResponse.FromString,
+                _registered_method=True)
+        self.AddDomainIOThread = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/AddDomainIOThread',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AddDomainIOThreadRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AddDomainIOThreadResponse.FromString,
+                _registered_method=True)
+        self.DeleteDomainIOThread = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/DeleteDomainIOThread',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DeleteDomainIOThreadRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DeleteDomainIOThreadResponse.FromString,
+                _registered_method=True)
+        self.PinDomainIOThread = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/PinDomainIOThread',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PinDomainIOThreadRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PinDomainIOThreadResponse.FromString,
+                _registered_method=True)
+        self.GetDomainMetadata = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainMetadata',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMetadataRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMetadataResponse.FromString,
+                _registered_method=True)
+        self.SetDomainMetadata = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainMetadata',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMetadataRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMetadataResponse.FromString,
+                _registered_method=True)
+        self.GetDomainCpuStats = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainCpuStats',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainCpuStatsRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainCpuStatsResponse.FromString,
+                _registered_method=True)
+        self.GetDomainMaxMemory = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainMaxMemory',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMaxMemoryRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMaxMemoryResponse.FromString,
+                _registered_method=True)
+        self.GetDomainVcpus = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainVcpus',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpusRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpusResponse.FromString,
+                _registered_method=True)
+        self.GetDomainInterfaceParameters = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainInterfaceParameters',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainInterfaceParametersRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainInterfaceParametersResponse.FromString,
+                _registered_method=True)
+        self.SetDomainInterfaceParameters = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainInterfaceParameters',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainInterfaceParametersRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainInterfaceParametersResponse.FromString,
+                _registered_method=True)
+        self.SetDomainMemoryStatsPeriod = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainMemoryStatsPeriod',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMemoryStatsPeriodRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMemoryStatsPeriodResponse.FromString,
+                _registered_method=True)
+        self.SetDomainIOThreadParameters = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainIOThreadParameters',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainIOThreadParametersRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainIOThreadParametersResponse.FromString,
+                _registered_method=True)
+        self.SetDomainVcpu = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainVcpu',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainVcpuRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainVcpuResponse.FromString,
+                _registered_method=True)
+        self.GetDomainSecurityLabels = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainSecurityLabels',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSecurityLabelsRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSecurityLabelsResponse.FromString,
+                _registered_method=True)
+        self.GetDomainLaunchSecurityInfo = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainLaunchSecurityInfo',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainLaunchSecurityInfoRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainLaunchSecurityInfoResponse.FromString,
+                _registered_method=True)
+        self.SetDomainLaunchSecurityState = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainLaunchSecurityState',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLaunchSecurityStateRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLaunchSecurityStateResponse.FromString,
+                _registered_method=True)
 
 
 class ComputeServiceServicer:
@@ -1288,6 +1443,311 @@ class ComputeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDomainSchedulerParameters(self, request, context):
+        """Returns the domain's scheduler (virDomainGetSchedulerType) and its
+        parameters (virDomainGetSchedulerParametersFlags; with no scope,
+        virDomainGetSchedulerParameters, which every driver has), for example
+        cpu_shares, vcpu_period, vcpu_quota (QEMU) or weight (test driver).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+        FAILED_PRECONDITION for live on an inactive domain; UNIMPLEMENTED when the
+        driver has no scheduler parameters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainSchedulerParameters(self, request, context):
+        """Changes scheduler parameters (virDomainSetSchedulerParametersFlags; with
+        no scope, virDomainSetSchedulerParameters, virsh schedinfo --set).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for no parameter, a name the domain
+        does not have or a value of the wrong type (nothing is changed then);
+        FAILED_PRECONDITION for live on an inactive domain; UNIMPLEMENTED as the
+        getter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainMemoryParameters(self, request, context):
+        """Returns the domain's memory tunables (virDomainGetMemoryParameters, virsh
+        memtune): hard_limit, soft_limit, swap_hard_limit, min_guarantee, in KiB.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+        FAILED_PRECONDITION for live on an inactive domain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainMemoryParameters(self, request, context):
+        """Changes memory tunables (virDomainSetMemoryParameters).
+        Errors: as SetDomainSchedulerParameters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainBlkioParameters(self, request, context):
+        """Returns the domain's block I/O tunables (virDomainGetBlkioParameters,
+        virsh blkiotune): weight and the per-device lists.
+        Errors: as GetDomainMemoryParameters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainBlkioParameters(self, request, context):
+        """Changes block I/O tunables (virDomainSetBlkioParameters).
+        Errors: as SetDomainSchedulerParameters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainNumaParameters(self, request, context):
+        """Returns the domain's NUMA tunables (virDomainGetNumaParameters, virsh
+        numatune): numa_mode and numa_nodeset.
+        Errors: as GetDomainMemoryParameters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainNumaParameters(self, request, context):
+        """Changes NUMA tunables (virDomainSetNumaParameters).
+        Errors: as SetDomainSchedulerParameters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainPerfEvents(self, request, context):
+        """Returns which perf events are enabled (virDomainGetPerfEvents, virsh perf).
+        Errors: as GetDomainMemoryParameters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainPerfEvents(self, request, context):
+        """Enables or disables perf events (virDomainSetPerfEvents); each parameter
+        is an event name with a boolean value.
+        Errors: as SetDomainSchedulerParameters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainVcpuPinInfo(self, request, context):
+        """Returns each vCPU's host CPU affinity (virDomainGetVcpuPinInfo, virsh
+        vcpupin NAME).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+        FAILED_PRECONDITION for live on an inactive domain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PinDomainVcpu(self, request, context):
+        """Pins one vCPU to host CPUs (virDomainPinVcpuFlags).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for no CPU, a CPU the host does not
+        have or a vCPU the domain does not have; FAILED_PRECONDITION for live on
+        an inactive domain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainEmulatorPinInfo(self, request, context):
+        """Returns the emulator threads' host CPU affinity
+        (virDomainGetEmulatorPinInfo, virsh emulatorpin NAME).
+        Errors: as GetDomainVcpuPinInfo.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PinDomainEmulator(self, request, context):
+        """Pins the emulator threads to host CPUs (virDomainPinEmulator).
+        Errors: as PinDomainVcpu.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainIOThreadInfo(self, request, context):
+        """Returns the domain's IOThreads with their host CPU affinity
+        (virDomainGetIOThreadInfo, virsh iothreadinfo).
+        Errors: as GetDomainVcpuPinInfo; UNIMPLEMENTED when the driver has no
+        IOThreads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddDomainIOThread(self, request, context):
+        """Adds an IOThread (virDomainAddIOThread).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for id 0 or an id in use;
+        FAILED_PRECONDITION for live on an inactive domain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDomainIOThread(self, request, context):
+        """Removes an IOThread (virDomainDelIOThread).
+        Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for an id the domain
+        does not have or one a disk still uses; FAILED_PRECONDITION for live on
+        an inactive domain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PinDomainIOThread(self, request, context):
+        """Pins an IOThread to host CPUs (virDomainPinIOThread).
+        Errors: as PinDomainVcpu, for an IOThread id the domain does not have.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainMetadata(self, request, context):
+        """Returns the domain's title, description or one namespaced XML element
+        of its metadata (virDomainGetMetadata, virsh metadata / desc).
+        Errors: NOT_FOUND for the domain or for metadata it does not have;
+        INVALID_ARGUMENT for an unset type, or an element without its uri;
+        FAILED_PRECONDITION for live on an inactive domain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainMetadata(self, request, context):
+        """Sets or, with an empty value, removes the title, description or one
+        namespaced XML element of the domain's metadata (virDomainSetMetadata).
+        An element's XML passes the service's document checks first.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for an unset type, an element
+        without key and uri, malformed or oversized XML, a title with a newline;
+        FAILED_PRECONDITION for live on an inactive domain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainCpuStats(self, request, context):
+        """Returns the domain's CPU time, in total and per host CPU
+        (virDomainGetCPUStats, virsh cpu-stats).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+        INVALID_ARGUMENT for a start_cpu beyond the host's CPUs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainMaxMemory(self, request, context):
+        """Returns the domain's maximum memory (virDomainGetMaxMemory); SetDomainMemory
+        with `maximum` changes it.
+        Errors: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainVcpus(self, request, context):
+        """Returns each vCPU's state, CPU time and host CPU with its affinity
+        (virDomainGetVcpus, virsh vcpuinfo), and the domain's maximum vCPUs
+        (virDomainGetMaxVcpus).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainInterfaceParameters(self, request, context):
+        """Returns an interface's bandwidth tunables (virDomainGetInterfaceParameters,
+        virsh domiftune): inbound.average, inbound.peak, ... in KiB/s and KiB.
+        Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a device the
+        domain does not have, or live and config together; FAILED_PRECONDITION
+        for live on an inactive domain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainInterfaceParameters(self, request, context):
+        """Changes an interface's bandwidth tunables
+        (virDomainSetInterfaceParameters).
+        Errors: as SetDomainSchedulerParameters; INVALID_ARGUMENT for a device
+        the domain does not have.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainMemoryStatsPeriod(self, request, context):
+        """Changes how often the balloon driver reports memory statistics
+        (virDomainSetMemoryStatsPeriod, virsh dommemstat --period); 0 stops them.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a period above 2^31-1;
+        FAILED_PRECONDITION for live on an inactive domain or a domain without
+        a balloon.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainIOThreadParameters(self, request, context):
+        """Changes an IOThread's polling and thread-pool parameters
+        (virDomainSetIOThreadParams, virsh iothreadset): poll_max_ns, poll_grow,
+        poll_shrink, thread_pool_min, thread_pool_max.
+        Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for no parameter, a
+        name libvirt does not have, a value of the wrong type or an IOThread the
+        domain does not have (nothing is changed then); FAILED_PRECONDITION for
+        live on an inactive domain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainVcpu(self, request, context):
+        """Enables or disables individual vCPUs (virDomainSetVcpu, virsh setvcpu).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for no vCPU or one the domain does
+        not have; FAILED_PRECONDITION for live on an inactive domain;
+        UNIMPLEMENTED when the driver cannot (the test driver).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainSecurityLabels(self, request, context):
+        """Returns the domain's security labels, one per security driver
+        (virDomainGetSecurityLabelList).
+        Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
+        driver).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainLaunchSecurityInfo(self, request, context):
+        """Returns a running SEV guest's launch measurement and SEV versions
+        (virDomainGetLaunchSecurityInfo, virsh domlaunchsecinfo).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain has no launch
+        security (no <launchSecurity> in its XML) or is not running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainLaunchSecurityState(self, request, context):
+        """Injects a launch secret into a running, paused SEV guest
+        (virDomainSetLaunchSecurityState, virsh domsetlaunchsecstate).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
+        FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ComputeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1705,6 +2165,161 @@ def add_ComputeServiceServicer_to_server(servicer, server):
                     servicer.SetAgentResponseTimeout,
                     request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetAgentResponseTimeoutRequest.FromString,
                     response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetAgentResponseTimeoutResponse.SerializeToString,
+            ),
+            'GetDomainSchedulerParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainSchedulerParameters,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSchedulerParametersRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSchedulerParametersResponse.SerializeToString,
+            ),
+            'SetDomainSchedulerParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainSchedulerParameters,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainSchedulerParametersRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainSchedulerParametersResponse.SerializeToString,
+            ),
+            'GetDomainMemoryParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainMemoryParameters,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMemoryParametersRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMemoryParametersResponse.SerializeToString,
+            ),
+            'SetDomainMemoryParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainMemoryParameters,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMemoryParametersRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMemoryParametersResponse.SerializeToString,
+            ),
+            'GetDomainBlkioParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainBlkioParameters,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlkioParametersRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlkioParametersResponse.SerializeToString,
+            ),
+            'SetDomainBlkioParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainBlkioParameters,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlkioParametersRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlkioParametersResponse.SerializeToString,
+            ),
+            'GetDomainNumaParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainNumaParameters,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainNumaParametersRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainNumaParametersResponse.SerializeToString,
+            ),
+            'SetDomainNumaParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainNumaParameters,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainNumaParametersRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainNumaParametersResponse.SerializeToString,
+            ),
+            'GetDomainPerfEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainPerfEvents,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainPerfEventsRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainPerfEventsResponse.SerializeToString,
+            ),
+            'SetDomainPerfEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainPerfEvents,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainPerfEventsRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainPerfEventsResponse.SerializeToString,
+            ),
+            'GetDomainVcpuPinInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainVcpuPinInfo,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpuPinInfoRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpuPinInfoResponse.SerializeToString,
+            ),
+            'PinDomainVcpu': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinDomainVcpu,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PinDomainVcpuRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PinDomainVcpuResponse.SerializeToString,
+            ),
+            'GetDomainEmulatorPinInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainEmulatorPinInfo,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainEmulatorPinInfoRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainEmulatorPinInfoResponse.SerializeToString,
+            ),
+            'PinDomainEmulator': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinDomainEmulator,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PinDomainEmulatorRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PinDomainEmulatorResponse.SerializeToString,
+            ),
+            'GetDomainIOThreadInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainIOThreadInfo,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainIOThreadInfoRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainIOThreadInfoResponse.SerializeToString,
+            ),
+            'AddDomainIOThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddDomainIOThread,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AddDomainIOThreadRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AddDomainIOThreadResponse.SerializeToString,
+            ),
+            'DeleteDomainIOThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDomainIOThread,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DeleteDomainIOThreadRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DeleteDomainIOThreadResponse.SerializeToString,
+            ),
+            'PinDomainIOThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinDomainIOThread,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PinDomainIOThreadRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PinDomainIOThreadResponse.SerializeToString,
+            ),
+            'GetDomainMetadata': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainMetadata,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMetadataRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMetadataResponse.SerializeToString,
+            ),
+            'SetDomainMetadata': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainMetadata,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMetadataRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMetadataResponse.SerializeToString,
+            ),
+            'GetDomainCpuStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainCpuStats,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainCpuStatsRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainCpuStatsResponse.SerializeToString,
+            ),
+            'GetDomainMaxMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainMaxMemory,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMaxMemoryRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMaxMemoryResponse.SerializeToString,
+            ),
+            'GetDomainVcpus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainVcpus,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpusRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpusResponse.SerializeToString,
+            ),
+            'GetDomainInterfaceParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainInterfaceParameters,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainInterfaceParametersRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainInterfaceParametersResponse.SerializeToString,
+            ),
+            'SetDomainInterfaceParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainInterfaceParameters,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainInterfaceParametersRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainInterfaceParametersResponse.SerializeToString,
+            ),
+            'SetDomainMemoryStatsPeriod': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainMemoryStatsPeriod,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMemoryStatsPeriodRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMemoryStatsPeriodResponse.SerializeToString,
+            ),
+            'SetDomainIOThreadParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainIOThreadParameters,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainIOThreadParametersRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainIOThreadParametersResponse.SerializeToString,
+            ),
+            'SetDomainVcpu': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainVcpu,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainVcpuRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainVcpuResponse.SerializeToString,
+            ),
+            'GetDomainSecurityLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainSecurityLabels,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSecurityLabelsRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSecurityLabelsResponse.SerializeToString,
+            ),
+            'GetDomainLaunchSecurityInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainLaunchSecurityInfo,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainLaunchSecurityInfoRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainLaunchSecurityInfoResponse.SerializeToString,
+            ),
+            'SetDomainLaunchSecurityState': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainLaunchSecurityState,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLaunchSecurityStateRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLaunchSecurityStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -3957,6 +4572,843 @@ class ComputeService:
             '/virtmesh.compute.v1.ComputeService/SetAgentResponseTimeout',
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetAgentResponseTimeoutRequest.SerializeToString,
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetAgentResponseTimeoutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainSchedulerParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainSchedulerParameters',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSchedulerParametersRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSchedulerParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainSchedulerParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainSchedulerParameters',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainSchedulerParametersRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainSchedulerParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainMemoryParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainMemoryParameters',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMemoryParametersRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMemoryParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainMemoryParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainMemoryParameters',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMemoryParametersRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMemoryParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainBlkioParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainBlkioParameters',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlkioParametersRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlkioParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainBlkioParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainBlkioParameters',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlkioParametersRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlkioParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainNumaParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainNumaParameters',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainNumaParametersRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainNumaParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainNumaParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainNumaParameters',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainNumaParametersRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainNumaParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainPerfEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainPerfEvents',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainPerfEventsRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainPerfEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainPerfEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainPerfEvents',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainPerfEventsRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainPerfEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainVcpuPinInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainVcpuPinInfo',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpuPinInfoRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpuPinInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinDomainVcpu(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/PinDomainVcpu',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PinDomainVcpuRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PinDomainVcpuResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainEmulatorPinInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainEmulatorPinInfo',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainEmulatorPinInfoRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainEmulatorPinInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinDomainEmulator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/PinDomainEmulator',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PinDomainEmulatorRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PinDomainEmulatorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainIOThreadInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainIOThreadInfo',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainIOThreadInfoRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainIOThreadInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddDomainIOThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/AddDomainIOThread',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AddDomainIOThreadRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AddDomainIOThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDomainIOThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/DeleteDomainIOThread',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DeleteDomainIOThreadRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DeleteDomainIOThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinDomainIOThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/PinDomainIOThread',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PinDomainIOThreadRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PinDomainIOThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainMetadata(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainMetadata',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMetadataRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMetadataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainMetadata(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainMetadata',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMetadataRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMetadataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainCpuStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainCpuStats',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainCpuStatsRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainCpuStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainMaxMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainMaxMemory',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMaxMemoryRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMaxMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainVcpus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainVcpus',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpusRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainInterfaceParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainInterfaceParameters',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainInterfaceParametersRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainInterfaceParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainInterfaceParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainInterfaceParameters',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainInterfaceParametersRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainInterfaceParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainMemoryStatsPeriod(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainMemoryStatsPeriod',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMemoryStatsPeriodRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMemoryStatsPeriodResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainIOThreadParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainIOThreadParameters',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainIOThreadParametersRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainIOThreadParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainVcpu(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainVcpu',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainVcpuRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainVcpuResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainSecurityLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainSecurityLabels',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSecurityLabelsRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainSecurityLabelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainLaunchSecurityInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainLaunchSecurityInfo',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainLaunchSecurityInfoRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainLaunchSecurityInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainLaunchSecurityState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainLaunchSecurityState',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLaunchSecurityStateRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLaunchSecurityStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -520,6 +520,187 @@ class ComputeServiceStub:
     Errors: INVALID_ARGUMENT for seconds with a mode other than SECONDS, or
     out of range.
     """
+    GetDomainSchedulerParameters: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainSchedulerParametersRequest, _compute_service_pb2.GetDomainSchedulerParametersResponse]
+    """Returns the domain's scheduler (virDomainGetSchedulerType) and its
+    parameters (virDomainGetSchedulerParametersFlags; with no scope,
+    virDomainGetSchedulerParameters, which every driver has), for example
+    cpu_shares, vcpu_period, vcpu_quota (QEMU) or weight (test driver).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+    FAILED_PRECONDITION for live on an inactive domain; UNIMPLEMENTED when the
+    driver has no scheduler parameters.
+    """
+    SetDomainSchedulerParameters: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainSchedulerParametersRequest, _compute_service_pb2.SetDomainSchedulerParametersResponse]
+    """Changes scheduler parameters (virDomainSetSchedulerParametersFlags; with
+    no scope, virDomainSetSchedulerParameters, virsh schedinfo --set).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for no parameter, a name the domain
+    does not have or a value of the wrong type (nothing is changed then);
+    FAILED_PRECONDITION for live on an inactive domain; UNIMPLEMENTED as the
+    getter.
+    """
+    GetDomainMemoryParameters: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainMemoryParametersRequest, _compute_service_pb2.GetDomainMemoryParametersResponse]
+    """Returns the domain's memory tunables (virDomainGetMemoryParameters, virsh
+    memtune): hard_limit, soft_limit, swap_hard_limit, min_guarantee, in KiB.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+    FAILED_PRECONDITION for live on an inactive domain.
+    """
+    SetDomainMemoryParameters: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainMemoryParametersRequest, _compute_service_pb2.SetDomainMemoryParametersResponse]
+    """Changes memory tunables (virDomainSetMemoryParameters).
+    Errors: as SetDomainSchedulerParameters.
+    """
+    GetDomainBlkioParameters: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainBlkioParametersRequest, _compute_service_pb2.GetDomainBlkioParametersResponse]
+    """Returns the domain's block I/O tunables (virDomainGetBlkioParameters,
+    virsh blkiotune): weight and the per-device lists.
+    Errors: as GetDomainMemoryParameters.
+    """
+    SetDomainBlkioParameters: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainBlkioParametersRequest, _compute_service_pb2.SetDomainBlkioParametersResponse]
+    """Changes block I/O tunables (virDomainSetBlkioParameters).
+    Errors: as SetDomainSchedulerParameters.
+    """
+    GetDomainNumaParameters: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainNumaParametersRequest, _compute_service_pb2.GetDomainNumaParametersResponse]
+    """Returns the domain's NUMA tunables (virDomainGetNumaParameters, virsh
+    numatune): numa_mode and numa_nodeset.
+    Errors: as GetDomainMemoryParameters.
+    """
+    SetDomainNumaParameters: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainNumaParametersRequest, _compute_service_pb2.SetDomainNumaParametersResponse]
+    """Changes NUMA tunables (virDomainSetNumaParameters).
+    Errors: as SetDomainSchedulerParameters.
+    """
+    GetDomainPerfEvents: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainPerfEventsRequest, _compute_service_pb2.GetDomainPerfEventsResponse]
+    """Returns which perf events are enabled (virDomainGetPerfEvents, virsh perf).
+    Errors: as GetDomainMemoryParameters.
+    """
+    SetDomainPerfEvents: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainPerfEventsRequest, _compute_service_pb2.SetDomainPerfEventsResponse]
+    """Enables or disables perf events (virDomainSetPerfEvents); each parameter
+    is an event name with a boolean value.
+    Errors: as SetDomainSchedulerParameters.
+    """
+    GetDomainVcpuPinInfo: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainVcpuPinInfoRequest, _compute_service_pb2.GetDomainVcpuPinInfoResponse]
+    """Returns each vCPU's host CPU affinity (virDomainGetVcpuPinInfo, virsh
+    vcpupin NAME).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+    FAILED_PRECONDITION for live on an inactive domain.
+    """
+    PinDomainVcpu: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.PinDomainVcpuRequest, _compute_service_pb2.PinDomainVcpuResponse]
+    """Pins one vCPU to host CPUs (virDomainPinVcpuFlags).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for no CPU, a CPU the host does not
+    have or a vCPU the domain does not have; FAILED_PRECONDITION for live on
+    an inactive domain.
+    """
+    GetDomainEmulatorPinInfo: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainEmulatorPinInfoRequest, _compute_service_pb2.GetDomainEmulatorPinInfoResponse]
+    """Returns the emulator threads' host CPU affinity
+    (virDomainGetEmulatorPinInfo, virsh emulatorpin NAME).
+    Errors: as GetDomainVcpuPinInfo.
+    """
+    PinDomainEmulator: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.PinDomainEmulatorRequest, _compute_service_pb2.PinDomainEmulatorResponse]
+    """Pins the emulator threads to host CPUs (virDomainPinEmulator).
+    Errors: as PinDomainVcpu.
+    """
+    GetDomainIOThreadInfo: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainIOThreadInfoRequest, _compute_service_pb2.GetDomainIOThreadInfoResponse]
+    """Returns the domain's IOThreads with their host CPU affinity
+    (virDomainGetIOThreadInfo, virsh iothreadinfo).
+    Errors: as GetDomainVcpuPinInfo; UNIMPLEMENTED when the driver has no
+    IOThreads.
+    """
+    AddDomainIOThread: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.AddDomainIOThreadRequest, _compute_service_pb2.AddDomainIOThreadResponse]
+    """Adds an IOThread (virDomainAddIOThread).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for id 0 or an id in use;
+    FAILED_PRECONDITION for live on an inactive domain.
+    """
+    DeleteDomainIOThread: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.DeleteDomainIOThreadRequest, _compute_service_pb2.DeleteDomainIOThreadResponse]
+    """Removes an IOThread (virDomainDelIOThread).
+    Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for an id the domain
+    does not have or one a disk still uses; FAILED_PRECONDITION for live on
+    an inactive domain.
+    """
+    PinDomainIOThread: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.PinDomainIOThreadRequest, _compute_service_pb2.PinDomainIOThreadResponse]
+    """Pins an IOThread to host CPUs (virDomainPinIOThread).
+    Errors: as PinDomainVcpu, for an IOThread id the domain does not have.
+    """
+    GetDomainMetadata: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainMetadataRequest, _compute_service_pb2.GetDomainMetadataResponse]
+    """Returns the domain's title, description or one namespaced XML element
+    of its metadata (virDomainGetMetadata, virsh metadata / desc).
+    Errors: NOT_FOUND for the domain or for metadata it does not have;
+    INVALID_ARGUMENT for an unset type, or an element without its uri;
+    FAILED_PRECONDITION for live on an inactive domain.
+    """
+    SetDomainMetadata: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainMetadataRequest, _compute_service_pb2.SetDomainMetadataResponse]
+    """Sets or, with an empty value, removes the title, description or one
+    namespaced XML element of the domain's metadata (virDomainSetMetadata).
+    An element's XML passes the service's document checks first.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for an unset type, an element
+    without key and uri, malformed or oversized XML, a title with a newline;
+    FAILED_PRECONDITION for live on an inactive domain.
+    """
+    GetDomainCpuStats: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainCpuStatsRequest, _compute_service_pb2.GetDomainCpuStatsResponse]
+    """Returns the domain's CPU time, in total and per host CPU
+    (virDomainGetCPUStats, virsh cpu-stats).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+    INVALID_ARGUMENT for a start_cpu beyond the host's CPUs.
+    """
+    GetDomainMaxMemory: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainMaxMemoryRequest, _compute_service_pb2.GetDomainMaxMemoryResponse]
+    """Returns the domain's maximum memory (virDomainGetMaxMemory); SetDomainMemory
+    with `maximum` changes it.
+    Errors: NOT_FOUND.
+    """
+    GetDomainVcpus: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainVcpusRequest, _compute_service_pb2.GetDomainVcpusResponse]
+    """Returns each vCPU's state, CPU time and host CPU with its affinity
+    (virDomainGetVcpus, virsh vcpuinfo), and the domain's maximum vCPUs
+    (virDomainGetMaxVcpus).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+    """
+    GetDomainInterfaceParameters: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainInterfaceParametersRequest, _compute_service_pb2.GetDomainInterfaceParametersResponse]
+    """Returns an interface's bandwidth tunables (virDomainGetInterfaceParameters,
+    virsh domiftune): inbound.average, inbound.peak, ... in KiB/s and KiB.
+    Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a device the
+    domain does not have, or live and config together; FAILED_PRECONDITION
+    for live on an inactive domain.
+    """
+    SetDomainInterfaceParameters: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainInterfaceParametersRequest, _compute_service_pb2.SetDomainInterfaceParametersResponse]
+    """Changes an interface's bandwidth tunables
+    (virDomainSetInterfaceParameters).
+    Errors: as SetDomainSchedulerParameters; INVALID_ARGUMENT for a device
+    the domain does not have.
+    """
+    SetDomainMemoryStatsPeriod: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainMemoryStatsPeriodRequest, _compute_service_pb2.SetDomainMemoryStatsPeriodResponse]
+    """Changes how often the balloon driver reports memory statistics
+    (virDomainSetMemoryStatsPeriod, virsh dommemstat --period); 0 stops them.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a period above 2^31-1;
+    FAILED_PRECONDITION for live on an inactive domain or a domain without
+    a balloon.
+    """
+    SetDomainIOThreadParameters: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainIOThreadParametersRequest, _compute_service_pb2.SetDomainIOThreadParametersResponse]
+    """Changes an IOThread's polling and thread-pool parameters
+    (virDomainSetIOThreadParams, virsh iothreadset): poll_max_ns, poll_grow,
+    poll_shrink, thread_pool_min, thread_pool_max.
+    Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for no parameter, a
+    name libvirt does not have, a value of the wrong type or an IOThread the
+    domain does not have (nothing is changed then); FAILED_PRECONDITION for
+    live on an inactive domain.
+    """
+    SetDomainVcpu: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainVcpuRequest, _compute_service_pb2.SetDomainVcpuResponse]
+    """Enables or disables individual vCPUs (virDomainSetVcpu, virsh setvcpu).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for no vCPU or one the domain does
+    not have; FAILED_PRECONDITION for live on an inactive domain;
+    UNIMPLEMENTED when the driver cannot (the test driver).
+    """
+    GetDomainSecurityLabels: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainSecurityLabelsRequest, _compute_service_pb2.GetDomainSecurityLabelsResponse]
+    """Returns the domain's security labels, one per security driver
+    (virDomainGetSecurityLabelList).
+    Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
+    driver).
+    """
+    GetDomainLaunchSecurityInfo: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainLaunchSecurityInfoRequest, _compute_service_pb2.GetDomainLaunchSecurityInfoResponse]
+    """Returns a running SEV guest's launch measurement and SEV versions
+    (virDomainGetLaunchSecurityInfo, virsh domlaunchsecinfo).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain has no launch
+    security (no <launchSecurity> in its XML) or is not running.
+    """
+    SetDomainLaunchSecurityState: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainLaunchSecurityStateRequest, _compute_service_pb2.SetDomainLaunchSecurityStateResponse]
+    """Injects a launch secret into a running, paused SEV guest
+    (virDomainSetLaunchSecurityState, virsh domsetlaunchsecstate).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
+    FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
+    """
 
 @_typing.type_check_only
 class ComputeServiceAsyncStub(ComputeServiceStub):
@@ -1012,6 +1193,187 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     (virDomainAgentSetResponseTimeout); lasts while the domain runs.
     Errors: INVALID_ARGUMENT for seconds with a mode other than SECONDS, or
     out of range.
+    """
+    GetDomainSchedulerParameters: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainSchedulerParametersRequest, _compute_service_pb2.GetDomainSchedulerParametersResponse]  # type: ignore[assignment]
+    """Returns the domain's scheduler (virDomainGetSchedulerType) and its
+    parameters (virDomainGetSchedulerParametersFlags; with no scope,
+    virDomainGetSchedulerParameters, which every driver has), for example
+    cpu_shares, vcpu_period, vcpu_quota (QEMU) or weight (test driver).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+    FAILED_PRECONDITION for live on an inactive domain; UNIMPLEMENTED when the
+    driver has no scheduler parameters.
+    """
+    SetDomainSchedulerParameters: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainSchedulerParametersRequest, _compute_service_pb2.SetDomainSchedulerParametersResponse]  # type: ignore[assignment]
+    """Changes scheduler parameters (virDomainSetSchedulerParametersFlags; with
+    no scope, virDomainSetSchedulerParameters, virsh schedinfo --set).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for no parameter, a name the domain
+    does not have or a value of the wrong type (nothing is changed then);
+    FAILED_PRECONDITION for live on an inactive domain; UNIMPLEMENTED as the
+    getter.
+    """
+    GetDomainMemoryParameters: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainMemoryParametersRequest, _compute_service_pb2.GetDomainMemoryParametersResponse]  # type: ignore[assignment]
+    """Returns the domain's memory tunables (virDomainGetMemoryParameters, virsh
+    memtune): hard_limit, soft_limit, swap_hard_limit, min_guarantee, in KiB.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+    FAILED_PRECONDITION for live on an inactive domain.
+    """
+    SetDomainMemoryParameters: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainMemoryParametersRequest, _compute_service_pb2.SetDomainMemoryParametersResponse]  # type: ignore[assignment]
+    """Changes memory tunables (virDomainSetMemoryParameters).
+    Errors: as SetDomainSchedulerParameters.
+    """
+    GetDomainBlkioParameters: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainBlkioParametersRequest, _compute_service_pb2.GetDomainBlkioParametersResponse]  # type: ignore[assignment]
+    """Returns the domain's block I/O tunables (virDomainGetBlkioParameters,
+    virsh blkiotune): weight and the per-device lists.
+    Errors: as GetDomainMemoryParameters.
+    """
+    SetDomainBlkioParameters: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainBlkioParametersRequest, _compute_service_pb2.SetDomainBlkioParametersResponse]  # type: ignore[assignment]
+    """Changes block I/O tunables (virDomainSetBlkioParameters).
+    Errors: as SetDomainSchedulerParameters.
+    """
+    GetDomainNumaParameters: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainNumaParametersRequest, _compute_service_pb2.GetDomainNumaParametersResponse]  # type: ignore[assignment]
+    """Returns the domain's NUMA tunables (virDomainGetNumaParameters, virsh
+    numatune): numa_mode and numa_nodeset.
+    Errors: as GetDomainMemoryParameters.
+    """
+    SetDomainNumaParameters: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainNumaParametersRequest, _compute_service_pb2.SetDomainNumaParametersResponse]  # type: ignore[assignment]
+    """Changes NUMA tunables (virDomainSetNumaParameters).
+    Errors: as SetDomainSchedulerParameters.
+    """
+    GetDomainPerfEvents: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainPerfEventsRequest, _compute_service_pb2.GetDomainPerfEventsResponse]  # type: ignore[assignment]
+    """Returns which perf events are enabled (virDomainGetPerfEvents, virsh perf).
+    Errors: as GetDomainMemoryParameters.
+    """
+    SetDomainPerfEvents: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainPerfEventsRequest, _compute_service_pb2.SetDomainPerfEventsResponse]  # type: ignore[assignment]
+    """Enables or disables perf events (virDomainSetPerfEvents); each parameter
+    is an event name with a boolean value.
+    Errors: as SetDomainSchedulerParameters.
+    """
+    GetDomainVcpuPinInfo: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainVcpuPinInfoRequest, _compute_service_pb2.GetDomainVcpuPinInfoResponse]  # type: ignore[assignment]
+    """Returns each vCPU's host CPU affinity (virDomainGetVcpuPinInfo, virsh
+    vcpupin NAME).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+    FAILED_PRECONDITION for live on an inactive domain.
+    """
+    PinDomainVcpu: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.PinDomainVcpuRequest, _compute_service_pb2.PinDomainVcpuResponse]  # type: ignore[assignment]
+    """Pins one vCPU to host CPUs (virDomainPinVcpuFlags).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for no CPU, a CPU the host does not
+    have or a vCPU the domain does not have; FAILED_PRECONDITION for live on
+    an inactive domain.
+    """
+    GetDomainEmulatorPinInfo: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainEmulatorPinInfoRequest, _compute_service_pb2.GetDomainEmulatorPinInfoResponse]  # type: ignore[assignment]
+    """Returns the emulator threads' host CPU affinity
+    (virDomainGetEmulatorPinInfo, virsh emulatorpin NAME).
+    Errors: as GetDomainVcpuPinInfo.
+    """
+    PinDomainEmulator: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.PinDomainEmulatorRequest, _compute_service_pb2.PinDomainEmulatorResponse]  # type: ignore[assignment]
+    """Pins the emulator threads to host CPUs (virDomainPinEmulator).
+    Errors: as PinDomainVcpu.
+    """
+    GetDomainIOThreadInfo: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainIOThreadInfoRequest, _compute_service_pb2.GetDomainIOThreadInfoResponse]  # type: ignore[assignment]
+    """Returns the domain's IOThreads with their host CPU affinity
+    (virDomainGetIOThreadInfo, virsh iothreadinfo).
+    Errors: as GetDomainVcpuPinInfo; UNIMPLEMENTED when the driver has no
+    IOThreads.
+    """
+    AddDomainIOThread: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.AddDomainIOThreadRequest, _compute_service_pb2.AddDomainIOThreadResponse]  # type: ignore[assignment]
+    """Adds an IOThread (virDomainAddIOThread).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for id 0 or an id in use;
+    FAILED_PRECONDITION for live on an inactive domain.
+    """
+    DeleteDomainIOThread: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.DeleteDomainIOThreadRequest, _compute_service_pb2.DeleteDomainIOThreadResponse]  # type: ignore[assignment]
+    """Removes an IOThread (virDomainDelIOThread).
+    Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for an id the domain
+    does not have or one a disk still uses; FAILED_PRECONDITION for live on
+    an inactive domain.
+    """
+    PinDomainIOThread: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.PinDomainIOThreadRequest, _compute_service_pb2.PinDomainIOThreadResponse]  # type: ignore[assignment]
+    """Pins an IOThread to host CPUs (virDomainPinIOThread).
+    Errors: as PinDomainVcpu, for an IOThread id the domain does not have.
+    """
+    GetDomainMetadata: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainMetadataRequest, _compute_service_pb2.GetDomainMetadataResponse]  # type: ignore[assignment]
+    """Returns the domain's title, description or one namespaced XML element
+    of its metadata (virDomainGetMetadata, virsh metadata / desc).
+    Errors: NOT_FOUND for the domain or for metadata it does not have;
+    INVALID_ARGUMENT for an unset type, or an element without its uri;
+    FAILED_PRECONDITION for live on an inactive domain.
+    """
+    SetDomainMetadata: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainMetadataRequest, _compute_service_pb2.SetDomainMetadataResponse]  # type: ignore[assignment]
+    """Sets or, with an empty value, removes the title, description or one
+    namespaced XML element of the domain's metadata (virDomainSetMetadata).
+    An element's XML passes the service's document checks first.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for an unset type, an element
+    without key and uri, malformed or oversized XML, a title with a newline;
+    FAILED_PRECONDITION for live on an inactive domain.
+    """
+    GetDomainCpuStats: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainCpuStatsRequest, _compute_service_pb2.GetDomainCpuStatsResponse]  # type: ignore[assignment]
+    """Returns the domain's CPU time, in total and per host CPU
+    (virDomainGetCPUStats, virsh cpu-stats).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+    INVALID_ARGUMENT for a start_cpu beyond the host's CPUs.
+    """
+    GetDomainMaxMemory: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainMaxMemoryRequest, _compute_service_pb2.GetDomainMaxMemoryResponse]  # type: ignore[assignment]
+    """Returns the domain's maximum memory (virDomainGetMaxMemory); SetDomainMemory
+    with `maximum` changes it.
+    Errors: NOT_FOUND.
+    """
+    GetDomainVcpus: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainVcpusRequest, _compute_service_pb2.GetDomainVcpusResponse]  # type: ignore[assignment]
+    """Returns each vCPU's state, CPU time and host CPU with its affinity
+    (virDomainGetVcpus, virsh vcpuinfo), and the domain's maximum vCPUs
+    (virDomainGetMaxVcpus).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+    """
+    GetDomainInterfaceParameters: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainInterfaceParametersRequest, _compute_service_pb2.GetDomainInterfaceParametersResponse]  # type: ignore[assignment]
+    """Returns an interface's bandwidth tunables (virDomainGetInterfaceParameters,
+    virsh domiftune): inbound.average, inbound.peak, ... in KiB/s and KiB.
+    Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a device the
+    domain does not have, or live and config together; FAILED_PRECONDITION
+    for live on an inactive domain.
+    """
+    SetDomainInterfaceParameters: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainInterfaceParametersRequest, _compute_service_pb2.SetDomainInterfaceParametersResponse]  # type: ignore[assignment]
+    """Changes an interface's bandwidth tunables
+    (virDomainSetInterfaceParameters).
+    Errors: as SetDomainSchedulerParameters; INVALID_ARGUMENT for a device
+    the domain does not have.
+    """
+    SetDomainMemoryStatsPeriod: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainMemoryStatsPeriodRequest, _compute_service_pb2.SetDomainMemoryStatsPeriodResponse]  # type: ignore[assignment]
+    """Changes how often the balloon driver reports memory statistics
+    (virDomainSetMemoryStatsPeriod, virsh dommemstat --period); 0 stops them.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a period above 2^31-1;
+    FAILED_PRECONDITION for live on an inactive domain or a domain without
+    a balloon.
+    """
+    SetDomainIOThreadParameters: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainIOThreadParametersRequest, _compute_service_pb2.SetDomainIOThreadParametersResponse]  # type: ignore[assignment]
+    """Changes an IOThread's polling and thread-pool parameters
+    (virDomainSetIOThreadParams, virsh iothreadset): poll_max_ns, poll_grow,
+    poll_shrink, thread_pool_min, thread_pool_max.
+    Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for no parameter, a
+    name libvirt does not have, a value of the wrong type or an IOThread the
+    domain does not have (nothing is changed then); FAILED_PRECONDITION for
+    live on an inactive domain.
+    """
+    SetDomainVcpu: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainVcpuRequest, _compute_service_pb2.SetDomainVcpuResponse]  # type: ignore[assignment]
+    """Enables or disables individual vCPUs (virDomainSetVcpu, virsh setvcpu).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for no vCPU or one the domain does
+    not have; FAILED_PRECONDITION for live on an inactive domain;
+    UNIMPLEMENTED when the driver cannot (the test driver).
+    """
+    GetDomainSecurityLabels: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainSecurityLabelsRequest, _compute_service_pb2.GetDomainSecurityLabelsResponse]  # type: ignore[assignment]
+    """Returns the domain's security labels, one per security driver
+    (virDomainGetSecurityLabelList).
+    Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
+    driver).
+    """
+    GetDomainLaunchSecurityInfo: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainLaunchSecurityInfoRequest, _compute_service_pb2.GetDomainLaunchSecurityInfoResponse]  # type: ignore[assignment]
+    """Returns a running SEV guest's launch measurement and SEV versions
+    (virDomainGetLaunchSecurityInfo, virsh domlaunchsecinfo).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain has no launch
+    security (no <launchSecurity> in its XML) or is not running.
+    """
+    SetDomainLaunchSecurityState: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainLaunchSecurityStateRequest, _compute_service_pb2.SetDomainLaunchSecurityStateResponse]  # type: ignore[assignment]
+    """Injects a launch secret into a running, paused SEV guest
+    (virDomainSetLaunchSecurityState, virsh domsetlaunchsecstate).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
+    FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
     """
 
 class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -2000,6 +2362,373 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         (virDomainAgentSetResponseTimeout); lasts while the domain runs.
         Errors: INVALID_ARGUMENT for seconds with a mode other than SECONDS, or
         out of range.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainSchedulerParameters(
+        self,
+        request: _compute_service_pb2.GetDomainSchedulerParametersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainSchedulerParametersResponse, _abc.Awaitable[_compute_service_pb2.GetDomainSchedulerParametersResponse]]:
+        """Returns the domain's scheduler (virDomainGetSchedulerType) and its
+        parameters (virDomainGetSchedulerParametersFlags; with no scope,
+        virDomainGetSchedulerParameters, which every driver has), for example
+        cpu_shares, vcpu_period, vcpu_quota (QEMU) or weight (test driver).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+        FAILED_PRECONDITION for live on an inactive domain; UNIMPLEMENTED when the
+        driver has no scheduler parameters.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainSchedulerParameters(
+        self,
+        request: _compute_service_pb2.SetDomainSchedulerParametersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainSchedulerParametersResponse, _abc.Awaitable[_compute_service_pb2.SetDomainSchedulerParametersResponse]]:
+        """Changes scheduler parameters (virDomainSetSchedulerParametersFlags; with
+        no scope, virDomainSetSchedulerParameters, virsh schedinfo --set).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for no parameter, a name the domain
+        does not have or a value of the wrong type (nothing is changed then);
+        FAILED_PRECONDITION for live on an inactive domain; UNIMPLEMENTED as the
+        getter.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainMemoryParameters(
+        self,
+        request: _compute_service_pb2.GetDomainMemoryParametersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainMemoryParametersResponse, _abc.Awaitable[_compute_service_pb2.GetDomainMemoryParametersResponse]]:
+        """Returns the domain's memory tunables (virDomainGetMemoryParameters, virsh
+        memtune): hard_limit, soft_limit, swap_hard_limit, min_guarantee, in KiB.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+        FAILED_PRECONDITION for live on an inactive domain.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainMemoryParameters(
+        self,
+        request: _compute_service_pb2.SetDomainMemoryParametersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainMemoryParametersResponse, _abc.Awaitable[_compute_service_pb2.SetDomainMemoryParametersResponse]]:
+        """Changes memory tunables (virDomainSetMemoryParameters).
+        Errors: as SetDomainSchedulerParameters.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainBlkioParameters(
+        self,
+        request: _compute_service_pb2.GetDomainBlkioParametersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainBlkioParametersResponse, _abc.Awaitable[_compute_service_pb2.GetDomainBlkioParametersResponse]]:
+        """Returns the domain's block I/O tunables (virDomainGetBlkioParameters,
+        virsh blkiotune): weight and the per-device lists.
+        Errors: as GetDomainMemoryParameters.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainBlkioParameters(
+        self,
+        request: _compute_service_pb2.SetDomainBlkioParametersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainBlkioParametersResponse, _abc.Awaitable[_compute_service_pb2.SetDomainBlkioParametersResponse]]:
+        """Changes block I/O tunables (virDomainSetBlkioParameters).
+        Errors: as SetDomainSchedulerParameters.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainNumaParameters(
+        self,
+        request: _compute_service_pb2.GetDomainNumaParametersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainNumaParametersResponse, _abc.Awaitable[_compute_service_pb2.GetDomainNumaParametersResponse]]:
+        """Returns the domain's NUMA tunables (virDomainGetNumaParameters, virsh
+        numatune): numa_mode and numa_nodeset.
+        Errors: as GetDomainMemoryParameters.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainNumaParameters(
+        self,
+        request: _compute_service_pb2.SetDomainNumaParametersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainNumaParametersResponse, _abc.Awaitable[_compute_service_pb2.SetDomainNumaParametersResponse]]:
+        """Changes NUMA tunables (virDomainSetNumaParameters).
+        Errors: as SetDomainSchedulerParameters.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainPerfEvents(
+        self,
+        request: _compute_service_pb2.GetDomainPerfEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainPerfEventsResponse, _abc.Awaitable[_compute_service_pb2.GetDomainPerfEventsResponse]]:
+        """Returns which perf events are enabled (virDomainGetPerfEvents, virsh perf).
+        Errors: as GetDomainMemoryParameters.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainPerfEvents(
+        self,
+        request: _compute_service_pb2.SetDomainPerfEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainPerfEventsResponse, _abc.Awaitable[_compute_service_pb2.SetDomainPerfEventsResponse]]:
+        """Enables or disables perf events (virDomainSetPerfEvents); each parameter
+        is an event name with a boolean value.
+        Errors: as SetDomainSchedulerParameters.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainVcpuPinInfo(
+        self,
+        request: _compute_service_pb2.GetDomainVcpuPinInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainVcpuPinInfoResponse, _abc.Awaitable[_compute_service_pb2.GetDomainVcpuPinInfoResponse]]:
+        """Returns each vCPU's host CPU affinity (virDomainGetVcpuPinInfo, virsh
+        vcpupin NAME).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+        FAILED_PRECONDITION for live on an inactive domain.
+        """
+
+    @_abc_1.abstractmethod
+    def PinDomainVcpu(
+        self,
+        request: _compute_service_pb2.PinDomainVcpuRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.PinDomainVcpuResponse, _abc.Awaitable[_compute_service_pb2.PinDomainVcpuResponse]]:
+        """Pins one vCPU to host CPUs (virDomainPinVcpuFlags).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for no CPU, a CPU the host does not
+        have or a vCPU the domain does not have; FAILED_PRECONDITION for live on
+        an inactive domain.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainEmulatorPinInfo(
+        self,
+        request: _compute_service_pb2.GetDomainEmulatorPinInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainEmulatorPinInfoResponse, _abc.Awaitable[_compute_service_pb2.GetDomainEmulatorPinInfoResponse]]:
+        """Returns the emulator threads' host CPU affinity
+        (virDomainGetEmulatorPinInfo, virsh emulatorpin NAME).
+        Errors: as GetDomainVcpuPinInfo.
+        """
+
+    @_abc_1.abstractmethod
+    def PinDomainEmulator(
+        self,
+        request: _compute_service_pb2.PinDomainEmulatorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.PinDomainEmulatorResponse, _abc.Awaitable[_compute_service_pb2.PinDomainEmulatorResponse]]:
+        """Pins the emulator threads to host CPUs (virDomainPinEmulator).
+        Errors: as PinDomainVcpu.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainIOThreadInfo(
+        self,
+        request: _compute_service_pb2.GetDomainIOThreadInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainIOThreadInfoResponse, _abc.Awaitable[_compute_service_pb2.GetDomainIOThreadInfoResponse]]:
+        """Returns the domain's IOThreads with their host CPU affinity
+        (virDomainGetIOThreadInfo, virsh iothreadinfo).
+        Errors: as GetDomainVcpuPinInfo; UNIMPLEMENTED when the driver has no
+        IOThreads.
+        """
+
+    @_abc_1.abstractmethod
+    def AddDomainIOThread(
+        self,
+        request: _compute_service_pb2.AddDomainIOThreadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.AddDomainIOThreadResponse, _abc.Awaitable[_compute_service_pb2.AddDomainIOThreadResponse]]:
+        """Adds an IOThread (virDomainAddIOThread).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for id 0 or an id in use;
+        FAILED_PRECONDITION for live on an inactive domain.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteDomainIOThread(
+        self,
+        request: _compute_service_pb2.DeleteDomainIOThreadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.DeleteDomainIOThreadResponse, _abc.Awaitable[_compute_service_pb2.DeleteDomainIOThreadResponse]]:
+        """Removes an IOThread (virDomainDelIOThread).
+        Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for an id the domain
+        does not have or one a disk still uses; FAILED_PRECONDITION for live on
+        an inactive domain.
+        """
+
+    @_abc_1.abstractmethod
+    def PinDomainIOThread(
+        self,
+        request: _compute_service_pb2.PinDomainIOThreadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.PinDomainIOThreadResponse, _abc.Awaitable[_compute_service_pb2.PinDomainIOThreadResponse]]:
+        """Pins an IOThread to host CPUs (virDomainPinIOThread).
+        Errors: as PinDomainVcpu, for an IOThread id the domain does not have.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainMetadata(
+        self,
+        request: _compute_service_pb2.GetDomainMetadataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainMetadataResponse, _abc.Awaitable[_compute_service_pb2.GetDomainMetadataResponse]]:
+        """Returns the domain's title, description or one namespaced XML element
+        of its metadata (virDomainGetMetadata, virsh metadata / desc).
+        Errors: NOT_FOUND for the domain or for metadata it does not have;
+        INVALID_ARGUMENT for an unset type, or an element without its uri;
+        FAILED_PRECONDITION for live on an inactive domain.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainMetadata(
+        self,
+        request: _compute_service_pb2.SetDomainMetadataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainMetadataResponse, _abc.Awaitable[_compute_service_pb2.SetDomainMetadataResponse]]:
+        """Sets or, with an empty value, removes the title, description or one
+        namespaced XML element of the domain's metadata (virDomainSetMetadata).
+        An element's XML passes the service's document checks first.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for an unset type, an element
+        without key and uri, malformed or oversized XML, a title with a newline;
+        FAILED_PRECONDITION for live on an inactive domain.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainCpuStats(
+        self,
+        request: _compute_service_pb2.GetDomainCpuStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainCpuStatsResponse, _abc.Awaitable[_compute_service_pb2.GetDomainCpuStatsResponse]]:
+        """Returns the domain's CPU time, in total and per host CPU
+        (virDomainGetCPUStats, virsh cpu-stats).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+        INVALID_ARGUMENT for a start_cpu beyond the host's CPUs.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainMaxMemory(
+        self,
+        request: _compute_service_pb2.GetDomainMaxMemoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainMaxMemoryResponse, _abc.Awaitable[_compute_service_pb2.GetDomainMaxMemoryResponse]]:
+        """Returns the domain's maximum memory (virDomainGetMaxMemory); SetDomainMemory
+        with `maximum` changes it.
+        Errors: NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainVcpus(
+        self,
+        request: _compute_service_pb2.GetDomainVcpusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainVcpusResponse, _abc.Awaitable[_compute_service_pb2.GetDomainVcpusResponse]]:
+        """Returns each vCPU's state, CPU time and host CPU with its affinity
+        (virDomainGetVcpus, virsh vcpuinfo), and the domain's maximum vCPUs
+        (virDomainGetMaxVcpus).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainInterfaceParameters(
+        self,
+        request: _compute_service_pb2.GetDomainInterfaceParametersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainInterfaceParametersResponse, _abc.Awaitable[_compute_service_pb2.GetDomainInterfaceParametersResponse]]:
+        """Returns an interface's bandwidth tunables (virDomainGetInterfaceParameters,
+        virsh domiftune): inbound.average, inbound.peak, ... in KiB/s and KiB.
+        Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a device the
+        domain does not have, or live and config together; FAILED_PRECONDITION
+        for live on an inactive domain.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainInterfaceParameters(
+        self,
+        request: _compute_service_pb2.SetDomainInterfaceParametersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainInterfaceParametersResponse, _abc.Awaitable[_compute_service_pb2.SetDomainInterfaceParametersResponse]]:
+        """Changes an interface's bandwidth tunables
+        (virDomainSetInterfaceParameters).
+        Errors: as SetDomainSchedulerParameters; INVALID_ARGUMENT for a device
+        the domain does not have.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainMemoryStatsPeriod(
+        self,
+        request: _compute_service_pb2.SetDomainMemoryStatsPeriodRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainMemoryStatsPeriodResponse, _abc.Awaitable[_compute_service_pb2.SetDomainMemoryStatsPeriodResponse]]:
+        """Changes how often the balloon driver reports memory statistics
+        (virDomainSetMemoryStatsPeriod, virsh dommemstat --period); 0 stops them.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a period above 2^31-1;
+        FAILED_PRECONDITION for live on an inactive domain or a domain without
+        a balloon.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainIOThreadParameters(
+        self,
+        request: _compute_service_pb2.SetDomainIOThreadParametersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainIOThreadParametersResponse, _abc.Awaitable[_compute_service_pb2.SetDomainIOThreadParametersResponse]]:
+        """Changes an IOThread's polling and thread-pool parameters
+        (virDomainSetIOThreadParams, virsh iothreadset): poll_max_ns, poll_grow,
+        poll_shrink, thread_pool_min, thread_pool_max.
+        Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for no parameter, a
+        name libvirt does not have, a value of the wrong type or an IOThread the
+        domain does not have (nothing is changed then); FAILED_PRECONDITION for
+        live on an inactive domain.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainVcpu(
+        self,
+        request: _compute_service_pb2.SetDomainVcpuRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainVcpuResponse, _abc.Awaitable[_compute_service_pb2.SetDomainVcpuResponse]]:
+        """Enables or disables individual vCPUs (virDomainSetVcpu, virsh setvcpu).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for no vCPU or one the domain does
+        not have; FAILED_PRECONDITION for live on an inactive domain;
+        UNIMPLEMENTED when the driver cannot (the test driver).
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainSecurityLabels(
+        self,
+        request: _compute_service_pb2.GetDomainSecurityLabelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainSecurityLabelsResponse, _abc.Awaitable[_compute_service_pb2.GetDomainSecurityLabelsResponse]]:
+        """Returns the domain's security labels, one per security driver
+        (virDomainGetSecurityLabelList).
+        Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
+        driver).
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainLaunchSecurityInfo(
+        self,
+        request: _compute_service_pb2.GetDomainLaunchSecurityInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainLaunchSecurityInfoResponse, _abc.Awaitable[_compute_service_pb2.GetDomainLaunchSecurityInfoResponse]]:
+        """Returns a running SEV guest's launch measurement and SEV versions
+        (virDomainGetLaunchSecurityInfo, virsh domlaunchsecinfo).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain has no launch
+        security (no <launchSecurity> in its XML) or is not running.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainLaunchSecurityState(
+        self,
+        request: _compute_service_pb2.SetDomainLaunchSecurityStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainLaunchSecurityStateResponse, _abc.Awaitable[_compute_service_pb2.SetDomainLaunchSecurityStateResponse]]:
+        """Injects a launch secret into a running, paused SEV guest
+        (virDomainSetLaunchSecurityState, virsh domsetlaunchsecstate).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
+        FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
         """
 
 def add_ComputeServiceServicer_to_server(servicer: ComputeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

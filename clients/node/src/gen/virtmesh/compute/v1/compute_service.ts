@@ -1786,6 +1786,52 @@ export function agentTimeoutModeToJSON(object: AgentTimeoutMode): string {
   }
 }
 
+/** A vCPU's state (virVcpuState). */
+export enum VcpuState {
+  VCPU_STATE_UNSPECIFIED = 0,
+  VCPU_STATE_OFFLINE = 1,
+  VCPU_STATE_RUNNING = 2,
+  VCPU_STATE_BLOCKED = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function vcpuStateFromJSON(object: any): VcpuState {
+  switch (object) {
+    case 0:
+    case "VCPU_STATE_UNSPECIFIED":
+      return VcpuState.VCPU_STATE_UNSPECIFIED;
+    case 1:
+    case "VCPU_STATE_OFFLINE":
+      return VcpuState.VCPU_STATE_OFFLINE;
+    case 2:
+    case "VCPU_STATE_RUNNING":
+      return VcpuState.VCPU_STATE_RUNNING;
+    case 3:
+    case "VCPU_STATE_BLOCKED":
+      return VcpuState.VCPU_STATE_BLOCKED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return VcpuState.UNRECOGNIZED;
+  }
+}
+
+export function vcpuStateToJSON(object: VcpuState): string {
+  switch (object) {
+    case VcpuState.VCPU_STATE_UNSPECIFIED:
+      return "VCPU_STATE_UNSPECIFIED";
+    case VcpuState.VCPU_STATE_OFFLINE:
+      return "VCPU_STATE_OFFLINE";
+    case VcpuState.VCPU_STATE_RUNNING:
+      return "VCPU_STATE_RUNNING";
+    case VcpuState.VCPU_STATE_BLOCKED:
+      return "VCPU_STATE_BLOCKED";
+    case VcpuState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** A domain's summary. */
 export interface Domain {
   name: string;
@@ -3460,6 +3506,403 @@ export interface SetAgentResponseTimeoutRequest {
 }
 
 export interface SetAgentResponseTimeoutResponse {
+}
+
+export interface GetDomainSchedulerParametersRequest {
+  name: string;
+  /** live or config, not both; neither is the domain's current state. */
+  scope?: Scope | undefined;
+}
+
+export interface GetDomainSchedulerParametersResponse {
+  /** The scheduler's name, for example "posix" or "fair". */
+  scheduler: string;
+  parameters: TypedParameter[];
+}
+
+export interface SetDomainSchedulerParametersRequest {
+  name: string;
+  scope?:
+    | Scope
+    | undefined;
+  /**
+   * The parameters to change, at least one; each value in the field of the
+   * type the getter returns it in (any integer field for an integer).
+   */
+  parameters: TypedParameter[];
+}
+
+export interface SetDomainSchedulerParametersResponse {
+}
+
+export interface GetDomainMemoryParametersRequest {
+  name: string;
+  /** live or config, not both; neither is the domain's current state. */
+  scope?: Scope | undefined;
+}
+
+export interface GetDomainMemoryParametersResponse {
+  parameters: TypedParameter[];
+}
+
+export interface SetDomainMemoryParametersRequest {
+  name: string;
+  scope?:
+    | Scope
+    | undefined;
+  /** As SetDomainSchedulerParametersRequest's. */
+  parameters: TypedParameter[];
+}
+
+export interface SetDomainMemoryParametersResponse {
+}
+
+export interface GetDomainBlkioParametersRequest {
+  name: string;
+  /** live or config, not both; neither is the domain's current state. */
+  scope?: Scope | undefined;
+}
+
+export interface GetDomainBlkioParametersResponse {
+  parameters: TypedParameter[];
+}
+
+export interface SetDomainBlkioParametersRequest {
+  name: string;
+  scope?:
+    | Scope
+    | undefined;
+  /** As SetDomainSchedulerParametersRequest's. */
+  parameters: TypedParameter[];
+}
+
+export interface SetDomainBlkioParametersResponse {
+}
+
+export interface GetDomainNumaParametersRequest {
+  name: string;
+  /** live or config, not both; neither is the domain's current state. */
+  scope?: Scope | undefined;
+}
+
+export interface GetDomainNumaParametersResponse {
+  parameters: TypedParameter[];
+}
+
+export interface SetDomainNumaParametersRequest {
+  name: string;
+  scope?:
+    | Scope
+    | undefined;
+  /** As SetDomainSchedulerParametersRequest's. */
+  parameters: TypedParameter[];
+}
+
+export interface SetDomainNumaParametersResponse {
+}
+
+export interface GetDomainPerfEventsRequest {
+  name: string;
+  /** live or config, not both; neither is the domain's current state. */
+  scope?: Scope | undefined;
+}
+
+export interface GetDomainPerfEventsResponse {
+  /** One boolean parameter per event: enabled or not. */
+  parameters: TypedParameter[];
+}
+
+export interface SetDomainPerfEventsRequest {
+  name: string;
+  scope?:
+    | Scope
+    | undefined;
+  /** Event names with boolean values, at least one. */
+  parameters: TypedParameter[];
+}
+
+export interface SetDomainPerfEventsResponse {
+}
+
+/** The host CPUs a thread may run on. */
+export interface CpuAffinity {
+  /** Host CPU numbers, ascending. */
+  cpus: number[];
+}
+
+export interface GetDomainVcpuPinInfoRequest {
+  name: string;
+  /** live or config, not both; neither is the domain's current state. */
+  scope?: Scope | undefined;
+}
+
+export interface GetDomainVcpuPinInfoResponse {
+  /** One per vCPU, in vCPU order. */
+  vcpus: CpuAffinity[];
+}
+
+export interface PinDomainVcpuRequest {
+  name: string;
+  vcpu: number;
+  /** At least one host CPU. */
+  cpus: number[];
+  scope?: Scope | undefined;
+}
+
+export interface PinDomainVcpuResponse {
+}
+
+export interface GetDomainEmulatorPinInfoRequest {
+  name: string;
+  /** live or config, not both; neither is the domain's current state. */
+  scope?: Scope | undefined;
+}
+
+export interface GetDomainEmulatorPinInfoResponse {
+  affinity?: CpuAffinity | undefined;
+}
+
+export interface PinDomainEmulatorRequest {
+  name: string;
+  /** At least one host CPU. */
+  cpus: number[];
+  scope?: Scope | undefined;
+}
+
+export interface PinDomainEmulatorResponse {
+}
+
+export interface GetDomainIOThreadInfoRequest {
+  name: string;
+  /** live or config, not both; neither is the domain's current state. */
+  scope?: Scope | undefined;
+}
+
+export interface IOThread {
+  id: number;
+  affinity?: CpuAffinity | undefined;
+}
+
+export interface GetDomainIOThreadInfoResponse {
+  /** Sorted by id. */
+  iothreads: IOThread[];
+}
+
+export interface AddDomainIOThreadRequest {
+  name: string;
+  /** The new IOThread's id, not 0. */
+  id: number;
+  scope?: Scope | undefined;
+}
+
+export interface AddDomainIOThreadResponse {
+}
+
+export interface DeleteDomainIOThreadRequest {
+  name: string;
+  id: number;
+  scope?: Scope | undefined;
+}
+
+export interface DeleteDomainIOThreadResponse {
+}
+
+export interface PinDomainIOThreadRequest {
+  name: string;
+  id: number;
+  /** At least one host CPU. */
+  cpus: number[];
+  scope?: Scope | undefined;
+}
+
+export interface PinDomainIOThreadResponse {
+}
+
+export interface GetDomainMetadataRequest {
+  name: string;
+  type: MetadataType;
+  /** The element's namespace URI (METADATA_TYPE_ELEMENT only). */
+  uri: string;
+  /** live or config, not both; neither is the domain's current state. */
+  scope?: Scope | undefined;
+}
+
+export interface GetDomainMetadataResponse {
+  /** The text, or the element's XML. */
+  value: string;
+}
+
+export interface SetDomainMetadataRequest {
+  name: string;
+  type: MetadataType;
+  /** The text, or one XML element; empty removes it. */
+  value: string;
+  /**
+   * The element's namespace prefix and URI (METADATA_TYPE_ELEMENT only;
+   * removing needs the uri only).
+   */
+  key: string;
+  uri: string;
+  scope?: Scope | undefined;
+}
+
+export interface SetDomainMetadataResponse {
+}
+
+export interface GetDomainCpuStatsRequest {
+  name: string;
+  /**
+   * Per host CPU from start_cpu, at most cpu_count of them (0: none, the
+   * total only).
+   */
+  startCpu: number;
+  cpuCount: number;
+}
+
+/**
+ * CPU time of a domain, on all host CPUs or one: libvirt's typed parameters
+ * (cpu_time, user_time, system_time, vcpu_time), nanoseconds.
+ */
+export interface DomainCpuStats {
+  /** The host CPU; unset for the total. */
+  cpu?: number | undefined;
+  parameters: TypedParameter[];
+}
+
+export interface GetDomainCpuStatsResponse {
+  total?: DomainCpuStats | undefined;
+  cpus: DomainCpuStats[];
+}
+
+export interface GetDomainMaxMemoryRequest {
+  name: string;
+}
+
+export interface GetDomainMaxMemoryResponse {
+  maxMemoryKib: bigint;
+}
+
+export interface GetDomainVcpusRequest {
+  name: string;
+}
+
+/** One vCPU of a running domain (virVcpuInfo). */
+export interface VcpuInfo {
+  number: number;
+  state: VcpuState;
+  cpuTimeNs: bigint;
+  /** The host CPU it last ran on. */
+  cpu: number;
+  affinity?: CpuAffinity | undefined;
+}
+
+export interface GetDomainVcpusResponse {
+  vcpus: VcpuInfo[];
+  /** The most vCPUs the domain may have. */
+  maxVcpus: number;
+}
+
+export interface GetDomainInterfaceParametersRequest {
+  name: string;
+  /** The interface: its target device name or MAC address. */
+  device: string;
+  /** live or config, not both; neither is the domain's current state. */
+  scope?: Scope | undefined;
+}
+
+export interface GetDomainInterfaceParametersResponse {
+  parameters: TypedParameter[];
+}
+
+export interface SetDomainInterfaceParametersRequest {
+  name: string;
+  device: string;
+  scope?:
+    | Scope
+    | undefined;
+  /** As SetDomainSchedulerParametersRequest's. */
+  parameters: TypedParameter[];
+}
+
+export interface SetDomainInterfaceParametersResponse {
+}
+
+export interface SetDomainMemoryStatsPeriodRequest {
+  name: string;
+  /** Seconds between two reports; 0 stops them. */
+  periodSeconds: number;
+  scope?: Scope | undefined;
+}
+
+export interface SetDomainMemoryStatsPeriodResponse {
+}
+
+export interface SetDomainIOThreadParametersRequest {
+  name: string;
+  /** The IOThread's id. */
+  id: number;
+  scope?:
+    | Scope
+    | undefined;
+  /** At least one; integers in any integer field. */
+  parameters: TypedParameter[];
+}
+
+export interface SetDomainIOThreadParametersResponse {
+}
+
+export interface SetDomainVcpuRequest {
+  name: string;
+  /** The vCPUs to change, at least one. */
+  vcpus: number[];
+  /** Enable them, or disable them. */
+  enable: boolean;
+  scope?: Scope | undefined;
+}
+
+export interface SetDomainVcpuResponse {
+}
+
+export interface GetDomainSecurityLabelsRequest {
+  name: string;
+}
+
+/** A domain's label of one security driver (virSecurityLabel). */
+export interface SecurityLabel {
+  /** For example "system_u:system_r:svirt_t:s0:c1,c2"; empty when none. */
+  label: string;
+  enforcing: boolean;
+}
+
+export interface GetDomainSecurityLabelsResponse {
+  labels: SecurityLabel[];
+}
+
+export interface GetDomainLaunchSecurityInfoRequest {
+  name: string;
+}
+
+export interface GetDomainLaunchSecurityInfoResponse {
+  /**
+   * libvirt's sev-measurement (string), sev-api-major, sev-api-minor,
+   * sev-build-id, sev-policy (uint), ...
+   */
+  parameters: TypedParameter[];
+}
+
+export interface SetDomainLaunchSecurityStateRequest {
+  name: string;
+  /**
+   * The secret and its header, base64 (libvirt's sev-secret and
+   * sev-secret-header).
+   */
+  secret: string;
+  secretHeader: string;
+  /** Where in guest memory it goes; unset lets the firmware say. */
+  setAddress?: bigint | undefined;
+}
+
+export interface SetDomainLaunchSecurityStateResponse {
 }
 
 function createBaseDomain(): Domain {
@@ -25528,6 +25971,5664 @@ export const SetAgentResponseTimeoutResponse: MessageFns<SetAgentResponseTimeout
   },
 };
 
+function createBaseGetDomainSchedulerParametersRequest(): GetDomainSchedulerParametersRequest {
+  return { name: "", scope: undefined };
+}
+
+export const GetDomainSchedulerParametersRequest: MessageFns<GetDomainSchedulerParametersRequest> = {
+  encode(message: GetDomainSchedulerParametersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainSchedulerParametersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainSchedulerParametersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainSchedulerParametersRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: GetDomainSchedulerParametersRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainSchedulerParametersRequest>, I>>(
+    base?: I,
+  ): GetDomainSchedulerParametersRequest {
+    return GetDomainSchedulerParametersRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainSchedulerParametersRequest>, I>>(
+    object: I,
+  ): GetDomainSchedulerParametersRequest {
+    const message = createBaseGetDomainSchedulerParametersRequest();
+    message.name = object.name ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseGetDomainSchedulerParametersResponse(): GetDomainSchedulerParametersResponse {
+  return { scheduler: "", parameters: [] };
+}
+
+export const GetDomainSchedulerParametersResponse: MessageFns<GetDomainSchedulerParametersResponse> = {
+  encode(message: GetDomainSchedulerParametersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.scheduler !== "") {
+      writer.uint32(10).string(message.scheduler);
+    }
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainSchedulerParametersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainSchedulerParametersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.scheduler = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainSchedulerParametersResponse {
+    return {
+      scheduler: isSet(object.scheduler) ? globalThis.String(object.scheduler) : "",
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GetDomainSchedulerParametersResponse): unknown {
+    const obj: any = {};
+    if (message.scheduler !== "") {
+      obj.scheduler = message.scheduler;
+    }
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainSchedulerParametersResponse>, I>>(
+    base?: I,
+  ): GetDomainSchedulerParametersResponse {
+    return GetDomainSchedulerParametersResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainSchedulerParametersResponse>, I>>(
+    object: I,
+  ): GetDomainSchedulerParametersResponse {
+    const message = createBaseGetDomainSchedulerParametersResponse();
+    message.scheduler = object.scheduler ?? "";
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSetDomainSchedulerParametersRequest(): SetDomainSchedulerParametersRequest {
+  return { name: "", scope: undefined, parameters: [] };
+}
+
+export const SetDomainSchedulerParametersRequest: MessageFns<SetDomainSchedulerParametersRequest> = {
+  encode(message: SetDomainSchedulerParametersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainSchedulerParametersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainSchedulerParametersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainSchedulerParametersRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: SetDomainSchedulerParametersRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainSchedulerParametersRequest>, I>>(
+    base?: I,
+  ): SetDomainSchedulerParametersRequest {
+    return SetDomainSchedulerParametersRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainSchedulerParametersRequest>, I>>(
+    object: I,
+  ): SetDomainSchedulerParametersRequest {
+    const message = createBaseSetDomainSchedulerParametersRequest();
+    message.name = object.name ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSetDomainSchedulerParametersResponse(): SetDomainSchedulerParametersResponse {
+  return {};
+}
+
+export const SetDomainSchedulerParametersResponse: MessageFns<SetDomainSchedulerParametersResponse> = {
+  encode(_: SetDomainSchedulerParametersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainSchedulerParametersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainSchedulerParametersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainSchedulerParametersResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainSchedulerParametersResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainSchedulerParametersResponse>, I>>(
+    base?: I,
+  ): SetDomainSchedulerParametersResponse {
+    return SetDomainSchedulerParametersResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainSchedulerParametersResponse>, I>>(
+    _: I,
+  ): SetDomainSchedulerParametersResponse {
+    const message = createBaseSetDomainSchedulerParametersResponse();
+    return message;
+  },
+};
+
+function createBaseGetDomainMemoryParametersRequest(): GetDomainMemoryParametersRequest {
+  return { name: "", scope: undefined };
+}
+
+export const GetDomainMemoryParametersRequest: MessageFns<GetDomainMemoryParametersRequest> = {
+  encode(message: GetDomainMemoryParametersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainMemoryParametersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainMemoryParametersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainMemoryParametersRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: GetDomainMemoryParametersRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainMemoryParametersRequest>, I>>(
+    base?: I,
+  ): GetDomainMemoryParametersRequest {
+    return GetDomainMemoryParametersRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainMemoryParametersRequest>, I>>(
+    object: I,
+  ): GetDomainMemoryParametersRequest {
+    const message = createBaseGetDomainMemoryParametersRequest();
+    message.name = object.name ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseGetDomainMemoryParametersResponse(): GetDomainMemoryParametersResponse {
+  return { parameters: [] };
+}
+
+export const GetDomainMemoryParametersResponse: MessageFns<GetDomainMemoryParametersResponse> = {
+  encode(message: GetDomainMemoryParametersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainMemoryParametersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainMemoryParametersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainMemoryParametersResponse {
+    return {
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GetDomainMemoryParametersResponse): unknown {
+    const obj: any = {};
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainMemoryParametersResponse>, I>>(
+    base?: I,
+  ): GetDomainMemoryParametersResponse {
+    return GetDomainMemoryParametersResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainMemoryParametersResponse>, I>>(
+    object: I,
+  ): GetDomainMemoryParametersResponse {
+    const message = createBaseGetDomainMemoryParametersResponse();
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSetDomainMemoryParametersRequest(): SetDomainMemoryParametersRequest {
+  return { name: "", scope: undefined, parameters: [] };
+}
+
+export const SetDomainMemoryParametersRequest: MessageFns<SetDomainMemoryParametersRequest> = {
+  encode(message: SetDomainMemoryParametersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainMemoryParametersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainMemoryParametersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainMemoryParametersRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: SetDomainMemoryParametersRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainMemoryParametersRequest>, I>>(
+    base?: I,
+  ): SetDomainMemoryParametersRequest {
+    return SetDomainMemoryParametersRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainMemoryParametersRequest>, I>>(
+    object: I,
+  ): SetDomainMemoryParametersRequest {
+    const message = createBaseSetDomainMemoryParametersRequest();
+    message.name = object.name ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSetDomainMemoryParametersResponse(): SetDomainMemoryParametersResponse {
+  return {};
+}
+
+export const SetDomainMemoryParametersResponse: MessageFns<SetDomainMemoryParametersResponse> = {
+  encode(_: SetDomainMemoryParametersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainMemoryParametersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainMemoryParametersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainMemoryParametersResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainMemoryParametersResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainMemoryParametersResponse>, I>>(
+    base?: I,
+  ): SetDomainMemoryParametersResponse {
+    return SetDomainMemoryParametersResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainMemoryParametersResponse>, I>>(
+    _: I,
+  ): SetDomainMemoryParametersResponse {
+    const message = createBaseSetDomainMemoryParametersResponse();
+    return message;
+  },
+};
+
+function createBaseGetDomainBlkioParametersRequest(): GetDomainBlkioParametersRequest {
+  return { name: "", scope: undefined };
+}
+
+export const GetDomainBlkioParametersRequest: MessageFns<GetDomainBlkioParametersRequest> = {
+  encode(message: GetDomainBlkioParametersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainBlkioParametersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainBlkioParametersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainBlkioParametersRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: GetDomainBlkioParametersRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainBlkioParametersRequest>, I>>(base?: I): GetDomainBlkioParametersRequest {
+    return GetDomainBlkioParametersRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainBlkioParametersRequest>, I>>(
+    object: I,
+  ): GetDomainBlkioParametersRequest {
+    const message = createBaseGetDomainBlkioParametersRequest();
+    message.name = object.name ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseGetDomainBlkioParametersResponse(): GetDomainBlkioParametersResponse {
+  return { parameters: [] };
+}
+
+export const GetDomainBlkioParametersResponse: MessageFns<GetDomainBlkioParametersResponse> = {
+  encode(message: GetDomainBlkioParametersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainBlkioParametersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainBlkioParametersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainBlkioParametersResponse {
+    return {
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GetDomainBlkioParametersResponse): unknown {
+    const obj: any = {};
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainBlkioParametersResponse>, I>>(
+    base?: I,
+  ): GetDomainBlkioParametersResponse {
+    return GetDomainBlkioParametersResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainBlkioParametersResponse>, I>>(
+    object: I,
+  ): GetDomainBlkioParametersResponse {
+    const message = createBaseGetDomainBlkioParametersResponse();
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSetDomainBlkioParametersRequest(): SetDomainBlkioParametersRequest {
+  return { name: "", scope: undefined, parameters: [] };
+}
+
+export const SetDomainBlkioParametersRequest: MessageFns<SetDomainBlkioParametersRequest> = {
+  encode(message: SetDomainBlkioParametersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainBlkioParametersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainBlkioParametersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainBlkioParametersRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: SetDomainBlkioParametersRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainBlkioParametersRequest>, I>>(base?: I): SetDomainBlkioParametersRequest {
+    return SetDomainBlkioParametersRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainBlkioParametersRequest>, I>>(
+    object: I,
+  ): SetDomainBlkioParametersRequest {
+    const message = createBaseSetDomainBlkioParametersRequest();
+    message.name = object.name ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSetDomainBlkioParametersResponse(): SetDomainBlkioParametersResponse {
+  return {};
+}
+
+export const SetDomainBlkioParametersResponse: MessageFns<SetDomainBlkioParametersResponse> = {
+  encode(_: SetDomainBlkioParametersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainBlkioParametersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainBlkioParametersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainBlkioParametersResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainBlkioParametersResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainBlkioParametersResponse>, I>>(
+    base?: I,
+  ): SetDomainBlkioParametersResponse {
+    return SetDomainBlkioParametersResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainBlkioParametersResponse>, I>>(
+    _: I,
+  ): SetDomainBlkioParametersResponse {
+    const message = createBaseSetDomainBlkioParametersResponse();
+    return message;
+  },
+};
+
+function createBaseGetDomainNumaParametersRequest(): GetDomainNumaParametersRequest {
+  return { name: "", scope: undefined };
+}
+
+export const GetDomainNumaParametersRequest: MessageFns<GetDomainNumaParametersRequest> = {
+  encode(message: GetDomainNumaParametersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainNumaParametersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainNumaParametersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainNumaParametersRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: GetDomainNumaParametersRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainNumaParametersRequest>, I>>(base?: I): GetDomainNumaParametersRequest {
+    return GetDomainNumaParametersRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainNumaParametersRequest>, I>>(
+    object: I,
+  ): GetDomainNumaParametersRequest {
+    const message = createBaseGetDomainNumaParametersRequest();
+    message.name = object.name ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseGetDomainNumaParametersResponse(): GetDomainNumaParametersResponse {
+  return { parameters: [] };
+}
+
+export const GetDomainNumaParametersResponse: MessageFns<GetDomainNumaParametersResponse> = {
+  encode(message: GetDomainNumaParametersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainNumaParametersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainNumaParametersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainNumaParametersResponse {
+    return {
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GetDomainNumaParametersResponse): unknown {
+    const obj: any = {};
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainNumaParametersResponse>, I>>(base?: I): GetDomainNumaParametersResponse {
+    return GetDomainNumaParametersResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainNumaParametersResponse>, I>>(
+    object: I,
+  ): GetDomainNumaParametersResponse {
+    const message = createBaseGetDomainNumaParametersResponse();
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSetDomainNumaParametersRequest(): SetDomainNumaParametersRequest {
+  return { name: "", scope: undefined, parameters: [] };
+}
+
+export const SetDomainNumaParametersRequest: MessageFns<SetDomainNumaParametersRequest> = {
+  encode(message: SetDomainNumaParametersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainNumaParametersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainNumaParametersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainNumaParametersRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: SetDomainNumaParametersRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainNumaParametersRequest>, I>>(base?: I): SetDomainNumaParametersRequest {
+    return SetDomainNumaParametersRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainNumaParametersRequest>, I>>(
+    object: I,
+  ): SetDomainNumaParametersRequest {
+    const message = createBaseSetDomainNumaParametersRequest();
+    message.name = object.name ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSetDomainNumaParametersResponse(): SetDomainNumaParametersResponse {
+  return {};
+}
+
+export const SetDomainNumaParametersResponse: MessageFns<SetDomainNumaParametersResponse> = {
+  encode(_: SetDomainNumaParametersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainNumaParametersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainNumaParametersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainNumaParametersResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainNumaParametersResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainNumaParametersResponse>, I>>(base?: I): SetDomainNumaParametersResponse {
+    return SetDomainNumaParametersResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainNumaParametersResponse>, I>>(_: I): SetDomainNumaParametersResponse {
+    const message = createBaseSetDomainNumaParametersResponse();
+    return message;
+  },
+};
+
+function createBaseGetDomainPerfEventsRequest(): GetDomainPerfEventsRequest {
+  return { name: "", scope: undefined };
+}
+
+export const GetDomainPerfEventsRequest: MessageFns<GetDomainPerfEventsRequest> = {
+  encode(message: GetDomainPerfEventsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainPerfEventsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainPerfEventsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainPerfEventsRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: GetDomainPerfEventsRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainPerfEventsRequest>, I>>(base?: I): GetDomainPerfEventsRequest {
+    return GetDomainPerfEventsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainPerfEventsRequest>, I>>(object: I): GetDomainPerfEventsRequest {
+    const message = createBaseGetDomainPerfEventsRequest();
+    message.name = object.name ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseGetDomainPerfEventsResponse(): GetDomainPerfEventsResponse {
+  return { parameters: [] };
+}
+
+export const GetDomainPerfEventsResponse: MessageFns<GetDomainPerfEventsResponse> = {
+  encode(message: GetDomainPerfEventsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainPerfEventsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainPerfEventsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainPerfEventsResponse {
+    return {
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GetDomainPerfEventsResponse): unknown {
+    const obj: any = {};
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainPerfEventsResponse>, I>>(base?: I): GetDomainPerfEventsResponse {
+    return GetDomainPerfEventsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainPerfEventsResponse>, I>>(object: I): GetDomainPerfEventsResponse {
+    const message = createBaseGetDomainPerfEventsResponse();
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSetDomainPerfEventsRequest(): SetDomainPerfEventsRequest {
+  return { name: "", scope: undefined, parameters: [] };
+}
+
+export const SetDomainPerfEventsRequest: MessageFns<SetDomainPerfEventsRequest> = {
+  encode(message: SetDomainPerfEventsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainPerfEventsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainPerfEventsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainPerfEventsRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: SetDomainPerfEventsRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainPerfEventsRequest>, I>>(base?: I): SetDomainPerfEventsRequest {
+    return SetDomainPerfEventsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainPerfEventsRequest>, I>>(object: I): SetDomainPerfEventsRequest {
+    const message = createBaseSetDomainPerfEventsRequest();
+    message.name = object.name ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSetDomainPerfEventsResponse(): SetDomainPerfEventsResponse {
+  return {};
+}
+
+export const SetDomainPerfEventsResponse: MessageFns<SetDomainPerfEventsResponse> = {
+  encode(_: SetDomainPerfEventsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainPerfEventsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainPerfEventsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainPerfEventsResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainPerfEventsResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainPerfEventsResponse>, I>>(base?: I): SetDomainPerfEventsResponse {
+    return SetDomainPerfEventsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainPerfEventsResponse>, I>>(_: I): SetDomainPerfEventsResponse {
+    const message = createBaseSetDomainPerfEventsResponse();
+    return message;
+  },
+};
+
+function createBaseCpuAffinity(): CpuAffinity {
+  return { cpus: [] };
+}
+
+export const CpuAffinity: MessageFns<CpuAffinity> = {
+  encode(message: CpuAffinity, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cpus.length !== 0) {
+      writer.uint32(10).fork();
+      for (const v of message.cpus) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CpuAffinity {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCpuAffinity();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag === 8) {
+              message.cpus.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 10) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.cpus.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CpuAffinity {
+    return { cpus: globalThis.Array.isArray(object?.cpus) ? object.cpus.map((e: any) => globalThis.Number(e)) : [] };
+  },
+
+  toJSON(message: CpuAffinity): unknown {
+    const obj: any = {};
+    if (message.cpus?.length) {
+      obj.cpus = message.cpus.map((e) => Math.round(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CpuAffinity>, I>>(base?: I): CpuAffinity {
+    return CpuAffinity.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CpuAffinity>, I>>(object: I): CpuAffinity {
+    const message = createBaseCpuAffinity();
+    message.cpus = object.cpus?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseGetDomainVcpuPinInfoRequest(): GetDomainVcpuPinInfoRequest {
+  return { name: "", scope: undefined };
+}
+
+export const GetDomainVcpuPinInfoRequest: MessageFns<GetDomainVcpuPinInfoRequest> = {
+  encode(message: GetDomainVcpuPinInfoRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainVcpuPinInfoRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainVcpuPinInfoRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainVcpuPinInfoRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: GetDomainVcpuPinInfoRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainVcpuPinInfoRequest>, I>>(base?: I): GetDomainVcpuPinInfoRequest {
+    return GetDomainVcpuPinInfoRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainVcpuPinInfoRequest>, I>>(object: I): GetDomainVcpuPinInfoRequest {
+    const message = createBaseGetDomainVcpuPinInfoRequest();
+    message.name = object.name ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseGetDomainVcpuPinInfoResponse(): GetDomainVcpuPinInfoResponse {
+  return { vcpus: [] };
+}
+
+export const GetDomainVcpuPinInfoResponse: MessageFns<GetDomainVcpuPinInfoResponse> = {
+  encode(message: GetDomainVcpuPinInfoResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.vcpus) {
+      CpuAffinity.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainVcpuPinInfoResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainVcpuPinInfoResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vcpus.push(CpuAffinity.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainVcpuPinInfoResponse {
+    return {
+      vcpus: globalThis.Array.isArray(object?.vcpus) ? object.vcpus.map((e: any) => CpuAffinity.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: GetDomainVcpuPinInfoResponse): unknown {
+    const obj: any = {};
+    if (message.vcpus?.length) {
+      obj.vcpus = message.vcpus.map((e) => CpuAffinity.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainVcpuPinInfoResponse>, I>>(base?: I): GetDomainVcpuPinInfoResponse {
+    return GetDomainVcpuPinInfoResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainVcpuPinInfoResponse>, I>>(object: I): GetDomainVcpuPinInfoResponse {
+    const message = createBaseGetDomainVcpuPinInfoResponse();
+    message.vcpus = object.vcpus?.map((e) => CpuAffinity.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePinDomainVcpuRequest(): PinDomainVcpuRequest {
+  return { name: "", vcpu: 0, cpus: [], scope: undefined };
+}
+
+export const PinDomainVcpuRequest: MessageFns<PinDomainVcpuRequest> = {
+  encode(message: PinDomainVcpuRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.vcpu !== 0) {
+      writer.uint32(16).uint32(message.vcpu);
+    }
+    if (message.cpus.length !== 0) {
+      writer.uint32(26).fork();
+      for (const v of message.cpus) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PinDomainVcpuRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePinDomainVcpuRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.vcpu = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag === 24) {
+              message.cpus.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 26) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.cpus.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PinDomainVcpuRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      vcpu: isSet(object.vcpu) ? globalThis.Number(object.vcpu) : 0,
+      cpus: globalThis.Array.isArray(object?.cpus) ? object.cpus.map((e: any) => globalThis.Number(e)) : [],
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: PinDomainVcpuRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.vcpu !== 0) {
+      obj.vcpu = Math.round(message.vcpu);
+    }
+    if (message.cpus?.length) {
+      obj.cpus = message.cpus.map((e) => Math.round(e));
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PinDomainVcpuRequest>, I>>(base?: I): PinDomainVcpuRequest {
+    return PinDomainVcpuRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PinDomainVcpuRequest>, I>>(object: I): PinDomainVcpuRequest {
+    const message = createBasePinDomainVcpuRequest();
+    message.name = object.name ?? "";
+    message.vcpu = object.vcpu ?? 0;
+    message.cpus = object.cpus?.map((e) => e) || [];
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBasePinDomainVcpuResponse(): PinDomainVcpuResponse {
+  return {};
+}
+
+export const PinDomainVcpuResponse: MessageFns<PinDomainVcpuResponse> = {
+  encode(_: PinDomainVcpuResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PinDomainVcpuResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePinDomainVcpuResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): PinDomainVcpuResponse {
+    return {};
+  },
+
+  toJSON(_: PinDomainVcpuResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PinDomainVcpuResponse>, I>>(base?: I): PinDomainVcpuResponse {
+    return PinDomainVcpuResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PinDomainVcpuResponse>, I>>(_: I): PinDomainVcpuResponse {
+    const message = createBasePinDomainVcpuResponse();
+    return message;
+  },
+};
+
+function createBaseGetDomainEmulatorPinInfoRequest(): GetDomainEmulatorPinInfoRequest {
+  return { name: "", scope: undefined };
+}
+
+export const GetDomainEmulatorPinInfoRequest: MessageFns<GetDomainEmulatorPinInfoRequest> = {
+  encode(message: GetDomainEmulatorPinInfoRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainEmulatorPinInfoRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainEmulatorPinInfoRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainEmulatorPinInfoRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: GetDomainEmulatorPinInfoRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainEmulatorPinInfoRequest>, I>>(base?: I): GetDomainEmulatorPinInfoRequest {
+    return GetDomainEmulatorPinInfoRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainEmulatorPinInfoRequest>, I>>(
+    object: I,
+  ): GetDomainEmulatorPinInfoRequest {
+    const message = createBaseGetDomainEmulatorPinInfoRequest();
+    message.name = object.name ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseGetDomainEmulatorPinInfoResponse(): GetDomainEmulatorPinInfoResponse {
+  return { affinity: undefined };
+}
+
+export const GetDomainEmulatorPinInfoResponse: MessageFns<GetDomainEmulatorPinInfoResponse> = {
+  encode(message: GetDomainEmulatorPinInfoResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.affinity !== undefined) {
+      CpuAffinity.encode(message.affinity, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainEmulatorPinInfoResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainEmulatorPinInfoResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.affinity = CpuAffinity.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainEmulatorPinInfoResponse {
+    return { affinity: isSet(object.affinity) ? CpuAffinity.fromJSON(object.affinity) : undefined };
+  },
+
+  toJSON(message: GetDomainEmulatorPinInfoResponse): unknown {
+    const obj: any = {};
+    if (message.affinity !== undefined) {
+      obj.affinity = CpuAffinity.toJSON(message.affinity);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainEmulatorPinInfoResponse>, I>>(
+    base?: I,
+  ): GetDomainEmulatorPinInfoResponse {
+    return GetDomainEmulatorPinInfoResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainEmulatorPinInfoResponse>, I>>(
+    object: I,
+  ): GetDomainEmulatorPinInfoResponse {
+    const message = createBaseGetDomainEmulatorPinInfoResponse();
+    message.affinity = (object.affinity !== undefined && object.affinity !== null)
+      ? CpuAffinity.fromPartial(object.affinity)
+      : undefined;
+    return message;
+  },
+};
+
+function createBasePinDomainEmulatorRequest(): PinDomainEmulatorRequest {
+  return { name: "", cpus: [], scope: undefined };
+}
+
+export const PinDomainEmulatorRequest: MessageFns<PinDomainEmulatorRequest> = {
+  encode(message: PinDomainEmulatorRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.cpus.length !== 0) {
+      writer.uint32(18).fork();
+      for (const v of message.cpus) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PinDomainEmulatorRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePinDomainEmulatorRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag === 16) {
+              message.cpus.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 18) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.cpus.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PinDomainEmulatorRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      cpus: globalThis.Array.isArray(object?.cpus) ? object.cpus.map((e: any) => globalThis.Number(e)) : [],
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: PinDomainEmulatorRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.cpus?.length) {
+      obj.cpus = message.cpus.map((e) => Math.round(e));
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PinDomainEmulatorRequest>, I>>(base?: I): PinDomainEmulatorRequest {
+    return PinDomainEmulatorRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PinDomainEmulatorRequest>, I>>(object: I): PinDomainEmulatorRequest {
+    const message = createBasePinDomainEmulatorRequest();
+    message.name = object.name ?? "";
+    message.cpus = object.cpus?.map((e) => e) || [];
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBasePinDomainEmulatorResponse(): PinDomainEmulatorResponse {
+  return {};
+}
+
+export const PinDomainEmulatorResponse: MessageFns<PinDomainEmulatorResponse> = {
+  encode(_: PinDomainEmulatorResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PinDomainEmulatorResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePinDomainEmulatorResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): PinDomainEmulatorResponse {
+    return {};
+  },
+
+  toJSON(_: PinDomainEmulatorResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PinDomainEmulatorResponse>, I>>(base?: I): PinDomainEmulatorResponse {
+    return PinDomainEmulatorResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PinDomainEmulatorResponse>, I>>(_: I): PinDomainEmulatorResponse {
+    const message = createBasePinDomainEmulatorResponse();
+    return message;
+  },
+};
+
+function createBaseGetDomainIOThreadInfoRequest(): GetDomainIOThreadInfoRequest {
+  return { name: "", scope: undefined };
+}
+
+export const GetDomainIOThreadInfoRequest: MessageFns<GetDomainIOThreadInfoRequest> = {
+  encode(message: GetDomainIOThreadInfoRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainIOThreadInfoRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainIOThreadInfoRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainIOThreadInfoRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: GetDomainIOThreadInfoRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainIOThreadInfoRequest>, I>>(base?: I): GetDomainIOThreadInfoRequest {
+    return GetDomainIOThreadInfoRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainIOThreadInfoRequest>, I>>(object: I): GetDomainIOThreadInfoRequest {
+    const message = createBaseGetDomainIOThreadInfoRequest();
+    message.name = object.name ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseIOThread(): IOThread {
+  return { id: 0, affinity: undefined };
+}
+
+export const IOThread: MessageFns<IOThread> = {
+  encode(message: IOThread, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint32(message.id);
+    }
+    if (message.affinity !== undefined) {
+      CpuAffinity.encode(message.affinity, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): IOThread {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseIOThread();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.affinity = CpuAffinity.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): IOThread {
+    return {
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      affinity: isSet(object.affinity) ? CpuAffinity.fromJSON(object.affinity) : undefined,
+    };
+  },
+
+  toJSON(message: IOThread): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.affinity !== undefined) {
+      obj.affinity = CpuAffinity.toJSON(message.affinity);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<IOThread>, I>>(base?: I): IOThread {
+    return IOThread.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<IOThread>, I>>(object: I): IOThread {
+    const message = createBaseIOThread();
+    message.id = object.id ?? 0;
+    message.affinity = (object.affinity !== undefined && object.affinity !== null)
+      ? CpuAffinity.fromPartial(object.affinity)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseGetDomainIOThreadInfoResponse(): GetDomainIOThreadInfoResponse {
+  return { iothreads: [] };
+}
+
+export const GetDomainIOThreadInfoResponse: MessageFns<GetDomainIOThreadInfoResponse> = {
+  encode(message: GetDomainIOThreadInfoResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.iothreads) {
+      IOThread.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainIOThreadInfoResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainIOThreadInfoResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.iothreads.push(IOThread.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainIOThreadInfoResponse {
+    return {
+      iothreads: globalThis.Array.isArray(object?.iothreads)
+        ? object.iothreads.map((e: any) => IOThread.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GetDomainIOThreadInfoResponse): unknown {
+    const obj: any = {};
+    if (message.iothreads?.length) {
+      obj.iothreads = message.iothreads.map((e) => IOThread.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainIOThreadInfoResponse>, I>>(base?: I): GetDomainIOThreadInfoResponse {
+    return GetDomainIOThreadInfoResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainIOThreadInfoResponse>, I>>(
+    object: I,
+  ): GetDomainIOThreadInfoResponse {
+    const message = createBaseGetDomainIOThreadInfoResponse();
+    message.iothreads = object.iothreads?.map((e) => IOThread.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseAddDomainIOThreadRequest(): AddDomainIOThreadRequest {
+  return { name: "", id: 0, scope: undefined };
+}
+
+export const AddDomainIOThreadRequest: MessageFns<AddDomainIOThreadRequest> = {
+  encode(message: AddDomainIOThreadRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.id !== 0) {
+      writer.uint32(16).uint32(message.id);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AddDomainIOThreadRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAddDomainIOThreadRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.id = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AddDomainIOThreadRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: AddDomainIOThreadRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AddDomainIOThreadRequest>, I>>(base?: I): AddDomainIOThreadRequest {
+    return AddDomainIOThreadRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AddDomainIOThreadRequest>, I>>(object: I): AddDomainIOThreadRequest {
+    const message = createBaseAddDomainIOThreadRequest();
+    message.name = object.name ?? "";
+    message.id = object.id ?? 0;
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseAddDomainIOThreadResponse(): AddDomainIOThreadResponse {
+  return {};
+}
+
+export const AddDomainIOThreadResponse: MessageFns<AddDomainIOThreadResponse> = {
+  encode(_: AddDomainIOThreadResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AddDomainIOThreadResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAddDomainIOThreadResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): AddDomainIOThreadResponse {
+    return {};
+  },
+
+  toJSON(_: AddDomainIOThreadResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AddDomainIOThreadResponse>, I>>(base?: I): AddDomainIOThreadResponse {
+    return AddDomainIOThreadResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AddDomainIOThreadResponse>, I>>(_: I): AddDomainIOThreadResponse {
+    const message = createBaseAddDomainIOThreadResponse();
+    return message;
+  },
+};
+
+function createBaseDeleteDomainIOThreadRequest(): DeleteDomainIOThreadRequest {
+  return { name: "", id: 0, scope: undefined };
+}
+
+export const DeleteDomainIOThreadRequest: MessageFns<DeleteDomainIOThreadRequest> = {
+  encode(message: DeleteDomainIOThreadRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.id !== 0) {
+      writer.uint32(16).uint32(message.id);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteDomainIOThreadRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteDomainIOThreadRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.id = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteDomainIOThreadRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: DeleteDomainIOThreadRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteDomainIOThreadRequest>, I>>(base?: I): DeleteDomainIOThreadRequest {
+    return DeleteDomainIOThreadRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteDomainIOThreadRequest>, I>>(object: I): DeleteDomainIOThreadRequest {
+    const message = createBaseDeleteDomainIOThreadRequest();
+    message.name = object.name ?? "";
+    message.id = object.id ?? 0;
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseDeleteDomainIOThreadResponse(): DeleteDomainIOThreadResponse {
+  return {};
+}
+
+export const DeleteDomainIOThreadResponse: MessageFns<DeleteDomainIOThreadResponse> = {
+  encode(_: DeleteDomainIOThreadResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteDomainIOThreadResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteDomainIOThreadResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): DeleteDomainIOThreadResponse {
+    return {};
+  },
+
+  toJSON(_: DeleteDomainIOThreadResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteDomainIOThreadResponse>, I>>(base?: I): DeleteDomainIOThreadResponse {
+    return DeleteDomainIOThreadResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteDomainIOThreadResponse>, I>>(_: I): DeleteDomainIOThreadResponse {
+    const message = createBaseDeleteDomainIOThreadResponse();
+    return message;
+  },
+};
+
+function createBasePinDomainIOThreadRequest(): PinDomainIOThreadRequest {
+  return { name: "", id: 0, cpus: [], scope: undefined };
+}
+
+export const PinDomainIOThreadRequest: MessageFns<PinDomainIOThreadRequest> = {
+  encode(message: PinDomainIOThreadRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.id !== 0) {
+      writer.uint32(16).uint32(message.id);
+    }
+    if (message.cpus.length !== 0) {
+      writer.uint32(26).fork();
+      for (const v of message.cpus) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PinDomainIOThreadRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePinDomainIOThreadRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.id = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag === 24) {
+              message.cpus.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 26) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.cpus.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PinDomainIOThreadRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      cpus: globalThis.Array.isArray(object?.cpus) ? object.cpus.map((e: any) => globalThis.Number(e)) : [],
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: PinDomainIOThreadRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.cpus?.length) {
+      obj.cpus = message.cpus.map((e) => Math.round(e));
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PinDomainIOThreadRequest>, I>>(base?: I): PinDomainIOThreadRequest {
+    return PinDomainIOThreadRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PinDomainIOThreadRequest>, I>>(object: I): PinDomainIOThreadRequest {
+    const message = createBasePinDomainIOThreadRequest();
+    message.name = object.name ?? "";
+    message.id = object.id ?? 0;
+    message.cpus = object.cpus?.map((e) => e) || [];
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBasePinDomainIOThreadResponse(): PinDomainIOThreadResponse {
+  return {};
+}
+
+export const PinDomainIOThreadResponse: MessageFns<PinDomainIOThreadResponse> = {
+  encode(_: PinDomainIOThreadResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PinDomainIOThreadResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePinDomainIOThreadResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): PinDomainIOThreadResponse {
+    return {};
+  },
+
+  toJSON(_: PinDomainIOThreadResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PinDomainIOThreadResponse>, I>>(base?: I): PinDomainIOThreadResponse {
+    return PinDomainIOThreadResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PinDomainIOThreadResponse>, I>>(_: I): PinDomainIOThreadResponse {
+    const message = createBasePinDomainIOThreadResponse();
+    return message;
+  },
+};
+
+function createBaseGetDomainMetadataRequest(): GetDomainMetadataRequest {
+  return { name: "", type: 0, uri: "", scope: undefined };
+}
+
+export const GetDomainMetadataRequest: MessageFns<GetDomainMetadataRequest> = {
+  encode(message: GetDomainMetadataRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.type !== 0) {
+      writer.uint32(16).int32(message.type);
+    }
+    if (message.uri !== "") {
+      writer.uint32(26).string(message.uri);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainMetadataRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainMetadataRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.type = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.uri = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainMetadataRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      type: isSet(object.type) ? metadataTypeFromJSON(object.type) : 0,
+      uri: isSet(object.uri) ? globalThis.String(object.uri) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: GetDomainMetadataRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.type !== 0) {
+      obj.type = metadataTypeToJSON(message.type);
+    }
+    if (message.uri !== "") {
+      obj.uri = message.uri;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainMetadataRequest>, I>>(base?: I): GetDomainMetadataRequest {
+    return GetDomainMetadataRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainMetadataRequest>, I>>(object: I): GetDomainMetadataRequest {
+    const message = createBaseGetDomainMetadataRequest();
+    message.name = object.name ?? "";
+    message.type = object.type ?? 0;
+    message.uri = object.uri ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseGetDomainMetadataResponse(): GetDomainMetadataResponse {
+  return { value: "" };
+}
+
+export const GetDomainMetadataResponse: MessageFns<GetDomainMetadataResponse> = {
+  encode(message: GetDomainMetadataResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.value !== "") {
+      writer.uint32(10).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainMetadataResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainMetadataResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainMetadataResponse {
+    return { value: isSet(object.value) ? globalThis.String(object.value) : "" };
+  },
+
+  toJSON(message: GetDomainMetadataResponse): unknown {
+    const obj: any = {};
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainMetadataResponse>, I>>(base?: I): GetDomainMetadataResponse {
+    return GetDomainMetadataResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainMetadataResponse>, I>>(object: I): GetDomainMetadataResponse {
+    const message = createBaseGetDomainMetadataResponse();
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseSetDomainMetadataRequest(): SetDomainMetadataRequest {
+  return { name: "", type: 0, value: "", key: "", uri: "", scope: undefined };
+}
+
+export const SetDomainMetadataRequest: MessageFns<SetDomainMetadataRequest> = {
+  encode(message: SetDomainMetadataRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.type !== 0) {
+      writer.uint32(16).int32(message.type);
+    }
+    if (message.value !== "") {
+      writer.uint32(26).string(message.value);
+    }
+    if (message.key !== "") {
+      writer.uint32(34).string(message.key);
+    }
+    if (message.uri !== "") {
+      writer.uint32(42).string(message.uri);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(50).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainMetadataRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainMetadataRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.type = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.uri = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainMetadataRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      type: isSet(object.type) ? metadataTypeFromJSON(object.type) : 0,
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      uri: isSet(object.uri) ? globalThis.String(object.uri) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: SetDomainMetadataRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.type !== 0) {
+      obj.type = metadataTypeToJSON(message.type);
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.uri !== "") {
+      obj.uri = message.uri;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainMetadataRequest>, I>>(base?: I): SetDomainMetadataRequest {
+    return SetDomainMetadataRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainMetadataRequest>, I>>(object: I): SetDomainMetadataRequest {
+    const message = createBaseSetDomainMetadataRequest();
+    message.name = object.name ?? "";
+    message.type = object.type ?? 0;
+    message.value = object.value ?? "";
+    message.key = object.key ?? "";
+    message.uri = object.uri ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseSetDomainMetadataResponse(): SetDomainMetadataResponse {
+  return {};
+}
+
+export const SetDomainMetadataResponse: MessageFns<SetDomainMetadataResponse> = {
+  encode(_: SetDomainMetadataResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainMetadataResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainMetadataResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainMetadataResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainMetadataResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainMetadataResponse>, I>>(base?: I): SetDomainMetadataResponse {
+    return SetDomainMetadataResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainMetadataResponse>, I>>(_: I): SetDomainMetadataResponse {
+    const message = createBaseSetDomainMetadataResponse();
+    return message;
+  },
+};
+
+function createBaseGetDomainCpuStatsRequest(): GetDomainCpuStatsRequest {
+  return { name: "", startCpu: 0, cpuCount: 0 };
+}
+
+export const GetDomainCpuStatsRequest: MessageFns<GetDomainCpuStatsRequest> = {
+  encode(message: GetDomainCpuStatsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.startCpu !== 0) {
+      writer.uint32(16).uint32(message.startCpu);
+    }
+    if (message.cpuCount !== 0) {
+      writer.uint32(24).uint32(message.cpuCount);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainCpuStatsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainCpuStatsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.startCpu = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.cpuCount = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainCpuStatsRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      startCpu: isSet(object.startCpu)
+        ? globalThis.Number(object.startCpu)
+        : isSet(object.start_cpu)
+        ? globalThis.Number(object.start_cpu)
+        : 0,
+      cpuCount: isSet(object.cpuCount)
+        ? globalThis.Number(object.cpuCount)
+        : isSet(object.cpu_count)
+        ? globalThis.Number(object.cpu_count)
+        : 0,
+    };
+  },
+
+  toJSON(message: GetDomainCpuStatsRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.startCpu !== 0) {
+      obj.startCpu = Math.round(message.startCpu);
+    }
+    if (message.cpuCount !== 0) {
+      obj.cpuCount = Math.round(message.cpuCount);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainCpuStatsRequest>, I>>(base?: I): GetDomainCpuStatsRequest {
+    return GetDomainCpuStatsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainCpuStatsRequest>, I>>(object: I): GetDomainCpuStatsRequest {
+    const message = createBaseGetDomainCpuStatsRequest();
+    message.name = object.name ?? "";
+    message.startCpu = object.startCpu ?? 0;
+    message.cpuCount = object.cpuCount ?? 0;
+    return message;
+  },
+};
+
+function createBaseDomainCpuStats(): DomainCpuStats {
+  return { cpu: undefined, parameters: [] };
+}
+
+export const DomainCpuStats: MessageFns<DomainCpuStats> = {
+  encode(message: DomainCpuStats, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cpu !== undefined) {
+      writer.uint32(8).uint32(message.cpu);
+    }
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DomainCpuStats {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDomainCpuStats();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cpu = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DomainCpuStats {
+    return {
+      cpu: isSet(object.cpu) ? globalThis.Number(object.cpu) : undefined,
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: DomainCpuStats): unknown {
+    const obj: any = {};
+    if (message.cpu !== undefined) {
+      obj.cpu = Math.round(message.cpu);
+    }
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DomainCpuStats>, I>>(base?: I): DomainCpuStats {
+    return DomainCpuStats.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DomainCpuStats>, I>>(object: I): DomainCpuStats {
+    const message = createBaseDomainCpuStats();
+    message.cpu = object.cpu ?? undefined;
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseGetDomainCpuStatsResponse(): GetDomainCpuStatsResponse {
+  return { total: undefined, cpus: [] };
+}
+
+export const GetDomainCpuStatsResponse: MessageFns<GetDomainCpuStatsResponse> = {
+  encode(message: GetDomainCpuStatsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.total !== undefined) {
+      DomainCpuStats.encode(message.total, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.cpus) {
+      DomainCpuStats.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainCpuStatsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainCpuStatsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.total = DomainCpuStats.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.cpus.push(DomainCpuStats.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainCpuStatsResponse {
+    return {
+      total: isSet(object.total) ? DomainCpuStats.fromJSON(object.total) : undefined,
+      cpus: globalThis.Array.isArray(object?.cpus) ? object.cpus.map((e: any) => DomainCpuStats.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: GetDomainCpuStatsResponse): unknown {
+    const obj: any = {};
+    if (message.total !== undefined) {
+      obj.total = DomainCpuStats.toJSON(message.total);
+    }
+    if (message.cpus?.length) {
+      obj.cpus = message.cpus.map((e) => DomainCpuStats.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainCpuStatsResponse>, I>>(base?: I): GetDomainCpuStatsResponse {
+    return GetDomainCpuStatsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainCpuStatsResponse>, I>>(object: I): GetDomainCpuStatsResponse {
+    const message = createBaseGetDomainCpuStatsResponse();
+    message.total = (object.total !== undefined && object.total !== null)
+      ? DomainCpuStats.fromPartial(object.total)
+      : undefined;
+    message.cpus = object.cpus?.map((e) => DomainCpuStats.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseGetDomainMaxMemoryRequest(): GetDomainMaxMemoryRequest {
+  return { name: "" };
+}
+
+export const GetDomainMaxMemoryRequest: MessageFns<GetDomainMaxMemoryRequest> = {
+  encode(message: GetDomainMaxMemoryRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainMaxMemoryRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainMaxMemoryRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainMaxMemoryRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: GetDomainMaxMemoryRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainMaxMemoryRequest>, I>>(base?: I): GetDomainMaxMemoryRequest {
+    return GetDomainMaxMemoryRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainMaxMemoryRequest>, I>>(object: I): GetDomainMaxMemoryRequest {
+    const message = createBaseGetDomainMaxMemoryRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseGetDomainMaxMemoryResponse(): GetDomainMaxMemoryResponse {
+  return { maxMemoryKib: 0n };
+}
+
+export const GetDomainMaxMemoryResponse: MessageFns<GetDomainMaxMemoryResponse> = {
+  encode(message: GetDomainMaxMemoryResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.maxMemoryKib !== 0n) {
+      if (BigInt.asUintN(64, message.maxMemoryKib) !== message.maxMemoryKib) {
+        throw new globalThis.Error("value provided for field message.maxMemoryKib of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.maxMemoryKib);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainMaxMemoryResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainMaxMemoryResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.maxMemoryKib = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainMaxMemoryResponse {
+    return {
+      maxMemoryKib: isSet(object.maxMemoryKib)
+        ? BigInt(object.maxMemoryKib)
+        : isSet(object.max_memory_kib)
+        ? BigInt(object.max_memory_kib)
+        : 0n,
+    };
+  },
+
+  toJSON(message: GetDomainMaxMemoryResponse): unknown {
+    const obj: any = {};
+    if (message.maxMemoryKib !== 0n) {
+      obj.maxMemoryKib = message.maxMemoryKib.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainMaxMemoryResponse>, I>>(base?: I): GetDomainMaxMemoryResponse {
+    return GetDomainMaxMemoryResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainMaxMemoryResponse>, I>>(object: I): GetDomainMaxMemoryResponse {
+    const message = createBaseGetDomainMaxMemoryResponse();
+    message.maxMemoryKib = (object.maxMemoryKib !== undefined && object.maxMemoryKib !== null)
+      ? BigInt(object.maxMemoryKib)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseGetDomainVcpusRequest(): GetDomainVcpusRequest {
+  return { name: "" };
+}
+
+export const GetDomainVcpusRequest: MessageFns<GetDomainVcpusRequest> = {
+  encode(message: GetDomainVcpusRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainVcpusRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainVcpusRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainVcpusRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: GetDomainVcpusRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainVcpusRequest>, I>>(base?: I): GetDomainVcpusRequest {
+    return GetDomainVcpusRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainVcpusRequest>, I>>(object: I): GetDomainVcpusRequest {
+    const message = createBaseGetDomainVcpusRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseVcpuInfo(): VcpuInfo {
+  return { number: 0, state: 0, cpuTimeNs: 0n, cpu: 0, affinity: undefined };
+}
+
+export const VcpuInfo: MessageFns<VcpuInfo> = {
+  encode(message: VcpuInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.number !== 0) {
+      writer.uint32(8).uint32(message.number);
+    }
+    if (message.state !== 0) {
+      writer.uint32(16).int32(message.state);
+    }
+    if (message.cpuTimeNs !== 0n) {
+      if (BigInt.asUintN(64, message.cpuTimeNs) !== message.cpuTimeNs) {
+        throw new globalThis.Error("value provided for field message.cpuTimeNs of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.cpuTimeNs);
+    }
+    if (message.cpu !== 0) {
+      writer.uint32(32).int32(message.cpu);
+    }
+    if (message.affinity !== undefined) {
+      CpuAffinity.encode(message.affinity, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): VcpuInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVcpuInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.number = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.cpuTimeNs = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.cpu = reader.int32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.affinity = CpuAffinity.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): VcpuInfo {
+    return {
+      number: isSet(object.number) ? globalThis.Number(object.number) : 0,
+      state: isSet(object.state) ? vcpuStateFromJSON(object.state) : 0,
+      cpuTimeNs: isSet(object.cpuTimeNs)
+        ? BigInt(object.cpuTimeNs)
+        : isSet(object.cpu_time_ns)
+        ? BigInt(object.cpu_time_ns)
+        : 0n,
+      cpu: isSet(object.cpu) ? globalThis.Number(object.cpu) : 0,
+      affinity: isSet(object.affinity) ? CpuAffinity.fromJSON(object.affinity) : undefined,
+    };
+  },
+
+  toJSON(message: VcpuInfo): unknown {
+    const obj: any = {};
+    if (message.number !== 0) {
+      obj.number = Math.round(message.number);
+    }
+    if (message.state !== 0) {
+      obj.state = vcpuStateToJSON(message.state);
+    }
+    if (message.cpuTimeNs !== 0n) {
+      obj.cpuTimeNs = message.cpuTimeNs.toString();
+    }
+    if (message.cpu !== 0) {
+      obj.cpu = Math.round(message.cpu);
+    }
+    if (message.affinity !== undefined) {
+      obj.affinity = CpuAffinity.toJSON(message.affinity);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<VcpuInfo>, I>>(base?: I): VcpuInfo {
+    return VcpuInfo.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<VcpuInfo>, I>>(object: I): VcpuInfo {
+    const message = createBaseVcpuInfo();
+    message.number = object.number ?? 0;
+    message.state = object.state ?? 0;
+    message.cpuTimeNs = (object.cpuTimeNs !== undefined && object.cpuTimeNs !== null) ? BigInt(object.cpuTimeNs) : 0n;
+    message.cpu = object.cpu ?? 0;
+    message.affinity = (object.affinity !== undefined && object.affinity !== null)
+      ? CpuAffinity.fromPartial(object.affinity)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseGetDomainVcpusResponse(): GetDomainVcpusResponse {
+  return { vcpus: [], maxVcpus: 0 };
+}
+
+export const GetDomainVcpusResponse: MessageFns<GetDomainVcpusResponse> = {
+  encode(message: GetDomainVcpusResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.vcpus) {
+      VcpuInfo.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.maxVcpus !== 0) {
+      writer.uint32(16).uint32(message.maxVcpus);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainVcpusResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainVcpusResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vcpus.push(VcpuInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.maxVcpus = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainVcpusResponse {
+    return {
+      vcpus: globalThis.Array.isArray(object?.vcpus) ? object.vcpus.map((e: any) => VcpuInfo.fromJSON(e)) : [],
+      maxVcpus: isSet(object.maxVcpus)
+        ? globalThis.Number(object.maxVcpus)
+        : isSet(object.max_vcpus)
+        ? globalThis.Number(object.max_vcpus)
+        : 0,
+    };
+  },
+
+  toJSON(message: GetDomainVcpusResponse): unknown {
+    const obj: any = {};
+    if (message.vcpus?.length) {
+      obj.vcpus = message.vcpus.map((e) => VcpuInfo.toJSON(e));
+    }
+    if (message.maxVcpus !== 0) {
+      obj.maxVcpus = Math.round(message.maxVcpus);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainVcpusResponse>, I>>(base?: I): GetDomainVcpusResponse {
+    return GetDomainVcpusResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainVcpusResponse>, I>>(object: I): GetDomainVcpusResponse {
+    const message = createBaseGetDomainVcpusResponse();
+    message.vcpus = object.vcpus?.map((e) => VcpuInfo.fromPartial(e)) || [];
+    message.maxVcpus = object.maxVcpus ?? 0;
+    return message;
+  },
+};
+
+function createBaseGetDomainInterfaceParametersRequest(): GetDomainInterfaceParametersRequest {
+  return { name: "", device: "", scope: undefined };
+}
+
+export const GetDomainInterfaceParametersRequest: MessageFns<GetDomainInterfaceParametersRequest> = {
+  encode(message: GetDomainInterfaceParametersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.device !== "") {
+      writer.uint32(18).string(message.device);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainInterfaceParametersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainInterfaceParametersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainInterfaceParametersRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      device: isSet(object.device) ? globalThis.String(object.device) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: GetDomainInterfaceParametersRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainInterfaceParametersRequest>, I>>(
+    base?: I,
+  ): GetDomainInterfaceParametersRequest {
+    return GetDomainInterfaceParametersRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainInterfaceParametersRequest>, I>>(
+    object: I,
+  ): GetDomainInterfaceParametersRequest {
+    const message = createBaseGetDomainInterfaceParametersRequest();
+    message.name = object.name ?? "";
+    message.device = object.device ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseGetDomainInterfaceParametersResponse(): GetDomainInterfaceParametersResponse {
+  return { parameters: [] };
+}
+
+export const GetDomainInterfaceParametersResponse: MessageFns<GetDomainInterfaceParametersResponse> = {
+  encode(message: GetDomainInterfaceParametersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainInterfaceParametersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainInterfaceParametersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainInterfaceParametersResponse {
+    return {
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GetDomainInterfaceParametersResponse): unknown {
+    const obj: any = {};
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainInterfaceParametersResponse>, I>>(
+    base?: I,
+  ): GetDomainInterfaceParametersResponse {
+    return GetDomainInterfaceParametersResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainInterfaceParametersResponse>, I>>(
+    object: I,
+  ): GetDomainInterfaceParametersResponse {
+    const message = createBaseGetDomainInterfaceParametersResponse();
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSetDomainInterfaceParametersRequest(): SetDomainInterfaceParametersRequest {
+  return { name: "", device: "", scope: undefined, parameters: [] };
+}
+
+export const SetDomainInterfaceParametersRequest: MessageFns<SetDomainInterfaceParametersRequest> = {
+  encode(message: SetDomainInterfaceParametersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.device !== "") {
+      writer.uint32(18).string(message.device);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainInterfaceParametersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainInterfaceParametersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainInterfaceParametersRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      device: isSet(object.device) ? globalThis.String(object.device) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: SetDomainInterfaceParametersRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainInterfaceParametersRequest>, I>>(
+    base?: I,
+  ): SetDomainInterfaceParametersRequest {
+    return SetDomainInterfaceParametersRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainInterfaceParametersRequest>, I>>(
+    object: I,
+  ): SetDomainInterfaceParametersRequest {
+    const message = createBaseSetDomainInterfaceParametersRequest();
+    message.name = object.name ?? "";
+    message.device = object.device ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSetDomainInterfaceParametersResponse(): SetDomainInterfaceParametersResponse {
+  return {};
+}
+
+export const SetDomainInterfaceParametersResponse: MessageFns<SetDomainInterfaceParametersResponse> = {
+  encode(_: SetDomainInterfaceParametersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainInterfaceParametersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainInterfaceParametersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainInterfaceParametersResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainInterfaceParametersResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainInterfaceParametersResponse>, I>>(
+    base?: I,
+  ): SetDomainInterfaceParametersResponse {
+    return SetDomainInterfaceParametersResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainInterfaceParametersResponse>, I>>(
+    _: I,
+  ): SetDomainInterfaceParametersResponse {
+    const message = createBaseSetDomainInterfaceParametersResponse();
+    return message;
+  },
+};
+
+function createBaseSetDomainMemoryStatsPeriodRequest(): SetDomainMemoryStatsPeriodRequest {
+  return { name: "", periodSeconds: 0, scope: undefined };
+}
+
+export const SetDomainMemoryStatsPeriodRequest: MessageFns<SetDomainMemoryStatsPeriodRequest> = {
+  encode(message: SetDomainMemoryStatsPeriodRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.periodSeconds !== 0) {
+      writer.uint32(16).uint32(message.periodSeconds);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainMemoryStatsPeriodRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainMemoryStatsPeriodRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.periodSeconds = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainMemoryStatsPeriodRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      periodSeconds: isSet(object.periodSeconds)
+        ? globalThis.Number(object.periodSeconds)
+        : isSet(object.period_seconds)
+        ? globalThis.Number(object.period_seconds)
+        : 0,
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: SetDomainMemoryStatsPeriodRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.periodSeconds !== 0) {
+      obj.periodSeconds = Math.round(message.periodSeconds);
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainMemoryStatsPeriodRequest>, I>>(
+    base?: I,
+  ): SetDomainMemoryStatsPeriodRequest {
+    return SetDomainMemoryStatsPeriodRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainMemoryStatsPeriodRequest>, I>>(
+    object: I,
+  ): SetDomainMemoryStatsPeriodRequest {
+    const message = createBaseSetDomainMemoryStatsPeriodRequest();
+    message.name = object.name ?? "";
+    message.periodSeconds = object.periodSeconds ?? 0;
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseSetDomainMemoryStatsPeriodResponse(): SetDomainMemoryStatsPeriodResponse {
+  return {};
+}
+
+export const SetDomainMemoryStatsPeriodResponse: MessageFns<SetDomainMemoryStatsPeriodResponse> = {
+  encode(_: SetDomainMemoryStatsPeriodResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainMemoryStatsPeriodResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainMemoryStatsPeriodResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainMemoryStatsPeriodResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainMemoryStatsPeriodResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainMemoryStatsPeriodResponse>, I>>(
+    base?: I,
+  ): SetDomainMemoryStatsPeriodResponse {
+    return SetDomainMemoryStatsPeriodResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainMemoryStatsPeriodResponse>, I>>(
+    _: I,
+  ): SetDomainMemoryStatsPeriodResponse {
+    const message = createBaseSetDomainMemoryStatsPeriodResponse();
+    return message;
+  },
+};
+
+function createBaseSetDomainIOThreadParametersRequest(): SetDomainIOThreadParametersRequest {
+  return { name: "", id: 0, scope: undefined, parameters: [] };
+}
+
+export const SetDomainIOThreadParametersRequest: MessageFns<SetDomainIOThreadParametersRequest> = {
+  encode(message: SetDomainIOThreadParametersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.id !== 0) {
+      writer.uint32(16).uint32(message.id);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainIOThreadParametersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainIOThreadParametersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.id = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainIOThreadParametersRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: SetDomainIOThreadParametersRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainIOThreadParametersRequest>, I>>(
+    base?: I,
+  ): SetDomainIOThreadParametersRequest {
+    return SetDomainIOThreadParametersRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainIOThreadParametersRequest>, I>>(
+    object: I,
+  ): SetDomainIOThreadParametersRequest {
+    const message = createBaseSetDomainIOThreadParametersRequest();
+    message.name = object.name ?? "";
+    message.id = object.id ?? 0;
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSetDomainIOThreadParametersResponse(): SetDomainIOThreadParametersResponse {
+  return {};
+}
+
+export const SetDomainIOThreadParametersResponse: MessageFns<SetDomainIOThreadParametersResponse> = {
+  encode(_: SetDomainIOThreadParametersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainIOThreadParametersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainIOThreadParametersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainIOThreadParametersResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainIOThreadParametersResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainIOThreadParametersResponse>, I>>(
+    base?: I,
+  ): SetDomainIOThreadParametersResponse {
+    return SetDomainIOThreadParametersResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainIOThreadParametersResponse>, I>>(
+    _: I,
+  ): SetDomainIOThreadParametersResponse {
+    const message = createBaseSetDomainIOThreadParametersResponse();
+    return message;
+  },
+};
+
+function createBaseSetDomainVcpuRequest(): SetDomainVcpuRequest {
+  return { name: "", vcpus: [], enable: false, scope: undefined };
+}
+
+export const SetDomainVcpuRequest: MessageFns<SetDomainVcpuRequest> = {
+  encode(message: SetDomainVcpuRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.vcpus.length !== 0) {
+      writer.uint32(18).fork();
+      for (const v of message.vcpus) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.enable !== false) {
+      writer.uint32(24).bool(message.enable);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainVcpuRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainVcpuRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag === 16) {
+              message.vcpus.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 18) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.vcpus.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.enable = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainVcpuRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      vcpus: globalThis.Array.isArray(object?.vcpus) ? object.vcpus.map((e: any) => globalThis.Number(e)) : [],
+      enable: isSet(object.enable) ? globalThis.Boolean(object.enable) : false,
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: SetDomainVcpuRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.vcpus?.length) {
+      obj.vcpus = message.vcpus.map((e) => Math.round(e));
+    }
+    if (message.enable !== false) {
+      obj.enable = message.enable;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainVcpuRequest>, I>>(base?: I): SetDomainVcpuRequest {
+    return SetDomainVcpuRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainVcpuRequest>, I>>(object: I): SetDomainVcpuRequest {
+    const message = createBaseSetDomainVcpuRequest();
+    message.name = object.name ?? "";
+    message.vcpus = object.vcpus?.map((e) => e) || [];
+    message.enable = object.enable ?? false;
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseSetDomainVcpuResponse(): SetDomainVcpuResponse {
+  return {};
+}
+
+export const SetDomainVcpuResponse: MessageFns<SetDomainVcpuResponse> = {
+  encode(_: SetDomainVcpuResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainVcpuResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainVcpuResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainVcpuResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainVcpuResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainVcpuResponse>, I>>(base?: I): SetDomainVcpuResponse {
+    return SetDomainVcpuResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainVcpuResponse>, I>>(_: I): SetDomainVcpuResponse {
+    const message = createBaseSetDomainVcpuResponse();
+    return message;
+  },
+};
+
+function createBaseGetDomainSecurityLabelsRequest(): GetDomainSecurityLabelsRequest {
+  return { name: "" };
+}
+
+export const GetDomainSecurityLabelsRequest: MessageFns<GetDomainSecurityLabelsRequest> = {
+  encode(message: GetDomainSecurityLabelsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainSecurityLabelsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainSecurityLabelsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainSecurityLabelsRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: GetDomainSecurityLabelsRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainSecurityLabelsRequest>, I>>(base?: I): GetDomainSecurityLabelsRequest {
+    return GetDomainSecurityLabelsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainSecurityLabelsRequest>, I>>(
+    object: I,
+  ): GetDomainSecurityLabelsRequest {
+    const message = createBaseGetDomainSecurityLabelsRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseSecurityLabel(): SecurityLabel {
+  return { label: "", enforcing: false };
+}
+
+export const SecurityLabel: MessageFns<SecurityLabel> = {
+  encode(message: SecurityLabel, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.label !== "") {
+      writer.uint32(10).string(message.label);
+    }
+    if (message.enforcing !== false) {
+      writer.uint32(16).bool(message.enforcing);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SecurityLabel {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSecurityLabel();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.label = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.enforcing = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SecurityLabel {
+    return {
+      label: isSet(object.label) ? globalThis.String(object.label) : "",
+      enforcing: isSet(object.enforcing) ? globalThis.Boolean(object.enforcing) : false,
+    };
+  },
+
+  toJSON(message: SecurityLabel): unknown {
+    const obj: any = {};
+    if (message.label !== "") {
+      obj.label = message.label;
+    }
+    if (message.enforcing !== false) {
+      obj.enforcing = message.enforcing;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SecurityLabel>, I>>(base?: I): SecurityLabel {
+    return SecurityLabel.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SecurityLabel>, I>>(object: I): SecurityLabel {
+    const message = createBaseSecurityLabel();
+    message.label = object.label ?? "";
+    message.enforcing = object.enforcing ?? false;
+    return message;
+  },
+};
+
+function createBaseGetDomainSecurityLabelsResponse(): GetDomainSecurityLabelsResponse {
+  return { labels: [] };
+}
+
+export const GetDomainSecurityLabelsResponse: MessageFns<GetDomainSecurityLabelsResponse> = {
+  encode(message: GetDomainSecurityLabelsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.labels) {
+      SecurityLabel.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainSecurityLabelsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainSecurityLabelsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.labels.push(SecurityLabel.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainSecurityLabelsResponse {
+    return {
+      labels: globalThis.Array.isArray(object?.labels) ? object.labels.map((e: any) => SecurityLabel.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: GetDomainSecurityLabelsResponse): unknown {
+    const obj: any = {};
+    if (message.labels?.length) {
+      obj.labels = message.labels.map((e) => SecurityLabel.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainSecurityLabelsResponse>, I>>(base?: I): GetDomainSecurityLabelsResponse {
+    return GetDomainSecurityLabelsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainSecurityLabelsResponse>, I>>(
+    object: I,
+  ): GetDomainSecurityLabelsResponse {
+    const message = createBaseGetDomainSecurityLabelsResponse();
+    message.labels = object.labels?.map((e) => SecurityLabel.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseGetDomainLaunchSecurityInfoRequest(): GetDomainLaunchSecurityInfoRequest {
+  return { name: "" };
+}
+
+export const GetDomainLaunchSecurityInfoRequest: MessageFns<GetDomainLaunchSecurityInfoRequest> = {
+  encode(message: GetDomainLaunchSecurityInfoRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainLaunchSecurityInfoRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainLaunchSecurityInfoRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainLaunchSecurityInfoRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: GetDomainLaunchSecurityInfoRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainLaunchSecurityInfoRequest>, I>>(
+    base?: I,
+  ): GetDomainLaunchSecurityInfoRequest {
+    return GetDomainLaunchSecurityInfoRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainLaunchSecurityInfoRequest>, I>>(
+    object: I,
+  ): GetDomainLaunchSecurityInfoRequest {
+    const message = createBaseGetDomainLaunchSecurityInfoRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseGetDomainLaunchSecurityInfoResponse(): GetDomainLaunchSecurityInfoResponse {
+  return { parameters: [] };
+}
+
+export const GetDomainLaunchSecurityInfoResponse: MessageFns<GetDomainLaunchSecurityInfoResponse> = {
+  encode(message: GetDomainLaunchSecurityInfoResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainLaunchSecurityInfoResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainLaunchSecurityInfoResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainLaunchSecurityInfoResponse {
+    return {
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GetDomainLaunchSecurityInfoResponse): unknown {
+    const obj: any = {};
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainLaunchSecurityInfoResponse>, I>>(
+    base?: I,
+  ): GetDomainLaunchSecurityInfoResponse {
+    return GetDomainLaunchSecurityInfoResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainLaunchSecurityInfoResponse>, I>>(
+    object: I,
+  ): GetDomainLaunchSecurityInfoResponse {
+    const message = createBaseGetDomainLaunchSecurityInfoResponse();
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSetDomainLaunchSecurityStateRequest(): SetDomainLaunchSecurityStateRequest {
+  return { name: "", secret: "", secretHeader: "", setAddress: undefined };
+}
+
+export const SetDomainLaunchSecurityStateRequest: MessageFns<SetDomainLaunchSecurityStateRequest> = {
+  encode(message: SetDomainLaunchSecurityStateRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.secret !== "") {
+      writer.uint32(18).string(message.secret);
+    }
+    if (message.secretHeader !== "") {
+      writer.uint32(26).string(message.secretHeader);
+    }
+    if (message.setAddress !== undefined) {
+      if (BigInt.asUintN(64, message.setAddress) !== message.setAddress) {
+        throw new globalThis.Error("value provided for field message.setAddress of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.setAddress);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainLaunchSecurityStateRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainLaunchSecurityStateRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.secret = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.secretHeader = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.setAddress = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainLaunchSecurityStateRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      secret: isSet(object.secret) ? globalThis.String(object.secret) : "",
+      secretHeader: isSet(object.secretHeader)
+        ? globalThis.String(object.secretHeader)
+        : isSet(object.secret_header)
+        ? globalThis.String(object.secret_header)
+        : "",
+      setAddress: isSet(object.setAddress)
+        ? BigInt(object.setAddress)
+        : isSet(object.set_address)
+        ? BigInt(object.set_address)
+        : undefined,
+    };
+  },
+
+  toJSON(message: SetDomainLaunchSecurityStateRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.secret !== "") {
+      obj.secret = message.secret;
+    }
+    if (message.secretHeader !== "") {
+      obj.secretHeader = message.secretHeader;
+    }
+    if (message.setAddress !== undefined) {
+      obj.setAddress = message.setAddress.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainLaunchSecurityStateRequest>, I>>(
+    base?: I,
+  ): SetDomainLaunchSecurityStateRequest {
+    return SetDomainLaunchSecurityStateRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainLaunchSecurityStateRequest>, I>>(
+    object: I,
+  ): SetDomainLaunchSecurityStateRequest {
+    const message = createBaseSetDomainLaunchSecurityStateRequest();
+    message.name = object.name ?? "";
+    message.secret = object.secret ?? "";
+    message.secretHeader = object.secretHeader ?? "";
+    message.setAddress = (object.setAddress !== undefined && object.setAddress !== null)
+      ? BigInt(object.setAddress)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSetDomainLaunchSecurityStateResponse(): SetDomainLaunchSecurityStateResponse {
+  return {};
+}
+
+export const SetDomainLaunchSecurityStateResponse: MessageFns<SetDomainLaunchSecurityStateResponse> = {
+  encode(_: SetDomainLaunchSecurityStateResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainLaunchSecurityStateResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainLaunchSecurityStateResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainLaunchSecurityStateResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainLaunchSecurityStateResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainLaunchSecurityStateResponse>, I>>(
+    base?: I,
+  ): SetDomainLaunchSecurityStateResponse {
+    return SetDomainLaunchSecurityStateResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainLaunchSecurityStateResponse>, I>>(
+    _: I,
+  ): SetDomainLaunchSecurityStateResponse {
+    const message = createBaseSetDomainLaunchSecurityStateResponse();
+    return message;
+  },
+};
+
 /**
  * ComputeService is libvirt's QEMU driver (virtqemud) as a gRPC service.
  *
@@ -26859,6 +32960,555 @@ export const ComputeServiceService = {
     responseDeserialize: (value: Buffer): SetAgentResponseTimeoutResponse =>
       SetAgentResponseTimeoutResponse.decode(value),
   },
+  /**
+   * Returns the domain's scheduler (virDomainGetSchedulerType) and its
+   * parameters (virDomainGetSchedulerParametersFlags; with no scope,
+   * virDomainGetSchedulerParameters, which every driver has), for example
+   * cpu_shares, vcpu_period, vcpu_quota (QEMU) or weight (test driver).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+   * FAILED_PRECONDITION for live on an inactive domain; UNIMPLEMENTED when the
+   * driver has no scheduler parameters.
+   */
+  getDomainSchedulerParameters: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainSchedulerParameters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainSchedulerParametersRequest): Buffer =>
+      Buffer.from(GetDomainSchedulerParametersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainSchedulerParametersRequest =>
+      GetDomainSchedulerParametersRequest.decode(value),
+    responseSerialize: (value: GetDomainSchedulerParametersResponse): Buffer =>
+      Buffer.from(GetDomainSchedulerParametersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainSchedulerParametersResponse =>
+      GetDomainSchedulerParametersResponse.decode(value),
+  },
+  /**
+   * Changes scheduler parameters (virDomainSetSchedulerParametersFlags; with
+   * no scope, virDomainSetSchedulerParameters, virsh schedinfo --set).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for no parameter, a name the domain
+   * does not have or a value of the wrong type (nothing is changed then);
+   * FAILED_PRECONDITION for live on an inactive domain; UNIMPLEMENTED as the
+   * getter.
+   */
+  setDomainSchedulerParameters: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainSchedulerParameters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainSchedulerParametersRequest): Buffer =>
+      Buffer.from(SetDomainSchedulerParametersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainSchedulerParametersRequest =>
+      SetDomainSchedulerParametersRequest.decode(value),
+    responseSerialize: (value: SetDomainSchedulerParametersResponse): Buffer =>
+      Buffer.from(SetDomainSchedulerParametersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainSchedulerParametersResponse =>
+      SetDomainSchedulerParametersResponse.decode(value),
+  },
+  /**
+   * Returns the domain's memory tunables (virDomainGetMemoryParameters, virsh
+   * memtune): hard_limit, soft_limit, swap_hard_limit, min_guarantee, in KiB.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+   * FAILED_PRECONDITION for live on an inactive domain.
+   */
+  getDomainMemoryParameters: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainMemoryParameters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainMemoryParametersRequest): Buffer =>
+      Buffer.from(GetDomainMemoryParametersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainMemoryParametersRequest =>
+      GetDomainMemoryParametersRequest.decode(value),
+    responseSerialize: (value: GetDomainMemoryParametersResponse): Buffer =>
+      Buffer.from(GetDomainMemoryParametersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainMemoryParametersResponse =>
+      GetDomainMemoryParametersResponse.decode(value),
+  },
+  /**
+   * Changes memory tunables (virDomainSetMemoryParameters).
+   * Errors: as SetDomainSchedulerParameters.
+   */
+  setDomainMemoryParameters: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainMemoryParameters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainMemoryParametersRequest): Buffer =>
+      Buffer.from(SetDomainMemoryParametersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainMemoryParametersRequest =>
+      SetDomainMemoryParametersRequest.decode(value),
+    responseSerialize: (value: SetDomainMemoryParametersResponse): Buffer =>
+      Buffer.from(SetDomainMemoryParametersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainMemoryParametersResponse =>
+      SetDomainMemoryParametersResponse.decode(value),
+  },
+  /**
+   * Returns the domain's block I/O tunables (virDomainGetBlkioParameters,
+   * virsh blkiotune): weight and the per-device lists.
+   * Errors: as GetDomainMemoryParameters.
+   */
+  getDomainBlkioParameters: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainBlkioParameters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainBlkioParametersRequest): Buffer =>
+      Buffer.from(GetDomainBlkioParametersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainBlkioParametersRequest =>
+      GetDomainBlkioParametersRequest.decode(value),
+    responseSerialize: (value: GetDomainBlkioParametersResponse): Buffer =>
+      Buffer.from(GetDomainBlkioParametersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainBlkioParametersResponse =>
+      GetDomainBlkioParametersResponse.decode(value),
+  },
+  /**
+   * Changes block I/O tunables (virDomainSetBlkioParameters).
+   * Errors: as SetDomainSchedulerParameters.
+   */
+  setDomainBlkioParameters: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainBlkioParameters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainBlkioParametersRequest): Buffer =>
+      Buffer.from(SetDomainBlkioParametersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainBlkioParametersRequest =>
+      SetDomainBlkioParametersRequest.decode(value),
+    responseSerialize: (value: SetDomainBlkioParametersResponse): Buffer =>
+      Buffer.from(SetDomainBlkioParametersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainBlkioParametersResponse =>
+      SetDomainBlkioParametersResponse.decode(value),
+  },
+  /**
+   * Returns the domain's NUMA tunables (virDomainGetNumaParameters, virsh
+   * numatune): numa_mode and numa_nodeset.
+   * Errors: as GetDomainMemoryParameters.
+   */
+  getDomainNumaParameters: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainNumaParameters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainNumaParametersRequest): Buffer =>
+      Buffer.from(GetDomainNumaParametersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainNumaParametersRequest => GetDomainNumaParametersRequest.decode(value),
+    responseSerialize: (value: GetDomainNumaParametersResponse): Buffer =>
+      Buffer.from(GetDomainNumaParametersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainNumaParametersResponse =>
+      GetDomainNumaParametersResponse.decode(value),
+  },
+  /**
+   * Changes NUMA tunables (virDomainSetNumaParameters).
+   * Errors: as SetDomainSchedulerParameters.
+   */
+  setDomainNumaParameters: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainNumaParameters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainNumaParametersRequest): Buffer =>
+      Buffer.from(SetDomainNumaParametersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainNumaParametersRequest => SetDomainNumaParametersRequest.decode(value),
+    responseSerialize: (value: SetDomainNumaParametersResponse): Buffer =>
+      Buffer.from(SetDomainNumaParametersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainNumaParametersResponse =>
+      SetDomainNumaParametersResponse.decode(value),
+  },
+  /**
+   * Returns which perf events are enabled (virDomainGetPerfEvents, virsh perf).
+   * Errors: as GetDomainMemoryParameters.
+   */
+  getDomainPerfEvents: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainPerfEvents" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainPerfEventsRequest): Buffer =>
+      Buffer.from(GetDomainPerfEventsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainPerfEventsRequest => GetDomainPerfEventsRequest.decode(value),
+    responseSerialize: (value: GetDomainPerfEventsResponse): Buffer =>
+      Buffer.from(GetDomainPerfEventsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainPerfEventsResponse => GetDomainPerfEventsResponse.decode(value),
+  },
+  /**
+   * Enables or disables perf events (virDomainSetPerfEvents); each parameter
+   * is an event name with a boolean value.
+   * Errors: as SetDomainSchedulerParameters.
+   */
+  setDomainPerfEvents: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainPerfEvents" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainPerfEventsRequest): Buffer =>
+      Buffer.from(SetDomainPerfEventsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainPerfEventsRequest => SetDomainPerfEventsRequest.decode(value),
+    responseSerialize: (value: SetDomainPerfEventsResponse): Buffer =>
+      Buffer.from(SetDomainPerfEventsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainPerfEventsResponse => SetDomainPerfEventsResponse.decode(value),
+  },
+  /**
+   * Returns each vCPU's host CPU affinity (virDomainGetVcpuPinInfo, virsh
+   * vcpupin NAME).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+   * FAILED_PRECONDITION for live on an inactive domain.
+   */
+  getDomainVcpuPinInfo: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainVcpuPinInfo" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainVcpuPinInfoRequest): Buffer =>
+      Buffer.from(GetDomainVcpuPinInfoRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainVcpuPinInfoRequest => GetDomainVcpuPinInfoRequest.decode(value),
+    responseSerialize: (value: GetDomainVcpuPinInfoResponse): Buffer =>
+      Buffer.from(GetDomainVcpuPinInfoResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainVcpuPinInfoResponse => GetDomainVcpuPinInfoResponse.decode(value),
+  },
+  /**
+   * Pins one vCPU to host CPUs (virDomainPinVcpuFlags).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for no CPU, a CPU the host does not
+   * have or a vCPU the domain does not have; FAILED_PRECONDITION for live on
+   * an inactive domain.
+   */
+  pinDomainVcpu: {
+    path: "/virtmesh.compute.v1.ComputeService/PinDomainVcpu" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PinDomainVcpuRequest): Buffer => Buffer.from(PinDomainVcpuRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PinDomainVcpuRequest => PinDomainVcpuRequest.decode(value),
+    responseSerialize: (value: PinDomainVcpuResponse): Buffer =>
+      Buffer.from(PinDomainVcpuResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PinDomainVcpuResponse => PinDomainVcpuResponse.decode(value),
+  },
+  /**
+   * Returns the emulator threads' host CPU affinity
+   * (virDomainGetEmulatorPinInfo, virsh emulatorpin NAME).
+   * Errors: as GetDomainVcpuPinInfo.
+   */
+  getDomainEmulatorPinInfo: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainEmulatorPinInfo" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainEmulatorPinInfoRequest): Buffer =>
+      Buffer.from(GetDomainEmulatorPinInfoRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainEmulatorPinInfoRequest =>
+      GetDomainEmulatorPinInfoRequest.decode(value),
+    responseSerialize: (value: GetDomainEmulatorPinInfoResponse): Buffer =>
+      Buffer.from(GetDomainEmulatorPinInfoResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainEmulatorPinInfoResponse =>
+      GetDomainEmulatorPinInfoResponse.decode(value),
+  },
+  /**
+   * Pins the emulator threads to host CPUs (virDomainPinEmulator).
+   * Errors: as PinDomainVcpu.
+   */
+  pinDomainEmulator: {
+    path: "/virtmesh.compute.v1.ComputeService/PinDomainEmulator" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PinDomainEmulatorRequest): Buffer =>
+      Buffer.from(PinDomainEmulatorRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PinDomainEmulatorRequest => PinDomainEmulatorRequest.decode(value),
+    responseSerialize: (value: PinDomainEmulatorResponse): Buffer =>
+      Buffer.from(PinDomainEmulatorResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PinDomainEmulatorResponse => PinDomainEmulatorResponse.decode(value),
+  },
+  /**
+   * Returns the domain's IOThreads with their host CPU affinity
+   * (virDomainGetIOThreadInfo, virsh iothreadinfo).
+   * Errors: as GetDomainVcpuPinInfo; UNIMPLEMENTED when the driver has no
+   * IOThreads.
+   */
+  getDomainIoThreadInfo: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainIOThreadInfo" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainIOThreadInfoRequest): Buffer =>
+      Buffer.from(GetDomainIOThreadInfoRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainIOThreadInfoRequest => GetDomainIOThreadInfoRequest.decode(value),
+    responseSerialize: (value: GetDomainIOThreadInfoResponse): Buffer =>
+      Buffer.from(GetDomainIOThreadInfoResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainIOThreadInfoResponse => GetDomainIOThreadInfoResponse.decode(value),
+  },
+  /**
+   * Adds an IOThread (virDomainAddIOThread).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for id 0 or an id in use;
+   * FAILED_PRECONDITION for live on an inactive domain.
+   */
+  addDomainIoThread: {
+    path: "/virtmesh.compute.v1.ComputeService/AddDomainIOThread" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AddDomainIOThreadRequest): Buffer =>
+      Buffer.from(AddDomainIOThreadRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AddDomainIOThreadRequest => AddDomainIOThreadRequest.decode(value),
+    responseSerialize: (value: AddDomainIOThreadResponse): Buffer =>
+      Buffer.from(AddDomainIOThreadResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AddDomainIOThreadResponse => AddDomainIOThreadResponse.decode(value),
+  },
+  /**
+   * Removes an IOThread (virDomainDelIOThread).
+   * Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for an id the domain
+   * does not have or one a disk still uses; FAILED_PRECONDITION for live on
+   * an inactive domain.
+   */
+  deleteDomainIoThread: {
+    path: "/virtmesh.compute.v1.ComputeService/DeleteDomainIOThread" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteDomainIOThreadRequest): Buffer =>
+      Buffer.from(DeleteDomainIOThreadRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteDomainIOThreadRequest => DeleteDomainIOThreadRequest.decode(value),
+    responseSerialize: (value: DeleteDomainIOThreadResponse): Buffer =>
+      Buffer.from(DeleteDomainIOThreadResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteDomainIOThreadResponse => DeleteDomainIOThreadResponse.decode(value),
+  },
+  /**
+   * Pins an IOThread to host CPUs (virDomainPinIOThread).
+   * Errors: as PinDomainVcpu, for an IOThread id the domain does not have.
+   */
+  pinDomainIoThread: {
+    path: "/virtmesh.compute.v1.ComputeService/PinDomainIOThread" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PinDomainIOThreadRequest): Buffer =>
+      Buffer.from(PinDomainIOThreadRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PinDomainIOThreadRequest => PinDomainIOThreadRequest.decode(value),
+    responseSerialize: (value: PinDomainIOThreadResponse): Buffer =>
+      Buffer.from(PinDomainIOThreadResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PinDomainIOThreadResponse => PinDomainIOThreadResponse.decode(value),
+  },
+  /**
+   * Returns the domain's title, description or one namespaced XML element
+   * of its metadata (virDomainGetMetadata, virsh metadata / desc).
+   * Errors: NOT_FOUND for the domain or for metadata it does not have;
+   * INVALID_ARGUMENT for an unset type, or an element without its uri;
+   * FAILED_PRECONDITION for live on an inactive domain.
+   */
+  getDomainMetadata: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainMetadata" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainMetadataRequest): Buffer =>
+      Buffer.from(GetDomainMetadataRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainMetadataRequest => GetDomainMetadataRequest.decode(value),
+    responseSerialize: (value: GetDomainMetadataResponse): Buffer =>
+      Buffer.from(GetDomainMetadataResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainMetadataResponse => GetDomainMetadataResponse.decode(value),
+  },
+  /**
+   * Sets or, with an empty value, removes the title, description or one
+   * namespaced XML element of the domain's metadata (virDomainSetMetadata).
+   * An element's XML passes the service's document checks first.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for an unset type, an element
+   * without key and uri, malformed or oversized XML, a title with a newline;
+   * FAILED_PRECONDITION for live on an inactive domain.
+   */
+  setDomainMetadata: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainMetadata" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainMetadataRequest): Buffer =>
+      Buffer.from(SetDomainMetadataRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainMetadataRequest => SetDomainMetadataRequest.decode(value),
+    responseSerialize: (value: SetDomainMetadataResponse): Buffer =>
+      Buffer.from(SetDomainMetadataResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainMetadataResponse => SetDomainMetadataResponse.decode(value),
+  },
+  /**
+   * Returns the domain's CPU time, in total and per host CPU
+   * (virDomainGetCPUStats, virsh cpu-stats).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+   * INVALID_ARGUMENT for a start_cpu beyond the host's CPUs.
+   */
+  getDomainCpuStats: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainCpuStats" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainCpuStatsRequest): Buffer =>
+      Buffer.from(GetDomainCpuStatsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainCpuStatsRequest => GetDomainCpuStatsRequest.decode(value),
+    responseSerialize: (value: GetDomainCpuStatsResponse): Buffer =>
+      Buffer.from(GetDomainCpuStatsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainCpuStatsResponse => GetDomainCpuStatsResponse.decode(value),
+  },
+  /**
+   * Returns the domain's maximum memory (virDomainGetMaxMemory); SetDomainMemory
+   * with `maximum` changes it.
+   * Errors: NOT_FOUND.
+   */
+  getDomainMaxMemory: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainMaxMemory" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainMaxMemoryRequest): Buffer =>
+      Buffer.from(GetDomainMaxMemoryRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainMaxMemoryRequest => GetDomainMaxMemoryRequest.decode(value),
+    responseSerialize: (value: GetDomainMaxMemoryResponse): Buffer =>
+      Buffer.from(GetDomainMaxMemoryResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainMaxMemoryResponse => GetDomainMaxMemoryResponse.decode(value),
+  },
+  /**
+   * Returns each vCPU's state, CPU time and host CPU with its affinity
+   * (virDomainGetVcpus, virsh vcpuinfo), and the domain's maximum vCPUs
+   * (virDomainGetMaxVcpus).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+   */
+  getDomainVcpus: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainVcpus" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainVcpusRequest): Buffer =>
+      Buffer.from(GetDomainVcpusRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainVcpusRequest => GetDomainVcpusRequest.decode(value),
+    responseSerialize: (value: GetDomainVcpusResponse): Buffer =>
+      Buffer.from(GetDomainVcpusResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainVcpusResponse => GetDomainVcpusResponse.decode(value),
+  },
+  /**
+   * Returns an interface's bandwidth tunables (virDomainGetInterfaceParameters,
+   * virsh domiftune): inbound.average, inbound.peak, ... in KiB/s and KiB.
+   * Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a device the
+   * domain does not have, or live and config together; FAILED_PRECONDITION
+   * for live on an inactive domain.
+   */
+  getDomainInterfaceParameters: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainInterfaceParameters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainInterfaceParametersRequest): Buffer =>
+      Buffer.from(GetDomainInterfaceParametersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainInterfaceParametersRequest =>
+      GetDomainInterfaceParametersRequest.decode(value),
+    responseSerialize: (value: GetDomainInterfaceParametersResponse): Buffer =>
+      Buffer.from(GetDomainInterfaceParametersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainInterfaceParametersResponse =>
+      GetDomainInterfaceParametersResponse.decode(value),
+  },
+  /**
+   * Changes an interface's bandwidth tunables
+   * (virDomainSetInterfaceParameters).
+   * Errors: as SetDomainSchedulerParameters; INVALID_ARGUMENT for a device
+   * the domain does not have.
+   */
+  setDomainInterfaceParameters: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainInterfaceParameters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainInterfaceParametersRequest): Buffer =>
+      Buffer.from(SetDomainInterfaceParametersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainInterfaceParametersRequest =>
+      SetDomainInterfaceParametersRequest.decode(value),
+    responseSerialize: (value: SetDomainInterfaceParametersResponse): Buffer =>
+      Buffer.from(SetDomainInterfaceParametersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainInterfaceParametersResponse =>
+      SetDomainInterfaceParametersResponse.decode(value),
+  },
+  /**
+   * Changes how often the balloon driver reports memory statistics
+   * (virDomainSetMemoryStatsPeriod, virsh dommemstat --period); 0 stops them.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a period above 2^31-1;
+   * FAILED_PRECONDITION for live on an inactive domain or a domain without
+   * a balloon.
+   */
+  setDomainMemoryStatsPeriod: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainMemoryStatsPeriod" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainMemoryStatsPeriodRequest): Buffer =>
+      Buffer.from(SetDomainMemoryStatsPeriodRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainMemoryStatsPeriodRequest =>
+      SetDomainMemoryStatsPeriodRequest.decode(value),
+    responseSerialize: (value: SetDomainMemoryStatsPeriodResponse): Buffer =>
+      Buffer.from(SetDomainMemoryStatsPeriodResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainMemoryStatsPeriodResponse =>
+      SetDomainMemoryStatsPeriodResponse.decode(value),
+  },
+  /**
+   * Changes an IOThread's polling and thread-pool parameters
+   * (virDomainSetIOThreadParams, virsh iothreadset): poll_max_ns, poll_grow,
+   * poll_shrink, thread_pool_min, thread_pool_max.
+   * Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for no parameter, a
+   * name libvirt does not have, a value of the wrong type or an IOThread the
+   * domain does not have (nothing is changed then); FAILED_PRECONDITION for
+   * live on an inactive domain.
+   */
+  setDomainIoThreadParameters: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainIOThreadParameters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainIOThreadParametersRequest): Buffer =>
+      Buffer.from(SetDomainIOThreadParametersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainIOThreadParametersRequest =>
+      SetDomainIOThreadParametersRequest.decode(value),
+    responseSerialize: (value: SetDomainIOThreadParametersResponse): Buffer =>
+      Buffer.from(SetDomainIOThreadParametersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainIOThreadParametersResponse =>
+      SetDomainIOThreadParametersResponse.decode(value),
+  },
+  /**
+   * Enables or disables individual vCPUs (virDomainSetVcpu, virsh setvcpu).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for no vCPU or one the domain does
+   * not have; FAILED_PRECONDITION for live on an inactive domain;
+   * UNIMPLEMENTED when the driver cannot (the test driver).
+   */
+  setDomainVcpu: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainVcpu" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainVcpuRequest): Buffer => Buffer.from(SetDomainVcpuRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainVcpuRequest => SetDomainVcpuRequest.decode(value),
+    responseSerialize: (value: SetDomainVcpuResponse): Buffer =>
+      Buffer.from(SetDomainVcpuResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainVcpuResponse => SetDomainVcpuResponse.decode(value),
+  },
+  /**
+   * Returns the domain's security labels, one per security driver
+   * (virDomainGetSecurityLabelList).
+   * Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
+   * driver).
+   */
+  getDomainSecurityLabels: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainSecurityLabels" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainSecurityLabelsRequest): Buffer =>
+      Buffer.from(GetDomainSecurityLabelsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainSecurityLabelsRequest => GetDomainSecurityLabelsRequest.decode(value),
+    responseSerialize: (value: GetDomainSecurityLabelsResponse): Buffer =>
+      Buffer.from(GetDomainSecurityLabelsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainSecurityLabelsResponse =>
+      GetDomainSecurityLabelsResponse.decode(value),
+  },
+  /**
+   * Returns a running SEV guest's launch measurement and SEV versions
+   * (virDomainGetLaunchSecurityInfo, virsh domlaunchsecinfo).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain has no launch
+   * security (no <launchSecurity> in its XML) or is not running.
+   */
+  getDomainLaunchSecurityInfo: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainLaunchSecurityInfo" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainLaunchSecurityInfoRequest): Buffer =>
+      Buffer.from(GetDomainLaunchSecurityInfoRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainLaunchSecurityInfoRequest =>
+      GetDomainLaunchSecurityInfoRequest.decode(value),
+    responseSerialize: (value: GetDomainLaunchSecurityInfoResponse): Buffer =>
+      Buffer.from(GetDomainLaunchSecurityInfoResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainLaunchSecurityInfoResponse =>
+      GetDomainLaunchSecurityInfoResponse.decode(value),
+  },
+  /**
+   * Injects a launch secret into a running, paused SEV guest
+   * (virDomainSetLaunchSecurityState, virsh domsetlaunchsecstate).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
+   * FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
+   */
+  setDomainLaunchSecurityState: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainLaunchSecurityState" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainLaunchSecurityStateRequest): Buffer =>
+      Buffer.from(SetDomainLaunchSecurityStateRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainLaunchSecurityStateRequest =>
+      SetDomainLaunchSecurityStateRequest.decode(value),
+    responseSerialize: (value: SetDomainLaunchSecurityStateResponse): Buffer =>
+      Buffer.from(SetDomainLaunchSecurityStateResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainLaunchSecurityStateResponse =>
+      SetDomainLaunchSecurityStateResponse.decode(value),
+  },
 } as const;
 
 export interface ComputeServiceServer extends UntypedServiceImplementation {
@@ -27389,6 +34039,233 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
    * out of range.
    */
   setAgentResponseTimeout: handleUnaryCall<SetAgentResponseTimeoutRequest, SetAgentResponseTimeoutResponse>;
+  /**
+   * Returns the domain's scheduler (virDomainGetSchedulerType) and its
+   * parameters (virDomainGetSchedulerParametersFlags; with no scope,
+   * virDomainGetSchedulerParameters, which every driver has), for example
+   * cpu_shares, vcpu_period, vcpu_quota (QEMU) or weight (test driver).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+   * FAILED_PRECONDITION for live on an inactive domain; UNIMPLEMENTED when the
+   * driver has no scheduler parameters.
+   */
+  getDomainSchedulerParameters: handleUnaryCall<
+    GetDomainSchedulerParametersRequest,
+    GetDomainSchedulerParametersResponse
+  >;
+  /**
+   * Changes scheduler parameters (virDomainSetSchedulerParametersFlags; with
+   * no scope, virDomainSetSchedulerParameters, virsh schedinfo --set).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for no parameter, a name the domain
+   * does not have or a value of the wrong type (nothing is changed then);
+   * FAILED_PRECONDITION for live on an inactive domain; UNIMPLEMENTED as the
+   * getter.
+   */
+  setDomainSchedulerParameters: handleUnaryCall<
+    SetDomainSchedulerParametersRequest,
+    SetDomainSchedulerParametersResponse
+  >;
+  /**
+   * Returns the domain's memory tunables (virDomainGetMemoryParameters, virsh
+   * memtune): hard_limit, soft_limit, swap_hard_limit, min_guarantee, in KiB.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+   * FAILED_PRECONDITION for live on an inactive domain.
+   */
+  getDomainMemoryParameters: handleUnaryCall<GetDomainMemoryParametersRequest, GetDomainMemoryParametersResponse>;
+  /**
+   * Changes memory tunables (virDomainSetMemoryParameters).
+   * Errors: as SetDomainSchedulerParameters.
+   */
+  setDomainMemoryParameters: handleUnaryCall<SetDomainMemoryParametersRequest, SetDomainMemoryParametersResponse>;
+  /**
+   * Returns the domain's block I/O tunables (virDomainGetBlkioParameters,
+   * virsh blkiotune): weight and the per-device lists.
+   * Errors: as GetDomainMemoryParameters.
+   */
+  getDomainBlkioParameters: handleUnaryCall<GetDomainBlkioParametersRequest, GetDomainBlkioParametersResponse>;
+  /**
+   * Changes block I/O tunables (virDomainSetBlkioParameters).
+   * Errors: as SetDomainSchedulerParameters.
+   */
+  setDomainBlkioParameters: handleUnaryCall<SetDomainBlkioParametersRequest, SetDomainBlkioParametersResponse>;
+  /**
+   * Returns the domain's NUMA tunables (virDomainGetNumaParameters, virsh
+   * numatune): numa_mode and numa_nodeset.
+   * Errors: as GetDomainMemoryParameters.
+   */
+  getDomainNumaParameters: handleUnaryCall<GetDomainNumaParametersRequest, GetDomainNumaParametersResponse>;
+  /**
+   * Changes NUMA tunables (virDomainSetNumaParameters).
+   * Errors: as SetDomainSchedulerParameters.
+   */
+  setDomainNumaParameters: handleUnaryCall<SetDomainNumaParametersRequest, SetDomainNumaParametersResponse>;
+  /**
+   * Returns which perf events are enabled (virDomainGetPerfEvents, virsh perf).
+   * Errors: as GetDomainMemoryParameters.
+   */
+  getDomainPerfEvents: handleUnaryCall<GetDomainPerfEventsRequest, GetDomainPerfEventsResponse>;
+  /**
+   * Enables or disables perf events (virDomainSetPerfEvents); each parameter
+   * is an event name with a boolean value.
+   * Errors: as SetDomainSchedulerParameters.
+   */
+  setDomainPerfEvents: handleUnaryCall<SetDomainPerfEventsRequest, SetDomainPerfEventsResponse>;
+  /**
+   * Returns each vCPU's host CPU affinity (virDomainGetVcpuPinInfo, virsh
+   * vcpupin NAME).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+   * FAILED_PRECONDITION for live on an inactive domain.
+   */
+  getDomainVcpuPinInfo: handleUnaryCall<GetDomainVcpuPinInfoRequest, GetDomainVcpuPinInfoResponse>;
+  /**
+   * Pins one vCPU to host CPUs (virDomainPinVcpuFlags).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for no CPU, a CPU the host does not
+   * have or a vCPU the domain does not have; FAILED_PRECONDITION for live on
+   * an inactive domain.
+   */
+  pinDomainVcpu: handleUnaryCall<PinDomainVcpuRequest, PinDomainVcpuResponse>;
+  /**
+   * Returns the emulator threads' host CPU affinity
+   * (virDomainGetEmulatorPinInfo, virsh emulatorpin NAME).
+   * Errors: as GetDomainVcpuPinInfo.
+   */
+  getDomainEmulatorPinInfo: handleUnaryCall<GetDomainEmulatorPinInfoRequest, GetDomainEmulatorPinInfoResponse>;
+  /**
+   * Pins the emulator threads to host CPUs (virDomainPinEmulator).
+   * Errors: as PinDomainVcpu.
+   */
+  pinDomainEmulator: handleUnaryCall<PinDomainEmulatorRequest, PinDomainEmulatorResponse>;
+  /**
+   * Returns the domain's IOThreads with their host CPU affinity
+   * (virDomainGetIOThreadInfo, virsh iothreadinfo).
+   * Errors: as GetDomainVcpuPinInfo; UNIMPLEMENTED when the driver has no
+   * IOThreads.
+   */
+  getDomainIoThreadInfo: handleUnaryCall<GetDomainIOThreadInfoRequest, GetDomainIOThreadInfoResponse>;
+  /**
+   * Adds an IOThread (virDomainAddIOThread).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for id 0 or an id in use;
+   * FAILED_PRECONDITION for live on an inactive domain.
+   */
+  addDomainIoThread: handleUnaryCall<AddDomainIOThreadRequest, AddDomainIOThreadResponse>;
+  /**
+   * Removes an IOThread (virDomainDelIOThread).
+   * Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for an id the domain
+   * does not have or one a disk still uses; FAILED_PRECONDITION for live on
+   * an inactive domain.
+   */
+  deleteDomainIoThread: handleUnaryCall<DeleteDomainIOThreadRequest, DeleteDomainIOThreadResponse>;
+  /**
+   * Pins an IOThread to host CPUs (virDomainPinIOThread).
+   * Errors: as PinDomainVcpu, for an IOThread id the domain does not have.
+   */
+  pinDomainIoThread: handleUnaryCall<PinDomainIOThreadRequest, PinDomainIOThreadResponse>;
+  /**
+   * Returns the domain's title, description or one namespaced XML element
+   * of its metadata (virDomainGetMetadata, virsh metadata / desc).
+   * Errors: NOT_FOUND for the domain or for metadata it does not have;
+   * INVALID_ARGUMENT for an unset type, or an element without its uri;
+   * FAILED_PRECONDITION for live on an inactive domain.
+   */
+  getDomainMetadata: handleUnaryCall<GetDomainMetadataRequest, GetDomainMetadataResponse>;
+  /**
+   * Sets or, with an empty value, removes the title, description or one
+   * namespaced XML element of the domain's metadata (virDomainSetMetadata).
+   * An element's XML passes the service's document checks first.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for an unset type, an element
+   * without key and uri, malformed or oversized XML, a title with a newline;
+   * FAILED_PRECONDITION for live on an inactive domain.
+   */
+  setDomainMetadata: handleUnaryCall<SetDomainMetadataRequest, SetDomainMetadataResponse>;
+  /**
+   * Returns the domain's CPU time, in total and per host CPU
+   * (virDomainGetCPUStats, virsh cpu-stats).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+   * INVALID_ARGUMENT for a start_cpu beyond the host's CPUs.
+   */
+  getDomainCpuStats: handleUnaryCall<GetDomainCpuStatsRequest, GetDomainCpuStatsResponse>;
+  /**
+   * Returns the domain's maximum memory (virDomainGetMaxMemory); SetDomainMemory
+   * with `maximum` changes it.
+   * Errors: NOT_FOUND.
+   */
+  getDomainMaxMemory: handleUnaryCall<GetDomainMaxMemoryRequest, GetDomainMaxMemoryResponse>;
+  /**
+   * Returns each vCPU's state, CPU time and host CPU with its affinity
+   * (virDomainGetVcpus, virsh vcpuinfo), and the domain's maximum vCPUs
+   * (virDomainGetMaxVcpus).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+   */
+  getDomainVcpus: handleUnaryCall<GetDomainVcpusRequest, GetDomainVcpusResponse>;
+  /**
+   * Returns an interface's bandwidth tunables (virDomainGetInterfaceParameters,
+   * virsh domiftune): inbound.average, inbound.peak, ... in KiB/s and KiB.
+   * Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a device the
+   * domain does not have, or live and config together; FAILED_PRECONDITION
+   * for live on an inactive domain.
+   */
+  getDomainInterfaceParameters: handleUnaryCall<
+    GetDomainInterfaceParametersRequest,
+    GetDomainInterfaceParametersResponse
+  >;
+  /**
+   * Changes an interface's bandwidth tunables
+   * (virDomainSetInterfaceParameters).
+   * Errors: as SetDomainSchedulerParameters; INVALID_ARGUMENT for a device
+   * the domain does not have.
+   */
+  setDomainInterfaceParameters: handleUnaryCall<
+    SetDomainInterfaceParametersRequest,
+    SetDomainInterfaceParametersResponse
+  >;
+  /**
+   * Changes how often the balloon driver reports memory statistics
+   * (virDomainSetMemoryStatsPeriod, virsh dommemstat --period); 0 stops them.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a period above 2^31-1;
+   * FAILED_PRECONDITION for live on an inactive domain or a domain without
+   * a balloon.
+   */
+  setDomainMemoryStatsPeriod: handleUnaryCall<SetDomainMemoryStatsPeriodRequest, SetDomainMemoryStatsPeriodResponse>;
+  /**
+   * Changes an IOThread's polling and thread-pool parameters
+   * (virDomainSetIOThreadParams, virsh iothreadset): poll_max_ns, poll_grow,
+   * poll_shrink, thread_pool_min, thread_pool_max.
+   * Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for no parameter, a
+   * name libvirt does not have, a value of the wrong type or an IOThread the
+   * domain does not have (nothing is changed then); FAILED_PRECONDITION for
+   * live on an inactive domain.
+   */
+  setDomainIoThreadParameters: handleUnaryCall<SetDomainIOThreadParametersRequest, SetDomainIOThreadParametersResponse>;
+  /**
+   * Enables or disables individual vCPUs (virDomainSetVcpu, virsh setvcpu).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for no vCPU or one the domain does
+   * not have; FAILED_PRECONDITION for live on an inactive domain;
+   * UNIMPLEMENTED when the driver cannot (the test driver).
+   */
+  setDomainVcpu: handleUnaryCall<SetDomainVcpuRequest, SetDomainVcpuResponse>;
+  /**
+   * Returns the domain's security labels, one per security driver
+   * (virDomainGetSecurityLabelList).
+   * Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
+   * driver).
+   */
+  getDomainSecurityLabels: handleUnaryCall<GetDomainSecurityLabelsRequest, GetDomainSecurityLabelsResponse>;
+  /**
+   * Returns a running SEV guest's launch measurement and SEV versions
+   * (virDomainGetLaunchSecurityInfo, virsh domlaunchsecinfo).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain has no launch
+   * security (no <launchSecurity> in its XML) or is not running.
+   */
+  getDomainLaunchSecurityInfo: handleUnaryCall<GetDomainLaunchSecurityInfoRequest, GetDomainLaunchSecurityInfoResponse>;
+  /**
+   * Injects a launch secret into a running, paused SEV guest
+   * (virDomainSetLaunchSecurityState, virsh domsetlaunchsecstate).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
+   * FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
+   */
+  setDomainLaunchSecurityState: handleUnaryCall<
+    SetDomainLaunchSecurityStateRequest,
+    SetDomainLaunchSecurityStateResponse
+  >;
 }
 
 export interface ComputeServiceClient extends Client {
@@ -29047,6 +35924,652 @@ export interface ComputeServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: SetAgentResponseTimeoutResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns the domain's scheduler (virDomainGetSchedulerType) and its
+   * parameters (virDomainGetSchedulerParametersFlags; with no scope,
+   * virDomainGetSchedulerParameters, which every driver has), for example
+   * cpu_shares, vcpu_period, vcpu_quota (QEMU) or weight (test driver).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+   * FAILED_PRECONDITION for live on an inactive domain; UNIMPLEMENTED when the
+   * driver has no scheduler parameters.
+   */
+  getDomainSchedulerParameters(
+    request: GetDomainSchedulerParametersRequest,
+    callback: (error: ServiceError | null, response: GetDomainSchedulerParametersResponse) => void,
+  ): ClientUnaryCall;
+  getDomainSchedulerParameters(
+    request: GetDomainSchedulerParametersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainSchedulerParametersResponse) => void,
+  ): ClientUnaryCall;
+  getDomainSchedulerParameters(
+    request: GetDomainSchedulerParametersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainSchedulerParametersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Changes scheduler parameters (virDomainSetSchedulerParametersFlags; with
+   * no scope, virDomainSetSchedulerParameters, virsh schedinfo --set).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for no parameter, a name the domain
+   * does not have or a value of the wrong type (nothing is changed then);
+   * FAILED_PRECONDITION for live on an inactive domain; UNIMPLEMENTED as the
+   * getter.
+   */
+  setDomainSchedulerParameters(
+    request: SetDomainSchedulerParametersRequest,
+    callback: (error: ServiceError | null, response: SetDomainSchedulerParametersResponse) => void,
+  ): ClientUnaryCall;
+  setDomainSchedulerParameters(
+    request: SetDomainSchedulerParametersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainSchedulerParametersResponse) => void,
+  ): ClientUnaryCall;
+  setDomainSchedulerParameters(
+    request: SetDomainSchedulerParametersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainSchedulerParametersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns the domain's memory tunables (virDomainGetMemoryParameters, virsh
+   * memtune): hard_limit, soft_limit, swap_hard_limit, min_guarantee, in KiB.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+   * FAILED_PRECONDITION for live on an inactive domain.
+   */
+  getDomainMemoryParameters(
+    request: GetDomainMemoryParametersRequest,
+    callback: (error: ServiceError | null, response: GetDomainMemoryParametersResponse) => void,
+  ): ClientUnaryCall;
+  getDomainMemoryParameters(
+    request: GetDomainMemoryParametersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainMemoryParametersResponse) => void,
+  ): ClientUnaryCall;
+  getDomainMemoryParameters(
+    request: GetDomainMemoryParametersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainMemoryParametersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Changes memory tunables (virDomainSetMemoryParameters).
+   * Errors: as SetDomainSchedulerParameters.
+   */
+  setDomainMemoryParameters(
+    request: SetDomainMemoryParametersRequest,
+    callback: (error: ServiceError | null, response: SetDomainMemoryParametersResponse) => void,
+  ): ClientUnaryCall;
+  setDomainMemoryParameters(
+    request: SetDomainMemoryParametersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainMemoryParametersResponse) => void,
+  ): ClientUnaryCall;
+  setDomainMemoryParameters(
+    request: SetDomainMemoryParametersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainMemoryParametersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns the domain's block I/O tunables (virDomainGetBlkioParameters,
+   * virsh blkiotune): weight and the per-device lists.
+   * Errors: as GetDomainMemoryParameters.
+   */
+  getDomainBlkioParameters(
+    request: GetDomainBlkioParametersRequest,
+    callback: (error: ServiceError | null, response: GetDomainBlkioParametersResponse) => void,
+  ): ClientUnaryCall;
+  getDomainBlkioParameters(
+    request: GetDomainBlkioParametersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainBlkioParametersResponse) => void,
+  ): ClientUnaryCall;
+  getDomainBlkioParameters(
+    request: GetDomainBlkioParametersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainBlkioParametersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Changes block I/O tunables (virDomainSetBlkioParameters).
+   * Errors: as SetDomainSchedulerParameters.
+   */
+  setDomainBlkioParameters(
+    request: SetDomainBlkioParametersRequest,
+    callback: (error: ServiceError | null, response: SetDomainBlkioParametersResponse) => void,
+  ): ClientUnaryCall;
+  setDomainBlkioParameters(
+    request: SetDomainBlkioParametersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainBlkioParametersResponse) => void,
+  ): ClientUnaryCall;
+  setDomainBlkioParameters(
+    request: SetDomainBlkioParametersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainBlkioParametersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns the domain's NUMA tunables (virDomainGetNumaParameters, virsh
+   * numatune): numa_mode and numa_nodeset.
+   * Errors: as GetDomainMemoryParameters.
+   */
+  getDomainNumaParameters(
+    request: GetDomainNumaParametersRequest,
+    callback: (error: ServiceError | null, response: GetDomainNumaParametersResponse) => void,
+  ): ClientUnaryCall;
+  getDomainNumaParameters(
+    request: GetDomainNumaParametersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainNumaParametersResponse) => void,
+  ): ClientUnaryCall;
+  getDomainNumaParameters(
+    request: GetDomainNumaParametersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainNumaParametersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Changes NUMA tunables (virDomainSetNumaParameters).
+   * Errors: as SetDomainSchedulerParameters.
+   */
+  setDomainNumaParameters(
+    request: SetDomainNumaParametersRequest,
+    callback: (error: ServiceError | null, response: SetDomainNumaParametersResponse) => void,
+  ): ClientUnaryCall;
+  setDomainNumaParameters(
+    request: SetDomainNumaParametersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainNumaParametersResponse) => void,
+  ): ClientUnaryCall;
+  setDomainNumaParameters(
+    request: SetDomainNumaParametersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainNumaParametersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns which perf events are enabled (virDomainGetPerfEvents, virsh perf).
+   * Errors: as GetDomainMemoryParameters.
+   */
+  getDomainPerfEvents(
+    request: GetDomainPerfEventsRequest,
+    callback: (error: ServiceError | null, response: GetDomainPerfEventsResponse) => void,
+  ): ClientUnaryCall;
+  getDomainPerfEvents(
+    request: GetDomainPerfEventsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainPerfEventsResponse) => void,
+  ): ClientUnaryCall;
+  getDomainPerfEvents(
+    request: GetDomainPerfEventsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainPerfEventsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Enables or disables perf events (virDomainSetPerfEvents); each parameter
+   * is an event name with a boolean value.
+   * Errors: as SetDomainSchedulerParameters.
+   */
+  setDomainPerfEvents(
+    request: SetDomainPerfEventsRequest,
+    callback: (error: ServiceError | null, response: SetDomainPerfEventsResponse) => void,
+  ): ClientUnaryCall;
+  setDomainPerfEvents(
+    request: SetDomainPerfEventsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainPerfEventsResponse) => void,
+  ): ClientUnaryCall;
+  setDomainPerfEvents(
+    request: SetDomainPerfEventsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainPerfEventsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns each vCPU's host CPU affinity (virDomainGetVcpuPinInfo, virsh
+   * vcpupin NAME).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for live and config together;
+   * FAILED_PRECONDITION for live on an inactive domain.
+   */
+  getDomainVcpuPinInfo(
+    request: GetDomainVcpuPinInfoRequest,
+    callback: (error: ServiceError | null, response: GetDomainVcpuPinInfoResponse) => void,
+  ): ClientUnaryCall;
+  getDomainVcpuPinInfo(
+    request: GetDomainVcpuPinInfoRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainVcpuPinInfoResponse) => void,
+  ): ClientUnaryCall;
+  getDomainVcpuPinInfo(
+    request: GetDomainVcpuPinInfoRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainVcpuPinInfoResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Pins one vCPU to host CPUs (virDomainPinVcpuFlags).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for no CPU, a CPU the host does not
+   * have or a vCPU the domain does not have; FAILED_PRECONDITION for live on
+   * an inactive domain.
+   */
+  pinDomainVcpu(
+    request: PinDomainVcpuRequest,
+    callback: (error: ServiceError | null, response: PinDomainVcpuResponse) => void,
+  ): ClientUnaryCall;
+  pinDomainVcpu(
+    request: PinDomainVcpuRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PinDomainVcpuResponse) => void,
+  ): ClientUnaryCall;
+  pinDomainVcpu(
+    request: PinDomainVcpuRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PinDomainVcpuResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns the emulator threads' host CPU affinity
+   * (virDomainGetEmulatorPinInfo, virsh emulatorpin NAME).
+   * Errors: as GetDomainVcpuPinInfo.
+   */
+  getDomainEmulatorPinInfo(
+    request: GetDomainEmulatorPinInfoRequest,
+    callback: (error: ServiceError | null, response: GetDomainEmulatorPinInfoResponse) => void,
+  ): ClientUnaryCall;
+  getDomainEmulatorPinInfo(
+    request: GetDomainEmulatorPinInfoRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainEmulatorPinInfoResponse) => void,
+  ): ClientUnaryCall;
+  getDomainEmulatorPinInfo(
+    request: GetDomainEmulatorPinInfoRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainEmulatorPinInfoResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Pins the emulator threads to host CPUs (virDomainPinEmulator).
+   * Errors: as PinDomainVcpu.
+   */
+  pinDomainEmulator(
+    request: PinDomainEmulatorRequest,
+    callback: (error: ServiceError | null, response: PinDomainEmulatorResponse) => void,
+  ): ClientUnaryCall;
+  pinDomainEmulator(
+    request: PinDomainEmulatorRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PinDomainEmulatorResponse) => void,
+  ): ClientUnaryCall;
+  pinDomainEmulator(
+    request: PinDomainEmulatorRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PinDomainEmulatorResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns the domain's IOThreads with their host CPU affinity
+   * (virDomainGetIOThreadInfo, virsh iothreadinfo).
+   * Errors: as GetDomainVcpuPinInfo; UNIMPLEMENTED when the driver has no
+   * IOThreads.
+   */
+  getDomainIoThreadInfo(
+    request: GetDomainIOThreadInfoRequest,
+    callback: (error: ServiceError | null, response: GetDomainIOThreadInfoResponse) => void,
+  ): ClientUnaryCall;
+  getDomainIoThreadInfo(
+    request: GetDomainIOThreadInfoRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainIOThreadInfoResponse) => void,
+  ): ClientUnaryCall;
+  getDomainIoThreadInfo(
+    request: GetDomainIOThreadInfoRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainIOThreadInfoResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Adds an IOThread (virDomainAddIOThread).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for id 0 or an id in use;
+   * FAILED_PRECONDITION for live on an inactive domain.
+   */
+  addDomainIoThread(
+    request: AddDomainIOThreadRequest,
+    callback: (error: ServiceError | null, response: AddDomainIOThreadResponse) => void,
+  ): ClientUnaryCall;
+  addDomainIoThread(
+    request: AddDomainIOThreadRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AddDomainIOThreadResponse) => void,
+  ): ClientUnaryCall;
+  addDomainIoThread(
+    request: AddDomainIOThreadRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AddDomainIOThreadResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Removes an IOThread (virDomainDelIOThread).
+   * Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for an id the domain
+   * does not have or one a disk still uses; FAILED_PRECONDITION for live on
+   * an inactive domain.
+   */
+  deleteDomainIoThread(
+    request: DeleteDomainIOThreadRequest,
+    callback: (error: ServiceError | null, response: DeleteDomainIOThreadResponse) => void,
+  ): ClientUnaryCall;
+  deleteDomainIoThread(
+    request: DeleteDomainIOThreadRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteDomainIOThreadResponse) => void,
+  ): ClientUnaryCall;
+  deleteDomainIoThread(
+    request: DeleteDomainIOThreadRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteDomainIOThreadResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Pins an IOThread to host CPUs (virDomainPinIOThread).
+   * Errors: as PinDomainVcpu, for an IOThread id the domain does not have.
+   */
+  pinDomainIoThread(
+    request: PinDomainIOThreadRequest,
+    callback: (error: ServiceError | null, response: PinDomainIOThreadResponse) => void,
+  ): ClientUnaryCall;
+  pinDomainIoThread(
+    request: PinDomainIOThreadRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PinDomainIOThreadResponse) => void,
+  ): ClientUnaryCall;
+  pinDomainIoThread(
+    request: PinDomainIOThreadRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PinDomainIOThreadResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns the domain's title, description or one namespaced XML element
+   * of its metadata (virDomainGetMetadata, virsh metadata / desc).
+   * Errors: NOT_FOUND for the domain or for metadata it does not have;
+   * INVALID_ARGUMENT for an unset type, or an element without its uri;
+   * FAILED_PRECONDITION for live on an inactive domain.
+   */
+  getDomainMetadata(
+    request: GetDomainMetadataRequest,
+    callback: (error: ServiceError | null, response: GetDomainMetadataResponse) => void,
+  ): ClientUnaryCall;
+  getDomainMetadata(
+    request: GetDomainMetadataRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainMetadataResponse) => void,
+  ): ClientUnaryCall;
+  getDomainMetadata(
+    request: GetDomainMetadataRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainMetadataResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sets or, with an empty value, removes the title, description or one
+   * namespaced XML element of the domain's metadata (virDomainSetMetadata).
+   * An element's XML passes the service's document checks first.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for an unset type, an element
+   * without key and uri, malformed or oversized XML, a title with a newline;
+   * FAILED_PRECONDITION for live on an inactive domain.
+   */
+  setDomainMetadata(
+    request: SetDomainMetadataRequest,
+    callback: (error: ServiceError | null, response: SetDomainMetadataResponse) => void,
+  ): ClientUnaryCall;
+  setDomainMetadata(
+    request: SetDomainMetadataRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainMetadataResponse) => void,
+  ): ClientUnaryCall;
+  setDomainMetadata(
+    request: SetDomainMetadataRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainMetadataResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns the domain's CPU time, in total and per host CPU
+   * (virDomainGetCPUStats, virsh cpu-stats).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+   * INVALID_ARGUMENT for a start_cpu beyond the host's CPUs.
+   */
+  getDomainCpuStats(
+    request: GetDomainCpuStatsRequest,
+    callback: (error: ServiceError | null, response: GetDomainCpuStatsResponse) => void,
+  ): ClientUnaryCall;
+  getDomainCpuStats(
+    request: GetDomainCpuStatsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainCpuStatsResponse) => void,
+  ): ClientUnaryCall;
+  getDomainCpuStats(
+    request: GetDomainCpuStatsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainCpuStatsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns the domain's maximum memory (virDomainGetMaxMemory); SetDomainMemory
+   * with `maximum` changes it.
+   * Errors: NOT_FOUND.
+   */
+  getDomainMaxMemory(
+    request: GetDomainMaxMemoryRequest,
+    callback: (error: ServiceError | null, response: GetDomainMaxMemoryResponse) => void,
+  ): ClientUnaryCall;
+  getDomainMaxMemory(
+    request: GetDomainMaxMemoryRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainMaxMemoryResponse) => void,
+  ): ClientUnaryCall;
+  getDomainMaxMemory(
+    request: GetDomainMaxMemoryRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainMaxMemoryResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns each vCPU's state, CPU time and host CPU with its affinity
+   * (virDomainGetVcpus, virsh vcpuinfo), and the domain's maximum vCPUs
+   * (virDomainGetMaxVcpus).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+   */
+  getDomainVcpus(
+    request: GetDomainVcpusRequest,
+    callback: (error: ServiceError | null, response: GetDomainVcpusResponse) => void,
+  ): ClientUnaryCall;
+  getDomainVcpus(
+    request: GetDomainVcpusRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainVcpusResponse) => void,
+  ): ClientUnaryCall;
+  getDomainVcpus(
+    request: GetDomainVcpusRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainVcpusResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns an interface's bandwidth tunables (virDomainGetInterfaceParameters,
+   * virsh domiftune): inbound.average, inbound.peak, ... in KiB/s and KiB.
+   * Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a device the
+   * domain does not have, or live and config together; FAILED_PRECONDITION
+   * for live on an inactive domain.
+   */
+  getDomainInterfaceParameters(
+    request: GetDomainInterfaceParametersRequest,
+    callback: (error: ServiceError | null, response: GetDomainInterfaceParametersResponse) => void,
+  ): ClientUnaryCall;
+  getDomainInterfaceParameters(
+    request: GetDomainInterfaceParametersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainInterfaceParametersResponse) => void,
+  ): ClientUnaryCall;
+  getDomainInterfaceParameters(
+    request: GetDomainInterfaceParametersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainInterfaceParametersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Changes an interface's bandwidth tunables
+   * (virDomainSetInterfaceParameters).
+   * Errors: as SetDomainSchedulerParameters; INVALID_ARGUMENT for a device
+   * the domain does not have.
+   */
+  setDomainInterfaceParameters(
+    request: SetDomainInterfaceParametersRequest,
+    callback: (error: ServiceError | null, response: SetDomainInterfaceParametersResponse) => void,
+  ): ClientUnaryCall;
+  setDomainInterfaceParameters(
+    request: SetDomainInterfaceParametersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainInterfaceParametersResponse) => void,
+  ): ClientUnaryCall;
+  setDomainInterfaceParameters(
+    request: SetDomainInterfaceParametersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainInterfaceParametersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Changes how often the balloon driver reports memory statistics
+   * (virDomainSetMemoryStatsPeriod, virsh dommemstat --period); 0 stops them.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a period above 2^31-1;
+   * FAILED_PRECONDITION for live on an inactive domain or a domain without
+   * a balloon.
+   */
+  setDomainMemoryStatsPeriod(
+    request: SetDomainMemoryStatsPeriodRequest,
+    callback: (error: ServiceError | null, response: SetDomainMemoryStatsPeriodResponse) => void,
+  ): ClientUnaryCall;
+  setDomainMemoryStatsPeriod(
+    request: SetDomainMemoryStatsPeriodRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainMemoryStatsPeriodResponse) => void,
+  ): ClientUnaryCall;
+  setDomainMemoryStatsPeriod(
+    request: SetDomainMemoryStatsPeriodRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainMemoryStatsPeriodResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Changes an IOThread's polling and thread-pool parameters
+   * (virDomainSetIOThreadParams, virsh iothreadset): poll_max_ns, poll_grow,
+   * poll_shrink, thread_pool_min, thread_pool_max.
+   * Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for no parameter, a
+   * name libvirt does not have, a value of the wrong type or an IOThread the
+   * domain does not have (nothing is changed then); FAILED_PRECONDITION for
+   * live on an inactive domain.
+   */
+  setDomainIoThreadParameters(
+    request: SetDomainIOThreadParametersRequest,
+    callback: (error: ServiceError | null, response: SetDomainIOThreadParametersResponse) => void,
+  ): ClientUnaryCall;
+  setDomainIoThreadParameters(
+    request: SetDomainIOThreadParametersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainIOThreadParametersResponse) => void,
+  ): ClientUnaryCall;
+  setDomainIoThreadParameters(
+    request: SetDomainIOThreadParametersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainIOThreadParametersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Enables or disables individual vCPUs (virDomainSetVcpu, virsh setvcpu).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for no vCPU or one the domain does
+   * not have; FAILED_PRECONDITION for live on an inactive domain;
+   * UNIMPLEMENTED when the driver cannot (the test driver).
+   */
+  setDomainVcpu(
+    request: SetDomainVcpuRequest,
+    callback: (error: ServiceError | null, response: SetDomainVcpuResponse) => void,
+  ): ClientUnaryCall;
+  setDomainVcpu(
+    request: SetDomainVcpuRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainVcpuResponse) => void,
+  ): ClientUnaryCall;
+  setDomainVcpu(
+    request: SetDomainVcpuRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainVcpuResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns the domain's security labels, one per security driver
+   * (virDomainGetSecurityLabelList).
+   * Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no list (the test
+   * driver).
+   */
+  getDomainSecurityLabels(
+    request: GetDomainSecurityLabelsRequest,
+    callback: (error: ServiceError | null, response: GetDomainSecurityLabelsResponse) => void,
+  ): ClientUnaryCall;
+  getDomainSecurityLabels(
+    request: GetDomainSecurityLabelsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainSecurityLabelsResponse) => void,
+  ): ClientUnaryCall;
+  getDomainSecurityLabels(
+    request: GetDomainSecurityLabelsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainSecurityLabelsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns a running SEV guest's launch measurement and SEV versions
+   * (virDomainGetLaunchSecurityInfo, virsh domlaunchsecinfo).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain has no launch
+   * security (no <launchSecurity> in its XML) or is not running.
+   */
+  getDomainLaunchSecurityInfo(
+    request: GetDomainLaunchSecurityInfoRequest,
+    callback: (error: ServiceError | null, response: GetDomainLaunchSecurityInfoResponse) => void,
+  ): ClientUnaryCall;
+  getDomainLaunchSecurityInfo(
+    request: GetDomainLaunchSecurityInfoRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainLaunchSecurityInfoResponse) => void,
+  ): ClientUnaryCall;
+  getDomainLaunchSecurityInfo(
+    request: GetDomainLaunchSecurityInfoRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainLaunchSecurityInfoResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Injects a launch secret into a running, paused SEV guest
+   * (virDomainSetLaunchSecurityState, virsh domsetlaunchsecstate).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
+   * FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
+   */
+  setDomainLaunchSecurityState(
+    request: SetDomainLaunchSecurityStateRequest,
+    callback: (error: ServiceError | null, response: SetDomainLaunchSecurityStateResponse) => void,
+  ): ClientUnaryCall;
+  setDomainLaunchSecurityState(
+    request: SetDomainLaunchSecurityStateRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainLaunchSecurityStateResponse) => void,
+  ): ClientUnaryCall;
+  setDomainLaunchSecurityState(
+    request: SetDomainLaunchSecurityStateRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainLaunchSecurityStateResponse) => void,
   ): ClientUnaryCall;
 }
 
