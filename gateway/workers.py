@@ -168,11 +168,14 @@ def _reserve(address: str | None) -> tuple[str | None, socket.socket | None]:
 
 
 def _die_with_parent(supervisor: int) -> None:
-    """SIGTERM (a drain) when the supervisor dies without stopping us."""
+    """Die at once when the supervisor dies without stopping us (kill -9, a crash):
+    the workers are one gateway, which has crashed; a worker left draining would
+    share the port with the gateway started next. A stop is the supervisor's SIGTERM,
+    which drains every worker."""
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != supervisor:  # it died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def worker_main(config: GatewayConfig, place: Place) -> None:
