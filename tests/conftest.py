@@ -291,3 +291,14 @@ def services_and_gateway(state: Path, names: tuple[str, ...]) -> Iterator[str]:
     finally:
         for process in reversed(processes):
             process.stop(60)
+
+
+@pytest.fixture(scope="session")
+def in_process_qemu_state() -> Iterator[Path]:
+    """The state directory of this test process's own embedded QEMU driver. libvirt
+    opens an embedded driver once per process, at one root ("already open with path"
+    for any other), so every module that runs compute in-process on embedded QEMU
+    shares this one, each with guests of its own names."""
+    from tests.test_e2e_qemu import short_state_dir
+    with short_state_dir() as state:
+        yield state

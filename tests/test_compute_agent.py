@@ -29,7 +29,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from guest import example
 from services.common.daemon import Daemon
 from tests.conftest import domain_xml, error_of, reason_of, running_service
-from tests.test_e2e_qemu import BOOTED, EMBED_URI, short_state_dir, wait_for
+from tests.test_e2e_qemu import BOOTED, EMBED_URI, wait_for
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 from virtmesh_client import cli
@@ -258,9 +258,10 @@ QEMU_STATE: list[Path] = []
 
 
 @pytest.fixture(scope="module")
-def qemu() -> Iterator[Stub]:
-    with short_state_dir() as state, \
-            running_service(state, EMBED_URI, grace_period=0.5) as daemon, \
+def qemu(in_process_qemu_state: Path) -> Iterator[Stub]:
+    state = in_process_qemu_state
+    with running_service(state, EMBED_URI, grace_period=0.5,
+                         guests_on_exit="destroy") as daemon, \
             grpc.insecure_channel(f"unix:{daemon.socket_path}") as channel:
         stub = Stub(channel)
         QEMU_STATE[:] = [state]

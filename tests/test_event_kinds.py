@@ -37,7 +37,7 @@ from services.network.backend import NetworkBackend
 from services.nodedev.backend import NodeDeviceBackend
 from services.storage.backend import StorageBackend
 from tests.conftest import CliRun, running_service
-from tests.test_e2e_qemu import BOOTED, EMBED_URI, short_state_dir, wait_for
+from tests.test_e2e_qemu import BOOTED, EMBED_URI, wait_for
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
 from virtmesh.types.v1.typed_params_pb2 import TypedParameter
@@ -356,8 +356,9 @@ class Guest:
 
 
 @pytest.fixture(scope="module")
-def guest() -> Iterator[Guest]:
-    with short_state_dir() as state, tiny_filesystem(state / "full", "1m") as full, \
+def guest(in_process_qemu_state: Path) -> Iterator[Guest]:
+    state = in_process_qemu_state
+    with tiny_filesystem(state / "full", "1m") as full, \
             running_service(state, EMBED_URI, grace_period=0.5) as daemon, \
             grpc.insecure_channel(f"unix:{daemon.socket_path}") as channel:
         stub = pb_grpc.ComputeServiceStub(channel)
