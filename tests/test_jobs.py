@@ -515,8 +515,27 @@ def test_a_managed_save_brings_the_guest_back_after_a_service_restart(
 def test_cli_save_shows_its_progress_and_ctrl_c_aborts_it(
         qemu: QemuCompute, qemu_stub: Stub) -> None:
     """On a terminal `virtmesh save` draws the job's progress; Ctrl-C (SIGINT, as the
-    terminal sends it) cancels the call, and the service aborts the save."""
+    terminal sends it) cancels the call, and the service aborts the save. A save may
+    still finish between the bar and the signal on a quiet machine: then the guest is
+    restored and the CLI tried again."""
     image = qemu.save_dir / "cli.img"
+    for _attempt in range(3):
+        code = _save_then_ctrl_c(qemu, image)
+        if not image.exists():
+            break
+        # the save won the race: the guest back, and again
+        qemu_stub.RestoreDomain(pb.RestoreDomainRequest(path=str(image)), timeout=120)
+        image.unlink()
+    else:
+        raise AssertionError("the save finished before Ctrl-C reached it, three times")
+    assert code == 130
+    wait_for(lambda: job_of(qemu_stub).type == pb.JOB_TYPE_NONE, 60, "the job to end")
+    assert state_of(qemu_stub, JOB) == pb.DOMAIN_STATE_RUNNING
+    assert_answers(qemu, JOB)
+
+
+def _save_then_ctrl_c(qemu: QemuCompute, image: Path) -> int:
+    """`virtmesh save` on a pty, SIGINT once it draws progress: its exit status."""
     primary, secondary = pty.openpty()
     process = subprocess.Popen(
         [sys.executable, "-m", "virtmesh_client", "save", JOB, str(image), "--bypass-cache",
@@ -525,24 +544,20 @@ def test_cli_save_shows_its_progress_and_ctrl_c_aborts_it(
     seen = b""
     try:
         deadline = time.monotonic() + 60
-        while not re.search(rb"\[#*\.+\] +[1-9]\d?%", seen) and time.monotonic() < deadline:
+        while not re.search(rb"\[#*\.+\] +[1-9]\d?%", seen) and time.monotonic() < deadline \
+                and process.poll() is None:
             ready, _, _ = select.select([primary], [], [], 0.05)
             if ready:
                 seen += os.read(primary, 65536)
-        assert re.search(rb"\[#*\.+\] +[1-9]\d?%", seen), seen
-        process.send_signal(signal.SIGINT)
-        assert process.wait(30) == 130
+        if process.poll() is None:
+            assert re.search(rb"\[#*\.+\] +[1-9]\d?%", seen), seen
+            process.send_signal(signal.SIGINT)
+        return process.wait(30)
     finally:
         process.kill()
+        process.wait()
         os.close(primary)
         os.close(secondary)
-        if process.wait() == 0:  # saved before it was seen: the guest back for the rest
-            qemu_stub.RestoreDomain(pb.RestoreDomainRequest(path=str(image)), timeout=120)
-            image.unlink()
-    wait_for(lambda: job_of(qemu_stub).type == pb.JOB_TYPE_NONE, 60, "the job to end")
-    assert state_of(qemu_stub, JOB) == pb.DOMAIN_STATE_RUNNING
-    assert not image.exists()
-    assert_answers(qemu, JOB)
 
 
 def qemu_pid(name: str, state: Path) -> int:
