@@ -204,8 +204,7 @@ class GatewayAdmin(_ByName):
         return pb.ListClientsResponse(clients=chunk, next_page_token=token)
 
     async def _local_clients(self) -> list[pb.Client]:
-        return await _every_page(lambda token: _as_awaitable(self.local.ListClients(
-            pb.ListClientsRequest(name=GATEWAY, page_size=1000, page_token=token))))
+        return list(map(admin.client_message, self.local.control.clients()))
 
     async def _peer_clients(self, peer: pb_grpc.AdminServiceStub) -> list[pb.Client]:
         try:
@@ -243,9 +242,6 @@ def _worker_failed(name: str, error: BaseException, count: int = 1) -> ServiceEr
                         f"{name}: {count} other gateway worker(s) did not answer ({details}); "
                         "this worker's part is done", "WORKER_UNREACHABLE")
 
-
-async def _as_awaitable(value: Any) -> Any:
-    return value
 
 
 async def _every_page(page: Any) -> list[pb.Client]:

@@ -27,7 +27,7 @@ from virtmesh_client.cli_output import (
     table,
     yes,
 )
-from virtmesh_client.cli_storage import _size as byte_count
+from virtmesh_client.cli_output import parse_bytes as byte_count
 from virtmesh_client.client import Client
 
 SUSPEND_TARGETS = enum_choices(pb.NodeSuspendTarget, "NODE_SUSPEND_TARGET_")

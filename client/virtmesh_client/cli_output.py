@@ -25,6 +25,7 @@ display string, built from several fields, and keeps virsh's name.)
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -222,3 +223,12 @@ class Output:
         """One line per item as it arrives (JSON Lines with ``--json``)."""
         print(json.dumps(to_dict(message, node)) if self.json else
               f"{node}  {text}" if node else text, flush=True)
+
+def parse_bytes(text: str) -> int:
+    """A byte count with an optional K, M, G or T suffix (powers of 1024)."""
+    units = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+    number, unit = text.rstrip("kKmMgGtTiIbB"), text[len(text.rstrip("kKmMgGtTiIbB")):]
+    unit = unit.lower().removesuffix("b").removesuffix("i")
+    if not number.isdigit() or unit not in units:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size such as 4096, 512K or 10G")
+    return int(number) * 1024 ** units[unit]

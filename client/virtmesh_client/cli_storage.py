@@ -31,6 +31,7 @@ from virtmesh_client.cli_output import (
     enum_name,
     event_line,
     fields,
+    parse_bytes,
     read_input,
     table,
     yes,
@@ -193,15 +194,6 @@ def cmd_vol_download(client: Client, args: argparse.Namespace, out: Output) -> N
              f"Downloaded {byte_size(written)} from volume '{args.volume}' to {args.file}")
 
 
-def _size(text: str) -> int:
-    """A byte count with an optional K, M, G or T suffix (powers of 1024)."""
-    units = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
-    number, unit = text.rstrip("kKmMgGtTiIbB"), text[len(text.rstrip("kKmMgGtTiIbB")):]
-    unit = unit.lower().removesuffix("b").removesuffix("i")
-    if not number.isdigit() or unit not in units:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a size such as 4096, 512K or 10G")
-    return int(number) * 1024 ** units[unit]
-
 
 def _event_text(event: pb.WatchStoragePoolEventsResponse) -> str:
     return event_line(event, "refresh" if event.HasField("refresh") else enum_name(
@@ -275,7 +267,7 @@ def register(command: CommandFactory) -> None:
     sub.add_argument("--algorithm", choices=sorted(WIPE_ALGORITHMS), default="zero",
                      help="how to overwrite (default zero; others need scrub on the host)")
     sub = volumes.add("vol-resize", cmd_vol_resize, "change a volume's capacity")
-    sub.add_argument("capacity", type=_size, metavar="SIZE",
+    sub.add_argument("capacity", type=parse_bytes, metavar="SIZE",
                      help="new capacity (or with --delta the change), e.g. 10G")
     sub.add_argument("--allocate", action="store_true", help="allocate the new space")
     sub.add_argument("--delta", action="store_true", help="SIZE is a change")
@@ -286,6 +278,7 @@ def register(command: CommandFactory) -> None:
              "written")):
         sub = volumes.add(name, handler, summary)
         sub.add_argument("file", metavar="FILE", help=f"the file {direction}")
-        sub.add_argument("--offset", type=_size, default=0, help="where in the volume to start")
-        sub.add_argument("--length", type=_size, default=None,
+        sub.add_argument("--offset", type=parse_bytes, default=0,
+                         help="where in the volume to start")
+        sub.add_argument("--length", type=parse_bytes, default=None,
                          help="how many bytes at most (default: all of the file / volume)")

@@ -19,8 +19,7 @@ from virtmesh.types.v1.typed_params_pb2 import TypedParameter
 from virtmesh_client.cli_commands import CommandFactory, Commands
 from virtmesh_client.cli_compute import DOMAIN
 from virtmesh_client.cli_fleet import UsageError
-from virtmesh_client.cli_output import Output, enum_name, fields, kib, table
-from virtmesh_client.cli_storage import _size
+from virtmesh_client.cli_output import Output, enum_name, fields, kib, parse_bytes, table
 from virtmesh_client.client import Client
 
 _TRUE, _FALSE = ("1", "yes", "true", "on"), ("0", "no", "false", "off")
@@ -218,7 +217,7 @@ def cmd_desc(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 def kib_size(text: str) -> int:
     """KiB, as virsh's setmaxmem takes: a plain number is KiB, ``1G`` is 1048576."""
-    return int(text) if text.isdigit() else _size(text) // 1024
+    return int(text) if text.isdigit() else parse_bytes(text) // 1024
 
 
 def cmd_setmaxmem(client: Client, args: argparse.Namespace, out: Output) -> None:

@@ -113,7 +113,7 @@ def _timestamp(moment: datetime.datetime) -> Timestamp:
     return stamp
 
 
-def _client(info: ClientInfo) -> pb.Client:
+def client_message(info: ClientInfo) -> pb.Client:
     return pb.Client(id=info.id, identity=info.identity, auth=info.auth, peer=info.peer,
                      since=_timestamp(info.since), calls_in_flight=len(info.methods),
                      methods=info.methods, pid=info.pid)
@@ -175,12 +175,12 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         chunk, token = paging.page(self.control.clients(), lambda info: info.id,
                                    request.page_size, request.page_token,
                                    paging.fingerprint("clients"))
-        return pb.ListClientsResponse(clients=map(_client, chunk), next_page_token=token)
+        return pb.ListClientsResponse(clients=map(client_message, chunk), next_page_token=token)
 
     def DisconnectClient(self, request: pb.DisconnectClientRequest,
                          context: Any = None) -> pb.DisconnectClientResponse:
         self._mine(request)
-        return pb.DisconnectClientResponse(client=_client(
+        return pb.DisconnectClientResponse(client=client_message(
             self.control.disconnect(request.client_id)))
 
     def GetLimits(self, request: pb.GetLimitsRequest,
