@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -157,12 +158,23 @@ def test_every_documented_function_is_reached_or_has_a_reason_or_is_a_gap() -> N
 def test_reason_tables_name_no_reached_function() -> None:
     """An entry for a function that an RPC now reaches is stale."""
     reached = {name for rpcs in DECLARED.values() for names in rpcs.values() for name in names}
-    tables = {**tool.COVERED_BY, **tool.ANSWERED_BY, **tool.NOT_APPLICABLE}
+    tables = {**tool.COVERED_BY, **tool.ANSWERED_BY, **tool.NOT_APPLICABLE,
+              **tool.SAME_IN_THIS_LIBVIRT, **tool.PASSES_FILES}
     assert not set(tables) & reached
     assert set(tables) <= set(FUNCTIONS)
     # what covers or answers a function is a libvirt function an RPC reaches
     assert set(tool.ANSWERED_BY.values()) <= reached
     assert set(tool.COVERED_BY.values()) - reached <= {"virConnectDomainEventDeregisterAny"}
+    assert {older for older, _ in tool.SAME_IN_THIS_LIBVIRT.values()} <= reached
+    compute_rpcs = set(DECLARED["compute"])
+    assert set(tool.PASSES_FILES.values()) <= compute_rpcs
+
+
+def test_same_in_this_libvirt_is_true_of_the_installed_libvirt() -> None:
+    """A newer spelling left out as the same call must take no parameter the older lacks."""
+    api = (tool.API_DIR / "libvirt-api.xml").read_text()
+    save_params = set(re.findall(r"VIR_DOMAIN_SAVE_PARAM_[A-Z_]+", api))
+    assert save_params == {"VIR_DOMAIN_SAVE_PARAM_FILE", "VIR_DOMAIN_SAVE_PARAM_DXML"}
 
 
 def test_document_is_current() -> None:

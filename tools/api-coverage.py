@@ -83,7 +83,8 @@ REASON_PATTERNS = (
     (r"LookupBy\w+$", f"{_HANDLE}: how a request's name, UUID, path or key becomes an "
      "object (services/common/backend.py)"),
     (r"Get(Name|UUID|UUIDString)$", f"{_HANDLE}: the identity each summary carries"),
-    (r"^virConnect(Domain|Network|StoragePool|NodeDevice|Secret)EventDeregisterAny$",
+    (r"^virConnect(Domain|Network|StoragePool|NodeDevice|Secret)EventDeregisterAny$"
+     r"|^virConnectDomainQemuMonitorEventDeregister$",
      "connection management: the skeleton deregisters a connection's callbacks when it "
      "drops it (services/common/libvirt_connection.py)"),
 )
@@ -135,6 +136,37 @@ COVERED_BY = {
     "virDomainSetMaxMemory": "virDomainSetMemoryFlags",
     "virDomainAttachDevice": "virDomainAttachDeviceFlags",
     "virDomainDetachDevice": "virDomainDetachDeviceFlags",
+    "virDomainSave": "virDomainSaveFlags",
+    "virDomainRestore": "virDomainRestoreFlags",
+    "virDomainCoreDump": "virDomainCoreDumpWithFormat",
+    "virDomainGetJobInfo": "virDomainGetJobStats",
+    "virDomainPinVcpu": "virDomainPinVcpuFlags",
+    "virDomainGetSecurityLabel": "virDomainGetSecurityLabelList",
+    "virDomainBlockStats": "virDomainBlockStatsFlags",
+    "virDomainSnapshotNum": "virDomainListAllSnapshots",
+    "virDomainSnapshotListNames": "virDomainListAllSnapshots",
+    "virDomainSnapshotNumChildren": "virDomainSnapshotListAllChildren",
+    "virDomainSnapshotListChildrenNames": "virDomainSnapshotListAllChildren",
+    "virDomainMigrate": "virDomainMigrate3",
+    "virDomainMigrate2": "virDomainMigrate3",
+    "virDomainMigrateToURI": "virDomainMigrateToURI3",
+    "virDomainMigrateToURI2": "virDomainMigrateToURI3",
+    "virDomainOpenGraphics": "virDomainOpenGraphicsFD",
+}
+#: Newer spellings that, in libvirt 9.0, take no argument the older call lacks.
+SAME_IN_THIS_LIBVIRT = {
+    "virDomainSaveParams": ("virDomainSaveFlags", "file, dxml"),
+    "virDomainRestoreParams": ("virDomainRestoreFlags", "file, dxml"),
+}
+_FILES_REASON = ("file descriptors: the caller hands libvirt open descriptors of its own "
+                 "process, which a gRPC caller (on another host, through the gateway) "
+                 "cannot; {rpc} does the rest of what it does")
+#: Calls whose point is passing the caller's file descriptors, with the RPC doing the rest.
+PASSES_FILES = {
+    "virDomainCreateWithFiles": "StartDomain",
+    "virDomainCreateXMLWithFiles": "CreateDomain",
+    "virDomainFDAssociate": "StartDomain",
+    "virDomainQemuMonitorCommandWithFiles": "QemuMonitorCommand",
 }
 #: Functions that the service's libvirt driver does not implement, and why.
 NOT_APPLICABLE = {
@@ -174,6 +206,12 @@ def reason_for(name: str, functions: dict[str, str]) -> str:
         return NOT_APPLICABLE[name]
     if name in COVERED_BY:
         return f"older spelling: {COVERED_BY[name]} does all it does"
+    if name in SAME_IN_THIS_LIBVIRT:
+        older, params = SAME_IN_THIS_LIBVIRT[name]
+        return (f"same call: libvirt 9.0 knows only its parameters {params}, which are "
+                f"{older}'s arguments, and {older} is reached")
+    if name in PASSES_FILES:
+        return _FILES_REASON.format(rpc=PASSES_FILES[name])
     if name in ANSWERED_BY:
         return f"answered by {ANSWERED_BY[name]}, which the same RPCs call"
     for pattern, reason in REASON_PATTERNS:
