@@ -29,6 +29,7 @@ from virtmesh_client.cli_commands import (
     gap_text,
     notice,
 )
+from virtmesh_client.cli_edit import add_edit
 from virtmesh_client.cli_fleet import Fleet, Handler, Query
 from virtmesh_client.cli_output import (
     INT_ENUMS,
@@ -189,6 +190,36 @@ cmd_stats = Query(
     _stats_row, "stats")
 
 
+#: virsh domstats' order of the groups; a key's group is its first dotted word
+_STATS_GROUP_ORDER = ("state", "cpu", "balloon", "vcpu", "net", "block")
+#: the group options of ``domstats``, as virsh names them
+_DOMSTATS_GROUPS = {"state": pb.STAT_GROUP_STATE, "cpu_total": pb.STAT_GROUP_CPU_TOTAL,
+                    "balloon": pb.STAT_GROUP_BALLOON, "vcpu": pb.STAT_GROUP_VCPU,
+                    "interface": pb.STAT_GROUP_INTERFACE, "block": pb.STAT_GROUP_BLOCK}
+
+
+def _stats_key_order(key: str) -> tuple[object, ...]:
+    """virsh's group order; within a group by name, numbered items (``block.10``)
+    numerically (a protobuf map does not keep libvirt's order)."""
+    group = key.split(".", 1)[0]
+    rank = (_STATS_GROUP_ORDER.index(group) if group in _STATS_GROUP_ORDER
+            else len(_STATS_GROUP_ORDER))
+    return (rank, *((0, int(word), "") if word.isdigit() else (1, 0, word)
+                     for word in key.split(".")))
+
+
+def cmd_domstats(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """virsh domstats: every value libvirt reported, ``group.field=value`` per line."""
+    groups = [group for option, group in _DOMSTATS_GROUPS.items() if getattr(args, option)]
+    response = client.call("GetDomainStats", pb.GetDomainStatsRequest(
+        names=args.names, active_only=args.list_active, groups=groups, nowait=args.nowait))
+    out.show(response, "\n\n".join(
+        "\n".join([f"Domain: '{stats.name}'",
+                   *(f"  {key}={stats.raw[key]}"
+                     for key in sorted(stats.raw, key=_stats_key_order))])
+        for stats in response.stats))
+
+
 def cmd_capabilities(client: Client, args: argparse.Namespace, out: Output) -> None:
     response = client.call("GetCapabilities", pb.GetCapabilitiesRequest())
     out.show(response, response.xml.rstrip("\n"))
@@ -284,6 +315,9 @@ def register(command: CommandFactory) -> None:
     domains.from_xml("define", "DefineDomain", pb.DefineDomainRequest, "defined",
                      "define a persistent domain from XML", "domain XML file, or - for stdin",
                      VALIDATE, uuid=True)
+    add_edit(domains, "edit", ("GetDomainXML", pb.GetDomainXMLRequest),
+             ("DefineDomain", pb.DefineDomainRequest),
+             "edit a domain's persistent XML in $EDITOR", inactive=True, secure=True)
     sub = domains.add("undefine", cmd_undefine, "remove a domain's definition")
     sub.add_argument("--managed-save", action="store_true", help="also its managed save")
     sub.add_argument("--snapshots", action="store_true", help="also its snapshot metadata")
@@ -318,6 +352,15 @@ def register(command: CommandFactory) -> None:
     sub = command("stats", cmd_stats, "show domain statistics")
     sub.add_argument("names", nargs="*", metavar="NAME", help="only these domains")
     sub.add_argument("--active", action="store_true", help="only running domains")
+    sub = command("domstats", cmd_domstats,
+                  "every statistic libvirt reports, as virsh domstats prints them")
+    sub.add_argument("names", nargs="*", metavar="NAME", help="only these domains")
+    for option in _DOMSTATS_GROUPS:
+        sub.add_argument(f"--{option.replace('_', '-')}", action="store_true",
+                         help=f"the {option.replace('_', ' ')} group (default: all)")
+    sub.add_argument("--list-active", action="store_true", help="only running domains")
+    sub.add_argument("--nowait", action="store_true",
+                     help="do not wait for a domain busy with a job")
     command("capabilities", cmd_capabilities, "print the hypervisor's capabilities XML")
     sub = command("domcapabilities", cmd_domcapabilities, "print domain capabilities XML")
     sub.add_argument("--emulator", default="", help="emulator binary path")

@@ -15,6 +15,7 @@ from virtmesh_client.cli_commands import (
     Kind,
     either,
 )
+from virtmesh_client.cli_edit import add_edit
 from virtmesh_client.cli_fleet import Query
 from virtmesh_client.cli_output import Output, fields, yes
 from virtmesh_client.client import Client
@@ -67,6 +68,9 @@ def register(command: CommandFactory) -> None:
     interfaces.from_xml("iface-define", "DefineInterface", pb.DefineInterfaceRequest,
                         "defined", "define (or replace) an interface from XML",
                         "interface XML file, or - for stdin", VALIDATE)
+    add_edit(interfaces, "iface-edit", ("GetInterfaceXML", pb.GetInterfaceXMLRequest),
+             ("DefineInterface", pb.DefineInterfaceRequest),
+             "edit an interface's configuration XML in $EDITOR", inactive=True)
     interfaces.simple("iface-undefine", "UndefineInterface", pb.UndefineInterfaceRequest,
                       "undefined", "remove an interface's configuration")
     interfaces.simple("iface-start", "StartInterface", pb.StartInterfaceRequest, "started",

@@ -23,6 +23,7 @@ from virtmesh_client.cli_commands import (
     either,
     enum_choices,
 )
+from virtmesh_client.cli_edit import add_edit
 from virtmesh_client.cli_fleet import Query, UsageError
 from virtmesh_client.cli_output import (
     Output,
@@ -163,6 +164,9 @@ def register(command: CommandFactory) -> None:
     networks.from_xml("net-define", "DefineNetwork", pb.DefineNetworkRequest, "defined",
                       "define a persistent network from XML",
                       "network XML file, or - for stdin", VALIDATE, uuid=True)
+    add_edit(networks, "net-edit", ("GetNetworkXML", pb.GetNetworkXMLRequest),
+             ("DefineNetwork", pb.DefineNetworkRequest),
+             "edit a network's persistent XML in $EDITOR", inactive=True)
     networks.from_xml("net-create", "CreateNetwork", pb.CreateNetworkRequest, "created",
                       "create and start a transient network from XML",
                       "network XML file, or - for stdin", VALIDATE, uuid=True)

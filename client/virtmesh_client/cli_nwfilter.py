@@ -15,6 +15,7 @@ from virtmesh_client.cli_commands import (
     Kind,
     add_flags,
 )
+from virtmesh_client.cli_edit import add_edit
 from virtmesh_client.cli_fleet import Query
 from virtmesh_client.cli_output import Output, read_input
 from virtmesh_client.client import Client
@@ -62,6 +63,9 @@ def register(command: CommandFactory) -> None:
     filters.from_xml("nwfilter-define", "DefineNWFilter", pb.DefineNWFilterRequest, "defined",
                      "define or change a network filter from XML",
                      "filter XML file, or - for stdin", VALIDATE, uuid=True)
+    add_edit(filters, "nwfilter-edit", ("GetNWFilterXML", pb.GetNWFilterXMLRequest),
+             ("DefineNWFilter", pb.DefineNWFilterRequest),
+             "edit a network filter's XML in $EDITOR")
     filters.simple("nwfilter-undefine", "UndefineNWFilter", pb.UndefineNWFilterRequest,
                    "undefined", "delete a network filter")
     command("nwfilter-binding-list", cmd_binding_list, "list network filter bindings")

@@ -24,6 +24,7 @@ from virtmesh_client.cli_commands import (
     either,
     enum_choices,
 )
+from virtmesh_client.cli_edit import add_edit
 from virtmesh_client.cli_fleet import Query
 from virtmesh_client.cli_output import (
     Output,
@@ -228,6 +229,9 @@ def register(command: CommandFactory) -> None:
     pools.from_xml("pool-define", "DefineStoragePool", pb.DefineStoragePoolRequest, "defined",
                    "define a persistent storage pool from XML", "pool XML file, or - for stdin",
                    VALIDATE, uuid=True)
+    add_edit(pools, "pool-edit", ("GetStoragePoolXML", pb.GetStoragePoolXMLRequest),
+             ("DefineStoragePool", pb.DefineStoragePoolRequest),
+             "edit a storage pool's persistent XML in $EDITOR", inactive=True)
     pools.from_xml("pool-create", "CreateStoragePool", pb.CreateStoragePoolRequest, "created",
                    "create and start a transient pool from XML", "pool XML file, or - for stdin",
                    build)
