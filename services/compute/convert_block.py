@@ -24,7 +24,7 @@ BLOCK_STATS_WIDTHS = {getattr(libvirt, constant): typed_params.LONG for constant
 
 #: libvirt-python's names of virDomainMemoryStats' tags -> MemoryStatTag
 #: (libvirt-override.c names them so, VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON "actual")
-MEMORY_STAT_TAGS: dict[str, pb.MemoryStatTag] = {
+MEMORY_STAT_TAGS: dict[str, pb.MemoryStatTag.ValueType] = {
     "swap_in": pb.MEMORY_STAT_TAG_SWAP_IN,
     "swap_out": pb.MEMORY_STAT_TAG_SWAP_OUT,
     "major_fault": pb.MEMORY_STAT_TAG_MAJOR_FAULT,
