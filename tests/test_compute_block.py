@@ -415,12 +415,17 @@ def _guest_xml(state: Path) -> str:
     disks = [f"""<disk type='file' device='disk'>
       <driver name='qemu' type='raw'/><source file='{data}'/>
       <target dev='vdb' bus='virtio'/></disk>"""]
-    for dev, chain in (("vdc", "pull"), ("vdd", "commit"), ("vde", "rebase")):
+    for dev, chain in (("vdc", "pull"), ("vdd", "commit"), ("vde", "rebase"),
+                       ("vdf", "clipull")):
         disks.append(f"""<disk type='file' device='disk'>
       <driver name='qemu' type='qcow2'/><source file='{_chain(state, chain)}'/>
       <target dev='{dev}' bus='virtio'/></disk>""")
     return example.render(GUEST, state, "qemu").replace(
         "<memballoon model='none'/>", "\n".join(disks) + "<memballoon model='virtio'/>")
+
+
+#: the QEMU service's socket directory, once the fixture has started it
+QEMU_SOCKETS: list[Path] = []
 
 
 @pytest.fixture(scope="module")
@@ -430,6 +435,8 @@ def qemu(in_process_qemu_state: Path) -> Iterator[tuple[Stub, Path]]:
                          guests_on_exit="destroy") as daemon, \
             grpc.insecure_channel(f"unix:{daemon.socket_path}") as channel:
         stub = Stub(channel)
+        assert daemon.socket_path is not None
+        QEMU_SOCKETS[:] = [daemon.socket_path.parent]
         stub.CreateDomain(pb.CreateDomainRequest(xml=_guest_xml(state)), timeout=60)
         try:
             log = state / "guest" / f"{GUEST}.console.log"
@@ -514,11 +521,19 @@ def test_block_pull_and_rebase_flatten_a_chain(qemu: tuple[Stub, Path]) -> None:
     stub.RebaseDomainBlock(pb.RebaseDomainBlockRequest(name=GUEST, disk="vde"), timeout=30)
     _wait_job(stub, "vde", ready=False)
     assert _source(stub, "vde").find("backingStore/source") is None
-    # the base's data reached the top layer, which now stands alone
-    peek = stub.PeekDomainBlock(pb.PeekDomainBlockRequest(name=GUEST, disk="vde",
-                                                          offset=0, size=16)).data
-    assert len(peek) == 16  # qcow2 header bytes of the image file
-    assert peek[:4] == b"QFI\xfb"
+    # the base's data reached each top layer, which now stands alone
+    for chain in ("pull", "rebase"):
+        top = state / f"{chain}-top.qcow2"
+        info = json.loads(subprocess.run(
+            ["qemu-img", "info", "-U", "--output=json", str(top)], check=True,
+            capture_output=True, text=True).stdout)
+        assert "backing-filename" not in info
+        read = subprocess.run(["qemu-io", "-r", "-U", "-f", "qcow2", "-c",
+                               "read -P 0x5a 0 1M", str(top)], capture_output=True, text=True)
+        assert "read 1048576/1048576 bytes" in read.stdout, read.stdout + read.stderr
+    # libvirt peeks raw images only
+    assert failed(stub.PeekDomainBlock, pb.PeekDomainBlockRequest(
+        name=GUEST, disk="vde", size=16))[0] == C.UNIMPLEMENTED
     assert _running(stub)
 
 
@@ -603,3 +618,32 @@ def test_statistics_and_threshold_on_qemu(qemu: tuple[Stub, Path]) -> None:
     assert thresholds["vdb"] == 2 * MIB
     assert failed(stub.SetDomainBlockThreshold, pb.SetDomainBlockThresholdRequest(
         name=GUEST, disk="vdz", threshold_bytes=MIB))[0] == C.INVALID_ARGUMENT
+
+
+@pytest.mark.qemu
+def test_cli_block_copy_with_progress_and_pivot_and_a_pull(
+        qemu: tuple[Stub, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    stub, state = qemu
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = cli.main(["--socket", str(QEMU_SOCKETS[0]), *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, err = run("domblklist", GUEST)
+    assert code == 0 and "vdf" in out, err
+    code, out, err = run("blockjob", GUEST, "vdf")
+    assert (code, out.strip()) == (0, "No current block job for vdf"), err
+    copy = state / "cli-copy.raw"
+    code, out, err = run("blockcopy", GUEST, "vdf", "--dest", str(copy), "--format", "qcow2",
+                         "--bandwidth", "8M", "--wait", "--verbose", "--pivot",
+                         "--transient-job")
+    assert code == 0, err
+    assert out.strip() == "Successfully pivoted"
+    assert "Block Copy: [" in err and "100%" in err  # the progress bar, to its end
+    assert _source(stub, "vdf").find("source").get("file") == str(copy)  # type: ignore[union-attr]
+    code, out, err = run("blockpull", GUEST, "vdf", "--wait")
+    assert (code, out.strip()) == (0, "Block Pull done"), err
+    code, out, err = run("--json", "blockjob", GUEST, "vdf")
+    assert json.loads(out)["active"] is False
+    assert _running(stub)
