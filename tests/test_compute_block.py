@@ -140,7 +140,7 @@ def test_memory_stat_tags_pair_libvirt_constants() -> None:
 
 
 def test_memory_peek_on_the_test_driver(stub: Stub) -> None:
-    # the test driver's memory holds each address's low byte
+    # the test driver answers each byte with its index in the buffer
     data = stub.PeekDomainMemory(pb.PeekDomainMemoryRequest(name="alpha", address=0x100,
                                                             size=32)).data
     assert data == bytes(range(32))
@@ -332,6 +332,13 @@ def test_copy_destinations_are_checked_first(stub: Stub, tmp_path: Path) -> None
     assert copy(destination_xml="<domain/>")[0] == C.INVALID_ARGUMENT
     assert copy(destination_file=dest(path=f"{tmp_path}/x.raw"),
                 bandwidth_bytes=1 << 63) == (C.INVALID_ARGUMENT, "VIR_ERR_INVALID_ARG")
+    # a rebase's copy destination is checked alike
+    for base, reason in (("rel.raw", (C.INVALID_ARGUMENT, "INVALID_PATH")),
+                         (str(existing), (C.ALREADY_EXISTS, "FILE_EXISTS"))):
+        assert failed(stub.RebaseDomainBlock, pb.RebaseDomainBlockRequest(
+            name="alpha", disk="vda", base=base, copy=True)) == reason
+    assert failed(stub.RebaseDomainBlock, pb.RebaseDomainBlockRequest(
+        name="alpha", disk="vda", base=f"{tmp_path}/r.raw", copy=True))[0] == C.UNIMPLEMENTED
     assert existing.read_bytes() == b"keep"
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".raw") == ["existing.raw"]
     assert destination_xml(Path("/a/b's.raw"), "qcow2") == (
@@ -383,6 +390,23 @@ def test_cli_refusals(stub: Stub, cli_run: Any) -> None:
     assert code != 0 and "--dest" in err
     code, out, err = cli_run("blockresize", "alpha", "vda", "ten")
     assert code != 0 and "is not a size" in err
+
+
+def test_each_job_flag_reaches_its_libvirt_flag() -> None:
+    cases: list[tuple[Callable[[Any], int], Any, str]] = [
+        (convert_block.copy_flags, pb.CopyDomainBlockRequest, "VIR_DOMAIN_BLOCK_COPY_"),
+        (convert_block.commit_flags, pb.CommitDomainBlockRequest, "VIR_DOMAIN_BLOCK_COMMIT_"),
+        (convert_block.rebase_flags, pb.RebaseDomainBlockRequest, "VIR_DOMAIN_BLOCK_REBASE_"),
+        (convert_block.abort_flags, pb.AbortDomainBlockJobRequest,
+         "VIR_DOMAIN_BLOCK_JOB_ABORT_")]
+    for convert, request_type, prefix in cases:
+        bools = [f.name for f in request_type.DESCRIPTOR.fields if f.type == f.TYPE_BOOL]
+        assert bools
+        for field in bools:
+            name = {"reuse_external": "REUSE_EXT", "asynchronous": "ASYNC"}.get(
+                field, field.upper())
+            assert convert(request_type(**{field: True})) == getattr(libvirt, prefix + name)
+        assert convert(request_type()) == 0
 
 
 def test_hexdump() -> None:
