@@ -444,6 +444,13 @@ def _guest_xml(state: Path) -> str:
         disks.append(f"""<disk type='file' device='disk'>
       <driver name='qemu' type='qcow2'/><source file='{_chain(state, chain)}'/>
       <target dev='{dev}' bus='virtio'/></disk>""")
+    # a three-layer chain: base <- mid <- top, for a commit of mid into base
+    mid = _chain(state, "commit3")
+    top3 = state / "commit3-top3.qcow2"
+    _qemu_img("create", "-q", "-f", "qcow2", "-b", str(mid), "-F", "qcow2", str(top3))
+    disks.append(f"""<disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/><source file='{top3}'/>
+      <target dev='vdg' bus='virtio'/></disk>""")
     return example.render(GUEST, state, "qemu").replace(
         "<memballoon model='none'/>", "\n".join(disks) + "<memballoon model='virtio'/>")
 
@@ -671,3 +678,44 @@ def test_cli_block_copy_with_progress_and_pivot_and_a_pull(
     code, out, err = run("--json", "blockjob", GUEST, "vdf")
     assert json.loads(out)["active"] is False
     assert _running(stub)
+
+
+@pytest.mark.qemu
+def test_cli_blockjob_blockcommit_resize_and_threshold(
+        qemu: tuple[Stub, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    stub, state = qemu
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = cli.main(["--socket", str(QEMU_SOCKETS[0]), *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    # a slow copy, throttled and then aborted through blockjob
+    code, out, err = run("blockcopy", GUEST, "vdg", "--dest", str(state / "slow.qcow2"),
+                         "--format", "qcow2", "--bandwidth", "64K", "--transient-job")
+    assert (code, out.strip()) == (0, "Block Copy started"), err
+    code, out, err = run("blockjob", GUEST, "vdg", "--bandwidth", "32K")
+    assert code == 0, err
+    code, out, err = run("--json", "blockjob", GUEST, "vdg", "--info")
+    job = json.loads(out)
+    assert (job["active"], job["bandwidth_bytes"], job["type"]) == (
+        True, 32 * 1024, "BLOCK_JOB_TYPE_COPY")
+    code, out, err = run("blockjob", GUEST, "vdg", "--abort")
+    assert (code, out.strip()) == (0, "Block job aborted"), err
+    _wait_job(stub, "vdg", ready=False)
+    assert _source(stub, "vdg").find("source").get("file") == str(  # type: ignore[union-attr]
+        state / "commit3-top3.qcow2")
+    # commit the middle layer into the base: the job ends by itself
+    code, out, err = run("blockcommit", GUEST, "vdg", "--top", str(state / "commit3-top.qcow2"),
+                         "--wait", "--verbose")
+    assert (code, out.strip()) == (0, "Block Commit done"), err
+    chain = [e.get("file") for e in _source(stub, "vdg").iter("source")]
+    assert chain == [str(state / "commit3-top3.qcow2"), str(state / "commit3-base.qcow2")]
+    code, out, err = run("blockresize", GUEST, "vdg", "16M")
+    assert code == 0, err
+    assert stub.GetDomainBlockInfo(pb.GetDomainBlockInfoRequest(
+        name=GUEST, disk="vdg")).capacity_bytes == 16 * MIB
+    code, out, err = run("domblkthreshold", GUEST, "vdg", "4M")
+    assert (code, out.strip()) == (0, "Threshold of 'vdg' set to 4194304 bytes"), err
+    code, out, err = run("domblkstat", GUEST, "vdg")
+    assert code == 0 and out.splitlines()[0].startswith("vdg "), err
