@@ -129,6 +129,24 @@ WRITES: list[tuple[str, Message]] = [
     ("SetDomainVcpu", pb.SetDomainVcpuRequest(name="alpha", vcpus=[1])),
     ("SetDomainLaunchSecurityState", pb.SetDomainLaunchSecurityStateRequest(
         name="alpha", secret="c2VjcmV0", secret_header="aGVhZGVy")),
+    # disks and block jobs: alpha has no disk, so libvirt refuses each on the main socket
+    ("PeekDomainBlock", pb.PeekDomainBlockRequest(name="alpha", disk="vda", size=512)),
+    ("PeekDomainMemory", pb.PeekDomainMemoryRequest(name="alpha", size=16)),
+    ("ResizeDomainBlock", pb.ResizeDomainBlockRequest(name="alpha", disk="vda",
+                                                      size_bytes=1 << 30)),
+    ("SetDomainBlockIoTune", pb.SetDomainBlockIoTuneRequest(
+        name="alpha", disk="vda",
+        parameters=[TypedParameter(name="total_bytes_sec", ulong_value=1 << 20)])),
+    ("CopyDomainBlock", pb.CopyDomainBlockRequest(
+        name="alpha", disk="vda", destination_file=pb.BlockDestination(path="/x/copy.raw"))),
+    ("CommitDomainBlock", pb.CommitDomainBlockRequest(name="alpha", disk="vda")),
+    ("PullDomainBlock", pb.PullDomainBlockRequest(name="alpha", disk="vda")),
+    ("RebaseDomainBlock", pb.RebaseDomainBlockRequest(name="alpha", disk="vda")),
+    ("AbortDomainBlockJob", pb.AbortDomainBlockJobRequest(name="alpha", disk="vda")),
+    ("SetDomainBlockJobSpeed", pb.SetDomainBlockJobSpeedRequest(name="alpha", disk="vda",
+                                                                bandwidth_bytes=1 << 20)),
+    ("SetDomainBlockThreshold", pb.SetDomainBlockThresholdRequest(name="alpha", disk="vda",
+                                                                  threshold_bytes=1 << 20)),
     # read-only RPCs whose request asks for more: libvirt's read_secure
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", secure=True)),
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", migratable=True)),
@@ -187,6 +205,15 @@ READS: list[tuple[str, Message]] = [
         name="alpha", device="vnet0")),
     ("GetDomainSecurityLabels", pb.GetDomainSecurityLabelsRequest(name="alpha")),
     ("GetDomainLaunchSecurityInfo", pb.GetDomainLaunchSecurityInfoRequest(name="alpha")),
+    # alpha has no disk or interface: refused alike on both sockets; its memory
+    # statistics are the test driver's fixed ones
+    ("GetDomainBlockInfo", pb.GetDomainBlockInfoRequest(name="alpha", disk="vda")),
+    ("GetDomainBlockStats", pb.GetDomainBlockStatsRequest(name="alpha", disk="vda")),
+    ("GetDomainInterfaceStats", pb.GetDomainInterfaceStatsRequest(name="alpha",
+                                                                  device="vnet0")),
+    ("GetDomainMemoryStats", pb.GetDomainMemoryStatsRequest(name="alpha")),
+    ("GetDomainBlockIoTune", pb.GetDomainBlockIoTuneRequest(name="alpha", disk="vda")),
+    ("GetDomainBlockJobInfo", pb.GetDomainBlockJobInfoRequest(name="alpha", disk="vda")),
 ]
 
 

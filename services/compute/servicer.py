@@ -24,6 +24,7 @@ from services.common.version import VERSION
 from services.compute import convert
 from services.compute.backend import ComputeBackend, Listed
 from services.compute.servicer_agent import AgentServicer
+from services.compute.servicer_block import BlockServicer
 from services.compute.servicer_host import HostServicer
 from services.compute.servicer_jobs import JobsServicer
 from services.compute.servicer_tuning import TuningServicer
@@ -61,7 +62,7 @@ def _data(first: _HasData, requests: Iterator[_HasData]) -> Iterator[bytes]:
         yield request.data
 
 
-class ComputeServicer(HostServicer, JobsServicer, AgentServicer, TuningServicer,
+class ComputeServicer(HostServicer, JobsServicer, AgentServicer, TuningServicer, BlockServicer,
                       DriverServicer[ComputeBackend, pb.WatchDomainEventsResponse],
                       pb_grpc.ComputeServiceServicer):
     def __init__(self, connection: LibvirtConnection, config: Config) -> None:

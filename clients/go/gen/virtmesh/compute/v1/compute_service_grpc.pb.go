@@ -540,6 +540,112 @@ type ComputeServiceClient interface {
 	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
 	// FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
 	SetDomainLaunchSecurityState(ctx context.Context, in *SetDomainLaunchSecurityStateRequest, opts ...grpc.CallOption) (*SetDomainLaunchSecurityStateResponse, error)
+	// Returns a disk's capacity, allocation and physical size in bytes
+	// (virDomainGetBlockInfo, virsh domblkinfo); the disk is its target (vda)
+	// or its source path.
+	// Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a missing disk or
+	// one the domain does not have.
+	GetDomainBlockInfo(ctx context.Context, in *GetDomainBlockInfoRequest, opts ...grpc.CallOption) (*GetDomainBlockInfoResponse, error)
+	// Returns a running domain's I/O statistics of one disk, or of all disks
+	// summed when disk is empty (virDomainBlockStatsFlags, virsh domblkstat):
+	// rd_operations, rd_bytes, rd_total_times, wr_*, flush_*, errs.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a disk the domain does not have;
+	// FAILED_PRECONDITION when the domain is not running; UNIMPLEMENTED when
+	// the driver has no statistics (the test driver).
+	GetDomainBlockStats(ctx context.Context, in *GetDomainBlockStatsRequest, opts ...grpc.CallOption) (*GetDomainBlockStatsResponse, error)
+	// Returns a running domain's traffic counters of one interface, named by
+	// its target device (vnet0) or its MAC address (virDomainInterfaceStats,
+	// virsh domifstat).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing device or one the
+	// domain does not have; FAILED_PRECONDITION when the domain is not running.
+	GetDomainInterfaceStats(ctx context.Context, in *GetDomainInterfaceStatsRequest, opts ...grpc.CallOption) (*GetDomainInterfaceStatsResponse, error)
+	// Returns a running domain's memory statistics as the balloon driver
+	// reports them (virDomainMemoryStats, virsh dommemstat).
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+	GetDomainMemoryStats(ctx context.Context, in *GetDomainMemoryStatsRequest, opts ...grpc.CallOption) (*GetDomainMemoryStatsResponse, error)
+	// Reads up to 64 KiB of a disk's image, as the host sees it, from an
+	// offset (virDomainBlockPeek, virsh blockpeek).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the
+	// domain does not have, a size of 0 or above 65536, or a range past the
+	// image's end; UNIMPLEMENTED when the driver cannot (the test driver).
+	PeekDomainBlock(ctx context.Context, in *PeekDomainBlockRequest, opts ...grpc.CallOption) (*PeekDomainBlockResponse, error)
+	// Reads up to 64 KiB of a running guest's memory from a virtual (the
+	// guest's) or physical address (virDomainMemoryPeek).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a size of 0 or above 65536;
+	// FAILED_PRECONDITION when the domain is not running.
+	PeekDomainMemory(ctx context.Context, in *PeekDomainMemoryRequest, opts ...grpc.CallOption) (*PeekDomainMemoryResponse, error)
+	// Grows a running domain's disk to size_bytes (virDomainBlockResize with
+	// VIR_DOMAIN_BLOCK_RESIZE_BYTES, virsh blockresize). A smaller size than
+	// the disk's capacity is refused unless shrink is set.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+	// does not have, a size of 0, or a shrink not asked for;
+	// FAILED_PRECONDITION when the domain is not running; UNIMPLEMENTED when
+	// the driver cannot (the test driver).
+	ResizeDomainBlock(ctx context.Context, in *ResizeDomainBlockRequest, opts ...grpc.CallOption) (*ResizeDomainBlockResponse, error)
+	// Returns a disk's I/O throttling (virDomainGetBlockIoTune, virsh
+	// blkdeviotune): total_bytes_sec, read_iops_sec, ..., group_name.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+	// does not have, or live and config together; FAILED_PRECONDITION for live
+	// on an inactive domain.
+	GetDomainBlockIoTune(ctx context.Context, in *GetDomainBlockIoTuneRequest, opts ...grpc.CallOption) (*GetDomainBlockIoTuneResponse, error)
+	// Changes a disk's I/O throttling (virDomainSetBlockIoTune, virsh
+	// blkdeviotune). Each parameter's name and type are checked against what
+	// the disk has before libvirt sees them.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for no parameters, an unknown name, a
+	// value of the wrong type, a missing disk or one the domain does not have;
+	// FAILED_PRECONDITION for live on an inactive domain.
+	SetDomainBlockIoTune(ctx context.Context, in *SetDomainBlockIoTuneRequest, opts ...grpc.CallOption) (*SetDomainBlockIoTuneResponse, error)
+	// Starts copying a running domain's disk to a destination, given as a
+	// <disk> document or as a path and format (virDomainBlockCopy, virsh
+	// blockcopy). The job runs on: follow it with GetDomainBlockJobInfo, end
+	// it with AbortDomainBlockJob (pivot to switch the guest to the copy).
+	// A destination path must be absolute and, unless reuse_external, not
+	// exist yet.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+	// does not have, both or neither destination forms, a malformed document
+	// or path; ALREADY_EXISTS for an existing destination file without
+	// reuse_external; FAILED_PRECONDITION when the domain is not running or
+	// the disk already has a job; UNIMPLEMENTED when the driver cannot.
+	CopyDomainBlock(ctx context.Context, in *CopyDomainBlockRequest, opts ...grpc.CallOption) (*CopyDomainBlockResponse, error)
+	// Starts committing a disk's backing chain from top down into base
+	// (virDomainBlockCommit, virsh blockcommit); active commits the active
+	// layer, a job that waits for a pivot or abort like a copy.
+	// Errors: as CopyDomainBlock; INVALID_ARGUMENT for a base or top not in
+	// the chain.
+	CommitDomainBlock(ctx context.Context, in *CommitDomainBlockRequest, opts ...grpc.CallOption) (*CommitDomainBlockResponse, error)
+	// Starts pulling a disk's whole backing chain into its active layer
+	// (virDomainBlockPull, virsh blockpull).
+	// Errors: as CopyDomainBlock.
+	PullDomainBlock(ctx context.Context, in *PullDomainBlockRequest, opts ...grpc.CallOption) (*PullDomainBlockResponse, error)
+	// Starts pulling a disk's backing chain above base into its active layer,
+	// or with copy a copy to a new file (virDomainBlockRebase, virsh
+	// blockpull --base).
+	// Errors: as CopyDomainBlock.
+	RebaseDomainBlock(ctx context.Context, in *RebaseDomainBlockRequest, opts ...grpc.CallOption) (*RebaseDomainBlockResponse, error)
+	// Ends a disk's block job: cancels it, or with pivot switches the guest to
+	// a ready copy or commit (virDomainBlockJobAbort, virsh blockjob --abort).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+	// does not have; FAILED_PRECONDITION when the disk has no job, or pivot
+	// before the job is ready.
+	AbortDomainBlockJob(ctx context.Context, in *AbortDomainBlockJobRequest, opts ...grpc.CallOption) (*AbortDomainBlockJobResponse, error)
+	// Changes a running block job's bandwidth (virDomainBlockJobSetSpeed,
+	// virsh blockjob --bandwidth).
+	// Errors: as AbortDomainBlockJob.
+	SetDomainBlockJobSpeed(ctx context.Context, in *SetDomainBlockJobSpeedRequest, opts ...grpc.CallOption) (*SetDomainBlockJobSpeedResponse, error)
+	// Returns a disk's block job: its type, progress and bandwidth
+	// (virDomainGetBlockJobInfo, virsh blockjob --info). A disk without a job
+	// answers active false, not an error.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+	// does not have; FAILED_PRECONDITION when the domain is not running;
+	// UNIMPLEMENTED when the driver has no block jobs (the test driver).
+	GetDomainBlockJobInfo(ctx context.Context, in *GetDomainBlockJobInfoRequest, opts ...grpc.CallOption) (*GetDomainBlockJobInfoResponse, error)
+	// Asks for one BLOCK_THRESHOLD event when the guest writes past
+	// threshold_bytes of a disk (or a backing layer, vda[1])
+	// (virDomainSetBlockThreshold, virsh domblkthreshold); 0 clears it.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+	// does not have; FAILED_PRECONDITION when the domain is not running;
+	// UNIMPLEMENTED when the driver cannot (the test driver).
+	SetDomainBlockThreshold(ctx context.Context, in *SetDomainBlockThresholdRequest, opts ...grpc.CallOption) (*SetDomainBlockThresholdResponse, error)
 }
 
 type computeServiceClient struct {
@@ -1688,6 +1794,159 @@ func (c *computeServiceClient) SetDomainLaunchSecurityState(ctx context.Context,
 	return out, nil
 }
 
+func (c *computeServiceClient) GetDomainBlockInfo(ctx context.Context, in *GetDomainBlockInfoRequest, opts ...grpc.CallOption) (*GetDomainBlockInfoResponse, error) {
+	out := new(GetDomainBlockInfoResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainBlockInfo", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainBlockStats(ctx context.Context, in *GetDomainBlockStatsRequest, opts ...grpc.CallOption) (*GetDomainBlockStatsResponse, error) {
+	out := new(GetDomainBlockStatsResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainBlockStats", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainInterfaceStats(ctx context.Context, in *GetDomainInterfaceStatsRequest, opts ...grpc.CallOption) (*GetDomainInterfaceStatsResponse, error) {
+	out := new(GetDomainInterfaceStatsResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainInterfaceStats", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainMemoryStats(ctx context.Context, in *GetDomainMemoryStatsRequest, opts ...grpc.CallOption) (*GetDomainMemoryStatsResponse, error) {
+	out := new(GetDomainMemoryStatsResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainMemoryStats", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) PeekDomainBlock(ctx context.Context, in *PeekDomainBlockRequest, opts ...grpc.CallOption) (*PeekDomainBlockResponse, error) {
+	out := new(PeekDomainBlockResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/PeekDomainBlock", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) PeekDomainMemory(ctx context.Context, in *PeekDomainMemoryRequest, opts ...grpc.CallOption) (*PeekDomainMemoryResponse, error) {
+	out := new(PeekDomainMemoryResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/PeekDomainMemory", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) ResizeDomainBlock(ctx context.Context, in *ResizeDomainBlockRequest, opts ...grpc.CallOption) (*ResizeDomainBlockResponse, error) {
+	out := new(ResizeDomainBlockResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/ResizeDomainBlock", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainBlockIoTune(ctx context.Context, in *GetDomainBlockIoTuneRequest, opts ...grpc.CallOption) (*GetDomainBlockIoTuneResponse, error) {
+	out := new(GetDomainBlockIoTuneResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainBlockIoTune", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainBlockIoTune(ctx context.Context, in *SetDomainBlockIoTuneRequest, opts ...grpc.CallOption) (*SetDomainBlockIoTuneResponse, error) {
+	out := new(SetDomainBlockIoTuneResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainBlockIoTune", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) CopyDomainBlock(ctx context.Context, in *CopyDomainBlockRequest, opts ...grpc.CallOption) (*CopyDomainBlockResponse, error) {
+	out := new(CopyDomainBlockResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/CopyDomainBlock", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) CommitDomainBlock(ctx context.Context, in *CommitDomainBlockRequest, opts ...grpc.CallOption) (*CommitDomainBlockResponse, error) {
+	out := new(CommitDomainBlockResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/CommitDomainBlock", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) PullDomainBlock(ctx context.Context, in *PullDomainBlockRequest, opts ...grpc.CallOption) (*PullDomainBlockResponse, error) {
+	out := new(PullDomainBlockResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/PullDomainBlock", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) RebaseDomainBlock(ctx context.Context, in *RebaseDomainBlockRequest, opts ...grpc.CallOption) (*RebaseDomainBlockResponse, error) {
+	out := new(RebaseDomainBlockResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/RebaseDomainBlock", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) AbortDomainBlockJob(ctx context.Context, in *AbortDomainBlockJobRequest, opts ...grpc.CallOption) (*AbortDomainBlockJobResponse, error) {
+	out := new(AbortDomainBlockJobResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/AbortDomainBlockJob", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainBlockJobSpeed(ctx context.Context, in *SetDomainBlockJobSpeedRequest, opts ...grpc.CallOption) (*SetDomainBlockJobSpeedResponse, error) {
+	out := new(SetDomainBlockJobSpeedResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainBlockJobSpeed", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainBlockJobInfo(ctx context.Context, in *GetDomainBlockJobInfoRequest, opts ...grpc.CallOption) (*GetDomainBlockJobInfoResponse, error) {
+	out := new(GetDomainBlockJobInfoResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainBlockJobInfo", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainBlockThreshold(ctx context.Context, in *SetDomainBlockThresholdRequest, opts ...grpc.CallOption) (*SetDomainBlockThresholdResponse, error) {
+	out := new(SetDomainBlockThresholdResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainBlockThreshold", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ComputeServiceServer is the server API for ComputeService service.
 // All implementations must embed UnimplementedComputeServiceServer
 // for forward compatibility
@@ -2215,6 +2474,112 @@ type ComputeServiceServer interface {
 	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
 	// FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
 	SetDomainLaunchSecurityState(context.Context, *SetDomainLaunchSecurityStateRequest) (*SetDomainLaunchSecurityStateResponse, error)
+	// Returns a disk's capacity, allocation and physical size in bytes
+	// (virDomainGetBlockInfo, virsh domblkinfo); the disk is its target (vda)
+	// or its source path.
+	// Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a missing disk or
+	// one the domain does not have.
+	GetDomainBlockInfo(context.Context, *GetDomainBlockInfoRequest) (*GetDomainBlockInfoResponse, error)
+	// Returns a running domain's I/O statistics of one disk, or of all disks
+	// summed when disk is empty (virDomainBlockStatsFlags, virsh domblkstat):
+	// rd_operations, rd_bytes, rd_total_times, wr_*, flush_*, errs.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a disk the domain does not have;
+	// FAILED_PRECONDITION when the domain is not running; UNIMPLEMENTED when
+	// the driver has no statistics (the test driver).
+	GetDomainBlockStats(context.Context, *GetDomainBlockStatsRequest) (*GetDomainBlockStatsResponse, error)
+	// Returns a running domain's traffic counters of one interface, named by
+	// its target device (vnet0) or its MAC address (virDomainInterfaceStats,
+	// virsh domifstat).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing device or one the
+	// domain does not have; FAILED_PRECONDITION when the domain is not running.
+	GetDomainInterfaceStats(context.Context, *GetDomainInterfaceStatsRequest) (*GetDomainInterfaceStatsResponse, error)
+	// Returns a running domain's memory statistics as the balloon driver
+	// reports them (virDomainMemoryStats, virsh dommemstat).
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+	GetDomainMemoryStats(context.Context, *GetDomainMemoryStatsRequest) (*GetDomainMemoryStatsResponse, error)
+	// Reads up to 64 KiB of a disk's image, as the host sees it, from an
+	// offset (virDomainBlockPeek, virsh blockpeek).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the
+	// domain does not have, a size of 0 or above 65536, or a range past the
+	// image's end; UNIMPLEMENTED when the driver cannot (the test driver).
+	PeekDomainBlock(context.Context, *PeekDomainBlockRequest) (*PeekDomainBlockResponse, error)
+	// Reads up to 64 KiB of a running guest's memory from a virtual (the
+	// guest's) or physical address (virDomainMemoryPeek).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a size of 0 or above 65536;
+	// FAILED_PRECONDITION when the domain is not running.
+	PeekDomainMemory(context.Context, *PeekDomainMemoryRequest) (*PeekDomainMemoryResponse, error)
+	// Grows a running domain's disk to size_bytes (virDomainBlockResize with
+	// VIR_DOMAIN_BLOCK_RESIZE_BYTES, virsh blockresize). A smaller size than
+	// the disk's capacity is refused unless shrink is set.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+	// does not have, a size of 0, or a shrink not asked for;
+	// FAILED_PRECONDITION when the domain is not running; UNIMPLEMENTED when
+	// the driver cannot (the test driver).
+	ResizeDomainBlock(context.Context, *ResizeDomainBlockRequest) (*ResizeDomainBlockResponse, error)
+	// Returns a disk's I/O throttling (virDomainGetBlockIoTune, virsh
+	// blkdeviotune): total_bytes_sec, read_iops_sec, ..., group_name.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+	// does not have, or live and config together; FAILED_PRECONDITION for live
+	// on an inactive domain.
+	GetDomainBlockIoTune(context.Context, *GetDomainBlockIoTuneRequest) (*GetDomainBlockIoTuneResponse, error)
+	// Changes a disk's I/O throttling (virDomainSetBlockIoTune, virsh
+	// blkdeviotune). Each parameter's name and type are checked against what
+	// the disk has before libvirt sees them.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for no parameters, an unknown name, a
+	// value of the wrong type, a missing disk or one the domain does not have;
+	// FAILED_PRECONDITION for live on an inactive domain.
+	SetDomainBlockIoTune(context.Context, *SetDomainBlockIoTuneRequest) (*SetDomainBlockIoTuneResponse, error)
+	// Starts copying a running domain's disk to a destination, given as a
+	// <disk> document or as a path and format (virDomainBlockCopy, virsh
+	// blockcopy). The job runs on: follow it with GetDomainBlockJobInfo, end
+	// it with AbortDomainBlockJob (pivot to switch the guest to the copy).
+	// A destination path must be absolute and, unless reuse_external, not
+	// exist yet.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+	// does not have, both or neither destination forms, a malformed document
+	// or path; ALREADY_EXISTS for an existing destination file without
+	// reuse_external; FAILED_PRECONDITION when the domain is not running or
+	// the disk already has a job; UNIMPLEMENTED when the driver cannot.
+	CopyDomainBlock(context.Context, *CopyDomainBlockRequest) (*CopyDomainBlockResponse, error)
+	// Starts committing a disk's backing chain from top down into base
+	// (virDomainBlockCommit, virsh blockcommit); active commits the active
+	// layer, a job that waits for a pivot or abort like a copy.
+	// Errors: as CopyDomainBlock; INVALID_ARGUMENT for a base or top not in
+	// the chain.
+	CommitDomainBlock(context.Context, *CommitDomainBlockRequest) (*CommitDomainBlockResponse, error)
+	// Starts pulling a disk's whole backing chain into its active layer
+	// (virDomainBlockPull, virsh blockpull).
+	// Errors: as CopyDomainBlock.
+	PullDomainBlock(context.Context, *PullDomainBlockRequest) (*PullDomainBlockResponse, error)
+	// Starts pulling a disk's backing chain above base into its active layer,
+	// or with copy a copy to a new file (virDomainBlockRebase, virsh
+	// blockpull --base).
+	// Errors: as CopyDomainBlock.
+	RebaseDomainBlock(context.Context, *RebaseDomainBlockRequest) (*RebaseDomainBlockResponse, error)
+	// Ends a disk's block job: cancels it, or with pivot switches the guest to
+	// a ready copy or commit (virDomainBlockJobAbort, virsh blockjob --abort).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+	// does not have; FAILED_PRECONDITION when the disk has no job, or pivot
+	// before the job is ready.
+	AbortDomainBlockJob(context.Context, *AbortDomainBlockJobRequest) (*AbortDomainBlockJobResponse, error)
+	// Changes a running block job's bandwidth (virDomainBlockJobSetSpeed,
+	// virsh blockjob --bandwidth).
+	// Errors: as AbortDomainBlockJob.
+	SetDomainBlockJobSpeed(context.Context, *SetDomainBlockJobSpeedRequest) (*SetDomainBlockJobSpeedResponse, error)
+	// Returns a disk's block job: its type, progress and bandwidth
+	// (virDomainGetBlockJobInfo, virsh blockjob --info). A disk without a job
+	// answers active false, not an error.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+	// does not have; FAILED_PRECONDITION when the domain is not running;
+	// UNIMPLEMENTED when the driver has no block jobs (the test driver).
+	GetDomainBlockJobInfo(context.Context, *GetDomainBlockJobInfoRequest) (*GetDomainBlockJobInfoResponse, error)
+	// Asks for one BLOCK_THRESHOLD event when the guest writes past
+	// threshold_bytes of a disk (or a backing layer, vda[1])
+	// (virDomainSetBlockThreshold, virsh domblkthreshold); 0 clears it.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+	// does not have; FAILED_PRECONDITION when the domain is not running;
+	// UNIMPLEMENTED when the driver cannot (the test driver).
+	SetDomainBlockThreshold(context.Context, *SetDomainBlockThresholdRequest) (*SetDomainBlockThresholdResponse, error)
 	mustEmbedUnimplementedComputeServiceServer()
 }
 
@@ -2563,6 +2928,57 @@ func (UnimplementedComputeServiceServer) GetDomainLaunchSecurityInfo(context.Con
 }
 func (UnimplementedComputeServiceServer) SetDomainLaunchSecurityState(context.Context, *SetDomainLaunchSecurityStateRequest) (*SetDomainLaunchSecurityStateResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method SetDomainLaunchSecurityState not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainBlockInfo(context.Context, *GetDomainBlockInfoRequest) (*GetDomainBlockInfoResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainBlockInfo not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainBlockStats(context.Context, *GetDomainBlockStatsRequest) (*GetDomainBlockStatsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainBlockStats not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainInterfaceStats(context.Context, *GetDomainInterfaceStatsRequest) (*GetDomainInterfaceStatsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainInterfaceStats not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainMemoryStats(context.Context, *GetDomainMemoryStatsRequest) (*GetDomainMemoryStatsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainMemoryStats not implemented")
+}
+func (UnimplementedComputeServiceServer) PeekDomainBlock(context.Context, *PeekDomainBlockRequest) (*PeekDomainBlockResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PeekDomainBlock not implemented")
+}
+func (UnimplementedComputeServiceServer) PeekDomainMemory(context.Context, *PeekDomainMemoryRequest) (*PeekDomainMemoryResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PeekDomainMemory not implemented")
+}
+func (UnimplementedComputeServiceServer) ResizeDomainBlock(context.Context, *ResizeDomainBlockRequest) (*ResizeDomainBlockResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ResizeDomainBlock not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainBlockIoTune(context.Context, *GetDomainBlockIoTuneRequest) (*GetDomainBlockIoTuneResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainBlockIoTune not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainBlockIoTune(context.Context, *SetDomainBlockIoTuneRequest) (*SetDomainBlockIoTuneResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainBlockIoTune not implemented")
+}
+func (UnimplementedComputeServiceServer) CopyDomainBlock(context.Context, *CopyDomainBlockRequest) (*CopyDomainBlockResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CopyDomainBlock not implemented")
+}
+func (UnimplementedComputeServiceServer) CommitDomainBlock(context.Context, *CommitDomainBlockRequest) (*CommitDomainBlockResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CommitDomainBlock not implemented")
+}
+func (UnimplementedComputeServiceServer) PullDomainBlock(context.Context, *PullDomainBlockRequest) (*PullDomainBlockResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PullDomainBlock not implemented")
+}
+func (UnimplementedComputeServiceServer) RebaseDomainBlock(context.Context, *RebaseDomainBlockRequest) (*RebaseDomainBlockResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RebaseDomainBlock not implemented")
+}
+func (UnimplementedComputeServiceServer) AbortDomainBlockJob(context.Context, *AbortDomainBlockJobRequest) (*AbortDomainBlockJobResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method AbortDomainBlockJob not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainBlockJobSpeed(context.Context, *SetDomainBlockJobSpeedRequest) (*SetDomainBlockJobSpeedResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainBlockJobSpeed not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainBlockJobInfo(context.Context, *GetDomainBlockJobInfoRequest) (*GetDomainBlockJobInfoResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainBlockJobInfo not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainBlockThreshold(context.Context, *SetDomainBlockThresholdRequest) (*SetDomainBlockThresholdResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainBlockThreshold not implemented")
 }
 func (UnimplementedComputeServiceServer) mustEmbedUnimplementedComputeServiceServer() {}
 
@@ -4659,6 +5075,312 @@ func _ComputeService_SetDomainLaunchSecurityState_Handler(srv interface{}, ctx c
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ComputeService_GetDomainBlockInfo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainBlockInfoRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainBlockInfo(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainBlockInfo",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainBlockInfo(ctx, req.(*GetDomainBlockInfoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainBlockStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainBlockStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainBlockStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainBlockStats",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainBlockStats(ctx, req.(*GetDomainBlockStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainInterfaceStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainInterfaceStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainInterfaceStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainInterfaceStats",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainInterfaceStats(ctx, req.(*GetDomainInterfaceStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainMemoryStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainMemoryStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainMemoryStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainMemoryStats",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainMemoryStats(ctx, req.(*GetDomainMemoryStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_PeekDomainBlock_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PeekDomainBlockRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).PeekDomainBlock(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/PeekDomainBlock",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).PeekDomainBlock(ctx, req.(*PeekDomainBlockRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_PeekDomainMemory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PeekDomainMemoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).PeekDomainMemory(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/PeekDomainMemory",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).PeekDomainMemory(ctx, req.(*PeekDomainMemoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_ResizeDomainBlock_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResizeDomainBlockRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).ResizeDomainBlock(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/ResizeDomainBlock",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).ResizeDomainBlock(ctx, req.(*ResizeDomainBlockRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainBlockIoTune_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainBlockIoTuneRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainBlockIoTune(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainBlockIoTune",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainBlockIoTune(ctx, req.(*GetDomainBlockIoTuneRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainBlockIoTune_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainBlockIoTuneRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainBlockIoTune(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainBlockIoTune",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainBlockIoTune(ctx, req.(*SetDomainBlockIoTuneRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_CopyDomainBlock_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CopyDomainBlockRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).CopyDomainBlock(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/CopyDomainBlock",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).CopyDomainBlock(ctx, req.(*CopyDomainBlockRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_CommitDomainBlock_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CommitDomainBlockRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).CommitDomainBlock(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/CommitDomainBlock",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).CommitDomainBlock(ctx, req.(*CommitDomainBlockRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_PullDomainBlock_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PullDomainBlockRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).PullDomainBlock(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/PullDomainBlock",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).PullDomainBlock(ctx, req.(*PullDomainBlockRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_RebaseDomainBlock_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RebaseDomainBlockRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).RebaseDomainBlock(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/RebaseDomainBlock",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).RebaseDomainBlock(ctx, req.(*RebaseDomainBlockRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_AbortDomainBlockJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AbortDomainBlockJobRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).AbortDomainBlockJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/AbortDomainBlockJob",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).AbortDomainBlockJob(ctx, req.(*AbortDomainBlockJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainBlockJobSpeed_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainBlockJobSpeedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainBlockJobSpeed(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainBlockJobSpeed",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainBlockJobSpeed(ctx, req.(*SetDomainBlockJobSpeedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainBlockJobInfo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainBlockJobInfoRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainBlockJobInfo(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainBlockJobInfo",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainBlockJobInfo(ctx, req.(*GetDomainBlockJobInfoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainBlockThreshold_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainBlockThresholdRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainBlockThreshold(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainBlockThreshold",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainBlockThreshold(ctx, req.(*SetDomainBlockThresholdRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _ComputeService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "virtmesh.compute.v1.ComputeService",
 	HandlerType: (*ComputeServiceServer)(nil),
@@ -5098,6 +5820,74 @@ var _ComputeService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetDomainLaunchSecurityState",
 			Handler:    _ComputeService_SetDomainLaunchSecurityState_Handler,
+		},
+		{
+			MethodName: "GetDomainBlockInfo",
+			Handler:    _ComputeService_GetDomainBlockInfo_Handler,
+		},
+		{
+			MethodName: "GetDomainBlockStats",
+			Handler:    _ComputeService_GetDomainBlockStats_Handler,
+		},
+		{
+			MethodName: "GetDomainInterfaceStats",
+			Handler:    _ComputeService_GetDomainInterfaceStats_Handler,
+		},
+		{
+			MethodName: "GetDomainMemoryStats",
+			Handler:    _ComputeService_GetDomainMemoryStats_Handler,
+		},
+		{
+			MethodName: "PeekDomainBlock",
+			Handler:    _ComputeService_PeekDomainBlock_Handler,
+		},
+		{
+			MethodName: "PeekDomainMemory",
+			Handler:    _ComputeService_PeekDomainMemory_Handler,
+		},
+		{
+			MethodName: "ResizeDomainBlock",
+			Handler:    _ComputeService_ResizeDomainBlock_Handler,
+		},
+		{
+			MethodName: "GetDomainBlockIoTune",
+			Handler:    _ComputeService_GetDomainBlockIoTune_Handler,
+		},
+		{
+			MethodName: "SetDomainBlockIoTune",
+			Handler:    _ComputeService_SetDomainBlockIoTune_Handler,
+		},
+		{
+			MethodName: "CopyDomainBlock",
+			Handler:    _ComputeService_CopyDomainBlock_Handler,
+		},
+		{
+			MethodName: "CommitDomainBlock",
+			Handler:    _ComputeService_CommitDomainBlock_Handler,
+		},
+		{
+			MethodName: "PullDomainBlock",
+			Handler:    _ComputeService_PullDomainBlock_Handler,
+		},
+		{
+			MethodName: "RebaseDomainBlock",
+			Handler:    _ComputeService_RebaseDomainBlock_Handler,
+		},
+		{
+			MethodName: "AbortDomainBlockJob",
+			Handler:    _ComputeService_AbortDomainBlockJob_Handler,
+		},
+		{
+			MethodName: "SetDomainBlockJobSpeed",
+			Handler:    _ComputeService_SetDomainBlockJobSpeed_Handler,
+		},
+		{
+			MethodName: "GetDomainBlockJobInfo",
+			Handler:    _ComputeService_GetDomainBlockJobInfo_Handler,
+		},
+		{
+			MethodName: "SetDomainBlockThreshold",
+			Handler:    _ComputeService_SetDomainBlockThreshold_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -884,6 +884,72 @@ VCPU_STATE_RUNNING: VcpuState.ValueType  # 2
 VCPU_STATE_BLOCKED: VcpuState.ValueType  # 3
 Global___VcpuState: _TypeAlias = VcpuState  # noqa: Y015
 
+class _MemoryStatTag:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MemoryStatTagEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MemoryStatTag.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEMORY_STAT_TAG_UNSPECIFIED: _MemoryStatTag.ValueType  # 0
+    MEMORY_STAT_TAG_SWAP_IN: _MemoryStatTag.ValueType  # 1
+    """Swapped in, KiB."""
+    MEMORY_STAT_TAG_SWAP_OUT: _MemoryStatTag.ValueType  # 2
+    """Swapped out, KiB."""
+    MEMORY_STAT_TAG_MAJOR_FAULT: _MemoryStatTag.ValueType  # 3
+    """Page faults that needed I/O."""
+    MEMORY_STAT_TAG_MINOR_FAULT: _MemoryStatTag.ValueType  # 4
+    """Page faults that did not."""
+    MEMORY_STAT_TAG_UNUSED: _MemoryStatTag.ValueType  # 5
+    """Memory the guest leaves unused, KiB."""
+    MEMORY_STAT_TAG_AVAILABLE: _MemoryStatTag.ValueType  # 6
+    """Memory the guest can use, KiB."""
+    MEMORY_STAT_TAG_ACTUAL_BALLOON: _MemoryStatTag.ValueType  # 7
+    """The balloon's current size, KiB."""
+    MEMORY_STAT_TAG_RSS: _MemoryStatTag.ValueType  # 8
+    """The QEMU process's resident set, KiB."""
+    MEMORY_STAT_TAG_USABLE: _MemoryStatTag.ValueType  # 9
+    """Memory usable without swapping, KiB."""
+    MEMORY_STAT_TAG_LAST_UPDATE: _MemoryStatTag.ValueType  # 10
+    """When the guest last updated these, seconds since the epoch."""
+    MEMORY_STAT_TAG_DISK_CACHES: _MemoryStatTag.ValueType  # 11
+    """Disk caches the guest can drop, KiB."""
+    MEMORY_STAT_TAG_HUGETLB_PGALLOC: _MemoryStatTag.ValueType  # 12
+    """Huge pages the guest allocated."""
+    MEMORY_STAT_TAG_HUGETLB_PGFAIL: _MemoryStatTag.ValueType  # 13
+    """Huge page allocations that failed."""
+
+class MemoryStatTag(_MemoryStatTag, metaclass=_MemoryStatTagEnumTypeWrapper):
+    """A memory statistic's tag (virDomainMemoryStatTags, VIR_DOMAIN_MEMORY_STAT_*)."""
+
+MEMORY_STAT_TAG_UNSPECIFIED: MemoryStatTag.ValueType  # 0
+MEMORY_STAT_TAG_SWAP_IN: MemoryStatTag.ValueType  # 1
+"""Swapped in, KiB."""
+MEMORY_STAT_TAG_SWAP_OUT: MemoryStatTag.ValueType  # 2
+"""Swapped out, KiB."""
+MEMORY_STAT_TAG_MAJOR_FAULT: MemoryStatTag.ValueType  # 3
+"""Page faults that needed I/O."""
+MEMORY_STAT_TAG_MINOR_FAULT: MemoryStatTag.ValueType  # 4
+"""Page faults that did not."""
+MEMORY_STAT_TAG_UNUSED: MemoryStatTag.ValueType  # 5
+"""Memory the guest leaves unused, KiB."""
+MEMORY_STAT_TAG_AVAILABLE: MemoryStatTag.ValueType  # 6
+"""Memory the guest can use, KiB."""
+MEMORY_STAT_TAG_ACTUAL_BALLOON: MemoryStatTag.ValueType  # 7
+"""The balloon's current size, KiB."""
+MEMORY_STAT_TAG_RSS: MemoryStatTag.ValueType  # 8
+"""The QEMU process's resident set, KiB."""
+MEMORY_STAT_TAG_USABLE: MemoryStatTag.ValueType  # 9
+"""Memory usable without swapping, KiB."""
+MEMORY_STAT_TAG_LAST_UPDATE: MemoryStatTag.ValueType  # 10
+"""When the guest last updated these, seconds since the epoch."""
+MEMORY_STAT_TAG_DISK_CACHES: MemoryStatTag.ValueType  # 11
+"""Disk caches the guest can drop, KiB."""
+MEMORY_STAT_TAG_HUGETLB_PGALLOC: MemoryStatTag.ValueType  # 12
+"""Huge pages the guest allocated."""
+MEMORY_STAT_TAG_HUGETLB_PGFAIL: MemoryStatTag.ValueType  # 13
+"""Huge page allocations that failed."""
+Global___MemoryStatTag: _TypeAlias = MemoryStatTag  # noqa: Y015
+
 @_typing.final
 class Domain(_message.Message):
     """A domain's summary."""
@@ -8191,3 +8257,922 @@ class SetDomainLaunchSecurityStateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetDomainLaunchSecurityStateResponse: _TypeAlias = SetDomainLaunchSecurityStateResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainBlockInfoRequest(_message.Message):
+    """-- block devices, disks and per-device statistics ------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISK_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    disk: _builtins.str
+    """The disk's target (vda) or its source path."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        disk: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk", b"disk", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainBlockInfoRequest: _TypeAlias = GetDomainBlockInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainBlockInfoResponse(_message.Message):
+    """A disk's sizes (virDomainBlockInfo)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAPACITY_BYTES_FIELD_NUMBER: _builtins.int
+    ALLOCATION_BYTES_FIELD_NUMBER: _builtins.int
+    PHYSICAL_BYTES_FIELD_NUMBER: _builtins.int
+    capacity_bytes: _builtins.int
+    """What the guest sees."""
+    allocation_bytes: _builtins.int
+    """What the host has allocated of the image."""
+    physical_bytes: _builtins.int
+    """The image's size on the host (a file's size, a block device's)."""
+    def __init__(
+        self,
+        *,
+        capacity_bytes: _builtins.int = ...,
+        allocation_bytes: _builtins.int = ...,
+        physical_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation_bytes", b"allocation_bytes", "capacity_bytes", b"capacity_bytes", "physical_bytes", b"physical_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainBlockInfoResponse: _TypeAlias = GetDomainBlockInfoResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainBlockStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISK_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    disk: _builtins.str
+    """The disk's target or source path; empty: every disk summed."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        disk: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk", b"disk", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainBlockStatsRequest: _TypeAlias = GetDomainBlockStatsRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainBlockStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]:
+        """libvirt's VIR_DOMAIN_BLOCK_STATS_* (long_value each)."""
+
+    def __init__(
+        self,
+        *,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainBlockStatsResponse: _TypeAlias = GetDomainBlockStatsResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainInterfaceStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    device: _builtins.str
+    """The interface's target device (vnet0) or its MAC address."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        device: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainInterfaceStatsRequest: _TypeAlias = GetDomainInterfaceStatsRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainInterfaceStatsResponse(_message.Message):
+    """An interface's counters (virDomainInterfaceStatsStruct); -1 where the
+    driver does not know one.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RX_BYTES_FIELD_NUMBER: _builtins.int
+    RX_PACKETS_FIELD_NUMBER: _builtins.int
+    RX_ERRS_FIELD_NUMBER: _builtins.int
+    RX_DROP_FIELD_NUMBER: _builtins.int
+    TX_BYTES_FIELD_NUMBER: _builtins.int
+    TX_PACKETS_FIELD_NUMBER: _builtins.int
+    TX_ERRS_FIELD_NUMBER: _builtins.int
+    TX_DROP_FIELD_NUMBER: _builtins.int
+    rx_bytes: _builtins.int
+    rx_packets: _builtins.int
+    rx_errs: _builtins.int
+    rx_drop: _builtins.int
+    tx_bytes: _builtins.int
+    tx_packets: _builtins.int
+    tx_errs: _builtins.int
+    tx_drop: _builtins.int
+    def __init__(
+        self,
+        *,
+        rx_bytes: _builtins.int = ...,
+        rx_packets: _builtins.int = ...,
+        rx_errs: _builtins.int = ...,
+        rx_drop: _builtins.int = ...,
+        tx_bytes: _builtins.int = ...,
+        tx_packets: _builtins.int = ...,
+        tx_errs: _builtins.int = ...,
+        tx_drop: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rx_bytes", b"rx_bytes", "rx_drop", b"rx_drop", "rx_errs", b"rx_errs", "rx_packets", b"rx_packets", "tx_bytes", b"tx_bytes", "tx_drop", b"tx_drop", "tx_errs", b"tx_errs", "tx_packets", b"tx_packets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainInterfaceStatsResponse: _TypeAlias = GetDomainInterfaceStatsResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainMemoryStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMemoryStatsRequest: _TypeAlias = GetDomainMemoryStatsRequest  # noqa: Y015
+
+@_typing.final
+class MemoryStat(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    tag: Global___MemoryStatTag.ValueType
+    value: _builtins.int
+    name: _builtins.str
+    """libvirt-python's name of the tag (actual, swap_in, ...)."""
+    def __init__(
+        self,
+        *,
+        tag: Global___MemoryStatTag.ValueType = ...,
+        value: _builtins.int = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "tag", b"tag", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemoryStat: _TypeAlias = MemoryStat  # noqa: Y015
+
+@_typing.final
+class GetDomainMemoryStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def stats(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemoryStat]: ...
+    def __init__(
+        self,
+        *,
+        stats: _abc.Iterable[Global___MemoryStat] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stats", b"stats"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMemoryStatsResponse: _TypeAlias = GetDomainMemoryStatsResponse  # noqa: Y015
+
+@_typing.final
+class PeekDomainBlockRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISK_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    disk: _builtins.str
+    """The disk's target or source path."""
+    offset: _builtins.int
+    size: _builtins.int
+    """1 to 65536 bytes."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        disk: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk", b"disk", "name", b"name", "offset", b"offset", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeekDomainBlockRequest: _TypeAlias = PeekDomainBlockRequest  # noqa: Y015
+
+@_typing.final
+class PeekDomainBlockResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeekDomainBlockResponse: _TypeAlias = PeekDomainBlockResponse  # noqa: Y015
+
+@_typing.final
+class PeekDomainMemoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    PHYSICAL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    address: _builtins.int
+    size: _builtins.int
+    """1 to 65536 bytes."""
+    physical: _builtins.bool
+    """A guest-physical address; unset: a virtual one (VIR_MEMORY_VIRTUAL)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        address: _builtins.int = ...,
+        size: _builtins.int = ...,
+        physical: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "name", b"name", "physical", b"physical", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeekDomainMemoryRequest: _TypeAlias = PeekDomainMemoryRequest  # noqa: Y015
+
+@_typing.final
+class PeekDomainMemoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeekDomainMemoryResponse: _TypeAlias = PeekDomainMemoryResponse  # noqa: Y015
+
+@_typing.final
+class ResizeDomainBlockRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISK_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SHRINK_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    disk: _builtins.str
+    size_bytes: _builtins.int
+    shrink: _builtins.bool
+    """Allow a size below the disk's capacity (the guest loses what lies past it)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        disk: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        shrink: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk", b"disk", "name", b"name", "shrink", b"shrink", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResizeDomainBlockRequest: _TypeAlias = ResizeDomainBlockRequest  # noqa: Y015
+
+@_typing.final
+class ResizeDomainBlockResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResizeDomainBlockResponse: _TypeAlias = ResizeDomainBlockResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainBlockIoTuneRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISK_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    disk: _builtins.str
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        disk: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk", b"disk", "name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainBlockIoTuneRequest: _TypeAlias = GetDomainBlockIoTuneRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainBlockIoTuneResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]: ...
+    def __init__(
+        self,
+        *,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainBlockIoTuneResponse: _TypeAlias = GetDomainBlockIoTuneResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainBlockIoTuneRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISK_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    disk: _builtins.str
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[_typed_params_pb2.TypedParameter]: ...
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        disk: _builtins.str = ...,
+        parameters: _abc.Iterable[_typed_params_pb2.TypedParameter] | None = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk", b"disk", "name", b"name", "parameters", b"parameters", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainBlockIoTuneRequest: _TypeAlias = SetDomainBlockIoTuneRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainBlockIoTuneResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainBlockIoTuneResponse: _TypeAlias = SetDomainBlockIoTuneResponse  # noqa: Y015
+
+@_typing.final
+class BlockDestination(_message.Message):
+    """A file a block job writes (virsh blockcopy --dest, --format)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Absolute path of the file."""
+    format: _builtins.str
+    """Its format (raw, qcow2); empty: the source's."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        format: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlockDestination: _TypeAlias = BlockDestination  # noqa: Y015
+
+@_typing.final
+class CopyDomainBlockRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISK_FIELD_NUMBER: _builtins.int
+    DESTINATION_XML_FIELD_NUMBER: _builtins.int
+    DESTINATION_FILE_FIELD_NUMBER: _builtins.int
+    BANDWIDTH_BYTES_FIELD_NUMBER: _builtins.int
+    SHALLOW_FIELD_NUMBER: _builtins.int
+    REUSE_EXTERNAL_FIELD_NUMBER: _builtins.int
+    TRANSIENT_JOB_FIELD_NUMBER: _builtins.int
+    SYNCHRONOUS_WRITES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    disk: _builtins.str
+    destination_xml: _builtins.str
+    """A <disk> document (virsh blockcopy --xml)."""
+    bandwidth_bytes: _builtins.int
+    """Bytes per second; 0: unlimited."""
+    shallow: _builtins.bool
+    """Copy the top layer only, over the source's backing chain
+    (VIR_DOMAIN_BLOCK_COPY_SHALLOW).
+    """
+    reuse_external: _builtins.bool
+    """The destination exists already (VIR_DOMAIN_BLOCK_COPY_REUSE_EXT)."""
+    transient_job: _builtins.bool
+    """The job does not last past the domain (VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB)."""
+    synchronous_writes: _builtins.bool
+    """Guest writes reach the copy before they complete
+    (VIR_DOMAIN_BLOCK_COPY_SYNCHRONOUS_WRITES).
+    """
+    @_builtins.property
+    def destination_file(self) -> Global___BlockDestination: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        disk: _builtins.str = ...,
+        destination_xml: _builtins.str = ...,
+        destination_file: Global___BlockDestination | None = ...,
+        bandwidth_bytes: _builtins.int = ...,
+        shallow: _builtins.bool = ...,
+        reuse_external: _builtins.bool = ...,
+        transient_job: _builtins.bool = ...,
+        synchronous_writes: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "destination_file", b"destination_file", "destination_xml", b"destination_xml"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_bytes", b"bandwidth_bytes", "destination", b"destination", "destination_file", b"destination_file", "destination_xml", b"destination_xml", "disk", b"disk", "name", b"name", "reuse_external", b"reuse_external", "shallow", b"shallow", "synchronous_writes", b"synchronous_writes", "transient_job", b"transient_job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_destination: _TypeAlias = _typing.Literal["destination_xml", "destination_file"]  # noqa: Y015
+    _WhichOneofArgType_destination: _TypeAlias = _typing.Literal["destination", b"destination"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_destination) -> _WhichOneofReturnType_destination | None: ...
+
+Global___CopyDomainBlockRequest: _TypeAlias = CopyDomainBlockRequest  # noqa: Y015
+
+@_typing.final
+class CopyDomainBlockResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CopyDomainBlockResponse: _TypeAlias = CopyDomainBlockResponse  # noqa: Y015
+
+@_typing.final
+class CommitDomainBlockRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISK_FIELD_NUMBER: _builtins.int
+    BASE_FIELD_NUMBER: _builtins.int
+    TOP_FIELD_NUMBER: _builtins.int
+    BANDWIDTH_BYTES_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    SHALLOW_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    RELATIVE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    disk: _builtins.str
+    base: _builtins.str
+    """The layer committed into (a path or vda[2]); empty: the chain's bottom."""
+    top: _builtins.str
+    """The top layer committed; empty: the active layer's backing file."""
+    bandwidth_bytes: _builtins.int
+    """Bytes per second; 0: unlimited."""
+    active: _builtins.bool
+    """Commit the active layer (VIR_DOMAIN_BLOCK_COMMIT_ACTIVE)."""
+    shallow: _builtins.bool
+    """base is top's immediate backing file (VIR_DOMAIN_BLOCK_COMMIT_SHALLOW)."""
+    delete: _builtins.bool
+    """Delete the committed files afterwards (VIR_DOMAIN_BLOCK_COMMIT_DELETE)."""
+    relative: _builtins.bool
+    """Keep backing file names relative (VIR_DOMAIN_BLOCK_COMMIT_RELATIVE)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        disk: _builtins.str = ...,
+        base: _builtins.str = ...,
+        top: _builtins.str = ...,
+        bandwidth_bytes: _builtins.int = ...,
+        active: _builtins.bool = ...,
+        shallow: _builtins.bool = ...,
+        delete: _builtins.bool = ...,
+        relative: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "bandwidth_bytes", b"bandwidth_bytes", "base", b"base", "delete", b"delete", "disk", b"disk", "name", b"name", "relative", b"relative", "shallow", b"shallow", "top", b"top"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitDomainBlockRequest: _TypeAlias = CommitDomainBlockRequest  # noqa: Y015
+
+@_typing.final
+class CommitDomainBlockResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitDomainBlockResponse: _TypeAlias = CommitDomainBlockResponse  # noqa: Y015
+
+@_typing.final
+class PullDomainBlockRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISK_FIELD_NUMBER: _builtins.int
+    BANDWIDTH_BYTES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    disk: _builtins.str
+    bandwidth_bytes: _builtins.int
+    """Bytes per second; 0: unlimited."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        disk: _builtins.str = ...,
+        bandwidth_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_bytes", b"bandwidth_bytes", "disk", b"disk", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PullDomainBlockRequest: _TypeAlias = PullDomainBlockRequest  # noqa: Y015
+
+@_typing.final
+class PullDomainBlockResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PullDomainBlockResponse: _TypeAlias = PullDomainBlockResponse  # noqa: Y015
+
+@_typing.final
+class RebaseDomainBlockRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISK_FIELD_NUMBER: _builtins.int
+    BASE_FIELD_NUMBER: _builtins.int
+    BANDWIDTH_BYTES_FIELD_NUMBER: _builtins.int
+    SHALLOW_FIELD_NUMBER: _builtins.int
+    REUSE_EXTERNAL_FIELD_NUMBER: _builtins.int
+    COPY_FIELD_NUMBER: _builtins.int
+    COPY_RAW_FIELD_NUMBER: _builtins.int
+    RELATIVE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    disk: _builtins.str
+    base: _builtins.str
+    """The new backing file (a path or vda[2]); empty: pull the whole chain."""
+    bandwidth_bytes: _builtins.int
+    """Bytes per second; 0: unlimited."""
+    shallow: _builtins.bool
+    """VIR_DOMAIN_BLOCK_REBASE_SHALLOW."""
+    reuse_external: _builtins.bool
+    """VIR_DOMAIN_BLOCK_REBASE_REUSE_EXT."""
+    copy: _builtins.bool
+    """base is a copy destination (VIR_DOMAIN_BLOCK_REBASE_COPY)."""
+    copy_raw: _builtins.bool
+    """The copy is raw (VIR_DOMAIN_BLOCK_REBASE_COPY_RAW)."""
+    relative: _builtins.bool
+    """Keep backing file names relative (VIR_DOMAIN_BLOCK_REBASE_RELATIVE)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        disk: _builtins.str = ...,
+        base: _builtins.str = ...,
+        bandwidth_bytes: _builtins.int = ...,
+        shallow: _builtins.bool = ...,
+        reuse_external: _builtins.bool = ...,
+        copy: _builtins.bool = ...,
+        copy_raw: _builtins.bool = ...,
+        relative: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_bytes", b"bandwidth_bytes", "base", b"base", "copy", b"copy", "copy_raw", b"copy_raw", "disk", b"disk", "name", b"name", "relative", b"relative", "reuse_external", b"reuse_external", "shallow", b"shallow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebaseDomainBlockRequest: _TypeAlias = RebaseDomainBlockRequest  # noqa: Y015
+
+@_typing.final
+class RebaseDomainBlockResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebaseDomainBlockResponse: _TypeAlias = RebaseDomainBlockResponse  # noqa: Y015
+
+@_typing.final
+class AbortDomainBlockJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISK_FIELD_NUMBER: _builtins.int
+    ASYNCHRONOUS_FIELD_NUMBER: _builtins.int
+    PIVOT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    disk: _builtins.str
+    asynchronous: _builtins.bool
+    """Return at once; the job ends later (VIR_DOMAIN_BLOCK_JOB_ABORT_ASYNC)."""
+    pivot: _builtins.bool
+    """Switch to the copy or commit target (VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        disk: _builtins.str = ...,
+        asynchronous: _builtins.bool = ...,
+        pivot: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asynchronous", b"asynchronous", "disk", b"disk", "name", b"name", "pivot", b"pivot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbortDomainBlockJobRequest: _TypeAlias = AbortDomainBlockJobRequest  # noqa: Y015
+
+@_typing.final
+class AbortDomainBlockJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbortDomainBlockJobResponse: _TypeAlias = AbortDomainBlockJobResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainBlockJobSpeedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISK_FIELD_NUMBER: _builtins.int
+    BANDWIDTH_BYTES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    disk: _builtins.str
+    bandwidth_bytes: _builtins.int
+    """Bytes per second; 0: unlimited."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        disk: _builtins.str = ...,
+        bandwidth_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_bytes", b"bandwidth_bytes", "disk", b"disk", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainBlockJobSpeedRequest: _TypeAlias = SetDomainBlockJobSpeedRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainBlockJobSpeedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainBlockJobSpeedResponse: _TypeAlias = SetDomainBlockJobSpeedResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainBlockJobInfoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISK_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    disk: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        disk: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk", b"disk", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainBlockJobInfoRequest: _TypeAlias = GetDomainBlockJobInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainBlockJobInfoResponse(_message.Message):
+    """A disk's block job (virDomainBlockJobInfo)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    CUR_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    BANDWIDTH_BYTES_FIELD_NUMBER: _builtins.int
+    active: _builtins.bool
+    """False: the disk has no job (the other fields unset)."""
+    type: Global___BlockJobType.ValueType
+    cur: _builtins.int
+    """Progress: cur of end (units the job's own; equal when ready)."""
+    end: _builtins.int
+    bandwidth_bytes: _builtins.int
+    """Bytes per second; 0: unlimited."""
+    def __init__(
+        self,
+        *,
+        active: _builtins.bool = ...,
+        type: Global___BlockJobType.ValueType = ...,
+        cur: _builtins.int = ...,
+        end: _builtins.int = ...,
+        bandwidth_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "bandwidth_bytes", b"bandwidth_bytes", "cur", b"cur", "end", b"end", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainBlockJobInfoResponse: _TypeAlias = GetDomainBlockJobInfoResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainBlockThresholdRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISK_FIELD_NUMBER: _builtins.int
+    THRESHOLD_BYTES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    disk: _builtins.str
+    """The disk's target, or a backing layer (vda[1])."""
+    threshold_bytes: _builtins.int
+    """0 clears the threshold."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        disk: _builtins.str = ...,
+        threshold_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk", b"disk", "name", b"name", "threshold_bytes", b"threshold_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainBlockThresholdRequest: _TypeAlias = SetDomainBlockThresholdRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainBlockThresholdResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainBlockThresholdResponse: _TypeAlias = SetDomainBlockThresholdResponse  # noqa: Y015

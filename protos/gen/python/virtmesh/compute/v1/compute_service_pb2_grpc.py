@@ -613,6 +613,91 @@ class ComputeServiceStub:
                 request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLaunchSecurityStateRequest.SerializeToString,
                 response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLaunchSecurityStateResponse.FromString,
                 _registered_method=True)
+        self.GetDomainBlockInfo = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainBlockInfo',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockInfoRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockInfoResponse.FromString,
+                _registered_method=True)
+        self.GetDomainBlockStats = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainBlockStats',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockStatsRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockStatsResponse.FromString,
+                _registered_method=True)
+        self.GetDomainInterfaceStats = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainInterfaceStats',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainInterfaceStatsRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainInterfaceStatsResponse.FromString,
+                _registered_method=True)
+        self.GetDomainMemoryStats = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainMemoryStats',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMemoryStatsRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMemoryStatsResponse.FromString,
+                _registered_method=True)
+        self.PeekDomainBlock = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/PeekDomainBlock',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PeekDomainBlockRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PeekDomainBlockResponse.FromString,
+                _registered_method=True)
+        self.PeekDomainMemory = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/PeekDomainMemory',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PeekDomainMemoryRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PeekDomainMemoryResponse.FromString,
+                _registered_method=True)
+        self.ResizeDomainBlock = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/ResizeDomainBlock',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ResizeDomainBlockRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ResizeDomainBlockResponse.FromString,
+                _registered_method=True)
+        self.GetDomainBlockIoTune = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainBlockIoTune',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockIoTuneRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockIoTuneResponse.FromString,
+                _registered_method=True)
+        self.SetDomainBlockIoTune = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainBlockIoTune',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockIoTuneRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockIoTuneResponse.FromString,
+                _registered_method=True)
+        self.CopyDomainBlock = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/CopyDomainBlock',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CopyDomainBlockRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CopyDomainBlockResponse.FromString,
+                _registered_method=True)
+        self.CommitDomainBlock = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/CommitDomainBlock',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CommitDomainBlockRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CommitDomainBlockResponse.FromString,
+                _registered_method=True)
+        self.PullDomainBlock = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/PullDomainBlock',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PullDomainBlockRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PullDomainBlockResponse.FromString,
+                _registered_method=True)
+        self.RebaseDomainBlock = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/RebaseDomainBlock',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RebaseDomainBlockRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RebaseDomainBlockResponse.FromString,
+                _registered_method=True)
+        self.AbortDomainBlockJob = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/AbortDomainBlockJob',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AbortDomainBlockJobRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AbortDomainBlockJobResponse.FromString,
+                _registered_method=True)
+        self.SetDomainBlockJobSpeed = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainBlockJobSpeed',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockJobSpeedRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockJobSpeedResponse.FromString,
+                _registered_method=True)
+        self.GetDomainBlockJobInfo = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainBlockJobInfo',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockJobInfoRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockJobInfoResponse.FromString,
+                _registered_method=True)
+        self.SetDomainBlockThreshold = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainBlockThreshold',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockThresholdRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockThresholdResponse.FromString,
+                _registered_method=True)
 
 
 class ComputeServiceServicer:
@@ -1748,6 +1833,197 @@ class ComputeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDomainBlockInfo(self, request, context):
+        """Returns a disk's capacity, allocation and physical size in bytes
+        (virDomainGetBlockInfo, virsh domblkinfo); the disk is its target (vda)
+        or its source path.
+        Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a missing disk or
+        one the domain does not have.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainBlockStats(self, request, context):
+        """Returns a running domain's I/O statistics of one disk, or of all disks
+        summed when disk is empty (virDomainBlockStatsFlags, virsh domblkstat):
+        rd_operations, rd_bytes, rd_total_times, wr_*, flush_*, errs.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a disk the domain does not have;
+        FAILED_PRECONDITION when the domain is not running; UNIMPLEMENTED when
+        the driver has no statistics (the test driver).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainInterfaceStats(self, request, context):
+        """Returns a running domain's traffic counters of one interface, named by
+        its target device (vnet0) or its MAC address (virDomainInterfaceStats,
+        virsh domifstat).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a missing device or one the
+        domain does not have; FAILED_PRECONDITION when the domain is not running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainMemoryStats(self, request, context):
+        """Returns a running domain's memory statistics as the balloon driver
+        reports them (virDomainMemoryStats, virsh dommemstat).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PeekDomainBlock(self, request, context):
+        """Reads up to 64 KiB of a disk's image, as the host sees it, from an
+        offset (virDomainBlockPeek, virsh blockpeek).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the
+        domain does not have, a size of 0 or above 65536, or a range past the
+        image's end; UNIMPLEMENTED when the driver cannot (the test driver).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PeekDomainMemory(self, request, context):
+        """Reads up to 64 KiB of a running guest's memory from a virtual (the
+        guest's) or physical address (virDomainMemoryPeek).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a size of 0 or above 65536;
+        FAILED_PRECONDITION when the domain is not running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResizeDomainBlock(self, request, context):
+        """Grows a running domain's disk to size_bytes (virDomainBlockResize with
+        VIR_DOMAIN_BLOCK_RESIZE_BYTES, virsh blockresize). A smaller size than
+        the disk's capacity is refused unless shrink is set.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+        does not have, a size of 0, or a shrink not asked for;
+        FAILED_PRECONDITION when the domain is not running; UNIMPLEMENTED when
+        the driver cannot (the test driver).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainBlockIoTune(self, request, context):
+        """Returns a disk's I/O throttling (virDomainGetBlockIoTune, virsh
+        blkdeviotune): total_bytes_sec, read_iops_sec, ..., group_name.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+        does not have, or live and config together; FAILED_PRECONDITION for live
+        on an inactive domain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainBlockIoTune(self, request, context):
+        """Changes a disk's I/O throttling (virDomainSetBlockIoTune, virsh
+        blkdeviotune). Each parameter's name and type are checked against what
+        the disk has before libvirt sees them.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for no parameters, an unknown name, a
+        value of the wrong type, a missing disk or one the domain does not have;
+        FAILED_PRECONDITION for live on an inactive domain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CopyDomainBlock(self, request, context):
+        """Starts copying a running domain's disk to a destination, given as a
+        <disk> document or as a path and format (virDomainBlockCopy, virsh
+        blockcopy). The job runs on: follow it with GetDomainBlockJobInfo, end
+        it with AbortDomainBlockJob (pivot to switch the guest to the copy).
+        A destination path must be absolute and, unless reuse_external, not
+        exist yet.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+        does not have, both or neither destination forms, a malformed document
+        or path; ALREADY_EXISTS for an existing destination file without
+        reuse_external; FAILED_PRECONDITION when the domain is not running or
+        the disk already has a job; UNIMPLEMENTED when the driver cannot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitDomainBlock(self, request, context):
+        """Starts committing a disk's backing chain from top down into base
+        (virDomainBlockCommit, virsh blockcommit); active commits the active
+        layer, a job that waits for a pivot or abort like a copy.
+        Errors: as CopyDomainBlock; INVALID_ARGUMENT for a base or top not in
+        the chain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PullDomainBlock(self, request, context):
+        """Starts pulling a disk's whole backing chain into its active layer
+        (virDomainBlockPull, virsh blockpull).
+        Errors: as CopyDomainBlock.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RebaseDomainBlock(self, request, context):
+        """Starts pulling a disk's backing chain above base into its active layer,
+        or with copy a copy to a new file (virDomainBlockRebase, virsh
+        blockpull --base).
+        Errors: as CopyDomainBlock.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortDomainBlockJob(self, request, context):
+        """Ends a disk's block job: cancels it, or with pivot switches the guest to
+        a ready copy or commit (virDomainBlockJobAbort, virsh blockjob --abort).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+        does not have; FAILED_PRECONDITION when the disk has no job, or pivot
+        before the job is ready.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainBlockJobSpeed(self, request, context):
+        """Changes a running block job's bandwidth (virDomainBlockJobSetSpeed,
+        virsh blockjob --bandwidth).
+        Errors: as AbortDomainBlockJob.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainBlockJobInfo(self, request, context):
+        """Returns a disk's block job: its type, progress and bandwidth
+        (virDomainGetBlockJobInfo, virsh blockjob --info). A disk without a job
+        answers active false, not an error.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+        does not have; FAILED_PRECONDITION when the domain is not running;
+        UNIMPLEMENTED when the driver has no block jobs (the test driver).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainBlockThreshold(self, request, context):
+        """Asks for one BLOCK_THRESHOLD event when the guest writes past
+        threshold_bytes of a disk (or a backing layer, vda[1])
+        (virDomainSetBlockThreshold, virsh domblkthreshold); 0 clears it.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+        does not have; FAILED_PRECONDITION when the domain is not running;
+        UNIMPLEMENTED when the driver cannot (the test driver).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ComputeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -2320,6 +2596,91 @@ def add_ComputeServiceServicer_to_server(servicer, server):
                     servicer.SetDomainLaunchSecurityState,
                     request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLaunchSecurityStateRequest.FromString,
                     response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLaunchSecurityStateResponse.SerializeToString,
+            ),
+            'GetDomainBlockInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainBlockInfo,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockInfoRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockInfoResponse.SerializeToString,
+            ),
+            'GetDomainBlockStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainBlockStats,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockStatsRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockStatsResponse.SerializeToString,
+            ),
+            'GetDomainInterfaceStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainInterfaceStats,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainInterfaceStatsRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainInterfaceStatsResponse.SerializeToString,
+            ),
+            'GetDomainMemoryStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainMemoryStats,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMemoryStatsRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMemoryStatsResponse.SerializeToString,
+            ),
+            'PeekDomainBlock': grpc.unary_unary_rpc_method_handler(
+                    servicer.PeekDomainBlock,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PeekDomainBlockRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PeekDomainBlockResponse.SerializeToString,
+            ),
+            'PeekDomainMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.PeekDomainMemory,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PeekDomainMemoryRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PeekDomainMemoryResponse.SerializeToString,
+            ),
+            'ResizeDomainBlock': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResizeDomainBlock,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ResizeDomainBlockRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ResizeDomainBlockResponse.SerializeToString,
+            ),
+            'GetDomainBlockIoTune': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainBlockIoTune,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockIoTuneRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockIoTuneResponse.SerializeToString,
+            ),
+            'SetDomainBlockIoTune': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainBlockIoTune,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockIoTuneRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockIoTuneResponse.SerializeToString,
+            ),
+            'CopyDomainBlock': grpc.unary_unary_rpc_method_handler(
+                    servicer.CopyDomainBlock,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CopyDomainBlockRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CopyDomainBlockResponse.SerializeToString,
+            ),
+            'CommitDomainBlock': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitDomainBlock,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CommitDomainBlockRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CommitDomainBlockResponse.SerializeToString,
+            ),
+            'PullDomainBlock': grpc.unary_unary_rpc_method_handler(
+                    servicer.PullDomainBlock,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PullDomainBlockRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PullDomainBlockResponse.SerializeToString,
+            ),
+            'RebaseDomainBlock': grpc.unary_unary_rpc_method_handler(
+                    servicer.RebaseDomainBlock,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RebaseDomainBlockRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RebaseDomainBlockResponse.SerializeToString,
+            ),
+            'AbortDomainBlockJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortDomainBlockJob,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AbortDomainBlockJobRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AbortDomainBlockJobResponse.SerializeToString,
+            ),
+            'SetDomainBlockJobSpeed': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainBlockJobSpeed,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockJobSpeedRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockJobSpeedResponse.SerializeToString,
+            ),
+            'GetDomainBlockJobInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainBlockJobInfo,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockJobInfoRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockJobInfoResponse.SerializeToString,
+            ),
+            'SetDomainBlockThreshold': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainBlockThreshold,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockThresholdRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockThresholdResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -5409,6 +5770,465 @@ class ComputeService:
             '/virtmesh.compute.v1.ComputeService/SetDomainLaunchSecurityState',
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLaunchSecurityStateRequest.SerializeToString,
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLaunchSecurityStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainBlockInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainBlockInfo',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockInfoRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainBlockStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainBlockStats',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockStatsRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainInterfaceStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainInterfaceStats',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainInterfaceStatsRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainInterfaceStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainMemoryStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainMemoryStats',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMemoryStatsRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMemoryStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PeekDomainBlock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/PeekDomainBlock',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PeekDomainBlockRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PeekDomainBlockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PeekDomainMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/PeekDomainMemory',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PeekDomainMemoryRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PeekDomainMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResizeDomainBlock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/ResizeDomainBlock',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ResizeDomainBlockRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ResizeDomainBlockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainBlockIoTune(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainBlockIoTune',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockIoTuneRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockIoTuneResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainBlockIoTune(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainBlockIoTune',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockIoTuneRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockIoTuneResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CopyDomainBlock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/CopyDomainBlock',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CopyDomainBlockRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CopyDomainBlockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitDomainBlock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/CommitDomainBlock',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CommitDomainBlockRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CommitDomainBlockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullDomainBlock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/PullDomainBlock',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PullDomainBlockRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PullDomainBlockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RebaseDomainBlock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/RebaseDomainBlock',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RebaseDomainBlockRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RebaseDomainBlockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortDomainBlockJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/AbortDomainBlockJob',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AbortDomainBlockJobRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.AbortDomainBlockJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainBlockJobSpeed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainBlockJobSpeed',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockJobSpeedRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockJobSpeedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainBlockJobInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainBlockJobInfo',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockJobInfoRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainBlockJobInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainBlockThreshold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainBlockThreshold',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockThresholdRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockThresholdResponse.FromString,
             options,
             channel_credentials,
             insecure,

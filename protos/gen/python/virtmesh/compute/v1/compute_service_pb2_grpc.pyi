@@ -701,6 +701,129 @@ class ComputeServiceStub:
     Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
     FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
     """
+    GetDomainBlockInfo: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainBlockInfoRequest, _compute_service_pb2.GetDomainBlockInfoResponse]
+    """Returns a disk's capacity, allocation and physical size in bytes
+    (virDomainGetBlockInfo, virsh domblkinfo); the disk is its target (vda)
+    or its source path.
+    Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a missing disk or
+    one the domain does not have.
+    """
+    GetDomainBlockStats: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainBlockStatsRequest, _compute_service_pb2.GetDomainBlockStatsResponse]
+    """Returns a running domain's I/O statistics of one disk, or of all disks
+    summed when disk is empty (virDomainBlockStatsFlags, virsh domblkstat):
+    rd_operations, rd_bytes, rd_total_times, wr_*, flush_*, errs.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a disk the domain does not have;
+    FAILED_PRECONDITION when the domain is not running; UNIMPLEMENTED when
+    the driver has no statistics (the test driver).
+    """
+    GetDomainInterfaceStats: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainInterfaceStatsRequest, _compute_service_pb2.GetDomainInterfaceStatsResponse]
+    """Returns a running domain's traffic counters of one interface, named by
+    its target device (vnet0) or its MAC address (virDomainInterfaceStats,
+    virsh domifstat).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a missing device or one the
+    domain does not have; FAILED_PRECONDITION when the domain is not running.
+    """
+    GetDomainMemoryStats: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainMemoryStatsRequest, _compute_service_pb2.GetDomainMemoryStatsResponse]
+    """Returns a running domain's memory statistics as the balloon driver
+    reports them (virDomainMemoryStats, virsh dommemstat).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+    """
+    PeekDomainBlock: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.PeekDomainBlockRequest, _compute_service_pb2.PeekDomainBlockResponse]
+    """Reads up to 64 KiB of a disk's image, as the host sees it, from an
+    offset (virDomainBlockPeek, virsh blockpeek).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the
+    domain does not have, a size of 0 or above 65536, or a range past the
+    image's end; UNIMPLEMENTED when the driver cannot (the test driver).
+    """
+    PeekDomainMemory: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.PeekDomainMemoryRequest, _compute_service_pb2.PeekDomainMemoryResponse]
+    """Reads up to 64 KiB of a running guest's memory from a virtual (the
+    guest's) or physical address (virDomainMemoryPeek).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a size of 0 or above 65536;
+    FAILED_PRECONDITION when the domain is not running.
+    """
+    ResizeDomainBlock: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.ResizeDomainBlockRequest, _compute_service_pb2.ResizeDomainBlockResponse]
+    """Grows a running domain's disk to size_bytes (virDomainBlockResize with
+    VIR_DOMAIN_BLOCK_RESIZE_BYTES, virsh blockresize). A smaller size than
+    the disk's capacity is refused unless shrink is set.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+    does not have, a size of 0, or a shrink not asked for;
+    FAILED_PRECONDITION when the domain is not running; UNIMPLEMENTED when
+    the driver cannot (the test driver).
+    """
+    GetDomainBlockIoTune: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainBlockIoTuneRequest, _compute_service_pb2.GetDomainBlockIoTuneResponse]
+    """Returns a disk's I/O throttling (virDomainGetBlockIoTune, virsh
+    blkdeviotune): total_bytes_sec, read_iops_sec, ..., group_name.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+    does not have, or live and config together; FAILED_PRECONDITION for live
+    on an inactive domain.
+    """
+    SetDomainBlockIoTune: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainBlockIoTuneRequest, _compute_service_pb2.SetDomainBlockIoTuneResponse]
+    """Changes a disk's I/O throttling (virDomainSetBlockIoTune, virsh
+    blkdeviotune). Each parameter's name and type are checked against what
+    the disk has before libvirt sees them.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for no parameters, an unknown name, a
+    value of the wrong type, a missing disk or one the domain does not have;
+    FAILED_PRECONDITION for live on an inactive domain.
+    """
+    CopyDomainBlock: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.CopyDomainBlockRequest, _compute_service_pb2.CopyDomainBlockResponse]
+    """Starts copying a running domain's disk to a destination, given as a
+    <disk> document or as a path and format (virDomainBlockCopy, virsh
+    blockcopy). The job runs on: follow it with GetDomainBlockJobInfo, end
+    it with AbortDomainBlockJob (pivot to switch the guest to the copy).
+    A destination path must be absolute and, unless reuse_external, not
+    exist yet.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+    does not have, both or neither destination forms, a malformed document
+    or path; ALREADY_EXISTS for an existing destination file without
+    reuse_external; FAILED_PRECONDITION when the domain is not running or
+    the disk already has a job; UNIMPLEMENTED when the driver cannot.
+    """
+    CommitDomainBlock: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.CommitDomainBlockRequest, _compute_service_pb2.CommitDomainBlockResponse]
+    """Starts committing a disk's backing chain from top down into base
+    (virDomainBlockCommit, virsh blockcommit); active commits the active
+    layer, a job that waits for a pivot or abort like a copy.
+    Errors: as CopyDomainBlock; INVALID_ARGUMENT for a base or top not in
+    the chain.
+    """
+    PullDomainBlock: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.PullDomainBlockRequest, _compute_service_pb2.PullDomainBlockResponse]
+    """Starts pulling a disk's whole backing chain into its active layer
+    (virDomainBlockPull, virsh blockpull).
+    Errors: as CopyDomainBlock.
+    """
+    RebaseDomainBlock: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.RebaseDomainBlockRequest, _compute_service_pb2.RebaseDomainBlockResponse]
+    """Starts pulling a disk's backing chain above base into its active layer,
+    or with copy a copy to a new file (virDomainBlockRebase, virsh
+    blockpull --base).
+    Errors: as CopyDomainBlock.
+    """
+    AbortDomainBlockJob: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.AbortDomainBlockJobRequest, _compute_service_pb2.AbortDomainBlockJobResponse]
+    """Ends a disk's block job: cancels it, or with pivot switches the guest to
+    a ready copy or commit (virDomainBlockJobAbort, virsh blockjob --abort).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+    does not have; FAILED_PRECONDITION when the disk has no job, or pivot
+    before the job is ready.
+    """
+    SetDomainBlockJobSpeed: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainBlockJobSpeedRequest, _compute_service_pb2.SetDomainBlockJobSpeedResponse]
+    """Changes a running block job's bandwidth (virDomainBlockJobSetSpeed,
+    virsh blockjob --bandwidth).
+    Errors: as AbortDomainBlockJob.
+    """
+    GetDomainBlockJobInfo: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainBlockJobInfoRequest, _compute_service_pb2.GetDomainBlockJobInfoResponse]
+    """Returns a disk's block job: its type, progress and bandwidth
+    (virDomainGetBlockJobInfo, virsh blockjob --info). A disk without a job
+    answers active false, not an error.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+    does not have; FAILED_PRECONDITION when the domain is not running;
+    UNIMPLEMENTED when the driver has no block jobs (the test driver).
+    """
+    SetDomainBlockThreshold: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainBlockThresholdRequest, _compute_service_pb2.SetDomainBlockThresholdResponse]
+    """Asks for one BLOCK_THRESHOLD event when the guest writes past
+    threshold_bytes of a disk (or a backing layer, vda[1])
+    (virDomainSetBlockThreshold, virsh domblkthreshold); 0 clears it.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+    does not have; FAILED_PRECONDITION when the domain is not running;
+    UNIMPLEMENTED when the driver cannot (the test driver).
+    """
 
 @_typing.type_check_only
 class ComputeServiceAsyncStub(ComputeServiceStub):
@@ -1374,6 +1497,129 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     (virDomainSetLaunchSecurityState, virsh domsetlaunchsecstate).
     Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
     FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
+    """
+    GetDomainBlockInfo: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainBlockInfoRequest, _compute_service_pb2.GetDomainBlockInfoResponse]  # type: ignore[assignment]
+    """Returns a disk's capacity, allocation and physical size in bytes
+    (virDomainGetBlockInfo, virsh domblkinfo); the disk is its target (vda)
+    or its source path.
+    Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a missing disk or
+    one the domain does not have.
+    """
+    GetDomainBlockStats: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainBlockStatsRequest, _compute_service_pb2.GetDomainBlockStatsResponse]  # type: ignore[assignment]
+    """Returns a running domain's I/O statistics of one disk, or of all disks
+    summed when disk is empty (virDomainBlockStatsFlags, virsh domblkstat):
+    rd_operations, rd_bytes, rd_total_times, wr_*, flush_*, errs.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a disk the domain does not have;
+    FAILED_PRECONDITION when the domain is not running; UNIMPLEMENTED when
+    the driver has no statistics (the test driver).
+    """
+    GetDomainInterfaceStats: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainInterfaceStatsRequest, _compute_service_pb2.GetDomainInterfaceStatsResponse]  # type: ignore[assignment]
+    """Returns a running domain's traffic counters of one interface, named by
+    its target device (vnet0) or its MAC address (virDomainInterfaceStats,
+    virsh domifstat).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a missing device or one the
+    domain does not have; FAILED_PRECONDITION when the domain is not running.
+    """
+    GetDomainMemoryStats: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainMemoryStatsRequest, _compute_service_pb2.GetDomainMemoryStatsResponse]  # type: ignore[assignment]
+    """Returns a running domain's memory statistics as the balloon driver
+    reports them (virDomainMemoryStats, virsh dommemstat).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+    """
+    PeekDomainBlock: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.PeekDomainBlockRequest, _compute_service_pb2.PeekDomainBlockResponse]  # type: ignore[assignment]
+    """Reads up to 64 KiB of a disk's image, as the host sees it, from an
+    offset (virDomainBlockPeek, virsh blockpeek).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the
+    domain does not have, a size of 0 or above 65536, or a range past the
+    image's end; UNIMPLEMENTED when the driver cannot (the test driver).
+    """
+    PeekDomainMemory: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.PeekDomainMemoryRequest, _compute_service_pb2.PeekDomainMemoryResponse]  # type: ignore[assignment]
+    """Reads up to 64 KiB of a running guest's memory from a virtual (the
+    guest's) or physical address (virDomainMemoryPeek).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a size of 0 or above 65536;
+    FAILED_PRECONDITION when the domain is not running.
+    """
+    ResizeDomainBlock: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.ResizeDomainBlockRequest, _compute_service_pb2.ResizeDomainBlockResponse]  # type: ignore[assignment]
+    """Grows a running domain's disk to size_bytes (virDomainBlockResize with
+    VIR_DOMAIN_BLOCK_RESIZE_BYTES, virsh blockresize). A smaller size than
+    the disk's capacity is refused unless shrink is set.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+    does not have, a size of 0, or a shrink not asked for;
+    FAILED_PRECONDITION when the domain is not running; UNIMPLEMENTED when
+    the driver cannot (the test driver).
+    """
+    GetDomainBlockIoTune: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainBlockIoTuneRequest, _compute_service_pb2.GetDomainBlockIoTuneResponse]  # type: ignore[assignment]
+    """Returns a disk's I/O throttling (virDomainGetBlockIoTune, virsh
+    blkdeviotune): total_bytes_sec, read_iops_sec, ..., group_name.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+    does not have, or live and config together; FAILED_PRECONDITION for live
+    on an inactive domain.
+    """
+    SetDomainBlockIoTune: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainBlockIoTuneRequest, _compute_service_pb2.SetDomainBlockIoTuneResponse]  # type: ignore[assignment]
+    """Changes a disk's I/O throttling (virDomainSetBlockIoTune, virsh
+    blkdeviotune). Each parameter's name and type are checked against what
+    the disk has before libvirt sees them.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for no parameters, an unknown name, a
+    value of the wrong type, a missing disk or one the domain does not have;
+    FAILED_PRECONDITION for live on an inactive domain.
+    """
+    CopyDomainBlock: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.CopyDomainBlockRequest, _compute_service_pb2.CopyDomainBlockResponse]  # type: ignore[assignment]
+    """Starts copying a running domain's disk to a destination, given as a
+    <disk> document or as a path and format (virDomainBlockCopy, virsh
+    blockcopy). The job runs on: follow it with GetDomainBlockJobInfo, end
+    it with AbortDomainBlockJob (pivot to switch the guest to the copy).
+    A destination path must be absolute and, unless reuse_external, not
+    exist yet.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+    does not have, both or neither destination forms, a malformed document
+    or path; ALREADY_EXISTS for an existing destination file without
+    reuse_external; FAILED_PRECONDITION when the domain is not running or
+    the disk already has a job; UNIMPLEMENTED when the driver cannot.
+    """
+    CommitDomainBlock: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.CommitDomainBlockRequest, _compute_service_pb2.CommitDomainBlockResponse]  # type: ignore[assignment]
+    """Starts committing a disk's backing chain from top down into base
+    (virDomainBlockCommit, virsh blockcommit); active commits the active
+    layer, a job that waits for a pivot or abort like a copy.
+    Errors: as CopyDomainBlock; INVALID_ARGUMENT for a base or top not in
+    the chain.
+    """
+    PullDomainBlock: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.PullDomainBlockRequest, _compute_service_pb2.PullDomainBlockResponse]  # type: ignore[assignment]
+    """Starts pulling a disk's whole backing chain into its active layer
+    (virDomainBlockPull, virsh blockpull).
+    Errors: as CopyDomainBlock.
+    """
+    RebaseDomainBlock: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.RebaseDomainBlockRequest, _compute_service_pb2.RebaseDomainBlockResponse]  # type: ignore[assignment]
+    """Starts pulling a disk's backing chain above base into its active layer,
+    or with copy a copy to a new file (virDomainBlockRebase, virsh
+    blockpull --base).
+    Errors: as CopyDomainBlock.
+    """
+    AbortDomainBlockJob: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.AbortDomainBlockJobRequest, _compute_service_pb2.AbortDomainBlockJobResponse]  # type: ignore[assignment]
+    """Ends a disk's block job: cancels it, or with pivot switches the guest to
+    a ready copy or commit (virDomainBlockJobAbort, virsh blockjob --abort).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+    does not have; FAILED_PRECONDITION when the disk has no job, or pivot
+    before the job is ready.
+    """
+    SetDomainBlockJobSpeed: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainBlockJobSpeedRequest, _compute_service_pb2.SetDomainBlockJobSpeedResponse]  # type: ignore[assignment]
+    """Changes a running block job's bandwidth (virDomainBlockJobSetSpeed,
+    virsh blockjob --bandwidth).
+    Errors: as AbortDomainBlockJob.
+    """
+    GetDomainBlockJobInfo: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainBlockJobInfoRequest, _compute_service_pb2.GetDomainBlockJobInfoResponse]  # type: ignore[assignment]
+    """Returns a disk's block job: its type, progress and bandwidth
+    (virDomainGetBlockJobInfo, virsh blockjob --info). A disk without a job
+    answers active false, not an error.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+    does not have; FAILED_PRECONDITION when the domain is not running;
+    UNIMPLEMENTED when the driver has no block jobs (the test driver).
+    """
+    SetDomainBlockThreshold: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainBlockThresholdRequest, _compute_service_pb2.SetDomainBlockThresholdResponse]  # type: ignore[assignment]
+    """Asks for one BLOCK_THRESHOLD event when the guest writes past
+    threshold_bytes of a disk (or a backing layer, vda[1])
+    (virDomainSetBlockThreshold, virsh domblkthreshold); 0 clears it.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+    does not have; FAILED_PRECONDITION when the domain is not running;
+    UNIMPLEMENTED when the driver cannot (the test driver).
     """
 
 class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -2729,6 +2975,231 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         (virDomainSetLaunchSecurityState, virsh domsetlaunchsecstate).
         Errors: NOT_FOUND; INVALID_ARGUMENT for a missing secret or header;
         FAILED_PRECONDITION as GetDomainLaunchSecurityInfo.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainBlockInfo(
+        self,
+        request: _compute_service_pb2.GetDomainBlockInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainBlockInfoResponse, _abc.Awaitable[_compute_service_pb2.GetDomainBlockInfoResponse]]:
+        """Returns a disk's capacity, allocation and physical size in bytes
+        (virDomainGetBlockInfo, virsh domblkinfo); the disk is its target (vda)
+        or its source path.
+        Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a missing disk or
+        one the domain does not have.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainBlockStats(
+        self,
+        request: _compute_service_pb2.GetDomainBlockStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainBlockStatsResponse, _abc.Awaitable[_compute_service_pb2.GetDomainBlockStatsResponse]]:
+        """Returns a running domain's I/O statistics of one disk, or of all disks
+        summed when disk is empty (virDomainBlockStatsFlags, virsh domblkstat):
+        rd_operations, rd_bytes, rd_total_times, wr_*, flush_*, errs.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a disk the domain does not have;
+        FAILED_PRECONDITION when the domain is not running; UNIMPLEMENTED when
+        the driver has no statistics (the test driver).
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainInterfaceStats(
+        self,
+        request: _compute_service_pb2.GetDomainInterfaceStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainInterfaceStatsResponse, _abc.Awaitable[_compute_service_pb2.GetDomainInterfaceStatsResponse]]:
+        """Returns a running domain's traffic counters of one interface, named by
+        its target device (vnet0) or its MAC address (virDomainInterfaceStats,
+        virsh domifstat).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a missing device or one the
+        domain does not have; FAILED_PRECONDITION when the domain is not running.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainMemoryStats(
+        self,
+        request: _compute_service_pb2.GetDomainMemoryStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainMemoryStatsResponse, _abc.Awaitable[_compute_service_pb2.GetDomainMemoryStatsResponse]]:
+        """Returns a running domain's memory statistics as the balloon driver
+        reports them (virDomainMemoryStats, virsh dommemstat).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+        """
+
+    @_abc_1.abstractmethod
+    def PeekDomainBlock(
+        self,
+        request: _compute_service_pb2.PeekDomainBlockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.PeekDomainBlockResponse, _abc.Awaitable[_compute_service_pb2.PeekDomainBlockResponse]]:
+        """Reads up to 64 KiB of a disk's image, as the host sees it, from an
+        offset (virDomainBlockPeek, virsh blockpeek).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the
+        domain does not have, a size of 0 or above 65536, or a range past the
+        image's end; UNIMPLEMENTED when the driver cannot (the test driver).
+        """
+
+    @_abc_1.abstractmethod
+    def PeekDomainMemory(
+        self,
+        request: _compute_service_pb2.PeekDomainMemoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.PeekDomainMemoryResponse, _abc.Awaitable[_compute_service_pb2.PeekDomainMemoryResponse]]:
+        """Reads up to 64 KiB of a running guest's memory from a virtual (the
+        guest's) or physical address (virDomainMemoryPeek).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a size of 0 or above 65536;
+        FAILED_PRECONDITION when the domain is not running.
+        """
+
+    @_abc_1.abstractmethod
+    def ResizeDomainBlock(
+        self,
+        request: _compute_service_pb2.ResizeDomainBlockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.ResizeDomainBlockResponse, _abc.Awaitable[_compute_service_pb2.ResizeDomainBlockResponse]]:
+        """Grows a running domain's disk to size_bytes (virDomainBlockResize with
+        VIR_DOMAIN_BLOCK_RESIZE_BYTES, virsh blockresize). A smaller size than
+        the disk's capacity is refused unless shrink is set.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+        does not have, a size of 0, or a shrink not asked for;
+        FAILED_PRECONDITION when the domain is not running; UNIMPLEMENTED when
+        the driver cannot (the test driver).
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainBlockIoTune(
+        self,
+        request: _compute_service_pb2.GetDomainBlockIoTuneRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainBlockIoTuneResponse, _abc.Awaitable[_compute_service_pb2.GetDomainBlockIoTuneResponse]]:
+        """Returns a disk's I/O throttling (virDomainGetBlockIoTune, virsh
+        blkdeviotune): total_bytes_sec, read_iops_sec, ..., group_name.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+        does not have, or live and config together; FAILED_PRECONDITION for live
+        on an inactive domain.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainBlockIoTune(
+        self,
+        request: _compute_service_pb2.SetDomainBlockIoTuneRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainBlockIoTuneResponse, _abc.Awaitable[_compute_service_pb2.SetDomainBlockIoTuneResponse]]:
+        """Changes a disk's I/O throttling (virDomainSetBlockIoTune, virsh
+        blkdeviotune). Each parameter's name and type are checked against what
+        the disk has before libvirt sees them.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for no parameters, an unknown name, a
+        value of the wrong type, a missing disk or one the domain does not have;
+        FAILED_PRECONDITION for live on an inactive domain.
+        """
+
+    @_abc_1.abstractmethod
+    def CopyDomainBlock(
+        self,
+        request: _compute_service_pb2.CopyDomainBlockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.CopyDomainBlockResponse, _abc.Awaitable[_compute_service_pb2.CopyDomainBlockResponse]]:
+        """Starts copying a running domain's disk to a destination, given as a
+        <disk> document or as a path and format (virDomainBlockCopy, virsh
+        blockcopy). The job runs on: follow it with GetDomainBlockJobInfo, end
+        it with AbortDomainBlockJob (pivot to switch the guest to the copy).
+        A destination path must be absolute and, unless reuse_external, not
+        exist yet.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+        does not have, both or neither destination forms, a malformed document
+        or path; ALREADY_EXISTS for an existing destination file without
+        reuse_external; FAILED_PRECONDITION when the domain is not running or
+        the disk already has a job; UNIMPLEMENTED when the driver cannot.
+        """
+
+    @_abc_1.abstractmethod
+    def CommitDomainBlock(
+        self,
+        request: _compute_service_pb2.CommitDomainBlockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.CommitDomainBlockResponse, _abc.Awaitable[_compute_service_pb2.CommitDomainBlockResponse]]:
+        """Starts committing a disk's backing chain from top down into base
+        (virDomainBlockCommit, virsh blockcommit); active commits the active
+        layer, a job that waits for a pivot or abort like a copy.
+        Errors: as CopyDomainBlock; INVALID_ARGUMENT for a base or top not in
+        the chain.
+        """
+
+    @_abc_1.abstractmethod
+    def PullDomainBlock(
+        self,
+        request: _compute_service_pb2.PullDomainBlockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.PullDomainBlockResponse, _abc.Awaitable[_compute_service_pb2.PullDomainBlockResponse]]:
+        """Starts pulling a disk's whole backing chain into its active layer
+        (virDomainBlockPull, virsh blockpull).
+        Errors: as CopyDomainBlock.
+        """
+
+    @_abc_1.abstractmethod
+    def RebaseDomainBlock(
+        self,
+        request: _compute_service_pb2.RebaseDomainBlockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.RebaseDomainBlockResponse, _abc.Awaitable[_compute_service_pb2.RebaseDomainBlockResponse]]:
+        """Starts pulling a disk's backing chain above base into its active layer,
+        or with copy a copy to a new file (virDomainBlockRebase, virsh
+        blockpull --base).
+        Errors: as CopyDomainBlock.
+        """
+
+    @_abc_1.abstractmethod
+    def AbortDomainBlockJob(
+        self,
+        request: _compute_service_pb2.AbortDomainBlockJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.AbortDomainBlockJobResponse, _abc.Awaitable[_compute_service_pb2.AbortDomainBlockJobResponse]]:
+        """Ends a disk's block job: cancels it, or with pivot switches the guest to
+        a ready copy or commit (virDomainBlockJobAbort, virsh blockjob --abort).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+        does not have; FAILED_PRECONDITION when the disk has no job, or pivot
+        before the job is ready.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainBlockJobSpeed(
+        self,
+        request: _compute_service_pb2.SetDomainBlockJobSpeedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainBlockJobSpeedResponse, _abc.Awaitable[_compute_service_pb2.SetDomainBlockJobSpeedResponse]]:
+        """Changes a running block job's bandwidth (virDomainBlockJobSetSpeed,
+        virsh blockjob --bandwidth).
+        Errors: as AbortDomainBlockJob.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainBlockJobInfo(
+        self,
+        request: _compute_service_pb2.GetDomainBlockJobInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainBlockJobInfoResponse, _abc.Awaitable[_compute_service_pb2.GetDomainBlockJobInfoResponse]]:
+        """Returns a disk's block job: its type, progress and bandwidth
+        (virDomainGetBlockJobInfo, virsh blockjob --info). A disk without a job
+        answers active false, not an error.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+        does not have; FAILED_PRECONDITION when the domain is not running;
+        UNIMPLEMENTED when the driver has no block jobs (the test driver).
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainBlockThreshold(
+        self,
+        request: _compute_service_pb2.SetDomainBlockThresholdRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainBlockThresholdResponse, _abc.Awaitable[_compute_service_pb2.SetDomainBlockThresholdResponse]]:
+        """Asks for one BLOCK_THRESHOLD event when the guest writes past
+        threshold_bytes of a disk (or a backing layer, vda[1])
+        (virDomainSetBlockThreshold, virsh domblkthreshold); 0 clears it.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+        does not have; FAILED_PRECONDITION when the domain is not running;
+        UNIMPLEMENTED when the driver cannot (the test driver).
         """
 
 def add_ComputeServiceServicer_to_server(servicer: ComputeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1832,6 +1832,125 @@ export function vcpuStateToJSON(object: VcpuState): string {
   }
 }
 
+/** A memory statistic's tag (virDomainMemoryStatTags, VIR_DOMAIN_MEMORY_STAT_*). */
+export enum MemoryStatTag {
+  MEMORY_STAT_TAG_UNSPECIFIED = 0,
+  /** MEMORY_STAT_TAG_SWAP_IN - Swapped in, KiB. */
+  MEMORY_STAT_TAG_SWAP_IN = 1,
+  /** MEMORY_STAT_TAG_SWAP_OUT - Swapped out, KiB. */
+  MEMORY_STAT_TAG_SWAP_OUT = 2,
+  /** MEMORY_STAT_TAG_MAJOR_FAULT - Page faults that needed I/O. */
+  MEMORY_STAT_TAG_MAJOR_FAULT = 3,
+  /** MEMORY_STAT_TAG_MINOR_FAULT - Page faults that did not. */
+  MEMORY_STAT_TAG_MINOR_FAULT = 4,
+  /** MEMORY_STAT_TAG_UNUSED - Memory the guest leaves unused, KiB. */
+  MEMORY_STAT_TAG_UNUSED = 5,
+  /** MEMORY_STAT_TAG_AVAILABLE - Memory the guest can use, KiB. */
+  MEMORY_STAT_TAG_AVAILABLE = 6,
+  /** MEMORY_STAT_TAG_ACTUAL_BALLOON - The balloon's current size, KiB. */
+  MEMORY_STAT_TAG_ACTUAL_BALLOON = 7,
+  /** MEMORY_STAT_TAG_RSS - The QEMU process's resident set, KiB. */
+  MEMORY_STAT_TAG_RSS = 8,
+  /** MEMORY_STAT_TAG_USABLE - Memory usable without swapping, KiB. */
+  MEMORY_STAT_TAG_USABLE = 9,
+  /** MEMORY_STAT_TAG_LAST_UPDATE - When the guest last updated these, seconds since the epoch. */
+  MEMORY_STAT_TAG_LAST_UPDATE = 10,
+  /** MEMORY_STAT_TAG_DISK_CACHES - Disk caches the guest can drop, KiB. */
+  MEMORY_STAT_TAG_DISK_CACHES = 11,
+  /** MEMORY_STAT_TAG_HUGETLB_PGALLOC - Huge pages the guest allocated. */
+  MEMORY_STAT_TAG_HUGETLB_PGALLOC = 12,
+  /** MEMORY_STAT_TAG_HUGETLB_PGFAIL - Huge page allocations that failed. */
+  MEMORY_STAT_TAG_HUGETLB_PGFAIL = 13,
+  UNRECOGNIZED = -1,
+}
+
+export function memoryStatTagFromJSON(object: any): MemoryStatTag {
+  switch (object) {
+    case 0:
+    case "MEMORY_STAT_TAG_UNSPECIFIED":
+      return MemoryStatTag.MEMORY_STAT_TAG_UNSPECIFIED;
+    case 1:
+    case "MEMORY_STAT_TAG_SWAP_IN":
+      return MemoryStatTag.MEMORY_STAT_TAG_SWAP_IN;
+    case 2:
+    case "MEMORY_STAT_TAG_SWAP_OUT":
+      return MemoryStatTag.MEMORY_STAT_TAG_SWAP_OUT;
+    case 3:
+    case "MEMORY_STAT_TAG_MAJOR_FAULT":
+      return MemoryStatTag.MEMORY_STAT_TAG_MAJOR_FAULT;
+    case 4:
+    case "MEMORY_STAT_TAG_MINOR_FAULT":
+      return MemoryStatTag.MEMORY_STAT_TAG_MINOR_FAULT;
+    case 5:
+    case "MEMORY_STAT_TAG_UNUSED":
+      return MemoryStatTag.MEMORY_STAT_TAG_UNUSED;
+    case 6:
+    case "MEMORY_STAT_TAG_AVAILABLE":
+      return MemoryStatTag.MEMORY_STAT_TAG_AVAILABLE;
+    case 7:
+    case "MEMORY_STAT_TAG_ACTUAL_BALLOON":
+      return MemoryStatTag.MEMORY_STAT_TAG_ACTUAL_BALLOON;
+    case 8:
+    case "MEMORY_STAT_TAG_RSS":
+      return MemoryStatTag.MEMORY_STAT_TAG_RSS;
+    case 9:
+    case "MEMORY_STAT_TAG_USABLE":
+      return MemoryStatTag.MEMORY_STAT_TAG_USABLE;
+    case 10:
+    case "MEMORY_STAT_TAG_LAST_UPDATE":
+      return MemoryStatTag.MEMORY_STAT_TAG_LAST_UPDATE;
+    case 11:
+    case "MEMORY_STAT_TAG_DISK_CACHES":
+      return MemoryStatTag.MEMORY_STAT_TAG_DISK_CACHES;
+    case 12:
+    case "MEMORY_STAT_TAG_HUGETLB_PGALLOC":
+      return MemoryStatTag.MEMORY_STAT_TAG_HUGETLB_PGALLOC;
+    case 13:
+    case "MEMORY_STAT_TAG_HUGETLB_PGFAIL":
+      return MemoryStatTag.MEMORY_STAT_TAG_HUGETLB_PGFAIL;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return MemoryStatTag.UNRECOGNIZED;
+  }
+}
+
+export function memoryStatTagToJSON(object: MemoryStatTag): string {
+  switch (object) {
+    case MemoryStatTag.MEMORY_STAT_TAG_UNSPECIFIED:
+      return "MEMORY_STAT_TAG_UNSPECIFIED";
+    case MemoryStatTag.MEMORY_STAT_TAG_SWAP_IN:
+      return "MEMORY_STAT_TAG_SWAP_IN";
+    case MemoryStatTag.MEMORY_STAT_TAG_SWAP_OUT:
+      return "MEMORY_STAT_TAG_SWAP_OUT";
+    case MemoryStatTag.MEMORY_STAT_TAG_MAJOR_FAULT:
+      return "MEMORY_STAT_TAG_MAJOR_FAULT";
+    case MemoryStatTag.MEMORY_STAT_TAG_MINOR_FAULT:
+      return "MEMORY_STAT_TAG_MINOR_FAULT";
+    case MemoryStatTag.MEMORY_STAT_TAG_UNUSED:
+      return "MEMORY_STAT_TAG_UNUSED";
+    case MemoryStatTag.MEMORY_STAT_TAG_AVAILABLE:
+      return "MEMORY_STAT_TAG_AVAILABLE";
+    case MemoryStatTag.MEMORY_STAT_TAG_ACTUAL_BALLOON:
+      return "MEMORY_STAT_TAG_ACTUAL_BALLOON";
+    case MemoryStatTag.MEMORY_STAT_TAG_RSS:
+      return "MEMORY_STAT_TAG_RSS";
+    case MemoryStatTag.MEMORY_STAT_TAG_USABLE:
+      return "MEMORY_STAT_TAG_USABLE";
+    case MemoryStatTag.MEMORY_STAT_TAG_LAST_UPDATE:
+      return "MEMORY_STAT_TAG_LAST_UPDATE";
+    case MemoryStatTag.MEMORY_STAT_TAG_DISK_CACHES:
+      return "MEMORY_STAT_TAG_DISK_CACHES";
+    case MemoryStatTag.MEMORY_STAT_TAG_HUGETLB_PGALLOC:
+      return "MEMORY_STAT_TAG_HUGETLB_PGALLOC";
+    case MemoryStatTag.MEMORY_STAT_TAG_HUGETLB_PGFAIL:
+      return "MEMORY_STAT_TAG_HUGETLB_PGFAIL";
+    case MemoryStatTag.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** A domain's summary. */
 export interface Domain {
   name: string;
@@ -3903,6 +4022,267 @@ export interface SetDomainLaunchSecurityStateRequest {
 }
 
 export interface SetDomainLaunchSecurityStateResponse {
+}
+
+export interface GetDomainBlockInfoRequest {
+  name: string;
+  /** The disk's target (vda) or its source path. */
+  disk: string;
+}
+
+/** A disk's sizes (virDomainBlockInfo). */
+export interface GetDomainBlockInfoResponse {
+  /** What the guest sees. */
+  capacityBytes: bigint;
+  /** What the host has allocated of the image. */
+  allocationBytes: bigint;
+  /** The image's size on the host (a file's size, a block device's). */
+  physicalBytes: bigint;
+}
+
+export interface GetDomainBlockStatsRequest {
+  name: string;
+  /** The disk's target or source path; empty: every disk summed. */
+  disk: string;
+}
+
+export interface GetDomainBlockStatsResponse {
+  /** libvirt's VIR_DOMAIN_BLOCK_STATS_* (long_value each). */
+  parameters: TypedParameter[];
+}
+
+export interface GetDomainInterfaceStatsRequest {
+  name: string;
+  /** The interface's target device (vnet0) or its MAC address. */
+  device: string;
+}
+
+/**
+ * An interface's counters (virDomainInterfaceStatsStruct); -1 where the
+ * driver does not know one.
+ */
+export interface GetDomainInterfaceStatsResponse {
+  rxBytes: bigint;
+  rxPackets: bigint;
+  rxErrs: bigint;
+  rxDrop: bigint;
+  txBytes: bigint;
+  txPackets: bigint;
+  txErrs: bigint;
+  txDrop: bigint;
+}
+
+export interface GetDomainMemoryStatsRequest {
+  name: string;
+}
+
+export interface MemoryStat {
+  tag: MemoryStatTag;
+  value: bigint;
+  /** libvirt-python's name of the tag (actual, swap_in, ...). */
+  name: string;
+}
+
+export interface GetDomainMemoryStatsResponse {
+  stats: MemoryStat[];
+}
+
+export interface PeekDomainBlockRequest {
+  name: string;
+  /** The disk's target or source path. */
+  disk: string;
+  offset: bigint;
+  /** 1 to 65536 bytes. */
+  size: number;
+}
+
+export interface PeekDomainBlockResponse {
+  data: Buffer;
+}
+
+export interface PeekDomainMemoryRequest {
+  name: string;
+  address: bigint;
+  /** 1 to 65536 bytes. */
+  size: number;
+  /** A guest-physical address; unset: a virtual one (VIR_MEMORY_VIRTUAL). */
+  physical: boolean;
+}
+
+export interface PeekDomainMemoryResponse {
+  data: Buffer;
+}
+
+export interface ResizeDomainBlockRequest {
+  name: string;
+  disk: string;
+  sizeBytes: bigint;
+  /** Allow a size below the disk's capacity (the guest loses what lies past it). */
+  shrink: boolean;
+}
+
+export interface ResizeDomainBlockResponse {
+}
+
+export interface GetDomainBlockIoTuneRequest {
+  name: string;
+  disk: string;
+  scope?: Scope | undefined;
+}
+
+export interface GetDomainBlockIoTuneResponse {
+  parameters: TypedParameter[];
+}
+
+export interface SetDomainBlockIoTuneRequest {
+  name: string;
+  disk: string;
+  parameters: TypedParameter[];
+  scope?: Scope | undefined;
+}
+
+export interface SetDomainBlockIoTuneResponse {
+}
+
+/** A file a block job writes (virsh blockcopy --dest, --format). */
+export interface BlockDestination {
+  /** Absolute path of the file. */
+  path: string;
+  /** Its format (raw, qcow2); empty: the source's. */
+  format: string;
+}
+
+export interface CopyDomainBlockRequest {
+  name: string;
+  disk: string;
+  /** A <disk> document (virsh blockcopy --xml). */
+  destinationXml?: string | undefined;
+  destinationFile?:
+    | BlockDestination
+    | undefined;
+  /** Bytes per second; 0: unlimited. */
+  bandwidthBytes: bigint;
+  /**
+   * Copy the top layer only, over the source's backing chain
+   * (VIR_DOMAIN_BLOCK_COPY_SHALLOW).
+   */
+  shallow: boolean;
+  /** The destination exists already (VIR_DOMAIN_BLOCK_COPY_REUSE_EXT). */
+  reuseExternal: boolean;
+  /** The job does not last past the domain (VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB). */
+  transientJob: boolean;
+  /**
+   * Guest writes reach the copy before they complete
+   * (VIR_DOMAIN_BLOCK_COPY_SYNCHRONOUS_WRITES).
+   */
+  synchronousWrites: boolean;
+}
+
+export interface CopyDomainBlockResponse {
+}
+
+export interface CommitDomainBlockRequest {
+  name: string;
+  disk: string;
+  /** The layer committed into (a path or vda[2]); empty: the chain's bottom. */
+  base: string;
+  /** The top layer committed; empty: the active layer's backing file. */
+  top: string;
+  /** Bytes per second; 0: unlimited. */
+  bandwidthBytes: bigint;
+  /** Commit the active layer (VIR_DOMAIN_BLOCK_COMMIT_ACTIVE). */
+  active: boolean;
+  /** base is top's immediate backing file (VIR_DOMAIN_BLOCK_COMMIT_SHALLOW). */
+  shallow: boolean;
+  /** Delete the committed files afterwards (VIR_DOMAIN_BLOCK_COMMIT_DELETE). */
+  delete: boolean;
+  /** Keep backing file names relative (VIR_DOMAIN_BLOCK_COMMIT_RELATIVE). */
+  relative: boolean;
+}
+
+export interface CommitDomainBlockResponse {
+}
+
+export interface PullDomainBlockRequest {
+  name: string;
+  disk: string;
+  /** Bytes per second; 0: unlimited. */
+  bandwidthBytes: bigint;
+}
+
+export interface PullDomainBlockResponse {
+}
+
+export interface RebaseDomainBlockRequest {
+  name: string;
+  disk: string;
+  /** The new backing file (a path or vda[2]); empty: pull the whole chain. */
+  base: string;
+  /** Bytes per second; 0: unlimited. */
+  bandwidthBytes: bigint;
+  /** VIR_DOMAIN_BLOCK_REBASE_SHALLOW. */
+  shallow: boolean;
+  /** VIR_DOMAIN_BLOCK_REBASE_REUSE_EXT. */
+  reuseExternal: boolean;
+  /** base is a copy destination (VIR_DOMAIN_BLOCK_REBASE_COPY). */
+  copy: boolean;
+  /** The copy is raw (VIR_DOMAIN_BLOCK_REBASE_COPY_RAW). */
+  copyRaw: boolean;
+  /** Keep backing file names relative (VIR_DOMAIN_BLOCK_REBASE_RELATIVE). */
+  relative: boolean;
+}
+
+export interface RebaseDomainBlockResponse {
+}
+
+export interface AbortDomainBlockJobRequest {
+  name: string;
+  disk: string;
+  /** Return at once; the job ends later (VIR_DOMAIN_BLOCK_JOB_ABORT_ASYNC). */
+  asynchronous: boolean;
+  /** Switch to the copy or commit target (VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT). */
+  pivot: boolean;
+}
+
+export interface AbortDomainBlockJobResponse {
+}
+
+export interface SetDomainBlockJobSpeedRequest {
+  name: string;
+  disk: string;
+  /** Bytes per second; 0: unlimited. */
+  bandwidthBytes: bigint;
+}
+
+export interface SetDomainBlockJobSpeedResponse {
+}
+
+export interface GetDomainBlockJobInfoRequest {
+  name: string;
+  disk: string;
+}
+
+/** A disk's block job (virDomainBlockJobInfo). */
+export interface GetDomainBlockJobInfoResponse {
+  /** False: the disk has no job (the other fields unset). */
+  active: boolean;
+  type: BlockJobType;
+  /** Progress: cur of end (units the job's own; equal when ready). */
+  cur: bigint;
+  end: bigint;
+  /** Bytes per second; 0: unlimited. */
+  bandwidthBytes: bigint;
+}
+
+export interface SetDomainBlockThresholdRequest {
+  name: string;
+  /** The disk's target, or a backing layer (vda[1]). */
+  disk: string;
+  /** 0 clears the threshold. */
+  thresholdBytes: bigint;
+}
+
+export interface SetDomainBlockThresholdResponse {
 }
 
 function createBaseDomain(): Domain {
@@ -31629,6 +32009,3623 @@ export const SetDomainLaunchSecurityStateResponse: MessageFns<SetDomainLaunchSec
   },
 };
 
+function createBaseGetDomainBlockInfoRequest(): GetDomainBlockInfoRequest {
+  return { name: "", disk: "" };
+}
+
+export const GetDomainBlockInfoRequest: MessageFns<GetDomainBlockInfoRequest> = {
+  encode(message: GetDomainBlockInfoRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.disk !== "") {
+      writer.uint32(18).string(message.disk);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainBlockInfoRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainBlockInfoRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.disk = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainBlockInfoRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      disk: isSet(object.disk) ? globalThis.String(object.disk) : "",
+    };
+  },
+
+  toJSON(message: GetDomainBlockInfoRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.disk !== "") {
+      obj.disk = message.disk;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainBlockInfoRequest>, I>>(base?: I): GetDomainBlockInfoRequest {
+    return GetDomainBlockInfoRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainBlockInfoRequest>, I>>(object: I): GetDomainBlockInfoRequest {
+    const message = createBaseGetDomainBlockInfoRequest();
+    message.name = object.name ?? "";
+    message.disk = object.disk ?? "";
+    return message;
+  },
+};
+
+function createBaseGetDomainBlockInfoResponse(): GetDomainBlockInfoResponse {
+  return { capacityBytes: 0n, allocationBytes: 0n, physicalBytes: 0n };
+}
+
+export const GetDomainBlockInfoResponse: MessageFns<GetDomainBlockInfoResponse> = {
+  encode(message: GetDomainBlockInfoResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.capacityBytes !== 0n) {
+      if (BigInt.asUintN(64, message.capacityBytes) !== message.capacityBytes) {
+        throw new globalThis.Error("value provided for field message.capacityBytes of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.capacityBytes);
+    }
+    if (message.allocationBytes !== 0n) {
+      if (BigInt.asUintN(64, message.allocationBytes) !== message.allocationBytes) {
+        throw new globalThis.Error("value provided for field message.allocationBytes of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.allocationBytes);
+    }
+    if (message.physicalBytes !== 0n) {
+      if (BigInt.asUintN(64, message.physicalBytes) !== message.physicalBytes) {
+        throw new globalThis.Error("value provided for field message.physicalBytes of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.physicalBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainBlockInfoResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainBlockInfoResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.capacityBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.allocationBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.physicalBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainBlockInfoResponse {
+    return {
+      capacityBytes: isSet(object.capacityBytes)
+        ? BigInt(object.capacityBytes)
+        : isSet(object.capacity_bytes)
+        ? BigInt(object.capacity_bytes)
+        : 0n,
+      allocationBytes: isSet(object.allocationBytes)
+        ? BigInt(object.allocationBytes)
+        : isSet(object.allocation_bytes)
+        ? BigInt(object.allocation_bytes)
+        : 0n,
+      physicalBytes: isSet(object.physicalBytes)
+        ? BigInt(object.physicalBytes)
+        : isSet(object.physical_bytes)
+        ? BigInt(object.physical_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: GetDomainBlockInfoResponse): unknown {
+    const obj: any = {};
+    if (message.capacityBytes !== 0n) {
+      obj.capacityBytes = message.capacityBytes.toString();
+    }
+    if (message.allocationBytes !== 0n) {
+      obj.allocationBytes = message.allocationBytes.toString();
+    }
+    if (message.physicalBytes !== 0n) {
+      obj.physicalBytes = message.physicalBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainBlockInfoResponse>, I>>(base?: I): GetDomainBlockInfoResponse {
+    return GetDomainBlockInfoResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainBlockInfoResponse>, I>>(object: I): GetDomainBlockInfoResponse {
+    const message = createBaseGetDomainBlockInfoResponse();
+    message.capacityBytes = (object.capacityBytes !== undefined && object.capacityBytes !== null)
+      ? BigInt(object.capacityBytes)
+      : 0n;
+    message.allocationBytes = (object.allocationBytes !== undefined && object.allocationBytes !== null)
+      ? BigInt(object.allocationBytes)
+      : 0n;
+    message.physicalBytes = (object.physicalBytes !== undefined && object.physicalBytes !== null)
+      ? BigInt(object.physicalBytes)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseGetDomainBlockStatsRequest(): GetDomainBlockStatsRequest {
+  return { name: "", disk: "" };
+}
+
+export const GetDomainBlockStatsRequest: MessageFns<GetDomainBlockStatsRequest> = {
+  encode(message: GetDomainBlockStatsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.disk !== "") {
+      writer.uint32(18).string(message.disk);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainBlockStatsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainBlockStatsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.disk = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainBlockStatsRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      disk: isSet(object.disk) ? globalThis.String(object.disk) : "",
+    };
+  },
+
+  toJSON(message: GetDomainBlockStatsRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.disk !== "") {
+      obj.disk = message.disk;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainBlockStatsRequest>, I>>(base?: I): GetDomainBlockStatsRequest {
+    return GetDomainBlockStatsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainBlockStatsRequest>, I>>(object: I): GetDomainBlockStatsRequest {
+    const message = createBaseGetDomainBlockStatsRequest();
+    message.name = object.name ?? "";
+    message.disk = object.disk ?? "";
+    return message;
+  },
+};
+
+function createBaseGetDomainBlockStatsResponse(): GetDomainBlockStatsResponse {
+  return { parameters: [] };
+}
+
+export const GetDomainBlockStatsResponse: MessageFns<GetDomainBlockStatsResponse> = {
+  encode(message: GetDomainBlockStatsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainBlockStatsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainBlockStatsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainBlockStatsResponse {
+    return {
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GetDomainBlockStatsResponse): unknown {
+    const obj: any = {};
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainBlockStatsResponse>, I>>(base?: I): GetDomainBlockStatsResponse {
+    return GetDomainBlockStatsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainBlockStatsResponse>, I>>(object: I): GetDomainBlockStatsResponse {
+    const message = createBaseGetDomainBlockStatsResponse();
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseGetDomainInterfaceStatsRequest(): GetDomainInterfaceStatsRequest {
+  return { name: "", device: "" };
+}
+
+export const GetDomainInterfaceStatsRequest: MessageFns<GetDomainInterfaceStatsRequest> = {
+  encode(message: GetDomainInterfaceStatsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.device !== "") {
+      writer.uint32(18).string(message.device);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainInterfaceStatsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainInterfaceStatsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainInterfaceStatsRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      device: isSet(object.device) ? globalThis.String(object.device) : "",
+    };
+  },
+
+  toJSON(message: GetDomainInterfaceStatsRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainInterfaceStatsRequest>, I>>(base?: I): GetDomainInterfaceStatsRequest {
+    return GetDomainInterfaceStatsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainInterfaceStatsRequest>, I>>(
+    object: I,
+  ): GetDomainInterfaceStatsRequest {
+    const message = createBaseGetDomainInterfaceStatsRequest();
+    message.name = object.name ?? "";
+    message.device = object.device ?? "";
+    return message;
+  },
+};
+
+function createBaseGetDomainInterfaceStatsResponse(): GetDomainInterfaceStatsResponse {
+  return { rxBytes: 0n, rxPackets: 0n, rxErrs: 0n, rxDrop: 0n, txBytes: 0n, txPackets: 0n, txErrs: 0n, txDrop: 0n };
+}
+
+export const GetDomainInterfaceStatsResponse: MessageFns<GetDomainInterfaceStatsResponse> = {
+  encode(message: GetDomainInterfaceStatsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.rxBytes !== 0n) {
+      if (BigInt.asIntN(64, message.rxBytes) !== message.rxBytes) {
+        throw new globalThis.Error("value provided for field message.rxBytes of type int64 too large");
+      }
+      writer.uint32(8).int64(message.rxBytes);
+    }
+    if (message.rxPackets !== 0n) {
+      if (BigInt.asIntN(64, message.rxPackets) !== message.rxPackets) {
+        throw new globalThis.Error("value provided for field message.rxPackets of type int64 too large");
+      }
+      writer.uint32(16).int64(message.rxPackets);
+    }
+    if (message.rxErrs !== 0n) {
+      if (BigInt.asIntN(64, message.rxErrs) !== message.rxErrs) {
+        throw new globalThis.Error("value provided for field message.rxErrs of type int64 too large");
+      }
+      writer.uint32(24).int64(message.rxErrs);
+    }
+    if (message.rxDrop !== 0n) {
+      if (BigInt.asIntN(64, message.rxDrop) !== message.rxDrop) {
+        throw new globalThis.Error("value provided for field message.rxDrop of type int64 too large");
+      }
+      writer.uint32(32).int64(message.rxDrop);
+    }
+    if (message.txBytes !== 0n) {
+      if (BigInt.asIntN(64, message.txBytes) !== message.txBytes) {
+        throw new globalThis.Error("value provided for field message.txBytes of type int64 too large");
+      }
+      writer.uint32(40).int64(message.txBytes);
+    }
+    if (message.txPackets !== 0n) {
+      if (BigInt.asIntN(64, message.txPackets) !== message.txPackets) {
+        throw new globalThis.Error("value provided for field message.txPackets of type int64 too large");
+      }
+      writer.uint32(48).int64(message.txPackets);
+    }
+    if (message.txErrs !== 0n) {
+      if (BigInt.asIntN(64, message.txErrs) !== message.txErrs) {
+        throw new globalThis.Error("value provided for field message.txErrs of type int64 too large");
+      }
+      writer.uint32(56).int64(message.txErrs);
+    }
+    if (message.txDrop !== 0n) {
+      if (BigInt.asIntN(64, message.txDrop) !== message.txDrop) {
+        throw new globalThis.Error("value provided for field message.txDrop of type int64 too large");
+      }
+      writer.uint32(64).int64(message.txDrop);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainInterfaceStatsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainInterfaceStatsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.rxBytes = reader.int64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.rxPackets = reader.int64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.rxErrs = reader.int64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.rxDrop = reader.int64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.txBytes = reader.int64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.txPackets = reader.int64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.txErrs = reader.int64() as bigint;
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.txDrop = reader.int64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainInterfaceStatsResponse {
+    return {
+      rxBytes: isSet(object.rxBytes) ? BigInt(object.rxBytes) : isSet(object.rx_bytes) ? BigInt(object.rx_bytes) : 0n,
+      rxPackets: isSet(object.rxPackets)
+        ? BigInt(object.rxPackets)
+        : isSet(object.rx_packets)
+        ? BigInt(object.rx_packets)
+        : 0n,
+      rxErrs: isSet(object.rxErrs) ? BigInt(object.rxErrs) : isSet(object.rx_errs) ? BigInt(object.rx_errs) : 0n,
+      rxDrop: isSet(object.rxDrop) ? BigInt(object.rxDrop) : isSet(object.rx_drop) ? BigInt(object.rx_drop) : 0n,
+      txBytes: isSet(object.txBytes) ? BigInt(object.txBytes) : isSet(object.tx_bytes) ? BigInt(object.tx_bytes) : 0n,
+      txPackets: isSet(object.txPackets)
+        ? BigInt(object.txPackets)
+        : isSet(object.tx_packets)
+        ? BigInt(object.tx_packets)
+        : 0n,
+      txErrs: isSet(object.txErrs) ? BigInt(object.txErrs) : isSet(object.tx_errs) ? BigInt(object.tx_errs) : 0n,
+      txDrop: isSet(object.txDrop) ? BigInt(object.txDrop) : isSet(object.tx_drop) ? BigInt(object.tx_drop) : 0n,
+    };
+  },
+
+  toJSON(message: GetDomainInterfaceStatsResponse): unknown {
+    const obj: any = {};
+    if (message.rxBytes !== 0n) {
+      obj.rxBytes = message.rxBytes.toString();
+    }
+    if (message.rxPackets !== 0n) {
+      obj.rxPackets = message.rxPackets.toString();
+    }
+    if (message.rxErrs !== 0n) {
+      obj.rxErrs = message.rxErrs.toString();
+    }
+    if (message.rxDrop !== 0n) {
+      obj.rxDrop = message.rxDrop.toString();
+    }
+    if (message.txBytes !== 0n) {
+      obj.txBytes = message.txBytes.toString();
+    }
+    if (message.txPackets !== 0n) {
+      obj.txPackets = message.txPackets.toString();
+    }
+    if (message.txErrs !== 0n) {
+      obj.txErrs = message.txErrs.toString();
+    }
+    if (message.txDrop !== 0n) {
+      obj.txDrop = message.txDrop.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainInterfaceStatsResponse>, I>>(base?: I): GetDomainInterfaceStatsResponse {
+    return GetDomainInterfaceStatsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainInterfaceStatsResponse>, I>>(
+    object: I,
+  ): GetDomainInterfaceStatsResponse {
+    const message = createBaseGetDomainInterfaceStatsResponse();
+    message.rxBytes = (object.rxBytes !== undefined && object.rxBytes !== null) ? BigInt(object.rxBytes) : 0n;
+    message.rxPackets = (object.rxPackets !== undefined && object.rxPackets !== null) ? BigInt(object.rxPackets) : 0n;
+    message.rxErrs = (object.rxErrs !== undefined && object.rxErrs !== null) ? BigInt(object.rxErrs) : 0n;
+    message.rxDrop = (object.rxDrop !== undefined && object.rxDrop !== null) ? BigInt(object.rxDrop) : 0n;
+    message.txBytes = (object.txBytes !== undefined && object.txBytes !== null) ? BigInt(object.txBytes) : 0n;
+    message.txPackets = (object.txPackets !== undefined && object.txPackets !== null) ? BigInt(object.txPackets) : 0n;
+    message.txErrs = (object.txErrs !== undefined && object.txErrs !== null) ? BigInt(object.txErrs) : 0n;
+    message.txDrop = (object.txDrop !== undefined && object.txDrop !== null) ? BigInt(object.txDrop) : 0n;
+    return message;
+  },
+};
+
+function createBaseGetDomainMemoryStatsRequest(): GetDomainMemoryStatsRequest {
+  return { name: "" };
+}
+
+export const GetDomainMemoryStatsRequest: MessageFns<GetDomainMemoryStatsRequest> = {
+  encode(message: GetDomainMemoryStatsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainMemoryStatsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainMemoryStatsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainMemoryStatsRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: GetDomainMemoryStatsRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainMemoryStatsRequest>, I>>(base?: I): GetDomainMemoryStatsRequest {
+    return GetDomainMemoryStatsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainMemoryStatsRequest>, I>>(object: I): GetDomainMemoryStatsRequest {
+    const message = createBaseGetDomainMemoryStatsRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseMemoryStat(): MemoryStat {
+  return { tag: 0, value: 0n, name: "" };
+}
+
+export const MemoryStat: MessageFns<MemoryStat> = {
+  encode(message: MemoryStat, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tag !== 0) {
+      writer.uint32(8).int32(message.tag);
+    }
+    if (message.value !== 0n) {
+      if (BigInt.asUintN(64, message.value) !== message.value) {
+        throw new globalThis.Error("value provided for field message.value of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.value);
+    }
+    if (message.name !== "") {
+      writer.uint32(26).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MemoryStat {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMemoryStat();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.tag = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.value = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MemoryStat {
+    return {
+      tag: isSet(object.tag) ? memoryStatTagFromJSON(object.tag) : 0,
+      value: isSet(object.value) ? BigInt(object.value) : 0n,
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+    };
+  },
+
+  toJSON(message: MemoryStat): unknown {
+    const obj: any = {};
+    if (message.tag !== 0) {
+      obj.tag = memoryStatTagToJSON(message.tag);
+    }
+    if (message.value !== 0n) {
+      obj.value = message.value.toString();
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MemoryStat>, I>>(base?: I): MemoryStat {
+    return MemoryStat.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MemoryStat>, I>>(object: I): MemoryStat {
+    const message = createBaseMemoryStat();
+    message.tag = object.tag ?? 0;
+    message.value = (object.value !== undefined && object.value !== null) ? BigInt(object.value) : 0n;
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseGetDomainMemoryStatsResponse(): GetDomainMemoryStatsResponse {
+  return { stats: [] };
+}
+
+export const GetDomainMemoryStatsResponse: MessageFns<GetDomainMemoryStatsResponse> = {
+  encode(message: GetDomainMemoryStatsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.stats) {
+      MemoryStat.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainMemoryStatsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainMemoryStatsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.stats.push(MemoryStat.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainMemoryStatsResponse {
+    return {
+      stats: globalThis.Array.isArray(object?.stats) ? object.stats.map((e: any) => MemoryStat.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: GetDomainMemoryStatsResponse): unknown {
+    const obj: any = {};
+    if (message.stats?.length) {
+      obj.stats = message.stats.map((e) => MemoryStat.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainMemoryStatsResponse>, I>>(base?: I): GetDomainMemoryStatsResponse {
+    return GetDomainMemoryStatsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainMemoryStatsResponse>, I>>(object: I): GetDomainMemoryStatsResponse {
+    const message = createBaseGetDomainMemoryStatsResponse();
+    message.stats = object.stats?.map((e) => MemoryStat.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePeekDomainBlockRequest(): PeekDomainBlockRequest {
+  return { name: "", disk: "", offset: 0n, size: 0 };
+}
+
+export const PeekDomainBlockRequest: MessageFns<PeekDomainBlockRequest> = {
+  encode(message: PeekDomainBlockRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.disk !== "") {
+      writer.uint32(18).string(message.disk);
+    }
+    if (message.offset !== 0n) {
+      if (BigInt.asUintN(64, message.offset) !== message.offset) {
+        throw new globalThis.Error("value provided for field message.offset of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.offset);
+    }
+    if (message.size !== 0) {
+      writer.uint32(32).uint32(message.size);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PeekDomainBlockRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePeekDomainBlockRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.disk = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.offset = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.size = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PeekDomainBlockRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      disk: isSet(object.disk) ? globalThis.String(object.disk) : "",
+      offset: isSet(object.offset) ? BigInt(object.offset) : 0n,
+      size: isSet(object.size) ? globalThis.Number(object.size) : 0,
+    };
+  },
+
+  toJSON(message: PeekDomainBlockRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.disk !== "") {
+      obj.disk = message.disk;
+    }
+    if (message.offset !== 0n) {
+      obj.offset = message.offset.toString();
+    }
+    if (message.size !== 0) {
+      obj.size = Math.round(message.size);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PeekDomainBlockRequest>, I>>(base?: I): PeekDomainBlockRequest {
+    return PeekDomainBlockRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PeekDomainBlockRequest>, I>>(object: I): PeekDomainBlockRequest {
+    const message = createBasePeekDomainBlockRequest();
+    message.name = object.name ?? "";
+    message.disk = object.disk ?? "";
+    message.offset = (object.offset !== undefined && object.offset !== null) ? BigInt(object.offset) : 0n;
+    message.size = object.size ?? 0;
+    return message;
+  },
+};
+
+function createBasePeekDomainBlockResponse(): PeekDomainBlockResponse {
+  return { data: Buffer.alloc(0) };
+}
+
+export const PeekDomainBlockResponse: MessageFns<PeekDomainBlockResponse> = {
+  encode(message: PeekDomainBlockResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.data.length !== 0) {
+      writer.uint32(10).bytes(message.data);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PeekDomainBlockResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePeekDomainBlockResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.data = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PeekDomainBlockResponse {
+    return { data: isSet(object.data) ? Buffer.from(bytesFromBase64(object.data)) : Buffer.alloc(0) };
+  },
+
+  toJSON(message: PeekDomainBlockResponse): unknown {
+    const obj: any = {};
+    if (message.data.length !== 0) {
+      obj.data = base64FromBytes(message.data);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PeekDomainBlockResponse>, I>>(base?: I): PeekDomainBlockResponse {
+    return PeekDomainBlockResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PeekDomainBlockResponse>, I>>(object: I): PeekDomainBlockResponse {
+    const message = createBasePeekDomainBlockResponse();
+    message.data = object.data ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBasePeekDomainMemoryRequest(): PeekDomainMemoryRequest {
+  return { name: "", address: 0n, size: 0, physical: false };
+}
+
+export const PeekDomainMemoryRequest: MessageFns<PeekDomainMemoryRequest> = {
+  encode(message: PeekDomainMemoryRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.address !== 0n) {
+      if (BigInt.asUintN(64, message.address) !== message.address) {
+        throw new globalThis.Error("value provided for field message.address of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.address);
+    }
+    if (message.size !== 0) {
+      writer.uint32(24).uint32(message.size);
+    }
+    if (message.physical !== false) {
+      writer.uint32(32).bool(message.physical);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PeekDomainMemoryRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePeekDomainMemoryRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.address = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.size = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.physical = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PeekDomainMemoryRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      address: isSet(object.address) ? BigInt(object.address) : 0n,
+      size: isSet(object.size) ? globalThis.Number(object.size) : 0,
+      physical: isSet(object.physical) ? globalThis.Boolean(object.physical) : false,
+    };
+  },
+
+  toJSON(message: PeekDomainMemoryRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.address !== 0n) {
+      obj.address = message.address.toString();
+    }
+    if (message.size !== 0) {
+      obj.size = Math.round(message.size);
+    }
+    if (message.physical !== false) {
+      obj.physical = message.physical;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PeekDomainMemoryRequest>, I>>(base?: I): PeekDomainMemoryRequest {
+    return PeekDomainMemoryRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PeekDomainMemoryRequest>, I>>(object: I): PeekDomainMemoryRequest {
+    const message = createBasePeekDomainMemoryRequest();
+    message.name = object.name ?? "";
+    message.address = (object.address !== undefined && object.address !== null) ? BigInt(object.address) : 0n;
+    message.size = object.size ?? 0;
+    message.physical = object.physical ?? false;
+    return message;
+  },
+};
+
+function createBasePeekDomainMemoryResponse(): PeekDomainMemoryResponse {
+  return { data: Buffer.alloc(0) };
+}
+
+export const PeekDomainMemoryResponse: MessageFns<PeekDomainMemoryResponse> = {
+  encode(message: PeekDomainMemoryResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.data.length !== 0) {
+      writer.uint32(10).bytes(message.data);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PeekDomainMemoryResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePeekDomainMemoryResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.data = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PeekDomainMemoryResponse {
+    return { data: isSet(object.data) ? Buffer.from(bytesFromBase64(object.data)) : Buffer.alloc(0) };
+  },
+
+  toJSON(message: PeekDomainMemoryResponse): unknown {
+    const obj: any = {};
+    if (message.data.length !== 0) {
+      obj.data = base64FromBytes(message.data);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PeekDomainMemoryResponse>, I>>(base?: I): PeekDomainMemoryResponse {
+    return PeekDomainMemoryResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PeekDomainMemoryResponse>, I>>(object: I): PeekDomainMemoryResponse {
+    const message = createBasePeekDomainMemoryResponse();
+    message.data = object.data ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseResizeDomainBlockRequest(): ResizeDomainBlockRequest {
+  return { name: "", disk: "", sizeBytes: 0n, shrink: false };
+}
+
+export const ResizeDomainBlockRequest: MessageFns<ResizeDomainBlockRequest> = {
+  encode(message: ResizeDomainBlockRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.disk !== "") {
+      writer.uint32(18).string(message.disk);
+    }
+    if (message.sizeBytes !== 0n) {
+      if (BigInt.asUintN(64, message.sizeBytes) !== message.sizeBytes) {
+        throw new globalThis.Error("value provided for field message.sizeBytes of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.sizeBytes);
+    }
+    if (message.shrink !== false) {
+      writer.uint32(32).bool(message.shrink);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResizeDomainBlockRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResizeDomainBlockRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.disk = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.sizeBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.shrink = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResizeDomainBlockRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      disk: isSet(object.disk) ? globalThis.String(object.disk) : "",
+      sizeBytes: isSet(object.sizeBytes)
+        ? BigInt(object.sizeBytes)
+        : isSet(object.size_bytes)
+        ? BigInt(object.size_bytes)
+        : 0n,
+      shrink: isSet(object.shrink) ? globalThis.Boolean(object.shrink) : false,
+    };
+  },
+
+  toJSON(message: ResizeDomainBlockRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.disk !== "") {
+      obj.disk = message.disk;
+    }
+    if (message.sizeBytes !== 0n) {
+      obj.sizeBytes = message.sizeBytes.toString();
+    }
+    if (message.shrink !== false) {
+      obj.shrink = message.shrink;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResizeDomainBlockRequest>, I>>(base?: I): ResizeDomainBlockRequest {
+    return ResizeDomainBlockRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResizeDomainBlockRequest>, I>>(object: I): ResizeDomainBlockRequest {
+    const message = createBaseResizeDomainBlockRequest();
+    message.name = object.name ?? "";
+    message.disk = object.disk ?? "";
+    message.sizeBytes = (object.sizeBytes !== undefined && object.sizeBytes !== null) ? BigInt(object.sizeBytes) : 0n;
+    message.shrink = object.shrink ?? false;
+    return message;
+  },
+};
+
+function createBaseResizeDomainBlockResponse(): ResizeDomainBlockResponse {
+  return {};
+}
+
+export const ResizeDomainBlockResponse: MessageFns<ResizeDomainBlockResponse> = {
+  encode(_: ResizeDomainBlockResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResizeDomainBlockResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResizeDomainBlockResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ResizeDomainBlockResponse {
+    return {};
+  },
+
+  toJSON(_: ResizeDomainBlockResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResizeDomainBlockResponse>, I>>(base?: I): ResizeDomainBlockResponse {
+    return ResizeDomainBlockResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResizeDomainBlockResponse>, I>>(_: I): ResizeDomainBlockResponse {
+    const message = createBaseResizeDomainBlockResponse();
+    return message;
+  },
+};
+
+function createBaseGetDomainBlockIoTuneRequest(): GetDomainBlockIoTuneRequest {
+  return { name: "", disk: "", scope: undefined };
+}
+
+export const GetDomainBlockIoTuneRequest: MessageFns<GetDomainBlockIoTuneRequest> = {
+  encode(message: GetDomainBlockIoTuneRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.disk !== "") {
+      writer.uint32(18).string(message.disk);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainBlockIoTuneRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainBlockIoTuneRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.disk = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainBlockIoTuneRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      disk: isSet(object.disk) ? globalThis.String(object.disk) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: GetDomainBlockIoTuneRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.disk !== "") {
+      obj.disk = message.disk;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainBlockIoTuneRequest>, I>>(base?: I): GetDomainBlockIoTuneRequest {
+    return GetDomainBlockIoTuneRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainBlockIoTuneRequest>, I>>(object: I): GetDomainBlockIoTuneRequest {
+    const message = createBaseGetDomainBlockIoTuneRequest();
+    message.name = object.name ?? "";
+    message.disk = object.disk ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseGetDomainBlockIoTuneResponse(): GetDomainBlockIoTuneResponse {
+  return { parameters: [] };
+}
+
+export const GetDomainBlockIoTuneResponse: MessageFns<GetDomainBlockIoTuneResponse> = {
+  encode(message: GetDomainBlockIoTuneResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainBlockIoTuneResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainBlockIoTuneResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainBlockIoTuneResponse {
+    return {
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GetDomainBlockIoTuneResponse): unknown {
+    const obj: any = {};
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainBlockIoTuneResponse>, I>>(base?: I): GetDomainBlockIoTuneResponse {
+    return GetDomainBlockIoTuneResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainBlockIoTuneResponse>, I>>(object: I): GetDomainBlockIoTuneResponse {
+    const message = createBaseGetDomainBlockIoTuneResponse();
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSetDomainBlockIoTuneRequest(): SetDomainBlockIoTuneRequest {
+  return { name: "", disk: "", parameters: [], scope: undefined };
+}
+
+export const SetDomainBlockIoTuneRequest: MessageFns<SetDomainBlockIoTuneRequest> = {
+  encode(message: SetDomainBlockIoTuneRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.disk !== "") {
+      writer.uint32(18).string(message.disk);
+    }
+    for (const v of message.parameters) {
+      TypedParameter.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainBlockIoTuneRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainBlockIoTuneRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.disk = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.parameters.push(TypedParameter.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainBlockIoTuneRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      disk: isSet(object.disk) ? globalThis.String(object.disk) : "",
+      parameters: globalThis.Array.isArray(object?.parameters)
+        ? object.parameters.map((e: any) => TypedParameter.fromJSON(e))
+        : [],
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: SetDomainBlockIoTuneRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.disk !== "") {
+      obj.disk = message.disk;
+    }
+    if (message.parameters?.length) {
+      obj.parameters = message.parameters.map((e) => TypedParameter.toJSON(e));
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainBlockIoTuneRequest>, I>>(base?: I): SetDomainBlockIoTuneRequest {
+    return SetDomainBlockIoTuneRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainBlockIoTuneRequest>, I>>(object: I): SetDomainBlockIoTuneRequest {
+    const message = createBaseSetDomainBlockIoTuneRequest();
+    message.name = object.name ?? "";
+    message.disk = object.disk ?? "";
+    message.parameters = object.parameters?.map((e) => TypedParameter.fromPartial(e)) || [];
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseSetDomainBlockIoTuneResponse(): SetDomainBlockIoTuneResponse {
+  return {};
+}
+
+export const SetDomainBlockIoTuneResponse: MessageFns<SetDomainBlockIoTuneResponse> = {
+  encode(_: SetDomainBlockIoTuneResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainBlockIoTuneResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainBlockIoTuneResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainBlockIoTuneResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainBlockIoTuneResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainBlockIoTuneResponse>, I>>(base?: I): SetDomainBlockIoTuneResponse {
+    return SetDomainBlockIoTuneResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainBlockIoTuneResponse>, I>>(_: I): SetDomainBlockIoTuneResponse {
+    const message = createBaseSetDomainBlockIoTuneResponse();
+    return message;
+  },
+};
+
+function createBaseBlockDestination(): BlockDestination {
+  return { path: "", format: "" };
+}
+
+export const BlockDestination: MessageFns<BlockDestination> = {
+  encode(message: BlockDestination, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.path !== "") {
+      writer.uint32(10).string(message.path);
+    }
+    if (message.format !== "") {
+      writer.uint32(18).string(message.format);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BlockDestination {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBlockDestination();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.format = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BlockDestination {
+    return {
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      format: isSet(object.format) ? globalThis.String(object.format) : "",
+    };
+  },
+
+  toJSON(message: BlockDestination): unknown {
+    const obj: any = {};
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.format !== "") {
+      obj.format = message.format;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BlockDestination>, I>>(base?: I): BlockDestination {
+    return BlockDestination.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BlockDestination>, I>>(object: I): BlockDestination {
+    const message = createBaseBlockDestination();
+    message.path = object.path ?? "";
+    message.format = object.format ?? "";
+    return message;
+  },
+};
+
+function createBaseCopyDomainBlockRequest(): CopyDomainBlockRequest {
+  return {
+    name: "",
+    disk: "",
+    destinationXml: undefined,
+    destinationFile: undefined,
+    bandwidthBytes: 0n,
+    shallow: false,
+    reuseExternal: false,
+    transientJob: false,
+    synchronousWrites: false,
+  };
+}
+
+export const CopyDomainBlockRequest: MessageFns<CopyDomainBlockRequest> = {
+  encode(message: CopyDomainBlockRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.disk !== "") {
+      writer.uint32(18).string(message.disk);
+    }
+    if (message.destinationXml !== undefined) {
+      writer.uint32(26).string(message.destinationXml);
+    }
+    if (message.destinationFile !== undefined) {
+      BlockDestination.encode(message.destinationFile, writer.uint32(34).fork()).join();
+    }
+    if (message.bandwidthBytes !== 0n) {
+      if (BigInt.asUintN(64, message.bandwidthBytes) !== message.bandwidthBytes) {
+        throw new globalThis.Error("value provided for field message.bandwidthBytes of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.bandwidthBytes);
+    }
+    if (message.shallow !== false) {
+      writer.uint32(48).bool(message.shallow);
+    }
+    if (message.reuseExternal !== false) {
+      writer.uint32(56).bool(message.reuseExternal);
+    }
+    if (message.transientJob !== false) {
+      writer.uint32(64).bool(message.transientJob);
+    }
+    if (message.synchronousWrites !== false) {
+      writer.uint32(72).bool(message.synchronousWrites);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CopyDomainBlockRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCopyDomainBlockRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.disk = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.destinationXml = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.destinationFile = BlockDestination.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.bandwidthBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.shallow = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.reuseExternal = reader.bool();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.transientJob = reader.bool();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.synchronousWrites = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CopyDomainBlockRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      disk: isSet(object.disk) ? globalThis.String(object.disk) : "",
+      destinationXml: isSet(object.destinationXml)
+        ? globalThis.String(object.destinationXml)
+        : isSet(object.destination_xml)
+        ? globalThis.String(object.destination_xml)
+        : undefined,
+      destinationFile: isSet(object.destinationFile)
+        ? BlockDestination.fromJSON(object.destinationFile)
+        : isSet(object.destination_file)
+        ? BlockDestination.fromJSON(object.destination_file)
+        : undefined,
+      bandwidthBytes: isSet(object.bandwidthBytes)
+        ? BigInt(object.bandwidthBytes)
+        : isSet(object.bandwidth_bytes)
+        ? BigInt(object.bandwidth_bytes)
+        : 0n,
+      shallow: isSet(object.shallow) ? globalThis.Boolean(object.shallow) : false,
+      reuseExternal: isSet(object.reuseExternal)
+        ? globalThis.Boolean(object.reuseExternal)
+        : isSet(object.reuse_external)
+        ? globalThis.Boolean(object.reuse_external)
+        : false,
+      transientJob: isSet(object.transientJob)
+        ? globalThis.Boolean(object.transientJob)
+        : isSet(object.transient_job)
+        ? globalThis.Boolean(object.transient_job)
+        : false,
+      synchronousWrites: isSet(object.synchronousWrites)
+        ? globalThis.Boolean(object.synchronousWrites)
+        : isSet(object.synchronous_writes)
+        ? globalThis.Boolean(object.synchronous_writes)
+        : false,
+    };
+  },
+
+  toJSON(message: CopyDomainBlockRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.disk !== "") {
+      obj.disk = message.disk;
+    }
+    if (message.destinationXml !== undefined) {
+      obj.destinationXml = message.destinationXml;
+    }
+    if (message.destinationFile !== undefined) {
+      obj.destinationFile = BlockDestination.toJSON(message.destinationFile);
+    }
+    if (message.bandwidthBytes !== 0n) {
+      obj.bandwidthBytes = message.bandwidthBytes.toString();
+    }
+    if (message.shallow !== false) {
+      obj.shallow = message.shallow;
+    }
+    if (message.reuseExternal !== false) {
+      obj.reuseExternal = message.reuseExternal;
+    }
+    if (message.transientJob !== false) {
+      obj.transientJob = message.transientJob;
+    }
+    if (message.synchronousWrites !== false) {
+      obj.synchronousWrites = message.synchronousWrites;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CopyDomainBlockRequest>, I>>(base?: I): CopyDomainBlockRequest {
+    return CopyDomainBlockRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CopyDomainBlockRequest>, I>>(object: I): CopyDomainBlockRequest {
+    const message = createBaseCopyDomainBlockRequest();
+    message.name = object.name ?? "";
+    message.disk = object.disk ?? "";
+    message.destinationXml = object.destinationXml ?? undefined;
+    message.destinationFile = (object.destinationFile !== undefined && object.destinationFile !== null)
+      ? BlockDestination.fromPartial(object.destinationFile)
+      : undefined;
+    message.bandwidthBytes = (object.bandwidthBytes !== undefined && object.bandwidthBytes !== null)
+      ? BigInt(object.bandwidthBytes)
+      : 0n;
+    message.shallow = object.shallow ?? false;
+    message.reuseExternal = object.reuseExternal ?? false;
+    message.transientJob = object.transientJob ?? false;
+    message.synchronousWrites = object.synchronousWrites ?? false;
+    return message;
+  },
+};
+
+function createBaseCopyDomainBlockResponse(): CopyDomainBlockResponse {
+  return {};
+}
+
+export const CopyDomainBlockResponse: MessageFns<CopyDomainBlockResponse> = {
+  encode(_: CopyDomainBlockResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CopyDomainBlockResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCopyDomainBlockResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): CopyDomainBlockResponse {
+    return {};
+  },
+
+  toJSON(_: CopyDomainBlockResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CopyDomainBlockResponse>, I>>(base?: I): CopyDomainBlockResponse {
+    return CopyDomainBlockResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CopyDomainBlockResponse>, I>>(_: I): CopyDomainBlockResponse {
+    const message = createBaseCopyDomainBlockResponse();
+    return message;
+  },
+};
+
+function createBaseCommitDomainBlockRequest(): CommitDomainBlockRequest {
+  return {
+    name: "",
+    disk: "",
+    base: "",
+    top: "",
+    bandwidthBytes: 0n,
+    active: false,
+    shallow: false,
+    delete: false,
+    relative: false,
+  };
+}
+
+export const CommitDomainBlockRequest: MessageFns<CommitDomainBlockRequest> = {
+  encode(message: CommitDomainBlockRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.disk !== "") {
+      writer.uint32(18).string(message.disk);
+    }
+    if (message.base !== "") {
+      writer.uint32(26).string(message.base);
+    }
+    if (message.top !== "") {
+      writer.uint32(34).string(message.top);
+    }
+    if (message.bandwidthBytes !== 0n) {
+      if (BigInt.asUintN(64, message.bandwidthBytes) !== message.bandwidthBytes) {
+        throw new globalThis.Error("value provided for field message.bandwidthBytes of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.bandwidthBytes);
+    }
+    if (message.active !== false) {
+      writer.uint32(48).bool(message.active);
+    }
+    if (message.shallow !== false) {
+      writer.uint32(56).bool(message.shallow);
+    }
+    if (message.delete !== false) {
+      writer.uint32(64).bool(message.delete);
+    }
+    if (message.relative !== false) {
+      writer.uint32(72).bool(message.relative);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CommitDomainBlockRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCommitDomainBlockRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.disk = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.base = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.top = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.bandwidthBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.active = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.shallow = reader.bool();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.delete = reader.bool();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.relative = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CommitDomainBlockRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      disk: isSet(object.disk) ? globalThis.String(object.disk) : "",
+      base: isSet(object.base) ? globalThis.String(object.base) : "",
+      top: isSet(object.top) ? globalThis.String(object.top) : "",
+      bandwidthBytes: isSet(object.bandwidthBytes)
+        ? BigInt(object.bandwidthBytes)
+        : isSet(object.bandwidth_bytes)
+        ? BigInt(object.bandwidth_bytes)
+        : 0n,
+      active: isSet(object.active) ? globalThis.Boolean(object.active) : false,
+      shallow: isSet(object.shallow) ? globalThis.Boolean(object.shallow) : false,
+      delete: isSet(object.delete) ? globalThis.Boolean(object.delete) : false,
+      relative: isSet(object.relative) ? globalThis.Boolean(object.relative) : false,
+    };
+  },
+
+  toJSON(message: CommitDomainBlockRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.disk !== "") {
+      obj.disk = message.disk;
+    }
+    if (message.base !== "") {
+      obj.base = message.base;
+    }
+    if (message.top !== "") {
+      obj.top = message.top;
+    }
+    if (message.bandwidthBytes !== 0n) {
+      obj.bandwidthBytes = message.bandwidthBytes.toString();
+    }
+    if (message.active !== false) {
+      obj.active = message.active;
+    }
+    if (message.shallow !== false) {
+      obj.shallow = message.shallow;
+    }
+    if (message.delete !== false) {
+      obj.delete = message.delete;
+    }
+    if (message.relative !== false) {
+      obj.relative = message.relative;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CommitDomainBlockRequest>, I>>(base?: I): CommitDomainBlockRequest {
+    return CommitDomainBlockRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CommitDomainBlockRequest>, I>>(object: I): CommitDomainBlockRequest {
+    const message = createBaseCommitDomainBlockRequest();
+    message.name = object.name ?? "";
+    message.disk = object.disk ?? "";
+    message.base = object.base ?? "";
+    message.top = object.top ?? "";
+    message.bandwidthBytes = (object.bandwidthBytes !== undefined && object.bandwidthBytes !== null)
+      ? BigInt(object.bandwidthBytes)
+      : 0n;
+    message.active = object.active ?? false;
+    message.shallow = object.shallow ?? false;
+    message.delete = object.delete ?? false;
+    message.relative = object.relative ?? false;
+    return message;
+  },
+};
+
+function createBaseCommitDomainBlockResponse(): CommitDomainBlockResponse {
+  return {};
+}
+
+export const CommitDomainBlockResponse: MessageFns<CommitDomainBlockResponse> = {
+  encode(_: CommitDomainBlockResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CommitDomainBlockResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCommitDomainBlockResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): CommitDomainBlockResponse {
+    return {};
+  },
+
+  toJSON(_: CommitDomainBlockResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CommitDomainBlockResponse>, I>>(base?: I): CommitDomainBlockResponse {
+    return CommitDomainBlockResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CommitDomainBlockResponse>, I>>(_: I): CommitDomainBlockResponse {
+    const message = createBaseCommitDomainBlockResponse();
+    return message;
+  },
+};
+
+function createBasePullDomainBlockRequest(): PullDomainBlockRequest {
+  return { name: "", disk: "", bandwidthBytes: 0n };
+}
+
+export const PullDomainBlockRequest: MessageFns<PullDomainBlockRequest> = {
+  encode(message: PullDomainBlockRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.disk !== "") {
+      writer.uint32(18).string(message.disk);
+    }
+    if (message.bandwidthBytes !== 0n) {
+      if (BigInt.asUintN(64, message.bandwidthBytes) !== message.bandwidthBytes) {
+        throw new globalThis.Error("value provided for field message.bandwidthBytes of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.bandwidthBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PullDomainBlockRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePullDomainBlockRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.disk = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.bandwidthBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PullDomainBlockRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      disk: isSet(object.disk) ? globalThis.String(object.disk) : "",
+      bandwidthBytes: isSet(object.bandwidthBytes)
+        ? BigInt(object.bandwidthBytes)
+        : isSet(object.bandwidth_bytes)
+        ? BigInt(object.bandwidth_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: PullDomainBlockRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.disk !== "") {
+      obj.disk = message.disk;
+    }
+    if (message.bandwidthBytes !== 0n) {
+      obj.bandwidthBytes = message.bandwidthBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PullDomainBlockRequest>, I>>(base?: I): PullDomainBlockRequest {
+    return PullDomainBlockRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PullDomainBlockRequest>, I>>(object: I): PullDomainBlockRequest {
+    const message = createBasePullDomainBlockRequest();
+    message.name = object.name ?? "";
+    message.disk = object.disk ?? "";
+    message.bandwidthBytes = (object.bandwidthBytes !== undefined && object.bandwidthBytes !== null)
+      ? BigInt(object.bandwidthBytes)
+      : 0n;
+    return message;
+  },
+};
+
+function createBasePullDomainBlockResponse(): PullDomainBlockResponse {
+  return {};
+}
+
+export const PullDomainBlockResponse: MessageFns<PullDomainBlockResponse> = {
+  encode(_: PullDomainBlockResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PullDomainBlockResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePullDomainBlockResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): PullDomainBlockResponse {
+    return {};
+  },
+
+  toJSON(_: PullDomainBlockResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PullDomainBlockResponse>, I>>(base?: I): PullDomainBlockResponse {
+    return PullDomainBlockResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PullDomainBlockResponse>, I>>(_: I): PullDomainBlockResponse {
+    const message = createBasePullDomainBlockResponse();
+    return message;
+  },
+};
+
+function createBaseRebaseDomainBlockRequest(): RebaseDomainBlockRequest {
+  return {
+    name: "",
+    disk: "",
+    base: "",
+    bandwidthBytes: 0n,
+    shallow: false,
+    reuseExternal: false,
+    copy: false,
+    copyRaw: false,
+    relative: false,
+  };
+}
+
+export const RebaseDomainBlockRequest: MessageFns<RebaseDomainBlockRequest> = {
+  encode(message: RebaseDomainBlockRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.disk !== "") {
+      writer.uint32(18).string(message.disk);
+    }
+    if (message.base !== "") {
+      writer.uint32(26).string(message.base);
+    }
+    if (message.bandwidthBytes !== 0n) {
+      if (BigInt.asUintN(64, message.bandwidthBytes) !== message.bandwidthBytes) {
+        throw new globalThis.Error("value provided for field message.bandwidthBytes of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.bandwidthBytes);
+    }
+    if (message.shallow !== false) {
+      writer.uint32(40).bool(message.shallow);
+    }
+    if (message.reuseExternal !== false) {
+      writer.uint32(48).bool(message.reuseExternal);
+    }
+    if (message.copy !== false) {
+      writer.uint32(56).bool(message.copy);
+    }
+    if (message.copyRaw !== false) {
+      writer.uint32(64).bool(message.copyRaw);
+    }
+    if (message.relative !== false) {
+      writer.uint32(72).bool(message.relative);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RebaseDomainBlockRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRebaseDomainBlockRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.disk = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.base = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.bandwidthBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.shallow = reader.bool();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.reuseExternal = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.copy = reader.bool();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.copyRaw = reader.bool();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.relative = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RebaseDomainBlockRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      disk: isSet(object.disk) ? globalThis.String(object.disk) : "",
+      base: isSet(object.base) ? globalThis.String(object.base) : "",
+      bandwidthBytes: isSet(object.bandwidthBytes)
+        ? BigInt(object.bandwidthBytes)
+        : isSet(object.bandwidth_bytes)
+        ? BigInt(object.bandwidth_bytes)
+        : 0n,
+      shallow: isSet(object.shallow) ? globalThis.Boolean(object.shallow) : false,
+      reuseExternal: isSet(object.reuseExternal)
+        ? globalThis.Boolean(object.reuseExternal)
+        : isSet(object.reuse_external)
+        ? globalThis.Boolean(object.reuse_external)
+        : false,
+      copy: isSet(object.copy) ? globalThis.Boolean(object.copy) : false,
+      copyRaw: isSet(object.copyRaw)
+        ? globalThis.Boolean(object.copyRaw)
+        : isSet(object.copy_raw)
+        ? globalThis.Boolean(object.copy_raw)
+        : false,
+      relative: isSet(object.relative) ? globalThis.Boolean(object.relative) : false,
+    };
+  },
+
+  toJSON(message: RebaseDomainBlockRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.disk !== "") {
+      obj.disk = message.disk;
+    }
+    if (message.base !== "") {
+      obj.base = message.base;
+    }
+    if (message.bandwidthBytes !== 0n) {
+      obj.bandwidthBytes = message.bandwidthBytes.toString();
+    }
+    if (message.shallow !== false) {
+      obj.shallow = message.shallow;
+    }
+    if (message.reuseExternal !== false) {
+      obj.reuseExternal = message.reuseExternal;
+    }
+    if (message.copy !== false) {
+      obj.copy = message.copy;
+    }
+    if (message.copyRaw !== false) {
+      obj.copyRaw = message.copyRaw;
+    }
+    if (message.relative !== false) {
+      obj.relative = message.relative;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RebaseDomainBlockRequest>, I>>(base?: I): RebaseDomainBlockRequest {
+    return RebaseDomainBlockRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RebaseDomainBlockRequest>, I>>(object: I): RebaseDomainBlockRequest {
+    const message = createBaseRebaseDomainBlockRequest();
+    message.name = object.name ?? "";
+    message.disk = object.disk ?? "";
+    message.base = object.base ?? "";
+    message.bandwidthBytes = (object.bandwidthBytes !== undefined && object.bandwidthBytes !== null)
+      ? BigInt(object.bandwidthBytes)
+      : 0n;
+    message.shallow = object.shallow ?? false;
+    message.reuseExternal = object.reuseExternal ?? false;
+    message.copy = object.copy ?? false;
+    message.copyRaw = object.copyRaw ?? false;
+    message.relative = object.relative ?? false;
+    return message;
+  },
+};
+
+function createBaseRebaseDomainBlockResponse(): RebaseDomainBlockResponse {
+  return {};
+}
+
+export const RebaseDomainBlockResponse: MessageFns<RebaseDomainBlockResponse> = {
+  encode(_: RebaseDomainBlockResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RebaseDomainBlockResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRebaseDomainBlockResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): RebaseDomainBlockResponse {
+    return {};
+  },
+
+  toJSON(_: RebaseDomainBlockResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RebaseDomainBlockResponse>, I>>(base?: I): RebaseDomainBlockResponse {
+    return RebaseDomainBlockResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RebaseDomainBlockResponse>, I>>(_: I): RebaseDomainBlockResponse {
+    const message = createBaseRebaseDomainBlockResponse();
+    return message;
+  },
+};
+
+function createBaseAbortDomainBlockJobRequest(): AbortDomainBlockJobRequest {
+  return { name: "", disk: "", asynchronous: false, pivot: false };
+}
+
+export const AbortDomainBlockJobRequest: MessageFns<AbortDomainBlockJobRequest> = {
+  encode(message: AbortDomainBlockJobRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.disk !== "") {
+      writer.uint32(18).string(message.disk);
+    }
+    if (message.asynchronous !== false) {
+      writer.uint32(24).bool(message.asynchronous);
+    }
+    if (message.pivot !== false) {
+      writer.uint32(32).bool(message.pivot);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AbortDomainBlockJobRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAbortDomainBlockJobRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.disk = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.asynchronous = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.pivot = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AbortDomainBlockJobRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      disk: isSet(object.disk) ? globalThis.String(object.disk) : "",
+      asynchronous: isSet(object.asynchronous) ? globalThis.Boolean(object.asynchronous) : false,
+      pivot: isSet(object.pivot) ? globalThis.Boolean(object.pivot) : false,
+    };
+  },
+
+  toJSON(message: AbortDomainBlockJobRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.disk !== "") {
+      obj.disk = message.disk;
+    }
+    if (message.asynchronous !== false) {
+      obj.asynchronous = message.asynchronous;
+    }
+    if (message.pivot !== false) {
+      obj.pivot = message.pivot;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AbortDomainBlockJobRequest>, I>>(base?: I): AbortDomainBlockJobRequest {
+    return AbortDomainBlockJobRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AbortDomainBlockJobRequest>, I>>(object: I): AbortDomainBlockJobRequest {
+    const message = createBaseAbortDomainBlockJobRequest();
+    message.name = object.name ?? "";
+    message.disk = object.disk ?? "";
+    message.asynchronous = object.asynchronous ?? false;
+    message.pivot = object.pivot ?? false;
+    return message;
+  },
+};
+
+function createBaseAbortDomainBlockJobResponse(): AbortDomainBlockJobResponse {
+  return {};
+}
+
+export const AbortDomainBlockJobResponse: MessageFns<AbortDomainBlockJobResponse> = {
+  encode(_: AbortDomainBlockJobResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AbortDomainBlockJobResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAbortDomainBlockJobResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): AbortDomainBlockJobResponse {
+    return {};
+  },
+
+  toJSON(_: AbortDomainBlockJobResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AbortDomainBlockJobResponse>, I>>(base?: I): AbortDomainBlockJobResponse {
+    return AbortDomainBlockJobResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AbortDomainBlockJobResponse>, I>>(_: I): AbortDomainBlockJobResponse {
+    const message = createBaseAbortDomainBlockJobResponse();
+    return message;
+  },
+};
+
+function createBaseSetDomainBlockJobSpeedRequest(): SetDomainBlockJobSpeedRequest {
+  return { name: "", disk: "", bandwidthBytes: 0n };
+}
+
+export const SetDomainBlockJobSpeedRequest: MessageFns<SetDomainBlockJobSpeedRequest> = {
+  encode(message: SetDomainBlockJobSpeedRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.disk !== "") {
+      writer.uint32(18).string(message.disk);
+    }
+    if (message.bandwidthBytes !== 0n) {
+      if (BigInt.asUintN(64, message.bandwidthBytes) !== message.bandwidthBytes) {
+        throw new globalThis.Error("value provided for field message.bandwidthBytes of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.bandwidthBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainBlockJobSpeedRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainBlockJobSpeedRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.disk = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.bandwidthBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainBlockJobSpeedRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      disk: isSet(object.disk) ? globalThis.String(object.disk) : "",
+      bandwidthBytes: isSet(object.bandwidthBytes)
+        ? BigInt(object.bandwidthBytes)
+        : isSet(object.bandwidth_bytes)
+        ? BigInt(object.bandwidth_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: SetDomainBlockJobSpeedRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.disk !== "") {
+      obj.disk = message.disk;
+    }
+    if (message.bandwidthBytes !== 0n) {
+      obj.bandwidthBytes = message.bandwidthBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainBlockJobSpeedRequest>, I>>(base?: I): SetDomainBlockJobSpeedRequest {
+    return SetDomainBlockJobSpeedRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainBlockJobSpeedRequest>, I>>(
+    object: I,
+  ): SetDomainBlockJobSpeedRequest {
+    const message = createBaseSetDomainBlockJobSpeedRequest();
+    message.name = object.name ?? "";
+    message.disk = object.disk ?? "";
+    message.bandwidthBytes = (object.bandwidthBytes !== undefined && object.bandwidthBytes !== null)
+      ? BigInt(object.bandwidthBytes)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseSetDomainBlockJobSpeedResponse(): SetDomainBlockJobSpeedResponse {
+  return {};
+}
+
+export const SetDomainBlockJobSpeedResponse: MessageFns<SetDomainBlockJobSpeedResponse> = {
+  encode(_: SetDomainBlockJobSpeedResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainBlockJobSpeedResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainBlockJobSpeedResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainBlockJobSpeedResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainBlockJobSpeedResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainBlockJobSpeedResponse>, I>>(base?: I): SetDomainBlockJobSpeedResponse {
+    return SetDomainBlockJobSpeedResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainBlockJobSpeedResponse>, I>>(_: I): SetDomainBlockJobSpeedResponse {
+    const message = createBaseSetDomainBlockJobSpeedResponse();
+    return message;
+  },
+};
+
+function createBaseGetDomainBlockJobInfoRequest(): GetDomainBlockJobInfoRequest {
+  return { name: "", disk: "" };
+}
+
+export const GetDomainBlockJobInfoRequest: MessageFns<GetDomainBlockJobInfoRequest> = {
+  encode(message: GetDomainBlockJobInfoRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.disk !== "") {
+      writer.uint32(18).string(message.disk);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainBlockJobInfoRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainBlockJobInfoRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.disk = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainBlockJobInfoRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      disk: isSet(object.disk) ? globalThis.String(object.disk) : "",
+    };
+  },
+
+  toJSON(message: GetDomainBlockJobInfoRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.disk !== "") {
+      obj.disk = message.disk;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainBlockJobInfoRequest>, I>>(base?: I): GetDomainBlockJobInfoRequest {
+    return GetDomainBlockJobInfoRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainBlockJobInfoRequest>, I>>(object: I): GetDomainBlockJobInfoRequest {
+    const message = createBaseGetDomainBlockJobInfoRequest();
+    message.name = object.name ?? "";
+    message.disk = object.disk ?? "";
+    return message;
+  },
+};
+
+function createBaseGetDomainBlockJobInfoResponse(): GetDomainBlockJobInfoResponse {
+  return { active: false, type: 0, cur: 0n, end: 0n, bandwidthBytes: 0n };
+}
+
+export const GetDomainBlockJobInfoResponse: MessageFns<GetDomainBlockJobInfoResponse> = {
+  encode(message: GetDomainBlockJobInfoResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.active !== false) {
+      writer.uint32(8).bool(message.active);
+    }
+    if (message.type !== 0) {
+      writer.uint32(16).int32(message.type);
+    }
+    if (message.cur !== 0n) {
+      if (BigInt.asUintN(64, message.cur) !== message.cur) {
+        throw new globalThis.Error("value provided for field message.cur of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.cur);
+    }
+    if (message.end !== 0n) {
+      if (BigInt.asUintN(64, message.end) !== message.end) {
+        throw new globalThis.Error("value provided for field message.end of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.end);
+    }
+    if (message.bandwidthBytes !== 0n) {
+      if (BigInt.asUintN(64, message.bandwidthBytes) !== message.bandwidthBytes) {
+        throw new globalThis.Error("value provided for field message.bandwidthBytes of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.bandwidthBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainBlockJobInfoResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainBlockJobInfoResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.active = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.type = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.cur = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.end = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.bandwidthBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainBlockJobInfoResponse {
+    return {
+      active: isSet(object.active) ? globalThis.Boolean(object.active) : false,
+      type: isSet(object.type) ? blockJobTypeFromJSON(object.type) : 0,
+      cur: isSet(object.cur) ? BigInt(object.cur) : 0n,
+      end: isSet(object.end) ? BigInt(object.end) : 0n,
+      bandwidthBytes: isSet(object.bandwidthBytes)
+        ? BigInt(object.bandwidthBytes)
+        : isSet(object.bandwidth_bytes)
+        ? BigInt(object.bandwidth_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: GetDomainBlockJobInfoResponse): unknown {
+    const obj: any = {};
+    if (message.active !== false) {
+      obj.active = message.active;
+    }
+    if (message.type !== 0) {
+      obj.type = blockJobTypeToJSON(message.type);
+    }
+    if (message.cur !== 0n) {
+      obj.cur = message.cur.toString();
+    }
+    if (message.end !== 0n) {
+      obj.end = message.end.toString();
+    }
+    if (message.bandwidthBytes !== 0n) {
+      obj.bandwidthBytes = message.bandwidthBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainBlockJobInfoResponse>, I>>(base?: I): GetDomainBlockJobInfoResponse {
+    return GetDomainBlockJobInfoResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainBlockJobInfoResponse>, I>>(
+    object: I,
+  ): GetDomainBlockJobInfoResponse {
+    const message = createBaseGetDomainBlockJobInfoResponse();
+    message.active = object.active ?? false;
+    message.type = object.type ?? 0;
+    message.cur = (object.cur !== undefined && object.cur !== null) ? BigInt(object.cur) : 0n;
+    message.end = (object.end !== undefined && object.end !== null) ? BigInt(object.end) : 0n;
+    message.bandwidthBytes = (object.bandwidthBytes !== undefined && object.bandwidthBytes !== null)
+      ? BigInt(object.bandwidthBytes)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseSetDomainBlockThresholdRequest(): SetDomainBlockThresholdRequest {
+  return { name: "", disk: "", thresholdBytes: 0n };
+}
+
+export const SetDomainBlockThresholdRequest: MessageFns<SetDomainBlockThresholdRequest> = {
+  encode(message: SetDomainBlockThresholdRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.disk !== "") {
+      writer.uint32(18).string(message.disk);
+    }
+    if (message.thresholdBytes !== 0n) {
+      if (BigInt.asUintN(64, message.thresholdBytes) !== message.thresholdBytes) {
+        throw new globalThis.Error("value provided for field message.thresholdBytes of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.thresholdBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainBlockThresholdRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainBlockThresholdRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.disk = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.thresholdBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainBlockThresholdRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      disk: isSet(object.disk) ? globalThis.String(object.disk) : "",
+      thresholdBytes: isSet(object.thresholdBytes)
+        ? BigInt(object.thresholdBytes)
+        : isSet(object.threshold_bytes)
+        ? BigInt(object.threshold_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: SetDomainBlockThresholdRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.disk !== "") {
+      obj.disk = message.disk;
+    }
+    if (message.thresholdBytes !== 0n) {
+      obj.thresholdBytes = message.thresholdBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainBlockThresholdRequest>, I>>(base?: I): SetDomainBlockThresholdRequest {
+    return SetDomainBlockThresholdRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainBlockThresholdRequest>, I>>(
+    object: I,
+  ): SetDomainBlockThresholdRequest {
+    const message = createBaseSetDomainBlockThresholdRequest();
+    message.name = object.name ?? "";
+    message.disk = object.disk ?? "";
+    message.thresholdBytes = (object.thresholdBytes !== undefined && object.thresholdBytes !== null)
+      ? BigInt(object.thresholdBytes)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseSetDomainBlockThresholdResponse(): SetDomainBlockThresholdResponse {
+  return {};
+}
+
+export const SetDomainBlockThresholdResponse: MessageFns<SetDomainBlockThresholdResponse> = {
+  encode(_: SetDomainBlockThresholdResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainBlockThresholdResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainBlockThresholdResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainBlockThresholdResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainBlockThresholdResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainBlockThresholdResponse>, I>>(base?: I): SetDomainBlockThresholdResponse {
+    return SetDomainBlockThresholdResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainBlockThresholdResponse>, I>>(_: I): SetDomainBlockThresholdResponse {
+    const message = createBaseSetDomainBlockThresholdResponse();
+    return message;
+  },
+};
+
 /**
  * ComputeService is libvirt's QEMU driver (virtqemud) as a gRPC service.
  *
@@ -33509,6 +37506,319 @@ export const ComputeServiceService = {
     responseDeserialize: (value: Buffer): SetDomainLaunchSecurityStateResponse =>
       SetDomainLaunchSecurityStateResponse.decode(value),
   },
+  /**
+   * Returns a disk's capacity, allocation and physical size in bytes
+   * (virDomainGetBlockInfo, virsh domblkinfo); the disk is its target (vda)
+   * or its source path.
+   * Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a missing disk or
+   * one the domain does not have.
+   */
+  getDomainBlockInfo: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainBlockInfo" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainBlockInfoRequest): Buffer =>
+      Buffer.from(GetDomainBlockInfoRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainBlockInfoRequest => GetDomainBlockInfoRequest.decode(value),
+    responseSerialize: (value: GetDomainBlockInfoResponse): Buffer =>
+      Buffer.from(GetDomainBlockInfoResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainBlockInfoResponse => GetDomainBlockInfoResponse.decode(value),
+  },
+  /**
+   * Returns a running domain's I/O statistics of one disk, or of all disks
+   * summed when disk is empty (virDomainBlockStatsFlags, virsh domblkstat):
+   * rd_operations, rd_bytes, rd_total_times, wr_*, flush_*, errs.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a disk the domain does not have;
+   * FAILED_PRECONDITION when the domain is not running; UNIMPLEMENTED when
+   * the driver has no statistics (the test driver).
+   */
+  getDomainBlockStats: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainBlockStats" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainBlockStatsRequest): Buffer =>
+      Buffer.from(GetDomainBlockStatsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainBlockStatsRequest => GetDomainBlockStatsRequest.decode(value),
+    responseSerialize: (value: GetDomainBlockStatsResponse): Buffer =>
+      Buffer.from(GetDomainBlockStatsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainBlockStatsResponse => GetDomainBlockStatsResponse.decode(value),
+  },
+  /**
+   * Returns a running domain's traffic counters of one interface, named by
+   * its target device (vnet0) or its MAC address (virDomainInterfaceStats,
+   * virsh domifstat).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing device or one the
+   * domain does not have; FAILED_PRECONDITION when the domain is not running.
+   */
+  getDomainInterfaceStats: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainInterfaceStats" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainInterfaceStatsRequest): Buffer =>
+      Buffer.from(GetDomainInterfaceStatsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainInterfaceStatsRequest => GetDomainInterfaceStatsRequest.decode(value),
+    responseSerialize: (value: GetDomainInterfaceStatsResponse): Buffer =>
+      Buffer.from(GetDomainInterfaceStatsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainInterfaceStatsResponse =>
+      GetDomainInterfaceStatsResponse.decode(value),
+  },
+  /**
+   * Returns a running domain's memory statistics as the balloon driver
+   * reports them (virDomainMemoryStats, virsh dommemstat).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+   */
+  getDomainMemoryStats: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainMemoryStats" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainMemoryStatsRequest): Buffer =>
+      Buffer.from(GetDomainMemoryStatsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainMemoryStatsRequest => GetDomainMemoryStatsRequest.decode(value),
+    responseSerialize: (value: GetDomainMemoryStatsResponse): Buffer =>
+      Buffer.from(GetDomainMemoryStatsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainMemoryStatsResponse => GetDomainMemoryStatsResponse.decode(value),
+  },
+  /**
+   * Reads up to 64 KiB of a disk's image, as the host sees it, from an
+   * offset (virDomainBlockPeek, virsh blockpeek).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the
+   * domain does not have, a size of 0 or above 65536, or a range past the
+   * image's end; UNIMPLEMENTED when the driver cannot (the test driver).
+   */
+  peekDomainBlock: {
+    path: "/virtmesh.compute.v1.ComputeService/PeekDomainBlock" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PeekDomainBlockRequest): Buffer =>
+      Buffer.from(PeekDomainBlockRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PeekDomainBlockRequest => PeekDomainBlockRequest.decode(value),
+    responseSerialize: (value: PeekDomainBlockResponse): Buffer =>
+      Buffer.from(PeekDomainBlockResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PeekDomainBlockResponse => PeekDomainBlockResponse.decode(value),
+  },
+  /**
+   * Reads up to 64 KiB of a running guest's memory from a virtual (the
+   * guest's) or physical address (virDomainMemoryPeek).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a size of 0 or above 65536;
+   * FAILED_PRECONDITION when the domain is not running.
+   */
+  peekDomainMemory: {
+    path: "/virtmesh.compute.v1.ComputeService/PeekDomainMemory" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PeekDomainMemoryRequest): Buffer =>
+      Buffer.from(PeekDomainMemoryRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PeekDomainMemoryRequest => PeekDomainMemoryRequest.decode(value),
+    responseSerialize: (value: PeekDomainMemoryResponse): Buffer =>
+      Buffer.from(PeekDomainMemoryResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PeekDomainMemoryResponse => PeekDomainMemoryResponse.decode(value),
+  },
+  /**
+   * Grows a running domain's disk to size_bytes (virDomainBlockResize with
+   * VIR_DOMAIN_BLOCK_RESIZE_BYTES, virsh blockresize). A smaller size than
+   * the disk's capacity is refused unless shrink is set.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+   * does not have, a size of 0, or a shrink not asked for;
+   * FAILED_PRECONDITION when the domain is not running; UNIMPLEMENTED when
+   * the driver cannot (the test driver).
+   */
+  resizeDomainBlock: {
+    path: "/virtmesh.compute.v1.ComputeService/ResizeDomainBlock" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ResizeDomainBlockRequest): Buffer =>
+      Buffer.from(ResizeDomainBlockRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ResizeDomainBlockRequest => ResizeDomainBlockRequest.decode(value),
+    responseSerialize: (value: ResizeDomainBlockResponse): Buffer =>
+      Buffer.from(ResizeDomainBlockResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ResizeDomainBlockResponse => ResizeDomainBlockResponse.decode(value),
+  },
+  /**
+   * Returns a disk's I/O throttling (virDomainGetBlockIoTune, virsh
+   * blkdeviotune): total_bytes_sec, read_iops_sec, ..., group_name.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+   * does not have, or live and config together; FAILED_PRECONDITION for live
+   * on an inactive domain.
+   */
+  getDomainBlockIoTune: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainBlockIoTune" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainBlockIoTuneRequest): Buffer =>
+      Buffer.from(GetDomainBlockIoTuneRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainBlockIoTuneRequest => GetDomainBlockIoTuneRequest.decode(value),
+    responseSerialize: (value: GetDomainBlockIoTuneResponse): Buffer =>
+      Buffer.from(GetDomainBlockIoTuneResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainBlockIoTuneResponse => GetDomainBlockIoTuneResponse.decode(value),
+  },
+  /**
+   * Changes a disk's I/O throttling (virDomainSetBlockIoTune, virsh
+   * blkdeviotune). Each parameter's name and type are checked against what
+   * the disk has before libvirt sees them.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for no parameters, an unknown name, a
+   * value of the wrong type, a missing disk or one the domain does not have;
+   * FAILED_PRECONDITION for live on an inactive domain.
+   */
+  setDomainBlockIoTune: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainBlockIoTune" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainBlockIoTuneRequest): Buffer =>
+      Buffer.from(SetDomainBlockIoTuneRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainBlockIoTuneRequest => SetDomainBlockIoTuneRequest.decode(value),
+    responseSerialize: (value: SetDomainBlockIoTuneResponse): Buffer =>
+      Buffer.from(SetDomainBlockIoTuneResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainBlockIoTuneResponse => SetDomainBlockIoTuneResponse.decode(value),
+  },
+  /**
+   * Starts copying a running domain's disk to a destination, given as a
+   * <disk> document or as a path and format (virDomainBlockCopy, virsh
+   * blockcopy). The job runs on: follow it with GetDomainBlockJobInfo, end
+   * it with AbortDomainBlockJob (pivot to switch the guest to the copy).
+   * A destination path must be absolute and, unless reuse_external, not
+   * exist yet.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+   * does not have, both or neither destination forms, a malformed document
+   * or path; ALREADY_EXISTS for an existing destination file without
+   * reuse_external; FAILED_PRECONDITION when the domain is not running or
+   * the disk already has a job; UNIMPLEMENTED when the driver cannot.
+   */
+  copyDomainBlock: {
+    path: "/virtmesh.compute.v1.ComputeService/CopyDomainBlock" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CopyDomainBlockRequest): Buffer =>
+      Buffer.from(CopyDomainBlockRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CopyDomainBlockRequest => CopyDomainBlockRequest.decode(value),
+    responseSerialize: (value: CopyDomainBlockResponse): Buffer =>
+      Buffer.from(CopyDomainBlockResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CopyDomainBlockResponse => CopyDomainBlockResponse.decode(value),
+  },
+  /**
+   * Starts committing a disk's backing chain from top down into base
+   * (virDomainBlockCommit, virsh blockcommit); active commits the active
+   * layer, a job that waits for a pivot or abort like a copy.
+   * Errors: as CopyDomainBlock; INVALID_ARGUMENT for a base or top not in
+   * the chain.
+   */
+  commitDomainBlock: {
+    path: "/virtmesh.compute.v1.ComputeService/CommitDomainBlock" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CommitDomainBlockRequest): Buffer =>
+      Buffer.from(CommitDomainBlockRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CommitDomainBlockRequest => CommitDomainBlockRequest.decode(value),
+    responseSerialize: (value: CommitDomainBlockResponse): Buffer =>
+      Buffer.from(CommitDomainBlockResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CommitDomainBlockResponse => CommitDomainBlockResponse.decode(value),
+  },
+  /**
+   * Starts pulling a disk's whole backing chain into its active layer
+   * (virDomainBlockPull, virsh blockpull).
+   * Errors: as CopyDomainBlock.
+   */
+  pullDomainBlock: {
+    path: "/virtmesh.compute.v1.ComputeService/PullDomainBlock" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PullDomainBlockRequest): Buffer =>
+      Buffer.from(PullDomainBlockRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PullDomainBlockRequest => PullDomainBlockRequest.decode(value),
+    responseSerialize: (value: PullDomainBlockResponse): Buffer =>
+      Buffer.from(PullDomainBlockResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PullDomainBlockResponse => PullDomainBlockResponse.decode(value),
+  },
+  /**
+   * Starts pulling a disk's backing chain above base into its active layer,
+   * or with copy a copy to a new file (virDomainBlockRebase, virsh
+   * blockpull --base).
+   * Errors: as CopyDomainBlock.
+   */
+  rebaseDomainBlock: {
+    path: "/virtmesh.compute.v1.ComputeService/RebaseDomainBlock" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RebaseDomainBlockRequest): Buffer =>
+      Buffer.from(RebaseDomainBlockRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RebaseDomainBlockRequest => RebaseDomainBlockRequest.decode(value),
+    responseSerialize: (value: RebaseDomainBlockResponse): Buffer =>
+      Buffer.from(RebaseDomainBlockResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RebaseDomainBlockResponse => RebaseDomainBlockResponse.decode(value),
+  },
+  /**
+   * Ends a disk's block job: cancels it, or with pivot switches the guest to
+   * a ready copy or commit (virDomainBlockJobAbort, virsh blockjob --abort).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+   * does not have; FAILED_PRECONDITION when the disk has no job, or pivot
+   * before the job is ready.
+   */
+  abortDomainBlockJob: {
+    path: "/virtmesh.compute.v1.ComputeService/AbortDomainBlockJob" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AbortDomainBlockJobRequest): Buffer =>
+      Buffer.from(AbortDomainBlockJobRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AbortDomainBlockJobRequest => AbortDomainBlockJobRequest.decode(value),
+    responseSerialize: (value: AbortDomainBlockJobResponse): Buffer =>
+      Buffer.from(AbortDomainBlockJobResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AbortDomainBlockJobResponse => AbortDomainBlockJobResponse.decode(value),
+  },
+  /**
+   * Changes a running block job's bandwidth (virDomainBlockJobSetSpeed,
+   * virsh blockjob --bandwidth).
+   * Errors: as AbortDomainBlockJob.
+   */
+  setDomainBlockJobSpeed: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainBlockJobSpeed" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainBlockJobSpeedRequest): Buffer =>
+      Buffer.from(SetDomainBlockJobSpeedRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainBlockJobSpeedRequest => SetDomainBlockJobSpeedRequest.decode(value),
+    responseSerialize: (value: SetDomainBlockJobSpeedResponse): Buffer =>
+      Buffer.from(SetDomainBlockJobSpeedResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainBlockJobSpeedResponse =>
+      SetDomainBlockJobSpeedResponse.decode(value),
+  },
+  /**
+   * Returns a disk's block job: its type, progress and bandwidth
+   * (virDomainGetBlockJobInfo, virsh blockjob --info). A disk without a job
+   * answers active false, not an error.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+   * does not have; FAILED_PRECONDITION when the domain is not running;
+   * UNIMPLEMENTED when the driver has no block jobs (the test driver).
+   */
+  getDomainBlockJobInfo: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainBlockJobInfo" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainBlockJobInfoRequest): Buffer =>
+      Buffer.from(GetDomainBlockJobInfoRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainBlockJobInfoRequest => GetDomainBlockJobInfoRequest.decode(value),
+    responseSerialize: (value: GetDomainBlockJobInfoResponse): Buffer =>
+      Buffer.from(GetDomainBlockJobInfoResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainBlockJobInfoResponse => GetDomainBlockJobInfoResponse.decode(value),
+  },
+  /**
+   * Asks for one BLOCK_THRESHOLD event when the guest writes past
+   * threshold_bytes of a disk (or a backing layer, vda[1])
+   * (virDomainSetBlockThreshold, virsh domblkthreshold); 0 clears it.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+   * does not have; FAILED_PRECONDITION when the domain is not running;
+   * UNIMPLEMENTED when the driver cannot (the test driver).
+   */
+  setDomainBlockThreshold: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainBlockThreshold" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainBlockThresholdRequest): Buffer =>
+      Buffer.from(SetDomainBlockThresholdRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainBlockThresholdRequest => SetDomainBlockThresholdRequest.decode(value),
+    responseSerialize: (value: SetDomainBlockThresholdResponse): Buffer =>
+      Buffer.from(SetDomainBlockThresholdResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainBlockThresholdResponse =>
+      SetDomainBlockThresholdResponse.decode(value),
+  },
 } as const;
 
 export interface ComputeServiceServer extends UntypedServiceImplementation {
@@ -34266,6 +38576,146 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
     SetDomainLaunchSecurityStateRequest,
     SetDomainLaunchSecurityStateResponse
   >;
+  /**
+   * Returns a disk's capacity, allocation and physical size in bytes
+   * (virDomainGetBlockInfo, virsh domblkinfo); the disk is its target (vda)
+   * or its source path.
+   * Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a missing disk or
+   * one the domain does not have.
+   */
+  getDomainBlockInfo: handleUnaryCall<GetDomainBlockInfoRequest, GetDomainBlockInfoResponse>;
+  /**
+   * Returns a running domain's I/O statistics of one disk, or of all disks
+   * summed when disk is empty (virDomainBlockStatsFlags, virsh domblkstat):
+   * rd_operations, rd_bytes, rd_total_times, wr_*, flush_*, errs.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a disk the domain does not have;
+   * FAILED_PRECONDITION when the domain is not running; UNIMPLEMENTED when
+   * the driver has no statistics (the test driver).
+   */
+  getDomainBlockStats: handleUnaryCall<GetDomainBlockStatsRequest, GetDomainBlockStatsResponse>;
+  /**
+   * Returns a running domain's traffic counters of one interface, named by
+   * its target device (vnet0) or its MAC address (virDomainInterfaceStats,
+   * virsh domifstat).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing device or one the
+   * domain does not have; FAILED_PRECONDITION when the domain is not running.
+   */
+  getDomainInterfaceStats: handleUnaryCall<GetDomainInterfaceStatsRequest, GetDomainInterfaceStatsResponse>;
+  /**
+   * Returns a running domain's memory statistics as the balloon driver
+   * reports them (virDomainMemoryStats, virsh dommemstat).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+   */
+  getDomainMemoryStats: handleUnaryCall<GetDomainMemoryStatsRequest, GetDomainMemoryStatsResponse>;
+  /**
+   * Reads up to 64 KiB of a disk's image, as the host sees it, from an
+   * offset (virDomainBlockPeek, virsh blockpeek).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the
+   * domain does not have, a size of 0 or above 65536, or a range past the
+   * image's end; UNIMPLEMENTED when the driver cannot (the test driver).
+   */
+  peekDomainBlock: handleUnaryCall<PeekDomainBlockRequest, PeekDomainBlockResponse>;
+  /**
+   * Reads up to 64 KiB of a running guest's memory from a virtual (the
+   * guest's) or physical address (virDomainMemoryPeek).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a size of 0 or above 65536;
+   * FAILED_PRECONDITION when the domain is not running.
+   */
+  peekDomainMemory: handleUnaryCall<PeekDomainMemoryRequest, PeekDomainMemoryResponse>;
+  /**
+   * Grows a running domain's disk to size_bytes (virDomainBlockResize with
+   * VIR_DOMAIN_BLOCK_RESIZE_BYTES, virsh blockresize). A smaller size than
+   * the disk's capacity is refused unless shrink is set.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+   * does not have, a size of 0, or a shrink not asked for;
+   * FAILED_PRECONDITION when the domain is not running; UNIMPLEMENTED when
+   * the driver cannot (the test driver).
+   */
+  resizeDomainBlock: handleUnaryCall<ResizeDomainBlockRequest, ResizeDomainBlockResponse>;
+  /**
+   * Returns a disk's I/O throttling (virDomainGetBlockIoTune, virsh
+   * blkdeviotune): total_bytes_sec, read_iops_sec, ..., group_name.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+   * does not have, or live and config together; FAILED_PRECONDITION for live
+   * on an inactive domain.
+   */
+  getDomainBlockIoTune: handleUnaryCall<GetDomainBlockIoTuneRequest, GetDomainBlockIoTuneResponse>;
+  /**
+   * Changes a disk's I/O throttling (virDomainSetBlockIoTune, virsh
+   * blkdeviotune). Each parameter's name and type are checked against what
+   * the disk has before libvirt sees them.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for no parameters, an unknown name, a
+   * value of the wrong type, a missing disk or one the domain does not have;
+   * FAILED_PRECONDITION for live on an inactive domain.
+   */
+  setDomainBlockIoTune: handleUnaryCall<SetDomainBlockIoTuneRequest, SetDomainBlockIoTuneResponse>;
+  /**
+   * Starts copying a running domain's disk to a destination, given as a
+   * <disk> document or as a path and format (virDomainBlockCopy, virsh
+   * blockcopy). The job runs on: follow it with GetDomainBlockJobInfo, end
+   * it with AbortDomainBlockJob (pivot to switch the guest to the copy).
+   * A destination path must be absolute and, unless reuse_external, not
+   * exist yet.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+   * does not have, both or neither destination forms, a malformed document
+   * or path; ALREADY_EXISTS for an existing destination file without
+   * reuse_external; FAILED_PRECONDITION when the domain is not running or
+   * the disk already has a job; UNIMPLEMENTED when the driver cannot.
+   */
+  copyDomainBlock: handleUnaryCall<CopyDomainBlockRequest, CopyDomainBlockResponse>;
+  /**
+   * Starts committing a disk's backing chain from top down into base
+   * (virDomainBlockCommit, virsh blockcommit); active commits the active
+   * layer, a job that waits for a pivot or abort like a copy.
+   * Errors: as CopyDomainBlock; INVALID_ARGUMENT for a base or top not in
+   * the chain.
+   */
+  commitDomainBlock: handleUnaryCall<CommitDomainBlockRequest, CommitDomainBlockResponse>;
+  /**
+   * Starts pulling a disk's whole backing chain into its active layer
+   * (virDomainBlockPull, virsh blockpull).
+   * Errors: as CopyDomainBlock.
+   */
+  pullDomainBlock: handleUnaryCall<PullDomainBlockRequest, PullDomainBlockResponse>;
+  /**
+   * Starts pulling a disk's backing chain above base into its active layer,
+   * or with copy a copy to a new file (virDomainBlockRebase, virsh
+   * blockpull --base).
+   * Errors: as CopyDomainBlock.
+   */
+  rebaseDomainBlock: handleUnaryCall<RebaseDomainBlockRequest, RebaseDomainBlockResponse>;
+  /**
+   * Ends a disk's block job: cancels it, or with pivot switches the guest to
+   * a ready copy or commit (virDomainBlockJobAbort, virsh blockjob --abort).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+   * does not have; FAILED_PRECONDITION when the disk has no job, or pivot
+   * before the job is ready.
+   */
+  abortDomainBlockJob: handleUnaryCall<AbortDomainBlockJobRequest, AbortDomainBlockJobResponse>;
+  /**
+   * Changes a running block job's bandwidth (virDomainBlockJobSetSpeed,
+   * virsh blockjob --bandwidth).
+   * Errors: as AbortDomainBlockJob.
+   */
+  setDomainBlockJobSpeed: handleUnaryCall<SetDomainBlockJobSpeedRequest, SetDomainBlockJobSpeedResponse>;
+  /**
+   * Returns a disk's block job: its type, progress and bandwidth
+   * (virDomainGetBlockJobInfo, virsh blockjob --info). A disk without a job
+   * answers active false, not an error.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+   * does not have; FAILED_PRECONDITION when the domain is not running;
+   * UNIMPLEMENTED when the driver has no block jobs (the test driver).
+   */
+  getDomainBlockJobInfo: handleUnaryCall<GetDomainBlockJobInfoRequest, GetDomainBlockJobInfoResponse>;
+  /**
+   * Asks for one BLOCK_THRESHOLD event when the guest writes past
+   * threshold_bytes of a disk (or a backing layer, vda[1])
+   * (virDomainSetBlockThreshold, virsh domblkthreshold); 0 clears it.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+   * does not have; FAILED_PRECONDITION when the domain is not running;
+   * UNIMPLEMENTED when the driver cannot (the test driver).
+   */
+  setDomainBlockThreshold: handleUnaryCall<SetDomainBlockThresholdRequest, SetDomainBlockThresholdResponse>;
 }
 
 export interface ComputeServiceClient extends Client {
@@ -36570,6 +41020,384 @@ export interface ComputeServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: SetDomainLaunchSecurityStateResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns a disk's capacity, allocation and physical size in bytes
+   * (virDomainGetBlockInfo, virsh domblkinfo); the disk is its target (vda)
+   * or its source path.
+   * Errors: NOT_FOUND for the domain; INVALID_ARGUMENT for a missing disk or
+   * one the domain does not have.
+   */
+  getDomainBlockInfo(
+    request: GetDomainBlockInfoRequest,
+    callback: (error: ServiceError | null, response: GetDomainBlockInfoResponse) => void,
+  ): ClientUnaryCall;
+  getDomainBlockInfo(
+    request: GetDomainBlockInfoRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainBlockInfoResponse) => void,
+  ): ClientUnaryCall;
+  getDomainBlockInfo(
+    request: GetDomainBlockInfoRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainBlockInfoResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns a running domain's I/O statistics of one disk, or of all disks
+   * summed when disk is empty (virDomainBlockStatsFlags, virsh domblkstat):
+   * rd_operations, rd_bytes, rd_total_times, wr_*, flush_*, errs.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a disk the domain does not have;
+   * FAILED_PRECONDITION when the domain is not running; UNIMPLEMENTED when
+   * the driver has no statistics (the test driver).
+   */
+  getDomainBlockStats(
+    request: GetDomainBlockStatsRequest,
+    callback: (error: ServiceError | null, response: GetDomainBlockStatsResponse) => void,
+  ): ClientUnaryCall;
+  getDomainBlockStats(
+    request: GetDomainBlockStatsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainBlockStatsResponse) => void,
+  ): ClientUnaryCall;
+  getDomainBlockStats(
+    request: GetDomainBlockStatsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainBlockStatsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns a running domain's traffic counters of one interface, named by
+   * its target device (vnet0) or its MAC address (virDomainInterfaceStats,
+   * virsh domifstat).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing device or one the
+   * domain does not have; FAILED_PRECONDITION when the domain is not running.
+   */
+  getDomainInterfaceStats(
+    request: GetDomainInterfaceStatsRequest,
+    callback: (error: ServiceError | null, response: GetDomainInterfaceStatsResponse) => void,
+  ): ClientUnaryCall;
+  getDomainInterfaceStats(
+    request: GetDomainInterfaceStatsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainInterfaceStatsResponse) => void,
+  ): ClientUnaryCall;
+  getDomainInterfaceStats(
+    request: GetDomainInterfaceStatsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainInterfaceStatsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns a running domain's memory statistics as the balloon driver
+   * reports them (virDomainMemoryStats, virsh dommemstat).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running.
+   */
+  getDomainMemoryStats(
+    request: GetDomainMemoryStatsRequest,
+    callback: (error: ServiceError | null, response: GetDomainMemoryStatsResponse) => void,
+  ): ClientUnaryCall;
+  getDomainMemoryStats(
+    request: GetDomainMemoryStatsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainMemoryStatsResponse) => void,
+  ): ClientUnaryCall;
+  getDomainMemoryStats(
+    request: GetDomainMemoryStatsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainMemoryStatsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Reads up to 64 KiB of a disk's image, as the host sees it, from an
+   * offset (virDomainBlockPeek, virsh blockpeek).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the
+   * domain does not have, a size of 0 or above 65536, or a range past the
+   * image's end; UNIMPLEMENTED when the driver cannot (the test driver).
+   */
+  peekDomainBlock(
+    request: PeekDomainBlockRequest,
+    callback: (error: ServiceError | null, response: PeekDomainBlockResponse) => void,
+  ): ClientUnaryCall;
+  peekDomainBlock(
+    request: PeekDomainBlockRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PeekDomainBlockResponse) => void,
+  ): ClientUnaryCall;
+  peekDomainBlock(
+    request: PeekDomainBlockRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PeekDomainBlockResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Reads up to 64 KiB of a running guest's memory from a virtual (the
+   * guest's) or physical address (virDomainMemoryPeek).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a size of 0 or above 65536;
+   * FAILED_PRECONDITION when the domain is not running.
+   */
+  peekDomainMemory(
+    request: PeekDomainMemoryRequest,
+    callback: (error: ServiceError | null, response: PeekDomainMemoryResponse) => void,
+  ): ClientUnaryCall;
+  peekDomainMemory(
+    request: PeekDomainMemoryRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PeekDomainMemoryResponse) => void,
+  ): ClientUnaryCall;
+  peekDomainMemory(
+    request: PeekDomainMemoryRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PeekDomainMemoryResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Grows a running domain's disk to size_bytes (virDomainBlockResize with
+   * VIR_DOMAIN_BLOCK_RESIZE_BYTES, virsh blockresize). A smaller size than
+   * the disk's capacity is refused unless shrink is set.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+   * does not have, a size of 0, or a shrink not asked for;
+   * FAILED_PRECONDITION when the domain is not running; UNIMPLEMENTED when
+   * the driver cannot (the test driver).
+   */
+  resizeDomainBlock(
+    request: ResizeDomainBlockRequest,
+    callback: (error: ServiceError | null, response: ResizeDomainBlockResponse) => void,
+  ): ClientUnaryCall;
+  resizeDomainBlock(
+    request: ResizeDomainBlockRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ResizeDomainBlockResponse) => void,
+  ): ClientUnaryCall;
+  resizeDomainBlock(
+    request: ResizeDomainBlockRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ResizeDomainBlockResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns a disk's I/O throttling (virDomainGetBlockIoTune, virsh
+   * blkdeviotune): total_bytes_sec, read_iops_sec, ..., group_name.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+   * does not have, or live and config together; FAILED_PRECONDITION for live
+   * on an inactive domain.
+   */
+  getDomainBlockIoTune(
+    request: GetDomainBlockIoTuneRequest,
+    callback: (error: ServiceError | null, response: GetDomainBlockIoTuneResponse) => void,
+  ): ClientUnaryCall;
+  getDomainBlockIoTune(
+    request: GetDomainBlockIoTuneRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainBlockIoTuneResponse) => void,
+  ): ClientUnaryCall;
+  getDomainBlockIoTune(
+    request: GetDomainBlockIoTuneRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainBlockIoTuneResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Changes a disk's I/O throttling (virDomainSetBlockIoTune, virsh
+   * blkdeviotune). Each parameter's name and type are checked against what
+   * the disk has before libvirt sees them.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for no parameters, an unknown name, a
+   * value of the wrong type, a missing disk or one the domain does not have;
+   * FAILED_PRECONDITION for live on an inactive domain.
+   */
+  setDomainBlockIoTune(
+    request: SetDomainBlockIoTuneRequest,
+    callback: (error: ServiceError | null, response: SetDomainBlockIoTuneResponse) => void,
+  ): ClientUnaryCall;
+  setDomainBlockIoTune(
+    request: SetDomainBlockIoTuneRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainBlockIoTuneResponse) => void,
+  ): ClientUnaryCall;
+  setDomainBlockIoTune(
+    request: SetDomainBlockIoTuneRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainBlockIoTuneResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Starts copying a running domain's disk to a destination, given as a
+   * <disk> document or as a path and format (virDomainBlockCopy, virsh
+   * blockcopy). The job runs on: follow it with GetDomainBlockJobInfo, end
+   * it with AbortDomainBlockJob (pivot to switch the guest to the copy).
+   * A destination path must be absolute and, unless reuse_external, not
+   * exist yet.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk, one the domain
+   * does not have, both or neither destination forms, a malformed document
+   * or path; ALREADY_EXISTS for an existing destination file without
+   * reuse_external; FAILED_PRECONDITION when the domain is not running or
+   * the disk already has a job; UNIMPLEMENTED when the driver cannot.
+   */
+  copyDomainBlock(
+    request: CopyDomainBlockRequest,
+    callback: (error: ServiceError | null, response: CopyDomainBlockResponse) => void,
+  ): ClientUnaryCall;
+  copyDomainBlock(
+    request: CopyDomainBlockRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CopyDomainBlockResponse) => void,
+  ): ClientUnaryCall;
+  copyDomainBlock(
+    request: CopyDomainBlockRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CopyDomainBlockResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Starts committing a disk's backing chain from top down into base
+   * (virDomainBlockCommit, virsh blockcommit); active commits the active
+   * layer, a job that waits for a pivot or abort like a copy.
+   * Errors: as CopyDomainBlock; INVALID_ARGUMENT for a base or top not in
+   * the chain.
+   */
+  commitDomainBlock(
+    request: CommitDomainBlockRequest,
+    callback: (error: ServiceError | null, response: CommitDomainBlockResponse) => void,
+  ): ClientUnaryCall;
+  commitDomainBlock(
+    request: CommitDomainBlockRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CommitDomainBlockResponse) => void,
+  ): ClientUnaryCall;
+  commitDomainBlock(
+    request: CommitDomainBlockRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CommitDomainBlockResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Starts pulling a disk's whole backing chain into its active layer
+   * (virDomainBlockPull, virsh blockpull).
+   * Errors: as CopyDomainBlock.
+   */
+  pullDomainBlock(
+    request: PullDomainBlockRequest,
+    callback: (error: ServiceError | null, response: PullDomainBlockResponse) => void,
+  ): ClientUnaryCall;
+  pullDomainBlock(
+    request: PullDomainBlockRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PullDomainBlockResponse) => void,
+  ): ClientUnaryCall;
+  pullDomainBlock(
+    request: PullDomainBlockRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PullDomainBlockResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Starts pulling a disk's backing chain above base into its active layer,
+   * or with copy a copy to a new file (virDomainBlockRebase, virsh
+   * blockpull --base).
+   * Errors: as CopyDomainBlock.
+   */
+  rebaseDomainBlock(
+    request: RebaseDomainBlockRequest,
+    callback: (error: ServiceError | null, response: RebaseDomainBlockResponse) => void,
+  ): ClientUnaryCall;
+  rebaseDomainBlock(
+    request: RebaseDomainBlockRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RebaseDomainBlockResponse) => void,
+  ): ClientUnaryCall;
+  rebaseDomainBlock(
+    request: RebaseDomainBlockRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RebaseDomainBlockResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Ends a disk's block job: cancels it, or with pivot switches the guest to
+   * a ready copy or commit (virDomainBlockJobAbort, virsh blockjob --abort).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+   * does not have; FAILED_PRECONDITION when the disk has no job, or pivot
+   * before the job is ready.
+   */
+  abortDomainBlockJob(
+    request: AbortDomainBlockJobRequest,
+    callback: (error: ServiceError | null, response: AbortDomainBlockJobResponse) => void,
+  ): ClientUnaryCall;
+  abortDomainBlockJob(
+    request: AbortDomainBlockJobRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AbortDomainBlockJobResponse) => void,
+  ): ClientUnaryCall;
+  abortDomainBlockJob(
+    request: AbortDomainBlockJobRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AbortDomainBlockJobResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Changes a running block job's bandwidth (virDomainBlockJobSetSpeed,
+   * virsh blockjob --bandwidth).
+   * Errors: as AbortDomainBlockJob.
+   */
+  setDomainBlockJobSpeed(
+    request: SetDomainBlockJobSpeedRequest,
+    callback: (error: ServiceError | null, response: SetDomainBlockJobSpeedResponse) => void,
+  ): ClientUnaryCall;
+  setDomainBlockJobSpeed(
+    request: SetDomainBlockJobSpeedRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainBlockJobSpeedResponse) => void,
+  ): ClientUnaryCall;
+  setDomainBlockJobSpeed(
+    request: SetDomainBlockJobSpeedRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainBlockJobSpeedResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns a disk's block job: its type, progress and bandwidth
+   * (virDomainGetBlockJobInfo, virsh blockjob --info). A disk without a job
+   * answers active false, not an error.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+   * does not have; FAILED_PRECONDITION when the domain is not running;
+   * UNIMPLEMENTED when the driver has no block jobs (the test driver).
+   */
+  getDomainBlockJobInfo(
+    request: GetDomainBlockJobInfoRequest,
+    callback: (error: ServiceError | null, response: GetDomainBlockJobInfoResponse) => void,
+  ): ClientUnaryCall;
+  getDomainBlockJobInfo(
+    request: GetDomainBlockJobInfoRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainBlockJobInfoResponse) => void,
+  ): ClientUnaryCall;
+  getDomainBlockJobInfo(
+    request: GetDomainBlockJobInfoRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainBlockJobInfoResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Asks for one BLOCK_THRESHOLD event when the guest writes past
+   * threshold_bytes of a disk (or a backing layer, vda[1])
+   * (virDomainSetBlockThreshold, virsh domblkthreshold); 0 clears it.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
+   * does not have; FAILED_PRECONDITION when the domain is not running;
+   * UNIMPLEMENTED when the driver cannot (the test driver).
+   */
+  setDomainBlockThreshold(
+    request: SetDomainBlockThresholdRequest,
+    callback: (error: ServiceError | null, response: SetDomainBlockThresholdResponse) => void,
+  ): ClientUnaryCall;
+  setDomainBlockThreshold(
+    request: SetDomainBlockThresholdRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainBlockThresholdResponse) => void,
+  ): ClientUnaryCall;
+  setDomainBlockThreshold(
+    request: SetDomainBlockThresholdRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainBlockThresholdResponse) => void,
   ): ClientUnaryCall;
 }
 
