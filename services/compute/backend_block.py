@@ -26,7 +26,7 @@ import libvirt
 from services.common import documents
 from services.common.errors import ServiceError, require
 from services.compute.backend import ComputeBackend
-from services.compute.backend_tuning import _converted, _one_scope, checked_changes
+from services.compute.backend_tuning import call_in_range, checked_changes, one_scope
 
 log = logging.getLogger(__name__)
 
@@ -176,13 +176,13 @@ class BlockBackend:
         if size < capacity and not shrink:
             raise _invalid(f"disk {disk} has {capacity} bytes: {size} would cut the guest's "
                            "data off (shrink to allow it)", "SHRINK_NOT_ASKED")
-        _converted(dom.blockResize, disk, size, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+        call_in_range(dom.blockResize, disk, size, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
 
     # -- I/O throttling ---------------------------------------------------------------
 
     def io_tune(self, name: str, disk: str, flags: int) -> dict[str, Any]:
         checked_name(disk, "disk")
-        return dict(self.compute.lookup(name).blockIoTune(disk, _one_scope(flags)))
+        return dict(self.compute.lookup(name).blockIoTune(disk, one_scope(flags)))
 
     def set_io_tune(self, name: str, disk: str, changes: Mapping[str, Any], flags: int) -> None:
         """Checked against what the disk has in the same scope (live when both)."""
@@ -191,7 +191,7 @@ class BlockBackend:
         both = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
         read = flags & ~libvirt.VIR_DOMAIN_AFFECT_CONFIG if flags & both == both else flags
         checked = checked_changes(changes, dom.blockIoTune(disk, read))
-        _converted(dom.setBlockIoTune, disk, checked, flags)
+        call_in_range(dom.setBlockIoTune, disk, checked, flags)
 
     # -- block jobs ---------------------------------------------------------------------
 
@@ -220,19 +220,19 @@ class BlockBackend:
             if bandwidth else {}
         dom = self._job_domain(name, disk)
         with _no_new_file(new_file):
-            _converted(dom.blockCopy, disk, xml, params, flags)
+            call_in_range(dom.blockCopy, disk, xml, params, flags)
 
     def commit(self, name: str, disk: str, base: str, top: str, bandwidth: int,
                flags: int) -> None:
         optional_name(base, "base")
         optional_name(top, "top")
         dom = self._job_domain(name, disk)
-        _converted(dom.blockCommit, disk, base or None, top or None, _bandwidth(bandwidth),
+        call_in_range(dom.blockCommit, disk, base or None, top or None, _bandwidth(bandwidth),
                    flags | libvirt.VIR_DOMAIN_BLOCK_COMMIT_BANDWIDTH_BYTES)
 
     def pull(self, name: str, disk: str, bandwidth: int) -> None:
         dom = self._job_domain(name, disk)
-        _converted(dom.blockPull, disk, _bandwidth(bandwidth),
+        call_in_range(dom.blockPull, disk, _bandwidth(bandwidth),
                    libvirt.VIR_DOMAIN_BLOCK_PULL_BANDWIDTH_BYTES)
 
     def rebase(self, name: str, disk: str, base: str, bandwidth: int, flags: int) -> None:
@@ -245,7 +245,7 @@ class BlockBackend:
             new_file = None if reuse else target
         dom = self._job_domain(name, disk)
         with _no_new_file(new_file):
-            _converted(dom.blockRebase, disk, base or None, _bandwidth(bandwidth),
+            call_in_range(dom.blockRebase, disk, base or None, _bandwidth(bandwidth),
                        flags | libvirt.VIR_DOMAIN_BLOCK_REBASE_BANDWIDTH_BYTES)
 
     def abort_job(self, name: str, disk: str, flags: int) -> None:
@@ -254,7 +254,7 @@ class BlockBackend:
 
     def set_job_speed(self, name: str, disk: str, bandwidth: int) -> None:
         dom = self._job_domain(name, disk)
-        _converted(dom.blockJobSetSpeed, disk, _bandwidth(bandwidth),
+        call_in_range(dom.blockJobSetSpeed, disk, _bandwidth(bandwidth),
                    libvirt.VIR_DOMAIN_BLOCK_JOB_SPEED_BANDWIDTH_BYTES)
 
     def job_info(self, name: str, disk: str) -> dict[str, int]:
@@ -265,4 +265,4 @@ class BlockBackend:
 
     def set_threshold(self, name: str, disk: str, threshold: int) -> None:
         dom = self._job_domain(name, disk)
-        _converted(dom.setBlockThreshold, disk, threshold, 0)
+        call_in_range(dom.setBlockThreshold, disk, threshold, 0)

@@ -40,7 +40,7 @@ def _invalid(message: str, reason: str = "VIR_ERR_INVALID_ARG") -> ServiceError:
     return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, reason)
 
 
-def _one_scope(flags: int) -> int:
+def one_scope(flags: int) -> int:
     if flags & _BOTH == _BOTH:
         raise _invalid("a getter reads live or config, not both", "CONFLICTING_FLAGS")
     return flags
@@ -70,7 +70,7 @@ def checked_changes(changes: Mapping[str, Any], current: Mapping[str, Any]) -> d
     return dict(changes)
 
 
-def _converted(setter: Callable[..., Any], *args: Any) -> Any:
+def call_in_range(setter: Callable[..., Any], *args: Any) -> Any:
     """``setter(*args)``; a value out of its parameter's range (a negative number for
     an unsigned one) is INVALID_ARGUMENT. libvirt-python converts every value before
     it calls libvirt, so nothing has changed then."""
@@ -111,7 +111,7 @@ class TuningBackend:
         """Check ``changes`` against what ``getter`` reads in the same scope (live
         wins when both are asked: the live domain has every name the config has)."""
         read = flags & ~libvirt.VIR_DOMAIN_AFFECT_CONFIG if flags & _BOTH == _BOTH else flags
-        _converted(setter, checked_changes(changes, getter(read)), flags)
+        call_in_range(setter, checked_changes(changes, getter(read)), flags)
 
     # -- typed-parameter tunables ----------------------------------------------
 
@@ -120,7 +120,7 @@ class TuningBackend:
         which every driver has (the test driver refuses the flags form)."""
         dom = self.compute.lookup(name)
         kind = dom.schedulerType()[0]
-        if not _one_scope(flags):
+        if not one_scope(flags):
             return kind, dict(dom.schedulerParameters())
         return kind, dict(dom.schedulerParametersFlags(flags))
 
@@ -128,34 +128,34 @@ class TuningBackend:
         dom = self.compute.lookup(name)
         if not flags:
             current = dom.schedulerParameters()
-            _converted(dom.setSchedulerParameters, checked_changes(changes, current))
+            call_in_range(dom.setSchedulerParameters, checked_changes(changes, current))
             return
         self._set(dom.schedulerParametersFlags, dom.setSchedulerParametersFlags, changes,
                   flags)
 
     def memory(self, name: str, flags: int) -> dict[str, Any]:
-        return dict(self.compute.lookup(name).memoryParameters(_one_scope(flags)))
+        return dict(self.compute.lookup(name).memoryParameters(one_scope(flags)))
 
     def set_memory(self, name: str, changes: Mapping[str, Any], flags: int) -> None:
         dom = self.compute.lookup(name)
         self._set(dom.memoryParameters, dom.setMemoryParameters, changes, flags)
 
     def blkio(self, name: str, flags: int) -> dict[str, Any]:
-        return dict(self.compute.lookup(name).blkioParameters(_one_scope(flags)))
+        return dict(self.compute.lookup(name).blkioParameters(one_scope(flags)))
 
     def set_blkio(self, name: str, changes: Mapping[str, Any], flags: int) -> None:
         dom = self.compute.lookup(name)
         self._set(dom.blkioParameters, dom.setBlkioParameters, changes, flags)
 
     def numa(self, name: str, flags: int) -> dict[str, Any]:
-        return dict(self.compute.lookup(name).numaParameters(_one_scope(flags)))
+        return dict(self.compute.lookup(name).numaParameters(one_scope(flags)))
 
     def set_numa(self, name: str, changes: Mapping[str, Any], flags: int) -> None:
         dom = self.compute.lookup(name)
         self._set(dom.numaParameters, dom.setNumaParameters, changes, flags)
 
     def perf(self, name: str, flags: int) -> dict[str, Any]:
-        return dict(self.compute.lookup(name).perfEvents(_one_scope(flags)))
+        return dict(self.compute.lookup(name).perfEvents(one_scope(flags)))
 
     def set_perf(self, name: str, changes: Mapping[str, Any], flags: int) -> None:
         dom = self.compute.lookup(name)
@@ -163,7 +163,7 @@ class TuningBackend:
 
     def interface(self, name: str, device: str, flags: int) -> dict[str, Any]:
         require(device, "device")
-        return dict(self.compute.lookup(name).interfaceParameters(device, _one_scope(flags)))
+        return dict(self.compute.lookup(name).interfaceParameters(device, one_scope(flags)))
 
     def set_interface(self, name: str, device: str, changes: Mapping[str, Any],
                       flags: int) -> None:
@@ -189,21 +189,21 @@ class TuningBackend:
 
     def vcpu_pins(self, name: str, flags: int) -> list[list[int]]:
         return [cpu_list(cpumap)
-                for cpumap in self.compute.lookup(name).vcpuPinInfo(_one_scope(flags))]
+                for cpumap in self.compute.lookup(name).vcpuPinInfo(one_scope(flags))]
 
     def pin_vcpu(self, name: str, vcpu: int, cpus: Sequence[int], flags: int) -> None:
         dom = self.compute.lookup(name)
         dom.pinVcpuFlags(vcpu, _cpumap(cpus, self._host_cpus()), flags)
 
     def emulator_pins(self, name: str, flags: int) -> list[int]:
-        return cpu_list(self.compute.lookup(name).emulatorPinInfo(_one_scope(flags)))
+        return cpu_list(self.compute.lookup(name).emulatorPinInfo(one_scope(flags)))
 
     def pin_emulator(self, name: str, cpus: Sequence[int], flags: int) -> None:
         dom = self.compute.lookup(name)
         dom.pinEmulator(_cpumap(cpus, self._host_cpus()), flags)
 
     def iothreads(self, name: str, flags: int) -> list[tuple[int, list[int]]]:
-        threads = self.compute.lookup(name).ioThreadInfo(_one_scope(flags))
+        threads = self.compute.lookup(name).ioThreadInfo(one_scope(flags))
         return sorted((int(thread), cpu_list(cpumap)) for thread, cpumap in threads)
 
     def add_iothread(self, name: str, thread: int, flags: int) -> None:
@@ -221,7 +221,7 @@ class TuningBackend:
     def set_iothread_parameters(self, name: str, thread: int, changes: Mapping[str, Any],
                                 flags: int) -> None:
         checked = checked_changes(changes, IOTHREAD_PARAMETERS)
-        _converted(self.compute.lookup(name).setIOThreadParams, thread, checked, flags)
+        call_in_range(self.compute.lookup(name).setIOThreadParams, thread, checked, flags)
 
     def set_vcpus_enabled(self, name: str, vcpus: Sequence[int], enable: bool,
                           flags: int) -> None:
@@ -270,7 +270,7 @@ class TuningBackend:
         if element and not uri:
             raise _invalid("an element's metadata is found by its uri", "MISSING_FIELD")
         dom = self.compute.lookup(name)
-        return str(dom.metadata(kind, uri if element else None, _one_scope(flags)))
+        return str(dom.metadata(kind, uri if element else None, one_scope(flags)))
 
     def set_metadata(self, name: str, kind: int, value: str, key: str, uri: str,
                      flags: int) -> None:
