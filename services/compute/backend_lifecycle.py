@@ -9,6 +9,8 @@ signal to an inactive domain without a word).
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
+
 import grpc
 import libvirt
 
@@ -20,6 +22,15 @@ from services.compute.backend import ComputeBackend
 DIRTY_RATE_SECONDS = range(1, 61)
 _LIVE, _CONFIG = libvirt.VIR_DOMAIN_AFFECT_LIVE, libvirt.VIR_DOMAIN_AFFECT_CONFIG
 _LLONG_MAX = 2**63 - 1
+#: VIR_NODE_SUSPEND_TARGET_* -> the <pm> elements that must not disable it
+PM_ELEMENTS = {
+    libvirt.VIR_NODE_SUSPEND_TARGET_MEM: ("suspend-to-mem",),
+    libvirt.VIR_NODE_SUSPEND_TARGET_DISK: ("suspend-to-disk",),
+    libvirt.VIR_NODE_SUSPEND_TARGET_HYBRID: ("suspend-to-mem", "suspend-to-disk"),
+}
+#: the actions libvirt's domain XML allows only on a crash (virDomainDefLifecycleActionAllowed)
+CRASH_ONLY_ACTIONS = frozenset((libvirt.VIR_DOMAIN_LIFECYCLE_ACTION_COREDUMP_DESTROY,
+                                libvirt.VIR_DOMAIN_LIFECYCLE_ACTION_COREDUMP_RESTART))
 
 
 def _invalid(message: str, reason: str = "VIR_ERR_INVALID_ARG") -> ServiceError:
@@ -55,10 +66,29 @@ class LifecycleBackend:
         """``target``: a VIR_NODE_SUSPEND_TARGET_*."""
         if duration_seconds > _LLONG_MAX:
             raise _invalid(f"duration_seconds: {duration_seconds} is out of range")
-        self.compute.running(name).pMSuspendForDuration(target, duration_seconds, 0)
+        dom = self.compute.running(name)
+        if dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"domain '{dom.name()}' is not running (paused or asleep)",
+                               "VIR_ERR_OPERATION_INVALID")
+        pm = ET.fromstring(dom.XMLDesc(0)).find("pm")
+        for element in PM_ELEMENTS[target]:
+            state = pm.find(element) if pm is not None else None
+            if state is not None and state.get("enabled") == "no":
+                # libvirt says OPERATION_UNSUPPORTED: the domain's own setting refuses it
+                raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   f"domain '{dom.name()}' has <{element} enabled='no'/>",
+                                   "PM_TARGET_DISABLED")
+        dom.pMSuspendForDuration(target, duration_seconds, 0)
 
     def pm_wakeup(self, name: str) -> None:
-        self.compute.running(name).pMWakeup(0)
+        """Only a guest that suspended itself (QEMU's refusal otherwise is INTERNAL)."""
+        dom = self.compute.running(name)
+        if dom.state()[0] != libvirt.VIR_DOMAIN_PMSUSPENDED:
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"domain '{dom.name()}' is not suspended by its guest",
+                               "VIR_ERR_OPERATION_INVALID")
+        dom.pMWakeup(0)
 
     # -- renaming, NMIs and signals ---------------------------------------------
 
@@ -97,6 +127,8 @@ class LifecycleBackend:
     def set_lifecycle_action(self, name: str, kind: int, action: int, flags: int) -> None:
         """``kind``: a VIR_DOMAIN_LIFECYCLE_*, ``action`` a
         VIR_DOMAIN_LIFECYCLE_ACTION_*, ``flags`` AFFECT_*."""
+        if kind != libvirt.VIR_DOMAIN_LIFECYCLE_CRASH and action in CRASH_ONLY_ACTIONS:
+            raise _invalid("the coredump actions are for crashes only")
         dom = self.compute.lookup(name)
         if flags & _LIVE and not dom.isActive():
             raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -129,7 +161,15 @@ class LifecycleBackend:
         seconds = seconds or 1
         if seconds not in DIRTY_RATE_SECONDS:
             raise _invalid(f"calc_seconds: {seconds} is outside 1 to 60")
-        self.compute.running(name).startDirtyRateCalc(seconds, flags)
+        dom = self.compute.running(name)
+        if (flags & libvirt.VIR_DOMAIN_DIRTYRATE_MODE_DIRTY_BITMAP
+                and ET.fromstring(dom.XMLDesc(0)).get("type") == "qemu"):
+            # QEMU under TCG (Debian 12's 7.2) dies measuring so: its guest with it
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"domain '{dom.name()}' runs under TCG, where QEMU's "
+                               "dirty_bitmap measurement crashes it; use page_sampling",
+                               "DIRTY_RATE_MODE_NEEDS_KVM")
+        dom.startDirtyRateCalc(seconds, flags)
 
     def is_updated(self, dom: libvirt.virDomain) -> bool:
         """Whether a running domain's live definition has changed since it started: a

@@ -20227,8 +20227,8 @@ type DirtyRateStats struct {
 
 	// libvirt's virDomainDirtyRateStatus: 0 unstarted, 1 measuring, 2 measured.
 	CalcStatus int32 `protobuf:"varint,1,opt,name=calc_status,json=calcStatus,proto3" json:"calc_status,omitempty"`
-	// When the last measurement started (seconds since the epoch) and how long
-	// it ran.
+	// When the last measurement started, in seconds of QEMU's clock (the
+	// host's monotonic clock, not the epoch), and how long it ran.
 	CalcStartTime int64 `protobuf:"varint,2,opt,name=calc_start_time,json=calcStartTime,proto3" json:"calc_start_time,omitempty"`
 	CalcPeriod    int32 `protobuf:"varint,3,opt,name=calc_period,json=calcPeriod,proto3" json:"calc_period,omitempty"`
 	// The result, in MiB/s.

@@ -325,10 +325,13 @@ type ComputeServiceClient interface {
 	// Errors: UNIMPLEMENTED when the driver has no job statistics (the test
 	// driver).
 	GetDomainJobInfo(ctx context.Context, in *GetDomainJobInfoRequest, opts ...grpc.CallOption) (*GetDomainJobInfoResponse, error)
-	// Aborts the domain's current job (virDomainAbortJob): a save, dump or
-	// migration; the call that started it ends with ABORTED.
-	// Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
-	// UNIMPLEMENTED when the driver has no jobs (the test driver).
+	// Aborts the domain's current job (virDomainAbortJobFlags; without
+	// postcopy, virDomainAbortJob where a driver lacks the former): a save,
+	// dump or migration; the call that started it ends with ABORTED.
+	// Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
+	// (a migration in post-copy without postcopy);
+	// UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
+	// where it lacks virDomainAbortJobFlags.
 	AbortDomainJob(ctx context.Context, in *AbortDomainJobRequest, opts ...grpc.CallOption) (*AbortDomainJobResponse, error)
 	// The guest's network interfaces and their addresses
 	// (virDomainInterfaceAddresses) from the DHCP leases, the guest agent or
@@ -543,14 +546,15 @@ type ComputeServiceClient interface {
 	// Asks the guest, through its guest agent, to suspend itself (to RAM, to
 	// disk or both: virDomainPMSuspendForDuration, virsh dompmsuspend), for
 	// duration_seconds or until woken (0). The domain's <pm> must allow it.
-	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
-	// its agent does not answer or its <pm> disables the target;
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running
+	// (or paused, or asleep), its agent does not answer or its <pm> disables
+	// the target;
 	// INVALID_ARGUMENT for no target; UNIMPLEMENTED where the driver has no
 	// power management.
 	PmSuspendDomain(ctx context.Context, in *PmSuspendDomainRequest, opts ...grpc.CallOption) (*PmSuspendDomainResponse, error)
 	// Wakes a guest suspended to RAM (virDomainPMWakeup, virsh dompmwakeup).
-	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
-	// not suspended by the guest; UNIMPLEMENTED where the driver cannot.
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not suspended
+	// by its guest; UNIMPLEMENTED where the driver cannot.
 	PmWakeupDomain(ctx context.Context, in *PmWakeupDomainRequest, opts ...grpc.CallOption) (*PmWakeupDomainResponse, error)
 	// Renames an inactive domain (virDomainRename, virsh domrename); returns
 	// its summary under the new name.
@@ -575,10 +579,10 @@ type ComputeServiceClient interface {
 	// Sets what happens when the guest powers off, reboots or crashes
 	// (virDomainSetLifecycleAction, virsh set-lifecycle-action), live and/or in
 	// the persistent config.
-	// Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or an action
-	// the type does not take (rename-restart and preserve are only for crash
-	// in libvirt's QEMU driver: it says so); FAILED_PRECONDITION for a live
-	// change on an inactive domain; UNIMPLEMENTED where the driver cannot.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or a
+	// coredump action for other than a crash; FAILED_PRECONDITION for a live
+	// change on an inactive domain, or one the running hypervisor cannot make;
+	// UNIMPLEMENTED where the driver cannot.
 	SetDomainLifecycleAction(ctx context.Context, in *SetDomainLifecycleActionRequest, opts ...grpc.CallOption) (*SetDomainLifecycleActionResponse, error)
 	// Returns the messages libvirt keeps about a domain: why it is tainted and
 	// what of its configuration is deprecated (virDomainGetMessages, shown by
@@ -596,10 +600,10 @@ type ComputeServiceClient interface {
 	// Starts measuring how fast the guest dirties its memory, for
 	// calc_seconds (virDomainStartDirtyRateCalc, virsh domdirtyrate-calc). It
 	// returns at once; the result is GetDomainStats' dirtyrate group.
-	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
-	// the mode needs what the guest lacks (dirty_ring needs KVM's dirty ring);
-	// INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED where
-	// the driver cannot.
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
+	// or for dirty_bitmap on a TCG guest (type 'qemu': QEMU crashes measuring
+	// so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
+	// where the driver cannot, or for dirty_ring without KVM's dirty ring.
 	StartDomainDirtyRateCalc(ctx context.Context, in *StartDomainDirtyRateCalcRequest, opts ...grpc.CallOption) (*StartDomainDirtyRateCalcResponse, error)
 }
 
@@ -2142,10 +2146,13 @@ type ComputeServiceServer interface {
 	// Errors: UNIMPLEMENTED when the driver has no job statistics (the test
 	// driver).
 	GetDomainJobInfo(context.Context, *GetDomainJobInfoRequest) (*GetDomainJobInfoResponse, error)
-	// Aborts the domain's current job (virDomainAbortJob): a save, dump or
-	// migration; the call that started it ends with ABORTED.
-	// Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
-	// UNIMPLEMENTED when the driver has no jobs (the test driver).
+	// Aborts the domain's current job (virDomainAbortJobFlags; without
+	// postcopy, virDomainAbortJob where a driver lacks the former): a save,
+	// dump or migration; the call that started it ends with ABORTED.
+	// Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
+	// (a migration in post-copy without postcopy);
+	// UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
+	// where it lacks virDomainAbortJobFlags.
 	AbortDomainJob(context.Context, *AbortDomainJobRequest) (*AbortDomainJobResponse, error)
 	// The guest's network interfaces and their addresses
 	// (virDomainInterfaceAddresses) from the DHCP leases, the guest agent or
@@ -2360,14 +2367,15 @@ type ComputeServiceServer interface {
 	// Asks the guest, through its guest agent, to suspend itself (to RAM, to
 	// disk or both: virDomainPMSuspendForDuration, virsh dompmsuspend), for
 	// duration_seconds or until woken (0). The domain's <pm> must allow it.
-	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
-	// its agent does not answer or its <pm> disables the target;
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running
+	// (or paused, or asleep), its agent does not answer or its <pm> disables
+	// the target;
 	// INVALID_ARGUMENT for no target; UNIMPLEMENTED where the driver has no
 	// power management.
 	PmSuspendDomain(context.Context, *PmSuspendDomainRequest) (*PmSuspendDomainResponse, error)
 	// Wakes a guest suspended to RAM (virDomainPMWakeup, virsh dompmwakeup).
-	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
-	// not suspended by the guest; UNIMPLEMENTED where the driver cannot.
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not suspended
+	// by its guest; UNIMPLEMENTED where the driver cannot.
 	PmWakeupDomain(context.Context, *PmWakeupDomainRequest) (*PmWakeupDomainResponse, error)
 	// Renames an inactive domain (virDomainRename, virsh domrename); returns
 	// its summary under the new name.
@@ -2392,10 +2400,10 @@ type ComputeServiceServer interface {
 	// Sets what happens when the guest powers off, reboots or crashes
 	// (virDomainSetLifecycleAction, virsh set-lifecycle-action), live and/or in
 	// the persistent config.
-	// Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or an action
-	// the type does not take (rename-restart and preserve are only for crash
-	// in libvirt's QEMU driver: it says so); FAILED_PRECONDITION for a live
-	// change on an inactive domain; UNIMPLEMENTED where the driver cannot.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or a
+	// coredump action for other than a crash; FAILED_PRECONDITION for a live
+	// change on an inactive domain, or one the running hypervisor cannot make;
+	// UNIMPLEMENTED where the driver cannot.
 	SetDomainLifecycleAction(context.Context, *SetDomainLifecycleActionRequest) (*SetDomainLifecycleActionResponse, error)
 	// Returns the messages libvirt keeps about a domain: why it is tainted and
 	// what of its configuration is deprecated (virDomainGetMessages, shown by
@@ -2413,10 +2421,10 @@ type ComputeServiceServer interface {
 	// Starts measuring how fast the guest dirties its memory, for
 	// calc_seconds (virDomainStartDirtyRateCalc, virsh domdirtyrate-calc). It
 	// returns at once; the result is GetDomainStats' dirtyrate group.
-	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
-	// the mode needs what the guest lacks (dirty_ring needs KVM's dirty ring);
-	// INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED where
-	// the driver cannot.
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
+	// or for dirty_bitmap on a TCG guest (type 'qemu': QEMU crashes measuring
+	// so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
+	// where the driver cannot, or for dirty_ring without KVM's dirty ring.
 	StartDomainDirtyRateCalc(context.Context, *StartDomainDirtyRateCalcRequest) (*StartDomainDirtyRateCalcResponse, error)
 	mustEmbedUnimplementedComputeServiceServer()
 }

@@ -8860,8 +8860,8 @@ class DirtyRateStats(_message.Message):
     calc_status: _builtins.int
     """libvirt's virDomainDirtyRateStatus: 0 unstarted, 1 measuring, 2 measured."""
     calc_start_time: _builtins.int
-    """When the last measurement started (seconds since the epoch) and how long
-    it ran.
+    """When the last measurement started, in seconds of QEMU's clock (the
+    host's monotonic clock, not the epoch), and how long it ran.
     """
     calc_period: _builtins.int
     megabytes_per_second: _builtins.int

@@ -1332,10 +1332,13 @@ class ComputeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AbortDomainJob(self, request, context):
-        """Aborts the domain's current job (virDomainAbortJob): a save, dump or
-        migration; the call that started it ends with ABORTED.
-        Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
-        UNIMPLEMENTED when the driver has no jobs (the test driver).
+        """Aborts the domain's current job (virDomainAbortJobFlags; without
+        postcopy, virDomainAbortJob where a driver lacks the former): a save,
+        dump or migration; the call that started it ends with ABORTED.
+        Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
+        (a migration in post-copy without postcopy);
+        UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
+        where it lacks virDomainAbortJobFlags.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1799,8 +1802,9 @@ class ComputeServiceServicer:
         Asks the guest, through its guest agent, to suspend itself (to RAM, to
         disk or both: virDomainPMSuspendForDuration, virsh dompmsuspend), for
         duration_seconds or until woken (0). The domain's <pm> must allow it.
-        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
-        its agent does not answer or its <pm> disables the target;
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running
+        (or paused, or asleep), its agent does not answer or its <pm> disables
+        the target;
         INVALID_ARGUMENT for no target; UNIMPLEMENTED where the driver has no
         power management.
         """
@@ -1810,8 +1814,8 @@ class ComputeServiceServicer:
 
     def PmWakeupDomain(self, request, context):
         """Wakes a guest suspended to RAM (virDomainPMWakeup, virsh dompmwakeup).
-        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
-        not suspended by the guest; UNIMPLEMENTED where the driver cannot.
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not suspended
+        by its guest; UNIMPLEMENTED where the driver cannot.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1856,10 +1860,10 @@ class ComputeServiceServicer:
         """Sets what happens when the guest powers off, reboots or crashes
         (virDomainSetLifecycleAction, virsh set-lifecycle-action), live and/or in
         the persistent config.
-        Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or an action
-        the type does not take (rename-restart and preserve are only for crash
-        in libvirt's QEMU driver: it says so); FAILED_PRECONDITION for a live
-        change on an inactive domain; UNIMPLEMENTED where the driver cannot.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or a
+        coredump action for other than a crash; FAILED_PRECONDITION for a live
+        change on an inactive domain, or one the running hypervisor cannot make;
+        UNIMPLEMENTED where the driver cannot.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1892,10 +1896,10 @@ class ComputeServiceServicer:
         """Starts measuring how fast the guest dirties its memory, for
         calc_seconds (virDomainStartDirtyRateCalc, virsh domdirtyrate-calc). It
         returns at once; the result is GetDomainStats' dirtyrate group.
-        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
-        the mode needs what the guest lacks (dirty_ring needs KVM's dirty ring);
-        INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED where
-        the driver cannot.
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
+        or for dirty_bitmap on a TCG guest (type 'qemu': QEMU crashes measuring
+        so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
+        where the driver cannot, or for dirty_ring without KVM's dirty ring.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -430,10 +430,13 @@ class ComputeServiceStub:
     driver).
     """
     AbortDomainJob: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.AbortDomainJobRequest, _compute_service_pb2.AbortDomainJobResponse]
-    """Aborts the domain's current job (virDomainAbortJob): a save, dump or
-    migration; the call that started it ends with ABORTED.
-    Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
-    UNIMPLEMENTED when the driver has no jobs (the test driver).
+    """Aborts the domain's current job (virDomainAbortJobFlags; without
+    postcopy, virDomainAbortJob where a driver lacks the former): a save,
+    dump or migration; the call that started it ends with ABORTED.
+    Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
+    (a migration in post-copy without postcopy);
+    UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
+    where it lacks virDomainAbortJobFlags.
     """
     GetInterfaceAddresses: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetInterfaceAddressesRequest, _compute_service_pb2.GetInterfaceAddressesResponse]
     """-- guest agent (qemu-guest-agent on channel org.qemu.guest_agent.0) ----
@@ -707,15 +710,16 @@ class ComputeServiceStub:
     Asks the guest, through its guest agent, to suspend itself (to RAM, to
     disk or both: virDomainPMSuspendForDuration, virsh dompmsuspend), for
     duration_seconds or until woken (0). The domain's <pm> must allow it.
-    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
-    its agent does not answer or its <pm> disables the target;
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running
+    (or paused, or asleep), its agent does not answer or its <pm> disables
+    the target;
     INVALID_ARGUMENT for no target; UNIMPLEMENTED where the driver has no
     power management.
     """
     PmWakeupDomain: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.PmWakeupDomainRequest, _compute_service_pb2.PmWakeupDomainResponse]
     """Wakes a guest suspended to RAM (virDomainPMWakeup, virsh dompmwakeup).
-    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
-    not suspended by the guest; UNIMPLEMENTED where the driver cannot.
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not suspended
+    by its guest; UNIMPLEMENTED where the driver cannot.
     """
     RenameDomain: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.RenameDomainRequest, _compute_service_pb2.RenameDomainResponse]
     """Renames an inactive domain (virDomainRename, virsh domrename); returns
@@ -744,10 +748,10 @@ class ComputeServiceStub:
     """Sets what happens when the guest powers off, reboots or crashes
     (virDomainSetLifecycleAction, virsh set-lifecycle-action), live and/or in
     the persistent config.
-    Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or an action
-    the type does not take (rename-restart and preserve are only for crash
-    in libvirt's QEMU driver: it says so); FAILED_PRECONDITION for a live
-    change on an inactive domain; UNIMPLEMENTED where the driver cannot.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or a
+    coredump action for other than a crash; FAILED_PRECONDITION for a live
+    change on an inactive domain, or one the running hypervisor cannot make;
+    UNIMPLEMENTED where the driver cannot.
     """
     GetDomainMessages: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainMessagesRequest, _compute_service_pb2.GetDomainMessagesResponse]
     """Returns the messages libvirt keeps about a domain: why it is tainted and
@@ -768,10 +772,10 @@ class ComputeServiceStub:
     """Starts measuring how fast the guest dirties its memory, for
     calc_seconds (virDomainStartDirtyRateCalc, virsh domdirtyrate-calc). It
     returns at once; the result is GetDomainStats' dirtyrate group.
-    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
-    the mode needs what the guest lacks (dirty_ring needs KVM's dirty ring);
-    INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED where
-    the driver cannot.
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
+    or for dirty_bitmap on a TCG guest (type 'qemu': QEMU crashes measuring
+    so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
+    where the driver cannot, or for dirty_ring without KVM's dirty ring.
     """
 
 @_typing.type_check_only
@@ -1176,10 +1180,13 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     driver).
     """
     AbortDomainJob: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.AbortDomainJobRequest, _compute_service_pb2.AbortDomainJobResponse]  # type: ignore[assignment]
-    """Aborts the domain's current job (virDomainAbortJob): a save, dump or
-    migration; the call that started it ends with ABORTED.
-    Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
-    UNIMPLEMENTED when the driver has no jobs (the test driver).
+    """Aborts the domain's current job (virDomainAbortJobFlags; without
+    postcopy, virDomainAbortJob where a driver lacks the former): a save,
+    dump or migration; the call that started it ends with ABORTED.
+    Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
+    (a migration in post-copy without postcopy);
+    UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
+    where it lacks virDomainAbortJobFlags.
     """
     GetInterfaceAddresses: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetInterfaceAddressesRequest, _compute_service_pb2.GetInterfaceAddressesResponse]  # type: ignore[assignment]
     """-- guest agent (qemu-guest-agent on channel org.qemu.guest_agent.0) ----
@@ -1453,15 +1460,16 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     Asks the guest, through its guest agent, to suspend itself (to RAM, to
     disk or both: virDomainPMSuspendForDuration, virsh dompmsuspend), for
     duration_seconds or until woken (0). The domain's <pm> must allow it.
-    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
-    its agent does not answer or its <pm> disables the target;
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running
+    (or paused, or asleep), its agent does not answer or its <pm> disables
+    the target;
     INVALID_ARGUMENT for no target; UNIMPLEMENTED where the driver has no
     power management.
     """
     PmWakeupDomain: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.PmWakeupDomainRequest, _compute_service_pb2.PmWakeupDomainResponse]  # type: ignore[assignment]
     """Wakes a guest suspended to RAM (virDomainPMWakeup, virsh dompmwakeup).
-    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
-    not suspended by the guest; UNIMPLEMENTED where the driver cannot.
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not suspended
+    by its guest; UNIMPLEMENTED where the driver cannot.
     """
     RenameDomain: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.RenameDomainRequest, _compute_service_pb2.RenameDomainResponse]  # type: ignore[assignment]
     """Renames an inactive domain (virDomainRename, virsh domrename); returns
@@ -1490,10 +1498,10 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     """Sets what happens when the guest powers off, reboots or crashes
     (virDomainSetLifecycleAction, virsh set-lifecycle-action), live and/or in
     the persistent config.
-    Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or an action
-    the type does not take (rename-restart and preserve are only for crash
-    in libvirt's QEMU driver: it says so); FAILED_PRECONDITION for a live
-    change on an inactive domain; UNIMPLEMENTED where the driver cannot.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or a
+    coredump action for other than a crash; FAILED_PRECONDITION for a live
+    change on an inactive domain, or one the running hypervisor cannot make;
+    UNIMPLEMENTED where the driver cannot.
     """
     GetDomainMessages: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainMessagesRequest, _compute_service_pb2.GetDomainMessagesResponse]  # type: ignore[assignment]
     """Returns the messages libvirt keeps about a domain: why it is tainted and
@@ -1514,10 +1522,10 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     """Starts measuring how fast the guest dirties its memory, for
     calc_seconds (virDomainStartDirtyRateCalc, virsh domdirtyrate-calc). It
     returns at once; the result is GetDomainStats' dirtyrate group.
-    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
-    the mode needs what the guest lacks (dirty_ring needs KVM's dirty ring);
-    INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED where
-    the driver cannot.
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
+    or for dirty_bitmap on a TCG guest (type 'qemu': QEMU crashes measuring
+    so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
+    where the driver cannot, or for dirty_ring without KVM's dirty ring.
     """
 
 class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -2327,10 +2335,13 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _compute_service_pb2.AbortDomainJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_compute_service_pb2.AbortDomainJobResponse, _abc.Awaitable[_compute_service_pb2.AbortDomainJobResponse]]:
-        """Aborts the domain's current job (virDomainAbortJob): a save, dump or
-        migration; the call that started it ends with ABORTED.
-        Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
-        UNIMPLEMENTED when the driver has no jobs (the test driver).
+        """Aborts the domain's current job (virDomainAbortJobFlags; without
+        postcopy, virDomainAbortJob where a driver lacks the former): a save,
+        dump or migration; the call that started it ends with ABORTED.
+        Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
+        (a migration in post-copy without postcopy);
+        UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
+        where it lacks virDomainAbortJobFlags.
         """
 
     @_abc_1.abstractmethod
@@ -2886,8 +2897,9 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         Asks the guest, through its guest agent, to suspend itself (to RAM, to
         disk or both: virDomainPMSuspendForDuration, virsh dompmsuspend), for
         duration_seconds or until woken (0). The domain's <pm> must allow it.
-        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
-        its agent does not answer or its <pm> disables the target;
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running
+        (or paused, or asleep), its agent does not answer or its <pm> disables
+        the target;
         INVALID_ARGUMENT for no target; UNIMPLEMENTED where the driver has no
         power management.
         """
@@ -2899,8 +2911,8 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_compute_service_pb2.PmWakeupDomainResponse, _abc.Awaitable[_compute_service_pb2.PmWakeupDomainResponse]]:
         """Wakes a guest suspended to RAM (virDomainPMWakeup, virsh dompmwakeup).
-        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
-        not suspended by the guest; UNIMPLEMENTED where the driver cannot.
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not suspended
+        by its guest; UNIMPLEMENTED where the driver cannot.
         """
 
     @_abc_1.abstractmethod
@@ -2953,10 +2965,10 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         """Sets what happens when the guest powers off, reboots or crashes
         (virDomainSetLifecycleAction, virsh set-lifecycle-action), live and/or in
         the persistent config.
-        Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or an action
-        the type does not take (rename-restart and preserve are only for crash
-        in libvirt's QEMU driver: it says so); FAILED_PRECONDITION for a live
-        change on an inactive domain; UNIMPLEMENTED where the driver cannot.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or a
+        coredump action for other than a crash; FAILED_PRECONDITION for a live
+        change on an inactive domain, or one the running hypervisor cannot make;
+        UNIMPLEMENTED where the driver cannot.
         """
 
     @_abc_1.abstractmethod
@@ -2995,10 +3007,10 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         """Starts measuring how fast the guest dirties its memory, for
         calc_seconds (virDomainStartDirtyRateCalc, virsh domdirtyrate-calc). It
         returns at once; the result is GetDomainStats' dirtyrate group.
-        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
-        the mode needs what the guest lacks (dirty_ring needs KVM's dirty ring);
-        INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED where
-        the driver cannot.
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
+        or for dirty_bitmap on a TCG guest (type 'qemu': QEMU crashes measuring
+        so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
+        where the driver cannot, or for dirty_ring without KVM's dirty ring.
         """
 
 def add_ComputeServiceServicer_to_server(servicer: ComputeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

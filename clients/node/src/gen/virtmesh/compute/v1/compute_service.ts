@@ -4660,8 +4660,8 @@ export interface DirtyRateStats {
   /** libvirt's virDomainDirtyRateStatus: 0 unstarted, 1 measuring, 2 measured. */
   calcStatus: number;
   /**
-   * When the last measurement started (seconds since the epoch) and how long
-   * it ran.
+   * When the last measurement started, in seconds of QEMU's clock (the
+   * host's monotonic clock, not the epoch), and how long it ran.
    */
   calcStartTime: bigint;
   calcPeriod: number;
@@ -35082,10 +35082,13 @@ export const ComputeServiceService = {
     responseDeserialize: (value: Buffer): GetDomainJobInfoResponse => GetDomainJobInfoResponse.decode(value),
   },
   /**
-   * Aborts the domain's current job (virDomainAbortJob): a save, dump or
-   * migration; the call that started it ends with ABORTED.
-   * Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
-   * UNIMPLEMENTED when the driver has no jobs (the test driver).
+   * Aborts the domain's current job (virDomainAbortJobFlags; without
+   * postcopy, virDomainAbortJob where a driver lacks the former): a save,
+   * dump or migration; the call that started it ends with ABORTED.
+   * Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
+   * (a migration in post-copy without postcopy);
+   * UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
+   * where it lacks virDomainAbortJobFlags.
    */
   abortDomainJob: {
     path: "/virtmesh.compute.v1.ComputeService/AbortDomainJob" as const,
@@ -35883,8 +35886,9 @@ export const ComputeServiceService = {
    * Asks the guest, through its guest agent, to suspend itself (to RAM, to
    * disk or both: virDomainPMSuspendForDuration, virsh dompmsuspend), for
    * duration_seconds or until woken (0). The domain's <pm> must allow it.
-   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
-   * its agent does not answer or its <pm> disables the target;
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running
+   * (or paused, or asleep), its agent does not answer or its <pm> disables
+   * the target;
    * INVALID_ARGUMENT for no target; UNIMPLEMENTED where the driver has no
    * power management.
    */
@@ -35901,8 +35905,8 @@ export const ComputeServiceService = {
   },
   /**
    * Wakes a guest suspended to RAM (virDomainPMWakeup, virsh dompmwakeup).
-   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
-   * not suspended by the guest; UNIMPLEMENTED where the driver cannot.
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not suspended
+   * by its guest; UNIMPLEMENTED where the driver cannot.
    */
   pmWakeupDomain: {
     path: "/virtmesh.compute.v1.ComputeService/PmWakeupDomain" as const,
@@ -35975,10 +35979,10 @@ export const ComputeServiceService = {
    * Sets what happens when the guest powers off, reboots or crashes
    * (virDomainSetLifecycleAction, virsh set-lifecycle-action), live and/or in
    * the persistent config.
-   * Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or an action
-   * the type does not take (rename-restart and preserve are only for crash
-   * in libvirt's QEMU driver: it says so); FAILED_PRECONDITION for a live
-   * change on an inactive domain; UNIMPLEMENTED where the driver cannot.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or a
+   * coredump action for other than a crash; FAILED_PRECONDITION for a live
+   * change on an inactive domain, or one the running hypervisor cannot make;
+   * UNIMPLEMENTED where the driver cannot.
    */
   setDomainLifecycleAction: {
     path: "/virtmesh.compute.v1.ComputeService/SetDomainLifecycleAction" as const,
@@ -36034,10 +36038,10 @@ export const ComputeServiceService = {
    * Starts measuring how fast the guest dirties its memory, for
    * calc_seconds (virDomainStartDirtyRateCalc, virsh domdirtyrate-calc). It
    * returns at once; the result is GetDomainStats' dirtyrate group.
-   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
-   * the mode needs what the guest lacks (dirty_ring needs KVM's dirty ring);
-   * INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED where
-   * the driver cannot.
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
+   * or for dirty_bitmap on a TCG guest (type 'qemu': QEMU crashes measuring
+   * so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
+   * where the driver cannot, or for dirty_ring without KVM's dirty ring.
    */
   startDomainDirtyRateCalc: {
     path: "/virtmesh.compute.v1.ComputeService/StartDomainDirtyRateCalc" as const,
@@ -36490,10 +36494,13 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
    */
   getDomainJobInfo: handleUnaryCall<GetDomainJobInfoRequest, GetDomainJobInfoResponse>;
   /**
-   * Aborts the domain's current job (virDomainAbortJob): a save, dump or
-   * migration; the call that started it ends with ABORTED.
-   * Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
-   * UNIMPLEMENTED when the driver has no jobs (the test driver).
+   * Aborts the domain's current job (virDomainAbortJobFlags; without
+   * postcopy, virDomainAbortJob where a driver lacks the former): a save,
+   * dump or migration; the call that started it ends with ABORTED.
+   * Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
+   * (a migration in post-copy without postcopy);
+   * UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
+   * where it lacks virDomainAbortJobFlags.
    */
   abortDomainJob: handleUnaryCall<AbortDomainJobRequest, AbortDomainJobResponse>;
   /**
@@ -36813,16 +36820,17 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
    * Asks the guest, through its guest agent, to suspend itself (to RAM, to
    * disk or both: virDomainPMSuspendForDuration, virsh dompmsuspend), for
    * duration_seconds or until woken (0). The domain's <pm> must allow it.
-   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
-   * its agent does not answer or its <pm> disables the target;
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running
+   * (or paused, or asleep), its agent does not answer or its <pm> disables
+   * the target;
    * INVALID_ARGUMENT for no target; UNIMPLEMENTED where the driver has no
    * power management.
    */
   pmSuspendDomain: handleUnaryCall<PmSuspendDomainRequest, PmSuspendDomainResponse>;
   /**
    * Wakes a guest suspended to RAM (virDomainPMWakeup, virsh dompmwakeup).
-   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
-   * not suspended by the guest; UNIMPLEMENTED where the driver cannot.
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not suspended
+   * by its guest; UNIMPLEMENTED where the driver cannot.
    */
   pmWakeupDomain: handleUnaryCall<PmWakeupDomainRequest, PmWakeupDomainResponse>;
   /**
@@ -36855,10 +36863,10 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
    * Sets what happens when the guest powers off, reboots or crashes
    * (virDomainSetLifecycleAction, virsh set-lifecycle-action), live and/or in
    * the persistent config.
-   * Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or an action
-   * the type does not take (rename-restart and preserve are only for crash
-   * in libvirt's QEMU driver: it says so); FAILED_PRECONDITION for a live
-   * change on an inactive domain; UNIMPLEMENTED where the driver cannot.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or a
+   * coredump action for other than a crash; FAILED_PRECONDITION for a live
+   * change on an inactive domain, or one the running hypervisor cannot make;
+   * UNIMPLEMENTED where the driver cannot.
    */
   setDomainLifecycleAction: handleUnaryCall<SetDomainLifecycleActionRequest, SetDomainLifecycleActionResponse>;
   /**
@@ -36882,10 +36890,10 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
    * Starts measuring how fast the guest dirties its memory, for
    * calc_seconds (virDomainStartDirtyRateCalc, virsh domdirtyrate-calc). It
    * returns at once; the result is GetDomainStats' dirtyrate group.
-   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
-   * the mode needs what the guest lacks (dirty_ring needs KVM's dirty ring);
-   * INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED where
-   * the driver cannot.
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
+   * or for dirty_bitmap on a TCG guest (type 'qemu': QEMU crashes measuring
+   * so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
+   * where the driver cannot, or for dirty_ring without KVM's dirty ring.
    */
   startDomainDirtyRateCalc: handleUnaryCall<StartDomainDirtyRateCalcRequest, StartDomainDirtyRateCalcResponse>;
 }
@@ -38231,10 +38239,13 @@ export interface ComputeServiceClient extends Client {
     callback: (error: ServiceError | null, response: GetDomainJobInfoResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Aborts the domain's current job (virDomainAbortJob): a save, dump or
-   * migration; the call that started it ends with ABORTED.
-   * Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
-   * UNIMPLEMENTED when the driver has no jobs (the test driver).
+   * Aborts the domain's current job (virDomainAbortJobFlags; without
+   * postcopy, virDomainAbortJob where a driver lacks the former): a save,
+   * dump or migration; the call that started it ends with ABORTED.
+   * Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
+   * (a migration in post-copy without postcopy);
+   * UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
+   * where it lacks virDomainAbortJobFlags.
    */
   abortDomainJob(
     request: AbortDomainJobRequest,
@@ -39197,8 +39208,9 @@ export interface ComputeServiceClient extends Client {
    * Asks the guest, through its guest agent, to suspend itself (to RAM, to
    * disk or both: virDomainPMSuspendForDuration, virsh dompmsuspend), for
    * duration_seconds or until woken (0). The domain's <pm> must allow it.
-   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
-   * its agent does not answer or its <pm> disables the target;
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running
+   * (or paused, or asleep), its agent does not answer or its <pm> disables
+   * the target;
    * INVALID_ARGUMENT for no target; UNIMPLEMENTED where the driver has no
    * power management.
    */
@@ -39219,8 +39231,8 @@ export interface ComputeServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Wakes a guest suspended to RAM (virDomainPMWakeup, virsh dompmwakeup).
-   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
-   * not suspended by the guest; UNIMPLEMENTED where the driver cannot.
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not suspended
+   * by its guest; UNIMPLEMENTED where the driver cannot.
    */
   pmWakeupDomain(
     request: PmWakeupDomainRequest,
@@ -39309,10 +39321,10 @@ export interface ComputeServiceClient extends Client {
    * Sets what happens when the guest powers off, reboots or crashes
    * (virDomainSetLifecycleAction, virsh set-lifecycle-action), live and/or in
    * the persistent config.
-   * Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or an action
-   * the type does not take (rename-restart and preserve are only for crash
-   * in libvirt's QEMU driver: it says so); FAILED_PRECONDITION for a live
-   * change on an inactive domain; UNIMPLEMENTED where the driver cannot.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or a
+   * coredump action for other than a crash; FAILED_PRECONDITION for a live
+   * change on an inactive domain, or one the running hypervisor cannot make;
+   * UNIMPLEMENTED where the driver cannot.
    */
   setDomainLifecycleAction(
     request: SetDomainLifecycleActionRequest,
@@ -39378,10 +39390,10 @@ export interface ComputeServiceClient extends Client {
    * Starts measuring how fast the guest dirties its memory, for
    * calc_seconds (virDomainStartDirtyRateCalc, virsh domdirtyrate-calc). It
    * returns at once; the result is GetDomainStats' dirtyrate group.
-   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running or
-   * the mode needs what the guest lacks (dirty_ring needs KVM's dirty ring);
-   * INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED where
-   * the driver cannot.
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
+   * or for dirty_bitmap on a TCG guest (type 'qemu': QEMU crashes measuring
+   * so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
+   * where the driver cannot, or for dirty_ring without KVM's dirty ring.
    */
   startDomainDirtyRateCalc(
     request: StartDomainDirtyRateCalcRequest,
