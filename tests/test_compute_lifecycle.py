@@ -78,6 +78,34 @@ def node_state(stub: Stub) -> list[Any]:
 
 # -- the test driver -------------------------------------------------------------
 
+#: this module's RPCs, in the order the service declares them
+LIFECYCLE_RPCS = [
+    "PmSuspendDomain", "PmWakeupDomain", "RenameDomain", "InjectDomainNmi",
+    "SendDomainProcessSignal", "SetDomainLifecycleAction", "GetDomainMessages",
+    "GetDomainVcpuCount", "StartDomainDirtyRateCalc",
+]
+#: what makes each request valid but for its domain
+VALID: dict[str, dict[str, Any]] = {
+    "PmSuspendDomain": {"target": pb.PM_SUSPEND_TARGET_MEM},
+    "RenameDomain": {"new_name": "omega"},
+    "SendDomainProcessSignal": {"pid": 1, "signal": pb.PROCESS_SIGNAL_TERM},
+    "SetDomainLifecycleAction": {"type": pb.LIFECYCLE_TYPE_CRASH,
+                                 "action": pb.LIFECYCLE_ACTION_DESTROY},
+}
+
+
+def test_the_rpc_list_is_complete() -> None:
+    methods = list(pb.DESCRIPTOR.services_by_name["ComputeService"].methods_by_name)
+    start = methods.index(LIFECYCLE_RPCS[0])
+    assert methods[start:start + len(LIFECYCLE_RPCS)] == LIFECYCLE_RPCS
+
+
+@pytest.mark.parametrize("rpc", LIFECYCLE_RPCS)
+def test_an_unknown_domain_is_not_found(stub: Stub, rpc: str) -> None:
+    request = getattr(pb, f"{rpc}Request")(name="nope", **VALID.get(rpc, {}))
+    assert failed(getattr(stub, rpc), request) == (C.NOT_FOUND, "VIR_ERR_NO_DOMAIN")
+
+
 
 def test_rename_an_inactive_domain(stub: Stub, beta: str) -> None:
     uuid = summary(stub, beta).uuid
@@ -222,6 +250,8 @@ def test_vcpu_counts_on_the_test_driver(stub: Stub, beta: str) -> None:
          C.INVALID_ARGUMENT),
         (pb.GetDomainVcpuCountRequest(name=beta, scope=LIVE), C.FAILED_PRECONDITION),
         (pb.GetDomainVcpuCountRequest(name=beta, guest=True), C.FAILED_PRECONDITION),
+        # the test driver has no guest agent: libvirt's "unsupported flags"
+        (pb.GetDomainVcpuCountRequest(name="alpha", guest=True), C.UNIMPLEMENTED),
     ]:
         assert failed(stub.GetDomainVcpuCount, request)[0] == code, request
 

@@ -594,8 +594,8 @@ type ComputeServiceClient interface {
 	// virsh vcpucount).
 	// Errors: NOT_FOUND; FAILED_PRECONDITION for live (or guest) on an inactive
 	// domain, or a guest agent that does not answer; INVALID_ARGUMENT for live
-	// and config together, or guest with config or maximum; UNIMPLEMENTED where
-	// the driver cannot ask the guest.
+	// and config together, or guest with config or maximum; UNIMPLEMENTED for
+	// guest where the driver cannot ask the guest (the test driver).
 	GetDomainVcpuCount(ctx context.Context, in *GetDomainVcpuCountRequest, opts ...grpc.CallOption) (*GetDomainVcpuCountResponse, error)
 	// Starts measuring how fast the guest dirties its memory, for
 	// calc_seconds (virDomainStartDirtyRateCalc, virsh domdirtyrate-calc). It
@@ -2415,8 +2415,8 @@ type ComputeServiceServer interface {
 	// virsh vcpucount).
 	// Errors: NOT_FOUND; FAILED_PRECONDITION for live (or guest) on an inactive
 	// domain, or a guest agent that does not answer; INVALID_ARGUMENT for live
-	// and config together, or guest with config or maximum; UNIMPLEMENTED where
-	// the driver cannot ask the guest.
+	// and config together, or guest with config or maximum; UNIMPLEMENTED for
+	// guest where the driver cannot ask the guest (the test driver).
 	GetDomainVcpuCount(context.Context, *GetDomainVcpuCountRequest) (*GetDomainVcpuCountResponse, error)
 	// Starts measuring how fast the guest dirties its memory, for
 	// calc_seconds (virDomainStartDirtyRateCalc, virsh domdirtyrate-calc). It

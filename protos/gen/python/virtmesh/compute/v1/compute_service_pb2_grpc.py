@@ -1885,8 +1885,8 @@ class ComputeServiceServicer:
         virsh vcpucount).
         Errors: NOT_FOUND; FAILED_PRECONDITION for live (or guest) on an inactive
         domain, or a guest agent that does not answer; INVALID_ARGUMENT for live
-        and config together, or guest with config or maximum; UNIMPLEMENTED where
-        the driver cannot ask the guest.
+        and config together, or guest with config or maximum; UNIMPLEMENTED for
+        guest where the driver cannot ask the guest (the test driver).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

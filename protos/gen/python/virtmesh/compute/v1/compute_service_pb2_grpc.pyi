@@ -765,8 +765,8 @@ class ComputeServiceStub:
     virsh vcpucount).
     Errors: NOT_FOUND; FAILED_PRECONDITION for live (or guest) on an inactive
     domain, or a guest agent that does not answer; INVALID_ARGUMENT for live
-    and config together, or guest with config or maximum; UNIMPLEMENTED where
-    the driver cannot ask the guest.
+    and config together, or guest with config or maximum; UNIMPLEMENTED for
+    guest where the driver cannot ask the guest (the test driver).
     """
     StartDomainDirtyRateCalc: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.StartDomainDirtyRateCalcRequest, _compute_service_pb2.StartDomainDirtyRateCalcResponse]
     """Starts measuring how fast the guest dirties its memory, for
@@ -1515,8 +1515,8 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     virsh vcpucount).
     Errors: NOT_FOUND; FAILED_PRECONDITION for live (or guest) on an inactive
     domain, or a guest agent that does not answer; INVALID_ARGUMENT for live
-    and config together, or guest with config or maximum; UNIMPLEMENTED where
-    the driver cannot ask the guest.
+    and config together, or guest with config or maximum; UNIMPLEMENTED for
+    guest where the driver cannot ask the guest (the test driver).
     """
     StartDomainDirtyRateCalc: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.StartDomainDirtyRateCalcRequest, _compute_service_pb2.StartDomainDirtyRateCalcResponse]  # type: ignore[assignment]
     """Starts measuring how fast the guest dirties its memory, for
@@ -2994,8 +2994,8 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         virsh vcpucount).
         Errors: NOT_FOUND; FAILED_PRECONDITION for live (or guest) on an inactive
         domain, or a guest agent that does not answer; INVALID_ARGUMENT for live
-        and config together, or guest with config or maximum; UNIMPLEMENTED where
-        the driver cannot ask the guest.
+        and config together, or guest with config or maximum; UNIMPLEMENTED for
+        guest where the driver cannot ask the guest (the test driver).
         """
 
     @_abc_1.abstractmethod

@@ -36020,8 +36020,8 @@ export const ComputeServiceService = {
    * virsh vcpucount).
    * Errors: NOT_FOUND; FAILED_PRECONDITION for live (or guest) on an inactive
    * domain, or a guest agent that does not answer; INVALID_ARGUMENT for live
-   * and config together, or guest with config or maximum; UNIMPLEMENTED where
-   * the driver cannot ask the guest.
+   * and config together, or guest with config or maximum; UNIMPLEMENTED for
+   * guest where the driver cannot ask the guest (the test driver).
    */
   getDomainVcpuCount: {
     path: "/virtmesh.compute.v1.ComputeService/GetDomainVcpuCount" as const,
@@ -36882,8 +36882,8 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
    * virsh vcpucount).
    * Errors: NOT_FOUND; FAILED_PRECONDITION for live (or guest) on an inactive
    * domain, or a guest agent that does not answer; INVALID_ARGUMENT for live
-   * and config together, or guest with config or maximum; UNIMPLEMENTED where
-   * the driver cannot ask the guest.
+   * and config together, or guest with config or maximum; UNIMPLEMENTED for
+   * guest where the driver cannot ask the guest (the test driver).
    */
   getDomainVcpuCount: handleUnaryCall<GetDomainVcpuCountRequest, GetDomainVcpuCountResponse>;
   /**
@@ -39368,8 +39368,8 @@ export interface ComputeServiceClient extends Client {
    * virsh vcpucount).
    * Errors: NOT_FOUND; FAILED_PRECONDITION for live (or guest) on an inactive
    * domain, or a guest agent that does not answer; INVALID_ARGUMENT for live
-   * and config together, or guest with config or maximum; UNIMPLEMENTED where
-   * the driver cannot ask the guest.
+   * and config together, or guest with config or maximum; UNIMPLEMENTED for
+   * guest where the driver cannot ask the guest (the test driver).
    */
   getDomainVcpuCount(
     request: GetDomainVcpuCountRequest,
