@@ -60,9 +60,13 @@ def test_a_missing_upload_file_is_one_line(virtmesh: Run, run_dir: Path,
 
 
 def test_a_value_out_of_range_is_one_line(virtmesh: Run, run_dir: Path) -> None:
-    code, out, err = virtmesh("--socket", str(run_dir), "setmem", "test", "-1")
+    code, out, err = virtmesh("--socket", str(run_dir), "setvcpus", "test", "-1")
     assert (code, out) == (2, "")
     assert err.startswith("virtmesh: invalid value: ") and err.count("\n") == 1
+    # a size is parsed by the command line (KiB or with a unit): argparse refuses it
+    code, out, err = virtmesh("--socket", str(run_dir), "setmem", "test", "-1")
+    assert (code, out) == (2, "")
+    assert "argument SIZE: '-1' is not a size" in err
 
 
 def test_an_unexpected_error_is_one_line_unless_debugging(

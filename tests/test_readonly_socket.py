@@ -147,6 +147,18 @@ WRITES: list[tuple[str, Message]] = [
                                                                 bandwidth_bytes=1 << 20)),
     ("SetDomainBlockThreshold", pb.SetDomainBlockThresholdRequest(name="alpha", disk="vda",
                                                                   threshold_bytes=1 << 20)),
+    ("PmSuspendDomain", pb.PmSuspendDomainRequest(name="alpha",
+                                                  target=pb.PM_SUSPEND_TARGET_MEM)),
+    ("PmWakeupDomain", pb.PmWakeupDomainRequest(name="alpha")),
+    ("RenameDomain", pb.RenameDomainRequest(name="alpha", new_name="omega")),
+    ("InjectDomainNmi", pb.InjectDomainNmiRequest(name="alpha")),
+    ("SendDomainProcessSignal", pb.SendDomainProcessSignalRequest(
+        name="alpha", pid=1, signal=pb.PROCESS_SIGNAL_NOP)),
+    ("SetDomainLifecycleAction", pb.SetDomainLifecycleActionRequest(
+        name="alpha", type=pb.LIFECYCLE_TYPE_CRASH, action=pb.LIFECYCLE_ACTION_PRESERVE,
+        scope=pb.Scope(config=True))),
+    # the guest agent's count of vCPUs: libvirt's domain:write
+    ("GetDomainVcpuCount", pb.GetDomainVcpuCountRequest(name="alpha", guest=True)),
     # read-only RPCs whose request asks for more: libvirt's read_secure
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", secure=True)),
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", migratable=True)),
@@ -214,6 +226,9 @@ READS: list[tuple[str, Message]] = [
     ("GetDomainMemoryStats", pb.GetDomainMemoryStatsRequest(name="alpha")),
     ("GetDomainBlockIoTune", pb.GetDomainBlockIoTuneRequest(name="alpha", disk="vda")),
     ("GetDomainBlockJobInfo", pb.GetDomainBlockJobInfoRequest(name="alpha", disk="vda")),
+    ("GetDomainMessages", pb.GetDomainMessagesRequest(name="alpha")),
+    ("GetDomainVcpuCount", pb.GetDomainVcpuCountRequest(name="alpha", maximum=True)),
+    ("StartDomainDirtyRateCalc", pb.StartDomainDirtyRateCalcRequest(name="alpha")),
 ]
 
 

@@ -19,7 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh_client.cli_commands import CommandFactory, enum_choices
 from virtmesh_client.cli_fleet import Query, UsageError
-from virtmesh_client.cli_output import Output, fields, read_input
+from virtmesh_client.cli_output import Output, fields, parse_bytes, read_input
 from virtmesh_client.client import Client
 
 ADDRESS_SOURCES = enum_choices(pb.InterfaceAddressSource, "INTERFACE_ADDRESS_SOURCE_")
@@ -158,8 +158,8 @@ def register(command: CommandFactory) -> None:
                          help="only this mountpoint (repeatable; default: all)")
     sub = domain_command("domfstrim", cmd_domfstrim, "discard a guest's unused blocks")
     sub.add_argument("--mountpoint", default="", metavar="M", help="only this mountpoint")
-    sub.add_argument("--minimum", type=int, default=0, metavar="BYTES",
-                     help="skip free ranges shorter than this")
+    sub.add_argument("--minimum", type=parse_bytes, default=0, metavar="BYTES",
+                     help="skip free ranges shorter than this (a unit may follow: 4K)")
     domain_command("domfsinfo", cmd_domfsinfo, "list a guest's mounted file systems")
     sub = domain_command("guestinfo", cmd_guestinfo, "what the guest agent tells of the guest")
     for name in GUEST_INFO_TYPES:

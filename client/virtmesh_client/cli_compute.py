@@ -40,6 +40,7 @@ from virtmesh_client.cli_output import (
     fields,
     kib,
     message_text,
+    parse_kib,
     read_input,
     table,
     yes,
@@ -256,8 +257,8 @@ def cmd_setvcpus(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 def cmd_setmem(client: Client, args: argparse.Namespace, out: Output) -> None:
     response = client.call("SetDomainMemory", pb.SetDomainMemoryRequest(
-        name=args.name, memory_kib=args.kib, scope=_scope(args), maximum=args.maximum))
-    out.show(response, f"Domain '{args.name}' memory set to {kib(args.kib)}")
+        name=args.name, memory_kib=args.size, scope=_scope(args), maximum=args.maximum))
+    out.show(response, f"Domain '{args.name}' memory set to {kib(args.size)}")
 
 
 def cmd_snapshot_create(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -376,7 +377,8 @@ def register(command: CommandFactory) -> None:
     sub.add_argument("--maximum", action="store_true", help="change the maximum (config)")
     _add_scope(sub)
     sub = domains.add("setmem", cmd_setmem, "change the memory size")
-    sub.add_argument("kib", type=int, metavar="KIB")
+    sub.add_argument("size", type=parse_kib, metavar="SIZE",
+                     help="KiB, or with a unit: 512M, 1G")
     sub.add_argument("--maximum", action="store_true", help="change the maximum")
     _add_scope(sub)
     sub = domains.add("snapshot-create", cmd_snapshot_create, "snapshot a domain")

@@ -185,4 +185,5 @@ def register(command: CommandFactory) -> None:
     sub.add_argument("--keep-completed", action="store_true",
                      help="with --completed: leave it for the next caller too")
     domains.simple("domjobabort", "AbortDomainJob", pb.AbortDomainJobRequest,
-                   "has its job aborted", "abort a domain's current job (save, dump, migration)")
+                   "has its job aborted", "abort a domain's current job (save, dump, migration)",
+                   ("--postcopy", "abort a migration in its post-copy phase"))

@@ -232,3 +232,8 @@ def parse_bytes(text: str) -> int:
     if not number.isdigit() or unit not in units:
         raise argparse.ArgumentTypeError(f"'{text}' is not a size such as 4096, 512K or 10G")
     return int(number) * 1024 ** units[unit]
+
+
+def parse_kib(text: str) -> int:
+    """KiB, as virsh's memory sizes: a plain number is KiB, ``1G`` is 1048576."""
+    return int(text) if text.isdigit() else parse_bytes(text) // 1024

@@ -19,10 +19,12 @@ from virtmesh.types.v1.typed_params_pb2 import TypedParameter
 from virtmesh_client.cli_commands import CommandFactory, Commands
 from virtmesh_client.cli_compute import DOMAIN
 from virtmesh_client.cli_fleet import UsageError
-from virtmesh_client.cli_output import Output, enum_name, fields, kib, parse_bytes, table
+from virtmesh_client.cli_output import Output, enum_name, fields, kib, parse_kib, table
 from virtmesh_client.client import Client
 
 _TRUE, _FALSE = ("1", "yes", "true", "on"), ("0", "no", "false", "off")
+#: memtune's parameters that are sizes in KiB: a unit is accepted (``hard_limit=1G``)
+MEMORY_SIZES = frozenset(("hard_limit", "soft_limit", "swap_hard_limit", "min_guarantee"))
 
 
 def cpu_list(text: str) -> list[int]:
@@ -55,9 +57,11 @@ def _assignment(text: str) -> tuple[str, str]:
     return name, value
 
 
-def _typed(name: str, text: str, current: Sequence[TypedParameter]) -> TypedParameter:
+def _typed(name: str, text: str, current: Sequence[TypedParameter],
+           sizes: frozenset[str] = frozenset()) -> TypedParameter:
     """``text`` in the field libvirt's current value of ``name`` has (a string for a
-    name it lacks: the service says so)."""
+    name it lacks: the service says so); for a name of ``sizes``, KiB or a size with a
+    unit."""
     field = next((p.WhichOneof("value") or "" for p in current if p.name == name),
                  "string_value")
     try:
@@ -69,9 +73,10 @@ def _typed(name: str, text: str, current: Sequence[TypedParameter]) -> TypedPara
             return TypedParameter(name=name, double_value=float(text))
         if field != "string_value":
             param = TypedParameter(name=name)
-            setattr(param, field, int(text))
+            sized = name in sizes and not text.lstrip("-").isdigit()
+            setattr(param, field, parse_kib(text) if sized else int(text))
             return param
-    except ValueError:
+    except (ValueError, argparse.ArgumentTypeError):
         raise UsageError(f"{name}: '{text}' is not a "
                          f"{field.removesuffix('_value')}") from None
     return TypedParameter(name=name, string_value=text)
@@ -86,7 +91,7 @@ def _scope(args: argparse.Namespace) -> Any:
     return pb.Scope(live=args.live, config=args.config)
 
 
-def _tune(getter: str, setter: str, what: str) -> Any:
+def _tune(getter: str, setter: str, what: str, sizes: frozenset[str] = frozenset()) -> Any:
     """A command that shows a domain's typed parameters of one kind, or changes those
     of ``--set`` (then shows them all)."""
     def handler(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -96,7 +101,8 @@ def _tune(getter: str, setter: str, what: str) -> Any:
         if args.set:
             # live and config are read as live (a getter takes one)
             current = read(pb.Scope(live=args.live, config=args.config and not args.live))
-            changes = [_typed(name, value, current.parameters) for name, value in args.set]
+            changes = [_typed(name, value, current.parameters, sizes)
+                       for name, value in args.set]
             client.call(setter, getattr(pb, f"{setter}Request")(
                 name=args.name, scope=_scope(args), parameters=changes))
         response = read(pb.Scope(live=args.live, config=args.config and not args.live))
@@ -217,7 +223,7 @@ def cmd_desc(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 def kib_size(text: str) -> int:
     """KiB, as virsh's setmaxmem takes: a plain number is KiB, ``1G`` is 1048576."""
-    return int(text) if text.isdigit() else parse_bytes(text) // 1024
+    return parse_kib(text)
 
 
 def cmd_setmaxmem(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -280,7 +286,8 @@ def register(command: CommandFactory) -> None:
                              ("memtune", "MemoryParameters", "memory"),
                              ("blkiotune", "BlkioParameters", "block I/O"),
                              ("numatune", "NumaParameters", "NUMA")):
-        sub = domains.add(name, _tune(f"GetDomain{kind}", f"SetDomain{kind}", what),
+        sizes = MEMORY_SIZES if name == "memtune" else frozenset()
+        sub = domains.add(name, _tune(f"GetDomain{kind}", f"SetDomain{kind}", what, sizes),
                           f"show or change a domain's {what} parameters")
         sub.add_argument("--set", type=_assignment, action="append", metavar="NAME=VALUE",
                          help="change a parameter (repeatable)")

@@ -251,5 +251,16 @@ class JobsBackend:
         return dict(self._plain(name, watch, "reading job statistics",
                                 lambda dom: dom.jobStats(flags)))
 
-    def abort_job(self, name: str, watch: CallWatch) -> None:
-        self._plain(name, watch, "aborting a job", lambda dom: dom.abortJob())
+    def abort_job(self, name: str, postcopy: bool, watch: CallWatch) -> None:
+        """libvirt's flags call; without ``postcopy``, the older one where a driver
+        lacks it (a remote daemon before libvirt 8.5)."""
+        flags = libvirt.VIR_DOMAIN_ABORT_JOB_POSTCOPY if postcopy else 0
+
+        def abort(dom: libvirt.virDomain) -> None:
+            try:
+                dom.abortJobFlags(flags)
+            except libvirt.libvirtError as error:
+                if flags or error.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                    raise
+                dom.abortJob()
+        self._plain(name, watch, "aborting a job", abort)

@@ -224,6 +224,8 @@ _FIXED_TARGETS: dict[str, tuple[str, str]] = {
     **{f"cpu.{field}": ("cpu", f"{field}_ns") for field in ("time", "user", "system")},
     **{f"balloon.{key}": ("balloon", field) for key, field in _BALLOON_FIELDS.items()},
     "vcpu.current": ("", "vcpu_current"), "vcpu.maximum": ("", "vcpu_maximum"),
+    **{f"dirtyrate.{field}": ("dirtyrate", field)
+       for field in ("calc_status", "calc_start_time", "calc_period", "megabytes_per_second")},
 }
 #: a key no table types: only in ``raw``
 _UNTYPED = ("", "", -1, "")
@@ -290,6 +292,8 @@ def _stats_fields(dom: libvirt.virDomain, record: Mapping[str, Any]) -> dict[str
         top["cpu"] = pb.CpuStats(**parts["cpu"])
     if "balloon" in parts:
         top["balloon"] = pb.BalloonStats(**parts["balloon"])
+    if "dirtyrate" in parts:
+        top["dirtyrate"] = pb.DirtyRateStats(**parts["dirtyrate"])
     if indexed:
         top.update(_indexed_stats(indexed))
     top["name"] = dom.name()
@@ -315,13 +319,15 @@ def _indexed_stats(indexed: Mapping[str, Mapping[int, dict[str, Any]]]) -> dict[
 
 #: StatGroup -> virDomainStatsTypes
 STAT_GROUPS = proto_to_libvirt(pb.StatGroup, "STAT_GROUP_", "VIR_DOMAIN_STATS_")
+#: the groups an empty request asks for: not dirtyrate, which asks each running QEMU
+DEFAULT_STAT_GROUPS = [group for group in STAT_GROUPS if group != pb.STAT_GROUP_DIRTYRATE]
 
 
 def stat_groups(groups: Iterable[pb.StatGroup.ValueType]) -> int:
-    """libvirt's stats flags for ``groups`` (all of them when empty); an unknown group
-    adds nothing."""
+    """libvirt's stats flags for ``groups`` (all of them but dirtyrate when empty); an
+    unknown group adds nothing."""
     flags = 0
-    for group in groups or STAT_GROUPS:
+    for group in groups or DEFAULT_STAT_GROUPS:
         flags |= STAT_GROUPS.get(group, 0)
     return flags
 

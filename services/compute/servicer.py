@@ -27,6 +27,7 @@ from services.compute.servicer_agent import AgentServicer
 from services.compute.servicer_block import BlockServicer
 from services.compute.servicer_host import HostServicer
 from services.compute.servicer_jobs import JobsServicer
+from services.compute.servicer_lifecycle import LifecycleServicer
 from services.compute.servicer_tuning import TuningServicer
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
@@ -63,6 +64,7 @@ def _data(first: _HasData, requests: Iterator[_HasData]) -> Iterator[bytes]:
 
 
 class ComputeServicer(HostServicer, JobsServicer, AgentServicer, TuningServicer, BlockServicer,
+                      LifecycleServicer,
                       DriverServicer[ComputeBackend, pb.WatchDomainEventsResponse],
                       pb_grpc.ComputeServiceServicer):
     def __init__(self, connection: LibvirtConnection, config: Config) -> None:
@@ -104,8 +106,9 @@ class ComputeServicer(HostServicer, JobsServicer, AgentServicer, TuningServicer,
         return response
 
     def GetDomain(self, request: pb.GetDomainRequest, context: Ctx) -> pb.GetDomainResponse:
-        return pb.GetDomainResponse(domain=convert.domain(self.backend.lookup(request.name),
-                                                          self.backend.explain))
+        dom = self.backend.lookup(request.name)
+        return pb.GetDomainResponse(domain=convert.domain(dom, self.backend.explain),
+                                    updated=self.lifecycle.is_updated(dom))
 
     def GetDomainXML(self, request: pb.GetDomainXMLRequest,
                      context: Ctx) -> pb.GetDomainXMLResponse:

@@ -91,5 +91,5 @@ class JobsServicer:
 
     def AbortDomainJob(self, request: pb.AbortDomainJobRequest,
                        context: Ctx) -> pb.AbortDomainJobResponse:
-        self.jobs.abort_job(request.name, CallWatch(context, "AbortDomainJob"))
+        self.jobs.abort_job(request.name, request.postcopy, CallWatch(context, "AbortDomainJob"))
         return pb.AbortDomainJobResponse()

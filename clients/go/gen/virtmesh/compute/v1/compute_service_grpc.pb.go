@@ -325,10 +325,13 @@ type ComputeServiceClient interface {
 	// Errors: UNIMPLEMENTED when the driver has no job statistics (the test
 	// driver).
 	GetDomainJobInfo(ctx context.Context, in *GetDomainJobInfoRequest, opts ...grpc.CallOption) (*GetDomainJobInfoResponse, error)
-	// Aborts the domain's current job (virDomainAbortJob): a save, dump or
-	// migration; the call that started it ends with ABORTED.
-	// Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
-	// UNIMPLEMENTED when the driver has no jobs (the test driver).
+	// Aborts the domain's current job (virDomainAbortJobFlags; without
+	// postcopy, virDomainAbortJob where a driver lacks the former): a save,
+	// dump or migration; the call that started it ends with ABORTED.
+	// Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
+	// (a migration in post-copy without postcopy);
+	// UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
+	// where it lacks virDomainAbortJobFlags.
 	AbortDomainJob(ctx context.Context, in *AbortDomainJobRequest, opts ...grpc.CallOption) (*AbortDomainJobResponse, error)
 	// The guest's network interfaces and their addresses
 	// (virDomainInterfaceAddresses) from the DHCP leases, the guest agent or
@@ -646,6 +649,68 @@ type ComputeServiceClient interface {
 	// does not have; FAILED_PRECONDITION when the domain is not running;
 	// UNIMPLEMENTED when the driver cannot (the test driver).
 	SetDomainBlockThreshold(ctx context.Context, in *SetDomainBlockThresholdRequest, opts ...grpc.CallOption) (*SetDomainBlockThresholdResponse, error)
+	// Asks the guest, through its guest agent, to suspend itself (to RAM, to
+	// disk or both: virDomainPMSuspendForDuration, virsh dompmsuspend), for
+	// duration_seconds or until woken (0). The domain's <pm> must allow it.
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running
+	// (or paused, or asleep), its agent does not answer or its <pm> disables
+	// the target;
+	// INVALID_ARGUMENT for no target; UNIMPLEMENTED where the driver has no
+	// power management.
+	PmSuspendDomain(ctx context.Context, in *PmSuspendDomainRequest, opts ...grpc.CallOption) (*PmSuspendDomainResponse, error)
+	// Wakes a guest suspended to RAM (virDomainPMWakeup, virsh dompmwakeup).
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not suspended
+	// by its guest; UNIMPLEMENTED where the driver cannot.
+	PmWakeupDomain(ctx context.Context, in *PmWakeupDomainRequest, opts ...grpc.CallOption) (*PmWakeupDomainResponse, error)
+	// Renames an inactive domain (virDomainRename, virsh domrename); returns
+	// its summary under the new name.
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is running or
+	// transient; ALREADY_EXISTS when another domain has the new name;
+	// INVALID_ARGUMENT for an empty, too long, or otherwise invalid new name
+	// (NUL, '/'), checked as DefineDomain checks names.
+	RenameDomain(ctx context.Context, in *RenameDomainRequest, opts ...grpc.CallOption) (*RenameDomainResponse, error)
+	// Injects a non-maskable interrupt into the guest (virDomainInjectNMI,
+	// virsh inject-nmi).
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+	// UNIMPLEMENTED where the driver cannot.
+	InjectDomainNmi(ctx context.Context, in *InjectDomainNmiRequest, opts ...grpc.CallOption) (*InjectDomainNmiResponse, error)
+	// Sends a signal to a process of the domain (virDomainSendProcessSignal,
+	// virsh send-process-signal): for container drivers, a process inside the
+	// guest.
+	// Errors: NOT_FOUND for the domain (or the process, where the driver says
+	// so); FAILED_PRECONDITION when the domain is not running; INVALID_ARGUMENT
+	// for no signal or a pid below 1; UNIMPLEMENTED where the driver cannot
+	// (libvirt's QEMU driver).
+	SendDomainProcessSignal(ctx context.Context, in *SendDomainProcessSignalRequest, opts ...grpc.CallOption) (*SendDomainProcessSignalResponse, error)
+	// Sets what happens when the guest powers off, reboots or crashes
+	// (virDomainSetLifecycleAction, virsh set-lifecycle-action), live and/or in
+	// the persistent config.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or a
+	// coredump action for other than a crash; FAILED_PRECONDITION for a live
+	// change on an inactive domain, or one the running hypervisor cannot make;
+	// UNIMPLEMENTED where the driver cannot.
+	SetDomainLifecycleAction(ctx context.Context, in *SetDomainLifecycleActionRequest, opts ...grpc.CallOption) (*SetDomainLifecycleActionResponse, error)
+	// Returns the messages libvirt keeps about a domain: why it is tainted and
+	// what of its configuration is deprecated (virDomainGetMessages, shown by
+	// virsh dominfo). Neither kind asked: both.
+	// Errors: NOT_FOUND; UNIMPLEMENTED where the driver keeps none.
+	GetDomainMessages(ctx context.Context, in *GetDomainMessagesRequest, opts ...grpc.CallOption) (*GetDomainMessagesResponse, error)
+	// Returns a vCPU count: the current or maximum, of the live domain, its
+	// persistent config, or as the guest agent sees it (virDomainGetVcpusFlags,
+	// virsh vcpucount).
+	// Errors: NOT_FOUND; FAILED_PRECONDITION for live (or guest) on an inactive
+	// domain, or a guest agent that does not answer; INVALID_ARGUMENT for live
+	// and config together, or guest with config or maximum; UNIMPLEMENTED for
+	// guest where the driver cannot ask the guest (the test driver).
+	GetDomainVcpuCount(ctx context.Context, in *GetDomainVcpuCountRequest, opts ...grpc.CallOption) (*GetDomainVcpuCountResponse, error)
+	// Starts measuring how fast the guest dirties its memory, for
+	// calc_seconds (virDomainStartDirtyRateCalc, virsh domdirtyrate-calc). It
+	// returns at once; the result is GetDomainStats' dirtyrate group.
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
+	// or for dirty_bitmap on a TCG guest (type 'qemu': QEMU crashes measuring
+	// so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
+	// where the driver cannot, or for dirty_ring without KVM's dirty ring.
+	StartDomainDirtyRateCalc(ctx context.Context, in *StartDomainDirtyRateCalcRequest, opts ...grpc.CallOption) (*StartDomainDirtyRateCalcResponse, error)
 }
 
 type computeServiceClient struct {
@@ -1947,6 +2012,87 @@ func (c *computeServiceClient) SetDomainBlockThreshold(ctx context.Context, in *
 	return out, nil
 }
 
+func (c *computeServiceClient) PmSuspendDomain(ctx context.Context, in *PmSuspendDomainRequest, opts ...grpc.CallOption) (*PmSuspendDomainResponse, error) {
+	out := new(PmSuspendDomainResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/PmSuspendDomain", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) PmWakeupDomain(ctx context.Context, in *PmWakeupDomainRequest, opts ...grpc.CallOption) (*PmWakeupDomainResponse, error) {
+	out := new(PmWakeupDomainResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/PmWakeupDomain", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) RenameDomain(ctx context.Context, in *RenameDomainRequest, opts ...grpc.CallOption) (*RenameDomainResponse, error) {
+	out := new(RenameDomainResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/RenameDomain", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) InjectDomainNmi(ctx context.Context, in *InjectDomainNmiRequest, opts ...grpc.CallOption) (*InjectDomainNmiResponse, error) {
+	out := new(InjectDomainNmiResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/InjectDomainNmi", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SendDomainProcessSignal(ctx context.Context, in *SendDomainProcessSignalRequest, opts ...grpc.CallOption) (*SendDomainProcessSignalResponse, error) {
+	out := new(SendDomainProcessSignalResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SendDomainProcessSignal", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainLifecycleAction(ctx context.Context, in *SetDomainLifecycleActionRequest, opts ...grpc.CallOption) (*SetDomainLifecycleActionResponse, error) {
+	out := new(SetDomainLifecycleActionResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainLifecycleAction", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainMessages(ctx context.Context, in *GetDomainMessagesRequest, opts ...grpc.CallOption) (*GetDomainMessagesResponse, error) {
+	out := new(GetDomainMessagesResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainMessages", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainVcpuCount(ctx context.Context, in *GetDomainVcpuCountRequest, opts ...grpc.CallOption) (*GetDomainVcpuCountResponse, error) {
+	out := new(GetDomainVcpuCountResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainVcpuCount", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) StartDomainDirtyRateCalc(ctx context.Context, in *StartDomainDirtyRateCalcRequest, opts ...grpc.CallOption) (*StartDomainDirtyRateCalcResponse, error) {
+	out := new(StartDomainDirtyRateCalcResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/StartDomainDirtyRateCalc", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ComputeServiceServer is the server API for ComputeService service.
 // All implementations must embed UnimplementedComputeServiceServer
 // for forward compatibility
@@ -2259,10 +2405,13 @@ type ComputeServiceServer interface {
 	// Errors: UNIMPLEMENTED when the driver has no job statistics (the test
 	// driver).
 	GetDomainJobInfo(context.Context, *GetDomainJobInfoRequest) (*GetDomainJobInfoResponse, error)
-	// Aborts the domain's current job (virDomainAbortJob): a save, dump or
-	// migration; the call that started it ends with ABORTED.
-	// Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
-	// UNIMPLEMENTED when the driver has no jobs (the test driver).
+	// Aborts the domain's current job (virDomainAbortJobFlags; without
+	// postcopy, virDomainAbortJob where a driver lacks the former): a save,
+	// dump or migration; the call that started it ends with ABORTED.
+	// Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
+	// (a migration in post-copy without postcopy);
+	// UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
+	// where it lacks virDomainAbortJobFlags.
 	AbortDomainJob(context.Context, *AbortDomainJobRequest) (*AbortDomainJobResponse, error)
 	// The guest's network interfaces and their addresses
 	// (virDomainInterfaceAddresses) from the DHCP leases, the guest agent or
@@ -2580,6 +2729,68 @@ type ComputeServiceServer interface {
 	// does not have; FAILED_PRECONDITION when the domain is not running;
 	// UNIMPLEMENTED when the driver cannot (the test driver).
 	SetDomainBlockThreshold(context.Context, *SetDomainBlockThresholdRequest) (*SetDomainBlockThresholdResponse, error)
+	// Asks the guest, through its guest agent, to suspend itself (to RAM, to
+	// disk or both: virDomainPMSuspendForDuration, virsh dompmsuspend), for
+	// duration_seconds or until woken (0). The domain's <pm> must allow it.
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running
+	// (or paused, or asleep), its agent does not answer or its <pm> disables
+	// the target;
+	// INVALID_ARGUMENT for no target; UNIMPLEMENTED where the driver has no
+	// power management.
+	PmSuspendDomain(context.Context, *PmSuspendDomainRequest) (*PmSuspendDomainResponse, error)
+	// Wakes a guest suspended to RAM (virDomainPMWakeup, virsh dompmwakeup).
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not suspended
+	// by its guest; UNIMPLEMENTED where the driver cannot.
+	PmWakeupDomain(context.Context, *PmWakeupDomainRequest) (*PmWakeupDomainResponse, error)
+	// Renames an inactive domain (virDomainRename, virsh domrename); returns
+	// its summary under the new name.
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is running or
+	// transient; ALREADY_EXISTS when another domain has the new name;
+	// INVALID_ARGUMENT for an empty, too long, or otherwise invalid new name
+	// (NUL, '/'), checked as DefineDomain checks names.
+	RenameDomain(context.Context, *RenameDomainRequest) (*RenameDomainResponse, error)
+	// Injects a non-maskable interrupt into the guest (virDomainInjectNMI,
+	// virsh inject-nmi).
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+	// UNIMPLEMENTED where the driver cannot.
+	InjectDomainNmi(context.Context, *InjectDomainNmiRequest) (*InjectDomainNmiResponse, error)
+	// Sends a signal to a process of the domain (virDomainSendProcessSignal,
+	// virsh send-process-signal): for container drivers, a process inside the
+	// guest.
+	// Errors: NOT_FOUND for the domain (or the process, where the driver says
+	// so); FAILED_PRECONDITION when the domain is not running; INVALID_ARGUMENT
+	// for no signal or a pid below 1; UNIMPLEMENTED where the driver cannot
+	// (libvirt's QEMU driver).
+	SendDomainProcessSignal(context.Context, *SendDomainProcessSignalRequest) (*SendDomainProcessSignalResponse, error)
+	// Sets what happens when the guest powers off, reboots or crashes
+	// (virDomainSetLifecycleAction, virsh set-lifecycle-action), live and/or in
+	// the persistent config.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or a
+	// coredump action for other than a crash; FAILED_PRECONDITION for a live
+	// change on an inactive domain, or one the running hypervisor cannot make;
+	// UNIMPLEMENTED where the driver cannot.
+	SetDomainLifecycleAction(context.Context, *SetDomainLifecycleActionRequest) (*SetDomainLifecycleActionResponse, error)
+	// Returns the messages libvirt keeps about a domain: why it is tainted and
+	// what of its configuration is deprecated (virDomainGetMessages, shown by
+	// virsh dominfo). Neither kind asked: both.
+	// Errors: NOT_FOUND; UNIMPLEMENTED where the driver keeps none.
+	GetDomainMessages(context.Context, *GetDomainMessagesRequest) (*GetDomainMessagesResponse, error)
+	// Returns a vCPU count: the current or maximum, of the live domain, its
+	// persistent config, or as the guest agent sees it (virDomainGetVcpusFlags,
+	// virsh vcpucount).
+	// Errors: NOT_FOUND; FAILED_PRECONDITION for live (or guest) on an inactive
+	// domain, or a guest agent that does not answer; INVALID_ARGUMENT for live
+	// and config together, or guest with config or maximum; UNIMPLEMENTED for
+	// guest where the driver cannot ask the guest (the test driver).
+	GetDomainVcpuCount(context.Context, *GetDomainVcpuCountRequest) (*GetDomainVcpuCountResponse, error)
+	// Starts measuring how fast the guest dirties its memory, for
+	// calc_seconds (virDomainStartDirtyRateCalc, virsh domdirtyrate-calc). It
+	// returns at once; the result is GetDomainStats' dirtyrate group.
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
+	// or for dirty_bitmap on a TCG guest (type 'qemu': QEMU crashes measuring
+	// so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
+	// where the driver cannot, or for dirty_ring without KVM's dirty ring.
+	StartDomainDirtyRateCalc(context.Context, *StartDomainDirtyRateCalcRequest) (*StartDomainDirtyRateCalcResponse, error)
 	mustEmbedUnimplementedComputeServiceServer()
 }
 
@@ -2979,6 +3190,33 @@ func (UnimplementedComputeServiceServer) GetDomainBlockJobInfo(context.Context, 
 }
 func (UnimplementedComputeServiceServer) SetDomainBlockThreshold(context.Context, *SetDomainBlockThresholdRequest) (*SetDomainBlockThresholdResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method SetDomainBlockThreshold not implemented")
+}
+func (UnimplementedComputeServiceServer) PmSuspendDomain(context.Context, *PmSuspendDomainRequest) (*PmSuspendDomainResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PmSuspendDomain not implemented")
+}
+func (UnimplementedComputeServiceServer) PmWakeupDomain(context.Context, *PmWakeupDomainRequest) (*PmWakeupDomainResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PmWakeupDomain not implemented")
+}
+func (UnimplementedComputeServiceServer) RenameDomain(context.Context, *RenameDomainRequest) (*RenameDomainResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RenameDomain not implemented")
+}
+func (UnimplementedComputeServiceServer) InjectDomainNmi(context.Context, *InjectDomainNmiRequest) (*InjectDomainNmiResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method InjectDomainNmi not implemented")
+}
+func (UnimplementedComputeServiceServer) SendDomainProcessSignal(context.Context, *SendDomainProcessSignalRequest) (*SendDomainProcessSignalResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SendDomainProcessSignal not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainLifecycleAction(context.Context, *SetDomainLifecycleActionRequest) (*SetDomainLifecycleActionResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainLifecycleAction not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainMessages(context.Context, *GetDomainMessagesRequest) (*GetDomainMessagesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainMessages not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainVcpuCount(context.Context, *GetDomainVcpuCountRequest) (*GetDomainVcpuCountResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainVcpuCount not implemented")
+}
+func (UnimplementedComputeServiceServer) StartDomainDirtyRateCalc(context.Context, *StartDomainDirtyRateCalcRequest) (*StartDomainDirtyRateCalcResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method StartDomainDirtyRateCalc not implemented")
 }
 func (UnimplementedComputeServiceServer) mustEmbedUnimplementedComputeServiceServer() {}
 
@@ -5381,6 +5619,168 @@ func _ComputeService_SetDomainBlockThreshold_Handler(srv interface{}, ctx contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ComputeService_PmSuspendDomain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PmSuspendDomainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).PmSuspendDomain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/PmSuspendDomain",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).PmSuspendDomain(ctx, req.(*PmSuspendDomainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_PmWakeupDomain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PmWakeupDomainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).PmWakeupDomain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/PmWakeupDomain",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).PmWakeupDomain(ctx, req.(*PmWakeupDomainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_RenameDomain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenameDomainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).RenameDomain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/RenameDomain",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).RenameDomain(ctx, req.(*RenameDomainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_InjectDomainNmi_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InjectDomainNmiRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).InjectDomainNmi(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/InjectDomainNmi",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).InjectDomainNmi(ctx, req.(*InjectDomainNmiRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SendDomainProcessSignal_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SendDomainProcessSignalRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SendDomainProcessSignal(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SendDomainProcessSignal",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SendDomainProcessSignal(ctx, req.(*SendDomainProcessSignalRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainLifecycleAction_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainLifecycleActionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainLifecycleAction(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainLifecycleAction",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainLifecycleAction(ctx, req.(*SetDomainLifecycleActionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainMessages_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainMessagesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainMessages(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainMessages",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainMessages(ctx, req.(*GetDomainMessagesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainVcpuCount_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainVcpuCountRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainVcpuCount(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainVcpuCount",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainVcpuCount(ctx, req.(*GetDomainVcpuCountRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_StartDomainDirtyRateCalc_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartDomainDirtyRateCalcRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).StartDomainDirtyRateCalc(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/StartDomainDirtyRateCalc",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).StartDomainDirtyRateCalc(ctx, req.(*StartDomainDirtyRateCalcRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _ComputeService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "virtmesh.compute.v1.ComputeService",
 	HandlerType: (*ComputeServiceServer)(nil),
@@ -5888,6 +6288,42 @@ var _ComputeService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetDomainBlockThreshold",
 			Handler:    _ComputeService_SetDomainBlockThreshold_Handler,
+		},
+		{
+			MethodName: "PmSuspendDomain",
+			Handler:    _ComputeService_PmSuspendDomain_Handler,
+		},
+		{
+			MethodName: "PmWakeupDomain",
+			Handler:    _ComputeService_PmWakeupDomain_Handler,
+		},
+		{
+			MethodName: "RenameDomain",
+			Handler:    _ComputeService_RenameDomain_Handler,
+		},
+		{
+			MethodName: "InjectDomainNmi",
+			Handler:    _ComputeService_InjectDomainNmi_Handler,
+		},
+		{
+			MethodName: "SendDomainProcessSignal",
+			Handler:    _ComputeService_SendDomainProcessSignal_Handler,
+		},
+		{
+			MethodName: "SetDomainLifecycleAction",
+			Handler:    _ComputeService_SetDomainLifecycleAction_Handler,
+		},
+		{
+			MethodName: "GetDomainMessages",
+			Handler:    _ComputeService_GetDomainMessages_Handler,
+		},
+		{
+			MethodName: "GetDomainVcpuCount",
+			Handler:    _ComputeService_GetDomainVcpuCount_Handler,
+		},
+		{
+			MethodName: "StartDomainDirtyRateCalc",
+			Handler:    _ComputeService_StartDomainDirtyRateCalc_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -90,6 +90,10 @@ class _StatGroupEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StatGroup.V
     STAT_GROUP_VCPU: _StatGroup.ValueType  # 4
     STAT_GROUP_INTERFACE: _StatGroup.ValueType  # 5
     STAT_GROUP_BLOCK: _StatGroup.ValueType  # 6
+    STAT_GROUP_DIRTYRATE: _StatGroup.ValueType  # 7
+    """The last dirty rate measurement (StartDomainDirtyRateCalc). Not among
+    the groups an empty list asks for: it asks each running QEMU.
+    """
 
 class StatGroup(_StatGroup, metaclass=_StatGroupEnumTypeWrapper):
     """A group of libvirt statistics."""
@@ -101,6 +105,10 @@ STAT_GROUP_BALLOON: StatGroup.ValueType  # 3
 STAT_GROUP_VCPU: StatGroup.ValueType  # 4
 STAT_GROUP_INTERFACE: StatGroup.ValueType  # 5
 STAT_GROUP_BLOCK: StatGroup.ValueType  # 6
+STAT_GROUP_DIRTYRATE: StatGroup.ValueType  # 7
+"""The last dirty rate measurement (StartDomainDirtyRateCalc). Not among
+the groups an empty list asks for: it asks each running QEMU.
+"""
 Global___StatGroup: _TypeAlias = StatGroup  # noqa: Y015
 
 class _LifecycleEventType:
@@ -950,6 +958,255 @@ MEMORY_STAT_TAG_HUGETLB_PGFAIL: MemoryStatTag.ValueType  # 13
 """Huge page allocations that failed."""
 Global___MemoryStatTag: _TypeAlias = MemoryStatTag  # noqa: Y015
 
+class _PmSuspendTarget:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PmSuspendTargetEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PmSuspendTarget.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PM_SUSPEND_TARGET_UNSPECIFIED: _PmSuspendTarget.ValueType  # 0
+    PM_SUSPEND_TARGET_MEM: _PmSuspendTarget.ValueType  # 1
+    """Suspend to RAM (S3)."""
+    PM_SUSPEND_TARGET_DISK: _PmSuspendTarget.ValueType  # 2
+    """Suspend to disk (S4, hibernation): the guest ends up off."""
+    PM_SUSPEND_TARGET_HYBRID: _PmSuspendTarget.ValueType  # 3
+    """Both: to RAM, with an image on disk."""
+
+class PmSuspendTarget(_PmSuspendTarget, metaclass=_PmSuspendTargetEnumTypeWrapper):
+    """-- lifecycle extras ---------------------------------------------------------
+
+    Where a guest suspends itself, as libvirt's VIR_NODE_SUSPEND_TARGET_*.
+    """
+
+PM_SUSPEND_TARGET_UNSPECIFIED: PmSuspendTarget.ValueType  # 0
+PM_SUSPEND_TARGET_MEM: PmSuspendTarget.ValueType  # 1
+"""Suspend to RAM (S3)."""
+PM_SUSPEND_TARGET_DISK: PmSuspendTarget.ValueType  # 2
+"""Suspend to disk (S4, hibernation): the guest ends up off."""
+PM_SUSPEND_TARGET_HYBRID: PmSuspendTarget.ValueType  # 3
+"""Both: to RAM, with an image on disk."""
+Global___PmSuspendTarget: _TypeAlias = PmSuspendTarget  # noqa: Y015
+
+class _ProcessSignal:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProcessSignalEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProcessSignal.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROCESS_SIGNAL_UNSPECIFIED: _ProcessSignal.ValueType  # 0
+    """No signal: refused (send NOP to probe a process)."""
+    PROCESS_SIGNAL_NOP: _ProcessSignal.ValueType  # 1
+    """Signal 0: checks the process exists, sends nothing."""
+    PROCESS_SIGNAL_HUP: _ProcessSignal.ValueType  # 2
+    PROCESS_SIGNAL_INT: _ProcessSignal.ValueType  # 3
+    PROCESS_SIGNAL_QUIT: _ProcessSignal.ValueType  # 4
+    PROCESS_SIGNAL_ILL: _ProcessSignal.ValueType  # 5
+    PROCESS_SIGNAL_TRAP: _ProcessSignal.ValueType  # 6
+    PROCESS_SIGNAL_ABRT: _ProcessSignal.ValueType  # 7
+    PROCESS_SIGNAL_BUS: _ProcessSignal.ValueType  # 8
+    PROCESS_SIGNAL_FPE: _ProcessSignal.ValueType  # 9
+    PROCESS_SIGNAL_KILL: _ProcessSignal.ValueType  # 10
+    PROCESS_SIGNAL_USR1: _ProcessSignal.ValueType  # 11
+    PROCESS_SIGNAL_SEGV: _ProcessSignal.ValueType  # 12
+    PROCESS_SIGNAL_USR2: _ProcessSignal.ValueType  # 13
+    PROCESS_SIGNAL_PIPE: _ProcessSignal.ValueType  # 14
+    PROCESS_SIGNAL_ALRM: _ProcessSignal.ValueType  # 15
+    PROCESS_SIGNAL_TERM: _ProcessSignal.ValueType  # 16
+    PROCESS_SIGNAL_STKFLT: _ProcessSignal.ValueType  # 17
+    PROCESS_SIGNAL_CHLD: _ProcessSignal.ValueType  # 18
+    PROCESS_SIGNAL_CONT: _ProcessSignal.ValueType  # 19
+    PROCESS_SIGNAL_STOP: _ProcessSignal.ValueType  # 20
+    PROCESS_SIGNAL_TSTP: _ProcessSignal.ValueType  # 21
+    PROCESS_SIGNAL_TTIN: _ProcessSignal.ValueType  # 22
+    PROCESS_SIGNAL_TTOU: _ProcessSignal.ValueType  # 23
+    PROCESS_SIGNAL_URG: _ProcessSignal.ValueType  # 24
+    PROCESS_SIGNAL_XCPU: _ProcessSignal.ValueType  # 25
+    PROCESS_SIGNAL_XFSZ: _ProcessSignal.ValueType  # 26
+    PROCESS_SIGNAL_VTALRM: _ProcessSignal.ValueType  # 27
+    PROCESS_SIGNAL_PROF: _ProcessSignal.ValueType  # 28
+    PROCESS_SIGNAL_WINCH: _ProcessSignal.ValueType  # 29
+    PROCESS_SIGNAL_POLL: _ProcessSignal.ValueType  # 30
+    PROCESS_SIGNAL_PWR: _ProcessSignal.ValueType  # 31
+    PROCESS_SIGNAL_SYS: _ProcessSignal.ValueType  # 32
+    PROCESS_SIGNAL_RT0: _ProcessSignal.ValueType  # 33
+    PROCESS_SIGNAL_RT1: _ProcessSignal.ValueType  # 34
+    PROCESS_SIGNAL_RT2: _ProcessSignal.ValueType  # 35
+    PROCESS_SIGNAL_RT3: _ProcessSignal.ValueType  # 36
+    PROCESS_SIGNAL_RT4: _ProcessSignal.ValueType  # 37
+    PROCESS_SIGNAL_RT5: _ProcessSignal.ValueType  # 38
+    PROCESS_SIGNAL_RT6: _ProcessSignal.ValueType  # 39
+    PROCESS_SIGNAL_RT7: _ProcessSignal.ValueType  # 40
+    PROCESS_SIGNAL_RT8: _ProcessSignal.ValueType  # 41
+    PROCESS_SIGNAL_RT9: _ProcessSignal.ValueType  # 42
+    PROCESS_SIGNAL_RT10: _ProcessSignal.ValueType  # 43
+    PROCESS_SIGNAL_RT11: _ProcessSignal.ValueType  # 44
+    PROCESS_SIGNAL_RT12: _ProcessSignal.ValueType  # 45
+    PROCESS_SIGNAL_RT13: _ProcessSignal.ValueType  # 46
+    PROCESS_SIGNAL_RT14: _ProcessSignal.ValueType  # 47
+    PROCESS_SIGNAL_RT15: _ProcessSignal.ValueType  # 48
+    PROCESS_SIGNAL_RT16: _ProcessSignal.ValueType  # 49
+    PROCESS_SIGNAL_RT17: _ProcessSignal.ValueType  # 50
+    PROCESS_SIGNAL_RT18: _ProcessSignal.ValueType  # 51
+    PROCESS_SIGNAL_RT19: _ProcessSignal.ValueType  # 52
+    PROCESS_SIGNAL_RT20: _ProcessSignal.ValueType  # 53
+    PROCESS_SIGNAL_RT21: _ProcessSignal.ValueType  # 54
+    PROCESS_SIGNAL_RT22: _ProcessSignal.ValueType  # 55
+    PROCESS_SIGNAL_RT23: _ProcessSignal.ValueType  # 56
+    PROCESS_SIGNAL_RT24: _ProcessSignal.ValueType  # 57
+    PROCESS_SIGNAL_RT25: _ProcessSignal.ValueType  # 58
+    PROCESS_SIGNAL_RT26: _ProcessSignal.ValueType  # 59
+    PROCESS_SIGNAL_RT27: _ProcessSignal.ValueType  # 60
+    PROCESS_SIGNAL_RT28: _ProcessSignal.ValueType  # 61
+    PROCESS_SIGNAL_RT29: _ProcessSignal.ValueType  # 62
+    PROCESS_SIGNAL_RT30: _ProcessSignal.ValueType  # 63
+    PROCESS_SIGNAL_RT31: _ProcessSignal.ValueType  # 64
+    PROCESS_SIGNAL_RT32: _ProcessSignal.ValueType  # 65
+
+class ProcessSignal(_ProcessSignal, metaclass=_ProcessSignalEnumTypeWrapper):
+    """A signal for virDomainSendProcessSignal, as libvirt's
+    virDomainProcessSignal (libvirt translates each to the host's number).
+    """
+
+PROCESS_SIGNAL_UNSPECIFIED: ProcessSignal.ValueType  # 0
+"""No signal: refused (send NOP to probe a process)."""
+PROCESS_SIGNAL_NOP: ProcessSignal.ValueType  # 1
+"""Signal 0: checks the process exists, sends nothing."""
+PROCESS_SIGNAL_HUP: ProcessSignal.ValueType  # 2
+PROCESS_SIGNAL_INT: ProcessSignal.ValueType  # 3
+PROCESS_SIGNAL_QUIT: ProcessSignal.ValueType  # 4
+PROCESS_SIGNAL_ILL: ProcessSignal.ValueType  # 5
+PROCESS_SIGNAL_TRAP: ProcessSignal.ValueType  # 6
+PROCESS_SIGNAL_ABRT: ProcessSignal.ValueType  # 7
+PROCESS_SIGNAL_BUS: ProcessSignal.ValueType  # 8
+PROCESS_SIGNAL_FPE: ProcessSignal.ValueType  # 9
+PROCESS_SIGNAL_KILL: ProcessSignal.ValueType  # 10
+PROCESS_SIGNAL_USR1: ProcessSignal.ValueType  # 11
+PROCESS_SIGNAL_SEGV: ProcessSignal.ValueType  # 12
+PROCESS_SIGNAL_USR2: ProcessSignal.ValueType  # 13
+PROCESS_SIGNAL_PIPE: ProcessSignal.ValueType  # 14
+PROCESS_SIGNAL_ALRM: ProcessSignal.ValueType  # 15
+PROCESS_SIGNAL_TERM: ProcessSignal.ValueType  # 16
+PROCESS_SIGNAL_STKFLT: ProcessSignal.ValueType  # 17
+PROCESS_SIGNAL_CHLD: ProcessSignal.ValueType  # 18
+PROCESS_SIGNAL_CONT: ProcessSignal.ValueType  # 19
+PROCESS_SIGNAL_STOP: ProcessSignal.ValueType  # 20
+PROCESS_SIGNAL_TSTP: ProcessSignal.ValueType  # 21
+PROCESS_SIGNAL_TTIN: ProcessSignal.ValueType  # 22
+PROCESS_SIGNAL_TTOU: ProcessSignal.ValueType  # 23
+PROCESS_SIGNAL_URG: ProcessSignal.ValueType  # 24
+PROCESS_SIGNAL_XCPU: ProcessSignal.ValueType  # 25
+PROCESS_SIGNAL_XFSZ: ProcessSignal.ValueType  # 26
+PROCESS_SIGNAL_VTALRM: ProcessSignal.ValueType  # 27
+PROCESS_SIGNAL_PROF: ProcessSignal.ValueType  # 28
+PROCESS_SIGNAL_WINCH: ProcessSignal.ValueType  # 29
+PROCESS_SIGNAL_POLL: ProcessSignal.ValueType  # 30
+PROCESS_SIGNAL_PWR: ProcessSignal.ValueType  # 31
+PROCESS_SIGNAL_SYS: ProcessSignal.ValueType  # 32
+PROCESS_SIGNAL_RT0: ProcessSignal.ValueType  # 33
+PROCESS_SIGNAL_RT1: ProcessSignal.ValueType  # 34
+PROCESS_SIGNAL_RT2: ProcessSignal.ValueType  # 35
+PROCESS_SIGNAL_RT3: ProcessSignal.ValueType  # 36
+PROCESS_SIGNAL_RT4: ProcessSignal.ValueType  # 37
+PROCESS_SIGNAL_RT5: ProcessSignal.ValueType  # 38
+PROCESS_SIGNAL_RT6: ProcessSignal.ValueType  # 39
+PROCESS_SIGNAL_RT7: ProcessSignal.ValueType  # 40
+PROCESS_SIGNAL_RT8: ProcessSignal.ValueType  # 41
+PROCESS_SIGNAL_RT9: ProcessSignal.ValueType  # 42
+PROCESS_SIGNAL_RT10: ProcessSignal.ValueType  # 43
+PROCESS_SIGNAL_RT11: ProcessSignal.ValueType  # 44
+PROCESS_SIGNAL_RT12: ProcessSignal.ValueType  # 45
+PROCESS_SIGNAL_RT13: ProcessSignal.ValueType  # 46
+PROCESS_SIGNAL_RT14: ProcessSignal.ValueType  # 47
+PROCESS_SIGNAL_RT15: ProcessSignal.ValueType  # 48
+PROCESS_SIGNAL_RT16: ProcessSignal.ValueType  # 49
+PROCESS_SIGNAL_RT17: ProcessSignal.ValueType  # 50
+PROCESS_SIGNAL_RT18: ProcessSignal.ValueType  # 51
+PROCESS_SIGNAL_RT19: ProcessSignal.ValueType  # 52
+PROCESS_SIGNAL_RT20: ProcessSignal.ValueType  # 53
+PROCESS_SIGNAL_RT21: ProcessSignal.ValueType  # 54
+PROCESS_SIGNAL_RT22: ProcessSignal.ValueType  # 55
+PROCESS_SIGNAL_RT23: ProcessSignal.ValueType  # 56
+PROCESS_SIGNAL_RT24: ProcessSignal.ValueType  # 57
+PROCESS_SIGNAL_RT25: ProcessSignal.ValueType  # 58
+PROCESS_SIGNAL_RT26: ProcessSignal.ValueType  # 59
+PROCESS_SIGNAL_RT27: ProcessSignal.ValueType  # 60
+PROCESS_SIGNAL_RT28: ProcessSignal.ValueType  # 61
+PROCESS_SIGNAL_RT29: ProcessSignal.ValueType  # 62
+PROCESS_SIGNAL_RT30: ProcessSignal.ValueType  # 63
+PROCESS_SIGNAL_RT31: ProcessSignal.ValueType  # 64
+PROCESS_SIGNAL_RT32: ProcessSignal.ValueType  # 65
+Global___ProcessSignal: _TypeAlias = ProcessSignal  # noqa: Y015
+
+class _LifecycleType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LifecycleTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LifecycleType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LIFECYCLE_TYPE_UNSPECIFIED: _LifecycleType.ValueType  # 0
+    LIFECYCLE_TYPE_POWEROFF: _LifecycleType.ValueType  # 1
+    LIFECYCLE_TYPE_REBOOT: _LifecycleType.ValueType  # 2
+    LIFECYCLE_TYPE_CRASH: _LifecycleType.ValueType  # 3
+
+class LifecycleType(_LifecycleType, metaclass=_LifecycleTypeEnumTypeWrapper):
+    """The event a lifecycle action answers, as libvirt's virDomainLifecycle."""
+
+LIFECYCLE_TYPE_UNSPECIFIED: LifecycleType.ValueType  # 0
+LIFECYCLE_TYPE_POWEROFF: LifecycleType.ValueType  # 1
+LIFECYCLE_TYPE_REBOOT: LifecycleType.ValueType  # 2
+LIFECYCLE_TYPE_CRASH: LifecycleType.ValueType  # 3
+Global___LifecycleType: _TypeAlias = LifecycleType  # noqa: Y015
+
+class _LifecycleAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LifecycleActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LifecycleAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LIFECYCLE_ACTION_UNSPECIFIED: _LifecycleAction.ValueType  # 0
+    LIFECYCLE_ACTION_DESTROY: _LifecycleAction.ValueType  # 1
+    LIFECYCLE_ACTION_RESTART: _LifecycleAction.ValueType  # 2
+    LIFECYCLE_ACTION_RESTART_RENAME: _LifecycleAction.ValueType  # 3
+    """Restart under a new name (libvirt's rename-restart)."""
+    LIFECYCLE_ACTION_PRESERVE: _LifecycleAction.ValueType  # 4
+    LIFECYCLE_ACTION_COREDUMP_DESTROY: _LifecycleAction.ValueType  # 5
+    LIFECYCLE_ACTION_COREDUMP_RESTART: _LifecycleAction.ValueType  # 6
+
+class LifecycleAction(_LifecycleAction, metaclass=_LifecycleActionEnumTypeWrapper):
+    """What libvirt does then, as libvirt's virDomainLifecycleAction."""
+
+LIFECYCLE_ACTION_UNSPECIFIED: LifecycleAction.ValueType  # 0
+LIFECYCLE_ACTION_DESTROY: LifecycleAction.ValueType  # 1
+LIFECYCLE_ACTION_RESTART: LifecycleAction.ValueType  # 2
+LIFECYCLE_ACTION_RESTART_RENAME: LifecycleAction.ValueType  # 3
+"""Restart under a new name (libvirt's rename-restart)."""
+LIFECYCLE_ACTION_PRESERVE: LifecycleAction.ValueType  # 4
+LIFECYCLE_ACTION_COREDUMP_DESTROY: LifecycleAction.ValueType  # 5
+LIFECYCLE_ACTION_COREDUMP_RESTART: LifecycleAction.ValueType  # 6
+Global___LifecycleAction: _TypeAlias = LifecycleAction  # noqa: Y015
+
+class _DirtyRateMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DirtyRateModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DirtyRateMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DIRTY_RATE_MODE_UNSPECIFIED: _DirtyRateMode.ValueType  # 0
+    """QEMU's default: page sampling."""
+    DIRTY_RATE_MODE_PAGE_SAMPLING: _DirtyRateMode.ValueType  # 1
+    DIRTY_RATE_MODE_DIRTY_BITMAP: _DirtyRateMode.ValueType  # 2
+    DIRTY_RATE_MODE_DIRTY_RING: _DirtyRateMode.ValueType  # 3
+
+class DirtyRateMode(_DirtyRateMode, metaclass=_DirtyRateModeEnumTypeWrapper):
+    """How QEMU measures a dirty rate, as libvirt's VIR_DOMAIN_DIRTYRATE_MODE_*."""
+
+DIRTY_RATE_MODE_UNSPECIFIED: DirtyRateMode.ValueType  # 0
+"""QEMU's default: page sampling."""
+DIRTY_RATE_MODE_PAGE_SAMPLING: DirtyRateMode.ValueType  # 1
+DIRTY_RATE_MODE_DIRTY_BITMAP: DirtyRateMode.ValueType  # 2
+DIRTY_RATE_MODE_DIRTY_RING: DirtyRateMode.ValueType  # 3
+Global___DirtyRateMode: _TypeAlias = DirtyRateMode  # noqa: Y015
+
 @_typing.final
 class Domain(_message.Message):
     """A domain's summary."""
@@ -1124,16 +1381,23 @@ class GetDomainResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DOMAIN_FIELD_NUMBER: _builtins.int
+    UPDATED_FIELD_NUMBER: _builtins.int
+    updated: _builtins.bool
+    """The running domain's definition has changed since it started (a live
+    change): its live and persistent definitions differ (virDomainIsUpdated;
+    not in ListDomains, which makes no call per domain).
+    """
     @_builtins.property
     def domain(self) -> Global___Domain: ...
     def __init__(
         self,
         *,
         domain: Global___Domain | None = ...,
+        updated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain", "updated", b"updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2160,7 +2424,7 @@ class GetDomainStatsRequest(_message.Message):
 
     @_builtins.property
     def groups(self) -> _containers.RepeatedScalarFieldContainer[Global___StatGroup.ValueType]:
-        """Groups to collect; empty means all of the groups above."""
+        """Groups to collect; empty means all of the groups above but dirtyrate."""
 
     def __init__(
         self,
@@ -2411,6 +2675,7 @@ class DomainStats(_message.Message):
     INTERFACES_FIELD_NUMBER: _builtins.int
     BLOCKS_FIELD_NUMBER: _builtins.int
     RAW_FIELD_NUMBER: _builtins.int
+    DIRTYRATE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     uuid: _builtins.str
     state: Global___DomainState.ValueType
@@ -2432,6 +2697,8 @@ class DomainStats(_message.Message):
     def raw(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Every field libvirt returned, typed or not, as its decimal or text form."""
 
+    @_builtins.property
+    def dirtyrate(self) -> Global___DirtyRateStats: ...
     def __init__(
         self,
         *,
@@ -2447,10 +2714,11 @@ class DomainStats(_message.Message):
         interfaces: _abc.Iterable[Global___InterfaceStats] | None = ...,
         blocks: _abc.Iterable[Global___BlockStats] | None = ...,
         raw: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        dirtyrate: Global___DirtyRateStats | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["balloon", b"balloon", "cpu", b"cpu"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balloon", b"balloon", "cpu", b"cpu", "dirtyrate", b"dirtyrate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balloon", b"balloon", "blocks", b"blocks", "cpu", b"cpu", "interfaces", b"interfaces", "name", b"name", "raw", b"raw", "state", b"state", "state_reason", b"state_reason", "uuid", b"uuid", "vcpu_current", b"vcpu_current", "vcpu_maximum", b"vcpu_maximum", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balloon", b"balloon", "blocks", b"blocks", "cpu", b"cpu", "dirtyrate", b"dirtyrate", "interfaces", b"interfaces", "name", b"name", "raw", b"raw", "state", b"state", "state_reason", b"state_reason", "uuid", b"uuid", "vcpu_current", b"vcpu_current", "vcpu_maximum", b"vcpu_maximum", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -5701,15 +5969,22 @@ class AbortDomainJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    POSTCOPY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    postcopy: _builtins.bool
+    """Abort a migration in its post-copy phase, which libvirt otherwise
+    refuses (VIR_DOMAIN_ABORT_JOB_POSTCOPY; the guest then pauses on both
+    hosts until the migration is recovered).
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        postcopy: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "postcopy", b"postcopy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -9176,3 +9451,418 @@ class SetDomainBlockThresholdResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetDomainBlockThresholdResponse: _TypeAlias = SetDomainBlockThresholdResponse  # noqa: Y015
+
+@_typing.final
+class PmSuspendDomainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    target: Global___PmSuspendTarget.ValueType
+    duration_seconds: _builtins.int
+    """How long the guest sleeps; 0: until woken."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        target: Global___PmSuspendTarget.ValueType = ...,
+        duration_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_seconds", b"duration_seconds", "name", b"name", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PmSuspendDomainRequest: _TypeAlias = PmSuspendDomainRequest  # noqa: Y015
+
+@_typing.final
+class PmSuspendDomainResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PmSuspendDomainResponse: _TypeAlias = PmSuspendDomainResponse  # noqa: Y015
+
+@_typing.final
+class PmWakeupDomainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PmWakeupDomainRequest: _TypeAlias = PmWakeupDomainRequest  # noqa: Y015
+
+@_typing.final
+class PmWakeupDomainResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PmWakeupDomainResponse: _TypeAlias = PmWakeupDomainResponse  # noqa: Y015
+
+@_typing.final
+class RenameDomainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    NEW_NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    new_name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        new_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "new_name", b"new_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenameDomainRequest: _TypeAlias = RenameDomainRequest  # noqa: Y015
+
+@_typing.final
+class RenameDomainResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def domain(self) -> Global___Domain: ...
+    def __init__(
+        self,
+        *,
+        domain: Global___Domain | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenameDomainResponse: _TypeAlias = RenameDomainResponse  # noqa: Y015
+
+@_typing.final
+class InjectDomainNmiRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InjectDomainNmiRequest: _TypeAlias = InjectDomainNmiRequest  # noqa: Y015
+
+@_typing.final
+class InjectDomainNmiResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InjectDomainNmiResponse: _TypeAlias = InjectDomainNmiResponse  # noqa: Y015
+
+@_typing.final
+class SendDomainProcessSignalRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    pid: _builtins.int
+    """The process: for container drivers a pid in the container's namespace."""
+    signal: Global___ProcessSignal.ValueType
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        pid: _builtins.int = ...,
+        signal: Global___ProcessSignal.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "pid", b"pid", "signal", b"signal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendDomainProcessSignalRequest: _TypeAlias = SendDomainProcessSignalRequest  # noqa: Y015
+
+@_typing.final
+class SendDomainProcessSignalResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendDomainProcessSignalResponse: _TypeAlias = SendDomainProcessSignalResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainLifecycleActionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    type: Global___LifecycleType.ValueType
+    action: Global___LifecycleAction.ValueType
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: Global___LifecycleType.ValueType = ...,
+        action: Global___LifecycleAction.ValueType = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "name", b"name", "scope", b"scope", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainLifecycleActionRequest: _TypeAlias = SetDomainLifecycleActionRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainLifecycleActionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainLifecycleActionResponse: _TypeAlias = SetDomainLifecycleActionResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainMessagesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TAINTING_FIELD_NUMBER: _builtins.int
+    DEPRECATION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    tainting: _builtins.bool
+    """Why the domain is tainted (libvirt's VIR_DOMAIN_MESSAGE_TAINTING)."""
+    deprecation: _builtins.bool
+    """What of its configuration is deprecated (VIR_DOMAIN_MESSAGE_DEPRECATION)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        tainting: _builtins.bool = ...,
+        deprecation: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deprecation", b"deprecation", "name", b"name", "tainting", b"tainting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMessagesRequest: _TypeAlias = GetDomainMessagesRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainMessagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """libvirt's text, for example "tainted: custom monitor control commands
+        issued".
+        """
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMessagesResponse: _TypeAlias = GetDomainMessagesResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainVcpuCountRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    MAXIMUM_FIELD_NUMBER: _builtins.int
+    GUEST_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    maximum: _builtins.bool
+    """The maximum rather than the current count."""
+    guest: _builtins.bool
+    """As the guest agent counts online vCPUs (live, current only)."""
+    @_builtins.property
+    def scope(self) -> Global___Scope:
+        """Live or config, not both; neither: the domain's current state."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+        maximum: _builtins.bool = ...,
+        guest: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["guest", b"guest", "maximum", b"maximum", "name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainVcpuCountRequest: _TypeAlias = GetDomainVcpuCountRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainVcpuCountResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainVcpuCountResponse: _TypeAlias = GetDomainVcpuCountResponse  # noqa: Y015
+
+@_typing.final
+class StartDomainDirtyRateCalcRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CALC_SECONDS_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    calc_seconds: _builtins.int
+    """How long to measure, 1 to 60 s (QEMU's bounds); 0: 1 s, as virsh."""
+    mode: Global___DirtyRateMode.ValueType
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        calc_seconds: _builtins.int = ...,
+        mode: Global___DirtyRateMode.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calc_seconds", b"calc_seconds", "mode", b"mode", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartDomainDirtyRateCalcRequest: _TypeAlias = StartDomainDirtyRateCalcRequest  # noqa: Y015
+
+@_typing.final
+class StartDomainDirtyRateCalcResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartDomainDirtyRateCalcResponse: _TypeAlias = StartDomainDirtyRateCalcResponse  # noqa: Y015
+
+@_typing.final
+class DirtyRateStats(_message.Message):
+    """The dirtyrate group of GetDomainStats (libvirt's dirtyrate.*)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALC_STATUS_FIELD_NUMBER: _builtins.int
+    CALC_START_TIME_FIELD_NUMBER: _builtins.int
+    CALC_PERIOD_FIELD_NUMBER: _builtins.int
+    MEGABYTES_PER_SECOND_FIELD_NUMBER: _builtins.int
+    calc_status: _builtins.int
+    """libvirt's virDomainDirtyRateStatus: 0 unstarted, 1 measuring, 2 measured."""
+    calc_start_time: _builtins.int
+    """When the last measurement started, in seconds of QEMU's clock (the
+    host's monotonic clock, not the epoch), and how long it ran.
+    """
+    calc_period: _builtins.int
+    megabytes_per_second: _builtins.int
+    """The result, in MiB/s."""
+    def __init__(
+        self,
+        *,
+        calc_status: _builtins.int = ...,
+        calc_start_time: _builtins.int = ...,
+        calc_period: _builtins.int = ...,
+        megabytes_per_second: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calc_period", b"calc_period", "calc_start_time", b"calc_start_time", "calc_status", b"calc_status", "megabytes_per_second", b"megabytes_per_second"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DirtyRateStats: _TypeAlias = DirtyRateStats  # noqa: Y015

@@ -698,6 +698,51 @@ class ComputeServiceStub:
                 request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockThresholdRequest.SerializeToString,
                 response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockThresholdResponse.FromString,
                 _registered_method=True)
+        self.PmSuspendDomain = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/PmSuspendDomain',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PmSuspendDomainRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PmSuspendDomainResponse.FromString,
+                _registered_method=True)
+        self.PmWakeupDomain = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/PmWakeupDomain',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PmWakeupDomainRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PmWakeupDomainResponse.FromString,
+                _registered_method=True)
+        self.RenameDomain = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/RenameDomain',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RenameDomainRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RenameDomainResponse.FromString,
+                _registered_method=True)
+        self.InjectDomainNmi = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/InjectDomainNmi',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.InjectDomainNmiRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.InjectDomainNmiResponse.FromString,
+                _registered_method=True)
+        self.SendDomainProcessSignal = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SendDomainProcessSignal',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SendDomainProcessSignalRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SendDomainProcessSignalResponse.FromString,
+                _registered_method=True)
+        self.SetDomainLifecycleAction = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainLifecycleAction',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLifecycleActionRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLifecycleActionResponse.FromString,
+                _registered_method=True)
+        self.GetDomainMessages = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainMessages',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMessagesRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMessagesResponse.FromString,
+                _registered_method=True)
+        self.GetDomainVcpuCount = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainVcpuCount',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpuCountRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpuCountResponse.FromString,
+                _registered_method=True)
+        self.StartDomainDirtyRateCalc = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/StartDomainDirtyRateCalc',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.StartDomainDirtyRateCalcRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.StartDomainDirtyRateCalcResponse.FromString,
+                _registered_method=True)
 
 
 class ComputeServiceServicer:
@@ -1372,10 +1417,13 @@ class ComputeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AbortDomainJob(self, request, context):
-        """Aborts the domain's current job (virDomainAbortJob): a save, dump or
-        migration; the call that started it ends with ABORTED.
-        Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
-        UNIMPLEMENTED when the driver has no jobs (the test driver).
+        """Aborts the domain's current job (virDomainAbortJobFlags; without
+        postcopy, virDomainAbortJob where a driver lacks the former): a save,
+        dump or migration; the call that started it ends with ABORTED.
+        Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
+        (a migration in post-copy without postcopy);
+        UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
+        where it lacks virDomainAbortJobFlags.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -2019,6 +2067,115 @@ class ComputeServiceServicer:
         Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
         does not have; FAILED_PRECONDITION when the domain is not running;
         UNIMPLEMENTED when the driver cannot (the test driver).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PmSuspendDomain(self, request, context):
+        """-- lifecycle extras ----------------------------------------------------
+
+        Asks the guest, through its guest agent, to suspend itself (to RAM, to
+        disk or both: virDomainPMSuspendForDuration, virsh dompmsuspend), for
+        duration_seconds or until woken (0). The domain's <pm> must allow it.
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running
+        (or paused, or asleep), its agent does not answer or its <pm> disables
+        the target;
+        INVALID_ARGUMENT for no target; UNIMPLEMENTED where the driver has no
+        power management.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PmWakeupDomain(self, request, context):
+        """Wakes a guest suspended to RAM (virDomainPMWakeup, virsh dompmwakeup).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not suspended
+        by its guest; UNIMPLEMENTED where the driver cannot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenameDomain(self, request, context):
+        """Renames an inactive domain (virDomainRename, virsh domrename); returns
+        its summary under the new name.
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is running or
+        transient; ALREADY_EXISTS when another domain has the new name;
+        INVALID_ARGUMENT for an empty, too long, or otherwise invalid new name
+        (NUL, '/'), checked as DefineDomain checks names.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InjectDomainNmi(self, request, context):
+        """Injects a non-maskable interrupt into the guest (virDomainInjectNMI,
+        virsh inject-nmi).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+        UNIMPLEMENTED where the driver cannot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendDomainProcessSignal(self, request, context):
+        """Sends a signal to a process of the domain (virDomainSendProcessSignal,
+        virsh send-process-signal): for container drivers, a process inside the
+        guest.
+        Errors: NOT_FOUND for the domain (or the process, where the driver says
+        so); FAILED_PRECONDITION when the domain is not running; INVALID_ARGUMENT
+        for no signal or a pid below 1; UNIMPLEMENTED where the driver cannot
+        (libvirt's QEMU driver).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainLifecycleAction(self, request, context):
+        """Sets what happens when the guest powers off, reboots or crashes
+        (virDomainSetLifecycleAction, virsh set-lifecycle-action), live and/or in
+        the persistent config.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or a
+        coredump action for other than a crash; FAILED_PRECONDITION for a live
+        change on an inactive domain, or one the running hypervisor cannot make;
+        UNIMPLEMENTED where the driver cannot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainMessages(self, request, context):
+        """Returns the messages libvirt keeps about a domain: why it is tainted and
+        what of its configuration is deprecated (virDomainGetMessages, shown by
+        virsh dominfo). Neither kind asked: both.
+        Errors: NOT_FOUND; UNIMPLEMENTED where the driver keeps none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainVcpuCount(self, request, context):
+        """Returns a vCPU count: the current or maximum, of the live domain, its
+        persistent config, or as the guest agent sees it (virDomainGetVcpusFlags,
+        virsh vcpucount).
+        Errors: NOT_FOUND; FAILED_PRECONDITION for live (or guest) on an inactive
+        domain, or a guest agent that does not answer; INVALID_ARGUMENT for live
+        and config together, or guest with config or maximum; UNIMPLEMENTED for
+        guest where the driver cannot ask the guest (the test driver).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartDomainDirtyRateCalc(self, request, context):
+        """Starts measuring how fast the guest dirties its memory, for
+        calc_seconds (virDomainStartDirtyRateCalc, virsh domdirtyrate-calc). It
+        returns at once; the result is GetDomainStats' dirtyrate group.
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
+        or for dirty_bitmap on a TCG guest (type 'qemu': QEMU crashes measuring
+        so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
+        where the driver cannot, or for dirty_ring without KVM's dirty ring.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -2681,6 +2838,51 @@ def add_ComputeServiceServicer_to_server(servicer, server):
                     servicer.SetDomainBlockThreshold,
                     request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockThresholdRequest.FromString,
                     response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockThresholdResponse.SerializeToString,
+            ),
+            'PmSuspendDomain': grpc.unary_unary_rpc_method_handler(
+                    servicer.PmSuspendDomain,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PmSuspendDomainRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PmSuspendDomainResponse.SerializeToString,
+            ),
+            'PmWakeupDomain': grpc.unary_unary_rpc_method_handler(
+                    servicer.PmWakeupDomain,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PmWakeupDomainRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PmWakeupDomainResponse.SerializeToString,
+            ),
+            'RenameDomain': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenameDomain,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RenameDomainRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RenameDomainResponse.SerializeToString,
+            ),
+            'InjectDomainNmi': grpc.unary_unary_rpc_method_handler(
+                    servicer.InjectDomainNmi,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.InjectDomainNmiRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.InjectDomainNmiResponse.SerializeToString,
+            ),
+            'SendDomainProcessSignal': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendDomainProcessSignal,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SendDomainProcessSignalRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SendDomainProcessSignalResponse.SerializeToString,
+            ),
+            'SetDomainLifecycleAction': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainLifecycleAction,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLifecycleActionRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLifecycleActionResponse.SerializeToString,
+            ),
+            'GetDomainMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainMessages,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMessagesRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMessagesResponse.SerializeToString,
+            ),
+            'GetDomainVcpuCount': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainVcpuCount,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpuCountRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpuCountResponse.SerializeToString,
+            ),
+            'StartDomainDirtyRateCalc': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartDomainDirtyRateCalc,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.StartDomainDirtyRateCalcRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.StartDomainDirtyRateCalcResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -6229,6 +6431,249 @@ class ComputeService:
             '/virtmesh.compute.v1.ComputeService/SetDomainBlockThreshold',
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockThresholdRequest.SerializeToString,
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainBlockThresholdResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PmSuspendDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/PmSuspendDomain',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PmSuspendDomainRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PmSuspendDomainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PmWakeupDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/PmWakeupDomain',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PmWakeupDomainRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.PmWakeupDomainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenameDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/RenameDomain',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RenameDomainRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.RenameDomainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InjectDomainNmi(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/InjectDomainNmi',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.InjectDomainNmiRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.InjectDomainNmiResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendDomainProcessSignal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SendDomainProcessSignal',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SendDomainProcessSignalRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SendDomainProcessSignalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainLifecycleAction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainLifecycleAction',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLifecycleActionRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainLifecycleActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainMessages',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMessagesRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainVcpuCount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainVcpuCount',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpuCountRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainVcpuCountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartDomainDirtyRateCalc(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/StartDomainDirtyRateCalc',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.StartDomainDirtyRateCalcRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.StartDomainDirtyRateCalcResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -430,10 +430,13 @@ class ComputeServiceStub:
     driver).
     """
     AbortDomainJob: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.AbortDomainJobRequest, _compute_service_pb2.AbortDomainJobResponse]
-    """Aborts the domain's current job (virDomainAbortJob): a save, dump or
-    migration; the call that started it ends with ABORTED.
-    Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
-    UNIMPLEMENTED when the driver has no jobs (the test driver).
+    """Aborts the domain's current job (virDomainAbortJobFlags; without
+    postcopy, virDomainAbortJob where a driver lacks the former): a save,
+    dump or migration; the call that started it ends with ABORTED.
+    Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
+    (a migration in post-copy without postcopy);
+    UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
+    where it lacks virDomainAbortJobFlags.
     """
     GetInterfaceAddresses: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetInterfaceAddressesRequest, _compute_service_pb2.GetInterfaceAddressesResponse]
     """-- guest agent (qemu-guest-agent on channel org.qemu.guest_agent.0) ----
@@ -823,6 +826,79 @@ class ComputeServiceStub:
     Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
     does not have; FAILED_PRECONDITION when the domain is not running;
     UNIMPLEMENTED when the driver cannot (the test driver).
+    """
+    PmSuspendDomain: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.PmSuspendDomainRequest, _compute_service_pb2.PmSuspendDomainResponse]
+    """-- lifecycle extras ----------------------------------------------------
+
+    Asks the guest, through its guest agent, to suspend itself (to RAM, to
+    disk or both: virDomainPMSuspendForDuration, virsh dompmsuspend), for
+    duration_seconds or until woken (0). The domain's <pm> must allow it.
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running
+    (or paused, or asleep), its agent does not answer or its <pm> disables
+    the target;
+    INVALID_ARGUMENT for no target; UNIMPLEMENTED where the driver has no
+    power management.
+    """
+    PmWakeupDomain: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.PmWakeupDomainRequest, _compute_service_pb2.PmWakeupDomainResponse]
+    """Wakes a guest suspended to RAM (virDomainPMWakeup, virsh dompmwakeup).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not suspended
+    by its guest; UNIMPLEMENTED where the driver cannot.
+    """
+    RenameDomain: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.RenameDomainRequest, _compute_service_pb2.RenameDomainResponse]
+    """Renames an inactive domain (virDomainRename, virsh domrename); returns
+    its summary under the new name.
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is running or
+    transient; ALREADY_EXISTS when another domain has the new name;
+    INVALID_ARGUMENT for an empty, too long, or otherwise invalid new name
+    (NUL, '/'), checked as DefineDomain checks names.
+    """
+    InjectDomainNmi: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.InjectDomainNmiRequest, _compute_service_pb2.InjectDomainNmiResponse]
+    """Injects a non-maskable interrupt into the guest (virDomainInjectNMI,
+    virsh inject-nmi).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+    UNIMPLEMENTED where the driver cannot.
+    """
+    SendDomainProcessSignal: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SendDomainProcessSignalRequest, _compute_service_pb2.SendDomainProcessSignalResponse]
+    """Sends a signal to a process of the domain (virDomainSendProcessSignal,
+    virsh send-process-signal): for container drivers, a process inside the
+    guest.
+    Errors: NOT_FOUND for the domain (or the process, where the driver says
+    so); FAILED_PRECONDITION when the domain is not running; INVALID_ARGUMENT
+    for no signal or a pid below 1; UNIMPLEMENTED where the driver cannot
+    (libvirt's QEMU driver).
+    """
+    SetDomainLifecycleAction: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainLifecycleActionRequest, _compute_service_pb2.SetDomainLifecycleActionResponse]
+    """Sets what happens when the guest powers off, reboots or crashes
+    (virDomainSetLifecycleAction, virsh set-lifecycle-action), live and/or in
+    the persistent config.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or a
+    coredump action for other than a crash; FAILED_PRECONDITION for a live
+    change on an inactive domain, or one the running hypervisor cannot make;
+    UNIMPLEMENTED where the driver cannot.
+    """
+    GetDomainMessages: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainMessagesRequest, _compute_service_pb2.GetDomainMessagesResponse]
+    """Returns the messages libvirt keeps about a domain: why it is tainted and
+    what of its configuration is deprecated (virDomainGetMessages, shown by
+    virsh dominfo). Neither kind asked: both.
+    Errors: NOT_FOUND; UNIMPLEMENTED where the driver keeps none.
+    """
+    GetDomainVcpuCount: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainVcpuCountRequest, _compute_service_pb2.GetDomainVcpuCountResponse]
+    """Returns a vCPU count: the current or maximum, of the live domain, its
+    persistent config, or as the guest agent sees it (virDomainGetVcpusFlags,
+    virsh vcpucount).
+    Errors: NOT_FOUND; FAILED_PRECONDITION for live (or guest) on an inactive
+    domain, or a guest agent that does not answer; INVALID_ARGUMENT for live
+    and config together, or guest with config or maximum; UNIMPLEMENTED for
+    guest where the driver cannot ask the guest (the test driver).
+    """
+    StartDomainDirtyRateCalc: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.StartDomainDirtyRateCalcRequest, _compute_service_pb2.StartDomainDirtyRateCalcResponse]
+    """Starts measuring how fast the guest dirties its memory, for
+    calc_seconds (virDomainStartDirtyRateCalc, virsh domdirtyrate-calc). It
+    returns at once; the result is GetDomainStats' dirtyrate group.
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
+    or for dirty_bitmap on a TCG guest (type 'qemu': QEMU crashes measuring
+    so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
+    where the driver cannot, or for dirty_ring without KVM's dirty ring.
     """
 
 @_typing.type_check_only
@@ -1227,10 +1303,13 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     driver).
     """
     AbortDomainJob: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.AbortDomainJobRequest, _compute_service_pb2.AbortDomainJobResponse]  # type: ignore[assignment]
-    """Aborts the domain's current job (virDomainAbortJob): a save, dump or
-    migration; the call that started it ends with ABORTED.
-    Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
-    UNIMPLEMENTED when the driver has no jobs (the test driver).
+    """Aborts the domain's current job (virDomainAbortJobFlags; without
+    postcopy, virDomainAbortJob where a driver lacks the former): a save,
+    dump or migration; the call that started it ends with ABORTED.
+    Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
+    (a migration in post-copy without postcopy);
+    UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
+    where it lacks virDomainAbortJobFlags.
     """
     GetInterfaceAddresses: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetInterfaceAddressesRequest, _compute_service_pb2.GetInterfaceAddressesResponse]  # type: ignore[assignment]
     """-- guest agent (qemu-guest-agent on channel org.qemu.guest_agent.0) ----
@@ -1620,6 +1699,79 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
     does not have; FAILED_PRECONDITION when the domain is not running;
     UNIMPLEMENTED when the driver cannot (the test driver).
+    """
+    PmSuspendDomain: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.PmSuspendDomainRequest, _compute_service_pb2.PmSuspendDomainResponse]  # type: ignore[assignment]
+    """-- lifecycle extras ----------------------------------------------------
+
+    Asks the guest, through its guest agent, to suspend itself (to RAM, to
+    disk or both: virDomainPMSuspendForDuration, virsh dompmsuspend), for
+    duration_seconds or until woken (0). The domain's <pm> must allow it.
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running
+    (or paused, or asleep), its agent does not answer or its <pm> disables
+    the target;
+    INVALID_ARGUMENT for no target; UNIMPLEMENTED where the driver has no
+    power management.
+    """
+    PmWakeupDomain: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.PmWakeupDomainRequest, _compute_service_pb2.PmWakeupDomainResponse]  # type: ignore[assignment]
+    """Wakes a guest suspended to RAM (virDomainPMWakeup, virsh dompmwakeup).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not suspended
+    by its guest; UNIMPLEMENTED where the driver cannot.
+    """
+    RenameDomain: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.RenameDomainRequest, _compute_service_pb2.RenameDomainResponse]  # type: ignore[assignment]
+    """Renames an inactive domain (virDomainRename, virsh domrename); returns
+    its summary under the new name.
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is running or
+    transient; ALREADY_EXISTS when another domain has the new name;
+    INVALID_ARGUMENT for an empty, too long, or otherwise invalid new name
+    (NUL, '/'), checked as DefineDomain checks names.
+    """
+    InjectDomainNmi: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.InjectDomainNmiRequest, _compute_service_pb2.InjectDomainNmiResponse]  # type: ignore[assignment]
+    """Injects a non-maskable interrupt into the guest (virDomainInjectNMI,
+    virsh inject-nmi).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+    UNIMPLEMENTED where the driver cannot.
+    """
+    SendDomainProcessSignal: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SendDomainProcessSignalRequest, _compute_service_pb2.SendDomainProcessSignalResponse]  # type: ignore[assignment]
+    """Sends a signal to a process of the domain (virDomainSendProcessSignal,
+    virsh send-process-signal): for container drivers, a process inside the
+    guest.
+    Errors: NOT_FOUND for the domain (or the process, where the driver says
+    so); FAILED_PRECONDITION when the domain is not running; INVALID_ARGUMENT
+    for no signal or a pid below 1; UNIMPLEMENTED where the driver cannot
+    (libvirt's QEMU driver).
+    """
+    SetDomainLifecycleAction: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainLifecycleActionRequest, _compute_service_pb2.SetDomainLifecycleActionResponse]  # type: ignore[assignment]
+    """Sets what happens when the guest powers off, reboots or crashes
+    (virDomainSetLifecycleAction, virsh set-lifecycle-action), live and/or in
+    the persistent config.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or a
+    coredump action for other than a crash; FAILED_PRECONDITION for a live
+    change on an inactive domain, or one the running hypervisor cannot make;
+    UNIMPLEMENTED where the driver cannot.
+    """
+    GetDomainMessages: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainMessagesRequest, _compute_service_pb2.GetDomainMessagesResponse]  # type: ignore[assignment]
+    """Returns the messages libvirt keeps about a domain: why it is tainted and
+    what of its configuration is deprecated (virDomainGetMessages, shown by
+    virsh dominfo). Neither kind asked: both.
+    Errors: NOT_FOUND; UNIMPLEMENTED where the driver keeps none.
+    """
+    GetDomainVcpuCount: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainVcpuCountRequest, _compute_service_pb2.GetDomainVcpuCountResponse]  # type: ignore[assignment]
+    """Returns a vCPU count: the current or maximum, of the live domain, its
+    persistent config, or as the guest agent sees it (virDomainGetVcpusFlags,
+    virsh vcpucount).
+    Errors: NOT_FOUND; FAILED_PRECONDITION for live (or guest) on an inactive
+    domain, or a guest agent that does not answer; INVALID_ARGUMENT for live
+    and config together, or guest with config or maximum; UNIMPLEMENTED for
+    guest where the driver cannot ask the guest (the test driver).
+    """
+    StartDomainDirtyRateCalc: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.StartDomainDirtyRateCalcRequest, _compute_service_pb2.StartDomainDirtyRateCalcResponse]  # type: ignore[assignment]
+    """Starts measuring how fast the guest dirties its memory, for
+    calc_seconds (virDomainStartDirtyRateCalc, virsh domdirtyrate-calc). It
+    returns at once; the result is GetDomainStats' dirtyrate group.
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
+    or for dirty_bitmap on a TCG guest (type 'qemu': QEMU crashes measuring
+    so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
+    where the driver cannot, or for dirty_ring without KVM's dirty ring.
     """
 
 class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -2429,10 +2581,13 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _compute_service_pb2.AbortDomainJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_compute_service_pb2.AbortDomainJobResponse, _abc.Awaitable[_compute_service_pb2.AbortDomainJobResponse]]:
-        """Aborts the domain's current job (virDomainAbortJob): a save, dump or
-        migration; the call that started it ends with ABORTED.
-        Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
-        UNIMPLEMENTED when the driver has no jobs (the test driver).
+        """Aborts the domain's current job (virDomainAbortJobFlags; without
+        postcopy, virDomainAbortJob where a driver lacks the former): a save,
+        dump or migration; the call that started it ends with ABORTED.
+        Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
+        (a migration in post-copy without postcopy);
+        UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
+        where it lacks virDomainAbortJobFlags.
         """
 
     @_abc_1.abstractmethod
@@ -3200,6 +3355,133 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: NOT_FOUND; INVALID_ARGUMENT for a missing disk or one the domain
         does not have; FAILED_PRECONDITION when the domain is not running;
         UNIMPLEMENTED when the driver cannot (the test driver).
+        """
+
+    @_abc_1.abstractmethod
+    def PmSuspendDomain(
+        self,
+        request: _compute_service_pb2.PmSuspendDomainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.PmSuspendDomainResponse, _abc.Awaitable[_compute_service_pb2.PmSuspendDomainResponse]]:
+        """-- lifecycle extras ----------------------------------------------------
+
+        Asks the guest, through its guest agent, to suspend itself (to RAM, to
+        disk or both: virDomainPMSuspendForDuration, virsh dompmsuspend), for
+        duration_seconds or until woken (0). The domain's <pm> must allow it.
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running
+        (or paused, or asleep), its agent does not answer or its <pm> disables
+        the target;
+        INVALID_ARGUMENT for no target; UNIMPLEMENTED where the driver has no
+        power management.
+        """
+
+    @_abc_1.abstractmethod
+    def PmWakeupDomain(
+        self,
+        request: _compute_service_pb2.PmWakeupDomainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.PmWakeupDomainResponse, _abc.Awaitable[_compute_service_pb2.PmWakeupDomainResponse]]:
+        """Wakes a guest suspended to RAM (virDomainPMWakeup, virsh dompmwakeup).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not suspended
+        by its guest; UNIMPLEMENTED where the driver cannot.
+        """
+
+    @_abc_1.abstractmethod
+    def RenameDomain(
+        self,
+        request: _compute_service_pb2.RenameDomainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.RenameDomainResponse, _abc.Awaitable[_compute_service_pb2.RenameDomainResponse]]:
+        """Renames an inactive domain (virDomainRename, virsh domrename); returns
+        its summary under the new name.
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is running or
+        transient; ALREADY_EXISTS when another domain has the new name;
+        INVALID_ARGUMENT for an empty, too long, or otherwise invalid new name
+        (NUL, '/'), checked as DefineDomain checks names.
+        """
+
+    @_abc_1.abstractmethod
+    def InjectDomainNmi(
+        self,
+        request: _compute_service_pb2.InjectDomainNmiRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.InjectDomainNmiResponse, _abc.Awaitable[_compute_service_pb2.InjectDomainNmiResponse]]:
+        """Injects a non-maskable interrupt into the guest (virDomainInjectNMI,
+        virsh inject-nmi).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+        UNIMPLEMENTED where the driver cannot.
+        """
+
+    @_abc_1.abstractmethod
+    def SendDomainProcessSignal(
+        self,
+        request: _compute_service_pb2.SendDomainProcessSignalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SendDomainProcessSignalResponse, _abc.Awaitable[_compute_service_pb2.SendDomainProcessSignalResponse]]:
+        """Sends a signal to a process of the domain (virDomainSendProcessSignal,
+        virsh send-process-signal): for container drivers, a process inside the
+        guest.
+        Errors: NOT_FOUND for the domain (or the process, where the driver says
+        so); FAILED_PRECONDITION when the domain is not running; INVALID_ARGUMENT
+        for no signal or a pid below 1; UNIMPLEMENTED where the driver cannot
+        (libvirt's QEMU driver).
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainLifecycleAction(
+        self,
+        request: _compute_service_pb2.SetDomainLifecycleActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainLifecycleActionResponse, _abc.Awaitable[_compute_service_pb2.SetDomainLifecycleActionResponse]]:
+        """Sets what happens when the guest powers off, reboots or crashes
+        (virDomainSetLifecycleAction, virsh set-lifecycle-action), live and/or in
+        the persistent config.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or a
+        coredump action for other than a crash; FAILED_PRECONDITION for a live
+        change on an inactive domain, or one the running hypervisor cannot make;
+        UNIMPLEMENTED where the driver cannot.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainMessages(
+        self,
+        request: _compute_service_pb2.GetDomainMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainMessagesResponse, _abc.Awaitable[_compute_service_pb2.GetDomainMessagesResponse]]:
+        """Returns the messages libvirt keeps about a domain: why it is tainted and
+        what of its configuration is deprecated (virDomainGetMessages, shown by
+        virsh dominfo). Neither kind asked: both.
+        Errors: NOT_FOUND; UNIMPLEMENTED where the driver keeps none.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainVcpuCount(
+        self,
+        request: _compute_service_pb2.GetDomainVcpuCountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainVcpuCountResponse, _abc.Awaitable[_compute_service_pb2.GetDomainVcpuCountResponse]]:
+        """Returns a vCPU count: the current or maximum, of the live domain, its
+        persistent config, or as the guest agent sees it (virDomainGetVcpusFlags,
+        virsh vcpucount).
+        Errors: NOT_FOUND; FAILED_PRECONDITION for live (or guest) on an inactive
+        domain, or a guest agent that does not answer; INVALID_ARGUMENT for live
+        and config together, or guest with config or maximum; UNIMPLEMENTED for
+        guest where the driver cannot ask the guest (the test driver).
+        """
+
+    @_abc_1.abstractmethod
+    def StartDomainDirtyRateCalc(
+        self,
+        request: _compute_service_pb2.StartDomainDirtyRateCalcRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.StartDomainDirtyRateCalcResponse, _abc.Awaitable[_compute_service_pb2.StartDomainDirtyRateCalcResponse]]:
+        """Starts measuring how fast the guest dirties its memory, for
+        calc_seconds (virDomainStartDirtyRateCalc, virsh domdirtyrate-calc). It
+        returns at once; the result is GetDomainStats' dirtyrate group.
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
+        or for dirty_bitmap on a TCG guest (type 'qemu': QEMU crashes measuring
+        so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
+        where the driver cannot, or for dirty_ring without KVM's dirty ring.
         """
 
 def add_ComputeServiceServicer_to_server(servicer: ComputeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

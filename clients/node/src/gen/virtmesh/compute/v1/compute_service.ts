@@ -156,6 +156,11 @@ export enum StatGroup {
   STAT_GROUP_VCPU = 4,
   STAT_GROUP_INTERFACE = 5,
   STAT_GROUP_BLOCK = 6,
+  /**
+   * STAT_GROUP_DIRTYRATE - The last dirty rate measurement (StartDomainDirtyRateCalc). Not among
+   * the groups an empty list asks for: it asks each running QEMU.
+   */
+  STAT_GROUP_DIRTYRATE = 7,
   UNRECOGNIZED = -1,
 }
 
@@ -182,6 +187,9 @@ export function statGroupFromJSON(object: any): StatGroup {
     case 6:
     case "STAT_GROUP_BLOCK":
       return StatGroup.STAT_GROUP_BLOCK;
+    case 7:
+    case "STAT_GROUP_DIRTYRATE":
+      return StatGroup.STAT_GROUP_DIRTYRATE;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -205,6 +213,8 @@ export function statGroupToJSON(object: StatGroup): string {
       return "STAT_GROUP_INTERFACE";
     case StatGroup.STAT_GROUP_BLOCK:
       return "STAT_GROUP_BLOCK";
+    case StatGroup.STAT_GROUP_DIRTYRATE:
+      return "STAT_GROUP_DIRTYRATE";
     case StatGroup.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -1951,6 +1961,636 @@ export function memoryStatTagToJSON(object: MemoryStatTag): string {
   }
 }
 
+/** Where a guest suspends itself, as libvirt's VIR_NODE_SUSPEND_TARGET_*. */
+export enum PmSuspendTarget {
+  PM_SUSPEND_TARGET_UNSPECIFIED = 0,
+  /** PM_SUSPEND_TARGET_MEM - Suspend to RAM (S3). */
+  PM_SUSPEND_TARGET_MEM = 1,
+  /** PM_SUSPEND_TARGET_DISK - Suspend to disk (S4, hibernation): the guest ends up off. */
+  PM_SUSPEND_TARGET_DISK = 2,
+  /** PM_SUSPEND_TARGET_HYBRID - Both: to RAM, with an image on disk. */
+  PM_SUSPEND_TARGET_HYBRID = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function pmSuspendTargetFromJSON(object: any): PmSuspendTarget {
+  switch (object) {
+    case 0:
+    case "PM_SUSPEND_TARGET_UNSPECIFIED":
+      return PmSuspendTarget.PM_SUSPEND_TARGET_UNSPECIFIED;
+    case 1:
+    case "PM_SUSPEND_TARGET_MEM":
+      return PmSuspendTarget.PM_SUSPEND_TARGET_MEM;
+    case 2:
+    case "PM_SUSPEND_TARGET_DISK":
+      return PmSuspendTarget.PM_SUSPEND_TARGET_DISK;
+    case 3:
+    case "PM_SUSPEND_TARGET_HYBRID":
+      return PmSuspendTarget.PM_SUSPEND_TARGET_HYBRID;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return PmSuspendTarget.UNRECOGNIZED;
+  }
+}
+
+export function pmSuspendTargetToJSON(object: PmSuspendTarget): string {
+  switch (object) {
+    case PmSuspendTarget.PM_SUSPEND_TARGET_UNSPECIFIED:
+      return "PM_SUSPEND_TARGET_UNSPECIFIED";
+    case PmSuspendTarget.PM_SUSPEND_TARGET_MEM:
+      return "PM_SUSPEND_TARGET_MEM";
+    case PmSuspendTarget.PM_SUSPEND_TARGET_DISK:
+      return "PM_SUSPEND_TARGET_DISK";
+    case PmSuspendTarget.PM_SUSPEND_TARGET_HYBRID:
+      return "PM_SUSPEND_TARGET_HYBRID";
+    case PmSuspendTarget.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * A signal for virDomainSendProcessSignal, as libvirt's
+ * virDomainProcessSignal (libvirt translates each to the host's number).
+ */
+export enum ProcessSignal {
+  /** PROCESS_SIGNAL_UNSPECIFIED - No signal: refused (send NOP to probe a process). */
+  PROCESS_SIGNAL_UNSPECIFIED = 0,
+  /** PROCESS_SIGNAL_NOP - Signal 0: checks the process exists, sends nothing. */
+  PROCESS_SIGNAL_NOP = 1,
+  PROCESS_SIGNAL_HUP = 2,
+  PROCESS_SIGNAL_INT = 3,
+  PROCESS_SIGNAL_QUIT = 4,
+  PROCESS_SIGNAL_ILL = 5,
+  PROCESS_SIGNAL_TRAP = 6,
+  PROCESS_SIGNAL_ABRT = 7,
+  PROCESS_SIGNAL_BUS = 8,
+  PROCESS_SIGNAL_FPE = 9,
+  PROCESS_SIGNAL_KILL = 10,
+  PROCESS_SIGNAL_USR1 = 11,
+  PROCESS_SIGNAL_SEGV = 12,
+  PROCESS_SIGNAL_USR2 = 13,
+  PROCESS_SIGNAL_PIPE = 14,
+  PROCESS_SIGNAL_ALRM = 15,
+  PROCESS_SIGNAL_TERM = 16,
+  PROCESS_SIGNAL_STKFLT = 17,
+  PROCESS_SIGNAL_CHLD = 18,
+  PROCESS_SIGNAL_CONT = 19,
+  PROCESS_SIGNAL_STOP = 20,
+  PROCESS_SIGNAL_TSTP = 21,
+  PROCESS_SIGNAL_TTIN = 22,
+  PROCESS_SIGNAL_TTOU = 23,
+  PROCESS_SIGNAL_URG = 24,
+  PROCESS_SIGNAL_XCPU = 25,
+  PROCESS_SIGNAL_XFSZ = 26,
+  PROCESS_SIGNAL_VTALRM = 27,
+  PROCESS_SIGNAL_PROF = 28,
+  PROCESS_SIGNAL_WINCH = 29,
+  PROCESS_SIGNAL_POLL = 30,
+  PROCESS_SIGNAL_PWR = 31,
+  PROCESS_SIGNAL_SYS = 32,
+  PROCESS_SIGNAL_RT0 = 33,
+  PROCESS_SIGNAL_RT1 = 34,
+  PROCESS_SIGNAL_RT2 = 35,
+  PROCESS_SIGNAL_RT3 = 36,
+  PROCESS_SIGNAL_RT4 = 37,
+  PROCESS_SIGNAL_RT5 = 38,
+  PROCESS_SIGNAL_RT6 = 39,
+  PROCESS_SIGNAL_RT7 = 40,
+  PROCESS_SIGNAL_RT8 = 41,
+  PROCESS_SIGNAL_RT9 = 42,
+  PROCESS_SIGNAL_RT10 = 43,
+  PROCESS_SIGNAL_RT11 = 44,
+  PROCESS_SIGNAL_RT12 = 45,
+  PROCESS_SIGNAL_RT13 = 46,
+  PROCESS_SIGNAL_RT14 = 47,
+  PROCESS_SIGNAL_RT15 = 48,
+  PROCESS_SIGNAL_RT16 = 49,
+  PROCESS_SIGNAL_RT17 = 50,
+  PROCESS_SIGNAL_RT18 = 51,
+  PROCESS_SIGNAL_RT19 = 52,
+  PROCESS_SIGNAL_RT20 = 53,
+  PROCESS_SIGNAL_RT21 = 54,
+  PROCESS_SIGNAL_RT22 = 55,
+  PROCESS_SIGNAL_RT23 = 56,
+  PROCESS_SIGNAL_RT24 = 57,
+  PROCESS_SIGNAL_RT25 = 58,
+  PROCESS_SIGNAL_RT26 = 59,
+  PROCESS_SIGNAL_RT27 = 60,
+  PROCESS_SIGNAL_RT28 = 61,
+  PROCESS_SIGNAL_RT29 = 62,
+  PROCESS_SIGNAL_RT30 = 63,
+  PROCESS_SIGNAL_RT31 = 64,
+  PROCESS_SIGNAL_RT32 = 65,
+  UNRECOGNIZED = -1,
+}
+
+export function processSignalFromJSON(object: any): ProcessSignal {
+  switch (object) {
+    case 0:
+    case "PROCESS_SIGNAL_UNSPECIFIED":
+      return ProcessSignal.PROCESS_SIGNAL_UNSPECIFIED;
+    case 1:
+    case "PROCESS_SIGNAL_NOP":
+      return ProcessSignal.PROCESS_SIGNAL_NOP;
+    case 2:
+    case "PROCESS_SIGNAL_HUP":
+      return ProcessSignal.PROCESS_SIGNAL_HUP;
+    case 3:
+    case "PROCESS_SIGNAL_INT":
+      return ProcessSignal.PROCESS_SIGNAL_INT;
+    case 4:
+    case "PROCESS_SIGNAL_QUIT":
+      return ProcessSignal.PROCESS_SIGNAL_QUIT;
+    case 5:
+    case "PROCESS_SIGNAL_ILL":
+      return ProcessSignal.PROCESS_SIGNAL_ILL;
+    case 6:
+    case "PROCESS_SIGNAL_TRAP":
+      return ProcessSignal.PROCESS_SIGNAL_TRAP;
+    case 7:
+    case "PROCESS_SIGNAL_ABRT":
+      return ProcessSignal.PROCESS_SIGNAL_ABRT;
+    case 8:
+    case "PROCESS_SIGNAL_BUS":
+      return ProcessSignal.PROCESS_SIGNAL_BUS;
+    case 9:
+    case "PROCESS_SIGNAL_FPE":
+      return ProcessSignal.PROCESS_SIGNAL_FPE;
+    case 10:
+    case "PROCESS_SIGNAL_KILL":
+      return ProcessSignal.PROCESS_SIGNAL_KILL;
+    case 11:
+    case "PROCESS_SIGNAL_USR1":
+      return ProcessSignal.PROCESS_SIGNAL_USR1;
+    case 12:
+    case "PROCESS_SIGNAL_SEGV":
+      return ProcessSignal.PROCESS_SIGNAL_SEGV;
+    case 13:
+    case "PROCESS_SIGNAL_USR2":
+      return ProcessSignal.PROCESS_SIGNAL_USR2;
+    case 14:
+    case "PROCESS_SIGNAL_PIPE":
+      return ProcessSignal.PROCESS_SIGNAL_PIPE;
+    case 15:
+    case "PROCESS_SIGNAL_ALRM":
+      return ProcessSignal.PROCESS_SIGNAL_ALRM;
+    case 16:
+    case "PROCESS_SIGNAL_TERM":
+      return ProcessSignal.PROCESS_SIGNAL_TERM;
+    case 17:
+    case "PROCESS_SIGNAL_STKFLT":
+      return ProcessSignal.PROCESS_SIGNAL_STKFLT;
+    case 18:
+    case "PROCESS_SIGNAL_CHLD":
+      return ProcessSignal.PROCESS_SIGNAL_CHLD;
+    case 19:
+    case "PROCESS_SIGNAL_CONT":
+      return ProcessSignal.PROCESS_SIGNAL_CONT;
+    case 20:
+    case "PROCESS_SIGNAL_STOP":
+      return ProcessSignal.PROCESS_SIGNAL_STOP;
+    case 21:
+    case "PROCESS_SIGNAL_TSTP":
+      return ProcessSignal.PROCESS_SIGNAL_TSTP;
+    case 22:
+    case "PROCESS_SIGNAL_TTIN":
+      return ProcessSignal.PROCESS_SIGNAL_TTIN;
+    case 23:
+    case "PROCESS_SIGNAL_TTOU":
+      return ProcessSignal.PROCESS_SIGNAL_TTOU;
+    case 24:
+    case "PROCESS_SIGNAL_URG":
+      return ProcessSignal.PROCESS_SIGNAL_URG;
+    case 25:
+    case "PROCESS_SIGNAL_XCPU":
+      return ProcessSignal.PROCESS_SIGNAL_XCPU;
+    case 26:
+    case "PROCESS_SIGNAL_XFSZ":
+      return ProcessSignal.PROCESS_SIGNAL_XFSZ;
+    case 27:
+    case "PROCESS_SIGNAL_VTALRM":
+      return ProcessSignal.PROCESS_SIGNAL_VTALRM;
+    case 28:
+    case "PROCESS_SIGNAL_PROF":
+      return ProcessSignal.PROCESS_SIGNAL_PROF;
+    case 29:
+    case "PROCESS_SIGNAL_WINCH":
+      return ProcessSignal.PROCESS_SIGNAL_WINCH;
+    case 30:
+    case "PROCESS_SIGNAL_POLL":
+      return ProcessSignal.PROCESS_SIGNAL_POLL;
+    case 31:
+    case "PROCESS_SIGNAL_PWR":
+      return ProcessSignal.PROCESS_SIGNAL_PWR;
+    case 32:
+    case "PROCESS_SIGNAL_SYS":
+      return ProcessSignal.PROCESS_SIGNAL_SYS;
+    case 33:
+    case "PROCESS_SIGNAL_RT0":
+      return ProcessSignal.PROCESS_SIGNAL_RT0;
+    case 34:
+    case "PROCESS_SIGNAL_RT1":
+      return ProcessSignal.PROCESS_SIGNAL_RT1;
+    case 35:
+    case "PROCESS_SIGNAL_RT2":
+      return ProcessSignal.PROCESS_SIGNAL_RT2;
+    case 36:
+    case "PROCESS_SIGNAL_RT3":
+      return ProcessSignal.PROCESS_SIGNAL_RT3;
+    case 37:
+    case "PROCESS_SIGNAL_RT4":
+      return ProcessSignal.PROCESS_SIGNAL_RT4;
+    case 38:
+    case "PROCESS_SIGNAL_RT5":
+      return ProcessSignal.PROCESS_SIGNAL_RT5;
+    case 39:
+    case "PROCESS_SIGNAL_RT6":
+      return ProcessSignal.PROCESS_SIGNAL_RT6;
+    case 40:
+    case "PROCESS_SIGNAL_RT7":
+      return ProcessSignal.PROCESS_SIGNAL_RT7;
+    case 41:
+    case "PROCESS_SIGNAL_RT8":
+      return ProcessSignal.PROCESS_SIGNAL_RT8;
+    case 42:
+    case "PROCESS_SIGNAL_RT9":
+      return ProcessSignal.PROCESS_SIGNAL_RT9;
+    case 43:
+    case "PROCESS_SIGNAL_RT10":
+      return ProcessSignal.PROCESS_SIGNAL_RT10;
+    case 44:
+    case "PROCESS_SIGNAL_RT11":
+      return ProcessSignal.PROCESS_SIGNAL_RT11;
+    case 45:
+    case "PROCESS_SIGNAL_RT12":
+      return ProcessSignal.PROCESS_SIGNAL_RT12;
+    case 46:
+    case "PROCESS_SIGNAL_RT13":
+      return ProcessSignal.PROCESS_SIGNAL_RT13;
+    case 47:
+    case "PROCESS_SIGNAL_RT14":
+      return ProcessSignal.PROCESS_SIGNAL_RT14;
+    case 48:
+    case "PROCESS_SIGNAL_RT15":
+      return ProcessSignal.PROCESS_SIGNAL_RT15;
+    case 49:
+    case "PROCESS_SIGNAL_RT16":
+      return ProcessSignal.PROCESS_SIGNAL_RT16;
+    case 50:
+    case "PROCESS_SIGNAL_RT17":
+      return ProcessSignal.PROCESS_SIGNAL_RT17;
+    case 51:
+    case "PROCESS_SIGNAL_RT18":
+      return ProcessSignal.PROCESS_SIGNAL_RT18;
+    case 52:
+    case "PROCESS_SIGNAL_RT19":
+      return ProcessSignal.PROCESS_SIGNAL_RT19;
+    case 53:
+    case "PROCESS_SIGNAL_RT20":
+      return ProcessSignal.PROCESS_SIGNAL_RT20;
+    case 54:
+    case "PROCESS_SIGNAL_RT21":
+      return ProcessSignal.PROCESS_SIGNAL_RT21;
+    case 55:
+    case "PROCESS_SIGNAL_RT22":
+      return ProcessSignal.PROCESS_SIGNAL_RT22;
+    case 56:
+    case "PROCESS_SIGNAL_RT23":
+      return ProcessSignal.PROCESS_SIGNAL_RT23;
+    case 57:
+    case "PROCESS_SIGNAL_RT24":
+      return ProcessSignal.PROCESS_SIGNAL_RT24;
+    case 58:
+    case "PROCESS_SIGNAL_RT25":
+      return ProcessSignal.PROCESS_SIGNAL_RT25;
+    case 59:
+    case "PROCESS_SIGNAL_RT26":
+      return ProcessSignal.PROCESS_SIGNAL_RT26;
+    case 60:
+    case "PROCESS_SIGNAL_RT27":
+      return ProcessSignal.PROCESS_SIGNAL_RT27;
+    case 61:
+    case "PROCESS_SIGNAL_RT28":
+      return ProcessSignal.PROCESS_SIGNAL_RT28;
+    case 62:
+    case "PROCESS_SIGNAL_RT29":
+      return ProcessSignal.PROCESS_SIGNAL_RT29;
+    case 63:
+    case "PROCESS_SIGNAL_RT30":
+      return ProcessSignal.PROCESS_SIGNAL_RT30;
+    case 64:
+    case "PROCESS_SIGNAL_RT31":
+      return ProcessSignal.PROCESS_SIGNAL_RT31;
+    case 65:
+    case "PROCESS_SIGNAL_RT32":
+      return ProcessSignal.PROCESS_SIGNAL_RT32;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ProcessSignal.UNRECOGNIZED;
+  }
+}
+
+export function processSignalToJSON(object: ProcessSignal): string {
+  switch (object) {
+    case ProcessSignal.PROCESS_SIGNAL_UNSPECIFIED:
+      return "PROCESS_SIGNAL_UNSPECIFIED";
+    case ProcessSignal.PROCESS_SIGNAL_NOP:
+      return "PROCESS_SIGNAL_NOP";
+    case ProcessSignal.PROCESS_SIGNAL_HUP:
+      return "PROCESS_SIGNAL_HUP";
+    case ProcessSignal.PROCESS_SIGNAL_INT:
+      return "PROCESS_SIGNAL_INT";
+    case ProcessSignal.PROCESS_SIGNAL_QUIT:
+      return "PROCESS_SIGNAL_QUIT";
+    case ProcessSignal.PROCESS_SIGNAL_ILL:
+      return "PROCESS_SIGNAL_ILL";
+    case ProcessSignal.PROCESS_SIGNAL_TRAP:
+      return "PROCESS_SIGNAL_TRAP";
+    case ProcessSignal.PROCESS_SIGNAL_ABRT:
+      return "PROCESS_SIGNAL_ABRT";
+    case ProcessSignal.PROCESS_SIGNAL_BUS:
+      return "PROCESS_SIGNAL_BUS";
+    case ProcessSignal.PROCESS_SIGNAL_FPE:
+      return "PROCESS_SIGNAL_FPE";
+    case ProcessSignal.PROCESS_SIGNAL_KILL:
+      return "PROCESS_SIGNAL_KILL";
+    case ProcessSignal.PROCESS_SIGNAL_USR1:
+      return "PROCESS_SIGNAL_USR1";
+    case ProcessSignal.PROCESS_SIGNAL_SEGV:
+      return "PROCESS_SIGNAL_SEGV";
+    case ProcessSignal.PROCESS_SIGNAL_USR2:
+      return "PROCESS_SIGNAL_USR2";
+    case ProcessSignal.PROCESS_SIGNAL_PIPE:
+      return "PROCESS_SIGNAL_PIPE";
+    case ProcessSignal.PROCESS_SIGNAL_ALRM:
+      return "PROCESS_SIGNAL_ALRM";
+    case ProcessSignal.PROCESS_SIGNAL_TERM:
+      return "PROCESS_SIGNAL_TERM";
+    case ProcessSignal.PROCESS_SIGNAL_STKFLT:
+      return "PROCESS_SIGNAL_STKFLT";
+    case ProcessSignal.PROCESS_SIGNAL_CHLD:
+      return "PROCESS_SIGNAL_CHLD";
+    case ProcessSignal.PROCESS_SIGNAL_CONT:
+      return "PROCESS_SIGNAL_CONT";
+    case ProcessSignal.PROCESS_SIGNAL_STOP:
+      return "PROCESS_SIGNAL_STOP";
+    case ProcessSignal.PROCESS_SIGNAL_TSTP:
+      return "PROCESS_SIGNAL_TSTP";
+    case ProcessSignal.PROCESS_SIGNAL_TTIN:
+      return "PROCESS_SIGNAL_TTIN";
+    case ProcessSignal.PROCESS_SIGNAL_TTOU:
+      return "PROCESS_SIGNAL_TTOU";
+    case ProcessSignal.PROCESS_SIGNAL_URG:
+      return "PROCESS_SIGNAL_URG";
+    case ProcessSignal.PROCESS_SIGNAL_XCPU:
+      return "PROCESS_SIGNAL_XCPU";
+    case ProcessSignal.PROCESS_SIGNAL_XFSZ:
+      return "PROCESS_SIGNAL_XFSZ";
+    case ProcessSignal.PROCESS_SIGNAL_VTALRM:
+      return "PROCESS_SIGNAL_VTALRM";
+    case ProcessSignal.PROCESS_SIGNAL_PROF:
+      return "PROCESS_SIGNAL_PROF";
+    case ProcessSignal.PROCESS_SIGNAL_WINCH:
+      return "PROCESS_SIGNAL_WINCH";
+    case ProcessSignal.PROCESS_SIGNAL_POLL:
+      return "PROCESS_SIGNAL_POLL";
+    case ProcessSignal.PROCESS_SIGNAL_PWR:
+      return "PROCESS_SIGNAL_PWR";
+    case ProcessSignal.PROCESS_SIGNAL_SYS:
+      return "PROCESS_SIGNAL_SYS";
+    case ProcessSignal.PROCESS_SIGNAL_RT0:
+      return "PROCESS_SIGNAL_RT0";
+    case ProcessSignal.PROCESS_SIGNAL_RT1:
+      return "PROCESS_SIGNAL_RT1";
+    case ProcessSignal.PROCESS_SIGNAL_RT2:
+      return "PROCESS_SIGNAL_RT2";
+    case ProcessSignal.PROCESS_SIGNAL_RT3:
+      return "PROCESS_SIGNAL_RT3";
+    case ProcessSignal.PROCESS_SIGNAL_RT4:
+      return "PROCESS_SIGNAL_RT4";
+    case ProcessSignal.PROCESS_SIGNAL_RT5:
+      return "PROCESS_SIGNAL_RT5";
+    case ProcessSignal.PROCESS_SIGNAL_RT6:
+      return "PROCESS_SIGNAL_RT6";
+    case ProcessSignal.PROCESS_SIGNAL_RT7:
+      return "PROCESS_SIGNAL_RT7";
+    case ProcessSignal.PROCESS_SIGNAL_RT8:
+      return "PROCESS_SIGNAL_RT8";
+    case ProcessSignal.PROCESS_SIGNAL_RT9:
+      return "PROCESS_SIGNAL_RT9";
+    case ProcessSignal.PROCESS_SIGNAL_RT10:
+      return "PROCESS_SIGNAL_RT10";
+    case ProcessSignal.PROCESS_SIGNAL_RT11:
+      return "PROCESS_SIGNAL_RT11";
+    case ProcessSignal.PROCESS_SIGNAL_RT12:
+      return "PROCESS_SIGNAL_RT12";
+    case ProcessSignal.PROCESS_SIGNAL_RT13:
+      return "PROCESS_SIGNAL_RT13";
+    case ProcessSignal.PROCESS_SIGNAL_RT14:
+      return "PROCESS_SIGNAL_RT14";
+    case ProcessSignal.PROCESS_SIGNAL_RT15:
+      return "PROCESS_SIGNAL_RT15";
+    case ProcessSignal.PROCESS_SIGNAL_RT16:
+      return "PROCESS_SIGNAL_RT16";
+    case ProcessSignal.PROCESS_SIGNAL_RT17:
+      return "PROCESS_SIGNAL_RT17";
+    case ProcessSignal.PROCESS_SIGNAL_RT18:
+      return "PROCESS_SIGNAL_RT18";
+    case ProcessSignal.PROCESS_SIGNAL_RT19:
+      return "PROCESS_SIGNAL_RT19";
+    case ProcessSignal.PROCESS_SIGNAL_RT20:
+      return "PROCESS_SIGNAL_RT20";
+    case ProcessSignal.PROCESS_SIGNAL_RT21:
+      return "PROCESS_SIGNAL_RT21";
+    case ProcessSignal.PROCESS_SIGNAL_RT22:
+      return "PROCESS_SIGNAL_RT22";
+    case ProcessSignal.PROCESS_SIGNAL_RT23:
+      return "PROCESS_SIGNAL_RT23";
+    case ProcessSignal.PROCESS_SIGNAL_RT24:
+      return "PROCESS_SIGNAL_RT24";
+    case ProcessSignal.PROCESS_SIGNAL_RT25:
+      return "PROCESS_SIGNAL_RT25";
+    case ProcessSignal.PROCESS_SIGNAL_RT26:
+      return "PROCESS_SIGNAL_RT26";
+    case ProcessSignal.PROCESS_SIGNAL_RT27:
+      return "PROCESS_SIGNAL_RT27";
+    case ProcessSignal.PROCESS_SIGNAL_RT28:
+      return "PROCESS_SIGNAL_RT28";
+    case ProcessSignal.PROCESS_SIGNAL_RT29:
+      return "PROCESS_SIGNAL_RT29";
+    case ProcessSignal.PROCESS_SIGNAL_RT30:
+      return "PROCESS_SIGNAL_RT30";
+    case ProcessSignal.PROCESS_SIGNAL_RT31:
+      return "PROCESS_SIGNAL_RT31";
+    case ProcessSignal.PROCESS_SIGNAL_RT32:
+      return "PROCESS_SIGNAL_RT32";
+    case ProcessSignal.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** The event a lifecycle action answers, as libvirt's virDomainLifecycle. */
+export enum LifecycleType {
+  LIFECYCLE_TYPE_UNSPECIFIED = 0,
+  LIFECYCLE_TYPE_POWEROFF = 1,
+  LIFECYCLE_TYPE_REBOOT = 2,
+  LIFECYCLE_TYPE_CRASH = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function lifecycleTypeFromJSON(object: any): LifecycleType {
+  switch (object) {
+    case 0:
+    case "LIFECYCLE_TYPE_UNSPECIFIED":
+      return LifecycleType.LIFECYCLE_TYPE_UNSPECIFIED;
+    case 1:
+    case "LIFECYCLE_TYPE_POWEROFF":
+      return LifecycleType.LIFECYCLE_TYPE_POWEROFF;
+    case 2:
+    case "LIFECYCLE_TYPE_REBOOT":
+      return LifecycleType.LIFECYCLE_TYPE_REBOOT;
+    case 3:
+    case "LIFECYCLE_TYPE_CRASH":
+      return LifecycleType.LIFECYCLE_TYPE_CRASH;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return LifecycleType.UNRECOGNIZED;
+  }
+}
+
+export function lifecycleTypeToJSON(object: LifecycleType): string {
+  switch (object) {
+    case LifecycleType.LIFECYCLE_TYPE_UNSPECIFIED:
+      return "LIFECYCLE_TYPE_UNSPECIFIED";
+    case LifecycleType.LIFECYCLE_TYPE_POWEROFF:
+      return "LIFECYCLE_TYPE_POWEROFF";
+    case LifecycleType.LIFECYCLE_TYPE_REBOOT:
+      return "LIFECYCLE_TYPE_REBOOT";
+    case LifecycleType.LIFECYCLE_TYPE_CRASH:
+      return "LIFECYCLE_TYPE_CRASH";
+    case LifecycleType.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** What libvirt does then, as libvirt's virDomainLifecycleAction. */
+export enum LifecycleAction {
+  LIFECYCLE_ACTION_UNSPECIFIED = 0,
+  LIFECYCLE_ACTION_DESTROY = 1,
+  LIFECYCLE_ACTION_RESTART = 2,
+  /** LIFECYCLE_ACTION_RESTART_RENAME - Restart under a new name (libvirt's rename-restart). */
+  LIFECYCLE_ACTION_RESTART_RENAME = 3,
+  LIFECYCLE_ACTION_PRESERVE = 4,
+  LIFECYCLE_ACTION_COREDUMP_DESTROY = 5,
+  LIFECYCLE_ACTION_COREDUMP_RESTART = 6,
+  UNRECOGNIZED = -1,
+}
+
+export function lifecycleActionFromJSON(object: any): LifecycleAction {
+  switch (object) {
+    case 0:
+    case "LIFECYCLE_ACTION_UNSPECIFIED":
+      return LifecycleAction.LIFECYCLE_ACTION_UNSPECIFIED;
+    case 1:
+    case "LIFECYCLE_ACTION_DESTROY":
+      return LifecycleAction.LIFECYCLE_ACTION_DESTROY;
+    case 2:
+    case "LIFECYCLE_ACTION_RESTART":
+      return LifecycleAction.LIFECYCLE_ACTION_RESTART;
+    case 3:
+    case "LIFECYCLE_ACTION_RESTART_RENAME":
+      return LifecycleAction.LIFECYCLE_ACTION_RESTART_RENAME;
+    case 4:
+    case "LIFECYCLE_ACTION_PRESERVE":
+      return LifecycleAction.LIFECYCLE_ACTION_PRESERVE;
+    case 5:
+    case "LIFECYCLE_ACTION_COREDUMP_DESTROY":
+      return LifecycleAction.LIFECYCLE_ACTION_COREDUMP_DESTROY;
+    case 6:
+    case "LIFECYCLE_ACTION_COREDUMP_RESTART":
+      return LifecycleAction.LIFECYCLE_ACTION_COREDUMP_RESTART;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return LifecycleAction.UNRECOGNIZED;
+  }
+}
+
+export function lifecycleActionToJSON(object: LifecycleAction): string {
+  switch (object) {
+    case LifecycleAction.LIFECYCLE_ACTION_UNSPECIFIED:
+      return "LIFECYCLE_ACTION_UNSPECIFIED";
+    case LifecycleAction.LIFECYCLE_ACTION_DESTROY:
+      return "LIFECYCLE_ACTION_DESTROY";
+    case LifecycleAction.LIFECYCLE_ACTION_RESTART:
+      return "LIFECYCLE_ACTION_RESTART";
+    case LifecycleAction.LIFECYCLE_ACTION_RESTART_RENAME:
+      return "LIFECYCLE_ACTION_RESTART_RENAME";
+    case LifecycleAction.LIFECYCLE_ACTION_PRESERVE:
+      return "LIFECYCLE_ACTION_PRESERVE";
+    case LifecycleAction.LIFECYCLE_ACTION_COREDUMP_DESTROY:
+      return "LIFECYCLE_ACTION_COREDUMP_DESTROY";
+    case LifecycleAction.LIFECYCLE_ACTION_COREDUMP_RESTART:
+      return "LIFECYCLE_ACTION_COREDUMP_RESTART";
+    case LifecycleAction.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** How QEMU measures a dirty rate, as libvirt's VIR_DOMAIN_DIRTYRATE_MODE_*. */
+export enum DirtyRateMode {
+  /** DIRTY_RATE_MODE_UNSPECIFIED - QEMU's default: page sampling. */
+  DIRTY_RATE_MODE_UNSPECIFIED = 0,
+  DIRTY_RATE_MODE_PAGE_SAMPLING = 1,
+  DIRTY_RATE_MODE_DIRTY_BITMAP = 2,
+  DIRTY_RATE_MODE_DIRTY_RING = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function dirtyRateModeFromJSON(object: any): DirtyRateMode {
+  switch (object) {
+    case 0:
+    case "DIRTY_RATE_MODE_UNSPECIFIED":
+      return DirtyRateMode.DIRTY_RATE_MODE_UNSPECIFIED;
+    case 1:
+    case "DIRTY_RATE_MODE_PAGE_SAMPLING":
+      return DirtyRateMode.DIRTY_RATE_MODE_PAGE_SAMPLING;
+    case 2:
+    case "DIRTY_RATE_MODE_DIRTY_BITMAP":
+      return DirtyRateMode.DIRTY_RATE_MODE_DIRTY_BITMAP;
+    case 3:
+    case "DIRTY_RATE_MODE_DIRTY_RING":
+      return DirtyRateMode.DIRTY_RATE_MODE_DIRTY_RING;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return DirtyRateMode.UNRECOGNIZED;
+  }
+}
+
+export function dirtyRateModeToJSON(object: DirtyRateMode): string {
+  switch (object) {
+    case DirtyRateMode.DIRTY_RATE_MODE_UNSPECIFIED:
+      return "DIRTY_RATE_MODE_UNSPECIFIED";
+    case DirtyRateMode.DIRTY_RATE_MODE_PAGE_SAMPLING:
+      return "DIRTY_RATE_MODE_PAGE_SAMPLING";
+    case DirtyRateMode.DIRTY_RATE_MODE_DIRTY_BITMAP:
+      return "DIRTY_RATE_MODE_DIRTY_BITMAP";
+    case DirtyRateMode.DIRTY_RATE_MODE_DIRTY_RING:
+      return "DIRTY_RATE_MODE_DIRTY_RING";
+    case DirtyRateMode.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** A domain's summary. */
 export interface Domain {
   name: string;
@@ -2015,7 +2655,15 @@ export interface GetDomainRequest {
 }
 
 export interface GetDomainResponse {
-  domain?: Domain | undefined;
+  domain?:
+    | Domain
+    | undefined;
+  /**
+   * The running domain's definition has changed since it started (a live
+   * change): its live and persistent definitions differ (virDomainIsUpdated;
+   * not in ListDomains, which makes no call per domain).
+   */
+  updated: boolean;
 }
 
 export interface GetDomainXMLRequest {
@@ -2286,7 +2934,7 @@ export interface DeleteSnapshotResponse {
 export interface GetDomainStatsRequest {
   /** Domains to report; empty means every domain. */
   names: string[];
-  /** Groups to collect; empty means all of the groups above. */
+  /** Groups to collect; empty means all of the groups above but dirtyrate. */
   groups: StatGroup[];
   /** With no names: only running domains. */
   activeOnly: boolean;
@@ -2369,6 +3017,7 @@ export interface DomainStats {
   blocks: BlockStats[];
   /** Every field libvirt returned, typed or not, as its decimal or text form. */
   raw: { [key: string]: string };
+  dirtyrate?: DirtyRateStats | undefined;
 }
 
 export interface DomainStats_RawEntry {
@@ -3376,6 +4025,12 @@ export interface GetDomainJobInfoResponse {
 
 export interface AbortDomainJobRequest {
   name: string;
+  /**
+   * Abort a migration in its post-copy phase, which libvirt otherwise
+   * refuses (VIR_DOMAIN_ABORT_JOB_POSTCOPY; the guest then pauses on both
+   * hosts until the migration is recovered).
+   */
+  postcopy: boolean;
 }
 
 export interface AbortDomainJobResponse {
@@ -4285,6 +4940,115 @@ export interface SetDomainBlockThresholdRequest {
 export interface SetDomainBlockThresholdResponse {
 }
 
+export interface PmSuspendDomainRequest {
+  name: string;
+  target: PmSuspendTarget;
+  /** How long the guest sleeps; 0: until woken. */
+  durationSeconds: bigint;
+}
+
+export interface PmSuspendDomainResponse {
+}
+
+export interface PmWakeupDomainRequest {
+  name: string;
+}
+
+export interface PmWakeupDomainResponse {
+}
+
+export interface RenameDomainRequest {
+  name: string;
+  newName: string;
+}
+
+export interface RenameDomainResponse {
+  domain?: Domain | undefined;
+}
+
+export interface InjectDomainNmiRequest {
+  name: string;
+}
+
+export interface InjectDomainNmiResponse {
+}
+
+export interface SendDomainProcessSignalRequest {
+  name: string;
+  /** The process: for container drivers a pid in the container's namespace. */
+  pid: bigint;
+  signal: ProcessSignal;
+}
+
+export interface SendDomainProcessSignalResponse {
+}
+
+export interface SetDomainLifecycleActionRequest {
+  name: string;
+  type: LifecycleType;
+  action: LifecycleAction;
+  scope?: Scope | undefined;
+}
+
+export interface SetDomainLifecycleActionResponse {
+}
+
+export interface GetDomainMessagesRequest {
+  name: string;
+  /** Why the domain is tainted (libvirt's VIR_DOMAIN_MESSAGE_TAINTING). */
+  tainting: boolean;
+  /** What of its configuration is deprecated (VIR_DOMAIN_MESSAGE_DEPRECATION). */
+  deprecation: boolean;
+}
+
+export interface GetDomainMessagesResponse {
+  /**
+   * libvirt's text, for example "tainted: custom monitor control commands
+   * issued".
+   */
+  messages: string[];
+}
+
+export interface GetDomainVcpuCountRequest {
+  name: string;
+  /** Live or config, not both; neither: the domain's current state. */
+  scope?:
+    | Scope
+    | undefined;
+  /** The maximum rather than the current count. */
+  maximum: boolean;
+  /** As the guest agent counts online vCPUs (live, current only). */
+  guest: boolean;
+}
+
+export interface GetDomainVcpuCountResponse {
+  count: number;
+}
+
+export interface StartDomainDirtyRateCalcRequest {
+  name: string;
+  /** How long to measure, 1 to 60 s (QEMU's bounds); 0: 1 s, as virsh. */
+  calcSeconds: number;
+  mode: DirtyRateMode;
+}
+
+export interface StartDomainDirtyRateCalcResponse {
+}
+
+/** The dirtyrate group of GetDomainStats (libvirt's dirtyrate.*). */
+export interface DirtyRateStats {
+  /** libvirt's virDomainDirtyRateStatus: 0 unstarted, 1 measuring, 2 measured. */
+  calcStatus: number;
+  /**
+   * When the last measurement started, in seconds of QEMU's clock (the
+   * host's monotonic clock, not the epoch), and how long it ran.
+   */
+  calcStartTime: bigint;
+  calcPeriod: number;
+  /** The result, in MiB/s. */
+  megabytesPerSecond: bigint;
+}
+
 function createBaseDomain(): Domain {
   return {
     name: "",
@@ -4944,13 +5708,16 @@ export const GetDomainRequest: MessageFns<GetDomainRequest> = {
 };
 
 function createBaseGetDomainResponse(): GetDomainResponse {
-  return { domain: undefined };
+  return { domain: undefined, updated: false };
 }
 
 export const GetDomainResponse: MessageFns<GetDomainResponse> = {
   encode(message: GetDomainResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.domain !== undefined) {
       Domain.encode(message.domain, writer.uint32(10).fork()).join();
+    }
+    if (message.updated !== false) {
+      writer.uint32(16).bool(message.updated);
     }
     return writer;
   },
@@ -4976,6 +5743,14 @@ export const GetDomainResponse: MessageFns<GetDomainResponse> = {
             message.domain = Domain.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.updated = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4989,13 +5764,19 @@ export const GetDomainResponse: MessageFns<GetDomainResponse> = {
   },
 
   fromJSON(object: any): GetDomainResponse {
-    return { domain: isSet(object.domain) ? Domain.fromJSON(object.domain) : undefined };
+    return {
+      domain: isSet(object.domain) ? Domain.fromJSON(object.domain) : undefined,
+      updated: isSet(object.updated) ? globalThis.Boolean(object.updated) : false,
+    };
   },
 
   toJSON(message: GetDomainResponse): unknown {
     const obj: any = {};
     if (message.domain !== undefined) {
       obj.domain = Domain.toJSON(message.domain);
+    }
+    if (message.updated !== false) {
+      obj.updated = message.updated;
     }
     return obj;
   },
@@ -5008,6 +5789,7 @@ export const GetDomainResponse: MessageFns<GetDomainResponse> = {
     message.domain = (object.domain !== undefined && object.domain !== null)
       ? Domain.fromPartial(object.domain)
       : undefined;
+    message.updated = object.updated ?? false;
     return message;
   },
 };
@@ -9920,6 +10702,7 @@ function createBaseDomainStats(): DomainStats {
     interfaces: [],
     blocks: [],
     raw: {},
+    dirtyrate: undefined,
   };
 }
 
@@ -9961,6 +10744,9 @@ export const DomainStats: MessageFns<DomainStats> = {
     globalThis.Object.entries(message.raw).forEach(([key, value]: [string, string]) => {
       DomainStats_RawEntry.encode({ key: key as any, value }, writer.uint32(98).fork()).join();
     });
+    if (message.dirtyrate !== undefined) {
+      DirtyRateStats.encode(message.dirtyrate, writer.uint32(106).fork()).join();
+    }
     return writer;
   },
 
@@ -10076,6 +10862,14 @@ export const DomainStats: MessageFns<DomainStats> = {
             }
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.dirtyrate = DirtyRateStats.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -10133,6 +10927,7 @@ export const DomainStats: MessageFns<DomainStats> = {
           {},
         )
         : {},
+      dirtyrate: isSet(object.dirtyrate) ? DirtyRateStats.fromJSON(object.dirtyrate) : undefined,
     };
   },
 
@@ -10180,6 +10975,9 @@ export const DomainStats: MessageFns<DomainStats> = {
         });
       }
     }
+    if (message.dirtyrate !== undefined) {
+      obj.dirtyrate = DirtyRateStats.toJSON(message.dirtyrate);
+    }
     return obj;
   },
 
@@ -10210,6 +11008,9 @@ export const DomainStats: MessageFns<DomainStats> = {
       },
       {},
     );
+    message.dirtyrate = (object.dirtyrate !== undefined && object.dirtyrate !== null)
+      ? DirtyRateStats.fromPartial(object.dirtyrate)
+      : undefined;
     return message;
   },
 };
@@ -22464,13 +23265,16 @@ export const GetDomainJobInfoResponse: MessageFns<GetDomainJobInfoResponse> = {
 };
 
 function createBaseAbortDomainJobRequest(): AbortDomainJobRequest {
-  return { name: "" };
+  return { name: "", postcopy: false };
 }
 
 export const AbortDomainJobRequest: MessageFns<AbortDomainJobRequest> = {
   encode(message: AbortDomainJobRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.name !== "") {
       writer.uint32(10).string(message.name);
+    }
+    if (message.postcopy !== false) {
+      writer.uint32(16).bool(message.postcopy);
     }
     return writer;
   },
@@ -22496,6 +23300,14 @@ export const AbortDomainJobRequest: MessageFns<AbortDomainJobRequest> = {
             message.name = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.postcopy = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -22509,13 +23321,19 @@ export const AbortDomainJobRequest: MessageFns<AbortDomainJobRequest> = {
   },
 
   fromJSON(object: any): AbortDomainJobRequest {
-    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      postcopy: isSet(object.postcopy) ? globalThis.Boolean(object.postcopy) : false,
+    };
   },
 
   toJSON(message: AbortDomainJobRequest): unknown {
     const obj: any = {};
     if (message.name !== "") {
       obj.name = message.name;
+    }
+    if (message.postcopy !== false) {
+      obj.postcopy = message.postcopy;
     }
     return obj;
   },
@@ -22526,6 +23344,7 @@ export const AbortDomainJobRequest: MessageFns<AbortDomainJobRequest> = {
   fromPartial<I extends Exact<DeepPartial<AbortDomainJobRequest>, I>>(object: I): AbortDomainJobRequest {
     const message = createBaseAbortDomainJobRequest();
     message.name = object.name ?? "";
+    message.postcopy = object.postcopy ?? false;
     return message;
   },
 };
@@ -35626,6 +36445,1557 @@ export const SetDomainBlockThresholdResponse: MessageFns<SetDomainBlockThreshold
   },
 };
 
+function createBasePmSuspendDomainRequest(): PmSuspendDomainRequest {
+  return { name: "", target: 0, durationSeconds: 0n };
+}
+
+export const PmSuspendDomainRequest: MessageFns<PmSuspendDomainRequest> = {
+  encode(message: PmSuspendDomainRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.target !== 0) {
+      writer.uint32(16).int32(message.target);
+    }
+    if (message.durationSeconds !== 0n) {
+      if (BigInt.asUintN(64, message.durationSeconds) !== message.durationSeconds) {
+        throw new globalThis.Error("value provided for field message.durationSeconds of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.durationSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PmSuspendDomainRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePmSuspendDomainRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.target = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.durationSeconds = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PmSuspendDomainRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      target: isSet(object.target) ? pmSuspendTargetFromJSON(object.target) : 0,
+      durationSeconds: isSet(object.durationSeconds)
+        ? BigInt(object.durationSeconds)
+        : isSet(object.duration_seconds)
+        ? BigInt(object.duration_seconds)
+        : 0n,
+    };
+  },
+
+  toJSON(message: PmSuspendDomainRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.target !== 0) {
+      obj.target = pmSuspendTargetToJSON(message.target);
+    }
+    if (message.durationSeconds !== 0n) {
+      obj.durationSeconds = message.durationSeconds.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PmSuspendDomainRequest>, I>>(base?: I): PmSuspendDomainRequest {
+    return PmSuspendDomainRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PmSuspendDomainRequest>, I>>(object: I): PmSuspendDomainRequest {
+    const message = createBasePmSuspendDomainRequest();
+    message.name = object.name ?? "";
+    message.target = object.target ?? 0;
+    message.durationSeconds = (object.durationSeconds !== undefined && object.durationSeconds !== null)
+      ? BigInt(object.durationSeconds)
+      : 0n;
+    return message;
+  },
+};
+
+function createBasePmSuspendDomainResponse(): PmSuspendDomainResponse {
+  return {};
+}
+
+export const PmSuspendDomainResponse: MessageFns<PmSuspendDomainResponse> = {
+  encode(_: PmSuspendDomainResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PmSuspendDomainResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePmSuspendDomainResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): PmSuspendDomainResponse {
+    return {};
+  },
+
+  toJSON(_: PmSuspendDomainResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PmSuspendDomainResponse>, I>>(base?: I): PmSuspendDomainResponse {
+    return PmSuspendDomainResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PmSuspendDomainResponse>, I>>(_: I): PmSuspendDomainResponse {
+    const message = createBasePmSuspendDomainResponse();
+    return message;
+  },
+};
+
+function createBasePmWakeupDomainRequest(): PmWakeupDomainRequest {
+  return { name: "" };
+}
+
+export const PmWakeupDomainRequest: MessageFns<PmWakeupDomainRequest> = {
+  encode(message: PmWakeupDomainRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PmWakeupDomainRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePmWakeupDomainRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PmWakeupDomainRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: PmWakeupDomainRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PmWakeupDomainRequest>, I>>(base?: I): PmWakeupDomainRequest {
+    return PmWakeupDomainRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PmWakeupDomainRequest>, I>>(object: I): PmWakeupDomainRequest {
+    const message = createBasePmWakeupDomainRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBasePmWakeupDomainResponse(): PmWakeupDomainResponse {
+  return {};
+}
+
+export const PmWakeupDomainResponse: MessageFns<PmWakeupDomainResponse> = {
+  encode(_: PmWakeupDomainResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PmWakeupDomainResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePmWakeupDomainResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): PmWakeupDomainResponse {
+    return {};
+  },
+
+  toJSON(_: PmWakeupDomainResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PmWakeupDomainResponse>, I>>(base?: I): PmWakeupDomainResponse {
+    return PmWakeupDomainResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PmWakeupDomainResponse>, I>>(_: I): PmWakeupDomainResponse {
+    const message = createBasePmWakeupDomainResponse();
+    return message;
+  },
+};
+
+function createBaseRenameDomainRequest(): RenameDomainRequest {
+  return { name: "", newName: "" };
+}
+
+export const RenameDomainRequest: MessageFns<RenameDomainRequest> = {
+  encode(message: RenameDomainRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.newName !== "") {
+      writer.uint32(18).string(message.newName);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RenameDomainRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRenameDomainRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.newName = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RenameDomainRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      newName: isSet(object.newName)
+        ? globalThis.String(object.newName)
+        : isSet(object.new_name)
+        ? globalThis.String(object.new_name)
+        : "",
+    };
+  },
+
+  toJSON(message: RenameDomainRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.newName !== "") {
+      obj.newName = message.newName;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RenameDomainRequest>, I>>(base?: I): RenameDomainRequest {
+    return RenameDomainRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RenameDomainRequest>, I>>(object: I): RenameDomainRequest {
+    const message = createBaseRenameDomainRequest();
+    message.name = object.name ?? "";
+    message.newName = object.newName ?? "";
+    return message;
+  },
+};
+
+function createBaseRenameDomainResponse(): RenameDomainResponse {
+  return { domain: undefined };
+}
+
+export const RenameDomainResponse: MessageFns<RenameDomainResponse> = {
+  encode(message: RenameDomainResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== undefined) {
+      Domain.encode(message.domain, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RenameDomainResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRenameDomainResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = Domain.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RenameDomainResponse {
+    return { domain: isSet(object.domain) ? Domain.fromJSON(object.domain) : undefined };
+  },
+
+  toJSON(message: RenameDomainResponse): unknown {
+    const obj: any = {};
+    if (message.domain !== undefined) {
+      obj.domain = Domain.toJSON(message.domain);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RenameDomainResponse>, I>>(base?: I): RenameDomainResponse {
+    return RenameDomainResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RenameDomainResponse>, I>>(object: I): RenameDomainResponse {
+    const message = createBaseRenameDomainResponse();
+    message.domain = (object.domain !== undefined && object.domain !== null)
+      ? Domain.fromPartial(object.domain)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseInjectDomainNmiRequest(): InjectDomainNmiRequest {
+  return { name: "" };
+}
+
+export const InjectDomainNmiRequest: MessageFns<InjectDomainNmiRequest> = {
+  encode(message: InjectDomainNmiRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): InjectDomainNmiRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseInjectDomainNmiRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): InjectDomainNmiRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: InjectDomainNmiRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<InjectDomainNmiRequest>, I>>(base?: I): InjectDomainNmiRequest {
+    return InjectDomainNmiRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<InjectDomainNmiRequest>, I>>(object: I): InjectDomainNmiRequest {
+    const message = createBaseInjectDomainNmiRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseInjectDomainNmiResponse(): InjectDomainNmiResponse {
+  return {};
+}
+
+export const InjectDomainNmiResponse: MessageFns<InjectDomainNmiResponse> = {
+  encode(_: InjectDomainNmiResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): InjectDomainNmiResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseInjectDomainNmiResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): InjectDomainNmiResponse {
+    return {};
+  },
+
+  toJSON(_: InjectDomainNmiResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<InjectDomainNmiResponse>, I>>(base?: I): InjectDomainNmiResponse {
+    return InjectDomainNmiResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<InjectDomainNmiResponse>, I>>(_: I): InjectDomainNmiResponse {
+    const message = createBaseInjectDomainNmiResponse();
+    return message;
+  },
+};
+
+function createBaseSendDomainProcessSignalRequest(): SendDomainProcessSignalRequest {
+  return { name: "", pid: 0n, signal: 0 };
+}
+
+export const SendDomainProcessSignalRequest: MessageFns<SendDomainProcessSignalRequest> = {
+  encode(message: SendDomainProcessSignalRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.pid !== 0n) {
+      if (BigInt.asIntN(64, message.pid) !== message.pid) {
+        throw new globalThis.Error("value provided for field message.pid of type int64 too large");
+      }
+      writer.uint32(16).int64(message.pid);
+    }
+    if (message.signal !== 0) {
+      writer.uint32(24).int32(message.signal);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SendDomainProcessSignalRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSendDomainProcessSignalRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pid = reader.int64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.signal = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SendDomainProcessSignalRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      pid: isSet(object.pid) ? BigInt(object.pid) : 0n,
+      signal: isSet(object.signal) ? processSignalFromJSON(object.signal) : 0,
+    };
+  },
+
+  toJSON(message: SendDomainProcessSignalRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.pid !== 0n) {
+      obj.pid = message.pid.toString();
+    }
+    if (message.signal !== 0) {
+      obj.signal = processSignalToJSON(message.signal);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SendDomainProcessSignalRequest>, I>>(base?: I): SendDomainProcessSignalRequest {
+    return SendDomainProcessSignalRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SendDomainProcessSignalRequest>, I>>(
+    object: I,
+  ): SendDomainProcessSignalRequest {
+    const message = createBaseSendDomainProcessSignalRequest();
+    message.name = object.name ?? "";
+    message.pid = (object.pid !== undefined && object.pid !== null) ? BigInt(object.pid) : 0n;
+    message.signal = object.signal ?? 0;
+    return message;
+  },
+};
+
+function createBaseSendDomainProcessSignalResponse(): SendDomainProcessSignalResponse {
+  return {};
+}
+
+export const SendDomainProcessSignalResponse: MessageFns<SendDomainProcessSignalResponse> = {
+  encode(_: SendDomainProcessSignalResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SendDomainProcessSignalResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSendDomainProcessSignalResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SendDomainProcessSignalResponse {
+    return {};
+  },
+
+  toJSON(_: SendDomainProcessSignalResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SendDomainProcessSignalResponse>, I>>(base?: I): SendDomainProcessSignalResponse {
+    return SendDomainProcessSignalResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SendDomainProcessSignalResponse>, I>>(_: I): SendDomainProcessSignalResponse {
+    const message = createBaseSendDomainProcessSignalResponse();
+    return message;
+  },
+};
+
+function createBaseSetDomainLifecycleActionRequest(): SetDomainLifecycleActionRequest {
+  return { name: "", type: 0, action: 0, scope: undefined };
+}
+
+export const SetDomainLifecycleActionRequest: MessageFns<SetDomainLifecycleActionRequest> = {
+  encode(message: SetDomainLifecycleActionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.type !== 0) {
+      writer.uint32(16).int32(message.type);
+    }
+    if (message.action !== 0) {
+      writer.uint32(24).int32(message.action);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainLifecycleActionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainLifecycleActionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.type = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.action = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainLifecycleActionRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      type: isSet(object.type) ? lifecycleTypeFromJSON(object.type) : 0,
+      action: isSet(object.action) ? lifecycleActionFromJSON(object.action) : 0,
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: SetDomainLifecycleActionRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.type !== 0) {
+      obj.type = lifecycleTypeToJSON(message.type);
+    }
+    if (message.action !== 0) {
+      obj.action = lifecycleActionToJSON(message.action);
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainLifecycleActionRequest>, I>>(base?: I): SetDomainLifecycleActionRequest {
+    return SetDomainLifecycleActionRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainLifecycleActionRequest>, I>>(
+    object: I,
+  ): SetDomainLifecycleActionRequest {
+    const message = createBaseSetDomainLifecycleActionRequest();
+    message.name = object.name ?? "";
+    message.type = object.type ?? 0;
+    message.action = object.action ?? 0;
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseSetDomainLifecycleActionResponse(): SetDomainLifecycleActionResponse {
+  return {};
+}
+
+export const SetDomainLifecycleActionResponse: MessageFns<SetDomainLifecycleActionResponse> = {
+  encode(_: SetDomainLifecycleActionResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainLifecycleActionResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainLifecycleActionResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainLifecycleActionResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainLifecycleActionResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainLifecycleActionResponse>, I>>(
+    base?: I,
+  ): SetDomainLifecycleActionResponse {
+    return SetDomainLifecycleActionResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainLifecycleActionResponse>, I>>(
+    _: I,
+  ): SetDomainLifecycleActionResponse {
+    const message = createBaseSetDomainLifecycleActionResponse();
+    return message;
+  },
+};
+
+function createBaseGetDomainMessagesRequest(): GetDomainMessagesRequest {
+  return { name: "", tainting: false, deprecation: false };
+}
+
+export const GetDomainMessagesRequest: MessageFns<GetDomainMessagesRequest> = {
+  encode(message: GetDomainMessagesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.tainting !== false) {
+      writer.uint32(16).bool(message.tainting);
+    }
+    if (message.deprecation !== false) {
+      writer.uint32(24).bool(message.deprecation);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainMessagesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainMessagesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.tainting = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.deprecation = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainMessagesRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      tainting: isSet(object.tainting) ? globalThis.Boolean(object.tainting) : false,
+      deprecation: isSet(object.deprecation) ? globalThis.Boolean(object.deprecation) : false,
+    };
+  },
+
+  toJSON(message: GetDomainMessagesRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.tainting !== false) {
+      obj.tainting = message.tainting;
+    }
+    if (message.deprecation !== false) {
+      obj.deprecation = message.deprecation;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainMessagesRequest>, I>>(base?: I): GetDomainMessagesRequest {
+    return GetDomainMessagesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainMessagesRequest>, I>>(object: I): GetDomainMessagesRequest {
+    const message = createBaseGetDomainMessagesRequest();
+    message.name = object.name ?? "";
+    message.tainting = object.tainting ?? false;
+    message.deprecation = object.deprecation ?? false;
+    return message;
+  },
+};
+
+function createBaseGetDomainMessagesResponse(): GetDomainMessagesResponse {
+  return { messages: [] };
+}
+
+export const GetDomainMessagesResponse: MessageFns<GetDomainMessagesResponse> = {
+  encode(message: GetDomainMessagesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.messages) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainMessagesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainMessagesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.messages.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainMessagesResponse {
+    return {
+      messages: globalThis.Array.isArray(object?.messages) ? object.messages.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: GetDomainMessagesResponse): unknown {
+    const obj: any = {};
+    if (message.messages?.length) {
+      obj.messages = message.messages;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainMessagesResponse>, I>>(base?: I): GetDomainMessagesResponse {
+    return GetDomainMessagesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainMessagesResponse>, I>>(object: I): GetDomainMessagesResponse {
+    const message = createBaseGetDomainMessagesResponse();
+    message.messages = object.messages?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseGetDomainVcpuCountRequest(): GetDomainVcpuCountRequest {
+  return { name: "", scope: undefined, maximum: false, guest: false };
+}
+
+export const GetDomainVcpuCountRequest: MessageFns<GetDomainVcpuCountRequest> = {
+  encode(message: GetDomainVcpuCountRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(18).fork()).join();
+    }
+    if (message.maximum !== false) {
+      writer.uint32(24).bool(message.maximum);
+    }
+    if (message.guest !== false) {
+      writer.uint32(32).bool(message.guest);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainVcpuCountRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainVcpuCountRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.maximum = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.guest = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainVcpuCountRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+      maximum: isSet(object.maximum) ? globalThis.Boolean(object.maximum) : false,
+      guest: isSet(object.guest) ? globalThis.Boolean(object.guest) : false,
+    };
+  },
+
+  toJSON(message: GetDomainVcpuCountRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    if (message.maximum !== false) {
+      obj.maximum = message.maximum;
+    }
+    if (message.guest !== false) {
+      obj.guest = message.guest;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainVcpuCountRequest>, I>>(base?: I): GetDomainVcpuCountRequest {
+    return GetDomainVcpuCountRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainVcpuCountRequest>, I>>(object: I): GetDomainVcpuCountRequest {
+    const message = createBaseGetDomainVcpuCountRequest();
+    message.name = object.name ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    message.maximum = object.maximum ?? false;
+    message.guest = object.guest ?? false;
+    return message;
+  },
+};
+
+function createBaseGetDomainVcpuCountResponse(): GetDomainVcpuCountResponse {
+  return { count: 0 };
+}
+
+export const GetDomainVcpuCountResponse: MessageFns<GetDomainVcpuCountResponse> = {
+  encode(message: GetDomainVcpuCountResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.count !== 0) {
+      writer.uint32(8).uint32(message.count);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainVcpuCountResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainVcpuCountResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.count = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainVcpuCountResponse {
+    return { count: isSet(object.count) ? globalThis.Number(object.count) : 0 };
+  },
+
+  toJSON(message: GetDomainVcpuCountResponse): unknown {
+    const obj: any = {};
+    if (message.count !== 0) {
+      obj.count = Math.round(message.count);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainVcpuCountResponse>, I>>(base?: I): GetDomainVcpuCountResponse {
+    return GetDomainVcpuCountResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainVcpuCountResponse>, I>>(object: I): GetDomainVcpuCountResponse {
+    const message = createBaseGetDomainVcpuCountResponse();
+    message.count = object.count ?? 0;
+    return message;
+  },
+};
+
+function createBaseStartDomainDirtyRateCalcRequest(): StartDomainDirtyRateCalcRequest {
+  return { name: "", calcSeconds: 0, mode: 0 };
+}
+
+export const StartDomainDirtyRateCalcRequest: MessageFns<StartDomainDirtyRateCalcRequest> = {
+  encode(message: StartDomainDirtyRateCalcRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.calcSeconds !== 0) {
+      writer.uint32(16).int32(message.calcSeconds);
+    }
+    if (message.mode !== 0) {
+      writer.uint32(24).int32(message.mode);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StartDomainDirtyRateCalcRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStartDomainDirtyRateCalcRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.calcSeconds = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.mode = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StartDomainDirtyRateCalcRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      calcSeconds: isSet(object.calcSeconds)
+        ? globalThis.Number(object.calcSeconds)
+        : isSet(object.calc_seconds)
+        ? globalThis.Number(object.calc_seconds)
+        : 0,
+      mode: isSet(object.mode) ? dirtyRateModeFromJSON(object.mode) : 0,
+    };
+  },
+
+  toJSON(message: StartDomainDirtyRateCalcRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.calcSeconds !== 0) {
+      obj.calcSeconds = Math.round(message.calcSeconds);
+    }
+    if (message.mode !== 0) {
+      obj.mode = dirtyRateModeToJSON(message.mode);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StartDomainDirtyRateCalcRequest>, I>>(base?: I): StartDomainDirtyRateCalcRequest {
+    return StartDomainDirtyRateCalcRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StartDomainDirtyRateCalcRequest>, I>>(
+    object: I,
+  ): StartDomainDirtyRateCalcRequest {
+    const message = createBaseStartDomainDirtyRateCalcRequest();
+    message.name = object.name ?? "";
+    message.calcSeconds = object.calcSeconds ?? 0;
+    message.mode = object.mode ?? 0;
+    return message;
+  },
+};
+
+function createBaseStartDomainDirtyRateCalcResponse(): StartDomainDirtyRateCalcResponse {
+  return {};
+}
+
+export const StartDomainDirtyRateCalcResponse: MessageFns<StartDomainDirtyRateCalcResponse> = {
+  encode(_: StartDomainDirtyRateCalcResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StartDomainDirtyRateCalcResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStartDomainDirtyRateCalcResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): StartDomainDirtyRateCalcResponse {
+    return {};
+  },
+
+  toJSON(_: StartDomainDirtyRateCalcResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StartDomainDirtyRateCalcResponse>, I>>(
+    base?: I,
+  ): StartDomainDirtyRateCalcResponse {
+    return StartDomainDirtyRateCalcResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StartDomainDirtyRateCalcResponse>, I>>(
+    _: I,
+  ): StartDomainDirtyRateCalcResponse {
+    const message = createBaseStartDomainDirtyRateCalcResponse();
+    return message;
+  },
+};
+
+function createBaseDirtyRateStats(): DirtyRateStats {
+  return { calcStatus: 0, calcStartTime: 0n, calcPeriod: 0, megabytesPerSecond: 0n };
+}
+
+export const DirtyRateStats: MessageFns<DirtyRateStats> = {
+  encode(message: DirtyRateStats, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.calcStatus !== 0) {
+      writer.uint32(8).int32(message.calcStatus);
+    }
+    if (message.calcStartTime !== 0n) {
+      if (BigInt.asIntN(64, message.calcStartTime) !== message.calcStartTime) {
+        throw new globalThis.Error("value provided for field message.calcStartTime of type int64 too large");
+      }
+      writer.uint32(16).int64(message.calcStartTime);
+    }
+    if (message.calcPeriod !== 0) {
+      writer.uint32(24).int32(message.calcPeriod);
+    }
+    if (message.megabytesPerSecond !== 0n) {
+      if (BigInt.asUintN(64, message.megabytesPerSecond) !== message.megabytesPerSecond) {
+        throw new globalThis.Error("value provided for field message.megabytesPerSecond of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.megabytesPerSecond);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DirtyRateStats {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDirtyRateStats();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.calcStatus = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.calcStartTime = reader.int64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.calcPeriod = reader.int32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.megabytesPerSecond = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DirtyRateStats {
+    return {
+      calcStatus: isSet(object.calcStatus)
+        ? globalThis.Number(object.calcStatus)
+        : isSet(object.calc_status)
+        ? globalThis.Number(object.calc_status)
+        : 0,
+      calcStartTime: isSet(object.calcStartTime)
+        ? BigInt(object.calcStartTime)
+        : isSet(object.calc_start_time)
+        ? BigInt(object.calc_start_time)
+        : 0n,
+      calcPeriod: isSet(object.calcPeriod)
+        ? globalThis.Number(object.calcPeriod)
+        : isSet(object.calc_period)
+        ? globalThis.Number(object.calc_period)
+        : 0,
+      megabytesPerSecond: isSet(object.megabytesPerSecond)
+        ? BigInt(object.megabytesPerSecond)
+        : isSet(object.megabytes_per_second)
+        ? BigInt(object.megabytes_per_second)
+        : 0n,
+    };
+  },
+
+  toJSON(message: DirtyRateStats): unknown {
+    const obj: any = {};
+    if (message.calcStatus !== 0) {
+      obj.calcStatus = Math.round(message.calcStatus);
+    }
+    if (message.calcStartTime !== 0n) {
+      obj.calcStartTime = message.calcStartTime.toString();
+    }
+    if (message.calcPeriod !== 0) {
+      obj.calcPeriod = Math.round(message.calcPeriod);
+    }
+    if (message.megabytesPerSecond !== 0n) {
+      obj.megabytesPerSecond = message.megabytesPerSecond.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DirtyRateStats>, I>>(base?: I): DirtyRateStats {
+    return DirtyRateStats.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DirtyRateStats>, I>>(object: I): DirtyRateStats {
+    const message = createBaseDirtyRateStats();
+    message.calcStatus = object.calcStatus ?? 0;
+    message.calcStartTime = (object.calcStartTime !== undefined && object.calcStartTime !== null)
+      ? BigInt(object.calcStartTime)
+      : 0n;
+    message.calcPeriod = object.calcPeriod ?? 0;
+    message.megabytesPerSecond = (object.megabytesPerSecond !== undefined && object.megabytesPerSecond !== null)
+      ? BigInt(object.megabytesPerSecond)
+      : 0n;
+    return message;
+  },
+};
+
 /**
  * ComputeService is libvirt's QEMU driver (virtqemud) as a gRPC service.
  *
@@ -36709,10 +39079,13 @@ export const ComputeServiceService = {
     responseDeserialize: (value: Buffer): GetDomainJobInfoResponse => GetDomainJobInfoResponse.decode(value),
   },
   /**
-   * Aborts the domain's current job (virDomainAbortJob): a save, dump or
-   * migration; the call that started it ends with ABORTED.
-   * Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
-   * UNIMPLEMENTED when the driver has no jobs (the test driver).
+   * Aborts the domain's current job (virDomainAbortJobFlags; without
+   * postcopy, virDomainAbortJob where a driver lacks the former): a save,
+   * dump or migration; the call that started it ends with ABORTED.
+   * Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
+   * (a migration in post-copy without postcopy);
+   * UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
+   * where it lacks virDomainAbortJobFlags.
    */
   abortDomainJob: {
     path: "/virtmesh.compute.v1.ComputeService/AbortDomainJob" as const,
@@ -37819,6 +40192,180 @@ export const ComputeServiceService = {
     responseDeserialize: (value: Buffer): SetDomainBlockThresholdResponse =>
       SetDomainBlockThresholdResponse.decode(value),
   },
+  /**
+   * Asks the guest, through its guest agent, to suspend itself (to RAM, to
+   * disk or both: virDomainPMSuspendForDuration, virsh dompmsuspend), for
+   * duration_seconds or until woken (0). The domain's <pm> must allow it.
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running
+   * (or paused, or asleep), its agent does not answer or its <pm> disables
+   * the target;
+   * INVALID_ARGUMENT for no target; UNIMPLEMENTED where the driver has no
+   * power management.
+   */
+  pmSuspendDomain: {
+    path: "/virtmesh.compute.v1.ComputeService/PmSuspendDomain" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PmSuspendDomainRequest): Buffer =>
+      Buffer.from(PmSuspendDomainRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PmSuspendDomainRequest => PmSuspendDomainRequest.decode(value),
+    responseSerialize: (value: PmSuspendDomainResponse): Buffer =>
+      Buffer.from(PmSuspendDomainResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PmSuspendDomainResponse => PmSuspendDomainResponse.decode(value),
+  },
+  /**
+   * Wakes a guest suspended to RAM (virDomainPMWakeup, virsh dompmwakeup).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not suspended
+   * by its guest; UNIMPLEMENTED where the driver cannot.
+   */
+  pmWakeupDomain: {
+    path: "/virtmesh.compute.v1.ComputeService/PmWakeupDomain" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PmWakeupDomainRequest): Buffer =>
+      Buffer.from(PmWakeupDomainRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PmWakeupDomainRequest => PmWakeupDomainRequest.decode(value),
+    responseSerialize: (value: PmWakeupDomainResponse): Buffer =>
+      Buffer.from(PmWakeupDomainResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PmWakeupDomainResponse => PmWakeupDomainResponse.decode(value),
+  },
+  /**
+   * Renames an inactive domain (virDomainRename, virsh domrename); returns
+   * its summary under the new name.
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is running or
+   * transient; ALREADY_EXISTS when another domain has the new name;
+   * INVALID_ARGUMENT for an empty, too long, or otherwise invalid new name
+   * (NUL, '/'), checked as DefineDomain checks names.
+   */
+  renameDomain: {
+    path: "/virtmesh.compute.v1.ComputeService/RenameDomain" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RenameDomainRequest): Buffer => Buffer.from(RenameDomainRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RenameDomainRequest => RenameDomainRequest.decode(value),
+    responseSerialize: (value: RenameDomainResponse): Buffer =>
+      Buffer.from(RenameDomainResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RenameDomainResponse => RenameDomainResponse.decode(value),
+  },
+  /**
+   * Injects a non-maskable interrupt into the guest (virDomainInjectNMI,
+   * virsh inject-nmi).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+   * UNIMPLEMENTED where the driver cannot.
+   */
+  injectDomainNmi: {
+    path: "/virtmesh.compute.v1.ComputeService/InjectDomainNmi" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: InjectDomainNmiRequest): Buffer =>
+      Buffer.from(InjectDomainNmiRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): InjectDomainNmiRequest => InjectDomainNmiRequest.decode(value),
+    responseSerialize: (value: InjectDomainNmiResponse): Buffer =>
+      Buffer.from(InjectDomainNmiResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): InjectDomainNmiResponse => InjectDomainNmiResponse.decode(value),
+  },
+  /**
+   * Sends a signal to a process of the domain (virDomainSendProcessSignal,
+   * virsh send-process-signal): for container drivers, a process inside the
+   * guest.
+   * Errors: NOT_FOUND for the domain (or the process, where the driver says
+   * so); FAILED_PRECONDITION when the domain is not running; INVALID_ARGUMENT
+   * for no signal or a pid below 1; UNIMPLEMENTED where the driver cannot
+   * (libvirt's QEMU driver).
+   */
+  sendDomainProcessSignal: {
+    path: "/virtmesh.compute.v1.ComputeService/SendDomainProcessSignal" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SendDomainProcessSignalRequest): Buffer =>
+      Buffer.from(SendDomainProcessSignalRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SendDomainProcessSignalRequest => SendDomainProcessSignalRequest.decode(value),
+    responseSerialize: (value: SendDomainProcessSignalResponse): Buffer =>
+      Buffer.from(SendDomainProcessSignalResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SendDomainProcessSignalResponse =>
+      SendDomainProcessSignalResponse.decode(value),
+  },
+  /**
+   * Sets what happens when the guest powers off, reboots or crashes
+   * (virDomainSetLifecycleAction, virsh set-lifecycle-action), live and/or in
+   * the persistent config.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or a
+   * coredump action for other than a crash; FAILED_PRECONDITION for a live
+   * change on an inactive domain, or one the running hypervisor cannot make;
+   * UNIMPLEMENTED where the driver cannot.
+   */
+  setDomainLifecycleAction: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainLifecycleAction" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainLifecycleActionRequest): Buffer =>
+      Buffer.from(SetDomainLifecycleActionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainLifecycleActionRequest =>
+      SetDomainLifecycleActionRequest.decode(value),
+    responseSerialize: (value: SetDomainLifecycleActionResponse): Buffer =>
+      Buffer.from(SetDomainLifecycleActionResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainLifecycleActionResponse =>
+      SetDomainLifecycleActionResponse.decode(value),
+  },
+  /**
+   * Returns the messages libvirt keeps about a domain: why it is tainted and
+   * what of its configuration is deprecated (virDomainGetMessages, shown by
+   * virsh dominfo). Neither kind asked: both.
+   * Errors: NOT_FOUND; UNIMPLEMENTED where the driver keeps none.
+   */
+  getDomainMessages: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainMessages" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainMessagesRequest): Buffer =>
+      Buffer.from(GetDomainMessagesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainMessagesRequest => GetDomainMessagesRequest.decode(value),
+    responseSerialize: (value: GetDomainMessagesResponse): Buffer =>
+      Buffer.from(GetDomainMessagesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainMessagesResponse => GetDomainMessagesResponse.decode(value),
+  },
+  /**
+   * Returns a vCPU count: the current or maximum, of the live domain, its
+   * persistent config, or as the guest agent sees it (virDomainGetVcpusFlags,
+   * virsh vcpucount).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION for live (or guest) on an inactive
+   * domain, or a guest agent that does not answer; INVALID_ARGUMENT for live
+   * and config together, or guest with config or maximum; UNIMPLEMENTED for
+   * guest where the driver cannot ask the guest (the test driver).
+   */
+  getDomainVcpuCount: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainVcpuCount" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainVcpuCountRequest): Buffer =>
+      Buffer.from(GetDomainVcpuCountRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainVcpuCountRequest => GetDomainVcpuCountRequest.decode(value),
+    responseSerialize: (value: GetDomainVcpuCountResponse): Buffer =>
+      Buffer.from(GetDomainVcpuCountResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainVcpuCountResponse => GetDomainVcpuCountResponse.decode(value),
+  },
+  /**
+   * Starts measuring how fast the guest dirties its memory, for
+   * calc_seconds (virDomainStartDirtyRateCalc, virsh domdirtyrate-calc). It
+   * returns at once; the result is GetDomainStats' dirtyrate group.
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
+   * or for dirty_bitmap on a TCG guest (type 'qemu': QEMU crashes measuring
+   * so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
+   * where the driver cannot, or for dirty_ring without KVM's dirty ring.
+   */
+  startDomainDirtyRateCalc: {
+    path: "/virtmesh.compute.v1.ComputeService/StartDomainDirtyRateCalc" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: StartDomainDirtyRateCalcRequest): Buffer =>
+      Buffer.from(StartDomainDirtyRateCalcRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): StartDomainDirtyRateCalcRequest =>
+      StartDomainDirtyRateCalcRequest.decode(value),
+    responseSerialize: (value: StartDomainDirtyRateCalcResponse): Buffer =>
+      Buffer.from(StartDomainDirtyRateCalcResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): StartDomainDirtyRateCalcResponse =>
+      StartDomainDirtyRateCalcResponse.decode(value),
+  },
 } as const;
 
 export interface ComputeServiceServer extends UntypedServiceImplementation {
@@ -38257,10 +40804,13 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
    */
   getDomainJobInfo: handleUnaryCall<GetDomainJobInfoRequest, GetDomainJobInfoResponse>;
   /**
-   * Aborts the domain's current job (virDomainAbortJob): a save, dump or
-   * migration; the call that started it ends with ABORTED.
-   * Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
-   * UNIMPLEMENTED when the driver has no jobs (the test driver).
+   * Aborts the domain's current job (virDomainAbortJobFlags; without
+   * postcopy, virDomainAbortJob where a driver lacks the former): a save,
+   * dump or migration; the call that started it ends with ABORTED.
+   * Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
+   * (a migration in post-copy without postcopy);
+   * UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
+   * where it lacks virDomainAbortJobFlags.
    */
   abortDomainJob: handleUnaryCall<AbortDomainJobRequest, AbortDomainJobResponse>;
   /**
@@ -38716,6 +41266,86 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
    * UNIMPLEMENTED when the driver cannot (the test driver).
    */
   setDomainBlockThreshold: handleUnaryCall<SetDomainBlockThresholdRequest, SetDomainBlockThresholdResponse>;
+  /**
+   * Asks the guest, through its guest agent, to suspend itself (to RAM, to
+   * disk or both: virDomainPMSuspendForDuration, virsh dompmsuspend), for
+   * duration_seconds or until woken (0). The domain's <pm> must allow it.
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running
+   * (or paused, or asleep), its agent does not answer or its <pm> disables
+   * the target;
+   * INVALID_ARGUMENT for no target; UNIMPLEMENTED where the driver has no
+   * power management.
+   */
+  pmSuspendDomain: handleUnaryCall<PmSuspendDomainRequest, PmSuspendDomainResponse>;
+  /**
+   * Wakes a guest suspended to RAM (virDomainPMWakeup, virsh dompmwakeup).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not suspended
+   * by its guest; UNIMPLEMENTED where the driver cannot.
+   */
+  pmWakeupDomain: handleUnaryCall<PmWakeupDomainRequest, PmWakeupDomainResponse>;
+  /**
+   * Renames an inactive domain (virDomainRename, virsh domrename); returns
+   * its summary under the new name.
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is running or
+   * transient; ALREADY_EXISTS when another domain has the new name;
+   * INVALID_ARGUMENT for an empty, too long, or otherwise invalid new name
+   * (NUL, '/'), checked as DefineDomain checks names.
+   */
+  renameDomain: handleUnaryCall<RenameDomainRequest, RenameDomainResponse>;
+  /**
+   * Injects a non-maskable interrupt into the guest (virDomainInjectNMI,
+   * virsh inject-nmi).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+   * UNIMPLEMENTED where the driver cannot.
+   */
+  injectDomainNmi: handleUnaryCall<InjectDomainNmiRequest, InjectDomainNmiResponse>;
+  /**
+   * Sends a signal to a process of the domain (virDomainSendProcessSignal,
+   * virsh send-process-signal): for container drivers, a process inside the
+   * guest.
+   * Errors: NOT_FOUND for the domain (or the process, where the driver says
+   * so); FAILED_PRECONDITION when the domain is not running; INVALID_ARGUMENT
+   * for no signal or a pid below 1; UNIMPLEMENTED where the driver cannot
+   * (libvirt's QEMU driver).
+   */
+  sendDomainProcessSignal: handleUnaryCall<SendDomainProcessSignalRequest, SendDomainProcessSignalResponse>;
+  /**
+   * Sets what happens when the guest powers off, reboots or crashes
+   * (virDomainSetLifecycleAction, virsh set-lifecycle-action), live and/or in
+   * the persistent config.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or a
+   * coredump action for other than a crash; FAILED_PRECONDITION for a live
+   * change on an inactive domain, or one the running hypervisor cannot make;
+   * UNIMPLEMENTED where the driver cannot.
+   */
+  setDomainLifecycleAction: handleUnaryCall<SetDomainLifecycleActionRequest, SetDomainLifecycleActionResponse>;
+  /**
+   * Returns the messages libvirt keeps about a domain: why it is tainted and
+   * what of its configuration is deprecated (virDomainGetMessages, shown by
+   * virsh dominfo). Neither kind asked: both.
+   * Errors: NOT_FOUND; UNIMPLEMENTED where the driver keeps none.
+   */
+  getDomainMessages: handleUnaryCall<GetDomainMessagesRequest, GetDomainMessagesResponse>;
+  /**
+   * Returns a vCPU count: the current or maximum, of the live domain, its
+   * persistent config, or as the guest agent sees it (virDomainGetVcpusFlags,
+   * virsh vcpucount).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION for live (or guest) on an inactive
+   * domain, or a guest agent that does not answer; INVALID_ARGUMENT for live
+   * and config together, or guest with config or maximum; UNIMPLEMENTED for
+   * guest where the driver cannot ask the guest (the test driver).
+   */
+  getDomainVcpuCount: handleUnaryCall<GetDomainVcpuCountRequest, GetDomainVcpuCountResponse>;
+  /**
+   * Starts measuring how fast the guest dirties its memory, for
+   * calc_seconds (virDomainStartDirtyRateCalc, virsh domdirtyrate-calc). It
+   * returns at once; the result is GetDomainStats' dirtyrate group.
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
+   * or for dirty_bitmap on a TCG guest (type 'qemu': QEMU crashes measuring
+   * so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
+   * where the driver cannot, or for dirty_ring without KVM's dirty ring.
+   */
+  startDomainDirtyRateCalc: handleUnaryCall<StartDomainDirtyRateCalcRequest, StartDomainDirtyRateCalcResponse>;
 }
 
 export interface ComputeServiceClient extends Client {
@@ -40059,10 +42689,13 @@ export interface ComputeServiceClient extends Client {
     callback: (error: ServiceError | null, response: GetDomainJobInfoResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Aborts the domain's current job (virDomainAbortJob): a save, dump or
-   * migration; the call that started it ends with ABORTED.
-   * Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
-   * UNIMPLEMENTED when the driver has no jobs (the test driver).
+   * Aborts the domain's current job (virDomainAbortJobFlags; without
+   * postcopy, virDomainAbortJob where a driver lacks the former): a save,
+   * dump or migration; the call that started it ends with ABORTED.
+   * Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
+   * (a migration in post-copy without postcopy);
+   * UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
+   * where it lacks virDomainAbortJobFlags.
    */
   abortDomainJob(
     request: AbortDomainJobRequest,
@@ -41398,6 +44031,212 @@ export interface ComputeServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: SetDomainBlockThresholdResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Asks the guest, through its guest agent, to suspend itself (to RAM, to
+   * disk or both: virDomainPMSuspendForDuration, virsh dompmsuspend), for
+   * duration_seconds or until woken (0). The domain's <pm> must allow it.
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running
+   * (or paused, or asleep), its agent does not answer or its <pm> disables
+   * the target;
+   * INVALID_ARGUMENT for no target; UNIMPLEMENTED where the driver has no
+   * power management.
+   */
+  pmSuspendDomain(
+    request: PmSuspendDomainRequest,
+    callback: (error: ServiceError | null, response: PmSuspendDomainResponse) => void,
+  ): ClientUnaryCall;
+  pmSuspendDomain(
+    request: PmSuspendDomainRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PmSuspendDomainResponse) => void,
+  ): ClientUnaryCall;
+  pmSuspendDomain(
+    request: PmSuspendDomainRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PmSuspendDomainResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Wakes a guest suspended to RAM (virDomainPMWakeup, virsh dompmwakeup).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not suspended
+   * by its guest; UNIMPLEMENTED where the driver cannot.
+   */
+  pmWakeupDomain(
+    request: PmWakeupDomainRequest,
+    callback: (error: ServiceError | null, response: PmWakeupDomainResponse) => void,
+  ): ClientUnaryCall;
+  pmWakeupDomain(
+    request: PmWakeupDomainRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PmWakeupDomainResponse) => void,
+  ): ClientUnaryCall;
+  pmWakeupDomain(
+    request: PmWakeupDomainRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PmWakeupDomainResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Renames an inactive domain (virDomainRename, virsh domrename); returns
+   * its summary under the new name.
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is running or
+   * transient; ALREADY_EXISTS when another domain has the new name;
+   * INVALID_ARGUMENT for an empty, too long, or otherwise invalid new name
+   * (NUL, '/'), checked as DefineDomain checks names.
+   */
+  renameDomain(
+    request: RenameDomainRequest,
+    callback: (error: ServiceError | null, response: RenameDomainResponse) => void,
+  ): ClientUnaryCall;
+  renameDomain(
+    request: RenameDomainRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RenameDomainResponse) => void,
+  ): ClientUnaryCall;
+  renameDomain(
+    request: RenameDomainRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RenameDomainResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Injects a non-maskable interrupt into the guest (virDomainInjectNMI,
+   * virsh inject-nmi).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+   * UNIMPLEMENTED where the driver cannot.
+   */
+  injectDomainNmi(
+    request: InjectDomainNmiRequest,
+    callback: (error: ServiceError | null, response: InjectDomainNmiResponse) => void,
+  ): ClientUnaryCall;
+  injectDomainNmi(
+    request: InjectDomainNmiRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: InjectDomainNmiResponse) => void,
+  ): ClientUnaryCall;
+  injectDomainNmi(
+    request: InjectDomainNmiRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: InjectDomainNmiResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sends a signal to a process of the domain (virDomainSendProcessSignal,
+   * virsh send-process-signal): for container drivers, a process inside the
+   * guest.
+   * Errors: NOT_FOUND for the domain (or the process, where the driver says
+   * so); FAILED_PRECONDITION when the domain is not running; INVALID_ARGUMENT
+   * for no signal or a pid below 1; UNIMPLEMENTED where the driver cannot
+   * (libvirt's QEMU driver).
+   */
+  sendDomainProcessSignal(
+    request: SendDomainProcessSignalRequest,
+    callback: (error: ServiceError | null, response: SendDomainProcessSignalResponse) => void,
+  ): ClientUnaryCall;
+  sendDomainProcessSignal(
+    request: SendDomainProcessSignalRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SendDomainProcessSignalResponse) => void,
+  ): ClientUnaryCall;
+  sendDomainProcessSignal(
+    request: SendDomainProcessSignalRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SendDomainProcessSignalResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sets what happens when the guest powers off, reboots or crashes
+   * (virDomainSetLifecycleAction, virsh set-lifecycle-action), live and/or in
+   * the persistent config.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for no type or action, or a
+   * coredump action for other than a crash; FAILED_PRECONDITION for a live
+   * change on an inactive domain, or one the running hypervisor cannot make;
+   * UNIMPLEMENTED where the driver cannot.
+   */
+  setDomainLifecycleAction(
+    request: SetDomainLifecycleActionRequest,
+    callback: (error: ServiceError | null, response: SetDomainLifecycleActionResponse) => void,
+  ): ClientUnaryCall;
+  setDomainLifecycleAction(
+    request: SetDomainLifecycleActionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainLifecycleActionResponse) => void,
+  ): ClientUnaryCall;
+  setDomainLifecycleAction(
+    request: SetDomainLifecycleActionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainLifecycleActionResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns the messages libvirt keeps about a domain: why it is tainted and
+   * what of its configuration is deprecated (virDomainGetMessages, shown by
+   * virsh dominfo). Neither kind asked: both.
+   * Errors: NOT_FOUND; UNIMPLEMENTED where the driver keeps none.
+   */
+  getDomainMessages(
+    request: GetDomainMessagesRequest,
+    callback: (error: ServiceError | null, response: GetDomainMessagesResponse) => void,
+  ): ClientUnaryCall;
+  getDomainMessages(
+    request: GetDomainMessagesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainMessagesResponse) => void,
+  ): ClientUnaryCall;
+  getDomainMessages(
+    request: GetDomainMessagesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainMessagesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns a vCPU count: the current or maximum, of the live domain, its
+   * persistent config, or as the guest agent sees it (virDomainGetVcpusFlags,
+   * virsh vcpucount).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION for live (or guest) on an inactive
+   * domain, or a guest agent that does not answer; INVALID_ARGUMENT for live
+   * and config together, or guest with config or maximum; UNIMPLEMENTED for
+   * guest where the driver cannot ask the guest (the test driver).
+   */
+  getDomainVcpuCount(
+    request: GetDomainVcpuCountRequest,
+    callback: (error: ServiceError | null, response: GetDomainVcpuCountResponse) => void,
+  ): ClientUnaryCall;
+  getDomainVcpuCount(
+    request: GetDomainVcpuCountRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainVcpuCountResponse) => void,
+  ): ClientUnaryCall;
+  getDomainVcpuCount(
+    request: GetDomainVcpuCountRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainVcpuCountResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Starts measuring how fast the guest dirties its memory, for
+   * calc_seconds (virDomainStartDirtyRateCalc, virsh domdirtyrate-calc). It
+   * returns at once; the result is GetDomainStats' dirtyrate group.
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running,
+   * or for dirty_bitmap on a TCG guest (type 'qemu': QEMU crashes measuring
+   * so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
+   * where the driver cannot, or for dirty_ring without KVM's dirty ring.
+   */
+  startDomainDirtyRateCalc(
+    request: StartDomainDirtyRateCalcRequest,
+    callback: (error: ServiceError | null, response: StartDomainDirtyRateCalcResponse) => void,
+  ): ClientUnaryCall;
+  startDomainDirtyRateCalc(
+    request: StartDomainDirtyRateCalcRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: StartDomainDirtyRateCalcResponse) => void,
+  ): ClientUnaryCall;
+  startDomainDirtyRateCalc(
+    request: StartDomainDirtyRateCalcRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: StartDomainDirtyRateCalcResponse) => void,
   ): ClientUnaryCall;
 }
 
