@@ -129,6 +129,24 @@ WRITES: list[tuple[str, Message]] = [
     ("SetDomainVcpu", pb.SetDomainVcpuRequest(name="alpha", vcpus=[1])),
     ("SetDomainLaunchSecurityState", pb.SetDomainLaunchSecurityStateRequest(
         name="alpha", secret="c2VjcmV0", secret_header="aGVhZGVy")),
+    # migration: libvirt's domain:migrate, the getters' too
+    ("MigrateDomain", pb.MigrateDomainRequest(name="alpha",
+                                              destination_uri="qemu+tcp://127.0.0.1:1/system")),
+    ("GetDomainMigrationMaxSpeed", pb.GetDomainMigrationMaxSpeedRequest(name="alpha")),
+    ("SetDomainMigrationMaxSpeed", pb.SetDomainMigrationMaxSpeedRequest(
+        name="alpha", bandwidth_mib_per_s=10)),
+    ("GetDomainMigrationMaxDowntime", pb.GetDomainMigrationMaxDowntimeRequest(name="alpha")),
+    ("SetDomainMigrationMaxDowntime", pb.SetDomainMigrationMaxDowntimeRequest(
+        name="alpha", downtime_ms=300)),
+    ("GetDomainMigrationCompressionCache",
+     pb.GetDomainMigrationCompressionCacheRequest(name="alpha")),
+    ("SetDomainMigrationCompressionCache", pb.SetDomainMigrationCompressionCacheRequest(
+        name="alpha", cache_bytes=64 << 20)),
+    ("StartDomainMigrationPostCopy", pb.StartDomainMigrationPostCopyRequest(name="alpha")),
+    ("UpdateDevice", pb.UpdateDeviceRequest(
+        name="alpha", xml="<interface type='network'><source network='default'/>"
+        "<link state='down'/></interface>")),
+    ("DetachDeviceAlias", pb.DetachDeviceAliasRequest(name="alpha", alias="net0")),
     # read-only RPCs whose request asks for more: libvirt's read_secure
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", secure=True)),
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", migratable=True)),

@@ -24,8 +24,10 @@ from services.common.version import VERSION
 from services.compute import convert
 from services.compute.backend import ComputeBackend, Listed
 from services.compute.servicer_agent import AgentServicer
+from services.compute.servicer_devices import DevicesServicer
 from services.compute.servicer_host import HostServicer
 from services.compute.servicer_jobs import JobsServicer
+from services.compute.servicer_migration import MigrationServicer
 from services.compute.servicer_tuning import TuningServicer
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
@@ -61,7 +63,8 @@ def _data(first: _HasData, requests: Iterator[_HasData]) -> Iterator[bytes]:
         yield request.data
 
 
-class ComputeServicer(HostServicer, JobsServicer, AgentServicer, TuningServicer,
+class ComputeServicer(HostServicer, MigrationServicer, JobsServicer, AgentServicer,
+                      TuningServicer, DevicesServicer,
                       DriverServicer[ComputeBackend, pb.WatchDomainEventsResponse],
                       pb_grpc.ComputeServiceServicer):
     def __init__(self, connection: LibvirtConnection, config: Config) -> None:
