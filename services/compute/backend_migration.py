@@ -15,7 +15,7 @@ it (virDomainMigrate3) and drives both sides.
 from __future__ import annotations
 
 import contextlib
-import logging
+import mmap
 from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +29,6 @@ from services.common.errors import ServiceError, require
 from services.compute.backend import ComputeBackend
 from services.compute.backend_jobs import JobsBackend, _abort_job
 
-log = logging.getLogger(__name__)
 
 #: the transports a destination URI may use (qemu: the local system driver)
 SCHEMES = frozenset({"qemu", "qemu+ssh", "qemu+libssh", "qemu+libssh2", "qemu+tcp",
@@ -162,13 +161,24 @@ def _unreachable(uri: str, error: libvirt.libvirtError) -> ServiceError:
                         f"{error.get_error_message()}", "DESTINATION_UNREACHABLE")
 
 
+#: libvirt's codes for a destination it could not connect to (its own refusals, such
+#: as an authentication's, keep their codes)
+_UNREACHABLE = (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC)
+
+
 @contextlib.contextmanager
 def _destination(uri: str) -> Iterator[libvirt.virConnect]:
-    """A connection of this service's to the destination, for a direct migration."""
+    """A connection of this service's to the destination, for a direct migration. A
+    local qemu:///system goes through libvirt's remote driver (qemu+unix): in a
+    process running the QEMU driver embedded, qemu:/// would name that driver."""
+    local = urlsplit(uri).scheme == "qemu"
+    target = "qemu+unix" + uri[len("qemu"):] if local else uri
     try:
-        conn = libvirt.open(uri)
+        conn = libvirt.open(target)
     except libvirt.libvirtError as error:
-        raise _unreachable(uri, error) from None
+        if error.get_error_code() in _UNREACHABLE:
+            raise _unreachable(uri, error) from None
+        raise
     try:
         yield conn
     finally:
@@ -195,9 +205,9 @@ class MigrationBackend:
         check_destination_uri(uri)
         check_flags(flags)
         checked = check_parameters(params, flags)
-        for name in _DOCUMENTS:  # parsed apart first, as DefineDomain's documents
-            if name in checked:
-                self.compute.sandbox.parse("domain", checked[name])
+        for parameter in _DOCUMENTS:  # parsed apart first, as DefineDomain's documents
+            if parameter in checked:
+                self.compute.sandbox.parse("domain", checked[parameter])
         with self.jobs._domain(name) as dom:
             if not dom.isActive() and not flags & libvirt.VIR_MIGRATE_OFFLINE:
                 raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -213,14 +223,16 @@ class MigrationBackend:
                 dom.migrate3(dconn, checked, flags)
 
     def max_speed(self, name: str, postcopy: bool) -> int:
-        return _answer(self.compute.lookup(name).migrateGetMaxSpeed(_postcopy(postcopy)))
+        dom = self.compute.lookup(name)
+        return _answer(dom.migrateGetMaxSpeed(_postcopy(postcopy)))
 
     def set_max_speed(self, name: str, bandwidth: int, postcopy: bool) -> None:
         _bounded(bandwidth, MAX_BANDWIDTH, "bandwidth_mib_per_s")
         self.compute.lookup(name).migrateSetMaxSpeed(bandwidth, _postcopy(postcopy))
 
     def max_downtime(self, name: str) -> int:
-        return _answer(self.compute.lookup(name).migrateGetMaxDowntime(0))
+        dom = self.compute.lookup(name)
+        return _answer(dom.migrateGetMaxDowntime(0))
 
     def set_max_downtime(self, name: str, downtime_ms: int) -> None:
         if not downtime_ms:
@@ -229,12 +241,17 @@ class MigrationBackend:
         self.compute.lookup(name).migrateSetMaxDowntime(downtime_ms, 0)
 
     def compression_cache(self, name: str) -> int:
-        return _answer(self.compute.lookup(name).migrateGetCompressionCache(0))
+        dom = self.compute.lookup(name)
+        return _answer(dom.migrateGetCompressionCache(0))
 
     def set_compression_cache(self, name: str, size: int) -> None:
+        """QEMU takes a power of two of at least a page (libvirt passes it on)."""
         if not size:
             raise _invalid("cache_bytes: at least 1", "MISSING_FIELD")
         _bounded(size, _ULONG_MAX, "cache_bytes")
+        if size & (size - 1) or size < mmap.PAGESIZE:
+            raise _invalid(f"cache_bytes: {size} is not a power of two of at least "
+                           f"{mmap.PAGESIZE}")
         self.compute.lookup(name).migrateSetCompressionCache(size, 0)
 
     def start_post_copy(self, name: str) -> None:
@@ -244,7 +261,8 @@ class MigrationBackend:
 def _answer(value: int | None) -> int:
     """libvirt-python's migration getters answer None where libvirt failed (their
     wrappers return the C call's -1 as nothing): the failure is libvirt's last
-    error, of this thread."""
+    error, of this thread. The caller keeps its domain object meanwhile: freeing one
+    (virDomainFree) resets that error."""
     if value is None:
         raise libvirt.libvirtError("the libvirt call failed")
     return int(value)

@@ -71,7 +71,7 @@ def parameters(message: pb.MigrationParameters) -> dict[str, Any]:
     for field, name in PARAMETERS.items():
         optional = message.DESCRIPTOR.fields_by_name[field].has_presence
         value = getattr(message, field)
-        if message.HasField(field) if optional else value:
+        if message.HasField(field) if optional else value:  # type: ignore[arg-type]
             params[name] = value
     for field, name in LISTS.items():
         if getattr(message, field):
