@@ -29,7 +29,6 @@ from services.common.errors import ServiceError, require
 from services.compute.backend import ComputeBackend
 from services.compute.backend_jobs import JobsBackend, _abort_job
 
-
 #: the transports a destination URI may use (qemu: the local system driver)
 SCHEMES = frozenset({"qemu", "qemu+ssh", "qemu+libssh", "qemu+libssh2", "qemu+tcp",
                      "qemu+tls", "qemu+unix"})
