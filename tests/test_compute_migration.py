@@ -446,3 +446,27 @@ def test_cli_on_a_running_guest(qemu: tuple[Stub, Daemon],
     assert (code, out.strip()) == (0, "Compression cache: 32.0 MiB"), out
     code, out = run_cli(daemon, capsys, "migrate-postcopy", GUEST)
     assert code == 1 and "FAILED_PRECONDITION" in out, out
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(300)
+def test_cli_update_device_and_detach_device_alias(qemu: tuple[Stub, Daemon],
+                                                   in_process_qemu_state: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    stub, daemon = qemu
+    media = in_process_qemu_state / "cli.iso"
+    media.write_bytes(b"\0" * 2048 * 16)
+    device = in_process_qemu_state / "cdrom.xml"
+    device.write_text(CDROM_XML.format(source=f"<source file='{media}'/>"))
+    code, out = run_cli(daemon, capsys, "update-device", GUEST, str(device), "--live")
+    assert (code, out.strip()) == (0, f"Device updated on '{GUEST}'"), out
+    assert _cdrom_source(stub, GUEST) == str(media)
+    device.write_text(CDROM_XML.format(source=""))
+    code, out = run_cli(daemon, capsys, "--json", "update-device", GUEST, str(device),
+                        "--force")
+    assert (code, json.loads(out)) == (0, {}), out
+    assert _cdrom_source(stub, GUEST) is None
+    code, out = run_cli(daemon, capsys, "detach-device-alias", GUEST, "ua-none", "--live")
+    assert code == 1 and "NOT_FOUND" in out, out
+    code, out = run_cli(daemon, capsys, "detach-device-alias", GUEST, "bad alias")
+    assert code == 1 and "INVALID_ARGUMENT" in out, out

@@ -1,5 +1,6 @@
 """Migrating a domain: virsh's migrate, migrate-setspeed, migrate-getspeed,
-migrate-setmaxdowntime, migrate-getmaxdowntime, migrate-compcache and migrate-postcopy.
+migrate-setmaxdowntime, migrate-getmaxdowntime, migrate-compcache and migrate-postcopy;
+changing its devices in place: update-device and detach-device-alias.
 
 migrate lasts as long as libvirt's job, as save does (cli_jobs.py): it waits for it
 (a ``--timeout`` given aborts the job when it passes); with ``--verbose`` on a
@@ -13,7 +14,7 @@ import argparse
 
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh_client.cli_commands import XML_FILE, CommandFactory, Commands
-from virtmesh_client.cli_compute import DOMAIN
+from virtmesh_client.cli_compute import DOMAIN, _add_scope, _scope
 from virtmesh_client.cli_jobs import long_call
 from virtmesh_client.cli_output import Output, byte_size, parse_bytes, read_input
 from virtmesh_client.client import Client
@@ -101,6 +102,18 @@ def cmd_compcache(client: Client, args: argparse.Namespace, out: Output) -> None
     out.show(response, f"Compression cache: {byte_size(response.cache_bytes)}")
 
 
+def cmd_update_device(client: Client, args: argparse.Namespace, out: Output) -> None:
+    response = client.call("UpdateDevice", pb.UpdateDeviceRequest(
+        name=args.name, xml=read_input(args.file), scope=_scope(args), force=args.force))
+    out.show(response, f"Device updated on '{args.name}'")
+
+
+def cmd_detach_device_alias(client: Client, args: argparse.Namespace, out: Output) -> None:
+    response = client.call("DetachDeviceAlias", pb.DetachDeviceAliasRequest(
+        name=args.name, alias=args.alias, scope=_scope(args)))
+    out.show(response, f"Device detach request sent to '{args.name}'")
+
+
 def _non_negative(text: str) -> int:
     try:
         value = int(text)
@@ -160,3 +173,12 @@ def register(command: CommandFactory) -> None:
                    pb.StartDomainMigrationPostCopyRequest,
                    "switches its migration to post-copy",
                    "switch a domain's running migration to post-copy")
+    sub = domains.add("update-device", cmd_update_device,
+                      "change a device in place (a CD-ROM's media, a link's state)")
+    sub.add_argument("file", type=XML_FILE, help="device XML file, or - for stdin")
+    _add_scope(sub)
+    sub.add_argument("--force", action="store_true", help="force it (eject a locked tray)")
+    sub = domains.add("detach-device-alias", cmd_detach_device_alias,
+                      "detach the device with an alias (ua-..., net0)")
+    sub.add_argument("alias", metavar="ALIAS", help="the device's alias")
+    _add_scope(sub)
