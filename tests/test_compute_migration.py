@@ -1,6 +1,7 @@
 """The migration RPCs of ComputeService (MigrateDomain, the bandwidth, downtime and
-compression cache of a domain's migrations, post-copy) and the device updates
-(UpdateDevice, DetachDeviceAlias).
+compression cache of a domain's migrations, post-copy), the device updates
+(UpdateDevice, DetachDeviceAlias) and QEMU passthrough (QemuAgentCommand,
+QemuMonitorCommand, WatchQemuMonitorEvents).
 
 There is no second libvirt host here: a migration is checked (the destination URI,
 flags and parameters, before libvirt sees them), refused cleanly by libvirt (an
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +44,7 @@ C = grpc.StatusCode
 RUNNING, STOPPED = "test", "stopped"
 #: nothing listens there: a destination that cannot be reached
 UNREACHABLE = "qemu+tcp://127.0.0.1:1/system"
+PING, QUERY_STATUS = '{"execute":"guest-ping"}', '{"execute":"query-status"}'
 CDROM_XML = """<disk type='file' device='cdrom'>
   <driver name='qemu' type='raw'/>
   {source}
@@ -183,6 +187,8 @@ TUNABLES: list[tuple[str, Message]] = [
     ("StartDomainMigrationPostCopy", pb.StartDomainMigrationPostCopyRequest(name=RUNNING)),
     ("UpdateDevice", pb.UpdateDeviceRequest(name=RUNNING, xml=CDROM_XML.format(source=""))),
     ("DetachDeviceAlias", pb.DetachDeviceAliasRequest(name=RUNNING, alias="ide0-1-0")),
+    ("QemuAgentCommand", pb.QemuAgentCommandRequest(name=RUNNING, command=PING)),
+    ("QemuMonitorCommand", pb.QemuMonitorCommandRequest(name=RUNNING, command=QUERY_STATUS)),
 ]
 
 
@@ -207,9 +213,10 @@ def _named(request: Message, name: str) -> Message:
 def test_the_tables_cover_every_rpc_of_the_group() -> None:
     from services.compute.servicer_devices import DevicesServicer
     from services.compute.servicer_migration import MigrationServicer
-    rpcs = {name for mixin in (MigrationServicer, DevicesServicer)
+    from services.compute.servicer_qemu import QemuServicer
+    rpcs = {name for mixin in (MigrationServicer, DevicesServicer, QemuServicer)
             for name in vars(mixin) if name[0].isupper()}
-    assert rpcs == {name for name, _ in ALL}
+    assert rpcs == {name for name, _ in ALL} | {"WatchQemuMonitorEvents"}
 
 
 @pytest.mark.parametrize(("rpc", "request_"), ALL, ids=[name for name, _ in ALL])
@@ -236,7 +243,45 @@ INVALID: list[tuple[str, Message]] = [
     ("DetachDeviceAlias", pb.DetachDeviceAliasRequest(name=RUNNING, alias="net0\0")),
     ("DetachDeviceAlias", pb.DetachDeviceAliasRequest(name=RUNNING, alias="a b")),
     ("DetachDeviceAlias", pb.DetachDeviceAliasRequest(name=RUNNING, alias="a" * 200)),
+    *[("QemuAgentCommand", pb.QemuAgentCommandRequest(name=RUNNING, command=command))
+      for command in ("", "guest-ping", "[1]", '{"arguments":{}}', '{"execute":""}',
+                      '{"execute":"guest-ping","arguments":[]}', "{" * 100000,
+                      '{"execute":"guest-ping","x":"' + "a" * (1 << 20) + '"}')],
+    ("QemuAgentCommand", pb.QemuAgentCommandRequest(name=RUNNING, command=PING,
+                                                    timeout_seconds=301)),
+    *[("QemuMonitorCommand", pb.QemuMonitorCommandRequest(name=RUNNING, command=command))
+      for command in ("", "info status", '"query-status"', '{"execute":7}')],
+    *[("QemuMonitorCommand", pb.QemuMonitorCommandRequest(name=RUNNING, command=command,
+                                                          hmp=True))
+      for command in ("", "info status\ninfo status", "x" * 5000)],
 ]
+
+
+def watch_error(stub: Stub, request: pb.WatchQemuMonitorEventsRequest) -> tuple[Any, str]:
+    stream = stub.WatchQemuMonitorEvents(request, timeout=30)
+    with pytest.raises(grpc.RpcError) as caught:
+        next(stream)
+    return caught.value.code(), reason_of(caught.value)  # type: ignore[attr-defined]
+
+
+def test_watching_monitor_events_refuses_bad_requests(stub: Stub) -> None:
+    assert watch_error(stub, pb.WatchQemuMonitorEventsRequest(name="nope")) == (
+        C.NOT_FOUND, "VIR_ERR_NO_DOMAIN")
+    for event in ("no spaces", "a" * 200, "STOP;"):
+        assert watch_error(stub, pb.WatchQemuMonitorEventsRequest(event=event)) == (
+            C.INVALID_ARGUMENT, "INVALID_EVENT")
+    # the test driver has no QEMU monitor
+    assert watch_error(stub, pb.WatchQemuMonitorEventsRequest())[0] == C.UNIMPLEMENTED
+
+
+@pytest.mark.parametrize("rpc, request_", [
+    ("QemuAgentCommand", pb.QemuAgentCommandRequest(name=STOPPED, command=PING)),
+    ("QemuMonitorCommand", pb.QemuMonitorCommandRequest(name=STOPPED, command=QUERY_STATUS)),
+], ids=["agent", "monitor"])
+def test_passthrough_to_a_stopped_domain_is_a_failed_precondition(
+        stub: Stub, rpc: str, request_: Message) -> None:
+    assert code_and_reason(getattr(stub, rpc), request_) == (
+        C.FAILED_PRECONDITION, "VIR_ERR_OPERATION_INVALID")
 
 
 @pytest.mark.parametrize(("rpc", "request_"), INVALID,
@@ -303,11 +348,22 @@ def qemu(in_process_qemu_state: Path) -> Iterator[tuple[Stub, Daemon]]:
         log = state / "guest" / f"{GUEST}.console.log"
         wait_for(lambda: log.exists() and BOOTED in log.read_text(errors="replace"), 90,
                  "the guest to boot")
+        wait_for(lambda: _agent_answers(stub), 60, "the guest agent")
         try:
             yield stub, daemon
         finally:
             with contextlib.suppress(grpc.RpcError):
                 stub.UndefineDomain(pb.UndefineDomainRequest(name=DEFINED))
+
+
+def _agent_answers(stub: Stub) -> bool:
+    try:
+        stub.QemuAgentCommand(pb.QemuAgentCommandRequest(name=GUEST, command=PING,
+                                                         timeout_seconds=5), timeout=20)
+        return True
+    except grpc.RpcError:
+        time.sleep(0.5)
+        return False
 
 
 @pytest.mark.qemu
@@ -470,3 +526,98 @@ def test_cli_update_device_and_detach_device_alias(qemu: tuple[Stub, Daemon],
     assert code == 1 and "NOT_FOUND" in out, out
     code, out = run_cli(daemon, capsys, "detach-device-alias", GUEST, "bad alias")
     assert code == 1 and "INVALID_ARGUMENT" in out, out
+
+
+# -- QEMU passthrough on the running guest ------------------------------------------------
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(300)
+def test_agent_and_monitor_commands(qemu: tuple[Stub, Daemon]) -> None:
+    stub, _ = qemu
+    answer = stub.QemuAgentCommand(pb.QemuAgentCommandRequest(name=GUEST, command=PING),
+                                   timeout=30).result
+    assert json.loads(answer) == {"return": {}}
+    info = json.loads(stub.QemuAgentCommand(pb.QemuAgentCommandRequest(
+        name=GUEST, command='{"execute":"guest-info"}', timeout_seconds=10), timeout=30).result)
+    assert "guest-ping" in {command["name"] for command in info["return"]["supported_commands"]}
+    status = json.loads(stub.QemuMonitorCommand(pb.QemuMonitorCommandRequest(
+        name=GUEST, command=QUERY_STATUS), timeout=30).result)
+    assert status["return"]["status"] == "running"
+    text = stub.QemuMonitorCommand(pb.QemuMonitorCommandRequest(
+        name=GUEST, command="info status", hmp=True), timeout=30).result
+    assert "running" in text
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(300)
+def test_a_command_qemu_or_the_agent_refuses(qemu: tuple[Stub, Daemon]) -> None:
+    stub, _ = qemu
+    unknown = '{"execute":"no-such-command"}'
+    # the monitor's error answer is QEMU's answer, handed back as libvirt returns it
+    answer = json.loads(stub.QemuMonitorCommand(pb.QemuMonitorCommandRequest(
+        name=GUEST, command=unknown), timeout=30).result)
+    assert answer["error"]["class"] == "CommandNotFound", answer
+    # the agent's is libvirt's failure: the caller's command was wrong
+    assert code_and_reason(stub.QemuAgentCommand, pb.QemuAgentCommandRequest(
+        name=GUEST, command=unknown)) == (C.INVALID_ARGUMENT, "AGENT_COMMAND_FAILED")
+    assert state_of(stub, GUEST) == pb.DOMAIN_STATE_RUNNING
+
+
+def _watch(stub: Stub, **fields: Any) -> Any:
+    stream = stub.WatchQemuMonitorEvents(pb.WatchQemuMonitorEventsRequest(**fields),
+                                         timeout=60)
+    stream.initial_metadata()  # the service sends it once it is registered
+    return stream
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(300)
+def test_monitor_events_of_a_pause_and_a_resume(qemu: tuple[Stub, Daemon]) -> None:
+    stub, _ = qemu
+    every, resumes = _watch(stub, name=GUEST), _watch(stub, event="RESUME")
+    try:
+        stub.SuspendDomain(pb.SuspendDomainRequest(name=GUEST), timeout=30)
+        stub.ResumeDomain(pb.ResumeDomainRequest(name=GUEST), timeout=30)
+        seen = [next(every), next(every)]
+        assert [(event.name, event.event) for event in seen] == [(GUEST, "STOP"),
+                                                                (GUEST, "RESUME")]
+        assert seen[0].uuid and abs(seen[0].time.seconds - time.time()) < 60
+        resumed = next(resumes)  # the STOP went by: not asked for
+        assert (resumed.name, resumed.event) == (GUEST, "RESUME")
+    finally:
+        every.cancel()
+        resumes.cancel()
+    assert state_of(stub, GUEST) == pb.DOMAIN_STATE_RUNNING
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(300)
+def test_cli_qemu_passthrough(qemu: tuple[Stub, Daemon],
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    stub, daemon = qemu
+    code, out = run_cli(daemon, capsys, "qemu-agent-command", GUEST, PING)
+    assert (code, json.loads(out)) == (0, {"return": {}}), out
+    code, out = run_cli(daemon, capsys, "qemu-monitor-command", GUEST, QUERY_STATUS,
+                        "--pretty")
+    assert code == 0 and '\n  "return": {' in out, out
+    assert json.loads(out)["return"]["status"] == "running"
+    code, out = run_cli(daemon, capsys, "qemu-monitor-command", GUEST, "info", "status",
+                        "--hmp")
+    assert code == 0 and "running" in out, out
+    code, out = run_cli(daemon, capsys, "qemu-agent-command", GUEST, "not json")
+    assert code == 1 and "INVALID_ARGUMENT" in out, out
+
+    def pause_soon() -> None:
+        time.sleep(2)
+        stub.SuspendDomain(pb.SuspendDomainRequest(name=GUEST), timeout=30)
+
+    pauser = threading.Thread(target=pause_soon)
+    pauser.start()
+    try:
+        code, out = run_cli(daemon, capsys, "qemu-monitor-event", "--domain", GUEST,
+                            "--event", "STOP", "--count", "1")
+    finally:
+        pauser.join()
+        stub.ResumeDomain(pb.ResumeDomainRequest(name=GUEST), timeout=30)
+    assert code == 0 and out.startswith("event STOP at ") and f"domain '{GUEST}'" in out, out

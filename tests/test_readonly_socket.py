@@ -147,6 +147,12 @@ WRITES: list[tuple[str, Message]] = [
         name="alpha", xml="<interface type='network'><source network='default'/>"
         "<link state='down'/></interface>")),
     ("DetachDeviceAlias", pb.DetachDeviceAliasRequest(name="alpha", alias="net0")),
+    # QEMU passthrough: domain:write, and the monitor's events connect:write
+    ("QemuAgentCommand", pb.QemuAgentCommandRequest(name="alpha",
+                                                    command='{"execute":"guest-ping"}')),
+    ("QemuMonitorCommand", pb.QemuMonitorCommandRequest(name="alpha",
+                                                        command='{"execute":"query-status"}')),
+    ("WatchQemuMonitorEvents", pb.WatchQemuMonitorEventsRequest()),
     # read-only RPCs whose request asks for more: libvirt's read_secure
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", secure=True)),
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", migratable=True)),

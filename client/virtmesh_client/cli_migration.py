@@ -1,6 +1,9 @@
 """Migrating a domain: virsh's migrate, migrate-setspeed, migrate-getspeed,
 migrate-setmaxdowntime, migrate-getmaxdowntime, migrate-compcache and migrate-postcopy;
-changing its devices in place: update-device and detach-device-alias.
+changing its devices in place: update-device and detach-device-alias; QEMU passthrough:
+qemu-agent-command, qemu-monitor-command and qemu-monitor-event.
+
+qemu-agent-command's --timeout is virsh's: the agent's, and the call's deadline too.
 
 migrate lasts as long as libvirt's job, as save does (cli_jobs.py): it waits for it
 (a ``--timeout`` given aborts the job when it passes); with ``--verbose`` on a
@@ -11,13 +14,14 @@ aborts the migration, the guest running on here.
 from __future__ import annotations
 
 import argparse
+import json
 
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh_client.cli_commands import XML_FILE, CommandFactory, Commands
 from virtmesh_client.cli_compute import DOMAIN, _add_scope, _scope
 from virtmesh_client.cli_jobs import long_call
 from virtmesh_client.cli_output import Output, byte_size, parse_bytes, read_input
-from virtmesh_client.client import Client
+from virtmesh_client.client import DEFAULT_TIMEOUT, Client
 
 #: virsh's options -> MigrateDomainRequest's flags
 FLAGS: dict[str, tuple[str, str]] = {
@@ -114,6 +118,45 @@ def cmd_detach_device_alias(client: Client, args: argparse.Namespace, out: Outpu
     out.show(response, f"Device detach request sent to '{args.name}'")
 
 
+def cmd_qemu_agent_command(client: Client, args: argparse.Namespace, out: Output) -> None:
+    request = pb.QemuAgentCommandRequest(name=args.name, command=" ".join(args.cmd))
+    if args.async_:
+        request.timeout_seconds = 0
+    elif args.timeout not in (None, DEFAULT_TIMEOUT):
+        request.timeout_seconds = max(int(args.timeout), 0)
+    response = client.call("QemuAgentCommand", request)
+    out.show(response, _pretty(response.result) if args.pretty else response.result)
+
+
+def cmd_qemu_monitor_command(client: Client, args: argparse.Namespace, out: Output) -> None:
+    response = client.call("QemuMonitorCommand", pb.QemuMonitorCommandRequest(
+        name=args.name, command=" ".join(args.cmd), hmp=args.hmp))
+    text = _pretty(response.result) if args.pretty and not args.hmp else response.result
+    out.show(response, text.rstrip("\n"))
+
+
+def _pretty(text: str) -> str:
+    try:
+        return json.dumps(json.loads(text), indent=2)
+    except ValueError:
+        return text
+
+
+def event_line(event: pb.WatchQemuMonitorEventsResponse) -> str:
+    """virsh's: ``event STOP at 1700000000.123456 for domain 'g': {...}``."""
+    details = event.details or "<null>"
+    return (f"event {event.event} at {event.time.seconds}.{event.time.nanos // 1000:06d} "
+            f"for domain '{event.name}': {details}")
+
+
+def cmd_qemu_monitor_event(client: Client, args: argparse.Namespace, out: Output) -> None:
+    request = pb.WatchQemuMonitorEventsRequest(name=args.domain or "", event=args.event or "")
+    for seen, event in enumerate(client.stream("WatchQemuMonitorEvents", request), 1):
+        out.line(event, event_line(event))
+        if args.count and seen >= args.count:
+            return
+
+
 def _non_negative(text: str) -> int:
     try:
         value = int(text)
@@ -182,3 +225,20 @@ def register(command: CommandFactory) -> None:
                       "detach the device with an alias (ua-..., net0)")
     sub.add_argument("alias", metavar="ALIAS", help="the device's alias")
     _add_scope(sub)
+    sub = domains.add("qemu-agent-command", cmd_qemu_agent_command,
+                      "send a command to the guest agent (unsupported: taints the domain)")
+    sub.add_argument("cmd", nargs="+", metavar="JSON", help='such as {"execute":"guest-ping"}')
+    sub.add_argument("--async", dest="async_", action="store_true",
+                     help="do not wait for the answer")
+    sub.add_argument("--pretty", action="store_true", help="indent the JSON answer")
+    sub = domains.add("qemu-monitor-command", cmd_qemu_monitor_command,
+                      "send a command to QEMU's monitor (unsupported: taints the domain)")
+    sub.add_argument("cmd", nargs="+", metavar="CMD",
+                     help='QMP JSON such as {"execute":"query-status"}, or HMP with --hmp')
+    sub.add_argument("--hmp", action="store_true", help="a human monitor command line")
+    sub.add_argument("--pretty", action="store_true", help="indent QMP's JSON answer")
+    sub = command("qemu-monitor-event", cmd_qemu_monitor_event,
+                  "print QEMU's monitor events as they happen")
+    sub.add_argument("--domain", metavar="DOMAIN", help="only this domain's")
+    sub.add_argument("--event", metavar="NAME", help="only events of this name (STOP, ...)")
+    sub.add_argument("--count", type=int, metavar="N", help="stop after N events")

@@ -28,6 +28,7 @@ from services.compute.servicer_devices import DevicesServicer
 from services.compute.servicer_host import HostServicer
 from services.compute.servicer_jobs import JobsServicer
 from services.compute.servicer_migration import MigrationServicer
+from services.compute.servicer_qemu import QemuServicer
 from services.compute.servicer_tuning import TuningServicer
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
@@ -64,7 +65,7 @@ def _data(first: _HasData, requests: Iterator[_HasData]) -> Iterator[bytes]:
 
 
 class ComputeServicer(HostServicer, MigrationServicer, JobsServicer, AgentServicer,
-                      TuningServicer, DevicesServicer,
+                      TuningServicer, DevicesServicer, QemuServicer,
                       DriverServicer[ComputeBackend, pb.WatchDomainEventsResponse],
                       pb_grpc.ComputeServiceServicer):
     def __init__(self, connection: LibvirtConnection, config: Config) -> None:

@@ -597,6 +597,30 @@ type ComputeServiceClient interface {
 	// empty or malformed alias; FAILED_PRECONDITION for a live change on an
 	// inactive domain; UNIMPLEMENTED when the driver cannot.
 	DetachDeviceAlias(ctx context.Context, in *DetachDeviceAliasRequest, opts ...grpc.CallOption) (*DetachDeviceAliasResponse, error)
+	// Sends one command to the guest agent and returns its answer, as JSON
+	// text (virDomainQemuAgentCommand).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT when command is not a JSON object
+	// with an "execute" member or is too long, timeout_seconds is above 300,
+	// or the agent answers with an error (reason AGENT_COMMAND_FAILED: an
+	// unknown command, bad arguments); FAILED_PRECONDITION when the domain is
+	// not running or has no agent channel; UNAVAILABLE or DEADLINE_EXCEEDED
+	// when the agent does not answer in time.
+	QemuAgentCommand(ctx context.Context, in *QemuAgentCommandRequest, opts ...grpc.CallOption) (*QemuAgentCommandResponse, error)
+	// Sends one command to the domain's QEMU monitor: QMP (a JSON object with
+	// "execute"), or HMP text with hmp. Returns QEMU's answer as libvirt hands
+	// it back: QEMU's own error answer (such as CommandNotFound) is a result.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a command that is not a JSON
+	// object (QMP), not one line of text (HMP) or too long;
+	// FAILED_PRECONDITION when the domain is not running.
+	QemuMonitorCommand(ctx context.Context, in *QemuMonitorCommandRequest, opts ...grpc.CallOption) (*QemuMonitorCommandResponse, error)
+	// Streams the QMP events QEMU emits (every one, or those named event) of
+	// one domain or all, until the client cancels. Unlike WatchDomainEvents'
+	// events these are not numbered and cannot be resumed: a watcher sees
+	// what happens while it watches.
+	// Errors: NOT_FOUND for an unknown domain; INVALID_ARGUMENT for a
+	// malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
+	// behind; UNAVAILABLE when the libvirt connection is lost.
+	WatchQemuMonitorEvents(ctx context.Context, in *WatchQemuMonitorEventsRequest, opts ...grpc.CallOption) (ComputeService_WatchQemuMonitorEventsClient, error)
 }
 
 type computeServiceClient struct {
@@ -1835,6 +1859,56 @@ func (c *computeServiceClient) DetachDeviceAlias(ctx context.Context, in *Detach
 	return out, nil
 }
 
+func (c *computeServiceClient) QemuAgentCommand(ctx context.Context, in *QemuAgentCommandRequest, opts ...grpc.CallOption) (*QemuAgentCommandResponse, error) {
+	out := new(QemuAgentCommandResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/QemuAgentCommand", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) QemuMonitorCommand(ctx context.Context, in *QemuMonitorCommandRequest, opts ...grpc.CallOption) (*QemuMonitorCommandResponse, error) {
+	out := new(QemuMonitorCommandResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/QemuMonitorCommand", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) WatchQemuMonitorEvents(ctx context.Context, in *WatchQemuMonitorEventsRequest, opts ...grpc.CallOption) (ComputeService_WatchQemuMonitorEventsClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_ComputeService_serviceDesc.Streams[5], "/virtmesh.compute.v1.ComputeService/WatchQemuMonitorEvents", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &computeServiceWatchQemuMonitorEventsClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type ComputeService_WatchQemuMonitorEventsClient interface {
+	Recv() (*WatchQemuMonitorEventsResponse, error)
+	grpc.ClientStream
+}
+
+type computeServiceWatchQemuMonitorEventsClient struct {
+	grpc.ClientStream
+}
+
+func (x *computeServiceWatchQemuMonitorEventsClient) Recv() (*WatchQemuMonitorEventsResponse, error) {
+	m := new(WatchQemuMonitorEventsResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 // ComputeServiceServer is the server API for ComputeService service.
 // All implementations must embed UnimplementedComputeServiceServer
 // for forward compatibility
@@ -2419,6 +2493,30 @@ type ComputeServiceServer interface {
 	// empty or malformed alias; FAILED_PRECONDITION for a live change on an
 	// inactive domain; UNIMPLEMENTED when the driver cannot.
 	DetachDeviceAlias(context.Context, *DetachDeviceAliasRequest) (*DetachDeviceAliasResponse, error)
+	// Sends one command to the guest agent and returns its answer, as JSON
+	// text (virDomainQemuAgentCommand).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT when command is not a JSON object
+	// with an "execute" member or is too long, timeout_seconds is above 300,
+	// or the agent answers with an error (reason AGENT_COMMAND_FAILED: an
+	// unknown command, bad arguments); FAILED_PRECONDITION when the domain is
+	// not running or has no agent channel; UNAVAILABLE or DEADLINE_EXCEEDED
+	// when the agent does not answer in time.
+	QemuAgentCommand(context.Context, *QemuAgentCommandRequest) (*QemuAgentCommandResponse, error)
+	// Sends one command to the domain's QEMU monitor: QMP (a JSON object with
+	// "execute"), or HMP text with hmp. Returns QEMU's answer as libvirt hands
+	// it back: QEMU's own error answer (such as CommandNotFound) is a result.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a command that is not a JSON
+	// object (QMP), not one line of text (HMP) or too long;
+	// FAILED_PRECONDITION when the domain is not running.
+	QemuMonitorCommand(context.Context, *QemuMonitorCommandRequest) (*QemuMonitorCommandResponse, error)
+	// Streams the QMP events QEMU emits (every one, or those named event) of
+	// one domain or all, until the client cancels. Unlike WatchDomainEvents'
+	// events these are not numbered and cannot be resumed: a watcher sees
+	// what happens while it watches.
+	// Errors: NOT_FOUND for an unknown domain; INVALID_ARGUMENT for a
+	// malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
+	// behind; UNAVAILABLE when the libvirt connection is lost.
+	WatchQemuMonitorEvents(*WatchQemuMonitorEventsRequest, ComputeService_WatchQemuMonitorEventsServer) error
 	mustEmbedUnimplementedComputeServiceServer()
 }
 
@@ -2797,6 +2895,15 @@ func (UnimplementedComputeServiceServer) UpdateDevice(context.Context, *UpdateDe
 }
 func (UnimplementedComputeServiceServer) DetachDeviceAlias(context.Context, *DetachDeviceAliasRequest) (*DetachDeviceAliasResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DetachDeviceAlias not implemented")
+}
+func (UnimplementedComputeServiceServer) QemuAgentCommand(context.Context, *QemuAgentCommandRequest) (*QemuAgentCommandResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method QemuAgentCommand not implemented")
+}
+func (UnimplementedComputeServiceServer) QemuMonitorCommand(context.Context, *QemuMonitorCommandRequest) (*QemuMonitorCommandResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method QemuMonitorCommand not implemented")
+}
+func (UnimplementedComputeServiceServer) WatchQemuMonitorEvents(*WatchQemuMonitorEventsRequest, ComputeService_WatchQemuMonitorEventsServer) error {
+	return status.Errorf(codes.Unimplemented, "method WatchQemuMonitorEvents not implemented")
 }
 func (UnimplementedComputeServiceServer) mustEmbedUnimplementedComputeServiceServer() {}
 
@@ -5073,6 +5180,63 @@ func _ComputeService_DetachDeviceAlias_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ComputeService_QemuAgentCommand_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QemuAgentCommandRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).QemuAgentCommand(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/QemuAgentCommand",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).QemuAgentCommand(ctx, req.(*QemuAgentCommandRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_QemuMonitorCommand_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QemuMonitorCommandRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).QemuMonitorCommand(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/QemuMonitorCommand",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).QemuMonitorCommand(ctx, req.(*QemuMonitorCommandRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_WatchQemuMonitorEvents_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchQemuMonitorEventsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ComputeServiceServer).WatchQemuMonitorEvents(m, &computeServiceWatchQemuMonitorEventsServer{stream})
+}
+
+type ComputeService_WatchQemuMonitorEventsServer interface {
+	Send(*WatchQemuMonitorEventsResponse) error
+	grpc.ServerStream
+}
+
+type computeServiceWatchQemuMonitorEventsServer struct {
+	grpc.ServerStream
+}
+
+func (x *computeServiceWatchQemuMonitorEventsServer) Send(m *WatchQemuMonitorEventsResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
 var _ComputeService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "virtmesh.compute.v1.ComputeService",
 	HandlerType: (*ComputeServiceServer)(nil),
@@ -5553,6 +5717,14 @@ var _ComputeService_serviceDesc = grpc.ServiceDesc{
 			MethodName: "DetachDeviceAlias",
 			Handler:    _ComputeService_DetachDeviceAlias_Handler,
 		},
+		{
+			MethodName: "QemuAgentCommand",
+			Handler:    _ComputeService_QemuAgentCommand_Handler,
+		},
+		{
+			MethodName: "QemuMonitorCommand",
+			Handler:    _ComputeService_QemuMonitorCommand_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -5581,6 +5753,11 @@ var _ComputeService_serviceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "GetDomainScreenshot",
 			Handler:       _ComputeService_GetDomainScreenshot_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchQemuMonitorEvents",
+			Handler:       _ComputeService_WatchQemuMonitorEvents_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -8783,3 +8783,165 @@ class DetachDeviceAliasResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DetachDeviceAliasResponse: _TypeAlias = DetachDeviceAliasResponse  # noqa: Y015
+
+@_typing.final
+class QemuAgentCommandRequest(_message.Message):
+    """-- QEMU passthrough ---------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    command: _builtins.str
+    """A guest agent command, JSON: for example {"execute":"guest-ping"}."""
+    timeout_seconds: _builtins.int
+    """Seconds to wait for the answer; 0 does not wait. Unset: the agent's
+    timeout (SetAgentResponseTimeout). At most 300.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        command: _builtins.str = ...,
+        timeout_seconds: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_timeout_seconds", b"_timeout_seconds", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_timeout_seconds", b"_timeout_seconds", "command", b"command", "name", b"name", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__timeout_seconds: _TypeAlias = _typing.Literal["timeout_seconds"]  # noqa: Y015
+    _WhichOneofArgType__timeout_seconds: _TypeAlias = _typing.Literal["_timeout_seconds", b"_timeout_seconds"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__timeout_seconds) -> _WhichOneofReturnType__timeout_seconds | None: ...
+
+Global___QemuAgentCommandRequest: _TypeAlias = QemuAgentCommandRequest  # noqa: Y015
+
+@_typing.final
+class QemuAgentCommandResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    result: _builtins.str
+    """The agent's answer, JSON: for example {"return":{}}."""
+    def __init__(
+        self,
+        *,
+        result: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QemuAgentCommandResponse: _TypeAlias = QemuAgentCommandResponse  # noqa: Y015
+
+@_typing.final
+class QemuMonitorCommandRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    HMP_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    command: _builtins.str
+    """QMP, JSON: for example {"execute":"query-status"}; or with hmp, a human
+    monitor command line such as "info status".
+    """
+    hmp: _builtins.bool
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        command: _builtins.str = ...,
+        hmp: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "hmp", b"hmp", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QemuMonitorCommandRequest: _TypeAlias = QemuMonitorCommandRequest  # noqa: Y015
+
+@_typing.final
+class QemuMonitorCommandResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    result: _builtins.str
+    """QEMU's answer: JSON for QMP, text for HMP."""
+    def __init__(
+        self,
+        *,
+        result: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QemuMonitorCommandResponse: _TypeAlias = QemuMonitorCommandResponse  # noqa: Y015
+
+@_typing.final
+class WatchQemuMonitorEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """One domain's events; empty: every domain's."""
+    event: _builtins.str
+    """Only the events of this name (QMP's, such as "STOP"); empty: all."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        event: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchQemuMonitorEventsRequest: _TypeAlias = WatchQemuMonitorEventsRequest  # noqa: Y015
+
+@_typing.final
+class WatchQemuMonitorEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    UUID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The domain's name and UUID."""
+    uuid: _builtins.str
+    event: _builtins.str
+    """The QMP event's name, such as "STOP" or "RESUME"."""
+    details: _builtins.str
+    """Its "data" member, JSON; empty when it has none."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When QEMU emitted it."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        uuid: _builtins.str = ...,
+        event: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        details: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "event", b"event", "name", b"name", "time", b"time", "uuid", b"uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchQemuMonitorEventsResponse: _TypeAlias = WatchQemuMonitorEventsResponse  # noqa: Y015

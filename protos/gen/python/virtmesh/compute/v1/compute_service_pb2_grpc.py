@@ -663,6 +663,21 @@ class ComputeServiceStub:
                 request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DetachDeviceAliasRequest.SerializeToString,
                 response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DetachDeviceAliasResponse.FromString,
                 _registered_method=True)
+        self.QemuAgentCommand = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/QemuAgentCommand',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuAgentCommandRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuAgentCommandResponse.FromString,
+                _registered_method=True)
+        self.QemuMonitorCommand = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/QemuMonitorCommand',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuMonitorCommandRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuMonitorCommandResponse.FromString,
+                _registered_method=True)
+        self.WatchQemuMonitorEvents = channel.unary_stream(
+                '/virtmesh.compute.v1.ComputeService/WatchQemuMonitorEvents',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchQemuMonitorEventsRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchQemuMonitorEventsResponse.FromString,
+                _registered_method=True)
 
 
 class ComputeServiceServicer:
@@ -1912,6 +1927,50 @@ class ComputeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QemuAgentCommand(self, request, context):
+        """-- QEMU passthrough (libvirt-qemu) ----------------------------------------
+        libvirt calls these unsupported: a command may change the guest behind
+        libvirt's back, and libvirt marks the domain tainted (custom-monitor,
+        custom-ga-command).
+
+        Sends one command to the guest agent and returns its answer, as JSON
+        text (virDomainQemuAgentCommand).
+        Errors: NOT_FOUND; INVALID_ARGUMENT when command is not a JSON object
+        with an "execute" member or is too long, timeout_seconds is above 300,
+        or the agent answers with an error (reason AGENT_COMMAND_FAILED: an
+        unknown command, bad arguments); FAILED_PRECONDITION when the domain is
+        not running or has no agent channel; UNAVAILABLE or DEADLINE_EXCEEDED
+        when the agent does not answer in time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QemuMonitorCommand(self, request, context):
+        """Sends one command to the domain's QEMU monitor: QMP (a JSON object with
+        "execute"), or HMP text with hmp. Returns QEMU's answer as libvirt hands
+        it back: QEMU's own error answer (such as CommandNotFound) is a result.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a command that is not a JSON
+        object (QMP), not one line of text (HMP) or too long;
+        FAILED_PRECONDITION when the domain is not running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchQemuMonitorEvents(self, request, context):
+        """Streams the QMP events QEMU emits (every one, or those named event) of
+        one domain or all, until the client cancels. Unlike WatchDomainEvents'
+        events these are not numbered and cannot be resumed: a watcher sees
+        what happens while it watches.
+        Errors: NOT_FOUND for an unknown domain; INVALID_ARGUMENT for a
+        malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
+        behind; UNAVAILABLE when the libvirt connection is lost.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ComputeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -2534,6 +2593,21 @@ def add_ComputeServiceServicer_to_server(servicer, server):
                     servicer.DetachDeviceAlias,
                     request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DetachDeviceAliasRequest.FromString,
                     response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DetachDeviceAliasResponse.SerializeToString,
+            ),
+            'QemuAgentCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.QemuAgentCommand,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuAgentCommandRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuAgentCommandResponse.SerializeToString,
+            ),
+            'QemuMonitorCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.QemuMonitorCommand,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuMonitorCommandRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuMonitorCommandResponse.SerializeToString,
+            ),
+            'WatchQemuMonitorEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchQemuMonitorEvents,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchQemuMonitorEventsRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchQemuMonitorEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -5893,6 +5967,87 @@ class ComputeService:
             '/virtmesh.compute.v1.ComputeService/DetachDeviceAlias',
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DetachDeviceAliasRequest.SerializeToString,
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DetachDeviceAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QemuAgentCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/QemuAgentCommand',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuAgentCommandRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuAgentCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QemuMonitorCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/QemuMonitorCommand',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuMonitorCommandRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuMonitorCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchQemuMonitorEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/WatchQemuMonitorEvents',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchQemuMonitorEventsRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchQemuMonitorEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -775,6 +775,38 @@ class ComputeServiceStub:
     empty or malformed alias; FAILED_PRECONDITION for a live change on an
     inactive domain; UNIMPLEMENTED when the driver cannot.
     """
+    QemuAgentCommand: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.QemuAgentCommandRequest, _compute_service_pb2.QemuAgentCommandResponse]
+    """-- QEMU passthrough (libvirt-qemu) ----------------------------------------
+    libvirt calls these unsupported: a command may change the guest behind
+    libvirt's back, and libvirt marks the domain tainted (custom-monitor,
+    custom-ga-command).
+
+    Sends one command to the guest agent and returns its answer, as JSON
+    text (virDomainQemuAgentCommand).
+    Errors: NOT_FOUND; INVALID_ARGUMENT when command is not a JSON object
+    with an "execute" member or is too long, timeout_seconds is above 300,
+    or the agent answers with an error (reason AGENT_COMMAND_FAILED: an
+    unknown command, bad arguments); FAILED_PRECONDITION when the domain is
+    not running or has no agent channel; UNAVAILABLE or DEADLINE_EXCEEDED
+    when the agent does not answer in time.
+    """
+    QemuMonitorCommand: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.QemuMonitorCommandRequest, _compute_service_pb2.QemuMonitorCommandResponse]
+    """Sends one command to the domain's QEMU monitor: QMP (a JSON object with
+    "execute"), or HMP text with hmp. Returns QEMU's answer as libvirt hands
+    it back: QEMU's own error answer (such as CommandNotFound) is a result.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a command that is not a JSON
+    object (QMP), not one line of text (HMP) or too long;
+    FAILED_PRECONDITION when the domain is not running.
+    """
+    WatchQemuMonitorEvents: _grpc.UnaryStreamMultiCallable[_compute_service_pb2.WatchQemuMonitorEventsRequest, _compute_service_pb2.WatchQemuMonitorEventsResponse]
+    """Streams the QMP events QEMU emits (every one, or those named event) of
+    one domain or all, until the client cancels. Unlike WatchDomainEvents'
+    events these are not numbered and cannot be resumed: a watcher sees
+    what happens while it watches.
+    Errors: NOT_FOUND for an unknown domain; INVALID_ARGUMENT for a
+    malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
+    behind; UNAVAILABLE when the libvirt connection is lost.
+    """
 
 @_typing.type_check_only
 class ComputeServiceAsyncStub(ComputeServiceStub):
@@ -1522,6 +1554,38 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     Errors: NOT_FOUND for an unknown domain or alias; INVALID_ARGUMENT for an
     empty or malformed alias; FAILED_PRECONDITION for a live change on an
     inactive domain; UNIMPLEMENTED when the driver cannot.
+    """
+    QemuAgentCommand: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.QemuAgentCommandRequest, _compute_service_pb2.QemuAgentCommandResponse]  # type: ignore[assignment]
+    """-- QEMU passthrough (libvirt-qemu) ----------------------------------------
+    libvirt calls these unsupported: a command may change the guest behind
+    libvirt's back, and libvirt marks the domain tainted (custom-monitor,
+    custom-ga-command).
+
+    Sends one command to the guest agent and returns its answer, as JSON
+    text (virDomainQemuAgentCommand).
+    Errors: NOT_FOUND; INVALID_ARGUMENT when command is not a JSON object
+    with an "execute" member or is too long, timeout_seconds is above 300,
+    or the agent answers with an error (reason AGENT_COMMAND_FAILED: an
+    unknown command, bad arguments); FAILED_PRECONDITION when the domain is
+    not running or has no agent channel; UNAVAILABLE or DEADLINE_EXCEEDED
+    when the agent does not answer in time.
+    """
+    QemuMonitorCommand: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.QemuMonitorCommandRequest, _compute_service_pb2.QemuMonitorCommandResponse]  # type: ignore[assignment]
+    """Sends one command to the domain's QEMU monitor: QMP (a JSON object with
+    "execute"), or HMP text with hmp. Returns QEMU's answer as libvirt hands
+    it back: QEMU's own error answer (such as CommandNotFound) is a result.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a command that is not a JSON
+    object (QMP), not one line of text (HMP) or too long;
+    FAILED_PRECONDITION when the domain is not running.
+    """
+    WatchQemuMonitorEvents: _aio.UnaryStreamMultiCallable[_compute_service_pb2.WatchQemuMonitorEventsRequest, _compute_service_pb2.WatchQemuMonitorEventsResponse]  # type: ignore[assignment]
+    """Streams the QMP events QEMU emits (every one, or those named event) of
+    one domain or all, until the client cancels. Unlike WatchDomainEvents'
+    events these are not numbered and cannot be resumed: a watcher sees
+    what happens while it watches.
+    Errors: NOT_FOUND for an unknown domain; INVALID_ARGUMENT for a
+    malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
+    behind; UNAVAILABLE when the libvirt connection is lost.
     """
 
 class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -3011,6 +3075,56 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: NOT_FOUND for an unknown domain or alias; INVALID_ARGUMENT for an
         empty or malformed alias; FAILED_PRECONDITION for a live change on an
         inactive domain; UNIMPLEMENTED when the driver cannot.
+        """
+
+    @_abc_1.abstractmethod
+    def QemuAgentCommand(
+        self,
+        request: _compute_service_pb2.QemuAgentCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.QemuAgentCommandResponse, _abc.Awaitable[_compute_service_pb2.QemuAgentCommandResponse]]:
+        """-- QEMU passthrough (libvirt-qemu) ----------------------------------------
+        libvirt calls these unsupported: a command may change the guest behind
+        libvirt's back, and libvirt marks the domain tainted (custom-monitor,
+        custom-ga-command).
+
+        Sends one command to the guest agent and returns its answer, as JSON
+        text (virDomainQemuAgentCommand).
+        Errors: NOT_FOUND; INVALID_ARGUMENT when command is not a JSON object
+        with an "execute" member or is too long, timeout_seconds is above 300,
+        or the agent answers with an error (reason AGENT_COMMAND_FAILED: an
+        unknown command, bad arguments); FAILED_PRECONDITION when the domain is
+        not running or has no agent channel; UNAVAILABLE or DEADLINE_EXCEEDED
+        when the agent does not answer in time.
+        """
+
+    @_abc_1.abstractmethod
+    def QemuMonitorCommand(
+        self,
+        request: _compute_service_pb2.QemuMonitorCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.QemuMonitorCommandResponse, _abc.Awaitable[_compute_service_pb2.QemuMonitorCommandResponse]]:
+        """Sends one command to the domain's QEMU monitor: QMP (a JSON object with
+        "execute"), or HMP text with hmp. Returns QEMU's answer as libvirt hands
+        it back: QEMU's own error answer (such as CommandNotFound) is a result.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a command that is not a JSON
+        object (QMP), not one line of text (HMP) or too long;
+        FAILED_PRECONDITION when the domain is not running.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchQemuMonitorEvents(
+        self,
+        request: _compute_service_pb2.WatchQemuMonitorEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_compute_service_pb2.WatchQemuMonitorEventsResponse], _abc.AsyncIterator[_compute_service_pb2.WatchQemuMonitorEventsResponse]]:
+        """Streams the QMP events QEMU emits (every one, or those named event) of
+        one domain or all, until the client cancels. Unlike WatchDomainEvents'
+        events these are not numbered and cannot be resumed: a watcher sees
+        what happens while it watches.
+        Errors: NOT_FOUND for an unknown domain; INVALID_ARGUMENT for a
+        malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
+        behind; UNAVAILABLE when the libvirt connection is lost.
         """
 
 def add_ComputeServiceServicer_to_server(servicer: ComputeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4088,6 +4088,58 @@ export interface DetachDeviceAliasRequest {
 export interface DetachDeviceAliasResponse {
 }
 
+export interface QemuAgentCommandRequest {
+  name: string;
+  /** A guest agent command, JSON: for example {"execute":"guest-ping"}. */
+  command: string;
+  /**
+   * Seconds to wait for the answer; 0 does not wait. Unset: the agent's
+   * timeout (SetAgentResponseTimeout). At most 300.
+   */
+  timeoutSeconds?: number | undefined;
+}
+
+export interface QemuAgentCommandResponse {
+  /** The agent's answer, JSON: for example {"return":{}}. */
+  result: string;
+}
+
+export interface QemuMonitorCommandRequest {
+  name: string;
+  /**
+   * QMP, JSON: for example {"execute":"query-status"}; or with hmp, a human
+   * monitor command line such as "info status".
+   */
+  command: string;
+  hmp: boolean;
+}
+
+export interface QemuMonitorCommandResponse {
+  /** QEMU's answer: JSON for QMP, text for HMP. */
+  result: string;
+}
+
+export interface WatchQemuMonitorEventsRequest {
+  /** One domain's events; empty: every domain's. */
+  name: string;
+  /** Only the events of this name (QMP's, such as "STOP"); empty: all. */
+  event: string;
+}
+
+export interface WatchQemuMonitorEventsResponse {
+  /** The domain's name and UUID. */
+  name: string;
+  uuid: string;
+  /** The QMP event's name, such as "STOP" or "RESUME". */
+  event: string;
+  /** When QEMU emitted it. */
+  time?:
+    | Date
+    | undefined;
+  /** Its "data" member, JSON; empty when it has none. */
+  details: string;
+}
+
 function createBaseDomain(): Domain {
   return {
     name: "",
@@ -34187,6 +34239,568 @@ export const DetachDeviceAliasResponse: MessageFns<DetachDeviceAliasResponse> = 
   },
 };
 
+function createBaseQemuAgentCommandRequest(): QemuAgentCommandRequest {
+  return { name: "", command: "", timeoutSeconds: undefined };
+}
+
+export const QemuAgentCommandRequest: MessageFns<QemuAgentCommandRequest> = {
+  encode(message: QemuAgentCommandRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.command !== "") {
+      writer.uint32(18).string(message.command);
+    }
+    if (message.timeoutSeconds !== undefined) {
+      writer.uint32(24).uint32(message.timeoutSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): QemuAgentCommandRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseQemuAgentCommandRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.command = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.timeoutSeconds = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): QemuAgentCommandRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      command: isSet(object.command) ? globalThis.String(object.command) : "",
+      timeoutSeconds: isSet(object.timeoutSeconds)
+        ? globalThis.Number(object.timeoutSeconds)
+        : isSet(object.timeout_seconds)
+        ? globalThis.Number(object.timeout_seconds)
+        : undefined,
+    };
+  },
+
+  toJSON(message: QemuAgentCommandRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.command !== "") {
+      obj.command = message.command;
+    }
+    if (message.timeoutSeconds !== undefined) {
+      obj.timeoutSeconds = Math.round(message.timeoutSeconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<QemuAgentCommandRequest>, I>>(base?: I): QemuAgentCommandRequest {
+    return QemuAgentCommandRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<QemuAgentCommandRequest>, I>>(object: I): QemuAgentCommandRequest {
+    const message = createBaseQemuAgentCommandRequest();
+    message.name = object.name ?? "";
+    message.command = object.command ?? "";
+    message.timeoutSeconds = object.timeoutSeconds ?? undefined;
+    return message;
+  },
+};
+
+function createBaseQemuAgentCommandResponse(): QemuAgentCommandResponse {
+  return { result: "" };
+}
+
+export const QemuAgentCommandResponse: MessageFns<QemuAgentCommandResponse> = {
+  encode(message: QemuAgentCommandResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.result !== "") {
+      writer.uint32(10).string(message.result);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): QemuAgentCommandResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseQemuAgentCommandResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.result = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): QemuAgentCommandResponse {
+    return { result: isSet(object.result) ? globalThis.String(object.result) : "" };
+  },
+
+  toJSON(message: QemuAgentCommandResponse): unknown {
+    const obj: any = {};
+    if (message.result !== "") {
+      obj.result = message.result;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<QemuAgentCommandResponse>, I>>(base?: I): QemuAgentCommandResponse {
+    return QemuAgentCommandResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<QemuAgentCommandResponse>, I>>(object: I): QemuAgentCommandResponse {
+    const message = createBaseQemuAgentCommandResponse();
+    message.result = object.result ?? "";
+    return message;
+  },
+};
+
+function createBaseQemuMonitorCommandRequest(): QemuMonitorCommandRequest {
+  return { name: "", command: "", hmp: false };
+}
+
+export const QemuMonitorCommandRequest: MessageFns<QemuMonitorCommandRequest> = {
+  encode(message: QemuMonitorCommandRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.command !== "") {
+      writer.uint32(18).string(message.command);
+    }
+    if (message.hmp !== false) {
+      writer.uint32(24).bool(message.hmp);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): QemuMonitorCommandRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseQemuMonitorCommandRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.command = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.hmp = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): QemuMonitorCommandRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      command: isSet(object.command) ? globalThis.String(object.command) : "",
+      hmp: isSet(object.hmp) ? globalThis.Boolean(object.hmp) : false,
+    };
+  },
+
+  toJSON(message: QemuMonitorCommandRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.command !== "") {
+      obj.command = message.command;
+    }
+    if (message.hmp !== false) {
+      obj.hmp = message.hmp;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<QemuMonitorCommandRequest>, I>>(base?: I): QemuMonitorCommandRequest {
+    return QemuMonitorCommandRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<QemuMonitorCommandRequest>, I>>(object: I): QemuMonitorCommandRequest {
+    const message = createBaseQemuMonitorCommandRequest();
+    message.name = object.name ?? "";
+    message.command = object.command ?? "";
+    message.hmp = object.hmp ?? false;
+    return message;
+  },
+};
+
+function createBaseQemuMonitorCommandResponse(): QemuMonitorCommandResponse {
+  return { result: "" };
+}
+
+export const QemuMonitorCommandResponse: MessageFns<QemuMonitorCommandResponse> = {
+  encode(message: QemuMonitorCommandResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.result !== "") {
+      writer.uint32(10).string(message.result);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): QemuMonitorCommandResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseQemuMonitorCommandResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.result = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): QemuMonitorCommandResponse {
+    return { result: isSet(object.result) ? globalThis.String(object.result) : "" };
+  },
+
+  toJSON(message: QemuMonitorCommandResponse): unknown {
+    const obj: any = {};
+    if (message.result !== "") {
+      obj.result = message.result;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<QemuMonitorCommandResponse>, I>>(base?: I): QemuMonitorCommandResponse {
+    return QemuMonitorCommandResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<QemuMonitorCommandResponse>, I>>(object: I): QemuMonitorCommandResponse {
+    const message = createBaseQemuMonitorCommandResponse();
+    message.result = object.result ?? "";
+    return message;
+  },
+};
+
+function createBaseWatchQemuMonitorEventsRequest(): WatchQemuMonitorEventsRequest {
+  return { name: "", event: "" };
+}
+
+export const WatchQemuMonitorEventsRequest: MessageFns<WatchQemuMonitorEventsRequest> = {
+  encode(message: WatchQemuMonitorEventsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.event !== "") {
+      writer.uint32(18).string(message.event);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchQemuMonitorEventsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchQemuMonitorEventsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.event = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchQemuMonitorEventsRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      event: isSet(object.event) ? globalThis.String(object.event) : "",
+    };
+  },
+
+  toJSON(message: WatchQemuMonitorEventsRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.event !== "") {
+      obj.event = message.event;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchQemuMonitorEventsRequest>, I>>(base?: I): WatchQemuMonitorEventsRequest {
+    return WatchQemuMonitorEventsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchQemuMonitorEventsRequest>, I>>(
+    object: I,
+  ): WatchQemuMonitorEventsRequest {
+    const message = createBaseWatchQemuMonitorEventsRequest();
+    message.name = object.name ?? "";
+    message.event = object.event ?? "";
+    return message;
+  },
+};
+
+function createBaseWatchQemuMonitorEventsResponse(): WatchQemuMonitorEventsResponse {
+  return { name: "", uuid: "", event: "", time: undefined, details: "" };
+}
+
+export const WatchQemuMonitorEventsResponse: MessageFns<WatchQemuMonitorEventsResponse> = {
+  encode(message: WatchQemuMonitorEventsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.uuid !== "") {
+      writer.uint32(18).string(message.uuid);
+    }
+    if (message.event !== "") {
+      writer.uint32(26).string(message.event);
+    }
+    if (message.time !== undefined) {
+      Timestamp.encode(toTimestamp(message.time), writer.uint32(34).fork()).join();
+    }
+    if (message.details !== "") {
+      writer.uint32(42).string(message.details);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchQemuMonitorEventsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchQemuMonitorEventsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.uuid = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.event = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.time = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.details = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchQemuMonitorEventsResponse {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      uuid: isSet(object.uuid) ? globalThis.String(object.uuid) : "",
+      event: isSet(object.event) ? globalThis.String(object.event) : "",
+      time: isSet(object.time) ? fromJsonTimestamp(object.time) : undefined,
+      details: isSet(object.details) ? globalThis.String(object.details) : "",
+    };
+  },
+
+  toJSON(message: WatchQemuMonitorEventsResponse): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.uuid !== "") {
+      obj.uuid = message.uuid;
+    }
+    if (message.event !== "") {
+      obj.event = message.event;
+    }
+    if (message.time !== undefined) {
+      obj.time = message.time.toISOString();
+    }
+    if (message.details !== "") {
+      obj.details = message.details;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchQemuMonitorEventsResponse>, I>>(base?: I): WatchQemuMonitorEventsResponse {
+    return WatchQemuMonitorEventsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchQemuMonitorEventsResponse>, I>>(
+    object: I,
+  ): WatchQemuMonitorEventsResponse {
+    const message = createBaseWatchQemuMonitorEventsResponse();
+    message.name = object.name ?? "";
+    message.uuid = object.uuid ?? "";
+    message.event = object.event ?? "";
+    message.time = object.time ?? undefined;
+    message.details = object.details ?? "";
+    return message;
+  },
+};
+
 /**
  * ComputeService is libvirt's QEMU driver (virtqemud) as a gRPC service.
  *
@@ -36256,6 +36870,67 @@ export const ComputeServiceService = {
       Buffer.from(DetachDeviceAliasResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DetachDeviceAliasResponse => DetachDeviceAliasResponse.decode(value),
   },
+  /**
+   * Sends one command to the guest agent and returns its answer, as JSON
+   * text (virDomainQemuAgentCommand).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT when command is not a JSON object
+   * with an "execute" member or is too long, timeout_seconds is above 300,
+   * or the agent answers with an error (reason AGENT_COMMAND_FAILED: an
+   * unknown command, bad arguments); FAILED_PRECONDITION when the domain is
+   * not running or has no agent channel; UNAVAILABLE or DEADLINE_EXCEEDED
+   * when the agent does not answer in time.
+   */
+  qemuAgentCommand: {
+    path: "/virtmesh.compute.v1.ComputeService/QemuAgentCommand" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: QemuAgentCommandRequest): Buffer =>
+      Buffer.from(QemuAgentCommandRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): QemuAgentCommandRequest => QemuAgentCommandRequest.decode(value),
+    responseSerialize: (value: QemuAgentCommandResponse): Buffer =>
+      Buffer.from(QemuAgentCommandResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): QemuAgentCommandResponse => QemuAgentCommandResponse.decode(value),
+  },
+  /**
+   * Sends one command to the domain's QEMU monitor: QMP (a JSON object with
+   * "execute"), or HMP text with hmp. Returns QEMU's answer as libvirt hands
+   * it back: QEMU's own error answer (such as CommandNotFound) is a result.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a command that is not a JSON
+   * object (QMP), not one line of text (HMP) or too long;
+   * FAILED_PRECONDITION when the domain is not running.
+   */
+  qemuMonitorCommand: {
+    path: "/virtmesh.compute.v1.ComputeService/QemuMonitorCommand" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: QemuMonitorCommandRequest): Buffer =>
+      Buffer.from(QemuMonitorCommandRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): QemuMonitorCommandRequest => QemuMonitorCommandRequest.decode(value),
+    responseSerialize: (value: QemuMonitorCommandResponse): Buffer =>
+      Buffer.from(QemuMonitorCommandResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): QemuMonitorCommandResponse => QemuMonitorCommandResponse.decode(value),
+  },
+  /**
+   * Streams the QMP events QEMU emits (every one, or those named event) of
+   * one domain or all, until the client cancels. Unlike WatchDomainEvents'
+   * events these are not numbered and cannot be resumed: a watcher sees
+   * what happens while it watches.
+   * Errors: NOT_FOUND for an unknown domain; INVALID_ARGUMENT for a
+   * malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
+   * behind; UNAVAILABLE when the libvirt connection is lost.
+   */
+  watchQemuMonitorEvents: {
+    path: "/virtmesh.compute.v1.ComputeService/WatchQemuMonitorEvents" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: WatchQemuMonitorEventsRequest): Buffer =>
+      Buffer.from(WatchQemuMonitorEventsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WatchQemuMonitorEventsRequest => WatchQemuMonitorEventsRequest.decode(value),
+    responseSerialize: (value: WatchQemuMonitorEventsResponse): Buffer =>
+      Buffer.from(WatchQemuMonitorEventsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WatchQemuMonitorEventsResponse =>
+      WatchQemuMonitorEventsResponse.decode(value),
+  },
 } as const;
 
 export interface ComputeServiceServer extends UntypedServiceImplementation {
@@ -37105,6 +37780,36 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
    * inactive domain; UNIMPLEMENTED when the driver cannot.
    */
   detachDeviceAlias: handleUnaryCall<DetachDeviceAliasRequest, DetachDeviceAliasResponse>;
+  /**
+   * Sends one command to the guest agent and returns its answer, as JSON
+   * text (virDomainQemuAgentCommand).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT when command is not a JSON object
+   * with an "execute" member or is too long, timeout_seconds is above 300,
+   * or the agent answers with an error (reason AGENT_COMMAND_FAILED: an
+   * unknown command, bad arguments); FAILED_PRECONDITION when the domain is
+   * not running or has no agent channel; UNAVAILABLE or DEADLINE_EXCEEDED
+   * when the agent does not answer in time.
+   */
+  qemuAgentCommand: handleUnaryCall<QemuAgentCommandRequest, QemuAgentCommandResponse>;
+  /**
+   * Sends one command to the domain's QEMU monitor: QMP (a JSON object with
+   * "execute"), or HMP text with hmp. Returns QEMU's answer as libvirt hands
+   * it back: QEMU's own error answer (such as CommandNotFound) is a result.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a command that is not a JSON
+   * object (QMP), not one line of text (HMP) or too long;
+   * FAILED_PRECONDITION when the domain is not running.
+   */
+  qemuMonitorCommand: handleUnaryCall<QemuMonitorCommandRequest, QemuMonitorCommandResponse>;
+  /**
+   * Streams the QMP events QEMU emits (every one, or those named event) of
+   * one domain or all, until the client cancels. Unlike WatchDomainEvents'
+   * events these are not numbered and cannot be resumed: a watcher sees
+   * what happens while it watches.
+   * Errors: NOT_FOUND for an unknown domain; INVALID_ARGUMENT for a
+   * malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
+   * behind; UNAVAILABLE when the libvirt connection is lost.
+   */
+  watchQemuMonitorEvents: handleServerStreamingCall<WatchQemuMonitorEventsRequest, WatchQemuMonitorEventsResponse>;
 }
 
 export interface ComputeServiceClient extends Client {
@@ -39627,6 +40332,72 @@ export interface ComputeServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DetachDeviceAliasResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Sends one command to the guest agent and returns its answer, as JSON
+   * text (virDomainQemuAgentCommand).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT when command is not a JSON object
+   * with an "execute" member or is too long, timeout_seconds is above 300,
+   * or the agent answers with an error (reason AGENT_COMMAND_FAILED: an
+   * unknown command, bad arguments); FAILED_PRECONDITION when the domain is
+   * not running or has no agent channel; UNAVAILABLE or DEADLINE_EXCEEDED
+   * when the agent does not answer in time.
+   */
+  qemuAgentCommand(
+    request: QemuAgentCommandRequest,
+    callback: (error: ServiceError | null, response: QemuAgentCommandResponse) => void,
+  ): ClientUnaryCall;
+  qemuAgentCommand(
+    request: QemuAgentCommandRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: QemuAgentCommandResponse) => void,
+  ): ClientUnaryCall;
+  qemuAgentCommand(
+    request: QemuAgentCommandRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: QemuAgentCommandResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sends one command to the domain's QEMU monitor: QMP (a JSON object with
+   * "execute"), or HMP text with hmp. Returns QEMU's answer as libvirt hands
+   * it back: QEMU's own error answer (such as CommandNotFound) is a result.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a command that is not a JSON
+   * object (QMP), not one line of text (HMP) or too long;
+   * FAILED_PRECONDITION when the domain is not running.
+   */
+  qemuMonitorCommand(
+    request: QemuMonitorCommandRequest,
+    callback: (error: ServiceError | null, response: QemuMonitorCommandResponse) => void,
+  ): ClientUnaryCall;
+  qemuMonitorCommand(
+    request: QemuMonitorCommandRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: QemuMonitorCommandResponse) => void,
+  ): ClientUnaryCall;
+  qemuMonitorCommand(
+    request: QemuMonitorCommandRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: QemuMonitorCommandResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Streams the QMP events QEMU emits (every one, or those named event) of
+   * one domain or all, until the client cancels. Unlike WatchDomainEvents'
+   * events these are not numbered and cannot be resumed: a watcher sees
+   * what happens while it watches.
+   * Errors: NOT_FOUND for an unknown domain; INVALID_ARGUMENT for a
+   * malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
+   * behind; UNAVAILABLE when the libvirt connection is lost.
+   */
+  watchQemuMonitorEvents(
+    request: WatchQemuMonitorEventsRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<WatchQemuMonitorEventsResponse>;
+  watchQemuMonitorEvents(
+    request: WatchQemuMonitorEventsRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<WatchQemuMonitorEventsResponse>;
 }
 
 export const ComputeServiceClient = makeGenericClientConstructor(
