@@ -621,3 +621,37 @@ def test_cli_qemu_passthrough(qemu: tuple[Stub, Daemon],
         pauser.join()
         stub.ResumeDomain(pb.ResumeDomainRequest(name=GUEST), timeout=30)
     assert code == 0 and out.startswith("event STOP at ") and f"domain '{GUEST}'" in out, out
+
+
+def test_a_cancelled_migration_aborts_libvirts_job(stub: Stub,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The call's end reaches libvirt as SaveDomain's does: the job is aborted. libvirt's
+    migration itself is replaced (there is no destination host here) by one that runs
+    until its job is aborted, as QEMU's does."""
+    aborted = threading.Event()
+    started = threading.Event()
+
+    def migrate_to_uri3(self: libvirt.virDomain, uri: str, params: dict[str, Any],
+                        flags: int) -> int:
+        started.set()
+        if not aborted.wait(30):
+            raise AssertionError("the job was never aborted")
+        raise libvirt.libvirtError("operation aborted: migration out: canceled by client")
+
+    def abort_job(self: libvirt.virDomain, flags: int = 0) -> int:
+        aborted.set()
+        return 0
+
+    monkeypatch.setattr(libvirt.virDomain, "migrateToURI3", migrate_to_uri3)
+    monkeypatch.setattr(libvirt.virDomain, "abortJob", abort_job)
+    call = stub.MigrateDomain.future(migrate(live=True, peer2peer=True), timeout=60)
+    assert started.wait(30)
+    call.cancel()
+    assert aborted.wait(30), "cancelling the call did not abort the migration's job"
+    assert state_of(stub, RUNNING) == pb.DOMAIN_STATE_RUNNING
+    # a deadline too
+    aborted.clear()
+    started.clear()
+    error = error_of(stub.MigrateDomain, migrate(live=True, peer2peer=True), 1)
+    assert error.code() == C.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+    assert aborted.wait(30)
