@@ -655,3 +655,49 @@ def test_a_cancelled_migration_aborts_libvirts_job(stub: Stub,
     error = error_of(stub.MigrateDomain, migrate(live=True, peer2peer=True), 1)
     assert error.code() == C.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
     assert aborted.wait(30)
+
+
+def test_what_reaches_libvirt(stub: Stub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flags and parameters as libvirt's, peer-to-peer to migrateToURI3 and directly
+    to migrate3 on a connection the service opened (libvirt's calls replaced: there is
+    no destination host here)."""
+    calls: list[tuple[Any, ...]] = []
+
+    class Destination:
+        def close(self) -> int:
+            calls.append(("close",))
+            return 0
+
+    def migrate_to_uri3(self: libvirt.virDomain, uri: str, params: dict[str, Any],
+                        flags: int) -> int:
+        calls.append(("toURI3", self.name(), uri, params, flags))
+        return 0
+
+    def migrate3(self: libvirt.virDomain, dconn: Any, params: dict[str, Any],
+                 flags: int) -> None:
+        calls.append(("migrate3", self.name(), type(dconn).__name__, params, flags))
+
+    monkeypatch.setattr(libvirt.virDomain, "migrateToURI3", migrate_to_uri3)
+    monkeypatch.setattr(libvirt.virDomain, "migrate3", migrate3)
+    monkeypatch.setattr(libvirt, "open", lambda uri: calls.append(("open", uri))
+                        or Destination())
+    stub.MigrateDomain(migrate(
+        uri="qemu+ssh://dest.example/system", live=True, peer2peer=True, tunnelled=True,
+        persist_dest=True, parameters=pb.MigrationParameters(
+            destination_name="renamed", bandwidth_mib_per_s=50)), timeout=30)
+    assert calls.pop() == ("toURI3", RUNNING, "qemu+ssh://dest.example/system",
+                           {"destination_name": "renamed", "bandwidth": 50},
+                           libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
+                           | libvirt.VIR_MIGRATE_TUNNELLED | libvirt.VIR_MIGRATE_PERSIST_DEST)
+    stub.MigrateDomain(migrate(uri="qemu:///system", live=True, non_shared_inc=True,
+                               parameters=pb.MigrationParameters(disks=["vda"])), timeout=30)
+    # a local destination through libvirt's remote driver: qemu:/// would be embedded
+    assert calls == [("open", "qemu+unix:///system"),
+                     ("migrate3", RUNNING, "Destination", {"migrate_disks": ["vda"]},
+                      libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_NON_SHARED_INC),
+                     ("close",)]
+    calls.clear()
+    # a definition migrates offline
+    stub.MigrateDomain(migrate(STOPPED, "qemu+tls://dest.example/system", peer2peer=True,
+                               offline=True, persist_dest=True), timeout=30)
+    assert calls.pop()[:3] == ("toURI3", STOPPED, "qemu+tls://dest.example/system")
