@@ -679,8 +679,11 @@ def test_what_reaches_libvirt(stub: Stub, monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(libvirt.virDomain, "migrateToURI3", migrate_to_uri3)
     monkeypatch.setattr(libvirt.virDomain, "migrate3", migrate3)
-    monkeypatch.setattr(libvirt, "open", lambda uri: calls.append(("open", uri))
-                        or Destination())
+    def open_destination(uri: str) -> Destination:
+        calls.append(("open", uri))
+        return Destination()
+
+    monkeypatch.setattr(libvirt, "open", open_destination)
     stub.MigrateDomain(migrate(
         uri="qemu+ssh://dest.example/system", live=True, peer2peer=True, tunnelled=True,
         persist_dest=True, parameters=pb.MigrationParameters(
