@@ -99,6 +99,10 @@ BAD_URIS = [
     "qemu+tcp://host:99999/system",
     "qemu+tcp://host:port/system",
     "/system",
+    "qemu+ssh://host/system?netcat=/tmp/evil",
+    "qemu+tls://host/system?pkipath=/etc",
+    "qemu+ssh://host/system#x",
+    "qemu+ssh://host/system?",
 ]
 
 

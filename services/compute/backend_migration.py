@@ -7,7 +7,8 @@ sees it under way; AbortDomainJob aborts it.
 
 The destination URI is checked before libvirt sees it: a qemu URI over one of a few
 transports, naming the system or session driver; nothing else (no embedded root, no
-other driver, no NUL or control character, no unbounded length). Peer-to-peer, the
+other driver, no query parameters, which name local key files, sockets and remote
+programs; no NUL or control character, no unbounded length). Peer-to-peer, the
 source's libvirt connects to it (virDomainMigrateToURI3); directly, this service opens
 it (virDomainMigrate3) and drives both sides.
 """
@@ -73,6 +74,9 @@ def check_destination_uri(uri: str) -> str:
         parts.port  # noqa: B018 - a malformed port raises here
     except ValueError as error:
         raise _invalid(f"destination_uri {uri!r} is malformed: {error}", "INVALID_URI") from None
+    if parts.query or parts.fragment or uri.endswith(("?", "#")):
+        raise _invalid(f"destination_uri {uri!r}: no query or fragment (libvirt's URI "
+                       "parameters name local files and programs)", "INVALID_URI")
     if parts.scheme not in SCHEMES:
         raise _invalid(f"destination_uri {uri!r}: the scheme must be one of "
                        f"{', '.join(sorted(SCHEMES))}", "INVALID_URI")

@@ -1822,15 +1822,19 @@ class ComputeServiceServicer:
         Migrates a domain to another libvirt host. With peer2peer (or tunnelled)
         this libvirt connects to destination_uri itself (virDomainMigrateToURI3);
         without, the service opens destination_uri and drives both sides
-        (virDomainMigrate3). destination_uri must be a qemu:// libvirt URI over
-        ssh, tcp, tls, libssh, libssh2 or unix, naming /system or /session.
+        (virDomainMigrate3). destination_uri must be a qemu libvirt URI, local
+        or over ssh, libssh, libssh2, tcp, tls or unix, naming /system or
+        /session, without query parameters.
         Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed or disallowed
         destination_uri, conflicting flags or bad parameters (invalid XML, a
-        disk named twice); FAILED_PRECONDITION when the domain is not running
-        (and offline is not asked) or libvirt refuses the migration (an
-        embedded driver, unsafe storage); UNAVAILABLE when the destination
-        cannot be reached; CANCELLED or DEADLINE_EXCEEDED when the call ended
-        first (the job was aborted and the guest runs on).
+        disk named twice), or a destination libvirt refuses (this same host);
+        FAILED_PRECONDITION when the domain is not running (and offline is not
+        asked) or libvirt refuses the migration (unsafe storage); UNAVAILABLE
+        when the destination cannot be reached (reason DESTINATION_UNREACHABLE
+        when the service itself could not open it: a service running QEMU
+        embedded has no driver for a direct migration); CANCELLED or
+        DEADLINE_EXCEEDED when the call ended first (the job was aborted and the
+        guest runs on).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
