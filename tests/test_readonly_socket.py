@@ -159,6 +159,30 @@ WRITES: list[tuple[str, Message]] = [
         scope=pb.Scope(config=True))),
     # the guest agent's count of vCPUs: libvirt's domain:write
     ("GetDomainVcpuCount", pb.GetDomainVcpuCountRequest(name="alpha", guest=True)),
+    # migration: libvirt's domain:migrate, the getters' too
+    ("MigrateDomain", pb.MigrateDomainRequest(name="alpha",
+                                              destination_uri="qemu+tcp://127.0.0.1:1/system")),
+    ("GetDomainMigrationMaxSpeed", pb.GetDomainMigrationMaxSpeedRequest(name="alpha")),
+    ("SetDomainMigrationMaxSpeed", pb.SetDomainMigrationMaxSpeedRequest(
+        name="alpha", bandwidth_mib_per_s=10)),
+    ("GetDomainMigrationMaxDowntime", pb.GetDomainMigrationMaxDowntimeRequest(name="alpha")),
+    ("SetDomainMigrationMaxDowntime", pb.SetDomainMigrationMaxDowntimeRequest(
+        name="alpha", downtime_ms=300)),
+    ("GetDomainMigrationCompressionCache",
+     pb.GetDomainMigrationCompressionCacheRequest(name="alpha")),
+    ("SetDomainMigrationCompressionCache", pb.SetDomainMigrationCompressionCacheRequest(
+        name="alpha", cache_bytes=64 << 20)),
+    ("StartDomainMigrationPostCopy", pb.StartDomainMigrationPostCopyRequest(name="alpha")),
+    ("UpdateDevice", pb.UpdateDeviceRequest(
+        name="alpha", xml="<interface type='network'><source network='default'/>"
+        "<link state='down'/></interface>")),
+    ("DetachDeviceAlias", pb.DetachDeviceAliasRequest(name="alpha", alias="net0")),
+    # QEMU passthrough: domain:write, and the monitor's events connect:write
+    ("QemuAgentCommand", pb.QemuAgentCommandRequest(name="alpha",
+                                                    command='{"execute":"guest-ping"}')),
+    ("QemuMonitorCommand", pb.QemuMonitorCommandRequest(name="alpha",
+                                                        command='{"execute":"query-status"}')),
+    ("WatchQemuMonitorEvents", pb.WatchQemuMonitorEventsRequest()),
     # read-only RPCs whose request asks for more: libvirt's read_secure
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", secure=True)),
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", migratable=True)),

@@ -178,6 +178,10 @@ _REFINEMENTS: tuple[tuple[int, str, grpc.StatusCode], ...] = (
     (libvirt.VIR_ERR_INTERNAL_ERROR, "filter binding has no", _C.INVALID_ARGUMENT),
     (libvirt.VIR_ERR_INTERNAL_ERROR, "Unable to parse MAC", _C.INVALID_ARGUMENT),
     (libvirt.VIR_ERR_INTERNAL_ERROR, "referenced filter", _C.FAILED_PRECONDITION),
+    # a device update or detach naming a device the domain lacks: QEMU's "disk 'hdd' not
+    # found", "no device found with alias ua-x"
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "' not found", _C.NOT_FOUND),
+    (libvirt.VIR_ERR_INTERNAL_ERROR, "no device found with alias", _C.NOT_FOUND),
 )
 
 

@@ -25,9 +25,12 @@ from services.compute import convert
 from services.compute.backend import ComputeBackend, Listed
 from services.compute.servicer_agent import AgentServicer
 from services.compute.servicer_block import BlockServicer
+from services.compute.servicer_devices import DevicesServicer
 from services.compute.servicer_host import HostServicer
 from services.compute.servicer_jobs import JobsServicer
 from services.compute.servicer_lifecycle import LifecycleServicer
+from services.compute.servicer_migration import MigrationServicer
+from services.compute.servicer_qemu import QemuServicer
 from services.compute.servicer_tuning import TuningServicer
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
@@ -63,8 +66,9 @@ def _data(first: _HasData, requests: Iterator[_HasData]) -> Iterator[bytes]:
         yield request.data
 
 
-class ComputeServicer(HostServicer, JobsServicer, AgentServicer, TuningServicer, BlockServicer,
-                      LifecycleServicer,
+class ComputeServicer(HostServicer, MigrationServicer, JobsServicer, AgentServicer,
+                      TuningServicer, BlockServicer, LifecycleServicer, DevicesServicer,
+                      QemuServicer,
                       DriverServicer[ComputeBackend, pb.WatchDomainEventsResponse],
                       pb_grpc.ComputeServiceServicer):
     def __init__(self, connection: LibvirtConnection, config: Config) -> None:

@@ -22615,6 +22615,1725 @@ func (x *DirtyRateStats) GetMegabytesPerSecond() uint64 {
 	return 0
 }
 
+// libvirt's VIR_MIGRATE_PARAM_* a migration may set; each unset or empty
+// field is left to libvirt.
+type MigrationParameters struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	// The domain's name on the destination (dname).
+	DestinationName string `protobuf:"bytes,1,opt,name=destination_name,json=destinationName,proto3" json:"destination_name,omitempty"`
+	// Domain XML for the destination (only ABI-compatible changes).
+	DestinationXml string `protobuf:"bytes,2,opt,name=destination_xml,json=destinationXml,proto3" json:"destination_xml,omitempty"`
+	// The persistent definition to store on the destination (persist_dest).
+	PersistentXml string `protobuf:"bytes,3,opt,name=persistent_xml,json=persistentXml,proto3" json:"persistent_xml,omitempty"`
+	// MiB/s; 0: libvirt's default (no limit).
+	BandwidthMibPerS uint64 `protobuf:"varint,4,opt,name=bandwidth_mib_per_s,json=bandwidthMibPerS,proto3" json:"bandwidth_mib_per_s,omitempty"`
+	// MiB/s once post-copy starts.
+	BandwidthPostcopyMibPerS uint64 `protobuf:"varint,5,opt,name=bandwidth_postcopy_mib_per_s,json=bandwidthPostcopyMibPerS,proto3" json:"bandwidth_postcopy_mib_per_s,omitempty"`
+	// Where the migration's data goes (for example tcp://host:49152), when
+	// not where destination_uri says.
+	MigrationUri string `protobuf:"bytes,6,opt,name=migration_uri,json=migrationUri,proto3" json:"migration_uri,omitempty"`
+	// The address the destination listens on for the data.
+	ListenAddress string `protobuf:"bytes,7,opt,name=listen_address,json=listenAddress,proto3" json:"listen_address,omitempty"`
+	// Where the destination's graphics clients are to reconnect.
+	GraphicsUri string `protobuf:"bytes,8,opt,name=graphics_uri,json=graphicsUri,proto3" json:"graphics_uri,omitempty"`
+	// With non_shared_disk/inc: only these disks (target names such as vda).
+	Disks []string `protobuf:"bytes,9,rep,name=disks,proto3" json:"disks,omitempty"`
+	// The port of the destination's NBD server for disks; 0: libvirt's.
+	DisksPort uint32 `protobuf:"varint,10,opt,name=disks_port,json=disksPort,proto3" json:"disks_port,omitempty"`
+	// The NBD server's URI for disks (tcp:// or unix://).
+	DisksUri string `protobuf:"bytes,11,opt,name=disks_uri,json=disksUri,proto3" json:"disks_uri,omitempty"`
+	// With compressed: the methods (xbzrle, mt, zlib, zstd).
+	Compression []string `protobuf:"bytes,12,rep,name=compression,proto3" json:"compression,omitempty"`
+	// Multithread compression: level (0-9), threads, decompression threads.
+	CompressionMtLevel    *int32 `protobuf:"varint,13,opt,name=compression_mt_level,json=compressionMtLevel,proto3,oneof" json:"compression_mt_level,omitempty"`
+	CompressionMtThreads  *int32 `protobuf:"varint,14,opt,name=compression_mt_threads,json=compressionMtThreads,proto3,oneof" json:"compression_mt_threads,omitempty"`
+	CompressionMtDthreads *int32 `protobuf:"varint,15,opt,name=compression_mt_dthreads,json=compressionMtDthreads,proto3,oneof" json:"compression_mt_dthreads,omitempty"`
+	// The XBZRLE page cache's size (bytes).
+	CompressionXbzrleCacheBytes uint64 `protobuf:"varint,16,opt,name=compression_xbzrle_cache_bytes,json=compressionXbzrleCacheBytes,proto3" json:"compression_xbzrle_cache_bytes,omitempty"`
+	// With parallel: the number of connections.
+	ParallelConnections uint32 `protobuf:"varint,17,opt,name=parallel_connections,json=parallelConnections,proto3" json:"parallel_connections,omitempty"`
+	// The host name the destination's TLS certificate must have.
+	TlsDestination string `protobuf:"bytes,18,opt,name=tls_destination,json=tlsDestination,proto3" json:"tls_destination,omitempty"`
+	// With auto_converge: the initial CPU throttle and its increment (percent).
+	AutoConvergeInitial   *int32 `protobuf:"varint,19,opt,name=auto_converge_initial,json=autoConvergeInitial,proto3,oneof" json:"auto_converge_initial,omitempty"`
+	AutoConvergeIncrement *int32 `protobuf:"varint,20,opt,name=auto_converge_increment,json=autoConvergeIncrement,proto3,oneof" json:"auto_converge_increment,omitempty"`
+}
+
+func (x *MigrationParameters) Reset() {
+	*x = MigrationParameters{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[339]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *MigrationParameters) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrationParameters) ProtoMessage() {}
+
+func (x *MigrationParameters) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[339]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrationParameters.ProtoReflect.Descriptor instead.
+func (*MigrationParameters) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{339}
+}
+
+func (x *MigrationParameters) GetDestinationName() string {
+	if x != nil {
+		return x.DestinationName
+	}
+	return ""
+}
+
+func (x *MigrationParameters) GetDestinationXml() string {
+	if x != nil {
+		return x.DestinationXml
+	}
+	return ""
+}
+
+func (x *MigrationParameters) GetPersistentXml() string {
+	if x != nil {
+		return x.PersistentXml
+	}
+	return ""
+}
+
+func (x *MigrationParameters) GetBandwidthMibPerS() uint64 {
+	if x != nil {
+		return x.BandwidthMibPerS
+	}
+	return 0
+}
+
+func (x *MigrationParameters) GetBandwidthPostcopyMibPerS() uint64 {
+	if x != nil {
+		return x.BandwidthPostcopyMibPerS
+	}
+	return 0
+}
+
+func (x *MigrationParameters) GetMigrationUri() string {
+	if x != nil {
+		return x.MigrationUri
+	}
+	return ""
+}
+
+func (x *MigrationParameters) GetListenAddress() string {
+	if x != nil {
+		return x.ListenAddress
+	}
+	return ""
+}
+
+func (x *MigrationParameters) GetGraphicsUri() string {
+	if x != nil {
+		return x.GraphicsUri
+	}
+	return ""
+}
+
+func (x *MigrationParameters) GetDisks() []string {
+	if x != nil {
+		return x.Disks
+	}
+	return nil
+}
+
+func (x *MigrationParameters) GetDisksPort() uint32 {
+	if x != nil {
+		return x.DisksPort
+	}
+	return 0
+}
+
+func (x *MigrationParameters) GetDisksUri() string {
+	if x != nil {
+		return x.DisksUri
+	}
+	return ""
+}
+
+func (x *MigrationParameters) GetCompression() []string {
+	if x != nil {
+		return x.Compression
+	}
+	return nil
+}
+
+func (x *MigrationParameters) GetCompressionMtLevel() int32 {
+	if x != nil && x.CompressionMtLevel != nil {
+		return *x.CompressionMtLevel
+	}
+	return 0
+}
+
+func (x *MigrationParameters) GetCompressionMtThreads() int32 {
+	if x != nil && x.CompressionMtThreads != nil {
+		return *x.CompressionMtThreads
+	}
+	return 0
+}
+
+func (x *MigrationParameters) GetCompressionMtDthreads() int32 {
+	if x != nil && x.CompressionMtDthreads != nil {
+		return *x.CompressionMtDthreads
+	}
+	return 0
+}
+
+func (x *MigrationParameters) GetCompressionXbzrleCacheBytes() uint64 {
+	if x != nil {
+		return x.CompressionXbzrleCacheBytes
+	}
+	return 0
+}
+
+func (x *MigrationParameters) GetParallelConnections() uint32 {
+	if x != nil {
+		return x.ParallelConnections
+	}
+	return 0
+}
+
+func (x *MigrationParameters) GetTlsDestination() string {
+	if x != nil {
+		return x.TlsDestination
+	}
+	return ""
+}
+
+func (x *MigrationParameters) GetAutoConvergeInitial() int32 {
+	if x != nil && x.AutoConvergeInitial != nil {
+		return *x.AutoConvergeInitial
+	}
+	return 0
+}
+
+func (x *MigrationParameters) GetAutoConvergeIncrement() int32 {
+	if x != nil && x.AutoConvergeIncrement != nil {
+		return *x.AutoConvergeIncrement
+	}
+	return 0
+}
+
+type MigrateDomainRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The destination's libvirt URI, for example qemu+ssh://host/system.
+	DestinationUri string               `protobuf:"bytes,2,opt,name=destination_uri,json=destinationUri,proto3" json:"destination_uri,omitempty"`
+	Parameters     *MigrationParameters `protobuf:"bytes,3,opt,name=parameters,proto3" json:"parameters,omitempty"`
+	// libvirt's virDomainMigrateFlags.
+	// Migrate the running guest (else it is paused meanwhile).
+	Live bool `protobuf:"varint,4,opt,name=live,proto3" json:"live,omitempty"`
+	// The source's libvirt connects to the destination (virDomainMigrateToURI3).
+	Peer2Peer bool `protobuf:"varint,5,opt,name=peer2peer,proto3" json:"peer2peer,omitempty"`
+	// Data through libvirt's own connection (with peer2peer).
+	Tunnelled bool `protobuf:"varint,6,opt,name=tunnelled,proto3" json:"tunnelled,omitempty"`
+	// Define the domain persistently on the destination.
+	PersistDest bool `protobuf:"varint,7,opt,name=persist_dest,json=persistDest,proto3" json:"persist_dest,omitempty"`
+	// Undefine it here once migrated.
+	UndefineSource bool `protobuf:"varint,8,opt,name=undefine_source,json=undefineSource,proto3" json:"undefine_source,omitempty"`
+	// Leave it paused on the destination.
+	Paused bool `protobuf:"varint,9,opt,name=paused,proto3" json:"paused,omitempty"`
+	// Copy all disks (non_shared_disk) or their top layer (non_shared_inc).
+	NonSharedDisk bool `protobuf:"varint,10,opt,name=non_shared_disk,json=nonSharedDisk,proto3" json:"non_shared_disk,omitempty"`
+	NonSharedInc  bool `protobuf:"varint,11,opt,name=non_shared_inc,json=nonSharedInc,proto3" json:"non_shared_inc,omitempty"`
+	// Skip libvirt's safety checks (disk caches).
+	Unsafe bool `protobuf:"varint,12,opt,name=unsafe,proto3" json:"unsafe,omitempty"`
+	// Only the definition, of a domain that is not running.
+	Offline    bool `protobuf:"varint,13,opt,name=offline,proto3" json:"offline,omitempty"`
+	Compressed bool `protobuf:"varint,14,opt,name=compressed,proto3" json:"compressed,omitempty"`
+	// Abort on an I/O error during the migration.
+	AbortOnError bool `protobuf:"varint,15,opt,name=abort_on_error,json=abortOnError,proto3" json:"abort_on_error,omitempty"`
+	// Throttle the guest's vCPUs if the migration does not converge.
+	AutoConverge bool `protobuf:"varint,16,opt,name=auto_converge,json=autoConverge,proto3" json:"auto_converge,omitempty"`
+	// Allow StartDomainMigrationPostCopy to switch to post-copy.
+	Postcopy bool `protobuf:"varint,17,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
+	// Encrypt the data with TLS.
+	Tls bool `protobuf:"varint,18,opt,name=tls,proto3" json:"tls,omitempty"`
+	// Several connections (parameters.parallel_connections).
+	Parallel bool `protobuf:"varint,19,opt,name=parallel,proto3" json:"parallel,omitempty"`
+	// Keep the domain from being started elsewhere meanwhile.
+	ChangeProtection bool `protobuf:"varint,20,opt,name=change_protection,json=changeProtection,proto3" json:"change_protection,omitempty"`
+}
+
+func (x *MigrateDomainRequest) Reset() {
+	*x = MigrateDomainRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[340]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *MigrateDomainRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateDomainRequest) ProtoMessage() {}
+
+func (x *MigrateDomainRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[340]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateDomainRequest.ProtoReflect.Descriptor instead.
+func (*MigrateDomainRequest) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{340}
+}
+
+func (x *MigrateDomainRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MigrateDomainRequest) GetDestinationUri() string {
+	if x != nil {
+		return x.DestinationUri
+	}
+	return ""
+}
+
+func (x *MigrateDomainRequest) GetParameters() *MigrationParameters {
+	if x != nil {
+		return x.Parameters
+	}
+	return nil
+}
+
+func (x *MigrateDomainRequest) GetLive() bool {
+	if x != nil {
+		return x.Live
+	}
+	return false
+}
+
+func (x *MigrateDomainRequest) GetPeer2Peer() bool {
+	if x != nil {
+		return x.Peer2Peer
+	}
+	return false
+}
+
+func (x *MigrateDomainRequest) GetTunnelled() bool {
+	if x != nil {
+		return x.Tunnelled
+	}
+	return false
+}
+
+func (x *MigrateDomainRequest) GetPersistDest() bool {
+	if x != nil {
+		return x.PersistDest
+	}
+	return false
+}
+
+func (x *MigrateDomainRequest) GetUndefineSource() bool {
+	if x != nil {
+		return x.UndefineSource
+	}
+	return false
+}
+
+func (x *MigrateDomainRequest) GetPaused() bool {
+	if x != nil {
+		return x.Paused
+	}
+	return false
+}
+
+func (x *MigrateDomainRequest) GetNonSharedDisk() bool {
+	if x != nil {
+		return x.NonSharedDisk
+	}
+	return false
+}
+
+func (x *MigrateDomainRequest) GetNonSharedInc() bool {
+	if x != nil {
+		return x.NonSharedInc
+	}
+	return false
+}
+
+func (x *MigrateDomainRequest) GetUnsafe() bool {
+	if x != nil {
+		return x.Unsafe
+	}
+	return false
+}
+
+func (x *MigrateDomainRequest) GetOffline() bool {
+	if x != nil {
+		return x.Offline
+	}
+	return false
+}
+
+func (x *MigrateDomainRequest) GetCompressed() bool {
+	if x != nil {
+		return x.Compressed
+	}
+	return false
+}
+
+func (x *MigrateDomainRequest) GetAbortOnError() bool {
+	if x != nil {
+		return x.AbortOnError
+	}
+	return false
+}
+
+func (x *MigrateDomainRequest) GetAutoConverge() bool {
+	if x != nil {
+		return x.AutoConverge
+	}
+	return false
+}
+
+func (x *MigrateDomainRequest) GetPostcopy() bool {
+	if x != nil {
+		return x.Postcopy
+	}
+	return false
+}
+
+func (x *MigrateDomainRequest) GetTls() bool {
+	if x != nil {
+		return x.Tls
+	}
+	return false
+}
+
+func (x *MigrateDomainRequest) GetParallel() bool {
+	if x != nil {
+		return x.Parallel
+	}
+	return false
+}
+
+func (x *MigrateDomainRequest) GetChangeProtection() bool {
+	if x != nil {
+		return x.ChangeProtection
+	}
+	return false
+}
+
+type MigrateDomainResponse struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+}
+
+func (x *MigrateDomainResponse) Reset() {
+	*x = MigrateDomainResponse{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[341]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *MigrateDomainResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateDomainResponse) ProtoMessage() {}
+
+func (x *MigrateDomainResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[341]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateDomainResponse.ProtoReflect.Descriptor instead.
+func (*MigrateDomainResponse) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{341}
+}
+
+type GetDomainMigrationMaxSpeedRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The post-copy phase's limit instead.
+	Postcopy bool `protobuf:"varint,2,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
+}
+
+func (x *GetDomainMigrationMaxSpeedRequest) Reset() {
+	*x = GetDomainMigrationMaxSpeedRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[342]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *GetDomainMigrationMaxSpeedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDomainMigrationMaxSpeedRequest) ProtoMessage() {}
+
+func (x *GetDomainMigrationMaxSpeedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[342]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDomainMigrationMaxSpeedRequest.ProtoReflect.Descriptor instead.
+func (*GetDomainMigrationMaxSpeedRequest) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{342}
+}
+
+func (x *GetDomainMigrationMaxSpeedRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GetDomainMigrationMaxSpeedRequest) GetPostcopy() bool {
+	if x != nil {
+		return x.Postcopy
+	}
+	return false
+}
+
+type GetDomainMigrationMaxSpeedResponse struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	BandwidthMibPerS uint64 `protobuf:"varint,1,opt,name=bandwidth_mib_per_s,json=bandwidthMibPerS,proto3" json:"bandwidth_mib_per_s,omitempty"`
+}
+
+func (x *GetDomainMigrationMaxSpeedResponse) Reset() {
+	*x = GetDomainMigrationMaxSpeedResponse{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[343]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *GetDomainMigrationMaxSpeedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDomainMigrationMaxSpeedResponse) ProtoMessage() {}
+
+func (x *GetDomainMigrationMaxSpeedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[343]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDomainMigrationMaxSpeedResponse.ProtoReflect.Descriptor instead.
+func (*GetDomainMigrationMaxSpeedResponse) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{343}
+}
+
+func (x *GetDomainMigrationMaxSpeedResponse) GetBandwidthMibPerS() uint64 {
+	if x != nil {
+		return x.BandwidthMibPerS
+	}
+	return 0
+}
+
+type SetDomainMigrationMaxSpeedRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// MiB/s.
+	BandwidthMibPerS uint64 `protobuf:"varint,2,opt,name=bandwidth_mib_per_s,json=bandwidthMibPerS,proto3" json:"bandwidth_mib_per_s,omitempty"`
+	Postcopy         bool   `protobuf:"varint,3,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
+}
+
+func (x *SetDomainMigrationMaxSpeedRequest) Reset() {
+	*x = SetDomainMigrationMaxSpeedRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[344]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *SetDomainMigrationMaxSpeedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDomainMigrationMaxSpeedRequest) ProtoMessage() {}
+
+func (x *SetDomainMigrationMaxSpeedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[344]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDomainMigrationMaxSpeedRequest.ProtoReflect.Descriptor instead.
+func (*SetDomainMigrationMaxSpeedRequest) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{344}
+}
+
+func (x *SetDomainMigrationMaxSpeedRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetDomainMigrationMaxSpeedRequest) GetBandwidthMibPerS() uint64 {
+	if x != nil {
+		return x.BandwidthMibPerS
+	}
+	return 0
+}
+
+func (x *SetDomainMigrationMaxSpeedRequest) GetPostcopy() bool {
+	if x != nil {
+		return x.Postcopy
+	}
+	return false
+}
+
+type SetDomainMigrationMaxSpeedResponse struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+}
+
+func (x *SetDomainMigrationMaxSpeedResponse) Reset() {
+	*x = SetDomainMigrationMaxSpeedResponse{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[345]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *SetDomainMigrationMaxSpeedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDomainMigrationMaxSpeedResponse) ProtoMessage() {}
+
+func (x *SetDomainMigrationMaxSpeedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[345]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDomainMigrationMaxSpeedResponse.ProtoReflect.Descriptor instead.
+func (*SetDomainMigrationMaxSpeedResponse) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{345}
+}
+
+type GetDomainMigrationMaxDowntimeRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+}
+
+func (x *GetDomainMigrationMaxDowntimeRequest) Reset() {
+	*x = GetDomainMigrationMaxDowntimeRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[346]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *GetDomainMigrationMaxDowntimeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDomainMigrationMaxDowntimeRequest) ProtoMessage() {}
+
+func (x *GetDomainMigrationMaxDowntimeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[346]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDomainMigrationMaxDowntimeRequest.ProtoReflect.Descriptor instead.
+func (*GetDomainMigrationMaxDowntimeRequest) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{346}
+}
+
+func (x *GetDomainMigrationMaxDowntimeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type GetDomainMigrationMaxDowntimeResponse struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	DowntimeMs uint64 `protobuf:"varint,1,opt,name=downtime_ms,json=downtimeMs,proto3" json:"downtime_ms,omitempty"`
+}
+
+func (x *GetDomainMigrationMaxDowntimeResponse) Reset() {
+	*x = GetDomainMigrationMaxDowntimeResponse{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[347]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *GetDomainMigrationMaxDowntimeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDomainMigrationMaxDowntimeResponse) ProtoMessage() {}
+
+func (x *GetDomainMigrationMaxDowntimeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[347]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDomainMigrationMaxDowntimeResponse.ProtoReflect.Descriptor instead.
+func (*GetDomainMigrationMaxDowntimeResponse) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{347}
+}
+
+func (x *GetDomainMigrationMaxDowntimeResponse) GetDowntimeMs() uint64 {
+	if x != nil {
+		return x.DowntimeMs
+	}
+	return 0
+}
+
+type SetDomainMigrationMaxDowntimeRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// At least 1.
+	DowntimeMs uint64 `protobuf:"varint,2,opt,name=downtime_ms,json=downtimeMs,proto3" json:"downtime_ms,omitempty"`
+}
+
+func (x *SetDomainMigrationMaxDowntimeRequest) Reset() {
+	*x = SetDomainMigrationMaxDowntimeRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[348]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *SetDomainMigrationMaxDowntimeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDomainMigrationMaxDowntimeRequest) ProtoMessage() {}
+
+func (x *SetDomainMigrationMaxDowntimeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[348]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDomainMigrationMaxDowntimeRequest.ProtoReflect.Descriptor instead.
+func (*SetDomainMigrationMaxDowntimeRequest) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{348}
+}
+
+func (x *SetDomainMigrationMaxDowntimeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetDomainMigrationMaxDowntimeRequest) GetDowntimeMs() uint64 {
+	if x != nil {
+		return x.DowntimeMs
+	}
+	return 0
+}
+
+type SetDomainMigrationMaxDowntimeResponse struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+}
+
+func (x *SetDomainMigrationMaxDowntimeResponse) Reset() {
+	*x = SetDomainMigrationMaxDowntimeResponse{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[349]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *SetDomainMigrationMaxDowntimeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDomainMigrationMaxDowntimeResponse) ProtoMessage() {}
+
+func (x *SetDomainMigrationMaxDowntimeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[349]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDomainMigrationMaxDowntimeResponse.ProtoReflect.Descriptor instead.
+func (*SetDomainMigrationMaxDowntimeResponse) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{349}
+}
+
+type GetDomainMigrationCompressionCacheRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+}
+
+func (x *GetDomainMigrationCompressionCacheRequest) Reset() {
+	*x = GetDomainMigrationCompressionCacheRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[350]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *GetDomainMigrationCompressionCacheRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDomainMigrationCompressionCacheRequest) ProtoMessage() {}
+
+func (x *GetDomainMigrationCompressionCacheRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[350]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDomainMigrationCompressionCacheRequest.ProtoReflect.Descriptor instead.
+func (*GetDomainMigrationCompressionCacheRequest) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{350}
+}
+
+func (x *GetDomainMigrationCompressionCacheRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type GetDomainMigrationCompressionCacheResponse struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	CacheBytes uint64 `protobuf:"varint,1,opt,name=cache_bytes,json=cacheBytes,proto3" json:"cache_bytes,omitempty"`
+}
+
+func (x *GetDomainMigrationCompressionCacheResponse) Reset() {
+	*x = GetDomainMigrationCompressionCacheResponse{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[351]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *GetDomainMigrationCompressionCacheResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDomainMigrationCompressionCacheResponse) ProtoMessage() {}
+
+func (x *GetDomainMigrationCompressionCacheResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[351]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDomainMigrationCompressionCacheResponse.ProtoReflect.Descriptor instead.
+func (*GetDomainMigrationCompressionCacheResponse) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{351}
+}
+
+func (x *GetDomainMigrationCompressionCacheResponse) GetCacheBytes() uint64 {
+	if x != nil {
+		return x.CacheBytes
+	}
+	return 0
+}
+
+type SetDomainMigrationCompressionCacheRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	Name       string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	CacheBytes uint64 `protobuf:"varint,2,opt,name=cache_bytes,json=cacheBytes,proto3" json:"cache_bytes,omitempty"`
+}
+
+func (x *SetDomainMigrationCompressionCacheRequest) Reset() {
+	*x = SetDomainMigrationCompressionCacheRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[352]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *SetDomainMigrationCompressionCacheRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDomainMigrationCompressionCacheRequest) ProtoMessage() {}
+
+func (x *SetDomainMigrationCompressionCacheRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[352]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDomainMigrationCompressionCacheRequest.ProtoReflect.Descriptor instead.
+func (*SetDomainMigrationCompressionCacheRequest) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{352}
+}
+
+func (x *SetDomainMigrationCompressionCacheRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetDomainMigrationCompressionCacheRequest) GetCacheBytes() uint64 {
+	if x != nil {
+		return x.CacheBytes
+	}
+	return 0
+}
+
+type SetDomainMigrationCompressionCacheResponse struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+}
+
+func (x *SetDomainMigrationCompressionCacheResponse) Reset() {
+	*x = SetDomainMigrationCompressionCacheResponse{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[353]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *SetDomainMigrationCompressionCacheResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDomainMigrationCompressionCacheResponse) ProtoMessage() {}
+
+func (x *SetDomainMigrationCompressionCacheResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[353]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDomainMigrationCompressionCacheResponse.ProtoReflect.Descriptor instead.
+func (*SetDomainMigrationCompressionCacheResponse) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{353}
+}
+
+type StartDomainMigrationPostCopyRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+}
+
+func (x *StartDomainMigrationPostCopyRequest) Reset() {
+	*x = StartDomainMigrationPostCopyRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[354]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *StartDomainMigrationPostCopyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartDomainMigrationPostCopyRequest) ProtoMessage() {}
+
+func (x *StartDomainMigrationPostCopyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[354]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartDomainMigrationPostCopyRequest.ProtoReflect.Descriptor instead.
+func (*StartDomainMigrationPostCopyRequest) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{354}
+}
+
+func (x *StartDomainMigrationPostCopyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type StartDomainMigrationPostCopyResponse struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+}
+
+func (x *StartDomainMigrationPostCopyResponse) Reset() {
+	*x = StartDomainMigrationPostCopyResponse{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[355]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *StartDomainMigrationPostCopyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartDomainMigrationPostCopyResponse) ProtoMessage() {}
+
+func (x *StartDomainMigrationPostCopyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[355]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartDomainMigrationPostCopyResponse.ProtoReflect.Descriptor instead.
+func (*StartDomainMigrationPostCopyResponse) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{355}
+}
+
+type UpdateDeviceRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The device's new XML, for example a <disk device='cdrom'> with another
+	// <source>, or an <interface> with <link state='down'/>.
+	Xml   string `protobuf:"bytes,2,opt,name=xml,proto3" json:"xml,omitempty"`
+	Scope *Scope `protobuf:"bytes,3,opt,name=scope,proto3" json:"scope,omitempty"`
+	// Force the change (a locked CD-ROM tray is opened anyway).
+	Force bool `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
+}
+
+func (x *UpdateDeviceRequest) Reset() {
+	*x = UpdateDeviceRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[356]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *UpdateDeviceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateDeviceRequest) ProtoMessage() {}
+
+func (x *UpdateDeviceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[356]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateDeviceRequest.ProtoReflect.Descriptor instead.
+func (*UpdateDeviceRequest) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{356}
+}
+
+func (x *UpdateDeviceRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UpdateDeviceRequest) GetXml() string {
+	if x != nil {
+		return x.Xml
+	}
+	return ""
+}
+
+func (x *UpdateDeviceRequest) GetScope() *Scope {
+	if x != nil {
+		return x.Scope
+	}
+	return nil
+}
+
+func (x *UpdateDeviceRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type UpdateDeviceResponse struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+}
+
+func (x *UpdateDeviceResponse) Reset() {
+	*x = UpdateDeviceResponse{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[357]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *UpdateDeviceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateDeviceResponse) ProtoMessage() {}
+
+func (x *UpdateDeviceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[357]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateDeviceResponse.ProtoReflect.Descriptor instead.
+func (*UpdateDeviceResponse) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{357}
+}
+
+type DetachDeviceAliasRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The device's alias, for example "ua-disk1" or "net0".
+	Alias string `protobuf:"bytes,2,opt,name=alias,proto3" json:"alias,omitempty"`
+	Scope *Scope `protobuf:"bytes,3,opt,name=scope,proto3" json:"scope,omitempty"`
+}
+
+func (x *DetachDeviceAliasRequest) Reset() {
+	*x = DetachDeviceAliasRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[358]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *DetachDeviceAliasRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DetachDeviceAliasRequest) ProtoMessage() {}
+
+func (x *DetachDeviceAliasRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[358]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DetachDeviceAliasRequest.ProtoReflect.Descriptor instead.
+func (*DetachDeviceAliasRequest) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{358}
+}
+
+func (x *DetachDeviceAliasRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DetachDeviceAliasRequest) GetAlias() string {
+	if x != nil {
+		return x.Alias
+	}
+	return ""
+}
+
+func (x *DetachDeviceAliasRequest) GetScope() *Scope {
+	if x != nil {
+		return x.Scope
+	}
+	return nil
+}
+
+type DetachDeviceAliasResponse struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+}
+
+func (x *DetachDeviceAliasResponse) Reset() {
+	*x = DetachDeviceAliasResponse{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[359]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *DetachDeviceAliasResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DetachDeviceAliasResponse) ProtoMessage() {}
+
+func (x *DetachDeviceAliasResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[359]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DetachDeviceAliasResponse.ProtoReflect.Descriptor instead.
+func (*DetachDeviceAliasResponse) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{359}
+}
+
+type QemuAgentCommandRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// A guest agent command, JSON: for example {"execute":"guest-ping"}.
+	Command string `protobuf:"bytes,2,opt,name=command,proto3" json:"command,omitempty"`
+	// Seconds to wait for the answer; 0 does not wait. Unset: the agent's
+	// timeout (SetAgentResponseTimeout). At most 300.
+	TimeoutSeconds *uint32 `protobuf:"varint,3,opt,name=timeout_seconds,json=timeoutSeconds,proto3,oneof" json:"timeout_seconds,omitempty"`
+}
+
+func (x *QemuAgentCommandRequest) Reset() {
+	*x = QemuAgentCommandRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[360]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *QemuAgentCommandRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QemuAgentCommandRequest) ProtoMessage() {}
+
+func (x *QemuAgentCommandRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[360]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QemuAgentCommandRequest.ProtoReflect.Descriptor instead.
+func (*QemuAgentCommandRequest) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{360}
+}
+
+func (x *QemuAgentCommandRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *QemuAgentCommandRequest) GetCommand() string {
+	if x != nil {
+		return x.Command
+	}
+	return ""
+}
+
+func (x *QemuAgentCommandRequest) GetTimeoutSeconds() uint32 {
+	if x != nil && x.TimeoutSeconds != nil {
+		return *x.TimeoutSeconds
+	}
+	return 0
+}
+
+type QemuAgentCommandResponse struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	// The agent's answer, JSON: for example {"return":{}}.
+	Result string `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
+}
+
+func (x *QemuAgentCommandResponse) Reset() {
+	*x = QemuAgentCommandResponse{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[361]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *QemuAgentCommandResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QemuAgentCommandResponse) ProtoMessage() {}
+
+func (x *QemuAgentCommandResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[361]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QemuAgentCommandResponse.ProtoReflect.Descriptor instead.
+func (*QemuAgentCommandResponse) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{361}
+}
+
+func (x *QemuAgentCommandResponse) GetResult() string {
+	if x != nil {
+		return x.Result
+	}
+	return ""
+}
+
+type QemuMonitorCommandRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// QMP, JSON: for example {"execute":"query-status"}; or with hmp, a human
+	// monitor command line such as "info status".
+	Command string `protobuf:"bytes,2,opt,name=command,proto3" json:"command,omitempty"`
+	Hmp     bool   `protobuf:"varint,3,opt,name=hmp,proto3" json:"hmp,omitempty"`
+}
+
+func (x *QemuMonitorCommandRequest) Reset() {
+	*x = QemuMonitorCommandRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[362]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *QemuMonitorCommandRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QemuMonitorCommandRequest) ProtoMessage() {}
+
+func (x *QemuMonitorCommandRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[362]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QemuMonitorCommandRequest.ProtoReflect.Descriptor instead.
+func (*QemuMonitorCommandRequest) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{362}
+}
+
+func (x *QemuMonitorCommandRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *QemuMonitorCommandRequest) GetCommand() string {
+	if x != nil {
+		return x.Command
+	}
+	return ""
+}
+
+func (x *QemuMonitorCommandRequest) GetHmp() bool {
+	if x != nil {
+		return x.Hmp
+	}
+	return false
+}
+
+type QemuMonitorCommandResponse struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	// QEMU's answer: JSON for QMP, text for HMP.
+	Result string `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
+}
+
+func (x *QemuMonitorCommandResponse) Reset() {
+	*x = QemuMonitorCommandResponse{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[363]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *QemuMonitorCommandResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QemuMonitorCommandResponse) ProtoMessage() {}
+
+func (x *QemuMonitorCommandResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[363]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QemuMonitorCommandResponse.ProtoReflect.Descriptor instead.
+func (*QemuMonitorCommandResponse) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{363}
+}
+
+func (x *QemuMonitorCommandResponse) GetResult() string {
+	if x != nil {
+		return x.Result
+	}
+	return ""
+}
+
+type WatchQemuMonitorEventsRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	// One domain's events; empty: every domain's.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Only the events of this name (QMP's, such as "STOP"); empty: all.
+	Event string `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
+}
+
+func (x *WatchQemuMonitorEventsRequest) Reset() {
+	*x = WatchQemuMonitorEventsRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[364]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *WatchQemuMonitorEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchQemuMonitorEventsRequest) ProtoMessage() {}
+
+func (x *WatchQemuMonitorEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[364]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchQemuMonitorEventsRequest.ProtoReflect.Descriptor instead.
+func (*WatchQemuMonitorEventsRequest) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{364}
+}
+
+func (x *WatchQemuMonitorEventsRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *WatchQemuMonitorEventsRequest) GetEvent() string {
+	if x != nil {
+		return x.Event
+	}
+	return ""
+}
+
+type WatchQemuMonitorEventsResponse struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	// The domain's name and UUID.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Uuid string `protobuf:"bytes,2,opt,name=uuid,proto3" json:"uuid,omitempty"`
+	// The QMP event's name, such as "STOP" or "RESUME".
+	Event string `protobuf:"bytes,3,opt,name=event,proto3" json:"event,omitempty"`
+	// When QEMU emitted it.
+	Time *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
+	// Its "data" member, JSON; empty when it has none.
+	Details string `protobuf:"bytes,5,opt,name=details,proto3" json:"details,omitempty"`
+}
+
+func (x *WatchQemuMonitorEventsResponse) Reset() {
+	*x = WatchQemuMonitorEventsResponse{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[365]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *WatchQemuMonitorEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchQemuMonitorEventsResponse) ProtoMessage() {}
+
+func (x *WatchQemuMonitorEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_virtmesh_compute_v1_compute_service_proto_msgTypes[365]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchQemuMonitorEventsResponse.ProtoReflect.Descriptor instead.
+func (*WatchQemuMonitorEventsResponse) Descriptor() ([]byte, []int) {
+	return file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP(), []int{365}
+}
+
+func (x *WatchQemuMonitorEventsResponse) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *WatchQemuMonitorEventsResponse) GetUuid() string {
+	if x != nil {
+		return x.Uuid
+	}
+	return ""
+}
+
+func (x *WatchQemuMonitorEventsResponse) GetEvent() string {
+	if x != nil {
+		return x.Event
+	}
+	return ""
+}
+
+func (x *WatchQemuMonitorEventsResponse) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *WatchQemuMonitorEventsResponse) GetDetails() string {
+	if x != nil {
+		return x.Details
+	}
+	return ""
+}
+
 var File_virtmesh_compute_v1_compute_service_proto protoreflect.FileDescriptor
 
 var file_virtmesh_compute_v1_compute_service_proto_rawDesc = []byte{
@@ -24964,7 +26683,237 @@ var file_virtmesh_compute_v1_compute_service_proto_rawDesc = []byte{
 	0x69, 0x6f, 0x64, 0x12, 0x30, 0x0a, 0x14, 0x6d, 0x65, 0x67, 0x61, 0x62, 0x79, 0x74, 0x65, 0x73,
 	0x5f, 0x70, 0x65, 0x72, 0x5f, 0x73, 0x65, 0x63, 0x6f, 0x6e, 0x64, 0x18, 0x04, 0x20, 0x01, 0x28,
 	0x04, 0x52, 0x12, 0x6d, 0x65, 0x67, 0x61, 0x62, 0x79, 0x74, 0x65, 0x73, 0x50, 0x65, 0x72, 0x53,
-	0x65, 0x63, 0x6f, 0x6e, 0x64, 0x2a, 0xe5, 0x01, 0x0a, 0x0b, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e,
+	0x65, 0x63, 0x6f, 0x6e, 0x64, 0x22, 0xae, 0x08, 0x0a, 0x13, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74,
+	0x69, 0x6f, 0x6e, 0x50, 0x61, 0x72, 0x61, 0x6d, 0x65, 0x74, 0x65, 0x72, 0x73, 0x12, 0x29, 0x0a,
+	0x10, 0x64, 0x65, 0x73, 0x74, 0x69, 0x6e, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x5f, 0x6e, 0x61, 0x6d,
+	0x65, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0f, 0x64, 0x65, 0x73, 0x74, 0x69, 0x6e, 0x61,
+	0x74, 0x69, 0x6f, 0x6e, 0x4e, 0x61, 0x6d, 0x65, 0x12, 0x27, 0x0a, 0x0f, 0x64, 0x65, 0x73, 0x74,
+	0x69, 0x6e, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x5f, 0x78, 0x6d, 0x6c, 0x18, 0x02, 0x20, 0x01, 0x28,
+	0x09, 0x52, 0x0e, 0x64, 0x65, 0x73, 0x74, 0x69, 0x6e, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x58, 0x6d,
+	0x6c, 0x12, 0x25, 0x0a, 0x0e, 0x70, 0x65, 0x72, 0x73, 0x69, 0x73, 0x74, 0x65, 0x6e, 0x74, 0x5f,
+	0x78, 0x6d, 0x6c, 0x18, 0x03, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0d, 0x70, 0x65, 0x72, 0x73, 0x69,
+	0x73, 0x74, 0x65, 0x6e, 0x74, 0x58, 0x6d, 0x6c, 0x12, 0x2d, 0x0a, 0x13, 0x62, 0x61, 0x6e, 0x64,
+	0x77, 0x69, 0x64, 0x74, 0x68, 0x5f, 0x6d, 0x69, 0x62, 0x5f, 0x70, 0x65, 0x72, 0x5f, 0x73, 0x18,
+	0x04, 0x20, 0x01, 0x28, 0x04, 0x52, 0x10, 0x62, 0x61, 0x6e, 0x64, 0x77, 0x69, 0x64, 0x74, 0x68,
+	0x4d, 0x69, 0x62, 0x50, 0x65, 0x72, 0x53, 0x12, 0x3e, 0x0a, 0x1c, 0x62, 0x61, 0x6e, 0x64, 0x77,
+	0x69, 0x64, 0x74, 0x68, 0x5f, 0x70, 0x6f, 0x73, 0x74, 0x63, 0x6f, 0x70, 0x79, 0x5f, 0x6d, 0x69,
+	0x62, 0x5f, 0x70, 0x65, 0x72, 0x5f, 0x73, 0x18, 0x05, 0x20, 0x01, 0x28, 0x04, 0x52, 0x18, 0x62,
+	0x61, 0x6e, 0x64, 0x77, 0x69, 0x64, 0x74, 0x68, 0x50, 0x6f, 0x73, 0x74, 0x63, 0x6f, 0x70, 0x79,
+	0x4d, 0x69, 0x62, 0x50, 0x65, 0x72, 0x53, 0x12, 0x23, 0x0a, 0x0d, 0x6d, 0x69, 0x67, 0x72, 0x61,
+	0x74, 0x69, 0x6f, 0x6e, 0x5f, 0x75, 0x72, 0x69, 0x18, 0x06, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0c,
+	0x6d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x55, 0x72, 0x69, 0x12, 0x25, 0x0a, 0x0e,
+	0x6c, 0x69, 0x73, 0x74, 0x65, 0x6e, 0x5f, 0x61, 0x64, 0x64, 0x72, 0x65, 0x73, 0x73, 0x18, 0x07,
+	0x20, 0x01, 0x28, 0x09, 0x52, 0x0d, 0x6c, 0x69, 0x73, 0x74, 0x65, 0x6e, 0x41, 0x64, 0x64, 0x72,
+	0x65, 0x73, 0x73, 0x12, 0x21, 0x0a, 0x0c, 0x67, 0x72, 0x61, 0x70, 0x68, 0x69, 0x63, 0x73, 0x5f,
+	0x75, 0x72, 0x69, 0x18, 0x08, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0b, 0x67, 0x72, 0x61, 0x70, 0x68,
+	0x69, 0x63, 0x73, 0x55, 0x72, 0x69, 0x12, 0x14, 0x0a, 0x05, 0x64, 0x69, 0x73, 0x6b, 0x73, 0x18,
+	0x09, 0x20, 0x03, 0x28, 0x09, 0x52, 0x05, 0x64, 0x69, 0x73, 0x6b, 0x73, 0x12, 0x1d, 0x0a, 0x0a,
+	0x64, 0x69, 0x73, 0x6b, 0x73, 0x5f, 0x70, 0x6f, 0x72, 0x74, 0x18, 0x0a, 0x20, 0x01, 0x28, 0x0d,
+	0x52, 0x09, 0x64, 0x69, 0x73, 0x6b, 0x73, 0x50, 0x6f, 0x72, 0x74, 0x12, 0x1b, 0x0a, 0x09, 0x64,
+	0x69, 0x73, 0x6b, 0x73, 0x5f, 0x75, 0x72, 0x69, 0x18, 0x0b, 0x20, 0x01, 0x28, 0x09, 0x52, 0x08,
+	0x64, 0x69, 0x73, 0x6b, 0x73, 0x55, 0x72, 0x69, 0x12, 0x20, 0x0a, 0x0b, 0x63, 0x6f, 0x6d, 0x70,
+	0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e, 0x18, 0x0c, 0x20, 0x03, 0x28, 0x09, 0x52, 0x0b, 0x63,
+	0x6f, 0x6d, 0x70, 0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e, 0x12, 0x35, 0x0a, 0x14, 0x63, 0x6f,
+	0x6d, 0x70, 0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e, 0x5f, 0x6d, 0x74, 0x5f, 0x6c, 0x65, 0x76,
+	0x65, 0x6c, 0x18, 0x0d, 0x20, 0x01, 0x28, 0x05, 0x48, 0x00, 0x52, 0x12, 0x63, 0x6f, 0x6d, 0x70,
+	0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e, 0x4d, 0x74, 0x4c, 0x65, 0x76, 0x65, 0x6c, 0x88, 0x01,
+	0x01, 0x12, 0x39, 0x0a, 0x16, 0x63, 0x6f, 0x6d, 0x70, 0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e,
+	0x5f, 0x6d, 0x74, 0x5f, 0x74, 0x68, 0x72, 0x65, 0x61, 0x64, 0x73, 0x18, 0x0e, 0x20, 0x01, 0x28,
+	0x05, 0x48, 0x01, 0x52, 0x14, 0x63, 0x6f, 0x6d, 0x70, 0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e,
+	0x4d, 0x74, 0x54, 0x68, 0x72, 0x65, 0x61, 0x64, 0x73, 0x88, 0x01, 0x01, 0x12, 0x3b, 0x0a, 0x17,
+	0x63, 0x6f, 0x6d, 0x70, 0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e, 0x5f, 0x6d, 0x74, 0x5f, 0x64,
+	0x74, 0x68, 0x72, 0x65, 0x61, 0x64, 0x73, 0x18, 0x0f, 0x20, 0x01, 0x28, 0x05, 0x48, 0x02, 0x52,
+	0x15, 0x63, 0x6f, 0x6d, 0x70, 0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e, 0x4d, 0x74, 0x44, 0x74,
+	0x68, 0x72, 0x65, 0x61, 0x64, 0x73, 0x88, 0x01, 0x01, 0x12, 0x43, 0x0a, 0x1e, 0x63, 0x6f, 0x6d,
+	0x70, 0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e, 0x5f, 0x78, 0x62, 0x7a, 0x72, 0x6c, 0x65, 0x5f,
+	0x63, 0x61, 0x63, 0x68, 0x65, 0x5f, 0x62, 0x79, 0x74, 0x65, 0x73, 0x18, 0x10, 0x20, 0x01, 0x28,
+	0x04, 0x52, 0x1b, 0x63, 0x6f, 0x6d, 0x70, 0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e, 0x58, 0x62,
+	0x7a, 0x72, 0x6c, 0x65, 0x43, 0x61, 0x63, 0x68, 0x65, 0x42, 0x79, 0x74, 0x65, 0x73, 0x12, 0x31,
+	0x0a, 0x14, 0x70, 0x61, 0x72, 0x61, 0x6c, 0x6c, 0x65, 0x6c, 0x5f, 0x63, 0x6f, 0x6e, 0x6e, 0x65,
+	0x63, 0x74, 0x69, 0x6f, 0x6e, 0x73, 0x18, 0x11, 0x20, 0x01, 0x28, 0x0d, 0x52, 0x13, 0x70, 0x61,
+	0x72, 0x61, 0x6c, 0x6c, 0x65, 0x6c, 0x43, 0x6f, 0x6e, 0x6e, 0x65, 0x63, 0x74, 0x69, 0x6f, 0x6e,
+	0x73, 0x12, 0x27, 0x0a, 0x0f, 0x74, 0x6c, 0x73, 0x5f, 0x64, 0x65, 0x73, 0x74, 0x69, 0x6e, 0x61,
+	0x74, 0x69, 0x6f, 0x6e, 0x18, 0x12, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0e, 0x74, 0x6c, 0x73, 0x44,
+	0x65, 0x73, 0x74, 0x69, 0x6e, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x12, 0x37, 0x0a, 0x15, 0x61, 0x75,
+	0x74, 0x6f, 0x5f, 0x63, 0x6f, 0x6e, 0x76, 0x65, 0x72, 0x67, 0x65, 0x5f, 0x69, 0x6e, 0x69, 0x74,
+	0x69, 0x61, 0x6c, 0x18, 0x13, 0x20, 0x01, 0x28, 0x05, 0x48, 0x03, 0x52, 0x13, 0x61, 0x75, 0x74,
+	0x6f, 0x43, 0x6f, 0x6e, 0x76, 0x65, 0x72, 0x67, 0x65, 0x49, 0x6e, 0x69, 0x74, 0x69, 0x61, 0x6c,
+	0x88, 0x01, 0x01, 0x12, 0x3b, 0x0a, 0x17, 0x61, 0x75, 0x74, 0x6f, 0x5f, 0x63, 0x6f, 0x6e, 0x76,
+	0x65, 0x72, 0x67, 0x65, 0x5f, 0x69, 0x6e, 0x63, 0x72, 0x65, 0x6d, 0x65, 0x6e, 0x74, 0x18, 0x14,
+	0x20, 0x01, 0x28, 0x05, 0x48, 0x04, 0x52, 0x15, 0x61, 0x75, 0x74, 0x6f, 0x43, 0x6f, 0x6e, 0x76,
+	0x65, 0x72, 0x67, 0x65, 0x49, 0x6e, 0x63, 0x72, 0x65, 0x6d, 0x65, 0x6e, 0x74, 0x88, 0x01, 0x01,
+	0x42, 0x17, 0x0a, 0x15, 0x5f, 0x63, 0x6f, 0x6d, 0x70, 0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e,
+	0x5f, 0x6d, 0x74, 0x5f, 0x6c, 0x65, 0x76, 0x65, 0x6c, 0x42, 0x19, 0x0a, 0x17, 0x5f, 0x63, 0x6f,
+	0x6d, 0x70, 0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e, 0x5f, 0x6d, 0x74, 0x5f, 0x74, 0x68, 0x72,
+	0x65, 0x61, 0x64, 0x73, 0x42, 0x1a, 0x0a, 0x18, 0x5f, 0x63, 0x6f, 0x6d, 0x70, 0x72, 0x65, 0x73,
+	0x73, 0x69, 0x6f, 0x6e, 0x5f, 0x6d, 0x74, 0x5f, 0x64, 0x74, 0x68, 0x72, 0x65, 0x61, 0x64, 0x73,
+	0x42, 0x18, 0x0a, 0x16, 0x5f, 0x61, 0x75, 0x74, 0x6f, 0x5f, 0x63, 0x6f, 0x6e, 0x76, 0x65, 0x72,
+	0x67, 0x65, 0x5f, 0x69, 0x6e, 0x69, 0x74, 0x69, 0x61, 0x6c, 0x42, 0x1a, 0x0a, 0x18, 0x5f, 0x61,
+	0x75, 0x74, 0x6f, 0x5f, 0x63, 0x6f, 0x6e, 0x76, 0x65, 0x72, 0x67, 0x65, 0x5f, 0x69, 0x6e, 0x63,
+	0x72, 0x65, 0x6d, 0x65, 0x6e, 0x74, 0x22, 0xb3, 0x05, 0x0a, 0x14, 0x4d, 0x69, 0x67, 0x72, 0x61,
+	0x74, 0x65, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x12,
+	0x12, 0x0a, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x04, 0x6e,
+	0x61, 0x6d, 0x65, 0x12, 0x27, 0x0a, 0x0f, 0x64, 0x65, 0x73, 0x74, 0x69, 0x6e, 0x61, 0x74, 0x69,
+	0x6f, 0x6e, 0x5f, 0x75, 0x72, 0x69, 0x18, 0x02, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0e, 0x64, 0x65,
+	0x73, 0x74, 0x69, 0x6e, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x55, 0x72, 0x69, 0x12, 0x48, 0x0a, 0x0a,
+	0x70, 0x61, 0x72, 0x61, 0x6d, 0x65, 0x74, 0x65, 0x72, 0x73, 0x18, 0x03, 0x20, 0x01, 0x28, 0x0b,
+	0x32, 0x28, 0x2e, 0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70,
+	0x75, 0x74, 0x65, 0x2e, 0x76, 0x31, 0x2e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e,
+	0x50, 0x61, 0x72, 0x61, 0x6d, 0x65, 0x74, 0x65, 0x72, 0x73, 0x52, 0x0a, 0x70, 0x61, 0x72, 0x61,
+	0x6d, 0x65, 0x74, 0x65, 0x72, 0x73, 0x12, 0x12, 0x0a, 0x04, 0x6c, 0x69, 0x76, 0x65, 0x18, 0x04,
+	0x20, 0x01, 0x28, 0x08, 0x52, 0x04, 0x6c, 0x69, 0x76, 0x65, 0x12, 0x1c, 0x0a, 0x09, 0x70, 0x65,
+	0x65, 0x72, 0x32, 0x70, 0x65, 0x65, 0x72, 0x18, 0x05, 0x20, 0x01, 0x28, 0x08, 0x52, 0x09, 0x70,
+	0x65, 0x65, 0x72, 0x32, 0x70, 0x65, 0x65, 0x72, 0x12, 0x1c, 0x0a, 0x09, 0x74, 0x75, 0x6e, 0x6e,
+	0x65, 0x6c, 0x6c, 0x65, 0x64, 0x18, 0x06, 0x20, 0x01, 0x28, 0x08, 0x52, 0x09, 0x74, 0x75, 0x6e,
+	0x6e, 0x65, 0x6c, 0x6c, 0x65, 0x64, 0x12, 0x21, 0x0a, 0x0c, 0x70, 0x65, 0x72, 0x73, 0x69, 0x73,
+	0x74, 0x5f, 0x64, 0x65, 0x73, 0x74, 0x18, 0x07, 0x20, 0x01, 0x28, 0x08, 0x52, 0x0b, 0x70, 0x65,
+	0x72, 0x73, 0x69, 0x73, 0x74, 0x44, 0x65, 0x73, 0x74, 0x12, 0x27, 0x0a, 0x0f, 0x75, 0x6e, 0x64,
+	0x65, 0x66, 0x69, 0x6e, 0x65, 0x5f, 0x73, 0x6f, 0x75, 0x72, 0x63, 0x65, 0x18, 0x08, 0x20, 0x01,
+	0x28, 0x08, 0x52, 0x0e, 0x75, 0x6e, 0x64, 0x65, 0x66, 0x69, 0x6e, 0x65, 0x53, 0x6f, 0x75, 0x72,
+	0x63, 0x65, 0x12, 0x16, 0x0a, 0x06, 0x70, 0x61, 0x75, 0x73, 0x65, 0x64, 0x18, 0x09, 0x20, 0x01,
+	0x28, 0x08, 0x52, 0x06, 0x70, 0x61, 0x75, 0x73, 0x65, 0x64, 0x12, 0x26, 0x0a, 0x0f, 0x6e, 0x6f,
+	0x6e, 0x5f, 0x73, 0x68, 0x61, 0x72, 0x65, 0x64, 0x5f, 0x64, 0x69, 0x73, 0x6b, 0x18, 0x0a, 0x20,
+	0x01, 0x28, 0x08, 0x52, 0x0d, 0x6e, 0x6f, 0x6e, 0x53, 0x68, 0x61, 0x72, 0x65, 0x64, 0x44, 0x69,
+	0x73, 0x6b, 0x12, 0x24, 0x0a, 0x0e, 0x6e, 0x6f, 0x6e, 0x5f, 0x73, 0x68, 0x61, 0x72, 0x65, 0x64,
+	0x5f, 0x69, 0x6e, 0x63, 0x18, 0x0b, 0x20, 0x01, 0x28, 0x08, 0x52, 0x0c, 0x6e, 0x6f, 0x6e, 0x53,
+	0x68, 0x61, 0x72, 0x65, 0x64, 0x49, 0x6e, 0x63, 0x12, 0x16, 0x0a, 0x06, 0x75, 0x6e, 0x73, 0x61,
+	0x66, 0x65, 0x18, 0x0c, 0x20, 0x01, 0x28, 0x08, 0x52, 0x06, 0x75, 0x6e, 0x73, 0x61, 0x66, 0x65,
+	0x12, 0x18, 0x0a, 0x07, 0x6f, 0x66, 0x66, 0x6c, 0x69, 0x6e, 0x65, 0x18, 0x0d, 0x20, 0x01, 0x28,
+	0x08, 0x52, 0x07, 0x6f, 0x66, 0x66, 0x6c, 0x69, 0x6e, 0x65, 0x12, 0x1e, 0x0a, 0x0a, 0x63, 0x6f,
+	0x6d, 0x70, 0x72, 0x65, 0x73, 0x73, 0x65, 0x64, 0x18, 0x0e, 0x20, 0x01, 0x28, 0x08, 0x52, 0x0a,
+	0x63, 0x6f, 0x6d, 0x70, 0x72, 0x65, 0x73, 0x73, 0x65, 0x64, 0x12, 0x24, 0x0a, 0x0e, 0x61, 0x62,
+	0x6f, 0x72, 0x74, 0x5f, 0x6f, 0x6e, 0x5f, 0x65, 0x72, 0x72, 0x6f, 0x72, 0x18, 0x0f, 0x20, 0x01,
+	0x28, 0x08, 0x52, 0x0c, 0x61, 0x62, 0x6f, 0x72, 0x74, 0x4f, 0x6e, 0x45, 0x72, 0x72, 0x6f, 0x72,
+	0x12, 0x23, 0x0a, 0x0d, 0x61, 0x75, 0x74, 0x6f, 0x5f, 0x63, 0x6f, 0x6e, 0x76, 0x65, 0x72, 0x67,
+	0x65, 0x18, 0x10, 0x20, 0x01, 0x28, 0x08, 0x52, 0x0c, 0x61, 0x75, 0x74, 0x6f, 0x43, 0x6f, 0x6e,
+	0x76, 0x65, 0x72, 0x67, 0x65, 0x12, 0x1a, 0x0a, 0x08, 0x70, 0x6f, 0x73, 0x74, 0x63, 0x6f, 0x70,
+	0x79, 0x18, 0x11, 0x20, 0x01, 0x28, 0x08, 0x52, 0x08, 0x70, 0x6f, 0x73, 0x74, 0x63, 0x6f, 0x70,
+	0x79, 0x12, 0x10, 0x0a, 0x03, 0x74, 0x6c, 0x73, 0x18, 0x12, 0x20, 0x01, 0x28, 0x08, 0x52, 0x03,
+	0x74, 0x6c, 0x73, 0x12, 0x1a, 0x0a, 0x08, 0x70, 0x61, 0x72, 0x61, 0x6c, 0x6c, 0x65, 0x6c, 0x18,
+	0x13, 0x20, 0x01, 0x28, 0x08, 0x52, 0x08, 0x70, 0x61, 0x72, 0x61, 0x6c, 0x6c, 0x65, 0x6c, 0x12,
+	0x2b, 0x0a, 0x11, 0x63, 0x68, 0x61, 0x6e, 0x67, 0x65, 0x5f, 0x70, 0x72, 0x6f, 0x74, 0x65, 0x63,
+	0x74, 0x69, 0x6f, 0x6e, 0x18, 0x14, 0x20, 0x01, 0x28, 0x08, 0x52, 0x10, 0x63, 0x68, 0x61, 0x6e,
+	0x67, 0x65, 0x50, 0x72, 0x6f, 0x74, 0x65, 0x63, 0x74, 0x69, 0x6f, 0x6e, 0x22, 0x17, 0x0a, 0x15,
+	0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x65, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x52, 0x65, 0x73,
+	0x70, 0x6f, 0x6e, 0x73, 0x65, 0x22, 0x53, 0x0a, 0x21, 0x47, 0x65, 0x74, 0x44, 0x6f, 0x6d, 0x61,
+	0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x4d, 0x61, 0x78, 0x53, 0x70,
+	0x65, 0x65, 0x64, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x12, 0x12, 0x0a, 0x04, 0x6e, 0x61,
+	0x6d, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x12, 0x1a,
+	0x0a, 0x08, 0x70, 0x6f, 0x73, 0x74, 0x63, 0x6f, 0x70, 0x79, 0x18, 0x02, 0x20, 0x01, 0x28, 0x08,
+	0x52, 0x08, 0x70, 0x6f, 0x73, 0x74, 0x63, 0x6f, 0x70, 0x79, 0x22, 0x53, 0x0a, 0x22, 0x47, 0x65,
+	0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e,
+	0x4d, 0x61, 0x78, 0x53, 0x70, 0x65, 0x65, 0x64, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65,
+	0x12, 0x2d, 0x0a, 0x13, 0x62, 0x61, 0x6e, 0x64, 0x77, 0x69, 0x64, 0x74, 0x68, 0x5f, 0x6d, 0x69,
+	0x62, 0x5f, 0x70, 0x65, 0x72, 0x5f, 0x73, 0x18, 0x01, 0x20, 0x01, 0x28, 0x04, 0x52, 0x10, 0x62,
+	0x61, 0x6e, 0x64, 0x77, 0x69, 0x64, 0x74, 0x68, 0x4d, 0x69, 0x62, 0x50, 0x65, 0x72, 0x53, 0x22,
+	0x82, 0x01, 0x0a, 0x21, 0x53, 0x65, 0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67,
+	0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x4d, 0x61, 0x78, 0x53, 0x70, 0x65, 0x65, 0x64, 0x52, 0x65,
+	0x71, 0x75, 0x65, 0x73, 0x74, 0x12, 0x12, 0x0a, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x18, 0x01, 0x20,
+	0x01, 0x28, 0x09, 0x52, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x12, 0x2d, 0x0a, 0x13, 0x62, 0x61, 0x6e,
+	0x64, 0x77, 0x69, 0x64, 0x74, 0x68, 0x5f, 0x6d, 0x69, 0x62, 0x5f, 0x70, 0x65, 0x72, 0x5f, 0x73,
+	0x18, 0x02, 0x20, 0x01, 0x28, 0x04, 0x52, 0x10, 0x62, 0x61, 0x6e, 0x64, 0x77, 0x69, 0x64, 0x74,
+	0x68, 0x4d, 0x69, 0x62, 0x50, 0x65, 0x72, 0x53, 0x12, 0x1a, 0x0a, 0x08, 0x70, 0x6f, 0x73, 0x74,
+	0x63, 0x6f, 0x70, 0x79, 0x18, 0x03, 0x20, 0x01, 0x28, 0x08, 0x52, 0x08, 0x70, 0x6f, 0x73, 0x74,
+	0x63, 0x6f, 0x70, 0x79, 0x22, 0x24, 0x0a, 0x22, 0x53, 0x65, 0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69,
+	0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x4d, 0x61, 0x78, 0x53, 0x70, 0x65,
+	0x65, 0x64, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x22, 0x3a, 0x0a, 0x24, 0x47, 0x65,
+	0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e,
+	0x4d, 0x61, 0x78, 0x44, 0x6f, 0x77, 0x6e, 0x74, 0x69, 0x6d, 0x65, 0x52, 0x65, 0x71, 0x75, 0x65,
+	0x73, 0x74, 0x12, 0x12, 0x0a, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09,
+	0x52, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x22, 0x48, 0x0a, 0x25, 0x47, 0x65, 0x74, 0x44, 0x6f, 0x6d,
+	0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x4d, 0x61, 0x78, 0x44,
+	0x6f, 0x77, 0x6e, 0x74, 0x69, 0x6d, 0x65, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12,
+	0x1f, 0x0a, 0x0b, 0x64, 0x6f, 0x77, 0x6e, 0x74, 0x69, 0x6d, 0x65, 0x5f, 0x6d, 0x73, 0x18, 0x01,
+	0x20, 0x01, 0x28, 0x04, 0x52, 0x0a, 0x64, 0x6f, 0x77, 0x6e, 0x74, 0x69, 0x6d, 0x65, 0x4d, 0x73,
+	0x22, 0x5b, 0x0a, 0x24, 0x53, 0x65, 0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67,
+	0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x4d, 0x61, 0x78, 0x44, 0x6f, 0x77, 0x6e, 0x74, 0x69, 0x6d,
+	0x65, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x12, 0x12, 0x0a, 0x04, 0x6e, 0x61, 0x6d, 0x65,
+	0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x12, 0x1f, 0x0a, 0x0b,
+	0x64, 0x6f, 0x77, 0x6e, 0x74, 0x69, 0x6d, 0x65, 0x5f, 0x6d, 0x73, 0x18, 0x02, 0x20, 0x01, 0x28,
+	0x04, 0x52, 0x0a, 0x64, 0x6f, 0x77, 0x6e, 0x74, 0x69, 0x6d, 0x65, 0x4d, 0x73, 0x22, 0x27, 0x0a,
+	0x25, 0x53, 0x65, 0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74,
+	0x69, 0x6f, 0x6e, 0x4d, 0x61, 0x78, 0x44, 0x6f, 0x77, 0x6e, 0x74, 0x69, 0x6d, 0x65, 0x52, 0x65,
+	0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x22, 0x3f, 0x0a, 0x29, 0x47, 0x65, 0x74, 0x44, 0x6f, 0x6d,
+	0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x43, 0x6f, 0x6d, 0x70,
+	0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e, 0x43, 0x61, 0x63, 0x68, 0x65, 0x52, 0x65, 0x71, 0x75,
+	0x65, 0x73, 0x74, 0x12, 0x12, 0x0a, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28,
+	0x09, 0x52, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x22, 0x4d, 0x0a, 0x2a, 0x47, 0x65, 0x74, 0x44, 0x6f,
+	0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x43, 0x6f, 0x6d,
+	0x70, 0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e, 0x43, 0x61, 0x63, 0x68, 0x65, 0x52, 0x65, 0x73,
+	0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x1f, 0x0a, 0x0b, 0x63, 0x61, 0x63, 0x68, 0x65, 0x5f, 0x62,
+	0x79, 0x74, 0x65, 0x73, 0x18, 0x01, 0x20, 0x01, 0x28, 0x04, 0x52, 0x0a, 0x63, 0x61, 0x63, 0x68,
+	0x65, 0x42, 0x79, 0x74, 0x65, 0x73, 0x22, 0x60, 0x0a, 0x29, 0x53, 0x65, 0x74, 0x44, 0x6f, 0x6d,
+	0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x43, 0x6f, 0x6d, 0x70,
+	0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e, 0x43, 0x61, 0x63, 0x68, 0x65, 0x52, 0x65, 0x71, 0x75,
+	0x65, 0x73, 0x74, 0x12, 0x12, 0x0a, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28,
+	0x09, 0x52, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x12, 0x1f, 0x0a, 0x0b, 0x63, 0x61, 0x63, 0x68, 0x65,
+	0x5f, 0x62, 0x79, 0x74, 0x65, 0x73, 0x18, 0x02, 0x20, 0x01, 0x28, 0x04, 0x52, 0x0a, 0x63, 0x61,
+	0x63, 0x68, 0x65, 0x42, 0x79, 0x74, 0x65, 0x73, 0x22, 0x2c, 0x0a, 0x2a, 0x53, 0x65, 0x74, 0x44,
+	0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x43, 0x6f,
+	0x6d, 0x70, 0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e, 0x43, 0x61, 0x63, 0x68, 0x65, 0x52, 0x65,
+	0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x22, 0x39, 0x0a, 0x23, 0x53, 0x74, 0x61, 0x72, 0x74, 0x44,
+	0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x50, 0x6f,
+	0x73, 0x74, 0x43, 0x6f, 0x70, 0x79, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x12, 0x12, 0x0a,
+	0x04, 0x6e, 0x61, 0x6d, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x04, 0x6e, 0x61, 0x6d,
+	0x65, 0x22, 0x26, 0x0a, 0x24, 0x53, 0x74, 0x61, 0x72, 0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e,
+	0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x50, 0x6f, 0x73, 0x74, 0x43, 0x6f, 0x70,
+	0x79, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x22, 0x83, 0x01, 0x0a, 0x13, 0x55, 0x70,
+	0x64, 0x61, 0x74, 0x65, 0x44, 0x65, 0x76, 0x69, 0x63, 0x65, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73,
+	0x74, 0x12, 0x12, 0x0a, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52,
+	0x04, 0x6e, 0x61, 0x6d, 0x65, 0x12, 0x10, 0x0a, 0x03, 0x78, 0x6d, 0x6c, 0x18, 0x02, 0x20, 0x01,
+	0x28, 0x09, 0x52, 0x03, 0x78, 0x6d, 0x6c, 0x12, 0x30, 0x0a, 0x05, 0x73, 0x63, 0x6f, 0x70, 0x65,
+	0x18, 0x03, 0x20, 0x01, 0x28, 0x0b, 0x32, 0x1a, 0x2e, 0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73,
+	0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e, 0x76, 0x31, 0x2e, 0x53, 0x63, 0x6f,
+	0x70, 0x65, 0x52, 0x05, 0x73, 0x63, 0x6f, 0x70, 0x65, 0x12, 0x14, 0x0a, 0x05, 0x66, 0x6f, 0x72,
+	0x63, 0x65, 0x18, 0x04, 0x20, 0x01, 0x28, 0x08, 0x52, 0x05, 0x66, 0x6f, 0x72, 0x63, 0x65, 0x22,
+	0x16, 0x0a, 0x14, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x44, 0x65, 0x76, 0x69, 0x63, 0x65, 0x52,
+	0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x22, 0x76, 0x0a, 0x18, 0x44, 0x65, 0x74, 0x61, 0x63,
+	0x68, 0x44, 0x65, 0x76, 0x69, 0x63, 0x65, 0x41, 0x6c, 0x69, 0x61, 0x73, 0x52, 0x65, 0x71, 0x75,
+	0x65, 0x73, 0x74, 0x12, 0x12, 0x0a, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28,
+	0x09, 0x52, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x12, 0x14, 0x0a, 0x05, 0x61, 0x6c, 0x69, 0x61, 0x73,
+	0x18, 0x02, 0x20, 0x01, 0x28, 0x09, 0x52, 0x05, 0x61, 0x6c, 0x69, 0x61, 0x73, 0x12, 0x30, 0x0a,
+	0x05, 0x73, 0x63, 0x6f, 0x70, 0x65, 0x18, 0x03, 0x20, 0x01, 0x28, 0x0b, 0x32, 0x1a, 0x2e, 0x76,
+	0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e,
+	0x76, 0x31, 0x2e, 0x53, 0x63, 0x6f, 0x70, 0x65, 0x52, 0x05, 0x73, 0x63, 0x6f, 0x70, 0x65, 0x22,
+	0x1b, 0x0a, 0x19, 0x44, 0x65, 0x74, 0x61, 0x63, 0x68, 0x44, 0x65, 0x76, 0x69, 0x63, 0x65, 0x41,
+	0x6c, 0x69, 0x61, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x22, 0x89, 0x01, 0x0a,
+	0x17, 0x51, 0x65, 0x6d, 0x75, 0x41, 0x67, 0x65, 0x6e, 0x74, 0x43, 0x6f, 0x6d, 0x6d, 0x61, 0x6e,
+	0x64, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x12, 0x12, 0x0a, 0x04, 0x6e, 0x61, 0x6d, 0x65,
+	0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x12, 0x18, 0x0a, 0x07,
+	0x63, 0x6f, 0x6d, 0x6d, 0x61, 0x6e, 0x64, 0x18, 0x02, 0x20, 0x01, 0x28, 0x09, 0x52, 0x07, 0x63,
+	0x6f, 0x6d, 0x6d, 0x61, 0x6e, 0x64, 0x12, 0x2c, 0x0a, 0x0f, 0x74, 0x69, 0x6d, 0x65, 0x6f, 0x75,
+	0x74, 0x5f, 0x73, 0x65, 0x63, 0x6f, 0x6e, 0x64, 0x73, 0x18, 0x03, 0x20, 0x01, 0x28, 0x0d, 0x48,
+	0x00, 0x52, 0x0e, 0x74, 0x69, 0x6d, 0x65, 0x6f, 0x75, 0x74, 0x53, 0x65, 0x63, 0x6f, 0x6e, 0x64,
+	0x73, 0x88, 0x01, 0x01, 0x42, 0x12, 0x0a, 0x10, 0x5f, 0x74, 0x69, 0x6d, 0x65, 0x6f, 0x75, 0x74,
+	0x5f, 0x73, 0x65, 0x63, 0x6f, 0x6e, 0x64, 0x73, 0x22, 0x32, 0x0a, 0x18, 0x51, 0x65, 0x6d, 0x75,
+	0x41, 0x67, 0x65, 0x6e, 0x74, 0x43, 0x6f, 0x6d, 0x6d, 0x61, 0x6e, 0x64, 0x52, 0x65, 0x73, 0x70,
+	0x6f, 0x6e, 0x73, 0x65, 0x12, 0x16, 0x0a, 0x06, 0x72, 0x65, 0x73, 0x75, 0x6c, 0x74, 0x18, 0x01,
+	0x20, 0x01, 0x28, 0x09, 0x52, 0x06, 0x72, 0x65, 0x73, 0x75, 0x6c, 0x74, 0x22, 0x5b, 0x0a, 0x19,
+	0x51, 0x65, 0x6d, 0x75, 0x4d, 0x6f, 0x6e, 0x69, 0x74, 0x6f, 0x72, 0x43, 0x6f, 0x6d, 0x6d, 0x61,
+	0x6e, 0x64, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x12, 0x12, 0x0a, 0x04, 0x6e, 0x61, 0x6d,
+	0x65, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x12, 0x18, 0x0a,
+	0x07, 0x63, 0x6f, 0x6d, 0x6d, 0x61, 0x6e, 0x64, 0x18, 0x02, 0x20, 0x01, 0x28, 0x09, 0x52, 0x07,
+	0x63, 0x6f, 0x6d, 0x6d, 0x61, 0x6e, 0x64, 0x12, 0x10, 0x0a, 0x03, 0x68, 0x6d, 0x70, 0x18, 0x03,
+	0x20, 0x01, 0x28, 0x08, 0x52, 0x03, 0x68, 0x6d, 0x70, 0x22, 0x34, 0x0a, 0x1a, 0x51, 0x65, 0x6d,
+	0x75, 0x4d, 0x6f, 0x6e, 0x69, 0x74, 0x6f, 0x72, 0x43, 0x6f, 0x6d, 0x6d, 0x61, 0x6e, 0x64, 0x52,
+	0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x16, 0x0a, 0x06, 0x72, 0x65, 0x73, 0x75, 0x6c,
+	0x74, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x06, 0x72, 0x65, 0x73, 0x75, 0x6c, 0x74, 0x22,
+	0x49, 0x0a, 0x1d, 0x57, 0x61, 0x74, 0x63, 0x68, 0x51, 0x65, 0x6d, 0x75, 0x4d, 0x6f, 0x6e, 0x69,
+	0x74, 0x6f, 0x72, 0x45, 0x76, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74,
+	0x12, 0x12, 0x0a, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x04,
+	0x6e, 0x61, 0x6d, 0x65, 0x12, 0x14, 0x0a, 0x05, 0x65, 0x76, 0x65, 0x6e, 0x74, 0x18, 0x02, 0x20,
+	0x01, 0x28, 0x09, 0x52, 0x05, 0x65, 0x76, 0x65, 0x6e, 0x74, 0x22, 0xa8, 0x01, 0x0a, 0x1e, 0x57,
+	0x61, 0x74, 0x63, 0x68, 0x51, 0x65, 0x6d, 0x75, 0x4d, 0x6f, 0x6e, 0x69, 0x74, 0x6f, 0x72, 0x45,
+	0x76, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x12, 0x0a,
+	0x04, 0x6e, 0x61, 0x6d, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x04, 0x6e, 0x61, 0x6d,
+	0x65, 0x12, 0x12, 0x0a, 0x04, 0x75, 0x75, 0x69, 0x64, 0x18, 0x02, 0x20, 0x01, 0x28, 0x09, 0x52,
+	0x04, 0x75, 0x75, 0x69, 0x64, 0x12, 0x14, 0x0a, 0x05, 0x65, 0x76, 0x65, 0x6e, 0x74, 0x18, 0x03,
+	0x20, 0x01, 0x28, 0x09, 0x52, 0x05, 0x65, 0x76, 0x65, 0x6e, 0x74, 0x12, 0x2e, 0x0a, 0x04, 0x74,
+	0x69, 0x6d, 0x65, 0x18, 0x04, 0x20, 0x01, 0x28, 0x0b, 0x32, 0x1a, 0x2e, 0x67, 0x6f, 0x6f, 0x67,
+	0x6c, 0x65, 0x2e, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x62, 0x75, 0x66, 0x2e, 0x54, 0x69, 0x6d, 0x65,
+	0x73, 0x74, 0x61, 0x6d, 0x70, 0x52, 0x04, 0x74, 0x69, 0x6d, 0x65, 0x12, 0x18, 0x0a, 0x07, 0x64,
+	0x65, 0x74, 0x61, 0x69, 0x6c, 0x73, 0x18, 0x05, 0x20, 0x01, 0x28, 0x09, 0x52, 0x07, 0x64, 0x65,
+	0x74, 0x61, 0x69, 0x6c, 0x73, 0x2a, 0xe5, 0x01, 0x0a, 0x0b, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e,
 	0x53, 0x74, 0x61, 0x74, 0x65, 0x12, 0x1c, 0x0a, 0x18, 0x44, 0x4f, 0x4d, 0x41, 0x49, 0x4e, 0x5f,
 	0x53, 0x54, 0x41, 0x54, 0x45, 0x5f, 0x55, 0x4e, 0x53, 0x50, 0x45, 0x43, 0x49, 0x46, 0x49, 0x45,
 	0x44, 0x10, 0x00, 0x12, 0x18, 0x0a, 0x14, 0x44, 0x4f, 0x4d, 0x41, 0x49, 0x4e, 0x5f, 0x53, 0x54,
@@ -25487,7 +27436,7 @@ var file_virtmesh_compute_v1_compute_service_proto_rawDesc = []byte{
 	0x52, 0x54, 0x59, 0x5f, 0x52, 0x41, 0x54, 0x45, 0x5f, 0x4d, 0x4f, 0x44, 0x45, 0x5f, 0x44, 0x49,
 	0x52, 0x54, 0x59, 0x5f, 0x42, 0x49, 0x54, 0x4d, 0x41, 0x50, 0x10, 0x02, 0x12, 0x1e, 0x0a, 0x1a,
 	0x44, 0x49, 0x52, 0x54, 0x59, 0x5f, 0x52, 0x41, 0x54, 0x45, 0x5f, 0x4d, 0x4f, 0x44, 0x45, 0x5f,
-	0x44, 0x49, 0x52, 0x54, 0x59, 0x5f, 0x52, 0x49, 0x4e, 0x47, 0x10, 0x03, 0x32, 0xba, 0xc1, 0x01,
+	0x44, 0x49, 0x52, 0x54, 0x59, 0x5f, 0x52, 0x49, 0x4e, 0x47, 0x10, 0x03, 0x32, 0x9d, 0xd5, 0x01,
 	0x0a, 0x0e, 0x43, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x53, 0x65, 0x72, 0x76, 0x69, 0x63, 0x65,
 	0x12, 0x9c, 0x02, 0x0a, 0x0b, 0x4c, 0x69, 0x73, 0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x73,
 	0x12, 0x27, 0x2e, 0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70,
@@ -27035,20 +28984,178 @@ var file_virtmesh_compute_v1_compute_service_proto_rawDesc = []byte{
 	0x6c, 0x63, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x22, 0x2e, 0xea, 0xe0, 0x18, 0x0b,
 	0x64, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x3a, 0x72, 0x65, 0x61, 0x64, 0xf2, 0xe0, 0x18, 0x1b, 0x76,
 	0x69, 0x72, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x53, 0x74, 0x61, 0x72, 0x74, 0x44, 0x69, 0x72,
-	0x74, 0x79, 0x52, 0x61, 0x74, 0x65, 0x43, 0x61, 0x6c, 0x63, 0x42, 0xc5, 0x01, 0x0a, 0x1d, 0x69,
-	0x6f, 0x2e, 0x67, 0x69, 0x74, 0x68, 0x75, 0x62, 0x2e, 0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73,
-	0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e, 0x76, 0x31, 0x42, 0x13, 0x43, 0x6f,
-	0x6d, 0x70, 0x75, 0x74, 0x65, 0x53, 0x65, 0x72, 0x76, 0x69, 0x63, 0x65, 0x50, 0x72, 0x6f, 0x74,
-	0x6f, 0x50, 0x01, 0x5a, 0x49, 0x67, 0x69, 0x74, 0x68, 0x75, 0x62, 0x2e, 0x63, 0x6f, 0x6d, 0x2f,
-	0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2f, 0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73,
-	0x68, 0x2f, 0x63, 0x6c, 0x69, 0x65, 0x6e, 0x74, 0x73, 0x2f, 0x67, 0x6f, 0x2f, 0x67, 0x65, 0x6e,
-	0x2f, 0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2f, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74,
-	0x65, 0x2f, 0x76, 0x31, 0x3b, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x76, 0x31, 0xaa, 0x02,
-	0x13, 0x56, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2e, 0x43, 0x6f, 0x6d, 0x70, 0x75, 0x74,
-	0x65, 0x2e, 0x56, 0x31, 0xca, 0x02, 0x13, 0x56, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x5c,
-	0x43, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x5c, 0x56, 0x31, 0xea, 0x02, 0x15, 0x56, 0x69, 0x72,
-	0x74, 0x6d, 0x65, 0x73, 0x68, 0x3a, 0x3a, 0x43, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x3a, 0x3a,
-	0x56, 0x31, 0x62, 0x06, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x33,
+	0x74, 0x79, 0x52, 0x61, 0x74, 0x65, 0x43, 0x61, 0x6c, 0x63, 0x12, 0xa9, 0x01, 0x0a, 0x0d, 0x4d,
+	0x69, 0x67, 0x72, 0x61, 0x74, 0x65, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x12, 0x29, 0x2e, 0x76,
+	0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e,
+	0x76, 0x31, 0x2e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x65, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e,
+	0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x2a, 0x2e, 0x76, 0x69, 0x72, 0x74, 0x6d, 0x65,
+	0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e, 0x76, 0x31, 0x2e, 0x4d, 0x69,
+	0x67, 0x72, 0x61, 0x74, 0x65, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x52, 0x65, 0x73, 0x70, 0x6f,
+	0x6e, 0x73, 0x65, 0x22, 0x41, 0xea, 0xe0, 0x18, 0x0e, 0x64, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x3a,
+	0x6d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x65, 0xf2, 0xe0, 0x18, 0x16, 0x76, 0x69, 0x72, 0x44, 0x6f,
+	0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x65, 0x54, 0x6f, 0x55, 0x52, 0x49,
+	0x33, 0xf2, 0xe0, 0x18, 0x11, 0x76, 0x69, 0x72, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69,
+	0x67, 0x72, 0x61, 0x74, 0x65, 0x33, 0x12, 0xc0, 0x01, 0x0a, 0x1a, 0x47, 0x65, 0x74, 0x44, 0x6f,
+	0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x4d, 0x61, 0x78,
+	0x53, 0x70, 0x65, 0x65, 0x64, 0x12, 0x36, 0x2e, 0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68,
+	0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x44,
+	0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x4d, 0x61,
+	0x78, 0x53, 0x70, 0x65, 0x65, 0x64, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x37, 0x2e,
+	0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65,
+	0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67,
+	0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x4d, 0x61, 0x78, 0x53, 0x70, 0x65, 0x65, 0x64, 0x52, 0x65,
+	0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x22, 0x31, 0xea, 0xe0, 0x18, 0x0e, 0x64, 0x6f, 0x6d, 0x61,
+	0x69, 0x6e, 0x3a, 0x6d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x65, 0xf2, 0xe0, 0x18, 0x1b, 0x76, 0x69,
+	0x72, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x65, 0x47, 0x65,
+	0x74, 0x4d, 0x61, 0x78, 0x53, 0x70, 0x65, 0x65, 0x64, 0x12, 0xc0, 0x01, 0x0a, 0x1a, 0x53, 0x65,
+	0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e,
+	0x4d, 0x61, 0x78, 0x53, 0x70, 0x65, 0x65, 0x64, 0x12, 0x36, 0x2e, 0x76, 0x69, 0x72, 0x74, 0x6d,
+	0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e, 0x76, 0x31, 0x2e, 0x53,
+	0x65, 0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f,
+	0x6e, 0x4d, 0x61, 0x78, 0x53, 0x70, 0x65, 0x65, 0x64, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74,
+	0x1a, 0x37, 0x2e, 0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70,
+	0x75, 0x74, 0x65, 0x2e, 0x76, 0x31, 0x2e, 0x53, 0x65, 0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e,
+	0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x4d, 0x61, 0x78, 0x53, 0x70, 0x65, 0x65,
+	0x64, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x22, 0x31, 0xea, 0xe0, 0x18, 0x0e, 0x64,
+	0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x3a, 0x6d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x65, 0xf2, 0xe0, 0x18,
+	0x1b, 0x76, 0x69, 0x72, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74,
+	0x65, 0x53, 0x65, 0x74, 0x4d, 0x61, 0x78, 0x53, 0x70, 0x65, 0x65, 0x64, 0x12, 0xcc, 0x01, 0x0a,
+	0x1d, 0x47, 0x65, 0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74,
+	0x69, 0x6f, 0x6e, 0x4d, 0x61, 0x78, 0x44, 0x6f, 0x77, 0x6e, 0x74, 0x69, 0x6d, 0x65, 0x12, 0x39,
+	0x2e, 0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74,
+	0x65, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69,
+	0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x4d, 0x61, 0x78, 0x44, 0x6f, 0x77, 0x6e, 0x74, 0x69,
+	0x6d, 0x65, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x3a, 0x2e, 0x76, 0x69, 0x72, 0x74,
+	0x6d, 0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e, 0x76, 0x31, 0x2e,
+	0x47, 0x65, 0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69,
+	0x6f, 0x6e, 0x4d, 0x61, 0x78, 0x44, 0x6f, 0x77, 0x6e, 0x74, 0x69, 0x6d, 0x65, 0x52, 0x65, 0x73,
+	0x70, 0x6f, 0x6e, 0x73, 0x65, 0x22, 0x34, 0xea, 0xe0, 0x18, 0x0e, 0x64, 0x6f, 0x6d, 0x61, 0x69,
+	0x6e, 0x3a, 0x6d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x65, 0xf2, 0xe0, 0x18, 0x1e, 0x76, 0x69, 0x72,
+	0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x65, 0x47, 0x65, 0x74,
+	0x4d, 0x61, 0x78, 0x44, 0x6f, 0x77, 0x6e, 0x74, 0x69, 0x6d, 0x65, 0x12, 0xcc, 0x01, 0x0a, 0x1d,
+	0x53, 0x65, 0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69,
+	0x6f, 0x6e, 0x4d, 0x61, 0x78, 0x44, 0x6f, 0x77, 0x6e, 0x74, 0x69, 0x6d, 0x65, 0x12, 0x39, 0x2e,
+	0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65,
+	0x2e, 0x76, 0x31, 0x2e, 0x53, 0x65, 0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67,
+	0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x4d, 0x61, 0x78, 0x44, 0x6f, 0x77, 0x6e, 0x74, 0x69, 0x6d,
+	0x65, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x3a, 0x2e, 0x76, 0x69, 0x72, 0x74, 0x6d,
+	0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e, 0x76, 0x31, 0x2e, 0x53,
+	0x65, 0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f,
+	0x6e, 0x4d, 0x61, 0x78, 0x44, 0x6f, 0x77, 0x6e, 0x74, 0x69, 0x6d, 0x65, 0x52, 0x65, 0x73, 0x70,
+	0x6f, 0x6e, 0x73, 0x65, 0x22, 0x34, 0xea, 0xe0, 0x18, 0x0e, 0x64, 0x6f, 0x6d, 0x61, 0x69, 0x6e,
+	0x3a, 0x6d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x65, 0xf2, 0xe0, 0x18, 0x1e, 0x76, 0x69, 0x72, 0x44,
+	0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x65, 0x53, 0x65, 0x74, 0x4d,
+	0x61, 0x78, 0x44, 0x6f, 0x77, 0x6e, 0x74, 0x69, 0x6d, 0x65, 0x12, 0xe0, 0x01, 0x0a, 0x22, 0x47,
+	0x65, 0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f,
+	0x6e, 0x43, 0x6f, 0x6d, 0x70, 0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e, 0x43, 0x61, 0x63, 0x68,
+	0x65, 0x12, 0x3e, 0x2e, 0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d,
+	0x70, 0x75, 0x74, 0x65, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69,
+	0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x43, 0x6f, 0x6d, 0x70, 0x72, 0x65,
+	0x73, 0x73, 0x69, 0x6f, 0x6e, 0x43, 0x61, 0x63, 0x68, 0x65, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73,
+	0x74, 0x1a, 0x3f, 0x2e, 0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d,
+	0x70, 0x75, 0x74, 0x65, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x65, 0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69,
+	0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x43, 0x6f, 0x6d, 0x70, 0x72, 0x65,
+	0x73, 0x73, 0x69, 0x6f, 0x6e, 0x43, 0x61, 0x63, 0x68, 0x65, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e,
+	0x73, 0x65, 0x22, 0x39, 0xea, 0xe0, 0x18, 0x0e, 0x64, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x3a, 0x6d,
+	0x69, 0x67, 0x72, 0x61, 0x74, 0x65, 0xf2, 0xe0, 0x18, 0x23, 0x76, 0x69, 0x72, 0x44, 0x6f, 0x6d,
+	0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x65, 0x47, 0x65, 0x74, 0x43, 0x6f, 0x6d,
+	0x70, 0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e, 0x43, 0x61, 0x63, 0x68, 0x65, 0x12, 0xe0, 0x01,
+	0x0a, 0x22, 0x53, 0x65, 0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61,
+	0x74, 0x69, 0x6f, 0x6e, 0x43, 0x6f, 0x6d, 0x70, 0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e, 0x43,
+	0x61, 0x63, 0x68, 0x65, 0x12, 0x3e, 0x2e, 0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2e,
+	0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e, 0x76, 0x31, 0x2e, 0x53, 0x65, 0x74, 0x44, 0x6f,
+	0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x43, 0x6f, 0x6d,
+	0x70, 0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e, 0x43, 0x61, 0x63, 0x68, 0x65, 0x52, 0x65, 0x71,
+	0x75, 0x65, 0x73, 0x74, 0x1a, 0x3f, 0x2e, 0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2e,
+	0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e, 0x76, 0x31, 0x2e, 0x53, 0x65, 0x74, 0x44, 0x6f,
+	0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x43, 0x6f, 0x6d,
+	0x70, 0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e, 0x43, 0x61, 0x63, 0x68, 0x65, 0x52, 0x65, 0x73,
+	0x70, 0x6f, 0x6e, 0x73, 0x65, 0x22, 0x39, 0xea, 0xe0, 0x18, 0x0e, 0x64, 0x6f, 0x6d, 0x61, 0x69,
+	0x6e, 0x3a, 0x6d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x65, 0xf2, 0xe0, 0x18, 0x23, 0x76, 0x69, 0x72,
+	0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x65, 0x53, 0x65, 0x74,
+	0x43, 0x6f, 0x6d, 0x70, 0x72, 0x65, 0x73, 0x73, 0x69, 0x6f, 0x6e, 0x43, 0x61, 0x63, 0x68, 0x65,
+	0x12, 0xc8, 0x01, 0x0a, 0x1c, 0x53, 0x74, 0x61, 0x72, 0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e,
+	0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x50, 0x6f, 0x73, 0x74, 0x43, 0x6f, 0x70,
+	0x79, 0x12, 0x38, 0x2e, 0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d,
+	0x70, 0x75, 0x74, 0x65, 0x2e, 0x76, 0x31, 0x2e, 0x53, 0x74, 0x61, 0x72, 0x74, 0x44, 0x6f, 0x6d,
+	0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x50, 0x6f, 0x73, 0x74,
+	0x43, 0x6f, 0x70, 0x79, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x39, 0x2e, 0x76, 0x69,
+	0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e, 0x76,
+	0x31, 0x2e, 0x53, 0x74, 0x61, 0x72, 0x74, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67,
+	0x72, 0x61, 0x74, 0x69, 0x6f, 0x6e, 0x50, 0x6f, 0x73, 0x74, 0x43, 0x6f, 0x70, 0x79, 0x52, 0x65,
+	0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x22, 0x33, 0xea, 0xe0, 0x18, 0x0e, 0x64, 0x6f, 0x6d, 0x61,
+	0x69, 0x6e, 0x3a, 0x6d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x65, 0xf2, 0xe0, 0x18, 0x1d, 0x76, 0x69,
+	0x72, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x4d, 0x69, 0x67, 0x72, 0x61, 0x74, 0x65, 0x53, 0x74,
+	0x61, 0x72, 0x74, 0x50, 0x6f, 0x73, 0x74, 0x43, 0x6f, 0x70, 0x79, 0x12, 0xa2, 0x01, 0x0a, 0x0c,
+	0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x44, 0x65, 0x76, 0x69, 0x63, 0x65, 0x12, 0x28, 0x2e, 0x76,
+	0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e,
+	0x76, 0x31, 0x2e, 0x55, 0x70, 0x64, 0x61, 0x74, 0x65, 0x44, 0x65, 0x76, 0x69, 0x63, 0x65, 0x52,
+	0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x29, 0x2e, 0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73,
+	0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e, 0x76, 0x31, 0x2e, 0x55, 0x70, 0x64,
+	0x61, 0x74, 0x65, 0x44, 0x65, 0x76, 0x69, 0x63, 0x65, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73,
+	0x65, 0x22, 0x3d, 0xea, 0xe0, 0x18, 0x0c, 0x64, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x3a, 0x77, 0x72,
+	0x69, 0x74, 0x65, 0xea, 0xe0, 0x18, 0x0b, 0x64, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x3a, 0x73, 0x61,
+	0x76, 0x65, 0xf2, 0xe0, 0x18, 0x1a, 0x76, 0x69, 0x72, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x55,
+	0x70, 0x64, 0x61, 0x74, 0x65, 0x44, 0x65, 0x76, 0x69, 0x63, 0x65, 0x46, 0x6c, 0x61, 0x67, 0x73,
+	0x12, 0xb1, 0x01, 0x0a, 0x11, 0x44, 0x65, 0x74, 0x61, 0x63, 0x68, 0x44, 0x65, 0x76, 0x69, 0x63,
+	0x65, 0x41, 0x6c, 0x69, 0x61, 0x73, 0x12, 0x2d, 0x2e, 0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73,
+	0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x65, 0x74,
+	0x61, 0x63, 0x68, 0x44, 0x65, 0x76, 0x69, 0x63, 0x65, 0x41, 0x6c, 0x69, 0x61, 0x73, 0x52, 0x65,
+	0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x2e, 0x2e, 0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68,
+	0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x65, 0x74, 0x61,
+	0x63, 0x68, 0x44, 0x65, 0x76, 0x69, 0x63, 0x65, 0x41, 0x6c, 0x69, 0x61, 0x73, 0x52, 0x65, 0x73,
+	0x70, 0x6f, 0x6e, 0x73, 0x65, 0x22, 0x3d, 0xea, 0xe0, 0x18, 0x0c, 0x64, 0x6f, 0x6d, 0x61, 0x69,
+	0x6e, 0x3a, 0x77, 0x72, 0x69, 0x74, 0x65, 0xea, 0xe0, 0x18, 0x0b, 0x64, 0x6f, 0x6d, 0x61, 0x69,
+	0x6e, 0x3a, 0x73, 0x61, 0x76, 0x65, 0xf2, 0xe0, 0x18, 0x1a, 0x76, 0x69, 0x72, 0x44, 0x6f, 0x6d,
+	0x61, 0x69, 0x6e, 0x44, 0x65, 0x74, 0x61, 0x63, 0x68, 0x44, 0x65, 0x76, 0x69, 0x63, 0x65, 0x41,
+	0x6c, 0x69, 0x61, 0x73, 0x12, 0x9e, 0x01, 0x0a, 0x10, 0x51, 0x65, 0x6d, 0x75, 0x41, 0x67, 0x65,
+	0x6e, 0x74, 0x43, 0x6f, 0x6d, 0x6d, 0x61, 0x6e, 0x64, 0x12, 0x2c, 0x2e, 0x76, 0x69, 0x72, 0x74,
+	0x6d, 0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e, 0x76, 0x31, 0x2e,
+	0x51, 0x65, 0x6d, 0x75, 0x41, 0x67, 0x65, 0x6e, 0x74, 0x43, 0x6f, 0x6d, 0x6d, 0x61, 0x6e, 0x64,
+	0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x2d, 0x2e, 0x76, 0x69, 0x72, 0x74, 0x6d, 0x65,
+	0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e, 0x76, 0x31, 0x2e, 0x51, 0x65,
+	0x6d, 0x75, 0x41, 0x67, 0x65, 0x6e, 0x74, 0x43, 0x6f, 0x6d, 0x6d, 0x61, 0x6e, 0x64, 0x52, 0x65,
+	0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x22, 0x2d, 0xea, 0xe0, 0x18, 0x0c, 0x64, 0x6f, 0x6d, 0x61,
+	0x69, 0x6e, 0x3a, 0x77, 0x72, 0x69, 0x74, 0x65, 0xf2, 0xe0, 0x18, 0x19, 0x76, 0x69, 0x72, 0x44,
+	0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x51, 0x65, 0x6d, 0x75, 0x41, 0x67, 0x65, 0x6e, 0x74, 0x43, 0x6f,
+	0x6d, 0x6d, 0x61, 0x6e, 0x64, 0x12, 0xa6, 0x01, 0x0a, 0x12, 0x51, 0x65, 0x6d, 0x75, 0x4d, 0x6f,
+	0x6e, 0x69, 0x74, 0x6f, 0x72, 0x43, 0x6f, 0x6d, 0x6d, 0x61, 0x6e, 0x64, 0x12, 0x2e, 0x2e, 0x76,
+	0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e,
+	0x76, 0x31, 0x2e, 0x51, 0x65, 0x6d, 0x75, 0x4d, 0x6f, 0x6e, 0x69, 0x74, 0x6f, 0x72, 0x43, 0x6f,
+	0x6d, 0x6d, 0x61, 0x6e, 0x64, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x2f, 0x2e, 0x76,
+	0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e,
+	0x76, 0x31, 0x2e, 0x51, 0x65, 0x6d, 0x75, 0x4d, 0x6f, 0x6e, 0x69, 0x74, 0x6f, 0x72, 0x43, 0x6f,
+	0x6d, 0x6d, 0x61, 0x6e, 0x64, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x22, 0x2f, 0xea,
+	0xe0, 0x18, 0x0c, 0x64, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x3a, 0x77, 0x72, 0x69, 0x74, 0x65, 0xf2,
+	0xe0, 0x18, 0x1b, 0x76, 0x69, 0x72, 0x44, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x51, 0x65, 0x6d, 0x75,
+	0x4d, 0x6f, 0x6e, 0x69, 0x74, 0x6f, 0x72, 0x43, 0x6f, 0x6d, 0x6d, 0x61, 0x6e, 0x64, 0x12, 0xdc,
+	0x01, 0x0a, 0x16, 0x57, 0x61, 0x74, 0x63, 0x68, 0x51, 0x65, 0x6d, 0x75, 0x4d, 0x6f, 0x6e, 0x69,
+	0x74, 0x6f, 0x72, 0x45, 0x76, 0x65, 0x6e, 0x74, 0x73, 0x12, 0x32, 0x2e, 0x76, 0x69, 0x72, 0x74,
+	0x6d, 0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e, 0x76, 0x31, 0x2e,
+	0x57, 0x61, 0x74, 0x63, 0x68, 0x51, 0x65, 0x6d, 0x75, 0x4d, 0x6f, 0x6e, 0x69, 0x74, 0x6f, 0x72,
+	0x45, 0x76, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x33, 0x2e,
+	0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65,
+	0x2e, 0x76, 0x31, 0x2e, 0x57, 0x61, 0x74, 0x63, 0x68, 0x51, 0x65, 0x6d, 0x75, 0x4d, 0x6f, 0x6e,
+	0x69, 0x74, 0x6f, 0x72, 0x45, 0x76, 0x65, 0x6e, 0x74, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e,
+	0x73, 0x65, 0x22, 0x57, 0xea, 0xe0, 0x18, 0x16, 0x63, 0x6f, 0x6e, 0x6e, 0x65, 0x63, 0x74, 0x3a,
+	0x73, 0x65, 0x61, 0x72, 0x63, 0x68, 0x5f, 0x64, 0x6f, 0x6d, 0x61, 0x69, 0x6e, 0x73, 0xea, 0xe0,
+	0x18, 0x0d, 0x63, 0x6f, 0x6e, 0x6e, 0x65, 0x63, 0x74, 0x3a, 0x77, 0x72, 0x69, 0x74, 0x65, 0xf2,
+	0xe0, 0x18, 0x28, 0x76, 0x69, 0x72, 0x43, 0x6f, 0x6e, 0x6e, 0x65, 0x63, 0x74, 0x44, 0x6f, 0x6d,
+	0x61, 0x69, 0x6e, 0x51, 0x65, 0x6d, 0x75, 0x4d, 0x6f, 0x6e, 0x69, 0x74, 0x6f, 0x72, 0x45, 0x76,
+	0x65, 0x6e, 0x74, 0x52, 0x65, 0x67, 0x69, 0x73, 0x74, 0x65, 0x72, 0x30, 0x01, 0x42, 0xc5, 0x01,
+	0x0a, 0x1d, 0x69, 0x6f, 0x2e, 0x67, 0x69, 0x74, 0x68, 0x75, 0x62, 0x2e, 0x76, 0x69, 0x72, 0x74,
+	0x6d, 0x65, 0x73, 0x68, 0x2e, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x2e, 0x76, 0x31, 0x42,
+	0x13, 0x43, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x53, 0x65, 0x72, 0x76, 0x69, 0x63, 0x65, 0x50,
+	0x72, 0x6f, 0x74, 0x6f, 0x50, 0x01, 0x5a, 0x49, 0x67, 0x69, 0x74, 0x68, 0x75, 0x62, 0x2e, 0x63,
+	0x6f, 0x6d, 0x2f, 0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2f, 0x76, 0x69, 0x72, 0x74,
+	0x6d, 0x65, 0x73, 0x68, 0x2f, 0x63, 0x6c, 0x69, 0x65, 0x6e, 0x74, 0x73, 0x2f, 0x67, 0x6f, 0x2f,
+	0x67, 0x65, 0x6e, 0x2f, 0x76, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2f, 0x63, 0x6f, 0x6d,
+	0x70, 0x75, 0x74, 0x65, 0x2f, 0x76, 0x31, 0x3b, 0x63, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x76,
+	0x31, 0xaa, 0x02, 0x13, 0x56, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x2e, 0x43, 0x6f, 0x6d,
+	0x70, 0x75, 0x74, 0x65, 0x2e, 0x56, 0x31, 0xca, 0x02, 0x13, 0x56, 0x69, 0x72, 0x74, 0x6d, 0x65,
+	0x73, 0x68, 0x5c, 0x43, 0x6f, 0x6d, 0x70, 0x75, 0x74, 0x65, 0x5c, 0x56, 0x31, 0xea, 0x02, 0x15,
+	0x56, 0x69, 0x72, 0x74, 0x6d, 0x65, 0x73, 0x68, 0x3a, 0x3a, 0x43, 0x6f, 0x6d, 0x70, 0x75, 0x74,
+	0x65, 0x3a, 0x3a, 0x56, 0x31, 0x62, 0x06, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x33,
 }
 
 var (
@@ -27064,395 +29171,422 @@ func file_virtmesh_compute_v1_compute_service_proto_rawDescGZIP() []byte {
 }
 
 var file_virtmesh_compute_v1_compute_service_proto_enumTypes = make([]protoimpl.EnumInfo, 39)
-var file_virtmesh_compute_v1_compute_service_proto_msgTypes = make([]protoimpl.MessageInfo, 344)
+var file_virtmesh_compute_v1_compute_service_proto_msgTypes = make([]protoimpl.MessageInfo, 371)
 var file_virtmesh_compute_v1_compute_service_proto_goTypes = []interface{}{
-	(DomainState)(0),                             // 0: virtmesh.compute.v1.DomainState
-	(PowerMethod)(0),                             // 1: virtmesh.compute.v1.PowerMethod
-	(StatGroup)(0),                               // 2: virtmesh.compute.v1.StatGroup
-	(LifecycleEventType)(0),                      // 3: virtmesh.compute.v1.LifecycleEventType
-	(WatchdogAction)(0),                          // 4: virtmesh.compute.v1.WatchdogAction
-	(IoErrorAction)(0),                           // 5: virtmesh.compute.v1.IoErrorAction
-	(GraphicsPhase)(0),                           // 6: virtmesh.compute.v1.GraphicsPhase
-	(GraphicsAddressFamily)(0),                   // 7: virtmesh.compute.v1.GraphicsAddressFamily
-	(TrayChange)(0),                              // 8: virtmesh.compute.v1.TrayChange
-	(BlockJobType)(0),                            // 9: virtmesh.compute.v1.BlockJobType
-	(BlockJobStatus)(0),                          // 10: virtmesh.compute.v1.BlockJobStatus
-	(AgentState)(0),                              // 11: virtmesh.compute.v1.AgentState
-	(AgentLifecycleReason)(0),                    // 12: virtmesh.compute.v1.AgentLifecycleReason
-	(MetadataType)(0),                            // 13: virtmesh.compute.v1.MetadataType
-	(MemoryFailureRecipient)(0),                  // 14: virtmesh.compute.v1.MemoryFailureRecipient
-	(MemoryFailureAction)(0),                     // 15: virtmesh.compute.v1.MemoryFailureAction
-	(DiskChangeReason)(0),                        // 16: virtmesh.compute.v1.DiskChangeReason
-	(KeyCodeSet)(0),                              // 17: virtmesh.compute.v1.KeyCodeSet
-	(CpuCompareResult)(0),                        // 18: virtmesh.compute.v1.CpuCompareResult
-	(PageAllocationMode)(0),                      // 19: virtmesh.compute.v1.PageAllocationMode
-	(NodeSuspendTarget)(0),                       // 20: virtmesh.compute.v1.NodeSuspendTarget
-	(NativeConfigFormat)(0),                      // 21: virtmesh.compute.v1.NativeConfigFormat
-	(ResumeState)(0),                             // 22: virtmesh.compute.v1.ResumeState
-	(CoreDumpFormat)(0),                          // 23: virtmesh.compute.v1.CoreDumpFormat
-	(JobType)(0),                                 // 24: virtmesh.compute.v1.JobType
-	(JobOperation)(0),                            // 25: virtmesh.compute.v1.JobOperation
-	(InterfaceAddressSource)(0),                  // 26: virtmesh.compute.v1.InterfaceAddressSource
-	(IpAddressType)(0),                           // 27: virtmesh.compute.v1.IpAddressType
-	(GuestInfoType)(0),                           // 28: virtmesh.compute.v1.GuestInfoType
-	(HostnameSource)(0),                          // 29: virtmesh.compute.v1.HostnameSource
-	(SSHKeysChange)(0),                           // 30: virtmesh.compute.v1.SSHKeysChange
-	(AgentTimeoutMode)(0),                        // 31: virtmesh.compute.v1.AgentTimeoutMode
-	(VcpuState)(0),                               // 32: virtmesh.compute.v1.VcpuState
-	(MemoryStatTag)(0),                           // 33: virtmesh.compute.v1.MemoryStatTag
-	(PmSuspendTarget)(0),                         // 34: virtmesh.compute.v1.PmSuspendTarget
-	(ProcessSignal)(0),                           // 35: virtmesh.compute.v1.ProcessSignal
-	(LifecycleType)(0),                           // 36: virtmesh.compute.v1.LifecycleType
-	(LifecycleAction)(0),                         // 37: virtmesh.compute.v1.LifecycleAction
-	(DirtyRateMode)(0),                           // 38: virtmesh.compute.v1.DirtyRateMode
-	(*Domain)(nil),                               // 39: virtmesh.compute.v1.Domain
-	(*ListDomainsRequest)(nil),                   // 40: virtmesh.compute.v1.ListDomainsRequest
-	(*ListDomainsResponse)(nil),                  // 41: virtmesh.compute.v1.ListDomainsResponse
-	(*GetDomainRequest)(nil),                     // 42: virtmesh.compute.v1.GetDomainRequest
-	(*GetDomainResponse)(nil),                    // 43: virtmesh.compute.v1.GetDomainResponse
-	(*GetDomainXMLRequest)(nil),                  // 44: virtmesh.compute.v1.GetDomainXMLRequest
-	(*GetDomainXMLResponse)(nil),                 // 45: virtmesh.compute.v1.GetDomainXMLResponse
-	(*DefineDomainRequest)(nil),                  // 46: virtmesh.compute.v1.DefineDomainRequest
-	(*DefineDomainResponse)(nil),                 // 47: virtmesh.compute.v1.DefineDomainResponse
-	(*UndefineDomainRequest)(nil),                // 48: virtmesh.compute.v1.UndefineDomainRequest
-	(*UndefineDomainResponse)(nil),               // 49: virtmesh.compute.v1.UndefineDomainResponse
-	(*CreateDomainRequest)(nil),                  // 50: virtmesh.compute.v1.CreateDomainRequest
-	(*CreateDomainResponse)(nil),                 // 51: virtmesh.compute.v1.CreateDomainResponse
-	(*StartDomainRequest)(nil),                   // 52: virtmesh.compute.v1.StartDomainRequest
-	(*StartDomainResponse)(nil),                  // 53: virtmesh.compute.v1.StartDomainResponse
-	(*ShutdownDomainRequest)(nil),                // 54: virtmesh.compute.v1.ShutdownDomainRequest
-	(*ShutdownDomainResponse)(nil),               // 55: virtmesh.compute.v1.ShutdownDomainResponse
-	(*RebootDomainRequest)(nil),                  // 56: virtmesh.compute.v1.RebootDomainRequest
-	(*RebootDomainResponse)(nil),                 // 57: virtmesh.compute.v1.RebootDomainResponse
-	(*ResetDomainRequest)(nil),                   // 58: virtmesh.compute.v1.ResetDomainRequest
-	(*ResetDomainResponse)(nil),                  // 59: virtmesh.compute.v1.ResetDomainResponse
-	(*DestroyDomainRequest)(nil),                 // 60: virtmesh.compute.v1.DestroyDomainRequest
-	(*DestroyDomainResponse)(nil),                // 61: virtmesh.compute.v1.DestroyDomainResponse
-	(*SuspendDomainRequest)(nil),                 // 62: virtmesh.compute.v1.SuspendDomainRequest
-	(*SuspendDomainResponse)(nil),                // 63: virtmesh.compute.v1.SuspendDomainResponse
-	(*ResumeDomainRequest)(nil),                  // 64: virtmesh.compute.v1.ResumeDomainRequest
-	(*ResumeDomainResponse)(nil),                 // 65: virtmesh.compute.v1.ResumeDomainResponse
-	(*SetDomainAutostartRequest)(nil),            // 66: virtmesh.compute.v1.SetDomainAutostartRequest
-	(*SetDomainAutostartResponse)(nil),           // 67: virtmesh.compute.v1.SetDomainAutostartResponse
-	(*Scope)(nil),                                // 68: virtmesh.compute.v1.Scope
-	(*SetDomainVcpusRequest)(nil),                // 69: virtmesh.compute.v1.SetDomainVcpusRequest
-	(*SetDomainVcpusResponse)(nil),               // 70: virtmesh.compute.v1.SetDomainVcpusResponse
-	(*SetDomainMemoryRequest)(nil),               // 71: virtmesh.compute.v1.SetDomainMemoryRequest
-	(*SetDomainMemoryResponse)(nil),              // 72: virtmesh.compute.v1.SetDomainMemoryResponse
-	(*AttachDeviceRequest)(nil),                  // 73: virtmesh.compute.v1.AttachDeviceRequest
-	(*AttachDeviceResponse)(nil),                 // 74: virtmesh.compute.v1.AttachDeviceResponse
-	(*DetachDeviceRequest)(nil),                  // 75: virtmesh.compute.v1.DetachDeviceRequest
-	(*DetachDeviceResponse)(nil),                 // 76: virtmesh.compute.v1.DetachDeviceResponse
-	(*Snapshot)(nil),                             // 77: virtmesh.compute.v1.Snapshot
-	(*CreateSnapshotRequest)(nil),                // 78: virtmesh.compute.v1.CreateSnapshotRequest
-	(*CreateSnapshotResponse)(nil),               // 79: virtmesh.compute.v1.CreateSnapshotResponse
-	(*ListSnapshotsRequest)(nil),                 // 80: virtmesh.compute.v1.ListSnapshotsRequest
-	(*ListSnapshotsResponse)(nil),                // 81: virtmesh.compute.v1.ListSnapshotsResponse
-	(*GetSnapshotRequest)(nil),                   // 82: virtmesh.compute.v1.GetSnapshotRequest
-	(*GetSnapshotResponse)(nil),                  // 83: virtmesh.compute.v1.GetSnapshotResponse
-	(*RevertToSnapshotRequest)(nil),              // 84: virtmesh.compute.v1.RevertToSnapshotRequest
-	(*RevertToSnapshotResponse)(nil),             // 85: virtmesh.compute.v1.RevertToSnapshotResponse
-	(*DeleteSnapshotRequest)(nil),                // 86: virtmesh.compute.v1.DeleteSnapshotRequest
-	(*DeleteSnapshotResponse)(nil),               // 87: virtmesh.compute.v1.DeleteSnapshotResponse
-	(*GetDomainStatsRequest)(nil),                // 88: virtmesh.compute.v1.GetDomainStatsRequest
-	(*CpuStats)(nil),                             // 89: virtmesh.compute.v1.CpuStats
-	(*BalloonStats)(nil),                         // 90: virtmesh.compute.v1.BalloonStats
-	(*VcpuStats)(nil),                            // 91: virtmesh.compute.v1.VcpuStats
-	(*InterfaceStats)(nil),                       // 92: virtmesh.compute.v1.InterfaceStats
-	(*BlockStats)(nil),                           // 93: virtmesh.compute.v1.BlockStats
-	(*DomainStats)(nil),                          // 94: virtmesh.compute.v1.DomainStats
-	(*GetDomainStatsResponse)(nil),               // 95: virtmesh.compute.v1.GetDomainStatsResponse
-	(*WatchDomainEventsRequest)(nil),             // 96: virtmesh.compute.v1.WatchDomainEventsRequest
-	(*LifecycleEvent)(nil),                       // 97: virtmesh.compute.v1.LifecycleEvent
-	(*RebootEvent)(nil),                          // 98: virtmesh.compute.v1.RebootEvent
-	(*DeviceAddedEvent)(nil),                     // 99: virtmesh.compute.v1.DeviceAddedEvent
-	(*DeviceRemovedEvent)(nil),                   // 100: virtmesh.compute.v1.DeviceRemovedEvent
-	(*WatchDomainEventsResponse)(nil),            // 101: virtmesh.compute.v1.WatchDomainEventsResponse
-	(*RtcChangeEvent)(nil),                       // 102: virtmesh.compute.v1.RtcChangeEvent
-	(*WatchdogEvent)(nil),                        // 103: virtmesh.compute.v1.WatchdogEvent
-	(*IoErrorEvent)(nil),                         // 104: virtmesh.compute.v1.IoErrorEvent
-	(*GraphicsAddress)(nil),                      // 105: virtmesh.compute.v1.GraphicsAddress
-	(*GraphicsSubjectIdentity)(nil),              // 106: virtmesh.compute.v1.GraphicsSubjectIdentity
-	(*GraphicsEvent)(nil),                        // 107: virtmesh.compute.v1.GraphicsEvent
-	(*TrayChangeEvent)(nil),                      // 108: virtmesh.compute.v1.TrayChangeEvent
-	(*PmWakeupEvent)(nil),                        // 109: virtmesh.compute.v1.PmWakeupEvent
-	(*PmSuspendEvent)(nil),                       // 110: virtmesh.compute.v1.PmSuspendEvent
-	(*PmSuspendDiskEvent)(nil),                   // 111: virtmesh.compute.v1.PmSuspendDiskEvent
-	(*BalloonChangeEvent)(nil),                   // 112: virtmesh.compute.v1.BalloonChangeEvent
-	(*BlockJobEvent)(nil),                        // 113: virtmesh.compute.v1.BlockJobEvent
-	(*DeviceRemovalFailedEvent)(nil),             // 114: virtmesh.compute.v1.DeviceRemovalFailedEvent
-	(*TunableEvent)(nil),                         // 115: virtmesh.compute.v1.TunableEvent
-	(*AgentLifecycleEvent)(nil),                  // 116: virtmesh.compute.v1.AgentLifecycleEvent
-	(*MigrationIterationEvent)(nil),              // 117: virtmesh.compute.v1.MigrationIterationEvent
-	(*JobCompletedEvent)(nil),                    // 118: virtmesh.compute.v1.JobCompletedEvent
-	(*MetadataChangeEvent)(nil),                  // 119: virtmesh.compute.v1.MetadataChangeEvent
-	(*BlockThresholdEvent)(nil),                  // 120: virtmesh.compute.v1.BlockThresholdEvent
-	(*MemoryFailureEvent)(nil),                   // 121: virtmesh.compute.v1.MemoryFailureEvent
-	(*MemoryDeviceSizeChangeEvent)(nil),          // 122: virtmesh.compute.v1.MemoryDeviceSizeChangeEvent
-	(*ControlErrorEvent)(nil),                    // 123: virtmesh.compute.v1.ControlErrorEvent
-	(*DiskChangeEvent)(nil),                      // 124: virtmesh.compute.v1.DiskChangeEvent
-	(*GetCapabilitiesRequest)(nil),               // 125: virtmesh.compute.v1.GetCapabilitiesRequest
-	(*GetCapabilitiesResponse)(nil),              // 126: virtmesh.compute.v1.GetCapabilitiesResponse
-	(*GetDomainCapabilitiesRequest)(nil),         // 127: virtmesh.compute.v1.GetDomainCapabilitiesRequest
-	(*GetDomainCapabilitiesResponse)(nil),        // 128: virtmesh.compute.v1.GetDomainCapabilitiesResponse
-	(*GetNodeInfoRequest)(nil),                   // 129: virtmesh.compute.v1.GetNodeInfoRequest
-	(*GetNodeInfoResponse)(nil),                  // 130: virtmesh.compute.v1.GetNodeInfoResponse
-	(*GetVersionRequest)(nil),                    // 131: virtmesh.compute.v1.GetVersionRequest
-	(*GetVersionResponse)(nil),                   // 132: virtmesh.compute.v1.GetVersionResponse
-	(*OpenDomainConsoleRequest)(nil),             // 133: virtmesh.compute.v1.OpenDomainConsoleRequest
-	(*OpenDomainConsoleResponse)(nil),            // 134: virtmesh.compute.v1.OpenDomainConsoleResponse
-	(*OpenDomainChannelRequest)(nil),             // 135: virtmesh.compute.v1.OpenDomainChannelRequest
-	(*OpenDomainChannelResponse)(nil),            // 136: virtmesh.compute.v1.OpenDomainChannelResponse
-	(*OpenDomainGraphicsRequest)(nil),            // 137: virtmesh.compute.v1.OpenDomainGraphicsRequest
-	(*OpenDomainGraphicsResponse)(nil),           // 138: virtmesh.compute.v1.OpenDomainGraphicsResponse
-	(*GetDomainScreenshotRequest)(nil),           // 139: virtmesh.compute.v1.GetDomainScreenshotRequest
-	(*GetDomainScreenshotResponse)(nil),          // 140: virtmesh.compute.v1.GetDomainScreenshotResponse
-	(*SendDomainKeyRequest)(nil),                 // 141: virtmesh.compute.v1.SendDomainKeyRequest
-	(*SendDomainKeyResponse)(nil),                // 142: virtmesh.compute.v1.SendDomainKeyResponse
-	(*GetDomainDisplayRequest)(nil),              // 143: virtmesh.compute.v1.GetDomainDisplayRequest
-	(*DomainDisplay)(nil),                        // 144: virtmesh.compute.v1.DomainDisplay
-	(*GetDomainDisplayResponse)(nil),             // 145: virtmesh.compute.v1.GetDomainDisplayResponse
-	(*BaselineCpuRequest)(nil),                   // 146: virtmesh.compute.v1.BaselineCpuRequest
-	(*BaselineCpuResponse)(nil),                  // 147: virtmesh.compute.v1.BaselineCpuResponse
-	(*BaselineHypervisorCpuRequest)(nil),         // 148: virtmesh.compute.v1.BaselineHypervisorCpuRequest
-	(*BaselineHypervisorCpuResponse)(nil),        // 149: virtmesh.compute.v1.BaselineHypervisorCpuResponse
-	(*CompareCpuRequest)(nil),                    // 150: virtmesh.compute.v1.CompareCpuRequest
-	(*CompareCpuResponse)(nil),                   // 151: virtmesh.compute.v1.CompareCpuResponse
-	(*CompareHypervisorCpuRequest)(nil),          // 152: virtmesh.compute.v1.CompareHypervisorCpuRequest
-	(*CompareHypervisorCpuResponse)(nil),         // 153: virtmesh.compute.v1.CompareHypervisorCpuResponse
-	(*GetCpuModelNamesRequest)(nil),              // 154: virtmesh.compute.v1.GetCpuModelNamesRequest
-	(*GetCpuModelNamesResponse)(nil),             // 155: virtmesh.compute.v1.GetCpuModelNamesResponse
-	(*GetSysinfoRequest)(nil),                    // 156: virtmesh.compute.v1.GetSysinfoRequest
-	(*GetSysinfoResponse)(nil),                   // 157: virtmesh.compute.v1.GetSysinfoResponse
-	(*GetHostnameRequest)(nil),                   // 158: virtmesh.compute.v1.GetHostnameRequest
-	(*GetHostnameResponse)(nil),                  // 159: virtmesh.compute.v1.GetHostnameResponse
-	(*GetMaxVcpusRequest)(nil),                   // 160: virtmesh.compute.v1.GetMaxVcpusRequest
-	(*GetMaxVcpusResponse)(nil),                  // 161: virtmesh.compute.v1.GetMaxVcpusResponse
-	(*GetNodeCpuStatsRequest)(nil),               // 162: virtmesh.compute.v1.GetNodeCpuStatsRequest
-	(*GetNodeCpuStatsResponse)(nil),              // 163: virtmesh.compute.v1.GetNodeCpuStatsResponse
-	(*GetNodeMemoryStatsRequest)(nil),            // 164: virtmesh.compute.v1.GetNodeMemoryStatsRequest
-	(*GetNodeMemoryStatsResponse)(nil),           // 165: virtmesh.compute.v1.GetNodeMemoryStatsResponse
-	(*GetNodeFreeMemoryRequest)(nil),             // 166: virtmesh.compute.v1.GetNodeFreeMemoryRequest
-	(*GetNodeFreeMemoryResponse)(nil),            // 167: virtmesh.compute.v1.GetNodeFreeMemoryResponse
-	(*GetCellsFreeMemoryRequest)(nil),            // 168: virtmesh.compute.v1.GetCellsFreeMemoryRequest
-	(*CellFreeMemory)(nil),                       // 169: virtmesh.compute.v1.CellFreeMemory
-	(*GetCellsFreeMemoryResponse)(nil),           // 170: virtmesh.compute.v1.GetCellsFreeMemoryResponse
-	(*PageCount)(nil),                            // 171: virtmesh.compute.v1.PageCount
-	(*GetNodeFreePagesRequest)(nil),              // 172: virtmesh.compute.v1.GetNodeFreePagesRequest
-	(*CellPages)(nil),                            // 173: virtmesh.compute.v1.CellPages
-	(*GetNodeFreePagesResponse)(nil),             // 174: virtmesh.compute.v1.GetNodeFreePagesResponse
-	(*AllocNodePagesRequest)(nil),                // 175: virtmesh.compute.v1.AllocNodePagesRequest
-	(*AllocNodePagesResponse)(nil),               // 176: virtmesh.compute.v1.AllocNodePagesResponse
-	(*NodeMemoryParameters)(nil),                 // 177: virtmesh.compute.v1.NodeMemoryParameters
-	(*GetNodeMemoryParametersRequest)(nil),       // 178: virtmesh.compute.v1.GetNodeMemoryParametersRequest
-	(*GetNodeMemoryParametersResponse)(nil),      // 179: virtmesh.compute.v1.GetNodeMemoryParametersResponse
-	(*SetNodeMemoryParametersRequest)(nil),       // 180: virtmesh.compute.v1.SetNodeMemoryParametersRequest
-	(*SetNodeMemoryParametersResponse)(nil),      // 181: virtmesh.compute.v1.SetNodeMemoryParametersResponse
-	(*SuspendNodeRequest)(nil),                   // 182: virtmesh.compute.v1.SuspendNodeRequest
-	(*SuspendNodeResponse)(nil),                  // 183: virtmesh.compute.v1.SuspendNodeResponse
-	(*GetNodeCpuMapRequest)(nil),                 // 184: virtmesh.compute.v1.GetNodeCpuMapRequest
-	(*GetNodeCpuMapResponse)(nil),                // 185: virtmesh.compute.v1.GetNodeCpuMapResponse
-	(*GetNodeSecurityModelRequest)(nil),          // 186: virtmesh.compute.v1.GetNodeSecurityModelRequest
-	(*GetNodeSecurityModelResponse)(nil),         // 187: virtmesh.compute.v1.GetNodeSecurityModelResponse
-	(*GetNodeSevInfoRequest)(nil),                // 188: virtmesh.compute.v1.GetNodeSevInfoRequest
-	(*GetNodeSevInfoResponse)(nil),               // 189: virtmesh.compute.v1.GetNodeSevInfoResponse
-	(*ConvertNativeToDomainXMLRequest)(nil),      // 190: virtmesh.compute.v1.ConvertNativeToDomainXMLRequest
-	(*ConvertNativeToDomainXMLResponse)(nil),     // 191: virtmesh.compute.v1.ConvertNativeToDomainXMLResponse
-	(*ConvertDomainXMLToNativeRequest)(nil),      // 192: virtmesh.compute.v1.ConvertDomainXMLToNativeRequest
-	(*ConvertDomainXMLToNativeResponse)(nil),     // 193: virtmesh.compute.v1.ConvertDomainXMLToNativeResponse
-	(*SaveDomainRequest)(nil),                    // 194: virtmesh.compute.v1.SaveDomainRequest
-	(*SaveDomainResponse)(nil),                   // 195: virtmesh.compute.v1.SaveDomainResponse
-	(*RestoreDomainRequest)(nil),                 // 196: virtmesh.compute.v1.RestoreDomainRequest
-	(*RestoreDomainResponse)(nil),                // 197: virtmesh.compute.v1.RestoreDomainResponse
-	(*GetSaveImageXMLRequest)(nil),               // 198: virtmesh.compute.v1.GetSaveImageXMLRequest
-	(*GetSaveImageXMLResponse)(nil),              // 199: virtmesh.compute.v1.GetSaveImageXMLResponse
-	(*DefineSaveImageXMLRequest)(nil),            // 200: virtmesh.compute.v1.DefineSaveImageXMLRequest
-	(*DefineSaveImageXMLResponse)(nil),           // 201: virtmesh.compute.v1.DefineSaveImageXMLResponse
-	(*ManagedSaveDomainRequest)(nil),             // 202: virtmesh.compute.v1.ManagedSaveDomainRequest
-	(*ManagedSaveDomainResponse)(nil),            // 203: virtmesh.compute.v1.ManagedSaveDomainResponse
-	(*RemoveManagedSaveRequest)(nil),             // 204: virtmesh.compute.v1.RemoveManagedSaveRequest
-	(*RemoveManagedSaveResponse)(nil),            // 205: virtmesh.compute.v1.RemoveManagedSaveResponse
-	(*GetManagedSaveXMLRequest)(nil),             // 206: virtmesh.compute.v1.GetManagedSaveXMLRequest
-	(*GetManagedSaveXMLResponse)(nil),            // 207: virtmesh.compute.v1.GetManagedSaveXMLResponse
-	(*DefineManagedSaveXMLRequest)(nil),          // 208: virtmesh.compute.v1.DefineManagedSaveXMLRequest
-	(*DefineManagedSaveXMLResponse)(nil),         // 209: virtmesh.compute.v1.DefineManagedSaveXMLResponse
-	(*CoreDumpDomainRequest)(nil),                // 210: virtmesh.compute.v1.CoreDumpDomainRequest
-	(*CoreDumpDomainResponse)(nil),               // 211: virtmesh.compute.v1.CoreDumpDomainResponse
-	(*GetDomainJobInfoRequest)(nil),              // 212: virtmesh.compute.v1.GetDomainJobInfoRequest
-	(*DomainJob)(nil),                            // 213: virtmesh.compute.v1.DomainJob
-	(*GetDomainJobInfoResponse)(nil),             // 214: virtmesh.compute.v1.GetDomainJobInfoResponse
-	(*AbortDomainJobRequest)(nil),                // 215: virtmesh.compute.v1.AbortDomainJobRequest
-	(*AbortDomainJobResponse)(nil),               // 216: virtmesh.compute.v1.AbortDomainJobResponse
-	(*IpAddress)(nil),                            // 217: virtmesh.compute.v1.IpAddress
-	(*GuestInterface)(nil),                       // 218: virtmesh.compute.v1.GuestInterface
-	(*GetInterfaceAddressesRequest)(nil),         // 219: virtmesh.compute.v1.GetInterfaceAddressesRequest
-	(*GetInterfaceAddressesResponse)(nil),        // 220: virtmesh.compute.v1.GetInterfaceAddressesResponse
-	(*FreezeFilesystemsRequest)(nil),             // 221: virtmesh.compute.v1.FreezeFilesystemsRequest
-	(*FreezeFilesystemsResponse)(nil),            // 222: virtmesh.compute.v1.FreezeFilesystemsResponse
-	(*ThawFilesystemsRequest)(nil),               // 223: virtmesh.compute.v1.ThawFilesystemsRequest
-	(*ThawFilesystemsResponse)(nil),              // 224: virtmesh.compute.v1.ThawFilesystemsResponse
-	(*TrimFilesystemsRequest)(nil),               // 225: virtmesh.compute.v1.TrimFilesystemsRequest
-	(*TrimFilesystemsResponse)(nil),              // 226: virtmesh.compute.v1.TrimFilesystemsResponse
-	(*GuestFilesystem)(nil),                      // 227: virtmesh.compute.v1.GuestFilesystem
-	(*GetFilesystemInfoRequest)(nil),             // 228: virtmesh.compute.v1.GetFilesystemInfoRequest
-	(*GetFilesystemInfoResponse)(nil),            // 229: virtmesh.compute.v1.GetFilesystemInfoResponse
-	(*GetGuestInfoRequest)(nil),                  // 230: virtmesh.compute.v1.GetGuestInfoRequest
-	(*GuestUser)(nil),                            // 231: virtmesh.compute.v1.GuestUser
-	(*GuestOs)(nil),                              // 232: virtmesh.compute.v1.GuestOs
-	(*GuestTimezone)(nil),                        // 233: virtmesh.compute.v1.GuestTimezone
-	(*GuestFilesystemDisk)(nil),                  // 234: virtmesh.compute.v1.GuestFilesystemDisk
-	(*GuestFilesystemUsage)(nil),                 // 235: virtmesh.compute.v1.GuestFilesystemUsage
-	(*GuestDisk)(nil),                            // 236: virtmesh.compute.v1.GuestDisk
-	(*GetGuestInfoResponse)(nil),                 // 237: virtmesh.compute.v1.GetGuestInfoResponse
-	(*GetGuestHostnameRequest)(nil),              // 238: virtmesh.compute.v1.GetGuestHostnameRequest
-	(*GetGuestHostnameResponse)(nil),             // 239: virtmesh.compute.v1.GetGuestHostnameResponse
-	(*GetGuestVcpusRequest)(nil),                 // 240: virtmesh.compute.v1.GetGuestVcpusRequest
-	(*GetGuestVcpusResponse)(nil),                // 241: virtmesh.compute.v1.GetGuestVcpusResponse
-	(*SetGuestVcpusRequest)(nil),                 // 242: virtmesh.compute.v1.SetGuestVcpusRequest
-	(*SetGuestVcpusResponse)(nil),                // 243: virtmesh.compute.v1.SetGuestVcpusResponse
-	(*GetGuestTimeRequest)(nil),                  // 244: virtmesh.compute.v1.GetGuestTimeRequest
-	(*GetGuestTimeResponse)(nil),                 // 245: virtmesh.compute.v1.GetGuestTimeResponse
-	(*SetGuestTimeRequest)(nil),                  // 246: virtmesh.compute.v1.SetGuestTimeRequest
-	(*SetGuestTimeResponse)(nil),                 // 247: virtmesh.compute.v1.SetGuestTimeResponse
-	(*SetUserPasswordRequest)(nil),               // 248: virtmesh.compute.v1.SetUserPasswordRequest
-	(*SetUserPasswordResponse)(nil),              // 249: virtmesh.compute.v1.SetUserPasswordResponse
-	(*GetAuthorizedSSHKeysRequest)(nil),          // 250: virtmesh.compute.v1.GetAuthorizedSSHKeysRequest
-	(*GetAuthorizedSSHKeysResponse)(nil),         // 251: virtmesh.compute.v1.GetAuthorizedSSHKeysResponse
-	(*SetAuthorizedSSHKeysRequest)(nil),          // 252: virtmesh.compute.v1.SetAuthorizedSSHKeysRequest
-	(*SetAuthorizedSSHKeysResponse)(nil),         // 253: virtmesh.compute.v1.SetAuthorizedSSHKeysResponse
-	(*SetAgentResponseTimeoutRequest)(nil),       // 254: virtmesh.compute.v1.SetAgentResponseTimeoutRequest
-	(*SetAgentResponseTimeoutResponse)(nil),      // 255: virtmesh.compute.v1.SetAgentResponseTimeoutResponse
-	(*GetDomainSchedulerParametersRequest)(nil),  // 256: virtmesh.compute.v1.GetDomainSchedulerParametersRequest
-	(*GetDomainSchedulerParametersResponse)(nil), // 257: virtmesh.compute.v1.GetDomainSchedulerParametersResponse
-	(*SetDomainSchedulerParametersRequest)(nil),  // 258: virtmesh.compute.v1.SetDomainSchedulerParametersRequest
-	(*SetDomainSchedulerParametersResponse)(nil), // 259: virtmesh.compute.v1.SetDomainSchedulerParametersResponse
-	(*GetDomainMemoryParametersRequest)(nil),     // 260: virtmesh.compute.v1.GetDomainMemoryParametersRequest
-	(*GetDomainMemoryParametersResponse)(nil),    // 261: virtmesh.compute.v1.GetDomainMemoryParametersResponse
-	(*SetDomainMemoryParametersRequest)(nil),     // 262: virtmesh.compute.v1.SetDomainMemoryParametersRequest
-	(*SetDomainMemoryParametersResponse)(nil),    // 263: virtmesh.compute.v1.SetDomainMemoryParametersResponse
-	(*GetDomainBlkioParametersRequest)(nil),      // 264: virtmesh.compute.v1.GetDomainBlkioParametersRequest
-	(*GetDomainBlkioParametersResponse)(nil),     // 265: virtmesh.compute.v1.GetDomainBlkioParametersResponse
-	(*SetDomainBlkioParametersRequest)(nil),      // 266: virtmesh.compute.v1.SetDomainBlkioParametersRequest
-	(*SetDomainBlkioParametersResponse)(nil),     // 267: virtmesh.compute.v1.SetDomainBlkioParametersResponse
-	(*GetDomainNumaParametersRequest)(nil),       // 268: virtmesh.compute.v1.GetDomainNumaParametersRequest
-	(*GetDomainNumaParametersResponse)(nil),      // 269: virtmesh.compute.v1.GetDomainNumaParametersResponse
-	(*SetDomainNumaParametersRequest)(nil),       // 270: virtmesh.compute.v1.SetDomainNumaParametersRequest
-	(*SetDomainNumaParametersResponse)(nil),      // 271: virtmesh.compute.v1.SetDomainNumaParametersResponse
-	(*GetDomainPerfEventsRequest)(nil),           // 272: virtmesh.compute.v1.GetDomainPerfEventsRequest
-	(*GetDomainPerfEventsResponse)(nil),          // 273: virtmesh.compute.v1.GetDomainPerfEventsResponse
-	(*SetDomainPerfEventsRequest)(nil),           // 274: virtmesh.compute.v1.SetDomainPerfEventsRequest
-	(*SetDomainPerfEventsResponse)(nil),          // 275: virtmesh.compute.v1.SetDomainPerfEventsResponse
-	(*CpuAffinity)(nil),                          // 276: virtmesh.compute.v1.CpuAffinity
-	(*GetDomainVcpuPinInfoRequest)(nil),          // 277: virtmesh.compute.v1.GetDomainVcpuPinInfoRequest
-	(*GetDomainVcpuPinInfoResponse)(nil),         // 278: virtmesh.compute.v1.GetDomainVcpuPinInfoResponse
-	(*PinDomainVcpuRequest)(nil),                 // 279: virtmesh.compute.v1.PinDomainVcpuRequest
-	(*PinDomainVcpuResponse)(nil),                // 280: virtmesh.compute.v1.PinDomainVcpuResponse
-	(*GetDomainEmulatorPinInfoRequest)(nil),      // 281: virtmesh.compute.v1.GetDomainEmulatorPinInfoRequest
-	(*GetDomainEmulatorPinInfoResponse)(nil),     // 282: virtmesh.compute.v1.GetDomainEmulatorPinInfoResponse
-	(*PinDomainEmulatorRequest)(nil),             // 283: virtmesh.compute.v1.PinDomainEmulatorRequest
-	(*PinDomainEmulatorResponse)(nil),            // 284: virtmesh.compute.v1.PinDomainEmulatorResponse
-	(*GetDomainIOThreadInfoRequest)(nil),         // 285: virtmesh.compute.v1.GetDomainIOThreadInfoRequest
-	(*IOThread)(nil),                             // 286: virtmesh.compute.v1.IOThread
-	(*GetDomainIOThreadInfoResponse)(nil),        // 287: virtmesh.compute.v1.GetDomainIOThreadInfoResponse
-	(*AddDomainIOThreadRequest)(nil),             // 288: virtmesh.compute.v1.AddDomainIOThreadRequest
-	(*AddDomainIOThreadResponse)(nil),            // 289: virtmesh.compute.v1.AddDomainIOThreadResponse
-	(*DeleteDomainIOThreadRequest)(nil),          // 290: virtmesh.compute.v1.DeleteDomainIOThreadRequest
-	(*DeleteDomainIOThreadResponse)(nil),         // 291: virtmesh.compute.v1.DeleteDomainIOThreadResponse
-	(*PinDomainIOThreadRequest)(nil),             // 292: virtmesh.compute.v1.PinDomainIOThreadRequest
-	(*PinDomainIOThreadResponse)(nil),            // 293: virtmesh.compute.v1.PinDomainIOThreadResponse
-	(*GetDomainMetadataRequest)(nil),             // 294: virtmesh.compute.v1.GetDomainMetadataRequest
-	(*GetDomainMetadataResponse)(nil),            // 295: virtmesh.compute.v1.GetDomainMetadataResponse
-	(*SetDomainMetadataRequest)(nil),             // 296: virtmesh.compute.v1.SetDomainMetadataRequest
-	(*SetDomainMetadataResponse)(nil),            // 297: virtmesh.compute.v1.SetDomainMetadataResponse
-	(*GetDomainCpuStatsRequest)(nil),             // 298: virtmesh.compute.v1.GetDomainCpuStatsRequest
-	(*DomainCpuStats)(nil),                       // 299: virtmesh.compute.v1.DomainCpuStats
-	(*GetDomainCpuStatsResponse)(nil),            // 300: virtmesh.compute.v1.GetDomainCpuStatsResponse
-	(*GetDomainMaxMemoryRequest)(nil),            // 301: virtmesh.compute.v1.GetDomainMaxMemoryRequest
-	(*GetDomainMaxMemoryResponse)(nil),           // 302: virtmesh.compute.v1.GetDomainMaxMemoryResponse
-	(*GetDomainVcpusRequest)(nil),                // 303: virtmesh.compute.v1.GetDomainVcpusRequest
-	(*VcpuInfo)(nil),                             // 304: virtmesh.compute.v1.VcpuInfo
-	(*GetDomainVcpusResponse)(nil),               // 305: virtmesh.compute.v1.GetDomainVcpusResponse
-	(*GetDomainInterfaceParametersRequest)(nil),  // 306: virtmesh.compute.v1.GetDomainInterfaceParametersRequest
-	(*GetDomainInterfaceParametersResponse)(nil), // 307: virtmesh.compute.v1.GetDomainInterfaceParametersResponse
-	(*SetDomainInterfaceParametersRequest)(nil),  // 308: virtmesh.compute.v1.SetDomainInterfaceParametersRequest
-	(*SetDomainInterfaceParametersResponse)(nil), // 309: virtmesh.compute.v1.SetDomainInterfaceParametersResponse
-	(*SetDomainMemoryStatsPeriodRequest)(nil),    // 310: virtmesh.compute.v1.SetDomainMemoryStatsPeriodRequest
-	(*SetDomainMemoryStatsPeriodResponse)(nil),   // 311: virtmesh.compute.v1.SetDomainMemoryStatsPeriodResponse
-	(*SetDomainIOThreadParametersRequest)(nil),   // 312: virtmesh.compute.v1.SetDomainIOThreadParametersRequest
-	(*SetDomainIOThreadParametersResponse)(nil),  // 313: virtmesh.compute.v1.SetDomainIOThreadParametersResponse
-	(*SetDomainVcpuRequest)(nil),                 // 314: virtmesh.compute.v1.SetDomainVcpuRequest
-	(*SetDomainVcpuResponse)(nil),                // 315: virtmesh.compute.v1.SetDomainVcpuResponse
-	(*GetDomainSecurityLabelsRequest)(nil),       // 316: virtmesh.compute.v1.GetDomainSecurityLabelsRequest
-	(*SecurityLabel)(nil),                        // 317: virtmesh.compute.v1.SecurityLabel
-	(*GetDomainSecurityLabelsResponse)(nil),      // 318: virtmesh.compute.v1.GetDomainSecurityLabelsResponse
-	(*GetDomainLaunchSecurityInfoRequest)(nil),   // 319: virtmesh.compute.v1.GetDomainLaunchSecurityInfoRequest
-	(*GetDomainLaunchSecurityInfoResponse)(nil),  // 320: virtmesh.compute.v1.GetDomainLaunchSecurityInfoResponse
-	(*SetDomainLaunchSecurityStateRequest)(nil),  // 321: virtmesh.compute.v1.SetDomainLaunchSecurityStateRequest
-	(*SetDomainLaunchSecurityStateResponse)(nil), // 322: virtmesh.compute.v1.SetDomainLaunchSecurityStateResponse
-	(*GetDomainBlockInfoRequest)(nil),            // 323: virtmesh.compute.v1.GetDomainBlockInfoRequest
-	(*GetDomainBlockInfoResponse)(nil),           // 324: virtmesh.compute.v1.GetDomainBlockInfoResponse
-	(*GetDomainBlockStatsRequest)(nil),           // 325: virtmesh.compute.v1.GetDomainBlockStatsRequest
-	(*GetDomainBlockStatsResponse)(nil),          // 326: virtmesh.compute.v1.GetDomainBlockStatsResponse
-	(*GetDomainInterfaceStatsRequest)(nil),       // 327: virtmesh.compute.v1.GetDomainInterfaceStatsRequest
-	(*GetDomainInterfaceStatsResponse)(nil),      // 328: virtmesh.compute.v1.GetDomainInterfaceStatsResponse
-	(*GetDomainMemoryStatsRequest)(nil),          // 329: virtmesh.compute.v1.GetDomainMemoryStatsRequest
-	(*MemoryStat)(nil),                           // 330: virtmesh.compute.v1.MemoryStat
-	(*GetDomainMemoryStatsResponse)(nil),         // 331: virtmesh.compute.v1.GetDomainMemoryStatsResponse
-	(*PeekDomainBlockRequest)(nil),               // 332: virtmesh.compute.v1.PeekDomainBlockRequest
-	(*PeekDomainBlockResponse)(nil),              // 333: virtmesh.compute.v1.PeekDomainBlockResponse
-	(*PeekDomainMemoryRequest)(nil),              // 334: virtmesh.compute.v1.PeekDomainMemoryRequest
-	(*PeekDomainMemoryResponse)(nil),             // 335: virtmesh.compute.v1.PeekDomainMemoryResponse
-	(*ResizeDomainBlockRequest)(nil),             // 336: virtmesh.compute.v1.ResizeDomainBlockRequest
-	(*ResizeDomainBlockResponse)(nil),            // 337: virtmesh.compute.v1.ResizeDomainBlockResponse
-	(*GetDomainBlockIoTuneRequest)(nil),          // 338: virtmesh.compute.v1.GetDomainBlockIoTuneRequest
-	(*GetDomainBlockIoTuneResponse)(nil),         // 339: virtmesh.compute.v1.GetDomainBlockIoTuneResponse
-	(*SetDomainBlockIoTuneRequest)(nil),          // 340: virtmesh.compute.v1.SetDomainBlockIoTuneRequest
-	(*SetDomainBlockIoTuneResponse)(nil),         // 341: virtmesh.compute.v1.SetDomainBlockIoTuneResponse
-	(*BlockDestination)(nil),                     // 342: virtmesh.compute.v1.BlockDestination
-	(*CopyDomainBlockRequest)(nil),               // 343: virtmesh.compute.v1.CopyDomainBlockRequest
-	(*CopyDomainBlockResponse)(nil),              // 344: virtmesh.compute.v1.CopyDomainBlockResponse
-	(*CommitDomainBlockRequest)(nil),             // 345: virtmesh.compute.v1.CommitDomainBlockRequest
-	(*CommitDomainBlockResponse)(nil),            // 346: virtmesh.compute.v1.CommitDomainBlockResponse
-	(*PullDomainBlockRequest)(nil),               // 347: virtmesh.compute.v1.PullDomainBlockRequest
-	(*PullDomainBlockResponse)(nil),              // 348: virtmesh.compute.v1.PullDomainBlockResponse
-	(*RebaseDomainBlockRequest)(nil),             // 349: virtmesh.compute.v1.RebaseDomainBlockRequest
-	(*RebaseDomainBlockResponse)(nil),            // 350: virtmesh.compute.v1.RebaseDomainBlockResponse
-	(*AbortDomainBlockJobRequest)(nil),           // 351: virtmesh.compute.v1.AbortDomainBlockJobRequest
-	(*AbortDomainBlockJobResponse)(nil),          // 352: virtmesh.compute.v1.AbortDomainBlockJobResponse
-	(*SetDomainBlockJobSpeedRequest)(nil),        // 353: virtmesh.compute.v1.SetDomainBlockJobSpeedRequest
-	(*SetDomainBlockJobSpeedResponse)(nil),       // 354: virtmesh.compute.v1.SetDomainBlockJobSpeedResponse
-	(*GetDomainBlockJobInfoRequest)(nil),         // 355: virtmesh.compute.v1.GetDomainBlockJobInfoRequest
-	(*GetDomainBlockJobInfoResponse)(nil),        // 356: virtmesh.compute.v1.GetDomainBlockJobInfoResponse
-	(*SetDomainBlockThresholdRequest)(nil),       // 357: virtmesh.compute.v1.SetDomainBlockThresholdRequest
-	(*SetDomainBlockThresholdResponse)(nil),      // 358: virtmesh.compute.v1.SetDomainBlockThresholdResponse
-	(*PmSuspendDomainRequest)(nil),               // 359: virtmesh.compute.v1.PmSuspendDomainRequest
-	(*PmSuspendDomainResponse)(nil),              // 360: virtmesh.compute.v1.PmSuspendDomainResponse
-	(*PmWakeupDomainRequest)(nil),                // 361: virtmesh.compute.v1.PmWakeupDomainRequest
-	(*PmWakeupDomainResponse)(nil),               // 362: virtmesh.compute.v1.PmWakeupDomainResponse
-	(*RenameDomainRequest)(nil),                  // 363: virtmesh.compute.v1.RenameDomainRequest
-	(*RenameDomainResponse)(nil),                 // 364: virtmesh.compute.v1.RenameDomainResponse
-	(*InjectDomainNmiRequest)(nil),               // 365: virtmesh.compute.v1.InjectDomainNmiRequest
-	(*InjectDomainNmiResponse)(nil),              // 366: virtmesh.compute.v1.InjectDomainNmiResponse
-	(*SendDomainProcessSignalRequest)(nil),       // 367: virtmesh.compute.v1.SendDomainProcessSignalRequest
-	(*SendDomainProcessSignalResponse)(nil),      // 368: virtmesh.compute.v1.SendDomainProcessSignalResponse
-	(*SetDomainLifecycleActionRequest)(nil),      // 369: virtmesh.compute.v1.SetDomainLifecycleActionRequest
-	(*SetDomainLifecycleActionResponse)(nil),     // 370: virtmesh.compute.v1.SetDomainLifecycleActionResponse
-	(*GetDomainMessagesRequest)(nil),             // 371: virtmesh.compute.v1.GetDomainMessagesRequest
-	(*GetDomainMessagesResponse)(nil),            // 372: virtmesh.compute.v1.GetDomainMessagesResponse
-	(*GetDomainVcpuCountRequest)(nil),            // 373: virtmesh.compute.v1.GetDomainVcpuCountRequest
-	(*GetDomainVcpuCountResponse)(nil),           // 374: virtmesh.compute.v1.GetDomainVcpuCountResponse
-	(*StartDomainDirtyRateCalcRequest)(nil),      // 375: virtmesh.compute.v1.StartDomainDirtyRateCalcRequest
-	(*StartDomainDirtyRateCalcResponse)(nil),     // 376: virtmesh.compute.v1.StartDomainDirtyRateCalcResponse
-	(*DirtyRateStats)(nil),                       // 377: virtmesh.compute.v1.DirtyRateStats
-	nil,                                          // 378: virtmesh.compute.v1.DomainStats.RawEntry
-	nil,                                          // 379: virtmesh.compute.v1.GetNodeCpuStatsResponse.RawEntry
-	nil,                                          // 380: virtmesh.compute.v1.GetNodeMemoryStatsResponse.RawEntry
-	nil,                                          // 381: virtmesh.compute.v1.DomainJob.RawEntry
-	nil,                                          // 382: virtmesh.compute.v1.GetGuestInfoResponse.RawEntry
-	(*timestamppb.Timestamp)(nil),                // 383: google.protobuf.Timestamp
-	(*v1.EventPosition)(nil),                     // 384: virtmesh.events.v1.EventPosition
-	(*v1.EventGap)(nil),                          // 385: virtmesh.events.v1.EventGap
-	(*v11.TypedParameter)(nil),                   // 386: virtmesh.types.v1.TypedParameter
+	(DomainState)(0),                                   // 0: virtmesh.compute.v1.DomainState
+	(PowerMethod)(0),                                   // 1: virtmesh.compute.v1.PowerMethod
+	(StatGroup)(0),                                     // 2: virtmesh.compute.v1.StatGroup
+	(LifecycleEventType)(0),                            // 3: virtmesh.compute.v1.LifecycleEventType
+	(WatchdogAction)(0),                                // 4: virtmesh.compute.v1.WatchdogAction
+	(IoErrorAction)(0),                                 // 5: virtmesh.compute.v1.IoErrorAction
+	(GraphicsPhase)(0),                                 // 6: virtmesh.compute.v1.GraphicsPhase
+	(GraphicsAddressFamily)(0),                         // 7: virtmesh.compute.v1.GraphicsAddressFamily
+	(TrayChange)(0),                                    // 8: virtmesh.compute.v1.TrayChange
+	(BlockJobType)(0),                                  // 9: virtmesh.compute.v1.BlockJobType
+	(BlockJobStatus)(0),                                // 10: virtmesh.compute.v1.BlockJobStatus
+	(AgentState)(0),                                    // 11: virtmesh.compute.v1.AgentState
+	(AgentLifecycleReason)(0),                          // 12: virtmesh.compute.v1.AgentLifecycleReason
+	(MetadataType)(0),                                  // 13: virtmesh.compute.v1.MetadataType
+	(MemoryFailureRecipient)(0),                        // 14: virtmesh.compute.v1.MemoryFailureRecipient
+	(MemoryFailureAction)(0),                           // 15: virtmesh.compute.v1.MemoryFailureAction
+	(DiskChangeReason)(0),                              // 16: virtmesh.compute.v1.DiskChangeReason
+	(KeyCodeSet)(0),                                    // 17: virtmesh.compute.v1.KeyCodeSet
+	(CpuCompareResult)(0),                              // 18: virtmesh.compute.v1.CpuCompareResult
+	(PageAllocationMode)(0),                            // 19: virtmesh.compute.v1.PageAllocationMode
+	(NodeSuspendTarget)(0),                             // 20: virtmesh.compute.v1.NodeSuspendTarget
+	(NativeConfigFormat)(0),                            // 21: virtmesh.compute.v1.NativeConfigFormat
+	(ResumeState)(0),                                   // 22: virtmesh.compute.v1.ResumeState
+	(CoreDumpFormat)(0),                                // 23: virtmesh.compute.v1.CoreDumpFormat
+	(JobType)(0),                                       // 24: virtmesh.compute.v1.JobType
+	(JobOperation)(0),                                  // 25: virtmesh.compute.v1.JobOperation
+	(InterfaceAddressSource)(0),                        // 26: virtmesh.compute.v1.InterfaceAddressSource
+	(IpAddressType)(0),                                 // 27: virtmesh.compute.v1.IpAddressType
+	(GuestInfoType)(0),                                 // 28: virtmesh.compute.v1.GuestInfoType
+	(HostnameSource)(0),                                // 29: virtmesh.compute.v1.HostnameSource
+	(SSHKeysChange)(0),                                 // 30: virtmesh.compute.v1.SSHKeysChange
+	(AgentTimeoutMode)(0),                              // 31: virtmesh.compute.v1.AgentTimeoutMode
+	(VcpuState)(0),                                     // 32: virtmesh.compute.v1.VcpuState
+	(MemoryStatTag)(0),                                 // 33: virtmesh.compute.v1.MemoryStatTag
+	(PmSuspendTarget)(0),                               // 34: virtmesh.compute.v1.PmSuspendTarget
+	(ProcessSignal)(0),                                 // 35: virtmesh.compute.v1.ProcessSignal
+	(LifecycleType)(0),                                 // 36: virtmesh.compute.v1.LifecycleType
+	(LifecycleAction)(0),                               // 37: virtmesh.compute.v1.LifecycleAction
+	(DirtyRateMode)(0),                                 // 38: virtmesh.compute.v1.DirtyRateMode
+	(*Domain)(nil),                                     // 39: virtmesh.compute.v1.Domain
+	(*ListDomainsRequest)(nil),                         // 40: virtmesh.compute.v1.ListDomainsRequest
+	(*ListDomainsResponse)(nil),                        // 41: virtmesh.compute.v1.ListDomainsResponse
+	(*GetDomainRequest)(nil),                           // 42: virtmesh.compute.v1.GetDomainRequest
+	(*GetDomainResponse)(nil),                          // 43: virtmesh.compute.v1.GetDomainResponse
+	(*GetDomainXMLRequest)(nil),                        // 44: virtmesh.compute.v1.GetDomainXMLRequest
+	(*GetDomainXMLResponse)(nil),                       // 45: virtmesh.compute.v1.GetDomainXMLResponse
+	(*DefineDomainRequest)(nil),                        // 46: virtmesh.compute.v1.DefineDomainRequest
+	(*DefineDomainResponse)(nil),                       // 47: virtmesh.compute.v1.DefineDomainResponse
+	(*UndefineDomainRequest)(nil),                      // 48: virtmesh.compute.v1.UndefineDomainRequest
+	(*UndefineDomainResponse)(nil),                     // 49: virtmesh.compute.v1.UndefineDomainResponse
+	(*CreateDomainRequest)(nil),                        // 50: virtmesh.compute.v1.CreateDomainRequest
+	(*CreateDomainResponse)(nil),                       // 51: virtmesh.compute.v1.CreateDomainResponse
+	(*StartDomainRequest)(nil),                         // 52: virtmesh.compute.v1.StartDomainRequest
+	(*StartDomainResponse)(nil),                        // 53: virtmesh.compute.v1.StartDomainResponse
+	(*ShutdownDomainRequest)(nil),                      // 54: virtmesh.compute.v1.ShutdownDomainRequest
+	(*ShutdownDomainResponse)(nil),                     // 55: virtmesh.compute.v1.ShutdownDomainResponse
+	(*RebootDomainRequest)(nil),                        // 56: virtmesh.compute.v1.RebootDomainRequest
+	(*RebootDomainResponse)(nil),                       // 57: virtmesh.compute.v1.RebootDomainResponse
+	(*ResetDomainRequest)(nil),                         // 58: virtmesh.compute.v1.ResetDomainRequest
+	(*ResetDomainResponse)(nil),                        // 59: virtmesh.compute.v1.ResetDomainResponse
+	(*DestroyDomainRequest)(nil),                       // 60: virtmesh.compute.v1.DestroyDomainRequest
+	(*DestroyDomainResponse)(nil),                      // 61: virtmesh.compute.v1.DestroyDomainResponse
+	(*SuspendDomainRequest)(nil),                       // 62: virtmesh.compute.v1.SuspendDomainRequest
+	(*SuspendDomainResponse)(nil),                      // 63: virtmesh.compute.v1.SuspendDomainResponse
+	(*ResumeDomainRequest)(nil),                        // 64: virtmesh.compute.v1.ResumeDomainRequest
+	(*ResumeDomainResponse)(nil),                       // 65: virtmesh.compute.v1.ResumeDomainResponse
+	(*SetDomainAutostartRequest)(nil),                  // 66: virtmesh.compute.v1.SetDomainAutostartRequest
+	(*SetDomainAutostartResponse)(nil),                 // 67: virtmesh.compute.v1.SetDomainAutostartResponse
+	(*Scope)(nil),                                      // 68: virtmesh.compute.v1.Scope
+	(*SetDomainVcpusRequest)(nil),                      // 69: virtmesh.compute.v1.SetDomainVcpusRequest
+	(*SetDomainVcpusResponse)(nil),                     // 70: virtmesh.compute.v1.SetDomainVcpusResponse
+	(*SetDomainMemoryRequest)(nil),                     // 71: virtmesh.compute.v1.SetDomainMemoryRequest
+	(*SetDomainMemoryResponse)(nil),                    // 72: virtmesh.compute.v1.SetDomainMemoryResponse
+	(*AttachDeviceRequest)(nil),                        // 73: virtmesh.compute.v1.AttachDeviceRequest
+	(*AttachDeviceResponse)(nil),                       // 74: virtmesh.compute.v1.AttachDeviceResponse
+	(*DetachDeviceRequest)(nil),                        // 75: virtmesh.compute.v1.DetachDeviceRequest
+	(*DetachDeviceResponse)(nil),                       // 76: virtmesh.compute.v1.DetachDeviceResponse
+	(*Snapshot)(nil),                                   // 77: virtmesh.compute.v1.Snapshot
+	(*CreateSnapshotRequest)(nil),                      // 78: virtmesh.compute.v1.CreateSnapshotRequest
+	(*CreateSnapshotResponse)(nil),                     // 79: virtmesh.compute.v1.CreateSnapshotResponse
+	(*ListSnapshotsRequest)(nil),                       // 80: virtmesh.compute.v1.ListSnapshotsRequest
+	(*ListSnapshotsResponse)(nil),                      // 81: virtmesh.compute.v1.ListSnapshotsResponse
+	(*GetSnapshotRequest)(nil),                         // 82: virtmesh.compute.v1.GetSnapshotRequest
+	(*GetSnapshotResponse)(nil),                        // 83: virtmesh.compute.v1.GetSnapshotResponse
+	(*RevertToSnapshotRequest)(nil),                    // 84: virtmesh.compute.v1.RevertToSnapshotRequest
+	(*RevertToSnapshotResponse)(nil),                   // 85: virtmesh.compute.v1.RevertToSnapshotResponse
+	(*DeleteSnapshotRequest)(nil),                      // 86: virtmesh.compute.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),                     // 87: virtmesh.compute.v1.DeleteSnapshotResponse
+	(*GetDomainStatsRequest)(nil),                      // 88: virtmesh.compute.v1.GetDomainStatsRequest
+	(*CpuStats)(nil),                                   // 89: virtmesh.compute.v1.CpuStats
+	(*BalloonStats)(nil),                               // 90: virtmesh.compute.v1.BalloonStats
+	(*VcpuStats)(nil),                                  // 91: virtmesh.compute.v1.VcpuStats
+	(*InterfaceStats)(nil),                             // 92: virtmesh.compute.v1.InterfaceStats
+	(*BlockStats)(nil),                                 // 93: virtmesh.compute.v1.BlockStats
+	(*DomainStats)(nil),                                // 94: virtmesh.compute.v1.DomainStats
+	(*GetDomainStatsResponse)(nil),                     // 95: virtmesh.compute.v1.GetDomainStatsResponse
+	(*WatchDomainEventsRequest)(nil),                   // 96: virtmesh.compute.v1.WatchDomainEventsRequest
+	(*LifecycleEvent)(nil),                             // 97: virtmesh.compute.v1.LifecycleEvent
+	(*RebootEvent)(nil),                                // 98: virtmesh.compute.v1.RebootEvent
+	(*DeviceAddedEvent)(nil),                           // 99: virtmesh.compute.v1.DeviceAddedEvent
+	(*DeviceRemovedEvent)(nil),                         // 100: virtmesh.compute.v1.DeviceRemovedEvent
+	(*WatchDomainEventsResponse)(nil),                  // 101: virtmesh.compute.v1.WatchDomainEventsResponse
+	(*RtcChangeEvent)(nil),                             // 102: virtmesh.compute.v1.RtcChangeEvent
+	(*WatchdogEvent)(nil),                              // 103: virtmesh.compute.v1.WatchdogEvent
+	(*IoErrorEvent)(nil),                               // 104: virtmesh.compute.v1.IoErrorEvent
+	(*GraphicsAddress)(nil),                            // 105: virtmesh.compute.v1.GraphicsAddress
+	(*GraphicsSubjectIdentity)(nil),                    // 106: virtmesh.compute.v1.GraphicsSubjectIdentity
+	(*GraphicsEvent)(nil),                              // 107: virtmesh.compute.v1.GraphicsEvent
+	(*TrayChangeEvent)(nil),                            // 108: virtmesh.compute.v1.TrayChangeEvent
+	(*PmWakeupEvent)(nil),                              // 109: virtmesh.compute.v1.PmWakeupEvent
+	(*PmSuspendEvent)(nil),                             // 110: virtmesh.compute.v1.PmSuspendEvent
+	(*PmSuspendDiskEvent)(nil),                         // 111: virtmesh.compute.v1.PmSuspendDiskEvent
+	(*BalloonChangeEvent)(nil),                         // 112: virtmesh.compute.v1.BalloonChangeEvent
+	(*BlockJobEvent)(nil),                              // 113: virtmesh.compute.v1.BlockJobEvent
+	(*DeviceRemovalFailedEvent)(nil),                   // 114: virtmesh.compute.v1.DeviceRemovalFailedEvent
+	(*TunableEvent)(nil),                               // 115: virtmesh.compute.v1.TunableEvent
+	(*AgentLifecycleEvent)(nil),                        // 116: virtmesh.compute.v1.AgentLifecycleEvent
+	(*MigrationIterationEvent)(nil),                    // 117: virtmesh.compute.v1.MigrationIterationEvent
+	(*JobCompletedEvent)(nil),                          // 118: virtmesh.compute.v1.JobCompletedEvent
+	(*MetadataChangeEvent)(nil),                        // 119: virtmesh.compute.v1.MetadataChangeEvent
+	(*BlockThresholdEvent)(nil),                        // 120: virtmesh.compute.v1.BlockThresholdEvent
+	(*MemoryFailureEvent)(nil),                         // 121: virtmesh.compute.v1.MemoryFailureEvent
+	(*MemoryDeviceSizeChangeEvent)(nil),                // 122: virtmesh.compute.v1.MemoryDeviceSizeChangeEvent
+	(*ControlErrorEvent)(nil),                          // 123: virtmesh.compute.v1.ControlErrorEvent
+	(*DiskChangeEvent)(nil),                            // 124: virtmesh.compute.v1.DiskChangeEvent
+	(*GetCapabilitiesRequest)(nil),                     // 125: virtmesh.compute.v1.GetCapabilitiesRequest
+	(*GetCapabilitiesResponse)(nil),                    // 126: virtmesh.compute.v1.GetCapabilitiesResponse
+	(*GetDomainCapabilitiesRequest)(nil),               // 127: virtmesh.compute.v1.GetDomainCapabilitiesRequest
+	(*GetDomainCapabilitiesResponse)(nil),              // 128: virtmesh.compute.v1.GetDomainCapabilitiesResponse
+	(*GetNodeInfoRequest)(nil),                         // 129: virtmesh.compute.v1.GetNodeInfoRequest
+	(*GetNodeInfoResponse)(nil),                        // 130: virtmesh.compute.v1.GetNodeInfoResponse
+	(*GetVersionRequest)(nil),                          // 131: virtmesh.compute.v1.GetVersionRequest
+	(*GetVersionResponse)(nil),                         // 132: virtmesh.compute.v1.GetVersionResponse
+	(*OpenDomainConsoleRequest)(nil),                   // 133: virtmesh.compute.v1.OpenDomainConsoleRequest
+	(*OpenDomainConsoleResponse)(nil),                  // 134: virtmesh.compute.v1.OpenDomainConsoleResponse
+	(*OpenDomainChannelRequest)(nil),                   // 135: virtmesh.compute.v1.OpenDomainChannelRequest
+	(*OpenDomainChannelResponse)(nil),                  // 136: virtmesh.compute.v1.OpenDomainChannelResponse
+	(*OpenDomainGraphicsRequest)(nil),                  // 137: virtmesh.compute.v1.OpenDomainGraphicsRequest
+	(*OpenDomainGraphicsResponse)(nil),                 // 138: virtmesh.compute.v1.OpenDomainGraphicsResponse
+	(*GetDomainScreenshotRequest)(nil),                 // 139: virtmesh.compute.v1.GetDomainScreenshotRequest
+	(*GetDomainScreenshotResponse)(nil),                // 140: virtmesh.compute.v1.GetDomainScreenshotResponse
+	(*SendDomainKeyRequest)(nil),                       // 141: virtmesh.compute.v1.SendDomainKeyRequest
+	(*SendDomainKeyResponse)(nil),                      // 142: virtmesh.compute.v1.SendDomainKeyResponse
+	(*GetDomainDisplayRequest)(nil),                    // 143: virtmesh.compute.v1.GetDomainDisplayRequest
+	(*DomainDisplay)(nil),                              // 144: virtmesh.compute.v1.DomainDisplay
+	(*GetDomainDisplayResponse)(nil),                   // 145: virtmesh.compute.v1.GetDomainDisplayResponse
+	(*BaselineCpuRequest)(nil),                         // 146: virtmesh.compute.v1.BaselineCpuRequest
+	(*BaselineCpuResponse)(nil),                        // 147: virtmesh.compute.v1.BaselineCpuResponse
+	(*BaselineHypervisorCpuRequest)(nil),               // 148: virtmesh.compute.v1.BaselineHypervisorCpuRequest
+	(*BaselineHypervisorCpuResponse)(nil),              // 149: virtmesh.compute.v1.BaselineHypervisorCpuResponse
+	(*CompareCpuRequest)(nil),                          // 150: virtmesh.compute.v1.CompareCpuRequest
+	(*CompareCpuResponse)(nil),                         // 151: virtmesh.compute.v1.CompareCpuResponse
+	(*CompareHypervisorCpuRequest)(nil),                // 152: virtmesh.compute.v1.CompareHypervisorCpuRequest
+	(*CompareHypervisorCpuResponse)(nil),               // 153: virtmesh.compute.v1.CompareHypervisorCpuResponse
+	(*GetCpuModelNamesRequest)(nil),                    // 154: virtmesh.compute.v1.GetCpuModelNamesRequest
+	(*GetCpuModelNamesResponse)(nil),                   // 155: virtmesh.compute.v1.GetCpuModelNamesResponse
+	(*GetSysinfoRequest)(nil),                          // 156: virtmesh.compute.v1.GetSysinfoRequest
+	(*GetSysinfoResponse)(nil),                         // 157: virtmesh.compute.v1.GetSysinfoResponse
+	(*GetHostnameRequest)(nil),                         // 158: virtmesh.compute.v1.GetHostnameRequest
+	(*GetHostnameResponse)(nil),                        // 159: virtmesh.compute.v1.GetHostnameResponse
+	(*GetMaxVcpusRequest)(nil),                         // 160: virtmesh.compute.v1.GetMaxVcpusRequest
+	(*GetMaxVcpusResponse)(nil),                        // 161: virtmesh.compute.v1.GetMaxVcpusResponse
+	(*GetNodeCpuStatsRequest)(nil),                     // 162: virtmesh.compute.v1.GetNodeCpuStatsRequest
+	(*GetNodeCpuStatsResponse)(nil),                    // 163: virtmesh.compute.v1.GetNodeCpuStatsResponse
+	(*GetNodeMemoryStatsRequest)(nil),                  // 164: virtmesh.compute.v1.GetNodeMemoryStatsRequest
+	(*GetNodeMemoryStatsResponse)(nil),                 // 165: virtmesh.compute.v1.GetNodeMemoryStatsResponse
+	(*GetNodeFreeMemoryRequest)(nil),                   // 166: virtmesh.compute.v1.GetNodeFreeMemoryRequest
+	(*GetNodeFreeMemoryResponse)(nil),                  // 167: virtmesh.compute.v1.GetNodeFreeMemoryResponse
+	(*GetCellsFreeMemoryRequest)(nil),                  // 168: virtmesh.compute.v1.GetCellsFreeMemoryRequest
+	(*CellFreeMemory)(nil),                             // 169: virtmesh.compute.v1.CellFreeMemory
+	(*GetCellsFreeMemoryResponse)(nil),                 // 170: virtmesh.compute.v1.GetCellsFreeMemoryResponse
+	(*PageCount)(nil),                                  // 171: virtmesh.compute.v1.PageCount
+	(*GetNodeFreePagesRequest)(nil),                    // 172: virtmesh.compute.v1.GetNodeFreePagesRequest
+	(*CellPages)(nil),                                  // 173: virtmesh.compute.v1.CellPages
+	(*GetNodeFreePagesResponse)(nil),                   // 174: virtmesh.compute.v1.GetNodeFreePagesResponse
+	(*AllocNodePagesRequest)(nil),                      // 175: virtmesh.compute.v1.AllocNodePagesRequest
+	(*AllocNodePagesResponse)(nil),                     // 176: virtmesh.compute.v1.AllocNodePagesResponse
+	(*NodeMemoryParameters)(nil),                       // 177: virtmesh.compute.v1.NodeMemoryParameters
+	(*GetNodeMemoryParametersRequest)(nil),             // 178: virtmesh.compute.v1.GetNodeMemoryParametersRequest
+	(*GetNodeMemoryParametersResponse)(nil),            // 179: virtmesh.compute.v1.GetNodeMemoryParametersResponse
+	(*SetNodeMemoryParametersRequest)(nil),             // 180: virtmesh.compute.v1.SetNodeMemoryParametersRequest
+	(*SetNodeMemoryParametersResponse)(nil),            // 181: virtmesh.compute.v1.SetNodeMemoryParametersResponse
+	(*SuspendNodeRequest)(nil),                         // 182: virtmesh.compute.v1.SuspendNodeRequest
+	(*SuspendNodeResponse)(nil),                        // 183: virtmesh.compute.v1.SuspendNodeResponse
+	(*GetNodeCpuMapRequest)(nil),                       // 184: virtmesh.compute.v1.GetNodeCpuMapRequest
+	(*GetNodeCpuMapResponse)(nil),                      // 185: virtmesh.compute.v1.GetNodeCpuMapResponse
+	(*GetNodeSecurityModelRequest)(nil),                // 186: virtmesh.compute.v1.GetNodeSecurityModelRequest
+	(*GetNodeSecurityModelResponse)(nil),               // 187: virtmesh.compute.v1.GetNodeSecurityModelResponse
+	(*GetNodeSevInfoRequest)(nil),                      // 188: virtmesh.compute.v1.GetNodeSevInfoRequest
+	(*GetNodeSevInfoResponse)(nil),                     // 189: virtmesh.compute.v1.GetNodeSevInfoResponse
+	(*ConvertNativeToDomainXMLRequest)(nil),            // 190: virtmesh.compute.v1.ConvertNativeToDomainXMLRequest
+	(*ConvertNativeToDomainXMLResponse)(nil),           // 191: virtmesh.compute.v1.ConvertNativeToDomainXMLResponse
+	(*ConvertDomainXMLToNativeRequest)(nil),            // 192: virtmesh.compute.v1.ConvertDomainXMLToNativeRequest
+	(*ConvertDomainXMLToNativeResponse)(nil),           // 193: virtmesh.compute.v1.ConvertDomainXMLToNativeResponse
+	(*SaveDomainRequest)(nil),                          // 194: virtmesh.compute.v1.SaveDomainRequest
+	(*SaveDomainResponse)(nil),                         // 195: virtmesh.compute.v1.SaveDomainResponse
+	(*RestoreDomainRequest)(nil),                       // 196: virtmesh.compute.v1.RestoreDomainRequest
+	(*RestoreDomainResponse)(nil),                      // 197: virtmesh.compute.v1.RestoreDomainResponse
+	(*GetSaveImageXMLRequest)(nil),                     // 198: virtmesh.compute.v1.GetSaveImageXMLRequest
+	(*GetSaveImageXMLResponse)(nil),                    // 199: virtmesh.compute.v1.GetSaveImageXMLResponse
+	(*DefineSaveImageXMLRequest)(nil),                  // 200: virtmesh.compute.v1.DefineSaveImageXMLRequest
+	(*DefineSaveImageXMLResponse)(nil),                 // 201: virtmesh.compute.v1.DefineSaveImageXMLResponse
+	(*ManagedSaveDomainRequest)(nil),                   // 202: virtmesh.compute.v1.ManagedSaveDomainRequest
+	(*ManagedSaveDomainResponse)(nil),                  // 203: virtmesh.compute.v1.ManagedSaveDomainResponse
+	(*RemoveManagedSaveRequest)(nil),                   // 204: virtmesh.compute.v1.RemoveManagedSaveRequest
+	(*RemoveManagedSaveResponse)(nil),                  // 205: virtmesh.compute.v1.RemoveManagedSaveResponse
+	(*GetManagedSaveXMLRequest)(nil),                   // 206: virtmesh.compute.v1.GetManagedSaveXMLRequest
+	(*GetManagedSaveXMLResponse)(nil),                  // 207: virtmesh.compute.v1.GetManagedSaveXMLResponse
+	(*DefineManagedSaveXMLRequest)(nil),                // 208: virtmesh.compute.v1.DefineManagedSaveXMLRequest
+	(*DefineManagedSaveXMLResponse)(nil),               // 209: virtmesh.compute.v1.DefineManagedSaveXMLResponse
+	(*CoreDumpDomainRequest)(nil),                      // 210: virtmesh.compute.v1.CoreDumpDomainRequest
+	(*CoreDumpDomainResponse)(nil),                     // 211: virtmesh.compute.v1.CoreDumpDomainResponse
+	(*GetDomainJobInfoRequest)(nil),                    // 212: virtmesh.compute.v1.GetDomainJobInfoRequest
+	(*DomainJob)(nil),                                  // 213: virtmesh.compute.v1.DomainJob
+	(*GetDomainJobInfoResponse)(nil),                   // 214: virtmesh.compute.v1.GetDomainJobInfoResponse
+	(*AbortDomainJobRequest)(nil),                      // 215: virtmesh.compute.v1.AbortDomainJobRequest
+	(*AbortDomainJobResponse)(nil),                     // 216: virtmesh.compute.v1.AbortDomainJobResponse
+	(*IpAddress)(nil),                                  // 217: virtmesh.compute.v1.IpAddress
+	(*GuestInterface)(nil),                             // 218: virtmesh.compute.v1.GuestInterface
+	(*GetInterfaceAddressesRequest)(nil),               // 219: virtmesh.compute.v1.GetInterfaceAddressesRequest
+	(*GetInterfaceAddressesResponse)(nil),              // 220: virtmesh.compute.v1.GetInterfaceAddressesResponse
+	(*FreezeFilesystemsRequest)(nil),                   // 221: virtmesh.compute.v1.FreezeFilesystemsRequest
+	(*FreezeFilesystemsResponse)(nil),                  // 222: virtmesh.compute.v1.FreezeFilesystemsResponse
+	(*ThawFilesystemsRequest)(nil),                     // 223: virtmesh.compute.v1.ThawFilesystemsRequest
+	(*ThawFilesystemsResponse)(nil),                    // 224: virtmesh.compute.v1.ThawFilesystemsResponse
+	(*TrimFilesystemsRequest)(nil),                     // 225: virtmesh.compute.v1.TrimFilesystemsRequest
+	(*TrimFilesystemsResponse)(nil),                    // 226: virtmesh.compute.v1.TrimFilesystemsResponse
+	(*GuestFilesystem)(nil),                            // 227: virtmesh.compute.v1.GuestFilesystem
+	(*GetFilesystemInfoRequest)(nil),                   // 228: virtmesh.compute.v1.GetFilesystemInfoRequest
+	(*GetFilesystemInfoResponse)(nil),                  // 229: virtmesh.compute.v1.GetFilesystemInfoResponse
+	(*GetGuestInfoRequest)(nil),                        // 230: virtmesh.compute.v1.GetGuestInfoRequest
+	(*GuestUser)(nil),                                  // 231: virtmesh.compute.v1.GuestUser
+	(*GuestOs)(nil),                                    // 232: virtmesh.compute.v1.GuestOs
+	(*GuestTimezone)(nil),                              // 233: virtmesh.compute.v1.GuestTimezone
+	(*GuestFilesystemDisk)(nil),                        // 234: virtmesh.compute.v1.GuestFilesystemDisk
+	(*GuestFilesystemUsage)(nil),                       // 235: virtmesh.compute.v1.GuestFilesystemUsage
+	(*GuestDisk)(nil),                                  // 236: virtmesh.compute.v1.GuestDisk
+	(*GetGuestInfoResponse)(nil),                       // 237: virtmesh.compute.v1.GetGuestInfoResponse
+	(*GetGuestHostnameRequest)(nil),                    // 238: virtmesh.compute.v1.GetGuestHostnameRequest
+	(*GetGuestHostnameResponse)(nil),                   // 239: virtmesh.compute.v1.GetGuestHostnameResponse
+	(*GetGuestVcpusRequest)(nil),                       // 240: virtmesh.compute.v1.GetGuestVcpusRequest
+	(*GetGuestVcpusResponse)(nil),                      // 241: virtmesh.compute.v1.GetGuestVcpusResponse
+	(*SetGuestVcpusRequest)(nil),                       // 242: virtmesh.compute.v1.SetGuestVcpusRequest
+	(*SetGuestVcpusResponse)(nil),                      // 243: virtmesh.compute.v1.SetGuestVcpusResponse
+	(*GetGuestTimeRequest)(nil),                        // 244: virtmesh.compute.v1.GetGuestTimeRequest
+	(*GetGuestTimeResponse)(nil),                       // 245: virtmesh.compute.v1.GetGuestTimeResponse
+	(*SetGuestTimeRequest)(nil),                        // 246: virtmesh.compute.v1.SetGuestTimeRequest
+	(*SetGuestTimeResponse)(nil),                       // 247: virtmesh.compute.v1.SetGuestTimeResponse
+	(*SetUserPasswordRequest)(nil),                     // 248: virtmesh.compute.v1.SetUserPasswordRequest
+	(*SetUserPasswordResponse)(nil),                    // 249: virtmesh.compute.v1.SetUserPasswordResponse
+	(*GetAuthorizedSSHKeysRequest)(nil),                // 250: virtmesh.compute.v1.GetAuthorizedSSHKeysRequest
+	(*GetAuthorizedSSHKeysResponse)(nil),               // 251: virtmesh.compute.v1.GetAuthorizedSSHKeysResponse
+	(*SetAuthorizedSSHKeysRequest)(nil),                // 252: virtmesh.compute.v1.SetAuthorizedSSHKeysRequest
+	(*SetAuthorizedSSHKeysResponse)(nil),               // 253: virtmesh.compute.v1.SetAuthorizedSSHKeysResponse
+	(*SetAgentResponseTimeoutRequest)(nil),             // 254: virtmesh.compute.v1.SetAgentResponseTimeoutRequest
+	(*SetAgentResponseTimeoutResponse)(nil),            // 255: virtmesh.compute.v1.SetAgentResponseTimeoutResponse
+	(*GetDomainSchedulerParametersRequest)(nil),        // 256: virtmesh.compute.v1.GetDomainSchedulerParametersRequest
+	(*GetDomainSchedulerParametersResponse)(nil),       // 257: virtmesh.compute.v1.GetDomainSchedulerParametersResponse
+	(*SetDomainSchedulerParametersRequest)(nil),        // 258: virtmesh.compute.v1.SetDomainSchedulerParametersRequest
+	(*SetDomainSchedulerParametersResponse)(nil),       // 259: virtmesh.compute.v1.SetDomainSchedulerParametersResponse
+	(*GetDomainMemoryParametersRequest)(nil),           // 260: virtmesh.compute.v1.GetDomainMemoryParametersRequest
+	(*GetDomainMemoryParametersResponse)(nil),          // 261: virtmesh.compute.v1.GetDomainMemoryParametersResponse
+	(*SetDomainMemoryParametersRequest)(nil),           // 262: virtmesh.compute.v1.SetDomainMemoryParametersRequest
+	(*SetDomainMemoryParametersResponse)(nil),          // 263: virtmesh.compute.v1.SetDomainMemoryParametersResponse
+	(*GetDomainBlkioParametersRequest)(nil),            // 264: virtmesh.compute.v1.GetDomainBlkioParametersRequest
+	(*GetDomainBlkioParametersResponse)(nil),           // 265: virtmesh.compute.v1.GetDomainBlkioParametersResponse
+	(*SetDomainBlkioParametersRequest)(nil),            // 266: virtmesh.compute.v1.SetDomainBlkioParametersRequest
+	(*SetDomainBlkioParametersResponse)(nil),           // 267: virtmesh.compute.v1.SetDomainBlkioParametersResponse
+	(*GetDomainNumaParametersRequest)(nil),             // 268: virtmesh.compute.v1.GetDomainNumaParametersRequest
+	(*GetDomainNumaParametersResponse)(nil),            // 269: virtmesh.compute.v1.GetDomainNumaParametersResponse
+	(*SetDomainNumaParametersRequest)(nil),             // 270: virtmesh.compute.v1.SetDomainNumaParametersRequest
+	(*SetDomainNumaParametersResponse)(nil),            // 271: virtmesh.compute.v1.SetDomainNumaParametersResponse
+	(*GetDomainPerfEventsRequest)(nil),                 // 272: virtmesh.compute.v1.GetDomainPerfEventsRequest
+	(*GetDomainPerfEventsResponse)(nil),                // 273: virtmesh.compute.v1.GetDomainPerfEventsResponse
+	(*SetDomainPerfEventsRequest)(nil),                 // 274: virtmesh.compute.v1.SetDomainPerfEventsRequest
+	(*SetDomainPerfEventsResponse)(nil),                // 275: virtmesh.compute.v1.SetDomainPerfEventsResponse
+	(*CpuAffinity)(nil),                                // 276: virtmesh.compute.v1.CpuAffinity
+	(*GetDomainVcpuPinInfoRequest)(nil),                // 277: virtmesh.compute.v1.GetDomainVcpuPinInfoRequest
+	(*GetDomainVcpuPinInfoResponse)(nil),               // 278: virtmesh.compute.v1.GetDomainVcpuPinInfoResponse
+	(*PinDomainVcpuRequest)(nil),                       // 279: virtmesh.compute.v1.PinDomainVcpuRequest
+	(*PinDomainVcpuResponse)(nil),                      // 280: virtmesh.compute.v1.PinDomainVcpuResponse
+	(*GetDomainEmulatorPinInfoRequest)(nil),            // 281: virtmesh.compute.v1.GetDomainEmulatorPinInfoRequest
+	(*GetDomainEmulatorPinInfoResponse)(nil),           // 282: virtmesh.compute.v1.GetDomainEmulatorPinInfoResponse
+	(*PinDomainEmulatorRequest)(nil),                   // 283: virtmesh.compute.v1.PinDomainEmulatorRequest
+	(*PinDomainEmulatorResponse)(nil),                  // 284: virtmesh.compute.v1.PinDomainEmulatorResponse
+	(*GetDomainIOThreadInfoRequest)(nil),               // 285: virtmesh.compute.v1.GetDomainIOThreadInfoRequest
+	(*IOThread)(nil),                                   // 286: virtmesh.compute.v1.IOThread
+	(*GetDomainIOThreadInfoResponse)(nil),              // 287: virtmesh.compute.v1.GetDomainIOThreadInfoResponse
+	(*AddDomainIOThreadRequest)(nil),                   // 288: virtmesh.compute.v1.AddDomainIOThreadRequest
+	(*AddDomainIOThreadResponse)(nil),                  // 289: virtmesh.compute.v1.AddDomainIOThreadResponse
+	(*DeleteDomainIOThreadRequest)(nil),                // 290: virtmesh.compute.v1.DeleteDomainIOThreadRequest
+	(*DeleteDomainIOThreadResponse)(nil),               // 291: virtmesh.compute.v1.DeleteDomainIOThreadResponse
+	(*PinDomainIOThreadRequest)(nil),                   // 292: virtmesh.compute.v1.PinDomainIOThreadRequest
+	(*PinDomainIOThreadResponse)(nil),                  // 293: virtmesh.compute.v1.PinDomainIOThreadResponse
+	(*GetDomainMetadataRequest)(nil),                   // 294: virtmesh.compute.v1.GetDomainMetadataRequest
+	(*GetDomainMetadataResponse)(nil),                  // 295: virtmesh.compute.v1.GetDomainMetadataResponse
+	(*SetDomainMetadataRequest)(nil),                   // 296: virtmesh.compute.v1.SetDomainMetadataRequest
+	(*SetDomainMetadataResponse)(nil),                  // 297: virtmesh.compute.v1.SetDomainMetadataResponse
+	(*GetDomainCpuStatsRequest)(nil),                   // 298: virtmesh.compute.v1.GetDomainCpuStatsRequest
+	(*DomainCpuStats)(nil),                             // 299: virtmesh.compute.v1.DomainCpuStats
+	(*GetDomainCpuStatsResponse)(nil),                  // 300: virtmesh.compute.v1.GetDomainCpuStatsResponse
+	(*GetDomainMaxMemoryRequest)(nil),                  // 301: virtmesh.compute.v1.GetDomainMaxMemoryRequest
+	(*GetDomainMaxMemoryResponse)(nil),                 // 302: virtmesh.compute.v1.GetDomainMaxMemoryResponse
+	(*GetDomainVcpusRequest)(nil),                      // 303: virtmesh.compute.v1.GetDomainVcpusRequest
+	(*VcpuInfo)(nil),                                   // 304: virtmesh.compute.v1.VcpuInfo
+	(*GetDomainVcpusResponse)(nil),                     // 305: virtmesh.compute.v1.GetDomainVcpusResponse
+	(*GetDomainInterfaceParametersRequest)(nil),        // 306: virtmesh.compute.v1.GetDomainInterfaceParametersRequest
+	(*GetDomainInterfaceParametersResponse)(nil),       // 307: virtmesh.compute.v1.GetDomainInterfaceParametersResponse
+	(*SetDomainInterfaceParametersRequest)(nil),        // 308: virtmesh.compute.v1.SetDomainInterfaceParametersRequest
+	(*SetDomainInterfaceParametersResponse)(nil),       // 309: virtmesh.compute.v1.SetDomainInterfaceParametersResponse
+	(*SetDomainMemoryStatsPeriodRequest)(nil),          // 310: virtmesh.compute.v1.SetDomainMemoryStatsPeriodRequest
+	(*SetDomainMemoryStatsPeriodResponse)(nil),         // 311: virtmesh.compute.v1.SetDomainMemoryStatsPeriodResponse
+	(*SetDomainIOThreadParametersRequest)(nil),         // 312: virtmesh.compute.v1.SetDomainIOThreadParametersRequest
+	(*SetDomainIOThreadParametersResponse)(nil),        // 313: virtmesh.compute.v1.SetDomainIOThreadParametersResponse
+	(*SetDomainVcpuRequest)(nil),                       // 314: virtmesh.compute.v1.SetDomainVcpuRequest
+	(*SetDomainVcpuResponse)(nil),                      // 315: virtmesh.compute.v1.SetDomainVcpuResponse
+	(*GetDomainSecurityLabelsRequest)(nil),             // 316: virtmesh.compute.v1.GetDomainSecurityLabelsRequest
+	(*SecurityLabel)(nil),                              // 317: virtmesh.compute.v1.SecurityLabel
+	(*GetDomainSecurityLabelsResponse)(nil),            // 318: virtmesh.compute.v1.GetDomainSecurityLabelsResponse
+	(*GetDomainLaunchSecurityInfoRequest)(nil),         // 319: virtmesh.compute.v1.GetDomainLaunchSecurityInfoRequest
+	(*GetDomainLaunchSecurityInfoResponse)(nil),        // 320: virtmesh.compute.v1.GetDomainLaunchSecurityInfoResponse
+	(*SetDomainLaunchSecurityStateRequest)(nil),        // 321: virtmesh.compute.v1.SetDomainLaunchSecurityStateRequest
+	(*SetDomainLaunchSecurityStateResponse)(nil),       // 322: virtmesh.compute.v1.SetDomainLaunchSecurityStateResponse
+	(*GetDomainBlockInfoRequest)(nil),                  // 323: virtmesh.compute.v1.GetDomainBlockInfoRequest
+	(*GetDomainBlockInfoResponse)(nil),                 // 324: virtmesh.compute.v1.GetDomainBlockInfoResponse
+	(*GetDomainBlockStatsRequest)(nil),                 // 325: virtmesh.compute.v1.GetDomainBlockStatsRequest
+	(*GetDomainBlockStatsResponse)(nil),                // 326: virtmesh.compute.v1.GetDomainBlockStatsResponse
+	(*GetDomainInterfaceStatsRequest)(nil),             // 327: virtmesh.compute.v1.GetDomainInterfaceStatsRequest
+	(*GetDomainInterfaceStatsResponse)(nil),            // 328: virtmesh.compute.v1.GetDomainInterfaceStatsResponse
+	(*GetDomainMemoryStatsRequest)(nil),                // 329: virtmesh.compute.v1.GetDomainMemoryStatsRequest
+	(*MemoryStat)(nil),                                 // 330: virtmesh.compute.v1.MemoryStat
+	(*GetDomainMemoryStatsResponse)(nil),               // 331: virtmesh.compute.v1.GetDomainMemoryStatsResponse
+	(*PeekDomainBlockRequest)(nil),                     // 332: virtmesh.compute.v1.PeekDomainBlockRequest
+	(*PeekDomainBlockResponse)(nil),                    // 333: virtmesh.compute.v1.PeekDomainBlockResponse
+	(*PeekDomainMemoryRequest)(nil),                    // 334: virtmesh.compute.v1.PeekDomainMemoryRequest
+	(*PeekDomainMemoryResponse)(nil),                   // 335: virtmesh.compute.v1.PeekDomainMemoryResponse
+	(*ResizeDomainBlockRequest)(nil),                   // 336: virtmesh.compute.v1.ResizeDomainBlockRequest
+	(*ResizeDomainBlockResponse)(nil),                  // 337: virtmesh.compute.v1.ResizeDomainBlockResponse
+	(*GetDomainBlockIoTuneRequest)(nil),                // 338: virtmesh.compute.v1.GetDomainBlockIoTuneRequest
+	(*GetDomainBlockIoTuneResponse)(nil),               // 339: virtmesh.compute.v1.GetDomainBlockIoTuneResponse
+	(*SetDomainBlockIoTuneRequest)(nil),                // 340: virtmesh.compute.v1.SetDomainBlockIoTuneRequest
+	(*SetDomainBlockIoTuneResponse)(nil),               // 341: virtmesh.compute.v1.SetDomainBlockIoTuneResponse
+	(*BlockDestination)(nil),                           // 342: virtmesh.compute.v1.BlockDestination
+	(*CopyDomainBlockRequest)(nil),                     // 343: virtmesh.compute.v1.CopyDomainBlockRequest
+	(*CopyDomainBlockResponse)(nil),                    // 344: virtmesh.compute.v1.CopyDomainBlockResponse
+	(*CommitDomainBlockRequest)(nil),                   // 345: virtmesh.compute.v1.CommitDomainBlockRequest
+	(*CommitDomainBlockResponse)(nil),                  // 346: virtmesh.compute.v1.CommitDomainBlockResponse
+	(*PullDomainBlockRequest)(nil),                     // 347: virtmesh.compute.v1.PullDomainBlockRequest
+	(*PullDomainBlockResponse)(nil),                    // 348: virtmesh.compute.v1.PullDomainBlockResponse
+	(*RebaseDomainBlockRequest)(nil),                   // 349: virtmesh.compute.v1.RebaseDomainBlockRequest
+	(*RebaseDomainBlockResponse)(nil),                  // 350: virtmesh.compute.v1.RebaseDomainBlockResponse
+	(*AbortDomainBlockJobRequest)(nil),                 // 351: virtmesh.compute.v1.AbortDomainBlockJobRequest
+	(*AbortDomainBlockJobResponse)(nil),                // 352: virtmesh.compute.v1.AbortDomainBlockJobResponse
+	(*SetDomainBlockJobSpeedRequest)(nil),              // 353: virtmesh.compute.v1.SetDomainBlockJobSpeedRequest
+	(*SetDomainBlockJobSpeedResponse)(nil),             // 354: virtmesh.compute.v1.SetDomainBlockJobSpeedResponse
+	(*GetDomainBlockJobInfoRequest)(nil),               // 355: virtmesh.compute.v1.GetDomainBlockJobInfoRequest
+	(*GetDomainBlockJobInfoResponse)(nil),              // 356: virtmesh.compute.v1.GetDomainBlockJobInfoResponse
+	(*SetDomainBlockThresholdRequest)(nil),             // 357: virtmesh.compute.v1.SetDomainBlockThresholdRequest
+	(*SetDomainBlockThresholdResponse)(nil),            // 358: virtmesh.compute.v1.SetDomainBlockThresholdResponse
+	(*PmSuspendDomainRequest)(nil),                     // 359: virtmesh.compute.v1.PmSuspendDomainRequest
+	(*PmSuspendDomainResponse)(nil),                    // 360: virtmesh.compute.v1.PmSuspendDomainResponse
+	(*PmWakeupDomainRequest)(nil),                      // 361: virtmesh.compute.v1.PmWakeupDomainRequest
+	(*PmWakeupDomainResponse)(nil),                     // 362: virtmesh.compute.v1.PmWakeupDomainResponse
+	(*RenameDomainRequest)(nil),                        // 363: virtmesh.compute.v1.RenameDomainRequest
+	(*RenameDomainResponse)(nil),                       // 364: virtmesh.compute.v1.RenameDomainResponse
+	(*InjectDomainNmiRequest)(nil),                     // 365: virtmesh.compute.v1.InjectDomainNmiRequest
+	(*InjectDomainNmiResponse)(nil),                    // 366: virtmesh.compute.v1.InjectDomainNmiResponse
+	(*SendDomainProcessSignalRequest)(nil),             // 367: virtmesh.compute.v1.SendDomainProcessSignalRequest
+	(*SendDomainProcessSignalResponse)(nil),            // 368: virtmesh.compute.v1.SendDomainProcessSignalResponse
+	(*SetDomainLifecycleActionRequest)(nil),            // 369: virtmesh.compute.v1.SetDomainLifecycleActionRequest
+	(*SetDomainLifecycleActionResponse)(nil),           // 370: virtmesh.compute.v1.SetDomainLifecycleActionResponse
+	(*GetDomainMessagesRequest)(nil),                   // 371: virtmesh.compute.v1.GetDomainMessagesRequest
+	(*GetDomainMessagesResponse)(nil),                  // 372: virtmesh.compute.v1.GetDomainMessagesResponse
+	(*GetDomainVcpuCountRequest)(nil),                  // 373: virtmesh.compute.v1.GetDomainVcpuCountRequest
+	(*GetDomainVcpuCountResponse)(nil),                 // 374: virtmesh.compute.v1.GetDomainVcpuCountResponse
+	(*StartDomainDirtyRateCalcRequest)(nil),            // 375: virtmesh.compute.v1.StartDomainDirtyRateCalcRequest
+	(*StartDomainDirtyRateCalcResponse)(nil),           // 376: virtmesh.compute.v1.StartDomainDirtyRateCalcResponse
+	(*DirtyRateStats)(nil),                             // 377: virtmesh.compute.v1.DirtyRateStats
+	(*MigrationParameters)(nil),                        // 378: virtmesh.compute.v1.MigrationParameters
+	(*MigrateDomainRequest)(nil),                       // 379: virtmesh.compute.v1.MigrateDomainRequest
+	(*MigrateDomainResponse)(nil),                      // 380: virtmesh.compute.v1.MigrateDomainResponse
+	(*GetDomainMigrationMaxSpeedRequest)(nil),          // 381: virtmesh.compute.v1.GetDomainMigrationMaxSpeedRequest
+	(*GetDomainMigrationMaxSpeedResponse)(nil),         // 382: virtmesh.compute.v1.GetDomainMigrationMaxSpeedResponse
+	(*SetDomainMigrationMaxSpeedRequest)(nil),          // 383: virtmesh.compute.v1.SetDomainMigrationMaxSpeedRequest
+	(*SetDomainMigrationMaxSpeedResponse)(nil),         // 384: virtmesh.compute.v1.SetDomainMigrationMaxSpeedResponse
+	(*GetDomainMigrationMaxDowntimeRequest)(nil),       // 385: virtmesh.compute.v1.GetDomainMigrationMaxDowntimeRequest
+	(*GetDomainMigrationMaxDowntimeResponse)(nil),      // 386: virtmesh.compute.v1.GetDomainMigrationMaxDowntimeResponse
+	(*SetDomainMigrationMaxDowntimeRequest)(nil),       // 387: virtmesh.compute.v1.SetDomainMigrationMaxDowntimeRequest
+	(*SetDomainMigrationMaxDowntimeResponse)(nil),      // 388: virtmesh.compute.v1.SetDomainMigrationMaxDowntimeResponse
+	(*GetDomainMigrationCompressionCacheRequest)(nil),  // 389: virtmesh.compute.v1.GetDomainMigrationCompressionCacheRequest
+	(*GetDomainMigrationCompressionCacheResponse)(nil), // 390: virtmesh.compute.v1.GetDomainMigrationCompressionCacheResponse
+	(*SetDomainMigrationCompressionCacheRequest)(nil),  // 391: virtmesh.compute.v1.SetDomainMigrationCompressionCacheRequest
+	(*SetDomainMigrationCompressionCacheResponse)(nil), // 392: virtmesh.compute.v1.SetDomainMigrationCompressionCacheResponse
+	(*StartDomainMigrationPostCopyRequest)(nil),        // 393: virtmesh.compute.v1.StartDomainMigrationPostCopyRequest
+	(*StartDomainMigrationPostCopyResponse)(nil),       // 394: virtmesh.compute.v1.StartDomainMigrationPostCopyResponse
+	(*UpdateDeviceRequest)(nil),                        // 395: virtmesh.compute.v1.UpdateDeviceRequest
+	(*UpdateDeviceResponse)(nil),                       // 396: virtmesh.compute.v1.UpdateDeviceResponse
+	(*DetachDeviceAliasRequest)(nil),                   // 397: virtmesh.compute.v1.DetachDeviceAliasRequest
+	(*DetachDeviceAliasResponse)(nil),                  // 398: virtmesh.compute.v1.DetachDeviceAliasResponse
+	(*QemuAgentCommandRequest)(nil),                    // 399: virtmesh.compute.v1.QemuAgentCommandRequest
+	(*QemuAgentCommandResponse)(nil),                   // 400: virtmesh.compute.v1.QemuAgentCommandResponse
+	(*QemuMonitorCommandRequest)(nil),                  // 401: virtmesh.compute.v1.QemuMonitorCommandRequest
+	(*QemuMonitorCommandResponse)(nil),                 // 402: virtmesh.compute.v1.QemuMonitorCommandResponse
+	(*WatchQemuMonitorEventsRequest)(nil),              // 403: virtmesh.compute.v1.WatchQemuMonitorEventsRequest
+	(*WatchQemuMonitorEventsResponse)(nil),             // 404: virtmesh.compute.v1.WatchQemuMonitorEventsResponse
+	nil,                                                // 405: virtmesh.compute.v1.DomainStats.RawEntry
+	nil,                                                // 406: virtmesh.compute.v1.GetNodeCpuStatsResponse.RawEntry
+	nil,                                                // 407: virtmesh.compute.v1.GetNodeMemoryStatsResponse.RawEntry
+	nil,                                                // 408: virtmesh.compute.v1.DomainJob.RawEntry
+	nil,                                                // 409: virtmesh.compute.v1.GetGuestInfoResponse.RawEntry
+	(*timestamppb.Timestamp)(nil),                      // 410: google.protobuf.Timestamp
+	(*v1.EventPosition)(nil),                           // 411: virtmesh.events.v1.EventPosition
+	(*v1.EventGap)(nil),                                // 412: virtmesh.events.v1.EventGap
+	(*v11.TypedParameter)(nil),                         // 413: virtmesh.types.v1.TypedParameter
 }
 var file_virtmesh_compute_v1_compute_service_proto_depIdxs = []int32{
 	0,   // 0: virtmesh.compute.v1.Domain.state:type_name -> virtmesh.compute.v1.DomainState
@@ -27468,7 +29602,7 @@ var file_virtmesh_compute_v1_compute_service_proto_depIdxs = []int32{
 	68,  // 10: virtmesh.compute.v1.SetDomainMemoryRequest.scope:type_name -> virtmesh.compute.v1.Scope
 	68,  // 11: virtmesh.compute.v1.AttachDeviceRequest.scope:type_name -> virtmesh.compute.v1.Scope
 	68,  // 12: virtmesh.compute.v1.DetachDeviceRequest.scope:type_name -> virtmesh.compute.v1.Scope
-	383, // 13: virtmesh.compute.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
+	410, // 13: virtmesh.compute.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
 	77,  // 14: virtmesh.compute.v1.CreateSnapshotResponse.snapshot:type_name -> virtmesh.compute.v1.Snapshot
 	77,  // 15: virtmesh.compute.v1.ListSnapshotsResponse.snapshots:type_name -> virtmesh.compute.v1.Snapshot
 	77,  // 16: virtmesh.compute.v1.GetSnapshotResponse.snapshot:type_name -> virtmesh.compute.v1.Snapshot
@@ -27479,17 +29613,17 @@ var file_virtmesh_compute_v1_compute_service_proto_depIdxs = []int32{
 	91,  // 21: virtmesh.compute.v1.DomainStats.vcpus:type_name -> virtmesh.compute.v1.VcpuStats
 	92,  // 22: virtmesh.compute.v1.DomainStats.interfaces:type_name -> virtmesh.compute.v1.InterfaceStats
 	93,  // 23: virtmesh.compute.v1.DomainStats.blocks:type_name -> virtmesh.compute.v1.BlockStats
-	378, // 24: virtmesh.compute.v1.DomainStats.raw:type_name -> virtmesh.compute.v1.DomainStats.RawEntry
+	405, // 24: virtmesh.compute.v1.DomainStats.raw:type_name -> virtmesh.compute.v1.DomainStats.RawEntry
 	377, // 25: virtmesh.compute.v1.DomainStats.dirtyrate:type_name -> virtmesh.compute.v1.DirtyRateStats
 	94,  // 26: virtmesh.compute.v1.GetDomainStatsResponse.stats:type_name -> virtmesh.compute.v1.DomainStats
-	384, // 27: virtmesh.compute.v1.WatchDomainEventsRequest.resume_after:type_name -> virtmesh.events.v1.EventPosition
+	411, // 27: virtmesh.compute.v1.WatchDomainEventsRequest.resume_after:type_name -> virtmesh.events.v1.EventPosition
 	3,   // 28: virtmesh.compute.v1.LifecycleEvent.type:type_name -> virtmesh.compute.v1.LifecycleEventType
-	383, // 29: virtmesh.compute.v1.WatchDomainEventsResponse.time:type_name -> google.protobuf.Timestamp
+	410, // 29: virtmesh.compute.v1.WatchDomainEventsResponse.time:type_name -> google.protobuf.Timestamp
 	97,  // 30: virtmesh.compute.v1.WatchDomainEventsResponse.lifecycle:type_name -> virtmesh.compute.v1.LifecycleEvent
 	98,  // 31: virtmesh.compute.v1.WatchDomainEventsResponse.reboot:type_name -> virtmesh.compute.v1.RebootEvent
 	99,  // 32: virtmesh.compute.v1.WatchDomainEventsResponse.device_added:type_name -> virtmesh.compute.v1.DeviceAddedEvent
 	100, // 33: virtmesh.compute.v1.WatchDomainEventsResponse.device_removed:type_name -> virtmesh.compute.v1.DeviceRemovedEvent
-	385, // 34: virtmesh.compute.v1.WatchDomainEventsResponse.gap:type_name -> virtmesh.events.v1.EventGap
+	412, // 34: virtmesh.compute.v1.WatchDomainEventsResponse.gap:type_name -> virtmesh.events.v1.EventGap
 	102, // 35: virtmesh.compute.v1.WatchDomainEventsResponse.rtc_change:type_name -> virtmesh.compute.v1.RtcChangeEvent
 	103, // 36: virtmesh.compute.v1.WatchDomainEventsResponse.watchdog:type_name -> virtmesh.compute.v1.WatchdogEvent
 	104, // 37: virtmesh.compute.v1.WatchDomainEventsResponse.io_error:type_name -> virtmesh.compute.v1.IoErrorEvent
@@ -27511,7 +29645,7 @@ var file_virtmesh_compute_v1_compute_service_proto_depIdxs = []int32{
 	122, // 53: virtmesh.compute.v1.WatchDomainEventsResponse.memory_device_size_change:type_name -> virtmesh.compute.v1.MemoryDeviceSizeChangeEvent
 	123, // 54: virtmesh.compute.v1.WatchDomainEventsResponse.control_error:type_name -> virtmesh.compute.v1.ControlErrorEvent
 	124, // 55: virtmesh.compute.v1.WatchDomainEventsResponse.disk_change:type_name -> virtmesh.compute.v1.DiskChangeEvent
-	384, // 56: virtmesh.compute.v1.WatchDomainEventsResponse.position:type_name -> virtmesh.events.v1.EventPosition
+	411, // 56: virtmesh.compute.v1.WatchDomainEventsResponse.position:type_name -> virtmesh.events.v1.EventPosition
 	4,   // 57: virtmesh.compute.v1.WatchdogEvent.action:type_name -> virtmesh.compute.v1.WatchdogAction
 	5,   // 58: virtmesh.compute.v1.IoErrorEvent.action:type_name -> virtmesh.compute.v1.IoErrorAction
 	7,   // 59: virtmesh.compute.v1.GraphicsAddress.family:type_name -> virtmesh.compute.v1.GraphicsAddressFamily
@@ -27522,10 +29656,10 @@ var file_virtmesh_compute_v1_compute_service_proto_depIdxs = []int32{
 	8,   // 64: virtmesh.compute.v1.TrayChangeEvent.change:type_name -> virtmesh.compute.v1.TrayChange
 	9,   // 65: virtmesh.compute.v1.BlockJobEvent.type:type_name -> virtmesh.compute.v1.BlockJobType
 	10,  // 66: virtmesh.compute.v1.BlockJobEvent.status:type_name -> virtmesh.compute.v1.BlockJobStatus
-	386, // 67: virtmesh.compute.v1.TunableEvent.parameters:type_name -> virtmesh.types.v1.TypedParameter
+	413, // 67: virtmesh.compute.v1.TunableEvent.parameters:type_name -> virtmesh.types.v1.TypedParameter
 	11,  // 68: virtmesh.compute.v1.AgentLifecycleEvent.state:type_name -> virtmesh.compute.v1.AgentState
 	12,  // 69: virtmesh.compute.v1.AgentLifecycleEvent.reason:type_name -> virtmesh.compute.v1.AgentLifecycleReason
-	386, // 70: virtmesh.compute.v1.JobCompletedEvent.statistics:type_name -> virtmesh.types.v1.TypedParameter
+	413, // 70: virtmesh.compute.v1.JobCompletedEvent.statistics:type_name -> virtmesh.types.v1.TypedParameter
 	13,  // 71: virtmesh.compute.v1.MetadataChangeEvent.type:type_name -> virtmesh.compute.v1.MetadataType
 	14,  // 72: virtmesh.compute.v1.MemoryFailureEvent.recipient:type_name -> virtmesh.compute.v1.MemoryFailureRecipient
 	15,  // 73: virtmesh.compute.v1.MemoryFailureEvent.action:type_name -> virtmesh.compute.v1.MemoryFailureAction
@@ -27534,8 +29668,8 @@ var file_virtmesh_compute_v1_compute_service_proto_depIdxs = []int32{
 	144, // 76: virtmesh.compute.v1.GetDomainDisplayResponse.displays:type_name -> virtmesh.compute.v1.DomainDisplay
 	18,  // 77: virtmesh.compute.v1.CompareCpuResponse.result:type_name -> virtmesh.compute.v1.CpuCompareResult
 	18,  // 78: virtmesh.compute.v1.CompareHypervisorCpuResponse.result:type_name -> virtmesh.compute.v1.CpuCompareResult
-	379, // 79: virtmesh.compute.v1.GetNodeCpuStatsResponse.raw:type_name -> virtmesh.compute.v1.GetNodeCpuStatsResponse.RawEntry
-	380, // 80: virtmesh.compute.v1.GetNodeMemoryStatsResponse.raw:type_name -> virtmesh.compute.v1.GetNodeMemoryStatsResponse.RawEntry
+	406, // 79: virtmesh.compute.v1.GetNodeCpuStatsResponse.raw:type_name -> virtmesh.compute.v1.GetNodeCpuStatsResponse.RawEntry
+	407, // 80: virtmesh.compute.v1.GetNodeMemoryStatsResponse.raw:type_name -> virtmesh.compute.v1.GetNodeMemoryStatsResponse.RawEntry
 	169, // 81: virtmesh.compute.v1.GetCellsFreeMemoryResponse.cells:type_name -> virtmesh.compute.v1.CellFreeMemory
 	171, // 82: virtmesh.compute.v1.CellPages.pages:type_name -> virtmesh.compute.v1.PageCount
 	173, // 83: virtmesh.compute.v1.GetNodeFreePagesResponse.cells:type_name -> virtmesh.compute.v1.CellPages
@@ -27555,7 +29689,7 @@ var file_virtmesh_compute_v1_compute_service_proto_depIdxs = []int32{
 	23,  // 97: virtmesh.compute.v1.CoreDumpDomainRequest.format:type_name -> virtmesh.compute.v1.CoreDumpFormat
 	24,  // 98: virtmesh.compute.v1.DomainJob.type:type_name -> virtmesh.compute.v1.JobType
 	25,  // 99: virtmesh.compute.v1.DomainJob.operation:type_name -> virtmesh.compute.v1.JobOperation
-	381, // 100: virtmesh.compute.v1.DomainJob.raw:type_name -> virtmesh.compute.v1.DomainJob.RawEntry
+	408, // 100: virtmesh.compute.v1.DomainJob.raw:type_name -> virtmesh.compute.v1.DomainJob.RawEntry
 	213, // 101: virtmesh.compute.v1.GetDomainJobInfoResponse.job:type_name -> virtmesh.compute.v1.DomainJob
 	27,  // 102: virtmesh.compute.v1.IpAddress.type:type_name -> virtmesh.compute.v1.IpAddressType
 	217, // 103: virtmesh.compute.v1.GuestInterface.addresses:type_name -> virtmesh.compute.v1.IpAddress
@@ -27563,7 +29697,7 @@ var file_virtmesh_compute_v1_compute_service_proto_depIdxs = []int32{
 	218, // 105: virtmesh.compute.v1.GetInterfaceAddressesResponse.interfaces:type_name -> virtmesh.compute.v1.GuestInterface
 	227, // 106: virtmesh.compute.v1.GetFilesystemInfoResponse.filesystems:type_name -> virtmesh.compute.v1.GuestFilesystem
 	28,  // 107: virtmesh.compute.v1.GetGuestInfoRequest.types:type_name -> virtmesh.compute.v1.GuestInfoType
-	383, // 108: virtmesh.compute.v1.GuestUser.login_time:type_name -> google.protobuf.Timestamp
+	410, // 108: virtmesh.compute.v1.GuestUser.login_time:type_name -> google.protobuf.Timestamp
 	234, // 109: virtmesh.compute.v1.GuestFilesystemUsage.disks:type_name -> virtmesh.compute.v1.GuestFilesystemDisk
 	231, // 110: virtmesh.compute.v1.GetGuestInfoResponse.users:type_name -> virtmesh.compute.v1.GuestUser
 	232, // 111: virtmesh.compute.v1.GetGuestInfoResponse.os:type_name -> virtmesh.compute.v1.GuestOs
@@ -27571,32 +29705,32 @@ var file_virtmesh_compute_v1_compute_service_proto_depIdxs = []int32{
 	235, // 113: virtmesh.compute.v1.GetGuestInfoResponse.filesystems:type_name -> virtmesh.compute.v1.GuestFilesystemUsage
 	236, // 114: virtmesh.compute.v1.GetGuestInfoResponse.disks:type_name -> virtmesh.compute.v1.GuestDisk
 	218, // 115: virtmesh.compute.v1.GetGuestInfoResponse.interfaces:type_name -> virtmesh.compute.v1.GuestInterface
-	382, // 116: virtmesh.compute.v1.GetGuestInfoResponse.raw:type_name -> virtmesh.compute.v1.GetGuestInfoResponse.RawEntry
+	409, // 116: virtmesh.compute.v1.GetGuestInfoResponse.raw:type_name -> virtmesh.compute.v1.GetGuestInfoResponse.RawEntry
 	29,  // 117: virtmesh.compute.v1.GetGuestHostnameRequest.source:type_name -> virtmesh.compute.v1.HostnameSource
-	383, // 118: virtmesh.compute.v1.GetGuestTimeResponse.time:type_name -> google.protobuf.Timestamp
-	383, // 119: virtmesh.compute.v1.SetGuestTimeRequest.time:type_name -> google.protobuf.Timestamp
+	410, // 118: virtmesh.compute.v1.GetGuestTimeResponse.time:type_name -> google.protobuf.Timestamp
+	410, // 119: virtmesh.compute.v1.SetGuestTimeRequest.time:type_name -> google.protobuf.Timestamp
 	30,  // 120: virtmesh.compute.v1.SetAuthorizedSSHKeysRequest.change:type_name -> virtmesh.compute.v1.SSHKeysChange
 	31,  // 121: virtmesh.compute.v1.SetAgentResponseTimeoutRequest.mode:type_name -> virtmesh.compute.v1.AgentTimeoutMode
 	68,  // 122: virtmesh.compute.v1.GetDomainSchedulerParametersRequest.scope:type_name -> virtmesh.compute.v1.Scope
-	386, // 123: virtmesh.compute.v1.GetDomainSchedulerParametersResponse.parameters:type_name -> virtmesh.types.v1.TypedParameter
+	413, // 123: virtmesh.compute.v1.GetDomainSchedulerParametersResponse.parameters:type_name -> virtmesh.types.v1.TypedParameter
 	68,  // 124: virtmesh.compute.v1.SetDomainSchedulerParametersRequest.scope:type_name -> virtmesh.compute.v1.Scope
-	386, // 125: virtmesh.compute.v1.SetDomainSchedulerParametersRequest.parameters:type_name -> virtmesh.types.v1.TypedParameter
+	413, // 125: virtmesh.compute.v1.SetDomainSchedulerParametersRequest.parameters:type_name -> virtmesh.types.v1.TypedParameter
 	68,  // 126: virtmesh.compute.v1.GetDomainMemoryParametersRequest.scope:type_name -> virtmesh.compute.v1.Scope
-	386, // 127: virtmesh.compute.v1.GetDomainMemoryParametersResponse.parameters:type_name -> virtmesh.types.v1.TypedParameter
+	413, // 127: virtmesh.compute.v1.GetDomainMemoryParametersResponse.parameters:type_name -> virtmesh.types.v1.TypedParameter
 	68,  // 128: virtmesh.compute.v1.SetDomainMemoryParametersRequest.scope:type_name -> virtmesh.compute.v1.Scope
-	386, // 129: virtmesh.compute.v1.SetDomainMemoryParametersRequest.parameters:type_name -> virtmesh.types.v1.TypedParameter
+	413, // 129: virtmesh.compute.v1.SetDomainMemoryParametersRequest.parameters:type_name -> virtmesh.types.v1.TypedParameter
 	68,  // 130: virtmesh.compute.v1.GetDomainBlkioParametersRequest.scope:type_name -> virtmesh.compute.v1.Scope
-	386, // 131: virtmesh.compute.v1.GetDomainBlkioParametersResponse.parameters:type_name -> virtmesh.types.v1.TypedParameter
+	413, // 131: virtmesh.compute.v1.GetDomainBlkioParametersResponse.parameters:type_name -> virtmesh.types.v1.TypedParameter
 	68,  // 132: virtmesh.compute.v1.SetDomainBlkioParametersRequest.scope:type_name -> virtmesh.compute.v1.Scope
-	386, // 133: virtmesh.compute.v1.SetDomainBlkioParametersRequest.parameters:type_name -> virtmesh.types.v1.TypedParameter
+	413, // 133: virtmesh.compute.v1.SetDomainBlkioParametersRequest.parameters:type_name -> virtmesh.types.v1.TypedParameter
 	68,  // 134: virtmesh.compute.v1.GetDomainNumaParametersRequest.scope:type_name -> virtmesh.compute.v1.Scope
-	386, // 135: virtmesh.compute.v1.GetDomainNumaParametersResponse.parameters:type_name -> virtmesh.types.v1.TypedParameter
+	413, // 135: virtmesh.compute.v1.GetDomainNumaParametersResponse.parameters:type_name -> virtmesh.types.v1.TypedParameter
 	68,  // 136: virtmesh.compute.v1.SetDomainNumaParametersRequest.scope:type_name -> virtmesh.compute.v1.Scope
-	386, // 137: virtmesh.compute.v1.SetDomainNumaParametersRequest.parameters:type_name -> virtmesh.types.v1.TypedParameter
+	413, // 137: virtmesh.compute.v1.SetDomainNumaParametersRequest.parameters:type_name -> virtmesh.types.v1.TypedParameter
 	68,  // 138: virtmesh.compute.v1.GetDomainPerfEventsRequest.scope:type_name -> virtmesh.compute.v1.Scope
-	386, // 139: virtmesh.compute.v1.GetDomainPerfEventsResponse.parameters:type_name -> virtmesh.types.v1.TypedParameter
+	413, // 139: virtmesh.compute.v1.GetDomainPerfEventsResponse.parameters:type_name -> virtmesh.types.v1.TypedParameter
 	68,  // 140: virtmesh.compute.v1.SetDomainPerfEventsRequest.scope:type_name -> virtmesh.compute.v1.Scope
-	386, // 141: virtmesh.compute.v1.SetDomainPerfEventsRequest.parameters:type_name -> virtmesh.types.v1.TypedParameter
+	413, // 141: virtmesh.compute.v1.SetDomainPerfEventsRequest.parameters:type_name -> virtmesh.types.v1.TypedParameter
 	68,  // 142: virtmesh.compute.v1.GetDomainVcpuPinInfoRequest.scope:type_name -> virtmesh.compute.v1.Scope
 	276, // 143: virtmesh.compute.v1.GetDomainVcpuPinInfoResponse.vcpus:type_name -> virtmesh.compute.v1.CpuAffinity
 	68,  // 144: virtmesh.compute.v1.PinDomainVcpuRequest.scope:type_name -> virtmesh.compute.v1.Scope
@@ -27613,28 +29747,28 @@ var file_virtmesh_compute_v1_compute_service_proto_depIdxs = []int32{
 	68,  // 155: virtmesh.compute.v1.GetDomainMetadataRequest.scope:type_name -> virtmesh.compute.v1.Scope
 	13,  // 156: virtmesh.compute.v1.SetDomainMetadataRequest.type:type_name -> virtmesh.compute.v1.MetadataType
 	68,  // 157: virtmesh.compute.v1.SetDomainMetadataRequest.scope:type_name -> virtmesh.compute.v1.Scope
-	386, // 158: virtmesh.compute.v1.DomainCpuStats.parameters:type_name -> virtmesh.types.v1.TypedParameter
+	413, // 158: virtmesh.compute.v1.DomainCpuStats.parameters:type_name -> virtmesh.types.v1.TypedParameter
 	299, // 159: virtmesh.compute.v1.GetDomainCpuStatsResponse.total:type_name -> virtmesh.compute.v1.DomainCpuStats
 	299, // 160: virtmesh.compute.v1.GetDomainCpuStatsResponse.cpus:type_name -> virtmesh.compute.v1.DomainCpuStats
 	32,  // 161: virtmesh.compute.v1.VcpuInfo.state:type_name -> virtmesh.compute.v1.VcpuState
 	276, // 162: virtmesh.compute.v1.VcpuInfo.affinity:type_name -> virtmesh.compute.v1.CpuAffinity
 	304, // 163: virtmesh.compute.v1.GetDomainVcpusResponse.vcpus:type_name -> virtmesh.compute.v1.VcpuInfo
 	68,  // 164: virtmesh.compute.v1.GetDomainInterfaceParametersRequest.scope:type_name -> virtmesh.compute.v1.Scope
-	386, // 165: virtmesh.compute.v1.GetDomainInterfaceParametersResponse.parameters:type_name -> virtmesh.types.v1.TypedParameter
+	413, // 165: virtmesh.compute.v1.GetDomainInterfaceParametersResponse.parameters:type_name -> virtmesh.types.v1.TypedParameter
 	68,  // 166: virtmesh.compute.v1.SetDomainInterfaceParametersRequest.scope:type_name -> virtmesh.compute.v1.Scope
-	386, // 167: virtmesh.compute.v1.SetDomainInterfaceParametersRequest.parameters:type_name -> virtmesh.types.v1.TypedParameter
+	413, // 167: virtmesh.compute.v1.SetDomainInterfaceParametersRequest.parameters:type_name -> virtmesh.types.v1.TypedParameter
 	68,  // 168: virtmesh.compute.v1.SetDomainMemoryStatsPeriodRequest.scope:type_name -> virtmesh.compute.v1.Scope
 	68,  // 169: virtmesh.compute.v1.SetDomainIOThreadParametersRequest.scope:type_name -> virtmesh.compute.v1.Scope
-	386, // 170: virtmesh.compute.v1.SetDomainIOThreadParametersRequest.parameters:type_name -> virtmesh.types.v1.TypedParameter
+	413, // 170: virtmesh.compute.v1.SetDomainIOThreadParametersRequest.parameters:type_name -> virtmesh.types.v1.TypedParameter
 	68,  // 171: virtmesh.compute.v1.SetDomainVcpuRequest.scope:type_name -> virtmesh.compute.v1.Scope
 	317, // 172: virtmesh.compute.v1.GetDomainSecurityLabelsResponse.labels:type_name -> virtmesh.compute.v1.SecurityLabel
-	386, // 173: virtmesh.compute.v1.GetDomainLaunchSecurityInfoResponse.parameters:type_name -> virtmesh.types.v1.TypedParameter
-	386, // 174: virtmesh.compute.v1.GetDomainBlockStatsResponse.parameters:type_name -> virtmesh.types.v1.TypedParameter
+	413, // 173: virtmesh.compute.v1.GetDomainLaunchSecurityInfoResponse.parameters:type_name -> virtmesh.types.v1.TypedParameter
+	413, // 174: virtmesh.compute.v1.GetDomainBlockStatsResponse.parameters:type_name -> virtmesh.types.v1.TypedParameter
 	33,  // 175: virtmesh.compute.v1.MemoryStat.tag:type_name -> virtmesh.compute.v1.MemoryStatTag
 	330, // 176: virtmesh.compute.v1.GetDomainMemoryStatsResponse.stats:type_name -> virtmesh.compute.v1.MemoryStat
 	68,  // 177: virtmesh.compute.v1.GetDomainBlockIoTuneRequest.scope:type_name -> virtmesh.compute.v1.Scope
-	386, // 178: virtmesh.compute.v1.GetDomainBlockIoTuneResponse.parameters:type_name -> virtmesh.types.v1.TypedParameter
-	386, // 179: virtmesh.compute.v1.SetDomainBlockIoTuneRequest.parameters:type_name -> virtmesh.types.v1.TypedParameter
+	413, // 178: virtmesh.compute.v1.GetDomainBlockIoTuneResponse.parameters:type_name -> virtmesh.types.v1.TypedParameter
+	413, // 179: virtmesh.compute.v1.SetDomainBlockIoTuneRequest.parameters:type_name -> virtmesh.types.v1.TypedParameter
 	68,  // 180: virtmesh.compute.v1.SetDomainBlockIoTuneRequest.scope:type_name -> virtmesh.compute.v1.Scope
 	342, // 181: virtmesh.compute.v1.CopyDomainBlockRequest.destination_file:type_name -> virtmesh.compute.v1.BlockDestination
 	9,   // 182: virtmesh.compute.v1.GetDomainBlockJobInfoResponse.type:type_name -> virtmesh.compute.v1.BlockJobType
@@ -27646,291 +29780,321 @@ var file_virtmesh_compute_v1_compute_service_proto_depIdxs = []int32{
 	68,  // 188: virtmesh.compute.v1.SetDomainLifecycleActionRequest.scope:type_name -> virtmesh.compute.v1.Scope
 	68,  // 189: virtmesh.compute.v1.GetDomainVcpuCountRequest.scope:type_name -> virtmesh.compute.v1.Scope
 	38,  // 190: virtmesh.compute.v1.StartDomainDirtyRateCalcRequest.mode:type_name -> virtmesh.compute.v1.DirtyRateMode
-	40,  // 191: virtmesh.compute.v1.ComputeService.ListDomains:input_type -> virtmesh.compute.v1.ListDomainsRequest
-	42,  // 192: virtmesh.compute.v1.ComputeService.GetDomain:input_type -> virtmesh.compute.v1.GetDomainRequest
-	44,  // 193: virtmesh.compute.v1.ComputeService.GetDomainXML:input_type -> virtmesh.compute.v1.GetDomainXMLRequest
-	46,  // 194: virtmesh.compute.v1.ComputeService.DefineDomain:input_type -> virtmesh.compute.v1.DefineDomainRequest
-	48,  // 195: virtmesh.compute.v1.ComputeService.UndefineDomain:input_type -> virtmesh.compute.v1.UndefineDomainRequest
-	50,  // 196: virtmesh.compute.v1.ComputeService.CreateDomain:input_type -> virtmesh.compute.v1.CreateDomainRequest
-	52,  // 197: virtmesh.compute.v1.ComputeService.StartDomain:input_type -> virtmesh.compute.v1.StartDomainRequest
-	54,  // 198: virtmesh.compute.v1.ComputeService.ShutdownDomain:input_type -> virtmesh.compute.v1.ShutdownDomainRequest
-	56,  // 199: virtmesh.compute.v1.ComputeService.RebootDomain:input_type -> virtmesh.compute.v1.RebootDomainRequest
-	58,  // 200: virtmesh.compute.v1.ComputeService.ResetDomain:input_type -> virtmesh.compute.v1.ResetDomainRequest
-	60,  // 201: virtmesh.compute.v1.ComputeService.DestroyDomain:input_type -> virtmesh.compute.v1.DestroyDomainRequest
-	62,  // 202: virtmesh.compute.v1.ComputeService.SuspendDomain:input_type -> virtmesh.compute.v1.SuspendDomainRequest
-	64,  // 203: virtmesh.compute.v1.ComputeService.ResumeDomain:input_type -> virtmesh.compute.v1.ResumeDomainRequest
-	66,  // 204: virtmesh.compute.v1.ComputeService.SetDomainAutostart:input_type -> virtmesh.compute.v1.SetDomainAutostartRequest
-	69,  // 205: virtmesh.compute.v1.ComputeService.SetDomainVcpus:input_type -> virtmesh.compute.v1.SetDomainVcpusRequest
-	71,  // 206: virtmesh.compute.v1.ComputeService.SetDomainMemory:input_type -> virtmesh.compute.v1.SetDomainMemoryRequest
-	73,  // 207: virtmesh.compute.v1.ComputeService.AttachDevice:input_type -> virtmesh.compute.v1.AttachDeviceRequest
-	75,  // 208: virtmesh.compute.v1.ComputeService.DetachDevice:input_type -> virtmesh.compute.v1.DetachDeviceRequest
-	78,  // 209: virtmesh.compute.v1.ComputeService.CreateSnapshot:input_type -> virtmesh.compute.v1.CreateSnapshotRequest
-	80,  // 210: virtmesh.compute.v1.ComputeService.ListSnapshots:input_type -> virtmesh.compute.v1.ListSnapshotsRequest
-	82,  // 211: virtmesh.compute.v1.ComputeService.GetSnapshot:input_type -> virtmesh.compute.v1.GetSnapshotRequest
-	84,  // 212: virtmesh.compute.v1.ComputeService.RevertToSnapshot:input_type -> virtmesh.compute.v1.RevertToSnapshotRequest
-	86,  // 213: virtmesh.compute.v1.ComputeService.DeleteSnapshot:input_type -> virtmesh.compute.v1.DeleteSnapshotRequest
-	88,  // 214: virtmesh.compute.v1.ComputeService.GetDomainStats:input_type -> virtmesh.compute.v1.GetDomainStatsRequest
-	96,  // 215: virtmesh.compute.v1.ComputeService.WatchDomainEvents:input_type -> virtmesh.compute.v1.WatchDomainEventsRequest
-	133, // 216: virtmesh.compute.v1.ComputeService.OpenDomainConsole:input_type -> virtmesh.compute.v1.OpenDomainConsoleRequest
-	135, // 217: virtmesh.compute.v1.ComputeService.OpenDomainChannel:input_type -> virtmesh.compute.v1.OpenDomainChannelRequest
-	137, // 218: virtmesh.compute.v1.ComputeService.OpenDomainGraphics:input_type -> virtmesh.compute.v1.OpenDomainGraphicsRequest
-	139, // 219: virtmesh.compute.v1.ComputeService.GetDomainScreenshot:input_type -> virtmesh.compute.v1.GetDomainScreenshotRequest
-	141, // 220: virtmesh.compute.v1.ComputeService.SendDomainKey:input_type -> virtmesh.compute.v1.SendDomainKeyRequest
-	143, // 221: virtmesh.compute.v1.ComputeService.GetDomainDisplay:input_type -> virtmesh.compute.v1.GetDomainDisplayRequest
-	125, // 222: virtmesh.compute.v1.ComputeService.GetCapabilities:input_type -> virtmesh.compute.v1.GetCapabilitiesRequest
-	127, // 223: virtmesh.compute.v1.ComputeService.GetDomainCapabilities:input_type -> virtmesh.compute.v1.GetDomainCapabilitiesRequest
-	129, // 224: virtmesh.compute.v1.ComputeService.GetNodeInfo:input_type -> virtmesh.compute.v1.GetNodeInfoRequest
-	131, // 225: virtmesh.compute.v1.ComputeService.GetVersion:input_type -> virtmesh.compute.v1.GetVersionRequest
-	146, // 226: virtmesh.compute.v1.ComputeService.BaselineCpu:input_type -> virtmesh.compute.v1.BaselineCpuRequest
-	148, // 227: virtmesh.compute.v1.ComputeService.BaselineHypervisorCpu:input_type -> virtmesh.compute.v1.BaselineHypervisorCpuRequest
-	150, // 228: virtmesh.compute.v1.ComputeService.CompareCpu:input_type -> virtmesh.compute.v1.CompareCpuRequest
-	152, // 229: virtmesh.compute.v1.ComputeService.CompareHypervisorCpu:input_type -> virtmesh.compute.v1.CompareHypervisorCpuRequest
-	154, // 230: virtmesh.compute.v1.ComputeService.GetCpuModelNames:input_type -> virtmesh.compute.v1.GetCpuModelNamesRequest
-	156, // 231: virtmesh.compute.v1.ComputeService.GetSysinfo:input_type -> virtmesh.compute.v1.GetSysinfoRequest
-	158, // 232: virtmesh.compute.v1.ComputeService.GetHostname:input_type -> virtmesh.compute.v1.GetHostnameRequest
-	160, // 233: virtmesh.compute.v1.ComputeService.GetMaxVcpus:input_type -> virtmesh.compute.v1.GetMaxVcpusRequest
-	162, // 234: virtmesh.compute.v1.ComputeService.GetNodeCpuStats:input_type -> virtmesh.compute.v1.GetNodeCpuStatsRequest
-	164, // 235: virtmesh.compute.v1.ComputeService.GetNodeMemoryStats:input_type -> virtmesh.compute.v1.GetNodeMemoryStatsRequest
-	166, // 236: virtmesh.compute.v1.ComputeService.GetNodeFreeMemory:input_type -> virtmesh.compute.v1.GetNodeFreeMemoryRequest
-	168, // 237: virtmesh.compute.v1.ComputeService.GetCellsFreeMemory:input_type -> virtmesh.compute.v1.GetCellsFreeMemoryRequest
-	172, // 238: virtmesh.compute.v1.ComputeService.GetNodeFreePages:input_type -> virtmesh.compute.v1.GetNodeFreePagesRequest
-	175, // 239: virtmesh.compute.v1.ComputeService.AllocNodePages:input_type -> virtmesh.compute.v1.AllocNodePagesRequest
-	178, // 240: virtmesh.compute.v1.ComputeService.GetNodeMemoryParameters:input_type -> virtmesh.compute.v1.GetNodeMemoryParametersRequest
-	180, // 241: virtmesh.compute.v1.ComputeService.SetNodeMemoryParameters:input_type -> virtmesh.compute.v1.SetNodeMemoryParametersRequest
-	182, // 242: virtmesh.compute.v1.ComputeService.SuspendNode:input_type -> virtmesh.compute.v1.SuspendNodeRequest
-	184, // 243: virtmesh.compute.v1.ComputeService.GetNodeCpuMap:input_type -> virtmesh.compute.v1.GetNodeCpuMapRequest
-	186, // 244: virtmesh.compute.v1.ComputeService.GetNodeSecurityModel:input_type -> virtmesh.compute.v1.GetNodeSecurityModelRequest
-	188, // 245: virtmesh.compute.v1.ComputeService.GetNodeSevInfo:input_type -> virtmesh.compute.v1.GetNodeSevInfoRequest
-	190, // 246: virtmesh.compute.v1.ComputeService.ConvertNativeToDomainXML:input_type -> virtmesh.compute.v1.ConvertNativeToDomainXMLRequest
-	192, // 247: virtmesh.compute.v1.ComputeService.ConvertDomainXMLToNative:input_type -> virtmesh.compute.v1.ConvertDomainXMLToNativeRequest
-	194, // 248: virtmesh.compute.v1.ComputeService.SaveDomain:input_type -> virtmesh.compute.v1.SaveDomainRequest
-	196, // 249: virtmesh.compute.v1.ComputeService.RestoreDomain:input_type -> virtmesh.compute.v1.RestoreDomainRequest
-	198, // 250: virtmesh.compute.v1.ComputeService.GetSaveImageXML:input_type -> virtmesh.compute.v1.GetSaveImageXMLRequest
-	200, // 251: virtmesh.compute.v1.ComputeService.DefineSaveImageXML:input_type -> virtmesh.compute.v1.DefineSaveImageXMLRequest
-	202, // 252: virtmesh.compute.v1.ComputeService.ManagedSaveDomain:input_type -> virtmesh.compute.v1.ManagedSaveDomainRequest
-	204, // 253: virtmesh.compute.v1.ComputeService.RemoveManagedSave:input_type -> virtmesh.compute.v1.RemoveManagedSaveRequest
-	206, // 254: virtmesh.compute.v1.ComputeService.GetManagedSaveXML:input_type -> virtmesh.compute.v1.GetManagedSaveXMLRequest
-	208, // 255: virtmesh.compute.v1.ComputeService.DefineManagedSaveXML:input_type -> virtmesh.compute.v1.DefineManagedSaveXMLRequest
-	210, // 256: virtmesh.compute.v1.ComputeService.CoreDumpDomain:input_type -> virtmesh.compute.v1.CoreDumpDomainRequest
-	212, // 257: virtmesh.compute.v1.ComputeService.GetDomainJobInfo:input_type -> virtmesh.compute.v1.GetDomainJobInfoRequest
-	215, // 258: virtmesh.compute.v1.ComputeService.AbortDomainJob:input_type -> virtmesh.compute.v1.AbortDomainJobRequest
-	219, // 259: virtmesh.compute.v1.ComputeService.GetInterfaceAddresses:input_type -> virtmesh.compute.v1.GetInterfaceAddressesRequest
-	221, // 260: virtmesh.compute.v1.ComputeService.FreezeFilesystems:input_type -> virtmesh.compute.v1.FreezeFilesystemsRequest
-	223, // 261: virtmesh.compute.v1.ComputeService.ThawFilesystems:input_type -> virtmesh.compute.v1.ThawFilesystemsRequest
-	225, // 262: virtmesh.compute.v1.ComputeService.TrimFilesystems:input_type -> virtmesh.compute.v1.TrimFilesystemsRequest
-	228, // 263: virtmesh.compute.v1.ComputeService.GetFilesystemInfo:input_type -> virtmesh.compute.v1.GetFilesystemInfoRequest
-	230, // 264: virtmesh.compute.v1.ComputeService.GetGuestInfo:input_type -> virtmesh.compute.v1.GetGuestInfoRequest
-	238, // 265: virtmesh.compute.v1.ComputeService.GetGuestHostname:input_type -> virtmesh.compute.v1.GetGuestHostnameRequest
-	240, // 266: virtmesh.compute.v1.ComputeService.GetGuestVcpus:input_type -> virtmesh.compute.v1.GetGuestVcpusRequest
-	242, // 267: virtmesh.compute.v1.ComputeService.SetGuestVcpus:input_type -> virtmesh.compute.v1.SetGuestVcpusRequest
-	244, // 268: virtmesh.compute.v1.ComputeService.GetGuestTime:input_type -> virtmesh.compute.v1.GetGuestTimeRequest
-	246, // 269: virtmesh.compute.v1.ComputeService.SetGuestTime:input_type -> virtmesh.compute.v1.SetGuestTimeRequest
-	248, // 270: virtmesh.compute.v1.ComputeService.SetUserPassword:input_type -> virtmesh.compute.v1.SetUserPasswordRequest
-	250, // 271: virtmesh.compute.v1.ComputeService.GetAuthorizedSSHKeys:input_type -> virtmesh.compute.v1.GetAuthorizedSSHKeysRequest
-	252, // 272: virtmesh.compute.v1.ComputeService.SetAuthorizedSSHKeys:input_type -> virtmesh.compute.v1.SetAuthorizedSSHKeysRequest
-	254, // 273: virtmesh.compute.v1.ComputeService.SetAgentResponseTimeout:input_type -> virtmesh.compute.v1.SetAgentResponseTimeoutRequest
-	256, // 274: virtmesh.compute.v1.ComputeService.GetDomainSchedulerParameters:input_type -> virtmesh.compute.v1.GetDomainSchedulerParametersRequest
-	258, // 275: virtmesh.compute.v1.ComputeService.SetDomainSchedulerParameters:input_type -> virtmesh.compute.v1.SetDomainSchedulerParametersRequest
-	260, // 276: virtmesh.compute.v1.ComputeService.GetDomainMemoryParameters:input_type -> virtmesh.compute.v1.GetDomainMemoryParametersRequest
-	262, // 277: virtmesh.compute.v1.ComputeService.SetDomainMemoryParameters:input_type -> virtmesh.compute.v1.SetDomainMemoryParametersRequest
-	264, // 278: virtmesh.compute.v1.ComputeService.GetDomainBlkioParameters:input_type -> virtmesh.compute.v1.GetDomainBlkioParametersRequest
-	266, // 279: virtmesh.compute.v1.ComputeService.SetDomainBlkioParameters:input_type -> virtmesh.compute.v1.SetDomainBlkioParametersRequest
-	268, // 280: virtmesh.compute.v1.ComputeService.GetDomainNumaParameters:input_type -> virtmesh.compute.v1.GetDomainNumaParametersRequest
-	270, // 281: virtmesh.compute.v1.ComputeService.SetDomainNumaParameters:input_type -> virtmesh.compute.v1.SetDomainNumaParametersRequest
-	272, // 282: virtmesh.compute.v1.ComputeService.GetDomainPerfEvents:input_type -> virtmesh.compute.v1.GetDomainPerfEventsRequest
-	274, // 283: virtmesh.compute.v1.ComputeService.SetDomainPerfEvents:input_type -> virtmesh.compute.v1.SetDomainPerfEventsRequest
-	277, // 284: virtmesh.compute.v1.ComputeService.GetDomainVcpuPinInfo:input_type -> virtmesh.compute.v1.GetDomainVcpuPinInfoRequest
-	279, // 285: virtmesh.compute.v1.ComputeService.PinDomainVcpu:input_type -> virtmesh.compute.v1.PinDomainVcpuRequest
-	281, // 286: virtmesh.compute.v1.ComputeService.GetDomainEmulatorPinInfo:input_type -> virtmesh.compute.v1.GetDomainEmulatorPinInfoRequest
-	283, // 287: virtmesh.compute.v1.ComputeService.PinDomainEmulator:input_type -> virtmesh.compute.v1.PinDomainEmulatorRequest
-	285, // 288: virtmesh.compute.v1.ComputeService.GetDomainIOThreadInfo:input_type -> virtmesh.compute.v1.GetDomainIOThreadInfoRequest
-	288, // 289: virtmesh.compute.v1.ComputeService.AddDomainIOThread:input_type -> virtmesh.compute.v1.AddDomainIOThreadRequest
-	290, // 290: virtmesh.compute.v1.ComputeService.DeleteDomainIOThread:input_type -> virtmesh.compute.v1.DeleteDomainIOThreadRequest
-	292, // 291: virtmesh.compute.v1.ComputeService.PinDomainIOThread:input_type -> virtmesh.compute.v1.PinDomainIOThreadRequest
-	294, // 292: virtmesh.compute.v1.ComputeService.GetDomainMetadata:input_type -> virtmesh.compute.v1.GetDomainMetadataRequest
-	296, // 293: virtmesh.compute.v1.ComputeService.SetDomainMetadata:input_type -> virtmesh.compute.v1.SetDomainMetadataRequest
-	298, // 294: virtmesh.compute.v1.ComputeService.GetDomainCpuStats:input_type -> virtmesh.compute.v1.GetDomainCpuStatsRequest
-	301, // 295: virtmesh.compute.v1.ComputeService.GetDomainMaxMemory:input_type -> virtmesh.compute.v1.GetDomainMaxMemoryRequest
-	303, // 296: virtmesh.compute.v1.ComputeService.GetDomainVcpus:input_type -> virtmesh.compute.v1.GetDomainVcpusRequest
-	306, // 297: virtmesh.compute.v1.ComputeService.GetDomainInterfaceParameters:input_type -> virtmesh.compute.v1.GetDomainInterfaceParametersRequest
-	308, // 298: virtmesh.compute.v1.ComputeService.SetDomainInterfaceParameters:input_type -> virtmesh.compute.v1.SetDomainInterfaceParametersRequest
-	310, // 299: virtmesh.compute.v1.ComputeService.SetDomainMemoryStatsPeriod:input_type -> virtmesh.compute.v1.SetDomainMemoryStatsPeriodRequest
-	312, // 300: virtmesh.compute.v1.ComputeService.SetDomainIOThreadParameters:input_type -> virtmesh.compute.v1.SetDomainIOThreadParametersRequest
-	314, // 301: virtmesh.compute.v1.ComputeService.SetDomainVcpu:input_type -> virtmesh.compute.v1.SetDomainVcpuRequest
-	316, // 302: virtmesh.compute.v1.ComputeService.GetDomainSecurityLabels:input_type -> virtmesh.compute.v1.GetDomainSecurityLabelsRequest
-	319, // 303: virtmesh.compute.v1.ComputeService.GetDomainLaunchSecurityInfo:input_type -> virtmesh.compute.v1.GetDomainLaunchSecurityInfoRequest
-	321, // 304: virtmesh.compute.v1.ComputeService.SetDomainLaunchSecurityState:input_type -> virtmesh.compute.v1.SetDomainLaunchSecurityStateRequest
-	323, // 305: virtmesh.compute.v1.ComputeService.GetDomainBlockInfo:input_type -> virtmesh.compute.v1.GetDomainBlockInfoRequest
-	325, // 306: virtmesh.compute.v1.ComputeService.GetDomainBlockStats:input_type -> virtmesh.compute.v1.GetDomainBlockStatsRequest
-	327, // 307: virtmesh.compute.v1.ComputeService.GetDomainInterfaceStats:input_type -> virtmesh.compute.v1.GetDomainInterfaceStatsRequest
-	329, // 308: virtmesh.compute.v1.ComputeService.GetDomainMemoryStats:input_type -> virtmesh.compute.v1.GetDomainMemoryStatsRequest
-	332, // 309: virtmesh.compute.v1.ComputeService.PeekDomainBlock:input_type -> virtmesh.compute.v1.PeekDomainBlockRequest
-	334, // 310: virtmesh.compute.v1.ComputeService.PeekDomainMemory:input_type -> virtmesh.compute.v1.PeekDomainMemoryRequest
-	336, // 311: virtmesh.compute.v1.ComputeService.ResizeDomainBlock:input_type -> virtmesh.compute.v1.ResizeDomainBlockRequest
-	338, // 312: virtmesh.compute.v1.ComputeService.GetDomainBlockIoTune:input_type -> virtmesh.compute.v1.GetDomainBlockIoTuneRequest
-	340, // 313: virtmesh.compute.v1.ComputeService.SetDomainBlockIoTune:input_type -> virtmesh.compute.v1.SetDomainBlockIoTuneRequest
-	343, // 314: virtmesh.compute.v1.ComputeService.CopyDomainBlock:input_type -> virtmesh.compute.v1.CopyDomainBlockRequest
-	345, // 315: virtmesh.compute.v1.ComputeService.CommitDomainBlock:input_type -> virtmesh.compute.v1.CommitDomainBlockRequest
-	347, // 316: virtmesh.compute.v1.ComputeService.PullDomainBlock:input_type -> virtmesh.compute.v1.PullDomainBlockRequest
-	349, // 317: virtmesh.compute.v1.ComputeService.RebaseDomainBlock:input_type -> virtmesh.compute.v1.RebaseDomainBlockRequest
-	351, // 318: virtmesh.compute.v1.ComputeService.AbortDomainBlockJob:input_type -> virtmesh.compute.v1.AbortDomainBlockJobRequest
-	353, // 319: virtmesh.compute.v1.ComputeService.SetDomainBlockJobSpeed:input_type -> virtmesh.compute.v1.SetDomainBlockJobSpeedRequest
-	355, // 320: virtmesh.compute.v1.ComputeService.GetDomainBlockJobInfo:input_type -> virtmesh.compute.v1.GetDomainBlockJobInfoRequest
-	357, // 321: virtmesh.compute.v1.ComputeService.SetDomainBlockThreshold:input_type -> virtmesh.compute.v1.SetDomainBlockThresholdRequest
-	359, // 322: virtmesh.compute.v1.ComputeService.PmSuspendDomain:input_type -> virtmesh.compute.v1.PmSuspendDomainRequest
-	361, // 323: virtmesh.compute.v1.ComputeService.PmWakeupDomain:input_type -> virtmesh.compute.v1.PmWakeupDomainRequest
-	363, // 324: virtmesh.compute.v1.ComputeService.RenameDomain:input_type -> virtmesh.compute.v1.RenameDomainRequest
-	365, // 325: virtmesh.compute.v1.ComputeService.InjectDomainNmi:input_type -> virtmesh.compute.v1.InjectDomainNmiRequest
-	367, // 326: virtmesh.compute.v1.ComputeService.SendDomainProcessSignal:input_type -> virtmesh.compute.v1.SendDomainProcessSignalRequest
-	369, // 327: virtmesh.compute.v1.ComputeService.SetDomainLifecycleAction:input_type -> virtmesh.compute.v1.SetDomainLifecycleActionRequest
-	371, // 328: virtmesh.compute.v1.ComputeService.GetDomainMessages:input_type -> virtmesh.compute.v1.GetDomainMessagesRequest
-	373, // 329: virtmesh.compute.v1.ComputeService.GetDomainVcpuCount:input_type -> virtmesh.compute.v1.GetDomainVcpuCountRequest
-	375, // 330: virtmesh.compute.v1.ComputeService.StartDomainDirtyRateCalc:input_type -> virtmesh.compute.v1.StartDomainDirtyRateCalcRequest
-	41,  // 331: virtmesh.compute.v1.ComputeService.ListDomains:output_type -> virtmesh.compute.v1.ListDomainsResponse
-	43,  // 332: virtmesh.compute.v1.ComputeService.GetDomain:output_type -> virtmesh.compute.v1.GetDomainResponse
-	45,  // 333: virtmesh.compute.v1.ComputeService.GetDomainXML:output_type -> virtmesh.compute.v1.GetDomainXMLResponse
-	47,  // 334: virtmesh.compute.v1.ComputeService.DefineDomain:output_type -> virtmesh.compute.v1.DefineDomainResponse
-	49,  // 335: virtmesh.compute.v1.ComputeService.UndefineDomain:output_type -> virtmesh.compute.v1.UndefineDomainResponse
-	51,  // 336: virtmesh.compute.v1.ComputeService.CreateDomain:output_type -> virtmesh.compute.v1.CreateDomainResponse
-	53,  // 337: virtmesh.compute.v1.ComputeService.StartDomain:output_type -> virtmesh.compute.v1.StartDomainResponse
-	55,  // 338: virtmesh.compute.v1.ComputeService.ShutdownDomain:output_type -> virtmesh.compute.v1.ShutdownDomainResponse
-	57,  // 339: virtmesh.compute.v1.ComputeService.RebootDomain:output_type -> virtmesh.compute.v1.RebootDomainResponse
-	59,  // 340: virtmesh.compute.v1.ComputeService.ResetDomain:output_type -> virtmesh.compute.v1.ResetDomainResponse
-	61,  // 341: virtmesh.compute.v1.ComputeService.DestroyDomain:output_type -> virtmesh.compute.v1.DestroyDomainResponse
-	63,  // 342: virtmesh.compute.v1.ComputeService.SuspendDomain:output_type -> virtmesh.compute.v1.SuspendDomainResponse
-	65,  // 343: virtmesh.compute.v1.ComputeService.ResumeDomain:output_type -> virtmesh.compute.v1.ResumeDomainResponse
-	67,  // 344: virtmesh.compute.v1.ComputeService.SetDomainAutostart:output_type -> virtmesh.compute.v1.SetDomainAutostartResponse
-	70,  // 345: virtmesh.compute.v1.ComputeService.SetDomainVcpus:output_type -> virtmesh.compute.v1.SetDomainVcpusResponse
-	72,  // 346: virtmesh.compute.v1.ComputeService.SetDomainMemory:output_type -> virtmesh.compute.v1.SetDomainMemoryResponse
-	74,  // 347: virtmesh.compute.v1.ComputeService.AttachDevice:output_type -> virtmesh.compute.v1.AttachDeviceResponse
-	76,  // 348: virtmesh.compute.v1.ComputeService.DetachDevice:output_type -> virtmesh.compute.v1.DetachDeviceResponse
-	79,  // 349: virtmesh.compute.v1.ComputeService.CreateSnapshot:output_type -> virtmesh.compute.v1.CreateSnapshotResponse
-	81,  // 350: virtmesh.compute.v1.ComputeService.ListSnapshots:output_type -> virtmesh.compute.v1.ListSnapshotsResponse
-	83,  // 351: virtmesh.compute.v1.ComputeService.GetSnapshot:output_type -> virtmesh.compute.v1.GetSnapshotResponse
-	85,  // 352: virtmesh.compute.v1.ComputeService.RevertToSnapshot:output_type -> virtmesh.compute.v1.RevertToSnapshotResponse
-	87,  // 353: virtmesh.compute.v1.ComputeService.DeleteSnapshot:output_type -> virtmesh.compute.v1.DeleteSnapshotResponse
-	95,  // 354: virtmesh.compute.v1.ComputeService.GetDomainStats:output_type -> virtmesh.compute.v1.GetDomainStatsResponse
-	101, // 355: virtmesh.compute.v1.ComputeService.WatchDomainEvents:output_type -> virtmesh.compute.v1.WatchDomainEventsResponse
-	134, // 356: virtmesh.compute.v1.ComputeService.OpenDomainConsole:output_type -> virtmesh.compute.v1.OpenDomainConsoleResponse
-	136, // 357: virtmesh.compute.v1.ComputeService.OpenDomainChannel:output_type -> virtmesh.compute.v1.OpenDomainChannelResponse
-	138, // 358: virtmesh.compute.v1.ComputeService.OpenDomainGraphics:output_type -> virtmesh.compute.v1.OpenDomainGraphicsResponse
-	140, // 359: virtmesh.compute.v1.ComputeService.GetDomainScreenshot:output_type -> virtmesh.compute.v1.GetDomainScreenshotResponse
-	142, // 360: virtmesh.compute.v1.ComputeService.SendDomainKey:output_type -> virtmesh.compute.v1.SendDomainKeyResponse
-	145, // 361: virtmesh.compute.v1.ComputeService.GetDomainDisplay:output_type -> virtmesh.compute.v1.GetDomainDisplayResponse
-	126, // 362: virtmesh.compute.v1.ComputeService.GetCapabilities:output_type -> virtmesh.compute.v1.GetCapabilitiesResponse
-	128, // 363: virtmesh.compute.v1.ComputeService.GetDomainCapabilities:output_type -> virtmesh.compute.v1.GetDomainCapabilitiesResponse
-	130, // 364: virtmesh.compute.v1.ComputeService.GetNodeInfo:output_type -> virtmesh.compute.v1.GetNodeInfoResponse
-	132, // 365: virtmesh.compute.v1.ComputeService.GetVersion:output_type -> virtmesh.compute.v1.GetVersionResponse
-	147, // 366: virtmesh.compute.v1.ComputeService.BaselineCpu:output_type -> virtmesh.compute.v1.BaselineCpuResponse
-	149, // 367: virtmesh.compute.v1.ComputeService.BaselineHypervisorCpu:output_type -> virtmesh.compute.v1.BaselineHypervisorCpuResponse
-	151, // 368: virtmesh.compute.v1.ComputeService.CompareCpu:output_type -> virtmesh.compute.v1.CompareCpuResponse
-	153, // 369: virtmesh.compute.v1.ComputeService.CompareHypervisorCpu:output_type -> virtmesh.compute.v1.CompareHypervisorCpuResponse
-	155, // 370: virtmesh.compute.v1.ComputeService.GetCpuModelNames:output_type -> virtmesh.compute.v1.GetCpuModelNamesResponse
-	157, // 371: virtmesh.compute.v1.ComputeService.GetSysinfo:output_type -> virtmesh.compute.v1.GetSysinfoResponse
-	159, // 372: virtmesh.compute.v1.ComputeService.GetHostname:output_type -> virtmesh.compute.v1.GetHostnameResponse
-	161, // 373: virtmesh.compute.v1.ComputeService.GetMaxVcpus:output_type -> virtmesh.compute.v1.GetMaxVcpusResponse
-	163, // 374: virtmesh.compute.v1.ComputeService.GetNodeCpuStats:output_type -> virtmesh.compute.v1.GetNodeCpuStatsResponse
-	165, // 375: virtmesh.compute.v1.ComputeService.GetNodeMemoryStats:output_type -> virtmesh.compute.v1.GetNodeMemoryStatsResponse
-	167, // 376: virtmesh.compute.v1.ComputeService.GetNodeFreeMemory:output_type -> virtmesh.compute.v1.GetNodeFreeMemoryResponse
-	170, // 377: virtmesh.compute.v1.ComputeService.GetCellsFreeMemory:output_type -> virtmesh.compute.v1.GetCellsFreeMemoryResponse
-	174, // 378: virtmesh.compute.v1.ComputeService.GetNodeFreePages:output_type -> virtmesh.compute.v1.GetNodeFreePagesResponse
-	176, // 379: virtmesh.compute.v1.ComputeService.AllocNodePages:output_type -> virtmesh.compute.v1.AllocNodePagesResponse
-	179, // 380: virtmesh.compute.v1.ComputeService.GetNodeMemoryParameters:output_type -> virtmesh.compute.v1.GetNodeMemoryParametersResponse
-	181, // 381: virtmesh.compute.v1.ComputeService.SetNodeMemoryParameters:output_type -> virtmesh.compute.v1.SetNodeMemoryParametersResponse
-	183, // 382: virtmesh.compute.v1.ComputeService.SuspendNode:output_type -> virtmesh.compute.v1.SuspendNodeResponse
-	185, // 383: virtmesh.compute.v1.ComputeService.GetNodeCpuMap:output_type -> virtmesh.compute.v1.GetNodeCpuMapResponse
-	187, // 384: virtmesh.compute.v1.ComputeService.GetNodeSecurityModel:output_type -> virtmesh.compute.v1.GetNodeSecurityModelResponse
-	189, // 385: virtmesh.compute.v1.ComputeService.GetNodeSevInfo:output_type -> virtmesh.compute.v1.GetNodeSevInfoResponse
-	191, // 386: virtmesh.compute.v1.ComputeService.ConvertNativeToDomainXML:output_type -> virtmesh.compute.v1.ConvertNativeToDomainXMLResponse
-	193, // 387: virtmesh.compute.v1.ComputeService.ConvertDomainXMLToNative:output_type -> virtmesh.compute.v1.ConvertDomainXMLToNativeResponse
-	195, // 388: virtmesh.compute.v1.ComputeService.SaveDomain:output_type -> virtmesh.compute.v1.SaveDomainResponse
-	197, // 389: virtmesh.compute.v1.ComputeService.RestoreDomain:output_type -> virtmesh.compute.v1.RestoreDomainResponse
-	199, // 390: virtmesh.compute.v1.ComputeService.GetSaveImageXML:output_type -> virtmesh.compute.v1.GetSaveImageXMLResponse
-	201, // 391: virtmesh.compute.v1.ComputeService.DefineSaveImageXML:output_type -> virtmesh.compute.v1.DefineSaveImageXMLResponse
-	203, // 392: virtmesh.compute.v1.ComputeService.ManagedSaveDomain:output_type -> virtmesh.compute.v1.ManagedSaveDomainResponse
-	205, // 393: virtmesh.compute.v1.ComputeService.RemoveManagedSave:output_type -> virtmesh.compute.v1.RemoveManagedSaveResponse
-	207, // 394: virtmesh.compute.v1.ComputeService.GetManagedSaveXML:output_type -> virtmesh.compute.v1.GetManagedSaveXMLResponse
-	209, // 395: virtmesh.compute.v1.ComputeService.DefineManagedSaveXML:output_type -> virtmesh.compute.v1.DefineManagedSaveXMLResponse
-	211, // 396: virtmesh.compute.v1.ComputeService.CoreDumpDomain:output_type -> virtmesh.compute.v1.CoreDumpDomainResponse
-	214, // 397: virtmesh.compute.v1.ComputeService.GetDomainJobInfo:output_type -> virtmesh.compute.v1.GetDomainJobInfoResponse
-	216, // 398: virtmesh.compute.v1.ComputeService.AbortDomainJob:output_type -> virtmesh.compute.v1.AbortDomainJobResponse
-	220, // 399: virtmesh.compute.v1.ComputeService.GetInterfaceAddresses:output_type -> virtmesh.compute.v1.GetInterfaceAddressesResponse
-	222, // 400: virtmesh.compute.v1.ComputeService.FreezeFilesystems:output_type -> virtmesh.compute.v1.FreezeFilesystemsResponse
-	224, // 401: virtmesh.compute.v1.ComputeService.ThawFilesystems:output_type -> virtmesh.compute.v1.ThawFilesystemsResponse
-	226, // 402: virtmesh.compute.v1.ComputeService.TrimFilesystems:output_type -> virtmesh.compute.v1.TrimFilesystemsResponse
-	229, // 403: virtmesh.compute.v1.ComputeService.GetFilesystemInfo:output_type -> virtmesh.compute.v1.GetFilesystemInfoResponse
-	237, // 404: virtmesh.compute.v1.ComputeService.GetGuestInfo:output_type -> virtmesh.compute.v1.GetGuestInfoResponse
-	239, // 405: virtmesh.compute.v1.ComputeService.GetGuestHostname:output_type -> virtmesh.compute.v1.GetGuestHostnameResponse
-	241, // 406: virtmesh.compute.v1.ComputeService.GetGuestVcpus:output_type -> virtmesh.compute.v1.GetGuestVcpusResponse
-	243, // 407: virtmesh.compute.v1.ComputeService.SetGuestVcpus:output_type -> virtmesh.compute.v1.SetGuestVcpusResponse
-	245, // 408: virtmesh.compute.v1.ComputeService.GetGuestTime:output_type -> virtmesh.compute.v1.GetGuestTimeResponse
-	247, // 409: virtmesh.compute.v1.ComputeService.SetGuestTime:output_type -> virtmesh.compute.v1.SetGuestTimeResponse
-	249, // 410: virtmesh.compute.v1.ComputeService.SetUserPassword:output_type -> virtmesh.compute.v1.SetUserPasswordResponse
-	251, // 411: virtmesh.compute.v1.ComputeService.GetAuthorizedSSHKeys:output_type -> virtmesh.compute.v1.GetAuthorizedSSHKeysResponse
-	253, // 412: virtmesh.compute.v1.ComputeService.SetAuthorizedSSHKeys:output_type -> virtmesh.compute.v1.SetAuthorizedSSHKeysResponse
-	255, // 413: virtmesh.compute.v1.ComputeService.SetAgentResponseTimeout:output_type -> virtmesh.compute.v1.SetAgentResponseTimeoutResponse
-	257, // 414: virtmesh.compute.v1.ComputeService.GetDomainSchedulerParameters:output_type -> virtmesh.compute.v1.GetDomainSchedulerParametersResponse
-	259, // 415: virtmesh.compute.v1.ComputeService.SetDomainSchedulerParameters:output_type -> virtmesh.compute.v1.SetDomainSchedulerParametersResponse
-	261, // 416: virtmesh.compute.v1.ComputeService.GetDomainMemoryParameters:output_type -> virtmesh.compute.v1.GetDomainMemoryParametersResponse
-	263, // 417: virtmesh.compute.v1.ComputeService.SetDomainMemoryParameters:output_type -> virtmesh.compute.v1.SetDomainMemoryParametersResponse
-	265, // 418: virtmesh.compute.v1.ComputeService.GetDomainBlkioParameters:output_type -> virtmesh.compute.v1.GetDomainBlkioParametersResponse
-	267, // 419: virtmesh.compute.v1.ComputeService.SetDomainBlkioParameters:output_type -> virtmesh.compute.v1.SetDomainBlkioParametersResponse
-	269, // 420: virtmesh.compute.v1.ComputeService.GetDomainNumaParameters:output_type -> virtmesh.compute.v1.GetDomainNumaParametersResponse
-	271, // 421: virtmesh.compute.v1.ComputeService.SetDomainNumaParameters:output_type -> virtmesh.compute.v1.SetDomainNumaParametersResponse
-	273, // 422: virtmesh.compute.v1.ComputeService.GetDomainPerfEvents:output_type -> virtmesh.compute.v1.GetDomainPerfEventsResponse
-	275, // 423: virtmesh.compute.v1.ComputeService.SetDomainPerfEvents:output_type -> virtmesh.compute.v1.SetDomainPerfEventsResponse
-	278, // 424: virtmesh.compute.v1.ComputeService.GetDomainVcpuPinInfo:output_type -> virtmesh.compute.v1.GetDomainVcpuPinInfoResponse
-	280, // 425: virtmesh.compute.v1.ComputeService.PinDomainVcpu:output_type -> virtmesh.compute.v1.PinDomainVcpuResponse
-	282, // 426: virtmesh.compute.v1.ComputeService.GetDomainEmulatorPinInfo:output_type -> virtmesh.compute.v1.GetDomainEmulatorPinInfoResponse
-	284, // 427: virtmesh.compute.v1.ComputeService.PinDomainEmulator:output_type -> virtmesh.compute.v1.PinDomainEmulatorResponse
-	287, // 428: virtmesh.compute.v1.ComputeService.GetDomainIOThreadInfo:output_type -> virtmesh.compute.v1.GetDomainIOThreadInfoResponse
-	289, // 429: virtmesh.compute.v1.ComputeService.AddDomainIOThread:output_type -> virtmesh.compute.v1.AddDomainIOThreadResponse
-	291, // 430: virtmesh.compute.v1.ComputeService.DeleteDomainIOThread:output_type -> virtmesh.compute.v1.DeleteDomainIOThreadResponse
-	293, // 431: virtmesh.compute.v1.ComputeService.PinDomainIOThread:output_type -> virtmesh.compute.v1.PinDomainIOThreadResponse
-	295, // 432: virtmesh.compute.v1.ComputeService.GetDomainMetadata:output_type -> virtmesh.compute.v1.GetDomainMetadataResponse
-	297, // 433: virtmesh.compute.v1.ComputeService.SetDomainMetadata:output_type -> virtmesh.compute.v1.SetDomainMetadataResponse
-	300, // 434: virtmesh.compute.v1.ComputeService.GetDomainCpuStats:output_type -> virtmesh.compute.v1.GetDomainCpuStatsResponse
-	302, // 435: virtmesh.compute.v1.ComputeService.GetDomainMaxMemory:output_type -> virtmesh.compute.v1.GetDomainMaxMemoryResponse
-	305, // 436: virtmesh.compute.v1.ComputeService.GetDomainVcpus:output_type -> virtmesh.compute.v1.GetDomainVcpusResponse
-	307, // 437: virtmesh.compute.v1.ComputeService.GetDomainInterfaceParameters:output_type -> virtmesh.compute.v1.GetDomainInterfaceParametersResponse
-	309, // 438: virtmesh.compute.v1.ComputeService.SetDomainInterfaceParameters:output_type -> virtmesh.compute.v1.SetDomainInterfaceParametersResponse
-	311, // 439: virtmesh.compute.v1.ComputeService.SetDomainMemoryStatsPeriod:output_type -> virtmesh.compute.v1.SetDomainMemoryStatsPeriodResponse
-	313, // 440: virtmesh.compute.v1.ComputeService.SetDomainIOThreadParameters:output_type -> virtmesh.compute.v1.SetDomainIOThreadParametersResponse
-	315, // 441: virtmesh.compute.v1.ComputeService.SetDomainVcpu:output_type -> virtmesh.compute.v1.SetDomainVcpuResponse
-	318, // 442: virtmesh.compute.v1.ComputeService.GetDomainSecurityLabels:output_type -> virtmesh.compute.v1.GetDomainSecurityLabelsResponse
-	320, // 443: virtmesh.compute.v1.ComputeService.GetDomainLaunchSecurityInfo:output_type -> virtmesh.compute.v1.GetDomainLaunchSecurityInfoResponse
-	322, // 444: virtmesh.compute.v1.ComputeService.SetDomainLaunchSecurityState:output_type -> virtmesh.compute.v1.SetDomainLaunchSecurityStateResponse
-	324, // 445: virtmesh.compute.v1.ComputeService.GetDomainBlockInfo:output_type -> virtmesh.compute.v1.GetDomainBlockInfoResponse
-	326, // 446: virtmesh.compute.v1.ComputeService.GetDomainBlockStats:output_type -> virtmesh.compute.v1.GetDomainBlockStatsResponse
-	328, // 447: virtmesh.compute.v1.ComputeService.GetDomainInterfaceStats:output_type -> virtmesh.compute.v1.GetDomainInterfaceStatsResponse
-	331, // 448: virtmesh.compute.v1.ComputeService.GetDomainMemoryStats:output_type -> virtmesh.compute.v1.GetDomainMemoryStatsResponse
-	333, // 449: virtmesh.compute.v1.ComputeService.PeekDomainBlock:output_type -> virtmesh.compute.v1.PeekDomainBlockResponse
-	335, // 450: virtmesh.compute.v1.ComputeService.PeekDomainMemory:output_type -> virtmesh.compute.v1.PeekDomainMemoryResponse
-	337, // 451: virtmesh.compute.v1.ComputeService.ResizeDomainBlock:output_type -> virtmesh.compute.v1.ResizeDomainBlockResponse
-	339, // 452: virtmesh.compute.v1.ComputeService.GetDomainBlockIoTune:output_type -> virtmesh.compute.v1.GetDomainBlockIoTuneResponse
-	341, // 453: virtmesh.compute.v1.ComputeService.SetDomainBlockIoTune:output_type -> virtmesh.compute.v1.SetDomainBlockIoTuneResponse
-	344, // 454: virtmesh.compute.v1.ComputeService.CopyDomainBlock:output_type -> virtmesh.compute.v1.CopyDomainBlockResponse
-	346, // 455: virtmesh.compute.v1.ComputeService.CommitDomainBlock:output_type -> virtmesh.compute.v1.CommitDomainBlockResponse
-	348, // 456: virtmesh.compute.v1.ComputeService.PullDomainBlock:output_type -> virtmesh.compute.v1.PullDomainBlockResponse
-	350, // 457: virtmesh.compute.v1.ComputeService.RebaseDomainBlock:output_type -> virtmesh.compute.v1.RebaseDomainBlockResponse
-	352, // 458: virtmesh.compute.v1.ComputeService.AbortDomainBlockJob:output_type -> virtmesh.compute.v1.AbortDomainBlockJobResponse
-	354, // 459: virtmesh.compute.v1.ComputeService.SetDomainBlockJobSpeed:output_type -> virtmesh.compute.v1.SetDomainBlockJobSpeedResponse
-	356, // 460: virtmesh.compute.v1.ComputeService.GetDomainBlockJobInfo:output_type -> virtmesh.compute.v1.GetDomainBlockJobInfoResponse
-	358, // 461: virtmesh.compute.v1.ComputeService.SetDomainBlockThreshold:output_type -> virtmesh.compute.v1.SetDomainBlockThresholdResponse
-	360, // 462: virtmesh.compute.v1.ComputeService.PmSuspendDomain:output_type -> virtmesh.compute.v1.PmSuspendDomainResponse
-	362, // 463: virtmesh.compute.v1.ComputeService.PmWakeupDomain:output_type -> virtmesh.compute.v1.PmWakeupDomainResponse
-	364, // 464: virtmesh.compute.v1.ComputeService.RenameDomain:output_type -> virtmesh.compute.v1.RenameDomainResponse
-	366, // 465: virtmesh.compute.v1.ComputeService.InjectDomainNmi:output_type -> virtmesh.compute.v1.InjectDomainNmiResponse
-	368, // 466: virtmesh.compute.v1.ComputeService.SendDomainProcessSignal:output_type -> virtmesh.compute.v1.SendDomainProcessSignalResponse
-	370, // 467: virtmesh.compute.v1.ComputeService.SetDomainLifecycleAction:output_type -> virtmesh.compute.v1.SetDomainLifecycleActionResponse
-	372, // 468: virtmesh.compute.v1.ComputeService.GetDomainMessages:output_type -> virtmesh.compute.v1.GetDomainMessagesResponse
-	374, // 469: virtmesh.compute.v1.ComputeService.GetDomainVcpuCount:output_type -> virtmesh.compute.v1.GetDomainVcpuCountResponse
-	376, // 470: virtmesh.compute.v1.ComputeService.StartDomainDirtyRateCalc:output_type -> virtmesh.compute.v1.StartDomainDirtyRateCalcResponse
-	331, // [331:471] is the sub-list for method output_type
-	191, // [191:331] is the sub-list for method input_type
-	191, // [191:191] is the sub-list for extension type_name
-	191, // [191:191] is the sub-list for extension extendee
-	0,   // [0:191] is the sub-list for field type_name
+	378, // 191: virtmesh.compute.v1.MigrateDomainRequest.parameters:type_name -> virtmesh.compute.v1.MigrationParameters
+	68,  // 192: virtmesh.compute.v1.UpdateDeviceRequest.scope:type_name -> virtmesh.compute.v1.Scope
+	68,  // 193: virtmesh.compute.v1.DetachDeviceAliasRequest.scope:type_name -> virtmesh.compute.v1.Scope
+	410, // 194: virtmesh.compute.v1.WatchQemuMonitorEventsResponse.time:type_name -> google.protobuf.Timestamp
+	40,  // 195: virtmesh.compute.v1.ComputeService.ListDomains:input_type -> virtmesh.compute.v1.ListDomainsRequest
+	42,  // 196: virtmesh.compute.v1.ComputeService.GetDomain:input_type -> virtmesh.compute.v1.GetDomainRequest
+	44,  // 197: virtmesh.compute.v1.ComputeService.GetDomainXML:input_type -> virtmesh.compute.v1.GetDomainXMLRequest
+	46,  // 198: virtmesh.compute.v1.ComputeService.DefineDomain:input_type -> virtmesh.compute.v1.DefineDomainRequest
+	48,  // 199: virtmesh.compute.v1.ComputeService.UndefineDomain:input_type -> virtmesh.compute.v1.UndefineDomainRequest
+	50,  // 200: virtmesh.compute.v1.ComputeService.CreateDomain:input_type -> virtmesh.compute.v1.CreateDomainRequest
+	52,  // 201: virtmesh.compute.v1.ComputeService.StartDomain:input_type -> virtmesh.compute.v1.StartDomainRequest
+	54,  // 202: virtmesh.compute.v1.ComputeService.ShutdownDomain:input_type -> virtmesh.compute.v1.ShutdownDomainRequest
+	56,  // 203: virtmesh.compute.v1.ComputeService.RebootDomain:input_type -> virtmesh.compute.v1.RebootDomainRequest
+	58,  // 204: virtmesh.compute.v1.ComputeService.ResetDomain:input_type -> virtmesh.compute.v1.ResetDomainRequest
+	60,  // 205: virtmesh.compute.v1.ComputeService.DestroyDomain:input_type -> virtmesh.compute.v1.DestroyDomainRequest
+	62,  // 206: virtmesh.compute.v1.ComputeService.SuspendDomain:input_type -> virtmesh.compute.v1.SuspendDomainRequest
+	64,  // 207: virtmesh.compute.v1.ComputeService.ResumeDomain:input_type -> virtmesh.compute.v1.ResumeDomainRequest
+	66,  // 208: virtmesh.compute.v1.ComputeService.SetDomainAutostart:input_type -> virtmesh.compute.v1.SetDomainAutostartRequest
+	69,  // 209: virtmesh.compute.v1.ComputeService.SetDomainVcpus:input_type -> virtmesh.compute.v1.SetDomainVcpusRequest
+	71,  // 210: virtmesh.compute.v1.ComputeService.SetDomainMemory:input_type -> virtmesh.compute.v1.SetDomainMemoryRequest
+	73,  // 211: virtmesh.compute.v1.ComputeService.AttachDevice:input_type -> virtmesh.compute.v1.AttachDeviceRequest
+	75,  // 212: virtmesh.compute.v1.ComputeService.DetachDevice:input_type -> virtmesh.compute.v1.DetachDeviceRequest
+	78,  // 213: virtmesh.compute.v1.ComputeService.CreateSnapshot:input_type -> virtmesh.compute.v1.CreateSnapshotRequest
+	80,  // 214: virtmesh.compute.v1.ComputeService.ListSnapshots:input_type -> virtmesh.compute.v1.ListSnapshotsRequest
+	82,  // 215: virtmesh.compute.v1.ComputeService.GetSnapshot:input_type -> virtmesh.compute.v1.GetSnapshotRequest
+	84,  // 216: virtmesh.compute.v1.ComputeService.RevertToSnapshot:input_type -> virtmesh.compute.v1.RevertToSnapshotRequest
+	86,  // 217: virtmesh.compute.v1.ComputeService.DeleteSnapshot:input_type -> virtmesh.compute.v1.DeleteSnapshotRequest
+	88,  // 218: virtmesh.compute.v1.ComputeService.GetDomainStats:input_type -> virtmesh.compute.v1.GetDomainStatsRequest
+	96,  // 219: virtmesh.compute.v1.ComputeService.WatchDomainEvents:input_type -> virtmesh.compute.v1.WatchDomainEventsRequest
+	133, // 220: virtmesh.compute.v1.ComputeService.OpenDomainConsole:input_type -> virtmesh.compute.v1.OpenDomainConsoleRequest
+	135, // 221: virtmesh.compute.v1.ComputeService.OpenDomainChannel:input_type -> virtmesh.compute.v1.OpenDomainChannelRequest
+	137, // 222: virtmesh.compute.v1.ComputeService.OpenDomainGraphics:input_type -> virtmesh.compute.v1.OpenDomainGraphicsRequest
+	139, // 223: virtmesh.compute.v1.ComputeService.GetDomainScreenshot:input_type -> virtmesh.compute.v1.GetDomainScreenshotRequest
+	141, // 224: virtmesh.compute.v1.ComputeService.SendDomainKey:input_type -> virtmesh.compute.v1.SendDomainKeyRequest
+	143, // 225: virtmesh.compute.v1.ComputeService.GetDomainDisplay:input_type -> virtmesh.compute.v1.GetDomainDisplayRequest
+	125, // 226: virtmesh.compute.v1.ComputeService.GetCapabilities:input_type -> virtmesh.compute.v1.GetCapabilitiesRequest
+	127, // 227: virtmesh.compute.v1.ComputeService.GetDomainCapabilities:input_type -> virtmesh.compute.v1.GetDomainCapabilitiesRequest
+	129, // 228: virtmesh.compute.v1.ComputeService.GetNodeInfo:input_type -> virtmesh.compute.v1.GetNodeInfoRequest
+	131, // 229: virtmesh.compute.v1.ComputeService.GetVersion:input_type -> virtmesh.compute.v1.GetVersionRequest
+	146, // 230: virtmesh.compute.v1.ComputeService.BaselineCpu:input_type -> virtmesh.compute.v1.BaselineCpuRequest
+	148, // 231: virtmesh.compute.v1.ComputeService.BaselineHypervisorCpu:input_type -> virtmesh.compute.v1.BaselineHypervisorCpuRequest
+	150, // 232: virtmesh.compute.v1.ComputeService.CompareCpu:input_type -> virtmesh.compute.v1.CompareCpuRequest
+	152, // 233: virtmesh.compute.v1.ComputeService.CompareHypervisorCpu:input_type -> virtmesh.compute.v1.CompareHypervisorCpuRequest
+	154, // 234: virtmesh.compute.v1.ComputeService.GetCpuModelNames:input_type -> virtmesh.compute.v1.GetCpuModelNamesRequest
+	156, // 235: virtmesh.compute.v1.ComputeService.GetSysinfo:input_type -> virtmesh.compute.v1.GetSysinfoRequest
+	158, // 236: virtmesh.compute.v1.ComputeService.GetHostname:input_type -> virtmesh.compute.v1.GetHostnameRequest
+	160, // 237: virtmesh.compute.v1.ComputeService.GetMaxVcpus:input_type -> virtmesh.compute.v1.GetMaxVcpusRequest
+	162, // 238: virtmesh.compute.v1.ComputeService.GetNodeCpuStats:input_type -> virtmesh.compute.v1.GetNodeCpuStatsRequest
+	164, // 239: virtmesh.compute.v1.ComputeService.GetNodeMemoryStats:input_type -> virtmesh.compute.v1.GetNodeMemoryStatsRequest
+	166, // 240: virtmesh.compute.v1.ComputeService.GetNodeFreeMemory:input_type -> virtmesh.compute.v1.GetNodeFreeMemoryRequest
+	168, // 241: virtmesh.compute.v1.ComputeService.GetCellsFreeMemory:input_type -> virtmesh.compute.v1.GetCellsFreeMemoryRequest
+	172, // 242: virtmesh.compute.v1.ComputeService.GetNodeFreePages:input_type -> virtmesh.compute.v1.GetNodeFreePagesRequest
+	175, // 243: virtmesh.compute.v1.ComputeService.AllocNodePages:input_type -> virtmesh.compute.v1.AllocNodePagesRequest
+	178, // 244: virtmesh.compute.v1.ComputeService.GetNodeMemoryParameters:input_type -> virtmesh.compute.v1.GetNodeMemoryParametersRequest
+	180, // 245: virtmesh.compute.v1.ComputeService.SetNodeMemoryParameters:input_type -> virtmesh.compute.v1.SetNodeMemoryParametersRequest
+	182, // 246: virtmesh.compute.v1.ComputeService.SuspendNode:input_type -> virtmesh.compute.v1.SuspendNodeRequest
+	184, // 247: virtmesh.compute.v1.ComputeService.GetNodeCpuMap:input_type -> virtmesh.compute.v1.GetNodeCpuMapRequest
+	186, // 248: virtmesh.compute.v1.ComputeService.GetNodeSecurityModel:input_type -> virtmesh.compute.v1.GetNodeSecurityModelRequest
+	188, // 249: virtmesh.compute.v1.ComputeService.GetNodeSevInfo:input_type -> virtmesh.compute.v1.GetNodeSevInfoRequest
+	190, // 250: virtmesh.compute.v1.ComputeService.ConvertNativeToDomainXML:input_type -> virtmesh.compute.v1.ConvertNativeToDomainXMLRequest
+	192, // 251: virtmesh.compute.v1.ComputeService.ConvertDomainXMLToNative:input_type -> virtmesh.compute.v1.ConvertDomainXMLToNativeRequest
+	194, // 252: virtmesh.compute.v1.ComputeService.SaveDomain:input_type -> virtmesh.compute.v1.SaveDomainRequest
+	196, // 253: virtmesh.compute.v1.ComputeService.RestoreDomain:input_type -> virtmesh.compute.v1.RestoreDomainRequest
+	198, // 254: virtmesh.compute.v1.ComputeService.GetSaveImageXML:input_type -> virtmesh.compute.v1.GetSaveImageXMLRequest
+	200, // 255: virtmesh.compute.v1.ComputeService.DefineSaveImageXML:input_type -> virtmesh.compute.v1.DefineSaveImageXMLRequest
+	202, // 256: virtmesh.compute.v1.ComputeService.ManagedSaveDomain:input_type -> virtmesh.compute.v1.ManagedSaveDomainRequest
+	204, // 257: virtmesh.compute.v1.ComputeService.RemoveManagedSave:input_type -> virtmesh.compute.v1.RemoveManagedSaveRequest
+	206, // 258: virtmesh.compute.v1.ComputeService.GetManagedSaveXML:input_type -> virtmesh.compute.v1.GetManagedSaveXMLRequest
+	208, // 259: virtmesh.compute.v1.ComputeService.DefineManagedSaveXML:input_type -> virtmesh.compute.v1.DefineManagedSaveXMLRequest
+	210, // 260: virtmesh.compute.v1.ComputeService.CoreDumpDomain:input_type -> virtmesh.compute.v1.CoreDumpDomainRequest
+	212, // 261: virtmesh.compute.v1.ComputeService.GetDomainJobInfo:input_type -> virtmesh.compute.v1.GetDomainJobInfoRequest
+	215, // 262: virtmesh.compute.v1.ComputeService.AbortDomainJob:input_type -> virtmesh.compute.v1.AbortDomainJobRequest
+	219, // 263: virtmesh.compute.v1.ComputeService.GetInterfaceAddresses:input_type -> virtmesh.compute.v1.GetInterfaceAddressesRequest
+	221, // 264: virtmesh.compute.v1.ComputeService.FreezeFilesystems:input_type -> virtmesh.compute.v1.FreezeFilesystemsRequest
+	223, // 265: virtmesh.compute.v1.ComputeService.ThawFilesystems:input_type -> virtmesh.compute.v1.ThawFilesystemsRequest
+	225, // 266: virtmesh.compute.v1.ComputeService.TrimFilesystems:input_type -> virtmesh.compute.v1.TrimFilesystemsRequest
+	228, // 267: virtmesh.compute.v1.ComputeService.GetFilesystemInfo:input_type -> virtmesh.compute.v1.GetFilesystemInfoRequest
+	230, // 268: virtmesh.compute.v1.ComputeService.GetGuestInfo:input_type -> virtmesh.compute.v1.GetGuestInfoRequest
+	238, // 269: virtmesh.compute.v1.ComputeService.GetGuestHostname:input_type -> virtmesh.compute.v1.GetGuestHostnameRequest
+	240, // 270: virtmesh.compute.v1.ComputeService.GetGuestVcpus:input_type -> virtmesh.compute.v1.GetGuestVcpusRequest
+	242, // 271: virtmesh.compute.v1.ComputeService.SetGuestVcpus:input_type -> virtmesh.compute.v1.SetGuestVcpusRequest
+	244, // 272: virtmesh.compute.v1.ComputeService.GetGuestTime:input_type -> virtmesh.compute.v1.GetGuestTimeRequest
+	246, // 273: virtmesh.compute.v1.ComputeService.SetGuestTime:input_type -> virtmesh.compute.v1.SetGuestTimeRequest
+	248, // 274: virtmesh.compute.v1.ComputeService.SetUserPassword:input_type -> virtmesh.compute.v1.SetUserPasswordRequest
+	250, // 275: virtmesh.compute.v1.ComputeService.GetAuthorizedSSHKeys:input_type -> virtmesh.compute.v1.GetAuthorizedSSHKeysRequest
+	252, // 276: virtmesh.compute.v1.ComputeService.SetAuthorizedSSHKeys:input_type -> virtmesh.compute.v1.SetAuthorizedSSHKeysRequest
+	254, // 277: virtmesh.compute.v1.ComputeService.SetAgentResponseTimeout:input_type -> virtmesh.compute.v1.SetAgentResponseTimeoutRequest
+	256, // 278: virtmesh.compute.v1.ComputeService.GetDomainSchedulerParameters:input_type -> virtmesh.compute.v1.GetDomainSchedulerParametersRequest
+	258, // 279: virtmesh.compute.v1.ComputeService.SetDomainSchedulerParameters:input_type -> virtmesh.compute.v1.SetDomainSchedulerParametersRequest
+	260, // 280: virtmesh.compute.v1.ComputeService.GetDomainMemoryParameters:input_type -> virtmesh.compute.v1.GetDomainMemoryParametersRequest
+	262, // 281: virtmesh.compute.v1.ComputeService.SetDomainMemoryParameters:input_type -> virtmesh.compute.v1.SetDomainMemoryParametersRequest
+	264, // 282: virtmesh.compute.v1.ComputeService.GetDomainBlkioParameters:input_type -> virtmesh.compute.v1.GetDomainBlkioParametersRequest
+	266, // 283: virtmesh.compute.v1.ComputeService.SetDomainBlkioParameters:input_type -> virtmesh.compute.v1.SetDomainBlkioParametersRequest
+	268, // 284: virtmesh.compute.v1.ComputeService.GetDomainNumaParameters:input_type -> virtmesh.compute.v1.GetDomainNumaParametersRequest
+	270, // 285: virtmesh.compute.v1.ComputeService.SetDomainNumaParameters:input_type -> virtmesh.compute.v1.SetDomainNumaParametersRequest
+	272, // 286: virtmesh.compute.v1.ComputeService.GetDomainPerfEvents:input_type -> virtmesh.compute.v1.GetDomainPerfEventsRequest
+	274, // 287: virtmesh.compute.v1.ComputeService.SetDomainPerfEvents:input_type -> virtmesh.compute.v1.SetDomainPerfEventsRequest
+	277, // 288: virtmesh.compute.v1.ComputeService.GetDomainVcpuPinInfo:input_type -> virtmesh.compute.v1.GetDomainVcpuPinInfoRequest
+	279, // 289: virtmesh.compute.v1.ComputeService.PinDomainVcpu:input_type -> virtmesh.compute.v1.PinDomainVcpuRequest
+	281, // 290: virtmesh.compute.v1.ComputeService.GetDomainEmulatorPinInfo:input_type -> virtmesh.compute.v1.GetDomainEmulatorPinInfoRequest
+	283, // 291: virtmesh.compute.v1.ComputeService.PinDomainEmulator:input_type -> virtmesh.compute.v1.PinDomainEmulatorRequest
+	285, // 292: virtmesh.compute.v1.ComputeService.GetDomainIOThreadInfo:input_type -> virtmesh.compute.v1.GetDomainIOThreadInfoRequest
+	288, // 293: virtmesh.compute.v1.ComputeService.AddDomainIOThread:input_type -> virtmesh.compute.v1.AddDomainIOThreadRequest
+	290, // 294: virtmesh.compute.v1.ComputeService.DeleteDomainIOThread:input_type -> virtmesh.compute.v1.DeleteDomainIOThreadRequest
+	292, // 295: virtmesh.compute.v1.ComputeService.PinDomainIOThread:input_type -> virtmesh.compute.v1.PinDomainIOThreadRequest
+	294, // 296: virtmesh.compute.v1.ComputeService.GetDomainMetadata:input_type -> virtmesh.compute.v1.GetDomainMetadataRequest
+	296, // 297: virtmesh.compute.v1.ComputeService.SetDomainMetadata:input_type -> virtmesh.compute.v1.SetDomainMetadataRequest
+	298, // 298: virtmesh.compute.v1.ComputeService.GetDomainCpuStats:input_type -> virtmesh.compute.v1.GetDomainCpuStatsRequest
+	301, // 299: virtmesh.compute.v1.ComputeService.GetDomainMaxMemory:input_type -> virtmesh.compute.v1.GetDomainMaxMemoryRequest
+	303, // 300: virtmesh.compute.v1.ComputeService.GetDomainVcpus:input_type -> virtmesh.compute.v1.GetDomainVcpusRequest
+	306, // 301: virtmesh.compute.v1.ComputeService.GetDomainInterfaceParameters:input_type -> virtmesh.compute.v1.GetDomainInterfaceParametersRequest
+	308, // 302: virtmesh.compute.v1.ComputeService.SetDomainInterfaceParameters:input_type -> virtmesh.compute.v1.SetDomainInterfaceParametersRequest
+	310, // 303: virtmesh.compute.v1.ComputeService.SetDomainMemoryStatsPeriod:input_type -> virtmesh.compute.v1.SetDomainMemoryStatsPeriodRequest
+	312, // 304: virtmesh.compute.v1.ComputeService.SetDomainIOThreadParameters:input_type -> virtmesh.compute.v1.SetDomainIOThreadParametersRequest
+	314, // 305: virtmesh.compute.v1.ComputeService.SetDomainVcpu:input_type -> virtmesh.compute.v1.SetDomainVcpuRequest
+	316, // 306: virtmesh.compute.v1.ComputeService.GetDomainSecurityLabels:input_type -> virtmesh.compute.v1.GetDomainSecurityLabelsRequest
+	319, // 307: virtmesh.compute.v1.ComputeService.GetDomainLaunchSecurityInfo:input_type -> virtmesh.compute.v1.GetDomainLaunchSecurityInfoRequest
+	321, // 308: virtmesh.compute.v1.ComputeService.SetDomainLaunchSecurityState:input_type -> virtmesh.compute.v1.SetDomainLaunchSecurityStateRequest
+	323, // 309: virtmesh.compute.v1.ComputeService.GetDomainBlockInfo:input_type -> virtmesh.compute.v1.GetDomainBlockInfoRequest
+	325, // 310: virtmesh.compute.v1.ComputeService.GetDomainBlockStats:input_type -> virtmesh.compute.v1.GetDomainBlockStatsRequest
+	327, // 311: virtmesh.compute.v1.ComputeService.GetDomainInterfaceStats:input_type -> virtmesh.compute.v1.GetDomainInterfaceStatsRequest
+	329, // 312: virtmesh.compute.v1.ComputeService.GetDomainMemoryStats:input_type -> virtmesh.compute.v1.GetDomainMemoryStatsRequest
+	332, // 313: virtmesh.compute.v1.ComputeService.PeekDomainBlock:input_type -> virtmesh.compute.v1.PeekDomainBlockRequest
+	334, // 314: virtmesh.compute.v1.ComputeService.PeekDomainMemory:input_type -> virtmesh.compute.v1.PeekDomainMemoryRequest
+	336, // 315: virtmesh.compute.v1.ComputeService.ResizeDomainBlock:input_type -> virtmesh.compute.v1.ResizeDomainBlockRequest
+	338, // 316: virtmesh.compute.v1.ComputeService.GetDomainBlockIoTune:input_type -> virtmesh.compute.v1.GetDomainBlockIoTuneRequest
+	340, // 317: virtmesh.compute.v1.ComputeService.SetDomainBlockIoTune:input_type -> virtmesh.compute.v1.SetDomainBlockIoTuneRequest
+	343, // 318: virtmesh.compute.v1.ComputeService.CopyDomainBlock:input_type -> virtmesh.compute.v1.CopyDomainBlockRequest
+	345, // 319: virtmesh.compute.v1.ComputeService.CommitDomainBlock:input_type -> virtmesh.compute.v1.CommitDomainBlockRequest
+	347, // 320: virtmesh.compute.v1.ComputeService.PullDomainBlock:input_type -> virtmesh.compute.v1.PullDomainBlockRequest
+	349, // 321: virtmesh.compute.v1.ComputeService.RebaseDomainBlock:input_type -> virtmesh.compute.v1.RebaseDomainBlockRequest
+	351, // 322: virtmesh.compute.v1.ComputeService.AbortDomainBlockJob:input_type -> virtmesh.compute.v1.AbortDomainBlockJobRequest
+	353, // 323: virtmesh.compute.v1.ComputeService.SetDomainBlockJobSpeed:input_type -> virtmesh.compute.v1.SetDomainBlockJobSpeedRequest
+	355, // 324: virtmesh.compute.v1.ComputeService.GetDomainBlockJobInfo:input_type -> virtmesh.compute.v1.GetDomainBlockJobInfoRequest
+	357, // 325: virtmesh.compute.v1.ComputeService.SetDomainBlockThreshold:input_type -> virtmesh.compute.v1.SetDomainBlockThresholdRequest
+	359, // 326: virtmesh.compute.v1.ComputeService.PmSuspendDomain:input_type -> virtmesh.compute.v1.PmSuspendDomainRequest
+	361, // 327: virtmesh.compute.v1.ComputeService.PmWakeupDomain:input_type -> virtmesh.compute.v1.PmWakeupDomainRequest
+	363, // 328: virtmesh.compute.v1.ComputeService.RenameDomain:input_type -> virtmesh.compute.v1.RenameDomainRequest
+	365, // 329: virtmesh.compute.v1.ComputeService.InjectDomainNmi:input_type -> virtmesh.compute.v1.InjectDomainNmiRequest
+	367, // 330: virtmesh.compute.v1.ComputeService.SendDomainProcessSignal:input_type -> virtmesh.compute.v1.SendDomainProcessSignalRequest
+	369, // 331: virtmesh.compute.v1.ComputeService.SetDomainLifecycleAction:input_type -> virtmesh.compute.v1.SetDomainLifecycleActionRequest
+	371, // 332: virtmesh.compute.v1.ComputeService.GetDomainMessages:input_type -> virtmesh.compute.v1.GetDomainMessagesRequest
+	373, // 333: virtmesh.compute.v1.ComputeService.GetDomainVcpuCount:input_type -> virtmesh.compute.v1.GetDomainVcpuCountRequest
+	375, // 334: virtmesh.compute.v1.ComputeService.StartDomainDirtyRateCalc:input_type -> virtmesh.compute.v1.StartDomainDirtyRateCalcRequest
+	379, // 335: virtmesh.compute.v1.ComputeService.MigrateDomain:input_type -> virtmesh.compute.v1.MigrateDomainRequest
+	381, // 336: virtmesh.compute.v1.ComputeService.GetDomainMigrationMaxSpeed:input_type -> virtmesh.compute.v1.GetDomainMigrationMaxSpeedRequest
+	383, // 337: virtmesh.compute.v1.ComputeService.SetDomainMigrationMaxSpeed:input_type -> virtmesh.compute.v1.SetDomainMigrationMaxSpeedRequest
+	385, // 338: virtmesh.compute.v1.ComputeService.GetDomainMigrationMaxDowntime:input_type -> virtmesh.compute.v1.GetDomainMigrationMaxDowntimeRequest
+	387, // 339: virtmesh.compute.v1.ComputeService.SetDomainMigrationMaxDowntime:input_type -> virtmesh.compute.v1.SetDomainMigrationMaxDowntimeRequest
+	389, // 340: virtmesh.compute.v1.ComputeService.GetDomainMigrationCompressionCache:input_type -> virtmesh.compute.v1.GetDomainMigrationCompressionCacheRequest
+	391, // 341: virtmesh.compute.v1.ComputeService.SetDomainMigrationCompressionCache:input_type -> virtmesh.compute.v1.SetDomainMigrationCompressionCacheRequest
+	393, // 342: virtmesh.compute.v1.ComputeService.StartDomainMigrationPostCopy:input_type -> virtmesh.compute.v1.StartDomainMigrationPostCopyRequest
+	395, // 343: virtmesh.compute.v1.ComputeService.UpdateDevice:input_type -> virtmesh.compute.v1.UpdateDeviceRequest
+	397, // 344: virtmesh.compute.v1.ComputeService.DetachDeviceAlias:input_type -> virtmesh.compute.v1.DetachDeviceAliasRequest
+	399, // 345: virtmesh.compute.v1.ComputeService.QemuAgentCommand:input_type -> virtmesh.compute.v1.QemuAgentCommandRequest
+	401, // 346: virtmesh.compute.v1.ComputeService.QemuMonitorCommand:input_type -> virtmesh.compute.v1.QemuMonitorCommandRequest
+	403, // 347: virtmesh.compute.v1.ComputeService.WatchQemuMonitorEvents:input_type -> virtmesh.compute.v1.WatchQemuMonitorEventsRequest
+	41,  // 348: virtmesh.compute.v1.ComputeService.ListDomains:output_type -> virtmesh.compute.v1.ListDomainsResponse
+	43,  // 349: virtmesh.compute.v1.ComputeService.GetDomain:output_type -> virtmesh.compute.v1.GetDomainResponse
+	45,  // 350: virtmesh.compute.v1.ComputeService.GetDomainXML:output_type -> virtmesh.compute.v1.GetDomainXMLResponse
+	47,  // 351: virtmesh.compute.v1.ComputeService.DefineDomain:output_type -> virtmesh.compute.v1.DefineDomainResponse
+	49,  // 352: virtmesh.compute.v1.ComputeService.UndefineDomain:output_type -> virtmesh.compute.v1.UndefineDomainResponse
+	51,  // 353: virtmesh.compute.v1.ComputeService.CreateDomain:output_type -> virtmesh.compute.v1.CreateDomainResponse
+	53,  // 354: virtmesh.compute.v1.ComputeService.StartDomain:output_type -> virtmesh.compute.v1.StartDomainResponse
+	55,  // 355: virtmesh.compute.v1.ComputeService.ShutdownDomain:output_type -> virtmesh.compute.v1.ShutdownDomainResponse
+	57,  // 356: virtmesh.compute.v1.ComputeService.RebootDomain:output_type -> virtmesh.compute.v1.RebootDomainResponse
+	59,  // 357: virtmesh.compute.v1.ComputeService.ResetDomain:output_type -> virtmesh.compute.v1.ResetDomainResponse
+	61,  // 358: virtmesh.compute.v1.ComputeService.DestroyDomain:output_type -> virtmesh.compute.v1.DestroyDomainResponse
+	63,  // 359: virtmesh.compute.v1.ComputeService.SuspendDomain:output_type -> virtmesh.compute.v1.SuspendDomainResponse
+	65,  // 360: virtmesh.compute.v1.ComputeService.ResumeDomain:output_type -> virtmesh.compute.v1.ResumeDomainResponse
+	67,  // 361: virtmesh.compute.v1.ComputeService.SetDomainAutostart:output_type -> virtmesh.compute.v1.SetDomainAutostartResponse
+	70,  // 362: virtmesh.compute.v1.ComputeService.SetDomainVcpus:output_type -> virtmesh.compute.v1.SetDomainVcpusResponse
+	72,  // 363: virtmesh.compute.v1.ComputeService.SetDomainMemory:output_type -> virtmesh.compute.v1.SetDomainMemoryResponse
+	74,  // 364: virtmesh.compute.v1.ComputeService.AttachDevice:output_type -> virtmesh.compute.v1.AttachDeviceResponse
+	76,  // 365: virtmesh.compute.v1.ComputeService.DetachDevice:output_type -> virtmesh.compute.v1.DetachDeviceResponse
+	79,  // 366: virtmesh.compute.v1.ComputeService.CreateSnapshot:output_type -> virtmesh.compute.v1.CreateSnapshotResponse
+	81,  // 367: virtmesh.compute.v1.ComputeService.ListSnapshots:output_type -> virtmesh.compute.v1.ListSnapshotsResponse
+	83,  // 368: virtmesh.compute.v1.ComputeService.GetSnapshot:output_type -> virtmesh.compute.v1.GetSnapshotResponse
+	85,  // 369: virtmesh.compute.v1.ComputeService.RevertToSnapshot:output_type -> virtmesh.compute.v1.RevertToSnapshotResponse
+	87,  // 370: virtmesh.compute.v1.ComputeService.DeleteSnapshot:output_type -> virtmesh.compute.v1.DeleteSnapshotResponse
+	95,  // 371: virtmesh.compute.v1.ComputeService.GetDomainStats:output_type -> virtmesh.compute.v1.GetDomainStatsResponse
+	101, // 372: virtmesh.compute.v1.ComputeService.WatchDomainEvents:output_type -> virtmesh.compute.v1.WatchDomainEventsResponse
+	134, // 373: virtmesh.compute.v1.ComputeService.OpenDomainConsole:output_type -> virtmesh.compute.v1.OpenDomainConsoleResponse
+	136, // 374: virtmesh.compute.v1.ComputeService.OpenDomainChannel:output_type -> virtmesh.compute.v1.OpenDomainChannelResponse
+	138, // 375: virtmesh.compute.v1.ComputeService.OpenDomainGraphics:output_type -> virtmesh.compute.v1.OpenDomainGraphicsResponse
+	140, // 376: virtmesh.compute.v1.ComputeService.GetDomainScreenshot:output_type -> virtmesh.compute.v1.GetDomainScreenshotResponse
+	142, // 377: virtmesh.compute.v1.ComputeService.SendDomainKey:output_type -> virtmesh.compute.v1.SendDomainKeyResponse
+	145, // 378: virtmesh.compute.v1.ComputeService.GetDomainDisplay:output_type -> virtmesh.compute.v1.GetDomainDisplayResponse
+	126, // 379: virtmesh.compute.v1.ComputeService.GetCapabilities:output_type -> virtmesh.compute.v1.GetCapabilitiesResponse
+	128, // 380: virtmesh.compute.v1.ComputeService.GetDomainCapabilities:output_type -> virtmesh.compute.v1.GetDomainCapabilitiesResponse
+	130, // 381: virtmesh.compute.v1.ComputeService.GetNodeInfo:output_type -> virtmesh.compute.v1.GetNodeInfoResponse
+	132, // 382: virtmesh.compute.v1.ComputeService.GetVersion:output_type -> virtmesh.compute.v1.GetVersionResponse
+	147, // 383: virtmesh.compute.v1.ComputeService.BaselineCpu:output_type -> virtmesh.compute.v1.BaselineCpuResponse
+	149, // 384: virtmesh.compute.v1.ComputeService.BaselineHypervisorCpu:output_type -> virtmesh.compute.v1.BaselineHypervisorCpuResponse
+	151, // 385: virtmesh.compute.v1.ComputeService.CompareCpu:output_type -> virtmesh.compute.v1.CompareCpuResponse
+	153, // 386: virtmesh.compute.v1.ComputeService.CompareHypervisorCpu:output_type -> virtmesh.compute.v1.CompareHypervisorCpuResponse
+	155, // 387: virtmesh.compute.v1.ComputeService.GetCpuModelNames:output_type -> virtmesh.compute.v1.GetCpuModelNamesResponse
+	157, // 388: virtmesh.compute.v1.ComputeService.GetSysinfo:output_type -> virtmesh.compute.v1.GetSysinfoResponse
+	159, // 389: virtmesh.compute.v1.ComputeService.GetHostname:output_type -> virtmesh.compute.v1.GetHostnameResponse
+	161, // 390: virtmesh.compute.v1.ComputeService.GetMaxVcpus:output_type -> virtmesh.compute.v1.GetMaxVcpusResponse
+	163, // 391: virtmesh.compute.v1.ComputeService.GetNodeCpuStats:output_type -> virtmesh.compute.v1.GetNodeCpuStatsResponse
+	165, // 392: virtmesh.compute.v1.ComputeService.GetNodeMemoryStats:output_type -> virtmesh.compute.v1.GetNodeMemoryStatsResponse
+	167, // 393: virtmesh.compute.v1.ComputeService.GetNodeFreeMemory:output_type -> virtmesh.compute.v1.GetNodeFreeMemoryResponse
+	170, // 394: virtmesh.compute.v1.ComputeService.GetCellsFreeMemory:output_type -> virtmesh.compute.v1.GetCellsFreeMemoryResponse
+	174, // 395: virtmesh.compute.v1.ComputeService.GetNodeFreePages:output_type -> virtmesh.compute.v1.GetNodeFreePagesResponse
+	176, // 396: virtmesh.compute.v1.ComputeService.AllocNodePages:output_type -> virtmesh.compute.v1.AllocNodePagesResponse
+	179, // 397: virtmesh.compute.v1.ComputeService.GetNodeMemoryParameters:output_type -> virtmesh.compute.v1.GetNodeMemoryParametersResponse
+	181, // 398: virtmesh.compute.v1.ComputeService.SetNodeMemoryParameters:output_type -> virtmesh.compute.v1.SetNodeMemoryParametersResponse
+	183, // 399: virtmesh.compute.v1.ComputeService.SuspendNode:output_type -> virtmesh.compute.v1.SuspendNodeResponse
+	185, // 400: virtmesh.compute.v1.ComputeService.GetNodeCpuMap:output_type -> virtmesh.compute.v1.GetNodeCpuMapResponse
+	187, // 401: virtmesh.compute.v1.ComputeService.GetNodeSecurityModel:output_type -> virtmesh.compute.v1.GetNodeSecurityModelResponse
+	189, // 402: virtmesh.compute.v1.ComputeService.GetNodeSevInfo:output_type -> virtmesh.compute.v1.GetNodeSevInfoResponse
+	191, // 403: virtmesh.compute.v1.ComputeService.ConvertNativeToDomainXML:output_type -> virtmesh.compute.v1.ConvertNativeToDomainXMLResponse
+	193, // 404: virtmesh.compute.v1.ComputeService.ConvertDomainXMLToNative:output_type -> virtmesh.compute.v1.ConvertDomainXMLToNativeResponse
+	195, // 405: virtmesh.compute.v1.ComputeService.SaveDomain:output_type -> virtmesh.compute.v1.SaveDomainResponse
+	197, // 406: virtmesh.compute.v1.ComputeService.RestoreDomain:output_type -> virtmesh.compute.v1.RestoreDomainResponse
+	199, // 407: virtmesh.compute.v1.ComputeService.GetSaveImageXML:output_type -> virtmesh.compute.v1.GetSaveImageXMLResponse
+	201, // 408: virtmesh.compute.v1.ComputeService.DefineSaveImageXML:output_type -> virtmesh.compute.v1.DefineSaveImageXMLResponse
+	203, // 409: virtmesh.compute.v1.ComputeService.ManagedSaveDomain:output_type -> virtmesh.compute.v1.ManagedSaveDomainResponse
+	205, // 410: virtmesh.compute.v1.ComputeService.RemoveManagedSave:output_type -> virtmesh.compute.v1.RemoveManagedSaveResponse
+	207, // 411: virtmesh.compute.v1.ComputeService.GetManagedSaveXML:output_type -> virtmesh.compute.v1.GetManagedSaveXMLResponse
+	209, // 412: virtmesh.compute.v1.ComputeService.DefineManagedSaveXML:output_type -> virtmesh.compute.v1.DefineManagedSaveXMLResponse
+	211, // 413: virtmesh.compute.v1.ComputeService.CoreDumpDomain:output_type -> virtmesh.compute.v1.CoreDumpDomainResponse
+	214, // 414: virtmesh.compute.v1.ComputeService.GetDomainJobInfo:output_type -> virtmesh.compute.v1.GetDomainJobInfoResponse
+	216, // 415: virtmesh.compute.v1.ComputeService.AbortDomainJob:output_type -> virtmesh.compute.v1.AbortDomainJobResponse
+	220, // 416: virtmesh.compute.v1.ComputeService.GetInterfaceAddresses:output_type -> virtmesh.compute.v1.GetInterfaceAddressesResponse
+	222, // 417: virtmesh.compute.v1.ComputeService.FreezeFilesystems:output_type -> virtmesh.compute.v1.FreezeFilesystemsResponse
+	224, // 418: virtmesh.compute.v1.ComputeService.ThawFilesystems:output_type -> virtmesh.compute.v1.ThawFilesystemsResponse
+	226, // 419: virtmesh.compute.v1.ComputeService.TrimFilesystems:output_type -> virtmesh.compute.v1.TrimFilesystemsResponse
+	229, // 420: virtmesh.compute.v1.ComputeService.GetFilesystemInfo:output_type -> virtmesh.compute.v1.GetFilesystemInfoResponse
+	237, // 421: virtmesh.compute.v1.ComputeService.GetGuestInfo:output_type -> virtmesh.compute.v1.GetGuestInfoResponse
+	239, // 422: virtmesh.compute.v1.ComputeService.GetGuestHostname:output_type -> virtmesh.compute.v1.GetGuestHostnameResponse
+	241, // 423: virtmesh.compute.v1.ComputeService.GetGuestVcpus:output_type -> virtmesh.compute.v1.GetGuestVcpusResponse
+	243, // 424: virtmesh.compute.v1.ComputeService.SetGuestVcpus:output_type -> virtmesh.compute.v1.SetGuestVcpusResponse
+	245, // 425: virtmesh.compute.v1.ComputeService.GetGuestTime:output_type -> virtmesh.compute.v1.GetGuestTimeResponse
+	247, // 426: virtmesh.compute.v1.ComputeService.SetGuestTime:output_type -> virtmesh.compute.v1.SetGuestTimeResponse
+	249, // 427: virtmesh.compute.v1.ComputeService.SetUserPassword:output_type -> virtmesh.compute.v1.SetUserPasswordResponse
+	251, // 428: virtmesh.compute.v1.ComputeService.GetAuthorizedSSHKeys:output_type -> virtmesh.compute.v1.GetAuthorizedSSHKeysResponse
+	253, // 429: virtmesh.compute.v1.ComputeService.SetAuthorizedSSHKeys:output_type -> virtmesh.compute.v1.SetAuthorizedSSHKeysResponse
+	255, // 430: virtmesh.compute.v1.ComputeService.SetAgentResponseTimeout:output_type -> virtmesh.compute.v1.SetAgentResponseTimeoutResponse
+	257, // 431: virtmesh.compute.v1.ComputeService.GetDomainSchedulerParameters:output_type -> virtmesh.compute.v1.GetDomainSchedulerParametersResponse
+	259, // 432: virtmesh.compute.v1.ComputeService.SetDomainSchedulerParameters:output_type -> virtmesh.compute.v1.SetDomainSchedulerParametersResponse
+	261, // 433: virtmesh.compute.v1.ComputeService.GetDomainMemoryParameters:output_type -> virtmesh.compute.v1.GetDomainMemoryParametersResponse
+	263, // 434: virtmesh.compute.v1.ComputeService.SetDomainMemoryParameters:output_type -> virtmesh.compute.v1.SetDomainMemoryParametersResponse
+	265, // 435: virtmesh.compute.v1.ComputeService.GetDomainBlkioParameters:output_type -> virtmesh.compute.v1.GetDomainBlkioParametersResponse
+	267, // 436: virtmesh.compute.v1.ComputeService.SetDomainBlkioParameters:output_type -> virtmesh.compute.v1.SetDomainBlkioParametersResponse
+	269, // 437: virtmesh.compute.v1.ComputeService.GetDomainNumaParameters:output_type -> virtmesh.compute.v1.GetDomainNumaParametersResponse
+	271, // 438: virtmesh.compute.v1.ComputeService.SetDomainNumaParameters:output_type -> virtmesh.compute.v1.SetDomainNumaParametersResponse
+	273, // 439: virtmesh.compute.v1.ComputeService.GetDomainPerfEvents:output_type -> virtmesh.compute.v1.GetDomainPerfEventsResponse
+	275, // 440: virtmesh.compute.v1.ComputeService.SetDomainPerfEvents:output_type -> virtmesh.compute.v1.SetDomainPerfEventsResponse
+	278, // 441: virtmesh.compute.v1.ComputeService.GetDomainVcpuPinInfo:output_type -> virtmesh.compute.v1.GetDomainVcpuPinInfoResponse
+	280, // 442: virtmesh.compute.v1.ComputeService.PinDomainVcpu:output_type -> virtmesh.compute.v1.PinDomainVcpuResponse
+	282, // 443: virtmesh.compute.v1.ComputeService.GetDomainEmulatorPinInfo:output_type -> virtmesh.compute.v1.GetDomainEmulatorPinInfoResponse
+	284, // 444: virtmesh.compute.v1.ComputeService.PinDomainEmulator:output_type -> virtmesh.compute.v1.PinDomainEmulatorResponse
+	287, // 445: virtmesh.compute.v1.ComputeService.GetDomainIOThreadInfo:output_type -> virtmesh.compute.v1.GetDomainIOThreadInfoResponse
+	289, // 446: virtmesh.compute.v1.ComputeService.AddDomainIOThread:output_type -> virtmesh.compute.v1.AddDomainIOThreadResponse
+	291, // 447: virtmesh.compute.v1.ComputeService.DeleteDomainIOThread:output_type -> virtmesh.compute.v1.DeleteDomainIOThreadResponse
+	293, // 448: virtmesh.compute.v1.ComputeService.PinDomainIOThread:output_type -> virtmesh.compute.v1.PinDomainIOThreadResponse
+	295, // 449: virtmesh.compute.v1.ComputeService.GetDomainMetadata:output_type -> virtmesh.compute.v1.GetDomainMetadataResponse
+	297, // 450: virtmesh.compute.v1.ComputeService.SetDomainMetadata:output_type -> virtmesh.compute.v1.SetDomainMetadataResponse
+	300, // 451: virtmesh.compute.v1.ComputeService.GetDomainCpuStats:output_type -> virtmesh.compute.v1.GetDomainCpuStatsResponse
+	302, // 452: virtmesh.compute.v1.ComputeService.GetDomainMaxMemory:output_type -> virtmesh.compute.v1.GetDomainMaxMemoryResponse
+	305, // 453: virtmesh.compute.v1.ComputeService.GetDomainVcpus:output_type -> virtmesh.compute.v1.GetDomainVcpusResponse
+	307, // 454: virtmesh.compute.v1.ComputeService.GetDomainInterfaceParameters:output_type -> virtmesh.compute.v1.GetDomainInterfaceParametersResponse
+	309, // 455: virtmesh.compute.v1.ComputeService.SetDomainInterfaceParameters:output_type -> virtmesh.compute.v1.SetDomainInterfaceParametersResponse
+	311, // 456: virtmesh.compute.v1.ComputeService.SetDomainMemoryStatsPeriod:output_type -> virtmesh.compute.v1.SetDomainMemoryStatsPeriodResponse
+	313, // 457: virtmesh.compute.v1.ComputeService.SetDomainIOThreadParameters:output_type -> virtmesh.compute.v1.SetDomainIOThreadParametersResponse
+	315, // 458: virtmesh.compute.v1.ComputeService.SetDomainVcpu:output_type -> virtmesh.compute.v1.SetDomainVcpuResponse
+	318, // 459: virtmesh.compute.v1.ComputeService.GetDomainSecurityLabels:output_type -> virtmesh.compute.v1.GetDomainSecurityLabelsResponse
+	320, // 460: virtmesh.compute.v1.ComputeService.GetDomainLaunchSecurityInfo:output_type -> virtmesh.compute.v1.GetDomainLaunchSecurityInfoResponse
+	322, // 461: virtmesh.compute.v1.ComputeService.SetDomainLaunchSecurityState:output_type -> virtmesh.compute.v1.SetDomainLaunchSecurityStateResponse
+	324, // 462: virtmesh.compute.v1.ComputeService.GetDomainBlockInfo:output_type -> virtmesh.compute.v1.GetDomainBlockInfoResponse
+	326, // 463: virtmesh.compute.v1.ComputeService.GetDomainBlockStats:output_type -> virtmesh.compute.v1.GetDomainBlockStatsResponse
+	328, // 464: virtmesh.compute.v1.ComputeService.GetDomainInterfaceStats:output_type -> virtmesh.compute.v1.GetDomainInterfaceStatsResponse
+	331, // 465: virtmesh.compute.v1.ComputeService.GetDomainMemoryStats:output_type -> virtmesh.compute.v1.GetDomainMemoryStatsResponse
+	333, // 466: virtmesh.compute.v1.ComputeService.PeekDomainBlock:output_type -> virtmesh.compute.v1.PeekDomainBlockResponse
+	335, // 467: virtmesh.compute.v1.ComputeService.PeekDomainMemory:output_type -> virtmesh.compute.v1.PeekDomainMemoryResponse
+	337, // 468: virtmesh.compute.v1.ComputeService.ResizeDomainBlock:output_type -> virtmesh.compute.v1.ResizeDomainBlockResponse
+	339, // 469: virtmesh.compute.v1.ComputeService.GetDomainBlockIoTune:output_type -> virtmesh.compute.v1.GetDomainBlockIoTuneResponse
+	341, // 470: virtmesh.compute.v1.ComputeService.SetDomainBlockIoTune:output_type -> virtmesh.compute.v1.SetDomainBlockIoTuneResponse
+	344, // 471: virtmesh.compute.v1.ComputeService.CopyDomainBlock:output_type -> virtmesh.compute.v1.CopyDomainBlockResponse
+	346, // 472: virtmesh.compute.v1.ComputeService.CommitDomainBlock:output_type -> virtmesh.compute.v1.CommitDomainBlockResponse
+	348, // 473: virtmesh.compute.v1.ComputeService.PullDomainBlock:output_type -> virtmesh.compute.v1.PullDomainBlockResponse
+	350, // 474: virtmesh.compute.v1.ComputeService.RebaseDomainBlock:output_type -> virtmesh.compute.v1.RebaseDomainBlockResponse
+	352, // 475: virtmesh.compute.v1.ComputeService.AbortDomainBlockJob:output_type -> virtmesh.compute.v1.AbortDomainBlockJobResponse
+	354, // 476: virtmesh.compute.v1.ComputeService.SetDomainBlockJobSpeed:output_type -> virtmesh.compute.v1.SetDomainBlockJobSpeedResponse
+	356, // 477: virtmesh.compute.v1.ComputeService.GetDomainBlockJobInfo:output_type -> virtmesh.compute.v1.GetDomainBlockJobInfoResponse
+	358, // 478: virtmesh.compute.v1.ComputeService.SetDomainBlockThreshold:output_type -> virtmesh.compute.v1.SetDomainBlockThresholdResponse
+	360, // 479: virtmesh.compute.v1.ComputeService.PmSuspendDomain:output_type -> virtmesh.compute.v1.PmSuspendDomainResponse
+	362, // 480: virtmesh.compute.v1.ComputeService.PmWakeupDomain:output_type -> virtmesh.compute.v1.PmWakeupDomainResponse
+	364, // 481: virtmesh.compute.v1.ComputeService.RenameDomain:output_type -> virtmesh.compute.v1.RenameDomainResponse
+	366, // 482: virtmesh.compute.v1.ComputeService.InjectDomainNmi:output_type -> virtmesh.compute.v1.InjectDomainNmiResponse
+	368, // 483: virtmesh.compute.v1.ComputeService.SendDomainProcessSignal:output_type -> virtmesh.compute.v1.SendDomainProcessSignalResponse
+	370, // 484: virtmesh.compute.v1.ComputeService.SetDomainLifecycleAction:output_type -> virtmesh.compute.v1.SetDomainLifecycleActionResponse
+	372, // 485: virtmesh.compute.v1.ComputeService.GetDomainMessages:output_type -> virtmesh.compute.v1.GetDomainMessagesResponse
+	374, // 486: virtmesh.compute.v1.ComputeService.GetDomainVcpuCount:output_type -> virtmesh.compute.v1.GetDomainVcpuCountResponse
+	376, // 487: virtmesh.compute.v1.ComputeService.StartDomainDirtyRateCalc:output_type -> virtmesh.compute.v1.StartDomainDirtyRateCalcResponse
+	380, // 488: virtmesh.compute.v1.ComputeService.MigrateDomain:output_type -> virtmesh.compute.v1.MigrateDomainResponse
+	382, // 489: virtmesh.compute.v1.ComputeService.GetDomainMigrationMaxSpeed:output_type -> virtmesh.compute.v1.GetDomainMigrationMaxSpeedResponse
+	384, // 490: virtmesh.compute.v1.ComputeService.SetDomainMigrationMaxSpeed:output_type -> virtmesh.compute.v1.SetDomainMigrationMaxSpeedResponse
+	386, // 491: virtmesh.compute.v1.ComputeService.GetDomainMigrationMaxDowntime:output_type -> virtmesh.compute.v1.GetDomainMigrationMaxDowntimeResponse
+	388, // 492: virtmesh.compute.v1.ComputeService.SetDomainMigrationMaxDowntime:output_type -> virtmesh.compute.v1.SetDomainMigrationMaxDowntimeResponse
+	390, // 493: virtmesh.compute.v1.ComputeService.GetDomainMigrationCompressionCache:output_type -> virtmesh.compute.v1.GetDomainMigrationCompressionCacheResponse
+	392, // 494: virtmesh.compute.v1.ComputeService.SetDomainMigrationCompressionCache:output_type -> virtmesh.compute.v1.SetDomainMigrationCompressionCacheResponse
+	394, // 495: virtmesh.compute.v1.ComputeService.StartDomainMigrationPostCopy:output_type -> virtmesh.compute.v1.StartDomainMigrationPostCopyResponse
+	396, // 496: virtmesh.compute.v1.ComputeService.UpdateDevice:output_type -> virtmesh.compute.v1.UpdateDeviceResponse
+	398, // 497: virtmesh.compute.v1.ComputeService.DetachDeviceAlias:output_type -> virtmesh.compute.v1.DetachDeviceAliasResponse
+	400, // 498: virtmesh.compute.v1.ComputeService.QemuAgentCommand:output_type -> virtmesh.compute.v1.QemuAgentCommandResponse
+	402, // 499: virtmesh.compute.v1.ComputeService.QemuMonitorCommand:output_type -> virtmesh.compute.v1.QemuMonitorCommandResponse
+	404, // 500: virtmesh.compute.v1.ComputeService.WatchQemuMonitorEvents:output_type -> virtmesh.compute.v1.WatchQemuMonitorEventsResponse
+	348, // [348:501] is the sub-list for method output_type
+	195, // [195:348] is the sub-list for method input_type
+	195, // [195:195] is the sub-list for extension type_name
+	195, // [195:195] is the sub-list for extension extendee
+	0,   // [0:195] is the sub-list for field type_name
 }
 
 func init() { file_virtmesh_compute_v1_compute_service_proto_init() }
@@ -32007,6 +34171,330 @@ func file_virtmesh_compute_v1_compute_service_proto_init() {
 				return nil
 			}
 		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[339].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*MigrationParameters); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[340].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*MigrateDomainRequest); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[341].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*MigrateDomainResponse); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[342].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*GetDomainMigrationMaxSpeedRequest); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[343].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*GetDomainMigrationMaxSpeedResponse); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[344].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*SetDomainMigrationMaxSpeedRequest); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[345].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*SetDomainMigrationMaxSpeedResponse); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[346].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*GetDomainMigrationMaxDowntimeRequest); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[347].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*GetDomainMigrationMaxDowntimeResponse); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[348].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*SetDomainMigrationMaxDowntimeRequest); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[349].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*SetDomainMigrationMaxDowntimeResponse); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[350].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*GetDomainMigrationCompressionCacheRequest); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[351].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*GetDomainMigrationCompressionCacheResponse); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[352].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*SetDomainMigrationCompressionCacheRequest); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[353].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*SetDomainMigrationCompressionCacheResponse); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[354].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*StartDomainMigrationPostCopyRequest); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[355].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*StartDomainMigrationPostCopyResponse); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[356].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*UpdateDeviceRequest); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[357].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*UpdateDeviceResponse); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[358].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*DetachDeviceAliasRequest); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[359].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*DetachDeviceAliasResponse); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[360].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*QemuAgentCommandRequest); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[361].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*QemuAgentCommandResponse); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[362].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*QemuMonitorCommandRequest); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[363].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*QemuMonitorCommandResponse); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[364].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*WatchQemuMonitorEventsRequest); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_virtmesh_compute_v1_compute_service_proto_msgTypes[365].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*WatchQemuMonitorEventsResponse); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
 	}
 	file_virtmesh_compute_v1_compute_service_proto_msgTypes[1].OneofWrappers = []interface{}{}
 	file_virtmesh_compute_v1_compute_service_proto_msgTypes[62].OneofWrappers = []interface{}{
@@ -32049,13 +34537,15 @@ func file_virtmesh_compute_v1_compute_service_proto_init() {
 		(*CopyDomainBlockRequest_DestinationXml)(nil),
 		(*CopyDomainBlockRequest_DestinationFile)(nil),
 	}
+	file_virtmesh_compute_v1_compute_service_proto_msgTypes[339].OneofWrappers = []interface{}{}
+	file_virtmesh_compute_v1_compute_service_proto_msgTypes[360].OneofWrappers = []interface{}{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: file_virtmesh_compute_v1_compute_service_proto_rawDesc,
 			NumEnums:      39,
-			NumMessages:   344,
+			NumMessages:   371,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -711,6 +711,91 @@ type ComputeServiceClient interface {
 	// so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
 	// where the driver cannot, or for dirty_ring without KVM's dirty ring.
 	StartDomainDirtyRateCalc(ctx context.Context, in *StartDomainDirtyRateCalcRequest, opts ...grpc.CallOption) (*StartDomainDirtyRateCalcResponse, error)
+	// Migrates a domain to another libvirt host. With peer2peer (or tunnelled)
+	// this libvirt connects to destination_uri itself (virDomainMigrateToURI3);
+	// without, the service opens destination_uri and drives both sides
+	// (virDomainMigrate3). destination_uri must be a qemu libvirt URI, local
+	// or over ssh, libssh, libssh2, tcp, tls or unix, naming /system or
+	// /session, without query parameters.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed or disallowed
+	// destination_uri, conflicting flags or bad parameters (invalid XML, a
+	// disk named twice), or a destination libvirt refuses (this same host);
+	// FAILED_PRECONDITION when the domain is not running (and offline is not
+	// asked) or libvirt refuses the migration (unsafe storage); UNAVAILABLE
+	// when the destination cannot be reached (reason DESTINATION_UNREACHABLE
+	// when the service itself could not open it: a service running QEMU
+	// embedded has no driver for a direct migration); CANCELLED or
+	// DEADLINE_EXCEEDED when the call ended first (the job was aborted and the
+	// guest runs on).
+	MigrateDomain(ctx context.Context, in *MigrateDomainRequest, opts ...grpc.CallOption) (*MigrateDomainResponse, error)
+	// The bandwidth limit of the domain's migrations (MiB/s; pre-copy, or
+	// post-copy with postcopy).
+	// Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no such limit.
+	GetDomainMigrationMaxSpeed(ctx context.Context, in *GetDomainMigrationMaxSpeedRequest, opts ...grpc.CallOption) (*GetDomainMigrationMaxSpeedResponse, error)
+	// Sets the bandwidth limit of the domain's migrations, also during one.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a bandwidth above libvirt's
+	// maximum; UNIMPLEMENTED when the driver has no such limit.
+	SetDomainMigrationMaxSpeed(ctx context.Context, in *SetDomainMigrationMaxSpeedRequest, opts ...grpc.CallOption) (*SetDomainMigrationMaxSpeedResponse, error)
+	// The longest pause a live migration may make at its end (ms).
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+	// UNIMPLEMENTED when the driver cannot say.
+	GetDomainMigrationMaxDowntime(ctx context.Context, in *GetDomainMigrationMaxDowntimeRequest, opts ...grpc.CallOption) (*GetDomainMigrationMaxDowntimeResponse, error)
+	// Sets the longest pause a live migration may make at its end.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for 0; FAILED_PRECONDITION when the
+	// domain is not running; UNIMPLEMENTED when the driver cannot.
+	SetDomainMigrationMaxDowntime(ctx context.Context, in *SetDomainMigrationMaxDowntimeRequest, opts ...grpc.CallOption) (*SetDomainMigrationMaxDowntimeResponse, error)
+	// The size of the XBZRLE page cache compressed migrations use (bytes).
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+	// UNIMPLEMENTED when the driver cannot say.
+	GetDomainMigrationCompressionCache(ctx context.Context, in *GetDomainMigrationCompressionCacheRequest, opts ...grpc.CallOption) (*GetDomainMigrationCompressionCacheResponse, error)
+	// Sets the size of the XBZRLE page cache.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for 0 or a size QEMU refuses (not a
+	// power of two, too small or too large); FAILED_PRECONDITION when the
+	// domain is not running; UNIMPLEMENTED when the driver cannot.
+	SetDomainMigrationCompressionCache(ctx context.Context, in *SetDomainMigrationCompressionCacheRequest, opts ...grpc.CallOption) (*SetDomainMigrationCompressionCacheResponse, error)
+	// Switches the domain's running migration (started with postcopy) to
+	// post-copy: the guest runs on the destination from now on.
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when no migration runs or it was
+	// not started with postcopy; UNIMPLEMENTED when the driver cannot.
+	StartDomainMigrationPostCopy(ctx context.Context, in *StartDomainMigrationPostCopyRequest, opts ...grpc.CallOption) (*StartDomainMigrationPostCopyResponse, error)
+	// Changes a device in place, described by XML and matched by its target or
+	// alias: for example a CD-ROM's media or an interface's link state.
+	// Errors: NOT_FOUND for an unknown domain or no matching device;
+	// INVALID_ARGUMENT for malformed device XML; FAILED_PRECONDITION for a
+	// live change on an inactive domain; UNIMPLEMENTED when the driver cannot
+	// change that device (or that property of it).
+	UpdateDevice(ctx context.Context, in *UpdateDeviceRequest, opts ...grpc.CallOption) (*UpdateDeviceResponse, error)
+	// Detaches the device with a user or libvirt alias (such as "ua-disk1" or
+	// "net0"), live and/or in config. Live, the guest is asked to release it:
+	// the call returns once asked; a DEVICE_REMOVED event says when it is gone.
+	// Errors: NOT_FOUND for an unknown domain or alias; INVALID_ARGUMENT for an
+	// empty or malformed alias; FAILED_PRECONDITION for a live change on an
+	// inactive domain; UNIMPLEMENTED when the driver cannot.
+	DetachDeviceAlias(ctx context.Context, in *DetachDeviceAliasRequest, opts ...grpc.CallOption) (*DetachDeviceAliasResponse, error)
+	// Sends one command to the guest agent and returns its answer, as JSON
+	// text (virDomainQemuAgentCommand).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT when command is not a JSON object
+	// with an "execute" member or is too long, timeout_seconds is above 300,
+	// or the agent answers with an error (reason AGENT_COMMAND_FAILED: an
+	// unknown command, bad arguments); FAILED_PRECONDITION when the domain is
+	// not running or has no agent channel; UNAVAILABLE or DEADLINE_EXCEEDED
+	// when the agent does not answer in time.
+	QemuAgentCommand(ctx context.Context, in *QemuAgentCommandRequest, opts ...grpc.CallOption) (*QemuAgentCommandResponse, error)
+	// Sends one command to the domain's QEMU monitor: QMP (a JSON object with
+	// "execute"), or HMP text with hmp. Returns QEMU's answer as libvirt hands
+	// it back: QEMU's own error answer (such as CommandNotFound) is a result.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a command that is not a JSON
+	// object (QMP), not one line of text (HMP) or too long;
+	// FAILED_PRECONDITION when the domain is not running.
+	QemuMonitorCommand(ctx context.Context, in *QemuMonitorCommandRequest, opts ...grpc.CallOption) (*QemuMonitorCommandResponse, error)
+	// Streams the QMP events QEMU emits (every one, or those named event) of
+	// one domain or all, until the client cancels. Unlike WatchDomainEvents'
+	// events these are not numbered and cannot be resumed: a watcher sees
+	// what happens while it watches.
+	// Errors: NOT_FOUND for an unknown domain; INVALID_ARGUMENT for a
+	// malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
+	// behind; UNAVAILABLE when the libvirt connection is lost.
+	WatchQemuMonitorEvents(ctx context.Context, in *WatchQemuMonitorEventsRequest, opts ...grpc.CallOption) (ComputeService_WatchQemuMonitorEventsClient, error)
 }
 
 type computeServiceClient struct {
@@ -2093,6 +2178,146 @@ func (c *computeServiceClient) StartDomainDirtyRateCalc(ctx context.Context, in 
 	return out, nil
 }
 
+func (c *computeServiceClient) MigrateDomain(ctx context.Context, in *MigrateDomainRequest, opts ...grpc.CallOption) (*MigrateDomainResponse, error) {
+	out := new(MigrateDomainResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/MigrateDomain", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainMigrationMaxSpeed(ctx context.Context, in *GetDomainMigrationMaxSpeedRequest, opts ...grpc.CallOption) (*GetDomainMigrationMaxSpeedResponse, error) {
+	out := new(GetDomainMigrationMaxSpeedResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainMigrationMaxSpeed", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainMigrationMaxSpeed(ctx context.Context, in *SetDomainMigrationMaxSpeedRequest, opts ...grpc.CallOption) (*SetDomainMigrationMaxSpeedResponse, error) {
+	out := new(SetDomainMigrationMaxSpeedResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainMigrationMaxSpeed", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainMigrationMaxDowntime(ctx context.Context, in *GetDomainMigrationMaxDowntimeRequest, opts ...grpc.CallOption) (*GetDomainMigrationMaxDowntimeResponse, error) {
+	out := new(GetDomainMigrationMaxDowntimeResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainMigrationMaxDowntime", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainMigrationMaxDowntime(ctx context.Context, in *SetDomainMigrationMaxDowntimeRequest, opts ...grpc.CallOption) (*SetDomainMigrationMaxDowntimeResponse, error) {
+	out := new(SetDomainMigrationMaxDowntimeResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainMigrationMaxDowntime", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetDomainMigrationCompressionCache(ctx context.Context, in *GetDomainMigrationCompressionCacheRequest, opts ...grpc.CallOption) (*GetDomainMigrationCompressionCacheResponse, error) {
+	out := new(GetDomainMigrationCompressionCacheResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomainMigrationCompressionCache", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) SetDomainMigrationCompressionCache(ctx context.Context, in *SetDomainMigrationCompressionCacheRequest, opts ...grpc.CallOption) (*SetDomainMigrationCompressionCacheResponse, error) {
+	out := new(SetDomainMigrationCompressionCacheResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/SetDomainMigrationCompressionCache", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) StartDomainMigrationPostCopy(ctx context.Context, in *StartDomainMigrationPostCopyRequest, opts ...grpc.CallOption) (*StartDomainMigrationPostCopyResponse, error) {
+	out := new(StartDomainMigrationPostCopyResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/StartDomainMigrationPostCopy", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) UpdateDevice(ctx context.Context, in *UpdateDeviceRequest, opts ...grpc.CallOption) (*UpdateDeviceResponse, error) {
+	out := new(UpdateDeviceResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/UpdateDevice", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) DetachDeviceAlias(ctx context.Context, in *DetachDeviceAliasRequest, opts ...grpc.CallOption) (*DetachDeviceAliasResponse, error) {
+	out := new(DetachDeviceAliasResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/DetachDeviceAlias", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) QemuAgentCommand(ctx context.Context, in *QemuAgentCommandRequest, opts ...grpc.CallOption) (*QemuAgentCommandResponse, error) {
+	out := new(QemuAgentCommandResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/QemuAgentCommand", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) QemuMonitorCommand(ctx context.Context, in *QemuMonitorCommandRequest, opts ...grpc.CallOption) (*QemuMonitorCommandResponse, error) {
+	out := new(QemuMonitorCommandResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/QemuMonitorCommand", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) WatchQemuMonitorEvents(ctx context.Context, in *WatchQemuMonitorEventsRequest, opts ...grpc.CallOption) (ComputeService_WatchQemuMonitorEventsClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_ComputeService_serviceDesc.Streams[5], "/virtmesh.compute.v1.ComputeService/WatchQemuMonitorEvents", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &computeServiceWatchQemuMonitorEventsClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type ComputeService_WatchQemuMonitorEventsClient interface {
+	Recv() (*WatchQemuMonitorEventsResponse, error)
+	grpc.ClientStream
+}
+
+type computeServiceWatchQemuMonitorEventsClient struct {
+	grpc.ClientStream
+}
+
+func (x *computeServiceWatchQemuMonitorEventsClient) Recv() (*WatchQemuMonitorEventsResponse, error) {
+	m := new(WatchQemuMonitorEventsResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 // ComputeServiceServer is the server API for ComputeService service.
 // All implementations must embed UnimplementedComputeServiceServer
 // for forward compatibility
@@ -2791,6 +3016,91 @@ type ComputeServiceServer interface {
 	// so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
 	// where the driver cannot, or for dirty_ring without KVM's dirty ring.
 	StartDomainDirtyRateCalc(context.Context, *StartDomainDirtyRateCalcRequest) (*StartDomainDirtyRateCalcResponse, error)
+	// Migrates a domain to another libvirt host. With peer2peer (or tunnelled)
+	// this libvirt connects to destination_uri itself (virDomainMigrateToURI3);
+	// without, the service opens destination_uri and drives both sides
+	// (virDomainMigrate3). destination_uri must be a qemu libvirt URI, local
+	// or over ssh, libssh, libssh2, tcp, tls or unix, naming /system or
+	// /session, without query parameters.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed or disallowed
+	// destination_uri, conflicting flags or bad parameters (invalid XML, a
+	// disk named twice), or a destination libvirt refuses (this same host);
+	// FAILED_PRECONDITION when the domain is not running (and offline is not
+	// asked) or libvirt refuses the migration (unsafe storage); UNAVAILABLE
+	// when the destination cannot be reached (reason DESTINATION_UNREACHABLE
+	// when the service itself could not open it: a service running QEMU
+	// embedded has no driver for a direct migration); CANCELLED or
+	// DEADLINE_EXCEEDED when the call ended first (the job was aborted and the
+	// guest runs on).
+	MigrateDomain(context.Context, *MigrateDomainRequest) (*MigrateDomainResponse, error)
+	// The bandwidth limit of the domain's migrations (MiB/s; pre-copy, or
+	// post-copy with postcopy).
+	// Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no such limit.
+	GetDomainMigrationMaxSpeed(context.Context, *GetDomainMigrationMaxSpeedRequest) (*GetDomainMigrationMaxSpeedResponse, error)
+	// Sets the bandwidth limit of the domain's migrations, also during one.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a bandwidth above libvirt's
+	// maximum; UNIMPLEMENTED when the driver has no such limit.
+	SetDomainMigrationMaxSpeed(context.Context, *SetDomainMigrationMaxSpeedRequest) (*SetDomainMigrationMaxSpeedResponse, error)
+	// The longest pause a live migration may make at its end (ms).
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+	// UNIMPLEMENTED when the driver cannot say.
+	GetDomainMigrationMaxDowntime(context.Context, *GetDomainMigrationMaxDowntimeRequest) (*GetDomainMigrationMaxDowntimeResponse, error)
+	// Sets the longest pause a live migration may make at its end.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for 0; FAILED_PRECONDITION when the
+	// domain is not running; UNIMPLEMENTED when the driver cannot.
+	SetDomainMigrationMaxDowntime(context.Context, *SetDomainMigrationMaxDowntimeRequest) (*SetDomainMigrationMaxDowntimeResponse, error)
+	// The size of the XBZRLE page cache compressed migrations use (bytes).
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+	// UNIMPLEMENTED when the driver cannot say.
+	GetDomainMigrationCompressionCache(context.Context, *GetDomainMigrationCompressionCacheRequest) (*GetDomainMigrationCompressionCacheResponse, error)
+	// Sets the size of the XBZRLE page cache.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for 0 or a size QEMU refuses (not a
+	// power of two, too small or too large); FAILED_PRECONDITION when the
+	// domain is not running; UNIMPLEMENTED when the driver cannot.
+	SetDomainMigrationCompressionCache(context.Context, *SetDomainMigrationCompressionCacheRequest) (*SetDomainMigrationCompressionCacheResponse, error)
+	// Switches the domain's running migration (started with postcopy) to
+	// post-copy: the guest runs on the destination from now on.
+	// Errors: NOT_FOUND; FAILED_PRECONDITION when no migration runs or it was
+	// not started with postcopy; UNIMPLEMENTED when the driver cannot.
+	StartDomainMigrationPostCopy(context.Context, *StartDomainMigrationPostCopyRequest) (*StartDomainMigrationPostCopyResponse, error)
+	// Changes a device in place, described by XML and matched by its target or
+	// alias: for example a CD-ROM's media or an interface's link state.
+	// Errors: NOT_FOUND for an unknown domain or no matching device;
+	// INVALID_ARGUMENT for malformed device XML; FAILED_PRECONDITION for a
+	// live change on an inactive domain; UNIMPLEMENTED when the driver cannot
+	// change that device (or that property of it).
+	UpdateDevice(context.Context, *UpdateDeviceRequest) (*UpdateDeviceResponse, error)
+	// Detaches the device with a user or libvirt alias (such as "ua-disk1" or
+	// "net0"), live and/or in config. Live, the guest is asked to release it:
+	// the call returns once asked; a DEVICE_REMOVED event says when it is gone.
+	// Errors: NOT_FOUND for an unknown domain or alias; INVALID_ARGUMENT for an
+	// empty or malformed alias; FAILED_PRECONDITION for a live change on an
+	// inactive domain; UNIMPLEMENTED when the driver cannot.
+	DetachDeviceAlias(context.Context, *DetachDeviceAliasRequest) (*DetachDeviceAliasResponse, error)
+	// Sends one command to the guest agent and returns its answer, as JSON
+	// text (virDomainQemuAgentCommand).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT when command is not a JSON object
+	// with an "execute" member or is too long, timeout_seconds is above 300,
+	// or the agent answers with an error (reason AGENT_COMMAND_FAILED: an
+	// unknown command, bad arguments); FAILED_PRECONDITION when the domain is
+	// not running or has no agent channel; UNAVAILABLE or DEADLINE_EXCEEDED
+	// when the agent does not answer in time.
+	QemuAgentCommand(context.Context, *QemuAgentCommandRequest) (*QemuAgentCommandResponse, error)
+	// Sends one command to the domain's QEMU monitor: QMP (a JSON object with
+	// "execute"), or HMP text with hmp. Returns QEMU's answer as libvirt hands
+	// it back: QEMU's own error answer (such as CommandNotFound) is a result.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a command that is not a JSON
+	// object (QMP), not one line of text (HMP) or too long;
+	// FAILED_PRECONDITION when the domain is not running.
+	QemuMonitorCommand(context.Context, *QemuMonitorCommandRequest) (*QemuMonitorCommandResponse, error)
+	// Streams the QMP events QEMU emits (every one, or those named event) of
+	// one domain or all, until the client cancels. Unlike WatchDomainEvents'
+	// events these are not numbered and cannot be resumed: a watcher sees
+	// what happens while it watches.
+	// Errors: NOT_FOUND for an unknown domain; INVALID_ARGUMENT for a
+	// malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
+	// behind; UNAVAILABLE when the libvirt connection is lost.
+	WatchQemuMonitorEvents(*WatchQemuMonitorEventsRequest, ComputeService_WatchQemuMonitorEventsServer) error
 	mustEmbedUnimplementedComputeServiceServer()
 }
 
@@ -3217,6 +3527,45 @@ func (UnimplementedComputeServiceServer) GetDomainVcpuCount(context.Context, *Ge
 }
 func (UnimplementedComputeServiceServer) StartDomainDirtyRateCalc(context.Context, *StartDomainDirtyRateCalcRequest) (*StartDomainDirtyRateCalcResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method StartDomainDirtyRateCalc not implemented")
+}
+func (UnimplementedComputeServiceServer) MigrateDomain(context.Context, *MigrateDomainRequest) (*MigrateDomainResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method MigrateDomain not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainMigrationMaxSpeed(context.Context, *GetDomainMigrationMaxSpeedRequest) (*GetDomainMigrationMaxSpeedResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainMigrationMaxSpeed not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainMigrationMaxSpeed(context.Context, *SetDomainMigrationMaxSpeedRequest) (*SetDomainMigrationMaxSpeedResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainMigrationMaxSpeed not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainMigrationMaxDowntime(context.Context, *GetDomainMigrationMaxDowntimeRequest) (*GetDomainMigrationMaxDowntimeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainMigrationMaxDowntime not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainMigrationMaxDowntime(context.Context, *SetDomainMigrationMaxDowntimeRequest) (*SetDomainMigrationMaxDowntimeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainMigrationMaxDowntime not implemented")
+}
+func (UnimplementedComputeServiceServer) GetDomainMigrationCompressionCache(context.Context, *GetDomainMigrationCompressionCacheRequest) (*GetDomainMigrationCompressionCacheResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetDomainMigrationCompressionCache not implemented")
+}
+func (UnimplementedComputeServiceServer) SetDomainMigrationCompressionCache(context.Context, *SetDomainMigrationCompressionCacheRequest) (*SetDomainMigrationCompressionCacheResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetDomainMigrationCompressionCache not implemented")
+}
+func (UnimplementedComputeServiceServer) StartDomainMigrationPostCopy(context.Context, *StartDomainMigrationPostCopyRequest) (*StartDomainMigrationPostCopyResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method StartDomainMigrationPostCopy not implemented")
+}
+func (UnimplementedComputeServiceServer) UpdateDevice(context.Context, *UpdateDeviceRequest) (*UpdateDeviceResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateDevice not implemented")
+}
+func (UnimplementedComputeServiceServer) DetachDeviceAlias(context.Context, *DetachDeviceAliasRequest) (*DetachDeviceAliasResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DetachDeviceAlias not implemented")
+}
+func (UnimplementedComputeServiceServer) QemuAgentCommand(context.Context, *QemuAgentCommandRequest) (*QemuAgentCommandResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method QemuAgentCommand not implemented")
+}
+func (UnimplementedComputeServiceServer) QemuMonitorCommand(context.Context, *QemuMonitorCommandRequest) (*QemuMonitorCommandResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method QemuMonitorCommand not implemented")
+}
+func (UnimplementedComputeServiceServer) WatchQemuMonitorEvents(*WatchQemuMonitorEventsRequest, ComputeService_WatchQemuMonitorEventsServer) error {
+	return status.Errorf(codes.Unimplemented, "method WatchQemuMonitorEvents not implemented")
 }
 func (UnimplementedComputeServiceServer) mustEmbedUnimplementedComputeServiceServer() {}
 
@@ -5781,6 +6130,243 @@ func _ComputeService_StartDomainDirtyRateCalc_Handler(srv interface{}, ctx conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ComputeService_MigrateDomain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MigrateDomainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).MigrateDomain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/MigrateDomain",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).MigrateDomain(ctx, req.(*MigrateDomainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainMigrationMaxSpeed_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainMigrationMaxSpeedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainMigrationMaxSpeed(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainMigrationMaxSpeed",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainMigrationMaxSpeed(ctx, req.(*GetDomainMigrationMaxSpeedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainMigrationMaxSpeed_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainMigrationMaxSpeedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainMigrationMaxSpeed(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainMigrationMaxSpeed",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainMigrationMaxSpeed(ctx, req.(*SetDomainMigrationMaxSpeedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainMigrationMaxDowntime_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainMigrationMaxDowntimeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainMigrationMaxDowntime(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainMigrationMaxDowntime",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainMigrationMaxDowntime(ctx, req.(*GetDomainMigrationMaxDowntimeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainMigrationMaxDowntime_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainMigrationMaxDowntimeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainMigrationMaxDowntime(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainMigrationMaxDowntime",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainMigrationMaxDowntime(ctx, req.(*SetDomainMigrationMaxDowntimeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetDomainMigrationCompressionCache_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDomainMigrationCompressionCacheRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetDomainMigrationCompressionCache(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetDomainMigrationCompressionCache",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetDomainMigrationCompressionCache(ctx, req.(*GetDomainMigrationCompressionCacheRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_SetDomainMigrationCompressionCache_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDomainMigrationCompressionCacheRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).SetDomainMigrationCompressionCache(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/SetDomainMigrationCompressionCache",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).SetDomainMigrationCompressionCache(ctx, req.(*SetDomainMigrationCompressionCacheRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_StartDomainMigrationPostCopy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartDomainMigrationPostCopyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).StartDomainMigrationPostCopy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/StartDomainMigrationPostCopy",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).StartDomainMigrationPostCopy(ctx, req.(*StartDomainMigrationPostCopyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_UpdateDevice_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateDeviceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).UpdateDevice(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/UpdateDevice",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).UpdateDevice(ctx, req.(*UpdateDeviceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_DetachDeviceAlias_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DetachDeviceAliasRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).DetachDeviceAlias(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/DetachDeviceAlias",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).DetachDeviceAlias(ctx, req.(*DetachDeviceAliasRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_QemuAgentCommand_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QemuAgentCommandRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).QemuAgentCommand(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/QemuAgentCommand",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).QemuAgentCommand(ctx, req.(*QemuAgentCommandRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_QemuMonitorCommand_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QemuMonitorCommandRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).QemuMonitorCommand(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/QemuMonitorCommand",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).QemuMonitorCommand(ctx, req.(*QemuMonitorCommandRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_WatchQemuMonitorEvents_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchQemuMonitorEventsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ComputeServiceServer).WatchQemuMonitorEvents(m, &computeServiceWatchQemuMonitorEventsServer{stream})
+}
+
+type ComputeService_WatchQemuMonitorEventsServer interface {
+	Send(*WatchQemuMonitorEventsResponse) error
+	grpc.ServerStream
+}
+
+type computeServiceWatchQemuMonitorEventsServer struct {
+	grpc.ServerStream
+}
+
+func (x *computeServiceWatchQemuMonitorEventsServer) Send(m *WatchQemuMonitorEventsResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
 var _ComputeService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "virtmesh.compute.v1.ComputeService",
 	HandlerType: (*ComputeServiceServer)(nil),
@@ -6325,6 +6911,54 @@ var _ComputeService_serviceDesc = grpc.ServiceDesc{
 			MethodName: "StartDomainDirtyRateCalc",
 			Handler:    _ComputeService_StartDomainDirtyRateCalc_Handler,
 		},
+		{
+			MethodName: "MigrateDomain",
+			Handler:    _ComputeService_MigrateDomain_Handler,
+		},
+		{
+			MethodName: "GetDomainMigrationMaxSpeed",
+			Handler:    _ComputeService_GetDomainMigrationMaxSpeed_Handler,
+		},
+		{
+			MethodName: "SetDomainMigrationMaxSpeed",
+			Handler:    _ComputeService_SetDomainMigrationMaxSpeed_Handler,
+		},
+		{
+			MethodName: "GetDomainMigrationMaxDowntime",
+			Handler:    _ComputeService_GetDomainMigrationMaxDowntime_Handler,
+		},
+		{
+			MethodName: "SetDomainMigrationMaxDowntime",
+			Handler:    _ComputeService_SetDomainMigrationMaxDowntime_Handler,
+		},
+		{
+			MethodName: "GetDomainMigrationCompressionCache",
+			Handler:    _ComputeService_GetDomainMigrationCompressionCache_Handler,
+		},
+		{
+			MethodName: "SetDomainMigrationCompressionCache",
+			Handler:    _ComputeService_SetDomainMigrationCompressionCache_Handler,
+		},
+		{
+			MethodName: "StartDomainMigrationPostCopy",
+			Handler:    _ComputeService_StartDomainMigrationPostCopy_Handler,
+		},
+		{
+			MethodName: "UpdateDevice",
+			Handler:    _ComputeService_UpdateDevice_Handler,
+		},
+		{
+			MethodName: "DetachDeviceAlias",
+			Handler:    _ComputeService_DetachDeviceAlias_Handler,
+		},
+		{
+			MethodName: "QemuAgentCommand",
+			Handler:    _ComputeService_QemuAgentCommand_Handler,
+		},
+		{
+			MethodName: "QemuMonitorCommand",
+			Handler:    _ComputeService_QemuMonitorCommand_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -6353,6 +6987,11 @@ var _ComputeService_serviceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "GetDomainScreenshot",
 			Handler:       _ComputeService_GetDomainScreenshot_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchQemuMonitorEvents",
+			Handler:       _ComputeService_WatchQemuMonitorEvents_Handler,
 			ServerStreams: true,
 		},
 	},

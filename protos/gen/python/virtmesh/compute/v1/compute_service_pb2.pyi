@@ -9866,3 +9866,757 @@ class DirtyRateStats(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DirtyRateStats: _TypeAlias = DirtyRateStats  # noqa: Y015
+
+@_typing.final
+class MigrationParameters(_message.Message):
+    """-- Migration, device updates ----------------------------------------------
+
+    libvirt's VIR_MIGRATE_PARAM_* a migration may set; each unset or empty
+    field is left to libvirt.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESTINATION_NAME_FIELD_NUMBER: _builtins.int
+    DESTINATION_XML_FIELD_NUMBER: _builtins.int
+    PERSISTENT_XML_FIELD_NUMBER: _builtins.int
+    BANDWIDTH_MIB_PER_S_FIELD_NUMBER: _builtins.int
+    BANDWIDTH_POSTCOPY_MIB_PER_S_FIELD_NUMBER: _builtins.int
+    MIGRATION_URI_FIELD_NUMBER: _builtins.int
+    LISTEN_ADDRESS_FIELD_NUMBER: _builtins.int
+    GRAPHICS_URI_FIELD_NUMBER: _builtins.int
+    DISKS_FIELD_NUMBER: _builtins.int
+    DISKS_PORT_FIELD_NUMBER: _builtins.int
+    DISKS_URI_FIELD_NUMBER: _builtins.int
+    COMPRESSION_FIELD_NUMBER: _builtins.int
+    COMPRESSION_MT_LEVEL_FIELD_NUMBER: _builtins.int
+    COMPRESSION_MT_THREADS_FIELD_NUMBER: _builtins.int
+    COMPRESSION_MT_DTHREADS_FIELD_NUMBER: _builtins.int
+    COMPRESSION_XBZRLE_CACHE_BYTES_FIELD_NUMBER: _builtins.int
+    PARALLEL_CONNECTIONS_FIELD_NUMBER: _builtins.int
+    TLS_DESTINATION_FIELD_NUMBER: _builtins.int
+    AUTO_CONVERGE_INITIAL_FIELD_NUMBER: _builtins.int
+    AUTO_CONVERGE_INCREMENT_FIELD_NUMBER: _builtins.int
+    destination_name: _builtins.str
+    """The domain's name on the destination (dname)."""
+    destination_xml: _builtins.str
+    """Domain XML for the destination (only ABI-compatible changes)."""
+    persistent_xml: _builtins.str
+    """The persistent definition to store on the destination (persist_dest)."""
+    bandwidth_mib_per_s: _builtins.int
+    """MiB/s; 0: libvirt's default (no limit)."""
+    bandwidth_postcopy_mib_per_s: _builtins.int
+    """MiB/s once post-copy starts."""
+    migration_uri: _builtins.str
+    """Where the migration's data goes (for example tcp://host:49152), when
+    not where destination_uri says.
+    """
+    listen_address: _builtins.str
+    """The address the destination listens on for the data."""
+    graphics_uri: _builtins.str
+    """Where the destination's graphics clients are to reconnect."""
+    disks_port: _builtins.int
+    """The port of the destination's NBD server for disks; 0: libvirt's."""
+    disks_uri: _builtins.str
+    """The NBD server's URI for disks (tcp:// or unix://)."""
+    compression_mt_level: _builtins.int
+    """Multithread compression: level (0-9), threads, decompression threads."""
+    compression_mt_threads: _builtins.int
+    compression_mt_dthreads: _builtins.int
+    compression_xbzrle_cache_bytes: _builtins.int
+    """The XBZRLE page cache's size (bytes)."""
+    parallel_connections: _builtins.int
+    """With parallel: the number of connections."""
+    tls_destination: _builtins.str
+    """The host name the destination's TLS certificate must have."""
+    auto_converge_initial: _builtins.int
+    """With auto_converge: the initial CPU throttle and its increment (percent)."""
+    auto_converge_increment: _builtins.int
+    @_builtins.property
+    def disks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With non_shared_disk/inc: only these disks (target names such as vda)."""
+
+    @_builtins.property
+    def compression(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With compressed: the methods (xbzrle, mt, zlib, zstd)."""
+
+    def __init__(
+        self,
+        *,
+        destination_name: _builtins.str = ...,
+        destination_xml: _builtins.str = ...,
+        persistent_xml: _builtins.str = ...,
+        bandwidth_mib_per_s: _builtins.int = ...,
+        bandwidth_postcopy_mib_per_s: _builtins.int = ...,
+        migration_uri: _builtins.str = ...,
+        listen_address: _builtins.str = ...,
+        graphics_uri: _builtins.str = ...,
+        disks: _abc.Iterable[_builtins.str] | None = ...,
+        disks_port: _builtins.int = ...,
+        disks_uri: _builtins.str = ...,
+        compression: _abc.Iterable[_builtins.str] | None = ...,
+        compression_mt_level: _builtins.int | None = ...,
+        compression_mt_threads: _builtins.int | None = ...,
+        compression_mt_dthreads: _builtins.int | None = ...,
+        compression_xbzrle_cache_bytes: _builtins.int = ...,
+        parallel_connections: _builtins.int = ...,
+        tls_destination: _builtins.str = ...,
+        auto_converge_initial: _builtins.int | None = ...,
+        auto_converge_increment: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_auto_converge_increment", b"_auto_converge_increment", "_auto_converge_initial", b"_auto_converge_initial", "_compression_mt_dthreads", b"_compression_mt_dthreads", "_compression_mt_level", b"_compression_mt_level", "_compression_mt_threads", b"_compression_mt_threads", "auto_converge_increment", b"auto_converge_increment", "auto_converge_initial", b"auto_converge_initial", "compression_mt_dthreads", b"compression_mt_dthreads", "compression_mt_level", b"compression_mt_level", "compression_mt_threads", b"compression_mt_threads"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_auto_converge_increment", b"_auto_converge_increment", "_auto_converge_initial", b"_auto_converge_initial", "_compression_mt_dthreads", b"_compression_mt_dthreads", "_compression_mt_level", b"_compression_mt_level", "_compression_mt_threads", b"_compression_mt_threads", "auto_converge_increment", b"auto_converge_increment", "auto_converge_initial", b"auto_converge_initial", "bandwidth_mib_per_s", b"bandwidth_mib_per_s", "bandwidth_postcopy_mib_per_s", b"bandwidth_postcopy_mib_per_s", "compression", b"compression", "compression_mt_dthreads", b"compression_mt_dthreads", "compression_mt_level", b"compression_mt_level", "compression_mt_threads", b"compression_mt_threads", "compression_xbzrle_cache_bytes", b"compression_xbzrle_cache_bytes", "destination_name", b"destination_name", "destination_xml", b"destination_xml", "disks", b"disks", "disks_port", b"disks_port", "disks_uri", b"disks_uri", "graphics_uri", b"graphics_uri", "listen_address", b"listen_address", "migration_uri", b"migration_uri", "parallel_connections", b"parallel_connections", "persistent_xml", b"persistent_xml", "tls_destination", b"tls_destination"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__auto_converge_increment: _TypeAlias = _typing.Literal["auto_converge_increment"]  # noqa: Y015
+    _WhichOneofArgType__auto_converge_increment: _TypeAlias = _typing.Literal["_auto_converge_increment", b"_auto_converge_increment"]  # noqa: Y015
+    _WhichOneofReturnType__auto_converge_initial: _TypeAlias = _typing.Literal["auto_converge_initial"]  # noqa: Y015
+    _WhichOneofArgType__auto_converge_initial: _TypeAlias = _typing.Literal["_auto_converge_initial", b"_auto_converge_initial"]  # noqa: Y015
+    _WhichOneofReturnType__compression_mt_dthreads: _TypeAlias = _typing.Literal["compression_mt_dthreads"]  # noqa: Y015
+    _WhichOneofArgType__compression_mt_dthreads: _TypeAlias = _typing.Literal["_compression_mt_dthreads", b"_compression_mt_dthreads"]  # noqa: Y015
+    _WhichOneofReturnType__compression_mt_level: _TypeAlias = _typing.Literal["compression_mt_level"]  # noqa: Y015
+    _WhichOneofArgType__compression_mt_level: _TypeAlias = _typing.Literal["_compression_mt_level", b"_compression_mt_level"]  # noqa: Y015
+    _WhichOneofReturnType__compression_mt_threads: _TypeAlias = _typing.Literal["compression_mt_threads"]  # noqa: Y015
+    _WhichOneofArgType__compression_mt_threads: _TypeAlias = _typing.Literal["_compression_mt_threads", b"_compression_mt_threads"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__auto_converge_increment) -> _WhichOneofReturnType__auto_converge_increment | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__auto_converge_initial) -> _WhichOneofReturnType__auto_converge_initial | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__compression_mt_dthreads) -> _WhichOneofReturnType__compression_mt_dthreads | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__compression_mt_level) -> _WhichOneofReturnType__compression_mt_level | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__compression_mt_threads) -> _WhichOneofReturnType__compression_mt_threads | None: ...
+
+Global___MigrationParameters: _TypeAlias = MigrationParameters  # noqa: Y015
+
+@_typing.final
+class MigrateDomainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESTINATION_URI_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    LIVE_FIELD_NUMBER: _builtins.int
+    PEER2PEER_FIELD_NUMBER: _builtins.int
+    TUNNELLED_FIELD_NUMBER: _builtins.int
+    PERSIST_DEST_FIELD_NUMBER: _builtins.int
+    UNDEFINE_SOURCE_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    NON_SHARED_DISK_FIELD_NUMBER: _builtins.int
+    NON_SHARED_INC_FIELD_NUMBER: _builtins.int
+    UNSAFE_FIELD_NUMBER: _builtins.int
+    OFFLINE_FIELD_NUMBER: _builtins.int
+    COMPRESSED_FIELD_NUMBER: _builtins.int
+    ABORT_ON_ERROR_FIELD_NUMBER: _builtins.int
+    AUTO_CONVERGE_FIELD_NUMBER: _builtins.int
+    POSTCOPY_FIELD_NUMBER: _builtins.int
+    TLS_FIELD_NUMBER: _builtins.int
+    PARALLEL_FIELD_NUMBER: _builtins.int
+    CHANGE_PROTECTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    destination_uri: _builtins.str
+    """The destination's libvirt URI, for example qemu+ssh://host/system."""
+    live: _builtins.bool
+    """libvirt's virDomainMigrateFlags.
+    Migrate the running guest (else it is paused meanwhile).
+    """
+    peer2peer: _builtins.bool
+    """The source's libvirt connects to the destination (virDomainMigrateToURI3)."""
+    tunnelled: _builtins.bool
+    """Data through libvirt's own connection (with peer2peer)."""
+    persist_dest: _builtins.bool
+    """Define the domain persistently on the destination."""
+    undefine_source: _builtins.bool
+    """Undefine it here once migrated."""
+    paused: _builtins.bool
+    """Leave it paused on the destination."""
+    non_shared_disk: _builtins.bool
+    """Copy all disks (non_shared_disk) or their top layer (non_shared_inc)."""
+    non_shared_inc: _builtins.bool
+    unsafe: _builtins.bool
+    """Skip libvirt's safety checks (disk caches)."""
+    offline: _builtins.bool
+    """Only the definition, of a domain that is not running."""
+    compressed: _builtins.bool
+    abort_on_error: _builtins.bool
+    """Abort on an I/O error during the migration."""
+    auto_converge: _builtins.bool
+    """Throttle the guest's vCPUs if the migration does not converge."""
+    postcopy: _builtins.bool
+    """Allow StartDomainMigrationPostCopy to switch to post-copy."""
+    tls: _builtins.bool
+    """Encrypt the data with TLS."""
+    parallel: _builtins.bool
+    """Several connections (parameters.parallel_connections)."""
+    change_protection: _builtins.bool
+    """Keep the domain from being started elsewhere meanwhile."""
+    @_builtins.property
+    def parameters(self) -> Global___MigrationParameters: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        destination_uri: _builtins.str = ...,
+        parameters: Global___MigrationParameters | None = ...,
+        live: _builtins.bool = ...,
+        peer2peer: _builtins.bool = ...,
+        tunnelled: _builtins.bool = ...,
+        persist_dest: _builtins.bool = ...,
+        undefine_source: _builtins.bool = ...,
+        paused: _builtins.bool = ...,
+        non_shared_disk: _builtins.bool = ...,
+        non_shared_inc: _builtins.bool = ...,
+        unsafe: _builtins.bool = ...,
+        offline: _builtins.bool = ...,
+        compressed: _builtins.bool = ...,
+        abort_on_error: _builtins.bool = ...,
+        auto_converge: _builtins.bool = ...,
+        postcopy: _builtins.bool = ...,
+        tls: _builtins.bool = ...,
+        parallel: _builtins.bool = ...,
+        change_protection: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_on_error", b"abort_on_error", "auto_converge", b"auto_converge", "change_protection", b"change_protection", "compressed", b"compressed", "destination_uri", b"destination_uri", "live", b"live", "name", b"name", "non_shared_disk", b"non_shared_disk", "non_shared_inc", b"non_shared_inc", "offline", b"offline", "parallel", b"parallel", "parameters", b"parameters", "paused", b"paused", "peer2peer", b"peer2peer", "persist_dest", b"persist_dest", "postcopy", b"postcopy", "tls", b"tls", "tunnelled", b"tunnelled", "undefine_source", b"undefine_source", "unsafe", b"unsafe"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrateDomainRequest: _TypeAlias = MigrateDomainRequest  # noqa: Y015
+
+@_typing.final
+class MigrateDomainResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrateDomainResponse: _TypeAlias = MigrateDomainResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainMigrationMaxSpeedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    POSTCOPY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    postcopy: _builtins.bool
+    """The post-copy phase's limit instead."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        postcopy: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "postcopy", b"postcopy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMigrationMaxSpeedRequest: _TypeAlias = GetDomainMigrationMaxSpeedRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainMigrationMaxSpeedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BANDWIDTH_MIB_PER_S_FIELD_NUMBER: _builtins.int
+    bandwidth_mib_per_s: _builtins.int
+    def __init__(
+        self,
+        *,
+        bandwidth_mib_per_s: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_mib_per_s", b"bandwidth_mib_per_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMigrationMaxSpeedResponse: _TypeAlias = GetDomainMigrationMaxSpeedResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainMigrationMaxSpeedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    BANDWIDTH_MIB_PER_S_FIELD_NUMBER: _builtins.int
+    POSTCOPY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    bandwidth_mib_per_s: _builtins.int
+    """MiB/s."""
+    postcopy: _builtins.bool
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        bandwidth_mib_per_s: _builtins.int = ...,
+        postcopy: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_mib_per_s", b"bandwidth_mib_per_s", "name", b"name", "postcopy", b"postcopy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainMigrationMaxSpeedRequest: _TypeAlias = SetDomainMigrationMaxSpeedRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainMigrationMaxSpeedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainMigrationMaxSpeedResponse: _TypeAlias = SetDomainMigrationMaxSpeedResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainMigrationMaxDowntimeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMigrationMaxDowntimeRequest: _TypeAlias = GetDomainMigrationMaxDowntimeRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainMigrationMaxDowntimeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOWNTIME_MS_FIELD_NUMBER: _builtins.int
+    downtime_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        downtime_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["downtime_ms", b"downtime_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMigrationMaxDowntimeResponse: _TypeAlias = GetDomainMigrationMaxDowntimeResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainMigrationMaxDowntimeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DOWNTIME_MS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    downtime_ms: _builtins.int
+    """At least 1."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        downtime_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["downtime_ms", b"downtime_ms", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainMigrationMaxDowntimeRequest: _TypeAlias = SetDomainMigrationMaxDowntimeRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainMigrationMaxDowntimeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainMigrationMaxDowntimeResponse: _TypeAlias = SetDomainMigrationMaxDowntimeResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainMigrationCompressionCacheRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMigrationCompressionCacheRequest: _TypeAlias = GetDomainMigrationCompressionCacheRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainMigrationCompressionCacheResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CACHE_BYTES_FIELD_NUMBER: _builtins.int
+    cache_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        cache_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_bytes", b"cache_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainMigrationCompressionCacheResponse: _TypeAlias = GetDomainMigrationCompressionCacheResponse  # noqa: Y015
+
+@_typing.final
+class SetDomainMigrationCompressionCacheRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CACHE_BYTES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    cache_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        cache_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_bytes", b"cache_bytes", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainMigrationCompressionCacheRequest: _TypeAlias = SetDomainMigrationCompressionCacheRequest  # noqa: Y015
+
+@_typing.final
+class SetDomainMigrationCompressionCacheResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDomainMigrationCompressionCacheResponse: _TypeAlias = SetDomainMigrationCompressionCacheResponse  # noqa: Y015
+
+@_typing.final
+class StartDomainMigrationPostCopyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartDomainMigrationPostCopyRequest: _TypeAlias = StartDomainMigrationPostCopyRequest  # noqa: Y015
+
+@_typing.final
+class StartDomainMigrationPostCopyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartDomainMigrationPostCopyResponse: _TypeAlias = StartDomainMigrationPostCopyResponse  # noqa: Y015
+
+@_typing.final
+class UpdateDeviceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    XML_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    xml: _builtins.str
+    """The device's new XML, for example a <disk device='cdrom'> with another
+    <source>, or an <interface> with <link state='down'/>.
+    """
+    force: _builtins.bool
+    """Force the change (a locked CD-ROM tray is opened anyway)."""
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        xml: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+        force: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "name", b"name", "scope", b"scope", "xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateDeviceRequest: _TypeAlias = UpdateDeviceRequest  # noqa: Y015
+
+@_typing.final
+class UpdateDeviceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateDeviceResponse: _TypeAlias = UpdateDeviceResponse  # noqa: Y015
+
+@_typing.final
+class DetachDeviceAliasRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    alias: _builtins.str
+    """The device's alias, for example "ua-disk1" or "net0"."""
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "name", b"name", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DetachDeviceAliasRequest: _TypeAlias = DetachDeviceAliasRequest  # noqa: Y015
+
+@_typing.final
+class DetachDeviceAliasResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DetachDeviceAliasResponse: _TypeAlias = DetachDeviceAliasResponse  # noqa: Y015
+
+@_typing.final
+class QemuAgentCommandRequest(_message.Message):
+    """-- QEMU passthrough ---------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    command: _builtins.str
+    """A guest agent command, JSON: for example {"execute":"guest-ping"}."""
+    timeout_seconds: _builtins.int
+    """Seconds to wait for the answer; 0 does not wait. Unset: the agent's
+    timeout (SetAgentResponseTimeout). At most 300.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        command: _builtins.str = ...,
+        timeout_seconds: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_timeout_seconds", b"_timeout_seconds", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_timeout_seconds", b"_timeout_seconds", "command", b"command", "name", b"name", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__timeout_seconds: _TypeAlias = _typing.Literal["timeout_seconds"]  # noqa: Y015
+    _WhichOneofArgType__timeout_seconds: _TypeAlias = _typing.Literal["_timeout_seconds", b"_timeout_seconds"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__timeout_seconds) -> _WhichOneofReturnType__timeout_seconds | None: ...
+
+Global___QemuAgentCommandRequest: _TypeAlias = QemuAgentCommandRequest  # noqa: Y015
+
+@_typing.final
+class QemuAgentCommandResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    result: _builtins.str
+    """The agent's answer, JSON: for example {"return":{}}."""
+    def __init__(
+        self,
+        *,
+        result: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QemuAgentCommandResponse: _TypeAlias = QemuAgentCommandResponse  # noqa: Y015
+
+@_typing.final
+class QemuMonitorCommandRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    HMP_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    command: _builtins.str
+    """QMP, JSON: for example {"execute":"query-status"}; or with hmp, a human
+    monitor command line such as "info status".
+    """
+    hmp: _builtins.bool
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        command: _builtins.str = ...,
+        hmp: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "hmp", b"hmp", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QemuMonitorCommandRequest: _TypeAlias = QemuMonitorCommandRequest  # noqa: Y015
+
+@_typing.final
+class QemuMonitorCommandResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    result: _builtins.str
+    """QEMU's answer: JSON for QMP, text for HMP."""
+    def __init__(
+        self,
+        *,
+        result: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QemuMonitorCommandResponse: _TypeAlias = QemuMonitorCommandResponse  # noqa: Y015
+
+@_typing.final
+class WatchQemuMonitorEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """One domain's events; empty: every domain's."""
+    event: _builtins.str
+    """Only the events of this name (QMP's, such as "STOP"); empty: all."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        event: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchQemuMonitorEventsRequest: _TypeAlias = WatchQemuMonitorEventsRequest  # noqa: Y015
+
+@_typing.final
+class WatchQemuMonitorEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    UUID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The domain's name and UUID."""
+    uuid: _builtins.str
+    event: _builtins.str
+    """The QMP event's name, such as "STOP" or "RESUME"."""
+    details: _builtins.str
+    """Its "data" member, JSON; empty when it has none."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When QEMU emitted it."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        uuid: _builtins.str = ...,
+        event: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        details: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "event", b"event", "name", b"name", "time", b"time", "uuid", b"uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchQemuMonitorEventsResponse: _TypeAlias = WatchQemuMonitorEventsResponse  # noqa: Y015

@@ -743,6 +743,71 @@ class ComputeServiceStub:
                 request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.StartDomainDirtyRateCalcRequest.SerializeToString,
                 response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.StartDomainDirtyRateCalcResponse.FromString,
                 _registered_method=True)
+        self.MigrateDomain = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/MigrateDomain',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.MigrateDomainRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.MigrateDomainResponse.FromString,
+                _registered_method=True)
+        self.GetDomainMigrationMaxSpeed = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainMigrationMaxSpeed',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMigrationMaxSpeedRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMigrationMaxSpeedResponse.FromString,
+                _registered_method=True)
+        self.SetDomainMigrationMaxSpeed = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainMigrationMaxSpeed',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMigrationMaxSpeedRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMigrationMaxSpeedResponse.FromString,
+                _registered_method=True)
+        self.GetDomainMigrationMaxDowntime = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainMigrationMaxDowntime',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMigrationMaxDowntimeRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMigrationMaxDowntimeResponse.FromString,
+                _registered_method=True)
+        self.SetDomainMigrationMaxDowntime = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainMigrationMaxDowntime',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMigrationMaxDowntimeRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMigrationMaxDowntimeResponse.FromString,
+                _registered_method=True)
+        self.GetDomainMigrationCompressionCache = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetDomainMigrationCompressionCache',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMigrationCompressionCacheRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMigrationCompressionCacheResponse.FromString,
+                _registered_method=True)
+        self.SetDomainMigrationCompressionCache = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/SetDomainMigrationCompressionCache',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMigrationCompressionCacheRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMigrationCompressionCacheResponse.FromString,
+                _registered_method=True)
+        self.StartDomainMigrationPostCopy = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/StartDomainMigrationPostCopy',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.StartDomainMigrationPostCopyRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.StartDomainMigrationPostCopyResponse.FromString,
+                _registered_method=True)
+        self.UpdateDevice = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/UpdateDevice',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.UpdateDeviceRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.UpdateDeviceResponse.FromString,
+                _registered_method=True)
+        self.DetachDeviceAlias = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/DetachDeviceAlias',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DetachDeviceAliasRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DetachDeviceAliasResponse.FromString,
+                _registered_method=True)
+        self.QemuAgentCommand = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/QemuAgentCommand',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuAgentCommandRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuAgentCommandResponse.FromString,
+                _registered_method=True)
+        self.QemuMonitorCommand = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/QemuMonitorCommand',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuMonitorCommandRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuMonitorCommandResponse.FromString,
+                _registered_method=True)
+        self.WatchQemuMonitorEvents = channel.unary_stream(
+                '/virtmesh.compute.v1.ComputeService/WatchQemuMonitorEvents',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchQemuMonitorEventsRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchQemuMonitorEventsResponse.FromString,
+                _registered_method=True)
 
 
 class ComputeServiceServicer:
@@ -2181,6 +2246,168 @@ class ComputeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MigrateDomain(self, request, context):
+        """-- Migration ------------------------------------------------------------
+        A migration is a long job, as SaveDomain's: GetDomainJobInfo follows it
+        (operation OUTGOING_MIGRATION), AbortDomainJob aborts it, and a caller who
+        cancels or whose deadline passes has it aborted (the guest runs on here).
+
+        Migrates a domain to another libvirt host. With peer2peer (or tunnelled)
+        this libvirt connects to destination_uri itself (virDomainMigrateToURI3);
+        without, the service opens destination_uri and drives both sides
+        (virDomainMigrate3). destination_uri must be a qemu libvirt URI, local
+        or over ssh, libssh, libssh2, tcp, tls or unix, naming /system or
+        /session, without query parameters.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed or disallowed
+        destination_uri, conflicting flags or bad parameters (invalid XML, a
+        disk named twice), or a destination libvirt refuses (this same host);
+        FAILED_PRECONDITION when the domain is not running (and offline is not
+        asked) or libvirt refuses the migration (unsafe storage); UNAVAILABLE
+        when the destination cannot be reached (reason DESTINATION_UNREACHABLE
+        when the service itself could not open it: a service running QEMU
+        embedded has no driver for a direct migration); CANCELLED or
+        DEADLINE_EXCEEDED when the call ended first (the job was aborted and the
+        guest runs on).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainMigrationMaxSpeed(self, request, context):
+        """The bandwidth limit of the domain's migrations (MiB/s; pre-copy, or
+        post-copy with postcopy).
+        Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no such limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainMigrationMaxSpeed(self, request, context):
+        """Sets the bandwidth limit of the domain's migrations, also during one.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a bandwidth above libvirt's
+        maximum; UNIMPLEMENTED when the driver has no such limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainMigrationMaxDowntime(self, request, context):
+        """The longest pause a live migration may make at its end (ms).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+        UNIMPLEMENTED when the driver cannot say.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainMigrationMaxDowntime(self, request, context):
+        """Sets the longest pause a live migration may make at its end.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for 0; FAILED_PRECONDITION when the
+        domain is not running; UNIMPLEMENTED when the driver cannot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainMigrationCompressionCache(self, request, context):
+        """The size of the XBZRLE page cache compressed migrations use (bytes).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+        UNIMPLEMENTED when the driver cannot say.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDomainMigrationCompressionCache(self, request, context):
+        """Sets the size of the XBZRLE page cache.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for 0 or a size QEMU refuses (not a
+        power of two, too small or too large); FAILED_PRECONDITION when the
+        domain is not running; UNIMPLEMENTED when the driver cannot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartDomainMigrationPostCopy(self, request, context):
+        """Switches the domain's running migration (started with postcopy) to
+        post-copy: the guest runs on the destination from now on.
+        Errors: NOT_FOUND; FAILED_PRECONDITION when no migration runs or it was
+        not started with postcopy; UNIMPLEMENTED when the driver cannot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateDevice(self, request, context):
+        """-- Device updates ----------------------------------------------------------
+
+        Changes a device in place, described by XML and matched by its target or
+        alias: for example a CD-ROM's media or an interface's link state.
+        Errors: NOT_FOUND for an unknown domain or no matching device;
+        INVALID_ARGUMENT for malformed device XML; FAILED_PRECONDITION for a
+        live change on an inactive domain; UNIMPLEMENTED when the driver cannot
+        change that device (or that property of it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DetachDeviceAlias(self, request, context):
+        """Detaches the device with a user or libvirt alias (such as "ua-disk1" or
+        "net0"), live and/or in config. Live, the guest is asked to release it:
+        the call returns once asked; a DEVICE_REMOVED event says when it is gone.
+        Errors: NOT_FOUND for an unknown domain or alias; INVALID_ARGUMENT for an
+        empty or malformed alias; FAILED_PRECONDITION for a live change on an
+        inactive domain; UNIMPLEMENTED when the driver cannot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QemuAgentCommand(self, request, context):
+        """-- QEMU passthrough (libvirt-qemu) ----------------------------------------
+        libvirt calls these unsupported: a command may change the guest behind
+        libvirt's back, and libvirt marks the domain tainted (custom-monitor,
+        custom-ga-command).
+
+        Sends one command to the guest agent and returns its answer, as JSON
+        text (virDomainQemuAgentCommand).
+        Errors: NOT_FOUND; INVALID_ARGUMENT when command is not a JSON object
+        with an "execute" member or is too long, timeout_seconds is above 300,
+        or the agent answers with an error (reason AGENT_COMMAND_FAILED: an
+        unknown command, bad arguments); FAILED_PRECONDITION when the domain is
+        not running or has no agent channel; UNAVAILABLE or DEADLINE_EXCEEDED
+        when the agent does not answer in time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QemuMonitorCommand(self, request, context):
+        """Sends one command to the domain's QEMU monitor: QMP (a JSON object with
+        "execute"), or HMP text with hmp. Returns QEMU's answer as libvirt hands
+        it back: QEMU's own error answer (such as CommandNotFound) is a result.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a command that is not a JSON
+        object (QMP), not one line of text (HMP) or too long;
+        FAILED_PRECONDITION when the domain is not running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchQemuMonitorEvents(self, request, context):
+        """Streams the QMP events QEMU emits (every one, or those named event) of
+        one domain or all, until the client cancels. Unlike WatchDomainEvents'
+        events these are not numbered and cannot be resumed: a watcher sees
+        what happens while it watches.
+        Errors: NOT_FOUND for an unknown domain; INVALID_ARGUMENT for a
+        malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
+        behind; UNAVAILABLE when the libvirt connection is lost.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ComputeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -2883,6 +3110,71 @@ def add_ComputeServiceServicer_to_server(servicer, server):
                     servicer.StartDomainDirtyRateCalc,
                     request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.StartDomainDirtyRateCalcRequest.FromString,
                     response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.StartDomainDirtyRateCalcResponse.SerializeToString,
+            ),
+            'MigrateDomain': grpc.unary_unary_rpc_method_handler(
+                    servicer.MigrateDomain,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.MigrateDomainRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.MigrateDomainResponse.SerializeToString,
+            ),
+            'GetDomainMigrationMaxSpeed': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainMigrationMaxSpeed,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMigrationMaxSpeedRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMigrationMaxSpeedResponse.SerializeToString,
+            ),
+            'SetDomainMigrationMaxSpeed': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainMigrationMaxSpeed,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMigrationMaxSpeedRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMigrationMaxSpeedResponse.SerializeToString,
+            ),
+            'GetDomainMigrationMaxDowntime': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainMigrationMaxDowntime,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMigrationMaxDowntimeRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMigrationMaxDowntimeResponse.SerializeToString,
+            ),
+            'SetDomainMigrationMaxDowntime': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainMigrationMaxDowntime,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMigrationMaxDowntimeRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMigrationMaxDowntimeResponse.SerializeToString,
+            ),
+            'GetDomainMigrationCompressionCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainMigrationCompressionCache,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMigrationCompressionCacheRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMigrationCompressionCacheResponse.SerializeToString,
+            ),
+            'SetDomainMigrationCompressionCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDomainMigrationCompressionCache,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMigrationCompressionCacheRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMigrationCompressionCacheResponse.SerializeToString,
+            ),
+            'StartDomainMigrationPostCopy': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartDomainMigrationPostCopy,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.StartDomainMigrationPostCopyRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.StartDomainMigrationPostCopyResponse.SerializeToString,
+            ),
+            'UpdateDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateDevice,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.UpdateDeviceRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.UpdateDeviceResponse.SerializeToString,
+            ),
+            'DetachDeviceAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.DetachDeviceAlias,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DetachDeviceAliasRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DetachDeviceAliasResponse.SerializeToString,
+            ),
+            'QemuAgentCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.QemuAgentCommand,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuAgentCommandRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuAgentCommandResponse.SerializeToString,
+            ),
+            'QemuMonitorCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.QemuMonitorCommand,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuMonitorCommandRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuMonitorCommandResponse.SerializeToString,
+            ),
+            'WatchQemuMonitorEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchQemuMonitorEvents,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchQemuMonitorEventsRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchQemuMonitorEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -6674,6 +6966,357 @@ class ComputeService:
             '/virtmesh.compute.v1.ComputeService/StartDomainDirtyRateCalc',
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.StartDomainDirtyRateCalcRequest.SerializeToString,
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.StartDomainDirtyRateCalcResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MigrateDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/MigrateDomain',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.MigrateDomainRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.MigrateDomainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainMigrationMaxSpeed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainMigrationMaxSpeed',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMigrationMaxSpeedRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMigrationMaxSpeedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainMigrationMaxSpeed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainMigrationMaxSpeed',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMigrationMaxSpeedRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMigrationMaxSpeedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainMigrationMaxDowntime(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainMigrationMaxDowntime',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMigrationMaxDowntimeRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMigrationMaxDowntimeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainMigrationMaxDowntime(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainMigrationMaxDowntime',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMigrationMaxDowntimeRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMigrationMaxDowntimeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainMigrationCompressionCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetDomainMigrationCompressionCache',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMigrationCompressionCacheRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainMigrationCompressionCacheResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDomainMigrationCompressionCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/SetDomainMigrationCompressionCache',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMigrationCompressionCacheRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.SetDomainMigrationCompressionCacheResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartDomainMigrationPostCopy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/StartDomainMigrationPostCopy',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.StartDomainMigrationPostCopyRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.StartDomainMigrationPostCopyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/UpdateDevice',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.UpdateDeviceRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.UpdateDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DetachDeviceAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/DetachDeviceAlias',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DetachDeviceAliasRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DetachDeviceAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QemuAgentCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/QemuAgentCommand',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuAgentCommandRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuAgentCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QemuMonitorCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/QemuMonitorCommand',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuMonitorCommandRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.QemuMonitorCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchQemuMonitorEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/WatchQemuMonitorEvents',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchQemuMonitorEventsRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchQemuMonitorEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -900,6 +900,116 @@ class ComputeServiceStub:
     so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
     where the driver cannot, or for dirty_ring without KVM's dirty ring.
     """
+    MigrateDomain: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.MigrateDomainRequest, _compute_service_pb2.MigrateDomainResponse]
+    """-- Migration ------------------------------------------------------------
+    A migration is a long job, as SaveDomain's: GetDomainJobInfo follows it
+    (operation OUTGOING_MIGRATION), AbortDomainJob aborts it, and a caller who
+    cancels or whose deadline passes has it aborted (the guest runs on here).
+
+    Migrates a domain to another libvirt host. With peer2peer (or tunnelled)
+    this libvirt connects to destination_uri itself (virDomainMigrateToURI3);
+    without, the service opens destination_uri and drives both sides
+    (virDomainMigrate3). destination_uri must be a qemu libvirt URI, local
+    or over ssh, libssh, libssh2, tcp, tls or unix, naming /system or
+    /session, without query parameters.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed or disallowed
+    destination_uri, conflicting flags or bad parameters (invalid XML, a
+    disk named twice), or a destination libvirt refuses (this same host);
+    FAILED_PRECONDITION when the domain is not running (and offline is not
+    asked) or libvirt refuses the migration (unsafe storage); UNAVAILABLE
+    when the destination cannot be reached (reason DESTINATION_UNREACHABLE
+    when the service itself could not open it: a service running QEMU
+    embedded has no driver for a direct migration); CANCELLED or
+    DEADLINE_EXCEEDED when the call ended first (the job was aborted and the
+    guest runs on).
+    """
+    GetDomainMigrationMaxSpeed: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainMigrationMaxSpeedRequest, _compute_service_pb2.GetDomainMigrationMaxSpeedResponse]
+    """The bandwidth limit of the domain's migrations (MiB/s; pre-copy, or
+    post-copy with postcopy).
+    Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no such limit.
+    """
+    SetDomainMigrationMaxSpeed: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainMigrationMaxSpeedRequest, _compute_service_pb2.SetDomainMigrationMaxSpeedResponse]
+    """Sets the bandwidth limit of the domain's migrations, also during one.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a bandwidth above libvirt's
+    maximum; UNIMPLEMENTED when the driver has no such limit.
+    """
+    GetDomainMigrationMaxDowntime: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainMigrationMaxDowntimeRequest, _compute_service_pb2.GetDomainMigrationMaxDowntimeResponse]
+    """The longest pause a live migration may make at its end (ms).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+    UNIMPLEMENTED when the driver cannot say.
+    """
+    SetDomainMigrationMaxDowntime: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainMigrationMaxDowntimeRequest, _compute_service_pb2.SetDomainMigrationMaxDowntimeResponse]
+    """Sets the longest pause a live migration may make at its end.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for 0; FAILED_PRECONDITION when the
+    domain is not running; UNIMPLEMENTED when the driver cannot.
+    """
+    GetDomainMigrationCompressionCache: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainMigrationCompressionCacheRequest, _compute_service_pb2.GetDomainMigrationCompressionCacheResponse]
+    """The size of the XBZRLE page cache compressed migrations use (bytes).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+    UNIMPLEMENTED when the driver cannot say.
+    """
+    SetDomainMigrationCompressionCache: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainMigrationCompressionCacheRequest, _compute_service_pb2.SetDomainMigrationCompressionCacheResponse]
+    """Sets the size of the XBZRLE page cache.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for 0 or a size QEMU refuses (not a
+    power of two, too small or too large); FAILED_PRECONDITION when the
+    domain is not running; UNIMPLEMENTED when the driver cannot.
+    """
+    StartDomainMigrationPostCopy: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.StartDomainMigrationPostCopyRequest, _compute_service_pb2.StartDomainMigrationPostCopyResponse]
+    """Switches the domain's running migration (started with postcopy) to
+    post-copy: the guest runs on the destination from now on.
+    Errors: NOT_FOUND; FAILED_PRECONDITION when no migration runs or it was
+    not started with postcopy; UNIMPLEMENTED when the driver cannot.
+    """
+    UpdateDevice: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.UpdateDeviceRequest, _compute_service_pb2.UpdateDeviceResponse]
+    """-- Device updates ----------------------------------------------------------
+
+    Changes a device in place, described by XML and matched by its target or
+    alias: for example a CD-ROM's media or an interface's link state.
+    Errors: NOT_FOUND for an unknown domain or no matching device;
+    INVALID_ARGUMENT for malformed device XML; FAILED_PRECONDITION for a
+    live change on an inactive domain; UNIMPLEMENTED when the driver cannot
+    change that device (or that property of it).
+    """
+    DetachDeviceAlias: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.DetachDeviceAliasRequest, _compute_service_pb2.DetachDeviceAliasResponse]
+    """Detaches the device with a user or libvirt alias (such as "ua-disk1" or
+    "net0"), live and/or in config. Live, the guest is asked to release it:
+    the call returns once asked; a DEVICE_REMOVED event says when it is gone.
+    Errors: NOT_FOUND for an unknown domain or alias; INVALID_ARGUMENT for an
+    empty or malformed alias; FAILED_PRECONDITION for a live change on an
+    inactive domain; UNIMPLEMENTED when the driver cannot.
+    """
+    QemuAgentCommand: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.QemuAgentCommandRequest, _compute_service_pb2.QemuAgentCommandResponse]
+    """-- QEMU passthrough (libvirt-qemu) ----------------------------------------
+    libvirt calls these unsupported: a command may change the guest behind
+    libvirt's back, and libvirt marks the domain tainted (custom-monitor,
+    custom-ga-command).
+
+    Sends one command to the guest agent and returns its answer, as JSON
+    text (virDomainQemuAgentCommand).
+    Errors: NOT_FOUND; INVALID_ARGUMENT when command is not a JSON object
+    with an "execute" member or is too long, timeout_seconds is above 300,
+    or the agent answers with an error (reason AGENT_COMMAND_FAILED: an
+    unknown command, bad arguments); FAILED_PRECONDITION when the domain is
+    not running or has no agent channel; UNAVAILABLE or DEADLINE_EXCEEDED
+    when the agent does not answer in time.
+    """
+    QemuMonitorCommand: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.QemuMonitorCommandRequest, _compute_service_pb2.QemuMonitorCommandResponse]
+    """Sends one command to the domain's QEMU monitor: QMP (a JSON object with
+    "execute"), or HMP text with hmp. Returns QEMU's answer as libvirt hands
+    it back: QEMU's own error answer (such as CommandNotFound) is a result.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a command that is not a JSON
+    object (QMP), not one line of text (HMP) or too long;
+    FAILED_PRECONDITION when the domain is not running.
+    """
+    WatchQemuMonitorEvents: _grpc.UnaryStreamMultiCallable[_compute_service_pb2.WatchQemuMonitorEventsRequest, _compute_service_pb2.WatchQemuMonitorEventsResponse]
+    """Streams the QMP events QEMU emits (every one, or those named event) of
+    one domain or all, until the client cancels. Unlike WatchDomainEvents'
+    events these are not numbered and cannot be resumed: a watcher sees
+    what happens while it watches.
+    Errors: NOT_FOUND for an unknown domain; INVALID_ARGUMENT for a
+    malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
+    behind; UNAVAILABLE when the libvirt connection is lost.
+    """
 
 @_typing.type_check_only
 class ComputeServiceAsyncStub(ComputeServiceStub):
@@ -1772,6 +1882,116 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     or for dirty_bitmap on a TCG guest (type 'qemu': QEMU crashes measuring
     so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
     where the driver cannot, or for dirty_ring without KVM's dirty ring.
+    """
+    MigrateDomain: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.MigrateDomainRequest, _compute_service_pb2.MigrateDomainResponse]  # type: ignore[assignment]
+    """-- Migration ------------------------------------------------------------
+    A migration is a long job, as SaveDomain's: GetDomainJobInfo follows it
+    (operation OUTGOING_MIGRATION), AbortDomainJob aborts it, and a caller who
+    cancels or whose deadline passes has it aborted (the guest runs on here).
+
+    Migrates a domain to another libvirt host. With peer2peer (or tunnelled)
+    this libvirt connects to destination_uri itself (virDomainMigrateToURI3);
+    without, the service opens destination_uri and drives both sides
+    (virDomainMigrate3). destination_uri must be a qemu libvirt URI, local
+    or over ssh, libssh, libssh2, tcp, tls or unix, naming /system or
+    /session, without query parameters.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed or disallowed
+    destination_uri, conflicting flags or bad parameters (invalid XML, a
+    disk named twice), or a destination libvirt refuses (this same host);
+    FAILED_PRECONDITION when the domain is not running (and offline is not
+    asked) or libvirt refuses the migration (unsafe storage); UNAVAILABLE
+    when the destination cannot be reached (reason DESTINATION_UNREACHABLE
+    when the service itself could not open it: a service running QEMU
+    embedded has no driver for a direct migration); CANCELLED or
+    DEADLINE_EXCEEDED when the call ended first (the job was aborted and the
+    guest runs on).
+    """
+    GetDomainMigrationMaxSpeed: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainMigrationMaxSpeedRequest, _compute_service_pb2.GetDomainMigrationMaxSpeedResponse]  # type: ignore[assignment]
+    """The bandwidth limit of the domain's migrations (MiB/s; pre-copy, or
+    post-copy with postcopy).
+    Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no such limit.
+    """
+    SetDomainMigrationMaxSpeed: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainMigrationMaxSpeedRequest, _compute_service_pb2.SetDomainMigrationMaxSpeedResponse]  # type: ignore[assignment]
+    """Sets the bandwidth limit of the domain's migrations, also during one.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a bandwidth above libvirt's
+    maximum; UNIMPLEMENTED when the driver has no such limit.
+    """
+    GetDomainMigrationMaxDowntime: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainMigrationMaxDowntimeRequest, _compute_service_pb2.GetDomainMigrationMaxDowntimeResponse]  # type: ignore[assignment]
+    """The longest pause a live migration may make at its end (ms).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+    UNIMPLEMENTED when the driver cannot say.
+    """
+    SetDomainMigrationMaxDowntime: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainMigrationMaxDowntimeRequest, _compute_service_pb2.SetDomainMigrationMaxDowntimeResponse]  # type: ignore[assignment]
+    """Sets the longest pause a live migration may make at its end.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for 0; FAILED_PRECONDITION when the
+    domain is not running; UNIMPLEMENTED when the driver cannot.
+    """
+    GetDomainMigrationCompressionCache: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainMigrationCompressionCacheRequest, _compute_service_pb2.GetDomainMigrationCompressionCacheResponse]  # type: ignore[assignment]
+    """The size of the XBZRLE page cache compressed migrations use (bytes).
+    Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+    UNIMPLEMENTED when the driver cannot say.
+    """
+    SetDomainMigrationCompressionCache: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.SetDomainMigrationCompressionCacheRequest, _compute_service_pb2.SetDomainMigrationCompressionCacheResponse]  # type: ignore[assignment]
+    """Sets the size of the XBZRLE page cache.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for 0 or a size QEMU refuses (not a
+    power of two, too small or too large); FAILED_PRECONDITION when the
+    domain is not running; UNIMPLEMENTED when the driver cannot.
+    """
+    StartDomainMigrationPostCopy: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.StartDomainMigrationPostCopyRequest, _compute_service_pb2.StartDomainMigrationPostCopyResponse]  # type: ignore[assignment]
+    """Switches the domain's running migration (started with postcopy) to
+    post-copy: the guest runs on the destination from now on.
+    Errors: NOT_FOUND; FAILED_PRECONDITION when no migration runs or it was
+    not started with postcopy; UNIMPLEMENTED when the driver cannot.
+    """
+    UpdateDevice: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.UpdateDeviceRequest, _compute_service_pb2.UpdateDeviceResponse]  # type: ignore[assignment]
+    """-- Device updates ----------------------------------------------------------
+
+    Changes a device in place, described by XML and matched by its target or
+    alias: for example a CD-ROM's media or an interface's link state.
+    Errors: NOT_FOUND for an unknown domain or no matching device;
+    INVALID_ARGUMENT for malformed device XML; FAILED_PRECONDITION for a
+    live change on an inactive domain; UNIMPLEMENTED when the driver cannot
+    change that device (or that property of it).
+    """
+    DetachDeviceAlias: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.DetachDeviceAliasRequest, _compute_service_pb2.DetachDeviceAliasResponse]  # type: ignore[assignment]
+    """Detaches the device with a user or libvirt alias (such as "ua-disk1" or
+    "net0"), live and/or in config. Live, the guest is asked to release it:
+    the call returns once asked; a DEVICE_REMOVED event says when it is gone.
+    Errors: NOT_FOUND for an unknown domain or alias; INVALID_ARGUMENT for an
+    empty or malformed alias; FAILED_PRECONDITION for a live change on an
+    inactive domain; UNIMPLEMENTED when the driver cannot.
+    """
+    QemuAgentCommand: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.QemuAgentCommandRequest, _compute_service_pb2.QemuAgentCommandResponse]  # type: ignore[assignment]
+    """-- QEMU passthrough (libvirt-qemu) ----------------------------------------
+    libvirt calls these unsupported: a command may change the guest behind
+    libvirt's back, and libvirt marks the domain tainted (custom-monitor,
+    custom-ga-command).
+
+    Sends one command to the guest agent and returns its answer, as JSON
+    text (virDomainQemuAgentCommand).
+    Errors: NOT_FOUND; INVALID_ARGUMENT when command is not a JSON object
+    with an "execute" member or is too long, timeout_seconds is above 300,
+    or the agent answers with an error (reason AGENT_COMMAND_FAILED: an
+    unknown command, bad arguments); FAILED_PRECONDITION when the domain is
+    not running or has no agent channel; UNAVAILABLE or DEADLINE_EXCEEDED
+    when the agent does not answer in time.
+    """
+    QemuMonitorCommand: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.QemuMonitorCommandRequest, _compute_service_pb2.QemuMonitorCommandResponse]  # type: ignore[assignment]
+    """Sends one command to the domain's QEMU monitor: QMP (a JSON object with
+    "execute"), or HMP text with hmp. Returns QEMU's answer as libvirt hands
+    it back: QEMU's own error answer (such as CommandNotFound) is a result.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a command that is not a JSON
+    object (QMP), not one line of text (HMP) or too long;
+    FAILED_PRECONDITION when the domain is not running.
+    """
+    WatchQemuMonitorEvents: _aio.UnaryStreamMultiCallable[_compute_service_pb2.WatchQemuMonitorEventsRequest, _compute_service_pb2.WatchQemuMonitorEventsResponse]  # type: ignore[assignment]
+    """Streams the QMP events QEMU emits (every one, or those named event) of
+    one domain or all, until the client cancels. Unlike WatchDomainEvents'
+    events these are not numbered and cannot be resumed: a watcher sees
+    what happens while it watches.
+    Errors: NOT_FOUND for an unknown domain; INVALID_ARGUMENT for a
+    malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
+    behind; UNAVAILABLE when the libvirt connection is lost.
     """
 
 class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -3482,6 +3702,194 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         or for dirty_bitmap on a TCG guest (type 'qemu': QEMU crashes measuring
         so); INVALID_ARGUMENT for calc_seconds outside 1 to 60; UNIMPLEMENTED
         where the driver cannot, or for dirty_ring without KVM's dirty ring.
+        """
+
+    @_abc_1.abstractmethod
+    def MigrateDomain(
+        self,
+        request: _compute_service_pb2.MigrateDomainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.MigrateDomainResponse, _abc.Awaitable[_compute_service_pb2.MigrateDomainResponse]]:
+        """-- Migration ------------------------------------------------------------
+        A migration is a long job, as SaveDomain's: GetDomainJobInfo follows it
+        (operation OUTGOING_MIGRATION), AbortDomainJob aborts it, and a caller who
+        cancels or whose deadline passes has it aborted (the guest runs on here).
+
+        Migrates a domain to another libvirt host. With peer2peer (or tunnelled)
+        this libvirt connects to destination_uri itself (virDomainMigrateToURI3);
+        without, the service opens destination_uri and drives both sides
+        (virDomainMigrate3). destination_uri must be a qemu libvirt URI, local
+        or over ssh, libssh, libssh2, tcp, tls or unix, naming /system or
+        /session, without query parameters.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed or disallowed
+        destination_uri, conflicting flags or bad parameters (invalid XML, a
+        disk named twice), or a destination libvirt refuses (this same host);
+        FAILED_PRECONDITION when the domain is not running (and offline is not
+        asked) or libvirt refuses the migration (unsafe storage); UNAVAILABLE
+        when the destination cannot be reached (reason DESTINATION_UNREACHABLE
+        when the service itself could not open it: a service running QEMU
+        embedded has no driver for a direct migration); CANCELLED or
+        DEADLINE_EXCEEDED when the call ended first (the job was aborted and the
+        guest runs on).
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainMigrationMaxSpeed(
+        self,
+        request: _compute_service_pb2.GetDomainMigrationMaxSpeedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainMigrationMaxSpeedResponse, _abc.Awaitable[_compute_service_pb2.GetDomainMigrationMaxSpeedResponse]]:
+        """The bandwidth limit of the domain's migrations (MiB/s; pre-copy, or
+        post-copy with postcopy).
+        Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no such limit.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainMigrationMaxSpeed(
+        self,
+        request: _compute_service_pb2.SetDomainMigrationMaxSpeedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainMigrationMaxSpeedResponse, _abc.Awaitable[_compute_service_pb2.SetDomainMigrationMaxSpeedResponse]]:
+        """Sets the bandwidth limit of the domain's migrations, also during one.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a bandwidth above libvirt's
+        maximum; UNIMPLEMENTED when the driver has no such limit.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainMigrationMaxDowntime(
+        self,
+        request: _compute_service_pb2.GetDomainMigrationMaxDowntimeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainMigrationMaxDowntimeResponse, _abc.Awaitable[_compute_service_pb2.GetDomainMigrationMaxDowntimeResponse]]:
+        """The longest pause a live migration may make at its end (ms).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+        UNIMPLEMENTED when the driver cannot say.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainMigrationMaxDowntime(
+        self,
+        request: _compute_service_pb2.SetDomainMigrationMaxDowntimeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainMigrationMaxDowntimeResponse, _abc.Awaitable[_compute_service_pb2.SetDomainMigrationMaxDowntimeResponse]]:
+        """Sets the longest pause a live migration may make at its end.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for 0; FAILED_PRECONDITION when the
+        domain is not running; UNIMPLEMENTED when the driver cannot.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainMigrationCompressionCache(
+        self,
+        request: _compute_service_pb2.GetDomainMigrationCompressionCacheRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetDomainMigrationCompressionCacheResponse, _abc.Awaitable[_compute_service_pb2.GetDomainMigrationCompressionCacheResponse]]:
+        """The size of the XBZRLE page cache compressed migrations use (bytes).
+        Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+        UNIMPLEMENTED when the driver cannot say.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDomainMigrationCompressionCache(
+        self,
+        request: _compute_service_pb2.SetDomainMigrationCompressionCacheRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.SetDomainMigrationCompressionCacheResponse, _abc.Awaitable[_compute_service_pb2.SetDomainMigrationCompressionCacheResponse]]:
+        """Sets the size of the XBZRLE page cache.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for 0 or a size QEMU refuses (not a
+        power of two, too small or too large); FAILED_PRECONDITION when the
+        domain is not running; UNIMPLEMENTED when the driver cannot.
+        """
+
+    @_abc_1.abstractmethod
+    def StartDomainMigrationPostCopy(
+        self,
+        request: _compute_service_pb2.StartDomainMigrationPostCopyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.StartDomainMigrationPostCopyResponse, _abc.Awaitable[_compute_service_pb2.StartDomainMigrationPostCopyResponse]]:
+        """Switches the domain's running migration (started with postcopy) to
+        post-copy: the guest runs on the destination from now on.
+        Errors: NOT_FOUND; FAILED_PRECONDITION when no migration runs or it was
+        not started with postcopy; UNIMPLEMENTED when the driver cannot.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateDevice(
+        self,
+        request: _compute_service_pb2.UpdateDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.UpdateDeviceResponse, _abc.Awaitable[_compute_service_pb2.UpdateDeviceResponse]]:
+        """-- Device updates ----------------------------------------------------------
+
+        Changes a device in place, described by XML and matched by its target or
+        alias: for example a CD-ROM's media or an interface's link state.
+        Errors: NOT_FOUND for an unknown domain or no matching device;
+        INVALID_ARGUMENT for malformed device XML; FAILED_PRECONDITION for a
+        live change on an inactive domain; UNIMPLEMENTED when the driver cannot
+        change that device (or that property of it).
+        """
+
+    @_abc_1.abstractmethod
+    def DetachDeviceAlias(
+        self,
+        request: _compute_service_pb2.DetachDeviceAliasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.DetachDeviceAliasResponse, _abc.Awaitable[_compute_service_pb2.DetachDeviceAliasResponse]]:
+        """Detaches the device with a user or libvirt alias (such as "ua-disk1" or
+        "net0"), live and/or in config. Live, the guest is asked to release it:
+        the call returns once asked; a DEVICE_REMOVED event says when it is gone.
+        Errors: NOT_FOUND for an unknown domain or alias; INVALID_ARGUMENT for an
+        empty or malformed alias; FAILED_PRECONDITION for a live change on an
+        inactive domain; UNIMPLEMENTED when the driver cannot.
+        """
+
+    @_abc_1.abstractmethod
+    def QemuAgentCommand(
+        self,
+        request: _compute_service_pb2.QemuAgentCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.QemuAgentCommandResponse, _abc.Awaitable[_compute_service_pb2.QemuAgentCommandResponse]]:
+        """-- QEMU passthrough (libvirt-qemu) ----------------------------------------
+        libvirt calls these unsupported: a command may change the guest behind
+        libvirt's back, and libvirt marks the domain tainted (custom-monitor,
+        custom-ga-command).
+
+        Sends one command to the guest agent and returns its answer, as JSON
+        text (virDomainQemuAgentCommand).
+        Errors: NOT_FOUND; INVALID_ARGUMENT when command is not a JSON object
+        with an "execute" member or is too long, timeout_seconds is above 300,
+        or the agent answers with an error (reason AGENT_COMMAND_FAILED: an
+        unknown command, bad arguments); FAILED_PRECONDITION when the domain is
+        not running or has no agent channel; UNAVAILABLE or DEADLINE_EXCEEDED
+        when the agent does not answer in time.
+        """
+
+    @_abc_1.abstractmethod
+    def QemuMonitorCommand(
+        self,
+        request: _compute_service_pb2.QemuMonitorCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.QemuMonitorCommandResponse, _abc.Awaitable[_compute_service_pb2.QemuMonitorCommandResponse]]:
+        """Sends one command to the domain's QEMU monitor: QMP (a JSON object with
+        "execute"), or HMP text with hmp. Returns QEMU's answer as libvirt hands
+        it back: QEMU's own error answer (such as CommandNotFound) is a result.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a command that is not a JSON
+        object (QMP), not one line of text (HMP) or too long;
+        FAILED_PRECONDITION when the domain is not running.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchQemuMonitorEvents(
+        self,
+        request: _compute_service_pb2.WatchQemuMonitorEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_compute_service_pb2.WatchQemuMonitorEventsResponse], _abc.AsyncIterator[_compute_service_pb2.WatchQemuMonitorEventsResponse]]:
+        """Streams the QMP events QEMU emits (every one, or those named event) of
+        one domain or all, until the client cancels. Unlike WatchDomainEvents'
+        events these are not numbered and cannot be resumed: a watcher sees
+        what happens while it watches.
+        Errors: NOT_FOUND for an unknown domain; INVALID_ARGUMENT for a
+        malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
+        behind; UNAVAILABLE when the libvirt connection is lost.
         """
 
 def add_ComputeServiceServicer_to_server(servicer: ComputeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

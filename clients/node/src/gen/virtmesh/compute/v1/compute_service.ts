@@ -5049,6 +5049,241 @@ export interface DirtyRateStats {
   megabytesPerSecond: bigint;
 }
 
+/**
+ * libvirt's VIR_MIGRATE_PARAM_* a migration may set; each unset or empty
+ * field is left to libvirt.
+ */
+export interface MigrationParameters {
+  /** The domain's name on the destination (dname). */
+  destinationName: string;
+  /** Domain XML for the destination (only ABI-compatible changes). */
+  destinationXml: string;
+  /** The persistent definition to store on the destination (persist_dest). */
+  persistentXml: string;
+  /** MiB/s; 0: libvirt's default (no limit). */
+  bandwidthMibPerS: bigint;
+  /** MiB/s once post-copy starts. */
+  bandwidthPostcopyMibPerS: bigint;
+  /**
+   * Where the migration's data goes (for example tcp://host:49152), when
+   * not where destination_uri says.
+   */
+  migrationUri: string;
+  /** The address the destination listens on for the data. */
+  listenAddress: string;
+  /** Where the destination's graphics clients are to reconnect. */
+  graphicsUri: string;
+  /** With non_shared_disk/inc: only these disks (target names such as vda). */
+  disks: string[];
+  /** The port of the destination's NBD server for disks; 0: libvirt's. */
+  disksPort: number;
+  /** The NBD server's URI for disks (tcp:// or unix://). */
+  disksUri: string;
+  /** With compressed: the methods (xbzrle, mt, zlib, zstd). */
+  compression: string[];
+  /** Multithread compression: level (0-9), threads, decompression threads. */
+  compressionMtLevel?: number | undefined;
+  compressionMtThreads?: number | undefined;
+  compressionMtDthreads?:
+    | number
+    | undefined;
+  /** The XBZRLE page cache's size (bytes). */
+  compressionXbzrleCacheBytes: bigint;
+  /** With parallel: the number of connections. */
+  parallelConnections: number;
+  /** The host name the destination's TLS certificate must have. */
+  tlsDestination: string;
+  /** With auto_converge: the initial CPU throttle and its increment (percent). */
+  autoConvergeInitial?: number | undefined;
+  autoConvergeIncrement?: number | undefined;
+}
+
+export interface MigrateDomainRequest {
+  name: string;
+  /** The destination's libvirt URI, for example qemu+ssh://host/system. */
+  destinationUri: string;
+  parameters?:
+    | MigrationParameters
+    | undefined;
+  /**
+   * libvirt's virDomainMigrateFlags.
+   * Migrate the running guest (else it is paused meanwhile).
+   */
+  live: boolean;
+  /** The source's libvirt connects to the destination (virDomainMigrateToURI3). */
+  peer2peer: boolean;
+  /** Data through libvirt's own connection (with peer2peer). */
+  tunnelled: boolean;
+  /** Define the domain persistently on the destination. */
+  persistDest: boolean;
+  /** Undefine it here once migrated. */
+  undefineSource: boolean;
+  /** Leave it paused on the destination. */
+  paused: boolean;
+  /** Copy all disks (non_shared_disk) or their top layer (non_shared_inc). */
+  nonSharedDisk: boolean;
+  nonSharedInc: boolean;
+  /** Skip libvirt's safety checks (disk caches). */
+  unsafe: boolean;
+  /** Only the definition, of a domain that is not running. */
+  offline: boolean;
+  compressed: boolean;
+  /** Abort on an I/O error during the migration. */
+  abortOnError: boolean;
+  /** Throttle the guest's vCPUs if the migration does not converge. */
+  autoConverge: boolean;
+  /** Allow StartDomainMigrationPostCopy to switch to post-copy. */
+  postcopy: boolean;
+  /** Encrypt the data with TLS. */
+  tls: boolean;
+  /** Several connections (parameters.parallel_connections). */
+  parallel: boolean;
+  /** Keep the domain from being started elsewhere meanwhile. */
+  changeProtection: boolean;
+}
+
+export interface MigrateDomainResponse {
+}
+
+export interface GetDomainMigrationMaxSpeedRequest {
+  name: string;
+  /** The post-copy phase's limit instead. */
+  postcopy: boolean;
+}
+
+export interface GetDomainMigrationMaxSpeedResponse {
+  bandwidthMibPerS: bigint;
+}
+
+export interface SetDomainMigrationMaxSpeedRequest {
+  name: string;
+  /** MiB/s. */
+  bandwidthMibPerS: bigint;
+  postcopy: boolean;
+}
+
+export interface SetDomainMigrationMaxSpeedResponse {
+}
+
+export interface GetDomainMigrationMaxDowntimeRequest {
+  name: string;
+}
+
+export interface GetDomainMigrationMaxDowntimeResponse {
+  downtimeMs: bigint;
+}
+
+export interface SetDomainMigrationMaxDowntimeRequest {
+  name: string;
+  /** At least 1. */
+  downtimeMs: bigint;
+}
+
+export interface SetDomainMigrationMaxDowntimeResponse {
+}
+
+export interface GetDomainMigrationCompressionCacheRequest {
+  name: string;
+}
+
+export interface GetDomainMigrationCompressionCacheResponse {
+  cacheBytes: bigint;
+}
+
+export interface SetDomainMigrationCompressionCacheRequest {
+  name: string;
+  cacheBytes: bigint;
+}
+
+export interface SetDomainMigrationCompressionCacheResponse {
+}
+
+export interface StartDomainMigrationPostCopyRequest {
+  name: string;
+}
+
+export interface StartDomainMigrationPostCopyResponse {
+}
+
+export interface UpdateDeviceRequest {
+  name: string;
+  /**
+   * The device's new XML, for example a <disk device='cdrom'> with another
+   * <source>, or an <interface> with <link state='down'/>.
+   */
+  xml: string;
+  scope?:
+    | Scope
+    | undefined;
+  /** Force the change (a locked CD-ROM tray is opened anyway). */
+  force: boolean;
+}
+
+export interface UpdateDeviceResponse {
+}
+
+export interface DetachDeviceAliasRequest {
+  name: string;
+  /** The device's alias, for example "ua-disk1" or "net0". */
+  alias: string;
+  scope?: Scope | undefined;
+}
+
+export interface DetachDeviceAliasResponse {
+}
+
+export interface QemuAgentCommandRequest {
+  name: string;
+  /** A guest agent command, JSON: for example {"execute":"guest-ping"}. */
+  command: string;
+  /**
+   * Seconds to wait for the answer; 0 does not wait. Unset: the agent's
+   * timeout (SetAgentResponseTimeout). At most 300.
+   */
+  timeoutSeconds?: number | undefined;
+}
+
+export interface QemuAgentCommandResponse {
+  /** The agent's answer, JSON: for example {"return":{}}. */
+  result: string;
+}
+
+export interface QemuMonitorCommandRequest {
+  name: string;
+  /**
+   * QMP, JSON: for example {"execute":"query-status"}; or with hmp, a human
+   * monitor command line such as "info status".
+   */
+  command: string;
+  hmp: boolean;
+}
+
+export interface QemuMonitorCommandResponse {
+  /** QEMU's answer: JSON for QMP, text for HMP. */
+  result: string;
+}
+
+export interface WatchQemuMonitorEventsRequest {
+  /** One domain's events; empty: every domain's. */
+  name: string;
+  /** Only the events of this name (QMP's, such as "STOP"); empty: all. */
+  event: string;
+}
+
+export interface WatchQemuMonitorEventsResponse {
+  /** The domain's name and UUID. */
+  name: string;
+  uuid: string;
+  /** The QMP event's name, such as "STOP" or "RESUME". */
+  event: string;
+  /** When QEMU emitted it. */
+  time?:
+    | Date
+    | undefined;
+  /** Its "data" member, JSON; empty when it has none. */
+  details: string;
+}
+
 function createBaseDomain(): Domain {
   return {
     name: "",
@@ -37996,6 +38231,2943 @@ export const DirtyRateStats: MessageFns<DirtyRateStats> = {
   },
 };
 
+function createBaseMigrationParameters(): MigrationParameters {
+  return {
+    destinationName: "",
+    destinationXml: "",
+    persistentXml: "",
+    bandwidthMibPerS: 0n,
+    bandwidthPostcopyMibPerS: 0n,
+    migrationUri: "",
+    listenAddress: "",
+    graphicsUri: "",
+    disks: [],
+    disksPort: 0,
+    disksUri: "",
+    compression: [],
+    compressionMtLevel: undefined,
+    compressionMtThreads: undefined,
+    compressionMtDthreads: undefined,
+    compressionXbzrleCacheBytes: 0n,
+    parallelConnections: 0,
+    tlsDestination: "",
+    autoConvergeInitial: undefined,
+    autoConvergeIncrement: undefined,
+  };
+}
+
+export const MigrationParameters: MessageFns<MigrationParameters> = {
+  encode(message: MigrationParameters, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.destinationName !== "") {
+      writer.uint32(10).string(message.destinationName);
+    }
+    if (message.destinationXml !== "") {
+      writer.uint32(18).string(message.destinationXml);
+    }
+    if (message.persistentXml !== "") {
+      writer.uint32(26).string(message.persistentXml);
+    }
+    if (message.bandwidthMibPerS !== 0n) {
+      if (BigInt.asUintN(64, message.bandwidthMibPerS) !== message.bandwidthMibPerS) {
+        throw new globalThis.Error("value provided for field message.bandwidthMibPerS of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.bandwidthMibPerS);
+    }
+    if (message.bandwidthPostcopyMibPerS !== 0n) {
+      if (BigInt.asUintN(64, message.bandwidthPostcopyMibPerS) !== message.bandwidthPostcopyMibPerS) {
+        throw new globalThis.Error(
+          "value provided for field message.bandwidthPostcopyMibPerS of type uint64 too large",
+        );
+      }
+      writer.uint32(40).uint64(message.bandwidthPostcopyMibPerS);
+    }
+    if (message.migrationUri !== "") {
+      writer.uint32(50).string(message.migrationUri);
+    }
+    if (message.listenAddress !== "") {
+      writer.uint32(58).string(message.listenAddress);
+    }
+    if (message.graphicsUri !== "") {
+      writer.uint32(66).string(message.graphicsUri);
+    }
+    for (const v of message.disks) {
+      writer.uint32(74).string(v!);
+    }
+    if (message.disksPort !== 0) {
+      writer.uint32(80).uint32(message.disksPort);
+    }
+    if (message.disksUri !== "") {
+      writer.uint32(90).string(message.disksUri);
+    }
+    for (const v of message.compression) {
+      writer.uint32(98).string(v!);
+    }
+    if (message.compressionMtLevel !== undefined) {
+      writer.uint32(104).int32(message.compressionMtLevel);
+    }
+    if (message.compressionMtThreads !== undefined) {
+      writer.uint32(112).int32(message.compressionMtThreads);
+    }
+    if (message.compressionMtDthreads !== undefined) {
+      writer.uint32(120).int32(message.compressionMtDthreads);
+    }
+    if (message.compressionXbzrleCacheBytes !== 0n) {
+      if (BigInt.asUintN(64, message.compressionXbzrleCacheBytes) !== message.compressionXbzrleCacheBytes) {
+        throw new globalThis.Error(
+          "value provided for field message.compressionXbzrleCacheBytes of type uint64 too large",
+        );
+      }
+      writer.uint32(128).uint64(message.compressionXbzrleCacheBytes);
+    }
+    if (message.parallelConnections !== 0) {
+      writer.uint32(136).uint32(message.parallelConnections);
+    }
+    if (message.tlsDestination !== "") {
+      writer.uint32(146).string(message.tlsDestination);
+    }
+    if (message.autoConvergeInitial !== undefined) {
+      writer.uint32(152).int32(message.autoConvergeInitial);
+    }
+    if (message.autoConvergeIncrement !== undefined) {
+      writer.uint32(160).int32(message.autoConvergeIncrement);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MigrationParameters {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMigrationParameters();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.destinationName = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.destinationXml = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.persistentXml = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.bandwidthMibPerS = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.bandwidthPostcopyMibPerS = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.migrationUri = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.listenAddress = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.graphicsUri = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.disks.push(reader.string());
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.disksPort = reader.uint32();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.disksUri = reader.string();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.compression.push(reader.string());
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.compressionMtLevel = reader.int32();
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.compressionMtThreads = reader.int32();
+            continue;
+          }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.compressionMtDthreads = reader.int32();
+            continue;
+          }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.compressionXbzrleCacheBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 17: {
+            if (tag !== 136) {
+              break;
+            }
+
+            message.parallelConnections = reader.uint32();
+            continue;
+          }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.tlsDestination = reader.string();
+            continue;
+          }
+          case 19: {
+            if (tag !== 152) {
+              break;
+            }
+
+            message.autoConvergeInitial = reader.int32();
+            continue;
+          }
+          case 20: {
+            if (tag !== 160) {
+              break;
+            }
+
+            message.autoConvergeIncrement = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MigrationParameters {
+    return {
+      destinationName: isSet(object.destinationName)
+        ? globalThis.String(object.destinationName)
+        : isSet(object.destination_name)
+        ? globalThis.String(object.destination_name)
+        : "",
+      destinationXml: isSet(object.destinationXml)
+        ? globalThis.String(object.destinationXml)
+        : isSet(object.destination_xml)
+        ? globalThis.String(object.destination_xml)
+        : "",
+      persistentXml: isSet(object.persistentXml)
+        ? globalThis.String(object.persistentXml)
+        : isSet(object.persistent_xml)
+        ? globalThis.String(object.persistent_xml)
+        : "",
+      bandwidthMibPerS: isSet(object.bandwidthMibPerS)
+        ? BigInt(object.bandwidthMibPerS)
+        : isSet(object.bandwidth_mib_per_s)
+        ? BigInt(object.bandwidth_mib_per_s)
+        : 0n,
+      bandwidthPostcopyMibPerS: isSet(object.bandwidthPostcopyMibPerS)
+        ? BigInt(object.bandwidthPostcopyMibPerS)
+        : isSet(object.bandwidth_postcopy_mib_per_s)
+        ? BigInt(object.bandwidth_postcopy_mib_per_s)
+        : 0n,
+      migrationUri: isSet(object.migrationUri)
+        ? globalThis.String(object.migrationUri)
+        : isSet(object.migration_uri)
+        ? globalThis.String(object.migration_uri)
+        : "",
+      listenAddress: isSet(object.listenAddress)
+        ? globalThis.String(object.listenAddress)
+        : isSet(object.listen_address)
+        ? globalThis.String(object.listen_address)
+        : "",
+      graphicsUri: isSet(object.graphicsUri)
+        ? globalThis.String(object.graphicsUri)
+        : isSet(object.graphics_uri)
+        ? globalThis.String(object.graphics_uri)
+        : "",
+      disks: globalThis.Array.isArray(object?.disks)
+        ? object.disks.map((e: any) => globalThis.String(e))
+        : [],
+      disksPort: isSet(object.disksPort)
+        ? globalThis.Number(object.disksPort)
+        : isSet(object.disks_port)
+        ? globalThis.Number(object.disks_port)
+        : 0,
+      disksUri: isSet(object.disksUri)
+        ? globalThis.String(object.disksUri)
+        : isSet(object.disks_uri)
+        ? globalThis.String(object.disks_uri)
+        : "",
+      compression: globalThis.Array.isArray(object?.compression)
+        ? object.compression.map((e: any) => globalThis.String(e))
+        : [],
+      compressionMtLevel: isSet(object.compressionMtLevel)
+        ? globalThis.Number(object.compressionMtLevel)
+        : isSet(object.compression_mt_level)
+        ? globalThis.Number(object.compression_mt_level)
+        : undefined,
+      compressionMtThreads: isSet(object.compressionMtThreads)
+        ? globalThis.Number(object.compressionMtThreads)
+        : isSet(object.compression_mt_threads)
+        ? globalThis.Number(object.compression_mt_threads)
+        : undefined,
+      compressionMtDthreads: isSet(object.compressionMtDthreads)
+        ? globalThis.Number(object.compressionMtDthreads)
+        : isSet(object.compression_mt_dthreads)
+        ? globalThis.Number(object.compression_mt_dthreads)
+        : undefined,
+      compressionXbzrleCacheBytes: isSet(object.compressionXbzrleCacheBytes)
+        ? BigInt(object.compressionXbzrleCacheBytes)
+        : isSet(object.compression_xbzrle_cache_bytes)
+        ? BigInt(object.compression_xbzrle_cache_bytes)
+        : 0n,
+      parallelConnections: isSet(object.parallelConnections)
+        ? globalThis.Number(object.parallelConnections)
+        : isSet(object.parallel_connections)
+        ? globalThis.Number(object.parallel_connections)
+        : 0,
+      tlsDestination: isSet(object.tlsDestination)
+        ? globalThis.String(object.tlsDestination)
+        : isSet(object.tls_destination)
+        ? globalThis.String(object.tls_destination)
+        : "",
+      autoConvergeInitial: isSet(object.autoConvergeInitial)
+        ? globalThis.Number(object.autoConvergeInitial)
+        : isSet(object.auto_converge_initial)
+        ? globalThis.Number(object.auto_converge_initial)
+        : undefined,
+      autoConvergeIncrement: isSet(object.autoConvergeIncrement)
+        ? globalThis.Number(object.autoConvergeIncrement)
+        : isSet(object.auto_converge_increment)
+        ? globalThis.Number(object.auto_converge_increment)
+        : undefined,
+    };
+  },
+
+  toJSON(message: MigrationParameters): unknown {
+    const obj: any = {};
+    if (message.destinationName !== "") {
+      obj.destinationName = message.destinationName;
+    }
+    if (message.destinationXml !== "") {
+      obj.destinationXml = message.destinationXml;
+    }
+    if (message.persistentXml !== "") {
+      obj.persistentXml = message.persistentXml;
+    }
+    if (message.bandwidthMibPerS !== 0n) {
+      obj.bandwidthMibPerS = message.bandwidthMibPerS.toString();
+    }
+    if (message.bandwidthPostcopyMibPerS !== 0n) {
+      obj.bandwidthPostcopyMibPerS = message.bandwidthPostcopyMibPerS.toString();
+    }
+    if (message.migrationUri !== "") {
+      obj.migrationUri = message.migrationUri;
+    }
+    if (message.listenAddress !== "") {
+      obj.listenAddress = message.listenAddress;
+    }
+    if (message.graphicsUri !== "") {
+      obj.graphicsUri = message.graphicsUri;
+    }
+    if (message.disks?.length) {
+      obj.disks = message.disks;
+    }
+    if (message.disksPort !== 0) {
+      obj.disksPort = Math.round(message.disksPort);
+    }
+    if (message.disksUri !== "") {
+      obj.disksUri = message.disksUri;
+    }
+    if (message.compression?.length) {
+      obj.compression = message.compression;
+    }
+    if (message.compressionMtLevel !== undefined) {
+      obj.compressionMtLevel = Math.round(message.compressionMtLevel);
+    }
+    if (message.compressionMtThreads !== undefined) {
+      obj.compressionMtThreads = Math.round(message.compressionMtThreads);
+    }
+    if (message.compressionMtDthreads !== undefined) {
+      obj.compressionMtDthreads = Math.round(message.compressionMtDthreads);
+    }
+    if (message.compressionXbzrleCacheBytes !== 0n) {
+      obj.compressionXbzrleCacheBytes = message.compressionXbzrleCacheBytes.toString();
+    }
+    if (message.parallelConnections !== 0) {
+      obj.parallelConnections = Math.round(message.parallelConnections);
+    }
+    if (message.tlsDestination !== "") {
+      obj.tlsDestination = message.tlsDestination;
+    }
+    if (message.autoConvergeInitial !== undefined) {
+      obj.autoConvergeInitial = Math.round(message.autoConvergeInitial);
+    }
+    if (message.autoConvergeIncrement !== undefined) {
+      obj.autoConvergeIncrement = Math.round(message.autoConvergeIncrement);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MigrationParameters>, I>>(base?: I): MigrationParameters {
+    return MigrationParameters.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MigrationParameters>, I>>(object: I): MigrationParameters {
+    const message = createBaseMigrationParameters();
+    message.destinationName = object.destinationName ?? "";
+    message.destinationXml = object.destinationXml ?? "";
+    message.persistentXml = object.persistentXml ?? "";
+    message.bandwidthMibPerS = (object.bandwidthMibPerS !== undefined && object.bandwidthMibPerS !== null)
+      ? BigInt(object.bandwidthMibPerS)
+      : 0n;
+    message.bandwidthPostcopyMibPerS =
+      (object.bandwidthPostcopyMibPerS !== undefined && object.bandwidthPostcopyMibPerS !== null)
+        ? BigInt(object.bandwidthPostcopyMibPerS)
+        : 0n;
+    message.migrationUri = object.migrationUri ?? "";
+    message.listenAddress = object.listenAddress ?? "";
+    message.graphicsUri = object.graphicsUri ?? "";
+    message.disks = object.disks?.map((e) => e) || [];
+    message.disksPort = object.disksPort ?? 0;
+    message.disksUri = object.disksUri ?? "";
+    message.compression = object.compression?.map((e) => e) || [];
+    message.compressionMtLevel = object.compressionMtLevel ?? undefined;
+    message.compressionMtThreads = object.compressionMtThreads ?? undefined;
+    message.compressionMtDthreads = object.compressionMtDthreads ?? undefined;
+    message.compressionXbzrleCacheBytes =
+      (object.compressionXbzrleCacheBytes !== undefined && object.compressionXbzrleCacheBytes !== null)
+        ? BigInt(object.compressionXbzrleCacheBytes)
+        : 0n;
+    message.parallelConnections = object.parallelConnections ?? 0;
+    message.tlsDestination = object.tlsDestination ?? "";
+    message.autoConvergeInitial = object.autoConvergeInitial ?? undefined;
+    message.autoConvergeIncrement = object.autoConvergeIncrement ?? undefined;
+    return message;
+  },
+};
+
+function createBaseMigrateDomainRequest(): MigrateDomainRequest {
+  return {
+    name: "",
+    destinationUri: "",
+    parameters: undefined,
+    live: false,
+    peer2peer: false,
+    tunnelled: false,
+    persistDest: false,
+    undefineSource: false,
+    paused: false,
+    nonSharedDisk: false,
+    nonSharedInc: false,
+    unsafe: false,
+    offline: false,
+    compressed: false,
+    abortOnError: false,
+    autoConverge: false,
+    postcopy: false,
+    tls: false,
+    parallel: false,
+    changeProtection: false,
+  };
+}
+
+export const MigrateDomainRequest: MessageFns<MigrateDomainRequest> = {
+  encode(message: MigrateDomainRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.destinationUri !== "") {
+      writer.uint32(18).string(message.destinationUri);
+    }
+    if (message.parameters !== undefined) {
+      MigrationParameters.encode(message.parameters, writer.uint32(26).fork()).join();
+    }
+    if (message.live !== false) {
+      writer.uint32(32).bool(message.live);
+    }
+    if (message.peer2peer !== false) {
+      writer.uint32(40).bool(message.peer2peer);
+    }
+    if (message.tunnelled !== false) {
+      writer.uint32(48).bool(message.tunnelled);
+    }
+    if (message.persistDest !== false) {
+      writer.uint32(56).bool(message.persistDest);
+    }
+    if (message.undefineSource !== false) {
+      writer.uint32(64).bool(message.undefineSource);
+    }
+    if (message.paused !== false) {
+      writer.uint32(72).bool(message.paused);
+    }
+    if (message.nonSharedDisk !== false) {
+      writer.uint32(80).bool(message.nonSharedDisk);
+    }
+    if (message.nonSharedInc !== false) {
+      writer.uint32(88).bool(message.nonSharedInc);
+    }
+    if (message.unsafe !== false) {
+      writer.uint32(96).bool(message.unsafe);
+    }
+    if (message.offline !== false) {
+      writer.uint32(104).bool(message.offline);
+    }
+    if (message.compressed !== false) {
+      writer.uint32(112).bool(message.compressed);
+    }
+    if (message.abortOnError !== false) {
+      writer.uint32(120).bool(message.abortOnError);
+    }
+    if (message.autoConverge !== false) {
+      writer.uint32(128).bool(message.autoConverge);
+    }
+    if (message.postcopy !== false) {
+      writer.uint32(136).bool(message.postcopy);
+    }
+    if (message.tls !== false) {
+      writer.uint32(144).bool(message.tls);
+    }
+    if (message.parallel !== false) {
+      writer.uint32(152).bool(message.parallel);
+    }
+    if (message.changeProtection !== false) {
+      writer.uint32(160).bool(message.changeProtection);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MigrateDomainRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMigrateDomainRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.destinationUri = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.parameters = MigrationParameters.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.live = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.peer2peer = reader.bool();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.tunnelled = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.persistDest = reader.bool();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.undefineSource = reader.bool();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.paused = reader.bool();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.nonSharedDisk = reader.bool();
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.nonSharedInc = reader.bool();
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.unsafe = reader.bool();
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.offline = reader.bool();
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.compressed = reader.bool();
+            continue;
+          }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.abortOnError = reader.bool();
+            continue;
+          }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.autoConverge = reader.bool();
+            continue;
+          }
+          case 17: {
+            if (tag !== 136) {
+              break;
+            }
+
+            message.postcopy = reader.bool();
+            continue;
+          }
+          case 18: {
+            if (tag !== 144) {
+              break;
+            }
+
+            message.tls = reader.bool();
+            continue;
+          }
+          case 19: {
+            if (tag !== 152) {
+              break;
+            }
+
+            message.parallel = reader.bool();
+            continue;
+          }
+          case 20: {
+            if (tag !== 160) {
+              break;
+            }
+
+            message.changeProtection = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MigrateDomainRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      destinationUri: isSet(object.destinationUri)
+        ? globalThis.String(object.destinationUri)
+        : isSet(object.destination_uri)
+        ? globalThis.String(object.destination_uri)
+        : "",
+      parameters: isSet(object.parameters) ? MigrationParameters.fromJSON(object.parameters) : undefined,
+      live: isSet(object.live) ? globalThis.Boolean(object.live) : false,
+      peer2peer: isSet(object.peer2peer) ? globalThis.Boolean(object.peer2peer) : false,
+      tunnelled: isSet(object.tunnelled) ? globalThis.Boolean(object.tunnelled) : false,
+      persistDest: isSet(object.persistDest)
+        ? globalThis.Boolean(object.persistDest)
+        : isSet(object.persist_dest)
+        ? globalThis.Boolean(object.persist_dest)
+        : false,
+      undefineSource: isSet(object.undefineSource)
+        ? globalThis.Boolean(object.undefineSource)
+        : isSet(object.undefine_source)
+        ? globalThis.Boolean(object.undefine_source)
+        : false,
+      paused: isSet(object.paused) ? globalThis.Boolean(object.paused) : false,
+      nonSharedDisk: isSet(object.nonSharedDisk)
+        ? globalThis.Boolean(object.nonSharedDisk)
+        : isSet(object.non_shared_disk)
+        ? globalThis.Boolean(object.non_shared_disk)
+        : false,
+      nonSharedInc: isSet(object.nonSharedInc)
+        ? globalThis.Boolean(object.nonSharedInc)
+        : isSet(object.non_shared_inc)
+        ? globalThis.Boolean(object.non_shared_inc)
+        : false,
+      unsafe: isSet(object.unsafe) ? globalThis.Boolean(object.unsafe) : false,
+      offline: isSet(object.offline) ? globalThis.Boolean(object.offline) : false,
+      compressed: isSet(object.compressed) ? globalThis.Boolean(object.compressed) : false,
+      abortOnError: isSet(object.abortOnError)
+        ? globalThis.Boolean(object.abortOnError)
+        : isSet(object.abort_on_error)
+        ? globalThis.Boolean(object.abort_on_error)
+        : false,
+      autoConverge: isSet(object.autoConverge)
+        ? globalThis.Boolean(object.autoConverge)
+        : isSet(object.auto_converge)
+        ? globalThis.Boolean(object.auto_converge)
+        : false,
+      postcopy: isSet(object.postcopy) ? globalThis.Boolean(object.postcopy) : false,
+      tls: isSet(object.tls) ? globalThis.Boolean(object.tls) : false,
+      parallel: isSet(object.parallel) ? globalThis.Boolean(object.parallel) : false,
+      changeProtection: isSet(object.changeProtection)
+        ? globalThis.Boolean(object.changeProtection)
+        : isSet(object.change_protection)
+        ? globalThis.Boolean(object.change_protection)
+        : false,
+    };
+  },
+
+  toJSON(message: MigrateDomainRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.destinationUri !== "") {
+      obj.destinationUri = message.destinationUri;
+    }
+    if (message.parameters !== undefined) {
+      obj.parameters = MigrationParameters.toJSON(message.parameters);
+    }
+    if (message.live !== false) {
+      obj.live = message.live;
+    }
+    if (message.peer2peer !== false) {
+      obj.peer2peer = message.peer2peer;
+    }
+    if (message.tunnelled !== false) {
+      obj.tunnelled = message.tunnelled;
+    }
+    if (message.persistDest !== false) {
+      obj.persistDest = message.persistDest;
+    }
+    if (message.undefineSource !== false) {
+      obj.undefineSource = message.undefineSource;
+    }
+    if (message.paused !== false) {
+      obj.paused = message.paused;
+    }
+    if (message.nonSharedDisk !== false) {
+      obj.nonSharedDisk = message.nonSharedDisk;
+    }
+    if (message.nonSharedInc !== false) {
+      obj.nonSharedInc = message.nonSharedInc;
+    }
+    if (message.unsafe !== false) {
+      obj.unsafe = message.unsafe;
+    }
+    if (message.offline !== false) {
+      obj.offline = message.offline;
+    }
+    if (message.compressed !== false) {
+      obj.compressed = message.compressed;
+    }
+    if (message.abortOnError !== false) {
+      obj.abortOnError = message.abortOnError;
+    }
+    if (message.autoConverge !== false) {
+      obj.autoConverge = message.autoConverge;
+    }
+    if (message.postcopy !== false) {
+      obj.postcopy = message.postcopy;
+    }
+    if (message.tls !== false) {
+      obj.tls = message.tls;
+    }
+    if (message.parallel !== false) {
+      obj.parallel = message.parallel;
+    }
+    if (message.changeProtection !== false) {
+      obj.changeProtection = message.changeProtection;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MigrateDomainRequest>, I>>(base?: I): MigrateDomainRequest {
+    return MigrateDomainRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MigrateDomainRequest>, I>>(object: I): MigrateDomainRequest {
+    const message = createBaseMigrateDomainRequest();
+    message.name = object.name ?? "";
+    message.destinationUri = object.destinationUri ?? "";
+    message.parameters = (object.parameters !== undefined && object.parameters !== null)
+      ? MigrationParameters.fromPartial(object.parameters)
+      : undefined;
+    message.live = object.live ?? false;
+    message.peer2peer = object.peer2peer ?? false;
+    message.tunnelled = object.tunnelled ?? false;
+    message.persistDest = object.persistDest ?? false;
+    message.undefineSource = object.undefineSource ?? false;
+    message.paused = object.paused ?? false;
+    message.nonSharedDisk = object.nonSharedDisk ?? false;
+    message.nonSharedInc = object.nonSharedInc ?? false;
+    message.unsafe = object.unsafe ?? false;
+    message.offline = object.offline ?? false;
+    message.compressed = object.compressed ?? false;
+    message.abortOnError = object.abortOnError ?? false;
+    message.autoConverge = object.autoConverge ?? false;
+    message.postcopy = object.postcopy ?? false;
+    message.tls = object.tls ?? false;
+    message.parallel = object.parallel ?? false;
+    message.changeProtection = object.changeProtection ?? false;
+    return message;
+  },
+};
+
+function createBaseMigrateDomainResponse(): MigrateDomainResponse {
+  return {};
+}
+
+export const MigrateDomainResponse: MessageFns<MigrateDomainResponse> = {
+  encode(_: MigrateDomainResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MigrateDomainResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMigrateDomainResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): MigrateDomainResponse {
+    return {};
+  },
+
+  toJSON(_: MigrateDomainResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MigrateDomainResponse>, I>>(base?: I): MigrateDomainResponse {
+    return MigrateDomainResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MigrateDomainResponse>, I>>(_: I): MigrateDomainResponse {
+    const message = createBaseMigrateDomainResponse();
+    return message;
+  },
+};
+
+function createBaseGetDomainMigrationMaxSpeedRequest(): GetDomainMigrationMaxSpeedRequest {
+  return { name: "", postcopy: false };
+}
+
+export const GetDomainMigrationMaxSpeedRequest: MessageFns<GetDomainMigrationMaxSpeedRequest> = {
+  encode(message: GetDomainMigrationMaxSpeedRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.postcopy !== false) {
+      writer.uint32(16).bool(message.postcopy);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainMigrationMaxSpeedRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainMigrationMaxSpeedRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.postcopy = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainMigrationMaxSpeedRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      postcopy: isSet(object.postcopy) ? globalThis.Boolean(object.postcopy) : false,
+    };
+  },
+
+  toJSON(message: GetDomainMigrationMaxSpeedRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.postcopy !== false) {
+      obj.postcopy = message.postcopy;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainMigrationMaxSpeedRequest>, I>>(
+    base?: I,
+  ): GetDomainMigrationMaxSpeedRequest {
+    return GetDomainMigrationMaxSpeedRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainMigrationMaxSpeedRequest>, I>>(
+    object: I,
+  ): GetDomainMigrationMaxSpeedRequest {
+    const message = createBaseGetDomainMigrationMaxSpeedRequest();
+    message.name = object.name ?? "";
+    message.postcopy = object.postcopy ?? false;
+    return message;
+  },
+};
+
+function createBaseGetDomainMigrationMaxSpeedResponse(): GetDomainMigrationMaxSpeedResponse {
+  return { bandwidthMibPerS: 0n };
+}
+
+export const GetDomainMigrationMaxSpeedResponse: MessageFns<GetDomainMigrationMaxSpeedResponse> = {
+  encode(message: GetDomainMigrationMaxSpeedResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.bandwidthMibPerS !== 0n) {
+      if (BigInt.asUintN(64, message.bandwidthMibPerS) !== message.bandwidthMibPerS) {
+        throw new globalThis.Error("value provided for field message.bandwidthMibPerS of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.bandwidthMibPerS);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainMigrationMaxSpeedResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainMigrationMaxSpeedResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.bandwidthMibPerS = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainMigrationMaxSpeedResponse {
+    return {
+      bandwidthMibPerS: isSet(object.bandwidthMibPerS)
+        ? BigInt(object.bandwidthMibPerS)
+        : isSet(object.bandwidth_mib_per_s)
+        ? BigInt(object.bandwidth_mib_per_s)
+        : 0n,
+    };
+  },
+
+  toJSON(message: GetDomainMigrationMaxSpeedResponse): unknown {
+    const obj: any = {};
+    if (message.bandwidthMibPerS !== 0n) {
+      obj.bandwidthMibPerS = message.bandwidthMibPerS.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainMigrationMaxSpeedResponse>, I>>(
+    base?: I,
+  ): GetDomainMigrationMaxSpeedResponse {
+    return GetDomainMigrationMaxSpeedResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainMigrationMaxSpeedResponse>, I>>(
+    object: I,
+  ): GetDomainMigrationMaxSpeedResponse {
+    const message = createBaseGetDomainMigrationMaxSpeedResponse();
+    message.bandwidthMibPerS = (object.bandwidthMibPerS !== undefined && object.bandwidthMibPerS !== null)
+      ? BigInt(object.bandwidthMibPerS)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseSetDomainMigrationMaxSpeedRequest(): SetDomainMigrationMaxSpeedRequest {
+  return { name: "", bandwidthMibPerS: 0n, postcopy: false };
+}
+
+export const SetDomainMigrationMaxSpeedRequest: MessageFns<SetDomainMigrationMaxSpeedRequest> = {
+  encode(message: SetDomainMigrationMaxSpeedRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.bandwidthMibPerS !== 0n) {
+      if (BigInt.asUintN(64, message.bandwidthMibPerS) !== message.bandwidthMibPerS) {
+        throw new globalThis.Error("value provided for field message.bandwidthMibPerS of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.bandwidthMibPerS);
+    }
+    if (message.postcopy !== false) {
+      writer.uint32(24).bool(message.postcopy);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainMigrationMaxSpeedRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainMigrationMaxSpeedRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.bandwidthMibPerS = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.postcopy = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainMigrationMaxSpeedRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      bandwidthMibPerS: isSet(object.bandwidthMibPerS)
+        ? BigInt(object.bandwidthMibPerS)
+        : isSet(object.bandwidth_mib_per_s)
+        ? BigInt(object.bandwidth_mib_per_s)
+        : 0n,
+      postcopy: isSet(object.postcopy) ? globalThis.Boolean(object.postcopy) : false,
+    };
+  },
+
+  toJSON(message: SetDomainMigrationMaxSpeedRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.bandwidthMibPerS !== 0n) {
+      obj.bandwidthMibPerS = message.bandwidthMibPerS.toString();
+    }
+    if (message.postcopy !== false) {
+      obj.postcopy = message.postcopy;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainMigrationMaxSpeedRequest>, I>>(
+    base?: I,
+  ): SetDomainMigrationMaxSpeedRequest {
+    return SetDomainMigrationMaxSpeedRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainMigrationMaxSpeedRequest>, I>>(
+    object: I,
+  ): SetDomainMigrationMaxSpeedRequest {
+    const message = createBaseSetDomainMigrationMaxSpeedRequest();
+    message.name = object.name ?? "";
+    message.bandwidthMibPerS = (object.bandwidthMibPerS !== undefined && object.bandwidthMibPerS !== null)
+      ? BigInt(object.bandwidthMibPerS)
+      : 0n;
+    message.postcopy = object.postcopy ?? false;
+    return message;
+  },
+};
+
+function createBaseSetDomainMigrationMaxSpeedResponse(): SetDomainMigrationMaxSpeedResponse {
+  return {};
+}
+
+export const SetDomainMigrationMaxSpeedResponse: MessageFns<SetDomainMigrationMaxSpeedResponse> = {
+  encode(_: SetDomainMigrationMaxSpeedResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainMigrationMaxSpeedResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainMigrationMaxSpeedResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainMigrationMaxSpeedResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainMigrationMaxSpeedResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainMigrationMaxSpeedResponse>, I>>(
+    base?: I,
+  ): SetDomainMigrationMaxSpeedResponse {
+    return SetDomainMigrationMaxSpeedResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainMigrationMaxSpeedResponse>, I>>(
+    _: I,
+  ): SetDomainMigrationMaxSpeedResponse {
+    const message = createBaseSetDomainMigrationMaxSpeedResponse();
+    return message;
+  },
+};
+
+function createBaseGetDomainMigrationMaxDowntimeRequest(): GetDomainMigrationMaxDowntimeRequest {
+  return { name: "" };
+}
+
+export const GetDomainMigrationMaxDowntimeRequest: MessageFns<GetDomainMigrationMaxDowntimeRequest> = {
+  encode(message: GetDomainMigrationMaxDowntimeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainMigrationMaxDowntimeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainMigrationMaxDowntimeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainMigrationMaxDowntimeRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: GetDomainMigrationMaxDowntimeRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainMigrationMaxDowntimeRequest>, I>>(
+    base?: I,
+  ): GetDomainMigrationMaxDowntimeRequest {
+    return GetDomainMigrationMaxDowntimeRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainMigrationMaxDowntimeRequest>, I>>(
+    object: I,
+  ): GetDomainMigrationMaxDowntimeRequest {
+    const message = createBaseGetDomainMigrationMaxDowntimeRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseGetDomainMigrationMaxDowntimeResponse(): GetDomainMigrationMaxDowntimeResponse {
+  return { downtimeMs: 0n };
+}
+
+export const GetDomainMigrationMaxDowntimeResponse: MessageFns<GetDomainMigrationMaxDowntimeResponse> = {
+  encode(message: GetDomainMigrationMaxDowntimeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.downtimeMs !== 0n) {
+      if (BigInt.asUintN(64, message.downtimeMs) !== message.downtimeMs) {
+        throw new globalThis.Error("value provided for field message.downtimeMs of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.downtimeMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainMigrationMaxDowntimeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainMigrationMaxDowntimeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.downtimeMs = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainMigrationMaxDowntimeResponse {
+    return {
+      downtimeMs: isSet(object.downtimeMs)
+        ? BigInt(object.downtimeMs)
+        : isSet(object.downtime_ms)
+        ? BigInt(object.downtime_ms)
+        : 0n,
+    };
+  },
+
+  toJSON(message: GetDomainMigrationMaxDowntimeResponse): unknown {
+    const obj: any = {};
+    if (message.downtimeMs !== 0n) {
+      obj.downtimeMs = message.downtimeMs.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainMigrationMaxDowntimeResponse>, I>>(
+    base?: I,
+  ): GetDomainMigrationMaxDowntimeResponse {
+    return GetDomainMigrationMaxDowntimeResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainMigrationMaxDowntimeResponse>, I>>(
+    object: I,
+  ): GetDomainMigrationMaxDowntimeResponse {
+    const message = createBaseGetDomainMigrationMaxDowntimeResponse();
+    message.downtimeMs = (object.downtimeMs !== undefined && object.downtimeMs !== null)
+      ? BigInt(object.downtimeMs)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseSetDomainMigrationMaxDowntimeRequest(): SetDomainMigrationMaxDowntimeRequest {
+  return { name: "", downtimeMs: 0n };
+}
+
+export const SetDomainMigrationMaxDowntimeRequest: MessageFns<SetDomainMigrationMaxDowntimeRequest> = {
+  encode(message: SetDomainMigrationMaxDowntimeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.downtimeMs !== 0n) {
+      if (BigInt.asUintN(64, message.downtimeMs) !== message.downtimeMs) {
+        throw new globalThis.Error("value provided for field message.downtimeMs of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.downtimeMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainMigrationMaxDowntimeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainMigrationMaxDowntimeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.downtimeMs = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainMigrationMaxDowntimeRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      downtimeMs: isSet(object.downtimeMs)
+        ? BigInt(object.downtimeMs)
+        : isSet(object.downtime_ms)
+        ? BigInt(object.downtime_ms)
+        : 0n,
+    };
+  },
+
+  toJSON(message: SetDomainMigrationMaxDowntimeRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.downtimeMs !== 0n) {
+      obj.downtimeMs = message.downtimeMs.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainMigrationMaxDowntimeRequest>, I>>(
+    base?: I,
+  ): SetDomainMigrationMaxDowntimeRequest {
+    return SetDomainMigrationMaxDowntimeRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainMigrationMaxDowntimeRequest>, I>>(
+    object: I,
+  ): SetDomainMigrationMaxDowntimeRequest {
+    const message = createBaseSetDomainMigrationMaxDowntimeRequest();
+    message.name = object.name ?? "";
+    message.downtimeMs = (object.downtimeMs !== undefined && object.downtimeMs !== null)
+      ? BigInt(object.downtimeMs)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseSetDomainMigrationMaxDowntimeResponse(): SetDomainMigrationMaxDowntimeResponse {
+  return {};
+}
+
+export const SetDomainMigrationMaxDowntimeResponse: MessageFns<SetDomainMigrationMaxDowntimeResponse> = {
+  encode(_: SetDomainMigrationMaxDowntimeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainMigrationMaxDowntimeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainMigrationMaxDowntimeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainMigrationMaxDowntimeResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainMigrationMaxDowntimeResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainMigrationMaxDowntimeResponse>, I>>(
+    base?: I,
+  ): SetDomainMigrationMaxDowntimeResponse {
+    return SetDomainMigrationMaxDowntimeResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainMigrationMaxDowntimeResponse>, I>>(
+    _: I,
+  ): SetDomainMigrationMaxDowntimeResponse {
+    const message = createBaseSetDomainMigrationMaxDowntimeResponse();
+    return message;
+  },
+};
+
+function createBaseGetDomainMigrationCompressionCacheRequest(): GetDomainMigrationCompressionCacheRequest {
+  return { name: "" };
+}
+
+export const GetDomainMigrationCompressionCacheRequest: MessageFns<GetDomainMigrationCompressionCacheRequest> = {
+  encode(message: GetDomainMigrationCompressionCacheRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainMigrationCompressionCacheRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainMigrationCompressionCacheRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainMigrationCompressionCacheRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: GetDomainMigrationCompressionCacheRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainMigrationCompressionCacheRequest>, I>>(
+    base?: I,
+  ): GetDomainMigrationCompressionCacheRequest {
+    return GetDomainMigrationCompressionCacheRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainMigrationCompressionCacheRequest>, I>>(
+    object: I,
+  ): GetDomainMigrationCompressionCacheRequest {
+    const message = createBaseGetDomainMigrationCompressionCacheRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseGetDomainMigrationCompressionCacheResponse(): GetDomainMigrationCompressionCacheResponse {
+  return { cacheBytes: 0n };
+}
+
+export const GetDomainMigrationCompressionCacheResponse: MessageFns<GetDomainMigrationCompressionCacheResponse> = {
+  encode(message: GetDomainMigrationCompressionCacheResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cacheBytes !== 0n) {
+      if (BigInt.asUintN(64, message.cacheBytes) !== message.cacheBytes) {
+        throw new globalThis.Error("value provided for field message.cacheBytes of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.cacheBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDomainMigrationCompressionCacheResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDomainMigrationCompressionCacheResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cacheBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDomainMigrationCompressionCacheResponse {
+    return {
+      cacheBytes: isSet(object.cacheBytes)
+        ? BigInt(object.cacheBytes)
+        : isSet(object.cache_bytes)
+        ? BigInt(object.cache_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: GetDomainMigrationCompressionCacheResponse): unknown {
+    const obj: any = {};
+    if (message.cacheBytes !== 0n) {
+      obj.cacheBytes = message.cacheBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDomainMigrationCompressionCacheResponse>, I>>(
+    base?: I,
+  ): GetDomainMigrationCompressionCacheResponse {
+    return GetDomainMigrationCompressionCacheResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDomainMigrationCompressionCacheResponse>, I>>(
+    object: I,
+  ): GetDomainMigrationCompressionCacheResponse {
+    const message = createBaseGetDomainMigrationCompressionCacheResponse();
+    message.cacheBytes = (object.cacheBytes !== undefined && object.cacheBytes !== null)
+      ? BigInt(object.cacheBytes)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseSetDomainMigrationCompressionCacheRequest(): SetDomainMigrationCompressionCacheRequest {
+  return { name: "", cacheBytes: 0n };
+}
+
+export const SetDomainMigrationCompressionCacheRequest: MessageFns<SetDomainMigrationCompressionCacheRequest> = {
+  encode(message: SetDomainMigrationCompressionCacheRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.cacheBytes !== 0n) {
+      if (BigInt.asUintN(64, message.cacheBytes) !== message.cacheBytes) {
+        throw new globalThis.Error("value provided for field message.cacheBytes of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.cacheBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainMigrationCompressionCacheRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainMigrationCompressionCacheRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.cacheBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetDomainMigrationCompressionCacheRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      cacheBytes: isSet(object.cacheBytes)
+        ? BigInt(object.cacheBytes)
+        : isSet(object.cache_bytes)
+        ? BigInt(object.cache_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: SetDomainMigrationCompressionCacheRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.cacheBytes !== 0n) {
+      obj.cacheBytes = message.cacheBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainMigrationCompressionCacheRequest>, I>>(
+    base?: I,
+  ): SetDomainMigrationCompressionCacheRequest {
+    return SetDomainMigrationCompressionCacheRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainMigrationCompressionCacheRequest>, I>>(
+    object: I,
+  ): SetDomainMigrationCompressionCacheRequest {
+    const message = createBaseSetDomainMigrationCompressionCacheRequest();
+    message.name = object.name ?? "";
+    message.cacheBytes = (object.cacheBytes !== undefined && object.cacheBytes !== null)
+      ? BigInt(object.cacheBytes)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseSetDomainMigrationCompressionCacheResponse(): SetDomainMigrationCompressionCacheResponse {
+  return {};
+}
+
+export const SetDomainMigrationCompressionCacheResponse: MessageFns<SetDomainMigrationCompressionCacheResponse> = {
+  encode(_: SetDomainMigrationCompressionCacheResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetDomainMigrationCompressionCacheResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetDomainMigrationCompressionCacheResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SetDomainMigrationCompressionCacheResponse {
+    return {};
+  },
+
+  toJSON(_: SetDomainMigrationCompressionCacheResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetDomainMigrationCompressionCacheResponse>, I>>(
+    base?: I,
+  ): SetDomainMigrationCompressionCacheResponse {
+    return SetDomainMigrationCompressionCacheResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetDomainMigrationCompressionCacheResponse>, I>>(
+    _: I,
+  ): SetDomainMigrationCompressionCacheResponse {
+    const message = createBaseSetDomainMigrationCompressionCacheResponse();
+    return message;
+  },
+};
+
+function createBaseStartDomainMigrationPostCopyRequest(): StartDomainMigrationPostCopyRequest {
+  return { name: "" };
+}
+
+export const StartDomainMigrationPostCopyRequest: MessageFns<StartDomainMigrationPostCopyRequest> = {
+  encode(message: StartDomainMigrationPostCopyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StartDomainMigrationPostCopyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStartDomainMigrationPostCopyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StartDomainMigrationPostCopyRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: StartDomainMigrationPostCopyRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StartDomainMigrationPostCopyRequest>, I>>(
+    base?: I,
+  ): StartDomainMigrationPostCopyRequest {
+    return StartDomainMigrationPostCopyRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StartDomainMigrationPostCopyRequest>, I>>(
+    object: I,
+  ): StartDomainMigrationPostCopyRequest {
+    const message = createBaseStartDomainMigrationPostCopyRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseStartDomainMigrationPostCopyResponse(): StartDomainMigrationPostCopyResponse {
+  return {};
+}
+
+export const StartDomainMigrationPostCopyResponse: MessageFns<StartDomainMigrationPostCopyResponse> = {
+  encode(_: StartDomainMigrationPostCopyResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StartDomainMigrationPostCopyResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStartDomainMigrationPostCopyResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): StartDomainMigrationPostCopyResponse {
+    return {};
+  },
+
+  toJSON(_: StartDomainMigrationPostCopyResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StartDomainMigrationPostCopyResponse>, I>>(
+    base?: I,
+  ): StartDomainMigrationPostCopyResponse {
+    return StartDomainMigrationPostCopyResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StartDomainMigrationPostCopyResponse>, I>>(
+    _: I,
+  ): StartDomainMigrationPostCopyResponse {
+    const message = createBaseStartDomainMigrationPostCopyResponse();
+    return message;
+  },
+};
+
+function createBaseUpdateDeviceRequest(): UpdateDeviceRequest {
+  return { name: "", xml: "", scope: undefined, force: false };
+}
+
+export const UpdateDeviceRequest: MessageFns<UpdateDeviceRequest> = {
+  encode(message: UpdateDeviceRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.xml !== "") {
+      writer.uint32(18).string(message.xml);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(26).fork()).join();
+    }
+    if (message.force !== false) {
+      writer.uint32(32).bool(message.force);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UpdateDeviceRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUpdateDeviceRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.force = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UpdateDeviceRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      xml: isSet(object.xml) ? globalThis.String(object.xml) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+      force: isSet(object.force) ? globalThis.Boolean(object.force) : false,
+    };
+  },
+
+  toJSON(message: UpdateDeviceRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    if (message.force !== false) {
+      obj.force = message.force;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UpdateDeviceRequest>, I>>(base?: I): UpdateDeviceRequest {
+    return UpdateDeviceRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UpdateDeviceRequest>, I>>(object: I): UpdateDeviceRequest {
+    const message = createBaseUpdateDeviceRequest();
+    message.name = object.name ?? "";
+    message.xml = object.xml ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    message.force = object.force ?? false;
+    return message;
+  },
+};
+
+function createBaseUpdateDeviceResponse(): UpdateDeviceResponse {
+  return {};
+}
+
+export const UpdateDeviceResponse: MessageFns<UpdateDeviceResponse> = {
+  encode(_: UpdateDeviceResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UpdateDeviceResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUpdateDeviceResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): UpdateDeviceResponse {
+    return {};
+  },
+
+  toJSON(_: UpdateDeviceResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UpdateDeviceResponse>, I>>(base?: I): UpdateDeviceResponse {
+    return UpdateDeviceResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UpdateDeviceResponse>, I>>(_: I): UpdateDeviceResponse {
+    const message = createBaseUpdateDeviceResponse();
+    return message;
+  },
+};
+
+function createBaseDetachDeviceAliasRequest(): DetachDeviceAliasRequest {
+  return { name: "", alias: "", scope: undefined };
+}
+
+export const DetachDeviceAliasRequest: MessageFns<DetachDeviceAliasRequest> = {
+  encode(message: DetachDeviceAliasRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.alias !== "") {
+      writer.uint32(18).string(message.alias);
+    }
+    if (message.scope !== undefined) {
+      Scope.encode(message.scope, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DetachDeviceAliasRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDetachDeviceAliasRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.alias = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.scope = Scope.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DetachDeviceAliasRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      alias: isSet(object.alias) ? globalThis.String(object.alias) : "",
+      scope: isSet(object.scope) ? Scope.fromJSON(object.scope) : undefined,
+    };
+  },
+
+  toJSON(message: DetachDeviceAliasRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.alias !== "") {
+      obj.alias = message.alias;
+    }
+    if (message.scope !== undefined) {
+      obj.scope = Scope.toJSON(message.scope);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DetachDeviceAliasRequest>, I>>(base?: I): DetachDeviceAliasRequest {
+    return DetachDeviceAliasRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DetachDeviceAliasRequest>, I>>(object: I): DetachDeviceAliasRequest {
+    const message = createBaseDetachDeviceAliasRequest();
+    message.name = object.name ?? "";
+    message.alias = object.alias ?? "";
+    message.scope = (object.scope !== undefined && object.scope !== null) ? Scope.fromPartial(object.scope) : undefined;
+    return message;
+  },
+};
+
+function createBaseDetachDeviceAliasResponse(): DetachDeviceAliasResponse {
+  return {};
+}
+
+export const DetachDeviceAliasResponse: MessageFns<DetachDeviceAliasResponse> = {
+  encode(_: DetachDeviceAliasResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DetachDeviceAliasResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDetachDeviceAliasResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): DetachDeviceAliasResponse {
+    return {};
+  },
+
+  toJSON(_: DetachDeviceAliasResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DetachDeviceAliasResponse>, I>>(base?: I): DetachDeviceAliasResponse {
+    return DetachDeviceAliasResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DetachDeviceAliasResponse>, I>>(_: I): DetachDeviceAliasResponse {
+    const message = createBaseDetachDeviceAliasResponse();
+    return message;
+  },
+};
+
+function createBaseQemuAgentCommandRequest(): QemuAgentCommandRequest {
+  return { name: "", command: "", timeoutSeconds: undefined };
+}
+
+export const QemuAgentCommandRequest: MessageFns<QemuAgentCommandRequest> = {
+  encode(message: QemuAgentCommandRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.command !== "") {
+      writer.uint32(18).string(message.command);
+    }
+    if (message.timeoutSeconds !== undefined) {
+      writer.uint32(24).uint32(message.timeoutSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): QemuAgentCommandRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseQemuAgentCommandRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.command = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.timeoutSeconds = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): QemuAgentCommandRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      command: isSet(object.command) ? globalThis.String(object.command) : "",
+      timeoutSeconds: isSet(object.timeoutSeconds)
+        ? globalThis.Number(object.timeoutSeconds)
+        : isSet(object.timeout_seconds)
+        ? globalThis.Number(object.timeout_seconds)
+        : undefined,
+    };
+  },
+
+  toJSON(message: QemuAgentCommandRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.command !== "") {
+      obj.command = message.command;
+    }
+    if (message.timeoutSeconds !== undefined) {
+      obj.timeoutSeconds = Math.round(message.timeoutSeconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<QemuAgentCommandRequest>, I>>(base?: I): QemuAgentCommandRequest {
+    return QemuAgentCommandRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<QemuAgentCommandRequest>, I>>(object: I): QemuAgentCommandRequest {
+    const message = createBaseQemuAgentCommandRequest();
+    message.name = object.name ?? "";
+    message.command = object.command ?? "";
+    message.timeoutSeconds = object.timeoutSeconds ?? undefined;
+    return message;
+  },
+};
+
+function createBaseQemuAgentCommandResponse(): QemuAgentCommandResponse {
+  return { result: "" };
+}
+
+export const QemuAgentCommandResponse: MessageFns<QemuAgentCommandResponse> = {
+  encode(message: QemuAgentCommandResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.result !== "") {
+      writer.uint32(10).string(message.result);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): QemuAgentCommandResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseQemuAgentCommandResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.result = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): QemuAgentCommandResponse {
+    return { result: isSet(object.result) ? globalThis.String(object.result) : "" };
+  },
+
+  toJSON(message: QemuAgentCommandResponse): unknown {
+    const obj: any = {};
+    if (message.result !== "") {
+      obj.result = message.result;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<QemuAgentCommandResponse>, I>>(base?: I): QemuAgentCommandResponse {
+    return QemuAgentCommandResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<QemuAgentCommandResponse>, I>>(object: I): QemuAgentCommandResponse {
+    const message = createBaseQemuAgentCommandResponse();
+    message.result = object.result ?? "";
+    return message;
+  },
+};
+
+function createBaseQemuMonitorCommandRequest(): QemuMonitorCommandRequest {
+  return { name: "", command: "", hmp: false };
+}
+
+export const QemuMonitorCommandRequest: MessageFns<QemuMonitorCommandRequest> = {
+  encode(message: QemuMonitorCommandRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.command !== "") {
+      writer.uint32(18).string(message.command);
+    }
+    if (message.hmp !== false) {
+      writer.uint32(24).bool(message.hmp);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): QemuMonitorCommandRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseQemuMonitorCommandRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.command = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.hmp = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): QemuMonitorCommandRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      command: isSet(object.command) ? globalThis.String(object.command) : "",
+      hmp: isSet(object.hmp) ? globalThis.Boolean(object.hmp) : false,
+    };
+  },
+
+  toJSON(message: QemuMonitorCommandRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.command !== "") {
+      obj.command = message.command;
+    }
+    if (message.hmp !== false) {
+      obj.hmp = message.hmp;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<QemuMonitorCommandRequest>, I>>(base?: I): QemuMonitorCommandRequest {
+    return QemuMonitorCommandRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<QemuMonitorCommandRequest>, I>>(object: I): QemuMonitorCommandRequest {
+    const message = createBaseQemuMonitorCommandRequest();
+    message.name = object.name ?? "";
+    message.command = object.command ?? "";
+    message.hmp = object.hmp ?? false;
+    return message;
+  },
+};
+
+function createBaseQemuMonitorCommandResponse(): QemuMonitorCommandResponse {
+  return { result: "" };
+}
+
+export const QemuMonitorCommandResponse: MessageFns<QemuMonitorCommandResponse> = {
+  encode(message: QemuMonitorCommandResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.result !== "") {
+      writer.uint32(10).string(message.result);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): QemuMonitorCommandResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseQemuMonitorCommandResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.result = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): QemuMonitorCommandResponse {
+    return { result: isSet(object.result) ? globalThis.String(object.result) : "" };
+  },
+
+  toJSON(message: QemuMonitorCommandResponse): unknown {
+    const obj: any = {};
+    if (message.result !== "") {
+      obj.result = message.result;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<QemuMonitorCommandResponse>, I>>(base?: I): QemuMonitorCommandResponse {
+    return QemuMonitorCommandResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<QemuMonitorCommandResponse>, I>>(object: I): QemuMonitorCommandResponse {
+    const message = createBaseQemuMonitorCommandResponse();
+    message.result = object.result ?? "";
+    return message;
+  },
+};
+
+function createBaseWatchQemuMonitorEventsRequest(): WatchQemuMonitorEventsRequest {
+  return { name: "", event: "" };
+}
+
+export const WatchQemuMonitorEventsRequest: MessageFns<WatchQemuMonitorEventsRequest> = {
+  encode(message: WatchQemuMonitorEventsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.event !== "") {
+      writer.uint32(18).string(message.event);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchQemuMonitorEventsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchQemuMonitorEventsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.event = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchQemuMonitorEventsRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      event: isSet(object.event) ? globalThis.String(object.event) : "",
+    };
+  },
+
+  toJSON(message: WatchQemuMonitorEventsRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.event !== "") {
+      obj.event = message.event;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchQemuMonitorEventsRequest>, I>>(base?: I): WatchQemuMonitorEventsRequest {
+    return WatchQemuMonitorEventsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchQemuMonitorEventsRequest>, I>>(
+    object: I,
+  ): WatchQemuMonitorEventsRequest {
+    const message = createBaseWatchQemuMonitorEventsRequest();
+    message.name = object.name ?? "";
+    message.event = object.event ?? "";
+    return message;
+  },
+};
+
+function createBaseWatchQemuMonitorEventsResponse(): WatchQemuMonitorEventsResponse {
+  return { name: "", uuid: "", event: "", time: undefined, details: "" };
+}
+
+export const WatchQemuMonitorEventsResponse: MessageFns<WatchQemuMonitorEventsResponse> = {
+  encode(message: WatchQemuMonitorEventsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.uuid !== "") {
+      writer.uint32(18).string(message.uuid);
+    }
+    if (message.event !== "") {
+      writer.uint32(26).string(message.event);
+    }
+    if (message.time !== undefined) {
+      Timestamp.encode(toTimestamp(message.time), writer.uint32(34).fork()).join();
+    }
+    if (message.details !== "") {
+      writer.uint32(42).string(message.details);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchQemuMonitorEventsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchQemuMonitorEventsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.uuid = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.event = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.time = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.details = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchQemuMonitorEventsResponse {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      uuid: isSet(object.uuid) ? globalThis.String(object.uuid) : "",
+      event: isSet(object.event) ? globalThis.String(object.event) : "",
+      time: isSet(object.time) ? fromJsonTimestamp(object.time) : undefined,
+      details: isSet(object.details) ? globalThis.String(object.details) : "",
+    };
+  },
+
+  toJSON(message: WatchQemuMonitorEventsResponse): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.uuid !== "") {
+      obj.uuid = message.uuid;
+    }
+    if (message.event !== "") {
+      obj.event = message.event;
+    }
+    if (message.time !== undefined) {
+      obj.time = message.time.toISOString();
+    }
+    if (message.details !== "") {
+      obj.details = message.details;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WatchQemuMonitorEventsResponse>, I>>(base?: I): WatchQemuMonitorEventsResponse {
+    return WatchQemuMonitorEventsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WatchQemuMonitorEventsResponse>, I>>(
+    object: I,
+  ): WatchQemuMonitorEventsResponse {
+    const message = createBaseWatchQemuMonitorEventsResponse();
+    message.name = object.name ?? "";
+    message.uuid = object.uuid ?? "";
+    message.event = object.event ?? "";
+    message.time = object.time ?? undefined;
+    message.details = object.details ?? "";
+    return message;
+  },
+};
+
 /**
  * ComputeService is libvirt's QEMU driver (virtqemud) as a gRPC service.
  *
@@ -40366,6 +43538,260 @@ export const ComputeServiceService = {
     responseDeserialize: (value: Buffer): StartDomainDirtyRateCalcResponse =>
       StartDomainDirtyRateCalcResponse.decode(value),
   },
+  /**
+   * Migrates a domain to another libvirt host. With peer2peer (or tunnelled)
+   * this libvirt connects to destination_uri itself (virDomainMigrateToURI3);
+   * without, the service opens destination_uri and drives both sides
+   * (virDomainMigrate3). destination_uri must be a qemu libvirt URI, local
+   * or over ssh, libssh, libssh2, tcp, tls or unix, naming /system or
+   * /session, without query parameters.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed or disallowed
+   * destination_uri, conflicting flags or bad parameters (invalid XML, a
+   * disk named twice), or a destination libvirt refuses (this same host);
+   * FAILED_PRECONDITION when the domain is not running (and offline is not
+   * asked) or libvirt refuses the migration (unsafe storage); UNAVAILABLE
+   * when the destination cannot be reached (reason DESTINATION_UNREACHABLE
+   * when the service itself could not open it: a service running QEMU
+   * embedded has no driver for a direct migration); CANCELLED or
+   * DEADLINE_EXCEEDED when the call ended first (the job was aborted and the
+   * guest runs on).
+   */
+  migrateDomain: {
+    path: "/virtmesh.compute.v1.ComputeService/MigrateDomain" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: MigrateDomainRequest): Buffer => Buffer.from(MigrateDomainRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): MigrateDomainRequest => MigrateDomainRequest.decode(value),
+    responseSerialize: (value: MigrateDomainResponse): Buffer =>
+      Buffer.from(MigrateDomainResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): MigrateDomainResponse => MigrateDomainResponse.decode(value),
+  },
+  /**
+   * The bandwidth limit of the domain's migrations (MiB/s; pre-copy, or
+   * post-copy with postcopy).
+   * Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no such limit.
+   */
+  getDomainMigrationMaxSpeed: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainMigrationMaxSpeed" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainMigrationMaxSpeedRequest): Buffer =>
+      Buffer.from(GetDomainMigrationMaxSpeedRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainMigrationMaxSpeedRequest =>
+      GetDomainMigrationMaxSpeedRequest.decode(value),
+    responseSerialize: (value: GetDomainMigrationMaxSpeedResponse): Buffer =>
+      Buffer.from(GetDomainMigrationMaxSpeedResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainMigrationMaxSpeedResponse =>
+      GetDomainMigrationMaxSpeedResponse.decode(value),
+  },
+  /**
+   * Sets the bandwidth limit of the domain's migrations, also during one.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a bandwidth above libvirt's
+   * maximum; UNIMPLEMENTED when the driver has no such limit.
+   */
+  setDomainMigrationMaxSpeed: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainMigrationMaxSpeed" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainMigrationMaxSpeedRequest): Buffer =>
+      Buffer.from(SetDomainMigrationMaxSpeedRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainMigrationMaxSpeedRequest =>
+      SetDomainMigrationMaxSpeedRequest.decode(value),
+    responseSerialize: (value: SetDomainMigrationMaxSpeedResponse): Buffer =>
+      Buffer.from(SetDomainMigrationMaxSpeedResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainMigrationMaxSpeedResponse =>
+      SetDomainMigrationMaxSpeedResponse.decode(value),
+  },
+  /**
+   * The longest pause a live migration may make at its end (ms).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+   * UNIMPLEMENTED when the driver cannot say.
+   */
+  getDomainMigrationMaxDowntime: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainMigrationMaxDowntime" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainMigrationMaxDowntimeRequest): Buffer =>
+      Buffer.from(GetDomainMigrationMaxDowntimeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainMigrationMaxDowntimeRequest =>
+      GetDomainMigrationMaxDowntimeRequest.decode(value),
+    responseSerialize: (value: GetDomainMigrationMaxDowntimeResponse): Buffer =>
+      Buffer.from(GetDomainMigrationMaxDowntimeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainMigrationMaxDowntimeResponse =>
+      GetDomainMigrationMaxDowntimeResponse.decode(value),
+  },
+  /**
+   * Sets the longest pause a live migration may make at its end.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for 0; FAILED_PRECONDITION when the
+   * domain is not running; UNIMPLEMENTED when the driver cannot.
+   */
+  setDomainMigrationMaxDowntime: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainMigrationMaxDowntime" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainMigrationMaxDowntimeRequest): Buffer =>
+      Buffer.from(SetDomainMigrationMaxDowntimeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainMigrationMaxDowntimeRequest =>
+      SetDomainMigrationMaxDowntimeRequest.decode(value),
+    responseSerialize: (value: SetDomainMigrationMaxDowntimeResponse): Buffer =>
+      Buffer.from(SetDomainMigrationMaxDowntimeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainMigrationMaxDowntimeResponse =>
+      SetDomainMigrationMaxDowntimeResponse.decode(value),
+  },
+  /**
+   * The size of the XBZRLE page cache compressed migrations use (bytes).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+   * UNIMPLEMENTED when the driver cannot say.
+   */
+  getDomainMigrationCompressionCache: {
+    path: "/virtmesh.compute.v1.ComputeService/GetDomainMigrationCompressionCache" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDomainMigrationCompressionCacheRequest): Buffer =>
+      Buffer.from(GetDomainMigrationCompressionCacheRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDomainMigrationCompressionCacheRequest =>
+      GetDomainMigrationCompressionCacheRequest.decode(value),
+    responseSerialize: (value: GetDomainMigrationCompressionCacheResponse): Buffer =>
+      Buffer.from(GetDomainMigrationCompressionCacheResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDomainMigrationCompressionCacheResponse =>
+      GetDomainMigrationCompressionCacheResponse.decode(value),
+  },
+  /**
+   * Sets the size of the XBZRLE page cache.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for 0 or a size QEMU refuses (not a
+   * power of two, too small or too large); FAILED_PRECONDITION when the
+   * domain is not running; UNIMPLEMENTED when the driver cannot.
+   */
+  setDomainMigrationCompressionCache: {
+    path: "/virtmesh.compute.v1.ComputeService/SetDomainMigrationCompressionCache" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetDomainMigrationCompressionCacheRequest): Buffer =>
+      Buffer.from(SetDomainMigrationCompressionCacheRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetDomainMigrationCompressionCacheRequest =>
+      SetDomainMigrationCompressionCacheRequest.decode(value),
+    responseSerialize: (value: SetDomainMigrationCompressionCacheResponse): Buffer =>
+      Buffer.from(SetDomainMigrationCompressionCacheResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetDomainMigrationCompressionCacheResponse =>
+      SetDomainMigrationCompressionCacheResponse.decode(value),
+  },
+  /**
+   * Switches the domain's running migration (started with postcopy) to
+   * post-copy: the guest runs on the destination from now on.
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when no migration runs or it was
+   * not started with postcopy; UNIMPLEMENTED when the driver cannot.
+   */
+  startDomainMigrationPostCopy: {
+    path: "/virtmesh.compute.v1.ComputeService/StartDomainMigrationPostCopy" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: StartDomainMigrationPostCopyRequest): Buffer =>
+      Buffer.from(StartDomainMigrationPostCopyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): StartDomainMigrationPostCopyRequest =>
+      StartDomainMigrationPostCopyRequest.decode(value),
+    responseSerialize: (value: StartDomainMigrationPostCopyResponse): Buffer =>
+      Buffer.from(StartDomainMigrationPostCopyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): StartDomainMigrationPostCopyResponse =>
+      StartDomainMigrationPostCopyResponse.decode(value),
+  },
+  /**
+   * Changes a device in place, described by XML and matched by its target or
+   * alias: for example a CD-ROM's media or an interface's link state.
+   * Errors: NOT_FOUND for an unknown domain or no matching device;
+   * INVALID_ARGUMENT for malformed device XML; FAILED_PRECONDITION for a
+   * live change on an inactive domain; UNIMPLEMENTED when the driver cannot
+   * change that device (or that property of it).
+   */
+  updateDevice: {
+    path: "/virtmesh.compute.v1.ComputeService/UpdateDevice" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: UpdateDeviceRequest): Buffer => Buffer.from(UpdateDeviceRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): UpdateDeviceRequest => UpdateDeviceRequest.decode(value),
+    responseSerialize: (value: UpdateDeviceResponse): Buffer =>
+      Buffer.from(UpdateDeviceResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): UpdateDeviceResponse => UpdateDeviceResponse.decode(value),
+  },
+  /**
+   * Detaches the device with a user or libvirt alias (such as "ua-disk1" or
+   * "net0"), live and/or in config. Live, the guest is asked to release it:
+   * the call returns once asked; a DEVICE_REMOVED event says when it is gone.
+   * Errors: NOT_FOUND for an unknown domain or alias; INVALID_ARGUMENT for an
+   * empty or malformed alias; FAILED_PRECONDITION for a live change on an
+   * inactive domain; UNIMPLEMENTED when the driver cannot.
+   */
+  detachDeviceAlias: {
+    path: "/virtmesh.compute.v1.ComputeService/DetachDeviceAlias" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DetachDeviceAliasRequest): Buffer =>
+      Buffer.from(DetachDeviceAliasRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DetachDeviceAliasRequest => DetachDeviceAliasRequest.decode(value),
+    responseSerialize: (value: DetachDeviceAliasResponse): Buffer =>
+      Buffer.from(DetachDeviceAliasResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DetachDeviceAliasResponse => DetachDeviceAliasResponse.decode(value),
+  },
+  /**
+   * Sends one command to the guest agent and returns its answer, as JSON
+   * text (virDomainQemuAgentCommand).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT when command is not a JSON object
+   * with an "execute" member or is too long, timeout_seconds is above 300,
+   * or the agent answers with an error (reason AGENT_COMMAND_FAILED: an
+   * unknown command, bad arguments); FAILED_PRECONDITION when the domain is
+   * not running or has no agent channel; UNAVAILABLE or DEADLINE_EXCEEDED
+   * when the agent does not answer in time.
+   */
+  qemuAgentCommand: {
+    path: "/virtmesh.compute.v1.ComputeService/QemuAgentCommand" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: QemuAgentCommandRequest): Buffer =>
+      Buffer.from(QemuAgentCommandRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): QemuAgentCommandRequest => QemuAgentCommandRequest.decode(value),
+    responseSerialize: (value: QemuAgentCommandResponse): Buffer =>
+      Buffer.from(QemuAgentCommandResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): QemuAgentCommandResponse => QemuAgentCommandResponse.decode(value),
+  },
+  /**
+   * Sends one command to the domain's QEMU monitor: QMP (a JSON object with
+   * "execute"), or HMP text with hmp. Returns QEMU's answer as libvirt hands
+   * it back: QEMU's own error answer (such as CommandNotFound) is a result.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a command that is not a JSON
+   * object (QMP), not one line of text (HMP) or too long;
+   * FAILED_PRECONDITION when the domain is not running.
+   */
+  qemuMonitorCommand: {
+    path: "/virtmesh.compute.v1.ComputeService/QemuMonitorCommand" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: QemuMonitorCommandRequest): Buffer =>
+      Buffer.from(QemuMonitorCommandRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): QemuMonitorCommandRequest => QemuMonitorCommandRequest.decode(value),
+    responseSerialize: (value: QemuMonitorCommandResponse): Buffer =>
+      Buffer.from(QemuMonitorCommandResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): QemuMonitorCommandResponse => QemuMonitorCommandResponse.decode(value),
+  },
+  /**
+   * Streams the QMP events QEMU emits (every one, or those named event) of
+   * one domain or all, until the client cancels. Unlike WatchDomainEvents'
+   * events these are not numbered and cannot be resumed: a watcher sees
+   * what happens while it watches.
+   * Errors: NOT_FOUND for an unknown domain; INVALID_ARGUMENT for a
+   * malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
+   * behind; UNAVAILABLE when the libvirt connection is lost.
+   */
+  watchQemuMonitorEvents: {
+    path: "/virtmesh.compute.v1.ComputeService/WatchQemuMonitorEvents" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: WatchQemuMonitorEventsRequest): Buffer =>
+      Buffer.from(WatchQemuMonitorEventsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WatchQemuMonitorEventsRequest => WatchQemuMonitorEventsRequest.decode(value),
+    responseSerialize: (value: WatchQemuMonitorEventsResponse): Buffer =>
+      Buffer.from(WatchQemuMonitorEventsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WatchQemuMonitorEventsResponse =>
+      WatchQemuMonitorEventsResponse.decode(value),
+  },
 } as const;
 
 export interface ComputeServiceServer extends UntypedServiceImplementation {
@@ -41346,6 +44772,132 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
    * where the driver cannot, or for dirty_ring without KVM's dirty ring.
    */
   startDomainDirtyRateCalc: handleUnaryCall<StartDomainDirtyRateCalcRequest, StartDomainDirtyRateCalcResponse>;
+  /**
+   * Migrates a domain to another libvirt host. With peer2peer (or tunnelled)
+   * this libvirt connects to destination_uri itself (virDomainMigrateToURI3);
+   * without, the service opens destination_uri and drives both sides
+   * (virDomainMigrate3). destination_uri must be a qemu libvirt URI, local
+   * or over ssh, libssh, libssh2, tcp, tls or unix, naming /system or
+   * /session, without query parameters.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed or disallowed
+   * destination_uri, conflicting flags or bad parameters (invalid XML, a
+   * disk named twice), or a destination libvirt refuses (this same host);
+   * FAILED_PRECONDITION when the domain is not running (and offline is not
+   * asked) or libvirt refuses the migration (unsafe storage); UNAVAILABLE
+   * when the destination cannot be reached (reason DESTINATION_UNREACHABLE
+   * when the service itself could not open it: a service running QEMU
+   * embedded has no driver for a direct migration); CANCELLED or
+   * DEADLINE_EXCEEDED when the call ended first (the job was aborted and the
+   * guest runs on).
+   */
+  migrateDomain: handleUnaryCall<MigrateDomainRequest, MigrateDomainResponse>;
+  /**
+   * The bandwidth limit of the domain's migrations (MiB/s; pre-copy, or
+   * post-copy with postcopy).
+   * Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no such limit.
+   */
+  getDomainMigrationMaxSpeed: handleUnaryCall<GetDomainMigrationMaxSpeedRequest, GetDomainMigrationMaxSpeedResponse>;
+  /**
+   * Sets the bandwidth limit of the domain's migrations, also during one.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a bandwidth above libvirt's
+   * maximum; UNIMPLEMENTED when the driver has no such limit.
+   */
+  setDomainMigrationMaxSpeed: handleUnaryCall<SetDomainMigrationMaxSpeedRequest, SetDomainMigrationMaxSpeedResponse>;
+  /**
+   * The longest pause a live migration may make at its end (ms).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+   * UNIMPLEMENTED when the driver cannot say.
+   */
+  getDomainMigrationMaxDowntime: handleUnaryCall<
+    GetDomainMigrationMaxDowntimeRequest,
+    GetDomainMigrationMaxDowntimeResponse
+  >;
+  /**
+   * Sets the longest pause a live migration may make at its end.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for 0; FAILED_PRECONDITION when the
+   * domain is not running; UNIMPLEMENTED when the driver cannot.
+   */
+  setDomainMigrationMaxDowntime: handleUnaryCall<
+    SetDomainMigrationMaxDowntimeRequest,
+    SetDomainMigrationMaxDowntimeResponse
+  >;
+  /**
+   * The size of the XBZRLE page cache compressed migrations use (bytes).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+   * UNIMPLEMENTED when the driver cannot say.
+   */
+  getDomainMigrationCompressionCache: handleUnaryCall<
+    GetDomainMigrationCompressionCacheRequest,
+    GetDomainMigrationCompressionCacheResponse
+  >;
+  /**
+   * Sets the size of the XBZRLE page cache.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for 0 or a size QEMU refuses (not a
+   * power of two, too small or too large); FAILED_PRECONDITION when the
+   * domain is not running; UNIMPLEMENTED when the driver cannot.
+   */
+  setDomainMigrationCompressionCache: handleUnaryCall<
+    SetDomainMigrationCompressionCacheRequest,
+    SetDomainMigrationCompressionCacheResponse
+  >;
+  /**
+   * Switches the domain's running migration (started with postcopy) to
+   * post-copy: the guest runs on the destination from now on.
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when no migration runs or it was
+   * not started with postcopy; UNIMPLEMENTED when the driver cannot.
+   */
+  startDomainMigrationPostCopy: handleUnaryCall<
+    StartDomainMigrationPostCopyRequest,
+    StartDomainMigrationPostCopyResponse
+  >;
+  /**
+   * Changes a device in place, described by XML and matched by its target or
+   * alias: for example a CD-ROM's media or an interface's link state.
+   * Errors: NOT_FOUND for an unknown domain or no matching device;
+   * INVALID_ARGUMENT for malformed device XML; FAILED_PRECONDITION for a
+   * live change on an inactive domain; UNIMPLEMENTED when the driver cannot
+   * change that device (or that property of it).
+   */
+  updateDevice: handleUnaryCall<UpdateDeviceRequest, UpdateDeviceResponse>;
+  /**
+   * Detaches the device with a user or libvirt alias (such as "ua-disk1" or
+   * "net0"), live and/or in config. Live, the guest is asked to release it:
+   * the call returns once asked; a DEVICE_REMOVED event says when it is gone.
+   * Errors: NOT_FOUND for an unknown domain or alias; INVALID_ARGUMENT for an
+   * empty or malformed alias; FAILED_PRECONDITION for a live change on an
+   * inactive domain; UNIMPLEMENTED when the driver cannot.
+   */
+  detachDeviceAlias: handleUnaryCall<DetachDeviceAliasRequest, DetachDeviceAliasResponse>;
+  /**
+   * Sends one command to the guest agent and returns its answer, as JSON
+   * text (virDomainQemuAgentCommand).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT when command is not a JSON object
+   * with an "execute" member or is too long, timeout_seconds is above 300,
+   * or the agent answers with an error (reason AGENT_COMMAND_FAILED: an
+   * unknown command, bad arguments); FAILED_PRECONDITION when the domain is
+   * not running or has no agent channel; UNAVAILABLE or DEADLINE_EXCEEDED
+   * when the agent does not answer in time.
+   */
+  qemuAgentCommand: handleUnaryCall<QemuAgentCommandRequest, QemuAgentCommandResponse>;
+  /**
+   * Sends one command to the domain's QEMU monitor: QMP (a JSON object with
+   * "execute"), or HMP text with hmp. Returns QEMU's answer as libvirt hands
+   * it back: QEMU's own error answer (such as CommandNotFound) is a result.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a command that is not a JSON
+   * object (QMP), not one line of text (HMP) or too long;
+   * FAILED_PRECONDITION when the domain is not running.
+   */
+  qemuMonitorCommand: handleUnaryCall<QemuMonitorCommandRequest, QemuMonitorCommandResponse>;
+  /**
+   * Streams the QMP events QEMU emits (every one, or those named event) of
+   * one domain or all, until the client cancels. Unlike WatchDomainEvents'
+   * events these are not numbered and cannot be resumed: a watcher sees
+   * what happens while it watches.
+   * Errors: NOT_FOUND for an unknown domain; INVALID_ARGUMENT for a
+   * malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
+   * behind; UNAVAILABLE when the libvirt connection is lost.
+   */
+  watchQemuMonitorEvents: handleServerStreamingCall<WatchQemuMonitorEventsRequest, WatchQemuMonitorEventsResponse>;
 }
 
 export interface ComputeServiceClient extends Client {
@@ -44238,6 +47790,293 @@ export interface ComputeServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: StartDomainDirtyRateCalcResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Migrates a domain to another libvirt host. With peer2peer (or tunnelled)
+   * this libvirt connects to destination_uri itself (virDomainMigrateToURI3);
+   * without, the service opens destination_uri and drives both sides
+   * (virDomainMigrate3). destination_uri must be a qemu libvirt URI, local
+   * or over ssh, libssh, libssh2, tcp, tls or unix, naming /system or
+   * /session, without query parameters.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed or disallowed
+   * destination_uri, conflicting flags or bad parameters (invalid XML, a
+   * disk named twice), or a destination libvirt refuses (this same host);
+   * FAILED_PRECONDITION when the domain is not running (and offline is not
+   * asked) or libvirt refuses the migration (unsafe storage); UNAVAILABLE
+   * when the destination cannot be reached (reason DESTINATION_UNREACHABLE
+   * when the service itself could not open it: a service running QEMU
+   * embedded has no driver for a direct migration); CANCELLED or
+   * DEADLINE_EXCEEDED when the call ended first (the job was aborted and the
+   * guest runs on).
+   */
+  migrateDomain(
+    request: MigrateDomainRequest,
+    callback: (error: ServiceError | null, response: MigrateDomainResponse) => void,
+  ): ClientUnaryCall;
+  migrateDomain(
+    request: MigrateDomainRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: MigrateDomainResponse) => void,
+  ): ClientUnaryCall;
+  migrateDomain(
+    request: MigrateDomainRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: MigrateDomainResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The bandwidth limit of the domain's migrations (MiB/s; pre-copy, or
+   * post-copy with postcopy).
+   * Errors: NOT_FOUND; UNIMPLEMENTED when the driver has no such limit.
+   */
+  getDomainMigrationMaxSpeed(
+    request: GetDomainMigrationMaxSpeedRequest,
+    callback: (error: ServiceError | null, response: GetDomainMigrationMaxSpeedResponse) => void,
+  ): ClientUnaryCall;
+  getDomainMigrationMaxSpeed(
+    request: GetDomainMigrationMaxSpeedRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainMigrationMaxSpeedResponse) => void,
+  ): ClientUnaryCall;
+  getDomainMigrationMaxSpeed(
+    request: GetDomainMigrationMaxSpeedRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainMigrationMaxSpeedResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sets the bandwidth limit of the domain's migrations, also during one.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a bandwidth above libvirt's
+   * maximum; UNIMPLEMENTED when the driver has no such limit.
+   */
+  setDomainMigrationMaxSpeed(
+    request: SetDomainMigrationMaxSpeedRequest,
+    callback: (error: ServiceError | null, response: SetDomainMigrationMaxSpeedResponse) => void,
+  ): ClientUnaryCall;
+  setDomainMigrationMaxSpeed(
+    request: SetDomainMigrationMaxSpeedRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainMigrationMaxSpeedResponse) => void,
+  ): ClientUnaryCall;
+  setDomainMigrationMaxSpeed(
+    request: SetDomainMigrationMaxSpeedRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainMigrationMaxSpeedResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The longest pause a live migration may make at its end (ms).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+   * UNIMPLEMENTED when the driver cannot say.
+   */
+  getDomainMigrationMaxDowntime(
+    request: GetDomainMigrationMaxDowntimeRequest,
+    callback: (error: ServiceError | null, response: GetDomainMigrationMaxDowntimeResponse) => void,
+  ): ClientUnaryCall;
+  getDomainMigrationMaxDowntime(
+    request: GetDomainMigrationMaxDowntimeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainMigrationMaxDowntimeResponse) => void,
+  ): ClientUnaryCall;
+  getDomainMigrationMaxDowntime(
+    request: GetDomainMigrationMaxDowntimeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainMigrationMaxDowntimeResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sets the longest pause a live migration may make at its end.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for 0; FAILED_PRECONDITION when the
+   * domain is not running; UNIMPLEMENTED when the driver cannot.
+   */
+  setDomainMigrationMaxDowntime(
+    request: SetDomainMigrationMaxDowntimeRequest,
+    callback: (error: ServiceError | null, response: SetDomainMigrationMaxDowntimeResponse) => void,
+  ): ClientUnaryCall;
+  setDomainMigrationMaxDowntime(
+    request: SetDomainMigrationMaxDowntimeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainMigrationMaxDowntimeResponse) => void,
+  ): ClientUnaryCall;
+  setDomainMigrationMaxDowntime(
+    request: SetDomainMigrationMaxDowntimeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainMigrationMaxDowntimeResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The size of the XBZRLE page cache compressed migrations use (bytes).
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when the domain is not running;
+   * UNIMPLEMENTED when the driver cannot say.
+   */
+  getDomainMigrationCompressionCache(
+    request: GetDomainMigrationCompressionCacheRequest,
+    callback: (error: ServiceError | null, response: GetDomainMigrationCompressionCacheResponse) => void,
+  ): ClientUnaryCall;
+  getDomainMigrationCompressionCache(
+    request: GetDomainMigrationCompressionCacheRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDomainMigrationCompressionCacheResponse) => void,
+  ): ClientUnaryCall;
+  getDomainMigrationCompressionCache(
+    request: GetDomainMigrationCompressionCacheRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDomainMigrationCompressionCacheResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sets the size of the XBZRLE page cache.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for 0 or a size QEMU refuses (not a
+   * power of two, too small or too large); FAILED_PRECONDITION when the
+   * domain is not running; UNIMPLEMENTED when the driver cannot.
+   */
+  setDomainMigrationCompressionCache(
+    request: SetDomainMigrationCompressionCacheRequest,
+    callback: (error: ServiceError | null, response: SetDomainMigrationCompressionCacheResponse) => void,
+  ): ClientUnaryCall;
+  setDomainMigrationCompressionCache(
+    request: SetDomainMigrationCompressionCacheRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetDomainMigrationCompressionCacheResponse) => void,
+  ): ClientUnaryCall;
+  setDomainMigrationCompressionCache(
+    request: SetDomainMigrationCompressionCacheRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetDomainMigrationCompressionCacheResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Switches the domain's running migration (started with postcopy) to
+   * post-copy: the guest runs on the destination from now on.
+   * Errors: NOT_FOUND; FAILED_PRECONDITION when no migration runs or it was
+   * not started with postcopy; UNIMPLEMENTED when the driver cannot.
+   */
+  startDomainMigrationPostCopy(
+    request: StartDomainMigrationPostCopyRequest,
+    callback: (error: ServiceError | null, response: StartDomainMigrationPostCopyResponse) => void,
+  ): ClientUnaryCall;
+  startDomainMigrationPostCopy(
+    request: StartDomainMigrationPostCopyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: StartDomainMigrationPostCopyResponse) => void,
+  ): ClientUnaryCall;
+  startDomainMigrationPostCopy(
+    request: StartDomainMigrationPostCopyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: StartDomainMigrationPostCopyResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Changes a device in place, described by XML and matched by its target or
+   * alias: for example a CD-ROM's media or an interface's link state.
+   * Errors: NOT_FOUND for an unknown domain or no matching device;
+   * INVALID_ARGUMENT for malformed device XML; FAILED_PRECONDITION for a
+   * live change on an inactive domain; UNIMPLEMENTED when the driver cannot
+   * change that device (or that property of it).
+   */
+  updateDevice(
+    request: UpdateDeviceRequest,
+    callback: (error: ServiceError | null, response: UpdateDeviceResponse) => void,
+  ): ClientUnaryCall;
+  updateDevice(
+    request: UpdateDeviceRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: UpdateDeviceResponse) => void,
+  ): ClientUnaryCall;
+  updateDevice(
+    request: UpdateDeviceRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: UpdateDeviceResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Detaches the device with a user or libvirt alias (such as "ua-disk1" or
+   * "net0"), live and/or in config. Live, the guest is asked to release it:
+   * the call returns once asked; a DEVICE_REMOVED event says when it is gone.
+   * Errors: NOT_FOUND for an unknown domain or alias; INVALID_ARGUMENT for an
+   * empty or malformed alias; FAILED_PRECONDITION for a live change on an
+   * inactive domain; UNIMPLEMENTED when the driver cannot.
+   */
+  detachDeviceAlias(
+    request: DetachDeviceAliasRequest,
+    callback: (error: ServiceError | null, response: DetachDeviceAliasResponse) => void,
+  ): ClientUnaryCall;
+  detachDeviceAlias(
+    request: DetachDeviceAliasRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DetachDeviceAliasResponse) => void,
+  ): ClientUnaryCall;
+  detachDeviceAlias(
+    request: DetachDeviceAliasRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DetachDeviceAliasResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sends one command to the guest agent and returns its answer, as JSON
+   * text (virDomainQemuAgentCommand).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT when command is not a JSON object
+   * with an "execute" member or is too long, timeout_seconds is above 300,
+   * or the agent answers with an error (reason AGENT_COMMAND_FAILED: an
+   * unknown command, bad arguments); FAILED_PRECONDITION when the domain is
+   * not running or has no agent channel; UNAVAILABLE or DEADLINE_EXCEEDED
+   * when the agent does not answer in time.
+   */
+  qemuAgentCommand(
+    request: QemuAgentCommandRequest,
+    callback: (error: ServiceError | null, response: QemuAgentCommandResponse) => void,
+  ): ClientUnaryCall;
+  qemuAgentCommand(
+    request: QemuAgentCommandRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: QemuAgentCommandResponse) => void,
+  ): ClientUnaryCall;
+  qemuAgentCommand(
+    request: QemuAgentCommandRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: QemuAgentCommandResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sends one command to the domain's QEMU monitor: QMP (a JSON object with
+   * "execute"), or HMP text with hmp. Returns QEMU's answer as libvirt hands
+   * it back: QEMU's own error answer (such as CommandNotFound) is a result.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a command that is not a JSON
+   * object (QMP), not one line of text (HMP) or too long;
+   * FAILED_PRECONDITION when the domain is not running.
+   */
+  qemuMonitorCommand(
+    request: QemuMonitorCommandRequest,
+    callback: (error: ServiceError | null, response: QemuMonitorCommandResponse) => void,
+  ): ClientUnaryCall;
+  qemuMonitorCommand(
+    request: QemuMonitorCommandRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: QemuMonitorCommandResponse) => void,
+  ): ClientUnaryCall;
+  qemuMonitorCommand(
+    request: QemuMonitorCommandRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: QemuMonitorCommandResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Streams the QMP events QEMU emits (every one, or those named event) of
+   * one domain or all, until the client cancels. Unlike WatchDomainEvents'
+   * events these are not numbered and cannot be resumed: a watcher sees
+   * what happens while it watches.
+   * Errors: NOT_FOUND for an unknown domain; INVALID_ARGUMENT for a
+   * malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
+   * behind; UNAVAILABLE when the libvirt connection is lost.
+   */
+  watchQemuMonitorEvents(
+    request: WatchQemuMonitorEventsRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<WatchQemuMonitorEventsResponse>;
+  watchQemuMonitorEvents(
+    request: WatchQemuMonitorEventsRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<WatchQemuMonitorEventsResponse>;
 }
 
 export const ComputeServiceClient = makeGenericClientConstructor(
