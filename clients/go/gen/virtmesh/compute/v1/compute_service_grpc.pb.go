@@ -602,8 +602,9 @@ type ComputeServiceClient interface {
 	// another job runs; UNIMPLEMENTED when the driver has no backups.
 	BeginBackup(ctx context.Context, in *BeginBackupRequest, opts ...grpc.CallOption) (*BeginBackupResponse, error)
 	// Returns the XML of the backup that runs (virDomainBackupGetXMLDesc).
-	// Errors: NOT_FOUND; FAILED_PRECONDITION when no backup runs;
-	// UNIMPLEMENTED when the driver has no backups (the test driver).
+	// Errors: NOT_FOUND for an unknown domain, or when no backup runs (reason
+	// VIR_ERR_NO_DOMAIN_BACKUP); UNIMPLEMENTED when the driver has no backups
+	// (the test driver).
 	GetBackupXML(ctx context.Context, in *GetBackupXMLRequest, opts ...grpc.CallOption) (*GetBackupXMLResponse, error)
 }
 
@@ -2441,8 +2442,9 @@ type ComputeServiceServer interface {
 	// another job runs; UNIMPLEMENTED when the driver has no backups.
 	BeginBackup(context.Context, *BeginBackupRequest) (*BeginBackupResponse, error)
 	// Returns the XML of the backup that runs (virDomainBackupGetXMLDesc).
-	// Errors: NOT_FOUND; FAILED_PRECONDITION when no backup runs;
-	// UNIMPLEMENTED when the driver has no backups (the test driver).
+	// Errors: NOT_FOUND for an unknown domain, or when no backup runs (reason
+	// VIR_ERR_NO_DOMAIN_BACKUP); UNIMPLEMENTED when the driver has no backups
+	// (the test driver).
 	GetBackupXML(context.Context, *GetBackupXMLRequest) (*GetBackupXMLResponse, error)
 	mustEmbedUnimplementedComputeServiceServer()
 }

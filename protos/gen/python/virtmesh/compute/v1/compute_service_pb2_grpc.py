@@ -1916,8 +1916,9 @@ class ComputeServiceServicer:
 
     def GetBackupXML(self, request, context):
         """Returns the XML of the backup that runs (virDomainBackupGetXMLDesc).
-        Errors: NOT_FOUND; FAILED_PRECONDITION when no backup runs;
-        UNIMPLEMENTED when the driver has no backups (the test driver).
+        Errors: NOT_FOUND for an unknown domain, or when no backup runs (reason
+        VIR_ERR_NO_DOMAIN_BACKUP); UNIMPLEMENTED when the driver has no backups
+        (the test driver).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

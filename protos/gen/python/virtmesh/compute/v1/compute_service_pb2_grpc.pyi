@@ -774,8 +774,9 @@ class ComputeServiceStub:
     """
     GetBackupXML: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetBackupXMLRequest, _compute_service_pb2.GetBackupXMLResponse]
     """Returns the XML of the backup that runs (virDomainBackupGetXMLDesc).
-    Errors: NOT_FOUND; FAILED_PRECONDITION when no backup runs;
-    UNIMPLEMENTED when the driver has no backups (the test driver).
+    Errors: NOT_FOUND for an unknown domain, or when no backup runs (reason
+    VIR_ERR_NO_DOMAIN_BACKUP); UNIMPLEMENTED when the driver has no backups
+    (the test driver).
     """
 
 @_typing.type_check_only
@@ -1524,8 +1525,9 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     """
     GetBackupXML: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetBackupXMLRequest, _compute_service_pb2.GetBackupXMLResponse]  # type: ignore[assignment]
     """Returns the XML of the backup that runs (virDomainBackupGetXMLDesc).
-    Errors: NOT_FOUND; FAILED_PRECONDITION when no backup runs;
-    UNIMPLEMENTED when the driver has no backups (the test driver).
+    Errors: NOT_FOUND for an unknown domain, or when no backup runs (reason
+    VIR_ERR_NO_DOMAIN_BACKUP); UNIMPLEMENTED when the driver has no backups
+    (the test driver).
     """
 
 class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -3021,8 +3023,9 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_compute_service_pb2.GetBackupXMLResponse, _abc.Awaitable[_compute_service_pb2.GetBackupXMLResponse]]:
         """Returns the XML of the backup that runs (virDomainBackupGetXMLDesc).
-        Errors: NOT_FOUND; FAILED_PRECONDITION when no backup runs;
-        UNIMPLEMENTED when the driver has no backups (the test driver).
+        Errors: NOT_FOUND for an unknown domain, or when no backup runs (reason
+        VIR_ERR_NO_DOMAIN_BACKUP); UNIMPLEMENTED when the driver has no backups
+        (the test driver).
         """
 
 def add_ComputeServiceServicer_to_server(servicer: ComputeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -36639,8 +36639,9 @@ export const ComputeServiceService = {
   },
   /**
    * Returns the XML of the backup that runs (virDomainBackupGetXMLDesc).
-   * Errors: NOT_FOUND; FAILED_PRECONDITION when no backup runs;
-   * UNIMPLEMENTED when the driver has no backups (the test driver).
+   * Errors: NOT_FOUND for an unknown domain, or when no backup runs (reason
+   * VIR_ERR_NO_DOMAIN_BACKUP); UNIMPLEMENTED when the driver has no backups
+   * (the test driver).
    */
   getBackupXml: {
     path: "/virtmesh.compute.v1.ComputeService/GetBackupXML" as const,
@@ -37492,8 +37493,9 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
   beginBackup: handleUnaryCall<BeginBackupRequest, BeginBackupResponse>;
   /**
    * Returns the XML of the backup that runs (virDomainBackupGetXMLDesc).
-   * Errors: NOT_FOUND; FAILED_PRECONDITION when no backup runs;
-   * UNIMPLEMENTED when the driver has no backups (the test driver).
+   * Errors: NOT_FOUND for an unknown domain, or when no backup runs (reason
+   * VIR_ERR_NO_DOMAIN_BACKUP); UNIMPLEMENTED when the driver has no backups
+   * (the test driver).
    */
   getBackupXml: handleUnaryCall<GetBackupXMLRequest, GetBackupXMLResponse>;
 }
@@ -40024,8 +40026,9 @@ export interface ComputeServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Returns the XML of the backup that runs (virDomainBackupGetXMLDesc).
-   * Errors: NOT_FOUND; FAILED_PRECONDITION when no backup runs;
-   * UNIMPLEMENTED when the driver has no backups (the test driver).
+   * Errors: NOT_FOUND for an unknown domain, or when no backup runs (reason
+   * VIR_ERR_NO_DOMAIN_BACKUP); UNIMPLEMENTED when the driver has no backups
+   * (the test driver).
    */
   getBackupXml(
     request: GetBackupXMLRequest,
