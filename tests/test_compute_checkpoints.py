@@ -537,3 +537,63 @@ def test_checkpoints_and_backups_of_a_running_guest(qemu: Qemu) -> None:
     finally:
         for path in (full, incremental):
             path.unlink(missing_ok=True)
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(300)
+def test_a_backup_is_aborted_as_the_domain_job(qemu: Qemu) -> None:
+    stub = qemu.stub
+    target = qemu.save_dir / "aborted.qcow2"
+    try:
+        stub.BeginBackup(pb.BeginBackupRequest(name=GUEST, backup_xml=backup_xml(target)),
+                         timeout=30)
+        stub.AbortDomainJob(pb.AbortDomainJobRequest(name=GUEST), timeout=30)
+        wait_for(lambda: stub.GetDomainJobInfo(pb.GetDomainJobInfoRequest(name=GUEST),
+                                               timeout=10).job.type == pb.JOB_TYPE_NONE,
+                 60, "the backup job to end")
+        done = stub.GetDomainJobInfo(pb.GetDomainJobInfoRequest(name=GUEST, completed=True),
+                                     timeout=10).job
+        assert done.operation == pb.JOB_OPERATION_BACKUP
+        assert done.type in (pb.JOB_TYPE_CANCELLED, pb.JOB_TYPE_FAILED), done
+        assert stub.GetDomain(pb.GetDomainRequest(name=GUEST),
+                              timeout=10).domain.state == pb.DOMAIN_STATE_RUNNING
+    finally:
+        target.unlink(missing_ok=True)
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(300)
+def test_cli_backup_begin_waits_for_the_backup(qemu: Qemu, virtmesh: Any) -> None:
+    target = qemu.save_dir / "cli.qcow2"
+    socket = str(qemu.save_dir.parent / "run")
+    try:
+        code, out, err = virtmesh("--socket", socket, "backup-begin", GUEST,
+                                  "--target", f"vdb={target}", "--wait")
+        assert (code, out.strip()) == (0, "Backup completed"), err
+        assert image_format(target) == "qcow2"
+        code, _, err = virtmesh("--socket", socket, "backup-begin", GUEST,
+                                "--target", f"vdb={target}")
+        assert code == 1 and "ALREADY_EXISTS" in err
+        code, _, err = virtmesh("--socket", socket, "backup-begin", GUEST)
+        assert code == 2 and "--target" in err
+    finally:
+        target.unlink(missing_ok=True)
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(300)
+def test_a_snapshot_without_metadata_is_described_by_its_name(qemu: Qemu) -> None:
+    stub = qemu.stub
+    # the guest's vdb goes on in the overlay: it lives as long as the guest
+    overlay = qemu.save_dir.parent / f"{GUEST}-overlay.qcow2"
+    overlay.unlink(missing_ok=True)
+    reply = stub.CreateSnapshot(pb.CreateSnapshotRequest(
+        name=GUEST, xml=snapshot_xml("nometa", "", disk_only=True, diskspecs=[
+            f"vdb,snapshot=external,file={overlay}"]), disk_only=True, no_metadata=True,
+        atomic=True), timeout=60).snapshot
+    assert (reply.name, reply.has_metadata) == ("nometa", False)
+    assert overlay.exists()
+    assert names(stub.ListSnapshots(pb.ListSnapshotsRequest(name=GUEST),
+                                    timeout=10).snapshots) == []
+    assert failed(stub.GetCurrentSnapshot, pb.GetCurrentSnapshotRequest(name=GUEST)) == (
+        C.NOT_FOUND, "NO_CURRENT_SNAPSHOT")

@@ -202,6 +202,9 @@ class ComputeServicer(HostServicer, JobsServicer, AgentServicer, TuningServicer,
                                             request.no_metadata, request.atomic,
                                             request.quiesce, request.live,
                                             request.reuse_external, request.halt)
+        if request.no_metadata:  # libvirt keeps nothing of it to describe: its name only
+            return pb.CreateSnapshotResponse(snapshot=pb.Snapshot(
+                name=convert.snapshot_name(snap)))
         return pb.CreateSnapshotResponse(snapshot=convert.snapshot(snap))
 
     def ListSnapshots(self, request: pb.ListSnapshotsRequest,
