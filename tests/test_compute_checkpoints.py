@@ -309,6 +309,13 @@ def bad_requests(save_dir: Path) -> list[tuple[str, Any, grpc.StatusCode]]:
          C.INVALID_ARGUMENT),
         ("CreateCheckpoint", pb.CreateCheckpointRequest(name="gamma", xml="<domain/>"),
          C.INVALID_ARGUMENT),
+        ("CreateCheckpoint", pb.CreateCheckpointRequest(  # against libvirt's schema
+            name="gamma", xml="<domaincheckpoint><bogus/></domaincheckpoint>"),
+         C.INVALID_ARGUMENT),
+        ("BeginBackup", pb.BeginBackupRequest(
+            name="gamma", backup_xml=disk.format(inside),
+            checkpoint_xml="<domaincheckpoint><bogus/></domaincheckpoint>"),
+         C.INVALID_ARGUMENT),
         ("CreateCheckpoint", pb.CreateCheckpointRequest(name="gamma", xml=cp,
                                                         redefine_validate=True),
          C.INVALID_ARGUMENT),

@@ -1,11 +1,14 @@
 """Checkpoints, backups and the snapshot tree: libvirt's calls behind them.
 
-A caller's document (checkpoint XML, backup XML) goes through documents.check
-before libvirt parses it. A backup writes files on the node: push mode only, and
-every disk of the domain either left out explicitly (backup='no') or given a target
-file inside the service's save directory (backend_jobs.SaveDir), which must not
-exist yet unless the caller reuses files already there. libvirt would otherwise
-pick files beside the disk images, outside anything a caller may name.
+A caller's document goes through documents.check before libvirt parses it, and a
+checkpoint document through the parse sandbox too (services/common/sandbox.py; the
+test driver the sandbox runs has no backups, so a backup document gets
+documents.check and the target rules below only). A backup writes files on the
+node: push mode only, and every disk of the domain either left out explicitly
+(backup='no') or given a target file inside the service's save directory
+(backend_jobs.SaveDir), which must not exist yet unless the caller reuses files
+already there. libvirt would otherwise pick files beside the disk images, outside
+anything a caller may name.
 """
 
 from __future__ import annotations
@@ -77,8 +80,8 @@ class CheckpointsBackend:
                  | (libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_QUIESCE if quiesce else 0)
                  | (libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE_VALIDATE
                     if redefine_validate else 0))
-        return documents.submit(dom.checkpointCreateXML, xml or "<domaincheckpoint/>", flags,
-                                root="domaincheckpoint")
+        return self.backend._submit("checkpoint", dom.checkpointCreateXML,
+                                    xml or "<domaincheckpoint/>", flags, root="domaincheckpoint")
 
     def checkpoint(self, name: str, checkpoint: str) -> libvirt.virDomainCheckpoint:
         return self.backend.lookup(name).checkpointLookupByName(
@@ -119,6 +122,7 @@ class CheckpointsBackend:
         documents.check(backup_xml, "backup_xml", root="domainbackup")
         if checkpoint_xml:
             documents.check(checkpoint_xml, "checkpoint_xml", root="domaincheckpoint")
+            self.backend.sandbox.parse("checkpoint", checkpoint_xml)
         dom = self.backend.lookup(name)
         if not dom.isActive():
             raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
