@@ -303,6 +303,11 @@ def bad_requests(save_dir: Path) -> list[tuple[str, Any, grpc.StatusCode]]:
          C.INVALID_ARGUMENT),
         ("ListSnapshotChildren", pb.ListSnapshotChildrenRequest(name="alpha"),
          C.INVALID_ARGUMENT),
+        ("ListSnapshots", pb.ListSnapshotsRequest(name="alpha", filter=pb.SnapshotFilter(
+            kinds=[pb.SNAPSHOT_KIND_UNSPECIFIED])), C.INVALID_ARGUMENT),
+        ("ListSnapshotChildren", pb.ListSnapshotChildrenRequest(
+            name="alpha", snapshot="one", filter=pb.SnapshotFilter(kinds=[7])),
+         C.INVALID_ARGUMENT),
         ("ListCheckpointChildren", pb.ListCheckpointChildrenRequest(
             name="gamma", checkpoint="keep", page_size=-1), C.INVALID_ARGUMENT),
         ("CreateCheckpoint", pb.CreateCheckpointRequest(name="gamma", xml="<domaincheckpoint>"),
@@ -564,6 +569,7 @@ def test_a_backup_is_aborted_as_the_domain_job(qemu: Qemu) -> None:
         assert done.type in (pb.JOB_TYPE_CANCELLED, pb.JOB_TYPE_FAILED), done
         assert stub.GetDomain(pb.GetDomainRequest(name=GUEST),
                               timeout=10).domain.state == pb.DOMAIN_STATE_RUNNING
+        assert not target.exists()  # libvirt removes the file it made
     finally:
         target.unlink(missing_ok=True)
 

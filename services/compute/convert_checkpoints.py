@@ -7,10 +7,12 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+import grpc
 import libvirt
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.backend import list_flags
+from services.common.shared import ServiceError
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 
 T = TypeVar("T")
@@ -45,7 +47,10 @@ def snapshot_list_flags(tree: bool, flt: pb.SnapshotFilter) -> int:
 def _kinds(kinds: Sequence[int]) -> int:
     flags = 0
     for kind in kinds:
-        flags |= SNAPSHOT_KINDS.get(kind, 0)
+        if kind not in SNAPSHOT_KINDS:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"filter.kinds: {kind} is not a snapshot kind", "INVALID_ENUM")
+        flags |= SNAPSHOT_KINDS[kind]
     return flags
 
 
