@@ -33,6 +33,8 @@ from virtmesh_client.cli_checkpoints import snapshot_xml
 pytestmark = pytest.mark.timeout(60)
 Stub = pb_grpc.ComputeServiceStub
 C = grpc.StatusCode
+#: a value SnapshotKind does not have
+UNKNOWN_KIND: Any = 7
 
 
 def failed(call: Callable[..., Any], request: Any) -> tuple[grpc.StatusCode, str]:
@@ -306,7 +308,7 @@ def bad_requests(save_dir: Path) -> list[tuple[str, Any, grpc.StatusCode]]:
         ("ListSnapshots", pb.ListSnapshotsRequest(name="alpha", filter=pb.SnapshotFilter(
             kinds=[pb.SNAPSHOT_KIND_UNSPECIFIED])), C.INVALID_ARGUMENT),
         ("ListSnapshotChildren", pb.ListSnapshotChildrenRequest(
-            name="alpha", snapshot="one", filter=pb.SnapshotFilter(kinds=[7])),
+            name="alpha", snapshot="one", filter=pb.SnapshotFilter(kinds=[UNKNOWN_KIND])),
          C.INVALID_ARGUMENT),
         ("ListCheckpointChildren", pb.ListCheckpointChildrenRequest(
             name="gamma", checkpoint="keep", page_size=-1), C.INVALID_ARGUMENT),

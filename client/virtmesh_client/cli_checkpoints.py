@@ -437,5 +437,6 @@ def register(command: CommandFactory) -> None:
     sub.add_argument("--reuse-external", action="store_true",
                      help="the target files exist already")
     sub.add_argument("--wait", action="store_true",
-                     help="follow the backup to its end (a progress bar on a terminal)")
+                     help="follow the backup to its end (a progress bar on a terminal); "
+                     "Ctrl-C stops waiting, the backup goes on (domjobabort aborts it)")
     domains.add("backup-dumpxml", cmd_backup_dumpxml, "print the running backup's XML")

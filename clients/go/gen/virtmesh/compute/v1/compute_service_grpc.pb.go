@@ -331,7 +331,8 @@ type ComputeServiceClient interface {
 	// driver).
 	GetDomainJobInfo(ctx context.Context, in *GetDomainJobInfoRequest, opts ...grpc.CallOption) (*GetDomainJobInfoResponse, error)
 	// Aborts the domain's current job (virDomainAbortJob): a save, dump or
-	// migration; the call that started it ends with ABORTED.
+	// migration, whose call ends with ABORTED, or a backup (BeginBackup), whose
+	// completed job says CANCELLED.
 	// Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
 	// UNIMPLEMENTED when the driver has no jobs (the test driver).
 	AbortDomainJob(ctx context.Context, in *AbortDomainJobRequest, opts ...grpc.CallOption) (*AbortDomainJobResponse, error)
@@ -2171,7 +2172,8 @@ type ComputeServiceServer interface {
 	// driver).
 	GetDomainJobInfo(context.Context, *GetDomainJobInfoRequest) (*GetDomainJobInfoResponse, error)
 	// Aborts the domain's current job (virDomainAbortJob): a save, dump or
-	// migration; the call that started it ends with ABORTED.
+	// migration, whose call ends with ABORTED, or a backup (BeginBackup), whose
+	// completed job says CANCELLED.
 	// Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
 	// UNIMPLEMENTED when the driver has no jobs (the test driver).
 	AbortDomainJob(context.Context, *AbortDomainJobRequest) (*AbortDomainJobResponse, error)

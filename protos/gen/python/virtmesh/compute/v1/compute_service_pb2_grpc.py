@@ -1348,7 +1348,8 @@ class ComputeServiceServicer:
 
     def AbortDomainJob(self, request, context):
         """Aborts the domain's current job (virDomainAbortJob): a save, dump or
-        migration; the call that started it ends with ABORTED.
+        migration, whose call ends with ABORTED, or a backup (BeginBackup), whose
+        completed job says CANCELLED.
         Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
         UNIMPLEMENTED when the driver has no jobs (the test driver).
         """

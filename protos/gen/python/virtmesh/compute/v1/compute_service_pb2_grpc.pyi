@@ -436,7 +436,8 @@ class ComputeServiceStub:
     """
     AbortDomainJob: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.AbortDomainJobRequest, _compute_service_pb2.AbortDomainJobResponse]
     """Aborts the domain's current job (virDomainAbortJob): a save, dump or
-    migration; the call that started it ends with ABORTED.
+    migration, whose call ends with ABORTED, or a backup (BeginBackup), whose
+    completed job says CANCELLED.
     Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
     UNIMPLEMENTED when the driver has no jobs (the test driver).
     """
@@ -1187,7 +1188,8 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     """
     AbortDomainJob: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.AbortDomainJobRequest, _compute_service_pb2.AbortDomainJobResponse]  # type: ignore[assignment]
     """Aborts the domain's current job (virDomainAbortJob): a save, dump or
-    migration; the call that started it ends with ABORTED.
+    migration, whose call ends with ABORTED, or a backup (BeginBackup), whose
+    completed job says CANCELLED.
     Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
     UNIMPLEMENTED when the driver has no jobs (the test driver).
     """
@@ -2343,7 +2345,8 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_compute_service_pb2.AbortDomainJobResponse, _abc.Awaitable[_compute_service_pb2.AbortDomainJobResponse]]:
         """Aborts the domain's current job (virDomainAbortJob): a save, dump or
-        migration; the call that started it ends with ABORTED.
+        migration, whose call ends with ABORTED, or a backup (BeginBackup), whose
+        completed job says CANCELLED.
         Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
         UNIMPLEMENTED when the driver has no jobs (the test driver).
         """

@@ -35667,7 +35667,8 @@ export const ComputeServiceService = {
   },
   /**
    * Aborts the domain's current job (virDomainAbortJob): a save, dump or
-   * migration; the call that started it ends with ABORTED.
+   * migration, whose call ends with ABORTED, or a backup (BeginBackup), whose
+   * completed job says CANCELLED.
    * Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
    * UNIMPLEMENTED when the driver has no jobs (the test driver).
    */
@@ -37097,7 +37098,8 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
   getDomainJobInfo: handleUnaryCall<GetDomainJobInfoRequest, GetDomainJobInfoResponse>;
   /**
    * Aborts the domain's current job (virDomainAbortJob): a save, dump or
-   * migration; the call that started it ends with ABORTED.
+   * migration, whose call ends with ABORTED, or a backup (BeginBackup), whose
+   * completed job says CANCELLED.
    * Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
    * UNIMPLEMENTED when the driver has no jobs (the test driver).
    */
@@ -38847,7 +38849,8 @@ export interface ComputeServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Aborts the domain's current job (virDomainAbortJob): a save, dump or
-   * migration; the call that started it ends with ABORTED.
+   * migration, whose call ends with ABORTED, or a backup (BeginBackup), whose
+   * completed job says CANCELLED.
    * Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted;
    * UNIMPLEMENTED when the driver has no jobs (the test driver).
    */
