@@ -188,6 +188,10 @@ WRITES: list[tuple[str, Message]] = [
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", migratable=True)),
     ("GetSaveImageXML", pb.GetSaveImageXMLRequest(path="/x/alpha.img", secure=True)),
     ("GetManagedSaveXML", pb.GetManagedSaveXMLRequest(name="alpha", secure=True)),
+    ("GetCheckpoint", pb.GetCheckpointRequest(name="alpha", checkpoint="one", secure=True)),
+    ("CreateCheckpoint", pb.CreateCheckpointRequest(name="alpha")),
+    ("DeleteCheckpoint", pb.DeleteCheckpointRequest(name="alpha", checkpoint="one")),
+    ("BeginBackup", pb.BeginBackupRequest(name="alpha", backup_xml="<domainbackup/>")),
 ]
 
 #: calls a read-only caller may make
@@ -222,6 +226,15 @@ READS: list[tuple[str, Message]] = [
     ("GetSaveImageXML", pb.GetSaveImageXMLRequest(path="/x/alpha.img")),
     ("GetManagedSaveXML", pb.GetManagedSaveXMLRequest(name="alpha")),
     ("GetDomainJobInfo", pb.GetDomainJobInfoRequest(name="alpha")),
+    ("GetCurrentSnapshot", pb.GetCurrentSnapshotRequest(name="alpha")),
+    ("GetSnapshotParent", pb.GetSnapshotParentRequest(name="alpha", snapshot="one")),
+    ("ListSnapshotChildren", pb.ListSnapshotChildrenRequest(name="alpha", snapshot="one")),
+    ("ListCheckpoints", pb.ListCheckpointsRequest(name="alpha")),
+    ("GetCheckpoint", pb.GetCheckpointRequest(name="alpha", checkpoint="one")),
+    ("GetCheckpointParent", pb.GetCheckpointParentRequest(name="alpha", checkpoint="one")),
+    ("ListCheckpointChildren", pb.ListCheckpointChildrenRequest(name="alpha",
+                                                                checkpoint="one")),
+    ("GetBackupXML", pb.GetBackupXMLRequest(name="alpha")),
     ("GetDomainSchedulerParameters", pb.GetDomainSchedulerParametersRequest(name="alpha")),
     ("GetDomainMemoryParameters", pb.GetDomainMemoryParametersRequest(name="alpha")),
     ("GetDomainBlkioParameters", pb.GetDomainBlkioParametersRequest(name="alpha")),

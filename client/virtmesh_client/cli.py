@@ -31,6 +31,7 @@ from virtmesh_client import (
     cli_admin,
     cli_agent,
     cli_block,
+    cli_checkpoints,
     cli_completion,
     cli_compute,
     cli_config,
@@ -54,10 +55,10 @@ from virtmesh_client.cli_output import Output
 from virtmesh_client.client import DEFAULT_TIMEOUT, ClientError, ConfigError
 
 #: every service's commands, in the order ``--help`` lists them
-COMMAND_MODULES = (cli_compute, cli_admin, cli_agent, cli_block, cli_completion, cli_config,
-                   cli_console, cli_gateway, cli_graphics, cli_host, cli_iface, cli_jobs,
-                   cli_lifecycle, cli_migration,
-                   cli_network, cli_nodedev, cli_nwfilter, cli_secret, cli_storage, cli_tuning)
+COMMAND_MODULES = (cli_compute, cli_admin, cli_agent, cli_block, cli_checkpoints,
+                   cli_completion, cli_config, cli_console, cli_gateway, cli_graphics, cli_host,
+                   cli_iface, cli_jobs, cli_lifecycle, cli_migration, cli_network, cli_nodedev,
+                   cli_nwfilter, cli_secret, cli_storage, cli_tuning)
 #: commands that run until Ctrl-C, which ends them with status 0
 UNTIL_CTRL_C = ("events", "vnc")
 START_HINT = "; is virtmesh running? start it with `make run`"

@@ -11,7 +11,6 @@ import queue
 import sys
 import threading
 from collections.abc import Sequence
-from datetime import UTC
 from typing import Any
 
 from virtmesh.compute.v1 import compute_service_pb2 as pb
@@ -42,7 +41,6 @@ from virtmesh_client.cli_output import (
     message_text,
     parse_kib,
     read_input,
-    table,
     yes,
 )
 from virtmesh_client.client import Client, ClientError, EventStream
@@ -54,9 +52,6 @@ INT_ENUMS["virtmesh.compute.v1.VcpuStats.state"] = {
 #: ``name`` is the argument the fleet looks for to find a domain's node
 _DOMAIN = Argument("name", "DOMAIN", "domain name or UUID")
 DOMAIN = Kind("Domain '{}'", (_DOMAIN,), response_field="domain")
-#: a snapshot is named by its domain and its own name
-SNAPSHOT = Kind("Snapshot '{}'", (
-    _DOMAIN, Argument("snapshot", "SNAPSHOT", "snapshot name", field="snapshot")))
 
 
 def _state(value: int) -> str:
@@ -261,33 +256,6 @@ def cmd_setmem(client: Client, args: argparse.Namespace, out: Output) -> None:
     out.show(response, f"Domain '{args.name}' memory set to {kib(args.size)}")
 
 
-def cmd_snapshot_create(client: Client, args: argparse.Namespace, out: Output) -> None:
-    response = client.call("CreateSnapshot", pb.CreateSnapshotRequest(
-        name=args.name, xml=read_input(args.xml) if args.xml else ""))
-    out.show(response, f"Snapshot '{response.snapshot.name}' of '{args.name}' created")
-
-
-def cmd_snapshot_list(client: Client, args: argparse.Namespace, out: Output) -> None:
-    snaps = client.snapshots(args.name)
-    text = table(("NAME", "CREATE_TIME", "STATE", "PARENT", "CURRENT"), (
-        (s.name, s.create_time.ToDatetime(tzinfo=UTC).isoformat(timespec="seconds"),
-         s.state, s.parent or "-", yes(s.current)) for s in snaps))
-    out.show(pb.ListSnapshotsResponse(snapshots=snaps), text)
-
-
-def cmd_snapshot_revert(client: Client, args: argparse.Namespace, out: Output) -> None:
-    response = client.call("RevertToSnapshot", pb.RevertToSnapshotRequest(
-        name=args.name, snapshot=args.snapshot, running=args.running, paused=args.paused,
-        force=args.force))
-    out.show(response, f"Domain '{args.name}' reverted to snapshot '{args.snapshot}'")
-
-
-def cmd_snapshot_delete(client: Client, args: argparse.Namespace, out: Output) -> None:
-    response = client.call("DeleteSnapshot", pb.DeleteSnapshotRequest(
-        name=args.name, snapshot=args.snapshot, children=args.children))
-    out.show(response, f"Snapshot '{args.snapshot}' of '{args.name}' deleted")
-
-
 def _device(method: str, request: type, done: str) -> Handler:
     def handler(client: Client, args: argparse.Namespace, out: Output) -> None:
         response = client.call(method, request(name=args.name, xml=read_input(args.file),
@@ -302,7 +270,7 @@ def _add_scope(parser: argparse.ArgumentParser) -> None:
 
 
 def register(command: CommandFactory) -> None:
-    domains, snapshots = Commands(command, DOMAIN), Commands(command, SNAPSHOT)
+    domains = Commands(command, DOMAIN)
     paused = ("--paused", "leave its vCPUs paused")
     sub = command("list", cmd_list, "list domains")
     which = sub.add_mutually_exclusive_group()
@@ -381,15 +349,6 @@ def register(command: CommandFactory) -> None:
                      help="KiB, or with a unit: 512M, 1G")
     sub.add_argument("--maximum", action="store_true", help="change the maximum")
     _add_scope(sub)
-    sub = domains.add("snapshot-create", cmd_snapshot_create, "snapshot a domain")
-    sub.add_argument("--xml", type=XML_FILE, metavar="FILE", help="<domainsnapshot> XML file")
-    domains.add("snapshot-list", cmd_snapshot_list, "list a domain's snapshots")
-    sub = snapshots.add("snapshot-revert", cmd_snapshot_revert, "revert to a snapshot")
-    sub.add_argument("--running", action="store_true", help="leave the domain running")
-    sub.add_argument("--paused", action="store_true", help="leave the domain paused")
-    sub.add_argument("--force", action="store_true", help="revert even when risky")
-    sub = snapshots.add("snapshot-delete", cmd_snapshot_delete, "delete a snapshot")
-    sub.add_argument("--children", action="store_true", help="and its descendants")
     for name, method, request, done in (
             ("attach-device", "AttachDevice", pb.AttachDeviceRequest, "attached to"),
             ("detach-device", "DetachDevice", pb.DetachDeviceRequest, "detached from")):

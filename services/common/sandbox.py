@@ -46,7 +46,13 @@ MEMORY_LIMIT = 2 * 1024 ** 3
 #: a device is parsed inside the smallest domain the schema accepts
 _DEVICE_HOST = ("<domain type='test'><name>virtmesh-sandbox</name><memory>1024</memory>"
                 "<os><type>hvm</type></os><devices>{}</devices></domain>")
-KINDS = ("domain", "device", "snapshot", "network", "pool", "volume")
+KINDS = ("domain", "device", "snapshot", "checkpoint", "network", "pool", "volume")
+#: a checkpoint is taken of a running domain with a disk (the test driver's rule)
+_DISK_HOST = ("<domain type='test'><name>virtmesh-sandbox</name><memory>1024</memory>"
+              "<os><type>hvm</type></os><devices><disk type='file' device='disk'>"
+              "<driver name='qemu' type='qcow2'/>"
+              "<source file='/nonexistent/virtmesh-sandbox.qcow2'/><target dev='vda'/>"
+              "</disk></devices></domain>")
 #: the pool a volume document is created in
 _VOLUME_HOST = ("<pool type='dir'><name>virtmesh-sandbox</name>"
                 "<target><path>/nonexistent/virtmesh-sandbox</path></target></pool>")
@@ -139,6 +145,12 @@ def _define(conn: libvirt.virConnect, kind: str, xml: str) -> None:
                                    | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA)
         finally:
             host.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    elif kind == "checkpoint":
+        host = conn.createXML(_DISK_HOST, 0)
+        try:
+            host.checkpointCreateXML(xml, 0)
+        finally:
+            host.destroy()
     elif kind == "network":
         conn.networkDefineXMLFlags(xml, libvirt.VIR_NETWORK_DEFINE_VALIDATE).undefine()
     elif kind == "pool":

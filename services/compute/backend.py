@@ -392,18 +392,24 @@ class ComputeBackend(Backend):
     # -- snapshots ------------------------------------------------------------
 
     def create_snapshot(self, name: str, xml: str, disk_only: bool, no_metadata: bool,
-                        atomic: bool, quiesce: bool) -> libvirt.virDomainSnapshot:
+                        atomic: bool, quiesce: bool, live: bool = False,
+                        reuse_external: bool = False,
+                        halt: bool = False) -> libvirt.virDomainSnapshot:
         dom = self.lookup(name)
         flags = ((libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY if disk_only else 0)
                  | (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA if no_metadata else 0)
                  | (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC if atomic else 0)
-                 | (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE if quiesce else 0))
+                 | (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE if quiesce else 0)
+                 | (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_LIVE if live else 0)
+                 | (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT if reuse_external else 0)
+                 | (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_HALT if halt else 0))
         return self._submit("snapshot", dom.snapshotCreateXML, xml or "<domainsnapshot/>",
                             flags | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_VALIDATE,
                             root="domainsnapshot")
 
-    def list_snapshots(self, name: str) -> list[libvirt.virDomainSnapshot]:
-        return self.lookup(name).listAllSnapshots(0)
+    def list_snapshots(self, name: str, flags: int = 0) -> list[libvirt.virDomainSnapshot]:
+        """``flags``: virDomainSnapshotListFlags (convert_checkpoints builds them)."""
+        return self.lookup(name).listAllSnapshots(flags)
 
     def snapshot(self, name: str, snapshot: str) -> libvirt.virDomainSnapshot:
         """Snapshot ``snapshot`` of domain ``name``."""

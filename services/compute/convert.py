@@ -194,6 +194,7 @@ def snapshot(snap: libvirt.virDomainSnapshot) -> pb.Snapshot:
         name=snap.getName(), parent=root.findtext("parent/name") or "",
         current=bool(snap.isCurrent()), state=root.findtext("state") or "",
         create_time=created, description=root.findtext("description") or "", xml=xml,
+        has_metadata=bool(snap.hasMetadata(0)),
     )
 
 

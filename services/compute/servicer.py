@@ -21,10 +21,11 @@ from services.common.relay import MAX_CHUNK, Session, Slots, relay
 from services.common.servicer import DriverServicer, optional_bools
 from services.common.shared import ServiceError
 from services.common.version import VERSION
-from services.compute import convert
+from services.compute import convert, convert_checkpoints
 from services.compute.backend import ComputeBackend, Listed
 from services.compute.servicer_agent import AgentServicer
 from services.compute.servicer_block import BlockServicer
+from services.compute.servicer_checkpoints import CheckpointsServicer
 from services.compute.servicer_devices import DevicesServicer
 from services.compute.servicer_host import HostServicer
 from services.compute.servicer_jobs import JobsServicer
@@ -68,7 +69,7 @@ def _data(first: _HasData, requests: Iterator[_HasData]) -> Iterator[bytes]:
 
 class ComputeServicer(HostServicer, MigrationServicer, JobsServicer, AgentServicer,
                       TuningServicer, BlockServicer, LifecycleServicer, DevicesServicer,
-                      QemuServicer,
+                      QemuServicer, CheckpointsServicer,
                       DriverServicer[ComputeBackend, pb.WatchDomainEventsResponse],
                       pb_grpc.ComputeServiceServicer):
     def __init__(self, connection: LibvirtConnection, config: Config) -> None:
@@ -206,14 +207,19 @@ class ComputeServicer(HostServicer, MigrationServicer, JobsServicer, AgentServic
                        context: Ctx) -> pb.CreateSnapshotResponse:
         snap = self.backend.create_snapshot(request.name, request.xml, request.disk_only,
                                             request.no_metadata, request.atomic,
-                                            request.quiesce)
+                                            request.quiesce, request.live,
+                                            request.reuse_external, request.halt)
+        if request.no_metadata:  # libvirt keeps nothing of it to describe: its name only
+            return pb.CreateSnapshotResponse(snapshot=pb.Snapshot(
+                name=convert.snapshot_name(snap)))
         return pb.CreateSnapshotResponse(snapshot=convert.snapshot(snap))
 
     def ListSnapshots(self, request: pb.ListSnapshotsRequest,
                       context: Ctx) -> pb.ListSnapshotsResponse:
-        snapshots, token = self.page(self.backend.list_snapshots(request.name),
-                                     convert.snapshot_name, convert.snapshot, request,
-                                     request.name)
+        flags = convert_checkpoints.snapshot_list_flags(request.roots, request.filter)
+        snapshots, token = self._page(self.backend.list_snapshots(request.name, flags),
+                                      convert.snapshot_name, convert.snapshot, request,
+                                      request.filter.topological, request.name, flags)
         return pb.ListSnapshotsResponse(snapshots=snapshots, next_page_token=token)
 
     def GetSnapshot(self, request: pb.GetSnapshotRequest, context: Ctx) -> pb.GetSnapshotResponse:

@@ -83,12 +83,17 @@ type ComputeServiceClient interface {
 	// Detaches a device described by XML, live and/or in config.
 	// Errors: as AttachDevice; NOT_FOUND also when no such device is attached.
 	DetachDevice(ctx context.Context, in *DetachDeviceRequest, opts ...grpc.CallOption) (*DetachDeviceResponse, error)
-	// Creates a snapshot from snapshot XML (an empty `xml` lets libvirt choose).
-	// Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML; ALREADY_EXISTS
-	// for a duplicate snapshot name; UNIMPLEMENTED when the domain's disks
-	// cannot be snapshotted.
+	// Creates a snapshot from snapshot XML (an empty `xml` lets libvirt choose),
+	// always with libvirt's schema validation; the flags are virsh
+	// snapshot-create-as's.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML or flags libvirt
+	// refuses together; ALREADY_EXISTS for a duplicate snapshot name;
+	// FAILED_PRECONDITION for live or quiesce on a domain that is not running;
+	// UNIMPLEMENTED when the domain's disks cannot be snapshotted.
 	CreateSnapshot(ctx context.Context, in *CreateSnapshotRequest, opts ...grpc.CallOption) (*CreateSnapshotResponse, error)
-	// Lists a domain's snapshots, sorted by name and paginated.
+	// Lists a domain's snapshots, filtered as libvirt filters them (roots,
+	// leaves, metadata, kind, internal/external), sorted by name (or
+	// topologically) and paginated.
 	// Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed page_token.
 	ListSnapshots(ctx context.Context, in *ListSnapshotsRequest, opts ...grpc.CallOption) (*ListSnapshotsResponse, error)
 	// Returns one snapshot with its XML.
@@ -327,7 +332,8 @@ type ComputeServiceClient interface {
 	GetDomainJobInfo(ctx context.Context, in *GetDomainJobInfoRequest, opts ...grpc.CallOption) (*GetDomainJobInfoResponse, error)
 	// Aborts the domain's current job (virDomainAbortJobFlags; without
 	// postcopy, virDomainAbortJob where a driver lacks the former): a save,
-	// dump or migration; the call that started it ends with ABORTED.
+	// dump or migration, whose call ends with ABORTED, or a backup
+	// (BeginBackup), whose completed job says CANCELLED.
 	// Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
 	// (a migration in post-copy without postcopy);
 	// UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
@@ -796,6 +802,67 @@ type ComputeServiceClient interface {
 	// malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
 	// behind; UNAVAILABLE when the libvirt connection is lost.
 	WatchQemuMonitorEvents(ctx context.Context, in *WatchQemuMonitorEventsRequest, opts ...grpc.CallOption) (ComputeService_WatchQemuMonitorEventsClient, error)
+	// Returns the domain's current snapshot (virDomainHasCurrentSnapshot, then
+	// virDomainSnapshotCurrent).
+	// Errors: NOT_FOUND for an unknown domain, or when the domain has no
+	// current snapshot (reason NO_CURRENT_SNAPSHOT).
+	GetCurrentSnapshot(ctx context.Context, in *GetCurrentSnapshotRequest, opts ...grpc.CallOption) (*GetCurrentSnapshotResponse, error)
+	// Returns a snapshot's parent (virDomainSnapshotGetParent).
+	// Errors: NOT_FOUND for an unknown domain or snapshot, or a snapshot
+	// without a parent (a root; reason VIR_ERR_NO_DOMAIN_SNAPSHOT).
+	GetSnapshotParent(ctx context.Context, in *GetSnapshotParentRequest, opts ...grpc.CallOption) (*GetSnapshotParentResponse, error)
+	// Lists a snapshot's children, or with `descendants` all its descendants
+	// (virDomainSnapshotListAllChildren), filtered as ListSnapshots filters,
+	// sorted by name (or topologically) and paginated.
+	// Errors: NOT_FOUND for an unknown domain or snapshot; INVALID_ARGUMENT
+	// for a malformed page_token.
+	ListSnapshotChildren(ctx context.Context, in *ListSnapshotChildrenRequest, opts ...grpc.CallOption) (*ListSnapshotChildrenResponse, error)
+	// Creates a checkpoint from <domaincheckpoint> XML (empty: libvirt names
+	// it and takes every disk that can) (virDomainCheckpointCreateXML).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML or redefine_validate
+	// without redefine; ALREADY_EXISTS for a duplicate name; FAILED_PRECONDITION
+	// when a disk cannot take a checkpoint (not qcow2) or quiesce finds no guest
+	// agent; UNIMPLEMENTED when the driver has no checkpoints.
+	CreateCheckpoint(ctx context.Context, in *CreateCheckpointRequest, opts ...grpc.CallOption) (*CreateCheckpointResponse, error)
+	// Lists a domain's checkpoints (virDomainListAllCheckpoints), filtered,
+	// sorted by name (or topologically) and paginated.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed page_token.
+	ListCheckpoints(ctx context.Context, in *ListCheckpointsRequest, opts ...grpc.CallOption) (*ListCheckpointsResponse, error)
+	// Returns one checkpoint with its XML (virDomainCheckpointGetXMLDesc).
+	// Errors: NOT_FOUND for an unknown domain or checkpoint;
+	// FAILED_PRECONDITION for `size` on a domain that is not running.
+	GetCheckpoint(ctx context.Context, in *GetCheckpointRequest, opts ...grpc.CallOption) (*GetCheckpointResponse, error)
+	// Returns a checkpoint's parent (virDomainCheckpointGetParent).
+	// Errors: NOT_FOUND for an unknown domain or checkpoint, or a checkpoint
+	// without a parent (reason VIR_ERR_NO_DOMAIN_CHECKPOINT).
+	GetCheckpointParent(ctx context.Context, in *GetCheckpointParentRequest, opts ...grpc.CallOption) (*GetCheckpointParentResponse, error)
+	// Lists a checkpoint's children, or with `descendants` all its descendants
+	// (virDomainCheckpointListAllChildren), sorted and paginated.
+	// Errors: NOT_FOUND for an unknown domain or checkpoint; INVALID_ARGUMENT
+	// for a malformed page_token.
+	ListCheckpointChildren(ctx context.Context, in *ListCheckpointChildrenRequest, opts ...grpc.CallOption) (*ListCheckpointChildrenResponse, error)
+	// Deletes a checkpoint, with `children` its descendants too, with
+	// `children_only` only its descendants (virDomainCheckpointDelete).
+	// Errors: NOT_FOUND for an unknown domain or checkpoint; INVALID_ARGUMENT
+	// for children with children_only; FAILED_PRECONDITION while a backup uses
+	// it.
+	DeleteCheckpoint(ctx context.Context, in *DeleteCheckpointRequest, opts ...grpc.CallOption) (*DeleteCheckpointResponse, error)
+	// Starts a push-mode backup of a running domain's disks to files in the
+	// service's save directory, optionally creating a checkpoint at the same
+	// instant (virDomainBackupBegin). It returns once the backup runs, as a
+	// domain job: GetDomainJobInfo observes it (operation BACKUP), with
+	// `completed` its outcome; AbortDomainJob aborts it.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML, pull mode, a disk
+	// of the domain the backup XML does not name, or a target file outside the
+	// save directory; ALREADY_EXISTS for a target file that exists (without
+	// reuse_external); FAILED_PRECONDITION when the domain is not running or
+	// another job runs; UNIMPLEMENTED when the driver has no backups.
+	BeginBackup(ctx context.Context, in *BeginBackupRequest, opts ...grpc.CallOption) (*BeginBackupResponse, error)
+	// Returns the XML of the backup that runs (virDomainBackupGetXMLDesc).
+	// Errors: NOT_FOUND for an unknown domain, or when no backup runs (reason
+	// VIR_ERR_NO_DOMAIN_BACKUP); UNIMPLEMENTED when the driver has no backups
+	// (the test driver).
+	GetBackupXML(ctx context.Context, in *GetBackupXMLRequest, opts ...grpc.CallOption) (*GetBackupXMLResponse, error)
 }
 
 type computeServiceClient struct {
@@ -2318,6 +2385,105 @@ func (x *computeServiceWatchQemuMonitorEventsClient) Recv() (*WatchQemuMonitorEv
 	return m, nil
 }
 
+func (c *computeServiceClient) GetCurrentSnapshot(ctx context.Context, in *GetCurrentSnapshotRequest, opts ...grpc.CallOption) (*GetCurrentSnapshotResponse, error) {
+	out := new(GetCurrentSnapshotResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetCurrentSnapshot", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetSnapshotParent(ctx context.Context, in *GetSnapshotParentRequest, opts ...grpc.CallOption) (*GetSnapshotParentResponse, error) {
+	out := new(GetSnapshotParentResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetSnapshotParent", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) ListSnapshotChildren(ctx context.Context, in *ListSnapshotChildrenRequest, opts ...grpc.CallOption) (*ListSnapshotChildrenResponse, error) {
+	out := new(ListSnapshotChildrenResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/ListSnapshotChildren", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) CreateCheckpoint(ctx context.Context, in *CreateCheckpointRequest, opts ...grpc.CallOption) (*CreateCheckpointResponse, error) {
+	out := new(CreateCheckpointResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/CreateCheckpoint", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) ListCheckpoints(ctx context.Context, in *ListCheckpointsRequest, opts ...grpc.CallOption) (*ListCheckpointsResponse, error) {
+	out := new(ListCheckpointsResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/ListCheckpoints", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetCheckpoint(ctx context.Context, in *GetCheckpointRequest, opts ...grpc.CallOption) (*GetCheckpointResponse, error) {
+	out := new(GetCheckpointResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetCheckpoint", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetCheckpointParent(ctx context.Context, in *GetCheckpointParentRequest, opts ...grpc.CallOption) (*GetCheckpointParentResponse, error) {
+	out := new(GetCheckpointParentResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetCheckpointParent", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) ListCheckpointChildren(ctx context.Context, in *ListCheckpointChildrenRequest, opts ...grpc.CallOption) (*ListCheckpointChildrenResponse, error) {
+	out := new(ListCheckpointChildrenResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/ListCheckpointChildren", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) DeleteCheckpoint(ctx context.Context, in *DeleteCheckpointRequest, opts ...grpc.CallOption) (*DeleteCheckpointResponse, error) {
+	out := new(DeleteCheckpointResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/DeleteCheckpoint", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) BeginBackup(ctx context.Context, in *BeginBackupRequest, opts ...grpc.CallOption) (*BeginBackupResponse, error) {
+	out := new(BeginBackupResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/BeginBackup", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) GetBackupXML(ctx context.Context, in *GetBackupXMLRequest, opts ...grpc.CallOption) (*GetBackupXMLResponse, error) {
+	out := new(GetBackupXMLResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetBackupXML", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ComputeServiceServer is the server API for ComputeService service.
 // All implementations must embed UnimplementedComputeServiceServer
 // for forward compatibility
@@ -2388,12 +2554,17 @@ type ComputeServiceServer interface {
 	// Detaches a device described by XML, live and/or in config.
 	// Errors: as AttachDevice; NOT_FOUND also when no such device is attached.
 	DetachDevice(context.Context, *DetachDeviceRequest) (*DetachDeviceResponse, error)
-	// Creates a snapshot from snapshot XML (an empty `xml` lets libvirt choose).
-	// Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML; ALREADY_EXISTS
-	// for a duplicate snapshot name; UNIMPLEMENTED when the domain's disks
-	// cannot be snapshotted.
+	// Creates a snapshot from snapshot XML (an empty `xml` lets libvirt choose),
+	// always with libvirt's schema validation; the flags are virsh
+	// snapshot-create-as's.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML or flags libvirt
+	// refuses together; ALREADY_EXISTS for a duplicate snapshot name;
+	// FAILED_PRECONDITION for live or quiesce on a domain that is not running;
+	// UNIMPLEMENTED when the domain's disks cannot be snapshotted.
 	CreateSnapshot(context.Context, *CreateSnapshotRequest) (*CreateSnapshotResponse, error)
-	// Lists a domain's snapshots, sorted by name and paginated.
+	// Lists a domain's snapshots, filtered as libvirt filters them (roots,
+	// leaves, metadata, kind, internal/external), sorted by name (or
+	// topologically) and paginated.
 	// Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed page_token.
 	ListSnapshots(context.Context, *ListSnapshotsRequest) (*ListSnapshotsResponse, error)
 	// Returns one snapshot with its XML.
@@ -2632,7 +2803,8 @@ type ComputeServiceServer interface {
 	GetDomainJobInfo(context.Context, *GetDomainJobInfoRequest) (*GetDomainJobInfoResponse, error)
 	// Aborts the domain's current job (virDomainAbortJobFlags; without
 	// postcopy, virDomainAbortJob where a driver lacks the former): a save,
-	// dump or migration; the call that started it ends with ABORTED.
+	// dump or migration, whose call ends with ABORTED, or a backup
+	// (BeginBackup), whose completed job says CANCELLED.
 	// Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
 	// (a migration in post-copy without postcopy);
 	// UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
@@ -3101,6 +3273,67 @@ type ComputeServiceServer interface {
 	// malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
 	// behind; UNAVAILABLE when the libvirt connection is lost.
 	WatchQemuMonitorEvents(*WatchQemuMonitorEventsRequest, ComputeService_WatchQemuMonitorEventsServer) error
+	// Returns the domain's current snapshot (virDomainHasCurrentSnapshot, then
+	// virDomainSnapshotCurrent).
+	// Errors: NOT_FOUND for an unknown domain, or when the domain has no
+	// current snapshot (reason NO_CURRENT_SNAPSHOT).
+	GetCurrentSnapshot(context.Context, *GetCurrentSnapshotRequest) (*GetCurrentSnapshotResponse, error)
+	// Returns a snapshot's parent (virDomainSnapshotGetParent).
+	// Errors: NOT_FOUND for an unknown domain or snapshot, or a snapshot
+	// without a parent (a root; reason VIR_ERR_NO_DOMAIN_SNAPSHOT).
+	GetSnapshotParent(context.Context, *GetSnapshotParentRequest) (*GetSnapshotParentResponse, error)
+	// Lists a snapshot's children, or with `descendants` all its descendants
+	// (virDomainSnapshotListAllChildren), filtered as ListSnapshots filters,
+	// sorted by name (or topologically) and paginated.
+	// Errors: NOT_FOUND for an unknown domain or snapshot; INVALID_ARGUMENT
+	// for a malformed page_token.
+	ListSnapshotChildren(context.Context, *ListSnapshotChildrenRequest) (*ListSnapshotChildrenResponse, error)
+	// Creates a checkpoint from <domaincheckpoint> XML (empty: libvirt names
+	// it and takes every disk that can) (virDomainCheckpointCreateXML).
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML or redefine_validate
+	// without redefine; ALREADY_EXISTS for a duplicate name; FAILED_PRECONDITION
+	// when a disk cannot take a checkpoint (not qcow2) or quiesce finds no guest
+	// agent; UNIMPLEMENTED when the driver has no checkpoints.
+	CreateCheckpoint(context.Context, *CreateCheckpointRequest) (*CreateCheckpointResponse, error)
+	// Lists a domain's checkpoints (virDomainListAllCheckpoints), filtered,
+	// sorted by name (or topologically) and paginated.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed page_token.
+	ListCheckpoints(context.Context, *ListCheckpointsRequest) (*ListCheckpointsResponse, error)
+	// Returns one checkpoint with its XML (virDomainCheckpointGetXMLDesc).
+	// Errors: NOT_FOUND for an unknown domain or checkpoint;
+	// FAILED_PRECONDITION for `size` on a domain that is not running.
+	GetCheckpoint(context.Context, *GetCheckpointRequest) (*GetCheckpointResponse, error)
+	// Returns a checkpoint's parent (virDomainCheckpointGetParent).
+	// Errors: NOT_FOUND for an unknown domain or checkpoint, or a checkpoint
+	// without a parent (reason VIR_ERR_NO_DOMAIN_CHECKPOINT).
+	GetCheckpointParent(context.Context, *GetCheckpointParentRequest) (*GetCheckpointParentResponse, error)
+	// Lists a checkpoint's children, or with `descendants` all its descendants
+	// (virDomainCheckpointListAllChildren), sorted and paginated.
+	// Errors: NOT_FOUND for an unknown domain or checkpoint; INVALID_ARGUMENT
+	// for a malformed page_token.
+	ListCheckpointChildren(context.Context, *ListCheckpointChildrenRequest) (*ListCheckpointChildrenResponse, error)
+	// Deletes a checkpoint, with `children` its descendants too, with
+	// `children_only` only its descendants (virDomainCheckpointDelete).
+	// Errors: NOT_FOUND for an unknown domain or checkpoint; INVALID_ARGUMENT
+	// for children with children_only; FAILED_PRECONDITION while a backup uses
+	// it.
+	DeleteCheckpoint(context.Context, *DeleteCheckpointRequest) (*DeleteCheckpointResponse, error)
+	// Starts a push-mode backup of a running domain's disks to files in the
+	// service's save directory, optionally creating a checkpoint at the same
+	// instant (virDomainBackupBegin). It returns once the backup runs, as a
+	// domain job: GetDomainJobInfo observes it (operation BACKUP), with
+	// `completed` its outcome; AbortDomainJob aborts it.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML, pull mode, a disk
+	// of the domain the backup XML does not name, or a target file outside the
+	// save directory; ALREADY_EXISTS for a target file that exists (without
+	// reuse_external); FAILED_PRECONDITION when the domain is not running or
+	// another job runs; UNIMPLEMENTED when the driver has no backups.
+	BeginBackup(context.Context, *BeginBackupRequest) (*BeginBackupResponse, error)
+	// Returns the XML of the backup that runs (virDomainBackupGetXMLDesc).
+	// Errors: NOT_FOUND for an unknown domain, or when no backup runs (reason
+	// VIR_ERR_NO_DOMAIN_BACKUP); UNIMPLEMENTED when the driver has no backups
+	// (the test driver).
+	GetBackupXML(context.Context, *GetBackupXMLRequest) (*GetBackupXMLResponse, error)
 	mustEmbedUnimplementedComputeServiceServer()
 }
 
@@ -3566,6 +3799,39 @@ func (UnimplementedComputeServiceServer) QemuMonitorCommand(context.Context, *Qe
 }
 func (UnimplementedComputeServiceServer) WatchQemuMonitorEvents(*WatchQemuMonitorEventsRequest, ComputeService_WatchQemuMonitorEventsServer) error {
 	return status.Errorf(codes.Unimplemented, "method WatchQemuMonitorEvents not implemented")
+}
+func (UnimplementedComputeServiceServer) GetCurrentSnapshot(context.Context, *GetCurrentSnapshotRequest) (*GetCurrentSnapshotResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetCurrentSnapshot not implemented")
+}
+func (UnimplementedComputeServiceServer) GetSnapshotParent(context.Context, *GetSnapshotParentRequest) (*GetSnapshotParentResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetSnapshotParent not implemented")
+}
+func (UnimplementedComputeServiceServer) ListSnapshotChildren(context.Context, *ListSnapshotChildrenRequest) (*ListSnapshotChildrenResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListSnapshotChildren not implemented")
+}
+func (UnimplementedComputeServiceServer) CreateCheckpoint(context.Context, *CreateCheckpointRequest) (*CreateCheckpointResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CreateCheckpoint not implemented")
+}
+func (UnimplementedComputeServiceServer) ListCheckpoints(context.Context, *ListCheckpointsRequest) (*ListCheckpointsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListCheckpoints not implemented")
+}
+func (UnimplementedComputeServiceServer) GetCheckpoint(context.Context, *GetCheckpointRequest) (*GetCheckpointResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetCheckpoint not implemented")
+}
+func (UnimplementedComputeServiceServer) GetCheckpointParent(context.Context, *GetCheckpointParentRequest) (*GetCheckpointParentResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetCheckpointParent not implemented")
+}
+func (UnimplementedComputeServiceServer) ListCheckpointChildren(context.Context, *ListCheckpointChildrenRequest) (*ListCheckpointChildrenResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListCheckpointChildren not implemented")
+}
+func (UnimplementedComputeServiceServer) DeleteCheckpoint(context.Context, *DeleteCheckpointRequest) (*DeleteCheckpointResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteCheckpoint not implemented")
+}
+func (UnimplementedComputeServiceServer) BeginBackup(context.Context, *BeginBackupRequest) (*BeginBackupResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method BeginBackup not implemented")
+}
+func (UnimplementedComputeServiceServer) GetBackupXML(context.Context, *GetBackupXMLRequest) (*GetBackupXMLResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetBackupXML not implemented")
 }
 func (UnimplementedComputeServiceServer) mustEmbedUnimplementedComputeServiceServer() {}
 
@@ -6367,6 +6633,204 @@ func (x *computeServiceWatchQemuMonitorEventsServer) Send(m *WatchQemuMonitorEve
 	return x.ServerStream.SendMsg(m)
 }
 
+func _ComputeService_GetCurrentSnapshot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCurrentSnapshotRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetCurrentSnapshot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetCurrentSnapshot",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetCurrentSnapshot(ctx, req.(*GetCurrentSnapshotRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetSnapshotParent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSnapshotParentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetSnapshotParent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetSnapshotParent",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetSnapshotParent(ctx, req.(*GetSnapshotParentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_ListSnapshotChildren_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSnapshotChildrenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).ListSnapshotChildren(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/ListSnapshotChildren",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).ListSnapshotChildren(ctx, req.(*ListSnapshotChildrenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_CreateCheckpoint_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateCheckpointRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).CreateCheckpoint(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/CreateCheckpoint",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).CreateCheckpoint(ctx, req.(*CreateCheckpointRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_ListCheckpoints_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCheckpointsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).ListCheckpoints(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/ListCheckpoints",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).ListCheckpoints(ctx, req.(*ListCheckpointsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetCheckpoint_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCheckpointRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetCheckpoint(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetCheckpoint",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetCheckpoint(ctx, req.(*GetCheckpointRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetCheckpointParent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCheckpointParentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetCheckpointParent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetCheckpointParent",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetCheckpointParent(ctx, req.(*GetCheckpointParentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_ListCheckpointChildren_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCheckpointChildrenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).ListCheckpointChildren(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/ListCheckpointChildren",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).ListCheckpointChildren(ctx, req.(*ListCheckpointChildrenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_DeleteCheckpoint_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteCheckpointRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).DeleteCheckpoint(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/DeleteCheckpoint",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).DeleteCheckpoint(ctx, req.(*DeleteCheckpointRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_BeginBackup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BeginBackupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).BeginBackup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/BeginBackup",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).BeginBackup(ctx, req.(*BeginBackupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_GetBackupXML_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetBackupXMLRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).GetBackupXML(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/GetBackupXML",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).GetBackupXML(ctx, req.(*GetBackupXMLRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _ComputeService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "virtmesh.compute.v1.ComputeService",
 	HandlerType: (*ComputeServiceServer)(nil),
@@ -6958,6 +7422,50 @@ var _ComputeService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "QemuMonitorCommand",
 			Handler:    _ComputeService_QemuMonitorCommand_Handler,
+		},
+		{
+			MethodName: "GetCurrentSnapshot",
+			Handler:    _ComputeService_GetCurrentSnapshot_Handler,
+		},
+		{
+			MethodName: "GetSnapshotParent",
+			Handler:    _ComputeService_GetSnapshotParent_Handler,
+		},
+		{
+			MethodName: "ListSnapshotChildren",
+			Handler:    _ComputeService_ListSnapshotChildren_Handler,
+		},
+		{
+			MethodName: "CreateCheckpoint",
+			Handler:    _ComputeService_CreateCheckpoint_Handler,
+		},
+		{
+			MethodName: "ListCheckpoints",
+			Handler:    _ComputeService_ListCheckpoints_Handler,
+		},
+		{
+			MethodName: "GetCheckpoint",
+			Handler:    _ComputeService_GetCheckpoint_Handler,
+		},
+		{
+			MethodName: "GetCheckpointParent",
+			Handler:    _ComputeService_GetCheckpointParent_Handler,
+		},
+		{
+			MethodName: "ListCheckpointChildren",
+			Handler:    _ComputeService_ListCheckpointChildren_Handler,
+		},
+		{
+			MethodName: "DeleteCheckpoint",
+			Handler:    _ComputeService_DeleteCheckpoint_Handler,
+		},
+		{
+			MethodName: "BeginBackup",
+			Handler:    _ComputeService_BeginBackup_Handler,
+		},
+		{
+			MethodName: "GetBackupXML",
+			Handler:    _ComputeService_GetBackupXML_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1207,6 +1207,36 @@ DIRTY_RATE_MODE_DIRTY_BITMAP: DirtyRateMode.ValueType  # 2
 DIRTY_RATE_MODE_DIRTY_RING: DirtyRateMode.ValueType  # 3
 Global___DirtyRateMode: _TypeAlias = DirtyRateMode  # noqa: Y015
 
+class _SnapshotKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SnapshotKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SnapshotKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SNAPSHOT_KIND_UNSPECIFIED: _SnapshotKind.ValueType  # 0
+    SNAPSHOT_KIND_INACTIVE: _SnapshotKind.ValueType  # 1
+    """Of a domain that was off."""
+    SNAPSHOT_KIND_ACTIVE: _SnapshotKind.ValueType  # 2
+    """Of a running domain, with its memory."""
+    SNAPSHOT_KIND_DISK_ONLY: _SnapshotKind.ValueType  # 3
+    """Of a running domain, disks only."""
+
+class SnapshotKind(_SnapshotKind, metaclass=_SnapshotKindEnumTypeWrapper):
+    """-- checkpoints, backups and the rest of snapshots --------------------------
+
+    Where a listed snapshot's state lives (libvirt's
+    VIR_DOMAIN_SNAPSHOT_LIST_INACTIVE, _ACTIVE, _DISK_ONLY).
+    """
+
+SNAPSHOT_KIND_UNSPECIFIED: SnapshotKind.ValueType  # 0
+SNAPSHOT_KIND_INACTIVE: SnapshotKind.ValueType  # 1
+"""Of a domain that was off."""
+SNAPSHOT_KIND_ACTIVE: SnapshotKind.ValueType  # 2
+"""Of a running domain, with its memory."""
+SNAPSHOT_KIND_DISK_ONLY: SnapshotKind.ValueType  # 3
+"""Of a running domain, disks only."""
+Global___SnapshotKind: _TypeAlias = SnapshotKind  # noqa: Y015
+
 @_typing.final
 class Domain(_message.Message):
     """A domain's summary."""
@@ -2129,6 +2159,7 @@ class Snapshot(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     XML_FIELD_NUMBER: _builtins.int
+    HAS_METADATA_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     parent: _builtins.str
     """The parent snapshot's name; empty for a root snapshot."""
@@ -2139,6 +2170,8 @@ class Snapshot(_message.Message):
     """
     description: _builtins.str
     xml: _builtins.str
+    has_metadata: _builtins.bool
+    """libvirt has metadata for it (virDomainSnapshotHasMetadata)."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -2151,10 +2184,11 @@ class Snapshot(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         description: _builtins.str = ...,
         xml: _builtins.str = ...,
+        has_metadata: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "current", b"current", "description", b"description", "name", b"name", "parent", b"parent", "state", b"state", "xml", b"xml"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "current", b"current", "description", b"description", "has_metadata", b"has_metadata", "name", b"name", "parent", b"parent", "state", b"state", "xml", b"xml"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2170,6 +2204,9 @@ class CreateSnapshotRequest(_message.Message):
     NO_METADATA_FIELD_NUMBER: _builtins.int
     ATOMIC_FIELD_NUMBER: _builtins.int
     QUIESCE_FIELD_NUMBER: _builtins.int
+    LIVE_FIELD_NUMBER: _builtins.int
+    REUSE_EXTERNAL_FIELD_NUMBER: _builtins.int
+    HALT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     xml: _builtins.str
     """<domainsnapshot> XML; empty lets libvirt pick name and settings."""
@@ -2181,6 +2218,12 @@ class CreateSnapshotRequest(_message.Message):
     """All disks or none."""
     quiesce: _builtins.bool
     """Freeze guest file systems through the guest agent."""
+    live: _builtins.bool
+    """Keep the domain running while its memory is saved (external snapshots)."""
+    reuse_external: _builtins.bool
+    """The external files the XML names exist already; reuse them."""
+    halt: _builtins.bool
+    """Stop the domain once the snapshot is taken."""
     def __init__(
         self,
         *,
@@ -2190,10 +2233,13 @@ class CreateSnapshotRequest(_message.Message):
         no_metadata: _builtins.bool = ...,
         atomic: _builtins.bool = ...,
         quiesce: _builtins.bool = ...,
+        live: _builtins.bool = ...,
+        reuse_external: _builtins.bool = ...,
+        halt: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["atomic", b"atomic", "disk_only", b"disk_only", "name", b"name", "no_metadata", b"no_metadata", "quiesce", b"quiesce", "xml", b"xml"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["atomic", b"atomic", "disk_only", b"disk_only", "halt", b"halt", "live", b"live", "name", b"name", "no_metadata", b"no_metadata", "quiesce", b"quiesce", "reuse_external", b"reuse_external", "xml", b"xml"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2226,20 +2272,28 @@ class ListSnapshotsRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ROOTS_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     page_size: _builtins.int
     """At most this many snapshots (0: 100; at most 1000)."""
     page_token: _builtins.str
+    roots: _builtins.bool
+    """Only snapshots without a parent."""
+    @_builtins.property
+    def filter(self) -> Global___SnapshotFilter: ...
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        roots: _builtins.bool = ...,
+        filter: Global___SnapshotFilter | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "name", b"name", "page_size", b"page_size", "page_token", b"page_token", "roots", b"roots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -10620,3 +10674,685 @@ class WatchQemuMonitorEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchQemuMonitorEventsResponse: _TypeAlias = WatchQemuMonitorEventsResponse  # noqa: Y015
+
+@_typing.final
+class SnapshotFilter(_message.Message):
+    """libvirt's snapshot list filters (virDomainSnapshotListFlags), for
+    ListSnapshots and ListSnapshotChildren. Unset filters do not filter.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEAVES_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    EXTERNAL_FIELD_NUMBER: _builtins.int
+    TOPOLOGICAL_FIELD_NUMBER: _builtins.int
+    leaves: _builtins.bool
+    """true: only leaves (no children); false: only snapshots with children."""
+    metadata: _builtins.bool
+    """true: only snapshots with libvirt metadata; false: only those without."""
+    external: _builtins.bool
+    """true: only external snapshots; false: only internal ones."""
+    topological: _builtins.bool
+    """Parents before their children (libvirt's order) instead of by name."""
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___SnapshotKind.ValueType]:
+        """Only snapshots of one of these kinds."""
+
+    def __init__(
+        self,
+        *,
+        leaves: _builtins.bool | None = ...,
+        metadata: _builtins.bool | None = ...,
+        kinds: _abc.Iterable[Global___SnapshotKind.ValueType] | None = ...,
+        external: _builtins.bool | None = ...,
+        topological: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_external", b"_external", "_leaves", b"_leaves", "_metadata", b"_metadata", "external", b"external", "leaves", b"leaves", "metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_external", b"_external", "_leaves", b"_leaves", "_metadata", b"_metadata", "external", b"external", "kinds", b"kinds", "leaves", b"leaves", "metadata", b"metadata", "topological", b"topological"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__external: _TypeAlias = _typing.Literal["external"]  # noqa: Y015
+    _WhichOneofArgType__external: _TypeAlias = _typing.Literal["_external", b"_external"]  # noqa: Y015
+    _WhichOneofReturnType__leaves: _TypeAlias = _typing.Literal["leaves"]  # noqa: Y015
+    _WhichOneofArgType__leaves: _TypeAlias = _typing.Literal["_leaves", b"_leaves"]  # noqa: Y015
+    _WhichOneofReturnType__metadata: _TypeAlias = _typing.Literal["metadata"]  # noqa: Y015
+    _WhichOneofArgType__metadata: _TypeAlias = _typing.Literal["_metadata", b"_metadata"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__external) -> _WhichOneofReturnType__external | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__leaves) -> _WhichOneofReturnType__leaves | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__metadata) -> _WhichOneofReturnType__metadata | None: ...
+
+Global___SnapshotFilter: _TypeAlias = SnapshotFilter  # noqa: Y015
+
+@_typing.final
+class GetCurrentSnapshotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCurrentSnapshotRequest: _TypeAlias = GetCurrentSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class GetCurrentSnapshotResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshot(self) -> Global___Snapshot: ...
+    def __init__(
+        self,
+        *,
+        snapshot: Global___Snapshot | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCurrentSnapshotResponse: _TypeAlias = GetCurrentSnapshotResponse  # noqa: Y015
+
+@_typing.final
+class GetSnapshotParentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    snapshot: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        snapshot: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSnapshotParentRequest: _TypeAlias = GetSnapshotParentRequest  # noqa: Y015
+
+@_typing.final
+class GetSnapshotParentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshot(self) -> Global___Snapshot: ...
+    def __init__(
+        self,
+        *,
+        snapshot: Global___Snapshot | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSnapshotParentResponse: _TypeAlias = GetSnapshotParentResponse  # noqa: Y015
+
+@_typing.final
+class ListSnapshotChildrenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    DESCENDANTS_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    snapshot: _builtins.str
+    descendants: _builtins.bool
+    """All descendants, not only the direct children."""
+    page_size: _builtins.int
+    """At most this many snapshots (0: 100; at most 1000)."""
+    page_token: _builtins.str
+    @_builtins.property
+    def filter(self) -> Global___SnapshotFilter: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        snapshot: _builtins.str = ...,
+        descendants: _builtins.bool = ...,
+        filter: Global___SnapshotFilter | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["descendants", b"descendants", "filter", b"filter", "name", b"name", "page_size", b"page_size", "page_token", b"page_token", "snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSnapshotChildrenRequest: _TypeAlias = ListSnapshotChildrenRequest  # noqa: Y015
+
+@_typing.final
+class ListSnapshotChildrenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def snapshots(self) -> _containers.RepeatedCompositeFieldContainer[Global___Snapshot]: ...
+    def __init__(
+        self,
+        *,
+        snapshots: _abc.Iterable[Global___Snapshot] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "snapshots", b"snapshots"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSnapshotChildrenResponse: _TypeAlias = ListSnapshotChildrenResponse  # noqa: Y015
+
+@_typing.final
+class CheckpointDisk(_message.Message):
+    """A disk of a checkpoint."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    BITMAP_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The disk's target ("vda")."""
+    checkpoint: _builtins.str
+    """"bitmap" or "no"."""
+    bitmap: _builtins.str
+    """The dirty bitmap's name in the image."""
+    size_bytes: _builtins.int
+    """Bytes changed since the checkpoint (only with GetCheckpoint's `size`)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        checkpoint: _builtins.str = ...,
+        bitmap: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bitmap", b"bitmap", "checkpoint", b"checkpoint", "name", b"name", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckpointDisk: _TypeAlias = CheckpointDisk  # noqa: Y015
+
+@_typing.final
+class Checkpoint(_message.Message):
+    """A domain checkpoint's summary."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    DISKS_FIELD_NUMBER: _builtins.int
+    XML_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    parent: _builtins.str
+    """The parent checkpoint's name; empty for a root."""
+    description: _builtins.str
+    xml: _builtins.str
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def disks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckpointDisk]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        parent: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        description: _builtins.str = ...,
+        disks: _abc.Iterable[Global___CheckpointDisk] | None = ...,
+        xml: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "disks", b"disks", "name", b"name", "parent", b"parent", "xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Checkpoint: _TypeAlias = Checkpoint  # noqa: Y015
+
+@_typing.final
+class CreateCheckpointRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    XML_FIELD_NUMBER: _builtins.int
+    REDEFINE_FIELD_NUMBER: _builtins.int
+    QUIESCE_FIELD_NUMBER: _builtins.int
+    REDEFINE_VALIDATE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    xml: _builtins.str
+    """<domaincheckpoint> XML; empty lets libvirt choose."""
+    redefine: _builtins.bool
+    """Restore metadata of an existing checkpoint (VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE)."""
+    quiesce: _builtins.bool
+    """Freeze guest file systems through the guest agent."""
+    redefine_validate: _builtins.bool
+    """With redefine: check the disks' bitmaps match the XML."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        xml: _builtins.str = ...,
+        redefine: _builtins.bool = ...,
+        quiesce: _builtins.bool = ...,
+        redefine_validate: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "quiesce", b"quiesce", "redefine", b"redefine", "redefine_validate", b"redefine_validate", "xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCheckpointRequest: _TypeAlias = CreateCheckpointRequest  # noqa: Y015
+
+@_typing.final
+class CreateCheckpointResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def checkpoint(self) -> Global___Checkpoint: ...
+    def __init__(
+        self,
+        *,
+        checkpoint: Global___Checkpoint | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCheckpointResponse: _TypeAlias = CreateCheckpointResponse  # noqa: Y015
+
+@_typing.final
+class ListCheckpointsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ROOTS_FIELD_NUMBER: _builtins.int
+    LEAVES_FIELD_NUMBER: _builtins.int
+    TOPOLOGICAL_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    roots: _builtins.bool
+    """Only checkpoints without a parent."""
+    leaves: _builtins.bool
+    """true: only leaves; false: only checkpoints with children."""
+    topological: _builtins.bool
+    """Parents before their children (libvirt's order) instead of by name."""
+    page_size: _builtins.int
+    """At most this many checkpoints (0: 100; at most 1000)."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        roots: _builtins.bool = ...,
+        leaves: _builtins.bool | None = ...,
+        topological: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_leaves", b"_leaves", "leaves", b"leaves"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_leaves", b"_leaves", "leaves", b"leaves", "name", b"name", "page_size", b"page_size", "page_token", b"page_token", "roots", b"roots", "topological", b"topological"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__leaves: _TypeAlias = _typing.Literal["leaves"]  # noqa: Y015
+    _WhichOneofArgType__leaves: _TypeAlias = _typing.Literal["_leaves", b"_leaves"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__leaves) -> _WhichOneofReturnType__leaves | None: ...
+
+Global___ListCheckpointsRequest: _TypeAlias = ListCheckpointsRequest  # noqa: Y015
+
+@_typing.final
+class ListCheckpointsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___Checkpoint]: ...
+    def __init__(
+        self,
+        *,
+        checkpoints: _abc.Iterable[Global___Checkpoint] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints", b"checkpoints", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCheckpointsResponse: _TypeAlias = ListCheckpointsResponse  # noqa: Y015
+
+@_typing.final
+class GetCheckpointRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    NO_DOMAIN_FIELD_NUMBER: _builtins.int
+    SECURE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    checkpoint: _builtins.str
+    size: _builtins.bool
+    """Include the bytes changed since the checkpoint per disk (running domain)."""
+    no_domain: _builtins.bool
+    """Leave the <domain> out of the XML."""
+    secure: _builtins.bool
+    """Include security-sensitive information in the domain XML."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        checkpoint: _builtins.str = ...,
+        size: _builtins.bool = ...,
+        no_domain: _builtins.bool = ...,
+        secure: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "name", b"name", "no_domain", b"no_domain", "secure", b"secure", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCheckpointRequest: _TypeAlias = GetCheckpointRequest  # noqa: Y015
+
+@_typing.final
+class GetCheckpointResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def checkpoint(self) -> Global___Checkpoint: ...
+    def __init__(
+        self,
+        *,
+        checkpoint: Global___Checkpoint | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCheckpointResponse: _TypeAlias = GetCheckpointResponse  # noqa: Y015
+
+@_typing.final
+class GetCheckpointParentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    checkpoint: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        checkpoint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCheckpointParentRequest: _TypeAlias = GetCheckpointParentRequest  # noqa: Y015
+
+@_typing.final
+class GetCheckpointParentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def checkpoint(self) -> Global___Checkpoint: ...
+    def __init__(
+        self,
+        *,
+        checkpoint: Global___Checkpoint | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCheckpointParentResponse: _TypeAlias = GetCheckpointParentResponse  # noqa: Y015
+
+@_typing.final
+class ListCheckpointChildrenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    DESCENDANTS_FIELD_NUMBER: _builtins.int
+    LEAVES_FIELD_NUMBER: _builtins.int
+    TOPOLOGICAL_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    checkpoint: _builtins.str
+    descendants: _builtins.bool
+    """All descendants, not only the direct children."""
+    leaves: _builtins.bool
+    """true: only leaves; false: only checkpoints with children."""
+    topological: _builtins.bool
+    page_size: _builtins.int
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        checkpoint: _builtins.str = ...,
+        descendants: _builtins.bool = ...,
+        leaves: _builtins.bool | None = ...,
+        topological: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_leaves", b"_leaves", "leaves", b"leaves"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_leaves", b"_leaves", "checkpoint", b"checkpoint", "descendants", b"descendants", "leaves", b"leaves", "name", b"name", "page_size", b"page_size", "page_token", b"page_token", "topological", b"topological"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__leaves: _TypeAlias = _typing.Literal["leaves"]  # noqa: Y015
+    _WhichOneofArgType__leaves: _TypeAlias = _typing.Literal["_leaves", b"_leaves"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__leaves) -> _WhichOneofReturnType__leaves | None: ...
+
+Global___ListCheckpointChildrenRequest: _TypeAlias = ListCheckpointChildrenRequest  # noqa: Y015
+
+@_typing.final
+class ListCheckpointChildrenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___Checkpoint]: ...
+    def __init__(
+        self,
+        *,
+        checkpoints: _abc.Iterable[Global___Checkpoint] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints", b"checkpoints", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCheckpointChildrenResponse: _TypeAlias = ListCheckpointChildrenResponse  # noqa: Y015
+
+@_typing.final
+class DeleteCheckpointRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    CHILDREN_FIELD_NUMBER: _builtins.int
+    CHILDREN_ONLY_FIELD_NUMBER: _builtins.int
+    METADATA_ONLY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    checkpoint: _builtins.str
+    children: _builtins.bool
+    """Its descendants too."""
+    children_only: _builtins.bool
+    """Only its descendants, not itself."""
+    metadata_only: _builtins.bool
+    """Only libvirt's metadata, leaving the disks' bitmaps."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        checkpoint: _builtins.str = ...,
+        children: _builtins.bool = ...,
+        children_only: _builtins.bool = ...,
+        metadata_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "children", b"children", "children_only", b"children_only", "metadata_only", b"metadata_only", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteCheckpointRequest: _TypeAlias = DeleteCheckpointRequest  # noqa: Y015
+
+@_typing.final
+class DeleteCheckpointResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteCheckpointResponse: _TypeAlias = DeleteCheckpointResponse  # noqa: Y015
+
+@_typing.final
+class BeginBackupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    BACKUP_XML_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_XML_FIELD_NUMBER: _builtins.int
+    REUSE_EXTERNAL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    backup_xml: _builtins.str
+    """<domainbackup> XML, push mode: each disk of the domain either with
+    backup='no' or with a <target file='...'/> in the save directory.
+    """
+    checkpoint_xml: _builtins.str
+    """<domaincheckpoint> XML of a checkpoint to create as the backup starts;
+    empty: none.
+    """
+    reuse_external: _builtins.bool
+    """The target files exist already (VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        backup_xml: _builtins.str = ...,
+        checkpoint_xml: _builtins.str = ...,
+        reuse_external: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_xml", b"backup_xml", "checkpoint_xml", b"checkpoint_xml", "name", b"name", "reuse_external", b"reuse_external"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BeginBackupRequest: _TypeAlias = BeginBackupRequest  # noqa: Y015
+
+@_typing.final
+class BeginBackupResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BeginBackupResponse: _TypeAlias = BeginBackupResponse  # noqa: Y015
+
+@_typing.final
+class GetBackupXMLRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBackupXMLRequest: _TypeAlias = GetBackupXMLRequest  # noqa: Y015
+
+@_typing.final
+class GetBackupXMLResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    XML_FIELD_NUMBER: _builtins.int
+    xml: _builtins.str
+    def __init__(
+        self,
+        *,
+        xml: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["xml", b"xml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBackupXMLResponse: _TypeAlias = GetBackupXMLResponse  # noqa: Y015

@@ -808,6 +808,61 @@ class ComputeServiceStub:
                 request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchQemuMonitorEventsRequest.SerializeToString,
                 response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchQemuMonitorEventsResponse.FromString,
                 _registered_method=True)
+        self.GetCurrentSnapshot = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetCurrentSnapshot',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCurrentSnapshotRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCurrentSnapshotResponse.FromString,
+                _registered_method=True)
+        self.GetSnapshotParent = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetSnapshotParent',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetSnapshotParentRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetSnapshotParentResponse.FromString,
+                _registered_method=True)
+        self.ListSnapshotChildren = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/ListSnapshotChildren',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ListSnapshotChildrenRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ListSnapshotChildrenResponse.FromString,
+                _registered_method=True)
+        self.CreateCheckpoint = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/CreateCheckpoint',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CreateCheckpointRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CreateCheckpointResponse.FromString,
+                _registered_method=True)
+        self.ListCheckpoints = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/ListCheckpoints',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ListCheckpointsRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ListCheckpointsResponse.FromString,
+                _registered_method=True)
+        self.GetCheckpoint = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetCheckpoint',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCheckpointRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCheckpointResponse.FromString,
+                _registered_method=True)
+        self.GetCheckpointParent = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetCheckpointParent',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCheckpointParentRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCheckpointParentResponse.FromString,
+                _registered_method=True)
+        self.ListCheckpointChildren = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/ListCheckpointChildren',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ListCheckpointChildrenRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ListCheckpointChildrenResponse.FromString,
+                _registered_method=True)
+        self.DeleteCheckpoint = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/DeleteCheckpoint',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DeleteCheckpointRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DeleteCheckpointResponse.FromString,
+                _registered_method=True)
+        self.BeginBackup = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/BeginBackup',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.BeginBackupRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.BeginBackupResponse.FromString,
+                _registered_method=True)
+        self.GetBackupXML = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/GetBackupXML',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetBackupXMLRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetBackupXMLResponse.FromString,
+                _registered_method=True)
 
 
 class ComputeServiceServicer:
@@ -979,17 +1034,22 @@ class ComputeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateSnapshot(self, request, context):
-        """Creates a snapshot from snapshot XML (an empty `xml` lets libvirt choose).
-        Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML; ALREADY_EXISTS
-        for a duplicate snapshot name; UNIMPLEMENTED when the domain's disks
-        cannot be snapshotted.
+        """Creates a snapshot from snapshot XML (an empty `xml` lets libvirt choose),
+        always with libvirt's schema validation; the flags are virsh
+        snapshot-create-as's.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML or flags libvirt
+        refuses together; ALREADY_EXISTS for a duplicate snapshot name;
+        FAILED_PRECONDITION for live or quiesce on a domain that is not running;
+        UNIMPLEMENTED when the domain's disks cannot be snapshotted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListSnapshots(self, request, context):
-        """Lists a domain's snapshots, sorted by name and paginated.
+        """Lists a domain's snapshots, filtered as libvirt filters them (roots,
+        leaves, metadata, kind, internal/external), sorted by name (or
+        topologically) and paginated.
         Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed page_token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -1484,7 +1544,8 @@ class ComputeServiceServicer:
     def AbortDomainJob(self, request, context):
         """Aborts the domain's current job (virDomainAbortJobFlags; without
         postcopy, virDomainAbortJob where a driver lacks the former): a save,
-        dump or migration; the call that started it ends with ABORTED.
+        dump or migration, whose call ends with ABORTED, or a backup
+        (BeginBackup), whose completed job says CANCELLED.
         Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
         (a migration in post-copy without postcopy);
         UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
@@ -2408,6 +2469,124 @@ class ComputeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCurrentSnapshot(self, request, context):
+        """-- checkpoints, backups and the rest of snapshots ----------------------
+
+        Returns the domain's current snapshot (virDomainHasCurrentSnapshot, then
+        virDomainSnapshotCurrent).
+        Errors: NOT_FOUND for an unknown domain, or when the domain has no
+        current snapshot (reason NO_CURRENT_SNAPSHOT).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSnapshotParent(self, request, context):
+        """Returns a snapshot's parent (virDomainSnapshotGetParent).
+        Errors: NOT_FOUND for an unknown domain or snapshot, or a snapshot
+        without a parent (a root; reason VIR_ERR_NO_DOMAIN_SNAPSHOT).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSnapshotChildren(self, request, context):
+        """Lists a snapshot's children, or with `descendants` all its descendants
+        (virDomainSnapshotListAllChildren), filtered as ListSnapshots filters,
+        sorted by name (or topologically) and paginated.
+        Errors: NOT_FOUND for an unknown domain or snapshot; INVALID_ARGUMENT
+        for a malformed page_token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCheckpoint(self, request, context):
+        """Creates a checkpoint from <domaincheckpoint> XML (empty: libvirt names
+        it and takes every disk that can) (virDomainCheckpointCreateXML).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML or redefine_validate
+        without redefine; ALREADY_EXISTS for a duplicate name; FAILED_PRECONDITION
+        when a disk cannot take a checkpoint (not qcow2) or quiesce finds no guest
+        agent; UNIMPLEMENTED when the driver has no checkpoints.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCheckpoints(self, request, context):
+        """Lists a domain's checkpoints (virDomainListAllCheckpoints), filtered,
+        sorted by name (or topologically) and paginated.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed page_token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCheckpoint(self, request, context):
+        """Returns one checkpoint with its XML (virDomainCheckpointGetXMLDesc).
+        Errors: NOT_FOUND for an unknown domain or checkpoint;
+        FAILED_PRECONDITION for `size` on a domain that is not running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCheckpointParent(self, request, context):
+        """Returns a checkpoint's parent (virDomainCheckpointGetParent).
+        Errors: NOT_FOUND for an unknown domain or checkpoint, or a checkpoint
+        without a parent (reason VIR_ERR_NO_DOMAIN_CHECKPOINT).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCheckpointChildren(self, request, context):
+        """Lists a checkpoint's children, or with `descendants` all its descendants
+        (virDomainCheckpointListAllChildren), sorted and paginated.
+        Errors: NOT_FOUND for an unknown domain or checkpoint; INVALID_ARGUMENT
+        for a malformed page_token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCheckpoint(self, request, context):
+        """Deletes a checkpoint, with `children` its descendants too, with
+        `children_only` only its descendants (virDomainCheckpointDelete).
+        Errors: NOT_FOUND for an unknown domain or checkpoint; INVALID_ARGUMENT
+        for children with children_only; FAILED_PRECONDITION while a backup uses
+        it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BeginBackup(self, request, context):
+        """Starts a push-mode backup of a running domain's disks to files in the
+        service's save directory, optionally creating a checkpoint at the same
+        instant (virDomainBackupBegin). It returns once the backup runs, as a
+        domain job: GetDomainJobInfo observes it (operation BACKUP), with
+        `completed` its outcome; AbortDomainJob aborts it.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML, pull mode, a disk
+        of the domain the backup XML does not name, or a target file outside the
+        save directory; ALREADY_EXISTS for a target file that exists (without
+        reuse_external); FAILED_PRECONDITION when the domain is not running or
+        another job runs; UNIMPLEMENTED when the driver has no backups.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBackupXML(self, request, context):
+        """Returns the XML of the backup that runs (virDomainBackupGetXMLDesc).
+        Errors: NOT_FOUND for an unknown domain, or when no backup runs (reason
+        VIR_ERR_NO_DOMAIN_BACKUP); UNIMPLEMENTED when the driver has no backups
+        (the test driver).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ComputeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -3175,6 +3354,61 @@ def add_ComputeServiceServicer_to_server(servicer, server):
                     servicer.WatchQemuMonitorEvents,
                     request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchQemuMonitorEventsRequest.FromString,
                     response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchQemuMonitorEventsResponse.SerializeToString,
+            ),
+            'GetCurrentSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCurrentSnapshot,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCurrentSnapshotRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCurrentSnapshotResponse.SerializeToString,
+            ),
+            'GetSnapshotParent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSnapshotParent,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetSnapshotParentRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetSnapshotParentResponse.SerializeToString,
+            ),
+            'ListSnapshotChildren': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSnapshotChildren,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ListSnapshotChildrenRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ListSnapshotChildrenResponse.SerializeToString,
+            ),
+            'CreateCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCheckpoint,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CreateCheckpointRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CreateCheckpointResponse.SerializeToString,
+            ),
+            'ListCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCheckpoints,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ListCheckpointsRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ListCheckpointsResponse.SerializeToString,
+            ),
+            'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpoint,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCheckpointRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCheckpointResponse.SerializeToString,
+            ),
+            'GetCheckpointParent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpointParent,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCheckpointParentRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCheckpointParentResponse.SerializeToString,
+            ),
+            'ListCheckpointChildren': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCheckpointChildren,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ListCheckpointChildrenRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ListCheckpointChildrenResponse.SerializeToString,
+            ),
+            'DeleteCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCheckpoint,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DeleteCheckpointRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DeleteCheckpointResponse.SerializeToString,
+            ),
+            'BeginBackup': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginBackup,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.BeginBackupRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.BeginBackupResponse.SerializeToString,
+            ),
+            'GetBackupXML': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBackupXML,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetBackupXMLRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetBackupXMLResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -7317,6 +7551,303 @@ class ComputeService:
             '/virtmesh.compute.v1.ComputeService/WatchQemuMonitorEvents',
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchQemuMonitorEventsRequest.SerializeToString,
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.WatchQemuMonitorEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCurrentSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetCurrentSnapshot',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCurrentSnapshotRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCurrentSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSnapshotParent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetSnapshotParent',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetSnapshotParentRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetSnapshotParentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSnapshotChildren(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/ListSnapshotChildren',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ListSnapshotChildrenRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ListSnapshotChildrenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/CreateCheckpoint',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CreateCheckpointRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.CreateCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/ListCheckpoints',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ListCheckpointsRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ListCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetCheckpoint',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCheckpointRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckpointParent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetCheckpointParent',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCheckpointParentRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetCheckpointParentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCheckpointChildren(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/ListCheckpointChildren',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ListCheckpointChildrenRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.ListCheckpointChildrenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/DeleteCheckpoint',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DeleteCheckpointRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.DeleteCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginBackup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/BeginBackup',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.BeginBackupRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.BeginBackupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBackupXML(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/GetBackupXML',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetBackupXMLRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetBackupXMLResponse.FromString,
             options,
             channel_credentials,
             insecure,

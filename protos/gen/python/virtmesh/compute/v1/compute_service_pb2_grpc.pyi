@@ -127,13 +127,18 @@ class ComputeServiceStub:
     Errors: as AttachDevice; NOT_FOUND also when no such device is attached.
     """
     CreateSnapshot: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.CreateSnapshotRequest, _compute_service_pb2.CreateSnapshotResponse]
-    """Creates a snapshot from snapshot XML (an empty `xml` lets libvirt choose).
-    Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML; ALREADY_EXISTS
-    for a duplicate snapshot name; UNIMPLEMENTED when the domain's disks
-    cannot be snapshotted.
+    """Creates a snapshot from snapshot XML (an empty `xml` lets libvirt choose),
+    always with libvirt's schema validation; the flags are virsh
+    snapshot-create-as's.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML or flags libvirt
+    refuses together; ALREADY_EXISTS for a duplicate snapshot name;
+    FAILED_PRECONDITION for live or quiesce on a domain that is not running;
+    UNIMPLEMENTED when the domain's disks cannot be snapshotted.
     """
     ListSnapshots: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.ListSnapshotsRequest, _compute_service_pb2.ListSnapshotsResponse]
-    """Lists a domain's snapshots, sorted by name and paginated.
+    """Lists a domain's snapshots, filtered as libvirt filters them (roots,
+    leaves, metadata, kind, internal/external), sorted by name (or
+    topologically) and paginated.
     Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed page_token.
     """
     GetSnapshot: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetSnapshotRequest, _compute_service_pb2.GetSnapshotResponse]
@@ -432,7 +437,8 @@ class ComputeServiceStub:
     AbortDomainJob: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.AbortDomainJobRequest, _compute_service_pb2.AbortDomainJobResponse]
     """Aborts the domain's current job (virDomainAbortJobFlags; without
     postcopy, virDomainAbortJob where a driver lacks the former): a save,
-    dump or migration; the call that started it ends with ABORTED.
+    dump or migration, whose call ends with ABORTED, or a backup
+    (BeginBackup), whose completed job says CANCELLED.
     Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
     (a migration in post-copy without postcopy);
     UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
@@ -1010,6 +1016,80 @@ class ComputeServiceStub:
     malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
     behind; UNAVAILABLE when the libvirt connection is lost.
     """
+    GetCurrentSnapshot: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetCurrentSnapshotRequest, _compute_service_pb2.GetCurrentSnapshotResponse]
+    """-- checkpoints, backups and the rest of snapshots ----------------------
+
+    Returns the domain's current snapshot (virDomainHasCurrentSnapshot, then
+    virDomainSnapshotCurrent).
+    Errors: NOT_FOUND for an unknown domain, or when the domain has no
+    current snapshot (reason NO_CURRENT_SNAPSHOT).
+    """
+    GetSnapshotParent: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetSnapshotParentRequest, _compute_service_pb2.GetSnapshotParentResponse]
+    """Returns a snapshot's parent (virDomainSnapshotGetParent).
+    Errors: NOT_FOUND for an unknown domain or snapshot, or a snapshot
+    without a parent (a root; reason VIR_ERR_NO_DOMAIN_SNAPSHOT).
+    """
+    ListSnapshotChildren: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.ListSnapshotChildrenRequest, _compute_service_pb2.ListSnapshotChildrenResponse]
+    """Lists a snapshot's children, or with `descendants` all its descendants
+    (virDomainSnapshotListAllChildren), filtered as ListSnapshots filters,
+    sorted by name (or topologically) and paginated.
+    Errors: NOT_FOUND for an unknown domain or snapshot; INVALID_ARGUMENT
+    for a malformed page_token.
+    """
+    CreateCheckpoint: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.CreateCheckpointRequest, _compute_service_pb2.CreateCheckpointResponse]
+    """Creates a checkpoint from <domaincheckpoint> XML (empty: libvirt names
+    it and takes every disk that can) (virDomainCheckpointCreateXML).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML or redefine_validate
+    without redefine; ALREADY_EXISTS for a duplicate name; FAILED_PRECONDITION
+    when a disk cannot take a checkpoint (not qcow2) or quiesce finds no guest
+    agent; UNIMPLEMENTED when the driver has no checkpoints.
+    """
+    ListCheckpoints: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.ListCheckpointsRequest, _compute_service_pb2.ListCheckpointsResponse]
+    """Lists a domain's checkpoints (virDomainListAllCheckpoints), filtered,
+    sorted by name (or topologically) and paginated.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed page_token.
+    """
+    GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetCheckpointRequest, _compute_service_pb2.GetCheckpointResponse]
+    """Returns one checkpoint with its XML (virDomainCheckpointGetXMLDesc).
+    Errors: NOT_FOUND for an unknown domain or checkpoint;
+    FAILED_PRECONDITION for `size` on a domain that is not running.
+    """
+    GetCheckpointParent: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetCheckpointParentRequest, _compute_service_pb2.GetCheckpointParentResponse]
+    """Returns a checkpoint's parent (virDomainCheckpointGetParent).
+    Errors: NOT_FOUND for an unknown domain or checkpoint, or a checkpoint
+    without a parent (reason VIR_ERR_NO_DOMAIN_CHECKPOINT).
+    """
+    ListCheckpointChildren: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.ListCheckpointChildrenRequest, _compute_service_pb2.ListCheckpointChildrenResponse]
+    """Lists a checkpoint's children, or with `descendants` all its descendants
+    (virDomainCheckpointListAllChildren), sorted and paginated.
+    Errors: NOT_FOUND for an unknown domain or checkpoint; INVALID_ARGUMENT
+    for a malformed page_token.
+    """
+    DeleteCheckpoint: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.DeleteCheckpointRequest, _compute_service_pb2.DeleteCheckpointResponse]
+    """Deletes a checkpoint, with `children` its descendants too, with
+    `children_only` only its descendants (virDomainCheckpointDelete).
+    Errors: NOT_FOUND for an unknown domain or checkpoint; INVALID_ARGUMENT
+    for children with children_only; FAILED_PRECONDITION while a backup uses
+    it.
+    """
+    BeginBackup: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.BeginBackupRequest, _compute_service_pb2.BeginBackupResponse]
+    """Starts a push-mode backup of a running domain's disks to files in the
+    service's save directory, optionally creating a checkpoint at the same
+    instant (virDomainBackupBegin). It returns once the backup runs, as a
+    domain job: GetDomainJobInfo observes it (operation BACKUP), with
+    `completed` its outcome; AbortDomainJob aborts it.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML, pull mode, a disk
+    of the domain the backup XML does not name, or a target file outside the
+    save directory; ALREADY_EXISTS for a target file that exists (without
+    reuse_external); FAILED_PRECONDITION when the domain is not running or
+    another job runs; UNIMPLEMENTED when the driver has no backups.
+    """
+    GetBackupXML: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetBackupXMLRequest, _compute_service_pb2.GetBackupXMLResponse]
+    """Returns the XML of the backup that runs (virDomainBackupGetXMLDesc).
+    Errors: NOT_FOUND for an unknown domain, or when no backup runs (reason
+    VIR_ERR_NO_DOMAIN_BACKUP); UNIMPLEMENTED when the driver has no backups
+    (the test driver).
+    """
 
 @_typing.type_check_only
 class ComputeServiceAsyncStub(ComputeServiceStub):
@@ -1110,13 +1190,18 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     Errors: as AttachDevice; NOT_FOUND also when no such device is attached.
     """
     CreateSnapshot: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.CreateSnapshotRequest, _compute_service_pb2.CreateSnapshotResponse]  # type: ignore[assignment]
-    """Creates a snapshot from snapshot XML (an empty `xml` lets libvirt choose).
-    Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML; ALREADY_EXISTS
-    for a duplicate snapshot name; UNIMPLEMENTED when the domain's disks
-    cannot be snapshotted.
+    """Creates a snapshot from snapshot XML (an empty `xml` lets libvirt choose),
+    always with libvirt's schema validation; the flags are virsh
+    snapshot-create-as's.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML or flags libvirt
+    refuses together; ALREADY_EXISTS for a duplicate snapshot name;
+    FAILED_PRECONDITION for live or quiesce on a domain that is not running;
+    UNIMPLEMENTED when the domain's disks cannot be snapshotted.
     """
     ListSnapshots: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.ListSnapshotsRequest, _compute_service_pb2.ListSnapshotsResponse]  # type: ignore[assignment]
-    """Lists a domain's snapshots, sorted by name and paginated.
+    """Lists a domain's snapshots, filtered as libvirt filters them (roots,
+    leaves, metadata, kind, internal/external), sorted by name (or
+    topologically) and paginated.
     Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed page_token.
     """
     GetSnapshot: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetSnapshotRequest, _compute_service_pb2.GetSnapshotResponse]  # type: ignore[assignment]
@@ -1415,7 +1500,8 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     AbortDomainJob: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.AbortDomainJobRequest, _compute_service_pb2.AbortDomainJobResponse]  # type: ignore[assignment]
     """Aborts the domain's current job (virDomainAbortJobFlags; without
     postcopy, virDomainAbortJob where a driver lacks the former): a save,
-    dump or migration; the call that started it ends with ABORTED.
+    dump or migration, whose call ends with ABORTED, or a backup
+    (BeginBackup), whose completed job says CANCELLED.
     Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
     (a migration in post-copy without postcopy);
     UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
@@ -1993,6 +2079,80 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
     behind; UNAVAILABLE when the libvirt connection is lost.
     """
+    GetCurrentSnapshot: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetCurrentSnapshotRequest, _compute_service_pb2.GetCurrentSnapshotResponse]  # type: ignore[assignment]
+    """-- checkpoints, backups and the rest of snapshots ----------------------
+
+    Returns the domain's current snapshot (virDomainHasCurrentSnapshot, then
+    virDomainSnapshotCurrent).
+    Errors: NOT_FOUND for an unknown domain, or when the domain has no
+    current snapshot (reason NO_CURRENT_SNAPSHOT).
+    """
+    GetSnapshotParent: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetSnapshotParentRequest, _compute_service_pb2.GetSnapshotParentResponse]  # type: ignore[assignment]
+    """Returns a snapshot's parent (virDomainSnapshotGetParent).
+    Errors: NOT_FOUND for an unknown domain or snapshot, or a snapshot
+    without a parent (a root; reason VIR_ERR_NO_DOMAIN_SNAPSHOT).
+    """
+    ListSnapshotChildren: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.ListSnapshotChildrenRequest, _compute_service_pb2.ListSnapshotChildrenResponse]  # type: ignore[assignment]
+    """Lists a snapshot's children, or with `descendants` all its descendants
+    (virDomainSnapshotListAllChildren), filtered as ListSnapshots filters,
+    sorted by name (or topologically) and paginated.
+    Errors: NOT_FOUND for an unknown domain or snapshot; INVALID_ARGUMENT
+    for a malformed page_token.
+    """
+    CreateCheckpoint: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.CreateCheckpointRequest, _compute_service_pb2.CreateCheckpointResponse]  # type: ignore[assignment]
+    """Creates a checkpoint from <domaincheckpoint> XML (empty: libvirt names
+    it and takes every disk that can) (virDomainCheckpointCreateXML).
+    Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML or redefine_validate
+    without redefine; ALREADY_EXISTS for a duplicate name; FAILED_PRECONDITION
+    when a disk cannot take a checkpoint (not qcow2) or quiesce finds no guest
+    agent; UNIMPLEMENTED when the driver has no checkpoints.
+    """
+    ListCheckpoints: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.ListCheckpointsRequest, _compute_service_pb2.ListCheckpointsResponse]  # type: ignore[assignment]
+    """Lists a domain's checkpoints (virDomainListAllCheckpoints), filtered,
+    sorted by name (or topologically) and paginated.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed page_token.
+    """
+    GetCheckpoint: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetCheckpointRequest, _compute_service_pb2.GetCheckpointResponse]  # type: ignore[assignment]
+    """Returns one checkpoint with its XML (virDomainCheckpointGetXMLDesc).
+    Errors: NOT_FOUND for an unknown domain or checkpoint;
+    FAILED_PRECONDITION for `size` on a domain that is not running.
+    """
+    GetCheckpointParent: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetCheckpointParentRequest, _compute_service_pb2.GetCheckpointParentResponse]  # type: ignore[assignment]
+    """Returns a checkpoint's parent (virDomainCheckpointGetParent).
+    Errors: NOT_FOUND for an unknown domain or checkpoint, or a checkpoint
+    without a parent (reason VIR_ERR_NO_DOMAIN_CHECKPOINT).
+    """
+    ListCheckpointChildren: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.ListCheckpointChildrenRequest, _compute_service_pb2.ListCheckpointChildrenResponse]  # type: ignore[assignment]
+    """Lists a checkpoint's children, or with `descendants` all its descendants
+    (virDomainCheckpointListAllChildren), sorted and paginated.
+    Errors: NOT_FOUND for an unknown domain or checkpoint; INVALID_ARGUMENT
+    for a malformed page_token.
+    """
+    DeleteCheckpoint: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.DeleteCheckpointRequest, _compute_service_pb2.DeleteCheckpointResponse]  # type: ignore[assignment]
+    """Deletes a checkpoint, with `children` its descendants too, with
+    `children_only` only its descendants (virDomainCheckpointDelete).
+    Errors: NOT_FOUND for an unknown domain or checkpoint; INVALID_ARGUMENT
+    for children with children_only; FAILED_PRECONDITION while a backup uses
+    it.
+    """
+    BeginBackup: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.BeginBackupRequest, _compute_service_pb2.BeginBackupResponse]  # type: ignore[assignment]
+    """Starts a push-mode backup of a running domain's disks to files in the
+    service's save directory, optionally creating a checkpoint at the same
+    instant (virDomainBackupBegin). It returns once the backup runs, as a
+    domain job: GetDomainJobInfo observes it (operation BACKUP), with
+    `completed` its outcome; AbortDomainJob aborts it.
+    Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML, pull mode, a disk
+    of the domain the backup XML does not name, or a target file outside the
+    save directory; ALREADY_EXISTS for a target file that exists (without
+    reuse_external); FAILED_PRECONDITION when the domain is not running or
+    another job runs; UNIMPLEMENTED when the driver has no backups.
+    """
+    GetBackupXML: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetBackupXMLRequest, _compute_service_pb2.GetBackupXMLResponse]  # type: ignore[assignment]
+    """Returns the XML of the backup that runs (virDomainBackupGetXMLDesc).
+    Errors: NOT_FOUND for an unknown domain, or when no backup runs (reason
+    VIR_ERR_NO_DOMAIN_BACKUP); UNIMPLEMENTED when the driver has no backups
+    (the test driver).
+    """
 
 class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
     """ComputeService is libvirt's QEMU driver (virtqemud) as a gRPC service.
@@ -2204,10 +2364,13 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _compute_service_pb2.CreateSnapshotRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_compute_service_pb2.CreateSnapshotResponse, _abc.Awaitable[_compute_service_pb2.CreateSnapshotResponse]]:
-        """Creates a snapshot from snapshot XML (an empty `xml` lets libvirt choose).
-        Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML; ALREADY_EXISTS
-        for a duplicate snapshot name; UNIMPLEMENTED when the domain's disks
-        cannot be snapshotted.
+        """Creates a snapshot from snapshot XML (an empty `xml` lets libvirt choose),
+        always with libvirt's schema validation; the flags are virsh
+        snapshot-create-as's.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML or flags libvirt
+        refuses together; ALREADY_EXISTS for a duplicate snapshot name;
+        FAILED_PRECONDITION for live or quiesce on a domain that is not running;
+        UNIMPLEMENTED when the domain's disks cannot be snapshotted.
         """
 
     @_abc_1.abstractmethod
@@ -2216,7 +2379,9 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _compute_service_pb2.ListSnapshotsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_compute_service_pb2.ListSnapshotsResponse, _abc.Awaitable[_compute_service_pb2.ListSnapshotsResponse]]:
-        """Lists a domain's snapshots, sorted by name and paginated.
+        """Lists a domain's snapshots, filtered as libvirt filters them (roots,
+        leaves, metadata, kind, internal/external), sorted by name (or
+        topologically) and paginated.
         Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed page_token.
         """
 
@@ -2803,7 +2968,8 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_compute_service_pb2.AbortDomainJobResponse, _abc.Awaitable[_compute_service_pb2.AbortDomainJobResponse]]:
         """Aborts the domain's current job (virDomainAbortJobFlags; without
         postcopy, virDomainAbortJob where a driver lacks the former): a save,
-        dump or migration; the call that started it ends with ABORTED.
+        dump or migration, whose call ends with ABORTED, or a backup
+        (BeginBackup), whose completed job says CANCELLED.
         Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
         (a migration in post-copy without postcopy);
         UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
@@ -3890,6 +4056,146 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: NOT_FOUND for an unknown domain; INVALID_ARGUMENT for a
         malformed event name; RESOURCE_EXHAUSTED when this watcher falls too far
         behind; UNAVAILABLE when the libvirt connection is lost.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCurrentSnapshot(
+        self,
+        request: _compute_service_pb2.GetCurrentSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetCurrentSnapshotResponse, _abc.Awaitable[_compute_service_pb2.GetCurrentSnapshotResponse]]:
+        """-- checkpoints, backups and the rest of snapshots ----------------------
+
+        Returns the domain's current snapshot (virDomainHasCurrentSnapshot, then
+        virDomainSnapshotCurrent).
+        Errors: NOT_FOUND for an unknown domain, or when the domain has no
+        current snapshot (reason NO_CURRENT_SNAPSHOT).
+        """
+
+    @_abc_1.abstractmethod
+    def GetSnapshotParent(
+        self,
+        request: _compute_service_pb2.GetSnapshotParentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetSnapshotParentResponse, _abc.Awaitable[_compute_service_pb2.GetSnapshotParentResponse]]:
+        """Returns a snapshot's parent (virDomainSnapshotGetParent).
+        Errors: NOT_FOUND for an unknown domain or snapshot, or a snapshot
+        without a parent (a root; reason VIR_ERR_NO_DOMAIN_SNAPSHOT).
+        """
+
+    @_abc_1.abstractmethod
+    def ListSnapshotChildren(
+        self,
+        request: _compute_service_pb2.ListSnapshotChildrenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.ListSnapshotChildrenResponse, _abc.Awaitable[_compute_service_pb2.ListSnapshotChildrenResponse]]:
+        """Lists a snapshot's children, or with `descendants` all its descendants
+        (virDomainSnapshotListAllChildren), filtered as ListSnapshots filters,
+        sorted by name (or topologically) and paginated.
+        Errors: NOT_FOUND for an unknown domain or snapshot; INVALID_ARGUMENT
+        for a malformed page_token.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateCheckpoint(
+        self,
+        request: _compute_service_pb2.CreateCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.CreateCheckpointResponse, _abc.Awaitable[_compute_service_pb2.CreateCheckpointResponse]]:
+        """Creates a checkpoint from <domaincheckpoint> XML (empty: libvirt names
+        it and takes every disk that can) (virDomainCheckpointCreateXML).
+        Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML or redefine_validate
+        without redefine; ALREADY_EXISTS for a duplicate name; FAILED_PRECONDITION
+        when a disk cannot take a checkpoint (not qcow2) or quiesce finds no guest
+        agent; UNIMPLEMENTED when the driver has no checkpoints.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCheckpoints(
+        self,
+        request: _compute_service_pb2.ListCheckpointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.ListCheckpointsResponse, _abc.Awaitable[_compute_service_pb2.ListCheckpointsResponse]]:
+        """Lists a domain's checkpoints (virDomainListAllCheckpoints), filtered,
+        sorted by name (or topologically) and paginated.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed page_token.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCheckpoint(
+        self,
+        request: _compute_service_pb2.GetCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetCheckpointResponse, _abc.Awaitable[_compute_service_pb2.GetCheckpointResponse]]:
+        """Returns one checkpoint with its XML (virDomainCheckpointGetXMLDesc).
+        Errors: NOT_FOUND for an unknown domain or checkpoint;
+        FAILED_PRECONDITION for `size` on a domain that is not running.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCheckpointParent(
+        self,
+        request: _compute_service_pb2.GetCheckpointParentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetCheckpointParentResponse, _abc.Awaitable[_compute_service_pb2.GetCheckpointParentResponse]]:
+        """Returns a checkpoint's parent (virDomainCheckpointGetParent).
+        Errors: NOT_FOUND for an unknown domain or checkpoint, or a checkpoint
+        without a parent (reason VIR_ERR_NO_DOMAIN_CHECKPOINT).
+        """
+
+    @_abc_1.abstractmethod
+    def ListCheckpointChildren(
+        self,
+        request: _compute_service_pb2.ListCheckpointChildrenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.ListCheckpointChildrenResponse, _abc.Awaitable[_compute_service_pb2.ListCheckpointChildrenResponse]]:
+        """Lists a checkpoint's children, or with `descendants` all its descendants
+        (virDomainCheckpointListAllChildren), sorted and paginated.
+        Errors: NOT_FOUND for an unknown domain or checkpoint; INVALID_ARGUMENT
+        for a malformed page_token.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteCheckpoint(
+        self,
+        request: _compute_service_pb2.DeleteCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.DeleteCheckpointResponse, _abc.Awaitable[_compute_service_pb2.DeleteCheckpointResponse]]:
+        """Deletes a checkpoint, with `children` its descendants too, with
+        `children_only` only its descendants (virDomainCheckpointDelete).
+        Errors: NOT_FOUND for an unknown domain or checkpoint; INVALID_ARGUMENT
+        for children with children_only; FAILED_PRECONDITION while a backup uses
+        it.
+        """
+
+    @_abc_1.abstractmethod
+    def BeginBackup(
+        self,
+        request: _compute_service_pb2.BeginBackupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.BeginBackupResponse, _abc.Awaitable[_compute_service_pb2.BeginBackupResponse]]:
+        """Starts a push-mode backup of a running domain's disks to files in the
+        service's save directory, optionally creating a checkpoint at the same
+        instant (virDomainBackupBegin). It returns once the backup runs, as a
+        domain job: GetDomainJobInfo observes it (operation BACKUP), with
+        `completed` its outcome; AbortDomainJob aborts it.
+        Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML, pull mode, a disk
+        of the domain the backup XML does not name, or a target file outside the
+        save directory; ALREADY_EXISTS for a target file that exists (without
+        reuse_external); FAILED_PRECONDITION when the domain is not running or
+        another job runs; UNIMPLEMENTED when the driver has no backups.
+        """
+
+    @_abc_1.abstractmethod
+    def GetBackupXML(
+        self,
+        request: _compute_service_pb2.GetBackupXMLRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.GetBackupXMLResponse, _abc.Awaitable[_compute_service_pb2.GetBackupXMLResponse]]:
+        """Returns the XML of the backup that runs (virDomainBackupGetXMLDesc).
+        Errors: NOT_FOUND for an unknown domain, or when no backup runs (reason
+        VIR_ERR_NO_DOMAIN_BACKUP); UNIMPLEMENTED when the driver has no backups
+        (the test driver).
         """
 
 def add_ComputeServiceServicer_to_server(servicer: ComputeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

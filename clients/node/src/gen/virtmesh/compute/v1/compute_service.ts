@@ -2591,6 +2591,58 @@ export function dirtyRateModeToJSON(object: DirtyRateMode): string {
   }
 }
 
+/**
+ * Where a listed snapshot's state lives (libvirt's
+ * VIR_DOMAIN_SNAPSHOT_LIST_INACTIVE, _ACTIVE, _DISK_ONLY).
+ */
+export enum SnapshotKind {
+  SNAPSHOT_KIND_UNSPECIFIED = 0,
+  /** SNAPSHOT_KIND_INACTIVE - Of a domain that was off. */
+  SNAPSHOT_KIND_INACTIVE = 1,
+  /** SNAPSHOT_KIND_ACTIVE - Of a running domain, with its memory. */
+  SNAPSHOT_KIND_ACTIVE = 2,
+  /** SNAPSHOT_KIND_DISK_ONLY - Of a running domain, disks only. */
+  SNAPSHOT_KIND_DISK_ONLY = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function snapshotKindFromJSON(object: any): SnapshotKind {
+  switch (object) {
+    case 0:
+    case "SNAPSHOT_KIND_UNSPECIFIED":
+      return SnapshotKind.SNAPSHOT_KIND_UNSPECIFIED;
+    case 1:
+    case "SNAPSHOT_KIND_INACTIVE":
+      return SnapshotKind.SNAPSHOT_KIND_INACTIVE;
+    case 2:
+    case "SNAPSHOT_KIND_ACTIVE":
+      return SnapshotKind.SNAPSHOT_KIND_ACTIVE;
+    case 3:
+    case "SNAPSHOT_KIND_DISK_ONLY":
+      return SnapshotKind.SNAPSHOT_KIND_DISK_ONLY;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return SnapshotKind.UNRECOGNIZED;
+  }
+}
+
+export function snapshotKindToJSON(object: SnapshotKind): string {
+  switch (object) {
+    case SnapshotKind.SNAPSHOT_KIND_UNSPECIFIED:
+      return "SNAPSHOT_KIND_UNSPECIFIED";
+    case SnapshotKind.SNAPSHOT_KIND_INACTIVE:
+      return "SNAPSHOT_KIND_INACTIVE";
+    case SnapshotKind.SNAPSHOT_KIND_ACTIVE:
+      return "SNAPSHOT_KIND_ACTIVE";
+    case SnapshotKind.SNAPSHOT_KIND_DISK_ONLY:
+      return "SNAPSHOT_KIND_DISK_ONLY";
+    case SnapshotKind.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** A domain's summary. */
 export interface Domain {
   name: string;
@@ -2864,6 +2916,8 @@ export interface Snapshot {
   createTime?: Date | undefined;
   description: string;
   xml: string;
+  /** libvirt has metadata for it (virDomainSnapshotHasMetadata). */
+  hasMetadata: boolean;
 }
 
 export interface CreateSnapshotRequest {
@@ -2878,6 +2932,12 @@ export interface CreateSnapshotRequest {
   atomic: boolean;
   /** Freeze guest file systems through the guest agent. */
   quiesce: boolean;
+  /** Keep the domain running while its memory is saved (external snapshots). */
+  live: boolean;
+  /** The external files the XML names exist already; reuse them. */
+  reuseExternal: boolean;
+  /** Stop the domain once the snapshot is taken. */
+  halt: boolean;
 }
 
 export interface CreateSnapshotResponse {
@@ -2889,6 +2949,9 @@ export interface ListSnapshotsRequest {
   /** At most this many snapshots (0: 100; at most 1000). */
   pageSize: number;
   pageToken: string;
+  /** Only snapshots without a parent. */
+  roots: boolean;
+  filter?: SnapshotFilter | undefined;
 }
 
 export interface ListSnapshotsResponse {
@@ -5282,6 +5345,205 @@ export interface WatchQemuMonitorEventsResponse {
     | undefined;
   /** Its "data" member, JSON; empty when it has none. */
   details: string;
+}
+
+/**
+ * libvirt's snapshot list filters (virDomainSnapshotListFlags), for
+ * ListSnapshots and ListSnapshotChildren. Unset filters do not filter.
+ */
+export interface SnapshotFilter {
+  /** true: only leaves (no children); false: only snapshots with children. */
+  leaves?:
+    | boolean
+    | undefined;
+  /** true: only snapshots with libvirt metadata; false: only those without. */
+  metadata?:
+    | boolean
+    | undefined;
+  /** Only snapshots of one of these kinds. */
+  kinds: SnapshotKind[];
+  /** true: only external snapshots; false: only internal ones. */
+  external?:
+    | boolean
+    | undefined;
+  /** Parents before their children (libvirt's order) instead of by name. */
+  topological: boolean;
+}
+
+export interface GetCurrentSnapshotRequest {
+  name: string;
+}
+
+export interface GetCurrentSnapshotResponse {
+  snapshot?: Snapshot | undefined;
+}
+
+export interface GetSnapshotParentRequest {
+  name: string;
+  snapshot: string;
+}
+
+export interface GetSnapshotParentResponse {
+  snapshot?: Snapshot | undefined;
+}
+
+export interface ListSnapshotChildrenRequest {
+  name: string;
+  snapshot: string;
+  /** All descendants, not only the direct children. */
+  descendants: boolean;
+  filter?:
+    | SnapshotFilter
+    | undefined;
+  /** At most this many snapshots (0: 100; at most 1000). */
+  pageSize: number;
+  pageToken: string;
+}
+
+export interface ListSnapshotChildrenResponse {
+  snapshots: Snapshot[];
+  nextPageToken: string;
+}
+
+/** A disk of a checkpoint. */
+export interface CheckpointDisk {
+  /** The disk's target ("vda"). */
+  name: string;
+  /** "bitmap" or "no". */
+  checkpoint: string;
+  /** The dirty bitmap's name in the image. */
+  bitmap: string;
+  /** Bytes changed since the checkpoint (only with GetCheckpoint's `size`). */
+  sizeBytes: bigint;
+}
+
+/** A domain checkpoint's summary. */
+export interface Checkpoint {
+  name: string;
+  /** The parent checkpoint's name; empty for a root. */
+  parent: string;
+  createTime?: Date | undefined;
+  description: string;
+  disks: CheckpointDisk[];
+  xml: string;
+}
+
+export interface CreateCheckpointRequest {
+  name: string;
+  /** <domaincheckpoint> XML; empty lets libvirt choose. */
+  xml: string;
+  /** Restore metadata of an existing checkpoint (VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE). */
+  redefine: boolean;
+  /** Freeze guest file systems through the guest agent. */
+  quiesce: boolean;
+  /** With redefine: check the disks' bitmaps match the XML. */
+  redefineValidate: boolean;
+}
+
+export interface CreateCheckpointResponse {
+  checkpoint?: Checkpoint | undefined;
+}
+
+export interface ListCheckpointsRequest {
+  name: string;
+  /** Only checkpoints without a parent. */
+  roots: boolean;
+  /** true: only leaves; false: only checkpoints with children. */
+  leaves?:
+    | boolean
+    | undefined;
+  /** Parents before their children (libvirt's order) instead of by name. */
+  topological: boolean;
+  /** At most this many checkpoints (0: 100; at most 1000). */
+  pageSize: number;
+  pageToken: string;
+}
+
+export interface ListCheckpointsResponse {
+  checkpoints: Checkpoint[];
+  nextPageToken: string;
+}
+
+export interface GetCheckpointRequest {
+  name: string;
+  checkpoint: string;
+  /** Include the bytes changed since the checkpoint per disk (running domain). */
+  size: boolean;
+  /** Leave the <domain> out of the XML. */
+  noDomain: boolean;
+  /** Include security-sensitive information in the domain XML. */
+  secure: boolean;
+}
+
+export interface GetCheckpointResponse {
+  checkpoint?: Checkpoint | undefined;
+}
+
+export interface GetCheckpointParentRequest {
+  name: string;
+  checkpoint: string;
+}
+
+export interface GetCheckpointParentResponse {
+  checkpoint?: Checkpoint | undefined;
+}
+
+export interface ListCheckpointChildrenRequest {
+  name: string;
+  checkpoint: string;
+  /** All descendants, not only the direct children. */
+  descendants: boolean;
+  /** true: only leaves; false: only checkpoints with children. */
+  leaves?: boolean | undefined;
+  topological: boolean;
+  pageSize: number;
+  pageToken: string;
+}
+
+export interface ListCheckpointChildrenResponse {
+  checkpoints: Checkpoint[];
+  nextPageToken: string;
+}
+
+export interface DeleteCheckpointRequest {
+  name: string;
+  checkpoint: string;
+  /** Its descendants too. */
+  children: boolean;
+  /** Only its descendants, not itself. */
+  childrenOnly: boolean;
+  /** Only libvirt's metadata, leaving the disks' bitmaps. */
+  metadataOnly: boolean;
+}
+
+export interface DeleteCheckpointResponse {
+}
+
+export interface BeginBackupRequest {
+  name: string;
+  /**
+   * <domainbackup> XML, push mode: each disk of the domain either with
+   * backup='no' or with a <target file='...'/> in the save directory.
+   */
+  backupXml: string;
+  /**
+   * <domaincheckpoint> XML of a checkpoint to create as the backup starts;
+   * empty: none.
+   */
+  checkpointXml: string;
+  /** The target files exist already (VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL). */
+  reuseExternal: boolean;
+}
+
+export interface BeginBackupResponse {
+}
+
+export interface GetBackupXMLRequest {
+  name: string;
+}
+
+export interface GetBackupXMLResponse {
+  xml: string;
 }
 
 function createBaseDomain(): Domain {
@@ -8550,7 +8812,16 @@ export const DetachDeviceResponse: MessageFns<DetachDeviceResponse> = {
 };
 
 function createBaseSnapshot(): Snapshot {
-  return { name: "", parent: "", current: false, state: "", createTime: undefined, description: "", xml: "" };
+  return {
+    name: "",
+    parent: "",
+    current: false,
+    state: "",
+    createTime: undefined,
+    description: "",
+    xml: "",
+    hasMetadata: false,
+  };
 }
 
 export const Snapshot: MessageFns<Snapshot> = {
@@ -8575,6 +8846,9 @@ export const Snapshot: MessageFns<Snapshot> = {
     }
     if (message.xml !== "") {
       writer.uint32(58).string(message.xml);
+    }
+    if (message.hasMetadata !== false) {
+      writer.uint32(64).bool(message.hasMetadata);
     }
     return writer;
   },
@@ -8648,6 +8922,14 @@ export const Snapshot: MessageFns<Snapshot> = {
             message.xml = reader.string();
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.hasMetadata = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -8673,6 +8955,11 @@ export const Snapshot: MessageFns<Snapshot> = {
         : undefined,
       description: isSet(object.description) ? globalThis.String(object.description) : "",
       xml: isSet(object.xml) ? globalThis.String(object.xml) : "",
+      hasMetadata: isSet(object.hasMetadata)
+        ? globalThis.Boolean(object.hasMetadata)
+        : isSet(object.has_metadata)
+        ? globalThis.Boolean(object.has_metadata)
+        : false,
     };
   },
 
@@ -8699,6 +8986,9 @@ export const Snapshot: MessageFns<Snapshot> = {
     if (message.xml !== "") {
       obj.xml = message.xml;
     }
+    if (message.hasMetadata !== false) {
+      obj.hasMetadata = message.hasMetadata;
+    }
     return obj;
   },
 
@@ -8714,12 +9004,23 @@ export const Snapshot: MessageFns<Snapshot> = {
     message.createTime = object.createTime ?? undefined;
     message.description = object.description ?? "";
     message.xml = object.xml ?? "";
+    message.hasMetadata = object.hasMetadata ?? false;
     return message;
   },
 };
 
 function createBaseCreateSnapshotRequest(): CreateSnapshotRequest {
-  return { name: "", xml: "", diskOnly: false, noMetadata: false, atomic: false, quiesce: false };
+  return {
+    name: "",
+    xml: "",
+    diskOnly: false,
+    noMetadata: false,
+    atomic: false,
+    quiesce: false,
+    live: false,
+    reuseExternal: false,
+    halt: false,
+  };
 }
 
 export const CreateSnapshotRequest: MessageFns<CreateSnapshotRequest> = {
@@ -8741,6 +9042,15 @@ export const CreateSnapshotRequest: MessageFns<CreateSnapshotRequest> = {
     }
     if (message.quiesce !== false) {
       writer.uint32(48).bool(message.quiesce);
+    }
+    if (message.live !== false) {
+      writer.uint32(56).bool(message.live);
+    }
+    if (message.reuseExternal !== false) {
+      writer.uint32(64).bool(message.reuseExternal);
+    }
+    if (message.halt !== false) {
+      writer.uint32(72).bool(message.halt);
     }
     return writer;
   },
@@ -8806,6 +9116,30 @@ export const CreateSnapshotRequest: MessageFns<CreateSnapshotRequest> = {
             message.quiesce = reader.bool();
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.live = reader.bool();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.reuseExternal = reader.bool();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.halt = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -8834,6 +9168,13 @@ export const CreateSnapshotRequest: MessageFns<CreateSnapshotRequest> = {
         : false,
       atomic: isSet(object.atomic) ? globalThis.Boolean(object.atomic) : false,
       quiesce: isSet(object.quiesce) ? globalThis.Boolean(object.quiesce) : false,
+      live: isSet(object.live) ? globalThis.Boolean(object.live) : false,
+      reuseExternal: isSet(object.reuseExternal)
+        ? globalThis.Boolean(object.reuseExternal)
+        : isSet(object.reuse_external)
+        ? globalThis.Boolean(object.reuse_external)
+        : false,
+      halt: isSet(object.halt) ? globalThis.Boolean(object.halt) : false,
     };
   },
 
@@ -8857,6 +9198,15 @@ export const CreateSnapshotRequest: MessageFns<CreateSnapshotRequest> = {
     if (message.quiesce !== false) {
       obj.quiesce = message.quiesce;
     }
+    if (message.live !== false) {
+      obj.live = message.live;
+    }
+    if (message.reuseExternal !== false) {
+      obj.reuseExternal = message.reuseExternal;
+    }
+    if (message.halt !== false) {
+      obj.halt = message.halt;
+    }
     return obj;
   },
 
@@ -8871,6 +9221,9 @@ export const CreateSnapshotRequest: MessageFns<CreateSnapshotRequest> = {
     message.noMetadata = object.noMetadata ?? false;
     message.atomic = object.atomic ?? false;
     message.quiesce = object.quiesce ?? false;
+    message.live = object.live ?? false;
+    message.reuseExternal = object.reuseExternal ?? false;
+    message.halt = object.halt ?? false;
     return message;
   },
 };
@@ -8945,7 +9298,7 @@ export const CreateSnapshotResponse: MessageFns<CreateSnapshotResponse> = {
 };
 
 function createBaseListSnapshotsRequest(): ListSnapshotsRequest {
-  return { name: "", pageSize: 0, pageToken: "" };
+  return { name: "", pageSize: 0, pageToken: "", roots: false, filter: undefined };
 }
 
 export const ListSnapshotsRequest: MessageFns<ListSnapshotsRequest> = {
@@ -8958,6 +9311,12 @@ export const ListSnapshotsRequest: MessageFns<ListSnapshotsRequest> = {
     }
     if (message.pageToken !== "") {
       writer.uint32(26).string(message.pageToken);
+    }
+    if (message.roots !== false) {
+      writer.uint32(32).bool(message.roots);
+    }
+    if (message.filter !== undefined) {
+      SnapshotFilter.encode(message.filter, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -8999,6 +9358,22 @@ export const ListSnapshotsRequest: MessageFns<ListSnapshotsRequest> = {
             message.pageToken = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.roots = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.filter = SnapshotFilter.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -9024,6 +9399,8 @@ export const ListSnapshotsRequest: MessageFns<ListSnapshotsRequest> = {
         : isSet(object.page_token)
         ? globalThis.String(object.page_token)
         : "",
+      roots: isSet(object.roots) ? globalThis.Boolean(object.roots) : false,
+      filter: isSet(object.filter) ? SnapshotFilter.fromJSON(object.filter) : undefined,
     };
   },
 
@@ -9038,6 +9415,12 @@ export const ListSnapshotsRequest: MessageFns<ListSnapshotsRequest> = {
     if (message.pageToken !== "") {
       obj.pageToken = message.pageToken;
     }
+    if (message.roots !== false) {
+      obj.roots = message.roots;
+    }
+    if (message.filter !== undefined) {
+      obj.filter = SnapshotFilter.toJSON(message.filter);
+    }
     return obj;
   },
 
@@ -9049,6 +9432,10 @@ export const ListSnapshotsRequest: MessageFns<ListSnapshotsRequest> = {
     message.name = object.name ?? "";
     message.pageSize = object.pageSize ?? 0;
     message.pageToken = object.pageToken ?? "";
+    message.roots = object.roots ?? false;
+    message.filter = (object.filter !== undefined && object.filter !== null)
+      ? SnapshotFilter.fromPartial(object.filter)
+      : undefined;
     return message;
   },
 };
@@ -41168,6 +41555,2568 @@ export const WatchQemuMonitorEventsResponse: MessageFns<WatchQemuMonitorEventsRe
   },
 };
 
+function createBaseSnapshotFilter(): SnapshotFilter {
+  return { leaves: undefined, metadata: undefined, kinds: [], external: undefined, topological: false };
+}
+
+export const SnapshotFilter: MessageFns<SnapshotFilter> = {
+  encode(message: SnapshotFilter, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.leaves !== undefined) {
+      writer.uint32(8).bool(message.leaves);
+    }
+    if (message.metadata !== undefined) {
+      writer.uint32(16).bool(message.metadata);
+    }
+    if (message.kinds.length !== 0) {
+      writer.uint32(26).fork();
+      for (const v of message.kinds) {
+        writer.int32(v);
+      }
+      writer.join();
+    }
+    if (message.external !== undefined) {
+      writer.uint32(32).bool(message.external);
+    }
+    if (message.topological !== false) {
+      writer.uint32(40).bool(message.topological);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SnapshotFilter {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSnapshotFilter();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.leaves = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.metadata = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag === 24) {
+              message.kinds.push(reader.int32() as any);
+
+              continue;
+            }
+
+            if (tag === 26) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.kinds.push(reader.int32() as any);
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.external = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.topological = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SnapshotFilter {
+    return {
+      leaves: isSet(object.leaves) ? globalThis.Boolean(object.leaves) : undefined,
+      metadata: isSet(object.metadata) ? globalThis.Boolean(object.metadata) : undefined,
+      kinds: globalThis.Array.isArray(object?.kinds) ? object.kinds.map((e: any) => snapshotKindFromJSON(e)) : [],
+      external: isSet(object.external) ? globalThis.Boolean(object.external) : undefined,
+      topological: isSet(object.topological) ? globalThis.Boolean(object.topological) : false,
+    };
+  },
+
+  toJSON(message: SnapshotFilter): unknown {
+    const obj: any = {};
+    if (message.leaves !== undefined) {
+      obj.leaves = message.leaves;
+    }
+    if (message.metadata !== undefined) {
+      obj.metadata = message.metadata;
+    }
+    if (message.kinds?.length) {
+      obj.kinds = message.kinds.map((e) => snapshotKindToJSON(e));
+    }
+    if (message.external !== undefined) {
+      obj.external = message.external;
+    }
+    if (message.topological !== false) {
+      obj.topological = message.topological;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SnapshotFilter>, I>>(base?: I): SnapshotFilter {
+    return SnapshotFilter.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SnapshotFilter>, I>>(object: I): SnapshotFilter {
+    const message = createBaseSnapshotFilter();
+    message.leaves = object.leaves ?? undefined;
+    message.metadata = object.metadata ?? undefined;
+    message.kinds = object.kinds?.map((e) => e) || [];
+    message.external = object.external ?? undefined;
+    message.topological = object.topological ?? false;
+    return message;
+  },
+};
+
+function createBaseGetCurrentSnapshotRequest(): GetCurrentSnapshotRequest {
+  return { name: "" };
+}
+
+export const GetCurrentSnapshotRequest: MessageFns<GetCurrentSnapshotRequest> = {
+  encode(message: GetCurrentSnapshotRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetCurrentSnapshotRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetCurrentSnapshotRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetCurrentSnapshotRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: GetCurrentSnapshotRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetCurrentSnapshotRequest>, I>>(base?: I): GetCurrentSnapshotRequest {
+    return GetCurrentSnapshotRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetCurrentSnapshotRequest>, I>>(object: I): GetCurrentSnapshotRequest {
+    const message = createBaseGetCurrentSnapshotRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseGetCurrentSnapshotResponse(): GetCurrentSnapshotResponse {
+  return { snapshot: undefined };
+}
+
+export const GetCurrentSnapshotResponse: MessageFns<GetCurrentSnapshotResponse> = {
+  encode(message: GetCurrentSnapshotResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.snapshot !== undefined) {
+      Snapshot.encode(message.snapshot, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetCurrentSnapshotResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetCurrentSnapshotResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.snapshot = Snapshot.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetCurrentSnapshotResponse {
+    return { snapshot: isSet(object.snapshot) ? Snapshot.fromJSON(object.snapshot) : undefined };
+  },
+
+  toJSON(message: GetCurrentSnapshotResponse): unknown {
+    const obj: any = {};
+    if (message.snapshot !== undefined) {
+      obj.snapshot = Snapshot.toJSON(message.snapshot);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetCurrentSnapshotResponse>, I>>(base?: I): GetCurrentSnapshotResponse {
+    return GetCurrentSnapshotResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetCurrentSnapshotResponse>, I>>(object: I): GetCurrentSnapshotResponse {
+    const message = createBaseGetCurrentSnapshotResponse();
+    message.snapshot = (object.snapshot !== undefined && object.snapshot !== null)
+      ? Snapshot.fromPartial(object.snapshot)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseGetSnapshotParentRequest(): GetSnapshotParentRequest {
+  return { name: "", snapshot: "" };
+}
+
+export const GetSnapshotParentRequest: MessageFns<GetSnapshotParentRequest> = {
+  encode(message: GetSnapshotParentRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.snapshot !== "") {
+      writer.uint32(18).string(message.snapshot);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSnapshotParentRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSnapshotParentRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.snapshot = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetSnapshotParentRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      snapshot: isSet(object.snapshot) ? globalThis.String(object.snapshot) : "",
+    };
+  },
+
+  toJSON(message: GetSnapshotParentRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.snapshot !== "") {
+      obj.snapshot = message.snapshot;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSnapshotParentRequest>, I>>(base?: I): GetSnapshotParentRequest {
+    return GetSnapshotParentRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSnapshotParentRequest>, I>>(object: I): GetSnapshotParentRequest {
+    const message = createBaseGetSnapshotParentRequest();
+    message.name = object.name ?? "";
+    message.snapshot = object.snapshot ?? "";
+    return message;
+  },
+};
+
+function createBaseGetSnapshotParentResponse(): GetSnapshotParentResponse {
+  return { snapshot: undefined };
+}
+
+export const GetSnapshotParentResponse: MessageFns<GetSnapshotParentResponse> = {
+  encode(message: GetSnapshotParentResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.snapshot !== undefined) {
+      Snapshot.encode(message.snapshot, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSnapshotParentResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSnapshotParentResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.snapshot = Snapshot.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetSnapshotParentResponse {
+    return { snapshot: isSet(object.snapshot) ? Snapshot.fromJSON(object.snapshot) : undefined };
+  },
+
+  toJSON(message: GetSnapshotParentResponse): unknown {
+    const obj: any = {};
+    if (message.snapshot !== undefined) {
+      obj.snapshot = Snapshot.toJSON(message.snapshot);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSnapshotParentResponse>, I>>(base?: I): GetSnapshotParentResponse {
+    return GetSnapshotParentResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSnapshotParentResponse>, I>>(object: I): GetSnapshotParentResponse {
+    const message = createBaseGetSnapshotParentResponse();
+    message.snapshot = (object.snapshot !== undefined && object.snapshot !== null)
+      ? Snapshot.fromPartial(object.snapshot)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseListSnapshotChildrenRequest(): ListSnapshotChildrenRequest {
+  return { name: "", snapshot: "", descendants: false, filter: undefined, pageSize: 0, pageToken: "" };
+}
+
+export const ListSnapshotChildrenRequest: MessageFns<ListSnapshotChildrenRequest> = {
+  encode(message: ListSnapshotChildrenRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.snapshot !== "") {
+      writer.uint32(18).string(message.snapshot);
+    }
+    if (message.descendants !== false) {
+      writer.uint32(24).bool(message.descendants);
+    }
+    if (message.filter !== undefined) {
+      SnapshotFilter.encode(message.filter, writer.uint32(34).fork()).join();
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(40).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(50).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListSnapshotChildrenRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListSnapshotChildrenRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.snapshot = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.descendants = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.filter = SnapshotFilter.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListSnapshotChildrenRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      snapshot: isSet(object.snapshot) ? globalThis.String(object.snapshot) : "",
+      descendants: isSet(object.descendants) ? globalThis.Boolean(object.descendants) : false,
+      filter: isSet(object.filter) ? SnapshotFilter.fromJSON(object.filter) : undefined,
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListSnapshotChildrenRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.snapshot !== "") {
+      obj.snapshot = message.snapshot;
+    }
+    if (message.descendants !== false) {
+      obj.descendants = message.descendants;
+    }
+    if (message.filter !== undefined) {
+      obj.filter = SnapshotFilter.toJSON(message.filter);
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListSnapshotChildrenRequest>, I>>(base?: I): ListSnapshotChildrenRequest {
+    return ListSnapshotChildrenRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListSnapshotChildrenRequest>, I>>(object: I): ListSnapshotChildrenRequest {
+    const message = createBaseListSnapshotChildrenRequest();
+    message.name = object.name ?? "";
+    message.snapshot = object.snapshot ?? "";
+    message.descendants = object.descendants ?? false;
+    message.filter = (object.filter !== undefined && object.filter !== null)
+      ? SnapshotFilter.fromPartial(object.filter)
+      : undefined;
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseListSnapshotChildrenResponse(): ListSnapshotChildrenResponse {
+  return { snapshots: [], nextPageToken: "" };
+}
+
+export const ListSnapshotChildrenResponse: MessageFns<ListSnapshotChildrenResponse> = {
+  encode(message: ListSnapshotChildrenResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.snapshots) {
+      Snapshot.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListSnapshotChildrenResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListSnapshotChildrenResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.snapshots.push(Snapshot.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListSnapshotChildrenResponse {
+    return {
+      snapshots: globalThis.Array.isArray(object?.snapshots)
+        ? object.snapshots.map((e: any) => Snapshot.fromJSON(e))
+        : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListSnapshotChildrenResponse): unknown {
+    const obj: any = {};
+    if (message.snapshots?.length) {
+      obj.snapshots = message.snapshots.map((e) => Snapshot.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListSnapshotChildrenResponse>, I>>(base?: I): ListSnapshotChildrenResponse {
+    return ListSnapshotChildrenResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListSnapshotChildrenResponse>, I>>(object: I): ListSnapshotChildrenResponse {
+    const message = createBaseListSnapshotChildrenResponse();
+    message.snapshots = object.snapshots?.map((e) => Snapshot.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseCheckpointDisk(): CheckpointDisk {
+  return { name: "", checkpoint: "", bitmap: "", sizeBytes: 0n };
+}
+
+export const CheckpointDisk: MessageFns<CheckpointDisk> = {
+  encode(message: CheckpointDisk, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.checkpoint !== "") {
+      writer.uint32(18).string(message.checkpoint);
+    }
+    if (message.bitmap !== "") {
+      writer.uint32(26).string(message.bitmap);
+    }
+    if (message.sizeBytes !== 0n) {
+      if (BigInt.asUintN(64, message.sizeBytes) !== message.sizeBytes) {
+        throw new globalThis.Error("value provided for field message.sizeBytes of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.sizeBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CheckpointDisk {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCheckpointDisk();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.checkpoint = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.bitmap = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.sizeBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CheckpointDisk {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      checkpoint: isSet(object.checkpoint) ? globalThis.String(object.checkpoint) : "",
+      bitmap: isSet(object.bitmap) ? globalThis.String(object.bitmap) : "",
+      sizeBytes: isSet(object.sizeBytes)
+        ? BigInt(object.sizeBytes)
+        : isSet(object.size_bytes)
+        ? BigInt(object.size_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: CheckpointDisk): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.checkpoint !== "") {
+      obj.checkpoint = message.checkpoint;
+    }
+    if (message.bitmap !== "") {
+      obj.bitmap = message.bitmap;
+    }
+    if (message.sizeBytes !== 0n) {
+      obj.sizeBytes = message.sizeBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CheckpointDisk>, I>>(base?: I): CheckpointDisk {
+    return CheckpointDisk.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CheckpointDisk>, I>>(object: I): CheckpointDisk {
+    const message = createBaseCheckpointDisk();
+    message.name = object.name ?? "";
+    message.checkpoint = object.checkpoint ?? "";
+    message.bitmap = object.bitmap ?? "";
+    message.sizeBytes = (object.sizeBytes !== undefined && object.sizeBytes !== null) ? BigInt(object.sizeBytes) : 0n;
+    return message;
+  },
+};
+
+function createBaseCheckpoint(): Checkpoint {
+  return { name: "", parent: "", createTime: undefined, description: "", disks: [], xml: "" };
+}
+
+export const Checkpoint: MessageFns<Checkpoint> = {
+  encode(message: Checkpoint, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.parent !== "") {
+      writer.uint32(18).string(message.parent);
+    }
+    if (message.createTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.createTime), writer.uint32(26).fork()).join();
+    }
+    if (message.description !== "") {
+      writer.uint32(34).string(message.description);
+    }
+    for (const v of message.disks) {
+      CheckpointDisk.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.xml !== "") {
+      writer.uint32(50).string(message.xml);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Checkpoint {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCheckpoint();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.parent = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.createTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.description = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.disks.push(CheckpointDisk.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Checkpoint {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      parent: isSet(object.parent) ? globalThis.String(object.parent) : "",
+      createTime: isSet(object.createTime)
+        ? fromJsonTimestamp(object.createTime)
+        : isSet(object.create_time)
+        ? fromJsonTimestamp(object.create_time)
+        : undefined,
+      description: isSet(object.description) ? globalThis.String(object.description) : "",
+      disks: globalThis.Array.isArray(object?.disks) ? object.disks.map((e: any) => CheckpointDisk.fromJSON(e)) : [],
+      xml: isSet(object.xml) ? globalThis.String(object.xml) : "",
+    };
+  },
+
+  toJSON(message: Checkpoint): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.parent !== "") {
+      obj.parent = message.parent;
+    }
+    if (message.createTime !== undefined) {
+      obj.createTime = message.createTime.toISOString();
+    }
+    if (message.description !== "") {
+      obj.description = message.description;
+    }
+    if (message.disks?.length) {
+      obj.disks = message.disks.map((e) => CheckpointDisk.toJSON(e));
+    }
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Checkpoint>, I>>(base?: I): Checkpoint {
+    return Checkpoint.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Checkpoint>, I>>(object: I): Checkpoint {
+    const message = createBaseCheckpoint();
+    message.name = object.name ?? "";
+    message.parent = object.parent ?? "";
+    message.createTime = object.createTime ?? undefined;
+    message.description = object.description ?? "";
+    message.disks = object.disks?.map((e) => CheckpointDisk.fromPartial(e)) || [];
+    message.xml = object.xml ?? "";
+    return message;
+  },
+};
+
+function createBaseCreateCheckpointRequest(): CreateCheckpointRequest {
+  return { name: "", xml: "", redefine: false, quiesce: false, redefineValidate: false };
+}
+
+export const CreateCheckpointRequest: MessageFns<CreateCheckpointRequest> = {
+  encode(message: CreateCheckpointRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.xml !== "") {
+      writer.uint32(18).string(message.xml);
+    }
+    if (message.redefine !== false) {
+      writer.uint32(24).bool(message.redefine);
+    }
+    if (message.quiesce !== false) {
+      writer.uint32(32).bool(message.quiesce);
+    }
+    if (message.redefineValidate !== false) {
+      writer.uint32(40).bool(message.redefineValidate);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateCheckpointRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateCheckpointRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.redefine = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.quiesce = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.redefineValidate = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateCheckpointRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      xml: isSet(object.xml) ? globalThis.String(object.xml) : "",
+      redefine: isSet(object.redefine) ? globalThis.Boolean(object.redefine) : false,
+      quiesce: isSet(object.quiesce) ? globalThis.Boolean(object.quiesce) : false,
+      redefineValidate: isSet(object.redefineValidate)
+        ? globalThis.Boolean(object.redefineValidate)
+        : isSet(object.redefine_validate)
+        ? globalThis.Boolean(object.redefine_validate)
+        : false,
+    };
+  },
+
+  toJSON(message: CreateCheckpointRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    if (message.redefine !== false) {
+      obj.redefine = message.redefine;
+    }
+    if (message.quiesce !== false) {
+      obj.quiesce = message.quiesce;
+    }
+    if (message.redefineValidate !== false) {
+      obj.redefineValidate = message.redefineValidate;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateCheckpointRequest>, I>>(base?: I): CreateCheckpointRequest {
+    return CreateCheckpointRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateCheckpointRequest>, I>>(object: I): CreateCheckpointRequest {
+    const message = createBaseCreateCheckpointRequest();
+    message.name = object.name ?? "";
+    message.xml = object.xml ?? "";
+    message.redefine = object.redefine ?? false;
+    message.quiesce = object.quiesce ?? false;
+    message.redefineValidate = object.redefineValidate ?? false;
+    return message;
+  },
+};
+
+function createBaseCreateCheckpointResponse(): CreateCheckpointResponse {
+  return { checkpoint: undefined };
+}
+
+export const CreateCheckpointResponse: MessageFns<CreateCheckpointResponse> = {
+  encode(message: CreateCheckpointResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.checkpoint !== undefined) {
+      Checkpoint.encode(message.checkpoint, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateCheckpointResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateCheckpointResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.checkpoint = Checkpoint.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateCheckpointResponse {
+    return { checkpoint: isSet(object.checkpoint) ? Checkpoint.fromJSON(object.checkpoint) : undefined };
+  },
+
+  toJSON(message: CreateCheckpointResponse): unknown {
+    const obj: any = {};
+    if (message.checkpoint !== undefined) {
+      obj.checkpoint = Checkpoint.toJSON(message.checkpoint);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CreateCheckpointResponse>, I>>(base?: I): CreateCheckpointResponse {
+    return CreateCheckpointResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CreateCheckpointResponse>, I>>(object: I): CreateCheckpointResponse {
+    const message = createBaseCreateCheckpointResponse();
+    message.checkpoint = (object.checkpoint !== undefined && object.checkpoint !== null)
+      ? Checkpoint.fromPartial(object.checkpoint)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseListCheckpointsRequest(): ListCheckpointsRequest {
+  return { name: "", roots: false, leaves: undefined, topological: false, pageSize: 0, pageToken: "" };
+}
+
+export const ListCheckpointsRequest: MessageFns<ListCheckpointsRequest> = {
+  encode(message: ListCheckpointsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.roots !== false) {
+      writer.uint32(16).bool(message.roots);
+    }
+    if (message.leaves !== undefined) {
+      writer.uint32(24).bool(message.leaves);
+    }
+    if (message.topological !== false) {
+      writer.uint32(32).bool(message.topological);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(40).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(50).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListCheckpointsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListCheckpointsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.roots = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.leaves = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.topological = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListCheckpointsRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      roots: isSet(object.roots) ? globalThis.Boolean(object.roots) : false,
+      leaves: isSet(object.leaves) ? globalThis.Boolean(object.leaves) : undefined,
+      topological: isSet(object.topological) ? globalThis.Boolean(object.topological) : false,
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListCheckpointsRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.roots !== false) {
+      obj.roots = message.roots;
+    }
+    if (message.leaves !== undefined) {
+      obj.leaves = message.leaves;
+    }
+    if (message.topological !== false) {
+      obj.topological = message.topological;
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListCheckpointsRequest>, I>>(base?: I): ListCheckpointsRequest {
+    return ListCheckpointsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListCheckpointsRequest>, I>>(object: I): ListCheckpointsRequest {
+    const message = createBaseListCheckpointsRequest();
+    message.name = object.name ?? "";
+    message.roots = object.roots ?? false;
+    message.leaves = object.leaves ?? undefined;
+    message.topological = object.topological ?? false;
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseListCheckpointsResponse(): ListCheckpointsResponse {
+  return { checkpoints: [], nextPageToken: "" };
+}
+
+export const ListCheckpointsResponse: MessageFns<ListCheckpointsResponse> = {
+  encode(message: ListCheckpointsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.checkpoints) {
+      Checkpoint.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListCheckpointsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListCheckpointsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.checkpoints.push(Checkpoint.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListCheckpointsResponse {
+    return {
+      checkpoints: globalThis.Array.isArray(object?.checkpoints)
+        ? object.checkpoints.map((e: any) => Checkpoint.fromJSON(e))
+        : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListCheckpointsResponse): unknown {
+    const obj: any = {};
+    if (message.checkpoints?.length) {
+      obj.checkpoints = message.checkpoints.map((e) => Checkpoint.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListCheckpointsResponse>, I>>(base?: I): ListCheckpointsResponse {
+    return ListCheckpointsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListCheckpointsResponse>, I>>(object: I): ListCheckpointsResponse {
+    const message = createBaseListCheckpointsResponse();
+    message.checkpoints = object.checkpoints?.map((e) => Checkpoint.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseGetCheckpointRequest(): GetCheckpointRequest {
+  return { name: "", checkpoint: "", size: false, noDomain: false, secure: false };
+}
+
+export const GetCheckpointRequest: MessageFns<GetCheckpointRequest> = {
+  encode(message: GetCheckpointRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.checkpoint !== "") {
+      writer.uint32(18).string(message.checkpoint);
+    }
+    if (message.size !== false) {
+      writer.uint32(24).bool(message.size);
+    }
+    if (message.noDomain !== false) {
+      writer.uint32(32).bool(message.noDomain);
+    }
+    if (message.secure !== false) {
+      writer.uint32(40).bool(message.secure);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetCheckpointRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetCheckpointRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.checkpoint = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.size = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.noDomain = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.secure = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetCheckpointRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      checkpoint: isSet(object.checkpoint) ? globalThis.String(object.checkpoint) : "",
+      size: isSet(object.size) ? globalThis.Boolean(object.size) : false,
+      noDomain: isSet(object.noDomain)
+        ? globalThis.Boolean(object.noDomain)
+        : isSet(object.no_domain)
+        ? globalThis.Boolean(object.no_domain)
+        : false,
+      secure: isSet(object.secure) ? globalThis.Boolean(object.secure) : false,
+    };
+  },
+
+  toJSON(message: GetCheckpointRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.checkpoint !== "") {
+      obj.checkpoint = message.checkpoint;
+    }
+    if (message.size !== false) {
+      obj.size = message.size;
+    }
+    if (message.noDomain !== false) {
+      obj.noDomain = message.noDomain;
+    }
+    if (message.secure !== false) {
+      obj.secure = message.secure;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetCheckpointRequest>, I>>(base?: I): GetCheckpointRequest {
+    return GetCheckpointRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetCheckpointRequest>, I>>(object: I): GetCheckpointRequest {
+    const message = createBaseGetCheckpointRequest();
+    message.name = object.name ?? "";
+    message.checkpoint = object.checkpoint ?? "";
+    message.size = object.size ?? false;
+    message.noDomain = object.noDomain ?? false;
+    message.secure = object.secure ?? false;
+    return message;
+  },
+};
+
+function createBaseGetCheckpointResponse(): GetCheckpointResponse {
+  return { checkpoint: undefined };
+}
+
+export const GetCheckpointResponse: MessageFns<GetCheckpointResponse> = {
+  encode(message: GetCheckpointResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.checkpoint !== undefined) {
+      Checkpoint.encode(message.checkpoint, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetCheckpointResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetCheckpointResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.checkpoint = Checkpoint.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetCheckpointResponse {
+    return { checkpoint: isSet(object.checkpoint) ? Checkpoint.fromJSON(object.checkpoint) : undefined };
+  },
+
+  toJSON(message: GetCheckpointResponse): unknown {
+    const obj: any = {};
+    if (message.checkpoint !== undefined) {
+      obj.checkpoint = Checkpoint.toJSON(message.checkpoint);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetCheckpointResponse>, I>>(base?: I): GetCheckpointResponse {
+    return GetCheckpointResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetCheckpointResponse>, I>>(object: I): GetCheckpointResponse {
+    const message = createBaseGetCheckpointResponse();
+    message.checkpoint = (object.checkpoint !== undefined && object.checkpoint !== null)
+      ? Checkpoint.fromPartial(object.checkpoint)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseGetCheckpointParentRequest(): GetCheckpointParentRequest {
+  return { name: "", checkpoint: "" };
+}
+
+export const GetCheckpointParentRequest: MessageFns<GetCheckpointParentRequest> = {
+  encode(message: GetCheckpointParentRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.checkpoint !== "") {
+      writer.uint32(18).string(message.checkpoint);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetCheckpointParentRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetCheckpointParentRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.checkpoint = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetCheckpointParentRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      checkpoint: isSet(object.checkpoint) ? globalThis.String(object.checkpoint) : "",
+    };
+  },
+
+  toJSON(message: GetCheckpointParentRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.checkpoint !== "") {
+      obj.checkpoint = message.checkpoint;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetCheckpointParentRequest>, I>>(base?: I): GetCheckpointParentRequest {
+    return GetCheckpointParentRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetCheckpointParentRequest>, I>>(object: I): GetCheckpointParentRequest {
+    const message = createBaseGetCheckpointParentRequest();
+    message.name = object.name ?? "";
+    message.checkpoint = object.checkpoint ?? "";
+    return message;
+  },
+};
+
+function createBaseGetCheckpointParentResponse(): GetCheckpointParentResponse {
+  return { checkpoint: undefined };
+}
+
+export const GetCheckpointParentResponse: MessageFns<GetCheckpointParentResponse> = {
+  encode(message: GetCheckpointParentResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.checkpoint !== undefined) {
+      Checkpoint.encode(message.checkpoint, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetCheckpointParentResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetCheckpointParentResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.checkpoint = Checkpoint.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetCheckpointParentResponse {
+    return { checkpoint: isSet(object.checkpoint) ? Checkpoint.fromJSON(object.checkpoint) : undefined };
+  },
+
+  toJSON(message: GetCheckpointParentResponse): unknown {
+    const obj: any = {};
+    if (message.checkpoint !== undefined) {
+      obj.checkpoint = Checkpoint.toJSON(message.checkpoint);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetCheckpointParentResponse>, I>>(base?: I): GetCheckpointParentResponse {
+    return GetCheckpointParentResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetCheckpointParentResponse>, I>>(object: I): GetCheckpointParentResponse {
+    const message = createBaseGetCheckpointParentResponse();
+    message.checkpoint = (object.checkpoint !== undefined && object.checkpoint !== null)
+      ? Checkpoint.fromPartial(object.checkpoint)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseListCheckpointChildrenRequest(): ListCheckpointChildrenRequest {
+  return {
+    name: "",
+    checkpoint: "",
+    descendants: false,
+    leaves: undefined,
+    topological: false,
+    pageSize: 0,
+    pageToken: "",
+  };
+}
+
+export const ListCheckpointChildrenRequest: MessageFns<ListCheckpointChildrenRequest> = {
+  encode(message: ListCheckpointChildrenRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.checkpoint !== "") {
+      writer.uint32(18).string(message.checkpoint);
+    }
+    if (message.descendants !== false) {
+      writer.uint32(24).bool(message.descendants);
+    }
+    if (message.leaves !== undefined) {
+      writer.uint32(32).bool(message.leaves);
+    }
+    if (message.topological !== false) {
+      writer.uint32(40).bool(message.topological);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(48).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(58).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListCheckpointChildrenRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListCheckpointChildrenRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.checkpoint = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.descendants = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.leaves = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.topological = reader.bool();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListCheckpointChildrenRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      checkpoint: isSet(object.checkpoint) ? globalThis.String(object.checkpoint) : "",
+      descendants: isSet(object.descendants) ? globalThis.Boolean(object.descendants) : false,
+      leaves: isSet(object.leaves) ? globalThis.Boolean(object.leaves) : undefined,
+      topological: isSet(object.topological) ? globalThis.Boolean(object.topological) : false,
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListCheckpointChildrenRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.checkpoint !== "") {
+      obj.checkpoint = message.checkpoint;
+    }
+    if (message.descendants !== false) {
+      obj.descendants = message.descendants;
+    }
+    if (message.leaves !== undefined) {
+      obj.leaves = message.leaves;
+    }
+    if (message.topological !== false) {
+      obj.topological = message.topological;
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListCheckpointChildrenRequest>, I>>(base?: I): ListCheckpointChildrenRequest {
+    return ListCheckpointChildrenRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListCheckpointChildrenRequest>, I>>(
+    object: I,
+  ): ListCheckpointChildrenRequest {
+    const message = createBaseListCheckpointChildrenRequest();
+    message.name = object.name ?? "";
+    message.checkpoint = object.checkpoint ?? "";
+    message.descendants = object.descendants ?? false;
+    message.leaves = object.leaves ?? undefined;
+    message.topological = object.topological ?? false;
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseListCheckpointChildrenResponse(): ListCheckpointChildrenResponse {
+  return { checkpoints: [], nextPageToken: "" };
+}
+
+export const ListCheckpointChildrenResponse: MessageFns<ListCheckpointChildrenResponse> = {
+  encode(message: ListCheckpointChildrenResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.checkpoints) {
+      Checkpoint.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListCheckpointChildrenResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListCheckpointChildrenResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.checkpoints.push(Checkpoint.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListCheckpointChildrenResponse {
+    return {
+      checkpoints: globalThis.Array.isArray(object?.checkpoints)
+        ? object.checkpoints.map((e: any) => Checkpoint.fromJSON(e))
+        : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListCheckpointChildrenResponse): unknown {
+    const obj: any = {};
+    if (message.checkpoints?.length) {
+      obj.checkpoints = message.checkpoints.map((e) => Checkpoint.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListCheckpointChildrenResponse>, I>>(base?: I): ListCheckpointChildrenResponse {
+    return ListCheckpointChildrenResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListCheckpointChildrenResponse>, I>>(
+    object: I,
+  ): ListCheckpointChildrenResponse {
+    const message = createBaseListCheckpointChildrenResponse();
+    message.checkpoints = object.checkpoints?.map((e) => Checkpoint.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseDeleteCheckpointRequest(): DeleteCheckpointRequest {
+  return { name: "", checkpoint: "", children: false, childrenOnly: false, metadataOnly: false };
+}
+
+export const DeleteCheckpointRequest: MessageFns<DeleteCheckpointRequest> = {
+  encode(message: DeleteCheckpointRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.checkpoint !== "") {
+      writer.uint32(18).string(message.checkpoint);
+    }
+    if (message.children !== false) {
+      writer.uint32(24).bool(message.children);
+    }
+    if (message.childrenOnly !== false) {
+      writer.uint32(32).bool(message.childrenOnly);
+    }
+    if (message.metadataOnly !== false) {
+      writer.uint32(40).bool(message.metadataOnly);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteCheckpointRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteCheckpointRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.checkpoint = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.children = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.childrenOnly = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.metadataOnly = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteCheckpointRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      checkpoint: isSet(object.checkpoint) ? globalThis.String(object.checkpoint) : "",
+      children: isSet(object.children) ? globalThis.Boolean(object.children) : false,
+      childrenOnly: isSet(object.childrenOnly)
+        ? globalThis.Boolean(object.childrenOnly)
+        : isSet(object.children_only)
+        ? globalThis.Boolean(object.children_only)
+        : false,
+      metadataOnly: isSet(object.metadataOnly)
+        ? globalThis.Boolean(object.metadataOnly)
+        : isSet(object.metadata_only)
+        ? globalThis.Boolean(object.metadata_only)
+        : false,
+    };
+  },
+
+  toJSON(message: DeleteCheckpointRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.checkpoint !== "") {
+      obj.checkpoint = message.checkpoint;
+    }
+    if (message.children !== false) {
+      obj.children = message.children;
+    }
+    if (message.childrenOnly !== false) {
+      obj.childrenOnly = message.childrenOnly;
+    }
+    if (message.metadataOnly !== false) {
+      obj.metadataOnly = message.metadataOnly;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteCheckpointRequest>, I>>(base?: I): DeleteCheckpointRequest {
+    return DeleteCheckpointRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteCheckpointRequest>, I>>(object: I): DeleteCheckpointRequest {
+    const message = createBaseDeleteCheckpointRequest();
+    message.name = object.name ?? "";
+    message.checkpoint = object.checkpoint ?? "";
+    message.children = object.children ?? false;
+    message.childrenOnly = object.childrenOnly ?? false;
+    message.metadataOnly = object.metadataOnly ?? false;
+    return message;
+  },
+};
+
+function createBaseDeleteCheckpointResponse(): DeleteCheckpointResponse {
+  return {};
+}
+
+export const DeleteCheckpointResponse: MessageFns<DeleteCheckpointResponse> = {
+  encode(_: DeleteCheckpointResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteCheckpointResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteCheckpointResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): DeleteCheckpointResponse {
+    return {};
+  },
+
+  toJSON(_: DeleteCheckpointResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteCheckpointResponse>, I>>(base?: I): DeleteCheckpointResponse {
+    return DeleteCheckpointResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteCheckpointResponse>, I>>(_: I): DeleteCheckpointResponse {
+    const message = createBaseDeleteCheckpointResponse();
+    return message;
+  },
+};
+
+function createBaseBeginBackupRequest(): BeginBackupRequest {
+  return { name: "", backupXml: "", checkpointXml: "", reuseExternal: false };
+}
+
+export const BeginBackupRequest: MessageFns<BeginBackupRequest> = {
+  encode(message: BeginBackupRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.backupXml !== "") {
+      writer.uint32(18).string(message.backupXml);
+    }
+    if (message.checkpointXml !== "") {
+      writer.uint32(26).string(message.checkpointXml);
+    }
+    if (message.reuseExternal !== false) {
+      writer.uint32(32).bool(message.reuseExternal);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BeginBackupRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBeginBackupRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.backupXml = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.checkpointXml = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.reuseExternal = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BeginBackupRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      backupXml: isSet(object.backupXml)
+        ? globalThis.String(object.backupXml)
+        : isSet(object.backup_xml)
+        ? globalThis.String(object.backup_xml)
+        : "",
+      checkpointXml: isSet(object.checkpointXml)
+        ? globalThis.String(object.checkpointXml)
+        : isSet(object.checkpoint_xml)
+        ? globalThis.String(object.checkpoint_xml)
+        : "",
+      reuseExternal: isSet(object.reuseExternal)
+        ? globalThis.Boolean(object.reuseExternal)
+        : isSet(object.reuse_external)
+        ? globalThis.Boolean(object.reuse_external)
+        : false,
+    };
+  },
+
+  toJSON(message: BeginBackupRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.backupXml !== "") {
+      obj.backupXml = message.backupXml;
+    }
+    if (message.checkpointXml !== "") {
+      obj.checkpointXml = message.checkpointXml;
+    }
+    if (message.reuseExternal !== false) {
+      obj.reuseExternal = message.reuseExternal;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BeginBackupRequest>, I>>(base?: I): BeginBackupRequest {
+    return BeginBackupRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BeginBackupRequest>, I>>(object: I): BeginBackupRequest {
+    const message = createBaseBeginBackupRequest();
+    message.name = object.name ?? "";
+    message.backupXml = object.backupXml ?? "";
+    message.checkpointXml = object.checkpointXml ?? "";
+    message.reuseExternal = object.reuseExternal ?? false;
+    return message;
+  },
+};
+
+function createBaseBeginBackupResponse(): BeginBackupResponse {
+  return {};
+}
+
+export const BeginBackupResponse: MessageFns<BeginBackupResponse> = {
+  encode(_: BeginBackupResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BeginBackupResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBeginBackupResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): BeginBackupResponse {
+    return {};
+  },
+
+  toJSON(_: BeginBackupResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BeginBackupResponse>, I>>(base?: I): BeginBackupResponse {
+    return BeginBackupResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BeginBackupResponse>, I>>(_: I): BeginBackupResponse {
+    const message = createBaseBeginBackupResponse();
+    return message;
+  },
+};
+
+function createBaseGetBackupXMLRequest(): GetBackupXMLRequest {
+  return { name: "" };
+}
+
+export const GetBackupXMLRequest: MessageFns<GetBackupXMLRequest> = {
+  encode(message: GetBackupXMLRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetBackupXMLRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetBackupXMLRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetBackupXMLRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: GetBackupXMLRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetBackupXMLRequest>, I>>(base?: I): GetBackupXMLRequest {
+    return GetBackupXMLRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetBackupXMLRequest>, I>>(object: I): GetBackupXMLRequest {
+    const message = createBaseGetBackupXMLRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseGetBackupXMLResponse(): GetBackupXMLResponse {
+  return { xml: "" };
+}
+
+export const GetBackupXMLResponse: MessageFns<GetBackupXMLResponse> = {
+  encode(message: GetBackupXMLResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.xml !== "") {
+      writer.uint32(10).string(message.xml);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetBackupXMLResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetBackupXMLResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.xml = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetBackupXMLResponse {
+    return { xml: isSet(object.xml) ? globalThis.String(object.xml) : "" };
+  },
+
+  toJSON(message: GetBackupXMLResponse): unknown {
+    const obj: any = {};
+    if (message.xml !== "") {
+      obj.xml = message.xml;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetBackupXMLResponse>, I>>(base?: I): GetBackupXMLResponse {
+    return GetBackupXMLResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetBackupXMLResponse>, I>>(object: I): GetBackupXMLResponse {
+    const message = createBaseGetBackupXMLResponse();
+    message.xml = object.xml ?? "";
+    return message;
+  },
+};
+
 /**
  * ComputeService is libvirt's QEMU driver (virtqemud) as a gRPC service.
  *
@@ -41447,10 +44396,13 @@ export const ComputeServiceService = {
     responseDeserialize: (value: Buffer): DetachDeviceResponse => DetachDeviceResponse.decode(value),
   },
   /**
-   * Creates a snapshot from snapshot XML (an empty `xml` lets libvirt choose).
-   * Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML; ALREADY_EXISTS
-   * for a duplicate snapshot name; UNIMPLEMENTED when the domain's disks
-   * cannot be snapshotted.
+   * Creates a snapshot from snapshot XML (an empty `xml` lets libvirt choose),
+   * always with libvirt's schema validation; the flags are virsh
+   * snapshot-create-as's.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML or flags libvirt
+   * refuses together; ALREADY_EXISTS for a duplicate snapshot name;
+   * FAILED_PRECONDITION for live or quiesce on a domain that is not running;
+   * UNIMPLEMENTED when the domain's disks cannot be snapshotted.
    */
   createSnapshot: {
     path: "/virtmesh.compute.v1.ComputeService/CreateSnapshot" as const,
@@ -41464,7 +44416,9 @@ export const ComputeServiceService = {
     responseDeserialize: (value: Buffer): CreateSnapshotResponse => CreateSnapshotResponse.decode(value),
   },
   /**
-   * Lists a domain's snapshots, sorted by name and paginated.
+   * Lists a domain's snapshots, filtered as libvirt filters them (roots,
+   * leaves, metadata, kind, internal/external), sorted by name (or
+   * topologically) and paginated.
    * Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed page_token.
    */
   listSnapshots: {
@@ -42253,7 +45207,8 @@ export const ComputeServiceService = {
   /**
    * Aborts the domain's current job (virDomainAbortJobFlags; without
    * postcopy, virDomainAbortJob where a driver lacks the former): a save,
-   * dump or migration; the call that started it ends with ABORTED.
+   * dump or migration, whose call ends with ABORTED, or a backup
+   * (BeginBackup), whose completed job says CANCELLED.
    * Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
    * (a migration in post-copy without postcopy);
    * UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
@@ -43792,6 +46747,196 @@ export const ComputeServiceService = {
     responseDeserialize: (value: Buffer): WatchQemuMonitorEventsResponse =>
       WatchQemuMonitorEventsResponse.decode(value),
   },
+  /**
+   * Returns the domain's current snapshot (virDomainHasCurrentSnapshot, then
+   * virDomainSnapshotCurrent).
+   * Errors: NOT_FOUND for an unknown domain, or when the domain has no
+   * current snapshot (reason NO_CURRENT_SNAPSHOT).
+   */
+  getCurrentSnapshot: {
+    path: "/virtmesh.compute.v1.ComputeService/GetCurrentSnapshot" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetCurrentSnapshotRequest): Buffer =>
+      Buffer.from(GetCurrentSnapshotRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetCurrentSnapshotRequest => GetCurrentSnapshotRequest.decode(value),
+    responseSerialize: (value: GetCurrentSnapshotResponse): Buffer =>
+      Buffer.from(GetCurrentSnapshotResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetCurrentSnapshotResponse => GetCurrentSnapshotResponse.decode(value),
+  },
+  /**
+   * Returns a snapshot's parent (virDomainSnapshotGetParent).
+   * Errors: NOT_FOUND for an unknown domain or snapshot, or a snapshot
+   * without a parent (a root; reason VIR_ERR_NO_DOMAIN_SNAPSHOT).
+   */
+  getSnapshotParent: {
+    path: "/virtmesh.compute.v1.ComputeService/GetSnapshotParent" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetSnapshotParentRequest): Buffer =>
+      Buffer.from(GetSnapshotParentRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetSnapshotParentRequest => GetSnapshotParentRequest.decode(value),
+    responseSerialize: (value: GetSnapshotParentResponse): Buffer =>
+      Buffer.from(GetSnapshotParentResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetSnapshotParentResponse => GetSnapshotParentResponse.decode(value),
+  },
+  /**
+   * Lists a snapshot's children, or with `descendants` all its descendants
+   * (virDomainSnapshotListAllChildren), filtered as ListSnapshots filters,
+   * sorted by name (or topologically) and paginated.
+   * Errors: NOT_FOUND for an unknown domain or snapshot; INVALID_ARGUMENT
+   * for a malformed page_token.
+   */
+  listSnapshotChildren: {
+    path: "/virtmesh.compute.v1.ComputeService/ListSnapshotChildren" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListSnapshotChildrenRequest): Buffer =>
+      Buffer.from(ListSnapshotChildrenRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListSnapshotChildrenRequest => ListSnapshotChildrenRequest.decode(value),
+    responseSerialize: (value: ListSnapshotChildrenResponse): Buffer =>
+      Buffer.from(ListSnapshotChildrenResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListSnapshotChildrenResponse => ListSnapshotChildrenResponse.decode(value),
+  },
+  /**
+   * Creates a checkpoint from <domaincheckpoint> XML (empty: libvirt names
+   * it and takes every disk that can) (virDomainCheckpointCreateXML).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML or redefine_validate
+   * without redefine; ALREADY_EXISTS for a duplicate name; FAILED_PRECONDITION
+   * when a disk cannot take a checkpoint (not qcow2) or quiesce finds no guest
+   * agent; UNIMPLEMENTED when the driver has no checkpoints.
+   */
+  createCheckpoint: {
+    path: "/virtmesh.compute.v1.ComputeService/CreateCheckpoint" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CreateCheckpointRequest): Buffer =>
+      Buffer.from(CreateCheckpointRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CreateCheckpointRequest => CreateCheckpointRequest.decode(value),
+    responseSerialize: (value: CreateCheckpointResponse): Buffer =>
+      Buffer.from(CreateCheckpointResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CreateCheckpointResponse => CreateCheckpointResponse.decode(value),
+  },
+  /**
+   * Lists a domain's checkpoints (virDomainListAllCheckpoints), filtered,
+   * sorted by name (or topologically) and paginated.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed page_token.
+   */
+  listCheckpoints: {
+    path: "/virtmesh.compute.v1.ComputeService/ListCheckpoints" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListCheckpointsRequest): Buffer =>
+      Buffer.from(ListCheckpointsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListCheckpointsRequest => ListCheckpointsRequest.decode(value),
+    responseSerialize: (value: ListCheckpointsResponse): Buffer =>
+      Buffer.from(ListCheckpointsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListCheckpointsResponse => ListCheckpointsResponse.decode(value),
+  },
+  /**
+   * Returns one checkpoint with its XML (virDomainCheckpointGetXMLDesc).
+   * Errors: NOT_FOUND for an unknown domain or checkpoint;
+   * FAILED_PRECONDITION for `size` on a domain that is not running.
+   */
+  getCheckpoint: {
+    path: "/virtmesh.compute.v1.ComputeService/GetCheckpoint" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetCheckpointRequest): Buffer => Buffer.from(GetCheckpointRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetCheckpointRequest => GetCheckpointRequest.decode(value),
+    responseSerialize: (value: GetCheckpointResponse): Buffer =>
+      Buffer.from(GetCheckpointResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetCheckpointResponse => GetCheckpointResponse.decode(value),
+  },
+  /**
+   * Returns a checkpoint's parent (virDomainCheckpointGetParent).
+   * Errors: NOT_FOUND for an unknown domain or checkpoint, or a checkpoint
+   * without a parent (reason VIR_ERR_NO_DOMAIN_CHECKPOINT).
+   */
+  getCheckpointParent: {
+    path: "/virtmesh.compute.v1.ComputeService/GetCheckpointParent" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetCheckpointParentRequest): Buffer =>
+      Buffer.from(GetCheckpointParentRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetCheckpointParentRequest => GetCheckpointParentRequest.decode(value),
+    responseSerialize: (value: GetCheckpointParentResponse): Buffer =>
+      Buffer.from(GetCheckpointParentResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetCheckpointParentResponse => GetCheckpointParentResponse.decode(value),
+  },
+  /**
+   * Lists a checkpoint's children, or with `descendants` all its descendants
+   * (virDomainCheckpointListAllChildren), sorted and paginated.
+   * Errors: NOT_FOUND for an unknown domain or checkpoint; INVALID_ARGUMENT
+   * for a malformed page_token.
+   */
+  listCheckpointChildren: {
+    path: "/virtmesh.compute.v1.ComputeService/ListCheckpointChildren" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListCheckpointChildrenRequest): Buffer =>
+      Buffer.from(ListCheckpointChildrenRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListCheckpointChildrenRequest => ListCheckpointChildrenRequest.decode(value),
+    responseSerialize: (value: ListCheckpointChildrenResponse): Buffer =>
+      Buffer.from(ListCheckpointChildrenResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListCheckpointChildrenResponse =>
+      ListCheckpointChildrenResponse.decode(value),
+  },
+  /**
+   * Deletes a checkpoint, with `children` its descendants too, with
+   * `children_only` only its descendants (virDomainCheckpointDelete).
+   * Errors: NOT_FOUND for an unknown domain or checkpoint; INVALID_ARGUMENT
+   * for children with children_only; FAILED_PRECONDITION while a backup uses
+   * it.
+   */
+  deleteCheckpoint: {
+    path: "/virtmesh.compute.v1.ComputeService/DeleteCheckpoint" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteCheckpointRequest): Buffer =>
+      Buffer.from(DeleteCheckpointRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteCheckpointRequest => DeleteCheckpointRequest.decode(value),
+    responseSerialize: (value: DeleteCheckpointResponse): Buffer =>
+      Buffer.from(DeleteCheckpointResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteCheckpointResponse => DeleteCheckpointResponse.decode(value),
+  },
+  /**
+   * Starts a push-mode backup of a running domain's disks to files in the
+   * service's save directory, optionally creating a checkpoint at the same
+   * instant (virDomainBackupBegin). It returns once the backup runs, as a
+   * domain job: GetDomainJobInfo observes it (operation BACKUP), with
+   * `completed` its outcome; AbortDomainJob aborts it.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML, pull mode, a disk
+   * of the domain the backup XML does not name, or a target file outside the
+   * save directory; ALREADY_EXISTS for a target file that exists (without
+   * reuse_external); FAILED_PRECONDITION when the domain is not running or
+   * another job runs; UNIMPLEMENTED when the driver has no backups.
+   */
+  beginBackup: {
+    path: "/virtmesh.compute.v1.ComputeService/BeginBackup" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: BeginBackupRequest): Buffer => Buffer.from(BeginBackupRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): BeginBackupRequest => BeginBackupRequest.decode(value),
+    responseSerialize: (value: BeginBackupResponse): Buffer => Buffer.from(BeginBackupResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): BeginBackupResponse => BeginBackupResponse.decode(value),
+  },
+  /**
+   * Returns the XML of the backup that runs (virDomainBackupGetXMLDesc).
+   * Errors: NOT_FOUND for an unknown domain, or when no backup runs (reason
+   * VIR_ERR_NO_DOMAIN_BACKUP); UNIMPLEMENTED when the driver has no backups
+   * (the test driver).
+   */
+  getBackupXml: {
+    path: "/virtmesh.compute.v1.ComputeService/GetBackupXML" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetBackupXMLRequest): Buffer => Buffer.from(GetBackupXMLRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetBackupXMLRequest => GetBackupXMLRequest.decode(value),
+    responseSerialize: (value: GetBackupXMLResponse): Buffer =>
+      Buffer.from(GetBackupXMLResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetBackupXMLResponse => GetBackupXMLResponse.decode(value),
+  },
 } as const;
 
 export interface ComputeServiceServer extends UntypedServiceImplementation {
@@ -43898,14 +47043,19 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
    */
   detachDevice: handleUnaryCall<DetachDeviceRequest, DetachDeviceResponse>;
   /**
-   * Creates a snapshot from snapshot XML (an empty `xml` lets libvirt choose).
-   * Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML; ALREADY_EXISTS
-   * for a duplicate snapshot name; UNIMPLEMENTED when the domain's disks
-   * cannot be snapshotted.
+   * Creates a snapshot from snapshot XML (an empty `xml` lets libvirt choose),
+   * always with libvirt's schema validation; the flags are virsh
+   * snapshot-create-as's.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML or flags libvirt
+   * refuses together; ALREADY_EXISTS for a duplicate snapshot name;
+   * FAILED_PRECONDITION for live or quiesce on a domain that is not running;
+   * UNIMPLEMENTED when the domain's disks cannot be snapshotted.
    */
   createSnapshot: handleUnaryCall<CreateSnapshotRequest, CreateSnapshotResponse>;
   /**
-   * Lists a domain's snapshots, sorted by name and paginated.
+   * Lists a domain's snapshots, filtered as libvirt filters them (roots,
+   * leaves, metadata, kind, internal/external), sorted by name (or
+   * topologically) and paginated.
    * Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed page_token.
    */
   listSnapshots: handleUnaryCall<ListSnapshotsRequest, ListSnapshotsResponse>;
@@ -44232,7 +47382,8 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
   /**
    * Aborts the domain's current job (virDomainAbortJobFlags; without
    * postcopy, virDomainAbortJob where a driver lacks the former): a save,
-   * dump or migration; the call that started it ends with ABORTED.
+   * dump or migration, whose call ends with ABORTED, or a backup
+   * (BeginBackup), whose completed job says CANCELLED.
    * Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
    * (a migration in post-copy without postcopy);
    * UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
@@ -44898,6 +48049,89 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
    * behind; UNAVAILABLE when the libvirt connection is lost.
    */
   watchQemuMonitorEvents: handleServerStreamingCall<WatchQemuMonitorEventsRequest, WatchQemuMonitorEventsResponse>;
+  /**
+   * Returns the domain's current snapshot (virDomainHasCurrentSnapshot, then
+   * virDomainSnapshotCurrent).
+   * Errors: NOT_FOUND for an unknown domain, or when the domain has no
+   * current snapshot (reason NO_CURRENT_SNAPSHOT).
+   */
+  getCurrentSnapshot: handleUnaryCall<GetCurrentSnapshotRequest, GetCurrentSnapshotResponse>;
+  /**
+   * Returns a snapshot's parent (virDomainSnapshotGetParent).
+   * Errors: NOT_FOUND for an unknown domain or snapshot, or a snapshot
+   * without a parent (a root; reason VIR_ERR_NO_DOMAIN_SNAPSHOT).
+   */
+  getSnapshotParent: handleUnaryCall<GetSnapshotParentRequest, GetSnapshotParentResponse>;
+  /**
+   * Lists a snapshot's children, or with `descendants` all its descendants
+   * (virDomainSnapshotListAllChildren), filtered as ListSnapshots filters,
+   * sorted by name (or topologically) and paginated.
+   * Errors: NOT_FOUND for an unknown domain or snapshot; INVALID_ARGUMENT
+   * for a malformed page_token.
+   */
+  listSnapshotChildren: handleUnaryCall<ListSnapshotChildrenRequest, ListSnapshotChildrenResponse>;
+  /**
+   * Creates a checkpoint from <domaincheckpoint> XML (empty: libvirt names
+   * it and takes every disk that can) (virDomainCheckpointCreateXML).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML or redefine_validate
+   * without redefine; ALREADY_EXISTS for a duplicate name; FAILED_PRECONDITION
+   * when a disk cannot take a checkpoint (not qcow2) or quiesce finds no guest
+   * agent; UNIMPLEMENTED when the driver has no checkpoints.
+   */
+  createCheckpoint: handleUnaryCall<CreateCheckpointRequest, CreateCheckpointResponse>;
+  /**
+   * Lists a domain's checkpoints (virDomainListAllCheckpoints), filtered,
+   * sorted by name (or topologically) and paginated.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed page_token.
+   */
+  listCheckpoints: handleUnaryCall<ListCheckpointsRequest, ListCheckpointsResponse>;
+  /**
+   * Returns one checkpoint with its XML (virDomainCheckpointGetXMLDesc).
+   * Errors: NOT_FOUND for an unknown domain or checkpoint;
+   * FAILED_PRECONDITION for `size` on a domain that is not running.
+   */
+  getCheckpoint: handleUnaryCall<GetCheckpointRequest, GetCheckpointResponse>;
+  /**
+   * Returns a checkpoint's parent (virDomainCheckpointGetParent).
+   * Errors: NOT_FOUND for an unknown domain or checkpoint, or a checkpoint
+   * without a parent (reason VIR_ERR_NO_DOMAIN_CHECKPOINT).
+   */
+  getCheckpointParent: handleUnaryCall<GetCheckpointParentRequest, GetCheckpointParentResponse>;
+  /**
+   * Lists a checkpoint's children, or with `descendants` all its descendants
+   * (virDomainCheckpointListAllChildren), sorted and paginated.
+   * Errors: NOT_FOUND for an unknown domain or checkpoint; INVALID_ARGUMENT
+   * for a malformed page_token.
+   */
+  listCheckpointChildren: handleUnaryCall<ListCheckpointChildrenRequest, ListCheckpointChildrenResponse>;
+  /**
+   * Deletes a checkpoint, with `children` its descendants too, with
+   * `children_only` only its descendants (virDomainCheckpointDelete).
+   * Errors: NOT_FOUND for an unknown domain or checkpoint; INVALID_ARGUMENT
+   * for children with children_only; FAILED_PRECONDITION while a backup uses
+   * it.
+   */
+  deleteCheckpoint: handleUnaryCall<DeleteCheckpointRequest, DeleteCheckpointResponse>;
+  /**
+   * Starts a push-mode backup of a running domain's disks to files in the
+   * service's save directory, optionally creating a checkpoint at the same
+   * instant (virDomainBackupBegin). It returns once the backup runs, as a
+   * domain job: GetDomainJobInfo observes it (operation BACKUP), with
+   * `completed` its outcome; AbortDomainJob aborts it.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML, pull mode, a disk
+   * of the domain the backup XML does not name, or a target file outside the
+   * save directory; ALREADY_EXISTS for a target file that exists (without
+   * reuse_external); FAILED_PRECONDITION when the domain is not running or
+   * another job runs; UNIMPLEMENTED when the driver has no backups.
+   */
+  beginBackup: handleUnaryCall<BeginBackupRequest, BeginBackupResponse>;
+  /**
+   * Returns the XML of the backup that runs (virDomainBackupGetXMLDesc).
+   * Errors: NOT_FOUND for an unknown domain, or when no backup runs (reason
+   * VIR_ERR_NO_DOMAIN_BACKUP); UNIMPLEMENTED when the driver has no backups
+   * (the test driver).
+   */
+  getBackupXml: handleUnaryCall<GetBackupXMLRequest, GetBackupXMLResponse>;
 }
 
 export interface ComputeServiceClient extends Client {
@@ -45256,10 +48490,13 @@ export interface ComputeServiceClient extends Client {
     callback: (error: ServiceError | null, response: DetachDeviceResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Creates a snapshot from snapshot XML (an empty `xml` lets libvirt choose).
-   * Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML; ALREADY_EXISTS
-   * for a duplicate snapshot name; UNIMPLEMENTED when the domain's disks
-   * cannot be snapshotted.
+   * Creates a snapshot from snapshot XML (an empty `xml` lets libvirt choose),
+   * always with libvirt's schema validation; the flags are virsh
+   * snapshot-create-as's.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML or flags libvirt
+   * refuses together; ALREADY_EXISTS for a duplicate snapshot name;
+   * FAILED_PRECONDITION for live or quiesce on a domain that is not running;
+   * UNIMPLEMENTED when the domain's disks cannot be snapshotted.
    */
   createSnapshot(
     request: CreateSnapshotRequest,
@@ -45277,7 +48514,9 @@ export interface ComputeServiceClient extends Client {
     callback: (error: ServiceError | null, response: CreateSnapshotResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Lists a domain's snapshots, sorted by name and paginated.
+   * Lists a domain's snapshots, filtered as libvirt filters them (roots,
+   * leaves, metadata, kind, internal/external), sorted by name (or
+   * topologically) and paginated.
    * Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed page_token.
    */
   listSnapshots(
@@ -46243,7 +49482,8 @@ export interface ComputeServiceClient extends Client {
   /**
    * Aborts the domain's current job (virDomainAbortJobFlags; without
    * postcopy, virDomainAbortJob where a driver lacks the former): a save,
-   * dump or migration; the call that started it ends with ABORTED.
+   * dump or migration, whose call ends with ABORTED, or a backup
+   * (BeginBackup), whose completed job says CANCELLED.
    * Errors: FAILED_PRECONDITION when no job runs or it cannot be aborted
    * (a migration in post-copy without postcopy);
    * UNIMPLEMENTED when the driver has no jobs (the test driver), or postcopy
@@ -48077,6 +51317,243 @@ export interface ComputeServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<WatchQemuMonitorEventsResponse>;
+  /**
+   * Returns the domain's current snapshot (virDomainHasCurrentSnapshot, then
+   * virDomainSnapshotCurrent).
+   * Errors: NOT_FOUND for an unknown domain, or when the domain has no
+   * current snapshot (reason NO_CURRENT_SNAPSHOT).
+   */
+  getCurrentSnapshot(
+    request: GetCurrentSnapshotRequest,
+    callback: (error: ServiceError | null, response: GetCurrentSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  getCurrentSnapshot(
+    request: GetCurrentSnapshotRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetCurrentSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  getCurrentSnapshot(
+    request: GetCurrentSnapshotRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetCurrentSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns a snapshot's parent (virDomainSnapshotGetParent).
+   * Errors: NOT_FOUND for an unknown domain or snapshot, or a snapshot
+   * without a parent (a root; reason VIR_ERR_NO_DOMAIN_SNAPSHOT).
+   */
+  getSnapshotParent(
+    request: GetSnapshotParentRequest,
+    callback: (error: ServiceError | null, response: GetSnapshotParentResponse) => void,
+  ): ClientUnaryCall;
+  getSnapshotParent(
+    request: GetSnapshotParentRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetSnapshotParentResponse) => void,
+  ): ClientUnaryCall;
+  getSnapshotParent(
+    request: GetSnapshotParentRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetSnapshotParentResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Lists a snapshot's children, or with `descendants` all its descendants
+   * (virDomainSnapshotListAllChildren), filtered as ListSnapshots filters,
+   * sorted by name (or topologically) and paginated.
+   * Errors: NOT_FOUND for an unknown domain or snapshot; INVALID_ARGUMENT
+   * for a malformed page_token.
+   */
+  listSnapshotChildren(
+    request: ListSnapshotChildrenRequest,
+    callback: (error: ServiceError | null, response: ListSnapshotChildrenResponse) => void,
+  ): ClientUnaryCall;
+  listSnapshotChildren(
+    request: ListSnapshotChildrenRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListSnapshotChildrenResponse) => void,
+  ): ClientUnaryCall;
+  listSnapshotChildren(
+    request: ListSnapshotChildrenRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListSnapshotChildrenResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Creates a checkpoint from <domaincheckpoint> XML (empty: libvirt names
+   * it and takes every disk that can) (virDomainCheckpointCreateXML).
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML or redefine_validate
+   * without redefine; ALREADY_EXISTS for a duplicate name; FAILED_PRECONDITION
+   * when a disk cannot take a checkpoint (not qcow2) or quiesce finds no guest
+   * agent; UNIMPLEMENTED when the driver has no checkpoints.
+   */
+  createCheckpoint(
+    request: CreateCheckpointRequest,
+    callback: (error: ServiceError | null, response: CreateCheckpointResponse) => void,
+  ): ClientUnaryCall;
+  createCheckpoint(
+    request: CreateCheckpointRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CreateCheckpointResponse) => void,
+  ): ClientUnaryCall;
+  createCheckpoint(
+    request: CreateCheckpointRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CreateCheckpointResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Lists a domain's checkpoints (virDomainListAllCheckpoints), filtered,
+   * sorted by name (or topologically) and paginated.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for a malformed page_token.
+   */
+  listCheckpoints(
+    request: ListCheckpointsRequest,
+    callback: (error: ServiceError | null, response: ListCheckpointsResponse) => void,
+  ): ClientUnaryCall;
+  listCheckpoints(
+    request: ListCheckpointsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListCheckpointsResponse) => void,
+  ): ClientUnaryCall;
+  listCheckpoints(
+    request: ListCheckpointsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListCheckpointsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns one checkpoint with its XML (virDomainCheckpointGetXMLDesc).
+   * Errors: NOT_FOUND for an unknown domain or checkpoint;
+   * FAILED_PRECONDITION for `size` on a domain that is not running.
+   */
+  getCheckpoint(
+    request: GetCheckpointRequest,
+    callback: (error: ServiceError | null, response: GetCheckpointResponse) => void,
+  ): ClientUnaryCall;
+  getCheckpoint(
+    request: GetCheckpointRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetCheckpointResponse) => void,
+  ): ClientUnaryCall;
+  getCheckpoint(
+    request: GetCheckpointRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetCheckpointResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns a checkpoint's parent (virDomainCheckpointGetParent).
+   * Errors: NOT_FOUND for an unknown domain or checkpoint, or a checkpoint
+   * without a parent (reason VIR_ERR_NO_DOMAIN_CHECKPOINT).
+   */
+  getCheckpointParent(
+    request: GetCheckpointParentRequest,
+    callback: (error: ServiceError | null, response: GetCheckpointParentResponse) => void,
+  ): ClientUnaryCall;
+  getCheckpointParent(
+    request: GetCheckpointParentRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetCheckpointParentResponse) => void,
+  ): ClientUnaryCall;
+  getCheckpointParent(
+    request: GetCheckpointParentRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetCheckpointParentResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Lists a checkpoint's children, or with `descendants` all its descendants
+   * (virDomainCheckpointListAllChildren), sorted and paginated.
+   * Errors: NOT_FOUND for an unknown domain or checkpoint; INVALID_ARGUMENT
+   * for a malformed page_token.
+   */
+  listCheckpointChildren(
+    request: ListCheckpointChildrenRequest,
+    callback: (error: ServiceError | null, response: ListCheckpointChildrenResponse) => void,
+  ): ClientUnaryCall;
+  listCheckpointChildren(
+    request: ListCheckpointChildrenRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListCheckpointChildrenResponse) => void,
+  ): ClientUnaryCall;
+  listCheckpointChildren(
+    request: ListCheckpointChildrenRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListCheckpointChildrenResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Deletes a checkpoint, with `children` its descendants too, with
+   * `children_only` only its descendants (virDomainCheckpointDelete).
+   * Errors: NOT_FOUND for an unknown domain or checkpoint; INVALID_ARGUMENT
+   * for children with children_only; FAILED_PRECONDITION while a backup uses
+   * it.
+   */
+  deleteCheckpoint(
+    request: DeleteCheckpointRequest,
+    callback: (error: ServiceError | null, response: DeleteCheckpointResponse) => void,
+  ): ClientUnaryCall;
+  deleteCheckpoint(
+    request: DeleteCheckpointRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteCheckpointResponse) => void,
+  ): ClientUnaryCall;
+  deleteCheckpoint(
+    request: DeleteCheckpointRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteCheckpointResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Starts a push-mode backup of a running domain's disks to files in the
+   * service's save directory, optionally creating a checkpoint at the same
+   * instant (virDomainBackupBegin). It returns once the backup runs, as a
+   * domain job: GetDomainJobInfo observes it (operation BACKUP), with
+   * `completed` its outcome; AbortDomainJob aborts it.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT for malformed XML, pull mode, a disk
+   * of the domain the backup XML does not name, or a target file outside the
+   * save directory; ALREADY_EXISTS for a target file that exists (without
+   * reuse_external); FAILED_PRECONDITION when the domain is not running or
+   * another job runs; UNIMPLEMENTED when the driver has no backups.
+   */
+  beginBackup(
+    request: BeginBackupRequest,
+    callback: (error: ServiceError | null, response: BeginBackupResponse) => void,
+  ): ClientUnaryCall;
+  beginBackup(
+    request: BeginBackupRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: BeginBackupResponse) => void,
+  ): ClientUnaryCall;
+  beginBackup(
+    request: BeginBackupRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: BeginBackupResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns the XML of the backup that runs (virDomainBackupGetXMLDesc).
+   * Errors: NOT_FOUND for an unknown domain, or when no backup runs (reason
+   * VIR_ERR_NO_DOMAIN_BACKUP); UNIMPLEMENTED when the driver has no backups
+   * (the test driver).
+   */
+  getBackupXml(
+    request: GetBackupXMLRequest,
+    callback: (error: ServiceError | null, response: GetBackupXMLResponse) => void,
+  ): ClientUnaryCall;
+  getBackupXml(
+    request: GetBackupXMLRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetBackupXMLResponse) => void,
+  ): ClientUnaryCall;
+  getBackupXml(
+    request: GetBackupXMLRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetBackupXMLResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const ComputeServiceClient = makeGenericClientConstructor(
