@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -78,6 +79,14 @@ def reason_of(error: grpc.RpcError) -> str:
 def domain_xml(name: str, memory_kib: int = 65536) -> str:
     return (f"<domain type='test'><name>{name}</name><memory>{memory_kib}</memory>"
             "<vcpu>1</vcpu><os><type>hvm</type></os></domain>")
+
+
+def renamed(request: Message, name: str) -> Message:
+    """A copy of ``request`` about the domain (or object) ``name``."""
+    copy = type(request)()
+    copy.CopyFrom(request)
+    copy.name = name  # type: ignore[attr-defined]
+    return copy
 
 
 @pytest.fixture

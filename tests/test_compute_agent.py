@@ -28,7 +28,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from guest import example
 from services.common.daemon import Daemon
-from tests.conftest import domain_xml, error_of, reason_of, running_service
+from tests.conftest import domain_xml, error_of, reason_of, renamed, running_service
 from tests.test_e2e_qemu import BOOTED, EMBED_URI, wait_for
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
@@ -179,12 +179,6 @@ INVALID: list[tuple[str, Message]] = [
 ]
 
 
-def _named(request: Message, name: str) -> Message:
-    copy = type(request)()
-    copy.CopyFrom(request)
-    copy.name = name  # type: ignore[attr-defined]
-    return copy
-
 
 def test_the_tables_cover_every_agent_rpc() -> None:
     assert {name for name, _ in REQUESTS} == {name for name, _ in INVALID} | {
@@ -193,14 +187,14 @@ def test_the_tables_cover_every_agent_rpc() -> None:
 
 @pytest.mark.parametrize(("rpc", "request_"), REQUESTS, ids=[name for name, _ in REQUESTS])
 def test_an_unknown_domain_is_not_found(stub: Stub, rpc: str, request_: Message) -> None:
-    assert code_and_reason(getattr(stub, rpc), _named(request_, "nope")) == (
+    assert code_and_reason(getattr(stub, rpc), renamed(request_, "nope")) == (
         C.NOT_FOUND, "VIR_ERR_NO_DOMAIN")
 
 
 @pytest.mark.parametrize(("rpc", "request_"), REQUESTS, ids=[name for name, _ in REQUESTS])
 def test_a_stopped_domain_is_a_failed_precondition(stub: Stub, rpc: str,
                                                    request_: Message) -> None:
-    assert code_and_reason(getattr(stub, rpc), _named(request_, STOPPED)) == (
+    assert code_and_reason(getattr(stub, rpc), renamed(request_, STOPPED)) == (
         C.FAILED_PRECONDITION, "VIR_ERR_OPERATION_INVALID")
 
 

@@ -30,7 +30,7 @@ from guest import example
 from services.common.daemon import Daemon
 from services.compute import convert_block
 from services.compute.backend_block import PEEK_MAX, destination_xml
-from tests.conftest import domain_xml, error_of, reason_of, running_service
+from tests.conftest import domain_xml, error_of, reason_of, renamed, running_service
 from tests.test_e2e_qemu import BOOTED, EMBED_URI, wait_for
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
@@ -219,12 +219,6 @@ def _requests(disk: str, destination: str) -> list[tuple[str, Any]]:
     ]
 
 
-def _named(request: Any, name: str) -> Any:
-    named = type(request)()
-    named.CopyFrom(request)
-    named.name = name
-    return named
-
 
 def test_every_rpc_is_covered_here() -> None:
     ours = {name for name, _ in _requests("vda", "/x")}
@@ -234,7 +228,7 @@ def test_every_rpc_is_covered_here() -> None:
 
 def test_an_unknown_domain_is_not_found_on_every_rpc(stub: Stub, tmp_path: Path) -> None:
     for method, request in _requests("vda", str(tmp_path / "copy.raw")):
-        assert failed(getattr(stub, method), _named(request, "nope"))[0] == C.NOT_FOUND, method
+        assert failed(getattr(stub, method), renamed(request, "nope"))[0] == C.NOT_FOUND, method
     assert not (tmp_path / "copy.raw").exists()
 
 
@@ -248,7 +242,7 @@ UNIMPLEMENTED = ("GetDomainBlockStats", "PeekDomainBlock", "ResizeDomainBlock",
 def test_what_the_test_driver_lacks_is_unimplemented(stub: Stub, tmp_path: Path) -> None:
     for method, request in _requests("vda", str(tmp_path / "copy.raw")):
         if method in UNIMPLEMENTED:
-            code, _ = failed(getattr(stub, method), _named(request, "alpha"))
+            code, _ = failed(getattr(stub, method), renamed(request, "alpha"))
             assert code == C.UNIMPLEMENTED, method
     assert not (tmp_path / "copy.raw").exists()  # the refused copy left no file
 
@@ -261,7 +255,7 @@ def test_an_inactive_domain_is_a_failed_precondition(stub: Stub, tmp_path: Path)
                      "SetDomainBlockThreshold"}
     for method, request in _requests("vda", str(tmp_path / "copy.raw")):
         if method in needs_running:
-            code, _ = failed(getattr(stub, method), _named(request, "beta"))
+            code, _ = failed(getattr(stub, method), renamed(request, "beta"))
             assert code == C.FAILED_PRECONDITION, method
     assert not (tmp_path / "copy.raw").exists()
     # what reads an inactive domain's disk: block info
@@ -279,14 +273,14 @@ def test_missing_and_malformed_names_are_invalid_on_every_rpc(stub: Stub,
             continue
         if method == "GetDomainInterfaceStats":
             request = pb.GetDomainInterfaceStatsRequest(device="")
-        assert failed(call, _named(request, "alpha")) == (C.INVALID_ARGUMENT,
+        assert failed(call, renamed(request, "alpha")) == (C.INVALID_ARGUMENT,
                                                           "MISSING_FIELD"), method
     for method, request in _requests("vd\0a", str(tmp_path / "copy.raw")):
         if method in ("GetDomainMemoryStats", "PeekDomainMemory"):
             continue
         if method == "GetDomainInterfaceStats":
             request = pb.GetDomainInterfaceStatsRequest(device="vnet\0")
-        assert failed(getattr(stub, method), _named(request, "alpha"))[0] == \
+        assert failed(getattr(stub, method), renamed(request, "alpha"))[0] == \
             C.INVALID_ARGUMENT, method
     assert failed(stub.GetDomainBlockInfo, pb.GetDomainBlockInfoRequest(
         name="alpha", disk="x" * 5000))[0] == C.INVALID_ARGUMENT

@@ -31,7 +31,7 @@ from guest import example
 from services.common.daemon import Daemon
 from services.compute import convert_migration
 from services.compute.backend_migration import MAX_BANDWIDTH
-from tests.conftest import domain_xml, error_of, reason_of, running_service
+from tests.conftest import domain_xml, error_of, reason_of, renamed, running_service
 from tests.test_e2e_qemu import BOOTED, EMBED_URI, wait_for
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh.compute.v1 import compute_service_pb2_grpc as pb_grpc
@@ -207,12 +207,6 @@ def test_what_the_test_driver_lacks_is_unimplemented(stub: Stub, rpc: str,
 ALL: list[tuple[str, Message]] = [("MigrateDomain", migrate(live=True)), *TUNABLES]
 
 
-def _named(request: Message, name: str) -> Message:
-    copy = type(request)()
-    copy.CopyFrom(request)
-    copy.name = name  # type: ignore[attr-defined]
-    return copy
-
 
 def test_the_tables_cover_every_rpc_of_the_group() -> None:
     from services.compute.servicer_devices import DevicesServicer
@@ -225,7 +219,7 @@ def test_the_tables_cover_every_rpc_of_the_group() -> None:
 
 @pytest.mark.parametrize(("rpc", "request_"), ALL, ids=[name for name, _ in ALL])
 def test_an_unknown_domain_is_not_found(stub: Stub, rpc: str, request_: Message) -> None:
-    assert code_and_reason(getattr(stub, rpc), _named(request_, "nope")) == (
+    assert code_and_reason(getattr(stub, rpc), renamed(request_, "nope")) == (
         C.NOT_FOUND, "VIR_ERR_NO_DOMAIN")
 
 
