@@ -33,7 +33,7 @@ from google.protobuf.message import DecodeError, Message
 from gateway.audit import AuditLog
 from gateway.authn import Authenticator
 from gateway.authz import Authorizer, Decision, Denied
-from gateway.backends import Metadata
+from gateway.backends import Metadata, stamped
 from gateway.identity import AuthenticationError, Identity
 from gateway.limits import Limiter, LimitExceeded
 from gateway.observe import REQUEST_IDS, CallLog
@@ -173,7 +173,7 @@ class CallGuard:
                 yield
         except EndCall as end:
             self.end(code=end.code, details=end.message)
-            await self.context.abort(end.code, end.message, end.trailers)
+            await self.context.abort(end.code, end.message, stamped(end.trailers))
         except BaseException as error:
             self.end(error=error)
             raise

@@ -81,6 +81,15 @@ def relayed(route: Route, backends: Backends, error: grpc.aio.AioRpcError) -> En
     return EndCall(error.code(), error.details() or "", trailers)
 
 
+async def _backend_headers(context: grpc.aio.ServicerContext, headers: Any) -> None:
+    """Forwards the response headers a backend sent, if any. A unary call's request id
+    goes with its trailers, so the usual call, whose backend sends no headers of its
+    own, costs no separate send of headers (they go out with the response)."""
+    kept = tuple((key, value) for key, value in headers or () if key != logs.REQUEST_ID_KEY)
+    if kept:
+        await context.send_initial_metadata(kept)
+
+
 def _call_options(guard: CallGuard, identity: Identity) -> dict[str, Any]:
     return {"timeout": guard.context.time_remaining(),
             "metadata": forwarded_metadata(guard.metadata, identity)}
@@ -222,10 +231,10 @@ class ProxyHandler(grpc.GenericRpcHandler):
                     with metrics.UpstreamCall(route.driver, guard.peer):
                         response = await call
                 except grpc.aio.AioRpcError as error:
-                    await context.send_initial_metadata(stamped(error.initial_metadata()))
+                    await _backend_headers(context, error.initial_metadata())
                     await fail(error)
-                await context.send_initial_metadata(stamped(await call.initial_metadata()))
-                context.set_trailing_metadata(tuple(await call.trailing_metadata() or ()))
+                await _backend_headers(context, await call.initial_metadata())
+                context.set_trailing_metadata(stamped(await call.trailing_metadata()))
                 return response
 
             return unary_response
@@ -239,7 +248,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
                     await context.send_initial_metadata(stamped(await call.initial_metadata()))
                     async for response in call:
                         yield response
-                    context.set_trailing_metadata(tuple(await call.trailing_metadata() or ()))
+                    context.set_trailing_metadata(stamped(await call.trailing_metadata()))
             except grpc.aio.AioRpcError as error:
                 await fail(error)
             finally:

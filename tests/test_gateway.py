@@ -496,6 +496,27 @@ def test_deadline_and_metadata_reach_the_backend(fake: FakeMesh,
     assert within_deadline(seen.time_remaining, 5)
 
 
+def test_the_request_id_comes_back_in_trailers_and_in_a_streams_headers(
+        fake: FakeMesh, fake_stub: pb_grpc.ComputeServiceStub) -> None:
+    """Every call ends with its request id in the trailers, a unary one without a
+    separate send of headers for it; a stream's headers carry it from the start."""
+    given = (("x-request-id", "req-43"),)
+    _, call = fake_stub.GetDomain.with_call(pb.GetDomainRequest(name="echo"), timeout=5,
+                                            metadata=given)
+    assert as_dict(call.trailing_metadata()).get("x-request-id") == "req-43"
+    assert "x-request-id" not in as_dict(call.initial_metadata())
+    _, call = fake_stub.GetDomain.with_call(pb.GetDomainRequest(name="echo-2"), timeout=5)
+    assigned = as_dict(call.trailing_metadata()).get("x-request-id")
+    assert assigned and assigned == fake.backend.seen["echo-2"].metadata.get("x-request-id")
+    failed = rpc_error(fake_stub.GetDomain, pb.GetDomainRequest(name="fail-rid"), timeout=10,
+                       metadata=(("x-request-id", "req-44"),))
+    assert as_dict(failed.trailing_metadata()).get("x-request-id") == "req-44"
+    stream = fake_stub.WatchDomainEvents(pb.WatchDomainEventsRequest(names=["rid"]),
+                                         timeout=20, metadata=(("x-request-id", "stream-2"),))
+    assert as_dict(stream.initial_metadata()).get("x-request-id") == "stream-2"
+    stream.cancel()
+
+
 def test_deadline_exceeded_is_propagated(fake: FakeMesh,
                                          fake_stub: pb_grpc.ComputeServiceStub) -> None:
     error = rpc_error(fake_stub.GetDomain, pb.GetDomainRequest(name="slow-1"), timeout=0.3)
@@ -551,5 +572,7 @@ def test_backend_metadata_and_custom_details_pass_unchanged(
     assert info.reason == "CUSTOM_REASON" and info.domain == "backend.test"
     assert dict(info.metadata) == {"k": "v", "ünï": "cödé"}
     assert as_dict(through.trailing_metadata()).get("x-backend-trailer") == "failed"
-    assert as_dict(through.trailing_metadata()) == as_dict(local.trailing_metadata())
+    forwarded = as_dict(through.trailing_metadata())
+    assert forwarded.pop("x-request-id")  # the gateway's one addition
+    assert forwarded == as_dict(local.trailing_metadata())
     assert as_dict(through.initial_metadata()).get("x-backend-initial") == "failing"

@@ -52,7 +52,8 @@ def calls_logged(process: Process, log_format: str, request_id: str) -> list[dic
 
 
 def returned_id(call: Any) -> str:
-    return str(dict(call.initial_metadata())[REQUEST_ID_KEY])
+    """The request id the gateway returned: in the trailers of a unary call."""
+    return str(dict(call.trailing_metadata())[REQUEST_ID_KEY])
 
 
 @pytest.fixture(params=["json", "text"])
