@@ -8,7 +8,9 @@ permission on every one of them. Which object a permission is about:
 - ``connect:*``: the connection, no object;
 - otherwise the request's ``name`` field, or each of its ``names``; a request
   without a ``name`` field (DefineDomain, CreateVolume...) names the object in
-  its ``xml``: the root element's ``<name>``;
+  its ``xml``: the root element's ``<name>``; a ``new_name`` (RenameDomain, a
+  volume's clone) is addressed as well, so a grant cannot move an object out of
+  its names or into someone else's;
 - a storage volume is ``<pool>/<name>``, the pool from the request's ``pool``
   field; a storage pool permission on a request with a ``pool`` field is about
   that pool.
@@ -117,7 +119,8 @@ def _xml_names(request: Message) -> tuple[str, ...] | None:
 
 
 def _created_names(request: Message) -> tuple[str, ...] | None:
-    """What a copy is called (CloneStorageVolume: ``new_name`` or its XML's name)."""
+    """What a copy or renamed object is called (CloneStorageVolume, RenameDomain:
+    ``new_name``, or for a clone its XML's name)."""
     if not _is_string(_field(request.DESCRIPTOR, "new_name")):
         return ()
     new_name = str(getattr(request, "new_name"))  # noqa: B009
@@ -135,8 +138,9 @@ def object_names(object_type: str, request: Message) -> tuple[str, ...] | None:
     container_field = _CONTAINERS.get(object_type)
     if container_field and _container(request, container_field):
         return _addressable((_container(request, container_field),))
-    if object_type not in CONTAINED:
-        return own_names(request)
+    if object_type not in CONTAINED:  # a rename's new name is addressed too
+        own, created = own_names(request), _created_names(request)
+        return None if own is None or created is None else own + created
     # A contained object is <container>/<name>. Without the container, the name is a
     # path or key the service looks up in every pool: not a name a glob can judge.
     field = CONTAINED[object_type][1]

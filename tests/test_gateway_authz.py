@@ -444,6 +444,17 @@ def test_a_clone_needs_create_where_the_copy_goes() -> None:
             authz.authorize(ALICE, clone, copy)
 
 
+def test_a_rename_needs_the_grant_on_the_new_name_too() -> None:
+    authz = authorizer(POLICY.replace('"domain:init_control"',
+                                      '"domain:init_control", "domain:write", "domain:save"'))
+    rename = COMPUTE.methods_by_name["RenameDomain"]
+    assert authz.authorize(ALICE, rename, pb.RenameDomainRequest(
+        name="team-a-web", new_name="team-a-db")).objects == ("team-a-web", "team-a-db")
+    with pytest.raises(Denied, match="team-b-web"):
+        authz.authorize(ALICE, rename, pb.RenameDomainRequest(name="team-a-web",
+                                                              new_name="team-b-web"))
+
+
 def test_a_volume_without_its_pool_is_for_unrestricted_grants_only() -> None:
     """Without a pool the service looks the name up as a path or key in every pool."""
     authz = authorizer(TEAM_A_STORAGE)

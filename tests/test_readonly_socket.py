@@ -198,6 +198,7 @@ WRITES: list[tuple[str, Message]] = [
 READS: list[tuple[str, Message]] = [
     ("ListDomains", pb.ListDomainsRequest()),
     ("GetDomain", pb.GetDomainRequest(name="alpha")),
+    ("LookupDomainById", pb.LookupDomainByIdRequest(id=1)),
     ("GetDomainXML", pb.GetDomainXMLRequest(name="alpha", inactive=True)),
     ("ListSnapshots", pb.ListSnapshotsRequest(name="alpha")),
     ("GetSnapshot", pb.GetSnapshotRequest(name="alpha", snapshot="one")),
@@ -390,10 +391,13 @@ def test_reads_are_served_on_the_read_only_socket(daemon: Daemon,
     with ro_stub(daemon) as ro, main_stub(daemon) as main:
         reply = outcome(ro, name, request)
         assert reply != grpc.StatusCode.PERMISSION_DENIED
-        if name not in ("WatchDomainEvents", "GetDomainStats", "ListDomains", "GetDomain"):
+        if name not in ("WatchDomainEvents", "GetDomainStats", "ListDomains", "GetDomain",
+                        "LookupDomainById"):
             assert reply == outcome(main, name, request)  # the same servicer (no clocks)
     if name == "ListDomains":
         assert [d.name for d in reply.domains] == ["alpha"]
+    if name == "LookupDomainById":
+        assert reply.domain.name == "alpha"
 
 
 def test_read_only_socket_shares_the_watcher_stream_with_the_main_one(daemon: Daemon) -> None:

@@ -116,6 +116,22 @@ def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> None:
     out.show(domain, _domain_fields(domain))
 
 
+def cmd_domname(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """virsh domname: a running domain's ID (or a UUID) as its name."""
+    if args.domain.isdigit():
+        domain = client.call("LookupDomainById",
+                             pb.LookupDomainByIdRequest(id=int(args.domain))).domain
+    else:
+        domain = client.domain(args.domain)
+    out.show(domain, domain.name)
+
+
+def cmd_domid(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """virsh domid: a domain's ID, ``-`` when it is not running."""
+    domain = client.domain(args.name)
+    out.show(domain, str(domain.id) if domain.id else "-")
+
+
 def cmd_undefine(client: Client, args: argparse.Namespace, out: Output) -> None:
     response = client.call("UndefineDomain", pb.UndefineDomainRequest(
         name=args.name, managed_save=args.managed_save, snapshots_metadata=args.snapshots,
@@ -281,6 +297,9 @@ def register(command: CommandFactory) -> None:
                      help="only domains in this state (repeatable)")
 
     domains.add("info", cmd_info, "show a domain's summary")
+    sub = command("domname", cmd_domname, "the name of a running domain's ID, or of a UUID")
+    sub.add_argument("domain", metavar="ID|UUID")
+    domains.add("domid", cmd_domid, "a domain's ID (- when it is not running)")
     domains.from_xml("define", "DefineDomain", pb.DefineDomainRequest, "defined",
                      "define a persistent domain from XML", "domain XML file, or - for stdin",
                      VALIDATE, uuid=True)

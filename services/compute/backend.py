@@ -245,6 +245,14 @@ class ComputeBackend(Backend):
         call_scope.hold(("domain", uuid), lambda: self.stuck_calls.held(uuid, dom.name()))
         return dom
 
+    def lookup_by_id(self, domain_id: int) -> libvirt.virDomain:
+        """The running domain with this ID, held as ``lookup`` holds one."""
+        if domain_id < 0:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"a domain ID is 0 or more, not {domain_id}", "INVALID_ID")
+        dom = self.conn.lookupByID(domain_id)
+        return self.lookup(dom.UUIDString())
+
     def list_domains(self, active: bool | None, persistent: bool | None,
              autostart: bool | None) -> list[libvirt.virDomain]:
         return self.conn.listAllDomains(_domain_list_flags(active, persistent, autostart))

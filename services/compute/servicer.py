@@ -115,6 +115,11 @@ class ComputeServicer(HostServicer, MigrationServicer, JobsServicer, AgentServic
         return pb.GetDomainResponse(domain=convert.domain(dom, self.backend.explain),
                                     updated=self.lifecycle.is_updated(dom))
 
+    def LookupDomainById(self, request: pb.LookupDomainByIdRequest,
+                         context: Ctx) -> pb.LookupDomainByIdResponse:
+        dom = self.backend.lookup_by_id(request.id)
+        return pb.LookupDomainByIdResponse(domain=convert.domain(dom, self.backend.explain))
+
     def GetDomainXML(self, request: pb.GetDomainXMLRequest,
                      context: Ctx) -> pb.GetDomainXMLResponse:
         return pb.GetDomainXMLResponse(xml=self.backend.xml(

@@ -23,6 +23,12 @@ type ComputeServiceClient interface {
 	// Returns one domain's summary.
 	// Errors: NOT_FOUND for an unknown domain.
 	GetDomain(ctx context.Context, in *GetDomainRequest, opts ...grpc.CallOption) (*GetDomainResponse, error)
+	// Returns the summary of the running domain with this ID (virDomainLookupByID,
+	// virsh domname): IDs are what `ps`, QEMU's logs and older tools show.
+	// A caller whose grants name domains may not use it: an ID names no domain
+	// until it is looked up. Errors: INVALID_ARGUMENT for a negative ID;
+	// NOT_FOUND when no running domain has it.
+	LookupDomainById(ctx context.Context, in *LookupDomainByIdRequest, opts ...grpc.CallOption) (*LookupDomainByIdResponse, error)
 	// Returns a domain's XML description.
 	// Errors: NOT_FOUND for an unknown domain.
 	GetDomainXML(ctx context.Context, in *GetDomainXMLRequest, opts ...grpc.CallOption) (*GetDomainXMLResponse, error)
@@ -885,6 +891,15 @@ func (c *computeServiceClient) ListDomains(ctx context.Context, in *ListDomainsR
 func (c *computeServiceClient) GetDomain(ctx context.Context, in *GetDomainRequest, opts ...grpc.CallOption) (*GetDomainResponse, error) {
 	out := new(GetDomainResponse)
 	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/GetDomain", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *computeServiceClient) LookupDomainById(ctx context.Context, in *LookupDomainByIdRequest, opts ...grpc.CallOption) (*LookupDomainByIdResponse, error) {
+	out := new(LookupDomainByIdResponse)
+	err := c.cc.Invoke(ctx, "/virtmesh.compute.v1.ComputeService/LookupDomainById", in, out, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -2494,6 +2509,12 @@ type ComputeServiceServer interface {
 	// Returns one domain's summary.
 	// Errors: NOT_FOUND for an unknown domain.
 	GetDomain(context.Context, *GetDomainRequest) (*GetDomainResponse, error)
+	// Returns the summary of the running domain with this ID (virDomainLookupByID,
+	// virsh domname): IDs are what `ps`, QEMU's logs and older tools show.
+	// A caller whose grants name domains may not use it: an ID names no domain
+	// until it is looked up. Errors: INVALID_ARGUMENT for a negative ID;
+	// NOT_FOUND when no running domain has it.
+	LookupDomainById(context.Context, *LookupDomainByIdRequest) (*LookupDomainByIdResponse, error)
 	// Returns a domain's XML description.
 	// Errors: NOT_FOUND for an unknown domain.
 	GetDomainXML(context.Context, *GetDomainXMLRequest) (*GetDomainXMLResponse, error)
@@ -3347,6 +3368,9 @@ func (UnimplementedComputeServiceServer) ListDomains(context.Context, *ListDomai
 func (UnimplementedComputeServiceServer) GetDomain(context.Context, *GetDomainRequest) (*GetDomainResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetDomain not implemented")
 }
+func (UnimplementedComputeServiceServer) LookupDomainById(context.Context, *LookupDomainByIdRequest) (*LookupDomainByIdResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method LookupDomainById not implemented")
+}
 func (UnimplementedComputeServiceServer) GetDomainXML(context.Context, *GetDomainXMLRequest) (*GetDomainXMLResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetDomainXML not implemented")
 }
@@ -3878,6 +3902,24 @@ func _ComputeService_GetDomain_Handler(srv interface{}, ctx context.Context, dec
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ComputeServiceServer).GetDomain(ctx, req.(*GetDomainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ComputeService_LookupDomainById_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LookupDomainByIdRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ComputeServiceServer).LookupDomainById(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/virtmesh.compute.v1.ComputeService/LookupDomainById",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ComputeServiceServer).LookupDomainById(ctx, req.(*LookupDomainByIdRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -6842,6 +6884,10 @@ var _ComputeService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetDomain",
 			Handler:    _ComputeService_GetDomain_Handler,
+		},
+		{
+			MethodName: "LookupDomainById",
+			Handler:    _ComputeService_LookupDomainById_Handler,
 		},
 		{
 			MethodName: "GetDomainXML",

@@ -1434,6 +1434,46 @@ class GetDomainResponse(_message.Message):
 Global___GetDomainResponse: _TypeAlias = GetDomainResponse  # noqa: Y015
 
 @_typing.final
+class LookupDomainByIdRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The ID libvirt gave the running domain (0 is Xen's dom0; QEMU's start at 1)."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupDomainByIdRequest: _TypeAlias = LookupDomainByIdRequest  # noqa: Y015
+
+@_typing.final
+class LookupDomainByIdResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def domain(self) -> Global___Domain: ...
+    def __init__(
+        self,
+        *,
+        domain: Global___Domain | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupDomainByIdResponse: _TypeAlias = LookupDomainByIdResponse  # noqa: Y015
+
+@_typing.final
 class GetDomainXMLRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

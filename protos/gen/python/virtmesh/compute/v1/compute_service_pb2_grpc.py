@@ -53,6 +53,11 @@ class ComputeServiceStub:
                 request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainRequest.SerializeToString,
                 response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainResponse.FromString,
                 _registered_method=True)
+        self.LookupDomainById = channel.unary_unary(
+                '/virtmesh.compute.v1.ComputeService/LookupDomainById',
+                request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.LookupDomainByIdRequest.SerializeToString,
+                response_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.LookupDomainByIdResponse.FromString,
+                _registered_method=True)
         self.GetDomainXML = channel.unary_unary(
                 '/virtmesh.compute.v1.ComputeService/GetDomainXML',
                 request_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainXMLRequest.SerializeToString,
@@ -888,6 +893,17 @@ class ComputeServiceServicer:
     def GetDomain(self, request, context):
         """Returns one domain's summary.
         Errors: NOT_FOUND for an unknown domain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LookupDomainById(self, request, context):
+        """Returns the summary of the running domain with this ID (virDomainLookupByID,
+        virsh domname): IDs are what `ps`, QEMU's logs and older tools show.
+        A caller whose grants name domains may not use it: an ID names no domain
+        until it is looked up. Errors: INVALID_ARGUMENT for a negative ID;
+        NOT_FOUND when no running domain has it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -2600,6 +2616,11 @@ def add_ComputeServiceServicer_to_server(servicer, server):
                     request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainRequest.FromString,
                     response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainResponse.SerializeToString,
             ),
+            'LookupDomainById': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupDomainById,
+                    request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.LookupDomainByIdRequest.FromString,
+                    response_serializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.LookupDomainByIdResponse.SerializeToString,
+            ),
             'GetDomainXML': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDomainXML,
                     request_deserializer=virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainXMLRequest.FromString,
@@ -3474,6 +3495,33 @@ class ComputeService:
             '/virtmesh.compute.v1.ComputeService/GetDomain',
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainRequest.SerializeToString,
             virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.GetDomainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupDomainById(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtmesh.compute.v1.ComputeService/LookupDomainById',
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.LookupDomainByIdRequest.SerializeToString,
+            virtmesh_dot_compute_dot_v1_dot_compute__service__pb2.LookupDomainByIdResponse.FromString,
             options,
             channel_credentials,
             insecure,

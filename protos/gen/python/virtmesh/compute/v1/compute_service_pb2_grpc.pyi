@@ -50,6 +50,13 @@ class ComputeServiceStub:
     """Returns one domain's summary.
     Errors: NOT_FOUND for an unknown domain.
     """
+    LookupDomainById: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.LookupDomainByIdRequest, _compute_service_pb2.LookupDomainByIdResponse]
+    """Returns the summary of the running domain with this ID (virDomainLookupByID,
+    virsh domname): IDs are what `ps`, QEMU's logs and older tools show.
+    A caller whose grants name domains may not use it: an ID names no domain
+    until it is looked up. Errors: INVALID_ARGUMENT for a negative ID;
+    NOT_FOUND when no running domain has it.
+    """
     GetDomainXML: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainXMLRequest, _compute_service_pb2.GetDomainXMLResponse]
     """Returns a domain's XML description.
     Errors: NOT_FOUND for an unknown domain.
@@ -1112,6 +1119,13 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     GetDomain: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainRequest, _compute_service_pb2.GetDomainResponse]  # type: ignore[assignment]
     """Returns one domain's summary.
     Errors: NOT_FOUND for an unknown domain.
+    """
+    LookupDomainById: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.LookupDomainByIdRequest, _compute_service_pb2.LookupDomainByIdResponse]  # type: ignore[assignment]
+    """Returns the summary of the running domain with this ID (virDomainLookupByID,
+    virsh domname): IDs are what `ps`, QEMU's logs and older tools show.
+    A caller whose grants name domains may not use it: an ID names no domain
+    until it is looked up. Errors: INVALID_ARGUMENT for a negative ID;
+    NOT_FOUND when no running domain has it.
     """
     GetDomainXML: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetDomainXMLRequest, _compute_service_pb2.GetDomainXMLResponse]  # type: ignore[assignment]
     """Returns a domain's XML description.
@@ -2184,6 +2198,19 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_compute_service_pb2.GetDomainResponse, _abc.Awaitable[_compute_service_pb2.GetDomainResponse]]:
         """Returns one domain's summary.
         Errors: NOT_FOUND for an unknown domain.
+        """
+
+    @_abc_1.abstractmethod
+    def LookupDomainById(
+        self,
+        request: _compute_service_pb2.LookupDomainByIdRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.LookupDomainByIdResponse, _abc.Awaitable[_compute_service_pb2.LookupDomainByIdResponse]]:
+        """Returns the summary of the running domain with this ID (virDomainLookupByID,
+        virsh domname): IDs are what `ps`, QEMU's logs and older tools show.
+        A caller whose grants name domains may not use it: an ID names no domain
+        until it is looked up. Errors: INVALID_ARGUMENT for a negative ID;
+        NOT_FOUND when no running domain has it.
         """
 
     @_abc_1.abstractmethod

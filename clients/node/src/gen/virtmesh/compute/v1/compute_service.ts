@@ -2718,6 +2718,15 @@ export interface GetDomainResponse {
   updated: boolean;
 }
 
+export interface LookupDomainByIdRequest {
+  /** The ID libvirt gave the running domain (0 is Xen's dom0; QEMU's start at 1). */
+  id: number;
+}
+
+export interface LookupDomainByIdResponse {
+  domain?: Domain | undefined;
+}
+
 export interface GetDomainXMLRequest {
   name: string;
   /** The persistent configuration rather than the live one. */
@@ -6287,6 +6296,142 @@ export const GetDomainResponse: MessageFns<GetDomainResponse> = {
       ? Domain.fromPartial(object.domain)
       : undefined;
     message.updated = object.updated ?? false;
+    return message;
+  },
+};
+
+function createBaseLookupDomainByIdRequest(): LookupDomainByIdRequest {
+  return { id: 0 };
+}
+
+export const LookupDomainByIdRequest: MessageFns<LookupDomainByIdRequest> = {
+  encode(message: LookupDomainByIdRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).int32(message.id);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LookupDomainByIdRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLookupDomainByIdRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LookupDomainByIdRequest {
+    return { id: isSet(object.id) ? globalThis.Number(object.id) : 0 };
+  },
+
+  toJSON(message: LookupDomainByIdRequest): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LookupDomainByIdRequest>, I>>(base?: I): LookupDomainByIdRequest {
+    return LookupDomainByIdRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LookupDomainByIdRequest>, I>>(object: I): LookupDomainByIdRequest {
+    const message = createBaseLookupDomainByIdRequest();
+    message.id = object.id ?? 0;
+    return message;
+  },
+};
+
+function createBaseLookupDomainByIdResponse(): LookupDomainByIdResponse {
+  return { domain: undefined };
+}
+
+export const LookupDomainByIdResponse: MessageFns<LookupDomainByIdResponse> = {
+  encode(message: LookupDomainByIdResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== undefined) {
+      Domain.encode(message.domain, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LookupDomainByIdResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLookupDomainByIdResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = Domain.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LookupDomainByIdResponse {
+    return { domain: isSet(object.domain) ? Domain.fromJSON(object.domain) : undefined };
+  },
+
+  toJSON(message: LookupDomainByIdResponse): unknown {
+    const obj: any = {};
+    if (message.domain !== undefined) {
+      obj.domain = Domain.toJSON(message.domain);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LookupDomainByIdResponse>, I>>(base?: I): LookupDomainByIdResponse {
+    return LookupDomainByIdResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LookupDomainByIdResponse>, I>>(object: I): LookupDomainByIdResponse {
+    const message = createBaseLookupDomainByIdResponse();
+    message.domain = (object.domain !== undefined && object.domain !== null)
+      ? Domain.fromPartial(object.domain)
+      : undefined;
     return message;
   },
 };
@@ -44157,6 +44302,24 @@ export const ComputeServiceService = {
     responseDeserialize: (value: Buffer): GetDomainResponse => GetDomainResponse.decode(value),
   },
   /**
+   * Returns the summary of the running domain with this ID (virDomainLookupByID,
+   * virsh domname): IDs are what `ps`, QEMU's logs and older tools show.
+   * A caller whose grants name domains may not use it: an ID names no domain
+   * until it is looked up. Errors: INVALID_ARGUMENT for a negative ID;
+   * NOT_FOUND when no running domain has it.
+   */
+  lookupDomainById: {
+    path: "/virtmesh.compute.v1.ComputeService/LookupDomainById" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: LookupDomainByIdRequest): Buffer =>
+      Buffer.from(LookupDomainByIdRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): LookupDomainByIdRequest => LookupDomainByIdRequest.decode(value),
+    responseSerialize: (value: LookupDomainByIdResponse): Buffer =>
+      Buffer.from(LookupDomainByIdResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LookupDomainByIdResponse => LookupDomainByIdResponse.decode(value),
+  },
+  /**
    * Returns a domain's XML description.
    * Errors: NOT_FOUND for an unknown domain.
    */
@@ -46951,6 +47114,14 @@ export interface ComputeServiceServer extends UntypedServiceImplementation {
    */
   getDomain: handleUnaryCall<GetDomainRequest, GetDomainResponse>;
   /**
+   * Returns the summary of the running domain with this ID (virDomainLookupByID,
+   * virsh domname): IDs are what `ps`, QEMU's logs and older tools show.
+   * A caller whose grants name domains may not use it: an ID names no domain
+   * until it is looked up. Errors: INVALID_ARGUMENT for a negative ID;
+   * NOT_FOUND when no running domain has it.
+   */
+  lookupDomainById: handleUnaryCall<LookupDomainByIdRequest, LookupDomainByIdResponse>;
+  /**
    * Returns a domain's XML description.
    * Errors: NOT_FOUND for an unknown domain.
    */
@@ -48172,6 +48343,28 @@ export interface ComputeServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetDomainResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Returns the summary of the running domain with this ID (virDomainLookupByID,
+   * virsh domname): IDs are what `ps`, QEMU's logs and older tools show.
+   * A caller whose grants name domains may not use it: an ID names no domain
+   * until it is looked up. Errors: INVALID_ARGUMENT for a negative ID;
+   * NOT_FOUND when no running domain has it.
+   */
+  lookupDomainById(
+    request: LookupDomainByIdRequest,
+    callback: (error: ServiceError | null, response: LookupDomainByIdResponse) => void,
+  ): ClientUnaryCall;
+  lookupDomainById(
+    request: LookupDomainByIdRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: LookupDomainByIdResponse) => void,
+  ): ClientUnaryCall;
+  lookupDomainById(
+    request: LookupDomainByIdRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: LookupDomainByIdResponse) => void,
   ): ClientUnaryCall;
   /**
    * Returns a domain's XML description.
