@@ -93,3 +93,16 @@ def test_no_traceback_from_the_program(run_dir: Path, tmp_path: Path) -> None:
         assert result.returncode == 2, (args, result.stderr)
         assert "Traceback" not in result.stderr and result.stderr.startswith(
             ("virtmesh", "usage: virtmesh")), (args, result.stderr)
+
+
+def test_a_failure_while_ctrl_c_unwinds_is_the_interrupt(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A call that Ctrl-C cancelled can fail as it unwinds (CANCELLED, or the stream
+    breaking): the command was interrupted, status 130, and says nothing more."""
+    absent = str(tmp_path / "no-such.sock")
+    assert cli.main(["--socket", absent, "--timeout", "2", "info", "x"]) == 1
+    capsys.readouterr()
+    monkeypatch.setattr(cli._ctrl_c, "pressed", True)
+    assert cli.main(["--socket", absent, "--timeout", "2", "info", "x"]) == 130
+    assert capsys.readouterr().err == ""

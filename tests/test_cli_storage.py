@@ -210,12 +210,12 @@ def test_ctrl_c_ends_a_download_at_once(tmp_path: Path, host_libvirtd: None) -> 
                     cli.send_signal(signal.SIGINT)
                     time.sleep(rng.uniform(0, 0.02))
                 try:
-                    cli.communicate(timeout=5)
+                    _, stderr = cli.communicate(timeout=5)
                 except subprocess.TimeoutExpired:
                     cli.kill()
                     cli.communicate()
                     pytest.fail(f"round {round_}: the CLI did not end after {presses} Ctrl-C")
-                assert cli.returncode == 130, f"round {round_}, {presses} Ctrl-C"
+                assert cli.returncode == 130, f"round {round_}, {presses} Ctrl-C: {stderr}"
                 assert not target.exists()
                 if presses == 1:
                     assert not partial.exists()

@@ -244,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args, Output(args.json))
     except ClientError as error:
+        if _ctrl_c.pressed:  # the call Ctrl-C cancelled, failing as it unwinds
+            return _ctrl_c.status
         hint = START_HINT if error.code == "UNAVAILABLE" and not error.reason else ""
         if error.code == "UNIMPLEMENTED" and args.socket and "Method not found" in str(error):
             error = ClientError(error.code, f"{args.socket} does not serve {args.command}: "
@@ -266,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"virtmesh: invalid value: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # noqa: BLE001 - never a traceback for a user
+        if _ctrl_c.pressed:
+            return _ctrl_c.status
         if os.environ.get("VIRTMESH_DEBUG"):
             raise
         print(f"virtmesh: unexpected {type(error).__name__}: {error} (VIRTMESH_DEBUG=1 "
