@@ -10,20 +10,24 @@ from pathlib import Path
 
 import pytest
 
+from services.common.daemon import Daemon
 from tests.conftest import CliRun
-from virtmesh_client.cli_compute import _stats_key_order
+from virtmesh_client.cli_compute import stats_key_order
 
 
-def test_output_is_virsh_domstats_output(virtmesh: CliRun, run_dir: Path) -> None:
+def test_output_is_virsh_domstats_output(virtmesh: CliRun, compute: Daemon,
+                                         node_uri: str) -> None:
+    """virsh and the service each open the node file afresh (test:///default is one
+    driver per process, which other tests change)."""
     virsh = shutil.which("virsh")
     if virsh is None:
         pytest.skip("virsh is not installed")
-    expected = subprocess.run([virsh, "-c", "test:///default", "domstats", "test"],
+    expected = subprocess.run([virsh, "-c", node_uri, "domstats", "alpha"],
                               check=True, capture_output=True, text=True).stdout
-    code, out, err = virtmesh("--socket", str(run_dir), "domstats", "test")
+    code, out, err = virtmesh("--socket", str(compute.socket_path), "domstats", "alpha")
     assert (code, err) == (0, "")
     # the same lines; within a group ours are sorted (a protobuf map keeps no order)
-    assert out.splitlines()[0] == expected.splitlines()[0] == "Domain: 'test'"
+    assert out.splitlines()[0] == expected.splitlines()[0] == "Domain: 'alpha'"
     assert sorted(out.split()) == sorted(expected.split())
 
 
@@ -41,6 +45,6 @@ def test_groups_and_json(virtmesh: CliRun, run_dir: Path) -> None:
 def test_keys_are_in_virsh_order() -> None:
     keys = ["block.10.name", "net.0.rx.bytes", "block.2.name", "block.count", "cpu.time",
             "state.state", "vcpu.1.state", "balloon.current", "vcpu.0.state", "perf.cmt"]
-    assert sorted(keys, key=_stats_key_order) == [
+    assert sorted(keys, key=stats_key_order) == [
         "state.state", "cpu.time", "balloon.current", "vcpu.0.state", "vcpu.1.state",
         "net.0.rx.bytes", "block.2.name", "block.10.name", "block.count", "perf.cmt"]

@@ -35,7 +35,12 @@ def test_a_negative_id_is_refused_before_libvirt(stub: pb_grpc.ComputeServiceStu
     assert reason_of(error) == "INVALID_ID"
 
 
-def test_domname_and_domid(virtmesh: CliRun, run_dir: Path) -> None:
+def write(path: Path, name: str) -> Path:
+    path.write_text(domain_xml(name))
+    return path
+
+
+def test_domname_and_domid(virtmesh: CliRun, run_dir: Path, tmp_path: Path) -> None:
     socket = ("--socket", str(run_dir))
     code, out, err = virtmesh(*socket, "domid", "test")
     assert code == 0, err
@@ -46,5 +51,6 @@ def test_domname_and_domid(virtmesh: CliRun, run_dir: Path) -> None:
     assert virtmesh(*socket, "domname", uuid)[1].strip() == "test"
     code, _, err = virtmesh(*socket, "domname", "4242")
     assert code == 1 and "NOT_FOUND" in err
-    assert virtmesh(*socket, "destroy", "test")[0] == 0
-    assert virtmesh(*socket, "domid", "test")[1].strip() == "-"
+    # a domain of its own: test:///default is one driver per process, shared by tests
+    assert virtmesh(*socket, "define", str(write(tmp_path / "off.xml", "ids-off")))[0] == 0
+    assert virtmesh(*socket, "domid", "ids-off")[1].strip() == "-"

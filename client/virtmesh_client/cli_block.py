@@ -25,6 +25,7 @@ from virtmesh.types.v1.typed_params_pb2 import TypedParameter
 from virtmesh_client.cli_commands import XML_FILE, CommandFactory, Commands
 from virtmesh_client.cli_compute import DOMAIN
 from virtmesh_client.cli_fleet import UsageError
+from virtmesh_client.cli_jobs import POLL, bar
 from virtmesh_client.cli_output import (
     Output,
     byte_size,
@@ -35,12 +36,9 @@ from virtmesh_client.cli_output import (
     table,
     to_dict,
 )
-from virtmesh_client.cli_tuning import _assignment, _typed, _value
+from virtmesh_client.cli_tuning import assignment, parameter_value, typed_parameter
 from virtmesh_client.client import Client, ClientError
 
-#: seconds between two looks at a block job
-POLL = 0.25
-BAR = 30
 #: blkdeviotune's named options: virsh's, each a typed parameter of libvirt's
 IOTUNE_OPTIONS = ("total_bytes_sec", "read_bytes_sec", "write_bytes_sec", "total_iops_sec",
                   "read_iops_sec", "write_iops_sec", "total_bytes_sec_max",
@@ -143,7 +141,7 @@ def cmd_domblkinfo(client: Client, args: argparse.Namespace, out: Output) -> Non
 def cmd_domblkstat(client: Client, args: argparse.Namespace, out: Output) -> None:
     response = client.call("GetDomainBlockStats", pb.GetDomainBlockStatsRequest(
         name=args.name, disk=args.device or ""))
-    out.show(response, "\n".join(f"{args.device or ''} {p.name} {_value(p)}".lstrip()
+    out.show(response, "\n".join(f"{args.device or ''} {p.name} {parameter_value(p)}".lstrip()
                                  for p in response.parameters))
 
 
@@ -200,12 +198,13 @@ def cmd_blkdeviotune(client: Client, args: argparse.Namespace, out: Output) -> N
         wanted.append(("group_name", args.group_name))
     if wanted:
         current = read().parameters
-        changes: list[TypedParameter] = [_typed(name, value, current) for name, value in wanted]
+        changes: list[TypedParameter] = [typed_parameter(name, value, current)
+                                         for name, value in wanted]
         client.call("SetDomainBlockIoTune", pb.SetDomainBlockIoTuneRequest(
             name=args.name, disk=args.device, parameters=changes,
             scope=pb.Scope(live=args.live, config=args.config)))
     response = read()
-    out.show(response, fields((p.name, _value(p)) for p in response.parameters))
+    out.show(response, fields((p.name, parameter_value(p)) for p in response.parameters))
 
 
 def cmd_domblkthreshold(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -227,9 +226,7 @@ def job_name(info: Any) -> str:
 
 def progress_line(info: Any) -> str:
     """virsh's ``Block Copy: [ 42 %]`` with a bar."""
-    percent = 100.0 * info.cur / info.end if info.end else 0.0
-    done = round(BAR * percent / 100)
-    return f"{job_name(info)}: [{'#' * done}{'.' * (BAR - done)}] {percent:3.0f}%"
+    return f"{job_name(info)}: {bar(100.0 * info.cur / info.end if info.end else 0.0)}"
 
 
 def job_info(client: Client, name: str, disk: str) -> Any:
@@ -403,7 +400,7 @@ def register(command: CommandFactory) -> None:
         sub.add_argument(f"--{option.replace('_', '-')}", dest=option,
                          type=parse_bytes if "bytes" in option else int, metavar="N")
     sub.add_argument("--group-name", metavar="NAME", help="throttle group")
-    sub.add_argument("--set", type=_assignment, action="append", metavar="NAME=VALUE",
+    sub.add_argument("--set", type=assignment, action="append", metavar="NAME=VALUE",
                      help="change any parameter (repeatable)")
     sub.add_argument("--live", action="store_true", help="the running domain")
     sub.add_argument("--config", action="store_true", help="the persistent config")

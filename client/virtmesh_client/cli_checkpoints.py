@@ -21,7 +21,7 @@ from typing import Any
 
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 from virtmesh_client.cli_commands import XML_FILE, Argument, CommandFactory, Commands, Kind
-from virtmesh_client.cli_compute import _DOMAIN, DOMAIN
+from virtmesh_client.cli_compute import DOMAIN, DOMAIN_ARGUMENT
 from virtmesh_client.cli_fleet import UsageError
 from virtmesh_client.cli_jobs import POLL, progress_line
 from virtmesh_client.cli_output import Output, read_input, table, yes
@@ -29,9 +29,9 @@ from virtmesh_client.client import Client, ClientError
 
 #: a snapshot is named by its domain and its own name
 SNAPSHOT = Kind("Snapshot '{}'", (
-    _DOMAIN, Argument("snapshot", "SNAPSHOT", "snapshot name", field="snapshot")))
+    DOMAIN_ARGUMENT, Argument("snapshot", "SNAPSHOT", "snapshot name", field="snapshot")))
 CHECKPOINT = Kind("Checkpoint '{}'", (
-    _DOMAIN, Argument("checkpoint", "CHECKPOINT", "checkpoint name", field="checkpoint")))
+    DOMAIN_ARGUMENT, Argument("checkpoint", "CHECKPOINT", "checkpoint name", field="checkpoint")))
 
 
 def _text(parent: ET.Element, tag: str, text: str) -> None:

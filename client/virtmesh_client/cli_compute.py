@@ -50,8 +50,8 @@ STATES = enum_choices(pb.DomainState, "DOMAIN_STATE_")
 INT_ENUMS["virtmesh.compute.v1.VcpuStats.state"] = {
     0: "VCPU_STATE_OFFLINE", 1: "VCPU_STATE_RUNNING", 2: "VCPU_STATE_BLOCKED"}
 #: ``name`` is the argument the fleet looks for to find a domain's node
-_DOMAIN = Argument("name", "DOMAIN", "domain name or UUID")
-DOMAIN = Kind("Domain '{}'", (_DOMAIN,), response_field="domain")
+DOMAIN_ARGUMENT = Argument("name", "DOMAIN", "domain name or UUID")
+DOMAIN = Kind("Domain '{}'", (DOMAIN_ARGUMENT,), response_field="domain")
 
 
 def _state(value: int) -> str:
@@ -210,7 +210,7 @@ _DOMSTATS_GROUPS = {"state": pb.STAT_GROUP_STATE, "cpu_total": pb.STAT_GROUP_CPU
                     "interface": pb.STAT_GROUP_INTERFACE, "block": pb.STAT_GROUP_BLOCK}
 
 
-def _stats_key_order(key: str) -> tuple[object, ...]:
+def stats_key_order(key: str) -> tuple[object, ...]:
     """virsh's group order; within a group by name, numbered items (``block.10``)
     numerically (a protobuf map does not keep libvirt's order)."""
     group = key.split(".", 1)[0]
@@ -228,7 +228,7 @@ def cmd_domstats(client: Client, args: argparse.Namespace, out: Output) -> None:
     out.show(response, "\n\n".join(
         "\n".join([f"Domain: '{stats.name}'",
                    *(f"  {key}={stats.raw[key]}"
-                     for key in sorted(stats.raw, key=_stats_key_order))])
+                     for key in sorted(stats.raw, key=stats_key_order))])
         for stats in response.stats))
 
 

@@ -35,13 +35,18 @@ def _deadline(args: argparse.Namespace) -> float | None:
     return None if args.timeout in (DEFAULT_TIMEOUT, 0) else args.timeout
 
 
+def bar(percent: float) -> str:
+    """``[#####.....]  42%``"""
+    done = round(BAR * percent / 100)
+    return f"[{'#' * done}{'.' * (BAR - done)}] {percent:3.0f}%"
+
+
 def progress_line(job: Any) -> str:
     """``[#####.....]  42%  120.0 MiB of 512.0 MiB`` for a job with totals."""
-    done = round(BAR * job.percent / 100)
     total = job.data_total_bytes or job.memory_total_bytes
     processed = job.data_processed_bytes or job.memory_processed_bytes
     amounts = f"  {byte_size(processed)} of {byte_size(total)}" if total else ""
-    return f"[{'#' * done}{'.' * (BAR - done)}] {job.percent:3.0f}%{amounts}"
+    return bar(job.percent) + amounts
 
 
 def _follow(client: Client, name: str, finished: threading.Event) -> None:

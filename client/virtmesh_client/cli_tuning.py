@@ -50,14 +50,14 @@ def cpu_text(cpus: Iterable[int]) -> str:
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
 
-def _assignment(text: str) -> tuple[str, str]:
+def assignment(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"'{text}' is not NAME=VALUE")
     return name, value
 
 
-def _typed(name: str, text: str, current: Sequence[TypedParameter],
+def typed_parameter(name: str, text: str, current: Sequence[TypedParameter],
            sizes: frozenset[str] = frozenset()) -> TypedParameter:
     """``text`` in the field libvirt's current value of ``name`` has (a string for a
     name it lacks: the service says so); for a name of ``sizes``, KiB or a size with a
@@ -78,11 +78,11 @@ def _typed(name: str, text: str, current: Sequence[TypedParameter],
             return param
     except (ValueError, argparse.ArgumentTypeError):
         raise UsageError(f"{name}: '{text}' is not a "
-                         f"{field.removesuffix('_value')}") from None
+                         f"{field.removesuffix('parameter_value')}") from None
     return TypedParameter(name=name, string_value=text)
 
 
-def _value(param: TypedParameter) -> object:
+def parameter_value(param: TypedParameter) -> object:
     value = getattr(param, param.WhichOneof("value") or "string_value")
     return ("yes" if value else "no") if isinstance(value, bool) else value
 
@@ -101,12 +101,12 @@ def _tune(getter: str, setter: str, what: str, sizes: frozenset[str] = frozenset
         if args.set:
             # live and config are read as live (a getter takes one)
             current = read(pb.Scope(live=args.live, config=args.config and not args.live))
-            changes = [_typed(name, value, current.parameters, sizes)
+            changes = [typed_parameter(name, value, current.parameters, sizes)
                        for name, value in args.set]
             client.call(setter, getattr(pb, f"{setter}Request")(
                 name=args.name, scope=_scope(args), parameters=changes))
         response = read(pb.Scope(live=args.live, config=args.config and not args.live))
-        lines = [(p.name, _value(p)) for p in response.parameters]
+        lines = [(p.name, parameter_value(p)) for p in response.parameters]
         if getattr(response, "scheduler", ""):
             lines.insert(0, ("Scheduler", response.scheduler))
         out.show(response, fields(lines) if lines else f"no {what} parameters")
@@ -189,9 +189,9 @@ def cmd_vcpuinfo(client: Client, args: argparse.Namespace, out: Output) -> None:
 def cmd_cpu_stats(client: Client, args: argparse.Namespace, out: Output) -> None:
     stats = client.call("GetDomainCpuStats", pb.GetDomainCpuStatsRequest(
         name=args.name, start_cpu=args.start, cpu_count=args.count))
-    blocks = [f"CPU{cpu.cpu}:\n" + fields((p.name, _value(p)) for p in cpu.parameters)
+    blocks = [f"CPU{cpu.cpu}:\n" + fields((p.name, parameter_value(p)) for p in cpu.parameters)
               for cpu in stats.cpus]
-    blocks.append("Total:\n" + fields((p.name, _value(p)) for p in stats.total.parameters))
+    blocks.append("Total:\n" + fields((p.name, parameter_value(p)) for p in stats.total.parameters))
     out.show(stats, "\n".join(blocks))
 
 
@@ -242,9 +242,9 @@ def cmd_domiftune(client: Client, args: argparse.Namespace, out: Output) -> None
         current = read().parameters
         client.call("SetDomainInterfaceParameters", pb.SetDomainInterfaceParametersRequest(
             name=args.name, device=args.device, scope=_scope(args),
-            parameters=[_typed(name, value, current) for name, value in args.set]))
+            parameters=[typed_parameter(name, value, current) for name, value in args.set]))
     response = read()
-    out.show(response, fields((p.name, _value(p)) for p in response.parameters))
+    out.show(response, fields((p.name, parameter_value(p)) for p in response.parameters))
 
 
 def cmd_iothreadset(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -272,7 +272,7 @@ def cmd_setvcpu(client: Client, args: argparse.Namespace, out: Output) -> None:
 def cmd_domlaunchsecinfo(client: Client, args: argparse.Namespace, out: Output) -> None:
     info = client.call("GetDomainLaunchSecurityInfo",
                        pb.GetDomainLaunchSecurityInfoRequest(name=args.name))
-    out.show(info, fields((p.name, _value(p)) for p in info.parameters))
+    out.show(info, fields((p.name, parameter_value(p)) for p in info.parameters))
 
 
 def _add_scope(sub: argparse.ArgumentParser) -> None:
@@ -289,7 +289,7 @@ def register(command: CommandFactory) -> None:
         sizes = MEMORY_SIZES if name == "memtune" else frozenset()
         sub = domains.add(name, _tune(f"GetDomain{kind}", f"SetDomain{kind}", what, sizes),
                           f"show or change a domain's {what} parameters")
-        sub.add_argument("--set", type=_assignment, action="append", metavar="NAME=VALUE",
+        sub.add_argument("--set", type=assignment, action="append", metavar="NAME=VALUE",
                          help="change a parameter (repeatable)")
         _add_scope(sub)
     sub = domains.add("perf", cmd_perf, "show, enable or disable a domain's perf events")
@@ -342,12 +342,12 @@ def register(command: CommandFactory) -> None:
     sub = domains.add("domiftune", cmd_domiftune,
                       "show or change an interface's bandwidth parameters")
     sub.add_argument("device", metavar="DEVICE", help="the interface's target or MAC")
-    sub.add_argument("--set", type=_assignment, action="append", metavar="NAME=VALUE",
+    sub.add_argument("--set", type=assignment, action="append", metavar="NAME=VALUE",
                      help="change a parameter, such as inbound.average=1000 (repeatable)")
     _add_scope(sub)
     sub = domains.add("iothreadset", cmd_iothreadset, "change an IOThread's parameters")
     sub.add_argument("id", type=int, metavar="ID")
-    sub.add_argument("--set", type=_assignment, action="append", metavar="NAME=VALUE",
+    sub.add_argument("--set", type=assignment, action="append", metavar="NAME=VALUE",
                      required=True, help="such as poll_max_ns=32768 (repeatable)")
     _add_scope(sub)
     sub = domains.add("setvcpu", cmd_setvcpu, "enable or disable individual vCPUs")

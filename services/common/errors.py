@@ -91,6 +91,12 @@ def require(value: str, field: str) -> str:
     return value
 
 
+def invalid(message: str, reason: str = "VIR_ERR_INVALID_ARG") -> ServiceError:
+    """INVALID_ARGUMENT for a request refused before libvirt sees it; ``reason`` is
+    libvirt's code when libvirt would refuse it alike."""
+    return ServiceError(_C.INVALID_ARGUMENT, message, reason)
+
+
 #: libvirt reports some conditions only through a generic code; the message
 #: tells them apart. (libvirt code, message fragment) -> gRPC code.
 _REFINEMENTS: tuple[tuple[int, str, grpc.StatusCode], ...] = (

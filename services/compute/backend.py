@@ -74,6 +74,14 @@ DOMAIN_EVENTS = {
 }
 
 
+def must_run(dom: libvirt.virDomain) -> libvirt.virDomain:
+    """``dom``, or FAILED_PRECONDITION (libvirt's own code) when it is not running."""
+    if not dom.isActive():
+        raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"domain '{dom.name()}' is not running", "VIR_ERR_OPERATION_INVALID")
+    return dom
+
+
 @dataclass(frozen=True, slots=True)
 class Listed:
     """A listed domain and what the listing itself said about it (libvirt's list
@@ -239,8 +247,11 @@ class ComputeBackend(Backend):
         (services/compute/domain_calls.py): a guest that stopped answering gets a
         clear error, not every thread."""
         conn = self.conn
-        dom = by_name_or_uuid(name, conn.lookupByUUIDString, conn.lookupByName,
-                              libvirt.VIR_ERR_NO_DOMAIN)
+        return self._held(by_name_or_uuid(name, conn.lookupByUUIDString, conn.lookupByName,
+                                          libvirt.VIR_ERR_NO_DOMAIN))
+
+    def _held(self, dom: libvirt.virDomain) -> libvirt.virDomain:
+        """``dom``, its place among the calls waiting on it held for this call."""
         uuid = dom.UUIDString()
         call_scope.hold(("domain", uuid), lambda: self.stuck_calls.held(uuid, dom.name()))
         return dom
@@ -250,8 +261,7 @@ class ComputeBackend(Backend):
         if domain_id < 0:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"a domain ID is 0 or more, not {domain_id}", "INVALID_ID")
-        dom = self.conn.lookupByID(domain_id)
-        return self.lookup(dom.UUIDString())
+        return self._held(self.conn.lookupByID(domain_id))
 
     def list_domains(self, active: bool | None, persistent: bool | None,
              autostart: bool | None) -> list[libvirt.virDomain]:
@@ -461,12 +471,7 @@ class ComputeBackend(Backend):
 
     def running(self, name: str) -> libvirt.virDomain:
         """A domain that must be running for what is asked of it."""
-        dom = self.lookup(name)
-        if not dom.isActive():
-            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"domain '{dom.name()}' is not running",
-                               "VIR_ERR_OPERATION_INVALID")
-        return dom
+        return must_run(self.lookup(name))
 
     def open_console(self, name: str, device: str, force: bool) -> tuple[StreamSession, str]:
         """The console session and the console's alias."""

@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 import libvirt
 
-from services.common.errors import ServiceError, require
+from services.common.errors import ServiceError, invalid, require
 from services.compute.backend import ComputeBackend
 
 _INT_MAX = 2**31 - 1
@@ -33,10 +33,6 @@ MAX_SSH_KEYS = 2048
 #: how qemu-guest-agent refuses a command while the file systems are frozen (libvirt
 #: passes it on as an internal error)
 FROZEN = "the agent is in frozen state"
-
-
-def _invalid(message: str, reason: str = "VIR_ERR_INVALID_ARG") -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, reason)
 
 
 @contextlib.contextmanager
@@ -62,18 +58,18 @@ def _agent(dom: libvirt.virDomain) -> Iterator[None]:
 def _mountpoints(mountpoints: Sequence[str]) -> list[str] | None:
     """Mountpoints as libvirt takes them: None for all."""
     if len(mountpoints) > MAX_MOUNTPOINTS:
-        raise _invalid(f"mountpoints: at most {MAX_MOUNTPOINTS}")
+        raise invalid(f"mountpoints: at most {MAX_MOUNTPOINTS}")
     if any(not point for point in mountpoints):
-        raise _invalid("mountpoints: an empty mountpoint")
+        raise invalid("mountpoints: an empty mountpoint")
     if len(set(mountpoints)) != len(mountpoints):
-        raise _invalid("mountpoints: a mountpoint is repeated")
+        raise invalid("mountpoints: a mountpoint is repeated")
     return list(mountpoints) or None
 
 
 def _user(user: str) -> str:
     require(user, "user")
     if "\n" in user:
-        raise _invalid("user: one line")
+        raise invalid("user: one line")
     return user
 
 
@@ -107,7 +103,7 @@ class AgentBackend:
 
     def fs_trim(self, name: str, mountpoint: str, minimum: int) -> None:
         if mountpoint and not mountpoint.startswith("/"):
-            raise _invalid(f"mountpoint: '{mountpoint}' is not an absolute path")
+            raise invalid(f"mountpoint: '{mountpoint}' is not an absolute path")
         with self._running(name) as dom:
             dom.fSTrim(mountpoint or None, minimum, 0)
 
@@ -148,10 +144,10 @@ class AgentBackend:
         """Set the guest's clock to ``time`` (seconds, nanoseconds), or with ``sync``
         from its hardware clock."""
         if (time is None) == (not sync):
-            raise _invalid("give either time or sync, not both", "MISSING_FIELD"
+            raise invalid("give either time or sync, not both", "MISSING_FIELD"
                            if time is None else "VIR_ERR_INVALID_ARG")
         if time is not None and time[0] < 0:
-            raise _invalid("time: before 1970")
+            raise invalid("time: before 1970")
         with self._running(name) as dom:
             if sync:
                 dom.setTime(None, libvirt.VIR_DOMAIN_TIME_SYNC)
@@ -163,7 +159,7 @@ class AgentBackend:
         """The password goes to libvirt only: no log line, no message of ours names it."""
         user = _user(user)
         if not password:
-            raise _invalid("password is required", "MISSING_FIELD")
+            raise invalid("password is required", "MISSING_FIELD")
         flags = libvirt.VIR_DOMAIN_PASSWORD_ENCRYPTED if encrypted else 0
         with self._running(name) as dom:
             dom.setUserPassword(user, password, flags)
@@ -177,17 +173,17 @@ class AgentBackend:
         """``flags``: virDomainAuthorizedSSHKeysSetFlags (0: replace them all)."""
         user = _user(user)
         if len(keys) > MAX_SSH_KEYS:
-            raise _invalid(f"keys: at most {MAX_SSH_KEYS}")
+            raise invalid(f"keys: at most {MAX_SSH_KEYS}")
         if any(not key or "\n" in key for key in keys):
-            raise _invalid("keys: each key is one non-empty line")
+            raise invalid("keys: each key is one non-empty line")
         if not keys and flags:
-            raise _invalid("keys: name the keys to append or remove", "MISSING_FIELD")
+            raise invalid("keys: name the keys to append or remove", "MISSING_FIELD")
         with self._running(name) as dom:
             dom.authorizedSSHKeysSet(user, list(keys), flags)
 
     def set_agent_timeout(self, name: str, timeout: int) -> None:
         """``timeout``: seconds, or libvirt's BLOCK, NOWAIT or DEFAULT value."""
         if timeout > _INT_MAX:
-            raise _invalid(f"seconds: {timeout} is out of range")
+            raise invalid(f"seconds: {timeout} is out of range")
         with self._running(name) as dom:
             dom.agentSetResponseTimeout(timeout, 0)

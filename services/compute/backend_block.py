@@ -24,8 +24,8 @@ import grpc
 import libvirt
 
 from services.common import documents
-from services.common.errors import ServiceError, require
-from services.compute.backend import ComputeBackend
+from services.common.errors import ServiceError, invalid, require
+from services.compute.backend import ComputeBackend, must_run
 from services.compute.backend_tuning import call_in_range, checked_changes, one_scope
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,6 @@ NAME_MAX = 4096
 _FORMAT = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 
-def _invalid(message: str, reason: str = "VIR_ERR_INVALID_ARG") -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, reason)
-
-
 def checked_name(value: str, field: str) -> str:
     """A disk, device or layer name as libvirt may be handed it."""
     require(value, field)
@@ -53,29 +49,23 @@ def checked_name(value: str, field: str) -> str:
 
 def optional_name(value: str, field: str) -> str:
     if "\0" in value:
-        raise _invalid(f"{field} holds a NUL character")
+        raise invalid(f"{field} holds a NUL character")
     if len(value) > NAME_MAX:
-        raise _invalid(f"{field} is longer than {NAME_MAX} characters")
+        raise invalid(f"{field} is longer than {NAME_MAX} characters")
     return value
 
 
 def _peek_size(size: int) -> int:
     if not 0 < size <= PEEK_MAX:
-        raise _invalid(f"size: a peek reads 1 to {PEEK_MAX} bytes, not {size}",
+        raise invalid(f"size: a peek reads 1 to {PEEK_MAX} bytes, not {size}",
                        "PEEK_TOO_LARGE" if size else "MISSING_FIELD")
     return size
 
 
 def _bandwidth(value: int) -> int:
     if value > BANDWIDTH_MAX:
-        raise _invalid(f"bandwidth_bytes: at most {BANDWIDTH_MAX} bytes per second")
+        raise invalid(f"bandwidth_bytes: at most {BANDWIDTH_MAX} bytes per second")
     return value
-
-
-def _running(dom: libvirt.virDomain) -> None:
-    if not dom.isActive():
-        raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
-                           f"domain '{dom.name()}' is not running", "VIR_ERR_OPERATION_INVALID")
 
 
 def destination_path(text: str, reuse_external: bool, field: str = "path") -> Path:
@@ -83,7 +73,7 @@ def destination_path(text: str, reuse_external: bool, field: str = "path") -> Pa
     (then it must exist), in a directory that exists."""
     checked_name(text, field)
     if not os.path.isabs(text) or os.path.normpath(text) != text:
-        raise _invalid(f"{field} {text!r} is not an absolute path in normal form",
+        raise invalid(f"{field} {text!r} is not an absolute path in normal form",
                        "INVALID_PATH")
     path = Path(text)
     if reuse_external:
@@ -106,7 +96,7 @@ def destination_xml(path: Path, file_format: str) -> str:
     ET.SubElement(disk, "source", file=str(path))
     if file_format:
         if not _FORMAT.fullmatch(file_format):
-            raise _invalid(f"format {file_format!r} is not a format name (raw, qcow2, ...)")
+            raise invalid(f"format {file_format!r} is not a format name (raw, qcow2, ...)")
         ET.SubElement(disk, "driver", type=file_format)
     return ET.tostring(disk, encoding="unicode")
 
@@ -142,7 +132,7 @@ class BlockBackend:
     def block_stats(self, name: str, disk: str) -> dict[str, Any]:
         optional_name(disk, "disk")
         dom = self.compute.lookup(name)
-        _running(dom)
+        must_run(dom)
         return dict(dom.blockStatsFlags(disk, 0))
 
     def interface_stats(self, name: str, device: str) -> tuple[int, ...]:
@@ -158,7 +148,7 @@ class BlockBackend:
         checked_name(disk, "disk")
         _peek_size(size)
         if offset > BANDWIDTH_MAX:
-            raise _invalid(f"offset: at most {BANDWIDTH_MAX}")
+            raise invalid(f"offset: at most {BANDWIDTH_MAX}")
         return bytes(self.compute.lookup(name).blockPeek(disk, offset, size, 0))
 
     def memory_peek(self, name: str, address: int, size: int, physical: bool) -> bytes:
@@ -169,12 +159,12 @@ class BlockBackend:
     def resize(self, name: str, disk: str, size: int, shrink: bool) -> None:
         checked_name(disk, "disk")
         if not size:
-            raise _invalid("size_bytes: a disk has a size", "MISSING_FIELD")
+            raise invalid("size_bytes: a disk has a size", "MISSING_FIELD")
         dom = self.compute.lookup(name)
-        _running(dom)
+        must_run(dom)
         capacity = int(dom.blockInfo(disk, 0)[0])
         if size < capacity and not shrink:
-            raise _invalid(f"disk {disk} has {capacity} bytes: {size} would cut the guest's "
+            raise invalid(f"disk {disk} has {capacity} bytes: {size} would cut the guest's "
                            "data off (shrink to allow it)", "SHRINK_NOT_ASKED")
         call_in_range(dom.blockResize, disk, size, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
 
@@ -198,7 +188,7 @@ class BlockBackend:
     def _job_domain(self, name: str, disk: str) -> libvirt.virDomain:
         checked_name(disk, "disk")
         dom = self.compute.lookup(name)
-        _running(dom)
+        must_run(dom)
         return dom
 
     def copy(self, name: str, disk: str, xml: str, path: str, file_format: str,
@@ -214,7 +204,7 @@ class BlockBackend:
             xml = destination_xml(target, file_format)
             new_file = None if reuse else target
         else:
-            raise _invalid("say where to copy: destination_xml or destination_file",
+            raise invalid("say where to copy: destination_xml or destination_file",
                            "MISSING_FIELD")
         params = {libvirt.VIR_DOMAIN_BLOCK_COPY_BANDWIDTH: _bandwidth(bandwidth)} \
             if bandwidth else {}

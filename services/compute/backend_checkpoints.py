@@ -21,19 +21,15 @@ import grpc
 import libvirt
 
 from services.common import documents
-from services.common.errors import ServiceError, require
-from services.compute.backend import ComputeBackend
+from services.common.errors import ServiceError, invalid, require
+from services.compute.backend import ComputeBackend, must_run
 from services.compute.backend_jobs import SaveDir
-
-
-def _invalid(message: str, reason: str = "VIR_ERR_INVALID_ARG") -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, reason)
 
 
 def _name(text: str, what: str) -> str:
     require(text, what)
     if "\0" in text:
-        raise _invalid(f"the {what} name holds a NUL character")
+        raise invalid(f"the {what} name holds a NUL character")
     return text
 
 
@@ -72,9 +68,9 @@ class CheckpointsBackend:
     def create_checkpoint(self, name: str, xml: str, redefine: bool, quiesce: bool,
                           redefine_validate: bool) -> libvirt.virDomainCheckpoint:
         if redefine_validate and not redefine:
-            raise _invalid("redefine_validate goes with redefine", "CONFLICTING_FLAGS")
+            raise invalid("redefine_validate goes with redefine", "CONFLICTING_FLAGS")
         if redefine and not xml:
-            raise _invalid("redefine needs the checkpoint's XML", "MISSING_FIELD")
+            raise invalid("redefine needs the checkpoint's XML", "MISSING_FIELD")
         dom = self.backend.lookup(name)
         flags = ((libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE if redefine else 0)
                  | (libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_QUIESCE if quiesce else 0)
@@ -108,7 +104,7 @@ class CheckpointsBackend:
     def delete_checkpoint(self, name: str, checkpoint: str, children: bool,
                           children_only: bool, metadata_only: bool) -> None:
         if children and children_only:
-            raise _invalid("children and children_only exclude each other",
+            raise invalid("children and children_only exclude each other",
                            "CONFLICTING_FLAGS")
         self.checkpoint(name, checkpoint).delete(
             (libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_CHILDREN if children else 0)
@@ -123,19 +119,15 @@ class CheckpointsBackend:
         if checkpoint_xml:
             documents.check(checkpoint_xml, "checkpoint_xml", root="domaincheckpoint")
             self.backend.sandbox.parse("checkpoint", checkpoint_xml)
-        dom = self.backend.lookup(name)
-        if not dom.isActive():
-            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"domain '{dom.name()}' is not running",
-                               "VIR_ERR_OPERATION_INVALID")
+        dom = must_run(self.backend.lookup(name))
         backup = ET.fromstring(backup_xml)
         if backup.get("mode", "push") != "push":
-            raise _invalid("only push-mode backups (to files in the save directory) are "
+            raise invalid("only push-mode backups (to files in the save directory) are "
                            "offered", "PULL_MODE")
         listed = dict(self._backup_targets(backup, reuse_external))
         for disk in _backed_up_disks(dom):
             if disk not in listed:
-                raise _invalid(
+                raise invalid(
                     f"the backup XML does not name disk '{disk}' of domain '{dom.name()}': "
                     f"give it a <target file='...'/> in {self.save_dir.root} or "
                     "backup='no'", "BACKUP_DISK_UNNAMED")
@@ -151,17 +143,17 @@ class CheckpointsBackend:
         for disk in backup.iterfind("disks/disk"):
             disk_name = disk.get("name") or ""
             if not disk_name:
-                raise _invalid("a <disk> of the backup XML has no name", "VIR_ERR_XML_ERROR")
+                raise invalid("a <disk> of the backup XML has no name", "VIR_ERR_XML_ERROR")
             if disk.get("backup", "yes") == "no":
                 yield disk_name, ""
                 continue
             if disk.get("type", "file") != "file":
-                raise _invalid(f"disk '{disk_name}': only file targets are offered",
+                raise invalid(f"disk '{disk_name}': only file targets are offered",
                                "BACKUP_TARGET")
             target = disk.find("target")
             path = target.get("file", "") if target is not None else ""
             if not path:
-                raise _invalid(f"disk '{disk_name}' needs a <target file='...'/> in "
+                raise invalid(f"disk '{disk_name}' needs a <target file='...'/> in "
                                f"{self.save_dir.root}", "BACKUP_TARGET")
             if reuse_external:
                 self.save_dir.existing_file(path)

@@ -20,7 +20,7 @@ import grpc
 import libvirt
 
 from services.common import documents
-from services.common.errors import ServiceError, require
+from services.common.errors import ServiceError, invalid, require
 from services.compute.backend import ComputeBackend
 
 #: libvirt's remote protocol bounds (REMOTE_NODE_MAX_CELLS, REMOTE_CPU_BASELINE_MAX)
@@ -33,14 +33,10 @@ MAX_NATIVE_BYTES = documents.DEFAULT_LIMITS.max_bytes
 _INT_MAX = 2**31 - 1
 
 
-def _invalid(message: str, reason: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, reason)
-
-
 def _cpu_documents(xml_cpus: Sequence[str]) -> list[str]:
     """CPU descriptions fit for libvirt's CPU parser."""
     if not 1 <= len(xml_cpus) <= MAX_BASELINE_CPUS:
-        raise _invalid(f"give 1 to {MAX_BASELINE_CPUS} CPU descriptions, not {len(xml_cpus)}",
+        raise invalid(f"give 1 to {MAX_BASELINE_CPUS} CPU descriptions, not {len(xml_cpus)}",
                        "INVALID_CPU_COUNT")
     for index, xml in enumerate(xml_cpus):
         documents.check(xml, f"xml_cpus[{index}]", root="cpu")
@@ -52,7 +48,7 @@ def _native_config(config: str) -> str:
     it, as in any string field, the skeleton refuses before: services/common/requests.py)."""
     require(config, "config")
     if len(config.encode("utf-8", "surrogatepass")) > MAX_NATIVE_BYTES:
-        raise _invalid(f"config: more than the {MAX_NATIVE_BYTES} bytes libvirt accepts",
+        raise invalid(f"config: more than the {MAX_NATIVE_BYTES} bytes libvirt accepts",
                        "DOCUMENT_TOO_LARGE")
     return config
 
@@ -60,7 +56,7 @@ def _native_config(config: str) -> str:
 def _number(value: int, field: str) -> int:
     """A number libvirt takes as a C int."""
     if value > _INT_MAX:
-        raise _invalid(f"{field}: {value} is out of range", "VIR_ERR_INVALID_ARG")
+        raise invalid(f"{field}: {value} is out of range", "VIR_ERR_INVALID_ARG")
     return value
 
 
@@ -182,7 +178,7 @@ class HostBackend:
     def alloc_pages(self, pages: dict[int, int], start: int, count: int, flags: int) -> int:
         """Cells changed; ``flags``: VIR_NODE_ALLOC_PAGES_ADD or _SET."""
         if not pages:
-            raise _invalid("pages: name at least one page size and count", "MISSING_FIELD")
+            raise invalid("pages: name at least one page size and count", "MISSING_FIELD")
         self._page_sizes(list(pages))
         start, count = self._cells(start, count)
         return int(self.conn.allocPages(pages, start, count, flags))
@@ -195,7 +191,7 @@ class HostBackend:
         offered = sorted(int(page.get("size", "0")) for page in pages)
         unknown = sorted(set(sizes_kib) - set(offered))
         if unknown:
-            raise _invalid(f"page size(s) {unknown} KiB: the host offers "
+            raise invalid(f"page size(s) {unknown} KiB: the host offers "
                            f"{', '.join(map(str, offered))} KiB", "VIR_ERR_INVALID_ARG")
         return list(sizes_kib) or offered
 
@@ -204,7 +200,7 @@ class HostBackend:
 
     def _check_cell(self, cell: int, cells: int) -> None:
         if cell >= cells:
-            raise _invalid(f"the host has {cells} NUMA cell(s), numbered from 0; there is no "
+            raise invalid(f"the host has {cells} NUMA cell(s), numbered from 0; there is no "
                            f"cell {cell}", "VIR_ERR_INVALID_ARG")
 
     def _cells(self, start: int, count: int) -> tuple[int, int]:
@@ -222,7 +218,7 @@ class HostBackend:
     def set_memory_parameters(self, changes: dict[str, int]) -> dict[str, int]:
         """Change the KSM settings in ``changes``; all of them afterwards."""
         if not changes:
-            raise _invalid("set at least one parameter", "MISSING_FIELD")
+            raise invalid("set at least one parameter", "MISSING_FIELD")
         self.conn.setMemoryParameters(changes, 0)
         return self.memory_parameters()
 
@@ -242,9 +238,9 @@ class HostBackend:
                 "allow_node_suspend = true in [services.compute] to allow it",
                 "NODE_SUSPEND_DISABLED")
         if target is None:
-            raise _invalid("target: say mem, disk or hybrid", "MISSING_FIELD")
+            raise invalid("target: say mem, disk or hybrid", "MISSING_FIELD")
         if not MIN_SUSPEND_SECONDS <= duration_seconds <= _INT_MAX:
-            raise _invalid(f"duration_seconds: at least {MIN_SUSPEND_SECONDS}",
+            raise invalid(f"duration_seconds: at least {MIN_SUSPEND_SECONDS}",
                            "VIR_ERR_INVALID_ARG")
         self.conn.suspendForDuration(target, duration_seconds, 0)
 

@@ -24,7 +24,7 @@ import libvirt
 from services.common.call_end import CallWatch
 from services.common.errors import ServiceError, require
 from services.common.libvirt_identity import adopt_system_identity
-from services.compute.backend import ComputeBackend
+from services.compute.backend import ComputeBackend, must_run
 from services.compute.domain_calls import DOMAIN_CALLS, DomainCalls
 
 log = logging.getLogger(__name__)
@@ -94,12 +94,6 @@ def _bypass(bypass_cache: bool) -> int:
     return libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE if bypass_cache else 0
 
 
-def _running(dom: libvirt.virDomain) -> None:
-    if not dom.isActive():
-        raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
-                           f"domain '{dom.name()}' is not running", "VIR_ERR_OPERATION_INVALID")
-
-
 def _abort_job(dom: libvirt.virDomain) -> Callable[[], None]:
     def abort() -> None:
         adopt_system_identity()  # a thread of its own, into an embedded driver
@@ -144,7 +138,7 @@ class JobsBackend:
         target = self.save_dir.new_file(path)
         flags = resume | _bypass(bypass_cache)
         with self._domain(name) as dom:
-            _running(dom)
+            must_run(dom)
             with _no_file_left(target), watch.guard(f"saving domain '{dom.name()}'",
                                                     _abort_job(dom)):
                 self._document(lambda dxml, *args: dom.saveFlags(str(target), dxml, *args),
@@ -193,7 +187,7 @@ class JobsBackend:
     def managed_save(self, name: str, resume: int, bypass_cache: bool,
                      watch: CallWatch) -> None:
         with self._domain(name) as dom:
-            _running(dom)
+            must_run(dom)
             with watch.guard(f"saving domain '{dom.name()}'", _abort_job(dom)):
                 dom.managedSave(resume | _bypass(bypass_cache))
 
@@ -236,7 +230,7 @@ class JobsBackend:
                  | (libvirt.VIR_DUMP_LIVE if live else 0)
                  | (libvirt.VIR_DUMP_BYPASS_CACHE if bypass_cache else 0))
         with self._domain(name) as dom:
-            _running(dom)
+            must_run(dom)
             with _no_file_left(target), watch.guard(f"dumping domain '{dom.name()}'",
                                                     _abort_job(dom)):
                 dom.coreDumpWithFormat(str(target), dump_format, flags)

@@ -15,8 +15,8 @@ import grpc
 import libvirt
 
 from services.common import documents
-from services.common.errors import ServiceError, require
-from services.compute.backend import ComputeBackend
+from services.common.errors import ServiceError, invalid, require
+from services.compute.backend import ComputeBackend, must_run
 
 #: the seconds QEMU measures a dirty rate for (its calc-time bounds)
 DIRTY_RATE_SECONDS = range(1, 61)
@@ -33,24 +33,20 @@ CRASH_ONLY_ACTIONS = frozenset((libvirt.VIR_DOMAIN_LIFECYCLE_ACTION_COREDUMP_DES
                                 libvirt.VIR_DOMAIN_LIFECYCLE_ACTION_COREDUMP_RESTART))
 
 
-def _invalid(message: str, reason: str = "VIR_ERR_INVALID_ARG") -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, reason)
-
-
 def check_new_name(name: str) -> None:
     """A domain name libvirt accepts and makes file names of: what DefineDomain's
     document check allows of a <name>, and no '/' (libvirt's own rule)."""
     require(name, "new_name")
     limit = documents.DEFAULT_LIMITS.max_name_bytes
     if "\0" in name:
-        raise _invalid("new_name holds a NUL character")
+        raise invalid("new_name holds a NUL character")
     if "/" in name:
-        raise _invalid(f"new_name {name!r} holds a '/'")
+        raise invalid(f"new_name {name!r} holds a '/'")
     if len(name.encode("utf-8", "surrogatepass")) > limit:
-        raise _invalid(f"new_name is longer than {limit} bytes (libvirt makes file names "
+        raise invalid(f"new_name is longer than {limit} bytes (libvirt makes file names "
                        "of it)", "NAME_TOO_LONG")
     if name != name.strip() or any(ord(char) < 32 for char in name):
-        raise _invalid(f"new_name {name!r} has control characters or surrounding space")
+        raise invalid(f"new_name {name!r} has control characters or surrounding space")
 
 
 class LifecycleBackend:
@@ -65,7 +61,7 @@ class LifecycleBackend:
     def pm_suspend(self, name: str, target: int, duration_seconds: int) -> None:
         """``target``: a VIR_NODE_SUSPEND_TARGET_*."""
         if duration_seconds > _LLONG_MAX:
-            raise _invalid(f"duration_seconds: {duration_seconds} is out of range")
+            raise invalid(f"duration_seconds: {duration_seconds} is out of range")
         dom = self.compute.running(name)
         if dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
             raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -101,7 +97,7 @@ class LifecycleBackend:
                                f"domain '{dom.name()}' is running: shut it down to rename it",
                                "VIR_ERR_OPERATION_INVALID")
         if new_name == dom.name():
-            raise _invalid(f"domain '{new_name}' already has that name")
+            raise invalid(f"domain '{new_name}' already has that name")
         try:
             self.compute.conn.lookupByName(new_name)
         except libvirt.libvirtError as error:
@@ -119,7 +115,7 @@ class LifecycleBackend:
     def send_process_signal(self, name: str, pid: int, signal: int) -> None:
         """``signal``: a VIR_DOMAIN_PROCESS_SIGNAL_*."""
         if pid < 1:
-            raise _invalid(f"pid: {pid} is not a process id")
+            raise invalid(f"pid: {pid} is not a process id")
         self.compute.running(name).sendProcessSignal(pid, signal, 0)
 
     # -- lifecycle actions, messages, vCPU counts, dirty rates -------------------
@@ -128,12 +124,10 @@ class LifecycleBackend:
         """``kind``: a VIR_DOMAIN_LIFECYCLE_*, ``action`` a
         VIR_DOMAIN_LIFECYCLE_ACTION_*, ``flags`` AFFECT_*."""
         if kind != libvirt.VIR_DOMAIN_LIFECYCLE_CRASH and action in CRASH_ONLY_ACTIONS:
-            raise _invalid("the coredump actions are for crashes only")
+            raise invalid("the coredump actions are for crashes only")
         dom = self.compute.lookup(name)
-        if flags & _LIVE and not dom.isActive():
-            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"domain '{dom.name()}' is not running",
-                               "VIR_ERR_OPERATION_INVALID")
+        if flags & _LIVE:
+            must_run(dom)
         dom.setLifecycleAction(kind, action, flags)
 
     def messages(self, name: str, flags: int) -> list[str]:
@@ -143,15 +137,13 @@ class LifecycleBackend:
     def vcpu_count(self, name: str, scope: int, maximum: bool, guest: bool) -> int:
         """``scope``: AFFECT_LIVE, AFFECT_CONFIG or neither."""
         if scope & _LIVE and scope & _CONFIG:
-            raise _invalid("a vCPU count is live or config, not both", "CONFLICTING_FLAGS")
+            raise invalid("a vCPU count is live or config, not both", "CONFLICTING_FLAGS")
         if guest and (scope & _CONFIG or maximum):
-            raise _invalid("the guest counts its current vCPUs, live only",
+            raise invalid("the guest counts its current vCPUs, live only",
                            "CONFLICTING_FLAGS")
         dom = self.compute.lookup(name)
-        if (guest or scope & _LIVE) and not dom.isActive():
-            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"domain '{dom.name()}' is not running",
-                               "VIR_ERR_OPERATION_INVALID")
+        if guest or scope & _LIVE:
+            must_run(dom)
         flags = (scope | (libvirt.VIR_DOMAIN_VCPU_MAXIMUM if maximum else 0)
                  | (libvirt.VIR_DOMAIN_VCPU_GUEST if guest else 0))
         return int(dom.vcpusFlags(flags))
@@ -160,7 +152,7 @@ class LifecycleBackend:
         """``seconds``: 0 is 1, as virsh; ``flags``: a VIR_DOMAIN_DIRTYRATE_MODE_* or 0."""
         seconds = seconds or 1
         if seconds not in DIRTY_RATE_SECONDS:
-            raise _invalid(f"calc_seconds: {seconds} is outside 1 to 60")
+            raise invalid(f"calc_seconds: {seconds} is outside 1 to 60")
         dom = self.compute.running(name)
         if (flags & libvirt.VIR_DOMAIN_DIRTYRATE_MODE_DIRTY_BITMAP
                 and ET.fromstring(dom.XMLDesc(0)).get("type") == "qemu"):

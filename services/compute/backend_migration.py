@@ -26,7 +26,7 @@ import libvirt
 
 from services.common import documents
 from services.common.call_end import CallWatch
-from services.common.errors import ServiceError, require
+from services.common.errors import ServiceError, invalid, require
 from services.compute.backend import ComputeBackend
 from services.compute.backend_jobs import JobsBackend, _abort_job
 
@@ -50,46 +50,42 @@ COMPRESSION_METHODS = frozenset({"xbzrle", "mt", "zlib", "zstd"})
 _MAX_TEXT = 1024
 
 
-def _invalid(message: str, reason: str = "VIR_ERR_INVALID_ARG") -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, reason)
-
-
 def _plain_text(value: str, field: str) -> None:
     if len(value) > _MAX_TEXT:
-        raise _invalid(f"{field} is longer than {_MAX_TEXT} characters")
+        raise invalid(f"{field} is longer than {_MAX_TEXT} characters")
     if any(ord(char) < 0x20 or ord(char) == 0x7f for char in value):
-        raise _invalid(f"{field} holds a NUL or control character")
+        raise invalid(f"{field} holds a NUL or control character")
 
 
 def check_destination_uri(uri: str) -> str:
     """``uri`` once it is a libvirt URI a domain may be migrated to."""
     require(uri, "destination_uri")
     if len(uri) > MAX_URI:
-        raise _invalid(f"destination_uri is longer than {MAX_URI} characters", "INVALID_URI")
+        raise invalid(f"destination_uri is longer than {MAX_URI} characters", "INVALID_URI")
     if any(ord(char) < 0x21 or ord(char) == 0x7f for char in uri):
-        raise _invalid("destination_uri holds a NUL, space or control character",
+        raise invalid("destination_uri holds a NUL, space or control character",
                        "INVALID_URI")
     try:
         parts = urlsplit(uri)
         parts.port  # noqa: B018 - a malformed port raises here
     except ValueError as error:
-        raise _invalid(f"destination_uri {uri!r} is malformed: {error}", "INVALID_URI") from None
+        raise invalid(f"destination_uri {uri!r} is malformed: {error}", "INVALID_URI") from None
     if parts.query or parts.fragment or uri.endswith(("?", "#")):
-        raise _invalid(f"destination_uri {uri!r}: no query or fragment (libvirt's URI "
+        raise invalid(f"destination_uri {uri!r}: no query or fragment (libvirt's URI "
                        "parameters name local files and programs)", "INVALID_URI")
     if parts.scheme not in SCHEMES:
-        raise _invalid(f"destination_uri {uri!r}: the scheme must be one of "
+        raise invalid(f"destination_uri {uri!r}: the scheme must be one of "
                        f"{', '.join(sorted(SCHEMES))}", "INVALID_URI")
     if parts.path not in PATHS:
-        raise _invalid(f"destination_uri {uri!r} must name /system or /session",
+        raise invalid(f"destination_uri {uri!r} must name /system or /session",
                        "INVALID_URI")
     if parts.scheme == "qemu" and parts.netloc:
-        raise _invalid(f"destination_uri {uri!r}: a remote host needs a transport "
+        raise invalid(f"destination_uri {uri!r}: a remote host needs a transport "
                        "(qemu+ssh, qemu+tcp, qemu+tls, ...)", "INVALID_URI")
     if parts.scheme in ("qemu+unix",) and parts.hostname:
-        raise _invalid(f"destination_uri {uri!r}: qemu+unix names no host", "INVALID_URI")
+        raise invalid(f"destination_uri {uri!r}: qemu+unix names no host", "INVALID_URI")
     if parts.scheme not in ("qemu", "qemu+unix") and not parts.hostname:
-        raise _invalid(f"destination_uri {uri!r} names no host", "INVALID_URI")
+        raise invalid(f"destination_uri {uri!r} names no host", "INVALID_URI")
     return uri
 
 
@@ -99,16 +95,16 @@ def check_flags(flags: int) -> None:
         return bool(flags & flag)
 
     if has(libvirt.VIR_MIGRATE_NON_SHARED_DISK) and has(libvirt.VIR_MIGRATE_NON_SHARED_INC):
-        raise _invalid("non_shared_disk and non_shared_inc exclude each other",
+        raise invalid("non_shared_disk and non_shared_inc exclude each other",
                        "CONFLICTING_FLAGS")
     if has(libvirt.VIR_MIGRATE_TUNNELLED) and not has(libvirt.VIR_MIGRATE_PEER2PEER):
-        raise _invalid("tunnelled needs peer2peer", "CONFLICTING_FLAGS")
+        raise invalid("tunnelled needs peer2peer", "CONFLICTING_FLAGS")
     if has(libvirt.VIR_MIGRATE_OFFLINE) and (has(libvirt.VIR_MIGRATE_LIVE)
                                              or not has(libvirt.VIR_MIGRATE_PERSIST_DEST)):
-        raise _invalid("offline needs persist_dest and excludes live", "CONFLICTING_FLAGS")
+        raise invalid("offline needs persist_dest and excludes live", "CONFLICTING_FLAGS")
     if has(libvirt.VIR_MIGRATE_TUNNELLED) and (has(libvirt.VIR_MIGRATE_PARALLEL)
                                                or has(libvirt.VIR_MIGRATE_TLS)):
-        raise _invalid("tunnelled excludes parallel and tls", "CONFLICTING_FLAGS")
+        raise invalid("tunnelled excludes parallel and tls", "CONFLICTING_FLAGS")
 
 
 def check_parameters(params: Mapping[str, Any], flags: int) -> dict[str, Any]:
@@ -124,27 +120,27 @@ def check_parameters(params: Mapping[str, Any], flags: int) -> dict[str, Any]:
     for name in (libvirt.VIR_MIGRATE_PARAM_BANDWIDTH,
                  libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY):
         if params.get(name, 0) > MAX_BANDWIDTH:
-            raise _invalid(f"{name}: at most {MAX_BANDWIDTH} MiB/s")
+            raise invalid(f"{name}: at most {MAX_BANDWIDTH} MiB/s")
     disks = params.get(libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS, [])
     for disk in disks:
         require(disk, "parameters.disks[]")
         _plain_text(disk, "parameters.disks[]")
     if len(set(disks)) != len(disks):
-        raise _invalid("parameters.disks names a disk twice", "DUPLICATE_PARAMETER")
+        raise invalid("parameters.disks names a disk twice", "DUPLICATE_PARAMETER")
     if disks and not flags & (libvirt.VIR_MIGRATE_NON_SHARED_DISK
                               | libvirt.VIR_MIGRATE_NON_SHARED_INC):
-        raise _invalid("parameters.disks goes with non_shared_disk or non_shared_inc",
+        raise invalid("parameters.disks goes with non_shared_disk or non_shared_inc",
                        "CONFLICTING_FLAGS")
     methods = params.get(libvirt.VIR_MIGRATE_PARAM_COMPRESSION, [])
     unknown = set(methods) - COMPRESSION_METHODS
     if unknown:
-        raise _invalid(f"parameters.compression: unknown method(s) {sorted(unknown)}; "
+        raise invalid(f"parameters.compression: unknown method(s) {sorted(unknown)}; "
                        f"libvirt has {', '.join(sorted(COMPRESSION_METHODS))}")
     if methods and not flags & libvirt.VIR_MIGRATE_COMPRESSED:
-        raise _invalid("parameters.compression goes with compressed", "CONFLICTING_FLAGS")
+        raise invalid("parameters.compression goes with compressed", "CONFLICTING_FLAGS")
     if (params.get(libvirt.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS)
             and not flags & libvirt.VIR_MIGRATE_PARALLEL):
-        raise _invalid("parameters.parallel_connections goes with parallel",
+        raise invalid("parameters.parallel_connections goes with parallel",
                        "CONFLICTING_FLAGS")
     for name in (libvirt.VIR_MIGRATE_PARAM_COMPRESSION_MT_LEVEL,
                  libvirt.VIR_MIGRATE_PARAM_COMPRESSION_MT_THREADS,
@@ -152,9 +148,9 @@ def check_parameters(params: Mapping[str, Any], flags: int) -> dict[str, Any]:
                  libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL,
                  libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT):
         if params.get(name, 0) < 0:
-            raise _invalid(f"{name}: negative")
+            raise invalid(f"{name}: negative")
     if params.get(libvirt.VIR_MIGRATE_PARAM_DISKS_PORT, 0) > 65535:
-        raise _invalid(f"{libvirt.VIR_MIGRATE_PARAM_DISKS_PORT}: not a port")
+        raise invalid(f"{libvirt.VIR_MIGRATE_PARAM_DISKS_PORT}: not a port")
     return dict(params)
 
 
@@ -191,7 +187,7 @@ def _destination(uri: str) -> Iterator[libvirt.virConnect]:
 
 def _bounded(value: int, largest: int, field: str) -> int:
     if value > largest:
-        raise _invalid(f"{field}: {value} is above the largest, {largest}")
+        raise invalid(f"{field}: {value} is above the largest, {largest}")
     return value
 
 
@@ -239,7 +235,7 @@ class MigrationBackend:
 
     def set_max_downtime(self, name: str, downtime_ms: int) -> None:
         if not downtime_ms:
-            raise _invalid("downtime_ms: at least 1", "MISSING_FIELD")
+            raise invalid("downtime_ms: at least 1", "MISSING_FIELD")
         _bounded(downtime_ms, _ULONG_MAX, "downtime_ms")
         self.compute.lookup(name).migrateSetMaxDowntime(downtime_ms, 0)
 
@@ -250,10 +246,10 @@ class MigrationBackend:
     def set_compression_cache(self, name: str, size: int) -> None:
         """QEMU takes a power of two of at least a page (libvirt passes it on)."""
         if not size:
-            raise _invalid("cache_bytes: at least 1", "MISSING_FIELD")
+            raise invalid("cache_bytes: at least 1", "MISSING_FIELD")
         _bounded(size, _ULONG_MAX, "cache_bytes")
         if size & (size - 1) or size < mmap.PAGESIZE:
-            raise _invalid(f"cache_bytes: {size} is not a power of two of at least "
+            raise invalid(f"cache_bytes: {size} is not a power of two of at least "
                            f"{mmap.PAGESIZE}")
         self.compute.lookup(name).migrateSetCompressionCache(size, 0)
 

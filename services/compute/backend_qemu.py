@@ -18,8 +18,8 @@ import grpc
 import libvirt
 import libvirt_qemu
 
-from services.common.errors import ServiceError, require
-from services.compute.backend import ComputeBackend
+from services.common.errors import ServiceError, invalid, require
+from services.compute.backend import ComputeBackend, must_run
 
 #: the longest command sent (agent commands may carry a file's data, base64)
 MAX_COMMAND = 1 << 20
@@ -36,7 +36,7 @@ Emit = Callable[[str, str, str, int, int, str], None]
 
 
 def _invalid(message: str, reason: str = "INVALID_COMMAND") -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, reason)
+    return invalid(message, reason)
 
 
 def check_json_command(command: str, field: str = "command") -> str:
@@ -66,13 +66,6 @@ def check_hmp_command(command: str) -> str:
     return command
 
 
-def _running(dom: libvirt.virDomain) -> libvirt.virDomain:
-    if not dom.isActive():
-        raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
-                           f"domain '{dom.name()}' is not running", "VIR_ERR_OPERATION_INVALID")
-    return dom
-
-
 class QemuBackend:
     """The libvirt side of the QEMU passthrough RPCs."""
 
@@ -86,7 +79,7 @@ class QemuBackend:
             timeout = libvirt_qemu.VIR_DOMAIN_QEMU_AGENT_COMMAND_DEFAULT
         elif timeout > MAX_AGENT_TIMEOUT:
             raise _invalid(f"timeout_seconds: at most {MAX_AGENT_TIMEOUT}", "VIR_ERR_INVALID_ARG")
-        dom = _running(self.compute.lookup(name))
+        dom = must_run(self.compute.lookup(name))
         try:
             return str(libvirt_qemu.qemuAgentCommand(dom, command, timeout, 0))
         except libvirt.libvirtError as error:
@@ -103,7 +96,7 @@ class QemuBackend:
             check_hmp_command(command)
         else:
             check_json_command(command)
-        dom = _running(self.compute.lookup(name))
+        dom = must_run(self.compute.lookup(name))
         flags = libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP if hmp else 0
         return str(libvirt_qemu.qemuMonitorCommand(dom, command, flags))
 

@@ -19,8 +19,8 @@ import grpc
 import libvirt
 
 from services.common import documents
-from services.common.errors import ServiceError, require
-from services.compute.backend import ComputeBackend
+from services.common.errors import ServiceError, invalid, require
+from services.compute.backend import ComputeBackend, must_run
 
 #: typed-parameter getters take one scope, never both (libvirt refuses it with a
 #: message that does not say so)
@@ -36,13 +36,9 @@ IOTHREAD_PARAMETERS = {name: 0 for name in (
     libvirt.VIR_DOMAIN_IOTHREAD_THREAD_POOL_MAX)}
 
 
-def _invalid(message: str, reason: str = "VIR_ERR_INVALID_ARG") -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, reason)
-
-
 def one_scope(flags: int) -> int:
     if flags & _BOTH == _BOTH:
-        raise _invalid("a getter reads live or config, not both", "CONFLICTING_FLAGS")
+        raise invalid("a getter reads live or config, not both", "CONFLICTING_FLAGS")
     return flags
 
 
@@ -59,13 +55,13 @@ def checked_changes(changes: Mapping[str, Any], current: Mapping[str, Any]) -> d
     """``changes``, once every name is one of ``current``'s and its value of the type
     libvirt gives that name."""
     if not changes:
-        raise _invalid("give at least one parameter to change", "MISSING_FIELD")
+        raise invalid("give at least one parameter to change", "MISSING_FIELD")
     for name, value in changes.items():
         if name not in current:
-            raise _invalid(f"unknown parameter {name!r}; the domain has "
+            raise invalid(f"unknown parameter {name!r}; the domain has "
                            f"{', '.join(sorted(current))}", "UNKNOWN_PARAMETER")
         if not _same_type(value, current[name]):
-            raise _invalid(f"parameter {name!r} takes a {type(current[name]).__name__}, "
+            raise invalid(f"parameter {name!r} takes a {type(current[name]).__name__}, "
                            f"not a {type(value).__name__}", "INVALID_PARAMETER_TYPE")
     return dict(changes)
 
@@ -77,17 +73,17 @@ def call_in_range(setter: Callable[..., Any], *args: Any) -> Any:
     try:
         return setter(*args)
     except OverflowError as error:
-        raise _invalid(f"a parameter is out of range: {error}", "INVALID_PARAMETER_TYPE") \
+        raise invalid(f"a parameter is out of range: {error}", "INVALID_PARAMETER_TYPE") \
             from None
 
 
 def _cpumap(cpus: Sequence[int], host_cpus: int) -> tuple[bool, ...]:
     """libvirt-python's CPU map of ``cpus``: at least one, each one the host has."""
     if not cpus:
-        raise _invalid("give at least one host CPU", "MISSING_FIELD")
+        raise invalid("give at least one host CPU", "MISSING_FIELD")
     wrong = sorted(cpu for cpu in set(cpus) if cpu >= host_cpus)
     if wrong:
-        raise _invalid(f"the host has CPUs 0 to {host_cpus - 1}, not {wrong}")
+        raise invalid(f"the host has CPUs 0 to {host_cpus - 1}, not {wrong}")
     wanted = set(cpus)
     return tuple(cpu in wanted for cpu in range(host_cpus))
 
@@ -174,7 +170,7 @@ class TuningBackend:
 
     def set_memory_stats_period(self, name: str, seconds: int, flags: int) -> None:
         if seconds > _INT_MAX:
-            raise _invalid(f"period_seconds: {seconds} is out of range")
+            raise invalid(f"period_seconds: {seconds} is out of range")
         dom = self.compute.lookup(name)
         inactive = flags & libvirt.VIR_DOMAIN_AFFECT_CONFIG or not dom.isActive()
         balloon = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if inactive
@@ -208,7 +204,7 @@ class TuningBackend:
 
     def add_iothread(self, name: str, thread: int, flags: int) -> None:
         if not thread:
-            raise _invalid("an IOThread id is 1 or more", "MISSING_FIELD")
+            raise invalid("an IOThread id is 1 or more", "MISSING_FIELD")
         self.compute.lookup(name).addIOThread(thread, flags)
 
     def delete_iothread(self, name: str, thread: int, flags: int) -> None:
@@ -227,7 +223,7 @@ class TuningBackend:
                           flags: int) -> None:
         """virsh setvcpu: libvirt takes the vCPUs as a list such as ``0,2``."""
         if not vcpus:
-            raise _invalid("give at least one vCPU", "MISSING_FIELD")
+            raise invalid("give at least one vCPU", "MISSING_FIELD")
         vcpu_map = ",".join(str(vcpu) for vcpu in sorted(set(vcpus)))
         self.compute.lookup(name).setVcpu(vcpu_map, int(enable), flags)
 
@@ -244,11 +240,7 @@ class TuningBackend:
             raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"domain '{dom.name()}' has no launch security (SEV)",
                                "NO_LAUNCH_SECURITY")
-        if not dom.isActive():
-            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"domain '{dom.name()}' is not running",
-                               "VIR_ERR_OPERATION_INVALID")
-        return dom
+        return must_run(dom)
 
     def launch_security_info(self, name: str) -> dict[str, Any]:
         return dict(self._launch_secured(name).launchSecurityInfo(0))
@@ -268,7 +260,7 @@ class TuningBackend:
     def metadata(self, name: str, kind: int, uri: str, flags: int) -> str:
         element = kind == libvirt.VIR_DOMAIN_METADATA_ELEMENT
         if element and not uri:
-            raise _invalid("an element's metadata is found by its uri", "MISSING_FIELD")
+            raise invalid("an element's metadata is found by its uri", "MISSING_FIELD")
         dom = self.compute.lookup(name)
         return str(dom.metadata(kind, uri if element else None, one_scope(flags)))
 
@@ -279,12 +271,12 @@ class TuningBackend:
         element = kind == libvirt.VIR_DOMAIN_METADATA_ELEMENT
         if element:
             if not uri or (value and not key):
-                raise _invalid("an element needs its uri, and key to be set",
+                raise invalid("an element needs its uri, and key to be set",
                                "MISSING_FIELD")
             if value:
                 documents.check(value, "value", fragment=True)
         elif kind == libvirt.VIR_DOMAIN_METADATA_TITLE and "\n" in value:
-            raise _invalid("a title is one line")
+            raise invalid("a title is one line")
         dom = self.compute.lookup(name)
         dom.setMetadata(kind, value or None, key or None if element else None,
                         uri if element else None, flags)
@@ -298,7 +290,7 @@ class TuningBackend:
         dom = self.compute.lookup(name)
         host_cpus = self._host_cpus()
         if count and start_cpu >= host_cpus:
-            raise _invalid(f"start_cpu: the host has CPUs 0 to {host_cpus - 1}")
+            raise invalid(f"start_cpu: the host has CPUs 0 to {host_cpus - 1}")
         total = dict(dom.getCPUStats(True)[0])
         per_cpu = [dict(stats) for stats in dom.getCPUStats(False)] if count else []
         return total, per_cpu[start_cpu:start_cpu + count]

@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import grpc
 import libvirt
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.convert import proto_to_libvirt
-from services.common.shared import ServiceError
+from services.common.errors import invalid
 from virtmesh.compute.v1 import compute_service_pb2 as pb
 
 #: InterfaceAddressSource -> virDomainInterfaceAddressesSource (unset: LEASE, libvirt's 0)
@@ -46,17 +45,13 @@ OS_FIELDS = {field.name: f"os.{field.name.replace('_', '-')}"
              for field in pb.GuestOs.DESCRIPTOR.fields}
 
 
-def _invalid(message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, "VIR_ERR_INVALID_ARG")
-
-
 def _known(table: Mapping[Any, int], value: int, field: str, default: int | None = None) -> int:
     """``table[value]``; an unset value is ``default``; a value the table lacks (a newer
     client's) is INVALID_ARGUMENT."""
     if value == 0 and default is not None:
         return default
     if value not in table:
-        raise _invalid(f"{field}: unknown value {value}")
+        raise invalid(f"{field}: unknown value {value}")
     return int(table[value])
 
 
@@ -84,10 +79,10 @@ def agent_timeout(request: pb.SetAgentResponseTimeoutRequest) -> int:
     """libvirt's timeout: a number of seconds (at least 1) or a special value."""
     if request.mode == pb.AGENT_TIMEOUT_MODE_SECONDS:
         if request.seconds < 1:
-            raise _invalid("seconds: at least 1 with mode SECONDS")
+            raise invalid("seconds: at least 1 with mode SECONDS")
         return request.seconds
     if request.seconds:
-        raise _invalid("seconds: only with mode SECONDS")
+        raise invalid("seconds: only with mode SECONDS")
     return _known(AGENT_TIMEOUTS, request.mode, "mode")
 
 
