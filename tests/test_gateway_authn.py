@@ -403,8 +403,10 @@ def test_server_certificate_reloads_and_connections_survive(state: Path,
         client_cert = (old / "client.crt").read_bytes()
         trusting_new = grpc.ssl_channel_credentials(pem(pki.load_pair(new_ca, "ca")[0]),
                                                     client_key, client_cert)
-        assert wait_until(lambda: not isinstance(list_domains(target, trusting_new),
-                                                 grpc.RpcError), 30, step=0.2)
+        # every worker reloads on its own: ten new connections in a row get the new chain
+        assert wait_until(lambda: not any(isinstance(list_domains(target, trusting_new),
+                                                     grpc.RpcError) for _ in range(10)),
+                          30, step=0.2)
         # a new client that trusts only the old CA no longer accepts the gateway
         assert list_domains(target, admin).code() == grpc.StatusCode.UNAVAILABLE
         # the connection made before the change still carries calls
@@ -418,7 +420,10 @@ def test_empty_allowed_list_admits_no_certificate(state: Path, tmp_path: Path) -
     with running_gateway(state, admin, "--identities-file", str(path)) as (_, target):
         assert not isinstance(list_domains(target, admin), grpc.RpcError)
         write_identities(path, identities_text([], {ADMIN_DN: ["admin"]}, []))
-        assert wait_until(lambda: isinstance(list_domains(target, admin), grpc.RpcError), 30)
+        # each gateway worker reloads the file on its own (--reload-interval 0.1): wait
+        # until ten new connections in a row, spread over the workers, are refused
+        assert wait_until(lambda: all(isinstance(list_domains(target, admin), grpc.RpcError)
+                                      for _ in range(10)), 30)
         before = backend_calls()
         error = list_domains(target, admin)
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
